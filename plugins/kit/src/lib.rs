@@ -1,0 +1,15 @@
+//! What every wasmgate plugin shares.
+//!
+//! A plugin is a pure core (config parsing and decisions, testable natively) plus a thin
+//! proxy-wasm adapter. The core uses [`schema`] to read Kong's JSON `config` with Kong's
+//! field-named errors and [`response`] to build Kong's error responses; the adapter uses
+//! [`proxy`] (wasm only) to read its configuration and send those responses.
+
+pub mod response;
+pub mod schema;
+
+#[cfg(target_arch = "wasm32")]
+pub mod proxy;
+
+pub use response::{kong_error, LocalResponse};
+pub use schema::{ConfigError, FieldError, Record};

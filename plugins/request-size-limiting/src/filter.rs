@@ -1,0 +1,92 @@
+//! The proxy-wasm adapter: reads the request head, feeds body chunk sizes to the counter and
+//! sends the core's rejections. Body bytes are never read into the module.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use crate::{BodyCounter, Config, RequestHead, Verdict, PLUGIN_NAME};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(SizeLimitRoot { config: Rc::new(Config::default()) })
+    });
+}}
+
+struct SizeLimitRoot {
+    config: Rc<Config>,
+}
+
+impl Context for SizeLimitRoot {}
+
+impl RootContext for SizeLimitRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        match kit::proxy::configure(self, PLUGIN_NAME, Config::parse) {
+            Some(config) => {
+                self.config = Rc::new(config);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(SizeLimitFilter {
+            config: Rc::clone(&self.config),
+            counter: BodyCounter::default(),
+            rejected: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct SizeLimitFilter {
+    config: Rc<Config>,
+    counter: BodyCounter,
+    rejected: bool,
+}
+
+impl SizeLimitFilter {
+    fn apply(&mut self, verdict: Verdict) -> Action {
+        match verdict {
+            Verdict::Continue => Action::Continue,
+            Verdict::Reject(response) => {
+                self.rejected = true;
+                kit::proxy::send(self, &response);
+                Action::Pause
+            }
+        }
+    }
+}
+
+impl Context for SizeLimitFilter {}
+
+impl HttpContext for SizeLimitFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let content_length = self.get_http_request_header("content-length");
+        let expect = self.get_http_request_header("expect");
+        let accept = self.get_http_request_header("accept");
+        let head = RequestHead {
+            content_length: content_length.as_deref(),
+            expect: expect.as_deref(),
+            accept: accept.as_deref(),
+            end_of_stream,
+        };
+        let verdict = self.counter.on_headers(&self.config, &head);
+        self.apply(verdict)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if self.rejected {
+            return Action::Pause;
+        }
+        // The filter never pauses on the body, so the host reports each chunk's own size.
+        let verdict = self.counter.on_body_chunk(&self.config, body_size);
+        self.apply(verdict)
+    }
+}

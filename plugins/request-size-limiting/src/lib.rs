@@ -1,0 +1,17 @@
+//! Kong's `request-size-limiting` plugin: refuses request bodies above a configured size.
+//!
+//! [`config`] and [`limiter`] are the pure core; [`filter`] is the proxy-wasm adapter.
+
+pub mod config;
+pub mod limiter;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+
+pub use config::{Config, SizeUnit};
+pub use limiter::{BodyCounter, RequestHead, Verdict};
+
+/// Kong's plugin name, also the proxy-wasm root id.
+pub const PLUGIN_NAME: &str = "request-size-limiting";
+/// Kong's plugin priority: higher runs first.
+pub const PRIORITY: u32 = 951;

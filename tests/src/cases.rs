@@ -1,0 +1,518 @@
+//! Case files: plugin behaviour written as data, so that every data plane (Envoy, the
+//! in-process host, `gateway`) runs the very same cases and any difference fails a test.
+//!
+//! A file (`tests/cases/<plugin>.yaml`) names the plugin and lists cases. A case has a Kong
+//! `config` and either one `request`/`expect` pair or a list of `steps` sent in order on the
+//! same plugin instance; a case whose config must be refused has `expect.config_error` (a
+//! substring of the error the data plane reports) and no request. Headers are written as
+//! `"name: value"` strings, as in Kong's own configs. See `tests/cases/README.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::client::{Protocol, Request, RequestBody, Response};
+use crate::echo::{EchoReport, ECHO_HEADER};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseFile {
+    /// Kong's plugin name.
+    pub plugin: String,
+    pub cases: Vec<Case>,
+    /// Where the file was read from (for messages).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    #[serde(default = "empty_object")]
+    pub config: Value,
+    /// Environment variables the data plane exposes to the module (secrets).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Protocols to run the case over; both by default.
+    #[serde(default)]
+    pub protocols: Option<Vec<Protocol>>,
+    #[serde(default)]
+    pub request: Option<CaseRequest>,
+    #[serde(default)]
+    pub expect: Option<Expect>,
+    #[serde(default)]
+    pub steps: Vec<Step>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    #[serde(default)]
+    pub request: CaseRequest,
+    pub expect: Expect,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseRequest {
+    #[serde(default = "get")]
+    pub method: String,
+    #[serde(default = "root")]
+    pub path: String,
+    /// `"name: value"` entries, in order; duplicates allowed.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// A text body.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// A JSON body (Content-Type defaults to application/json).
+    #[serde(default)]
+    pub body_json: Option<Value>,
+    /// A generated body of this many bytes.
+    #[serde(default)]
+    pub body_size: Option<u64>,
+    /// Send the body without Content-Length (chunked on HTTP/1.1).
+    #[serde(default)]
+    pub chunked: bool,
+}
+
+impl Default for CaseRequest {
+    fn default() -> Self {
+        CaseRequest {
+            method: get(),
+            path: root(),
+            headers: Vec::new(),
+            body: None,
+            body_json: None,
+            body_size: None,
+            chunked: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// The configuration must be refused with an error containing this text.
+    #[serde(default)]
+    pub config_error: Option<String>,
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// `"name: value"`: the response has this header with exactly this value.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub absent_headers: Vec<String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub json: Option<Value>,
+    /// What reached the upstream; `upstream: {reached: false}` when nothing may.
+    #[serde(default)]
+    pub upstream: Option<UpstreamExpect>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamExpect {
+    #[serde(default = "yes")]
+    pub reached: bool,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The raw query string; `""` means none.
+    #[serde(default)]
+    pub query: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub absent_headers: Vec<String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub json: Option<Value>,
+    #[serde(default)]
+    pub body_len: Option<u64>,
+    /// The body is the generated filler of `request.body_size`, byte for byte.
+    #[serde(default)]
+    pub body_is_filler: bool,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+fn get() -> String {
+    "GET".into()
+}
+fn root() -> String {
+    "/".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// The folder with the shared case files.
+pub fn cases_dir() -> PathBuf {
+    crate::paths::workspace_root().join("tests/cases")
+}
+
+impl CaseFile {
+    pub fn load(path: &Path) -> Result<CaseFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut file: CaseFile =
+            serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        file.path = path.to_owned();
+        for case in &file.cases {
+            case.validate()
+                .map_err(|e| format!("{}: case {:?}: {e}", path.display(), case.name))?;
+        }
+        Ok(file)
+    }
+
+    /// Every `*.yaml` file in `tests/cases`, sorted by name.
+    pub fn load_all() -> Result<Vec<CaseFile>, String> {
+        let dir = cases_dir();
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        paths.sort();
+        paths.iter().map(|p| CaseFile::load(p)).collect()
+    }
+}
+
+impl Case {
+    fn validate(&self) -> Result<(), String> {
+        let single = self.request.is_some() || self.expect.is_some();
+        match (single, self.steps.is_empty()) {
+            (true, false) => Err("has both request/expect and steps".into()),
+            (false, true) => Err("has neither expect nor steps".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The steps to send, in order (a single request/expect is one step).
+    pub fn steps(&self) -> Vec<Step> {
+        if self.steps.is_empty() {
+            vec![Step {
+                request: self.request.clone().unwrap_or_default(),
+                expect: self.expect.clone().unwrap_or_default(),
+            }]
+        } else {
+            self.steps.clone()
+        }
+    }
+
+    /// The refusal a configuration must meet, if this case is about a bad config.
+    pub fn config_error(&self) -> Option<&str> {
+        self.expect.as_ref()?.config_error.as_deref()
+    }
+
+    pub fn protocols(&self) -> Vec<Protocol> {
+        self.protocols
+            .clone()
+            .unwrap_or_else(|| Protocol::ALL.to_vec())
+    }
+}
+
+/// Splits `"name: value"` at the first colon.
+pub fn split_header(entry: &str) -> (String, String) {
+    match entry.split_once(':') {
+        Some((name, value)) => (name.trim().to_owned(), value.trim().to_owned()),
+        None => (entry.trim().to_owned(), String::new()),
+    }
+}
+
+impl CaseRequest {
+    /// The request the client sends.
+    pub fn to_request(&self) -> Request {
+        let mut headers: Vec<(String, String)> =
+            self.headers.iter().map(|h| split_header(h)).collect();
+        let has = |headers: &[(String, String)], name: &str| {
+            headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
+        };
+        let bytes = if let Some(json) = &self.body_json {
+            if !has(&headers, "content-type") {
+                headers.push(("content-type".into(), "application/json".into()));
+            }
+            Some(json.to_string().into_bytes())
+        } else {
+            self.body.as_ref().map(|b| b.clone().into_bytes())
+        };
+        let body = match (bytes, self.body_size) {
+            (Some(bytes), _) if self.chunked => {
+                RequestBody::Chunks(bytes.chunks(1024).map(<[u8]>::to_vec).collect())
+            }
+            (Some(bytes), _) => RequestBody::Bytes(bytes),
+            (None, Some(len)) => RequestBody::Filler {
+                len,
+                with_length: !self.chunked,
+            },
+            (None, None) => RequestBody::Empty,
+        };
+        Request {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            headers,
+            body,
+        }
+    }
+}
+
+/// What one step produced: the response and, when the upstream answered it, what the upstream
+/// received.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub response: Response,
+    pub upstream: Option<EchoReport>,
+}
+
+impl Exchange {
+    pub fn from_response(response: Response) -> Exchange {
+        let upstream = response
+            .header(ECHO_HEADER)
+            .and_then(|_| serde_json::from_slice(&response.body).ok());
+        Exchange { response, upstream }
+    }
+}
+
+fn check_headers(
+    what: &str,
+    wanted: &[String],
+    absent: &[String],
+    get: impl Fn(&str) -> Vec<String>,
+    failures: &mut Vec<String>,
+) {
+    for entry in wanted {
+        let (name, value) = split_header(entry);
+        let got = get(&name);
+        if !got.iter().any(|v| *v == value) {
+            failures.push(format!(
+                "{what} header {name}: expected {value:?}, got {got:?}"
+            ));
+        }
+    }
+    for name in absent {
+        let got = get(name);
+        if !got.is_empty() {
+            failures.push(format!("{what} header {name} must be absent, got {got:?}"));
+        }
+    }
+}
+
+fn check_json(what: &str, expected: &Value, body: &[u8], failures: &mut Vec<String>) {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(got) if got == *expected => {}
+        Ok(got) => failures.push(format!("{what} JSON: expected {expected}, got {got}")),
+        Err(e) => failures.push(format!(
+            "{what} is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(body)
+        )),
+    }
+}
+
+impl Expect {
+    /// Every way `exchange` differs from this expectation (none: the step passed).
+    pub fn check(&self, request: &CaseRequest, exchange: &Exchange) -> Vec<String> {
+        let mut failures = Vec::new();
+        let response = &exchange.response;
+        if let Some(status) = self.status {
+            if response.status != status {
+                failures.push(format!(
+                    "status: expected {status}, got {} (body {:?})",
+                    response.status,
+                    response.text()
+                ));
+            }
+        }
+        let response_values = |name: &str| {
+            response
+                .headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        check_headers(
+            "response",
+            &self.headers,
+            &self.absent_headers,
+            response_values,
+            &mut failures,
+        );
+        if let Some(body) = &self.body {
+            if response.text() != *body {
+                failures.push(format!(
+                    "body: expected {body:?}, got {:?}",
+                    response.text()
+                ));
+            }
+        }
+        if let Some(json) = &self.json {
+            check_json("body", json, &response.body, &mut failures);
+        }
+        if let Some(upstream) = &self.upstream {
+            upstream.check(request, exchange.upstream.as_ref(), &mut failures);
+        }
+        failures
+    }
+}
+
+impl UpstreamExpect {
+    fn check(&self, request: &CaseRequest, got: Option<&EchoReport>, failures: &mut Vec<String>) {
+        let Some(report) = got else {
+            if self.reached {
+                failures.push("upstream: the request did not reach it".into());
+            }
+            return;
+        };
+        if !self.reached {
+            failures.push(format!(
+                "upstream: must not be reached, got {} {}",
+                report.method, report.path
+            ));
+            return;
+        }
+        let mut field = |name: &str, expected: &Option<String>, got: Option<&str>| {
+            if let Some(expected) = expected {
+                let got = got.unwrap_or("");
+                if got != expected {
+                    failures.push(format!(
+                        "upstream {name}: expected {expected:?}, got {got:?}"
+                    ));
+                }
+            }
+        };
+        field("method", &self.method, Some(&report.method));
+        field("path", &self.path, Some(&report.path));
+        field("query", &self.query, report.query.as_deref());
+        field("body", &self.body, report.body.as_deref());
+        let values = |name: &str| {
+            report
+                .header_values(name)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        };
+        check_headers(
+            "upstream",
+            &self.headers,
+            &self.absent_headers,
+            values,
+            failures,
+        );
+        if let Some(json) = &self.json {
+            check_json(
+                "upstream body",
+                json,
+                report.body.as_deref().unwrap_or("").as_bytes(),
+                failures,
+            );
+        }
+        if let Some(len) = self.body_len {
+            if report.body_len != len {
+                failures.push(format!(
+                    "upstream body_len: expected {len}, got {}",
+                    report.body_len
+                ));
+            }
+        }
+        if self.body_is_filler {
+            let len = request.body_size.unwrap_or(0);
+            if report.body_len != len || report.body_sha256 != crate::echo::filler_sha256(len) {
+                failures.push(format!(
+                    "upstream body: expected the {len}-byte filler, got {} bytes with another hash",
+                    report.body_len
+                ));
+            }
+        }
+    }
+}
+
+/// Runs a case file in one real Envoy: a listener (and VM) per case and protocol, every step
+/// over a fresh connection; refused-config cases each start an Envoy that must fail. Returns
+/// every failure, each naming its case, protocol and step.
+pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
+    use crate::envoy::{Envoy, EnvoyConfig, WasmFilter};
+
+    let mut failures = Vec::new();
+    let echo = match crate::EchoUpstream::start().await {
+        Ok(echo) => echo,
+        Err(e) => return vec![format!("echo upstream: {e}")],
+    };
+    let filter = |case: &Case, listener: &str| {
+        let mut filter = WasmFilter::plugin(&file.plugin, case.config.clone())
+            .vm_id(format!("{}-{listener}", file.plugin));
+        for (k, v) in &case.env {
+            filter = filter.env(k, v);
+        }
+        filter
+    };
+
+    let mut config = EnvoyConfig::new(echo.addr());
+    let mut runs = Vec::new();
+    let mut refusals = Vec::new();
+    for (i, case) in file.cases.iter().enumerate() {
+        if let Some(expected) = case.config_error() {
+            let name = format!("refused-{i}");
+            let bad = EnvoyConfig::new(echo.addr()).listener(&name, vec![filter(case, &name)]);
+            refusals.push((case, expected.to_owned(), bad));
+            continue;
+        }
+        for protocol in case.protocols() {
+            let name = format!("case-{i}-{protocol:?}").to_lowercase();
+            config = config.listener(&name, vec![filter(case, &name)]);
+            runs.push((case, protocol, name));
+        }
+    }
+
+    if !runs.is_empty() {
+        match Envoy::start(&config).await {
+            Err(e) => failures.push(format!("{}: Envoy did not start: {e}", file.path.display())),
+            Ok(envoy) => {
+                for (case, protocol, listener) in &runs {
+                    let addr = envoy.listener(listener);
+                    for (n, step) in case.steps().iter().enumerate() {
+                        let request = step.request.to_request();
+                        let problems = match crate::client::send(addr, *protocol, &request).await {
+                            Ok(response) => step
+                                .expect
+                                .check(&step.request, &Exchange::from_response(response)),
+                            Err(e) => vec![e],
+                        };
+                        for problem in problems {
+                            failures.push(format!(
+                                "{:?} [{protocol:?}] step {}: {problem}",
+                                case.name,
+                                n + 1
+                            ));
+                        }
+                    }
+                }
+                if !failures.is_empty() {
+                    failures.push(format!("Envoy log:\n{}", envoy.log()));
+                }
+            }
+        }
+    }
+
+    for (case, expected, bad) in refusals {
+        match Envoy::start(&bad).await {
+            Ok(_) => failures.push(format!(
+                "{:?}: Envoy accepted a config it must refuse",
+                case.name
+            )),
+            Err(log) if log.contains(&expected) => {}
+            Err(log) => failures.push(format!(
+                "{:?}: Envoy refused the config, but its log lacks {expected:?}:\n{log}",
+                case.name
+            )),
+        }
+    }
+    failures
+}

@@ -1,0 +1,288 @@
+//! A real HTTP client over loopback: HTTP/1.1 or h2c (prior knowledge), one connection per
+//! request unless a [`Connection`] is kept, with bodies that can stream gigabytes from a
+//! pattern without holding them.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+
+/// How long one exchange may take before the test fails instead of hanging.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Http1, Protocol::Http2];
+}
+
+#[derive(Clone, Debug)]
+pub enum RequestBody {
+    Empty,
+    /// Sent with its Content-Length.
+    Bytes(Vec<u8>),
+    /// Sent without a Content-Length: chunked on HTTP/1.1, plain DATA frames on HTTP/2.
+    Chunks(Vec<Vec<u8>>),
+    /// `len` bytes of [`filler`] content in 64 KiB chunks, generated while sending.
+    Filler {
+        len: u64,
+        with_length: bool,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    /// Path and query, e.g. `/a?b=c`.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: RequestBody,
+}
+
+impl Request {
+    pub fn get(path: &str) -> Request {
+        Request {
+            method: "GET".into(),
+            path: path.into(),
+            headers: Vec::new(),
+            body: RequestBody::Empty,
+        }
+    }
+
+    pub fn post(path: &str, body: RequestBody) -> Request {
+        Request {
+            method: "POST".into(),
+            path: path.into(),
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Request {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// One chunk of the filler pattern.
+pub fn filler_chunk(len: usize) -> Vec<u8> {
+    (0..len).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+const FILLER_CHUNK: usize = 64 * 1024;
+
+/// The request body as hyper sends it.
+pub struct OutBody {
+    chunks: VecDeque<Bytes>,
+    filler: Bytes,
+    filler_left: u64,
+    exact_len: Option<u64>,
+}
+
+impl OutBody {
+    fn new(body: &RequestBody) -> OutBody {
+        let mut out = OutBody {
+            chunks: VecDeque::new(),
+            filler: Bytes::new(),
+            filler_left: 0,
+            exact_len: None,
+        };
+        match body {
+            RequestBody::Empty => out.exact_len = Some(0),
+            RequestBody::Bytes(bytes) => {
+                out.exact_len = Some(bytes.len() as u64);
+                if !bytes.is_empty() {
+                    out.chunks.push_back(Bytes::from(bytes.clone()));
+                }
+            }
+            RequestBody::Chunks(chunks) => {
+                out.chunks = chunks.iter().map(|c| Bytes::from(c.clone())).collect();
+            }
+            RequestBody::Filler { len, with_length } => {
+                out.filler = Bytes::from(filler_chunk(FILLER_CHUNK));
+                out.filler_left = *len;
+                out.exact_len = with_length.then_some(*len);
+            }
+        }
+        out
+    }
+}
+
+impl Body for OutBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(chunk) = self.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if self.filler_left > 0 {
+            let n = self.filler_left.min(self.filler.len() as u64) as usize;
+            self.filler_left -= n as u64;
+            return Poll::Ready(Some(Ok(Frame::data(self.filler.slice(..n)))));
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty() && self.filler_left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.exact_len {
+            Some(len) => SizeHint::with_exact(len),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// A kept connection, for many requests (and load) over one socket.
+pub enum Connection {
+    Http1(hyper::client::conn::http1::SendRequest<OutBody>),
+    Http2(hyper::client::conn::http2::SendRequest<OutBody>),
+}
+
+impl Connection {
+    pub async fn open(addr: SocketAddr, protocol: Protocol) -> Result<Connection, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        stream.set_nodelay(true).ok();
+        let io = TokioIo::new(stream);
+        match protocol {
+            Protocol::Http1 => {
+                let (send, conn) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(|e| format!("HTTP/1.1 handshake with {addr}: {e}"))?;
+                tokio::spawn(conn);
+                Ok(Connection::Http1(send))
+            }
+            Protocol::Http2 => {
+                let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| format!("h2c handshake with {addr}: {e}"))?;
+                tokio::spawn(conn);
+                Ok(Connection::Http2(send))
+            }
+        }
+    }
+
+    pub async fn send(&mut self, request: &Request) -> Result<Response, String> {
+        let mut builder = hyper::Request::builder()
+            .method(request.method.as_str())
+            .uri(request.path.as_str());
+        let has_host = request
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("host"));
+        if !has_host {
+            builder = builder.header("host", "wasmgate.test");
+        }
+        for (name, value) in &request.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let body = OutBody::new(&request.body);
+        if let Some(len) = body.exact_len {
+            let explicit = request
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+            if !explicit && (len > 0 || request.method != "GET") {
+                builder = builder.header("content-length", len.to_string());
+            }
+        }
+        let req = builder
+            .body(body)
+            .map_err(|e| format!("building the request: {e}"))?;
+        let exchange = async {
+            let response = match self {
+                Connection::Http1(send) => {
+                    send.ready().await.map_err(|e| format!("connection: {e}"))?;
+                    send.send_request(req).await
+                }
+                Connection::Http2(send) => {
+                    send.ready().await.map_err(|e| format!("connection: {e}"))?;
+                    send.send_request(req).await
+                }
+            }
+            .map_err(|e| format!("{} {}: {e}", request.method, request.path))?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| format!("reading the response body: {e}"))?
+                .to_bytes();
+            Ok(Response {
+                status: parts.status.as_u16(),
+                headers: parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_owned(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect(),
+                body: body.to_vec(),
+            })
+        };
+        tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| {
+                format!(
+                    "{} {}: no response within {EXCHANGE_TIMEOUT:?}",
+                    request.method, request.path
+                )
+            })?
+    }
+}
+
+/// Sends one request on a new connection.
+pub async fn send(
+    addr: SocketAddr,
+    protocol: Protocol,
+    request: &Request,
+) -> Result<Response, String> {
+    Connection::open(addr, protocol).await?.send(request).await
+}

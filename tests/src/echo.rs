@@ -1,0 +1,201 @@
+//! A real upstream that answers every request with a JSON report of what reached it.
+//!
+//! Bodies are hashed and counted as they stream, never held whole (a 1 GB upload costs no
+//! memory); the report carries the body text only when it is small enough to compare.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// The header the echo puts on its responses, so a client can tell them from local replies.
+pub const ECHO_HEADER: &str = "x-wasmgate-echo";
+/// Bodies up to this size are returned in the report's `body`.
+pub const REPORTED_BODY_LIMIT: u64 = 1 << 20;
+
+/// What the upstream received.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EchoReport {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub version: String,
+    /// In arrival order, names lower-cased, duplicates kept.
+    pub headers: Vec<(String, String)>,
+    /// The body as text (lossy UTF-8), when at most [`REPORTED_BODY_LIMIT`] bytes.
+    pub body: Option<String>,
+    pub body_len: u64,
+    pub body_sha256: String,
+}
+
+impl EchoReport {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// When a complete request reached the upstream (for rate accounting).
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    pub at: SystemTime,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A running echo upstream on loopback; stops when dropped.
+pub struct EchoUpstream {
+    addr: SocketAddr,
+    arrivals: Arc<Mutex<Vec<Arrival>>>,
+    task: JoinHandle<()>,
+}
+
+impl EchoUpstream {
+    /// Starts on a free loopback port.
+    pub async fn start() -> std::io::Result<EchoUpstream> {
+        Self::bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?).await
+    }
+
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<EchoUpstream> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(serve(listener, Arc::clone(&arrivals)));
+        Ok(EchoUpstream {
+            addr,
+            arrivals,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every complete request received so far.
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.arrivals.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    pub fn clear_arrivals(&self) {
+        if let Ok(mut a) = self.arrivals.lock() {
+            a.clear();
+        }
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, arrivals: Arc<Mutex<Vec<Arrival>>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let arrivals = Arc::clone(&arrivals);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, Arc::clone(&arrivals)));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A connection the proxy resets mid-body is expected in the size-limit tests.
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    req: hyper::Request<Incoming>,
+    arrivals: Arc<Mutex<Vec<Arrival>>>,
+) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
+    let (parts, mut body) = req.into_parts();
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    let mut text = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            len += data.len() as u64;
+            hasher.update(&data);
+            if len <= REPORTED_BODY_LIMIT {
+                text.extend_from_slice(&data);
+            }
+        }
+    }
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let report = EchoReport {
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        version: format!("{:?}", parts.version),
+        headers: headers.clone(),
+        body: (len <= REPORTED_BODY_LIMIT).then(|| String::from_utf8_lossy(&text).into_owned()),
+        body_len: len,
+        body_sha256: hex(&hasher.finalize()),
+    };
+    if let Ok(mut a) = arrivals.lock() {
+        a.push(Arrival {
+            at: SystemTime::now(),
+            path: report.path.clone(),
+            headers,
+        });
+    }
+    let body = serde_json::to_vec(&report).unwrap_or_default();
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(ECHO_HEADER, http::HeaderValue::from_static("1"));
+    Ok(response)
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 the echo reports for `len` bytes of [`crate::client::filler`] content.
+pub fn filler_sha256(len: u64) -> String {
+    let mut hasher = Sha256::new();
+    let chunk = crate::client::filler_chunk(64 * 1024);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        hasher.update(&chunk[..n]);
+        left -= n as u64;
+    }
+    hex(&hasher.finalize())
+}

@@ -1,0 +1,376 @@
+//! Runs a real Envoy on loopback with our wasm modules.
+//!
+//! Every port is chosen by the kernel (port 0) and read back from the admin API, the admin
+//! address from `--admin-address-path`, and `--use-dynamic-base-id` keeps parallel Envoys out
+//! of each other's shared memory. The process is killed when [`Envoy`] is dropped, also when a
+//! test panics.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::paths;
+
+/// The only Wasm runtime the pip build of Envoy carries.
+pub const V8: &str = "envoy.wasm.runtime.v8";
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One proxy-wasm filter in a listener's HTTP filter chain.
+#[derive(Clone, Debug)]
+pub struct WasmFilter {
+    /// The plugin name, also used as root id.
+    pub plugin: String,
+    pub module: PathBuf,
+    /// The plugin's Kong-style JSON config, passed as a `google.protobuf.StringValue`.
+    pub config: Value,
+    /// Filters with the same vm_id and module share one VM per worker, and shared data.
+    pub vm_id: String,
+    /// Environment variables the module can read (WASI environ).
+    pub env: Vec<(String, String)>,
+}
+
+impl WasmFilter {
+    /// Our plugin by its Kong name, from the built modules.
+    pub fn plugin(plugin: &str, config: Value) -> WasmFilter {
+        WasmFilter {
+            plugin: plugin.to_owned(),
+            module: paths::plugin_module(plugin),
+            config,
+            vm_id: plugin.to_owned(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn vm_id(mut self, vm_id: impl Into<String>) -> WasmFilter {
+        self.vm_id = vm_id.into();
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> WasmFilter {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// The `envoy.filters.http.wasm` entry of an HTTP connection manager.
+    pub fn to_http_filter(&self, runtime: &str) -> Value {
+        let env: serde_json::Map<String, Value> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        json!({
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": self.plugin,
+                    "root_id": self.plugin,
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": self.config.to_string(),
+                    },
+                    // Envoy's default (FAIL_CLOSED) answers 503 on that worker forever after
+                    // one trap; FAIL_RELOAD rebuilds the VM after a backoff.
+                    "failure_policy": "FAIL_RELOAD",
+                    "vm_config": {
+                        "vm_id": self.vm_id,
+                        "runtime": runtime,
+                        "code": {"local": {"filename": self.module.to_string_lossy()}},
+                        "environment_variables": {"key_values": env},
+                    },
+                },
+            },
+        })
+    }
+}
+
+/// A listener: its name (also its route's name) and its HTTP filters in order.
+#[derive(Clone, Debug)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub filters: Vec<WasmFilter>,
+    /// Native Envoy HTTP filters placed before the wasm filters (for comparisons).
+    pub native_filters: Vec<Value>,
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct EnvoyConfig {
+    pub runtime: String,
+    pub concurrency: u32,
+    pub upstream: SocketAddr,
+    pub listeners: Vec<ListenerSpec>,
+    /// Fixed listener address (for `cargo xtask run`); port 0 by default.
+    pub listen: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+impl EnvoyConfig {
+    pub fn new(upstream: SocketAddr) -> EnvoyConfig {
+        EnvoyConfig {
+            runtime: std::env::var("WASMGATE_ENVOY_RUNTIME").unwrap_or_else(|_| V8.to_owned()),
+            concurrency: 2,
+            upstream,
+            listeners: Vec::new(),
+            listen: None,
+            admin: None,
+        }
+    }
+
+    pub fn listener(mut self, name: &str, filters: Vec<WasmFilter>) -> EnvoyConfig {
+        self.listeners.push(ListenerSpec {
+            name: name.to_owned(),
+            filters,
+            native_filters: Vec::new(),
+        });
+        self
+    }
+
+    pub fn concurrency(mut self, n: u32) -> EnvoyConfig {
+        self.concurrency = n;
+        self
+    }
+
+    /// The bootstrap, as JSON.
+    pub fn bootstrap(&self) -> Value {
+        let loopback = |addr: Option<SocketAddr>| {
+            let (ip, port) = addr.map_or(("127.0.0.1".to_owned(), 0), |a| {
+                (a.ip().to_string(), a.port())
+            });
+            json!({"socket_address": {"address": ip, "port_value": port}})
+        };
+        let listeners: Vec<Value> = self
+            .listeners
+            .iter()
+            .map(|l| {
+                let mut http_filters: Vec<Value> = l.native_filters.clone();
+                http_filters.extend(l.filters.iter().map(|f| f.to_http_filter(&self.runtime)));
+                http_filters.push(json!({
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }));
+                json!({
+                    "name": l.name,
+                    "address": loopback(self.listen),
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": l.name,
+                            "codec_type": "AUTO",
+                            // The client IP a plugin sees is the TCP peer, never X-Forwarded-For.
+                            "use_remote_address": true,
+                            // Let filters answer `Expect: 100-continue` (413 → 417).
+                            "proxy_100_continue": true,
+                            "route_config": {
+                                "name": l.name,
+                                "virtual_hosts": [{
+                                    "name": l.name,
+                                    "domains": ["*"],
+                                    "routes": [{
+                                        "name": l.name,
+                                        "match": {"prefix": "/"},
+                                        "route": {"cluster": "upstream", "timeout": "60s"},
+                                    }],
+                                }],
+                            },
+                            "http_filters": http_filters,
+                        },
+                    }]}],
+                })
+            })
+            .collect();
+        json!({
+            "admin": {"address": loopback(self.admin)},
+            "static_resources": {
+                "listeners": listeners,
+                "clusters": [{
+                    "name": "upstream",
+                    "type": "STATIC",
+                    "connect_timeout": "5s",
+                    "load_assignment": {
+                        "cluster_name": "upstream",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                            "address": self.upstream.ip().to_string(),
+                            "port_value": self.upstream.port(),
+                        }}}}]}],
+                    },
+                }],
+            },
+        })
+    }
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    child: Child,
+    dir: tempfile::TempDir,
+    admin: SocketAddr,
+    listeners: Vec<(String, SocketAddr)>,
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until it is ready. On failure the error holds Envoy's log, so a
+    /// refused configuration can be asserted on.
+    pub async fn start(config: &EnvoyConfig) -> Result<Envoy, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let bootstrap = dir.path().join("bootstrap.json");
+        std::fs::write(&bootstrap, config.bootstrap().to_string())
+            .map_err(|e| format!("writing {}: {e}", bootstrap.display()))?;
+        let admin_path = dir.path().join("admin-address");
+        let log_path = dir.path().join("envoy.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| format!("log file: {e}"))?;
+        let binary = paths::envoy_binary();
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&bootstrap)
+            .arg("--concurrency")
+            .arg(config.concurrency.to_string())
+            .arg("--use-dynamic-base-id")
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-level")
+            .arg("warn")
+            .arg("--component-log-level")
+            .arg("wasm:info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "starting {}: {e} (run `cargo xtask test`, which installs Envoy)",
+                    binary.display()
+                )
+            })?;
+        let mut envoy = Envoy {
+            child,
+            dir,
+            admin: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+            listeners: Vec::new(),
+        };
+        envoy.wait_ready(&admin_path).await?;
+        Ok(envoy)
+    }
+
+    async fn wait_ready(&mut self, admin_path: &Path) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "Envoy exited with {status} before it was ready:\n{}",
+                    self.log()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "Envoy was not ready within {START_TIMEOUT:?}:\n{}",
+                    self.log()
+                ));
+            }
+            if let Some(admin) = std::fs::read_to_string(admin_path)
+                .ok()
+                .and_then(|s| s.trim().parse::<SocketAddr>().ok())
+            {
+                self.admin = admin;
+                if let Ok((200, _)) = admin_get(admin, "/ready").await {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (_, body) = admin_get(self.admin, "/listeners?format=json").await?;
+        let listeners: Value =
+            serde_json::from_str(&body).map_err(|e| format!("admin /listeners: {e}: {body}"))?;
+        for status in listeners["listener_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let name = status["name"].as_str().unwrap_or_default().to_owned();
+            let socket = &status["local_address"]["socket_address"];
+            let addr = format!(
+                "{}:{}",
+                socket["address"].as_str().unwrap_or("127.0.0.1"),
+                socket["port_value"].as_u64().unwrap_or(0)
+            );
+            let addr = addr
+                .parse()
+                .map_err(|e| format!("listener {name} address {addr}: {e}"))?;
+            self.listeners.push((name, addr));
+        }
+        Ok(())
+    }
+
+    /// The address of a listener by name.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("Envoy has no listener named {name}: {:?}", self.listeners))
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything Envoy has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// A counter or gauge from the admin `/stats`.
+    pub async fn stat(&self, name: &str) -> Option<u64> {
+        let (_, body) = admin_get(self.admin, &format!("/stats?filter=^{name}$"))
+            .await
+            .ok()?;
+        body.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The peak resident memory of the Envoy process, in bytes (Linux `VmHWM`).
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
+    /// Stops Envoy (SIGKILL; nothing in a test needs a graceful drain) and reaps it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// GET on the admin listener; returns status and body.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let response =
+        crate::client::send(admin, crate::Protocol::Http1, &crate::Request::get(path)).await?;
+    Ok((response.status, response.text()))
+}

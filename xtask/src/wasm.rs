@@ -1,0 +1,86 @@
+//! Building the plugin modules.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+pub const TARGET: &str = "wasm32-wasip1";
+
+pub fn workspace_root() -> PathBuf {
+    wasmgate_tests::paths::workspace_root()
+}
+
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs a command to completion; an error names it.
+pub fn status(cmd: &mut Command) -> Result<(), String> {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("running {:?}: {e}", cmd.get_program()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} {:?} failed: {status}",
+            cmd.get_program(),
+            cmd.get_args().collect::<Vec<_>>()
+        ))
+    }
+}
+
+/// The plugin crates: every folder under `plugins/` but the shared kit.
+pub fn plugins() -> Result<Vec<String>, String> {
+    let dir = workspace_root().join("plugins");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name != "kit")
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn ensure_target() -> Result<(), String> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("rustup: {e}"))?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == TARGET)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the {TARGET} target");
+    status(Command::new("rustup").args(["target", "add", TARGET]))
+}
+
+/// Builds every plugin; returns the folder with the `.wasm` files.
+pub fn build() -> Result<PathBuf, String> {
+    ensure_target()?;
+    let plugins = plugins()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--target", TARGET]);
+    for plugin in &plugins {
+        cmd.args(["-p", plugin]);
+    }
+    status(&mut cmd)?;
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join(TARGET)
+        .join("release");
+    for plugin in &plugins {
+        let module = dir.join(format!("{}.wasm", plugin.replace('-', "_")));
+        let size = std::fs::metadata(&module)
+            .map_err(|e| format!("{}: {e}", module.display()))?
+            .len();
+        eprintln!("xtask: {} ({} KiB)", module.display(), size.div_ceil(1024));
+    }
+    Ok(dir)
+}
