@@ -216,19 +216,24 @@ impl Envoy {
     /// Starts Envoy and waits until it is ready. On failure the error holds Envoy's log, so a
     /// refused configuration can be asserted on.
     pub async fn start(config: &EnvoyConfig) -> Result<Envoy, String> {
+        Envoy::start_bootstrap(&config.bootstrap(), config.concurrency).await
+    }
+
+    /// Starts Envoy from any bootstrap (e.g. an example file from `envoy/`).
+    pub async fn start_bootstrap(bootstrap: &Value, concurrency: u32) -> Result<Envoy, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-        let bootstrap = dir.path().join("bootstrap.json");
-        std::fs::write(&bootstrap, config.bootstrap().to_string())
-            .map_err(|e| format!("writing {}: {e}", bootstrap.display()))?;
+        let bootstrap_path = dir.path().join("bootstrap.json");
+        std::fs::write(&bootstrap_path, bootstrap.to_string())
+            .map_err(|e| format!("writing {}: {e}", bootstrap_path.display()))?;
         let admin_path = dir.path().join("admin-address");
         let log_path = dir.path().join("envoy.log");
         let log = std::fs::File::create(&log_path).map_err(|e| format!("log file: {e}"))?;
         let binary = paths::envoy_binary();
         let child = Command::new(&binary)
             .arg("-c")
-            .arg(&bootstrap)
+            .arg(&bootstrap_path)
             .arg("--concurrency")
-            .arg(config.concurrency.to_string())
+            .arg(concurrency.to_string())
             .arg("--use-dynamic-base-id")
             .arg("--admin-address-path")
             .arg(&admin_path)
