@@ -91,16 +91,26 @@ pub fn read_config<T>(
     document: &Value,
     read: impl FnOnce(&mut Record<'_>) -> T,
 ) -> Result<T, ConfigError> {
+    read_record("config", document, read)
+}
+
+/// Reads any record (a plugin `config`, a declarative file) whose errors are reported under
+/// `path`.
+pub fn read_record<T>(
+    path: &str,
+    document: &Value,
+    read: impl FnOnce(&mut Record<'_>) -> T,
+) -> Result<T, ConfigError> {
     let errors = RefCell::new(Vec::new());
     let value = match document.as_object() {
         Some(map) => {
-            let mut record = Record::new("config".to_owned(), map, &errors);
+            let mut record = Record::new(path.to_owned(), map, &errors);
             let value = read(&mut record);
             record.finish();
             value
         }
         None => {
-            return Err(ConfigError::single("config", "expected a record"));
+            return Err(ConfigError::single(path, "expected a record"));
         }
     };
     let fields = errors.into_inner();
@@ -135,7 +145,11 @@ impl<'a> Record<'a> {
 
     /// The dotted path of a field of this record.
     pub fn path_of(&self, key: &str) -> String {
-        format!("{}.{}", self.path, key)
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{}", self.path, key)
+        }
     }
 
     /// Records an error against a field of this record.
@@ -261,6 +275,51 @@ impl<'a> Record<'a> {
         let value = read(&mut nested);
         nested.finish();
         value
+    }
+
+    /// An array of records; each element is read by `read` under `key.<label>`, where the
+    /// label is the element's `name` when it has one (so errors name the entity) and its
+    /// 1-based index otherwise.
+    pub fn records<T>(
+        &mut self,
+        key: &'a str,
+        mut read: impl FnMut(&mut Record<'a>) -> T,
+    ) -> Vec<T> {
+        let Some(value) = self.value(key) else {
+            return Vec::new();
+        };
+        let Some(items) = value.as_array() else {
+            self.error(key, "expected an array");
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let label = item
+                .get("name")
+                .and_then(Value::as_str)
+                .map_or_else(|| (i + 1).to_string(), str::to_owned);
+            let path = format!("{}.{label}", self.path_of(key));
+            match item.as_object() {
+                Some(map) => {
+                    let mut nested = Record::new(path, map, self.errors);
+                    out.push(read(&mut nested));
+                    nested.finish();
+                }
+                None => self.error_at(path, "expected a record"),
+            }
+        }
+        out
+    }
+
+    /// The field names present in this record (for records keyed by user data, such as
+    /// header names).
+    pub fn keys(&self) -> impl Iterator<Item = &'a str> {
+        self.map.keys().map(String::as_str)
+    }
+
+    /// This record's own path.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// Flags every field that was not read.

@@ -1,0 +1,885 @@
+//! Kong's declarative configuration (DB-less `kong.yml`, `_format_version: "3.0"`), read and
+//! validated as a whole: every error names its entity (by name where it has one) and field,
+//! with Kong's messages where Kong has them, and nothing is accepted until all of it is valid.
+
+use std::collections::BTreeMap;
+
+use kit::schema::{self, FieldError, Record};
+use kit::ConfigError;
+use serde_json::Value;
+
+use crate::entities::{
+    Config, FilterChain, FilterEntry, Plugin, Protocol, Route, RoutePath, Scope, Service,
+};
+use crate::plugins;
+
+/// Every problem of a declarative file.
+pub type DeclarativeError = ConfigError;
+
+const FORMAT_VERSIONS: [&str; 3] = ["3.0", "2.1", "1.1"];
+/// Kong entities this data plane does not run; named so the error says so instead of
+/// "unknown field".
+const UNSUPPORTED: [&str; 11] = [
+    "consumers",
+    "consumer_groups",
+    "upstreams",
+    "targets",
+    "certificates",
+    "ca_certificates",
+    "snis",
+    "vaults",
+    "keys",
+    "key_sets",
+    "workspaces",
+];
+const DEFAULT_TIMEOUT_MS: i64 = 60_000;
+
+/// Parses and validates a declarative file (YAML or JSON).
+pub fn parse_declarative(text: &str) -> Result<Config, DeclarativeError> {
+    let document: Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| ConfigError::single("declarative", format!("invalid YAML or JSON: {e}")))?;
+    from_value(&document)
+}
+
+/// Validates a declarative document already parsed into JSON.
+pub fn from_value(document: &Value) -> Result<Config, DeclarativeError> {
+    let raw = schema::read_record("", document, read_document)?;
+    raw.resolve()
+}
+
+struct RawService {
+    path: String,
+    service: Service,
+    routes: Vec<RawRoute>,
+    plugins: Vec<RawPlugin>,
+    filter_chains: Vec<RawChain>,
+}
+
+struct RawRoute {
+    path: String,
+    route: Route,
+    service_ref: Option<String>,
+    plugins: Vec<RawPlugin>,
+    filter_chains: Vec<RawChain>,
+}
+
+struct RawPlugin {
+    path: String,
+    plugin: Plugin,
+    service_ref: Option<String>,
+    route_ref: Option<String>,
+}
+
+struct RawChain {
+    path: String,
+    chain: FilterChain,
+    service_ref: Option<String>,
+    route_ref: Option<String>,
+}
+
+struct RawDocument {
+    services: Vec<RawService>,
+    routes: Vec<RawRoute>,
+    plugins: Vec<RawPlugin>,
+    filter_chains: Vec<RawChain>,
+}
+
+fn read_document(r: &mut Record<'_>) -> RawDocument {
+    match r.string("_format_version") {
+        None if !r.has_errors() => r.error("_format_version", "required field missing"),
+        Some(v) if !FORMAT_VERSIONS.contains(&v) => r.error(
+            "_format_version",
+            format!("expected one of: {}", FORMAT_VERSIONS.join(", ")),
+        ),
+        _ => {}
+    }
+    r.boolean("_transform", true);
+    r.string("_comment");
+    r.record("_info", |_| {});
+    for entity in UNSUPPORTED {
+        if r.value(entity)
+            .is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()))
+        {
+            r.error(entity, "not supported by wasmgate");
+        }
+    }
+    RawDocument {
+        services: r.records("services", read_service),
+        routes: r.records("routes", |r| read_route(r, true)),
+        plugins: r.records("plugins", |r| read_plugin(r, true)),
+        filter_chains: r.records("filter_chains", |r| read_chain(r, true)),
+    }
+}
+
+fn read_common(r: &mut Record<'_>) -> (Option<String>, Vec<String>) {
+    r.string("id");
+    r.integer("created_at");
+    r.integer("updated_at");
+    let name = r.string("name").map(str::to_owned);
+    if let Some(name) = &name {
+        if !valid_name(name) {
+            r.error(
+                "name",
+                format!(
+                    "invalid value '{name}': the only accepted ascii characters are \
+                     alphanumerics or ., -, _, and ~"
+                ),
+            );
+        }
+    }
+    let tags = r
+        .string_array("tags")
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    (name, tags)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '~'))
+}
+
+fn between(r: &Record<'_>, key: &str, value: i64, min: i64, max: i64) -> i64 {
+    if value < min || value > max {
+        r.error(key, format!("value should be between {min} and {max}"));
+        return min.max(value.min(max));
+    }
+    value
+}
+
+/// Splits a service `url` into protocol, host, port and path.
+fn parse_url(url: &str) -> Result<(Protocol, String, Option<u16>, Option<String>), String> {
+    let (scheme, rest) = url.split_once("://").ok_or("missing scheme in url")?;
+    let protocol = match scheme.to_ascii_lowercase().as_str() {
+        "http" => Protocol::Http,
+        "https" => Protocol::Https,
+        other => {
+            return Err(format!(
+                "unsupported scheme '{other}' in url: expected http or https"
+            ))
+        }
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(rest[i..].to_owned())),
+        None => (rest, None),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("invalid port '{port}' in url"))?;
+            (host, Some(port))
+        }
+        _ => (authority, None),
+    };
+    if host.is_empty() {
+        return Err("missing host in url".into());
+    }
+    Ok((protocol, host.to_owned(), port, path))
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'))
+}
+
+fn read_service(r: &mut Record<'_>) -> RawService {
+    let (name, tags) = read_common(r);
+    let mut protocol = r.one_of(
+        "protocol",
+        &[("http", Protocol::Http), ("https", Protocol::Https)],
+        Protocol::Http,
+    );
+    let mut host = r.string("host").map(str::to_owned);
+    let mut port = r.integer("port");
+    let mut path = r.string("path").map(str::to_owned);
+    if let Some(url) = r.string("url") {
+        match parse_url(url) {
+            Ok((p, h, pt, pa)) => {
+                protocol = p;
+                host = Some(h);
+                port = pt.map(i64::from).or(port);
+                path = pa.or(path);
+            }
+            Err(e) => r.error("url", e),
+        }
+    }
+    let host = match host {
+        Some(h) if valid_host(&h) => h.to_ascii_lowercase(),
+        Some(h) => {
+            r.error("host", format!("invalid hostname: {h}"));
+            String::new()
+        }
+        None => {
+            r.error("host", "required field missing");
+            String::new()
+        }
+    };
+    let port = between(
+        r,
+        "port",
+        port.unwrap_or(i64::from(protocol.default_port())),
+        0,
+        65535,
+    ) as u16;
+    if let Some(p) = &path {
+        if !p.starts_with('/') {
+            r.error("path", "should start with: /");
+        }
+    }
+    let retries = r.integer("retries").unwrap_or(5);
+    let retries = between(r, "retries", retries, 0, 32767) as u32;
+    let mut timeout = |key: &'static str| {
+        let v = r.integer(key).unwrap_or(DEFAULT_TIMEOUT_MS);
+        between(r, key, v, 1, 2_147_483_646) as u64
+    };
+    let connect_timeout_ms = timeout("connect_timeout");
+    let write_timeout_ms = timeout("write_timeout");
+    let read_timeout_ms = timeout("read_timeout");
+    let enabled = r.boolean("enabled", true);
+    r.boolean("tls_verify", false);
+    let service = Service {
+        name: name.unwrap_or_default(),
+        protocol,
+        host,
+        port,
+        path,
+        retries,
+        connect_timeout_ms,
+        write_timeout_ms,
+        read_timeout_ms,
+        enabled,
+        tags,
+    };
+    RawService {
+        path: r.path().to_owned(),
+        service,
+        routes: r.records("routes", |r| read_route(r, false)),
+        plugins: r.records("plugins", |r| read_plugin(r, false)),
+        filter_chains: r.records("filter_chains", |r| read_chain(r, false)),
+    }
+}
+
+/// A reference to another entity: its name, or `{name: ...}` / `{id: ...}`.
+fn read_ref(r: &mut Record<'_>, key: &'static str) -> Option<String> {
+    match r.value(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(map) => match map
+            .get("name")
+            .or_else(|| map.get("id"))
+            .and_then(Value::as_str)
+        {
+            Some(s) => Some(s.to_owned()),
+            None => {
+                r.error(key, "expected a reference by name or id");
+                None
+            }
+        },
+        _ => {
+            r.error(key, "expected a reference by name or id");
+            None
+        }
+    }
+}
+
+fn validate_wildcard(host: &str) -> Result<(), &'static str> {
+    let stars = host.matches('*').count();
+    if stars > 1 {
+        return Err("invalid wildcard: must have at most one wildcard");
+    }
+    if stars == 1 && !(host.starts_with("*.") || host.ends_with(".*")) {
+        return Err("invalid wildcard: must be placed at leftmost or rightmost label");
+    }
+    Ok(())
+}
+
+fn read_route(r: &mut Record<'_>, top_level: bool) -> RawRoute {
+    let (name, tags) = read_common(r);
+    let service_ref = if top_level {
+        read_ref(r, "service")
+    } else {
+        None
+    };
+    let protocols = r.string_array("protocols");
+    for (i, p) in protocols.iter().enumerate() {
+        if !matches!(*p, "http" | "https") {
+            r.error_at(
+                format!("{}.{}", r.path_of("protocols"), i + 1),
+                "expected one of: http, https",
+            );
+        }
+    }
+    let mut paths = Vec::new();
+    for (i, p) in r.string_array("paths").into_iter().enumerate() {
+        let at = format!("{}.{}", r.path_of("paths"), i + 1);
+        if let Some(re) = p.strip_prefix('~') {
+            match regex::Regex::new(re) {
+                Ok(_) => paths.push(RoutePath::Regex(re.to_owned())),
+                Err(e) => r.error_at(at, format!("invalid regex: '{re}' ({e})")),
+            }
+        } else if p.starts_with('/') {
+            paths.push(RoutePath::Prefix(p.to_owned()));
+        } else {
+            r.error_at(at, "should start with: / (fixed path) or ~/ (regex path)");
+        }
+    }
+    let mut hosts = Vec::new();
+    for (i, h) in r.string_array("hosts").into_iter().enumerate() {
+        match validate_wildcard(h) {
+            Ok(()) => hosts.push(h.to_ascii_lowercase()),
+            Err(e) => r.error_at(format!("{}.{}", r.path_of("hosts"), i + 1), e),
+        }
+    }
+    let mut methods = Vec::new();
+    for (i, m) in r.string_array("methods").into_iter().enumerate() {
+        if !m.is_empty() && m.chars().all(|c| c.is_ascii_uppercase()) {
+            methods.push(m.to_owned());
+        } else {
+            r.error_at(
+                format!("{}.{}", r.path_of("methods"), i + 1),
+                format!("invalid value: {m}"),
+            );
+        }
+    }
+    let headers = r.record("headers", read_route_headers);
+    let strip_path = r.boolean("strip_path", true);
+    let preserve_host = r.boolean("preserve_host", false);
+    let regex_priority = r.integer("regex_priority").unwrap_or(0);
+    r.one_of("path_handling", &[("v0", ()), ("v1", ())], ());
+    r.integer("https_redirect_status_code");
+    r.boolean("request_buffering", true);
+    r.boolean("response_buffering", true);
+    if paths.is_empty()
+        && hosts.is_empty()
+        && methods.is_empty()
+        && headers.is_empty()
+        && !r.has_errors()
+    {
+        r.error_at(
+            r.path().to_owned(),
+            "must set one of 'methods', 'hosts', 'headers', 'paths' when 'protocols' is 'http'",
+        );
+    }
+    let route = Route {
+        name: name.unwrap_or_default(),
+        service: None,
+        paths,
+        hosts,
+        methods,
+        headers,
+        strip_path,
+        preserve_host,
+        regex_priority,
+        tags,
+    };
+    RawRoute {
+        path: r.path().to_owned(),
+        route,
+        service_ref,
+        plugins: r.records("plugins", |r| read_plugin(r, false)),
+        filter_chains: r.records("filter_chains", |r| read_chain(r, false)),
+    }
+}
+
+/// Kong's route `headers`: a map of header name to accepted values (`Host` excluded).
+fn read_route_headers<'a>(r: &mut Record<'a>) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let keys: Vec<&'a str> = r.keys().collect();
+    for key in keys {
+        let values: Vec<String> = r.string_array(key).into_iter().map(str::to_owned).collect();
+        if key.eq_ignore_ascii_case("host") {
+            r.error(
+                key,
+                "cannot contain 'host' header, which must be specified in the 'hosts' attribute",
+            );
+            continue;
+        }
+        out.insert(key.to_ascii_lowercase(), values);
+    }
+    out
+}
+
+fn read_plugin(r: &mut Record<'_>, top_level: bool) -> RawPlugin {
+    let (_, tags) = read_common_without_name(r);
+    let name = match r.string("name") {
+        Some(name) => name.to_owned(),
+        None => {
+            r.error("name", "required field missing");
+            String::new()
+        }
+    };
+    let instance_name = r.string("instance_name").map(str::to_owned);
+    let config = r
+        .value("config")
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    let enabled = r.boolean("enabled", true);
+    r.string_array("protocols");
+    if r.value("consumer").is_some() {
+        r.error("consumer", "consumers are not supported by wasmgate");
+    }
+    r.value("ordering");
+    let (service_ref, route_ref) = if top_level {
+        (read_ref(r, "service"), read_ref(r, "route"))
+    } else {
+        (None, None)
+    };
+    let path = r.path().to_owned();
+    if !name.is_empty() {
+        match plugins::find(&name) {
+            None => r.error(
+                "name",
+                format!(
+                    "plugin '{name}' not enabled; add it to the 'plugins' configuration property"
+                ),
+            ),
+            Some(known) => {
+                if let Err(e) = known.validate(&config) {
+                    for field in e.fields {
+                        r.error_at(format!("{path}.{}", field.path), field.message);
+                    }
+                }
+            }
+        }
+    }
+    RawPlugin {
+        path,
+        plugin: Plugin {
+            name,
+            instance_name,
+            config,
+            enabled,
+            scope: Scope::Global,
+            tags,
+        },
+        service_ref,
+        route_ref,
+    }
+}
+
+fn read_common_without_name(r: &mut Record<'_>) -> ((), Vec<String>) {
+    r.string("id");
+    r.integer("created_at");
+    r.integer("updated_at");
+    (
+        (),
+        r.string_array("tags")
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+fn read_chain(r: &mut Record<'_>, top_level: bool) -> RawChain {
+    let (name, tags) = read_common(r);
+    let enabled = r.boolean("enabled", true);
+    let (service_ref, route_ref) = if top_level {
+        (read_ref(r, "service"), read_ref(r, "route"))
+    } else {
+        (None, None)
+    };
+    let filters = r.records("filters", |f| {
+        let name = match f.string("name") {
+            Some(n) => n.to_owned(),
+            None => {
+                f.error("name", "required field missing");
+                String::new()
+            }
+        };
+        let config = match f.value("config") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => Some(other.to_string()),
+        };
+        let enabled = f.boolean("enabled", true);
+        FilterEntry {
+            name,
+            config,
+            enabled,
+        }
+    });
+    if filters.is_empty() && !r.has_errors() {
+        r.error("filters", "required field missing");
+    }
+    RawChain {
+        path: r.path().to_owned(),
+        chain: FilterChain {
+            name,
+            scope: Scope::Global,
+            enabled,
+            filters,
+            tags,
+        },
+        service_ref,
+        route_ref,
+    }
+}
+
+impl RawDocument {
+    /// Resolves references, applies nesting as scope and checks uniqueness.
+    fn resolve(self) -> Result<Config, DeclarativeError> {
+        let mut errors: Vec<FieldError> = Vec::new();
+        let mut error = |path: &str, message: String| {
+            errors.push(FieldError {
+                path: path.to_owned(),
+                message,
+            })
+        };
+        let mut config = Config::default();
+        let mut plugins: Vec<RawPlugin> = self.plugins;
+        let mut chains: Vec<RawChain> = self.filter_chains;
+        let mut routes: Vec<(Option<usize>, RawRoute)> = Vec::new();
+
+        for raw in self.services {
+            let index = config.services.len();
+            if !raw.service.name.is_empty()
+                && config.services.iter().any(|s| s.name == raw.service.name)
+            {
+                error(
+                    &raw.path,
+                    format!(
+                        "UNIQUE violation detected on '{{name=\"{}\"}}'",
+                        raw.service.name
+                    ),
+                );
+            }
+            for mut p in raw.plugins {
+                p.plugin.scope = Scope::Service(index);
+                plugins.push(p);
+            }
+            for mut c in raw.filter_chains {
+                c.chain.scope = Scope::Service(index);
+                chains.push(c);
+            }
+            routes.extend(raw.routes.into_iter().map(|r| (Some(index), r)));
+            config.services.push(raw.service);
+        }
+        routes.extend(self.routes.into_iter().map(|r| (None, r)));
+        for (parent, mut raw) in routes {
+            let index = config.routes.len();
+            raw.route.service = match (parent, &raw.service_ref) {
+                (Some(p), _) => Some(p),
+                (None, Some(reference)) => match service_index(&config, reference) {
+                    Some(s) => Some(s),
+                    None => {
+                        error(
+                            &format!("{}.service", raw.path),
+                            format!("no service named '{reference}'"),
+                        );
+                        None
+                    }
+                },
+                (None, None) => None,
+            };
+            if !raw.route.name.is_empty() && config.routes.iter().any(|r| r.name == raw.route.name)
+            {
+                error(
+                    &raw.path,
+                    format!(
+                        "UNIQUE violation detected on '{{name=\"{}\"}}'",
+                        raw.route.name
+                    ),
+                );
+            }
+            for mut p in raw.plugins {
+                p.plugin.scope = Scope::Route(index);
+                p.route_ref = None;
+                p.service_ref = None;
+                plugins.push(p);
+            }
+            for mut c in raw.filter_chains {
+                c.chain.scope = Scope::Route(index);
+                c.route_ref = None;
+                c.service_ref = None;
+                chains.push(c);
+            }
+            config.routes.push(raw.route);
+        }
+
+        for mut raw in plugins {
+            raw.plugin.scope = resolve_scope(
+                &config,
+                &raw.path,
+                raw.plugin.scope,
+                &raw.service_ref,
+                &raw.route_ref,
+                &mut errors,
+            );
+            let duplicate = config.plugins.iter().any(|p| {
+                p.name == raw.plugin.name
+                    && p.scope == raw.plugin.scope
+                    && p.instance_name == raw.plugin.instance_name
+            });
+            if duplicate {
+                errors.push(FieldError {
+                    path: raw.path.clone(),
+                    message: format!(
+                        "UNIQUE violation detected on '{{name=\"{}\", {}}}'",
+                        raw.plugin.name,
+                        describe_scope(&config, raw.plugin.scope)
+                    ),
+                });
+            }
+            config.plugins.push(raw.plugin);
+        }
+        for mut raw in chains {
+            raw.chain.scope = resolve_scope(
+                &config,
+                &raw.path,
+                raw.chain.scope,
+                &raw.service_ref,
+                &raw.route_ref,
+                &mut errors,
+            );
+            if raw.chain.scope == Scope::Global {
+                errors.push(FieldError {
+                    path: raw.path.clone(),
+                    message: "a filter chain must be attached to a service or a route".into(),
+                });
+            }
+            config.filter_chains.push(raw.chain);
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { fields: errors })
+        }
+    }
+}
+
+fn service_index(config: &Config, reference: &str) -> Option<usize> {
+    config.services.iter().position(|s| s.name == reference)
+}
+
+fn route_index(config: &Config, reference: &str) -> Option<usize> {
+    config.routes.iter().position(|r| r.name == reference)
+}
+
+/// The scope of a top-level plugin or chain from its `service`/`route` references (nested
+/// ones already have theirs).
+fn resolve_scope(
+    config: &Config,
+    path: &str,
+    scope: Scope,
+    service_ref: &Option<String>,
+    route_ref: &Option<String>,
+    errors: &mut Vec<FieldError>,
+) -> Scope {
+    if scope != Scope::Global {
+        return scope;
+    }
+    let mut lookup =
+        |field: &str, reference: &Option<String>, find: fn(&Config, &str) -> Option<usize>| {
+            let reference = reference.as_ref()?;
+            let found = find(config, reference);
+            if found.is_none() {
+                errors.push(FieldError {
+                    path: format!("{path}.{field}"),
+                    message: format!("no {field} named '{reference}'"),
+                });
+            }
+            found
+        };
+    let service = lookup("service", service_ref, service_index);
+    let route = lookup("route", route_ref, route_index);
+    match (route, service) {
+        (Some(route), Some(service)) => Scope::RouteAndService { route, service },
+        (Some(route), None) => Scope::Route(route),
+        (None, Some(service)) => Scope::Service(service),
+        (None, None) => Scope::Global,
+    }
+}
+
+fn describe_scope(config: &Config, scope: Scope) -> String {
+    let service = |i: usize| {
+        config
+            .services
+            .get(i)
+            .map_or("?", |s| s.name.as_str())
+            .to_owned()
+    };
+    let route = |i: usize| {
+        config
+            .routes
+            .get(i)
+            .map_or("?", |r| r.name.as_str())
+            .to_owned()
+    };
+    match scope {
+        Scope::Global => "route=null, service=null".into(),
+        Scope::Service(s) => format!("route=null, service=\"{}\"", service(s)),
+        Scope::Route(r) => format!("route=\"{}\", service=null", route(r)),
+        Scope::RouteAndService {
+            route: r,
+            service: s,
+        } => {
+            format!("route=\"{}\", service=\"{}\"", route(r), service(s))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"
+_format_version: "3.0"
+services:
+  - name: echo
+    url: http://127.0.0.1:8080/base
+    routes:
+      - name: api
+        paths: [/api]
+    plugins:
+      - name: request-size-limiting
+        config: {allowed_payload_size: 10}
+  - name: other
+    host: other.internal
+    port: 8443
+    protocol: https
+routes:
+  - name: users
+    service: other
+    paths: ["~/users/(?<id>\\d+)$"]
+    methods: [GET]
+plugins:
+  - name: request-size-limiting
+    route: users
+    config: {allowed_payload_size: 1, size_unit: kilobytes}
+"#;
+
+    #[test]
+    fn a_complete_file_resolves_nesting_and_references() {
+        let config = parse_declarative(SEED).unwrap();
+        assert_eq!(config.services.len(), 2);
+        let echo = &config.services[0];
+        assert_eq!(
+            (echo.host.as_str(), echo.port, echo.path.as_deref()),
+            ("127.0.0.1", 8080, Some("/base"))
+        );
+        assert_eq!(echo.read_timeout_ms, 60_000);
+        assert_eq!(config.services[1].authority(), "other.internal:8443");
+        assert_eq!(config.routes[0].service, Some(0));
+        assert_eq!(config.routes[1].service, Some(1));
+        assert!(config.routes[0].strip_path);
+        let scopes: Vec<Scope> = config.plugins.iter().map(|p| p.scope).collect();
+        assert_eq!(scopes, vec![Scope::Route(1), Scope::Service(0)]);
+        assert_eq!(
+            config.plugins_for(Some(0))[0].config["allowed_payload_size"],
+            10
+        );
+        assert_eq!(
+            config.plugins_for(Some(1))[0].config["size_unit"],
+            "kilobytes"
+        );
+    }
+
+    fn errors(text: &str) -> String {
+        parse_declarative(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_entity_and_field() {
+        let text = r#"
+_format_version: "3.0"
+services:
+  - name: echo
+    host: x
+    port: 70000
+    connect_timeout: 0
+    routes:
+      - name: bad
+        paths: [api, "~/(unclosed"]
+        methods: [get]
+        hosts: ["a.*.com"]
+plugins:
+  - name: request-size-limiting
+    service: echo
+    config: {size_unit: gigabytes, extra: 1}
+  - name: key-auth
+"#;
+        let message = errors(text);
+        for expected in [
+            "services.echo.port: value should be between 0 and 65535",
+            "services.echo.connect_timeout: value should be between 1 and 2147483646",
+            "services.echo.routes.bad.paths.1: should start with: / (fixed path) or ~/ (regex path)",
+            "services.echo.routes.bad.paths.2: invalid regex",
+            "services.echo.routes.bad.methods.1: invalid value: get",
+            "services.echo.routes.bad.hosts.1: invalid wildcard: must be placed at leftmost or rightmost label",
+            "plugins.request-size-limiting.config.size_unit: expected one of: megabytes, kilobytes, bytes",
+            "plugins.request-size-limiting.config.extra: unknown field",
+            "plugins.key-auth.name: plugin 'key-auth' not enabled; add it to the 'plugins' configuration property",
+        ] {
+            assert!(message.contains(expected), "missing {expected:?} in {message}");
+        }
+    }
+
+    #[test]
+    fn references_and_uniqueness_are_checked() {
+        let message = errors(
+            r#"
+_format_version: "3.0"
+services: [{name: a, host: a}, {name: a, host: b}]
+routes: [{name: r, service: nope, paths: [/]}]
+plugins:
+  - {name: request-size-limiting, route: missing}
+  - {name: request-size-limiting, service: a}
+  - {name: request-size-limiting, service: a}
+"#,
+        );
+        for expected in [
+            "services.a: UNIQUE violation detected on '{name=\"a\"}'",
+            "routes.r.service: no service named 'nope'",
+            "plugins.request-size-limiting.route: no route named 'missing'",
+            "UNIQUE violation detected on '{name=\"request-size-limiting\", route=null, service=\"a\"}'",
+        ] {
+            assert!(message.contains(expected), "missing {expected:?} in {message}");
+        }
+    }
+
+    #[test]
+    fn the_format_version_is_required_and_other_entities_are_refused() {
+        assert!(errors("services: []").contains("_format_version: required field missing"));
+        assert!(
+            errors("_format_version: \"3.0\"\nconsumers: [{username: x}]")
+                .contains("consumers: not supported by wasmgate")
+        );
+        assert!(errors("_format_version: \"3.0\"\nroutes: [{name: r}]")
+            .contains("routes.r: must set one of 'methods', 'hosts', 'headers', 'paths'"));
+        assert!(errors("{").starts_with("declarative: invalid YAML or JSON"));
+    }
+
+    #[test]
+    fn the_most_specific_plugin_instance_wins() {
+        let config = parse_declarative(
+            r#"
+_format_version: "3.0"
+services:
+  - name: s
+    host: s
+    routes: [{name: r1, paths: [/one]}, {name: r2, paths: [/two]}]
+plugins:
+  - {name: request-size-limiting, config: {allowed_payload_size: 1}}
+  - {name: request-size-limiting, service: s, config: {allowed_payload_size: 2}}
+  - {name: request-size-limiting, route: r2, config: {allowed_payload_size: 3}}
+  - {name: request-size-limiting, route: r2, service: s, enabled: false, config: {allowed_payload_size: 4}}
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.plugins_for(None)[0].config["allowed_payload_size"],
+            1
+        );
+        assert_eq!(
+            config.plugins_for(Some(0))[0].config["allowed_payload_size"],
+            2
+        );
+        // The route+service instance wins for r2 and is disabled: nothing runs.
+        assert!(config.plugins_for(Some(1)).is_empty());
+    }
+}

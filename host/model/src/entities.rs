@@ -1,0 +1,200 @@
+//! The entities, after validation: references are resolved to indexes and defaults applied.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Https,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            Protocol::Http => 80,
+            Protocol::Https => 443,
+        }
+    }
+}
+
+/// An upstream service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub protocol: Protocol,
+    pub host: String,
+    pub port: u16,
+    /// The path prefixed to every proxied request, if any.
+    pub path: Option<String>,
+    pub retries: u32,
+    pub connect_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    pub enabled: bool,
+    pub tags: Vec<String>,
+}
+
+impl Service {
+    /// `host` or `host:port` when the port is not the protocol's default, as Kong sends it in
+    /// the upstream Host header.
+    pub fn authority(&self) -> String {
+        if self.port == self.protocol.default_port() {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// One path of a route: a plain prefix or a Kong regex (`~` prefix, stored without it).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoutePath {
+    Prefix(String),
+    Regex(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    pub name: String,
+    /// Index into [`Config::services`].
+    pub service: Option<usize>,
+    pub paths: Vec<RoutePath>,
+    /// Lower-cased; may hold one leading or trailing `*` label.
+    pub hosts: Vec<String>,
+    /// Upper-cased.
+    pub methods: Vec<String>,
+    /// Lower-cased header name → accepted values.
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub strip_path: bool,
+    pub preserve_host: bool,
+    pub regex_priority: i64,
+    pub tags: Vec<String>,
+}
+
+/// Where a plugin or filter chain applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Global,
+    Service(usize),
+    Route(usize),
+    RouteAndService { route: usize, service: usize },
+}
+
+impl Scope {
+    /// Kong's precedence among instances of one plugin: the most specific wins.
+    pub fn specificity(self) -> u8 {
+        match self {
+            Scope::RouteAndService { .. } => 3,
+            Scope::Route(_) => 2,
+            Scope::Service(_) => 1,
+            Scope::Global => 0,
+        }
+    }
+
+    /// Whether this scope covers a request matched to `route` (of service `service`).
+    pub fn covers(self, route: Option<usize>, service: Option<usize>) -> bool {
+        match self {
+            Scope::Global => true,
+            Scope::Service(s) => service == Some(s),
+            Scope::Route(r) => route == Some(r),
+            Scope::RouteAndService {
+                route: r,
+                service: s,
+            } => route == Some(r) && service == Some(s),
+        }
+    }
+}
+
+/// An instance of one of wasmgate's Kong plugins.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plugin {
+    pub name: String,
+    pub instance_name: Option<String>,
+    /// The validated config, as the user wrote it (the module applies defaults itself).
+    pub config: Value,
+    pub enabled: bool,
+    pub scope: Scope,
+    pub tags: Vec<String>,
+}
+
+/// One filter of a filter chain: any proxy-wasm module from the filters directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FilterEntry {
+    pub name: String,
+    /// Passed to the module as-is (a string config) or as JSON text.
+    pub config: Option<String>,
+    pub enabled: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FilterChain {
+    pub name: Option<String>,
+    pub scope: Scope,
+    pub enabled: bool,
+    pub filters: Vec<FilterEntry>,
+    pub tags: Vec<String>,
+}
+
+/// A whole, valid gateway configuration.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    pub services: Vec<Service>,
+    pub routes: Vec<Route>,
+    pub plugins: Vec<Plugin>,
+    pub filter_chains: Vec<FilterChain>,
+}
+
+impl Config {
+    /// The plugins that run for a request matched to `route` (or none matched), one instance
+    /// per plugin name by Kong's precedence, in Kong's execution order (priority, highest
+    /// first).
+    pub fn plugins_for(&self, route: Option<usize>) -> Vec<&Plugin> {
+        let service = route
+            .and_then(|r| self.routes.get(r))
+            .and_then(|r| r.service);
+        let mut chosen: Vec<&Plugin> = Vec::new();
+        for plugin in self
+            .plugins
+            .iter()
+            .filter(|p| p.scope.covers(route, service))
+        {
+            match chosen.iter_mut().find(|c| c.name == plugin.name) {
+                Some(current) if plugin.scope.specificity() > current.scope.specificity() => {
+                    *current = plugin
+                }
+                Some(_) => {}
+                None => chosen.push(plugin),
+            }
+        }
+        chosen.retain(|p| p.enabled);
+        chosen.sort_by_key(|p| std::cmp::Reverse(crate::plugins::priority(&p.name)));
+        chosen
+    }
+
+    /// The filter-chain filters that run after the plugins: the service's chain, then the
+    /// route's.
+    pub fn filters_for(&self, route: Option<usize>) -> Vec<&FilterEntry> {
+        let service = route
+            .and_then(|r| self.routes.get(r))
+            .and_then(|r| r.service);
+        let mut chains: Vec<&FilterChain> = self
+            .filter_chains
+            .iter()
+            .filter(|c| c.enabled && c.scope.covers(route, service))
+            .collect();
+        chains.sort_by_key(|c| c.scope.specificity());
+        chains
+            .into_iter()
+            .flat_map(|c| c.filters.iter().filter(|f| f.enabled))
+            .collect()
+    }
+}

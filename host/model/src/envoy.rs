@@ -1,0 +1,402 @@
+//! The Envoy translation: the same services, routes and plugins as an Envoy bootstrap (or its
+//! pieces, for xDS).
+//!
+//! Routes are emitted in [`Router`]'s order inside one catch-all virtual host, with hosts,
+//! methods and headers as header matchers, so Envoy picks the same route the gateway does.
+//! Every wasm filter is in the listener's chain and disabled per route
+//! (`typed_per_filter_config`) wherever Kong's precedence does not pick that plugin instance,
+//! so a plugin on one service never touches another. (Envoy can only enable a filter per
+//! route with a per-route config of its own type, which the Wasm filter does not have; it can
+//! always disable one.) Secrets reach modules through
+//! `vm_config.environment_variables.host_env_keys`: they are read from Envoy's own environment
+//! and never written into the bootstrap.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde_json::{json, Map, Value};
+
+use crate::entities::{Config, Protocol};
+use crate::plugins;
+use crate::router::{Candidate, Router};
+
+pub const V8: &str = "envoy.wasm.runtime.v8";
+const FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
+/// Kong's answer when no route matches.
+pub const NO_ROUTE_BODY: &str = r#"{"message":"no Route matched with those values"}"#;
+
+#[derive(Clone, Debug)]
+pub struct EnvoyOptions {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    /// Where wasmgate's plugin modules are.
+    pub modules_dir: PathBuf,
+    /// Where filter_chains modules are (`<name>.wasm`).
+    pub filters_dir: Option<PathBuf>,
+    pub runtime: String,
+    /// Names of Envoy's environment variables the modules may read (secrets).
+    pub env_allow: Vec<String>,
+}
+
+/// One wasm filter instance in the chain.
+struct FilterSlot {
+    name: String,
+    root_id: String,
+    vm_id: String,
+    module: PathBuf,
+    configuration: String,
+}
+
+fn filter_slots(
+    config: &Config,
+    options: &EnvoyOptions,
+) -> (Vec<FilterSlot>, Vec<Option<usize>>, Vec<Vec<usize>>) {
+    // Plugins in Kong's execution order; plugin index → slot.
+    let mut order: Vec<usize> = (0..config.plugins.len())
+        .filter(|&i| config.plugins[i].enabled)
+        .collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(plugins::priority(&config.plugins[i].name)));
+    let mut slots = Vec::new();
+    let mut plugin_slot = vec![None; config.plugins.len()];
+    for i in order {
+        let plugin = &config.plugins[i];
+        let file = plugins::find(&plugin.name)
+            .map_or_else(|| format!("{}.wasm", plugin.name), |p| p.module_file());
+        plugin_slot[i] = Some(slots.len());
+        slots.push(FilterSlot {
+            name: format!("wasmgate.plugin.{i}.{}", plugin.name),
+            root_id: plugin.name.clone(),
+            vm_id: format!("wasmgate.plugin.{i}"),
+            module: options.modules_dir.join(file),
+            configuration: plugin.config.to_string(),
+        });
+    }
+    let filters_dir = options
+        .filters_dir
+        .clone()
+        .unwrap_or_else(|| options.modules_dir.clone());
+    let mut chain_slots = Vec::new();
+    for (c, chain) in config.filter_chains.iter().enumerate() {
+        let mut ids = Vec::new();
+        for (f, filter) in chain.filters.iter().enumerate() {
+            ids.push(slots.len());
+            slots.push(FilterSlot {
+                name: format!("wasmgate.chain.{c}.{f}.{}", filter.name),
+                root_id: filter.name.clone(),
+                vm_id: format!("wasmgate.chain.{c}.{f}"),
+                module: filters_dir.join(format!("{}.wasm", filter.name)),
+                configuration: filter.config.clone().unwrap_or_default(),
+            });
+        }
+        chain_slots.push(ids);
+    }
+    (slots, plugin_slot, chain_slots)
+}
+
+/// The HTTP filters: every wasm filter, then the router.
+pub fn http_filters(config: &Config, options: &EnvoyOptions) -> Vec<Value> {
+    let (slots, _, _) = filter_slots(config, options);
+    let mut filters: Vec<Value> = slots
+        .iter()
+        .map(|slot| {
+            json!({
+                "name": slot.name,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": slot.name,
+                        "root_id": slot.root_id,
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": slot.configuration,
+                        },
+                        // FAIL_CLOSED would answer 503 on a worker forever after one trap.
+                        "failure_policy": "FAIL_RELOAD",
+                        "vm_config": {
+                            "vm_id": slot.vm_id,
+                            "runtime": options.runtime,
+                            "code": {"local": {"filename": slot.module.to_string_lossy()}},
+                            "environment_variables": {"host_env_keys": options.env_allow},
+                        },
+                    },
+                },
+            })
+        })
+        .collect();
+    filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }));
+    filters
+}
+
+/// The cluster name of a service.
+pub fn cluster_name(config: &Config, service: usize) -> String {
+    match config.services.get(service) {
+        Some(s) if !s.name.is_empty() => format!("service.{}", s.name),
+        _ => format!("service.{service}"),
+    }
+}
+
+pub fn clusters(config: &Config) -> Vec<Value> {
+    config
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, service)| {
+            let is_ip = service.host.parse::<std::net::IpAddr>().is_ok();
+            let name = cluster_name(config, i);
+            let mut cluster = json!({
+                "name": name,
+                "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
+                "connect_timeout": format!("{}s", service.connect_timeout_ms as f64 / 1000.0),
+                "load_assignment": {
+                    "cluster_name": name,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                        "address": service.host,
+                        "port_value": service.port,
+                    }}}}]}],
+                },
+            });
+            if service.protocol == Protocol::Https {
+                cluster["transport_socket"] = json!({
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "sni": service.host,
+                    },
+                });
+            }
+            cluster
+        })
+        .collect()
+}
+
+fn regex_escape(text: &str) -> String {
+    regex::escape(text)
+}
+
+/// A Kong (PCRE) regex in RE2 syntax: named groups as `(?P<name>...)`.
+fn to_re2(kong: &str) -> String {
+    kong.replace("(?<", "(?P<")
+        .replace("(?P<=", "(?<=")
+        .replace("(?P<!", "(?<!")
+}
+
+fn host_regex(hosts: &[String]) -> String {
+    let alternatives: Vec<String> = hosts
+        .iter()
+        .map(|h| {
+            let port = if h.contains(':') { "" } else { "(:[0-9]+)?" };
+            if let Some(suffix) = h.strip_prefix('*') {
+                format!("[^:/]+{}{port}", regex_escape(suffix))
+            } else if let Some(prefix) = h.strip_suffix('*') {
+                format!("{}[^:/]+{port}", regex_escape(prefix))
+            } else {
+                format!("{}{port}", regex_escape(h))
+            }
+        })
+        .collect();
+    format!("(?i)({})", alternatives.join("|"))
+}
+
+fn header_matchers(candidate: &Candidate) -> Vec<Value> {
+    let mut matchers = Vec::new();
+    if !candidate.hosts().is_empty() {
+        matchers.push(json!({
+            "name": ":authority",
+            "string_match": {"safe_regex": {"regex": host_regex(candidate.hosts())}},
+        }));
+    }
+    if !candidate.methods().is_empty() {
+        let methods: Vec<String> = candidate
+            .methods()
+            .iter()
+            .map(|m| regex_escape(m))
+            .collect();
+        matchers.push(json!({
+            "name": ":method",
+            "string_match": {"safe_regex": {"regex": methods.join("|")}},
+        }));
+    }
+    for (name, values) in candidate.headers() {
+        let values: Vec<String> = values.iter().map(|v| regex_escape(v)).collect();
+        matchers.push(json!({
+            "name": name,
+            "string_match": {"safe_regex": {"regex": format!("(?i)({})", values.join("|"))}},
+        }));
+    }
+    matchers
+}
+
+/// The route configuration: one virtual host, routes in Kong's order, then Kong's 404.
+pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) -> Value {
+    let (slots, plugin_slot, chain_slots) = filter_slots(config, options);
+    let router = Router::new(config);
+    let mut routes = Vec::new();
+    for candidate in router.candidates() {
+        let route = &config.routes[candidate.route];
+        let route_name = if route.name.is_empty() {
+            format!("route.{}", candidate.route)
+        } else {
+            route.name.clone()
+        };
+        // Which filters run here: the plugin instances Kong would pick, then the chains; every
+        // other filter is disabled on this route.
+        let mut enabled = vec![false; slots.len()];
+        for plugin in config.plugins_for(Some(candidate.route)) {
+            let index = config.plugins.iter().position(|p| std::ptr::eq(p, plugin));
+            if let Some(slot) = index.and_then(|i| plugin_slot[i]) {
+                enabled[slot] = true;
+            }
+        }
+        for (c, chain) in config.filter_chains.iter().enumerate() {
+            if chain.enabled && chain.scope.covers(Some(candidate.route), route.service) {
+                for (f, filter) in chain.filters.iter().enumerate() {
+                    enabled[chain_slots[c][f]] = filter.enabled;
+                }
+            }
+        }
+        let per_filter = disabled_filters(&slots, &enabled);
+        let Some(service_index) = route.service else {
+            // Kong answers a route without a service with 503.
+            routes.push(json!({
+                "name": route_name,
+                "match": path_match(candidate),
+                "direct_response": {"status": 503, "body": {"inline_string": r#"{"message":"no Service found with those values"}"#}},
+                "typed_per_filter_config": per_filter,
+            }));
+            continue;
+        };
+        let service = &config.services[service_index];
+        let mut action = json!({
+            "cluster": cluster_name(config, service_index),
+            "timeout": "0s",
+            "idle_timeout": format!("{}s", service.read_timeout_ms as f64 / 1000.0),
+        });
+        if !route.preserve_host {
+            action["host_rewrite_literal"] = json!(service.authority());
+        }
+        let base = service.path.as_deref().filter(|p| *p != "/");
+        let joined = base.map_or("/".to_owned(), |b| format!("{}/", b.trim_end_matches('/')));
+        let rewrite = |action: &mut Value, pattern: String, substitution: String| {
+            action["regex_rewrite"] =
+                json!({"pattern": {"regex": pattern}, "substitution": substitution});
+        };
+        let mut variants = Vec::new();
+        match (route.strip_path, candidate.prefix(), candidate.regex()) {
+            (true, Some(prefix), _) => {
+                // The exact prefix maps to the service path itself; longer paths keep their rest.
+                let mut exact = action.clone();
+                rewrite(&mut exact, "^.*$".into(), base.unwrap_or("/").to_owned());
+                variants.push((json!({"path": prefix}), exact));
+                let mut longer = action.clone();
+                rewrite(
+                    &mut longer,
+                    format!("^{}/?", regex_escape(prefix)),
+                    joined.clone(),
+                );
+                variants.push((json!({"prefix": prefix}), longer));
+            }
+            (true, None, Some(regex)) => {
+                let mut stripped = action.clone();
+                rewrite(
+                    &mut stripped,
+                    format!("^(?:{})/?", to_re2(regex)),
+                    joined.clone(),
+                );
+                variants.push((path_match(candidate), stripped));
+            }
+            _ => {
+                if base.is_some() {
+                    rewrite(&mut action, "^/".into(), joined.clone());
+                }
+                variants.push((path_match(candidate), action));
+            }
+        }
+        for (mut matcher, action) in variants {
+            let headers = header_matchers(candidate);
+            if !headers.is_empty() {
+                matcher["headers"] = json!(headers);
+            }
+            routes.push(json!({
+                "name": route_name,
+                "match": matcher,
+                "route": action,
+                "typed_per_filter_config": per_filter,
+            }));
+        }
+    }
+    routes.push(json!({
+        "name": "no-route",
+        "match": {"prefix": "/"},
+        "typed_per_filter_config": disabled_filters(&slots, &vec![false; slots.len()]),
+        "direct_response": {"status": 404, "body": {"inline_string": NO_ROUTE_BODY}},
+        "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json; charset=utf-8"}}],
+    }));
+    // Route-less answers are Kong's JSON too.
+    for route in routes.iter_mut() {
+        if route.get("direct_response").is_some() && route.get("response_headers_to_add").is_none()
+        {
+            route["response_headers_to_add"] = json!([{"header": {"key": "content-type", "value": "application/json; charset=utf-8"}}]);
+        }
+    }
+    json!({
+        "name": name,
+        "virtual_hosts": [{"name": "wasmgate", "domains": ["*"], "routes": routes}],
+    })
+}
+
+fn disabled_filters(slots: &[FilterSlot], enabled: &[bool]) -> Map<String, Value> {
+    slots
+        .iter()
+        .zip(enabled)
+        .filter(|(_, on)| !**on)
+        .map(|(slot, _)| {
+            (
+                slot.name.clone(),
+                json!({"@type": FILTER_CONFIG, "disabled": true}),
+            )
+        })
+        .collect()
+}
+
+fn path_match(candidate: &Candidate) -> Value {
+    match (candidate.prefix(), candidate.regex()) {
+        (Some(prefix), _) => json!({"prefix": prefix}),
+        (None, Some(regex)) => json!({"safe_regex": {"regex": format!("(?:{}).*", to_re2(regex))}}),
+        _ => json!({"prefix": "/"}),
+    }
+}
+
+/// The HTTP connection manager of the gateway listener.
+pub fn http_connection_manager(config: &Config, options: &EnvoyOptions) -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "wasmgate",
+        "codec_type": "AUTO",
+        "use_remote_address": true,
+        "proxy_100_continue": true,
+        "route_config": route_configuration(config, options, "wasmgate"),
+        "http_filters": http_filters(config, options),
+    })
+}
+
+/// A complete static bootstrap.
+pub fn bootstrap(config: &Config, options: &EnvoyOptions) -> Value {
+    let address = |a: SocketAddr| json!({"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}});
+    json!({
+        "admin": {"address": address(options.admin)},
+        "static_resources": {
+            "listeners": [{
+                "name": "wasmgate",
+                "address": address(options.listen),
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": http_connection_manager(config, options),
+                }]}],
+            }],
+            "clusters": clusters(config),
+        },
+    })
+}

@@ -1,0 +1,19 @@
+//! wasmgate's one model of what a gateway runs: Kong's services, routes, plugins and
+//! filter_chains.
+//!
+//! [`declarative`] reads Kong's declarative format (`_format_version: "3.0"`) and validates it
+//! as a whole, naming the entity and field of every error; plugin configs are validated by
+//! the plugins' own cores ([`plugins`]), the very code that runs in the modules. [`router`]
+//! matches requests with Kong's precedence, and [`envoy`] translates the same model into an
+//! Envoy bootstrap whose routes follow that same order. The gateway, the Envoy translation and
+//! the control plane all use this crate.
+
+pub mod declarative;
+pub mod entities;
+pub mod envoy;
+pub mod plugins;
+pub mod router;
+
+pub use declarative::{parse_declarative, DeclarativeError};
+pub use entities::{Config, FilterChain, FilterEntry, Plugin, Protocol, Route, Scope, Service};
+pub use router::{Captures, RouteMatch, Router};

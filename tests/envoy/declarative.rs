@@ -1,0 +1,184 @@
+//! A Kong declarative file, translated by `model::envoy`, runs in a real Envoy: routing with
+//! Kong's precedence and path handling, and plugins only where they are attached.
+
+use std::net::SocketAddr;
+
+use model::envoy::{bootstrap, EnvoyOptions, V8};
+use wasmgate_tests::client::send;
+use wasmgate_tests::{paths, EchoReport, EchoUpstream, Envoy, Protocol, Request, RequestBody};
+
+fn declarative(a: SocketAddr, b: SocketAddr) -> String {
+    format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: alpha
+    url: http://{a}/base
+    routes:
+      - name: alpha-api
+        paths: [/alpha]
+      - name: alpha-users
+        paths: ["~/users/(?<id>\\d+)$"]
+        strip_path: false
+        methods: [GET]
+    plugins:
+      - name: request-size-limiting
+        config: {{allowed_payload_size: 1, size_unit: kilobytes}}
+  - name: beta
+    url: http://{b}
+    routes:
+      - name: beta-all
+        paths: [/]
+        preserve_host: true
+      - name: beta-host
+        hosts: ["*.beta.test"]
+        paths: [/]
+plugins:
+  - name: request-size-limiting
+    route: beta-host
+    config: {{allowed_payload_size: 4, size_unit: bytes}}
+"#
+    )
+}
+
+async fn start() -> (EchoUpstream, EchoUpstream, Envoy) {
+    let alpha = EchoUpstream::start().await.unwrap();
+    let beta = EchoUpstream::start().await.unwrap();
+    let config = model::parse_declarative(&declarative(alpha.addr(), beta.addr())).unwrap();
+    let options = EnvoyOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        modules_dir: paths::wasm_dir(),
+        filters_dir: None,
+        runtime: V8.into(),
+        env_allow: Vec::new(),
+    };
+    let envoy = Envoy::start_bootstrap(&bootstrap(&config, &options), 2)
+        .await
+        .unwrap();
+    (alpha, beta, envoy)
+}
+
+fn report(body: &[u8]) -> EchoReport {
+    serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "not an echo report ({e}): {}",
+            String::from_utf8_lossy(body)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_plugin_scopes_follow_kong() {
+    let (alpha, beta, envoy) = start().await;
+    let addr = envoy.listener("wasmgate");
+    let get = |path: &str| Request::get(path).header("host", "gw.test");
+
+    // strip_path: /alpha/x → service path + /x, Host = the service's.
+    let r = send(addr, Protocol::Http1, &get("/alpha/x?q=1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = report(&r.body);
+    assert_eq!(
+        (seen.path.as_str(), seen.query.as_deref()),
+        ("/base/x", Some("q=1"))
+    );
+    assert_eq!(seen.header("host"), Some(alpha.addr().to_string().as_str()));
+    let r = send(addr, Protocol::Http2, &get("/alpha")).await.unwrap();
+    assert_eq!(report(&r.body).path, "/base");
+
+    // A regex route outranks the catch-all; strip_path false keeps the path.
+    let r = send(addr, Protocol::Http1, &get("/users/42"))
+        .await
+        .unwrap();
+    assert_eq!(report(&r.body).path, "/base/users/42");
+    // ... but only for GET: a POST falls through to beta's catch-all, which preserves Host.
+    let post =
+        Request::post("/users/42", RequestBody::Bytes(b"x".to_vec())).header("host", "gw.test");
+    let r = send(addr, Protocol::Http1, &post).await.unwrap();
+    let seen = report(&r.body);
+    assert_eq!(
+        (seen.path.as_str(), seen.header("host")),
+        ("/users/42", Some("gw.test"))
+    );
+    assert_eq!(beta.arrivals().len(), 1);
+
+    // The service-scoped limit applies to alpha's routes only.
+    let big = |path: &str, host: &str| {
+        Request::post(path, RequestBody::Bytes(vec![b'z'; 2048])).header("host", host)
+    };
+    assert_eq!(
+        send(addr, Protocol::Http1, &big("/alpha/up", "gw.test"))
+            .await
+            .unwrap()
+            .status,
+        413
+    );
+    assert_eq!(
+        send(addr, Protocol::Http2, &big("/beta/up", "gw.test"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // The route-scoped limit applies to its route only (host + path outranks path alone).
+    assert_eq!(
+        send(addr, Protocol::Http1, &big("/", "a.beta.test"))
+            .await
+            .unwrap()
+            .status,
+        413
+    );
+    let small =
+        Request::post("/", RequestBody::Bytes(b"1234".to_vec())).header("host", "a.beta.test");
+    assert_eq!(
+        send(addr, Protocol::Http1, &small).await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        alpha
+            .arrivals()
+            .iter()
+            .filter(|a| a.path == "/base/up")
+            .count(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_matching_route_is_kongs_404() {
+    let alpha = EchoUpstream::start().await.unwrap();
+    let text = format!(
+        "_format_version: \"3.0\"\nservices: [{{name: a, url: \"http://{}\", routes: [{{name: r, paths: [/only]}}]}}]\n",
+        alpha.addr()
+    );
+    let config = model::parse_declarative(&text).unwrap();
+    let options = EnvoyOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        modules_dir: paths::wasm_dir(),
+        filters_dir: None,
+        runtime: V8.into(),
+        env_allow: Vec::new(),
+    };
+    let envoy = Envoy::start_bootstrap(&bootstrap(&config, &options), 1)
+        .await
+        .unwrap();
+    let r = send(
+        envoy.listener("wasmgate"),
+        Protocol::Http1,
+        &Request::get("/elsewhere"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(
+        r.json().unwrap(),
+        serde_json::json!({"message": "no Route matched with those values"})
+    );
+}
