@@ -16,4 +16,5 @@ pub mod router;
 
 pub use declarative::{parse_declarative, DeclarativeError};
 pub use entities::{Config, FilterChain, FilterEntry, Plugin, Protocol, Route, Scope, Service};
+pub use kit::ConfigError;
 pub use router::{Captures, RouteMatch, Router};

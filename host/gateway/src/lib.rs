@@ -1,0 +1,18 @@
+//! `gateway`: wasmgate's own data plane.
+//!
+//! A reverse proxy on hyper: one worker thread per core, each with its own tokio runtime and
+//! listener socket (`SO_REUSEPORT`), sharing one atomically swapped configuration
+//! [`snapshot`]. Requests are routed with Kong's precedence ([`model::Router`]), forwarded by
+//! [`proxy`] with Kong's header and timeout behaviour, and logged ([`access_log`]); the
+//! [`admin`] listener serves status, Prometheus metrics and DB-less `POST /config`.
+
+pub mod access_log;
+pub mod admin;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod server;
+pub mod snapshot;
+
+pub use server::{Gateway, GatewayOptions};
+pub use snapshot::Snapshot;

@@ -1,0 +1,96 @@
+//! Header rules of a reverse proxy, as Kong applies them.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+
+use super::Downstream;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including any the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // hyper sets the framing of what it sends itself.
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// The host the client asked for (Host or the HTTP/2 :authority), without the port.
+pub fn request_host(parts: &Parts) -> String {
+    let raw = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    raw.to_ascii_lowercase()
+}
+
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port))
+            if port.chars().all(|c| c.is_ascii_digit()) && !h.is_empty() && !h.ends_with(']') =>
+        {
+            h
+        }
+        _ => host,
+    }
+}
+
+/// The upstream request's headers: the client's minus hop-by-hop ones, then Kong's
+/// forwarding headers and the Host the route asks for.
+pub fn forward_request_headers(
+    parts: &Parts,
+    out: &mut HeaderMap,
+    downstream: &Downstream,
+    host: &str,
+    path: &str,
+    upstream_host: String,
+) {
+    *out = parts.headers.clone();
+    strip_hop_by_hop(out);
+    let client_ip = downstream.peer.ip().to_string();
+    let forwarded_for = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client_ip}"),
+        _ => client_ip.clone(),
+    };
+    let scheme = if downstream.tls { "https" } else { "http" };
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            out.insert(name, value);
+        }
+    };
+    set("x-real-ip", &client_ip);
+    set("x-forwarded-for", &forwarded_for);
+    set("x-forwarded-proto", scheme);
+    set("x-forwarded-host", strip_port(host));
+    set("x-forwarded-port", &downstream.local.port().to_string());
+    set("x-forwarded-path", path);
+    set("host", &upstream_host);
+}

@@ -1,0 +1,136 @@
+//! The request path: route, forward, answer.
+//!
+//! Phases in order, like Pingora's `ProxyHttp`: normalise and route the request; build the
+//! upstream request (Kong's forwarding headers, Host, path); send it with the service's
+//! timeouts; relay the response; log. Errors become Kong's JSON answers (404 no route, 502,
+//! 503, 504).
+
+pub mod body;
+pub mod errors;
+pub mod headers;
+pub mod path;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+
+use crate::access_log::AccessLog;
+use crate::server::Worker;
+use body::ProxyBody;
+use errors::ProxyError;
+
+/// What the proxy knows about the downstream connection of a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Downstream {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+/// Handles one request from start to response head.
+pub async fn handle(
+    worker: Rc<Worker>,
+    downstream: Downstream,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let snapshot = worker.shared.snapshot.load_full();
+    let accept = request
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut log = AccessLog::new(&downstream, &request);
+
+    let response = match forward(&worker, &snapshot, downstream, request, &mut log).await {
+        Ok(response) => response,
+        Err(error) => {
+            log.error = Some(error.to_string());
+            error.into_response(accept.as_deref())
+        }
+    };
+    log.status = response.status().as_u16();
+    log.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    worker.shared.metrics.observe(&log);
+    worker.shared.access_log(&log);
+    response
+}
+
+async fn forward(
+    worker: &Worker,
+    snapshot: &crate::Snapshot,
+    downstream: Downstream,
+    request: Request<Incoming>,
+    log: &mut AccessLog,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (parts, body) = request.into_parts();
+    let host = headers::request_host(&parts);
+    let path = path::normalize(parts.uri.path());
+    let route_match = snapshot
+        .router
+        .find(parts.method.as_str(), &host, &path, |name| {
+            parts
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        })
+        .ok_or(ProxyError::NoRoute)?;
+    let route = &snapshot.config.routes[route_match.route];
+    log.route = Some(route.name.clone());
+    let service_index = route.service.ok_or(ProxyError::NoService)?;
+    let service = &snapshot.config.services[service_index];
+    log.service = Some(service.name.clone());
+
+    let upstream_path = model::router::upstream_path(
+        service.path.as_deref(),
+        &route_match.matched,
+        route.strip_path,
+        &path,
+    );
+    let upstream_uri = upstream::uri(service, &upstream_path, parts.uri.query())?;
+    log.upstream = Some(upstream_uri.to_string());
+    let mut upstream_request = Request::builder()
+        .method(parts.method.clone())
+        .uri(upstream_uri)
+        .body(ProxyBody::streaming(body))
+        .map_err(|e| ProxyError::BadRequest(format!("building the upstream request: {e}")))?;
+    headers::forward_request_headers(
+        &parts,
+        upstream_request.headers_mut(),
+        &downstream,
+        &host,
+        &path,
+        if route.preserve_host {
+            host_header(&parts)
+        } else {
+            service.authority()
+        },
+    );
+
+    let upstream_started = Instant::now();
+    let response = worker.upstreams.send(service, upstream_request).await?;
+    log.upstream_latency_ms = Some(upstream_started.elapsed().as_secs_f64() * 1000.0);
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(
+        "via",
+        HeaderValue::from_static(concat!("1.1 wasmgate/", env!("CARGO_PKG_VERSION"))),
+    );
+    Ok(Response::from_parts(parts, ProxyBody::streaming(body)))
+}
+
+fn host_header(parts: &http::request::Parts) -> String {
+    parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+}

@@ -1,0 +1,371 @@
+//! `gateway` as a reverse proxy over real loopback sockets: routing, forwarding headers,
+//! upstream failures, reloads and shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gateway::{Gateway, GatewayOptions, Snapshot};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasmgate_tests::client::{send, Connection};
+use wasmgate_tests::{EchoReport, EchoUpstream, Protocol, Request, RequestBody};
+
+fn options() -> GatewayOptions {
+    GatewayOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        workers: 2,
+        drain_timeout: Duration::from_secs(5),
+        access_log: false,
+        config_path: None,
+    }
+}
+
+fn start(text: &str) -> Gateway {
+    let snapshot = Snapshot::from_declarative(text).unwrap_or_else(|e| panic!("{e}"));
+    Gateway::start(options(), snapshot).unwrap()
+}
+
+fn echo_config(echo: SocketAddr) -> String {
+    format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: echo
+    url: http://{echo}/base
+    routes:
+      - name: api
+        paths: [/api]
+      - name: keep
+        paths: [/keep]
+        strip_path: false
+        preserve_host: true
+"#
+    )
+}
+
+fn report(body: &[u8]) -> EchoReport {
+    serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "not an echo report ({e}): {}",
+            String::from_utf8_lossy(body)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_with_kongs_path_host_and_forwarding_headers() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&echo_config(echo.addr()));
+    for protocol in Protocol::ALL {
+        let request = Request::get("/api/users?id=7")
+            .header("host", "gw.test:8000")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("connection", "x-hop")
+            .header("x-hop", "dropped");
+        let request = if protocol == Protocol::Http2 {
+            Request {
+                headers: request
+                    .headers
+                    .into_iter()
+                    .filter(|(k, _)| k != "connection" && k != "x-hop")
+                    .collect(),
+                ..request
+            }
+        } else {
+            request
+        };
+        let response = send(gateway.addr(), protocol, &request).await.unwrap();
+        assert_eq!(response.status, 200, "{protocol:?}: {}", response.text());
+        assert!(response
+            .header("via")
+            .is_some_and(|v| v.contains("wasmgate")));
+        let seen = report(&response.body);
+        assert_eq!(seen.path, "/base/users", "{protocol:?}");
+        assert_eq!(seen.query.as_deref(), Some("id=7"));
+        assert_eq!(seen.header("host"), Some(echo.addr().to_string().as_str()));
+        assert_eq!(
+            seen.header("x-forwarded-for"),
+            Some("203.0.113.9, 127.0.0.1")
+        );
+        assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+        assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+        assert_eq!(seen.header("x-forwarded-host"), Some("gw.test"));
+        assert_eq!(
+            seen.header("x-forwarded-port"),
+            Some(gateway.addr().port().to_string().as_str())
+        );
+        assert_eq!(seen.header("x-forwarded-path"), Some("/api/users"));
+        assert_eq!(seen.header("x-hop"), None);
+        assert_eq!(seen.header("connection"), None);
+    }
+    // preserve_host and strip_path: false
+    let response = send(
+        gateway.addr(),
+        Protocol::Http1,
+        &Request::get("/keep/x").header("host", "client.test"),
+    )
+    .await
+    .unwrap();
+    let seen = report(&response.body);
+    assert_eq!(
+        (seen.path.as_str(), seen.header("host")),
+        ("/base/keep/x", Some("client.test"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_normalised_before_routing() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&echo_config(echo.addr()));
+    let response = send(
+        gateway.addr(),
+        Protocol::Http1,
+        &Request::get("/other/../api//x/./y"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(report(&response.body).path, "/base/x/y");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_both_ways() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&echo_config(echo.addr()));
+    for protocol in Protocol::ALL {
+        let upload = Request::post(
+            "/api/up",
+            RequestBody::Filler {
+                len: 8 << 20,
+                with_length: false,
+            },
+        );
+        let response = send(gateway.addr(), protocol, &upload).await.unwrap();
+        let seen = report(&response.body);
+        assert_eq!(seen.body_len, 8 << 20);
+        assert_eq!(
+            seen.body_sha256,
+            wasmgate_tests::echo::filler_sha256(8 << 20)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kong_answers_for_no_route_and_upstream_failures() {
+    // A port nobody listens on: bind, read the port, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // An upstream that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let gateway = start(&format!(
+        r#"
+_format_version: "3.0"
+services:
+  - {{name: dead, url: "http://{dead}", routes: [{{name: d, paths: [/dead]}}]}}
+  - {{name: slow, url: "http://{silent_addr}", read_timeout: 300, routes: [{{name: s, paths: [/slow]}}]}}
+routes:
+  - {{name: orphan, paths: [/orphan]}}
+"#
+    ));
+    let cases = [
+        ("/nowhere", 404, "no Route matched with those values"),
+        (
+            "/dead",
+            502,
+            "An invalid response was received from the upstream server",
+        ),
+        ("/slow", 504, "The upstream server is timing out"),
+        ("/orphan", 503, "no Service found with those values"),
+    ];
+    for (path, status, message) in cases {
+        let response = send(gateway.addr(), Protocol::Http1, &Request::get(path))
+            .await
+            .unwrap();
+        assert_eq!(response.status, status, "{path}: {}", response.text());
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/json; charset=utf-8")
+        );
+        assert_eq!(
+            response.json().unwrap(),
+            serde_json::json!({"message": message}),
+            "{path}"
+        );
+    }
+    hold.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_requests_are_refused_without_harm() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&echo_config(echo.addr()));
+    let addr = gateway.addr();
+    let exchange = |bytes: Vec<u8>| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = stream.write_all(&bytes).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let huge = format!(
+        "GET /api HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let answer = exchange(huge.into_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "oversized headers: {answer:.80}"
+    );
+    let answer = exchange(b"NOT HTTP AT ALL\r\n\r\n".to_vec()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "malformed: {answer:.80}"
+    );
+    // The gateway still serves.
+    let response = send(addr, Protocol::Http1, &Request::get("/api/ok"))
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    assert!(echo.arrivals().iter().all(|a| a.path == "/base/ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_post_config_reloads_and_refuses_bad_configs() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&echo_config(echo.addr()));
+    let admin = gateway.admin_addr().unwrap();
+    let post = |text: String| Request::post("/config", RequestBody::Bytes(text.into_bytes()));
+
+    let bad = post("_format_version: \"3.0\"\nservices: [{name: x, host: x, port: 99999}]".into());
+    let response = send(admin, Protocol::Http1, &bad).await.unwrap();
+    assert_eq!(response.status, 400);
+    let body = response.json().unwrap();
+    assert_eq!(body["name"], "invalid declarative configuration");
+    assert_eq!(
+        body["fields"]["services"]["x"]["port"],
+        "value should be between 0 and 65535"
+    );
+    // The old configuration still serves.
+    assert_eq!(
+        send(gateway.addr(), Protocol::Http1, &Request::get("/api"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    let moved = echo_config(echo.addr()).replace("/api", "/moved");
+    let response = send(admin, Protocol::Http1, &post(moved)).await.unwrap();
+    assert_eq!(response.status, 201, "{}", response.text());
+    let hash = response.json().unwrap()["config_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        send(gateway.addr(), Protocol::Http1, &Request::get("/api"))
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(
+        send(gateway.addr(), Protocol::Http1, &Request::get("/moved"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let status = send(admin, Protocol::Http1, &Request::get("/status"))
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(status["config_hash"], hash);
+    let metrics = send(admin, Protocol::Http1, &Request::get("/metrics"))
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics
+            .contains("wasmgate_requests_total{route=\"api\",service=\"echo\",status=\"200\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_under_load_loses_no_request() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&echo_config(echo.addr()));
+    let addr = gateway.addr();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(tokio::spawn(async move {
+            let mut connection = Connection::open(addr, Protocol::Http1).await.unwrap();
+            let mut failures = Vec::new();
+            for _ in 0..150 {
+                match connection.send(&Request::get("/api/load")).await {
+                    Ok(r) if r.status == 200 => {}
+                    Ok(r) => failures.push(format!("status {}", r.status)),
+                    Err(e) => failures.push(e),
+                }
+            }
+            failures
+        }));
+    }
+    let shared = std::sync::Arc::clone(gateway.shared());
+    for i in 0..20 {
+        // Alternate between two valid configurations that both route /api.
+        let text = echo_config(echo.addr()).replace("/keep", &format!("/keep{i}"));
+        shared.apply(&text).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut failures = Vec::new();
+    for client in clients {
+        failures.extend(client.await.unwrap());
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(echo.arrivals().len(), 8 * 150);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    // An upstream that answers after 500 ms.
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = slow.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
+                    .await;
+            });
+        }
+    });
+    let gateway = start(&format!(
+        "_format_version: \"3.0\"\nservices: [{{name: s, url: \"http://{slow_addr}\", routes: [{{name: r, paths: [/]}}]}}]\n"
+    ));
+    let addr = gateway.addr();
+    let in_flight =
+        tokio::spawn(async move { send(addr, Protocol::Http1, &Request::get("/")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = tokio::task::spawn_blocking(move || gateway.shutdown());
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!((response.status, response.text().as_str()), (200, "slow"));
+    stopping.await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener must be closed"
+    );
+}
