@@ -17,6 +17,7 @@ fn options() -> GatewayOptions {
         drain_timeout: Duration::from_secs(5),
         access_log: false,
         config_path: None,
+        tls: None,
     }
 }
 

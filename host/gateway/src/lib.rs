@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 
 pub use server::{Gateway, GatewayOptions};
 pub use snapshot::Snapshot;

@@ -37,6 +37,15 @@ enum Command {
         /// Do not print an access log line per request.
         #[arg(long)]
         no_access_log: bool,
+        /// Where TLS clients connect (needs --tls-cert and --tls-key).
+        #[arg(long)]
+        tls_listen: Option<SocketAddr>,
+        /// A PEM certificate chain; repeat for several (chosen by SNI, the first is the default).
+        #[arg(long = "tls-cert")]
+        tls_certs: Vec<PathBuf>,
+        /// The PEM private key of the --tls-cert at the same position.
+        #[arg(long = "tls-key")]
+        tls_keys: Vec<PathBuf>,
     },
     /// Check a declarative file and exit: 0 when valid, else every error on stderr.
     Validate {
@@ -157,6 +166,7 @@ fn run(
         admin_listen: Some(admin_listen),
         access_log,
         config_path: Some(config.clone()),
+        tls,
         ..GatewayOptions::default()
     };
     if let Some(n) = workers {

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 
@@ -36,6 +36,8 @@ pub struct GatewayOptions {
     pub access_log: bool,
     /// The declarative file, for reloads (SIGHUP, the file watcher).
     pub config_path: Option<PathBuf>,
+    /// Where TLS clients connect, with the server configuration to use.
+    pub tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
 }
 
 impl Default for GatewayOptions {
@@ -47,6 +49,7 @@ impl Default for GatewayOptions {
             drain_timeout: Duration::from_secs(30),
             access_log: true,
             config_path: None,
+            tls: None,
         }
     }
 }
@@ -99,6 +102,7 @@ where
 pub struct Gateway {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -118,12 +122,14 @@ impl Gateway {
     /// Binds every listener, then starts the workers and the admin listener.
     pub fn start(options: GatewayOptions, snapshot: Snapshot) -> std::io::Result<Gateway> {
         let workers = options.workers.max(1);
-        let first = reuseport_listener(options.listen)?;
-        let addr = first.local_addr()?;
-        let mut listeners = vec![first];
-        for _ in 1..workers {
-            listeners.push(reuseport_listener(addr)?);
-        }
+        let (addr, listeners) = bind_all(options.listen, workers)?;
+        let (tls_addr, tls_listeners) = match &options.tls {
+            Some((listen, _)) => {
+                let (addr, listeners) = bind_all(*listen, workers)?;
+                (Some(addr), listeners.into_iter().map(Some).collect())
+            }
+            None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
+        };
         let admin = match options.admin_listen {
             Some(admin) => {
                 let listener = std::net::TcpListener::bind(admin)?;
@@ -140,13 +146,15 @@ impl Gateway {
         });
         let (shutdown, _) = watch::channel(false);
         let mut threads = Vec::new();
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for (index, (listener, tls_listener)) in
+            listeners.into_iter().zip(tls_listeners).enumerate()
+        {
             let shared = Arc::clone(&shared);
             let stop = shutdown.subscribe();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("wasmgate-worker-{index}"))
-                    .spawn(move || run_worker(index, listener, shared, stop))?,
+                    .spawn(move || run_worker(index, listener, tls_listener, shared, stop))?,
             );
         }
         if let Some(listener) = admin {
@@ -161,6 +169,7 @@ impl Gateway {
         Ok(Gateway {
             shared,
             addr,
+            tls_addr,
             admin_addr,
             shutdown,
             threads,
@@ -169,6 +178,11 @@ impl Gateway {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The TLS listener's address, when TLS is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -199,9 +213,24 @@ impl Drop for Gateway {
     }
 }
 
+/// One listening socket per worker on the same address; port 0 is resolved by the first.
+fn bind_all(
+    listen: SocketAddr,
+    workers: usize,
+) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    let first = reuseport_listener(listen)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(reuseport_listener(addr)?);
+    }
+    Ok((addr, listeners))
+}
+
 fn run_worker(
     index: usize,
     listener: std::net::TcpListener,
+    tls_listener: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
@@ -216,22 +245,62 @@ fn run_worker(
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(index, listener, shared, stop));
+    local.block_on(&runtime, serve(index, listener, tls_listener, shared, stop));
+}
+
+/// Serves one accepted connection (plain or TLS) until it ends or the drain ends it.
+fn serve_connection<I>(io: I, downstream: Downstream, worker: &Rc<Worker>, watcher: Watcher)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
+    let worker = Rc::clone(worker);
+    let service = service_fn(move |request| {
+        let worker = Rc::clone(&worker);
+        async move { Ok::<_, Infallible>(proxy::handle(worker, downstream, request).await) }
+    });
+    let mut builder = auto::Builder::new(LocalExec);
+    builder.http1().max_buf_size(64 * 1024);
+    let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
+    tokio::task::spawn_local(async move {
+        // Client resets and protocol errors end only their own connection.
+        let _ = connection.await;
+    });
+}
+
+async fn accept_on(
+    listener: &Option<tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn serve(
     index: usize,
     listener: std::net::TcpListener,
+    tls_listener: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => listener,
+    let listeners = tokio::net::TcpListener::from_std(listener).and_then(|plain| {
+        let tls = tls_listener
+            .map(tokio::net::TcpListener::from_std)
+            .transpose()?;
+        Ok((plain, tls))
+    });
+    let (listener, tls_listener) = match listeners {
+        Ok(listeners) => listeners,
         Err(e) => {
             eprintln!("wasmgate: worker {index}: listener: {e}");
             return;
         }
     };
+    let acceptor = shared
+        .options
+        .tls
+        .as_ref()
+        .map(|(_, config)| tokio_rustls::TlsAcceptor::from(Arc::clone(config)));
     let drain_timeout = shared.options.drain_timeout;
     let worker = Rc::new(Worker {
         shared,
@@ -246,24 +315,27 @@ async fn serve(
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(peer);
                 let downstream = Downstream { peer, local, tls: false };
+                serve_connection(TokioIo::new(stream), downstream, &worker, graceful.watcher());
+            }
+            accepted = accept_on(&tls_listener) => {
+                let (Ok((stream, peer)), Some(acceptor)) = (accepted, acceptor.clone()) else { continue };
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().unwrap_or(peer);
+                let downstream = Downstream { peer, local, tls: true };
                 let worker = Rc::clone(&worker);
-                let service = service_fn(move |request| {
-                    let worker = Rc::clone(&worker);
-                    async move { Ok::<_, Infallible>(proxy::handle(worker, downstream, request).await) }
-                });
-                let mut builder = auto::Builder::new(LocalExec);
-                builder.http1().max_buf_size(64 * 1024);
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
+                let watcher = graceful.watcher();
                 tokio::task::spawn_local(async move {
-                    // Client resets and protocol errors end only their own connection.
-                    let _ = connection.await;
+                    // A failed handshake only ends this connection.
+                    if let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                        serve_connection(TokioIo::new(tls), downstream, &worker, watcher);
+                    }
                 });
             }
             _ = stop.changed() => break,
         }
     }
     drop(listener);
+    drop(tls_listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(drain_timeout) => {}

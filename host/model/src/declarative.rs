@@ -156,6 +156,8 @@ fn parse_url(url: &str) -> Result<(Protocol, String, Option<u16>, Option<String>
     let protocol = match scheme.to_ascii_lowercase().as_str() {
         "http" => Protocol::Http,
         "https" => Protocol::Https,
+        "grpc" => Protocol::Grpc,
+        "grpcs" => Protocol::Grpcs,
         other => {
             return Err(format!(
                 "unsupported scheme '{other}' in url: expected http or https"
@@ -192,7 +194,12 @@ fn read_service(r: &mut Record<'_>) -> RawService {
     let (name, tags) = read_common(r);
     let mut protocol = r.one_of(
         "protocol",
-        &[("http", Protocol::Http), ("https", Protocol::Https)],
+        &[
+            ("http", Protocol::Http),
+            ("https", Protocol::Https),
+            ("grpc", Protocol::Grpc),
+            ("grpcs", Protocol::Grpcs),
+        ],
         Protocol::Http,
     );
     let mut host = r.string("host").map(str::to_owned);
@@ -242,7 +249,7 @@ fn read_service(r: &mut Record<'_>) -> RawService {
     let write_timeout_ms = timeout("write_timeout");
     let read_timeout_ms = timeout("read_timeout");
     let enabled = r.boolean("enabled", true);
-    r.boolean("tls_verify", false);
+    let tls_verify = r.boolean("tls_verify", false);
     let service = Service {
         name: name.unwrap_or_default(),
         protocol,
@@ -253,6 +260,7 @@ fn read_service(r: &mut Record<'_>) -> RawService {
         connect_timeout_ms,
         write_timeout_ms,
         read_timeout_ms,
+        tls_verify,
         enabled,
         tags,
     };

@@ -8,6 +8,10 @@ use serde_json::Value;
 pub enum Protocol {
     Http,
     Https,
+    /// HTTP/2 without TLS (prior knowledge), as Kong's `grpc`.
+    Grpc,
+    /// HTTP/2 over TLS, as Kong's `grpcs`.
+    Grpcs,
 }
 
 impl Protocol {
@@ -15,14 +19,26 @@ impl Protocol {
         match self {
             Protocol::Http => "http",
             Protocol::Https => "https",
+            Protocol::Grpc => "grpc",
+            Protocol::Grpcs => "grpcs",
         }
     }
 
     pub fn default_port(self) -> u16 {
         match self {
             Protocol::Http => 80,
-            Protocol::Https => 443,
+            Protocol::Https | Protocol::Grpcs => 443,
+            Protocol::Grpc => 80,
         }
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::Grpcs)
+    }
+
+    /// Whether the upstream speaks HTTP/2 only.
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Grpc | Protocol::Grpcs)
     }
 }
 
@@ -39,6 +55,8 @@ pub struct Service {
     pub connect_timeout_ms: u64,
     pub write_timeout_ms: u64,
     pub read_timeout_ms: u64,
+    /// Verify the upstream's certificate (Kong's default: no).
+    pub tls_verify: bool,
     pub enabled: bool,
     pub tags: Vec<String>,
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use crate::entities::{Config, Protocol};
+use crate::entities::Config;
 use crate::plugins;
 use crate::router::{Candidate, Router};
 
@@ -158,7 +158,15 @@ pub fn clusters(config: &Config) -> Vec<Value> {
                     }}}}]}],
                 },
             });
-            if service.protocol == Protocol::Https {
+            if service.protocol.is_http2() {
+                cluster["typed_extension_protocol_options"] = json!({
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}},
+                    },
+                });
+            }
+            if service.protocol.is_tls() {
                 cluster["transport_socket"] = json!({
                     "name": "envoy.transport_sockets.tls",
                     "typed_config": {

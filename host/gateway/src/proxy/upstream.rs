@@ -1,30 +1,41 @@
-//! Upstream connections: a pooled HTTP client per service endpoint and connect timeout, per
-//! worker, and Kong's timeouts.
+//! Upstream connections: per worker, a pooled client per kind of upstream (HTTP/1.1 or
+//! HTTP/2, certificate checked or not, connect timeout), and Kong's timeouts.
+//!
+//! `https`/`grpcs` services use rustls. Like Kong, the upstream certificate is only verified
+//! when the service says `tls_verify: true` (against the Web PKI roots).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use super::body::ProxyBody;
 use super::errors::ProxyError;
 use model::Service;
 
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
     connect_timeout_ms: u64,
     http2: bool,
+    tls_verify: bool,
 }
 
 /// This worker's connection pools.
 #[derive(Default)]
 pub struct Upstreams {
-    clients: RefCell<HashMap<PoolKey, Client<HttpConnector, ProxyBody>>>,
+    clients: RefCell<HashMap<PoolKey, UpstreamClient>>,
 }
 
 /// The upstream URI: the service's scheme and authority with the computed path and the
@@ -35,33 +46,114 @@ pub fn uri(service: &Service, path: &str, query: Option<&str>) -> Result<Uri, Pr
     } else {
         service.host.clone()
     };
+    let scheme = if service.protocol.is_tls() {
+        "https"
+    } else {
+        "http"
+    };
     let text = match query {
-        Some(q) => format!("http://{host}:{}{path}?{q}", service.port),
-        None => format!("http://{host}:{}{path}", service.port),
+        Some(q) => format!("{scheme}://{host}:{}{path}?{q}", service.port),
+        None => format!("{scheme}://{host}:{}{path}", service.port),
     };
     text.parse()
         .map_err(|e| ProxyError::BadRequest(format!("upstream URI {text}: {e}")))
 }
 
+/// Accepts any upstream certificate (Kong's default, `tls_verify: false`); signatures are
+/// still checked so the handshake is real.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_config(verify: bool) -> Result<ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?;
+    Ok(if verify {
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_no_client_auth()
+    })
+}
+
 impl Upstreams {
-    fn client(&self, service: &Service) -> Client<HttpConnector, ProxyBody> {
+    fn client(&self, service: &Service) -> Result<UpstreamClient, ProxyError> {
         let key = PoolKey {
             connect_timeout_ms: service.connect_timeout_ms,
-            http2: false,
+            http2: service.protocol.is_http2(),
+            tls_verify: service.tls_verify,
         };
-        self.clients
-            .borrow_mut()
-            .entry(key)
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector
-                    .set_connect_timeout(Some(Duration::from_millis(service.connect_timeout_ms)));
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .build(connector)
-            })
-            .clone()
+        if let Some(client) = self.clients.borrow().get(&key) {
+            return Ok(client.clone());
+        }
+        let tls = tls_config(key.tls_verify)
+            .map_err(|e| ProxyError::BadGateway(format!("TLS client: {e}")))?;
+        let client = {
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            http.enforce_http(false);
+            http.set_connect_timeout(Some(Duration::from_millis(key.connect_timeout_ms)));
+            let connector = HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_all_versions()
+                .wrap_connector(http);
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .http2_only(key.http2)
+                .build(connector)
+        };
+        self.clients.borrow_mut().insert(key, client.clone());
+        Ok(client)
     }
 
     /// Sends the request; waits at most the service's read timeout for the response head.
@@ -70,7 +162,7 @@ impl Upstreams {
         service: &Service,
         request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let client = self.client(service);
+        let client = self.client(service)?;
         let read_timeout = Duration::from_millis(service.read_timeout_ms);
         match tokio::time::timeout(read_timeout, client.request(request)).await {
             Err(_) => Err(ProxyError::Timeout(format!(
@@ -95,7 +187,11 @@ fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
         if lower.contains("timed out") || lower.contains("timeout") {
             return ProxyError::Timeout(detail);
         }
-        if lower.contains("dns") || lower.contains("resolve") || lower.contains("lookup") {
+        if lower.contains("dns")
+            || lower.contains("resolve")
+            || lower.contains("lookup")
+            || lower.contains("name or service")
+        {
             return ProxyError::Unavailable(detail);
         }
     }
