@@ -142,7 +142,11 @@ fn main() -> ExitCode {
             admin_listen,
             workers,
             no_access_log,
-        } => run(config, listen, admin_listen, workers, !no_access_log),
+            tls_listen,
+            tls_certs,
+            tls_keys,
+        } => tls_settings(tls_listen, tls_certs, tls_keys)
+            .and_then(|tls| run(config, listen, admin_listen, workers, !no_access_log, tls)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -153,12 +157,42 @@ fn main() -> ExitCode {
     }
 }
 
+type TlsSettings = Option<(SocketAddr, std::sync::Arc<rustls::ServerConfig>)>;
+
+fn tls_settings(
+    listen: Option<SocketAddr>,
+    certs: Vec<PathBuf>,
+    keys: Vec<PathBuf>,
+) -> Result<TlsSettings, String> {
+    if certs.len() != keys.len() {
+        return Err(format!(
+            "--tls-cert given {} times but --tls-key {} times",
+            certs.len(),
+            keys.len()
+        ));
+    }
+    match listen {
+        None if certs.is_empty() => Ok(None),
+        None => Err("--tls-cert needs --tls-listen".into()),
+        Some(_) if certs.is_empty() => Err("--tls-listen needs --tls-cert and --tls-key".into()),
+        Some(listen) => {
+            let files: Vec<gateway::tls::CertificateFiles> = certs
+                .into_iter()
+                .zip(keys)
+                .map(|(cert, key)| gateway::tls::CertificateFiles { cert, key })
+                .collect();
+            Ok(Some((listen, gateway::tls::server_config(&files)?)))
+        }
+    }
+}
+
 fn run(
     config: PathBuf,
     listen: SocketAddr,
     admin_listen: SocketAddr,
     workers: Option<usize>,
     access_log: bool,
+    tls: TlsSettings,
 ) -> Result<(), String> {
     let snapshot = load(&config)?;
     let mut options = GatewayOptions {
