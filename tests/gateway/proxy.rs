@@ -370,3 +370,99 @@ async fn shutdown_drains_in_flight_requests() {
         "the listener must be closed"
     );
 }
+
+/// Peak resident memory of this test process (gateway, client and echo all live in it).
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gigabyte_streams_through_with_flat_memory() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&echo_config(echo.addr()));
+    send(
+        gateway.addr(),
+        Protocol::Http1,
+        &Request::post(
+            "/api/warm",
+            RequestBody::Filler {
+                len: 1 << 20,
+                with_length: false,
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let before = peak_rss();
+    let upload = Request::post(
+        "/api/big",
+        RequestBody::Filler {
+            len: 1 << 30,
+            with_length: false,
+        },
+    );
+    let response = send(gateway.addr(), Protocol::Http1, &upload)
+        .await
+        .unwrap();
+    let seen = report(&response.body);
+    assert_eq!(seen.body_len, 1 << 30);
+    assert_eq!(
+        seen.body_sha256,
+        wasmgate_tests::echo::filler_sha256(1 << 30)
+    );
+    let grown = peak_rss().saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "peak RSS grew by {} MiB for a 1 GiB stream",
+        grown >> 20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_body_frees_the_upstream_request() {
+    // An upstream that counts open connections and reads slowly.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = upstream.accept().await {
+            let closed = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut total = 0usize;
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => total += n,
+                    }
+                }
+                let _ = closed.send(total);
+            });
+        }
+    });
+    let gateway = start(&format!(
+        "_format_version: \"3.0\"\nservices: [{{name: s, url: \"http://{upstream_addr}\", routes: [{{name: r, paths: [/]}}]}}]\n"
+    ));
+    let mut client = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100000000\r\n\r\n")
+        .await
+        .unwrap();
+    client.write_all(&vec![b'x'; 256 * 1024]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(client);
+    // The gateway must close its upstream request once the client is gone.
+    let forwarded = tokio::time::timeout(Duration::from_secs(5), closed_rx.recv())
+        .await
+        .expect("the upstream connection must be closed after the client left")
+        .unwrap();
+    assert!(forwarded > 0 && forwarded < 100_000_000);
+}

@@ -1,0 +1,245 @@
+//! The `gateway` binary: validate, envoy-bootstrap, and run with SIGHUP reloads and a SIGTERM
+//! drain, as an operator would use them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn validate_reports_every_error_with_entity_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(&dir, "good.yaml", "_format_version: \"3.0\"\nservices: [{name: a, url: \"http://127.0.0.1:1\", routes: [{name: r, paths: [/]}]}]\n");
+    let out = Command::new(GATEWAY)
+        .args(["validate", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (config hash "));
+
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        "_format_version: \"3.0\"\nservices: [{name: a, host: a, port: -1}]\nplugins: [{name: request-size-limiting, config: {size_unit: tons}}]\n",
+    );
+    let out = Command::new(GATEWAY)
+        .args(["validate", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("services.a.port: value should be between 0 and 65535"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("plugins.request-size-limiting.config.size_unit: expected one of: megabytes, kilobytes, bytes"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn envoy_bootstrap_writes_the_same_services_for_envoy() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        &dir,
+        "kong.yaml",
+        "_format_version: \"3.0\"\nservices: [{name: api, url: \"http://127.0.0.1:9\", routes: [{name: r, paths: [/api]}], plugins: [{name: request-size-limiting, config: {allowed_payload_size: 10}}]}]\n",
+    );
+    let out_file = dir.path().join("envoy.json");
+    let out = Command::new(GATEWAY)
+        .args(["envoy-bootstrap", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out_file)
+        .args(["--env-allow", "BACKEND_TOKEN"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bootstrap: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    let clusters = &bootstrap["static_resources"]["clusters"];
+    assert_eq!(clusters[0]["name"], "service.api");
+    let text = bootstrap.to_string();
+    assert!(text.contains("request_size_limiting.wasm"), "{text}");
+    assert!(text.contains("{\\\"allowed_payload_size\\\":10}"), "{text}");
+    assert!(
+        text.contains("\"host_env_keys\":[\"BACKEND_TOKEN\"]"),
+        "{text}"
+    );
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A one-line upstream: answers every request with `body`.
+fn upstream(body: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    // Read one request head (no bodies in these tests).
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn config(route: &str, upstream: SocketAddr) -> String {
+    format!("_format_version: \"3.0\"\nservices: [{{name: s, url: \"http://{upstream}\", routes: [{{name: r, paths: [{route}]}}]}}]\n")
+}
+
+#[test]
+fn run_reloads_on_sighup_and_file_change_and_exits_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream("hello");
+    let file = write(&dir, "kong.yaml", &config("/one", up));
+    let (listen, admin) = (free_port(), free_port());
+    let mut child = Command::new(GATEWAY)
+        .args(["run", "--workers", "2", "--no-access-log", "--config"])
+        .arg(&file)
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin-listen")
+        .arg(admin.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the gateway to listen", || {
+        get(listen, "/one").is_some_and(|(s, _)| s == 200)
+    });
+    assert_eq!(get(listen, "/one").unwrap().1, "hello");
+
+    // An invalid file is refused; the running configuration keeps serving.
+    std::fs::write(
+        &file,
+        "_format_version: \"3.0\"\nservices: [{name: s, host: s, port: 0x}]\n",
+    )
+    .unwrap();
+    Command::new("kill")
+        .arg("-HUP")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(listen, "/one").unwrap().0, 200);
+
+    // A valid file is picked up by SIGHUP (or the watcher, whichever comes first).
+    std::fs::write(&file, config("/two", up)).unwrap();
+    Command::new("kill")
+        .arg("-HUP")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    wait_for("the reload", || {
+        get(listen, "/two").is_some_and(|(s, _)| s == 200)
+    });
+    assert_eq!(get(listen, "/one").unwrap().0, 404);
+
+    // The file watcher alone.
+    std::fs::write(&file, config("/three", up)).unwrap();
+    wait_for("the watcher", || {
+        get(listen, "/three").is_some_and(|(s, _)| s == 200)
+    });
+
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("is invalid, keeping the running configuration"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("draining in-flight requests"), "{stderr}");
+}
