@@ -3,7 +3,7 @@
 use wasmgate_tests::cases::{cases_dir, run_in_envoy, CaseFile};
 
 /// The case files this target runs; a file added to `tests/cases` must be listed here.
-const FILES: &[&str] = &["request-size-limiting"];
+const FILES: &[&str] = &["request-size-limiting", "request-transformer"];
 
 async fn run(name: &str) {
     let file = CaseFile::load(&cases_dir().join(format!("{name}.yaml"))).expect("case file parses");
@@ -14,6 +14,11 @@ async fn run(name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_size_limiting() {
     run("request-size-limiting").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_transformer() {
+    run("request-transformer").await;
 }
 
 #[test]

@@ -1,0 +1,537 @@
+//! The plugin's configuration: Kong's fields, defaults and messages, plus wasmgate's secret
+//! references and body-buffering settings.
+//!
+//! Entries are `name:value` strings parsed as Kong does (`^([^:]+):*(.-)$`: the name runs to
+//! the first colon, the colons right after it are dropped, the rest is the value and may hold
+//! colons). Every value is parsed as a template and its secret references are resolved here,
+//! once, from the environment the caller passes (the module's WASI environment in Envoy).
+
+use kit::schema::{self, ConfigError, Record};
+
+use crate::template::{Source, Template};
+
+/// The five operations on one target (headers, query string or body), in Kong's order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ops {
+    /// Names (lower-case for headers).
+    pub remove: Vec<String>,
+    /// `(old, new)` names.
+    pub rename: Vec<(String, String)>,
+    pub replace: Vec<(String, Template)>,
+    pub add: Vec<(String, Template)>,
+    pub append: Vec<(String, Template)>,
+}
+
+impl Ops {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty()
+            && self.rename.is_empty()
+            && self.replace.is_empty()
+            && self.add.is_empty()
+            && self.append.is_empty()
+    }
+
+    fn templates(&self) -> impl Iterator<Item = &Template> {
+        self.replace
+            .iter()
+            .chain(&self.add)
+            .chain(&self.append)
+            .map(|(_, t)| t)
+    }
+}
+
+/// The default `body_buffer_limit`: Envoy's default per-connection buffer limit, above which
+/// Envoy itself would answer 413 to a filter that keeps buffering.
+pub const DEFAULT_BODY_BUFFER_LIMIT: u64 = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The method to send upstream (upper-case letters).
+    pub http_method: Option<String>,
+    pub headers: Ops,
+    pub querystring: Ops,
+    pub body: Ops,
+    /// `replace.uri`: the new upstream path.
+    pub replace_uri: Option<Template>,
+    /// wasmgate: bodies larger than this are passed on unchanged, never buffered whole.
+    pub body_buffer_limit: u64,
+    /// wasmgate: the data plane lets the filter hold the request headers until the body has
+    /// arrived (Envoy: `allow_on_headers_stop_iteration: true`). Then a rewritten body gets an
+    /// exact Content-Length, and `http_method` GET/HEAD/TRACE moves form fields to the query.
+    pub hold_headers: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_method: None,
+            headers: Ops::default(),
+            querystring: Ops::default(),
+            body: Ops::default(),
+            replace_uri: None,
+            body_buffer_limit: DEFAULT_BODY_BUFFER_LIMIT,
+            hold_headers: false,
+        }
+    }
+}
+
+/// What an entry names, for validation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Headers,
+    Querystring,
+    Body,
+}
+
+impl Target {
+    const ALL: [(&'static str, Target); 3] = [
+        ("body", Target::Body),
+        ("headers", Target::Headers),
+        ("querystring", Target::Querystring),
+    ];
+}
+
+/// RFC 9110 token characters.
+pub fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// A header value may not hold CR, LF, NUL or other control characters (tab is allowed).
+pub fn is_header_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// Kong's entry split: the name up to the first colon, then the value after any colons.
+pub fn split_entry(entry: &str) -> (&str, &str) {
+    match entry.find(':') {
+        Some(i) => (&entry[..i], entry[i..].trim_start_matches(':')),
+        None => (entry, ""),
+    }
+}
+
+/// Resolves `env/NAME` (and `env/NAME/key` for a JSON object in the variable) with Kong's
+/// env vault rules: the variable is NAME upper-cased with `-` as `_`. Errors never hold the
+/// value.
+pub fn resolve_secret(
+    reference: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let shown = format!("{{vault://{reference}}}");
+    let reference = reference.split('?').next().unwrap_or_default();
+    let Some((vault, path)) = reference.split_once('/') else {
+        return Err(format!("secret reference {shown} is malformed"));
+    };
+    if vault != "env" {
+        return Err(format!(
+            "secret reference {shown}: vault '{vault}' is not supported (only env)"
+        ));
+    }
+    let (name, key) = match path.split_once('/') {
+        Some((name, key)) => (name, Some(key)),
+        None => (path, None),
+    };
+    if name.is_empty() {
+        return Err(format!("secret reference {shown} names no variable"));
+    }
+    let variable = name.to_ascii_uppercase().replace('-', "_");
+    let Some(value) = env(&variable) else {
+        return Err(format!(
+            "secret reference {shown}: environment variable {variable} is not set"
+        ));
+    };
+    let value = match key {
+        None => value,
+        Some(key) => serde_json::from_str::<serde_json::Value>(&value)
+            .ok()
+            .and_then(|v| v.get(key).and_then(|v| v.as_str()).map(str::to_owned))
+            .ok_or_else(|| {
+                format!(
+                    "secret reference {shown}: environment variable {variable} is not a JSON \
+                     object with a string '{key}'"
+                )
+            })?,
+    };
+    if value.is_empty() {
+        return Err(format!("secret reference {shown} is empty"));
+    }
+    Ok(value)
+}
+
+/// Shows an entry in a message with control characters escaped.
+fn shown(text: &str) -> String {
+    text.escape_debug().to_string()
+}
+
+/// Which operation an array holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Remove,
+    Rename,
+    Value,
+}
+
+struct Reader<'e> {
+    env: &'e dyn Fn(&str) -> Option<String>,
+}
+
+impl Reader<'_> {
+    fn template(&self, r: &Record<'_>, path: &str, value: &str) -> Option<Template> {
+        let resolve = |reference: &str| resolve_secret(reference, self.env);
+        match Template::parse(value, &resolve) {
+            Ok(t) => Some(t),
+            Err(e) if value.contains("{vault://") && !value.contains("$(") => {
+                r.error_at(path.to_owned(), e);
+                None
+            }
+            Err(e) => {
+                r.error_at(
+                    path.to_owned(),
+                    format!("value '{}' is not in supported format, error: {e}", shown(value)),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reads one `{body, headers, querystring}` record of an operation.
+    fn ops_record(&self, r: &mut Record<'_>, op: Op, with_uri: bool) -> (Ops, Ops, Ops, Option<Template>) {
+        let mut out = [Ops::default(), Ops::default(), Ops::default()];
+        for (i, (key, target)) in Target::ALL.iter().enumerate() {
+            let entries = r.string_array(key);
+            let base = r.path_of(key);
+            for (n, entry) in entries.into_iter().enumerate() {
+                let path = format!("{base}.{}", n + 1);
+                self.entry(r, &path, entry, op, *target, &mut out[i]);
+            }
+        }
+        let uri = if with_uri {
+            r.string("uri").and_then(|uri| {
+                let path = r.path_of("uri");
+                self.template(r, &path, uri)
+            })
+        } else {
+            None
+        };
+        let [body, headers, querystring] = out;
+        (headers, querystring, body, uri)
+    }
+
+    fn entry(&self, r: &Record<'_>, path: &str, entry: &str, op: Op, target: Target, ops: &mut Ops) {
+        let (name, value) = split_entry(entry);
+        if name.is_empty() {
+            r.error_at(path.to_owned(), format!("'{}' has no name", shown(entry)));
+            return;
+        }
+        if target == Target::Headers && !is_token(name) {
+            r.error_at(path.to_owned(), format!("'{}' is not a valid header", shown(name)));
+            return;
+        }
+        let name_key = if target == Target::Headers {
+            name.to_ascii_lowercase()
+        } else {
+            name.to_owned()
+        };
+        match op {
+            Op::Remove => ops.remove.push(name_key),
+            Op::Rename => {
+                if value.is_empty() {
+                    r.error_at(path.to_owned(), format!("key '{}' has no value", shown(name)));
+                } else if target == Target::Headers && !is_token(value) {
+                    r.error_at(path.to_owned(), format!("'{}' is not a valid header", shown(value)));
+                } else {
+                    let new = if target == Target::Headers {
+                        value.to_ascii_lowercase()
+                    } else {
+                        value.to_owned()
+                    };
+                    ops.rename.push((name_key, new));
+                }
+            }
+            Op::Value => {
+                if value.is_empty() {
+                    r.error_at(path.to_owned(), format!("key '{}' has no value", shown(name)));
+                    return;
+                }
+                let Some(template) = self.template(r, path, value) else {
+                    return;
+                };
+                if target == Target::Headers {
+                    if template.has_secret()
+                        && !template.texts().all(|t| is_header_value(t.as_bytes()))
+                    {
+                        r.error_at(
+                            path.to_owned(),
+                            "a secret it references is not a valid header value",
+                        );
+                        return;
+                    }
+                    if !template.texts().all(|t| is_header_value(t.as_bytes())) {
+                        r.error_at(path.to_owned(), format!("'{}' is not a valid header", shown(value)));
+                        return;
+                    }
+                }
+                // Values are collected in `add`; `Config::parse` moves them to their operation.
+                ops.add.push((name_key, template));
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Parses Kong's JSON `config`; `env` reads the data plane's environment for secrets.
+    pub fn parse(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let document = schema::parse_document(bytes)?;
+        let reader = Reader { env };
+        schema::read_config(&document, |r| {
+            let http_method = r.string("http_method").and_then(|m| {
+                if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) {
+                    Some(m.to_owned())
+                } else {
+                    r.error("http_method", format!("invalid value: {}", shown(m)));
+                    None
+                }
+            });
+            let mut config = Config {
+                http_method,
+                ..Config::default()
+            };
+            for (key, op) in [
+                ("remove", Op::Remove),
+                ("rename", Op::Rename),
+                ("replace", Op::Value),
+                ("add", Op::Value),
+                ("append", Op::Value),
+            ] {
+                let (headers, querystring, body, uri) =
+                    r.record(key, |r| reader.ops_record(r, op, key == "replace"));
+                let slot = |ops: &mut Ops, from: Ops| match (op, key) {
+                    (Op::Remove, _) => ops.remove = from.remove,
+                    (Op::Rename, _) => ops.rename = from.rename,
+                    (_, "replace") => ops.replace = from.add,
+                    (_, "add") => ops.add = from.add,
+                    _ => ops.append = from.add,
+                };
+                slot(&mut config.headers, headers);
+                slot(&mut config.querystring, querystring);
+                slot(&mut config.body, body);
+                if uri.is_some() {
+                    config.replace_uri = uri;
+                }
+            }
+            r.record("wasmgate", |w| {
+                if let Some(limit) = w.integer("body_buffer_limit") {
+                    match u64::try_from(limit) {
+                        Ok(limit) => config.body_buffer_limit = limit,
+                        Err(_) => w.error(
+                            "body_buffer_limit",
+                            "value must be greater than or equal to 0",
+                        ),
+                    }
+                }
+                config.hold_headers = w.boolean("hold_headers", false);
+            });
+            config
+        })
+    }
+
+    /// Whether any template reads the route's URI captures.
+    pub fn reads_captures(&self) -> bool {
+        [&self.headers, &self.querystring, &self.body]
+            .iter()
+            .flat_map(|ops| ops.templates())
+            .chain(self.replace_uri.iter())
+            .any(|t| t.reads(Source::UriCaptures))
+    }
+
+    /// `http_method` GET, HEAD or TRACE: form fields move to the query string (Kong).
+    pub fn moves_form_to_query(&self) -> bool {
+        matches!(self.http_method.as_deref(), Some("GET" | "HEAD" | "TRACE"))
+    }
+
+    /// A warning worth logging at configure time, if any.
+    pub fn warning(&self) -> Option<String> {
+        (self.moves_form_to_query() && !self.hold_headers).then(|| {
+            "http_method moves form fields to the query string only when the data plane can \
+             hold request headers (set wasmgate.hold_headers and, in Envoy, \
+             allow_on_headers_stop_iteration); without it the fields stay in the body"
+                .to_owned()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::Lookup;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "BACKEND_TOKEN" => Some("t0k3n".into()),
+            "MY_SECRET" => Some("from-dash".into()),
+            "EMPTY" => Some(String::new()),
+            "JSON" => Some(r#"{"user":"u1","n":1}"#.into()),
+            "CRLF" => Some("a\r\nInjected: 1".into()),
+            _ => None,
+        }
+    }
+
+    fn parse(json: &str) -> Result<Config, String> {
+        Config::parse(json.as_bytes(), &env).map_err(|e| e.to_string())
+    }
+
+    struct Empty;
+    impl Lookup for Empty {
+        fn header(&self, _: &str) -> Option<Vec<u8>> {
+            None
+        }
+        fn query(&self, _: &str) -> Option<Vec<u8>> {
+            None
+        }
+        fn capture(&self, _: &str) -> Result<Option<String>, String> {
+            Ok(None)
+        }
+    }
+
+    fn text(t: &Template) -> String {
+        String::from_utf8(t.render(&Empty).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_empty() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.body_buffer_limit, 1 << 20);
+        assert!(!c.hold_headers);
+        assert_eq!(parse("{}").unwrap(), c);
+        assert_eq!(
+            parse(r#"{"remove":null,"add":{"headers":null}}"#).unwrap(),
+            c
+        );
+    }
+
+    #[test]
+    fn entries_split_like_kong() {
+        assert_eq!(split_entry("h2:value:2"), ("h2", "value:2"));
+        assert_eq!(split_entry("h::v"), ("h", "v"));
+        assert_eq!(split_entry("h"), ("h", ""));
+        assert_eq!(split_entry("h:"), ("h", ""));
+        let c = parse(
+            r#"{"add":{"headers":["X-Added:a:b"],"querystring":["q::1"],"body":["p:v"]},
+                "rename":{"headers":["X-Old:X-New"],"body":["a:b"]},
+                "remove":{"headers":["X-Gone"],"querystring":["q"]},
+                "replace":{"uri":"/new","headers":["Host:h"]},
+                "append":{"headers":["x-a:1","x-a:2"]},
+                "http_method":"POST"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.headers.add[0].0, "x-added");
+        assert_eq!(text(&c.headers.add[0].1), "a:b");
+        assert_eq!(text(&c.querystring.add[0].1), "1");
+        assert_eq!(c.headers.rename, vec![("x-old".into(), "x-new".into())]);
+        assert_eq!(c.body.rename, vec![("a".into(), "b".into())]);
+        assert_eq!(c.headers.remove, vec!["x-gone".to_owned()]);
+        assert_eq!(c.headers.replace[0].0, "host");
+        assert_eq!(c.headers.append.len(), 2);
+        assert_eq!(text(c.replace_uri.as_ref().unwrap()), "/new");
+        assert_eq!(c.http_method.as_deref(), Some("POST"));
+    }
+
+    #[test]
+    fn secrets_resolve_from_the_environment() {
+        let c = parse(
+            r#"{"replace":{"headers":["Authorization:Bearer {vault://env/BACKEND_TOKEN}"]},
+                "add":{"headers":["Authorization:Bearer {vault://env/backend-token}",
+                                  "X-User:{vault://env/JSON/user}",
+                                  "X-Dash:{vault://env/my-secret}"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(text(&c.headers.replace[0].1), "Bearer t0k3n");
+        assert_eq!(text(&c.headers.add[0].1), "Bearer t0k3n");
+        assert_eq!(text(&c.headers.add[1].1), "u1");
+        assert_eq!(text(&c.headers.add[2].1), "from-dash");
+        assert!(!format!("{c:?}").contains("t0k3n"), "secrets are not debug-printed");
+    }
+
+    #[test]
+    fn missing_or_unusable_secrets_refuse_the_config() {
+        let cases = [
+            (
+                r#"{"add":{"headers":["Authorization:Bearer {vault://env/MISSING}"]}}"#,
+                "config.add.headers.1: secret reference {vault://env/MISSING}: environment variable MISSING is not set",
+            ),
+            (
+                r#"{"add":{"headers":["A:{vault://env/EMPTY}"]}}"#,
+                "config.add.headers.1: secret reference {vault://env/EMPTY} is empty",
+            ),
+            (
+                r#"{"add":{"body":["a:{vault://hcv/x}"]}}"#,
+                "config.add.body.1: secret reference {vault://hcv/x}: vault 'hcv' is not supported (only env)",
+            ),
+            (
+                r#"{"add":{"headers":["A:{vault://env/JSON/nope}"]}}"#,
+                "config.add.headers.1: secret reference {vault://env/JSON/nope}: environment variable JSON is not a JSON object with a string 'nope'",
+            ),
+            (
+                r#"{"add":{"headers":["A:{vault://env/CRLF}"]}}"#,
+                "config.add.headers.1: a secret it references is not a valid header value",
+            ),
+        ];
+        for (json, message) in cases {
+            let err = parse(json).unwrap_err();
+            assert_eq!(err, message);
+            assert!(!err.contains("Injected"), "secret values never appear in errors");
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            (r#"{"http_method":"get"}"#, "config.http_method: invalid value: get"),
+            (r#"{"http_method":"HELLO!"}"#, "config.http_method: invalid value: HELLO!"),
+            (r#"{"http_method":1}"#, "config.http_method: expected a string"),
+            (r#"{"add":{"headers":["X Bad:v"]}}"#, "config.add.headers.1: 'X Bad' is not a valid header"),
+            (r#"{"remove":{"headers":["a","b@c"]}}"#, "config.remove.headers.2: 'b@c' is not a valid header"),
+            (r#"{"rename":{"headers":["a:not valid"]}}"#, "config.rename.headers.1: 'not valid' is not a valid header"),
+            (r#"{"rename":{"querystring":["a"]}}"#, "config.rename.querystring.1: key 'a' has no value"),
+            (r#"{"add":{"headers":["X-A:"]}}"#, "config.add.headers.1: key 'X-A' has no value"),
+            (r#"{"append":{"body":["p"]}}"#, "config.append.body.1: key 'p' has no value"),
+            (r#"{"add":{"querystring":[":v"]}}"#, "config.add.querystring.1: ':v' has no name"),
+            (r#"{"add":{"headers":["X-A:a\r\nb"]}}"#, "config.add.headers.1: 'a\\r\\nb' is not a valid header"),
+            (r#"{"add":{"headers":["X-A:a\u0000"]}}"#, "config.add.headers.1: 'a\\0' is not a valid header"),
+            (r#"{"add":{"headers":[1]}}"#, "config.add.headers.1: expected a string"),
+            (r#"{"add":{"headers":"x:y"}}"#, "config.add.headers: expected an array"),
+            (r#"{"add":{"uri":"/x"}}"#, "config.add.uri: unknown field"),
+            (r#"{"replace":{"uri":1}}"#, "config.replace.uri: expected a string"),
+            (r#"{"remove":{"cookies":[]}}"#, "config.remove.cookies: unknown field"),
+            (r#"{"prepend":{}}"#, "config.prepend: unknown field"),
+            (r#"{"wasmgate":{"body_buffer_limit":-1}}"#, "config.wasmgate.body_buffer_limit: value must be greater than or equal to 0"),
+            (
+                r#"{"add":{"querystring":["q:$(uri_captures user2)"]}}"#,
+                "config.add.querystring.1: value '$(uri_captures user2)' is not in supported format, error: expected '.' or '[' after 'uri_captures'",
+            ),
+            (
+                r#"{"replace":{"uri":"/$(ERROR())"}}"#,
+                "config.replace.uri: value '/$(ERROR())' is not in supported format, error: unexpected '(' at position 6: only lookups, quoted strings and 'or' are supported",
+            ),
+        ];
+        for (json, message) in cases {
+            assert_eq!(parse(json).unwrap_err(), message, "{json}");
+        }
+    }
+
+    #[test]
+    fn captures_and_form_moves_are_detected() {
+        let c = parse(r#"{"replace":{"uri":"/u/$(uri_captures.id)"},"http_method":"GET"}"#).unwrap();
+        assert!(c.reads_captures());
+        assert!(c.moves_form_to_query());
+        assert!(c.warning().is_some());
+        let c = parse(r#"{"http_method":"GET","wasmgate":{"hold_headers":true,"body_buffer_limit":10}}"#)
+            .unwrap();
+        assert!(!c.reads_captures());
+        assert!(c.warning().is_none());
+        assert_eq!(c.body_buffer_limit, 10);
+    }
+}

@@ -1,0 +1,29 @@
+//! Kong's `request-transformer` plugin: rewrites the request on its way to the upstream
+//! (method, path, headers, query string, JSON / form / multipart body), with values from Kong's
+//! `$(...)` templates and secrets referenced as `{vault://env/NAME}`, resolved from the data
+//! plane's environment when the configuration is loaded.
+//!
+//! The pure core: [`config`] (Kong's schema and messages, secret references), [`template`],
+//! the codecs [`urlencoded`], [`json`] and [`multipart`], and [`transform`] (the decisions per
+//! request). [`filter`] is the proxy-wasm adapter.
+
+pub mod config;
+pub mod json;
+pub mod multipart;
+pub mod template;
+pub mod transform;
+pub mod urlencoded;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+
+pub use config::Config;
+pub use transform::{BodyJob, HeaderChange, HeadDecision, RequestHead};
+
+/// Kong's plugin name, also the proxy-wasm root id.
+pub const PLUGIN_NAME: &str = "request-transformer";
+/// Kong's plugin priority: higher runs first.
+pub const PRIORITY: u32 = 801;
+/// The property a data plane sets to a JSON object of the route's URI captures
+/// (`{"0": "/users/42", "1": "42", "id": "42"}`) for `$(uri_captures...)` templates.
+pub const URI_CAPTURES_PROPERTY: &str = "wasmgate.uri_captures";
