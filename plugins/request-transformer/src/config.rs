@@ -162,7 +162,15 @@ pub fn resolve_secret(
 
 /// Shows an entry in a message with control characters escaped.
 fn shown(text: &str) -> String {
-    text.escape_debug().to_string()
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Which operation an array holds.

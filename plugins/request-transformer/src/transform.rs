@@ -595,3 +595,284 @@ fn apply_multipart(parts: &mut Multipart, ops: &Rendered, nonempty: bool) -> boo
     }
     changed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: &str) -> Config {
+        let env = |name: &str| (name == "BACKEND_TOKEN").then(|| "s3cret".to_owned());
+        Config::parse(json.as_bytes(), &env).unwrap()
+    }
+
+    fn headers(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn base(path: &str, extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        let mut h = headers(&[(":method", "POST"), (":path", path), (":authority", "client.test")]);
+        h.extend(headers(extra));
+        h
+    }
+
+    fn decide(config: &Config, h: &[(String, Vec<u8>)], eos: bool) -> HeadDecision {
+        on_headers(
+            config,
+            &RequestHead {
+                headers: h,
+                end_of_stream: eos,
+                captures: None,
+            },
+        )
+        .unwrap()
+    }
+
+    fn change<'d>(d: &'d [HeaderChange], name: &str) -> Option<Vec<String>> {
+        d.iter().find(|c| c.name == name).map(|c| {
+            c.values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn an_empty_config_changes_nothing() {
+        let d = decide(&config("{}"), &base("/a?b=c", &[("content-type", "application/json")]), false);
+        assert_eq!(d, HeadDecision { changes: vec![], body: None });
+    }
+
+    #[test]
+    fn headers_follow_kongs_order_and_host_rules() {
+        let c = config(
+            r#"{"remove":{"headers":["x-a","host"]},"rename":{"headers":["x-b:x-a"]},
+                "replace":{"headers":["x-a:replaced","host:new.test"]},
+                "add":{"headers":["x-a:added","x-c:added","host:never"]},
+                "append":{"headers":["x-c:appended"]}}"#,
+        );
+        let d = decide(&c, &base("/", &[("x-a", "orig"), ("x-b", "ren")]), true);
+        assert_eq!(change(&d.changes, "x-a"), Some(vec!["replaced".into()]));
+        assert_eq!(change(&d.changes, "x-b"), Some(vec![]));
+        assert_eq!(change(&d.changes, "x-c"), Some(vec!["added".into(), "appended".into()]));
+        assert_eq!(change(&d.changes, ":authority"), Some(vec!["new.test".into()]));
+        assert_eq!(change(&d.changes, "host"), None);
+    }
+
+    #[test]
+    fn the_seed_secret_cannot_be_overridden_by_the_client() {
+        let c = config(
+            r#"{"replace":{"headers":["Authorization:Bearer {vault://env/BACKEND_TOKEN}"]},
+                "add":{"headers":["Authorization:Bearer {vault://env/BACKEND_TOKEN}"]}}"#,
+        );
+        for client in [&[][..], &[("authorization", "Bearer mine")][..]] {
+            let d = decide(&c, &base("/", client), true);
+            assert_eq!(change(&d.changes, "authorization"), Some(vec!["Bearer s3cret".into()]));
+        }
+        // Kong's add alone keeps the client's value.
+        let kong = config(r#"{"add":{"headers":["Authorization:Bearer {vault://env/BACKEND_TOKEN}"]}}"#);
+        let d = decide(&kong, &base("/", &[("authorization", "Bearer mine")]), true);
+        assert_eq!(change(&d.changes, "authorization"), None);
+    }
+
+    #[test]
+    fn templates_read_the_original_request() {
+        let c = config(
+            r#"{"remove":{"headers":["x-src"],"querystring":["q"]},
+                "add":{"headers":["x-copy:$(headers.x_src)","x-q:$(query_params.q or 'none')",
+                                  "x-host:$(headers.host)","x-multi:$(headers['x-m'])"],
+                       "querystring":["from-header:$(headers[\"x-src\"])"]}}"#,
+        );
+        let d = decide(
+            &c,
+            &base("/p?q=1%202&keep=%2F", &[("x-src", "v"), ("x-m", "1"), ("x-m", "2")]),
+            true,
+        );
+        assert_eq!(change(&d.changes, "x-copy"), Some(vec!["v".into()]));
+        assert_eq!(change(&d.changes, "x-q"), Some(vec!["1 2".into()]));
+        assert_eq!(change(&d.changes, "x-host"), Some(vec!["client.test".into()]));
+        assert_eq!(change(&d.changes, "x-multi"), Some(vec!["1, 2".into()]));
+        assert_eq!(change(&d.changes, "x-src"), Some(vec![]));
+        assert_eq!(change(&d.changes, ":path"), Some(vec!["/p?keep=%2F&from-header=v".into()]));
+    }
+
+    #[test]
+    fn a_value_that_would_inject_a_header_fails_with_500() {
+        let c = config(r#"{"add":{"headers":["x-q:$(query_params.q)"]}}"#);
+        let err = on_headers(
+            &c,
+            &RequestHead {
+                headers: &base("/?q=a%0D%0AInjected:%201", &[("accept", "text/plain")]),
+                end_of_stream: true,
+                captures: None,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.response.status, 500);
+        assert_eq!(err.response.body, b"An unexpected error occurred\n");
+        assert!(err.log.contains("x-q"));
+    }
+
+    #[test]
+    fn uri_captures_come_from_the_data_plane() {
+        let c = config(
+            r#"{"replace":{"uri":"/users/$(uri_captures.id)/$(uri_captures[1] or 'x') é?"},
+                "add":{"headers":["x-id:$(uri_captures['id'] or 'none')"]}}"#,
+        );
+        let h = base("/u/42?a=1", &[]);
+        let run = |captures: Option<&[u8]>| {
+            on_headers(&c, &RequestHead { headers: &h, end_of_stream: true, captures })
+        };
+        let d = run(Some(br#"{"0":"/u/42","1":"42","id":"42"}"#)).unwrap();
+        assert_eq!(change(&d.changes, ":path"), Some(vec!["/users/42/42%20%C3%A9%3F?a=1".into()]));
+        assert_eq!(change(&d.changes, "x-id"), Some(vec!["42".into()]));
+        // No captures from the data plane: an empty table, as Kong's for a plain route.
+        let d = run(None).unwrap();
+        assert_eq!(change(&d.changes, ":path"), Some(vec!["/users//x%20%C3%A9%3F?a=1".into()]));
+        assert_eq!(change(&d.changes, "x-id"), Some(vec!["none".into()]));
+        // Captures that cannot be read fail the request.
+        assert_eq!(run(Some(b"not json")).unwrap_err().response.status, 500);
+        let relative = config(r#"{"replace":{"uri":"$(headers.x)"}}"#);
+        let err = on_headers(&relative, &RequestHead { headers: &h, end_of_stream: true, captures: None });
+        assert_eq!(err.unwrap_err().response.status, 500, "a path must start with /");
+    }
+
+    #[test]
+    fn query_operations_keep_untouched_arguments_as_sent() {
+        let c = config(
+            r#"{"remove":{"querystring":["toremove"]},"rename":{"querystring":["old:new"]},
+                "replace":{"querystring":["rep:r v"]},"add":{"querystring":["rep:x","added:a&b"]},
+                "append":{"querystring":["multi:2"]}}"#,
+        );
+        let d = decide(&c, &base("/x?a=%2f+&toremove=1&old=o&rep=1&multi=1&rep=2&odd=%zz", &[]), true);
+        assert_eq!(
+            change(&d.changes, ":path"),
+            Some(vec!["/x?a=%2f+&new=o&rep=r%20v&multi=1&odd=%zz&added=a%26b&multi=2".into()])
+        );
+        let none = decide(&c, &base("/x?a=1", &[]), true);
+        assert_eq!(change(&none.changes, ":path"), Some(vec!["/x?a=1&rep=x&added=a%26b&multi=2".into()]));
+    }
+
+    #[test]
+    fn http_method_changes_the_method() {
+        let c = config(r#"{"http_method":"POST"}"#);
+        let mut h = base("/", &[]);
+        h[0].1 = b"GET".to_vec();
+        let d = decide(&c, &h, true);
+        assert_eq!(change(&d.changes, ":method"), Some(vec!["POST".into()]));
+        assert!(decide(&c, &base("/", &[]), true).changes.is_empty(), "already POST");
+    }
+
+    fn finish(job: &BodyJob, body: &str) -> BodyDecision {
+        job.finish(body.as_bytes()).unwrap()
+    }
+
+    fn body(d: &BodyDecision) -> Option<String> {
+        d.body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+    }
+
+    #[test]
+    fn bodies_are_buffered_only_when_an_operation_applies() {
+        let c = config(r#"{"add":{"body":["p:v"]}}"#);
+        let json = [("content-type", "application/json"), ("content-length", "7")];
+        let d = decide(&c, &base("/", &json), false);
+        assert!(d.body.is_some());
+        assert_eq!(change(&d.changes, "content-length"), Some(vec![]), "goes on chunked");
+        assert!(decide(&c, &base("/", &[("content-type", "text/plain")]), false).body.is_none());
+        assert!(decide(&c, &base("/", &json), true).body.is_none(), "no body at all");
+        assert!(decide(&config("{}"), &base("/", &json), false).body.is_none());
+        let big = config(r#"{"add":{"body":["p:v"]},"wasmgate":{"body_buffer_limit":6}}"#);
+        let d = decide(&big, &base("/", &json), false);
+        assert!(d.body.is_none(), "declared larger than the limit: passed on as is");
+        assert!(d.changes.is_empty());
+        // The content type after the header operations decides (Kong reads the changed header).
+        let retyped = config(
+            r#"{"replace":{"headers":["content-type:application/x-www-form-urlencoded"]},
+                "add":{"body":["p:v"]}}"#,
+        );
+        let d = decide(&retyped, &base("/", &json), false);
+        assert_eq!(body(&finish(d.body.as_ref().unwrap(), "a=1")).as_deref(), Some("a=1&p=v"));
+    }
+
+    #[test]
+    fn json_bodies_follow_kong() {
+        let c = config(
+            r#"{"remove":{"body":["gone"]},"rename":{"body":["old:new"]},
+                "replace":{"body":["rep:r"]},"add":{"body":["added:$(headers.x)"]},
+                "append":{"body":["arr:2","s:2"]}}"#,
+        );
+        let d = decide(&c, &base("/", &[("content-type", "application/json; charset=utf-8"), ("x", "hx")]), false);
+        let job = d.body.unwrap();
+        assert_eq!(
+            body(&finish(&job, r#"{"gone":1,"old":{"k":[1]},"rep":"o","arr":[1],"s":"1","n":1.50}"#)).as_deref(),
+            Some(r#"{"new":{"k":[1]},"rep":"r","arr":[1,"2"],"s":["1","2"],"n":1.50,"added":"hx"}"#)
+        );
+        assert_eq!(finish(&job, "{not json").body, None, "malformed JSON passes unchanged");
+        assert_eq!(finish(&job, "[1]").body, None);
+        assert_eq!(
+            body(&finish(&job, "")).as_deref(),
+            Some(r#"{"added":"hx","arr":["2"],"s":["2"]}"#),
+            "an empty body only gets add and append, as Kong"
+        );
+    }
+
+    #[test]
+    fn form_and_multipart_bodies_follow_kong() {
+        let c = config(
+            r#"{"remove":{"body":["gone"]},"rename":{"body":["old:new"]},
+                "replace":{"body":["rep:r"]},"add":{"body":["added:a b"]},"append":{"body":["m:2"]}}"#,
+        );
+        let form = decide(&c, &base("/", &[("content-type", "application/x-www-form-urlencoded")]), false);
+        assert_eq!(
+            body(&finish(form.body.as_ref().unwrap(), "gone=1&old=o%2F&rep=1&m=1&x=%ZZ")).as_deref(),
+            Some("new=o%2F&rep=r&m=1&x=%ZZ&added=a%20b&m=2")
+        );
+        let multi = decide(&c, &base("/", &[("content-type", "multipart/form-data; boundary=B")]), false);
+        let job = multi.body.unwrap();
+        let part = |n: &str, v: &str| format!("--B\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n");
+        let input = format!("{}{}{}--B--\r\n", part("gone", "1"), part("old", "o"), part("rep", "1"));
+        let expected = format!(
+            "{}{}{}{}--B--\r\n",
+            part("new", "o"),
+            part("rep", "r"),
+            part("added", "a b"),
+            part("m", "2")
+        );
+        assert_eq!(body(&finish(&job, &input)), Some(expected));
+        assert_eq!(finish(&job, "garbage").body, None);
+        let evil = config(r#"{"add":{"body":["x:$(headers.x)"]}}"#);
+        let d = decide(&evil, &base("/", &[("content-type", "multipart/form-data; boundary=B"), ("x", "a\r\n--B--")]), false);
+        assert_eq!(d.body.unwrap().finish(b"--B--").unwrap_err().response.status, 500);
+    }
+
+    #[test]
+    fn get_with_a_form_body_moves_fields_to_the_query_when_headers_can_wait() {
+        let c = config(r#"{"http_method":"GET","wasmgate":{"hold_headers":true},"add":{"querystring":["q:1"]}}"#);
+        let h = base("/p?a=1", &[("content-type", "application/x-www-form-urlencoded"), ("content-length", "9")]);
+        let d = decide(&c, &h, false);
+        assert_eq!(change(&d.changes, ":method"), Some(vec!["GET".into()]));
+        assert_eq!(change(&d.changes, ":path"), None, "waits for the body");
+        assert_eq!(change(&d.changes, "content-length"), None);
+        let job = d.body.unwrap();
+        assert!(job.hold_headers);
+        let done = finish(&job, "a=2&b=x+y");
+        assert_eq!(done.body, None, "the body itself stays");
+        assert_eq!(change(&done.changes, ":path"), Some(vec!["/p?a=1&a=2&b=x+y&q=1".into()]));
+        // Without held headers the fields stay in the body (a configure-time warning says so).
+        let c = config(r#"{"http_method":"GET","add":{"querystring":["q:1"]}}"#);
+        let d = decide(&c, &h, false);
+        assert!(d.body.is_none());
+        assert_eq!(change(&d.changes, ":path"), Some(vec!["/p?a=1&q=1".into()]));
+    }
+
+    #[test]
+    fn held_headers_get_an_exact_content_length() {
+        let c = config(r#"{"add":{"body":["p:v"]},"wasmgate":{"hold_headers":true}}"#);
+        let d = decide(&c, &base("/", &[("content-type", "application/json"), ("content-length", "2")]), false);
+        assert_eq!(change(&d.changes, "content-length"), None);
+        let done = finish(d.body.as_ref().unwrap(), "{}");
+        assert_eq!(body(&done).as_deref(), Some(r#"{"p":"v"}"#));
+        assert_eq!(change(&done.changes, "content-length"), Some(vec!["9".into()]));
+    }
+}
