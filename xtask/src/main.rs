@@ -4,6 +4,7 @@
 //! - `test [ARGS]`: build, make sure Envoy 1.40 is available, then every test in the workspace.
 //! - `run [--port N]`: build, then a real Envoy on localhost with the seed's defaults in front
 //!   of a local echo upstream, until Ctrl-C.
+//! - `bench [--quick]`: every data plane side by side; writes docs/BENCHMARKS.md and plots.
 
 mod envoy;
 mod run;
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
         Some("build") => wasm::build().map(|_| ()),
         Some("test") => test(&args[1..]),
         Some("run") => run::run(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             println!("{}", USAGE);
             Ok(())
@@ -37,7 +39,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   build            build every plugin for wasm32-wasip1 (release)
   test [ARGS]      build, install Envoy 1.40 if needed, run every test (ARGS go to cargo test)
-  run [--port N]   start Envoy on 127.0.0.1:N (default 8000) with the seed's defaults";
+  run [--port N]   start Envoy on 127.0.0.1:N (default 8000) with the seed's defaults
+  bench [--quick]  measure every data plane; writes docs/BENCHMARKS.md and its plots";
 
 fn test(args: &[String]) -> Result<(), String> {
     let modules = wasm::build()?;
@@ -49,4 +52,34 @@ fn test(args: &[String]) -> Result<(), String> {
         .env("WASMGATE_WASM_DIR", &modules)
         .env("WASMGATE_ENVOY", &envoy);
     wasm::status(&mut cargo)
+}
+
+/// Builds the native binaries (`native` profile) and runs the benchmark driver.
+fn bench(args: &[String]) -> Result<(), String> {
+    let modules = wasm::build()?;
+    let envoy = envoy::ensure()?;
+    wasm::status(wasm::cargo().args([
+        "build",
+        "--profile",
+        "native",
+        "-p",
+        "gateway",
+        "-p",
+        "xtask",
+        "--bin",
+        "gateway",
+        "--bin",
+        "bench",
+    ]))?;
+    let bin = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| wasm::workspace_root().join("target"))
+        .join("native");
+    let mut driver = std::process::Command::new(bin.join("bench"));
+    driver
+        .args(args)
+        .env("WASMGATE_WASM_DIR", &modules)
+        .env("WASMGATE_ENVOY", &envoy)
+        .env("WASMGATE_GATEWAY", bin.join("gateway"));
+    wasm::status(&mut driver)
 }
