@@ -1,0 +1,117 @@
+//! Guest memory, bounds-checked. Every pointer/length pair from a module goes through here:
+//! out of bounds is `INVALID_MEMORY_ACCESS` for the module, never a host fault. Buffers the
+//! host returns are allocated in the guest through its allocator export, exactly as large as
+//! the data.
+
+use wasmtime::Caller;
+
+use super::status;
+use crate::state::HostState;
+
+/// Largest single buffer the host copies out of a module in one call.
+pub const MAX_READ: usize = 64 << 20;
+
+fn memory_len(caller: &Caller<'_, HostState>) -> usize {
+    caller.data().memory.map_or(0, |m| m.data_size(caller))
+}
+
+fn in_bounds(caller: &Caller<'_, HostState>, ptr: u32, len: usize) -> bool {
+    (ptr as usize)
+        .checked_add(len)
+        .is_some_and(|end| end <= memory_len(caller))
+}
+
+/// Copies `len` bytes at `ptr` out of the module.
+pub fn read(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Result<Vec<u8>, u32> {
+    let len = len as usize;
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    if len > MAX_READ {
+        return Err(status::BAD_ARGUMENT);
+    }
+    let Some(memory) = caller.data().memory else {
+        return Err(status::INVALID_MEMORY_ACCESS);
+    };
+    let data = memory.data(caller);
+    let start = ptr as usize;
+    let end = start
+        .checked_add(len)
+        .ok_or(status::INVALID_MEMORY_ACCESS)?;
+    data.get(start..end)
+        .map(<[u8]>::to_vec)
+        .ok_or(status::INVALID_MEMORY_ACCESS)
+}
+
+pub fn read_string(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Result<String, u32> {
+    read(caller, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// Writes `bytes` at `ptr`.
+pub fn write(caller: &mut Caller<'_, HostState>, ptr: u32, bytes: &[u8]) -> Result<(), u32> {
+    let Some(memory) = caller.data().memory else {
+        return Err(status::INVALID_MEMORY_ACCESS);
+    };
+    let data = memory.data_mut(&mut *caller);
+    let start = ptr as usize;
+    let end = start
+        .checked_add(bytes.len())
+        .ok_or(status::INVALID_MEMORY_ACCESS)?;
+    data.get_mut(start..end)
+        .ok_or(status::INVALID_MEMORY_ACCESS)?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
+pub fn write_u32(caller: &mut Caller<'_, HostState>, ptr: u32, value: u32) -> Result<(), u32> {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+pub fn write_u64(caller: &mut Caller<'_, HostState>, ptr: u32, value: u64) -> Result<(), u32> {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+/// Whether both return slots (a u32 pointer and a u32 size) are writable.
+pub fn slots_ok(caller: &Caller<'_, HostState>, ptr_ptr: u32, size_ptr: u32) -> bool {
+    in_bounds(caller, ptr_ptr, 4) && in_bounds(caller, size_ptr, 4)
+}
+
+/// Returns `bytes` to the module: allocates exactly `bytes.len()` in the guest, copies, and
+/// writes the pointer and size to the return slots. An empty buffer is returned as a null
+/// pointer and size 0, unless `allocate_empty` (a header value that exists but is empty).
+/// `Ok(status)` for the module; `Err` only when the guest allocator trapped.
+pub fn return_bytes(
+    caller: &mut Caller<'_, HostState>,
+    bytes: &[u8],
+    ptr_ptr: u32,
+    size_ptr: u32,
+    allocate_empty: bool,
+) -> wasmtime::Result<u32> {
+    if !slots_ok(caller, ptr_ptr, size_ptr) {
+        return Ok(status::INVALID_MEMORY_ACCESS);
+    }
+    if bytes.is_empty() && !allocate_empty {
+        let _ = write_u32(caller, ptr_ptr, 0);
+        let _ = write_u32(caller, size_ptr, 0);
+        return Ok(status::OK);
+    }
+    let Ok(len) = u32::try_from(bytes.len()) else {
+        return Ok(status::INTERNAL_FAILURE);
+    };
+    let Some(alloc) = caller.data().alloc.clone() else {
+        return Ok(status::INTERNAL_FAILURE);
+    };
+    let addr = alloc.call(&mut *caller, len)?;
+    if addr == 0 && len > 0 {
+        return Ok(status::INTERNAL_FAILURE);
+    }
+    if !bytes.is_empty() {
+        if let Err(status) = write(caller, addr, bytes) {
+            return Ok(status);
+        }
+    }
+    if write_u32(caller, ptr_ptr, addr).is_err() || write_u32(caller, size_ptr, len).is_err() {
+        return Ok(status::INVALID_MEMORY_ACCESS);
+    }
+    Ok(status::OK)
+}

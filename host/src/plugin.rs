@@ -1,0 +1,420 @@
+//! A configured plugin ([`Plugin`], shared by every worker) and its per-worker instance
+//! ([`WorkerPlugin`]): one VM per plugin per worker thread, reused for every stream on that
+//! worker, replaced by a fresh, reconfigured one when it fails. [`WasmFilter`] is the plugin's
+//! [`HttpFilter`] for one stream.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::callout::{Callouts, GrpcInbound, HttpCallResult};
+use crate::env::HostEnv;
+use crate::error::Error;
+use crate::filter_chain::{FilterFactory, FilterStatus, HttpFilter, LocalResponse, StreamData};
+use crate::logs::{LogLevel, LogSink};
+use crate::metrics::MetricKind;
+use crate::module::PluginModule;
+use crate::plugin_config::{FailurePolicy, PluginConfig};
+use crate::queues::Mailbox;
+use crate::state::StreamOp;
+use crate::vm::{Failure, Vm};
+
+struct PluginInner {
+    module: Arc<PluginModule>,
+    config: Arc<PluginConfig>,
+    env: Arc<HostEnv>,
+    failures: AtomicU64,
+    failure_metric: u32,
+}
+
+/// A module with its configuration (`Send + Sync`: share it with every worker).
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+impl Plugin {
+    pub fn new(module: Arc<PluginModule>, config: PluginConfig, env: Arc<HostEnv>) -> Plugin {
+        let failure_metric = env.metrics.define(
+            MetricKind::Counter,
+            &format!("wasmgate.plugin.{}.failures", config.name),
+        );
+        Plugin {
+            inner: Arc::new(PluginInner {
+                module,
+                config: Arc::new(config),
+                env,
+                failures: AtomicU64::new(0),
+                failure_metric,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &PluginConfig {
+        &self.inner.config
+    }
+
+    pub fn env(&self) -> &Arc<HostEnv> {
+        &self.inner.env
+    }
+
+    /// Starts a throwaway instance: `Err(ConfigRefused)` when the module refuses its
+    /// configuration (the control plane's validation step).
+    pub fn validate(&self) -> Result<(), Error> {
+        self.start_vm(&Arc::new(LogSink::new(&self.inner.config.name)), &Mailbox::new())
+            .map(drop)
+    }
+
+    /// This worker's instance.
+    pub fn worker(&self) -> Result<WorkerPlugin, Error> {
+        let logs = Arc::new(LogSink::new(&self.inner.config.name));
+        let mailbox = Mailbox::new();
+        let vm = self.start_vm(&logs, &mailbox)?;
+        let now = self.inner.env.clock.monotonic();
+        Ok(WorkerPlugin {
+            inner: Rc::new(RefCell::new(Worker {
+                plugin: self.clone(),
+                vm: Some(vm),
+                generation: 0,
+                logs,
+                mailbox,
+                root_callouts: Callouts::default(),
+                stream_ops: Vec::new(),
+                last_tick: now,
+            })),
+        })
+    }
+
+    fn start_vm(&self, logs: &Arc<LogSink>, mailbox: &Arc<Mailbox>) -> Result<Vm, Error> {
+        Vm::start(
+            &self.inner.module,
+            Arc::clone(&self.inner.config),
+            Arc::clone(&self.inner.env),
+            Arc::clone(logs),
+            Arc::clone(mailbox),
+        )
+    }
+
+    /// Failed callbacks so far (all workers).
+    pub fn failures(&self) -> u64 {
+        self.inner.failures.load(Ordering::Relaxed)
+    }
+}
+
+struct Worker {
+    plugin: Plugin,
+    vm: Option<Vm>,
+    /// Bumped when the VM is replaced: contexts of older generations are gone.
+    generation: u64,
+    logs: Arc<LogSink>,
+    mailbox: Arc<Mailbox>,
+    root_callouts: Callouts,
+    stream_ops: Vec<(u32, StreamOp)>,
+    last_tick: Duration,
+}
+
+impl Worker {
+    fn vm(&mut self) -> Option<&mut Vm> {
+        if self.vm.is_none() {
+            match self.plugin.start_vm(&self.logs, &self.mailbox) {
+                Ok(vm) => self.vm = Some(vm),
+                Err(e) => {
+                    self.logs.log(LogLevel::Error, &format!("restart failed: {e}"));
+                    return None;
+                }
+            }
+        }
+        self.vm.as_mut()
+    }
+
+    /// Counts and logs a failure, drops the instance and starts a fresh one.
+    fn fail(&mut self, failure: &Failure) {
+        let inner = &self.plugin.inner;
+        inner.failures.fetch_add(1, Ordering::Relaxed);
+        let _ = inner.env.metrics.increment(inner.failure_metric, 1);
+        self.logs.log(
+            LogLevel::Error,
+            &format!(
+                "{}: {failure}; the instance is replaced",
+                inner.config.name
+            ),
+        );
+        self.vm = None;
+        self.generation += 1;
+        let _ = self.vm();
+    }
+
+    fn collect_root(&mut self) {
+        if let Some(vm) = self.vm.as_mut() {
+            let c = vm.take_callouts();
+            self.root_callouts.append(c);
+            let ops = vm.take_stream_ops();
+            self.stream_ops.extend(ops);
+        }
+    }
+}
+
+/// A plugin's instance on one worker (not `Send`: it lives on its worker thread).
+#[derive(Clone)]
+pub struct WorkerPlugin {
+    inner: Rc<RefCell<Worker>>,
+}
+
+impl WorkerPlugin {
+    pub fn plugin(&self) -> Plugin {
+        self.inner.borrow().plugin.clone()
+    }
+
+    pub fn logs(&self) -> Arc<LogSink> {
+        Arc::clone(&self.inner.borrow().logs)
+    }
+
+    /// A filter for a new stream.
+    pub fn filter(&self) -> WasmFilter {
+        WasmFilter {
+            worker: Rc::clone(&self.inner),
+            context: None,
+            disabled: false,
+            name: self.inner.borrow().plugin.config().name.clone(),
+        }
+    }
+
+    /// Whether the instance is alive (false after a failure whose restart failed too).
+    pub fn is_running(&self) -> bool {
+        self.inner.borrow().vm.is_some()
+    }
+
+    /// Runs what is due: `on_queue_ready` for queues that got data, `on_tick` when the tick
+    /// period passed (once per elapsed period, at most 1000 at a time).
+    pub fn poll(&self) {
+        let mut w = self.inner.borrow_mut();
+        let ready = w.mailbox.drain();
+        for (root, queue) in ready {
+            let Some(vm) = w.vm() else { return };
+            if let Err(f) = vm.on_queue_ready(root, queue) {
+                w.fail(&f);
+            }
+            w.collect_root();
+        }
+        let now = w.plugin.inner.env.clock.monotonic();
+        let mut fired = 0;
+        loop {
+            let Some(period) = w.vm().and_then(|vm| vm.tick_period()) else {
+                w.last_tick = now;
+                break;
+            };
+            if now.saturating_sub(w.last_tick) < period || fired >= 1000 {
+                break;
+            }
+            w.last_tick += period;
+            fired += 1;
+            let Some(vm) = w.vm() else { break };
+            if let Err(f) = vm.on_tick() {
+                w.fail(&f);
+            }
+            w.collect_root();
+        }
+    }
+
+    /// Calls made from the root context (on_tick, on_configure, on_queue_ready).
+    pub fn take_root_callouts(&self) -> Callouts {
+        let mut w = self.inner.borrow_mut();
+        w.collect_root();
+        std::mem::take(&mut w.root_callouts)
+    }
+
+    /// Resumes/closes the module asked for streams outside their callbacks:
+    /// `(context id, op)`; route them with [`HttpFilter::context_id`].
+    pub fn take_stream_ops(&self) -> Vec<(u32, StreamOp)> {
+        let mut w = self.inner.borrow_mut();
+        w.collect_root();
+        std::mem::take(&mut w.stream_ops)
+    }
+
+    /// Delivers the answer to a call made from the root context.
+    pub fn root_http_call_response(&self, token: u32, result: HttpCallResult) {
+        let mut w = self.inner.borrow_mut();
+        let Some(vm) = w.vm() else { return };
+        if let Err(f) = vm.on_http_call_response(token, result) {
+            w.fail(&f);
+        }
+        w.collect_root();
+    }
+
+    pub fn root_grpc_event(&self, token: u32, event: GrpcInbound) {
+        let mut w = self.inner.borrow_mut();
+        let Some(vm) = w.vm() else { return };
+        if let Err(f) = vm.on_grpc_event(token, event) {
+            w.fail(&f);
+        }
+        w.collect_root();
+    }
+
+    /// Bytes of linear memory the current instance has.
+    pub fn memory_size(&self) -> usize {
+        self.inner.borrow().vm.as_ref().map_or(0, Vm::memory_size)
+    }
+}
+
+impl FilterFactory for WorkerPlugin {
+    fn create_filter(&self) -> Box<dyn HttpFilter> {
+        Box::new(self.filter())
+    }
+}
+
+/// A plugin's filter for one stream: owns a stream context in the worker's VM.
+pub struct WasmFilter {
+    worker: Rc<RefCell<Worker>>,
+    /// (VM generation, context id), once created.
+    context: Option<(u64, u32)>,
+    /// Fail-open after a failure: the filter is skipped for the rest of the stream.
+    disabled: bool,
+    name: String,
+}
+
+impl WasmFilter {
+    fn on_failure(&mut self, stream: &mut StreamData) -> FilterStatus {
+        self.disabled = true;
+        let policy = self.worker.borrow().plugin.config().failure_policy;
+        match policy {
+            FailurePolicy::FailOpen => FilterStatus::Continue,
+            FailurePolicy::FailClosed => {
+                stream.local_response = Some(LocalResponse {
+                    status: 503,
+                    details: "wasm_fail_stream".into(),
+                    ..LocalResponse::default()
+                });
+                FilterStatus::Stop
+            }
+        }
+    }
+
+    /// Runs one callback of this stream's context with the stream's data moved in.
+    fn invoke(
+        &mut self,
+        stream: &mut StreamData,
+        call: impl FnOnce(&mut Vm, u32) -> Result<u32, Failure>,
+    ) -> FilterStatus {
+        if self.disabled {
+            return FilterStatus::Continue;
+        }
+        let worker = Rc::clone(&self.worker);
+        let mut w = worker.borrow_mut();
+        let generation = w.generation;
+        if let Some((g, _)) = self.context {
+            if g != generation {
+                // The instance this stream lived in was replaced: its context is gone.
+                drop(w);
+                return self.on_failure(stream);
+            }
+        }
+        let Some(vm) = w.vm() else {
+            drop(w);
+            return self.on_failure(stream);
+        };
+        let ctx = match self.context {
+            Some((_, ctx)) => ctx,
+            None => match vm.new_stream() {
+                Ok(ctx) => {
+                    self.context = Some((generation, ctx));
+                    ctx
+                }
+                Err(f) => {
+                    w.fail(&f);
+                    drop(w);
+                    return self.on_failure(stream);
+                }
+            },
+        };
+        vm.enter(ctx, std::mem::take(stream));
+        let result = call(vm, ctx);
+        *stream = vm.leave();
+        stream.callouts.append(vm.take_callouts());
+        let ops = vm.take_stream_ops();
+        w.stream_ops.extend(ops);
+        match result {
+            Ok(0) => FilterStatus::Continue,
+            Ok(_) => FilterStatus::Stop,
+            Err(f) => {
+                w.fail(&f);
+                drop(w);
+                self.on_failure(stream)
+            }
+        }
+    }
+}
+
+impl HttpFilter for WasmFilter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn context_id(&self) -> Option<u32> {
+        self.context.map(|(_, c)| c)
+    }
+
+    fn request_headers(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {
+        let n = s.request_headers.as_ref().map_or(0, |h| h.len());
+        self.invoke(s, |vm, ctx| vm.on_request_headers(ctx, n, eos))
+    }
+
+    fn request_body(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {
+        let n = s.request_body.len();
+        self.invoke(s, |vm, ctx| vm.on_request_body(ctx, n, eos))
+    }
+
+    fn request_trailers(&mut self, s: &mut StreamData) -> FilterStatus {
+        let n = s.request_trailers.as_ref().map_or(0, |h| h.len());
+        self.invoke(s, |vm, ctx| vm.on_request_trailers(ctx, n))
+    }
+
+    fn response_headers(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {
+        let n = s.response_headers.as_ref().map_or(0, |h| h.len());
+        self.invoke(s, |vm, ctx| vm.on_response_headers(ctx, n, eos))
+    }
+
+    fn response_body(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {
+        let n = s.response_body.len();
+        self.invoke(s, |vm, ctx| vm.on_response_body(ctx, n, eos))
+    }
+
+    fn response_trailers(&mut self, s: &mut StreamData) -> FilterStatus {
+        let n = s.response_trailers.as_ref().map_or(0, |h| h.len());
+        self.invoke(s, |vm, ctx| vm.on_response_trailers(ctx, n))
+    }
+
+    fn http_call_response(&mut self, s: &mut StreamData, token: u32, result: HttpCallResult) {
+        if self.context.is_none() {
+            return;
+        }
+        self.invoke(s, |vm, _| vm.on_http_call_response(token, result).map(|()| 0));
+    }
+
+    fn grpc_event(&mut self, s: &mut StreamData, token: u32, event: GrpcInbound) {
+        if self.context.is_none() {
+            return;
+        }
+        self.invoke(s, |vm, _| vm.on_grpc_event(token, event).map(|()| 0));
+    }
+
+    fn stream_done(&mut self, s: &mut StreamData) {
+        let Some((generation, ctx)) = self.context.take() else {
+            return;
+        };
+        let mut w = self.worker.borrow_mut();
+        if w.generation != generation {
+            return;
+        }
+        let Some(vm) = w.vm() else { return };
+        vm.enter(ctx, std::mem::take(s));
+        let result = vm.finish_stream(ctx);
+        *s = vm.leave();
+        let c = vm.take_callouts();
+        w.root_callouts.append(c);
+        if let Err(f) = result {
+            w.fail(&f);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! What configures one plugin: its names, its configuration bytes, the environment it may
+//! read, its failure policy and limits.
+
+use std::time::Duration;
+
+/// What happens to a stream when the module fails (trap, deadline, memory cap).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Answer 503, as Envoy's default FAIL_CLOSED.
+    #[default]
+    FailClosed,
+    /// Skip the filter for that stream.
+    FailOpen,
+}
+
+/// Per-instance limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// CPU time one callback may take (epoch interruption; rounded up to the ticker period).
+    pub callback_deadline: Duration,
+    /// CPU time `_initialize`, `on_vm_start` and `on_configure` may take together.
+    pub startup_deadline: Duration,
+    /// Linear memory cap per instance.
+    pub memory_bytes: usize,
+    /// Fuel per callback, when the engine was built with fuel.
+    pub fuel: Option<u64>,
+    /// A paused stream that is never resumed gets 504 after this long (Envoy: 300 s).
+    pub stream_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            callback_deadline: Duration::from_millis(100),
+            startup_deadline: Duration::from_secs(2),
+            memory_bytes: 128 << 20,
+            fuel: None,
+            stream_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One plugin as configured (Envoy's `PluginConfig` + `VmConfig`).
+#[derive(Clone, Debug)]
+pub struct PluginConfig {
+    /// `plugin_name`.
+    pub name: String,
+    /// `plugin_root_id`: which root context of the module serves this plugin.
+    pub root_id: String,
+    /// `plugin_vm_id`: namespace of shared data and queues.
+    pub vm_id: String,
+    /// The plugin configuration (`proxy_on_configure`, buffer type 7).
+    pub configuration: Vec<u8>,
+    /// The VM configuration (`proxy_on_vm_start`, buffer type 6).
+    pub vm_configuration: Vec<u8>,
+    /// Environment variables the module may read through WASI (an explicit allow-list:
+    /// nothing from the host's own environment leaks in).
+    pub env: Vec<(String, String)>,
+    pub failure_policy: FailurePolicy,
+    pub limits: Limits,
+    /// Log level reported by `proxy_get_log_level` (0 trace … 5 critical).
+    pub log_level: u32,
+}
+
+impl PluginConfig {
+    /// A plugin named `name` (also its root id and vm id) with `configuration`.
+    pub fn new(name: &str, configuration: impl Into<Vec<u8>>) -> PluginConfig {
+        PluginConfig {
+            name: name.to_owned(),
+            root_id: name.to_owned(),
+            vm_id: name.to_owned(),
+            configuration: configuration.into(),
+            vm_configuration: Vec::new(),
+            env: Vec::new(),
+            failure_policy: FailurePolicy::default(),
+            limits: Limits::default(),
+            log_level: 1,
+        }
+    }
+
+    pub fn vm_id(mut self, vm_id: &str) -> PluginConfig {
+        self.vm_id = vm_id.to_owned();
+        self
+    }
+
+    pub fn root_id(mut self, root_id: &str) -> PluginConfig {
+        self.root_id = root_id.to_owned();
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> PluginConfig {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> PluginConfig {
+        self.failure_policy = policy;
+        self
+    }
+
+    pub fn limits(mut self, limits: Limits) -> PluginConfig {
+        self.limits = limits;
+        self
+    }
+}

@@ -1,0 +1,165 @@
+//! The WASI preview 1 subset proxy-wasm modules import, hand-written (no wasmtime-wasi):
+//! `fd_write` to the plugin log (stdout → info, stderr → error, line by line),
+//! `clock_time_get` / `clock_res_get` from the host clock, `random_get`, `environ_*` from the
+//! plugin's explicit allow-list, empty `args_*`, `sched_yield`, and `proc_exit` as a trap.
+//! Every other WASI function the module imports answers ENOSYS (see
+//! [`crate::module::ModuleImports`]). Registered under `wasi_snapshot_preview1` and, for
+//! AssemblyScript modules (ABI 0.2.0), `wasi_unstable`.
+
+use wasmtime::{Caller, Linker};
+
+use crate::abi::memory::{read, write, write_u32, write_u64};
+use crate::clock::unix_nanos;
+use crate::logs::LogLevel;
+use crate::state::HostState;
+
+pub const MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
+
+pub const ESUCCESS: i32 = 0;
+pub const EBADF: i32 = 8;
+pub const EFAULT: i32 = 21;
+pub const EINVAL: i32 = 28;
+pub const ENOSYS: i32 = 52;
+
+type C<'a> = Caller<'a, HostState>;
+
+fn errno(r: Result<(), u32>) -> i32 {
+    match r {
+        Ok(()) => ESUCCESS,
+        Err(_) => EFAULT,
+    }
+}
+
+pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    for m in MODULES {
+        linker.func_wrap(m, "fd_write", fd_write)?;
+        linker.func_wrap(m, "clock_time_get", clock_time_get)?;
+        linker.func_wrap(m, "clock_res_get", |mut c: C<'_>, _id: u32, ptr: u32| {
+            errno(write_u64(&mut c, ptr, 1_000))
+        })?;
+        linker.func_wrap(m, "random_get", random_get)?;
+        linker.func_wrap(m, "environ_sizes_get", environ_sizes_get)?;
+        linker.func_wrap(m, "environ_get", environ_get)?;
+        linker.func_wrap(m, "args_sizes_get", |mut c: C<'_>, argc: u32, size: u32| {
+            errno(write_u32(&mut c, argc, 0).and_then(|()| write_u32(&mut c, size, 0)))
+        })?;
+        linker.func_wrap(m, "args_get", |_: C<'_>, _argv: u32, _buf: u32| ESUCCESS)?;
+        linker.func_wrap(m, "sched_yield", |_: C<'_>| ESUCCESS)?;
+        linker.func_wrap(m, "fd_prestat_get", |_: C<'_>, _fd: u32, _ptr: u32| EBADF)?;
+        linker.func_wrap(m, "proc_exit", proc_exit)?;
+    }
+    Ok(())
+}
+
+fn fd_write(mut c: C<'_>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) -> i32 {
+    if fd != 1 && fd != 2 {
+        return EBADF;
+    }
+    let Some(table_len) = iovs_len.checked_mul(8) else {
+        return EINVAL;
+    };
+    let Ok(table) = read(&c, iovs, table_len) else {
+        return EFAULT;
+    };
+    let mut data = Vec::new();
+    for iov in table.chunks_exact(8) {
+        let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+        let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+        match read(&c, ptr, len) {
+            Ok(bytes) => data.extend_from_slice(&bytes),
+            Err(_) => return EFAULT,
+        }
+        if data.len() > crate::logs::MAX_MESSAGE * 4 {
+            return EINVAL;
+        }
+    }
+    let written = data.len() as u32;
+    let (level, state) = (
+        if fd == 1 { LogLevel::Info } else { LogLevel::Error },
+        c.data_mut(),
+    );
+    let line = if fd == 1 {
+        &mut state.stdout
+    } else {
+        &mut state.stderr
+    };
+    line.extend_from_slice(&data);
+    let mut lines = Vec::new();
+    while let Some(nl) = line.iter().position(|&b| b == b'\n') {
+        let rest = line.split_off(nl + 1);
+        let mut done = std::mem::replace(line, rest);
+        done.pop();
+        lines.push(String::from_utf8_lossy(&done).into_owned());
+    }
+    if line.len() > crate::logs::MAX_MESSAGE {
+        lines.push(String::from_utf8_lossy(line).into_owned());
+        line.clear();
+    }
+    for l in lines {
+        state.logs.log(level, &l);
+    }
+    errno(write_u32(&mut c, nwritten, written))
+}
+
+fn clock_time_get(mut c: C<'_>, id: u32, _precision: u64, ptr: u32) -> i32 {
+    let clock = &c.data().env.clock;
+    let t = match id {
+        0 => unix_nanos(clock.now()),
+        1..=3 => clock.monotonic().as_nanos() as u64,
+        _ => return EINVAL,
+    };
+    errno(write_u64(&mut c, ptr, t))
+}
+
+fn random_get(mut c: C<'_>, ptr: u32, len: u32) -> i32 {
+    if len as usize > crate::abi::memory::MAX_READ {
+        return EINVAL;
+    }
+    let mut bytes = vec![0u8; len as usize];
+    if getrandom::fill(&mut bytes).is_err() {
+        return EINVAL;
+    }
+    errno(write(&mut c, ptr, &bytes))
+}
+
+fn environ(c: &C<'_>) -> Vec<Vec<u8>> {
+    c.data()
+        .plugin
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let mut e = format!("{k}={v}").into_bytes();
+            e.push(0);
+            e
+        })
+        .collect()
+}
+
+fn environ_sizes_get(mut c: C<'_>, count_ptr: u32, size_ptr: u32) -> i32 {
+    let env = environ(&c);
+    let size: usize = env.iter().map(Vec::len).sum();
+    errno(
+        write_u32(&mut c, count_ptr, env.len() as u32)
+            .and_then(|()| write_u32(&mut c, size_ptr, size as u32)),
+    )
+}
+
+fn environ_get(mut c: C<'_>, environ_ptr: u32, buf_ptr: u32) -> i32 {
+    let env = environ(&c);
+    let mut at = buf_ptr;
+    for (i, e) in env.iter().enumerate() {
+        let slot = environ_ptr.wrapping_add(4 * i as u32);
+        if write_u32(&mut c, slot, at).is_err() || write(&mut c, at, e).is_err() {
+            return EFAULT;
+        }
+        at = at.wrapping_add(e.len() as u32);
+    }
+    ESUCCESS
+}
+
+fn proc_exit(c: C<'_>, code: u32) -> wasmtime::Result<()> {
+    c.data()
+        .logs
+        .log(LogLevel::Warn, &format!("proc_exit({code})"));
+    Err(wasmtime::Error::msg(format!("module called proc_exit({code})")))
+}
