@@ -1,0 +1,360 @@
+//! request-transformer in a real Envoy, beyond the case file: headers held for the body
+//! (`allow_on_headers_stop_iteration`), the body buffer limit, bytes that are not UTF-8, deep
+//! JSON, the seed's secret-injection example, and (ignored by default) the cost per request
+//! next to Envoy's native `header_mutation` filter.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wasmgate_tests::client::{send, Connection};
+use wasmgate_tests::envoy::ListenerSpec;
+use wasmgate_tests::{
+    paths, EchoReport, EchoUpstream, Envoy, EnvoyConfig, Protocol, Request, RequestBody,
+    WasmFilter,
+};
+
+const MIB: u64 = 1 << 20;
+
+fn transformer(config: Value) -> Vec<WasmFilter> {
+    vec![WasmFilter::plugin("request-transformer", config)]
+}
+
+/// The bootstrap with `allow_on_headers_stop_iteration: true` on every Wasm filter.
+fn allow_stop_iteration(mut bootstrap: Value) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                if map.get("name").and_then(Value::as_str) == Some("envoy.filters.http.wasm") {
+                    map["typed_config"]["config"]["allow_on_headers_stop_iteration"] = json!(true);
+                }
+                map.values_mut().for_each(walk);
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut bootstrap);
+    bootstrap
+}
+
+fn report(response: &wasmgate_tests::Response) -> EchoReport {
+    assert_eq!(response.status, 200, "{}", response.text());
+    serde_json::from_slice(&response.body).expect("an echo report")
+}
+
+fn form(path: &str, body: &str) -> Request {
+    Request::post(path, RequestBody::Bytes(body.as_bytes().to_vec()))
+        .header("content-type", "application/x-www-form-urlencoded")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_headers_move_form_fields_to_the_query_and_get_an_exact_length() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let config = EnvoyConfig::new(echo.addr())
+        .listener(
+            "get",
+            transformer(json!({
+                "http_method": "GET",
+                "add": {"body": ["added:1"], "querystring": ["q:1"]},
+                "wasmgate": {"hold_headers": true},
+            })),
+        )
+        .listener(
+            "json",
+            transformer(json!({"add": {"body": ["p:v"]}, "wasmgate": {"hold_headers": true}})),
+        );
+    let envoy = Envoy::start_bootstrap(&allow_stop_iteration(config.bootstrap()), 2)
+        .await
+        .unwrap();
+    for protocol in Protocol::ALL {
+        let got = report(
+            &send(envoy.listener("get"), protocol, &form("/m?hello=world", "name=marco+p"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(got.method, "GET", "{protocol:?}");
+        assert_eq!(got.query.as_deref(), Some("hello=world&name=marco+p&q=1"));
+        assert_eq!(got.body.as_deref(), Some("name=marco+p&added=1"));
+        assert_eq!(got.header("content-length"), Some("20"), "{protocol:?}");
+
+        // Chunked in, exact length out.
+        let chunked = Request::post("/j", RequestBody::Chunks(vec![b"{\"a\":".to_vec(), b"1}".to_vec()]))
+            .header("content-type", "application/json");
+        let got = report(&send(envoy.listener("json"), protocol, &chunked).await.unwrap());
+        assert_eq!(got.body.as_deref(), Some(r#"{"a":1,"p":"v"}"#));
+        assert_eq!(got.header("content-length"), Some("15"), "{protocol:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_buffer_limit_pass_on_unchanged() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let config = EnvoyConfig::new(echo.addr())
+        .listener("default", transformer(json!({"add": {"body": ["p:v"]}})))
+        .listener(
+            "small",
+            transformer(json!({"add": {"body": ["p:v"]}, "wasmgate": {"body_buffer_limit": 100}})),
+        );
+    let envoy = Envoy::start(&config).await.unwrap();
+    for protocol in Protocol::ALL {
+        // 2 MiB, above the 1 MiB default and Envoy's own buffer limit: never buffered, so
+        // Envoy does not answer 413, and the bytes arrive unchanged.
+        for with_length in [true, false] {
+            let big = Request::post("/big", RequestBody::Filler { len: 2 * MIB, with_length })
+                .header("content-type", "application/json");
+            let got = report(&send(envoy.listener("default"), protocol, &big).await.unwrap());
+            assert_eq!(got.body_len, 2 * MIB, "{protocol:?} with_length={with_length}");
+            assert_eq!(got.body_sha256, wasmgate_tests::echo::filler_sha256(2 * MIB));
+        }
+        // Just under the default limit: rewritten.
+        let pad = "x".repeat(900 * 1024);
+        let body = format!(r#"{{"pad":"{pad}","a":1}}"#).into_bytes();
+        let chunks = body.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
+        let near = Request::post("/near", RequestBody::Chunks(chunks))
+            .header("content-type", "application/json");
+        let response = send(envoy.listener("default"), protocol, &near).await.unwrap();
+        let got = report(&response);
+        let json: Value = serde_json::from_str(got.body.as_deref().unwrap_or("")).unwrap();
+        assert_eq!(json["p"], "v", "{protocol:?}");
+        assert_eq!(json["a"], 1);
+        // A configured limit of 100 bytes: a 200-byte JSON body passes as sent.
+        let body = format!(r#"{{"pad":"{}"}}"#, "y".repeat(190));
+        let chunked = Request::post(
+            "/small",
+            RequestBody::Chunks(vec![body.as_bytes()[..50].to_vec(), body.as_bytes()[50..].to_vec()]),
+        )
+        .header("content-type", "application/json");
+        let got = report(&send(envoy.listener("small"), protocol, &chunked).await.unwrap());
+        assert_eq!(got.body.as_deref(), Some(body.as_str()));
+    }
+}
+
+/// Sends raw bytes on HTTP/1.1 and returns the whole answer (the request asks to close).
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    out
+}
+
+fn raw_post(path: &str, headers: &[&[u8]], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("POST {path} HTTP/1.1\r\nhost: raw.test\r\nconnection: close\r\n").into_bytes();
+    for header in headers {
+        out.extend_from_slice(header);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_not_utf8_and_deep_json_never_trap() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let config = EnvoyConfig::new(echo.addr()).listener(
+        "odd",
+        transformer(json!({
+            "add": {
+                "headers": ["x-copy:$(headers.x_latin)", "x-q:$(query_params.q)"],
+                "querystring": ["from-header:$(headers.x_latin)"],
+                "body": ["p:v"],
+            },
+            "rename": {"body": ["\u{e9}:e"]},
+        })),
+    );
+    let envoy = Envoy::start(&config).await.unwrap();
+    let addr = envoy.listener("odd");
+
+    // An obs-text header value (Latin-1 é) copied into a header and the query string.
+    let answer = raw_exchange(
+        addr,
+        &raw_post("/o?q=%E9%ff", &[b"x-latin: caf\xe9", b"content-type: text/plain"], b"x"),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("from-header=caf%E9"), "{text}");
+
+    // Form and JSON bodies that are not UTF-8.
+    for (content_type, body, expected) in [
+        (&b"application/x-www-form-urlencoded"[..], &b"%C3%A9=1&\xff=\xfe"[..], "\"body\":\"e=1&\u{fffd}=\u{fffd}&p=v\""),
+        (b"application/json", b"{\"a\":\"\xff\"}", "\"body\":\"{\\\"a\\\":\\\"\u{fffd}\\\"}\""),
+    ] {
+        let mut header = b"content-type: ".to_vec();
+        header.extend_from_slice(content_type);
+        let answer = raw_exchange(addr, &raw_post("/b", &[&header], body)).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+
+    // 100,000 levels of nesting inside a value: rewritten, nothing overflows.
+    let deep = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let request = Request::post("/deep", RequestBody::Bytes(deep.into_bytes()))
+        .header("content-type", "application/json");
+    let got = report(&send(addr, Protocol::Http2, &request).await.unwrap());
+    assert!(got.body.as_deref().unwrap_or("").ends_with("]],\"p\":\"v\"}"));
+
+    // Every worker still answers (a trap would turn into 503s).
+    for _ in 0..8 {
+        let got = report(&send(addr, Protocol::Http1, &Request::get("/after")).await.unwrap());
+        assert_eq!(got.header("x-copy"), Some(""));
+    }
+    let log = envoy.log();
+    assert!(!log.contains("panicked") && !log.contains("trap"), "{log}");
+}
+
+/// Reads an example bootstrap, pointing listeners at free ports, the backend (:8080) at
+/// `upstream` and modules at the built ones (as `examples.rs` does).
+fn load_example(name: &str, upstream: std::net::SocketAddr) -> Value {
+    fn rewrite(value: &mut Value, upstream: std::net::SocketAddr) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(file)) = map.get("filename") {
+                    let module = std::path::Path::new(file)
+                        .file_name()
+                        .and_then(|f| f.to_str())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let built = paths::wasm_dir().join(module);
+                    map.insert("filename".into(), Value::String(built.to_string_lossy().into()));
+                }
+                if let Some(port) = map.get("port_value").and_then(Value::as_u64) {
+                    let new = if port == 8080 { upstream.port() } else { 0 };
+                    map.insert("port_value".into(), new.into());
+                }
+                map.values_mut().for_each(|v| rewrite(v, upstream));
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| rewrite(v, upstream)),
+            _ => {}
+        }
+    }
+    let path = paths::workspace_root().join("envoy").join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut bootstrap: Value = serde_yaml_ng::from_str(&text).unwrap();
+    rewrite(&mut bootstrap, upstream);
+    bootstrap
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_secret_injection_example_overrides_client_credentials() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let bootstrap = load_example("seed-secret-injection.yaml", echo.addr());
+
+    // The token comes from Envoy's own environment (host_env_keys): without it, Envoy
+    // refuses to start rather than send requests with an empty credential.
+    std::env::remove_var("BACKEND_TOKEN");
+    let refused = Envoy::start_bootstrap(&bootstrap, 2).await;
+    let log = refused.err().expect("Envoy must refuse to start without BACKEND_TOKEN");
+    assert!(
+        log.contains("environment variable BACKEND_TOKEN is not set"),
+        "{log}"
+    );
+
+    std::env::set_var("BACKEND_TOKEN", "example-backend-token");
+    let envoy = Envoy::start_bootstrap(&bootstrap, 2).await.unwrap();
+    std::env::remove_var("BACKEND_TOKEN");
+    let addr = envoy.listener("gateway");
+    for protocol in Protocol::ALL {
+        for client in [None, Some("Bearer client-supplied"), Some("Basic dXNlcjpwYXNz")] {
+            let mut request = Request::get("/api");
+            if let Some(value) = client {
+                request = request.header("authorization", value);
+            }
+            let got = report(&send(addr, protocol, &request).await.unwrap());
+            assert_eq!(
+                got.header_values("authorization"),
+                vec!["Bearer example-backend-token"],
+                "{protocol:?} client {client:?}"
+            );
+        }
+    }
+    assert!(
+        !envoy.log().contains("example-backend-token"),
+        "the secret is never logged"
+    );
+}
+
+/// Per-request cost in one Envoy: no filter, Envoy's native `header_mutation` doing the
+/// header part of the seed's job, and request-transformer with the seed's config.
+/// `cargo xtask test -p wasmgate-tests --test envoy_request_transformer -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run it on purpose"]
+async fn bench_per_request_cost_next_to_header_mutation() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let token = "bench-token";
+    let header_mutation = json!({
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": [{"append": {
+                "header": {"key": "authorization", "value": format!("Bearer {token}")},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }}]},
+        },
+    });
+    let seed = json!({
+        "replace": {"headers": ["Authorization:Bearer {vault://env/BACKEND_TOKEN}"]},
+        "add": {"headers": ["Authorization:Bearer {vault://env/BACKEND_TOKEN}"]},
+    });
+    let mut config = EnvoyConfig::new(echo.addr()).concurrency(1);
+    config.listeners.push(ListenerSpec {
+        name: "baseline".into(),
+        filters: vec![],
+        native_filters: vec![],
+    });
+    config.listeners.push(ListenerSpec {
+        name: "header_mutation".into(),
+        filters: vec![],
+        native_filters: vec![header_mutation],
+    });
+    config.listeners.push(ListenerSpec {
+        name: "request_transformer".into(),
+        filters: vec![WasmFilter::plugin("request-transformer", seed).env("BACKEND_TOKEN", token)],
+        native_filters: vec![],
+    });
+    let envoy = Envoy::start(&config).await.unwrap();
+    const WARMUP: usize = 2_000;
+    const N: usize = 20_000;
+    let mut results = Vec::new();
+    for round in 0..3 {
+        for name in ["baseline", "header_mutation", "request_transformer"] {
+            let mut connection = Connection::open(envoy.listener(name), Protocol::Http1)
+                .await
+                .unwrap();
+            let request = Request::get("/bench").header("authorization", "Bearer client");
+            for _ in 0..WARMUP {
+                connection.send(&request).await.unwrap();
+            }
+            let mut latencies = Vec::with_capacity(N);
+            let started = Instant::now();
+            for _ in 0..N {
+                let t = Instant::now();
+                let response = connection.send(&request).await.unwrap();
+                latencies.push(t.elapsed());
+                assert_eq!(response.status, 200);
+            }
+            let total = started.elapsed();
+            latencies.sort();
+            let check = connection.send(&request).await.unwrap();
+            let got: EchoReport = serde_json::from_slice(&check.body).unwrap();
+            if name != "baseline" {
+                assert_eq!(got.header("authorization"), Some("Bearer bench-token"));
+            }
+            results.push((round, name, total / N as u32, latencies[N / 2], latencies[N * 99 / 100]));
+        }
+    }
+    println!("| round | listener | mean | p50 | p99 |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (round, name, mean, p50, p99) in &results {
+        println!("| {round} | {name} | {mean:?} | {p50:?} | {p99:?} |");
+    }
+    let module = paths::plugin_module("request-transformer");
+    println!(
+        "module: {} bytes",
+        std::fs::metadata(module).map(|m| m.len()).unwrap_or(0)
+    );
+}
