@@ -1,0 +1,517 @@
+//! The plugin's configuration, with Kong's fields, defaults and messages, plus `window_type`
+//! (from Kong's rate-limiting-advanced) and `max_identifiers` (wasmgate's memory bound).
+
+use kit::schema::{self, ConfigError, Record};
+
+use crate::Period;
+
+/// Whose requests share a budget (`limit_by`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitBy {
+    Consumer,
+    Credential,
+    ConsumerGroup,
+    Ip,
+    Service,
+    Header,
+    Path,
+}
+
+impl LimitBy {
+    const CHOICES: [(&'static str, LimitBy); 7] = [
+        ("consumer", LimitBy::Consumer),
+        ("credential", LimitBy::Credential),
+        ("consumer-group", LimitBy::ConsumerGroup),
+        ("ip", LimitBy::Ip),
+        ("service", LimitBy::Service),
+        ("header", LimitBy::Header),
+        ("path", LimitBy::Path),
+    ];
+}
+
+/// How a window counts (`window_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowType {
+    /// Kong OSS: the count of the current calendar window.
+    Fixed,
+    /// Kong rate-limiting-advanced: the current count plus the previous window's count weighted
+    /// by how much of the previous window still overlaps the last window length.
+    Sliding,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Policy {
+    Local,
+    Cluster,
+    Redis,
+}
+
+pub const DEFAULT_ERROR_MESSAGE: &str = "API rate limit exceeded";
+/// Distinct identifiers that get a counter of their own, per plugin instance.
+pub const DEFAULT_MAX_IDENTIFIERS: u64 = 10_000;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The configured limits, shortest period first.
+    pub limits: Vec<(Period, f64)>,
+    pub limit_by: LimitBy,
+    pub header_name: Option<String>,
+    pub path: Option<String>,
+    pub fault_tolerant: bool,
+    pub hide_client_headers: bool,
+    pub error_code: u16,
+    pub error_message: String,
+    pub window_type: WindowType,
+    pub max_identifiers: u64,
+}
+
+impl Config {
+    /// A config with these limits and every other field at its default.
+    pub fn with_limits(limits: &[(Period, f64)]) -> Config {
+        Config {
+            limits: limits.to_vec(),
+            limit_by: LimitBy::Consumer,
+            header_name: None,
+            path: None,
+            fault_tolerant: true,
+            hide_client_headers: false,
+            error_code: 429,
+            error_message: DEFAULT_ERROR_MESSAGE.to_owned(),
+            window_type: WindowType::Fixed,
+            max_identifiers: DEFAULT_MAX_IDENTIFIERS,
+        }
+    }
+
+    /// The limit of a period, when configured.
+    pub fn limit(&self, period: Period) -> Option<f64> {
+        self.limits
+            .iter()
+            .find(|(p, _)| *p == period)
+            .map(|(_, l)| *l)
+    }
+
+    /// Parses Kong's JSON `config`.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let document = schema::parse_document(bytes)?;
+        schema::read_config(&document, read)
+    }
+}
+
+fn read(r: &mut Record<'_>) -> Config {
+    let mut limits = Vec::new();
+    for period in Period::ALL {
+        if let Some(limit) = r.number(period.name()) {
+            if limit > 0.0 && limit.is_finite() {
+                limits.push((period, limit));
+            } else {
+                r.error(period.name(), "value must be greater than 0");
+            }
+        }
+    }
+    let limit_by = r.one_of("limit_by", &LimitBy::CHOICES, LimitBy::Consumer);
+    let header_name = r.string("header_name").map(str::to_owned);
+    if let Some(name) = &header_name {
+        if let Err(message) = validate_header_name(name) {
+            r.error("header_name", message);
+        }
+    }
+    let path = r.string("path").map(str::to_owned);
+    if let Some(path) = &path {
+        if let Err(message) = validate_path(path) {
+            r.error("path", message);
+        }
+    }
+    let policy = r.one_of(
+        "policy",
+        &[
+            ("local", Policy::Local),
+            ("cluster", Policy::Cluster),
+            ("redis", Policy::Redis),
+        ],
+        Policy::Local,
+    );
+    let fault_tolerant = r.boolean("fault_tolerant", true);
+    let hide_client_headers = r.boolean("hide_client_headers", false);
+    let error_code = match r.integer("error_code") {
+        None => 429,
+        Some(code @ 400..=599) => code as u16,
+        Some(_) => {
+            r.error("error_code", "value should be between 400 and 599");
+            429
+        }
+    };
+    let error_message = r
+        .string("error_message")
+        .unwrap_or(DEFAULT_ERROR_MESSAGE)
+        .to_owned();
+    let sync_rate = r.number("sync_rate").unwrap_or(-1.0);
+    // Kong exports every field with its default, the Redis settings included: accept them, they
+    // only matter to the redis policy.
+    if r.value("redis").is_some_and(|v| !v.is_object()) {
+        r.error("redis", "expected a record");
+    }
+    for legacy in [
+        "redis_host",
+        "redis_port",
+        "redis_password",
+        "redis_username",
+        "redis_ssl",
+        "redis_ssl_verify",
+        "redis_server_name",
+        "redis_timeout",
+        "redis_database",
+    ] {
+        r.value(legacy);
+    }
+    let window_type = r.one_of(
+        "window_type",
+        &[
+            ("fixed", WindowType::Fixed),
+            ("sliding", WindowType::Sliding),
+        ],
+        WindowType::Fixed,
+    );
+    let max_identifiers = match r.integer("max_identifiers") {
+        None => DEFAULT_MAX_IDENTIFIERS,
+        Some(n) if n >= 1 => n as u64,
+        Some(_) => {
+            r.error("max_identifiers", "value must be greater than 0");
+            DEFAULT_MAX_IDENTIFIERS
+        }
+    };
+
+    match policy {
+        Policy::Local => {}
+        Policy::Cluster | Policy::Redis => {
+            let name = if policy == Policy::Cluster {
+                "cluster"
+            } else {
+                "redis"
+            };
+            r.error(
+                "policy",
+                format!(
+                    "policy '{name}' is not supported by wasmgate yet: counters live in the \
+                     proxy's shared memory; use 'local'"
+                ),
+            );
+        }
+    }
+    // Kong's entity checks and custom validator, in Kong's order.
+    if limits.is_empty() && !r.has_errors() {
+        r.error_at(
+            "@entity".to_owned(),
+            "at least one of these fields must be non-empty: 'config.second', \
+             'config.minute', 'config.hour', 'config.day', 'config.month', 'config.year'",
+        );
+    }
+    if limit_by == LimitBy::Header && header_name.is_none() {
+        r.error("header_name", "required field missing");
+    }
+    if limit_by == LimitBy::Path && path.is_none() {
+        r.error("path", "required field missing");
+    }
+    if !r.has_errors() {
+        if let Some(message) = periods_order_error(&limits) {
+            r.error_at(r.path().to_owned(), message);
+        } else if sync_rate != -1.0 {
+            r.error_at(
+                r.path().to_owned(),
+                "sync_rate can only be used with the redis policy",
+            );
+        }
+    }
+
+    Config {
+        limits,
+        limit_by,
+        header_name,
+        path,
+        fault_tolerant,
+        hide_client_headers,
+        error_code,
+        error_message,
+        window_type,
+        max_identifiers,
+    }
+}
+
+/// Kong's `validate_periods_order`: the first longer period whose limit is lower than a
+/// shorter one's.
+fn periods_order_error(limits: &[(Period, f64)]) -> Option<String> {
+    for (i, (lower, v1)) in limits.iter().enumerate() {
+        for (upper, v2) in &limits[i + 1..] {
+            if v2 < v1 {
+                return Some(format!(
+                    "The limit for {}({}) cannot be lower than the limit for {}({})",
+                    upper.name(),
+                    one_decimal(*v2),
+                    lower.name(),
+                    one_decimal(*v1)
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// `%.1f` without core's float formatting (limits are positive).
+fn one_decimal(value: f64) -> String {
+    let tenths = (value * 10.0 + 0.5).floor();
+    if tenths < 1e17 {
+        let tenths = tenths as u64;
+        format!("{}.{}", tenths / 10, tenths % 10)
+    } else {
+        crate::counters::number(value)
+    }
+}
+
+/// Kong's `validate_header_name`.
+fn validate_header_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("no header name provided".into());
+    }
+    if name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad header name '{name}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
+        ))
+    }
+}
+
+/// Kong's `typedefs.path`: starts with `/`, no empty segment, RFC 3986 characters, valid
+/// percent-encoding.
+fn validate_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("should start with: /".into());
+    }
+    if path.as_bytes().windows(2).any(|w| w == b"//") {
+        return Err("must not have empty segments".into());
+    }
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b".-_~/%:@!$&'()*+,;=".contains(&b);
+    if !path.bytes().all(allowed) {
+        return Err(format!(
+            "invalid path: '{path}' (characters outside of the reserved list of RFC 3986 found)"
+        ));
+    }
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let valid = bytes.len() >= i + 3
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit();
+            if !valid {
+                // Only ASCII gets here (checked above), so any byte index is a char boundary.
+                let end = (i + 3).min(bytes.len());
+                return Err(format!(
+                    "invalid url-encoded value: '{}'",
+                    path.get(i..end).unwrap_or("%")
+                ));
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(input: &str) -> String {
+        Config::parse(input.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_kongs() {
+        let config = Config::parse(br#"{"second": 5}"#).unwrap();
+        assert_eq!(config, Config::with_limits(&[(Period::Second, 5.0)]));
+        assert_eq!(config.limit_by, LimitBy::Consumer);
+        assert!(config.fault_tolerant);
+        assert!(!config.hide_client_headers);
+        assert_eq!(config.error_code, 429);
+        assert_eq!(config.error_message, "API rate limit exceeded");
+        assert_eq!(config.window_type, WindowType::Fixed);
+        assert_eq!(config.max_identifiers, 10_000);
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let config = Config::parse(
+            br#"{"second": 1.5, "minute": 60, "year": 1e6, "limit_by": "header",
+                 "header_name": "X-Api-Key", "policy": "local", "fault_tolerant": false,
+                 "hide_client_headers": true, "error_code": 503, "error_message": "slow down",
+                 "window_type": "sliding", "max_identifiers": 5, "sync_rate": -1,
+                 "redis": {"host": null, "port": 6379, "timeout": 2000}, "redis_port": 6379}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.limits,
+            vec![
+                (Period::Second, 1.5),
+                (Period::Minute, 60.0),
+                (Period::Year, 1e6)
+            ]
+        );
+        assert_eq!(config.limit_by, LimitBy::Header);
+        assert_eq!(config.header_name.as_deref(), Some("X-Api-Key"));
+        assert!(!config.fault_tolerant);
+        assert!(config.hide_client_headers);
+        assert_eq!(
+            (config.error_code, config.error_message.as_str()),
+            (503, "slow down")
+        );
+        assert_eq!(config.window_type, WindowType::Sliding);
+        assert_eq!(config.max_identifiers, 5);
+        assert_eq!(config.limit(Period::Minute), Some(60.0));
+        assert_eq!(config.limit(Period::Hour), None);
+    }
+
+    #[test]
+    fn at_least_one_limit_is_required() {
+        let message = "@entity: at least one of these fields must be non-empty: \
+                       'config.second', 'config.minute', 'config.hour', 'config.day', \
+                       'config.month', 'config.year'";
+        assert_eq!(error("{}"), message);
+        assert_eq!(error(""), message);
+        assert_eq!(error(r#"{"limit_by": "ip"}"#), message);
+    }
+
+    #[test]
+    fn longer_windows_may_not_have_lower_limits() {
+        assert_eq!(
+            error(r#"{"second": 20, "hour": 10}"#),
+            "config: The limit for hour(10.0) cannot be lower than the limit for second(20.0)"
+        );
+        assert_eq!(
+            error(
+                r#"{"second": 10, "minute": 20, "hour": 30, "day": 40, "month": 60, "year": 50}"#
+            ),
+            "config: The limit for year(50.0) cannot be lower than the limit for month(60.0)"
+        );
+        assert_eq!(
+            error(r#"{"second": 2, "minute": 1}"#),
+            "config: The limit for minute(1.0) cannot be lower than the limit for second(2.0)"
+        );
+        assert!(Config::parse(br#"{"second": 2, "minute": 2}"#).is_ok());
+        assert_eq!(
+            error(r#"{"second": 2.26, "minute": 0.06}"#),
+            "config: The limit for minute(0.1) cannot be lower than the limit for second(2.3)"
+        );
+    }
+
+    #[test]
+    fn header_and_path_are_required_for_their_limit_by() {
+        assert_eq!(
+            error(r#"{"second": 10, "limit_by": "header"}"#),
+            "config.header_name: required field missing"
+        );
+        assert_eq!(
+            error(r#"{"second": 10, "limit_by": "path"}"#),
+            "config.path: required field missing"
+        );
+        assert!(
+            Config::parse(br#"{"second": 10, "limit_by": "path", "path": "/request"}"#).is_ok()
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named_with_kongs_messages() {
+        let cases = [
+            (
+                r#"{"second": 0}"#,
+                "config.second: value must be greater than 0",
+            ),
+            (
+                r#"{"minute": -1}"#,
+                "config.minute: value must be greater than 0",
+            ),
+            (r#"{"second": "10"}"#, "config.second: expected a number"),
+            (
+                r#"{"second": 1, "limit_by": "user"}"#,
+                "config.limit_by: expected one of: consumer, credential, consumer-group, ip, \
+                 service, header, path",
+            ),
+            (
+                r#"{"second": 1, "error_code": 200}"#,
+                "config.error_code: value should be between 400 and 599",
+            ),
+            (
+                r#"{"second": 1, "error_code": 600}"#,
+                "config.error_code: value should be between 400 and 599",
+            ),
+            (
+                r#"{"second": 1, "error_code": 429.5}"#,
+                "config.error_code: expected an integer",
+            ),
+            (
+                r#"{"second": 1, "limit_by": "header", "header_name": "x api"}"#,
+                "config.header_name: bad header name 'x api', allowed characters are A-Z, \
+                 a-z, 0-9, '_', and '-'",
+            ),
+            (
+                r#"{"second": 1, "limit_by": "path", "path": "api"}"#,
+                "config.path: should start with: /",
+            ),
+            (
+                r#"{"second": 1, "path": "/a//b"}"#,
+                "config.path: must not have empty segments",
+            ),
+            (
+                r#"{"second": 1, "path": "/a b"}"#,
+                "config.path: invalid path: '/a b' (characters outside of the reserved list \
+                 of RFC 3986 found)",
+            ),
+            (
+                r#"{"second": 1, "path": "/a%zz"}"#,
+                "config.path: invalid url-encoded value: '%zz'",
+            ),
+            (
+                r#"{"second": 1, "window_type": "rolling"}"#,
+                "config.window_type: expected one of: fixed, sliding",
+            ),
+            (
+                r#"{"second": 1, "max_identifiers": 0}"#,
+                "config.max_identifiers: value must be greater than 0",
+            ),
+            (
+                r#"{"second": 1, "sync_rate": 10}"#,
+                "config: sync_rate can only be used with the redis policy",
+            ),
+            (
+                r#"{"second": 1, "seconds": 1}"#,
+                "config.seconds: unknown field",
+            ),
+            (
+                r#"{"second": 1, "fault_tolerant": "yes"}"#,
+                "config.fault_tolerant: expected a boolean",
+            ),
+        ];
+        for (input, message) in cases {
+            assert_eq!(error(input), message, "{input}");
+        }
+    }
+
+    #[test]
+    fn cluster_and_redis_policies_are_refused_for_now() {
+        for policy in ["cluster", "redis"] {
+            let message = error(&format!(r#"{{"second": 1, "policy": "{policy}"}}"#));
+            assert!(
+                message.starts_with(&format!(
+                    "config.policy: policy '{policy}' is not supported by wasmgate yet"
+                )),
+                "{message}"
+            );
+            assert!(message.contains("use 'local'"), "{message}");
+        }
+        assert!(error(r#"{"second": 1, "policy": "memcached"}"#)
+            .starts_with("config.policy: expected one of: local, cluster, redis"));
+    }
+}

@@ -1,0 +1,26 @@
+//! Kong's `rate-limiting` plugin (policy `local`): fixed calendar windows (or sliding ones, as
+//! Kong's rate-limiting-advanced), counted in proxy-wasm shared data so that the limit holds
+//! across every worker thread of one proxy.
+//!
+//! [`config`], [`window`], [`counters`], [`store`] and [`limiter`] are the pure core (tested
+//! natively, including a multi-threaded run against a store with Envoy's semantics);
+//! `filter` is the proxy-wasm adapter.
+
+pub mod config;
+pub mod counters;
+pub mod limiter;
+pub mod store;
+pub mod window;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+
+pub use config::{Config, LimitBy, WindowType};
+pub use limiter::{Limiter, RequestInfo, Verdict};
+pub use store::{SetError, Store};
+pub use window::Period;
+
+/// Kong's plugin name, also the proxy-wasm root id.
+pub const PLUGIN_NAME: &str = "rate-limiting";
+/// Kong's plugin priority: higher runs first.
+pub const PRIORITY: u32 = 910;
