@@ -64,12 +64,12 @@ fn ensure_target() -> Result<(), String> {
 pub fn build() -> Result<PathBuf, String> {
     ensure_target()?;
     let plugins = plugins()?;
-    let mut cmd = cargo();
-    cmd.args(["build", "--release", "--target", TARGET]);
+    // One cargo invocation per plugin, exactly as `cargo build --release --target wasm32-wasip1
+    // -p <name>`: building them together would unify dependency features across plugins and
+    // grow every module by what only one of them needs.
     for plugin in &plugins {
-        cmd.args(["-p", plugin]);
+        status(cargo().args(["build", "--release", "--target", TARGET, "-p", plugin]))?;
     }
-    status(&mut cmd)?;
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))

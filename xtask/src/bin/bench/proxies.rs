@@ -217,14 +217,7 @@ pub fn start_gateway(declarative: &str, core: usize) -> Result<(Running, Duratio
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let probe = load::closed_loop(
-            listen,
-            &Workload::get("/"),
-            1,
-            Duration::from_millis(1),
-            None,
-        );
-        if probe.ok > 0 {
+        if answers(listen) {
             return Ok((running, started.elapsed()));
         }
         if Instant::now() > deadline {
@@ -232,6 +225,23 @@ pub fn start_gateway(declarative: &str, core: usize) -> Result<(Running, Duratio
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Whether an HTTP server answers a GET on `addr` (blocking; used before the load starts).
+fn answers(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 ")
 }
 
 impl Scenario {
