@@ -11,8 +11,7 @@ use tokio::net::TcpStream;
 use wasmgate_tests::client::{send, Connection};
 use wasmgate_tests::envoy::ListenerSpec;
 use wasmgate_tests::{
-    paths, EchoReport, EchoUpstream, Envoy, EnvoyConfig, Protocol, Request, RequestBody,
-    WasmFilter,
+    paths, EchoReport, EchoUpstream, Envoy, EnvoyConfig, Protocol, Request, RequestBody, WasmFilter,
 };
 
 const MIB: u64 = 1 << 20;
@@ -70,9 +69,13 @@ async fn held_headers_move_form_fields_to_the_query_and_get_an_exact_length() {
         .unwrap();
     for protocol in Protocol::ALL {
         let got = report(
-            &send(envoy.listener("get"), protocol, &form("/m?hello=world", "name=marco+p"))
-                .await
-                .unwrap(),
+            &send(
+                envoy.listener("get"),
+                protocol,
+                &form("/m?hello=world", "name=marco+p"),
+            )
+            .await
+            .unwrap(),
         );
         assert_eq!(got.method, "GET", "{protocol:?}");
         assert_eq!(got.query.as_deref(), Some("hello=world&name=marco+p&q=1"));
@@ -80,9 +83,16 @@ async fn held_headers_move_form_fields_to_the_query_and_get_an_exact_length() {
         assert_eq!(got.header("content-length"), Some("20"), "{protocol:?}");
 
         // Chunked in, exact length out.
-        let chunked = Request::post("/j", RequestBody::Chunks(vec![b"{\"a\":".to_vec(), b"1}".to_vec()]))
-            .header("content-type", "application/json");
-        let got = report(&send(envoy.listener("json"), protocol, &chunked).await.unwrap());
+        let chunked = Request::post(
+            "/j",
+            RequestBody::Chunks(vec![b"{\"a\":".to_vec(), b"1}".to_vec()]),
+        )
+        .header("content-type", "application/json");
+        let got = report(
+            &send(envoy.listener("json"), protocol, &chunked)
+                .await
+                .unwrap(),
+        );
         assert_eq!(got.body.as_deref(), Some(r#"{"a":1,"p":"v"}"#));
         assert_eq!(got.header("content-length"), Some("15"), "{protocol:?}");
     }
@@ -102,11 +112,28 @@ async fn bodies_over_the_buffer_limit_pass_on_unchanged() {
         // 2 MiB, above the 1 MiB default and Envoy's own buffer limit: never buffered, so
         // Envoy does not answer 413, and the bytes arrive unchanged.
         for with_length in [true, false] {
-            let big = Request::post("/big", RequestBody::Filler { len: 2 * MIB, with_length })
-                .header("content-type", "application/json");
-            let got = report(&send(envoy.listener("default"), protocol, &big).await.unwrap());
-            assert_eq!(got.body_len, 2 * MIB, "{protocol:?} with_length={with_length}");
-            assert_eq!(got.body_sha256, wasmgate_tests::echo::filler_sha256(2 * MIB));
+            let big = Request::post(
+                "/big",
+                RequestBody::Filler {
+                    len: 2 * MIB,
+                    with_length,
+                },
+            )
+            .header("content-type", "application/json");
+            let got = report(
+                &send(envoy.listener("default"), protocol, &big)
+                    .await
+                    .unwrap(),
+            );
+            assert_eq!(
+                got.body_len,
+                2 * MIB,
+                "{protocol:?} with_length={with_length}"
+            );
+            assert_eq!(
+                got.body_sha256,
+                wasmgate_tests::echo::filler_sha256(2 * MIB)
+            );
         }
         // Just under the default limit: rewritten.
         let pad = "x".repeat(900 * 1024);
@@ -114,7 +141,9 @@ async fn bodies_over_the_buffer_limit_pass_on_unchanged() {
         let chunks = body.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
         let near = Request::post("/near", RequestBody::Chunks(chunks))
             .header("content-type", "application/json");
-        let response = send(envoy.listener("default"), protocol, &near).await.unwrap();
+        let response = send(envoy.listener("default"), protocol, &near)
+            .await
+            .unwrap();
         let got = report(&response);
         let json: Value = serde_json::from_str(got.body.as_deref().unwrap_or("")).unwrap();
         assert_eq!(json["p"], "v", "{protocol:?}");
@@ -123,10 +152,17 @@ async fn bodies_over_the_buffer_limit_pass_on_unchanged() {
         let body = format!(r#"{{"pad":"{}"}}"#, "y".repeat(190));
         let chunked = Request::post(
             "/small",
-            RequestBody::Chunks(vec![body.as_bytes()[..50].to_vec(), body.as_bytes()[50..].to_vec()]),
+            RequestBody::Chunks(vec![
+                body.as_bytes()[..50].to_vec(),
+                body.as_bytes()[50..].to_vec(),
+            ]),
         )
         .header("content-type", "application/json");
-        let got = report(&send(envoy.listener("small"), protocol, &chunked).await.unwrap());
+        let got = report(
+            &send(envoy.listener("small"), protocol, &chunked)
+                .await
+                .unwrap(),
+        );
         assert_eq!(got.body.as_deref(), Some(body.as_str()));
     }
 }
@@ -141,7 +177,8 @@ async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn raw_post(path: &str, headers: &[&[u8]], body: &[u8]) -> Vec<u8> {
-    let mut out = format!("POST {path} HTTP/1.1\r\nhost: raw.test\r\nconnection: close\r\n").into_bytes();
+    let mut out =
+        format!("POST {path} HTTP/1.1\r\nhost: raw.test\r\nconnection: close\r\n").into_bytes();
     for header in headers {
         out.extend_from_slice(header);
         out.extend_from_slice(b"\r\n");
@@ -171,7 +208,11 @@ async fn bytes_that_are_not_utf8_and_deep_json_never_trap() {
     // An obs-text header value (Latin-1 é) copied into a header and the query string.
     let answer = raw_exchange(
         addr,
-        &raw_post("/o?q=%E9%ff", &[b"x-latin: caf\xe9", b"content-type: text/plain"], b"x"),
+        &raw_post(
+            "/o?q=%E9%ff",
+            &[b"x-latin: caf\xe9", b"content-type: text/plain"],
+            b"x",
+        ),
     )
     .await;
     let text = String::from_utf8_lossy(&answer);
@@ -180,8 +221,16 @@ async fn bytes_that_are_not_utf8_and_deep_json_never_trap() {
 
     // Form and JSON bodies that are not UTF-8.
     for (content_type, body, expected) in [
-        (&b"application/x-www-form-urlencoded"[..], &b"%C3%A9=1&\xff=\xfe"[..], "\"body\":\"e=1&\u{fffd}=\u{fffd}&p=v\""),
-        (b"application/json", b"{\"a\":\"\xff\"}", "\"body\":\"{\\\"a\\\":\\\"\u{fffd}\\\"}\""),
+        (
+            &b"application/x-www-form-urlencoded"[..],
+            &b"%C3%A9=1&\xff=\xfe"[..],
+            "\"body\":\"e=1&\u{fffd}=\u{fffd}&p=v\"",
+        ),
+        (
+            b"application/json",
+            b"{\"a\":\"\xff\"}",
+            "\"body\":\"{\\\"a\\\":\\\"\u{fffd}\\\"}\"",
+        ),
     ] {
         let mut header = b"content-type: ".to_vec();
         header.extend_from_slice(content_type);
@@ -196,11 +245,19 @@ async fn bytes_that_are_not_utf8_and_deep_json_never_trap() {
     let request = Request::post("/deep", RequestBody::Bytes(deep.into_bytes()))
         .header("content-type", "application/json");
     let got = report(&send(addr, Protocol::Http2, &request).await.unwrap());
-    assert!(got.body.as_deref().unwrap_or("").ends_with("]],\"p\":\"v\"}"));
+    assert!(got
+        .body
+        .as_deref()
+        .unwrap_or("")
+        .ends_with("]],\"p\":\"v\"}"));
 
     // Every worker still answers (a trap would turn into 503s).
     for _ in 0..8 {
-        let got = report(&send(addr, Protocol::Http1, &Request::get("/after")).await.unwrap());
+        let got = report(
+            &send(addr, Protocol::Http1, &Request::get("/after"))
+                .await
+                .unwrap(),
+        );
         assert_eq!(got.header("x-copy"), Some(""));
     }
     let log = envoy.log();
@@ -220,7 +277,10 @@ fn load_example(name: &str, upstream: std::net::SocketAddr) -> Value {
                         .unwrap_or_default()
                         .to_owned();
                     let built = paths::wasm_dir().join(module);
-                    map.insert("filename".into(), Value::String(built.to_string_lossy().into()));
+                    map.insert(
+                        "filename".into(),
+                        Value::String(built.to_string_lossy().into()),
+                    );
                 }
                 if let Some(port) = map.get("port_value").and_then(Value::as_u64) {
                     let new = if port == 8080 { upstream.port() } else { 0 };
@@ -248,7 +308,9 @@ async fn the_seed_secret_injection_example_overrides_client_credentials() {
     // refuses to start rather than send requests with an empty credential.
     std::env::remove_var("BACKEND_TOKEN");
     let refused = Envoy::start_bootstrap(&bootstrap, 2).await;
-    let log = refused.err().expect("Envoy must refuse to start without BACKEND_TOKEN");
+    let log = refused
+        .err()
+        .expect("Envoy must refuse to start without BACKEND_TOKEN");
     assert!(
         log.contains("environment variable BACKEND_TOKEN is not set"),
         "{log}"
@@ -259,7 +321,11 @@ async fn the_seed_secret_injection_example_overrides_client_credentials() {
     std::env::remove_var("BACKEND_TOKEN");
     let addr = envoy.listener("gateway");
     for protocol in Protocol::ALL {
-        for client in [None, Some("Bearer client-supplied"), Some("Basic dXNlcjpwYXNz")] {
+        for client in [
+            None,
+            Some("Bearer client-supplied"),
+            Some("Basic dXNlcjpwYXNz"),
+        ] {
             let mut request = Request::get("/api");
             if let Some(value) = client {
                 request = request.header("authorization", value);
@@ -278,9 +344,23 @@ async fn the_seed_secret_injection_example_overrides_client_credentials() {
     );
 }
 
+/// CPU time Envoy's threads have used, in nanoseconds (sum of `/proc/<pid>/task/*/schedstat`):
+/// unlike latency, it does not move when other processes load the machine.
+fn envoy_cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Per-request cost in one Envoy: no filter, Envoy's native `header_mutation` doing the
-/// header part of the seed's job, and request-transformer with the seed's config.
-/// `cargo xtask test -p wasmgate-tests --test envoy_request_transformer -- --ignored --nocapture`
+/// header part of the seed's job, and request-transformer with the seed's config, measured as
+/// Envoy CPU time per request (and client-side latency) over one kept HTTP/1.1 connection.
+/// `cargo xtask test -p wasmgate-tests --test envoy_request_transformer bench -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run it on purpose"]
 async fn bench_per_request_cost_next_to_header_mutation() {
@@ -301,56 +381,77 @@ async fn bench_per_request_cost_next_to_header_mutation() {
         "add": {"headers": ["Authorization:Bearer {vault://env/BACKEND_TOKEN}"]},
     });
     let mut config = EnvoyConfig::new(echo.addr()).concurrency(1);
+    let listeners = ["baseline", "header_mutation", "request_transformer"];
     config.listeners.push(ListenerSpec {
-        name: "baseline".into(),
+        name: listeners[0].into(),
         filters: vec![],
         native_filters: vec![],
     });
     config.listeners.push(ListenerSpec {
-        name: "header_mutation".into(),
+        name: listeners[1].into(),
         filters: vec![],
         native_filters: vec![header_mutation],
     });
     config.listeners.push(ListenerSpec {
-        name: "request_transformer".into(),
+        name: listeners[2].into(),
         filters: vec![WasmFilter::plugin("request-transformer", seed).env("BACKEND_TOKEN", token)],
         native_filters: vec![],
     });
     let envoy = Envoy::start(&config).await.unwrap();
-    const WARMUP: usize = 2_000;
-    const N: usize = 20_000;
-    let mut results = Vec::new();
-    for round in 0..3 {
-        for name in ["baseline", "header_mutation", "request_transformer"] {
-            let mut connection = Connection::open(envoy.listener(name), Protocol::Http1)
-                .await
-                .unwrap();
-            let request = Request::get("/bench").header("authorization", "Bearer client");
-            for _ in 0..WARMUP {
-                connection.send(&request).await.unwrap();
-            }
+    const ROUNDS: usize = 5;
+    const N: usize = 10_000;
+    let request = Request::get("/bench").header("authorization", "Bearer client");
+    let mut connections = Vec::new();
+    for name in listeners {
+        let mut connection = Connection::open(envoy.listener(name), Protocol::Http1)
+            .await
+            .unwrap();
+        for _ in 0..1_000 {
+            connection.send(&request).await.unwrap();
+        }
+        let check = connection.send(&request).await.unwrap();
+        let got: EchoReport = serde_json::from_slice(&check.body).unwrap();
+        let expected = if name == "baseline" {
+            "Bearer client"
+        } else {
+            "Bearer bench-token"
+        };
+        assert_eq!(got.header("authorization"), Some(expected), "{name}");
+        connections.push(connection);
+    }
+    // cpu[listener] and p50[listener] per round, rounds interleaved.
+    let mut cpu = vec![Vec::new(); listeners.len()];
+    let mut p50 = vec![Vec::new(); listeners.len()];
+    for _ in 0..ROUNDS {
+        for (i, connection) in connections.iter_mut().enumerate() {
             let mut latencies = Vec::with_capacity(N);
-            let started = Instant::now();
+            let before = envoy_cpu_ns(envoy.pid());
             for _ in 0..N {
                 let t = Instant::now();
                 let response = connection.send(&request).await.unwrap();
                 latencies.push(t.elapsed());
                 assert_eq!(response.status, 200);
             }
-            let total = started.elapsed();
+            let used = envoy_cpu_ns(envoy.pid()) - before;
             latencies.sort();
-            let check = connection.send(&request).await.unwrap();
-            let got: EchoReport = serde_json::from_slice(&check.body).unwrap();
-            if name != "baseline" {
-                assert_eq!(got.header("authorization"), Some("Bearer bench-token"));
-            }
-            results.push((round, name, total / N as u32, latencies[N / 2], latencies[N * 99 / 100]));
+            cpu[i].push(used as f64 / N as f64 / 1000.0);
+            p50[i].push(latencies[N / 2].as_secs_f64() * 1e6);
         }
     }
-    println!("| round | listener | mean | p50 | p99 |");
-    println!("| --- | --- | --- | --- | --- |");
-    for (round, name, mean, p50, p99) in &results {
-        println!("| {round} | {name} | {mean:?} | {p50:?} | {p99:?} |");
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let base_cpu = median(&mut cpu[0].clone());
+    println!("| listener | Envoy CPU per request (median of {ROUNDS} x {N}) | over baseline | client p50 latency |");
+    println!("| --- | --- | --- | --- |");
+    for (i, name) in listeners.iter().enumerate() {
+        let c = median(&mut cpu[i]);
+        println!(
+            "| {name} | {c:.1} µs | {:+.1} µs | {:.0} µs |",
+            c - base_cpu,
+            median(&mut p50[i])
+        );
     }
     let module = paths::plugin_module("request-transformer");
     println!(

@@ -94,14 +94,16 @@ impl Target {
 /// RFC 9110 token characters.
 pub fn is_token(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A header value may not hold CR, LF, NUL or other control characters (tab is allowed).
 pub fn is_header_value(value: &[u8]) -> bool {
-    value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// Kong's entry split: the name up to the first colon, then the value after any colons.
@@ -197,7 +199,10 @@ impl Reader<'_> {
             Err(e) => {
                 r.error_at(
                     path.to_owned(),
-                    format!("value '{}' is not in supported format, error: {e}", shown(value)),
+                    format!(
+                        "value '{}' is not in supported format, error: {e}",
+                        shown(value)
+                    ),
                 );
                 None
             }
@@ -205,7 +210,12 @@ impl Reader<'_> {
     }
 
     /// Reads one `{body, headers, querystring}` record of an operation.
-    fn ops_record(&self, r: &mut Record<'_>, op: Op, with_uri: bool) -> (Ops, Ops, Ops, Option<Template>) {
+    fn ops_record(
+        &self,
+        r: &mut Record<'_>,
+        op: Op,
+        with_uri: bool,
+    ) -> (Ops, Ops, Ops, Option<Template>) {
         let mut out = [Ops::default(), Ops::default(), Ops::default()];
         for (i, (key, target)) in Target::ALL.iter().enumerate() {
             let entries = r.string_array(key);
@@ -227,14 +237,25 @@ impl Reader<'_> {
         (headers, querystring, body, uri)
     }
 
-    fn entry(&self, r: &Record<'_>, path: &str, entry: &str, op: Op, target: Target, ops: &mut Ops) {
+    fn entry(
+        &self,
+        r: &Record<'_>,
+        path: &str,
+        entry: &str,
+        op: Op,
+        target: Target,
+        ops: &mut Ops,
+    ) {
         let (name, value) = split_entry(entry);
         if name.is_empty() {
             r.error_at(path.to_owned(), format!("'{}' has no name", shown(entry)));
             return;
         }
         if target == Target::Headers && !is_token(name) {
-            r.error_at(path.to_owned(), format!("'{}' is not a valid header", shown(name)));
+            r.error_at(
+                path.to_owned(),
+                format!("'{}' is not a valid header", shown(name)),
+            );
             return;
         }
         let name_key = if target == Target::Headers {
@@ -246,9 +267,15 @@ impl Reader<'_> {
             Op::Remove => ops.remove.push(name_key),
             Op::Rename => {
                 if value.is_empty() {
-                    r.error_at(path.to_owned(), format!("key '{}' has no value", shown(name)));
+                    r.error_at(
+                        path.to_owned(),
+                        format!("key '{}' has no value", shown(name)),
+                    );
                 } else if target == Target::Headers && !is_token(value) {
-                    r.error_at(path.to_owned(), format!("'{}' is not a valid header", shown(value)));
+                    r.error_at(
+                        path.to_owned(),
+                        format!("'{}' is not a valid header", shown(value)),
+                    );
                 } else {
                     let new = if target == Target::Headers {
                         value.to_ascii_lowercase()
@@ -260,7 +287,10 @@ impl Reader<'_> {
             }
             Op::Value => {
                 if value.is_empty() {
-                    r.error_at(path.to_owned(), format!("key '{}' has no value", shown(name)));
+                    r.error_at(
+                        path.to_owned(),
+                        format!("key '{}' has no value", shown(name)),
+                    );
                     return;
                 }
                 let Some(template) = self.template(r, path, value) else {
@@ -277,7 +307,10 @@ impl Reader<'_> {
                         return;
                     }
                     if !template.texts().all(|t| is_header_value(t.as_bytes())) {
-                        r.error_at(path.to_owned(), format!("'{}' is not a valid header", shown(value)));
+                        r.error_at(
+                            path.to_owned(),
+                            format!("'{}' is not a valid header", shown(value)),
+                        );
                         return;
                     }
                 }
@@ -290,7 +323,10 @@ impl Reader<'_> {
 
 impl Config {
     /// Parses Kong's JSON `config`; `env` reads the data plane's environment for secrets.
-    pub fn parse(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn parse(
+        bytes: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let document = schema::parse_document(bytes)?;
         let reader = Reader { env };
         schema::read_config(&document, |r| {
@@ -460,7 +496,10 @@ mod tests {
         assert_eq!(text(&c.headers.add[0].1), "Bearer t0k3n");
         assert_eq!(text(&c.headers.add[1].1), "u1");
         assert_eq!(text(&c.headers.add[2].1), "from-dash");
-        assert!(!format!("{c:?}").contains("t0k3n"), "secrets are not debug-printed");
+        assert!(
+            !format!("{c:?}").contains("t0k3n"),
+            "secrets are not debug-printed"
+        );
     }
 
     #[test]
@@ -490,7 +529,10 @@ mod tests {
         for (json, message) in cases {
             let err = parse(json).unwrap_err();
             assert_eq!(err, message);
-            assert!(!err.contains("Injected"), "secret values never appear in errors");
+            assert!(
+                !err.contains("Injected"),
+                "secret values never appear in errors"
+            );
         }
     }
 
@@ -532,12 +574,15 @@ mod tests {
 
     #[test]
     fn captures_and_form_moves_are_detected() {
-        let c = parse(r#"{"replace":{"uri":"/u/$(uri_captures.id)"},"http_method":"GET"}"#).unwrap();
+        let c =
+            parse(r#"{"replace":{"uri":"/u/$(uri_captures.id)"},"http_method":"GET"}"#).unwrap();
         assert!(c.reads_captures());
         assert!(c.moves_form_to_query());
         assert!(c.warning().is_some());
-        let c = parse(r#"{"http_method":"GET","wasmgate":{"hold_headers":true,"body_buffer_limit":10}}"#)
-            .unwrap();
+        let c = parse(
+            r#"{"http_method":"GET","wasmgate":{"hold_headers":true,"body_buffer_limit":10}}"#,
+        )
+        .unwrap();
         assert!(!c.reads_captures());
         assert!(c.warning().is_none());
         assert_eq!(c.body_buffer_limit, 10);

@@ -207,7 +207,12 @@ mod tests {
             b"{\"a\":\"\xff\"}",
             b"",
         ] {
-            assert_eq!(Object::parse(body), None, "{:?}", String::from_utf8_lossy(body));
+            assert_eq!(
+                Object::parse(body),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
         }
         // Deep nesting inside a value is skipped without recursion: no stack overflow even
         // on a small stack (wasm's is 1 MiB).

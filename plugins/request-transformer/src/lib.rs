@@ -18,7 +18,7 @@ pub mod urlencoded;
 mod filter;
 
 pub use config::Config;
-pub use transform::{BodyJob, HeaderChange, HeadDecision, RequestHead};
+pub use transform::{BodyJob, HeadDecision, HeaderChange, RequestHead};
 
 /// Kong's plugin name, also the proxy-wasm root id.
 pub const PLUGIN_NAME: &str = "request-transformer";

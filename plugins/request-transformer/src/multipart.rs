@@ -308,7 +308,10 @@ Content-Type: application/octet-stream\r\n\r\n\
 
     #[test]
     fn boundaries_are_read_from_the_content_type() {
-        assert_eq!(boundary(b"multipart/form-data; boundary=XyZ"), Some(b"XyZ".to_vec()));
+        assert_eq!(
+            boundary(b"multipart/form-data; boundary=XyZ"),
+            Some(b"XyZ".to_vec())
+        );
         assert_eq!(
             boundary(b"multipart/form-data; charset=utf-8; Boundary=\"a b\""),
             Some(b"a b".to_vec())

@@ -418,7 +418,10 @@ mod tests {
         assert_eq!(render("$(headers['X-Api-Key'])"), "k1");
         assert_eq!(render("$(query_params.q)"), "v q");
         assert_eq!(render("$(query_params[\"q\"])"), "v q");
-        assert_eq!(render("/u/$(uri_captures.user)/$(uri_captures[1])"), "/u/bob/bob");
+        assert_eq!(
+            render("/u/$(uri_captures.user)/$(uri_captures[1])"),
+            "/u/bob/bob"
+        );
         assert_eq!(render("$(uri_captures[\"user\"])"), "bob");
     }
 
@@ -426,14 +429,21 @@ mod tests {
     fn or_takes_the_first_present_operand() {
         assert_eq!(render("$(headers.missing or query_params.q)"), "v q");
         assert_eq!(render("$(headers.missing or 'dflt')"), "dflt");
-        assert_eq!(render("$(headers.e or 'dflt')"), "", "an empty value exists");
+        assert_eq!(
+            render("$(headers.e or 'dflt')"),
+            "",
+            "an empty value exists"
+        );
         assert_eq!(render("$(headers.missing)"), "");
         assert_eq!(render("$( uri_captures.nope or \"a\\\"b\" )"), "a\"b");
     }
 
     #[test]
     fn dollar_names_and_unbalanced_parentheses_are_text() {
-        assert_eq!(render("Bearer $SECRET_TOKEN_VALUE"), "Bearer $SECRET_TOKEN_VALUE");
+        assert_eq!(
+            render("Bearer $SECRET_TOKEN_VALUE"),
+            "Bearer $SECRET_TOKEN_VALUE"
+        );
         assert_eq!(render("a $(b"), "a $(b");
         assert_eq!(render("$"), "$");
         assert_eq!(render("é$(query_params.q)ü"), "év qü");
@@ -457,7 +467,10 @@ mod tests {
             "$('unterminated)",
             "$(\"\\n\")",
         ] {
-            assert!(Template::parse(bad, &no_secrets).is_err(), "{bad} must be refused");
+            assert!(
+                Template::parse(bad, &no_secrets).is_err(),
+                "{bad} must be refused"
+            );
         }
     }
 

@@ -178,15 +178,15 @@ impl Lookup for Env<'_> {
             // regex captures.
             return Ok(None);
         };
-        let map = self.captures.get_or_init(|| {
-            match serde_json::from_slice::<Value>(raw) {
+        let map = self
+            .captures
+            .get_or_init(|| match serde_json::from_slice::<Value>(raw) {
                 Ok(Value::Object(map)) => Ok(map),
                 _ => Err(format!(
                     "the {} property is not a JSON object",
                     crate::URI_CAPTURES_PROPERTY
                 )),
-            }
-        });
+            });
         let map = map.as_ref().map_err(Clone::clone)?;
         match map.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -397,7 +397,9 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
             .render(&env)
             .map_err(|e| fail(format!("replace.uri: {e}")))?;
         if rendered.first() != Some(&b'/') {
-            return Err(fail("replace.uri: the rendered path must start with /".into()));
+            return Err(fail(
+                "replace.uri: the rendered path must start with /".into(),
+            ));
         }
         new_path = escape_path(&rendered);
     }
@@ -427,7 +429,9 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
         BodyKind::of(content_type.as_deref())
     };
     let body_ops = match kind {
-        Some(_) => render(&config.body, &env, Dest::Other).map_err(|e| fail(format!("body: {e}")))?,
+        Some(_) => {
+            render(&config.body, &env, Dest::Other).map_err(|e| fail(format!("body: {e}")))?
+        }
         None => Rendered::default(),
     };
 
@@ -524,8 +528,16 @@ impl BodyJob {
                 match parts {
                     None => None,
                     Some(mut parts) => {
-                        let values = self.ops.replace.iter().chain(&self.ops.add).chain(&self.ops.append);
-                        if values.clone().any(|(n, v)| parts.collides(v) || parts.collides(n)) {
+                        let values = self
+                            .ops
+                            .replace
+                            .iter()
+                            .chain(&self.ops.add)
+                            .chain(&self.ops.append);
+                        if values
+                            .clone()
+                            .any(|(n, v)| parts.collides(v) || parts.collides(n))
+                        {
                             return Err(refuse(
                                 self.accept.as_deref(),
                                 "body: a value holds the multipart boundary".into(),
@@ -612,7 +624,11 @@ mod tests {
     }
 
     fn base(path: &str, extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        let mut h = headers(&[(":method", "POST"), (":path", path), (":authority", "client.test")]);
+        let mut h = headers(&[
+            (":method", "POST"),
+            (":path", path),
+            (":authority", "client.test"),
+        ]);
         h.extend(headers(extra));
         h
     }
@@ -629,7 +645,7 @@ mod tests {
         .unwrap()
     }
 
-    fn change<'d>(d: &'d [HeaderChange], name: &str) -> Option<Vec<String>> {
+    fn change(d: &[HeaderChange], name: &str) -> Option<Vec<String>> {
         d.iter().find(|c| c.name == name).map(|c| {
             c.values
                 .iter()
@@ -640,8 +656,18 @@ mod tests {
 
     #[test]
     fn an_empty_config_changes_nothing() {
-        let d = decide(&config("{}"), &base("/a?b=c", &[("content-type", "application/json")]), false);
-        assert_eq!(d, HeadDecision { changes: vec![], body: None });
+        let d = decide(
+            &config("{}"),
+            &base("/a?b=c", &[("content-type", "application/json")]),
+            false,
+        );
+        assert_eq!(
+            d,
+            HeadDecision {
+                changes: vec![],
+                body: None
+            }
+        );
     }
 
     #[test]
@@ -655,8 +681,14 @@ mod tests {
         let d = decide(&c, &base("/", &[("x-a", "orig"), ("x-b", "ren")]), true);
         assert_eq!(change(&d.changes, "x-a"), Some(vec!["replaced".into()]));
         assert_eq!(change(&d.changes, "x-b"), Some(vec![]));
-        assert_eq!(change(&d.changes, "x-c"), Some(vec!["added".into(), "appended".into()]));
-        assert_eq!(change(&d.changes, ":authority"), Some(vec!["new.test".into()]));
+        assert_eq!(
+            change(&d.changes, "x-c"),
+            Some(vec!["added".into(), "appended".into()])
+        );
+        assert_eq!(
+            change(&d.changes, ":authority"),
+            Some(vec!["new.test".into()])
+        );
         assert_eq!(change(&d.changes, "host"), None);
     }
 
@@ -668,10 +700,14 @@ mod tests {
         );
         for client in [&[][..], &[("authorization", "Bearer mine")][..]] {
             let d = decide(&c, &base("/", client), true);
-            assert_eq!(change(&d.changes, "authorization"), Some(vec!["Bearer s3cret".into()]));
+            assert_eq!(
+                change(&d.changes, "authorization"),
+                Some(vec!["Bearer s3cret".into()])
+            );
         }
         // Kong's add alone keeps the client's value.
-        let kong = config(r#"{"add":{"headers":["Authorization:Bearer {vault://env/BACKEND_TOKEN}"]}}"#);
+        let kong =
+            config(r#"{"add":{"headers":["Authorization:Bearer {vault://env/BACKEND_TOKEN}"]}}"#);
         let d = decide(&kong, &base("/", &[("authorization", "Bearer mine")]), true);
         assert_eq!(change(&d.changes, "authorization"), None);
     }
@@ -686,15 +722,24 @@ mod tests {
         );
         let d = decide(
             &c,
-            &base("/p?q=1%202&keep=%2F", &[("x-src", "v"), ("x-m", "1"), ("x-m", "2")]),
+            &base(
+                "/p?q=1%202&keep=%2F",
+                &[("x-src", "v"), ("x-m", "1"), ("x-m", "2")],
+            ),
             true,
         );
         assert_eq!(change(&d.changes, "x-copy"), Some(vec!["v".into()]));
         assert_eq!(change(&d.changes, "x-q"), Some(vec!["1 2".into()]));
-        assert_eq!(change(&d.changes, "x-host"), Some(vec!["client.test".into()]));
+        assert_eq!(
+            change(&d.changes, "x-host"),
+            Some(vec!["client.test".into()])
+        );
         assert_eq!(change(&d.changes, "x-multi"), Some(vec!["1, 2".into()]));
         assert_eq!(change(&d.changes, "x-src"), Some(vec![]));
-        assert_eq!(change(&d.changes, ":path"), Some(vec!["/p?keep=%2F&from-header=v".into()]));
+        assert_eq!(
+            change(&d.changes, ":path"),
+            Some(vec!["/p?keep=%2F&from-header=v".into()])
+        );
     }
 
     #[test]
@@ -722,20 +767,44 @@ mod tests {
         );
         let h = base("/u/42?a=1", &[]);
         let run = |captures: Option<&[u8]>| {
-            on_headers(&c, &RequestHead { headers: &h, end_of_stream: true, captures })
+            on_headers(
+                &c,
+                &RequestHead {
+                    headers: &h,
+                    end_of_stream: true,
+                    captures,
+                },
+            )
         };
         let d = run(Some(br#"{"0":"/u/42","1":"42","id":"42"}"#)).unwrap();
-        assert_eq!(change(&d.changes, ":path"), Some(vec!["/users/42/42%20%C3%A9%3F?a=1".into()]));
+        assert_eq!(
+            change(&d.changes, ":path"),
+            Some(vec!["/users/42/42%20%C3%A9%3F?a=1".into()])
+        );
         assert_eq!(change(&d.changes, "x-id"), Some(vec!["42".into()]));
         // No captures from the data plane: an empty table, as Kong's for a plain route.
         let d = run(None).unwrap();
-        assert_eq!(change(&d.changes, ":path"), Some(vec!["/users//x%20%C3%A9%3F?a=1".into()]));
+        assert_eq!(
+            change(&d.changes, ":path"),
+            Some(vec!["/users//x%20%C3%A9%3F?a=1".into()])
+        );
         assert_eq!(change(&d.changes, "x-id"), Some(vec!["none".into()]));
         // Captures that cannot be read fail the request.
         assert_eq!(run(Some(b"not json")).unwrap_err().response.status, 500);
         let relative = config(r#"{"replace":{"uri":"$(headers.x)"}}"#);
-        let err = on_headers(&relative, &RequestHead { headers: &h, end_of_stream: true, captures: None });
-        assert_eq!(err.unwrap_err().response.status, 500, "a path must start with /");
+        let err = on_headers(
+            &relative,
+            &RequestHead {
+                headers: &h,
+                end_of_stream: true,
+                captures: None,
+            },
+        );
+        assert_eq!(
+            err.unwrap_err().response.status,
+            500,
+            "a path must start with /"
+        );
     }
 
     #[test]
@@ -745,13 +814,25 @@ mod tests {
                 "replace":{"querystring":["rep:r v"]},"add":{"querystring":["rep:x","added:a&b"]},
                 "append":{"querystring":["multi:2"]}}"#,
         );
-        let d = decide(&c, &base("/x?a=%2f+&toremove=1&old=o&rep=1&multi=1&rep=2&odd=%zz", &[]), true);
+        let d = decide(
+            &c,
+            &base(
+                "/x?a=%2f+&toremove=1&old=o&rep=1&multi=1&rep=2&odd=%zz",
+                &[],
+            ),
+            true,
+        );
         assert_eq!(
             change(&d.changes, ":path"),
-            Some(vec!["/x?a=%2f+&new=o&rep=r%20v&multi=1&odd=%zz&added=a%26b&multi=2".into()])
+            Some(vec![
+                "/x?a=%2f+&new=o&rep=r%20v&multi=1&odd=%zz&added=a%26b&multi=2".into()
+            ])
         );
         let none = decide(&c, &base("/x?a=1", &[]), true);
-        assert_eq!(change(&none.changes, ":path"), Some(vec!["/x?a=1&rep=x&added=a%26b&multi=2".into()]));
+        assert_eq!(
+            change(&none.changes, ":path"),
+            Some(vec!["/x?a=1&rep=x&added=a%26b&multi=2".into()])
+        );
     }
 
     #[test]
@@ -761,7 +842,10 @@ mod tests {
         h[0].1 = b"GET".to_vec();
         let d = decide(&c, &h, true);
         assert_eq!(change(&d.changes, ":method"), Some(vec!["POST".into()]));
-        assert!(decide(&c, &base("/", &[]), true).changes.is_empty(), "already POST");
+        assert!(
+            decide(&c, &base("/", &[]), true).changes.is_empty(),
+            "already POST"
+        );
     }
 
     fn finish(job: &BodyJob, body: &str) -> BodyDecision {
@@ -769,22 +853,43 @@ mod tests {
     }
 
     fn body(d: &BodyDecision) -> Option<String> {
-        d.body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+        d.body
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
     }
 
     #[test]
     fn bodies_are_buffered_only_when_an_operation_applies() {
         let c = config(r#"{"add":{"body":["p:v"]}}"#);
-        let json = [("content-type", "application/json"), ("content-length", "7")];
+        let json = [
+            ("content-type", "application/json"),
+            ("content-length", "7"),
+        ];
         let d = decide(&c, &base("/", &json), false);
         assert!(d.body.is_some());
-        assert_eq!(change(&d.changes, "content-length"), Some(vec![]), "goes on chunked");
-        assert!(decide(&c, &base("/", &[("content-type", "text/plain")]), false).body.is_none());
-        assert!(decide(&c, &base("/", &json), true).body.is_none(), "no body at all");
-        assert!(decide(&config("{}"), &base("/", &json), false).body.is_none());
+        assert_eq!(
+            change(&d.changes, "content-length"),
+            Some(vec![]),
+            "goes on chunked"
+        );
+        assert!(
+            decide(&c, &base("/", &[("content-type", "text/plain")]), false)
+                .body
+                .is_none()
+        );
+        assert!(
+            decide(&c, &base("/", &json), true).body.is_none(),
+            "no body at all"
+        );
+        assert!(decide(&config("{}"), &base("/", &json), false)
+            .body
+            .is_none());
         let big = config(r#"{"add":{"body":["p:v"]},"wasmgate":{"body_buffer_limit":6}}"#);
         let d = decide(&big, &base("/", &json), false);
-        assert!(d.body.is_none(), "declared larger than the limit: passed on as is");
+        assert!(
+            d.body.is_none(),
+            "declared larger than the limit: passed on as is"
+        );
         assert!(d.changes.is_empty());
         // The content type after the header operations decides (Kong reads the changed header).
         let retyped = config(
@@ -792,7 +897,10 @@ mod tests {
                 "add":{"body":["p:v"]}}"#,
         );
         let d = decide(&retyped, &base("/", &json), false);
-        assert_eq!(body(&finish(d.body.as_ref().unwrap(), "a=1")).as_deref(), Some("a=1&p=v"));
+        assert_eq!(
+            body(&finish(d.body.as_ref().unwrap(), "a=1")).as_deref(),
+            Some("a=1&p=v")
+        );
     }
 
     #[test]
@@ -802,13 +910,33 @@ mod tests {
                 "replace":{"body":["rep:r"]},"add":{"body":["added:$(headers.x)"]},
                 "append":{"body":["arr:2","s:2"]}}"#,
         );
-        let d = decide(&c, &base("/", &[("content-type", "application/json; charset=utf-8"), ("x", "hx")]), false);
+        let d = decide(
+            &c,
+            &base(
+                "/",
+                &[
+                    ("content-type", "application/json; charset=utf-8"),
+                    ("x", "hx"),
+                ],
+            ),
+            false,
+        );
         let job = d.body.unwrap();
         assert_eq!(
-            body(&finish(&job, r#"{"gone":1,"old":{"k":[1]},"rep":"o","arr":[1],"s":"1","n":1.50}"#)).as_deref(),
-            Some(r#"{"new":{"k":[1]},"rep":"r","arr":[1,"2"],"s":["1","2"],"n":1.50,"added":"hx"}"#)
+            body(&finish(
+                &job,
+                r#"{"gone":1,"old":{"k":[1]},"rep":"o","arr":[1],"s":"1","n":1.50}"#
+            ))
+            .as_deref(),
+            Some(
+                r#"{"new":{"k":[1]},"rep":"r","arr":[1,"2"],"s":["1","2"],"n":1.50,"added":"hx"}"#
+            )
         );
-        assert_eq!(finish(&job, "{not json").body, None, "malformed JSON passes unchanged");
+        assert_eq!(
+            finish(&job, "{not json").body,
+            None,
+            "malformed JSON passes unchanged"
+        );
         assert_eq!(finish(&job, "[1]").body, None);
         assert_eq!(
             body(&finish(&job, "")).as_deref(),
@@ -823,15 +951,37 @@ mod tests {
             r#"{"remove":{"body":["gone"]},"rename":{"body":["old:new"]},
                 "replace":{"body":["rep:r"]},"add":{"body":["added:a b"]},"append":{"body":["m:2"]}}"#,
         );
-        let form = decide(&c, &base("/", &[("content-type", "application/x-www-form-urlencoded")]), false);
+        let form = decide(
+            &c,
+            &base(
+                "/",
+                &[("content-type", "application/x-www-form-urlencoded")],
+            ),
+            false,
+        );
         assert_eq!(
-            body(&finish(form.body.as_ref().unwrap(), "gone=1&old=o%2F&rep=1&m=1&x=%ZZ")).as_deref(),
+            body(&finish(
+                form.body.as_ref().unwrap(),
+                "gone=1&old=o%2F&rep=1&m=1&x=%ZZ"
+            ))
+            .as_deref(),
             Some("new=o%2F&rep=r&m=1&x=%ZZ&added=a%20b&m=2")
         );
-        let multi = decide(&c, &base("/", &[("content-type", "multipart/form-data; boundary=B")]), false);
+        let multi = decide(
+            &c,
+            &base("/", &[("content-type", "multipart/form-data; boundary=B")]),
+            false,
+        );
         let job = multi.body.unwrap();
-        let part = |n: &str, v: &str| format!("--B\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n");
-        let input = format!("{}{}{}--B--\r\n", part("gone", "1"), part("old", "o"), part("rep", "1"));
+        let part = |n: &str, v: &str| {
+            format!("--B\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n")
+        };
+        let input = format!(
+            "{}{}{}--B--\r\n",
+            part("gone", "1"),
+            part("old", "o"),
+            part("rep", "1")
+        );
         let expected = format!(
             "{}{}{}{}--B--\r\n",
             part("new", "o"),
@@ -842,14 +992,40 @@ mod tests {
         assert_eq!(body(&finish(&job, &input)), Some(expected));
         assert_eq!(finish(&job, "garbage").body, None);
         let evil = config(r#"{"add":{"body":["x:$(headers.x)"]}}"#);
-        let d = decide(&evil, &base("/", &[("content-type", "multipart/form-data; boundary=B"), ("x", "a\r\n--B--")]), false);
-        assert_eq!(d.body.unwrap().finish(b"--B--").unwrap_err().response.status, 500);
+        let d = decide(
+            &evil,
+            &base(
+                "/",
+                &[
+                    ("content-type", "multipart/form-data; boundary=B"),
+                    ("x", "a\r\n--B--"),
+                ],
+            ),
+            false,
+        );
+        assert_eq!(
+            d.body
+                .unwrap()
+                .finish(b"--B--")
+                .unwrap_err()
+                .response
+                .status,
+            500
+        );
     }
 
     #[test]
     fn get_with_a_form_body_moves_fields_to_the_query_when_headers_can_wait() {
-        let c = config(r#"{"http_method":"GET","wasmgate":{"hold_headers":true},"add":{"querystring":["q:1"]}}"#);
-        let h = base("/p?a=1", &[("content-type", "application/x-www-form-urlencoded"), ("content-length", "9")]);
+        let c = config(
+            r#"{"http_method":"GET","wasmgate":{"hold_headers":true},"add":{"querystring":["q:1"]}}"#,
+        );
+        let h = base(
+            "/p?a=1",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("content-length", "9"),
+            ],
+        );
         let d = decide(&c, &h, false);
         assert_eq!(change(&d.changes, ":method"), Some(vec!["GET".into()]));
         assert_eq!(change(&d.changes, ":path"), None, "waits for the body");
@@ -858,7 +1034,10 @@ mod tests {
         assert!(job.hold_headers);
         let done = finish(&job, "a=2&b=x+y");
         assert_eq!(done.body, None, "the body itself stays");
-        assert_eq!(change(&done.changes, ":path"), Some(vec!["/p?a=1&a=2&b=x+y&q=1".into()]));
+        assert_eq!(
+            change(&done.changes, ":path"),
+            Some(vec!["/p?a=1&a=2&b=x+y&q=1".into()])
+        );
         // Without held headers the fields stay in the body (a configure-time warning says so).
         let c = config(r#"{"http_method":"GET","add":{"querystring":["q:1"]}}"#);
         let d = decide(&c, &h, false);
@@ -869,10 +1048,23 @@ mod tests {
     #[test]
     fn held_headers_get_an_exact_content_length() {
         let c = config(r#"{"add":{"body":["p:v"]},"wasmgate":{"hold_headers":true}}"#);
-        let d = decide(&c, &base("/", &[("content-type", "application/json"), ("content-length", "2")]), false);
+        let d = decide(
+            &c,
+            &base(
+                "/",
+                &[
+                    ("content-type", "application/json"),
+                    ("content-length", "2"),
+                ],
+            ),
+            false,
+        );
         assert_eq!(change(&d.changes, "content-length"), None);
         let done = finish(d.body.as_ref().unwrap(), "{}");
         assert_eq!(body(&done).as_deref(), Some(r#"{"p":"v"}"#));
-        assert_eq!(change(&done.changes, "content-length"), Some(vec!["9".into()]));
+        assert_eq!(
+            change(&done.changes, "content-length"),
+            Some(vec!["9".into()])
+        );
     }
 }

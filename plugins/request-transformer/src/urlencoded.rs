@@ -248,7 +248,17 @@ mod tests {
 
     #[test]
     fn odd_escapes_never_fail() {
-        for raw in ["%", "%%", "%f", "%ff%fe", "=", "&", "+=+", "a=%E9", "\u{ff}=\u{0}"] {
+        for raw in [
+            "%",
+            "%%",
+            "%f",
+            "%ff%fe",
+            "=",
+            "&",
+            "+=+",
+            "a=%E9",
+            "\u{ff}=\u{0}",
+        ] {
             let p = Params::parse(raw.as_bytes());
             assert_eq!(p.to_bytes(), raw.as_bytes());
         }
