@@ -292,6 +292,34 @@ fn rename_in_headers(headers: &[u8], new: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn added_fields_round_trip(
+            fields in proptest::collection::vec(
+                ("[a-z0-9_.-]{1,8}", proptest::collection::vec(any::<u8>(), 0..40)),
+                0..6,
+            )
+        ) {
+            let mut m = Multipart::empty(b"bNd");
+            let mut expected = Vec::new();
+            for (name, value) in &fields {
+                if m.collides(value) {
+                    continue;
+                }
+                m.append(name.as_bytes(), value);
+                expected.push((name.as_bytes().to_vec(), value.clone()));
+            }
+            let parsed = Multipart::parse(&m.to_bytes(), b"bNd").unwrap();
+            let got: Vec<(Vec<u8>, Vec<u8>)> = parsed
+                .parts
+                .iter()
+                .map(|p| (p.name.clone().unwrap_or_default(), p.content.clone()))
+                .collect();
+            prop_assert_eq!(got, expected);
+        }
+    }
 
     const BODY: &[u8] = b"--XyZ\r\n\
 Content-Disposition: form-data; name=\"a\"\r\n\r\n\
