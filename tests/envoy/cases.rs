@@ -3,7 +3,7 @@
 use wasmgate_tests::cases::{cases_dir, run_in_envoy, CaseFile};
 
 /// The case files this target runs; a file added to `tests/cases` must be listed here.
-const FILES: &[&str] = &["request-size-limiting", "request-transformer"];
+const FILES: &[&str] = &["request-size-limiting", "request-transformer", "rate-limiting"];
 
 async fn run(name: &str) {
     let file = CaseFile::load(&cases_dir().join(format!("{name}.yaml"))).expect("case file parses");
@@ -19,6 +19,11 @@ async fn request_size_limiting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_transformer() {
     run("request-transformer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limiting() {
+    run("rate-limiting").await;
 }
 
 #[test]

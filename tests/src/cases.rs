@@ -106,6 +106,13 @@ pub struct Expect {
     pub headers: Vec<String>,
     #[serde(default)]
     pub absent_headers: Vec<String>,
+    /// Header names the response must carry, whatever their value.
+    #[serde(default)]
+    pub present_headers: Vec<String>,
+    /// `"name: low..high"`: the response has this header with an integer value in the
+    /// inclusive range (for values that depend on the clock, such as `Retry-After`).
+    #[serde(default)]
+    pub header_ranges: Vec<String>,
     #[serde(default)]
     pub body: Option<String>,
     #[serde(default)]
@@ -336,8 +343,38 @@ impl Expect {
                 .iter()
                 .filter(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.clone())
-                .collect()
+                .collect::<Vec<String>>()
         };
+        for name in &self.present_headers {
+            if response_values(name).is_empty() {
+                failures.push(format!("response header {name} must be present"));
+            }
+        }
+        for entry in &self.header_ranges {
+            let (name, range) = split_header(entry);
+            let bounds = range.split_once("..").and_then(|(lo, hi)| {
+                Some((
+                    lo.trim().parse::<i64>().ok()?,
+                    hi.trim().parse::<i64>().ok()?,
+                ))
+            });
+            let Some((low, high)) = bounds else {
+                failures.push(format!(
+                    "header_ranges entry {entry:?} is not \"name: low..high\""
+                ));
+                continue;
+            };
+            let got: Vec<String> = response_values(&name);
+            if !got.iter().any(|v| {
+                v.trim()
+                    .parse::<i64>()
+                    .is_ok_and(|n| (low..=high).contains(&n))
+            }) {
+                failures.push(format!(
+                    "response header {name}: expected an integer in {low}..={high}, got {got:?}"
+                ));
+            }
+        }
         check_headers(
             "response",
             &self.headers,
