@@ -551,9 +551,8 @@ impl Harness {
                         _ => rest.add(k, v),
                     }
                 }
-                if run.upstream.protocol == "HTTP/1.1" {
-                    rest.0.insert(0, ("host".into(), run.upstream.authority.clone()));
-                }
+                // The upstream speaks HTTP/1.1 (as in our Envoy bootstraps): `host`.
+                rest.0.insert(0, ("host".into(), run.upstream.authority.clone()));
                 run.upstream.headers = rest;
                 run.upstream_done = end_of_stream;
             }

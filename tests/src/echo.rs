@@ -38,6 +38,35 @@ pub struct EchoReport {
 }
 
 impl EchoReport {
+    /// The report the echo upstream would send for a request, built without a network (the
+    /// in-process host's case runner uses it). `path` may carry a query.
+    pub fn from_parts(
+        method: &str,
+        path: &str,
+        version: &str,
+        headers: Vec<(String, String)>,
+        body: &[u8],
+    ) -> EchoReport {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (path.to_owned(), None),
+        };
+        let len = body.len() as u64;
+        EchoReport {
+            method: method.to_owned(),
+            path,
+            query,
+            version: version.to_owned(),
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+            body: (len <= REPORTED_BODY_LIMIT).then(|| String::from_utf8_lossy(body).into_owned()),
+            body_len: len,
+            body_sha256: hex(&Sha256::digest(body)),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

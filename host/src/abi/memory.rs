@@ -27,12 +27,15 @@ pub fn read(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Result<Vec<u8
     if len == 0 {
         return Ok(Vec::new());
     }
-    if len > MAX_READ {
-        return Err(status::BAD_ARGUMENT);
-    }
     let Some(memory) = caller.data().memory else {
         return Err(status::INVALID_MEMORY_ACCESS);
     };
+    if !in_bounds(caller, ptr, len) {
+        return Err(status::INVALID_MEMORY_ACCESS);
+    }
+    if len > MAX_READ {
+        return Err(status::BAD_ARGUMENT);
+    }
     let data = memory.data(caller);
     let start = ptr as usize;
     let end = start

@@ -1,0 +1,255 @@
+//! Hostile modules (hand-written WAT) against the in-process host: endless loops, memory
+//! bombs, wild pointers, huge lengths, a trap in each callback, a pause nobody resumes. The
+//! host never crashes or hangs; the stream fails per the failure policy; the failure is
+//! counted and logged; the instance is replaced by a fresh, configured one.
+
+use std::time::{Duration, Instant};
+
+use host::testing::{Harness, TestBody, TestRequest};
+use host::{Error, FailurePolicy, Limits, PluginConfig};
+
+/// A module with a bump allocator and the given callbacks' bodies. `{headers}` etc. are the
+/// bodies of the callbacks (each must leave an i32 where a result is expected).
+fn module(headers: &str, extra: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get_header (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_pairs" (func $get_pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $respond (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_buffer_bytes" (func $set_buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_shared_data" (func $set_shared (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 32768))
+  (data (i32.const 1024) "x-key")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (if (i32.gt_u (global.get $heap) (i32.const 65536)) (then (global.set $heap (i32.const 32768)) (return (i32.const 32768))))
+    (local.get $p))
+  ;; Answers with status 400 + a host status, so a test can read what the host returned.
+  (func $answer (param $status i32) (result i32)
+    (drop (call $respond (i32.add (i32.const 400) (local.get $status)) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
+    (i32.const 1))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param $n i32) (param $eos i32) (result i32)
+    {headers})
+  {extra})"#
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("WAT: {e}\n{text}"))
+}
+
+fn limits() -> Limits {
+    Limits {
+        callback_deadline: Duration::from_millis(50),
+        memory_bytes: 4 << 20,
+        ..Limits::default()
+    }
+}
+
+fn harness(wasm: &[u8], policy: FailurePolicy) -> (Harness, host::WorkerPlugin) {
+    let mut h = Harness::new().expect("harness");
+    let config = PluginConfig::new("hostile", "")
+        .limits(limits())
+        .failure_policy(policy);
+    let w = h.load_bytes(wasm, config).expect("module loads");
+    (h, w)
+}
+
+#[test]
+fn an_endless_loop_hits_the_deadline_and_fails_closed_then_the_instance_is_replaced() {
+    let wasm = module("(loop $l (br $l)) (i32.const 0)", "");
+    let (mut h, w) = harness(&wasm, FailurePolicy::FailClosed);
+    let started = Instant::now();
+    let out = h.send(TestRequest::get("/"));
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(out.response.status, 503);
+    assert!(out.upstream.is_none());
+    assert_eq!(w.plugin().failures(), 1);
+    assert!(w.is_running(), "a fresh instance replaced the failed one");
+    assert!(h.log_text().contains("Deadline"), "{}", h.log_text());
+    // The next stream runs on the new instance (and fails the same way).
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 503);
+    assert_eq!(w.plugin().failures(), 2);
+    assert_eq!(
+        h.metric("wasmgate.plugin.hostile.failures").map(|m| m.value),
+        Some(2)
+    );
+}
+
+#[test]
+fn fail_open_skips_the_failed_filter() {
+    let wasm = module("(loop $l (br $l)) (i32.const 0)", "");
+    let (mut h, _) = harness(&wasm, FailurePolicy::FailOpen);
+    let out = h.send(TestRequest::get("/"));
+    assert_eq!(out.response.status, 200);
+    assert!(out.upstream.is_some());
+}
+
+#[test]
+fn a_memory_bomb_hits_the_cap() {
+    let wasm = module(
+        "(loop $l (br_if $l (i32.ge_s (memory.grow (i32.const 16)) (i32.const 0)))) (i32.const 0)",
+        "",
+    );
+    let (mut h, w) = harness(&wasm, FailurePolicy::FailClosed);
+    let out = h.send(TestRequest::get("/"));
+    assert_eq!(out.response.status, 503);
+    assert!(h.log_text().contains("Memory"), "{}", h.log_text());
+    assert!(w.memory_size() <= 4 << 20);
+}
+
+#[test]
+fn wild_pointers_get_invalid_memory_access() {
+    // proxy_log from far outside memory.
+    let wasm = module(
+        "(call $answer (call $log (i32.const 2) (i32.const -16) (i32.const 100)))",
+        "",
+    );
+    let (mut h, _) = harness(&wasm, FailurePolicy::FailClosed);
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 406);
+
+    // A return slot outside memory.
+    let wasm = module(
+        "(call $answer (call $get_header (i32.const 0) (i32.const 1024) (i32.const 5) (i32.const -4) (i32.const 0)))",
+        "",
+    );
+    let (mut h, _) = harness(&wasm, FailurePolicy::FailClosed);
+    let out = h.send(TestRequest::get("/").header("x-key", "v"));
+    assert_eq!(out.response.status, 406);
+
+    let wasm = module(
+        "(call $answer (call $get_pairs (i32.const 0) (i32.const 65535) (i32.const 0)))",
+        "",
+    );
+    let (mut h, _) = harness(&wasm, FailurePolicy::FailClosed);
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 406);
+}
+
+#[test]
+fn huge_lengths_get_invalid_memory_access() {
+    for call in [
+        "(call $log (i32.const 2) (i32.const 0) (i32.const 0x7fffffff))",
+        "(call $get_header (i32.const 0) (i32.const 1024) (i32.const -1) (i32.const 0) (i32.const 4))",
+        "(call $set_shared (i32.const 0) (i32.const 4) (i32.const 0) (i32.const -1) (i32.const 0))",
+        "(call $set_buffer (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 8) (i32.const -8))",
+    ] {
+        let wasm = module(&format!("(call $answer {call})"), "");
+        let (mut h, _) = harness(&wasm, FailurePolicy::FailClosed);
+        assert_eq!(h.send(TestRequest::get("/")).response.status, 406, "{call}");
+    }
+    // A huge max_size is clamped to what exists: OK.
+    let wasm = module(
+        "(call $answer (call $get_buffer (i32.const 7) (i32.const 0) (i32.const -1) (i32.const 0) (i32.const 4)))",
+        "",
+    );
+    let (mut h, _) = harness(&wasm, FailurePolicy::FailClosed);
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 400);
+}
+
+#[test]
+fn a_trap_in_each_stream_callback_fails_the_stream_and_is_counted() {
+    let ok = "(i32.const 0)";
+    let cases = [
+        ("context_create", ok, ok, "", 503),
+        ("request_headers", "(unreachable)", ok, "", 503),
+        ("request_body", ok, ok, "(func (export \"proxy_on_request_body\") (param i32 i32 i32) (result i32) unreachable)", 503),
+        ("response_headers", ok, ok, "(func (export \"proxy_on_response_headers\") (param i32 i32 i32) (result i32) unreachable)", 503),
+        ("response_body", ok, ok, "(func (export \"proxy_on_response_body\") (param i32 i32 i32) (result i32) unreachable)", 503),
+        ("on_done", ok, ok, "(func (export \"proxy_on_done\") (param i32) (result i32) unreachable)", 200),
+        ("on_log", ok, ok, "(func (export \"proxy_on_log\") (param i32) unreachable)", 200),
+    ];
+    for (name, headers, _, extra, status) in cases {
+        let wasm = if name == "context_create" {
+            module_with_context_create()
+        } else {
+            module(headers, extra)
+        };
+        let (mut h, w) = harness(&wasm, FailurePolicy::FailClosed);
+        h.set_upstream(|_| host::testing::TestResponse::new(200, &[], b"upstream body"));
+        let out = h.send(TestRequest::post("/", b"body".to_vec()));
+        assert_eq!(out.response.status, status, "{name}: {}", h.log_text());
+        assert_eq!(w.plugin().failures(), 1, "{name}");
+        assert!(w.is_running(), "{name}: replaced");
+        assert!(h.log_text().contains("Trap"), "{name}: {}", h.log_text());
+    }
+}
+
+/// The module with its own proxy_on_context_create (instead of the empty one).
+fn module_with_context_create() -> Vec<u8> {
+    let text = r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 32768))
+  (func (export "proxy_on_context_create") (param i32 i32)
+    (if (i32.gt_u (local.get 0) (i32.const 1)) (then unreachable)))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0)))"#;
+    wat::parse_str(text).expect("WAT")
+}
+
+#[test]
+fn a_trap_at_start_or_configure_refuses_to_load() {
+    let wasm = module("(i32.const 0)", "(func (export \"_initialize\") unreachable)");
+    let mut h = Harness::new().expect("harness");
+    match h.load_bytes(&wasm, PluginConfig::new("hostile", "")) {
+        Err(Error::Start { reason, .. }) => assert!(reason.contains("_initialize"), "{reason}"),
+        other => panic!("expected a start failure, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn an_endless_loop_at_start_is_bounded() {
+    let wasm = module("(i32.const 0)", "(func (export \"_initialize\") (loop $l (br $l)))");
+    let mut h = Harness::new().expect("harness");
+    let started = Instant::now();
+    let config = PluginConfig::new("hostile", "").limits(Limits {
+        startup_deadline: Duration::from_millis(100),
+        ..limits()
+    });
+    assert!(matches!(h.load_bytes(&wasm, config), Err(Error::Start { .. })));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_pause_nobody_resumes_ends_with_the_stream_timeout() {
+    let wasm = module("(i32.const 1)", "");
+    let (mut h, _) = harness(&wasm, FailurePolicy::FailClosed);
+    let out = h.send(TestRequest::get("/"));
+    assert!(out.timed_out);
+    assert_eq!(out.response.status, 504);
+    assert_eq!(out.response.text(), "stream timeout");
+    assert!(out.upstream.is_none());
+    // A body that is buffered forever is bounded by the buffer limit first.
+    let wasm = module("(i32.const 0)", "(func (export \"proxy_on_request_body\") (param i32 i32 i32) (result i32) (i32.const 1))");
+    let (mut h, _) = harness(&wasm, FailurePolicy::FailClosed);
+    let out = h.send(TestRequest::post("/", vec![b'a'; 2 << 20]).body(TestBody::Pieces(vec![vec![b'a'; 1 << 20]; 3])));
+    assert_eq!(out.response.status, 413);
+}
+
+#[test]
+fn unknown_imports_trap_only_when_called() {
+    let text = r#"(module
+  (import "env" "proxy_not_a_function" (func $nope (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 32768))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.ne (call $open (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 0)) (i32.const 52))
+      (then unreachable))
+    (drop (call $nope))
+    (i32.const 0)))"#;
+    let wasm = wat::parse_str(text).expect("WAT");
+    let (mut h, w) = harness(&wasm, FailurePolicy::FailClosed);
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 503);
+    assert!(h.log_text().contains("env.proxy_not_a_function"), "{}", h.log_text());
+    assert_eq!(w.plugin().failures(), 1);
+}
