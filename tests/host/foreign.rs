@@ -73,3 +73,59 @@ async fn foreign_module_in_envoy() {
     let failures = run_in_envoy(&cases()).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// An AssemblyScript-style module: ABI 0.2.0, `malloc`, `wasi_unstable`, and
+/// `proxy_continue_request` to resume after an HTTP call answered by the test.
+#[test]
+fn abi_0_2_0_module_with_an_http_call() {
+    use host::testing::{Harness, TestRequest};
+    use host::{HttpCallResponse, HttpCallResult, PluginConfig};
+
+    let text = r#"(module
+  (import "wasi_unstable" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_request" (func $continue (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get_header (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add_header (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 32768))
+  ;; iovec at 0: text at 1024, 6 bytes
+  (data (i32.const 0) "\00\04\00\00\06\00\00\00")
+  (data (i32.const 1024) "hello\0a")
+  (data (i32.const 1040) "authz")
+  ;; :method GET, :path /check, :authority authz
+  (data (i32.const 1100) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\06\00\00\00\0a\00\00\00\05\00\00\00:method\00GET\00:path\00/check\00:authority\00authz\00")
+  (data (i32.const 1200) ":status")
+  (data (i32.const 1216) "x-authz-status")
+  (func (export "proxy_abi_version_0_2_0"))
+  (func (export "malloc") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))
+    (drop (call $http_call (i32.const 1040) (i32.const 5) (i32.const 1100) (i32.const 70)
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 20)))
+    (i32.const 1))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (if (i32.eqz (call $get_header (i32.const 6) (i32.const 1200) (i32.const 7) (i32.const 24) (i32.const 28)))
+      (then (global.set $heap (global.get $heap))))
+    (drop (call $add_header (i32.const 0) (i32.const 1216) (i32.const 14) (i32.load (i32.const 24)) (i32.load (i32.const 28))))
+    (drop (call $continue))))"#;
+    let wasm = wat::parse_str(text).expect("WAT");
+    let mut h = Harness::new().expect("harness");
+    h.on_http_call(|call| {
+        assert_eq!(call.upstream, "authz");
+        assert_eq!(call.headers.get(":path"), Some("/check"));
+        HttpCallResult::Response(HttpCallResponse::new(204, &[], b""))
+    });
+    h.load_bytes(&wasm, PluginConfig::new("as-style", ""))
+        .expect("loads");
+    let out = h.send(TestRequest::get("/"));
+    assert_eq!(out.response.status, 200, "{}", h.log_text());
+    let upstream = out.upstream.expect("reached the upstream");
+    assert_eq!(upstream.headers.get("x-authz-status"), Some("204"));
+    assert_eq!(out.http_calls.len(), 1);
+    assert!(h.log_text().contains("hello"), "{}", h.log_text());
+}
