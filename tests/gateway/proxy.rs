@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gateway::{Gateway, GatewayOptions, Snapshot};
+use gateway::{Gateway, GatewayOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmgate_tests::client::{send, Connection};
 use wasmgate_tests::{EchoReport, EchoUpstream, Protocol, Request, RequestBody};
@@ -18,12 +18,12 @@ fn options() -> GatewayOptions {
         access_log: false,
         config_path: None,
         tls: None,
+        runtime: gateway::filters::RuntimeOptions::default(),
     }
 }
 
 fn start(text: &str) -> Gateway {
-    let snapshot = Snapshot::from_declarative(text).unwrap_or_else(|e| panic!("{e}"));
-    Gateway::start(options(), snapshot).unwrap()
+    Gateway::start(options(), text).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn echo_config(echo: SocketAddr) -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway::tls::{server_config, CertificateFiles};
-use gateway::{Gateway, GatewayOptions, Snapshot};
+use gateway::{Gateway, GatewayOptions};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
@@ -38,8 +38,9 @@ fn start(text: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Gateway {
         access_log: false,
         config_path: None,
         tls: tls.map(|config| ("127.0.0.1:0".parse().unwrap(), config)),
+        runtime: gateway::filters::RuntimeOptions::default(),
     };
-    Gateway::start(options, Snapshot::from_declarative(text).unwrap()).unwrap()
+    Gateway::start(options, text).unwrap()
 }
 
 /// GET over TLS with SNI `name`, trusting only `trusted`; returns the ALPN protocol and body.

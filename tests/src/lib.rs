@@ -9,6 +9,7 @@ pub mod cases;
 pub mod client;
 pub mod echo;
 pub mod envoy;
+pub mod gateway_cases;
 pub mod paths;
 
 pub use client::{Protocol, Request, RequestBody, Response};

@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod filters;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use gateway::filters::{default_modules_dir, Runtime, RuntimeOptions};
 use gateway::{Gateway, GatewayOptions, Snapshot};
 
 #[derive(Parser)]
@@ -16,6 +17,33 @@ use gateway::{Gateway, GatewayOptions, Snapshot};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where modules come from and what they may read.
+#[derive(Args, Clone)]
+struct Modules {
+    /// wasmgate's plugin modules (default: $WASMGATE_WASM_DIR, `wasm/` beside this binary, or
+    /// the workspace build folder).
+    #[arg(long)]
+    modules_dir: Option<PathBuf>,
+    /// Third-party proxy-wasm modules for `filter_chains` (`<name>.wasm`).
+    #[arg(long)]
+    filters_dir: Option<PathBuf>,
+    /// An environment variable modules may read (secrets for `{vault://env/NAME}`); repeat
+    /// for several. Nothing else of the environment reaches them.
+    #[arg(long = "env-allow")]
+    env_allow: Vec<String>,
+}
+
+impl Modules {
+    fn options(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            modules_dir: self.modules_dir.clone().unwrap_or_else(default_modules_dir),
+            filters_dir: self.filters_dir.clone(),
+            env_allow: self.env_allow.clone(),
+            env_values: Vec::new(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -46,11 +74,15 @@ enum Command {
         /// The PEM private key of the --tls-cert at the same position.
         #[arg(long = "tls-key")]
         tls_keys: Vec<PathBuf>,
+        #[command(flatten)]
+        modules: Modules,
     },
-    /// Check a declarative file and exit: 0 when valid, else every error on stderr.
+    /// Check a declarative file, plugins included, and exit: 0 when valid, else every error.
     Validate {
         #[arg(long)]
         config: PathBuf,
+        #[command(flatten)]
+        modules: Modules,
     },
     /// Write an Envoy bootstrap for the same services, routes and plugins.
     EnvoyBootstrap {
@@ -65,13 +97,8 @@ enum Command {
         /// Envoy's admin listener.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin_listen: SocketAddr,
-        /// Where the plugin modules are (default: next to the gateway binary, then the build
-        /// folder).
-        #[arg(long)]
-        modules_dir: Option<PathBuf>,
-        /// Environment variables Envoy passes to the modules (secrets for `{vault://env/...}`).
-        #[arg(long = "env-allow")]
-        env_allow: Vec<String>,
+        #[command(flatten)]
+        modules: Modules,
     },
 }
 
@@ -79,63 +106,46 @@ fn read(path: &PathBuf) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn load(path: &PathBuf) -> Result<Snapshot, String> {
-    let text = read(path)?;
-    Snapshot::from_declarative(&text).map_err(|e| {
-        let lines: Vec<String> = e
-            .fields
-            .iter()
-            .map(|f| format!("  {}: {}", f.path, f.message))
-            .collect();
-        format!("{} is invalid:\n{}", path.display(), lines.join("\n"))
-    })
+fn invalid(path: &PathBuf, error: &model::ConfigError) -> String {
+    let lines: Vec<String> = error
+        .fields
+        .iter()
+        .map(|f| format!("  {}: {}", f.path, f.message))
+        .collect();
+    format!("{} is invalid:\n{}", path.display(), lines.join("\n"))
 }
 
-/// The default place of the plugin modules: beside the binary, else the workspace build.
-fn default_modules_dir() -> PathBuf {
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("wasm")));
-    match beside {
-        Some(dir) if dir.is_dir() => dir,
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm32-wasip1/release"),
+/// Module logs and the gateway's own go to stderr.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Info
     }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!("wasmgate: [{}] {}", record.level(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
 }
+
+static LOGGER: StderrLog = StderrLog;
 
 fn main() -> ExitCode {
+    let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Info));
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Validate { config } => load(&config).map(|s| {
-            println!("{}: valid (config hash {})", config.display(), s.hash);
-        }),
+        Command::Validate { config, modules } => validate(&config, &modules),
         Command::EnvoyBootstrap {
             config,
             out,
             listen,
             admin_listen,
-            modules_dir,
-            env_allow,
-        } => load(&config).and_then(|snapshot| {
-            let options = model::envoy::EnvoyOptions {
-                listen,
-                admin: admin_listen,
-                modules_dir: modules_dir.unwrap_or_else(default_modules_dir),
-                filters_dir: None,
-                runtime: model::envoy::V8.into(),
-                env_allow,
-            };
-            let bootstrap = model::envoy::bootstrap(&snapshot.config, &options);
-            let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| e.to_string())?;
-            match out {
-                Some(path) => {
-                    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
-                }
-                None => {
-                    println!("{text}");
-                    Ok(())
-                }
-            }
-        }),
+            modules,
+        } => envoy_bootstrap(&config, out, listen, admin_listen, &modules),
         Command::Run {
             config,
             listen,
@@ -145,14 +155,69 @@ fn main() -> ExitCode {
             tls_listen,
             tls_certs,
             tls_keys,
-        } => tls_settings(tls_listen, tls_certs, tls_keys)
-            .and_then(|tls| run(config, listen, admin_listen, workers, !no_access_log, tls)),
+            modules,
+        } => tls_settings(tls_listen, tls_certs, tls_keys).and_then(|tls| {
+            let mut options = GatewayOptions {
+                listen,
+                admin_listen: Some(admin_listen),
+                access_log: !no_access_log,
+                config_path: Some(config.clone()),
+                tls,
+                runtime: modules.options(),
+                ..GatewayOptions::default()
+            };
+            if let Some(n) = workers {
+                options.workers = n;
+            }
+            run(config, options)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gateway: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(config: &PathBuf, modules: &Modules) -> Result<(), String> {
+    let text = read(config)?;
+    let runtime = Runtime::new(modules.options())?;
+    let snapshot = Snapshot::build(&text, &runtime).map_err(|e| invalid(config, &e))?;
+    println!(
+        "{}: valid (config hash {})",
+        config.display(),
+        snapshot.hash
+    );
+    Ok(())
+}
+
+fn envoy_bootstrap(
+    config: &PathBuf,
+    out: Option<PathBuf>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    modules: &Modules,
+) -> Result<(), String> {
+    let text = read(config)?;
+    let parsed = model::parse_declarative(&text).map_err(|e| invalid(config, &e))?;
+    let runtime = modules.options();
+    let options = model::envoy::EnvoyOptions {
+        listen,
+        admin,
+        modules_dir: runtime.modules_dir,
+        filters_dir: runtime.filters_dir,
+        runtime: model::envoy::V8.into(),
+        env_allow: runtime.env_allow,
+    };
+    let bootstrap = model::envoy::bootstrap(&parsed, &options);
+    let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| e.to_string())?;
+    match out {
+        Some(path) => std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display())),
+        None => {
+            println!("{text}");
+            Ok(())
         }
     }
 }
@@ -186,41 +251,27 @@ fn tls_settings(
     }
 }
 
-fn run(
-    config: PathBuf,
-    listen: SocketAddr,
-    admin_listen: SocketAddr,
-    workers: Option<usize>,
-    access_log: bool,
-    tls: TlsSettings,
-) -> Result<(), String> {
-    let snapshot = load(&config)?;
-    let mut options = GatewayOptions {
-        listen,
-        admin_listen: Some(admin_listen),
-        access_log,
-        config_path: Some(config.clone()),
-        tls,
-        ..GatewayOptions::default()
-    };
-    if let Some(n) = workers {
-        options.workers = n;
-    }
+fn run(config: PathBuf, options: GatewayOptions) -> Result<(), String> {
+    let text = read(&config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let gateway =
-        Gateway::start(options, snapshot).map_err(|e| format!("listening on {listen}: {e}"))?;
+        Gateway::start(options, &text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let shared = gateway.shared();
     eprintln!(
-        "wasmgate: gateway on http://{} (admin http://{}), {} workers, config {} ({})",
+        "wasmgate: gateway on http://{}{} (admin http://{}), {} workers, config {} ({})",
         gateway.addr(),
-        admin_listen,
-        gateway.shared().options.workers,
+        gateway
+            .tls_addr()
+            .map_or(String::new(), |a| format!(" and https://{a}")),
+        gateway.admin_addr().map_or("off".into(), |a| a.to_string()),
+        shared.options.workers,
         config.display(),
-        gateway.shared().snapshot.load().hash
+        shared.snapshot.load().hash
     );
-    gateway::reload::watch(std::sync::Arc::clone(gateway.shared()), config.clone());
+    gateway::reload::watch(std::sync::Arc::clone(shared), config.clone());
     runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (

@@ -20,6 +20,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 
+use crate::filters::{Runtime, RuntimeOptions, WorkerFilters};
 use crate::metrics::Metrics;
 use crate::proxy::{self, upstream::Upstreams, Downstream};
 use crate::snapshot::Snapshot;
@@ -38,6 +39,8 @@ pub struct GatewayOptions {
     pub config_path: Option<PathBuf>,
     /// Where TLS clients connect, with the server configuration to use.
     pub tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+    /// Where plugin modules come from and which secrets they may read.
+    pub runtime: RuntimeOptions,
 }
 
 impl Default for GatewayOptions {
@@ -50,6 +53,7 @@ impl Default for GatewayOptions {
             access_log: true,
             config_path: None,
             tls: None,
+            runtime: RuntimeOptions::default(),
         }
     }
 }
@@ -59,6 +63,7 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Metrics,
     pub options: GatewayOptions,
+    pub runtime: Runtime,
 }
 
 impl Shared {
@@ -71,7 +76,7 @@ impl Shared {
     /// Validates new declarative text and, when it is valid as a whole, swaps it in; the old
     /// configuration keeps serving otherwise. Returns the new hash.
     pub fn apply(&self, text: &str) -> Result<String, ConfigError> {
-        let snapshot = Snapshot::from_declarative(text)?;
+        let snapshot = Snapshot::build(text, &self.runtime)?;
         let hash = snapshot.hash.clone();
         self.snapshot.store(Arc::new(snapshot));
         Ok(hash)
@@ -83,6 +88,8 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     pub upstreams: Upstreams,
     pub index: usize,
+    /// This worker's plugin instances for the current snapshot.
+    pub filters: std::cell::RefCell<WorkerFilters>,
 }
 
 /// Runs hyper's connection tasks on the worker's own thread (they need not be `Send`).
@@ -119,8 +126,20 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 }
 
 impl Gateway {
-    /// Binds every listener, then starts the workers and the admin listener.
-    pub fn start(options: GatewayOptions, snapshot: Snapshot) -> std::io::Result<Gateway> {
+    /// Validates the declarative configuration (plugins included), binds every listener,
+    /// then starts the workers and the admin listener.
+    pub fn start(options: GatewayOptions, declarative: &str) -> Result<Gateway, String> {
+        let runtime = Runtime::new(options.runtime.clone())?;
+        let snapshot = Snapshot::build(declarative, &runtime)
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+        Gateway::listen(options, runtime, snapshot).map_err(|e| format!("listening: {e}"))
+    }
+
+    fn listen(
+        options: GatewayOptions,
+        runtime: Runtime,
+        snapshot: Snapshot,
+    ) -> std::io::Result<Gateway> {
         let workers = options.workers.max(1);
         let (addr, listeners) = bind_all(options.listen, workers)?;
         let (tls_addr, tls_listeners) = match &options.tls {
@@ -143,6 +162,7 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics: Metrics::default(),
             options,
+            runtime,
         });
         let (shutdown, _) = watch::channel(false);
         let mut threads = Vec::new();
@@ -306,6 +326,18 @@ async fn serve(
         shared,
         upstreams: Upstreams::default(),
         index,
+        filters: std::cell::RefCell::new(WorkerFilters::new(0)),
+    });
+    // Module queues and timers (on_tick) run on the worker that owns the instance.
+    let ticker = Rc::clone(&worker);
+    tokio::task::spawn_local(async move {
+        let mut interval = tokio::time::interval(std::time::Duration::from_millis(50));
+        loop {
+            interval.tick().await;
+            if let Ok(filters) = ticker.filters.try_borrow() {
+                filters.poll();
+            }
+        }
     });
     let graceful = GracefulShutdown::new();
     loop {

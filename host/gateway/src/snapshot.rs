@@ -1,43 +1,47 @@
-//! One immutable, validated configuration with everything derived from it that requests use.
-//! A reload builds a new snapshot off to the side and swaps it in whole: in-flight requests
-//! finish on the snapshot they started with.
+//! One immutable, validated configuration with everything derived from it that requests use:
+//! the router and the compiled, validated plugins. A reload builds a new snapshot off to the
+//! side and swaps it in whole: in-flight requests finish on the snapshot they started with.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use model::{Config, ConfigError, Router};
 use sha2::{Digest, Sha256};
 
+use crate::filters::{ConfigFilters, Runtime};
+
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
 pub struct Snapshot {
     pub config: Config,
     pub router: Router,
+    pub filters: ConfigFilters,
     /// SHA-256 of the declarative text, hex (what data planes report to a control plane).
     pub hash: String,
     /// The declarative text it was built from.
     pub source: String,
+    /// Unique per snapshot: workers start new plugin instances when it changes.
+    pub generation: u64,
 }
 
 impl Snapshot {
-    /// Parses and validates declarative text (YAML or JSON).
-    pub fn from_declarative(text: &str) -> Result<Snapshot, ConfigError> {
+    /// Parses and validates declarative text (YAML or JSON), then compiles and validates its
+    /// plugins in the runtime.
+    pub fn build(text: &str, runtime: &Runtime) -> Result<Snapshot, ConfigError> {
         let config = model::parse_declarative(text)?;
-        Ok(Snapshot::new(config, text))
-    }
-
-    pub fn new(config: Config, source: &str) -> Snapshot {
+        let filters = runtime.build(&config)?;
         let router = Router::new(&config);
-        let hash = Sha256::digest(source.as_bytes())
+        let hash = Sha256::digest(text.as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        Snapshot {
+        Ok(Snapshot {
             config,
             router,
+            filters,
             hash,
-            source: source.to_owned(),
-        }
-    }
-
-    /// A configuration with nothing in it: every request gets Kong's 404.
-    pub fn empty() -> Snapshot {
-        Snapshot::new(Config::default(), "")
+            source: text.to_owned(),
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+        })
     }
 }
 

@@ -22,11 +22,57 @@ impl KnownPlugin {
     }
 }
 
-pub const PLUGINS: &[KnownPlugin] = &[KnownPlugin {
-    name: request_size_limiting::PLUGIN_NAME,
-    priority: request_size_limiting::PRIORITY,
-    validate: |bytes| request_size_limiting::Config::parse(bytes).map(drop),
-}];
+/// Validates a request-transformer config without the data plane's secrets: they are resolved
+/// there, from its own environment, so here every `{vault://env/NAME[/key]}` reference gets a
+/// stand-in value of the right shape (a JSON object when a key is asked for).
+fn validate_transformer(bytes: &[u8]) -> Result<(), ConfigError> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut stand_ins: std::collections::HashMap<
+        String,
+        serde_json::Map<String, serde_json::Value>,
+    > = std::collections::HashMap::new();
+    for reference in text.split("vault://env/").skip(1) {
+        let reference = reference.split(['}', '?', '"']).next().unwrap_or_default();
+        let (name, key) = match reference.split_once('/') {
+            Some((name, key)) => (name, Some(key)),
+            None => (reference, None),
+        };
+        let keys = stand_ins
+            .entry(name.to_ascii_uppercase().replace('-', "_"))
+            .or_default();
+        if let Some(key) = key {
+            keys.insert(key.to_owned(), serde_json::Value::String("secret".into()));
+        }
+    }
+    let lookup = |variable: &str| {
+        stand_ins.get(variable).map(|keys| {
+            if keys.is_empty() {
+                "secret".to_owned()
+            } else {
+                serde_json::Value::Object(keys.clone()).to_string()
+            }
+        })
+    };
+    request_transformer::Config::parse(bytes, &lookup).map(drop)
+}
+
+pub const PLUGINS: &[KnownPlugin] = &[
+    KnownPlugin {
+        name: request_size_limiting::PLUGIN_NAME,
+        priority: request_size_limiting::PRIORITY,
+        validate: |bytes| request_size_limiting::Config::parse(bytes).map(drop),
+    },
+    KnownPlugin {
+        name: rate_limiting::PLUGIN_NAME,
+        priority: rate_limiting::PRIORITY,
+        validate: |bytes| rate_limiting::Config::parse(bytes).map(drop),
+    },
+    KnownPlugin {
+        name: request_transformer::PLUGIN_NAME,
+        priority: request_transformer::PRIORITY,
+        validate: validate_transformer,
+    },
+];
 
 pub fn find(name: &str) -> Option<&'static KnownPlugin> {
     PLUGINS.iter().find(|p| p.name == name)

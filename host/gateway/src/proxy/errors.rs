@@ -17,13 +17,17 @@ pub enum ProxyError {
     Unavailable(String),
     /// Connecting or waiting for the response took longer than the service allows.
     Timeout(String),
+    /// A plugin's instance could not start on this worker: the request fails closed.
+    FilterUnavailable(String),
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoService | ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoService
+            | ProxyError::Unavailable(_)
+            | ProxyError::FilterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -41,6 +45,7 @@ impl ProxyError {
             }
             ProxyError::Unavailable(_) => "name resolution failed",
             ProxyError::Timeout(_) => "The upstream server is timing out",
+            ProxyError::FilterUnavailable(_) => "A plugin is unavailable",
         }
     }
 

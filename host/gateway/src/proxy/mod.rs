@@ -6,7 +6,9 @@
 //! 503, 504).
 
 pub mod body;
+pub mod channel;
 pub mod errors;
+pub mod filtered;
 pub mod headers;
 pub mod path;
 pub mod upstream;
@@ -61,8 +63,8 @@ pub async fn handle(
 }
 
 async fn forward(
-    worker: &Worker,
-    snapshot: &crate::Snapshot,
+    worker: &Rc<Worker>,
+    snapshot: &std::sync::Arc<crate::Snapshot>,
     downstream: Downstream,
     request: Request<Incoming>,
     log: &mut AccessLog,
@@ -86,6 +88,20 @@ async fn forward(
     let service_index = route.service.ok_or(ProxyError::NoService)?;
     let service = &snapshot.config.services[service_index];
     log.service = Some(service.name.clone());
+
+    let filters = &snapshot.filters.routes[route_match.route];
+    if !filters.is_empty() {
+        let instances = worker_instances(worker, snapshot, filters)?;
+        let matched = filtered::Matched {
+            snapshot,
+            route: route_match.route,
+            service: service_index,
+            matched: &route_match.matched,
+            host: &host,
+            path: &path,
+        };
+        return filtered::forward(worker, matched, downstream, parts, body, instances, log).await;
+    }
 
     let upstream_path = model::router::upstream_path(
         service.path.as_deref(),
@@ -133,4 +149,24 @@ fn host_header(parts: &http::request::Parts) -> String {
         .map(str::to_owned)
         .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_default()
+}
+
+/// This worker's instances of the route's filters, started for the current snapshot.
+fn worker_instances(
+    worker: &Worker,
+    snapshot: &crate::Snapshot,
+    filters: &[crate::filters::FilterRef],
+) -> Result<Vec<host::WorkerPlugin>, ProxyError> {
+    let mut current = worker.filters.borrow_mut();
+    if current.generation != snapshot.generation {
+        *current = crate::filters::WorkerFilters::new(snapshot.generation);
+    }
+    filters
+        .iter()
+        .map(|filter| {
+            current
+                .instance(&snapshot.filters, *filter)
+                .ok_or_else(|| ProxyError::FilterUnavailable(format!("{filter:?}")))
+        })
+        .collect()
 }

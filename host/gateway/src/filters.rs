@@ -1,0 +1,328 @@
+//! The plugins and filter chains of a configuration, as proxy-wasm plugins on the host
+//! runtime.
+//!
+//! A [`Runtime`] owns the wasmtime engine and the process-wide proxy-wasm state (shared data,
+//! queues, metrics). For each configuration it compiles (once per module file) and validates
+//! every plugin instance — the module's own `on_configure` must accept its config, so a
+//! reload a module would refuse is refused whole. Each worker then starts its own instance
+//! of every plugin ([`WorkerFilters`]) and builds per-request filter chains from them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use host::{Engine, EngineConfig, HostEnv, Plugin, PluginConfig, PluginModule, WorkerPlugin};
+use kit::schema::FieldError;
+use model::{Config, ConfigError, Scope};
+
+/// Where modules come from and what they may read.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// wasmgate's plugin modules (`request_size_limiting.wasm`, ...).
+    pub modules_dir: PathBuf,
+    /// Third-party modules for `filter_chains` (`<name>.wasm`).
+    pub filters_dir: Option<PathBuf>,
+    /// Environment variables modules may read (secrets for `{vault://env/NAME}`).
+    pub env_allow: Vec<String>,
+    /// Values given directly (not read from the process environment), e.g. by a test or a
+    /// control plane provisioning this data plane.
+    pub env_values: Vec<(String, String)>,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            modules_dir: default_modules_dir(),
+            filters_dir: None,
+            env_allow: Vec::new(),
+            env_values: Vec::new(),
+        }
+    }
+}
+
+/// `WASMGATE_WASM_DIR`, else `wasm/` beside the binary, else the workspace's build folder.
+pub fn default_modules_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WASMGATE_WASM_DIR") {
+        return PathBuf::from(dir);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("wasm")));
+    match beside {
+        Some(dir) if dir.is_dir() => dir,
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm32-wasip1/release"),
+    }
+}
+
+/// One filter of a route's chain: a plugin instance or a filter_chains filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FilterRef {
+    Plugin(usize),
+    Chain(usize, usize),
+}
+
+/// The compiled, validated plugins of one configuration.
+#[derive(Default)]
+pub struct ConfigFilters {
+    /// Aligned with `Config::plugins` (None: disabled).
+    pub plugins: Vec<Option<Plugin>>,
+    /// Aligned with `Config::filter_chains` and their filters.
+    pub chains: Vec<Vec<Option<Plugin>>>,
+    /// Per route: the filters to run, in order (plugins by priority, then chains).
+    pub routes: Vec<Vec<FilterRef>>,
+}
+
+impl ConfigFilters {
+    pub fn plugin(&self, filter: FilterRef) -> Option<&Plugin> {
+        match filter {
+            FilterRef::Plugin(i) => self.plugins.get(i)?.as_ref(),
+            FilterRef::Chain(c, f) => self.chains.get(c)?.get(f)?.as_ref(),
+        }
+    }
+}
+
+pub struct Runtime {
+    engine: Engine,
+    pub env: Arc<HostEnv>,
+    options: RuntimeOptions,
+    /// Compiled modules by file, with the modification time they were compiled at.
+    modules: Mutex<HashMap<PathBuf, (Option<std::time::SystemTime>, Arc<PluginModule>)>>,
+}
+
+fn scope_label(config: &Config, scope: Scope) -> String {
+    let service = |i: usize| {
+        config
+            .services
+            .get(i)
+            .map_or(i.to_string(), |s| s.name.clone())
+    };
+    let route = |i: usize| {
+        config
+            .routes
+            .get(i)
+            .map_or(i.to_string(), |r| r.name.clone())
+    };
+    match scope {
+        Scope::Global => "global".into(),
+        Scope::Service(s) => format!("service:{}", service(s)),
+        Scope::Route(r) => format!("route:{}", route(r)),
+        Scope::RouteAndService {
+            route: r,
+            service: s,
+        } => format!("route:{}+service:{}", route(r), service(s)),
+    }
+}
+
+impl Runtime {
+    pub fn new(options: RuntimeOptions) -> Result<Runtime, String> {
+        let engine =
+            Engine::new(EngineConfig::default()).map_err(|e| format!("wasm engine: {e}"))?;
+        Ok(Runtime {
+            engine,
+            env: HostEnv::shared(),
+            options,
+            modules: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Compiles a module once per file (a file changed since is compiled again).
+    fn module(&self, path: &PathBuf) -> Result<Arc<PluginModule>, String> {
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if let Ok(cache) = self.modules.lock() {
+            if let Some((at, module)) = cache.get(path) {
+                if *at == modified {
+                    return Ok(Arc::clone(module));
+                }
+            }
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let module = Arc::new(
+            PluginModule::new(&self.engine, &bytes)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+        );
+        if let Ok(mut cache) = self.modules.lock() {
+            cache.insert(path.clone(), (modified, Arc::clone(&module)));
+        }
+        Ok(module)
+    }
+
+    fn secrets(&self) -> Vec<(String, String)> {
+        let mut secrets: Vec<(String, String)> = self
+            .options
+            .env_allow
+            .iter()
+            .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)))
+            .collect();
+        secrets.extend(self.options.env_values.iter().cloned());
+        secrets
+    }
+
+    fn plugin(
+        &self,
+        module: &PathBuf,
+        name: &str,
+        vm_id: String,
+        configuration: Vec<u8>,
+    ) -> Result<Plugin, String> {
+        let module = self.module(module)?;
+        let mut config = PluginConfig::new(name, configuration).vm_id(&vm_id);
+        for (k, v) in self.secrets() {
+            config = config.env(&k, &v);
+        }
+        let plugin = Plugin::new(module, config, Arc::clone(&self.env));
+        plugin.validate().map_err(|e| e.to_string())?;
+        Ok(plugin)
+    }
+
+    /// Compiles and validates every plugin and chain filter of `config`; errors name the
+    /// entity, as the declarative validation does.
+    pub fn build(&self, config: &Config) -> Result<ConfigFilters, ConfigError> {
+        let mut errors = Vec::new();
+        let mut filters = ConfigFilters::default();
+        for plugin in &config.plugins {
+            if !plugin.enabled {
+                filters.plugins.push(None);
+                continue;
+            }
+            let file = model::plugins::find(&plugin.name)
+                .map_or_else(|| format!("{}.wasm", plugin.name), |p| p.module_file());
+            // Stable across reloads, so shared data (rate-limit counters) survives them.
+            let vm_id = format!("{}@{}", plugin.name, scope_label(config, plugin.scope));
+            match self.plugin(
+                &self.options.modules_dir.join(file),
+                &plugin.name,
+                vm_id,
+                plugin.config.to_string().into_bytes(),
+            ) {
+                Ok(p) => filters.plugins.push(Some(p)),
+                Err(e) => {
+                    errors.push(FieldError {
+                        path: format!("plugins.{}", plugin.name),
+                        message: e,
+                    });
+                    filters.plugins.push(None);
+                }
+            }
+        }
+        let filters_dir = self.options.filters_dir.clone();
+        for (c, chain) in config.filter_chains.iter().enumerate() {
+            let mut built = Vec::new();
+            for (f, filter) in chain.filters.iter().enumerate() {
+                if !chain.enabled || !filter.enabled {
+                    built.push(None);
+                    continue;
+                }
+                let path = format!(
+                    "filter_chains.{}.filters.{}",
+                    chain.name.clone().unwrap_or_else(|| (c + 1).to_string()),
+                    filter.name
+                );
+                let Some(dir) = &filters_dir else {
+                    errors.push(FieldError {
+                        path,
+                        message: "no filters directory is configured (--filters-dir)".into(),
+                    });
+                    built.push(None);
+                    continue;
+                };
+                let module = dir.join(format!("{}.wasm", filter.name));
+                if !module.is_file() {
+                    errors.push(FieldError {
+                        path,
+                        message: format!("no such filter: {}", filter.name),
+                    });
+                    built.push(None);
+                    continue;
+                }
+                let vm_id = format!(
+                    "{}@chain:{}:{f}",
+                    filter.name,
+                    scope_label(config, chain.scope)
+                );
+                match self.plugin(
+                    &module,
+                    &filter.name,
+                    vm_id,
+                    filter.config.clone().unwrap_or_default().into_bytes(),
+                ) {
+                    Ok(p) => built.push(Some(p)),
+                    Err(e) => {
+                        errors.push(FieldError { path, message: e });
+                        built.push(None);
+                    }
+                }
+            }
+            filters.chains.push(built);
+        }
+        for route in 0..config.routes.len() {
+            let mut refs: Vec<FilterRef> = config
+                .plugins_for(Some(route))
+                .into_iter()
+                .filter_map(|p| config.plugins.iter().position(|q| std::ptr::eq(p, q)))
+                .map(FilterRef::Plugin)
+                .collect();
+            let service = config.routes[route].service;
+            let mut chains: Vec<usize> = (0..config.filter_chains.len())
+                .filter(|&c| {
+                    config.filter_chains[c].enabled
+                        && config.filter_chains[c].scope.covers(Some(route), service)
+                })
+                .collect();
+            chains.sort_by_key(|&c| config.filter_chains[c].scope.specificity());
+            for c in chains {
+                for f in 0..config.filter_chains[c].filters.len() {
+                    if config.filter_chains[c].filters[f].enabled {
+                        refs.push(FilterRef::Chain(c, f));
+                    }
+                }
+            }
+            filters.routes.push(refs);
+        }
+        if errors.is_empty() {
+            Ok(filters)
+        } else {
+            Err(ConfigError { fields: errors })
+        }
+    }
+}
+
+/// One worker's instances of one configuration's plugins.
+pub struct WorkerFilters {
+    /// Which configuration these instances belong to.
+    pub generation: u64,
+    instances: HashMap<FilterRef, Option<WorkerPlugin>>,
+}
+
+impl WorkerFilters {
+    pub fn new(generation: u64) -> WorkerFilters {
+        WorkerFilters {
+            generation,
+            instances: HashMap::new(),
+        }
+    }
+
+    /// This worker's instance of a filter, started on first use. `None` when the instance
+    /// cannot start (the request then fails closed).
+    pub fn instance(&mut self, filters: &ConfigFilters, filter: FilterRef) -> Option<WorkerPlugin> {
+        self.instances
+            .entry(filter)
+            .or_insert_with(|| {
+                let plugin = filters.plugin(filter)?;
+                match plugin.worker() {
+                    Ok(worker) => Some(worker),
+                    Err(e) => {
+                        log::error!("{}: cannot start on this worker: {e}", plugin.config().name);
+                        None
+                    }
+                }
+            })
+            .clone()
+    }
+
+    /// Runs what is due on every instance (queues, ticks).
+    pub fn poll(&self) {
+        for worker in self.instances.values().flatten() {
+            worker.poll();
+        }
+    }
+}

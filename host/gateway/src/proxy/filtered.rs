@@ -1,0 +1,563 @@
+//! The request path when filters apply: the proxy drives the host's sans-IO filter chain
+//! ([`host::HttpStream`]) from the network, as Envoy's filter manager does.
+//!
+//! The chain sees Envoy's view of a request (pseudo-headers `:method`, `:path`,
+//! `:authority`, `:scheme`; `:status` on responses). What it lets through is sent on as it
+//! comes: request headers start the upstream request, body chunks stream through bounded
+//! channels (backpressure, no whole-body buffering unless a filter asks for it), and a local
+//! response from any phase answers the client instead. The stream ends (`on_done`, `on_log`)
+//! when the client has the whole response or goes away.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use host::{Headers, HttpCallResult, HttpStream, Output, StreamInfo, WorkerPlugin};
+
+use super::body::ProxyBody;
+use super::channel::{channel, FrameSender};
+use super::errors::ProxyError;
+use super::{headers, Downstream};
+use crate::access_log::AccessLog;
+use crate::server::Worker;
+use crate::Snapshot;
+
+/// How long a stream may stay paused by a filter before the proxy gives up (Envoy: 300 s).
+const STREAM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Frames in flight per direction before the sender waits.
+const CHANNEL_FRAMES: usize = 16;
+
+type Head = (Headers, bool);
+type Chain = Rc<RefCell<HttpStream>>;
+
+/// Where the chain's outputs go.
+struct Taps {
+    request_head: Option<oneshot::Sender<Head>>,
+    upstream: Option<FrameSender>,
+    response_head: Option<oneshot::Sender<Head>>,
+    client: Option<FrameSender>,
+    reset: Option<oneshot::Sender<()>>,
+}
+
+fn to_header_map(headers: &Headers) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers.iter() {
+        if name.starts_with(':') {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+fn trailers_frame(headers: &Headers) -> Frame<Bytes> {
+    Frame::trailers(to_header_map(headers))
+}
+
+/// Routes what the chain produced, then performs the calls filters made.
+async fn deliver(worker: &Rc<Worker>, chain: &Chain, taps: &Rc<RefCell<Taps>>) {
+    let outputs = chain.borrow_mut().take_outputs();
+    for output in outputs {
+        match output {
+            Output::RequestHeaders {
+                headers,
+                end_of_stream,
+            } => {
+                if end_of_stream {
+                    taps.borrow_mut().upstream = None;
+                }
+                if let Some(tx) = taps.borrow_mut().request_head.take() {
+                    let _ = tx.send((headers, end_of_stream));
+                }
+            }
+            Output::RequestData {
+                data,
+                end_of_stream,
+            } => {
+                let tx = taps.borrow().upstream.clone();
+                if let Some(tx) = tx {
+                    if !data.is_empty() {
+                        let _ = tx.send(Ok(Frame::data(Bytes::from(data)))).await;
+                    }
+                }
+                if end_of_stream {
+                    taps.borrow_mut().upstream = None;
+                }
+            }
+            Output::RequestTrailers(trailers) => {
+                let tx = taps.borrow_mut().upstream.take();
+                if let Some(tx) = tx {
+                    let _ = tx.send(Ok(trailers_frame(&trailers))).await;
+                }
+            }
+            Output::ResponseHeaders {
+                headers,
+                end_of_stream,
+            } => {
+                if end_of_stream {
+                    taps.borrow_mut().client = None;
+                }
+                if let Some(tx) = taps.borrow_mut().response_head.take() {
+                    let _ = tx.send((headers, end_of_stream));
+                }
+            }
+            Output::ResponseData {
+                data,
+                end_of_stream,
+            } => {
+                let tx = taps.borrow().client.clone();
+                if let Some(tx) = tx {
+                    if !data.is_empty() {
+                        let _ = tx.send(Ok(Frame::data(Bytes::from(data)))).await;
+                    }
+                }
+                if end_of_stream {
+                    taps.borrow_mut().client = None;
+                }
+            }
+            Output::ResponseTrailers(trailers) => {
+                let tx = taps.borrow_mut().client.take();
+                if let Some(tx) = tx {
+                    let _ = tx.send(Ok(trailers_frame(&trailers))).await;
+                }
+            }
+            Output::Reset => {
+                let mut taps = taps.borrow_mut();
+                taps.upstream = None;
+                taps.client = None;
+                if let Some(tx) = taps.reset.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+    let callouts = chain.borrow_mut().take_callouts();
+    for (filter, callouts) in callouts {
+        for call in callouts.http {
+            let worker = Rc::clone(worker);
+            let chain = Rc::clone(chain);
+            let taps = Rc::clone(taps);
+            tokio::task::spawn_local(async move {
+                let result = http_call(&worker, &call).await;
+                chain
+                    .borrow_mut()
+                    .http_call_response(filter, call.token, result);
+                Box::pin(deliver(&worker, &chain, &taps)).await;
+            });
+        }
+        for call in callouts.grpc {
+            // The host frames gRPC but the gateway does not dial gRPC upstreams yet: the module
+            // learns at once, as from an unreachable upstream.
+            chain.borrow_mut().grpc_event(
+                filter,
+                call.token,
+                host::callout::GrpcInbound::Close {
+                    status: 14,
+                    message: "gRPC calls are not available in this gateway".into(),
+                },
+            );
+        }
+    }
+}
+
+/// Performs a module's `proxy_http_call` to a service named like an Envoy cluster
+/// (`service.<name>` or `<name>`).
+async fn http_call(worker: &Rc<Worker>, call: &host::HttpCallout) -> HttpCallResult {
+    let snapshot = worker.shared.snapshot.load_full();
+    let wanted = call
+        .upstream
+        .strip_prefix("service.")
+        .unwrap_or(&call.upstream);
+    let Some(service) = snapshot.config.services.iter().find(|s| s.name == wanted) else {
+        return HttpCallResult::Failed;
+    };
+    let path = call.headers.get(":path").unwrap_or("/");
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let Ok(uri) = super::upstream::uri(service, path, query) else {
+        return HttpCallResult::Failed;
+    };
+    let mut request = Request::builder()
+        .method(call.headers.get(":method").unwrap_or("GET"))
+        .uri(uri);
+    if let Some(headers) = request.headers_mut() {
+        *headers = to_header_map(&call.headers);
+        if let Some(authority) = call
+            .headers
+            .get(":authority")
+            .and_then(|a| HeaderValue::try_from(a).ok())
+        {
+            headers.insert(http::header::HOST, authority);
+        }
+    }
+    let Ok(request) = request.body(ProxyBody::full(call.body.clone())) else {
+        return HttpCallResult::Failed;
+    };
+    let exchange = async {
+        let response = worker.upstreams.send(service, request).await.ok()?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        let mut headers = Headers::new();
+        headers.add(":status", parts.status.as_str());
+        for (name, value) in &parts.headers {
+            headers.add(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
+        }
+        Some(host::HttpCallResponse {
+            headers,
+            body: body.to_vec(),
+            trailers: Headers::new(),
+        })
+    };
+    match tokio::time::timeout(call.timeout.max(Duration::from_millis(1)), exchange).await {
+        Ok(Some(response)) => HttpCallResult::Response(response),
+        _ => HttpCallResult::Failed,
+    }
+}
+
+/// Feeds the client's body (and trailers) into the chain.
+async fn request_pump(
+    worker: Rc<Worker>,
+    chain: Chain,
+    taps: Rc<RefCell<Taps>>,
+    mut body: Incoming,
+) {
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => chain.borrow_mut().request_data(data.to_vec(), false),
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        chain
+                            .borrow_mut()
+                            .request_trailers(from_header_map(&trailers, None));
+                    }
+                }
+            },
+            Some(Err(_)) => {
+                // The client went away mid-body: nothing more will come.
+                let mut taps = taps.borrow_mut();
+                taps.upstream = None;
+                if let Some(tx) = taps.reset.take() {
+                    let _ = tx.send(());
+                }
+                return;
+            }
+            None => {
+                chain.borrow_mut().request_data(Vec::new(), true);
+                deliver(&worker, &chain, &taps).await;
+                return;
+            }
+        }
+        deliver(&worker, &chain, &taps).await;
+    }
+}
+
+/// Feeds the upstream's body (and trailers) into the chain.
+async fn response_pump(
+    worker: Rc<Worker>,
+    chain: Chain,
+    taps: Rc<RefCell<Taps>>,
+    mut body: Incoming,
+) {
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => chain.borrow_mut().response_data(data.to_vec(), false),
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        chain
+                            .borrow_mut()
+                            .response_trailers(from_header_map(&trailers, None));
+                    }
+                }
+            },
+            Some(Err(_)) => {
+                taps.borrow_mut().client = None;
+                return;
+            }
+            None => {
+                chain.borrow_mut().response_data(Vec::new(), true);
+                deliver(&worker, &chain, &taps).await;
+                return;
+            }
+        }
+        deliver(&worker, &chain, &taps).await;
+    }
+}
+
+fn from_header_map(map: &HeaderMap, pseudo: Option<Vec<(&str, String)>>) -> Headers {
+    let mut headers = Headers::new();
+    for (name, value) in pseudo.into_iter().flatten() {
+        headers.add(name, &value);
+    }
+    for (name, value) in map {
+        if name == http::header::HOST {
+            continue;
+        }
+        headers.add(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
+    }
+    headers
+}
+
+fn response_from(head: &Headers, body: ProxyBody) -> Response<ProxyBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = head
+        .get(":status")
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    *response.headers_mut() = to_header_map(head);
+    headers::strip_hop_by_hop(response.headers_mut());
+    response
+}
+
+/// What the request path needs to know about the route it matched.
+pub struct Matched<'a> {
+    pub snapshot: &'a Arc<Snapshot>,
+    pub route: usize,
+    pub service: usize,
+    pub matched: &'a str,
+    /// The client's Host (or :authority).
+    pub host: &'a str,
+    /// The normalised path.
+    pub path: &'a str,
+}
+
+pub async fn forward(
+    worker: &Rc<Worker>,
+    matched: Matched<'_>,
+    downstream: Downstream,
+    parts: http::request::Parts,
+    body: Incoming,
+    filters: Vec<WorkerPlugin>,
+    log: &mut AccessLog,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let snapshot = matched.snapshot;
+    let route = &snapshot.config.routes[matched.route];
+    let service = &snapshot.config.services[matched.service];
+    let protocol = match parts.version {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    let info = StreamInfo {
+        source: downstream.peer,
+        destination: downstream.local,
+        protocol: protocol.into(),
+        route_name: route.name.clone(),
+        cluster_name: model::envoy::cluster_name(&snapshot.config, matched.service),
+        request_id: parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(
+                || {
+                    format!(
+                        "{:x}-{:x}",
+                        worker.index,
+                        SystemTime::now()
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_nanos())
+                    )
+                },
+                str::to_owned,
+            ),
+        connection_id: 0,
+        start: SystemTime::now(),
+    };
+    for filter in &filters {
+        log.filters
+            .push((filter.plugin().config().name.clone(), "ran".into()));
+    }
+    let chain: Chain = Rc::new(RefCell::new(HttpStream::new(
+        filters
+            .iter()
+            .map(|f| Box::new(f.filter()) as Box<dyn host::HttpFilter>)
+            .collect(),
+        info,
+    )));
+    let (upstream_tx, upstream_body) = channel(CHANNEL_FRAMES);
+    let (client_tx, client_body) = channel(CHANNEL_FRAMES);
+    let (request_head_tx, request_head_rx) = oneshot::channel::<Head>();
+    let (response_head_tx, mut response_head_rx) = oneshot::channel::<Head>();
+    let (reset_tx, mut reset_rx) = oneshot::channel::<()>();
+    let taps = Rc::new(RefCell::new(Taps {
+        request_head: Some(request_head_tx),
+        upstream: Some(upstream_tx),
+        response_head: Some(response_head_tx),
+        client: Some(client_tx),
+        reset: Some(reset_tx),
+    }));
+    // The stream ends when the client's body is dropped (complete, or the client left).
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    {
+        let chain = Rc::clone(&chain);
+        tokio::task::spawn_local(async move {
+            let _ = done_rx.await;
+            chain.borrow_mut().finish();
+        });
+    }
+    let client_body = client_body.on_drop(move || {
+        let _ = done_tx.send(());
+    });
+
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{}?{q}", matched.path),
+        None => matched.path.to_owned(),
+    };
+    let scheme = if downstream.tls { "https" } else { "http" };
+    let request_headers = from_header_map(
+        &parts.headers,
+        Some(vec![
+            (":authority", matched.host.to_owned()),
+            (":path", path_and_query),
+            (":method", parts.method.as_str().to_owned()),
+            (":scheme", scheme.to_owned()),
+        ]),
+    );
+    let end_of_stream = http_body::Body::is_end_stream(&body);
+    chain
+        .borrow_mut()
+        .request_headers(request_headers, end_of_stream);
+    deliver(worker, &chain, &taps).await;
+    if !end_of_stream {
+        tokio::task::spawn_local(request_pump(
+            Rc::clone(worker),
+            Rc::clone(&chain),
+            Rc::clone(&taps),
+            body,
+        ));
+    }
+
+    let local = |head: Head, body| {
+        let mut response = response_from(&head.0, ProxyBody::streaming(body));
+        if head.1 {
+            *response.body_mut() = ProxyBody::empty();
+        }
+        response
+    };
+    let request_head = tokio::select! {
+        head = request_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the request".into()))?,
+        head = &mut response_head_rx => {
+            let head = head.map_err(|_| ProxyError::BadGateway("the filter chain ended the request".into()))?;
+            log.filters.push(("local response".into(), head.0.get(":status").unwrap_or("").to_owned()));
+            return Ok(local(head, client_body));
+        }
+        _ = &mut reset_rx => return Err(ProxyError::BadGateway("the stream was reset".into())),
+        _ = tokio::time::sleep(STREAM_TIMEOUT) => return Err(ProxyError::Timeout("a filter held the request".into())),
+    };
+
+    // The upstream request, from what the filters made of the client's.
+    let (head, head_eos) = request_head;
+    let filtered_path = head.get(":path").unwrap_or(matched.path);
+    let (path, query) = match filtered_path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (filtered_path, None),
+    };
+    let upstream_path = model::router::upstream_path(
+        service.path.as_deref(),
+        matched.matched,
+        route.strip_path,
+        path,
+    );
+    let uri = super::upstream::uri(service, &upstream_path, query)?;
+    log.upstream = Some(uri.to_string());
+    let method = head.get(":method").unwrap_or(parts.method.as_str());
+    let mut filtered = Request::builder().method(method).uri(uri.clone());
+    if let Some(headers) = filtered.headers_mut() {
+        *headers = to_header_map(&head);
+    }
+    let filtered = filtered
+        .body(())
+        .map_err(|e| ProxyError::BadRequest(format!("the filtered request: {e}")))?;
+    let (filtered_parts, ()) = filtered.into_parts();
+    let authority = head.get(":authority").unwrap_or(matched.host).to_owned();
+    let upstream_body = if head_eos {
+        ProxyBody::empty()
+    } else {
+        ProxyBody::streaming(upstream_body)
+    };
+    let mut upstream_request = Request::builder()
+        .method(filtered_parts.method.clone())
+        .uri(uri)
+        .body(upstream_body)
+        .map_err(|e| ProxyError::BadRequest(format!("building the upstream request: {e}")))?;
+    headers::forward_request_headers(
+        &filtered_parts,
+        upstream_request.headers_mut(),
+        &downstream,
+        &authority,
+        matched.path,
+        if route.preserve_host {
+            authority.clone()
+        } else {
+            service.authority()
+        },
+    );
+    if !head_eos
+        && !filtered_parts
+            .headers
+            .contains_key(http::header::CONTENT_LENGTH)
+    {
+        upstream_request
+            .headers_mut()
+            .remove(http::header::CONTENT_LENGTH);
+    }
+
+    let started = std::time::Instant::now();
+    let response = tokio::select! {
+        response = worker.upstreams.send(service, upstream_request) => response?,
+        head = &mut response_head_rx => {
+            // A filter answered while the body streamed (e.g. a size limit): the upstream
+            // request is dropped, which aborts it.
+            let head = head.map_err(|_| ProxyError::BadGateway("the filter chain ended the request".into()))?;
+            log.filters.push(("local response".into(), head.0.get(":status").unwrap_or("").to_owned()));
+            return Ok(local(head, client_body));
+        }
+        _ = &mut reset_rx => return Err(ProxyError::BadGateway("the stream was reset".into())),
+    };
+    log.upstream_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+
+    let (mut response_parts, response_body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut response_parts.headers);
+    let response_headers = from_header_map(
+        &response_parts.headers,
+        Some(vec![(":status", response_parts.status.as_str().to_owned())]),
+    );
+    let end_of_stream = http_body::Body::is_end_stream(&response_body);
+    chain
+        .borrow_mut()
+        .response_headers(response_headers, end_of_stream);
+    deliver(worker, &chain, &taps).await;
+    if !end_of_stream {
+        tokio::task::spawn_local(response_pump(
+            Rc::clone(worker),
+            Rc::clone(&chain),
+            Rc::clone(&taps),
+            response_body,
+        ));
+    }
+    let head = tokio::select! {
+        head = response_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the response".into()))?,
+        _ = reset_rx => return Err(ProxyError::BadGateway("the stream was reset".into())),
+        _ = tokio::time::sleep(STREAM_TIMEOUT) => return Err(ProxyError::Timeout("a filter held the response".into())),
+    };
+    let mut response = local(head, client_body);
+    response.headers_mut().insert(
+        "via",
+        HeaderValue::from_static(concat!("1.1 wasmgate/", env!("CARGO_PKG_VERSION"))),
+    );
+    Ok(response)
+}

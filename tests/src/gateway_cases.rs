@@ -1,0 +1,135 @@
+//! Runs a case file through wasmgate's own data plane, `gateway`, over real sockets: the same
+//! files, the same expectations as in Envoy, so any difference between the two fails a test.
+//!
+//! Cases that share an environment (secrets) share one gateway; every case and protocol gets
+//! its own route (selected by an `x-wasmgate-case` header) and its own plugin instance.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::cases::{Case, CaseFile, Exchange};
+
+/// The header that selects a case's route.
+pub const CASE_HEADER: &str = "x-wasmgate-case";
+
+fn options(env: &BTreeMap<String, String>) -> gateway::GatewayOptions {
+    gateway::GatewayOptions {
+        listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        admin_listen: None,
+        workers: 2,
+        drain_timeout: Duration::from_secs(2),
+        access_log: false,
+        config_path: None,
+        tls: None,
+        runtime: gateway::filters::RuntimeOptions {
+            modules_dir: crate::paths::wasm_dir(),
+            env_values: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            ..gateway::filters::RuntimeOptions::default()
+        },
+    }
+}
+
+/// The declarative configuration of a group of cases: a service and route per case and
+/// protocol, the plugin attached to that route.
+fn declarative(
+    file: &CaseFile,
+    cases: &[(usize, &Case)],
+    upstream: std::net::SocketAddr,
+) -> String {
+    let mut services = Vec::new();
+    for (i, case) in cases {
+        for protocol in case.protocols() {
+            let name = format!("case-{i}-{protocol:?}").to_lowercase();
+            services.push(json!({
+                "name": name,
+                "url": format!("http://{upstream}"),
+                "routes": [{
+                    "name": name,
+                    "paths": ["/"],
+                    "headers": {CASE_HEADER: [name]},
+                    "strip_path": false,
+                    "preserve_host": true,
+                    "plugins": [{"name": file.plugin, "config": case.config}],
+                }],
+            }));
+        }
+    }
+    json!({"_format_version": "3.0", "services": services}).to_string()
+}
+
+/// Runs every case of `file` in gateways; returns every failure.
+pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
+    let mut failures = Vec::new();
+    let echo = match crate::EchoUpstream::start().await {
+        Ok(echo) => echo,
+        Err(e) => return vec![format!("echo upstream: {e}")],
+    };
+    // Refused configs: the whole declarative file is refused, naming the plugin's field.
+    let mut groups: BTreeMap<Vec<(String, String)>, Vec<(usize, &Case)>> = BTreeMap::new();
+    for (i, case) in file.cases.iter().enumerate() {
+        if let Some(expected) = case.config_error() {
+            let text = declarative(file, &[(i, case)], echo.addr());
+            match gateway::Gateway::start(options(&case.env), &text) {
+                Ok(_) => failures.push(format!(
+                    "{:?}: the gateway accepted a config it must refuse",
+                    case.name
+                )),
+                // Every part of the expected error must appear (the gateway prefixes each field
+                // with the entity that holds the plugin).
+                Err(e) if expected.split("; ").all(|part| e.contains(part)) => {}
+                Err(e) => failures.push(format!(
+                    "{:?}: refused, but the error lacks {expected:?}: {e}",
+                    case.name
+                )),
+            }
+            continue;
+        }
+        let env: Vec<(String, String)> = case
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        groups.entry(env).or_default().push((i, case));
+    }
+    for (env, cases) in groups {
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        let text = declarative(file, &cases, echo.addr());
+        let gateway = match gateway::Gateway::start(options(&env), &text) {
+            Ok(gateway) => gateway,
+            Err(e) => {
+                failures.push(format!(
+                    "{}: the gateway did not start: {e}",
+                    file.path.display()
+                ));
+                continue;
+            }
+        };
+        for (i, case) in &cases {
+            for protocol in case.protocols() {
+                let name = format!("case-{i}-{protocol:?}").to_lowercase();
+                for (n, step) in case.steps().iter().enumerate() {
+                    let mut request = step.request.to_request();
+                    request.headers.push((CASE_HEADER.into(), name.clone()));
+                    let problems =
+                        match crate::client::send(gateway.addr(), protocol, &request).await {
+                            Ok(response) => step
+                                .expect
+                                .check(&step.request, &Exchange::from_response(response)),
+                            Err(e) => vec![e],
+                        };
+                    for problem in problems {
+                        failures.push(format!(
+                            "{:?} [{protocol:?}] step {}: {problem}",
+                            case.name,
+                            n + 1
+                        ));
+                    }
+                }
+            }
+        }
+        drop(gateway);
+    }
+    failures
+}
