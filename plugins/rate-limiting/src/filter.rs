@@ -102,7 +102,8 @@ fn property(path: Vec<&str>) -> Option<String> {
 }
 
 fn log(level: LogLevel, message: &str) {
-    hostcalls::log(level, &format!("{PLUGIN_NAME}: {message}")).ok();
+    // Envoy prefixes the plugin's name, root id and vm_id.
+    hostcalls::log(level, message).ok();
 }
 
 struct RateLimitRoot {
@@ -115,9 +116,16 @@ impl RootContext for RateLimitRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         match kit::proxy::configure(self, PLUGIN_NAME, Config::parse) {
             Some(config) => {
-                // Counters are per plugin instance: Envoy's plugin name within the VM's
-                // shared data (one map per vm_id).
-                let instance = property(vec!["plugin_name"]).unwrap_or_default();
+                // Counters are per plugin instance. Shared data is one map per vm_id, and
+                // filters on several listeners or routes may share a vm_id and a name: the
+                // scope is Envoy's plugin name plus a fingerprint of the configuration, so
+                // only instances with the same vm_id, name and config share counters.
+                let bytes = self.get_plugin_configuration().unwrap_or_default();
+                let instance = format!(
+                    "{}|{}",
+                    property(vec!["plugin_name"]).unwrap_or_default(),
+                    crate::store::fingerprint(&bytes)
+                );
                 self.limiter = Some(Rc::new(Limiter::new(config, &instance)));
                 true
             }
@@ -156,7 +164,13 @@ impl HttpContext for RateLimitFilter {
         let (mut cluster, mut header, mut path) = (None, None, None);
         match limiter.needs() {
             Need::Nothing => {}
-            Need::Cluster => cluster = property(vec!["cluster_name"]),
+            // Kong's service: the cluster the route sends the request to. Envoy 1.40 answers
+            // `xds.cluster_name` at the request headers (the wasm `cluster_name` is not set
+            // yet there).
+            Need::Cluster => {
+                cluster =
+                    property(vec!["xds", "cluster_name"]).or_else(|| property(vec!["cluster_name"]))
+            }
             Need::Header => {
                 if let Some(name) = limiter.config.header_name.as_deref() {
                     header = self.get_http_request_header(name);

@@ -16,7 +16,7 @@ pub const UNEXPECTED_ERROR: &str = "An unexpected error occurred";
 pub struct RequestInfo<'a> {
     /// `source.address`: the downstream peer, `IP:port` (`[v6]:port`).
     pub source_address: Option<&'a str>,
-    /// The Envoy cluster the request is routed to (`cluster_name`): Kong's service.
+    /// The Envoy cluster the request is routed to (`xds.cluster_name`): Kong's service.
     pub cluster: Option<&'a str>,
     /// The value of `config.header_name` (first one when repeated).
     pub header: Option<&'a str>,
@@ -59,7 +59,8 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    /// `instance` names the plugin instance within its VM (Envoy's `plugin_name`).
+    /// `instance` names the plugin instance within its VM's shared data (the adapter uses
+    /// Envoy's `plugin_name` and a fingerprint of the configuration).
     pub fn new(config: Config, instance: &str) -> Limiter {
         Limiter {
             config,

@@ -15,7 +15,8 @@
 //! the CAS of missing keys (and refuses the creation while the key is still missing), the
 //! next attempt creates with CAS 0.
 //!
-//! Keys, per plugin instance (`scope`); shared data has no delete and no TTL, so the key space
+//! Keys, per plugin instance (`scope`: Envoy's plugin name and a fingerprint of the
+//! configuration, within the VM's shared data); shared data has no delete and no TTL, so the key space
 //! is bounded by design:
 //! - `<scope>|=<identifier>`: the counters of one identifier, at most `max_identifiers` keys
 //!   (identifiers longer than [`MAX_IDENTIFIER_LEN`] bytes are replaced by a 128-bit hash);
@@ -70,13 +71,8 @@ pub fn identifier_key(scope: &str, identifier: &str) -> String {
     } else {
         let (a, b) = hash128(identifier.as_bytes());
         let mut key = format!("{scope}|=#");
-        for word in [a, b] {
-            for shift in (0..16).rev() {
-                key.push(char::from(
-                    b"0123456789abcdef"[(word >> (shift * 4)) as usize & 15],
-                ));
-            }
-        }
+        push_hex(&mut key, a);
+        push_hex(&mut key, b);
         key
     }
 }
@@ -88,6 +84,21 @@ fn ids_key(scope: &str) -> String {
 fn overflow_key(scope: &str, identifier: &str) -> String {
     let (a, _) = hash128(identifier.as_bytes());
     format!("{scope}|*{}", a % OVERFLOW_BUCKETS)
+}
+
+/// 16 hex digits of a 64-bit FNV-1a hash (a plugin configuration's fingerprint).
+pub fn fingerprint(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(16);
+    push_hex(&mut out, hash128(bytes).0);
+    out
+}
+
+fn push_hex(out: &mut String, word: u64) {
+    for shift in (0..16).rev() {
+        out.push(char::from(
+            b"0123456789abcdef"[(word >> (shift * 4)) as usize & 15],
+        ));
+    }
 }
 
 /// Two FNV-1a 64 hashes with different offset bases (stable across VMs and builds).
