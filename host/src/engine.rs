@@ -148,7 +148,10 @@ impl Engine {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         bytes.hash(&mut h);
-        self.inner.engine.precompile_compatibility_hash().hash(&mut h);
+        self.inner
+            .engine
+            .precompile_compatibility_hash()
+            .hash(&mut h);
         dir.join(format!("{:016x}-{}.cwasm", h.finish(), bytes.len()))
     }
 }

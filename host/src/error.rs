@@ -9,10 +9,16 @@ pub enum Error {
     /// The bytes are not a valid module, or not a proxy-wasm module we support.
     Module(String),
     /// Instantiation or a start-up function failed (trap, deadline, missing import).
-    Start { plugin: String, reason: String },
+    Start {
+        plugin: String,
+        reason: String,
+    },
     /// `proxy_on_vm_start` or `proxy_on_configure` returned false; `reason` is what the module
     /// logged meanwhile.
-    ConfigRefused { plugin: String, reason: String },
+    ConfigRefused {
+        plugin: String,
+        reason: String,
+    },
     Io(String),
 }
 

@@ -135,7 +135,13 @@ pub trait HttpFilter {
         FilterStatus::Continue
     }
     /// The answer to an HTTP call this filter made.
-    fn http_call_response(&mut self, _stream: &mut StreamData, _token: u32, _result: HttpCallResult) {}
+    fn http_call_response(
+        &mut self,
+        _stream: &mut StreamData,
+        _token: u32,
+        _result: HttpCallResult,
+    ) {
+    }
     /// Something happened on a gRPC call this filter made.
     fn grpc_event(&mut self, _stream: &mut StreamData, _token: u32, _event: GrpcInbound) {}
     /// The stream is over (complete, answered or reset): proxy-wasm's on_done, on_log,
@@ -151,11 +157,23 @@ pub trait FilterFactory {
 /// What the chain hands to the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    RequestHeaders { headers: Headers, end_of_stream: bool },
-    RequestData { data: Vec<u8>, end_of_stream: bool },
+    RequestHeaders {
+        headers: Headers,
+        end_of_stream: bool,
+    },
+    RequestData {
+        data: Vec<u8>,
+        end_of_stream: bool,
+    },
     RequestTrailers(Headers),
-    ResponseHeaders { headers: Headers, end_of_stream: bool },
-    ResponseData { data: Vec<u8>, end_of_stream: bool },
+    ResponseHeaders {
+        headers: Headers,
+        end_of_stream: bool,
+    },
+    ResponseData {
+        data: Vec<u8>,
+        end_of_stream: bool,
+    },
     ResponseTrailers(Headers),
     /// Abort the stream (both directions).
     Reset,
@@ -518,7 +536,10 @@ impl HttpStream {
         }
         match dir {
             Dir::Request => {
-                let idx = self.request.stopped.map_or(0, |(p, _)| self.request.order[p]);
+                let idx = self
+                    .request
+                    .stopped
+                    .map_or(0, |(p, _)| self.request.order[p]);
                 self.local_reply(
                     Dir::Request,
                     idx,

@@ -57,7 +57,11 @@ impl Headers {
 
     /// Replaces every value of `name` with one (adds it when absent).
     pub fn replace(&mut self, name: &str, value: &str) {
-        match self.0.iter().position(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        match self
+            .0
+            .iter()
+            .position(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             Some(first) => {
                 self.0[first].1 = value.to_owned();
                 let mut i = first + 1;

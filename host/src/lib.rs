@@ -36,7 +36,10 @@ pub use callout::{HttpCallResponse, HttpCallResult, HttpCallout};
 pub use engine::{Engine, EngineConfig};
 pub use env::HostEnv;
 pub use error::Error;
-pub use filter_chain::{FilterChain, FilterStatus, HttpFilter, HttpStream, LocalResponse, Output, StreamData, StreamInfo};
+pub use filter_chain::{
+    FilterChain, FilterStatus, HttpFilter, HttpStream, LocalResponse, Output, StreamData,
+    StreamInfo,
+};
 pub use headers::Headers;
 pub use module::PluginModule;
 pub use plugin::{Plugin, WasmFilter, WorkerPlugin};

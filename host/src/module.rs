@@ -31,8 +31,8 @@ impl std::fmt::Debug for PluginModule {
 
 impl PluginModule {
     pub fn from_file(engine: &Engine, path: &Path) -> Result<PluginModule, Error> {
-        let bytes =
-            std::fs::read(path).map_err(|e| Error::Io(format!("reading {}: {e}", path.display())))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Io(format!("reading {}: {e}", path.display())))?;
         PluginModule::new(engine, &bytes)
             .map_err(|e| Error::Module(format!("{}: {e}", path.display())))
     }
@@ -45,7 +45,9 @@ impl PluginModule {
         } else if has("proxy_abi_version_0_2_0") {
             AbiVersion::V0_2_0
         } else if has("proxy_abi_version_0_1_0") {
-            return Err(Error::Module("proxy-wasm ABI 0.1.0 is not supported".into()));
+            return Err(Error::Module(
+                "proxy-wasm ABI 0.1.0 is not supported".into(),
+            ));
         } else {
             return Err(Error::Module(
                 "not a proxy-wasm module (no proxy_abi_version_* export)".into(),
@@ -61,7 +63,8 @@ impl PluginModule {
             };
             let (m, name) = (import.module().to_owned(), import.name().to_owned());
             let is_wasi = wasi::MODULES.contains(&m.as_str());
-            let answers_errno = is_wasi && ty.results().len() == 1
+            let answers_errno = is_wasi
+                && ty.results().len() == 1
                 && matches!(ty.results().next(), Some(ValType::I32))
                 && m != "env";
             let full = format!("{m}.{name}");
@@ -75,9 +78,7 @@ impl PluginModule {
             } else {
                 let message = format!("unimplemented host function {full}");
                 linker.func_new(&m, &name, ty.clone(), move |c, _params, _results| {
-                    c.data()
-                        .logs
-                        .log(crate::logs::LogLevel::Error, &message);
+                    c.data().logs.log(crate::logs::LogLevel::Error, &message);
                     Err(wasmtime::Error::msg(message.clone()))
                 })
             };

@@ -63,8 +63,11 @@ impl Plugin {
     /// Starts a throwaway instance: `Err(ConfigRefused)` when the module refuses its
     /// configuration (the control plane's validation step).
     pub fn validate(&self) -> Result<(), Error> {
-        self.start_vm(&Arc::new(LogSink::new(&self.inner.config.name)), &Mailbox::new())
-            .map(drop)
+        self.start_vm(
+            &Arc::new(LogSink::new(&self.inner.config.name)),
+            &Mailbox::new(),
+        )
+        .map(drop)
     }
 
     /// This worker's instance.
@@ -121,7 +124,8 @@ impl Worker {
             match self.plugin.start_vm(&self.logs, &self.mailbox) {
                 Ok(vm) => self.vm = Some(vm),
                 Err(e) => {
-                    self.logs.log(LogLevel::Error, &format!("restart failed: {e}"));
+                    self.logs
+                        .log(LogLevel::Error, &format!("restart failed: {e}"));
                     return None;
                 }
             }
@@ -136,10 +140,7 @@ impl Worker {
         let _ = inner.env.metrics.increment(inner.failure_metric, 1);
         self.logs.log(
             LogLevel::Error,
-            &format!(
-                "{}: {failure}; the instance is replaced",
-                inner.config.name
-            ),
+            &format!("{}: {failure}; the instance is replaced", inner.config.name),
         );
         self.vm = None;
         self.generation += 1;
@@ -389,7 +390,9 @@ impl HttpFilter for WasmFilter {
         if self.context.is_none() {
             return;
         }
-        self.invoke(s, |vm, _| vm.on_http_call_response(token, result).map(|()| 0));
+        self.invoke(s, |vm, _| {
+            vm.on_http_call_response(token, result).map(|()| 0)
+        });
     }
 
     fn grpc_event(&mut self, s: &mut StreamData, token: u32, event: GrpcInbound) {

@@ -65,10 +65,10 @@ pub fn get(
         ["request", "time"] => Some(int(unix_nanos(info.start))),
         ["request", "duration"] => Some(int(now_ns.saturating_sub(unix_nanos(info.start)))),
         ["request", "size"] => Some(int(s.request_bytes)),
-        ["request", "total_size"] => Some(int(
-            s.request_bytes
-                + s.request_headers.as_ref().map_or(0, |h| h.byte_size() as u64),
-        )),
+        ["request", "total_size"] => Some(int(s.request_bytes
+            + s.request_headers
+                .as_ref()
+                .map_or(0, |h| h.byte_size() as u64))),
         ["request", "headers"] | ["response", "headers"] => None,
         ["request", "headers", name] => header(name),
         ["response", "headers", name] => s

@@ -77,7 +77,13 @@ impl SharedQueues {
     }
 
     /// Registers (or re-registers, taking ownership) a queue; returns its id.
-    pub fn register(&self, vm_id: &str, name: &str, owner: &Arc<Mailbox>, root_context: u32) -> u32 {
+    pub fn register(
+        &self,
+        vm_id: &str,
+        name: &str,
+        owner: &Arc<Mailbox>,
+        root_context: u32,
+    ) -> u32 {
         let mut inner = self.lock();
         let key = (vm_id.to_owned(), name.to_owned());
         if let Some(&id) = inner.by_name.get(&key) {

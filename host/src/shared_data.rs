@@ -78,8 +78,7 @@ impl SharedData {
                 if bytes > self.max_bytes_per_vm {
                     return Err(SetError::Full);
                 }
-                ns.entries
-                    .insert(key.to_owned(), (value.to_vec(), new_cas));
+                ns.entries.insert(key.to_owned(), (value.to_vec(), new_cas));
                 ns.bytes = bytes;
             }
         }
@@ -114,7 +113,10 @@ mod tests {
         data.set("vm", "k", b"1", 77).unwrap();
         let (v, cas) = data.get("vm", "k").unwrap();
         assert_eq!(v, b"1");
-        assert_eq!(data.set("vm", "k", b"2", cas + 1), Err(SetError::CasMismatch));
+        assert_eq!(
+            data.set("vm", "k", b"2", cas + 1),
+            Err(SetError::CasMismatch)
+        );
         data.set("vm", "k", b"2", cas).unwrap();
         assert_eq!(data.set("vm", "k", b"3", cas), Err(SetError::CasMismatch));
         data.set("vm", "k", b"4", 0).unwrap();

@@ -326,7 +326,10 @@ impl Harness {
 
     /// Every log record of every plugin in the chain.
     pub fn logs(&self) -> Vec<LogRecord> {
-        self.workers.iter().flat_map(|w| w.logs().records()).collect()
+        self.workers
+            .iter()
+            .flat_map(|w| w.logs().records())
+            .collect()
     }
 
     /// The log messages, one string each.
@@ -392,8 +395,11 @@ impl Harness {
 
     /// Sends one request through the chain and, unless a filter answers, to the upstream.
     pub fn send(&mut self, req: TestRequest) -> Outcome {
-        let filters: Vec<Box<dyn HttpFilter>> =
-            self.workers.iter().map(|w| Box::new(w.filter()) as Box<dyn HttpFilter>).collect();
+        let filters: Vec<Box<dyn HttpFilter>> = self
+            .workers
+            .iter()
+            .map(|w| Box::new(w.filter()) as Box<dyn HttpFilter>)
+            .collect();
         let mut info = self.info.clone();
         info.protocol = req.protocol.clone();
         info.start = self.clock.now();
@@ -552,7 +558,8 @@ impl Harness {
                     }
                 }
                 // The upstream speaks HTTP/1.1 (as in our Envoy bootstraps): `host`.
-                rest.0.insert(0, ("host".into(), run.upstream.authority.clone()));
+                rest.0
+                    .insert(0, ("host".into(), run.upstream.authority.clone()));
                 run.upstream.headers = rest;
                 run.upstream_done = end_of_stream;
             }

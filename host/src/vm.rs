@@ -66,6 +66,7 @@ type F3 = TypedFunc<(u32, u32, u32), ()>;
 type B1 = TypedFunc<u32, u32>;
 type B2 = TypedFunc<(u32, u32), u32>;
 type B3 = TypedFunc<(u32, u32, u32), u32>;
+type F5 = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
 struct Exports {
     on_context_create: Option<F2>,
@@ -82,7 +83,7 @@ struct Exports {
     on_response_headers: Option<B3>,
     on_response_body: Option<B3>,
     on_response_trailers: Option<B2>,
-    on_http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    on_http_call_response: Option<F5>,
     on_grpc_receive_initial_metadata: Option<F3>,
     on_grpc_receive: Option<F3>,
     on_grpc_receive_trailing_metadata: Option<F3>,
@@ -97,10 +98,12 @@ fn export<P: WasmParams, R: WasmResults>(
 ) -> Result<Option<TypedFunc<P, R>>, String> {
     match instance.get_func(&mut *store, name) {
         None => Ok(None),
-        Some(f) => f
-            .typed::<P, R>(&*store)
-            .map(Some)
-            .map_err(|e| format!("export {name} has an unexpected signature: {}", describe(&e))),
+        Some(f) => f.typed::<P, R>(&*store).map(Some).map_err(|e| {
+            format!(
+                "export {name} has an unexpected signature: {}",
+                describe(&e)
+            )
+        }),
     }
 }
 
@@ -190,10 +193,11 @@ impl Vm {
             on_grpc_close: ex!("proxy_on_grpc_close"),
             on_foreign_function: ex!("proxy_on_foreign_function"),
         };
-        let init = match export::<(), ()>(&instance, &mut store, "_initialize").map_err(&start_err)? {
-            Some(f) => Some(f),
-            None => export::<(), ()>(&instance, &mut store, "_start").map_err(&start_err)?,
-        };
+        let init =
+            match export::<(), ()>(&instance, &mut store, "_initialize").map_err(&start_err)? {
+                Some(f) => Some(f),
+                None => export::<(), ()>(&instance, &mut store, "_start").map_err(&start_err)?,
+            };
         let mut vm = Vm {
             store,
             ex,
@@ -337,26 +341,40 @@ impl Vm {
         self.headers_cb("proxy_on_request_body", f, ctx, size as u32, eos)
     }
 
-    pub fn on_response_headers(&mut self, ctx: u32, n: usize, eos: bool) -> Result<Action, Failure> {
+    pub fn on_response_headers(
+        &mut self,
+        ctx: u32,
+        n: usize,
+        eos: bool,
+    ) -> Result<Action, Failure> {
         let f = self.ex.on_response_headers.clone();
         self.headers_cb("proxy_on_response_headers", f, ctx, n as u32, eos)
     }
 
-    pub fn on_response_body(&mut self, ctx: u32, size: usize, eos: bool) -> Result<Action, Failure> {
+    pub fn on_response_body(
+        &mut self,
+        ctx: u32,
+        size: usize,
+        eos: bool,
+    ) -> Result<Action, Failure> {
         let f = self.ex.on_response_body.clone();
         self.headers_cb("proxy_on_response_body", f, ctx, size as u32, eos)
     }
 
     pub fn on_request_trailers(&mut self, ctx: u32, n: usize) -> Result<Action, Failure> {
         match self.ex.on_request_trailers.clone() {
-            Some(f) => self.guard("proxy_on_request_trailers", ctx, |s| f.call(s, (ctx, n as u32))),
+            Some(f) => self.guard("proxy_on_request_trailers", ctx, |s| {
+                f.call(s, (ctx, n as u32))
+            }),
             None => Ok(0),
         }
     }
 
     pub fn on_response_trailers(&mut self, ctx: u32, n: usize) -> Result<Action, Failure> {
         match self.ex.on_response_trailers.clone() {
-            Some(f) => self.guard("proxy_on_response_trailers", ctx, |s| f.call(s, (ctx, n as u32))),
+            Some(f) => self.guard("proxy_on_response_trailers", ctx, |s| {
+                f.call(s, (ctx, n as u32))
+            }),
             None => Ok(0),
         }
     }
@@ -384,7 +402,11 @@ impl Vm {
         self.store.data().callout_owner.get(&token).copied()
     }
 
-    pub fn on_http_call_response(&mut self, token: u32, result: HttpCallResult) -> Result<(), Failure> {
+    pub fn on_http_call_response(
+        &mut self,
+        token: u32,
+        result: HttpCallResult,
+    ) -> Result<(), Failure> {
         let Some(ctx) = self.store.data_mut().callout_owner.remove(&token) else {
             return Ok(());
         };
@@ -393,7 +415,11 @@ impl Vm {
             HttpCallResult::Failed => None,
         };
         let (n, body, t) = response.as_ref().map_or((0, 0, 0), |r| {
-            (r.headers.len() as u32, r.body.len() as u32, r.trailers.len() as u32)
+            (
+                r.headers.len() as u32,
+                r.body.len() as u32,
+                r.trailers.len() as u32,
+            )
         });
         self.store.data_mut().http_response = response;
         let result = match self.ex.on_http_call_response.clone() {
@@ -416,7 +442,11 @@ impl Vm {
             GrpcInbound::InitialMetadata(h) => {
                 let n = h.len() as u32;
                 state.grpc.initial_metadata = Some(h);
-                ("proxy_on_grpc_receive_initial_metadata", self.ex.on_grpc_receive_initial_metadata.clone(), n)
+                (
+                    "proxy_on_grpc_receive_initial_metadata",
+                    self.ex.on_grpc_receive_initial_metadata.clone(),
+                    n,
+                )
             }
             GrpcInbound::Message(m) => {
                 let n = m.len() as u32;
@@ -426,7 +456,11 @@ impl Vm {
             GrpcInbound::TrailingMetadata(h) => {
                 let n = h.len() as u32;
                 state.grpc.trailing_metadata = Some(h);
-                ("proxy_on_grpc_receive_trailing_metadata", self.ex.on_grpc_receive_trailing_metadata.clone(), n)
+                (
+                    "proxy_on_grpc_receive_trailing_metadata",
+                    self.ex.on_grpc_receive_trailing_metadata.clone(),
+                    n,
+                )
             }
             GrpcInbound::Close { status, message } => {
                 state.status = (status, message);
@@ -464,7 +498,9 @@ impl Vm {
         let len = args.len() as u32;
         self.store.data_mut().call_data = Some(args);
         let result = match self.ex.on_foreign_function.clone() {
-            Some(f) => self.guard("proxy_on_foreign_function", root, |s| f.call(s, (root, function_id, len))),
+            Some(f) => self.guard("proxy_on_foreign_function", root, |s| {
+                f.call(s, (root, function_id, len))
+            }),
             None => Ok(()),
         };
         self.store.data_mut().call_data = None;

@@ -75,7 +75,11 @@ fn fd_write(mut c: C<'_>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) -> i
     }
     let written = data.len() as u32;
     let (level, state) = (
-        if fd == 1 { LogLevel::Info } else { LogLevel::Error },
+        if fd == 1 {
+            LogLevel::Info
+        } else {
+            LogLevel::Error
+        },
         c.data_mut(),
     );
     let line = if fd == 1 {
@@ -161,5 +165,7 @@ fn proc_exit(c: C<'_>, code: u32) -> wasmtime::Result<()> {
     c.data()
         .logs
         .log(LogLevel::Warn, &format!("proc_exit({code})"));
-    Err(wasmtime::Error::msg(format!("module called proc_exit({code})")))
+    Err(wasmtime::Error::msg(format!(
+        "module called proc_exit({code})"
+    )))
 }

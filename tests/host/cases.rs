@@ -14,7 +14,14 @@ fn every_case_file_in_the_host() {
     let failures: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = files
             .iter()
-            .map(|file| scope.spawn(move || (file.path.display().to_string(), runner::run_file(file, None))))
+            .map(|file| {
+                scope.spawn(move || {
+                    (
+                        file.path.display().to_string(),
+                        runner::run_file(file, None),
+                    )
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -27,5 +34,10 @@ fn every_case_file_in_the_host() {
             })
             .collect()
     });
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }

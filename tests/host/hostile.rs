@@ -67,7 +67,11 @@ fn an_endless_loop_hits_the_deadline_and_fails_closed_then_the_instance_is_repla
     let (mut h, w) = harness(&wasm, FailurePolicy::FailClosed);
     let started = Instant::now();
     let out = h.send(TestRequest::get("/"));
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(out.response.status, 503);
     assert!(out.upstream.is_none());
     assert_eq!(w.plugin().failures(), 1);
@@ -77,7 +81,8 @@ fn an_endless_loop_hits_the_deadline_and_fails_closed_then_the_instance_is_repla
     assert_eq!(h.send(TestRequest::get("/")).response.status, 503);
     assert_eq!(w.plugin().failures(), 2);
     assert_eq!(
-        h.metric("wasmgate.plugin.hostile.failures").map(|m| m.value),
+        h.metric("wasmgate.plugin.hostile.failures")
+            .map(|m| m.value),
         Some(2)
     );
 }
@@ -199,7 +204,10 @@ fn module_with_context_create() -> Vec<u8> {
 
 #[test]
 fn a_trap_at_start_or_configure_refuses_to_load() {
-    let wasm = module("(i32.const 0)", "(func (export \"_initialize\") unreachable)");
+    let wasm = module(
+        "(i32.const 0)",
+        "(func (export \"_initialize\") unreachable)",
+    );
     let mut h = Harness::new().expect("harness");
     match h.load_bytes(&wasm, PluginConfig::new("hostile", "")) {
         Err(Error::Start { reason, .. }) => assert!(reason.contains("_initialize"), "{reason}"),
@@ -209,14 +217,20 @@ fn a_trap_at_start_or_configure_refuses_to_load() {
 
 #[test]
 fn an_endless_loop_at_start_is_bounded() {
-    let wasm = module("(i32.const 0)", "(func (export \"_initialize\") (loop $l (br $l)))");
+    let wasm = module(
+        "(i32.const 0)",
+        "(func (export \"_initialize\") (loop $l (br $l)))",
+    );
     let mut h = Harness::new().expect("harness");
     let started = Instant::now();
     let config = PluginConfig::new("hostile", "").limits(Limits {
         startup_deadline: Duration::from_millis(100),
         ..limits()
     });
-    assert!(matches!(h.load_bytes(&wasm, config), Err(Error::Start { .. })));
+    assert!(matches!(
+        h.load_bytes(&wasm, config),
+        Err(Error::Start { .. })
+    ));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -230,9 +244,15 @@ fn a_pause_nobody_resumes_ends_with_the_stream_timeout() {
     assert_eq!(out.response.text(), "stream timeout");
     assert!(out.upstream.is_none());
     // A body that is buffered forever is bounded by the buffer limit first.
-    let wasm = module("(i32.const 0)", "(func (export \"proxy_on_request_body\") (param i32 i32 i32) (result i32) (i32.const 1))");
+    let wasm = module(
+        "(i32.const 0)",
+        "(func (export \"proxy_on_request_body\") (param i32 i32 i32) (result i32) (i32.const 1))",
+    );
     let (mut h, _) = harness(&wasm, FailurePolicy::FailClosed);
-    let out = h.send(TestRequest::post("/", vec![b'a'; 2 << 20]).body(TestBody::Pieces(vec![vec![b'a'; 1 << 20]; 3])));
+    let out = h.send(
+        TestRequest::post("/", vec![b'a'; 2 << 20])
+            .body(TestBody::Pieces(vec![vec![b'a'; 1 << 20]; 3])),
+    );
     assert_eq!(out.response.status, 413);
 }
 
@@ -252,6 +272,10 @@ fn unknown_imports_trap_only_when_called() {
     let wasm = wat::parse_str(text).expect("WAT");
     let (mut h, w) = harness(&wasm, FailurePolicy::FailClosed);
     assert_eq!(h.send(TestRequest::get("/")).response.status, 503);
-    assert!(h.log_text().contains("env.proxy_not_a_function"), "{}", h.log_text());
+    assert!(
+        h.log_text().contains("env.proxy_not_a_function"),
+        "{}",
+        h.log_text()
+    );
     assert_eq!(w.plugin().failures(), 1);
 }

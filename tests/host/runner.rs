@@ -15,7 +15,10 @@ use wasmgate_tests::client::{filler_chunk, Protocol, RequestBody, Response};
 use wasmgate_tests::echo::{EchoReport, ECHO_HEADER};
 
 /// The request as the host harness takes it.
-fn test_request(case_request: &wasmgate_tests::cases::CaseRequest, protocol: Protocol) -> TestRequest {
+fn test_request(
+    case_request: &wasmgate_tests::cases::CaseRequest,
+    protocol: Protocol,
+) -> TestRequest {
     let request = case_request.to_request();
     let filler = |len: u64| -> Vec<Vec<u8>> {
         let chunk = filler_chunk(64 * 1024);
@@ -32,8 +35,14 @@ fn test_request(case_request: &wasmgate_tests::cases::CaseRequest, protocol: Pro
         RequestBody::Empty => TestBody::Empty,
         RequestBody::Bytes(b) => TestBody::Bytes(b.clone()),
         RequestBody::Chunks(c) => TestBody::Chunks(c.clone()),
-        RequestBody::Filler { len, with_length: true } => TestBody::Pieces(filler(*len)),
-        RequestBody::Filler { len, with_length: false } => TestBody::Chunks(filler(*len)),
+        RequestBody::Filler {
+            len,
+            with_length: true,
+        } => TestBody::Pieces(filler(*len)),
+        RequestBody::Filler {
+            len,
+            with_length: false,
+        } => TestBody::Chunks(filler(*len)),
     };
     let mut req = TestRequest::new(&request.method, &request.path).body(body);
     req.headers = request.headers.clone();
@@ -94,7 +103,10 @@ pub fn run_file(file: &CaseFile, module: Option<&Path>) -> Vec<String> {
         if let Some(expected) = case.config_error() {
             let name = format!("refused-{i}");
             match harness(file, module, case, &name, 40000) {
-                Ok(_) => failures.push(format!("{:?}: the host accepted a config it must refuse", case.name)),
+                Ok(_) => failures.push(format!(
+                    "{:?}: the host accepted a config it must refuse",
+                    case.name
+                )),
                 Err(Error::ConfigRefused { reason, .. }) if reason.contains(expected) => {}
                 Err(e) => failures.push(format!(
                     "{:?}: refused, but not with {expected:?}: {e}",
@@ -137,4 +149,3 @@ pub fn run_file(file: &CaseFile, module: Option<&Path>) -> Vec<String> {
     }
     failures
 }
-

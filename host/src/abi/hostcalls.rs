@@ -39,8 +39,16 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     let m = "env";
     linker.func_wrap(m, "proxy_log", proxy_log)?;
     linker.func_wrap(m, "proxy_get_log_level", proxy_get_log_level)?;
-    linker.func_wrap(m, "proxy_get_current_time_nanoseconds", proxy_get_current_time)?;
-    linker.func_wrap(m, "proxy_set_tick_period_milliseconds", proxy_set_tick_period)?;
+    linker.func_wrap(
+        m,
+        "proxy_get_current_time_nanoseconds",
+        proxy_get_current_time,
+    )?;
+    linker.func_wrap(
+        m,
+        "proxy_set_tick_period_milliseconds",
+        proxy_set_tick_period,
+    )?;
     linker.func_wrap(m, "proxy_get_buffer_bytes", proxy_get_buffer_bytes)?;
     linker.func_wrap(m, "proxy_set_buffer_bytes", proxy_set_buffer_bytes)?;
     linker.func_wrap(m, "proxy_get_buffer_status", proxy_get_buffer_status)?;
@@ -48,8 +56,16 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(m, "proxy_get_header_map_pairs", proxy_get_header_map_pairs)?;
     linker.func_wrap(m, "proxy_set_header_map_pairs", proxy_set_header_map_pairs)?;
     linker.func_wrap(m, "proxy_get_header_map_value", proxy_get_header_map_value)?;
-    linker.func_wrap(m, "proxy_replace_header_map_value", proxy_replace_header_map_value)?;
-    linker.func_wrap(m, "proxy_remove_header_map_value", proxy_remove_header_map_value)?;
+    linker.func_wrap(
+        m,
+        "proxy_replace_header_map_value",
+        proxy_replace_header_map_value,
+    )?;
+    linker.func_wrap(
+        m,
+        "proxy_remove_header_map_value",
+        proxy_remove_header_map_value,
+    )?;
     linker.func_wrap(m, "proxy_add_header_map_value", proxy_add_header_map_value)?;
     linker.func_wrap(m, "proxy_get_header_map_size", proxy_get_header_map_size)?;
     linker.func_wrap(m, "proxy_get_property", proxy_get_property)?;
@@ -63,7 +79,11 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(m, "proxy_get_status", proxy_get_status)?;
     linker.func_wrap(m, "proxy_get_shared_data", proxy_get_shared_data)?;
     linker.func_wrap(m, "proxy_set_shared_data", proxy_set_shared_data)?;
-    linker.func_wrap(m, "proxy_register_shared_queue", proxy_register_shared_queue)?;
+    linker.func_wrap(
+        m,
+        "proxy_register_shared_queue",
+        proxy_register_shared_queue,
+    )?;
     linker.func_wrap(m, "proxy_resolve_shared_queue", proxy_resolve_shared_queue)?;
     linker.func_wrap(m, "proxy_dequeue_shared_queue", proxy_dequeue_shared_queue)?;
     linker.func_wrap(m, "proxy_enqueue_shared_queue", proxy_enqueue_shared_queue)?;
@@ -71,15 +91,27 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(m, "proxy_grpc_call", proxy_grpc_call)?;
     linker.func_wrap(m, "proxy_grpc_stream", proxy_grpc_stream)?;
     linker.func_wrap(m, "proxy_grpc_send", proxy_grpc_send)?;
-    linker.func_wrap(m, "proxy_grpc_cancel", |c: C<'_>, t: u32| grpc_end(c, t, true))?;
-    linker.func_wrap(m, "proxy_grpc_close", |c: C<'_>, t: u32| grpc_end(c, t, false))?;
+    linker.func_wrap(m, "proxy_grpc_cancel", |c: C<'_>, t: u32| {
+        grpc_end(c, t, true)
+    })?;
+    linker.func_wrap(m, "proxy_grpc_close", |c: C<'_>, t: u32| {
+        grpc_end(c, t, false)
+    })?;
     linker.func_wrap(m, "proxy_define_metric", proxy_define_metric)?;
     linker.func_wrap(m, "proxy_increment_metric", proxy_increment_metric)?;
     linker.func_wrap(m, "proxy_record_metric", proxy_record_metric)?;
     linker.func_wrap(m, "proxy_get_metric", proxy_get_metric)?;
-    linker.func_wrap(m, "proxy_set_effective_context", proxy_set_effective_context)?;
+    linker.func_wrap(
+        m,
+        "proxy_set_effective_context",
+        proxy_set_effective_context,
+    )?;
     linker.func_wrap(m, "proxy_done", proxy_done)?;
-    linker.func_wrap(m, "proxy_call_foreign_function", proxy_call_foreign_function)?;
+    linker.func_wrap(
+        m,
+        "proxy_call_foreign_function",
+        proxy_call_foreign_function,
+    )?;
     // AssemblyScript's runtime imports.
     linker.func_wrap(m, "abort", as_abort)?;
     linker.func_wrap(m, "seed", |_: C<'_>| -> f64 {
@@ -175,7 +207,11 @@ fn proxy_set_buffer_bytes(mut c: C<'_>, kind: u32, start: u32, size: u32, ptr: u
         buffer::HTTP_RESPONSE_BODY => state.stream_data().map(|s| &mut s.response_body),
         buffer::HTTP_CALL_RESPONSE_BODY => state.http_response.as_mut().map(|r| &mut r.body),
         buffer::GRPC_RECEIVE_BUFFER => state.grpc.message.as_mut(),
-        0..=8 => None,
+        buffer::DOWNSTREAM_DATA
+        | buffer::UPSTREAM_DATA
+        | buffer::VM_CONFIGURATION
+        | buffer::PLUGIN_CONFIGURATION
+        | buffer::CALL_DATA => None,
         _ => return Ok(BAD_ARGUMENT),
     };
     let Some(buf) = target else {
@@ -187,11 +223,15 @@ fn proxy_set_buffer_bytes(mut c: C<'_>, kind: u32, start: u32, size: u32, ptr: u
 fn map_ref(state: &mut HostState, kind: u32) -> Result<Option<&mut Headers>, u32> {
     Ok(match kind {
         map::HTTP_REQUEST_HEADERS => state.stream_data().and_then(|s| s.request_headers.as_mut()),
-        map::HTTP_REQUEST_TRAILERS => state.stream_data().and_then(|s| s.request_trailers.as_mut()),
-        map::HTTP_RESPONSE_HEADERS => state.stream_data().and_then(|s| s.response_headers.as_mut()),
-        map::HTTP_RESPONSE_TRAILERS => {
-            state.stream_data().and_then(|s| s.response_trailers.as_mut())
-        }
+        map::HTTP_REQUEST_TRAILERS => state
+            .stream_data()
+            .and_then(|s| s.request_trailers.as_mut()),
+        map::HTTP_RESPONSE_HEADERS => state
+            .stream_data()
+            .and_then(|s| s.response_headers.as_mut()),
+        map::HTTP_RESPONSE_TRAILERS => state
+            .stream_data()
+            .and_then(|s| s.response_trailers.as_mut()),
         map::GRPC_RECEIVE_INITIAL_METADATA => state.grpc.initial_metadata.as_mut(),
         map::GRPC_RECEIVE_TRAILING_METADATA => state.grpc.trailing_metadata.as_mut(),
         map::HTTP_CALL_RESPONSE_HEADERS => state.http_response.as_mut().map(|r| &mut r.headers),
@@ -202,18 +242,18 @@ fn map_ref(state: &mut HostState, kind: u32) -> Result<Option<&mut Headers>, u32
 
 /// A mutable map; trailers are created on demand (a filter may add trailers).
 fn map_mut(state: &mut HostState, kind: u32) -> Result<&mut Headers, u32> {
-    if kind == map::HTTP_REQUEST_TRAILERS || kind == map::HTTP_RESPONSE_TRAILERS {
-        if state.stream_data().is_some() {
-            let Some(s) = state.stream_data() else {
-                return Err(BAD_ARGUMENT);
-            };
-            let slot = if kind == map::HTTP_REQUEST_TRAILERS {
-                &mut s.request_trailers
-            } else {
-                &mut s.response_trailers
-            };
-            return Ok(slot.get_or_insert_with(Headers::new));
-        }
+    if (kind == map::HTTP_REQUEST_TRAILERS || kind == map::HTTP_RESPONSE_TRAILERS)
+        && state.stream_data().is_some()
+    {
+        let Some(s) = state.stream_data() else {
+            return Err(BAD_ARGUMENT);
+        };
+        let slot = if kind == map::HTTP_REQUEST_TRAILERS {
+            &mut s.request_trailers
+        } else {
+            &mut s.response_trailers
+        };
+        return Ok(slot.get_or_insert_with(Headers::new));
     }
     map_ref(state, kind)?.ok_or(BAD_ARGUMENT)
 }
@@ -248,7 +288,14 @@ fn proxy_get_header_map_value(mut c: C<'_>, kind: u32, kp: u32, kl: u32, pp: u32
     }
 }
 
-fn proxy_replace_header_map_value(mut c: C<'_>, kind: u32, kp: u32, kl: u32, vp: u32, vl: u32) -> R {
+fn proxy_replace_header_map_value(
+    mut c: C<'_>,
+    kind: u32,
+    kp: u32,
+    kl: u32,
+    vp: u32,
+    vl: u32,
+) -> R {
     let key = tryst!(read_string(&c, kp, kl));
     let value = tryst!(read_string(&c, vp, vl));
     tryst!(map_mut(c.data_mut(), kind)).replace(&key, &value);
@@ -287,7 +334,13 @@ fn proxy_get_property(mut c: C<'_>, ptr: u32, len: u32, pp: u32, sp: u32) -> R {
         let state = c.data_mut();
         let plugin = state.plugin.clone();
         let root = std::mem::take(&mut state.root_properties);
-        let v = properties::get(&segments, &plugin, state.stream_data().map(|s| &*s), &root, now);
+        let v = properties::get(
+            &segments,
+            &plugin,
+            state.stream_data().map(|s| &*s),
+            &root,
+            now,
+        );
         state.root_properties = root;
         v
     };
@@ -385,9 +438,7 @@ fn proxy_close_stream(mut c: C<'_>, stream_type: u32) -> R {
     let known = state.streams.contains_key(&effective);
     match state.stream_data() {
         Some(s) => s.reset = true,
-        None if known => {
-            state.stream_ops.push((effective, StreamOp::Close))
-        }
+        None if known => state.stream_ops.push((effective, StreamOp::Close)),
         None => return Ok(NOT_FOUND),
     }
     Ok(OK)
@@ -414,7 +465,11 @@ fn proxy_set_shared_data(c: C<'_>, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32)
     let value = tryst!(read(&c, vp, vl));
     let state = c.data();
     Ok(
-        match state.env.shared_data.set(&state.plugin.vm_id, &key, &value, cas) {
+        match state
+            .env
+            .shared_data
+            .set(&state.plugin.vm_id, &key, &value, cas)
+        {
             Ok(()) => OK,
             Err(SetError::CasMismatch) => CAS_MISMATCH,
             Err(SetError::Full) => INTERNAL_FAILURE,
@@ -425,10 +480,12 @@ fn proxy_set_shared_data(c: C<'_>, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32)
 fn proxy_register_shared_queue(mut c: C<'_>, np: u32, nl: u32, id_ptr: u32) -> R {
     let name = tryst!(read_string(&c, np, nl));
     let state = c.data();
-    let id = state
-        .env
-        .queues
-        .register(&state.plugin.vm_id, &name, &state.mailbox, state.root_context);
+    let id = state.env.queues.register(
+        &state.plugin.vm_id,
+        &name,
+        &state.mailbox,
+        state.root_context,
+    );
     tryst!(write_u32(&mut c, id_ptr, id));
     Ok(OK)
 }
@@ -599,7 +656,14 @@ fn proxy_grpc_stream(
     mdl: u32,
     token_ptr: u32,
 ) -> R {
-    grpc_open(c, [(up, ul), (sp, sl), (mp, ml)], (mdp, mdl), None, 0, token_ptr)
+    grpc_open(
+        c,
+        [(up, ul), (sp, sl), (mp, ml)],
+        (mdp, mdl),
+        None,
+        0,
+        token_ptr,
+    )
 }
 
 fn proxy_grpc_send(mut c: C<'_>, token: u32, ptr: u32, len: u32, end_stream: u32) -> R {
@@ -687,7 +751,15 @@ fn proxy_done(mut c: C<'_>) -> R {
     Ok(OK)
 }
 
-fn proxy_call_foreign_function(mut c: C<'_>, np: u32, nl: u32, ap: u32, al: u32, pp: u32, sp: u32) -> R {
+fn proxy_call_foreign_function(
+    mut c: C<'_>,
+    np: u32,
+    nl: u32,
+    ap: u32,
+    al: u32,
+    pp: u32,
+    sp: u32,
+) -> R {
     let name = tryst!(read_string(&c, np, nl));
     let args = tryst!(read(&c, ap, al));
     let Some(f) = c.data().env.foreign.get(&name).cloned() else {
