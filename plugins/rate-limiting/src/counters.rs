@@ -207,7 +207,7 @@ pub fn number(value: f64) -> String {
     }
     let sign = if value < 0.0 { "-" } else { "" };
     let scaled = (value.abs() * 1e6 + 0.5).floor();
-    if !(scaled < 1e18) {
+    if scaled.is_nan() || scaled >= 1e18 {
         return format!("{sign}{}", value.abs() as u64);
     }
     let scaled = scaled as u64;

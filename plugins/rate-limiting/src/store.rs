@@ -211,11 +211,14 @@ pub mod memory {
 
     use super::{SetError, Store};
 
+    /// Key → (value, CAS), and the next CAS.
+    type Data = (HashMap<String, (Vec<u8>, u32)>, u32);
+
     /// proxy-wasm-cpp-host's `SharedData`: CAS values from one counter starting at 1 (0 is
     /// skipped), a CAS of 0 always writes, and the CAS is not checked when the key is missing.
     #[derive(Default)]
     pub struct MemoryStore {
-        inner: Mutex<(HashMap<String, (Vec<u8>, u32)>, u32)>,
+        inner: Mutex<Data>,
         /// Check the CAS of missing keys too (a stricter host).
         pub strict_create: bool,
     }
