@@ -2,8 +2,8 @@
 //!
 //! - `build`: the plugins for wasm32-wasip1 in release (installs the target when missing).
 //! - `test [ARGS]`: build, make sure Envoy 1.40 is available, then every test in the workspace.
-//! - `run [--port N]`: build, then a real Envoy on localhost with the seed's defaults in front
-//!   of a local echo upstream, until Ctrl-C.
+//! - `run [--port N] [--envoy]`: build, then wasmgate's gateway (or a real Envoy) on localhost
+//!   with the seed's defaults in front of a local echo backend, until Ctrl-C.
 //! - `bench [--quick]`: every data plane side by side; writes docs/BENCHMARKS.md and plots.
 
 mod envoy;
@@ -39,7 +39,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   build            build every plugin for wasm32-wasip1 (release)
   test [ARGS]      build, install Envoy 1.40 if needed, run every test (ARGS go to cargo test)
-  run [--port N]   start Envoy on 127.0.0.1:N (default 8000) with the seed's defaults
+  run [--port N] [--envoy]
+                   the seed's gateway on 127.0.0.1:N (default 8000; admin N+1), or Envoy
   bench [--quick]  measure every data plane; writes docs/BENCHMARKS.md and its plots";
 
 fn test(args: &[String]) -> Result<(), String> {
@@ -71,10 +72,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         "--bin",
         "bench",
     ]))?;
-    let bin = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| wasm::workspace_root().join("target"))
-        .join("native");
+    let bin = wasm::target_dir().join("native");
     let mut driver = std::process::Command::new(bin.join("bench"));
     driver
         .args(args)

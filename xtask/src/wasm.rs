@@ -60,6 +60,13 @@ fn ensure_target() -> Result<(), String> {
     status(Command::new("rustup").args(["target", "add", TARGET]))
 }
 
+/// Cargo's target folder (`CARGO_TARGET_DIR` or `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// Builds every plugin; returns the folder with the `.wasm` files.
 pub fn build() -> Result<PathBuf, String> {
     ensure_target()?;
@@ -70,11 +77,7 @@ pub fn build() -> Result<PathBuf, String> {
     for plugin in &plugins {
         status(cargo().args(["build", "--release", "--target", TARGET, "-p", plugin]))?;
     }
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-        .join(TARGET)
-        .join("release");
+    let dir = target_dir().join(TARGET).join("release");
     for plugin in &plugins {
         let module = dir.join(format!("{}.wasm", plugin.replace('-', "_")));
         let size = std::fs::metadata(&module)
