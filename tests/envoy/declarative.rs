@@ -52,6 +52,7 @@ async fn start() -> (EchoUpstream, EchoUpstream, Envoy) {
         filters_dir: None,
         runtime: V8.into(),
         env_allow: Vec::new(),
+        env_values: Vec::new(),
     };
     let envoy = Envoy::start_bootstrap(&bootstrap(&config, &options), 2)
         .await
@@ -161,6 +162,7 @@ async fn no_matching_route_is_kongs_404() {
         filters_dir: None,
         runtime: V8.into(),
         env_allow: Vec::new(),
+        env_values: Vec::new(),
     };
     let envoy = Envoy::start_bootstrap(&bootstrap(&config, &options), 1)
         .await

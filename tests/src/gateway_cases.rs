@@ -1,8 +1,11 @@
-//! Runs a case file through wasmgate's own data plane, `gateway`, over real sockets: the same
-//! files, the same expectations as in Envoy, so any difference between the two fails a test.
+//! Runs a case file through wasmgate's own data plane, `gateway`, and through a real Envoy
+//! started from `gateway envoy-bootstrap`'s translation of the very same declarative file,
+//! side by side over real sockets: both must meet every expectation, and answer every step
+//! with the same status.
 //!
-//! Cases that share an environment (secrets) share one gateway; every case and protocol gets
-//! its own route (selected by an `x-wasmgate-case` header) and its own plugin instance.
+//! Cases that share an environment (secrets) share one gateway and one Envoy; every case and
+//! protocol gets its own route (selected by an `x-wasmgate-case` header) and its own plugin
+//! instance.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -106,30 +109,77 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
                 continue;
             }
         };
+        let envoy = match start_envoy(&text, &env).await {
+            Ok(envoy) => envoy,
+            Err(e) => {
+                failures.push(format!(
+                    "{}: Envoy did not start from the translation: {e}",
+                    file.path.display()
+                ));
+                continue;
+            }
+        };
+        let targets = [
+            ("gateway", gateway.addr()),
+            ("Envoy", envoy.listener("wasmgate")),
+        ];
         for (i, case) in &cases {
             for protocol in case.protocols() {
                 let name = format!("case-{i}-{protocol:?}").to_lowercase();
                 for (n, step) in case.steps().iter().enumerate() {
                     let mut request = step.request.to_request();
                     request.headers.push((CASE_HEADER.into(), name.clone()));
-                    let problems =
-                        match crate::client::send(gateway.addr(), protocol, &request).await {
-                            Ok(response) => step
-                                .expect
-                                .check(&step.request, &Exchange::from_response(response)),
+                    let mut statuses = Vec::new();
+                    for (plane, addr) in targets {
+                        let problems = match crate::client::send(addr, protocol, &request).await {
+                            Ok(response) => {
+                                statuses.push(response.status);
+                                step.expect
+                                    .check(&step.request, &Exchange::from_response(response))
+                            }
                             Err(e) => vec![e],
                         };
-                    for problem in problems {
+                        for problem in problems {
+                            failures.push(format!(
+                                "{plane}: {:?} [{protocol:?}] step {}: {problem}",
+                                case.name,
+                                n + 1
+                            ));
+                        }
+                    }
+                    if statuses.len() == 2 && statuses[0] != statuses[1] {
                         failures.push(format!(
-                            "{:?} [{protocol:?}] step {}: {problem}",
+                            "{:?} [{protocol:?}] step {}: gateway answered {}, Envoy {}",
                             case.name,
-                            n + 1
+                            n + 1,
+                            statuses[0],
+                            statuses[1]
                         ));
                     }
                 }
             }
         }
-        drop(gateway);
+        if !failures.is_empty() {
+            failures.push(format!("Envoy log:\n{}", envoy.log()));
+        }
     }
     failures
+}
+
+/// A real Envoy from the model's translation of `declarative`.
+async fn start_envoy(
+    declarative: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<crate::Envoy, String> {
+    let config = model::parse_declarative(declarative).map_err(|e| e.to_string())?;
+    let options = model::envoy::EnvoyOptions {
+        listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+        admin: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+        modules_dir: crate::paths::wasm_dir(),
+        filters_dir: None,
+        runtime: model::envoy::V8.into(),
+        env_allow: Vec::new(),
+        env_values: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    crate::Envoy::start_bootstrap(&model::envoy::bootstrap(&config, &options), 2).await
 }

@@ -89,6 +89,7 @@ async fn serve(port: u16, with_envoy: bool, token: &str) -> Result<(), String> {
             filters_dir: None,
             runtime: model::envoy::V8.into(),
             env_allow: vec!["BACKEND_TOKEN".into()],
+            env_values: Vec::new(),
         };
         let bootstrap = model::envoy::bootstrap(&parsed, &options);
         let started = Envoy::start_bootstrap(&bootstrap, 2).await?;

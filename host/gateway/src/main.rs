@@ -210,6 +210,7 @@ fn envoy_bootstrap(
         filters_dir: runtime.filters_dir,
         runtime: model::envoy::V8.into(),
         env_allow: runtime.env_allow,
+        env_values: Vec::new(),
     };
     let bootstrap = model::envoy::bootstrap(&parsed, &options);
     let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| e.to_string())?;

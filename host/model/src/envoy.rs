@@ -36,6 +36,8 @@ pub struct EnvoyOptions {
     pub runtime: String,
     /// Names of Envoy's environment variables the modules may read (secrets).
     pub env_allow: Vec<String>,
+    /// Values written into the bootstrap itself (tests; prefer `env_allow` for secrets).
+    pub env_values: Vec<(String, String)>,
 }
 
 /// One wasm filter instance in the chain.
@@ -66,7 +68,9 @@ fn filter_slots(
         slots.push(FilterSlot {
             name: format!("wasmgate.plugin.{i}.{}", plugin.name),
             root_id: plugin.name.clone(),
-            vm_id: format!("wasmgate.plugin.{i}"),
+            // One VM per plugin module per worker; each instance has its own root context
+            // (Envoy keys them by root id and configuration).
+            vm_id: format!("wasmgate.{}", plugin.name),
             module: options.modules_dir.join(file),
             configuration: plugin.config.to_string(),
         });
@@ -116,7 +120,14 @@ pub fn http_filters(config: &Config, options: &EnvoyOptions) -> Vec<Value> {
                             "vm_id": slot.vm_id,
                             "runtime": options.runtime,
                             "code": {"local": {"filename": slot.module.to_string_lossy()}},
-                            "environment_variables": {"host_env_keys": options.env_allow},
+                            "environment_variables": {
+                                "host_env_keys": options.env_allow,
+                                "key_values": options
+                                    .env_values
+                                    .iter()
+                                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                                    .collect::<Map<String, Value>>(),
+                            },
                         },
                     },
                 },
