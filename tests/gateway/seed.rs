@@ -16,7 +16,7 @@ fn start(echo: &EchoUpstream) -> Gateway {
         .replace("http://127.0.0.1:8080", &format!("http://{}", echo.addr()));
     let options = GatewayOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: None,
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         workers: 2,
         access_log: false,
         runtime: gateway::filters::RuntimeOptions {
@@ -50,6 +50,19 @@ async fn the_seed_gateway_injects_the_secret_and_limits_size() {
         assert!(response
             .header("x-ratelimit-limit-second")
             .is_some_and(|v| v == "100"));
+    }
+    // The admin API exports the gateway's metrics and the modules' own.
+    let admin = gateway.admin_addr().unwrap();
+    let metrics = send(admin, Protocol::Http1, &Request::get("/metrics"))
+        .await
+        .unwrap()
+        .text();
+    for line in [
+        "wasmgate_requests_total{route=\"backend\",service=\"backend\",status=\"200\"} 2",
+        "wasmgate_filter_outcomes_total{filter=\"rate-limiting\",outcome=\"ran\"} 2",
+        "wasm_wasmgate_plugin_request_transformer_failures 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
     let at_limit = Request::post(
         "/up",

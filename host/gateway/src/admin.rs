@@ -88,7 +88,9 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
             )
         }
         (&Method::GET, "/metrics") => {
-            let mut response = Response::new(Full::new(Bytes::from(shared.metrics.render(""))));
+            let modules = module_metrics(&shared.runtime.env.metrics.snapshot());
+            let mut response =
+                Response::new(Full::new(Bytes::from(shared.metrics.render(&modules))));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -135,4 +137,35 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"message": "Not found"})),
     }
+}
+
+/// The modules' own proxy-wasm metrics (and the host's per-plugin failure counters) in
+/// Prometheus' text format, names sanitised (`a.b-c` → `wasm_a_b_c`).
+fn module_metrics(values: &[host::metrics::MetricValue]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for metric in values {
+        let name: String = metric
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let name = format!("wasm_{name}");
+        match metric.kind {
+            host::metrics::MetricKind::Counter => {
+                let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", metric.value);
+            }
+            host::metrics::MetricKind::Gauge => {
+                let _ = writeln!(out, "# TYPE {name} gauge\n{name} {}", metric.value);
+            }
+            host::metrics::MetricKind::Histogram => {
+                let _ = writeln!(
+                    out,
+                    "# TYPE {name} summary\n{name}_count {}\n{name}_sum {}",
+                    metric.count, metric.sum
+                );
+            }
+        }
+    }
+    out
 }
