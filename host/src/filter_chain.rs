@@ -259,6 +259,12 @@ impl HttpStream {
         &self.data
     }
 
+    /// Sets a property filters read with `get_property` (the data plane's own facts, e.g. the
+    /// route's regex captures), before the request starts. `path` joins segments with `\0`.
+    pub fn set_property(&mut self, path: &str, value: Vec<u8>) {
+        self.data.properties.insert(path.to_owned(), value);
+    }
+
     /// What to send on, in order.
     pub fn take_outputs(&mut self) -> Vec<Output> {
         std::mem::take(&mut self.outputs)

@@ -466,3 +466,45 @@ async fn a_client_that_disconnects_mid_body_frees_the_upstream_request() {
         .unwrap();
     assert!(forwarded > 0 && forwarded < 100_000_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regex_captures_feed_the_transformers_uri_captures() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let text = format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: users
+    url: http://{}
+    routes:
+      - name: user
+        paths: ["~/users/(?<id>\\d+)$"]
+        strip_path: false
+        plugins:
+          - name: request-transformer
+            config:
+              add:
+                headers: ["x-user:$(uri_captures.id)", "x-first:$(uri_captures[1])", "x-none:$(uri_captures.nope or \"-\")"]
+"#,
+        echo.addr()
+    );
+    let gateway = Gateway::start(
+        GatewayOptions {
+            runtime: gateway::filters::RuntimeOptions {
+                modules_dir: wasmgate_tests::paths::wasm_dir(),
+                ..Default::default()
+            },
+            ..options()
+        },
+        &text,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let response = send(gateway.addr(), Protocol::Http1, &Request::get("/users/42"))
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = report(&response.body);
+    assert_eq!(seen.header("x-user"), Some("42"));
+    assert_eq!(seen.header("x-first"), Some("42"));
+    assert_eq!(seen.header("x-none"), Some("-"));
+}

@@ -333,6 +333,25 @@ pub struct Matched<'a> {
     pub host: &'a str,
     /// The normalised path.
     pub path: &'a str,
+    /// The regex captures of the route's path, when it has a regex path.
+    pub captures: Option<&'a model::Captures>,
+}
+
+/// Kong's `uri_captures` as the request-transformer reads them: `{"0": whole match, "1": ...,
+/// "name": ...}`.
+fn captures_json(whole: &str, captures: &model::Captures) -> Vec<u8> {
+    let mut object = serde_json::Map::new();
+    object.insert("0".into(), serde_json::Value::String(whole.to_owned()));
+    for (i, value) in captures.positional.iter().enumerate() {
+        object.insert(
+            (i + 1).to_string(),
+            serde_json::Value::String(value.clone()),
+        );
+    }
+    for (name, value) in &captures.named {
+        object.insert(name.clone(), serde_json::Value::String(value.clone()));
+    }
+    serde_json::Value::Object(object).to_string().into_bytes()
 }
 
 pub async fn forward(
@@ -388,6 +407,12 @@ pub async fn forward(
             .collect(),
         info,
     )));
+    if let Some(captures) = matched.captures {
+        chain.borrow_mut().set_property(
+            request_transformer::URI_CAPTURES_PROPERTY,
+            captures_json(matched.matched, captures),
+        );
+    }
     let (upstream_tx, upstream_body) = channel(CHANNEL_FRAMES);
     let (client_tx, client_body) = channel(CHANNEL_FRAMES);
     let (request_head_tx, request_head_rx) = oneshot::channel::<Head>();
