@@ -3,7 +3,11 @@
 use wasmgate_tests::cases::{cases_dir, run_in_envoy, CaseFile};
 
 /// The case files this target runs; a file added to `tests/cases` must be listed here.
-const FILES: &[&str] = &["request-size-limiting", "request-transformer", "rate-limiting"];
+const FILES: &[&str] = &[
+    "request-size-limiting",
+    "request-transformer",
+    "rate-limiting",
+];
 
 async fn run(name: &str) {
     let file = CaseFile::load(&cases_dir().join(format!("{name}.yaml"))).expect("case file parses");

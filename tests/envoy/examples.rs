@@ -17,9 +17,16 @@ fn rewrite(value: &mut Value, upstream: std::net::SocketAddr) {
     match value {
         Value::Object(map) => {
             if let Some(Value::String(file)) = map.get("filename") {
-                let module = std::path::Path::new(file).file_name().unwrap().to_str().unwrap();
+                let module = std::path::Path::new(file)
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap();
                 let built = paths::wasm_dir().join(module);
-                map.insert("filename".into(), Value::String(built.to_string_lossy().into()));
+                map.insert(
+                    "filename".into(),
+                    Value::String(built.to_string_lossy().into()),
+                );
             }
             if let Some(port) = map.get("port_value").and_then(Value::as_u64) {
                 // The example's backend is :8080; everything else listens.
@@ -42,10 +49,26 @@ async fn request_size_limiting_example_enforces_10_mb() {
         .await
         .unwrap();
     let addr = envoy.listener("gateway");
-    let ok = Request::post("/", RequestBody::Filler { len: 10 << 20, with_length: true });
-    let response = wasmgate_tests::client::send(addr, Protocol::Http1, &ok).await.unwrap();
+    let ok = Request::post(
+        "/",
+        RequestBody::Filler {
+            len: 10 << 20,
+            with_length: true,
+        },
+    );
+    let response = wasmgate_tests::client::send(addr, Protocol::Http1, &ok)
+        .await
+        .unwrap();
     assert_eq!(response.status, 200, "{}", response.text());
-    let over = Request::post("/", RequestBody::Filler { len: (10 << 20) + 1, with_length: true });
-    let response = wasmgate_tests::client::send(addr, Protocol::Http2, &over).await.unwrap();
+    let over = Request::post(
+        "/",
+        RequestBody::Filler {
+            len: (10 << 20) + 1,
+            with_length: true,
+        },
+    );
+    let response = wasmgate_tests::client::send(addr, Protocol::Http2, &over)
+        .await
+        .unwrap();
     assert_eq!(response.status, 413, "{}", response.text());
 }
