@@ -40,9 +40,11 @@ impl Ops {
     }
 }
 
-/// The default `body_buffer_limit`: Envoy's default per-connection buffer limit, above which
-/// Envoy itself would answer 413 to a filter that keeps buffering.
-pub const DEFAULT_BODY_BUFFER_LIMIT: u64 = 1 << 20;
+/// The default `body_buffer_limit`: three quarters of Envoy's default per-connection buffer
+/// limit (1 MiB), above which Envoy itself answers 413 to a filter that keeps buffering. The
+/// slack matters for chunked bodies: the filter learns the running total only after Envoy has
+/// buffered the chunk that crosses the limit, and one dispatch can carry many chunks.
+pub const DEFAULT_BODY_BUFFER_LIMIT: u64 = 768 << 10;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -447,7 +449,7 @@ mod tests {
     fn defaults_are_empty() {
         let c = parse("").unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!(c.body_buffer_limit, 1 << 20);
+        assert_eq!(c.body_buffer_limit, 768 << 10);
         assert!(!c.hold_headers);
         assert_eq!(parse("{}").unwrap(), c);
         assert_eq!(

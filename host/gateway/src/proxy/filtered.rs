@@ -226,74 +226,65 @@ async fn http_call(worker: &Rc<Worker>, call: &host::HttpCallout) -> HttpCallRes
     }
 }
 
-/// Feeds the client's body (and trailers) into the chain.
-async fn request_pump(
-    worker: Rc<Worker>,
-    chain: Chain,
-    taps: Rc<RefCell<Taps>>,
-    mut body: Incoming,
-) {
-    loop {
-        match body.frame().await {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => chain.borrow_mut().request_data(data.to_vec(), false),
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        chain
-                            .borrow_mut()
-                            .request_trailers(from_header_map(&trailers, None));
-                    }
-                }
-            },
-            Some(Err(_)) => {
-                // The client went away mid-body: nothing more will come.
-                let mut taps = taps.borrow_mut();
-                taps.upstream = None;
-                if let Some(tx) = taps.reset.take() {
-                    let _ = tx.send(());
-                }
-                return;
-            }
-            None => {
-                chain.borrow_mut().request_data(Vec::new(), true);
-                deliver(&worker, &chain, &taps).await;
-                return;
-            }
-        }
-        deliver(&worker, &chain, &taps).await;
-    }
+/// Which side of the stream a body comes from.
+#[derive(Clone, Copy)]
+enum Side {
+    /// The client's request body.
+    Request,
+    /// The upstream's response body.
+    Response,
 }
 
-/// Feeds the upstream's body (and trailers) into the chain.
-async fn response_pump(
+/// Feeds one side's body (and trailers) into the chain as it arrives.
+async fn pump(
     worker: Rc<Worker>,
     chain: Chain,
     taps: Rc<RefCell<Taps>>,
     mut body: Incoming,
+    side: Side,
 ) {
     loop {
-        match body.frame().await {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => chain.borrow_mut().response_data(data.to_vec(), false),
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        chain
-                            .borrow_mut()
-                            .response_trailers(from_header_map(&trailers, None));
+        let frame = body.frame().await;
+        let ended = frame.is_none();
+        {
+            let mut stream = chain.borrow_mut();
+            match (frame, side) {
+                (Some(Ok(frame)), _) => match frame.into_data() {
+                    Ok(data) => match side {
+                        Side::Request => stream.request_data(data.to_vec(), false),
+                        Side::Response => stream.response_data(data.to_vec(), false),
+                    },
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let trailers = from_header_map(&trailers, None);
+                            match side {
+                                Side::Request => stream.request_trailers(trailers),
+                                Side::Response => stream.response_trailers(trailers),
+                            }
+                        }
                     }
+                },
+                (Some(Err(_)), Side::Request) => {
+                    // The client went away mid-body: nothing more will come.
+                    let mut taps = taps.borrow_mut();
+                    taps.upstream = None;
+                    if let Some(tx) = taps.reset.take() {
+                        let _ = tx.send(());
+                    }
+                    return;
                 }
-            },
-            Some(Err(_)) => {
-                taps.borrow_mut().client = None;
-                return;
-            }
-            None => {
-                chain.borrow_mut().response_data(Vec::new(), true);
-                deliver(&worker, &chain, &taps).await;
-                return;
+                (Some(Err(_)), Side::Response) => {
+                    taps.borrow_mut().client = None;
+                    return;
+                }
+                (None, Side::Request) => stream.request_data(Vec::new(), true),
+                (None, Side::Response) => stream.response_data(Vec::new(), true),
             }
         }
         deliver(&worker, &chain, &taps).await;
+        if ended {
+            return;
+        }
     }
 }
 
@@ -458,11 +449,12 @@ pub async fn forward(
         .request_headers(request_headers, end_of_stream);
     deliver(worker, &chain, &taps).await;
     if !end_of_stream {
-        tokio::task::spawn_local(request_pump(
+        tokio::task::spawn_local(pump(
             Rc::clone(worker),
             Rc::clone(&chain),
             Rc::clone(&taps),
             body,
+            Side::Request,
         ));
     }
 
@@ -567,11 +559,12 @@ pub async fn forward(
         .response_headers(response_headers, end_of_stream);
     deliver(worker, &chain, &taps).await;
     if !end_of_stream {
-        tokio::task::spawn_local(response_pump(
+        tokio::task::spawn_local(pump(
             Rc::clone(worker),
             Rc::clone(&chain),
             Rc::clone(&taps),
             response_body,
+            Side::Response,
         ));
     }
     let head = tokio::select! {

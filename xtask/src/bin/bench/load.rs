@@ -118,6 +118,87 @@ fn on_core<T>(core: Option<usize>, future: impl std::future::Future<Output = T>)
     tokio::task::LocalSet::new().block_on(&runtime, future)
 }
 
+impl Outcome {
+    fn empty() -> Outcome {
+        Outcome {
+            ok: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+            statuses: Default::default(),
+        }
+    }
+
+    fn merge(&mut self, other: Outcome) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        let _ = self.latency.add(&other.latency);
+        for (status, n) in other.statuses {
+            *self.statuses.entry(status).or_insert(0) += n;
+        }
+    }
+}
+
+/// One client connection and what it measured; reconnects after an error.
+struct Client {
+    addr: SocketAddr,
+    send: Option<SendRequest<Full<Bytes>>>,
+    outcome: Outcome,
+}
+
+impl Client {
+    async fn open(addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            send: connect(addr).await,
+            outcome: Outcome::empty(),
+        }
+    }
+
+    /// One request; its latency counts from `since` (when it was sent, or when it was due).
+    async fn request(&mut self, workload: &Workload, since: impl FnOnce() -> Instant) {
+        let Some(send) = self.send.as_mut() else {
+            self.outcome.errors += 1;
+            self.send = connect(self.addr).await;
+            return;
+        };
+        let since = since();
+        match exchange(send, workload).await {
+            Some(status) => {
+                self.outcome.ok += 1;
+                *self.outcome.statuses.entry(status).or_insert(0) += 1;
+                let _ = self
+                    .outcome
+                    .latency
+                    .record(since.elapsed().as_micros() as u64);
+            }
+            None => {
+                self.outcome.errors += 1;
+                self.send = connect(self.addr).await;
+            }
+        }
+    }
+}
+
+/// Runs one task per connection and merges what they measured.
+async fn run_clients<F>(connections: usize, task: impl Fn(usize) -> F) -> Outcome
+where
+    F: std::future::Future<Output = Outcome> + 'static,
+{
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| tokio::task::spawn_local(task(c)))
+        .collect();
+    let mut outcome = Outcome::empty();
+    for task in tasks {
+        if let Ok(measured) = task.await {
+            outcome.merge(measured);
+        }
+    }
+    outcome.elapsed = started.elapsed();
+    outcome
+}
+
 /// Closed loop: `connections` at once for `duration`.
 pub fn closed_loop(
     addr: SocketAddr,
@@ -126,59 +207,20 @@ pub fn closed_loop(
     duration: Duration,
     core: Option<usize>,
 ) -> Outcome {
-    on_core(core, async {
-        let deadline = Instant::now() + duration;
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..connections {
+    let deadline = Instant::now() + duration;
+    on_core(
+        core,
+        run_clients(connections, |_| {
             let workload = workload.clone();
-            tasks.push(tokio::task::spawn_local(async move {
-                let mut latency = histogram();
-                let (mut ok, mut errors) = (0u64, 0u64);
-                let mut statuses = std::collections::BTreeMap::new();
-                let mut connection = connect(addr).await;
+            async move {
+                let mut client = Client::open(addr).await;
                 while Instant::now() < deadline {
-                    let Some(send) = connection.as_mut() else {
-                        errors += 1;
-                        connection = connect(addr).await;
-                        continue;
-                    };
-                    let sent = Instant::now();
-                    match exchange(send, &workload).await {
-                        Some(status) => {
-                            ok += 1;
-                            *statuses.entry(status).or_insert(0u64) += 1;
-                            let _ = latency.record(sent.elapsed().as_micros() as u64);
-                        }
-                        None => {
-                            errors += 1;
-                            connection = connect(addr).await;
-                        }
-                    }
+                    client.request(&workload, Instant::now).await;
                 }
-                (ok, errors, latency, statuses)
-            }));
-        }
-        let mut outcome = Outcome {
-            ok: 0,
-            errors: 0,
-            elapsed: Duration::ZERO,
-            latency: histogram(),
-            statuses: Default::default(),
-        };
-        for task in tasks {
-            if let Ok((ok, errors, latency, statuses)) = task.await {
-                outcome.ok += ok;
-                outcome.errors += errors;
-                let _ = outcome.latency.add(&latency);
-                for (s, n) in statuses {
-                    *outcome.statuses.entry(s).or_insert(0) += n;
-                }
+                client.outcome
             }
-        }
-        outcome.elapsed = started.elapsed();
-        outcome
-    })
+        }),
+    )
 }
 
 /// Open loop: `rate` requests per second spread over `connections` for `duration`.
@@ -190,63 +232,25 @@ pub fn open_loop(
     duration: Duration,
     core: Option<usize>,
 ) -> Outcome {
-    on_core(core, async {
-        let started = Instant::now();
-        let interval = Duration::from_secs_f64(connections as f64 / rate.max(1.0));
-        let total_per_connection = (duration.as_secs_f64() / interval.as_secs_f64()) as u64;
-        let mut tasks = Vec::new();
-        for c in 0..connections {
+    let interval = Duration::from_secs_f64(connections as f64 / rate.max(1.0));
+    let per_connection = (duration.as_secs_f64() / interval.as_secs_f64()) as u64;
+    let started = Instant::now();
+    on_core(
+        core,
+        run_clients(connections, |c| {
             let workload = workload.clone();
             // Stagger the connections' schedules across one interval.
-            let offset = interval.mul_f64(c as f64 / connections as f64);
-            tasks.push(tokio::task::spawn_local(async move {
-                let mut latency = histogram();
-                let (mut ok, mut errors) = (0u64, 0u64);
-                let mut statuses = std::collections::BTreeMap::new();
-                let mut connection = connect(addr).await;
-                let first = started + offset;
-                for n in 0..total_per_connection {
+            let first = started + interval.mul_f64(c as f64 / connections as f64);
+            async move {
+                let mut client = Client::open(addr).await;
+                for n in 0..per_connection {
                     let due = first + interval.mul_f64(n as f64);
                     tokio::time::sleep_until(due.into()).await;
-                    let Some(send) = connection.as_mut() else {
-                        errors += 1;
-                        connection = connect(addr).await;
-                        continue;
-                    };
-                    match exchange(send, &workload).await {
-                        Some(status) => {
-                            ok += 1;
-                            *statuses.entry(status).or_insert(0u64) += 1;
-                            // From when it was due: a late send counts against the server.
-                            let _ = latency.record(due.elapsed().as_micros() as u64);
-                        }
-                        None => {
-                            errors += 1;
-                            connection = connect(addr).await;
-                        }
-                    }
+                    // From when it was due: a late send counts against the server.
+                    client.request(&workload, || due).await;
                 }
-                (ok, errors, latency, statuses)
-            }));
-        }
-        let mut outcome = Outcome {
-            ok: 0,
-            errors: 0,
-            elapsed: Duration::ZERO,
-            latency: histogram(),
-            statuses: Default::default(),
-        };
-        for task in tasks {
-            if let Ok((ok, errors, latency, statuses)) = task.await {
-                outcome.ok += ok;
-                outcome.errors += errors;
-                let _ = outcome.latency.add(&latency);
-                for (s, n) in statuses {
-                    *outcome.statuses.entry(s).or_insert(0) += n;
-                }
+                client.outcome
             }
-        }
-        outcome.elapsed = started.elapsed();
-        outcome
-    })
+        }),
+    )
 }
