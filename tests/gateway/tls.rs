@@ -133,7 +133,7 @@ async fn https_services_are_reached_over_tls() {
     let echo = EchoUpstream::start().await.unwrap();
     let terminator = start(
         &format!("_format_version: \"3.0\"\nservices: [{{name: e, url: \"http://{}\", routes: [{{name: r, paths: [/]}}]}}]\n", echo.addr()),
-        Some(server_config(&[cert.files.clone()]).unwrap()),
+        Some(server_config(std::slice::from_ref(&cert.files)).unwrap()),
     );
     let front = start(
         &format!(

@@ -298,7 +298,7 @@ fn check_headers(
     for entry in wanted {
         let (name, value) = split_header(entry);
         let got = get(&name);
-        if !got.iter().any(|v| *v == value) {
+        if !got.contains(&value) {
             failures.push(format!(
                 "{what} header {name}: expected {value:?}, got {got:?}"
             ));

@@ -62,7 +62,10 @@ fn declarative(
     json!({"_format_version": "3.0", "services": services}).to_string()
 }
 
-/// Runs every case of `file` in gateways; returns every failure.
+/// Cases (with their index in the file) that run on one gateway.
+type CaseGroup<'a> = Vec<(usize, &'a Case)>;
+
+/// Runs every case of `file` in gateway and in Envoy, side by side; returns every failure.
 pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
     let mut failures = Vec::new();
     let echo = match crate::EchoUpstream::start().await {
@@ -70,7 +73,8 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
         Err(e) => return vec![format!("echo upstream: {e}")],
     };
     // Refused configs: the whole declarative file is refused, naming the plugin's field.
-    let mut groups: BTreeMap<Vec<(String, String)>, Vec<(usize, &Case)>> = BTreeMap::new();
+    // Cases by the environment (secrets) they need: one gateway and one Envoy per group.
+    let mut groups: BTreeMap<Vec<(String, String)>, CaseGroup<'_>> = BTreeMap::new();
     for (i, case) in file.cases.iter().enumerate() {
         if let Some(expected) = case.config_error() {
             let text = declarative(file, &[(i, case)], echo.addr());

@@ -81,12 +81,14 @@ impl ConfigFilters {
     }
 }
 
+/// Compiled modules by file, with the modification time they were compiled at.
+type ModuleCache = HashMap<PathBuf, (Option<std::time::SystemTime>, Arc<PluginModule>)>;
+
 pub struct Runtime {
     engine: Engine,
     pub env: Arc<HostEnv>,
     options: RuntimeOptions,
-    /// Compiled modules by file, with the modification time they were compiled at.
-    modules: Mutex<HashMap<PathBuf, (Option<std::time::SystemTime>, Arc<PluginModule>)>>,
+    modules: Mutex<ModuleCache>,
 }
 
 fn scope_label(config: &Config, scope: Scope) -> String {

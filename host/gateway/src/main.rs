@@ -106,7 +106,7 @@ fn read(path: &PathBuf) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn invalid(path: &PathBuf, error: &model::ConfigError) -> String {
+fn invalid(path: &std::path::Path, error: &model::ConfigError) -> String {
     let lines: Vec<String> = error
         .fields
         .iter()

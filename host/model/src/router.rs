@@ -73,6 +73,10 @@ pub struct RouteMatch {
     pub captures: Captures,
 }
 
+/// Kong's precedence as a tuple, compared highest first: kinds of criteria, no wildcard host,
+/// header count, regex path, regex priority, prefix length, earlier declaration.
+type SortKey = (u32, u8, usize, u8, i64, usize, usize);
+
 /// A compiled, ordered set of candidates.
 #[derive(Clone, Debug, Default)]
 pub struct Router {
@@ -105,7 +109,7 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
 
 impl Router {
     pub fn new(config: &Config) -> Router {
-        let mut keyed: Vec<((u32, u8, usize, u8, i64, usize, usize), Candidate)> = Vec::new();
+        let mut keyed: Vec<(SortKey, Candidate)> = Vec::new();
         let mut order = 0usize;
         for (index, route) in config.routes.iter().enumerate() {
             let service_enabled = route
@@ -174,7 +178,7 @@ impl Router {
                 ));
             }
         }
-        keyed.sort_by(|a, b| b.0.cmp(&a.0));
+        keyed.sort_by_key(|(key, _)| std::cmp::Reverse(*key));
         Router {
             candidates: keyed.into_iter().map(|(_, c)| c).collect(),
         }
