@@ -47,6 +47,31 @@ struct Taps {
     reset: Option<oneshot::Sender<()>>,
 }
 
+impl Taps {
+    /// Where one side's head goes: the upstream request, or the client's response.
+    fn head(&mut self, side: Side) -> &mut Option<oneshot::Sender<Head>> {
+        match side {
+            Side::Request => &mut self.request_head,
+            Side::Response => &mut self.response_head,
+        }
+    }
+
+    /// Where one side's body goes.
+    fn body(&mut self, side: Side) -> &mut Option<FrameSender> {
+        match side {
+            Side::Request => &mut self.upstream,
+            Side::Response => &mut self.client,
+        }
+    }
+}
+
+/// One piece of what the chain lets through, on either side.
+enum Piece {
+    Head(Headers, bool),
+    Data(Vec<u8>, bool),
+    Trailers(Headers),
+}
+
 fn to_header_map(headers: &Headers) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in headers.iter() {
@@ -68,75 +93,60 @@ fn trailers_frame(headers: &Headers) -> Frame<Bytes> {
 async fn deliver(worker: &Rc<Worker>, chain: &Chain, taps: &Rc<RefCell<Taps>>) {
     let outputs = chain.borrow_mut().take_outputs();
     for output in outputs {
-        match output {
+        let (side, piece) = match output {
             Output::RequestHeaders {
                 headers,
                 end_of_stream,
-            } => {
-                if end_of_stream {
-                    taps.borrow_mut().upstream = None;
-                }
-                if let Some(tx) = taps.borrow_mut().request_head.take() {
-                    let _ = tx.send((headers, end_of_stream));
-                }
-            }
+            } => (Side::Request, Piece::Head(headers, end_of_stream)),
             Output::RequestData {
                 data,
                 end_of_stream,
-            } => {
-                let tx = taps.borrow().upstream.clone();
-                if let Some(tx) = tx {
-                    if !data.is_empty() {
-                        let _ = tx.send(Ok(Frame::data(Bytes::from(data)))).await;
-                    }
-                }
-                if end_of_stream {
-                    taps.borrow_mut().upstream = None;
-                }
-            }
-            Output::RequestTrailers(trailers) => {
-                let tx = taps.borrow_mut().upstream.take();
-                if let Some(tx) = tx {
-                    let _ = tx.send(Ok(trailers_frame(&trailers))).await;
-                }
-            }
+            } => (Side::Request, Piece::Data(data, end_of_stream)),
+            Output::RequestTrailers(trailers) => (Side::Request, Piece::Trailers(trailers)),
             Output::ResponseHeaders {
                 headers,
                 end_of_stream,
-            } => {
-                if end_of_stream {
-                    taps.borrow_mut().client = None;
-                }
-                if let Some(tx) = taps.borrow_mut().response_head.take() {
-                    let _ = tx.send((headers, end_of_stream));
-                }
-            }
+            } => (Side::Response, Piece::Head(headers, end_of_stream)),
             Output::ResponseData {
                 data,
                 end_of_stream,
-            } => {
-                let tx = taps.borrow().client.clone();
-                if let Some(tx) = tx {
-                    if !data.is_empty() {
-                        let _ = tx.send(Ok(Frame::data(Bytes::from(data)))).await;
-                    }
-                }
-                if end_of_stream {
-                    taps.borrow_mut().client = None;
-                }
-            }
-            Output::ResponseTrailers(trailers) => {
-                let tx = taps.borrow_mut().client.take();
-                if let Some(tx) = tx {
-                    let _ = tx.send(Ok(trailers_frame(&trailers))).await;
-                }
-            }
+            } => (Side::Response, Piece::Data(data, end_of_stream)),
+            Output::ResponseTrailers(trailers) => (Side::Response, Piece::Trailers(trailers)),
             Output::Reset => {
                 let mut taps = taps.borrow_mut();
                 taps.upstream = None;
                 taps.client = None;
                 if let Some(tx) = taps.reset.take() {
                     let _ = tx.send(());
+                }
+                continue;
+            }
+        };
+        match piece {
+            Piece::Head(headers, end_of_stream) => {
+                let mut taps = taps.borrow_mut();
+                if end_of_stream {
+                    *taps.body(side) = None;
+                }
+                if let Some(tx) = taps.head(side).take() {
+                    let _ = tx.send((headers, end_of_stream));
+                }
+            }
+            Piece::Data(data, end_of_stream) => {
+                let tx = taps.borrow_mut().body(side).clone();
+                if let Some(tx) = tx {
+                    if !data.is_empty() {
+                        let _ = tx.send(Ok(Frame::data(Bytes::from(data)))).await;
+                    }
+                }
+                if end_of_stream {
+                    *taps.borrow_mut().body(side) = None;
+                }
+            }
+            Piece::Trailers(trailers) => {
+                let tx = taps.borrow_mut().body(side).take();
+                if let Some(tx) = tx {
+                    let _ = tx.send(Ok(trailers_frame(&trailers))).await;
                 }
             }
         }
