@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use host::{Engine, EngineConfig, HostEnv, Plugin, PluginConfig, PluginModule, WorkerPlugin};
 use kit::schema::FieldError;
+pub use model::plugins::default_modules_dir;
 use model::{Config, ConfigError, Scope};
 
 /// Where modules come from and what they may read.
@@ -37,20 +38,6 @@ impl Default for RuntimeOptions {
             env_allow: Vec::new(),
             env_values: Vec::new(),
         }
-    }
-}
-
-/// `WASMGATE_WASM_DIR`, else `wasm/` beside the binary, else the workspace's build folder.
-pub fn default_modules_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("WASMGATE_WASM_DIR") {
-        return PathBuf::from(dir);
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("wasm")));
-    match beside {
-        Some(dir) if dir.is_dir() => dir,
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm32-wasip1/release"),
     }
 }
 

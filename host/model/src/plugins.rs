@@ -1,6 +1,8 @@
 //! wasmgate's Kong plugins: name, priority, module, and config validation by the plugin's own
 //! core (the same code the module runs, compiled natively).
 
+use std::path::PathBuf;
+
 use kit::ConfigError;
 
 pub struct KnownPlugin {
@@ -80,4 +82,19 @@ pub fn find(name: &str) -> Option<&'static KnownPlugin> {
 
 pub fn priority(name: &str) -> u32 {
     find(name).map_or(0, |p| p.priority)
+}
+
+/// Where wasmgate's plugin modules are: `WASMGATE_WASM_DIR`, else `wasm/` beside the running
+/// binary (an installed layout), else the workspace's build folder.
+pub fn default_modules_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WASMGATE_WASM_DIR") {
+        return PathBuf::from(dir);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("wasm")));
+    match beside {
+        Some(dir) if dir.is_dir() => dir,
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm32-wasip1/release"),
+    }
 }

@@ -1,0 +1,135 @@
+//! The `control-plane` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use control_plane::{ControlPlane, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "control-plane",
+    version,
+    about = "wasmgate's control plane: a Konnect-style API that pushes Kong configuration to Envoy and gateway data planes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API and the data plane endpoints until interrupted.
+    Serve {
+        /// The REST API.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where `gateway` data planes connect (mTLS).
+        #[arg(long, default_value = "127.0.0.1:8005")]
+        cluster_listen: SocketAddr,
+        /// Where Envoy data planes connect over ADS (mTLS).
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        xds_listen: SocketAddr,
+        /// Database, certificates and provisioned data planes' files.
+        #[arg(long, default_value = "control-plane-data")]
+        data_dir: PathBuf,
+        /// The API's bearer token (default: the stored one, or a new one printed once).
+        #[arg(long, env = "WASMGATE_CP_TOKEN")]
+        token: Option<String>,
+        /// wasmgate's plugin modules (default: $WASMGATE_WASM_DIR, `wasm/` beside this
+        /// binary, or the workspace build folder).
+        #[arg(long)]
+        modules_dir: Option<PathBuf>,
+        /// The `gateway` binary for provisioned data planes (default: beside this binary).
+        #[arg(long)]
+        gateway_bin: Option<PathBuf>,
+        /// Seconds between data plane pings.
+        #[arg(long, default_value_t = 30)]
+        ping_interval: u64,
+    },
+}
+
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!("[{}] {}", record.level(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLog = StderrLog;
+
+fn main() -> ExitCode {
+    let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Info));
+    let Command::Serve {
+        listen,
+        cluster_listen,
+        xds_listen,
+        data_dir,
+        token,
+        modules_dir,
+        gateway_bin,
+        ping_interval,
+    } = Cli::parse().command;
+    let options = Options {
+        listen,
+        cluster_listen,
+        xds_listen,
+        data_dir,
+        token,
+        modules_dir: modules_dir.unwrap_or_else(model::plugins::default_modules_dir),
+        gateway_bin,
+        ping_interval: Duration::from_secs(ping_interval.max(1)),
+    };
+    let control_plane = match ControlPlane::start(options) {
+        Ok(cp) => cp,
+        Err(e) => {
+            eprintln!("control-plane: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let endpoints = control_plane.endpoints();
+    if let Some(token) = control_plane.generated_token() {
+        println!("API token (shown once, keep it): {token}");
+    }
+    println!(
+        "control plane: API http://{} · gateway data planes {} · Envoy xDS {}",
+        endpoints.api, endpoints.cluster, endpoints.xds
+    );
+    wait_for_signal();
+    control_plane.shutdown();
+    ExitCode::SUCCESS
+}
+
+fn wait_for_signal() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    if let Ok(runtime) = runtime {
+        runtime.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            match term.as_mut() {
+                Ok(term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,225 @@
+//! The data planes of every control plane: who connected, what they run, and why not when
+//! they do not run the expected version. Kept in memory and written through to the store on
+//! every change of state (not on every ping), so `/nodes` survives a restart.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::Store;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    Gateway,
+    Envoy,
+}
+
+/// Why a data plane does not run a version: what it said when it refused it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeError {
+    pub config_version: u64,
+    pub config_hash: String,
+    pub message: String,
+    pub at: i64,
+}
+
+/// One data plane as `GET /v2/control-planes/{id}/nodes` shows it (Konnect's fields plus
+/// `kind`, `sync_status` and `last_error`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub kind: NodeKind,
+    pub hostname: String,
+    pub version: String,
+    pub ip: Option<String>,
+    pub connected: bool,
+    /// Unix seconds of the last message from it.
+    pub last_ping: i64,
+    /// The hash of the configuration it runs (gateway: what it reports; Envoy: the version it
+    /// acknowledged).
+    pub config_hash: Option<String>,
+    pub config_version: Option<u64>,
+    pub last_error: Option<NodeError>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Node {
+    /// Konnect-style sync state against the version the control plane expects.
+    pub fn sync_status(&self, expected_hash: Option<&str>) -> &'static str {
+        match (expected_hash, self.config_hash.as_deref()) {
+            _ if !self.connected => "disconnected",
+            (Some(expected), Some(running)) if expected == running => "in_sync",
+            (Some(expected), _)
+                if self
+                    .last_error
+                    .as_ref()
+                    .is_some_and(|e| e.config_hash == expected) =>
+            {
+                "failed"
+            }
+            _ => "pending",
+        }
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What a data plane says about itself when it connects.
+#[derive(Clone, Debug)]
+pub struct Hello {
+    pub id: String,
+    pub kind: NodeKind,
+    pub hostname: String,
+    pub version: String,
+    pub ip: Option<String>,
+}
+
+pub struct Nodes {
+    store: Arc<Store>,
+    /// control plane id → node id → node.
+    nodes: Mutex<BTreeMap<String, BTreeMap<String, Node>>>,
+}
+
+impl Nodes {
+    /// Loads what the store remembers; every node starts disconnected until it comes back.
+    pub fn load(store: Arc<Store>) -> Result<Nodes, String> {
+        let mut nodes: BTreeMap<String, BTreeMap<String, Node>> = BTreeMap::new();
+        for (control_plane_id, mut node) in store.load_nodes()? {
+            node.connected = false;
+            nodes
+                .entry(control_plane_id)
+                .or_default()
+                .insert(node.id.clone(), node);
+        }
+        Ok(Nodes {
+            store,
+            nodes: Mutex::new(nodes),
+        })
+    }
+
+    fn update(&self, control_plane_id: &str, id: &str, persist: bool, f: impl FnOnce(&mut Node)) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(node) = nodes.get_mut(control_plane_id).and_then(|n| n.get_mut(id)) else {
+            return;
+        };
+        f(node);
+        node.last_ping = now();
+        if persist {
+            node.updated_at = node.last_ping;
+            if let Err(e) = self.store.save_node(control_plane_id, node) {
+                log::warn!("saving node {id} of control plane {control_plane_id}: {e}");
+            }
+        }
+    }
+
+    /// A data plane connected (or reconnected) and introduced itself.
+    pub fn connected(&self, control_plane_id: &str, hello: Hello) {
+        let now = now();
+        {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = nodes
+                .entry(control_plane_id.to_owned())
+                .or_default()
+                .entry(hello.id.clone())
+                .or_insert_with(|| Node {
+                    id: hello.id.clone(),
+                    kind: hello.kind,
+                    hostname: String::new(),
+                    version: String::new(),
+                    ip: None,
+                    connected: true,
+                    last_ping: now,
+                    config_hash: None,
+                    config_version: None,
+                    last_error: None,
+                    created_at: now,
+                    updated_at: now,
+                });
+            entry.kind = hello.kind;
+            entry.hostname = hello.hostname;
+            entry.version = hello.version;
+            entry.ip = hello.ip;
+            entry.connected = true;
+        }
+        self.update(control_plane_id, &hello.id, true, |_| {});
+    }
+
+    /// A sign of life, with the hash the data plane says it runs (when it says one).
+    pub fn pinged(&self, control_plane_id: &str, id: &str, config_hash: Option<&str>) {
+        self.update(control_plane_id, id, false, |node| {
+            if let Some(hash) = config_hash {
+                node.config_hash = Some(hash.to_owned());
+            }
+        });
+    }
+
+    /// The data plane runs `version` now.
+    pub fn applied(&self, control_plane_id: &str, id: &str, version: u64, hash: &str) {
+        self.update(control_plane_id, id, true, |node| {
+            node.config_version = Some(version);
+            node.config_hash = Some(hash.to_owned());
+        });
+    }
+
+    /// The data plane refused `version` and keeps running what it ran before.
+    pub fn rejected(
+        &self,
+        control_plane_id: &str,
+        id: &str,
+        version: u64,
+        hash: &str,
+        message: &str,
+    ) {
+        self.update(control_plane_id, id, true, |node| {
+            node.last_error = Some(NodeError {
+                config_version: version,
+                config_hash: hash.to_owned(),
+                message: message.to_owned(),
+                at: now(),
+            });
+        });
+    }
+
+    pub fn disconnected(&self, control_plane_id: &str, id: &str) {
+        self.update(control_plane_id, id, true, |node| node.connected = false);
+    }
+
+    pub fn list(&self, control_plane_id: &str) -> Vec<Node> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .get(control_plane_id)
+            .map(|n| n.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn get(&self, control_plane_id: &str, id: &str) -> Option<Node> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.get(control_plane_id)?.get(id).cloned()
+    }
+
+    /// Forgets a node (`DELETE .../nodes/{id}`); it reappears if it connects again.
+    pub fn remove(&self, control_plane_id: &str, id: &str) -> Result<bool, String> {
+        let removed = {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            nodes
+                .get_mut(control_plane_id)
+                .and_then(|n| n.remove(id))
+                .is_some()
+        };
+        self.store.delete_node(control_plane_id, id)?;
+        Ok(removed)
+    }
+
+    /// Forgets every node of a deleted control plane (the store cascades on its own).
+    pub fn remove_control_plane(&self, control_plane_id: &str) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.remove(control_plane_id);
+    }
+}
