@@ -1,1 +1,568 @@
-//! (being written)
+//! From stored entities to a config version, and back: the Kong declarative document a
+//! control plane's data planes run, Kong's defaults and validation for single entities
+//! (done by the model, the same code the gateway runs), and declarative import.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rusqlite::Transaction;
+use serde_json::{json, Map, Value};
+
+use crate::hub::ConfigVersion;
+use crate::store::entities::{self, reference, EntityKind};
+use crate::store::StoreError;
+use model::ConfigError;
+
+/// Config versions kept per control plane (the latest is what data planes get; older ones
+/// are history for `nodes` that still run them).
+const VERSIONS_KEPT: i64 = 50;
+
+/// The fields of each entity the model reads; everything else of Kong's documents (and
+/// `null`s) stays out of the declarative document.
+const SERVICE_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "tags",
+    "protocol",
+    "host",
+    "port",
+    "path",
+    "retries",
+    "connect_timeout",
+    "write_timeout",
+    "read_timeout",
+    "enabled",
+    "tls_verify",
+    "client_certificate",
+    "ca_certificates",
+    "tls_verify_depth",
+];
+const ROUTE_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "tags",
+    "protocols",
+    "paths",
+    "hosts",
+    "methods",
+    "headers",
+    "strip_path",
+    "preserve_host",
+    "regex_priority",
+    "path_handling",
+    "https_redirect_status_code",
+    "request_buffering",
+    "response_buffering",
+    "snis",
+    "sources",
+    "destinations",
+];
+const PLUGIN_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "instance_name",
+    "config",
+    "enabled",
+    "protocols",
+    "tags",
+    "ordering",
+    "consumer",
+];
+
+/// Why a change was not accepted.
+#[derive(Debug)]
+pub enum Rejection {
+    /// Kong's schema violation: field paths relative to the entity.
+    Schema(ConfigError),
+    /// The configuration as a whole is invalid (paths name entities).
+    Declarative(ConfigError),
+    /// A reference to an entity that does not exist.
+    ForeignKey {
+        field: &'static str,
+        id: String,
+        kind: &'static str,
+    },
+    /// A change this control plane does not take, with the reason.
+    Refused(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Rejection {
+    fn from(e: StoreError) -> Self {
+        Rejection::Store(e)
+    }
+}
+
+fn pick(doc: &Value, fields: &[&str]) -> Map<String, Value> {
+    fields
+        .iter()
+        .filter_map(|f| {
+            let v = doc.get(*f)?;
+            (!v.is_null()).then(|| ((*f).to_owned(), v.clone()))
+        })
+        .collect()
+}
+
+fn name_of(doc: &Value) -> Value {
+    doc.get("name")
+        .filter(|v| !v.is_null())
+        .or_else(|| doc.get("id"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Every entity of a control plane.
+pub struct Entities {
+    pub services: Vec<Value>,
+    pub routes: Vec<Value>,
+    pub plugins: Vec<Value>,
+}
+
+impl Entities {
+    pub fn load(tx: &Transaction<'_>, control_plane_id: &str) -> Result<Entities, StoreError> {
+        Ok(Entities {
+            services: entities::all(tx, control_plane_id, EntityKind::Services)?,
+            routes: entities::all(tx, control_plane_id, EntityKind::Routes)?,
+            plugins: entities::all(tx, control_plane_id, EntityKind::Plugins)?,
+        })
+    }
+
+    /// The Kong declarative document (`_format_version: "3.0"`): routes nested in their
+    /// service, plugins nested in their route or service, entities named by name or id.
+    /// A serverless control plane's documents also carry its platform limits.
+    pub fn declarative(&self, serverless: bool) -> Value {
+        let id = |doc: &Value| doc.get("id").and_then(Value::as_str).map(str::to_owned);
+        let plugin = |doc: &Value| {
+            let mut p = pick(doc, PLUGIN_FIELDS);
+            p.remove("consumer");
+            Value::Object(p)
+        };
+        let plugins_of = |service: Option<&str>, route: Option<&str>| -> Vec<Value> {
+            self.plugins
+                .iter()
+                .filter(|p| {
+                    reference(p, "service").as_deref() == service
+                        && reference(p, "route").as_deref() == route
+                })
+                .map(plugin)
+                .collect()
+        };
+        let route = |doc: &Value| {
+            let mut r = pick(doc, ROUTE_FIELDS);
+            r.insert("name".into(), name_of(doc));
+            let plugins = plugins_of(None, id(doc).as_deref());
+            if !plugins.is_empty() {
+                r.insert("plugins".into(), Value::Array(plugins));
+            }
+            Value::Object(r)
+        };
+        let services: Vec<Value> = self
+            .services
+            .iter()
+            .map(|doc| {
+                let service_id = id(doc);
+                let mut s = pick(doc, SERVICE_FIELDS);
+                s.insert("name".into(), name_of(doc));
+                let routes: Vec<Value> = self
+                    .routes
+                    .iter()
+                    .filter(|r| reference(r, "service") == service_id)
+                    .map(route)
+                    .collect();
+                if !routes.is_empty() {
+                    s.insert("routes".into(), Value::Array(routes));
+                }
+                let plugins = plugins_of(service_id.as_deref(), None);
+                if !plugins.is_empty() {
+                    s.insert("plugins".into(), Value::Array(plugins));
+                }
+                Value::Object(s)
+            })
+            .collect();
+        let routes: Vec<Value> = self
+            .routes
+            .iter()
+            .filter(|r| reference(r, "service").is_none())
+            .map(route)
+            .collect();
+        let find_name = |list: &[Value], wanted: &str| {
+            list.iter()
+                .find(|d| id(d).as_deref() == Some(wanted))
+                .map(name_of)
+                .unwrap_or_else(|| Value::String(wanted.to_owned()))
+        };
+        let mut plugins = plugins_of(None, None);
+        if serverless {
+            plugins.extend(serverless_plugins());
+        }
+        for p in &self.plugins {
+            let scope: (Option<String>, Option<String>) =
+                (reference(p, "service"), reference(p, "route"));
+            if let (Some(service_id), Some(route_id)) = scope {
+                let mut doc = plugin(p);
+                if let Value::Object(map) = &mut doc {
+                    map.insert(
+                        "service".into(),
+                        find_name(&self.services, service_id.as_str()),
+                    );
+                    map.insert("route".into(), find_name(&self.routes, route_id.as_str()));
+                }
+                plugins.push(doc);
+            }
+        }
+        let mut document = Map::new();
+        document.insert("_format_version".into(), json!("3.0"));
+        for (key, list) in [
+            ("services", services),
+            ("routes", routes),
+            ("plugins", plugins),
+        ] {
+            if !list.is_empty() {
+                document.insert(key.into(), Value::Array(list));
+            }
+        }
+        Value::Object(document)
+    }
+}
+
+/// Turns the control plane's entities into its next config version, validated as a whole by
+/// the model and stored in the same transaction. The caller publishes it after the commit.
+pub fn next_version(
+    tx: &Transaction<'_>,
+    control_plane_id: &str,
+    now: i64,
+    serverless: bool,
+) -> Result<Arc<ConfigVersion>, Rejection> {
+    let document = Entities::load(tx, control_plane_id)?.declarative(serverless);
+    let text = document.to_string();
+    let version: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM config_versions WHERE control_plane_id = ?1",
+            [control_plane_id],
+            |r| r.get(0),
+        )
+        .map_err(StoreError::from)?;
+    let config = ConfigVersion::new(control_plane_id, version as u64, text, now)
+        .map_err(Rejection::Declarative)?;
+    tx.execute(
+        "INSERT INTO config_versions (control_plane_id, version, hash, document, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![control_plane_id, version, config.hash, config.text, now],
+    )
+    .map_err(StoreError::from)?;
+    tx.execute(
+        "DELETE FROM config_versions WHERE control_plane_id = ?1 AND version <= ?2",
+        rusqlite::params![control_plane_id, version - VERSIONS_KEPT],
+    )
+    .map_err(StoreError::from)?;
+    Ok(Arc::new(config))
+}
+
+/// The plugins a serverless control plane's data planes always run: the seed's Serverless
+/// Gateway limits (10 MB per request, 100 requests per second). Users cannot add their own
+/// instances of these two plugins there: Kong runs one instance per plugin name per request,
+/// so a more specific one would lift the platform limit.
+pub const SERVERLESS_PLUGINS: [&str; 2] = ["request-size-limiting", "rate-limiting"];
+
+pub fn serverless_plugins() -> Vec<Value> {
+    vec![
+        json!({
+            "name": "request-size-limiting",
+            "instance_name": "serverless-request-size-limit",
+            "config": { "allowed_payload_size": 10, "size_unit": "megabytes" },
+            "tags": ["serverless-platform"],
+        }),
+        json!({
+            "name": "rate-limiting",
+            "instance_name": "serverless-rate-limit",
+            "config": { "second": 100, "limit_by": "service", "policy": "local" },
+            "tags": ["serverless-platform"],
+        }),
+    ]
+}
+
+/// Kong's defaults for a new entity; what the client sent goes over them.
+pub fn defaults(kind: EntityKind) -> Value {
+    match kind {
+        EntityKind::Services => json!({
+            "name": null, "protocol": "http", "host": null, "port": 80, "path": null,
+            "retries": 5, "connect_timeout": 60000, "write_timeout": 60000,
+            "read_timeout": 60000, "tags": null, "client_certificate": null,
+            "tls_verify": null, "tls_verify_depth": null, "ca_certificates": null,
+            "enabled": true,
+        }),
+        EntityKind::Routes => json!({
+            "name": null, "protocols": ["http", "https"], "methods": null, "hosts": null,
+            "paths": null, "headers": null, "https_redirect_status_code": 426,
+            "regex_priority": 0, "strip_path": true, "path_handling": "v0",
+            "preserve_host": false, "request_buffering": true, "response_buffering": true,
+            "tags": null, "service": null, "snis": null, "sources": null,
+            "destinations": null,
+        }),
+        EntityKind::Plugins => json!({
+            "name": null, "instance_name": null, "config": {}, "enabled": true,
+            "protocols": ["grpc", "grpcs", "http", "https"], "service": null, "route": null,
+            "consumer": null, "tags": null, "ordering": null,
+        }),
+    }
+}
+
+/// Merges a PATCH body into a stored document: fields replace fields, except `config`,
+/// which is merged key by key as Kong merges a plugin's configuration record.
+pub fn merge(target: &mut Value, patch: &Value) {
+    let (Value::Object(target), Value::Object(patch)) = (target, patch) else {
+        return;
+    };
+    for (key, value) in patch {
+        match (key.as_str(), target.get_mut(key), value) {
+            ("config", Some(existing @ Value::Object(_)), Value::Object(_)) => {
+                merge_deep(existing, value)
+            }
+            _ => {
+                target.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+fn merge_deep(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (key, value) in p {
+                match t.get_mut(key) {
+                    Some(existing) if existing.is_object() && value.is_object() => {
+                        merge_deep(existing, value)
+                    }
+                    _ => {
+                        t.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// Validates one entity on its own with the model, reporting paths relative to the entity
+/// (`config.second`, `port`, `@entity`), and normalises a service (`url` expanded,
+/// host lower-cased) the way the model reads it.
+pub fn validate_entity(kind: EntityKind, doc: &mut Value) -> Result<(), ConfigError> {
+    let fields = match kind {
+        EntityKind::Services => [SERVICE_FIELDS, &["url"]].concat(),
+        EntityKind::Routes => ROUTE_FIELDS.to_vec(),
+        EntityKind::Plugins => PLUGIN_FIELDS.to_vec(),
+    };
+    let unknown: Vec<String> = doc
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, v)| {
+                    !fields.contains(&k.as_str())
+                        && !v.is_null()
+                        && !matches!(
+                            k.as_str(),
+                            "service" | "route" | "created_at" | "updated_at"
+                        )
+                })
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !unknown.is_empty() {
+        return Err(ConfigError {
+            fields: unknown
+                .into_iter()
+                .map(|k| kit::schema::FieldError {
+                    path: k,
+                    message: "unknown field".into(),
+                })
+                .collect(),
+        });
+    }
+    let mut alone = pick(doc, &fields);
+    // Checked against the store instead: the one-entity document has nothing to refer to.
+    alone.remove("id");
+    let key = match kind {
+        EntityKind::Plugins => alone.get("name").cloned(),
+        _ => alone.get("name").cloned(),
+    };
+    let document = json!({ "_format_version": "3.0", kind.as_str(): [Value::Object(alone)] });
+    let config = match model::declarative::from_value(&document) {
+        Ok(config) => config,
+        Err(e) => return Err(relative(kind, key.as_ref().and_then(Value::as_str), e)),
+    };
+    if let (EntityKind::Services, Some(service), Value::Object(map)) =
+        (kind, config.services.first(), doc)
+    {
+        map.remove("url");
+        map.insert("protocol".into(), json!(service.protocol.as_str()));
+        map.insert("host".into(), json!(service.host));
+        map.insert("port".into(), json!(service.port));
+        map.insert("path".into(), json!(service.path));
+    }
+    Ok(())
+}
+
+/// `services.echo.port` → `port`; an error on the entity itself → `@entity` (Kong's name for
+/// entity-level checks).
+fn relative(kind: EntityKind, name: Option<&str>, error: ConfigError) -> ConfigError {
+    let mut prefixes = vec![
+        format!("{}.1", kind.as_str()),
+        format!("{}.0", kind.as_str()),
+    ];
+    if let Some(name) = name {
+        prefixes.insert(0, format!("{}.{name}", kind.as_str()));
+    }
+    ConfigError {
+        fields: error
+            .fields
+            .into_iter()
+            .map(|mut f| {
+                for prefix in &prefixes {
+                    if f.path == *prefix {
+                        f.path = "@entity".into();
+                        break;
+                    }
+                    if let Some(rest) = f.path.strip_prefix(&format!("{prefix}.")) {
+                        f.path = rest.to_owned();
+                        break;
+                    }
+                }
+                f
+            })
+            .collect(),
+    }
+}
+
+/// Replaces every entity of a control plane with those of a declarative document (already
+/// validated as a whole): nested routes and plugins are flattened, references resolved to
+/// ids, Kong's defaults filled in; given ids are kept.
+pub fn import(
+    tx: &Transaction<'_>,
+    control_plane_id: &str,
+    document: &Value,
+    now: i64,
+) -> Result<(), Rejection> {
+    entities::clear(tx, control_plane_id)?;
+    let mut services: HashMap<String, String> = HashMap::new();
+    let mut routes: HashMap<String, String> = HashMap::new();
+    let mut pending_plugins: Vec<(Value, Option<String>, Option<String>)> = Vec::new();
+    let new_doc = |kind: EntityKind, given: &Value| -> Value {
+        let mut doc = defaults(kind);
+        let mut given = given.clone();
+        if let Value::Object(map) = &mut given {
+            for nested in ["routes", "plugins", "service", "route"] {
+                map.remove(nested);
+            }
+        }
+        merge(&mut doc, &given);
+        if let Value::Object(map) = &mut doc {
+            let id = given
+                .get("id")
+                .and_then(Value::as_str)
+                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+            map.insert("id".into(), json!(id));
+            map.insert("created_at".into(), json!(now));
+            map.insert("updated_at".into(), json!(now));
+        }
+        doc
+    };
+    let id_of = |doc: &Value| {
+        doc.get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let list = |doc: &Value, key: &str| {
+        doc.get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let ref_name = |v: &Value, key: &str| -> Option<String> {
+        match v.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(m) => m
+                .get("name")
+                .or_else(|| m.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            _ => None,
+        }
+    };
+    let insert_route = |tx: &Transaction<'_>,
+                        given: &Value,
+                        service: Option<&str>,
+                        routes: &mut HashMap<String, String>,
+                        pending: &mut Vec<(Value, Option<String>, Option<String>)>|
+     -> Result<(), Rejection> {
+        let mut doc = new_doc(EntityKind::Routes, given);
+        if let (Some(service), Value::Object(map)) = (service, &mut doc) {
+            map.insert("service".into(), json!({ "id": service }));
+        }
+        let id = id_of(&doc);
+        for key in [
+            doc.get("name").and_then(Value::as_str).map(str::to_owned),
+            Some(id.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            routes.insert(key, id.clone());
+        }
+        entities::insert(tx, control_plane_id, EntityKind::Routes, &doc)?;
+        for plugin in list(given, "plugins") {
+            pending.push((plugin, None, Some(id.clone())));
+        }
+        Ok(())
+    };
+    for given in list(document, "services") {
+        let mut doc = new_doc(EntityKind::Services, &given);
+        validate_entity(EntityKind::Services, &mut doc).map_err(Rejection::Schema)?;
+        let id = id_of(&doc);
+        for key in [
+            doc.get("name").and_then(Value::as_str).map(str::to_owned),
+            Some(id.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            services.insert(key, id.clone());
+        }
+        entities::insert(tx, control_plane_id, EntityKind::Services, &doc)?;
+        for route in list(&given, "routes") {
+            insert_route(tx, &route, Some(&id), &mut routes, &mut pending_plugins)?;
+        }
+        for plugin in list(&given, "plugins") {
+            pending_plugins.push((plugin, Some(id.clone()), None));
+        }
+    }
+    for given in list(document, "routes") {
+        let service = ref_name(&given, "service").and_then(|s| services.get(&s).cloned());
+        insert_route(
+            tx,
+            &given,
+            service.as_deref(),
+            &mut routes,
+            &mut pending_plugins,
+        )?;
+    }
+    for given in list(document, "plugins") {
+        let service = ref_name(&given, "service").and_then(|s| services.get(&s).cloned());
+        let route = ref_name(&given, "route").and_then(|r| routes.get(&r).cloned());
+        pending_plugins.push((given, service, route));
+    }
+    for (given, service, route) in pending_plugins {
+        let mut doc = new_doc(EntityKind::Plugins, &given);
+        if let Value::Object(map) = &mut doc {
+            if let Some(service) = service {
+                map.insert("service".into(), json!({ "id": service }));
+            }
+            if let Some(route) = route {
+                map.insert("route".into(), json!({ "id": route }));
+            }
+        }
+        entities::insert(tx, control_plane_id, EntityKind::Plugins, &doc)?;
+    }
+    Ok(())
+}

@@ -1,20 +1,218 @@
-//! (being written)
+//! The REST API, on the paths a Konnect user already scripts against: control planes, their
+//! core entities (services, routes, plugins), pinned data plane certificates, nodes, the
+//! expected config hash, declarative import/export, and cloud gateway provisioning. Every
+//! request needs `Authorization: Bearer <token>`; `GET /v2/openapi.json` describes it all.
+
+mod cloud_gateways;
+mod control_planes;
+mod core_entities;
+mod dp_certificates;
+mod errors;
+mod nodes;
+pub mod openapi;
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
+use axum::extract::{Request, State as Extract};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::Value;
 use tokio::sync::watch;
 
+pub use cloud_gateways::cloud_gateway_specs;
+pub use errors::ApiError;
+
+use crate::config::{self, Rejection};
+use crate::hub::ConfigVersion;
 use crate::State;
+
+type Shared = Extract<Arc<State>>;
+
+/// Every route of the API: `openapi::tests` checks this list against the OpenAPI document.
+pub fn router(state: Arc<State>) -> Router {
+    let cp = "/v2/control-planes/:control_plane_id";
+    let entities = format!("{cp}/core-entities");
+    Router::new()
+        .route("/v2/openapi.json", get(openapi::document))
+        .route(
+            "/v2/control-planes",
+            get(control_planes::list).post(control_planes::create),
+        )
+        .route(
+            cp,
+            get(control_planes::get)
+                .patch(control_planes::update)
+                .delete(control_planes::delete),
+        )
+        .route(
+            &format!("{entities}/:kind"),
+            get(core_entities::list).post(core_entities::create),
+        )
+        .route(
+            &format!("{entities}/:kind/:id"),
+            get(core_entities::get)
+                .put(core_entities::upsert)
+                .patch(core_entities::update)
+                .delete(core_entities::delete),
+        )
+        .route(
+            &format!("{entities}/:kind/:id/:nested"),
+            get(core_entities::list_nested).post(core_entities::create_nested),
+        )
+        .route(
+            &format!("{cp}/dp-client-certificates"),
+            get(dp_certificates::list).post(dp_certificates::create),
+        )
+        .route(
+            &format!("{cp}/dp-client-certificates/:certificate_id"),
+            get(dp_certificates::get).delete(dp_certificates::delete),
+        )
+        .route(&format!("{cp}/nodes"), get(nodes::list))
+        .route(
+            &format!("{cp}/nodes/:node_id"),
+            get(nodes::get).delete(nodes::delete),
+        )
+        .route(
+            &format!("{cp}/expected-config-hash"),
+            get(nodes::expected_config_hash),
+        )
+        .route(
+            &format!("{cp}/declarative-config"),
+            get(core_entities::export).post(core_entities::import),
+        )
+        .route(
+            "/v3/cloud-gateways/configurations",
+            get(cloud_gateways::list).put(cloud_gateways::put),
+        )
+        .route(
+            "/v3/cloud-gateways/configurations/:configuration_id",
+            get(cloud_gateways::get).delete(cloud_gateways::delete),
+        )
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authenticate,
+        ))
+        .with_state(state)
+}
+
+/// Kept apart from `router` so the OpenAPI check can post to an unknown path.
+async fn fallback() -> ApiError {
+    errors::not_found()
+}
+
+async fn authenticate(state: Shared, request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token {
+        Some(token) if crate::hub::sha256_hex(token.as_bytes()) == state.token_sha256 => {
+            next.run(request).await
+        }
+        _ => errors::unauthorized().into_response(),
+    }
+}
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    _state: Arc<State>,
+    state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let app = axum::Router::new();
-    let _ = axum::serve(listener, app)
+    let app = router(state);
+    let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
         .await;
+    if let Err(e) = result {
+        log::error!("API listener: {e}");
+    }
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    crate::nodes::now()
+}
+
+/// RFC 3339 (UTC) for Konnect's platform timestamps.
+pub fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// A JSON object body; anything else is Kong's 400.
+pub fn json_object(body: &Bytes) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(Value::Object(Default::default()));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(_) => Err(errors::bad_body(
+            "Cannot parse JSON body: expected an object",
+        )),
+        Err(e) => Err(errors::bad_body(format!("Cannot parse JSON body: {e}"))),
+    }
+}
+
+/// Runs blocking store work (SQLite commits wait for the disk) off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(errors::internal)?
+}
+
+/// Applies a change to a control plane's entities and, in the same transaction, makes and
+/// stores the config version it produces; publishes that version once committed. Nothing
+/// is committed (or pushed) if the change or the resulting configuration is invalid.
+pub async fn change<T: Send + 'static>(
+    state: &Arc<State>,
+    control_plane_id: &str,
+    f: impl FnOnce(&rusqlite::Transaction<'_>, &control_planes::ControlPlaneRow) -> Result<T, Rejection>
+        + Send
+        + 'static,
+) -> Result<T, ApiError> {
+    let store = Arc::clone(&state.store);
+    let id = control_plane_id.to_owned();
+    let (value, version) = blocking(move || {
+        store
+            .transaction(|tx| {
+                let row = control_planes::load(tx, &id)?
+                    .ok_or(Rejection::Store(crate::store::StoreError::NotFound))?;
+                let value = f(tx, &row)?;
+                let version = config::next_version(tx, &id, now(), row.platform_limits())?;
+                Ok::<_, Rejection>((value, version))
+            })
+            .map_err(ApiError::from)
+    })
+    .await?;
+    publish(state, version);
+    Ok(value)
+}
+
+pub fn publish(state: &State, version: Arc<ConfigVersion>) {
+    state.hub.publish(version);
 }

@@ -4,7 +4,7 @@
 //! Entities are stored as their JSON documents with the columns the API filters, joins and
 //! keeps unique on (names, references, the plugin's scope).
 
-mod entities;
+pub mod entities;
 mod migrations;
 
 use std::path::Path;
@@ -49,6 +49,7 @@ impl std::fmt::Display for StoreError {
 
 pub struct Store {
     connection: Mutex<Connection>,
+    data_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Store {
@@ -76,23 +77,30 @@ impl Store {
             .map_err(|e| format!("migrating {}: {e}", path.display()))?;
         Ok(Store {
             connection: Mutex::new(connection),
+            data_dir: data_dir.to_path_buf(),
         })
     }
 
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// Runs `f` in one transaction: all of it is committed, or none of it.
-    pub fn transaction<T>(
+    pub fn transaction<T, E: From<StoreError>>(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
         let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = connection.transaction()?;
+        let tx = connection
+            .transaction()
+            .map_err(|e| E::from(StoreError::from(e)))?;
         let value = f(&tx)?;
-        tx.commit()?;
+        tx.commit().map_err(|e| E::from(StoreError::from(e)))?;
         Ok(value)
     }
 
     pub fn setting(&self, key: &str) -> Result<Option<String>, String> {
-        self.transaction(|tx| {
+        self.transaction(|tx| -> Result<_, StoreError> {
             Ok(tx
                 .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
                     r.get(0)
@@ -103,7 +111,7 @@ impl Store {
     }
 
     pub fn set_setting(&self, key: &str, value: &str) -> Result<(), String> {
-        self.transaction(|tx| {
+        self.transaction(|tx| -> Result<_, StoreError> {
             tx.execute(
                 "INSERT INTO settings (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -116,7 +124,7 @@ impl Store {
 
     /// The control planes a client certificate (by fingerprint) is pinned for.
     pub fn pinned_control_planes(&self, fingerprint: &str) -> Result<Vec<String>, String> {
-        self.transaction(|tx| {
+        self.transaction(|tx| -> Result<_, StoreError> {
             let mut statement = tx.prepare_cached(
                 "SELECT DISTINCT control_plane_id FROM dp_client_certificates
                  WHERE fingerprint = ?1 ORDER BY control_plane_id",
@@ -129,7 +137,7 @@ impl Store {
 
     /// Every stored config version's latest per control plane: (id, version, text, created_at).
     pub fn latest_versions(&self) -> Result<Vec<(String, u64, String, i64)>, String> {
-        self.transaction(|tx| {
+        self.transaction(|tx| -> Result<_, StoreError> {
             let mut statement = tx.prepare(
                 "SELECT v.control_plane_id, v.version, v.document, v.created_at
                  FROM config_versions v
@@ -145,7 +153,7 @@ impl Store {
     }
 
     pub fn load_nodes(&self) -> Result<Vec<(String, Node)>, String> {
-        self.transaction(|tx| {
+        self.transaction(|tx| -> Result<_, StoreError> {
             let mut statement = tx.prepare("SELECT control_plane_id, doc FROM nodes")?;
             let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get::<_, String>(1)?)))?;
             let mut nodes = Vec::new();
@@ -163,7 +171,7 @@ impl Store {
 
     pub fn save_node(&self, control_plane_id: &str, node: &Node) -> Result<(), String> {
         let doc = serde_json::to_string(node).map_err(|e| e.to_string())?;
-        self.transaction(|tx| {
+        self.transaction(|tx| -> Result<_, StoreError> {
             // The control plane may have been deleted meanwhile: nothing to remember then.
             tx.execute(
                 "INSERT INTO nodes (control_plane_id, id, doc)
@@ -177,7 +185,7 @@ impl Store {
     }
 
     pub fn delete_node(&self, control_plane_id: &str, id: &str) -> Result<(), String> {
-        self.transaction(|tx| {
+        self.transaction(|tx| -> Result<_, StoreError> {
             tx.execute(
                 "DELETE FROM nodes WHERE control_plane_id = ?1 AND id = ?2",
                 [control_plane_id, id],
