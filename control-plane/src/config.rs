@@ -379,6 +379,18 @@ pub fn validate_entity(kind: EntityKind, doc: &mut Value) -> Result<(), ConfigEr
                 .collect(),
         });
     }
+    // A `url` stands for protocol, host, port and path: Kong's defaults must not mix in.
+    if let (EntityKind::Services, Some(Value::Object(map))) = (
+        kind,
+        doc.get("url")
+            .filter(|u| !u.is_null())
+            .map(|_| ())
+            .and(Some(&mut *doc)),
+    ) {
+        for field in ["protocol", "host", "port", "path"] {
+            map.remove(field);
+        }
+    }
     let mut alone = pick(doc, &fields);
     // Checked against the store instead: the one-entity document has nothing to refer to.
     alone.remove("id");

@@ -58,7 +58,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8100)),
             cluster_listen: SocketAddr::from(([127, 0, 0, 1], 8005)),
             xds_listen: SocketAddr::from(([127, 0, 0, 1], 18000)),
             data_dir: PathBuf::from("control-plane-data"),
@@ -228,8 +228,14 @@ impl ControlPlane {
     fn stop(&mut self) {
         let _ = self.shutdown.send(true);
         if let Some(runtime) = self.runtime.take() {
-            runtime.block_on(self.state.provisioner.stop_all());
-            runtime.shutdown_timeout(Duration::from_secs(2));
+            // On a thread of its own: the owner may be async code, where a runtime can be
+            // neither blocked on nor dropped.
+            let state = Arc::clone(&self.state);
+            let stopping = std::thread::spawn(move || {
+                runtime.block_on(state.provisioner.stop_all());
+                runtime.shutdown_timeout(Duration::from_secs(2));
+            });
+            let _ = stopping.join();
         }
     }
 }

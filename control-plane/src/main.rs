@@ -24,7 +24,7 @@ enum Command {
     /// Serve the API and the data plane endpoints until interrupted.
     Serve {
         /// The REST API.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, default_value = "127.0.0.1:8100")]
         listen: SocketAddr,
         /// Where `gateway` data planes connect (mTLS).
         #[arg(long, default_value = "127.0.0.1:8005")]

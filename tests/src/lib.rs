@@ -7,6 +7,7 @@
 
 pub mod cases;
 pub mod client;
+pub mod control_plane;
 pub mod echo;
 pub mod envoy;
 pub mod gateway_cases;

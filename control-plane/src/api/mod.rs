@@ -31,7 +31,8 @@ use crate::State;
 
 type Shared = Extract<Arc<State>>;
 
-/// Every route of the API: `openapi::tests` checks this list against the OpenAPI document.
+/// Every route of the API; tests/control_plane/api.rs checks each operation of the OpenAPI
+/// document against it.
 pub fn router(state: Arc<State>) -> Router {
     let cp = "/v2/control-planes/:control_plane_id";
     let entities = format!("{cp}/core-entities");
@@ -99,9 +100,13 @@ pub fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-/// Kept apart from `router` so the OpenAPI check can post to an unknown path.
-async fn fallback() -> ApiError {
-    errors::not_found()
+/// No such route: named as such, so a client (and the OpenAPI check) can tell it from an
+/// entity that does not exist.
+async fn fallback(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    errors::problem(
+        axum::http::StatusCode::NOT_FOUND,
+        format!("no API route for {method} {}", uri.path()),
+    )
 }
 
 async fn authenticate(state: Shared, request: Request, next: Next) -> Response {

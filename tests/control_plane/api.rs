@@ -1,0 +1,725 @@
+//! The control plane's REST API against a real control plane (real SQLite file, real HTTP on
+//! loopback): Konnect's shapes, Kong's entity behaviour and errors, versions produced only by
+//! accepted changes, durability across a restart, and the OpenAPI document kept true.
+
+use serde_json::{json, Value};
+use wasmgate_tests::control_plane::{TestControlPlane, TOKEN};
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+async fn control_plane(cp: &TestControlPlane, name: &str, cluster_type: &str) -> String {
+    let created = cp
+        .expect(
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(
+                &json!({ "name": name, "cluster_type": cluster_type, "labels": {"team": "edge"} }),
+            ),
+        )
+        .await;
+    created["id"].as_str().expect("id").to_owned()
+}
+
+async fn expected_hash(cp: &TestControlPlane, id: &str) -> (String, u64) {
+    let body = cp
+        .expect(
+            200,
+            "GET",
+            &format!("/v2/control-planes/{id}/expected-config-hash"),
+            None,
+        )
+        .await;
+    (
+        body["expected_hash"].as_str().expect("hash").to_owned(),
+        body["config_version"].as_u64().expect("version"),
+    )
+}
+
+#[tokio::test]
+async fn every_request_needs_the_token() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    for token in [None, Some("kpat_wrong")] {
+        let response = cp.call_raw("GET", "/v2/control-planes", None, token).await;
+        assert_eq!(response.status, 401, "{}", response.text());
+        assert_eq!(response.header("www-authenticate"), Some("Bearer"));
+        let body = response.json().expect("json");
+        assert_eq!(body["title"], "Unauthorized");
+    }
+    // Even the document and unknown paths: nothing is answered without the token.
+    let response = cp.call_raw("GET", "/v2/openapi.json", None, None).await;
+    assert_eq!(response.status, 401);
+    let response = cp
+        .call_raw("GET", "/v2/control-planes", None, Some(TOKEN))
+        .await;
+    assert_eq!(response.status, 200);
+}
+
+#[test]
+fn a_token_is_made_on_first_start_and_kept() {
+    let dir = dir();
+    let options = |token: Option<String>| control_plane::Options {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        cluster_listen: "127.0.0.1:0".parse().expect("addr"),
+        xds_listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().to_path_buf(),
+        token,
+        ..control_plane::Options::default()
+    };
+    let first = control_plane::ControlPlane::start(options(None)).expect("start");
+    let token = first
+        .generated_token()
+        .expect("a token on first start")
+        .to_owned();
+    assert!(token.starts_with("kpat_") && token.len() > 30, "{token}");
+    first.shutdown();
+    let second = control_plane::ControlPlane::start(options(None)).expect("restart");
+    assert!(second.generated_token().is_none(), "shown once only");
+    let sha = control_plane::hub::sha256_hex(token.as_bytes());
+    assert_eq!(
+        second.state().token_sha256,
+        sha,
+        "the first token still works"
+    );
+}
+
+#[tokio::test]
+async fn control_planes_have_konnect_shapes_and_errors() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let created = cp
+        .expect(
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({
+                "name": "serverless-gateway-control-plane",
+                "description": "A test control plane for Serverless Gateways.",
+                "cluster_type": "CLUSTER_TYPE_SERVERLESS_V1",
+            })),
+        )
+        .await;
+    let id = created["id"].as_str().expect("id");
+    assert_eq!(
+        created["config"]["cluster_type"],
+        "CLUSTER_TYPE_SERVERLESS_V1"
+    );
+    assert_eq!(created["config"]["auth_type"], "pinned_client_certs");
+    let endpoint = created["config"]["control_plane_endpoint"]
+        .as_str()
+        .expect("endpoint");
+    assert_eq!(
+        endpoint,
+        format!("wss://{}/v1/outlet", cp.endpoints().cluster)
+    );
+    assert!(created["config"]["cluster_ca_cert"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("-----BEGIN CERTIFICATE-----")));
+    assert!(created["created_at"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z') && t.len() == 20));
+
+    let missing = cp
+        .expect(400, "POST", "/v2/control-planes", Some(&json!({})))
+        .await;
+    assert_eq!(missing["invalid_parameters"][0]["field"], "name");
+    let pki = cp
+        .expect(
+            400,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({ "name": "x", "auth_type": "pki_client_certs" })),
+        )
+        .await;
+    assert_eq!(pki["invalid_parameters"][0]["field"], "auth_type");
+    assert!(pki["invalid_parameters"][0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("not supported")));
+    let bad_type = cp
+        .expect(
+            400,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({ "name": "x", "cluster_type": "K8S" })),
+        )
+        .await;
+    assert_eq!(bad_type["invalid_parameters"][0]["field"], "cluster_type");
+    cp.expect(
+        409,
+        "POST",
+        "/v2/control-planes",
+        Some(&json!({ "name": "serverless-gateway-control-plane" })),
+    )
+    .await;
+
+    control_plane(&cp, "second", "CLUSTER_TYPE_CONTROL_PLANE").await;
+    let page = cp
+        .expect(
+            200,
+            "GET",
+            "/v2/control-planes?page[size]=1&page[number]=2",
+            None,
+        )
+        .await;
+    assert_eq!(page["meta"]["page"]["total"], 2);
+    assert_eq!(page["data"][0]["name"], "second");
+    let filtered = cp
+        .expect(
+            200,
+            "GET",
+            "/v2/control-planes?filter[name][eq]=second",
+            None,
+        )
+        .await;
+    assert_eq!(filtered["data"].as_array().map(Vec::len), Some(1));
+
+    let patched = cp
+        .expect(
+            200,
+            "PATCH",
+            &format!("/v2/control-planes/{id}"),
+            Some(&json!({ "description": "changed", "labels": {"env": "dev"} })),
+        )
+        .await;
+    assert_eq!(patched["description"], "changed");
+    assert_eq!(patched["labels"]["env"], "dev");
+    cp.expect(204, "DELETE", &format!("/v2/control-planes/{id}"), None)
+        .await;
+    let gone = cp
+        .expect(404, "GET", &format!("/v2/control-planes/{id}"), None)
+        .await;
+    assert_eq!(gone["status"], 404);
+}
+
+#[tokio::test]
+async fn entities_behave_like_kong_and_only_accepted_changes_make_versions() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let id = control_plane(&cp, "cp", "CLUSTER_TYPE_CONTROL_PLANE").await;
+    let base = format!("/v2/control-planes/{id}/core-entities");
+    let (_, first_version) = expected_hash(&cp, &id).await;
+    assert_eq!(
+        first_version, 1,
+        "a new control plane has an empty first version"
+    );
+
+    let service = cp
+        .expect(
+            201,
+            "POST",
+            &format!("{base}/services"),
+            Some(&json!({ "name": "echo", "url": "https://Example.COM/api" })),
+        )
+        .await;
+    assert_eq!(service["protocol"], "https");
+    assert_eq!(service["host"], "example.com");
+    assert_eq!(service["port"], 443);
+    assert_eq!(service["path"], "/api");
+    assert_eq!(service["retries"], 5);
+    assert!(service.get("url").is_none());
+    let service_id = service["id"].as_str().expect("id").to_owned();
+
+    let route = cp
+        .expect(
+            201,
+            "POST",
+            &format!("{base}/services/{service_id}/routes"),
+            Some(&json!({ "name": "r", "paths": ["/"] })),
+        )
+        .await;
+    assert_eq!(route["service"]["id"], service_id.as_str());
+    assert_eq!(route["strip_path"], true);
+    assert_eq!(route["protocols"], json!(["http", "https"]));
+    let route_id = route["id"].as_str().expect("id").to_owned();
+
+    let plugin = cp
+        .expect(
+            201,
+            "POST",
+            &format!("{base}/services/echo/plugins"),
+            Some(&json!({ "name": "rate-limiting", "config": { "second": 5, "policy": "local" } })),
+        )
+        .await;
+    assert_eq!(plugin["service"]["id"], service_id.as_str());
+    assert_eq!(plugin["enabled"], true);
+    assert_eq!(
+        plugin["protocols"],
+        json!(["grpc", "grpcs", "http", "https"])
+    );
+    let plugin_id = plugin["id"].as_str().expect("id").to_owned();
+    let (hash, version) = expected_hash(&cp, &id).await;
+    assert_eq!(version, 4, "three accepted changes");
+
+    // Rejected changes: Kong's errors, and nothing new is pushed.
+    let invalid = cp
+        .expect(
+            400,
+            "POST",
+            &format!("{base}/plugins"),
+            Some(&json!({ "name": "request-size-limiting", "config": { "allowed_payload_size": "ten", "size_unit": "gigabytes" } })),
+        )
+        .await;
+    assert_eq!(invalid["code"], 2);
+    assert_eq!(invalid["name"], "schema violation");
+    assert_eq!(
+        invalid["fields"]["config"]["allowed_payload_size"],
+        "expected an integer"
+    );
+    assert!(invalid["fields"]["config"]["size_unit"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("expected one of")));
+    assert!(invalid["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("2 schema violations (config.")));
+    let unknown = cp
+        .expect(
+            400,
+            "POST",
+            &format!("{base}/plugins"),
+            Some(&json!({ "name": "key-auth" })),
+        )
+        .await;
+    assert_eq!(
+        unknown["fields"]["name"],
+        "plugin 'key-auth' not enabled; add it to the 'plugins' configuration property"
+    );
+    let duplicate = cp
+        .expect(
+            409,
+            "POST",
+            &format!("{base}/services"),
+            Some(&json!({ "name": "echo", "host": "other" })),
+        )
+        .await;
+    assert_eq!(duplicate["code"], 5);
+    assert_eq!(
+        duplicate["message"],
+        "UNIQUE violation detected on '{name=\"echo\"}'"
+    );
+    let same_scope = cp
+        .expect(
+            409,
+            "POST",
+            &format!("{base}/plugins"),
+            Some(&json!({ "name": "rate-limiting", "service": { "id": service_id }, "config": { "minute": 1 } })),
+        )
+        .await;
+    assert!(same_scope["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("name=\"rate-limiting\"")));
+    let dangling = cp
+        .expect(
+            400,
+            "POST",
+            &format!("{base}/routes"),
+            Some(&json!({ "paths": ["/x"], "service": { "id": "0b9b6b53-0000-4000-8000-000000000000" } })),
+        )
+        .await;
+    assert_eq!(dangling["code"], 4);
+    assert!(dangling["fields"]["service"]
+        .as_str()
+        .is_some_and(|m| m.contains("does not reference an existing 'services' entity")));
+    let no_match = cp
+        .expect(
+            400,
+            "POST",
+            &format!("{base}/routes"),
+            Some(&json!({ "name": "bare" })),
+        )
+        .await;
+    assert!(no_match["fields"]["@entity"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("must set one of")));
+    let referenced = cp
+        .expect(
+            400,
+            "DELETE",
+            &format!("{base}/services/{service_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(referenced["fields"]["@referenced_by"], "routes");
+    cp.expect(404, "GET", &format!("{base}/services/nope"), None)
+        .await;
+    cp.expect(
+        404,
+        "PATCH",
+        &format!("{base}/plugins/{}", "0b9b6b53-0000-4000-8000-000000000000"),
+        Some(&json!({ "enabled": false })),
+    )
+    .await;
+    assert_eq!(
+        expected_hash(&cp, &id).await,
+        (hash.clone(), version),
+        "rejections push nothing"
+    );
+
+    // PATCH merges a plugin's config key by key.
+    let patched = cp
+        .expect(
+            200,
+            "PATCH",
+            &format!("{base}/plugins/{plugin_id}"),
+            Some(&json!({ "config": { "second": 7 } })),
+        )
+        .await;
+    assert_eq!(patched["config"]["second"], 7);
+    assert_eq!(patched["config"]["policy"], "local");
+    let (new_hash, new_version) = expected_hash(&cp, &id).await;
+    assert_eq!(new_version, version + 1);
+    assert_ne!(new_hash, hash);
+
+    // The pushed document is the export, and carries the change.
+    let export = cp
+        .expect(
+            200,
+            "GET",
+            &format!("/v2/control-planes/{id}/declarative-config"),
+            None,
+        )
+        .await;
+    assert_eq!(export["services"][0]["plugins"][0]["config"]["second"], 7);
+    let current = cp
+        .control_plane()
+        .state()
+        .hub
+        .current(&id)
+        .expect("version");
+    assert_eq!(
+        serde_json::from_str::<Value>(&current.text).expect("json"),
+        export
+    );
+
+    // PUT upserts by name; deleting a route takes its plugins along.
+    cp.expect(
+        200,
+        "PUT",
+        &format!("{base}/services/second"),
+        Some(&json!({ "host": "second.internal", "tags": ["a", "b"] })),
+    )
+    .await;
+    cp.expect(201, "POST", &format!("{base}/routes/{route_id}/plugins"), Some(&json!({ "name": "request-transformer", "config": { "add": { "headers": ["x-a:1"] } } }))).await;
+    let route_plugins = cp
+        .expect(
+            200,
+            "GET",
+            &format!("{base}/routes/{route_id}/plugins"),
+            None,
+        )
+        .await;
+    assert_eq!(route_plugins["data"].as_array().map(Vec::len), Some(1));
+    cp.expect(204, "DELETE", &format!("{base}/routes/{route_id}"), None)
+        .await;
+    let plugins = cp
+        .expect(200, "GET", &format!("{base}/plugins"), None)
+        .await;
+    assert_eq!(
+        plugins["data"].as_array().map(Vec::len),
+        Some(1),
+        "{plugins}"
+    );
+
+    // Pagination and tags.
+    let first = cp
+        .expect(200, "GET", &format!("{base}/services?size=1"), None)
+        .await;
+    assert_eq!(first["data"][0]["name"], "echo");
+    let offset = first["offset"].as_str().expect("an offset");
+    let second = cp
+        .expect(
+            200,
+            "GET",
+            &format!("{base}/services?size=1&offset={offset}"),
+            None,
+        )
+        .await;
+    assert_eq!(second["data"][0]["name"], "second");
+    assert!(second["offset"].is_null());
+    let tagged = cp
+        .expect(200, "GET", &format!("{base}/services?tags=a,b"), None)
+        .await;
+    assert_eq!(tagged["data"].as_array().map(Vec::len), Some(1));
+    let either = cp
+        .expect(200, "GET", &format!("{base}/services?tags=b/zzz"), None)
+        .await;
+    assert_eq!(either["data"].as_array().map(Vec::len), Some(1));
+    let neither = cp
+        .expect(200, "GET", &format!("{base}/services?tags=a,zzz"), None)
+        .await;
+    assert_eq!(neither["data"].as_array().map(Vec::len), Some(0));
+}
+
+#[tokio::test]
+async fn serverless_control_planes_carry_the_platform_limits() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let id = control_plane(&cp, "serverless", "CLUSTER_TYPE_SERVERLESS_V1").await;
+    let export = cp
+        .expect(
+            200,
+            "GET",
+            &format!("/v2/control-planes/{id}/declarative-config"),
+            None,
+        )
+        .await;
+    let plugins = export["plugins"].as_array().expect("platform plugins");
+    let size = plugins
+        .iter()
+        .find(|p| p["name"] == "request-size-limiting")
+        .expect("size limit");
+    assert_eq!(
+        size["config"],
+        json!({ "allowed_payload_size": 10, "size_unit": "megabytes" })
+    );
+    let rate = plugins
+        .iter()
+        .find(|p| p["name"] == "rate-limiting")
+        .expect("rate limit");
+    assert_eq!(rate["config"]["second"], 100);
+    let refused = cp
+        .expect(
+            400,
+            "POST",
+            &format!("/v2/control-planes/{id}/core-entities/plugins"),
+            Some(&json!({ "name": "rate-limiting", "config": { "second": 1000 } })),
+        )
+        .await;
+    assert!(refused["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("serverless")));
+}
+
+#[tokio::test]
+async fn declarative_import_and_export_round_trip() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let id = control_plane(&cp, "source", "CLUSTER_TYPE_CONTROL_PLANE").await;
+    let yaml = r#"
+_format_version: "3.0"
+services:
+  - name: backend
+    url: http://127.0.0.1:9/base
+    routes:
+      - name: api
+        paths: [/api]
+        plugins:
+          - name: request-size-limiting
+            config: { allowed_payload_size: 1, size_unit: kilobytes }
+    plugins:
+      - name: request-transformer
+        config: { add: { headers: ["x-from:cp"] } }
+plugins:
+  - name: rate-limiting
+    config: { second: 50, policy: local }
+"#;
+    let response = cp
+        .call_raw(
+            "POST",
+            &format!("/v2/control-planes/{id}/declarative-config"),
+            Some(yaml.to_owned()),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(response.status, 201, "{}", response.text());
+    let imported = response.json().expect("json");
+    let services = cp
+        .expect(
+            200,
+            "GET",
+            &format!("/v2/control-planes/{id}/core-entities/services"),
+            None,
+        )
+        .await;
+    assert_eq!(services["data"][0]["host"], "127.0.0.1");
+    let plugins = cp
+        .expect(
+            200,
+            "GET",
+            &format!("/v2/control-planes/{id}/core-entities/plugins"),
+            None,
+        )
+        .await;
+    assert_eq!(plugins["data"].as_array().map(Vec::len), Some(3));
+
+    // What one control plane exports, another imports to the very same configuration.
+    let export = cp
+        .expect(
+            200,
+            "GET",
+            &format!("/v2/control-planes/{id}/declarative-config"),
+            None,
+        )
+        .await;
+    let other = control_plane(&cp, "copy", "CLUSTER_TYPE_CONTROL_PLANE").await;
+    let copied = cp
+        .expect(
+            201,
+            "POST",
+            &format!("/v2/control-planes/{other}/declarative-config"),
+            Some(&export),
+        )
+        .await;
+    assert_eq!(copied["config_hash"], imported["config_hash"]);
+
+    let invalid = cp
+        .expect(
+            400,
+            "POST",
+            &format!("/v2/control-planes/{id}/declarative-config"),
+            Some(&json!({ "_format_version": "3.0", "services": [{ "name": "s", "host": "h", "port": 70000 }] })),
+        )
+        .await;
+    assert_eq!(invalid["code"], 14);
+    assert_eq!(
+        invalid["fields"]["services"]["s"]["port"],
+        "value should be between 0 and 65535"
+    );
+    assert_eq!(
+        expected_hash(&cp, &id).await.0,
+        imported["config_hash"].as_str().expect("hash")
+    );
+}
+
+#[tokio::test]
+async fn certificates_are_pinned_per_control_plane() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let id = control_plane(&cp, "cp", "CLUSTER_TYPE_CONTROL_PLANE").await;
+    let path = format!("/v2/control-planes/{id}/dp-client-certificates");
+    let bad = cp
+        .expect(
+            400,
+            "POST",
+            &path,
+            Some(&json!({ "cert": "not a certificate" })),
+        )
+        .await;
+    assert_eq!(bad["invalid_parameters"][0]["field"], "cert");
+    let (pem, _) = control_plane::pki::client_certificate("dp-1").expect("cert");
+    let created = cp
+        .expect(201, "POST", &path, Some(&json!({ "cert": pem })))
+        .await;
+    let cert_id = created["item"]["id"].as_str().expect("id");
+    let der = control_plane::pki::parse_certificate(&pem).expect("der");
+    let store = &cp.control_plane().state().store;
+    let fingerprint = control_plane::pki::fingerprint(&der);
+    assert_eq!(
+        store.pinned_control_planes(&fingerprint).expect("pins"),
+        vec![id.clone()]
+    );
+    let list = cp.expect(200, "GET", &path, None).await;
+    assert_eq!(list["page"]["total"], 1);
+    cp.expect(204, "DELETE", &format!("{path}/{cert_id}"), None)
+        .await;
+    assert!(store
+        .pinned_control_planes(&fingerprint)
+        .expect("pins")
+        .is_empty());
+    cp.expect(404, "DELETE", &format!("{path}/{cert_id}"), None)
+        .await;
+}
+
+#[tokio::test]
+async fn nothing_acknowledged_is_lost_across_a_restart() {
+    let dir = dir();
+    let mut cp = TestControlPlane::start(dir.path());
+    let id = control_plane(&cp, "durable", "CLUSTER_TYPE_CONTROL_PLANE").await;
+    let base = format!("/v2/control-planes/{id}/core-entities");
+    cp.expect(
+        201,
+        "POST",
+        &format!("{base}/services"),
+        Some(&json!({ "name": "s", "host": "h" })),
+    )
+    .await;
+    cp.expect(
+        201,
+        "POST",
+        &format!("{base}/services/s/plugins"),
+        Some(
+            &json!({ "name": "request-transformer", "config": { "add": { "headers": ["a:b"] } } }),
+        ),
+    )
+    .await;
+    let before = expected_hash(&cp, &id).await;
+    cp.start_again();
+    assert_eq!(expected_hash(&cp, &id).await, before);
+    let plugins = cp
+        .expect(200, "GET", &format!("{base}/plugins"), None)
+        .await;
+    assert_eq!(
+        plugins["data"][0]["config"]["add"]["headers"],
+        json!(["a:b"])
+    );
+    let current = cp
+        .control_plane()
+        .state()
+        .hub
+        .current(&id)
+        .expect("restored version");
+    assert_eq!(current.hash, before.0);
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_true() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let document = cp.expect(200, "GET", "/v2/openapi.json", None).await;
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().expect("paths");
+    let mut operations = 0;
+    for (path, item) in paths {
+        let concrete = path
+            .replace("{kind}", "services")
+            .replace("{nested}", "plugins")
+            .replace("{control_plane_id}", "0b9b6b53-0000-4000-8000-000000000000")
+            .replace("{id}", "x")
+            .replace("{certificate_id}", "x")
+            .replace("{node_id}", "x")
+            .replace("{configuration_id}", "x");
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let Some(operation) = item.get(method) else {
+                continue;
+            };
+            operations += 1;
+            let response = cp
+                .call_raw(
+                    &method.to_uppercase(),
+                    &concrete,
+                    Some("{}".into()),
+                    Some(TOKEN),
+                )
+                .await;
+            assert_ne!(
+                response.status, 405,
+                "{method} {path} is documented but not routed"
+            );
+            assert!(
+                !response.text().contains("no API route"),
+                "{method} {path} is documented but not routed"
+            );
+            let documented: Vec<&String> = operation["responses"]
+                .as_object()
+                .expect("responses")
+                .keys()
+                .collect();
+            assert!(
+                documented
+                    .iter()
+                    .any(|code| code.as_str() == response.status.to_string()),
+                "{method} {path} answered {} which is not documented ({documented:?}): {}",
+                response.status,
+                response.text()
+            );
+        }
+    }
+    assert!(operations >= 28, "{operations}");
+    let unknown = cp
+        .call_raw("GET", "/v2/nothing-here", None, Some(TOKEN))
+        .await;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.text().contains("no API route"));
+}

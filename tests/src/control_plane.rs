@@ -1,0 +1,121 @@
+//! A real control plane for tests: in-process, on loopback ports, with its data directory
+//! in a temporary folder, and a client for its API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use control_plane::{ControlPlane, Endpoints, Options};
+use serde_json::Value;
+
+use crate::client::{self, Protocol, Request, RequestBody, Response};
+
+pub const TOKEN: &str = "kpat_test-token";
+
+pub struct TestControlPlane {
+    control_plane: Option<ControlPlane>,
+    data_dir: PathBuf,
+    endpoints: Endpoints,
+}
+
+fn options(data_dir: &Path, endpoints: Option<Endpoints>) -> Options {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    Options {
+        listen: endpoints.map_or(any, |e| e.api),
+        cluster_listen: endpoints.map_or(any, |e| e.cluster),
+        xds_listen: endpoints.map_or(any, |e| e.xds),
+        data_dir: data_dir.to_path_buf(),
+        token: Some(TOKEN.to_owned()),
+        ping_interval: std::time::Duration::from_secs(1),
+        ..Options::default()
+    }
+}
+
+impl TestControlPlane {
+    /// Starts on free ports with `data_dir` (created if missing).
+    pub fn start(data_dir: &Path) -> TestControlPlane {
+        let control_plane = ControlPlane::start(options(data_dir, None))
+            .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
+        TestControlPlane {
+            endpoints: control_plane.endpoints(),
+            control_plane: Some(control_plane),
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn endpoints(&self) -> Endpoints {
+        self.endpoints
+    }
+
+    pub fn control_plane(&self) -> &ControlPlane {
+        self.control_plane
+            .as_ref()
+            .unwrap_or_else(|| panic!("the control plane is stopped"))
+    }
+
+    /// Stops it (data planes see it go away).
+    pub fn stop(&mut self) {
+        if let Some(cp) = self.control_plane.take() {
+            cp.shutdown();
+        }
+    }
+
+    /// Starts it again on the same data directory and ports.
+    pub fn start_again(&mut self) {
+        self.stop();
+        let control_plane = ControlPlane::start(options(&self.data_dir, Some(self.endpoints)))
+            .unwrap_or_else(|e| panic!("restarting the control plane: {e}"));
+        self.control_plane = Some(control_plane);
+    }
+
+    /// Calls the API with the token.
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
+        self.call_raw(method, path, body.map(Value::to_string), Some(TOKEN))
+            .await
+    }
+
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        token: Option<&str>,
+    ) -> Response {
+        let mut request = Request {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.map_or(RequestBody::Empty, |b| RequestBody::Bytes(b.into_bytes())),
+        };
+        if let Some(token) = token {
+            request = request.header("authorization", &format!("Bearer {token}"));
+        }
+        client::send(self.endpoints.api, Protocol::Http1, &request)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Calls the API and insists on `status`; returns the JSON body.
+    pub async fn expect(
+        &self,
+        status: u16,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Value {
+        let response = self.call(method, path, body).await;
+        assert_eq!(
+            response.status,
+            status,
+            "{method} {path} answered {}: {}",
+            response.status,
+            response.text()
+        );
+        response.json().unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for TestControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
