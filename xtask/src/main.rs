@@ -4,8 +4,11 @@
 //! - `test [ARGS]`: build, make sure Envoy 1.40 is available, then every test in the workspace.
 //! - `run [--port N] [--envoy]`: build, then wasmgate's gateway (or a real Envoy) on localhost
 //!   with the seed's defaults in front of a local echo backend, until Ctrl-C.
+//! - `control-plane [--port N]`: build, then the control plane on localhost (API on :8100)
+//!   with the seed's flow printed as curl lines, until Ctrl-C.
 //! - `bench [--quick]`: every data plane side by side; writes docs/BENCHMARKS.md and plots.
 
+mod control_plane;
 mod envoy;
 mod run;
 mod wasm;
@@ -18,6 +21,7 @@ fn main() -> ExitCode {
         Some("build") => wasm::build().map(|_| ()),
         Some("test") => test(&args[1..]),
         Some("run") => run::run(&args[1..]),
+        Some("control-plane") => control_plane::run(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             println!("{}", USAGE);
@@ -41,6 +45,8 @@ commands:
   test [ARGS]      build, install Envoy 1.40 if needed, run every test (ARGS go to cargo test)
   run [--port N] [--envoy]
                    the seed's gateway on 127.0.0.1:N (default 8000; admin N+1), or Envoy
+  control-plane [--port N]
+                   the control plane on 127.0.0.1:N (default 8100) and the seed's flow as curl
   bench [--quick]  measure every data plane; writes docs/BENCHMARKS.md and its plots";
 
 fn test(args: &[String]) -> Result<(), String> {
