@@ -2,12 +2,15 @@
 //! machine, written to docs/BENCHMARKS.md with SVG plots.
 //!
 //! Cores: the proxy under test is pinned to core 0 with one worker (`--concurrency 1`,
-//! `--workers 1`); the load generator and the upstream share core 1. Every process started is
-//! stopped by PID when its scenario ends. Traffic stays on loopback.
+//! `--workers 1`); the load generator and the upstream share core 1 (the rate-limit runs,
+//! with 2 and 4 workers, leave the proxy unpinned). Every process started is stopped by PID
+//! when its run ends. Traffic stays on loopback.
 
 mod load;
+mod modules;
 mod plots;
 mod proxies;
+mod ratelimit;
 mod report;
 mod upstream;
 
@@ -31,6 +34,11 @@ pub struct Timing {
     pub closed: Duration,
     pub open: Duration,
     pub warmup: Duration,
+    /// Each point of the plugin-count runs.
+    pub chain: Duration,
+    /// Each rate-limit accuracy run (started 0.2 s into a second).
+    pub rate_limit: Duration,
+    pub rate_limit_workers: &'static [usize],
 }
 
 /// One data plane's figures.
@@ -41,8 +49,13 @@ pub struct Figures {
     pub closed: Vec<(usize, Outcome)>,
     /// (fraction of max, offered rate, outcome)
     pub open: Vec<(f64, f64, Outcome)>,
+    /// (offered rate, outcome) at another data plane's 90% rate.
+    pub same_rate: Option<(f64, Outcome)>,
     pub cpu_us_per_request: Option<f64>,
     pub peak_rss_mib: Option<f64>,
+    /// Answers other than 200 and failed exchanges over all runs: a figure made of errors
+    /// would flatter the proxy.
+    pub not_ok: u64,
     pub note: Option<String>,
 }
 
@@ -56,18 +69,32 @@ pub const CONCURRENCY: [usize; 3] = [1, 16, 64];
 const PROXY_CORE: usize = 0;
 const CLIENT_CORE: usize = 1;
 
+/// The machine's online cores. Not `available_parallelism`: that follows this thread's
+/// affinity, and the load generator pins this thread to the client core.
+pub fn cores() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(online).unwrap_or(1).max(1)
+}
+
 fn client_core() -> Option<usize> {
-    (std::thread::available_parallelism().map_or(1, usize::from) > 1).then_some(CLIENT_CORE)
+    (cores() > 1).then_some(CLIENT_CORE)
+}
+
+pub fn not_ok(outcome: &Outcome) -> u64 {
+    outcome.ok + outcome.errors - outcome.statuses.get(&200).copied().unwrap_or(0)
 }
 
 /// Measures one target: closed loop at each concurrency, then open loop at 50% and 90% of the
-/// best closed-loop rate.
+/// best closed-loop rate, and at `also_at` req/s if given (another data plane's rate, for
+/// latency at the same offered load).
 fn measure(
     name: &str,
     target: std::net::SocketAddr,
     pid: Option<u32>,
     workload: &Workload,
     timing: Timing,
+    also_at: Option<f64>,
 ) -> Figures {
     eprintln!("bench: {name}");
     let mut figures = Figures {
@@ -81,6 +108,7 @@ fn measure(
         let outcome =
             load::closed_loop(target, workload, connections, timing.closed, client_core());
         requests += outcome.ok;
+        figures.not_ok += not_ok(&outcome);
         eprintln!(
             "  c={connections}: {:.0} req/s, p99 {:.2} ms, {} errors",
             outcome.rps(),
@@ -104,7 +132,18 @@ fn measure(
             outcome.percentile_ms(0.5),
             outcome.percentile_ms(0.99)
         );
+        figures.not_ok += not_ok(&outcome);
         figures.open.push((fraction, rate, outcome));
+    }
+    if let Some(rate) = also_at {
+        let outcome = load::open_loop(target, workload, rate, 32, timing.open, client_core());
+        eprintln!(
+            "  open at {rate:.0} req/s: p50 {:.2} ms, p99 {:.2} ms",
+            outcome.percentile_ms(0.5),
+            outcome.percentile_ms(0.99)
+        );
+        figures.not_ok += not_ok(&outcome);
+        figures.same_rate = Some((rate, outcome));
     }
     figures.peak_rss_mib = pid.and_then(proxies::peak_rss_mib);
     figures
@@ -114,18 +153,26 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let timing = if quick {
         Timing {
-            closed: Duration::from_secs(2),
-            open: Duration::from_secs(2),
-            warmup: Duration::from_millis(500),
+            closed: Duration::from_secs(1),
+            open: Duration::from_secs(1),
+            warmup: Duration::from_millis(300),
+            chain: Duration::from_secs(1),
+            rate_limit: Duration::from_millis(3_500),
+            rate_limit_workers: &[2],
         }
     } else {
         Timing {
             closed: Duration::from_secs(5),
             open: Duration::from_secs(5),
             warmup: Duration::from_secs(1),
+            chain: Duration::from_secs(5),
+            rate_limit: Duration::from_millis(5_500),
+            rate_limit_workers: &[2, 4],
         }
     };
     let started = std::time::Instant::now();
+    // Other work on the machine moves every figure; the report shows how busy it was.
+    let load_at_start = report::load_average();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -141,16 +188,26 @@ fn main() {
         None,
         &workload,
         timing,
+        None,
     ));
     for scenario in proxies::scenarios() {
         match runtime.block_on(scenario.start(upstream, PROXY_CORE)) {
             Ok(running) => {
+                // The gateway with plugins also runs at the rate Envoy with the same plugins
+                // ran at 90% of its maximum: p99 at the same offered load.
+                let also_at = scenario
+                    .name
+                    .starts_with(report::GATEWAY_PLUGINS)
+                    .then(|| report::find(&results, report::ENVOY_WASM))
+                    .flatten()
+                    .and_then(report::rate_at_90);
                 let mut figures = measure(
                     &scenario.name,
                     running.addr,
                     Some(running.pid),
-                    &scenario.workload(&workload),
+                    &workload,
                     timing,
+                    also_at,
                 );
                 figures.note = scenario.note.clone();
                 results.push(figures);
@@ -166,9 +223,30 @@ fn main() {
             }
         }
     }
-    let body_sizes = runtime.block_on(proxies::body_size_runs(upstream, PROXY_CORE, timing));
-    let extras = runtime.block_on(proxies::wasm_specifics());
-    let path = report::write(&results, &body_sizes, &extras, quick, started.elapsed());
+    eprintln!("bench: request body sizes");
+    let body_sizes = proxies::body_size_runs(&runtime, upstream, PROXY_CORE, timing);
+    eprintln!("bench: number of plugins");
+    let chain = proxies::plugin_count_runs(&runtime, upstream, PROXY_CORE, timing);
+    eprintln!("bench: rate-limit accuracy");
+    let accuracy = ratelimit::runs(&runtime, timing);
+    eprintln!("bench: modules in our host");
+    let modules = modules::measure();
+    let cold_start = proxies::gateway_cold_start(PROXY_CORE);
+    let plugins = proxies::plugin_configs();
+    let validated = proxies::validate_gateway(&proxies::gateway_declarative(upstream, &plugins));
+    let path = report::write(&report::Report {
+        results: &results,
+        body_sizes: &body_sizes,
+        chain: &chain,
+        accuracy: &accuracy,
+        modules: &modules,
+        cold_start,
+        validated,
+        quick,
+        timing,
+        load_at_start,
+        took: started.elapsed(),
+    });
     eprintln!(
         "bench: wrote {} in {:.0?}",
         path.display(),
