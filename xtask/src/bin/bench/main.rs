@@ -8,6 +8,7 @@
 
 mod load;
 mod modules;
+mod paired;
 mod plots;
 mod proxies;
 mod ratelimit;
@@ -39,6 +40,9 @@ pub struct Timing {
     /// Each rate-limit accuracy run (started 0.2 s into a second).
     pub rate_limit: Duration,
     pub rate_limit_workers: &'static [usize],
+    /// The head-to-head runs: rounds, and each data plane's turn in a round.
+    pub rounds: usize,
+    pub round: Duration,
 }
 
 /// One data plane's figures.
@@ -49,8 +53,6 @@ pub struct Figures {
     pub closed: Vec<(usize, Outcome)>,
     /// (fraction of max, offered rate, outcome)
     pub open: Vec<(f64, f64, Outcome)>,
-    /// (offered rate, outcome) at another data plane's 90% rate.
-    pub same_rate: Option<(f64, Outcome)>,
     pub cpu_us_per_request: Option<f64>,
     pub peak_rss_mib: Option<f64>,
     /// Answers other than 200 and failed exchanges over all runs: a figure made of errors
@@ -86,15 +88,13 @@ pub fn not_ok(outcome: &Outcome) -> u64 {
 }
 
 /// Measures one target: closed loop at each concurrency, then open loop at 50% and 90% of the
-/// best closed-loop rate, and at `also_at` req/s if given (another data plane's rate, for
-/// latency at the same offered load).
+/// best closed-loop rate.
 fn measure(
     name: &str,
     target: std::net::SocketAddr,
     pid: Option<u32>,
     workload: &Workload,
     timing: Timing,
-    also_at: Option<f64>,
 ) -> Figures {
     eprintln!("bench: {name}");
     let mut figures = Figures {
@@ -102,7 +102,7 @@ fn measure(
         ..Figures::default()
     };
     load::closed_loop(target, workload, 16, timing.warmup, client_core());
-    let cpu_before = pid.and_then(proxies::cpu_ticks);
+    let cpu_before = pid.and_then(proxies::cpu_ns);
     let mut requests = 0u64;
     for connections in CONCURRENCY {
         let outcome =
@@ -117,11 +117,8 @@ fn measure(
         );
         figures.closed.push((connections, outcome));
     }
-    if let (Some(before), Some(after)) = (cpu_before, pid.and_then(proxies::cpu_ticks)) {
-        let ticks_per_second = proxies::clock_ticks_per_second();
-        figures.cpu_us_per_request = (requests > 0)
-            .then(|| (after - before) as f64 * 1e6 / ticks_per_second / requests as f64);
-    }
+    figures.cpu_us_per_request =
+        proxies::cpu_us_per_request(cpu_before, pid.and_then(proxies::cpu_ns), requests);
     let max = figures.max_rps();
     for fraction in [0.5, 0.9] {
         let rate = max * fraction;
@@ -134,16 +131,6 @@ fn measure(
         );
         figures.not_ok += not_ok(&outcome);
         figures.open.push((fraction, rate, outcome));
-    }
-    if let Some(rate) = also_at {
-        let outcome = load::open_loop(target, workload, rate, 32, timing.open, client_core());
-        eprintln!(
-            "  open at {rate:.0} req/s: p50 {:.2} ms, p99 {:.2} ms",
-            outcome.percentile_ms(0.5),
-            outcome.percentile_ms(0.99)
-        );
-        figures.not_ok += not_ok(&outcome);
-        figures.same_rate = Some((rate, outcome));
     }
     figures.peak_rss_mib = pid.and_then(proxies::peak_rss_mib);
     figures
@@ -159,6 +146,8 @@ fn main() {
             chain: Duration::from_secs(1),
             rate_limit: Duration::from_millis(3_500),
             rate_limit_workers: &[2],
+            rounds: 3,
+            round: Duration::from_millis(500),
         }
     } else {
         Timing {
@@ -168,6 +157,8 @@ fn main() {
             chain: Duration::from_secs(5),
             rate_limit: Duration::from_millis(5_500),
             rate_limit_workers: &[2, 4],
+            rounds: 5,
+            round: Duration::from_secs(2),
         }
     };
     let started = std::time::Instant::now();
@@ -188,26 +179,16 @@ fn main() {
         None,
         &workload,
         timing,
-        None,
     ));
     for scenario in proxies::scenarios() {
         match runtime.block_on(scenario.start(upstream, PROXY_CORE)) {
             Ok(running) => {
-                // The gateway with plugins also runs at the rate Envoy with the same plugins
-                // ran at 90% of its maximum: p99 at the same offered load.
-                let also_at = scenario
-                    .name
-                    .starts_with(report::GATEWAY_PLUGINS)
-                    .then(|| report::find(&results, report::ENVOY_WASM))
-                    .flatten()
-                    .and_then(report::rate_at_90);
                 let mut figures = measure(
                     &scenario.name,
                     running.addr,
                     Some(running.pid),
                     &workload,
                     timing,
-                    also_at,
                 );
                 figures.note = scenario.note.clone();
                 results.push(figures);
@@ -223,6 +204,10 @@ fn main() {
             }
         }
     }
+    eprintln!("bench: overhead in Envoy, interleaved");
+    let overhead = paired::overhead(&runtime, upstream, PROXY_CORE, timing);
+    eprintln!("bench: gateway vs Envoy with the plugins, interleaved");
+    let head_to_head = paired::head_to_head(&runtime, upstream, PROXY_CORE, timing);
     eprintln!("bench: request body sizes");
     let body_sizes = proxies::body_size_runs(&runtime, upstream, PROXY_CORE, timing);
     eprintln!("bench: number of plugins");
@@ -236,6 +221,8 @@ fn main() {
     let validated = proxies::validate_gateway(&proxies::gateway_declarative(upstream, &plugins));
     let path = report::write(&report::Report {
         results: &results,
+        overhead,
+        head_to_head,
         body_sizes: &body_sizes,
         chain: &chain,
         accuracy: &accuracy,

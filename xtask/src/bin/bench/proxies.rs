@@ -69,7 +69,7 @@ pub fn plugin_configs() -> [(&'static str, Value); 3] {
 }
 
 /// The first `n` of our plugins whose module is built; the note names any left out.
-fn available_plugins(n: usize) -> (Vec<(&'static str, Value)>, Option<String>) {
+pub fn available_plugins(n: usize) -> (Vec<(&'static str, Value)>, Option<String>) {
     let (built, missing): (Vec<_>, Vec<_>) = plugin_configs()
         .into_iter()
         .take(n)
@@ -80,14 +80,14 @@ fn available_plugins(n: usize) -> (Vec<(&'static str, Value)>, Option<String>) {
     (built, note)
 }
 
-fn wasm_filters(plugins: &[(&'static str, Value)]) -> Vec<WasmFilter> {
+pub fn wasm_filters(plugins: &[(&'static str, Value)]) -> Vec<WasmFilter> {
     plugins
         .iter()
         .map(|(plugin, config)| WasmFilter::plugin(plugin, config.clone()))
         .collect()
 }
 
-fn native_filters() -> Vec<Value> {
+pub fn native_filters() -> Vec<Value> {
     vec![
         json!({"name": "envoy.filters.http.buffer", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
@@ -185,7 +185,7 @@ fn free_port() -> Result<SocketAddr, String> {
         .map_err(|e| format!("free port: {e}"))
 }
 
-fn pin_process(pid: u32, core: usize) {
+pub fn pin_process(pid: u32, core: usize) {
     let _ = Command::new("taskset")
         .args(["-a", "-p", "-c", &core.to_string(), &pid.to_string()])
         .stdout(Stdio::null())
@@ -329,24 +329,26 @@ impl Scenario {
     }
 }
 
-/// User and system CPU time of a process, in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+/// CPU time a process has run so far, in ns: the sum of its threads' schedstat (ns
+/// resolution, where /proc/<pid>/stat counts 10 ms ticks).
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(
+        tasks
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+            .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+            .sum(),
+    )
 }
 
-pub fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
+/// CPU µs per request between two `cpu_ns` readings.
+pub fn cpu_us_per_request(before: Option<u64>, after: Option<u64>, requests: u64) -> Option<f64> {
+    match (before, after) {
+        (Some(before), Some(after)) if requests > 0 => {
+            Some(after.saturating_sub(before) as f64 / 1e3 / requests as f64)
+        }
+        _ => None,
     }
 }
 
@@ -464,15 +466,10 @@ pub fn plugin_count_runs(
                 }
             };
             load::closed_loop(running.addr, &workload, 16, timing.warmup, client_core());
-            let before = cpu_ticks(running.pid);
+            let before = cpu_ns(running.pid);
             let outcome =
                 load::closed_loop(running.addr, &workload, 16, timing.chain, client_core());
-            let cpu_us_per_request = match (before, cpu_ticks(running.pid)) {
-                (Some(before), Some(after)) if outcome.ok > 0 => Some(
-                    (after - before) as f64 * 1e6 / clock_ticks_per_second() / outcome.ok as f64,
-                ),
-                _ => None,
-            };
+            let cpu_us_per_request = cpu_us_per_request(before, cpu_ns(running.pid), outcome.ok);
             let point = ChainPoint {
                 plane,
                 plugins: n,

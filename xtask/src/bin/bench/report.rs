@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use plotters::prelude::SeriesLabelPosition;
 
-use crate::load::Outcome;
 use crate::modules::ModuleFigures;
+use crate::paired::{HeadToHead, Overhead};
 use crate::plots::Lines;
 use crate::proxies::ChainPoint;
 use crate::ratelimit::{AccuracyRun, LIMIT, OVERLOAD};
@@ -20,6 +20,8 @@ const END: &str = "<!-- END cargo xtask bench -->";
 /// Everything one run measured.
 pub struct Report<'a> {
     pub results: &'a [Figures],
+    pub overhead: Result<Overhead, String>,
+    pub head_to_head: Result<HeadToHead, String>,
     pub body_sizes: &'a [(usize, String, f64)],
     pub chain: &'a [ChainPoint],
     pub accuracy: &'a [AccuracyRun],
@@ -108,7 +110,7 @@ fn setting(report: &Report<'_>) -> String {
          | machine | {cores} cores, {} |\n\
          | load average (1/5/15 min) | {} at start, {} at end |\n\
          | versions | Envoy {envoy}; wasmgate {} (gateway and bench built with `--profile native`, {rustc}); wasmtime {wasmtime} |\n\
-         | run | {:.0} s{}: {} s per closed-loop point, {} s per open-loop point, {} s per plugin-count point, {:.1} s per rate-limit run |\n",
+         | run | {:.0} s{}: {} s per closed-loop point, {} s per open-loop point, {} s per plugin-count point, {:.1} s per rate-limit run, {} head-to-head rounds of {:.1} s |\n",
         date(),
         cpu_model(),
         report.load_at_start,
@@ -120,6 +122,8 @@ fn setting(report: &Report<'_>) -> String {
         timing.open.as_secs(),
         timing.chain.as_secs(),
         timing.rate_limit.as_secs_f64(),
+        timing.rounds,
+        timing.round.as_secs_f64(),
     )
 }
 
@@ -131,11 +135,7 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// Name prefixes of the data planes the targets compare.
-pub const ENVOY_WASM: &str = "Envoy, wasmgate";
-pub const GATEWAY_PLUGINS: &str = "gateway, wasmgate";
-
-pub fn find<'a>(results: &'a [Figures], prefix: &str) -> Option<&'a Figures> {
+fn find<'a>(results: &'a [Figures], prefix: &str) -> Option<&'a Figures> {
     results
         .iter()
         .find(|f| f.name.starts_with(prefix) && !f.closed.is_empty())
@@ -149,18 +149,9 @@ fn cpu(f: Option<&Figures>) -> f64 {
     f.and_then(|f| f.cpu_us_per_request).unwrap_or(0.0)
 }
 
-fn at_90(f: &Figures) -> Option<&(f64, f64, Outcome)> {
-    f.open.iter().find(|(x, _, _)| *x > 0.8)
-}
-
-/// The offered rate of the open-loop run at 90% of the data plane's own maximum.
-pub fn rate_at_90(f: &Figures) -> Option<f64> {
-    at_90(f).map(|(_, rate, _)| *rate)
-}
-
 /// p99 at 90% of the data plane's own maximum.
 fn p99(f: Option<&Figures>) -> f64 {
-    f.and_then(at_90)
+    f.and_then(|f| f.open.iter().find(|(x, _, _)| *x > 0.8))
         .map_or(0.0, |(_, _, o)| o.percentile_ms(0.99))
 }
 
@@ -172,56 +163,75 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-/// The issue's targets, each with this run's figures and whether it is met.
+/// The issue's targets, each with this run's head-to-head figures and whether it is met.
 fn targets(out: &mut String, report: &Report<'_>) {
-    let results = report.results;
-    let envoy = find(results, "Envoy, no filters");
-    let native = find(results, "Envoy, native");
-    let envoy_wasm = find(results, ENVOY_WASM);
-    let gateway_plugins = find(results, GATEWAY_PLUGINS);
-    out.push_str("### Targets: where wasmgate stands in this run\n\n");
+    out.push_str(
+        "### Targets: where wasmgate stands in this run
+
+",
+    );
+    out.push_str(
+        "From the head-to-head runs below (compared data planes running at once, taking turns, \
+         medians over rounds) and the rate-limit runs.\n\n",
+    );
     out.push_str("| target | measured in this run | status |\n| --- | --- | --- |\n");
-    let both = envoy_wasm.is_some() && gateway_plugins.is_some();
-    let _ = writeln!(
-        out,
-        "| gateway + 3 plugins ahead of Envoy + the same 3 wasm plugins in throughput | best closed-loop rate {:.0} vs {:.0} req/s ({}) | {} |",
-        rps(gateway_plugins),
-        rps(envoy_wasm),
-        ratio(rps(gateway_plugins), rps(envoy_wasm)),
-        verdict(both.then(|| rps(gateway_plugins) >= rps(envoy_wasm)))
-    );
-    // The same offered load for both: the rate Envoy + wasm ran at 90% of its maximum.
-    let same = gateway_plugins
-        .and_then(|g| g.same_rate.as_ref())
-        .map(|(rate, o)| (*rate, o.percentile_ms(0.99)));
-    let _ = writeln!(
-        out,
-        "| … and in p99 | at the same offered load ({:.0} req/s, 90% of Envoy + wasm's maximum): {:.2} vs {:.2} ms ({}); at 90% of each one's own maximum: {:.2} vs {:.2} ms ({}) | {} |",
-        same.map_or(0.0, |(rate, _)| rate),
-        same.map_or(0.0, |(_, p)| p),
-        p99(envoy_wasm),
-        ratio(same.map_or(0.0, |(_, p)| p), p99(envoy_wasm)),
-        p99(gateway_plugins),
-        p99(envoy_wasm),
-        ratio(p99(gateway_plugins), p99(envoy_wasm)),
-        verdict(
-            (both && same.is_some())
-                .then(|| same.map_or(0.0, |(_, p)| p) <= p99(envoy_wasm))
-        )
-    );
-    let (wasm_over, native_over) = (cpu(envoy_wasm) - cpu(envoy), cpu(native) - cpu(envoy));
-    let overhead_verdict = if envoy_wasm.is_none() || native.is_none() {
-        verdict(None)
-    } else if native_over <= 0.0 {
-        "not determinable (the native filters measured no overhead above noise)"
-    } else {
-        verdict(Some(wasm_over <= 1.5 * native_over))
-    };
-    let _ = writeln!(
-        out,
-        "| our plugins' overhead in Envoy within 1.5× of Envoy's native filters doing the same jobs | Envoy CPU per request above Envoy with no filters: wasm {wasm_over:+.1} µs, native {native_over:+.1} µs ({}) | {overhead_verdict} |",
-        ratio(wasm_over, native_over)
-    );
+    match &report.head_to_head {
+        Ok(h) => {
+            let (gateway, envoy) = h.rps;
+            let _ = writeln!(
+                out,
+                "| gateway + 3 plugins ahead of Envoy + the same 3 wasm plugins in throughput | {gateway:.0} vs {envoy:.0} req/s at 16 connections ({}) | {} |",
+                ratio(gateway, envoy),
+                verdict(Some(gateway >= envoy))
+            );
+            let rows: Vec<String> = h
+                .p99
+                .iter()
+                .map(|(fraction, rate, gateway, envoy)| {
+                    format!(
+                        "{:.0}% of Envoy's rate ({rate:.0} req/s): {gateway:.2} vs {envoy:.2} ms ({})",
+                        fraction * 100.0,
+                        ratio(*gateway, *envoy)
+                    )
+                })
+                .collect();
+            let met = h.p99.iter().all(|(_, _, gateway, envoy)| gateway <= envoy);
+            let _ = writeln!(
+                out,
+                "| … and in p99 | at the same offered load, {} | {} |",
+                rows.join("; "),
+                verdict((!h.p99.is_empty()).then_some(met))
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "| gateway + 3 plugins ahead of Envoy + the same 3 wasm plugins in throughput and p99 | {e} | not measured |"
+            );
+        }
+    }
+    match &report.overhead {
+        Ok(o) => {
+            let status = if o.native_over_us <= 0.0 {
+                "not determinable (the native filters measured no overhead above noise)"
+            } else {
+                verdict(Some(o.wasm_over_us <= 1.5 * o.native_over_us))
+            };
+            let _ = writeln!(
+                out,
+                "| our plugins' overhead in Envoy within 1.5× of Envoy's native filters doing the same jobs | Envoy CPU per request above no filter: wasm {:+.1} µs, native {:+.1} µs ({}) | {status} |",
+                o.wasm_over_us,
+                o.native_over_us,
+                ratio(o.wasm_over_us, o.native_over_us)
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "| our plugins' overhead in Envoy within 1.5× of Envoy's native filters | {e} | not measured |"
+            );
+        }
+    }
     let ours: Vec<&AccuracyRun> = report
         .accuracy
         .iter()
@@ -242,6 +252,78 @@ fn targets(out: &mut String, report: &Report<'_>) {
     out.push('\n');
 }
 
+/// How the head-to-head figures were taken, and all of them.
+fn head_to_head(out: &mut String, report: &Report<'_>) {
+    out.push_str(
+        "### Head to head
+
+",
+    );
+    let _ = writeln!(
+        out,
+        "This machine is shared and its load drifts within seconds, which moves scenarios measured \
+         one after the other (the table above) by more than some of the differences the targets \
+         ask about. So the compared data planes also run at the same time, each with one worker \
+         pinned to core 0, and take turns: {} rounds of {:.1} s per data plane; figures are the \
+         medians over rounds (overheads: the median of each round's difference).\n",
+        report.timing.rounds,
+        report.timing.round.as_secs_f64()
+    );
+    match &report.overhead {
+        Ok(o) => {
+            let _ = writeln!(
+                out,
+                "**Overhead in Envoy**: one Envoy (`--concurrency 1`) with three listeners in front of \
+                 the same upstream: no filter, the native filters, our three wasm plugins; closed loop \
+                 at 16 connections; Envoy CPU per request from the sum of its threads' schedstat.\n\n\
+                 | listener | Envoy CPU µs/req | over no filter |\n| --- | ---: | ---: |\n\
+                 | no filter | {:.1} | |\n\
+                 | native `buffer` + `local_ratelimit` + `header_mutation` | {:.1} | {:+.1} µs |\n\
+                 | our 3 wasm plugins (V8) | {:.1} | {:+.1} µs |\n",
+                o.none_us, o.native_us, o.native_over_us, o.wasm_us, o.wasm_over_us
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "Overhead in Envoy: not measured: {e}
+"
+            );
+        }
+    }
+    match &report.head_to_head {
+        Ok(h) => {
+            let _ = writeln!(
+                out,
+                "**gateway + 3 plugins vs Envoy + 3 wasm plugins**, both running at once: closed loop \
+                 at 16 connections, then open loop (32 connections, latency from when each request was \
+                 due) at 50% and 90% of Envoy's median closed-loop rate.\n\n\
+                 | | gateway | Envoy (V8) | gateway / Envoy |\n| --- | ---: | ---: | ---: |\n\
+                 | req/s, 16 connections | {:.0} | {:.0} | {} |",
+                h.rps.0,
+                h.rps.1,
+                ratio(h.rps.0, h.rps.1)
+            );
+            for (fraction, rate, gateway, envoy) in &h.p99 {
+                let _ = writeln!(
+                    out,
+                    "| p99 ms at {rate:.0} req/s ({:.0}% of Envoy's rate) | {gateway:.2} | {envoy:.2} | {} |",
+                    fraction * 100.0,
+                    ratio(*gateway, *envoy)
+                );
+            }
+            out.push('\n');
+        }
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "gateway vs Envoy head to head: not measured: {e}
+"
+            );
+        }
+    }
+}
+
 fn main_table(out: &mut String, report: &Report<'_>) {
     out.push_str(
         "Method: the proxy under test runs one worker (`--concurrency 1` / `--workers 1`) pinned to \
@@ -250,8 +332,8 @@ fn main_table(out: &mut String, report: &Report<'_>) {
          Closed loop: N connections each send the next request when the last answer arrives. Open \
          loop: requests are due on a fixed schedule at 50% and 90% of that proxy's best closed-loop \
          rate, and latency counts from when a request was due (coordinated omission corrected). \
-         CPU per request is the proxy's user+system time over the closed-loop runs divided by the \
-         requests served; peak RSS is its VmHWM. Every workload is `GET /bench` with no body. \
+         CPU per request is the proxy's CPU time (the sum of its threads' schedstat) over the \
+         closed-loop runs divided by the requests served; peak RSS is its VmHWM. Every workload is `GET /bench` with no body. \
          The three plugins: request-size-limiting (`allowed_payload_size: 10`), rate-limiting \
          (`second: 1000000000, limit_by: service`: never triggers, but reads and counts on every \
          request) and request-transformer (the seed's `replace` + `add` of `Authorization`).\n\n",
@@ -305,9 +387,9 @@ fn main_table(out: &mut String, report: &Report<'_>) {
 fn ratios(out: &mut String, results: &[Figures]) {
     let envoy = find(results, "Envoy, no filters");
     let native = find(results, "Envoy, native");
-    let envoy_wasm = find(results, ENVOY_WASM);
+    let envoy_wasm = find(results, "Envoy, wasmgate");
     let gateway = find(results, "gateway, no plugins");
-    let gateway_plugins = find(results, GATEWAY_PLUGINS);
+    let gateway_plugins = find(results, "gateway, wasmgate");
     out.push_str("### Ratios from this run\n\n");
     let _ = writeln!(
         out,
@@ -571,6 +653,7 @@ pub fn write(report: &Report<'_>) -> PathBuf {
     targets(&mut out, report);
     main_table(&mut out, report);
     ratios(&mut out, report.results);
+    head_to_head(&mut out, report);
     plugin_count(&mut out, report, &docs);
     accuracy(&mut out, report, &docs);
     body_sizes(&mut out, report.body_sizes);
