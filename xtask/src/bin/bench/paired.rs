@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 
+use serde_json::{json, Value};
 use wasmgate_tests::{Envoy, EnvoyConfig};
 
 use crate::load::{self, Workload};
@@ -19,17 +20,52 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Envoy CPU per request with no filter, Envoy's native filters and our wasm plugins: one
-/// Envoy (`--concurrency 1`) with a listener for each, loaded in turn.
+/// CPU per request of each data plane with and without our plugins: one Envoy
+/// (`--concurrency 1`) with a listener each for no filter, Envoy's native filters and our wasm
+/// plugins, and one gateway (`--workers 1`) with a route without plugins and one with them;
+/// all five loaded in turn.
 #[derive(Debug)]
 pub struct Overhead {
-    /// Median CPU µs per request of each listener.
-    pub none_us: f64,
-    pub native_us: f64,
-    pub wasm_us: f64,
-    /// Medians of the per-round differences to the no-filter listener.
-    pub native_over_us: f64,
-    pub wasm_over_us: f64,
+    /// Median CPU µs per request of each leg, in [`LEGS`] order.
+    pub cpu_us: [f64; 5],
+    /// Medians of the per-round differences to the same data plane's leg without filters
+    /// (zero for those legs).
+    pub over_us: [f64; 5],
+}
+
+pub const LEGS: [&str; 5] = [
+    "Envoy, no filter",
+    "Envoy, native `buffer` + `local_ratelimit` + `header_mutation`",
+    "Envoy, our 3 wasm plugins (V8)",
+    "gateway, route without plugins",
+    "gateway, route with our 3 plugins",
+];
+/// The leg each one is compared with.
+pub const BASE: [usize; 5] = [0, 0, 0, 3, 3];
+
+impl Overhead {
+    pub fn envoy_native_over(&self) -> f64 {
+        self.over_us[1]
+    }
+
+    pub fn envoy_wasm_over(&self) -> f64 {
+        self.over_us[2]
+    }
+}
+
+/// The gateway's declarative file for the overhead runs: `/plain` without plugins, `/plugins`
+/// with them (route-scoped), on one service.
+fn two_routes(upstream: SocketAddr, plugins: &[(&str, Value)]) -> String {
+    let mut text = format!(
+        "_format_version: \"3.0\"\nservices:\n  - name: bench\n    url: http://{upstream}\n    routes:\n      - {{name: plain, paths: [/plain]}}\n      - name: plugins\n        paths: [/plugins]\n        plugins:\n"
+    );
+    for (plugin, config) in plugins {
+        text.push_str(&format!(
+            "          - {}\n",
+            json!({"name": plugin, "config": config})
+        ));
+    }
+    text
 }
 
 pub fn overhead(
@@ -50,39 +86,42 @@ pub fn overhead(
     config.listeners[1].native_filters = proxies::native_filters();
     let envoy = runtime.block_on(Envoy::start(&config))?;
     proxies::pin_process(envoy.pid(), core);
-    let workload = Workload::get("/bench");
-    let listeners = ["none", "native", "wasm"].map(|name| envoy.listener(name));
-    for addr in listeners {
-        load::closed_loop(addr, &workload, CONNECTIONS, timing.warmup, client_core());
+    let (gateway, _) = proxies::start_gateway(&two_routes(upstream, &plugins), Some(core), 1)?;
+    // (pid, address, workload) of each leg, in LEGS order.
+    let legs = [
+        (envoy.pid(), envoy.listener("none"), "/bench"),
+        (envoy.pid(), envoy.listener("native"), "/bench"),
+        (envoy.pid(), envoy.listener("wasm"), "/bench"),
+        (gateway.pid, gateway.addr, "/plain"),
+        (gateway.pid, gateway.addr, "/plugins"),
+    ]
+    .map(|(pid, addr, path)| (pid, addr, Workload::get(path)));
+    for (_, addr, workload) in &legs {
+        load::closed_loop(*addr, workload, CONNECTIONS, timing.warmup, client_core());
     }
-    let mut per_round: Vec<[f64; 3]> = Vec::new();
+    let mut per_round: Vec<[f64; 5]> = Vec::new();
     for _ in 0..timing.rounds {
-        let mut round = [0.0; 3];
-        for (slot, addr) in round.iter_mut().zip(listeners) {
-            let before = cpu_ns(envoy.pid());
+        let mut round = [0.0; 5];
+        for (slot, (pid, addr, workload)) in round.iter_mut().zip(&legs) {
+            let before = cpu_ns(*pid);
             let outcome =
-                load::closed_loop(addr, &workload, CONNECTIONS, timing.round, client_core());
+                load::closed_loop(*addr, workload, CONNECTIONS, timing.round, client_core());
             if crate::not_ok(&outcome) > 0 {
-                return Err(format!("{} answers not 200", crate::not_ok(&outcome)));
+                return Err(format!(
+                    "{} answers not 200 on {}",
+                    crate::not_ok(&outcome),
+                    workload.path
+                ));
             }
-            *slot = cpu_us_per_request(before, cpu_ns(envoy.pid()), outcome.ok)
-                .ok_or("no CPU reading")?;
+            *slot = cpu_us_per_request(before, cpu_ns(*pid), outcome.ok).ok_or("no CPU reading")?;
         }
-        eprintln!(
-            "  round: none {:.1}, native {:.1}, wasm {:.1} µs/req",
-            round[0], round[1], round[2]
-        );
+        eprintln!("  round (CPU µs/req): {round:.1?}");
         per_round.push(round);
     }
-    let column = |i: usize| per_round.iter().map(|r| r[i]).collect::<Vec<f64>>();
-    let over = |i: usize| per_round.iter().map(|r| r[i] - r[0]).collect::<Vec<f64>>();
-    Ok(Overhead {
-        none_us: median(column(0)),
-        native_us: median(column(1)),
-        wasm_us: median(column(2)),
-        native_over_us: median(over(1)),
-        wasm_over_us: median(over(2)),
-    })
+    let cpu_us = std::array::from_fn(|i| median(per_round.iter().map(|r| r[i]).collect()));
+    let over_us =
+        std::array::from_fn(|i| median(per_round.iter().map(|r| r[i] - r[BASE[i]]).collect()));
+    Ok(Overhead { cpu_us, over_us })
 }
 
 /// gateway with our three plugins against Envoy with the same three as wasm, both running

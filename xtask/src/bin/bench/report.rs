@@ -8,7 +8,7 @@ use std::time::Duration;
 use plotters::prelude::SeriesLabelPosition;
 
 use crate::modules::ModuleFigures;
-use crate::paired::{HeadToHead, Overhead};
+use crate::paired::{HeadToHead, Overhead, BASE, LEGS};
 use crate::plots::Lines;
 use crate::proxies::ChainPoint;
 use crate::ratelimit::{AccuracyRun, LIMIT, OVERLOAD};
@@ -174,6 +174,7 @@ fn targets(out: &mut String, report: &Report<'_>) {
         "From the head-to-head runs below (compared data planes running at once, taking turns, \
          medians over rounds) and the rate-limit runs.\n\n",
     );
+    let start = out.len();
     out.push_str("| target | measured in this run | status |\n| --- | --- | --- |\n");
     match &report.head_to_head {
         Ok(h) => {
@@ -212,17 +213,18 @@ fn targets(out: &mut String, report: &Report<'_>) {
     }
     match &report.overhead {
         Ok(o) => {
-            let status = if o.native_over_us <= 0.0 {
+            let (wasm, native) = (o.envoy_wasm_over(), o.envoy_native_over());
+            let status = if native <= 0.0 {
                 "not determinable (the native filters measured no overhead above noise)"
             } else {
-                verdict(Some(o.wasm_over_us <= 1.5 * o.native_over_us))
+                verdict(Some(wasm <= 1.5 * native))
             };
             let _ = writeln!(
                 out,
                 "| our plugins' overhead in Envoy within 1.5× of Envoy's native filters doing the same jobs | Envoy CPU per request above no filter: wasm {:+.1} µs, native {:+.1} µs ({}) | {status} |",
-                o.wasm_over_us,
-                o.native_over_us,
-                ratio(o.wasm_over_us, o.native_over_us)
+                wasm,
+                native,
+                ratio(wasm, native)
             );
         }
         Err(e) => {
@@ -249,7 +251,31 @@ fn targets(out: &mut String, report: &Report<'_>) {
         },
         verdict((!ours.is_empty()).then_some(worst == 0))
     );
-    out.push('\n');
+    // The targets behind, by their first column, then where else gateway trails Envoy.
+    let mut behind: Vec<String> = out[start..]
+        .lines()
+        .filter(|l| l.ends_with("| **behind** |"))
+        .filter_map(|l| l.split(" | ").next())
+        .map(|target| target.trim_start_matches("| ").to_owned())
+        .collect();
+    let (planes, rows) = body_size_table(report.body_sizes);
+    let column = |prefix: &str| planes.iter().position(|p| p.starts_with(prefix));
+    if let (Some(envoy), Some(gateway)) = (column("Envoy"), column("gateway")) {
+        for (size, values) in rows {
+            if values[gateway] < values[envoy] {
+                behind.push(format!(
+                    "gateway vs Envoy with the size limit at {} request bodies ({})",
+                    human(size),
+                    ratio(values[gateway], values[envoy])
+                ));
+            }
+        }
+    }
+    if behind.is_empty() {
+        out.push_str("\nwasmgate is behind on none of the targets in this run.\n\n");
+    } else {
+        let _ = writeln!(out, "\n**Behind in this run:** {}.\n", behind.join("; "));
+    }
 }
 
 /// How the head-to-head figures were taken, and all of them.
@@ -271,22 +297,28 @@ fn head_to_head(out: &mut String, report: &Report<'_>) {
     );
     match &report.overhead {
         Ok(o) => {
-            let _ = writeln!(
-                out,
-                "**Overhead in Envoy**: one Envoy (`--concurrency 1`) with three listeners in front of \
-                 the same upstream: no filter, the native filters, our three wasm plugins; closed loop \
-                 at 16 connections; Envoy CPU per request from the sum of its threads' schedstat.\n\n\
-                 | listener | Envoy CPU µs/req | over no filter |\n| --- | ---: | ---: |\n\
-                 | no filter | {:.1} | |\n\
-                 | native `buffer` + `local_ratelimit` + `header_mutation` | {:.1} | {:+.1} µs |\n\
-                 | our 3 wasm plugins (V8) | {:.1} | {:+.1} µs |\n",
-                o.none_us, o.native_us, o.native_over_us, o.wasm_us, o.wasm_over_us
+            out.push_str(
+                "**Overhead of the plugins**: one Envoy (`--concurrency 1`) with three listeners in \
+                 front of the same upstream (no filter, the native filters, our three wasm plugins) \
+                 and one gateway (`--workers 1`) with a route without plugins and a route with our \
+                 three; closed loop at 16 connections on each in turn; CPU per request from the sum \
+                 of the process's threads' schedstat.\n\n\
+                 | leg | CPU µs/req | over the same data plane without filters |\n| --- | ---: | ---: |\n",
             );
+            for (i, leg) in LEGS.iter().enumerate() {
+                let over = if BASE[i] == i {
+                    String::new()
+                } else {
+                    format!("{:+.1} µs", o.over_us[i])
+                };
+                let _ = writeln!(out, "| {leg} | {:.1} | {over} |", o.cpu_us[i]);
+            }
+            out.push('\n');
         }
         Err(e) => {
             let _ = writeln!(
                 out,
-                "Overhead in Envoy: not measured: {e}
+                "Overhead of the plugins: not measured: {e}
 "
             );
         }
@@ -572,17 +604,62 @@ fn accuracy(out: &mut String, report: &Report<'_>, docs: &std::path::Path) {
     );
 }
 
+/// The data planes of the body-size runs, in order, and for each size their req/s.
+fn body_size_table(body_sizes: &[(usize, String, f64)]) -> (Vec<&str>, Vec<(usize, Vec<f64>)>) {
+    let mut planes: Vec<&str> = Vec::new();
+    let mut rows: Vec<(usize, Vec<f64>)> = Vec::new();
+    for (size, name, _) in body_sizes {
+        if !planes.contains(&name.as_str()) {
+            planes.push(name);
+        }
+        if !rows.iter().any(|(s, _)| s == size) {
+            rows.push((*size, Vec::new()));
+        }
+    }
+    for (size, values) in &mut rows {
+        *values = planes
+            .iter()
+            .map(|plane| {
+                body_sizes
+                    .iter()
+                    .find(|(s, n, _)| s == size && n == plane)
+                    .map_or(0.0, |(_, _, rps)| *rps)
+            })
+            .collect();
+    }
+    (planes, rows)
+}
+
 fn body_sizes(out: &mut String, body_sizes: &[(usize, String, f64)]) {
     if body_sizes.is_empty() {
         return;
     }
-    out.push_str("### Request body size through the size limit (4 connections, POST)\n\n| body | data plane | req/s | MiB/s |\n| ---: | --- | ---: | ---: |\n");
-    for (size, name, rps) in body_sizes {
+    let (planes, rows) = body_size_table(body_sizes);
+    out.push_str("### Request body size through the size limit (4 connections, POST)\n\n| body |");
+    for plane in &planes {
+        let _ = write!(out, " {plane} req/s (MiB/s) |");
+    }
+    out.push_str(" second / first |\n| ---: |");
+    for _ in 0..=planes.len() {
+        out.push_str(" ---: |");
+    }
+    out.push('\n');
+    for (size, values) in &rows {
+        let _ = write!(out, "| {} |", human(*size));
+        for rps in values {
+            let _ = write!(
+                out,
+                " {rps:.0} ({:.1}) |",
+                rps * *size as f64 / (1 << 20) as f64
+            );
+        }
         let _ = writeln!(
             out,
-            "| {} | {name} | {rps:.0} | {:.1} |",
-            human(*size),
-            rps * *size as f64 / (1 << 20) as f64
+            " {} |",
+            match values.as_slice() {
+                [first, second] => ratio(*second, *first),
+                _ => "–".into(),
+            }
         );
     }
     out.push('\n');
