@@ -2,12 +2,16 @@
 //! machine, written to docs/BENCHMARKS.md with SVG plots.
 //!
 //! Cores: the proxy under test is pinned to core 0 with one worker (`--concurrency 1`,
-//! `--workers 1`); the load generator and the upstream share core 1. Every process started is
-//! stopped by PID when its scenario ends. Traffic stays on loopback.
+//! `--workers 1`); the load generator and the upstream share core 1 (the rate-limit runs,
+//! with 2 and 4 workers, leave the proxy unpinned). Every process started is stopped by PID
+//! when its run ends. Traffic stays on loopback.
 
 mod load;
+mod modules;
+mod paired;
 mod plots;
 mod proxies;
+mod ratelimit;
 mod report;
 mod upstream;
 
@@ -31,6 +35,14 @@ pub struct Timing {
     pub closed: Duration,
     pub open: Duration,
     pub warmup: Duration,
+    /// Each point of the plugin-count runs.
+    pub chain: Duration,
+    /// Each rate-limit accuracy run (started 0.2 s into a second).
+    pub rate_limit: Duration,
+    pub rate_limit_workers: &'static [usize],
+    /// The head-to-head runs: rounds, and each data plane's turn in a round.
+    pub rounds: usize,
+    pub round: Duration,
 }
 
 /// One data plane's figures.
@@ -43,6 +55,9 @@ pub struct Figures {
     pub open: Vec<(f64, f64, Outcome)>,
     pub cpu_us_per_request: Option<f64>,
     pub peak_rss_mib: Option<f64>,
+    /// Answers other than 200 and failed exchanges over all runs: a figure made of errors
+    /// would flatter the proxy.
+    pub not_ok: u64,
     pub note: Option<String>,
 }
 
@@ -56,8 +71,20 @@ pub const CONCURRENCY: [usize; 3] = [1, 16, 64];
 const PROXY_CORE: usize = 0;
 const CLIENT_CORE: usize = 1;
 
+/// The machine's online cores. Not `available_parallelism`: that follows this thread's
+/// affinity, and the load generator pins this thread to the client core.
+pub fn cores() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(online).unwrap_or(1).max(1)
+}
+
 fn client_core() -> Option<usize> {
-    (std::thread::available_parallelism().map_or(1, usize::from) > 1).then_some(CLIENT_CORE)
+    (cores() > 1).then_some(CLIENT_CORE)
+}
+
+pub fn not_ok(outcome: &Outcome) -> u64 {
+    outcome.ok + outcome.errors - outcome.statuses.get(&200).copied().unwrap_or(0)
 }
 
 /// Measures one target: closed loop at each concurrency, then open loop at 50% and 90% of the
@@ -75,12 +102,13 @@ fn measure(
         ..Figures::default()
     };
     load::closed_loop(target, workload, 16, timing.warmup, client_core());
-    let cpu_before = pid.and_then(proxies::cpu_ticks);
+    let cpu_before = pid.and_then(proxies::cpu_ns);
     let mut requests = 0u64;
     for connections in CONCURRENCY {
         let outcome =
             load::closed_loop(target, workload, connections, timing.closed, client_core());
         requests += outcome.ok;
+        figures.not_ok += not_ok(&outcome);
         eprintln!(
             "  c={connections}: {:.0} req/s, p99 {:.2} ms, {} errors",
             outcome.rps(),
@@ -89,11 +117,8 @@ fn measure(
         );
         figures.closed.push((connections, outcome));
     }
-    if let (Some(before), Some(after)) = (cpu_before, pid.and_then(proxies::cpu_ticks)) {
-        let ticks_per_second = proxies::clock_ticks_per_second();
-        figures.cpu_us_per_request = (requests > 0)
-            .then(|| (after - before) as f64 * 1e6 / ticks_per_second / requests as f64);
-    }
+    figures.cpu_us_per_request =
+        proxies::cpu_us_per_request(cpu_before, pid.and_then(proxies::cpu_ns), requests);
     let max = figures.max_rps();
     for fraction in [0.5, 0.9] {
         let rate = max * fraction;
@@ -104,6 +129,7 @@ fn measure(
             outcome.percentile_ms(0.5),
             outcome.percentile_ms(0.99)
         );
+        figures.not_ok += not_ok(&outcome);
         figures.open.push((fraction, rate, outcome));
     }
     figures.peak_rss_mib = pid.and_then(proxies::peak_rss_mib);
@@ -114,18 +140,30 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let timing = if quick {
         Timing {
-            closed: Duration::from_secs(2),
-            open: Duration::from_secs(2),
-            warmup: Duration::from_millis(500),
+            closed: Duration::from_secs(1),
+            open: Duration::from_secs(1),
+            warmup: Duration::from_millis(300),
+            chain: Duration::from_secs(1),
+            rate_limit: Duration::from_millis(3_500),
+            rate_limit_workers: &[2],
+            rounds: 3,
+            round: Duration::from_millis(500),
         }
     } else {
         Timing {
             closed: Duration::from_secs(5),
             open: Duration::from_secs(5),
             warmup: Duration::from_secs(1),
+            chain: Duration::from_secs(5),
+            rate_limit: Duration::from_millis(5_500),
+            rate_limit_workers: &[2, 4],
+            rounds: 5,
+            round: Duration::from_secs(2),
         }
     };
     let started = std::time::Instant::now();
+    // Other work on the machine moves every figure; the report shows how busy it was.
+    let load_at_start = report::load_average();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -149,7 +187,7 @@ fn main() {
                     &scenario.name,
                     running.addr,
                     Some(running.pid),
-                    &scenario.workload(&workload),
+                    &workload,
                     timing,
                 );
                 figures.note = scenario.note.clone();
@@ -166,9 +204,36 @@ fn main() {
             }
         }
     }
-    let body_sizes = runtime.block_on(proxies::body_size_runs(upstream, PROXY_CORE, timing));
-    let extras = runtime.block_on(proxies::wasm_specifics());
-    let path = report::write(&results, &body_sizes, &extras, quick, started.elapsed());
+    eprintln!("bench: overhead in Envoy, interleaved");
+    let overhead = paired::overhead(&runtime, upstream, PROXY_CORE, timing);
+    eprintln!("bench: gateway vs Envoy with the plugins, interleaved");
+    let head_to_head = paired::head_to_head(&runtime, upstream, PROXY_CORE, timing);
+    eprintln!("bench: request body sizes");
+    let body_sizes = proxies::body_size_runs(&runtime, upstream, PROXY_CORE, timing);
+    eprintln!("bench: number of plugins");
+    let chain = proxies::plugin_count_runs(&runtime, upstream, PROXY_CORE, timing);
+    eprintln!("bench: rate-limit accuracy");
+    let accuracy = ratelimit::runs(&runtime, timing);
+    eprintln!("bench: modules in our host");
+    let modules = modules::measure();
+    let cold_start = proxies::gateway_cold_start(PROXY_CORE);
+    let plugins = proxies::plugin_configs();
+    let validated = proxies::validate_gateway(&proxies::gateway_declarative(upstream, &plugins));
+    let path = report::write(&report::Report {
+        results: &results,
+        overhead,
+        head_to_head,
+        body_sizes: &body_sizes,
+        chain: &chain,
+        accuracy: &accuracy,
+        modules: &modules,
+        cold_start,
+        validated,
+        quick,
+        timing,
+        load_at_start,
+        took: started.elapsed(),
+    });
     eprintln!(
         "bench: wrote {} in {:.0?}",
         path.display(),

@@ -20,7 +20,7 @@ pub enum Kind {
         wasm: Vec<WasmFilter>,
     },
     Gateway {
-        declarative: String,
+        plugins: Vec<(&'static str, Value)>,
     },
 }
 
@@ -47,13 +47,15 @@ impl Drop for Running {
     }
 }
 
-fn module(plugin: &str) -> PathBuf {
+pub fn module(plugin: &str) -> PathBuf {
     paths::wasm_dir().join(format!("{}.wasm", plugin.replace('-', "_")))
 }
 
-/// Our three plugins with the seed's settings; a module not built yet is left out and named.
-fn wasm_plugins() -> (Vec<WasmFilter>, Option<String>) {
-    let wanted = [
+/// Our three plugins in chain order with the settings every run uses: a size limit (10 MB)
+/// above any body sent, a rate limit that never triggers (one budget for the service, so the
+/// full read-and-count path runs on every request), and the seed's header transform.
+pub fn plugin_configs() -> [(&'static str, Value); 3] {
+    [
         ("request-size-limiting", json!({"allowed_payload_size": 10})),
         (
             "rate-limiting",
@@ -63,39 +65,34 @@ fn wasm_plugins() -> (Vec<WasmFilter>, Option<String>) {
             "request-transformer",
             json!({"replace": {"headers": [format!("authorization:{SECRET}")]}, "add": {"headers": [format!("authorization:{SECRET}")]}}),
         ),
-    ];
-    let mut filters = Vec::new();
-    let mut missing = Vec::new();
-    for (plugin, config) in wanted {
-        let path = module(plugin);
-        if path.is_file() {
-            filters.push(WasmFilter {
-                plugin: plugin.into(),
-                module: path,
-                config,
-                vm_id: plugin.into(),
-                env: Vec::new(),
-            });
-        } else {
-            missing.push(plugin);
-        }
-    }
-    let note =
-        (!missing.is_empty()).then(|| format!("without {} (module not built)", missing.join(", ")));
-    (filters, note)
+    ]
 }
 
-fn native_filters() -> Vec<Value> {
+/// The first `n` of our plugins whose module is built; the note names any left out.
+pub fn available_plugins(n: usize) -> (Vec<(&'static str, Value)>, Option<String>) {
+    let (built, missing): (Vec<_>, Vec<_>) = plugin_configs()
+        .into_iter()
+        .take(n)
+        .partition(|(plugin, _)| module(plugin).is_file());
+    let names: Vec<&str> = missing.iter().map(|(plugin, _)| *plugin).collect();
+    let note =
+        (!names.is_empty()).then(|| format!("without {} (module not built)", names.join(", ")));
+    (built, note)
+}
+
+pub fn wasm_filters(plugins: &[(&'static str, Value)]) -> Vec<WasmFilter> {
+    plugins
+        .iter()
+        .map(|(plugin, config)| WasmFilter::plugin(plugin, config.clone()))
+        .collect()
+}
+
+pub fn native_filters() -> Vec<Value> {
     vec![
         json!({"name": "envoy.filters.http.buffer", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
             "max_request_bytes": 10_485_760}}),
-        json!({"name": "envoy.filters.http.local_ratelimit", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-            "stat_prefix": "bench",
-            "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
-            "filter_enabled": {"runtime_key": "rl_enabled", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-            "filter_enforced": {"runtime_key": "rl_enforced", "default_value": {"numerator": 100, "denominator": "HUNDRED"}}}}),
+        local_ratelimit(1_000_000_000),
         json!({"name": "envoy.filters.http.header_mutation", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
             "mutations": {"request_mutations": [{"append": {
@@ -104,22 +101,38 @@ fn native_filters() -> Vec<Value> {
     ]
 }
 
-fn gateway_declarative(upstream: SocketAddr, plugins: bool) -> String {
+/// Envoy's native local rate limit: one token bucket of `per_second` tokens, refilled each
+/// second, shared by the workers.
+pub fn local_ratelimit(per_second: u64) -> Value {
+    json!({"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "bench",
+        "token_bucket": {"max_tokens": per_second, "tokens_per_fill": per_second, "fill_interval": "1s"},
+        "filter_enabled": {"runtime_key": "rl_enabled", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "filter_enforced": {"runtime_key": "rl_enforced", "default_value": {"numerator": 100, "denominator": "HUNDRED"}}}})
+}
+
+/// A Kong declarative file: one service in front of `upstream`, `plugins` global. Each plugin
+/// is written as a JSON flow mapping (YAML accepts JSON), so Envoy and the gateway get the
+/// very same configuration values.
+pub fn gateway_declarative(upstream: SocketAddr, plugins: &[(&str, Value)]) -> String {
     let mut text = format!(
         "_format_version: \"3.0\"\nservices:\n  - name: bench\n    url: http://{upstream}\n    routes: [{{name: bench, paths: [/]}}]\n"
     );
-    if plugins {
-        text.push_str(&format!(
-            "plugins:\n  - {{name: request-size-limiting, config: {{allowed_payload_size: 10}}}}\n  \
-             - {{name: rate-limiting, config: {{second: 1000000000, limit_by: service}}}}\n  \
-             - {{name: request-transformer, config: {{replace: {{headers: [\"authorization:{SECRET}\"]}}, add: {{headers: [\"authorization:{SECRET}\"]}}}}}}\n"
-        ));
+    if !plugins.is_empty() {
+        text.push_str("plugins:\n");
+        for (plugin, config) in plugins {
+            text.push_str(&format!(
+                "  - {}\n",
+                json!({"name": plugin, "config": config})
+            ));
+        }
     }
     text
 }
 
 pub fn scenarios() -> Vec<Scenario> {
-    let (wasm, missing) = wasm_plugins();
+    let (plugins, missing) = available_plugins(3);
     vec![
         Scenario {
             name: "Envoy, no filters".into(),
@@ -141,22 +154,18 @@ pub fn scenarios() -> Vec<Scenario> {
             name: "Envoy, wasmgate plugins (V8)".into(),
             kind: Kind::Envoy {
                 native: vec![],
-                wasm,
+                wasm: wasm_filters(&plugins),
             },
             note: missing.clone(),
         },
         Scenario {
             name: "gateway, no plugins".into(),
-            kind: Kind::Gateway {
-                declarative: String::new(),
-            },
+            kind: Kind::Gateway { plugins: vec![] },
             note: None,
         },
         Scenario {
             name: "gateway, wasmgate plugins".into(),
-            kind: Kind::Gateway {
-                declarative: "plugins".into(),
-            },
+            kind: Kind::Gateway { plugins },
             note: missing,
         },
     ]
@@ -176,7 +185,7 @@ fn free_port() -> Result<SocketAddr, String> {
         .map_err(|e| format!("free port: {e}"))
 }
 
-fn pin_process(pid: u32, core: usize) {
+pub fn pin_process(pid: u32, core: usize) {
     let _ = Command::new("taskset")
         .args(["-a", "-p", "-c", &core.to_string(), &pid.to_string()])
         .stdout(Stdio::null())
@@ -184,19 +193,56 @@ fn pin_process(pid: u32, core: usize) {
         .status();
 }
 
-/// Starts `gateway run` on a free port; returns when it answers.
-pub fn start_gateway(declarative: &str, core: usize) -> Result<(Running, Duration), String> {
-    let binary = gateway_binary()?;
+/// Writes a declarative file for the gateway (one per bench process, rewritten per run).
+fn declarative_file(declarative: &str) -> Result<PathBuf, String> {
     let dir = std::env::temp_dir().join(format!("wasmgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let file = dir.join("kong.yaml");
     std::fs::write(&file, declarative).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(file)
+}
+
+/// `gateway validate` on a declarative file: the model's checks and every plugin's own
+/// (`on_configure` in a throwaway instance). `Ok` holds what it printed.
+pub fn validate_gateway(declarative: &str) -> Result<String, String> {
+    let binary = gateway_binary()?;
+    let file = declarative_file(declarative)?;
+    let output = Command::new(&binary)
+        .args(["validate", "--config"])
+        .arg(&file)
+        .output()
+        .map_err(|e| format!("{}: {e}", binary.display()))?;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_owned();
+    if output.status.success() {
+        Ok(text(&output.stdout))
+    } else {
+        Err(text(&output.stderr))
+    }
+}
+
+/// Starts `gateway run` on a free port with `workers` workers, pinned to `core` if given;
+/// returns when it answers, with the time that took.
+pub fn start_gateway(
+    declarative: &str,
+    core: Option<usize>,
+    workers: usize,
+) -> Result<(Running, Duration), String> {
+    let binary = gateway_binary()?;
+    let file = declarative_file(declarative)?;
     let (listen, admin) = (free_port()?, free_port()?);
     let started = Instant::now();
-    let child = Command::new("taskset")
-        .args(["-c", &core.to_string()])
-        .arg(&binary)
-        .args(["run", "--workers", "1", "--no-access-log", "--config"])
+    // taskset execs the gateway, so the PID it gets is the gateway's own.
+    let mut command = match core {
+        Some(core) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &core.to_string()]).arg(&binary);
+            taskset
+        }
+        None => Command::new(&binary),
+    };
+    let child = command
+        .args(["run", "--workers", &workers.to_string(), "--no-access-log"])
+        .arg("--config")
         .arg(&file)
         .args([
             "--listen",
@@ -227,6 +273,31 @@ pub fn start_gateway(declarative: &str, core: usize) -> Result<(Running, Duratio
     }
 }
 
+/// Starts Envoy with `concurrency` workers and one listener (`native` filters, then `wasm`
+/// ones), pinned to `core` if given.
+pub async fn start_envoy(
+    upstream: SocketAddr,
+    concurrency: u32,
+    native: Vec<Value>,
+    wasm: Vec<WasmFilter>,
+    core: Option<usize>,
+) -> Result<Running, String> {
+    let mut config = EnvoyConfig::new(upstream)
+        .concurrency(concurrency)
+        .listener("bench", wasm);
+    config.listeners[0].native_filters = native;
+    let envoy = Envoy::start(&config).await?;
+    if let Some(core) = core {
+        pin_process(envoy.pid(), core);
+    }
+    Ok(Running {
+        addr: envoy.listener("bench"),
+        pid: envoy.pid(),
+        _envoy: Some(envoy),
+        child: None,
+    })
+}
+
 /// Whether an HTTP server answers a GET on `addr` (blocking; used before the load starts).
 fn answers(addr: SocketAddr) -> bool {
     use std::io::{Read, Write};
@@ -248,49 +319,36 @@ impl Scenario {
     pub async fn start(&self, upstream: SocketAddr, core: usize) -> Result<Running, String> {
         match &self.kind {
             Kind::Envoy { native, wasm } => {
-                let mut config = EnvoyConfig::new(upstream)
-                    .concurrency(1)
-                    .listener("bench", wasm.clone());
-                config.listeners[0].native_filters = native.clone();
-                let envoy = Envoy::start(&config).await?;
-                pin_process(envoy.pid(), core);
-                Ok(Running {
-                    addr: envoy.listener("bench"),
-                    pid: envoy.pid(),
-                    _envoy: Some(envoy),
-                    child: None,
-                })
+                start_envoy(upstream, 1, native.clone(), wasm.clone(), Some(core)).await
             }
-            Kind::Gateway { declarative } => {
-                let text = gateway_declarative(upstream, !declarative.is_empty());
-                start_gateway(&text, core).map(|(running, _)| running)
+            Kind::Gateway { plugins } => {
+                start_gateway(&gateway_declarative(upstream, plugins), Some(core), 1)
+                    .map(|(running, _)| running)
             }
         }
     }
-
-    pub fn workload(&self, base: &Workload) -> Workload {
-        base.clone()
-    }
 }
 
-/// User and system CPU time of a process, in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+/// CPU time a process has run so far, in ns: the sum of its threads' schedstat (ns
+/// resolution, where /proc/<pid>/stat counts 10 ms ticks).
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(
+        tasks
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+            .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+            .sum(),
+    )
 }
 
-pub fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
+/// CPU µs per request between two `cpu_ns` readings.
+pub fn cpu_us_per_request(before: Option<u64>, after: Option<u64>, requests: u64) -> Option<f64> {
+    match (before, after) {
+        (Some(before), Some(after)) if requests > 0 => {
+            Some(after.saturating_sub(before) as f64 / 1e3 / requests as f64)
+        }
+        _ => None,
     }
 }
 
@@ -308,7 +366,11 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
 }
 
 /// (body size, data plane, req/s) through the size limit.
-pub async fn body_size_runs(
+///
+/// Not async: the load generator runs its own runtime on this thread, so only the starts go
+/// through `runtime`.
+pub fn body_size_runs(
+    runtime: &tokio::runtime::Runtime,
     upstream: SocketAddr,
     core: usize,
     timing: Timing,
@@ -316,33 +378,23 @@ pub async fn body_size_runs(
     let mut rows = Vec::new();
     let sizes = [0usize, 16 << 10, 1 << 20, 10 << 20];
     let duration = timing.closed.min(Duration::from_secs(3));
-    let size_limit = module("request-size-limiting");
+    let (size_limit, _) = available_plugins(1);
     let mut planes: Vec<(String, Result<Running, String>)> = Vec::new();
-    if size_limit.is_file() {
-        let filter =
-            WasmFilter::plugin("request-size-limiting", json!({"allowed_payload_size": 10}));
-        let mut config = EnvoyConfig::new(upstream)
-            .concurrency(1)
-            .listener("bench", vec![filter]);
-        config.listeners[0].native_filters = Vec::new();
-        let envoy = Envoy::start(&config).await.map(|envoy| {
-            pin_process(envoy.pid(), core);
-            Running {
-                addr: envoy.listener("bench"),
-                pid: envoy.pid(),
-                _envoy: Some(envoy),
-                child: None,
-            }
-        });
-        planes.push(("Envoy + request-size-limiting (V8)".into(), envoy));
+    if !size_limit.is_empty() {
+        planes.push((
+            "Envoy + request-size-limiting (V8)".into(),
+            runtime.block_on(start_envoy(
+                upstream,
+                1,
+                vec![],
+                wasm_filters(&size_limit),
+                Some(core),
+            )),
+        ));
     }
-    let text = format!(
-        "{}plugins:\n  - {{name: request-size-limiting, config: {{allowed_payload_size: 10}}}}\n",
-        gateway_declarative(upstream, false)
-    );
     planes.push((
         "gateway + request-size-limiting".into(),
-        start_gateway(&text, core).map(|(r, _)| r),
+        start_gateway(&gateway_declarative(upstream, &size_limit), Some(core), 1).map(|(r, _)| r),
     ));
     for (name, running) in planes {
         let Ok(running) = running else { continue };
@@ -361,35 +413,94 @@ pub async fn body_size_runs(
     rows
 }
 
-/// Module sizes and the gateway's cold start.
-pub async fn wasm_specifics() -> Vec<(String, String)> {
-    let mut rows = Vec::new();
-    for plugin in [
-        "request-size-limiting",
-        "rate-limiting",
-        "request-transformer",
-    ] {
-        if let Ok(meta) = std::fs::metadata(module(plugin)) {
-            rows.push((
-                format!("{plugin}.wasm size"),
-                format!("{:.1} KiB", meta.len() as f64 / 1024.0),
-            ));
+/// One point of the plugin-count runs.
+#[derive(Debug)]
+pub struct ChainPoint {
+    pub plane: &'static str,
+    pub plugins: usize,
+    pub rps: f64,
+    pub p99_ms: f64,
+    pub cpu_us_per_request: Option<f64>,
+    /// Answers other than 200 and failed exchanges: the runs must not trip any plugin.
+    pub not_ok: u64,
+}
+
+/// Each data plane with the first 0, 1, 2 and 3 of our plugins (size limit, then the rate
+/// limit, then the transform): closed loop at 16 connections, one worker on the proxy core.
+pub fn plugin_count_runs(
+    runtime: &tokio::runtime::Runtime,
+    upstream: SocketAddr,
+    core: usize,
+    timing: Timing,
+) -> Vec<ChainPoint> {
+    let mut points = Vec::new();
+    let workload = Workload::get("/bench");
+    for n in 0..=3 {
+        let (plugins, missing) = available_plugins(n);
+        if missing.is_some() {
+            continue;
+        }
+        let planes = [
+            (
+                "Envoy (V8)",
+                runtime.block_on(start_envoy(
+                    upstream,
+                    1,
+                    vec![],
+                    wasm_filters(&plugins),
+                    Some(core),
+                )),
+            ),
+            (
+                "gateway",
+                start_gateway(&gateway_declarative(upstream, &plugins), Some(core), 1)
+                    .map(|(r, _)| r),
+            ),
+        ];
+        for (plane, running) in planes {
+            let running = match running {
+                Ok(running) => running,
+                Err(e) => {
+                    eprintln!("bench: {plane} with {n} plugins: skipped: {e}");
+                    continue;
+                }
+            };
+            load::closed_loop(running.addr, &workload, 16, timing.warmup, client_core());
+            let before = cpu_ns(running.pid);
+            let outcome =
+                load::closed_loop(running.addr, &workload, 16, timing.chain, client_core());
+            let cpu_us_per_request = cpu_us_per_request(before, cpu_ns(running.pid), outcome.ok);
+            let point = ChainPoint {
+                plane,
+                plugins: n,
+                rps: outcome.rps(),
+                p99_ms: outcome.percentile_ms(0.99),
+                cpu_us_per_request,
+                not_ok: crate::not_ok(&outcome),
+            };
+            eprintln!(
+                "  {plane}, {n} plugins: {:.0} req/s, {:.1} µs CPU/req, {} not 200",
+                point.rps,
+                point.cpu_us_per_request.unwrap_or(0.0),
+                point.not_ok
+            );
+            points.push(point);
         }
     }
+    points
+}
+
+/// The gateway's cold start to its first response with the three plugins (median of 3).
+pub fn gateway_cold_start(core: usize) -> Option<Duration> {
     let upstream = crate::upstream::start(None);
-    let mut starts: Vec<Duration> = Vec::new();
-    for _ in 0..3 {
-        if let Ok((running, took)) = start_gateway(&gateway_declarative(upstream, true), 0) {
-            starts.push(took);
-            drop(running);
-        }
-    }
+    let (plugins, _) = available_plugins(3);
+    let mut starts: Vec<Duration> = (0..3)
+        .filter_map(|_| {
+            start_gateway(&gateway_declarative(upstream, &plugins), Some(core), 1)
+                .ok()
+                .map(|(_running, took)| took)
+        })
+        .collect();
     starts.sort();
-    if let Some(median) = starts.get(starts.len() / 2) {
-        rows.push((
-            "gateway cold start to first response (3 plugins, median of 3)".into(),
-            format!("{:.1} ms", median.as_secs_f64() * 1000.0),
-        ));
-    }
-    rows
+    starts.get(starts.len() / 2).copied()
 }

@@ -5,13 +5,54 @@ use std::fmt::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::Figures;
+use plotters::prelude::SeriesLabelPosition;
+
+use crate::modules::ModuleFigures;
+use crate::paired::{HeadToHead, Overhead, BASE, LEGS};
+use crate::plots::Lines;
+use crate::proxies::ChainPoint;
+use crate::ratelimit::{AccuracyRun, LIMIT, OVERLOAD};
+use crate::{Figures, Timing};
 
 const BEGIN: &str = "<!-- BEGIN cargo xtask bench -->";
 const END: &str = "<!-- END cargo xtask bench -->";
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+/// Everything one run measured.
+pub struct Report<'a> {
+    pub results: &'a [Figures],
+    pub overhead: Result<Overhead, String>,
+    pub head_to_head: Result<HeadToHead, String>,
+    pub body_sizes: &'a [(usize, String, f64)],
+    pub chain: &'a [ChainPoint],
+    pub accuracy: &'a [AccuracyRun],
+    pub modules: &'a [Result<ModuleFigures, String>],
+    pub cold_start: Option<Duration>,
+    /// `gateway validate` on the three plugins' declarative file.
+    pub validated: Result<String, String>,
+    pub quick: bool,
+    pub timing: Timing,
+    pub load_at_start: String,
+    pub took: Duration,
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn command_line(program: &str, args: &[&str]) -> Option<String> {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    (output.status.success() && !text.is_empty()).then_some(text)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
             c.lines().find_map(|l| {
@@ -19,18 +60,75 @@ fn machine() -> String {
                     .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
             })
         })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// A package's version as Cargo.lock pins it.
+fn locked_version(package: &str) -> Option<String> {
+    let lock =
+        std::fs::read_to_string(wasmgate_tests::paths::workspace_root().join("Cargo.lock")).ok()?;
+    let name = format!("name = \"{package}\"");
+    let mut lines = lock.lines();
+    lines.find(|l| *l == name)?;
+    lines
+        .next()?
+        .strip_prefix("version = \"")
+        .map(|v| v.trim_end_matches('"').to_owned())
+}
+
+/// The commit measured, marked when the code (outside docs/) differs from it.
+fn commit() -> String {
+    let root = wasmgate_tests::paths::workspace_root();
+    let root = root.to_string_lossy();
+    let hash = command_line("git", &["-C", &root, "rev-parse", "--short", "HEAD"])
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = command_line(
+        "git",
+        &["-C", &root, "status", "--porcelain", "--", ".", ":!docs"],
+    )
+    .is_some();
+    if dirty {
+        format!("{hash} with uncommitted changes")
+    } else {
+        hash
+    }
+}
+
+fn setting(report: &Report<'_>) -> String {
+    let cores = crate::cores();
     let envoy = std::env::var("WASMGATE_ENVOY")
         .ok()
-        .and_then(|e| std::process::Command::new(e).arg("--version").output().ok())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    format!("{cores} cores, {cpu}; {envoy}")
+        .and_then(|e| command_line(&e, &["--version"]))
+        .map(|v| v.split_whitespace().last().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let rustc = command_line("rustc", &["--version"]).unwrap_or_else(|| "unknown".into());
+    let wasmtime = locked_version("wasmtime").unwrap_or_else(|| "unknown".into());
+    let timing = report.timing;
+    format!(
+        "| | |\n| --- | --- |\n\
+         | date | {} |\n\
+         | machine | {cores} cores, {} |\n\
+         | load average (1/5/15 min) | {} at start, {} at end |\n\
+         | versions | Envoy {envoy}; wasmgate {} (gateway and bench built with `--profile native`, {rustc}); wasmtime {wasmtime} |\n\
+         | run | {:.0} s{}: {} s per closed-loop point, {} s per open-loop point, {} s per plugin-count point, {:.1} s per rate-limit run, {} head-to-head rounds of {:.1} s |\n",
+        date(),
+        cpu_model(),
+        report.load_at_start,
+        load_average(),
+        commit(),
+        report.took.as_secs_f64(),
+        if report.quick { " (`--quick`)" } else { "" },
+        timing.closed.as_secs(),
+        timing.open.as_secs(),
+        timing.chain.as_secs(),
+        timing.rate_limit.as_secs_f64(),
+        timing.rounds,
+        timing.round.as_secs_f64(),
+    )
 }
 
 fn ratio(a: f64, b: f64) -> String {
-    if b > 0.0 {
+    if b > 0.0 && a.is_finite() {
         format!("{:.2}×", a / b)
     } else {
         "–".into()
@@ -43,28 +141,222 @@ fn find<'a>(results: &'a [Figures], prefix: &str) -> Option<&'a Figures> {
         .find(|f| f.name.starts_with(prefix) && !f.closed.is_empty())
 }
 
-pub fn write(
-    results: &[Figures],
-    body_sizes: &[(usize, String, f64)],
-    extras: &[(String, String)],
-    quick: bool,
-    took: Duration,
-) -> PathBuf {
-    let docs = wasmgate_tests::paths::workspace_root().join("docs");
-    let _ = std::fs::create_dir_all(&docs);
-    let mut out = String::new();
-    let _ = writeln!(out, "{BEGIN}");
-    let _ = writeln!(out, "## Data planes side by side\n");
-    let _ =
-        writeln!(
-        out,
-        "Regenerate: `cargo xtask bench` (about 5 minutes; `--quick` about 2). Measured {} on {}, \
-         in one run of {:.0} s{}.\n",
-        date(),
-        machine(),
-        took.as_secs_f64(),
-        if quick { " (quick mode: 2 s per point)" } else { " (5 s per point)" }
+fn rps(f: Option<&Figures>) -> f64 {
+    f.map_or(0.0, Figures::max_rps)
+}
+
+fn cpu(f: Option<&Figures>) -> f64 {
+    f.and_then(|f| f.cpu_us_per_request).unwrap_or(0.0)
+}
+
+/// p99 at 90% of the data plane's own maximum.
+fn p99(f: Option<&Figures>) -> f64 {
+    f.and_then(|f| f.open.iter().find(|(x, _, _)| *x > 0.8))
+        .map_or(0.0, |(_, _, o)| o.percentile_ms(0.99))
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "**behind**",
+        None => "not measured",
+    }
+}
+
+/// The issue's targets, each with this run's head-to-head figures and whether it is met.
+fn targets(out: &mut String, report: &Report<'_>) {
+    out.push_str(
+        "### Targets: where wasmgate stands in this run
+
+",
     );
+    out.push_str(
+        "From the head-to-head runs below (compared data planes running at once, taking turns, \
+         medians over rounds) and the rate-limit runs.\n\n",
+    );
+    let start = out.len();
+    out.push_str("| target | measured in this run | status |\n| --- | --- | --- |\n");
+    match &report.head_to_head {
+        Ok(h) => {
+            let (gateway, envoy) = h.rps;
+            let _ = writeln!(
+                out,
+                "| gateway + 3 plugins ahead of Envoy + the same 3 wasm plugins in throughput | {gateway:.0} vs {envoy:.0} req/s at 16 connections ({}) | {} |",
+                ratio(gateway, envoy),
+                verdict(Some(gateway >= envoy))
+            );
+            let rows: Vec<String> = h
+                .p99
+                .iter()
+                .map(|(fraction, rate, gateway, envoy)| {
+                    format!(
+                        "{:.0}% of Envoy's rate ({rate:.0} req/s): {gateway:.2} vs {envoy:.2} ms ({})",
+                        fraction * 100.0,
+                        ratio(*gateway, *envoy)
+                    )
+                })
+                .collect();
+            let met = h.p99.iter().all(|(_, _, gateway, envoy)| gateway <= envoy);
+            let _ = writeln!(
+                out,
+                "| … and in p99 | at the same offered load, {} | {} |",
+                rows.join("; "),
+                verdict((!h.p99.is_empty()).then_some(met))
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "| gateway + 3 plugins ahead of Envoy + the same 3 wasm plugins in throughput and p99 | {e} | not measured |"
+            );
+        }
+    }
+    match &report.overhead {
+        Ok(o) => {
+            let (wasm, native) = (o.envoy_wasm_over(), o.envoy_native_over());
+            let status = if native <= 0.0 {
+                "not determinable (the native filters measured no overhead above noise)"
+            } else {
+                verdict(Some(wasm <= 1.5 * native))
+            };
+            let _ = writeln!(
+                out,
+                "| our plugins' overhead in Envoy within 1.5× of Envoy's native filters doing the same jobs | Envoy CPU per request above no filter: wasm {:+.1} µs, native {:+.1} µs ({}) | {status} |",
+                wasm,
+                native,
+                ratio(wasm, native)
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "| our plugins' overhead in Envoy within 1.5× of Envoy's native filters | {e} | not measured |"
+            );
+        }
+    }
+    let ours: Vec<&AccuracyRun> = report
+        .accuracy
+        .iter()
+        .filter(|r| r.ours && r.error.is_none())
+        .collect();
+    let worst = ours.iter().map(|r| r.worst_over()).max().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "| no over-admission in any rate-limit run | {} runs of our plugin (Envoy and gateway), worst second {} the limit of {LIMIT} | {} |",
+        ours.len(),
+        if worst == 0 {
+            "at or below".to_owned()
+        } else {
+            format!("{worst} above")
+        },
+        verdict((!ours.is_empty()).then_some(worst == 0))
+    );
+    // The targets behind, by their first column, then where else gateway trails Envoy.
+    let mut behind: Vec<String> = out[start..]
+        .lines()
+        .filter(|l| l.ends_with("| **behind** |"))
+        .filter_map(|l| l.split(" | ").next())
+        .map(|target| target.trim_start_matches("| ").to_owned())
+        .collect();
+    let (planes, rows) = body_size_table(report.body_sizes);
+    let column = |prefix: &str| planes.iter().position(|p| p.starts_with(prefix));
+    if let (Some(envoy), Some(gateway)) = (column("Envoy"), column("gateway")) {
+        for (size, values) in rows {
+            if values[gateway] < values[envoy] {
+                behind.push(format!(
+                    "gateway vs Envoy with the size limit at {} request bodies ({})",
+                    human(size),
+                    ratio(values[gateway], values[envoy])
+                ));
+            }
+        }
+    }
+    if behind.is_empty() {
+        out.push_str("\nwasmgate is behind on none of the targets in this run.\n\n");
+    } else {
+        let _ = writeln!(out, "\n**Behind in this run:** {}.\n", behind.join("; "));
+    }
+}
+
+/// How the head-to-head figures were taken, and all of them.
+fn head_to_head(out: &mut String, report: &Report<'_>) {
+    out.push_str(
+        "### Head to head
+
+",
+    );
+    let _ = writeln!(
+        out,
+        "This machine is shared and its load drifts within seconds, which moves scenarios measured \
+         one after the other (the table above) by more than some of the differences the targets \
+         ask about. So the compared data planes also run at the same time, each with one worker \
+         pinned to core 0, and take turns: {} rounds of {:.1} s per data plane; figures are the \
+         medians over rounds (overheads: the median of each round's difference).\n",
+        report.timing.rounds,
+        report.timing.round.as_secs_f64()
+    );
+    match &report.overhead {
+        Ok(o) => {
+            out.push_str(
+                "**Overhead of the plugins**: one Envoy (`--concurrency 1`) with three listeners in \
+                 front of the same upstream (no filter, the native filters, our three wasm plugins) \
+                 and one gateway (`--workers 1`) with a route without plugins and a route with our \
+                 three; closed loop at 16 connections on each in turn; CPU per request from the sum \
+                 of the process's threads' schedstat.\n\n\
+                 | leg | CPU µs/req | over the same data plane without filters |\n| --- | ---: | ---: |\n",
+            );
+            for (i, leg) in LEGS.iter().enumerate() {
+                let over = if BASE[i] == i {
+                    String::new()
+                } else {
+                    format!("{:+.1} µs", o.over_us[i])
+                };
+                let _ = writeln!(out, "| {leg} | {:.1} | {over} |", o.cpu_us[i]);
+            }
+            out.push('\n');
+        }
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "Overhead of the plugins: not measured: {e}
+"
+            );
+        }
+    }
+    match &report.head_to_head {
+        Ok(h) => {
+            let _ = writeln!(
+                out,
+                "**gateway + 3 plugins vs Envoy + 3 wasm plugins**, both running at once: closed loop \
+                 at 16 connections, then open loop (32 connections, latency from when each request was \
+                 due) at 50% and 90% of Envoy's median closed-loop rate.\n\n\
+                 | | gateway | Envoy (V8) | gateway / Envoy |\n| --- | ---: | ---: | ---: |\n\
+                 | req/s, 16 connections | {:.0} | {:.0} | {} |",
+                h.rps.0,
+                h.rps.1,
+                ratio(h.rps.0, h.rps.1)
+            );
+            for (fraction, rate, gateway, envoy) in &h.p99 {
+                let _ = writeln!(
+                    out,
+                    "| p99 ms at {rate:.0} req/s ({:.0}% of Envoy's rate) | {gateway:.2} | {envoy:.2} | {} |",
+                    fraction * 100.0,
+                    ratio(*gateway, *envoy)
+                );
+            }
+            out.push('\n');
+        }
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "gateway vs Envoy head to head: not measured: {e}
+"
+            );
+        }
+    }
+}
+
+fn main_table(out: &mut String, report: &Report<'_>) {
     out.push_str(
         "Method: the proxy under test runs one worker (`--concurrency 1` / `--workers 1`) pinned to \
          core 0 with `taskset`; the load generator (a keep-alive HTTP/1.1 client on hyper, in \
@@ -72,15 +364,20 @@ pub fn write(
          Closed loop: N connections each send the next request when the last answer arrives. Open \
          loop: requests are due on a fixed schedule at 50% and 90% of that proxy's best closed-loop \
          rate, and latency counts from when a request was due (coordinated omission corrected). \
-         CPU per request is the proxy's user+system time over the closed-loop runs divided by the \
-         requests served; peak RSS is its VmHWM. Every workload is `GET /bench` with no body.\n\n",
+         CPU per request is the proxy's CPU time (the sum of its threads' schedstat) over the \
+         closed-loop runs divided by the requests served; peak RSS is its VmHWM. Every workload \
+         is `GET /bench` with no body. At 90% of a proxy's maximum the client's core is busy \
+         too (see the upstream alone), so those tails are partly this machine's. The three \
+         plugins: request-size-limiting (`allowed_payload_size: 10`), rate-limiting \
+         (`second: 1000000000, limit_by: service`: never triggers, but reads and counts on every \
+         request) and request-transformer (the seed's `replace` + `add` of `Authorization`).\n\n",
     );
     let _ = writeln!(out, "| data plane | req/s c=1 | req/s c=16 | req/s c=64 | p50 / p99 ms at 50% | p50 / p99 / p99.9 ms at 90% | CPU µs/req | peak RSS MiB | note |");
     let _ = writeln!(
         out,
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     );
-    for f in results {
+    for f in report.results {
         let rps: Vec<String> = (0..3)
             .map(|i| {
                 f.closed
@@ -99,6 +396,10 @@ pub fn write(
                         .join(" / ")
                 })
         };
+        let mut notes: Vec<String> = f.note.iter().cloned().collect();
+        if f.not_ok > 0 {
+            notes.push(format!("{} answers not 200", f.not_ok));
+        }
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -111,58 +412,343 @@ pub fn write(
             f.cpu_us_per_request
                 .map_or("–".into(), |c| format!("{c:.1}")),
             f.peak_rss_mib.map_or("–".into(), |m| format!("{m:.0}")),
-            f.note.clone().unwrap_or_default()
+            notes.join("; ")
         );
     }
     out.push_str("\n![throughput](bench-throughput.svg)\n\n![latency](bench-latency.svg)\n\n");
+}
 
-    out.push_str("### Ratios from this run\n\n");
+fn ratios(out: &mut String, results: &[Figures]) {
     let envoy = find(results, "Envoy, no filters");
     let native = find(results, "Envoy, native");
     let envoy_wasm = find(results, "Envoy, wasmgate");
     let gateway = find(results, "gateway, no plugins");
     let gateway_plugins = find(results, "gateway, wasmgate");
-    let cpu = |f: Option<&Figures>| f.and_then(|f| f.cpu_us_per_request).unwrap_or(0.0);
-    let rps = |f: Option<&Figures>| f.map_or(0.0, Figures::max_rps);
-    let p99 = |f: Option<&Figures>| {
-        f.and_then(|f| f.open.iter().find(|(x, _, _)| *x > 0.8))
-            .map_or(0.0, |(_, _, o)| o.percentile_ms(0.99))
-    };
-    let _ = writeln!(out, "- gateway with plugins vs Envoy with the same wasm plugins: throughput {}, p99 at 90% load {} (lower is better).", ratio(rps(gateway_plugins), rps(envoy_wasm)), ratio(p99(gateway_plugins), p99(envoy_wasm)));
-    let _ = writeln!(out, "- Plugin overhead per request (CPU, with − without): Envoy wasm {:.1} µs, Envoy native filters {:.1} µs (wasm/native {}), gateway {:.1} µs.",
-        cpu(envoy_wasm) - cpu(envoy), cpu(native) - cpu(envoy), ratio(cpu(envoy_wasm) - cpu(envoy), cpu(native) - cpu(envoy)), cpu(gateway_plugins) - cpu(gateway));
+    out.push_str("### Ratios from this run\n\n");
     let _ = writeln!(
         out,
-        "- gateway floor vs Envoy floor: throughput {}, CPU per request {}.",
+        "- gateway with plugins vs Envoy with the same wasm plugins: throughput {} ({:.0} vs {:.0} req/s), p99 at 90% of each one's own maximum {} ({:.2} vs {:.2} ms; lower is better; the offered rates differ, see the head-to-head runs for the same rate), CPU per request {} ({:.1} vs {:.1} µs).",
+        ratio(rps(gateway_plugins), rps(envoy_wasm)),
+        rps(gateway_plugins),
+        rps(envoy_wasm),
+        ratio(p99(gateway_plugins), p99(envoy_wasm)),
+        p99(gateway_plugins),
+        p99(envoy_wasm),
+        ratio(cpu(gateway_plugins), cpu(envoy_wasm)),
+        cpu(gateway_plugins),
+        cpu(envoy_wasm)
+    );
+    let _ = writeln!(
+        out,
+        "- Plugin overhead per request (CPU, with − without): Envoy wasm {:.1} µs ({:.1} − {:.1}), Envoy native filters {:.1} µs ({:.1} − {:.1}); wasm/native {}; gateway {:.1} µs ({:.1} − {:.1}).",
+        cpu(envoy_wasm) - cpu(envoy),
+        cpu(envoy_wasm),
+        cpu(envoy),
+        cpu(native) - cpu(envoy),
+        cpu(native),
+        cpu(envoy),
+        ratio(cpu(envoy_wasm) - cpu(envoy), cpu(native) - cpu(envoy)),
+        cpu(gateway_plugins) - cpu(gateway),
+        cpu(gateway_plugins),
+        cpu(gateway)
+    );
+    let _ = writeln!(
+        out,
+        "- gateway floor vs Envoy floor: throughput {} ({:.0} vs {:.0} req/s), CPU per request {} ({:.1} vs {:.1} µs).",
         ratio(rps(gateway), rps(envoy)),
-        ratio(cpu(gateway), cpu(envoy))
+        rps(gateway),
+        rps(envoy),
+        ratio(cpu(gateway), cpu(envoy)),
+        cpu(gateway),
+        cpu(envoy)
     );
     let upstream = find(results, "upstream alone");
     let _ = writeln!(out, "- The upstream alone (same client, same core) serves {:.0} req/s: proxy figures near it are bounded by the client core, not the proxy.\n", rps(upstream));
+}
 
-    if !body_sizes.is_empty() {
-        out.push_str("### Request body size through the size limit (4 connections, POST)\n\n| body | data plane | req/s | MiB/s |\n| ---: | --- | ---: | ---: |\n");
-        for (size, name, rps) in body_sizes {
+fn plugin_count(out: &mut String, report: &Report<'_>, docs: &std::path::Path) {
+    if report.chain.is_empty() {
+        return;
+    }
+    out.push_str("### Number of plugins\n\n");
+    let _ = writeln!(
+        out,
+        "The first 0, 1, 2 and 3 of the plugins above in chain order (size limit, + rate limit, + transform), \
+         each data plane with one worker pinned to core 0, closed loop at 16 connections for {} s after a warm-up.\n",
+        report.timing.chain.as_secs()
+    );
+    out.push_str("| data plane | plugins | req/s | vs 0 plugins | p99 ms | CPU µs/req | CPU over 0 plugins | note |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
+    let mut planes: Vec<&str> = Vec::new();
+    for point in report.chain {
+        if !planes.contains(&point.plane) {
+            planes.push(point.plane);
+        }
+    }
+    let mut rps_series = Vec::new();
+    let mut cpu_series = Vec::new();
+    for plane in planes {
+        let points: Vec<&ChainPoint> = report.chain.iter().filter(|p| p.plane == plane).collect();
+        let floor = points.iter().find(|p| p.plugins == 0);
+        for p in &points {
+            let cpu = p.cpu_us_per_request.unwrap_or(0.0);
+            let floor_cpu = floor.and_then(|f| f.cpu_us_per_request).unwrap_or(0.0);
             let _ = writeln!(
                 out,
-                "| {} | {name} | {rps:.0} | {:.1} |",
-                human(*size),
+                "| {plane} | {} | {:.0} | {} | {:.2} | {cpu:.1} | {:+.1} µs | {} |",
+                p.plugins,
+                p.rps,
+                floor.map_or("–".into(), |f| ratio(p.rps, f.rps)),
+                p.p99_ms,
+                cpu - floor_cpu,
+                if p.not_ok > 0 {
+                    format!("{} answers not 200", p.not_ok)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        rps_series.push((plane.to_owned(), points.iter().map(|p| p.rps).collect()));
+        cpu_series.push((
+            plane.to_owned(),
+            points
+                .iter()
+                .map(|p| p.cpu_us_per_request.unwrap_or(0.0))
+                .collect(),
+        ));
+    }
+    let x_labels: Vec<String> = ["none", "size limit", "+ rate limit", "+ transform"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let _ = Lines {
+        title: "Throughput by number of plugins (16 connections, one proxy core)",
+        x_labels: x_labels.clone(),
+        y_desc: "requests per second",
+        series: rps_series,
+        legend: SeriesLabelPosition::LowerLeft,
+    }
+    .draw(&docs.join("bench-plugins-throughput.svg"));
+    let _ = Lines {
+        title: "Proxy CPU per request by number of plugins",
+        x_labels,
+        y_desc: "µs of CPU per request",
+        series: cpu_series,
+        legend: SeriesLabelPosition::UpperLeft,
+    }
+    .draw(&docs.join("bench-plugins-cpu.svg"));
+    out.push_str("\n![throughput by number of plugins](bench-plugins-throughput.svg)\n\n![CPU by number of plugins](bench-plugins-cpu.svg)\n\n");
+}
+
+fn accuracy(out: &mut String, report: &Report<'_>, docs: &std::path::Path) {
+    if report.accuracy.is_empty() {
+        return;
+    }
+    out.push_str("### Rate-limit accuracy under overload\n\n");
+    let _ = writeln!(
+        out,
+        "A limit of {LIMIT} requests per second for everyone (our plugin: `second: {LIMIT}, limit_by: ip`, and every \
+         client is 127.0.0.1; Envoy's native `local_ratelimit`: a token bucket of {LIMIT} tokens refilled by {LIMIT} \
+         every second, shared by the workers). The client offers {:.0}× the limit ({:.0} req/s, open loop, evenly \
+         spaced over 16 kept connections) for {:.1} s starting 0.2 s into a second; the upstream counts the requests \
+         that reach it per aligned UTC second (the first and last seconds are partial). The proxy runs 2 or 4 workers \
+         and is not pinned; client and upstream share core 1.\n",
+        OVERLOAD,
+        LIMIT as f64 * OVERLOAD,
+        report.timing.rate_limit.as_secs_f64()
+    );
+    out.push_str("| data plane | workers | offered req/s | admitted per aligned second | full seconds min / mean / max | worst over-admission | 200 | 429 | other | note |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |\n");
+    let mut series = Vec::new();
+    for run in report.accuracy {
+        let full = run.full_seconds();
+        let summary = match (full.iter().min(), full.iter().max()) {
+            (Some(min), Some(max)) => format!(
+                "{min} / {:.1} / {max}",
+                full.iter().sum::<u64>() as f64 / full.len() as f64
+            ),
+            _ => "–".into(),
+        };
+        let seconds: Vec<String> = run.seconds.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {} | {summary} | {} | {} | {} | {} | {} |",
+            run.plane,
+            run.workers,
+            run.offered_rps,
+            seconds.join(", "),
+            run.worst_over(),
+            run.ok,
+            run.limited,
+            run.other,
+            run.error.clone().unwrap_or_default()
+        );
+        if run.error.is_none() {
+            series.push((
+                format!("{}, {} workers", run.plane, run.workers),
+                run.seconds.iter().map(|n| *n as f64).collect::<Vec<f64>>(),
+            ));
+        }
+    }
+    let seconds = series.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
+    series.push((format!("limit ({LIMIT}/s)"), vec![LIMIT as f64; seconds]));
+    let _ = Lines {
+        title: "Admitted per aligned second under 4× overload (first and last partial)",
+        x_labels: (0..seconds).map(|s| format!("second {s}")).collect(),
+        y_desc: "requests reaching the upstream",
+        series,
+        legend: SeriesLabelPosition::LowerRight,
+    }
+    .draw(&docs.join("bench-rate-limit.svg"));
+    out.push_str(
+        "\nOur plugin counts in a fixed window per aligned second (Kong's `second`), shared by all \
+         workers through proxy-wasm shared data with compare-and-swap. Envoy's native filter is a \
+         token bucket, not a calendar window: an aligned second can see the full bucket plus a \
+         refill.\n\n![admitted per second](bench-rate-limit.svg)\n\n",
+    );
+}
+
+/// The data planes of the body-size runs, in order, and for each size their req/s.
+fn body_size_table(body_sizes: &[(usize, String, f64)]) -> (Vec<&str>, Vec<(usize, Vec<f64>)>) {
+    let mut planes: Vec<&str> = Vec::new();
+    let mut rows: Vec<(usize, Vec<f64>)> = Vec::new();
+    for (size, name, _) in body_sizes {
+        if !planes.contains(&name.as_str()) {
+            planes.push(name);
+        }
+        if !rows.iter().any(|(s, _)| s == size) {
+            rows.push((*size, Vec::new()));
+        }
+    }
+    for (size, values) in &mut rows {
+        *values = planes
+            .iter()
+            .map(|plane| {
+                body_sizes
+                    .iter()
+                    .find(|(s, n, _)| s == size && n == plane)
+                    .map_or(0.0, |(_, _, rps)| *rps)
+            })
+            .collect();
+    }
+    (planes, rows)
+}
+
+fn body_sizes(out: &mut String, body_sizes: &[(usize, String, f64)]) {
+    if body_sizes.is_empty() {
+        return;
+    }
+    let (planes, rows) = body_size_table(body_sizes);
+    out.push_str("### Request body size through the size limit (4 connections, POST)\n\n| body |");
+    for plane in &planes {
+        let _ = write!(out, " {plane} req/s (MiB/s) |");
+    }
+    let short = |name: &str| name.split(' ').next().unwrap_or_default().to_owned();
+    let _ = write!(
+        out,
+        " {} |\n| ---: |",
+        match planes.as_slice() {
+            [first, second] => format!("{} / {}", short(second), short(first)),
+            _ => "ratio".into(),
+        }
+    );
+    for _ in 0..=planes.len() {
+        out.push_str(" ---: |");
+    }
+    out.push('\n');
+    for (size, values) in &rows {
+        let _ = write!(out, "| {} |", human(*size));
+        for rps in values {
+            let _ = write!(
+                out,
+                " {rps:.0} ({:.1}) |",
                 rps * *size as f64 / (1 << 20) as f64
             );
         }
-        out.push('\n');
+        let _ = writeln!(
+            out,
+            " {} |",
+            match values.as_slice() {
+                [first, second] => ratio(*second, *first),
+                _ => "–".into(),
+            }
+        );
     }
-    if !extras.is_empty() {
-        out.push_str("### Wasm specifics\n\n");
-        for (k, v) in extras {
-            let _ = writeln!(out, "- {k}: {v}");
+    out.push('\n');
+}
+
+fn wasm_specifics(out: &mut String, report: &Report<'_>) {
+    out.push_str("### Wasm specifics\n\n");
+    out.push_str(
+        "Each module in our host (the `host` crate with the gateway's engine configuration: \
+         wasmtime, Cranelift, pooling allocator, epoch interruption, no compilation cache), \
+         measured in the bench process: compile is `PluginModule::new` (median of 3), instance is \
+         a worker's ready instance (instantiate, `_initialize`, `on_vm_start`, `on_configure` with \
+         the configuration above; median of 21). \"Config\" is the plugin's own validation of that \
+         configuration.\n\n| module | size | compile | instance | config |\n| --- | ---: | ---: | ---: | --- |\n",
+    );
+    for figures in report.modules {
+        match figures {
+            Ok(m) => {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.1} KiB | {:.1} ms | {:.0} µs | {} |",
+                    m.plugin,
+                    m.size_bytes as f64 / 1024.0,
+                    m.compile.as_secs_f64() * 1e3,
+                    m.instantiate.as_secs_f64() * 1e6,
+                    match &m.validation {
+                        Ok(()) => "valid".to_owned(),
+                        Err(e) => format!("refused: {e}"),
+                    }
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "| {e} | | | | |");
+            }
         }
-        out.push('\n');
     }
+    out.push('\n');
+    if let Some(took) = report.cold_start {
+        let _ = writeln!(
+            out,
+            "- gateway cold start to first response (3 plugins, compiled at start, one worker; median of 3): {:.1} ms",
+            took.as_secs_f64() * 1e3
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- `gateway validate` on the three-plugin declarative file used above: {}\n",
+        match &report.validated {
+            Ok(_) => "valid".to_owned(),
+            Err(e) => format!("**refused**: {}", e.replace('\n', " ")),
+        }
+    );
+}
+
+pub fn write(report: &Report<'_>) -> PathBuf {
+    let docs = wasmgate_tests::paths::workspace_root().join("docs");
+    let _ = std::fs::create_dir_all(&docs);
+    let mut out = String::new();
+    let _ = writeln!(out, "{BEGIN}");
+    let _ = writeln!(out, "## Data planes side by side\n");
+    out.push_str(
+        "Regenerate: `cargo xtask bench` (under 10 minutes; `--quick` under 2, with shorter \
+         points and the rate-limit runs at 2 workers only). This section is written by that \
+         command; the sections after it are not.\n\n",
+    );
+    out.push_str(&setting(report));
+    out.push('\n');
+    targets(&mut out, report);
+    main_table(&mut out, report);
+    ratios(&mut out, report.results);
+    head_to_head(&mut out, report);
+    plugin_count(&mut out, report, &docs);
+    accuracy(&mut out, report, &docs);
+    body_sizes(&mut out, report.body_sizes);
+    wasm_specifics(&mut out, report);
     let _ = writeln!(out, "{END}");
 
-    let _ = crate::plots::throughput(&docs.join("bench-throughput.svg"), results);
-    let _ = crate::plots::latency(&docs.join("bench-latency.svg"), results);
+    let _ = crate::plots::throughput(&docs.join("bench-throughput.svg"), report.results);
+    let _ = crate::plots::latency(&docs.join("bench-latency.svg"), report.results);
     let path = docs.join("BENCHMARKS.md");
     let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
     let updated = match (existing.find(BEGIN), existing.find(END)) {
@@ -187,10 +773,5 @@ fn human(size: usize) -> String {
 }
 
 fn date() -> String {
-    std::process::Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d %H:%M UTC")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
+    command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default()
 }
