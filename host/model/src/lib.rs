@@ -6,13 +6,15 @@
 //! the plugins' own cores ([`plugins`]), the very code that runs in the modules. [`router`]
 //! matches requests with Kong's precedence, and [`envoy`] translates the same model into an
 //! Envoy bootstrap whose routes follow that same order. The gateway, the Envoy translation and
-//! the control plane all use this crate.
+//! the control plane all use this crate; [`sync`] holds the frames of wasmgate's own
+//! control plane ↔ gateway protocol.
 
 pub mod declarative;
 pub mod entities;
 pub mod envoy;
 pub mod plugins;
 pub mod router;
+pub mod sync;
 
 pub use declarative::{parse_declarative, DeclarativeError};
 pub use entities::{Config, FilterChain, FilterEntry, Plugin, Protocol, Route, Scope, Service};
