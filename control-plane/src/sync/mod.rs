@@ -144,8 +144,7 @@ async fn connection(
             return;
         }
     };
-    let planes = match pki::peer_control_planes(&state.store, tls.get_ref().1.peer_certificates())
-    {
+    let planes = match pki::peer_control_planes(&state.store, tls.get_ref().1.peer_certificates()) {
         Ok(planes) => planes,
         Err(e) => {
             log::warn!("data plane {peer}: {e}");
@@ -238,7 +237,9 @@ async fn next_text(socket: &mut Socket) -> Result<Option<Utf8Bytes>, String> {
         match socket.next().await {
             None | Some(Ok(Message::Close(_))) => return Ok(None),
             Some(Ok(Message::Text(text))) => return Ok(Some(text)),
-            Some(Ok(Message::Binary(_))) => return Err("binary frames are not part of the protocol".into()),
+            Some(Ok(Message::Binary(_))) => {
+                return Err("binary frames are not part of the protocol".into())
+            }
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(format!("reading: {e}")),
         }
@@ -296,12 +297,10 @@ async fn introduce(
         }
         (None, [one]) => one.clone(),
         (None, []) => return Err("this certificate is not pinned for any control plane".into()),
-        (None, _) => {
-            return Err(
-                "this certificate is pinned for several control planes; name one with control_plane_id"
-                    .into(),
-            )
-        }
+        (None, _) => return Err(
+            "this certificate is pinned for several control planes; name one with control_plane_id"
+                .into(),
+        ),
     };
     Ok(Session {
         control_plane_id,
@@ -428,7 +427,12 @@ impl Session {
         Ok(())
     }
 
-    async fn receive(&mut self, socket: &mut Socket, state: &State, text: &str) -> Result<(), String> {
+    async fn receive(
+        &mut self,
+        socket: &mut Socket,
+        state: &State,
+        text: &str,
+    ) -> Result<(), String> {
         let cp = &self.control_plane_id;
         let id = &self.node_id;
         match serde_json::from_str::<Inbound>(text) {

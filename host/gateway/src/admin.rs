@@ -84,6 +84,11 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
                     "routes": snapshot.config.routes.len(),
                     "plugins": snapshot.config.plugins.len(),
                     "version": env!("CARGO_PKG_VERSION"),
+                    "control_plane": shared
+                        .cluster
+                        .lock()
+                        .map(|c| c.clone())
+                        .unwrap_or_default(),
                 }),
             )
         }

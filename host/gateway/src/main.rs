@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use gateway::cluster::{Cluster, ClusterOptions};
 use gateway::filters::{default_modules_dir, Runtime, RuntimeOptions};
 use gateway::{Gateway, GatewayOptions, Snapshot};
 
@@ -46,13 +47,63 @@ impl Modules {
     }
 }
 
+/// Configuration from a control plane instead of a file (Kong's hybrid-mode names).
+#[derive(Args, Clone)]
+struct ClusterArgs {
+    /// The control plane's cluster endpoint (`host:port`).
+    #[arg(long, requires_all = ["cluster_cert", "cluster_cert_key", "cluster_ca_cert"])]
+    control_plane: Option<String>,
+    /// Which control plane, when the certificate is pinned for several.
+    #[arg(long)]
+    control_plane_id: Option<String>,
+    /// This data plane's id (default: made once and kept in the cache directory).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// The client certificate (PEM) pinned for the control plane.
+    #[arg(long)]
+    cluster_cert: Option<PathBuf>,
+    #[arg(long)]
+    cluster_cert_key: Option<PathBuf>,
+    /// The control plane's CA (PEM).
+    #[arg(long)]
+    cluster_ca_cert: Option<PathBuf>,
+    /// Where the last configuration and its modules are kept.
+    #[arg(long, default_value = "gateway-cluster-cache")]
+    cluster_cache_dir: PathBuf,
+    /// Seconds between pings to the control plane.
+    #[arg(long, default_value_t = 30)]
+    cluster_ping_interval: u64,
+}
+
+impl ClusterArgs {
+    fn options(&self) -> Option<ClusterOptions> {
+        Some(ClusterOptions {
+            control_plane: self.control_plane.clone()?,
+            control_plane_id: self.control_plane_id.clone(),
+            node_id: self.node_id.clone(),
+            cert: self.cluster_cert.clone()?,
+            key: self.cluster_cert_key.clone()?,
+            ca: self.cluster_ca_cert.clone()?,
+            cache_dir: self.cluster_cache_dir.clone(),
+            ping_interval: std::time::Duration::from_secs(self.cluster_ping_interval.max(1)),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Proxy traffic with a Kong declarative configuration.
     Run {
-        /// The declarative file (`_format_version: "3.0"`, YAML or JSON).
-        #[arg(long)]
-        config: PathBuf,
+        /// The declarative file (`_format_version: "3.0"`, YAML or JSON); not with
+        /// --control-plane.
+        #[arg(
+            long,
+            required_unless_present = "control_plane",
+            conflicts_with = "control_plane"
+        )]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Where clients connect.
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: SocketAddr,
@@ -148,6 +199,7 @@ fn main() -> ExitCode {
         } => envoy_bootstrap(&config, out, listen, admin_listen, &modules),
         Command::Run {
             config,
+            cluster,
             listen,
             admin_listen,
             workers,
@@ -161,7 +213,7 @@ fn main() -> ExitCode {
                 listen,
                 admin_listen: Some(admin_listen),
                 access_log: !no_access_log,
-                config_path: Some(config.clone()),
+                config_path: config.clone(),
                 tls,
                 runtime: modules.options(),
                 ..GatewayOptions::default()
@@ -169,7 +221,11 @@ fn main() -> ExitCode {
             if let Some(n) = workers {
                 options.workers = n;
             }
-            run(config, options)
+            match (config, cluster.options()) {
+                (Some(config), _) => run(Source::File(config), options),
+                (None, Some(cluster)) => run(Source::ControlPlane(cluster), options),
+                (None, None) => Err("--config or --control-plane is required".into()),
+            }
         }),
     };
     match result {
@@ -252,14 +308,57 @@ fn tls_settings(
     }
 }
 
-fn run(config: PathBuf, options: GatewayOptions) -> Result<(), String> {
-    let text = read(&config)?;
+/// Where the configuration comes from.
+enum Source {
+    File(PathBuf),
+    ControlPlane(ClusterOptions),
+}
+
+fn run(source: Source, mut options: GatewayOptions) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
-    let gateway =
-        Gateway::start(options, &text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let (gateway, config, origin) = match source {
+        Source::File(config) => {
+            let text = read(&config)?;
+            let gateway =
+                Gateway::start(options, &text).map_err(|e| format!("{}: {e}", config.display()))?;
+            gateway::reload::watch(std::sync::Arc::clone(gateway.shared()), config.clone());
+            let origin = config.display().to_string();
+            (gateway, Some(config), origin)
+        }
+        Source::ControlPlane(cluster_options) => {
+            let address = cluster_options.control_plane.clone();
+            let cluster = Cluster::new(cluster_options)?;
+            options.runtime.modules_dir = cluster.modules_dir();
+            // The cached configuration when there is one that still loads; else none yet.
+            let cached = cluster.cached_config();
+            let gateway = match cached
+                .as_deref()
+                .map(|text| Gateway::start(options.clone(), text))
+            {
+                Some(Ok(gateway)) => gateway,
+                Some(Err(e)) => {
+                    eprintln!(
+                        "wasmgate: the cached configuration does not load ({e}); starting empty"
+                    );
+                    Gateway::start(options, gateway::cluster::EMPTY_CONFIG)?
+                }
+                None => Gateway::start(options, gateway::cluster::EMPTY_CONFIG)?,
+            };
+            cluster.spawn(std::sync::Arc::clone(gateway.shared()))?;
+            let origin = format!(
+                "control plane {address}{}",
+                if cached.is_some() {
+                    ", cached configuration"
+                } else {
+                    ""
+                }
+            );
+            (gateway, None, origin)
+        }
+    };
     let shared = gateway.shared();
     eprintln!(
         "wasmgate: gateway on http://{}{} (admin http://{}), {} workers, config {} ({})",
@@ -269,10 +368,9 @@ fn run(config: PathBuf, options: GatewayOptions) -> Result<(), String> {
             .map_or(String::new(), |a| format!(" and https://{a}")),
         gateway.admin_addr().map_or("off".into(), |a| a.to_string()),
         shared.options.workers,
-        config.display(),
+        origin,
         shared.snapshot.load().hash
     );
-    gateway::reload::watch(std::sync::Arc::clone(shared), config.clone());
     runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
@@ -284,7 +382,11 @@ fn run(config: PathBuf, options: GatewayOptions) -> Result<(), String> {
         };
         loop {
             tokio::select! {
-                _ = hup.recv() => gateway::reload::reload(gateway.shared(), &config, "SIGHUP"),
+                _ = hup.recv() => {
+                    if let Some(config) = &config {
+                        gateway::reload::reload(gateway.shared(), config, "SIGHUP");
+                    }
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }

@@ -64,6 +64,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub options: GatewayOptions,
     pub runtime: Runtime,
+    /// The control plane connection, when configured by one (shown by `/status`).
+    pub cluster: std::sync::Mutex<Option<serde_json::Value>>,
 }
 
 impl Shared {
@@ -163,6 +165,7 @@ impl Gateway {
             metrics: Metrics::default(),
             options,
             runtime,
+            cluster: std::sync::Mutex::new(None),
         });
         let (shutdown, _) = watch::channel(false);
         let mut threads = Vec::new();

@@ -1,0 +1,374 @@
+//! The data plane side of wasmgate's sync protocol (docs/SYNC.md, frames in [`model::sync`]):
+//! a WebSocket over mutual TLS to the control plane's `/v1/outlet`, Kong hybrid style.
+//!
+//! The gateway introduces itself (`basic_info`: node id, hostname, version, the modules it
+//! has), receives every new config version with the modules it lacks, checks each module's
+//! SHA-256, applies the version atomically (the same swap as a reload: in-flight requests
+//! finish on the old snapshot) and reports `applied` or its `error`, and pings with the hash it
+//! runs. The last applied version and its modules are cached on disk, so a gateway started
+//! while the control plane is unreachable serves what it served before; a lost connection is
+//! retried with a backoff capped at 2 s, and the running configuration keeps serving meanwhile.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use model::sync::{Inbound, ModuleData, ModuleInfo, Outbound, PluginInfo, PATH};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::server::Shared;
+
+/// What `gateway run --control-plane ...` says.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// `host:port` of the control plane's cluster endpoint.
+    pub control_plane: String,
+    /// Needed only when the certificate is pinned for several control planes.
+    pub control_plane_id: Option<String>,
+    /// Default: made once and kept in the cache directory.
+    pub node_id: Option<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The control plane's CA (PEM).
+    pub ca: PathBuf,
+    pub cache_dir: PathBuf,
+    pub ping_interval: Duration,
+}
+
+/// A configured, not yet connected, cluster client.
+pub struct Cluster {
+    options: ClusterOptions,
+    tls: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+    node_id: String,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The configuration a gateway runs before it has one: no routes (Kong's 404 `no Route
+/// matched`), and the very text a new control plane starts with, so both hash alike.
+pub const EMPTY_CONFIG: &str = r#"{"_format_version":"3.0"}"#;
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes a file whole or not at all: a crash mid-write leaves the previous one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+impl Cluster {
+    /// Reads the certificates and prepares the cache directory; every error names its file.
+    pub fn new(options: ClusterOptions) -> Result<Cluster, String> {
+        std::fs::create_dir_all(options.cache_dir.join("modules"))
+            .map_err(|e| format!("{}: {e}", options.cache_dir.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&read(&options.ca)?) {
+            let cert = cert.map_err(|e| format!("{}: {e}", options.ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", options.ca.display()))?;
+        }
+        let certs = CertificateDer::pem_slice_iter(&read(&options.cert)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", options.cert.display()))?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&options.key)?)
+            .map_err(|e| format!("{}: {e}", options.key.display()))?;
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", options.cert.display()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let host = options
+            .control_plane
+            .rsplit_once(':')
+            .map_or(options.control_plane.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let server_name = ServerName::try_from(host)
+            .map_err(|e| format!("--control-plane {}: {e}", options.control_plane))?;
+        let node_id = match &options.node_id {
+            Some(id) => id.clone(),
+            None => stable_node_id(&options.cache_dir)?,
+        };
+        Ok(Cluster {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+            node_id,
+            options,
+        })
+    }
+
+    /// Where received modules are kept: the runtime loads plugin modules from here.
+    pub fn modules_dir(&self) -> PathBuf {
+        self.options.cache_dir.join("modules")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.options.cache_dir.join("config.json")
+    }
+
+    /// The last configuration applied from the control plane, if any.
+    pub fn cached_config(&self) -> Option<String> {
+        std::fs::read_to_string(self.config_path()).ok()
+    }
+
+    /// Follows the control plane on a thread of its own until the gateway is gone.
+    pub fn spawn(self, shared: Arc<Shared>) -> Result<(), String> {
+        std::thread::Builder::new()
+            .name("wasmgate-cluster".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        log::error!("control plane client: runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(self.follow(shared));
+            })
+            .map(|_| ())
+            .map_err(|e| format!("control plane client thread: {e}"))
+    }
+
+    fn status(&self, shared: &Shared, connected: bool, error: Option<&str>) {
+        if let Ok(mut status) = shared.cluster.lock() {
+            *status = Some(json!({
+                "address": self.options.control_plane,
+                "node_id": self.node_id,
+                "connected": connected,
+                "last_error": error,
+            }));
+        }
+    }
+
+    async fn follow(self, shared: Arc<Shared>) {
+        let mut backoff = Duration::from_millis(100);
+        self.status(&shared, false, None);
+        // The gateway holds the other reference while it runs.
+        while Arc::strong_count(&shared) > 1 {
+            let error = match self.session(&shared, &mut backoff).await {
+                Ok(()) => "the control plane closed the connection".to_owned(),
+                Err(e) => e,
+            };
+            log::warn!(
+                "control plane {}: {error}; retrying in {} ms with the running configuration",
+                self.options.control_plane,
+                backoff.as_millis()
+            );
+            self.status(&shared, false, Some(&error));
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn basic_info(&self, shared: &Shared) -> Inbound {
+        let mut modules = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(self.modules_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.ends_with(".wasm") {
+                    continue;
+                }
+                if let Ok(bytes) = std::fs::read(entry.path()) {
+                    modules.push(ModuleInfo {
+                        file: name,
+                        sha256: sha256_hex(&bytes),
+                    });
+                }
+            }
+        }
+        Inbound::BasicInfo {
+            node_id: self.node_id.clone(),
+            hostname: hostname(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            control_plane_id: self.options.control_plane_id.clone(),
+            plugins: model::plugins::PLUGINS
+                .iter()
+                .map(|p| PluginInfo {
+                    name: p.name.to_owned(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                })
+                .collect(),
+            modules,
+            config_hash: Some(shared.snapshot.load().hash.clone()),
+        }
+    }
+
+    /// One connection, until it fails.
+    async fn session(&self, shared: &Shared, backoff: &mut Duration) -> Result<(), String> {
+        let addr = &self.options.control_plane;
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.tls.connect(self.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS handshake (is this certificate pinned?): {e}"))?;
+        let url = format!("wss://{addr}{PATH}");
+        let (mut socket, _) = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_tungstenite::client_async(url.as_str(), tls),
+        )
+        .await
+        .map_err(|_| "WebSocket upgrade timed out".to_owned())?
+        .map_err(|e| format!("WebSocket upgrade: {e}"))?;
+        send(&mut socket, &self.basic_info(shared)).await?;
+        *backoff = Duration::from_millis(100);
+        self.status(shared, true, None);
+        log::info!("connected to control plane {addr} as node {}", self.node_id);
+        let mut ping = tokio::time::interval(self.options.ping_interval);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                frame = socket.next() => match frame {
+                    None | Some(Ok(Message::Close(_))) => return Ok(()),
+                    Some(Ok(Message::Text(text))) => {
+                        let reply = match serde_json::from_str::<Outbound>(&text) {
+                            Ok(Outbound::Reconfigure { config_version, config_hash, config, modules }) => {
+                                Some(self.reconfigure(shared, config_version, config_hash, &config, modules))
+                            }
+                            Ok(Outbound::Pong) => None,
+                            Err(e) => return Err(format!("unreadable frame from the control plane: {e}")),
+                        };
+                        if let Some(reply) = reply {
+                            send(&mut socket, &reply).await?;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(format!("reading: {e}")),
+                },
+                _ = ping.tick() => {
+                    let hash = shared.snapshot.load().hash.clone();
+                    send(&mut socket, &Inbound::Ping { config_hash: Some(hash) }).await?;
+                }
+            }
+        }
+    }
+
+    /// Applies one version and says how it went.
+    fn reconfigure(
+        &self,
+        shared: &Shared,
+        config_version: u64,
+        config_hash: String,
+        config: &str,
+        modules: Vec<ModuleData>,
+    ) -> Inbound {
+        match self.apply(shared, &config_hash, config, modules) {
+            Ok(()) => {
+                log::info!("applied config version {config_version} ({config_hash})");
+                Inbound::Applied {
+                    config_version,
+                    config_hash,
+                }
+            }
+            Err(message) => {
+                log::warn!(
+                    "refused config version {config_version}, keeping the running one: {message}"
+                );
+                Inbound::Error {
+                    config_version,
+                    config_hash,
+                    message,
+                }
+            }
+        }
+    }
+
+    fn apply(
+        &self,
+        shared: &Shared,
+        hash: &str,
+        config: &str,
+        modules: Vec<ModuleData>,
+    ) -> Result<(), String> {
+        if sha256_hex(config.as_bytes()) != hash {
+            return Err("the configuration does not match its hash".into());
+        }
+        for module in modules {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(module.data.as_bytes())
+                .map_err(|e| format!("module {}: {e}", module.file))?;
+            if sha256_hex(&bytes) != module.sha256 {
+                return Err(format!("module {}: SHA-256 mismatch", module.file));
+            }
+            let safe = Path::new(&module.file)
+                .file_name()
+                .is_some_and(|n| n == module.file.as_str())
+                && module.file.ends_with(".wasm");
+            if !safe {
+                return Err(format!(
+                    "module {}: not a plain .wasm file name",
+                    module.file
+                ));
+            }
+            write_atomically(&self.modules_dir().join(&module.file), &bytes)?;
+        }
+        shared.apply(config).map_err(|e| e.to_string())?;
+        write_atomically(&self.config_path(), config.as_bytes())
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+async fn send(socket: &mut Socket, frame: &Inbound) -> Result<(), String> {
+    let text = serde_json::to_string(frame).map_err(|e| e.to_string())?;
+    socket
+        .send(Message::text(text))
+        .await
+        .map_err(|e| format!("sending: {e}"))
+}
+
+/// A node id made once and kept with the cache, so a restarted gateway is the same node.
+fn stable_node_id(cache_dir: &Path) -> Result<String, String> {
+    let path = cache_dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    write_atomically(&path, id.as_bytes())?;
+    Ok(id)
+}
