@@ -25,7 +25,9 @@ fn options(data_dir: &Path, endpoints: Option<Endpoints>) -> Options {
         xds_listen: endpoints.map_or(any, |e| e.xds),
         data_dir: data_dir.to_path_buf(),
         token: Some(TOKEN.to_owned()),
-        ping_interval: std::time::Duration::from_secs(1),
+        // Generous: a data plane compiling modules in a debug build can be busy for seconds.
+        ping_interval: std::time::Duration::from_secs(10),
+        modules_dir: crate::paths::wasm_dir(),
         ..Options::default()
     }
 }

@@ -209,6 +209,8 @@ async fn connection(
 }
 
 /// Refuses every path but Kong's `/v1/outlet` with a 404.
+// The signature is tungstenite's handshake callback.
+#[allow(clippy::result_large_err)]
 fn outlet_path(request: &Request, response: Response) -> Result<Response, ErrorResponse> {
     if request.uri().path() == PATH {
         return Ok(response);

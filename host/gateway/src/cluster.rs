@@ -243,7 +243,7 @@ impl Cluster {
         )
         .await
         .map_err(|_| "TLS handshake timed out".to_owned())?
-        .map_err(|e| format!("TLS handshake (is this certificate pinned?): {e}"))?;
+        .map_err(|e| format!("TLS handshake: {e}"))?;
         let url = format!("wss://{addr}{PATH}");
         let (mut socket, _) = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -251,7 +251,17 @@ impl Cluster {
         )
         .await
         .map_err(|_| "WebSocket upgrade timed out".to_owned())?
-        .map_err(|e| format!("WebSocket upgrade: {e}"))?;
+        .map_err(|e| {
+            // With TLS 1.3 the server checks the client certificate after the client's side
+            // of the handshake is done: a refusal arrives as an alert on the first read.
+            if e.to_string().contains("AccessDenied")
+                || e.to_string().contains("CertificateUnknown")
+            {
+                format!("the control plane refused this certificate (not pinned?): {e}")
+            } else {
+                format!("WebSocket upgrade: {e}")
+            }
+        })?;
         send(&mut socket, &self.basic_info(shared)).await?;
         *backoff = Duration::from_millis(100);
         self.status(shared, true, None);

@@ -103,7 +103,7 @@ enum Command {
         )]
         config: Option<PathBuf>,
         #[command(flatten)]
-        cluster: ClusterArgs,
+        cluster: Box<ClusterArgs>,
         /// Where clients connect.
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: SocketAddr,

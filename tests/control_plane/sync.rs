@@ -1,0 +1,369 @@
+//! `gateway` data planes following a real control plane over the sync protocol: real
+//! `gateway` processes, a real control plane (in-process, SQLite on disk), the real echo
+//! backend, all on loopback.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wasmgate_tests::client::{self, Protocol, Request};
+use wasmgate_tests::control_plane::TestControlPlane;
+use wasmgate_tests::{EchoReport, EchoUpstream};
+
+/// The `gateway` binary beside this test's folder (`target/debug/deps/..`).
+fn gateway_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary");
+    let debug = exe.parent().and_then(Path::parent).expect("target folder");
+    let binary = debug.join("gateway");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it (`cargo build -p gateway`, or run `cargo xtask test`)",
+        binary.display()
+    );
+    binary
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// A data plane's files: its client certificate, the control plane's CA and its cache.
+struct Credentials {
+    dir: PathBuf,
+}
+
+impl Credentials {
+    fn new(dir: &Path, ca_pem: &str) -> (Credentials, String) {
+        std::fs::create_dir_all(dir).expect("dir");
+        let (cert, key) = control_plane::pki::client_certificate("dp").expect("cert");
+        std::fs::write(dir.join("dp.crt"), &cert).expect("cert");
+        std::fs::write(dir.join("dp.key"), key).expect("key");
+        std::fs::write(dir.join("ca.crt"), ca_pem).expect("ca");
+        (
+            Credentials {
+                dir: dir.to_path_buf(),
+            },
+            cert,
+        )
+    }
+}
+
+struct GatewayProcess {
+    child: Child,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl GatewayProcess {
+    fn start(cluster: SocketAddr, credentials: &Credentials, proxy: SocketAddr) -> GatewayProcess {
+        let admin = free_port();
+        let dir = &credentials.dir;
+        let child = Command::new(gateway_binary())
+            .args([
+                "run",
+                "--no-access-log",
+                "--workers",
+                "2",
+                "--cluster-ping-interval",
+                "1",
+            ])
+            .args([
+                "--listen",
+                &proxy.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .args(["--control-plane", &cluster.to_string()])
+            .arg("--cluster-cert")
+            .arg(dir.join("dp.crt"))
+            .arg("--cluster-cert-key")
+            .arg(dir.join("dp.key"))
+            .arg("--cluster-ca-cert")
+            .arg(dir.join("ca.crt"))
+            .arg("--cluster-cache-dir")
+            .arg(dir.join("cache"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("gateway");
+        GatewayProcess {
+            child,
+            proxy,
+            admin,
+        }
+    }
+
+    async fn status(&self) -> Option<Value> {
+        let response = client::send(self.admin, Protocol::Http1, &Request::get("/status"))
+            .await
+            .ok()?;
+        response.json()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `x-from-cp` header the backend saw through `proxy`.
+async fn seen(proxy: SocketAddr) -> Option<String> {
+    let response = client::send(proxy, Protocol::Http1, &Request::get("/"))
+        .await
+        .ok()?;
+    if response.status != 200 {
+        return None;
+    }
+    let report: EchoReport = serde_json::from_slice(&response.body).ok()?;
+    report.header("x-from-cp").map(str::to_owned)
+}
+
+async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+async fn node(cp: &TestControlPlane, id: &str) -> Value {
+    let nodes = cp
+        .expect(200, "GET", &format!("/v2/control-planes/{id}/nodes"), None)
+        .await;
+    nodes["items"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_follows_its_control_plane_and_survives_without_it() {
+    let echo = EchoUpstream::start().await.expect("echo");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cp = TestControlPlane::start(&dir.path().join("cp"));
+    let created = cp
+        .expect(
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({ "name": "cp" })),
+        )
+        .await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let ca = created["config"]["cluster_ca_cert"]
+        .as_str()
+        .expect("ca")
+        .to_owned();
+    let (credentials, cert) = Credentials::new(&dir.path().join("dp"), &ca);
+    cp.expect(
+        201,
+        "POST",
+        &format!("/v2/control-planes/{id}/dp-client-certificates"),
+        Some(&json!({ "cert": cert })),
+    )
+    .await;
+    let base = format!("/v2/control-planes/{id}/core-entities");
+    cp.expect(
+        201,
+        "POST",
+        &format!("{base}/services"),
+        Some(&json!({ "name": "echo", "url": format!("http://{}", echo.addr()) })),
+    )
+    .await;
+    cp.expect(
+        201,
+        "POST",
+        &format!("{base}/services/echo/routes"),
+        Some(&json!({ "name": "all", "paths": ["/"] })),
+    )
+    .await;
+    let plugin = cp
+        .expect(201, "POST", &format!("{base}/services/echo/plugins"), Some(&json!({ "name": "request-transformer", "config": { "add": { "headers": ["x-from-cp:1"] } } })))
+        .await;
+    let plugin_path = format!("{base}/plugins/{}", plugin["id"].as_str().expect("id"));
+    cp.expect(201, "POST", &format!("{base}/plugins"), Some(&json!({ "name": "request-size-limiting", "config": { "allowed_payload_size": 1, "size_unit": "kilobytes" } }))).await;
+
+    let proxy = free_port();
+    let mut gateway = GatewayProcess::start(cp.endpoints().cluster, &credentials, proxy);
+    until(
+        "the first configuration",
+        Duration::from_secs(60),
+        async || seen(proxy).await.as_deref() == Some("1"),
+    )
+    .await;
+    let big = Request::post("/", wasmgate_tests::RequestBody::Bytes(vec![b'x'; 2048]));
+    let response = client::send(proxy, Protocol::Http1, &big)
+        .await
+        .expect("post");
+    assert_eq!(response.status, 413, "{}", response.text());
+    let expected = cp
+        .expect(
+            200,
+            "GET",
+            &format!("/v2/control-planes/{id}/expected-config-hash"),
+            None,
+        )
+        .await;
+    until("in sync", Duration::from_secs(10), async || {
+        node(&cp, &id).await["sync_status"] == "in_sync"
+    })
+    .await;
+    let in_sync = node(&cp, &id).await;
+    assert_eq!(in_sync["sync_status"], "in_sync", "{in_sync}");
+    assert_eq!(in_sync["config_hash"], expected["expected_hash"]);
+    assert_eq!(in_sync["kind"], "gateway");
+    let status = gateway.status().await.expect("status");
+    assert_eq!(status["config_hash"], expected["expected_hash"]);
+    assert_eq!(status["control_plane"]["connected"], true);
+
+    // Live changes, while a client keeps sending: each one enforced within a second, and no
+    // request fails across the swaps.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, sent, failed) = (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&failed));
+        tokio::spawn(async move {
+            let mut connection = client::Connection::open(proxy, Protocol::Http1)
+                .await
+                .expect("connection");
+            while !stop.load(Ordering::Relaxed) {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match connection.send(&Request::get("/")).await {
+                    Ok(r) if r.status == 200 => {}
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    for round in 2..=6 {
+        let value = round.to_string();
+        cp.expect(
+            200,
+            "PATCH",
+            &plugin_path,
+            Some(&json!({ "config": { "add": { "headers": [format!("x-from-cp:{round}")] } } })),
+        )
+        .await;
+        let took = until("a PATCH", Duration::from_secs(1), async || {
+            seen(proxy).await.as_deref() == Some(value.as_str())
+        })
+        .await;
+        eprintln!("version {round}: enforced after {took:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("load");
+    assert!(sent.load(Ordering::Relaxed) > 50);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during reconfiguration"
+    );
+
+    // A version the model accepts but this data plane cannot run (its secret is not given to
+    // it): refused, reported with the reason, and the previous version keeps serving.
+    cp.expect(200, "PATCH", &plugin_path, Some(&json!({ "config": { "add": { "headers": ["x-from-cp:{vault://env/WASMGATE_TEST_UNSET_SECRET}"] } } }))).await;
+    until("the refusal", Duration::from_secs(5), async || {
+        node(&cp, &id).await["sync_status"] == "failed"
+    })
+    .await;
+    let refused = node(&cp, &id).await;
+    let message = refused["last_error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("WASMGATE_TEST_UNSET_SECRET"), "{refused}");
+    assert_eq!(seen(proxy).await.as_deref(), Some("6"));
+    cp.expect(
+        200,
+        "PATCH",
+        &plugin_path,
+        Some(&json!({ "config": { "add": { "headers": ["x-from-cp:7"] } } })),
+    )
+    .await;
+    until("recovery", Duration::from_secs(1), async || {
+        seen(proxy).await.as_deref() == Some("7")
+    })
+    .await;
+
+    // The control plane goes away: the gateway keeps serving; restarted meanwhile, it serves
+    // from its cache.
+    cp.stop();
+    assert_eq!(seen(proxy).await.as_deref(), Some("7"));
+    drop(gateway);
+    gateway = GatewayProcess::start(cp.endpoints().cluster, &credentials, proxy);
+    until(
+        "serving from the cache",
+        Duration::from_secs(60),
+        async || seen(proxy).await.as_deref() == Some("7"),
+    )
+    .await;
+    assert_eq!(
+        gateway.status().await.expect("status")["control_plane"]["connected"],
+        false
+    );
+
+    // Back on the same data: the gateway reconnects and is in sync again.
+    cp.start_again();
+    until("reconnection", Duration::from_secs(10), async || {
+        let n = node(&cp, &id).await;
+        n["connected"] == true && n["sync_status"] == "in_sync"
+    })
+    .await;
+    cp.expect(
+        200,
+        "PATCH",
+        &plugin_path,
+        Some(&json!({ "config": { "add": { "headers": ["x-from-cp:8"] } } })),
+    )
+    .await;
+    until(
+        "a change after the restart",
+        Duration::from_secs(1),
+        async || seen(proxy).await.as_deref() == Some("8"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpinned_certificate_is_refused_at_the_handshake() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cp = TestControlPlane::start(&dir.path().join("cp"));
+    let created = cp
+        .expect(
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({ "name": "cp" })),
+        )
+        .await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let ca = created["config"]["cluster_ca_cert"]
+        .as_str()
+        .expect("ca")
+        .to_owned();
+    let (credentials, _unpinned) = Credentials::new(&dir.path().join("dp"), &ca);
+    let gateway = GatewayProcess::start(cp.endpoints().cluster, &credentials, free_port());
+    until("a refused attempt", Duration::from_secs(60), async || {
+        gateway
+            .status()
+            .await
+            .and_then(|s| s["control_plane"]["last_error"].as_str().map(str::to_owned))
+            .is_some_and(|e| e.contains("not pinned"))
+    })
+    .await;
+    let nodes = cp
+        .expect(200, "GET", &format!("/v2/control-planes/{id}/nodes"), None)
+        .await;
+    assert_eq!(nodes["items"], json!([]));
+    // The data plane still answers, with no configuration: Kong's 404.
+    let response = client::send(gateway.proxy, Protocol::Http1, &Request::get("/"))
+        .await
+        .expect("get");
+    assert_eq!(response.status, 404);
+}
