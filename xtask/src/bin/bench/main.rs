@@ -6,6 +6,7 @@
 //! with 2 and 4 workers, leave the proxy unpinned). Every process started is stopped by PID
 //! when its run ends. Traffic stays on loopback.
 
+mod distribution;
 mod load;
 mod modules;
 mod paired;
@@ -138,6 +139,11 @@ fn measure(
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // Only the control plane's figures, printed (BENCHMARKS.md is left alone).
+    if std::env::args().any(|a| a == "--control-plane-only") {
+        print!("{}", distribution::section(&distribution::measure(quick)));
+        return;
+    }
     let timing = if quick {
         Timing {
             closed: Duration::from_secs(1),
@@ -217,6 +223,8 @@ fn main() {
     eprintln!("bench: modules in our host");
     let modules = modules::measure();
     let cold_start = proxies::gateway_cold_start(PROXY_CORE);
+    eprintln!("bench: control plane distribution");
+    let distribution = distribution::section(&distribution::measure(quick));
     let plugins = proxies::plugin_configs();
     let validated = proxies::validate_gateway(&proxies::gateway_declarative(upstream, &plugins));
     let path = report::write(&report::Report {
@@ -229,6 +237,7 @@ fn main() {
         modules: &modules,
         cold_start,
         validated,
+        distribution: &distribution,
         quick,
         timing,
         load_at_start,

@@ -19,6 +19,8 @@ const END: &str = "<!-- END cargo xtask bench -->";
 
 /// Everything one run measured.
 pub struct Report<'a> {
+    /// The control plane's section, already written.
+    pub distribution: &'a str,
     pub results: &'a [Figures],
     pub overhead: Result<Overhead, String>,
     pub head_to_head: Result<HeadToHead, String>,
@@ -745,6 +747,7 @@ pub fn write(report: &Report<'_>) -> PathBuf {
     accuracy(&mut out, report, &docs);
     body_sizes(&mut out, report.body_sizes);
     wasm_specifics(&mut out, report);
+    out.push_str(report.distribution);
     let _ = writeln!(out, "{END}");
 
     let _ = crate::plots::throughput(&docs.join("bench-throughput.svg"), report.results);
