@@ -258,7 +258,12 @@ async fn a_gateway_follows_its_control_plane_and_survives_without_it() {
         eprintln!("version {round}: enforced after {took:?}");
     }
     // Changes land in milliseconds: let the client run on a little, then stop it.
-    until("requests on the new version", Duration::from_secs(10), async || sent.load(Ordering::Relaxed) >= 100).await;
+    until(
+        "requests on the new version",
+        Duration::from_secs(10),
+        async || sent.load(Ordering::Relaxed) >= 100,
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     load.await.expect("load");
     assert_eq!(
