@@ -49,6 +49,64 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         ping_interval: u64,
     },
+    /// Print the bootstrap of an Envoy data plane (JSON): ADS over mTLS to the control plane;
+    /// the certificate must be pinned for the control plane.
+    EnvoyBootstrap(EnvoyBootstrap),
+}
+
+#[derive(clap::Args)]
+struct EnvoyBootstrap {
+    #[arg(long)]
+    control_plane_id: String,
+    #[arg(long)]
+    node_id: String,
+    /// The control plane's xDS endpoint.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    xds: SocketAddr,
+    /// The data plane's client certificate (PEM).
+    #[arg(long)]
+    cert: PathBuf,
+    #[arg(long)]
+    key: PathBuf,
+    /// The control plane's CA (`cluster-ca.crt` in its data directory, PEM).
+    #[arg(long)]
+    ca: PathBuf,
+    /// The gateway listener.
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    listen: SocketAddr,
+    /// Envoy's admin listener.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// An environment variable plugins may read (`{vault://env/NAME}`); repeatable.
+    #[arg(long = "env-allow")]
+    env_allow: Vec<String>,
+}
+
+fn envoy_bootstrap(args: &EnvoyBootstrap) -> ExitCode {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))
+    };
+    let pems = (|| Ok::<_, String>((read(&args.cert)?, read(&args.key)?, read(&args.ca)?)))();
+    let (cert_pem, key_pem, ca_pem) = match pems {
+        Ok(pems) => pems,
+        Err(e) => {
+            eprintln!("control-plane envoy-bootstrap: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let bootstrap = control_plane::xds::bootstrap(&control_plane::xds::BootstrapOptions {
+        node_id: args.node_id.clone(),
+        control_plane_id: args.control_plane_id.clone(),
+        xds: args.xds,
+        cert_pem,
+        key_pem,
+        ca_pem,
+        listen: args.listen,
+        admin: args.admin,
+        env_allow: args.env_allow.clone(),
+    });
+    println!("{bootstrap:#}");
+    ExitCode::SUCCESS
 }
 
 struct StderrLog;
@@ -71,6 +129,10 @@ static LOGGER: StderrLog = StderrLog;
 
 fn main() -> ExitCode {
     let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Info));
+    let command = Cli::parse().command;
+    if let Command::EnvoyBootstrap(args) = &command {
+        return envoy_bootstrap(args);
+    }
     let Command::Serve {
         listen,
         cluster_listen,
@@ -80,7 +142,10 @@ fn main() -> ExitCode {
         modules_dir,
         gateway_bin,
         ping_interval,
-    } = Cli::parse().command;
+    } = command
+    else {
+        return ExitCode::FAILURE;
+    };
     let options = Options {
         listen,
         cluster_listen,

@@ -716,7 +716,7 @@ async fn the_openapi_document_is_true() {
             );
         }
     }
-    assert!(operations >= 28, "{operations}");
+    assert!(operations >= 29, "{operations}");
     let unknown = cp
         .call_raw("GET", "/v2/nothing-here", None, Some(TOKEN))
         .await;

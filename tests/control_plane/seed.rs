@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use wasmgate_tests::client::{self, Protocol, Request, RequestBody};
 use wasmgate_tests::control_plane::TestControlPlane;
-use wasmgate_tests::{EchoReport, EchoUpstream};
+use wasmgate_tests::{EchoReport, EchoUpstream, Envoy};
 
 /// What the backend saw as `Authorization` for a GET through `proxy`, if the request reached it.
 async fn authorization_seen(proxy: SocketAddr) -> Option<String> {
@@ -39,6 +39,11 @@ async fn until_seen(proxy: SocketAddr, expected: &str, within: Duration) -> Dura
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
 }
 
 fn proxy_of(configuration: &Value) -> SocketAddr {
@@ -89,6 +94,17 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
         .expect("group id")
         .to_owned();
 
+    let envoy_listen = free_port();
+    let bootstrap = cp
+        .expect(
+            201,
+            "POST",
+            &format!("/v2/control-planes/{id}/envoy-bootstrap"),
+            Some(&json!({ "node_id": "envoy-1", "listen": envoy_listen.to_string() })),
+        )
+        .await;
+    let envoy = Envoy::start_bootstrap(&bootstrap, 1).await.expect("Envoy");
+
     let base = format!("/v2/control-planes/{id}/core-entities");
     cp.expect(
         201,
@@ -116,6 +132,7 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
 
     // Both data planes proxy with the secret (the gateway may still be starting up).
     until_seen(gateway, "Bearer s3cr3t", Duration::from_secs(90)).await;
+    until_seen(envoy_listen, "Bearer s3cr3t", Duration::from_secs(30)).await;
     let ready = cp
         .expect(
             200,
@@ -129,13 +146,13 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
         .expect(200, "GET", &format!("/v2/control-planes/{id}/nodes"), None)
         .await;
     let nodes = nodes["items"].as_array().expect("items");
-    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
     for node in nodes {
         assert_eq!(node["sync_status"], "in_sync", "{node}");
     }
 
     // The serverless platform limits are enforced by both.
-    for proxy in [gateway] {
+    for proxy in [gateway, envoy_listen] {
         let big = Request::post(
             "/upload",
             RequestBody::Filler {
@@ -166,7 +183,8 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
     )
     .await;
     let gateway_took = until_seen(gateway, "Bearer rotated", Duration::from_secs(1)).await;
-    eprintln!("propagation: gateway {gateway_took:?}");
+    let envoy_took = until_seen(envoy_listen, "Bearer rotated", Duration::from_secs(1)).await;
+    eprintln!("propagation: gateway {gateway_took:?}, Envoy {envoy_took:?}");
 
     // A provisioned data plane that dies is started again.
     let killed = std::process::Command::new("pkill")
@@ -196,10 +214,14 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // The control plane goes away: Envoy keeps serving what it had. It comes back on the same
-    // data: its data planes reconnect and take the next change.
-    // (Its provisioned gateway stops with it and starts again with it, from its cache.)
+    // The control plane goes away: Envoy keeps serving what it had (the provisioned gateway
+    // stops with the control plane and starts again with it, from its cache). It comes back on
+    // the same data: its data planes reconnect and take the next change.
     cp.stop();
+    assert_eq!(
+        authorization_seen(envoy_listen).await.as_deref(),
+        Some("Bearer rotated")
+    );
     cp.start_again();
     until_seen(gateway, "Bearer rotated", Duration::from_secs(90)).await;
     cp.expect(
@@ -212,6 +234,12 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
     )
     .await;
     until_seen(gateway, "Bearer after-restart", Duration::from_secs(30)).await;
+    until_seen(
+        envoy_listen,
+        "Bearer after-restart",
+        Duration::from_secs(30),
+    )
+    .await;
 
     // Removing the configuration stops its data plane.
     cp.expect(
@@ -229,4 +257,5 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(envoy);
 }

@@ -7,6 +7,7 @@ mod cloud_gateways;
 mod control_planes;
 mod core_entities;
 mod dp_certificates;
+mod envoy_bootstrap;
 mod errors;
 mod nodes;
 pub mod openapi;
@@ -70,6 +71,10 @@ pub fn router(state: Arc<State>) -> Router {
         .route(
             &format!("{cp}/dp-client-certificates/:certificate_id"),
             get(dp_certificates::get).delete(dp_certificates::delete),
+        )
+        .route(
+            &format!("{cp}/envoy-bootstrap"),
+            axum::routing::post(envoy_bootstrap::create),
         )
         .route(&format!("{cp}/nodes"), get(nodes::list))
         .route(

@@ -1,5 +1,6 @@
-//! The Envoy translation: the same services, routes and plugins as an Envoy bootstrap (or its
-//! pieces, for xDS).
+//! The Envoy translation: the same services, routes and plugins as an Envoy bootstrap, or as
+//! the resources of an xDS server ([`discovered_listener`], [`route_configuration`],
+//! [`clusters`], [`extension_configs`]); both share every piece below.
 //!
 //! Routes are emitted in [`Router`]'s order inside one catch-all virtual host, with hosts,
 //! methods and headers as header matchers, so Envoy picks the same route the gateway does.
@@ -7,12 +8,13 @@
 //! (`typed_per_filter_config`) wherever Kong's precedence does not pick that plugin instance,
 //! so a plugin on one service never touches another. (Envoy can only enable a filter per
 //! route with a per-route config of its own type, which the Wasm filter does not have; it can
-//! always disable one.) Secrets reach modules through
+//! always disable one; `disabled` is keyed by filter name, so it works the same for filters whose
+//! config comes by ECDS.) Secrets reach modules through
 //! `vm_config.environment_variables.host_env_keys`: they are read from Envoy's own environment
 //! and never written into the bootstrap.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
@@ -22,6 +24,10 @@ use crate::router::{Candidate, Router};
 
 pub const V8: &str = "envoy.wasm.runtime.v8";
 const FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
+/// The type of every wasm filter's config (also ECDS's `type_urls`).
+pub const WASM: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// The gateway listener's name, also the name of its route configuration.
+pub const LISTENER: &str = "wasmgate";
 /// Kong's answer when no route matches.
 pub const NO_ROUTE_BODY: &str = r#"{"message":"no Route matched with those values"}"#;
 
@@ -97,48 +103,105 @@ fn filter_slots(
     (slots, plugin_slot, chain_slots)
 }
 
+/// The `envoy.extensions.filters.http.wasm.v3.Wasm` config of one filter slot; `code` is its
+/// `vm_config.code` (a file for a static bootstrap, inline bytes over xDS).
+fn wasm_config(slot: &FilterSlot, options: &EnvoyOptions, code: Value) -> Value {
+    json!({
+        "@type": WASM,
+        "config": {
+            "name": slot.name,
+            "root_id": slot.root_id,
+            "configuration": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": slot.configuration,
+            },
+            // FAIL_CLOSED would answer 503 on a worker forever after one trap.
+            "failure_policy": "FAIL_RELOAD",
+            "vm_config": {
+                "vm_id": slot.vm_id,
+                "runtime": options.runtime,
+                "code": code,
+                "environment_variables": {
+                    "host_env_keys": options.env_allow,
+                    "key_values": options
+                        .env_values
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                        .collect::<Map<String, Value>>(),
+                },
+            },
+        },
+    })
+}
+
+fn router_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    })
+}
+
 /// The HTTP filters: every wasm filter, then the router.
 pub fn http_filters(config: &Config, options: &EnvoyOptions) -> Vec<Value> {
     let (slots, _, _) = filter_slots(config, options);
     let mut filters: Vec<Value> = slots
         .iter()
         .map(|slot| {
+            let code = json!({"local": {"filename": slot.module.to_string_lossy()}});
+            json!({"name": slot.name, "typed_config": wasm_config(slot, options, code)})
+        })
+        .collect();
+    filters.push(router_filter());
+    filters
+}
+
+/// The HTTP filters for xDS: every wasm filter by extension config discovery (ECDS, over the
+/// same ADS stream; the resource name is the filter name), then the router. Envoy keeps the
+/// listener warming until each filter's config has arrived.
+pub fn discovered_http_filters(config: &Config, options: &EnvoyOptions) -> Vec<Value> {
+    let (slots, _, _) = filter_slots(config, options);
+    let mut filters: Vec<Value> = slots
+        .iter()
+        .map(|slot| {
             json!({
                 "name": slot.name,
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                    "config": {
-                        "name": slot.name,
-                        "root_id": slot.root_id,
-                        "configuration": {
-                            "@type": "type.googleapis.com/google.protobuf.StringValue",
-                            "value": slot.configuration,
-                        },
-                        // FAIL_CLOSED would answer 503 on a worker forever after one trap.
-                        "failure_policy": "FAIL_RELOAD",
-                        "vm_config": {
-                            "vm_id": slot.vm_id,
-                            "runtime": options.runtime,
-                            "code": {"local": {"filename": slot.module.to_string_lossy()}},
-                            "environment_variables": {
-                                "host_env_keys": options.env_allow,
-                                "key_values": options
-                                    .env_values
-                                    .iter()
-                                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                                    .collect::<Map<String, Value>>(),
-                            },
-                        },
-                    },
+                "config_discovery": {
+                    "config_source": {"ads": {}, "resource_api_version": "V3"},
+                    "type_urls": [WASM],
                 },
             })
         })
         .collect();
-    filters.push(json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    }));
+    filters.push(router_filter());
     filters
+}
+
+/// One wasm module an ECDS resource needs: the file a static bootstrap would load.
+pub struct WasmModule<'a> {
+    /// The filter (and ECDS resource) name.
+    pub filter: &'a str,
+    pub path: &'a Path,
+}
+
+/// The ECDS resources (`envoy.config.core.v3.TypedExtensionConfig`, named like their filter)
+/// for [`discovered_http_filters`]; `code` gives each module's `vm_config.code` (over xDS:
+/// `{"local": {"inline_bytes": ...}}`), or an error naming what is missing.
+pub fn extension_configs<E>(
+    config: &Config,
+    options: &EnvoyOptions,
+    mut code: impl FnMut(&WasmModule) -> Result<Value, E>,
+) -> Result<Vec<Value>, E> {
+    let (slots, _, _) = filter_slots(config, options);
+    slots
+        .iter()
+        .map(|slot| {
+            let code = code(&WasmModule {
+                filter: &slot.name,
+                path: &slot.module,
+            })?;
+            Ok(json!({"name": slot.name, "typed_config": wasm_config(slot, options, code)}))
+        })
+        .collect()
 }
 
 /// The cluster name of a service.
@@ -388,33 +451,64 @@ fn path_match(candidate: &Candidate) -> Value {
     }
 }
 
-/// The HTTP connection manager of the gateway listener.
-pub fn http_connection_manager(config: &Config, options: &EnvoyOptions) -> Value {
-    json!({
+fn connection_manager(routes: (&str, Value), http_filters: Vec<Value>) -> Value {
+    let mut manager = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "wasmgate",
         "codec_type": "AUTO",
         "use_remote_address": true,
         "proxy_100_continue": true,
-        "route_config": route_configuration(config, options, "wasmgate"),
-        "http_filters": http_filters(config, options),
+        "http_filters": http_filters,
+    });
+    manager[routes.0] = routes.1;
+    manager
+}
+
+/// The HTTP connection manager of the gateway listener.
+pub fn http_connection_manager(config: &Config, options: &EnvoyOptions) -> Value {
+    connection_manager(
+        (
+            "route_config",
+            route_configuration(config, options, LISTENER),
+        ),
+        http_filters(config, options),
+    )
+}
+
+fn listener(options: &EnvoyOptions, manager: Value) -> Value {
+    json!({
+        "name": LISTENER,
+        "address": socket_address(options.listen),
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": manager,
+        }]}],
     })
+}
+
+/// The gateway listener for xDS: its routes by RDS (`route_configuration(.., LISTENER)`) and
+/// its wasm filters by ECDS ([`extension_configs`]), both over ADS.
+pub fn discovered_listener(config: &Config, options: &EnvoyOptions) -> Value {
+    let rds = json!({
+        "config_source": {"ads": {}, "resource_api_version": "V3"},
+        "route_config_name": LISTENER,
+    });
+    listener(
+        options,
+        connection_manager(("rds", rds), discovered_http_filters(config, options)),
+    )
+}
+
+pub fn socket_address(address: SocketAddr) -> Value {
+    json!({"socket_address": {"address": address.ip().to_string(), "port_value": address.port()}})
 }
 
 /// A complete static bootstrap.
 pub fn bootstrap(config: &Config, options: &EnvoyOptions) -> Value {
-    let address = |a: SocketAddr| json!({"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}});
     json!({
-        "admin": {"address": address(options.admin)},
+        "admin": {"address": socket_address(options.admin)},
         "static_resources": {
-            "listeners": [{
-                "name": "wasmgate",
-                "address": address(options.listen),
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": http_connection_manager(config, options),
-                }]}],
-            }],
+            "listeners": [listener(options, http_connection_manager(config, options))],
             "clusters": clusters(config),
         },
     })

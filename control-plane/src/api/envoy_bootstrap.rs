@@ -1,0 +1,118 @@
+//! `POST /v2/control-planes/{id}/envoy-bootstrap`: everything a stock Envoy needs to become a
+//! data plane of this control plane, in one call: a fresh client certificate, pinned for the
+//! control plane, and a bootstrap that carries it (inline) with the ADS endpoint, the CA and
+//! the node's identity. `envoy -c bootstrap.json` is then the whole setup.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::Json;
+use rusqlite::params;
+use serde_json::Value;
+
+use super::control_planes;
+use super::errors::{invalid_parameters, problem_not_found, ApiError};
+use super::{blocking, json_object, now, Shared};
+use crate::pki;
+use crate::store::StoreError;
+use crate::xds::{bootstrap, BootstrapOptions};
+
+fn address(
+    body: &Value,
+    field: &'static str,
+    default: Option<&str>,
+) -> Result<SocketAddr, ApiError> {
+    let text = match body.get(field).and_then(Value::as_str).or(default) {
+        Some(text) => text,
+        None => {
+            return Err(invalid_parameters(&[(
+                field,
+                "required",
+                "is a required field (host:port)".into(),
+            )]))
+        }
+    };
+    text.parse().map_err(|_| {
+        invalid_parameters(&[(
+            field,
+            "format",
+            format!("'{text}' is not an address (host:port)"),
+        )])
+    })
+}
+
+pub async fn create(
+    state: Shared,
+    Path(control_plane_id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = json_object(&body)?;
+    let listen = address(&body, "listen", None)?;
+    let admin = address(&body, "admin", Some("127.0.0.1:0"))?;
+    let node_id = match body.get("node_id") {
+        None | Some(Value::Null) => format!("envoy-{}", &uuid::Uuid::new_v4().to_string()[..8]),
+        Some(Value::String(id)) if !id.is_empty() => id.clone(),
+        Some(_) => {
+            return Err(invalid_parameters(&[(
+                "node_id",
+                "type",
+                "must be a non-empty string".into(),
+            )]))
+        }
+    };
+    let env_allow: Vec<String> = match body.get("env_allow") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(names)) if names.iter().all(Value::is_string) => names
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(_) => {
+            return Err(invalid_parameters(&[(
+                "env_allow",
+                "type",
+                "must be an array of names".into(),
+            )]))
+        }
+    };
+    let (cert_pem, key_pem) = pki::client_certificate(&node_id).map_err(super::errors::internal)?;
+    let der = pki::parse_certificate(&cert_pem).map_err(super::errors::internal)?;
+    let store = Arc::clone(&state.store);
+    let (cp, cert) = (control_plane_id.clone(), cert_pem.clone());
+    blocking(move || {
+        store.transaction(|tx| {
+            control_planes::load(tx, &cp)?.ok_or_else(|| problem_not_found("control plane"))?;
+            let now = now();
+            tx.execute(
+                "INSERT INTO dp_client_certificates
+                 (id, control_plane_id, cert, fingerprint, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                params![
+                    uuid::Uuid::new_v4().to_string(),
+                    cp,
+                    cert,
+                    pki::fingerprint(&der),
+                    now
+                ],
+            )
+            .map_err(StoreError::from)?;
+            Ok::<_, ApiError>(())
+        })
+    })
+    .await?;
+    let document = bootstrap(&BootstrapOptions {
+        node_id,
+        control_plane_id,
+        xds: state.endpoints.xds,
+        cert_pem,
+        key_pem,
+        ca_pem: state.identity.ca_pem.clone(),
+        listen,
+        admin,
+        env_allow,
+    });
+    Ok((StatusCode::CREATED, Json(document)))
+}

@@ -1,0 +1,237 @@
+//! The protobuf descriptors that turn the model's Envoy JSON into the bytes xDS carries.
+//!
+//! `xds-api` ships the descriptors of Envoy's core API but not of every extension the model
+//! uses: the Wasm filter, `upstreams.http.v3.HttpProtocolOptions` and `UpstreamTlsContext`
+//! are missing. They are declared here with Envoy's own names and field numbers (from Envoy's
+//! API protos), restricted to the fields the model writes: a field the model starts writing
+//! without adding it here fails the translation with a message naming it, never silently.
+
+use prost_reflect::DescriptorPool;
+use prost_types::field_descriptor_proto::{Label, Type};
+use prost_types::{
+    DescriptorProto, EnumDescriptorProto, EnumValueDescriptorProto, FieldDescriptorProto,
+    FileDescriptorProto, MessageOptions,
+};
+
+fn field(name: &str, number: i32, ty: Type, type_name: Option<&str>) -> FieldDescriptorProto {
+    FieldDescriptorProto {
+        name: Some(name.to_owned()),
+        number: Some(number),
+        label: Some(Label::Optional as i32),
+        r#type: Some(ty as i32),
+        type_name: type_name.map(str::to_owned),
+        ..FieldDescriptorProto::default()
+    }
+}
+
+fn message(name: &str, fields: Vec<FieldDescriptorProto>) -> DescriptorProto {
+    DescriptorProto {
+        name: Some(name.to_owned()),
+        field: fields,
+        ..DescriptorProto::default()
+    }
+}
+
+fn repeated(mut field: FieldDescriptorProto) -> FieldDescriptorProto {
+    field.label = Some(Label::Repeated as i32);
+    field
+}
+
+fn file(
+    name: &str,
+    package: &str,
+    dependencies: &[&str],
+    messages: Vec<DescriptorProto>,
+) -> FileDescriptorProto {
+    FileDescriptorProto {
+        name: Some(name.to_owned()),
+        package: Some(package.to_owned()),
+        dependency: dependencies.iter().map(|d| (*d).to_owned()).collect(),
+        message_type: messages,
+        syntax: Some("proto3".to_owned()),
+        ..FileDescriptorProto::default()
+    }
+}
+
+fn wasm() -> FileDescriptorProto {
+    const WASM_V3: &str = "envoy/extensions/wasm/v3/wasm.proto";
+    let message_type = |name: &str| Some(format!(".envoy.extensions.wasm.v3.{name}"));
+    let mut environment_variables = message(
+        "EnvironmentVariables",
+        vec![
+            repeated(field("host_env_keys", 1, Type::String, None)),
+            repeated(field(
+                "key_values",
+                2,
+                Type::Message,
+                message_type("EnvironmentVariables.KeyValuesEntry").as_deref(),
+            )),
+        ],
+    );
+    let mut entry = message(
+        "KeyValuesEntry",
+        vec![
+            field("key", 1, Type::String, None),
+            field("value", 2, Type::String, None),
+        ],
+    );
+    entry.options = Some(MessageOptions {
+        map_entry: Some(true),
+        ..MessageOptions::default()
+    });
+    environment_variables.nested_type.push(entry);
+    let vm_config = message(
+        "VmConfig",
+        vec![
+            field("vm_id", 1, Type::String, None),
+            field("runtime", 2, Type::String, None),
+            field(
+                "code",
+                3,
+                Type::Message,
+                Some(".envoy.config.core.v3.AsyncDataSource"),
+            ),
+            field(
+                "configuration",
+                4,
+                Type::Message,
+                Some(".google.protobuf.Any"),
+            ),
+            field("allow_precompiled", 5, Type::Bool, None),
+            field("nack_on_code_cache_miss", 6, Type::Bool, None),
+            field(
+                "environment_variables",
+                7,
+                Type::Message,
+                message_type("EnvironmentVariables").as_deref(),
+            ),
+        ],
+    );
+    let plugin_config = message(
+        "PluginConfig",
+        vec![
+            field("name", 1, Type::String, None),
+            field("root_id", 2, Type::String, None),
+            field(
+                "vm_config",
+                3,
+                Type::Message,
+                message_type("VmConfig").as_deref(),
+            ),
+            field(
+                "configuration",
+                4,
+                Type::Message,
+                Some(".google.protobuf.Any"),
+            ),
+            field(
+                "failure_policy",
+                7,
+                Type::Enum,
+                message_type("FailurePolicy").as_deref(),
+            ),
+        ],
+    );
+    let mut wasm = file(
+        WASM_V3,
+        "envoy.extensions.wasm.v3",
+        &[
+            "envoy/config/core/v3/base.proto",
+            "google/protobuf/any.proto",
+        ],
+        vec![environment_variables, vm_config, plugin_config],
+    );
+    let values = ["UNSPECIFIED", "FAIL_RELOAD", "FAIL_CLOSED", "FAIL_OPEN"];
+    wasm.enum_type.push(EnumDescriptorProto {
+        name: Some("FailurePolicy".to_owned()),
+        value: values
+            .iter()
+            .zip(0..)
+            .map(|(name, number)| EnumValueDescriptorProto {
+                name: Some((*name).to_owned()),
+                number: Some(number),
+                options: None,
+            })
+            .collect(),
+        ..EnumDescriptorProto::default()
+    });
+    wasm
+}
+
+fn wasm_filter() -> FileDescriptorProto {
+    file(
+        "envoy/extensions/filters/http/wasm/v3/wasm.proto",
+        "envoy.extensions.filters.http.wasm.v3",
+        &["envoy/extensions/wasm/v3/wasm.proto"],
+        vec![message(
+            "Wasm",
+            vec![field(
+                "config",
+                1,
+                Type::Message,
+                Some(".envoy.extensions.wasm.v3.PluginConfig"),
+            )],
+        )],
+    )
+}
+
+fn upstream_http_protocol_options() -> FileDescriptorProto {
+    let mut options = message(
+        "HttpProtocolOptions",
+        vec![field(
+            "explicit_http_config",
+            3,
+            Type::Message,
+            Some(".envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig"),
+        )],
+    );
+    options.nested_type.push(message(
+        "ExplicitHttpConfig",
+        vec![
+            field(
+                "http_protocol_options",
+                1,
+                Type::Message,
+                Some(".envoy.config.core.v3.Http1ProtocolOptions"),
+            ),
+            field(
+                "http2_protocol_options",
+                2,
+                Type::Message,
+                Some(".envoy.config.core.v3.Http2ProtocolOptions"),
+            ),
+        ],
+    ));
+    file(
+        "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+        "envoy.extensions.upstreams.http.v3",
+        &["envoy/config/core/v3/protocol.proto"],
+        vec![options],
+    )
+}
+
+fn upstream_tls_context() -> FileDescriptorProto {
+    file(
+        "envoy/extensions/transport_sockets/tls/v3/tls.proto",
+        "envoy.extensions.transport_sockets.tls.v3",
+        &[],
+        vec![message(
+            "UpstreamTlsContext",
+            vec![field("sni", 2, Type::String, None)],
+        )],
+    )
+}
+
+/// Envoy's API as far as the model uses it.
+pub fn pool() -> Result<DescriptorPool, String> {
+    let mut pool = DescriptorPool::decode(xds_api::FILE_DESCRIPTOR_SET)
+        .map_err(|e| format!("xds-api descriptors: {e}"))?;
+    pool.add_file_descriptor_protos([
+        wasm(),
+        wasm_filter(),
+        upstream_http_protocol_options(),
+        upstream_tls_context(),
+    ])
+    .map_err(|e| format!("Envoy extension descriptors: {e}"))?;
+    Ok(pool)
+}

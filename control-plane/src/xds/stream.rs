@@ -1,0 +1,399 @@
+//! One Envoy's ADS stream (state of the world): which node it is, what each of its
+//! subscriptions was sent and acknowledged, and the push of every new version.
+//!
+//! Per type URL the stream remembers the last response (version, nonce, digest of its
+//! content). A request carrying that nonce acknowledges it (ACK) or, with `error_detail`,
+//! refuses it (NACK); a request with an older nonce is stale and ignored, as the xDS protocol
+//! says. Refused content is never sent to that node again: Envoy remembers the hash of a
+//! config it refused and would ACK the same one without applying it (the loop of
+//! go-control-plane #962), so the node stays on the version it refused, reported `failed`,
+//! until a new version changes what it would receive.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+use xds_api::pb::envoy::config::core::v3::{node::UserAgentVersionType, Node};
+use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use xds_api::pb::google::protobuf::{value::Kind, Struct};
+
+use super::resources::{NodeParams, Translator, TYPES};
+use super::snapshot::{Snapshot, Subscription};
+use crate::hub::ConfigVersion;
+use crate::nodes::{Hello, NodeKind};
+use crate::State;
+
+/// Who is at the other end of a stream.
+#[derive(Clone, Debug)]
+pub struct NodeIdentity {
+    pub control_plane_id: String,
+    pub id: String,
+    pub version: String,
+    pub params: NodeParams,
+}
+
+fn metadata_string(metadata: Option<&Struct>, key: &str) -> Option<String> {
+    match metadata?.fields.get(key)?.kind.as_ref()? {
+        Kind::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+impl NodeIdentity {
+    /// Checks the node against the control planes its certificate is pinned for.
+    #[allow(clippy::result_large_err)]
+    pub fn new(node: &Node, pinned_for: &[String]) -> Result<NodeIdentity, Status> {
+        if node.id.is_empty() {
+            return Err(Status::invalid_argument("node.id is empty"));
+        }
+        let control_plane_id = if node.cluster.is_empty() {
+            match pinned_for {
+                [only] => only.clone(),
+                _ => {
+                    return Err(Status::permission_denied(format!(
+                        "node.cluster is empty and the client certificate is pinned for {} control planes: name one in node.cluster",
+                        pinned_for.len()
+                    )))
+                }
+            }
+        } else if pinned_for.contains(&node.cluster) {
+            node.cluster.clone()
+        } else {
+            return Err(Status::permission_denied(format!(
+                "the client certificate is not pinned for control plane {} (node.cluster)",
+                node.cluster
+            )));
+        };
+        let metadata = node.metadata.as_ref();
+        let listen = metadata_string(metadata, "listen").ok_or_else(|| {
+            Status::invalid_argument(
+                "node.metadata.listen (the gateway listener's address, e.g. 127.0.0.1:10000) is missing",
+            )
+        })?;
+        let listen: SocketAddr = listen.parse().map_err(|e| {
+            Status::invalid_argument(format!("node.metadata.listen {listen:?}: {e}"))
+        })?;
+        let env_allow = match metadata
+            .and_then(|m| m.fields.get("env_allow"))
+            .and_then(|v| v.kind.as_ref())
+        {
+            None => Vec::new(),
+            Some(Kind::ListValue(list)) => list
+                .values
+                .iter()
+                .map(|v| match &v.kind {
+                    Some(Kind::StringValue(s)) => Ok(s.clone()),
+                    _ => Err(Status::invalid_argument(
+                        "node.metadata.env_allow must be a list of environment variable names",
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "node.metadata.env_allow must be a list of environment variable names",
+                ))
+            }
+        };
+        let version = match &node.user_agent_version_type {
+            Some(UserAgentVersionType::UserAgentBuildVersion(build)) => build
+                .version
+                .as_ref()
+                .map(|v| format!("{}.{}.{}", v.major_number, v.minor_number, v.patch))
+                .unwrap_or_else(|| node.user_agent_name.clone()),
+            Some(UserAgentVersionType::UserAgentVersion(v)) if !v.is_empty() => v.clone(),
+            _ => node.user_agent_name.clone(),
+        };
+        Ok(NodeIdentity {
+            control_plane_id,
+            id: node.id.clone(),
+            version,
+            params: NodeParams { listen, env_allow },
+        })
+    }
+}
+
+/// Content each node refused, by (control plane, node): kept across its reconnections, as
+/// Envoy keeps it across them.
+#[derive(Default)]
+pub struct Refusals {
+    by_node: Mutex<HashMap<(String, String), BTreeSet<(String, String)>>>,
+}
+
+impl Refusals {
+    fn key(node: &NodeIdentity) -> (String, String) {
+        (node.control_plane_id.clone(), node.id.clone())
+    }
+
+    fn add(&self, node: &NodeIdentity, type_url: &str, digest: &str) {
+        let mut by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
+        by_node
+            .entry(Self::key(node))
+            .or_default()
+            .insert((type_url.to_owned(), digest.to_owned()));
+    }
+
+    fn contains(&self, node: &NodeIdentity, type_url: &str, digest: &str) -> bool {
+        let by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
+        by_node
+            .get(&Self::key(node))
+            .is_some_and(|s| s.contains(&(type_url.to_owned(), digest.to_owned())))
+    }
+}
+
+/// The last response of one type.
+struct Sent {
+    nonce: String,
+    version: Arc<ConfigVersion>,
+    digest: String,
+}
+
+#[derive(Default)]
+struct TypeState {
+    subscription: Subscription,
+    sent: Option<Sent>,
+    /// Digest of the content Envoy acknowledged last.
+    acked: Option<String>,
+}
+
+pub struct AdsStream {
+    state: Arc<State>,
+    translator: Arc<Translator>,
+    refusals: Arc<Refusals>,
+    node: NodeIdentity,
+    types: BTreeMap<String, TypeState>,
+    snapshot: Option<Snapshot>,
+    applied: Option<u64>,
+    nonces: u64,
+    responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+}
+
+impl AdsStream {
+    pub fn new(
+        state: Arc<State>,
+        translator: Arc<Translator>,
+        refusals: Arc<Refusals>,
+        node: NodeIdentity,
+        responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> AdsStream {
+        AdsStream {
+            state,
+            translator,
+            refusals,
+            node,
+            types: BTreeMap::new(),
+            snapshot: None,
+            applied: None,
+            nonces: 0,
+            responses,
+        }
+    }
+
+    /// Serves the stream until Envoy leaves, the control plane is deleted or shuts down.
+    pub async fn run(
+        mut self,
+        first: DiscoveryRequest,
+        mut requests: Streaming<DiscoveryRequest>,
+        ip: Option<String>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let cp = self.node.control_plane_id.clone();
+        let id = self.node.id.clone();
+        self.state.nodes.connected(
+            &cp,
+            Hello {
+                id: id.clone(),
+                kind: NodeKind::Envoy,
+                hostname: id.clone(),
+                version: self.node.version.clone(),
+                ip,
+            },
+        );
+        let mut versions = self.state.hub.subscribe(&cp);
+        let current = versions.borrow_and_update().clone();
+        let ended = async {
+            match current {
+                Some(version) => self.new_version(version).await?,
+                None => return Err(Status::not_found(format!("control plane {cp} has no configuration"))),
+            }
+            self.request(first).await?;
+            loop {
+                tokio::select! {
+                    message = requests.message() => match message {
+                        Ok(Some(request)) => self.request(request).await?,
+                        Ok(None) => return Ok(()),
+                        Err(status) => {
+                            log::info!("xDS node {id} of {cp}: {status}");
+                            return Ok(());
+                        }
+                    },
+                    changed = versions.changed() => {
+                        let next = versions.borrow_and_update().clone();
+                        match (changed, next) {
+                            (Ok(()), Some(version)) => self.new_version(version).await?,
+                            _ => return Err(Status::not_found(format!("control plane {cp} was deleted"))),
+                        }
+                    }
+                    () = super::stopping(&mut shutdown) => {
+                        return Err(Status::unavailable("the control plane is shutting down"));
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(status) = ended {
+            let _ = self.responses.send(Err(status)).await;
+        }
+        self.state.nodes.disconnected(&cp, &id);
+    }
+
+    async fn request(&mut self, request: DiscoveryRequest) -> Result<(), Status> {
+        let type_url = request.type_url.clone();
+        if !TYPES.contains(&type_url.as_str()) {
+            log::debug!("xDS node {}: {type_url} is not served", self.node.id);
+            return Ok(());
+        }
+        let (cp, id) = (&self.node.control_plane_id, &self.node.id);
+        self.state.nodes.pinged(cp, id, None);
+        let entry = self.types.entry(type_url.clone()).or_default();
+        if let Some(sent) = &entry.sent {
+            if request.response_nonce != sent.nonce {
+                // Stale: Envoy answers a response it has not seen the successor of yet.
+                return Ok(());
+            }
+            match &request.error_detail {
+                Some(error) => {
+                    self.refusals.add(&self.node, &type_url, &sent.digest);
+                    log::warn!(
+                        "xDS node {id} of {cp} refused version {} ({type_url}): {}",
+                        sent.version.version,
+                        error.message
+                    );
+                    self.state.nodes.rejected(
+                        cp,
+                        id,
+                        sent.version.version,
+                        &sent.version.hash,
+                        &error.message,
+                    );
+                }
+                None => entry.acked = Some(sent.digest.clone()),
+            }
+        }
+        entry.subscription = Subscription::new(&type_url, &request.resource_names);
+        self.push(&type_url).await?;
+        self.check_applied();
+        Ok(())
+    }
+
+    async fn new_version(&mut self, version: Arc<ConfigVersion>) -> Result<(), Status> {
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.version.version >= version.version)
+        {
+            return Ok(());
+        }
+        let translated = self.translator.translate(
+            &version,
+            &self.node.params,
+            &self.state.modules,
+            &self.state.options.modules_dir,
+        );
+        match translated {
+            Ok(resources) => self.snapshot = Some(Snapshot::new(version, resources)),
+            Err(e) => {
+                // Nothing of this version can reach the node; it keeps what it runs.
+                let message =
+                    format!("the control plane cannot translate this version for Envoy: {e}");
+                log::error!("xDS node {}: {message}", self.node.id);
+                self.state.nodes.rejected(
+                    &self.node.control_plane_id,
+                    &self.node.id,
+                    version.version,
+                    &version.hash,
+                    &message,
+                );
+                return Ok(());
+            }
+        }
+        for type_url in TYPES {
+            if self.types.contains_key(type_url) {
+                self.push(type_url).await?;
+            }
+        }
+        self.check_applied();
+        Ok(())
+    }
+
+    /// Sends a type's resources unless the node already has (or refused) exactly them.
+    async fn push(&mut self, type_url: &str) -> Result<(), Status> {
+        let (Some(snapshot), Some(entry)) = (&self.snapshot, self.types.get_mut(type_url)) else {
+            return Ok(());
+        };
+        let selection = snapshot.select(type_url, &entry.subscription);
+        if entry
+            .sent
+            .as_ref()
+            .is_some_and(|s| s.digest == selection.digest)
+        {
+            return Ok(());
+        }
+        if self
+            .refusals
+            .contains(&self.node, type_url, &selection.digest)
+        {
+            let message = "this version gives Envoy resources it refused before; waiting for a version that changes them";
+            log::warn!("xDS node {}: {message} ({type_url})", self.node.id);
+            return Ok(());
+        }
+        self.nonces += 1;
+        let nonce = self.nonces.to_string();
+        let response = DiscoveryResponse {
+            version_info: snapshot.version.version.to_string(),
+            resources: selection.resources,
+            type_url: type_url.to_owned(),
+            nonce: nonce.clone(),
+            ..DiscoveryResponse::default()
+        };
+        entry.sent = Some(Sent {
+            nonce,
+            version: Arc::clone(&snapshot.version),
+            digest: selection.digest,
+        });
+        self.responses
+            .send(Ok(response))
+            .await
+            .map_err(|_| Status::cancelled("Envoy left"))
+    }
+
+    /// Reports the version once Envoy has acknowledged all of it: every type it has,
+    /// subscribed with every name, with exactly that content.
+    fn check_applied(&mut self) {
+        let Some(snapshot) = &self.snapshot else {
+            return;
+        };
+        if self.applied == Some(snapshot.version.version) {
+            return;
+        }
+        let all_acked = TYPES
+            .iter()
+            .all(|type_url| match self.types.get(*type_url) {
+                None => !snapshot.has(type_url),
+                Some(entry) => {
+                    let selection = snapshot.select(type_url, &entry.subscription);
+                    selection.complete && entry.acked.as_deref() == Some(selection.digest.as_str())
+                }
+            });
+        if all_acked {
+            self.applied = Some(snapshot.version.version);
+            self.state.nodes.applied(
+                &self.node.control_plane_id,
+                &self.node.id,
+                snapshot.version.version,
+                &snapshot.version.hash,
+            );
+        }
+    }
+}
