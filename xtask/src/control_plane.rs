@@ -40,10 +40,16 @@ pub fn run(args: &[String]) -> Result<(), String> {
         format!("kpat_local{nanos:x}")
     });
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio: {e}"))?;
-    runtime.block_on(serve(port, &token, &modules))
+    let envoy = crate::envoy::ensure()?;
+    runtime.block_on(serve(port, &token, &modules, &envoy))
 }
 
-async fn serve(port: u16, token: &str, modules: &std::path::Path) -> Result<(), String> {
+async fn serve(
+    port: u16,
+    token: &str,
+    modules: &std::path::Path,
+    envoy: &std::path::Path,
+) -> Result<(), String> {
     let echo = EchoUpstream::start()
         .await
         .map_err(|e| format!("echo backend: {e}"))?;
@@ -84,10 +90,14 @@ async fn serve(port: u16, token: &str, modules: &std::path::Path) -> Result<(), 
          curl -s -X POST $CP/v2/control-planes/$CONTROL_PLANE_ID/core-entities/services/backend/plugins {auth} \\\n  \
            -d '{{\"name\":\"request-transformer\",\"config\":{{\"add\":{{\"headers\":[\"Authorization:Bearer s3cr3t\"]}}}}}}'\n\
          curl -s $PROXY/hello          # the backend (echo) shows Authorization: Bearer s3cr3t\n\
+         curl -s -X POST $CP/v2/control-planes/$CONTROL_PLANE_ID/envoy-bootstrap {auth} -d '{{\"listen\":\"127.0.0.1:10000\"}}' > envoy.json\n\
+         {envoy} -c envoy.json &   # the same configuration in a stock Envoy, over xDS\n\
+         curl -s http://127.0.0.1:10000/hello\n\
          curl -s $CP/v2/control-planes/$CONTROL_PLANE_ID/nodes {auth}\n\n\
          Ctrl-C stops the control plane and the data planes it started.",
         data = data_dir.display(),
         backend = echo.addr(),
+        envoy = envoy.display(),
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("signal: {e}"))?;

@@ -383,9 +383,11 @@ impl Session {
         state: &State,
         version: &ConfigVersion,
     ) -> Result<(), String> {
-        if self.running.as_deref() == Some(version.hash.as_str())
-            || self.sent.as_deref() == Some(version.hash.as_str())
-        {
+        // What the data plane will run once it has processed everything sent so far: the last
+        // version sent, else what it said it runs. (Comparing with `running` alone would skip
+        // A after A→B when B's `applied` is still on its way.)
+        let settled = self.sent.as_deref().or(self.running.as_deref());
+        if settled == Some(version.hash.as_str()) {
             return Ok(());
         }
         let mut modules = Vec::new();
