@@ -118,11 +118,16 @@ impl NodeIdentity {
 /// reconnections, as Envoy keeps it across them.
 #[derive(Default)]
 pub struct Refusals {
-    by_node: Mutex<HashMap<(String, String), BTreeMap<(String, String), String>>>,
+    by_node: Mutex<HashMap<NodeKey, BTreeMap<ContentKey, String>>>,
 }
 
+/// (control plane, node id).
+type NodeKey = (String, String);
+/// (type URL, content digest).
+type ContentKey = (String, String);
+
 impl Refusals {
-    fn key(node: &NodeIdentity) -> (String, String) {
+    fn key(node: &NodeIdentity) -> NodeKey {
         (node.control_plane_id.clone(), node.id.clone())
     }
 
