@@ -105,8 +105,12 @@ fn envoy_bootstrap(args: &EnvoyBootstrap) -> ExitCode {
         admin: args.admin,
         env_allow: args.env_allow.clone(),
     });
-    println!("{bootstrap:#}");
-    ExitCode::SUCCESS
+    // Not println!: a closed pipe (`| head`) is an exit status, not a panic.
+    use std::io::Write;
+    match writeln!(std::io::stdout(), "{bootstrap:#}") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
 }
 
 struct StderrLog;

@@ -9,7 +9,7 @@
 //! go-control-plane #962), so the node stays on the version it refused, reported `failed`,
 //! until a new version changes what it would receive.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -114,31 +114,38 @@ impl NodeIdentity {
     }
 }
 
-/// Content each node refused, by (control plane, node): kept across its reconnections, as
-/// Envoy keeps it across them.
+/// Content each node refused and Envoy's reason, by (control plane, node): kept across its
+/// reconnections, as Envoy keeps it across them.
 #[derive(Default)]
 pub struct Refusals {
-    by_node: Mutex<HashMap<(String, String), BTreeSet<(String, String)>>>,
+    by_node: Mutex<HashMap<NodeKey, BTreeMap<ContentKey, String>>>,
 }
 
+/// (control plane, node id).
+type NodeKey = (String, String);
+/// (type URL, content digest).
+type ContentKey = (String, String);
+
 impl Refusals {
-    fn key(node: &NodeIdentity) -> (String, String) {
+    fn key(node: &NodeIdentity) -> NodeKey {
         (node.control_plane_id.clone(), node.id.clone())
     }
 
-    fn add(&self, node: &NodeIdentity, type_url: &str, digest: &str) {
+    fn add(&self, node: &NodeIdentity, type_url: &str, digest: &str, message: &str) {
         let mut by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
         by_node
             .entry(Self::key(node))
             .or_default()
-            .insert((type_url.to_owned(), digest.to_owned()));
+            .insert((type_url.to_owned(), digest.to_owned()), message.to_owned());
     }
 
-    fn contains(&self, node: &NodeIdentity, type_url: &str, digest: &str) -> bool {
+    /// Why the node refused this content, if it did.
+    fn reason(&self, node: &NodeIdentity, type_url: &str, digest: &str) -> Option<String> {
         let by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
         by_node
-            .get(&Self::key(node))
-            .is_some_and(|s| s.contains(&(type_url.to_owned(), digest.to_owned())))
+            .get(&Self::key(node))?
+            .get(&(type_url.to_owned(), digest.to_owned()))
+            .cloned()
     }
 }
 
@@ -264,7 +271,8 @@ impl AdsStream {
             }
             match &request.error_detail {
                 Some(error) => {
-                    self.refusals.add(&self.node, &type_url, &sent.digest);
+                    self.refusals
+                        .add(&self.node, &type_url, &sent.digest, &error.message);
                     log::warn!(
                         "xDS node {id} of {cp} refused version {} ({type_url}): {}",
                         sent.version.version,
@@ -333,19 +341,30 @@ impl AdsStream {
             return Ok(());
         };
         let selection = snapshot.select(type_url, &entry.subscription);
+        if let Some(reason) = self
+            .refusals
+            .reason(&self.node, type_url, &selection.digest)
+        {
+            // This version still holds what Envoy refused: it fails for the same reason.
+            log::warn!(
+                "xDS node {}: version {} holds {type_url} content it refused; not sent",
+                self.node.id,
+                snapshot.version.version
+            );
+            self.state.nodes.rejected(
+                &self.node.control_plane_id,
+                &self.node.id,
+                snapshot.version.version,
+                &snapshot.version.hash,
+                &reason,
+            );
+            return Ok(());
+        }
         if entry
             .sent
             .as_ref()
             .is_some_and(|s| s.digest == selection.digest)
         {
-            return Ok(());
-        }
-        if self
-            .refusals
-            .contains(&self.node, type_url, &selection.digest)
-        {
-            let message = "this version gives Envoy resources it refused before; waiting for a version that changes them";
-            log::warn!("xDS node {}: {message} ({type_url})", self.node.id);
             return Ok(());
         }
         self.nonces += 1;

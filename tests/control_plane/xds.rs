@@ -1,0 +1,414 @@
+//! Stock Envoy configured by the control plane over ADS: a real control plane (API, SQLite,
+//! mTLS xDS endpoint), a real Envoy started from `control_plane::xds::bootstrap`, real
+//! traffic to the echo upstream. Plugins arrive by ECDS and change without a restart; a
+//! version Envoy refuses shows as `failed` with Envoy's words while the old config keeps
+//! serving; an unpinned certificate gets nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use control_plane::xds::{bootstrap, BootstrapOptions};
+use serde_json::{json, Value};
+use wasmgate_tests::client::send;
+use wasmgate_tests::control_plane::TestControlPlane;
+use wasmgate_tests::{EchoReport, EchoUpstream, Envoy, Protocol, Request, RequestBody};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A control plane with one service (the echo upstream), routes `/api` and `/open`,
+/// request-transformer on the service and request-size-limiting on `/api` only; returns its
+/// id and the transformer's id.
+async fn configure(cp: &TestControlPlane, echo: SocketAddr) -> (String, String) {
+    let created = cp
+        .expect(
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({"name": "envoy-cp", "cluster_type": "CLUSTER_TYPE_CONTROL_PLANE"})),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let base = format!("/v2/control-planes/{id}/core-entities");
+    cp.expect(
+        201,
+        "POST",
+        &format!("{base}/services"),
+        Some(&json!({"name": "echo", "url": format!("http://{echo}")})),
+    )
+    .await;
+    for (name, path) in [("api", "/api"), ("open", "/open")] {
+        cp.expect(
+            201,
+            "POST",
+            &format!("{base}/services/echo/routes"),
+            Some(&json!({"name": name, "paths": [path], "strip_path": false})),
+        )
+        .await;
+    }
+    let transformer = cp
+        .expect(
+            201,
+            "POST",
+            &format!("{base}/services/echo/plugins"),
+            Some(&json!({"name": "request-transformer", "config": {"add": {"headers": ["x-xds:0"]}}})),
+        )
+        .await;
+    cp.expect(
+        201,
+        "POST",
+        &format!("{base}/routes/api/plugins"),
+        Some(&json!({"name": "request-size-limiting", "config": {"allowed_payload_size": 1, "size_unit": "kilobytes"}})),
+    )
+    .await;
+    (id, transformer["id"].as_str().unwrap().to_owned())
+}
+
+async fn pin(cp: &TestControlPlane, id: &str, name: &str) -> (String, String) {
+    let (cert, key) = control_plane::pki::client_certificate(name).unwrap();
+    cp.expect(
+        201,
+        "POST",
+        &format!("/v2/control-planes/{id}/dp-client-certificates"),
+        Some(&json!({"cert": cert})),
+    )
+    .await;
+    (cert, key)
+}
+
+fn envoy_bootstrap(
+    cp: &TestControlPlane,
+    id: &str,
+    node: &str,
+    (cert_pem, key_pem): (String, String),
+    listen: SocketAddr,
+) -> Value {
+    bootstrap(&BootstrapOptions {
+        node_id: node.to_owned(),
+        control_plane_id: id.to_owned(),
+        xds: cp.endpoints().xds,
+        cert_pem,
+        key_pem,
+        ca_pem: cp.control_plane().state().identity.ca_pem.clone(),
+        listen,
+        admin: "127.0.0.1:0".parse().unwrap(),
+        env_allow: Vec::new(),
+    })
+}
+
+/// What the echo upstream saw of a GET through Envoy, or Envoy's own answer.
+async fn get(listen: SocketAddr, path: &str) -> Result<EchoReport, String> {
+    let response = send(listen, Protocol::Http1, &Request::get(path)).await?;
+    if response.status != 200 {
+        return Err(format!("{}: {}", response.status, response.text()));
+    }
+    serde_json::from_slice(&response.body).map_err(|e| format!("{e}: {}", response.text()))
+}
+
+/// Polls until the `x-xds` header the upstream sees is `value`; returns when it was.
+async fn wait_for_header(listen: SocketAddr, value: &str, deadline: Duration) -> Instant {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < deadline {
+        match get(listen, "/api").await {
+            Ok(report) if report.header("x-xds") == Some(value) => return Instant::now(),
+            Ok(report) => last = format!("x-xds: {:?}", report.header("x-xds")),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("x-xds never became {value:?} within {deadline:?}; last: {last}");
+}
+
+async fn node(cp: &TestControlPlane, id: &str, node: &str) -> Option<Value> {
+    let nodes = cp
+        .expect(200, "GET", &format!("/v2/control-planes/{id}/nodes"), None)
+        .await;
+    nodes["items"]
+        .as_array()
+        .or_else(|| nodes["data"].as_array())
+        .into_iter()
+        .flatten()
+        .find(|n| n["id"] == node)
+        .cloned()
+}
+
+/// Polls `/nodes` until `check` holds for the node; returns it.
+async fn wait_for_node(
+    cp: &TestControlPlane,
+    id: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < DEADLINE {
+        last = node(cp, id, name).await;
+        if last.as_ref().is_some_and(&check) {
+            return last.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("node {name} never got {what}; last: {last:?}");
+}
+
+async fn expected(cp: &TestControlPlane, id: &str) -> (String, u64) {
+    let body = cp
+        .expect(
+            200,
+            "GET",
+            &format!("/v2/control-planes/{id}/expected-config-hash"),
+            None,
+        )
+        .await;
+    (
+        body["expected_hash"].as_str().unwrap().to_owned(),
+        body["config_version"].as_u64().unwrap(),
+    )
+}
+
+async fn in_sync(cp: &TestControlPlane, id: &str, name: &str) -> Value {
+    let (hash, version) = expected(cp, id).await;
+    wait_for_node(cp, id, name, "in_sync", |n| {
+        n["sync_status"] == "in_sync"
+            && n["config_hash"] == hash.as_str()
+            && n["config_version"] == version
+    })
+    .await
+}
+
+async fn patch_header(cp: &TestControlPlane, id: &str, plugin: &str, value: &str) {
+    cp.expect(
+        200,
+        "PATCH",
+        &format!("/v2/control-planes/{id}/core-entities/plugins/{plugin}"),
+        Some(&json!({"config": {"add": {"headers": [format!("x-xds:{value}")]}}})),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_follows_the_control_plane_over_ads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = TestControlPlane::start(dir.path());
+    let echo = EchoUpstream::start().await.unwrap();
+    let (id, transformer) = configure(&cp, echo.addr()).await;
+    let cert = pin(&cp, &id, "envoy-1").await;
+    let listen = free_port();
+    let envoy = Envoy::start_bootstrap(&envoy_bootstrap(&cp, &id, "envoy-1", cert, listen), 2)
+        .await
+        .unwrap();
+    let pid = envoy.pid();
+
+    // Both plugins run, each where Kong scopes it (ECDS filters disabled per route).
+    wait_for_header(listen, "0", DEADLINE).await;
+    let big = Request::post("/api", RequestBody::Bytes(vec![b'a'; 2048]));
+    let refused = send(listen, Protocol::Http1, &big).await.unwrap();
+    assert_eq!(refused.status, 413, "{}", refused.text());
+    let mut open = big.clone();
+    open.path = "/open".into();
+    let passed = send(listen, Protocol::Http1, &open).await.unwrap();
+    assert_eq!(passed.status, 200, "{}", passed.text());
+    let report: EchoReport = serde_json::from_slice(&passed.body).unwrap();
+    assert_eq!(report.header("x-xds"), Some("0"));
+    assert_eq!(report.body_len, 2048);
+
+    let node = in_sync(&cp, &id, "envoy-1").await;
+    assert_eq!(node["type"], "envoy");
+    assert_eq!(node["connected"], true);
+    assert!(
+        node["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1.")),
+        "Envoy's version: {node}"
+    );
+
+    // A plugin change through the API is enforced within a second, by the same process.
+    let start = Instant::now();
+    patch_header(&cp, &id, &transformer, "1").await;
+    let seen = wait_for_header(listen, "1", Duration::from_secs(1)).await;
+    println!("first change enforced after {:?}", seen - start);
+    assert_eq!(envoy.pid(), pid);
+    in_sync(&cp, &id, "envoy-1").await;
+
+    // Propagation latency: API call → enforced at Envoy, 20 changes.
+    let mut latencies = Vec::new();
+    let mut api = Vec::new();
+    for n in 2..22 {
+        let start = Instant::now();
+        patch_header(&cp, &id, &transformer, &n.to_string()).await;
+        api.push(start.elapsed());
+        let seen = wait_for_header(listen, &n.to_string(), DEADLINE).await;
+        latencies.push(seen - start);
+    }
+    latencies.sort();
+    api.sort();
+    let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
+    println!(
+        "xDS propagation, API call → enforced at Envoy, {} changes: p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        p99,
+        latencies[latencies.len() - 1]
+    );
+    println!("of which the API call itself: p50 {:?}", api[api.len() / 2]);
+
+    // A route the model accepts but Envoy refuses: RE2's program size limit.
+    let alternatives: Vec<String> = (b'a'..=b'z').map(|c| (c as char).to_string()).collect();
+    let regex = format!("~/({}){{40}}", alternatives.join("|"));
+    cp.expect(
+        201,
+        "POST",
+        &format!("/v2/control-planes/{id}/core-entities/services/echo/routes"),
+        Some(&json!({"name": "huge", "paths": [regex]})),
+    )
+    .await;
+    let (refused_hash, refused_version) = expected(&cp, &id).await;
+    let failed = wait_for_node(&cp, &id, "envoy-1", "failed", |n| {
+        n["sync_status"] == "failed"
+    })
+    .await;
+    let message = failed["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("program size"), "Envoy's reason: {failed}");
+    assert_eq!(failed["last_error"]["config_hash"], refused_hash.as_str());
+    assert_eq!(failed["last_error"]["config_version"], refused_version);
+    // The old routes and plugins keep serving.
+    let report = get(listen, "/api").await.unwrap();
+    assert_eq!(report.header("x-xds"), Some("21"));
+
+    // A plugin change on top: the filter changes, the refused routes are not sent again, and
+    // the node stays failed for the same reason at the new version.
+    patch_header(&cp, &id, &transformer, "after-refusal").await;
+    wait_for_header(listen, "after-refusal", DEADLINE).await;
+    let (hash, version) = expected(&cp, &id).await;
+    let failed = wait_for_node(&cp, &id, "envoy-1", "failed at the new version", |n| {
+        n["sync_status"] == "failed" && n["last_error"]["config_version"] == version
+    })
+    .await;
+    assert_eq!(failed["last_error"]["config_hash"], hash.as_str());
+    assert_eq!(failed["last_error"]["message"], message);
+    assert_eq!(
+        envoy
+            .stat("http.wasmgate.rds.wasmgate.update_rejected")
+            .await,
+        Some(1),
+        "the refused route configuration was sent once"
+    );
+
+    // Removing the route brings the node back in sync.
+    cp.expect(
+        204,
+        "DELETE",
+        &format!("/v2/control-planes/{id}/core-entities/routes/huge"),
+        None,
+    )
+    .await;
+    let node = in_sync(&cp, &id, "envoy-1").await;
+    assert_eq!(node["connected"], true);
+    assert_eq!(
+        get(listen, "/api").await.unwrap().header("x-xds"),
+        Some("after-refusal")
+    );
+    assert_eq!(envoy.pid(), pid);
+}
+
+fn tls_client(cert_pem: &str, key_pem: &str, ca_pem: &str) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Opens TLS to the xDS endpoint and starts HTTP/2; returns the server's first bytes (its
+/// SETTINGS frame) or why there are none.
+async fn h2_hello(
+    xds: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(xds)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    // The connection preface and an empty SETTINGS frame.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .map_err(|_| "no answer".to_owned())?
+        .map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Err("closed".into());
+    }
+    Ok(buf[..n].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpinned_certificate_gets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = TestControlPlane::start(dir.path());
+    let echo = EchoUpstream::start().await.unwrap();
+    let (id, _) = configure(&cp, echo.addr()).await;
+    let ca = cp.control_plane().state().identity.ca_pem.clone();
+    let xds = cp.endpoints().xds;
+
+    let (pinned_cert, pinned_key) = pin(&cp, &id, "pinned").await;
+    let hello = h2_hello(xds, &tls_client(&pinned_cert, &pinned_key, &ca))
+        .await
+        .expect("a pinned certificate is served");
+    assert_eq!(
+        hello.get(3),
+        Some(&4),
+        "the server's SETTINGS frame: {hello:?}"
+    );
+
+    let (cert, key) = control_plane::pki::client_certificate("stranger").unwrap();
+    let refused = h2_hello(xds, &tls_client(&cert, &key, &ca)).await;
+    assert!(
+        refused.is_err(),
+        "an unpinned certificate was served: {refused:?}"
+    );
+
+    let listen = free_port();
+    let mut bootstrap = envoy_bootstrap(&cp, &id, "stranger", (cert, key), listen);
+    for source in ["lds_config", "cds_config"] {
+        bootstrap["dynamic_resources"][source]["initial_fetch_timeout"] = json!("1s");
+    }
+    let envoy = Envoy::start_bootstrap(&bootstrap, 1).await.unwrap();
+    let (_, listeners) = wasmgate_tests::envoy::admin_get(envoy.admin(), "/listeners?format=json")
+        .await
+        .unwrap();
+    assert!(!listeners.contains("wasmgate"), "{listeners}");
+    assert!(send(listen, Protocol::Http1, &Request::get("/api"))
+        .await
+        .is_err());
+    assert!(node(&cp, &id, "stranger").await.is_none());
+}
