@@ -380,13 +380,8 @@ pub fn validate_entity(kind: EntityKind, doc: &mut Value) -> Result<(), ConfigEr
         });
     }
     // A `url` stands for protocol, host, port and path: Kong's defaults must not mix in.
-    if let (EntityKind::Services, Some(Value::Object(map))) = (
-        kind,
-        doc.get("url")
-            .filter(|u| !u.is_null())
-            .map(|_| ())
-            .and(Some(&mut *doc)),
-    ) {
+    let has_url = doc.get("url").is_some_and(|u| !u.is_null());
+    if let (EntityKind::Services, true, Value::Object(map)) = (kind, has_url, &mut *doc) {
         for field in ["protocol", "host", "port", "path"] {
             map.remove(field);
         }
@@ -394,10 +389,7 @@ pub fn validate_entity(kind: EntityKind, doc: &mut Value) -> Result<(), ConfigEr
     let mut alone = pick(doc, &fields);
     // Checked against the store instead: the one-entity document has nothing to refer to.
     alone.remove("id");
-    let key = match kind {
-        EntityKind::Plugins => alone.get("name").cloned(),
-        _ => alone.get("name").cloned(),
-    };
+    let key = alone.get("name").cloned();
     let document = json!({ "_format_version": "3.0", kind.as_str(): [Value::Object(alone)] });
     let config = match model::declarative::from_value(&document) {
         Ok(config) => config,

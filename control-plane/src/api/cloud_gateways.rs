@@ -229,13 +229,7 @@ pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>)
                         let (cert, key) = pki::client_certificate(&format!("dp-{id}")).map_err(errors::internal)?;
                         let der = pki::parse_certificate(&cert).map_err(errors::internal)?;
                         let certificate_id = uuid::Uuid::new_v4().to_string();
-                        tx.execute(
-                            "INSERT INTO dp_client_certificates
-                             (id, control_plane_id, cert, fingerprint, created_at, updated_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                            params![certificate_id, cp, cert, pki::fingerprint(&der), now],
-                        )
-                        .map_err(StoreError::from)?;
+                        crate::store::pin_certificate(tx, &certificate_id, &cp, &cert, &pki::fingerprint(&der), now)?;
                         provision::write_credentials(&data_dir.join("cloud-gateways").join(&id), &cert, &key, &ca_pem)
                             .map_err(errors::internal)?;
                         group["id"] = json!(id);

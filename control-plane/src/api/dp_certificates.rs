@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::Json;
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{OptionalExtension, Transaction};
 use serde_json::{json, Value};
 
 use super::control_planes;
@@ -65,13 +65,7 @@ pub async fn create(
     let row = blocking(move || {
         store.transaction(|tx| {
             require_control_plane(tx, &control_plane_id)?;
-            tx.execute(
-                "INSERT INTO dp_client_certificates
-                 (id, control_plane_id, cert, fingerprint, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                params![id, control_plane_id, cert, fingerprint, now],
-            )
-            .map_err(StoreError::from)?;
+            crate::store::pin_certificate(tx, &id, &control_plane_id, &cert, &fingerprint, now)?;
             Ok((id, cert, now, now))
         })
     })

@@ -10,14 +10,12 @@ use axum::body::Bytes;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::Json;
-use rusqlite::params;
 use serde_json::Value;
 
 use super::control_planes;
 use super::errors::{invalid_parameters, problem_not_found, ApiError};
 use super::{blocking, json_object, now, Shared};
 use crate::pki;
-use crate::store::StoreError;
 use crate::xds::{bootstrap, BootstrapOptions};
 
 fn address(
@@ -86,19 +84,8 @@ pub async fn create(
         store.transaction(|tx| {
             control_planes::load(tx, &cp)?.ok_or_else(|| problem_not_found("control plane"))?;
             let now = now();
-            tx.execute(
-                "INSERT INTO dp_client_certificates
-                 (id, control_plane_id, cert, fingerprint, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                params![
-                    uuid::Uuid::new_v4().to_string(),
-                    cp,
-                    cert,
-                    pki::fingerprint(&der),
-                    now
-                ],
-            )
-            .map_err(StoreError::from)?;
+            let id = uuid::Uuid::new_v4().to_string();
+            crate::store::pin_certificate(tx, &id, &cp, &cert, &pki::fingerprint(&der), now)?;
             Ok::<_, ApiError>(())
         })
     })

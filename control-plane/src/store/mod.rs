@@ -16,6 +16,24 @@ pub use entities::{EntityKind, StoredEntity};
 
 use crate::nodes::Node;
 
+/// Pins a data plane certificate (PEM, with its fingerprint) for a control plane, under `id`.
+pub fn pin_certificate(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    control_plane_id: &str,
+    cert_pem: &str,
+    fingerprint: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO dp_client_certificates
+         (id, control_plane_id, cert, fingerprint, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        params![id, control_plane_id, cert_pem, fingerprint, now],
+    )?;
+    Ok(())
+}
+
 /// Errors the API turns into Kong's error bodies.
 #[derive(Debug)]
 pub enum StoreError {
