@@ -1,6 +1,6 @@
 //! The proxy-wasm side every plugin shares (wasm only).
 
-use proxy_wasm::traits::{HttpContext, RootContext};
+use proxy_wasm::traits::RootContext;
 
 use crate::{schema::ConfigError, LocalResponse};
 
@@ -27,11 +27,32 @@ pub fn configure<T>(
 }
 
 /// Answers the stream with a local response (the filter then returns `Action::Pause`).
-pub fn send(ctx: &dyn HttpContext, response: &LocalResponse) {
+///
+/// Through the raw hostcall: the SDK's wrapper traps when the host refuses (a response that
+/// has already started), and a refusal must only be logged.
+pub fn send(response: &LocalResponse) {
     let headers: Vec<(&str, &str)> = response
         .headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    ctx.send_http_response(u32::from(response.status), headers, Some(&response.body));
+    if let Err(status) = proxy_wasm::hostcalls::send_http_response(
+        u32::from(response.status),
+        headers,
+        Some(&response.body),
+    ) {
+        proxy_wasm::hostcalls::log(
+            proxy_wasm::types::LogLevel::Error,
+            &format!("local response {} refused: {status:?}", response.status),
+        )
+        .ok();
+    }
+}
+
+/// A property of the stream or the plugin (`["request", "protocol"]`), as the host's bytes;
+/// `None` when the host does not know it or refuses.
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    proxy_wasm::hostcalls::get_property(path.to_vec())
+        .ok()
+        .flatten()
 }

@@ -32,14 +32,6 @@ enum Format {
 }
 
 impl Format {
-    const ALL: [(&'static str, Format); 5] = [
-        ("application/json", Format::Json),
-        ("text/plain", Format::Text),
-        ("text/html", Format::Html),
-        ("application/xml", Format::Xml),
-        ("text/xml", Format::Xml),
-    ];
-
     fn content_type(self) -> &'static str {
         match self {
             Format::Json => "application/json; charset=utf-8",
@@ -49,45 +41,133 @@ impl Format {
         }
     }
 
-    /// The most preferred supported media type of an Accept header (highest q, then first
-    /// listed); JSON when nothing supported is acceptable or the header is absent.
-    fn negotiate(accept: Option<&str>) -> Format {
+    /// Kong's `get_mime_type`: an exact, case-sensitive lookup of the media type; `type/*`
+    /// by its type; anything else (`text/xml`, `Text/HTML`, `image/png`) is the default.
+    fn of_media_type(media: &[u8]) -> Format {
+        match media {
+            b"text/html" => Format::Html,
+            b"text/plain" | b"text/*" => Format::Text,
+            b"application/xml" => Format::Xml,
+            _ => Format::Json,
+        }
+    }
+
+    /// Kong's `get_response_type`: walks the comma-separated entries in order and lets an
+    /// entry replace the choice only when its q is strictly higher than the best so far
+    /// (starting from 0, so q=0 never wins). An entry whose type Kong does not render still
+    /// wins on q and then renders as the default, JSON. The header is bytes: anything that is
+    /// not a well-formed media range is skipped, never an error.
+    fn negotiate(accept: Option<&[u8]>) -> Format {
         let Some(accept) = accept else {
             return Format::Json;
         };
-        let mut best: Option<(f32, Format)> = None;
-        for range in accept.split(',') {
-            let mut parts = range.split(';');
-            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            if q <= 0.0 {
-                continue;
-            }
-            let format = if media == "*/*" || media == "application/*" {
-                Some(Format::Json)
-            } else if media == "text/*" {
-                Some(Format::Text)
-            } else {
-                Format::ALL
-                    .iter()
-                    .find(|(name, _)| *name == media)
-                    .map(|(_, f)| *f)
-            };
-            if let Some(format) = format {
-                if best.is_none_or(|(best_q, _)| q > best_q) {
-                    best = Some((q, format));
+        let mut best = (0u16, Format::Json);
+        for entry in accept.split(|&b| b == b',') {
+            if let Some((media, q)) = media_range(entry.trim_ascii()) {
+                if q > best.0 {
+                    best = (q, Format::of_media_type(media));
                 }
             }
         }
-        best.map_or(Format::Json, |(_, f)| f)
+        best.1
     }
 }
 
-/// Kong's error response for `status` with `message`, formatted for the client's `Accept`.
-pub fn kong_error(status: u16, message: &str, accept: Option<&str>) -> LocalResponse {
+/// One Accept entry as Kong's pattern reads it: `type/subtype` (each a token of at least two
+/// characters, or `*`), then `;` parameters of which the last well-formed `q` counts. The q is
+/// returned in thousandths (1000 when absent).
+fn media_range(entry: &[u8]) -> Option<(&[u8], u16)> {
+    let (media, mut rest) = {
+        let first = token_or_star(entry)?;
+        let after = entry.get(first..)?.strip_prefix(b"/")?;
+        let second = token_or_star(after)?;
+        entry.split_at(first + 1 + second)
+    };
+    let mut q = 1000;
+    loop {
+        let Some(after) = rest.trim_ascii_start().strip_prefix(b";") else {
+            break;
+        };
+        let after = after.trim_ascii_start();
+        if let Some((value, len)) = quality(after) {
+            q = value;
+            rest = &after[len..];
+        } else if let Some(len) = token(after) {
+            // A parameter: `name`, or `name=` and everything up to the next `;`.
+            let after = &after[len..];
+            rest = match after.strip_prefix(b"=") {
+                Some(value) => {
+                    let end = value.iter().position(|&b| b == b';').unwrap_or(value.len());
+                    &value[end..]
+                }
+                None => after,
+            };
+        } else {
+            break;
+        }
+    }
+    Some((media, q))
+}
+
+/// Length of a `[a-z0-9][a-z0-9-!#$&^_+.]+` token (case-insensitive) at the start.
+fn token(bytes: &[u8]) -> Option<usize> {
+    let first = bytes.first()?;
+    if !first.is_ascii_alphanumeric() {
+        return None;
+    }
+    let len = 1 + bytes[1..]
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || b"-!#$&^_+.".contains(b))
+        .count();
+    (len >= 2).then_some(len)
+}
+
+fn token_or_star(bytes: &[u8]) -> Option<usize> {
+    if bytes.first() == Some(&b'*') {
+        Some(1)
+    } else {
+        token(bytes)
+    }
+}
+
+/// `q=1`, `q=1.000`, `q=0`, `q=0.xyz` (up to three digits): the value in thousandths and the
+/// length read.
+fn quality(bytes: &[u8]) -> Option<(u16, usize)> {
+    let rest = bytes
+        .strip_prefix(b"q=")
+        .or_else(|| bytes.strip_prefix(b"Q="))?;
+    let (whole, rest) = rest.split_first()?;
+    let mut len = 3;
+    let mut value = match whole {
+        b'1' => 1000,
+        b'0' => 0,
+        _ => return None,
+    };
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        len += 1;
+        let digits: Vec<u8> = fraction
+            .iter()
+            .take(3)
+            .take_while(|b| {
+                if *whole == b'1' {
+                    **b == b'0'
+                } else {
+                    b.is_ascii_digit()
+                }
+            })
+            .copied()
+            .collect();
+        len += digits.len();
+        for (i, d) in digits.iter().enumerate() {
+            value += u16::from(d - b'0') * [100, 10, 1][i];
+        }
+    }
+    Some((value, len))
+}
+
+/// Kong's error response for `status` with `message`, formatted for the client's `Accept`
+/// (its raw bytes, as the client sent them).
+pub fn kong_error(status: u16, message: &str, accept: Option<&[u8]>) -> LocalResponse {
     let format = Format::negotiate(accept);
     let body = match format {
         Format::Json => {
@@ -143,11 +223,11 @@ mod tests {
         );
         assert_eq!(r.body, br#"{"message":"Request size limit exceeded"}"#);
         assert_eq!(
-            kong_error(413, "x", Some("*/*")).body,
+            kong_error(413, "x", Some(b"*/*")).body,
             br#"{"message":"x"}"#
         );
         assert_eq!(
-            kong_error(413, "x", Some("image/png")).body,
+            kong_error(413, "x", Some(b"image/png")).body,
             br#"{"message":"x"}"#
         );
     }
@@ -155,7 +235,7 @@ mod tests {
     #[test]
     fn messages_are_escaped_in_every_format() {
         assert_eq!(kong_error(400, "a\"b", None).body, br#"{"message":"a\"b"}"#);
-        let xml = kong_error(400, "<a&b>", Some("application/xml")).body;
+        let xml = kong_error(400, "<a&b>", Some(b"application/xml")).body;
         assert!(String::from_utf8(xml)
             .unwrap()
             .contains("<message>&lt;a&amp;b&gt;</message>"));
@@ -163,18 +243,42 @@ mod tests {
 
     #[test]
     fn accept_selects_the_format_by_preference() {
-        let r = kong_error(429, "API rate limit exceeded", Some("text/plain"));
+        let r = kong_error(429, "API rate limit exceeded", Some(b"text/plain"));
         assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
         assert_eq!(r.body, b"API rate limit exceeded\n");
-        let html = kong_error(429, "x", Some("text/html;q=0.9, application/json;q=0.1"));
+        let html = kong_error(429, "x", Some(b"text/html;q=0.9, application/json;q=0.1"));
         assert_eq!(
             html.header("content-type"),
             Some("text/html; charset=utf-8")
         );
-        let json = kong_error(429, "x", Some("text/html;q=0, application/json"));
+        let json = kong_error(429, "x", Some(b"text/html;q=0, application/json"));
         assert_eq!(
             json.header("content-type"),
             Some("application/json; charset=utf-8")
         );
+    }
+
+    #[test]
+    fn negotiation_is_kongs() {
+        let format = |accept: &[u8]| Format::negotiate(Some(accept));
+        // A higher q wins even for a type Kong does not render: then it is JSON.
+        assert_eq!(format(b"image/png, text/html;q=0.9"), Format::Json);
+        assert_eq!(format(b"text/html;q=0.5, image/png"), Format::Json);
+        // Equal q: the first stays.
+        assert_eq!(format(b"text/html, application/xml"), Format::Html);
+        assert_eq!(format(b"text/plain;q=0.2, text/html;q=0.3"), Format::Html);
+        // Case-sensitive lookup, text/xml unknown, type/* by its type.
+        assert_eq!(format(b"Text/HTML"), Format::Json);
+        assert_eq!(format(b"text/xml"), Format::Json);
+        assert_eq!(format(b"text/*"), Format::Text);
+        assert_eq!(format(b"application/*"), Format::Json);
+        // q=0 never wins; a parameter before q; an out-of-range q is ignored (q=1).
+        assert_eq!(format(b"text/html;q=0"), Format::Json);
+        assert_eq!(format(b"application/json;q=0.1, text/html;level=1;q=0.2"), Format::Html);
+        assert_eq!(format(b"application/json;q=0.9, text/plain;q=2"), Format::Text);
+        // Malformed entries are skipped; bytes outside ASCII are no problem.
+        assert_eq!(format(b"\xff\xfe, text/plain;q=0.5"), Format::Text);
+        assert_eq!(format(b"x/y, text/plain"), Format::Text);
+        assert_eq!(format(b""), Format::Json);
     }
 }

@@ -202,7 +202,7 @@ impl HttpContext for RateLimitFilter {
                     log(LogLevel::Error, &note);
                 }
                 self.rejected = true;
-                kit::proxy::send(self, &response);
+                kit::proxy::send(&response);
                 Action::Pause
             }
         }

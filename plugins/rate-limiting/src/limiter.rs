@@ -122,7 +122,7 @@ impl Limiter {
                     headers.push(("Retry-After".into(), reset.to_string()));
                 }
                 let mut response =
-                    kong_error(config.error_code, &config.error_message, request.accept);
+                    kong_error(config.error_code, &config.error_message, request.accept.map(str::as_bytes));
                 response.headers.extend(headers);
                 Verdict::Reject {
                     response,
@@ -138,7 +138,7 @@ impl Limiter {
                     }
                 } else {
                     Verdict::Reject {
-                        response: kong_error(500, UNEXPECTED_ERROR, request.accept),
+                        response: kong_error(500, UNEXPECTED_ERROR, request.accept.map(str::as_bytes)),
                         log,
                     }
                 }

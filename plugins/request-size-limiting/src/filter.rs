@@ -57,7 +57,7 @@ impl SizeLimitFilter {
             Verdict::Continue => Action::Continue,
             Verdict::Reject(response) => {
                 self.rejected = true;
-                kit::proxy::send(self, &response);
+                kit::proxy::send(&response);
                 Action::Pause
             }
         }
@@ -68,14 +68,17 @@ impl Context for SizeLimitFilter {}
 
 impl HttpContext for SizeLimitFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let content_length = self.get_http_request_header("content-length");
-        let expect = self.get_http_request_header("expect");
-        let accept = self.get_http_request_header("accept");
+        // Bytes, never the SDK's string getters: those trap on a value outside UTF-8.
+        let content_length = self.get_http_request_header_bytes("content-length");
+        let expect = self.get_http_request_header_bytes("expect");
+        let accept = self.get_http_request_header_bytes("accept");
+        let protocol = kit::proxy::property(&["request", "protocol"]);
         let head = RequestHead {
             content_length: content_length.as_deref(),
             expect: expect.as_deref(),
             accept: accept.as_deref(),
             end_of_stream,
+            http11: protocol.as_deref() == Some(b"HTTP/1.1".as_slice()),
         };
         let verdict = self.counter.on_headers(&self.config, &head);
         self.apply(verdict)

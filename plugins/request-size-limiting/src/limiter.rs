@@ -19,20 +19,46 @@ pub enum Verdict {
     Reject(LocalResponse),
 }
 
-/// The request headers the decision depends on.
+/// The request headers the decision depends on, as the client sent them: header values are
+/// bytes, and none of them can make the decision fail.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestHead<'a> {
-    pub content_length: Option<&'a str>,
-    pub expect: Option<&'a str>,
-    pub accept: Option<&'a str>,
+    pub content_length: Option<&'a [u8]>,
+    pub expect: Option<&'a [u8]>,
+    pub accept: Option<&'a [u8]>,
     /// The headers end the stream: there is no body at all.
     pub end_of_stream: bool,
+    /// The request is HTTP/1.1, where a body without Content-Length is chunked. Over HTTP/2
+    /// (and HTTP/3) there is no Transfer-Encoding, so Kong's `require_content_length` refuses
+    /// any request there that lacks a Content-Length.
+    pub http11: bool,
 }
 
 impl RequestHead<'_> {
     fn expects_continue(&self) -> bool {
         self.expect
-            .is_some_and(|e| e.trim().eq_ignore_ascii_case("100-continue"))
+            .is_some_and(|e| e.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
+    }
+
+    /// Kong's `tonumber(content-length)` for the values a data plane lets through: decimal
+    /// digits, surrounding whitespace allowed.
+    fn content_length(&self) -> Option<u64> {
+        let digits = self.content_length?.trim_ascii();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        // More digits than u64 holds is still a number, and larger than any limit.
+        Some(
+            digits
+                .iter()
+                .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+                .unwrap_or(u64::MAX),
+        )
+    }
+
+    /// Kong's `headers["Transfer-Encoding"] ~= "chunked"`: the body streams without a length.
+    fn chunked(&self) -> bool {
+        self.http11 && !self.end_of_stream
     }
 
     fn reject_size(&self) -> Verdict {
@@ -46,7 +72,7 @@ impl RequestHead<'_> {
 pub struct BodyCounter {
     received: u64,
     expect_continue: bool,
-    accept: Option<String>,
+    accept: Option<Vec<u8>>,
 }
 
 impl BodyCounter {
@@ -54,17 +80,14 @@ impl BodyCounter {
     /// is read.
     pub fn on_headers(&mut self, config: &Config, head: &RequestHead<'_>) -> Verdict {
         self.expect_continue = head.expects_continue();
-        self.accept = head.accept.map(str::to_owned);
-        match head
-            .content_length
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
+        self.accept = head.accept.map(<[u8]>::to_vec);
+        match head.content_length() {
             Some(length) if length > config.limit() => head.reject_size(),
             Some(_) => Verdict::Continue,
-            // A data plane strips Transfer-Encoding before the filter sees it: a request whose
-            // headers do not end the stream and carry no Content-Length is chunked (HTTP/1.1) or
-            // an HTTP/2 stream with DATA frames, and is counted as it streams.
-            None if config.require_content_length && head.end_of_stream => {
+            // A data plane strips Transfer-Encoding before the filter sees it: an HTTP/1.1
+            // request whose headers do not end the stream and carry no Content-Length is
+            // chunked. Without require_content_length any body is counted as it streams.
+            None if config.require_content_length && !head.chunked() => {
                 Verdict::Reject(kong_error(411, LENGTH_REQUIRED, head.accept))
             }
             None => Verdict::Continue,
@@ -107,7 +130,7 @@ mod tests {
     fn content_length_is_compared_at_the_headers() {
         let config = kb(1);
         let head = |cl| RequestHead {
-            content_length: Some(cl),
+            content_length: Some(cl.as_bytes()),
             ..Default::default()
         };
         assert_eq!(
@@ -128,8 +151,8 @@ mod tests {
     #[test]
     fn expect_continue_turns_413_into_417() {
         let head = RequestHead {
-            content_length: Some("2048"),
-            expect: Some(" 100-Continue "),
+            content_length: Some(b"2048".as_slice()),
+            expect: Some(b" 100-Continue ".as_slice()),
             ..Default::default()
         };
         assert_eq!(
@@ -138,7 +161,7 @@ mod tests {
         );
         let mut counter = BodyCounter::default();
         let chunked = RequestHead {
-            expect: Some("100-continue"),
+            expect: Some(b"100-continue".as_slice()),
             ..Default::default()
         };
         assert_eq!(status(&counter.on_headers(&kb(1), &chunked)), 0);
@@ -150,7 +173,7 @@ mod tests {
         let config = kb(1);
         let mut counter = BodyCounter::default();
         let head = RequestHead {
-            content_length: Some("10"),
+            content_length: Some(b"10".as_slice()),
             ..Default::default()
         };
         assert_eq!(status(&counter.on_headers(&config, &head)), 0);
@@ -171,13 +194,22 @@ mod tests {
             status(&BodyCounter::default().on_headers(&config, &bodiless)),
             411
         );
-        let chunked = RequestHead::default();
+        let chunked = RequestHead {
+            http11: true,
+            ..Default::default()
+        };
         assert_eq!(
             status(&BodyCounter::default().on_headers(&config, &chunked)),
             0
         );
+        // HTTP/2 has no chunked encoding: a body without Content-Length is refused (Kong).
+        let h2_stream = RequestHead::default();
+        assert_eq!(
+            status(&BodyCounter::default().on_headers(&config, &h2_stream)),
+            411
+        );
         let with_length = RequestHead {
-            content_length: Some("0"),
+            content_length: Some(b"0".as_slice()),
             end_of_stream: true,
             ..Default::default()
         };
@@ -192,10 +224,36 @@ mod tests {
         let config = kb(1);
         let mut counter = BodyCounter::default();
         let head = RequestHead {
-            content_length: Some("lots"),
+            content_length: Some(b"lots".as_slice()),
             ..Default::default()
         };
         assert_eq!(status(&counter.on_headers(&config, &head)), 0);
         assert_eq!(status(&counter.on_body_chunk(&config, 1025)), 413);
+    }
+
+    #[test]
+    fn header_bytes_outside_utf8_never_fail_the_decision() {
+        let config = kb(1);
+        let head = RequestHead {
+            content_length: Some(b"\xff12"),
+            expect: Some(b"\xff100-continue"),
+            accept: Some(b"\xfftext/plain"),
+            ..Default::default()
+        };
+        let mut counter = BodyCounter::default();
+        assert_eq!(status(&counter.on_headers(&config, &head)), 0);
+        assert_eq!(status(&counter.on_body_chunk(&config, 2048)), 413);
+    }
+
+    #[test]
+    fn content_lengths_beyond_u64_are_over_any_limit() {
+        let head = RequestHead {
+            content_length: Some(b" 99999999999999999999999 "),
+            ..Default::default()
+        };
+        assert_eq!(
+            status(&BodyCounter::default().on_headers(&kb(1), &head)),
+            413
+        );
     }
 }

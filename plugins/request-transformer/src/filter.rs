@@ -93,7 +93,7 @@ impl TransformerFilter {
         log(LogLevel::Error, &refusal.log);
         self.done = true;
         self.job = None;
-        kit::proxy::send(self, &refusal.response);
+        kit::proxy::send(&refusal.response);
         Action::Pause
     }
 

@@ -118,7 +118,7 @@ pub struct BodyJob {
     pub hold_headers: bool,
     /// Give up (pass the body on unchanged) above this many bytes.
     pub limit: u64,
-    accept: Option<String>,
+    accept: Option<Vec<u8>>,
 }
 
 /// What to do once the whole body is there.
@@ -367,7 +367,7 @@ fn first<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
         .map(|(_, v)| v.as_slice())
 }
 
-fn refuse(accept: Option<&str>, log: String) -> Refusal {
+fn refuse(accept: Option<&[u8]>, log: String) -> Refusal {
     Refusal {
         response: kong_error(500, UNEXPECTED, accept),
         log,
@@ -376,7 +376,7 @@ fn refuse(accept: Option<&str>, log: String) -> Refusal {
 
 /// The decision at the request headers.
 pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecision, Refusal> {
-    let accept = first(head.headers, "accept").map(|a| String::from_utf8_lossy(a).into_owned());
+    let accept = first(head.headers, "accept").map(<[u8]>::to_vec);
     let fail = |log: String| refuse(accept.as_deref(), log);
     let original_path = first(head.headers, ":path").unwrap_or(b"/").to_vec();
     let (path, raw_query) = match original_path.iter().position(|&b| b == b'?') {

@@ -49,7 +49,7 @@ impl ProxyError {
         }
     }
 
-    pub fn into_response(self, accept: Option<&str>) -> Response<ProxyBody> {
+    pub fn into_response(self, accept: Option<&[u8]>) -> Response<ProxyBody> {
         kong_response(self.status().as_u16(), self.message(), accept)
     }
 }
@@ -69,7 +69,7 @@ impl fmt::Display for ProxyError {
 }
 
 /// Kong's error response (JSON unless the client's Accept prefers another format).
-pub fn kong_response(status: u16, message: &str, accept: Option<&str>) -> Response<ProxyBody> {
+pub fn kong_response(status: u16, message: &str, accept: Option<&[u8]>) -> Response<ProxyBody> {
     let local = kit::kong_error(status, message, accept);
     let mut response = Response::new(ProxyBody::full(local.body));
     *response.status_mut() =

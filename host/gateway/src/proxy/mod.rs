@@ -44,8 +44,7 @@ pub async fn handle(
     let accept = request
         .headers()
         .get(http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .map(|v| v.as_bytes().to_vec());
     let mut log = AccessLog::new(&downstream, &request);
 
     let response = match forward(&worker, &snapshot, downstream, request, &mut log).await {
