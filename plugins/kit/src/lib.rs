@@ -5,6 +5,7 @@
 //! field-named errors and [`response`] to build Kong's error responses; the adapter uses
 //! [`proxy`] (wasm only) to read its configuration and send those responses.
 
+pub mod path;
 pub mod response;
 pub mod schema;
 
