@@ -150,12 +150,7 @@ mod tests {
             ),
         ];
         for (input, expected) in cases {
-            assert_eq!(
-                n(input),
-                *expected,
-                "{}",
-                String::from_utf8_lossy(input)
-            );
+            assert_eq!(n(input), *expected, "{}", String::from_utf8_lossy(input));
         }
     }
 

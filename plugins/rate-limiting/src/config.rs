@@ -1,8 +1,10 @@
-//! The plugin's configuration, with Kong's fields, defaults and messages, plus `window_type`
-//! (from Kong's rate-limiting-advanced) and `max_identifiers` (wasmgate's memory bound).
+//! The plugin's configuration, with Kong OSS 3.9's fields, defaults and messages, plus
+//! `window_type` (from Kong's rate-limiting-advanced) and `max_identifiers` (wasmgate's memory
+//! bound).
 
 use kit::schema::{self, ConfigError, Record};
 
+use crate::number::one_decimal;
 use crate::Period;
 
 /// Whose requests share a budget (`limit_by`).
@@ -10,7 +12,6 @@ use crate::Period;
 pub enum LimitBy {
     Consumer,
     Credential,
-    ConsumerGroup,
     Ip,
     Service,
     Header,
@@ -18,10 +19,10 @@ pub enum LimitBy {
 }
 
 impl LimitBy {
-    const CHOICES: [(&'static str, LimitBy); 7] = [
+    /// Kong OSS's `one_of` (`consumer-group` is Kong Enterprise's).
+    const CHOICES: [(&'static str, LimitBy); 6] = [
         ("consumer", LimitBy::Consumer),
         ("credential", LimitBy::Credential),
-        ("consumer-group", LimitBy::ConsumerGroup),
         ("ip", LimitBy::Ip),
         ("service", LimitBy::Service),
         ("header", LimitBy::Header),
@@ -49,6 +50,9 @@ enum Policy {
 pub const DEFAULT_ERROR_MESSAGE: &str = "API rate limit exceeded";
 /// Distinct identifiers that get a counter of their own, per plugin instance.
 pub const DEFAULT_MAX_IDENTIFIERS: u64 = 10_000;
+/// The largest `max_identifiers`: 125,000 bucket keys, at most 175 MB of shared data with all
+/// six windows configured (see `store`); beyond that a typo would be an out-of-memory.
+pub const MAX_MAX_IDENTIFIERS: u64 = 1_000_000;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -59,7 +63,9 @@ pub struct Config {
     pub path: Option<String>,
     pub fault_tolerant: bool,
     pub hide_client_headers: bool,
-    pub error_code: u16,
+    /// Kong's `number`, `gt = 0`: only [`Config::rejection_status`] tells whether it can be
+    /// answered.
+    pub error_code: f64,
     pub error_message: String,
     pub window_type: WindowType,
     pub max_identifiers: u64,
@@ -75,7 +81,7 @@ impl Config {
             path: None,
             fault_tolerant: true,
             hide_client_headers: false,
-            error_code: 429,
+            error_code: 429.0,
             error_message: DEFAULT_ERROR_MESSAGE.to_owned(),
             window_type: WindowType::Fixed,
             max_identifiers: DEFAULT_MAX_IDENTIFIERS,
@@ -88,6 +94,14 @@ impl Config {
             .iter()
             .find(|(p, _)| *p == period)
             .map(|(_, l)| *l)
+    }
+
+    /// The status of a rejection: `kong.response.error` accepts 400 to 599 and nginx
+    /// truncates a fractional status. `None`: Kong's runloop answers 500 instead.
+    pub fn rejection_status(&self) -> Option<u16> {
+        (400.0..=599.0)
+            .contains(&self.error_code)
+            .then_some(self.error_code as u16)
     }
 
     /// Parses Kong's JSON `config`.
@@ -109,18 +123,8 @@ fn read(r: &mut Record<'_>) -> Config {
         }
     }
     let limit_by = r.one_of("limit_by", &LimitBy::CHOICES, LimitBy::Consumer);
-    let header_name = r.string("header_name").map(str::to_owned);
-    if let Some(name) = &header_name {
-        if let Err(message) = validate_header_name(name) {
-            r.error("header_name", message);
-        }
-    }
-    let path = r.string("path").map(str::to_owned);
-    if let Some(path) = &path {
-        if let Err(message) = validate_path(path) {
-            r.error("path", message);
-        }
-    }
+    let header_name = kong_string(r, "header_name", validate_header_name);
+    let path = kong_string(r, "path", validate_path);
     let policy = r.one_of(
         "policy",
         &[
@@ -132,18 +136,16 @@ fn read(r: &mut Record<'_>) -> Config {
     );
     let fault_tolerant = r.boolean("fault_tolerant", true);
     let hide_client_headers = r.boolean("hide_client_headers", false);
-    let error_code = match r.integer("error_code") {
-        None => 429,
-        Some(code @ 400..=599) => code as u16,
+    let error_code = match r.number("error_code") {
+        None => 429.0,
+        Some(code) if code > 0.0 => code,
         Some(_) => {
-            r.error("error_code", "value should be between 400 and 599");
-            429
+            r.error("error_code", "value must be greater than 0");
+            429.0
         }
     };
-    let error_message = r
-        .string("error_message")
-        .unwrap_or(DEFAULT_ERROR_MESSAGE)
-        .to_owned();
+    let error_message = kong_string(r, "error_message", |_| Ok(()))
+        .unwrap_or_else(|| DEFAULT_ERROR_MESSAGE.to_owned());
     let sync_rate = r.number("sync_rate").unwrap_or(-1.0);
     // Kong exports every field with its default, the Redis settings included: accept them, they
     // only matter to the redis policy.
@@ -173,9 +175,12 @@ fn read(r: &mut Record<'_>) -> Config {
     );
     let max_identifiers = match r.integer("max_identifiers") {
         None => DEFAULT_MAX_IDENTIFIERS,
-        Some(n) if n >= 1 => n as u64,
+        Some(n) if (1..=MAX_MAX_IDENTIFIERS as i64).contains(&n) => n as u64,
         Some(_) => {
-            r.error("max_identifiers", "value must be greater than 0");
+            r.error(
+                "max_identifiers",
+                format!("value should be between 1 and {MAX_MAX_IDENTIFIERS}"),
+            );
             DEFAULT_MAX_IDENTIFIERS
         }
     };
@@ -236,6 +241,25 @@ fn read(r: &mut Record<'_>) -> Config {
     }
 }
 
+/// A Kong `string` field: empty strings are refused (`len_min` is 1 unless a field says
+/// otherwise, `kong/db/schema/init.lua`) before the field's own validator runs.
+fn kong_string<'a>(
+    r: &mut Record<'a>,
+    key: &'a str,
+    validate: impl FnOnce(&str) -> Result<(), String>,
+) -> Option<String> {
+    let value = r.string(key)?;
+    let checked = if value.is_empty() {
+        Err("length must be at least 1".to_owned())
+    } else {
+        validate(value)
+    };
+    if let Err(message) = checked {
+        r.error(key, message);
+    }
+    Some(value.to_owned())
+}
+
 /// Kong's `validate_periods_order`: the first longer period whose limit is lower than a
 /// shorter one's.
 fn periods_order_error(limits: &[(Period, f64)]) -> Option<String> {
@@ -255,22 +279,8 @@ fn periods_order_error(limits: &[(Period, f64)]) -> Option<String> {
     None
 }
 
-/// `%.1f` without core's float formatting (limits are positive).
-fn one_decimal(value: f64) -> String {
-    let tenths = (value * 10.0 + 0.5).floor();
-    if tenths < 1e17 {
-        let tenths = tenths as u64;
-        format!("{}.{}", tenths / 10, tenths % 10)
-    } else {
-        crate::counters::number(value)
-    }
-}
-
 /// Kong's `validate_header_name`.
 fn validate_header_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("no header name provided".into());
-    }
     if name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -336,7 +346,8 @@ mod tests {
         assert_eq!(config.limit_by, LimitBy::Consumer);
         assert!(config.fault_tolerant);
         assert!(!config.hide_client_headers);
-        assert_eq!(config.error_code, 429);
+        assert_eq!(config.error_code, 429.0);
+        assert_eq!(config.rejection_status(), Some(429));
         assert_eq!(config.error_message, "API rate limit exceeded");
         assert_eq!(config.window_type, WindowType::Fixed);
         assert_eq!(config.max_identifiers, 10_000);
@@ -366,7 +377,7 @@ mod tests {
         assert!(config.hide_client_headers);
         assert_eq!(
             (config.error_code, config.error_message.as_str()),
-            (503, "slow down")
+            (503.0, "slow down")
         );
         assert_eq!(config.window_type, WindowType::Sliding);
         assert_eq!(config.max_identifiers, 5);
@@ -405,6 +416,42 @@ mod tests {
             error(r#"{"second": 2.26, "minute": 0.06}"#),
             "config: The limit for minute(0.1) cannot be lower than the limit for second(2.3)"
         );
+        // Lua's %.1f prints every digit of large limits.
+        assert_eq!(
+            error(r#"{"second": 1e20, "minute": 1e19}"#),
+            "config: The limit for minute(10000000000000000000.0) cannot be lower than the \
+             limit for second(100000000000000000000.0)"
+        );
+    }
+
+    /// Review #17: Kong checks `error_code > 0` only; the 400-599 range is enforced when
+    /// answering (see the limiter).
+    #[test]
+    fn any_positive_error_code_and_every_limit_by_of_kong_oss_are_accepted() {
+        for code in ["200", "600", "429.5", "1e9"] {
+            let config =
+                Config::parse(format!(r#"{{"second": 1, "error_code": {code}}}"#).as_bytes());
+            assert!(config.is_ok(), "{code}");
+        }
+        let status = |code: f64| {
+            Config {
+                error_code: code,
+                ..Config::with_limits(&[(Period::Second, 1.0)])
+            }
+            .rejection_status()
+        };
+        assert_eq!(status(400.0), Some(400));
+        assert_eq!(status(599.0), Some(599));
+        assert_eq!(status(429.5), Some(429));
+        assert_eq!(status(399.9), None);
+        assert_eq!(status(599.5), None);
+        assert_eq!(status(200.0), None);
+        for limit_by in ["consumer", "credential", "ip", "service"] {
+            let json = format!(r#"{{"second": 1, "limit_by": "{limit_by}"}}"#);
+            assert!(Config::parse(json.as_bytes()).is_ok(), "{limit_by}");
+        }
+        let largest = Config::parse(br#"{"second": 1, "max_identifiers": 1000000}"#).unwrap();
+        assert_eq!(largest.max_identifiers, MAX_MAX_IDENTIFIERS);
     }
 
     #[test]
@@ -436,20 +483,37 @@ mod tests {
             (r#"{"second": "10"}"#, "config.second: expected a number"),
             (
                 r#"{"second": 1, "limit_by": "user"}"#,
-                "config.limit_by: expected one of: consumer, credential, consumer-group, ip, \
-                 service, header, path",
+                "config.limit_by: expected one of: consumer, credential, ip, service, header, \
+                 path",
             ),
             (
-                r#"{"second": 1, "error_code": 200}"#,
-                "config.error_code: value should be between 400 and 599",
+                r#"{"second": 1, "limit_by": "consumer-group"}"#,
+                "config.limit_by: expected one of: consumer, credential, ip, service, header, \
+                 path",
             ),
             (
-                r#"{"second": 1, "error_code": 600}"#,
-                "config.error_code: value should be between 400 and 599",
+                r#"{"second": 1, "error_code": 0}"#,
+                "config.error_code: value must be greater than 0",
             ),
             (
-                r#"{"second": 1, "error_code": 429.5}"#,
-                "config.error_code: expected an integer",
+                r#"{"second": 1, "error_code": -429}"#,
+                "config.error_code: value must be greater than 0",
+            ),
+            (
+                r#"{"second": 1, "error_code": "429"}"#,
+                "config.error_code: expected a number",
+            ),
+            (
+                r#"{"second": 1, "error_message": ""}"#,
+                "config.error_message: length must be at least 1",
+            ),
+            (
+                r#"{"second": 1, "limit_by": "header", "header_name": ""}"#,
+                "config.header_name: length must be at least 1",
+            ),
+            (
+                r#"{"second": 1, "limit_by": "path", "path": ""}"#,
+                "config.path: length must be at least 1",
             ),
             (
                 r#"{"second": 1, "limit_by": "header", "header_name": "x api"}"#,
@@ -479,7 +543,11 @@ mod tests {
             ),
             (
                 r#"{"second": 1, "max_identifiers": 0}"#,
-                "config.max_identifiers: value must be greater than 0",
+                "config.max_identifiers: value should be between 1 and 1000000",
+            ),
+            (
+                r#"{"second": 1, "max_identifiers": 1000001}"#,
+                "config.max_identifiers: value should be between 1 and 1000000",
             ),
             (
                 r#"{"second": 1, "sync_rate": 10}"#,

@@ -1,12 +1,25 @@
 //! One identifier's counters and the decision over them: Kong's usage check, the increment,
 //! and Kong's response headers.
 //!
-//! The counters of every configured period live in ONE shared-data value per identifier, each
-//! with the start of its window, so one compare-and-swap checks and counts all windows at once
-//! and the key never changes when a window rolls over (the key space stays bounded).
+//! The counters of every configured period are stored together, each with the start of its
+//! window, so one compare-and-swap checks and counts all windows at once and the shared-data
+//! key never changes when a window rolls over (the key space stays bounded). Windows are
+//! matched by period, never by position: a configuration that adds a window or changes a
+//! limit keeps the usage of the others.
 
 use crate::config::{Config, WindowType};
+use crate::number::lua_tostring;
 use crate::Period;
+
+/// How far in the future a stored window may start and still be counted in. The writer of a
+/// window read the clock after its read of the store and before its write, and a request
+/// reads the clock after its own read, so on a clock that only moves forward a stored window
+/// is never in the future; only a host that caches its clock per event-loop turn (as nginx
+/// does) can be a little behind another worker. A window further ahead means the clock was
+/// stepped back: its count is dropped and the current window starts from zero, so a client
+/// is never blocked longer than one window by a step back (at the price of one window's
+/// budget, once). One period as tolerance would block an hour window for up to two hours.
+pub const CLOCK_TOLERANCE_MS: i64 = 1_000;
 
 /// One period's counter: the window it counts, its count, and the count of the window before
 /// it (kept for sliding windows).
@@ -24,9 +37,6 @@ pub struct Counters {
     pub windows: Vec<(Period, Window)>,
 }
 
-const VERSION: u8 = 1;
-const ENTRY: usize = 1 + 8 + 8 + 8;
-
 impl Counters {
     pub fn get(&self, period: Period) -> Option<Window> {
         self.windows
@@ -34,49 +44,45 @@ impl Counters {
             .find(|(p, _)| *p == period)
             .map(|(_, w)| *w)
     }
+}
 
-    /// `[version][period code, start i64, count u64, previous u64]*`, little-endian.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + self.windows.len() * ENTRY);
-        out.push(VERSION);
-        for (period, w) in &self.windows {
-            out.push(period.code());
-            out.extend_from_slice(&w.start.to_le_bytes());
-            out.extend_from_slice(&w.count.to_le_bytes());
-            out.extend_from_slice(&w.previous.to_le_bytes());
+/// What a stored window still counts at `now_ms`: the window the request counts in, its
+/// count, and the count of the window before it.
+fn carried(period: Period, stored: Option<Window>, now_ms: i64) -> Window {
+    let now = now_ms.div_euclid(1000);
+    let current = period.start(now);
+    let fresh = Window {
+        start: current,
+        count: 0,
+        previous: 0,
+    };
+    match stored {
+        Some(w) if w.start == current => w,
+        // Ahead by less than the tolerance: another worker's coarser clock already moved the
+        // window on; count in its window, never back in an older one. Further ahead: the
+        // clock was stepped back.
+        Some(w) if w.start > current => {
+            if w.start.saturating_mul(1000).saturating_sub(now_ms) <= CLOCK_TOLERANCE_MS {
+                w
+            } else {
+                fresh
+            }
         }
-        out
+        Some(w) if w.start == period.previous(now) => Window {
+            previous: w.count,
+            ..fresh
+        },
+        _ => fresh,
     }
+}
 
-    /// The stored counters; anything unreadable counts as no counters at all.
-    pub fn decode(bytes: &[u8]) -> Counters {
-        let Some((&VERSION, rest)) = bytes.split_first() else {
-            return Counters::default();
-        };
-        if rest.len() % ENTRY != 0 {
-            return Counters::default();
-        }
-        let word = |b: &[u8]| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(b);
-            a
-        };
-        let mut windows = Vec::with_capacity(rest.len() / ENTRY);
-        for entry in rest.chunks_exact(ENTRY) {
-            let Some(period) = Period::from_code(entry[0]) else {
-                return Counters::default();
-            };
-            windows.push((
-                period,
-                Window {
-                    start: i64::from_le_bytes(word(&entry[1..9])),
-                    count: u64::from_le_bytes(word(&entry[9..17])),
-                    previous: u64::from_le_bytes(word(&entry[17..25])),
-                },
-            ));
-        }
-        Counters { windows }
-    }
+/// Whether stored counters can no longer affect a decision: every configured window is over
+/// (and, for sliding windows, so is the one before it). Such an identifier's slot is free.
+pub fn is_stale(config: &Config, stored: &Counters, now_ms: i64) -> bool {
+    config.limits.iter().all(|&(period, _)| {
+        let w = carried(period, stored.get(period), now_ms);
+        w.count == 0 && (config.window_type == WindowType::Fixed || w.previous == 0)
+    })
 }
 
 /// The usage of one configured period at the time of a request.
@@ -110,22 +116,17 @@ pub struct Evaluation {
 
 /// Evaluates a request at `now_ms` (Unix milliseconds) against the stored counters.
 pub fn evaluate(config: &Config, stored: &Counters, now_ms: i64) -> Evaluation {
-    let now = now_ms.div_euclid(1000);
     let mut usages = Vec::with_capacity(config.limits.len());
     let mut next = Counters {
         windows: Vec::with_capacity(config.limits.len()),
     };
     let mut stop = None;
     for &(period, limit) in &config.limits {
-        let current = period.start(now);
-        let (start, count, previous) = match stored.get(period) {
-            Some(w) if w.start == current => (current, w.count, w.previous),
-            // Another worker read the clock a moment later and already moved the window on:
-            // count in its window, never back in an older one.
-            Some(w) if w.start > current => (w.start, w.count, w.previous),
-            Some(w) if w.start == period.previous(now) => (current, 0, w.count),
-            _ => (current, 0, 0),
-        };
+        let Window {
+            start,
+            count,
+            previous,
+        } = carried(period, stored.get(period), now_ms);
         let mut usage = count as f64;
         if config.window_type == WindowType::Sliding && previous > 0 {
             let start_ms = start.saturating_mul(1000);
@@ -186,40 +187,16 @@ pub fn headers(config: &Config, eval: &Evaluation, now_ms: i64) -> (Vec<(String,
             chosen = Some((remaining, window, u.limit, reset));
         }
         let (limit_name, remaining_name) = u.period.header_names();
-        out.push((limit_name.into(), number(u.limit)));
-        out.push((remaining_name.into(), number(remaining)));
+        out.push((limit_name.into(), lua_tostring(u.limit)));
+        out.push((remaining_name.into(), lua_tostring(remaining)));
     }
     let Some((remaining, _, limit, reset)) = chosen else {
         return (out, 1);
     };
-    out.push(("RateLimit-Limit".into(), number(limit)));
-    out.push(("RateLimit-Remaining".into(), number(remaining)));
+    out.push(("RateLimit-Limit".into(), lua_tostring(limit)));
+    out.push(("RateLimit-Remaining".into(), lua_tostring(remaining)));
     out.push(("RateLimit-Reset".into(), reset.to_string()));
     (out, reset)
-}
-
-/// A number as Lua's `tostring` writes it for the values limits take: integers without a
-/// decimal point, fractions with up to 6 decimals (Lua prints up to 14 significant digits).
-/// Hand-written: core's float formatting would add ~40 KB to the module.
-pub fn number(value: f64) -> String {
-    if value.fract() == 0.0 && value.abs() < 1e15 {
-        return (value as i64).to_string();
-    }
-    let sign = if value < 0.0 { "-" } else { "" };
-    let scaled = (value.abs() * 1e6 + 0.5).floor();
-    if scaled.is_nan() || scaled >= 1e18 {
-        return format!("{sign}{}", value.abs() as u64);
-    }
-    let scaled = scaled as u64;
-    let mut fraction = format!("{:06}", scaled % 1_000_000);
-    while fraction.ends_with('0') {
-        fraction.pop();
-    }
-    if fraction.is_empty() {
-        format!("{sign}{}", scaled / 1_000_000)
-    } else {
-        format!("{sign}{}.{fraction}", scaled / 1_000_000)
-    }
 }
 
 #[cfg(test)]
@@ -251,38 +228,6 @@ mod tests {
             }
         }
         allowed
-    }
-
-    #[test]
-    fn counters_round_trip_and_garbage_is_empty() {
-        let counters = Counters {
-            windows: vec![
-                (
-                    Period::Second,
-                    Window {
-                        start: T0,
-                        count: 3,
-                        previous: 9,
-                    },
-                ),
-                (
-                    Period::Year,
-                    Window {
-                        start: -5,
-                        count: u64::MAX,
-                        previous: 0,
-                    },
-                ),
-            ],
-        };
-        assert_eq!(Counters::decode(&counters.encode()), counters);
-        assert_eq!(counters.encode().len(), 1 + 2 * 25);
-        for garbage in [&b""[..], b"\x02", b"\x01\x00", b"\x09"] {
-            assert_eq!(Counters::decode(garbage), Counters::default());
-        }
-        let mut bad_period = counters.encode();
-        bad_period[1] = 7;
-        assert_eq!(Counters::decode(&bad_period), Counters::default());
     }
 
     #[test]
@@ -360,6 +305,85 @@ mod tests {
         // A request whose clock read T0.999 after that still counts in T0+1.
         let eval = evaluate(&config, &counters, ms(T0, 999));
         assert_eq!(eval.stop, Some(Period::Second));
+        // So does one a whole second behind (the tolerance), for any period.
+        let config = Config::with_limits(&[(Period::Minute, 2.0)]);
+        let mut counters = Counters::default();
+        assert_eq!(run(&config, &mut counters, ms(T0 + 45, 0), 2), 2);
+        assert_eq!(
+            evaluate(&config, &counters, ms(T0 + 44, 0)).stop,
+            Some(Period::Minute)
+        );
+    }
+
+    /// Review #5: a stored window further in the future than the tolerance means the clock
+    /// was stepped back; it must not block the client until the clock catches up.
+    #[test]
+    fn a_backward_clock_step_blocks_for_at_most_one_window() {
+        for period in [Period::Second, Period::Minute, Period::Hour, Period::Day] {
+            let config = Config::with_limits(&[(period, 2.0)]);
+            let mut counters = Counters::default();
+            let before = ms(T0 + 7_200, 0);
+            assert_eq!(run(&config, &mut counters, before, 5), 2, "{period:?}");
+            // The clock steps back one hour: the client counts in the window of the new time,
+            // from zero unless it is the same window as before the step.
+            let after = before - 3_600_000;
+            let same = period.start(after / 1000) == period.start(before / 1000);
+            let expected = if same { 0 } else { 2 };
+            assert_eq!(
+                run(&config, &mut counters, after, 5),
+                expected,
+                "{period:?}"
+            );
+            // Either way it is blocked only until that window ends.
+            let end = period.next(after.div_euclid(1000));
+            assert_eq!(
+                run(&config, &mut counters, end * 1000 - 1, 5),
+                0,
+                "{period:?}"
+            );
+            assert_eq!(run(&config, &mut counters, end * 1000, 5), 2, "{period:?}");
+        }
+        // A step back by a year, with a sliding window: nothing of the future counts.
+        let mut config = Config::with_limits(&[(Period::Hour, 3.0)]);
+        config.window_type = WindowType::Sliding;
+        let mut counters = Counters::default();
+        run(&config, &mut counters, ms(T0, 0), 3);
+        let eval = evaluate(&config, &counters, ms(T0 - 366 * 86_400, 0));
+        assert_eq!(eval.usages[0].usage, 0.0);
+    }
+
+    #[test]
+    fn counters_are_stale_once_every_window_is_over() {
+        let config = Config::with_limits(&[(Period::Second, 5.0), (Period::Minute, 10.0)]);
+        let mut counters = Counters::default();
+        assert!(is_stale(&config, &counters, ms(T0, 0)));
+        run(&config, &mut counters, ms(T0, 0), 1);
+        assert!(!is_stale(&config, &counters, ms(T0, 500)));
+        // The second is over, the minute is not.
+        assert!(!is_stale(&config, &counters, ms(T0 + 30, 0)));
+        assert!(is_stale(&config, &counters, ms(T0 + 60, 0)));
+        // Sliding windows still weigh the window before the current one.
+        let mut sliding = config.clone();
+        sliding.window_type = WindowType::Sliding;
+        assert!(!is_stale(&sliding, &counters, ms(T0 + 60, 0)));
+        assert!(is_stale(&sliding, &counters, ms(T0 + 120, 0)));
+        // Windows from a stepped-back future hold nothing.
+        assert!(is_stale(&config, &counters, ms(T0 - 3_600, 0)));
+        // Periods the configuration no longer has do not keep an identifier alive.
+        let hourly = Config::with_limits(&[(Period::Hour, 10.0)]);
+        assert!(is_stale(&hourly, &counters, ms(T0, 500)));
+    }
+
+    /// Review #6: limits are matched by period, so a new configuration keeps the usage.
+    #[test]
+    fn a_changed_configuration_keeps_the_usage_of_its_periods() {
+        let before = Config::with_limits(&[(Period::Minute, 3.0)]);
+        let mut counters = Counters::default();
+        assert_eq!(run(&before, &mut counters, ms(T0, 0), 5), 3);
+        let after = Config::with_limits(&[(Period::Second, 10.0), (Period::Minute, 5.0)]);
+        let eval = evaluate(&after, &counters, ms(T0 + 1, 0));
+        assert_eq!(eval.usages[1].usage, 3.0);
+        assert_eq!(run(&after, &mut counters, ms(T0 + 1, 0), 5), 2);
     }
 
     #[test]
@@ -481,6 +505,7 @@ mod tests {
         assert_eq!(reset, 1);
     }
 
+    /// Review #25: header values are Lua's `tostring` (`%.14g`).
     #[test]
     fn fractional_limits_print_like_lua() {
         let config = Config::with_limits(&[(Period::Second, 1.5)]);
@@ -490,10 +515,14 @@ mod tests {
         let (h, _) = headers(&config, &eval, ms(T0, 0));
         assert_eq!(header(&h, "x-ratelimit-limit-second"), Some("1.5"));
         assert_eq!(header(&h, "x-ratelimit-remaining-second"), Some("0.5"));
-        assert_eq!(number(100.0), "100");
-        assert_eq!(number(0.25), "0.25");
-        assert_eq!(number(2.0 / 3.0), "0.666667");
-        assert_eq!(number(-1.5), "-1.5");
-        assert_eq!(number(1e300), "18446744073709551615");
+        let config = Config::with_limits(&[(Period::Minute, 2.0 / 3.0), (Period::Year, 1e300)]);
+        let eval = evaluate(&config, &Counters::default(), ms(T0, 0));
+        let (h, _) = headers(&config, &eval, ms(T0, 0));
+        assert_eq!(
+            header(&h, "x-ratelimit-limit-minute"),
+            Some("0.66666666666667")
+        );
+        assert_eq!(header(&h, "x-ratelimit-limit-year"), Some("1e+300"));
+        assert_eq!(header(&h, "x-ratelimit-remaining-year"), Some("1e+300"));
     }
 }

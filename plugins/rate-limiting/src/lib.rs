@@ -9,6 +9,8 @@
 pub mod config;
 pub mod counters;
 pub mod limiter;
+mod number;
+pub mod siphash;
 pub mod store;
 pub mod window;
 
@@ -24,3 +26,9 @@ pub use window::Period;
 pub const PLUGIN_NAME: &str = "rate-limiting";
 /// Kong's plugin priority: higher runs first.
 pub const PRIORITY: u32 = 910;
+/// Counter metric (proxy-wasm `proxy_define_metric`, process-wide): live identifiers evicted
+/// from a full bucket to make room for a new one; each lost its count.
+pub const EVICTIONS_METRIC: &str = "wasmgate_rate_limiting_evictions_total";
+/// Counter metric: requests that passed without being counted because every write of their
+/// bucket lost its race against other workers.
+pub const UNCOUNTED_METRIC: &str = "wasmgate_rate_limiting_uncounted_total";

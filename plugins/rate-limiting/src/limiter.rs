@@ -1,28 +1,33 @@
 //! The per-request decision: who is asking (Kong's identifier), check-and-count, and the
 //! response: headers to add to the upstream's response, or Kong's rejection.
+//!
+//! Everything a client sends is bytes here: header values, the path and the peer address are
+//! never converted to text, so no byte sequence can make a request fail.
 
 use kit::{kong_error, LocalResponse};
 
 use crate::config::{Config, LimitBy};
-use crate::counters::headers;
+use crate::counters::{headers, Evaluation};
+use crate::siphash::{siphash128, SipKey};
 use crate::store::{check_and_count, Counted, Store};
 
-/// Kong's answer when the store fails and `fault_tolerant` is false.
+/// Kong's answer when the store fails and `fault_tolerant` is false, and when the plugin
+/// itself fails (Kong's runloop answers a plugin error so).
 pub const UNEXPECTED_ERROR: &str = "An unexpected error occurred";
 
-/// What the identifier and the response depend on. The adapter reads only the fields
-/// [`Limiter::needs`] asks for.
+/// What the identifier and the response depend on, as the host's bytes. The adapter reads
+/// only the fields [`Limiter::needs`] asks for.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestInfo<'a> {
     /// `source.address`: the downstream peer, `IP:port` (`[v6]:port`).
-    pub source_address: Option<&'a str>,
+    pub source_address: Option<&'a [u8]>,
     /// The Envoy cluster the request is routed to (`xds.cluster_name`): Kong's service.
-    pub cluster: Option<&'a str>,
+    pub cluster: Option<&'a [u8]>,
     /// The value of `config.header_name` (first one when repeated).
-    pub header: Option<&'a str>,
-    /// `:path`, query string included.
-    pub path: Option<&'a str>,
-    pub accept: Option<&'a str>,
+    pub header: Option<&'a [u8]>,
+    /// `:path`, query string included, as the client sent it.
+    pub path: Option<&'a [u8]>,
+    pub accept: Option<&'a [u8]>,
 }
 
 /// What the adapter reads for a request, besides Accept and the peer address.
@@ -34,20 +39,62 @@ pub enum Need {
     Path,
 }
 
+/// Where an identifier comes from. Part of its hash, so that a header value equal to a
+/// client's IP address never shares that client's budget (in Kong it would: it keys by the
+/// identifier alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The client IP: `limit_by` ip, and the fallback of every other kind.
+    Ip,
+    Service,
+    Header,
+    Path,
+}
+
+impl Source {
+    fn code(self) -> u8 {
+        match self {
+            Source::Ip => 1,
+            Source::Service => 2,
+            Source::Header => 3,
+            Source::Path => 4,
+        }
+    }
+}
+
 /// What the filter does with the request.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
     /// Proxy the request; add these headers to its response.
-    Allow {
-        headers: Vec<(String, String)>,
-        /// Something to log (the store failed and the request passes: `fault_tolerant`).
-        log: Option<String>,
-    },
+    Allow { headers: Vec<(String, String)> },
     /// Answer with this response instead.
-    Reject {
-        response: LocalResponse,
-        log: Option<String>,
-    },
+    Reject { response: LocalResponse },
+}
+
+/// A verdict and what the adapter reports about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// An error to log (Kong logs these at `err`): the store failed, or `error_code` is not
+    /// an error status.
+    pub error: Option<String>,
+    /// Live identifiers evicted from this request's bucket to make room for it: they lost
+    /// their counts (metric `wasmgate_rate_limiting_evictions_total`).
+    pub evicted: u32,
+    /// The request passes without being counted: every write lost its race against other
+    /// workers (metric `wasmgate_rate_limiting_uncounted_total`).
+    pub uncounted: bool,
+}
+
+impl Decision {
+    fn of(verdict: Verdict) -> Decision {
+        Decision {
+            verdict,
+            error: None,
+            evicted: 0,
+            uncounted: false,
+        }
+    }
 }
 
 /// One configured plugin instance.
@@ -55,17 +102,19 @@ pub enum Verdict {
 pub struct Limiter {
     pub config: Config,
     /// Prefix of every shared-data key of this instance.
-    pub scope: String,
+    pub scope: Vec<u8>,
 }
 
 impl Limiter {
-    /// `instance` names the plugin instance within its VM's shared data (the adapter uses
-    /// Envoy's `plugin_name` and a fingerprint of the configuration).
-    pub fn new(config: Config, instance: &str) -> Limiter {
-        Limiter {
-            config,
-            scope: format!("{}|{instance}", crate::PLUGIN_NAME),
-        }
+    /// `plugin_name` is the host's stable name of the plugin instance (Envoy's `plugin_name`
+    /// property). The counters belong to it alone: not to the configuration, so a new
+    /// `error_message`, a raised limit or an added window keeps the current usage, as in Kong.
+    pub fn new(config: Config, plugin_name: &[u8]) -> Limiter {
+        let mut scope = Vec::with_capacity(crate::PLUGIN_NAME.len() + 1 + plugin_name.len());
+        scope.extend_from_slice(crate::PLUGIN_NAME.as_bytes());
+        scope.push(b'|');
+        scope.extend_from_slice(plugin_name);
+        Limiter { config, scope }
     }
 
     pub fn needs(&self) -> Need {
@@ -73,96 +122,134 @@ impl Limiter {
             LimitBy::Service => Need::Cluster,
             LimitBy::Header => Need::Header,
             LimitBy::Path => Need::Path,
-            LimitBy::Consumer | LimitBy::Credential | LimitBy::ConsumerGroup | LimitBy::Ip => {
-                Need::Nothing
-            }
+            LimitBy::Consumer | LimitBy::Credential | LimitBy::Ip => Need::Nothing,
         }
     }
 
     /// Kong's `get_identifier`: the configured entity, else the client IP. No plugin sets a
     /// consumer or credential yet, so those fall back to the IP as in Kong without auth.
-    pub fn identifier<'a>(&self, request: &RequestInfo<'a>) -> &'a str {
+    /// `path` is Kong's normalised path (`kong.request.get_path()`) compared with
+    /// `config.path` as configured.
+    pub fn identifier<'a>(&'a self, request: &RequestInfo<'a>) -> (Source, &'a [u8]) {
         let chosen = match self.config.limit_by {
-            LimitBy::Service => request.cluster,
-            LimitBy::Header => request.header,
+            LimitBy::Service => request.cluster.map(|c| (Source::Service, c)),
+            LimitBy::Header => request.header.map(|h| (Source::Header, h)),
             LimitBy::Path => request
                 .path
-                .map(|p| p.split(['?', '#']).next().unwrap_or(p))
-                .filter(|p| Some(*p) == self.config.path.as_deref()),
-            LimitBy::Consumer | LimitBy::Credential | LimitBy::ConsumerGroup | LimitBy::Ip => None,
+                .zip(self.config.path.as_deref())
+                .filter(|(raw, configured)| {
+                    kit::path::normalize(without_query(raw)) == configured.as_bytes()
+                })
+                .map(|(_, configured)| (Source::Path, configured.as_bytes())),
+            LimitBy::Consumer | LimitBy::Credential | LimitBy::Ip => None,
         };
-        chosen.unwrap_or_else(|| client_ip(request.source_address.unwrap_or("")))
+        chosen.unwrap_or_else(|| (Source::Ip, client_ip(request.source_address.unwrap_or(b""))))
     }
 
-    /// Decides one request at the time `now_ms()` gives (Unix milliseconds).
+    /// Decides one request at the time `now_ms()` gives (Unix milliseconds). `hash_key` is the
+    /// process's identifier hash key ([`crate::store::hash_key`]).
     pub fn decide(
         &self,
         store: &dyn Store,
+        hash_key: &SipKey,
         request: &RequestInfo<'_>,
         now_ms: &mut dyn FnMut() -> i64,
-    ) -> Verdict {
-        let identifier = self.identifier(request);
-        let config = &self.config;
+    ) -> Decision {
+        let (source, identifier) = self.identifier(request);
+        let owner = siphash128(hash_key, &[&[source.code()], identifier]);
         let mut at = 0;
         let mut clock = || {
             at = now_ms();
             at
         };
-        match check_and_count(store, config, &self.scope, identifier, &mut clock) {
-            Counted::Decided(eval) => {
-                let (mut headers, reset) = if config.hide_client_headers {
-                    (Vec::new(), 0)
-                } else {
-                    headers(config, &eval, at)
-                };
-                if eval.stop.is_none() {
-                    return Verdict::Allow { headers, log: None };
-                }
-                if !config.hide_client_headers {
-                    headers.push(("Retry-After".into(), reset.to_string()));
-                }
-                let mut response =
-                    kong_error(config.error_code, &config.error_message, request.accept.map(str::as_bytes));
-                response.headers.extend(headers);
-                Verdict::Reject {
-                    response,
-                    log: None,
-                }
-            }
-            Counted::Failed(problem) => {
-                let log = Some(format!("failed to get usage: {problem}"));
-                if config.fault_tolerant {
-                    Verdict::Allow {
-                        headers: Vec::new(),
-                        log,
-                    }
-                } else {
-                    Verdict::Reject {
-                        response: kong_error(500, UNEXPECTED_ERROR, request.accept.map(str::as_bytes)),
-                        log,
-                    }
-                }
-            }
+        match check_and_count(store, &self.config, &self.scope, owner, &mut clock) {
+            Counted::Decided { eval, evicted } => Decision {
+                evicted,
+                ..self.respond(&eval, at, request.accept)
+            },
+            Counted::Uncounted(eval) => Decision {
+                uncounted: true,
+                ..self.respond(&eval, at, request.accept)
+            },
+            Counted::Failed(problem) => self.store_failed(&problem, request.accept),
         }
+    }
+
+    /// Kong's answer when the counters cannot be had: the request passes when
+    /// `fault_tolerant` (without headers), else 500. Logged either way.
+    pub fn store_failed(&self, problem: &str, accept: Option<&[u8]>) -> Decision {
+        let verdict = if self.config.fault_tolerant {
+            Verdict::Allow {
+                headers: Vec::new(),
+            }
+        } else {
+            Verdict::Reject {
+                response: kong_error(500, UNEXPECTED_ERROR, accept),
+            }
+        };
+        Decision {
+            error: Some(format!("failed to get usage: {problem}")),
+            ..Decision::of(verdict)
+        }
+    }
+
+    fn respond(&self, eval: &Evaluation, now_ms: i64, accept: Option<&[u8]>) -> Decision {
+        let config = &self.config;
+        let (mut headers, reset) = if config.hide_client_headers {
+            (Vec::new(), 0)
+        } else {
+            headers(config, eval, now_ms)
+        };
+        if eval.stop.is_none() {
+            return Decision::of(Verdict::Allow { headers });
+        }
+        if !config.hide_client_headers {
+            headers.push(("Retry-After".into(), reset.to_string()));
+        }
+        // Kong sets the headers before `kong.response.error`, which refuses a status outside
+        // 400-599; its runloop then answers 500 and the headers stay.
+        let (mut response, error) = match config.rejection_status() {
+            Some(status) => (kong_error(status, &config.error_message, accept), None),
+            None => (
+                kong_error(500, UNEXPECTED_ERROR, accept),
+                Some("code must be a number between 400 and 599".to_owned()),
+            ),
+        };
+        response.headers.extend(headers);
+        Decision {
+            error,
+            ..Decision::of(Verdict::Reject { response })
+        }
+    }
+}
+
+/// `kong.request.get_raw_path()`: the path up to the first `?` after its first byte.
+fn without_query(path: &[u8]) -> &[u8] {
+    match path.iter().skip(1).position(|&b| b == b'?') {
+        Some(i) => path.get(..=i).unwrap_or(path),
+        None => path,
     }
 }
 
 /// The IP of an `IP:port` or `[IPv6]:port` address (an address without a port is returned
 /// as it is).
-pub fn client_ip(address: &str) -> &str {
-    if let Some(rest) = address.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+pub fn client_ip(address: &[u8]) -> &[u8] {
+    if let Some(rest) = address.strip_prefix(b"[") {
+        return rest.split(|&b| b == b']').next().unwrap_or(rest);
     }
-    let bytes = address.as_bytes();
-    match bytes.iter().position(|&b| b == b':') {
+    match address.iter().position(|&b| b == b':') {
         // Exactly one colon, digits after it: IPv4 and port.
-        Some(colon)
-            if bytes[colon + 1..].iter().all(u8::is_ascii_digit)
-                && !bytes[..colon].contains(&b':') =>
-        {
-            address.get(..colon).unwrap_or(address)
-        }
-        _ => address,
+        Some(colon) => match address.split_at_checked(colon) {
+            Some((ip, port))
+                if port
+                    .get(1..)
+                    .is_some_and(|p| p.iter().all(u8::is_ascii_digit)) =>
+            {
+                ip
+            }
+            _ => address,
+        },
+        None => address,
     }
 }
 
@@ -174,12 +261,13 @@ mod tests {
     use crate::{Period, WindowType};
 
     const T0_MS: i64 = 1_709_208_000_000 + 15_250; // 12:00:15.250
+    const KEY: SipKey = [7; 16];
 
     fn limiter(json: &str) -> Limiter {
-        Limiter::new(Config::parse(json.as_bytes()).unwrap(), "test")
+        Limiter::new(Config::parse(json.as_bytes()).unwrap(), b"test")
     }
 
-    fn peer(address: &str) -> RequestInfo<'_> {
+    fn peer(address: &[u8]) -> RequestInfo<'_> {
         RequestInfo {
             source_address: Some(address),
             ..Default::default()
@@ -193,61 +281,197 @@ mod tests {
             .map(|(_, v)| v.as_str())
     }
 
+    fn decide(l: &Limiter, store: &dyn Store, request: &RequestInfo<'_>, now: i64) -> Decision {
+        l.decide(store, &KEY, request, &mut || now)
+    }
+
+    fn allowed(decision: &Decision) -> bool {
+        matches!(decision.verdict, Verdict::Allow { .. })
+    }
+
     #[test]
     fn client_ips_drop_the_port() {
-        assert_eq!(client_ip("10.1.2.3:5555"), "10.1.2.3");
-        assert_eq!(client_ip("[::1]:80"), "::1");
-        assert_eq!(client_ip("[2001:db8::7]:65535"), "2001:db8::7");
-        assert_eq!(client_ip("10.1.2.3"), "10.1.2.3");
-        assert_eq!(client_ip("2001:db8::7"), "2001:db8::7");
-        assert_eq!(client_ip(""), "");
+        assert_eq!(client_ip(b"10.1.2.3:5555"), b"10.1.2.3");
+        assert_eq!(client_ip(b"[::1]:80"), b"::1");
+        assert_eq!(client_ip(b"[2001:db8::7]:65535"), b"2001:db8::7");
+        assert_eq!(client_ip(b"10.1.2.3"), b"10.1.2.3");
+        assert_eq!(client_ip(b"2001:db8::7"), b"2001:db8::7");
+        assert_eq!(client_ip(b""), b"");
+        assert_eq!(client_ip(b"["), b"");
+        assert_eq!(client_ip(b"\xff:\xfe"), b"\xff:\xfe");
     }
 
     #[test]
     fn identifiers_follow_limit_by_and_fall_back_to_the_ip() {
         let request = RequestInfo {
-            source_address: Some("10.0.0.9:4000"),
-            cluster: Some("backend"),
-            header: Some("team-a"),
-            path: Some("/v1/items?page=2"),
+            source_address: Some(b"10.0.0.9:4000"),
+            cluster: Some(b"backend"),
+            header: Some(b"team-a"),
+            path: Some(b"/v1/items?page=2"),
             accept: None,
         };
-        let id = |json: &str| limiter(json).identifier(&request).to_owned();
-        assert_eq!(id(r#"{"second":1}"#), "10.0.0.9");
-        assert_eq!(id(r#"{"second":1,"limit_by":"credential"}"#), "10.0.0.9");
+        let id = |json: &str| {
+            let l = limiter(json);
+            let (source, id) = l.identifier(&request);
+            (source, id.to_vec())
+        };
+        let ip = (Source::Ip, b"10.0.0.9".to_vec());
+        assert_eq!(id(r#"{"second":1}"#), ip);
+        assert_eq!(id(r#"{"second":1,"limit_by":"credential"}"#), ip);
+        assert_eq!(id(r#"{"second":1,"limit_by":"ip"}"#), ip);
         assert_eq!(
-            id(r#"{"second":1,"limit_by":"consumer-group"}"#),
-            "10.0.0.9"
+            id(r#"{"second":1,"limit_by":"service"}"#),
+            (Source::Service, b"backend".to_vec())
         );
-        assert_eq!(id(r#"{"second":1,"limit_by":"ip"}"#), "10.0.0.9");
-        assert_eq!(id(r#"{"second":1,"limit_by":"service"}"#), "backend");
         assert_eq!(
             id(r#"{"second":1,"limit_by":"header","header_name":"x-team"}"#),
-            "team-a"
+            (Source::Header, b"team-a".to_vec())
         );
         assert_eq!(
             id(r#"{"second":1,"limit_by":"path","path":"/v1/items"}"#),
-            "/v1/items"
+            (Source::Path, b"/v1/items".to_vec())
         );
-        assert_eq!(
-            id(r#"{"second":1,"limit_by":"path","path":"/v1"}"#),
-            "10.0.0.9"
-        );
-        let bare = peer("10.0.0.9:4000");
+        assert_eq!(id(r#"{"second":1,"limit_by":"path","path":"/v1"}"#), ip);
+        let bare = peer(b"10.0.0.9:4000");
         let l = limiter(r#"{"second":1,"limit_by":"header","header_name":"x-team"}"#);
-        assert_eq!(l.identifier(&bare), "10.0.0.9");
+        assert_eq!(l.identifier(&bare), (Source::Ip, &b"10.0.0.9"[..]));
         assert_eq!(l.needs(), Need::Header);
+    }
+
+    /// Review #1: every identifier source and Accept are bytes; nothing a client sends can
+    /// make the decision fail, and bytes outside UTF-8 are never merged by a lossy conversion.
+    #[test]
+    fn no_byte_sequence_makes_a_request_fail() {
+        let store = MemoryStore::default();
+        let l = limiter(r#"{"minute":1,"limit_by":"header","header_name":"x-key"}"#);
+        let keyed = |value: &'static [u8]| RequestInfo {
+            source_address: Some(b"\xff[:]"),
+            header: Some(value),
+            accept: Some(b"\xff\xfe, text/\xe9;q=\xff"),
+            ..Default::default()
+        };
+        assert!(allowed(&decide(&l, &store, &keyed(b"\xff"), T0_MS)));
+        // "\xfe" and "\xe9" would both be U+FFFD after a lossy conversion: own budgets.
+        assert!(allowed(&decide(&l, &store, &keyed(b"\xfe"), T0_MS)));
+        assert!(allowed(&decide(&l, &store, &keyed(b"\xe9"), T0_MS)));
+        assert!(allowed(&decide(&l, &store, &keyed(b"\xc3\xa9"), T0_MS)));
+        let Verdict::Reject { response } = decide(&l, &store, &keyed(b"\xff"), T0_MS).verdict
+        else {
+            panic!("must be rejected")
+        };
+        assert_eq!(response.status, 429);
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/json; charset=utf-8")
+        );
+        let by_path = limiter(r#"{"minute":1,"limit_by":"path","path":"/a"}"#);
+        for path in [
+            &b"\xff"[..],
+            b"/%ff%",
+            b"",
+            b"?",
+            b"/a\x00",
+            b"/\xc0\xaf..%2f",
+        ] {
+            let request = RequestInfo {
+                path: Some(path),
+                ..peer(b"1.1.1.1:1")
+            };
+            decide(&by_path, &store, &request, T0_MS);
+        }
+    }
+
+    /// Review #7: Kong compares its normalised path, so the spellings of one path are one
+    /// budget, whoever sends them.
+    #[test]
+    fn limit_by_path_compares_kongs_normalised_path() {
+        let store = MemoryStore::default();
+        let l = limiter(r#"{"minute":4,"limit_by":"path","path":"/v1/items"}"#);
+        let spellings: [&[u8]; 5] = [
+            b"/v1//items",
+            b"/v1/%69tems",
+            b"/v1/./items?page=2",
+            b"/v1/x/../items",
+            b"/v1/items",
+        ];
+        let results: Vec<bool> = spellings
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let address = format!("10.0.0.{i}:1000");
+                let request = RequestInfo {
+                    path: Some(path),
+                    ..peer(address.as_bytes())
+                };
+                allowed(&decide(&l, &store, &request, T0_MS))
+            })
+            .collect();
+        assert_eq!(results, [true, true, true, true, false]);
+        // A query is not part of the path, an encoded `?` or `/` is.
+        for other in [&b"/v1/items%3F"[..], b"/v1%2Fitems", b"/V1/items"] {
+            let request = RequestInfo {
+                path: Some(other),
+                ..peer(b"10.0.0.1:1")
+            };
+            assert_eq!(l.identifier(&request).0, Source::Ip, "{other:?}");
+        }
+    }
+
+    /// Review #6: the counters belong to the plugin instance's name, not to its configuration.
+    #[test]
+    fn a_configuration_change_keeps_the_usage() {
+        let store = MemoryStore::default();
+        let before = Limiter::new(Config::parse(br#"{"minute":3}"#).unwrap(), b"rl");
+        let client = peer(b"1.1.1.1:1");
+        for _ in 0..3 {
+            assert!(allowed(&decide(&before, &store, &client, T0_MS)));
+        }
+        assert!(!allowed(&decide(&before, &store, &client, T0_MS)));
+        let after = Limiter::new(
+            Config::parse(br#"{"minute":5,"error_message":"x"}"#).unwrap(),
+            b"rl",
+        );
+        assert_eq!(after.scope, before.scope);
+        let Verdict::Allow { headers } = decide(&after, &store, &client, T0_MS).verdict else {
+            panic!("room for 2 more")
+        };
+        assert_eq!(header(&headers, "x-ratelimit-remaining-minute"), Some("1"));
+        assert!(allowed(&decide(&after, &store, &client, T0_MS)));
+        let Verdict::Reject { response } = decide(&after, &store, &client, T0_MS).verdict else {
+            panic!("must be rejected")
+        };
+        assert_eq!(response.body, br#"{"message":"x"}"#);
+        // Another instance has its own counters.
+        let other = Limiter::new(Config::parse(br#"{"minute":3}"#).unwrap(), b"rl-2");
+        assert!(allowed(&decide(&other, &store, &client, T0_MS)));
+    }
+
+    #[test]
+    fn a_header_value_never_shares_a_budget_with_an_ip() {
+        let store = MemoryStore::default();
+        let l = limiter(r#"{"minute":1,"limit_by":"header","header_name":"x-key"}"#);
+        let by_ip = peer(b"10.0.0.1:1");
+        let by_header = RequestInfo {
+            header: Some(b"10.0.0.1"),
+            ..peer(b"10.0.0.2:1")
+        };
+        assert!(allowed(&decide(&l, &store, &by_ip, T0_MS)));
+        assert!(allowed(&decide(&l, &store, &by_header, T0_MS)));
+        assert!(!allowed(&decide(&l, &store, &by_ip, T0_MS)));
     }
 
     #[test]
     fn an_allowed_request_gets_kongs_headers() {
         let store = MemoryStore::default();
         let l = limiter(r#"{"second": 2, "minute": 10}"#);
-        let Verdict::Allow { headers, log } = l.decide(&store, &peer("1.1.1.1:1"), &mut || T0_MS)
-        else {
+        let decision = decide(&l, &store, &peer(b"1.1.1.1:1"), T0_MS);
+        assert_eq!(
+            (decision.error, decision.evicted, decision.uncounted),
+            (None, 0, false)
+        );
+        let Verdict::Allow { headers } = decision.verdict else {
             panic!("must be allowed")
         };
-        assert_eq!(log, None);
         assert_eq!(header(&headers, "X-RateLimit-Limit-Second"), Some("2"));
         assert_eq!(header(&headers, "X-RateLimit-Remaining-Second"), Some("1"));
         assert_eq!(header(&headers, "X-RateLimit-Limit-Minute"), Some("10"));
@@ -262,12 +486,8 @@ mod tests {
     fn a_rejection_is_kongs_429_with_headers_and_retry_after() {
         let store = MemoryStore::default();
         let l = limiter(r#"{"minute": 1}"#);
-        let mut now = || T0_MS;
-        assert!(matches!(
-            l.decide(&store, &peer("1.1.1.1:1"), &mut now),
-            Verdict::Allow { .. }
-        ));
-        let Verdict::Reject { response, .. } = l.decide(&store, &peer("1.1.1.1:2"), &mut now)
+        assert!(allowed(&decide(&l, &store, &peer(b"1.1.1.1:1"), T0_MS)));
+        let Verdict::Reject { response } = decide(&l, &store, &peer(b"1.1.1.1:2"), T0_MS).verdict
         else {
             panic!("must be rejected")
         };
@@ -282,10 +502,7 @@ mod tests {
         assert_eq!(response.header("ratelimit-reset"), Some("45"));
         assert_eq!(response.header("retry-after"), Some("45"));
         // Another IP has its own budget.
-        assert!(matches!(
-            l.decide(&store, &peer("2.2.2.2:1"), &mut now),
-            Verdict::Allow { .. }
-        ));
+        assert!(allowed(&decide(&l, &store, &peer(b"2.2.2.2:1"), T0_MS)));
     }
 
     #[test]
@@ -295,16 +512,16 @@ mod tests {
             r#"{"second": 1, "error_code": 503, "error_message": "slow down",
                 "hide_client_headers": true}"#,
         );
-        let mut now = || T0_MS;
-        let Verdict::Allow { headers, .. } = l.decide(&store, &peer("1.1.1.1:1"), &mut now) else {
+        let Verdict::Allow { headers } = decide(&l, &store, &peer(b"1.1.1.1:1"), T0_MS).verdict
+        else {
             panic!("must be allowed")
         };
         assert!(headers.is_empty());
         let request = RequestInfo {
-            accept: Some("text/plain"),
-            ..peer("1.1.1.1:1")
+            accept: Some(b"text/plain"),
+            ..peer(b"1.1.1.1:1")
         };
-        let Verdict::Reject { response, .. } = l.decide(&store, &request, &mut now) else {
+        let Verdict::Reject { response } = decide(&l, &store, &request, T0_MS).verdict else {
             panic!("must be rejected")
         };
         assert_eq!(response.status, 503);
@@ -312,31 +529,20 @@ mod tests {
         assert_eq!(response.headers.len(), 1, "{:?}", response.headers);
     }
 
-    struct Failing;
-
-    impl Store for Failing {
-        fn get(&self, _key: &str) -> Result<Option<(Vec<u8>, u32)>, u32> {
-            Err(10)
-        }
-        fn set(&self, _key: &str, _value: &[u8], _cas: u32) -> Result<(), SetError> {
-            Err(SetError::Failed(10))
-        }
-    }
-
+    /// Review #17: Kong accepts any `error_code` > 0; `kong.response.error` refuses a status
+    /// outside 400-599 at run time and Kong's runloop answers 500, keeping the headers the
+    /// plugin had set. A fractional status is truncated, as nginx does.
     #[test]
-    fn a_failing_store_passes_when_fault_tolerant_and_answers_500_otherwise() {
-        let tolerant = limiter(r#"{"second": 1}"#);
-        let Verdict::Allow { headers, log } =
-            tolerant.decide(&Failing, &peer("1.1.1.1:1"), &mut || T0_MS)
-        else {
-            panic!("must be allowed")
-        };
-        assert!(headers.is_empty());
-        assert!(log.unwrap().starts_with("failed to get usage"));
-        let strict = limiter(r#"{"second": 1, "fault_tolerant": false}"#);
-        let Verdict::Reject { response, log } =
-            strict.decide(&Failing, &peer("1.1.1.1:1"), &mut || T0_MS)
-        else {
+    fn an_error_code_outside_400_to_599_answers_kongs_500() {
+        let store = MemoryStore::default();
+        let l = limiter(r#"{"minute": 1, "error_code": 200}"#);
+        assert!(allowed(&decide(&l, &store, &peer(b"1.1.1.1:1"), T0_MS)));
+        let decision = decide(&l, &store, &peer(b"1.1.1.1:1"), T0_MS);
+        assert_eq!(
+            decision.error.as_deref(),
+            Some("code must be a number between 400 and 599")
+        );
+        let Verdict::Reject { response } = decision.verdict else {
             panic!("must be rejected")
         };
         assert_eq!(response.status, 500);
@@ -344,7 +550,87 @@ mod tests {
             response.body,
             br#"{"message":"An unexpected error occurred"}"#
         );
-        assert!(log.is_some());
+        assert_eq!(response.header("retry-after"), Some("45"));
+        let fractional = limiter(r#"{"minute": 1, "error_code": 429.9}"#);
+        decide(&fractional, &store, &peer(b"2.2.2.2:1"), T0_MS);
+        let Verdict::Reject { response } =
+            decide(&fractional, &store, &peer(b"2.2.2.2:1"), T0_MS).verdict
+        else {
+            panic!("must be rejected")
+        };
+        assert_eq!(response.status, 429);
+    }
+
+    struct Failing;
+
+    impl Store for Failing {
+        fn get(&self, _key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, u32> {
+            Err(10)
+        }
+        fn set(&self, _key: &[u8], _value: &[u8], _cas: u32) -> Result<(), SetError> {
+            Err(SetError::Failed(10))
+        }
+    }
+
+    #[test]
+    fn a_failing_store_passes_when_fault_tolerant_and_answers_500_otherwise() {
+        let tolerant = limiter(r#"{"second": 1}"#);
+        let decision = decide(&tolerant, &Failing, &peer(b"1.1.1.1:1"), T0_MS);
+        assert_eq!(
+            decision.verdict,
+            Verdict::Allow {
+                headers: Vec::new()
+            }
+        );
+        assert!(decision.error.unwrap().starts_with("failed to get usage"));
+        let strict = limiter(r#"{"second": 1, "fault_tolerant": false}"#);
+        let decision = decide(&strict, &Failing, &peer(b"1.1.1.1:1"), T0_MS);
+        let Verdict::Reject { response } = decision.verdict else {
+            panic!("must be rejected")
+        };
+        assert_eq!(response.status, 500);
+        assert_eq!(
+            response.body,
+            br#"{"message":"An unexpected error occurred"}"#
+        );
+        assert!(decision.error.is_some());
+    }
+
+    /// A store where every write loses its race (other workers keep writing the bucket).
+    struct Contended(MemoryStore);
+
+    impl Store for Contended {
+        fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, u32> {
+            self.0.get(key)
+        }
+        fn set(&self, _key: &[u8], _value: &[u8], _cas: u32) -> Result<(), SetError> {
+            Err(SetError::CasMismatch)
+        }
+    }
+
+    /// Review #12: a request whose every write lost its race passes (contention is not an
+    /// unreachable store, so not `fault_tolerant`'s 500), with the headers of the last read,
+    /// and says it was not counted.
+    #[test]
+    fn a_lost_race_storm_passes_uncounted_and_says_so() {
+        for json in [
+            r#"{"minute": 5}"#,
+            r#"{"minute": 5, "fault_tolerant": false}"#,
+        ] {
+            let l = limiter(json);
+            let decision = decide(
+                &l,
+                &Contended(MemoryStore::default()),
+                &peer(b"1.1.1.1:1"),
+                T0_MS,
+            );
+            assert!(decision.uncounted, "{json}");
+            assert_eq!(decision.error, None);
+            let Verdict::Allow { headers } = decision.verdict else {
+                panic!("must be allowed: {json}")
+            };
+            assert_eq!(header(&headers, "x-ratelimit-remaining-minute"), Some("4"));
+        }
     }
 
     #[test]
@@ -353,11 +639,11 @@ mod tests {
         let mut l = limiter(r#"{"second": 10, "window_type": "sliding"}"#);
         assert_eq!(l.config.window_type, WindowType::Sliding);
         for _ in 0..10 {
-            l.decide(&store, &peer("1.1.1.1:1"), &mut || T0_MS);
+            decide(&l, &store, &peer(b"1.1.1.1:1"), T0_MS);
         }
         // 0.35 s into the next second: 10 * 0.65 = 6.5 still count; 10 - 6.5 - 1 = 2.5.
-        let Verdict::Allow { headers, .. } =
-            l.decide(&store, &peer("1.1.1.1:1"), &mut || T0_MS + 1_100)
+        let Verdict::Allow { headers } =
+            decide(&l, &store, &peer(b"1.1.1.1:1"), T0_MS + 1_100).verdict
         else {
             panic!("must be allowed")
         };
