@@ -2,9 +2,10 @@
 //! Kong's rate-limiting-advanced), counted in proxy-wasm shared data so that the limit holds
 //! across every worker thread of one proxy.
 //!
-//! [`config`], [`window`], [`counters`], [`store`] and [`limiter`] are the pure core (tested
-//! natively, including a multi-threaded run against a store with Envoy's semantics);
-//! `filter` is the proxy-wasm adapter.
+//! [`config`], [`window`], [`counters`], [`store`] (with its keyed hash, [`siphash`]) and
+//! [`limiter`] are the pure core, tested natively, including multi-threaded runs against a
+//! store with Envoy's semantics; `filter` is the proxy-wasm adapter. The store's codec
+//! ([`store::Bucket::encode`] / [`store::Bucket::decode`]) is total, for fuzzing.
 
 pub mod config;
 pub mod counters;
