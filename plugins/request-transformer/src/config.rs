@@ -1,5 +1,5 @@
 //! The plugin's configuration: Kong's fields, defaults and messages, plus wasmgate's secret
-//! references and body-buffering settings.
+//! references, body settings and the route paths a data plane ships for `uri_captures`.
 //!
 //! Entries are `name:value` strings parsed as Kong does (`^([^:]+):*(.-)$`: the name runs to
 //! the first colon, the colons right after it are dropped, the rest is the value and may hold
@@ -7,7 +7,9 @@
 //! once, from the environment the caller passes (the module's WASI environment in Envoy).
 
 use kit::schema::{self, ConfigError, Record};
+use serde_json::Value;
 
+use crate::captures::RoutePaths;
 use crate::template::{Source, Template};
 
 /// The five operations on one target (headers, query string or body), in Kong's order.
@@ -15,11 +17,14 @@ use crate::template::{Source, Template};
 pub struct Ops {
     /// Names (lower-case for headers).
     pub remove: Vec<String>,
-    /// `(old, new)` names.
-    pub rename: Vec<(String, String)>,
-    pub replace: Vec<(String, Template)>,
-    pub add: Vec<(String, Template)>,
-    pub append: Vec<(String, Template)>,
+    /// `(old, new)`: the new name is a template for the body and query string (Kong renders
+    /// it), a plain lower-case name for headers.
+    pub rename: Vec<(String, Template)>,
+    /// `None` is Kong's entry without a value (`X-A:`), allowed for headers only: Kong's
+    /// header table gets nil for it.
+    pub replace: Vec<(String, Option<Template>)>,
+    pub add: Vec<(String, Option<Template>)>,
+    pub append: Vec<(String, Option<Template>)>,
 }
 
 impl Ops {
@@ -31,12 +36,20 @@ impl Ops {
             && self.append.is_empty()
     }
 
+    /// Whether an operation removes or rewrites what the client sent (so a request whose
+    /// body cannot be edited safely must not pass unchanged).
+    pub fn sanitises(&self) -> bool {
+        !(self.remove.is_empty() && self.rename.is_empty() && self.replace.is_empty())
+    }
+
     fn templates(&self) -> impl Iterator<Item = &Template> {
-        self.replace
-            .iter()
-            .chain(&self.add)
-            .chain(&self.append)
-            .map(|(_, t)| t)
+        self.rename.iter().map(|(_, t)| t).chain(
+            self.replace
+                .iter()
+                .chain(&self.add)
+                .chain(&self.append)
+                .filter_map(|(_, t)| t.as_ref()),
+        )
     }
 }
 
@@ -45,6 +58,17 @@ impl Ops {
 /// slack matters for chunked bodies: the filter learns the running total only after Envoy has
 /// buffered the chunk that crosses the limit, and one dispatch can carry many chunks.
 pub const DEFAULT_BODY_BUFFER_LIMIT: u64 = 768 << 10;
+
+/// `wasmgate.unparsable_body`: what happens to a body that a `remove`, `rename` or `replace`
+/// applies to but that cannot be edited safely (too large, strict parse fails, ambiguous).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnparsableBody {
+    /// Answer 413 / 415 / 400 (Kong's error format): the upstream never sees the body.
+    #[default]
+    Refuse,
+    /// Pass it on unchanged, as Kong does with a body it cannot decode.
+    Pass,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -55,12 +79,17 @@ pub struct Config {
     pub body: Ops,
     /// `replace.uri`: the new upstream path.
     pub replace_uri: Option<Template>,
-    /// wasmgate: bodies larger than this are passed on unchanged, never buffered whole.
+    /// wasmgate: bodies larger than this are never buffered whole.
     pub body_buffer_limit: u64,
     /// wasmgate: the data plane lets the filter hold the request headers until the body has
     /// arrived (Envoy: `allow_on_headers_stop_iteration: true`). Then a rewritten body gets an
     /// exact Content-Length, and `http_method` GET/HEAD/TRACE moves form fields to the query.
     pub hold_headers: bool,
+    /// wasmgate: see [`UnparsableBody`].
+    pub unparsable_body: UnparsableBody,
+    /// wasmgate: each route's Kong regex paths, set by the data plane's translation; required
+    /// when a template reads `uri_captures`.
+    pub route_paths: Option<RoutePaths>,
 }
 
 impl Default for Config {
@@ -73,6 +102,8 @@ impl Default for Config {
             replace_uri: None,
             body_buffer_limit: DEFAULT_BODY_BUFFER_LIMIT,
             hold_headers: false,
+            unparsable_body: UnparsableBody::Refuse,
+            route_paths: None,
         }
     }
 }
@@ -93,12 +124,12 @@ impl Target {
     ];
 }
 
-/// RFC 9110 token characters.
-pub fn is_token(name: &str) -> bool {
+/// Kong's `validate_header_name`: `^[a-zA-Z0-9-_]+$`.
+pub fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A header value may not hold CR, LF, NUL or other control characters (tab is allowed).
@@ -185,6 +216,14 @@ enum Op {
     Value,
 }
 
+/// One operation's entries for the three targets, before they go to their [`Ops`].
+#[derive(Default)]
+struct Entries {
+    remove: Vec<String>,
+    rename: Vec<(String, Template)>,
+    values: Vec<(String, Option<Template>)>,
+}
+
 struct Reader<'e> {
     env: &'e dyn Fn(&str) -> Option<String>,
 }
@@ -211,20 +250,22 @@ impl Reader<'_> {
         }
     }
 
-    /// Reads one `{body, headers, querystring}` record of an operation.
+    /// Reads one `{body, headers, querystring}` record of an operation, in that order.
     fn ops_record(
         &self,
         r: &mut Record<'_>,
         op: Op,
         with_uri: bool,
-    ) -> (Ops, Ops, Ops, Option<Template>) {
-        let mut out = [Ops::default(), Ops::default(), Ops::default()];
+    ) -> ([Entries; 3], Option<Template>) {
+        let mut out: [Entries; 3] = Default::default();
         for (i, (key, target)) in Target::ALL.iter().enumerate() {
             let entries = r.string_array(key);
             let base = r.path_of(key);
             for (n, entry) in entries.into_iter().enumerate() {
                 let path = format!("{base}.{}", n + 1);
-                self.entry(r, &path, entry, op, *target, &mut out[i]);
+                if let Some(slot) = out.get_mut(i) {
+                    self.entry(r, &path, entry, op, *target, slot);
+                }
             }
         }
         let uri = if with_uri {
@@ -235,10 +276,12 @@ impl Reader<'_> {
         } else {
             None
         };
-        let [body, headers, querystring] = out;
-        (headers, querystring, body, uri)
+        (out, uri)
     }
 
+    /// Kong's per-element checks, in its order: the string's length, the `match` pattern of
+    /// header entries that need a colon, `validate_header_name` on names (and on rename
+    /// targets), then the value's template.
     fn entry(
         &self,
         r: &Record<'_>,
@@ -246,81 +289,107 @@ impl Reader<'_> {
         entry: &str,
         op: Op,
         target: Target,
-        ops: &mut Ops,
+        out: &mut Entries,
     ) {
+        let error = |message: String| r.error_at(path.to_owned(), message);
+        if entry.is_empty() {
+            return error("length must be at least 1".into());
+        }
+        let headers = target == Target::Headers;
+        let needs_colon = headers && op != Op::Remove;
+        if needs_colon && (entry.starts_with(':') || !entry.contains(':')) {
+            return error(format!("invalid value: {}", shown(entry)));
+        }
         let (name, value) = split_entry(entry);
         if name.is_empty() {
-            r.error_at(path.to_owned(), format!("'{}' has no name", shown(entry)));
-            return;
+            // Kong's pattern captures no name: its header validator prints nil, and a body or
+            // query entry fails at run time; refused here for both.
+            return error(if headers {
+                "'nil' is not a valid header".into()
+            } else {
+                format!("'{}' has no name", shown(entry))
+            });
         }
-        if target == Target::Headers && !is_token(name) {
-            r.error_at(
-                path.to_owned(),
-                format!("'{}' is not a valid header", shown(name)),
-            );
-            return;
+        if headers && !is_header_name(name) {
+            return error(format!("'{}' is not a valid header", shown(name)));
         }
-        let name_key = if target == Target::Headers {
+        let name_key = if headers {
             name.to_ascii_lowercase()
         } else {
             name.to_owned()
         };
         match op {
-            Op::Remove => ops.remove.push(name_key),
+            Op::Remove => out.remove.push(name_key),
+            Op::Rename if headers => {
+                if !is_header_name(value) {
+                    return error(format!("'{}' is not a valid header", shown(value)));
+                }
+                out.rename
+                    .push((name_key, Template::text(&value.to_ascii_lowercase())));
+            }
             Op::Rename => {
                 if value.is_empty() {
-                    r.error_at(
-                        path.to_owned(),
-                        format!("key '{}' has no value", shown(name)),
-                    );
-                } else if target == Target::Headers && !is_token(value) {
-                    r.error_at(
-                        path.to_owned(),
-                        format!("'{}' is not a valid header", shown(value)),
-                    );
-                } else {
-                    let new = if target == Target::Headers {
-                        value.to_ascii_lowercase()
-                    } else {
-                        value.to_owned()
-                    };
-                    ops.rename.push((name_key, new));
+                    return error(format!("key '{}' has no value", shown(name)));
+                }
+                if let Some(template) = self.template(r, path, value) {
+                    out.rename.push((name_key, template));
                 }
             }
+            Op::Value if headers && value.is_empty() => out.values.push((name_key, None)),
             Op::Value => {
                 if value.is_empty() {
-                    r.error_at(
-                        path.to_owned(),
-                        format!("key '{}' has no value", shown(name)),
-                    );
-                    return;
+                    return error(format!("key '{}' has no value", shown(name)));
                 }
                 let Some(template) = self.template(r, path, value) else {
                     return;
                 };
-                if target == Target::Headers {
-                    if template.has_secret()
-                        && !template.texts().all(|t| is_header_value(t.as_bytes()))
-                    {
-                        r.error_at(
-                            path.to_owned(),
-                            "a secret it references is not a valid header value",
-                        );
-                        return;
-                    }
-                    if !template.texts().all(|t| is_header_value(t.as_bytes())) {
-                        r.error_at(
-                            path.to_owned(),
-                            format!("'{}' is not a valid header", shown(value)),
-                        );
-                        return;
-                    }
+                if headers && !template.texts().all(|t| is_header_value(t.as_bytes())) {
+                    return error(if template.has_secret() {
+                        "a secret it references is not a valid header value".into()
+                    } else {
+                        format!("'{}' is not a valid header", shown(value))
+                    });
                 }
-                // Values are collected in `add`; `Config::parse` moves them to their operation.
-                ops.add.push((name_key, template));
+                out.values.push((name_key, Some(template)));
             }
         }
     }
+}
+
+/// Reads `wasmgate.route_paths`: `{"<route name>": ["<regex without ~>", ...]}`.
+fn route_paths(w: &mut Record<'_>) -> Option<RoutePaths> {
+    let value = w.value("route_paths")?;
+    let base = w.path_of("route_paths");
+    let Value::Object(map) = value else {
+        w.error("route_paths", "expected a map");
+        return None;
+    };
+    let mut paths = RoutePaths::default();
+    for (route, list) in map {
+        let at = format!("{base}.{route}");
+        let Value::Array(items) = list else {
+            w.error_at(at, "expected an array");
+            continue;
+        };
+        let mut regexes = Vec::with_capacity(items.len());
+        for (n, item) in items.iter().enumerate() {
+            match item.as_str() {
+                Some(regex) => regexes.push(regex),
+                None => w.error_at(format!("{at}.{}", n + 1), "expected a string"),
+            }
+        }
+        if regexes.len() != items.len() {
+            continue;
+        }
+        if let Err((n, why)) = paths.insert(route, &regexes) {
+            let shown_regex = regexes.get(n).map(|r| shown(r)).unwrap_or_default();
+            w.error_at(
+                format!("{at}.{}", n + 1),
+                format!("invalid regex '{shown_regex}': {why}"),
+            );
+        }
+    }
+    Some(paths)
 }
 
 impl Config {
@@ -351,18 +420,21 @@ impl Config {
                 ("add", Op::Value),
                 ("append", Op::Value),
             ] {
-                let (headers, querystring, body, uri) =
-                    r.record(key, |r| reader.ops_record(r, op, key == "replace"));
-                let slot = |ops: &mut Ops, from: Ops| match (op, key) {
-                    (Op::Remove, _) => ops.remove = from.remove,
-                    (Op::Rename, _) => ops.rename = from.rename,
-                    (_, "replace") => ops.replace = from.add,
-                    (_, "add") => ops.add = from.add,
-                    _ => ops.append = from.add,
-                };
-                slot(&mut config.headers, headers);
-                slot(&mut config.querystring, querystring);
-                slot(&mut config.body, body);
+                let (entries, uri) = r.record(key, |r| reader.ops_record(r, op, key == "replace"));
+                let targets = [
+                    &mut config.body,
+                    &mut config.headers,
+                    &mut config.querystring,
+                ];
+                for (ops, entries) in targets.into_iter().zip(entries) {
+                    match key {
+                        "remove" => ops.remove = entries.remove,
+                        "rename" => ops.rename = entries.rename,
+                        "replace" => ops.replace = entries.values,
+                        "add" => ops.add = entries.values,
+                        _ => ops.append = entries.values,
+                    }
+                }
                 if uri.is_some() {
                     config.replace_uri = uri;
                 }
@@ -378,6 +450,22 @@ impl Config {
                     }
                 }
                 config.hold_headers = w.boolean("hold_headers", false);
+                config.unparsable_body = w.one_of(
+                    "unparsable_body",
+                    &[
+                        ("refuse", UnparsableBody::Refuse),
+                        ("pass", UnparsableBody::Pass),
+                    ],
+                    UnparsableBody::Refuse,
+                );
+                config.route_paths = route_paths(w);
+                if config.reads_captures() && config.route_paths.is_none() {
+                    w.error(
+                        "route_paths",
+                        "required: a template reads uri_captures, and the data plane must \
+                         provide each route's regex paths here",
+                    );
+                }
             });
             config
         })
@@ -436,13 +524,17 @@ mod tests {
         fn query(&self, _: &str) -> Option<Vec<u8>> {
             None
         }
-        fn capture(&self, _: &str) -> Result<Option<String>, String> {
-            Ok(None)
+        fn capture(&self, _: &str) -> Option<Vec<u8>> {
+            None
         }
     }
 
     fn text(t: &Template) -> String {
-        String::from_utf8(t.render(&Empty).unwrap()).unwrap()
+        String::from_utf8(t.render(&Empty)).unwrap()
+    }
+
+    fn value(entry: &(String, Option<Template>)) -> String {
+        text(entry.1.as_ref().unwrap())
     }
 
     #[test]
@@ -451,6 +543,8 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.body_buffer_limit, 768 << 10);
         assert!(!c.hold_headers);
+        assert_eq!(c.unparsable_body, UnparsableBody::Refuse);
+        assert_eq!(c.route_paths, None);
         assert_eq!(parse("{}").unwrap(), c);
         assert_eq!(
             parse(r#"{"remove":null,"add":{"headers":null}}"#).unwrap(),
@@ -474,15 +568,97 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.headers.add[0].0, "x-added");
-        assert_eq!(text(&c.headers.add[0].1), "a:b");
-        assert_eq!(text(&c.querystring.add[0].1), "1");
-        assert_eq!(c.headers.rename, vec![("x-old".into(), "x-new".into())]);
-        assert_eq!(c.body.rename, vec![("a".into(), "b".into())]);
+        assert_eq!(value(&c.headers.add[0]), "a:b");
+        assert_eq!(value(&c.querystring.add[0]), "1");
+        assert_eq!(c.headers.rename[0].0, "x-old");
+        assert_eq!(text(&c.headers.rename[0].1), "x-new");
+        assert_eq!(c.body.rename[0].0, "a");
+        assert_eq!(text(&c.body.rename[0].1), "b");
         assert_eq!(c.headers.remove, vec!["x-gone".to_owned()]);
         assert_eq!(c.headers.replace[0].0, "host");
         assert_eq!(c.headers.append.len(), 2);
         assert_eq!(text(c.replace_uri.as_ref().unwrap()), "/new");
         assert_eq!(c.http_method.as_deref(), Some("POST"));
+        assert!(c.body.sanitises() && c.headers.sanitises());
+        assert!(!c.querystring.is_empty() && c.querystring.sanitises());
+        let only_add = parse(r#"{"add":{"body":["p:v"]},"append":{"body":["q:v"]}}"#).unwrap();
+        assert!(!only_add.body.sanitises());
+    }
+
+    #[test]
+    fn header_entries_follow_kongs_schema() {
+        // Review #18: Kong's validate_header_name is `^[a-zA-Z0-9-_]+$`, and an entry with a
+        // colon but no value is valid (a no-op at run time).
+        let c = parse(
+            r#"{"add":{"headers":["X-A:","x_b:1"]},"replace":{"headers":["X-A:"]},
+                "append":{"headers":["X-A:"]},"remove":{"headers":["x-r:ignored"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.headers.add[0], ("x-a".to_owned(), None));
+        assert_eq!(c.headers.replace[0], ("x-a".to_owned(), None));
+        assert_eq!(c.headers.append[0], ("x-a".to_owned(), None));
+        assert_eq!(c.headers.remove, ["x-r"]);
+        let cases = [
+            (
+                r#"{"add":{"headers":["X.Foo:v"]}}"#,
+                "config.add.headers.1: 'X.Foo' is not a valid header",
+            ),
+            (
+                r#"{"add":{"headers":["X!:v"]}}"#,
+                "config.add.headers.1: 'X!' is not a valid header",
+            ),
+            (
+                r#"{"remove":{"headers":["a","b@c"]}}"#,
+                "config.remove.headers.2: 'b@c' is not a valid header",
+            ),
+            (
+                r#"{"remove":{"headers":[":x"]}}"#,
+                "config.remove.headers.1: 'nil' is not a valid header",
+            ),
+            (
+                r#"{"remove":{"headers":[""]}}"#,
+                "config.remove.headers.1: length must be at least 1",
+            ),
+            (
+                r#"{"add":{"headers":["X-A"]}}"#,
+                "config.add.headers.1: invalid value: X-A",
+            ),
+            (
+                r#"{"add":{"headers":[":v"]}}"#,
+                "config.add.headers.1: invalid value: :v",
+            ),
+            (
+                r#"{"rename":{"headers":["a"]}}"#,
+                "config.rename.headers.1: invalid value: a",
+            ),
+            (
+                r#"{"rename":{"headers":["a:"]}}"#,
+                "config.rename.headers.1: '' is not a valid header",
+            ),
+            (
+                r#"{"rename":{"headers":["a:not valid"]}}"#,
+                "config.rename.headers.1: 'not valid' is not a valid header",
+            ),
+            (
+                r#"{"add":{"headers":["X-A:a\r\nb"]}}"#,
+                "config.add.headers.1: 'a\\r\\nb' is not a valid header",
+            ),
+            (
+                r#"{"add":{"headers":["X-A:a\u0000"]}}"#,
+                "config.add.headers.1: 'a\\0' is not a valid header",
+            ),
+        ];
+        for (json, message) in cases {
+            assert_eq!(parse(json).unwrap_err(), message, "{json}");
+        }
+    }
+
+    #[test]
+    fn rename_targets_of_bodies_and_queries_are_templates() {
+        let c = parse(r#"{"rename":{"body":["a:$(headers.x or 'b')"],"querystring":["q:p"]}}"#)
+            .unwrap();
+        assert_eq!(text(&c.body.rename[0].1), "b");
+        assert_eq!(text(&c.querystring.rename[0].1), "p");
     }
 
     #[test]
@@ -494,10 +670,10 @@ mod tests {
                                   "X-Dash:{vault://env/my-secret}"]}}"#,
         )
         .unwrap();
-        assert_eq!(text(&c.headers.replace[0].1), "Bearer t0k3n");
-        assert_eq!(text(&c.headers.add[0].1), "Bearer t0k3n");
-        assert_eq!(text(&c.headers.add[1].1), "u1");
-        assert_eq!(text(&c.headers.add[2].1), "from-dash");
+        assert_eq!(value(&c.headers.replace[0]), "Bearer t0k3n");
+        assert_eq!(value(&c.headers.add[0]), "Bearer t0k3n");
+        assert_eq!(value(&c.headers.add[1]), "u1");
+        assert_eq!(value(&c.headers.add[2]), "from-dash");
         assert!(
             !format!("{c:?}").contains("t0k3n"),
             "secrets are not debug-printed"
@@ -544,15 +720,11 @@ mod tests {
             (r#"{"http_method":"get"}"#, "config.http_method: invalid value: get"),
             (r#"{"http_method":"HELLO!"}"#, "config.http_method: invalid value: HELLO!"),
             (r#"{"http_method":1}"#, "config.http_method: expected a string"),
-            (r#"{"add":{"headers":["X Bad:v"]}}"#, "config.add.headers.1: 'X Bad' is not a valid header"),
-            (r#"{"remove":{"headers":["a","b@c"]}}"#, "config.remove.headers.2: 'b@c' is not a valid header"),
-            (r#"{"rename":{"headers":["a:not valid"]}}"#, "config.rename.headers.1: 'not valid' is not a valid header"),
             (r#"{"rename":{"querystring":["a"]}}"#, "config.rename.querystring.1: key 'a' has no value"),
-            (r#"{"add":{"headers":["X-A:"]}}"#, "config.add.headers.1: key 'X-A' has no value"),
             (r#"{"append":{"body":["p"]}}"#, "config.append.body.1: key 'p' has no value"),
+            (r#"{"add":{"querystring":["q:"]}}"#, "config.add.querystring.1: key 'q' has no value"),
             (r#"{"add":{"querystring":[":v"]}}"#, "config.add.querystring.1: ':v' has no name"),
-            (r#"{"add":{"headers":["X-A:a\r\nb"]}}"#, "config.add.headers.1: 'a\\r\\nb' is not a valid header"),
-            (r#"{"add":{"headers":["X-A:a\u0000"]}}"#, "config.add.headers.1: 'a\\0' is not a valid header"),
+            (r#"{"add":{"body":[""]}}"#, "config.add.body.1: length must be at least 1"),
             (r#"{"add":{"headers":[1]}}"#, "config.add.headers.1: expected a string"),
             (r#"{"add":{"headers":"x:y"}}"#, "config.add.headers: expected an array"),
             (r#"{"add":{"uri":"/x"}}"#, "config.add.uri: unknown field"),
@@ -560,6 +732,11 @@ mod tests {
             (r#"{"remove":{"cookies":[]}}"#, "config.remove.cookies: unknown field"),
             (r#"{"prepend":{}}"#, "config.prepend: unknown field"),
             (r#"{"wasmgate":{"body_buffer_limit":-1}}"#, "config.wasmgate.body_buffer_limit: value must be greater than or equal to 0"),
+            (r#"{"wasmgate":{"unparsable_body":"drop"}}"#, "config.wasmgate.unparsable_body: expected one of: refuse, pass"),
+            (r#"{"wasmgate":{"route_paths":[]}}"#, "config.wasmgate.route_paths: expected a map"),
+            (r#"{"wasmgate":{"route_paths":{"r":"/x"}}}"#, "config.wasmgate.route_paths.r: expected an array"),
+            (r#"{"wasmgate":{"route_paths":{"r":["/x",1]}}}"#, "config.wasmgate.route_paths.r.2: expected a string"),
+            (r#"{"wasmgate":{"uri_captures":{}}}"#, "config.wasmgate.uri_captures: unknown field"),
             (
                 r#"{"add":{"querystring":["q:$(uri_captures user2)"]}}"#,
                 "config.add.querystring.1: value '$(uri_captures user2)' is not in supported format, error: expected '.' or '[' after 'uri_captures'",
@@ -568,6 +745,10 @@ mod tests {
                 r#"{"replace":{"uri":"/$(ERROR())"}}"#,
                 "config.replace.uri: value '/$(ERROR())' is not in supported format, error: unexpected '(' at position 6: only lookups, quoted strings and 'or' are supported",
             ),
+            (
+                r#"{"add":{"headers":["x:$(type(headers.x))"]}}"#,
+                "config.add.headers.1: value '$(type(headers.x))' is not in supported format, error: unexpected '(' at position 5: only lookups, quoted strings and 'or' are supported",
+            ),
         ];
         for (json, message) in cases {
             assert_eq!(parse(json).unwrap_err(), message, "{json}");
@@ -575,18 +756,35 @@ mod tests {
     }
 
     #[test]
-    fn captures_and_form_moves_are_detected() {
-        let c =
-            parse(r#"{"replace":{"uri":"/u/$(uri_captures.id)"},"http_method":"GET"}"#).unwrap();
+    fn uri_captures_need_the_route_paths_from_the_data_plane() {
+        // Review #11: never a silent empty value where the data plane cannot provide them.
+        assert_eq!(
+            parse(r#"{"replace":{"uri":"/u/$(uri_captures.id or 'x')"}}"#).unwrap_err(),
+            "config.wasmgate.route_paths: required: a template reads uri_captures, and the data \
+             plane must provide each route's regex paths here"
+        );
+        let c = parse(
+            r#"{"replace":{"uri":"/u/$(uri_captures.id)"},"http_method":"GET",
+                "wasmgate":{"route_paths":{"users":["/u/(?<id>\\d+)$"],"plain":[]}}}"#,
+        )
+        .unwrap();
         assert!(c.reads_captures());
         assert!(c.moves_form_to_query());
         assert!(c.warning().is_some());
+        let err = parse(r#"{"wasmgate":{"route_paths":{"r":["/ok","/(open"]}}}"#).unwrap_err();
+        assert!(
+            err.starts_with("config.wasmgate.route_paths.r.2: invalid regex '/(open': "),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
         let c = parse(
-            r#"{"http_method":"GET","wasmgate":{"hold_headers":true,"body_buffer_limit":10}}"#,
+            r#"{"http_method":"GET","wasmgate":{"hold_headers":true,"body_buffer_limit":10,
+                "unparsable_body":"pass"}}"#,
         )
         .unwrap();
         assert!(!c.reads_captures());
         assert!(c.warning().is_none());
         assert_eq!(c.body_buffer_limit, 10);
+        assert_eq!(c.unparsable_body, UnparsableBody::Pass);
     }
 }

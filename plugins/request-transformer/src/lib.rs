@@ -3,13 +3,24 @@
 //! `$(...)` templates and secrets referenced as `{vault://env/NAME}`, resolved from the data
 //! plane's environment when the configuration is loaded.
 //!
-//! The pure core: [`config`] (Kong's schema and messages, secret references), [`template`],
-//! the codecs [`urlencoded`], [`json`] and [`multipart`], and [`transform`] (the decisions per
-//! request). [`filter`] is the proxy-wasm adapter.
+//! The pure core: [`config`] (Kong's schema and messages, secret references, route paths),
+//! [`template`], [`captures`], the codecs [`urlencoded`], [`json`] and [`multipart`], and
+//! [`transform`] (the decisions per request); [`stream`] is one request's life against a
+//! host interface, and `filter` the proxy-wasm adapter on the raw ABI ([`abi`]).
+//!
+//! Entry points that parse untrusted bytes, each total (no panic on any input) and bounded
+//! (linear, or n·log n, in its input): [`json::Object::parse`], [`urlencoded::Params::parse`],
+//! [`multipart::Multipart::parse`], [`multipart::boundary`], [`multipart::parameters`],
+//! [`multipart::disposition_name`], [`template::Template::parse`] (configured text),
+//! [`template::Template::render`], [`transform::on_headers`], [`transform::BodyJob::finish`],
+//! [`abi::decode_map`] and [`Config::parse`].
 
+pub mod abi;
+pub mod captures;
 pub mod config;
 pub mod json;
 pub mod multipart;
+pub mod stream;
 pub mod template;
 pub mod transform;
 pub mod urlencoded;

@@ -10,9 +10,11 @@
 //! - quoted literals `"text"` / `'text'`;
 //! - `a or b or "default"`: the first operand that exists (an empty value exists, as in Lua).
 //!
-//! An expression whose operands are all missing renders as an empty string, as Penlight's
-//! `(expr or '')`. Values come from the original request. A bare `$NAME` and an unbalanced
-//! `$(` are literal text, as in Kong.
+//! An expression is `$(` up to the `)` that balances it, counting parentheses and ignoring
+//! quotes (Penlight's `$%b()`). An expression whose operands are all missing renders as an
+//! empty string, as Penlight's `(expr or '')`. Values come from the original request, as
+//! bytes. A bare `$NAME` and an unbalanced `$(` are literal text, as in Kong. Sandboxed Lua
+//! (`$(type(headers.x))`, arithmetic, `shared`) is refused: nothing in a config is executed.
 //!
 //! Beyond Kong, text may hold secret references `{vault://env/NAME}` (Kong's vault syntax,
 //! also inside a longer value such as `Bearer {vault://env/TOKEN}`); they are resolved once,
@@ -76,15 +78,36 @@ pub trait Lookup {
     fn header(&self, name: &str) -> Option<Vec<u8>>;
     /// A decoded query argument (the first of repeated ones), if present.
     fn query(&self, name: &str) -> Option<Vec<u8>>;
-    /// A URI capture by name or by its index digits; `Err` when the data plane's captures
-    /// cannot be read.
-    fn capture(&self, key: &str) -> Result<Option<String>, String>;
+    /// A URI capture by name or by its index digits, if the route's regex captured it.
+    fn capture(&self, key: &str) -> Option<Vec<u8>>;
 }
 
 /// Resolves a secret reference (the text between `{vault://` and `}`) to its value.
 pub type SecretResolver<'a> = &'a dyn Fn(&str) -> Result<String, String>;
 
 const VAULT_PREFIX: &str = "{vault://";
+
+/// For each `(` of `text`, the index of the `)` that balances it, if any: Lua's `%b()`, which
+/// Penlight uses to find `$(...)`, counts parentheses and ignores quotes. One pass, so a
+/// value of many unbalanced `$(` stays linear.
+fn balancing_parens(text: &[u8]) -> Vec<Option<usize>> {
+    let mut closing = vec![None; text.len()];
+    let mut open = Vec::new();
+    for (i, &b) in text.iter().enumerate() {
+        match b {
+            b'(' => open.push(i),
+            b')' => {
+                if let Some(start) = open.pop() {
+                    if let Some(slot) = closing.get_mut(start) {
+                        *slot = Some(i);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    closing
+}
 
 impl Template {
     /// A template of plain text (no expressions, no secrets).
@@ -95,44 +118,40 @@ impl Template {
         }
     }
 
-    /// Parses a configured value. Errors say what is wrong without echoing secret values.
+    /// Parses a configured value (fuzzing entry point): total on any text, linear in its
+    /// length. Errors say what is wrong without echoing secret values.
     pub fn parse(value: &str, secrets: SecretResolver<'_>) -> Result<Template, String> {
+        let closing = balancing_parens(value.as_bytes());
         let mut pieces = Vec::new();
         let mut text = String::new();
         let mut secret = false;
-        let mut rest = value;
-        while !rest.is_empty() {
-            if let Some(after) = rest.strip_prefix("$(") {
-                if let Some(end) = expression_end(after) {
-                    let expr = &after[..end];
+        let mut at = 0;
+        while let Some(rest) = value.get(at..).filter(|r| !r.is_empty()) {
+            if rest.starts_with("$(") {
+                if let Some(end) = closing.get(at + 1).copied().flatten() {
+                    let expr = value.get(at + 2..end).unwrap_or_default();
                     let operands = parse_expression(expr)?;
                     if !text.is_empty() {
                         pieces.push(Piece::Text(std::mem::take(&mut text)));
                     }
                     pieces.push(Piece::Expr(operands));
-                    rest = &after[end + 1..];
+                    at = end + 1;
                     continue;
                 }
-                if balanced_ignoring_quotes(after) {
-                    // Penlight would take this as an expression and fail to compile it.
-                    return Err("unterminated string literal".into());
-                }
                 // Unbalanced: literal text, as Penlight leaves it.
-            } else if rest.starts_with(VAULT_PREFIX) {
-                let Some(end) = rest.find('}') else {
+            } else if let Some(after) = rest.strip_prefix(VAULT_PREFIX) {
+                let Some(end) = after.find('}') else {
                     return Err("unterminated secret reference (missing '}')".into());
                 };
-                let reference = &rest[VAULT_PREFIX.len()..end];
-                text.push_str(&secrets(reference)?);
+                text.push_str(&secrets(after.get(..end).unwrap_or_default())?);
                 secret = true;
-                rest = &rest[end + 1..];
+                at += VAULT_PREFIX.len() + end + 1;
                 continue;
             }
-            let mut chars = rest.chars();
-            if let Some(c) = chars.next() {
+            if let Some(c) = rest.chars().next() {
                 text.push(c);
+                at += c.len_utf8();
             }
-            rest = chars.as_str();
         }
         if !text.is_empty() || pieces.is_empty() {
             pieces.push(Piece::Text(text));
@@ -171,8 +190,9 @@ impl Template {
         })
     }
 
-    /// Renders with request values; `Err` only when captures cannot be read.
-    pub fn render(&self, lookup: &dyn Lookup) -> Result<Vec<u8>, String> {
+    /// Renders with request values (fuzzing entry point): the bytes as they are, never
+    /// re-encoded; an expression whose operands are all missing renders empty.
+    pub fn render(&self, lookup: &dyn Lookup) -> Vec<u8> {
         let mut out = Vec::new();
         for piece in &self.pieces {
             match piece {
@@ -188,9 +208,7 @@ impl Template {
                                     .or_else(|| lookup.header(&key.replace('_', "-")))
                             }
                             Operand::Lookup(Source::QueryParams, key) => lookup.query(key),
-                            Operand::Lookup(Source::UriCaptures, key) => {
-                                lookup.capture(key)?.map(String::into_bytes)
-                            }
+                            Operand::Lookup(Source::UriCaptures, key) => lookup.capture(key),
                         };
                         if let Some(value) = value {
                             out.extend_from_slice(&value);
@@ -200,50 +218,8 @@ impl Template {
                 }
             }
         }
-        Ok(out)
+        out
     }
-}
-
-/// The index of the `)` closing an expression that starts right after `$(`, skipping quoted
-/// strings; `None` when unbalanced.
-fn expression_end(s: &str) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
-            continue;
-        }
-        match c {
-            '"' | '\'' => quote = Some(c),
-            '(' => depth += 1,
-            ')' if depth == 0 => return Some(i),
-            ')' => depth -= 1,
-            _ => {}
-        }
-    }
-    None
-}
-
-/// Whether Lua's `%b()` (which ignores quotes) would find the end of an expression.
-fn balanced_ignoring_quotes(s: &str) -> bool {
-    let mut depth = 0usize;
-    for c in s.chars() {
-        match c {
-            '(' => depth += 1,
-            ')' if depth == 0 => return true,
-            ')' => depth -= 1,
-            _ => {}
-        }
-    }
-    false
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -374,31 +350,33 @@ mod tests {
     use std::collections::HashMap;
 
     struct Req {
-        headers: HashMap<&'static str, &'static str>,
+        headers: HashMap<&'static str, &'static [u8]>,
         query: HashMap<&'static str, &'static str>,
-        captures: Option<HashMap<&'static str, &'static str>>,
+        captures: HashMap<&'static str, &'static str>,
     }
 
     impl Lookup for Req {
         fn header(&self, name: &str) -> Option<Vec<u8>> {
-            self.headers.get(name).map(|v| v.as_bytes().to_vec())
+            self.headers.get(name).map(|v| v.to_vec())
         }
         fn query(&self, name: &str) -> Option<Vec<u8>> {
             self.query.get(name).map(|v| v.as_bytes().to_vec())
         }
-        fn capture(&self, key: &str) -> Result<Option<String>, String> {
-            match &self.captures {
-                Some(c) => Ok(c.get(key).map(|v| (*v).to_owned())),
-                None => Err("no captures".into()),
-            }
+        fn capture(&self, key: &str) -> Option<Vec<u8>> {
+            self.captures.get(key).map(|v| v.as_bytes().to_vec())
         }
     }
 
     fn req() -> Req {
         Req {
-            headers: HashMap::from([("x-api-key", "k1"), ("host", "example.test"), ("e", "")]),
+            headers: HashMap::from([
+                ("x-api-key", &b"k1"[..]),
+                ("host", b"example.test"),
+                ("e", b""),
+                ("raw", b"\x80\xff\r\n\x00"),
+            ]),
             query: HashMap::from([("q", "v q")]),
-            captures: Some(HashMap::from([("user", "bob"), ("1", "bob")])),
+            captures: HashMap::from([("user", "bob"), ("1", "bob")]),
         }
     }
 
@@ -408,7 +386,7 @@ mod tests {
 
     fn render(t: &str) -> String {
         let t = Template::parse(t, &no_secrets).unwrap();
-        String::from_utf8(t.render(&req()).unwrap()).unwrap()
+        String::from_utf8(t.render(&req())).unwrap()
     }
 
     #[test]
@@ -475,13 +453,25 @@ mod tests {
     }
 
     #[test]
-    fn capture_failures_are_render_errors() {
+    fn sources_are_known_and_bytes_render_as_they_are() {
         let t = Template::parse("$(uri_captures.x)", &no_secrets).unwrap();
-        let mut r = req();
-        r.captures = None;
-        assert!(t.render(&r).is_err());
         assert!(t.reads(Source::UriCaptures));
         assert!(!t.reads(Source::Headers));
+        let raw = Template::parse("<$(headers.raw)>", &no_secrets).unwrap();
+        assert_eq!(raw.render(&req()), b"<\x80\xff\r\n\x00>");
+    }
+
+    #[test]
+    fn expressions_end_at_the_balancing_parenthesis_like_penlight() {
+        // Lua's %b() ignores quotes: the expression is `headers[")"`, which is refused.
+        assert!(Template::parse("$(headers[\")\"])", &no_secrets).is_err());
+        // Nested parentheses balance, and a parenthesised expression is refused as Lua.
+        assert!(Template::parse("$((headers.x))", &no_secrets).is_err());
+        // Many unbalanced `$(`: literal text, and linear.
+        let many = "$(".repeat(100_000);
+        let started = std::time::Instant::now();
+        assert_eq!(render(&many), many);
+        assert!(started.elapsed().as_secs() < 5);
     }
 
     #[test]

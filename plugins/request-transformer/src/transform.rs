@@ -4,33 +4,48 @@
 //! [`on_headers`] sees the request head and decides every header change (`:path`, `:method`
 //! and `:authority` included), and whether the body must be buffered; [`BodyJob::finish`]
 //! rewrites the buffered body. Every template is rendered at the headers, from the original
-//! request, so a value that cannot render fails the request (500, as Kong) before anything
+//! request, so a value that cannot be used fails the request (500, as Kong) before anything
 //! reaches the upstream.
+//!
+//! Body rules fail closed: when a `remove`, `rename` or `replace` applies to the body and the
+//! body cannot be edited safely, the request is refused (unless `wasmgate.unparsable_body` is
+//! `pass`): 413 when it is larger than `wasmgate.body_buffer_limit`, 415 when it has a
+//! Content-Encoding, 400 when it does not parse strictly, is ambiguous, or comes with more
+//! than one Content-Type. With only `add`/`append` such a body passes on unchanged.
 
 use std::cell::OnceCell;
 
 use kit::{kong_error, LocalResponse};
-use serde_json::Value;
 
-use crate::config::{is_header_value, Config, Ops};
-use crate::json::Object;
+use crate::captures::Captures;
+use crate::config::{is_header_value, Config, Ops, UnparsableBody};
+use crate::json::{Object, Parsed};
 use crate::multipart::{self, Multipart};
-use crate::template::Lookup;
+use crate::template::{Lookup, Template};
 use crate::urlencoded::Params;
 
 /// Kong's message for an error inside a plugin.
 pub const UNEXPECTED: &str = "An unexpected error occurred";
+/// Kong's message for a body over a size limit (request-size-limiting's).
+pub const TOO_LARGE: &str = "Request size limit exceeded";
+pub const NOT_JSON: &str = "The request body is not valid JSON";
+pub const NOT_MULTIPART: &str = "The request body is not valid multipart/form-data";
+pub const CONTENT_TYPES: &str = "The request has more than one Content-Type header";
+pub const ENCODED: &str = "A request body with a Content-Encoding cannot be transformed";
+
+/// Header `(name, value)` pairs, as bytes.
+pub type Headers = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The request head as the data plane gives it: lower-case names, pseudo-headers
-/// (`:method`, `:path`, `:authority`) included, duplicates kept.
+/// (`:method`, `:path`, `:authority`) included, duplicates kept, everything bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestHead<'a> {
-    pub headers: &'a [(String, Vec<u8>)],
+    pub headers: &'a [(Vec<u8>, Vec<u8>)],
     /// The headers end the stream: there is no body.
     pub end_of_stream: bool,
-    /// The data plane's URI captures (the `wasmgate.uri_captures` property, a JSON object),
-    /// when it provides them.
-    pub captures: Option<&'a [u8]>,
+    /// The matched route's name (`xds.route_name`), which selects its regex paths for
+    /// `uri_captures`.
+    pub route: Option<&'a [u8]>,
 }
 
 /// The final values of one request header; no values: remove it.
@@ -59,18 +74,19 @@ pub struct HeadDecision {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BodyKind {
     Json,
-    Multipart(Vec<u8>),
+    /// With its boundary, `None` when the Content-Type has no valid one.
+    Multipart(Option<Vec<u8>>),
     Form,
 }
 
 impl BodyKind {
-    fn of(content_type: Option<&[u8]>) -> Option<BodyKind> {
-        let lower = content_type?.to_ascii_lowercase();
+    fn of(content_type: &[u8]) -> Option<BodyKind> {
+        let lower = content_type.to_ascii_lowercase();
         let has = |needle: &[u8]| lower.windows(needle.len()).any(|w| w == needle);
         if has(b"application/json") {
             Some(BodyKind::Json)
         } else if has(b"multipart/form-data") {
-            multipart::boundary(content_type?).map(BodyKind::Multipart)
+            Some(BodyKind::Multipart(multipart::boundary(content_type)))
         } else if has(b"application/x-www-form-urlencoded") {
             Some(BodyKind::Form)
         } else {
@@ -79,14 +95,14 @@ impl BodyKind {
     }
 }
 
-/// Operations with their values rendered for this request.
+/// Operations with their names and values rendered for this request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rendered {
     remove: Vec<Vec<u8>>,
     rename: Vec<(Vec<u8>, Vec<u8>)>,
-    replace: Vec<(Vec<u8>, Vec<u8>)>,
-    add: Vec<(Vec<u8>, Vec<u8>)>,
-    append: Vec<(Vec<u8>, Vec<u8>)>,
+    replace: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    add: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    append: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Rendered {
@@ -97,6 +113,13 @@ impl Rendered {
             && self.add.is_empty()
             && self.append.is_empty()
     }
+}
+
+/// The entries of a body or query operation that have a value (all of them: only header
+/// entries may lack one).
+fn valued(list: &[(Vec<u8>, Option<Vec<u8>>)]) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+    list.iter()
+        .filter_map(|(name, value)| Some((name.as_slice(), value.as_deref()?)))
 }
 
 /// The query string finished after the body, when form fields move into it.
@@ -116,8 +139,10 @@ pub struct BodyJob {
     query: Option<QueryPlan>,
     /// The headers are held until the body is done (Content-Length can be set).
     pub hold_headers: bool,
-    /// Give up (pass the body on unchanged) above this many bytes.
+    /// Never buffer more than this many bytes.
     pub limit: u64,
+    /// A body that cannot be edited safely is refused rather than passed on.
+    fail_closed: bool,
     accept: Option<Vec<u8>>,
 }
 
@@ -133,10 +158,13 @@ pub struct BodyDecision {
 /// Template lookups on the original request.
 struct Env<'a> {
     head: &'a RequestHead<'a>,
+    config: &'a Config,
+    path: &'a [u8],
     query: Params,
-    captures: OnceCell<Result<serde_json::Map<String, Value>, String>>,
+    captures: OnceCell<Captures>,
 }
 
+/// Kong's `host` header is the upstream Host: `:authority` in proxy-wasm.
 fn canonical(name: &str) -> &str {
     if name == "host" {
         ":authority"
@@ -145,16 +173,17 @@ fn canonical(name: &str) -> &str {
     }
 }
 
-impl Env<'_> {
-    fn values(&self, name: &str) -> Vec<&[u8]> {
-        let name = canonical(name);
-        self.head
-            .headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
-            .collect()
-    }
+fn values_of<'h>(headers: &'h [(Vec<u8>, Vec<u8>)], name: &str) -> Vec<&'h [u8]> {
+    let name = canonical(name).as_bytes();
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+        .collect()
+}
+
+fn first<'h>(headers: &'h [(Vec<u8>, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
+    values_of(headers, name).into_iter().next()
 }
 
 impl Lookup for Env<'_> {
@@ -162,7 +191,7 @@ impl Lookup for Env<'_> {
         if name.starts_with(':') {
             return None;
         }
-        let values = self.values(name);
+        let values = values_of(self.head.headers, name);
         (!values.is_empty()).then(|| values.join(&b", "[..]))
     }
 
@@ -172,177 +201,202 @@ impl Lookup for Env<'_> {
             .map(|p| p.value_or_true().to_vec())
     }
 
-    fn capture(&self, key: &str) -> Result<Option<String>, String> {
-        let Some(raw) = self.head.captures else {
-            // No captures from the data plane: an empty table, as Kong's for a route without
-            // regex captures.
-            return Ok(None);
-        };
-        let map = self
+    fn capture(&self, key: &str) -> Option<Vec<u8>> {
+        let captures = self
             .captures
-            .get_or_init(|| match serde_json::from_slice::<Value>(raw) {
-                Ok(Value::Object(map)) => Ok(map),
-                _ => Err(format!(
-                    "the {} property is not a JSON object",
-                    crate::URI_CAPTURES_PROPERTY
-                )),
+            .get_or_init(|| match &self.config.route_paths {
+                Some(paths) => paths.captures(self.head.route, self.path),
+                None => Captures::default(),
             });
-        let map = map.as_ref().map_err(Clone::clone)?;
-        match map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(Value::Number(n)) => Ok(Some(n.to_string())),
-            Some(_) => Err(format!("uri capture '{key}' is not a string")),
-        }
+        captures.get(key).map(<[u8]>::to_vec)
     }
 }
 
-/// Where a rendered value goes, for its validation.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dest {
-    Header,
-    Other,
+fn render_all(
+    list: &[(String, Option<Template>)],
+    env: &Env<'_>,
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    list.iter()
+        .map(|(name, t)| (name.as_bytes().to_vec(), t.as_ref().map(|t| t.render(env))))
+        .collect()
 }
 
-fn render(ops: &Ops, env: &Env<'_>, dest: Dest) -> Result<Rendered, String> {
-    let values = |list: &[(String, crate::template::Template)]| {
-        list.iter()
-            .map(|(name, t)| {
-                let value = t.render(env)?;
-                if dest == Dest::Header && !is_header_value(&value) {
-                    return Err(format!(
-                        "the value rendered for header {name} holds control characters"
-                    ));
-                }
-                Ok((name.as_bytes().to_vec(), value))
-            })
-            .collect::<Result<Vec<_>, String>>()
-    };
-    Ok(Rendered {
+fn render(ops: &Ops, env: &Env<'_>) -> Rendered {
+    Rendered {
         remove: ops.remove.iter().map(|n| n.as_bytes().to_vec()).collect(),
         rename: ops
             .rename
             .iter()
-            .map(|(o, n)| (o.as_bytes().to_vec(), n.as_bytes().to_vec()))
+            .map(|(old, new)| (old.as_bytes().to_vec(), new.render(env)))
             .collect(),
-        replace: values(&ops.replace)?,
-        add: values(&ops.add)?,
-        append: values(&ops.append)?,
-    })
+        replace: render_all(&ops.replace, env),
+        add: render_all(&ops.add, env),
+        append: render_all(&ops.append, env),
+    }
 }
 
-/// Request headers being edited: changed names with their final values.
+/// Request headers as Kong's `transform_headers` edits them: a table of the client's headers
+/// (without `host`) that the operations read and write, the names removed or renamed away
+/// (`clear_header`), then `set_headers` of every name the table holds. A name an operation
+/// set to nil (`replace` with an entry without a value) is left as the client sent it unless
+/// it was also cleared.
 struct HeaderEdit<'a> {
-    original: &'a [(String, Vec<u8>)],
-    changed: Vec<HeaderChange>,
+    original: &'a [(Vec<u8>, Vec<u8>)],
+    /// Names an operation wrote into the table, in order; `None` is nil.
+    table: Vec<(String, Option<Vec<Vec<u8>>>)>,
+    cleared: Vec<String>,
 }
 
 impl<'a> HeaderEdit<'a> {
-    fn new(original: &'a [(String, Vec<u8>)]) -> Self {
+    fn new(original: &'a [(Vec<u8>, Vec<u8>)]) -> Self {
         HeaderEdit {
             original,
-            changed: Vec::new(),
+            table: Vec::new(),
+            cleared: Vec::new(),
         }
     }
 
-    fn get(&self, name: &str) -> Vec<Vec<u8>> {
-        let name = canonical(name);
-        if let Some(change) = self.changed.iter().find(|c| c.name == name) {
-            return change.values.clone();
-        }
-        self.original
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
+    fn original(&self, name: &str) -> Vec<Vec<u8>> {
+        values_of(self.original, name)
+            .into_iter()
+            .map(<[u8]>::to_vec)
             .collect()
     }
 
-    /// Present as Kong's header table sees it: `host` never is (Kong removes it first).
-    fn present(&self, name: &str) -> bool {
-        name != "host" && !self.get(name).is_empty()
+    fn entry(&self, name: &str) -> Option<&Option<Vec<Vec<u8>>>> {
+        let name = canonical(name);
+        self.table.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 
-    fn set(&mut self, name: &str, values: Vec<Vec<u8>>) {
-        let name = canonical(name);
-        match self.changed.iter_mut().find(|c| c.name == name) {
-            Some(change) => change.values = values,
-            None => self.changed.push(HeaderChange {
-                name: name.to_owned(),
-                values,
-            }),
+    /// The table's value: what the operations so far see. Kong drops `host` first.
+    fn view(&self, name: &str) -> Option<Vec<Vec<u8>>> {
+        match self.entry(name) {
+            Some(value) => value.clone(),
+            None if name == "host" => None,
+            None => Some(self.original(name)).filter(|v| !v.is_empty()),
         }
     }
 
-    fn apply(&mut self, ops: &Rendered) {
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    fn assign(&mut self, name: &str, value: Option<Vec<Vec<u8>>>) {
+        let name = canonical(name);
+        match self.table.iter_mut().find(|(k, _)| k == name) {
+            Some(entry) => entry.1 = value,
+            None => self.table.push((name.to_owned(), value)),
+        }
+    }
+
+    /// A header the plugin sets outside Kong's table (`:path`, `:method`, Content-Length).
+    fn set(&mut self, name: &str, values: Vec<Vec<u8>>) {
+        self.assign(name, Some(values));
+    }
+
+    fn clear(&mut self, name: &str) {
+        let name = canonical(name).to_owned();
+        if !self.cleared.contains(&name) {
+            self.cleared.push(name);
+        }
+    }
+
+    /// The values the upstream gets (after `clear_header` and `set_headers`).
+    fn current(&self, name: &str) -> Vec<Vec<u8>> {
+        match self.entry(name) {
+            Some(Some(values)) => values.clone(),
+            _ if self.cleared.iter().any(|c| c == canonical(name)) => Vec::new(),
+            _ => self.original(name),
+        }
+    }
+
+    /// Kong's operations on the table; names come from the config, values rendered.
+    fn apply(&mut self, ops: &Ops, values: &Rendered) {
         for name in &ops.remove {
-            let name = text(name);
-            if self.present(&name) {
-                self.set(&name, Vec::new());
+            if self.view(name).is_some() {
+                self.assign(name, None);
+                self.clear(name);
             }
         }
         for (old, new) in &ops.rename {
-            let (old, new) = (text(old), text(new));
-            if old != new && self.present(&old) {
-                let values = self.get(&old);
-                self.set(&old, Vec::new());
-                self.set(&new, values);
+            let new = new.as_text().unwrap_or_default();
+            if old == new {
+                continue;
+            }
+            if let Some(values) = self.view(old) {
+                self.assign(old, None);
+                self.assign(new, Some(values));
+                self.clear(old);
             }
         }
-        for (name, value) in &ops.replace {
-            let name = text(name);
-            if name == "host" || self.present(&name) {
-                self.set(&name, vec![value.clone()]);
+        for ((name, _), (_, value)) in ops.replace.iter().zip(&values.replace) {
+            if name == "host" || self.view(name).is_some() {
+                self.assign(name, value.clone().map(|v| vec![v]));
             }
         }
-        for (name, value) in &ops.add {
-            let name = text(name);
-            if name != "host" && !self.present(&name) {
-                self.set(&name, vec![value.clone()]);
+        for ((name, _), (_, value)) in ops.add.iter().zip(&values.add) {
+            if let Some(value) = value {
+                if name != "host" && self.view(name).is_none() {
+                    self.assign(name, Some(vec![value.clone()]));
+                }
             }
         }
-        for (name, value) in &ops.append {
-            let name = text(name);
-            let mut values = if name == "host" {
-                Vec::new()
-            } else {
-                self.get(&name)
-            };
-            values.push(value.clone());
-            self.set(&name, values);
+        for ((name, _), (_, value)) in ops.append.iter().zip(&values.append) {
+            let mut list = self.view(name).unwrap_or_default();
+            list.extend(value.iter().cloned());
+            self.assign(name, Some(list));
         }
+    }
+
+    /// The names whose values change, with their final values.
+    fn changes(&self) -> Vec<HeaderChange> {
+        let names = self
+            .table
+            .iter()
+            .map(|(name, _)| name)
+            .chain(self.cleared.iter());
+        let mut out: Vec<HeaderChange> = Vec::new();
+        for name in names {
+            if out.iter().any(|c| &c.name == name) {
+                continue;
+            }
+            let values = self.current(name);
+            if values != self.original(name) {
+                out.push(HeaderChange {
+                    name: name.clone(),
+                    values,
+                });
+            }
+        }
+        out
     }
 }
 
-fn apply_params(params: &mut Params, ops: &Rendered, nonempty: bool) -> bool {
+fn apply_params(params: &mut Params, ops: &Rendered) -> bool {
     let mut changed = false;
-    if nonempty {
-        for name in &ops.remove {
-            changed |= params.remove(name);
-        }
-        for (old, new) in &ops.rename {
-            changed |= params.rename(old, new);
-        }
-        for (name, value) in &ops.replace {
-            changed |= params.replace(name, value);
-        }
+    for name in &ops.remove {
+        changed |= params.remove(name);
     }
-    for (name, value) in &ops.add {
+    for (old, new) in &ops.rename {
+        changed |= params.rename(old, new);
+    }
+    for (name, value) in valued(&ops.replace) {
+        changed |= params.replace(name, value);
+    }
+    for (name, value) in valued(&ops.add) {
         changed |= params.add(name, value);
     }
-    for (name, value) in &ops.append {
+    for (name, value) in valued(&ops.append) {
         params.append(name, value);
         changed = true;
     }
     changed
 }
 
-/// Kong's `set_path` escaping, plus `?` and `#` (which would otherwise end the path).
+/// Kong's `escape` for `set_path`: every byte but `A-Z a-z 0-9 - _ . ~ ! # $ & ' ( ) * + , /
+/// : ; = ? @ [ ] %` becomes `%XX`. `?` and `#` stay, so `replace.uri: /a?x=1` gives the
+/// upstream a query, as Kong's `upstream_uri` does.
 fn escape_path(path: &[u8]) -> Vec<u8> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = Vec::with_capacity(path.len());
     for &b in path {
-        if b.is_ascii_alphanumeric() || b"!$&'()*+,/:;=@[]-_.~%".contains(&b) {
+        if b.is_ascii_alphanumeric() || b"-_.~!#$&'()*+,/:;=?@[]%".contains(&b) {
             out.push(b);
         } else {
             out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
@@ -351,25 +405,31 @@ fn escape_path(path: &[u8]) -> Vec<u8> {
     out
 }
 
-fn join_path(path: &[u8], query: &Params) -> Vec<u8> {
-    let mut out = path.to_vec();
-    if !query.is_empty() {
-        out.push(b'?');
-        out.extend_from_slice(&query.to_bytes());
+impl QueryPlan {
+    /// The `:path` change, if the path or query changed; `moved` are form fields to append.
+    /// Kong appends `?args` to the upstream path when there are arguments, or when the
+    /// client's request line ended with `?`.
+    fn finish(&self, moved: &[crate::urlencoded::Param]) -> Option<HeaderChange> {
+        let mut query = self.query.clone();
+        query.params.extend_from_slice(moved);
+        if !self.ops.is_empty() {
+            apply_params(&mut query, &self.ops);
+        }
+        let mut path = self.path.clone();
+        if !query.is_empty() || self.original_path.last() == Some(&b'?') {
+            path.push(b'?');
+            path.extend_from_slice(&query.to_bytes());
+        }
+        (path != self.original_path).then(|| HeaderChange {
+            name: ":path".into(),
+            values: vec![path],
+        })
     }
-    out
 }
 
-fn first<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
-}
-
-fn refuse(accept: Option<&[u8]>, log: String) -> Refusal {
+fn refusal(status: u16, message: &str, accept: Option<&[u8]>, log: String) -> Refusal {
     Refusal {
-        response: kong_error(500, UNEXPECTED, accept),
+        response: kong_error(status, message, accept),
         log,
     }
 }
@@ -377,7 +437,9 @@ fn refuse(accept: Option<&[u8]>, log: String) -> Refusal {
 /// The decision at the request headers.
 pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecision, Refusal> {
     let accept = first(head.headers, "accept").map(<[u8]>::to_vec);
-    let fail = |log: String| refuse(accept.as_deref(), log);
+    let refuse =
+        |status: u16, message: &str, log: String| refusal(status, message, accept.as_deref(), log);
+    let fail = |log: String| refuse(500, UNEXPECTED, log);
     let original_path = first(head.headers, ":path").unwrap_or(b"/").to_vec();
     let (path, raw_query) = match original_path.iter().position(|&b| b == b'?') {
         Some(i) => (&original_path[..i], &original_path[i + 1..]),
@@ -385,6 +447,8 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
     };
     let env = Env {
         head,
+        config,
+        path,
         query: Params::parse(raw_query),
         captures: OnceCell::new(),
     };
@@ -393,9 +457,7 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
     // replace.uri
     let mut new_path = path.to_vec();
     if let Some(uri) = &config.replace_uri {
-        let rendered = uri
-            .render(&env)
-            .map_err(|e| fail(format!("replace.uri: {e}")))?;
+        let rendered = uri.render(&env);
         if rendered.first() != Some(&b'/') {
             return Err(fail(
                 "replace.uri: the rendered path must start with /".into(),
@@ -410,41 +472,97 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
             edit.set(":method", vec![method.as_bytes().to_vec()]);
         }
     }
-    let original_kind = BodyKind::of(first(head.headers, "content-type"));
-    let move_form = config.moves_form_to_query()
-        && config.hold_headers
-        && !head.end_of_stream
-        && original_kind == Some(BodyKind::Form);
 
     // headers
-    let header_ops =
-        render(&config.headers, &env, Dest::Header).map_err(|e| fail(format!("headers: {e}")))?;
-    edit.apply(&header_ops);
+    let header_ops = render(&config.headers, &env);
+    for (name, value) in header_ops
+        .replace
+        .iter()
+        .chain(&header_ops.add)
+        .chain(&header_ops.append)
+    {
+        if value.as_deref().is_some_and(|v| !is_header_value(v)) {
+            return Err(fail(format!(
+                "headers: the value rendered for header {} holds control characters",
+                String::from_utf8_lossy(name)
+            )));
+        }
+    }
+    edit.apply(&config.headers, &header_ops);
+    if matches!(edit.entry("host"), Some(Some(values)) if values.len() != 1) {
+        // Kong fails setting the upstream Host to a list.
+        return Err(fail("headers: host would get more than one value".into()));
+    }
 
     // body (rendered now, applied when it has arrived)
-    let content_type = edit.get("content-type").into_iter().next();
-    let kind = if config.body.is_empty() {
+    let content_types = edit.current("content-type");
+    let content_type = content_types.first().map(Vec::as_slice).unwrap_or_default();
+    let has_body = !head.end_of_stream;
+    let mut kind = if config.body.is_empty() {
         None
     } else {
-        BodyKind::of(content_type.as_deref())
+        BodyKind::of(content_type)
     };
-    let body_ops = match kind {
-        Some(_) => {
-            render(&config.body, &env, Dest::Other).map_err(|e| fail(format!("body: {e}")))?
-        }
-        None => Rendered::default(),
-    };
-
-    // query string
-    let query_ops = render(&config.querystring, &env, Dest::Other)
-        .map_err(|e| fail(format!("querystring: {e}")))?;
-
+    let move_form = config.moves_form_to_query()
+        && config.hold_headers
+        && has_body
+        && BodyKind::of(first(head.headers, "content-type").unwrap_or_default())
+            == Some(BodyKind::Form);
+    let fail_closed = config.body.sanitises() && config.unparsable_body == UnparsableBody::Refuse;
     let declared_length = first(head.headers, "content-length")
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let fits = declared_length.is_none_or(|len| len <= config.body_buffer_limit);
-    let buffer = !head.end_of_stream && fits && (kind.is_some() || move_form);
+    // Kong reads the first Content-Type; an upstream may read another, so a body to sanitise
+    // must have one.
+    if fail_closed
+        && has_body
+        && content_types.len() > 1
+        && content_types.iter().any(|t| BodyKind::of(t).is_some())
+    {
+        return Err(refuse(
+            400,
+            CONTENT_TYPES,
+            "body: more than one Content-Type".into(),
+        ));
+    }
+    if has_body && kind.is_some() {
+        let encoded = first(head.headers, "content-encoding")
+            .is_some_and(|v| !v.trim_ascii().eq_ignore_ascii_case(b"identity"));
+        let unusable = if encoded {
+            Some((415, ENCODED, "the body has a Content-Encoding"))
+        } else if kind == Some(BodyKind::Multipart(None)) {
+            Some((
+                400,
+                NOT_MULTIPART,
+                "the multipart Content-Type has no valid boundary",
+            ))
+        } else if !fits {
+            Some((
+                413,
+                TOO_LARGE,
+                "the declared Content-Length is over wasmgate.body_buffer_limit",
+            ))
+        } else {
+            None
+        };
+        if let Some((status, message, why)) = unusable {
+            if fail_closed {
+                return Err(refuse(status, message, format!("body: {why}")));
+            }
+            // Nothing configured removes or rewrites a field: the body goes on as it is.
+            kind = None;
+        }
+    }
+    let body_ops = match kind {
+        Some(_) => render(&config.body, &env),
+        None => Rendered::default(),
+    };
 
+    // query string
+    let query_ops = render(&config.querystring, &env);
+
+    let buffer = has_body && fits && (kind.is_some() || move_form);
     let query_plan = QueryPlan {
         path: new_path,
         query: env.query.clone(),
@@ -456,7 +574,7 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
         // The path waits for the form fields.
         job = Some(query_plan);
     } else if let Some(change) = query_plan.finish(&[]) {
-        edit.changed.push(change);
+        edit.set(&change.name, change.values);
     }
     let body = buffer.then(|| BodyJob {
         kind,
@@ -464,36 +582,52 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
         query: job,
         hold_headers: config.hold_headers,
         limit: config.body_buffer_limit,
+        fail_closed,
         accept: accept.clone(),
     });
     if body.as_ref().is_some_and(|b| !b.hold_headers) && declared_length.is_some() {
-        // The rewritten body goes on chunked.
+        // The headers go on before the body is known: the body goes on chunked.
         edit.set("content-length", Vec::new());
     }
     Ok(HeadDecision {
-        changes: edit.changed,
+        changes: edit.changes(),
         body,
     })
 }
 
-impl QueryPlan {
-    /// The `:path` change, if the path or query changed; `moved` are form fields to append.
-    fn finish(&self, moved: &[crate::urlencoded::Param]) -> Option<HeaderChange> {
-        let mut query = self.query.clone();
-        query.params.extend_from_slice(moved);
-        if !self.ops.is_empty() {
-            apply_params(&mut query, &self.ops, true);
-        }
-        let path = join_path(&self.path, &query);
-        (path != self.original_path).then(|| HeaderChange {
-            name: ":path".into(),
-            values: vec![path],
+impl BodyJob {
+    /// The body grew past `wasmgate.body_buffer_limit` while it streamed in: a refusal when
+    /// it must not pass unchanged, else `None` (it goes on as it is).
+    pub fn too_large(&self) -> Option<Refusal> {
+        (self.fail_closed && self.kind.is_some()).then(|| {
+            refusal(
+                413,
+                TOO_LARGE,
+                self.accept.as_deref(),
+                "body: larger than wasmgate.body_buffer_limit".into(),
+            )
         })
     }
-}
 
-impl BodyJob {
-    /// Rewrites the whole body.
+    fn unusable(
+        &self,
+        status: u16,
+        message: &str,
+        why: String,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        if self.fail_closed {
+            Err(refusal(
+                status,
+                message,
+                self.accept.as_deref(),
+                format!("body: {why}"),
+            ))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Rewrites the whole body (fuzzing entry point): total on any bytes.
     pub fn finish(&self, body: &[u8]) -> Result<BodyDecision, Refusal> {
         let mut decision = BodyDecision::default();
         if let Some(plan) = &self.query {
@@ -502,48 +636,59 @@ impl BodyJob {
                 decision.changes.push(change);
             }
         }
-        let nonempty = !body.is_empty();
+        let ops = &self.ops;
+        // Kong: on an empty body only add and append apply.
+        let empty_body = Rendered {
+            add: ops.add.clone(),
+            append: ops.append.clone(),
+            ..Rendered::default()
+        };
+        let ops = if body.is_empty() { &empty_body } else { ops };
         let new_body = match &self.kind {
             None => None,
             Some(BodyKind::Form) => {
                 let mut params = Params::parse(body);
-                apply_params(&mut params, &self.ops, nonempty).then(|| params.to_bytes())
+                apply_params(&mut params, ops).then(|| params.to_bytes())
             }
-            Some(BodyKind::Json) => {
-                let object = match Object::parse(body) {
-                    Some(object) => Some(object),
-                    None if !nonempty => Some(Object::empty()),
-                    None => None,
-                };
-                object.and_then(|mut object| {
-                    apply_json(&mut object, &self.ops, nonempty).then(|| object.to_bytes())
-                })
-            }
-            Some(BodyKind::Multipart(boundary)) => {
+            Some(BodyKind::Json) => match Object::parse(body) {
+                Parsed::Object(mut object) => {
+                    apply_json(&mut object, ops).then(|| object.to_bytes())
+                }
+                Parsed::Invalid if body.is_empty() => {
+                    let mut object = Object::empty();
+                    apply_json(&mut object, ops).then(|| object.to_bytes())
+                }
+                // Valid JSON without top-level keys: nothing to edit.
+                Parsed::Other => None,
+                Parsed::Invalid => self.unusable(400, NOT_JSON, "not JSON by RFC 8259".into())?,
+            },
+            Some(BodyKind::Multipart(None)) => None,
+            Some(BodyKind::Multipart(Some(boundary))) => {
                 let parts = match Multipart::parse(body, boundary) {
-                    Some(parts) => Some(parts),
-                    None if !nonempty => Some(Multipart::empty(boundary)),
-                    None => None,
+                    Ok(parts) => Some(parts),
+                    Err(_) if body.is_empty() => Some(Multipart::empty(boundary)),
+                    Err(why) => {
+                        self.unusable(400, NOT_MULTIPART, format!("multipart: {why}"))?;
+                        None
+                    }
                 };
                 match parts {
                     None => None,
                     Some(mut parts) => {
-                        let values = self
-                            .ops
-                            .replace
-                            .iter()
-                            .chain(&self.ops.add)
-                            .chain(&self.ops.append);
-                        if values
-                            .clone()
-                            .any(|(n, v)| parts.collides(v) || parts.collides(n))
-                        {
-                            return Err(refuse(
+                        let written = ops.rename.iter().map(|(_, new)| new.as_slice()).chain(
+                            valued(&ops.replace)
+                                .chain(valued(&ops.add))
+                                .flat_map(|(name, value)| [name, value]),
+                        );
+                        if written.clone().any(|w| parts.collides(w)) {
+                            return Err(refusal(
+                                500,
+                                UNEXPECTED,
                                 self.accept.as_deref(),
                                 "body: a value holds the multipart boundary".into(),
                             ));
                         }
-                        apply_multipart(&mut parts, &self.ops, nonempty).then(|| parts.to_bytes())
+                        apply_multipart(&mut parts, ops).then(|| parts.to_bytes())
                     }
                 }
             }
@@ -561,49 +706,42 @@ impl BodyJob {
     }
 }
 
-fn apply_json(object: &mut Object, ops: &Rendered, nonempty: bool) -> bool {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+fn apply_json(object: &mut Object, ops: &Rendered) -> bool {
     let mut changed = false;
-    if nonempty {
-        for name in &ops.remove {
-            changed |= object.remove(&text(name));
-        }
-        for (old, new) in &ops.rename {
-            changed |= object.rename(&text(old), &text(new));
-        }
-        for (name, value) in &ops.replace {
-            changed |= object.replace(&text(name), &text(value));
-        }
+    for name in &ops.remove {
+        changed |= object.remove(name);
     }
-    for (name, value) in &ops.add {
-        changed |= object.add(&text(name), &text(value));
+    for (old, new) in &ops.rename {
+        changed |= object.rename(old, new);
     }
-    for (name, value) in &ops.append {
-        object.append(&text(name), &text(value));
+    for (name, value) in valued(&ops.replace) {
+        changed |= object.replace(name, value);
+    }
+    for (name, value) in valued(&ops.add) {
+        changed |= object.add(name, value);
+    }
+    for (name, value) in valued(&ops.append) {
+        object.append(name, value);
         changed = true;
     }
     changed
 }
 
-fn apply_multipart(parts: &mut Multipart, ops: &Rendered, nonempty: bool) -> bool {
+/// Kong's `transform_multipart_body`: rename → remove → replace → add; `append` does not
+/// apply to multipart bodies.
+fn apply_multipart(parts: &mut Multipart, ops: &Rendered) -> bool {
     let mut changed = false;
-    if nonempty {
-        for name in &ops.remove {
-            changed |= parts.remove(name);
-        }
-        for (old, new) in &ops.rename {
-            changed |= parts.rename(old, new);
-        }
-        for (name, value) in &ops.replace {
-            changed |= parts.replace(name, value);
-        }
+    for (old, new) in &ops.rename {
+        changed |= parts.rename(old, new);
     }
-    for (name, value) in &ops.add {
+    for name in &ops.remove {
+        changed |= parts.remove(name);
+    }
+    for (name, value) in valued(&ops.replace) {
+        changed |= parts.replace(name, value);
+    }
+    for (name, value) in valued(&ops.add) {
         changed |= parts.add(name, value);
-    }
-    for (name, value) in &ops.append {
-        parts.append(name, value);
-        changed = true;
     }
     changed
 }
@@ -617,32 +755,42 @@ mod tests {
         Config::parse(json.as_bytes(), &env).unwrap()
     }
 
-    fn headers(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    fn headers(list: &[(&str, &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
         list.iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
             .collect()
     }
 
-    fn base(path: &str, extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    fn base(path: &str, extra: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut h = headers(&[
-            (":method", "POST"),
-            (":path", path),
-            (":authority", "client.test"),
+            (":method", b"POST"),
+            (":path", path.as_bytes()),
+            (":authority", b"client.test"),
         ]);
-        h.extend(headers(extra));
+        for (k, v) in extra {
+            h.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
+        }
         h
     }
 
-    fn decide(config: &Config, h: &[(String, Vec<u8>)], eos: bool) -> HeadDecision {
-        on_headers(
-            config,
-            &RequestHead {
-                headers: h,
-                end_of_stream: eos,
-                captures: None,
-            },
+    fn head<'a>(h: &'a [(Vec<u8>, Vec<u8>)], eos: bool) -> RequestHead<'a> {
+        RequestHead {
+            headers: h,
+            end_of_stream: eos,
+            route: None,
+        }
+    }
+
+    fn decide(config: &Config, h: &[(Vec<u8>, Vec<u8>)], eos: bool) -> HeadDecision {
+        on_headers(config, &head(h, eos)).unwrap()
+    }
+
+    fn refused(config: &Config, h: &[(Vec<u8>, Vec<u8>)], eos: bool) -> (u16, String) {
+        let r = on_headers(config, &head(h, eos)).unwrap_err();
+        (
+            r.response.status,
+            String::from_utf8_lossy(&r.response.body).into_owned(),
         )
-        .unwrap()
     }
 
     fn change(d: &[HeaderChange], name: &str) -> Option<Vec<String>> {
@@ -652,6 +800,10 @@ mod tests {
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .collect()
         })
+    }
+
+    fn raw_change(d: &[HeaderChange], name: &str) -> Option<Vec<Vec<u8>>> {
+        d.iter().find(|c| c.name == name).map(|c| c.values.clone())
     }
 
     #[test]
@@ -690,6 +842,63 @@ mod tests {
             Some(vec!["new.test".into()])
         );
         assert_eq!(change(&d.changes, "host"), None);
+        let twice = config(r#"{"append":{"headers":["host:a","host:b"]}}"#);
+        assert_eq!(refused(&twice, &base("/", &[]), true).0, 500);
+    }
+
+    #[test]
+    fn every_client_value_of_a_changed_header_is_replaced() {
+        // Review #2: the change carries the final list; a client's second value never stays.
+        let c = config(
+            r#"{"replace":{"headers":["X-Api-Key:{vault://env/BACKEND_TOKEN}"]},
+                "add":{"headers":["X-Api-Key:{vault://env/BACKEND_TOKEN}"]},
+                "rename":{"headers":["x-old:x-new"]},"append":{"headers":["x-list:v"]}}"#,
+        );
+        let d = decide(
+            &c,
+            &base(
+                "/",
+                &[
+                    ("x-api-key", "a"),
+                    ("x-api-key", "evil"),
+                    ("x-old", "o"),
+                    ("x-new", "n1"),
+                    ("x-new", "n2"),
+                    ("x-list", "a"),
+                    ("x-list", "b"),
+                ],
+            ),
+            true,
+        );
+        assert_eq!(change(&d.changes, "x-api-key"), Some(vec!["s3cret".into()]));
+        assert_eq!(change(&d.changes, "x-new"), Some(vec!["o".into()]));
+        assert_eq!(change(&d.changes, "x-old"), Some(vec![]));
+        assert_eq!(
+            change(&d.changes, "x-list"),
+            Some(vec!["a".into(), "b".into(), "v".into()])
+        );
+    }
+
+    #[test]
+    fn header_entries_without_a_value_behave_as_in_kong() {
+        // Review #18: `X-A:` is a valid Kong entry; Kong's table gets nil for it.
+        let h = base("/", &[("x-a", "client")]);
+        for json in [
+            r#"{"add":{"headers":["X-A:"]}}"#,
+            r#"{"replace":{"headers":["X-A:"]}}"#,
+            r#"{"append":{"headers":["X-A:"]}}"#,
+            r#"{"replace":{"headers":["host:"]},"add":{"headers":["X-B:"]}}"#,
+        ] {
+            assert_eq!(decide(&config(json), &h, true).changes, vec![], "{json}");
+        }
+        // A nil entry hides the client's value from the operations that follow.
+        let c = config(r#"{"replace":{"headers":["X-A:"]},"add":{"headers":["x-a:mine"]}}"#);
+        assert_eq!(
+            change(&decide(&c, &h, true).changes, "x-a"),
+            Some(vec!["mine".into()])
+        );
+        let c = config(r#"{"replace":{"headers":["X-A:"]},"append":{"headers":["x-a:"]}}"#);
+        assert_eq!(change(&decide(&c, &h, true).changes, "x-a"), Some(vec![]));
     }
 
     #[test]
@@ -747,11 +956,10 @@ mod tests {
         let c = config(r#"{"add":{"headers":["x-q:$(query_params.q)"]}}"#);
         let err = on_headers(
             &c,
-            &RequestHead {
-                headers: &base("/?q=a%0D%0AInjected:%201", &[("accept", "text/plain")]),
-                end_of_stream: true,
-                captures: None,
-            },
+            &head(
+                &base("/?q=a%0D%0AInjected:%201", &[("accept", "text/plain")]),
+                true,
+            ),
         )
         .unwrap_err();
         assert_eq!(err.response.status, 500);
@@ -760,50 +968,137 @@ mod tests {
     }
 
     #[test]
-    fn uri_captures_come_from_the_data_plane() {
+    fn bytes_outside_utf8_are_never_mangled() {
+        // Every entry point gets 0x80-0xFF, CR, LF and NUL bytes: nothing panics, bytes are
+        // copied as they are, and CR/LF/NUL never reach a header.
         let c = config(
-            r#"{"replace":{"uri":"/users/$(uri_captures.id)/$(uri_captures[1] or 'x') é?"},
-                "add":{"headers":["x-id:$(uri_captures['id'] or 'none')"]}}"#,
+            r#"{"add":{"headers":["x-copy:$(headers.src)","x-q:$(query_params.r)"],
+                       "querystring":["c:$(headers.src)"],"body":["p:$(headers.src)"]},
+                "replace":{"uri":"/$(headers.src)/$(query_params.q)"}}"#,
         );
-        let h = base("/u/42?a=1", &[]);
-        let run = |captures: Option<&[u8]>| {
+        let high = b"\x80\xe9\xff";
+        let mut h = headers(&[
+            (":method", b"POST\xff"),
+            (":path", b"/\xff?q=%FF%00&r=\xfe"),
+            (":authority", b"h\xff"),
+            ("src", high),
+            ("accept", b"\xff"),
+            ("content-type", b"application/json\xff"),
+        ]);
+        let d = on_headers(&c, &head(&h, false)).unwrap();
+        assert_eq!(raw_change(&d.changes, "x-copy"), Some(vec![high.to_vec()]));
+        assert_eq!(
+            raw_change(&d.changes, ":path"),
+            Some(vec![
+                b"/%80%E9%FF/%FF%00?q=%FF%00&r=\xfe&c=%80%E9%FF".to_vec()
+            ])
+        );
+        assert_eq!(raw_change(&d.changes, "x-q"), Some(vec![b"\xfe".to_vec()]));
+        let job = d.body.unwrap();
+        let done = job.finish(b"{\"k\":\"\xc3\xa9\"}").unwrap();
+        assert_eq!(
+            done.body.unwrap(),
+            b"{\"k\":\"\xc3\xa9\",\"p\":\"\x80\xe9\xff\"}".to_vec()
+        );
+        // A header that carries CR, LF or NUL into a header fails the request.
+        h[3].1 = b"a\r\nInjected: 1\x00".to_vec();
+        let c = config(r#"{"add":{"headers":["x-copy:$(headers.src)"]}}"#);
+        let err = on_headers(&c, &head(&h, true)).unwrap_err();
+        assert_eq!(err.response.status, 500);
+        assert_eq!(
+            err.response.header("content-type"),
+            Some("application/json; charset=utf-8")
+        );
+        // A form and a multipart body get the bytes as their encodings carry them.
+        let c = config(r#"{"add":{"body":["p:$(headers.src)"]}}"#);
+        let mut form = base(
+            "/",
+            &[("content-type", "application/x-www-form-urlencoded")],
+        );
+        form.push((b"src".to_vec(), high.to_vec()));
+        let job = decide(&c, &form, false).body.unwrap();
+        assert_eq!(
+            job.finish(b"a=\xff%ZZ").unwrap().body.unwrap(),
+            b"a=\xff%ZZ&p=%80%E9%FF"
+        );
+        let mut multi = base("/", &[("content-type", "multipart/form-data; boundary=B")]);
+        multi.push((b"src".to_vec(), high.to_vec()));
+        let job = decide(&c, &multi, false).body.unwrap();
+        let done = job.finish(b"").unwrap().body.unwrap();
+        assert!(done.windows(3).any(|w| w == high));
+    }
+
+    #[test]
+    fn uri_captures_come_from_the_route_paths() {
+        // Review #11: the route's regex paths from the data plane, on the normalised path.
+        let c = config(
+            r#"{"replace":{"uri":"/users/$(uri_captures.id)/$(uri_captures[1] or 'x') é"},
+                "add":{"headers":["x-id:$(uri_captures['id'] or 'none')","x-all:$(uri_captures[0])"]},
+                "wasmgate":{"route_paths":{"users":["/nope/(\\d+)","/u/(?<id>\\d+)$"],"plain":[]}}}"#,
+        );
+        let run = |path: &str, route: Option<&[u8]>| {
+            let h = base(path, &[]);
             on_headers(
                 &c,
                 &RequestHead {
                     headers: &h,
                     end_of_stream: true,
-                    captures,
+                    route,
                 },
             )
+            .unwrap()
+            .changes
         };
-        let d = run(Some(br#"{"0":"/u/42","1":"42","id":"42"}"#)).unwrap();
+        let d = run("/u/42?a=1", Some(b"users"));
         assert_eq!(
-            change(&d.changes, ":path"),
-            Some(vec!["/users/42/42%20%C3%A9%3F?a=1".into()])
+            change(&d, ":path"),
+            Some(vec!["/users/42/42%20%C3%A9?a=1".into()])
         );
-        assert_eq!(change(&d.changes, "x-id"), Some(vec!["42".into()]));
-        // No captures from the data plane: an empty table, as Kong's for a plain route.
-        let d = run(None).unwrap();
+        assert_eq!(change(&d, "x-id"), Some(vec!["42".into()]));
+        assert_eq!(change(&d, "x-all"), Some(vec!["/u/42".into()]));
+        let d = run("/u/./%34%32", Some(b"users"));
         assert_eq!(
-            change(&d.changes, ":path"),
-            Some(vec!["/users//x%20%C3%A9%3F?a=1".into()])
+            change(&d, "x-id"),
+            Some(vec!["42".into()]),
+            "normalised first"
         );
-        assert_eq!(change(&d.changes, "x-id"), Some(vec!["none".into()]));
-        // Captures that cannot be read fail the request.
-        assert_eq!(run(Some(b"not json")).unwrap_err().response.status, 500);
+        // A route without regex paths, or not in the map: Kong's empty table.
+        for route in [Some(&b"plain"[..]), Some(b"other"), None, Some(b"\xff")] {
+            let d = run("/u/42", route);
+            assert_eq!(change(&d, ":path"), Some(vec!["/users//x%20%C3%A9".into()]));
+            assert_eq!(change(&d, "x-id"), Some(vec!["none".into()]));
+        }
         let relative = config(r#"{"replace":{"uri":"$(headers.x)"}}"#);
-        let err = on_headers(
-            &relative,
-            &RequestHead {
-                headers: &h,
-                end_of_stream: true,
-                captures: None,
-            },
-        );
         assert_eq!(
-            err.unwrap_err().response.status,
+            refused(&relative, &base("/", &[]), true).0,
             500,
             "a path must start with /"
+        );
+    }
+
+    #[test]
+    fn replace_uri_keeps_question_marks_and_hashes_as_kong() {
+        // Review #22: Kong's `escape` keeps `?` and `#`; its runloop then appends `?args`.
+        let c = config(r#"{"replace":{"uri":"/a?x=1#f"}}"#);
+        let path = |p: &str| change(&decide(&c, &base(p, &[]), true).changes, ":path");
+        assert_eq!(path("/p"), Some(vec!["/a?x=1#f".into()]));
+        assert_eq!(path("/p?b=2"), Some(vec!["/a?x=1#f?b=2".into()]));
+        assert_eq!(path("/p?"), Some(vec!["/a?x=1#f?".into()]));
+        let spaces = config(r#"{"replace":{"uri":"/a b/%41/ü"}}"#);
+        assert_eq!(
+            change(&decide(&spaces, &base("/", &[]), true).changes, ":path"),
+            Some(vec!["/a%20b/%41/%C3%BC".into()])
+        );
+        // Without replace.uri a trailing `?` stays, as Kong forwards it.
+        let q = config(r#"{"add":{"headers":["x:1"]}}"#);
+        assert_eq!(
+            change(&decide(&q, &base("/p?", &[]), true).changes, ":path"),
+            None
+        );
+        let rm = config(r#"{"remove":{"querystring":["a"]}}"#);
+        assert_eq!(
+            change(&decide(&rm, &base("/p?a=1", &[]), true).changes, ":path"),
+            Some(vec!["/p".into()])
         );
     }
 
@@ -888,7 +1183,7 @@ mod tests {
         let d = decide(&big, &base("/", &json), false);
         assert!(
             d.body.is_none(),
-            "declared larger than the limit: passed on as is"
+            "only adds, declared larger than the limit: passed on as is"
         );
         assert!(d.changes.is_empty());
         // The content type after the header operations decides (Kong reads the changed header).
@@ -908,7 +1203,7 @@ mod tests {
         let c = config(
             r#"{"remove":{"body":["gone"]},"rename":{"body":["old:new"]},
                 "replace":{"body":["rep:r"]},"add":{"body":["added:$(headers.x)"]},
-                "append":{"body":["arr:2","s:2"]}}"#,
+                "append":{"body":["arr:2","s:2","n:2"]}}"#,
         );
         let d = decide(
             &c,
@@ -929,18 +1224,14 @@ mod tests {
             ))
             .as_deref(),
             Some(
-                r#"{"new":{"k":[1]},"rep":"r","arr":[1,"2"],"s":["1","2"],"n":1.50,"added":"hx"}"#
-            )
+                r#"{"new":{"k":[1]},"rep":"r","arr":[1,"2"],"s":["1","2"],"n":["2"],"added":"hx"}"#
+            ),
+            "review #19: a number is replaced by [value], as Kong's append_value"
         );
-        assert_eq!(
-            finish(&job, "{not json").body,
-            None,
-            "malformed JSON passes unchanged"
-        );
-        assert_eq!(finish(&job, "[1]").body, None);
+        assert_eq!(finish(&job, "[1]").body, None, "no keys to edit");
         assert_eq!(
             body(&finish(&job, "")).as_deref(),
-            Some(r#"{"added":"hx","arr":["2"],"s":["2"]}"#),
+            Some(r#"{"added":"hx","arr":["2"],"s":["2"],"n":["2"]}"#),
             "an empty body only gets add and append, as Kong"
         );
     }
@@ -982,15 +1273,29 @@ mod tests {
             part("old", "o"),
             part("rep", "1")
         );
+        // Review #19: Kong's order rename → remove → replace → add, set_simple parts, no
+        // append for multipart.
         let expected = format!(
-            "{}{}{}{}--B--\r\n",
+            "{}{}{}--B--\r\n",
             part("new", "o"),
             part("rep", "r"),
             part("added", "a b"),
-            part("m", "2")
         );
         assert_eq!(body(&finish(&job, &input)), Some(expected));
-        assert_eq!(finish(&job, "garbage").body, None);
+        let order = config(r#"{"remove":{"body":["a"]},"rename":{"body":["b:a"]}}"#);
+        let job = decide(
+            &order,
+            &base("/", &[("content-type", "multipart/form-data; boundary=B")]),
+            false,
+        )
+        .body
+        .unwrap();
+        let d = finish(&job, &format!("{}--B--", part("b", "bv")));
+        assert_eq!(
+            body(&d).as_deref(),
+            Some("--B--"),
+            "rename then remove drops both"
+        );
         let evil = config(r#"{"add":{"body":["x:$(headers.x)"]}}"#);
         let d = decide(
             &evil,
@@ -1011,6 +1316,131 @@ mod tests {
                 .response
                 .status,
             500
+        );
+    }
+
+    #[test]
+    fn bodies_that_cannot_be_sanitised_are_refused() {
+        // Review #9: with a remove configured, a body the plugin cannot edit safely never
+        // reaches the upstream unchanged.
+        let c = config(r#"{"remove":{"body":["role"]},"wasmgate":{"body_buffer_limit":64}}"#);
+        let job = |content_type: &str| {
+            decide(&c, &base("/", &[("content-type", content_type)]), false)
+                .body
+                .unwrap()
+        };
+        let status = |job: &BodyJob, body: &[u8]| match job.finish(body) {
+            Ok(d) => (200, body_or(&d, body)),
+            Err(r) => (
+                r.response.status,
+                String::from_utf8_lossy(&r.response.body).into_owned(),
+            ),
+        };
+        fn body_or(d: &BodyDecision, original: &[u8]) -> String {
+            String::from_utf8_lossy(d.body.as_deref().unwrap_or(original)).into_owned()
+        }
+        let json = job("application/json");
+        assert_eq!(
+            status(&json, br#"{"role":"admin","x":NaN}"#),
+            (
+                400,
+                r#"{"message":"The request body is not valid JSON"}"#.into()
+            )
+        );
+        assert_eq!(
+            status(&json, br#"{"role":"admin","x":1}"#),
+            (200, r#"{"x":1}"#.into())
+        );
+        let multi = job("multipart/form-data; boundary=B");
+        let hidden = b"--B\r\nContent-Disposition: form-data; filename=\"a; name=zzz\"; name=\"role\"\r\n\r\nadmin\r\n--B--\r\n";
+        assert_eq!(status(&multi, hidden), (200, "--B--\r\n".into()));
+        let unterminated = b"--B\r\nContent-Disposition: form-data; name=\"role\"\r\n\r\nadmin\r\n";
+        assert_eq!(
+            status(&multi, unterminated),
+            (
+                400,
+                r#"{"message":"The request body is not valid multipart/form-data"}"#.into()
+            )
+        );
+        let twice = b"--B\r\nContent-Disposition: form-data; name=\"x\"; name=\"role\"\r\n\r\nadmin\r\n--B--";
+        assert_eq!(status(&multi, twice).0, 400);
+        // Streamed past the limit.
+        assert_eq!(json.too_large().unwrap().response.status, 413);
+        // Refused at the headers: declared too large, encoded, no boundary, two types.
+        let cases: [(&[(&str, &str)], u16); 4] = [
+            (
+                &[
+                    ("content-type", "application/json"),
+                    ("content-length", "65"),
+                ],
+                413,
+            ),
+            (
+                &[
+                    ("content-type", "application/json"),
+                    ("content-encoding", "gzip"),
+                ],
+                415,
+            ),
+            (&[("content-type", "multipart/form-data")], 400),
+            (
+                &[
+                    ("content-type", "text/plain"),
+                    ("content-type", "application/json"),
+                ],
+                400,
+            ),
+        ];
+        for (extra, expected) in cases {
+            assert_eq!(
+                refused(&c, &base("/", extra), false).0,
+                expected,
+                "{extra:?}"
+            );
+            assert!(
+                decide(&c, &base("/", extra), true).body.is_none(),
+                "no body: nothing to refuse"
+            );
+        }
+        // `pass` keeps Kong's behaviour: such bodies go on unchanged.
+        let pass = config(
+            r#"{"remove":{"body":["role"]},"wasmgate":{"body_buffer_limit":64,"unparsable_body":"pass"}}"#,
+        );
+        let json = decide(
+            &pass,
+            &base("/", &[("content-type", "application/json")]),
+            false,
+        )
+        .body
+        .unwrap();
+        assert_eq!(json.finish(b"{\"role\":NaN}").unwrap().body, None);
+        assert!(json.too_large().is_none());
+        for (extra, _) in cases {
+            assert!(
+                decide(&pass, &base("/", extra), false).body.is_none(),
+                "{extra:?}"
+            );
+        }
+        // With only add/append there is nothing to sanitise: pass-through is the default.
+        let add = config(r#"{"add":{"body":["p:v"]},"wasmgate":{"body_buffer_limit":64}}"#);
+        let json = decide(
+            &add,
+            &base("/", &[("content-type", "application/json")]),
+            false,
+        )
+        .body
+        .unwrap();
+        assert_eq!(json.finish(b"{\"a\":NaN}").unwrap().body, None);
+        assert!(json.too_large().is_none());
+        for (extra, _) in &cases[..3] {
+            assert!(
+                decide(&add, &base("/", extra), false).body.is_none(),
+                "{extra:?}"
+            );
+        }
+        assert!(
+            decide(&add, &base("/", cases[3].0), false).body.is_none(),
+            "Kong reads the first Content-Type, text/plain"
         );
     }
 
@@ -1046,8 +1476,11 @@ mod tests {
     }
 
     #[test]
-    fn held_headers_get_an_exact_content_length() {
-        let c = config(r#"{"add":{"body":["p:v"]},"wasmgate":{"hold_headers":true}}"#);
+    fn held_headers_get_an_exact_content_length_or_keep_the_clients() {
+        // Review #20: with held headers an unchanged body keeps its Content-Length.
+        let c = config(
+            r#"{"add":{"body":["p:v"]},"remove":{"body":["x"]},"wasmgate":{"hold_headers":true}}"#,
+        );
         let d = decide(
             &c,
             &base(
@@ -1060,11 +1493,18 @@ mod tests {
             false,
         );
         assert_eq!(change(&d.changes, "content-length"), None);
-        let done = finish(d.body.as_ref().unwrap(), "{}");
+        let job = d.body.unwrap();
+        let done = finish(&job, "{}");
         assert_eq!(body(&done).as_deref(), Some(r#"{"p":"v"}"#));
         assert_eq!(
             change(&done.changes, "content-length"),
             Some(vec!["9".into()])
+        );
+        let unchanged = finish(&job, r#"{"p":"mine"}"#);
+        assert_eq!(unchanged.body, None);
+        assert!(
+            unchanged.changes.is_empty(),
+            "Content-Length stays the client's"
         );
     }
 }

@@ -54,7 +54,8 @@ pub struct Params {
 }
 
 impl Params {
-    /// Splits on `&`; empty segments are kept so the text round-trips exactly.
+    /// Splits on `&`; empty segments are kept so the text round-trips exactly (fuzzing entry
+    /// point: total on any bytes, linear in their length).
     pub fn parse(raw: &[u8]) -> Params {
         if raw.is_empty() {
             return Params::default();
@@ -133,7 +134,9 @@ impl Params {
             i += 1;
             keep
         });
-        self.params[first] = Param::new(name, value);
+        if let Some(slot) = self.params.get_mut(first) {
+            *slot = Param::new(name, value);
+        }
         true
     }
 
@@ -165,8 +168,8 @@ fn hex(b: u8) -> Option<u8> {
 pub fn decode(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
+    while let Some(&b) = raw.get(i) {
+        match b {
             b'+' => out.push(b' '),
             b'%' => {
                 let pair = raw

@@ -1,0 +1,579 @@
+//! One request's life in the filter, written against [`Host`] (the proxy-wasm calls it
+//! needs) so that what the adapter does is tested natively with hosts that behave like
+//! Envoy's. `filter` implements [`Host`] with the raw ABI.
+//!
+//! Envoy 1.40 facts this follows: a Pause from the header callback (with default plugin
+//! settings) stops body delivery for good, so the filter drops Content-Length and continues,
+//! then pauses in the body callback until the end of the stream (Envoy buffers and passes the
+//! running total) and replaces the body; Envoy sends it chunked. With `wasmgate.hold_headers`
+//! (Envoy: `allow_on_headers_stop_iteration: true`) the headers wait for the body instead:
+//! a rewritten body gets its exact Content-Length and an unchanged one keeps the client's.
+//! A request that ends with trailers and no DATA (HTTP/2) has no body buffer in Envoy: the
+//! body callbacks never run, and writing a body fails; then the request goes on as it is.
+
+use std::rc::Rc;
+
+use kit::LocalResponse;
+
+use crate::transform::{self, BodyJob, HeaderChange, Headers, Refusal, RequestHead};
+use crate::Config;
+
+/// A proxy-wasm status other than OK.
+pub type Status = u32;
+
+/// What the filter tells the host after a callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Pause,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Warn,
+    Error,
+}
+
+/// The host calls the filter makes; every one may fail with a status.
+pub trait Host {
+    /// The request headers, names and values as bytes.
+    fn request_headers(&mut self) -> Result<Headers, Status>;
+    fn remove_request_header(&mut self, name: &str) -> Result<(), Status>;
+    fn add_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), Status>;
+    fn replace_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), Status>;
+    /// The first `size` bytes of the buffered request body; `None` when there is none.
+    fn request_body(&mut self, size: usize) -> Result<Option<Vec<u8>>, Status>;
+    /// Replaces the first `size` bytes of the buffered request body.
+    fn set_request_body(&mut self, size: usize, body: &[u8]) -> Result<(), Status>;
+    /// The matched route's name (`xds.route_name`).
+    fn route_name(&mut self) -> Option<Vec<u8>>;
+    fn send(&mut self, response: &LocalResponse);
+    fn log(&mut self, level: Level, message: &str);
+}
+
+/// One host call that sets a header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderWrite<'a> {
+    Remove(&'a str),
+    Add(&'a str, &'a [u8]),
+    Replace(&'a str, &'a [u8]),
+}
+
+/// The host calls that leave each changed header with exactly its final values.
+///
+/// A regular header is removed (every occurrence) and each value added: a replace
+/// (`proxy_replace_header_map_value`) keeps later duplicates on hosts whose replace sets only
+/// the first occurrence (Envoy before 1.16), and a client's second `X-Api-Key` must never
+/// survive a replace, rename or append. Pseudo-headers hold one value and are replaced.
+pub fn header_writes(changes: &[HeaderChange]) -> Vec<HeaderWrite<'_>> {
+    let mut writes = Vec::new();
+    for change in changes {
+        let name = change.name.as_str();
+        if name.starts_with(':') {
+            if let Some(value) = change.values.last() {
+                writes.push(HeaderWrite::Replace(name, value));
+            }
+            continue;
+        }
+        writes.push(HeaderWrite::Remove(name));
+        for value in &change.values {
+            writes.push(HeaderWrite::Add(name, value));
+        }
+    }
+    writes
+}
+
+/// The filter's state for one request.
+pub struct Stream {
+    config: Rc<Config>,
+    job: Option<BodyJob>,
+    /// The client's Accept, for refusals after the headers.
+    accept: Option<Vec<u8>>,
+    /// A local response was sent: nothing more to do.
+    done: bool,
+    body_size: usize,
+}
+
+impl Stream {
+    pub fn new(config: Rc<Config>) -> Stream {
+        Stream {
+            config,
+            job: None,
+            accept: None,
+            done: false,
+            body_size: 0,
+        }
+    }
+
+    fn unexpected(&self, log: String) -> Refusal {
+        Refusal {
+            response: kit::kong_error(500, transform::UNEXPECTED, self.accept.as_deref()),
+            log,
+        }
+    }
+
+    fn refuse(&mut self, host: &mut dyn Host, refusal: &Refusal) -> Action {
+        host.log(Level::Error, &refusal.log);
+        self.done = true;
+        self.job = None;
+        host.send(&refusal.response);
+        Action::Pause
+    }
+
+    /// Applies header changes; a failing host call refuses the request (500) rather than
+    /// send it on half-edited (a removed credential without its replacement, say).
+    fn apply(&mut self, host: &mut dyn Host, changes: &[HeaderChange]) -> Result<(), Refusal> {
+        for write in header_writes(changes) {
+            let result = match write {
+                HeaderWrite::Remove(name) => host.remove_request_header(name),
+                HeaderWrite::Add(name, value) => host.add_request_header(name, value),
+                HeaderWrite::Replace(name, value) => host.replace_request_header(name, value),
+            };
+            if let Err(status) = result {
+                return Err(self.unexpected(format!(
+                    "the host refused a request header change ({write:?}): status {status}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
+        let headers = match host.request_headers() {
+            Ok(headers) => headers,
+            Err(status) => {
+                let refusal = self.unexpected(format!(
+                    "the host refused the request headers: status {status}"
+                ));
+                return self.refuse(host, &refusal);
+            }
+        };
+        let headers: Headers = headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        self.accept = headers
+            .iter()
+            .find(|(k, _)| k == b"accept")
+            .map(|(_, v)| v.clone());
+        let route = if self.config.reads_captures() {
+            host.route_name()
+        } else {
+            None
+        };
+        let head = RequestHead {
+            headers: &headers,
+            end_of_stream,
+            route: route.as_deref(),
+        };
+        let decision = match transform::on_headers(&self.config, &head) {
+            Ok(decision) => decision,
+            Err(refusal) => return self.refuse(host, &refusal),
+        };
+        if let Err(refusal) = self.apply(host, &decision.changes) {
+            return self.refuse(host, &refusal);
+        }
+        let hold = decision.body.as_ref().is_some_and(|job| job.hold_headers);
+        self.job = decision.body;
+        if hold {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    pub fn on_request_body(
+        &mut self,
+        host: &mut dyn Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        if self.done {
+            return Action::Pause;
+        }
+        let Some(job) = &self.job else {
+            return Action::Continue;
+        };
+        self.body_size = body_size;
+        if body_size as u64 > job.limit {
+            if let Some(refusal) = job.too_large() {
+                return self.refuse(host, &refusal);
+            }
+            host.log(
+                Level::Debug,
+                "body larger than wasmgate.body_buffer_limit: passed on unchanged",
+            );
+            self.job = None;
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.finish(host)
+    }
+
+    pub fn on_request_trailers(&mut self, host: &mut dyn Host) -> Action {
+        if self.done {
+            return Action::Pause;
+        }
+        // A body followed by trailers ends here, not in a body callback.
+        self.finish(host)
+    }
+
+    /// Rewrites the complete buffered body.
+    fn finish(&mut self, host: &mut dyn Host) -> Action {
+        let Some(job) = self.job.take() else {
+            return Action::Continue;
+        };
+        let size = self.body_size;
+        let body = match host.request_body(size) {
+            Ok(body) => body.unwrap_or_default(),
+            Err(status) => {
+                let refusal = self.unexpected(format!(
+                    "the host refused the request body: status {status}"
+                ));
+                return self.refuse(host, &refusal);
+            }
+        };
+        let decision = match job.finish(&body) {
+            Ok(decision) => decision,
+            Err(refusal) => return self.refuse(host, &refusal),
+        };
+        if let Some(new) = &decision.body {
+            if let Err(status) = host.set_request_body(size, new) {
+                if !body.is_empty() {
+                    // The edit may remove a field: never send the original instead.
+                    let refusal = self.unexpected(format!(
+                        "the host refused the rewritten request body: status {status}"
+                    ));
+                    return self.refuse(host, &refusal);
+                }
+                // No body buffer (trailers without DATA): only added fields are lost.
+                host.log(
+                    Level::Warn,
+                    &format!(
+                        "the request has no body the host lets the filter write (status \
+                         {status}): body fields not added"
+                    ),
+                );
+                return Action::Continue;
+            }
+        }
+        if job.hold_headers {
+            if let Err(refusal) = self.apply(host, &decision.changes) {
+                return self.refuse(host, &refusal);
+            }
+        }
+        Action::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host whose header map and body behave like Envoy's: names lower-case, duplicates
+    /// kept in order. `replace_first_only` is Envoy before 1.16 (`setCopy` set only the first
+    /// duplicate); `body: None` is a stream without DATA (no body buffer: writes fail with
+    /// BadArgument); `refuse_writes` fails every header write.
+    #[derive(Default)]
+    struct Envoy {
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+        body: Option<Vec<u8>>,
+        route: Option<Vec<u8>>,
+        replace_first_only: bool,
+        refuse_writes: bool,
+        sent: Vec<LocalResponse>,
+        logs: Vec<(Level, String)>,
+        calls: Vec<String>,
+    }
+
+    const BAD_ARGUMENT: Status = 2;
+
+    impl Envoy {
+        fn request(path: &str, headers: &[(&str, &[u8])]) -> Envoy {
+            let mut list = vec![
+                (b":method".to_vec(), b"POST".to_vec()),
+                (b":path".to_vec(), path.as_bytes().to_vec()),
+                (b":authority".to_vec(), b"client.test".to_vec()),
+            ];
+            list.extend(
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec())),
+            );
+            Envoy {
+                headers: list,
+                ..Envoy::default()
+            }
+        }
+
+        fn values(&self, name: &str) -> Vec<&[u8]> {
+            self.headers
+                .iter()
+                .filter(|(k, _)| k == name.as_bytes())
+                .map(|(_, v)| v.as_slice())
+                .collect()
+        }
+
+        fn write(&mut self, call: String) -> Result<(), Status> {
+            self.calls.push(call);
+            if self.refuse_writes {
+                Err(BAD_ARGUMENT)
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl Host for Envoy {
+        fn request_headers(&mut self) -> Result<Headers, Status> {
+            Ok(self.headers.clone())
+        }
+        fn remove_request_header(&mut self, name: &str) -> Result<(), Status> {
+            self.write(format!("remove {name}"))?;
+            self.headers.retain(|(k, _)| k != name.as_bytes());
+            Ok(())
+        }
+        fn add_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), Status> {
+            self.write(format!("add {name}"))?;
+            self.headers
+                .push((name.as_bytes().to_vec(), value.to_vec()));
+            Ok(())
+        }
+        fn replace_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), Status> {
+            self.write(format!("replace {name}"))?;
+            let key = name.as_bytes();
+            match self.headers.iter().position(|(k, _)| k == key) {
+                Some(first) => {
+                    self.headers[first].1 = value.to_vec();
+                    if !self.replace_first_only {
+                        let mut i = 0;
+                        self.headers.retain(|(k, _)| {
+                            i += 1;
+                            k != key || i - 1 == first
+                        });
+                    }
+                }
+                None => self.headers.push((key.to_vec(), value.to_vec())),
+            }
+            Ok(())
+        }
+        fn request_body(&mut self, size: usize) -> Result<Option<Vec<u8>>, Status> {
+            Ok(self.body.as_ref().map(|b| b[..size.min(b.len())].to_vec()))
+        }
+        fn set_request_body(&mut self, _size: usize, body: &[u8]) -> Result<(), Status> {
+            match &mut self.body {
+                Some(slot) => {
+                    *slot = body.to_vec();
+                    Ok(())
+                }
+                None => Err(BAD_ARGUMENT),
+            }
+        }
+        fn route_name(&mut self) -> Option<Vec<u8>> {
+            self.route.clone()
+        }
+        fn send(&mut self, response: &LocalResponse) {
+            self.sent.push(response.clone());
+        }
+        fn log(&mut self, level: Level, message: &str) {
+            self.logs.push((level, message.to_owned()));
+        }
+    }
+
+    fn stream(json: &str) -> Stream {
+        let env = |name: &str| (name == "KEY").then(|| "s3cret".to_owned());
+        Stream::new(Rc::new(Config::parse(json.as_bytes(), &env).unwrap()))
+    }
+
+    #[test]
+    fn a_changed_header_is_removed_then_added_value_by_value() {
+        let changes = vec![
+            HeaderChange {
+                name: "x-list".into(),
+                values: vec![b"a".to_vec(), b"b".to_vec(), b"v".to_vec()],
+            },
+            HeaderChange {
+                name: "x-gone".into(),
+                values: vec![],
+            },
+            HeaderChange {
+                name: ":path".into(),
+                values: vec![b"/new".to_vec()],
+            },
+        ];
+        assert_eq!(
+            header_writes(&changes),
+            [
+                HeaderWrite::Remove("x-list"),
+                HeaderWrite::Add("x-list", b"a"),
+                HeaderWrite::Add("x-list", b"b"),
+                HeaderWrite::Add("x-list", b"v"),
+                HeaderWrite::Remove("x-gone"),
+                HeaderWrite::Replace(":path", b"/new"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_second_client_header_never_survives_on_a_first_only_host() {
+        // Review #2, on a host whose replace sets only the first duplicate.
+        let mut s = stream(
+            r#"{"replace":{"headers":["X-Api-Key:{vault://env/KEY}"]},
+                "add":{"headers":["X-Api-Key:{vault://env/KEY}"]},
+                "rename":{"headers":["x-old:x-new"]},"append":{"headers":["x-list:v"]}}"#,
+        );
+        let mut host = Envoy::request(
+            "/",
+            &[
+                ("x-api-key", b"a"),
+                ("x-api-key", b"evil"),
+                ("x-old", b"o"),
+                ("x-new", b"n1"),
+                ("x-new", b"n2"),
+                ("x-list", b"a"),
+                ("x-list", b"b"),
+            ],
+        );
+        host.replace_first_only = true;
+        assert_eq!(s.on_request_headers(&mut host, true), Action::Continue);
+        assert_eq!(host.values("x-api-key"), [b"s3cret"]);
+        assert_eq!(host.values("x-new"), [b"o"]);
+        assert!(host.values("x-old").is_empty());
+        assert_eq!(host.values("x-list"), [&b"a"[..], b"b", b"v"]);
+        assert!(host.sent.is_empty());
+    }
+
+    #[test]
+    fn a_refused_header_write_refuses_the_request() {
+        let mut s = stream(r#"{"replace":{"headers":["X-Api-Key:{vault://env/KEY}"]}}"#);
+        let mut host = Envoy::request("/", &[("x-api-key", b"a"), ("accept", b"text/plain")]);
+        host.refuse_writes = true;
+        assert_eq!(s.on_request_headers(&mut host, true), Action::Pause);
+        assert_eq!(host.sent[0].status, 500);
+        assert_eq!(host.sent[0].body, b"An unexpected error occurred\n");
+        assert_eq!(s.on_request_body(&mut host, 1, true), Action::Pause);
+    }
+
+    #[test]
+    fn trailers_without_data_never_trap() {
+        // Review #14: HTTP/2 HEADERS, then trailers; Envoy has no body buffer to write.
+        let mut s = stream(r#"{"add":{"body":["p:v"]}}"#);
+        let mut host = Envoy::request("/", &[("content-type", b"application/json")]);
+        assert_eq!(s.on_request_headers(&mut host, false), Action::Continue);
+        assert_eq!(s.on_request_trailers(&mut host), Action::Continue);
+        assert!(host.sent.is_empty());
+        assert_eq!(host.logs[0].0, Level::Warn);
+        // With a body buffer, the same request gets the body Kong creates.
+        let mut s = stream(r#"{"add":{"body":["p:v"]}}"#);
+        let mut host = Envoy::request("/", &[("content-type", b"application/json")]);
+        host.body = Some(Vec::new());
+        s.on_request_headers(&mut host, false);
+        assert_eq!(s.on_request_trailers(&mut host), Action::Continue);
+        assert_eq!(host.body.as_deref(), Some(&br#"{"p":"v"}"#[..]));
+    }
+
+    #[test]
+    fn a_body_that_cannot_be_written_back_is_never_sent_unedited() {
+        #[derive(Default)]
+        struct ReadOnly(Envoy);
+        impl Host for ReadOnly {
+            fn request_headers(&mut self) -> Result<Headers, Status> {
+                self.0.request_headers()
+            }
+            fn remove_request_header(&mut self, name: &str) -> Result<(), Status> {
+                self.0.remove_request_header(name)
+            }
+            fn add_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), Status> {
+                self.0.add_request_header(name, value)
+            }
+            fn replace_request_header(&mut self, n: &str, v: &[u8]) -> Result<(), Status> {
+                self.0.replace_request_header(n, v)
+            }
+            fn request_body(&mut self, size: usize) -> Result<Option<Vec<u8>>, Status> {
+                self.0.request_body(size)
+            }
+            fn set_request_body(&mut self, _: usize, _: &[u8]) -> Result<(), Status> {
+                Err(BAD_ARGUMENT)
+            }
+            fn route_name(&mut self) -> Option<Vec<u8>> {
+                None
+            }
+            fn send(&mut self, response: &LocalResponse) {
+                self.0.send(response)
+            }
+            fn log(&mut self, level: Level, message: &str) {
+                self.0.log(level, message)
+            }
+        }
+        let mut s = stream(r#"{"remove":{"body":["role"]}}"#);
+        let mut host = ReadOnly(Envoy::request(
+            "/",
+            &[("content-type", b"application/json")],
+        ));
+        let body = br#"{"role":"admin"}"#;
+        host.0.body = Some(body.to_vec());
+        s.on_request_headers(&mut host, false);
+        assert_eq!(
+            s.on_request_body(&mut host, body.len(), true),
+            Action::Pause
+        );
+        assert_eq!(host.0.sent[0].status, 500);
+    }
+
+    #[test]
+    fn a_streamed_body_over_the_limit_is_refused_or_passed() {
+        let limited = r#"{"remove":{"body":["role"]},"wasmgate":{"body_buffer_limit":8}}"#;
+        let mut s = stream(limited);
+        let mut host = Envoy::request("/", &[("content-type", b"application/json")]);
+        host.body = Some(br#"{"role":"admin"}"#.to_vec());
+        assert_eq!(s.on_request_headers(&mut host, false), Action::Continue);
+        assert_eq!(s.on_request_body(&mut host, 4, false), Action::Pause);
+        assert_eq!(s.on_request_body(&mut host, 16, false), Action::Pause);
+        assert_eq!(host.sent[0].status, 413);
+        assert_eq!(
+            host.sent[0].body,
+            br#"{"message":"Request size limit exceeded"}"#
+        );
+        let mut s = stream(r#"{"add":{"body":["p:v"]},"wasmgate":{"body_buffer_limit":8}}"#);
+        let mut host = Envoy::request("/", &[("content-type", b"application/json")]);
+        s.on_request_headers(&mut host, false);
+        assert_eq!(s.on_request_body(&mut host, 16, false), Action::Continue);
+        assert_eq!(s.on_request_body(&mut host, 32, true), Action::Continue);
+        assert!(host.sent.is_empty());
+    }
+
+    #[test]
+    fn held_headers_keep_the_content_length_of_an_unchanged_body() {
+        // Review #20.
+        let config = r#"{"replace":{"body":["p:r"]},"wasmgate":{"hold_headers":true}}"#;
+        for (body, length) in [(&br#"{"q":1}"#[..], &b"7"[..]), (br#"{"p":1}"#, b"9")] {
+            let mut s = stream(config);
+            let mut host = Envoy::request(
+                "/",
+                &[
+                    ("content-type", b"application/json"),
+                    ("content-length", b"7"),
+                ],
+            );
+            host.body = Some(body.to_vec());
+            assert_eq!(s.on_request_headers(&mut host, false), Action::Pause);
+            assert_eq!(s.on_request_body(&mut host, 7, true), Action::Continue);
+            assert_eq!(host.values("content-length"), [length]);
+        }
+    }
+
+    #[test]
+    fn uri_captures_use_the_route_name_property() {
+        let mut s = stream(
+            r#"{"add":{"headers":["x-id:$(uri_captures.id or 'none')"]},
+                "wasmgate":{"route_paths":{"users":["/u/(?<id>\\d+)"]}}}"#,
+        );
+        let mut host = Envoy::request("/u/7", &[]);
+        host.route = Some(b"users".to_vec());
+        s.on_request_headers(&mut host, true);
+        assert_eq!(host.values("x-id"), [b"7"]);
+    }
+}
