@@ -35,6 +35,3 @@ pub use transform::{BodyJob, HeadDecision, HeaderChange, RequestHead};
 pub const PLUGIN_NAME: &str = "request-transformer";
 /// Kong's plugin priority: higher runs first.
 pub const PRIORITY: u32 = 801;
-/// The property a data plane sets to a JSON object of the route's URI captures
-/// (`{"0": "/users/42", "1": "42", "id": "42"}`) for `$(uri_captures...)` templates.
-pub const URI_CAPTURES_PROPERTY: &str = "wasmgate.uri_captures";
