@@ -238,6 +238,33 @@ fn wrap(value: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsing_any_bytes_is_total(body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Parsed::Object(o) = Object::parse(&body) {
+                prop_assert_eq!(Object::parse(&o.to_bytes()), Parsed::Object(o));
+            }
+        }
+    }
+
+    #[test]
+    fn high_and_control_bytes_never_fail() {
+        for body in [
+            &b"{\"a\":\"\x80\"}"[..],
+            b"{\"a\":\"\r\n\"}",
+            b"{\"a\":\"\x00\"}",
+            b"{\"\xff\":1}",
+            b"\xff",
+            b"\x00",
+        ] {
+            assert_eq!(Object::parse(body), Parsed::Invalid, "{body:?}");
+        }
+        let o = object(b"{\"\\u0000\\r\\n\":\"\xc3\xa9\\u00ff\"}");
+        assert_eq!(o.members[0].0, b"\x00\r\n");
+        assert_eq!(o.to_bytes(), b"{\"\\u0000\\r\\n\":\"\xc3\xa9\\u00ff\"}");
+    }
 
     fn object(body: &[u8]) -> Object {
         match Object::parse(body) {

@@ -769,6 +769,43 @@ Content-Type: application/octet-stream\r\n\r\n\
     }
 
     #[test]
+    fn high_and_control_bytes_in_parts() {
+        // Quoted-strings carry 0x80-0xFF (obs-text) as they are; CR, LF and NUL are refused.
+        let parse = |d: &[u8]| {
+            let mut body = b"--B\r\nContent-Disposition: ".to_vec();
+            body.extend_from_slice(d);
+            body.extend_from_slice(b"\r\n\r\n\x00\xff\r\n--B--");
+            Multipart::parse(&body, b"B").map(|m| m.parts[0].name.clone())
+        };
+        assert_eq!(
+            parse(b"form-data; name=\"\xc3\xa9\xff\""),
+            Ok(Some(b"\xc3\xa9\xff".to_vec()))
+        );
+        assert_eq!(
+            parse(b"form-data; name=\"a\x00\""),
+            Err(Malformed::BadDisposition)
+        );
+        assert_eq!(
+            parse(b"form-data; name=\xff"),
+            Err(Malformed::BadDisposition)
+        );
+        assert_eq!(
+            parse(b"form-data; name=\"a\rb\""),
+            Err(Malformed::BadPartHeaders)
+        );
+        assert_eq!(
+            disposition_name(b"form-data; name=\"a\nb\""),
+            Err(Malformed::BadDisposition)
+        );
+        assert_eq!(boundary(b"multipart/form-data; boundary=\"\x80\""), None);
+        let mut m = Multipart::empty(b"B");
+        m.add(b"n\r\n\x00\xff", b"\r\n\x00\xff");
+        let back = Multipart::parse(&m.to_bytes(), b"B").unwrap();
+        assert_eq!(back.parts[0].name.as_deref(), Some(&b"n%0D%0A%00\xff"[..]));
+        assert_eq!(back.parts[0].content, b"\r\n\x00\xff");
+    }
+
+    #[test]
     fn part_headers_that_parsers_could_read_differently_are_refused() {
         let parse = |headers: &[u8]| {
             let mut body = b"--B\r\n".to_vec();

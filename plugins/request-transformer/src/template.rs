@@ -462,6 +462,13 @@ mod tests {
     }
 
     #[test]
+    fn configured_text_with_any_characters_is_kept() {
+        let t = Template::parse("a\r\n\u{0}\u{ff}$(headers.raw)", &no_secrets).unwrap();
+        assert_eq!(t.render(&req()), b"a\r\n\x00\xc3\xbf\x80\xff\r\n\x00");
+        assert!(Template::parse("$(headers[\"\u{0}\u{ff}\"])", &no_secrets).is_ok());
+    }
+
+    #[test]
     fn expressions_end_at_the_balancing_parenthesis_like_penlight() {
         // Lua's %b() ignores quotes: the expression is `headers[")"`, which is refused.
         assert!(Template::parse("$(headers[\")\"])", &no_secrets).is_err());
