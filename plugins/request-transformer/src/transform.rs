@@ -527,8 +527,9 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
         ));
     }
     if has_body && kind.is_some() {
-        let encoded = first(head.headers, "content-encoding")
-            .is_some_and(|v| !v.trim_ascii().eq_ignore_ascii_case(b"identity"));
+        let encoded = values_of(head.headers, "content-encoding")
+            .iter()
+            .any(|v| !v.trim_ascii().eq_ignore_ascii_case(b"identity"));
         let unusable = if encoded {
             Some((415, ENCODED, "the body has a Content-Encoding"))
         } else if kind == Some(BodyKind::Multipart(None)) {
@@ -1402,6 +1403,17 @@ mod tests {
                 "no body: nothing to refuse"
             );
         }
+        let identity = [
+            ("content-type", "application/json"),
+            ("content-encoding", "identity"),
+        ];
+        assert!(decide(&c, &base("/", &identity), false).body.is_some());
+        let hidden = [
+            ("content-type", "application/json"),
+            ("content-encoding", "identity"),
+            ("content-encoding", "gzip"),
+        ];
+        assert_eq!(refused(&c, &base("/", &hidden), false).0, 415);
         // `pass` keeps Kong's behaviour: such bodies go on unchanged.
         let pass = config(
             r#"{"remove":{"body":["role"]},"wasmgate":{"body_buffer_limit":64,"unparsable_body":"pass"}}"#,
