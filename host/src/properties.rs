@@ -43,18 +43,22 @@ pub fn get(
         s.request_headers
             .as_ref()
             .and_then(|h| h.get(name))
-            .map(text)
+            .map(<[u8]>::to_vec)
     };
     let path_header = s
         .request_headers
         .as_ref()
         .and_then(|h| h.get(":path"))
-        .unwrap_or("")
-        .to_owned();
+        .unwrap_or_default();
+    let query_at = path_header.iter().position(|&b| b == b'?');
     match path {
-        ["request", "path"] => Some(text(&path_header)),
-        ["request", "url_path"] => Some(text(path_header.split('?').next().unwrap_or(""))),
-        ["request", "query"] => Some(text(path_header.split_once('?').map_or("", |(_, q)| q))),
+        ["request", "path"] => Some(path_header.to_vec()),
+        ["request", "url_path"] => {
+            Some(path_header[..query_at.unwrap_or(path_header.len())].to_vec())
+        }
+        ["request", "query"] => {
+            Some(query_at.map_or_else(Vec::new, |at| path_header[at + 1..].to_vec()))
+        }
         ["request", "host"] => header(":authority"),
         ["request", "scheme"] => header(":scheme"),
         ["request", "method"] => header(":method"),
@@ -75,11 +79,11 @@ pub fn get(
             .response_headers
             .as_ref()
             .and_then(|h| h.get(name))
-            .map(text),
+            .map(<[u8]>::to_vec),
         ["response", "code"] => s
             .response_headers
             .as_ref()
-            .and_then(|h| h.get(":status"))
+            .and_then(|h| h.get_str(":status"))
             .and_then(|v| v.parse::<u64>().ok())
             .map(int),
         ["response", "size"] => Some(int(s.response_bytes)),

@@ -159,8 +159,9 @@ impl TestResponse {
         }
     }
 
+    /// The first value of `name`, when it is text (`headers.get` has the bytes).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name)
+        self.headers.get_str(name)
     }
 
     pub fn text(&self) -> String {
@@ -367,7 +368,7 @@ impl Harness {
                 h.add(k, v);
             }
         }
-        let explicit_length = h.get("content-length").map(str::to_owned);
+        let explicit_length = h.get("content-length").map(<[u8]>::to_vec);
         let body_len: Option<usize> = match &req.body {
             TestBody::Empty => Some(0),
             TestBody::Bytes(b) => Some(b.len()),
@@ -380,7 +381,7 @@ impl Harness {
             }
         }
         let declared = h
-            .get("content-length")
+            .get_str("content-length")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
         let eos = body_len == Some(0) && declared == 0 && req.trailers.is_none();
@@ -550,16 +551,20 @@ impl Harness {
                 let mut rest = Headers::new();
                 for (k, v) in headers.iter() {
                     match k {
-                        ":method" => run.upstream.method = v.to_owned(),
-                        ":path" => run.upstream.path = v.to_owned(),
-                        ":authority" => run.upstream.authority = v.to_owned(),
+                        ":method" => run.upstream.method = String::from_utf8_lossy(v).into_owned(),
+                        ":path" => run.upstream.path = String::from_utf8_lossy(v).into_owned(),
+                        ":authority" => {
+                            run.upstream.authority = String::from_utf8_lossy(v).into_owned()
+                        }
                         k if k.starts_with(':') => {}
                         _ => rest.add(k, v),
                     }
                 }
                 // The upstream speaks HTTP/1.1 (as in our Envoy bootstraps): `host`.
-                rest.0
-                    .insert(0, ("host".into(), run.upstream.authority.clone()));
+                rest.0.insert(
+                    0,
+                    ("host".into(), run.upstream.authority.clone().into_bytes()),
+                );
                 run.upstream.headers = rest;
                 run.upstream_done = end_of_stream;
             }
@@ -581,7 +586,8 @@ impl Harness {
                 let mut rest = Headers::new();
                 for (k, v) in headers.iter() {
                     if k == ":status" {
-                        run.client_status = v.parse().ok();
+                        run.client_status =
+                            std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
                     } else if !k.starts_with(':') {
                         rest.add(k, v);
                     }

@@ -117,7 +117,7 @@ fn abi_0_2_0_module_with_an_http_call() {
     let mut h = Harness::new().expect("harness");
     h.on_http_call(|call| {
         assert_eq!(call.upstream, "authz");
-        assert_eq!(call.headers.get(":path"), Some("/check"));
+        assert_eq!(call.headers.get(":path"), Some(b"/check".as_slice()));
         HttpCallResult::Response(HttpCallResponse::new(204, &[], b""))
     });
     h.load_bytes(&wasm, PluginConfig::new("as-style", ""))
@@ -125,7 +125,10 @@ fn abi_0_2_0_module_with_an_http_call() {
     let out = h.send(TestRequest::get("/"));
     assert_eq!(out.response.status, 200, "{}", h.log_text());
     let upstream = out.upstream.expect("reached the upstream");
-    assert_eq!(upstream.headers.get("x-authz-status"), Some("204"));
+    assert_eq!(
+        upstream.headers.get("x-authz-status"),
+        Some(b"204".as_slice())
+    );
     assert_eq!(out.http_calls.len(), 1);
     assert!(h.log_text().contains("hello"), "{}", h.log_text());
 }

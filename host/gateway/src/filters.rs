@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use host::{Engine, EngineConfig, HostEnv, Plugin, PluginConfig, PluginModule, WorkerPlugin};
 use kit::schema::FieldError;
 pub use model::plugins::default_modules_dir;
-use model::{Config, ConfigError, Scope};
+use model::{Config, ConfigError};
 
 /// Where modules come from and what they may read.
 #[derive(Clone, Debug)]
@@ -78,30 +78,6 @@ pub struct Runtime {
     modules: Mutex<ModuleCache>,
 }
 
-fn scope_label(config: &Config, scope: Scope) -> String {
-    let service = |i: usize| {
-        config
-            .services
-            .get(i)
-            .map_or(i.to_string(), |s| s.name.clone())
-    };
-    let route = |i: usize| {
-        config
-            .routes
-            .get(i)
-            .map_or(i.to_string(), |r| r.name.clone())
-    };
-    match scope {
-        Scope::Global => "global".into(),
-        Scope::Service(s) => format!("service:{}", service(s)),
-        Scope::Route(r) => format!("route:{}", route(r)),
-        Scope::RouteAndService {
-            route: r,
-            service: s,
-        } => format!("route:{}+service:{}", route(r), service(s)),
-    }
-}
-
 impl Runtime {
     pub fn new(options: RuntimeOptions) -> Result<Runtime, String> {
         let engine =
@@ -135,27 +111,41 @@ impl Runtime {
         Ok(module)
     }
 
-    fn secrets(&self) -> Vec<(String, String)> {
+    /// The secrets one module is given: the variables its own configuration references
+    /// (`{vault://env/NAME}`) among those `--env-allow` lets through. Another module's
+    /// secrets, and anything the operator allowed that this configuration does not name,
+    /// stay out of its environment.
+    fn secrets(&self, configuration: &[u8]) -> Vec<(String, String)> {
+        let wanted = model::plugins::secret_variables(&String::from_utf8_lossy(configuration));
         let mut secrets: Vec<(String, String)> = self
             .options
             .env_allow
             .iter()
+            .filter(|name| wanted.contains(name))
             .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)))
             .collect();
-        secrets.extend(self.options.env_values.iter().cloned());
+        secrets.extend(
+            self.options
+                .env_values
+                .iter()
+                .filter(|(name, _)| wanted.contains(name))
+                .cloned(),
+        );
         secrets
     }
 
     fn plugin(
         &self,
         module: &PathBuf,
-        name: &str,
-        vm_id: String,
+        (name, root_id, vm_id): (&str, &str, &str),
         configuration: Vec<u8>,
     ) -> Result<Plugin, String> {
         let module = self.module(module)?;
-        let mut config = PluginConfig::new(name, configuration).vm_id(&vm_id);
-        for (k, v) in self.secrets() {
+        let secrets = self.secrets(&configuration);
+        let mut config = PluginConfig::new(name, configuration)
+            .root_id(root_id)
+            .vm_id(vm_id);
+        for (k, v) in secrets {
             config = config.env(&k, &v);
         }
         let plugin = Plugin::new(module, config, Arc::clone(&self.env));
@@ -175,13 +165,15 @@ impl Runtime {
             }
             let file = model::plugins::find(&plugin.name)
                 .map_or_else(|| format!("{}.wasm", plugin.name), |p| p.module_file());
-            // Stable across reloads, so shared data (rate-limit counters) survives them.
-            let vm_id = format!("{}@{}", plugin.name, scope_label(config, plugin.scope));
+            // Named as in Envoy: one VM (shared data) per module, and an instance name that is
+            // stable across reloads and edits, so per-instance state (rate-limit counters)
+            // survives them.
+            let name = config.plugin_instance_name(plugin);
+            let vm_id = model::envoy::plugin_vm_id(&plugin.name);
             match self.plugin(
                 &self.options.modules_dir.join(file),
-                &plugin.name,
-                vm_id,
-                plugin.config.to_string().into_bytes(),
+                (&name, &plugin.name, &vm_id),
+                model::plugins::configuration(config, plugin).into_bytes(),
             ) {
                 Ok(p) => filters.plugins.push(Some(p)),
                 Err(e) => {
@@ -226,12 +218,11 @@ impl Runtime {
                 let vm_id = format!(
                     "{}@chain:{}:{f}",
                     filter.name,
-                    scope_label(config, chain.scope)
+                    config.scope_label(chain.scope)
                 );
                 match self.plugin(
                     &module,
-                    &filter.name,
-                    vm_id,
+                    (&filter.name, &filter.name, &vm_id),
                     filter.config.clone().unwrap_or_default().into_bytes(),
                 ) {
                     Ok(p) => built.push(Some(p)),

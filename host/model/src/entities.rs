@@ -172,6 +172,56 @@ pub struct Config {
 }
 
 impl Config {
+    /// The name a route has on every data plane (Envoy's route name, the `xds.route_name`
+    /// property): its Kong name, or `route.<index>` for an unnamed one.
+    pub fn route_name(&self, route: usize) -> String {
+        match self.routes.get(route) {
+            Some(r) if !r.name.is_empty() => r.name.clone(),
+            _ => format!("route.{route}"),
+        }
+    }
+
+    fn service_name(&self, service: usize) -> String {
+        match self.services.get(service) {
+            Some(s) if !s.name.is_empty() => s.name.clone(),
+            _ => format!("service.{service}"),
+        }
+    }
+
+    /// Where an entity applies, in words: `global`, `service:<name>`, `route:<name>`,
+    /// `route:<name>+service:<name>`.
+    pub fn scope_label(&self, scope: Scope) -> String {
+        match scope {
+            Scope::Global => "global".into(),
+            Scope::Service(s) => format!("service:{}", self.service_name(s)),
+            Scope::Route(r) => format!("route:{}", self.route_name(r)),
+            Scope::RouteAndService {
+                route: r,
+                service: s,
+            } => format!(
+                "route:{}+service:{}",
+                self.route_name(r),
+                self.service_name(s)
+            ),
+        }
+    }
+
+    /// The plugin instance's name on every data plane (Envoy's `plugin_name`): its Kong
+    /// `instance_name`, else its plugin name and scope. Kong allows one instance of a plugin
+    /// per scope, so the name is unique, and it survives edits of the instance's config and
+    /// of other entities: what a plugin keeps per instance (rate-limit counters) survives
+    /// them too, as Kong's counters keyed by route and service do.
+    pub fn plugin_instance_name(&self, plugin: &Plugin) -> String {
+        match &plugin.instance_name {
+            Some(name) => format!("wasmgate.plugin.{name}"),
+            None => format!(
+                "wasmgate.plugin.{}@{}",
+                plugin.name,
+                self.scope_label(plugin.scope)
+            ),
+        }
+    }
+
     /// The plugins that run for a request matched to `route` (or none matched), one instance
     /// per plugin name by Kong's precedence, in Kong's execution order (priority, highest
     /// first).

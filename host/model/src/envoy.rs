@@ -55,6 +55,12 @@ struct FilterSlot {
     configuration: String,
 }
 
+/// The VM of a wasmgate plugin: one per module, so all instances of a plugin share its
+/// shared data (each keeps its state under its own instance name).
+pub fn plugin_vm_id(plugin: &str) -> String {
+    format!("wasmgate.{plugin}")
+}
+
 fn filter_slots(
     config: &Config,
     options: &EnvoyOptions,
@@ -72,13 +78,13 @@ fn filter_slots(
             .map_or_else(|| format!("{}.wasm", plugin.name), |p| p.module_file());
         plugin_slot[i] = Some(slots.len());
         slots.push(FilterSlot {
-            name: format!("wasmgate.plugin.{i}.{}", plugin.name),
+            name: config.plugin_instance_name(plugin),
             root_id: plugin.name.clone(),
             // One VM per plugin module per worker; each instance has its own root context
             // (Envoy keys them by root id and configuration).
-            vm_id: format!("wasmgate.{}", plugin.name),
+            vm_id: plugin_vm_id(&plugin.name),
             module: options.modules_dir.join(file),
-            configuration: plugin.config.to_string(),
+            configuration: plugins::configuration(config, plugin),
         });
     }
     let filters_dir = options
@@ -106,6 +112,7 @@ fn filter_slots(
 /// The `envoy.extensions.filters.http.wasm.v3.Wasm` config of one filter slot; `code` is its
 /// `vm_config.code` (a file for a static bootstrap, inline bytes over xDS).
 fn wasm_config(slot: &FilterSlot, options: &EnvoyOptions, code: Value) -> Value {
+    let wanted = plugins::secret_variables(&slot.configuration);
     json!({
         "@type": WASM,
         "config": {
@@ -121,11 +128,17 @@ fn wasm_config(slot: &FilterSlot, options: &EnvoyOptions, code: Value) -> Value 
                 "vm_id": slot.vm_id,
                 "runtime": options.runtime,
                 "code": code,
+                // Only the secrets this filter's own configuration references.
                 "environment_variables": {
-                    "host_env_keys": options.env_allow,
+                    "host_env_keys": options
+                        .env_allow
+                        .iter()
+                        .filter(|name| wanted.contains(name))
+                        .collect::<Vec<_>>(),
                     "key_values": options
                         .env_values
                         .iter()
+                        .filter(|(k, _)| wanted.contains(k))
                         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                         .collect::<Map<String, Value>>(),
                 },
@@ -318,11 +331,7 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
     let mut routes = Vec::new();
     for candidate in router.candidates() {
         let route = &config.routes[candidate.route];
-        let route_name = if route.name.is_empty() {
-            format!("route.{}", candidate.route)
-        } else {
-            route.name.clone()
-        };
+        let route_name = config.route_name(candidate.route);
         // Which filters run here: the plugin instances Kong would pick, then the chains; every
         // other filter is disabled on this route.
         let mut enabled = vec![false; slots.len()];

@@ -279,11 +279,11 @@ fn proxy_set_header_map_pairs(mut c: C<'_>, kind: u32, ptr: u32, len: u32) -> R 
 fn proxy_get_header_map_value(mut c: C<'_>, kind: u32, kp: u32, kl: u32, pp: u32, sp: u32) -> R {
     let key = tryst!(read_string(&c, kp, kl));
     let value = match tryst!(map_ref(c.data_mut(), kind)) {
-        Some(h) => h.get(&key).map(str::to_owned),
+        Some(h) => h.get(&key).map(<[u8]>::to_vec),
         None => None,
     };
     match value {
-        Some(v) => return_bytes(&mut c, v.as_bytes(), pp, sp, true),
+        Some(v) => return_bytes(&mut c, &v, pp, sp, true),
         None => Ok(NOT_FOUND),
     }
 }
@@ -297,14 +297,14 @@ fn proxy_replace_header_map_value(
     vl: u32,
 ) -> R {
     let key = tryst!(read_string(&c, kp, kl));
-    let value = tryst!(read_string(&c, vp, vl));
+    let value = tryst!(read(&c, vp, vl));
     tryst!(map_mut(c.data_mut(), kind)).replace(&key, &value);
     Ok(OK)
 }
 
 fn proxy_add_header_map_value(mut c: C<'_>, kind: u32, kp: u32, kl: u32, vp: u32, vl: u32) -> R {
     let key = tryst!(read_string(&c, kp, kl));
-    let value = tryst!(read_string(&c, vp, vl));
+    let value = tryst!(read(&c, vp, vl));
     tryst!(map_mut(c.data_mut(), kind)).add(&key, &value);
     Ok(OK)
 }

@@ -21,7 +21,7 @@ pub fn encode(headers: &Headers) -> Vec<u8> {
     for (k, v) in headers.iter() {
         out.extend_from_slice(k.as_bytes());
         out.push(0);
-        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(v);
         out.push(0);
     }
     out
@@ -72,7 +72,7 @@ pub fn decode(bytes: &[u8]) -> Option<Headers> {
         at += 1;
         headers.0.push((
             String::from_utf8_lossy(key).to_ascii_lowercase(),
-            String::from_utf8_lossy(value).into_owned(),
+            value.to_vec(),
         ));
     }
     Some(headers)
@@ -89,6 +89,12 @@ mod tests {
         assert_eq!(bytes.len(), encoded_size(&h));
         assert_eq!(decode(&bytes), Some(h));
         assert_eq!(decode(&[]), Some(Headers::new()));
+    }
+
+    #[test]
+    fn values_keep_bytes_outside_utf8() {
+        let h = Headers::from_pairs([("x", b"\xff\x80a".to_vec())]);
+        assert_eq!(decode(&encode(&h)), Some(h));
     }
 
     #[test]

@@ -51,7 +51,9 @@ impl RequestHead<'_> {
         Some(
             digits
                 .iter()
-                .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+                .try_fold(0u64, |n, d| {
+                    n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                })
                 .unwrap_or(u64::MAX),
         )
     }
@@ -129,7 +131,7 @@ mod tests {
     #[test]
     fn content_length_is_compared_at_the_headers() {
         let config = kb(1);
-        let head = |cl| RequestHead {
+        let head = |cl: &'static str| RequestHead {
             content_length: Some(cl.as_bytes()),
             ..Default::default()
         };

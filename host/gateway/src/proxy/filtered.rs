@@ -191,7 +191,7 @@ async fn http_call(worker: &Rc<Worker>, call: &host::HttpCallout) -> HttpCallRes
     let Some(service) = snapshot.config.services.iter().find(|s| s.name == wanted) else {
         return HttpCallResult::Failed;
     };
-    let path = call.headers.get(":path").unwrap_or("/");
+    let path = call.headers.get_str(":path").unwrap_or("/");
     let (path, query) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path, None),
@@ -200,7 +200,7 @@ async fn http_call(worker: &Rc<Worker>, call: &host::HttpCallout) -> HttpCallRes
         return HttpCallResult::Failed;
     };
     let mut request = Request::builder()
-        .method(call.headers.get(":method").unwrap_or("GET"))
+        .method(call.headers.get_str(":method").unwrap_or("GET"))
         .uri(uri);
     if let Some(headers) = request.headers_mut() {
         *headers = to_header_map(&call.headers);
@@ -222,7 +222,8 @@ async fn http_call(worker: &Rc<Worker>, call: &host::HttpCallout) -> HttpCallRes
         let mut headers = Headers::new();
         headers.add(":status", parts.status.as_str());
         for (name, value) in &parts.headers {
-            headers.add(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
+            // The value's bytes as the peer sent them: obs-text stays obs-text.
+            headers.add(name.as_str(), value.as_bytes());
         }
         Some(host::HttpCallResponse {
             headers,
@@ -307,7 +308,8 @@ fn from_header_map(map: &HeaderMap, pseudo: Option<Vec<(&str, String)>>) -> Head
         if name == http::header::HOST {
             continue;
         }
-        headers.add(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
+        // The value's bytes as the peer sent them: obs-text stays obs-text.
+        headers.add(name.as_str(), value.as_bytes());
     }
     headers
 }
@@ -315,7 +317,7 @@ fn from_header_map(map: &HeaderMap, pseudo: Option<Vec<(&str, String)>>) -> Head
 fn response_from(head: &Headers, body: ProxyBody) -> Response<ProxyBody> {
     let mut response = Response::new(body);
     *response.status_mut() = head
-        .get(":status")
+        .get_str(":status")
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::BAD_GATEWAY);
@@ -334,25 +336,6 @@ pub struct Matched<'a> {
     pub host: &'a str,
     /// The normalised path.
     pub path: &'a str,
-    /// The regex captures of the route's path, when it has a regex path.
-    pub captures: Option<&'a model::Captures>,
-}
-
-/// Kong's `uri_captures` as the request-transformer reads them: `{"0": whole match, "1": ...,
-/// "name": ...}`.
-fn captures_json(whole: &str, captures: &model::Captures) -> Vec<u8> {
-    let mut object = serde_json::Map::new();
-    object.insert("0".into(), serde_json::Value::String(whole.to_owned()));
-    for (i, value) in captures.positional.iter().enumerate() {
-        object.insert(
-            (i + 1).to_string(),
-            serde_json::Value::String(value.clone()),
-        );
-    }
-    for (name, value) in &captures.named {
-        object.insert(name.clone(), serde_json::Value::String(value.clone()));
-    }
-    serde_json::Value::Object(object).to_string().into_bytes()
 }
 
 pub async fn forward(
@@ -376,7 +359,7 @@ pub async fn forward(
         source: downstream.peer,
         destination: downstream.local,
         protocol: protocol.into(),
-        route_name: route.name.clone(),
+        route_name: snapshot.config.route_name(matched.route),
         cluster_name: model::envoy::cluster_name(&snapshot.config, matched.service),
         request_id: parts
             .headers
@@ -408,12 +391,6 @@ pub async fn forward(
             .collect(),
         info,
     )));
-    if let Some(captures) = matched.captures {
-        chain.borrow_mut().set_property(
-            request_transformer::URI_CAPTURES_PROPERTY,
-            captures_json(matched.matched, captures),
-        );
-    }
     let (upstream_tx, upstream_body) = channel(CHANNEL_FRAMES);
     let (client_tx, client_body) = channel(CHANNEL_FRAMES);
     let (request_head_tx, request_head_rx) = oneshot::channel::<Head>();
@@ -443,6 +420,7 @@ pub async fn forward(
         Some(q) => format!("{}?{q}", matched.path),
         None => matched.path.to_owned(),
     };
+    let given_authority = matched.host.to_owned();
     let scheme = if downstream.tls { "https" } else { "http" };
     let request_headers = from_header_map(
         &parts.headers,
@@ -479,7 +457,7 @@ pub async fn forward(
         head = request_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the request".into()))?,
         head = &mut response_head_rx => {
             let head = head.map_err(|_| ProxyError::BadGateway("the filter chain ended the request".into()))?;
-            log.filters.push(("local response".into(), head.0.get(":status").unwrap_or("").to_owned()));
+            log.filters.push(("local response".into(), head.0.get_str(":status").unwrap_or("").to_owned()));
             return Ok(local(head, client_body));
         }
         _ = &mut reset_rx => return Err(ProxyError::BadGateway("the stream was reset".into())),
@@ -488,20 +466,30 @@ pub async fn forward(
 
     // The upstream request, from what the filters made of the client's.
     let (head, head_eos) = request_head;
-    let filtered_path = head.get(":path").unwrap_or(matched.path);
+    let filtered_path = match head.get(":path") {
+        Some(path) => std::str::from_utf8(path)
+            .map_err(|_| ProxyError::BadRequest("a filter set a :path that is not text".into()))?,
+        None => matched.path,
+    };
     let (path, query) = match filtered_path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (filtered_path, None),
     };
-    let upstream_path = model::router::upstream_path(
-        service.path.as_deref(),
-        matched.matched,
-        route.strip_path,
-        path,
-    );
+    // A filter that rewrote the path set the whole upstream path, as Kong's
+    // `kong.service.request.set_path`: strip_path and the service path are not applied again.
+    let upstream_path = if path == matched.path {
+        model::router::upstream_path(
+            service.path.as_deref(),
+            matched.matched,
+            route.strip_path,
+            path,
+        )
+    } else {
+        path.to_owned()
+    };
     let uri = super::upstream::uri(service, &upstream_path, query)?;
     log.upstream = Some(uri.to_string());
-    let method = head.get(":method").unwrap_or(parts.method.as_str());
+    let method = head.get_str(":method").unwrap_or(parts.method.as_str());
     let mut filtered = Request::builder().method(method).uri(uri.clone());
     if let Some(headers) = filtered.headers_mut() {
         *headers = to_header_map(&head);
@@ -510,7 +498,16 @@ pub async fn forward(
         .body(())
         .map_err(|e| ProxyError::BadRequest(format!("the filtered request: {e}")))?;
     let (filtered_parts, ()) = filtered.into_parts();
-    let authority = head.get(":authority").unwrap_or(matched.host).to_owned();
+    let authority = head
+        .get_str(":authority")
+        .unwrap_or(matched.host)
+        .to_owned();
+    // A filter that set the Host set Kong's `upstream_host`, which wins over preserve_host.
+    let upstream_host = if authority != given_authority || route.preserve_host {
+        authority.clone()
+    } else {
+        service.authority()
+    };
     let upstream_body = if head_eos {
         ProxyBody::empty()
     } else {
@@ -525,13 +522,9 @@ pub async fn forward(
         &filtered_parts,
         upstream_request.headers_mut(),
         &downstream,
-        &authority,
+        &given_authority,
         matched.path,
-        if route.preserve_host {
-            authority.clone()
-        } else {
-            service.authority()
-        },
+        upstream_host,
     );
     if !head_eos
         && !filtered_parts
@@ -550,7 +543,7 @@ pub async fn forward(
             // A filter answered while the body streamed (e.g. a size limit): the upstream
             // request is dropped, which aborts it.
             let head = head.map_err(|_| ProxyError::BadGateway("the filter chain ended the request".into()))?;
-            log.filters.push(("local response".into(), head.0.get(":status").unwrap_or("").to_owned()));
+            log.filters.push(("local response".into(), head.0.get_str(":status").unwrap_or("").to_owned()));
             return Ok(local(head, client_body));
         }
         _ = &mut reset_rx => return Err(ProxyError::BadGateway("the stream was reset".into())),

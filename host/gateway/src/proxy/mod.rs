@@ -98,9 +98,6 @@ async fn forward(
             matched: &route_match.matched,
             host: &host,
             path: &path,
-            captures: (!route_match.captures.positional.is_empty()
-                || !route_match.captures.named.is_empty())
-            .then_some(&route_match.captures),
         };
         return filtered::forward(worker, matched, downstream, parts, body, instances, log).await;
     }
