@@ -20,6 +20,10 @@
 //!   filters that saw the request, from the one that sent it back to the first. A non-empty
 //!   body gets `content-type: text/plain` unless the filter gave one.
 //!
+//! - With Envoy's `allow_on_headers_stop_iteration` ([`HttpFilter::body_while_headers_stopped`]),
+//!   a headers `Stop` still lets the body reach the filter that stopped; it may change the
+//!   headers there, and its body `Continue` resumes the headers, then the body.
+//!
 //! Limitation: one stop point per direction. While a later filter holds the headers, data
 //! still runs through the earlier filters as it arrives; a `Stop` from one of those is
 //! treated as `Continue`.
@@ -116,6 +120,12 @@ pub trait HttpFilter {
     /// context (see `WorkerPlugin::take_stream_ops`).
     fn context_id(&self) -> Option<u32> {
         None
+    }
+    /// Envoy's `allow_on_headers_stop_iteration`: after a headers `Stop`, the body still
+    /// reaches this filter (the running total, as for a body `Stop`), and a `Continue` from
+    /// its body callback sends the headers and the body on.
+    fn body_while_headers_stopped(&self) -> bool {
+        false
     }
     fn request_headers(&mut self, stream: &mut StreamData, end_of_stream: bool) -> FilterStatus;
     /// `stream.request_body` holds the chunk (or everything buffered at this filter).
@@ -525,7 +535,14 @@ impl HttpStream {
                 if self.over_limit(dir) {
                     return;
                 }
-                if stage == Stage::Body {
+                let idx = self.flow(dir).order[stop];
+                let body_allowed = self
+                    .filters
+                    .get(idx)
+                    .is_some_and(|f| f.body_while_headers_stopped());
+                if stage == Stage::Headers && body_allowed {
+                    self.body_behind_held_headers(dir, stop);
+                } else if stage == Stage::Body {
                     let flow = self.flow(dir);
                     flow.stopped = None;
                     let buffered = std::mem::take(&mut flow.buffer);
@@ -533,6 +550,40 @@ impl HttpStream {
                     self.run_body(dir, stop, buffered, buffered_eos);
                 }
             }
+        }
+    }
+
+    /// The buffered body goes to the filter that holds the headers; when it continues, the
+    /// headers resume after it and the body follows them.
+    fn body_behind_held_headers(&mut self, dir: Dir, stop: usize) {
+        let idx = self.flow(dir).order[stop];
+        let flow = self.flow(dir);
+        let buffered = std::mem::take(&mut flow.buffer);
+        let eos = flow.buffer_eos;
+        *self.body(dir) = buffered;
+        let status = self.call(dir, Stage::Body, idx, eos);
+        let body = std::mem::take(self.body(dir));
+        if self.intercepted(dir, idx) {
+            return;
+        }
+        if status == FilterStatus::Stop {
+            self.flow(dir).buffer = body;
+            return;
+        }
+        let flow = self.flow(dir);
+        flow.stopped = None;
+        flow.buffer_eos = false;
+        // Trailers that arrived meanwhile go after the body, not right behind the headers.
+        let trailers = flow.trailers.take();
+        self.run_headers(dir, stop + 1);
+        let flow = self.flow(dir);
+        flow.trailers = trailers;
+        if flow.ended || !flow.headers_forwarded {
+            // A later filter holds the headers now: the body waits behind it.
+            flow.buffer.extend_from_slice(&body);
+            flow.buffer_eos |= eos;
+        } else {
+            self.run_body(dir, stop + 1, body, eos);
         }
     }
 

@@ -179,6 +179,12 @@ impl WorkerPlugin {
             context: None,
             disabled: false,
             name: self.inner.borrow().plugin.config().name.clone(),
+            allow_on_headers_stop_iteration: self
+                .inner
+                .borrow()
+                .plugin
+                .config()
+                .allow_on_headers_stop_iteration,
         }
     }
 
@@ -273,6 +279,7 @@ pub struct WasmFilter {
     /// Fail-open after a failure: the filter is skipped for the rest of the stream.
     disabled: bool,
     name: String,
+    allow_on_headers_stop_iteration: bool,
 }
 
 impl WasmFilter {
@@ -354,6 +361,10 @@ impl HttpFilter for WasmFilter {
 
     fn context_id(&self) -> Option<u32> {
         self.context.map(|(_, c)| c)
+    }
+
+    fn body_while_headers_stopped(&self) -> bool {
+        self.allow_on_headers_stop_iteration
     }
 
     fn request_headers(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {

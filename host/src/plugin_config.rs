@@ -60,6 +60,10 @@ pub struct PluginConfig {
     pub limits: Limits,
     /// Log level reported by `proxy_get_log_level` (0 trace … 5 critical).
     pub log_level: u32,
+    /// Envoy's `allow_on_headers_stop_iteration`: a filter that stops in its request or
+    /// response headers callback still gets the body callbacks (and may change the headers
+    /// there) instead of having everything held until it resumes.
+    pub allow_on_headers_stop_iteration: bool,
 }
 
 impl PluginConfig {
@@ -75,6 +79,7 @@ impl PluginConfig {
             failure_policy: FailurePolicy::default(),
             limits: Limits::default(),
             log_level: 1,
+            allow_on_headers_stop_iteration: false,
         }
     }
 
@@ -90,6 +95,11 @@ impl PluginConfig {
 
     pub fn env(mut self, name: &str, value: &str) -> PluginConfig {
         self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn allow_on_headers_stop_iteration(mut self, allow: bool) -> PluginConfig {
+        self.allow_on_headers_stop_iteration = allow;
         self
     }
 

@@ -60,7 +60,7 @@ fn echo(req: &UpstreamRequest) -> TestResponse {
         &req.method,
         &path,
         "HTTP/1.1",
-        lossy(&req.headers),
+        req.headers.0.clone(),
         &req.body,
     );
     let body = serde_json::to_vec(&report).unwrap_or_default();

@@ -29,8 +29,11 @@ pub struct EchoReport {
     pub path: String,
     pub query: Option<String>,
     pub version: String,
-    /// In arrival order, names lower-cased, duplicates kept.
+    /// In arrival order, names lower-cased, duplicates kept (values as text, lossy).
     pub headers: Vec<(String, String)>,
+    /// The same headers with their values' exact bytes.
+    #[serde(default)]
+    pub raw_headers: Vec<(String, Vec<u8>)>,
     /// The body as text (lossy UTF-8), when at most [`REPORTED_BODY_LIMIT`] bytes.
     pub body: Option<String>,
     pub body_len: u64,
@@ -44,9 +47,13 @@ impl EchoReport {
         method: &str,
         path: &str,
         version: &str,
-        headers: Vec<(String, String)>,
+        raw_headers: Vec<(String, Vec<u8>)>,
         body: &[u8],
     ) -> EchoReport {
+        let raw_headers: Vec<(String, Vec<u8>)> = raw_headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
         let (path, query) = match path.split_once('?') {
             Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
             None => (path.to_owned(), None),
@@ -57,10 +64,11 @@ impl EchoReport {
             path,
             query,
             version: version.to_owned(),
-            headers: headers
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            headers: raw_headers
+                .iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
                 .collect(),
+            raw_headers,
             body: (len <= REPORTED_BODY_LIMIT).then(|| String::from_utf8_lossy(body).into_owned()),
             body_len: len,
             body_sha256: hex(&Sha256::digest(body)),
@@ -188,6 +196,11 @@ async fn handle(
         query: parts.uri.query().map(str::to_owned),
         version: format!("{:?}", parts.version),
         headers: headers.clone(),
+        raw_headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect(),
         body: (len <= REPORTED_BODY_LIMIT).then(|| String::from_utf8_lossy(&text).into_owned()),
         body_len: len,
         body_sha256: hex(&hasher.finalize()),

@@ -139,12 +139,16 @@ impl Runtime {
         module: &PathBuf,
         (name, root_id, vm_id): (&str, &str, &str),
         configuration: Vec<u8>,
+        wasmgate_plugin: bool,
     ) -> Result<Plugin, String> {
         let module = self.module(module)?;
         let secrets = self.secrets(&configuration);
+        // As the Envoy translation sets it: wasmgate's plugins may hold the headers and still
+        // see the body; third-party filters get Envoy's default.
         let mut config = PluginConfig::new(name, configuration)
             .root_id(root_id)
-            .vm_id(vm_id);
+            .vm_id(vm_id)
+            .allow_on_headers_stop_iteration(wasmgate_plugin);
         for (k, v) in secrets {
             config = config.env(&k, &v);
         }
@@ -174,6 +178,7 @@ impl Runtime {
                 &self.options.modules_dir.join(file),
                 (&name, &plugin.name, &vm_id),
                 model::plugins::configuration(config, plugin).into_bytes(),
+                true,
             ) {
                 Ok(p) => filters.plugins.push(Some(p)),
                 Err(e) => {
@@ -224,6 +229,7 @@ impl Runtime {
                     &module,
                     (&filter.name, &filter.name, &vm_id),
                     filter.config.clone().unwrap_or_default().into_bytes(),
+                    false,
                 ) {
                     Ok(p) => built.push(Some(p)),
                     Err(e) => {

@@ -58,7 +58,7 @@ fn envoy_bootstrap_writes_the_same_services_for_envoy() {
     let config = write(
         &dir,
         "kong.yaml",
-        "_format_version: \"3.0\"\nservices: [{name: api, url: \"http://127.0.0.1:9\", routes: [{name: r, paths: [/api]}], plugins: [{name: request-size-limiting, config: {allowed_payload_size: 10}}]}]\n",
+        "_format_version: \"3.0\"\nservices: [{name: api, url: \"http://127.0.0.1:9\", routes: [{name: r, paths: [/api]}], plugins: [{name: request-size-limiting, config: {allowed_payload_size: 10}}, {name: request-transformer, config: {add: {headers: [\"authorization:Bearer {vault://env/backend-token}\"]}}}]}]\n",
     );
     let out_file = dir.path().join("envoy.json");
     let out = Command::new(GATEWAY)
@@ -81,8 +81,29 @@ fn envoy_bootstrap_writes_the_same_services_for_envoy() {
     let text = bootstrap.to_string();
     assert!(text.contains("request_size_limiting.wasm"), "{text}");
     assert!(text.contains("{\\\"allowed_payload_size\\\":10}"), "{text}");
-    assert!(
-        text.contains("\"host_env_keys\":[\"BACKEND_TOKEN\"]"),
+    // Each module gets only the secrets its own config references.
+    let filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let env_keys = |plugin: &str| {
+        filters
+            .iter()
+            .find(|f| f["typed_config"]["config"]["root_id"] == plugin)
+            .map(|f| {
+                f["typed_config"]["config"]["vm_config"]["environment_variables"]["host_env_keys"]
+                    .clone()
+            })
+    };
+    assert_eq!(
+        env_keys("request-transformer"),
+        Some(serde_json::json!(["BACKEND_TOKEN"])),
+        "{text}"
+    );
+    assert_eq!(
+        env_keys("request-size-limiting"),
+        Some(serde_json::json!([])),
         "{text}"
     );
 }

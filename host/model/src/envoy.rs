@@ -53,6 +53,10 @@ struct FilterSlot {
     vm_id: String,
     module: PathBuf,
     configuration: String,
+    /// Envoy's `allow_on_headers_stop_iteration`: wasmgate's plugins are written for it (the
+    /// request-transformer's `hold_headers` needs it, the others only stop to answer);
+    /// third-party filters get Envoy's default.
+    allow_on_headers_stop_iteration: bool,
 }
 
 /// The VM of a wasmgate plugin: one per module, so all instances of a plugin share its
@@ -85,6 +89,7 @@ fn filter_slots(
             vm_id: plugin_vm_id(&plugin.name),
             module: options.modules_dir.join(file),
             configuration: plugins::configuration(config, plugin),
+            allow_on_headers_stop_iteration: true,
         });
     }
     let filters_dir = options
@@ -102,6 +107,7 @@ fn filter_slots(
                 vm_id: format!("wasmgate.chain.{c}.{f}"),
                 module: filters_dir.join(format!("{}.wasm", filter.name)),
                 configuration: filter.config.clone().unwrap_or_default(),
+                allow_on_headers_stop_iteration: false,
             });
         }
         chain_slots.push(ids);
@@ -124,6 +130,7 @@ fn wasm_config(slot: &FilterSlot, options: &EnvoyOptions, code: Value) -> Value 
             },
             // FAIL_CLOSED would answer 503 on a worker forever after one trap.
             "failure_policy": "FAIL_RELOAD",
+            "allow_on_headers_stop_iteration": slot.allow_on_headers_stop_iteration,
             "vm_config": {
                 "vm_id": slot.vm_id,
                 "runtime": options.runtime,

@@ -1,0 +1,203 @@
+//! What the plugins mean on the gateway's own request path, beyond the case files: Kong's
+//! `set_path` and `upstream_host` for the transformer's rewrites, headers held until the body
+//! is in (`wasmgate.hold_headers`), and rate-limit counters that belong to the plugin instance
+//! across reloads.
+
+use std::time::Duration;
+
+use gateway::{Gateway, GatewayOptions};
+use wasmgate_tests::client::send;
+use wasmgate_tests::{EchoReport, EchoUpstream, Protocol, Request, RequestBody};
+
+fn start(text: &str) -> Gateway {
+    Gateway::start(
+        GatewayOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: None,
+            workers: 2,
+            drain_timeout: Duration::from_secs(5),
+            access_log: false,
+            config_path: None,
+            tls: None,
+            runtime: gateway::filters::RuntimeOptions {
+                modules_dir: wasmgate_tests::paths::wasm_dir(),
+                ..Default::default()
+            },
+        },
+        text,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn report(body: &[u8]) -> EchoReport {
+    serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "not an echo report ({e}): {}",
+            String::from_utf8_lossy(body)
+        )
+    })
+}
+
+/// A service with a path, a stripping route that runs `plugin`, and a second service on
+/// `/v2` that must never see the first route's traffic.
+fn rewrite_config(echo: std::net::SocketAddr, plugin: &str) -> String {
+    format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: users
+    url: http://{echo}/base
+    routes:
+      - name: api
+        paths: [/api]
+        strip_path: true
+        plugins:
+          - name: request-transformer
+            config: {plugin}
+  - name: other
+    url: http://{echo}/other
+    routes:
+      - name: v2
+        paths: [/v2]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_uri_is_the_whole_upstream_path() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&rewrite_config(
+        echo.addr(),
+        r#"{"replace": {"uri": "/v2/users"}}"#,
+    ));
+    for protocol in Protocol::ALL {
+        let response = send(gateway.addr(), protocol, &Request::get("/api/x?page=2"))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{protocol:?}: {}", response.text());
+        let seen = report(&response.body);
+        // Kong: no second strip_path, no service path, no re-routing to /v2; the query stays.
+        assert_eq!(seen.path, "/v2/users", "{protocol:?}");
+        assert_eq!(seen.query.as_deref(), Some("page=2"), "{protocol:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_host_is_the_upstream_host() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&rewrite_config(
+        echo.addr(),
+        r#"{"replace": {"headers": ["host:internal.svc"]}}"#,
+    ));
+    for protocol in Protocol::ALL {
+        let response = send(
+            gateway.addr(),
+            protocol,
+            &Request::get("/api/x").header("host", "public.example"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status, 200, "{protocol:?}: {}", response.text());
+        let seen = report(&response.body);
+        assert_eq!(
+            seen.header_values("host"),
+            vec!["internal.svc"],
+            "{protocol:?}"
+        );
+        // The route still ran its own path rules: the service path and the stripped rest.
+        assert_eq!(seen.path, "/base/x", "{protocol:?}");
+        assert_eq!(
+            seen.header("x-forwarded-host"),
+            Some("public.example"),
+            "{protocol:?}: the client's host is what was forwarded"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_headers_wait_for_the_body_and_get_its_exact_length() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&rewrite_config(
+        echo.addr(),
+        r#"{"remove": {"body": ["role"]}, "wasmgate": {"hold_headers": true}}"#,
+    ));
+    for protocol in Protocol::ALL {
+        let request = Request::post(
+            "/api/users",
+            RequestBody::Bytes(br#"{"role":"admin","name":"ann"}"#.to_vec()),
+        )
+        .header("content-type", "application/json");
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            send(gateway.addr(), protocol, &request),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{protocol:?}: the held request never went on"))
+        .unwrap();
+        assert_eq!(response.status, 200, "{protocol:?}: {}", response.text());
+        let seen = report(&response.body);
+        assert_eq!(
+            seen.body.as_deref(),
+            Some(r#"{"name":"ann"}"#),
+            "{protocol:?}"
+        );
+        assert_eq!(
+            seen.header("content-length"),
+            Some("14"),
+            "{protocol:?}: the rewritten body's exact length, not chunked"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_usage_survives_a_reload_that_edits_the_plugin() {
+    let echo = EchoUpstream::start().await.unwrap();
+    // A year window: the test never straddles one.
+    let config = |message: &str, limit: u32, size_limit: bool| {
+        let before = if size_limit {
+            "  - name: request-size-limiting\n    config: {allowed_payload_size: 1}\n"
+        } else {
+            ""
+        };
+        format!(
+            r#"
+_format_version: "3.0"
+services:
+  - name: s
+    url: http://{}
+    routes:
+      - name: r
+        paths: [/]
+plugins:
+{before}  - name: rate-limiting
+    config: {{year: {limit}, limit_by: service, error_message: "{message}"}}
+"#,
+            echo.addr()
+        )
+    };
+    let gateway = start(&config("API rate limit exceeded", 3, false));
+    let root = Request::get("/");
+    let get = || send(gateway.addr(), Protocol::Http1, &root);
+    for n in 0..3 {
+        assert_eq!(get().await.unwrap().status, 200, "request {n}");
+    }
+    assert_eq!(get().await.unwrap().status, 429);
+
+    // Kong keys its counters by route and service, not by config: a new message (and a
+    // plugin added before this one in the file) keep the usage.
+    gateway
+        .shared()
+        .apply(&config("Slow down", 3, true))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let limited = get().await.unwrap();
+    assert_eq!(limited.status, 429, "{}", limited.text());
+    assert_eq!(limited.json().unwrap()["message"], "Slow down");
+
+    // A raised limit counts on from the usage so far.
+    gateway
+        .shared()
+        .apply(&config("Slow down", 4, true))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(get().await.unwrap().status, 200);
+    assert_eq!(get().await.unwrap().status, 429);
+}
