@@ -2,15 +2,17 @@
 //!
 //! A plugin is a pure core (config parsing and decisions, testable natively) plus a thin
 //! proxy-wasm adapter. The core uses [`schema`] to read Kong's JSON `config` with Kong's
-//! field-named errors and [`response`] to build Kong's error responses; the adapter uses
-//! [`proxy`] (wasm only) to read its configuration and send those responses.
+//! field-named errors and [`response`] to build Kong's error responses; the adapter makes
+//! every host call through `host` (wasm only), which checks each status and reads the ABI's
+//! serialisations with [`abi`] (total on any bytes, for fuzzing).
 
+pub mod abi;
 pub mod path;
 pub mod response;
 pub mod schema;
 
 #[cfg(target_arch = "wasm32")]
-pub mod proxy;
+pub mod host;
 
 pub use response::{kong_error, LocalResponse};
 pub use schema::{ConfigError, FieldError, Record};

@@ -1,15 +1,15 @@
 //! The proxy-wasm adapter: reads what the identifier needs, runs the core's check-and-count on
 //! the host's shared data, and adds the headers to the response or sends the rejection.
 //!
-//! Every host call on the request path goes through the raw ABI with every status handled.
-//! The SDK's wrappers panic (a trap: the request gets 503 and the VM is rebuilt) on a status
-//! they do not expect, its string getters on a header value outside UTF-8 (`Accept: \xff`),
-//! and a failing store must follow `fault_tolerant` instead.
+//! Every host call goes through `kit::host`, with every status handled here: the SDK's
+//! wrappers panic (a trap: the request gets 503 and the VM is rebuilt) on a status they do
+//! not expect, its string getters on a header value outside UTF-8 (`Accept: \xff`), and a
+//! failing store must follow `fault_tolerant` instead.
 
 use std::cell::Cell;
-use std::ptr::null_mut;
 use std::rc::Rc;
 
+use kit::host::{self, Level, Map};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
@@ -27,191 +27,40 @@ proxy_wasm::main! {{
     });
 }}
 
-/// The host calls, declared with plain integers for statuses and enums: the SDK's `Status`
-/// would be undefined behaviour on a status it does not list.
-mod abi {
-    #[allow(clashing_extern_declarations)]
-    #[link(wasm_import_module = "env")]
-    extern "C" {
-        pub fn proxy_get_shared_data(
-            key_data: *const u8,
-            key_size: usize,
-            return_value_data: *mut *mut u8,
-            return_value_size: *mut usize,
-            return_cas: *mut u32,
-        ) -> u32;
-        pub fn proxy_set_shared_data(
-            key_data: *const u8,
-            key_size: usize,
-            value_data: *const u8,
-            value_size: usize,
-            cas: u32,
-        ) -> u32;
-        pub fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
-        pub fn proxy_get_header_map_value(
-            map_type: u32,
-            key_data: *const u8,
-            key_size: usize,
-            return_value_data: *mut *mut u8,
-            return_value_size: *mut usize,
-        ) -> u32;
-        pub fn proxy_replace_header_map_value(
-            map_type: u32,
-            key_data: *const u8,
-            key_size: usize,
-            value_data: *const u8,
-            value_size: usize,
-        ) -> u32;
-        pub fn proxy_get_property(
-            path_data: *const u8,
-            path_size: usize,
-            return_value_data: *mut *mut u8,
-            return_value_size: *mut usize,
-        ) -> u32;
-        pub fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
-        pub fn proxy_define_metric(
-            metric_type: u32,
-            name_data: *const u8,
-            name_size: usize,
-            return_id: *mut u32,
-        ) -> u32;
-        pub fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
-    }
-
-    #[link(wasm_import_module = "wasi_snapshot_preview1")]
-    extern "C" {
-        /// WASI's CSPRNG; returns an errno (0: success).
-        pub fn random_get(buf: *mut u8, buf_len: usize) -> i32;
-    }
-
-    pub const OK: u32 = 0;
-    pub const NOT_FOUND: u32 = 1;
-    pub const CAS_MISMATCH: u32 = 8;
-    pub const REQUEST_HEADERS: u32 = 0;
-    pub const RESPONSE_HEADERS: u32 = 2;
-    pub const COUNTER: u32 = 0;
-    pub const WARN: u32 = 3;
-    pub const ERROR: u32 = 4;
-
-    /// Takes ownership of a buffer the host allocated through `proxy_on_memory_allocate`
-    /// (the SDK's allocator: exactly `size` bytes).
-    ///
-    /// # Safety
-    /// `data` is null or such a buffer of `size` bytes, owned by nobody else.
-    pub unsafe fn owned(data: *mut u8, size: usize) -> Vec<u8> {
-        if data.is_null() {
-            Vec::new()
-        } else {
-            // SAFETY: see the function's contract.
-            unsafe { Vec::from_raw_parts(data, size, size) }
-        }
-    }
-}
-
 /// The host's shared data (one map per vm_id, process-wide).
 struct HostStore;
 
 impl Store for HostStore {
     fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, u32> {
-        let mut data: *mut u8 = null_mut();
-        let mut size: usize = 0;
-        let mut cas: u32 = 0;
-        // SAFETY: the pointers are valid for the call.
-        let status = unsafe {
-            abi::proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
-        };
-        match status {
-            // SAFETY: on OK the host hands over a buffer of `size` bytes.
-            abi::OK => Ok(Some((unsafe { abi::owned(data, size) }, cas))),
-            abi::NOT_FOUND => Ok(None),
-            status => Err(status),
-        }
+        host::shared_data(key)
     }
 
     fn set(&self, key: &[u8], value: &[u8], cas: u32) -> Result<(), SetError> {
-        // SAFETY: the pointers are valid for the duration of the call.
-        let status = unsafe {
-            abi::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
-        };
-        match status {
-            abi::OK => Ok(()),
-            abi::CAS_MISMATCH => Err(SetError::CasMismatch),
-            status => Err(SetError::Failed(status)),
-        }
+        host::set_shared_data(key, value, cas).map_err(|status| match status {
+            host::CAS_MISMATCH => SetError::CasMismatch,
+            status => SetError::Failed(status),
+        })
     }
 }
 
 /// The host's wall clock in Unix milliseconds, or its status.
 fn now_ms() -> Result<i64, u32> {
-    let mut nanos: u64 = 0;
-    // SAFETY: the pointer is valid for the call.
-    match unsafe { abi::proxy_get_current_time_nanoseconds(&mut nanos) } {
-        abi::OK => Ok(i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)),
-        status => Err(status),
-    }
+    host::current_time_nanos().map(|nanos| i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX))
 }
 
-/// A header's value as the host's bytes; `None` when absent or when the host refuses.
-fn header(map: u32, name: &str) -> Option<Vec<u8>> {
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the pointers are valid for the call.
-    let status = unsafe {
-        abi::proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size)
-    };
-    // SAFETY: on OK the host hands over a buffer of `size` bytes.
-    (status == abi::OK).then(|| unsafe { abi::owned(data, size) })
+/// A request header's value as the host's bytes; `None` when absent or when the host refuses.
+fn request_header(name: &str) -> Option<Vec<u8>> {
+    host::header(Map::RequestHeaders, name.as_bytes())
+        .ok()
+        .flatten()
 }
 
-fn set_response_header(name: &str, value: &str) -> Result<(), u32> {
-    // SAFETY: the pointers are valid for the call.
-    let status = unsafe {
-        abi::proxy_replace_header_map_value(
-            abi::RESPONSE_HEADERS,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    };
-    if status == abi::OK {
-        Ok(())
-    } else {
-        Err(status)
-    }
-}
-
-/// A property (`["source", "address"]`) as the host's bytes; `None` when unknown or refused.
-fn property(path: &[&str]) -> Option<Vec<u8>> {
-    // The ABI's path: the segments, each followed by a NUL but the last.
-    let serialized = path.join("\0");
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the pointers are valid for the call.
-    let status = unsafe {
-        abi::proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut size)
-    };
-    // SAFETY: on OK the host hands over a buffer of `size` bytes.
-    (status == abi::OK).then(|| unsafe { abi::owned(data, size) })
-}
-
-fn log(level: u32, message: &str) {
-    // Envoy prefixes the plugin's name, root id and vm_id. A refused log line has nowhere to
-    // be reported.
-    // SAFETY: the pointer is valid for the call.
-    unsafe { abi::proxy_log(level, message.as_ptr(), message.len()) };
-}
-
-/// 128 bits from WASI's `random_get` (Envoy and `gateway` back it with the OS's CSPRNG).
+/// 128 bits from WASI's `random_get`.
 fn draw_hash_key() -> Result<SipKey, String> {
     let mut key: SipKey = [0; 16];
-    // SAFETY: the buffer is valid for its length during the call.
-    match unsafe { abi::random_get(key.as_mut_ptr(), key.len()) } {
-        0 => Ok(key),
-        errno => Err(format!(
-            "drawing the identifier hash key: random_get errno {errno}"
-        )),
-    }
+    host::random(&mut key)
+        .map(|()| key)
+        .map_err(|errno| format!("drawing the identifier hash key: random_get errno {errno}"))
 }
 
 thread_local! {
@@ -261,40 +110,35 @@ impl Metrics {
 }
 
 fn define_counter(name: &str) -> Option<u32> {
-    let mut id = 0;
-    // SAFETY: the pointers are valid for the call.
-    let status =
-        unsafe { abi::proxy_define_metric(abi::COUNTER, name.as_ptr(), name.len(), &mut id) };
-    if status == abi::OK {
-        Some(id)
-    } else {
-        log(
-            abi::WARN,
-            &format!("defining metric {name}: host status {status}"),
-        );
-        None
-    }
+    host::define_counter(name)
+        .inspect_err(|status| {
+            host::log(
+                Level::Warn,
+                &format!("defining metric {name}: host status {status}"),
+            )
+        })
+        .ok()
 }
 
 fn increment(metric: Option<u32>, n: u32) {
     if let Some(id) = metric {
-        // SAFETY: no pointers. A refused increment has nowhere better to go than the log line
-        // the caller writes anyway.
-        unsafe { abi::proxy_increment_metric(id, i64::from(n)) };
+        // A refused increment has nowhere better to go than the log line the caller writes
+        // anyway.
+        host::increment_metric(id, i64::from(n)).ok();
     }
 }
 
 /// Logs and counts what the core reports besides the verdict.
 fn report(decision: &Decision, limiter: &Limiter, metrics: Metrics) {
     if let Some(error) = &decision.error {
-        log(abi::ERROR, error);
+        host::log(Level::Error, error);
     }
     if decision.evicted > 0 {
         increment(metrics.evictions, decision.evicted);
         let (worth, total) = tally(&EVICTIONS, u64::from(decision.evicted));
         if worth {
-            log(
-                abi::WARN,
+            host::log(
+                Level::Warn,
                 &format!(
                     "evicted {} live identifier(s) from a full bucket to count a new one; they \
                      lost their counts ({total} in this worker so far; max_identifiers is {})",
@@ -307,8 +151,8 @@ fn report(decision: &Decision, limiter: &Limiter, metrics: Metrics) {
         increment(metrics.uncounted, 1);
         let (worth, total) = tally(&UNCOUNTED, 1);
         if worth {
-            log(
-                abi::WARN,
+            host::log(
+                Level::Warn,
                 &format!(
                     "passed a request uncounted: {MAX_ATTEMPTS} writes of its bucket lost their \
                      race against other workers ({total} in this worker so far)"
@@ -327,12 +171,12 @@ impl Context for RateLimitRoot {}
 
 impl RootContext for RateLimitRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        match kit::proxy::configure(self, PLUGIN_NAME, Config::parse) {
+        match host::configure(PLUGIN_NAME, Config::parse) {
             Some(config) => {
                 // The counters belong to the plugin instance, which the host names stably
                 // (Envoy's `name` of the Wasm plugin; our translation derives it from the Kong
                 // plugin's id or name). Instances sharing a vm_id and a name share counters.
-                let name = property(&["plugin_name"]).unwrap_or_default();
+                let name = host::property(&["plugin_name"]).unwrap_or_default();
                 self.limiter = Some(Rc::new(Limiter::new(config, &name)));
                 self.metrics = Metrics::define();
                 true
@@ -370,7 +214,7 @@ impl HttpContext for RateLimitFilter {
         let Some(limiter) = self.limiter.clone() else {
             return Action::Continue;
         };
-        let source = property(&["source", "address"]);
+        let source = host::property(&["source", "address"]);
         let (mut cluster, mut header_value, mut path) = (None, None, None);
         match limiter.needs() {
             Need::Nothing => {}
@@ -378,16 +222,17 @@ impl HttpContext for RateLimitFilter {
             // `xds.cluster_name` at the request headers (the wasm `cluster_name` is not set
             // yet there).
             Need::Cluster => {
-                cluster = property(&["xds", "cluster_name"]).or_else(|| property(&["cluster_name"]))
+                cluster = host::property(&["xds", "cluster_name"])
+                    .or_else(|| host::property(&["cluster_name"]))
             }
             Need::Header => {
                 if let Some(name) = limiter.config.header_name.as_deref() {
-                    header_value = header(abi::REQUEST_HEADERS, name);
+                    header_value = request_header(name);
                 }
             }
-            Need::Path => path = header(abi::REQUEST_HEADERS, ":path"),
+            Need::Path => path = request_header(":path"),
         }
-        let accept = header(abi::REQUEST_HEADERS, "accept");
+        let accept = request_header("accept");
         let request = RequestInfo {
             source_address: source.as_deref(),
             cluster: cluster.as_deref(),
@@ -418,7 +263,7 @@ impl HttpContext for RateLimitFilter {
             }
             Verdict::Reject { response } => {
                 self.rejected = true;
-                kit::proxy::send(&response);
+                host::send(&response);
                 Action::Pause
             }
         }
@@ -428,9 +273,11 @@ impl HttpContext for RateLimitFilter {
         // The rejection (our own local reply passes through here too) already carries them.
         if !self.rejected {
             for (name, value) in std::mem::take(&mut self.headers) {
-                if let Err(status) = set_response_header(&name, &value) {
-                    log(
-                        abi::WARN,
+                if let Err(status) =
+                    host::replace_header(Map::ResponseHeaders, name.as_bytes(), value.as_bytes())
+                {
+                    host::log(
+                        Level::Warn,
                         &format!("setting response header {name}: host status {status}"),
                     );
                 }

@@ -1,8 +1,12 @@
 //! The proxy-wasm adapter: reads the request head, feeds body chunk sizes to the counter and
 //! sends the core's rejections. Body bytes are never read into the module.
+//!
+//! Host calls go through `kit::host`: the SDK's getters trap (503) on a status they do not
+//! expect and its string getters on a value outside UTF-8.
 
 use std::rc::Rc;
 
+use kit::host::{self, Map};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
@@ -23,7 +27,7 @@ impl Context for SizeLimitRoot {}
 
 impl RootContext for SizeLimitRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        match kit::proxy::configure(self, PLUGIN_NAME, Config::parse) {
+        match host::configure(PLUGIN_NAME, Config::parse) {
             Some(config) => {
                 self.config = Rc::new(config);
                 true
@@ -45,6 +49,13 @@ impl RootContext for SizeLimitRoot {
     }
 }
 
+/// A request header's value as the host's bytes; `None` when absent or when the host refuses.
+/// Treating a refused header as absent never lets a body past the limit: the streamed bytes
+/// are counted whatever Content-Length says.
+fn request_header(name: &[u8]) -> Option<Vec<u8>> {
+    host::header(Map::RequestHeaders, name).ok().flatten()
+}
+
 struct SizeLimitFilter {
     config: Rc<Config>,
     counter: BodyCounter,
@@ -57,7 +68,7 @@ impl SizeLimitFilter {
             Verdict::Continue => Action::Continue,
             Verdict::Reject(response) => {
                 self.rejected = true;
-                kit::proxy::send(&response);
+                host::send(&response);
                 Action::Pause
             }
         }
@@ -68,11 +79,10 @@ impl Context for SizeLimitFilter {}
 
 impl HttpContext for SizeLimitFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        // Bytes, never the SDK's string getters: those trap on a value outside UTF-8.
-        let content_length = self.get_http_request_header_bytes("content-length");
-        let expect = self.get_http_request_header_bytes("expect");
-        let accept = self.get_http_request_header_bytes("accept");
-        let protocol = kit::proxy::property(&["request", "protocol"]);
+        let content_length = request_header(b"content-length");
+        let expect = request_header(b"expect");
+        let accept = request_header(b"accept");
+        let protocol = host::property(&["request", "protocol"]);
         let head = RequestHead {
             content_length: content_length.as_deref(),
             expect: expect.as_deref(),

@@ -1,6 +1,6 @@
 //! Kong's `request-size-limiting` plugin: refuses request bodies above a configured size.
 //!
-//! [`config`] and [`limiter`] are the pure core; [`filter`] is the proxy-wasm adapter.
+//! [`config`] and [`limiter`] are the pure core; `filter` is the proxy-wasm adapter.
 
 pub mod config;
 pub mod limiter;

@@ -1,19 +1,19 @@
 //! The proxy-wasm adapter: [`Stream`] does the work; this file connects it to the host.
 //!
-//! Every request-path call goes through the raw ABI with each status handled: the SDK's
-//! wrappers (`get_buffer`, `set_buffer`, the header map calls, `get_property`, even `log` and
-//! `send_http_response`) panic on any status they do not expect, and in wasm a panic is a
-//! trap, which Envoy answers with 503 (and a VM reload). Header names and values are bytes.
+//! Every host call goes through `kit::host`, with each status handled by [`Stream`]: the
+//! SDK's wrappers (`get_buffer`, `set_buffer`, the header map calls, `get_property`, even
+//! `log` and `send_http_response`) panic on any status they do not expect, and in wasm a
+//! panic is a trap, which Envoy answers with 503 (and a VM reload). Header names and values
+//! are bytes.
 
-use std::ptr::{null, null_mut};
 use std::rc::Rc;
 
+use kit::host::{self, Buffer, Level, Map};
 use kit::LocalResponse;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
-use crate::abi;
-use crate::stream::{self, Host, Level, Status, Stream};
+use crate::stream::{self, Host, Status, Stream};
 use crate::transform::Headers;
 use crate::{Config, PLUGIN_NAME};
 
@@ -24,92 +24,8 @@ proxy_wasm::main! {{
     });
 }}
 
-#[allow(clashing_extern_declarations)]
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
-    fn proxy_get_header_map_pairs(
-        map_type: u32,
-        return_map_data: *mut *mut u8,
-        return_map_size: *mut usize,
-    ) -> u32;
-    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
-    fn proxy_add_header_map_value(
-        map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-    ) -> u32;
-    fn proxy_replace_header_map_value(
-        map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-    ) -> u32;
-    fn proxy_get_buffer_bytes(
-        buffer_type: u32,
-        start: usize,
-        max_size: usize,
-        return_buffer_data: *mut *mut u8,
-        return_buffer_size: *mut usize,
-    ) -> u32;
-    fn proxy_set_buffer_bytes(
-        buffer_type: u32,
-        start: usize,
-        size: usize,
-        buffer_data: *const u8,
-        buffer_size: usize,
-    ) -> u32;
-    fn proxy_get_property(
-        path_data: *const u8,
-        path_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-    ) -> u32;
-    fn proxy_send_local_response(
-        status_code: u32,
-        status_code_details_data: *const u8,
-        status_code_details_size: usize,
-        body_data: *const u8,
-        body_size: usize,
-        headers_data: *const u8,
-        headers_size: usize,
-        grpc_status: i32,
-    ) -> u32;
-}
-
-const OK: u32 = 0;
-const NOT_FOUND: u32 = 1;
-const REQUEST_HEADERS: u32 = 0;
-const REQUEST_BODY: u32 = 0;
-
-fn status(code: u32) -> Result<(), Status> {
-    if code == OK {
-        Ok(())
-    } else {
-        Err(code)
-    }
-}
-
-/// Takes ownership of a buffer the host allocated with `proxy_on_memory_allocate`.
-///
-/// # Safety
-/// `data` is null or points to `size` bytes from this module's allocator, owned by nobody
-/// else.
-unsafe fn owned(data: *mut u8, size: usize) -> Vec<u8> {
-    if data.is_null() {
-        Vec::new()
-    } else {
-        Vec::from_raw_parts(data, size, size)
-    }
-}
-
-fn log(level: LogLevel, message: &str) {
-    let message = format!("{PLUGIN_NAME}: {message}");
-    // SAFETY: the pointer is valid for the call. A refused log line is dropped.
-    unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+fn log(level: Level, message: &str) {
+    host::log(level, &format!("{PLUGIN_NAME}: {message}"));
 }
 
 /// The host, for the stream being served.
@@ -117,108 +33,47 @@ struct ProxyWasm;
 
 impl Host for ProxyWasm {
     fn request_headers(&mut self) -> Result<Headers, Status> {
-        let mut data = null_mut();
-        let mut size = 0;
-        // SAFETY: the pointers are valid for the call.
-        status(unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size) })?;
-        // SAFETY: on OK the host handed over `size` bytes it allocated in this module.
-        let bytes = unsafe { owned(data, size) };
-        abi::decode_map(&bytes).ok_or(NOT_FOUND)
+        host::header_pairs(Map::RequestHeaders)
     }
 
     fn remove_request_header(&mut self, name: &str) -> Result<(), Status> {
-        // SAFETY: the pointers are valid for the call.
-        status(unsafe { proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len()) })
+        host::remove_header(Map::RequestHeaders, name.as_bytes())
     }
 
     fn add_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), Status> {
-        // SAFETY: the pointers are valid for the call.
-        status(unsafe {
-            proxy_add_header_map_value(
-                REQUEST_HEADERS,
-                name.as_ptr(),
-                name.len(),
-                value.as_ptr(),
-                value.len(),
-            )
-        })
+        host::add_header(Map::RequestHeaders, name.as_bytes(), value)
     }
 
     fn replace_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), Status> {
-        // SAFETY: the pointers are valid for the call.
-        status(unsafe {
-            proxy_replace_header_map_value(
-                REQUEST_HEADERS,
-                name.as_ptr(),
-                name.len(),
-                value.as_ptr(),
-                value.len(),
-            )
-        })
+        host::replace_header(Map::RequestHeaders, name.as_bytes(), value)
     }
 
     fn request_body(&mut self, size: usize) -> Result<Option<Vec<u8>>, Status> {
-        let mut data = null_mut();
-        let mut returned = 0;
-        // SAFETY: the pointers are valid for the call.
-        let code =
-            unsafe { proxy_get_buffer_bytes(REQUEST_BODY, 0, size, &mut data, &mut returned) };
-        match code {
-            // SAFETY: on OK the host handed over `returned` bytes it allocated in this module.
-            OK => Ok(Some(unsafe { owned(data, returned) })),
-            NOT_FOUND => Ok(None),
-            code => Err(code),
-        }
+        host::buffer(Buffer::RequestBody, 0, size)
     }
 
     fn set_request_body(&mut self, size: usize, body: &[u8]) -> Result<(), Status> {
-        // SAFETY: the pointers are valid for the call.
-        status(unsafe { proxy_set_buffer_bytes(REQUEST_BODY, 0, size, body.as_ptr(), body.len()) })
+        host::set_buffer(Buffer::RequestBody, 0, size, body)
     }
 
     fn route_name(&mut self) -> Option<Vec<u8>> {
-        let path = abi::property_path(&["xds", "route_name"]);
-        let mut data = null_mut();
-        let mut size = 0;
-        // SAFETY: the pointers are valid for the call.
-        let code = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
-        // SAFETY: on OK the host handed over `size` bytes it allocated in this module.
-        (code == OK).then(|| unsafe { owned(data, size) })
+        host::property(&["xds", "route_name"])
     }
 
     fn send(&mut self, response: &LocalResponse) {
-        let headers: Vec<(&[u8], &[u8])> = response
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
-            .collect();
-        let headers = abi::encode_map(&headers);
-        // SAFETY: the pointers are valid for the call.
-        let code = unsafe {
-            proxy_send_local_response(
-                u32::from(response.status),
-                null(),
-                0,
-                response.body.as_ptr(),
-                response.body.len(),
-                headers.as_ptr(),
-                headers.len(),
-                -1,
-            )
-        };
-        if code != OK {
+        if let Err(code) = host::send_local_response(response) {
             log(
-                LogLevel::Error,
+                Level::Error,
                 &format!("local response {} refused: status {code}", response.status),
             );
         }
     }
 
-    fn log(&mut self, level: Level, message: &str) {
+    fn log(&mut self, level: stream::Level, message: &str) {
         let level = match level {
-            Level::Debug => LogLevel::Debug,
-            Level::Warn => LogLevel::Warn,
-            Level::Error => LogLevel::Error,
+            stream::Level::Debug => Level::Debug,
+            stream::Level::Warn => Level::Warn,
+            stream::Level::Error => Level::Error,
         };
         log(level, message);
     }
@@ -236,10 +91,10 @@ fn env(name: &str) -> Option<String> {
 
 impl RootContext for TransformerRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        match kit::proxy::configure(self, PLUGIN_NAME, |bytes| Config::parse(bytes, &env)) {
+        match host::configure(PLUGIN_NAME, |bytes| Config::parse(bytes, &env)) {
             Some(config) => {
                 if let Some(warning) = config.warning() {
-                    log(LogLevel::Warn, &warning);
+                    log(Level::Warn, &warning);
                 }
                 self.config = Rc::new(config);
                 true

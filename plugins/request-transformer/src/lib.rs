@@ -6,16 +6,15 @@
 //! The pure core: [`config`] (Kong's schema and messages, secret references, route paths),
 //! [`template`], [`captures`], the codecs [`urlencoded`], [`json`] and [`multipart`], and
 //! [`transform`] (the decisions per request); [`stream`] is one request's life against a
-//! host interface, and `filter` the proxy-wasm adapter on the raw ABI ([`abi`]).
+//! host interface, and `filter` the proxy-wasm adapter on `kit::host`.
 //!
 //! Entry points that parse untrusted bytes, each total (no panic on any input) and bounded
 //! (linear, or n·log n, in its input): [`json::Object::parse`], [`urlencoded::Params::parse`],
 //! [`multipart::Multipart::parse`], [`multipart::boundary`], [`multipart::parameters`],
 //! [`multipart::disposition_name`], [`template::Template::parse`] (configured text),
-//! [`template::Template::render`], [`transform::on_headers`], [`transform::BodyJob::finish`],
-//! [`abi::decode_map`] and [`Config::parse`].
+//! [`template::Template::render`], [`transform::on_headers`], [`transform::BodyJob::finish`]
+//! and [`Config::parse`] (and the kit's [`kit::abi::decode_map`] for the host's header maps).
 
-pub mod abi;
 pub mod captures;
 pub mod config;
 pub mod json;

@@ -1,6 +1,6 @@
 //! One request's life in the filter, written against [`Host`] (the proxy-wasm calls it
 //! needs) so that what the adapter does is tested natively with hosts that behave like
-//! Envoy's. `filter` implements [`Host`] with the raw ABI.
+//! Envoy's. `filter` implements [`Host`] with `kit::host`.
 //!
 //! Envoy 1.40 facts this follows: a Pause from the header callback (with default plugin
 //! settings) stops body delivery for good, so the filter drops Content-Length and continues,

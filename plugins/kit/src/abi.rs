@@ -1,12 +1,14 @@
-//! The proxy-wasm ABI's serialisations the filter reads and writes itself (the SDK's
-//! versions index without bounds checks and decode names as UTF-8 with `unwrap`).
+//! The proxy-wasm ABI's serialisations, pure so that they are tested natively and fuzzable;
+//! `host` (wasm only) reads and writes them. The SDK's own versions index without bounds
+//! checks and decode names as UTF-8 with `unwrap`.
 
-use crate::transform::Headers;
+/// A header map's names and values, in order, as bytes.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A header map as the host returns it: a little-endian `u32` count, then a `u32` name size
 /// and a `u32` value size per pair, then each name and value followed by a NUL. Total on any
 /// bytes: `None` when they do not hold a whole map.
-pub fn decode_map(bytes: &[u8]) -> Option<Headers> {
+pub fn decode_map(bytes: &[u8]) -> Option<Pairs> {
     if bytes.is_empty() {
         return Some(Vec::new());
     }
