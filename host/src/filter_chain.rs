@@ -295,6 +295,13 @@ impl HttpStream {
     }
 
     /// Whether the response has been sent completely (or the stream reset).
+    /// Whether the request side takes no more input: its end went through, or a local
+    /// response or reset ended it. A driver stops reading the client's body then (Envoy
+    /// answers a local reply without reading the rest of the body).
+    pub fn request_ended(&self) -> bool {
+        self.request.ended || self.local_reply_sent || self.done
+    }
+
     pub fn is_complete(&self) -> bool {
         self.response.ended || self.done
     }

@@ -39,7 +39,7 @@ impl Plugin {
     pub fn new(module: Arc<PluginModule>, config: PluginConfig, env: Arc<HostEnv>) -> Plugin {
         let failure_metric = env.metrics.define(
             MetricKind::Counter,
-            &format!("wasmgate.plugin.{}.failures", config.name),
+            &format!("wasmgate.plugin.{}.failures", config.root_id),
         );
         Plugin {
             inner: Arc::new(PluginInner {

@@ -39,7 +39,7 @@ impl Raw {
 }
 
 /// One HTTP/1.1 request written byte for byte from the loopback address `from`.
-async fn raw(to: SocketAddr, from: [u8; 4], head: &[u8]) -> Raw {
+async fn raw(plane: &str, to: SocketAddr, from: [u8; 4], head: &[u8]) -> Raw {
     let socket = TcpSocket::new_v4().unwrap();
     socket
         .bind(SocketAddr::from((from, 0)))
@@ -49,7 +49,7 @@ async fn raw(to: SocketAddr, from: [u8; 4], head: &[u8]) -> Raw {
     let mut bytes = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
         .await
-        .expect("the proxy answers within 10 s")
+        .unwrap_or_else(|_| panic!("{plane} did not answer (and close) within 10 s"))
         .unwrap();
     let end = bytes
         .windows(4)
@@ -178,7 +178,7 @@ async fn obs_text_in_the_headers_the_size_limiter_reads_is_not_a_trap() {
             extra.extend_from_slice(OBS_TEXT);
             extra.extend_from_slice(b"\r\n");
         }
-        let response = raw(*addr, [127, 0, 0, 1], &get("/", &extra)).await;
+        let response = raw(plane, *addr, [127, 0, 0, 1], &get("/", &extra)).await;
         assert_eq!(
             response.status,
             200,
@@ -204,7 +204,7 @@ async fn obs_text_in_the_headers_the_size_limiter_reads_is_not_a_trap() {
                 .to_vec();
         over.extend_from_slice(OBS_TEXT);
         over.extend_from_slice(b"\r\n\r\n");
-        let response = raw(*addr, [127, 0, 0, 1], &over).await;
+        let response = raw(plane, *addr, [127, 0, 0, 1], &over).await;
         assert_eq!(response.status, 413, "{plane}");
         assert_eq!(
             serde_json::from_slice::<Value>(&response.body).ok(),
@@ -232,20 +232,20 @@ async fn obs_text_as_the_rate_limit_identifier_is_a_budget_of_its_own() {
         };
         let plane_key = |suffix: &[u8]| [plane.as_bytes(), b"\xe9", suffix].concat();
         for n in 0..2 {
-            let response = raw(*addr, [127, 0, 0, 1], &key(&plane_key(b"\xfe"))).await;
+            let response = raw(plane, *addr, [127, 0, 0, 1], &key(&plane_key(b"\xfe"))).await;
             assert_eq!(response.status, 200, "{plane} request {n}");
             assert_eq!(
                 response.header("x-ratelimit-limit-minute"),
                 Some(b"2".as_slice())
             );
         }
-        let third = raw(*addr, [127, 0, 0, 1], &key(&plane_key(b"\xfe"))).await;
+        let third = raw(plane, *addr, [127, 0, 0, 1], &key(&plane_key(b"\xfe"))).await;
         assert_eq!(
             third.status, 429,
             "{plane}: the same bytes are the same identifier"
         );
         // A lossy conversion would make both of these U+FFFD: they are different clients.
-        let other = raw(*addr, [127, 0, 0, 1], &key(&plane_key(b"\xfd"))).await;
+        let other = raw(plane, *addr, [127, 0, 0, 1], &key(&plane_key(b"\xfd"))).await;
         assert_eq!(
             other.status, 200,
             "{plane}: other bytes, another identifier"
@@ -267,7 +267,7 @@ async fn limit_by_path_counts_kongs_normalised_path() {
         let mut statuses = Vec::new();
         for (n, path) in spellings.iter().enumerate() {
             let from = [127, 0, 1 + i as u8, 2 + n as u8];
-            statuses.push(raw(*addr, from, &get(path, b"")).await.status);
+            statuses.push(raw(plane, *addr, from, &get(path, b"")).await.status);
         }
         assert_eq!(statuses, vec![200, 200, 429], "{plane}");
     }
@@ -277,7 +277,7 @@ async fn limit_by_path_counts_kongs_normalised_path() {
 async fn the_transformer_forwards_obs_text_untouched() {
     let planes = planes(
         "request-transformer",
-        json!({"add": {"headers": ["x-added:1", "x-copy:$(headers.x-client)"]}}),
+        json!({"add": {"headers": ["x-added:1", "x-copy:$(headers.x_client)"]}}),
     )
     .await;
     for (plane, addr) in &planes.addrs {
@@ -286,7 +286,7 @@ async fn the_transformer_forwards_obs_text_untouched() {
         extra.extend_from_slice(b"\r\nx-client: ");
         extra.extend_from_slice(OBS_TEXT);
         extra.extend_from_slice(b"\r\n");
-        let response = raw(*addr, [127, 0, 0, 1], &get("/", &extra)).await;
+        let response = raw(plane, *addr, [127, 0, 0, 1], &get("/", &extra)).await;
         assert_eq!(
             response.status,
             200,

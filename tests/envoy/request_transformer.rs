@@ -227,18 +227,11 @@ async fn bytes_that_are_not_utf8_and_deep_json_never_trap() {
     assert!(text.contains("from-header=caf%E9"), "{text}");
 
     // Form and JSON bodies that are not UTF-8.
-    for (content_type, body, expected) in [
-        (
-            &b"application/x-www-form-urlencoded"[..],
-            &b"%C3%A9=1&\xff=\xfe"[..],
-            "\"body\":\"e=1&\u{fffd}=\u{fffd}&p=v\"",
-        ),
-        (
-            b"application/json",
-            b"{\"a\":\"\xff\"}",
-            "\"body\":\"{\\\"a\\\":\\\"\u{fffd}\\\"}\"",
-        ),
-    ] {
+    for (content_type, body, expected) in [(
+        &b"application/x-www-form-urlencoded"[..],
+        &b"%C3%A9=1&\xff=\xfe"[..],
+        "\"body\":\"e=1&\u{fffd}=\u{fffd}&p=v\"",
+    )] {
         let mut header = b"content-type: ".to_vec();
         header.extend_from_slice(content_type);
         let answer = raw_exchange(addr, &raw_post("/b", &[&header], body)).await;
@@ -246,6 +239,20 @@ async fn bytes_that_are_not_utf8_and_deep_json_never_trap() {
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(text.contains(expected), "{expected} in {text}");
     }
+
+    // JSON that is not UTF-8 is not JSON (RFC 8259): with a body rename configured it is
+    // refused, never passed on with the field under its old name.
+    let answer = raw_exchange(
+        addr,
+        &raw_post(
+            "/b",
+            &[b"content-type: application/json"],
+            b"{\"\xe9\":\"\xff\"}",
+        ),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
 
     // 100,000 levels of nesting inside a value: rewritten, nothing overflows.
     let deep = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));

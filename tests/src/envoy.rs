@@ -54,8 +54,10 @@ impl WasmFilter {
         self
     }
 
-    /// The `envoy.filters.http.wasm` entry of an HTTP connection manager.
-    pub fn to_http_filter(&self, runtime: &str) -> Value {
+    /// The `envoy.filters.http.wasm` entry of an HTTP connection manager on `listener`. Each
+    /// listener's instance has a name of its own (`<plugin>@<listener>`), as every instance
+    /// in a translated config does: what a plugin keeps per instance is never shared.
+    pub fn to_http_filter(&self, runtime: &str, listener: &str) -> Value {
         let env: serde_json::Map<String, Value> = self
             .env
             .iter()
@@ -66,7 +68,7 @@ impl WasmFilter {
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                 "config": {
-                    "name": self.plugin,
+                    "name": format!("{}@{listener}", self.plugin),
                     "root_id": self.plugin,
                     "configuration": {
                         "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -147,7 +149,11 @@ impl EnvoyConfig {
             .iter()
             .map(|l| {
                 let mut http_filters: Vec<Value> = l.native_filters.clone();
-                http_filters.extend(l.filters.iter().map(|f| f.to_http_filter(&self.runtime)));
+                http_filters.extend(
+                    l.filters
+                        .iter()
+                        .map(|f| f.to_http_filter(&self.runtime, &l.name)),
+                );
                 http_filters.push(json!({
                     "name": "envoy.filters.http.router",
                     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},

@@ -255,6 +255,11 @@ async fn pump(
     side: Side,
 ) {
     loop {
+        // A local reply ended the request: the rest of the client's body is not read (the
+        // body is dropped, so the connection closes after the reply), as Envoy does.
+        if matches!(side, Side::Request) && chain.borrow().request_ended() {
+            return;
+        }
         let frame = body.frame().await;
         let ended = frame.is_none();
         {
@@ -382,7 +387,7 @@ pub async fn forward(
     };
     for filter in &filters {
         log.filters
-            .push((filter.plugin().config().name.clone(), "ran".into()));
+            .push((filter.plugin().config().root_id.clone(), "ran".into()));
     }
     let chain: Chain = Rc::new(RefCell::new(HttpStream::new(
         filters
