@@ -314,3 +314,35 @@ async fn the_transformer_forwards_obs_text_untouched() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_client_value_never_survives_a_replaced_header() {
+    // The documented secret-injection pattern (replace + add) on a custom header the client
+    // sends twice: only the injected value may reach the upstream.
+    let planes = planes(
+        "request-transformer",
+        json!({
+            "replace": {"headers": ["x-api-key:injected"]},
+            "add": {"headers": ["x-api-key:injected"]},
+        }),
+    )
+    .await;
+    for (plane, addr) in &planes.addrs {
+        let response = raw(
+            plane,
+            *addr,
+            [127, 0, 0, 1],
+            &get("/", b"x-api-key: a\r\nx-api-key: evil\r\n"),
+        )
+        .await;
+        assert_eq!(response.status, 200, "{plane}");
+        let report = response.report();
+        let values: Vec<&[u8]> = report
+            .raw_headers
+            .iter()
+            .filter(|(k, _)| k == "x-api-key")
+            .map(|(_, v)| v.as_slice())
+            .collect();
+        assert_eq!(values, vec![b"injected".as_slice()], "{plane}");
+    }
+}
