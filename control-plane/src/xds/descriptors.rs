@@ -1,10 +1,11 @@
 //! The protobuf descriptors that turn the model's Envoy JSON into the bytes xDS carries.
 //!
 //! `xds-api` ships the descriptors of Envoy's core API but not of every extension the model
-//! uses: the Wasm filter, `upstreams.http.v3.HttpProtocolOptions` and `UpstreamTlsContext`
-//! are missing. They are declared here with Envoy's own names and field numbers (from Envoy's
-//! API protos), restricted to the fields the model writes: a field the model starts writing
-//! without adding it here fails the translation with a message naming it, never silently.
+//! uses: the Wasm filter, the upstream codec filter (last of the router's upstream filters),
+//! `upstreams.http.v3.HttpProtocolOptions` and `UpstreamTlsContext` are missing. They are
+//! declared here with Envoy's own names and field numbers (from Envoy's API protos), restricted
+//! to the fields the model writes: a field the model starts writing without adding it here
+//! fails the translation with a message naming it, never silently.
 
 use prost_reflect::DescriptorPool;
 use prost_types::field_descriptor_proto::{Label, Type};
@@ -175,6 +176,16 @@ fn wasm_filter() -> FileDescriptorProto {
     )
 }
 
+/// The terminal filter of the router's `upstream_http_filters` (no fields).
+fn upstream_codec() -> FileDescriptorProto {
+    file(
+        "envoy/extensions/filters/http/upstream_codec/v3/upstream_codec.proto",
+        "envoy.extensions.filters.http.upstream_codec.v3",
+        &[],
+        vec![message("UpstreamCodec", Vec::new())],
+    )
+}
+
 fn upstream_http_protocol_options() -> FileDescriptorProto {
     let mut options = message(
         "HttpProtocolOptions",
@@ -229,6 +240,7 @@ pub fn pool() -> Result<DescriptorPool, String> {
     pool.add_file_descriptor_protos([
         wasm(),
         wasm_filter(),
+        upstream_codec(),
         upstream_http_protocol_options(),
         upstream_tls_context(),
     ])

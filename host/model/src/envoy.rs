@@ -4,12 +4,24 @@
 //!
 //! Routes are emitted in [`Router`]'s order inside one catch-all virtual host, with hosts,
 //! methods and headers as header matchers, so Envoy picks the same route the gateway does.
-//! Every wasm filter is in the listener's chain and disabled per route
-//! (`typed_per_filter_config`) wherever Kong's precedence does not pick that plugin instance,
-//! so a plugin on one service never touches another. (Envoy can only enable a filter per
-//! route with a per-route config of its own type, which the Wasm filter does not have; it can
-//! always disable one; `disabled` is keyed by filter name, so it works the same for filters whose
-//! config comes by ECDS.) Secrets reach modules through
+//! Every wasm filter is in a chain and disabled per route (`typed_per_filter_config`) wherever
+//! Kong's precedence does not pick that plugin instance, so a plugin on one service never
+//! touches another. (Envoy can only enable a filter per route with a per-route config of its
+//! own type, which the Wasm filter does not have; it can always disable one; `disabled` is
+//! keyed by filter name, so it works the same for filters whose config comes by ECDS, and for
+//! upstream filters.)
+//!
+//! Two chains: the listener's (downstream, before routing) and the router's
+//! `upstream_http_filters` (after routing, once per upstream attempt). The request-transformer
+//! runs upstream ([`runs_upstream`]): Kong's `replace.uri` is the whole upstream path and a
+//! replaced `host` the upstream Host, while in the downstream chain every request-header
+//! change of a proxy-wasm 0.2.1 filter clears Envoy's route cache, so the router would match
+//! the rewritten `:path`/`:authority` again (another route, or `no-route`) and apply that
+//! route's `regex_rewrite`/`host_rewrite_literal` on top. Upstream, the route is settled and
+//! its rewrites are done: what the filter sets is what the service gets. The translation
+//! configures no retries and Envoy ignores a client's `x-envoy-retry-on` (no client address is
+//! internal), so it runs once per request; a retry would run it again on the headers it had
+//! already changed. Secrets reach modules through
 //! `vm_config.environment_variables.host_env_keys`: they are read from Envoy's own environment
 //! and never written into the bootstrap.
 
@@ -26,6 +38,9 @@ pub const V8: &str = "envoy.wasm.runtime.v8";
 const FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
 /// The type of every wasm filter's config (also ECDS's `type_urls`).
 pub const WASM: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// The terminal filter of the router's upstream filters.
+pub const UPSTREAM_CODEC: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec";
 /// The gateway listener's name, also the name of its route configuration.
 pub const LISTENER: &str = "wasmgate";
 /// Kong's answer when no route matches.
@@ -57,6 +72,19 @@ struct FilterSlot {
     /// request-transformer's `hold_headers` needs it, the others only stop to answer);
     /// third-party filters get Envoy's default.
     allow_on_headers_stop_iteration: bool,
+    /// In the router's upstream filters rather than the listener's chain ([`runs_upstream`]).
+    upstream: bool,
+}
+
+/// Whether a wasmgate plugin runs as an upstream filter of the router: the
+/// request-transformer, whose `:path` and Host changes must be final (Kong's `set_path` and
+/// `upstream_host`: no second routing, no second strip_path or service path). Upstream, it
+/// still sees `xds.route_name` (its `uri_captures` routes), the request headers as the router
+/// sends them (after the route's path and Host rewrites) and the body, and it can answer
+/// locally; the other plugins decide without rewriting the request and stay downstream, before
+/// the router (Kong runs them before the transformer too).
+pub fn runs_upstream(plugin: &str) -> bool {
+    plugin == request_transformer::PLUGIN_NAME
 }
 
 /// The VM of a wasmgate plugin: one per module, so all instances of a plugin share its
@@ -90,6 +118,7 @@ fn filter_slots(
             module: options.modules_dir.join(file),
             configuration: plugins::configuration(config, plugin),
             allow_on_headers_stop_iteration: true,
+            upstream: runs_upstream(&plugin.name),
         });
     }
     let filters_dir = options
@@ -108,6 +137,7 @@ fn filter_slots(
                 module: filters_dir.join(format!("{}.wasm", filter.name)),
                 configuration: filter.config.clone().unwrap_or_default(),
                 allow_on_headers_stop_iteration: false,
+                upstream: false,
             });
         }
         chain_slots.push(ids);
@@ -154,46 +184,55 @@ fn wasm_config(slot: &FilterSlot, options: &EnvoyOptions, code: Value) -> Value 
     })
 }
 
-fn router_filter() -> Value {
-    json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+/// The router, with `upstream` as its upstream HTTP filters (then the upstream codec, which
+/// must be last). They apply to every cluster, as no cluster sets its own
+/// `HttpProtocolOptions.http_filters`.
+fn router_filter(upstream: Vec<Value>) -> Value {
+    let mut router =
+        json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"});
+    if !upstream.is_empty() {
+        let mut filters = upstream;
+        filters.push(json!({
+            "name": "envoy.filters.http.upstream_codec",
+            "typed_config": {"@type": UPSTREAM_CODEC},
+        }));
+        router["upstream_http_filters"] = Value::Array(filters);
+    }
+    json!({"name": "envoy.filters.http.router", "typed_config": router})
+}
+
+/// The listener's chain: the downstream filters, then the router with the upstream ones.
+fn chain(slots: &[FilterSlot], filter: impl Fn(&FilterSlot) -> Value) -> Vec<Value> {
+    let (upstream, downstream): (Vec<&FilterSlot>, Vec<&FilterSlot>) =
+        slots.iter().partition(|slot| slot.upstream);
+    let mut filters: Vec<Value> = downstream.into_iter().map(&filter).collect();
+    filters.push(router_filter(upstream.into_iter().map(&filter).collect()));
+    filters
+}
+
+/// The HTTP filters: every downstream wasm filter, then the router with the upstream ones.
+pub fn http_filters(config: &Config, options: &EnvoyOptions) -> Vec<Value> {
+    let (slots, _, _) = filter_slots(config, options);
+    chain(&slots, |slot| {
+        let code = json!({"local": {"filename": slot.module.to_string_lossy()}});
+        json!({"name": slot.name, "typed_config": wasm_config(slot, options, code)})
     })
 }
 
-/// The HTTP filters: every wasm filter, then the router.
-pub fn http_filters(config: &Config, options: &EnvoyOptions) -> Vec<Value> {
-    let (slots, _, _) = filter_slots(config, options);
-    let mut filters: Vec<Value> = slots
-        .iter()
-        .map(|slot| {
-            let code = json!({"local": {"filename": slot.module.to_string_lossy()}});
-            json!({"name": slot.name, "typed_config": wasm_config(slot, options, code)})
-        })
-        .collect();
-    filters.push(router_filter());
-    filters
-}
-
-/// The HTTP filters for xDS: every wasm filter by extension config discovery (ECDS, over the
-/// same ADS stream; the resource name is the filter name), then the router. Envoy keeps the
-/// listener warming until each filter's config has arrived.
+/// The HTTP filters for xDS: as [`http_filters`], every wasm filter (downstream or upstream)
+/// by extension config discovery (ECDS, over the same ADS stream; the resource name is the
+/// filter name). Envoy keeps the listener warming until each filter's config has arrived.
 pub fn discovered_http_filters(config: &Config, options: &EnvoyOptions) -> Vec<Value> {
     let (slots, _, _) = filter_slots(config, options);
-    let mut filters: Vec<Value> = slots
-        .iter()
-        .map(|slot| {
-            json!({
-                "name": slot.name,
-                "config_discovery": {
-                    "config_source": {"ads": {}, "resource_api_version": "V3"},
-                    "type_urls": [WASM],
-                },
-            })
+    chain(&slots, |slot| {
+        json!({
+            "name": slot.name,
+            "config_discovery": {
+                "config_source": {"ads": {}, "resource_api_version": "V3"},
+                "type_urls": [WASM],
+            },
         })
-        .collect();
-    filters.push(router_filter());
-    filters
+    })
 }
 
 /// One wasm module an ECDS resource needs: the file a static bootstrap would load.
