@@ -201,3 +201,74 @@ plugins:
     assert_eq!(get().await.unwrap().status, 200);
     assert_eq!(get().await.unwrap().status, 429);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_module_sees_only_the_secrets_its_own_config_references() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let filters = tempfile::tempdir().unwrap();
+    let environ =
+        wat::parse_file(wasmgate_tests::paths::workspace_root().join("tests/wat/environ.wat"))
+            .expect("environ.wat compiles");
+    std::fs::write(filters.path().join("environ.wasm"), &environ).unwrap();
+    let text = format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: s
+    url: http://{}
+    routes:
+      - name: plain
+        paths: [/plain]
+      - name: named
+        paths: [/named]
+plugins:
+  - name: request-transformer
+    config: {{add: {{headers: ["authorization:Bearer {{vault://env/backend-token}}"]}}}}
+filter_chains:
+  - route: plain
+    filters:
+      - name: environ
+  - route: named
+    filters:
+      - name: environ
+        config: "show {{vault://env/SHARED_FLAG}}"
+"#,
+        echo.addr()
+    );
+    let gateway = Gateway::start(
+        GatewayOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: None,
+            workers: 1,
+            drain_timeout: Duration::from_secs(5),
+            access_log: false,
+            config_path: None,
+            tls: None,
+            runtime: gateway::filters::RuntimeOptions {
+                modules_dir: wasmgate_tests::paths::wasm_dir(),
+                filters_dir: Some(filters.path().to_owned()),
+                env_allow: Vec::new(),
+                env_values: vec![
+                    ("BACKEND_TOKEN".into(), "s3cr3t".into()),
+                    ("SHARED_FLAG".into(), "on".into()),
+                ],
+            },
+        },
+        &text,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for (path, environ) in [("/plain", ""), ("/named", "SHARED_FLAG=on")] {
+        let response = send(gateway.addr(), Protocol::Http1, &Request::get(path))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+        let seen = report(&response.body);
+        // The transformer was given its secret; the third-party filter next to it was not.
+        assert_eq!(
+            seen.header("authorization"),
+            Some("Bearer s3cr3t"),
+            "{path}"
+        );
+        assert_eq!(seen.header("x-environ"), Some(environ), "{path}");
+    }
+}
