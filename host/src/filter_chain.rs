@@ -214,6 +214,8 @@ struct Flow {
     buffer_eos: bool,
     /// Trailers waiting behind a stop.
     trailers: Option<Headers>,
+    /// Where the waiting trailers go on from: the filters before it have had them.
+    trailers_from: usize,
     /// No more output in this direction.
     ended: bool,
 }
@@ -680,16 +682,78 @@ impl HttpStream {
             Dir::Response => self.data.response_trailers = Some(trailers.clone()),
         }
         self.flow(dir).trailers = Some(trailers);
-        if self.flow(dir).stopped.is_none() {
-            self.flush_trailers(dir);
+        let stopped = self.flow(dir).stopped;
+        match stopped {
+            None => self.flush_trailers(dir),
+            Some((stop, stage)) if self.buffers_body(dir, stop, stage) => {
+                self.trailers_to_buffering_filter(dir, stop, stage);
+            }
+            // Held with the headers: the filter has not seen the body yet either.
+            Some(_) => {}
         }
+    }
+
+    /// Whether the filter stopped at `stop` is buffering the body (a body `Stop`, or a
+    /// headers `Stop` of a filter that still gets the body).
+    fn buffers_body(&self, dir: Dir, stop: usize, stage: Stage) -> bool {
+        let flow = match dir {
+            Dir::Request => &self.request,
+            Dir::Response => &self.response,
+        };
+        let allowed = flow
+            .order
+            .get(stop)
+            .and_then(|&idx| self.filters.get(idx))
+            .is_some_and(|f| f.body_while_headers_stopped());
+        stage == Stage::Body || (stage == Stage::Headers && allowed)
+    }
+
+    /// Trailers end the stream: as Envoy does, they reach the filters up to the one buffering
+    /// the body, whose trailers callback sees the whole body (and may replace it). When it
+    /// continues, the body goes on, then the trailers through the rest of the chain.
+    fn trailers_to_buffering_filter(&mut self, dir: Dir, stop: usize, stage: Stage) {
+        for pos in 0..stop {
+            let idx = self.flow(dir).order[pos];
+            let _ = self.call(dir, Stage::Trailers, idx, true);
+            if self.intercepted(dir, idx) {
+                return;
+            }
+        }
+        let idx = self.flow(dir).order[stop];
+        let buffered = std::mem::take(&mut self.flow(dir).buffer);
+        *self.body(dir) = buffered;
+        let status = self.call(dir, Stage::Trailers, idx, true);
+        let body = std::mem::take(self.body(dir));
+        if self.intercepted(dir, idx) {
+            return;
+        }
+        let flow = self.flow(dir);
+        flow.trailers_from = stop + 1;
+        if status == FilterStatus::Stop {
+            flow.buffer = body;
+            return;
+        }
+        flow.stopped = None;
+        flow.buffer_eos = false;
+        if stage == Stage::Headers {
+            let trailers = flow.trailers.take();
+            self.run_headers(dir, stop + 1);
+            let flow = self.flow(dir);
+            flow.trailers = trailers;
+            if flow.ended || !flow.headers_forwarded {
+                flow.buffer.extend_from_slice(&body);
+                return;
+            }
+        }
+        self.run_body(dir, stop + 1, body, false);
     }
 
     fn flush_trailers(&mut self, dir: Dir) {
         if self.flow(dir).trailers.take().is_none() {
             return;
         }
-        self.run_trailers(dir, 0);
+        let from = self.flow(dir).trailers_from;
+        self.run_trailers(dir, from);
     }
 
     fn run_trailers(&mut self, dir: Dir, from: usize) {

@@ -313,7 +313,6 @@ async fn bodies_up_to_the_limit_are_rewritten_and_bigger_ones_pass_unchanged() {
 /// filter must match its routes' regexes on `x-envoy-original-path` (the client's path, set by
 /// the router whenever it rewrites the path; Envoy strips a client's own) when it is present.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs request-transformer to take uri_captures from x-envoy-original-path upstream"]
 async fn uri_captures_come_from_the_clients_path_on_a_rewritten_route() {
     let (_a, _b, envoy) = start().await;
     let addr = envoy.listener("wasmgate");

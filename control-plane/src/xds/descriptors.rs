@@ -131,6 +131,12 @@ fn wasm() -> FileDescriptorProto {
                 Type::Enum,
                 message_type("FailurePolicy").as_deref(),
             ),
+            field(
+                "allow_on_headers_stop_iteration",
+                9,
+                Type::Message,
+                Some(".google.protobuf.BoolValue"),
+            ),
         ],
     );
     let mut wasm = file(
@@ -139,6 +145,7 @@ fn wasm() -> FileDescriptorProto {
         &[
             "envoy/config/core/v3/base.proto",
             "google/protobuf/any.proto",
+            "google/protobuf/wrappers.proto",
         ],
         vec![environment_variables, vm_config, plugin_config],
     );

@@ -81,12 +81,20 @@ fn envoy_bootstrap_writes_the_same_services_for_envoy() {
     let text = bootstrap.to_string();
     assert!(text.contains("request_size_limiting.wasm"), "{text}");
     assert!(text.contains("{\\\"allowed_payload_size\\\":10}"), "{text}");
-    // Each module gets only the secrets its own config references.
-    let filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        ["typed_config"]["http_filters"]
+    // Each module gets only the secrets its own config references. (The request-transformer
+    // is one of the router's upstream filters.)
+    let mut filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+        [0]["typed_config"]["http_filters"]
         .as_array()
         .unwrap()
         .clone();
+    let upstream: Vec<serde_json::Value> = filters
+        .iter()
+        .filter_map(|f| f["typed_config"]["upstream_http_filters"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    filters.extend(upstream);
     let env_keys = |plugin: &str| {
         filters
             .iter()

@@ -14,5 +14,5 @@ pub mod schema;
 #[cfg(target_arch = "wasm32")]
 pub mod host;
 
-pub use response::{kong_error, LocalResponse};
+pub use response::{kong_error, trim_space, LocalResponse};
 pub use schema::{ConfigError, FieldError, Record};

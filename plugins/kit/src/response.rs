@@ -63,7 +63,7 @@ impl Format {
         };
         let mut best = (0u16, Format::Json);
         for entry in accept.split(|&b| b == b',') {
-            if let Some((media, q)) = media_range(entry.trim_ascii()) {
+            if let Some((media, q)) = media_range(trim_space(entry)) {
                 if q > best.0 {
                     best = (q, Format::of_media_type(media));
                 }
@@ -85,10 +85,10 @@ fn media_range(entry: &[u8]) -> Option<(&[u8], u16)> {
     };
     let mut q = 1000;
     loop {
-        let Some(after) = rest.trim_ascii_start().strip_prefix(b";") else {
+        let Some(after) = trim_space_start(rest).strip_prefix(b";") else {
             break;
         };
-        let after = after.trim_ascii_start();
+        let after = trim_space_start(after);
         if let Some((value, len)) = quality(after) {
             q = value;
             rest = &after[len..];
@@ -107,6 +107,29 @@ fn media_range(entry: &[u8]) -> Option<(&[u8], u16)> {
         }
     }
     Some((media, q))
+}
+
+/// Lua's `%s` and PCRE's `\s`, which Kong strips and skips with: C's `isspace`, so vertical
+/// tab (0x0B) too, unlike `u8::is_ascii_whitespace`.
+fn is_space(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+fn trim_space_start(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !is_space(b))
+        .unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+pub fn trim_space(bytes: &[u8]) -> &[u8] {
+    let bytes = trim_space_start(bytes);
+    let end = bytes
+        .iter()
+        .rposition(|b| !is_space(b))
+        .map_or(0, |i| i + 1);
+    &bytes[..end]
 }
 
 /// Length of a `[a-z0-9][a-z0-9-!#$&^_+.]+` token (case-insensitive) at the start.
@@ -274,8 +297,14 @@ mod tests {
         assert_eq!(format(b"application/*"), Format::Json);
         // q=0 never wins; a parameter before q; an out-of-range q is ignored (q=1).
         assert_eq!(format(b"text/html;q=0"), Format::Json);
-        assert_eq!(format(b"application/json;q=0.1, text/html;level=1;q=0.2"), Format::Html);
-        assert_eq!(format(b"application/json;q=0.9, text/plain;q=2"), Format::Text);
+        assert_eq!(
+            format(b"application/json;q=0.1, text/html;level=1;q=0.2"),
+            Format::Html
+        );
+        assert_eq!(
+            format(b"application/json;q=0.9, text/plain;q=2"),
+            Format::Text
+        );
         // Malformed entries are skipped; bytes outside ASCII are no problem.
         assert_eq!(format(b"\xff\xfe, text/plain;q=0.5"), Format::Text);
         assert_eq!(format(b"x/y, text/plain"), Format::Text);

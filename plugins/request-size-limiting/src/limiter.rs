@@ -37,13 +37,13 @@ pub struct RequestHead<'a> {
 impl RequestHead<'_> {
     fn expects_continue(&self) -> bool {
         self.expect
-            .is_some_and(|e| e.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
+            .is_some_and(|e| kit::trim_space(e).eq_ignore_ascii_case(b"100-continue"))
     }
 
     /// Kong's `tonumber(content-length)` for the values a data plane lets through: decimal
     /// digits, surrounding whitespace allowed.
     fn content_length(&self) -> Option<u64> {
-        let digits = self.content_length?.trim_ascii();
+        let digits = kit::trim_space(self.content_length?);
         if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
             return None;
         }

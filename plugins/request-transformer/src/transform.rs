@@ -159,6 +159,8 @@ pub struct BodyDecision {
 struct Env<'a> {
     head: &'a RequestHead<'a>,
     config: &'a Config,
+    /// The client's path, which the route's regexes matched: Envoy runs this filter upstream,
+    /// after the route rewrote `:path`, and keeps the client's in `x-envoy-original-path`.
     path: &'a [u8],
     query: Params,
     captures: OnceCell<Captures>,
@@ -411,7 +413,11 @@ impl QueryPlan {
     /// client's request line ended with `?`.
     fn finish(&self, moved: &[crate::urlencoded::Param]) -> Option<HeaderChange> {
         let mut query = self.query.clone();
-        query.params.extend_from_slice(moved);
+        // Kong re-encodes the whole query (`set_uri_args`); a moved field's body bytes never
+        // reach the request line as they were.
+        query
+            .params
+            .extend(moved.iter().map(crate::urlencoded::Param::reencoded));
         if !self.ops.is_empty() {
             apply_params(&mut query, &self.ops);
         }
@@ -445,10 +451,16 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
         Some(i) => (&original_path[..i], &original_path[i + 1..]),
         None => (&original_path[..], &b""[..]),
     };
+    let client_path = first(head.headers, "x-envoy-original-path").map_or(path, |original| {
+        original
+            .iter()
+            .position(|&b| b == b'?')
+            .map_or(original, |i| &original[..i])
+    });
     let env = Env {
         head,
         config,
-        path,
+        path: client_path,
         query: Params::parse(raw_query),
         captures: OnceCell::new(),
     };
@@ -1069,6 +1081,20 @@ mod tests {
             assert_eq!(change(&d, ":path"), Some(vec!["/users//x%20%C3%A9".into()]));
             assert_eq!(change(&d, "x-id"), Some(vec!["none".into()]));
         }
+        // Upstream in Envoy the route has already rewritten :path (strip_path, service path):
+        // the regexes match the client's path, which Envoy keeps in x-envoy-original-path.
+        let h = base("/base/42", &[("x-envoy-original-path", "/u/42?a=1")]);
+        let rewritten = on_headers(
+            &c,
+            &RequestHead {
+                headers: &h,
+                end_of_stream: true,
+                route: Some(b"users"),
+            },
+        )
+        .unwrap()
+        .changes;
+        assert_eq!(change(&rewritten, "x-id"), Some(vec!["42".into()]));
         let relative = config(r#"{"replace":{"uri":"$(headers.x)"}}"#);
         assert_eq!(
             refused(&relative, &base("/", &[]), true).0,
@@ -1478,7 +1504,8 @@ mod tests {
         assert_eq!(done.body, None, "the body itself stays");
         assert_eq!(
             change(&done.changes, ":path"),
-            Some(vec!["/p?a=1&a=2&b=x+y&q=1".into()])
+            // Moved fields are re-encoded as Kong's set_uri_args does (a space is %20).
+            Some(vec!["/p?a=1&a=2&b=x%20y&q=1".into()])
         );
         // Without held headers the fields stay in the body (a configure-time warning says so).
         let c = config(r#"{"http_method":"GET","add":{"querystring":["q:1"]}}"#);

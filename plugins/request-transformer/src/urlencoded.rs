@@ -27,6 +27,18 @@ impl Param {
         }
     }
 
+    /// The same argument, written encoded from its decoded name and value rather than with
+    /// its original bytes: what may go into a request line (a form body's raw bytes may hold
+    /// spaces, CR or LF).
+    pub fn reencoded(&self) -> Param {
+        Param {
+            name: self.name.clone(),
+            value: self.value.clone(),
+            raw_name: None,
+            raw_value: None,
+        }
+    }
+
     /// The value as Kong's templates and bodies see it: a bare `name` is `true`.
     pub fn value_or_true(&self) -> &[u8] {
         self.value.as_deref().unwrap_or(b"true")
