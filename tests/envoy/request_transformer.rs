@@ -78,7 +78,7 @@ async fn held_headers_move_form_fields_to_the_query_and_get_an_exact_length() {
             .unwrap(),
         );
         assert_eq!(got.method, "GET", "{protocol:?}");
-        assert_eq!(got.query.as_deref(), Some("hello=world&name=marco+p&q=1"));
+        assert_eq!(got.query.as_deref(), Some("hello=world&name=marco%20p&q=1"));
         assert_eq!(got.body.as_deref(), Some("name=marco+p&added=1"));
         assert_eq!(got.header("content-length"), Some("20"), "{protocol:?}");
 

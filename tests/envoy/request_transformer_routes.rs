@@ -241,7 +241,7 @@ async fn held_headers_and_bodies_work_in_the_translation() {
         assert_eq!(seen.path, "/base/m", "{protocol:?}");
         assert_eq!(
             seen.query.as_deref(),
-            Some("hello=world&name=marco+p&q=1"),
+            Some("hello=world&name=marco%20p&q=1"),
             "{protocol:?}"
         );
         assert_eq!(seen.body.as_deref(), Some("name=marco+p&added=1"));
