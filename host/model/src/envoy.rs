@@ -513,6 +513,10 @@ fn connection_manager(routes: (&str, Value), http_filters: Vec<Value>) -> Value 
         "codec_type": "AUTO",
         "use_remote_address": true,
         "proxy_100_continue": true,
+        // Kong (and `gateway`) route on the normalised path and send it upstream: dot
+        // segments resolved, unreserved escapes decoded, slashes merged.
+        "normalize_path": true,
+        "merge_slashes": true,
         "http_filters": http_filters,
     });
     manager[routes.0] = routes.1;

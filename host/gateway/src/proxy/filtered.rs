@@ -246,19 +246,35 @@ enum Side {
     Response,
 }
 
-/// Feeds one side's body (and trailers) into the chain as it arrives.
+/// After a local reply, how long the rest of a request body is read and dropped: nginx's
+/// lingering close (`lingering_timeout` 5 s without data, `lingering_time` 30 s in all), so a
+/// client still writing its body reads the answer instead of a reset.
+const LINGER_IDLE: Duration = Duration::from_secs(5);
+const LINGER_TOTAL: Duration = Duration::from_secs(30);
+
+async fn linger(mut body: Incoming) {
+    let deadline = tokio::time::Instant::now() + LINGER_TOTAL;
+    loop {
+        let idle = (tokio::time::Instant::now() + LINGER_IDLE).min(deadline);
+        match tokio::time::timeout_at(idle, body.frame()).await {
+            Ok(Some(Ok(_))) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Feeds one side's body (and trailers) into the chain as it arrives. When a local reply
+/// ends the request first, the unread request body is handed back.
 async fn pump(
     worker: Rc<Worker>,
     chain: Chain,
     taps: Rc<RefCell<Taps>>,
     mut body: Incoming,
     side: Side,
-) {
+) -> Option<Incoming> {
     loop {
-        // A local reply ended the request: the rest of the client's body is not read (the
-        // body is dropped, so the connection closes after the reply), as Envoy does.
         if matches!(side, Side::Request) && chain.borrow().request_ended() {
-            return;
+            return Some(body);
         }
         let frame = body.frame().await;
         let ended = frame.is_none();
@@ -287,11 +303,11 @@ async fn pump(
                     if let Some(tx) = taps.reset.take() {
                         let _ = tx.send(());
                     }
-                    return;
+                    return None;
                 }
                 (Some(Err(_)), Side::Response) => {
                     taps.borrow_mut().client = None;
-                    return;
+                    return None;
                 }
                 (None, Side::Request) => stream.request_data(Vec::new(), true),
                 (None, Side::Response) => stream.response_data(Vec::new(), true),
@@ -299,7 +315,7 @@ async fn pump(
         }
         deliver(&worker, &chain, &taps).await;
         if ended {
-            return;
+            return None;
         }
     }
 }
@@ -442,13 +458,26 @@ pub async fn forward(
         .request_headers(request_headers, end_of_stream);
     deliver(worker, &chain, &taps).await;
     if !end_of_stream {
-        tokio::task::spawn_local(pump(
+        // A client that waits for `100 Continue` sends nothing after a local reply: its
+        // connection closes at once. Any other body is read and dropped for a while.
+        let expects_continue = parts
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let request_pump = pump(
             Rc::clone(worker),
             Rc::clone(&chain),
             Rc::clone(&taps),
             body,
             Side::Request,
-        ));
+        );
+        tokio::task::spawn_local(async move {
+            if let Some(unread) = request_pump.await {
+                if !expects_continue {
+                    linger(unread).await;
+                }
+            }
+        });
     }
 
     let local = |head: Head, body| {
@@ -567,13 +596,16 @@ pub async fn forward(
         .response_headers(response_headers, end_of_stream);
     deliver(worker, &chain, &taps).await;
     if !end_of_stream {
-        tokio::task::spawn_local(pump(
+        let response_pump = pump(
             Rc::clone(worker),
             Rc::clone(&chain),
             Rc::clone(&taps),
             response_body,
             Side::Response,
-        ));
+        );
+        tokio::task::spawn_local(async move {
+            response_pump.await;
+        });
     }
     let head = tokio::select! {
         head = response_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the response".into()))?,
