@@ -32,7 +32,7 @@ pub struct HttpCallResponse {
 impl HttpCallResponse {
     pub fn new(status: u16, headers: &[(&str, &str)], body: &[u8]) -> HttpCallResponse {
         let mut map = Headers::new();
-        map.add(":status", &status.to_string());
+        map.add(":status", status.to_string());
         for (k, v) in headers {
             map.add(k, v);
         }

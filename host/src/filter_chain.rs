@@ -847,14 +847,14 @@ impl HttpStream {
         self.request.stopped = None;
         self.request.buffer.clear();
         let mut headers = Headers::new();
-        headers.add(":status", &response.status.to_string());
+        headers.add(":status", response.status.to_string());
         for (k, v) in response.headers.iter() {
             headers.add(k, v);
         }
         if !response.body.is_empty() && headers.get("content-type").is_none() {
             headers.add("content-type", "text/plain");
         }
-        headers.replace("content-length", &response.body.len().to_string());
+        headers.replace("content-length", response.body.len().to_string());
         let n = self.filters.len();
         self.response = Flow {
             order: match dir {

@@ -377,7 +377,7 @@ impl Harness {
         };
         if let (None, Some(len)) = (&explicit_length, body_len) {
             if len > 0 || req.method != "GET" {
-                h.add("content-length", &len.to_string());
+                h.add("content-length", len.to_string());
             }
         }
         let declared = h
@@ -385,11 +385,11 @@ impl Harness {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
         let eos = body_len == Some(0) && declared == 0 && req.trailers.is_none();
-        h.add("x-forwarded-for", &self.info.source.ip().to_string());
+        h.add("x-forwarded-for", self.info.source.ip().to_string());
         h.add("x-forwarded-proto", "http");
         h.add(
             "x-request-id",
-            &format!("00000000-0000-4000-8000-{:012x}", self.requests),
+            format!("00000000-0000-4000-8000-{:012x}", self.requests),
         );
         (h, eos)
     }
@@ -520,12 +520,12 @@ impl Harness {
                 let response = (self.upstream)(&upstream);
                 run.outcome.upstream = Some(upstream);
                 let mut h = Headers::new();
-                h.add(":status", &response.status.to_string());
+                h.add(":status", response.status.to_string());
                 for (k, v) in response.headers.iter() {
                     h.add(k, v);
                 }
                 if response.headers.get("content-length").is_none() {
-                    h.add("content-length", &response.body.len().to_string());
+                    h.add("content-length", response.body.len().to_string());
                 }
                 let empty = response.body.is_empty() && response.trailers.is_none();
                 stream.response_headers(h, empty);

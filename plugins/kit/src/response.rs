@@ -84,10 +84,7 @@ fn media_range(entry: &[u8]) -> Option<(&[u8], u16)> {
         entry.split_at(first + 1 + second)
     };
     let mut q = 1000;
-    loop {
-        let Some(after) = trim_space_start(rest).strip_prefix(b";") else {
-            break;
-        };
+    while let Some(after) = trim_space_start(rest).strip_prefix(b";") {
         let after = trim_space_start(after);
         if let Some((value, len)) = quality(after) {
             q = value;
