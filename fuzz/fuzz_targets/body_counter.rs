@@ -20,10 +20,18 @@ use request_size_limiting::limiter::{LENGTH_REQUIRED, SIZE_EXCEEDED};
 use request_size_limiting::{BodyCounter, Config, RequestHead, SizeUnit, Verdict};
 use wasmgate_fuzz::Bytes;
 
+/// Lua's `isspace` (Kong's `tonumber` and `strip`): vertical tab too.
+fn lua_trim(bytes: &[u8]) -> &[u8] {
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let start = bytes.iter().position(|b| !space(b)).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| !space(b)).map_or(start, |i| i + 1);
+    &bytes[start..end.max(start)]
+}
+
 /// A Content-Length the plugin trusts: decimal digits, optional surrounding whitespace;
 /// saturating (a number too large for u64 is over any limit).
 fn content_length(value: Option<&[u8]>) -> Option<u64> {
-    let digits = value?.trim_ascii();
+    let digits = lua_trim(value?);
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -63,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
 
     let expect_continue = head
         .expect
-        .is_some_and(|e| e.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+        .is_some_and(|e| lua_trim(e).eq_ignore_ascii_case(b"100-continue"));
     let too_large = if expect_continue { 417 } else { 413 };
     let length = content_length(head.content_length);
     let chunked = head.http11 && !head.end_of_stream;

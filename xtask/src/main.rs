@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: the one entry point for building, running and testing wasmgate.
 //!
 //! - `build`: the plugins for wasm32-wasip1 in release (installs the target when missing).
-//! - `test [ARGS]`: build, make sure Envoy 1.40 is available, then every test in the workspace.
+//! - `test [ARGS]`: build, make sure Envoy 1.40 is available, then every test in the workspace
+//!   (without ARGS, first a few seconds of every fuzz target).
 //! - `run [--port N] [--envoy]`: build, then wasmgate's gateway (or a real Envoy) on localhost
 //!   with the seed's defaults in front of a local echo backend, until Ctrl-C.
 //! - `control-plane [--port N]`: build, then the control plane on localhost (API on :8100)
@@ -10,6 +11,7 @@
 
 mod control_plane;
 mod envoy;
+mod fuzz;
 mod run;
 mod wasm;
 
@@ -42,7 +44,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   build            build every plugin for wasm32-wasip1 (release)
-  test [ARGS]      build, install Envoy 1.40 if needed, run every test (ARGS go to cargo test)
+  test [ARGS]      build, install Envoy 1.40 if needed, run every test (ARGS go to cargo test;
+                   without ARGS, a few seconds of every fuzz target first)
   run [--port N] [--envoy]
                    the seed's gateway on 127.0.0.1:N (default 8000; admin N+1), or Envoy
   control-plane [--port N]
@@ -52,6 +55,11 @@ commands:
 fn test(args: &[String]) -> Result<(), String> {
     let modules = wasm::build()?;
     let envoy = envoy::ensure()?;
+    // The whole suite (no cargo test arguments) includes a few seconds of every fuzz target,
+    // before the tests so that their summary stays the run's last word.
+    if args.is_empty() {
+        fuzz::smoke()?;
+    }
     let mut cargo = wasm::cargo();
     cargo
         .args(["test", "--workspace"])
