@@ -272,3 +272,34 @@ filter_chains:
         assert_eq!(seen.header("x-environ"), Some(environ), "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_choose_the_uri_captures() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: users
+    url: http://{}
+    routes:
+      - name: user
+        paths: ["~/users/(?<id>\\d+)$"]
+        strip_path: false
+        plugins:
+          - name: request-transformer
+            config:
+              add:
+                headers: ["x-user:$(uri_captures.id or \"none\")"]
+"#,
+        echo.addr()
+    ));
+    // Envoy keeps the client's path in x-envoy-original-path for the transformer and drops a
+    // client's own; the gateway must not let a client's own stand in for its path either.
+    let request = Request::get("/users/42").header("x-envoy-original-path", "/users/666");
+    let response = send(gateway.addr(), Protocol::Http1, &request)
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(report(&response.body).header("x-user"), Some("42"));
+}

@@ -443,7 +443,7 @@ pub async fn forward(
     };
     let given_authority = matched.host.to_owned();
     let scheme = if downstream.tls { "https" } else { "http" };
-    let request_headers = from_header_map(
+    let mut request_headers = from_header_map(
         &parts.headers,
         Some(vec![
             (":authority", matched.host.to_owned()),
@@ -452,6 +452,9 @@ pub async fn forward(
             (":scheme", scheme.to_owned()),
         ]),
     );
+    // Filters trust it as the data plane's record of the client's path (Envoy sets it when a
+    // route rewrites the path and drops a client's own): a client may not choose it.
+    request_headers.remove("x-envoy-original-path");
     let end_of_stream = http_body::Body::is_end_stream(&body);
     chain
         .borrow_mut()
