@@ -133,15 +133,27 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
     // Both data planes proxy with the secret (the gateway may still be starting up).
     until_seen(gateway, "Bearer s3cr3t", Duration::from_secs(90)).await;
     until_seen(envoy_listen, "Bearer s3cr3t", Duration::from_secs(30)).await;
-    let ready = cp
-        .expect(
-            200,
-            "GET",
-            &format!("/v3/cloud-gateways/configurations/{configuration_id}"),
-            None,
-        )
-        .await;
-    assert_eq!(ready["dataplane_groups"][0]["state"], "ready", "{ready}");
+    // Serving the config and the supervisor's record of it are two events: the group's
+    // state follows within its status poll, not necessarily before the first request.
+    let started = Instant::now();
+    loop {
+        let ready = cp
+            .expect(
+                200,
+                "GET",
+                &format!("/v3/cloud-gateways/configurations/{configuration_id}"),
+                None,
+            )
+            .await;
+        if ready["dataplane_groups"][0]["state"] == "ready" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never ready: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let nodes = cp
         .expect(200, "GET", &format!("/v2/control-planes/{id}/nodes"), None)
         .await;
