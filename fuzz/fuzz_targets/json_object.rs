@@ -5,10 +5,10 @@
 //!   the strict parser accepts and serde_json's `Value` does not is still valid JSON for
 //!   serde_json's skipping parser (numbers out of f64 range, nesting past its limit).
 //! - `to_bytes` round-trips exactly (`parse(to_bytes(o)) == o`).
-//! - An edit script (section 2: `r`emove, re`n`ame, re`p`lace, `a`dd, `A`ppend) changes the
-//!   object exactly as Kong's Lua table would change (a `false` value is absent for rename,
-//!   replace and add; append makes or extends an array, or gives an object the key "1"),
-//!   checked after every step against a model on serde_json values.
+//! - An edit script (section 2: `r`emove, re`n`ame, re`p`lace, `a`dd, `A`ppend; its first 16
+//!   steps) changes the object exactly as Kong's Lua table would change (a `false` value is
+//!   absent for rename, replace and add; append makes or extends an array, or gives an
+//!   object the key "1"), checked after every step against a model on serde_json values.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -86,7 +86,8 @@ fuzz_target!(|data: &[u8]| {
     );
 
     let mut model = as_map(&object);
-    for op in ops(script) {
+    // Each step re-reads the whole object: a few steps find what many would, faster.
+    for op in ops(script).into_iter().take(16) {
         let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_owned);
         let changed = match &op {
             Op::Remove(k) => object.remove(k),
