@@ -64,6 +64,11 @@ def configs():
           '"window_type":"sliding","max_identifiers":64,"error_code":418,'
           '"error_message":"slow down","hide_client_headers":true,"policy":"local",'
           '"redis":{"host":null},"fault_tolerant":false}')
+    # Finding 4 (docs/FUZZING.md): numbers that serde_json's default float parser read a few
+    # units in the last place off.
+    long = "1" * 82 + "5" * 24 + "1" * 20 + "5" * 11 + "1" * 55 + "5" * 5 + "20"
+    write("config_rate_limiting", '{"second":%s}' % long)
+    write("config_rate_limiting", '{"second":1.1111111111111111e198,"minute":%s}' % long)
 
 
 def kong_error():

@@ -21,12 +21,6 @@ fn limit_by_name(l: LimitBy) -> &'static str {
     }
 }
 
-/// Equal, or one rounding apart (serde_json's default float parsing is not always the
-/// correctly rounded one).
-fn close(a: f64, b: f64) -> bool {
-    a == b || a.to_bits().abs_diff(b.to_bits()) <= 1
-}
-
 fn write_back(config: &Config) -> Vec<u8> {
     let mut map = Map::new();
     for (period, limit) in &config.limits {
@@ -104,15 +98,9 @@ fuzz_target!(|data: &[u8]| {
         assert!((400..=599).contains(&status));
     }
 
+    // Numbers are read correctly rounded, as Kong's cjson (strtod) reads them (finding 4 of
+    // docs/FUZZING.md), and serde_json writes the shortest text that reads back to the same
+    // double: the round trip is exact.
     let again = Config::parse(&write_back(&config)).expect("an accepted config round-trips");
-    assert_eq!(again.limits.len(), config.limits.len());
-    for ((p1, l1), (p2, l2)) in again.limits.iter().zip(&config.limits) {
-        assert_eq!(p1, p2);
-        assert!(close(*l1, *l2), "{l1} != {l2}");
-    }
-    assert!(close(again.error_code, config.error_code));
-    let mut normalised = again.clone();
-    normalised.limits = config.limits.clone();
-    normalised.error_code = config.error_code;
-    assert_eq!(normalised, config);
+    assert_eq!(again, config);
 });
