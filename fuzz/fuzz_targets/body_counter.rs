@@ -24,7 +24,10 @@ use wasmgate_fuzz::Bytes;
 fn lua_trim(bytes: &[u8]) -> &[u8] {
     let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
     let start = bytes.iter().position(|b| !space(b)).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| !space(b)).map_or(start, |i| i + 1);
+    let end = bytes
+        .iter()
+        .rposition(|b| !space(b))
+        .map_or(start, |i| i + 1);
     &bytes[start..end.max(start)]
 }
 
@@ -44,7 +47,7 @@ fn status(verdict: &Verdict, accept: Option<&[u8]>, message: &str) -> u16 {
     match verdict {
         Verdict::Continue => 0,
         Verdict::Reject(response) => {
-            let expected = kit::kong_error(response.status, message, accept);
+            let expected = kit::kong_error(response.status, message, accept, b"fuzz-request-id");
             assert_eq!(*response, expected, "Kong's error for the client's Accept");
             response.status
         }
@@ -62,6 +65,7 @@ fuzz_target!(|data: &[u8]| {
         content_length: r.field(),
         expect: r.field(),
         accept: r.field(),
+        request_id: b"fuzz-request-id",
         end_of_stream: flags & 2 != 0,
         http11: flags & 4 != 0,
     };

@@ -1,10 +1,11 @@
 //! `kit::kong_error` with any Accept bytes and any message: the format is the one Kong's
 //! `get_response_type` picks (checked against Kong's own pattern, run by the `regex` crate,
-//! and its `get_mime_type` table), the body is that format's rendering of the message with
-//! markup escaped, and the status and Content-Type are consistent.
+//! and its `get_mime_type` table), the body is Kong's template of that format with the
+//! message and the request id (escaped for the format), and the status and Content-Type are
+//! consistent.
 //!
 //! Input: two bytes of status, the message, then `\0` and the Accept value (no `\0`: no
-//! Accept header).
+//! Accept header), then `\0` and the request id.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -123,12 +124,23 @@ fuzz_target!(|data: &[u8]| {
         [a, b, rest @ ..] => (u16::from_le_bytes([*a, *b]), rest),
         _ => return,
     };
-    let (message, accept) = match rest.iter().position(|&b| b == 0) {
+    let (message, rest) = match rest.iter().position(|&b| b == 0) {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
         None => (rest, None),
     };
+    // Accept, then (after another NUL) the request id; without one, a UUID as Envoy's.
+    let (accept, request_id) = match rest.map(|r| (r, r.iter().position(|&b| b == 0))) {
+        Some((r, Some(i))) => (Some(&r[..i]), &r[i + 1..]),
+        Some((r, None)) => (Some(r), &b"a92c2a50-42c0-4760-9e7b-ef457435bdf4"[..]),
+        None => (None, &b"a92c2a50-42c0-4760-9e7b-ef457435bdf4"[..]),
+    };
     let message = String::from_utf8_lossy(message);
-    let response = kit::kong_error(status, &message, accept);
+    // Only visible ASCII is rendered (a data plane's ids always are); anything else is empty.
+    let id = std::str::from_utf8(request_id)
+        .ok()
+        .filter(|id| id.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("");
+    let response = kit::kong_error(status, &message, accept, request_id);
     assert_eq!(response.status, status);
     assert_eq!(response.headers.len(), 1);
     let format = match response.header("content-type") {
@@ -151,15 +163,29 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let body = String::from_utf8(response.body.clone()).expect("bodies are UTF-8");
+    // Kong 3.9's ERROR_TEMPLATES, with both values escaped for the format.
     match format {
         Format::Json => {
             let value: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
-            assert_eq!(value, serde_json::json!({ "message": message }));
+            assert_eq!(
+                value,
+                serde_json::json!({ "message": message, "request_id": id })
+            );
+            assert!(body.starts_with("{\n  \"message\":\"") && body.ends_with("\"\n}"));
+            assert!(body.contains("\",\n  \"request_id\":\""));
         }
-        Format::Text => assert_eq!(body, format!("{message}\n")),
+        Format::Text => assert_eq!(body, format!("{message}\nrequest_id: {id}\n")),
         Format::Html => assert!(
-            body.contains(&format!("<p>{}.</p>", escape(&message))) && body.ends_with("</html>\n")
+            body.contains(&format!(
+                "<p>{}.</p>\n    <p>request_id: {}</p>\n",
+                escape(&message),
+                escape(id)
+            )) && body.ends_with("</html>\n")
         ),
-        Format::Xml => assert!(body.contains(&format!("<message>{}</message>", escape(&message)))),
+        Format::Xml => assert!(body.contains(&format!(
+            "<message>{}</message>\n  <requestid>{}</requestid>\n</error>\n",
+            escape(&message),
+            escape(id)
+        ))),
     }
 });

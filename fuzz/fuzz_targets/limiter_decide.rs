@@ -122,6 +122,7 @@ fuzz_target!(|data: &[u8]| {
             path: r.field(),
             cluster: r.field(),
             accept: r.field(),
+            request_id: b"fuzz-request-id",
         };
         let ip = (Source::Ip, client_ip(request.source_address.unwrap_or(b"")));
         let expected_id = match limit_by {

@@ -196,6 +196,9 @@ impl Host for Envoy {
     fn route_name(&mut self) -> Option<Vec<u8>> {
         Some(b"route".to_vec())
     }
+    fn request_id(&mut self) -> Vec<u8> {
+        b"fuzz-request-id".to_vec()
+    }
     fn send(&mut self, response: &LocalResponse) {
         self.sent.push(response.clone());
     }

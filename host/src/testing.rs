@@ -363,8 +363,9 @@ impl Harness {
         h.add(":path", &req.path);
         h.add(":method", &req.method);
         h.add(":scheme", "http");
+        // An edge proxy replaces the client's request id with its own (below).
         for (k, v) in &req.headers {
-            if !k.eq_ignore_ascii_case("host") {
+            if !k.eq_ignore_ascii_case("host") && !k.eq_ignore_ascii_case("x-request-id") {
                 h.add(k, v);
             }
         }
@@ -387,10 +388,7 @@ impl Harness {
         let eos = body_len == Some(0) && declared == 0 && req.trailers.is_none();
         h.add("x-forwarded-for", self.info.source.ip().to_string());
         h.add("x-forwarded-proto", "http");
-        h.add(
-            "x-request-id",
-            format!("00000000-0000-4000-8000-{:012x}", self.requests),
-        );
+        h.add("x-request-id", request_id(self.requests));
         (h, eos)
     }
 
@@ -404,7 +402,7 @@ impl Harness {
         let mut info = self.info.clone();
         info.protocol = req.protocol.clone();
         info.start = self.clock.now();
-        info.request_id = format!("{}", self.requests + 1);
+        info.request_id = request_id(self.requests + 1);
         info.connection_id = self.requests + 1;
         let mut stream = HttpStream::new(filters, info);
         stream.set_buffer_limit(self.buffer_limit);
@@ -469,7 +467,11 @@ impl Harness {
                 run.outcome.timed_out = true;
                 run.outcome.response = TestResponse::new(
                     504,
-                    &[("content-type", "text/plain"), ("content-length", "14")],
+                    &[
+                        ("content-type", "text/plain"),
+                        ("content-length", "14"),
+                        ("x-request-id", &request_id(self.requests)),
+                    ],
                     b"stream timeout",
                 );
                 run.outcome.local = true;
@@ -592,6 +594,9 @@ impl Harness {
                         rest.add(k, v);
                     }
                 }
+                // `always_set_request_id_in_response`, after the filters, as Envoy's
+                // connection manager and `gateway` do.
+                rest.add("x-request-id", request_id(self.requests));
                 run.outcome.response.status = run.client_status.unwrap_or(0);
                 run.outcome.response.headers = rest;
                 run.client_done = end_of_stream;
@@ -612,6 +617,11 @@ impl Harness {
             }
         }
     }
+}
+
+/// The `n`th request's id, a UUID as Envoy's.
+fn request_id(n: u64) -> String {
+    format!("00000000-0000-4000-8000-{n:012x}")
 }
 
 struct Run {

@@ -21,6 +21,9 @@ services:
         paths: ["~/users/(?<id>\\d+)$"]
         strip_path: false
         methods: [GET]
+      - name: alpha-orders
+        paths: ["~/orders/(?<id>[a-z0-9]+)"]
+        strip_path: true
     plugins:
       - name: request-size-limiting
         config: {{allowed_payload_size: 1, size_unit: kilobytes}}
@@ -88,6 +91,17 @@ async fn routes_and_plugin_scopes_follow_kong() {
     assert_eq!(seen.header("host"), Some(alpha.addr().to_string().as_str()));
     let r = send(addr, Protocol::Http2, &get("/alpha")).await.unwrap();
     assert_eq!(report(&r.body).path, "/base");
+
+    // A stripping regex route: the match goes, the rest is joined to the service path, and a
+    // match that is the whole path leaves the service path as it is (Kong, path_handling v0).
+    for (path, upstream) in [
+        ("/orders/a1", "/base"),
+        ("/orders/a1/items", "/base/items"),
+        ("/orders/a1/", "/base/"),
+    ] {
+        let r = send(addr, Protocol::Http1, &get(path)).await.unwrap();
+        assert_eq!(report(&r.body).path, upstream, "{path}");
+    }
 
     // A regex route outranks the catch-all; strip_path false keeps the path.
     let r = send(addr, Protocol::Http1, &get("/users/42"))

@@ -206,9 +206,72 @@ async fn obs_text_in_the_headers_the_size_limiter_reads_is_not_a_trap() {
         over.extend_from_slice(b"\r\n\r\n");
         let response = raw(plane, *addr, [127, 0, 0, 1], &over).await;
         assert_eq!(response.status, 413, "{plane}");
+        let id = request_id(plane, &response);
         assert_eq!(
             serde_json::from_slice::<Value>(&response.body).ok(),
-            Some(json!({"message": "Request size limit exceeded"})),
+            Some(json!({"message": "Request size limit exceeded", "request_id": id})),
+            "{plane}"
+        );
+    }
+}
+
+/// The response's `x-request-id`, which must be a request id the data plane made: a
+/// lower-case hyphenated UUID, as Envoy's.
+fn request_id(plane: &str, response: &Raw) -> String {
+    let id = response
+        .header("x-request-id")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .unwrap_or_else(|| panic!("{plane}: no x-request-id on the response"));
+    let groups: Vec<&str> = id.split('-').collect();
+    assert!(
+        groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+            && id
+                .bytes()
+                .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{plane}: {id:?} is not a UUID"
+    );
+    id.to_owned()
+}
+
+/// Kong's error bodies carry `kong.request.get_id()`. A client's `x-request-id` is never
+/// taken for it: the data plane's own id is what the error body, the upstream and the
+/// client see, a fresh one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_id_is_the_data_planes_own() {
+    let planes = planes(
+        "request-size-limiting",
+        json!({"allowed_payload_size": 4, "size_unit": "bytes"}),
+    )
+    .await;
+    for (plane, addr) in &planes.addrs {
+        let chosen = b"x-request-id: chosen-by-the-client\r\n";
+        let passed = raw(plane, *addr, [127, 0, 0, 1], &get("/", chosen)).await;
+        assert_eq!(passed.status, 200, "{plane}");
+        let id = request_id(plane, &passed);
+        let report = passed.report();
+        let upstream: Vec<&[u8]> = report
+            .raw_headers
+            .iter()
+            .filter(|(k, _)| k == "x-request-id")
+            .map(|(_, v)| v.as_slice())
+            .collect();
+        assert_eq!(
+            upstream,
+            vec![id.as_bytes()],
+            "{plane}: the upstream gets the same, single id"
+        );
+
+        let mut over =
+            b"POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 5\r\n".to_vec();
+        over.extend_from_slice(chosen);
+        over.extend_from_slice(b"accept: text/plain\r\n\r\nabcde");
+        let refused = raw(plane, *addr, [127, 0, 0, 1], &over).await;
+        assert_eq!(refused.status, 413, "{plane}");
+        let refused_id = request_id(plane, &refused);
+        assert_ne!(refused_id, id, "{plane}: one id per request");
+        assert_eq!(
+            String::from_utf8_lossy(&refused.body),
+            format!("Request size limit exceeded\nrequest_id: {refused_id}\n"),
             "{plane}"
         );
     }

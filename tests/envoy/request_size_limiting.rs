@@ -77,7 +77,7 @@ async fn a_gigabyte_over_the_limit_is_cut_off_early_on_both_protocols() {
         assert_eq!(response.status, 413, "{protocol:?}: {}", response.text());
         assert_eq!(
             response.json().unwrap(),
-            json!({"message": "Request size limit exceeded"})
+            response.kong_error_json("Request size limit exceeded")
         );
         // Answered after ~10 MB, not after a gigabyte.
         assert!(

@@ -69,6 +69,11 @@ services:
             config: {{replace: {{uri: "$(query_params.to)"}}}}
       - name: plain
         paths: [/plain]
+      - name: client-host
+        paths: [/client-host]
+        plugins:
+          - name: request-transformer
+            config: {{add: {{headers: ["x-client-host:$(headers.host)"]}}}}
   - name: root
     url: http://{a}
     routes:
@@ -157,6 +162,34 @@ async fn replace_uri_is_the_whole_upstream_path_and_never_reroutes() {
     assert_eq!(a.arrivals().len(), 4 * Protocol::ALL.len());
 }
 
+/// `$(headers.host)` is the Host the client sent (Kong's template reads the request as it
+/// came), although the transformer runs after the router rewrote it to the service's; the
+/// header that hands the client's Host over never reaches the upstream, and a client's own
+/// copy of it changes nothing (differential finding F9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_host_is_the_clients_host() {
+    let (a, _b, envoy) = start().await;
+    let addr = envoy.listener("wasmgate");
+    for protocol in Protocol::ALL {
+        let request = Request::get("/client-host/x")
+            .header("host", "Client.Test:8080")
+            .header(model::envoy::CLIENT_HOST_HEADER, "spoofed.test");
+        let r = send(addr, protocol, &request).await.unwrap();
+        let seen = report(&r, &format!("{protocol:?} /client-host"));
+        assert_eq!(
+            seen.header("x-client-host"),
+            Some("Client.Test:8080"),
+            "{protocol:?}"
+        );
+        assert_eq!(seen.header("host"), Some(a.addr().to_string().as_str()));
+        assert_eq!(
+            seen.header(model::envoy::CLIENT_HOST_HEADER),
+            None,
+            "{protocol:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_transformer_runs_only_on_its_routes() {
     let (a, b, envoy) = start().await;
@@ -193,7 +226,7 @@ async fn the_upstream_filter_answers_locally() {
         assert_eq!(r.status, 500, "{protocol:?}: {}", r.text());
         assert_eq!(
             r.json(),
-            Some(serde_json::json!({"message": "An unexpected error occurred"})),
+            Some(r.kong_error_json("An unexpected error occurred")),
             "{protocol:?}"
         );
         let r = send(addr, protocol, &get("/bad/x?to=/fine")).await.unwrap();

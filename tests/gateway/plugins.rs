@@ -114,6 +114,62 @@ async fn a_replaced_host_is_the_upstream_host() {
     }
 }
 
+/// Filters see the Host as the client spelled it: `$(headers.host)` renders it, and
+/// `preserve_host` forwards it unchanged on a route with plugins as on one without
+/// (differential finding F4: it was lower-cased). A client's copy of the header Envoy's
+/// translation uses to hand the Host over changes nothing and is not forwarded (F9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_see_the_host_as_the_client_sent_it() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&rewrite_config(
+        echo.addr(),
+        r#"{"add": {"headers": ["x-client-host:$(headers.host)"]}}"#,
+    ));
+    for protocol in Protocol::ALL {
+        let request = Request::get("/api/x")
+            .header("host", "Client.Test:8080")
+            .header(model::envoy::CLIENT_HOST_HEADER, "spoofed.test");
+        let response = send(gateway.addr(), protocol, &request).await.unwrap();
+        assert_eq!(response.status, 200, "{protocol:?}: {}", response.text());
+        let seen = report(&response.body);
+        assert_eq!(
+            seen.header("x-client-host"),
+            Some("Client.Test:8080"),
+            "{protocol:?}"
+        );
+        assert_eq!(seen.header("host"), Some(echo.addr().to_string().as_str()));
+        assert_eq!(seen.header(model::envoy::CLIENT_HOST_HEADER), None);
+    }
+
+    let preserved = format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: s
+    url: http://{}
+    routes:
+      - name: kept
+        paths: [/kept]
+        preserve_host: true
+        plugins:
+          - name: rate-limiting
+            config: {{minute: 1000}}
+"#,
+        echo.addr()
+    );
+    let gateway = start(&preserved);
+    for protocol in Protocol::ALL {
+        let request = Request::get("/kept").header("host", "Mixed.Case.Test:8080");
+        let response = send(gateway.addr(), protocol, &request).await.unwrap();
+        let seen = report(&response.body);
+        assert_eq!(
+            seen.header("host"),
+            Some("Mixed.Case.Test:8080"),
+            "{protocol:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_headers_wait_for_the_body_and_get_its_exact_length() {
     let echo = EchoUpstream::start().await.unwrap();

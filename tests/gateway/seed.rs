@@ -89,7 +89,7 @@ async fn the_seed_gateway_injects_the_secret_and_limits_size() {
     assert_eq!(response.status, 413);
     assert_eq!(
         response.json().unwrap(),
-        serde_json::json!({"message": "Request size limit exceeded"})
+        response.kong_error_json("Request size limit exceeded")
     );
 }
 

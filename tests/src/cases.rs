@@ -312,6 +312,32 @@ fn check_headers(
     }
 }
 
+/// The placeholder of case files for the request id of an error body.
+const REQUEST_ID: &str = "$(request_id)";
+
+fn mentions_request_id(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s == REQUEST_ID,
+        Value::Array(items) => items.iter().any(mentions_request_id),
+        Value::Object(members) => members.values().any(mentions_request_id),
+        _ => false,
+    }
+}
+
+fn with_request_id(value: &Value, id: &str) -> Value {
+    match value {
+        Value::String(s) if s == REQUEST_ID => Value::String(id.to_owned()),
+        Value::Array(items) => Value::Array(items.iter().map(|v| with_request_id(v, id)).collect()),
+        Value::Object(members) => Value::Object(
+            members
+                .iter()
+                .map(|(k, v)| (k.clone(), with_request_id(v, id)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 fn check_json(what: &str, expected: &Value, body: &[u8], failures: &mut Vec<String>) {
     match serde_json::from_slice::<Value>(body) {
         Ok(got) if got == *expected => {}
@@ -382,8 +408,20 @@ impl Expect {
             response_values,
             &mut failures,
         );
+        // `$(request_id)` in an expected body stands for the request id the data plane
+        // assigned, which it also sends as the response's `x-request-id`.
+        let uses_id = self.body.as_ref().is_some_and(|b| b.contains(REQUEST_ID))
+            || self.json.as_ref().is_some_and(mentions_request_id);
+        let request_id = response_values("x-request-id").into_iter().next();
+        if uses_id && request_id.as_deref().is_none_or(str::is_empty) {
+            failures.push(
+                "response header x-request-id (the body's request id) must be present".into(),
+            );
+        }
+        let request_id = request_id.unwrap_or_default();
         if let Some(body) = &self.body {
-            if response.text() != *body {
+            let body = body.replace(REQUEST_ID, &request_id);
+            if response.text() != body {
                 failures.push(format!(
                     "body: expected {body:?}, got {:?}",
                     response.text()
@@ -391,7 +429,12 @@ impl Expect {
             }
         }
         if let Some(json) = &self.json {
-            check_json("body", json, &response.body, &mut failures);
+            check_json(
+                "body",
+                &with_request_id(json, &request_id),
+                &response.body,
+                &mut failures,
+            );
         }
         if let Some(upstream) = &self.upstream {
             upstream.check(request, exchange.upstream.as_ref(), &mut failures);

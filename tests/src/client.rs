@@ -99,6 +99,14 @@ impl Response {
     pub fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
     }
+
+    /// Kong's JSON error body for `message` with the request id this response carries in
+    /// `x-request-id` (every data plane sends it), to compare with [`Response::json`].
+    pub fn kong_error_json(&self, message: &str) -> serde_json::Value {
+        let id = self.header("x-request-id").unwrap_or("(no x-request-id)");
+        assert!(!id.is_empty(), "an empty x-request-id");
+        serde_json::json!({"message": message, "request_id": id})
+    }
 }
 
 /// One chunk of the filler pattern.

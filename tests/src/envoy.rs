@@ -171,6 +171,9 @@ impl EnvoyConfig {
                             "use_remote_address": true,
                             // Let filters answer `Expect: 100-continue` (413 → 417).
                             "proxy_100_continue": true,
+                            // As the model's translation: the request id of error bodies
+                            // is on every response.
+                            "always_set_request_id_in_response": true,
                             "route_config": {
                                 "name": l.name,
                                 "virtual_hosts": [{

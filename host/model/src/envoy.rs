@@ -43,6 +43,8 @@ pub const UPSTREAM_CODEC: &str =
     "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec";
 /// The gateway listener's name, also the name of its route configuration.
 pub const LISTENER: &str = "wasmgate";
+pub use request_transformer::CLIENT_HOST_HEADER;
+
 /// Kong's answer when no route matches.
 pub const NO_ROUTE_BODY: &str = r#"{"message":"no Route matched with those values"}"#;
 
@@ -395,6 +397,11 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
             }
         }
         let per_filter = disabled_filters(&slots, &enabled);
+        // The transformer runs after the router's Host rewrite: the client's Host reaches it
+        // in a header the router sets before rewriting (a client's own copy is overwritten).
+        let hands_over_host = slots.iter().zip(&enabled).any(|(slot, on)| {
+            *on && slot.upstream && slot.root_id == request_transformer::PLUGIN_NAME
+        });
         let Some(service_index) = route.service else {
             // Kong answers a route without a service with 503.
             routes.push(json!({
@@ -436,6 +443,17 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
                 variants.push((json!({"prefix": prefix}), longer));
             }
             (true, None, Some(regex)) => {
+                // As for prefixes: a match that is the whole path leaves nothing to join, so
+                // the upstream path is the service path itself (`/base`, not `/base/`).
+                // (RE2 matches the whole path if any alternative can; Kong's PCRE takes the
+                // first that matches. They differ only for a regex whose earlier alternative
+                // is a prefix of a later one.)
+                let mut exact = action.clone();
+                rewrite(&mut exact, "^.*$".into(), base.unwrap_or("/").to_owned());
+                variants.push((
+                    json!({"safe_regex": {"regex": format!("(?:{})", to_re2(regex))}}),
+                    exact,
+                ));
                 let mut stripped = action.clone();
                 rewrite(
                     &mut stripped,
@@ -456,12 +474,22 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
             if !headers.is_empty() {
                 matcher["headers"] = json!(headers);
             }
-            routes.push(json!({
+            let mut entry = json!({
                 "name": route_name,
                 "match": matcher,
                 "route": action,
                 "typed_per_filter_config": per_filter,
-            }));
+            });
+            if hands_over_host {
+                entry["request_headers_to_add"] = json!([{
+                    "header": {
+                        "key": request_transformer::CLIENT_HOST_HEADER,
+                        "value": "%REQ(:AUTHORITY)%",
+                    },
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }]);
+            }
+            routes.push(entry);
         }
     }
     routes.push(json!({
@@ -517,6 +545,9 @@ fn connection_manager(routes: (&str, Value), http_filters: Vec<Value>) -> Value 
         // segments resolved, unreserved escapes decoded, slashes merged.
         "normalize_path": true,
         "merge_slashes": true,
+        // The request id of Kong's error bodies (`request.id`), on every response too, as
+        // `gateway` does: a client can quote it.
+        "always_set_request_id_in_response": true,
         "http_filters": http_filters,
     });
     manager[routes.0] = routes.1;

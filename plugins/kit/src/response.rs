@@ -185,26 +185,44 @@ fn quality(bytes: &[u8]) -> Option<(u16, usize)> {
     Some((value, len))
 }
 
-/// Kong's error response for `status` with `message`, formatted for the client's `Accept`
-/// (its raw bytes, as the client sent them).
-pub fn kong_error(status: u16, message: &str, accept: Option<&[u8]>) -> LocalResponse {
+/// Kong's error response (`kong.response.error`) for `status` with `message`, formatted for
+/// the client's `Accept` (its raw bytes, as the client sent them), in Kong's templates with
+/// the data plane's request id (`request.id`: Envoy's and `gateway`'s `x-request-id`).
+///
+/// Kong pastes both into its templates as they are; here they are escaped for the format, so
+/// an `error_message` holding a quote still gives valid JSON. A request id that is not
+/// visible ASCII (never one a data plane generates) renders empty, as a missing one does in
+/// Kong.
+pub fn kong_error(
+    status: u16,
+    message: &str,
+    accept: Option<&[u8]>,
+    request_id: &[u8],
+) -> LocalResponse {
+    let request_id = std::str::from_utf8(request_id)
+        .ok()
+        .filter(|id| id.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("");
     let format = Format::negotiate(accept);
     let body = match format {
-        Format::Json => {
-            let mut object = serde_json::Map::new();
-            object.insert("message".into(), serde_json::Value::String(message.into()));
-            serde_json::Value::Object(object).to_string()
-        }
-        Format::Text => format!("{message}\n"),
+        Format::Json => format!(
+            "{{\n  \"message\":{},\n  \"request_id\":{}\n}}",
+            serde_json::Value::from(message),
+            serde_json::Value::from(request_id)
+        ),
+        Format::Text => format!("{message}\nrequest_id: {request_id}\n"),
         Format::Html => format!(
             "<!doctype html>\n<html>\n  <head>\n    <meta charset=\"utf-8\">\n    \
              <title>Error</title>\n  </head>\n  <body>\n    <h1>Error</h1>\n    \
-             <p>{}.</p>\n  </body>\n</html>\n",
-            escape_markup(message)
+             <p>{}.</p>\n    <p>request_id: {}</p>\n  </body>\n</html>\n",
+            escape_markup(message),
+            escape_markup(request_id)
         ),
         Format::Xml => format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<error>\n  <message>{}</message>\n</error>\n",
-            escape_markup(message)
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<error>\n  <message>{}</message>\n  \
+             <requestid>{}</requestid>\n</error>\n",
+            escape_markup(message),
+            escape_markup(request_id)
         ),
     };
     LocalResponse {
@@ -233,29 +251,76 @@ fn escape_markup(text: &str) -> String {
 mod tests {
     use super::*;
 
+    const ID: &[u8] = b"a92c2a50-42c0-4760-9e7b-ef457435bdf4";
+
     #[test]
     fn json_is_the_default() {
-        let r = kong_error(413, "Request size limit exceeded", None);
+        let r = kong_error(413, "Request size limit exceeded", None, ID);
         assert_eq!(r.status, 413);
         assert_eq!(
             r.header("Content-Type"),
             Some("application/json; charset=utf-8")
         );
-        assert_eq!(r.body, br#"{"message":"Request size limit exceeded"}"#);
+        for accept in [None, Some(&b"*/*"[..]), Some(b"image/png")] {
+            assert_eq!(
+                kong_error(413, "x", accept, ID).body,
+                b"{\n  \"message\":\"x\",\n  \"request_id\":\"a92c2a50-42c0-4760-9e7b-ef457435bdf4\"\n}"
+            );
+        }
+    }
+
+    /// Kong 3.9's `ERROR_TEMPLATES` (kong/tools/http.lua), byte for byte.
+    #[test]
+    fn every_format_is_kongs_template_with_the_request_id() {
+        let body = |accept: &[u8]| {
+            String::from_utf8(kong_error(429, "API rate limit exceeded", Some(accept), ID).body)
+                .unwrap()
+        };
         assert_eq!(
-            kong_error(413, "x", Some(b"*/*")).body,
-            br#"{"message":"x"}"#
+            body(b"application/json"),
+            "{\n  \"message\":\"API rate limit exceeded\",\n  \"request_id\":\"a92c2a50-42c0-4760-9e7b-ef457435bdf4\"\n}"
         );
         assert_eq!(
-            kong_error(413, "x", Some(b"image/png")).body,
-            br#"{"message":"x"}"#
+            body(b"text/plain"),
+            "API rate limit exceeded\nrequest_id: a92c2a50-42c0-4760-9e7b-ef457435bdf4\n"
+        );
+        assert_eq!(
+            body(b"text/html"),
+            "<!doctype html>\n<html>\n  <head>\n    <meta charset=\"utf-8\">\n    <title>Error</title>\n  \
+             </head>\n  <body>\n    <h1>Error</h1>\n    <p>API rate limit exceeded.</p>\n    \
+             <p>request_id: a92c2a50-42c0-4760-9e7b-ef457435bdf4</p>\n  </body>\n</html>\n"
+        );
+        assert_eq!(
+            body(b"application/xml"),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<error>\n  <message>API rate limit exceeded</message>\n  \
+             <requestid>a92c2a50-42c0-4760-9e7b-ef457435bdf4</requestid>\n</error>\n"
         );
     }
 
     #[test]
+    fn a_missing_or_unprintable_request_id_renders_empty() {
+        for id in [&b""[..], b"a b", b"\xff", b"x\r\ny"] {
+            assert_eq!(
+                kong_error(400, "x", Some(b"text/plain"), id).body,
+                b"x\nrequest_id: \n"
+            );
+        }
+        assert_eq!(
+            kong_error(400, "x", Some(b"text/plain"), b"<&>").body,
+            b"x\nrequest_id: <&>\n"
+        );
+        let xml = kong_error(400, "x", Some(b"application/xml"), b"<&>").body;
+        assert!(String::from_utf8(xml)
+            .unwrap()
+            .contains("<requestid>&lt;&amp;&gt;</requestid>"));
+    }
+
+    #[test]
     fn messages_are_escaped_in_every_format() {
-        assert_eq!(kong_error(400, "a\"b", None).body, br#"{"message":"a\"b"}"#);
-        let xml = kong_error(400, "<a&b>", Some(b"application/xml")).body;
+        let json = kong_error(400, "a\"b", None, ID).body;
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value["message"], "a\"b");
+        let xml = kong_error(400, "<a&b>", Some(b"application/xml"), ID).body;
         assert!(String::from_utf8(xml)
             .unwrap()
             .contains("<message>&lt;a&amp;b&gt;</message>"));
@@ -263,15 +328,19 @@ mod tests {
 
     #[test]
     fn accept_selects_the_format_by_preference() {
-        let r = kong_error(429, "API rate limit exceeded", Some(b"text/plain"));
+        let r = kong_error(429, "API rate limit exceeded", Some(b"text/plain"), ID);
         assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
-        assert_eq!(r.body, b"API rate limit exceeded\n");
-        let html = kong_error(429, "x", Some(b"text/html;q=0.9, application/json;q=0.1"));
+        let html = kong_error(
+            429,
+            "x",
+            Some(b"text/html;q=0.9, application/json;q=0.1"),
+            ID,
+        );
         assert_eq!(
             html.header("content-type"),
             Some("text/html; charset=utf-8")
         );
-        let json = kong_error(429, "x", Some(b"text/html;q=0, application/json"));
+        let json = kong_error(429, "x", Some(b"text/html;q=0, application/json"), ID);
         assert_eq!(
             json.header("content-type"),
             Some("application/json; charset=utf-8")

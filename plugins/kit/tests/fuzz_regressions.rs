@@ -10,7 +10,7 @@ fn vertical_tab_is_whitespace_in_accept() {
         (&b"\x0btext/html"[..], "text/html"),
         (b"text/plain;q=0.9, text/html\x0b;q=0.1", "text/plain"),
     ] {
-        let response = kit::kong_error(429, "x", Some(accept));
+        let response = kit::kong_error(429, "x", Some(accept), b"id");
         let content_type = response.header("content-type").unwrap_or_default();
         assert_eq!(
             content_type.split(';').next(),

@@ -233,19 +233,21 @@ impl HttpContext for RateLimitFilter {
             Need::Path => path = request_header(":path"),
         }
         let accept = request_header("accept");
+        let request_id = host::property(&["request", "id"]).unwrap_or_default();
         let request = RequestInfo {
             source_address: source.as_deref(),
             cluster: cluster.as_deref(),
             header: header_value.as_deref(),
             path: path.as_deref(),
             accept: accept.as_deref(),
+            request_id: &request_id,
         };
         let decision = match (now_ms(), process_hash_key()) {
             (Err(status), _) => limiter.store_failed(
                 &format!("reading the clock: host status {status}"),
-                request.accept,
+                &request,
             ),
-            (_, Err(problem)) => limiter.store_failed(&problem, request.accept),
+            (_, Err(problem)) => limiter.store_failed(&problem, &request),
             (Ok(first), Ok(key)) => {
                 let mut last = first;
                 let mut clock = || {

@@ -28,6 +28,8 @@ pub struct RequestInfo<'a> {
     /// `:path`, query string included, as the client sent it.
     pub path: Option<&'a [u8]>,
     pub accept: Option<&'a [u8]>,
+    /// `request.id`: the data plane's request id, for Kong's error bodies.
+    pub request_id: &'a [u8],
 }
 
 /// What the adapter reads for a request, besides Accept and the peer address.
@@ -165,26 +167,26 @@ impl Limiter {
         match check_and_count(store, &self.config, &self.scope, owner, &mut clock) {
             Counted::Decided { eval, evicted } => Decision {
                 evicted,
-                ..self.respond(&eval, at, request.accept)
+                ..self.respond(&eval, at, request)
             },
             Counted::Uncounted(eval) => Decision {
                 uncounted: true,
-                ..self.respond(&eval, at, request.accept)
+                ..self.respond(&eval, at, request)
             },
-            Counted::Failed(problem) => self.store_failed(&problem, request.accept),
+            Counted::Failed(problem) => self.store_failed(&problem, request),
         }
     }
 
     /// Kong's answer when the counters cannot be had: the request passes when
     /// `fault_tolerant` (without headers), else 500. Logged either way.
-    pub fn store_failed(&self, problem: &str, accept: Option<&[u8]>) -> Decision {
+    pub fn store_failed(&self, problem: &str, request: &RequestInfo<'_>) -> Decision {
         let verdict = if self.config.fault_tolerant {
             Verdict::Allow {
                 headers: Vec::new(),
             }
         } else {
             Verdict::Reject {
-                response: kong_error(500, UNEXPECTED_ERROR, accept),
+                response: kong_error(500, UNEXPECTED_ERROR, request.accept, request.request_id),
             }
         };
         Decision {
@@ -193,7 +195,7 @@ impl Limiter {
         }
     }
 
-    fn respond(&self, eval: &Evaluation, now_ms: i64, accept: Option<&[u8]>) -> Decision {
+    fn respond(&self, eval: &Evaluation, now_ms: i64, request: &RequestInfo<'_>) -> Decision {
         let config = &self.config;
         let (mut headers, reset) = if config.hide_client_headers {
             (Vec::new(), 0)
@@ -209,9 +211,17 @@ impl Limiter {
         // Kong sets the headers before `kong.response.error`, which refuses a status outside
         // 400-599; its runloop then answers 500 and the headers stay.
         let (mut response, error) = match config.rejection_status() {
-            Some(status) => (kong_error(status, &config.error_message, accept), None),
+            Some(status) => (
+                kong_error(
+                    status,
+                    &config.error_message,
+                    request.accept,
+                    request.request_id,
+                ),
+                None,
+            ),
             None => (
-                kong_error(500, UNEXPECTED_ERROR, accept),
+                kong_error(500, UNEXPECTED_ERROR, request.accept, request.request_id),
                 Some("code must be a number between 400 and 599".to_owned()),
             ),
         };
@@ -267,9 +277,15 @@ mod tests {
         Limiter::new(Config::parse(json.as_bytes()).unwrap(), b"test")
     }
 
+    /// Kong's JSON error body for the request id [`peer`] gives.
+    fn kong_json(message: &str) -> Vec<u8> {
+        format!("{{\n  \"message\":\"{message}\",\n  \"request_id\":\"rl-1\"\n}}").into_bytes()
+    }
+
     fn peer(address: &[u8]) -> RequestInfo<'_> {
         RequestInfo {
             source_address: Some(address),
+            request_id: b"rl-1",
             ..Default::default()
         }
     }
@@ -309,6 +325,7 @@ mod tests {
             header: Some(b"team-a"),
             path: Some(b"/v1/items?page=2"),
             accept: None,
+            request_id: b"",
         };
         let id = |json: &str| {
             let l = limiter(json);
@@ -440,7 +457,7 @@ mod tests {
         let Verdict::Reject { response } = decide(&after, &store, &client, T0_MS).verdict else {
             panic!("must be rejected")
         };
-        assert_eq!(response.body, br#"{"message":"x"}"#);
+        assert_eq!(response.body, kong_json("x"));
         // Another instance has its own counters.
         let other = Limiter::new(Config::parse(br#"{"minute":3}"#).unwrap(), b"rl-2");
         assert!(allowed(&decide(&other, &store, &client, T0_MS)));
@@ -492,7 +509,10 @@ mod tests {
             panic!("must be rejected")
         };
         assert_eq!(response.status, 429);
-        assert_eq!(response.body, br#"{"message":"API rate limit exceeded"}"#);
+        assert_eq!(
+            response.body,
+            b"{\n  \"message\":\"API rate limit exceeded\",\n  \"request_id\":\"rl-1\"\n}"
+        );
         assert_eq!(
             response.header("content-type"),
             Some("application/json; charset=utf-8")
@@ -525,7 +545,7 @@ mod tests {
             panic!("must be rejected")
         };
         assert_eq!(response.status, 503);
-        assert_eq!(response.body, b"slow down\n");
+        assert_eq!(response.body, b"slow down\nrequest_id: rl-1\n");
         assert_eq!(response.headers.len(), 1, "{:?}", response.headers);
     }
 
@@ -546,10 +566,7 @@ mod tests {
             panic!("must be rejected")
         };
         assert_eq!(response.status, 500);
-        assert_eq!(
-            response.body,
-            br#"{"message":"An unexpected error occurred"}"#
-        );
+        assert_eq!(response.body, kong_json("An unexpected error occurred"));
         assert_eq!(response.header("retry-after"), Some("45"));
         let fractional = limiter(r#"{"minute": 1, "error_code": 429.9}"#);
         decide(&fractional, &store, &peer(b"2.2.2.2:1"), T0_MS);
@@ -589,10 +606,7 @@ mod tests {
             panic!("must be rejected")
         };
         assert_eq!(response.status, 500);
-        assert_eq!(
-            response.body,
-            br#"{"message":"An unexpected error occurred"}"#
-        );
+        assert_eq!(response.body, kong_json("An unexpected error occurred"));
         assert!(decision.error.is_some());
     }
 

@@ -83,10 +83,12 @@ impl HttpContext for SizeLimitFilter {
         let expect = request_header(b"expect");
         let accept = request_header(b"accept");
         let protocol = host::property(&["request", "protocol"]);
+        let request_id = host::property(&["request", "id"]).unwrap_or_default();
         let head = RequestHead {
             content_length: content_length.as_deref(),
             expect: expect.as_deref(),
             accept: accept.as_deref(),
+            request_id: &request_id,
             end_of_stream,
             http11: protocol.as_deref() == Some(b"HTTP/1.1".as_slice()),
         };

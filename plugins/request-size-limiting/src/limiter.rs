@@ -26,6 +26,8 @@ pub struct RequestHead<'a> {
     pub content_length: Option<&'a [u8]>,
     pub expect: Option<&'a [u8]>,
     pub accept: Option<&'a [u8]>,
+    /// `request.id`: the data plane's request id, for Kong's error bodies.
+    pub request_id: &'a [u8],
     /// The headers end the stream: there is no body at all.
     pub end_of_stream: bool,
     /// The request is HTTP/1.1, where a body without Content-Length is chunked. Over HTTP/2
@@ -65,7 +67,12 @@ impl RequestHead<'_> {
 
     fn reject_size(&self) -> Verdict {
         let status = if self.expects_continue() { 417 } else { 413 };
-        Verdict::Reject(kong_error(status, SIZE_EXCEEDED, self.accept))
+        Verdict::Reject(kong_error(
+            status,
+            SIZE_EXCEEDED,
+            self.accept,
+            self.request_id,
+        ))
     }
 }
 
@@ -75,6 +82,7 @@ pub struct BodyCounter {
     received: u64,
     expect_continue: bool,
     accept: Option<Vec<u8>>,
+    request_id: Vec<u8>,
 }
 
 impl BodyCounter {
@@ -83,15 +91,16 @@ impl BodyCounter {
     pub fn on_headers(&mut self, config: &Config, head: &RequestHead<'_>) -> Verdict {
         self.expect_continue = head.expects_continue();
         self.accept = head.accept.map(<[u8]>::to_vec);
+        self.request_id = head.request_id.to_vec();
         match head.content_length() {
             Some(length) if length > config.limit() => head.reject_size(),
             Some(_) => Verdict::Continue,
             // A data plane strips Transfer-Encoding before the filter sees it: an HTTP/1.1
             // request whose headers do not end the stream and carry no Content-Length is
             // chunked. Without require_content_length any body is counted as it streams.
-            None if config.require_content_length && !head.chunked() => {
-                Verdict::Reject(kong_error(411, LENGTH_REQUIRED, head.accept))
-            }
+            None if config.require_content_length && !head.chunked() => Verdict::Reject(
+                kong_error(411, LENGTH_REQUIRED, head.accept, head.request_id),
+            ),
             None => Verdict::Continue,
         }
     }
@@ -101,7 +110,12 @@ impl BodyCounter {
         self.received = self.received.saturating_add(len as u64);
         if self.received > config.limit() {
             let status = if self.expect_continue { 417 } else { 413 };
-            Verdict::Reject(kong_error(status, SIZE_EXCEEDED, self.accept.as_deref()))
+            Verdict::Reject(kong_error(
+                status,
+                SIZE_EXCEEDED,
+                self.accept.as_deref(),
+                &self.request_id,
+            ))
         } else {
             Verdict::Continue
         }
@@ -133,6 +147,7 @@ mod tests {
         let config = kb(1);
         let head = |cl: &'static str| RequestHead {
             content_length: Some(cl.as_bytes()),
+            request_id: b"4c0d6b52-6f1e-4a2b-9a8e-0d1c2b3a4f5e",
             ..Default::default()
         };
         assert_eq!(
@@ -146,7 +161,8 @@ mod tests {
         };
         assert_eq!(
             response.body,
-            br#"{"message":"Request size limit exceeded"}"#
+            b"{\n  \"message\":\"Request size limit exceeded\",\n  \
+              \"request_id\":\"4c0d6b52-6f1e-4a2b-9a8e-0d1c2b3a4f5e\"\n}"
         );
     }
 

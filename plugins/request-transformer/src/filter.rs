@@ -60,6 +60,10 @@ impl Host for ProxyWasm {
         host::property(&["xds", "route_name"])
     }
 
+    fn request_id(&mut self) -> Vec<u8> {
+        host::property(&["request", "id"]).unwrap_or_default()
+    }
+
     fn send(&mut self, response: &LocalResponse) {
         if let Err(code) = host::send_local_response(response) {
             log(

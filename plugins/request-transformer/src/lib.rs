@@ -32,5 +32,10 @@ pub use transform::{BodyJob, HeadDecision, HeaderChange, RequestHead};
 
 /// Kong's plugin name, also the proxy-wasm root id.
 pub const PLUGIN_NAME: &str = "request-transformer";
+/// The client's Host, as the data plane hands it to the plugin when `:authority` already holds
+/// the route's rewritten Host (Envoy runs the plugin after the router's `host_rewrite`; the
+/// translation sets this header on the plugin's routes, overwriting any client's copy). The
+/// plugin reads `$(headers.host)` from it and never forwards it.
+pub const CLIENT_HOST_HEADER: &str = "x-wasmgate-client-host";
 /// Kong's plugin priority: higher runs first.
 pub const PRIORITY: u32 = 801;

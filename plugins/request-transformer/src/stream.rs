@@ -48,6 +48,8 @@ pub trait Host {
     fn set_request_body(&mut self, size: usize, body: &[u8]) -> Result<(), Status>;
     /// The matched route's name (`xds.route_name`).
     fn route_name(&mut self) -> Option<Vec<u8>>;
+    /// `request.id`: the data plane's request id (empty when it has none).
+    fn request_id(&mut self) -> Vec<u8>;
     fn send(&mut self, response: &LocalResponse);
     fn log(&mut self, level: Level, message: &str);
 }
@@ -88,8 +90,9 @@ pub fn header_writes(changes: &[HeaderChange]) -> Vec<HeaderWrite<'_>> {
 pub struct Stream {
     config: Rc<Config>,
     job: Option<BodyJob>,
-    /// The client's Accept, for refusals after the headers.
+    /// The client's Accept and the request id, for refusals after the headers.
     accept: Option<Vec<u8>>,
+    request_id: Vec<u8>,
     /// A local response was sent: nothing more to do.
     done: bool,
     body_size: usize,
@@ -101,6 +104,7 @@ impl Stream {
             config,
             job: None,
             accept: None,
+            request_id: Vec::new(),
             done: false,
             body_size: 0,
         }
@@ -108,7 +112,12 @@ impl Stream {
 
     fn unexpected(&self, log: String) -> Refusal {
         Refusal {
-            response: kit::kong_error(500, transform::UNEXPECTED, self.accept.as_deref()),
+            response: kit::kong_error(
+                500,
+                transform::UNEXPECTED,
+                self.accept.as_deref(),
+                &self.request_id,
+            ),
             log,
         }
     }
@@ -157,6 +166,7 @@ impl Stream {
             .iter()
             .find(|(k, _)| k == b"accept")
             .map(|(_, v)| v.clone());
+        self.request_id = host.request_id();
         let route = if self.config.reads_captures() {
             host.route_name()
         } else {
@@ -166,6 +176,7 @@ impl Stream {
             headers: &headers,
             end_of_stream,
             route: route.as_deref(),
+            request_id: &self.request_id,
         };
         let decision = match transform::on_headers(&self.config, &head) {
             Ok(decision) => decision,
@@ -375,6 +386,9 @@ mod tests {
         fn route_name(&mut self) -> Option<Vec<u8>> {
             self.route.clone()
         }
+        fn request_id(&mut self) -> Vec<u8> {
+            b"stream-test".to_vec()
+        }
         fn send(&mut self, response: &LocalResponse) {
             self.sent.push(response.clone());
         }
@@ -453,7 +467,10 @@ mod tests {
         host.refuse_writes = true;
         assert_eq!(s.on_request_headers(&mut host, true), Action::Pause);
         assert_eq!(host.sent[0].status, 500);
-        assert_eq!(host.sent[0].body, b"An unexpected error occurred\n");
+        assert_eq!(
+            host.sent[0].body,
+            b"An unexpected error occurred\nrequest_id: stream-test\n"
+        );
         assert_eq!(s.on_request_body(&mut host, 1, true), Action::Pause);
     }
 
@@ -501,6 +518,9 @@ mod tests {
             fn route_name(&mut self) -> Option<Vec<u8>> {
                 None
             }
+            fn request_id(&mut self) -> Vec<u8> {
+                self.0.request_id()
+            }
             fn send(&mut self, response: &LocalResponse) {
                 self.0.send(response)
             }
@@ -535,7 +555,7 @@ mod tests {
         assert_eq!(host.sent[0].status, 413);
         assert_eq!(
             host.sent[0].body,
-            br#"{"message":"Request size limit exceeded"}"#
+            b"{\n  \"message\":\"Request size limit exceeded\",\n  \"request_id\":\"stream-test\"\n}"
         );
         let mut s = stream(r#"{"add":{"body":["p:v"]},"wasmgate":{"body_buffer_limit":8}}"#);
         let mut host = Envoy::request("/", &[("content-type", b"application/json")]);

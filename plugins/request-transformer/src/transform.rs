@@ -23,6 +23,7 @@ use crate::json::{Object, Parsed};
 use crate::multipart::{self, Multipart};
 use crate::template::{Lookup, Template};
 use crate::urlencoded::Params;
+use crate::CLIENT_HOST_HEADER;
 
 /// Kong's message for an error inside a plugin.
 pub const UNEXPECTED: &str = "An unexpected error occurred";
@@ -46,6 +47,8 @@ pub struct RequestHead<'a> {
     /// The matched route's name (`xds.route_name`), which selects its regex paths for
     /// `uri_captures`.
     pub route: Option<&'a [u8]>,
+    /// `request.id`: the data plane's request id, for Kong's error bodies.
+    pub request_id: &'a [u8],
 }
 
 /// The final values of one request header; no values: remove it.
@@ -144,6 +147,7 @@ pub struct BodyJob {
     /// A body that cannot be edited safely is refused rather than passed on.
     fail_closed: bool,
     accept: Option<Vec<u8>>,
+    request_id: Vec<u8>,
 }
 
 /// What to do once the whole body is there.
@@ -192,6 +196,11 @@ impl Lookup for Env<'_> {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         if name.starts_with(':') {
             return None;
+        }
+        if canonical(name) == ":authority" {
+            if let Some(client_host) = first(self.head.headers, CLIENT_HOST_HEADER) {
+                return Some(client_host.to_vec());
+            }
         }
         let values = values_of(self.head.headers, name);
         (!values.is_empty()).then(|| values.join(&b", "[..]))
@@ -433,9 +442,15 @@ impl QueryPlan {
     }
 }
 
-fn refusal(status: u16, message: &str, accept: Option<&[u8]>, log: String) -> Refusal {
+fn refusal(
+    status: u16,
+    message: &str,
+    accept: Option<&[u8]>,
+    request_id: &[u8],
+    log: String,
+) -> Refusal {
     Refusal {
-        response: kong_error(status, message, accept),
+        response: kong_error(status, message, accept, request_id),
         log,
     }
 }
@@ -443,8 +458,9 @@ fn refusal(status: u16, message: &str, accept: Option<&[u8]>, log: String) -> Re
 /// The decision at the request headers.
 pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecision, Refusal> {
     let accept = first(head.headers, "accept").map(<[u8]>::to_vec);
-    let refuse =
-        |status: u16, message: &str, log: String| refusal(status, message, accept.as_deref(), log);
+    let refuse = |status: u16, message: &str, log: String| {
+        refusal(status, message, accept.as_deref(), head.request_id, log)
+    };
     let fail = |log: String| refuse(500, UNEXPECTED, log);
     let original_path = first(head.headers, ":path").unwrap_or(b"/").to_vec();
     let (path, raw_query) = match original_path.iter().position(|&b| b == b'?') {
@@ -465,6 +481,9 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
         captures: OnceCell::new(),
     };
     let mut edit = HeaderEdit::new(head.headers);
+    if first(head.headers, CLIENT_HOST_HEADER).is_some() {
+        edit.set(CLIENT_HOST_HEADER, Vec::new());
+    }
 
     // replace.uri
     let mut new_path = path.to_vec();
@@ -597,6 +616,7 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
         limit: config.body_buffer_limit,
         fail_closed,
         accept: accept.clone(),
+        request_id: head.request_id.to_vec(),
     });
     if body.as_ref().is_some_and(|b| !b.hold_headers) && declared_length.is_some() {
         // The headers go on before the body is known: the body goes on chunked.
@@ -617,6 +637,7 @@ impl BodyJob {
                 413,
                 TOO_LARGE,
                 self.accept.as_deref(),
+                &self.request_id,
                 "body: larger than wasmgate.body_buffer_limit".into(),
             )
         })
@@ -633,6 +654,7 @@ impl BodyJob {
                 status,
                 message,
                 self.accept.as_deref(),
+                &self.request_id,
                 format!("body: {why}"),
             ))
         } else {
@@ -698,6 +720,7 @@ impl BodyJob {
                                 500,
                                 UNEXPECTED,
                                 self.accept.as_deref(),
+                                &self.request_id,
                                 "body: a value holds the multipart boundary".into(),
                             ));
                         }
@@ -791,6 +814,7 @@ mod tests {
             headers: h,
             end_of_stream: eos,
             route: None,
+            request_id: b"test-request-id",
         }
     }
 
@@ -813,6 +837,29 @@ mod tests {
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .collect()
         })
+    }
+
+    /// Envoy runs the plugin after the router rewrote the Host; the translation hands the
+    /// client's over in CLIENT_HOST_HEADER, which `$(headers.host)` reads and nobody
+    /// upstream gets.
+    #[test]
+    fn headers_host_reads_the_clients_host_when_it_is_handed_over() {
+        let config = config(r#"{"add":{"headers":["x-client-host:$(headers.host)"]}}"#);
+        let h = base("/", &[(CLIENT_HOST_HEADER, "Client.Test:8080")]);
+        let d = decide(&config, &h, true);
+        assert_eq!(
+            change(&d.changes, "x-client-host"),
+            Some(vec!["Client.Test:8080".into()])
+        );
+        assert_eq!(change(&d.changes, CLIENT_HOST_HEADER), Some(vec![]));
+        assert_eq!(change(&d.changes, ":authority"), None);
+        // Without it (gateway), the Host is `:authority`.
+        let d = decide(&config, &base("/", &[]), true);
+        assert_eq!(
+            change(&d.changes, "x-client-host"),
+            Some(vec!["client.test".into()])
+        );
+        assert_eq!(change(&d.changes, CLIENT_HOST_HEADER), None);
     }
 
     fn raw_change(d: &[HeaderChange], name: &str) -> Option<Vec<Vec<u8>>> {
@@ -976,7 +1023,10 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.response.status, 500);
-        assert_eq!(err.response.body, b"An unexpected error occurred\n");
+        assert_eq!(
+            err.response.body,
+            b"An unexpected error occurred\nrequest_id: test-request-id\n"
+        );
         assert!(err.log.contains("x-q"));
     }
 
@@ -1057,6 +1107,7 @@ mod tests {
                     headers: &h,
                     end_of_stream: true,
                     route,
+                    request_id: b"test-request-id",
                 },
             )
             .unwrap()
@@ -1090,6 +1141,7 @@ mod tests {
                 headers: &h,
                 end_of_stream: true,
                 route: Some(b"users"),
+                request_id: b"test-request-id",
             },
         )
         .unwrap()
@@ -1371,7 +1423,8 @@ mod tests {
             status(&json, br#"{"role":"admin","x":NaN}"#),
             (
                 400,
-                r#"{"message":"The request body is not valid JSON"}"#.into()
+                "{\n  \"message\":\"The request body is not valid JSON\",\n  \"request_id\":\"test-request-id\"\n}"
+                    .into()
             )
         );
         assert_eq!(
@@ -1386,7 +1439,8 @@ mod tests {
             status(&multi, unterminated),
             (
                 400,
-                r#"{"message":"The request body is not valid multipart/form-data"}"#.into()
+                "{\n  \"message\":\"The request body is not valid multipart/form-data\",\n  \"request_id\":\"test-request-id\"\n}"
+                    .into()
             )
         );
         let twice = b"--B\r\nContent-Disposition: form-data; name=\"x\"; name=\"role\"\r\n\r\nadmin\r\n--B--";

@@ -31,6 +31,7 @@ fn moved_form_fields_are_encoded_in_the_path() {
         headers: &h,
         end_of_stream: false,
         route: None,
+        request_id: b"test-request-id",
     };
     let job = on_headers(&config, &head)
         .expect("no refusal")

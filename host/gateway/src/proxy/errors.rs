@@ -49,8 +49,8 @@ impl ProxyError {
         }
     }
 
-    pub fn into_response(self, accept: Option<&[u8]>) -> Response<ProxyBody> {
-        kong_response(self.status().as_u16(), self.message(), accept)
+    pub fn into_response(self, accept: Option<&[u8]>, request_id: &[u8]) -> Response<ProxyBody> {
+        kong_response(self.status().as_u16(), self.message(), accept, request_id)
     }
 }
 
@@ -69,8 +69,13 @@ impl fmt::Display for ProxyError {
 }
 
 /// Kong's error response (JSON unless the client's Accept prefers another format).
-pub fn kong_response(status: u16, message: &str, accept: Option<&[u8]>) -> Response<ProxyBody> {
-    let local = kit::kong_error(status, message, accept);
+pub fn kong_response(
+    status: u16,
+    message: &str,
+    accept: Option<&[u8]>,
+    request_id: &[u8],
+) -> Response<ProxyBody> {
+    let local = kit::kong_error(status, message, accept, request_id);
     let mut response = Response::new(ProxyBody::full(local.body));
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

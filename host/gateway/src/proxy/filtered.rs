@@ -382,22 +382,13 @@ pub async fn forward(
         protocol: protocol.into(),
         route_name: snapshot.config.route_name(matched.route),
         cluster_name: model::envoy::cluster_name(&snapshot.config, matched.service),
+        // Set by `proxy::handle` for every request; filters also read it as a header.
         request_id: parts
             .headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
-            .map_or_else(
-                || {
-                    format!(
-                        "{:x}-{:x}",
-                        worker.index,
-                        SystemTime::now()
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_nanos())
-                    )
-                },
-                str::to_owned,
-            ),
+            .unwrap_or_default()
+            .to_owned(),
         connection_id: 0,
         start: SystemTime::now(),
     };
@@ -441,12 +432,14 @@ pub async fn forward(
         Some(q) => format!("{}?{q}", matched.path),
         None => matched.path.to_owned(),
     };
-    let given_authority = matched.host.to_owned();
+    // Filters see the Host as the client sent it (Envoy's `:authority`): `$(headers.host)`
+    // and `preserve_host` keep its spelling; only routing uses the lower-cased host.
+    let given_authority = super::host_header(&parts);
     let scheme = if downstream.tls { "https" } else { "http" };
     let mut request_headers = from_header_map(
         &parts.headers,
         Some(vec![
-            (":authority", matched.host.to_owned()),
+            (":authority", given_authority.clone()),
             (":path", path_and_query),
             (":method", parts.method.as_str().to_owned()),
             (":scheme", scheme.to_owned()),
@@ -455,6 +448,9 @@ pub async fn forward(
     // Filters trust it as the data plane's record of the client's path (Envoy sets it when a
     // route rewrites the path and drops a client's own): a client may not choose it.
     request_headers.remove("x-envoy-original-path");
+    // The same for the Host the translation hands the transformer in Envoy: here `:authority`
+    // is the client's, and a client's copy of the header may not stand in for it.
+    request_headers.remove(model::envoy::CLIENT_HOST_HEADER);
     let end_of_stream = http_body::Body::is_end_stream(&body);
     chain
         .borrow_mut()
@@ -537,7 +533,7 @@ pub async fn forward(
     let (filtered_parts, ()) = filtered.into_parts();
     let authority = head
         .get_str(":authority")
-        .unwrap_or(matched.host)
+        .unwrap_or(&given_authority)
         .to_owned();
     // A filter that set the Host set Kong's `upstream_host`, which wins over preserve_host.
     let upstream_host = if authority != given_authority || route.preserve_host {
@@ -559,7 +555,7 @@ pub async fn forward(
         &filtered_parts,
         upstream_request.headers_mut(),
         &downstream,
-        &given_authority,
+        matched.host,
         matched.path,
         upstream_host,
     );
@@ -572,6 +568,7 @@ pub async fn forward(
             .headers_mut()
             .remove(http::header::CONTENT_LENGTH);
     }
+    headers::frame_body_of_unknown_length(upstream_request.headers_mut(), !head_eos);
 
     let started = std::time::Instant::now();
     let response = tokio::select! {

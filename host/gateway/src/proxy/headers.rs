@@ -36,6 +36,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
+/// Frames a request body of unknown length as chunked. hyper's client does so by itself only
+/// for methods that usually carry a body: for GET, HEAD and CONNECT it assumes there is none
+/// and would drop the body a client (or a filter) sent (differential finding F5).
+pub fn frame_body_of_unknown_length(headers: &mut HeaderMap, body_follows: bool) {
+    if body_follows && !headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+}
+
 /// The host the client asked for (Host or the HTTP/2 :authority), without the port.
 pub fn request_host(parts: &Parts) -> String {
     let raw = parts

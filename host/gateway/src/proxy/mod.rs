@@ -37,7 +37,7 @@ pub struct Downstream {
 pub async fn handle(
     worker: Rc<Worker>,
     downstream: Downstream,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let snapshot = worker.shared.snapshot.load_full();
@@ -45,20 +45,35 @@ pub async fn handle(
         .headers()
         .get(http::header::ACCEPT)
         .map(|v| v.as_bytes().to_vec());
+    // Envoy's edge behaviour: every request gets a fresh id, whatever the client sent (an
+    // id chosen by a client would let it forge the correlation of logs and error reports).
+    // Filters read it as `request.id`, the upstream gets it, and so does the client.
+    let request_id = request_id();
+    request.headers_mut().insert(REQUEST_ID, request_id.clone());
     let mut log = AccessLog::new(&downstream, &request);
 
-    let response = match forward(&worker, &snapshot, downstream, request, &mut log).await {
+    let mut response = match forward(&worker, &snapshot, downstream, request, &mut log).await {
         Ok(response) => response,
         Err(error) => {
             log.error = Some(error.to_string());
-            error.into_response(accept.as_deref())
+            error.into_response(accept.as_deref(), request_id.as_bytes())
         }
     };
+    response.headers_mut().insert(REQUEST_ID, request_id);
     log.status = response.status().as_u16();
     log.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     worker.shared.metrics.observe(&log);
     worker.shared.access_log(&log);
     response
+}
+
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// A random (version 4) UUID, the form of Envoy's `x-request-id`.
+fn request_id() -> HeaderValue {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 async fn forward(
@@ -110,6 +125,7 @@ async fn forward(
     );
     let upstream_uri = upstream::uri(service, &upstream_path, parts.uri.query())?;
     log.upstream = Some(upstream_uri.to_string());
+    let body_follows = !http_body::Body::is_end_stream(&body);
     let mut upstream_request = Request::builder()
         .method(parts.method.clone())
         .uri(upstream_uri)
@@ -127,6 +143,7 @@ async fn forward(
             service.authority()
         },
     );
+    headers::frame_body_of_unknown_length(upstream_request.headers_mut(), body_follows);
 
     let upstream_started = Instant::now();
     let response = worker.upstreams.send(service, upstream_request).await?;
@@ -140,6 +157,7 @@ async fn forward(
     Ok(Response::from_parts(parts, ProxyBody::streaming(body)))
 }
 
+/// The Host as the client sent it (or the HTTP/2 authority), port included.
 fn host_header(parts: &http::request::Parts) -> String {
     parts
         .headers
