@@ -230,6 +230,9 @@ pub struct HttpStream {
     callouts: Vec<(usize, Callouts)>,
     local_reply_sent: bool,
     in_local_reply: bool,
+    /// How many filters (a prefix of the request order) have had the request headers: they,
+    /// and only they, get the response phase of a local reply, as in Envoy.
+    request_headers_reached: usize,
     buffer_limit: usize,
     done: bool,
 }
@@ -258,6 +261,7 @@ impl HttpStream {
             callouts: Vec::new(),
             local_reply_sent: false,
             in_local_reply: false,
+            request_headers_reached: 0,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
             done: false,
         }
@@ -422,6 +426,9 @@ impl HttpStream {
         let Some(filter) = self.filters.get_mut(idx) else {
             return FilterStatus::Continue;
         };
+        if (dir, stage) == (Dir::Request, Stage::Headers) {
+            self.request_headers_reached = self.request_headers_reached.max(idx + 1);
+        }
         let data = &mut self.data;
         let status = match (dir, stage) {
             (Dir::Request, Stage::Headers) => filter.request_headers(data, eos),
@@ -858,7 +865,9 @@ impl HttpStream {
         let n = self.filters.len();
         self.response = Flow {
             order: match dir {
-                Dir::Request => (0..=idx.min(n.saturating_sub(1))).rev().collect(),
+                Dir::Request => (0..self.request_headers_reached.max(idx + 1).min(n))
+                    .rev()
+                    .collect(),
                 // A local reply from the response side goes straight to the client.
                 Dir::Response => Vec::new(),
             },
