@@ -211,6 +211,52 @@ pub fn parameters(value: &[u8]) -> Option<(&[u8], Parameters)> {
     }
 }
 
+/// A boundary for writing a body whose new names or values hold `--boundary`: the client's
+/// boundary with the shortest alphanumeric suffix that none of `written` holds after `--`.
+///
+/// The client chooses its boundary, so refusing such a request would tell it whether a
+/// secret value holds `--<boundary>`, one guessed substring at a time. A longer boundary
+/// with the client's as its prefix is safe for the client's parts as they are: a parsed
+/// body holds `--boundary` only at its delimiter lines, where the boundary is followed by
+/// CRLF, whitespace or `--`, never by a letter or digit. `None` only when every candidate up
+/// to [`MAX_BOUNDARY`] characters collides (values built to hold thousands of them).
+pub fn fresh_boundary(boundary: &[u8], written: &[&[u8]]) -> Option<Vec<u8>> {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    (0u32..4096).find_map(|n| {
+        let mut candidate = boundary.to_vec();
+        let mut suffix = Vec::new();
+        let mut rest = n;
+        loop {
+            suffix.push(DIGITS[(rest % 36) as usize]);
+            rest /= 36;
+            if rest == 0 {
+                break;
+            }
+        }
+        candidate.extend(suffix.iter().rev());
+        let mut dashed = b"--".to_vec();
+        dashed.extend_from_slice(&candidate);
+        let finder = Finder::new(dashed);
+        (candidate.len() <= MAX_BOUNDARY && written.iter().all(|w| finder.find(w).is_none()))
+            .then_some(candidate)
+    })
+}
+
+/// `content_type` with its boundary parameter set to `boundary` (quoted, other parameters
+/// dropped: multipart/form-data defines none).
+pub fn with_boundary(content_type: &[u8], boundary: &[u8]) -> Vec<u8> {
+    let media_type = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let mut out = media_type.to_vec();
+    out.extend_from_slice(b"; boundary=\"");
+    out.extend_from_slice(boundary);
+    out.push(b'"');
+    out
+}
+
 /// The `boundary` parameter of a Content-Type; `None` when the header does not parse, has no
 /// boundary or more than one, or the boundary is not 1 to [`MAX_BOUNDARY`] RFC 2046
 /// characters (not ending with a space).
@@ -490,6 +536,11 @@ impl Multipart {
         out.extend_from_slice(b"--");
         out.extend_from_slice(&self.epilogue);
         out
+    }
+
+    /// Writes the body with another boundary (see [`fresh_boundary`]).
+    pub fn set_boundary(&mut self, boundary: Vec<u8>) {
+        self.boundary = boundary;
     }
 
     /// Whether a new name or value holds `--boundary` (then it cannot be written).

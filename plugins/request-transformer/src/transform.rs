@@ -125,6 +125,19 @@ fn valued(list: &[(Vec<u8>, Option<Vec<u8>>)]) -> impl Iterator<Item = (&[u8], &
         .filter_map(|(name, value)| Some((name.as_slice(), value.as_deref()?)))
 }
 
+/// The names and values body operations write into a multipart body.
+fn written(ops: &Rendered) -> Vec<&[u8]> {
+    ops.rename
+        .iter()
+        .map(|(_, new)| new.as_slice())
+        .chain(
+            valued(&ops.replace)
+                .chain(valued(&ops.add))
+                .flat_map(|(name, value)| [name, value]),
+        )
+        .collect()
+}
+
 /// The query string finished after the body, when form fields move into it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct QueryPlan {
@@ -146,6 +159,9 @@ pub struct BodyJob {
     pub limit: u64,
     /// A body that cannot be edited safely is refused rather than passed on.
     fail_closed: bool,
+    /// The boundary a multipart body is written with when a written value holds the
+    /// client's (the Content-Type sent on says so).
+    write_boundary: Option<Vec<u8>>,
     accept: Option<Vec<u8>>,
     request_id: Vec<u8>,
 }
@@ -590,6 +606,29 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
         Some(_) => render(&config.body, &env),
         None => Rendered::default(),
     };
+    // A written value that holds the client's boundary: the body goes on with another one,
+    // decided now, while the Content-Type can still change (see `multipart::fresh_boundary`).
+    let mut write_boundary = None;
+    if let Some(BodyKind::Multipart(Some(boundary))) = &kind {
+        let written = written(&body_ops);
+        let mut dashed = b"--".to_vec();
+        dashed.extend_from_slice(boundary);
+        if written
+            .iter()
+            .any(|w| w.windows(dashed.len()).any(|x| x == dashed))
+        {
+            let Some(fresh) = multipart::fresh_boundary(boundary, &written) else {
+                return Err(fail(
+                    "body: no multipart boundary fits the written values".into(),
+                ));
+            };
+            edit.set(
+                "content-type",
+                vec![multipart::with_boundary(content_type, &fresh)],
+            );
+            write_boundary = Some(fresh);
+        }
+    }
 
     // query string
     let query_ops = render(&config.querystring, &env);
@@ -615,6 +654,7 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
         hold_headers: config.hold_headers,
         limit: config.body_buffer_limit,
         fail_closed,
+        write_boundary,
         accept: accept.clone(),
         request_id: head.request_id.to_vec(),
     });
@@ -710,12 +750,16 @@ impl BodyJob {
                 match parts {
                     None => None,
                     Some(mut parts) => {
-                        let written = ops.rename.iter().map(|(_, new)| new.as_slice()).chain(
-                            valued(&ops.replace)
-                                .chain(valued(&ops.add))
-                                .flat_map(|(name, value)| [name, value]),
-                        );
-                        if written.clone().any(|w| parts.collides(w)) {
+                        let rewrite = match &self.write_boundary {
+                            Some(fresh) => {
+                                parts.set_boundary(fresh.clone());
+                                true
+                            }
+                            None => false,
+                        };
+                        // Unreachable by construction (the boundary was chosen at the headers
+                        // for these values); kept so that no body is ever written ambiguous.
+                        if written(ops).iter().any(|w| parts.collides(w)) {
                             return Err(refusal(
                                 500,
                                 UNEXPECTED,
@@ -724,7 +768,7 @@ impl BodyJob {
                                 "body: a value holds the multipart boundary".into(),
                             ));
                         }
-                        apply_multipart(&mut parts, ops).then(|| parts.to_bytes())
+                        (apply_multipart(&mut parts, ops) || rewrite).then(|| parts.to_bytes())
                     }
                 }
             }
@@ -787,7 +831,11 @@ mod tests {
     use super::*;
 
     fn config(json: &str) -> Config {
-        let env = |name: &str| (name == "BACKEND_TOKEN").then(|| "s3cret".to_owned());
+        let env = |name: &str| match name {
+            "BACKEND_TOKEN" => Some("s3cret".to_owned()),
+            "DASHED_TOKEN" => Some("tok--en--cd".to_owned()),
+            _ => None,
+        };
         Config::parse(json.as_bytes(), &env).unwrap()
     }
 
@@ -1387,15 +1435,58 @@ mod tests {
             ),
             false,
         );
+        // A written value holding the client's boundary: the body goes on with a longer
+        // one (refusing would tell the client whether a secret holds `--<its boundary>`).
         assert_eq!(
-            d.body
-                .unwrap()
-                .finish(b"--B--")
-                .unwrap_err()
-                .response
-                .status,
-            500
+            change(&d.changes, "content-type"),
+            Some(vec![r#"multipart/form-data; boundary="B0""#.into()])
         );
+        let written = d.body.unwrap().finish(b"--B--").unwrap().body.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&written),
+            "--B0\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\na\r\n--B--\r\n--B0--"
+        );
+        let parsed = Multipart::parse(&written, b"B0").unwrap();
+        assert!(parsed.contains(b"x"));
+    }
+
+    /// Review #10: a client chooses the boundary; whether a secret the plugin writes holds
+    /// `--<boundary>` must not change the answer, or the client learns the secret one guessed
+    /// piece at a time.
+    #[test]
+    fn the_client_boundary_is_no_oracle_on_written_secrets() {
+        let secret = config(r#"{"add":{"body":["token:{vault://env/DASHED_TOKEN}"]}}"#);
+        let body = |boundary: &str| {
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--{boundary}--\r\n")
+        };
+        // `en` and `cd` are in the secret after `--`; `zz` and `tok` are not.
+        let mut rewritten = Vec::new();
+        for boundary in ["en", "zz", "cd", "tok"] {
+            let h = base(
+                "/",
+                &[(
+                    "content-type",
+                    &format!("multipart/form-data; boundary={boundary}"),
+                )],
+            );
+            let d = decide(&secret, &h, false);
+            let content_type = change(&d.changes, "content-type")
+                .map(|v| v[0].clone())
+                .unwrap_or_else(|| format!("multipart/form-data; boundary={boundary}"));
+            let out = d
+                .body
+                .unwrap()
+                .finish(body(boundary).as_bytes())
+                .unwrap_or_else(|r| panic!("{boundary}: refused {}", r.response.status));
+            let written_with = multipart::boundary(content_type.as_bytes()).unwrap();
+            let parsed = Multipart::parse(&out.body.unwrap(), &written_with).unwrap();
+            assert!(
+                parsed.contains(b"a") && parsed.contains(b"token"),
+                "{boundary}"
+            );
+            rewritten.push(written_with != boundary.as_bytes());
+        }
+        assert_eq!(rewritten, [true, false, true, false]);
     }
 
     #[test]
