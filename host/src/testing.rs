@@ -175,6 +175,11 @@ pub struct Outcome {
     pub response: TestResponse,
     /// `None` when nothing reached the upstream (a local response, a reset).
     pub upstream: Option<UpstreamRequest>,
+    /// The chain released the request headers towards the upstream, as a streaming data plane
+    /// forwards them at once, even when a filter answered afterwards.
+    pub forwarded: bool,
+    /// The chain released the whole request (its end of stream) towards the upstream.
+    pub forwarded_whole: bool,
     /// A filter answered (local response).
     pub local: bool,
     pub reset: bool,
@@ -569,6 +574,8 @@ impl Harness {
                 );
                 run.upstream.headers = rest;
                 run.upstream_done = end_of_stream;
+                run.outcome.forwarded = true;
+                run.outcome.forwarded_whole = end_of_stream;
             }
             Output::RequestData {
                 data,
@@ -576,10 +583,12 @@ impl Harness {
             } => {
                 run.upstream.body.extend_from_slice(&data);
                 run.upstream_done |= end_of_stream;
+                run.outcome.forwarded_whole |= end_of_stream;
             }
             Output::RequestTrailers(t) => {
                 run.upstream.trailers = Some(t);
                 run.upstream_done = true;
+                run.outcome.forwarded_whole = true;
             }
             Output::ResponseHeaders {
                 headers,

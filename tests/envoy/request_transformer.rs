@@ -20,24 +20,6 @@ fn transformer(config: Value) -> Vec<WasmFilter> {
     vec![WasmFilter::plugin("request-transformer", config)]
 }
 
-/// The bootstrap with `allow_on_headers_stop_iteration: true` on every Wasm filter.
-fn allow_stop_iteration(mut bootstrap: Value) -> Value {
-    fn walk(v: &mut Value) {
-        match v {
-            Value::Object(map) => {
-                if map.get("name").and_then(Value::as_str) == Some("envoy.filters.http.wasm") {
-                    map["typed_config"]["config"]["allow_on_headers_stop_iteration"] = json!(true);
-                }
-                map.values_mut().for_each(walk);
-            }
-            Value::Array(items) => items.iter_mut().for_each(walk),
-            _ => {}
-        }
-    }
-    walk(&mut bootstrap);
-    bootstrap
-}
-
 fn report(response: &wasmgate_tests::Response) -> EchoReport {
     assert_eq!(response.status, 200, "{}", response.text());
     serde_json::from_slice(&response.body).expect("an echo report")
@@ -64,7 +46,7 @@ async fn held_headers_move_form_fields_to_the_query_and_get_an_exact_length() {
             "json",
             transformer(json!({"add": {"body": ["p:v"]}, "wasmgate": {"hold_headers": true}})),
         );
-    let envoy = Envoy::start_bootstrap(&allow_stop_iteration(config.bootstrap()), 2)
+    let envoy = Envoy::start_bootstrap(&config.bootstrap(), 2)
         .await
         .unwrap();
     for protocol in Protocol::ALL {

@@ -1,26 +1,16 @@
-//! Every shared case file, run through `gateway` over real sockets (one test per plugin). The
-//! same files run in Envoy (`tests/envoy/cases.rs`): both must meet every expectation.
+//! Every shared case file, run through `gateway` and through a real Envoy started from
+//! `gateway envoy-bootstrap`'s translation of the same declarative file, over real sockets (one
+//! test per plugin). The same files run in Envoy's own bootstrap (`tests/envoy/cases.rs`) and
+//! in the in-process host (`tests/host/cases.rs`).
 
-use wasmgate_tests::cases::{cases_dir, CaseFile};
+use wasmgate_tests::cases::load_named;
 use wasmgate_tests::gateway_cases::run_in_gateway;
 
-async fn run(name: &str) {
-    let file = CaseFile::load(&cases_dir().join(format!("{name}.yaml"))).expect("case file parses");
-    let failures = run_in_gateway(&file).await;
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+async fn run(stem: &str) -> Vec<String> {
+    match load_named(stem) {
+        Ok(file) => run_in_gateway(&file).await,
+        Err(e) => vec![e],
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_size_limiting() {
-    run("request-size-limiting").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limiting() {
-    run("rate-limiting").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_transformer() {
-    run("request-transformer").await;
-}
+wasmgate_tests::case_file_tests!(run);

@@ -12,7 +12,7 @@ use host::testing::{Harness, TestBody, TestRequest, TestResponse, UpstreamReques
 use host::{Error, PluginConfig};
 use wasmgate_tests::cases::{Case, CaseFile, Exchange};
 use wasmgate_tests::client::{filler_chunk, Protocol, RequestBody, Response};
-use wasmgate_tests::echo::{EchoReport, ECHO_HEADER};
+use wasmgate_tests::echo::{EchoReport, UpstreamRecord, ECHO_HEADER};
 
 /// The request as the host harness takes it.
 fn test_request(
@@ -86,8 +86,10 @@ fn harness(
     h.set_source(SocketAddr::from(([127, 0, 0, 1], port)));
     h.set_route(listener, "upstream");
     h.set_upstream(echo);
+    // As `gateway` and the Envoy translation set it: only wasmgate's own plugins.
     let mut config = PluginConfig::new(&file.plugin, case.config.to_string())
-        .vm_id(&format!("{}-{listener}", file.plugin));
+        .vm_id(&format!("{}-{listener}", file.plugin))
+        .allow_on_headers_stop_iteration(model::plugins::find(&file.plugin).is_some());
     for (k, v) in &case.env {
         config = config.env(k, v);
     }
@@ -125,6 +127,7 @@ pub fn run_file(file: &CaseFile, module: Option<&Path>) -> Vec<String> {
                 }
             };
             for (n, step) in case.steps().iter().enumerate() {
+                h.set_source(SocketAddr::new(step.request.source, 40000 + i as u16));
                 let outcome = h.send(test_request(&step.request, protocol));
                 let mut response = Response {
                     status: outcome.response.status,
@@ -135,7 +138,11 @@ pub fn run_file(file: &CaseFile, module: Option<&Path>) -> Vec<String> {
                     // Envoy resets the stream: the client sees no response at all.
                     response = Response::default();
                 }
-                let exchange = Exchange::from_response(response);
+                let forwarded = UpstreamRecord {
+                    heads: usize::from(outcome.forwarded),
+                    whole: usize::from(outcome.forwarded_whole),
+                };
+                let exchange = Exchange::new(response, forwarded);
                 for problem in step.expect.check(&step.request, &exchange) {
                     failures.push(format!(
                         "{:?} [{protocol:?}] step {}: {problem}\nmodule log:\n{}",

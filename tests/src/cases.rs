@@ -8,13 +8,14 @@
 //! `"name: value"` strings, as in Kong's own configs. See `tests/cases/README.md`.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::client::{Protocol, Request, RequestBody, Response};
-use crate::echo::{EchoReport, ECHO_HEADER};
+use crate::echo::{EchoReport, UpstreamRecord, ECHO_HEADER};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +78,9 @@ pub struct CaseRequest {
     /// Send the body without Content-Length (chunked on HTTP/1.1).
     #[serde(default)]
     pub chunked: bool,
+    /// The client's address: another loopback address (127.0.0.2) is another client IP.
+    #[serde(default = "loopback")]
+    pub source: IpAddr,
 }
 
 impl Default for CaseRequest {
@@ -89,6 +93,7 @@ impl Default for CaseRequest {
             body_json: None,
             body_size: None,
             chunked: false,
+            source: loopback(),
         }
     }
 }
@@ -125,8 +130,14 @@ pub struct Expect {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamExpect {
+    /// `false`: not even the request head may reach it.
     #[serde(default = "yes")]
     pub reached: bool,
+    /// `false`: the head (and part of the body) may reach it, the whole request never; the
+    /// client gets a local reply. For refusals decided while the body streams, after the
+    /// headers went on.
+    #[serde(default = "yes")]
+    pub whole: bool,
     #[serde(default)]
     pub method: Option<String>,
     #[serde(default)]
@@ -158,8 +169,65 @@ fn get() -> String {
 fn root() -> String {
     "/".into()
 }
+fn loopback() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
 fn yes() -> bool {
     true
+}
+
+/// Generates, in a data plane's test target, one test per case file (named after the plugin)
+/// that calls `$run(stem).await` and fails on any failure it returns, and a guard test that
+/// the list here is every file in `tests/cases`. Every target that runs case files uses it, so
+/// a new case file runs on every data plane or fails every guard.
+#[macro_export]
+macro_rules! case_file_tests {
+    ($run:path) => {
+        $crate::case_file_tests!(@each $run;
+            rate_limiting => "rate-limiting",
+            request_size_limiting => "request-size-limiting",
+            request_transformer => "request-transformer");
+    };
+    (@each $run:path; $($test:ident => $stem:literal),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let failures: Vec<String> = $run($stem).await;
+                assert!(
+                    failures.is_empty(),
+                    "{} failures:\n{}",
+                    failures.len(),
+                    failures.join("\n\n")
+                );
+            }
+        )*
+
+        #[test]
+        fn every_case_file_is_run() {
+            $crate::cases::assert_every_file_listed(&[$($stem),*]);
+        }
+    };
+}
+
+/// Fails unless `listed` names every case file in `tests/cases` (and no other).
+pub fn assert_every_file_listed(listed: &[&str]) {
+    let files = CaseFile::load_all().unwrap_or_else(|e| panic!("case files: {e}"));
+    let mut stems: Vec<String> = files
+        .iter()
+        .filter_map(|f| f.path.file_stem()?.to_str().map(str::to_owned))
+        .collect();
+    stems.sort();
+    let mut listed: Vec<String> = listed.iter().map(|s| (*s).to_owned()).collect();
+    listed.sort();
+    assert_eq!(
+        stems, listed,
+        "tests/cases holds other files than case_file_tests! lists: add the new file there"
+    );
+}
+
+/// Loads `tests/cases/<stem>.yaml`.
+pub fn load_named(stem: &str) -> Result<CaseFile, String> {
+    CaseFile::load(&cases_dir().join(format!("{stem}.yaml")))
 }
 
 /// The folder with the shared case files.
@@ -197,10 +265,11 @@ impl Case {
     fn validate(&self) -> Result<(), String> {
         let single = self.request.is_some() || self.expect.is_some();
         match (single, self.steps.is_empty()) {
-            (true, false) => Err("has both request/expect and steps".into()),
-            (false, true) => Err("has neither expect nor steps".into()),
-            _ => Ok(()),
+            (true, false) => return Err("has both request/expect and steps".into()),
+            (false, true) => return Err("has neither expect nor steps".into()),
+            _ => {}
         }
+        self.steps().iter().try_for_each(|s| s.request.validate())
     }
 
     /// The steps to send, in order (a single request/expect is one step).
@@ -236,6 +305,15 @@ pub fn split_header(entry: &str) -> (String, String) {
 }
 
 impl CaseRequest {
+    /// Only loopback addresses: tests never leave the machine.
+    fn validate(&self) -> Result<(), String> {
+        if self.source.is_loopback() {
+            Ok(())
+        } else {
+            Err(format!("request.source {} is not a loopback address", self.source))
+        }
+    }
+
     /// The request the client sends.
     pub fn to_request(&self) -> Request {
         let mut headers: Vec<(String, String)> =
@@ -271,23 +349,32 @@ impl CaseRequest {
     }
 }
 
-/// What one step produced: the response and, when the upstream answered it, what the upstream
-/// received.
+/// What one step produced: the response, what the upstream itself recorded while the step ran,
+/// and, when the upstream answered, its report of what it received.
 #[derive(Clone, Debug)]
 pub struct Exchange {
     pub response: Response,
+    /// What reached the upstream during the step, by the upstream's own record (a head
+    /// forwarded before a local reply counts, whatever the response says).
+    pub forwarded: UpstreamRecord,
     pub upstream: Option<EchoReport>,
 }
 
 impl Exchange {
-    pub fn from_response(response: Response) -> Exchange {
+    pub fn new(response: Response, forwarded: UpstreamRecord) -> Exchange {
         let upstream = response
             .header(ECHO_HEADER)
             .and_then(|_| serde_json::from_slice(&response.body).ok());
-        Exchange { response, upstream }
+        Exchange {
+            response,
+            forwarded,
+            upstream,
+        }
     }
 }
 
+/// `wanted` lists every value a header must have: the values of each name mentioned, in
+/// order, must be exactly those listed (an extra or duplicate value fails).
 fn check_headers(
     what: &str,
     wanted: &[String],
@@ -295,12 +382,20 @@ fn check_headers(
     get: impl Fn(&str) -> Vec<String>,
     failures: &mut Vec<String>,
 ) {
+    let mut expected: Vec<(String, Vec<String>)> = Vec::new();
     for entry in wanted {
         let (name, value) = split_header(entry);
+        let name = name.to_ascii_lowercase();
+        match expected.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, values)) => values.push(value),
+            None => expected.push((name, vec![value])),
+        }
+    }
+    for (name, values) in expected {
         let got = get(&name);
-        if !got.contains(&value) {
+        if got != values {
             failures.push(format!(
-                "{what} header {name}: expected {value:?}, got {got:?}"
+                "{what} header {name}: expected exactly {values:?}, got {got:?}"
             ));
         }
     }
@@ -437,27 +532,44 @@ impl Expect {
             );
         }
         if let Some(upstream) = &self.upstream {
-            upstream.check(request, exchange.upstream.as_ref(), &mut failures);
+            upstream.check(request, exchange, &mut failures);
         }
         failures
     }
 }
 
 impl UpstreamExpect {
-    fn check(&self, request: &CaseRequest, got: Option<&EchoReport>, failures: &mut Vec<String>) {
-        let Some(report) = got else {
-            if self.reached {
-                failures.push("upstream: the request did not reach it".into());
+    fn check(&self, request: &CaseRequest, exchange: &Exchange, failures: &mut Vec<String>) {
+        let forwarded = exchange.forwarded;
+        if !self.reached || !self.whole {
+            if !self.reached && forwarded.heads != 0 {
+                failures.push(format!(
+                    "upstream: must not be reached, but {} request head(s) reached it",
+                    forwarded.heads
+                ));
+            }
+            if forwarded.whole != 0 || forwarded.heads > 1 {
+                failures.push(format!(
+                    "upstream: must not receive the whole request, but received {forwarded:?}"
+                ));
+            }
+            if let Some(report) = &exchange.upstream {
+                failures.push(format!(
+                    "upstream: must not answer, but it answered {} {}",
+                    report.method, report.path
+                ));
             }
             return;
-        };
-        if !self.reached {
-            failures.push(format!(
-                "upstream: must not be reached, got {} {}",
-                report.method, report.path
-            ));
-            return;
         }
+        if forwarded != (UpstreamRecord { heads: 1, whole: 1 }) {
+            failures.push(format!(
+                "upstream: exactly one whole request must reach it, got {forwarded:?}"
+            ));
+        }
+        let Some(report) = &exchange.upstream else {
+            failures.push("upstream: its answer did not reach the client".into());
+            return;
+        };
         let mut field = |name: &str, expected: &Option<String>, got: Option<&str>| {
             if let Some(expected) = expected {
                 let got = got.unwrap_or("");
@@ -514,6 +626,22 @@ impl UpstreamExpect {
     }
 }
 
+/// Every request head the upstream received must belong to some step's exchange: one that
+/// arrives after its step was answered (forwarded late, behind a local reply) fails here.
+pub(crate) fn check_unaccounted(
+    echo: &crate::EchoUpstream,
+    counted: UpstreamRecord,
+    failures: &mut Vec<String>,
+) {
+    let record = echo.record();
+    if record.heads != counted.heads {
+        failures.push(format!(
+            "the upstream received {} request head(s), the steps account for {}",
+            record.heads, counted.heads
+        ));
+    }
+}
+
 /// Runs a case file in one real Envoy: a listener (and VM) per case and protocol, every step
 /// over a fresh connection; refused-config cases each start an Envoy that must fail. Returns
 /// every failure, each naming its case, protocol and step.
@@ -525,6 +653,7 @@ pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
         Ok(echo) => echo,
         Err(e) => return vec![format!("echo upstream: {e}")],
     };
+    let mut counted = UpstreamRecord::default();
     let filter = |case: &Case, listener: &str| {
         let mut filter = WasmFilter::plugin(&file.plugin, case.config.clone())
             .vm_id(format!("{}-{listener}", file.plugin));
@@ -559,11 +688,18 @@ pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
                     let addr = envoy.listener(listener);
                     for (n, step) in case.steps().iter().enumerate() {
                         let request = step.request.to_request();
-                        let problems = match crate::client::send(addr, *protocol, &request).await {
-                            Ok(response) => step
-                                .expect
-                                .check(&step.request, &Exchange::from_response(response)),
-                            Err(e) => vec![e],
+                        let before = echo.record();
+                        let sent = crate::client::send_from(step.request.source, addr, *protocol, &request);
+                        let problems = match sent.await {
+                            Ok(response) => {
+                                let exchange = Exchange::new(response, echo.record() - before);
+                                counted += exchange.forwarded;
+                                step.expect.check(&step.request, &exchange)
+                            }
+                            Err(e) => {
+                                counted += echo.record() - before;
+                                vec![e]
+                            }
                         };
                         for problem in problems {
                             failures.push(format!(
@@ -574,6 +710,7 @@ pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
                         }
                     }
                 }
+                check_unaccounted(&echo, counted, &mut failures);
                 if !failures.is_empty() {
                     failures.push(format!("Envoy log:\n{}", envoy.log()));
                 }
@@ -595,4 +732,109 @@ pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
         }
     }
     failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(headers: &[(&str, &str)], body: &[u8]) -> Response {
+        Response {
+            status: 200,
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: body.to_vec(),
+        }
+    }
+
+    /// An echo answer to `GET /`.
+    fn echoed() -> Response {
+        let report = EchoReport::from_parts("GET", "/", "HTTP/1.1", Vec::new(), b"");
+        let body = serde_json::to_vec(&report).unwrap_or_default();
+        response(&[(ECHO_HEADER, "1")], &body)
+    }
+
+    fn expect(yaml: &str) -> Expect {
+        serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
+    }
+
+    #[test]
+    fn an_unknown_field_is_an_error_naming_it() {
+        for (yaml, field) in [
+            ("plugin: x\ncases: []\nextra: 1", "extra"),
+            ("plugin: x\ncases: [{name: a, expect: {}, stauts: 200}]", "stauts"),
+            ("plugin: x\ncases: [{name: a, expect: {status: 200, header: []}}]", "header"),
+            ("plugin: x\ncases: [{name: a, request: {heders: []}, expect: {}}]", "heders"),
+            (
+                "plugin: x\ncases: [{name: a, expect: {upstream: {reachd: false}}}]",
+                "reachd",
+            ),
+            ("plugin: x\ncases: [{name: a, steps: [{expect: {}, x: 1}]}]", "x"),
+        ] {
+            let error = serde_yaml_ng::from_str::<CaseFile>(yaml)
+                .err()
+                .unwrap_or_else(|| panic!("{yaml} parsed"));
+            assert!(
+                error.to_string().contains(&format!("unknown field `{field}`")),
+                "{yaml}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_checks_compare_every_value() {
+        let check = |expect: &Expect, headers: &[(&str, &str)]| {
+            expect.check(
+                &CaseRequest::default(),
+                &Exchange::new(response(headers, b""), UpstreamRecord::default()),
+            )
+        };
+        let one = expect("headers: ['x-a: 1']");
+        assert!(check(&one, &[("x-a", "1")]).is_empty());
+        assert!(!check(&one, &[("x-a", "1"), ("x-a", "2")]).is_empty());
+        assert!(!check(&one, &[("x-a", "2"), ("X-A", "1")]).is_empty());
+        assert!(!check(&one, &[]).is_empty());
+        let two = expect("headers: ['x-a: 1', 'X-A: 2']");
+        assert!(check(&two, &[("x-a", "1"), ("x-a", "2")]).is_empty());
+        assert!(!check(&two, &[("x-a", "2"), ("x-a", "1")]).is_empty());
+        assert!(!check(&two, &[("x-a", "1")]).is_empty());
+    }
+
+    #[test]
+    fn not_reached_is_judged_by_the_upstreams_own_record() {
+        let expect = expect("upstream: {reached: false}");
+        let local = response(&[("content-type", "text/plain")], b"refused");
+        let check = |heads, whole| {
+            let record = UpstreamRecord { heads, whole };
+            expect.check(&CaseRequest::default(), &Exchange::new(local.clone(), record))
+        };
+        assert!(check(0, 0).is_empty());
+        // A local reply whose request head had already been forwarded.
+        assert!(!check(1, 0).is_empty());
+        let cut = super::tests::expect("upstream: {whole: false}");
+        let check_cut = |heads, whole| {
+            let record = UpstreamRecord { heads, whole };
+            cut.check(&CaseRequest::default(), &Exchange::new(local.clone(), record))
+        };
+        assert!(check_cut(0, 0).is_empty());
+        assert!(check_cut(1, 0).is_empty());
+        assert!(!check_cut(1, 1).is_empty());
+        assert!(!check_cut(2, 0).is_empty());
+        // An echo answer is a reach, whatever the record says.
+        assert!(!expect
+            .check(&CaseRequest::default(), &Exchange::new(echoed(), UpstreamRecord::default()))
+            .is_empty());
+    }
+
+    #[test]
+    fn a_reach_is_exactly_one_request_head() {
+        let expect = expect("upstream: {reached: true}");
+        for (heads, whole, ok) in [(0, 0, false), (1, 0, false), (1, 1, true), (2, 2, false)] {
+            let record = UpstreamRecord { heads, whole };
+            let failures = expect.check(&CaseRequest::default(), &Exchange::new(echoed(), record));
+            assert_eq!(failures.is_empty(), ok, "{record:?}: {failures:?}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! pattern without holding them.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// How long one exchange may take before the test fails instead of hanging.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -195,6 +195,36 @@ impl Connection {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
+        Self::handshake(stream, addr, protocol).await
+    }
+
+    /// A connection from `source` (another loopback address, such as 127.0.0.2, for a second
+    /// client IP).
+    pub async fn open_from(
+        source: IpAddr,
+        addr: SocketAddr,
+        protocol: Protocol,
+    ) -> Result<Connection, String> {
+        let socket = match source {
+            IpAddr::V4(_) => TcpSocket::new_v4(),
+            IpAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(|e| format!("socket: {e}"))?;
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(|e| format!("bind {source}: {e}"))?;
+        let stream = socket
+            .connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr} from {source}: {e}"))?;
+        Self::handshake(stream, addr, protocol).await
+    }
+
+    async fn handshake(
+        stream: TcpStream,
+        addr: SocketAddr,
+        protocol: Protocol,
+    ) -> Result<Connection, String> {
         stream.set_nodelay(true).ok();
         let io = TokioIo::new(stream);
         match protocol {
@@ -293,4 +323,17 @@ pub async fn send(
     request: &Request,
 ) -> Result<Response, String> {
     Connection::open(addr, protocol).await?.send(request).await
+}
+
+/// Sends one request on a new connection from `source`.
+pub async fn send_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    protocol: Protocol,
+    request: &Request,
+) -> Result<Response, String> {
+    Connection::open_from(source, addr, protocol)
+        .await?
+        .send(request)
+        .await
 }

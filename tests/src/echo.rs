@@ -91,12 +91,43 @@ impl EchoReport {
     }
 }
 
-/// When a complete request reached the upstream (for rate accounting).
+/// A request head that reached the upstream, recorded as it arrives, before any of its body is
+/// read: a data plane that forwards the head of a request it then refuses is caught.
 #[derive(Clone, Debug)]
 pub struct Arrival {
+    /// When the head arrived (for rate accounting: the plugins decide at the head).
     pub at: SystemTime,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// Body bytes received so far.
+    pub body_bytes: u64,
+    /// The whole body arrived.
+    pub complete: bool,
+}
+
+/// Counts of what an upstream received: request heads, and requests whose body arrived whole.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamRecord {
+    pub heads: usize,
+    pub whole: usize,
+}
+
+impl std::ops::Sub for UpstreamRecord {
+    type Output = UpstreamRecord;
+
+    fn sub(self, earlier: UpstreamRecord) -> UpstreamRecord {
+        UpstreamRecord {
+            heads: self.heads.saturating_sub(earlier.heads),
+            whole: self.whole.saturating_sub(earlier.whole),
+        }
+    }
+}
+
+impl std::ops::AddAssign for UpstreamRecord {
+    fn add_assign(&mut self, more: UpstreamRecord) {
+        self.heads += more.heads;
+        self.whole += more.whole;
+    }
 }
 
 /// A running echo upstream on loopback; stops when dropped.
@@ -128,15 +159,20 @@ impl EchoUpstream {
         self.addr
     }
 
-    /// Every complete request received so far.
+    /// Every request head received so far, complete or not, in arrival order.
     pub fn arrivals(&self) -> Vec<Arrival> {
         self.arrivals.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
-    pub fn clear_arrivals(&self) {
-        if let Ok(mut a) = self.arrivals.lock() {
-            a.clear();
-        }
+    /// How many requests have arrived so far: heads, and bodies that arrived whole.
+    pub fn record(&self) -> UpstreamRecord {
+        self.arrivals
+            .lock()
+            .map(|a| UpstreamRecord {
+                heads: a.len(),
+                whole: a.iter().filter(|a| a.complete).count(),
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -168,18 +204,6 @@ async fn handle(
     arrivals: Arc<Mutex<Vec<Arrival>>>,
 ) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
     let (parts, mut body) = req.into_parts();
-    let mut hasher = Sha256::new();
-    let mut len = 0u64;
-    let mut text = Vec::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            len += data.len() as u64;
-            hasher.update(&data);
-            if len <= REPORTED_BODY_LIMIT {
-                text.extend_from_slice(&data);
-            }
-        }
-    }
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -190,12 +214,46 @@ async fn handle(
             )
         })
         .collect();
+    let index = arrivals
+        .lock()
+        .map(|mut a| {
+            a.push(Arrival {
+                at: SystemTime::now(),
+                path: parts.uri.path().to_owned(),
+                headers: headers.clone(),
+                body_bytes: 0,
+                complete: false,
+            });
+            a.len() - 1
+        })
+        .ok();
+    let record = |update: &dyn Fn(&mut Arrival)| {
+        if let (Some(index), Ok(mut a)) = (index, arrivals.lock()) {
+            if let Some(arrival) = a.get_mut(index) {
+                update(arrival);
+            }
+        }
+    };
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    let mut text = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            len += data.len() as u64;
+            record(&|a| a.body_bytes = len);
+            hasher.update(&data);
+            if len <= REPORTED_BODY_LIMIT {
+                text.extend_from_slice(&data);
+            }
+        }
+    }
+    record(&|a| a.complete = true);
     let report = EchoReport {
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         version: format!("{:?}", parts.version),
-        headers: headers.clone(),
+        headers,
         raw_headers: parts
             .headers
             .iter()
@@ -205,13 +263,6 @@ async fn handle(
         body_len: len,
         body_sha256: hex(&hasher.finalize()),
     };
-    if let Ok(mut a) = arrivals.lock() {
-        a.push(Arrival {
-            at: SystemTime::now(),
-            path: report.path.clone(),
-            headers,
-        });
-    }
     let body = serde_json::to_vec(&report).unwrap_or_default();
     let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(

@@ -30,6 +30,10 @@ pub struct WasmFilter {
     pub vm_id: String,
     /// Environment variables the module can read (WASI environ).
     pub env: Vec<(String, String)>,
+    /// Envoy's `allow_on_headers_stop_iteration`: set for wasmgate's own plugins, as the
+    /// translation sets it (`wasmgate.hold_headers` needs it); a third-party module gets
+    /// Envoy's default.
+    pub allow_on_headers_stop_iteration: bool,
 }
 
 impl WasmFilter {
@@ -41,6 +45,7 @@ impl WasmFilter {
             config,
             vm_id: plugin.to_owned(),
             env: Vec::new(),
+            allow_on_headers_stop_iteration: model::plugins::find(plugin).is_some(),
         }
     }
 
@@ -77,6 +82,7 @@ impl WasmFilter {
                     // Envoy's default (FAIL_CLOSED) answers 503 on that worker forever after
                     // one trap; FAIL_RELOAD rebuilds the VM after a backoff.
                     "failure_policy": "FAIL_RELOAD",
+                    "allow_on_headers_stop_iteration": self.allow_on_headers_stop_iteration,
                     "vm_config": {
                         "vm_id": self.vm_id,
                         "runtime": runtime,

@@ -72,6 +72,7 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
         Ok(echo) => echo,
         Err(e) => return vec![format!("echo upstream: {e}")],
     };
+    let mut counted = crate::echo::UpstreamRecord::default();
     // Refused configs: the whole declarative file is refused, naming the plugin's field.
     // Cases by the environment (secrets) they need: one gateway and one Envoy per group.
     let mut groups: BTreeMap<Vec<(String, String)>, CaseGroup<'_>> = BTreeMap::new();
@@ -135,13 +136,20 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
                     request.headers.push((CASE_HEADER.into(), name.clone()));
                     let mut statuses = Vec::new();
                     for (plane, addr) in targets {
-                        let problems = match crate::client::send(addr, protocol, &request).await {
+                        let before = echo.record();
+                        let sent =
+                            crate::client::send_from(step.request.source, addr, protocol, &request);
+                        let problems = match sent.await {
                             Ok(response) => {
                                 statuses.push(response.status);
-                                step.expect
-                                    .check(&step.request, &Exchange::from_response(response))
+                                let exchange = Exchange::new(response, echo.record() - before);
+                                counted += exchange.forwarded;
+                                step.expect.check(&step.request, &exchange)
                             }
-                            Err(e) => vec![e],
+                            Err(e) => {
+                                counted += echo.record() - before;
+                                vec![e]
+                            }
                         };
                         for problem in problems {
                             failures.push(format!(
@@ -163,6 +171,7 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
                 }
             }
         }
+        crate::cases::check_unaccounted(&echo, counted, &mut failures);
         if !failures.is_empty() {
             failures.push(format!("Envoy log:\n{}", envoy.log()));
         }

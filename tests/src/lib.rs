@@ -10,6 +10,7 @@ pub mod client;
 pub mod control_plane;
 pub mod echo;
 pub mod envoy;
+pub mod gateway;
 pub mod gateway_cases;
 pub mod paths;
 

@@ -556,10 +556,17 @@ pub fn on_headers(config: &Config, head: &RequestHead<'_>) -> Result<HeadDecisio
         && BodyKind::of(first(head.headers, "content-type").unwrap_or_default())
             == Some(BodyKind::Form);
     let fail_closed = config.body.sanitises() && config.unparsable_body == UnparsableBody::Refuse;
-    let declared_length = first(head.headers, "content-length")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let fits = declared_length.is_none_or(|len| len <= config.body_buffer_limit);
+    // A Content-Length that does not parse (not digits, past u64) is no length that fits: the
+    // body cannot be trusted to be one the buffer holds, nor its length to be rewritten.
+    let declared_length = first(head.headers, "content-length").map(|v| {
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    });
+    let fits = match declared_length {
+        None => true,
+        Some(len) => len.is_some_and(|len| len <= config.body_buffer_limit),
+    };
     // Kong reads the first Content-Type; an upstream may read another, so a body to sanitise
     // must have one.
     if fail_closed
@@ -1690,5 +1697,28 @@ mod tests {
             unchanged.changes.is_empty(),
             "Content-Length stays the client's"
         );
+    }
+
+    #[test]
+    fn a_content_length_that_does_not_parse_is_no_length_that_fits() {
+        // Found by the transformer_stream fuzz target: a Content-Length of 20 digits did not
+        // parse, so it counted as none; the body was rewritten and the old length went on.
+        for length in ["30000000000000000000", "12x"] {
+            let h = base(
+                "/",
+                &[
+                    ("content-type", "application/json"),
+                    ("content-length", length),
+                ],
+            );
+            let adds = decide(&config(r#"{"add":{"body":["p:v"]}}"#), &h, false);
+            assert!(adds.body.is_none(), "{length}: the body passes unchanged");
+            assert_eq!(change(&adds.changes, "content-length"), None, "{length}");
+            let (status, _) = refused(&config(r#"{"remove":{"body":["secret"]}}"#), &h, false);
+            assert_eq!(
+                status, 413,
+                "{length}: a body that must be sanitised and cannot be is refused"
+            );
+        }
     }
 }
