@@ -3,31 +3,13 @@
 //! is in (`wasmgate.hold_headers`), and rate-limit counters that belong to the plugin instance
 //! across reloads.
 
-use std::time::Duration;
-
-use gateway::{Gateway, GatewayOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmgate_tests::client::send;
+use wasmgate_tests::gateway::start;
 use wasmgate_tests::{EchoReport, EchoUpstream, Protocol, Request, RequestBody};
 
-fn start(text: &str) -> Gateway {
-    Gateway::start(
-        GatewayOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_listen: None,
-            workers: 2,
-            drain_timeout: Duration::from_secs(5),
-            access_log: false,
-            config_path: None,
-            tls: None,
-            runtime: gateway::filters::RuntimeOptions {
-                modules_dir: wasmgate_tests::paths::wasm_dir(),
-                ..Default::default()
-            },
-        },
-        text,
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-}
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
 
 fn report(body: &[u8]) -> EchoReport {
     serde_json::from_slice(body).unwrap_or_else(|e| {
@@ -184,7 +166,7 @@ async fn held_headers_wait_for_the_body_and_get_its_exact_length() {
         )
         .header("content-type", "application/json");
         let response = tokio::time::timeout(
-            Duration::from_secs(10),
+            std::time::Duration::from_secs(10),
             send(gateway.addr(), protocol, &request),
         )
         .await
@@ -291,28 +273,14 @@ filter_chains:
 "#,
         echo.addr()
     );
-    let gateway = Gateway::start(
-        GatewayOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_listen: None,
-            workers: 1,
-            drain_timeout: Duration::from_secs(5),
-            access_log: false,
-            config_path: None,
-            tls: None,
-            runtime: gateway::filters::RuntimeOptions {
-                modules_dir: wasmgate_tests::paths::wasm_dir(),
-                filters_dir: Some(filters.path().to_owned()),
-                env_allow: Vec::new(),
-                env_values: vec![
-                    ("BACKEND_TOKEN".into(), "s3cr3t".into()),
-                    ("SHARED_FLAG".into(), "on".into()),
-                ],
-            },
-        },
-        &text,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let mut options = wasmgate_tests::gateway::options();
+    options.workers = 1;
+    options.runtime.filters_dir = Some(filters.path().to_owned());
+    options.runtime.env_values = vec![
+        ("BACKEND_TOKEN".into(), "s3cr3t".into()),
+        ("SHARED_FLAG".into(), "on".into()),
+    ];
+    let gateway = wasmgate_tests::gateway::start_with(options, &text);
     for (path, environ) in [("/plain", ""), ("/named", "SHARED_FLAG=on")] {
         let response = send(gateway.addr(), Protocol::Http1, &Request::get(path))
             .await
@@ -358,4 +326,82 @@ services:
         .unwrap();
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(report(&response.body).header("x-user"), Some("42"));
+}
+
+/// A 10 MB limit on a gigabyte upload: the gateway answers 413 after about 10 MB, then lingers
+/// (reads and drops) at most 64 MiB more and closes. Judged in bytes: what the client had
+/// sent at the answer, and what it managed to write in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gigabyte_over_the_limit_is_cut_off_not_drained() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&format!(
+        "_format_version: \"3.0\"\nservices: [{{name: e, url: \"http://{}\", routes: [{{name: r, paths: [/]}}]}}]\nplugins: [{{name: request-size-limiting, config: {{allowed_payload_size: 10}}}}]\n",
+        echo.addr()
+    ));
+    for protocol in Protocol::ALL {
+        let response = send(
+            gateway.addr(),
+            protocol,
+            &Request::post(
+                "/upload",
+                RequestBody::Filler {
+                    len: GIB,
+                    with_length: false,
+                },
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status, 413, "{protocol:?}: {}", response.text());
+        assert_eq!(
+            response.json().unwrap(),
+            response.kong_error_json("Request size limit exceeded")
+        );
+        assert!(
+            response.body_sent < 64 * MIB,
+            "{protocol:?}: {} MiB sent before the answer",
+            response.body_sent / MIB
+        );
+    }
+
+    // HTTP/1.1 with a declared gigabyte, written raw: after the 413 the client keeps writing;
+    // a gateway that stopped reading lets it write only as much as the socket buffers hold.
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1073741824\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let answer = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out).await;
+        out
+    });
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut written = 0u64;
+    while written < GIB {
+        let write = writer.write_all(&chunk);
+        // A write that cannot proceed for long means the gateway stopped reading.
+        match tokio::time::timeout(std::time::Duration::from_secs(10), write).await {
+            Ok(Ok(())) => written += chunk.len() as u64,
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    drop(writer);
+    assert!(
+        written < 128 * MIB,
+        "the client wrote {} MiB of a refused upload",
+        written / MIB
+    );
+    let answer = String::from_utf8_lossy(&answer.await.unwrap()).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:.200}");
+    for arrival in echo.arrivals() {
+        assert!(
+            !arrival.complete && arrival.body_bytes <= 10 * MIB,
+            "the upstream got {} bytes of a refused upload",
+            arrival.body_bytes
+        );
+    }
 }

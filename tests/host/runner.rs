@@ -133,6 +133,7 @@ pub fn run_file(file: &CaseFile, module: Option<&Path>) -> Vec<String> {
                     status: outcome.response.status,
                     headers: lossy(&outcome.response.headers),
                     body: outcome.response.body.clone(),
+                    ..Response::default()
                 };
                 if outcome.reset {
                     // Envoy resets the stream: the client sees no response at all.

@@ -310,7 +310,10 @@ impl CaseRequest {
         if self.source.is_loopback() {
             Ok(())
         } else {
-            Err(format!("request.source {} is not a loopback address", self.source))
+            Err(format!(
+                "request.source {} is not a loopback address",
+                self.source
+            ))
         }
     }
 
@@ -689,7 +692,12 @@ pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
                     for (n, step) in case.steps().iter().enumerate() {
                         let request = step.request.to_request();
                         let before = echo.record();
-                        let sent = crate::client::send_from(step.request.source, addr, *protocol, &request);
+                        let sent = crate::client::send_from(
+                            step.request.source,
+                            addr,
+                            *protocol,
+                            &request,
+                        );
                         let problems = match sent.await {
                             Ok(response) => {
                                 let exchange = Exchange::new(response, echo.record() - before);
@@ -746,6 +754,7 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             body: body.to_vec(),
+            ..Response::default()
         }
     }
 
@@ -764,20 +773,34 @@ mod tests {
     fn an_unknown_field_is_an_error_naming_it() {
         for (yaml, field) in [
             ("plugin: x\ncases: []\nextra: 1", "extra"),
-            ("plugin: x\ncases: [{name: a, expect: {}, stauts: 200}]", "stauts"),
-            ("plugin: x\ncases: [{name: a, expect: {status: 200, header: []}}]", "header"),
-            ("plugin: x\ncases: [{name: a, request: {heders: []}, expect: {}}]", "heders"),
+            (
+                "plugin: x\ncases: [{name: a, expect: {}, stauts: 200}]",
+                "stauts",
+            ),
+            (
+                "plugin: x\ncases: [{name: a, expect: {status: 200, header: []}}]",
+                "header",
+            ),
+            (
+                "plugin: x\ncases: [{name: a, request: {heders: []}, expect: {}}]",
+                "heders",
+            ),
             (
                 "plugin: x\ncases: [{name: a, expect: {upstream: {reachd: false}}}]",
                 "reachd",
             ),
-            ("plugin: x\ncases: [{name: a, steps: [{expect: {}, x: 1}]}]", "x"),
+            (
+                "plugin: x\ncases: [{name: a, steps: [{expect: {}, x: 1}]}]",
+                "x",
+            ),
         ] {
             let error = serde_yaml_ng::from_str::<CaseFile>(yaml)
                 .err()
                 .unwrap_or_else(|| panic!("{yaml} parsed"));
             assert!(
-                error.to_string().contains(&format!("unknown field `{field}`")),
+                error
+                    .to_string()
+                    .contains(&format!("unknown field `{field}`")),
                 "{yaml}: {error}"
             );
         }
@@ -808,7 +831,10 @@ mod tests {
         let local = response(&[("content-type", "text/plain")], b"refused");
         let check = |heads, whole| {
             let record = UpstreamRecord { heads, whole };
-            expect.check(&CaseRequest::default(), &Exchange::new(local.clone(), record))
+            expect.check(
+                &CaseRequest::default(),
+                &Exchange::new(local.clone(), record),
+            )
         };
         assert!(check(0, 0).is_empty());
         // A local reply whose request head had already been forwarded.
@@ -816,7 +842,10 @@ mod tests {
         let cut = super::tests::expect("upstream: {whole: false}");
         let check_cut = |heads, whole| {
             let record = UpstreamRecord { heads, whole };
-            cut.check(&CaseRequest::default(), &Exchange::new(local.clone(), record))
+            cut.check(
+                &CaseRequest::default(),
+                &Exchange::new(local.clone(), record),
+            )
         };
         assert!(check_cut(0, 0).is_empty());
         assert!(check_cut(1, 0).is_empty());
@@ -824,7 +853,10 @@ mod tests {
         assert!(!check_cut(2, 0).is_empty());
         // An echo answer is a reach, whatever the record says.
         assert!(!expect
-            .check(&CaseRequest::default(), &Exchange::new(echoed(), UpstreamRecord::default()))
+            .check(
+                &CaseRequest::default(),
+                &Exchange::new(echoed(), UpstreamRecord::default())
+            )
             .is_empty());
     }
 

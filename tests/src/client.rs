@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -82,6 +84,9 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Request body bytes the connection had taken from the client when the response ended:
+    /// a proxy that answers early (a size limit) bounds it, whatever the clock says.
+    pub body_sent: u64,
 }
 
 impl Response {
@@ -122,6 +127,7 @@ pub struct OutBody {
     filler: Bytes,
     filler_left: u64,
     exact_len: Option<u64>,
+    sent: Arc<AtomicU64>,
 }
 
 impl OutBody {
@@ -131,6 +137,7 @@ impl OutBody {
             filler: Bytes::new(),
             filler_left: 0,
             exact_len: None,
+            sent: Arc::new(AtomicU64::new(0)),
         };
         match body {
             RequestBody::Empty => out.exact_len = Some(0),
@@ -162,11 +169,13 @@ impl Body for OutBody {
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if let Some(chunk) = self.chunks.pop_front() {
+            self.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if self.filler_left > 0 {
             let n = self.filler_left.min(self.filler.len() as u64) as usize;
             self.filler_left -= n as u64;
+            self.sent.fetch_add(n as u64, Ordering::Relaxed);
             return Poll::Ready(Some(Ok(Frame::data(self.filler.slice(..n)))));
         }
         Poll::Ready(None)
@@ -260,6 +269,7 @@ impl Connection {
             builder = builder.header(name.as_str(), value.as_str());
         }
         let body = OutBody::new(&request.body);
+        let sent = Arc::clone(&body.sent);
         if let Some(len) = body.exact_len {
             let explicit = request
                 .headers
@@ -303,6 +313,7 @@ impl Connection {
                     })
                     .collect(),
                 body: body.to_vec(),
+                body_sent: sent.load(Ordering::Relaxed),
             })
         };
         tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)

@@ -16,7 +16,7 @@ pub fn options() -> GatewayOptions {
         admin_listen: Some(([127, 0, 0, 1], 0).into()),
         workers: 2,
         drain_timeout: Duration::from_secs(5),
-        access_log: false,
+        access_log: std::env::var_os("WASMGATE_DEBUG_LOG").is_some(),
         runtime: gateway::filters::RuntimeOptions {
             modules_dir: crate::paths::wasm_dir(),
             ..Default::default()

@@ -251,13 +251,19 @@ enum Side {
 /// client still writing its body reads the answer instead of a reset.
 const LINGER_IDLE: Duration = Duration::from_secs(5);
 const LINGER_TOTAL: Duration = Duration::from_secs(30);
+/// nginx lingers by time alone; at loopback speed 30 s is the whole of any upload. This bound
+/// keeps a refused client from making the gateway read gigabytes it will throw away.
+const LINGER_BYTES: u64 = 64 << 20;
 
 async fn linger(mut body: Incoming) {
     let deadline = tokio::time::Instant::now() + LINGER_TOTAL;
-    loop {
+    let mut dropped = 0u64;
+    while dropped < LINGER_BYTES {
         let idle = (tokio::time::Instant::now() + LINGER_IDLE).min(deadline);
         match tokio::time::timeout_at(idle, body.frame()).await {
-            Ok(Some(Ok(_))) => {}
+            Ok(Some(Ok(frame))) => {
+                dropped += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
             _ => return,
         }
     }

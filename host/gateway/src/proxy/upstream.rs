@@ -176,17 +176,24 @@ impl Upstreams {
 
 fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
     let mut detail = error.to_string();
+    let mut timed_out = false;
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         detail.push_str(": ");
         detail.push_str(&cause.to_string());
+        // The connector's own deadline (`connect_timeout`) is tokio's `Elapsed`; the
+        // system's is an I/O error.
+        timed_out |= cause.is::<tokio::time::error::Elapsed>()
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
         source = cause.source();
     }
     if error.is_connect() {
-        let lower = detail.to_ascii_lowercase();
-        if lower.contains("timed out") || lower.contains("timeout") {
+        if timed_out {
             return ProxyError::Timeout(detail);
         }
+        let lower = detail.to_ascii_lowercase();
         if lower.contains("dns")
             || lower.contains("resolve")
             || lower.contains("lookup")
