@@ -405,3 +405,101 @@ async fn a_gigabyte_over_the_limit_is_cut_off_not_drained() {
         );
     }
 }
+
+/// Kong's priority order: request-size-limiting (951), then rate-limiting (910), then
+/// request-transformer (801). Each pair is pinned by a request whose answer depends on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_run_in_kongs_priority_order() {
+    let echo = EchoUpstream::start().await.unwrap();
+    // Listed in the reverse of their priority: the file's order must not matter.
+    let gateway = start(&format!(
+        r#"
+_format_version: "3.0"
+services: [{{name: e, url: "http://{}", routes: [{{name: r, paths: [/]}}]}}]
+plugins:
+  - {{name: request-transformer, config: {{replace: {{headers: ["x-key:shared"]}}}}}}
+  - {{name: rate-limiting, config: {{minute: 1, limit_by: header, header_name: x-key}}}}
+  - {{name: request-size-limiting, config: {{allowed_payload_size: 1, size_unit: kilobytes}}}}
+"#,
+        echo.addr()
+    ));
+    let get = |key: &str| Request::get("/").header("x-key", key);
+    let first = send(gateway.addr(), Protocol::Http1, &get("a"))
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(report(&first.body).header_values("x-key"), ["shared"]);
+    // Counted by the client's key, so before the transformer replaced it.
+    let second = send(gateway.addr(), Protocol::Http1, &get("b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.status, 200,
+        "rate-limiting must count before request-transformer"
+    );
+    // Key a's budget is spent, and the body is over the limit: the size limit answers first.
+    let over = Request::post("/", RequestBody::Bytes(vec![b'x'; 2048])).header("x-key", "a");
+    let third = send(gateway.addr(), Protocol::Http1, &over).await.unwrap();
+    assert_eq!(
+        third.status,
+        413,
+        "request-size-limiting must decide before rate-limiting: {}",
+        third.text()
+    );
+    let fourth = send(gateway.addr(), Protocol::Http1, &get("a"))
+        .await
+        .unwrap();
+    assert_eq!(fourth.status, 429, "{}", fourth.text());
+}
+
+/// A filter that traps fails its request with 503 and is replaced; the gateway and every
+/// other route go on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_that_traps_fails_only_its_request() {
+    let filters = tempfile::tempdir().unwrap();
+    let trap = wat::parse_str(
+        r#"(module
+          (memory (export "memory") 1)
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+          (func (export "proxy_on_context_create") (param i32 i32))
+          (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+          (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable))"#,
+    )
+    .unwrap();
+    std::fs::write(filters.path().join("trap.wasm"), trap).unwrap();
+    let echo = EchoUpstream::start().await.unwrap();
+    let mut options = wasmgate_tests::gateway::options();
+    options.runtime.filters_dir = Some(filters.path().to_owned());
+    let gateway = wasmgate_tests::gateway::start_with(
+        options,
+        &format!(
+            r#"
+_format_version: "3.0"
+services:
+  - name: e
+    url: http://{}
+    routes: [{{name: trapping, paths: [/trap]}}, {{name: fine, paths: [/fine]}}]
+filter_chains:
+  - {{route: trapping, filters: [{{name: trap}}]}}
+"#,
+            echo.addr()
+        ),
+    );
+    for _ in 0..3 {
+        let trapped = send(gateway.addr(), Protocol::Http1, &Request::get("/trap"))
+            .await
+            .unwrap();
+        assert_eq!(trapped.status, 503, "{}", trapped.text());
+        let fine = send(gateway.addr(), Protocol::Http2, &Request::get("/fine"))
+            .await
+            .unwrap();
+        assert_eq!(fine.status, 200, "{}", fine.text());
+    }
+    assert_eq!(
+        echo.arrivals().iter().filter(|a| a.path == "/trap").count(),
+        0,
+        "a trapped request reached the upstream"
+    );
+}

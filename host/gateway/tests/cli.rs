@@ -3,7 +3,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::{ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
@@ -158,6 +159,80 @@ fn upstream(body: &'static str) -> SocketAddr {
     addr
 }
 
+/// An upstream that answers each request with its own request head, and reports each head
+/// on `heads`; a request to `/hold` is answered only once `release` is sent.
+fn head_echo() -> (
+    SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heads_tx, heads) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(release_rx));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let heads_tx = heads_tx.clone();
+            let release_rx = Arc::clone(&release_rx);
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let _ = heads_tx.send(head.clone());
+                    if head.starts_with("GET /hold ") {
+                        let _ = release_rx.lock().unwrap().recv();
+                    }
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
+                        head.len()
+                    );
+                    if stream.write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads, release)
+}
+
+/// Collects what a child process writes to a pipe, line by line, as it comes.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn collect(pipe: impl Read + Send + 'static) -> Lines {
+        let lines = Lines::default();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                sink.0.lock().unwrap().push(line);
+            }
+        });
+        lines
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn contain(&self, text: &str) -> bool {
+        self.all().iter().any(|l| l.contains(text))
+    }
+}
+
 fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -201,10 +276,14 @@ fn run_reloads_on_sighup_and_file_change_and_exits_on_sigterm() {
         .arg(listen.to_string())
         .arg("--admin-listen")
         .arg(admin.to_string())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stdout: ChildStdout = child.stdout.take().unwrap();
+    let stdout = Lines::collect(stdout);
+    let stderr: ChildStderr = child.stderr.take().unwrap();
+    let stderr = Lines::collect(stderr);
     wait_for("the gateway to listen", || {
         get(listen, "/one").is_some_and(|(s, _)| s == 200)
     });
@@ -221,7 +300,9 @@ fn run_reloads_on_sighup_and_file_change_and_exits_on_sigterm() {
         .arg(child.id().to_string())
         .status()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("the refusal to be logged", || {
+        stderr.contain("is invalid, keeping the running configuration")
+    });
     assert_eq!(get(listen, "/one").unwrap().0, 200);
 
     // A valid file is picked up by SIGHUP (or the watcher, whichever comes first).
@@ -242,11 +323,56 @@ fn run_reloads_on_sighup_and_file_change_and_exits_on_sigterm() {
         get(listen, "/three").is_some_and(|(s, _)| s == 200)
     });
 
+    assert!(
+        stdout.all().is_empty(),
+        "--no-access-log: {:?}",
+        stdout.all()
+    );
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_flight_before_exiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, heads, release) = head_echo();
+    let file = write(&dir, "kong.yaml", &config("/", up));
+    let listen = free_port();
+    let mut child = Command::new(GATEWAY)
+        .args(["run", "--workers", "1", "--no-access-log", "--config"])
+        .arg(&file)
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin-listen")
+        .arg(free_port().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Lines::collect(child.stderr.take().unwrap());
+    wait_for("the gateway to listen", || {
+        get(listen, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    heads.recv().unwrap();
+    let in_flight = std::thread::spawn(move || get(listen, "/hold"));
+    // The request is in flight once the upstream has its head.
+    assert!(heads.recv().unwrap().starts_with("GET /hold "));
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status()
         .unwrap();
+    wait_for("the drain to start", || {
+        stderr.contain("draining in-flight requests")
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited while a request was in flight"
+    );
+    release.send(()).unwrap();
+    let (status, _) = in_flight
+        .join()
+        .unwrap()
+        .expect("the in-flight request's answer");
+    assert_eq!(status, 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -259,16 +385,82 @@ fn run_reloads_on_sighup_and_file_change_and_exits_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success());
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(
-        stderr.contains("is invalid, keeping the running configuration"),
-        "{stderr}"
+}
+
+/// Secrets come only from variables named with `--env-allow`, and every request is logged as
+/// one JSON line on stdout.
+#[test]
+fn secrets_come_only_from_env_allow_and_each_request_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, _heads, _release) = head_echo();
+    let file = write(
+        &dir,
+        "kong.yaml",
+        &format!(
+            "{}plugins: [{{name: request-transformer, config: {{replace: {{headers: [\"authorization:Bearer {{vault://env/CLI_BACKEND_TOKEN}}\"]}}, add: {{headers: [\"authorization:Bearer {{vault://env/CLI_BACKEND_TOKEN}}\"]}}}}}}]\n",
+            config("/", up)
+        ),
     );
-    assert!(stderr.contains("draining in-flight requests"), "{stderr}");
+    let listen = free_port();
+    let run = |allow: bool| {
+        let mut command = Command::new(GATEWAY);
+        command
+            .args(["run", "--workers", "1", "--config"])
+            .arg(&file)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--admin-listen")
+            .arg(free_port().to_string())
+            .env("CLI_BACKEND_TOKEN", "from-the-environment")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if allow {
+            command.args(["--env-allow", "CLI_BACKEND_TOKEN"]);
+        }
+        command
+    };
+
+    // Not named: the variable is there, but the configuration is refused.
+    let refused = run(false).output().unwrap();
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(text.contains("CLI_BACKEND_TOKEN"), "{text}");
+    assert!(
+        !text.contains("from-the-environment"),
+        "a secret was logged: {text}"
+    );
+
+    let mut child = run(true).spawn().unwrap();
+    let stdout = Lines::collect(child.stdout.take().unwrap());
+    let stderr = Lines::collect(child.stderr.take().unwrap());
+    wait_for("the gateway to listen", || get(listen, "/ready").is_some());
+    let (status, head) = get(listen, "/logged?x=1").unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("authorization: bearer from-the-environment\r\n"),
+        "{head}"
+    );
+    let lines = stdout.all();
+    let entry = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["path"] == "/logged?x=1" || l["path"] == "/logged")
+        .unwrap_or_else(|| panic!("no access log line for /logged: {lines:?}"));
+    assert_eq!(entry["method"], "GET", "{entry}");
+    assert_eq!(entry["status"], 200, "{entry}");
+    assert_eq!(entry["route"], "r", "{entry}");
+    assert_eq!(entry["service"], "s", "{entry}");
+    assert_eq!(entry["client"], "127.0.0.1", "{entry}");
+    assert!(entry["latency_ms"].is_number(), "{entry}");
+    assert!(
+        lines.iter().all(|l| !l.contains("from-the-environment"))
+            && stderr
+                .all()
+                .iter()
+                .all(|l| !l.contains("from-the-environment")),
+        "a secret was logged"
+    );
 }
