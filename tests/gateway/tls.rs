@@ -1,16 +1,17 @@
 //! TLS on both sides of `gateway`: SNI-selected certificates and ALPN h2 downstream, and an
-//! `https` service upstream (a second gateway terminating TLS in front of the echo).
+//! `https` service upstream (a second gateway terminating TLS in front of the echo), with its
+//! certificate checked only under `tls_verify`; and an HTTP/2 upstream. On both proxy paths.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use gateway::tls::{server_config, CertificateFiles};
-use gateway::{Gateway, GatewayOptions};
+use gateway::Gateway;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use wasmgate_tests::{EchoReport, EchoUpstream};
+use wasmgate_tests::gateway::ProxyPath;
+use wasmgate_tests::{EchoReport, EchoUpstream, Protocol, Request};
 
 struct Issued {
     files: CertificateFiles,
@@ -30,17 +31,13 @@ fn issue(dir: &std::path::Path, name: &str) -> Issued {
 }
 
 fn start(text: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Gateway {
-    let options = GatewayOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: None,
-        workers: 2,
-        drain_timeout: Duration::from_secs(2),
-        access_log: false,
-        config_path: None,
-        tls: tls.map(|config| ("127.0.0.1:0".parse().unwrap(), config)),
-        runtime: gateway::filters::RuntimeOptions::default(),
-    };
-    Gateway::start(options, text).unwrap()
+    let mut options = wasmgate_tests::gateway::options();
+    options.tls = tls.map(|config| ("127.0.0.1:0".parse().unwrap(), config));
+    wasmgate_tests::gateway::start_with(options, text)
+}
+
+fn one_service(url: &str) -> String {
+    format!("_format_version: \"3.0\"\nservices: [{{name: e, url: \"{url}\", routes: [{{name: r, paths: [/]}}]}}]\n")
 }
 
 /// GET over TLS with SNI `name`, trusting only `trusted`; returns the ALPN protocol and body.
@@ -104,19 +101,26 @@ async fn get(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_are_chosen_by_sni_and_h2_is_negotiated() {
+    for path in ProxyPath::ALL {
+        certificates_are_chosen_by_sni_and_h2_is_negotiated_on(path).await;
+    }
+}
+
+async fn certificates_are_chosen_by_sni_and_h2_is_negotiated_on(path: ProxyPath) {
     let dir = tempfile::tempdir().unwrap();
     let a = issue(dir.path(), "a.test");
     let b = issue(dir.path(), "b.test");
     let echo = EchoUpstream::start().await.unwrap();
     let tls = server_config(&[a.files.clone(), b.files.clone()]).unwrap();
     let gateway = start(
-        &format!("_format_version: \"3.0\"\nservices: [{{name: e, url: \"http://{}\", routes: [{{name: r, paths: [/]}}]}}]\n", echo.addr()),
+        &path.config(&one_service(&format!("http://{}", echo.addr()))),
         Some(tls),
     );
     let addr = gateway.tls_addr().unwrap();
     let (alpn, body) = get(addr, "a.test", &a, "/x").await.unwrap();
     assert_eq!(alpn, "h2");
     let seen: EchoReport = serde_json::from_slice(&body).unwrap();
+    path.assert_taken(&seen);
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
     get(addr, "b.test", &b, "/x").await.unwrap();
     // b.test's certificate does not cover a.test: the client must refuse it.
@@ -128,30 +132,79 @@ async fn certificates_are_chosen_by_sni_and_h2_is_negotiated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_services_are_reached_over_tls() {
+    for path in ProxyPath::ALL {
+        https_services_are_reached_over_tls_on(path).await;
+    }
+}
+
+async fn https_services_are_reached_over_tls_on(path: ProxyPath) {
     let dir = tempfile::tempdir().unwrap();
     let cert = issue(dir.path(), "localhost");
     let echo = EchoUpstream::start().await.unwrap();
     let terminator = start(
-        &format!("_format_version: \"3.0\"\nservices: [{{name: e, url: \"http://{}\", routes: [{{name: r, paths: [/]}}]}}]\n", echo.addr()),
+        &one_service(&format!("http://{}", echo.addr())),
         Some(server_config(std::slice::from_ref(&cert.files)).unwrap()),
     );
+    let tls = terminator.tls_addr().unwrap();
+    // Kong's default (tls_verify: false) accepts the self-signed certificate; with
+    // tls_verify: true it is refused, as no trusted root signed it.
     let front = start(
-        &format!(
-            "_format_version: \"3.0\"\nservices: [{{name: tls, url: \"https://{}\", routes: [{{name: r, paths: [/]}}]}}]\n",
-            terminator.tls_addr().unwrap()
-        ),
+        &path.config(&format!(
+            "_format_version: \"3.0\"\nservices:\n  \
+             - {{name: tls, url: \"https://{tls}\", routes: [{{name: r, paths: [/]}}]}}\n  \
+             - {{name: verified, url: \"https://{tls}\", tls_verify: true, routes: [{{name: v, paths: [/verified]}}]}}\n"
+        )),
         None,
     );
     let response = wasmgate_tests::client::send(
         front.addr(),
-        wasmgate_tests::Protocol::Http1,
-        &wasmgate_tests::Request::get("/through"),
+        Protocol::Http1,
+        &Request::get("/through"),
     )
     .await
     .unwrap();
-    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.status, 200, "{path:?}: {}", response.text());
     let seen: EchoReport = serde_json::from_slice(&response.body).unwrap();
+    path.assert_taken(&seen);
     assert_eq!(seen.path, "/through");
     // The terminator saw a TLS client: its X-Forwarded-Proto is https.
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+
+    let arrived = echo.arrivals().len();
+    let refused = wasmgate_tests::client::send(
+        front.addr(),
+        Protocol::Http1,
+        &Request::get("/verified"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 502, "{path:?}: {}", refused.text());
+    assert_eq!(
+        refused.json().unwrap(),
+        refused.kong_error_json("An invalid response was received from the upstream server")
+    );
+    assert_eq!(echo.arrivals().len(), arrived, "an unverified upstream got the request");
+}
+
+/// `grpc` services are HTTP/2 upstreams (h2c): the upstream sees HTTP/2 whatever the client
+/// spoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_services_are_reached_over_http2() {
+    for path in ProxyPath::ALL {
+        let echo = EchoUpstream::start().await.unwrap();
+        let gateway = start(
+            &path.config(&one_service(&format!("grpc://{}", echo.addr()))),
+            None,
+        );
+        for protocol in Protocol::ALL {
+            let response =
+                wasmgate_tests::client::send(gateway.addr(), protocol, &Request::get("/h2"))
+                    .await
+                    .unwrap();
+            assert_eq!(response.status, 200, "{path:?} {protocol:?}: {}", response.text());
+            let seen: EchoReport = serde_json::from_slice(&response.body).unwrap();
+            path.assert_taken(&seen);
+            assert_eq!(seen.version, "HTTP/2.0", "{path:?} {protocol:?}");
+        }
+    }
 }
