@@ -41,11 +41,6 @@ async fn until_seen(proxy: SocketAddr, expected: &str, within: Duration) -> Dura
     }
 }
 
-fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
 fn proxy_of(configuration: &Value) -> SocketAddr {
     let url = configuration["dataplane_groups"][0]["proxy_url"]
         .as_str()
@@ -94,7 +89,7 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
         .expect("group id")
         .to_owned();
 
-    let envoy_listen = free_port();
+    let envoy_listen = wasmgate_tests::free_port();
     let bootstrap = cp
         .expect(
             201,
@@ -194,8 +189,9 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
         Some(&json!({ "config": { "add": { "headers": ["Authorization:Bearer rotated"] } } })),
     )
     .await;
-    let gateway_took = until_seen(gateway, "Bearer rotated", Duration::from_secs(1)).await;
-    let envoy_took = until_seen(envoy_listen, "Bearer rotated", Duration::from_secs(1)).await;
+    // Bounds against hanging, not latency targets (those are in docs/BENCHMARKS.md).
+    let gateway_took = until_seen(gateway, "Bearer rotated", Duration::from_secs(30)).await;
+    let envoy_took = until_seen(envoy_listen, "Bearer rotated", Duration::from_secs(30)).await;
     eprintln!("propagation: gateway {gateway_took:?}, Envoy {envoy_took:?}");
 
     // A provisioned data plane that dies is started again.

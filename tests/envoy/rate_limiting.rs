@@ -3,56 +3,59 @@
 //! sliding windows on the real clock, client IPs, and the per-request cost next to Envoy's
 //! native `local_ratelimit`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use wasmgate_tests::client::{send, Connection};
-use wasmgate_tests::echo::Arrival;
 use wasmgate_tests::envoy::ListenerSpec;
+use wasmgate_tests::windows::{check_fixed_window, epoch_seconds, Decision};
 use wasmgate_tests::{paths, EchoUpstream, Envoy, EnvoyConfig, Protocol, Request, WasmFilter};
 
 fn rate_limiting(config: Value) -> Vec<WasmFilter> {
     vec![WasmFilter::plugin("rate-limiting", config)]
 }
 
-fn unix_secs(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn now_secs_f64() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Sleeps until `offset` seconds after the start of the next second.
-async fn align_to_second(offset: f64) {
-    let now = now_secs_f64();
-    let target = now.floor() + 1.0 + offset;
-    tokio::time::sleep(Duration::from_secs_f64(target - now)).await;
-}
-
-/// What a load run saw.
+/// What a load run saw: every decision with its bounds, and anything but 200 or 429.
 #[derive(Debug, Default)]
 struct Load {
-    ok: usize,
-    limited: usize,
+    decisions: Vec<Decision>,
     other: Vec<String>,
 }
 
+impl Load {
+    fn admitted(&self) -> usize {
+        self.decisions.iter().filter(|d| d.admitted).count()
+    }
+
+    /// Requests a second the run offered, over its whole length.
+    fn offered_per_second(&self) -> f64 {
+        let first = self
+            .decisions
+            .iter()
+            .map(|d| d.sent)
+            .fold(f64::MAX, f64::min);
+        let last = self
+            .decisions
+            .iter()
+            .map(|d| d.answered)
+            .fold(0.0, f64::max);
+        self.decisions.len() as f64 / (last - first).max(f64::EPSILON)
+    }
+}
+
 /// `connections` kept connections, each sending requests back to back for `duration`;
-/// `request(connection, n)` builds the n-th request of a connection.
+/// `request(connection, n)` builds the n-th request of a connection and names the key it
+/// is counted by.
 async fn hammer(
     addr: SocketAddr,
     protocol: Protocol,
     connections: usize,
     duration: Duration,
-    request: Arc<dyn Fn(usize, usize) -> Request + Send + Sync>,
+    request: Arc<dyn Fn(usize, usize) -> (String, Request) + Send + Sync>,
 ) -> Load {
     let deadline = Instant::now() + duration;
     let tasks: Vec<_> = (0..connections)
@@ -69,9 +72,19 @@ async fn hammer(
                 };
                 let mut n = 0;
                 while Instant::now() < deadline {
-                    match connection.send(&request(c, n)).await {
-                        Ok(r) if r.status == 200 => load.ok += 1,
-                        Ok(r) if r.status == 429 => load.limited += 1,
+                    let (key, request) = request(c, n);
+                    let sent = epoch_seconds(SystemTime::now());
+                    let result = connection.send(&request).await;
+                    let answered = epoch_seconds(SystemTime::now());
+                    match result {
+                        Ok(r) if r.status == 200 || r.status == 429 => {
+                            load.decisions.push(Decision {
+                                key,
+                                sent,
+                                answered,
+                                admitted: r.status == 200,
+                            })
+                        }
                         Ok(r) => load.other.push(format!("{} {}", r.status, r.text())),
                         Err(e) => load.other.push(e),
                     }
@@ -84,56 +97,35 @@ async fn hammer(
     let mut total = Load::default();
     for task in tasks {
         let load = task.await.expect("load task");
-        total.ok += load.ok;
-        total.limited += load.limited;
+        total.decisions.extend(load.decisions);
         total.other.extend(load.other);
     }
     total
 }
 
-/// Requests that reached the upstream per aligned second (by arrival time) and per key.
-fn per_second(
-    arrivals: &[Arrival],
-    key: impl Fn(&Arrival) -> String,
-) -> BTreeMap<(String, u64), usize> {
-    let mut counts = BTreeMap::new();
-    for arrival in arrivals {
-        *counts
-            .entry((key(arrival), unix_secs(arrival.at)))
-            .or_insert(0) += 1;
-    }
-    counts
-}
-
-/// Checks every aligned second of a load run: never above `limit` per key, and at least 90%
-/// of it in every second that lies entirely inside the run.
-fn check_accuracy(
-    what: &str,
-    counts: &BTreeMap<(String, u64), usize>,
-    keys: &[String],
-    limit: usize,
-    first_full: u64,
-    last_full: u64,
-) -> Vec<String> {
-    let mut failures = Vec::new();
-    for ((key, second), n) in counts {
-        if *n > limit {
-            failures.push(format!(
-                "{what}: {key} at second {second}: {n} admitted > {limit}"
-            ));
-        }
-    }
-    for key in keys {
-        for second in first_full..=last_full {
-            let n = counts.get(&(key.clone(), second)).copied().unwrap_or(0);
-            if n * 10 < limit * 9 {
-                failures.push(format!(
-                    "{what}: {key} at second {second}: {n} admitted < 90% of {limit}"
-                ));
-            }
-        }
-    }
-    failures
+/// Checks a load run against a fixed one-second window of `limit` per key, counted exactly
+/// across workers (`windows::check_fixed_window`), and that the run put the exactness to the
+/// test at least `keys` times. Returns the admissions known per second, for the report.
+fn check_accuracy(what: &str, load: &Load, limit: usize, keys: usize) -> Vec<usize> {
+    assert!(
+        load.other.is_empty(),
+        "{what}: unexpected answers: {:?}",
+        &load.other[..load.other.len().min(5)]
+    );
+    let check = check_fixed_window(&load.decisions, limit);
+    assert!(
+        check.failures.is_empty(),
+        "{what}:\n{}\n{:?}",
+        check.failures.join("\n"),
+        check.admitted
+    );
+    assert!(
+        check.exact_seconds >= keys,
+        "{what}: only {} seconds met a refusal, the load never spent a budget: {:?}",
+        check.exact_seconds,
+        check.admitted
+    );
+    check.admitted.values().copied().collect()
 }
 
 const RUN: Duration = Duration::from_millis(4_500);
@@ -152,49 +144,28 @@ async fn accuracy_single_budget(concurrency: u32, protocol: Protocol) -> String 
         );
     let envoy = Envoy::start(&config).await.unwrap();
     let addr = envoy.listener("limited");
-    align_to_second(0.2).await;
-    let started = now_secs_f64();
     let load = hammer(
         addr,
         protocol,
         CONNECTIONS,
         RUN,
-        Arc::new(|_, _| Request::get("/load")),
+        Arc::new(|_, _| ("all".into(), Request::get("/load"))),
     )
     .await;
-    let ended = now_secs_f64();
-    assert!(
-        load.other.is_empty(),
-        "unexpected answers: {:?}",
-        &load.other[..load.other.len().min(5)]
+    let per_second = check_accuracy(
+        &format!("--concurrency {concurrency} {protocol:?}"),
+        &load,
+        LIMIT,
+        1,
     );
-    let arrivals = echo.arrivals();
     assert_eq!(
-        arrivals.len(),
-        load.ok,
+        echo.record().whole,
+        load.admitted(),
         "every 200 reached the upstream, nothing else did"
     );
-    let counts = per_second(&arrivals, |_| "all".into());
-    let (first_full, last_full) = (started.ceil() as u64, ended.floor() as u64 - 1);
-    let failures = check_accuracy(
-        &format!("--concurrency {concurrency} {protocol:?}"),
-        &counts,
-        &["all".into()],
-        LIMIT,
-        first_full,
-        last_full,
-    );
-    assert!(failures.is_empty(), "{}\n{counts:?}", failures.join("\n"));
-    assert!(
-        load.limited >= 4 * load.ok,
-        "the offered load must be far above the limit: {} admitted, {} limited",
-        load.ok,
-        load.limited
-    );
-    let per_second: Vec<usize> = counts.values().copied().collect();
     let line = format!(
         "| {concurrency} | {protocol:?} | {LIMIT}/s, one identifier | {:.0} req/s | {per_second:?} |",
-        (load.ok + load.limited) as f64 / (ended - started),
+        load.offered_per_second(),
     );
     println!("{line}");
     line
@@ -215,50 +186,28 @@ async fn accuracy_per_identifier(concurrency: u32) -> String {
         );
     let envoy = Envoy::start(&config).await.unwrap();
     let addr = envoy.listener("by-key");
-    align_to_second(0.2).await;
-    let started = now_secs_f64();
     let load = hammer(
         addr,
         Protocol::Http1,
         CONNECTIONS,
         RUN,
         Arc::new(|c, n| {
-            Request::get("/load").header("x-api-key", &format!("key-{}", (c + n) % KEYS))
+            let key = format!("key-{}", (c + n) % KEYS);
+            let request = Request::get("/load").header("x-api-key", &key);
+            (key, request)
         }),
     )
     .await;
-    let ended = now_secs_f64();
-    assert!(
-        load.other.is_empty(),
-        "unexpected answers: {:?}",
-        &load.other[..load.other.len().min(5)]
-    );
-    let arrivals = echo.arrivals();
-    let counts = per_second(&arrivals, |a| {
-        a.headers
-            .iter()
-            .find(|(k, _)| k == "x-api-key")
-            .map_or_else(|| "none".into(), |(_, v)| v.clone())
-    });
-    let keys: Vec<String> = (0..KEYS).map(|k| format!("key-{k}")).collect();
-    let (first_full, last_full) = (started.ceil() as u64, ended.floor() as u64 - 1);
-    let failures = check_accuracy(
+    let per_second = check_accuracy(
         &format!("--concurrency {concurrency} limit_by header"),
-        &counts,
-        &keys,
+        &load,
         LIMIT,
-        first_full,
-        last_full,
+        KEYS,
     );
-    assert!(failures.is_empty(), "{}\n{counts:?}", failures.join("\n"));
-    assert!(load.limited >= 2 * load.ok, "{load:?}");
-    let full: Vec<usize> = (first_full..=last_full)
-        .flat_map(|s| keys.iter().map(move |k| (k.clone(), s)))
-        .map(|k| counts.get(&k).copied().unwrap_or(0))
-        .collect();
+    assert_eq!(echo.record().whole, load.admitted());
     let line = format!(
-        "| {concurrency} | Http1 | {LIMIT}/s for each of {KEYS} `x-api-key` values | {:.0} req/s | {full:?} |",
-        (load.ok + load.limited) as f64 / (ended - started),
+        "| {concurrency} | Http1 | {LIMIT}/s for each of {KEYS} `x-api-key` values | {:.0} req/s | {per_second:?} |",
+        load.offered_per_second(),
     );
     println!("{line}");
     line
@@ -329,6 +278,34 @@ async fn the_client_ip_is_the_peer_and_service_is_the_cluster() {
     assert_eq!(get_from("127.0.0.2", service).await, 429, "{}", envoy.log());
 }
 
+/// Sends `n` requests one after the other on `connection`, recording each decision's bounds.
+async fn sequence(connection: &mut Connection, n: usize) -> Vec<(Decision, Option<i64>)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let sent = epoch_seconds(SystemTime::now());
+        let response = connection.send(&Request::get("/")).await.unwrap();
+        let answered = epoch_seconds(SystemTime::now());
+        assert!(
+            response.status == 200 || response.status == 429,
+            "{}",
+            response.status
+        );
+        let retry_after = response.header("retry-after").and_then(|v| v.parse().ok());
+        out.push((
+            Decision {
+                key: "all".into(),
+                sent,
+                answered,
+                admitted: response.status == 200,
+            },
+            retry_after,
+        ));
+    }
+    out
+}
+
+/// Windows on Envoy's real clock, judged by the bounds the client recorded around each
+/// decision (the exact arithmetic is tested with a manual clock in `tests/host/windows.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_window_refills_each_second_and_a_minute_window_does_not() {
     let echo = EchoUpstream::start().await.unwrap();
@@ -336,48 +313,67 @@ async fn a_second_window_refills_each_second_and_a_minute_window_does_not() {
         .listener("second", rate_limiting(json!({"second": 3})))
         .listener("minute", rate_limiting(json!({"minute": 3})));
     let envoy = Envoy::start(&config).await.unwrap();
-    // Stay clear of a minute boundary: the minute test spans two seconds.
-    let into_minute = now_secs_f64() % 60.0;
-    if into_minute > 50.0 {
-        tokio::time::sleep(Duration::from_secs_f64(61.0 - into_minute)).await;
-    }
     let mut second = Connection::open(envoy.listener("second"), Protocol::Http1)
         .await
         .unwrap();
+    // Three seconds' worth of requests: every second that meets a refusal has admitted
+    // exactly 3, and at least two such seconds (a budget spent, then refilled).
+    let mut decisions: Vec<Decision> = Vec::new();
+    loop {
+        decisions.extend(sequence(&mut second, 20).await.into_iter().map(|(d, _)| d));
+        let span = decisions.last().map_or(0.0, |d| d.answered) - decisions[0].sent;
+        if span > 3.0 {
+            break;
+        }
+    }
+    let check = check_fixed_window(&decisions, 3);
+    assert!(check.failures.is_empty(), "{:?}", check.failures);
+    assert!(check.exact_seconds >= 2, "{check:?}");
+
+    // The minute budget spans seconds: two requests, then two more in a later second. A
+    // minute boundary in between would start a new budget: then the sequence runs again.
     let mut minute = Connection::open(envoy.listener("minute"), Protocol::Http1)
         .await
         .unwrap();
-    let get = Request::get("/");
-    align_to_second(0.05).await;
-    let mut statuses = Vec::new();
-    for _ in 0..4 {
-        statuses.push(second.send(&get).await.unwrap().status);
-    }
-    for _ in 0..2 {
-        statuses.push(minute.send(&get).await.unwrap().status);
-    }
-    assert_eq!(statuses, [200, 200, 200, 429, 200, 200]);
-    align_to_second(0.05).await;
-    let mut statuses = Vec::new();
-    for _ in 0..4 {
-        statuses.push(second.send(&get).await.unwrap().status);
-    }
-    assert_eq!(statuses, [200, 200, 200, 429], "a new second, a new budget");
-    let third = minute.send(&get).await.unwrap();
-    assert_eq!(third.status, 200);
-    assert_eq!(third.header("x-ratelimit-remaining-minute"), Some("0"));
-    let blocked = minute.send(&get).await.unwrap();
-    assert_eq!(blocked.status, 429, "the minute budget spans seconds");
-    let into_minute = (now_secs_f64() % 60.0).floor() as i64;
-    let retry: i64 = blocked.header("retry-after").unwrap().parse().unwrap();
+    let mut attempts = 0;
+    let (run, minute_of) = loop {
+        attempts += 1;
+        assert!(attempts <= 3, "three minute boundaries in a row");
+        let mut run = sequence(&mut minute, 2).await;
+        let next_second = run[1].0.answered.floor() + 1.0 - epoch_seconds(SystemTime::now());
+        tokio::time::sleep(Duration::from_secs_f64(next_second.max(0.0) + 0.05)).await;
+        run.extend(sequence(&mut minute, 2).await);
+        let first = (run[0].0.sent / 60.0).floor();
+        let last = (run[3].0.answered / 60.0).floor();
+        if first == last {
+            break (run, first);
+        }
+        // A new minute: wait for a fresh instance's budget by using the next minute whole.
+        tokio::time::sleep(Duration::from_secs(61)).await;
+    };
+    let statuses: Vec<bool> = run.iter().map(|(d, _)| d.admitted).collect();
+    assert_eq!(statuses, [true, true, true, false], "{run:?}");
     assert!(
-        (retry - (60 - into_minute)).abs() <= 1,
-        "Retry-After {retry} at second {into_minute} of the minute"
+        run[3].0.sent.floor() > run[0].0.answered.floor(),
+        "two seconds"
+    );
+    // Retry-After counts the seconds to the end of the minute the refusal happened in.
+    let blocked = &run[3];
+    let end = (minute_of + 1.0) * 60.0;
+    let (low, high) = (
+        (end - blocked.0.answered).floor() as i64,
+        (end - blocked.0.sent).ceil() as i64,
+    );
+    let retry = blocked.1.expect("retry-after on the 429");
+    assert!(
+        (low..=high).contains(&retry),
+        "Retry-After {retry}, expected within {low}..={high}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sliding_window_weighs_the_previous_second() {
+    const LIMIT: f64 = 10.0;
     let echo = EchoUpstream::start().await.unwrap();
     let config = EnvoyConfig::new(echo.addr()).listener(
         "sliding",
@@ -387,25 +383,62 @@ async fn a_sliding_window_weighs_the_previous_second() {
     let mut connection = Connection::open(envoy.listener("sliding"), Protocol::Http1)
         .await
         .unwrap();
-    let get = Request::get("/");
-    let admitted = |statuses: Vec<u16>| statuses.iter().filter(|s| **s == 200).count();
-    align_to_second(0.02).await;
-    let mut first = Vec::new();
-    for _ in 0..15 {
-        first.push(connection.send(&get).await.unwrap().status);
+    // A full window, then requests in the second after it. The previous window weighs
+    // 10 x (the part of the current second still to come); a request is admitted while the
+    // current count plus that weight stays under 10. The decision's instant lies between
+    // the bounds the client recorded, which gives each answer a range it must fall in.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(attempts <= 5, "no run stayed within two seconds");
+        if attempts > 1 {
+            // Two seconds on, no earlier window weighs any more.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let full = sequence(&mut connection, 15).await;
+        let s = full[0].0.sent.floor();
+        if full.iter().any(|(d, _)| d.answered.floor() != s) {
+            // The first batch crossed a second: try again from a fresh window.
+            continue;
+        }
+        assert_eq!(full.iter().filter(|(d, _)| d.admitted).count(), 10);
+        let half = s + 1.5 - epoch_seconds(SystemTime::now());
+        tokio::time::sleep(Duration::from_secs_f64(half.max(0.0))).await;
+        let next = sequence(&mut connection, 15).await;
+        let mut count = 0.0;
+        let mut judged = 0;
+        for (decision, _) in &next {
+            if decision.sent.floor() != s + 1.0 || decision.answered.floor() != s + 1.0 {
+                break;
+            }
+            judged += 1;
+            let elapsed = |t: f64| t - (s + 1.0);
+            if decision.admitted {
+                // Admitted at some t <= answered: count + 10 (1 - elapsed(t)) < 10.
+                assert!(
+                    count < LIMIT * elapsed(decision.answered),
+                    "admitted with {count} counted by {}",
+                    decision.answered
+                );
+                count += 1.0;
+            } else {
+                // Refused at some t >= sent: count + 10 (1 - elapsed(t)) >= 10.
+                assert!(
+                    count >= LIMIT * elapsed(decision.sent) - 1e-9,
+                    "refused with only {count} counted at {}",
+                    decision.sent
+                );
+            }
+        }
+        if judged == 0 || count >= LIMIT {
+            continue;
+        }
+        assert!(
+            next.iter().take(judged).any(|(d, _)| !d.admitted),
+            "the previous window must weigh: all {judged} admitted"
+        );
+        break;
     }
-    assert_eq!(admitted(first), 10);
-    // Halfway through the next second about half of the previous 10 still count.
-    align_to_second(0.5).await;
-    let mut second = Vec::new();
-    for _ in 0..15 {
-        second.push(connection.send(&get).await.unwrap().status);
-    }
-    let n = admitted(second);
-    assert!(
-        (4..=6).contains(&n),
-        "{n} admitted half a second after a full window"
-    );
 }
 
 /// CPU time Envoy's threads have used, in nanoseconds (sum of `/proc/<pid>/task/*/schedstat`).
@@ -562,21 +595,20 @@ async fn native_accuracy(concurrency: u32) {
         native_filters: vec![local_ratelimit(100)],
     });
     let envoy = Envoy::start(&config).await.unwrap();
-    align_to_second(0.2).await;
-    let started = now_secs_f64();
     let load = hammer(
         envoy.listener("native"),
         Protocol::Http1,
         CONNECTIONS,
         RUN,
-        Arc::new(|_, _| Request::get("/load")),
+        Arc::new(|_, _| ("all".into(), Request::get("/load"))),
     )
     .await;
-    let ended = now_secs_f64();
-    let counts = per_second(&echo.arrivals(), |_| "all".into());
-    let per_second: Vec<usize> = counts.values().copied().collect();
+    let per_second: Vec<usize> = check_fixed_window(&load.decisions, usize::MAX)
+        .admitted
+        .into_values()
+        .collect();
     println!(
         "| {concurrency} | Http1 | native local_ratelimit, 100/s token bucket | {:.0} req/s | {per_second:?} |",
-        (load.ok + load.limited) as f64 / (ended - started)
+        load.offered_per_second()
     );
 }

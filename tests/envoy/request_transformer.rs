@@ -302,8 +302,7 @@ async fn the_seed_secret_injection_example_overrides_client_credentials() {
 
     // The token comes from Envoy's own environment (host_env_keys): without it, Envoy
     // refuses to start rather than send requests with an empty credential.
-    std::env::remove_var("BACKEND_TOKEN");
-    let refused = Envoy::start_bootstrap(&bootstrap, 2).await;
+    let refused = Envoy::start_bootstrap_env(&bootstrap, 2, &[("BACKEND_TOKEN", None)]).await;
     let log = refused
         .err()
         .expect("Envoy must refuse to start without BACKEND_TOKEN");
@@ -312,9 +311,13 @@ async fn the_seed_secret_injection_example_overrides_client_credentials() {
         "{log}"
     );
 
-    std::env::set_var("BACKEND_TOKEN", "example-backend-token");
-    let envoy = Envoy::start_bootstrap(&bootstrap, 2).await.unwrap();
-    std::env::remove_var("BACKEND_TOKEN");
+    let envoy = Envoy::start_bootstrap_env(
+        &bootstrap,
+        2,
+        &[("BACKEND_TOKEN", Some("example-backend-token"))],
+    )
+    .await
+    .unwrap();
     let addr = envoy.listener("gateway");
     for protocol in Protocol::ALL {
         for client in [

@@ -2,10 +2,11 @@
 //! the seed promises: 10 MB request size limit, 100 requests per second for the gateway, and a
 //! backend secret no client can replace.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use gateway::{Gateway, GatewayOptions};
+use gateway::Gateway;
 use wasmgate_tests::client::{send, Connection};
+use wasmgate_tests::windows::{check_fixed_window, epoch_seconds, Decision};
 use wasmgate_tests::{paths, EchoReport, EchoUpstream, Protocol, Request, RequestBody};
 
 const TOKEN: &str = "seed-test-token";
@@ -14,19 +15,9 @@ fn start(echo: &EchoUpstream) -> Gateway {
     let text = std::fs::read_to_string(paths::workspace_root().join("host/gateway/seed.kong.yaml"))
         .unwrap()
         .replace("http://127.0.0.1:8080", &format!("http://{}", echo.addr()));
-    let options = GatewayOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
-        workers: 2,
-        access_log: false,
-        runtime: gateway::filters::RuntimeOptions {
-            modules_dir: paths::wasm_dir(),
-            env_values: vec![("BACKEND_TOKEN".into(), TOKEN.into())],
-            ..Default::default()
-        },
-        ..GatewayOptions::default()
-    };
-    Gateway::start(options, &text).unwrap_or_else(|e| panic!("{e}"))
+    let mut options = wasmgate_tests::gateway::options();
+    options.runtime.env_values = vec![("BACKEND_TOKEN".into(), TOKEN.into())];
+    wasmgate_tests::gateway::start_with(options, &text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,55 +84,53 @@ async fn the_seed_gateway_injects_the_secret_and_limits_size() {
     );
 }
 
+/// The seed's 100 requests a second, judged by the bounds the clients recorded around each
+/// decision (`windows::check_fixed_window`): never more than 100 in a second, and exactly 100
+/// in every second that refused one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_seed_gateway_admits_at_most_100_requests_per_second() {
+async fn the_seed_gateway_admits_exactly_100_requests_per_second() {
     let echo = EchoUpstream::start().await.unwrap();
     let gateway = start(&echo);
     let addr = gateway.addr();
-    // Start just after a second boundary, then offer 3× the limit for 2.5 s from 6 connections.
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    tokio::time::sleep(Duration::from_millis(
-        1000 - u64::from(now.subsec_millis()) + 20,
-    ))
-    .await;
     let mut clients = Vec::new();
     for _ in 0..6 {
         clients.push(tokio::spawn(async move {
             let mut connection = Connection::open(addr, Protocol::Http1).await.unwrap();
-            let mut statuses = Vec::new();
-            let until = std::time::Instant::now() + Duration::from_millis(2500);
+            let mut decisions = Vec::new();
+            let until = std::time::Instant::now() + Duration::from_millis(3500);
             while std::time::Instant::now() < until {
-                statuses.push(
-                    connection
-                        .send(&Request::get("/burst"))
-                        .await
-                        .map(|r| r.status)
-                        .unwrap_or(0),
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let sent = epoch_seconds(SystemTime::now());
+                let status = connection
+                    .send(&Request::get("/burst"))
+                    .await
+                    .map(|r| r.status)
+                    .unwrap_or(0);
+                let answered = epoch_seconds(SystemTime::now());
+                assert!(status == 200 || status == 429, "status {status}");
+                decisions.push(Decision {
+                    key: "gateway".into(),
+                    sent,
+                    answered,
+                    admitted: status == 200,
+                });
             }
-            statuses
+            decisions
         }));
     }
-    let mut statuses = Vec::new();
+    let mut decisions = Vec::new();
     for client in clients {
-        statuses.extend(client.await.unwrap());
+        decisions.extend(client.await.unwrap());
     }
-    let rejected = statuses.iter().filter(|s| **s == 429).count();
-    assert!(rejected > 0, "an offered load of ~300 req/s must meet 429s");
+    let check = check_fixed_window(&decisions, 100);
+    assert!(check.failures.is_empty(), "{:?}", check.failures);
     assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 429),
-        "{statuses:?}"
+        check.exact_seconds >= 1,
+        "no second spent its budget: {:?}",
+        check.admitted
     );
-    let mut per_second = std::collections::BTreeMap::new();
-    for arrival in echo.arrivals() {
-        let second = arrival.at.duration_since(UNIX_EPOCH).unwrap().as_secs();
-        *per_second.entry(second).or_insert(0u32) += 1;
-    }
-    for (second, admitted) in per_second {
-        assert!(
-            admitted <= 100,
-            "second {second}: {admitted} requests reached the backend"
-        );
-    }
+    assert_eq!(
+        echo.record().whole,
+        decisions.iter().filter(|d| d.admitted).count(),
+        "every 200 reached the backend, no 429 did"
+    );
 }

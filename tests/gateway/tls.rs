@@ -156,13 +156,10 @@ async fn https_services_are_reached_over_tls_on(path: ProxyPath) {
         )),
         None,
     );
-    let response = wasmgate_tests::client::send(
-        front.addr(),
-        Protocol::Http1,
-        &Request::get("/through"),
-    )
-    .await
-    .unwrap();
+    let response =
+        wasmgate_tests::client::send(front.addr(), Protocol::Http1, &Request::get("/through"))
+            .await
+            .unwrap();
     assert_eq!(response.status, 200, "{path:?}: {}", response.text());
     let seen: EchoReport = serde_json::from_slice(&response.body).unwrap();
     path.assert_taken(&seen);
@@ -171,19 +168,20 @@ async fn https_services_are_reached_over_tls_on(path: ProxyPath) {
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
 
     let arrived = echo.arrivals().len();
-    let refused = wasmgate_tests::client::send(
-        front.addr(),
-        Protocol::Http1,
-        &Request::get("/verified"),
-    )
-    .await
-    .unwrap();
+    let refused =
+        wasmgate_tests::client::send(front.addr(), Protocol::Http1, &Request::get("/verified"))
+            .await
+            .unwrap();
     assert_eq!(refused.status, 502, "{path:?}: {}", refused.text());
     assert_eq!(
         refused.json().unwrap(),
         refused.kong_error_json("An invalid response was received from the upstream server")
     );
-    assert_eq!(echo.arrivals().len(), arrived, "an unverified upstream got the request");
+    assert_eq!(
+        echo.arrivals().len(),
+        arrived,
+        "an unverified upstream got the request"
+    );
 }
 
 /// `grpc` services are HTTP/2 upstreams (h2c): the upstream sees HTTP/2 whatever the client
@@ -201,7 +199,12 @@ async fn grpc_services_are_reached_over_http2() {
                 wasmgate_tests::client::send(gateway.addr(), protocol, &Request::get("/h2"))
                     .await
                     .unwrap();
-            assert_eq!(response.status, 200, "{path:?} {protocol:?}: {}", response.text());
+            assert_eq!(
+                response.status,
+                200,
+                "{path:?} {protocol:?}: {}",
+                response.text()
+            );
             let seen: EchoReport = serde_json::from_slice(&response.body).unwrap();
             path.assert_taken(&seen);
             assert_eq!(seen.version, "HTTP/2.0", "{path:?} {protocol:?}");

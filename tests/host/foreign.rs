@@ -43,15 +43,24 @@ cases:
       config_error: "wat: configuration refused"
 "#;
 
-/// Compiles the module and writes it where the Envoy runner looks for plugin modules.
+/// Compiles the module and writes it where the Envoy runner looks for plugin modules: once per
+/// process, through a rename, so no test ever reads a half-written file.
 fn module() -> std::path::PathBuf {
-    let root = wasmgate_tests::paths::workspace_root();
-    let wasm = wat::parse_file(root.join("tests/wat/foreign.wat")).expect("foreign.wat compiles");
-    let dir = wasmgate_tests::paths::wasm_dir();
-    std::fs::create_dir_all(&dir).expect("wasm dir");
-    let path = dir.join("wat_foreign.wasm");
-    std::fs::write(&path, wasm).expect("writing wat_foreign.wasm");
-    path
+    static MODULE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    MODULE
+        .get_or_init(|| {
+            let root = wasmgate_tests::paths::workspace_root();
+            let wasm =
+                wat::parse_file(root.join("tests/wat/foreign.wat")).expect("foreign.wat compiles");
+            let dir = wasmgate_tests::paths::wasm_dir();
+            std::fs::create_dir_all(&dir).expect("wasm dir");
+            let path = dir.join("wat_foreign.wasm");
+            let partial = dir.join(format!("wat_foreign.wasm.{}", std::process::id()));
+            std::fs::write(&partial, wasm).expect("writing wat_foreign.wasm");
+            std::fs::rename(&partial, &path).expect("renaming wat_foreign.wasm");
+            path
+        })
+        .clone()
 }
 
 fn cases() -> CaseFile {

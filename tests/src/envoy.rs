@@ -236,6 +236,17 @@ impl Envoy {
 
     /// Starts Envoy from any bootstrap (e.g. an example file from `envoy/`).
     pub async fn start_bootstrap(bootstrap: &Value, concurrency: u32) -> Result<Envoy, String> {
+        Envoy::start_bootstrap_env(bootstrap, concurrency, &[]).await
+    }
+
+    /// [`Envoy::start_bootstrap`] with changes to the environment Envoy inherits: `(name,
+    /// Some(value))` sets a variable, `(name, None)` removes it. The test process's own
+    /// environment is never touched (other tests start processes concurrently).
+    pub async fn start_bootstrap_env(
+        bootstrap: &Value,
+        concurrency: u32,
+        env: &[(&str, Option<&str>)],
+    ) -> Result<Envoy, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let bootstrap_path = dir.path().join("bootstrap.json");
         std::fs::write(&bootstrap_path, bootstrap.to_string())
@@ -244,7 +255,14 @@ impl Envoy {
         let log_path = dir.path().join("envoy.log");
         let log = std::fs::File::create(&log_path).map_err(|e| format!("log file: {e}"))?;
         let binary = paths::envoy_binary();
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        for (name, value) in env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        let child = command
             .arg("-c")
             .arg(&bootstrap_path)
             .arg("--concurrency")

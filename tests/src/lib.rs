@@ -13,7 +13,18 @@ pub mod envoy;
 pub mod gateway;
 pub mod gateway_cases;
 pub mod paths;
+pub mod windows;
 
 pub use client::{Protocol, Request, RequestBody, Response};
 pub use echo::{EchoReport, EchoUpstream};
 pub use envoy::{Envoy, EnvoyConfig, WasmFilter};
+
+/// A loopback port that was free a moment ago, for a process that must be told its port
+/// before it starts (a control plane, a gateway or an Envoy listener in a config file). The
+/// kernel hands out ephemeral ports at random, so another test taking it in between is
+/// unlikely; wherever a port can be 0 and read back, tests do that instead.
+pub fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
