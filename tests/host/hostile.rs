@@ -67,6 +67,7 @@ fn an_endless_loop_hits_the_deadline_and_fails_closed_then_the_instance_is_repla
     let (mut h, w) = harness(&wasm, FailurePolicy::FailClosed);
     let started = Instant::now();
     let out = h.send(TestRequest::get("/"));
+    // A guard against a hang (the deadline is 50 ms), not a speed claim.
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",
@@ -90,10 +91,14 @@ fn an_endless_loop_hits_the_deadline_and_fails_closed_then_the_instance_is_repla
 #[test]
 fn fail_open_skips_the_failed_filter() {
     let wasm = module("(loop $l (br $l)) (i32.const 0)", "");
-    let (mut h, _) = harness(&wasm, FailurePolicy::FailOpen);
+    let (mut h, w) = harness(&wasm, FailurePolicy::FailOpen);
     let out = h.send(TestRequest::get("/"));
     assert_eq!(out.response.status, 200);
     assert!(out.upstream.is_some());
+    // Skipped, but not silently: counted, logged, and replaced like a fail-closed one.
+    assert_eq!(w.plugin().failures(), 1);
+    assert!(w.is_running(), "a fresh instance replaced the failed one");
+    assert!(h.log_text().contains("Deadline"), "{}", h.log_text());
 }
 
 #[test]
@@ -106,7 +111,24 @@ fn a_memory_bomb_hits_the_cap() {
     let out = h.send(TestRequest::get("/"));
     assert_eq!(out.response.status, 503);
     assert!(h.log_text().contains("Memory"), "{}", h.log_text());
-    assert!(w.memory_size() <= 4 << 20);
+    assert_eq!(w.plugin().failures(), 1);
+    assert!(w.is_running(), "a fresh instance replaced the failed one");
+}
+
+/// The cap is 4 MiB (64 pages): a module may grow to exactly that, not one page more.
+#[test]
+fn memory_grows_up_to_the_cap_and_not_a_page_past_it() {
+    // One page to start with, then 63 more: 4 MiB.
+    let to_the_cap = module("(drop (memory.grow (i32.const 63))) (i32.const 0)", "");
+    let (mut h, w) = harness(&to_the_cap, FailurePolicy::FailClosed);
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 200);
+    assert_eq!(w.memory_size(), 4 << 20, "the instance that grew");
+    assert_eq!(w.plugin().failures(), 0);
+    let past_it = module("(drop (memory.grow (i32.const 64))) (i32.const 0)", "");
+    let (mut h, w) = harness(&past_it, FailurePolicy::FailClosed);
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 503);
+    assert!(h.log_text().contains("Memory"), "{}", h.log_text());
+    assert_eq!(w.plugin().failures(), 1);
 }
 
 #[test]
