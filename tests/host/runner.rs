@@ -34,7 +34,9 @@ fn test_request(
     let body = match &request.body {
         RequestBody::Empty => TestBody::Empty,
         RequestBody::Bytes(b) => TestBody::Bytes(b.clone()),
-        RequestBody::Chunks(c) => TestBody::Chunks(c.clone()),
+        RequestBody::Chunks(c) | RequestBody::Paced { chunks: c, .. } => {
+            TestBody::Chunks(c.clone())
+        }
         RequestBody::Filler {
             len,
             with_length: true,

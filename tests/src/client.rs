@@ -3,6 +3,7 @@
 //! pattern without holding them.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +43,12 @@ pub enum RequestBody {
     Filler {
         len: u64,
         with_length: bool,
+    },
+    /// Sent like `Chunks`, with a pause before each chunk after the first: a proxy gets them
+    /// one by one instead of reading a fast upload in one go.
+    Paced {
+        chunks: Vec<Vec<u8>>,
+        pause: Duration,
     },
 }
 
@@ -124,6 +131,8 @@ const FILLER_CHUNK: usize = 64 * 1024;
 /// The request body as hyper sends it.
 pub struct OutBody {
     chunks: VecDeque<Bytes>,
+    pause: Option<Duration>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     filler: Bytes,
     filler_left: u64,
     exact_len: Option<u64>,
@@ -134,6 +143,8 @@ impl OutBody {
     fn new(body: &RequestBody) -> OutBody {
         let mut out = OutBody {
             chunks: VecDeque::new(),
+            pause: None,
+            sleep: None,
             filler: Bytes::new(),
             filler_left: 0,
             exact_len: None,
@@ -155,6 +166,10 @@ impl OutBody {
                 out.filler_left = *len;
                 out.exact_len = with_length.then_some(*len);
             }
+            RequestBody::Paced { chunks, pause } => {
+                out.chunks = chunks.iter().map(|c| Bytes::from(c.clone())).collect();
+                out.pause = Some(*pause);
+            }
         }
         out
     }
@@ -166,9 +181,18 @@ impl Body for OutBody {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(sleep) = self.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+        }
         if let Some(chunk) = self.chunks.pop_front() {
+            if let Some(pause) = self.pause.filter(|_| !self.chunks.is_empty()) {
+                self.sleep = Some(Box::pin(tokio::time::sleep(pause)));
+            }
             self.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
