@@ -22,7 +22,7 @@ fn transformer(config: Value) -> Vec<WasmFilter> {
 
 fn report(response: &wasmgate_tests::Response) -> EchoReport {
     assert_eq!(response.status, 200, "{}", response.text());
-    serde_json::from_slice(&response.body).expect("an echo report")
+    response.echo_report()
 }
 
 fn form(path: &str, body: &str) -> Request {

@@ -6,19 +6,10 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmgate_tests::client::send;
 use wasmgate_tests::gateway::start;
-use wasmgate_tests::{EchoReport, EchoUpstream, Protocol, Request, RequestBody};
+use wasmgate_tests::{EchoUpstream, Protocol, Request, RequestBody};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
-
-fn report(body: &[u8]) -> EchoReport {
-    serde_json::from_slice(body).unwrap_or_else(|e| {
-        panic!(
-            "not an echo report ({e}): {}",
-            String::from_utf8_lossy(body)
-        )
-    })
-}
 
 /// A service with a path, a stripping route that runs `plugin`, and a second service on
 /// `/v2` that must never see the first route's traffic.
@@ -57,7 +48,7 @@ async fn replace_uri_is_the_whole_upstream_path() {
             .await
             .unwrap();
         assert_eq!(response.status, 200, "{protocol:?}: {}", response.text());
-        let seen = report(&response.body);
+        let seen = response.echo_report();
         // Kong: no second strip_path, no service path, no re-routing to /v2; the query stays.
         assert_eq!(seen.path, "/v2/users", "{protocol:?}");
         assert_eq!(seen.query.as_deref(), Some("page=2"), "{protocol:?}");
@@ -80,7 +71,7 @@ async fn a_replaced_host_is_the_upstream_host() {
         .await
         .unwrap();
         assert_eq!(response.status, 200, "{protocol:?}: {}", response.text());
-        let seen = report(&response.body);
+        let seen = response.echo_report();
         assert_eq!(
             seen.header_values("host"),
             vec!["internal.svc"],
@@ -113,7 +104,7 @@ async fn filters_see_the_host_as_the_client_sent_it() {
             .header(model::envoy::CLIENT_HOST_HEADER, "spoofed.test");
         let response = send(gateway.addr(), protocol, &request).await.unwrap();
         assert_eq!(response.status, 200, "{protocol:?}: {}", response.text());
-        let seen = report(&response.body);
+        let seen = response.echo_report();
         assert_eq!(
             seen.header("x-client-host"),
             Some("Client.Test:8080"),
@@ -143,7 +134,7 @@ services:
     for protocol in Protocol::ALL {
         let request = Request::get("/kept").header("host", "Mixed.Case.Test:8080");
         let response = send(gateway.addr(), protocol, &request).await.unwrap();
-        let seen = report(&response.body);
+        let seen = response.echo_report();
         assert_eq!(
             seen.header("host"),
             Some("Mixed.Case.Test:8080"),
@@ -173,7 +164,7 @@ async fn held_headers_wait_for_the_body_and_get_its_exact_length() {
         .unwrap_or_else(|_| panic!("{protocol:?}: the held request never went on"))
         .unwrap();
         assert_eq!(response.status, 200, "{protocol:?}: {}", response.text());
-        let seen = report(&response.body);
+        let seen = response.echo_report();
         assert_eq!(
             seen.body.as_deref(),
             Some(r#"{"name":"ann"}"#),
@@ -286,7 +277,7 @@ filter_chains:
             .await
             .unwrap();
         assert_eq!(response.status, 200, "{path}: {}", response.text());
-        let seen = report(&response.body);
+        let seen = response.echo_report();
         // The transformer was given its secret; the third-party filter next to it was not.
         assert_eq!(
             seen.header("authorization"),
@@ -325,7 +316,7 @@ services:
         .await
         .unwrap();
     assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(report(&response.body).header("x-user"), Some("42"));
+    assert_eq!(response.echo_report().header("x-user"), Some("42"));
 }
 
 /// A 10 MB limit on a gigabyte upload: the gateway answers 413 after about 10 MB, then lingers
@@ -428,7 +419,7 @@ plugins:
         .await
         .unwrap();
     assert_eq!(first.status, 200, "{}", first.text());
-    assert_eq!(report(&first.body).header_values("x-key"), ["shared"]);
+    assert_eq!(first.echo_report().header_values("x-key"), ["shared"]);
     // Counted by the client's key, so before the transformer replaced it.
     let second = send(gateway.addr(), Protocol::Http1, &get("b"))
         .await

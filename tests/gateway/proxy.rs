@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmgate_tests::client::{send, Connection};
 use wasmgate_tests::gateway::{start, ProxyPath};
-use wasmgate_tests::{EchoReport, EchoUpstream, Protocol, Request, RequestBody};
+use wasmgate_tests::{EchoUpstream, Protocol, Request, RequestBody};
 
 fn echo_config(echo: SocketAddr) -> String {
     format!(
@@ -26,15 +26,6 @@ services:
         preserve_host: true
 "#
     )
-}
-
-fn report(body: &[u8]) -> EchoReport {
-    serde_json::from_slice(body).unwrap_or_else(|e| {
-        panic!(
-            "not an echo report ({e}): {}",
-            String::from_utf8_lossy(body)
-        )
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +61,7 @@ async fn forwards_with_kongs_path_host_and_forwarding_headers_on(path: ProxyPath
         assert!(response
             .header("via")
             .is_some_and(|v| v.contains("wasmgate")));
-        let seen = report(&response.body);
+        let seen = response.echo_report();
         path.assert_taken(&seen);
         assert_eq!(seen.path, "/base/users", "{protocol:?}");
         assert_eq!(seen.query.as_deref(), Some("id=7"));
@@ -98,7 +89,7 @@ async fn forwards_with_kongs_path_host_and_forwarding_headers_on(path: ProxyPath
     )
     .await
     .unwrap();
-    let seen = report(&response.body);
+    let seen = response.echo_report();
     assert_eq!(
         (seen.path.as_str(), seen.header("host")),
         ("/base/keep/x", Some("client.test"))
@@ -118,7 +109,7 @@ async fn paths_are_normalised_before_routing() {
         .await
         .unwrap();
         assert_eq!(response.status, 200, "{path:?}: {}", response.text());
-        let seen = report(&response.body);
+        let seen = response.echo_report();
         path.assert_taken(&seen);
         assert_eq!(seen.path, "/base/x/y");
     }
@@ -140,7 +131,7 @@ async fn bodies_stream_both_ways() {
             },
         );
         let response = send(gateway.addr(), protocol, &upload).await.unwrap();
-        let seen = report(&response.body);
+        let seen = response.echo_report();
         path.assert_taken(&seen);
         assert_eq!(seen.body_len, 8 << 20, "{path:?} {protocol:?}");
         assert_eq!(
@@ -177,7 +168,7 @@ async fn a_get_body_of_unknown_length_reaches_the_upstream_on(path: ProxyPath) {
         }
         let response = send(gateway.addr(), protocol, &get).await.unwrap();
         assert_eq!(response.status, 200, "{protocol:?}: {}", response.text());
-        let seen = report(&response.body);
+        let seen = response.echo_report();
         path.assert_taken(&seen);
         assert_eq!(seen.method, "GET");
         assert_eq!(seen.body.as_deref(), Some("hello-body"), "{protocol:?}");
@@ -323,7 +314,7 @@ async fn oversized_and_malformed_requests_are_refused_without_harm_on(path: Prox
         .await
         .unwrap();
     assert_eq!(response.status, 200);
-    path.assert_taken(&report(&response.body));
+    path.assert_taken(&response.echo_report());
     assert!(echo.arrivals().iter().all(|a| a.path == "/base/ok"));
 }
 
@@ -376,7 +367,7 @@ async fn admin_post_config_reloads_and_refuses_bad_configs_on(path: ProxyPath) {
         .await
         .unwrap();
     assert_eq!(response.status, 200, "{path:?}: {}", response.text());
-    path.assert_taken(&report(&response.body));
+    path.assert_taken(&response.echo_report());
     let status = send(admin, Protocol::Http1, &Request::get("/status"))
         .await
         .unwrap()
@@ -590,7 +581,7 @@ services:
         .await
         .unwrap();
     assert_eq!(response.status, 200, "{}", response.text());
-    let seen = report(&response.body);
+    let seen = response.echo_report();
     assert_eq!(seen.header("x-user"), Some("42"));
     assert_eq!(seen.header("x-first"), Some("42"));
     assert_eq!(seen.header("x-none"), Some("-"));

@@ -97,6 +97,18 @@ pub struct Response {
 }
 
 impl Response {
+    /// The echo upstream's report of what reached it; panics, with the response, when the
+    /// answer is not one (a local reply, another upstream).
+    pub fn echo_report(&self) -> crate::EchoReport {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not an echo report ({e}): {} {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

@@ -18,20 +18,11 @@ use crate::cases::{Case, CaseFile, Exchange};
 pub const CASE_HEADER: &str = "x-wasmgate-case";
 
 fn options(env: &BTreeMap<String, String>) -> gateway::GatewayOptions {
-    gateway::GatewayOptions {
-        listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-        admin_listen: None,
-        workers: 2,
-        drain_timeout: Duration::from_secs(2),
-        access_log: false,
-        config_path: None,
-        tls: None,
-        runtime: gateway::filters::RuntimeOptions {
-            modules_dir: crate::paths::wasm_dir(),
-            env_values: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            ..gateway::filters::RuntimeOptions::default()
-        },
-    }
+    let mut options = crate::gateway::options();
+    options.admin_listen = None;
+    options.drain_timeout = Duration::from_secs(2);
+    options.runtime.env_values = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    options
 }
 
 /// The declarative configuration of a group of cases: a service and route per case and
