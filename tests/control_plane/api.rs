@@ -479,17 +479,59 @@ async fn serverless_control_planes_carry_the_platform_limits() {
         .find(|p| p["name"] == "rate-limiting")
         .expect("rate limit");
     assert_eq!(rate["config"]["second"], 100);
-    let refused = cp
+    assert_eq!(rate["config"]["limit_by"], "service");
+    // Kong runs one instance per plugin name per request, the most specific: an instance of
+    // the user's own, global or scoped to a service or route, would lift the limit.
+    let service = cp
         .expect(
-            400,
+            201,
             "POST",
-            &format!("/v2/control-planes/{id}/core-entities/plugins"),
-            Some(&json!({ "name": "rate-limiting", "config": { "second": 1000 } })),
+            &format!("/v2/control-planes/{id}/core-entities/services"),
+            Some(&json!({ "name": "mine", "url": "http://127.0.0.1:9/" })),
         )
         .await;
-    assert!(refused["message"]
-        .as_str()
-        .is_some_and(|m| m.contains("serverless")));
+    let route = cp
+        .expect(
+            201,
+            "POST",
+            &format!("/v2/control-planes/{id}/core-entities/routes"),
+            Some(&json!({ "name": "r", "paths": ["/"], "service": { "id": service["id"] } })),
+        )
+        .await;
+    for (plugin, config, scope) in [
+        ("rate-limiting", json!({ "second": 1000 }), json!({})),
+        (
+            "rate-limiting",
+            json!({ "second": 1000 }),
+            json!({ "service": { "id": service["id"] } }),
+        ),
+        (
+            "request-size-limiting",
+            json!({ "allowed_payload_size": 100 }),
+            json!({ "route": { "id": route["id"] } }),
+        ),
+    ] {
+        let mut body = json!({ "name": plugin, "config": config });
+        if let (Some(body), Some(scope)) = (body.as_object_mut(), scope.as_object()) {
+            body.extend(scope.clone());
+        }
+        let refused = cp
+            .expect(
+                400,
+                "POST",
+                &format!("/v2/control-planes/{id}/core-entities/plugins"),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(
+            refused["message"],
+            format!(
+                "a serverless control plane enforces its own '{plugin}' on every data plane \
+                 (10 MB per request, 100 requests per second); it cannot be configured"
+            ),
+            "{body}"
+        );
+    }
 }
 
 #[tokio::test]
