@@ -629,6 +629,22 @@ impl UpstreamExpect {
     }
 }
 
+/// Before a rate-limiting case on a data plane with the real clock: its steps count in minute,
+/// hour or day windows and expect one budget, so they must not straddle a boundary. Every
+/// hour and day boundary is a minute boundary; a case takes a few requests, far less than
+/// the margin.
+pub async fn clear_of_a_window_boundary(file: &CaseFile) {
+    const MARGIN: f64 = 3.0;
+    if file.plugin != "rate-limiting" {
+        return;
+    }
+    let now = crate::windows::epoch_seconds(std::time::SystemTime::now());
+    let left = 60.0 - now % 60.0;
+    if left < MARGIN {
+        tokio::time::sleep(std::time::Duration::from_secs_f64(left + 0.05)).await;
+    }
+}
+
 /// Every request head the upstream received must belong to some step's exchange: one that
 /// arrives after its step was answered (forwarded late, behind a local reply) fails here.
 pub(crate) fn check_unaccounted(
@@ -688,6 +704,7 @@ pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
             Err(e) => failures.push(format!("{}: Envoy did not start: {e}", file.path.display())),
             Ok(envoy) => {
                 for (case, protocol, listener) in &runs {
+                    clear_of_a_window_boundary(file).await;
                     let addr = envoy.listener(listener);
                     for (n, step) in case.steps().iter().enumerate() {
                         let request = step.request.to_request();

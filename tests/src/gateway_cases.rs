@@ -122,6 +122,7 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
         for (i, case) in &cases {
             for protocol in case.protocols() {
                 let name = format!("case-{i}-{protocol:?}").to_lowercase();
+                crate::cases::clear_of_a_window_boundary(file).await;
                 for (n, step) in case.steps().iter().enumerate() {
                     let mut request = step.request.to_request();
                     request.headers.push((CASE_HEADER.into(), name.clone()));
