@@ -85,6 +85,13 @@ mod tests {
         assert_eq!(property_path(&["xds", "route_name"]), b"xds\0route_name");
     }
 
+    /// An empty map as a host writes it: a zero count and nothing else.
+    #[test]
+    fn an_empty_map_is_a_zero_count() {
+        assert_eq!(encode_map(&[]), [0, 0, 0, 0]);
+        assert_eq!(decode_map(&[0, 0, 0, 0]), Some(vec![]));
+    }
+
     proptest! {
         #[test]
         fn decoding_any_bytes_is_total(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {

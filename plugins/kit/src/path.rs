@@ -196,4 +196,15 @@ mod tests {
         let long = b"/..".repeat(10_000);
         assert_eq!(n(&long), b"/");
     }
+
+    /// RFC 3986 5.2.4's rules for what is left of a relative path: a lone `.` or `..` and a
+    /// leading `./` or `../` are removed.
+    #[test]
+    fn relative_dot_segments_are_removed() {
+        assert_eq!(n(b"."), b"");
+        assert_eq!(n(b".."), b"");
+        assert_eq!(n(b"../a"), b"a");
+        assert_eq!(n(b"./a"), b"a");
+        assert_eq!(n(b"a/.."), b"/");
+    }
 }

@@ -376,4 +376,41 @@ mod tests {
         assert_eq!(format(b"x/y, text/plain"), Format::Text);
         assert_eq!(format(b""), Format::Json);
     }
+
+    /// Kong's pattern reads `q` wherever it stands among the parameters, with up to three
+    /// decimals, and the last well-formed one counts.
+    #[test]
+    fn the_last_well_formed_q_counts_with_three_decimals() {
+        let format = |accept: &[u8]| Format::negotiate(Some(accept));
+        assert_eq!(
+            format(b"text/html;level=1;q=0.1, application/xml;q=0.5"),
+            Format::Xml
+        );
+        assert_eq!(
+            format(b"text/plain;q=0.1;q=0.9, text/html;q=0.5"),
+            Format::Text
+        );
+        assert_eq!(
+            format(b"text/plain;q=0.5;q=1, text/html;q=0.8"),
+            Format::Text
+        );
+        assert_eq!(
+            format(b"text/plain;q=1.000;q=0.5, text/html;q=0.8"),
+            Format::Html
+        );
+        assert_eq!(format(b"text/plain;q=0.25, text/html;q=0.3"), Format::Html);
+        assert_eq!(format(b"text/plain;q=0.3, text/html;q=0.299"), Format::Text);
+    }
+
+    #[test]
+    fn quotes_are_escaped_in_markup() {
+        let html = kong_error(400, "a\"b'c", Some(b"text/html"), ID).body;
+        assert!(String::from_utf8(html)
+            .unwrap()
+            .contains("<p>a&quot;b&#39;c.</p>"));
+        let xml = kong_error(400, "a\"b'c", Some(b"application/xml"), ID).body;
+        assert!(String::from_utf8(xml)
+            .unwrap()
+            .contains("<message>a&quot;b&#39;c</message>"));
+    }
 }

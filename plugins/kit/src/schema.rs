@@ -415,4 +415,62 @@ mod tests {
             "config.n: expected an integer"
         );
     }
+
+    /// The readers the plugins use beyond the ones above: numbers, strings, arrays of records
+    /// (labelled by `name`, else by 1-based index), nested records with user-data keys.
+    #[test]
+    fn numbers_strings_and_arrays_of_records_are_read_with_kongs_paths() {
+        let doc = json!({
+            "x": 1.5, "s": "v", "bad_number": "1", "bad_string": 2,
+            "list": [{"name": "a", "n": "one"}, {"n": 2}, 3],
+            "headers": {"x-b": "2", "x-a": "1"}
+        });
+        let err = read_config(&doc, |r| {
+            assert_eq!(r.path(), "config");
+            assert_eq!(r.number("x"), Some(1.5));
+            assert_eq!(r.string("s"), Some("v"));
+            assert!(!r.has_errors());
+            let items = r.records("list", |item| {
+                item.string("name");
+                item.integer("n")
+            });
+            assert_eq!(items, [None, Some(2)]);
+            assert!(r.has_errors());
+            assert_eq!(r.number("bad_number"), None);
+            assert_eq!(r.string("bad_string"), None);
+            let headers = r.record("headers", |h| {
+                assert_eq!(h.path(), "config.headers");
+                let mut keys: Vec<&str> = h.keys().collect();
+                keys.sort_unstable();
+                keys.into_iter().map(|k| h.string(k)).collect::<Vec<_>>()
+            });
+            assert_eq!(headers, [Some("1"), Some("2")]);
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config.list.a.n: expected an integer; config.list.3: expected a record; \
+             config.bad_number: expected a number; config.bad_string: expected a string"
+        );
+    }
+
+    #[test]
+    fn a_record_read_at_the_root_names_its_fields_alone() {
+        let err = read_record("", &json!({"n": "x"}), |r| r.integer("n")).unwrap_err();
+        assert_eq!(err.to_string(), "n: expected an integer");
+    }
+
+    /// A number written as a double is an integer only below 9e15 in magnitude, where a
+    /// double holds every integer exactly.
+    #[test]
+    fn integers_must_be_exact_in_a_double() {
+        assert_eq!(read(json!({"n": 8.0e15})).unwrap().0, 8_000_000_000_000_000);
+        for n in [9.0e15, -9.0e15, 1e300] {
+            assert_eq!(
+                read(json!({ "n": n })).unwrap_err().to_string(),
+                "config.n: expected an integer",
+                "{n}"
+            );
+        }
+    }
 }

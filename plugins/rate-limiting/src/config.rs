@@ -582,4 +582,29 @@ mod tests {
         assert!(error(r#"{"second": 1, "policy": "memcached"}"#)
             .starts_with("config.policy: expected one of: local, cluster, redis"));
     }
+
+    /// Kong's `typedefs.path`: every well-formed `%XX` triplet is accepted, wherever it
+    /// stands; the message names the first malformed one (at most the `%` and two bytes).
+    #[test]
+    fn paths_accept_percent_triplets_and_name_the_first_bad_one() {
+        for path in ["/%41", "/a%41", "/x%2Fy", "/caf%C3%a9", "/q/%7e%7E/r"] {
+            let json = format!(r#"{{"second": 1, "limit_by": "path", "path": "{path}"}}"#);
+            let config = Config::parse(json.as_bytes());
+            assert_eq!(config.unwrap().path.as_deref(), Some(path), "{path}");
+        }
+        for (path, bad) in [
+            ("/a%z1", "%z1"),
+            ("/a%1z/b", "%1z"),
+            ("/ab%1z3", "%1z"),
+            ("/a%41%zzb", "%zz"),
+            ("/ab%4", "%4"),
+            ("/ab%", "%"),
+        ] {
+            assert_eq!(
+                error(&format!(r#"{{"second": 1, "path": "{path}"}}"#)),
+                format!("config.path: invalid url-encoded value: '{bad}'"),
+                "{path}"
+            );
+        }
+    }
 }

@@ -525,4 +525,42 @@ mod tests {
         assert_eq!(header(&h, "x-ratelimit-limit-year"), Some("1e+300"));
         assert_eq!(header(&h, "x-ratelimit-remaining-year"), Some("1e+300"));
     }
+
+    /// A sliding window another worker already moved on (ahead of this request's clock, within
+    /// the tolerance) weighs its previous window at most fully, never more.
+    #[test]
+    fn a_sliding_window_ahead_of_the_clock_weighs_its_previous_window_fully() {
+        let mut config = Config::with_limits(&[(Period::Second, 20.0)]);
+        config.window_type = WindowType::Sliding;
+        let counters = Counters {
+            windows: vec![(
+                Period::Second,
+                Window {
+                    start: T0 + 1,
+                    count: 2,
+                    previous: 10,
+                },
+            )],
+        };
+        let eval = evaluate(&config, &counters, ms(T0, 999));
+        assert_eq!(eval.usages[0].start, T0 + 1);
+        assert_eq!(eval.usages[0].usage, 12.0);
+    }
+
+    /// Kong's `RateLimit-*` headers describe the window with the least remaining, even when it
+    /// is the longer one.
+    #[test]
+    fn ratelimit_headers_follow_the_window_with_the_least_remaining() {
+        let config = Config::with_limits(&[(Period::Second, 10.0), (Period::Minute, 20.0)]);
+        let mut counters = Counters::default();
+        assert_eq!(run(&config, &mut counters, ms(T0 + 10, 0), 10), 10);
+        assert_eq!(run(&config, &mut counters, ms(T0 + 11, 0), 8), 8);
+        let now = ms(T0 + 15, 250);
+        let (h, reset) = headers(&config, &evaluate(&config, &counters, now), now);
+        assert_eq!(header(&h, "x-ratelimit-remaining-second"), Some("9"));
+        assert_eq!(header(&h, "x-ratelimit-remaining-minute"), Some("1"));
+        assert_eq!(header(&h, "ratelimit-limit"), Some("20"));
+        assert_eq!(header(&h, "ratelimit-remaining"), Some("1"));
+        assert_eq!((header(&h, "ratelimit-reset"), reset), (Some("45"), 45));
+    }
 }

@@ -665,4 +665,16 @@ mod tests {
         l.config.window_type = WindowType::Fixed;
         assert_eq!(l.config.limit(Period::Second), Some(10.0));
     }
+
+    /// A full table evicts the least recently counted identifier for a new one; the decision
+    /// says so, for the adapter's eviction metric.
+    #[test]
+    fn a_decision_reports_the_identifiers_it_evicted() {
+        let store = MemoryStore::default();
+        let l = limiter(r#"{"minute": 5, "max_identifiers": 1}"#);
+        assert_eq!(decide(&l, &store, &peer(b"1.1.1.1:1"), T0_MS).evicted, 0);
+        let decision = decide(&l, &store, &peer(b"2.2.2.2:1"), T0_MS);
+        assert!(allowed(&decision));
+        assert_eq!(decision.evicted, 1);
+    }
 }

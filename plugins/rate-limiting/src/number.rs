@@ -347,4 +347,13 @@ mod tests {
             }
         }
     }
+
+    /// A fraction that rounds up to a whole number at 14 digits prints as that number, with
+    /// every zero of its integer part (C's `%.14g`).
+    #[test]
+    fn tostring_rounding_up_to_a_whole_number_keeps_its_zeros() {
+        assert_eq!(lua_tostring(99.999_999_999_999_9), "100");
+        assert_eq!(lua_tostring(9_999_999_999.999_99), "10000000000");
+        assert_eq!(lua_tostring(0.000_999_999_999_999_999), "0.001");
+    }
 }

@@ -959,6 +959,8 @@ mod tests {
         }
     }
 
+    /// The encoder sizes its buffer from the documented layout (2 bytes, then 25 an entry and
+    /// 25 a window): one allocation of exactly the value's size.
     #[test]
     fn any_bytes_decode_to_a_bucket_that_round_trips() {
         let mut rng = XorShift(42);

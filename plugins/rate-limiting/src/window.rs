@@ -207,11 +207,62 @@ mod tests {
         assert_eq!(Period::Second.previous(feb), feb - 1);
     }
 
+    /// Kong's header names are `X-RateLimit-Limit-<Period>` and `X-RateLimit-Remaining-<Period>`
+    /// with the period's config name capitalised.
+    #[test]
+    fn header_names_are_the_capitalised_period_names() {
+        let titles: Vec<&str> = Period::ALL.iter().map(|p| p.title()).collect();
+        assert_eq!(titles, ["Second", "Minute", "Hour", "Day", "Month", "Year"]);
+        for period in Period::ALL {
+            let title = period.title();
+            assert_eq!(title.to_lowercase(), period.name());
+            assert_eq!(
+                period.header_names(),
+                (
+                    format!("X-RateLimit-Limit-{title}").as_str(),
+                    format!("X-RateLimit-Remaining-{title}").as_str()
+                )
+            );
+        }
+    }
+
     #[test]
     fn codes_round_trip() {
         for period in Period::ALL {
             assert_eq!(Period::from_code(period.code()), Some(period));
         }
         assert_eq!(Period::from_code(6), None);
+    }
+
+    /// Every day from 1600-01-01 to 2400-12-31 against a plain day-by-day walk of the
+    /// Gregorian calendar (a leap year every 4 years, except centuries not divisible by 400).
+    #[test]
+    fn civil_dates_match_a_day_by_day_calendar() {
+        fn month_days(y: i64, m: u32) -> u32 {
+            let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+            match m {
+                2 if leap => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            }
+        }
+        // 370 years of 365 days and 90 leap days before 1970-01-01.
+        let mut days = -135_140;
+        let (mut y, mut m, mut d) = (1600, 1, 1);
+        while y <= 2400 {
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+            assert_eq!(civil_from_days(days), (y, m, d), "{days}");
+            days += 1;
+            d += 1;
+            if d > month_days(y, m) {
+                d = 1;
+                m += 1;
+                if m > 12 {
+                    m = 1;
+                    y += 1;
+                }
+            }
+        }
     }
 }

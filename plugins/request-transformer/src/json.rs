@@ -250,6 +250,13 @@ mod tests {
     }
 
     #[test]
+    fn control_bytes_without_a_short_escape_are_written_as_u00xx() {
+        assert_eq!(string(b"\x01\x1f\x0b"), b"\"\\u0001\\u001f\\u000b\"");
+        assert_eq!(string(b"\x08\x0c\n\r\t"), b"\"\\b\\f\\n\\r\\t\"");
+        assert_eq!(string(b"\"\\\x7f"), b"\"\\\"\\\\\x7f\"");
+    }
+
+    #[test]
     fn high_and_control_bytes_never_fail() {
         for body in [
             &b"{\"a\":\"\x80\"}"[..],
