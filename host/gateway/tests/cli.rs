@@ -323,11 +323,28 @@ fn run_reloads_on_sighup_and_file_change_and_exits_on_sigterm() {
         get(listen, "/three").is_some_and(|(s, _)| s == 200)
     });
 
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(exits_within_10_s(&mut child).success());
     assert!(
         stdout.all().is_empty(),
         "--no-access-log: {:?}",
         stdout.all()
     );
+}
+
+fn exits_within_10_s(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -373,18 +390,7 @@ fn sigterm_finishes_the_request_in_flight_before_exiting() {
         .unwrap()
         .expect("the in-flight request's answer");
     assert_eq!(status, 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not exit on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success());
+    assert!(exits_within_10_s(&mut child).success());
 }
 
 /// Secrets come only from variables named with `--env-allow`, and every request is logged as
