@@ -8,8 +8,9 @@ use gateway::{Gateway, GatewayOptions};
 
 use crate::EchoReport;
 
-/// A gateway on loopback ports chosen by the system, with the admin API, two workers, no
-/// access log, and wasmgate's built plugin modules.
+/// A gateway on loopback ports chosen by the system, with the admin API, two workers and
+/// wasmgate's built plugin modules; no access log unless `WASMGATE_DEBUG_LOG` is set (to see,
+/// with `--nocapture`, each request's upstream error while debugging a test).
 pub fn options() -> GatewayOptions {
     GatewayOptions {
         listen: ([127, 0, 0, 1], 0).into(),
