@@ -301,3 +301,42 @@ fn unknown_imports_trap_only_when_called() {
     );
     assert_eq!(w.plugin().failures(), 1);
 }
+
+/// The README's default budgets, each reached with nothing overridden: 128 MiB of memory
+/// (2,048 pages run, 2,049 fail), 100 ms of CPU per callback, 2 s to start.
+#[test]
+fn the_default_budgets_are_the_documented_ones_and_hold() {
+    let defaults = |wasm: &[u8]| {
+        let mut h = Harness::new().expect("harness");
+        let loaded = h.load_bytes(wasm, PluginConfig::new("hostile", ""));
+        (h, loaded)
+    };
+    let (mut h, w) = defaults(&module(
+        "(drop (memory.grow (i32.const 2047))) (i32.const 0)",
+        "",
+    ));
+    let w = w.expect("module loads");
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 200);
+    assert_eq!(w.memory_size(), 128 << 20);
+    let (mut h, _) = defaults(&module(
+        "(drop (memory.grow (i32.const 2048))) (i32.const 0)",
+        "",
+    ));
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 503);
+    assert!(h.log_text().contains("Memory"), "{}", h.log_text());
+
+    let (mut h, _) = defaults(&module("(loop $l (br $l)) (i32.const 0)", ""));
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 503);
+    assert!(h.log_text().contains("Deadline"), "{}", h.log_text());
+
+    let (_, loaded) = defaults(&module(
+        "(i32.const 0)",
+        "(func (export \"_initialize\") (loop $l (br $l)))",
+    ));
+    assert!(matches!(loaded, Err(Error::Start { .. })));
+    assert_eq!(
+        Limits::default().callback_deadline,
+        Duration::from_millis(100)
+    );
+    assert_eq!(Limits::default().startup_deadline, Duration::from_secs(2));
+}
