@@ -383,6 +383,14 @@ async fn admin_post_config_reloads_and_refuses_bad_configs_on(path: ProxyPath) {
             .contains("wasmgate_requests_total{route=\"api\",service=\"echo\",status=\"200\"} 2"),
         "{metrics}"
     );
+    // Latency histograms per service: both answered requests of the service.
+    for histogram in [
+        "wasmgate_request_latency_seconds",
+        "wasmgate_upstream_latency_seconds",
+    ] {
+        let line = format!("{histogram}_bucket{{service=\"echo\",le=\"+Inf\"}} 2");
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
