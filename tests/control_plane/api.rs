@@ -605,6 +605,19 @@ plugins:
         )
         .await;
     assert_eq!(copied["config_hash"], imported["config_hash"]);
+    // The same document as YAML (`?format=yaml`), for a file-based gateway.
+    let yaml = cp
+        .call_raw(
+            "GET",
+            &format!("/v2/control-planes/{id}/declarative-config?format=yaml"),
+            None,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(yaml.status, 200, "{}", yaml.text());
+    assert_eq!(yaml.header("content-type"), Some("application/yaml"));
+    let parsed: Value = serde_yaml_ng::from_slice(&yaml.body).expect("YAML");
+    assert_eq!(parsed, export);
 
     let invalid = cp
         .expect(
