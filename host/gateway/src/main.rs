@@ -397,3 +397,27 @@ fn run(source: Source, mut options: GatewayOptions) -> Result<(), String> {
     gateway.shutdown();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README: both listeners, and above all the admin API (which can replace the
+    /// configuration), are on loopback unless the operator says otherwise.
+    #[test]
+    fn listeners_default_to_loopback() {
+        let cli = Cli::try_parse_from(["gateway", "run", "--config", "kong.yaml"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Command::Run {
+            listen,
+            admin_listen,
+            ..
+        } = cli.command
+        else {
+            panic!("not a run");
+        };
+        assert!(listen.ip().is_loopback(), "{listen}");
+        assert!(admin_listen.ip().is_loopback(), "{admin_listen}");
+        assert_eq!(admin_listen.port(), 8001);
+    }
+}
