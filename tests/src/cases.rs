@@ -645,6 +645,31 @@ pub async fn clear_of_a_window_boundary(file: &CaseFile) {
     }
 }
 
+/// Sends a step's request to `addr` over real sockets and checks the answer against the
+/// step, with what the upstream recorded meanwhile (added to `counted`). Returns the status
+/// when there was an answer, and every problem.
+pub(crate) async fn run_step(
+    echo: &crate::EchoUpstream,
+    step: &Step,
+    request: &Request,
+    addr: std::net::SocketAddr,
+    protocol: Protocol,
+    counted: &mut UpstreamRecord,
+) -> (Option<u16>, Vec<String>) {
+    let before = echo.record();
+    let sent = crate::client::send_from(step.request.source, addr, protocol, request).await;
+    let forwarded = echo.record() - before;
+    *counted += forwarded;
+    match sent {
+        Ok(response) => {
+            let status = response.status;
+            let exchange = Exchange::new(response, forwarded);
+            (Some(status), step.expect.check(&step.request, &exchange))
+        }
+        Err(e) => (None, vec![e]),
+    }
+}
+
 /// Every request head the upstream received must belong to some step's exchange: one that
 /// arrives after its step was answered (forwarded late, behind a local reply) fails here.
 pub(crate) fn check_unaccounted(
@@ -708,24 +733,8 @@ pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
                     let addr = envoy.listener(listener);
                     for (n, step) in case.steps().iter().enumerate() {
                         let request = step.request.to_request();
-                        let before = echo.record();
-                        let sent = crate::client::send_from(
-                            step.request.source,
-                            addr,
-                            *protocol,
-                            &request,
-                        );
-                        let problems = match sent.await {
-                            Ok(response) => {
-                                let exchange = Exchange::new(response, echo.record() - before);
-                                counted += exchange.forwarded;
-                                step.expect.check(&step.request, &exchange)
-                            }
-                            Err(e) => {
-                                counted += echo.record() - before;
-                                vec![e]
-                            }
-                        };
+                        let (_, problems) =
+                            run_step(&echo, step, &request, addr, *protocol, &mut counted).await;
                         for problem in problems {
                             failures.push(format!(
                                 "{:?} [{protocol:?}] step {}: {problem}",

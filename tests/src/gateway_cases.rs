@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cases::{Case, CaseFile, Exchange};
+use crate::cases::{run_step, Case, CaseFile};
 
 /// The header that selects a case's route.
 pub const CASE_HEADER: &str = "x-wasmgate-case";
@@ -128,21 +128,9 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
                     request.headers.push((CASE_HEADER.into(), name.clone()));
                     let mut statuses = Vec::new();
                     for (plane, addr) in targets {
-                        let before = echo.record();
-                        let sent =
-                            crate::client::send_from(step.request.source, addr, protocol, &request);
-                        let problems = match sent.await {
-                            Ok(response) => {
-                                statuses.push(response.status);
-                                let exchange = Exchange::new(response, echo.record() - before);
-                                counted += exchange.forwarded;
-                                step.expect.check(&step.request, &exchange)
-                            }
-                            Err(e) => {
-                                counted += echo.record() - before;
-                                vec![e]
-                            }
-                        };
+                        let (status, problems) =
+                            run_step(&echo, step, &request, addr, protocol, &mut counted).await;
+                        statuses.extend(status);
                         for problem in problems {
                             failures.push(format!(
                                 "{plane}: {:?} [{protocol:?}] step {}: {problem}",
