@@ -356,3 +356,178 @@ async fn uri_captures_come_from_the_clients_path_on_a_rewritten_route() {
         assert_eq!(seen.header("x-member"), Some("42"), "{protocol:?}");
     }
 }
+
+/// An upstream whose accept queue is full until [`LateUpstream::open`]: Envoy's connection
+/// attempt waits (its SYN is dropped and retried) while the request goes through the filters.
+struct LateUpstream {
+    listener: Option<tokio::net::TcpListener>,
+    _queued: tokio::net::TcpStream,
+    addr: SocketAddr,
+}
+
+impl LateUpstream {
+    async fn start() -> LateUpstream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        // Backlog 0 holds one connection: this one, which nobody accepts yet.
+        let listener = socket.listen(0).unwrap();
+        let queued = tokio::net::TcpStream::connect(addr).await.unwrap();
+        LateUpstream {
+            listener: Some(listener),
+            _queued: queued,
+            addr,
+        }
+    }
+
+    /// Starts accepting (the queued connection first), as an echo upstream.
+    fn open(&mut self) -> EchoUpstream {
+        EchoUpstream::serve_on(self.listener.take().unwrap()).unwrap()
+    }
+}
+
+/// Envoy resumes the router's upstream filter chain when the upstream connection becomes
+/// ready, and that sends on the body a filter holds if the headers had already gone on
+/// (envoyproxy/envoy#37087). The default the data planes give the transformer,
+/// `hold_headers`, keeps the headers, so the whole body is edited; a user who turns it off
+/// gets a 500 rather than a body whose first part escaped the edit (here a `role` that
+/// `remove` should have taken out). Made certain: the upstream accepts only after Envoy has
+/// read the first 64 KiB of the body, and the rest is sent once it has accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_held_while_the_upstream_connects_is_never_sent_on_unedited() {
+    let mut upstreams = Vec::new();
+    let mut services = String::new();
+    let cases: Vec<(&str, Protocol)> = ["held", "streamed"]
+        .into_iter()
+        .flat_map(|route| Protocol::ALL.map(|protocol| (route, protocol)))
+        .collect();
+    for (i, (route, _)) in cases.iter().enumerate() {
+        let upstream = LateUpstream::start().await;
+        let hold = if *route == "streamed" {
+            ", wasmgate: {hold_headers: false}"
+        } else {
+            ""
+        };
+        services.push_str(&format!(
+            r#"
+  - name: late{i}
+    url: http://{addr}
+    routes:
+      - name: late{i}
+        paths: [/late{i}]
+        plugins:
+          - name: request-transformer
+            config: {{remove: {{body: [role]}}{hold}}}
+"#,
+            addr = upstream.addr
+        ));
+        upstreams.push(upstream);
+    }
+    let config =
+        model::parse_declarative(&format!("_format_version: \"3.0\"\nservices:{services}"))
+            .unwrap();
+    let options = EnvoyOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        modules_dir: paths::wasm_dir(),
+        filters_dir: None,
+        runtime: V8.into(),
+        env_allow: Vec::new(),
+        env_values: Vec::new(),
+    };
+    let envoy = Envoy::start_bootstrap(&bootstrap(&config, &options), 2)
+        .await
+        .unwrap();
+    let addr = envoy.listener("wasmgate");
+    let first = format!(r#"{{"role":"admin","pad":"{}"#, "x".repeat(64 * 1024 - 23)).into_bytes();
+    assert_eq!(first.len(), 64 * 1024);
+    let mut chunks = vec![first];
+    chunks.extend((0..4).map(|_| "x".repeat(16 * 1024).into_bytes()));
+    chunks.push(br#"","a":1}"#.to_vec());
+    let whole: usize = chunks.iter().map(Vec::len).sum();
+    for (index, ((route, protocol), upstream)) in cases.iter().zip(&mut upstreams).enumerate() {
+        let what = format!("{route} over {protocol:?}");
+        let read_before = envoy
+            .stat("http.wasmgate.downstream_cx_rx_bytes_total")
+            .await
+            .unwrap_or(0);
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let request = Request::post(
+            &format!("/late{index}"),
+            RequestBody::Gated {
+                chunks: chunks.clone(),
+                gate,
+            },
+        )
+        .header("host", "gw.test")
+        .header("content-type", "application/json");
+        let protocol = *protocol;
+        let sending = tokio::spawn(async move { send(addr, protocol, &request).await });
+        // Envoy has read the head and the first 64 KiB: the filter holds them.
+        wait_for(&what, "Envoy reads the first 64 KiB", || async {
+            envoy
+                .stat("http.wasmgate.downstream_cx_rx_bytes_total")
+                .await
+                .unwrap_or(0)
+                >= read_before + 64 * 1024
+        })
+        .await;
+        let echo = upstream.open();
+        // The queued connection, then Envoy's.
+        wait_for(&what, "the upstream accepts Envoy's connection", || async {
+            echo.accepted() >= 2
+        })
+        .await;
+        open.send(true).unwrap();
+        let response = sending.await.unwrap().unwrap();
+        wait_for(&what, "the upstream records the request", || async {
+            !echo.arrivals().is_empty()
+        })
+        .await;
+        let arrivals = echo.arrivals();
+        assert_eq!(arrivals.len(), 1, "{what}: {arrivals:?}");
+        if *route == "held" {
+            let seen = report(&response, &what);
+            let json: serde_json::Value =
+                serde_json::from_str(seen.body.as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(json.get("role"), None, "{what}");
+            assert_eq!(json["a"], 1, "{what}");
+            assert!(arrivals[0].complete, "{what}");
+        } else {
+            assert_eq!(response.status, 500, "{what}: {}", response.text());
+            assert_eq!(
+                response.json(),
+                Some(response.kong_error_json("An unexpected error occurred")),
+                "{what}"
+            );
+            // The part Envoy sent on reached the upstream, never the whole request.
+            assert!(!arrivals[0].complete, "{what}: {arrivals:?}");
+            assert!(arrivals[0].body_bytes < whole as u64, "{what}");
+        }
+    }
+    assert_eq!(
+        envoy
+            .log()
+            .matches("held request body bytes upstream")
+            .count(),
+        2,
+        "{}",
+        envoy.log()
+    );
+}
+
+/// Polls `done` until it holds; panics after 30 s naming `step`.
+async fn wait_for<F, Fut>(what: &str, step: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: timed out waiting until {step}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -34,9 +34,9 @@ fn test_request(
     let body = match &request.body {
         RequestBody::Empty => TestBody::Empty,
         RequestBody::Bytes(b) => TestBody::Bytes(b.clone()),
-        RequestBody::Chunks(c) | RequestBody::Paced { chunks: c, .. } => {
-            TestBody::Chunks(c.clone())
-        }
+        RequestBody::Chunks(c)
+        | RequestBody::Paced { chunks: c, .. }
+        | RequestBody::Gated { chunks: c, .. } => TestBody::Chunks(c.clone()),
         RequestBody::Filler {
             len,
             with_length: true,
@@ -88,8 +88,11 @@ fn harness(
     h.set_source(SocketAddr::from(([127, 0, 0, 1], port)));
     h.set_route(listener, "upstream");
     h.set_upstream(echo);
+    // As the data planes hand it to the module.
+    let mut plugin_config = case.config.clone();
+    model::plugins::data_plane_defaults(&file.plugin, &mut plugin_config);
     // As `gateway` and the Envoy translation set it: only wasmgate's own plugins.
-    let mut config = PluginConfig::new(&file.plugin, case.config.to_string())
+    let mut config = PluginConfig::new(&file.plugin, plugin_config.to_string())
         .vm_id(&format!("{}-{listener}", file.plugin))
         .allow_on_headers_stop_iteration(model::plugins::find(&file.plugin).is_some());
     for (k, v) in &case.env {

@@ -699,8 +699,11 @@ pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
     };
     let mut counted = UpstreamRecord::default();
     let filter = |case: &Case, listener: &str| {
-        let mut filter = WasmFilter::plugin(&file.plugin, case.config.clone())
-            .vm_id(format!("{}-{listener}", file.plugin));
+        // As the data planes hand it to the module.
+        let mut config = case.config.clone();
+        model::plugins::data_plane_defaults(&file.plugin, &mut config);
+        let mut filter =
+            WasmFilter::plugin(&file.plugin, config).vm_id(format!("{}-{listener}", file.plugin));
         for (k, v) in &case.env {
             filter = filter.env(k, v);
         }

@@ -50,6 +50,11 @@ pub enum RequestBody {
         chunks: Vec<Vec<u8>>,
         pause: Duration,
     },
+    /// Sent like `Chunks`: the first chunk at once, the others once `gate` holds `true`.
+    Gated {
+        chunks: Vec<Vec<u8>>,
+        gate: tokio::sync::watch::Receiver<bool>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -144,7 +149,9 @@ const FILLER_CHUNK: usize = 64 * 1024;
 pub struct OutBody {
     chunks: VecDeque<Bytes>,
     pause: Option<Duration>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
+    /// What must happen before the next chunk goes.
+    wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     filler: Bytes,
     filler_left: u64,
     exact_len: Option<u64>,
@@ -156,7 +163,8 @@ impl OutBody {
         let mut out = OutBody {
             chunks: VecDeque::new(),
             pause: None,
-            sleep: None,
+            gate: None,
+            wait: None,
             filler: Bytes::new(),
             filler_left: 0,
             exact_len: None,
@@ -182,6 +190,10 @@ impl OutBody {
                 out.chunks = chunks.iter().map(|c| Bytes::from(c.clone())).collect();
                 out.pause = Some(*pause);
             }
+            RequestBody::Gated { chunks, gate } => {
+                out.chunks = chunks.iter().map(|c| Bytes::from(c.clone())).collect();
+                out.gate = Some(gate.clone());
+            }
         }
         out
     }
@@ -195,15 +207,21 @@ impl Body for OutBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(sleep) = self.sleep.as_mut() {
-            if sleep.as_mut().poll(cx).is_pending() {
+        if let Some(wait) = self.wait.as_mut() {
+            if wait.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            self.sleep = None;
+            self.wait = None;
         }
         if let Some(chunk) = self.chunks.pop_front() {
             if let Some(pause) = self.pause.filter(|_| !self.chunks.is_empty()) {
-                self.sleep = Some(Box::pin(tokio::time::sleep(pause)));
+                self.wait = Some(Box::pin(tokio::time::sleep(pause)));
+            }
+            if let Some(mut gate) = self.gate.take() {
+                self.wait = Some(Box::pin(async move {
+                    // A dropped sender opens the gate too: the body never hangs the test.
+                    let _ = gate.wait_for(|open| *open).await;
+                }));
             }
             self.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             return Poll::Ready(Some(Ok(Frame::data(chunk))));

@@ -4,6 +4,7 @@
 //! memory); the report carries the body text only when it is small enough to compare.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -134,6 +135,7 @@ impl std::ops::AddAssign for UpstreamRecord {
 pub struct EchoUpstream {
     addr: SocketAddr,
     arrivals: Arc<Mutex<Vec<Arrival>>>,
+    accepted: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -144,19 +146,35 @@ impl EchoUpstream {
     }
 
     pub async fn bind(addr: SocketAddr) -> std::io::Result<EchoUpstream> {
-        let listener = TcpListener::bind(addr).await?;
+        Self::serve_on(TcpListener::bind(addr).await?)
+    }
+
+    /// Serves on a listener the test set up itself (say, one whose accept queue it filled, so
+    /// that connecting waits until this starts accepting).
+    pub fn serve_on(listener: TcpListener) -> std::io::Result<EchoUpstream> {
         let addr = listener.local_addr()?;
         let arrivals = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(serve(listener, Arc::clone(&arrivals)));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(serve(
+            listener,
+            Arc::clone(&arrivals),
+            Arc::clone(&accepted),
+        ));
         Ok(EchoUpstream {
             addr,
             arrivals,
+            accepted,
             task,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Every request head received so far, complete or not, in arrival order.
@@ -182,11 +200,16 @@ impl Drop for EchoUpstream {
     }
 }
 
-async fn serve(listener: TcpListener, arrivals: Arc<Mutex<Vec<Arrival>>>) {
+async fn serve(
+    listener: TcpListener,
+    arrivals: Arc<Mutex<Vec<Arrival>>>,
+    accepted: Arc<AtomicUsize>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        accepted.fetch_add(1, Ordering::SeqCst);
         let arrivals = Arc::clone(&arrivals);
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(req, Arc::clone(&arrivals)));

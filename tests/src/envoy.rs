@@ -17,6 +17,14 @@ use crate::paths;
 /// The only Wasm runtime the pip build of Envoy carries.
 pub const V8: &str = "envoy.wasm.runtime.v8";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Envoy's per-component log levels: `WASMGATE_ENVOY_LOG` (e.g. `wasm:debug,router:debug`)
+/// replaces the default, and then a failing test prints Envoy's whole log rather than its tail.
+const LOG_LEVELS_VAR: &str = "WASMGATE_ENVOY_LOG";
+const LOG_TAIL_LINES: usize = 60;
+
+fn component_log_levels() -> String {
+    std::env::var(LOG_LEVELS_VAR).unwrap_or_else(|_| "wasm:info".to_owned())
+}
 
 /// One proxy-wasm filter in a listener's HTTP filter chain.
 #[derive(Clone, Debug)]
@@ -273,7 +281,7 @@ impl Envoy {
             .arg("--log-level")
             .arg("warn")
             .arg("--component-log-level")
-            .arg("wasm:info")
+            .arg(component_log_levels())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -403,6 +411,23 @@ impl Envoy {
 impl Drop for Envoy {
     fn drop(&mut self) {
         self.stop();
+        // The log lives in a temporary directory that goes with this value: a failing test
+        // shows it before it is gone.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let shown = if std::env::var_os(LOG_LEVELS_VAR).is_some() {
+                &lines[..]
+            } else {
+                &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..]
+            };
+            eprintln!(
+                "--- Envoy's log, last {} of {} lines ---\n{}",
+                shown.len(),
+                lines.len(),
+                shown.join("\n")
+            );
+        }
     }
 }
 

@@ -69,7 +69,7 @@ pub fn secret_variables(config_text: &str) -> Vec<String> {
 /// config, plus what the data plane must tell the module about its routes. The
 /// request-transformer gets `wasmgate.route_paths` (each route it runs on → the route's regex
 /// paths), from which it computes Kong's `uri_captures` itself, the same way on every data
-/// plane.
+/// plane, and the [`data_plane_defaults`].
 pub fn configuration(config: &Config, plugin: &Plugin) -> String {
     if plugin.name != request_transformer::PLUGIN_NAME {
         return plugin.config.to_string();
@@ -94,15 +94,37 @@ pub fn configuration(config: &Config, plugin: &Plugin) -> String {
         route_paths.insert(config.route_name(index), serde_json::Value::Array(regexes));
     }
     let mut value = plugin.config.clone();
-    if let Some(object) = value.as_object_mut() {
+    data_plane_defaults(&plugin.name, &mut value);
+    if let Some(wasmgate) = value
+        .get_mut("wasmgate")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        wasmgate.insert("route_paths".into(), serde_json::Value::Object(route_paths));
+    }
+    value.to_string()
+}
+
+/// The settings every wasmgate data plane gives a plugin where its config is silent: the
+/// request-transformer gets `wasmgate.hold_headers: true`, since these data planes let a
+/// plugin hold the headers (Envoy: `allow_on_headers_stop_iteration`). Held headers go
+/// upstream with the edited body, as in Kong. In Envoy they are also what keeps a body the
+/// filter buffers from going upstream unedited: the router's upstream filter chain resumes
+/// when the upstream connection becomes ready, and sends on what a filter holds if the
+/// headers had gone on (envoyproxy/envoy#37087).
+pub fn data_plane_defaults(plugin: &str, config: &mut serde_json::Value) {
+    if plugin != request_transformer::PLUGIN_NAME {
+        return;
+    }
+    if let Some(object) = config.as_object_mut() {
         let wasmgate = object
             .entry("wasmgate")
             .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
         if let Some(wasmgate) = wasmgate.as_object_mut() {
-            wasmgate.insert("route_paths".into(), serde_json::Value::Object(route_paths));
+            wasmgate
+                .entry("hold_headers")
+                .or_insert(serde_json::Value::Bool(true));
         }
     }
-    value.to_string()
 }
 
 /// Validates a request-transformer config without the data plane's secrets: they are resolved
@@ -211,5 +233,42 @@ mod tests {
             }
         );
         assert!(secret_variables(r#"{"second":5}"#).is_empty());
+    }
+
+    #[test]
+    fn the_data_planes_hand_the_transformer_its_routes_and_held_headers() {
+        let config = crate::parse_declarative(
+            r#"
+_format_version: "3.0"
+services:
+  - name: api
+    url: http://127.0.0.1:9
+    routes:
+      - {name: users, paths: ["~/users/(?<id>\\d+)", /plain]}
+      - {name: other, paths: [/other]}
+plugins:
+  - {name: request-transformer, route: users, config: {add: {body: ["p:v"]}}}
+  - {name: request-transformer, route: other,
+     config: {add: {body: ["p:v"]}, wasmgate: {hold_headers: false}}}
+  - {name: rate-limiting, config: {second: 5}}
+"#,
+        )
+        .unwrap();
+        let sent = |index: usize| -> serde_json::Value {
+            serde_json::from_str(&configuration(&config, &config.plugins[index])).unwrap()
+        };
+        assert_eq!(
+            sent(0)["wasmgate"],
+            serde_json::json!({"route_paths": {"users": ["/users/(?<id>\\d+)"]},
+                               "hold_headers": true})
+        );
+        assert_eq!(sent(0)["add"]["body"], serde_json::json!(["p:v"]));
+        // The user's choice stands.
+        assert_eq!(sent(1)["wasmgate"]["hold_headers"], false);
+        // Other plugins get their config as it is.
+        assert_eq!(
+            configuration(&config, &config.plugins[2]),
+            config.plugins[2].config.to_string()
+        );
     }
 }

@@ -96,7 +96,12 @@ pub struct Stream {
     /// A local response was sent: nothing more to do.
     done: bool,
     body_size: usize,
+    /// The first bytes of the body when the filter first held it.
+    held_start: Option<Vec<u8>>,
 }
+
+/// How much of a held body's start is kept to check that the host still holds that body.
+const HELD_START: usize = 64;
 
 impl Stream {
     pub fn new(config: Rc<Config>) -> Stream {
@@ -107,6 +112,7 @@ impl Stream {
             request_id: Vec::new(),
             done: false,
             body_size: 0,
+            held_start: None,
         }
     }
 
@@ -206,6 +212,17 @@ impl Stream {
         let Some(job) = &self.job else {
             return Action::Continue;
         };
+        // While the filter pauses, the host passes the running total of the body it holds for
+        // it; a smaller total means the host sent held bytes on unedited. Envoy does so in the
+        // router's upstream filters when the upstream connection becomes ready after the
+        // headers went on (envoyproxy/envoy#37087). The rest cannot be edited into a whole
+        // that upstream receives, and passing it on could let a field `remove` meant to stop
+        // through: refuse. A total that grew past the old one is caught at the end, by the
+        // body's first bytes. (`hold_headers` keeps the headers, so Envoy has nothing to
+        // resume; a client whose every chunk starts alike could still hide it from both.)
+        if body_size < self.body_size {
+            return self.body_sent_on(host, format!("now {body_size}"));
+        }
         self.body_size = body_size;
         if body_size as u64 > job.limit {
             if let Some(refusal) = job.too_large() {
@@ -219,9 +236,29 @@ impl Stream {
             return Action::Continue;
         }
         if !end_of_stream {
+            if self.held_start.is_none() {
+                match host.request_body(body_size.min(HELD_START)) {
+                    Ok(start) => self.held_start = Some(start.unwrap_or_default()),
+                    Err(status) => {
+                        let refusal = self.unexpected(format!(
+                            "the host refused the request body: status {status}"
+                        ));
+                        return self.refuse(host, &refusal);
+                    }
+                }
+            }
             return Action::Pause;
         }
         self.finish(host)
+    }
+
+    fn body_sent_on(&mut self, host: &mut dyn Host, now: String) -> Action {
+        let refusal = self.unexpected(format!(
+            "the host sent held request body bytes upstream before the end of the stream \
+             ({} held, {now}): the body cannot be edited; set wasmgate.hold_headers",
+            self.body_size
+        ));
+        self.refuse(host, &refusal)
     }
 
     pub fn on_request_trailers(&mut self, host: &mut dyn Host) -> Action {
@@ -247,10 +284,23 @@ impl Stream {
                 return self.refuse(host, &refusal);
             }
         };
+        if self
+            .held_start
+            .as_ref()
+            .is_some_and(|start| !body.starts_with(start))
+        {
+            return self.body_sent_on(host, "the body now starts otherwise".into());
+        }
         let decision = match job.finish(&body) {
             Ok(decision) => decision,
             Err(refusal) => return self.refuse(host, &refusal),
         };
+        if let Some(why) = &decision.unusable {
+            host.log(
+                Level::Debug,
+                &format!("request body passed on unchanged: {why}"),
+            );
+        }
         if let Some(new) = &decision.body {
             if let Err(status) = host.set_request_body(size, new) {
                 if !body.is_empty() {
@@ -583,6 +633,67 @@ mod tests {
             assert_eq!(s.on_request_body(&mut host, 7, true), Action::Continue);
             assert_eq!(host.values("content-length"), [length]);
         }
+    }
+
+    #[test]
+    fn a_host_that_sends_held_body_bytes_on_gets_the_request_refused() {
+        // Envoy's upstream filters on connection ready (envoyproxy/envoy#37087): the held
+        // 64 KiB went upstream, the next callback counts only the new bytes.
+        let mut s = stream(r#"{"remove":{"body":["role"]}}"#);
+        let mut host = Envoy::request("/", &[("content-type", b"application/json")]);
+        s.on_request_headers(&mut host, false);
+        assert_eq!(s.on_request_body(&mut host, 16384, false), Action::Pause);
+        assert_eq!(s.on_request_body(&mut host, 65536, false), Action::Pause);
+        assert!(host.sent.is_empty());
+        assert_eq!(s.on_request_body(&mut host, 1, false), Action::Pause);
+        assert_eq!(host.sent.len(), 1);
+        assert_eq!(host.sent[0].status, 500);
+        assert!(host.logs[0].1.contains("(65536 held, now 1)"));
+        // Nothing more goes on, also at the end of the stream.
+        assert_eq!(s.on_request_body(&mut host, 2, true), Action::Pause);
+        assert_eq!(host.sent.len(), 1);
+        // Sent on, then more new bytes than were held: the start differs.
+        let mut s = stream(r#"{"remove":{"body":["role"]}}"#);
+        let mut host = Envoy::request(
+            "/",
+            &[("content-type", b"application/x-www-form-urlencoded")],
+        );
+        host.body = Some(b"role=admin&x=1".to_vec());
+        s.on_request_headers(&mut host, false);
+        assert_eq!(s.on_request_body(&mut host, 14, false), Action::Pause);
+        host.body = Some(b"y=2&z=3&pad=xxxxxxxxxxxx".to_vec());
+        assert_eq!(s.on_request_body(&mut host, 24, true), Action::Pause);
+        assert_eq!(host.sent.len(), 1);
+        assert_eq!(host.sent[0].status, 500);
+        assert!(host.logs[0].1.contains("the body now starts otherwise"));
+        assert_eq!(host.body.as_deref(), Some(&b"y=2&z=3&pad=xxxxxxxxxxxx"[..]));
+        // A total that stays (an empty last DATA frame) is no sign of it.
+        let mut s = stream(r#"{"add":{"body":["p:v"]}}"#);
+        let mut host = Envoy::request("/", &[("content-type", b"application/json")]);
+        host.body = Some(br#"{"a":1}"#.to_vec());
+        s.on_request_headers(&mut host, false);
+        assert_eq!(s.on_request_body(&mut host, 7, false), Action::Pause);
+        assert_eq!(s.on_request_body(&mut host, 7, true), Action::Continue);
+        assert!(host.sent.is_empty());
+        assert_eq!(host.body.as_deref(), Some(&br#"{"a":1,"p":"v"}"#[..]));
+    }
+
+    #[test]
+    fn a_body_left_unchanged_because_it_cannot_be_read_is_logged() {
+        let mut s = stream(r#"{"add":{"body":["p:v"]}}"#);
+        let mut host = Envoy::request("/", &[("content-type", b"application/json")]);
+        host.body = Some(br#"{"a":"#.to_vec());
+        s.on_request_headers(&mut host, false);
+        assert_eq!(s.on_request_body(&mut host, 5, true), Action::Continue);
+        assert_eq!(host.body.as_deref(), Some(&br#"{"a":"#[..]));
+        assert!(host.sent.is_empty());
+        assert_eq!(
+            host.logs,
+            [(
+                Level::Debug,
+                "request body passed on unchanged: not JSON by RFC 8259 (5 bytes)".to_owned()
+            )]
+        );
     }
 
     #[test]

@@ -173,6 +173,10 @@ pub struct BodyDecision {
     pub body: Option<Vec<u8>>,
     /// Header changes (only when the headers were held).
     pub changes: Vec<HeaderChange>,
+    /// Why the body went on unchanged although the plugin meant to edit it (it is not the
+    /// JSON or multipart its Content-Type says, and the plugin is not fail-closed), for the
+    /// operator's log.
+    pub unusable: Option<String>,
 }
 
 /// Template lookups on the original request.
@@ -695,6 +699,7 @@ impl BodyJob {
         status: u16,
         message: &str,
         why: String,
+        decision: &mut BodyDecision,
     ) -> Result<Option<Vec<u8>>, Refusal> {
         if self.fail_closed {
             Err(refusal(
@@ -705,6 +710,7 @@ impl BodyJob {
                 format!("body: {why}"),
             ))
         } else {
+            decision.unusable = Some(why);
             Ok(None)
         }
     }
@@ -742,7 +748,12 @@ impl BodyJob {
                 }
                 // Valid JSON without top-level keys: nothing to edit.
                 Parsed::Other => None,
-                Parsed::Invalid => self.unusable(400, NOT_JSON, "not JSON by RFC 8259".into())?,
+                Parsed::Invalid => self.unusable(
+                    400,
+                    NOT_JSON,
+                    format!("not JSON by RFC 8259 ({} bytes)", body.len()),
+                    &mut decision,
+                )?,
             },
             Some(BodyKind::Multipart(None)) => None,
             Some(BodyKind::Multipart(Some(boundary))) => {
@@ -750,7 +761,12 @@ impl BodyJob {
                     Ok(parts) => Some(parts),
                     Err(_) if body.is_empty() => Some(Multipart::empty(boundary)),
                     Err(why) => {
-                        self.unusable(400, NOT_MULTIPART, format!("multipart: {why}"))?;
+                        self.unusable(
+                            400,
+                            NOT_MULTIPART,
+                            format!("multipart: {why}"),
+                            &mut decision,
+                        )?;
                         None
                     }
                 };
