@@ -198,3 +198,69 @@ async fn no_matching_route_is_kongs_404() {
         serde_json::json!({"message": "no Route matched with those values"})
     );
 }
+
+/// A filter chain's filter may name the root context and the plugin name its module is
+/// configured with (Envoy's PluginConfig `root_id` and `name`), both its own name by default:
+/// the module sees the same `plugin_root_id` and `plugin_name` in `gateway` and in Envoy
+/// from the translation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_filter_gets_its_root_id_and_plugin_name_on_both_data_planes() {
+    let filters = tempfile::tempdir().unwrap();
+    let root = paths::workspace_root();
+    let module = wat::parse_file(root.join("tests/wat/foreign.wat")).unwrap();
+    std::fs::write(filters.path().join("wat_foreign.wasm"), module).unwrap();
+    let echo = EchoUpstream::start().await.unwrap();
+    let text = format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: s
+    url: http://{}
+    routes:
+      - {{name: named, paths: [/named]}}
+      - {{name: default, paths: [/default]}}
+filter_chains:
+  - route: named
+    filters: [{{name: wat_foreign, root_id: custom_root, plugin_name: custom-plugin}}]
+  - route: default
+    filters: [{{name: wat_foreign}}]
+"#,
+        echo.addr()
+    );
+    let mut options = wasmgate_tests::gateway::options();
+    options.runtime.filters_dir = Some(filters.path().to_owned());
+    let gateway = wasmgate_tests::gateway::start_with(options, &text);
+    let config = model::parse_declarative(&text).unwrap();
+    let envoy_options = EnvoyOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        modules_dir: paths::wasm_dir(),
+        filters_dir: Some(filters.path().to_owned()),
+        runtime: V8.into(),
+        env_allow: Vec::new(),
+        env_values: Vec::new(),
+    };
+    let envoy = Envoy::start_bootstrap(&bootstrap(&config, &envoy_options), 1)
+        .await
+        .unwrap();
+    for (plane, addr) in [
+        ("gateway", gateway.addr()),
+        ("Envoy", envoy.listener("wasmgate")),
+    ] {
+        for (path, root_id, name) in [
+            ("/named", "custom_root", "custom-plugin"),
+            ("/default", "wat_foreign", "wat_foreign"),
+        ] {
+            let r = send(addr, Protocol::Http1, &Request::get(path))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{plane} {path}: {}", r.text());
+            let seen = report(&r.body);
+            assert_eq!(
+                (seen.header("x-wat-root"), seen.header("x-wat-name")),
+                (Some(root_id), Some(name)),
+                "{plane} {path}"
+            );
+        }
+    }
+}

@@ -1,8 +1,8 @@
 ;; A proxy-wasm module written by hand (no SDK), run in both Envoy and the in-process host
 ;; with the same cases (tests/host/foreign.rs). It reads the plugin configuration and refuses
-;; `"refuse"`, reads, adds, replaces and removes request headers, reads properties, writes and
-;; reads shared data, defines and increments a metric, logs, answers `/deny` locally, and
-;; marks every response in its response phase.
+;; `"refuse"`, reads, adds, replaces and removes request headers, reads properties (its root
+;; id and plugin name among them), writes and reads shared data, defines and increments a
+;; metric, logs, answers `/deny` locally, and marks every response in its response phase.
 (module
   (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_buffer_bytes" (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))
@@ -47,6 +47,8 @@
   (data (i32.const 1368) "plugin_root_id")
   (data (i32.const 1384) "x-wat-root")
   (data (i32.const 1400) "x-wat-time")
+  (data (i32.const 1416) "plugin_name")
+  (data (i32.const 1432) "x-wat-name")
 
   (func (export "proxy_abi_version_0_2_1"))
 
@@ -116,6 +118,10 @@
     (if (i32.eqz (call $get_property (i32.const 1368) (i32.const 14) (i32.const 0) (i32.const 4)))
       (then
         (drop (call $add_header (i32.const 0) (i32.const 1384) (i32.const 10)
+          (i32.load (i32.const 0)) (i32.load (i32.const 4))))))
+    (if (i32.eqz (call $get_property (i32.const 1416) (i32.const 11) (i32.const 0) (i32.const 4)))
+      (then
+        (drop (call $add_header (i32.const 0) (i32.const 1432) (i32.const 10)
           (i32.load (i32.const 0)) (i32.load (i32.const 4))))))
     ;; Time is after 2020 (nanoseconds).
     (if (i32.eqz (call $now (i32.const 16)))

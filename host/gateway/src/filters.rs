@@ -227,7 +227,7 @@ impl Runtime {
                 );
                 match self.plugin(
                     &module,
-                    (&filter.name, &filter.name, &vm_id),
+                    (&filter.plugin_name, &filter.root_id, &vm_id),
                     filter.config.clone().unwrap_or_default().into_bytes(),
                     false,
                 ) {

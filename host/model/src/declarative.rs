@@ -505,8 +505,20 @@ fn read_chain(r: &mut Record<'_>, top_level: bool) -> RawChain {
             Some(other) => Some(other.to_string()),
         };
         let enabled = f.boolean("enabled", true);
+        let mut named = |key| match f.string(key) {
+            Some("") => {
+                f.error(key, "length must be at least 1");
+                name.clone()
+            }
+            Some(value) => value.to_owned(),
+            None => name.clone(),
+        };
+        let root_id = named("root_id");
+        let plugin_name = named("plugin_name");
         FilterEntry {
             name,
+            root_id,
+            plugin_name,
             config,
             enabled,
         }
@@ -824,6 +836,47 @@ plugins:
             "plugins.key-auth.name: plugin 'key-auth' not enabled; add it to the 'plugins' configuration property",
         ] {
             assert!(message.contains(expected), "missing {expected:?} in {message}");
+        }
+    }
+
+    #[test]
+    fn a_chain_filter_may_name_its_root_id_and_plugin_name() {
+        let config = parse_declarative(
+            r#"
+_format_version: "3.0"
+services: [{name: s, host: s.test}]
+filter_chains:
+  - service: s
+    filters:
+      - name: plain
+      - {name: sdk, root_id: sdk_root, plugin_name: my-plugin}
+"#,
+        )
+        .unwrap();
+        let names: Vec<(&str, &str)> = config.filter_chains[0]
+            .filters
+            .iter()
+            .map(|f| (f.root_id.as_str(), f.plugin_name.as_str()))
+            .collect();
+        assert_eq!(names, [("plain", "plain"), ("sdk_root", "my-plugin")]);
+        let message = errors(
+            r#"
+_format_version: "3.0"
+services: [{name: s, host: s.test}]
+filter_chains:
+  - name: c
+    service: s
+    filters: [{name: sdk, root_id: "", plugin_name: 7}]
+"#,
+        );
+        for expected in [
+            "filter_chains.c.filters.sdk.root_id: length must be at least 1",
+            "filter_chains.c.filters.sdk.plugin_name: expected a string",
+        ] {
+            assert!(
+                message.contains(expected),
+                "missing {expected:?} in {message}"
+            );
         }
     }
 

@@ -147,7 +147,14 @@ pub struct Plugin {
 /// One filter of a filter chain: any proxy-wasm module from the filters directory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FilterEntry {
+    /// The module: `<name>.wasm` in the filters directory.
     pub name: String,
+    /// Which root context of the module serves this filter (Envoy's PluginConfig `root_id`,
+    /// the `plugin_root_id` property); the filter's name unless set.
+    pub root_id: String,
+    /// The plugin's name (Envoy's PluginConfig `name`, the `plugin_name` property); the
+    /// filter's name unless set.
+    pub plugin_name: String,
     /// Passed to the module as-is (a string config) or as JSON text.
     pub config: Option<String>,
     pub enabled: bool,

@@ -65,7 +65,10 @@ pub struct EnvoyOptions {
 
 /// One wasm filter instance in the chain.
 struct FilterSlot {
+    /// The HTTP filter's name in the chain, unique there (per-route configs refer to it).
     name: String,
+    /// The Wasm plugin's name (PluginConfig `name`, the `plugin_name` property).
+    plugin_name: String,
     root_id: String,
     vm_id: String,
     module: PathBuf,
@@ -111,8 +114,10 @@ fn filter_slots(
         let file = plugins::find(&plugin.name)
             .map_or_else(|| format!("{}.wasm", plugin.name), |p| p.module_file());
         plugin_slot[i] = Some(slots.len());
+        let name = config.plugin_instance_name(plugin);
         slots.push(FilterSlot {
-            name: config.plugin_instance_name(plugin),
+            plugin_name: name.clone(),
+            name,
             root_id: plugin.name.clone(),
             // One VM per plugin module per worker; each instance has its own root context
             // (Envoy keys them by root id and configuration).
@@ -134,7 +139,8 @@ fn filter_slots(
             ids.push(slots.len());
             slots.push(FilterSlot {
                 name: format!("wasmgate.chain.{c}.{f}.{}", filter.name),
-                root_id: filter.name.clone(),
+                plugin_name: filter.plugin_name.clone(),
+                root_id: filter.root_id.clone(),
                 vm_id: format!("wasmgate.chain.{c}.{f}"),
                 module: filters_dir.join(format!("{}.wasm", filter.name)),
                 configuration: filter.config.clone().unwrap_or_default(),
@@ -154,7 +160,7 @@ fn wasm_config(slot: &FilterSlot, options: &EnvoyOptions, code: Value) -> Value 
     json!({
         "@type": WASM,
         "config": {
-            "name": slot.name,
+            "name": slot.plugin_name,
             "root_id": slot.root_id,
             "configuration": {
                 "@type": "type.googleapis.com/google.protobuf.StringValue",
