@@ -24,8 +24,6 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Fuel per callback, when the engine was built with fuel.
     pub fuel: Option<u64>,
-    /// A paused stream that is never resumed gets 504 after this long (Envoy: 300 s).
-    pub stream_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -35,7 +33,6 @@ impl Default for Limits {
             startup_deadline: Duration::from_secs(2),
             memory_bytes: 128 << 20,
             fuel: None,
-            stream_timeout: Duration::from_secs(300),
         }
     }
 }

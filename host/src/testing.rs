@@ -203,6 +203,8 @@ pub struct Harness {
     /// Stream facts for the next requests (source address, route and cluster names).
     pub info: StreamInfo,
     pub buffer_limit: usize,
+    /// How long a filter may hold the stream before it is answered 504: `gateway` uses the
+    /// service's `read_timeout`, whose Kong default this is.
     pub stream_timeout: Duration,
     requests: u64,
     foreign: HashMap<String, ForeignFunction>,
@@ -227,7 +229,7 @@ impl Harness {
                 ..StreamInfo::default()
             },
             buffer_limit: DEFAULT_BUFFER_LIMIT,
-            stream_timeout: Duration::from_secs(300),
+            stream_timeout: Duration::from_secs(60),
             requests: 0,
             foreign: HashMap::new(),
         })

@@ -494,3 +494,68 @@ filter_chains:
         "a trapped request reached the upstream"
     );
 }
+
+/// A filter that holds the request or the response head and never resumes is answered like an
+/// upstream that does not answer: Kong's 504, after the service's `read_timeout` (Envoy's
+/// translation sets the route's idle timeout from it too), not after Envoy's 300 s default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_holds_a_stream_is_answered_504_after_the_read_timeout() {
+    let filters = tempfile::tempdir().unwrap();
+    for (file, callback) in [
+        ("hold_request", "proxy_on_request_headers"),
+        ("hold_response", "proxy_on_response_headers"),
+    ] {
+        let wasm = wat::parse_str(format!(
+            r#"(module
+              (memory (export "memory") 1)
+              (func (export "proxy_abi_version_0_2_1"))
+              (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+              (func (export "proxy_on_context_create") (param i32 i32))
+              (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+              (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+              (func (export "{callback}") (param i32 i32 i32) (result i32) (i32.const 1)))"#
+        ))
+        .unwrap();
+        std::fs::write(filters.path().join(format!("{file}.wasm")), wasm).unwrap();
+    }
+    let echo = EchoUpstream::start().await.unwrap();
+    let mut options = wasmgate_tests::gateway::options();
+    options.runtime.filters_dir = Some(filters.path().to_owned());
+    let gateway = wasmgate_tests::gateway::start_with(
+        options,
+        &format!(
+            r#"
+_format_version: "3.0"
+services:
+  - name: e
+    url: http://{}
+    read_timeout: 200
+    routes: [{{name: request, paths: [/request]}}, {{name: response, paths: [/response]}}]
+filter_chains:
+  - {{route: request, filters: [{{name: hold_request}}]}}
+  - {{route: response, filters: [{{name: hold_response}}]}}
+"#,
+            echo.addr()
+        ),
+    );
+    for (path, reaches) in [("/request", 0), ("/response", 1)] {
+        let before = echo.record();
+        // Bounded well below the 300 s the gateway used to wait, so that a regression fails
+        // rather than stalls the suite.
+        let held = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            send(gateway.addr(), Protocol::Http1, &Request::get(path)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path}: no answer within 60 s"))
+        .unwrap();
+        assert_eq!(held.status, 504, "{path}: {}", held.text());
+        assert_eq!(
+            held.json(),
+            Some(held.kong_error_json("The upstream server is timing out")),
+            "{path}"
+        );
+        let seen = echo.record() - before;
+        assert_eq!((seen.heads, seen.whole), (reaches, reaches), "{path}");
+    }
+}

@@ -30,8 +30,6 @@ use crate::access_log::AccessLog;
 use crate::server::Worker;
 use crate::Snapshot;
 
-/// How long a stream may stay paused by a filter before the proxy gives up (Envoy: 300 s).
-const STREAM_TIMEOUT: Duration = Duration::from_secs(300);
 /// Frames in flight per direction before the sender waits.
 const CHANNEL_FRAMES: usize = 16;
 
@@ -377,6 +375,10 @@ pub async fn forward(
     let snapshot = matched.snapshot;
     let route = &snapshot.config.routes[matched.route];
     let service = &snapshot.config.services[matched.service];
+    // How long a filter may hold the request or the response head: the service's Kong
+    // `read_timeout`, as the Envoy translation sets the route's idle timeout (a filter that
+    // holds a stream that long is treated as an upstream that does not answer: 504).
+    let hold_timeout = Duration::from_millis(service.read_timeout_ms);
     let protocol = match parts.version {
         http::Version::HTTP_2 => "HTTP/2",
         http::Version::HTTP_10 => "HTTP/1.0",
@@ -500,7 +502,7 @@ pub async fn forward(
             return Ok(local(head, client_body));
         }
         _ = &mut reset_rx => return Err(ProxyError::BadGateway("the stream was reset".into())),
-        _ = tokio::time::sleep(STREAM_TIMEOUT) => return Err(ProxyError::Timeout("a filter held the request".into())),
+        _ = tokio::time::sleep(hold_timeout) => return Err(ProxyError::Timeout("a filter held the request".into())),
     };
 
     // The upstream request, from what the filters made of the client's.
@@ -616,7 +618,7 @@ pub async fn forward(
     let head = tokio::select! {
         head = response_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the response".into()))?,
         _ = reset_rx => return Err(ProxyError::BadGateway("the stream was reset".into())),
-        _ = tokio::time::sleep(STREAM_TIMEOUT) => return Err(ProxyError::Timeout("a filter held the response".into())),
+        _ = tokio::time::sleep(hold_timeout) => return Err(ProxyError::Timeout("a filter held the response".into())),
     };
     let mut response = local(head, client_body);
     response.headers_mut().insert(
