@@ -559,3 +559,76 @@ filter_chains:
         assert_eq!((seen.heads, seen.whole), (reaches, reaches), "{path}");
     }
 }
+
+/// A filter whose instance fails to start on a worker fails that worker's requests (503) only
+/// until the next try, not for good. The module's start fails once: the first start (the
+/// config's validation) succeeds, the second (the worker's instance) fails, later ones
+/// succeed; it counts its starts in shared data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_failed_to_start_is_started_again() {
+    let filters = tempfile::tempdir().unwrap();
+    let wasm = wat::parse_str(
+        r#"(module
+          (import "env" "proxy_get_shared_data" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 100) "starts")
+          (data (i32.const 108) "12")
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+          (func (export "proxy_on_context_create") (param i32 i32))
+          (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+          (func (export "proxy_on_configure") (param i32 i32) (result i32)
+            (if (call $get (i32.const 100) (i32.const 6) (i32.const 0) (i32.const 4) (i32.const 8))
+              (then
+                (drop (call $set (i32.const 100) (i32.const 6) (i32.const 108) (i32.const 1) (i32.const 0)))
+                (return (i32.const 1))))
+            (if (i32.eq (i32.load8_u (i32.load (i32.const 0))) (i32.const 49))
+              (then
+                (drop (call $set (i32.const 100) (i32.const 6) (i32.const 109) (i32.const 1) (i32.const 0)))
+                (return (i32.const 0))))
+            (i32.const 1))
+          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    std::fs::write(filters.path().join("second_start_fails.wasm"), wasm).unwrap();
+    let echo = EchoUpstream::start().await.unwrap();
+    let mut options = wasmgate_tests::gateway::options();
+    options.workers = 1;
+    options.runtime.filters_dir = Some(filters.path().to_owned());
+    let gateway = wasmgate_tests::gateway::start_with(
+        options,
+        &format!(
+            r#"
+_format_version: "3.0"
+services:
+  - name: e
+    url: http://{}
+    routes: [{{name: r, paths: [/]}}]
+filter_chains:
+  - {{route: r, filters: [{{name: second_start_fails}}]}}
+"#,
+            echo.addr()
+        ),
+    );
+    let first = send(gateway.addr(), Protocol::Http1, &Request::get("/"))
+        .await
+        .unwrap();
+    assert_eq!(first.status, 503, "{}", first.text());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = send(gateway.addr(), Protocol::Http1, &Request::get("/"))
+            .await
+            .unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the instance was never started again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(echo.record().whole, 1);
+}

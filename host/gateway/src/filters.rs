@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use host::{Engine, EngineConfig, HostEnv, Plugin, PluginConfig, PluginModule, WorkerPlugin};
 use kit::schema::FieldError;
@@ -272,11 +273,28 @@ impl Runtime {
     }
 }
 
+/// After an instance failed to start on a worker, how long its requests fail before the next
+/// try, doubling up to [`START_RETRY_MAX`]: a start can fail for a passing reason (the
+/// instance pool full while a reload's two generations overlap, a module whose start
+/// depends on shared data), and a worker must not fail a filter's requests for good.
+const START_RETRY_FIRST: Duration = Duration::from_millis(500);
+const START_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A filter's instance on one worker.
+enum Instance {
+    Running(WorkerPlugin),
+    /// The last start failed; the next is tried from `retry_at`.
+    Failed {
+        retry_at: Instant,
+        backoff: Duration,
+    },
+}
+
 /// One worker's instances of one configuration's plugins.
 pub struct WorkerFilters {
     /// Which configuration these instances belong to.
     pub generation: u64,
-    instances: HashMap<FilterRef, Option<WorkerPlugin>>,
+    instances: HashMap<FilterRef, Instance>,
 }
 
 impl WorkerFilters {
@@ -288,27 +306,48 @@ impl WorkerFilters {
     }
 
     /// This worker's instance of a filter, started on first use. `None` when the instance
-    /// cannot start (the request then fails closed).
+    /// cannot start (the request then fails closed); it is tried again after a backoff.
     pub fn instance(&mut self, filters: &ConfigFilters, filter: FilterRef) -> Option<WorkerPlugin> {
-        self.instances
-            .entry(filter)
-            .or_insert_with(|| {
-                let plugin = filters.plugin(filter)?;
-                match plugin.worker() {
-                    Ok(worker) => Some(worker),
-                    Err(e) => {
-                        log::error!("{}: cannot start on this worker: {e}", plugin.config().name);
-                        None
-                    }
+        let backoff = match self.instances.get(&filter) {
+            Some(Instance::Running(worker)) => return Some(worker.clone()),
+            Some(Instance::Failed { retry_at, backoff }) => {
+                if Instant::now() < *retry_at {
+                    return None;
                 }
-            })
-            .clone()
+                (*backoff * 2).min(START_RETRY_MAX)
+            }
+            None => START_RETRY_FIRST,
+        };
+        let plugin = filters.plugin(filter)?;
+        match plugin.worker() {
+            Ok(worker) => {
+                self.instances
+                    .insert(filter, Instance::Running(worker.clone()));
+                Some(worker)
+            }
+            Err(e) => {
+                log::error!(
+                    "{}: cannot start on this worker (next try in {backoff:?}): {e}",
+                    plugin.config().name
+                );
+                self.instances.insert(
+                    filter,
+                    Instance::Failed {
+                        retry_at: Instant::now() + backoff,
+                        backoff,
+                    },
+                );
+                None
+            }
+        }
     }
 
     /// Runs what is due on every instance (queues, ticks).
     pub fn poll(&self) {
-        for worker in self.instances.values().flatten() {
-            worker.poll();
+        for instance in self.instances.values() {
+            if let Instance::Running(worker) = instance {
+                worker.poll();
+            }
         }
     }
 }
