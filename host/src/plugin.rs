@@ -86,6 +86,8 @@ impl Plugin {
                 root_callouts: Callouts::default(),
                 stream_ops: Vec::new(),
                 last_tick: now,
+                restart_at: Duration::ZERO,
+                restart_backoff: Duration::ZERO,
             })),
         })
     }
@@ -116,16 +118,41 @@ struct Worker {
     root_callouts: Callouts,
     stream_ops: Vec<(u32, StreamOp)>,
     last_tick: Duration,
+    /// After a failed restart: no new try before this (monotonic clock), so a module that
+    /// cannot start is not started again for every request (each start may take the whole
+    /// startup deadline of CPU); meanwhile its streams fail by the failure policy.
+    restart_at: Duration,
+    restart_backoff: Duration,
 }
 
+/// The wait after a first failed restart, doubled after each further one up to the most.
+const RESTART_BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 impl Worker {
+    /// The running instance, started again first if it was dropped and a restart is due.
     fn vm(&mut self) -> Option<&mut Vm> {
         if self.vm.is_none() {
+            let now = self.plugin.inner.env.clock.monotonic();
+            if now < self.restart_at {
+                return None;
+            }
             match self.plugin.start_vm(&self.logs, &self.mailbox) {
-                Ok(vm) => self.vm = Some(vm),
+                Ok(vm) => {
+                    self.vm = Some(vm);
+                    self.restart_backoff = Duration::ZERO;
+                }
                 Err(e) => {
-                    self.logs
-                        .log(LogLevel::Error, &format!("restart failed: {e}"));
+                    self.restart_backoff = (self.restart_backoff * 2)
+                        .clamp(RESTART_BACKOFF_FIRST, RESTART_BACKOFF_MAX);
+                    self.restart_at = now + self.restart_backoff;
+                    self.logs.log(
+                        LogLevel::Error,
+                        &format!(
+                            "restart failed (next try in {:?}): {e}",
+                            self.restart_backoff
+                        ),
+                    );
                     return None;
                 }
             }
@@ -133,7 +160,8 @@ impl Worker {
         self.vm.as_mut()
     }
 
-    /// Counts and logs a failure, drops the instance and starts a fresh one.
+    /// Counts and logs a failure and drops the instance. The fresh one starts at the
+    /// worker's next poll or stream, not within the failing request.
     fn fail(&mut self, failure: &Failure) {
         let inner = &self.plugin.inner;
         inner.failures.fetch_add(1, Ordering::Relaxed);
@@ -144,7 +172,6 @@ impl Worker {
         );
         self.vm = None;
         self.generation += 1;
-        let _ = self.vm();
     }
 
     fn collect_root(&mut self) {
@@ -197,6 +224,8 @@ impl WorkerPlugin {
     /// period passed (once per elapsed period, at most 1000 at a time).
     pub fn poll(&self) {
         let mut w = self.inner.borrow_mut();
+        // A failed instance is replaced here, between requests, once its restart is due.
+        let _ = w.vm();
         let ready = w.mailbox.drain();
         for (root, queue) in ready {
             let Some(vm) = w.vm() else { return };

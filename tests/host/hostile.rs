@@ -340,3 +340,53 @@ fn the_default_budgets_are_the_documented_ones_and_hold() {
     );
     assert_eq!(Limits::default().startup_deadline, Duration::from_secs(2));
 }
+
+/// An instance that fails is dropped at once and started again at the worker's next poll or
+/// stream; a restart that fails is not tried again before a backoff (500 ms, doubling), so a
+/// module that cannot start does not cost a start (up to the startup deadline of CPU) per
+/// request. Meanwhile its requests fail by the failure policy. The module traps on every
+/// request and refuses every configuration after its first.
+#[test]
+fn a_failed_restart_is_tried_again_only_after_a_backoff() {
+    let text = r#"(module
+  (import "env" "proxy_get_shared_data" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "started")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (if (i32.eqz (call $get (i32.const 100) (i32.const 7) (i32.const 0) (i32.const 4) (i32.const 8)))
+      (then (return (i32.const 0))))
+    (drop (call $set (i32.const 100) (i32.const 7) (i32.const 100) (i32.const 1) (i32.const 0)))
+    (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable))"#;
+    let wasm = wat::parse_str(text).expect("WAT");
+    let (mut h, w) = harness(&wasm, FailurePolicy::FailClosed);
+    let restarts = |h: &Harness| h.log_text().matches("restart failed").count();
+    // The trap: 503, the instance dropped, and its restart refused.
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 503);
+    assert_eq!(w.plugin().failures(), 1);
+    assert_eq!(restarts(&h), 1, "{}", h.log_text());
+    assert!(
+        h.log_text().contains("next try in 500ms"),
+        "{}",
+        h.log_text()
+    );
+    // Within the backoff: failed by the policy, no start tried.
+    for _ in 0..5 {
+        assert_eq!(h.send(TestRequest::get("/")).response.status, 503);
+    }
+    assert_eq!(restarts(&h), 1, "{}", h.log_text());
+    // Once it is due, one more try, then twice as long.
+    h.advance(Duration::from_millis(500));
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 503);
+    assert_eq!(restarts(&h), 2, "{}", h.log_text());
+    assert!(h.log_text().contains("next try in 1s"), "{}", h.log_text());
+    h.advance(Duration::from_millis(999));
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 503);
+    assert_eq!(restarts(&h), 2, "{}", h.log_text());
+    assert!(!w.is_running());
+}
