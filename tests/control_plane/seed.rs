@@ -28,17 +28,15 @@ async fn authorization_seen(proxy: SocketAddr) -> Option<String> {
 /// Polls until the backend sees `expected` through `proxy`; returns how long it took.
 async fn until_seen(proxy: SocketAddr, expected: &str, within: Duration) -> Duration {
     let started = Instant::now();
-    loop {
-        if authorization_seen(proxy).await.as_deref() == Some(expected) {
-            return started.elapsed();
+    let what = format!("{proxy} showing Authorization: {expected}");
+    wasmgate_tests::until(&what, within, async || {
+        match authorization_seen(proxy).await {
+            Some(seen) if seen == expected => Ok(()),
+            seen => Err(format!("sees {seen:?}")),
         }
-        assert!(
-            started.elapsed() < within,
-            "{proxy} did not show Authorization: {expected} within {within:?} (sees {:?})",
-            authorization_seen(proxy).await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    started.elapsed()
 }
 
 fn proxy_of(configuration: &Value) -> SocketAddr {

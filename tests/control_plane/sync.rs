@@ -124,12 +124,17 @@ async fn seen(proxy: SocketAddr) -> Option<String> {
 /// hanging, not a latency target (propagation times are measured in docs/BENCHMARKS.md).
 const PROPAGATION: Duration = Duration::from_secs(30);
 
+/// [`wasmgate_tests::until`] for a yes/no check; returns how long it took.
 async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
     let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wasmgate_tests::until(what, within, async || {
+        if check().await {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await;
     started.elapsed()
 }
 

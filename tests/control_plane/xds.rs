@@ -107,17 +107,13 @@ async fn get(listen: SocketAddr, path: &str) -> Result<EchoReport, String> {
 
 /// Polls until the `x-xds` header the upstream sees is `value`; returns when it was.
 async fn wait_for_header(listen: SocketAddr, value: &str, deadline: Duration) -> Instant {
-    let start = Instant::now();
-    let mut last = String::new();
-    while start.elapsed() < deadline {
-        match get(listen, "/api").await {
-            Ok(report) if report.header("x-xds") == Some(value) => return Instant::now(),
-            Ok(report) => last = format!("x-xds: {:?}", report.header("x-xds")),
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("x-xds never became {value:?} within {deadline:?}; last: {last}");
+    let what = format!("x-xds becoming {value:?}");
+    wasmgate_tests::until(&what, deadline, async || match get(listen, "/api").await {
+        Ok(report) if report.header("x-xds") == Some(value) => Ok(Instant::now()),
+        Ok(report) => Err(format!("x-xds: {:?}", report.header("x-xds"))),
+        Err(e) => Err(e),
+    })
+    .await
 }
 
 async fn node(cp: &TestControlPlane, id: &str, node: &str) -> Option<Value> {
@@ -141,16 +137,12 @@ async fn wait_for_node(
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let start = Instant::now();
-    let mut last = None;
-    while start.elapsed() < DEADLINE {
-        last = node(cp, id, name).await;
-        if last.as_ref().is_some_and(&check) {
-            return last.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("node {name} never got {what}; last: {last:?}");
+    let what = format!("node {name} getting {what}");
+    wasmgate_tests::until(&what, DEADLINE, async || match node(cp, id, name).await {
+        Some(node) if check(&node) => Ok(node),
+        last => Err(format!("{last:?}")),
+    })
+    .await
 }
 
 async fn expected(cp: &TestControlPlane, id: &str) -> (String, u64) {

@@ -395,6 +395,8 @@ impl LateUpstream {
 /// read the first 64 KiB of the body, and the rest is sent once it has accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_held_while_the_upstream_connects_is_never_sent_on_unedited() {
+    // A bound against hanging, not a latency claim.
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
     let mut upstreams = Vec::new();
     let mut services = String::new();
     let cases: Vec<(&str, Protocol)> = ["held", "streamed"]
@@ -464,25 +466,43 @@ async fn a_body_held_while_the_upstream_connects_is_never_sent_on_unedited() {
         let protocol = *protocol;
         let sending = tokio::spawn(async move { send(addr, protocol, &request).await });
         // Envoy has read the head and the first 64 KiB: the filter holds them.
-        wait_for(&what, "Envoy reads the first 64 KiB", || async {
-            envoy
-                .stat("http.wasmgate.downstream_cx_rx_bytes_total")
-                .await
-                .unwrap_or(0)
-                >= read_before + 64 * 1024
-        })
+        wasmgate_tests::until(
+            &format!("{what}: Envoy reading the first 64 KiB"),
+            WAIT,
+            async || {
+                let read = envoy
+                    .stat("http.wasmgate.downstream_cx_rx_bytes_total")
+                    .await
+                    .unwrap_or(0);
+                (read >= read_before + 64 * 1024)
+                    .then_some(())
+                    .ok_or(format!("{} bytes read", read - read_before))
+            },
+        )
         .await;
         let echo = upstream.open();
         // The queued connection, then Envoy's.
-        wait_for(&what, "the upstream accepts Envoy's connection", || async {
-            echo.accepted() >= 2
-        })
+        wasmgate_tests::until(
+            &format!("{what}: the upstream accepting Envoy's connection"),
+            WAIT,
+            async || {
+                (echo.accepted() >= 2)
+                    .then_some(())
+                    .ok_or(format!("{} accepted", echo.accepted()))
+            },
+        )
         .await;
         open.send(true).unwrap();
         let response = sending.await.unwrap().unwrap();
-        wait_for(&what, "the upstream records the request", || async {
-            !echo.arrivals().is_empty()
-        })
+        wasmgate_tests::until(
+            &format!("{what}: the upstream recording the request"),
+            WAIT,
+            async || {
+                (!echo.arrivals().is_empty())
+                    .then_some(())
+                    .ok_or("nothing yet".to_owned())
+            },
+        )
         .await;
         let arrivals = echo.arrivals();
         assert_eq!(arrivals.len(), 1, "{what}: {arrivals:?}");
@@ -514,20 +534,4 @@ async fn a_body_held_while_the_upstream_connects_is_never_sent_on_unedited() {
         "{}",
         envoy.log()
     );
-}
-
-/// Polls `done` until it holds; panics after 30 s naming `step`.
-async fn wait_for<F, Fut>(what: &str, step: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !done().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: timed out waiting until {step}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }

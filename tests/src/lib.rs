@@ -28,3 +28,25 @@ pub fn free_port() -> std::net::SocketAddr {
         .and_then(|listener| listener.local_addr())
         .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
 }
+
+/// Polls `check` every 20 ms until it returns `Ok`, and returns that value; panics naming
+/// `what` and the last `Err` once `within` has passed. The bound is against hanging, never a
+/// latency claim (latencies are measured in docs/BENCHMARKS.md).
+pub async fn until<T>(
+    what: &str,
+    within: std::time::Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        let last = match check().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        assert!(
+            started.elapsed() < within,
+            "{what}: not within {within:?}; last: {last}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
