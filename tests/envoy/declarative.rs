@@ -3,9 +3,9 @@
 
 use std::net::SocketAddr;
 
-use model::envoy::{bootstrap, EnvoyOptions, V8};
+use model::envoy::{bootstrap, EnvoyOptions};
 use wasmgate_tests::client::send;
-use wasmgate_tests::{paths, EchoReport, EchoUpstream, Envoy, Protocol, Request, RequestBody};
+use wasmgate_tests::{paths, EchoUpstream, Envoy, Protocol, Request, RequestBody};
 
 fn declarative(a: SocketAddr, b: SocketAddr) -> String {
     format!(
@@ -48,28 +48,11 @@ async fn start() -> (EchoUpstream, EchoUpstream, Envoy) {
     let alpha = EchoUpstream::start().await.unwrap();
     let beta = EchoUpstream::start().await.unwrap();
     let config = model::parse_declarative(&declarative(alpha.addr(), beta.addr())).unwrap();
-    let options = EnvoyOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        modules_dir: paths::wasm_dir(),
-        filters_dir: None,
-        runtime: V8.into(),
-        env_allow: Vec::new(),
-        env_values: Vec::new(),
-    };
+    let options = wasmgate_tests::envoy::translation_options();
     let envoy = Envoy::start_bootstrap(&bootstrap(&config, &options), 2)
         .await
         .unwrap();
     (alpha, beta, envoy)
-}
-
-fn report(body: &[u8]) -> EchoReport {
-    serde_json::from_slice(body).unwrap_or_else(|e| {
-        panic!(
-            "not an echo report ({e}): {}",
-            String::from_utf8_lossy(body)
-        )
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,14 +66,14 @@ async fn routes_and_plugin_scopes_follow_kong() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    let seen = report(&r.body);
+    let seen = r.echo_report();
     assert_eq!(
         (seen.path.as_str(), seen.query.as_deref()),
         ("/base/x", Some("q=1"))
     );
     assert_eq!(seen.header("host"), Some(alpha.addr().to_string().as_str()));
     let r = send(addr, Protocol::Http2, &get("/alpha")).await.unwrap();
-    assert_eq!(report(&r.body).path, "/base");
+    assert_eq!(r.echo_report().path, "/base");
 
     // A stripping regex route: the match goes, the rest is joined to the service path, and a
     // match that is the whole path leaves the service path as it is (Kong, path_handling v0).
@@ -100,19 +83,19 @@ async fn routes_and_plugin_scopes_follow_kong() {
         ("/orders/a1/", "/base/"),
     ] {
         let r = send(addr, Protocol::Http1, &get(path)).await.unwrap();
-        assert_eq!(report(&r.body).path, upstream, "{path}");
+        assert_eq!(r.echo_report().path, upstream, "{path}");
     }
 
     // A regex route outranks the catch-all; strip_path false keeps the path.
     let r = send(addr, Protocol::Http1, &get("/users/42"))
         .await
         .unwrap();
-    assert_eq!(report(&r.body).path, "/base/users/42");
+    assert_eq!(r.echo_report().path, "/base/users/42");
     // ... but only for GET: a POST falls through to beta's catch-all, which preserves Host.
     let post =
         Request::post("/users/42", RequestBody::Bytes(b"x".to_vec())).header("host", "gw.test");
     let r = send(addr, Protocol::Http1, &post).await.unwrap();
-    let seen = report(&r.body);
+    let seen = r.echo_report();
     assert_eq!(
         (seen.path.as_str(), seen.header("host")),
         ("/users/42", Some("gw.test"))
@@ -169,15 +152,7 @@ async fn no_matching_route_is_kongs_404() {
         alpha.addr()
     );
     let config = model::parse_declarative(&text).unwrap();
-    let options = EnvoyOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        modules_dir: paths::wasm_dir(),
-        filters_dir: None,
-        runtime: V8.into(),
-        env_allow: Vec::new(),
-        env_values: Vec::new(),
-    };
+    let options = wasmgate_tests::envoy::translation_options();
     let envoy = Envoy::start_bootstrap(&bootstrap(&config, &options), 1)
         .await
         .unwrap();
@@ -232,13 +207,8 @@ filter_chains:
     let gateway = wasmgate_tests::gateway::start_with(options, &text);
     let config = model::parse_declarative(&text).unwrap();
     let envoy_options = EnvoyOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        modules_dir: paths::wasm_dir(),
         filters_dir: Some(filters.path().to_owned()),
-        runtime: V8.into(),
-        env_allow: Vec::new(),
-        env_values: Vec::new(),
+        ..wasmgate_tests::envoy::translation_options()
     };
     let envoy = Envoy::start_bootstrap(&bootstrap(&config, &envoy_options), 1)
         .await
@@ -255,7 +225,7 @@ filter_chains:
                 .await
                 .unwrap();
             assert_eq!(r.status, 200, "{plane} {path}: {}", r.text());
-            let seen = report(&r.body);
+            let seen = r.echo_report();
             assert_eq!(
                 (seen.header("x-wat-root"), seen.header("x-wat-name")),
                 (Some(root_id), Some(name)),

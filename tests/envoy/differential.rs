@@ -102,7 +102,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use model::envoy::{bootstrap, EnvoyOptions, V8};
+use model::envoy::bootstrap;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -1552,15 +1552,7 @@ struct Planes {
 async fn start_planes(text: &str) -> Planes {
     let config = model::parse_declarative(text)
         .unwrap_or_else(|e| panic!("the generated config does not validate: {e}\n{text}"));
-    let options = EnvoyOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        modules_dir: paths::wasm_dir(),
-        filters_dir: None,
-        runtime: V8.into(),
-        env_allow: Vec::new(),
-        env_values: Vec::new(),
-    };
+    let options = wasmgate_tests::envoy::translation_options();
     let owned = text.to_owned();
     let gateway = tokio::task::spawn_blocking(move || {
         Gateway::start(

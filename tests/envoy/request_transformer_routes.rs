@@ -10,9 +10,9 @@
 
 use std::net::SocketAddr;
 
-use model::envoy::{bootstrap, EnvoyOptions, V8};
+use model::envoy::bootstrap;
 use wasmgate_tests::client::send;
-use wasmgate_tests::{paths, EchoReport, EchoUpstream, Envoy, Protocol, Request, RequestBody};
+use wasmgate_tests::{EchoReport, EchoUpstream, Envoy, Protocol, Request, RequestBody};
 
 fn declarative(a: SocketAddr, b: SocketAddr) -> String {
     format!(
@@ -96,15 +96,7 @@ async fn start() -> (EchoUpstream, EchoUpstream, Envoy) {
     let a = EchoUpstream::start().await.unwrap();
     let b = EchoUpstream::start().await.unwrap();
     let config = model::parse_declarative(&declarative(a.addr(), b.addr())).unwrap();
-    let options = EnvoyOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        modules_dir: paths::wasm_dir(),
-        filters_dir: None,
-        runtime: V8.into(),
-        env_allow: Vec::new(),
-        env_values: Vec::new(),
-    };
+    let options = wasmgate_tests::envoy::translation_options();
     let envoy = Envoy::start_bootstrap(&bootstrap(&config, &options), 2)
         .await
         .unwrap();
@@ -428,15 +420,7 @@ async fn a_body_held_while_the_upstream_connects_is_never_sent_on_unedited() {
     let config =
         model::parse_declarative(&format!("_format_version: \"3.0\"\nservices:{services}"))
             .unwrap();
-    let options = EnvoyOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        modules_dir: paths::wasm_dir(),
-        filters_dir: None,
-        runtime: V8.into(),
-        env_allow: Vec::new(),
-        env_values: Vec::new(),
-    };
+    let options = wasmgate_tests::envoy::translation_options();
     let envoy = Envoy::start_bootstrap(&bootstrap(&config, &options), 2)
         .await
         .unwrap();

@@ -26,6 +26,20 @@ fn component_log_levels() -> String {
     std::env::var(LOG_LEVELS_VAR).unwrap_or_else(|_| "wasm:info".to_owned())
 }
 
+/// The Envoy translation's options for a test: listener and admin on loopback ports the kernel
+/// picks, wasmgate's built modules, the V8 runtime, no filters directory and no secrets.
+pub fn translation_options() -> model::envoy::EnvoyOptions {
+    model::envoy::EnvoyOptions {
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin: ([127, 0, 0, 1], 0).into(),
+        modules_dir: paths::wasm_dir(),
+        filters_dir: None,
+        runtime: V8.into(),
+        env_allow: Vec::new(),
+        env_values: Vec::new(),
+    }
+}
+
 /// One proxy-wasm filter in a listener's HTTP filter chain.
 #[derive(Clone, Debug)]
 pub struct WasmFilter {

@@ -166,13 +166,8 @@ async fn start_envoy(
 ) -> Result<crate::Envoy, String> {
     let config = model::parse_declarative(declarative).map_err(|e| e.to_string())?;
     let options = model::envoy::EnvoyOptions {
-        listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
-        admin: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
-        modules_dir: crate::paths::wasm_dir(),
-        filters_dir: None,
-        runtime: model::envoy::V8.into(),
-        env_allow: Vec::new(),
         env_values: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ..crate::envoy::translation_options()
     };
     crate::Envoy::start_bootstrap(&model::envoy::bootstrap(&config, &options), 2).await
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use gateway::cluster::{Cluster, ClusterOptions};
-use gateway::filters::{default_modules_dir, Runtime, RuntimeOptions, MAX_FILTERS};
+use gateway::filters::{default_modules_dir, Runtime, RuntimeOptions};
 use gateway::{Gateway, GatewayOptions, Snapshot};
 
 #[derive(Parser)]
@@ -34,10 +34,6 @@ struct Modules {
     /// for several. Nothing else of the environment reaches them.
     #[arg(long = "env-allow")]
     env_allow: Vec<String>,
-    /// The most plugins and filter-chain filters a configuration may have; the wasm instance
-    /// pool is sized from it and the number of workers.
-    #[arg(long, default_value_t = MAX_FILTERS)]
-    max_filters: usize,
 }
 
 impl Modules {
@@ -47,7 +43,6 @@ impl Modules {
             filters_dir: self.filters_dir.clone(),
             env_allow: self.env_allow.clone(),
             env_values: Vec::new(),
-            max_filters: self.max_filters,
         }
     }
 }
@@ -244,7 +239,7 @@ fn main() -> ExitCode {
 
 fn validate(config: &PathBuf, modules: &Modules) -> Result<(), String> {
     let text = read(config)?;
-    let runtime = Runtime::new(modules.options(), 1)?;
+    let runtime = Runtime::new(modules.options())?;
     let snapshot = Snapshot::build(&text, &runtime).map_err(|e| invalid(config, &e))?;
     println!(
         "{}: valid (config hash {})",

@@ -131,7 +131,7 @@ impl Gateway {
     /// Validates the declarative configuration (plugins included), binds every listener,
     /// then starts the workers and the admin listener.
     pub fn start(options: GatewayOptions, declarative: &str) -> Result<Gateway, String> {
-        let runtime = Runtime::new(options.runtime.clone(), options.workers)?;
+        let runtime = Runtime::new(options.runtime.clone())?;
         let snapshot = Snapshot::build(declarative, &runtime)
             .map_err(|e| format!("invalid configuration: {e}"))?;
         Gateway::listen(options, runtime, snapshot).map_err(|e| format!("listening: {e}"))
