@@ -594,3 +594,53 @@ services:
     assert_eq!(seen.header("x-first"), Some("42"));
     assert_eq!(seen.header("x-none"), Some("-"));
 }
+
+/// A client that sends part of a request's headers and stops (slowloris) has its connection
+/// closed at `client_header_timeout` (nginx's and Kong's), and so has a kept-alive connection
+/// that never starts its next request; a client that completes its headers is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_finish_its_headers_is_disconnected() {
+    for path in ProxyPath::ALL {
+        a_client_that_does_not_finish_its_headers_is_disconnected_on(path).await;
+    }
+}
+
+async fn a_client_that_does_not_finish_its_headers_is_disconnected_on(path: ProxyPath) {
+    let echo = EchoUpstream::start().await.unwrap();
+    let mut options = wasmgate_tests::gateway::options();
+    options.client_header_timeout = Duration::from_millis(500);
+    let gateway =
+        wasmgate_tests::gateway::start_with(options, &path.config(&echo_config(echo.addr())));
+    // A bound against hanging, far above the timeout; not a latency claim.
+    let closed = |mut stream: tokio::net::TcpStream| async move {
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{path:?}: the connection is still open after 30 s"))
+            .map(|_| buf)
+            .unwrap_or_default()
+    };
+    let mut slow = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    slow.write_all(b"GET /api HTTP/1.1\r\nHost: gw.test\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let answer = closed(slow).await;
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("200 OK"),
+        "{path:?}: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Served, then idle: closed too.
+    let mut kept = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    kept.write_all(b"GET /api HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = closed(kept).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{path:?}: {text}");
+    assert_eq!(echo.record().whole, 1, "{path:?}");
+}

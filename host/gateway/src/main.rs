@@ -3,10 +3,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use gateway::cluster::{Cluster, ClusterOptions};
 use gateway::filters::{default_modules_dir, Runtime, RuntimeOptions};
+use gateway::server::CLIENT_HEADER_TIMEOUT;
 use gateway::{Gateway, GatewayOptions, Snapshot};
 
 #[derive(Parser)]
@@ -116,6 +118,10 @@ enum Command {
         /// Do not print an access log line per request.
         #[arg(long)]
         no_access_log: bool,
+        /// Seconds a client may take to send a request's headers (nginx's and Kong's
+        /// `client_header_timeout`).
+        #[arg(long, default_value_t = CLIENT_HEADER_TIMEOUT.as_secs())]
+        client_header_timeout: u64,
         /// Where TLS clients connect (needs --tls-cert and --tls-key).
         #[arg(long)]
         tls_listen: Option<SocketAddr>,
@@ -204,6 +210,7 @@ fn main() -> ExitCode {
             admin_listen,
             workers,
             no_access_log,
+            client_header_timeout,
             tls_listen,
             tls_certs,
             tls_keys,
@@ -216,6 +223,7 @@ fn main() -> ExitCode {
                 config_path: config.clone(),
                 tls,
                 runtime: modules.options(),
+                client_header_timeout: Duration::from_secs(client_header_timeout),
                 ..GatewayOptions::default()
             };
             if let Some(n) = workers {

@@ -41,7 +41,14 @@ pub struct GatewayOptions {
     pub tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
     /// Where plugin modules come from and which secrets they may read.
     pub runtime: RuntimeOptions,
+    /// How long a client may take to send a request's headers, from the first byte (or, on
+    /// a kept-alive connection, from the end of the previous response) before the connection
+    /// is closed: nginx's and Kong's `client_header_timeout`.
+    pub client_header_timeout: Duration,
 }
+
+/// The default of [`GatewayOptions::client_header_timeout`], nginx's and Kong's.
+pub const CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for GatewayOptions {
     fn default() -> Self {
@@ -54,6 +61,7 @@ impl Default for GatewayOptions {
             config_path: None,
             tls: None,
             runtime: RuntimeOptions::default(),
+            client_header_timeout: CLIENT_HEADER_TIMEOUT,
         }
     }
 }
@@ -276,13 +284,18 @@ fn serve_connection<I>(io: I, downstream: Downstream, worker: &Rc<Worker>, watch
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
+    let client_header_timeout = worker.shared.options.client_header_timeout;
     let worker = Rc::clone(worker);
     let service = service_fn(move |request| {
         let worker = Rc::clone(&worker);
         async move { Ok::<_, Infallible>(proxy::handle(worker, downstream, request).await) }
     });
     let mut builder = auto::Builder::new(LocalExec);
-    builder.http1().max_buf_size(64 * 1024);
+    builder
+        .http1()
+        .max_buf_size(64 * 1024)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(client_header_timeout);
     let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
     tokio::task::spawn_local(async move {
         // Client resets and protocol errors end only their own connection.
