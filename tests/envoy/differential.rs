@@ -106,7 +106,7 @@ use model::envoy::bootstrap;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use wasmgate_tests::{paths, EchoReport, EchoUpstream, Envoy};
+use wasmgate_tests::{EchoReport, EchoUpstream, Envoy};
 
 /// Plugin configs (each on a route of its own) when `WASMGATE_DIFF_CASES` does not say.
 const DEFAULT_CASES: usize = 60;
@@ -1557,17 +1557,9 @@ async fn start_planes(text: &str) -> Planes {
     let gateway = tokio::task::spawn_blocking(move || {
         Gateway::start(
             GatewayOptions {
-                listen: "127.0.0.1:0".parse().unwrap(),
                 admin_listen: None,
-                workers: 2,
                 drain_timeout: Duration::from_secs(1),
-                access_log: false,
-                config_path: None,
-                tls: None,
-                runtime: gateway::filters::RuntimeOptions {
-                    modules_dir: paths::wasm_dir(),
-                    ..Default::default()
-                },
+                ..wasmgate_tests::gateway::options()
             },
             &owned,
         )

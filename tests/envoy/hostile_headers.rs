@@ -135,17 +135,8 @@ async fn planes(plugin: &str, config: Value) -> Planes {
     });
     let gateway = Gateway::start(
         GatewayOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: None,
-            workers: 2,
-            drain_timeout: Duration::from_secs(5),
-            access_log: false,
-            config_path: None,
-            tls: None,
-            runtime: gateway::filters::RuntimeOptions {
-                modules_dir: wasmgate_tests::paths::wasm_dir(),
-                ..Default::default()
-            },
+            ..wasmgate_tests::gateway::options()
         },
         &declarative.to_string(),
     )
