@@ -644,3 +644,44 @@ async fn a_client_that_does_not_finish_its_headers_is_disconnected_on(path: Prox
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{path:?}: {text}");
     assert_eq!(echo.record().whole, 1, "{path:?}");
 }
+
+/// A worker serves at most `worker_connections` connections at once (nginx's); a client past
+/// it waits in the listen backlog until a connection closes, then is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_worker_connections_a_client_waits_for_a_free_slot() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let mut options = wasmgate_tests::gateway::options();
+    options.workers = 1;
+    options.worker_connections = 2;
+    let gateway = wasmgate_tests::gateway::start_with(options, &echo_config(echo.addr()));
+    // Two connections that hold both slots (open, no request yet).
+    let held: Vec<tokio::net::TcpStream> = vec![
+        tokio::net::TcpStream::connect(gateway.addr())
+            .await
+            .unwrap(),
+        tokio::net::TcpStream::connect(gateway.addr())
+            .await
+            .unwrap(),
+    ];
+    let mut third = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    third
+        .write_all(b"GET /api HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Not served while both slots are taken (a bound long enough for a served request to
+    // have come back on a loaded machine; an early answer fails the test).
+    let mut first = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_secs(1), third.read(&mut first)).await;
+    assert!(early.is_err(), "served past the limit: {early:?}");
+    assert_eq!(echo.record().heads, 0);
+    drop(held);
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), third.read_to_end(&mut answer))
+        .await
+        .expect("not served once a slot was free")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use gateway::cluster::{Cluster, ClusterOptions};
 use gateway::filters::{default_modules_dir, Runtime, RuntimeOptions};
-use gateway::server::CLIENT_HEADER_TIMEOUT;
+use gateway::server::{CLIENT_HEADER_TIMEOUT, WORKER_CONNECTIONS};
 use gateway::{Gateway, GatewayOptions, Snapshot};
 
 #[derive(Parser)]
@@ -122,6 +122,9 @@ enum Command {
         /// `client_header_timeout`).
         #[arg(long, default_value_t = CLIENT_HEADER_TIMEOUT.as_secs())]
         client_header_timeout: u64,
+        /// Connections each worker serves at once (nginx's `worker_connections`).
+        #[arg(long, default_value_t = WORKER_CONNECTIONS)]
+        worker_connections: usize,
         /// Where TLS clients connect (needs --tls-cert and --tls-key).
         #[arg(long)]
         tls_listen: Option<SocketAddr>,
@@ -211,6 +214,7 @@ fn main() -> ExitCode {
             workers,
             no_access_log,
             client_header_timeout,
+            worker_connections,
             tls_listen,
             tls_certs,
             tls_keys,
@@ -224,6 +228,7 @@ fn main() -> ExitCode {
                 tls,
                 runtime: modules.options(),
                 client_header_timeout: Duration::from_secs(client_header_timeout),
+                worker_connections,
                 ..GatewayOptions::default()
             };
             if let Some(n) = workers {

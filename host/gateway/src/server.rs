@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Socket, Type};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::filters::{Runtime, RuntimeOptions, WorkerFilters};
 use crate::metrics::Metrics;
@@ -45,7 +45,17 @@ pub struct GatewayOptions {
     /// a kept-alive connection, from the end of the previous response) before the connection
     /// is closed: nginx's and Kong's `client_header_timeout`.
     pub client_header_timeout: Duration,
+    /// Connections one worker serves at once (nginx's `worker_connections`); past it, the
+    /// worker accepts no more until one closes, and new clients wait in the listen backlog.
+    pub worker_connections: usize,
 }
+
+/// The default of [`GatewayOptions::worker_connections`] (Kong's, with its usual file limit).
+pub const WORKER_CONNECTIONS: usize = 16384;
+
+/// How long a worker stops accepting after the system refused it a socket (out of file
+/// descriptors or memory), as nginx does, instead of retrying in a busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The default of [`GatewayOptions::client_header_timeout`], nginx's and Kong's.
 pub const CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -62,6 +72,7 @@ impl Default for GatewayOptions {
             tls: None,
             runtime: RuntimeOptions::default(),
             client_header_timeout: CLIENT_HEADER_TIMEOUT,
+            worker_connections: WORKER_CONNECTIONS,
         }
     }
 }
@@ -279,9 +290,16 @@ fn run_worker(
     local.block_on(&runtime, serve(index, listener, tls_listener, shared, stop));
 }
 
-/// Serves one accepted connection (plain or TLS) until it ends or the drain ends it.
-fn serve_connection<I>(io: I, downstream: Downstream, worker: &Rc<Worker>, watcher: Watcher)
-where
+/// Serves one accepted connection (plain or TLS) until it ends or the drain ends it; the
+/// connection holds its `slot` of the worker's [`GatewayOptions::worker_connections`] until
+/// then.
+fn serve_connection<I>(
+    io: I,
+    downstream: Downstream,
+    worker: &Rc<Worker>,
+    watcher: Watcher,
+    slot: OwnedSemaphorePermit,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
     let client_header_timeout = worker.shared.options.client_header_timeout;
@@ -300,7 +318,25 @@ where
     tokio::task::spawn_local(async move {
         // Client resets and protocol errors end only their own connection.
         let _ = connection.await;
+        drop(slot);
     });
+}
+
+/// Whether a failed accept means the system is out of a resource, rather than one client's
+/// connection failing (ECONNABORTED and the like, which the next accept does not repeat).
+fn out_of_resources(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// After a failed accept: waits out [`ACCEPT_BACKOFF`] when the system is out of resources.
+async fn after_accept_error(index: usize, error: &std::io::Error) {
+    if out_of_resources(error) {
+        log::warn!("worker {index}: accept: {error}; accepting again in {ACCEPT_BACKOFF:?}");
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
 }
 
 async fn accept_on(
@@ -356,17 +392,41 @@ async fn serve(
         }
     });
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(
+        worker.shared.options.worker_connections.max(1),
+    ));
     loop {
+        // A free connection slot first: at the limit, nothing is accepted.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        after_accept_error(index, &e).await;
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(peer);
                 let downstream = Downstream { peer, local, tls: false };
-                serve_connection(TokioIo::new(stream), downstream, &worker, graceful.watcher());
+                serve_connection(TokioIo::new(stream), downstream, &worker, graceful.watcher(), slot);
             }
             accepted = accept_on(&tls_listener) => {
-                let (Ok((stream, peer)), Some(acceptor)) = (accepted, acceptor.clone()) else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        after_accept_error(index, &e).await;
+                        continue;
+                    }
+                };
+                let Some(acceptor) = acceptor.clone() else { continue };
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(peer);
                 let downstream = Downstream { peer, local, tls: true };
@@ -375,7 +435,7 @@ async fn serve(
                 tokio::task::spawn_local(async move {
                     // A failed handshake only ends this connection.
                     if let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
-                        serve_connection(TokioIo::new(tls), downstream, &worker, watcher);
+                        serve_connection(TokioIo::new(tls), downstream, &worker, watcher, slot);
                     }
                 });
             }

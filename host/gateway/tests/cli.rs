@@ -470,3 +470,68 @@ fn secrets_come_only_from_env_allow_and_each_request_is_logged() {
         "a secret was logged"
     );
 }
+
+/// CPU time a process has used so far (user + system), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // Linux reports clock ticks of 1/100 s (USER_HZ).
+    Duration::from_millis(ticks * 10)
+}
+
+/// Out of file descriptors, a worker stops accepting for a moment, as nginx does, instead of
+/// retrying accept() in a busy loop; once descriptors are free again it serves.
+#[test]
+fn out_of_file_descriptors_the_gateway_backs_off_instead_of_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "kong.yaml", &config("/", upstream("hello")));
+    let listen = free_port();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 128 && exec "$0" "$@""#)
+        .arg(GATEWAY)
+        .args(["run", "--workers", "1", "--no-access-log", "--config"])
+        .arg(&file)
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin-listen")
+        .arg(free_port().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Lines::collect(child.stderr.take().unwrap());
+    wait_for("the gateway to listen", || {
+        get(listen, "/").is_some_and(|(s, _)| s == 200)
+    });
+    // More idle connections than the gateway has descriptors left: the kernel completes
+    // them into the listen backlog, and accept() fails with EMFILE.
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(listen).unwrap())
+        .collect();
+    wait_for("accept() to run out of descriptors", || {
+        stderr.contain("accepting again in 500ms")
+    });
+    let before = cpu_time(child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_time(child.id()) - before;
+    // A busy accept loop burns the whole 2 s.
+    assert!(used < Duration::from_millis(500), "{used:?} of CPU in 2 s");
+    drop(idle);
+    wait_for("the gateway to serve again", || {
+        get(listen, "/").is_some_and(|(s, _)| s == 200)
+    });
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(exits_within_10_s(&mut child).success());
+}
