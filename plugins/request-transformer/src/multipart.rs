@@ -755,6 +755,58 @@ Content-Type: application/octet-stream\r\n\r\n\
     }
 
     #[test]
+    fn parameters_follow_the_grammar_to_the_byte() {
+        let parsed = |v: &str| {
+            parameters(v.as_bytes()).map(|(lead, params)| {
+                let params: Vec<String> = params
+                    .iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{}={}",
+                            String::from_utf8_lossy(k),
+                            String::from_utf8_lossy(v)
+                        )
+                    })
+                    .collect();
+                format!("{} {}", String::from_utf8_lossy(lead), params.join(" "))
+            })
+        };
+        // Whitespace before a `;` is skipped, whatever its length.
+        assert_eq!(
+            parsed("form-data  \t ; name=a").as_deref(),
+            Some("form-data name=a")
+        );
+        // A parameter needs `=`: a bare name is not one, even with a value after it.
+        assert_eq!(parsed("form-data; name;x"), None);
+        assert_eq!(parsed("form-data; name"), None);
+        // An escaped space is the space; escaped controls other than tab are refused.
+        assert_eq!(parsed("a; n=\"x\\ y\"").as_deref(), Some("a n=x y"));
+        assert_eq!(parsed("a; n=\"x\\\ty\"").as_deref(), Some("a n=x\ty"));
+        assert_eq!(parsed("a; n=\"x\\\u{1f}y\""), None);
+        // RFC 8187: a space is not an attr-char, even inside a quoted ext-value.
+        assert_eq!(
+            Multipart::parse(&one_part("form-data; name*=\"UTF-8''a b\""), b"B").err(),
+            Some(Malformed::BadDisposition)
+        );
+    }
+
+    #[test]
+    fn a_fresh_boundary_takes_the_shortest_suffix_in_base_36_order() {
+        assert_eq!(fresh_boundary(b"B", &[]).as_deref(), Some(&b"B0"[..]));
+        // Every one-character suffix taken: the first two-character one, "10".
+        let taken: Vec<Vec<u8>> = b"0123456789abcdefghijklmnopqrstuvwxyz"
+            .iter()
+            .map(|&c| vec![b'-', b'-', b'B', c])
+            .collect();
+        let written: Vec<&[u8]> = taken.iter().map(Vec::as_slice).collect();
+        assert_eq!(fresh_boundary(b"B", &written).as_deref(), Some(&b"B10"[..]));
+        // A written value holding "--B10" (and so "--B1"): the next, "11".
+        let mut more = written.clone();
+        more.push(b"x--B10y");
+        assert_eq!(fresh_boundary(b"B", &more).as_deref(), Some(&b"B11"[..]));
+    }
+
+    #[test]
     fn disposition_parameters_follow_rfc_6266() {
         let name = |d: &str| Multipart::parse(&one_part(d), b"B").map(|m| names(&m).join(","));
         // Review #9: the quoted filename holds `; name=zzz`; the part is `role`.
