@@ -749,6 +749,12 @@ mod tests {
                 r#"{"add":{"headers":["x:$(type(headers.x))"]}}"#,
                 "config.add.headers.1: value '$(type(headers.x))' is not in supported format, error: unexpected '(' at position 5: only lookups, quoted strings and 'or' are supported",
             ),
+            // A secret reference inside a template value: Kong's template wording, not the
+            // bare secret error a value holding only references gets.
+            (
+                r#"{"add":{"headers":["x:{vault://env/KEY}$(type(headers.x))"]}}"#,
+                "config.add.headers.1: value '{vault://env/KEY}$(type(headers.x))' is not in supported format, error: secret reference {vault://env/KEY}: environment variable KEY is not set",
+            ),
         ];
         for (json, message) in cases {
             assert_eq!(parse(json).unwrap_err(), message, "{json}");

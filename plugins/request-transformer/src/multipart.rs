@@ -830,6 +830,11 @@ Content-Type: application/octet-stream\r\n\r\n\
             name("form-data; name*=iso-8859-1'en'r%F4le").as_deref(),
             Ok("rôle")
         );
+        // Hex digits in either case.
+        assert_eq!(
+            name("form-data; name*=utf-8''r%c3%b4le%2A%2a").as_deref(),
+            Ok("rôle**")
+        );
         assert_eq!(
             name("form-data; name=\"role\"; Name*=UTF-8''role").as_deref(),
             Ok("role"),
