@@ -685,3 +685,49 @@ async fn past_worker_connections_a_client_waits_for_a_free_slot() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
 }
+
+/// Request heads are bounded as in Envoy (100 headers, 60 KiB): past either bound the client
+/// gets 431 and nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_past_the_header_bounds_get_431() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&echo_config(echo.addr()));
+    let many: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let big = format!("x-big: {}\r\n", "b".repeat(61 * 1024));
+    let fits: String = (0..90).map(|i| format!("x-h{i}: v\r\n")).collect();
+    for (what, headers, status) in [
+        ("101 headers", many, "431"),
+        ("a 61 KiB header", big, "431"),
+        ("90 headers", fits, "200"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr())
+            .await
+            .unwrap();
+        stream
+            .write_all(
+                format!("GET /api HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n{headers}\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+            .await
+            .expect("no answer");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}")),
+            "{what}: {}",
+            text.lines().next().unwrap_or_default()
+        );
+    }
+    // HTTP/2: the same bound on the header list.
+    let big = Request::get("/api").header("x-big", &"b".repeat(61 * 1024));
+    let refused = send(gateway.addr(), Protocol::Http2, &big).await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r.status == 431),
+        "{:?}",
+        refused.map(|r| r.status)
+    );
+    assert_eq!(echo.record().heads, 1);
+}

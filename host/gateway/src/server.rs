@@ -309,11 +309,14 @@ fn serve_connection<I>(
         async move { Ok::<_, Infallible>(proxy::handle(worker, downstream, request).await) }
     });
     let mut builder = auto::Builder::new(LocalExec);
+    // The read buffer holds a request head while it is parsed: room for the largest one
+    // (`headers::MAX_REQUEST_HEADERS_BYTES`, checked exactly by the proxy) and its framing.
     builder
         .http1()
         .max_buf_size(64 * 1024)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(client_header_timeout);
+    builder.http2().max_header_list_size(64 * 1024);
     let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
     tokio::task::spawn_local(async move {
         // Client resets and protocol errors end only their own connection.

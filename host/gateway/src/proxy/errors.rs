@@ -19,6 +19,8 @@ pub enum ProxyError {
     Timeout(String),
     /// A plugin's instance could not start on this worker: the request fails closed.
     FilterUnavailable(String),
+    /// The request head's names and values, in bytes, past the bound.
+    HeadersTooLarge(usize),
 }
 
 impl ProxyError {
@@ -31,6 +33,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -46,6 +49,7 @@ impl ProxyError {
             ProxyError::Unavailable(_) => "name resolution failed",
             ProxyError::Timeout(_) => "The upstream server is timing out",
             ProxyError::FilterUnavailable(_) => "A plugin is unavailable",
+            ProxyError::HeadersTooLarge(_) => "Request header fields too large",
         }
     }
 
@@ -63,6 +67,7 @@ impl fmt::Display for ProxyError {
             | ProxyError::Timeout(d) => {
                 write!(f, "{}: {d}", self.message())
             }
+            ProxyError::HeadersTooLarge(size) => write!(f, "{}: {size} bytes", self.message()),
             _ => f.write_str(self.message()),
         }
     }

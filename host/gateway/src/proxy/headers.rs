@@ -3,7 +3,25 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 
+use super::errors::ProxyError;
 use super::Downstream;
+
+/// The largest request head: names and values together, as Envoy counts its
+/// `max_request_headers_kb` (60 by default). hyper bounds the number of headers (100, as
+/// Envoy's `max_headers_count`) but its read buffer is no exact bound on their size.
+pub const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
+
+/// 431 for a request head past [`MAX_REQUEST_HEADERS_BYTES`].
+pub fn check_request_head_size(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let size: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if size > MAX_REQUEST_HEADERS_BYTES {
+        return Err(ProxyError::HeadersTooLarge(size));
+    }
+    Ok(())
+}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded.
 const HOP_BY_HOP: [&str; 8] = [

@@ -84,6 +84,7 @@ async fn forward(
     log: &mut AccessLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = request.into_parts();
+    headers::check_request_head_size(&parts.headers)?;
     let host = headers::request_host(&parts);
     let path = path::normalize(parts.uri.path());
     let route_match = snapshot
