@@ -42,6 +42,7 @@ async fn forwards_with_kongs_path_host_and_forwarding_headers_on(path: ProxyPath
         let request = Request::get("/api/users?id=7")
             .header("host", "gw.test:8000")
             .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-for", "198.51.100.7, 192.0.2.1")
             .header("connection", "x-hop")
             .header("x-hop", "dropped");
         let request = if protocol == Protocol::Http2 {
@@ -66,9 +67,11 @@ async fn forwards_with_kongs_path_host_and_forwarding_headers_on(path: ProxyPath
         assert_eq!(seen.path, "/base/users", "{protocol:?}");
         assert_eq!(seen.query.as_deref(), Some("id=7"));
         assert_eq!(seen.header("host"), Some(echo.addr().to_string().as_str()));
+        // Every line the client sent, in order (nginx's $proxy_add_x_forwarded_for).
         assert_eq!(
-            seen.header("x-forwarded-for"),
-            Some("203.0.113.9, 127.0.0.1")
+            seen.header_values("x-forwarded-for"),
+            ["203.0.113.9, 198.51.100.7, 192.0.2.1, 127.0.0.1"],
+            "{protocol:?}"
         );
         assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
         assert_eq!(seen.header("x-forwarded-proto"), Some("http"));

@@ -102,14 +102,18 @@ pub fn forward_request_headers(
     *out = parts.headers.clone();
     strip_hop_by_hop(out);
     let client_ip = downstream.peer.ip().to_string();
-    let forwarded_for = match parts
+    // nginx's $proxy_add_x_forwarded_for: every X-Forwarded-For line the client sent, in
+    // order and joined with ", ", then the client's address.
+    let mut forwarded_for: Vec<&str> = parts
         .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client_ip}"),
-        _ => client_ip.clone(),
-    };
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    forwarded_for.push(&client_ip);
+    let forwarded_for = forwarded_for.join(", ");
     let scheme = if downstream.tls { "https" } else { "http" };
     let mut set = |name: &'static str, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
