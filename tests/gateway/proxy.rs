@@ -734,3 +734,31 @@ async fn request_heads_past_the_header_bounds_get_431() {
     );
     assert_eq!(echo.record().heads, 1);
 }
+
+/// An IPv6 literal in Host keeps its brackets when the port comes off: it routes to a route
+/// for that host, and the upstream's X-Forwarded-Host is the bracketed address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_host_routes_and_forwards_without_its_port() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: echo
+    url: http://{}
+    routes:
+      - {{name: v6, hosts: ["[2001:db8::1]"]}}
+"#,
+        echo.addr()
+    ));
+    let response = send(
+        gateway.addr(),
+        Protocol::Http1,
+        &Request::get("/x").header("host", "[2001:db8::1]:8000"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = response.echo_report();
+    assert_eq!(seen.header("x-forwarded-host"), Some("[2001:db8::1]"));
+}

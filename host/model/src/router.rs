@@ -83,20 +83,36 @@ pub struct Router {
     candidates: Vec<Candidate>,
 }
 
+/// A Host header's host without its port: `example.com:8000` → `example.com`,
+/// `[2001:db8::1]:8000` → `[2001:db8::1]`. An IPv6 address without brackets is left whole
+/// (its last group is no port), and so is anything whose port is not digits.
+pub fn host_without_port(host: &str) -> &str {
+    let (h, port) = if host.starts_with('[') {
+        match host.split_once("]:") {
+            Some((h, port)) => (&host[..h.len() + 1], port),
+            None => return host,
+        }
+    } else {
+        match host.split_once(':') {
+            Some((h, port)) if !port.contains(':') => (h, port),
+            _ => return host,
+        }
+    };
+    if !h.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        h
+    } else {
+        host
+    }
+}
+
 /// Whether a request host matches a route host (exact, `*.suffix` or `prefix.*`); the port of
 /// the request host is ignored unless the route host has one.
 pub fn host_matches(pattern: &str, host: &str) -> bool {
     let host = host.to_ascii_lowercase();
-    let bare = if pattern.contains(':') {
+    let bare = if host_without_port(pattern) != pattern {
         host.as_str()
     } else {
-        host.rsplit_once(':').map_or(host.as_str(), |(h, port)| {
-            if port.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(']') && !h.is_empty() {
-                h
-            } else {
-                host.as_str()
-            }
-        })
+        host_without_port(&host)
     };
     if let Some(suffix) = pattern.strip_prefix('*') {
         bare.len() > suffix.len() && bare.ends_with(suffix)
@@ -336,6 +352,27 @@ mod tests {
         assert_eq!(matched(&c, &r, "GET", "x", "/v/1").as_deref(), Some("re9"));
         assert_eq!(matched(&c, &r, "GET", "x", "/v/2").as_deref(), Some("re0"));
         assert_eq!(matched(&c, &r, "GET", "x", "/w").as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn the_port_comes_off_a_host_and_an_ipv6_literal_keeps_its_brackets() {
+        for (host, bare) in [
+            ("example.com", "example.com"),
+            ("example.com:8000", "example.com"),
+            ("[2001:db8::1]:8000", "[2001:db8::1]"),
+            ("[2001:db8::1]", "[2001:db8::1]"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("example.com:", "example.com:"),
+            ("example.com:80a", "example.com:80a"),
+            (":8000", ":8000"),
+            ("[::1]:", "[::1]:"),
+            ("[::1", "[::1"),
+        ] {
+            assert_eq!(host_without_port(host), bare, "{host}");
+        }
+        assert!(host_matches("[::1]", "[::1]:8000"));
+        assert!(!host_matches("[::1]:9000", "[::1]:8000"));
+        assert!(host_matches("[::1]:8000", "[::1]:8000"));
     }
 
     #[test]

@@ -78,17 +78,6 @@ pub fn request_host(parts: &Parts) -> String {
     raw.to_ascii_lowercase()
 }
 
-fn strip_port(host: &str) -> &str {
-    match host.rsplit_once(':') {
-        Some((h, port))
-            if port.chars().all(|c| c.is_ascii_digit()) && !h.is_empty() && !h.ends_with(']') =>
-        {
-            h
-        }
-        _ => host,
-    }
-}
-
 /// The upstream request's headers: the client's minus hop-by-hop ones, then Kong's
 /// forwarding headers and the Host the route asks for.
 pub fn forward_request_headers(
@@ -123,7 +112,7 @@ pub fn forward_request_headers(
     set("x-real-ip", &client_ip);
     set("x-forwarded-for", &forwarded_for);
     set("x-forwarded-proto", scheme);
-    set("x-forwarded-host", strip_port(host));
+    set("x-forwarded-host", model::router::host_without_port(host));
     set("x-forwarded-port", &downstream.local.port().to_string());
     set("x-forwarded-path", path);
     set("host", &upstream_host);
