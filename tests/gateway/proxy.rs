@@ -762,3 +762,44 @@ services:
     let seen = response.echo_report();
     assert_eq!(seen.header("x-forwarded-host"), Some("[2001:db8::1]"));
 }
+
+/// A transfer coding other than chunked is never forwarded as if it were not there: with
+/// chunked last, the gateway answers 501 as Envoy does (it implements only chunked); without
+/// chunked last the length cannot be known, and hyper answers 400 (RFC 9112 §6.3). Nothing
+/// reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_encoding_other_than_chunked_is_refused() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&echo_config(echo.addr()));
+    for (encoding, status) in [
+        ("gzip, chunked", "501"),
+        ("GZIP,CHUNKED", "501"),
+        ("gzip", "400"),
+        ("identity", "400"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr())
+            .await
+            .unwrap();
+        stream
+            .write_all(
+                format!(
+                    "POST /api HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\
+                     Transfer-Encoding: {encoding}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+            .await
+            .expect("no answer");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}")),
+            "{encoding}: {}",
+            text.lines().next().unwrap_or_default()
+        );
+    }
+    assert_eq!(echo.record().heads, 0);
+}

@@ -21,6 +21,8 @@ pub enum ProxyError {
     FilterUnavailable(String),
     /// The request head's names and values, in bytes, past the bound.
     HeadersTooLarge(usize),
+    /// A Transfer-Encoding the gateway does not implement (the header's value).
+    NotImplemented(String),
 }
 
 impl ProxyError {
@@ -34,6 +36,7 @@ impl ProxyError {
             ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -50,6 +53,7 @@ impl ProxyError {
             ProxyError::Timeout(_) => "The upstream server is timing out",
             ProxyError::FilterUnavailable(_) => "A plugin is unavailable",
             ProxyError::HeadersTooLarge(_) => "Request header fields too large",
+            ProxyError::NotImplemented(_) => "Not implemented",
         }
     }
 
@@ -64,7 +68,8 @@ impl fmt::Display for ProxyError {
             ProxyError::BadRequest(d)
             | ProxyError::BadGateway(d)
             | ProxyError::Unavailable(d)
-            | ProxyError::Timeout(d) => {
+            | ProxyError::Timeout(d)
+            | ProxyError::NotImplemented(d) => {
                 write!(f, "{}: {d}", self.message())
             }
             ProxyError::HeadersTooLarge(size) => write!(f, "{}: {size} bytes", self.message()),

@@ -11,6 +11,23 @@ use super::Downstream;
 /// Envoy's `max_headers_count`) but its read buffer is no exact bound on their size.
 pub const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
 
+/// 501 for a request with a transfer coding besides chunked (hyper has already refused one
+/// whose last coding is not chunked): Envoy implements only chunked, and forwarding the body
+/// without its coding would hand the upstream bytes it would read as something else.
+pub fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let codings = value.as_bytes().split(|&b| b == b',');
+        for coding in codings {
+            if !coding.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(ProxyError::NotImplemented(
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// 431 for a request head past [`MAX_REQUEST_HEADERS_BYTES`].
 pub fn check_request_head_size(headers: &HeaderMap) -> Result<(), ProxyError> {
     let size: usize = headers

@@ -85,6 +85,7 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = request.into_parts();
     headers::check_request_head_size(&parts.headers)?;
+    headers::check_transfer_encoding(&parts.headers)?;
     let host = headers::request_host(&parts);
     let path = path::normalize(parts.uri.path());
     let route_match = snapshot
