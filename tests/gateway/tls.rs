@@ -185,7 +185,8 @@ async fn https_services_are_reached_over_tls_on(path: ProxyPath) {
 }
 
 /// `grpc` services are HTTP/2 upstreams (h2c): the upstream sees HTTP/2 whatever the client
-/// spoke.
+/// spoke, and the client's `te: trailers`, which gRPC servers require (RFC 9113 §8.2.2
+/// allows that one value; any other TE is hop-by-hop and dropped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_services_are_reached_over_http2() {
     for path in ProxyPath::ALL {
@@ -195,10 +196,10 @@ async fn grpc_services_are_reached_over_http2() {
             None,
         );
         for protocol in Protocol::ALL {
-            let response =
-                wasmgate_tests::client::send(gateway.addr(), protocol, &Request::get("/h2"))
-                    .await
-                    .unwrap();
+            let request = Request::get("/h2").header("te", "trailers");
+            let response = wasmgate_tests::client::send(gateway.addr(), protocol, &request)
+                .await
+                .unwrap();
             assert_eq!(
                 response.status,
                 200,
@@ -208,6 +209,18 @@ async fn grpc_services_are_reached_over_http2() {
             let seen: EchoReport = serde_json::from_slice(&response.body).unwrap();
             path.assert_taken(&seen);
             assert_eq!(seen.version, "HTTP/2.0", "{path:?} {protocol:?}");
+            assert_eq!(
+                seen.header_values("te"),
+                ["trailers"],
+                "{path:?} {protocol:?}"
+            );
         }
+        // Any other TE stays hop-by-hop.
+        let request = Request::get("/h2").header("te", "gzip");
+        let response = wasmgate_tests::client::send(gateway.addr(), Protocol::Http1, &request)
+            .await
+            .unwrap();
+        let seen: EchoReport = serde_json::from_slice(&response.body).unwrap();
+        assert!(seen.header_values("te").is_empty(), "{path:?}");
     }
 }

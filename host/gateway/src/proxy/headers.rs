@@ -71,6 +71,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
+/// Whether the request's TE is exactly `trailers`: the one TE value a request keeps on its
+/// way upstream, since gRPC servers require it and HTTP/2 allows it (RFC 9113 §8.2.2).
+fn te_is_trailers(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::TE).iter();
+    values
+        .next()
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        && values.next().is_none()
+}
+
 /// Frames a request body of unknown length as chunked. hyper's client does so by itself only
 /// for methods that usually carry a body: for GET, HEAD and CONNECT it assumes there is none
 /// and would drop the body a client (or a filter) sent (differential finding F5).
@@ -107,6 +117,9 @@ pub fn forward_request_headers(
 ) {
     *out = parts.headers.clone();
     strip_hop_by_hop(out);
+    if te_is_trailers(&parts.headers) {
+        out.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     let client_ip = downstream.peer.ip().to_string();
     // nginx's $proxy_add_x_forwarded_for: every X-Forwarded-For line the client sent, in
     // order and joined with ", ", then the client's address.
