@@ -803,3 +803,45 @@ async fn a_transfer_encoding_other_than_chunked_is_refused() {
     }
     assert_eq!(echo.record().heads, 0);
 }
+
+/// `Trailer` is no hop-by-hop header (RFC 9110 §7.6.1): it goes upstream, and with it the
+/// trailers it announces, which hyper sends over HTTP/1.1 only when `Trailer` names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_trailers_reach_the_upstream() {
+    for path in ProxyPath::ALL {
+        request_trailers_reach_the_upstream_on(path).await;
+    }
+}
+
+async fn request_trailers_reach_the_upstream_on(path: ProxyPath) {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&path.config(&echo_config(echo.addr())));
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /api HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\
+              Transfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
+              5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let report: wasmgate_tests::EchoReport =
+        serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+    path.assert_taken(&report);
+    assert_eq!(report.body.as_deref(), Some("hello"), "{path:?}");
+    assert_eq!(report.header("trailer"), Some("x-checksum"), "{path:?}");
+    assert_eq!(
+        report.trailers,
+        [("x-checksum".to_owned(), "abc".to_owned())],
+        "{path:?}"
+    );
+}

@@ -39,6 +39,9 @@ pub struct EchoReport {
     pub body: Option<String>,
     pub body_len: u64,
     pub body_sha256: String,
+    /// The request's trailers, in order (values as text, lossy).
+    #[serde(default)]
+    pub trailers: Vec<(String, String)>,
 }
 
 impl EchoReport {
@@ -73,6 +76,7 @@ impl EchoReport {
             body: (len <= REPORTED_BODY_LIMIT).then(|| String::from_utf8_lossy(body).into_owned()),
             body_len: len,
             body_sha256: hex(&Sha256::digest(body)),
+            trailers: Vec::new(),
         }
     }
 
@@ -260,14 +264,27 @@ async fn handle(
     let mut hasher = Sha256::new();
     let mut len = 0u64;
     let mut text = Vec::new();
+    let mut trailers = Vec::new();
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            len += data.len() as u64;
-            record(&|a| a.body_bytes = len);
-            hasher.update(&data);
-            if len <= REPORTED_BODY_LIMIT {
-                text.extend_from_slice(&data);
+        let frame = match frame?.into_data() {
+            Ok(data) => {
+                len += data.len() as u64;
+                record(&|a| a.body_bytes = len);
+                hasher.update(&data);
+                if len <= REPORTED_BODY_LIMIT {
+                    text.extend_from_slice(&data);
+                }
+                continue;
             }
+            Err(frame) => frame,
+        };
+        if let Ok(map) = frame.into_trailers() {
+            trailers.extend(map.iter().map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            }));
         }
     }
     record(&|a| a.complete = true);
@@ -285,6 +302,7 @@ async fn handle(
         body: (len <= REPORTED_BODY_LIMIT).then(|| String::from_utf8_lossy(&text).into_owned()),
         body_len: len,
         body_sha256: hex(&hasher.finalize()),
+        trailers,
     };
     let body = serde_json::to_vec(&report).unwrap_or_default();
     let mut response = hyper::Response::new(Full::new(Bytes::from(body)));

@@ -40,15 +40,15 @@ pub fn check_request_head_size(headers: &HeaderMap) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded. `Trailer` is not one: it
+/// announces end-to-end trailers, and hyper sends HTTP/1.1 trailers only when it is there.
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
     "upgrade",
 ];
 
