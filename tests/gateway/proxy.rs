@@ -845,3 +845,39 @@ async fn request_trailers_reach_the_upstream_on(path: ProxyPath) {
         "{path:?}"
     );
 }
+
+/// A chunked upload the client abandons is never delivered to the upstream as a complete
+/// (truncated) body: the upstream sees its request reset, not a last chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_chunked_upload_never_arrives_complete() {
+    for path in ProxyPath::ALL {
+        let echo = EchoUpstream::start().await.unwrap();
+        let gateway = start(&path.config(&echo_config(echo.addr())));
+        let mut client = tokio::net::TcpStream::connect(gateway.addr())
+            .await
+            .unwrap();
+        client
+            .write_all(
+                b"POST /api HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5\r\nhello\r\n",
+            )
+            .await
+            .unwrap();
+        wasmgate_tests::until(
+            &format!("{path:?}: the upstream getting the head"),
+            Duration::from_secs(30),
+            async || {
+                (echo.record().heads == 1)
+                    .then_some(())
+                    .ok_or("no head yet".to_owned())
+            },
+        )
+        .await;
+        drop(client);
+        // Long enough for a truncated body to have been completed upstream.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let arrivals = echo.arrivals();
+        assert_eq!(arrivals.len(), 1, "{path:?}");
+        assert!(!arrivals[0].complete, "{path:?}: {:?}", arrivals[0]);
+    }
+}
