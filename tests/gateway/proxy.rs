@@ -881,3 +881,43 @@ async fn an_abandoned_chunked_upload_never_arrives_complete() {
         assert!(!arrivals[0].complete, "{path:?}: {:?}", arrivals[0]);
     }
 }
+
+/// An absolute-form request target names the host: the Host header is ignored (RFC 9112
+/// §3.2.2), for routing as for X-Forwarded-Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_names_the_host() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: echo
+    url: http://{}
+    routes:
+      - {{name: a, hosts: [a.test], paths: [/a]}}
+      - {{name: b, hosts: [b.test], paths: [/]}}
+"#,
+        echo.addr()
+    ));
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"GET http://a.test:8000/a/x HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let report: wasmgate_tests::EchoReport =
+        serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+    // Route `a` strips its path.
+    assert_eq!(report.path, "/x");
+    assert_eq!(report.header("x-forwarded-host"), Some("a.test"));
+}

@@ -93,14 +93,21 @@ pub fn frame_body_of_unknown_length(headers: &mut HeaderMap, body_follows: bool)
     }
 }
 
-/// The host the client asked for (Host or the HTTP/2 :authority), without the port.
+/// The host the client asked for, lower-cased: the request target's authority when it has
+/// one (HTTP/2's :authority, or an HTTP/1.1 absolute-form target, whose Host header a server
+/// must then ignore: RFC 9112 §3.2.2), else the Host header.
 pub fn request_host(parts: &Parts) -> String {
     let raw = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
         .unwrap_or_default();
     raw.to_ascii_lowercase()
 }
