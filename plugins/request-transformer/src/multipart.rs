@@ -88,9 +88,9 @@ impl Finder {
         }
         let mut k = 0;
         for (i, &b) in haystack.iter().enumerate() {
-            count_step();
+            crate::steps::step();
             while k > 0 && self.needle.get(k) != Some(&b) {
-                count_step();
+                crate::steps::step();
                 k = self.fallback.get(k - 1).copied().unwrap_or(0);
             }
             if self.needle.get(k) == Some(&b) {
@@ -103,20 +103,6 @@ impl Finder {
         None
     }
 }
-
-#[cfg(test)]
-thread_local! {
-    static STEPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-#[cfg(test)]
-fn count_step() {
-    STEPS.with(|s| s.set(s.get() + 1));
-}
-
-#[cfg(not(test))]
-#[inline(always)]
-fn count_step() {}
 
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -938,6 +924,8 @@ Content-Type: application/octet-stream\r\n\r\n\
             (b"X-A: 1\rContent-Disposition: form-data; name=role", Malformed::BadPartHeaders),
             (b"Content-Disposition: form-data;\r\n name=role", Malformed::BadPartHeaders),
             (b"no colon", Malformed::BadPartHeaders),
+            // No header block at all: the content would be read as headers elsewhere.
+            (b"", Malformed::BadPartHeaders),
         ] {
             assert_eq!(parse(headers), Err(why), "{}", String::from_utf8_lossy(headers));
         }
@@ -995,21 +983,16 @@ Content-Type: application/octet-stream\r\n\r\n\
         body.extend_from_slice(&boundary);
         body.extend_from_slice(b"\r\nContent-Disposition: form-data; name=a\r\n\r\n");
         body.extend(run.iter().copied().cycle().take(768 << 10));
-        STEPS.with(|s| s.set(0));
-        assert_eq!(
-            Multipart::parse(&body, &boundary),
-            Err(Malformed::Unterminated)
-        );
-        let steps = STEPS.with(|s| s.get());
+        let (parsed, steps) = crate::steps::counted(|| Multipart::parse(&body, &boundary));
+        assert_eq!(parsed, Err(Malformed::Unterminated));
         assert!(
             steps <= 2 * body.len() as u64,
             "{steps} steps for {} bytes",
             body.len()
         );
         let all_dashes = vec![b'-'; 768 << 10];
-        STEPS.with(|s| s.set(0));
-        let _ = Multipart::parse(&all_dashes, &boundary);
-        assert!(STEPS.with(|s| s.get()) <= 2 * all_dashes.len() as u64);
+        let (_, steps) = crate::steps::counted(|| Multipart::parse(&all_dashes, &boundary));
+        assert!(steps <= 2 * all_dashes.len() as u64);
     }
 
     #[test]
@@ -1038,6 +1021,24 @@ Content-Type: application/octet-stream\r\n\r\n\
         let reparsed = Multipart::parse(&m.to_bytes(), b"XyZ").unwrap();
         assert_eq!(names(&reparsed), ["a", "q%22\\"]);
         assert!(m.collides(b"x--XyZ"));
+        // Renamed onto a name that is there: its last part takes the value in place, and the
+        // fields around it stay.
+        let mut r = Multipart::empty(b"b");
+        for (name, value) in [("x", "1"), ("old", "2"), ("new", "3"), ("y", "4")] {
+            r.add(name.as_bytes(), value.as_bytes());
+        }
+        assert!(r.rename(b"old", b"new"));
+        assert_eq!(names(&r), ["x", "new", "y"]);
+        assert!(
+            text(&r).contains("name=\"new\"\r\n\r\n2\r\n"),
+            "{}",
+            text(&r)
+        );
+        // An empty part (a delimiter line right after another) has no header block.
+        assert_eq!(
+            Multipart::parse(b"--b\r\n\r\n--b--\r\n", b"b").err(),
+            Some(Malformed::BadPartHeaders)
+        );
         let mut e = Multipart::empty(b"b");
         e.add(b"k", b"v");
         assert_eq!(

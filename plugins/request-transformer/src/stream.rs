@@ -607,6 +607,13 @@ mod tests {
             host.sent[0].body,
             b"{\n  \"message\":\"Request size limit exceeded\",\n  \"request_id\":\"stream-test\"\n}"
         );
+        // A body of exactly the limit is still edited.
+        let mut s = stream(r#"{"add":{"body":["p:v"]},"wasmgate":{"body_buffer_limit":7}}"#);
+        let mut host = Envoy::request("/", &[("content-type", b"application/json")]);
+        host.body = Some(br#"{"a":1}"#.to_vec());
+        s.on_request_headers(&mut host, false);
+        assert_eq!(s.on_request_body(&mut host, 7, true), Action::Continue);
+        assert_eq!(host.body.as_deref(), Some(&br#"{"a":1,"p":"v"}"#[..]));
         let mut s = stream(r#"{"add":{"body":["p:v"]},"wasmgate":{"body_buffer_limit":8}}"#);
         let mut host = Envoy::request("/", &[("content-type", b"application/json")]);
         s.on_request_headers(&mut host, false);
