@@ -443,28 +443,58 @@ plugins:
     assert_eq!(fourth.status, 429, "{}", fourth.text());
 }
 
-/// A filter that traps fails its request with 503 and is replaced; the gateway and every
-/// other route go on serving.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_module_that_traps_fails_only_its_request() {
-    let filters = tempfile::tempdir().unwrap();
-    let trap = wat::parse_str(
+/// Writes `<name>.wasm` into `dir`: a hand-written proxy-wasm module whose VM starts, with
+/// `imports` and `body` (data segments and the exports the test needs, `proxy_on_configure`
+/// among them).
+fn write_filter(dir: &std::path::Path, name: &str, imports: &str, body: &str) {
+    let wasm = wat::parse_str(format!(
         r#"(module
+          {imports}
           (memory (export "memory") 1)
           (func (export "proxy_abi_version_0_2_1"))
           (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
           (func (export "proxy_on_context_create") (param i32 i32))
           (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-          (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable))"#,
-    )
+          {body})"#
+    ))
     .unwrap();
-    std::fs::write(filters.path().join("trap.wasm"), trap).unwrap();
-    let echo = EchoUpstream::start().await.unwrap();
+    std::fs::write(dir.join(format!("{name}.wasm")), wasm).unwrap();
+}
+
+/// `proxy_on_configure` accepting any configuration.
+const CONFIGURE_OK: &str =
+    r#"(func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))"#;
+
+/// A gateway with `dir` as its filters directory, `workers` workers, serving `declarative`.
+fn start_with_filters(
+    dir: &std::path::Path,
+    workers: usize,
+    declarative: &str,
+) -> gateway::Gateway {
     let mut options = wasmgate_tests::gateway::options();
-    options.runtime.filters_dir = Some(filters.path().to_owned());
-    let gateway = wasmgate_tests::gateway::start_with(
-        options,
+    options.workers = workers;
+    options.runtime.filters_dir = Some(dir.to_owned());
+    wasmgate_tests::gateway::start_with(options, declarative)
+}
+
+/// A filter that traps fails its request with 503 and is replaced; the gateway and every
+/// other route go on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_that_traps_fails_only_its_request() {
+    let filters = tempfile::tempdir().unwrap();
+    write_filter(
+        filters.path(),
+        "trap",
+        "",
+        &format!(
+            r#"{CONFIGURE_OK}
+            (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable)"#
+        ),
+    );
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start_with_filters(
+        filters.path(),
+        2,
         &format!(
             r#"
 _format_version: "3.0"
@@ -505,24 +535,20 @@ async fn a_filter_that_holds_a_stream_is_answered_504_after_the_read_timeout() {
         ("hold_request", "proxy_on_request_headers"),
         ("hold_response", "proxy_on_response_headers"),
     ] {
-        let wasm = wat::parse_str(format!(
-            r#"(module
-              (memory (export "memory") 1)
-              (func (export "proxy_abi_version_0_2_1"))
-              (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
-              (func (export "proxy_on_context_create") (param i32 i32))
-              (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-              (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-              (func (export "{callback}") (param i32 i32 i32) (result i32) (i32.const 1)))"#
-        ))
-        .unwrap();
-        std::fs::write(filters.path().join(format!("{file}.wasm")), wasm).unwrap();
+        write_filter(
+            filters.path(),
+            file,
+            "",
+            &format!(
+                r#"{CONFIGURE_OK}
+                (func (export "{callback}") (param i32 i32 i32) (result i32) (i32.const 1))"#
+            ),
+        );
     }
     let echo = EchoUpstream::start().await.unwrap();
-    let mut options = wasmgate_tests::gateway::options();
-    options.runtime.filters_dir = Some(filters.path().to_owned());
-    let gateway = wasmgate_tests::gateway::start_with(
-        options,
+    let gateway = start_with_filters(
+        filters.path(),
+        2,
         &format!(
             r#"
 _format_version: "3.0"
@@ -567,17 +593,13 @@ filter_chains:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_that_failed_to_start_is_started_again() {
     let filters = tempfile::tempdir().unwrap();
-    let wasm = wat::parse_str(
-        r#"(module
-          (import "env" "proxy_get_shared_data" (func $get (param i32 i32 i32 i32 i32) (result i32)))
-          (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
-          (memory (export "memory") 1)
-          (data (i32.const 100) "starts")
+    write_filter(
+        filters.path(),
+        "second_start_fails",
+        r#"(import "env" "proxy_get_shared_data" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 100) "starts")
           (data (i32.const 108) "12")
-          (func (export "proxy_abi_version_0_2_1"))
-          (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
-          (func (export "proxy_on_context_create") (param i32 i32))
-          (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
           (func (export "proxy_on_configure") (param i32 i32) (result i32)
             (if (call $get (i32.const 100) (i32.const 6) (i32.const 0) (i32.const 4) (i32.const 8))
               (then
@@ -588,16 +610,12 @@ async fn an_instance_that_failed_to_start_is_started_again() {
                 (drop (call $set (i32.const 100) (i32.const 6) (i32.const 109) (i32.const 1) (i32.const 0)))
                 (return (i32.const 0))))
             (i32.const 1))
-          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
-    )
-    .unwrap();
-    std::fs::write(filters.path().join("second_start_fails.wasm"), wasm).unwrap();
+          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))"#,
+    );
     let echo = EchoUpstream::start().await.unwrap();
-    let mut options = wasmgate_tests::gateway::options();
-    options.workers = 1;
-    options.runtime.filters_dir = Some(filters.path().to_owned());
-    let gateway = wasmgate_tests::gateway::start_with(
-        options,
+    let gateway = start_with_filters(
+        filters.path(),
+        1,
         &format!(
             r#"
 _format_version: "3.0"

@@ -703,21 +703,12 @@ async fn request_heads_past_the_header_bounds_get_431() {
         ("a 61 KiB header", big, "431"),
         ("90 headers", fits, "200"),
     ] {
-        let mut stream = tokio::net::TcpStream::connect(gateway.addr())
-            .await
-            .unwrap();
-        stream
-            .write_all(
-                format!("GET /api HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n{headers}\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
-            .await
-            .expect("no answer");
-        let text = String::from_utf8_lossy(&answer);
+        let text = wasmgate_tests::client::raw_exchange(
+            gateway.addr(),
+            format!("GET /api HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n{headers}\r\n")
+                .as_bytes(),
+        )
+        .await;
         assert!(
             text.starts_with(&format!("HTTP/1.1 {status}")),
             "{what}: {}",
@@ -777,24 +768,15 @@ async fn a_transfer_encoding_other_than_chunked_is_refused() {
         ("gzip", "400"),
         ("identity", "400"),
     ] {
-        let mut stream = tokio::net::TcpStream::connect(gateway.addr())
-            .await
-            .unwrap();
-        stream
-            .write_all(
-                format!(
-                    "POST /api HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\
+        let text = wasmgate_tests::client::raw_exchange(
+            gateway.addr(),
+            format!(
+                "POST /api HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\
                      Transfer-Encoding: {encoding}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-                )
-                .as_bytes(),
             )
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
-            .await
-            .expect("no answer");
-        let text = String::from_utf8_lossy(&answer);
+            .as_bytes(),
+        )
+        .await;
         assert!(
             text.starts_with(&format!("HTTP/1.1 {status}")),
             "{encoding}: {}",
@@ -816,23 +798,13 @@ async fn request_trailers_reach_the_upstream() {
 async fn request_trailers_reach_the_upstream_on(path: ProxyPath) {
     let echo = EchoUpstream::start().await.unwrap();
     let gateway = start(&path.config(&echo_config(echo.addr())));
-    let mut stream = tokio::net::TcpStream::connect(gateway.addr())
-        .await
-        .unwrap();
-    stream
-        .write_all(
-            b"POST /api HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\
+    let text = wasmgate_tests::client::raw_exchange(
+        gateway.addr(),
+        b"POST /api HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\
               Transfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
               5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
-        .await
-        .expect("no answer")
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer);
+    )
+    .await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let report: wasmgate_tests::EchoReport =
         serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
@@ -899,21 +871,11 @@ services:
 "#,
         echo.addr()
     ));
-    let mut stream = tokio::net::TcpStream::connect(gateway.addr())
-        .await
-        .unwrap();
-    stream
-        .write_all(
-            b"GET http://a.test:8000/a/x HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
-        .await
-        .expect("no answer")
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer);
+    let text = wasmgate_tests::client::raw_exchange(
+        gateway.addr(),
+        b"GET http://a.test:8000/a/x HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let report: wasmgate_tests::EchoReport =
         serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();

@@ -138,6 +138,26 @@ impl Response {
     }
 }
 
+/// Writes `request` on a fresh connection to `addr` as it is, and returns what comes back
+/// until the server closes the connection (lossy text; bounded at 30 s against a hang): for
+/// requests no client library would send.
+pub async fn raw_exchange(addr: SocketAddr, request: impl AsRef<[u8]>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    stream
+        .write_all(request.as_ref())
+        .await
+        .unwrap_or_else(|e| panic!("writing to {addr}: {e}"));
+    let mut answer = Vec::new();
+    // A reset after the answer still leaves the answer.
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("{addr} neither answered nor closed within 30 s"));
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// One chunk of the filler pattern.
 pub fn filler_chunk(len: usize) -> Vec<u8> {
     (0..len).map(|i| b'a' + (i % 26) as u8).collect()
