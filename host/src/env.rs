@@ -35,6 +35,13 @@ impl HostEnv {
     pub fn shared() -> Arc<HostEnv> {
         Arc::new(HostEnv::new(SystemClock::shared()))
     }
+
+    /// Caps the bytes (keys and values) each vm_id may keep in shared data; a `set` past
+    /// it fails, and the module sees that as a failing store.
+    pub fn with_shared_data_limit(mut self, max_bytes_per_vm: usize) -> HostEnv {
+        self.shared_data = SharedData::new(max_bytes_per_vm);
+        self
+    }
 }
 
 impl std::fmt::Debug for HostEnv {

@@ -30,9 +30,12 @@ pub struct SharedData {
     max_bytes_per_vm: usize,
 }
 
+/// The bytes (keys and values) one vm_id may hold unless configured otherwise.
+pub const DEFAULT_MAX_BYTES_PER_VM: usize = 64 << 20;
+
 impl Default for SharedData {
     fn default() -> Self {
-        SharedData::new(64 << 20)
+        SharedData::new(DEFAULT_MAX_BYTES_PER_VM)
     }
 }
 

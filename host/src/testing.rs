@@ -39,6 +39,7 @@ use crate::metrics::MetricValue;
 use crate::module::PluginModule;
 use crate::plugin::{Plugin, WorkerPlugin};
 use crate::plugin_config::PluginConfig;
+use crate::shared_data::DEFAULT_MAX_BYTES_PER_VM;
 use crate::state::StreamOp;
 
 /// One engine for every harness of the process (compiling is the slow part).
@@ -208,6 +209,7 @@ pub struct Harness {
     pub stream_timeout: Duration,
     requests: u64,
     foreign: HashMap<String, ForeignFunction>,
+    shared_data_limit: usize,
 }
 
 impl Harness {
@@ -232,6 +234,7 @@ impl Harness {
             stream_timeout: Duration::from_secs(60),
             requests: 0,
             foreign: HashMap::new(),
+            shared_data_limit: DEFAULT_MAX_BYTES_PER_VM,
         })
     }
 
@@ -250,7 +253,19 @@ impl Harness {
         f: impl Fn(&[u8]) -> Result<Vec<u8>, u32> + Send + Sync + 'static,
     ) {
         self.foreign.insert(name.to_owned(), Arc::new(f));
-        let mut env = HostEnv::new(Arc::clone(&self.clock) as Arc<dyn Clock>);
+        self.renew_env();
+    }
+
+    /// Caps each vm_id's shared data at `bytes` (before loading plugins), as `gateway run
+    /// --shared-data-max-bytes` does.
+    pub fn set_shared_data_limit(&mut self, bytes: usize) {
+        self.shared_data_limit = bytes;
+        self.renew_env();
+    }
+
+    fn renew_env(&mut self) {
+        let mut env = HostEnv::new(Arc::clone(&self.clock) as Arc<dyn Clock>)
+            .with_shared_data_limit(self.shared_data_limit);
         env.foreign = self.foreign.clone();
         self.env = Arc::new(env);
     }

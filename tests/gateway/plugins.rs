@@ -683,3 +683,71 @@ async fn every_worker_gets_its_instance_of_every_filter() {
         }
     }
 }
+
+/// `--shared-data-max-bytes` reaches the modules' store: with no room, rate-limiting's store
+/// fails and `fault_tolerant` decides (the arithmetic is in `tests/host/store.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_data_cap_makes_the_store_fail_as_fault_tolerant_says() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let config = |fault_tolerant: bool| {
+        format!(
+            "_format_version: \"3.0\"\nservices:\n  - {{name: e, url: \"http://{}\", routes: [{{name: r, paths: [/]}}]}}\nplugins:\n  - name: rate-limiting\n    config: {{second: 100, fault_tolerant: {fault_tolerant}}}",
+            echo.addr()
+        )
+    };
+    for (fault_tolerant, status) in [(true, 200), (false, 500)] {
+        let mut options = wasmgate_tests::gateway::options();
+        options.runtime.shared_data_max_bytes = 0;
+        let gateway = wasmgate_tests::gateway::start_with(options, &config(fault_tolerant));
+        let response = send(gateway.addr(), Protocol::Http1, &Request::get("/"))
+            .await
+            .unwrap();
+        assert_eq!(response.status, status, "{}", response.text());
+        assert_eq!(response.header("x-ratelimit-limit-second"), None);
+    }
+    // The default cap has room: the same plugin counts.
+    let gateway = start(&config(false));
+    let response = send(gateway.addr(), Protocol::Http1, &Request::get("/"))
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("x-ratelimit-remaining-second"), Some("99"));
+}
+
+/// The listening sockets in LISTEN state on `port`, from the kernel's own table.
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is "0100007F:1F90"; state 0A is LISTEN.
+            fields.get(1).and_then(|a| a.rsplit(':').next()) == Some(&format!("{port:04X}"))
+                && fields.get(3) == Some(&"0A")
+        })
+        .count()
+}
+
+/// Thread-per-core as in Envoy: each worker listens on its own socket of the shared port
+/// (`SO_REUSEPORT`), so the kernel spreads connections over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_has_its_own_listening_socket() {
+    let echo = EchoUpstream::start().await.unwrap();
+    for workers in [1, 3] {
+        let mut options = wasmgate_tests::gateway::options();
+        options.workers = workers;
+        let gateway = wasmgate_tests::gateway::start_with(
+            options,
+            &format!(
+                "_format_version: \"3.0\"\nservices:\n  - {{name: e, url: \"http://{}\", routes: [{{name: r, paths: [/]}}]}}",
+                echo.addr()
+            ),
+        );
+        assert_eq!(listening_sockets(gateway.addr().port()), workers);
+        let response = send(gateway.addr(), Protocol::Http1, &Request::get("/"))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200);
+    }
+}

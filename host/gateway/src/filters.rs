@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use host::clock::SystemClock;
+use host::shared_data::DEFAULT_MAX_BYTES_PER_VM;
 use host::{Engine, EngineConfig, HostEnv, Plugin, PluginConfig, PluginModule, WorkerPlugin};
 use kit::schema::FieldError;
 pub use model::plugins::default_modules_dir;
@@ -29,6 +31,8 @@ pub struct RuntimeOptions {
     /// Values given directly (not read from the process environment), e.g. by a test or a
     /// control plane provisioning this data plane.
     pub env_values: Vec<(String, String)>,
+    /// The bytes (keys and values) each vm_id may keep in shared data; Envoy has no such cap.
+    pub shared_data_max_bytes: usize,
 }
 
 impl Default for RuntimeOptions {
@@ -38,6 +42,7 @@ impl Default for RuntimeOptions {
             filters_dir: None,
             env_allow: Vec::new(),
             env_values: Vec::new(),
+            shared_data_max_bytes: DEFAULT_MAX_BYTES_PER_VM,
         }
     }
 }
@@ -95,7 +100,10 @@ impl Runtime {
         .map_err(|e| format!("wasm engine: {e}"))?;
         Ok(Runtime {
             engine,
-            env: HostEnv::shared(),
+            env: Arc::new(
+                HostEnv::new(SystemClock::shared())
+                    .with_shared_data_limit(options.shared_data_max_bytes),
+            ),
             options,
             modules: Mutex::new(HashMap::new()),
         })

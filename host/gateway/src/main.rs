@@ -10,6 +10,7 @@ use gateway::cluster::{Cluster, ClusterOptions};
 use gateway::filters::{default_modules_dir, Runtime, RuntimeOptions};
 use gateway::server::{CLIENT_HEADER_TIMEOUT, WORKER_CONNECTIONS};
 use gateway::{Gateway, GatewayOptions, Snapshot};
+use host::shared_data::DEFAULT_MAX_BYTES_PER_VM;
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +46,7 @@ impl Modules {
             filters_dir: self.filters_dir.clone(),
             env_allow: self.env_allow.clone(),
             env_values: Vec::new(),
+            shared_data_max_bytes: DEFAULT_MAX_BYTES_PER_VM,
         }
     }
 }
@@ -125,6 +127,10 @@ enum Command {
         /// Connections each worker serves at once (nginx's `worker_connections`).
         #[arg(long, default_value_t = WORKER_CONNECTIONS)]
         worker_connections: usize,
+        /// Bytes (keys and values) each module's vm_id may keep in shared data; a write past
+        /// it fails (rate-limiting then follows `fault_tolerant`).
+        #[arg(long, default_value_t = DEFAULT_MAX_BYTES_PER_VM)]
+        shared_data_max_bytes: usize,
         /// Where TLS clients connect (needs --tls-cert and --tls-key).
         #[arg(long)]
         tls_listen: Option<SocketAddr>,
@@ -215,6 +221,7 @@ fn main() -> ExitCode {
             no_access_log,
             client_header_timeout,
             worker_connections,
+            shared_data_max_bytes,
             tls_listen,
             tls_certs,
             tls_keys,
@@ -226,7 +233,10 @@ fn main() -> ExitCode {
                 access_log: !no_access_log,
                 config_path: config.clone(),
                 tls,
-                runtime: modules.options(),
+                runtime: RuntimeOptions {
+                    shared_data_max_bytes,
+                    ..modules.options()
+                },
                 client_header_timeout: Duration::from_secs(client_header_timeout),
                 worker_connections,
                 ..GatewayOptions::default()
