@@ -778,3 +778,554 @@ async fn the_openapi_document_is_true() {
     assert_eq!(unknown.status, 404);
     assert!(unknown.text().contains("no API route"));
 }
+
+/// The OpenAPI document as a contract for success answers: each call names the operation it
+/// exercises (found from the concrete path), must answer a status the document gives for it,
+/// and its body must validate against that status's schema (JSON Schema 2020-12, as OpenAPI
+/// 3.1 says, `$ref`s resolved in the document's components, formats checked).
+struct Contract {
+    document: Value,
+    covered: std::collections::BTreeSet<(String, String, u16)>,
+}
+
+impl Contract {
+    fn new(document: Value) -> Contract {
+        Contract {
+            document,
+            covered: Default::default(),
+        }
+    }
+
+    /// The documented path template `concrete` (without its query) is an instance of: the
+    /// one with the most literal segments among those that match.
+    fn template_of(&self, concrete: &str) -> String {
+        let concrete: Vec<&str> = concrete
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .split('/')
+            .collect();
+        let mut best: Option<(usize, String)> = None;
+        for template in self.document["paths"].as_object().expect("paths").keys() {
+            let parts: Vec<&str> = template.split('/').collect();
+            if parts.len() != concrete.len() {
+                continue;
+            }
+            let mut literals = 0;
+            let matches = parts.iter().zip(&concrete).all(|(t, c)| {
+                if t.starts_with('{') {
+                    !c.is_empty()
+                } else {
+                    literals += 1;
+                    t == c
+                }
+            });
+            if matches && best.as_ref().is_none_or(|(n, _)| literals > *n) {
+                best = Some((literals, template.clone()));
+            }
+        }
+        best.map(|(_, t)| t)
+            .unwrap_or_else(|| panic!("{} is not a documented path", concrete.join("/")))
+    }
+
+    /// Calls the API, insists on `status`, and checks the answer against the document.
+    async fn call(
+        &mut self,
+        cp: &TestControlPlane,
+        status: u16,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Value {
+        let response = cp.call(method, path, body).await;
+        assert_eq!(
+            response.status,
+            status,
+            "{method} {path} answered {}: {}",
+            response.status,
+            response.text()
+        );
+        let template = self.template_of(path);
+        let operation = &self.document["paths"][&template][method.to_lowercase()];
+        assert!(
+            operation.is_object(),
+            "{method} {template} is not documented"
+        );
+        let documented = &operation["responses"][status.to_string()];
+        assert!(
+            documented.is_object(),
+            "{method} {template}: {status} is not documented"
+        );
+        self.covered
+            .insert((method.to_uppercase(), template.clone(), status));
+        let Some(schema) = documented["content"]
+            .get("application/json")
+            .map(|c| &c["schema"])
+        else {
+            assert!(
+                documented.get("content").is_none(),
+                "{method} {template} {status}: only JSON answers are checked here"
+            );
+            assert!(
+                response.body.is_empty(),
+                "{method} {template} {status} documents no body but answered {}",
+                response.text()
+            );
+            return Value::Null;
+        };
+        assert!(
+            response
+                .header("content-type")
+                .is_some_and(|t| t.starts_with("application/json")),
+            "{method} {template} {status}: content-type {:?}",
+            response.header("content-type")
+        );
+        let value: Value = serde_json::from_slice(&response.body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", response.text()));
+        let mut root = schema.clone();
+        root["components"] = self.document["components"].clone();
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| panic!("{method} {template} {status}: invalid schema: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {template} {status} does not match its schema:\n{}\nbody: {value:#}",
+            errors.join("\n")
+        );
+        value
+    }
+
+    /// Every success status of every documented operation, that no call exercised.
+    fn uncovered(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        for (template, item) in self.document["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("path item") {
+                let Some(responses) = operation.get("responses").and_then(Value::as_object) else {
+                    continue;
+                };
+                for status in responses.keys().filter(|s| s.starts_with('2')) {
+                    let key = (
+                        method.to_uppercase(),
+                        template.clone(),
+                        status.parse().expect("status"),
+                    );
+                    if !self.covered.contains(&key) {
+                        missing.push(format!("{} {template} {status}", key.0));
+                    }
+                }
+            }
+        }
+        missing
+    }
+}
+
+/// Review item A11: every documented operation, called successfully on a populated control
+/// plane (entities of every kind and nesting, a pinned certificate, a provisioned cloud
+/// gateway whose real `gateway` connects as a node, an Envoy bootstrap, a declarative
+/// import), answers a documented success status with a body its schema accepts; and no
+/// operation is left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_answers_what_the_openapi_document_says() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let document = cp.expect(200, "GET", "/v2/openapi.json", None).await;
+    let mut contract = Contract::new(document);
+    contract
+        .call(&cp, 200, "GET", "/v2/openapi.json", None)
+        .await;
+
+    // Control planes.
+    let created = contract
+        .call(
+            &cp,
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({ "name": "cp", "description": "d", "labels": { "team": "edge" } })),
+        )
+        .await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let serverless = contract
+        .call(
+            &cp,
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({ "name": "serverless", "cluster_type": "CLUSTER_TYPE_SERVERLESS_V1" })),
+        )
+        .await;
+    let serverless_id = serverless["id"].as_str().expect("id").to_owned();
+    let doomed = contract
+        .call(
+            &cp,
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({ "name": "doomed" })),
+        )
+        .await;
+    let listed = contract
+        .call(&cp, 200, "GET", "/v2/control-planes?page[size]=2", None)
+        .await;
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(2));
+    assert_eq!(listed["meta"]["page"]["total"], 3);
+    contract
+        .call(&cp, 200, "GET", &format!("/v2/control-planes/{id}"), None)
+        .await;
+    contract
+        .call(
+            &cp,
+            200,
+            "PATCH",
+            &format!("/v2/control-planes/{id}"),
+            Some(&json!({ "description": null, "labels": { "env": "dev" } })),
+        )
+        .await;
+
+    // Core entities: every kind created flat and nested, read, listed, replaced, patched.
+    let base = format!("/v2/control-planes/{id}/core-entities");
+    let service = contract
+        .call(
+            &cp,
+            201,
+            "POST",
+            &format!("{base}/services"),
+            Some(&json!({ "name": "echo", "url": "http://127.0.0.1:9/api", "tags": ["t"] })),
+        )
+        .await;
+    let service_id = service["id"].as_str().expect("id").to_owned();
+    let spare = contract
+        .call(
+            &cp,
+            201,
+            "POST",
+            &format!("{base}/services"),
+            Some(&json!({ "name": "spare", "host": "spare.internal" })),
+        )
+        .await;
+    let nested_route = contract
+        .call(
+            &cp,
+            201,
+            "POST",
+            &format!("{base}/services/{service_id}/routes"),
+            Some(&json!({ "name": "nested", "paths": ["/nested"] })),
+        )
+        .await;
+    let route = contract
+        .call(
+            &cp,
+            201,
+            "POST",
+            &format!("{base}/routes"),
+            Some(&json!({ "name": "flat", "paths": ["/flat"], "service": { "id": service_id } })),
+        )
+        .await;
+    let route_id = route["id"].as_str().expect("id").to_owned();
+    let global = contract
+        .call(
+            &cp,
+            201,
+            "POST",
+            &format!("{base}/plugins"),
+            Some(&json!({ "name": "rate-limiting", "config": { "second": 50 } })),
+        )
+        .await;
+    let service_plugin = contract
+        .call(
+            &cp,
+            201,
+            "POST",
+            &format!("{base}/services/echo/plugins"),
+            Some(&json!({ "name": "request-transformer", "config": { "add": { "headers": ["a:1"] } } })),
+        )
+        .await;
+    contract
+        .call(
+            &cp,
+            201,
+            "POST",
+            &format!("{base}/routes/{route_id}/plugins"),
+            Some(&json!({ "name": "request-size-limiting", "config": { "allowed_payload_size": 1 } })),
+        )
+        .await;
+    for kind in ["services", "routes", "plugins"] {
+        let list = contract
+            .call(&cp, 200, "GET", &format!("{base}/{kind}?size=100"), None)
+            .await;
+        assert!(!list["data"].as_array().expect("data").is_empty(), "{kind}");
+    }
+    for nested in [
+        format!("services/{service_id}/routes"),
+        format!("services/{service_id}/plugins"),
+        format!("routes/{route_id}/plugins"),
+    ] {
+        let list = contract
+            .call(&cp, 200, "GET", &format!("{base}/{nested}"), None)
+            .await;
+        assert!(
+            !list["data"].as_array().expect("data").is_empty(),
+            "{nested}"
+        );
+    }
+    let global_id = global["id"].as_str().expect("id");
+    let service_plugin_id = service_plugin["id"].as_str().expect("id");
+    for one in [
+        format!("services/{service_id}"),
+        "services/echo".to_owned(),
+        format!("routes/{route_id}"),
+        format!("plugins/{global_id}"),
+    ] {
+        contract
+            .call(&cp, 200, "GET", &format!("{base}/{one}"), None)
+            .await;
+    }
+    contract
+        .call(
+            &cp,
+            200,
+            "PUT",
+            &format!("{base}/services/upserted"),
+            Some(&json!({ "host": "upserted.internal" })),
+        )
+        .await;
+    contract
+        .call(
+            &cp,
+            200,
+            "PUT",
+            &format!("{base}/routes/{route_id}"),
+            Some(&json!({ "name": "flat", "paths": ["/flat2"], "service": { "id": service_id } })),
+        )
+        .await;
+    contract
+        .call(
+            &cp,
+            200,
+            "PUT",
+            &format!("{base}/plugins/{global_id}"),
+            Some(&json!({ "name": "rate-limiting", "config": { "minute": 500 } })),
+        )
+        .await;
+    contract
+        .call(
+            &cp,
+            200,
+            "PATCH",
+            &format!("{base}/services/{service_id}"),
+            Some(&json!({ "retries": 2 })),
+        )
+        .await;
+    contract
+        .call(
+            &cp,
+            200,
+            "PATCH",
+            &format!("{base}/routes/{}", nested_route["id"].as_str().expect("id")),
+            Some(&json!({ "strip_path": false })),
+        )
+        .await;
+    contract
+        .call(
+            &cp,
+            200,
+            "PATCH",
+            &format!("{base}/plugins/{service_plugin_id}"),
+            Some(&json!({ "enabled": false })),
+        )
+        .await;
+
+    // The rest of a control plane: versions, declarative files, certificates, Envoy.
+    let hash = contract
+        .call(
+            &cp,
+            200,
+            "GET",
+            &format!("/v2/control-planes/{id}/expected-config-hash"),
+            None,
+        )
+        .await;
+    let export = contract
+        .call(
+            &cp,
+            200,
+            "GET",
+            &format!("/v2/control-planes/{id}/declarative-config"),
+            None,
+        )
+        .await;
+    let imported = contract
+        .call(
+            &cp,
+            201,
+            "POST",
+            &format!(
+                "/v2/control-planes/{}/declarative-config",
+                doomed["id"].as_str().expect("id")
+            ),
+            Some(&export),
+        )
+        .await;
+    assert_eq!(imported["config_hash"], hash["expected_hash"]);
+    let certificates = format!("/v2/control-planes/{id}/dp-client-certificates");
+    let (pem, _) = control_plane::pki::client_certificate("dp").expect("cert");
+    let pinned = contract
+        .call(
+            &cp,
+            201,
+            "POST",
+            &certificates,
+            Some(&json!({ "cert": pem })),
+        )
+        .await;
+    let certificate_id = pinned["item"]["id"].as_str().expect("id").to_owned();
+    contract.call(&cp, 200, "GET", &certificates, None).await;
+    contract
+        .call(
+            &cp,
+            200,
+            "GET",
+            &format!("{certificates}/{certificate_id}"),
+            None,
+        )
+        .await;
+    contract
+        .call(
+            &cp,
+            201,
+            "POST",
+            &format!("/v2/control-planes/{id}/envoy-bootstrap"),
+            Some(&json!({ "node_id": "envoy-1", "listen": "127.0.0.1:10000" })),
+        )
+        .await;
+
+    // A cloud gateway: its real gateway process connects and shows up as a node.
+    let configuration = json!({
+        "control_plane_id": serverless_id,
+        "control_plane_geo": "us",
+        "dataplane_groups": [{ "region": "us", "provider": "aws" }],
+        "kind": "serverless.v1",
+    });
+    let provisioned = contract
+        .call(
+            &cp,
+            201,
+            "PUT",
+            "/v3/cloud-gateways/configurations",
+            Some(&configuration),
+        )
+        .await;
+    let configuration_id = provisioned["id"].as_str().expect("id").to_owned();
+    let replaced = contract
+        .call(
+            &cp,
+            200,
+            "PUT",
+            "/v3/cloud-gateways/configurations",
+            Some(&configuration),
+        )
+        .await;
+    assert_eq!(replaced["id"], provisioned["id"]);
+    contract
+        .call(&cp, 200, "GET", "/v3/cloud-gateways/configurations", None)
+        .await;
+    contract
+        .call(
+            &cp,
+            200,
+            "GET",
+            &format!("/v3/cloud-gateways/configurations/{configuration_id}"),
+            None,
+        )
+        .await;
+    let nodes = format!("/v2/control-planes/{serverless_id}/nodes");
+    wasmgate_tests::until(
+        "the provisioned gateway's node",
+        std::time::Duration::from_secs(90),
+        async || {
+            let list = cp.expect(200, "GET", &nodes, None).await;
+            if list["items"][0]["config_hash"].is_string() {
+                Ok(())
+            } else {
+                Err(list.to_string())
+            }
+        },
+    )
+    .await;
+    let listed = contract.call(&cp, 200, "GET", &nodes, None).await;
+    let node_id = listed["items"][0]["id"].as_str().expect("id").to_owned();
+    contract
+        .call(&cp, 200, "GET", &format!("{nodes}/{node_id}"), None)
+        .await;
+
+    // Deletions, last.
+    contract
+        .call(
+            &cp,
+            204,
+            "DELETE",
+            &format!("/v3/cloud-gateways/configurations/{configuration_id}"),
+            None,
+        )
+        .await;
+    contract
+        .call(&cp, 204, "DELETE", &format!("{nodes}/{node_id}"), None)
+        .await;
+    contract
+        .call(
+            &cp,
+            204,
+            "DELETE",
+            &format!("{certificates}/{certificate_id}"),
+            None,
+        )
+        .await;
+    contract
+        .call(
+            &cp,
+            204,
+            "DELETE",
+            &format!("{base}/plugins/{global_id}"),
+            None,
+        )
+        .await;
+    contract
+        .call(
+            &cp,
+            204,
+            "DELETE",
+            &format!("{base}/routes/{route_id}"),
+            None,
+        )
+        .await;
+    contract
+        .call(
+            &cp,
+            204,
+            "DELETE",
+            &format!("{base}/services/{}", spare["id"].as_str().expect("id")),
+            None,
+        )
+        .await;
+    contract
+        .call(
+            &cp,
+            204,
+            "DELETE",
+            &format!("/v2/control-planes/{}", doomed["id"].as_str().expect("id")),
+            None,
+        )
+        .await;
+
+    let uncovered = contract.uncovered();
+    assert!(
+        uncovered.is_empty(),
+        "documented but never exercised: {uncovered:#?}"
+    );
+}

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::control_planes;
 use super::errors::{invalid_parameters, problem_not_found, ApiError};
-use super::{blocking, json_object, now, rfc3339, Shared};
+use super::{blocking, json_object, now, Shared};
 use crate::pki;
 use crate::store::StoreError;
 
@@ -22,8 +22,9 @@ fn item(row: (String, String, i64, i64)) -> Value {
     json!({
         "id": id,
         "cert": cert,
-        "created_at": rfc3339(created_at),
-        "updated_at": rfc3339(updated_at),
+        // Konnect's DataPlaneClientCertificate timestamps are Unix seconds.
+        "created_at": created_at,
+        "updated_at": updated_at,
     })
 }
 

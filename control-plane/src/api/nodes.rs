@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::control_planes;
 use super::errors::{self, problem_not_found, ApiError};
-use super::{blocking, rfc3339, Shared};
+use super::{blocking, Shared};
 use crate::nodes::Node;
 use crate::State;
 
@@ -52,8 +52,9 @@ fn to_json(node: &Node, expected_hash: Option<&str>) -> Value {
                 "COMPATIBILITY_STATE_FULLY_COMPATIBLE"
             },
         },
-        "created_at": rfc3339(node.created_at),
-        "updated_at": rfc3339(node.updated_at),
+        // Konnect's node timestamps are Unix seconds.
+        "created_at": node.created_at,
+        "updated_at": node.updated_at,
     })
 }
 
@@ -121,7 +122,8 @@ pub async fn expected_config_hash(
     Ok(Json(json!({
         "expected_hash": current.hash,
         "config_version": current.version,
-        "created_at": rfc3339(current.created_at),
-        "updated_at": rfc3339(current.created_at),
+        // Unix seconds, as Konnect's; a version is never updated, only followed by another.
+        "created_at": current.created_at,
+        "updated_at": current.created_at,
     })))
 }
