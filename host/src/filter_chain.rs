@@ -300,7 +300,6 @@ impl HttpStream {
         self.local_reply_sent
     }
 
-    /// Whether the response has been sent completely (or the stream reset).
     /// Whether the request side takes no more input: its end went through, or a local
     /// response or reset ended it. A driver stops reading the client's body then (Envoy
     /// answers a local reply without reading the rest of the body).
@@ -308,6 +307,7 @@ impl HttpStream {
         self.request.ended || self.local_reply_sent || self.done
     }
 
+    /// Whether the response has been sent completely (or the stream reset, or finished).
     pub fn is_complete(&self) -> bool {
         self.response.ended || self.done
     }
@@ -913,5 +913,985 @@ impl FilterChain {
         let mut stream = HttpStream::new(filters, info);
         stream.set_buffer_limit(self.buffer_limit);
         stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The iteration rules with scripted filters: each records its callbacks (name, phase,
+    //! the body it saw, end of stream) in one shared log and answers what its script says.
+
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use super::FilterStatus::{Continue, Stop};
+    use super::*;
+    use crate::callout::HttpCallout;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Ev {
+        ReqHeaders,
+        ReqBody,
+        ReqTrailers,
+        RespHeaders,
+        RespBody,
+        RespTrailers,
+        Call,
+    }
+
+    type Log = Rc<RefCell<Vec<String>>>;
+    type Act = Box<dyn FnMut(Ev, &mut StreamData, bool) -> FilterStatus>;
+
+    struct Fake {
+        name: &'static str,
+        log: Log,
+        body_while_stopped: bool,
+        act: Act,
+    }
+
+    impl Fake {
+        fn on(&mut self, ev: Ev, s: &mut StreamData, eos: bool) -> FilterStatus {
+            let mut line = format!("{} {ev:?}", self.name);
+            let body = match ev {
+                Ev::ReqBody | Ev::ReqTrailers => Some(&s.request_body),
+                Ev::RespBody | Ev::RespTrailers => Some(&s.response_body),
+                _ => None,
+            };
+            if let Some(body) = body {
+                line += &format!(" [{}]", String::from_utf8_lossy(body));
+            }
+            if eos && !matches!(ev, Ev::ReqTrailers | Ev::RespTrailers | Ev::Call) {
+                line += " eos";
+            }
+            self.log.borrow_mut().push(line);
+            (self.act)(ev, s, eos)
+        }
+    }
+
+    impl HttpFilter for Fake {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn body_while_headers_stopped(&self) -> bool {
+            self.body_while_stopped
+        }
+        fn request_headers(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {
+            self.on(Ev::ReqHeaders, s, eos)
+        }
+        fn request_body(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {
+            self.on(Ev::ReqBody, s, eos)
+        }
+        fn request_trailers(&mut self, s: &mut StreamData) -> FilterStatus {
+            self.on(Ev::ReqTrailers, s, true)
+        }
+        fn response_headers(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {
+            self.on(Ev::RespHeaders, s, eos)
+        }
+        fn response_body(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {
+            self.on(Ev::RespBody, s, eos)
+        }
+        fn response_trailers(&mut self, s: &mut StreamData) -> FilterStatus {
+            self.on(Ev::RespTrailers, s, true)
+        }
+        fn http_call_response(&mut self, s: &mut StreamData, token: u32, _: HttpCallResult) {
+            self.log
+                .borrow_mut()
+                .push(format!("{} Call {token}", self.name));
+            let _ = (self.act)(Ev::Call, s, false);
+        }
+        fn stream_done(&mut self, _: &mut StreamData) {
+            self.log.borrow_mut().push(format!("{} Done", self.name));
+        }
+    }
+
+    fn fake(
+        name: &'static str,
+        log: &Log,
+        act: impl FnMut(Ev, &mut StreamData, bool) -> FilterStatus + 'static,
+    ) -> Box<dyn HttpFilter> {
+        Box::new(Fake {
+            name,
+            log: Rc::clone(log),
+            body_while_stopped: false,
+            act: Box::new(act),
+        })
+    }
+
+    fn pass(name: &'static str, log: &Log) -> Box<dyn HttpFilter> {
+        fake(name, log, |_, _, _| Continue)
+    }
+
+    fn chain(filters: Vec<Box<dyn HttpFilter>>) -> HttpStream {
+        HttpStream::new(filters, StreamInfo::default())
+    }
+
+    /// The log since the last call.
+    fn seen(log: &Log) -> Vec<String> {
+        std::mem::take(&mut *log.borrow_mut())
+    }
+
+    fn h(pairs: &[(&str, &str)]) -> Headers {
+        Headers::from_pairs(pairs.iter().copied())
+    }
+
+    fn req() -> Headers {
+        h(&[(":method", "POST"), (":path", "/")])
+    }
+
+    fn resp() -> Headers {
+        h(&[(":status", "200")])
+    }
+
+    fn req_headers(headers: Headers, end_of_stream: bool) -> Output {
+        Output::RequestHeaders {
+            headers,
+            end_of_stream,
+        }
+    }
+
+    fn req_data(data: &str, end_of_stream: bool) -> Output {
+        Output::RequestData {
+            data: data.into(),
+            end_of_stream,
+        }
+    }
+
+    fn resp_headers(headers: Headers, end_of_stream: bool) -> Output {
+        Output::ResponseHeaders {
+            headers,
+            end_of_stream,
+        }
+    }
+
+    fn resp_data(data: &str, end_of_stream: bool) -> Output {
+        Output::ResponseData {
+            data: data.into(),
+            end_of_stream,
+        }
+    }
+
+    const NONE: [&str; 0] = [];
+
+    #[test]
+    fn request_phases_run_in_order_and_response_phases_in_reverse() {
+        let log = Log::default();
+        let mut s = chain(vec![pass("a", &log), pass("b", &log), pass("c", &log)]);
+        s.request_headers(req(), false);
+        s.request_data(b"12".to_vec(), false);
+        s.request_data(b"34".to_vec(), false);
+        s.request_trailers(h(&[("x-t", "1")]));
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders",
+                "b ReqHeaders",
+                "c ReqHeaders",
+                "a ReqBody [12]",
+                "b ReqBody [12]",
+                "c ReqBody [12]",
+                "a ReqBody [34]",
+                "b ReqBody [34]",
+                "c ReqBody [34]",
+                "a ReqTrailers []",
+                "b ReqTrailers []",
+                "c ReqTrailers []",
+            ]
+        );
+        assert_eq!(
+            s.take_outputs(),
+            [
+                req_headers(req(), false),
+                req_data("12", false),
+                req_data("34", false),
+                Output::RequestTrailers(h(&[("x-t", "1")])),
+            ]
+        );
+        assert!(s.request_ended());
+        assert!(!s.is_complete());
+        assert!(!s.is_paused());
+
+        s.response_headers(resp(), false);
+        s.response_data(b"xy".to_vec(), false);
+        s.response_trailers(h(&[("grpc-status", "0")]));
+        assert_eq!(
+            seen(&log),
+            [
+                "c RespHeaders",
+                "b RespHeaders",
+                "a RespHeaders",
+                "c RespBody [xy]",
+                "b RespBody [xy]",
+                "a RespBody [xy]",
+                "c RespTrailers []",
+                "b RespTrailers []",
+                "a RespTrailers []",
+                // The response's end finishes the stream.
+                "a Done",
+                "b Done",
+                "c Done",
+            ]
+        );
+        assert_eq!(
+            s.take_outputs(),
+            [
+                resp_headers(resp(), false),
+                resp_data("xy", false),
+                Output::ResponseTrailers(h(&[("grpc-status", "0")])),
+            ]
+        );
+        assert!(s.is_complete());
+        assert_eq!((s.data().request_bytes, s.data().response_bytes), (4, 2));
+        // Once only.
+        s.finish();
+        assert_eq!(seen(&log), NONE);
+    }
+
+    #[test]
+    fn end_of_stream_on_the_headers_ends_the_direction_there() {
+        let log = Log::default();
+        let mut s = chain(vec![pass("a", &log), pass("b", &log)]);
+        s.request_headers(req(), true);
+        assert!(s.request_ended());
+        assert_eq!(s.take_outputs(), [req_headers(req(), true)]);
+        // Nothing more is taken on the request side.
+        s.request_data(b"late".to_vec(), true);
+        s.request_trailers(h(&[("x-t", "1")]));
+        assert_eq!(s.take_outputs(), []);
+        assert_eq!(s.data().request_bytes, 0);
+        assert!(!s.is_complete());
+
+        s.response_headers(resp(), true);
+        assert_eq!(s.take_outputs(), [resp_headers(resp(), true)]);
+        assert!(s.is_complete());
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders eos",
+                "b ReqHeaders eos",
+                "b RespHeaders eos",
+                "a RespHeaders eos",
+                "a Done",
+                "b Done",
+            ]
+        );
+        // After the end, every input is ignored.
+        s.response_data(b"x".to_vec(), true);
+        assert_eq!(s.take_outputs(), []);
+        assert_eq!(seen(&log), NONE);
+    }
+
+    #[test]
+    fn each_filter_sees_what_the_one_before_it_changed() {
+        let log = Log::default();
+        let a = fake("a", &log, |ev, s, _| {
+            match ev {
+                Ev::ReqHeaders => {
+                    if let Some(headers) = s.request_headers.as_mut() {
+                        headers.add("x-a", "1");
+                    }
+                }
+                Ev::ReqBody => s.request_body.make_ascii_uppercase(),
+                Ev::RespBody => s.response_body.push(b'a'),
+                _ => {}
+            }
+            Continue
+        });
+        let b = fake("b", &log, |ev, s, _| {
+            match ev {
+                Ev::ReqHeaders => {
+                    let saw = s.request_headers.as_ref().and_then(|h| h.get("x-a"));
+                    assert_eq!(saw, Some(b"1".as_slice()));
+                }
+                Ev::ReqBody => s.request_body.push(b'b'),
+                Ev::RespBody => s.response_body.push(b'b'),
+                _ => {}
+            }
+            Continue
+        });
+        let mut s = chain(vec![a, b]);
+        s.request_headers(req(), false);
+        s.request_data(b"xy".to_vec(), true);
+        s.response_headers(resp(), false);
+        s.response_data(b"r".to_vec(), true);
+        let mut sent = req();
+        sent.add("x-a", "1");
+        assert_eq!(
+            s.take_outputs(),
+            [
+                req_headers(sent, false),
+                req_data("XYb", true),
+                resp_headers(resp(), false),
+                // Response order: b, then a.
+                resp_data("rba", true),
+            ]
+        );
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders",
+                "b ReqHeaders",
+                "a ReqBody [xy] eos",
+                "b ReqBody [XY] eos",
+                "b RespHeaders",
+                "a RespHeaders",
+                "b RespBody [r] eos",
+                "a RespBody [rb] eos",
+                "a Done",
+                "b Done",
+            ]
+        );
+    }
+
+    /// Envoy's `StopAllIterationAndBuffer` (what a proxy-wasm headers `Pause` maps to without
+    /// `allow_on_headers_stop_iteration`): the headers wait, the body is buffered behind
+    /// them, and on resume the buffered body goes first to the filter that stopped
+    /// (`iterate_from_current_filter_`), then on.
+    #[test]
+    fn a_headers_stop_holds_the_headers_and_buffers_the_body_for_the_filter_that_stopped() {
+        let log = Log::default();
+        let b = fake("b", &log, |ev, _, _| match ev {
+            Ev::ReqHeaders => Stop,
+            _ => Continue,
+        });
+        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        s.request_headers(req(), false);
+        assert_eq!(seen(&log), ["a ReqHeaders", "b ReqHeaders"]);
+        assert_eq!(s.take_outputs(), []);
+        assert!(s.is_paused());
+        s.request_data(b"12".to_vec(), false);
+        s.request_data(b"34".to_vec(), true);
+        // The filters before the stop see the body as it arrives; nothing goes on.
+        assert_eq!(seen(&log), ["a ReqBody [12]", "a ReqBody [34] eos"]);
+        assert_eq!(s.take_outputs(), []);
+        assert!(!s.request_ended());
+
+        // Only the filter that stopped can resume.
+        s.resume(0);
+        s.resume(2);
+        s.resume(7);
+        assert_eq!(seen(&log), NONE);
+        assert_eq!(s.take_outputs(), []);
+        assert!(s.is_paused());
+
+        s.resume(1);
+        assert_eq!(
+            seen(&log),
+            [
+                "c ReqHeaders",
+                "b ReqBody [1234] eos",
+                "c ReqBody [1234] eos"
+            ]
+        );
+        assert_eq!(
+            s.take_outputs(),
+            [req_headers(req(), false), req_data("1234", true)]
+        );
+        assert!(!s.is_paused());
+        assert!(s.request_ended());
+    }
+
+    /// A filter that stopped for an HTTP call resumes from its answer; the call is handed
+    /// to the driver with the index of the filter that made it.
+    #[test]
+    fn a_filter_resumes_from_the_answer_to_its_http_call() {
+        let log = Log::default();
+        let call = HttpCallout {
+            token: 7,
+            upstream: "authz".into(),
+            headers: h(&[(":path", "/check")]),
+            body: Vec::new(),
+            trailers: Headers::new(),
+            timeout: Duration::from_millis(500),
+        };
+        let made = call.clone();
+        let b = fake("b", &log, move |ev, s, _| match ev {
+            Ev::ReqHeaders => {
+                s.callouts.http.push(made.clone());
+                Stop
+            }
+            Ev::Call => {
+                s.resume_request = true;
+                Continue
+            }
+            _ => Continue,
+        });
+        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        s.request_headers(req(), true);
+        assert_eq!(
+            s.take_callouts(),
+            [(
+                1,
+                Callouts {
+                    http: vec![call],
+                    ..Callouts::default()
+                }
+            )]
+        );
+        assert_eq!(s.take_callouts(), []);
+        assert_eq!(s.take_outputs(), []);
+        assert!(!s.request_ended());
+        s.http_call_response(1, 7, HttpCallResult::Failed);
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders eos",
+                "b ReqHeaders eos",
+                "b Call 7",
+                "c ReqHeaders eos"
+            ]
+        );
+        assert_eq!(s.take_outputs(), [req_headers(req(), true)]);
+        assert!(s.request_ended());
+        assert!(!s.is_paused());
+    }
+
+    /// Envoy's `StopIterationAndBuffer` on a body, as proxy-wasm hosts present it: the filter
+    /// is called again with everything buffered so far (the running total), and its
+    /// `Continue` sends the whole buffer on.
+    #[test]
+    fn a_body_stop_buffers_and_calls_the_filter_again_with_the_running_total() {
+        let log = Log::default();
+        let b = fake("b", &log, |ev, _, eos| match ev {
+            Ev::ReqBody if !eos => Stop,
+            _ => Continue,
+        });
+        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        s.request_headers(req(), false);
+        assert_eq!(s.take_outputs(), [req_headers(req(), false)]);
+        s.request_data(b"12".to_vec(), false);
+        s.request_data(b"34".to_vec(), false);
+        assert_eq!(s.take_outputs(), []);
+        assert!(s.is_paused());
+        s.request_data(b"5".to_vec(), true);
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders",
+                "b ReqHeaders",
+                "c ReqHeaders",
+                "a ReqBody [12]",
+                "b ReqBody [12]",
+                "a ReqBody [34]",
+                "b ReqBody [1234]",
+                "a ReqBody [5] eos",
+                "b ReqBody [12345] eos",
+                "c ReqBody [12345] eos",
+            ]
+        );
+        assert_eq!(s.take_outputs(), [req_data("12345", true)]);
+        assert!(s.request_ended());
+    }
+
+    /// A resumed body goes on from the next filter: the one that buffered it has seen it.
+    #[test]
+    fn a_body_resumed_from_a_call_goes_on_from_the_next_filter() {
+        let log = Log::default();
+        let mut answered = false;
+        let b = fake("b", &log, move |ev, s, _| match ev {
+            Ev::ReqBody if !answered => Stop,
+            Ev::Call => {
+                answered = true;
+                s.resume_request = true;
+                Continue
+            }
+            _ => Continue,
+        });
+        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        s.request_headers(req(), false);
+        s.request_data(b"12".to_vec(), false);
+        s.request_data(b"34".to_vec(), false);
+        seen(&log);
+        s.take_outputs();
+        s.http_call_response(1, 3, HttpCallResult::Failed);
+        assert_eq!(seen(&log), ["b Call 3", "c ReqBody [1234]"]);
+        assert_eq!(s.take_outputs(), [req_data("1234", false)]);
+        assert!(!s.is_paused());
+        s.request_data(b"5".to_vec(), true);
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqBody [5] eos",
+                "b ReqBody [5] eos",
+                "c ReqBody [5] eos"
+            ]
+        );
+        assert_eq!(s.take_outputs(), [req_data("5", true)]);
+    }
+
+    /// Trailers end a buffered body: they reach the filters up to the one buffering (which
+    /// sees the whole body then), and on its `Continue` the body goes on, then the trailers,
+    /// as trailers (Envoy: `commonContinue` → `doData(end_stream = false)`, `doTrailers`).
+    #[test]
+    fn trailers_behind_a_buffering_filter_follow_the_body_as_trailers() {
+        let log = Log::default();
+        let b = fake("b", &log, |ev, _, _| match ev {
+            Ev::ReqBody => Stop,
+            _ => Continue,
+        });
+        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        s.request_headers(req(), false);
+        s.request_data(b"12".to_vec(), false);
+        seen(&log);
+        s.take_outputs();
+        s.request_trailers(h(&[("x-t", "1")]));
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqTrailers []",
+                "b ReqTrailers [12]",
+                "c ReqBody [12]",
+                "c ReqTrailers []",
+            ]
+        );
+        assert_eq!(
+            s.take_outputs(),
+            [
+                req_data("12", false),
+                Output::RequestTrailers(h(&[("x-t", "1")]))
+            ]
+        );
+        assert!(s.request_ended());
+    }
+
+    /// The buffer limit (Envoy's `requestDataTooLarge`: over the limit, not at it): a body
+    /// buffered to exactly the limit waits; one byte more answers 413, through the response
+    /// phases of every filter that saw the request.
+    #[test]
+    fn a_request_buffered_past_the_limit_gets_413_and_not_at_the_limit() {
+        let log = Log::default();
+        let b = fake("b", &log, |ev, _, _| match ev {
+            Ev::ReqBody => Stop,
+            _ => Continue,
+        });
+        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        s.set_buffer_limit(4);
+        s.request_headers(req(), false);
+        s.request_data(b"12".to_vec(), false);
+        s.request_data(b"34".to_vec(), false);
+        assert!(!s.local_reply_sent());
+        assert_eq!(s.take_outputs(), [req_headers(req(), false)]);
+        seen(&log);
+        s.request_data(b"5".to_vec(), false);
+        assert!(s.local_reply_sent());
+        assert_eq!(
+            seen(&log),
+            [
+                // The filter before the stop saw the byte; the buffering one never sees
+                // more than the limit.
+                "a ReqBody [5]",
+                "c RespHeaders",
+                "b RespHeaders",
+                "a RespHeaders",
+                "c RespBody [Payload Too Large] eos",
+                "b RespBody [Payload Too Large] eos",
+                "a RespBody [Payload Too Large] eos",
+                "a Done",
+                "b Done",
+                "c Done",
+            ]
+        );
+        assert_eq!(
+            s.take_outputs(),
+            [
+                resp_headers(
+                    h(&[
+                        (":status", "413"),
+                        ("content-type", "text/plain"),
+                        ("content-length", "17")
+                    ]),
+                    false
+                ),
+                resp_data("Payload Too Large", true),
+            ]
+        );
+        assert!(s.request_ended());
+        assert!(s.is_complete());
+        // The rest of the body is not taken.
+        s.request_data(b"6".to_vec(), true);
+        assert_eq!(s.take_outputs(), []);
+        assert_eq!(seen(&log), NONE);
+    }
+
+    /// Envoy's `responseDataTooLarge` once the response headers went out: nothing can be
+    /// answered any more, the stream is reset.
+    #[test]
+    fn a_response_buffered_past_the_limit_after_its_headers_went_out_is_reset() {
+        let log = Log::default();
+        let b = fake("b", &log, |ev, _, _| match ev {
+            Ev::RespBody => Stop,
+            _ => Continue,
+        });
+        let mut s = chain(vec![pass("a", &log), b]);
+        s.set_buffer_limit(3);
+        s.request_headers(req(), true);
+        s.response_headers(resp(), false);
+        s.response_data(b"123".to_vec(), false);
+        assert_eq!(
+            s.take_outputs(),
+            [req_headers(req(), true), resp_headers(resp(), false)]
+        );
+        assert!(!s.is_complete());
+        seen(&log);
+        s.response_data(b"4".to_vec(), false);
+        assert_eq!(s.take_outputs(), [Output::Reset]);
+        assert_eq!(seen(&log), ["a Done", "b Done"]);
+        assert!(s.is_complete());
+        assert!(s.request_ended());
+        assert!(!s.local_reply_sent());
+    }
+
+    /// A local reply from a request phase: later filters never run; the reply passes back
+    /// through the filters that saw the request, from the one that sent it to the first;
+    /// `content-type: text/plain` for a body without one, the real `content-length`.
+    #[test]
+    fn a_local_reply_skips_later_filters_and_passes_back_through_those_that_saw_the_request() {
+        let log = Log::default();
+        let b = fake("b", &log, |ev, s, _| {
+            if ev == Ev::ReqHeaders {
+                s.local_response = Some(LocalResponse {
+                    status: 403,
+                    headers: h(&[("x-why", "b"), ("content-length", "99")]),
+                    body: b"no".to_vec(),
+                    ..LocalResponse::default()
+                });
+                return Stop;
+            }
+            Continue
+        });
+        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        s.request_headers(req(), false);
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders",
+                "b ReqHeaders",
+                "b RespHeaders",
+                "a RespHeaders",
+                "b RespBody [no] eos",
+                "a RespBody [no] eos",
+                "a Done",
+                "b Done",
+                "c Done",
+            ]
+        );
+        assert_eq!(
+            s.take_outputs(),
+            [
+                resp_headers(
+                    h(&[
+                        (":status", "403"),
+                        ("x-why", "b"),
+                        ("content-length", "2"),
+                        ("content-type", "text/plain"),
+                    ]),
+                    false
+                ),
+                resp_data("no", true),
+            ]
+        );
+        assert!(s.local_reply_sent());
+        assert!(s.request_ended());
+        assert!(s.is_complete());
+        assert!(!s.is_paused());
+        // The client's body and an upstream answer that raced it are dropped.
+        s.request_data(b"body".to_vec(), true);
+        s.response_headers(resp(), true);
+        assert_eq!(s.take_outputs(), []);
+        assert_eq!(seen(&log), NONE);
+    }
+
+    #[test]
+    fn a_local_reply_without_a_body_ends_at_its_headers_and_keeps_the_filters_content_type() {
+        let log = Log::default();
+        let a = fake("a", &log, |ev, s, _| {
+            if ev == Ev::ReqHeaders {
+                s.local_response = Some(LocalResponse {
+                    status: 429,
+                    ..LocalResponse::default()
+                });
+                return Stop;
+            }
+            Continue
+        });
+        let mut s = chain(vec![a, pass("b", &log)]);
+        s.request_headers(req(), true);
+        assert_eq!(
+            s.take_outputs(),
+            [resp_headers(
+                h(&[(":status", "429"), ("content-length", "0")]),
+                true
+            )]
+        );
+        assert_eq!(
+            seen(&log),
+            ["a ReqHeaders eos", "a RespHeaders eos", "a Done", "b Done"]
+        );
+
+        let a = fake("a", &log, |ev, s, _| {
+            if ev == Ev::ReqHeaders {
+                s.local_response = Some(LocalResponse {
+                    status: 400,
+                    headers: h(&[("content-type", "application/json")]),
+                    body: b"{}".to_vec(),
+                    ..LocalResponse::default()
+                });
+                return Stop;
+            }
+            Continue
+        });
+        let mut s = chain(vec![a]);
+        s.request_headers(req(), false);
+        assert_eq!(
+            s.take_outputs(),
+            [
+                resp_headers(
+                    h(&[
+                        (":status", "400"),
+                        ("content-type", "application/json"),
+                        ("content-length", "2"),
+                    ]),
+                    false
+                ),
+                resp_data("{}", true),
+            ]
+        );
+    }
+
+    /// Envoy's `sendLocalReply` while the response is being encoded, before its headers
+    /// reached the client: the reply goes straight to the client, past every filter.
+    #[test]
+    fn a_local_reply_from_a_response_phase_goes_straight_to_the_client() {
+        let log = Log::default();
+        let b = fake("b", &log, |ev, s, _| {
+            if ev == Ev::RespHeaders {
+                s.local_response = Some(LocalResponse {
+                    status: 502,
+                    body: b"bad".to_vec(),
+                    ..LocalResponse::default()
+                });
+                return Stop;
+            }
+            Continue
+        });
+        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        s.request_headers(req(), true);
+        s.take_outputs();
+        seen(&log);
+        s.response_headers(resp(), false);
+        assert_eq!(
+            seen(&log),
+            [
+                "c RespHeaders",
+                "b RespHeaders",
+                "a Done",
+                "b Done",
+                "c Done"
+            ]
+        );
+        assert_eq!(
+            s.take_outputs(),
+            [
+                resp_headers(
+                    h(&[
+                        (":status", "502"),
+                        ("content-type", "text/plain"),
+                        ("content-length", "3"),
+                    ]),
+                    false
+                ),
+                resp_data("bad", true),
+            ]
+        );
+        assert!(s.is_complete());
+        s.response_data(b"upstream".to_vec(), true);
+        assert_eq!(s.take_outputs(), []);
+    }
+
+    /// Once the response headers went out, a local reply can only reset the stream.
+    #[test]
+    fn a_local_reply_after_the_response_headers_went_out_resets_the_stream() {
+        let log = Log::default();
+        let a = fake("a", &log, |ev, s, _| {
+            if ev == Ev::RespBody {
+                s.local_response = Some(LocalResponse {
+                    status: 500,
+                    ..LocalResponse::default()
+                });
+                return Stop;
+            }
+            Continue
+        });
+        let mut s = chain(vec![a]);
+        s.request_headers(req(), true);
+        s.response_headers(resp(), false);
+        s.response_data(b"x".to_vec(), false);
+        assert_eq!(
+            s.take_outputs(),
+            [
+                req_headers(req(), true),
+                resp_headers(resp(), false),
+                Output::Reset
+            ]
+        );
+        assert!(!s.local_reply_sent());
+        assert!(s.is_complete());
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders eos",
+                "a RespHeaders",
+                "a RespBody [x]",
+                "a Done"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reset_from_a_filter_ends_both_directions() {
+        let log = Log::default();
+        let b = fake("b", &log, |ev, s, _| {
+            if ev == Ev::ReqBody {
+                s.reset = true;
+            }
+            Continue
+        });
+        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        s.request_headers(req(), false);
+        s.request_data(b"x".to_vec(), false);
+        assert_eq!(s.take_outputs(), [req_headers(req(), false), Output::Reset]);
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders",
+                "b ReqHeaders",
+                "c ReqHeaders",
+                "a ReqBody [x]",
+                "b ReqBody [x]",
+                "a Done",
+                "b Done",
+                "c Done",
+            ]
+        );
+        assert!(s.request_ended() && s.is_complete());
+        s.request_data(b"y".to_vec(), true);
+        s.response_headers(resp(), true);
+        assert_eq!(s.take_outputs(), []);
+    }
+
+    /// `finish` (the client or upstream went away) ends the stream once, for every filter,
+    /// and nothing runs after it.
+    #[test]
+    fn finish_ends_the_stream_once_and_stops_all_input() {
+        let log = Log::default();
+        let mut s = chain(vec![pass("a", &log), pass("b", &log)]);
+        s.request_headers(req(), false);
+        assert!(!s.request_ended());
+        assert!(!s.is_complete());
+        s.finish();
+        s.finish();
+        assert!(s.request_ended());
+        assert!(s.is_complete());
+        s.request_data(b"x".to_vec(), true);
+        s.response_headers(resp(), true);
+        s.http_call_response(0, 1, HttpCallResult::Failed);
+        assert_eq!(
+            seen(&log),
+            ["a ReqHeaders", "b ReqHeaders", "a Done", "b Done"]
+        );
+        assert_eq!(s.take_outputs(), [req_headers(req(), false)]);
+    }
+
+    /// A response headers stop holds them and buffers the response body for that filter;
+    /// the filters after it in response order (earlier in the chain) wait.
+    #[test]
+    fn a_response_headers_stop_buffers_the_response_body_until_resumed() {
+        let log = Log::default();
+        let b = fake("b", &log, |ev, _, _| match ev {
+            Ev::RespHeaders => Stop,
+            _ => Continue,
+        });
+        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        s.request_headers(req(), true);
+        s.take_outputs();
+        seen(&log);
+        s.response_headers(resp(), false);
+        s.response_data(b"ab".to_vec(), false);
+        s.response_data(b"cd".to_vec(), true);
+        assert_eq!(s.take_outputs(), []);
+        assert_eq!(
+            seen(&log),
+            [
+                "c RespHeaders",
+                "b RespHeaders",
+                "c RespBody [ab]",
+                "c RespBody [cd] eos"
+            ]
+        );
+        s.resume(1);
+        assert_eq!(
+            seen(&log),
+            [
+                "a RespHeaders",
+                "b RespBody [abcd] eos",
+                "a RespBody [abcd] eos",
+                "a Done",
+                "b Done",
+                "c Done",
+            ]
+        );
+        assert_eq!(
+            s.take_outputs(),
+            [resp_headers(resp(), false), resp_data("abcd", true)]
+        );
+        assert!(s.is_complete());
+    }
+
+    /// Envoy's `allow_on_headers_stop_iteration`: the filter holding the headers still gets
+    /// the body (the running total); its body `Continue` sends the headers on, then the body.
+    #[test]
+    fn with_body_while_headers_stopped_the_holding_filter_gets_the_body_and_releases_both() {
+        let log = Log::default();
+        let b = Box::new(Fake {
+            name: "b",
+            log: Rc::clone(&log),
+            body_while_stopped: true,
+            act: Box::new(|ev, s, eos| match ev {
+                Ev::ReqHeaders => Stop,
+                Ev::ReqBody if !eos => Stop,
+                Ev::ReqBody => {
+                    if let Some(headers) = s.request_headers.as_mut() {
+                        headers.replace("content-length", "4");
+                    }
+                    Continue
+                }
+                _ => Continue,
+            }),
+        });
+        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        s.request_headers(req(), false);
+        s.request_data(b"12".to_vec(), false);
+        assert_eq!(s.take_outputs(), []);
+        s.request_data(b"34".to_vec(), true);
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders",
+                "b ReqHeaders",
+                "a ReqBody [12]",
+                "b ReqBody [12]",
+                "a ReqBody [34] eos",
+                "b ReqBody [1234] eos",
+                "c ReqHeaders",
+                "c ReqBody [1234] eos",
+            ]
+        );
+        let mut sent = req();
+        sent.add("content-length", "4");
+        assert_eq!(
+            s.take_outputs(),
+            [req_headers(sent, false), req_data("1234", true)]
+        );
+        assert!(s.request_ended());
     }
 }
