@@ -379,3 +379,137 @@ async fn an_unpinned_certificate_is_refused_at_the_handshake() {
         .expect("get");
     assert_eq!(response.status, 404);
 }
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Stops (`STOP`) or resumes (`CONT`) the gateway process, by its id.
+fn signal(gateway: &GatewayProcess, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(gateway.child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name}");
+}
+
+/// README "Nodes": what a real gateway says about itself (hostname, version) and its pings
+/// (`last_ping`) reach `/nodes`, and each `sync_status` is shown when it holds: `in_sync`,
+/// `pending` (a newer version it has not applied: here the process is stopped), and
+/// `disconnected`, both when it goes silent for 1.5 ping intervals and when its connection
+/// closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_show_what_a_gateway_reports_and_every_sync_status() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cp = TestControlPlane::start(&dir.path().join("cp"));
+    let created = cp
+        .expect(
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({ "name": "cp" })),
+        )
+        .await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let ca = created["config"]["cluster_ca_cert"]
+        .as_str()
+        .expect("ca")
+        .to_owned();
+    let (credentials, cert) = Credentials::new(&dir.path().join("dp"), &ca);
+    cp.expect(
+        201,
+        "POST",
+        &format!("/v2/control-planes/{id}/dp-client-certificates"),
+        Some(&json!({ "cert": cert })),
+    )
+    .await;
+    let expected = async || {
+        cp.expect(
+            200,
+            "GET",
+            &format!("/v2/control-planes/{id}/expected-config-hash"),
+            None,
+        )
+        .await["expected_hash"]
+            .clone()
+    };
+    let started = unix_now();
+    let gateway = GatewayProcess::start(
+        cp.endpoints().cluster,
+        &credentials,
+        wasmgate_tests::free_port(),
+    );
+    until("in sync", Duration::from_secs(60), async || {
+        node(&cp, &id).await["sync_status"] == "in_sync"
+    })
+    .await;
+    let first = node(&cp, &id).await;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(first["hostname"], hostname.trim(), "{first}");
+    assert_eq!(first["version"], env!("CARGO_PKG_VERSION"), "{first}");
+    assert_eq!(first["connected"], true);
+    assert_eq!(first["config_hash"], expected().await);
+    let first_ping = first["last_ping"].as_i64().expect("last_ping");
+    assert!(
+        (started..=unix_now()).contains(&first_ping),
+        "last_ping {first_ping} is not between the gateway's start ({started}) and now"
+    );
+    // The gateway pings every second (--cluster-ping-interval 1): last_ping moves on.
+    until("a later ping", PROPAGATION, async || {
+        node(&cp, &id).await["last_ping"].as_i64() > Some(first_ping)
+    })
+    .await;
+
+    // A version the stopped gateway cannot take yet: pending, still running the old hash.
+    let running = expected().await;
+    signal(&gateway, "STOP");
+    cp.expect(
+        201,
+        "POST",
+        &format!("/v2/control-planes/{id}/core-entities/services"),
+        Some(&json!({ "name": "new", "host": "new.internal" })),
+    )
+    .await;
+    assert_ne!(expected().await, running);
+    until("pending", PROPAGATION, async || {
+        node(&cp, &id).await["sync_status"] == "pending"
+    })
+    .await;
+    let pending = node(&cp, &id).await;
+    assert_eq!(pending["config_hash"], running, "{pending}");
+    assert_eq!(pending["connected"], true, "{pending}");
+    signal(&gateway, "CONT");
+    until("in sync after resuming", PROPAGATION, async || {
+        node(&cp, &id).await["sync_status"] == "in_sync"
+    })
+    .await;
+
+    // Silent for 1.5 ping intervals of the control plane (10 s here): disconnected; back in
+    // sync once it resumes and reconnects.
+    signal(&gateway, "STOP");
+    until("disconnected by silence", PROPAGATION, async || {
+        let n = node(&cp, &id).await;
+        n["sync_status"] == "disconnected" && n["connected"] == false
+    })
+    .await;
+    signal(&gateway, "CONT");
+    until("in sync after reconnecting", PROPAGATION, async || {
+        let n = node(&cp, &id).await;
+        n["sync_status"] == "in_sync" && n["connected"] == true
+    })
+    .await;
+
+    // Its connection closes: disconnected as the control plane reads the end of it, sooner
+    // than the silence rule (15 s after its last ping) would say so; what it reported stays.
+    drop(gateway);
+    until("disconnected by the close", Duration::from_secs(10), async || {
+        node(&cp, &id).await["sync_status"] == "disconnected"
+    })
+    .await;
+    let gone = node(&cp, &id).await;
+    assert_eq!(gone["connected"], false, "{gone}");
+    assert_eq!(gone["hostname"], hostname.trim(), "{gone}");
+}
