@@ -505,9 +505,11 @@ async fn nodes_show_what_a_gateway_reports_and_every_sync_status() {
     // Its connection closes: disconnected as the control plane reads the end of it, sooner
     // than the silence rule (15 s after its last ping) would say so; what it reported stays.
     drop(gateway);
-    until("disconnected by the close", Duration::from_secs(10), async || {
-        node(&cp, &id).await["sync_status"] == "disconnected"
-    })
+    until(
+        "disconnected by the close",
+        Duration::from_secs(10),
+        async || node(&cp, &id).await["sync_status"] == "disconnected",
+    )
     .await;
     let gone = node(&cp, &id).await;
     assert_eq!(gone["connected"], false, "{gone}");
