@@ -12,20 +12,29 @@ use super::Downstream;
 pub const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
 
 /// 501 for a request with a transfer coding besides chunked (hyper has already refused one
-/// whose last coding is not chunked): Envoy implements only chunked, and forwarding the body
-/// without its coding would hand the upstream bytes it would read as something else.
+/// whose last coding is not chunked), or with chunked more than once (RFC 9112 §6.1: a sender
+/// must not apply it twice; hyper would remove one layer only): Envoy implements only chunked,
+/// once, and forwarding the body without its coding would hand the upstream bytes it would read
+/// as something else.
 pub fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), ProxyError> {
-    for value in headers.get_all(header::TRANSFER_ENCODING) {
-        let codings = value.as_bytes().split(|&b| b == b',');
-        for coding in codings {
-            if !coding.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(ProxyError::NotImplemented(
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                ));
-            }
-        }
+    let values = headers.get_all(header::TRANSFER_ENCODING);
+    let mut codings = values
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    let only_chunked = match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(coding), None) => coding.eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    };
+    if only_chunked {
+        return Ok(());
     }
-    Ok(())
+    let joined: Vec<String> = values
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    Err(ProxyError::NotImplemented(joined.join(", ")))
 }
 
 /// 431 for a request head past [`MAX_REQUEST_HEADERS_BYTES`].
@@ -54,12 +63,12 @@ const HOP_BY_HOP: [&str; 7] = [
 
 /// Removes hop-by-hop headers, including any the Connection header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Byte-wise: one value with an obs-text byte elsewhere still names its other headers.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -153,4 +162,267 @@ pub fn forward_request_headers(
     set("x-forwarded-port", &downstream.local.port().to_string());
     set("x-forwarded-path", path);
     set("host", &upstream_host);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use http::header::{HeaderMap, HeaderName, HeaderValue};
+    use http::request::Parts;
+
+    use super::*;
+
+    fn map(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (name, value) in pairs {
+            m.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        m
+    }
+
+    /// Every (name, value) in order, values as bytes.
+    fn pairs(m: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        m.iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn values<'a>(m: &'a HeaderMap, name: &str) -> Vec<&'a [u8]> {
+        m.get_all(name).iter().map(HeaderValue::as_bytes).collect()
+    }
+
+    fn te(values: &[&[u8]]) -> Result<(), String> {
+        let pairs: Vec<(&str, &[u8])> = values.iter().map(|v| ("transfer-encoding", *v)).collect();
+        match check_transfer_encoding(&map(&pairs)) {
+            Ok(()) => Ok(()),
+            Err(ProxyError::NotImplemented(value)) => Err(value),
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_single_chunked_coding_passes() {
+        assert_eq!(te(&[]), Ok(()));
+        assert_eq!(te(&[b"chunked"]), Ok(()));
+        assert_eq!(te(&[b"Chunked"]), Ok(()));
+        assert_eq!(te(&[b" CHUNKED\t"]), Ok(()));
+        assert_eq!(te(&[b"gzip, chunked"]), Err("gzip, chunked".into()));
+        assert_eq!(te(&[b"GZIP,CHUNKED"]), Err("GZIP,CHUNKED".into()));
+        assert_eq!(te(&[b"gzip", b"chunked"]), Err("gzip, chunked".into()));
+        // Chunked twice (RFC 9112 §6.1), on one line or two; an empty list element.
+        assert_eq!(te(&[b"chunked, chunked"]), Err("chunked, chunked".into()));
+        assert_eq!(
+            te(&[b"chunked", b"chunked"]),
+            Err("chunked, chunked".into())
+        );
+        assert_eq!(te(&[b"chunked,"]), Err("chunked,".into()));
+        assert_eq!(te(&[b""]), Err("".into()));
+        // A byte outside UTF-8 is named as well as it can be.
+        assert_eq!(te(&[b"x\xffy, chunked"]), Err("x\u{fffd}y, chunked".into()));
+    }
+
+    #[test]
+    fn the_request_head_may_be_exactly_60_kib_and_not_one_byte_more() {
+        assert_eq!(MAX_REQUEST_HEADERS_BYTES, 61_440);
+        // Names and values count, as bytes: 5 + 1 + (61_440 - 6 - 100) + 100.
+        let obs_text = vec![0xe9u8; 100];
+        let filler = vec![b'v'; 61_440 - 6 - 100];
+        let at = map(&[("x-big", &filler), ("x", &obs_text)]);
+        assert!(check_request_head_size(&at).is_ok());
+        let mut past = filler.clone();
+        past.push(b'v');
+        let past = map(&[("x-big", &past), ("x", &obs_text)]);
+        match check_request_head_size(&past) {
+            Err(ProxyError::HeadersTooLarge(size)) => assert_eq!(size, 61_441),
+            other => panic!("{other:?}"),
+        }
+        // Every value of a repeated name counts.
+        let half = vec![b'v'; 30_720 - 2];
+        assert!(check_request_head_size(&map(&[("ab", &half), ("ab", &half)])).is_ok());
+        let over = map(&[("ab", &half), ("ab", &half), ("c", b"")]);
+        assert!(matches!(
+            check_request_head_size(&over),
+            Err(ProxyError::HeadersTooLarge(61_441))
+        ));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut m = map(&[
+            ("connection", b"keep-alive, X-Private,\tx-other"),
+            ("keep-alive", b"timeout=5"),
+            ("proxy-connection", b"keep-alive"),
+            ("proxy-authenticate", b"Basic"),
+            ("proxy-authorization", b"Basic eA=="),
+            ("te", b"trailers"),
+            ("upgrade", b"h2c"),
+            ("transfer-encoding", b"chunked"),
+            ("x-private", b"1"),
+            ("x-other", b"2"),
+            ("trailer", b"x-checksum"),
+            ("x-kept", b"caf\xe9"),
+            ("x-kept", b"second"),
+        ]);
+        strip_hop_by_hop(&mut m);
+        assert_eq!(
+            pairs(&m),
+            [
+                ("trailer".to_owned(), b"x-checksum".to_vec()),
+                ("x-kept".to_owned(), b"caf\xe9".to_vec()),
+                ("x-kept".to_owned(), b"second".to_vec()),
+            ]
+        );
+    }
+
+    /// A Connection value with a byte outside ASCII still names its other headers.
+    #[test]
+    fn a_connection_value_with_obs_text_still_removes_the_headers_it_names() {
+        let mut m = map(&[
+            ("connection", b"x-secret, caf\xe9"),
+            ("connection", b"X-Second"),
+            ("x-secret", b"s"),
+            ("x-second", b"s"),
+            ("x-kept", b"k"),
+        ]);
+        strip_hop_by_hop(&mut m);
+        assert_eq!(pairs(&m), [("x-kept".to_owned(), b"k".to_vec())]);
+    }
+
+    #[test]
+    fn te_is_trailers_only_for_a_single_trailers_value() {
+        let is = |values: &[&[u8]]| {
+            let pairs: Vec<(&str, &[u8])> = values.iter().map(|v| ("te", *v)).collect();
+            te_is_trailers(&map(&pairs))
+        };
+        assert!(is(&[b"trailers"]));
+        assert!(is(&[b" Trailers "]));
+        assert!(!is(&[]));
+        assert!(!is(&[b"trailers, deflate"]));
+        assert!(!is(&[b"trailers", b"trailers"]));
+        assert!(!is(&[b"gzip"]));
+        assert!(!is(&[b"trailers\xff"]));
+    }
+
+    #[test]
+    fn a_body_of_unknown_length_is_framed_chunked() {
+        let mut m = map(&[("x", b"1")]);
+        frame_body_of_unknown_length(&mut m, true);
+        assert_eq!(
+            pairs(&m),
+            [
+                ("x".to_owned(), b"1".to_vec()),
+                ("transfer-encoding".to_owned(), b"chunked".to_vec())
+            ]
+        );
+        let mut sized = map(&[("content-length", b"5")]);
+        frame_body_of_unknown_length(&mut sized, true);
+        assert_eq!(
+            pairs(&sized),
+            [("content-length".to_owned(), b"5".to_vec())]
+        );
+        let mut none = map(&[("x", b"1")]);
+        frame_body_of_unknown_length(&mut none, false);
+        assert_eq!(pairs(&none), [("x".to_owned(), b"1".to_vec())]);
+    }
+
+    fn parts(uri: &str, headers: &[(&str, &[u8])]) -> Parts {
+        let mut request = http::Request::builder().uri(uri).body(()).unwrap();
+        *request.headers_mut() = map(headers);
+        request.into_parts().0
+    }
+
+    #[test]
+    fn the_request_host_is_the_targets_authority_else_the_host_header_lower_cased() {
+        assert_eq!(
+            request_host(&parts("/x", &[("host", b"API.Example.com:8443")])),
+            "api.example.com:8443"
+        );
+        // An absolute-form target wins over the Host header (RFC 9112 §3.2.2).
+        assert_eq!(
+            request_host(&parts(
+                "http://Target.Example/x",
+                &[("host", b"other.example")]
+            )),
+            "target.example"
+        );
+        assert_eq!(request_host(&parts("/x", &[])), "");
+        // A Host outside UTF-8 is no host.
+        assert_eq!(
+            request_host(&parts("/x", &[("host", b"caf\xe9.example")])),
+            ""
+        );
+    }
+
+    #[test]
+    fn forwarded_headers_are_the_clients_minus_hop_by_hop_plus_kongs() {
+        let p = parts(
+            "/api/x?q=1",
+            &[
+                ("host", b"gw.example:8000"),
+                ("connection", b"x-hop"),
+                ("x-hop", b"1"),
+                ("te", b"Trailers"),
+                ("x-forwarded-for", b"1.1.1.1"),
+                ("x-forwarded-for", b" 2.2.2.2, 3.3.3.3 "),
+                ("x-forwarded-for", b""),
+                // A client's own values are replaced, never trusted.
+                ("x-real-ip", b"6.6.6.6"),
+                ("x-forwarded-proto", b"https"),
+                ("x-forwarded-host", b"evil.example"),
+                ("x-forwarded-port", b"1"),
+                ("x-forwarded-path", b"/evil"),
+                ("x-bytes", b"caf\xe9"),
+            ],
+        );
+        let downstream = Downstream {
+            peer: "10.0.0.9:51000".parse::<SocketAddr>().unwrap(),
+            local: "127.0.0.1:8000".parse::<SocketAddr>().unwrap(),
+            tls: false,
+        };
+        let mut out = HeaderMap::new();
+        out.insert("x-stale", HeaderValue::from_static("1"));
+        forward_request_headers(
+            &p,
+            &mut out,
+            &downstream,
+            "gw.example:8000",
+            "/api/x",
+            "backend.internal:9000".into(),
+        );
+        assert!(values(&out, "x-stale").is_empty(), "the map is replaced");
+        assert!(values(&out, "connection").is_empty());
+        assert!(values(&out, "x-hop").is_empty());
+        assert_eq!(values(&out, "te"), [b"trailers"]);
+        assert_eq!(values(&out, "host"), [b"backend.internal:9000"]);
+        assert_eq!(values(&out, "x-real-ip"), [b"10.0.0.9"]);
+        assert_eq!(
+            values(&out, "x-forwarded-for"),
+            [b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"]
+        );
+        assert_eq!(values(&out, "x-forwarded-proto"), [b"http"]);
+        assert_eq!(values(&out, "x-forwarded-host"), [b"gw.example"]);
+        assert_eq!(values(&out, "x-forwarded-port"), [b"8000"]);
+        assert_eq!(values(&out, "x-forwarded-path"), [b"/api/x"]);
+        assert_eq!(values(&out, "x-bytes"), [b"caf\xe9"]);
+        assert_eq!(out.len(), 9, "{out:?}");
+
+        // Over TLS, from IPv6, without TE or X-Forwarded-For.
+        let p = parts("/", &[("te", b"trailers, deflate")]);
+        let downstream = Downstream {
+            peer: "[2001:db8::7]:40000".parse::<SocketAddr>().unwrap(),
+            local: "[::1]:8443".parse::<SocketAddr>().unwrap(),
+            tls: true,
+        };
+        forward_request_headers(&p, &mut out, &downstream, "[::1]:8443", "/", "u".into());
+        assert!(values(&out, "te").is_empty());
+        assert_eq!(values(&out, "x-forwarded-for"), [b"2001:db8::7"]);
+        assert_eq!(values(&out, "x-real-ip"), [b"2001:db8::7"]);
+        assert_eq!(values(&out, "x-forwarded-proto"), [b"https"]);
+        assert_eq!(values(&out, "x-forwarded-host"), [b"[::1]"]);
+        assert_eq!(values(&out, "x-forwarded-port"), [b"8443"]);
+    }
 }
