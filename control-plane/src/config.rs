@@ -570,3 +570,116 @@ pub fn import(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patch_replaces_fields_and_merges_config_key_by_key() {
+        let mut stored = json!({
+            "name": "rate-limiting",
+            "enabled": true,
+            "service": { "id": "s1" },
+            "tags": ["a", "b"],
+            "config": {
+                "second": 5,
+                "policy": "local",
+                "add": { "headers": ["x:1"], "querystring": ["q:1"] },
+            },
+        });
+        merge(
+            &mut stored,
+            &json!({
+                "enabled": false,
+                "service": { "name": "other" },
+                "tags": ["c"],
+                "config": {
+                    "second": 7,
+                    "minute": null,
+                    "add": { "headers": ["y:2"] },
+                },
+            }),
+        );
+        assert_eq!(
+            stored,
+            json!({
+                "name": "rate-limiting",
+                "enabled": false,
+                // Not config: replaced whole, not merged.
+                "service": { "name": "other" },
+                "tags": ["c"],
+                "config": {
+                    "second": 7,
+                    "policy": "local",
+                    "minute": null,
+                    // Nested records merge too; arrays are replaced.
+                    "add": { "headers": ["y:2"], "querystring": ["q:1"] },
+                },
+            })
+        );
+        // A config that was not an object, or a patch that is not one, is replaced.
+        let mut scalar = json!({ "config": null });
+        merge(&mut scalar, &json!({ "config": { "a": 1 } }));
+        assert_eq!(scalar, json!({ "config": { "a": 1 } }));
+        let mut object = json!({ "config": { "a": 1 } });
+        merge(&mut object, &json!({ "config": null }));
+        assert_eq!(object, json!({ "config": null }));
+        // Only objects merge.
+        let mut kept = json!({ "a": 1 });
+        merge(&mut kept, &json!([1]));
+        assert_eq!(kept, json!({ "a": 1 }));
+    }
+
+    #[test]
+    fn the_platform_limits_are_the_readmes() {
+        assert_eq!(
+            serverless_plugins(),
+            vec![
+                json!({
+                    "name": "request-size-limiting",
+                    "instance_name": "serverless-request-size-limit",
+                    "config": { "allowed_payload_size": 10, "size_unit": "megabytes" },
+                    "tags": ["serverless-platform"],
+                }),
+                json!({
+                    "name": "rate-limiting",
+                    "instance_name": "serverless-rate-limit",
+                    "config": { "second": 100, "limit_by": "service", "policy": "local" },
+                    "tags": ["serverless-platform"],
+                }),
+            ]
+        );
+        let names: Vec<Value> = serverless_plugins()
+            .iter()
+            .map(|p| p["name"].clone())
+            .collect();
+        assert_eq!(names, SERVERLESS_PLUGINS.map(Value::from).to_vec());
+    }
+
+    #[test]
+    fn new_entities_start_from_kongs_defaults() {
+        let service = defaults(EntityKind::Services);
+        assert_eq!(
+            (&service["protocol"], &service["port"], &service["retries"]),
+            (&json!("http"), &json!(80), &json!(5))
+        );
+        for timeout in ["connect_timeout", "write_timeout", "read_timeout"] {
+            assert_eq!(service[timeout], 60000, "{timeout}");
+        }
+        let route = defaults(EntityKind::Routes);
+        assert_eq!(route["protocols"], json!(["http", "https"]));
+        assert_eq!(route["strip_path"], true);
+        assert_eq!(route["preserve_host"], false);
+        assert_eq!(route["regex_priority"], 0);
+        assert_eq!(route["https_redirect_status_code"], 426);
+        let plugin = defaults(EntityKind::Plugins);
+        assert_eq!(plugin["enabled"], true);
+        assert_eq!(plugin["config"], json!({}));
+        assert_eq!(
+            plugin["protocols"],
+            json!(["grpc", "grpcs", "http", "https"])
+        );
+        assert_eq!(plugin["consumer"], Value::Null);
+    }
+}

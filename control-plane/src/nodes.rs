@@ -223,3 +223,127 @@ impl Nodes {
         nodes.remove(control_plane_id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(connected: bool, running: Option<&str>, error_for: Option<&str>) -> Node {
+        Node {
+            id: "n".into(),
+            kind: NodeKind::Gateway,
+            hostname: "h".into(),
+            version: "1".into(),
+            ip: None,
+            connected,
+            last_ping: 0,
+            config_hash: running.map(str::to_owned),
+            config_version: None,
+            last_error: error_for.map(|hash| NodeError {
+                config_version: 2,
+                config_hash: hash.to_owned(),
+                message: "refused".into(),
+                at: 0,
+            }),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn sync_status_against_the_expected_hash() {
+        let cases = [
+            // (connected, running, last error for, expected) → status
+            (true, Some("a"), None, Some("a"), "in_sync"),
+            (true, Some("a"), Some("b"), Some("a"), "in_sync"),
+            (true, Some("a"), None, Some("b"), "pending"),
+            (true, None, None, Some("b"), "pending"),
+            (true, Some("a"), Some("old"), Some("b"), "pending"),
+            (true, Some("a"), Some("b"), Some("b"), "failed"),
+            (true, None, Some("b"), Some("b"), "failed"),
+            (true, Some("a"), None, None, "pending"),
+            (false, Some("a"), None, Some("a"), "disconnected"),
+            (false, Some("a"), Some("b"), Some("b"), "disconnected"),
+            (false, None, None, None, "disconnected"),
+        ];
+        for (connected, running, error_for, expected, status) in cases {
+            assert_eq!(
+                node(connected, running, error_for).sync_status(expected),
+                status,
+                "connected {connected}, running {running:?}, error for {error_for:?}, \
+                 expected {expected:?}"
+            );
+        }
+    }
+
+    fn hello(id: &str, hostname: &str) -> Hello {
+        Hello {
+            id: id.into(),
+            kind: NodeKind::Envoy,
+            hostname: hostname.into(),
+            version: "1.40".into(),
+            ip: Some("127.0.0.1".into()),
+        }
+    }
+
+    #[test]
+    fn nodes_record_each_event_and_survive_a_restart_disconnected() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        store
+            .transaction(|tx| {
+                tx.execute(
+                    "INSERT INTO control_planes (id, name, doc, created_at, updated_at)
+                     VALUES ('cp', 'cp', '{}', 0, 0)",
+                    [],
+                )
+                .map(|_| ())
+                .map_err(crate::store::StoreError::from)
+            })
+            .expect("control plane");
+        let nodes = Nodes::load(Arc::clone(&store)).expect("load");
+        let before = now();
+        nodes.connected("cp", hello("n1", "first"));
+        nodes.connected("cp", hello("n1", "renamed"));
+        nodes.pinged("cp", "n1", Some("h0"));
+        nodes.applied("cp", "n1", 3, "h3");
+        nodes.rejected("cp", "n1", 4, "h4", "no");
+        nodes.pinged("cp", "unknown", Some("x"));
+        let n1 = nodes.get("cp", "n1").expect("n1");
+        assert_eq!(n1.hostname, "renamed");
+        assert_eq!(n1.version, "1.40");
+        assert_eq!(n1.kind, NodeKind::Envoy);
+        assert!(n1.connected);
+        assert_eq!(n1.config_version, Some(3));
+        assert_eq!(n1.config_hash.as_deref(), Some("h3"));
+        let error = n1.last_error.clone().expect("error");
+        assert_eq!(
+            (
+                error.config_version,
+                error.config_hash.as_str(),
+                error.message.as_str()
+            ),
+            (4, "h4", "no")
+        );
+        assert!(n1.last_ping >= before && n1.created_at >= before);
+        assert_eq!(n1.sync_status(Some("h4")), "failed");
+        assert_eq!(nodes.list("cp").len(), 1, "only nodes that said hello");
+        assert!(nodes.list("other").is_empty());
+
+        // Still connected when the process stops: loaded again, it is disconnected, with
+        // what it last reported.
+        let again = Nodes::load(Arc::clone(&store)).expect("reload");
+        let restored = again.get("cp", "n1").expect("restored");
+        assert!(!restored.connected);
+        assert_eq!(restored.hostname, "renamed");
+        assert_eq!(restored.config_version, Some(3));
+        assert_eq!(restored.last_error, n1.last_error);
+        assert_eq!(restored.sync_status(Some("h3")), "disconnected");
+
+        nodes.disconnected("cp", "n1");
+        assert!(!nodes.get("cp", "n1").expect("n1").connected);
+        assert!(nodes.remove("cp", "n1").expect("remove"));
+        assert!(!nodes.remove("cp", "n1").expect("remove again"));
+        assert!(Nodes::load(store).expect("load").get("cp", "n1").is_none());
+    }
+}

@@ -216,3 +216,47 @@ pub fn peer_control_planes(
         .ok_or("no client certificate")?;
     store.pinned_control_planes(&fingerprint(leaf.as_ref()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pem_document_must_hold_exactly_one_certificate() {
+        let (pem, key) = client_certificate("dp-1").expect("certificate");
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{key}");
+        let der = parse_certificate(&pem).expect("one certificate");
+        assert_eq!(der.first(), Some(&0x30), "a DER SEQUENCE");
+        let print = fingerprint(&der);
+        assert_eq!(print, sha256_hex(&der));
+        assert_eq!(print.len(), 64);
+        assert!(print
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        let (other, _) = client_certificate("dp-1").expect("certificate");
+        assert_ne!(
+            fingerprint(&parse_certificate(&other).expect("other")),
+            print,
+            "a new key pair for the same name is a different certificate"
+        );
+
+        assert_eq!(
+            parse_certificate(&format!("{pem}{other}")),
+            Err("expected exactly one certificate".to_owned())
+        );
+        assert_eq!(
+            parse_certificate("not a certificate"),
+            Err("expected a PEM certificate".to_owned())
+        );
+        assert_eq!(
+            parse_certificate(&key),
+            Err("expected a PEM certificate".to_owned()),
+            "a key is not a certificate"
+        );
+        assert_eq!(
+            parse_certificate("-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n"),
+            Err("invalid PEM certificate".to_owned())
+        );
+    }
+}

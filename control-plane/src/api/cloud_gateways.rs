@@ -345,3 +345,84 @@ pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<StatusCode,
         .await;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(body: Value) -> Value {
+        let error = read_groups(&body).expect_err("refused");
+        let (status, body) = error.parts();
+        assert_eq!(status, 400);
+        body["invalid_parameters"][0].clone()
+    }
+
+    #[test]
+    fn data_plane_groups_get_konnects_defaults() {
+        let groups = read_groups(&json!({ "dataplane_groups": [
+            { "region": "us" },
+            { "region": "eu", "provider": "azure", "autoscale": { "kind": "autopilot" },
+              "environment": [{ "name": "A", "value": "1" }], "ignored": true },
+        ] }))
+        .expect("groups");
+        assert_eq!(
+            groups,
+            vec![
+                json!({ "provider": "aws", "region": "us",
+                        "autoscale": { "kind": "static", "requested_instances": 1 },
+                        "environment": [] }),
+                json!({ "provider": "azure", "region": "eu",
+                        "autoscale": { "kind": "autopilot" },
+                        "environment": [{ "name": "A", "value": "1" }] }),
+            ]
+        );
+        let five = vec![json!({ "region": "us" }); MAX_GROUPS];
+        assert_eq!(
+            read_groups(&json!({ "dataplane_groups": five }))
+                .expect("five")
+                .len(),
+            5
+        );
+    }
+
+    #[test]
+    fn data_plane_groups_are_refused_by_name() {
+        assert_eq!(
+            refusal(json!({})),
+            json!({ "field": "dataplane_groups", "rule": "required",
+                    "reason": "is a required array of data plane groups" })
+        );
+        assert_eq!(
+            refusal(json!({ "dataplane_groups": { "region": "us" } }))["rule"],
+            "required"
+        );
+        for count in [0, MAX_GROUPS + 1] {
+            assert_eq!(
+                refusal(json!({ "dataplane_groups": vec![json!({ "region": "us" }); count] })),
+                json!({ "field": "dataplane_groups", "rule": "range",
+                        "reason": "must have between 1 and 5 groups" }),
+                "{count} groups"
+            );
+        }
+        assert_eq!(
+            refusal(json!({ "dataplane_groups": [{ "region": "us" }, { "provider": "aws" }] })),
+            json!({ "field": "dataplane_groups.region", "rule": "required",
+                    "reason": "group 2 needs a region" })
+        );
+        assert_eq!(
+            refusal(json!({ "dataplane_groups": [{ "region": 1 }] }))["reason"],
+            "group 1 needs a region"
+        );
+    }
+
+    #[test]
+    fn each_serverless_kind_needs_its_cluster_type() {
+        assert_eq!(
+            KINDS,
+            [
+                ("serverless.v0", "CLUSTER_TYPE_SERVERLESS"),
+                ("serverless.v1", "CLUSTER_TYPE_SERVERLESS_V1"),
+            ]
+        );
+    }
+}

@@ -387,3 +387,98 @@ pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<StatusCode,
     state.nodes.remove_control_plane(&id);
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(body: Value, partial: bool) -> Vec<Value> {
+        let error = read_fields(&body, partial).expect_err("refused");
+        let (status, body) = error.parts();
+        assert_eq!(status, 400);
+        body["invalid_parameters"]
+            .as_array()
+            .expect("invalid_parameters")
+            .clone()
+    }
+
+    #[test]
+    fn a_new_control_plane_gets_konnects_defaults() {
+        let fields = read_fields(&json!({ "name": "cp" }), false).expect("fields");
+        assert_eq!(
+            Value::Object(fields),
+            json!({
+                "name": "cp",
+                "cluster_type": "CLUSTER_TYPE_CONTROL_PLANE",
+                "auth_type": "pinned_client_certs",
+                "cloud_gateway": false,
+            })
+        );
+        let patch = read_fields(&json!({ "description": null }), true).expect("patch");
+        assert_eq!(Value::Object(patch), json!({ "description": null }));
+    }
+
+    #[test]
+    fn control_plane_fields_are_refused_by_name() {
+        let field = |list: &[Value]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|p| {
+                    (
+                        p["field"].as_str().unwrap_or_default().to_owned(),
+                        p["rule"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        };
+        let pair = |f: &str, r: &str| (f.to_owned(), r.to_owned());
+        assert_eq!(
+            field(&refused(json!({}), false)),
+            [pair("name", "required")]
+        );
+        assert_eq!(
+            field(&refused(json!({ "name": " " }), false)),
+            [pair("name", "type")]
+        );
+        assert_eq!(
+            field(&refused(json!({ "name": "cp", "colour": "red" }), false)),
+            [pair("body", "unknown")]
+        );
+        assert_eq!(
+            field(&refused(
+                json!({ "name": "cp", "cluster_type": "K8S" }),
+                false
+            )),
+            [pair("cluster_type", "enum")]
+        );
+        assert_eq!(
+            field(&refused(
+                json!({ "cluster_type": "CLUSTER_TYPE_SERVERLESS" }),
+                true
+            )),
+            [pair("cluster_type", "immutable")],
+            "a PATCH cannot change the type"
+        );
+        let pki = refused(
+            json!({ "name": "cp", "auth_type": "pki_client_certs" }),
+            false,
+        );
+        assert_eq!(field(&pki), [pair("auth_type", "enum")]);
+        assert_eq!(
+            pki[0]["reason"],
+            "pki_client_certs is not supported yet: pin each data plane certificate \
+             (pinned_client_certs)"
+        );
+        assert_eq!(
+            field(&refused(
+                json!({ "name": 1, "cloud_gateway": "yes", "description": 2 }),
+                false
+            )),
+            [
+                pair("name", "type"),
+                pair("description", "type"),
+                pair("cloud_gateway", "type"),
+            ],
+            "every invalid field is named at once"
+        );
+    }
+}

@@ -40,6 +40,14 @@ impl IntoResponse for ApiError {
     }
 }
 
+#[cfg(test)]
+impl ApiError {
+    /// The status and body it answers with, for unit tests.
+    pub fn parts(&self) -> (u16, &Value) {
+        (self.status.as_u16(), &self.body)
+    }
+}
+
 fn kong(status: StatusCode, body: Value) -> ApiError {
     ApiError {
         status,

@@ -226,3 +226,54 @@ pub async fn change<T: Send + 'static>(
 pub fn publish(state: &State, version: Arc<ConfigVersion>) {
     state.hub.publish(version);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rfc3339_is_utc_to_the_second() {
+        for (unix, text) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (-1, "1969-12-31T23:59:59Z"),
+            (59, "1970-01-01T00:00:59Z"),
+            (86_399, "1970-01-01T23:59:59Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (1_709_251_199, "2024-02-29T23:59:59Z"),
+            (1_709_251_200, "2024-03-01T00:00:00Z"),
+            (1_735_689_599, "2024-12-31T23:59:59Z"),
+            (4_102_444_800, "2100-01-01T00:00:00Z"),
+            (4_107_456_000, "2100-02-28T00:00:00Z"),
+            (4_107_542_400, "2100-03-01T00:00:00Z"),
+        ] {
+            assert_eq!(rfc3339(unix), text, "{unix}");
+        }
+    }
+
+    #[test]
+    fn a_body_must_be_a_json_object_or_empty() {
+        assert_eq!(json_object(&Bytes::new()).expect("empty"), json!({}));
+        assert_eq!(
+            json_object(&Bytes::from_static(br#"{"a":[1]}"#)).expect("object"),
+            json!({ "a": [1] })
+        );
+        let not_object = json_object(&Bytes::from_static(b"[1]")).expect_err("array");
+        assert_eq!(
+            not_object.parts(),
+            (
+                400,
+                &json!({ "message": "Cannot parse JSON body: expected an object" })
+            )
+        );
+        let broken = json_object(&Bytes::from_static(b"{\"a\":")).expect_err("broken");
+        let (status, body) = broken.parts();
+        assert_eq!(status, 400);
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Cannot parse JSON body: EOF")),
+            "{body}"
+        );
+    }
+}
