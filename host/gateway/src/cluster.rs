@@ -95,6 +95,13 @@ impl Cluster {
                 .add(cert)
                 .map_err(|e| format!("{}: {e}", options.ca.display()))?;
         }
+        if roots.is_empty() {
+            // It would trust nothing: every connection would fail its handshake.
+            return Err(format!(
+                "{}: no PEM certificate in it",
+                options.ca.display()
+            ));
+        }
         let certs = CertificateDer::pem_slice_iter(&read(&options.cert)?)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("{}: {e}", options.cert.display()))?;
@@ -381,4 +388,312 @@ fn stable_node_id(cache_dir: &Path) -> Result<String, String> {
     let id = uuid::Uuid::new_v4().to_string();
     write_atomically(&path, id.as_bytes())?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use arc_swap::ArcSwap;
+    use base64::Engine as _;
+    use model::sync::{Inbound, ModuleData, ModuleInfo};
+    use rustls_pki_types::ServerName;
+
+    use super::*;
+    use crate::filters::{Runtime, RuntimeOptions};
+    use crate::server::{GatewayOptions, Shared};
+    use crate::snapshot::Snapshot;
+
+    /// A self-signed P-256 certificate and its key, made for these tests only (openssl req
+    /// -x509 -newkey ec; the key as PKCS#8).
+    const CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBgzCCASmgAwIBAgIUcmu7W1hLlwy9taA56PTaY2I5ul4wCgYIKoZIzj0EAwIw
+FjEUMBIGA1UEAwwLd2FzbWdhdGUtZHAwIBcNMjYxMjAzMDQyOTQwWhgPMjEyNjEx
+MDkwNDI5NDBaMBYxFDASBgNVBAMMC3dhc21nYXRlLWRwMFkwEwYHKoZIzj0CAQYI
+KoZIzj0DAQcDQgAEJSZ0gOO84FS0OGNXBL88SFI94h4XN73wOTQ6+FMf9LgT1iKo
+xoYTpHyQiVaX8+E1S3ZnivZEPMDZScQKgVi2JaNTMFEwHQYDVR0OBBYEFGkfzHph
+FFMRP2YrJL/7Rka5YLlfMB8GA1UdIwQYMBaAFGkfzHphFFMRP2YrJL/7Rka5YLlf
+MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIhAMGkmuwFaN1015nV
+ly+5SRRgJohTRt3B9+jODQUisvQ8AiAcIvVTKAoLGkyaculSO4mE1EAv7VBwL/Ru
+B66avmeMsA==
+-----END CERTIFICATE-----
+";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgkU1kAgdpVeV5Fi1V
+OL6f8e47gOxN0jaEOdylFwuqiRmhRANCAAQlJnSA47zgVLQ4Y1cEvzxIUj3iHhc3
+vfA5NDr4Ux/0uBPWIqjGhhOkfJCJVpfz4TVLdmeK9kQ8wNlJxAqBWLYl
+-----END PRIVATE KEY-----
+";
+
+    fn options(dir: &Path, control_plane: &str, node_id: Option<&str>) -> ClusterOptions {
+        for (name, text) in [("ca.pem", CERT), ("dp.pem", CERT), ("dp.key", KEY)] {
+            if !dir.join(name).exists() {
+                std::fs::write(dir.join(name), text).unwrap();
+            }
+        }
+        ClusterOptions {
+            control_plane: control_plane.into(),
+            control_plane_id: None,
+            node_id: node_id.map(str::to_owned),
+            cert: dir.join("dp.pem"),
+            key: dir.join("dp.key"),
+            ca: dir.join("ca.pem"),
+            cache_dir: dir.join("cache"),
+            ping_interval: Duration::from_secs(30),
+        }
+    }
+
+    fn shared() -> Shared {
+        let runtime = Runtime::new(RuntimeOptions::default()).unwrap();
+        let snapshot = Snapshot::build(EMPTY_CONFIG, &runtime).unwrap();
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics: Default::default(),
+            options: GatewayOptions::default(),
+            runtime,
+            cluster: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn module(file: &str, bytes: &[u8], sha256: &str) -> ModuleData {
+        ModuleData {
+            plugin: "a-plugin".into(),
+            file: file.into(),
+            sha256: sha256.into(),
+            data: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn sha256_hex_is_lower_case_hex_of_the_digest() {
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn write_atomically_replaces_the_file_whole_and_names_it_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        write_atomically(&path, b"first").unwrap();
+        write_atomically(&path, b"2nd").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"2nd");
+        assert_eq!(files(dir.path()), ["config.json"], "no temporary file left");
+        let missing = dir.path().join("no/such/dir/config.json");
+        let err = write_atomically(&missing, b"x").unwrap_err();
+        assert!(
+            err.starts_with(&format!("writing {}: ", missing.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_node_id_is_made_once_and_kept_with_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = stable_node_id(dir.path()).unwrap();
+        // A version 4 UUID, lower-case hex.
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!(
+            id.char_indices()
+                .filter(|&(_, c)| c == '-')
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>(),
+            [8, 13, 18, 23]
+        );
+        assert_eq!(&id[14..15], "4", "{id}");
+        assert!(id
+            .chars()
+            .all(|c| c == '-' || c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("node-id")).unwrap(),
+            id
+        );
+        assert_eq!(stable_node_id(dir.path()).unwrap(), id);
+        // One written by hand is used as it is, without surrounding white space.
+        std::fs::write(dir.path().join("node-id"), " node-7\n").unwrap();
+        assert_eq!(stable_node_id(dir.path()).unwrap(), "node-7");
+        // An empty one is replaced by a new id.
+        std::fs::write(dir.path().join("node-id"), "\n").unwrap();
+        let new = stable_node_id(dir.path()).unwrap();
+        assert_eq!(new.len(), 36);
+        assert_ne!(new, id);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("node-id")).unwrap(),
+            new
+        );
+    }
+
+    #[test]
+    fn the_control_planes_name_for_tls_is_its_address_without_the_port() {
+        let dir = tempfile::tempdir().unwrap();
+        for (address, name) in [
+            (
+                "cp.example:8005",
+                ServerName::try_from("cp.example").unwrap(),
+            ),
+            ("127.0.0.1:8005", ServerName::try_from("127.0.0.1").unwrap()),
+            ("[::1]:8005", ServerName::try_from("::1").unwrap()),
+            ("cp.example", ServerName::try_from("cp.example").unwrap()),
+        ] {
+            let cluster = Cluster::new(options(dir.path(), address, Some("n1"))).unwrap();
+            assert_eq!(cluster.server_name, name, "{address}");
+            assert_eq!(cluster.node_id, "n1");
+        }
+        let err = Cluster::new(options(dir.path(), "not a name:8005", None))
+            .err()
+            .unwrap();
+        assert!(
+            err.starts_with("--control-plane not a name:8005: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_new_cluster_client_prepares_its_cache_and_names_the_file_it_cannot_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::new(options(dir.path(), "cp.example:8005", None)).unwrap();
+        let cache = dir.path().join("cache");
+        assert_eq!(cluster.modules_dir(), cache.join("modules"));
+        assert!(cache.join("modules").is_dir());
+        // Without --node-id: the id kept in the cache.
+        assert_eq!(
+            std::fs::read_to_string(cache.join("node-id")).unwrap(),
+            cluster.node_id
+        );
+        assert_eq!(cluster.cached_config(), None);
+
+        let attempt = |change: &dyn Fn(&mut ClusterOptions)| -> String {
+            let mut options = options(dir.path(), "cp.example:8005", None);
+            change(&mut options);
+            Cluster::new(options).err().unwrap()
+        };
+        let ca = dir.path().join("missing.pem");
+        let err = attempt(&|o| o.ca = ca.clone());
+        assert!(err.starts_with(&format!("{}: ", ca.display())), "{err}");
+        // A CA file without a certificate would trust nothing: refused at start.
+        let ca = dir.path().join("no-cert.pem");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let err = attempt(&|o| o.ca = ca.clone());
+        assert_eq!(err, format!("{}: no PEM certificate in it", ca.display()));
+        // A key that does not parse.
+        let key = dir.path().join("bad.key");
+        std::fs::write(&key, "garbage").unwrap();
+        let err = attempt(&|o| o.key = key.clone());
+        assert!(err.starts_with(&format!("{}: ", key.display())), "{err}");
+    }
+
+    #[test]
+    fn a_configuration_is_applied_only_when_it_and_every_module_match_their_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::new(options(dir.path(), "cp.example:8005", Some("n1"))).unwrap();
+        let shared = shared();
+        let running = shared.snapshot.load().hash.clone();
+        assert_eq!(running, sha256_hex(EMPTY_CONFIG.as_bytes()));
+        let config = "{\"_format_version\": \"3.0\"}";
+        let hash = sha256_hex(config.as_bytes());
+        let wasm = b"\0asm\x01\0\0\0";
+        let wasm_sha = sha256_hex(wasm);
+        let refused = |modules: Vec<ModuleData>, config_hash: &str| -> String {
+            match cluster.reconfigure(&shared, 3, config_hash.into(), config, modules) {
+                Inbound::Error {
+                    config_version,
+                    config_hash: reported,
+                    message,
+                } => {
+                    assert_eq!((config_version, reported.as_str()), (3, config_hash));
+                    message
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            refused(vec![], &sha256_hex(b"other")),
+            "the configuration does not match its hash"
+        );
+        assert_eq!(
+            refused(vec![module("a.wasm", wasm, &sha256_hex(b"x"))], &hash),
+            "module a.wasm: SHA-256 mismatch"
+        );
+        // (An absolute name inside the test's own directory: a regression writes nowhere else.)
+        let absolute = dir.path().join("a.wasm").display().to_string();
+        for name in ["../a.wasm", "sub/a.wasm", "a.txt", absolute.as_str(), ".."] {
+            assert_eq!(
+                refused(vec![module(name, wasm, &wasm_sha)], &hash),
+                format!("module {name}: not a plain .wasm file name")
+            );
+        }
+        let mut bad = module("a.wasm", wasm, &wasm_sha);
+        bad.data = "***".into();
+        assert!(refused(vec![bad], &hash).starts_with("module a.wasm: "));
+        // Nothing was written, and the running configuration is the same.
+        assert_eq!(files(&cluster.modules_dir()), Vec::<String>::new());
+        assert_eq!(files(dir.path()), ["ca.pem", "cache", "dp.key", "dp.pem"]);
+        assert_eq!(shared.snapshot.load().hash, running);
+        assert_eq!(cluster.cached_config(), None);
+
+        // A configuration that matches its hash but is invalid: refused, nothing changes.
+        let invalid = "{\"_format_version\": \"3.0\", \"services\": 5}";
+        let invalid_hash = sha256_hex(invalid.as_bytes());
+        match cluster.reconfigure(&shared, 4, invalid_hash, invalid, vec![]) {
+            Inbound::Error { message, .. } => assert!(!message.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(shared.snapshot.load().hash, running);
+        assert_eq!(cluster.cached_config(), None);
+
+        let applied = cluster.reconfigure(
+            &shared,
+            5,
+            hash.clone(),
+            config,
+            vec![module("a.wasm", wasm, &wasm_sha)],
+        );
+        assert_eq!(
+            applied,
+            Inbound::Applied {
+                config_version: 5,
+                config_hash: hash.clone()
+            }
+        );
+        assert_eq!(shared.snapshot.load().hash, hash);
+        assert_eq!(cluster.cached_config().as_deref(), Some(config));
+        assert_eq!(
+            std::fs::read(cluster.modules_dir().join("a.wasm")).unwrap(),
+            wasm
+        );
+        match cluster.basic_info(&shared) {
+            Inbound::BasicInfo {
+                node_id,
+                modules,
+                config_hash,
+                ..
+            } => {
+                assert_eq!(node_id, "n1");
+                assert_eq!(
+                    modules,
+                    [ModuleInfo {
+                        file: "a.wasm".into(),
+                        sha256: wasm_sha
+                    }]
+                );
+                assert_eq!(config_hash, Some(hash));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
