@@ -1329,3 +1329,157 @@ async fn every_operation_answers_what_the_openapi_document_says() {
         "documented but never exercised: {uncovered:#?}"
     );
 }
+
+/// README "Cloud gateways": `kind` `serverless.v0` provisions a real gateway for a
+/// `CLUSTER_TYPE_SERVERLESS` control plane (which carries the platform limits), as
+/// `serverless.v1` does for `_SERVERLESS_V1`; each kind is refused for any other cluster type,
+/// other kinds are refused, and a refusal provisions nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_gateway_kinds_match_their_control_plane_type() {
+    let echo = wasmgate_tests::EchoUpstream::start().await.expect("echo");
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let v0 = control_plane(&cp, "v0", "CLUSTER_TYPE_SERVERLESS").await;
+    let v1 = control_plane(&cp, "v1", "CLUSTER_TYPE_SERVERLESS_V1").await;
+    let plain = control_plane(&cp, "plain", "CLUSTER_TYPE_CONTROL_PLANE").await;
+    let put = |id: &str, kind: &str| {
+        json!({
+            "control_plane_id": id,
+            "dataplane_groups": [{ "region": "us", "provider": "aws" }],
+            "kind": kind,
+        })
+    };
+    for (id, kind, needs, has) in [
+        (
+            &v1,
+            "serverless.v0",
+            "CLUSTER_TYPE_SERVERLESS",
+            "CLUSTER_TYPE_SERVERLESS_V1",
+        ),
+        (
+            &plain,
+            "serverless.v0",
+            "CLUSTER_TYPE_SERVERLESS",
+            "CLUSTER_TYPE_CONTROL_PLANE",
+        ),
+        (
+            &v0,
+            "serverless.v1",
+            "CLUSTER_TYPE_SERVERLESS_V1",
+            "CLUSTER_TYPE_SERVERLESS",
+        ),
+        (
+            &plain,
+            "serverless.v1",
+            "CLUSTER_TYPE_SERVERLESS_V1",
+            "CLUSTER_TYPE_CONTROL_PLANE",
+        ),
+    ] {
+        let refused = cp
+            .expect(
+                400,
+                "PUT",
+                "/v3/cloud-gateways/configurations",
+                Some(&put(id, kind)),
+            )
+            .await;
+        assert_eq!(
+            refused["invalid_parameters"][0]["field"], "kind",
+            "{refused}"
+        );
+        assert_eq!(
+            refused["invalid_parameters"][0]["reason"],
+            format!("{kind} needs a control plane of cluster_type {needs}; this one is {has}")
+        );
+    }
+    for kind in ["dedicated.v0", "serverless.v2", ""] {
+        let refused = cp
+            .expect(
+                400,
+                "PUT",
+                "/v3/cloud-gateways/configurations",
+                Some(&put(&v0, kind)),
+            )
+            .await;
+        assert_eq!(
+            refused["invalid_parameters"][0]["field"], "kind",
+            "{refused}"
+        );
+    }
+    let none = cp
+        .expect(200, "GET", "/v3/cloud-gateways/configurations", None)
+        .await;
+    assert_eq!(none["data"], json!([]), "a refusal provisions nothing");
+
+    let configuration = cp
+        .expect(
+            201,
+            "PUT",
+            "/v3/cloud-gateways/configurations",
+            Some(&put(&v0, "serverless.v0")),
+        )
+        .await;
+    assert_eq!(configuration["kind"], "serverless.v0");
+    assert_eq!(configuration["control_plane_id"], v0.as_str());
+    let base = format!("/v2/control-planes/{v0}/core-entities");
+    cp.expect(
+        201,
+        "POST",
+        &format!("{base}/services"),
+        Some(&json!({ "name": "echo", "url": format!("http://{}", echo.addr()) })),
+    )
+    .await;
+    cp.expect(
+        201,
+        "POST",
+        &format!("{base}/services/echo/routes"),
+        Some(&json!({ "name": "all", "paths": ["/"] })),
+    )
+    .await;
+    let proxy: std::net::SocketAddr = configuration["dataplane_groups"][0]["proxy_url"]
+        .as_str()
+        .expect("proxy_url")
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    // The provisioned gateway proxies with the platform's rate limit (the gateway may still be
+    // starting up and compiling its modules).
+    wasmgate_tests::until(
+        "the serverless.v0 gateway proxying",
+        std::time::Duration::from_secs(90),
+        async || {
+            let response = wasmgate_tests::client::send(
+                proxy,
+                wasmgate_tests::Protocol::Http1,
+                &wasmgate_tests::Request::get("/"),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            match (response.status, response.header("x-ratelimit-limit-second")) {
+                (200, Some("100")) => Ok(()),
+                (status, limit) => Err(format!("{status}, limit {limit:?}")),
+            }
+        },
+    )
+    .await;
+    let id = configuration["id"].as_str().expect("id");
+    wasmgate_tests::until(
+        "the group ready",
+        std::time::Duration::from_secs(30),
+        async || {
+            let state = cp
+                .expect(
+                    200,
+                    "GET",
+                    &format!("/v3/cloud-gateways/configurations/{id}"),
+                    None,
+                )
+                .await;
+            match state["dataplane_groups"][0]["state"].as_str() {
+                Some("ready") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
