@@ -110,8 +110,16 @@ fn clock_time_get_reads_the_host_clock_realtime_and_monotonic_and_advances_with_
         assert_eq!(third[0], (ESUCCESS, wall - 10_000_000_000), "{m}");
         assert_eq!(third[1], (ESUCCESS, mono + 1_500_000_000), "{m}");
 
-        let res = report(&send(&mut h), "x-clock-res");
+        let up = send(&mut h);
+        let res = report(&up, "x-clock-res");
         assert_eq!((i32_at(&res, 0), u64_at(&res, 8)), (ESUCCESS, 1_000), "{m}");
+        // No such clock: EINVAL, as from clock_time_get, and nothing written.
+        let res = report(&up, "x-clock-res-bad");
+        assert_eq!(
+            (i32_at(&res, 0), u64_at(&res, 8)),
+            (EINVAL, u64::MAX),
+            "{m}"
+        );
     }
 }
 

@@ -41,6 +41,7 @@
   ;; An iovec for fd_write: "hi\n" at 1200.
   (data (i32.const 1184) "\b0\04\00\00\03\00\00\00")
   (data (i32.const 1200) "hi\n")
+  (data (i32.const 1216) "x-clock-res-bad") ;; 15
 
   (func (export "proxy_abi_version_0_2_1"))
 
@@ -100,6 +101,10 @@
     (i64.store (i32.const 4184) (i64.const -1))
     (i32.store (i32.const 4176) (call $clock_res_get (i32.const 0) (i32.const 4184)))
     (call $report (i32.const 1040) (i32.const 11) (i32.const 4176) (i32.const 16))
+    ;; clock_res_get(4), no such clock: 4240..4256.
+    (i64.store (i32.const 4248) (i64.const -1))
+    (i32.store (i32.const 4240) (call $clock_res_get (i32.const 4) (i32.const 4248)))
+    (call $report (i32.const 1216) (i32.const 15) (i32.const 4240) (i32.const 16))
 
     ;; Two random_get calls of 16 bytes: [errno][16 bytes][errno][16 bytes] at 4200..4240.
     (i32.store (i32.const 4200) (call $random_get (i32.const 4204) (i32.const 16)))
