@@ -858,14 +858,7 @@ impl Contract {
         );
         self.covered
             .insert((method.to_uppercase(), template.clone(), status));
-        let Some(schema) = documented["content"]
-            .get("application/json")
-            .map(|c| &c["schema"])
-        else {
-            assert!(
-                documented.get("content").is_none(),
-                "{method} {template} {status}: only JSON answers are checked here"
-            );
+        let Some(content) = documented.get("content") else {
             assert!(
                 response.body.is_empty(),
                 "{method} {template} {status} documents no body but answered {}",
@@ -873,15 +866,23 @@ impl Contract {
             );
             return Value::Null;
         };
-        assert!(
-            response
-                .header("content-type")
-                .is_some_and(|t| t.starts_with("application/json")),
-            "{method} {template} {status}: content-type {:?}",
-            response.header("content-type")
-        );
-        let value: Value = serde_json::from_slice(&response.body)
-            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", response.text()));
+        // The documented media type the answer says it is, parsed as such.
+        let media = response
+            .header("content-type")
+            .and_then(|t| t.split(';').next())
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let Some(schema) = content.get(&media).map(|c| &c["schema"]) else {
+            panic!("{method} {template} {status} answered {media:?}, which is not documented")
+        };
+        let value: Value = match media.as_str() {
+            "application/json" => serde_json::from_slice(&response.body)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", response.text())),
+            "application/yaml" => serde_yaml_ng::from_slice(&response.body)
+                .unwrap_or_else(|e| panic!("{method} {path}: not YAML ({e}): {}", response.text())),
+            other => panic!("{method} {template} {status}: {other} answers are not checked here"),
+        };
         let mut root = schema.clone();
         root["components"] = self.document["components"].clone();
         let validator = jsonschema::options()
@@ -1160,6 +1161,16 @@ async fn every_operation_answers_what_the_openapi_document_says() {
             None,
         )
         .await;
+    let yaml = contract
+        .call(
+            &cp,
+            200,
+            "GET",
+            &format!("/v2/control-planes/{id}/declarative-config?format=yaml"),
+            None,
+        )
+        .await;
+    assert_eq!(yaml, export);
     let imported = contract
         .call(
             &cp,
