@@ -695,8 +695,19 @@ impl HttpStream {
             Some((stop, stage)) if self.buffers_body(dir, stop, stage) => {
                 self.trailers_to_buffering_filter(dir, stop, stage);
             }
-            // Held with the headers: the filter has not seen the body yet either.
-            Some(_) => {}
+            // Held with the headers (that filter has not seen the body yet either): the
+            // filters before it get the trailers now, as they got the body, and the rest when
+            // it resumes (Envoy's `decodeTrailers` runs up to the filter that stopped all).
+            Some((stop, _)) => {
+                for pos in 0..stop {
+                    let idx = self.flow(dir).order[pos];
+                    let _ = self.call(dir, Stage::Trailers, idx, true);
+                    if self.intercepted(dir, idx) {
+                        return;
+                    }
+                }
+                self.flow(dir).trailers_from = stop;
+            }
         }
     }
 
@@ -1893,5 +1904,79 @@ mod tests {
             [req_headers(sent, false), req_data("1234", true)]
         );
         assert!(s.request_ended());
+    }
+
+    /// Trailers that arrive while a filter holds the headers (and so the body): the filters
+    /// before it get them at once, as they got the body; on resume the body goes on from the
+    /// filter that stopped, then the trailers from it.
+    #[test]
+    fn trailers_behind_held_headers_reach_the_earlier_filters_at_once_the_rest_on_resume() {
+        let log = Log::default();
+        let b = fake("b", &log, |ev, _, _| match ev {
+            Ev::ReqHeaders => Stop,
+            _ => Continue,
+        });
+        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        s.request_headers(req(), false);
+        s.request_data(b"12".to_vec(), false);
+        s.request_trailers(h(&[("x-t", "1")]));
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders",
+                "b ReqHeaders",
+                "a ReqBody [12]",
+                "a ReqTrailers []"
+            ]
+        );
+        assert_eq!(s.take_outputs(), []);
+        assert!(!s.request_ended());
+        s.resume(1);
+        assert_eq!(
+            seen(&log),
+            [
+                "c ReqHeaders",
+                "b ReqBody [12]",
+                "c ReqBody [12]",
+                "b ReqTrailers []",
+                "c ReqTrailers []",
+            ]
+        );
+        assert_eq!(
+            s.take_outputs(),
+            [
+                req_headers(req(), false),
+                req_data("12", false),
+                Output::RequestTrailers(h(&[("x-t", "1")])),
+            ]
+        );
+        assert!(s.request_ended());
+
+        // Without a body: the trailers follow the headers.
+        let log = Log::default();
+        let b = fake("b", &log, |ev, _, _| match ev {
+            Ev::ReqHeaders => Stop,
+            _ => Continue,
+        });
+        let mut s = chain(vec![pass("a", &log), b]);
+        s.request_headers(req(), false);
+        s.request_trailers(h(&[("x-t", "2")]));
+        s.resume(1);
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders",
+                "b ReqHeaders",
+                "a ReqTrailers []",
+                "b ReqTrailers []"
+            ]
+        );
+        assert_eq!(
+            s.take_outputs(),
+            [
+                req_headers(req(), false),
+                Output::RequestTrailers(h(&[("x-t", "2")])),
+            ]
+        );
     }
 }
