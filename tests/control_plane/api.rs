@@ -724,6 +724,7 @@ async fn the_openapi_document_is_true() {
     let cp = TestControlPlane::start(dir.path());
     let document = cp.expect(200, "GET", "/v2/openapi.json", None).await;
     assert_eq!(document["openapi"], "3.1.0");
+    let mut contract = Contract::new(document.clone());
     let paths = document["paths"].as_object().expect("paths");
     let mut operations = 0;
     for (path, item) in paths {
@@ -769,6 +770,8 @@ async fn the_openapi_document_is_true() {
                 response.status,
                 response.text()
             );
+            // And the error is the documented media type and shape.
+            contract.check(method, &concrete, &response);
         }
     }
     assert!(operations >= 29, "{operations}");
@@ -845,6 +848,13 @@ impl Contract {
             response.status,
             response.text()
         );
+        self.check(method, path, &response)
+    }
+
+    /// Checks an answer against the document: its status is documented for the operation,
+    /// and its body is the documented media type and matches that schema.
+    fn check(&mut self, method: &str, path: &str, response: &wasmgate_tests::Response) -> Value {
+        let status = response.status;
         let template = self.template_of(path);
         let operation = &self.document["paths"][&template][method.to_lowercase()];
         assert!(
@@ -877,8 +887,11 @@ impl Contract {
             panic!("{method} {template} {status} answered {media:?}, which is not documented")
         };
         let value: Value = match media.as_str() {
-            "application/json" => serde_json::from_slice(&response.body)
-                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", response.text())),
+            "application/json" | "application/problem+json" => {
+                serde_json::from_slice(&response.body).unwrap_or_else(|e| {
+                    panic!("{method} {path}: not JSON ({e}): {}", response.text())
+                })
+            }
             "application/yaml" => serde_yaml_ng::from_slice(&response.body)
                 .unwrap_or_else(|e| panic!("{method} {path}: not YAML ({e}): {}", response.text())),
             other => panic!("{method} {template} {status}: {other} answers are not checked here"),
