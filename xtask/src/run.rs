@@ -5,6 +5,7 @@
 //! `--envoy`, a real Envoy with the same plugins instead. Ctrl-C stops everything it started.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use wasmgate_tests::{EchoUpstream, Envoy};
@@ -42,9 +43,15 @@ fn seed_config(backend: SocketAddr) -> Result<String, String> {
     Ok(text.replace("http://127.0.0.1:8080", &format!("http://{backend}")))
 }
 
+/// What `run` starts: built here, unless the environment names prebuilt ones
+/// (`WASMGATE_WASM_DIR` for the modules, `WASMGATE_GATEWAY` or `WASMGATE_ENVOY` for the data
+/// plane), as `cargo xtask test` and CI already have them.
 pub fn run(args: &[String]) -> Result<(), String> {
     let options = parse(args)?;
-    let modules = crate::wasm::build()?;
+    let modules = match std::env::var_os("WASMGATE_WASM_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => crate::wasm::build()?,
+    };
     std::env::set_var("WASMGATE_WASM_DIR", &modules);
     // The backend secret: yours if BACKEND_TOKEN is set, else one made up for this run.
     let token = std::env::var("BACKEND_TOKEN").unwrap_or_else(|_| {
@@ -54,19 +61,32 @@ pub fn run(args: &[String]) -> Result<(), String> {
         format!("local-{nanos:x}")
     });
     std::env::set_var("BACKEND_TOKEN", &token);
-    let envoy = if options.envoy {
+    let data_plane = if options.envoy {
         let binary = crate::envoy::ensure()?;
         std::env::set_var("WASMGATE_ENVOY", &binary);
-        true
+        DataPlane::Envoy
     } else {
-        crate::wasm::status(crate::wasm::cargo().args(["build", "--quiet", "-p", "gateway"]))?;
-        false
+        DataPlane::Gateway(match std::env::var_os("WASMGATE_GATEWAY") {
+            Some(binary) => PathBuf::from(binary),
+            None => {
+                crate::wasm::status(
+                    crate::wasm::cargo().args(["build", "--quiet", "-p", "gateway"]),
+                )?;
+                crate::wasm::target_dir().join("debug/gateway")
+            }
+        })
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio: {e}"))?;
-    runtime.block_on(serve(options.port, envoy, &token))
+    runtime.block_on(serve(options.port, data_plane, &token))
 }
 
-async fn serve(port: u16, with_envoy: bool, token: &str) -> Result<(), String> {
+enum DataPlane {
+    Envoy,
+    /// The `gateway` binary.
+    Gateway(PathBuf),
+}
+
+async fn serve(port: u16, data_plane: DataPlane, token: &str) -> Result<(), String> {
     let echo = EchoUpstream::start()
         .await
         .map_err(|e| format!("echo backend: {e}"))?;
@@ -80,23 +100,9 @@ async fn serve(port: u16, with_envoy: bool, token: &str) -> Result<(), String> {
 
     let mut gateway = None;
     let mut envoy = None;
-    if with_envoy {
-        let parsed = model::parse_declarative(&config).map_err(|e| e.to_string())?;
-        let options = model::envoy::EnvoyOptions {
-            listen,
-            admin,
-            modules_dir: wasmgate_tests::paths::wasm_dir(),
-            filters_dir: None,
-            runtime: model::envoy::V8.into(),
-            env_allow: vec!["BACKEND_TOKEN".into()],
-            env_values: Vec::new(),
-        };
-        let bootstrap = model::envoy::bootstrap(&parsed, &options);
-        let started = Envoy::start_bootstrap(&bootstrap, 2).await?;
-        envoy = Some(started);
-    } else {
-        let binary = crate::wasm::target_dir().join("debug/gateway");
-        let child = Command::new(&binary)
+    let with_envoy = matches!(data_plane, DataPlane::Envoy);
+    if let DataPlane::Gateway(binary) = &data_plane {
+        let child = Command::new(binary)
             .args(["run", "--env-allow", "BACKEND_TOKEN", "--config"])
             .arg(&config_path)
             .args([
@@ -117,6 +123,20 @@ async fn serve(port: u16, with_envoy: bool, token: &str) -> Result<(), String> {
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+    } else {
+        let parsed = model::parse_declarative(&config).map_err(|e| e.to_string())?;
+        let options = model::envoy::EnvoyOptions {
+            listen,
+            admin,
+            modules_dir: wasmgate_tests::paths::wasm_dir(),
+            filters_dir: None,
+            runtime: model::envoy::V8.into(),
+            env_allow: vec!["BACKEND_TOKEN".into()],
+            env_values: Vec::new(),
+        };
+        let bootstrap = model::envoy::bootstrap(&parsed, &options);
+        let started = Envoy::start_bootstrap(&bootstrap, 2).await?;
+        envoy = Some(started);
     }
     let data_plane = if with_envoy {
         "Envoy 1.40 (V8)"

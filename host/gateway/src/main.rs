@@ -191,7 +191,14 @@ impl log::Log for StderrLog {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            eprintln!("wasmgate: [{}] {}", record.level(), record.args());
+            // Not eprintln!: a closed stderr must not panic a worker that logs.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "wasmgate: [{}] {}",
+                record.level(),
+                record.args()
+            );
         }
     }
 

@@ -88,9 +88,12 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// One JSON line on stdout. A stdout that is gone (`gateway run | head`, a reader that
+    /// quit) loses the line: `println!` would panic and take the worker down with it.
     pub fn access_log(&self, log: &crate::access_log::AccessLog) {
         if self.options.access_log {
-            println!("{}", log.to_json());
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{}", log.to_json());
         }
     }
 
