@@ -88,7 +88,7 @@ fn start(args: &[&str]) -> (Running, String) {
             return (Running(Some(child)), text);
         }
     }
-    let _ = child.kill();
+    drop(Running(Some(child)));
     panic!("no banner from `xtask run {}`: {text}", args.join(" "));
 }
 
