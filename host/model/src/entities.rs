@@ -273,3 +273,191 @@ impl Config {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_declarative;
+
+    #[test]
+    fn protocols_name_their_port_tls_and_http_version() {
+        let table: Vec<_> = [
+            Protocol::Http,
+            Protocol::Https,
+            Protocol::Grpc,
+            Protocol::Grpcs,
+        ]
+        .into_iter()
+        .map(|p| (p.as_str(), p.default_port(), p.is_tls(), p.is_http2()))
+        .collect();
+        assert_eq!(
+            table,
+            [
+                ("http", 80, false, false),
+                ("https", 443, true, false),
+                ("grpc", 80, false, true),
+                ("grpcs", 443, true, true),
+            ]
+        );
+    }
+
+    const NAMES: &str = r#"
+_format_version: "3.0"
+services:
+  - name: named-service
+    url: http://127.0.0.1:1
+    routes:
+      - name: named-route
+        paths: [/a]
+  - url: http://127.0.0.1:2
+    routes:
+      - paths: [/b]
+"#;
+
+    /// Unnamed entities are named by their index, on every data plane alike.
+    #[test]
+    fn scopes_and_instances_are_named_by_kong_name_or_index() {
+        let config = parse_declarative(NAMES).unwrap();
+        assert_eq!(config.route_name(0), "named-route");
+        assert_eq!(config.route_name(1), "route.1");
+        assert_eq!(config.scope_label(Scope::Global), "global");
+        assert_eq!(
+            config.scope_label(Scope::Service(0)),
+            "service:named-service"
+        );
+        assert_eq!(config.scope_label(Scope::Service(1)), "service:service.1");
+        assert_eq!(config.scope_label(Scope::Route(1)), "route:route.1");
+        assert_eq!(
+            config.scope_label(Scope::RouteAndService {
+                route: 0,
+                service: 1
+            }),
+            "route:named-route+service:service.1"
+        );
+        let plugin = |instance_name: Option<&str>, scope| Plugin {
+            name: "rate-limiting".into(),
+            instance_name: instance_name.map(str::to_owned),
+            scope,
+            config: Value::Null,
+            enabled: true,
+            tags: Vec::new(),
+        };
+        assert_eq!(
+            config.plugin_instance_name(&plugin(Some("gold"), Scope::Global)),
+            "wasmgate.plugin.gold"
+        );
+        assert_eq!(
+            config.plugin_instance_name(&plugin(None, Scope::Service(0))),
+            "wasmgate.plugin.rate-limiting@service:named-service"
+        );
+    }
+
+    const LAYERED: &str = r#"
+_format_version: "3.0"
+services:
+  - name: s
+    url: http://127.0.0.1:1
+    routes:
+      - name: r
+        paths: [/r]
+      - name: other
+        paths: [/other]
+    plugins:
+      - name: rate-limiting
+        config: {second: 2}
+routes:
+  - name: lone
+    paths: [/lone]
+plugins:
+  - name: rate-limiting
+    config: {second: 1}
+  - name: request-size-limiting
+    config: {allowed_payload_size: 1}
+  - name: rate-limiting
+    route: r
+    config: {second: 3}
+  - name: request-size-limiting
+    route: other
+    enabled: false
+    config: {allowed_payload_size: 2}
+filter_chains:
+  - route: other
+    filters:
+      - name: on-other
+  - service: s
+    filters:
+      - name: on-service
+      - name: off
+        enabled: false
+  - route: r
+    filters:
+      - name: on-r
+  - route: r
+    enabled: false
+    filters:
+      - name: chain-off
+"#;
+
+    fn second_limit(plugin: &Plugin) -> &Value {
+        &plugin.config["second"]
+    }
+
+    /// Kong's precedence: the most specific instance of each plugin runs, in priority order
+    /// (request-size-limiting 951 before rate-limiting 910); a disabled most specific
+    /// instance turns its plugin off there.
+    #[test]
+    fn the_most_specific_instance_of_each_plugin_runs_in_priority_order() {
+        let config = parse_declarative(LAYERED).unwrap();
+        let route = |name: &str| (0..config.routes.len()).find(|&i| config.route_name(i) == name);
+        let names = |plugins: Vec<&Plugin>| -> Vec<(String, Value)> {
+            plugins
+                .into_iter()
+                .map(|p| (p.name.clone(), second_limit(p).clone()))
+                .collect()
+        };
+        assert_eq!(
+            names(config.plugins_for(route("r"))),
+            [
+                ("request-size-limiting".into(), Value::Null),
+                ("rate-limiting".into(), 3.into())
+            ]
+        );
+        assert_eq!(
+            names(config.plugins_for(route("other"))),
+            [("rate-limiting".into(), 2.into())]
+        );
+        assert_eq!(
+            names(config.plugins_for(route("lone"))),
+            [
+                ("request-size-limiting".into(), Value::Null),
+                ("rate-limiting".into(), 1.into())
+            ]
+        );
+        assert_eq!(
+            names(config.plugins_for(None)),
+            [
+                ("request-size-limiting".into(), Value::Null),
+                ("rate-limiting".into(), 1.into())
+            ]
+        );
+    }
+
+    /// The service's chain, then the route's; disabled chains and filters and other routes'
+    /// chains are left out.
+    #[test]
+    fn filters_run_service_chain_then_route_chain() {
+        let config = parse_declarative(LAYERED).unwrap();
+        let route = |name: &str| (0..config.routes.len()).find(|&i| config.route_name(i) == name);
+        let names = |r: Option<usize>| -> Vec<String> {
+            config
+                .filters_for(r)
+                .into_iter()
+                .map(|f| f.name.clone())
+                .collect()
+        };
+        assert_eq!(names(route("r")), ["on-service", "on-r"]);
+        assert_eq!(names(route("other")), ["on-service", "on-other"]);
+        assert!(names(route("lone")).is_empty());
+        assert!(names(None).is_empty());
+    }
+}
