@@ -36,7 +36,8 @@ impl Candidate {
         }
     }
 
-    /// The Kong regex (without `~`) of this candidate, if it has one.
+    /// The Kong regex of this candidate, if it has one: without its `~`, anchored at the
+    /// start of the path as Kong's router anchors it (`^(?:...)`).
     pub fn regex(&self) -> Option<&str> {
         match &self.path {
             PathMatcher::Regex(r) => Some(r.as_str()),
@@ -460,6 +461,69 @@ mod tests {
         assert_eq!(
             upstream_path(Some("/base"), "/api", true, "/apix"),
             "/base/x"
+        );
+    }
+
+    /// A wildcard needs at least one character of its own: `*.example.com` is no match for
+    /// `.example.com`, `www.*` none for `www.` or a host that only is as long.
+    #[test]
+    fn wildcards_need_a_label_of_their_own() {
+        assert!(host_matches("*.example.com", "a.example.com"));
+        assert!(!host_matches("*.example.com", ".example.com"));
+        assert!(!host_matches("*.example.com", "example.org.com"));
+        assert!(host_matches("www.*", "www.a"));
+        assert!(!host_matches("www.*", "www."));
+        assert!(!host_matches("www.*", "example.org"));
+        assert!(host_matches("www.*", "WWW.A:8000"));
+        assert!(!host_matches(
+            "www.example.com:8000",
+            "www.example.com:8001"
+        ));
+    }
+
+    /// What the Envoy translation reads of each candidate, in evaluation order: one candidate
+    /// per path (or one without a path), carrying its route's hosts, methods and headers.
+    #[test]
+    fn candidates_expose_their_matchers_in_evaluation_order() {
+        let (_, r) = router(
+            "  - {name: a, service: s, paths: [/short, \"~/re/(?<id>\\\\d+)$\"], hosts: [x.test], methods: [GET], headers: {x-v: [\"1\", \"2\"]}}\n  - {name: b, service: s, hosts: [y.test]}\n",
+        );
+        let seen: Vec<_> = r
+            .candidates()
+            .iter()
+            .map(|c| {
+                (
+                    c.route,
+                    c.prefix().map(str::to_owned),
+                    c.regex().map(str::to_owned),
+                    c.hosts().to_vec(),
+                    c.methods().to_vec(),
+                    c.headers().to_vec(),
+                )
+            })
+            .collect();
+        let a_headers = vec![("x-v".to_owned(), vec!["1".to_owned(), "2".to_owned()])];
+        assert_eq!(
+            seen,
+            [
+                (
+                    0,
+                    None,
+                    Some("^(?:/re/(?<id>\\d+)$)".to_owned()),
+                    vec!["x.test".to_owned()],
+                    vec!["GET".to_owned()],
+                    a_headers.clone()
+                ),
+                (
+                    0,
+                    Some("/short".to_owned()),
+                    None,
+                    vec!["x.test".to_owned()],
+                    vec!["GET".to_owned()],
+                    a_headers
+                ),
+                (1, None, None, vec!["y.test".to_owned()], vec![], vec![]),
+            ]
         );
     }
 }
