@@ -168,15 +168,24 @@ fn parse_url(url: &str) -> Result<(Protocol, String, Option<u16>, Option<String>
         Some(i) => (&rest[..i], Some(rest[i..].to_owned())),
         None => (rest, None),
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
-            let port = port
-                .parse::<u16>()
-                .map_err(|_| format!("invalid port '{port}' in url"))?;
-            (host, Some(port))
+    // An IPv6 literal's colons are inside its brackets: only a colon after `]` starts a port.
+    let (host, port) = if authority.starts_with('[') {
+        match authority.split_once("]:") {
+            Some((address, port)) => (&authority[..address.len() + 1], Some(port)),
+            None => (authority, None),
         }
-        _ => (authority, None),
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
     };
+    let port = port
+        .map(|port| {
+            port.parse::<u16>()
+                .map_err(|_| format!("invalid port '{port}' in url"))
+        })
+        .transpose()?;
     if host.is_empty() {
         return Err("missing host in url".into());
     }
@@ -942,5 +951,78 @@ plugins:
         );
         // The route+service instance wins for r2 and is disabled: nothing runs.
         assert!(config.plugins_for(Some(1)).is_empty());
+    }
+
+    /// One document per rule, each wrong in one way, and the line that says so.
+    #[test]
+    fn each_rule_refuses_with_its_own_line() {
+        let service = |extra: &str| {
+            format!("_format_version: \"3.0\"\nservices:\n  - {{name: s, host: h{extra}}}\n")
+        };
+        for (text, expected) in [
+            (
+                "_format_version: \"2.0\"\n".to_owned(),
+                "_format_version: expected one of: 3.0, 2.1, 1.1",
+            ),
+            (
+                "services: []\n".to_owned(),
+                "_format_version: required field missing",
+            ),
+            (
+                "_format_version: \"3.0\"\nservices:\n  - {name: \"a b\", host: h}\n".to_owned(),
+                "services.a b.name: invalid value 'a b': the only accepted ascii characters are alphanumerics or ., -, _, and ~",
+            ),
+            (service(", port: -1"), "services.s.port: value should be between 0 and 65535"),
+            (service(", port: 65536"), "services.s.port: value should be between 0 and 65535"),
+            (
+                "_format_version: \"3.0\"\nservices:\n  - {name: s, host: \"h/x\"}\n".to_owned(),
+                "services.s.host: invalid hostname: h/x",
+            ),
+            (
+                "_format_version: \"3.0\"\nservices:\n  - {name: s, host: h}\nroutes:\n  - {name: r, service: {name: nope}, paths: [/]}\n".to_owned(),
+                "routes.r.service: no service named 'nope'",
+            ),
+            (
+                "_format_version: \"3.0\"\nservices:\n  - {name: s, host: h, routes: [{name: r, paths: [/], protocols: [http, tcp]}]}\n".to_owned(),
+                "services.s.routes.r.protocols.2: expected one of: http, https",
+            ),
+            (
+                "_format_version: \"3.0\"\nservices:\n  - {name: s, host: h, routes: [{name: r, paths: [/]}]}\nfilter_chains:\n  - {route: r, filters: []}\n".to_owned(),
+                "filter_chains.1.filters: required field missing",
+            ),
+            (
+                "_format_version: \"3.0\"\nservices:\n  - {name: s, host: h, routes: [{name: r, paths: [/a]}, {name: r, paths: [/b]}]}\n".to_owned(),
+                "services.s.routes.r: UNIQUE violation detected on '{name=\"r\"}'",
+            ),
+        ] {
+            let message = errors(&text);
+            assert!(message.contains(expected), "{text}: missing {expected:?} in {message}");
+        }
+        // The bounds themselves, an IPv6 url, a reference by {name: ...} and a route's
+        // accepted protocols are fine.
+        for text in [
+            service(", port: 0"),
+            service(", port: 65535"),
+            "_format_version: \"3.0\"\nservices:\n  - {name: s, url: \"http://[::1]:8080/p\"}\n".to_owned(),
+            "_format_version: \"3.0\"\nservices:\n  - {name: s, host: \"a-b.c_d\"}\nroutes:\n  - {name: r, service: {name: s}, paths: [/], protocols: [http, https]}\n".to_owned(),
+        ] {
+            parse_declarative(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+        let v6 = parse_declarative(
+            "_format_version: \"3.0\"\nservices:\n  - {name: s, url: \"http://[::1]:8080/p\"}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (v6.services[0].host.as_str(), v6.services[0].port),
+            ("[::1]", 8080)
+        );
+        let bare = parse_declarative(
+            "_format_version: \"3.0\"\nservices:\n  - {name: s, url: \"http://[::1]/p\"}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (bare.services[0].host.as_str(), bare.services[0].port),
+            ("[::1]", 80)
+        );
     }
 }
