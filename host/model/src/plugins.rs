@@ -271,4 +271,65 @@ plugins:
             config.plugins[2].config.to_string()
         );
     }
+
+    #[test]
+    fn each_plugin_has_its_kong_priority_and_module_file() {
+        let table: Vec<_> = PLUGINS
+            .iter()
+            .map(|p| (p.name, priority(p.name), p.module_file()))
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (
+                    "request-size-limiting",
+                    951,
+                    "request_size_limiting.wasm".to_owned()
+                ),
+                ("rate-limiting", 910, "rate_limiting.wasm".to_owned()),
+                (
+                    "request-transformer",
+                    801,
+                    "request_transformer.wasm".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(priority("key-auth"), 0);
+    }
+
+    /// The transformer's config is checked by its own parser, with stand-ins for secrets.
+    #[test]
+    fn the_transformer_is_validated_by_its_core_with_secrets_stood_in() {
+        let validate =
+            |config: serde_json::Value| find("request-transformer").unwrap().validate(&config);
+        validate(
+            serde_json::json!({"add": {"headers": ["authorization:Bearer {vault://env/TOKEN}"]}}),
+        )
+        .unwrap();
+        validate(serde_json::json!({"add": {"headers": ["x:{vault://env/DB/user}"]}})).unwrap();
+        let refused = validate(serde_json::json!({"add": {"headers": ["no-colon"]}})).unwrap_err();
+        assert!(
+            refused.to_string().contains("config.add.headers"),
+            "{refused}"
+        );
+        let refused = validate(serde_json::json!({"http_method": "get me"})).unwrap_err();
+        assert!(
+            refused.to_string().contains("config.http_method"),
+            "{refused}"
+        );
+    }
+
+    /// `WASMGATE_WASM_DIR` wins; without it, `wasm/` beside the binary when there is one
+    /// (there is none beside a test binary), else the workspace's build folder.
+    #[test]
+    fn the_modules_dir_defaults_to_the_build_folder_without_an_install() {
+        if std::env::var_os("WASMGATE_WASM_DIR").is_some() {
+            assert_eq!(
+                default_modules_dir(),
+                PathBuf::from(std::env::var_os("WASMGATE_WASM_DIR").unwrap())
+            );
+        } else {
+            assert!(default_modules_dir().ends_with("target/wasm32-wasip1/release"));
+        }
+    }
 }
