@@ -317,8 +317,7 @@ impl CaseRequest {
 
     /// The request the client sends.
     pub fn to_request(&self) -> Request {
-        let headers: Vec<(String, String)> =
-            self.headers.iter().map(|h| split_header(h)).collect();
+        let headers: Vec<(String, String)> = self.headers.iter().map(|h| split_header(h)).collect();
         let bytes = self.body.as_ref().map(|b| b.clone().into_bytes());
         let body = match (bytes, self.body_size) {
             (Some(bytes), _) if self.chunked => {
