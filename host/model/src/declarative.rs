@@ -998,6 +998,10 @@ plugins:
             let message = errors(&text);
             assert!(message.contains(expected), "{text}: missing {expected:?} in {message}");
         }
+        // A version of the wrong type is one error, not also a missing one.
+        let message = errors("_format_version: 3.0\n");
+        assert!(!message.contains("required field missing"), "{message}");
+        assert!(message.contains("_format_version: "), "{message}");
         // The bounds themselves, an IPv6 url, a reference by {name: ...} and a route's
         // accepted protocols are fine.
         for text in [
