@@ -998,6 +998,14 @@ plugins:
             let message = errors(&text);
             assert!(message.contains(expected), "{text}: missing {expected:?} in {message}");
         }
+        // Tags are kept on every entity that has them, plugins included.
+        let tagged = parse_declarative(
+            "_format_version: \"3.0\"\nservices:\n  - {name: s, host: h, tags: [a], routes: [{name: r, paths: [/], tags: [b]}]}\nplugins:\n  - {name: rate-limiting, config: {second: 1}, tags: [c, d]}\n",
+        )
+        .unwrap();
+        assert_eq!(tagged.services[0].tags, ["a"]);
+        assert_eq!(tagged.routes[0].tags, ["b"]);
+        assert_eq!(tagged.plugins[0].tags, ["c", "d"]);
         // A version of the wrong type is one error, not also a missing one.
         let message = errors("_format_version: 3.0\n");
         assert!(!message.contains("required field missing"), "{message}");
