@@ -132,11 +132,15 @@ fn filter_slots(
         .filters_dir
         .clone()
         .unwrap_or_else(|| options.modules_dir.clone());
-    let mut chain_slots = Vec::new();
-    for (c, chain) in config.filter_chains.iter().enumerate() {
-        let mut ids = Vec::new();
+    // Chains in the gateway's order on every route ([`Config::filters_for`]): service chains,
+    // then route chains, each in declaration order; chain index → its filters' slots.
+    let mut chains: Vec<usize> = (0..config.filter_chains.len()).collect();
+    chains.sort_by_key(|&c| config.filter_chains[c].scope.specificity());
+    let mut chain_slots = vec![Vec::new(); config.filter_chains.len()];
+    for c in chains {
+        let chain = &config.filter_chains[c];
         for (f, filter) in chain.filters.iter().enumerate() {
-            ids.push(slots.len());
+            chain_slots[c].push(slots.len());
             slots.push(FilterSlot {
                 name: format!("wasmgate.chain.{c}.{f}.{}", filter.name),
                 plugin_name: filter.plugin_name.clone(),
@@ -148,7 +152,6 @@ fn filter_slots(
                 upstream: false,
             });
         }
-        chain_slots.push(ids);
     }
     (slots, plugin_slot, chain_slots)
 }
@@ -285,7 +288,14 @@ pub fn clusters(config: &Config) -> Vec<Value> {
         .iter()
         .enumerate()
         .map(|(i, service)| {
-            let is_ip = service.host.parse::<std::net::IpAddr>().is_ok();
+            // An IPv6 literal is kept in brackets (`[::1]`, as in a URL and a Host header);
+            // Envoy's socket address is the bare address.
+            let address = service
+                .host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(&service.host);
+            let is_ip = address.parse::<std::net::IpAddr>().is_ok();
             let name = cluster_name(config, i);
             let mut cluster = json!({
                 "name": name,
@@ -294,7 +304,7 @@ pub fn clusters(config: &Config) -> Vec<Value> {
                 "load_assignment": {
                     "cluster_name": name,
                     "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                        "address": service.host,
+                        "address": address,
                         "port_value": service.port,
                     }}}}]}],
                 },
@@ -409,10 +419,11 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
             *on && slot.upstream && slot.root_id == request_transformer::PLUGIN_NAME
         });
         let Some(service_index) = route.service else {
-            // Kong answers a route without a service with 503.
+            // Kong answers a route without a service with 503, once the route has matched:
+            // on its hosts, methods and headers too.
             routes.push(json!({
                 "name": route_name,
-                "match": path_match(candidate),
+                "match": with_header_matchers(path_match(candidate), candidate),
                 "direct_response": {"status": 503, "body": {"inline_string": r#"{"message":"no Service found with those values"}"#}},
                 "typed_per_filter_config": per_filter,
             }));
@@ -475,14 +486,10 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
                 variants.push((path_match(candidate), action));
             }
         }
-        for (mut matcher, action) in variants {
-            let headers = header_matchers(candidate);
-            if !headers.is_empty() {
-                matcher["headers"] = json!(headers);
-            }
+        for (matcher, action) in variants {
             let mut entry = json!({
                 "name": route_name,
-                "match": matcher,
+                "match": with_header_matchers(matcher, candidate),
                 "route": action,
                 "typed_per_filter_config": per_filter,
             });
@@ -530,6 +537,15 @@ fn disabled_filters(slots: &[FilterSlot], enabled: &[bool]) -> Map<String, Value
             )
         })
         .collect()
+}
+
+/// A route's `match`: its path matcher, and the candidate's hosts, methods and headers.
+fn with_header_matchers(mut matcher: Value, candidate: &Candidate) -> Value {
+    let headers = header_matchers(candidate);
+    if !headers.is_empty() {
+        matcher["headers"] = json!(headers);
+    }
+    matcher
 }
 
 fn path_match(candidate: &Candidate) -> Value {
@@ -609,3 +625,6 @@ pub fn bootstrap(config: &Config, options: &EnvoyOptions) -> Value {
         },
     })
 }
+
+#[cfg(test)]
+mod tests;
