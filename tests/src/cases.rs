@@ -616,6 +616,21 @@ impl UpstreamExpect {
     }
 }
 
+/// Whether a data plane's refusal says what a case expects, judged alike on every data plane:
+/// each `"; "`-separated part of `expected` appears in `error`, in the order given. A data
+/// plane may say where the plugin sits before a part (the gateway names the route), but may
+/// not leave a field out or reorder them.
+pub fn refusal_says(expected: &str, error: &str) -> bool {
+    let mut rest = error;
+    expected.split("; ").all(|part| match rest.find(part) {
+        Some(at) => {
+            rest = &rest[at + part.len()..];
+            true
+        }
+        None => false,
+    })
+}
+
 /// Before a rate-limiting case on a data plane with the real clock: its steps count in minute,
 /// hour or day windows and expect one budget, so they must not straddle a boundary. Every
 /// hour and day boundary is a minute boundary; a case takes a few requests, far less than
@@ -748,7 +763,7 @@ pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
                 "{:?}: Envoy accepted a config it must refuse",
                 case.name
             )),
-            Err(log) if log.contains(&expected) => {}
+            Err(log) if refusal_says(&expected, &log) => {}
             Err(log) => failures.push(format!(
                 "{:?}: Envoy refused the config, but its log lacks {expected:?}:\n{log}",
                 case.name
@@ -884,5 +899,35 @@ mod tests {
             let failures = expect.check(&CaseRequest::default(), &Exchange::new(echoed(), record));
             assert_eq!(failures.is_empty(), ok, "{record:?}: {failures:?}");
         }
+    }
+
+    #[test]
+    fn a_refusal_must_name_every_field_in_order() {
+        let expected =
+            "config.second: value must be greater than 0; config.minute: expected a number";
+        // As Envoy logs it, and as the gateway says it with the route before each field.
+        assert!(refusal_says(
+            expected,
+            &format!("[critical] wasm log: {expected}")
+        ));
+        assert!(refusal_says(
+            expected,
+            "route 'r': config.second: value must be greater than 0; route 'r': config.minute: expected a number"
+        ));
+        // A field left out, the fields reordered, or only a prefix of a part: not what the
+        // case expects.
+        assert!(!refusal_says(
+            expected,
+            "config.second: value must be greater than 0"
+        ));
+        assert!(!refusal_says(
+            expected,
+            "config.minute: expected a number; config.second: value must be greater than 0"
+        ));
+        assert!(!refusal_says(
+            expected,
+            "config.second: value must be; config.minute: expected a number"
+        ));
+        assert!(!refusal_says(expected, ""));
     }
 }
