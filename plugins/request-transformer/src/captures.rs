@@ -189,4 +189,28 @@ mod tests {
         assert_eq!(err.0, 1);
         assert!(p.insert("r", &[r"/\p{L}"]).is_err(), "no Unicode classes");
     }
+
+    #[test]
+    fn route_paths_are_equal_by_route_names_and_patterns() {
+        let users: &[(&str, &[&str])] = &[("users", &[r"/u/(\d+)", r"/v/(\d+)"])];
+        assert_eq!(paths(users), paths(users));
+        for other in [
+            &[("other", &[r"/u/(\d+)", r"/v/(\d+)"][..])][..],
+            &[("users", &[r"/u/(\d+)", r"/w/(\d+)"][..])],
+            &[("users", &[r"/u/(\d+)"][..])],
+            &[("users", &[r"/u/(\d+)", r"/v/(\d+)", r"/w"][..])],
+            &[
+                ("users", &[r"/u/(\d+)", r"/v/(\d+)"][..]),
+                ("more", &[][..]),
+            ],
+            &[],
+        ] {
+            assert_ne!(paths(users), paths(other), "{other:?}");
+        }
+        // Printed as each route's anchored patterns (a config's Debug in a log).
+        assert_eq!(
+            format!("{:?}", paths(users)),
+            r#"{"users": ["^/u/(\\d+)", "^/v/(\\d+)"]}"#
+        );
+    }
 }

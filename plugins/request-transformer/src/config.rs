@@ -793,4 +793,25 @@ mod tests {
         assert_eq!(c.body_buffer_limit, 10);
         assert_eq!(c.unparsable_body, UnparsableBody::Pass);
     }
+
+    #[test]
+    fn only_get_head_and_trace_move_form_fields_to_the_query() {
+        for (method, moves) in [
+            (None, false),
+            (Some("POST"), false),
+            (Some("PUT"), false),
+            (Some("GET"), true),
+            (Some("HEAD"), true),
+            (Some("TRACE"), true),
+        ] {
+            let json = match method {
+                Some(m) => format!(r#"{{"http_method":"{m}"}}"#),
+                None => "{}".to_owned(),
+            };
+            let c = parse(&json).unwrap();
+            assert_eq!(c.moves_form_to_query(), moves, "{json}");
+            // The warning is about moving without held headers: none when nothing moves.
+            assert_eq!(c.warning().is_some(), moves && !c.hold_headers, "{json}");
+        }
+    }
 }

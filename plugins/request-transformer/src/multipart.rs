@@ -1063,4 +1063,28 @@ Content-Type: application/octet-stream\r\n\r\n\
         assert!(m.replace(b"role", b"guest"));
         assert_eq!(names(&m), ["x", "role"]);
     }
+
+    #[test]
+    fn each_malformation_is_named_in_the_log() {
+        let reasons = [
+            Malformed::NoDelimiter,
+            Malformed::Unterminated,
+            Malformed::StrayBoundary,
+            Malformed::BadDelimiterLine,
+            Malformed::BadPartHeaders,
+            Malformed::DuplicateDisposition,
+            Malformed::BadDisposition,
+            Malformed::AmbiguousName,
+        ]
+        .map(|m| m.to_string());
+        assert_eq!(reasons[0], "no delimiter line");
+        assert_eq!(
+            reasons[4],
+            "a part's header block has a bare CR or LF, a folded line or a line without ':'"
+        );
+        for (i, reason) in reasons.iter().enumerate() {
+            assert!(!reason.is_empty());
+            assert!(!reasons[..i].contains(reason), "{reason:?} twice");
+        }
+    }
 }
