@@ -683,13 +683,8 @@ async fn nothing_acknowledged_is_lost_across_a_restart() {
     let mut cp = TestControlPlane::start(dir.path());
     let id = control_plane(&cp, "durable", "CLUSTER_TYPE_CONTROL_PLANE").await;
     let base = format!("/v2/control-planes/{id}/core-entities");
-    cp.expect(
-        201,
-        "POST",
-        &format!("{base}/services"),
-        Some(&json!({ "name": "s", "host": "h" })),
-    )
-    .await;
+    cp.add_service(&id, &json!({ "name": "s", "host": "h" }))
+        .await;
     cp.expect(
         201,
         "POST",
@@ -1445,21 +1440,7 @@ async fn cloud_gateway_kinds_match_their_control_plane_type() {
         .await;
     assert_eq!(configuration["kind"], "serverless.v0");
     assert_eq!(configuration["control_plane_id"], v0.as_str());
-    let base = format!("/v2/control-planes/{v0}/core-entities");
-    cp.expect(
-        201,
-        "POST",
-        &format!("{base}/services"),
-        Some(&json!({ "name": "echo", "url": format!("http://{}", echo.addr()) })),
-    )
-    .await;
-    cp.expect(
-        201,
-        "POST",
-        &format!("{base}/services/echo/routes"),
-        Some(&json!({ "name": "all", "paths": ["/"] })),
-    )
-    .await;
+    cp.route_all_paths_to(&v0, "echo", "all", echo.addr()).await;
     let proxy: std::net::SocketAddr = configuration["dataplane_groups"][0]["proxy_url"]
         .as_str()
         .expect("proxy_url")

@@ -98,21 +98,9 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
         .await;
     let envoy = Envoy::start_bootstrap(&bootstrap, 1).await.expect("Envoy");
 
+    cp.route_all_paths_to(&id, "backend", "backend", echo.addr())
+        .await;
     let base = format!("/v2/control-planes/{id}/core-entities");
-    cp.expect(
-        201,
-        "POST",
-        &format!("{base}/services"),
-        Some(&json!({ "name": "backend", "url": format!("http://{}", echo.addr()) })),
-    )
-    .await;
-    cp.expect(
-        201,
-        "POST",
-        &format!("{base}/services/backend/routes"),
-        Some(&json!({ "name": "backend", "paths": ["/"] })),
-    )
-    .await;
     let plugin = cp
         .expect(
             201,

@@ -138,6 +138,26 @@ async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> boo
     started.elapsed()
 }
 
+/// Creates a control plane and, in `dir`, a data plane's credentials for it; returns its id,
+/// the credentials and their certificate, which is not pinned yet.
+async fn control_plane_with_credentials(
+    cp: &TestControlPlane,
+    dir: &Path,
+) -> (String, Credentials, String) {
+    let created = cp
+        .expect(
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({ "name": "cp" })),
+        )
+        .await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let ca = created["config"]["cluster_ca_cert"].as_str().expect("ca");
+    let (credentials, cert) = Credentials::new(dir, ca);
+    (id, credentials, cert)
+}
+
 async fn node(cp: &TestControlPlane, id: &str) -> Value {
     let nodes = cp
         .expect(200, "GET", &format!("/v2/control-planes/{id}/nodes"), None)
@@ -150,42 +170,10 @@ async fn a_gateway_follows_its_control_plane_and_survives_without_it() {
     let echo = EchoUpstream::start().await.expect("echo");
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cp = TestControlPlane::start(&dir.path().join("cp"));
-    let created = cp
-        .expect(
-            201,
-            "POST",
-            "/v2/control-planes",
-            Some(&json!({ "name": "cp" })),
-        )
-        .await;
-    let id = created["id"].as_str().expect("id").to_owned();
-    let ca = created["config"]["cluster_ca_cert"]
-        .as_str()
-        .expect("ca")
-        .to_owned();
-    let (credentials, cert) = Credentials::new(&dir.path().join("dp"), &ca);
-    cp.expect(
-        201,
-        "POST",
-        &format!("/v2/control-planes/{id}/dp-client-certificates"),
-        Some(&json!({ "cert": cert })),
-    )
-    .await;
+    let (id, credentials, cert) = control_plane_with_credentials(&cp, &dir.path().join("dp")).await;
+    cp.pin_certificate(&id, &cert).await;
+    cp.route_all_paths_to(&id, "echo", "all", echo.addr()).await;
     let base = format!("/v2/control-planes/{id}/core-entities");
-    cp.expect(
-        201,
-        "POST",
-        &format!("{base}/services"),
-        Some(&json!({ "name": "echo", "url": format!("http://{}", echo.addr()) })),
-    )
-    .await;
-    cp.expect(
-        201,
-        "POST",
-        &format!("{base}/services/echo/routes"),
-        Some(&json!({ "name": "all", "paths": ["/"] })),
-    )
-    .await;
     let plugin = cp
         .expect(201, "POST", &format!("{base}/services/echo/plugins"), Some(&json!({ "name": "request-transformer", "config": { "add": { "headers": ["x-from-cp:1"] } } })))
         .await;
@@ -342,20 +330,8 @@ async fn a_gateway_follows_its_control_plane_and_survives_without_it() {
 async fn an_unpinned_certificate_is_refused_at_the_handshake() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cp = TestControlPlane::start(&dir.path().join("cp"));
-    let created = cp
-        .expect(
-            201,
-            "POST",
-            "/v2/control-planes",
-            Some(&json!({ "name": "cp" })),
-        )
-        .await;
-    let id = created["id"].as_str().expect("id").to_owned();
-    let ca = created["config"]["cluster_ca_cert"]
-        .as_str()
-        .expect("ca")
-        .to_owned();
-    let (credentials, _unpinned) = Credentials::new(&dir.path().join("dp"), &ca);
+    let (id, credentials, _unpinned) =
+        control_plane_with_credentials(&cp, &dir.path().join("dp")).await;
     let gateway = GatewayProcess::start(
         cp.endpoints().cluster,
         &credentials,
@@ -405,27 +381,8 @@ fn signal(gateway: &GatewayProcess, name: &str) {
 async fn nodes_show_what_a_gateway_reports_and_every_sync_status() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cp = TestControlPlane::start(&dir.path().join("cp"));
-    let created = cp
-        .expect(
-            201,
-            "POST",
-            "/v2/control-planes",
-            Some(&json!({ "name": "cp" })),
-        )
-        .await;
-    let id = created["id"].as_str().expect("id").to_owned();
-    let ca = created["config"]["cluster_ca_cert"]
-        .as_str()
-        .expect("ca")
-        .to_owned();
-    let (credentials, cert) = Credentials::new(&dir.path().join("dp"), &ca);
-    cp.expect(
-        201,
-        "POST",
-        &format!("/v2/control-planes/{id}/dp-client-certificates"),
-        Some(&json!({ "cert": cert })),
-    )
-    .await;
+    let (id, credentials, cert) = control_plane_with_credentials(&cp, &dir.path().join("dp")).await;
+    cp.pin_certificate(&id, &cert).await;
     let expected = async || {
         cp.expect(
             200,
@@ -466,13 +423,8 @@ async fn nodes_show_what_a_gateway_reports_and_every_sync_status() {
     // A version the stopped gateway cannot take yet: pending, still running the old hash.
     let running = expected().await;
     signal(&gateway, "STOP");
-    cp.expect(
-        201,
-        "POST",
-        &format!("/v2/control-planes/{id}/core-entities/services"),
-        Some(&json!({ "name": "new", "host": "new.internal" })),
-    )
-    .await;
+    cp.add_service(&id, &json!({ "name": "new", "host": "new.internal" }))
+        .await;
     assert_ne!(expected().await, running);
     until("pending", PROPAGATION, async || {
         node(&cp, &id).await["sync_status"] == "pending"

@@ -30,11 +30,9 @@ async fn configure(cp: &TestControlPlane, echo: SocketAddr) -> (String, String) 
         .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let base = format!("/v2/control-planes/{id}/core-entities");
-    cp.expect(
-        201,
-        "POST",
-        &format!("{base}/services"),
-        Some(&json!({"name": "echo", "url": format!("http://{echo}")})),
+    cp.add_service(
+        &id,
+        &json!({"name": "echo", "url": format!("http://{echo}")}),
     )
     .await;
     for (name, path) in [("api", "/api"), ("open", "/open")] {
@@ -66,13 +64,7 @@ async fn configure(cp: &TestControlPlane, echo: SocketAddr) -> (String, String) 
 
 async fn pin(cp: &TestControlPlane, id: &str, name: &str) -> (String, String) {
     let (cert, key) = control_plane::pki::client_certificate(name).unwrap();
-    cp.expect(
-        201,
-        "POST",
-        &format!("/v2/control-planes/{id}/dp-client-certificates"),
-        Some(&json!({"cert": cert})),
-    )
-    .await;
+    cp.pin_certificate(id, &cert).await;
     (cert, key)
 }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use control_plane::{ControlPlane, Endpoints, Options};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::client::{self, Protocol, Request, RequestBody, Response};
 
@@ -113,6 +113,37 @@ impl TestControlPlane {
             response.text()
         );
         response.json().unwrap_or(Value::Null)
+    }
+
+    /// Adds a service to control plane `id`; returns it as stored.
+    pub async fn add_service(&self, id: &str, service: &Value) -> Value {
+        let path = format!("/v2/control-planes/{id}/core-entities/services");
+        self.expect(201, "POST", &path, Some(service)).await
+    }
+
+    /// Adds service `service` for `upstream` and its route `route` for every path to control
+    /// plane `id`: all a data plane needs to proxy to `upstream`.
+    pub async fn route_all_paths_to(
+        &self,
+        id: &str,
+        service: &str,
+        route: &str,
+        upstream: SocketAddr,
+    ) {
+        let url = format!("http://{upstream}");
+        self.add_service(id, &json!({ "name": service, "url": url }))
+            .await;
+        let routes = format!("/v2/control-planes/{id}/core-entities/services/{service}/routes");
+        let route = json!({ "name": route, "paths": ["/"] });
+        self.expect(201, "POST", &routes, Some(&route)).await;
+    }
+
+    /// Pins a data plane's client certificate to control plane `id`: with Konnect's
+    /// `pinned_client_certs`, only pinned certificates may connect.
+    pub async fn pin_certificate(&self, id: &str, cert_pem: &str) {
+        let path = format!("/v2/control-planes/{id}/dp-client-certificates");
+        let cert = json!({ "cert": cert_pem });
+        self.expect(201, "POST", &path, Some(&cert)).await;
     }
 }
 
