@@ -9,10 +9,14 @@ use host::PluginConfig;
 
 /// A harness whose clock starts `into` after the start of an hour, with rate-limiting loaded.
 fn limited(config: &str, into: Duration) -> Harness {
-    let mut h = Harness::new().expect("harness");
     // 2026-12-02T10:00:00Z: a fixed instant, so every window boundary is known.
-    let hour = UNIX_EPOCH + Duration::from_secs(1_796_205_600);
-    h.clock().set(hour + into);
+    at(config, Duration::from_secs(1_796_205_600) + into)
+}
+
+/// A harness whose clock starts `since_epoch` after the Unix epoch, with rate-limiting loaded.
+fn at(config: &str, since_epoch: Duration) -> Harness {
+    let mut h = Harness::new().expect("harness");
+    h.clock().set(UNIX_EPOCH + since_epoch);
     h.load_file(
         &wasmgate_tests::paths::plugin_module("rate-limiting"),
         PluginConfig::new("rate-limiting", config.to_owned()),
@@ -86,4 +90,43 @@ fn an_hour_window_ends_on_the_hour() {
     assert_eq!(statuses(&mut h, 2), [200, 429]);
     h.advance(Duration::from_secs(1));
     assert_eq!(statuses(&mut h, 1), [200]);
+}
+
+/// Kong counts each window from its calendar start (UTC) and resets it after a fixed length:
+/// 3,600 s, 86,400 s, 30 days for a month and 365 days for a year, at least 1 s. The
+/// case files can only bound these (`header_ranges`) on the real clock.
+#[test]
+fn each_window_resets_at_kongs_fixed_length_from_its_calendar_start() {
+    // 2026-02-10T12:34:56.250Z: 2,096 s into the hour, 45,296 s into the day, 9 days and
+    // 45,296 s into February, 40 days and 45,296 s into the year.
+    let february = Duration::from_millis(1_770_726_896_250);
+    // 2026-01-31T12:00:00Z: 30.5 days into January, past Kong's 30-day month.
+    let january_31 = Duration::from_secs(1_769_860_800);
+    for (window, now, reset) in [
+        ("hour", february, 1_504),
+        ("day", february, 41_104),
+        ("month", february, 1_769_104),
+        ("year", february, 28_034_704),
+        ("month", january_31, 1),
+    ] {
+        let mut h = at(&format!(r#"{{"{window}": 1}}"#), now);
+        let reset = reset.to_string();
+        let admitted = h.send(TestRequest::get("/")).response;
+        assert_eq!(admitted.status, 200, "{window}");
+        assert_eq!(admitted.header("ratelimit-limit"), Some("1"), "{window}");
+        assert_eq!(
+            admitted.header("ratelimit-remaining"),
+            Some("0"),
+            "{window}"
+        );
+        assert_eq!(
+            admitted.header("ratelimit-reset"),
+            Some(&*reset),
+            "{window}"
+        );
+        let refused = h.send(TestRequest::get("/")).response;
+        assert_eq!(refused.status, 429, "{window}");
+        assert_eq!(refused.header("retry-after"), Some(&*reset), "{window}");
+        assert_eq!(refused.header("ratelimit-reset"), Some(&*reset), "{window}");
+    }
 }
