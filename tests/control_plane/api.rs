@@ -719,7 +719,7 @@ async fn the_openapi_document_is_true() {
     let cp = TestControlPlane::start(dir.path());
     let document = cp.expect(200, "GET", "/v2/openapi.json", None).await;
     assert_eq!(document["openapi"], "3.1.0");
-    let mut contract = Contract::new(document.clone());
+    let mut contract = Contract::new(&cp, document.clone());
     let paths = document["paths"].as_object().expect("paths");
     let mut operations = 0;
     for (path, item) in paths {
@@ -781,14 +781,16 @@ async fn the_openapi_document_is_true() {
 /// exercises (found from the concrete path), must answer a status the document gives for it,
 /// and its body must validate against that status's schema (JSON Schema 2020-12, as OpenAPI
 /// 3.1 says, `$ref`s resolved in the document's components, formats checked).
-struct Contract {
+struct Contract<'a> {
+    cp: &'a TestControlPlane,
     document: Value,
     covered: std::collections::BTreeSet<(String, String, u16)>,
 }
 
-impl Contract {
-    fn new(document: Value) -> Contract {
+impl<'a> Contract<'a> {
+    fn new(cp: &'a TestControlPlane, document: Value) -> Contract<'a> {
         Contract {
+            cp,
             document,
             covered: Default::default(),
         }
@@ -827,23 +829,34 @@ impl Contract {
     }
 
     /// Calls the API, insists on `status`, and checks the answer against the document.
-    async fn call(
-        &mut self,
-        cp: &TestControlPlane,
-        status: u16,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Value {
-        let response = cp.call(method, path, body).await;
-        assert_eq!(
-            response.status,
-            status,
-            "{method} {path} answered {}: {}",
-            response.status,
-            response.text()
-        );
+    async fn call(&mut self, status: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let response = self.cp.expect_response(status, method, path, body).await;
         self.check(method, path, &response)
+    }
+
+    /// Kong's read: `GET`, answered 200.
+    async fn get(&mut self, path: &str) -> Value {
+        self.call(200, "GET", path, None).await
+    }
+
+    /// Kong's create: `POST`, answered 201.
+    async fn create(&mut self, path: &str, body: Value) -> Value {
+        self.call(201, "POST", path, Some(&body)).await
+    }
+
+    /// Kong's upsert of what exists or is named: `PUT`, answered 200.
+    async fn upsert(&mut self, path: &str, body: Value) -> Value {
+        self.call(200, "PUT", path, Some(&body)).await
+    }
+
+    /// Kong's update: `PATCH`, answered 200.
+    async fn update(&mut self, path: &str, body: Value) {
+        self.call(200, "PATCH", path, Some(&body)).await;
+    }
+
+    /// Kong's delete: `DELETE`, answered 204.
+    async fn delete(&mut self, path: &str) {
+        self.call(204, "DELETE", path, None).await;
     }
 
     /// Checks an answer against the document: its status is documented for the operation,
@@ -944,130 +957,95 @@ async fn every_operation_answers_what_the_openapi_document_says() {
     let dir = dir();
     let cp = TestControlPlane::start(dir.path());
     let document = cp.expect(200, "GET", "/v2/openapi.json", None).await;
-    let mut contract = Contract::new(document);
-    contract
-        .call(&cp, 200, "GET", "/v2/openapi.json", None)
-        .await;
+    let mut contract = Contract::new(&cp, document);
+    contract.get("/v2/openapi.json").await;
 
     // Control planes.
+    let control_planes = "/v2/control-planes";
     let created = contract
-        .call(
-            &cp,
-            201,
-            "POST",
-            "/v2/control-planes",
-            Some(&json!({ "name": "cp", "description": "d", "labels": { "team": "edge" } })),
+        .create(
+            control_planes,
+            json!({ "name": "cp", "description": "d", "labels": { "team": "edge" } }),
         )
         .await;
     let id = created["id"].as_str().expect("id").to_owned();
     let serverless = contract
-        .call(
-            &cp,
-            201,
-            "POST",
-            "/v2/control-planes",
-            Some(&json!({ "name": "serverless", "cluster_type": "CLUSTER_TYPE_SERVERLESS_V1" })),
+        .create(
+            control_planes,
+            json!({ "name": "serverless", "cluster_type": "CLUSTER_TYPE_SERVERLESS_V1" }),
         )
         .await;
     let serverless_id = serverless["id"].as_str().expect("id").to_owned();
     let doomed = contract
-        .call(
-            &cp,
-            201,
-            "POST",
-            "/v2/control-planes",
-            Some(&json!({ "name": "doomed" })),
-        )
+        .create(control_planes, json!({ "name": "doomed" }))
         .await;
-    let listed = contract
-        .call(&cp, 200, "GET", "/v2/control-planes?page[size]=2", None)
-        .await;
+    let doomed_id = doomed["id"].as_str().expect("id");
+    let listed = contract.get("/v2/control-planes?page[size]=2").await;
     assert_eq!(listed["data"].as_array().map(Vec::len), Some(2));
     assert_eq!(listed["meta"]["page"]["total"], 3);
+    let control_plane = format!("/v2/control-planes/{id}");
+    contract.get(&control_plane).await;
     contract
-        .call(&cp, 200, "GET", &format!("/v2/control-planes/{id}"), None)
-        .await;
-    contract
-        .call(
-            &cp,
-            200,
-            "PATCH",
-            &format!("/v2/control-planes/{id}"),
-            Some(&json!({ "description": null, "labels": { "env": "dev" } })),
+        .update(
+            &control_plane,
+            json!({ "description": null, "labels": { "env": "dev" } }),
         )
         .await;
 
     // Core entities: every kind created flat and nested, read, listed, replaced, patched.
     let base = format!("/v2/control-planes/{id}/core-entities");
+    let (services, routes, plugins) = (
+        format!("{base}/services"),
+        format!("{base}/routes"),
+        format!("{base}/plugins"),
+    );
     let service = contract
-        .call(
-            &cp,
-            201,
-            "POST",
-            &format!("{base}/services"),
-            Some(&json!({ "name": "echo", "url": "http://127.0.0.1:9/api", "tags": ["t"] })),
+        .create(
+            &services,
+            json!({ "name": "echo", "url": "http://127.0.0.1:9/api", "tags": ["t"] }),
         )
         .await;
     let service_id = service["id"].as_str().expect("id").to_owned();
     let spare = contract
-        .call(
-            &cp,
-            201,
-            "POST",
-            &format!("{base}/services"),
-            Some(&json!({ "name": "spare", "host": "spare.internal" })),
+        .create(
+            &services,
+            json!({ "name": "spare", "host": "spare.internal" }),
         )
         .await;
     let nested_route = contract
-        .call(
-            &cp,
-            201,
-            "POST",
-            &format!("{base}/services/{service_id}/routes"),
-            Some(&json!({ "name": "nested", "paths": ["/nested"] })),
+        .create(
+            &format!("{services}/{service_id}/routes"),
+            json!({ "name": "nested", "paths": ["/nested"] }),
         )
         .await;
     let route = contract
-        .call(
-            &cp,
-            201,
-            "POST",
-            &format!("{base}/routes"),
-            Some(&json!({ "name": "flat", "paths": ["/flat"], "service": { "id": service_id } })),
+        .create(
+            &routes,
+            json!({ "name": "flat", "paths": ["/flat"], "service": { "id": service_id } }),
         )
         .await;
     let route_id = route["id"].as_str().expect("id").to_owned();
+    let flat_route = format!("{routes}/{route_id}");
     let global = contract
-        .call(
-            &cp,
-            201,
-            "POST",
-            &format!("{base}/plugins"),
-            Some(&json!({ "name": "rate-limiting", "config": { "second": 50 } })),
+        .create(
+            &plugins,
+            json!({ "name": "rate-limiting", "config": { "second": 50 } }),
         )
         .await;
     let service_plugin = contract
-        .call(
-            &cp,
-            201,
-            "POST",
-            &format!("{base}/services/echo/plugins"),
-            Some(&json!({ "name": "request-transformer", "config": { "add": { "headers": ["a:1"] } } })),
+        .create(
+            &format!("{services}/echo/plugins"),
+            json!({ "name": "request-transformer", "config": { "add": { "headers": ["a:1"] } } }),
         )
         .await;
     contract
-        .call(
-            &cp,
-            201,
-            "POST",
-            &format!("{base}/routes/{route_id}/plugins"),
-            Some(&json!({ "name": "request-size-limiting", "config": { "allowed_payload_size": 1 } })),
+        .create(
+            &format!("{flat_route}/plugins"),
+            json!({ "name": "request-size-limiting", "config": { "allowed_payload_size": 1 } }),
         )
         .await;
     for kind in ["services", "routes", "plugins"] {
-        let list = contract
-            .call(&cp, 200, "GET", &format!("{base}/{kind}?size=100"), None)
-            .await;
+        let list = contract.get(&format!("{base}/{kind}?size=100")).await;
         assert!(!list["data"].as_array().expect("data").is_empty(), "{kind}");
     }
     for nested in [
@@ -1075,15 +1053,14 @@ async fn every_operation_answers_what_the_openapi_document_says() {
         format!("services/{service_id}/plugins"),
         format!("routes/{route_id}/plugins"),
     ] {
-        let list = contract
-            .call(&cp, 200, "GET", &format!("{base}/{nested}"), None)
-            .await;
+        let list = contract.get(&format!("{base}/{nested}")).await;
         assert!(
             !list["data"].as_array().expect("data").is_empty(),
             "{nested}"
         );
     }
     let global_id = global["id"].as_str().expect("id");
+    let global_plugin = format!("{plugins}/{global_id}");
     let service_plugin_id = service_plugin["id"].as_str().expect("id");
     for one in [
         format!("services/{service_id}"),
@@ -1091,178 +1068,90 @@ async fn every_operation_answers_what_the_openapi_document_says() {
         format!("routes/{route_id}"),
         format!("plugins/{global_id}"),
     ] {
-        contract
-            .call(&cp, 200, "GET", &format!("{base}/{one}"), None)
-            .await;
+        contract.get(&format!("{base}/{one}")).await;
     }
     contract
-        .call(
-            &cp,
-            200,
-            "PUT",
-            &format!("{base}/services/upserted"),
-            Some(&json!({ "host": "upserted.internal" })),
+        .upsert(
+            &format!("{services}/upserted"),
+            json!({ "host": "upserted.internal" }),
         )
         .await;
     contract
-        .call(
-            &cp,
-            200,
-            "PUT",
-            &format!("{base}/routes/{route_id}"),
-            Some(&json!({ "name": "flat", "paths": ["/flat2"], "service": { "id": service_id } })),
+        .upsert(
+            &flat_route,
+            json!({ "name": "flat", "paths": ["/flat2"], "service": { "id": service_id } }),
         )
         .await;
     contract
-        .call(
-            &cp,
-            200,
-            "PUT",
-            &format!("{base}/plugins/{global_id}"),
-            Some(&json!({ "name": "rate-limiting", "config": { "minute": 500 } })),
+        .upsert(
+            &global_plugin,
+            json!({ "name": "rate-limiting", "config": { "minute": 500 } }),
         )
         .await;
     contract
-        .call(
-            &cp,
-            200,
-            "PATCH",
-            &format!("{base}/services/{service_id}"),
-            Some(&json!({ "retries": 2 })),
+        .update(&format!("{services}/{service_id}"), json!({ "retries": 2 }))
+        .await;
+    let nested_route_id = nested_route["id"].as_str().expect("id");
+    contract
+        .update(
+            &format!("{routes}/{nested_route_id}"),
+            json!({ "strip_path": false }),
         )
         .await;
     contract
-        .call(
-            &cp,
-            200,
-            "PATCH",
-            &format!("{base}/routes/{}", nested_route["id"].as_str().expect("id")),
-            Some(&json!({ "strip_path": false })),
-        )
-        .await;
-    contract
-        .call(
-            &cp,
-            200,
-            "PATCH",
-            &format!("{base}/plugins/{service_plugin_id}"),
-            Some(&json!({ "enabled": false })),
+        .update(
+            &format!("{plugins}/{service_plugin_id}"),
+            json!({ "enabled": false }),
         )
         .await;
 
     // The rest of a control plane: versions, declarative files, certificates, Envoy.
     let hash = contract
-        .call(
-            &cp,
-            200,
-            "GET",
-            &format!("/v2/control-planes/{id}/expected-config-hash"),
-            None,
-        )
+        .get(&format!("{control_plane}/expected-config-hash"))
         .await;
-    let export = contract
-        .call(
-            &cp,
-            200,
-            "GET",
-            &format!("/v2/control-planes/{id}/declarative-config"),
-            None,
-        )
-        .await;
-    let yaml = contract
-        .call(
-            &cp,
-            200,
-            "GET",
-            &format!("/v2/control-planes/{id}/declarative-config?format=yaml"),
-            None,
-        )
-        .await;
+    let declarative = format!("{control_plane}/declarative-config");
+    let export = contract.get(&declarative).await;
+    let yaml = contract.get(&format!("{declarative}?format=yaml")).await;
     assert_eq!(yaml, export);
     let imported = contract
-        .call(
-            &cp,
-            201,
-            "POST",
-            &format!(
-                "/v2/control-planes/{}/declarative-config",
-                doomed["id"].as_str().expect("id")
-            ),
-            Some(&export),
+        .create(
+            &format!("/v2/control-planes/{doomed_id}/declarative-config"),
+            export,
         )
         .await;
     assert_eq!(imported["config_hash"], hash["expected_hash"]);
-    let certificates = format!("/v2/control-planes/{id}/dp-client-certificates");
+    let certificates = format!("{control_plane}/dp-client-certificates");
     let (pem, _) = control_plane::pki::client_certificate("dp").expect("cert");
-    let pinned = contract
-        .call(
-            &cp,
-            201,
-            "POST",
-            &certificates,
-            Some(&json!({ "cert": pem })),
-        )
-        .await;
+    let pinned = contract.create(&certificates, json!({ "cert": pem })).await;
     let certificate_id = pinned["item"]["id"].as_str().expect("id").to_owned();
-    contract.call(&cp, 200, "GET", &certificates, None).await;
+    contract.get(&certificates).await;
+    let certificate = format!("{certificates}/{certificate_id}");
+    contract.get(&certificate).await;
     contract
-        .call(
-            &cp,
-            200,
-            "GET",
-            &format!("{certificates}/{certificate_id}"),
-            None,
-        )
-        .await;
-    contract
-        .call(
-            &cp,
-            201,
-            "POST",
-            &format!("/v2/control-planes/{id}/envoy-bootstrap"),
-            Some(&json!({ "node_id": "envoy-1", "listen": "127.0.0.1:10000" })),
+        .create(
+            &format!("{control_plane}/envoy-bootstrap"),
+            json!({ "node_id": "envoy-1", "listen": "127.0.0.1:10000" }),
         )
         .await;
 
     // A cloud gateway: its real gateway process connects and shows up as a node.
+    let configurations = "/v3/cloud-gateways/configurations";
     let configuration = json!({
         "control_plane_id": serverless_id,
         "control_plane_geo": "us",
         "dataplane_groups": [{ "region": "us", "provider": "aws" }],
         "kind": "serverless.v1",
     });
+    // The first PUT creates it; the same PUT again replaces it.
     let provisioned = contract
-        .call(
-            &cp,
-            201,
-            "PUT",
-            "/v3/cloud-gateways/configurations",
-            Some(&configuration),
-        )
+        .call(201, "PUT", configurations, Some(&configuration))
         .await;
     let configuration_id = provisioned["id"].as_str().expect("id").to_owned();
-    let replaced = contract
-        .call(
-            &cp,
-            200,
-            "PUT",
-            "/v3/cloud-gateways/configurations",
-            Some(&configuration),
-        )
-        .await;
+    let replaced = contract.upsert(configurations, configuration).await;
     assert_eq!(replaced["id"], provisioned["id"]);
-    contract
-        .call(&cp, 200, "GET", "/v3/cloud-gateways/configurations", None)
-        .await;
-    contract
-        .call(
-            &cp,
-            200,
-            "GET",
-            &format!("/v3/cloud-gateways/configurations/{configuration_id}"),
-            None,
-        )
-        .await;
+    contract.get(configurations).await;
+    let provisioned = format!("{configurations}/{configuration_id}");
+    contract.get(&provisioned).await;
     let nodes = format!("/v2/control-planes/{serverless_id}/nodes");
     wasmgate_tests::until(
         "the provisioned gateway's node",
@@ -1277,69 +1166,21 @@ async fn every_operation_answers_what_the_openapi_document_says() {
         },
     )
     .await;
-    let listed = contract.call(&cp, 200, "GET", &nodes, None).await;
+    let listed = contract.get(&nodes).await;
     let node_id = listed["items"][0]["id"].as_str().expect("id").to_owned();
-    contract
-        .call(&cp, 200, "GET", &format!("{nodes}/{node_id}"), None)
-        .await;
+    let node = format!("{nodes}/{node_id}");
+    contract.get(&node).await;
 
     // Deletions, last.
+    contract.delete(&provisioned).await;
+    contract.delete(&node).await;
+    contract.delete(&certificate).await;
+    contract.delete(&global_plugin).await;
+    contract.delete(&flat_route).await;
+    let spare_id = spare["id"].as_str().expect("id");
+    contract.delete(&format!("{services}/{spare_id}")).await;
     contract
-        .call(
-            &cp,
-            204,
-            "DELETE",
-            &format!("/v3/cloud-gateways/configurations/{configuration_id}"),
-            None,
-        )
-        .await;
-    contract
-        .call(&cp, 204, "DELETE", &format!("{nodes}/{node_id}"), None)
-        .await;
-    contract
-        .call(
-            &cp,
-            204,
-            "DELETE",
-            &format!("{certificates}/{certificate_id}"),
-            None,
-        )
-        .await;
-    contract
-        .call(
-            &cp,
-            204,
-            "DELETE",
-            &format!("{base}/plugins/{global_id}"),
-            None,
-        )
-        .await;
-    contract
-        .call(
-            &cp,
-            204,
-            "DELETE",
-            &format!("{base}/routes/{route_id}"),
-            None,
-        )
-        .await;
-    contract
-        .call(
-            &cp,
-            204,
-            "DELETE",
-            &format!("{base}/services/{}", spare["id"].as_str().expect("id")),
-            None,
-        )
-        .await;
-    contract
-        .call(
-            &cp,
-            204,
-            "DELETE",
-            &format!("/v2/control-planes/{}", doomed["id"].as_str().expect("id")),
-            None,
-        )
+        .delete(&format!("{control_planes}/{doomed_id}"))
         .await;
 
     let uncovered = contract.uncovered();

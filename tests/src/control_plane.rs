@@ -104,6 +104,18 @@ impl TestControlPlane {
         path: &str,
         body: Option<&Value>,
     ) -> Value {
+        let response = self.expect_response(status, method, path, body).await;
+        response.json().unwrap_or(Value::Null)
+    }
+
+    /// [`expect`](Self::expect), for a caller that reads more of the answer than its JSON.
+    pub async fn expect_response(
+        &self,
+        status: u16,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Response {
         let response = self.call(method, path, body).await;
         assert_eq!(
             response.status,
@@ -112,7 +124,7 @@ impl TestControlPlane {
             response.status,
             response.text()
         );
-        response.json().unwrap_or(Value::Null)
+        response
     }
 
     /// Adds a service to control plane `id`; returns it as stored.
