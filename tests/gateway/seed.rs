@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use gateway::Gateway;
 use wasmgate_tests::client::{send, Connection};
+use wasmgate_tests::seed::assert_secret_injected_and_rate_limited;
 use wasmgate_tests::windows::{check_fixed_window, epoch_seconds, Decision};
-use wasmgate_tests::{paths, EchoReport, EchoUpstream, Protocol, Request, RequestBody};
+use wasmgate_tests::{paths, EchoUpstream, Protocol, Request, RequestBody};
 
 const TOKEN: &str = "seed-test-token";
 
@@ -25,22 +26,7 @@ async fn the_seed_gateway_injects_the_secret_and_limits_size() {
     let echo = EchoUpstream::start().await.unwrap();
     let gateway = start(&echo);
     for protocol in Protocol::ALL {
-        let response = send(
-            gateway.addr(),
-            protocol,
-            &Request::get("/hello").header("authorization", "Bearer client"),
-        )
-        .await
-        .unwrap();
-        assert_eq!(response.status, 200, "{}", response.text());
-        let seen: EchoReport = serde_json::from_slice(&response.body).unwrap();
-        assert_eq!(
-            seen.header_values("authorization"),
-            vec![format!("Bearer {TOKEN}").as_str()]
-        );
-        assert!(response
-            .header("x-ratelimit-limit-second")
-            .is_some_and(|v| v == "100"));
+        assert_secret_injected_and_rate_limited(gateway.addr(), protocol, TOKEN).await;
     }
     // The admin API exports the gateway's metrics and the modules' own.
     let admin = gateway.admin_addr().unwrap();

@@ -14,7 +14,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use wasmgate_tests::client::send;
-use wasmgate_tests::{EchoReport, Protocol, Request, RequestBody};
+use wasmgate_tests::seed::assert_secret_injected_and_rate_limited;
+use wasmgate_tests::{Protocol, Request, RequestBody};
 
 const TOKEN: &str = "xtask-run-test-token";
 
@@ -108,20 +109,7 @@ fn stop(mut running: Running, listen: SocketAddr) {
 }
 
 async fn the_seed_holds(listen: SocketAddr) {
-    let response = send(
-        listen,
-        Protocol::Http1,
-        &Request::get("/hello").header("authorization", "Bearer mine"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(response.status, 200, "{}", response.text());
-    let seen: EchoReport = serde_json::from_slice(&response.body).unwrap();
-    assert_eq!(
-        seen.header_values("authorization"),
-        [format!("Bearer {TOKEN}").as_str()]
-    );
-    assert_eq!(response.header("x-ratelimit-limit-second"), Some("100"));
+    assert_secret_injected_and_rate_limited(listen, Protocol::Http1, TOKEN).await;
 
     let upload = Request::post(
         "/upload",
