@@ -1037,6 +1037,43 @@ mod tests {
         HttpStream::new(filters, StreamInfo::default())
     }
 
+    /// A filter that stops at every `at` and lets everything else through.
+    fn stopping_at(name: &'static str, log: &Log, at: Ev) -> Box<dyn HttpFilter> {
+        fake(name, log, move |ev, _, _| match ev {
+            ev if ev == at => Stop,
+            _ => Continue,
+        })
+    }
+
+    /// A filter that answers `response` itself at `at`, as a plugin refusing a request does.
+    fn replying_at(
+        name: &'static str,
+        log: &Log,
+        at: Ev,
+        response: LocalResponse,
+    ) -> Box<dyn HttpFilter> {
+        fake(name, log, move |ev, s, _| {
+            if ev == at {
+                s.local_response = Some(response.clone());
+                return Stop;
+            }
+            Continue
+        })
+    }
+
+    /// `b` between two filters that let everything through: one that runs before it on the
+    /// request and one that runs before it on the response.
+    fn between_a_and_c(b: Box<dyn HttpFilter>, log: &Log) -> HttpStream {
+        chain(vec![pass("a", log), b, pass("c", log)])
+    }
+
+    /// Filters a, b and c, where b stops at every `at`, and their log.
+    fn b_stopping_at(at: Ev) -> (Log, HttpStream) {
+        let log = Log::default();
+        let s = between_a_and_c(stopping_at("b", &log, at), &log);
+        (log, s)
+    }
+
     /// The log since the last call.
     fn seen(log: &Log) -> Vec<String> {
         std::mem::take(&mut *log.borrow_mut())
@@ -1260,12 +1297,7 @@ mod tests {
     /// (`iterate_from_current_filter_`), then on.
     #[test]
     fn a_headers_stop_holds_the_headers_and_buffers_the_body_for_the_filter_that_stopped() {
-        let log = Log::default();
-        let b = fake("b", &log, |ev, _, _| match ev {
-            Ev::ReqHeaders => Stop,
-            _ => Continue,
-        });
-        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        let (log, mut s) = b_stopping_at(Ev::ReqHeaders);
         s.request_headers(req(), false);
         assert_eq!(seen(&log), ["a ReqHeaders", "b ReqHeaders"]);
         assert_eq!(s.take_outputs(), []);
@@ -1327,7 +1359,7 @@ mod tests {
             }
             _ => Continue,
         });
-        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        let mut s = between_a_and_c(b, &log);
         s.request_headers(req(), true);
         assert_eq!(
             s.take_callouts(),
@@ -1367,7 +1399,7 @@ mod tests {
             Ev::ReqBody if !eos => Stop,
             _ => Continue,
         });
-        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        let mut s = between_a_and_c(b, &log);
         s.request_headers(req(), false);
         assert_eq!(s.take_outputs(), [req_headers(req(), false)]);
         s.request_data(b"12".to_vec(), false);
@@ -1408,7 +1440,7 @@ mod tests {
             }
             _ => Continue,
         });
-        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        let mut s = between_a_and_c(b, &log);
         s.request_headers(req(), false);
         s.request_data(b"12".to_vec(), false);
         s.request_data(b"34".to_vec(), false);
@@ -1435,12 +1467,7 @@ mod tests {
     /// as trailers (Envoy: `commonContinue` → `doData(end_stream = false)`, `doTrailers`).
     #[test]
     fn trailers_behind_a_buffering_filter_follow_the_body_as_trailers() {
-        let log = Log::default();
-        let b = fake("b", &log, |ev, _, _| match ev {
-            Ev::ReqBody => Stop,
-            _ => Continue,
-        });
-        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        let (log, mut s) = b_stopping_at(Ev::ReqBody);
         s.request_headers(req(), false);
         s.request_data(b"12".to_vec(), false);
         seen(&log);
@@ -1470,12 +1497,7 @@ mod tests {
     /// phases of every filter that saw the request.
     #[test]
     fn a_request_buffered_past_the_limit_gets_413_and_not_at_the_limit() {
-        let log = Log::default();
-        let b = fake("b", &log, |ev, _, _| match ev {
-            Ev::ReqBody => Stop,
-            _ => Continue,
-        });
-        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        let (log, mut s) = b_stopping_at(Ev::ReqBody);
         s.set_buffer_limit(4);
         s.request_headers(req(), false);
         s.request_data(b"12".to_vec(), false);
@@ -1529,10 +1551,7 @@ mod tests {
     #[test]
     fn a_response_buffered_past_the_limit_after_its_headers_went_out_is_reset() {
         let log = Log::default();
-        let b = fake("b", &log, |ev, _, _| match ev {
-            Ev::RespBody => Stop,
-            _ => Continue,
-        });
+        let b = stopping_at("b", &log, Ev::RespBody);
         let mut s = chain(vec![pass("a", &log), b]);
         s.set_buffer_limit(3);
         s.request_headers(req(), true);
@@ -1558,19 +1577,14 @@ mod tests {
     #[test]
     fn a_local_reply_skips_later_filters_and_passes_back_through_those_that_saw_the_request() {
         let log = Log::default();
-        let b = fake("b", &log, |ev, s, _| {
-            if ev == Ev::ReqHeaders {
-                s.local_response = Some(LocalResponse {
-                    status: 403,
-                    headers: h(&[("x-why", "b"), ("content-length", "99")]),
-                    body: b"no".to_vec(),
-                    ..LocalResponse::default()
-                });
-                return Stop;
-            }
-            Continue
-        });
-        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        let reply = LocalResponse {
+            status: 403,
+            headers: h(&[("x-why", "b"), ("content-length", "99")]),
+            body: b"no".to_vec(),
+            ..LocalResponse::default()
+        };
+        let b = replying_at("b", &log, Ev::ReqHeaders, reply);
+        let mut s = between_a_and_c(b, &log);
         s.request_headers(req(), false);
         assert_eq!(
             seen(&log),
@@ -1615,16 +1629,11 @@ mod tests {
     #[test]
     fn a_local_reply_without_a_body_ends_at_its_headers_and_keeps_the_filters_content_type() {
         let log = Log::default();
-        let a = fake("a", &log, |ev, s, _| {
-            if ev == Ev::ReqHeaders {
-                s.local_response = Some(LocalResponse {
-                    status: 429,
-                    ..LocalResponse::default()
-                });
-                return Stop;
-            }
-            Continue
-        });
+        let reply = LocalResponse {
+            status: 429,
+            ..LocalResponse::default()
+        };
+        let a = replying_at("a", &log, Ev::ReqHeaders, reply);
         let mut s = chain(vec![a, pass("b", &log)]);
         s.request_headers(req(), true);
         assert_eq!(
@@ -1639,18 +1648,13 @@ mod tests {
             ["a ReqHeaders eos", "a RespHeaders eos", "a Done", "b Done"]
         );
 
-        let a = fake("a", &log, |ev, s, _| {
-            if ev == Ev::ReqHeaders {
-                s.local_response = Some(LocalResponse {
-                    status: 400,
-                    headers: h(&[("content-type", "application/json")]),
-                    body: b"{}".to_vec(),
-                    ..LocalResponse::default()
-                });
-                return Stop;
-            }
-            Continue
-        });
+        let reply = LocalResponse {
+            status: 400,
+            headers: h(&[("content-type", "application/json")]),
+            body: b"{}".to_vec(),
+            ..LocalResponse::default()
+        };
+        let a = replying_at("a", &log, Ev::ReqHeaders, reply);
         let mut s = chain(vec![a]);
         s.request_headers(req(), false);
         assert_eq!(
@@ -1674,18 +1678,13 @@ mod tests {
     #[test]
     fn a_local_reply_from_a_response_phase_goes_straight_to_the_client() {
         let log = Log::default();
-        let b = fake("b", &log, |ev, s, _| {
-            if ev == Ev::RespHeaders {
-                s.local_response = Some(LocalResponse {
-                    status: 502,
-                    body: b"bad".to_vec(),
-                    ..LocalResponse::default()
-                });
-                return Stop;
-            }
-            Continue
-        });
-        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        let reply = LocalResponse {
+            status: 502,
+            body: b"bad".to_vec(),
+            ..LocalResponse::default()
+        };
+        let b = replying_at("b", &log, Ev::RespHeaders, reply);
+        let mut s = between_a_and_c(b, &log);
         s.request_headers(req(), true);
         s.take_outputs();
         seen(&log);
@@ -1723,16 +1722,11 @@ mod tests {
     #[test]
     fn a_local_reply_after_the_response_headers_went_out_resets_the_stream() {
         let log = Log::default();
-        let a = fake("a", &log, |ev, s, _| {
-            if ev == Ev::RespBody {
-                s.local_response = Some(LocalResponse {
-                    status: 500,
-                    ..LocalResponse::default()
-                });
-                return Stop;
-            }
-            Continue
-        });
+        let reply = LocalResponse {
+            status: 500,
+            ..LocalResponse::default()
+        };
+        let a = replying_at("a", &log, Ev::RespBody, reply);
         let mut s = chain(vec![a]);
         s.request_headers(req(), true);
         s.response_headers(resp(), false);
@@ -1767,7 +1761,7 @@ mod tests {
             }
             Continue
         });
-        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        let mut s = between_a_and_c(b, &log);
         s.request_headers(req(), false);
         s.request_data(b"x".to_vec(), false);
         assert_eq!(s.take_outputs(), [req_headers(req(), false), Output::Reset]);
@@ -1817,12 +1811,7 @@ mod tests {
     /// the filters after it in response order (earlier in the chain) wait.
     #[test]
     fn a_response_headers_stop_buffers_the_response_body_until_resumed() {
-        let log = Log::default();
-        let b = fake("b", &log, |ev, _, _| match ev {
-            Ev::RespHeaders => Stop,
-            _ => Continue,
-        });
-        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        let (log, mut s) = b_stopping_at(Ev::RespHeaders);
         s.request_headers(req(), true);
         s.take_outputs();
         seen(&log);
@@ -1879,7 +1868,7 @@ mod tests {
                 _ => Continue,
             }),
         });
-        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        let mut s = between_a_and_c(b, &log);
         s.request_headers(req(), false);
         s.request_data(b"12".to_vec(), false);
         assert_eq!(s.take_outputs(), []);
@@ -1911,12 +1900,7 @@ mod tests {
     /// filter that stopped, then the trailers from it.
     #[test]
     fn trailers_behind_held_headers_reach_the_earlier_filters_at_once_the_rest_on_resume() {
-        let log = Log::default();
-        let b = fake("b", &log, |ev, _, _| match ev {
-            Ev::ReqHeaders => Stop,
-            _ => Continue,
-        });
-        let mut s = chain(vec![pass("a", &log), b, pass("c", &log)]);
+        let (log, mut s) = b_stopping_at(Ev::ReqHeaders);
         s.request_headers(req(), false);
         s.request_data(b"12".to_vec(), false);
         s.request_trailers(h(&[("x-t", "1")]));
@@ -1954,10 +1938,7 @@ mod tests {
 
         // Without a body: the trailers follow the headers.
         let log = Log::default();
-        let b = fake("b", &log, |ev, _, _| match ev {
-            Ev::ReqHeaders => Stop,
-            _ => Continue,
-        });
+        let b = stopping_at("b", &log, Ev::ReqHeaders);
         let mut s = chain(vec![pass("a", &log), b]);
         s.request_headers(req(), false);
         s.request_trailers(h(&[("x-t", "2")]));
