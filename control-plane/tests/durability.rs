@@ -1,37 +1,53 @@
 //! "A 2xx means it is on disk": the real binary is killed with SIGKILL right after the API
 //! answered, then started again on the same data directory.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_control-plane");
 const TOKEN: &str = "durability-test-token";
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-}
-
-fn serve(data_dir: &std::path::Path, api: SocketAddr) -> Child {
-    Command::new(BINARY)
+/// Starts the control plane on `data_dir` with every listener on a port the kernel picks, and
+/// returns it with its API address, read back from the line it prints once it listens
+/// ("control plane: API http://<addr> · ...").
+fn serve(data_dir: &std::path::Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(BINARY)
         .arg("serve")
-        .arg("--listen")
-        .arg(api.to_string())
-        .arg("--cluster-listen")
-        .arg(free_port().to_string())
-        .arg("--xds-listen")
-        .arg(free_port().to_string())
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--cluster-listen", "127.0.0.1:0"])
+        .args(["--xds-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--token")
         .arg(TOKEN)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let (lines, from_child) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    // Reads stdout to its end, so that the control plane never writes to a closed pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let api = loop {
+        let line = from_child
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the control plane's startup line within 30 s");
+        let api = line
+            .strip_prefix("control plane: API http://")
+            .and_then(|rest| rest.split(' ').next()?.parse::<SocketAddr>().ok());
+        if let Some(api) = api {
+            break api;
+        }
+    };
+    assert_ne!(api.port(), 0);
+    (child, api)
 }
 
 /// One request with the API token; the status and the body.
@@ -64,8 +80,7 @@ fn wait_until_serving(api: SocketAddr) {
 #[test]
 fn a_2xx_survives_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let api = free_port();
-    let mut first = serve(dir.path(), api);
+    let (mut first, api) = serve(dir.path());
     wait_until_serving(api);
     let mut created = Vec::new();
     for n in 0..5 {
@@ -84,7 +99,8 @@ fn a_2xx_survives_a_sigkill() {
     first.kill().unwrap();
     first.wait().unwrap();
 
-    let mut second = serve(dir.path(), api);
+    // Started again on the same data directory (on a port of its own).
+    let (mut second, api) = serve(dir.path());
     wait_until_serving(api);
     let (status, body) = call(api, "GET", "/v2/control-planes", "").expect("an answer");
     let _ = second.kill();

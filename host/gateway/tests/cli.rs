@@ -117,13 +117,6 @@ fn envoy_bootstrap_writes_the_same_services_for_envoy() {
     );
 }
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// A one-line upstream: answers every request with `body`.
 fn upstream(body: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -259,6 +252,26 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Every address the gateway is told is `127.0.0.1:0`: the kernel picks free ports, and the
+/// gateway's startup line on stderr says which ("wasmgate: gateway on http://<listen> (admin
+/// http://<admin>), ..."). This reads the listen address back from it.
+const ANY_PORT: &str = "127.0.0.1:0";
+
+fn listen_address(stderr: &Lines) -> SocketAddr {
+    const PREFIX: &str = "wasmgate: gateway on http://";
+    let mut found = None;
+    wait_for("the gateway's startup line", || {
+        found = stderr.all().iter().find_map(|line| {
+            let rest = line.strip_prefix(PREFIX)?;
+            rest.split([' ', ',']).next()?.parse::<SocketAddr>().ok()
+        });
+        found.is_some()
+    });
+    let addr = found.unwrap();
+    assert_ne!(addr.port(), 0, "{:?}", stderr.all());
+    addr
+}
+
 fn config(route: &str, upstream: SocketAddr) -> String {
     format!("_format_version: \"3.0\"\nservices: [{{name: s, url: \"http://{upstream}\", routes: [{{name: r, paths: [{route}]}}]}}]\n")
 }
@@ -268,14 +281,10 @@ fn run_reloads_on_sighup_and_file_change_and_exits_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let up = upstream("hello");
     let file = write(&dir, "kong.yaml", &config("/one", up));
-    let (listen, admin) = (free_port(), free_port());
     let mut child = Command::new(GATEWAY)
         .args(["run", "--workers", "2", "--no-access-log", "--config"])
         .arg(&file)
-        .arg("--listen")
-        .arg(listen.to_string())
-        .arg("--admin-listen")
-        .arg(admin.to_string())
+        .args(["--listen", ANY_PORT, "--admin-listen", ANY_PORT])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -284,6 +293,7 @@ fn run_reloads_on_sighup_and_file_change_and_exits_on_sigterm() {
     let stdout = Lines::collect(stdout);
     let stderr: ChildStderr = child.stderr.take().unwrap();
     let stderr = Lines::collect(stderr);
+    let listen = listen_address(&stderr);
     wait_for("the gateway to listen", || {
         get(listen, "/one").is_some_and(|(s, _)| s == 200)
     });
@@ -352,19 +362,16 @@ fn sigterm_finishes_the_request_in_flight_before_exiting() {
     let dir = tempfile::tempdir().unwrap();
     let (up, heads, release) = head_echo();
     let file = write(&dir, "kong.yaml", &config("/", up));
-    let listen = free_port();
     let mut child = Command::new(GATEWAY)
         .args(["run", "--workers", "1", "--no-access-log", "--config"])
         .arg(&file)
-        .arg("--listen")
-        .arg(listen.to_string())
-        .arg("--admin-listen")
-        .arg(free_port().to_string())
+        .args(["--listen", ANY_PORT, "--admin-listen", ANY_PORT])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = Lines::collect(child.stderr.take().unwrap());
+    let listen = listen_address(&stderr);
     wait_for("the gateway to listen", || {
         get(listen, "/ready").is_some_and(|(s, _)| s == 200)
     });
@@ -407,16 +414,12 @@ fn secrets_come_only_from_env_allow_and_each_request_is_logged() {
             config("/", up)
         ),
     );
-    let listen = free_port();
     let run = |allow: bool| {
         let mut command = Command::new(GATEWAY);
         command
             .args(["run", "--workers", "1", "--config"])
             .arg(&file)
-            .arg("--listen")
-            .arg(listen.to_string())
-            .arg("--admin-listen")
-            .arg(free_port().to_string())
+            .args(["--listen", ANY_PORT, "--admin-listen", ANY_PORT])
             .env("CLI_BACKEND_TOKEN", "from-the-environment")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -439,6 +442,7 @@ fn secrets_come_only_from_env_allow_and_each_request_is_logged() {
     let mut child = run(true).spawn().unwrap();
     let stdout = Lines::collect(child.stdout.take().unwrap());
     let stderr = Lines::collect(child.stderr.take().unwrap());
+    let listen = listen_address(&stderr);
     wait_for("the gateway to listen", || get(listen, "/ready").is_some());
     let (status, head) = get(listen, "/logged?x=1").unwrap();
     let _ = child.kill();
@@ -492,22 +496,19 @@ fn cpu_time(pid: u32) -> Duration {
 fn out_of_file_descriptors_the_gateway_backs_off_instead_of_spinning() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(&dir, "kong.yaml", &config("/", upstream("hello")));
-    let listen = free_port();
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(r#"ulimit -n 128 && exec "$0" "$@""#)
         .arg(GATEWAY)
         .args(["run", "--workers", "1", "--no-access-log", "--config"])
         .arg(&file)
-        .arg("--listen")
-        .arg(listen.to_string())
-        .arg("--admin-listen")
-        .arg(free_port().to_string())
+        .args(["--listen", ANY_PORT, "--admin-listen", ANY_PORT])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = Lines::collect(child.stderr.take().unwrap());
+    let listen = listen_address(&stderr);
     wait_for("the gateway to listen", || {
         get(listen, "/").is_some_and(|(s, _)| s == 200)
     });
