@@ -1,12 +1,8 @@
 //! request-size-limiting in a real Envoy, beyond the case file: gigabyte streams with flat
 //! memory, and Content-Length headers that lie.
 
-use std::time::Duration;
-
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use wasmgate_tests::client::{send, Connection};
+use wasmgate_tests::client::{raw_exchange, send, Connection};
 use wasmgate_tests::{
     EchoUpstream, Envoy, EnvoyConfig, Protocol, Request, RequestBody, WasmFilter,
 };
@@ -93,15 +89,6 @@ async fn a_gigabyte_over_the_limit_is_cut_off_early_on_both_protocols() {
             arrival.body_bytes
         );
     }
-}
-
-/// Sends raw bytes on HTTP/1.1 and returns whatever Envoy answers until it closes.
-async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let _ = stream.write_all(bytes).await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

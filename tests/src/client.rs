@@ -152,10 +152,13 @@ pub async fn raw_exchange(addr: SocketAddr, request: impl AsRef<[u8]>) -> String
         .unwrap_or_else(|e| panic!("writing to {addr}: {e}"));
     let mut answer = Vec::new();
     // A reset after the answer still leaves the answer.
-    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
-        .await
-        .unwrap_or_else(|_| panic!("{addr} neither answered nor closed within 30 s"));
-    String::from_utf8_lossy(&answer).into_owned()
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        read.is_ok(),
+        "{addr} did not close the connection within 30 s; it answered: {answer:?}"
+    );
+    answer
 }
 
 /// One chunk of the filler pattern.
