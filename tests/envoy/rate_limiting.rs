@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use wasmgate_tests::client::{send, Connection};
 use wasmgate_tests::envoy::ListenerSpec;
+use wasmgate_tests::process::cpu_ns;
 use wasmgate_tests::windows::{check_fixed_window, epoch_seconds, Decision};
 use wasmgate_tests::{paths, EchoUpstream, Envoy, EnvoyConfig, Protocol, Request, WasmFilter};
 
@@ -441,18 +442,6 @@ async fn a_sliding_window_weighs_the_previous_second() {
     }
 }
 
-/// CPU time Envoy's threads have used, in nanoseconds (sum of `/proc/<pid>/task/*/schedstat`).
-fn envoy_cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// Envoy's native local rate limit: one token bucket shared by the workers, with
 /// x-ratelimit headers.
 fn local_ratelimit(per_second: u64) -> Value {
@@ -542,13 +531,13 @@ async fn bench_per_request_cost_next_to_local_ratelimit() {
     for _ in 0..ROUNDS {
         for (i, connection) in connections.iter_mut().enumerate() {
             let mut latencies = Vec::with_capacity(N);
-            let before = envoy_cpu_ns(envoy.pid());
+            let before = cpu_ns(envoy.pid());
             for _ in 0..N {
                 let t = Instant::now();
                 connection.send(&request).await.unwrap();
                 latencies.push(t.elapsed());
             }
-            let used = envoy_cpu_ns(envoy.pid()) - before;
+            let used = cpu_ns(envoy.pid()) - before;
             latencies.sort();
             cpu[i].push(used as f64 / N as f64 / 1000.0);
             p50[i].push(latencies[N / 2].as_secs_f64() * 1e6);

@@ -11,13 +11,7 @@ const MIB: u64 = 1 << 20;
 
 /// Peak resident memory of this test process (gateway, client and echo all live in it).
 fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
+    wasmgate_tests::process::peak_rss(std::process::id()).expect("VmHWM of this process")
 }
 
 fn echo_route(echo: &EchoUpstream) -> String {

@@ -13,6 +13,7 @@ pub mod envoy;
 pub mod gateway;
 pub mod gateway_cases;
 pub mod paths;
+pub mod process;
 pub mod seed;
 pub mod windows;
 
