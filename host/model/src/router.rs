@@ -526,4 +526,36 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn more_headers_then_exact_hosts_then_declaration_order() {
+        // Each pair has the same kinds of criteria, declared loser first.
+        let (c, r) = router(
+            "  - {name: one-header, service: s, paths: [/h], headers: {x-a: [\"1\"]}}\n\
+             \x20 - {name: two-headers, service: s, paths: [/h], headers: {x-a: [\"1\"], x-b: [\"2\"]}}\n\
+             \x20 - {name: wildcard, service: s, paths: [/w], hosts: [\"*.test\"]}\n\
+             \x20 - {name: exact, service: s, paths: [/w], hosts: [a.test]}\n\
+             \x20 - {name: first, service: s, paths: [/same]}\n\
+             \x20 - {name: second, service: s, paths: [/same]}\n",
+        );
+        let find = |host: &str, path: &str, headers: &'static [(&'static str, &'static str)]| {
+            r.find("GET", host, path, |name| {
+                headers
+                    .iter()
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, v)| *v)
+                    .collect()
+            })
+            .map(|m| c.routes[m.route].name.clone())
+        };
+        let both = &[("x-a", "1"), ("x-b", "2")];
+        assert_eq!(find("x", "/h", both).as_deref(), Some("two-headers"));
+        assert_eq!(
+            find("x", "/h", &[("x-a", "1")]).as_deref(),
+            Some("one-header")
+        );
+        assert_eq!(find("a.test", "/w", &[]).as_deref(), Some("exact"));
+        assert_eq!(find("b.test", "/w", &[]).as_deref(), Some("wildcard"));
+        assert_eq!(find("x", "/same", &[]).as_deref(), Some("first"));
+    }
 }
