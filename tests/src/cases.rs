@@ -75,6 +75,10 @@ pub struct CaseRequest {
     /// Send the body without Content-Length (chunked on HTTP/1.1).
     #[serde(default)]
     pub chunked: bool,
+    /// With `chunked` and a text `body`: send it in pieces of this many bytes, paced so that
+    /// each reaches the plugin as its own body callback (1,024 unpaced by default).
+    #[serde(default)]
+    pub chunk_size: Option<usize>,
     /// The client's address: another loopback address (127.0.0.2) is another client IP.
     #[serde(default = "loopback")]
     pub source: IpAddr,
@@ -89,6 +93,7 @@ impl Default for CaseRequest {
             body: None,
             body_size: None,
             chunked: false,
+            chunk_size: None,
             source: loopback(),
         }
     }
@@ -305,13 +310,18 @@ pub fn split_header(entry: &str) -> (String, String) {
 impl CaseRequest {
     /// Only loopback addresses: tests never leave the machine.
     fn validate(&self) -> Result<(), String> {
-        if self.source.is_loopback() {
-            Ok(())
-        } else {
-            Err(format!(
+        if !self.source.is_loopback() {
+            return Err(format!(
                 "request.source {} is not a loopback address",
                 self.source
-            ))
+            ));
+        }
+        match self.chunk_size {
+            Some(0) => Err("request.chunk_size must be at least 1".into()),
+            Some(_) if !self.chunked || self.body.is_none() => {
+                Err("request.chunk_size needs chunked: true and a text body".into())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -320,9 +330,14 @@ impl CaseRequest {
         let headers: Vec<(String, String)> = self.headers.iter().map(|h| split_header(h)).collect();
         let bytes = self.body.as_ref().map(|b| b.clone().into_bytes());
         let body = match (bytes, self.body_size) {
-            (Some(bytes), _) if self.chunked => {
-                RequestBody::Chunks(bytes.chunks(1024).map(<[u8]>::to_vec).collect())
-            }
+            (Some(bytes), _) if self.chunked => match self.chunk_size {
+                // Long enough for a proxy to pass each piece on before the next arrives.
+                Some(size) => RequestBody::Paced {
+                    chunks: bytes.chunks(size).map(<[u8]>::to_vec).collect(),
+                    pause: std::time::Duration::from_millis(20),
+                },
+                None => RequestBody::Chunks(bytes.chunks(1024).map(<[u8]>::to_vec).collect()),
+            },
             (Some(bytes), _) => RequestBody::Bytes(bytes),
             (None, Some(len)) => RequestBody::Filler {
                 len,
@@ -929,5 +944,31 @@ mod tests {
             "config.second: value must be; config.minute: expected a number"
         ));
         assert!(!refusal_says(expected, ""));
+    }
+
+    #[test]
+    fn chunk_size_paces_a_chunked_text_body_and_nothing_else() {
+        let request = |yaml: &str| -> CaseRequest {
+            serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
+        };
+        let paced = request("{body: abcde, chunked: true, chunk_size: 2}");
+        assert_eq!(paced.validate(), Ok(()));
+        match paced.to_request().body {
+            RequestBody::Paced { chunks, .. } => {
+                assert_eq!(chunks, [b"ab".to_vec(), b"cd".to_vec(), b"e".to_vec()])
+            }
+            other => panic!("{other:?}"),
+        }
+        for (yaml, error) in [
+            ("{body: abc, chunked: true, chunk_size: 0}", "at least 1"),
+            ("{body: abc, chunk_size: 2}", "needs chunked"),
+            (
+                "{body_size: 9, chunked: true, chunk_size: 2}",
+                "needs chunked",
+            ),
+        ] {
+            let refused = request(yaml).validate().unwrap_err();
+            assert!(refused.contains(error), "{yaml}: {refused}");
+        }
     }
 }
