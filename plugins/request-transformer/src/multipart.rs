@@ -1087,4 +1087,16 @@ Content-Type: application/octet-stream\r\n\r\n\
             assert!(!reasons[..i].contains(reason), "{reason:?} twice");
         }
     }
+
+    #[test]
+    fn a_boundary_may_be_max_boundary_long_and_a_part_needs_headers() {
+        let longest = format!("multipart/form-data; boundary={}", "-".repeat(MAX_BOUNDARY));
+        assert_eq!(boundary(longest.as_bytes()), Some(vec![b'-'; MAX_BOUNDARY]));
+        // A blank line right after the delimiter line: an empty header block, refused rather
+        // than read as a part without headers.
+        assert_eq!(
+            Multipart::parse(b"--b\r\n\r\n\r\nx\r\n--b--\r\n", b"b").err(),
+            Some(Malformed::BadPartHeaders)
+        );
+    }
 }

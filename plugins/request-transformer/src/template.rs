@@ -504,4 +504,20 @@ mod tests {
         let t = Template::parse("{vault://env/T}", &tricky).unwrap();
         assert_eq!(t.as_text(), Some("$(headers.x)"));
     }
+
+    #[test]
+    fn only_or_joins_operands() {
+        assert_eq!(render("$(headers.missing or 'fallback')"), "fallback");
+        for bad in [
+            "$(headers.a and 'x')",
+            "$(headers.a OR 'x')",
+            "$(headers.a xor 'x')",
+        ] {
+            let err = Template::parse(bad, &no_secrets).unwrap_err();
+            assert!(
+                err.contains("expected 'or' between operands"),
+                "{bad}: {err}"
+            );
+        }
+    }
 }

@@ -1737,4 +1737,20 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn the_clients_host_is_not_in_kongs_table() {
+        // Kong drops `host` from the table first: a rename finds nothing to move, and an
+        // append starts from no value (one Host, not the client's and the appended one).
+        let c = config(r#"{"rename":{"headers":["host:x-client-host"]}}"#);
+        let d = decide(&c, &base("/", &[]), true);
+        assert_eq!(change(&d.changes, "x-client-host"), None);
+        assert_eq!(change(&d.changes, ":authority"), None);
+        let c = config(r#"{"append":{"headers":["host:appended.test"]}}"#);
+        let d = decide(&c, &base("/", &[]), true);
+        assert_eq!(
+            change(&d.changes, ":authority"),
+            Some(vec!["appended.test".into()])
+        );
+    }
 }
