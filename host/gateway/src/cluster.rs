@@ -53,6 +53,34 @@ pub struct Cluster {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The waits between attempts to reach the control plane: 100 ms after a session, twice the
+/// previous one after each failed attempt, never more than [`MAX_BACKOFF`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    /// The wait before the next attempt; the one after it is twice as long, up to the cap.
+    fn next(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (wait * 2).min(MAX_BACKOFF);
+        wait
+    }
+
+    /// A session was established: the next wait is the first one again.
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// The configuration a gateway runs before it has one: no routes (Kong's 404 `no Route
 /// matched`), and the very text a new control plane starts with, so both hash alike.
 pub const EMPTY_CONFIG: &str = r#"{"_format_version":"3.0"}"#;
@@ -184,7 +212,7 @@ impl Cluster {
     }
 
     async fn follow(self, shared: Arc<Shared>) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         self.status(&shared, false, None);
         // The gateway holds the other reference while it runs.
         while Arc::strong_count(&shared) > 1 {
@@ -192,14 +220,14 @@ impl Cluster {
                 Ok(()) => "the control plane closed the connection".to_owned(),
                 Err(e) => e,
             };
+            let wait = backoff.next();
             log::warn!(
                 "control plane {}: {error}; retrying in {} ms with the running configuration",
                 self.options.control_plane,
-                backoff.as_millis()
+                wait.as_millis()
             );
             self.status(&shared, false, Some(&error));
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -237,7 +265,7 @@ impl Cluster {
     }
 
     /// One connection, until it fails.
-    async fn session(&self, shared: &Shared, backoff: &mut Duration) -> Result<(), String> {
+    async fn session(&self, shared: &Shared, backoff: &mut Backoff) -> Result<(), String> {
         let addr = &self.options.control_plane;
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -270,7 +298,7 @@ impl Cluster {
             }
         })?;
         send(&mut socket, &self.basic_info(shared)).await?;
-        *backoff = Duration::from_millis(100);
+        backoff.reset();
         self.status(shared, true, None);
         log::info!("connected to control plane {addr} as node {}", self.node_id);
         let mut ping = tokio::time::interval(self.options.ping_interval);
@@ -391,7 +419,7 @@ fn stable_node_id(cache_dir: &Path) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
     use std::time::Duration;
 
@@ -405,9 +433,9 @@ mod tests {
     use crate::server::{GatewayOptions, Shared};
     use crate::snapshot::Snapshot;
 
-    /// A self-signed P-256 certificate and its key, made for these tests only (openssl req
-    /// -x509 -newkey ec; the key as PKCS#8).
-    const CERT: &str = "-----BEGIN CERTIFICATE-----
+    /// A self-signed P-256 certificate and its key, made for tests only (openssl req -x509
+    /// -newkey ec; the key as PKCS#8). `proxy::upstream`'s tests use it too.
+    pub(crate) const CERT: &str = "-----BEGIN CERTIFICATE-----
 MIIBgzCCASmgAwIBAgIUcmu7W1hLlwy9taA56PTaY2I5ul4wCgYIKoZIzj0EAwIw
 FjEUMBIGA1UEAwwLd2FzbWdhdGUtZHAwIBcNMjYxMjAzMDQyOTQwWhgPMjEyNjEx
 MDkwNDI5NDBaMBYxFDASBgNVBAMMC3dhc21nYXRlLWRwMFkwEwYHKoZIzj0CAQYI
@@ -419,7 +447,7 @@ ly+5SRRgJohTRt3B9+jODQUisvQ8AiAcIvVTKAoLGkyaculSO4mE1EAv7VBwL/Ru
 B66avmeMsA==
 -----END CERTIFICATE-----
 ";
-    const KEY: &str = "-----BEGIN PRIVATE KEY-----
+    pub(crate) const KEY: &str = "-----BEGIN PRIVATE KEY-----
 MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgkU1kAgdpVeV5Fi1V
 OL6f8e47gOxN0jaEOdylFwuqiRmhRANCAAQlJnSA47zgVLQ4Y1cEvzxIUj3iHhc3
 vfA5NDr4Ux/0uBPWIqjGhhOkfJCJVpfz4TVLdmeK9kQ8wNlJxAqBWLYl
@@ -695,5 +723,37 @@ vfA5NDr4Ux/0uBPWIqjGhhOkfJCJVpfz4TVLdmeK9kQ8wNlJxAqBWLYl
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_100_ms_to_its_2_s_cap() {
+        assert_eq!(MAX_BACKOFF, Duration::from_secs(2), "the README's cap");
+        let mut backoff = Backoff::new();
+        let waits: Vec<u128> = (0..9).map(|_| backoff.next().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 2000, 2000, 2000, 2000]);
+    }
+
+    #[test]
+    fn the_backoff_starts_over_after_a_session() {
+        let mut backoff = Backoff::new();
+        backoff.reset();
+        assert_eq!(
+            backoff,
+            Backoff::new(),
+            "a reset before any wait changes nothing"
+        );
+        for _ in 0..3 {
+            backoff.next();
+        }
+        backoff.reset();
+        assert_eq!(backoff.next(), Duration::from_millis(100));
+        assert_eq!(backoff.next(), Duration::from_millis(200));
+        // Also once capped.
+        for _ in 0..10 {
+            backoff.next();
+        }
+        assert_eq!(backoff.next(), MAX_BACKOFF);
+        backoff.reset();
+        assert_eq!(backoff.next(), Duration::from_millis(100));
     }
 }
