@@ -174,13 +174,25 @@ impl Upstreams {
     }
 }
 
+/// What hyper-util's connector (its `ConnectError`, which it does not export) says, and says
+/// only, when the resolver fails.
+const RESOLVER_FAILED: &str = "dns error";
+
+/// 504 when connecting took too long, 503 when the name did not resolve, else 502. Decided by
+/// the causes one by one (an I/O error's kind, the resolver's own message on its own link), not
+/// by words anywhere in the joined chain: rustls's "invalid dns name" (a host that resolves but
+/// is no TLS server name) and certificate errors naming the host (`dns.example`) are not
+/// resolution failures.
 fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
     let mut detail = error.to_string();
     let mut timed_out = false;
+    let mut unresolved = false;
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
+        let text = cause.to_string();
+        unresolved |= text == RESOLVER_FAILED;
         detail.push_str(": ");
-        detail.push_str(&cause.to_string());
+        detail.push_str(&text);
         // The connector's own deadline (`connect_timeout`) is tokio's `Elapsed`; the
         // system's is an I/O error.
         timed_out |= cause.is::<tokio::time::error::Elapsed>()
@@ -193,14 +205,252 @@ fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
         if timed_out {
             return ProxyError::Timeout(detail);
         }
-        let lower = detail.to_ascii_lowercase();
-        if lower.contains("dns")
-            || lower.contains("resolve")
-            || lower.contains("lookup")
-            || lower.contains("name or service")
-        {
+        if unresolved {
             return ProxyError::Unavailable(detail);
         }
     }
     ProxyError::BadGateway(detail)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every class of upstream failure, produced for real on loopback (no network needed:
+    //! names under `.invalid` never resolve, RFC 6761).
+
+    use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+
+    use http::StatusCode;
+    use model::Protocol;
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn service(protocol: Protocol, host: &str, port: u16) -> Service {
+        Service {
+            name: "upstream".into(),
+            protocol,
+            host: host.into(),
+            port,
+            path: None,
+            retries: 0,
+            connect_timeout_ms: 2_000,
+            write_timeout_ms: 2_000,
+            read_timeout_ms: 2_000,
+            tls_verify: false,
+            enabled: true,
+            tags: Vec::new(),
+        }
+    }
+
+    /// What the gateway makes of one request to `service`.
+    async fn failure(service: &Service) -> ProxyError {
+        let request = Request::builder()
+            .uri(uri(service, "/", None).unwrap())
+            .body(ProxyBody::empty())
+            .unwrap();
+        match Upstreams::default().send(service, request).await {
+            Ok(response) => panic!("an answer: {}", response.status()),
+            Err(error) => error,
+        }
+    }
+
+    /// A loopback port nothing listens on.
+    fn closed_port() -> u16 {
+        let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    async fn listen() -> (TcpListener, u16) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (listener, port)
+    }
+
+    /// Reads what the client sends until the end of its request head.
+    async fn read_head(stream: &mut tokio::net::TcpStream) {
+        let mut head = Vec::new();
+        let mut buf = [0; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "the client closed before its request head ended");
+            head.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_bad_gateway() {
+        let error = failure(&service(Protocol::Http, "127.0.0.1", closed_port())).await;
+        assert!(matches!(error, ProxyError::BadGateway(_)), "{error:?}");
+        assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+        // The detail keeps the whole chain, down to the system's words.
+        assert!(error.to_string().contains("tcp connect error"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_reset_after_the_request_is_a_bad_gateway() {
+        let (listener, port) = listen().await;
+        let upstream = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_head(&mut stream).await;
+            // Closing with a zero linger sends RST instead of FIN.
+            socket2::SockRef::from(&stream)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        });
+        let error = failure(&service(Protocol::Http, "127.0.0.1", port)).await;
+        upstream.await.unwrap();
+        assert!(matches!(error, ProxyError::BadGateway(_)), "{error:?}");
+        assert!(
+            error.to_string().to_ascii_lowercase().contains("reset"),
+            "not a reset: {error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_unavailable() {
+        let error = failure(&service(Protocol::Http, "upstream.invalid", 80)).await;
+        assert!(matches!(error, ProxyError::Unavailable(_)), "{error:?}");
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.message(), "name resolution failed");
+        // Over TLS too: the name is resolved before any handshake.
+        let error = failure(&service(Protocol::Https, "upstream.invalid", 443)).await;
+        assert!(matches!(error, ProxyError::Unavailable(_)), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connect_that_does_not_complete_in_the_connect_timeout_is_a_gateway_timeout() {
+        // A listener with a backlog of 0 whose queue is full: the kernel drops further SYNs,
+        // so a connect hangs until the connector's own deadline.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+        let _queued = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let mut service = service(Protocol::Http, "127.0.0.1", port);
+        service.connect_timeout_ms = 200;
+        let started = std::time::Instant::now();
+        let error = failure(&service).await;
+        assert!(matches!(error, ProxyError::Timeout(_)), "{error:?}");
+        assert_eq!(error.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn no_response_head_within_the_read_timeout_is_a_gateway_timeout() {
+        let (listener, port) = listen().await;
+        let upstream = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_head(&mut stream).await;
+            // Holds the connection without answering.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(stream);
+        });
+        let mut service = service(Protocol::Http, "127.0.0.1", port);
+        service.read_timeout_ms = 200;
+        let error = failure(&service).await;
+        upstream.abort();
+        assert!(matches!(error, ProxyError::Timeout(_)), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            "The upstream server is timing out: no response within 200ms"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_tls_handshake_is_a_bad_gateway() {
+        // An upstream that answers in plain HTTP where TLS was expected.
+        let (listener, port) = listen().await;
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let _ = stream
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        });
+        let error = failure(&service(Protocol::Https, "127.0.0.1", port)).await;
+        assert!(matches!(error, ProxyError::BadGateway(_)), "{error:?}");
+
+        // With `tls_verify: true`, a certificate the Web PKI roots do not vouch for (a
+        // self-signed CA certificate: rustls says `CaUsedAsEndEntity`).
+        let certificate =
+            CertificateDer::from_pem_slice(crate::cluster::tests::CERT.as_bytes()).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(crate::cluster::tests::KEY.as_bytes())
+                .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certificate], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (listener, port) = listen().await;
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = acceptor.accept(stream).await;
+        });
+        let mut verified = service(Protocol::Https, "127.0.0.1", port);
+        verified.tls_verify = true;
+        let error = failure(&verified).await;
+        assert!(matches!(error, ProxyError::BadGateway(_)), "{error:?}");
+        assert!(
+            error.to_string().contains("invalid peer certificate"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_name_rustls_refuses_is_a_bad_gateway_though_its_error_says_dns() {
+        // "2130706433" resolves (inet_aton: 127.0.0.1) but is no valid TLS server name: the
+        // connector fails with rustls's "invalid dns name" before connecting. Nothing failed
+        // to resolve, so this is not Kong's 503 "name resolution failed".
+        let (listener, port) = listen().await;
+        let upstream = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_head(&mut stream).await;
+            stream
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+        });
+        // Over plain HTTP the same name reaches the listener.
+        let plain = service(Protocol::Http, "2130706433", port);
+        let request = Request::builder()
+            .uri(uri(&plain, "/", None).unwrap())
+            .body(ProxyBody::empty())
+            .unwrap();
+        let response = Upstreams::default().send(&plain, request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        upstream.await.unwrap();
+
+        let error = failure(&service(Protocol::Https, "2130706433", port)).await;
+        assert!(error.to_string().contains("invalid dns name"), "{error}");
+        assert!(matches!(error, ProxyError::BadGateway(_)), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_is_not_http_is_a_bad_gateway() {
+        let (listener, port) = listen().await;
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_head(&mut stream).await;
+            let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.6\r\n\r\n").await;
+        });
+        let error = failure(&service(Protocol::Http, "127.0.0.1", port)).await;
+        assert!(matches!(error, ProxyError::BadGateway(_)), "{error:?}");
+        assert_eq!(
+            error.message(),
+            "An invalid response was received from the upstream server"
+        );
+    }
 }
