@@ -751,3 +751,87 @@ async fn each_worker_has_its_own_listening_socket() {
         assert_eq!(response.status, 200);
     }
 }
+
+/// `connection.id` is the downstream connection's, as in Envoy: the same for every request on
+/// one connection, another on the next connection, whichever worker takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_id_is_one_per_downstream_connection() {
+    let filters = tempfile::tempdir().unwrap();
+    // Answers every request itself with the property's 8 bytes as the body.
+    write_filter(
+        filters.path(),
+        "connection_id",
+        r#"(import "env" "proxy_get_property" (func $property (param i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#,
+        &format!(
+            r#"(data (i32.const 16) "connection\00id")
+            {CONFIGURE_OK}
+            (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+              (drop (call $property (i32.const 16) (i32.const 13) (i32.const 0) (i32.const 4)))
+              (drop (call $reply (i32.const 200) (i32.const 0) (i32.const 0)
+                (i32.load (i32.const 0)) (i32.load (i32.const 4)) (i32.const 0) (i32.const 0)
+                (i32.const -1)))
+              (i32.const 1))"#
+        ),
+    );
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start_with_filters(
+        filters.path(),
+        2,
+        &format!(
+            r#"
+_format_version: "3.0"
+services:
+  - {{name: e, url: "http://{}", routes: [{{name: any, paths: [/]}}]}}
+filter_chains:
+  - {{route: any, filters: [{{name: connection_id}}]}}
+"#,
+            echo.addr()
+        ),
+    );
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let stream = tokio::net::TcpStream::connect(gateway.addr())
+            .await
+            .unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let mut on_this_connection = Vec::new();
+        for _ in 0..3 {
+            let request = http::Request::get("/")
+                .header("host", "gateway.test")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            sender.ready().await.unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let id: [u8; 8] = body[..]
+                .try_into()
+                .unwrap_or_else(|_| panic!("not an 8-byte integer: {body:?}"));
+            on_this_connection.push(u64::from_le_bytes(id));
+        }
+        assert!(
+            on_this_connection
+                .iter()
+                .all(|id| *id == on_this_connection[0]),
+            "one connection, several ids: {on_this_connection:?}"
+        );
+        ids.push(on_this_connection[0]);
+    }
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        ids.len(),
+        "connections share an id: {ids:?}"
+    );
+    assert!(!ids.contains(&0), "{ids:?}");
+}

@@ -421,7 +421,7 @@ async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(peer);
-                let downstream = Downstream { peer, local, tls: false };
+                let downstream = Downstream::accepted(peer, local, false);
                 serve_connection(TokioIo::new(stream), downstream, &worker, graceful.watcher(), slot);
             }
             accepted = accept_on(&tls_listener) => {
@@ -435,7 +435,7 @@ async fn serve(
                 let Some(acceptor) = acceptor.clone() else { continue };
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(peer);
-                let downstream = Downstream { peer, local, tls: true };
+                let downstream = Downstream::accepted(peer, local, true);
                 let worker = Rc::clone(&worker);
                 let watcher = graceful.watcher();
                 tokio::task::spawn_local(async move {

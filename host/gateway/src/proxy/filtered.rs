@@ -397,7 +397,7 @@ pub async fn forward(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned(),
-        connection_id: 0,
+        connection_id: downstream.id,
         start: SystemTime::now(),
     };
     for filter in &filters {

@@ -15,6 +15,7 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response};
@@ -31,6 +32,21 @@ pub struct Downstream {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// Unique among this process's connections (Envoy's `connection.id` property).
+    pub id: u64,
+}
+
+impl Downstream {
+    /// A connection just accepted, with the next connection id.
+    pub fn accepted(peer: SocketAddr, local: SocketAddr, tls: bool) -> Downstream {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Downstream {
+            peer,
+            local,
+            tls,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
 }
 
 /// Handles one request from start to response head.
