@@ -193,12 +193,11 @@ fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
         unresolved |= text == RESOLVER_FAILED;
         detail.push_str(": ");
         detail.push_str(&text);
-        // The connector's own deadline (`connect_timeout`) is tokio's `Elapsed`; the
-        // system's is an I/O error.
-        timed_out |= cause.is::<tokio::time::error::Elapsed>()
-            || cause
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+        // The connector's own deadline (`connect_timeout`) and the system's alike reach us as
+        // an I/O error of kind TimedOut (hyper-util wraps tokio's `Elapsed` in one).
+        timed_out |= cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
         source = cause.source();
     }
     if error.is_connect() {
