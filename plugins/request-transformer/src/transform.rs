@@ -1753,4 +1753,21 @@ mod tests {
             Some(vec!["appended.test".into()])
         );
     }
+
+    #[test]
+    fn each_form_operation_alone_rewrites_the_body() {
+        let form = base(
+            "/",
+            &[("content-type", "application/x-www-form-urlencoded")],
+        );
+        for (ops, edited) in [
+            (r#"{"remove":{"body":["absent","b"]}}"#, "a=1"),
+            (r#"{"rename":{"body":["absent:x","b:c"]}}"#, "a=1&c=2"),
+            (r#"{"replace":{"body":["absent:x","b:3"]}}"#, "a=1&b=3"),
+        ] {
+            let job = decide(&config(ops), &form, false).body.unwrap();
+            let done = job.finish(b"a=1&b=2").unwrap();
+            assert_eq!(done.body.as_deref(), Some(edited.as_bytes()), "{ops}");
+        }
+    }
 }
