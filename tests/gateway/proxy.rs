@@ -886,3 +886,82 @@ services:
     assert_eq!(report.path, "/x");
     assert_eq!(report.header("x-forwarded-host"), Some("a.test"));
 }
+
+/// Hop-by-hop headers of the upstream's response stay on the upstream hop (RFC 9110 §7.6.1):
+/// the standard ones and those its `Connection` names; the rest reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_response_headers_stay_on_the_upstream_hop() {
+    for path in ProxyPath::ALL {
+        hop_by_hop_response_headers_stay_on_the_upstream_hop_on(path).await;
+    }
+}
+
+async fn hop_by_hop_response_headers_stay_on_the_upstream_hop_on(path: ProxyPath) {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let (head_tx, mut head_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = upstream.accept().await {
+            let head_tx = head_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = head_tx.send(head);
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\n\
+                          Connection: x-named-hop, keep-alive\r\n\
+                          Keep-Alive: timeout=5\r\n\
+                          X-Named-Hop: upstream only\r\n\
+                          Proxy-Connection: keep-alive\r\n\
+                          Upgrade: h2c\r\n\
+                          X-Kept: 1\r\n\
+                          Content-Length: 2\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    let gateway = start(&path.config(&format!(
+        r#"
+_format_version: "3.0"
+services:
+  - {{name: raw, url: "http://{addr}", routes: [{{name: all, paths: [/]}}]}}
+"#
+    )));
+    for protocol in Protocol::ALL {
+        let response = send(gateway.addr(), protocol, &Request::get("/"))
+            .await
+            .unwrap();
+        path.assert_taken_raw(&head_rx.recv().await.unwrap());
+        assert_eq!(response.status, 200, "{path:?} {protocol:?}");
+        assert_eq!(response.text(), "ok");
+        assert_eq!(
+            response.header("x-kept"),
+            Some("1"),
+            "{path:?} {protocol:?}"
+        );
+        for hop in [
+            "x-named-hop",
+            "keep-alive",
+            "proxy-connection",
+            "upgrade",
+            "connection",
+        ] {
+            if hop == "connection" && protocol == Protocol::Http1 {
+                // The gateway's own connection management may say keep-alive or close, but
+                // never pass the upstream's on.
+                let own = response.header("connection").unwrap_or_default();
+                assert!(!own.contains("x-named-hop"), "{path:?}: {own}");
+                continue;
+            }
+            assert_eq!(response.header(hop), None, "{path:?} {protocol:?}: {hop}");
+        }
+    }
+}
