@@ -1770,4 +1770,31 @@ mod tests {
             assert_eq!(done.body.as_deref(), Some(edited.as_bytes()), "{ops}");
         }
     }
+
+    #[test]
+    fn each_json_and_multipart_operation_alone_rewrites_the_body() {
+        let json = base("/", &[("content-type", "application/json")]);
+        let job = decide(
+            &config(r#"{"remove":{"body":["absent","b"]}}"#),
+            &json,
+            false,
+        )
+        .body
+        .unwrap();
+        let done = job.finish(br#"{"a":1,"b":2}"#).unwrap();
+        assert_eq!(done.body.as_deref(), Some(&br#"{"a":1}"#[..]));
+        let multipart = base("/", &[("content-type", "multipart/form-data; boundary=B")]);
+        let body = b"--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--B--\r\n";
+        for ops in [
+            r#"{"rename":{"body":["absent:x","a:c"]}}"#,
+            r#"{"replace":{"body":["absent:x","a:3"]}}"#,
+        ] {
+            let job = decide(&config(ops), &multipart, false).body.unwrap();
+            let done = job.finish(body).unwrap();
+            let edited = done
+                .body
+                .unwrap_or_else(|| panic!("{ops}: body not rewritten"));
+            assert_ne!(edited, body.to_vec(), "{ops}");
+        }
+    }
 }
