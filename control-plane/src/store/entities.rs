@@ -67,6 +67,11 @@ fn columns(
 
 /// Kong's text for a unique violation: the fields and values that collide.
 fn unique_violation(kind: EntityKind, doc: &Value, message: &str) -> StoreError {
+    // The primary key (control plane, kind, id): a client-chosen id that is taken.
+    if message.contains("entities.id") {
+        let id = doc.get("id").and_then(Value::as_str).unwrap_or_default();
+        return StoreError::Unique(format!("{{id=\"{id}\"}}"));
+    }
     if message.contains("plugins_scope")
         || (kind == EntityKind::Plugins && message.contains(".plugin"))
     {
@@ -334,4 +339,554 @@ pub fn clear(tx: &Transaction<'_>, control_plane_id: &str) -> Result<(), StoreEr
         [control_plane_id],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use serde_json::json;
+
+    /// A store with two control planes, `cp` and `other`.
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        store
+            .transaction(|tx| -> Result<(), StoreError> {
+                for id in ["cp", "other"] {
+                    tx.execute(
+                        "INSERT INTO control_planes (id, name, doc, created_at, updated_at)
+                         VALUES (?1, ?1, '{}', 0, 0)",
+                        [id],
+                    )?;
+                }
+                Ok(())
+            })
+            .expect("control planes");
+        (dir, store)
+    }
+
+    fn run<T>(
+        store: &Store,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        store.transaction(f)
+    }
+
+    fn add(store: &Store, cp: &str, kind: EntityKind, doc: Value) -> Result<(), StoreError> {
+        run(store, |tx| insert(tx, cp, kind, &doc))
+    }
+
+    fn service(id: &str, name: &str) -> Value {
+        json!({ "id": id, "name": name, "host": "example.com", "created_at": 10 })
+    }
+
+    fn route(id: &str, name: &str, service: &str) -> Value {
+        json!({ "id": id, "name": name, "paths": ["/"], "service": { "id": service } })
+    }
+
+    fn plugin(id: &str, name: &str, service: Option<&str>, route: Option<&str>) -> Value {
+        json!({
+            "id": id,
+            "name": name,
+            "service": service.map(|s| json!({ "id": s })),
+            "route": route.map(|r| json!({ "id": r })),
+        })
+    }
+
+    fn fetch(store: &Store, cp: &str, kind: EntityKind, key: &str) -> Option<StoredEntity> {
+        run(store, |tx| get(tx, cp, kind, key)).expect("get")
+    }
+
+    fn ids(store: &Store, cp: &str, kind: EntityKind) -> Vec<String> {
+        run(store, |tx| all(tx, cp, kind))
+            .expect("all")
+            .iter()
+            .map(|d| d["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn an_entity_is_read_back_by_id_or_name_in_its_own_control_plane_and_kind() {
+        let (_dir, store) = store();
+        add(&store, "cp", EntityKind::Services, service("s1", "echo")).expect("insert");
+        let by_id = fetch(&store, "cp", EntityKind::Services, "s1").expect("by id");
+        assert_eq!(by_id.id, "s1");
+        assert_eq!(by_id.doc, service("s1", "echo"), "the document as stored");
+        let by_name = fetch(&store, "cp", EntityKind::Services, "echo").expect("by name");
+        assert_eq!(by_name.id, "s1");
+        assert!(fetch(&store, "cp", EntityKind::Services, "nope").is_none());
+        assert!(fetch(&store, "other", EntityKind::Services, "s1").is_none());
+        assert!(fetch(&store, "cp", EntityKind::Routes, "s1").is_none());
+
+        // A name that is another entity's id: the id wins, as in Kong.
+        add(&store, "cp", EntityKind::Services, service("s2", "s1")).expect("insert");
+        assert_eq!(
+            fetch(&store, "cp", EntityKind::Services, "s1")
+                .expect("s1")
+                .id,
+            "s1"
+        );
+
+        // Plugins are named by their instance_name.
+        let mut named = plugin("p1", "rate-limiting", None, None);
+        named["instance_name"] = json!("limit");
+        add(&store, "cp", EntityKind::Plugins, named).expect("plugin");
+        assert_eq!(
+            fetch(&store, "cp", EntityKind::Plugins, "limit")
+                .expect("by instance_name")
+                .id,
+            "p1"
+        );
+        assert!(fetch(&store, "cp", EntityKind::Plugins, "rate-limiting").is_none());
+    }
+
+    #[test]
+    fn names_are_unique_per_control_plane_and_kind_and_the_error_names_the_field() {
+        let (_dir, store) = store();
+        add(&store, "cp", EntityKind::Services, service("s1", "echo")).expect("first");
+        let duplicate =
+            add(&store, "cp", EntityKind::Services, service("s2", "echo")).expect_err("same name");
+        assert!(matches!(duplicate, StoreError::Unique(_)), "{duplicate:?}");
+        assert_eq!(
+            duplicate.to_string(),
+            r#"UNIQUE violation detected on '{name="echo"}'"#
+        );
+        // Another control plane, another kind, or no name at all: no conflict.
+        add(&store, "other", EntityKind::Services, service("s1", "echo")).expect("other cp");
+        add(&store, "cp", EntityKind::Routes, route("r1", "echo", "s1")).expect("a route");
+        for id in ["s3", "s4"] {
+            add(
+                &store,
+                "cp",
+                EntityKind::Services,
+                json!({ "id": id, "name": null, "host": "h" }),
+            )
+            .expect("nameless");
+        }
+
+        let mut limit = plugin("p1", "rate-limiting", None, None);
+        limit["instance_name"] = json!("limit");
+        add(&store, "cp", EntityKind::Plugins, limit).expect("plugin");
+        let mut again = plugin("p2", "request-size-limiting", None, None);
+        again["instance_name"] = json!("limit");
+        assert_eq!(
+            add(&store, "cp", EntityKind::Plugins, again)
+                .expect_err("same instance_name")
+                .to_string(),
+            r#"UNIQUE violation detected on '{instance_name="limit"}'"#
+        );
+
+        // A rename onto a taken name is refused the same way, and changes nothing.
+        let mut renamed = service("s2", "other-name");
+        add(&store, "cp", EntityKind::Services, renamed.clone()).expect("s2");
+        renamed["name"] = json!("echo");
+        let error = run(&store, |tx| {
+            replace(tx, "cp", EntityKind::Services, &renamed)
+        })
+        .expect_err("rename onto echo");
+        assert_eq!(
+            error.to_string(),
+            r#"UNIQUE violation detected on '{name="echo"}'"#
+        );
+        assert_eq!(
+            fetch(&store, "cp", EntityKind::Services, "s2")
+                .expect("s2")
+                .doc["name"],
+            "other-name"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_id_is_refused_naming_the_id() {
+        let (_dir, store) = store();
+        add(&store, "cp", EntityKind::Services, service("s1", "echo")).expect("first");
+        let error =
+            add(&store, "cp", EntityKind::Services, service("s1", "second")).expect_err("same id");
+        assert_eq!(
+            error.to_string(),
+            r#"UNIQUE violation detected on '{id="s1"}'"#
+        );
+        let mut p = plugin("p1", "rate-limiting", None, None);
+        add(&store, "cp", EntityKind::Plugins, p.clone()).expect("plugin");
+        p["name"] = json!("request-size-limiting");
+        assert_eq!(
+            add(&store, "cp", EntityKind::Plugins, p)
+                .expect_err("same plugin id")
+                .to_string(),
+            r#"UNIQUE violation detected on '{id="p1"}'"#
+        );
+        // Ids are per control plane and kind.
+        add(&store, "other", EntityKind::Services, service("s1", "echo")).expect("other cp");
+        add(&store, "cp", EntityKind::Routes, route("s1", "r", "s1")).expect("a route");
+    }
+
+    #[test]
+    fn one_plugin_per_name_and_scope_with_kongs_message() {
+        let (_dir, store) = store();
+        add(&store, "cp", EntityKind::Services, service("s1", "a")).expect("s1");
+        add(&store, "cp", EntityKind::Services, service("s2", "b")).expect("s2");
+        add(&store, "cp", EntityKind::Routes, route("r1", "r", "s1")).expect("r1");
+        let scopes = [
+            (None, None, "route=null, service=null"),
+            (Some("s1"), None, r#"route=null, service={id="s1"}"#),
+            (None, Some("r1"), r#"route={id="r1"}, service=null"#),
+            (
+                Some("s1"),
+                Some("r1"),
+                r#"route={id="r1"}, service={id="s1"}"#,
+            ),
+        ];
+        for (n, (service, route, _)) in scopes.iter().enumerate() {
+            add(
+                &store,
+                "cp",
+                EntityKind::Plugins,
+                plugin(&format!("p{n}"), "rate-limiting", *service, *route),
+            )
+            .expect("one per scope");
+        }
+        for (n, (service, route, text)) in scopes.iter().enumerate() {
+            let error = add(
+                &store,
+                "cp",
+                EntityKind::Plugins,
+                plugin(&format!("q{n}"), "rate-limiting", *service, *route),
+            )
+            .expect_err("a second one in the same scope");
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "UNIQUE violation detected on \
+                     '{{consumer=null, name=\"rate-limiting\", {text}}}'"
+                ),
+                "{service:?} {route:?}"
+            );
+        }
+        // Another plugin, another service, another control plane: no conflict.
+        add(
+            &store,
+            "cp",
+            EntityKind::Plugins,
+            plugin("x1", "request-size-limiting", None, None),
+        )
+        .expect("another plugin");
+        add(
+            &store,
+            "cp",
+            EntityKind::Plugins,
+            plugin("x2", "rate-limiting", Some("s2"), None),
+        )
+        .expect("another service");
+        add(
+            &store,
+            "other",
+            EntityKind::Plugins,
+            plugin("x3", "rate-limiting", None, None),
+        )
+        .expect("another control plane");
+
+        // Moving a plugin into a taken scope is refused too.
+        let moved = plugin("x2", "rate-limiting", Some("s1"), None);
+        let error = run(&store, |tx| replace(tx, "cp", EntityKind::Plugins, &moved))
+            .expect_err("into s1's scope");
+        assert!(matches!(error, StoreError::Unique(_)), "{error:?}");
+    }
+
+    #[test]
+    fn replace_keeps_the_row_and_updates_every_column() {
+        let (_dir, store) = store();
+        add(&store, "cp", EntityKind::Services, service("s1", "a")).expect("s1");
+        add(&store, "cp", EntityKind::Services, service("s2", "b")).expect("s2");
+        add(&store, "cp", EntityKind::Routes, route("r1", "r", "s1")).expect("r1");
+        let mut moved = route("r1", "renamed", "s2");
+        moved["updated_at"] = json!(99);
+        run(&store, |tx| replace(tx, "cp", EntityKind::Routes, &moved)).expect("replace");
+        assert_eq!(
+            fetch(&store, "cp", EntityKind::Routes, "renamed")
+                .expect("new name")
+                .doc,
+            moved
+        );
+        assert!(
+            fetch(&store, "cp", EntityKind::Routes, "r").is_none(),
+            "old name"
+        );
+        let on = |service: &str| {
+            let filter = ListFilter {
+                service_id: Some(service.into()),
+                size: 10,
+                ..ListFilter::default()
+            };
+            run(&store, |tx| list(tx, "cp", EntityKind::Routes, &filter))
+                .expect("list")
+                .0
+                .len()
+        };
+        assert_eq!((on("s1"), on("s2")), (0, 1), "the reference column follows");
+        // s1 has no routes any more: it can go.
+        run(&store, |tx| delete(tx, "cp", EntityKind::Services, "s1")).expect("delete s1");
+
+        let missing = run(&store, |tx| {
+            replace(tx, "cp", EntityKind::Routes, &route("r9", "x", "s2"))
+        })
+        .expect_err("no such route");
+        assert!(matches!(missing, StoreError::NotFound), "{missing:?}");
+        let elsewhere = run(&store, |tx| {
+            replace(tx, "other", EntityKind::Routes, &moved)
+        })
+        .expect_err("another control plane's");
+        assert!(matches!(elsewhere, StoreError::NotFound), "{elsewhere:?}");
+    }
+
+    #[test]
+    fn deletes_refuse_a_used_service_and_take_scoped_plugins_along() {
+        let (_dir, store) = store();
+        add(&store, "cp", EntityKind::Services, service("s1", "a")).expect("s1");
+        add(&store, "cp", EntityKind::Services, service("s2", "b")).expect("s2");
+        add(&store, "cp", EntityKind::Routes, route("r1", "r1", "s1")).expect("r1");
+        add(&store, "cp", EntityKind::Routes, route("r2", "r2", "s2")).expect("r2");
+        for (id, name, service, route) in [
+            ("global", "rate-limiting", None, None),
+            ("on-s1", "rate-limiting", Some("s1"), None),
+            ("on-r1", "rate-limiting", None, Some("r1")),
+            ("on-s1-r1", "request-size-limiting", Some("s1"), Some("r1")),
+            ("on-r2", "rate-limiting", None, Some("r2")),
+        ] {
+            add(
+                &store,
+                "cp",
+                EntityKind::Plugins,
+                plugin(id, name, service, route),
+            )
+            .expect(id);
+        }
+        // The other control plane has entities with the same ids: untouched throughout.
+        add(&store, "other", EntityKind::Services, service("s1", "a")).expect("other s1");
+        add(
+            &store,
+            "other",
+            EntityKind::Plugins,
+            plugin("on-s1", "rate-limiting", Some("s1"), None),
+        )
+        .expect("other plugin");
+
+        let used = run(&store, |tx| delete(tx, "cp", EntityKind::Services, "s1"))
+            .expect_err("s1 has a route");
+        assert!(matches!(used, StoreError::Referenced("routes")), "{used:?}");
+        assert_eq!(
+            used.to_string(),
+            "an existing 'routes' entity references it"
+        );
+        assert_eq!(
+            ids(&store, "cp", EntityKind::Plugins).len(),
+            5,
+            "a refused delete removes nothing"
+        );
+
+        run(&store, |tx| delete(tx, "cp", EntityKind::Routes, "r1")).expect("r1");
+        assert_eq!(
+            ids(&store, "cp", EntityKind::Plugins),
+            ["global", "on-s1", "on-r2"],
+            "r1's plugins went with it, the service's stayed"
+        );
+        run(&store, |tx| delete(tx, "cp", EntityKind::Services, "s1")).expect("s1");
+        assert_eq!(ids(&store, "cp", EntityKind::Plugins), ["global", "on-r2"]);
+        assert_eq!(ids(&store, "cp", EntityKind::Services), ["s2"]);
+        run(&store, |tx| delete(tx, "cp", EntityKind::Plugins, "global")).expect("plugin");
+        assert_eq!(ids(&store, "cp", EntityKind::Plugins), ["on-r2"]);
+        assert_eq!(ids(&store, "other", EntityKind::Services), ["s1"]);
+        assert_eq!(ids(&store, "other", EntityKind::Plugins), ["on-s1"]);
+
+        for (kind, id) in [
+            (EntityKind::Services, "s1"),
+            (EntityKind::Routes, "r1"),
+            (EntityKind::Plugins, "global"),
+            (EntityKind::Routes, "s2"),
+        ] {
+            let gone = run(&store, |tx| delete(tx, "cp", kind, id)).expect_err("gone");
+            assert!(
+                matches!(gone, StoreError::NotFound),
+                "{kind:?} {id}: {gone:?}"
+            );
+        }
+    }
+
+    fn tagged(id: &str, tags: &[&str]) -> Value {
+        json!({ "id": id, "name": id, "host": "h", "tags": tags })
+    }
+
+    fn page(store: &Store, filter: &ListFilter) -> (Vec<String>, Option<i64>) {
+        let (docs, next) =
+            run(store, |tx| list(tx, "cp", EntityKind::Services, filter)).expect("list");
+        let ids = docs
+            .iter()
+            .map(|d| d["id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        (ids, next)
+    }
+
+    #[test]
+    fn lists_page_in_creation_order_with_an_offset_only_when_more_follow() {
+        let (_dir, store) = store();
+        // Ids that sort against creation order: pages follow creation, not ids.
+        for id in ["e", "d", "c", "b", "a"] {
+            add(&store, "cp", EntityKind::Services, tagged(id, &[])).expect(id);
+        }
+        add(&store, "other", EntityKind::Services, tagged("z", &[])).expect("z");
+        let mut filter = ListFilter {
+            size: 2,
+            ..ListFilter::default()
+        };
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let (ids, next) = page(&store, &filter);
+            assert!(!ids.is_empty() && ids.len() <= 2, "{ids:?}");
+            seen.extend(ids);
+            pages += 1;
+            match next {
+                Some(after) => filter.after = Some(after),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["e", "d", "c", "b", "a"]);
+        assert_eq!(pages, 3);
+
+        // Exactly one page's worth: no offset to an empty page.
+        filter = ListFilter {
+            size: 5,
+            ..ListFilter::default()
+        };
+        assert_eq!(page(&store, &filter), (seen.clone(), None));
+        filter.size = 4;
+        let (first, next) = page(&store, &filter);
+        assert_eq!((first.len(), next.is_some()), (4, true));
+        filter.after = next;
+        assert_eq!(page(&store, &filter), (vec!["a".to_owned()], None));
+
+        // An offset past a deleted row still goes on from there.
+        filter = ListFilter {
+            size: 2,
+            ..ListFilter::default()
+        };
+        let (_, next) = page(&store, &filter);
+        run(&store, |tx| delete(tx, "cp", EntityKind::Services, "d")).expect("delete d");
+        filter.after = next;
+        assert_eq!(page(&store, &filter).0, ["c", "b"]);
+    }
+
+    #[test]
+    fn lists_filter_by_reference_and_by_all_or_any_tag_before_paging() {
+        let (_dir, store) = store();
+        for (id, tags) in [
+            ("s1", &["a", "b"][..]),
+            ("s2", &["a"][..]),
+            ("s3", &["b"][..]),
+            ("s4", &[][..]),
+            ("s5", &["a", "b", "c"][..]),
+        ] {
+            add(&store, "cp", EntityKind::Services, tagged(id, tags)).expect(id);
+        }
+        let tags = |tags: &[&str], any_tag: bool, size: usize| ListFilter {
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            any_tag,
+            size,
+            ..ListFilter::default()
+        };
+        assert_eq!(page(&store, &tags(&["a", "b"], false, 10)).0, ["s1", "s5"]);
+        assert_eq!(
+            page(&store, &tags(&["a", "b"], true, 10)).0,
+            ["s1", "s2", "s3", "s5"]
+        );
+        assert_eq!(page(&store, &tags(&["c"], true, 10)).0, ["s5"]);
+        assert!(page(&store, &tags(&["x"], false, 10)).0.is_empty());
+        // Pages count matching entities only.
+        let mut filter = tags(&["b"], false, 1);
+        let (first, next) = page(&store, &filter);
+        assert_eq!(first, ["s1"]);
+        filter.after = next;
+        let (second, next) = page(&store, &filter);
+        assert_eq!(second, ["s3"]);
+        filter.after = next;
+        assert_eq!(page(&store, &filter), (vec!["s5".to_owned()], None));
+
+        add(&store, "cp", EntityKind::Routes, route("r1", "r1", "s1")).expect("r1");
+        add(&store, "cp", EntityKind::Routes, route("r2", "r2", "s2")).expect("r2");
+        add(
+            &store,
+            "cp",
+            EntityKind::Plugins,
+            plugin("p1", "rate-limiting", Some("s1"), Some("r1")),
+        )
+        .expect("p1");
+        add(
+            &store,
+            "cp",
+            EntityKind::Plugins,
+            plugin("p2", "rate-limiting", Some("s1"), None),
+        )
+        .expect("p2");
+        let listed = |kind, service: Option<&str>, route: Option<&str>| -> Vec<Value> {
+            let filter = ListFilter {
+                service_id: service.map(str::to_owned),
+                route_id: route.map(str::to_owned),
+                size: 10,
+                ..ListFilter::default()
+            };
+            run(&store, |tx| list(tx, "cp", kind, &filter))
+                .expect("list")
+                .0
+                .iter()
+                .map(|d| d["id"].clone())
+                .collect()
+        };
+        assert_eq!(listed(EntityKind::Routes, Some("s2"), None), [json!("r2")]);
+        assert_eq!(
+            listed(EntityKind::Plugins, Some("s1"), None),
+            [json!("p1"), json!("p2")]
+        );
+        assert_eq!(
+            listed(EntityKind::Plugins, Some("s1"), Some("r1")),
+            [json!("p1")]
+        );
+        assert!(listed(EntityKind::Plugins, None, Some("r2")).is_empty());
+    }
+
+    #[test]
+    fn clear_empties_one_control_plane_and_all_reads_in_creation_order() {
+        let (_dir, store) = store();
+        for id in ["b", "a", "c"] {
+            add(&store, "cp", EntityKind::Services, tagged(id, &[])).expect(id);
+        }
+        add(&store, "other", EntityKind::Services, tagged("o", &[])).expect("o");
+        assert_eq!(ids(&store, "cp", EntityKind::Services), ["b", "a", "c"]);
+        run(&store, |tx| clear(tx, "cp")).expect("clear");
+        assert!(ids(&store, "cp", EntityKind::Services).is_empty());
+        assert_eq!(ids(&store, "other", EntityKind::Services), ["o"]);
+        // Names and scopes are free again.
+        add(&store, "cp", EntityKind::Services, tagged("b", &[])).expect("again");
+    }
+
+    #[test]
+    fn an_unreadable_stored_document_is_a_database_error_naming_the_entity() {
+        let (_dir, store) = store();
+        run(&store, |tx| {
+            tx.execute(
+                "INSERT INTO entities (control_plane_id, kind, id, doc, created_at, updated_at)
+                 VALUES ('cp', 'services', 'broken', '{not json', 0, 0)",
+                [],
+            )?;
+            Ok(())
+        })
+        .expect("raw row");
+        let error =
+            run(&store, |tx| get(tx, "cp", EntityKind::Services, "broken")).expect_err("get");
+        assert!(
+            matches!(&error, StoreError::Database(m) if m.starts_with("entity broken: ")),
+            "{error:?}"
+        );
+        let error = run(&store, |tx| all(tx, "cp", EntityKind::Services)).expect_err("all");
+        assert!(matches!(error, StoreError::Database(_)), "{error:?}");
+    }
 }

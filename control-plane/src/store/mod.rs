@@ -213,3 +213,335 @@ impl Store {
         .map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nodes::NodeKind;
+    use serde_json::json;
+
+    fn control_plane(store: &Store, id: &str) {
+        store
+            .transaction(|tx| -> Result<(), StoreError> {
+                tx.execute(
+                    "INSERT INTO control_planes (id, name, doc, created_at, updated_at)
+                     VALUES (?1, ?1, '{}', 0, 0)",
+                    [id],
+                )?;
+                Ok(())
+            })
+            .expect("control plane");
+    }
+
+    fn version(store: &Store, cp: &str, version: i64, document: &str) {
+        store
+            .transaction(|tx| -> Result<(), StoreError> {
+                tx.execute(
+                    "INSERT INTO config_versions
+                     (control_plane_id, version, hash, document, created_at)
+                     VALUES (?1, ?2, 'h', ?3, ?2)",
+                    params![cp, version, document],
+                )?;
+                Ok(())
+            })
+            .expect("version");
+    }
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            kind: NodeKind::Gateway,
+            hostname: "host".into(),
+            version: "1".into(),
+            ip: None,
+            connected: true,
+            last_ping: 1,
+            config_hash: Some("h".into()),
+            config_version: Some(1),
+            last_error: None,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    fn count(store: &Store, sql: &str) -> i64 {
+        store
+            .transaction(|tx| -> Result<i64, StoreError> {
+                Ok(tx.query_row(sql, [], |r| r.get(0))?)
+            })
+            .expect(sql)
+    }
+
+    #[test]
+    fn commits_are_durable_and_a_reopened_store_sees_every_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("open");
+        assert_eq!(store.data_dir(), dir.path());
+        let pragma = |store: &Store, name: &str| -> String {
+            store
+                .transaction(|tx| -> Result<String, StoreError> {
+                    Ok(tx.query_row(&format!("PRAGMA {name}"), [], |r| {
+                        r.get::<_, rusqlite::types::Value>(0).map(|v| match v {
+                            rusqlite::types::Value::Integer(i) => i.to_string(),
+                            rusqlite::types::Value::Text(t) => t,
+                            other => format!("{other:?}"),
+                        })
+                    })?)
+                })
+                .expect(name)
+        };
+        // What a 2xx promises: WAL with a sync at every commit (FULL = 2), and the
+        // references (control plane deletes cascade) enforced.
+        assert_eq!(pragma(&store, "journal_mode"), "wal");
+        assert_eq!(pragma(&store, "synchronous"), "2");
+        assert_eq!(pragma(&store, "foreign_keys"), "1");
+        assert_eq!(pragma(&store, "user_version"), "1");
+
+        control_plane(&store, "cp");
+        store
+            .transaction(|tx| {
+                entities::insert(
+                    tx,
+                    "cp",
+                    EntityKind::Services,
+                    &json!({ "id": "s1", "name": "echo", "host": "h" }),
+                )
+            })
+            .expect("service");
+        version(&store, "cp", 1, "{}");
+        store.set_setting("token", "t").expect("setting");
+        store.save_node("cp", &node("n1")).expect("node");
+        // Not dropped: the first connection is still open, as in a crash.
+        let again = Store::open(dir.path()).expect("reopen, migrations not run twice");
+        assert_eq!(pragma(&again, "synchronous"), "2", "every connection");
+        assert_eq!(pragma(&again, "user_version"), "1");
+        let service = again
+            .transaction(|tx| entities::get(tx, "cp", EntityKind::Services, "echo"))
+            .expect("get")
+            .expect("the service");
+        assert_eq!(service.id, "s1");
+        assert_eq!(again.latest_versions().expect("versions").len(), 1);
+        assert_eq!(again.setting("token").expect("token").as_deref(), Some("t"));
+        let nodes = again.load_nodes().expect("nodes");
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].0, "cp");
+        assert_eq!(nodes[0].1.id, "n1");
+    }
+
+    #[test]
+    fn a_failed_transaction_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("open");
+        control_plane(&store, "cp");
+        let error = store
+            .transaction(|tx| -> Result<(), StoreError> {
+                entities::insert(
+                    tx,
+                    "cp",
+                    EntityKind::Services,
+                    &json!({ "id": "s1", "name": "a" }),
+                )?;
+                // The second one collides: the first one must not stay.
+                entities::insert(
+                    tx,
+                    "cp",
+                    EntityKind::Services,
+                    &json!({ "id": "s2", "name": "a" }),
+                )
+            })
+            .expect_err("a unique violation");
+        assert!(matches!(error, StoreError::Unique(_)), "{error:?}");
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM entities"), 0);
+        // A poisoned lock (a panic inside a transaction) does not stop the store.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = store.transaction(|_| -> Result<(), StoreError> { panic!("inside") });
+        }));
+        assert!(panicked.is_err());
+        store.set_setting("k", "v").expect("after a panic");
+        assert_eq!(store.setting("k").expect("k").as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn settings_are_upserted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("open");
+        assert_eq!(store.setting("k").expect("none"), None);
+        store.set_setting("k", "1").expect("set");
+        store.set_setting("k", "2").expect("overwrite");
+        store.set_setting("j", "3").expect("another");
+        assert_eq!(store.setting("k").expect("k").as_deref(), Some("2"));
+        assert_eq!(store.setting("j").expect("j").as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn a_certificate_pinned_twice_lists_each_control_plane_once_in_order() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("open");
+        for cp in ["b", "a", "c"] {
+            control_plane(&store, cp);
+        }
+        store
+            .transaction(|tx| {
+                pin_certificate(tx, "1", "b", "PEM", "f1", 0)?;
+                pin_certificate(tx, "2", "a", "PEM", "f1", 0)?;
+                pin_certificate(tx, "3", "b", "PEM", "f1", 0)?;
+                pin_certificate(tx, "4", "c", "PEM", "f2", 0)
+            })
+            .expect("pins");
+        assert_eq!(store.pinned_control_planes("f1").expect("f1"), ["a", "b"]);
+        assert_eq!(store.pinned_control_planes("f2").expect("f2"), ["c"]);
+        assert!(store.pinned_control_planes("f3").expect("f3").is_empty());
+        let unknown = store.transaction(|tx| pin_certificate(tx, "5", "nope", "PEM", "f1", 0));
+        assert!(
+            matches!(unknown, Err(StoreError::Database(ref m)) if m.contains("FOREIGN KEY")),
+            "pinning for no control plane: {unknown:?}"
+        );
+    }
+
+    #[test]
+    fn the_latest_version_of_each_control_plane_is_restored() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("open");
+        control_plane(&store, "a");
+        control_plane(&store, "b");
+        control_plane(&store, "empty");
+        version(&store, "a", 1, "a1");
+        version(&store, "a", 3, "a3");
+        version(&store, "a", 2, "a2");
+        version(&store, "b", 7, "b7");
+        let mut latest = store.latest_versions().expect("latest");
+        latest.sort();
+        assert_eq!(
+            latest,
+            [
+                ("a".to_owned(), 3, "a3".to_owned(), 3),
+                ("b".to_owned(), 7, "b7".to_owned(), 7)
+            ]
+        );
+    }
+
+    #[test]
+    fn nodes_are_upserted_and_only_for_a_control_plane_that_exists() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("open");
+        control_plane(&store, "cp");
+        store.save_node("cp", &node("n1")).expect("save");
+        let mut renamed = node("n1");
+        renamed.hostname = "renamed".into();
+        store.save_node("cp", &renamed).expect("update");
+        store
+            .save_node("gone", &node("n2"))
+            .expect("a deleted control plane is not an error");
+        let nodes = store.load_nodes().expect("load");
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].1.hostname, "renamed");
+        // A row that does not parse is skipped, not fatal.
+        store
+            .transaction(|tx| -> Result<(), StoreError> {
+                tx.execute(
+                    "INSERT INTO nodes (control_plane_id, id, doc) VALUES ('cp', 'bad', '[')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .expect("raw");
+        assert_eq!(store.load_nodes().expect("load").len(), 1);
+        store.delete_node("cp", "n1").expect("delete");
+        store.delete_node("cp", "n1").expect("delete again");
+        assert!(store
+            .load_nodes()
+            .expect("load")
+            .iter()
+            .all(|(_, n)| n.id != "n1"));
+    }
+
+    #[test]
+    fn deleting_a_control_plane_cascades_to_everything_it_owns() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("open");
+        control_plane(&store, "cp");
+        control_plane(&store, "kept");
+        for cp in ["cp", "kept"] {
+            store
+                .transaction(|tx| {
+                    entities::insert(
+                        tx,
+                        cp,
+                        EntityKind::Services,
+                        &json!({ "id": "s1", "name": "echo" }),
+                    )?;
+                    pin_certificate(tx, &format!("pin-{cp}"), cp, "PEM", cp, 0)
+                })
+                .expect("entities");
+            version(&store, cp, 1, "{}");
+            store.save_node(cp, &node("n1")).expect("node");
+        }
+        store
+            .transaction(|tx| -> Result<(), StoreError> {
+                tx.execute(
+                    "INSERT INTO cloud_gateways (id, control_plane_id, doc, created_at, updated_at)
+                     VALUES ('g', 'cp', '{}', 0, 0)",
+                    [],
+                )?;
+                tx.execute("DELETE FROM control_planes WHERE id = 'cp'", [])?;
+                Ok(())
+            })
+            .expect("delete");
+        for table in [
+            "entities",
+            "dp_client_certificates",
+            "config_versions",
+            "nodes",
+        ] {
+            assert_eq!(
+                count(
+                    &store,
+                    &format!("SELECT COUNT(*) FROM {table} WHERE control_plane_id = 'cp'")
+                ),
+                0,
+                "{table}"
+            );
+            assert_eq!(
+                count(
+                    &store,
+                    &format!("SELECT COUNT(*) FROM {table} WHERE control_plane_id = 'kept'")
+                ),
+                1,
+                "{table}"
+            );
+        }
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM cloud_gateways"), 0);
+        assert!(store.pinned_control_planes("cp").expect("pins").is_empty());
+    }
+
+    #[test]
+    fn store_errors_read_like_kongs_messages() {
+        assert_eq!(StoreError::NotFound.to_string(), "not found");
+        assert_eq!(
+            StoreError::Unique("{name=\"a\"}".into()).to_string(),
+            "UNIQUE violation detected on '{name=\"a\"}'"
+        );
+        assert_eq!(
+            StoreError::Referenced("routes").to_string(),
+            "an existing 'routes' entity references it"
+        );
+        assert!(matches!(
+            StoreError::from(rusqlite::Error::QueryReturnedNoRows),
+            StoreError::NotFound
+        ));
+    }
+
+    #[test]
+    fn a_directory_that_cannot_hold_the_database_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let missing = dir.path().join("no").join("such");
+        let error = Store::open(&missing).expect_err("no directory");
+        assert!(
+            error.starts_with(&format!(
+                "opening {}: ",
+                missing.join("control-plane.db").display()
+            )),
+            "{error}"
+        );
+    }
+}
