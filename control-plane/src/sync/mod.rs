@@ -16,10 +16,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use model::sync::{Inbound, ModuleData, Outbound, PATH};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -36,7 +36,22 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Data planes only send small frames (basic_info lists a few modules).
 const MAX_INBOUND_FRAME: usize = 1 << 20;
 
-type Socket = WebSocketStream<TlsStream<TcpStream>>;
+/// A data plane's WebSocket: over TLS here, over an in-memory pipe in the unit tests.
+type Socket<S> = WebSocketStream<S>;
+
+/// What a WebSocket runs on.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+/// The limits of every data plane's WebSocket.
+fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        // Thousands of idle connections: small eager buffers, frames written at once.
+        .read_buffer_size(4 << 10)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_INBOUND_FRAME))
+        .max_frame_size(Some(MAX_INBOUND_FRAME))
+}
 
 /// What all connections of one listener share.
 #[derive(Default)]
@@ -151,13 +166,8 @@ async fn connection(
             return;
         }
     };
-    let config = WebSocketConfig::default()
-        // Thousands of idle connections: small eager buffers, frames written at once.
-        .read_buffer_size(4 << 10)
-        .write_buffer_size(0)
-        .max_message_size(Some(MAX_INBOUND_FRAME))
-        .max_frame_size(Some(MAX_INBOUND_FRAME));
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(tls, outlet_path, Some(config));
+    let upgrade =
+        tokio_tungstenite::accept_hdr_async_with_config(tls, outlet_path, Some(websocket_config()));
     let mut socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
         Ok(Ok(socket)) => socket,
         Ok(Err(e)) => {
@@ -220,7 +230,7 @@ fn outlet_path(request: &Request, response: Response) -> Result<Response, ErrorR
     Err(refusal)
 }
 
-async fn close(socket: &mut Socket, code: CloseCode, reason: &str) {
+async fn close(socket: &mut Socket<impl Transport>, code: CloseCode, reason: &str) {
     // Close reasons are limited to 123 bytes.
     let mut end = reason.len().min(120);
     while !reason.is_char_boundary(end) {
@@ -234,7 +244,7 @@ async fn close(socket: &mut Socket, code: CloseCode, reason: &str) {
 }
 
 /// Reads the next text frame; `None` when the connection ended.
-async fn next_text(socket: &mut Socket) -> Result<Option<Utf8Bytes>, String> {
+async fn next_text(socket: &mut Socket<impl Transport>) -> Result<Option<Utf8Bytes>, String> {
     loop {
         match socket.next().await {
             None | Some(Ok(Message::Close(_))) => return Ok(None),
@@ -265,7 +275,7 @@ struct Session {
 
 /// Reads `basic_info`, picks the control plane and registers the node.
 async fn introduce(
-    socket: &mut Socket,
+    socket: &mut Socket<impl Transport>,
     peer: SocketAddr,
     planes: &[String],
 ) -> Result<Session, String> {
@@ -325,7 +335,7 @@ impl Session {
     /// Serves the connection until it ends; `Ok` says why it ended normally.
     async fn run(
         mut self,
-        socket: &mut Socket,
+        socket: &mut Socket<impl Transport>,
         state: &State,
         outlet: &Outlet,
         mut shutdown: watch::Receiver<bool>,
@@ -378,7 +388,7 @@ impl Session {
     /// Sends `version` unless the data plane runs it or already has it.
     async fn push(
         &mut self,
-        socket: &mut Socket,
+        socket: &mut Socket<impl Transport>,
         outlet: &Outlet,
         state: &State,
         version: &ConfigVersion,
@@ -433,7 +443,7 @@ impl Session {
 
     async fn receive(
         &mut self,
-        socket: &mut Socket,
+        socket: &mut Socket<impl Transport>,
         state: &State,
         text: &str,
     ) -> Result<(), String> {
@@ -475,5 +485,729 @@ impl Session {
             Err(e) => return Err(format!("unreadable frame: {e}")),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+    use crate::modules::Modules;
+    use crate::nodes::Nodes;
+    use crate::pki::ServerIdentity;
+    use crate::store::{Store, StoreError};
+    use crate::{Endpoints, Options};
+    use serde_json::{json, Value};
+    use tokio::io::DuplexStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    type Pipe = WebSocketStream<DuplexStream>;
+
+    const PEER: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)),
+        4000,
+    );
+
+    /// A control plane `cp` with its store in `dir`, and modules with made-up bytes when
+    /// `modules` is set.
+    fn state(dir: &tempfile::TempDir, modules: bool, ping_interval: Duration) -> Arc<State> {
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        store
+            .transaction(|tx| -> Result<(), StoreError> {
+                tx.execute(
+                    "INSERT INTO control_planes (id, name, doc, created_at, updated_at)
+                     VALUES ('cp', 'cp', '{}', 0, 0)",
+                    [],
+                )?;
+                Ok(())
+            })
+            .expect("control plane");
+        let modules = if modules {
+            let modules_dir = dir.path().join("modules");
+            std::fs::create_dir_all(&modules_dir).expect("modules dir");
+            for plugin in model::plugins::PLUGINS {
+                std::fs::write(
+                    modules_dir.join(plugin.module_file()),
+                    format!("module {}", plugin.name),
+                )
+                .expect("module");
+            }
+            Modules::load(&modules_dir).expect("modules")
+        } else {
+            Modules::default()
+        };
+        let options = Options {
+            ping_interval,
+            data_dir: dir.path().to_path_buf(),
+            ..Options::default()
+        };
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        Arc::new(State {
+            provisioner: crate::provision::Provisioner::new(&options),
+            options,
+            endpoints: Endpoints {
+                api: unbound,
+                cluster: unbound,
+                xds: unbound,
+            },
+            nodes: Nodes::load(Arc::clone(&store)).expect("nodes"),
+            store,
+            hub: Hub::default(),
+            modules,
+            identity: ServerIdentity {
+                ca_pem: String::new(),
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            },
+            token_sha256: String::new(),
+        })
+    }
+
+    /// Version `n` of `cp`; `variant` changes the text (and the hash) but not the meaning.
+    fn version(n: u64, variant: usize, plugins: &[&str]) -> Arc<ConfigVersion> {
+        let plugins: Vec<Value> = plugins
+            .iter()
+            .map(|&p| match p {
+                "rate-limiting" => json!({ "name": p, "config": { "second": 5 } }),
+                _ => json!({ "name": p }),
+            })
+            .collect();
+        let mut text = json!({ "_format_version": "3.0", "plugins": plugins }).to_string();
+        text.push_str(&" ".repeat(variant));
+        Arc::new(ConfigVersion::new("cp", n, text, 0).expect("a valid version"))
+    }
+
+    async fn pipe() -> (Pipe, Pipe) {
+        let (server, client) = tokio::io::duplex(1 << 16);
+        (
+            WebSocketStream::from_raw_socket(server, Role::Server, Some(websocket_config())).await,
+            WebSocketStream::from_raw_socket(client, Role::Client, None).await,
+        )
+    }
+
+    fn basic_info(node_id: &str, config_hash: Option<&str>, modules: Value) -> Value {
+        json!({
+            "type": "basic_info",
+            "node_id": node_id,
+            "hostname": "dp-host",
+            "version": "0.1.0",
+            "plugins": [{ "name": "rate-limiting", "version": "1" }],
+            "modules": modules,
+            "config_hash": config_hash,
+        })
+    }
+
+    async fn send(client: &mut Pipe, frame: Value) {
+        client
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// The next frame the data plane gets.
+    async fn receive(client: &mut Pipe) -> Outbound {
+        let frame = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("open")
+            .expect("a frame");
+        let Message::Text(text) = frame else {
+            panic!("not a text frame: {frame:?}");
+        };
+        serde_json::from_str(&text).expect("an outbound frame")
+    }
+
+    /// Pings and expects the pong as the very next frame: nothing else was sent before it
+    /// (and every frame sent before the ping was handled).
+    async fn nothing_pending(client: &mut Pipe, running: Option<&str>) {
+        send(client, json!({ "type": "ping", "config_hash": running })).await;
+        assert_eq!(receive(client).await, Outbound::Pong, "only the pong");
+    }
+
+    struct Connected {
+        client: Pipe,
+        session: tokio::task::JoinHandle<Result<String, String>>,
+        stop: watch::Sender<bool>,
+    }
+
+    /// A data plane that introduced itself with `hello`, served by a session of its own.
+    async fn connect(state: &Arc<State>, outlet: &Arc<Outlet>, hello: Value) -> Connected {
+        let (mut server, mut client) = pipe().await;
+        send(&mut client, hello).await;
+        let (stop, shutdown) = watch::channel(false);
+        let state = Arc::clone(state);
+        let outlet = Arc::clone(outlet);
+        let session = tokio::spawn(async move {
+            let session = introduce(&mut server, PEER, &["cp".to_owned()]).await?;
+            session.run(&mut server, &state, &outlet, shutdown).await
+        });
+        Connected {
+            client,
+            session,
+            stop,
+        }
+    }
+
+    async fn ended(
+        session: tokio::task::JoinHandle<Result<String, String>>,
+    ) -> Result<String, String> {
+        tokio::time::timeout(Duration::from_secs(10), session)
+            .await
+            .expect("the session ends")
+            .expect("no panic")
+    }
+
+    fn reconfigure_of(frame: Outbound) -> (u64, String, String, Vec<ModuleData>) {
+        match frame {
+            Outbound::Reconfigure {
+                config_version,
+                config_hash,
+                config,
+                modules,
+            } => (config_version, config_hash, config, modules),
+            Outbound::Pong => panic!("a pong, not a reconfigure"),
+        }
+    }
+
+    /// `introduce` on a pipe where the data plane sent `frames` (then closed when `close`).
+    async fn introduced(frames: Vec<Message>, planes: &[&str]) -> Result<Session, String> {
+        let (mut server, mut client) = pipe().await;
+        if frames.is_empty() {
+            // The data plane goes away without a word.
+            drop(client);
+        } else {
+            tokio::spawn(async move {
+                for frame in frames {
+                    client.send(frame).await.expect("send");
+                }
+                // Reads what the server sends until it is done.
+                while let Some(Ok(_)) = client.next().await {}
+            });
+        }
+        let planes: Vec<String> = planes.iter().map(|p| (*p).to_owned()).collect();
+        introduce(&mut server, PEER, &planes).await
+    }
+
+    fn text(value: Value) -> Message {
+        Message::text(value.to_string())
+    }
+
+    #[tokio::test]
+    async fn basic_info_names_the_node_and_its_control_plane() {
+        let mut hello = basic_info(
+            "n1",
+            Some("abc"),
+            json!([{ "file": "a.wasm", "sha256": "1" }]),
+        );
+        let session = introduced(vec![text(hello.clone())], &["cp"])
+            .await
+            .expect("one pinned control plane");
+        assert_eq!(session.control_plane_id, "cp");
+        assert_eq!(session.node_id, "n1");
+        assert_eq!(session.hello.id, "n1");
+        assert_eq!(session.hello.kind, NodeKind::Gateway);
+        assert_eq!(session.hello.hostname, "dp-host");
+        assert_eq!(session.hello.version, "0.1.0");
+        assert_eq!(
+            session.hello.ip.as_deref(),
+            Some("192.0.2.7"),
+            "the peer's address"
+        );
+        assert_eq!(session.running.as_deref(), Some("abc"));
+        assert_eq!(session.sent, None);
+        assert_eq!(
+            session.modules,
+            HashMap::from([("a.wasm".to_owned(), "1".to_owned())])
+        );
+
+        // Several control planes: the frame names one of them, or it is refused.
+        hello["control_plane_id"] = json!("b");
+        let session = introduced(vec![text(hello.clone())], &["a", "b"])
+            .await
+            .expect("named");
+        assert_eq!(session.control_plane_id, "b");
+        assert_eq!(
+            introduced(vec![text(hello.clone())], &["a"]).await.err(),
+            Some("this certificate is not pinned for control plane b".to_owned())
+        );
+        hello["control_plane_id"] = Value::Null;
+        assert_eq!(
+            introduced(vec![text(hello.clone())], &["a", "b"])
+                .await
+                .err(),
+            Some(
+                "this certificate is pinned for several control planes; name one with \
+                 control_plane_id"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            introduced(vec![text(hello)], &[]).await.err(),
+            Some("this certificate is not pinned for any control plane".to_owned())
+        );
+
+        // Only the three identifying fields are required.
+        let minimal =
+            json!({ "type": "basic_info", "node_id": "n", "hostname": "", "version": "" });
+        let session = introduced(vec![text(minimal)], &["cp"])
+            .await
+            .expect("minimal");
+        assert_eq!((session.running, session.modules.len()), (None, 0));
+    }
+
+    #[tokio::test]
+    async fn anything_but_a_well_formed_basic_info_first_is_refused_with_a_reason() {
+        let first = "the first frame must be basic_info";
+        let cases: Vec<(Vec<Message>, &str)> = vec![
+            (
+                vec![],
+                "reading: WebSocket protocol error: Connection reset without closing handshake",
+            ),
+            (vec![Message::Close(None)], "closed before basic_info"),
+            (
+                vec![Message::binary(b"{}".to_vec())],
+                "binary frames are not part of the protocol",
+            ),
+            (vec![Message::text("")], first),
+            (
+                vec![Message::text("{\"type\":\"basic_info\",\"node_id\":")],
+                first,
+            ),
+            (vec![Message::text("[1, 2]")], first),
+            (vec![Message::text("null")], first),
+            (vec![text(json!({ "type": "ping" }))], first),
+            (vec![text(json!({ "type": "reconfigure" }))], first),
+            (
+                vec![text(
+                    json!({ "node_id": "n", "hostname": "h", "version": "1" }),
+                )],
+                first,
+            ),
+            (
+                vec![text(json!({
+                    "type": "basic_info", "node_id": 7, "hostname": "h", "version": "1"
+                }))],
+                first,
+            ),
+            (
+                vec![text(json!({
+                    "type": "basic_info", "node_id": "n", "hostname": "h", "version": "1",
+                    "modules": [{ "file": "a.wasm" }]
+                }))],
+                first,
+            ),
+            (
+                vec![text(
+                    json!({ "type": "basic_info", "node_id": "n", "hostname": "h" }),
+                )],
+                first,
+            ),
+            (
+                vec![text(json!({
+                    "type": "basic_info", "node_id": "", "hostname": "h", "version": "1"
+                }))],
+                "basic_info without a node_id",
+            ),
+        ];
+        for (frames, reason) in cases {
+            let shown = format!("{frames:?}");
+            assert_eq!(
+                introduced(frames, &["cp"]).await.err().as_deref(),
+                Some(reason),
+                "{shown}"
+            );
+        }
+        // Pings and pongs before basic_info are not frames of the protocol: skipped.
+        let session = introduced(
+            vec![
+                Message::Ping(vec![1].into()),
+                text(basic_info("n", None, json!([]))),
+            ],
+            &["cp"],
+        )
+        .await
+        .expect("after a ping");
+        assert_eq!(session.node_id, "n");
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_limit_ends_the_connection_with_an_error() {
+        let (mut server, mut client) = pipe().await;
+        let big = "x".repeat(MAX_INBOUND_FRAME + 1);
+        let writer = tokio::spawn(async move {
+            let _ = client.send(Message::text(big)).await;
+            client
+        });
+        let error = next_text(&mut server).await.expect_err("too big");
+        assert!(error.starts_with("reading: "), "{error}");
+        drop(server);
+        drop(writer.await);
+
+        // Just under the limit is read.
+        let (mut server, mut client) = pipe().await;
+        let fits = "y".repeat(MAX_INBOUND_FRAME - 16);
+        let writer = tokio::spawn(async move {
+            client.send(Message::text(fits)).await.expect("send");
+            client
+        });
+        let read = next_text(&mut server)
+            .await
+            .expect("read")
+            .expect("a frame");
+        assert_eq!(read.len(), MAX_INBOUND_FRAME - 16);
+        drop(writer.await);
+    }
+
+    #[tokio::test]
+    async fn the_close_reason_is_cut_to_the_protocol_limit_on_a_character_boundary() {
+        for reason in [
+            "short".to_owned(),
+            "é".repeat(100),
+            format!("a{}", "€".repeat(60)),
+        ] {
+            let (mut server, mut client) = pipe().await;
+            let reader = tokio::spawn(async move {
+                loop {
+                    match client.next().await {
+                        Some(Ok(Message::Close(frame))) => return frame,
+                        Some(Ok(_)) => continue,
+                        other => panic!("no close frame: {other:?}"),
+                    }
+                }
+            });
+            close(&mut server, CloseCode::Policy, &reason).await;
+            let frame = reader.await.expect("reader").expect("a close frame");
+            assert_eq!(frame.code, CloseCode::Policy);
+            assert!(frame.reason.len() <= 123, "{}", frame.reason.len());
+            assert!(reason.starts_with(frame.reason.as_str()));
+            assert!(
+                frame.reason.len() + 3 > reason.len().min(120),
+                "cut no further"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_outlet_path_upgrades() {
+        let request = |uri: &str| Request::builder().uri(uri).body(()).expect("request");
+        assert!(outlet_path(&request("/v1/outlet"), Response::new(())).is_ok());
+        assert!(outlet_path(&request("/v1/outlet?node_id=x"), Response::new(())).is_ok());
+        for path in ["/", "/v1/outlet/", "/v1/outle", "/V1/outlet", "/v2/outlet"] {
+            let refused = outlet_path(&request(path), Response::new(())).expect_err(path);
+            assert_eq!(refused.status(), 404, "{path}");
+            assert_eq!(
+                refused.body().as_deref(),
+                Some("no such endpoint; data planes use /v1/outlet")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_current_version_is_sent_on_connect_and_each_new_one_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = state(&dir, false, Duration::from_secs(30));
+        let outlet = Arc::new(Outlet::default());
+        let v1 = version(1, 0, &[]);
+        state.hub.publish(Arc::clone(&v1));
+        let mut dp = connect(&state, &outlet, basic_info("n1", None, json!([]))).await;
+        let (n, hash, config, modules) = reconfigure_of(receive(&mut dp.client).await);
+        assert_eq!(
+            (n, hash.as_str(), config.as_str()),
+            (1, v1.hash.as_str(), v1.text.as_str())
+        );
+        assert_eq!(hash, crate::hub::sha256_hex(config.as_bytes()));
+        assert!(modules.is_empty());
+        let node = state.nodes.get("cp", "n1").expect("registered");
+        assert!(node.connected);
+        assert_eq!(
+            (
+                node.hostname.as_str(),
+                node.version.as_str(),
+                node.ip.as_deref()
+            ),
+            ("dp-host", "0.1.0", Some("192.0.2.7"))
+        );
+        nothing_pending(&mut dp.client, None).await;
+
+        let v2 = version(2, 1, &[]);
+        state.hub.publish(Arc::clone(&v2));
+        let (n, hash, _, _) = reconfigure_of(receive(&mut dp.client).await);
+        assert_eq!((n, hash), (2, v2.hash.clone()));
+
+        // A new version with the same content (a change that changed nothing): not sent.
+        state.hub.publish(version(3, 1, &[]));
+        nothing_pending(&mut dp.client, Some(&v1.hash)).await;
+
+        // Back to v1's content while the node still has v2 in flight: sent, though the node
+        // said it runs v1's hash.
+        let v4 = version(4, 0, &[]);
+        state.hub.publish(Arc::clone(&v4));
+        let (n, hash, _, _) = reconfigure_of(receive(&mut dp.client).await);
+        assert_eq!((n, hash.as_str()), (4, v1.hash.as_str()));
+
+        send(
+            &mut dp.client,
+            json!({ "type": "applied", "config_version": 4, "config_hash": v4.hash }),
+        )
+        .await;
+        nothing_pending(&mut dp.client, Some(&v4.hash)).await;
+        let node = state.nodes.get("cp", "n1").expect("node");
+        assert_eq!(
+            (node.config_version, node.config_hash.as_deref()),
+            (Some(4), Some(v4.hash.as_str()))
+        );
+        assert_eq!(node.sync_status(Some(&v4.hash)), "in_sync");
+
+        dp.client.close(None).await.expect("close");
+        assert_eq!(ended(dp.session).await, Ok("disconnected".to_owned()));
+        drop(dp.stop);
+    }
+
+    #[tokio::test]
+    async fn a_node_that_runs_the_current_hash_gets_nothing_on_connect() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = state(&dir, false, Duration::from_secs(30));
+        let outlet = Arc::new(Outlet::default());
+        let v1 = version(1, 0, &[]);
+        state.hub.publish(Arc::clone(&v1));
+        let mut dp = connect(&state, &outlet, basic_info("n1", Some(&v1.hash), json!([]))).await;
+        nothing_pending(&mut dp.client, Some(&v1.hash)).await;
+        let node = state.nodes.get("cp", "n1").expect("node");
+        assert_eq!(node.config_hash.as_deref(), Some(v1.hash.as_str()));
+        assert_eq!(node.sync_status(Some(&v1.hash)), "in_sync");
+
+        // A control plane without any version yet: nothing either, until the first one.
+        let dir = tempfile::tempdir().expect("dir");
+        let state = super::tests::state(&dir, false, Duration::from_secs(30));
+        let mut dp = connect(&state, &outlet, basic_info("n2", None, json!([]))).await;
+        nothing_pending(&mut dp.client, None).await;
+        state.hub.publish(Arc::clone(&v1));
+        assert_eq!(reconfigure_of(receive(&mut dp.client).await).0, 1);
+    }
+
+    #[tokio::test]
+    async fn modules_go_only_to_a_node_that_lacks_them_and_again_after_a_refusal() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = state(&dir, true, Duration::from_secs(30));
+        let outlet = Arc::new(Outlet::default());
+        let limit = state.modules.get("request-size-limiting").expect("module");
+        let rate = state.modules.get("rate-limiting").expect("module");
+        state
+            .hub
+            .publish(version(1, 0, &["request-size-limiting", "rate-limiting"]));
+        // It has rate-limiting's module already, and an outdated request-size-limiting one.
+        let has = json!([
+            { "file": rate.file, "sha256": rate.sha256 },
+            { "file": limit.file, "sha256": "0".repeat(64) },
+        ]);
+        let mut dp = connect(&state, &outlet, basic_info("n1", None, has)).await;
+        let (_, _, _, modules) = reconfigure_of(receive(&mut dp.client).await);
+        assert_eq!(
+            modules,
+            [ModuleData {
+                plugin: "request-size-limiting".into(),
+                file: limit.file.clone(),
+                sha256: limit.sha256.clone(),
+                data: base64::engine::general_purpose::STANDARD
+                    .encode(b"module request-size-limiting"),
+            }]
+        );
+
+        // Sent once: the next version does not carry it again.
+        let v2 = version(2, 1, &["request-size-limiting"]);
+        state.hub.publish(Arc::clone(&v2));
+        let (n, _, _, modules) = reconfigure_of(receive(&mut dp.client).await);
+        assert_eq!((n, modules.len()), (2, 0));
+
+        // A refused version: the modules sent with it are not assumed to be there.
+        let v3 = version(3, 2, &["request-size-limiting", "request-transformer"]);
+        state.hub.publish(Arc::clone(&v3));
+        let (n, _, _, modules) = reconfigure_of(receive(&mut dp.client).await);
+        assert_eq!(n, 3);
+        assert_eq!(
+            modules
+                .iter()
+                .map(|m| m.plugin.as_str())
+                .collect::<Vec<_>>(),
+            ["request-transformer"]
+        );
+        send(
+            &mut dp.client,
+            json!({
+                "type": "error", "config_version": 3, "config_hash": v3.hash,
+                "message": "disk full"
+            }),
+        )
+        .await;
+        nothing_pending(&mut dp.client, None).await;
+        let node = state.nodes.get("cp", "n1").expect("node");
+        let error = node.last_error.clone().expect("recorded");
+        assert_eq!(
+            (
+                error.config_version,
+                error.config_hash.as_str(),
+                error.message.as_str()
+            ),
+            (3, v3.hash.as_str(), "disk full")
+        );
+        assert_eq!(node.sync_status(Some(&v3.hash)), "failed");
+        state.hub.publish(version(
+            4,
+            3,
+            &["request-size-limiting", "request-transformer"],
+        ));
+        let (n, _, _, modules) = reconfigure_of(receive(&mut dp.client).await);
+        assert_eq!(n, 4);
+        assert_eq!(
+            modules
+                .iter()
+                .map(|m| m.plugin.as_str())
+                .collect::<Vec<_>>(),
+            ["request-transformer"],
+            "sent again; request-size-limiting's was applied with version 2"
+        );
+    }
+
+    #[tokio::test]
+    async fn pings_are_answered_and_recorded() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = state(&dir, false, Duration::from_secs(30));
+        let outlet = Arc::new(Outlet::default());
+        let mut dp = connect(&state, &outlet, basic_info("n1", None, json!([]))).await;
+        send(&mut dp.client, json!({ "type": "ping" })).await;
+        assert_eq!(receive(&mut dp.client).await, Outbound::Pong);
+        assert_eq!(state.nodes.get("cp", "n1").expect("node").config_hash, None);
+        nothing_pending(&mut dp.client, Some("h1")).await;
+        assert_eq!(
+            state
+                .nodes
+                .get("cp", "n1")
+                .expect("node")
+                .config_hash
+                .as_deref(),
+            Some("h1")
+        );
+        // The hash a ping reports is what it runs: that version is not sent to it.
+        let v1 = version(1, 0, &[]);
+        nothing_pending(&mut dp.client, Some(&v1.hash)).await;
+        state.hub.publish(v1);
+        nothing_pending(&mut dp.client, None).await;
+        // WebSocket pings are answered by the library and are no protocol frames.
+        dp.client
+            .send(Message::Ping(vec![7].into()))
+            .await
+            .expect("ping");
+        match dp.client.next().await {
+            Some(Ok(Message::Pong(data))) => assert_eq!(&data[..], &[7u8][..]),
+            other => panic!("expected a pong: {other:?}"),
+        }
+        nothing_pending(&mut dp.client, None).await;
+    }
+
+    #[tokio::test]
+    async fn a_frame_out_of_protocol_ends_the_session_with_its_reason() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = state(&dir, false, Duration::from_secs(30));
+        let outlet = Arc::new(Outlet::default());
+        let cases: Vec<(Message, &str)> = vec![
+            (
+                text(basic_info("n1", None, json!([]))),
+                "basic_info sent twice",
+            ),
+            (
+                Message::binary(b"{\"type\":\"ping\"}".to_vec()),
+                "binary frames are not part of the protocol",
+            ),
+            (Message::text("{\"type\":\"ping\""), "unreadable frame: "),
+            (Message::text("\"ping\""), "unreadable frame: "),
+            (text(json!({ "type": "pong" })), "unreadable frame: "),
+            (text(json!({ "type": "reconfigure" })), "unreadable frame: "),
+            (
+                text(json!({ "type": "applied", "config_version": "1", "config_hash": "h" })),
+                "unreadable frame: ",
+            ),
+            (
+                text(json!({ "type": "applied", "config_version": -1, "config_hash": "h" })),
+                "unreadable frame: ",
+            ),
+            (
+                text(json!({ "type": "error", "config_version": 1, "config_hash": "h" })),
+                "unreadable frame: ",
+            ),
+            (
+                text(json!({ "type": "ping", "config_hash": 5 })),
+                "unreadable frame: ",
+            ),
+        ];
+        for (frame, reason) in cases {
+            let shown = format!("{frame:?}");
+            let mut dp = connect(&state, &outlet, basic_info("n1", None, json!([]))).await;
+            nothing_pending(&mut dp.client, None).await;
+            dp.client.send(frame).await.expect("send");
+            let error = ended(dp.session).await.expect_err(&shown);
+            assert!(error.starts_with(reason), "{shown}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_ends_on_silence_shutdown_or_a_deleted_control_plane() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = state(&dir, false, Duration::from_millis(100));
+        let outlet = Arc::new(Outlet::default());
+        let dp = connect(&state, &outlet, basic_info("silent", None, json!([]))).await;
+        assert_eq!(
+            ended(dp.session).await,
+            Ok("silent for 150 ms, disconnected".to_owned())
+        );
+        assert!(
+            state.nodes.get("cp", "silent").expect("node").connected,
+            "marking it disconnected is the connection's job (only its newest one)"
+        );
+
+        let dir = tempfile::tempdir().expect("dir");
+        let state = super::tests::state(&dir, false, Duration::from_secs(30));
+        let mut dp = connect(&state, &outlet, basic_info("n1", None, json!([]))).await;
+        nothing_pending(&mut dp.client, None).await;
+        dp.stop.send(true).expect("stop");
+        assert_eq!(
+            ended(dp.session).await,
+            Ok("control plane stopping".to_owned())
+        );
+
+        let mut dp = connect(&state, &outlet, basic_info("n2", None, json!([]))).await;
+        nothing_pending(&mut dp.client, None).await;
+        state.hub.remove("cp");
+        assert_eq!(
+            ended(dp.session).await,
+            Ok("control plane deleted".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_shared_frame_is_made_once_per_version() {
+        let outlet = Outlet::default();
+        let v1 = version(1, 0, &[]);
+        let frame = outlet.frame_without_modules(&v1).expect("frame");
+        assert_eq!(
+            serde_json::from_str::<Outbound>(&frame).expect("frame"),
+            Outbound::Reconfigure {
+                config_version: 1,
+                config_hash: v1.hash.clone(),
+                config: v1.text.clone(),
+                modules: Vec::new(),
+            }
+        );
+        let again = outlet.frame_without_modules(&v1).expect("again");
+        assert_eq!(
+            again.as_str().as_ptr(),
+            frame.as_str().as_ptr(),
+            "the same bytes, not serialized again"
+        );
+        let v2 = version(2, 1, &[]);
+        let next = outlet.frame_without_modules(&v2).expect("next");
+        assert_eq!(
+            reconfigure_of(serde_json::from_str(&next).expect("next")).0,
+            2
+        );
     }
 }
