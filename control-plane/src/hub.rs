@@ -101,3 +101,126 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(control_plane_id: &str, version: u64, spaces: usize) -> Arc<ConfigVersion> {
+        let text = format!("{{\"_format_version\": \"3.0\"}}{}", " ".repeat(spaces));
+        Arc::new(ConfigVersion::new(control_plane_id, version, text, 7).expect("valid"))
+    }
+
+    #[test]
+    fn a_version_is_hashed_and_validated_from_its_text() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let v = version("cp", 3, 0);
+        assert_eq!(
+            (v.control_plane_id.as_str(), v.version, v.created_at),
+            ("cp", 3, 7)
+        );
+        assert_eq!(v.hash, sha256_hex(v.text.as_bytes()));
+        assert_ne!(
+            v.hash,
+            version("cp", 3, 1).hash,
+            "the text's hash, byte for byte"
+        );
+
+        let broken = ConfigVersion::new("cp", 1, "{\"_format".into(), 0).expect_err("JSON");
+        assert!(broken.to_string().contains("declarative"), "{broken}");
+        let invalid = ConfigVersion::new(
+            "cp",
+            1,
+            r#"{"_format_version": "3.0", "services": [{"name": "s", "host": "h", "port": 70000}]}"#
+                .into(),
+            0,
+        )
+        .expect_err("an invalid port");
+        assert!(invalid.to_string().contains("port"), "{invalid}");
+    }
+
+    #[test]
+    fn subscribers_see_each_newer_version_and_never_an_older_one() {
+        let hub = Hub::default();
+        let mut early = hub.subscribe("cp");
+        assert!(
+            early.borrow_and_update().is_none(),
+            "nothing before the first version"
+        );
+        assert!(hub.current("cp").is_none());
+
+        hub.publish(version("cp", 2, 0));
+        assert!(early.has_changed().expect("open"));
+        assert_eq!(
+            early.borrow_and_update().as_ref().map(|v| v.version),
+            Some(2)
+        );
+        let mut late = hub.subscribe("cp");
+        assert_eq!(
+            late.borrow_and_update().as_ref().map(|v| v.version),
+            Some(2),
+            "a new subscriber starts from the current version"
+        );
+
+        // Committed in one order, published in the other: the older one is dropped.
+        hub.publish(version("cp", 1, 1));
+        hub.publish(version("cp", 2, 2));
+        assert!(
+            !early.has_changed().expect("open"),
+            "no wake-up for an old version"
+        );
+        assert_eq!(hub.current("cp").map(|v| v.version), Some(2));
+        assert_eq!(
+            hub.current("cp").map(|v| v.hash.clone()),
+            Some(version("cp", 2, 0).hash.clone()),
+            "the first version 2 stays"
+        );
+
+        hub.publish(version("cp", 5, 0));
+        assert!(early.has_changed().expect("open") && late.has_changed().expect("open"));
+        assert_eq!(hub.current("cp").map(|v| v.version), Some(5));
+
+        // Other control planes are apart.
+        let other = hub.subscribe("other");
+        hub.publish(version("other", 1, 0));
+        assert!(other.has_changed().expect("open"));
+        assert_eq!(hub.current("cp").map(|v| v.version), Some(5));
+        assert_eq!(hub.current("other").map(|v| v.version), Some(1));
+    }
+
+    #[test]
+    fn a_version_published_before_anyone_subscribes_is_kept() {
+        let hub = Hub::default();
+        hub.publish(version("cp", 1, 0));
+        assert_eq!(hub.current("cp").map(|v| v.version), Some(1));
+        assert_eq!(
+            hub.subscribe("cp").borrow().as_ref().map(|v| v.version),
+            Some(1)
+        );
+    }
+
+    #[tokio::test]
+    async fn removing_a_control_plane_tells_its_subscribers_and_starts_over() {
+        let hub = Hub::default();
+        hub.publish(version("cp", 3, 0));
+        hub.publish(version("other", 1, 0));
+        let mut before = hub.subscribe("cp");
+        before.borrow_and_update();
+        hub.remove("cp");
+        before.changed().await.expect("told once");
+        assert!(before.borrow_and_update().is_none(), "None: deleted");
+        assert!(before.changed().await.is_err(), "then closed");
+        assert!(hub.current("cp").is_none());
+        assert_eq!(hub.current("other").map(|v| v.version), Some(1));
+        hub.remove("never-there");
+
+        // The same id again (a restored backup): its versions start over at 1.
+        let after = hub.subscribe("cp");
+        hub.publish(version("cp", 1, 0));
+        assert!(after.has_changed().expect("open"));
+        assert_eq!(hub.current("cp").map(|v| v.version), Some(1));
+    }
+}
