@@ -133,6 +133,7 @@ async fn serve(port: u16, data_plane: DataPlane, token: &str) -> Result<(), Stri
             runtime: model::envoy::V8.into(),
             env_allow: vec!["BACKEND_TOKEN".into()],
             env_values: Vec::new(),
+            upstream_ca_file: None,
         };
         let bootstrap = model::envoy::bootstrap(&parsed, &options);
         let started = Envoy::start_bootstrap(&bootstrap, 2).await?;

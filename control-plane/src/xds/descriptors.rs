@@ -2,10 +2,11 @@
 //!
 //! `xds-api` ships the descriptors of Envoy's core API but not of every extension the model
 //! uses: the Wasm filter, the upstream codec filter (last of the router's upstream filters),
-//! `upstreams.http.v3.HttpProtocolOptions` and `UpstreamTlsContext` are missing. They are
-//! declared here with Envoy's own names and field numbers (from Envoy's API protos), restricted
-//! to the fields the model writes: a field the model starts writing without adding it here
-//! fails the translation with a message naming it, never silently.
+//! `upstreams.http.v3.HttpProtocolOptions`, `UpstreamTlsContext` and its `CommonTlsContext`
+//! are missing. They are declared here with Envoy's own names and field numbers (from
+//! Envoy's API protos), restricted to the fields the model writes: a field the model starts
+//! writing without adding it here fails the translation with a message naming it, never
+//! silently.
 
 use prost_reflect::DescriptorPool;
 use prost_types::field_descriptor_proto::{Label, Type};
@@ -228,15 +229,38 @@ fn upstream_http_protocol_options() -> FileDescriptorProto {
     )
 }
 
+/// The upstream TLS of `https`/`grpcs` clusters: SNI, and for `tls_verify` services a
+/// validation context. `CertificateValidationContext` (trusted CA, SAN matchers) is in
+/// `xds-api`, from Envoy's `common.proto`; the contexts of `tls.proto` are not.
 fn upstream_tls_context() -> FileDescriptorProto {
+    let message_type =
+        |name: &str| Some(format!(".envoy.extensions.transport_sockets.tls.v3.{name}"));
+    let common = message(
+        "CommonTlsContext",
+        vec![field(
+            "validation_context",
+            3,
+            Type::Message,
+            message_type("CertificateValidationContext").as_deref(),
+        )],
+    );
+    let upstream = message(
+        "UpstreamTlsContext",
+        vec![
+            field(
+                "common_tls_context",
+                1,
+                Type::Message,
+                message_type("CommonTlsContext").as_deref(),
+            ),
+            field("sni", 2, Type::String, None),
+        ],
+    );
     file(
         "envoy/extensions/transport_sockets/tls/v3/tls.proto",
         "envoy.extensions.transport_sockets.tls.v3",
-        &[],
-        vec![message(
-            "UpstreamTlsContext",
-            vec![field("sni", 2, Type::String, None)],
-        )],
+        &["envoy/extensions/transport_sockets/tls/v3/common.proto"],
+        vec![upstream, common],
     )
 }
 

@@ -97,6 +97,8 @@ impl Translator {
             runtime: model::envoy::V8.to_owned(),
             env_allow: node.env_allow.clone(),
             env_values: Vec::new(),
+            // The node's system bundle: the control plane knows no path on the node's host.
+            upstream_ca_file: None,
         };
         // Code inline, never `remote`: Envoy 1.40 ACKs a Wasm config with a remote module
         // pushed after start-up but never fetches it, and bypasses the filter silently.
@@ -122,7 +124,7 @@ impl Translator {
         let listener = model::envoy::discovered_listener(config, &options);
         let routes = model::envoy::route_configuration(config, &options, model::envoy::LISTENER);
         let by_type = [
-            (CLUSTER, model::envoy::clusters(config)),
+            (CLUSTER, model::envoy::clusters(config, &options)),
             (LISTENER, vec![listener]),
             (EXTENSION_CONFIG, extension_configs),
             (ROUTE, vec![routes]),
@@ -136,5 +138,54 @@ impl Translator {
             }
         }
         Ok(resources)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The upstream TLS of the clusters goes over xDS whole: a `tls_verify` service's
+    /// validation context (trusted CA, DNS or IP SAN) has a descriptor for every field, and
+    /// decodes back to the JSON the translation wrote.
+    #[test]
+    fn upstream_tls_contexts_encode_with_their_validation_contexts() {
+        let config = model::parse_declarative(
+            "_format_version: \"3.0\"\nservices:\n  \
+             - {name: dns, url: \"https://api.test\", tls_verify: true}\n  \
+             - {name: ip, url: \"https://127.0.0.1:8443\", tls_verify: true}\n  \
+             - {name: v6, url: \"grpcs://[::1]:8443\", tls_verify: true}\n  \
+             - {name: unverified, url: \"https://api.test\"}\n",
+        )
+        .unwrap();
+        let options = model::envoy::EnvoyOptions {
+            listen: ([127, 0, 0, 1], 8000).into(),
+            admin: ([127, 0, 0, 1], 8001).into(),
+            modules_dir: "/wasm".into(),
+            filters_dir: None,
+            runtime: model::envoy::V8.to_owned(),
+            env_allow: Vec::new(),
+            env_values: Vec::new(),
+            upstream_ca_file: Some("/etc/wasmgate/ca.pem".into()),
+        };
+        let translator = Translator::new().unwrap();
+        let descriptor = translator
+            .pool
+            .get_message_by_name("envoy.config.cluster.v3.Cluster")
+            .unwrap();
+        let clusters = model::envoy::clusters(&config, &options);
+        assert_eq!(clusters.len(), 4);
+        for cluster in clusters {
+            let written = cluster["transport_socket"].clone();
+            assert!(written.is_object(), "{cluster}");
+            let resource = translator.encode(CLUSTER, cluster).unwrap();
+            let decoded =
+                DynamicMessage::decode(descriptor.clone(), resource.any.value.as_slice()).unwrap();
+            let options = prost_reflect::SerializeOptions::new().use_proto_field_name(true);
+            let back = decoded
+                .serialize_with_options(serde_json::value::Serializer, &options)
+                .unwrap();
+            assert_eq!(back["transport_socket"], written);
+        }
     }
 }

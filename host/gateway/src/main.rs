@@ -163,6 +163,10 @@ enum Command {
         /// Envoy's admin listener.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin_listen: SocketAddr,
+        /// The CA certificates (PEM, a path on Envoy's host) that sign the certificates of
+        /// `tls_verify` services (default: the system bundle, /etc/ssl/certs/ca-certificates.crt).
+        #[arg(long)]
+        upstream_ca_file: Option<PathBuf>,
         #[command(flatten)]
         modules: Modules,
     },
@@ -217,8 +221,16 @@ fn main() -> ExitCode {
             out,
             listen,
             admin_listen,
+            upstream_ca_file,
             modules,
-        } => envoy_bootstrap(&config, out, listen, admin_listen, &modules),
+        } => envoy_bootstrap(
+            &config,
+            out,
+            listen,
+            admin_listen,
+            upstream_ca_file,
+            &modules,
+        ),
         Command::Run {
             config,
             cluster,
@@ -284,6 +296,7 @@ fn envoy_bootstrap(
     out: Option<PathBuf>,
     listen: SocketAddr,
     admin: SocketAddr,
+    upstream_ca_file: Option<PathBuf>,
     modules: &Modules,
 ) -> Result<(), String> {
     let text = read(config)?;
@@ -297,6 +310,7 @@ fn envoy_bootstrap(
         runtime: model::envoy::V8.into(),
         env_allow: runtime.env_allow,
         env_values: Vec::new(),
+        upstream_ca_file,
     };
     let bootstrap = model::envoy::bootstrap(&parsed, &options);
     let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| e.to_string())?;

@@ -117,6 +117,45 @@ fn envoy_bootstrap_writes_the_same_services_for_envoy() {
     );
 }
 
+/// `--upstream-ca-file` is the CA a `tls_verify` service's certificate must chain to in the
+/// bootstrap; without it, the system bundle. A service without `tls_verify` checks nothing.
+#[test]
+fn envoy_bootstrap_trusts_the_upstream_ca_file_for_tls_verify_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        &dir,
+        "kong.yaml",
+        "_format_version: \"3.0\"\nservices: [{name: verified, url: \"https://api.test\", tls_verify: true}, {name: unverified, url: \"https://api.test\"}]\n",
+    );
+    let trusted = |extra: &[&str]| {
+        let out = Command::new(GATEWAY)
+            .args(["envoy-bootstrap", "--config"])
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bootstrap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let clusters = &bootstrap["static_resources"]["clusters"];
+        let validation = |i: usize| {
+            clusters[i]["transport_socket"]["typed_config"]["common_tls_context"]
+                ["validation_context"]
+                .clone()
+        };
+        assert_eq!(validation(1), serde_json::Value::Null, "{bootstrap}");
+        validation(0)["trusted_ca"]["filename"].clone()
+    };
+    assert_eq!(
+        trusted(&["--upstream-ca-file", "/etc/wasmgate/upstream-ca.pem"]),
+        "/etc/wasmgate/upstream-ca.pem"
+    );
+    assert_eq!(trusted(&[]), "/etc/ssl/certs/ca-certificates.crt");
+}
+
 /// A one-line upstream: answers every request with `body`.
 fn upstream(body: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -25,7 +25,7 @@
 //! `vm_config.environment_variables.host_env_keys`: they are read from Envoy's own environment
 //! and never written into the bootstrap.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
@@ -45,6 +45,15 @@ pub const UPSTREAM_CODEC: &str =
 pub const LISTENER: &str = "wasmgate";
 pub use request_transformer::CLIENT_HOST_HEADER;
 
+/// The CA bundle Envoy checks the certificates of `tls_verify` services against when the
+/// options name none ([`EnvoyOptions::upstream_ca_file`]): the system's, where Debian and
+/// Ubuntu (Envoy's images) and Alpine keep it. Envoy 1.40 has no working "system trust store"
+/// setting: `CertificateValidationContext.system_root_certs` is parsed but is
+/// `[#not-implemented-hide:]` (it is gRPC's), and a validation context with only it checks
+/// nothing, so the bundle is named as `trusted_ca`. (A missing file fails Envoy's start-up or
+/// the cluster's update, never opens the check.)
+pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// Kong's answer when no route matches.
 pub const NO_ROUTE_BODY: &str = r#"{"message":"no Route matched with those values"}"#;
 
@@ -61,6 +70,9 @@ pub struct EnvoyOptions {
     pub env_allow: Vec<String>,
     /// Values written into the bootstrap itself (tests; prefer `env_allow` for secrets).
     pub env_values: Vec<(String, String)>,
+    /// The CA certificates (PEM, on Envoy's host) that must have signed the certificate of a
+    /// `tls_verify` service; `None`: the system bundle, [`SYSTEM_CA_FILE`].
+    pub upstream_ca_file: Option<PathBuf>,
 }
 
 /// One wasm filter instance in the chain.
@@ -282,7 +294,7 @@ pub fn cluster_name(config: &Config, service: usize) -> String {
     }
 }
 
-pub fn clusters(config: &Config) -> Vec<Value> {
+pub fn clusters(config: &Config, options: &EnvoyOptions) -> Vec<Value> {
     config
         .services
         .iter()
@@ -295,11 +307,11 @@ pub fn clusters(config: &Config) -> Vec<Value> {
                 .strip_prefix('[')
                 .and_then(|h| h.strip_suffix(']'))
                 .unwrap_or(&service.host);
-            let is_ip = address.parse::<std::net::IpAddr>().is_ok();
+            let ip = address.parse::<IpAddr>().ok();
             let name = cluster_name(config, i);
             let mut cluster = json!({
                 "name": name,
-                "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
+                "type": if ip.is_some() { "STATIC" } else { "STRICT_DNS" },
                 "connect_timeout": format!("{}s", service.connect_timeout_ms as f64 / 1000.0),
                 "load_assignment": {
                     "cluster_name": name,
@@ -320,15 +332,50 @@ pub fn clusters(config: &Config) -> Vec<Value> {
             if service.protocol.is_tls() {
                 cluster["transport_socket"] = json!({
                     "name": "envoy.transport_sockets.tls",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                        "sni": service.host,
-                    },
+                    "typed_config": upstream_tls_context(service, ip, options),
                 });
             }
             cluster
         })
         .collect()
+}
+
+/// The TLS of an `https`/`grpcs` service, as the gateway's rustls client does it. SNI is the
+/// host only when it is a DNS name: RFC 6066 §3 forbids IP literals there, and Kong and rustls
+/// send none. With `tls_verify` (Kong's default is off: no validation context, any certificate
+/// is accepted), the certificate must chain to the trusted CAs and name the host: a DNS SAN
+/// matching the name (Envoy's DNS matching takes the certificate's wildcards), or an IP SAN
+/// equal to the address. (The host is fixed per cluster, so the names are written out rather
+/// than left to `auto_sni_san_validation`, which has no SNI to check an IP address against.)
+fn upstream_tls_context(
+    service: &crate::entities::Service,
+    ip: Option<IpAddr>,
+    options: &EnvoyOptions,
+) -> Value {
+    let mut context = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+    });
+    if ip.is_none() {
+        context["sni"] = json!(service.host);
+    }
+    if service.tls_verify {
+        let trusted = options
+            .upstream_ca_file
+            .as_deref()
+            .unwrap_or(Path::new(SYSTEM_CA_FILE));
+        let san = match ip {
+            Some(ip) => json!({"san_type": "IP_ADDRESS", "matcher": {"exact": ip.to_string()}}),
+            None => json!({
+                "san_type": "DNS",
+                "matcher": {"exact": service.host, "ignore_case": true},
+            }),
+        };
+        context["common_tls_context"] = json!({"validation_context": {
+            "trusted_ca": {"filename": trusted.to_string_lossy()},
+            "match_typed_subject_alt_names": [san],
+        }});
+    }
+    context
 }
 
 fn regex_escape(text: &str) -> String {
@@ -621,7 +668,7 @@ pub fn bootstrap(config: &Config, options: &EnvoyOptions) -> Value {
         "admin": {"address": socket_address(options.admin)},
         "static_resources": {
             "listeners": [listener(options, http_connection_manager(config, options))],
-            "clusters": clusters(config),
+            "clusters": clusters(config, options),
         },
     })
 }

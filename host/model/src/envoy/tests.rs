@@ -18,6 +18,7 @@ fn options() -> EnvoyOptions {
             ("BACKEND_TOKEN".into(), "t0k3n".into()),
             ("OTHER_SECRET".into(), "x".into()),
         ],
+        upstream_ca_file: None,
     }
 }
 
@@ -593,7 +594,7 @@ fn over_xds_routes_come_by_rds_and_filters_by_ecds() {
 fn clusters_follow_each_services_protocol_address_and_timeouts() {
     let config = config(SERVICES);
     assert_json(
-        &json!(clusters(&config)),
+        &json!(clusters(&config, &options())),
         &json!([
             {
                 "connect_timeout": "1.5s",
@@ -746,6 +747,117 @@ fn clusters_follow_each_services_protocol_address_and_timeouts() {
     assert_eq!(cluster_name(&config, 0), "service.ip");
     assert_eq!(cluster_name(&config, 1), "service.1");
     assert_eq!(cluster_name(&config, 9), "service.9");
+}
+
+/// TLS services of every kind of host, verified or not (Kong's default is not).
+const TLS_SERVICES: &str = r#"
+_format_version: "3.0"
+services:
+  - name: dns
+    url: https://api.test:8443
+    tls_verify: true
+  - name: v4
+    url: https://127.0.0.1:8443
+    tls_verify: true
+  - name: v6
+    url: grpcs://[0:0::1]:8443
+    tls_verify: true
+  - name: dns-unverified
+    url: https://api.test
+  - name: v4-unverified
+    url: grpcs://127.0.0.1
+    tls_verify: false
+  - name: v6-unverified
+    url: https://[::1]
+  - name: plain
+    url: http://api.test
+    tls_verify: true
+"#;
+
+/// The `transport_socket` of each cluster (`null` without TLS).
+fn transport_sockets(config: &Config, options: &EnvoyOptions) -> Value {
+    clusters(config, options)
+        .iter()
+        .map(|c| json!([c["name"], c["transport_socket"]]))
+        .collect()
+}
+
+fn tls(context: Value) -> Value {
+    let mut typed_config = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+    });
+    typed_config
+        .as_object_mut()
+        .unwrap()
+        .extend(context.as_object().unwrap().clone());
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": typed_config})
+}
+
+/// Upstream TLS as the gateway's rustls client does it. SNI only for a DNS name: RFC 6066
+/// forbids IP literals there (Kong and rustls send none). With `tls_verify`, a validation
+/// context: the certificate must chain to the system bundle, or to the operator's CA file when
+/// one is given, and name the host: a DNS SAN (in any case) for a name, an IP SAN for an
+/// address (IPv6 in its canonical text, as Envoy prints the certificate's). Without it, or
+/// without TLS, nothing is checked.
+#[test]
+fn tls_verify_checks_the_upstream_certificate_against_the_trusted_cas_and_the_host() {
+    let config = config(TLS_SERVICES);
+    let expected = |ca: &str| {
+        let verified = |sni: Option<&str>, san: Value| {
+            let mut context = json!({"common_tls_context": {"validation_context": {
+                "trusted_ca": {"filename": ca},
+                "match_typed_subject_alt_names": [san],
+            }}});
+            if let Some(sni) = sni {
+                context["sni"] = json!(sni);
+            }
+            tls(context)
+        };
+        json!([
+            [
+                "service.dns",
+                verified(
+                    Some("api.test"),
+                    json!({"san_type": "DNS", "matcher": {"exact": "api.test", "ignore_case": true}})
+                )
+            ],
+            [
+                "service.v4",
+                verified(
+                    None,
+                    json!({"san_type": "IP_ADDRESS", "matcher": {"exact": "127.0.0.1"}})
+                )
+            ],
+            [
+                "service.v6",
+                verified(
+                    None,
+                    json!({"san_type": "IP_ADDRESS", "matcher": {"exact": "::1"}})
+                )
+            ],
+            ["service.dns-unverified", tls(json!({"sni": "api.test"}))],
+            ["service.v4-unverified", tls(json!({}))],
+            ["service.v6-unverified", tls(json!({}))],
+            ["service.plain", null],
+        ])
+    };
+    assert_json(
+        &transport_sockets(&config, &options()),
+        &expected("/etc/ssl/certs/ca-certificates.crt"),
+    );
+    let with_ca = EnvoyOptions {
+        upstream_ca_file: Some(PathBuf::from("/etc/wasmgate/upstream-ca.pem")),
+        ..options()
+    };
+    assert_json(
+        &transport_sockets(&config, &with_ca),
+        &expected("/etc/wasmgate/upstream-ca.pem"),
+    );
+    // The bootstrap's clusters are these.
+    assert_json(
+        &bootstrap(&config, &with_ca)["static_resources"]["clusters"],
+        &json!(clusters(&config, &with_ca)),
+    );
 }
 
 /// Routes in the router's order (more kinds of criteria, then regexes, then longer
