@@ -1774,15 +1774,17 @@ mod tests {
     #[test]
     fn each_json_and_multipart_operation_alone_rewrites_the_body() {
         let json = base("/", &[("content-type", "application/json")]);
-        let job = decide(
-            &config(r#"{"remove":{"body":["absent","b"]}}"#),
-            &json,
-            false,
-        )
-        .body
-        .unwrap();
-        let done = job.finish(br#"{"a":1,"b":2}"#).unwrap();
-        assert_eq!(done.body.as_deref(), Some(&br#"{"a":1}"#[..]));
+        for (ops, edited) in [
+            (r#"{"remove":{"body":["absent","b"]}}"#, r#"{"a":1}"#),
+            (
+                r#"{"rename":{"body":["absent:x","b:c"]}}"#,
+                r#"{"a":1,"c":2}"#,
+            ),
+        ] {
+            let job = decide(&config(ops), &json, false).body.unwrap();
+            let done = job.finish(br#"{"a":1,"b":2}"#).unwrap();
+            assert_eq!(done.body.as_deref(), Some(edited.as_bytes()), "{ops}");
+        }
         let multipart = base("/", &[("content-type", "multipart/form-data; boundary=B")]);
         let body = b"--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--B--\r\n";
         for ops in [
