@@ -212,6 +212,7 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
     // stops with the control plane and starts again with it, from its cache). It comes back on
     // the same data: its data planes reconnect and take the next change.
     cp.stop();
+    until_closed(gateway, "the control plane stopped").await;
     assert_eq!(
         authorization_seen(envoy_listen).await.as_deref(),
         Some("Bearer rotated")
@@ -243,13 +244,19 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
         None,
     )
     .await;
+    until_closed(gateway, "its configuration was removed").await;
+    drop(envoy);
+}
+
+/// Waits until nothing listens on `addr` any more: the provisioned gateway has stopped.
+async fn until_closed(addr: std::net::SocketAddr, why: &str) {
+    // A bound against hanging, not a latency target.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(gateway).await.is_ok() {
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
         assert!(
             Instant::now() < deadline,
-            "the gateway still listens on {gateway}"
+            "{why}, but the gateway still listens on {addr}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drop(envoy);
 }
