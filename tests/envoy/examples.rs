@@ -1,46 +1,7 @@
 //! The example bootstraps in `envoy/` start in a real Envoy and do what their comments say.
 
-use serde_json::Value;
-use wasmgate_tests::{paths, EchoUpstream, Envoy, Protocol, Request, RequestBody};
-
-/// Reads an example, points its listeners at free loopback ports, its clusters at `upstream`
-/// and its modules at the freshly built ones.
-fn load_example(name: &str, upstream: std::net::SocketAddr) -> Value {
-    let path = paths::workspace_root().join("envoy").join(name);
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut bootstrap: Value = serde_yaml_ng::from_str(&text).unwrap();
-    rewrite(&mut bootstrap, upstream);
-    bootstrap
-}
-
-fn rewrite(value: &mut Value, upstream: std::net::SocketAddr) {
-    match value {
-        Value::Object(map) => {
-            if let Some(Value::String(file)) = map.get("filename") {
-                let module = std::path::Path::new(file)
-                    .file_name()
-                    .unwrap()
-                    .to_str()
-                    .unwrap();
-                let built = paths::wasm_dir().join(module);
-                map.insert(
-                    "filename".into(),
-                    Value::String(built.to_string_lossy().into()),
-                );
-            }
-            if let Some(port) = map.get("port_value").and_then(Value::as_u64) {
-                // The example's backend is :8080; everything else listens.
-                let new = if port == 8080 { upstream.port() } else { 0 };
-                map.insert("port_value".into(), new.into());
-            }
-            for v in map.values_mut() {
-                rewrite(v, upstream);
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| rewrite(v, upstream)),
-        _ => {}
-    }
-}
+use wasmgate_tests::envoy::load_example;
+use wasmgate_tests::{EchoUpstream, Envoy, Protocol, Request, RequestBody};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_size_limiting_example_enforces_10_mb() {

@@ -3,13 +3,12 @@
 //! JSON, the seed's secret-injection example, and (ignored by default) the cost per request
 //! next to Envoy's native `header_mutation` filter.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use wasmgate_tests::client::{send, Connection};
-use wasmgate_tests::envoy::ListenerSpec;
+use wasmgate_tests::client::{raw_exchange, send, Connection};
+use wasmgate_tests::envoy::{load_example, ListenerSpec};
+use wasmgate_tests::process::cpu_ns;
 use wasmgate_tests::{
     paths, EchoReport, EchoUpstream, Envoy, EnvoyConfig, Protocol, Request, RequestBody, WasmFilter,
 };
@@ -151,15 +150,6 @@ async fn bodies_over_the_buffer_limit_pass_on_unchanged() {
     }
 }
 
-/// Sends raw bytes on HTTP/1.1 and returns the whole answer (the request asks to close).
-async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
-    out
-}
-
 fn raw_post(path: &str, headers: &[&[u8]], body: &[u8]) -> Vec<u8> {
     let mut out =
         format!("POST {path} HTTP/1.1\r\nhost: raw.test\r\nconnection: close\r\n").into_bytes();
@@ -190,7 +180,7 @@ async fn bytes_that_are_not_utf8_and_deep_json_never_trap() {
     let addr = envoy.listener("odd");
 
     // An obs-text header value (Latin-1 é) copied into a header and the query string.
-    let answer = raw_exchange(
+    let text = raw_exchange(
         addr,
         &raw_post(
             "/o?q=%E9%ff",
@@ -199,7 +189,6 @@ async fn bytes_that_are_not_utf8_and_deep_json_never_trap() {
         ),
     )
     .await;
-    let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("from-header=caf%E9"), "{text}");
 
@@ -211,15 +200,14 @@ async fn bytes_that_are_not_utf8_and_deep_json_never_trap() {
     )] {
         let mut header = b"content-type: ".to_vec();
         header.extend_from_slice(content_type);
-        let answer = raw_exchange(addr, &raw_post("/b", &[&header], body)).await;
-        let text = String::from_utf8_lossy(&answer);
+        let text = raw_exchange(addr, &raw_post("/b", &[&header], body)).await;
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(text.contains(expected), "{expected} in {text}");
     }
 
     // JSON that is not UTF-8 is not JSON (RFC 8259): with a body rename configured it is
     // refused, never passed on with the field under its old name.
-    let answer = raw_exchange(
+    let text = raw_exchange(
         addr,
         &raw_post(
             "/b",
@@ -228,7 +216,6 @@ async fn bytes_that_are_not_utf8_and_deep_json_never_trap() {
         ),
     )
     .await;
-    let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
 
     // 100,000 levels of nesting inside a value: rewritten, nothing overflows.
@@ -253,41 +240,6 @@ async fn bytes_that_are_not_utf8_and_deep_json_never_trap() {
     }
     let log = envoy.log();
     assert!(!log.contains("panicked") && !log.contains("trap"), "{log}");
-}
-
-/// Reads an example bootstrap, pointing listeners at free ports, the backend (:8080) at
-/// `upstream` and modules at the built ones (as `examples.rs` does).
-fn load_example(name: &str, upstream: std::net::SocketAddr) -> Value {
-    fn rewrite(value: &mut Value, upstream: std::net::SocketAddr) {
-        match value {
-            Value::Object(map) => {
-                if let Some(Value::String(file)) = map.get("filename") {
-                    let module = std::path::Path::new(file)
-                        .file_name()
-                        .and_then(|f| f.to_str())
-                        .unwrap_or_default()
-                        .to_owned();
-                    let built = paths::wasm_dir().join(module);
-                    map.insert(
-                        "filename".into(),
-                        Value::String(built.to_string_lossy().into()),
-                    );
-                }
-                if let Some(port) = map.get("port_value").and_then(Value::as_u64) {
-                    let new = if port == 8080 { upstream.port() } else { 0 };
-                    map.insert("port_value".into(), new.into());
-                }
-                map.values_mut().for_each(|v| rewrite(v, upstream));
-            }
-            Value::Array(items) => items.iter_mut().for_each(|v| rewrite(v, upstream)),
-            _ => {}
-        }
-    }
-    let path = paths::workspace_root().join("envoy").join(name);
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut bootstrap: Value = serde_yaml_ng::from_str(&text).unwrap();
-    rewrite(&mut bootstrap, upstream);
-    bootstrap
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,19 +288,6 @@ async fn the_seed_secret_injection_example_overrides_client_credentials() {
         !envoy.log().contains("example-backend-token"),
         "the secret is never logged"
     );
-}
-
-/// CPU time Envoy's threads have used, in nanoseconds (sum of `/proc/<pid>/task/*/schedstat`):
-/// unlike latency, it does not move when other processes load the machine.
-fn envoy_cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// Per-request cost in one Envoy: no filter, Envoy's native `header_mutation` doing the
@@ -419,14 +358,14 @@ async fn bench_per_request_cost_next_to_header_mutation() {
     for _ in 0..ROUNDS {
         for (i, connection) in connections.iter_mut().enumerate() {
             let mut latencies = Vec::with_capacity(N);
-            let before = envoy_cpu_ns(envoy.pid());
+            let before = cpu_ns(envoy.pid());
             for _ in 0..N {
                 let t = Instant::now();
                 let response = connection.send(&request).await.unwrap();
                 latencies.push(t.elapsed());
                 assert_eq!(response.status, 200);
             }
-            let used = envoy_cpu_ns(envoy.pid()) - before;
+            let used = cpu_ns(envoy.pid()) - before;
             latencies.sort();
             cpu[i].push(used as f64 / N as f64 / 1000.0);
             p50[i].push(latencies[N / 2].as_secs_f64() * 1e6);

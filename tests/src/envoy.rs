@@ -37,6 +37,7 @@ pub fn translation_options() -> model::envoy::EnvoyOptions {
         runtime: V8.into(),
         env_allow: Vec::new(),
         env_values: Vec::new(),
+        upstream_ca_file: None,
     }
 }
 
@@ -241,6 +242,49 @@ impl EnvoyConfig {
     }
 }
 
+/// Reads the example bootstrap `envoy/<name>` and rewrites it to run here: its backend (port
+/// 8080) becomes `upstream`, every other port becomes 0 (a listener on a port the kernel
+/// picks, read back by [`Envoy::listener`]), and every module `filename` points at the freshly
+/// built module of the same file name.
+pub fn load_example(name: &str, upstream: SocketAddr) -> Value {
+    let path = paths::workspace_root().join("envoy").join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut bootstrap: Value = serde_yaml_ng::from_str(&text)
+        .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+    point_example_here(&mut bootstrap, upstream);
+    bootstrap
+}
+
+fn point_example_here(value: &mut Value, upstream: SocketAddr) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(file)) = map.get("filename") {
+                let module = Path::new(file)
+                    .file_name()
+                    .and_then(|f| f.to_str())
+                    .unwrap_or_else(|| panic!("a module filename without a file name: {file}"));
+                let built = paths::wasm_dir().join(module);
+                map.insert(
+                    "filename".into(),
+                    Value::String(built.to_string_lossy().into()),
+                );
+            }
+            if let Some(port) = map.get("port_value").and_then(Value::as_u64) {
+                // The example's backend is :8080; everything else listens.
+                let new = if port == 8080 { upstream.port() } else { 0 };
+                map.insert("port_value".into(), new.into());
+            }
+            map.values_mut()
+                .for_each(|v| point_example_here(v, upstream));
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| point_example_here(v, upstream)),
+        _ => {}
+    }
+}
+
 /// A running Envoy.
 pub struct Envoy {
     child: Child,
@@ -403,16 +447,7 @@ impl Envoy {
 
     /// The peak resident memory of the Envoy process, in bytes (Linux `VmHWM`).
     pub fn peak_rss(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
+        crate::process::peak_rss(self.child.id())
     }
 
     /// Stops Envoy (SIGKILL; nothing in a test needs a graceful drain) and reaps it.
