@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::hub::ConfigVersion;
-use crate::nodes::{Hello, NodeKind};
+use crate::nodes::{check_reported, Hello, NodeKind, MAX_HOSTNAME, MAX_NODE_ID, MAX_VERSION};
 use crate::{pki, State};
 
 /// TLS handshake, WebSocket upgrade and `basic_info`, each.
@@ -300,6 +300,9 @@ async fn introduce(
     if node_id.is_empty() {
         return Err("basic_info without a node_id".into());
     }
+    check_reported("basic_info.node_id", &node_id, MAX_NODE_ID)?;
+    check_reported("basic_info.hostname", &hostname, MAX_HOSTNAME)?;
+    check_reported("basic_info.version", &version, MAX_VERSION)?;
     let control_plane_id = match (control_plane_id, planes) {
         (Some(id), _) if planes.contains(&id) => id,
         (Some(id), _) => {
@@ -1208,6 +1211,45 @@ mod tests {
         assert_eq!(
             reconfigure_of(serde_json::from_str(&next).expect("next")).0,
             2
+        );
+    }
+
+    #[tokio::test]
+    async fn what_a_node_says_of_itself_is_bounded_at_basic_info() {
+        let at = |field: &str, value: String| {
+            let mut hello = basic_info("n1", None, json!([]));
+            hello[field] = json!(value);
+            hello
+        };
+        // Exactly at each bound: accepted.
+        for (field, max) in [
+            ("node_id", MAX_NODE_ID),
+            ("hostname", MAX_HOSTNAME),
+            ("version", MAX_VERSION),
+        ] {
+            let session = introduced(vec![text(at(field, "x".repeat(max)))], &["cp"]).await;
+            assert!(
+                session.is_ok(),
+                "{field} of {max} bytes: {:?}",
+                session.err()
+            );
+            let refused = introduced(vec![text(at(field, "x".repeat(max + 1)))], &["cp"])
+                .await
+                .err();
+            assert_eq!(
+                refused,
+                Some(format!(
+                    "basic_info.{field} is {} bytes long; at most {max} are accepted",
+                    max + 1
+                ))
+            );
+        }
+        let refused = introduced(vec![text(at("hostname", "h\u{1b}]0;x".into()))], &["cp"])
+            .await
+            .err();
+        assert_eq!(
+            refused.as_deref(),
+            Some("basic_info.hostname has the byte 0x1b; only printable ASCII is accepted")
         );
     }
 }

@@ -22,7 +22,7 @@ use xds_api::pb::google::protobuf::{value::Kind, Struct};
 use super::resources::{NodeParams, Translator, TYPES};
 use super::snapshot::{Snapshot, Subscription};
 use crate::hub::ConfigVersion;
-use crate::nodes::{Hello, NodeKind};
+use crate::nodes::{check_reported, Hello, NodeKind, MAX_NODE_ID, MAX_VERSION};
 use crate::State;
 
 /// Who is at the other end of a stream.
@@ -48,6 +48,7 @@ impl NodeIdentity {
         if node.id.is_empty() {
             return Err(Status::invalid_argument("node.id is empty"));
         }
+        check_reported("node.id", &node.id, MAX_NODE_ID).map_err(Status::invalid_argument)?;
         let control_plane_id = if node.cluster.is_empty() {
             match pinned_for {
                 [only] => only.clone(),
@@ -105,6 +106,8 @@ impl NodeIdentity {
             Some(UserAgentVersionType::UserAgentVersion(v)) if !v.is_empty() => v.clone(),
             _ => node.user_agent_name.clone(),
         };
+        check_reported("node.user_agent_version", &version, MAX_VERSION)
+            .map_err(Status::invalid_argument)?;
         Ok(NodeIdentity {
             control_plane_id,
             id: node.id.clone(),
@@ -413,6 +416,59 @@ impl AdsStream {
                 snapshot.version.version,
                 &snapshot.version.hash,
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use xds_api::pb::google::protobuf::Value;
+
+    use super::*;
+
+    fn node(id: String, user_agent_version: String) -> Node {
+        let listen = Value {
+            kind: Some(Kind::StringValue("127.0.0.1:10000".into())),
+        };
+        Node {
+            id,
+            cluster: "cp".into(),
+            metadata: Some(Struct {
+                fields: [("listen".to_owned(), listen)].into(),
+            }),
+            user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
+                user_agent_version,
+            )),
+            ..Node::default()
+        }
+    }
+
+    #[test]
+    fn an_envoys_node_id_and_version_are_bounded() {
+        let pinned = ["cp".to_owned()];
+        let identity = NodeIdentity::new(&node("e".repeat(MAX_NODE_ID), "1.40.0".into()), &pinned)
+            .expect("a node id of exactly the bound");
+        assert_eq!(
+            (identity.id.len(), identity.version.as_str()),
+            (MAX_NODE_ID, "1.40.0")
+        );
+        for (node, message) in [
+            (
+                node("e".repeat(MAX_NODE_ID + 1), "1.40.0".into()),
+                "node.id is 129 bytes long; at most 128 are accepted",
+            ),
+            (
+                node("e\n".into(), "1.40.0".into()),
+                "node.id has the byte 0x0a; only printable ASCII is accepted",
+            ),
+            (
+                node("e".into(), "v".repeat(MAX_VERSION + 1)),
+                "node.user_agent_version is 65 bytes long; at most 64 are accepted",
+            ),
+        ] {
+            let refused = NodeIdentity::new(&node, &pinned).expect_err("refused");
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert_eq!(refused.message(), message);
         }
     }
 }
