@@ -351,18 +351,9 @@ mod tests {
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path()).expect("store");
-        store
-            .transaction(|tx| -> Result<(), StoreError> {
-                for id in ["cp", "other"] {
-                    tx.execute(
-                        "INSERT INTO control_planes (id, name, doc, created_at, updated_at)
-                         VALUES (?1, ?1, '{}', 0, 0)",
-                        [id],
-                    )?;
-                }
-                Ok(())
-            })
-            .expect("control planes");
+        for id in ["cp", "other"] {
+            store.insert_test_control_plane(id);
+        }
         (dir, store)
     }
 

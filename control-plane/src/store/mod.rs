@@ -214,24 +214,27 @@ impl Store {
     }
 }
 
+/// A bare control plane row (named by its id), for the tests of what hangs off one.
+#[cfg(test)]
+impl Store {
+    pub(crate) fn insert_test_control_plane(&self, id: &str) {
+        self.transaction(|tx| -> Result<(), StoreError> {
+            tx.execute(
+                "INSERT INTO control_planes (id, name, doc, created_at, updated_at)
+                 VALUES (?1, ?1, '{}', 0, 0)",
+                [id],
+            )?;
+            Ok(())
+        })
+        .expect("control plane");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::nodes::NodeKind;
     use serde_json::json;
-
-    fn control_plane(store: &Store, id: &str) {
-        store
-            .transaction(|tx| -> Result<(), StoreError> {
-                tx.execute(
-                    "INSERT INTO control_planes (id, name, doc, created_at, updated_at)
-                     VALUES (?1, ?1, '{}', 0, 0)",
-                    [id],
-                )?;
-                Ok(())
-            })
-            .expect("control plane");
-    }
 
     fn version(store: &Store, cp: &str, version: i64, document: &str) {
         store
@@ -297,7 +300,7 @@ mod tests {
         assert_eq!(pragma(&store, "foreign_keys"), "1");
         assert_eq!(pragma(&store, "user_version"), "1");
 
-        control_plane(&store, "cp");
+        store.insert_test_control_plane("cp");
         store
             .transaction(|tx| {
                 entities::insert(
@@ -332,7 +335,7 @@ mod tests {
     fn a_failed_transaction_leaves_nothing_behind() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path()).expect("open");
-        control_plane(&store, "cp");
+        store.insert_test_control_plane("cp");
         let error = store
             .transaction(|tx| -> Result<(), StoreError> {
                 entities::insert(
@@ -378,7 +381,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path()).expect("open");
         for cp in ["b", "a", "c"] {
-            control_plane(&store, cp);
+            store.insert_test_control_plane(cp);
         }
         store
             .transaction(|tx| {
@@ -402,9 +405,9 @@ mod tests {
     fn the_latest_version_of_each_control_plane_is_restored() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path()).expect("open");
-        control_plane(&store, "a");
-        control_plane(&store, "b");
-        control_plane(&store, "empty");
+        store.insert_test_control_plane("a");
+        store.insert_test_control_plane("b");
+        store.insert_test_control_plane("empty");
         version(&store, "a", 1, "a1");
         version(&store, "a", 3, "a3");
         version(&store, "a", 2, "a2");
@@ -424,7 +427,7 @@ mod tests {
     fn nodes_are_upserted_and_only_for_a_control_plane_that_exists() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path()).expect("open");
-        control_plane(&store, "cp");
+        store.insert_test_control_plane("cp");
         store.save_node("cp", &node("n1")).expect("save");
         let mut renamed = node("n1");
         renamed.hostname = "renamed".into();
@@ -459,8 +462,8 @@ mod tests {
     fn deleting_a_control_plane_cascades_to_everything_it_owns() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path()).expect("open");
-        control_plane(&store, "cp");
-        control_plane(&store, "kept");
+        store.insert_test_control_plane("cp");
+        store.insert_test_control_plane("kept");
         for cp in ["cp", "kept"] {
             store
                 .transaction(|tx| {

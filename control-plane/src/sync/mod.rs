@@ -498,7 +498,7 @@ mod tests {
     use crate::modules::Modules;
     use crate::nodes::Nodes;
     use crate::pki::ServerIdentity;
-    use crate::store::{Store, StoreError};
+    use crate::store::Store;
     use crate::{Endpoints, Options};
     use serde_json::{json, Value};
     use tokio::io::DuplexStream;
@@ -515,16 +515,7 @@ mod tests {
     /// `modules` is set.
     fn state(dir: &tempfile::TempDir, modules: bool, ping_interval: Duration) -> Arc<State> {
         let store = Arc::new(Store::open(dir.path()).expect("store"));
-        store
-            .transaction(|tx| -> Result<(), StoreError> {
-                tx.execute(
-                    "INSERT INTO control_planes (id, name, doc, created_at, updated_at)
-                     VALUES ('cp', 'cp', '{}', 0, 0)",
-                    [],
-                )?;
-                Ok(())
-            })
-            .expect("control plane");
+        store.insert_test_control_plane("cp");
         let modules = if modules {
             let modules_dir = dir.path().join("modules");
             std::fs::create_dir_all(&modules_dir).expect("modules dir");
