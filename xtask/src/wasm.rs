@@ -67,19 +67,28 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Builds every plugin; returns the folder with the `.wasm` files.
+/// Modules only the tests load (`tests/modules/<folder>`), by package name: built beside the
+/// plugins, into the same folder, but never listed as plugins.
+pub const TEST_MODULES: &[&str] = &["wasmgate-trace-filter"];
+
+/// Builds every plugin and test module; returns the folder with the `.wasm` files.
 pub fn build() -> Result<PathBuf, String> {
     ensure_target()?;
     let plugins = plugins()?;
-    // One cargo invocation per plugin, exactly as `cargo build --release --target wasm32-wasip1
-    // -p <name>`: building them together would unify dependency features across plugins and
+    let modules: Vec<&str> = plugins
+        .iter()
+        .map(String::as_str)
+        .chain(TEST_MODULES.iter().copied())
+        .collect();
+    // One cargo invocation per module, exactly as `cargo build --release --target wasm32-wasip1
+    // -p <name>`: building them together would unify dependency features across modules and
     // grow every module by what only one of them needs.
-    for plugin in &plugins {
-        status(cargo().args(["build", "--release", "--target", TARGET, "-p", plugin]))?;
+    for module in &modules {
+        status(cargo().args(["build", "--release", "--target", TARGET, "-p", module]))?;
     }
     let dir = target_dir().join(TARGET).join("release");
-    for plugin in &plugins {
-        let module = dir.join(format!("{}.wasm", plugin.replace('-', "_")));
+    for name in &modules {
+        let module = dir.join(format!("{}.wasm", name.replace('-', "_")));
         let size = std::fs::metadata(&module)
             .map_err(|e| format!("{}: {e}", module.display()))?
             .len();
