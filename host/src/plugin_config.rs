@@ -22,6 +22,12 @@ pub struct Limits {
     pub startup_deadline: Duration,
     /// Linear memory cap per instance.
     pub memory_bytes: usize,
+    /// Past this much linear memory an instance is replaced between streams
+    /// ([`crate::vm::Vm::over_soft_limit`]): linear memory never shrinks, so one large
+    /// request would otherwise keep its peak reserved for the instance's life. Off (`None`)
+    /// by default, as in Envoy: a replacement loses what the module keeps in its memory
+    /// (caches, local counters) and costs a start, which only the operator can weigh.
+    pub memory_soft_bytes: Option<usize>,
     /// Fuel per callback, when the engine was built with fuel.
     pub fuel: Option<u64>,
 }
@@ -32,6 +38,7 @@ impl Default for Limits {
             callback_deadline: Duration::from_millis(100),
             startup_deadline: Duration::from_secs(2),
             memory_bytes: 128 << 20,
+            memory_soft_bytes: None,
             fuel: None,
         }
     }

@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 
 use host::clock::SystemClock;
 use host::shared_data::DEFAULT_MAX_BYTES_PER_VM;
-use host::{Engine, EngineConfig, HostEnv, Plugin, PluginConfig, PluginModule, WorkerPlugin};
+use host::{
+    Engine, EngineConfig, FailurePolicy, HostEnv, Limits, Plugin, PluginConfig, PluginModule,
+    WorkerPlugin,
+};
 use kit::schema::FieldError;
 pub use model::plugins::default_modules_dir;
-use model::{Config, ConfigError};
+use model::{Config, ConfigError, ModuleSettings};
 
 /// Where modules come from and what they may read.
 #[derive(Clone, Debug)]
@@ -159,6 +162,7 @@ impl Runtime {
         (name, root_id, vm_id): (&str, &str, &str),
         configuration: Vec<u8>,
         wasmgate_plugin: bool,
+        settings: &ModuleSettings,
     ) -> Result<Plugin, String> {
         let module = self.module(module)?;
         let secrets = self.secrets(&configuration);
@@ -167,7 +171,9 @@ impl Runtime {
         let mut config = PluginConfig::new(name, configuration)
             .root_id(root_id)
             .vm_id(vm_id)
-            .allow_on_headers_stop_iteration(wasmgate_plugin);
+            .allow_on_headers_stop_iteration(wasmgate_plugin)
+            .failure_policy(failure_policy(settings))
+            .limits(limits(settings));
         for (k, v) in secrets {
             config = config.env(&k, &v);
         }
@@ -198,6 +204,7 @@ impl Runtime {
                 (&name, &plugin.name, &vm_id),
                 model::plugins::configuration(config, plugin).into_bytes(),
                 true,
+                &plugin.wasmgate,
             ) {
                 Ok(p) => filters.plugins.push(Some(p)),
                 Err(e) => {
@@ -249,6 +256,7 @@ impl Runtime {
                     (&filter.plugin_name, &filter.root_id, &vm_id),
                     filter.config.clone().unwrap_or_default().into_bytes(),
                     false,
+                    &filter.wasmgate,
                 ) {
                     Ok(p) => built.push(Some(p)),
                     Err(e) => {
@@ -288,6 +296,33 @@ impl Runtime {
         } else {
             Err(ConfigError { fields: errors })
         }
+    }
+}
+
+fn failure_policy(settings: &ModuleSettings) -> FailurePolicy {
+    match settings.failure_policy {
+        model::FailurePolicy::FailClosed => FailurePolicy::FailClosed,
+        model::FailurePolicy::FailOpen => FailurePolicy::FailOpen,
+    }
+}
+
+/// The host's limits with what the entity's `wasmgate` block sets (validated by the model).
+fn limits(settings: &ModuleSettings) -> Limits {
+    let defaults = Limits::default();
+    let mib = |mb: u64| usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    Limits {
+        callback_deadline: settings
+            .callback_budget_ms
+            .map_or(defaults.callback_deadline, Duration::from_millis),
+        startup_deadline: settings
+            .startup_budget_ms
+            .map_or(defaults.startup_deadline, Duration::from_millis),
+        memory_bytes: settings.memory_limit_mb.map_or(defaults.memory_bytes, mib),
+        memory_soft_bytes: settings
+            .memory_soft_limit_mb
+            .map(mib)
+            .or(defaults.memory_soft_bytes),
+        ..defaults
     }
 }
 

@@ -9,7 +9,8 @@ use kit::ConfigError;
 use serde_json::Value;
 
 use crate::entities::{
-    Config, FilterChain, FilterEntry, Plugin, Protocol, Route, RoutePath, Scope, Service,
+    Config, FailurePolicy, FilterChain, FilterEntry, ModuleSettings, Plugin, Protocol, Route,
+    RoutePath, Scope, Service, DEFAULT_MEMORY_LIMIT_MB,
 };
 use crate::plugins;
 
@@ -441,6 +442,7 @@ fn read_plugin(r: &mut Record<'_>, top_level: bool) -> RawPlugin {
         r.error("consumer", "consumers are not supported by wasmgate");
     }
     r.value("ordering");
+    let wasmgate = read_module_settings(r);
     let (service_ref, route_ref) = if top_level {
         (read_ref(r, "service"), read_ref(r, "route"))
     } else {
@@ -473,10 +475,55 @@ fn read_plugin(r: &mut Record<'_>, top_level: bool) -> RawPlugin {
             enabled,
             scope: Scope::Global,
             tags,
+            wasmgate,
         },
         service_ref,
         route_ref,
     }
+}
+
+/// The most a budget may be: a callback holds its worker (every connection on it) for as
+/// long as its budget, so a larger one is a configuration mistake rather than a need.
+const MAX_CALLBACK_BUDGET_MS: i64 = 10_000;
+const MAX_STARTUP_BUDGET_MS: i64 = 60_000;
+/// wasm32's whole address space.
+const MAX_MEMORY_MB: i64 = 4096;
+
+/// A plugin's or a filter's `wasmgate` block ([`ModuleSettings`]).
+fn read_module_settings(r: &mut Record<'_>) -> ModuleSettings {
+    r.record("wasmgate", |w| {
+        let failure_policy = w.one_of(
+            "failure_policy",
+            &[
+                ("fail_closed", FailurePolicy::FailClosed),
+                ("fail_open", FailurePolicy::FailOpen),
+            ],
+            FailurePolicy::FailClosed,
+        );
+        let mut bounded = |key: &'static str, max: i64| {
+            let value = w.integer(key)?;
+            Some(between(w, key, value, 1, max) as u64)
+        };
+        let callback_budget_ms = bounded("callback_budget_ms", MAX_CALLBACK_BUDGET_MS);
+        let startup_budget_ms = bounded("startup_budget_ms", MAX_STARTUP_BUDGET_MS);
+        let memory_limit_mb = bounded("memory_limit_mb", MAX_MEMORY_MB);
+        let memory_soft_limit_mb = bounded("memory_soft_limit_mb", MAX_MEMORY_MB);
+        let limit = memory_limit_mb.unwrap_or(DEFAULT_MEMORY_LIMIT_MB);
+        if memory_soft_limit_mb.is_some_and(|soft| soft >= limit) {
+            // At or past the cap a callback fails before the soft limit could be acted on.
+            w.error(
+                "memory_soft_limit_mb",
+                format!("must be less than memory_limit_mb ({limit})"),
+            );
+        }
+        ModuleSettings {
+            failure_policy,
+            callback_budget_ms,
+            startup_budget_ms,
+            memory_limit_mb,
+            memory_soft_limit_mb,
+        }
+    })
 }
 
 fn read_common_without_name(r: &mut Record<'_>) -> ((), Vec<String>) {
@@ -524,12 +571,14 @@ fn read_chain(r: &mut Record<'_>, top_level: bool) -> RawChain {
         };
         let root_id = named("root_id");
         let plugin_name = named("plugin_name");
+        let wasmgate = read_module_settings(f);
         FilterEntry {
             name,
             root_id,
             plugin_name,
             config,
             enabled,
+            wasmgate,
         }
     });
     if filters.is_empty() && !r.has_errors() {
@@ -887,6 +936,123 @@ filter_chains:
                 "missing {expected:?} in {message}"
             );
         }
+    }
+
+    #[test]
+    fn a_plugins_or_filters_wasmgate_block_sets_its_failure_policy_and_budgets() {
+        let config = parse_declarative(
+            r#"
+_format_version: "3.0"
+services: [{name: s, host: s.test, routes: [{name: r, paths: [/]}]}]
+plugins:
+  - name: rate-limiting
+    config: {second: 1}
+    wasmgate:
+      failure_policy: fail_open
+      callback_budget_ms: 5
+      startup_budget_ms: 1000
+      memory_limit_mb: 64
+      memory_soft_limit_mb: 32
+  - {name: request-size-limiting, route: r}
+filter_chains:
+  - route: r
+    filters:
+      - {name: a, wasmgate: {failure_policy: fail_closed, callback_budget_ms: 10000}}
+      - {name: b}
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.plugins[0].wasmgate,
+            ModuleSettings {
+                failure_policy: FailurePolicy::FailOpen,
+                callback_budget_ms: Some(5),
+                startup_budget_ms: Some(1000),
+                memory_limit_mb: Some(64),
+                memory_soft_limit_mb: Some(32),
+            }
+        );
+        // Nothing set: the data plane's defaults, failing closed.
+        assert_eq!(config.plugins[1].wasmgate, ModuleSettings::default());
+        let filters = &config.filter_chains[0].filters;
+        assert_eq!(filters[0].wasmgate.callback_budget_ms, Some(10_000));
+        assert_eq!(
+            filters[0].wasmgate.failure_policy,
+            FailurePolicy::FailClosed
+        );
+        assert_eq!(filters[1].wasmgate, ModuleSettings::default());
+        // The module's config is not touched: the block is the data plane's, not the module's.
+        assert_eq!(config.plugins[0].config, serde_json::json!({"second": 1}));
+        // A soft limit under the default cap needs no cap of its own.
+        let soft = parse_declarative(
+            "_format_version: \"3.0\"\nplugins: [{name: rate-limiting, config: {second: 1}, wasmgate: {memory_soft_limit_mb: 127}}]\n",
+        )
+        .unwrap();
+        assert_eq!(soft.plugins[0].wasmgate.memory_soft_limit_mb, Some(127));
+    }
+
+    #[test]
+    fn a_wasmgate_block_out_of_bounds_is_refused_naming_the_field() {
+        let plugin = |block: &str| {
+            errors(&format!(
+                "_format_version: \"3.0\"\nplugins: [{{name: rate-limiting, config: {{second: 1}}, wasmgate: {block}}}]\n"
+            ))
+        };
+        for (block, expected) in [
+            (
+                "{failure_policy: fail_reload}",
+                "plugins.rate-limiting.wasmgate.failure_policy: expected one of: fail_closed, fail_open",
+            ),
+            (
+                "{callback_budget_ms: 0}",
+                "plugins.rate-limiting.wasmgate.callback_budget_ms: value should be between 1 and 10000",
+            ),
+            (
+                "{callback_budget_ms: 10001}",
+                "plugins.rate-limiting.wasmgate.callback_budget_ms: value should be between 1 and 10000",
+            ),
+            (
+                "{startup_budget_ms: 60001}",
+                "plugins.rate-limiting.wasmgate.startup_budget_ms: value should be between 1 and 60000",
+            ),
+            (
+                "{memory_limit_mb: 4097}",
+                "plugins.rate-limiting.wasmgate.memory_limit_mb: value should be between 1 and 4096",
+            ),
+            (
+                "{memory_soft_limit_mb: 0}",
+                "plugins.rate-limiting.wasmgate.memory_soft_limit_mb: value should be between 1 and 4096",
+            ),
+            (
+                "{memory_limit_mb: 64, memory_soft_limit_mb: 64}",
+                "plugins.rate-limiting.wasmgate.memory_soft_limit_mb: must be less than memory_limit_mb (64)",
+            ),
+            (
+                "{memory_soft_limit_mb: 128}",
+                "plugins.rate-limiting.wasmgate.memory_soft_limit_mb: must be less than memory_limit_mb (128)",
+            ),
+            (
+                "{callback_budget_ms: \"5ms\"}",
+                "plugins.rate-limiting.wasmgate.callback_budget_ms: expected an integer",
+            ),
+            (
+                "{budget: 5}",
+                "plugins.rate-limiting.wasmgate.budget: unknown field",
+            ),
+            ("fail_open", "plugins.rate-limiting.wasmgate: expected a record"),
+        ] {
+            let message = plugin(block);
+            assert!(message.contains(expected), "{block}: missing {expected:?} in {message}");
+        }
+        let message = errors(
+            "_format_version: \"3.0\"\nfilter_chains: [{name: c, filters: [{name: f, wasmgate: {failure_policy: open}}]}]\n",
+        );
+        assert!(
+            message.contains(
+                "filter_chains.c.filters.f.wasmgate.failure_policy: expected one of: fail_closed, fail_open"
+            ),
+            "{message}"
+        );
     }
 
     #[test]

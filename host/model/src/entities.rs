@@ -132,6 +132,38 @@ impl Scope {
     }
 }
 
+/// What a data plane does with a stream when a plugin's module fails it (a trap, a spent
+/// budget, the memory cap).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// The stream is answered 503 (Envoy's FAIL_CLOSED and FAIL_RELOAD).
+    #[default]
+    FailClosed,
+    /// The stream goes on without the filter (Envoy's FAIL_OPEN).
+    FailOpen,
+}
+
+/// The memory cap of an instance when its entity sets none (the host's default).
+pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 128;
+
+/// How a data plane runs a plugin's or a filter's module: the entity's `wasmgate` block,
+/// wasmgate's own (Kong has no such field). It is not part of the `config`: that one is
+/// handed to the module as it is (a filter's is an opaque string), while these are settings
+/// of the data plane around the module. `None`: the data plane's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModuleSettings {
+    pub failure_policy: FailurePolicy,
+    /// The CPU time one callback may take, in milliseconds.
+    pub callback_budget_ms: Option<u64>,
+    /// The CPU time an instance's start (`_initialize`, `on_vm_start`, `on_configure`) may
+    /// take, in milliseconds.
+    pub startup_budget_ms: Option<u64>,
+    /// The linear memory cap of an instance, in MiB.
+    pub memory_limit_mb: Option<u64>,
+    /// Past this much linear memory (MiB), an instance is replaced between streams.
+    pub memory_soft_limit_mb: Option<u64>,
+}
+
 /// An instance of one of wasmgate's Kong plugins.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plugin {
@@ -142,6 +174,7 @@ pub struct Plugin {
     pub enabled: bool,
     pub scope: Scope,
     pub tags: Vec<String>,
+    pub wasmgate: ModuleSettings,
 }
 
 /// One filter of a filter chain: any proxy-wasm module from the filters directory.
@@ -158,6 +191,7 @@ pub struct FilterEntry {
     /// Passed to the module as-is (a string config) or as JSON text.
     pub config: Option<String>,
     pub enabled: bool,
+    pub wasmgate: ModuleSettings,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -341,6 +375,7 @@ services:
             config: Value::Null,
             enabled: true,
             tags: Vec::new(),
+            wasmgate: Default::default(),
         };
         assert_eq!(
             config.plugin_instance_name(&plugin(Some("gold"), Scope::Global)),

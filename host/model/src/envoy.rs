@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use crate::entities::Config;
+use crate::entities::{Config, FailurePolicy};
 use crate::plugins;
 use crate::router::{Candidate, Router};
 
@@ -91,6 +91,20 @@ struct FilterSlot {
     allow_on_headers_stop_iteration: bool,
     /// In the router's upstream filters rather than the listener's chain ([`runs_upstream`]).
     upstream: bool,
+    failure_policy: FailurePolicy,
+}
+
+/// Envoy's `failure_policy` for the entity's. Closed is FAIL_RELOAD, not FAIL_CLOSED: both
+/// answer the failing stream 503, but FAIL_CLOSED then answers 503 on that worker for good,
+/// while FAIL_RELOAD starts a fresh VM, as the gateway does. FAIL_OPEN skips the filter, and
+/// Envoy keeps skipping it on that worker until the next configuration (it does not reload);
+/// the gateway skips it for the failing stream and starts a fresh instance. The budgets and
+/// memory limits of the block have no Envoy equivalent and are not translated.
+fn envoy_failure_policy(policy: FailurePolicy) -> &'static str {
+    match policy {
+        FailurePolicy::FailClosed => "FAIL_RELOAD",
+        FailurePolicy::FailOpen => "FAIL_OPEN",
+    }
 }
 
 /// Whether a wasmgate plugin runs as an upstream filter of the router: the
@@ -138,6 +152,7 @@ fn filter_slots(
             configuration: plugins::configuration(config, plugin),
             allow_on_headers_stop_iteration: true,
             upstream: runs_upstream(&plugin.name),
+            failure_policy: plugin.wasmgate.failure_policy,
         });
     }
     let filters_dir = options
@@ -162,6 +177,7 @@ fn filter_slots(
                 configuration: filter.config.clone().unwrap_or_default(),
                 allow_on_headers_stop_iteration: false,
                 upstream: false,
+                failure_policy: filter.wasmgate.failure_policy,
             });
         }
     }
@@ -181,8 +197,7 @@ fn wasm_config(slot: &FilterSlot, options: &EnvoyOptions, code: Value) -> Value 
                 "@type": "type.googleapis.com/google.protobuf.StringValue",
                 "value": slot.configuration,
             },
-            // FAIL_CLOSED would answer 503 on a worker forever after one trap.
-            "failure_policy": "FAIL_RELOAD",
+            "failure_policy": envoy_failure_policy(slot.failure_policy),
             "allow_on_headers_stop_iteration": slot.allow_on_headers_stop_iteration,
             "vm_config": {
                 "vm_id": slot.vm_id,

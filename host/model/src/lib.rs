@@ -17,6 +17,9 @@ pub mod router;
 pub mod sync;
 
 pub use declarative::{parse_declarative, DeclarativeError};
-pub use entities::{Config, FilterChain, FilterEntry, Plugin, Protocol, Route, Scope, Service};
+pub use entities::{
+    Config, FailurePolicy, FilterChain, FilterEntry, ModuleSettings, Plugin, Protocol, Route,
+    Scope, Service,
+};
 pub use kit::ConfigError;
 pub use router::{Captures, RouteMatch, Router};

@@ -1490,3 +1490,44 @@ fn every_route_runs_its_filters_in_the_gateways_order() {
         json!({"local": {"filename": "/wasm/service-filter.wasm"}})
     );
 }
+
+/// A `wasmgate` block's failure policy becomes Envoy's: closed is FAIL_RELOAD (a 503 for the
+/// failing stream and a fresh VM, as the gateway), open is FAIL_OPEN; the budgets and memory
+/// limits have no Envoy field and leave the filter as it is without them.
+#[test]
+fn the_wasmgate_blocks_failure_policy_is_envoys_and_its_budgets_are_not_translated() {
+    let text = |block: &str| {
+        format!(
+            r#"
+_format_version: "3.0"
+services: [{{name: s, host: s.test, routes: [{{name: r, paths: [/]}}]}}]
+plugins:
+  - {{name: rate-limiting, config: {{second: 1}}{block}}}
+filter_chains:
+  - {{route: r, filters: [{{name: f{block}}}]}}
+"#
+        )
+    };
+    let policies = |text: &str| -> Vec<Value> {
+        http_filters(&config(text), &options())
+            .iter()
+            .filter(|filter| filter["name"] != "envoy.filters.http.router")
+            .map(|filter| filter["typed_config"]["config"]["failure_policy"].clone())
+            .collect()
+    };
+    assert_eq!(policies(&text("")), ["FAIL_RELOAD", "FAIL_RELOAD"]);
+    assert_eq!(
+        policies(&text(", wasmgate: {failure_policy: fail_closed}")),
+        ["FAIL_RELOAD", "FAIL_RELOAD"]
+    );
+    assert_eq!(
+        policies(&text(", wasmgate: {failure_policy: fail_open}")),
+        ["FAIL_OPEN", "FAIL_OPEN"]
+    );
+    let budgets = ", wasmgate: {callback_budget_ms: 5, startup_budget_ms: 100, \
+                   memory_limit_mb: 16, memory_soft_limit_mb: 8}";
+    assert_json(
+        &json!(http_filters(&config(&text(budgets)), &options())),
+        &json!(http_filters(&config(&text("")), &options())),
+    );
+}
