@@ -1,7 +1,7 @@
 //! The wasmtime engine every plugin of a process shares: Cranelift, epoch interruption driven
-//! by a ticker thread (the per-callback CPU deadline), optionally fuel, and the pooling
-//! allocator with copy-on-write memory images for fast instantiation. Modules are compiled
-//! once per engine and, with a cache directory, once per machine.
+//! by a ticker thread (when a running callback's CPU budget is checked), optionally fuel, and
+//! the pooling allocator with copy-on-write memory images for fast instantiation. Modules are
+//! compiled once per engine and, with a cache directory, once per machine.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +12,8 @@ use crate::error::{describe, Error};
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// How often the ticker advances the epoch; deadlines are rounded up to it.
+    /// How often the ticker advances the epoch: how often a running callback's CPU time is
+    /// checked against its budget, so how far past its budget a callback may run.
     pub epoch_tick: Duration,
     /// Use the pooling instance allocator.
     pub pooling: bool,
@@ -29,7 +30,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            epoch_tick: Duration::from_millis(5),
+            epoch_tick: Duration::from_millis(1),
             pooling: true,
             max_instances: 256,
             max_memory_bytes: 512 << 20,
@@ -37,6 +38,10 @@ impl Default for EngineConfig {
             cache_dir: None,
         }
     }
+}
+
+fn effective_tick(config: &EngineConfig) -> Duration {
+    config.epoch_tick.max(Duration::from_millis(1))
 }
 
 struct Inner {
@@ -82,7 +87,7 @@ impl Engine {
         let engine = wasmtime::Engine::new(&wc).map_err(|e| Error::Engine(describe(&e)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = engine.clone();
-        let tick = config.epoch_tick.max(Duration::from_millis(1));
+        let tick = effective_tick(&config);
         let stopped = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("wasm-epoch".into())
@@ -110,10 +115,9 @@ impl Engine {
         &self.inner.config
     }
 
-    /// A deadline in epoch ticks (at least 1; one more for the tick already under way).
-    pub fn deadline_ticks(&self, deadline: Duration) -> u64 {
-        let tick = self.inner.config.epoch_tick.max(Duration::from_millis(1));
-        (deadline.as_nanos().div_ceil(tick.as_nanos()) as u64).max(1) + 1
+    /// The ticker's period (a configured zero is a millisecond).
+    pub fn epoch_tick(&self) -> Duration {
+        effective_tick(&self.inner.config)
     }
 
     /// Compiles a module (or loads it from the cache directory).
@@ -153,5 +157,53 @@ impl Engine {
             .precompile_compatibility_hash()
             .hash(&mut h);
         dir.join(format!("{:016x}-{}.cwasm", h.finish(), bytes.len()))
+    }
+}
+
+/// The CPU time the calling thread has used, which budgets are counted in: a callback is
+/// charged for what it runs, not for the time it waits for a CPU another thread or process
+/// holds, so contention does not kill legitimate callbacks (a wall-clock deadline did, and
+/// the replacement that followed took more CPU still). Where the thread's CPU clock is
+/// missing, the monotonic clock stands in.
+pub fn thread_cpu_time() -> Duration {
+    #[cfg(unix)]
+    {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime only writes the timespec it is given, which lives here.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0 {
+            return Duration::new(
+                u64::try_from(now.tv_sec).unwrap_or(0),
+                u32::try_from(now.tv_nsec).unwrap_or(0),
+            );
+        }
+    }
+    monotonic()
+}
+
+fn monotonic() -> Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sleeping costs no CPU; spinning does.
+    #[test]
+    fn the_thread_cpu_clock_counts_running_not_waiting() {
+        let before = thread_cpu_time();
+        std::thread::sleep(Duration::from_millis(50));
+        let slept = thread_cpu_time() - before;
+        assert!(slept < Duration::from_millis(25), "sleeping cost {slept:?}");
+        let before = thread_cpu_time();
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(30) {
+            std::hint::spin_loop();
+        }
+        assert!(thread_cpu_time() > before, "spinning cost nothing");
     }
 }

@@ -16,7 +16,8 @@ pub enum FailurePolicy {
 /// Per-instance limits.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// CPU time one callback may take (epoch interruption; rounded up to the ticker period).
+    /// CPU time one callback may take: the worker thread's CPU time, checked at every epoch
+    /// tick, so a callback is stopped within about a tick past it.
     pub callback_deadline: Duration,
     /// CPU time `_initialize`, `on_vm_start` and `on_configure` may take together.
     pub startup_deadline: Duration,
@@ -35,7 +36,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            callback_deadline: Duration::from_millis(100),
+            callback_deadline: Duration::from_millis(10),
             startup_deadline: Duration::from_secs(2),
             memory_bytes: 128 << 20,
             memory_soft_bytes: None,

@@ -1,12 +1,22 @@
 //! One instance of a plugin's module (Envoy's "VM"): its store, its exported callbacks and
-//! the proxy-wasm context lifecycle. Every callback runs under the plugin's CPU deadline
-//! (epoch) and memory cap; a failed callback marks the VM failed and its owner replaces it.
+//! the proxy-wasm context lifecycle. Every callback runs under the plugin's CPU budget and
+//! memory cap; a failed callback marks the VM failed and its owner replaces it.
+//!
+//! The budget is the CPU time of the worker thread, checked at every epoch tick (1 ms): a
+//! callback that loops holds its worker for about its budget, never more, and a callback that
+//! waits for a CPU under contention is not charged for the wait. Guest code runs
+//! synchronously on the worker thread; yielding to the worker's other streams mid-callback
+//! (wasmtime's async support) would need every host call and the filter chain to be async,
+//! for what a small budget gives already: a bound on how long one callback stalls a worker.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use wasmtime::{Instance, Store, TypedFunc, WasmParams, WasmResults};
+use wasmtime::{Instance, Store, TypedFunc, UpdateDeadline, WasmParams, WasmResults};
 
 use crate::callout::{Callouts, GrpcInbound, HttpCallResult};
+use crate::engine::thread_cpu_time;
 use crate::env::HostEnv;
 use crate::error::{describe, Error};
 use crate::filter_chain::StreamData;
@@ -107,11 +117,61 @@ fn export<P: WasmParams, R: WasmResults>(
     }
 }
 
+/// The CPU budget of what runs in a store, shared with the store's epoch callback (which
+/// wasmtime wants `Send + Sync`, hence atomics for values only the worker thread uses).
+///
+/// The thread's CPU clock is first read at the first tick within a callback, which is charged
+/// a whole tick for what ran before it (no more than a tick of time passed): most callbacks
+/// end before a tick and cost no clock read at all.
+struct Budget {
+    /// The thread's CPU time the budget counts from, in nanoseconds; [`NOT_READ`] until the
+    /// first tick.
+    started: AtomicU64,
+    allowed: AtomicU64,
+    tick: Duration,
+}
+
+const NOT_READ: u64 = u64::MAX;
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Budget {
+    fn new(tick: Duration) -> Budget {
+        Budget {
+            started: AtomicU64::new(NOT_READ),
+            allowed: AtomicU64::new(0),
+            tick,
+        }
+    }
+
+    fn start(&self, allowed: Duration) {
+        self.started.store(NOT_READ, Ordering::Relaxed);
+        self.allowed.store(nanos(allowed), Ordering::Relaxed);
+    }
+
+    /// At a tick: whether the budget is spent.
+    fn spent(&self) -> bool {
+        let now = nanos(thread_cpu_time());
+        let started = match self.started.load(Ordering::Relaxed) {
+            NOT_READ => {
+                let started = now.saturating_sub(nanos(self.tick));
+                self.started.store(started, Ordering::Relaxed);
+                started
+            }
+            started => started,
+        };
+        now.saturating_sub(started) >= self.allowed.load(Ordering::Relaxed)
+    }
+}
+
 /// A running instance.
 pub struct Vm {
     store: Store<HostState>,
     ex: Exports,
-    deadline_ticks: u64,
+    budget: Arc<Budget>,
+    callback_budget: Duration,
     fuel: Option<u64>,
     next_context: u32,
     failed: bool,
@@ -146,7 +206,19 @@ impl Vm {
             ),
         );
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(engine.deadline_ticks(plugin.limits.startup_deadline));
+        let budget = Arc::new(Budget::new(engine.epoch_tick()));
+        let checked = Arc::clone(&budget);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if checked.spent() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(1)
+            })
+        });
+        // One budget for the whole start: instantiation, `_initialize`, `on_vm_start`,
+        // `on_configure`.
+        budget.start(plugin.limits.startup_deadline);
+        store.set_epoch_deadline(1);
         if engine.config().fuel {
             let fuel = plugin.limits.fuel.unwrap_or(u64::MAX / 2);
             store
@@ -201,7 +273,8 @@ impl Vm {
         let mut vm = Vm {
             store,
             ex,
-            deadline_ticks: engine.deadline_ticks(plugin.limits.callback_deadline),
+            budget,
+            callback_budget: plugin.limits.callback_deadline,
             fuel: plugin.limits.fuel,
             next_context: 2,
             failed: false,
@@ -262,7 +335,7 @@ impl Vm {
         self.store.data().root_context
     }
 
-    /// Runs one callback under the deadline (and fuel), with `context` effective.
+    /// Runs one callback under its CPU budget (and fuel), with `context` effective.
     fn guard<T>(
         &mut self,
         callback: &'static str,
@@ -276,7 +349,8 @@ impl Vm {
                 message: "the instance failed earlier".into(),
             });
         }
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.budget.start(self.callback_budget);
+        self.store.set_epoch_deadline(1);
         if let Some(fuel) = self.fuel {
             let _ = self.store.set_fuel(fuel);
         }
@@ -519,11 +593,200 @@ impl Vm {
         std::mem::take(&mut self.store.data_mut().stream_ops)
     }
 
+    /// Whether the linear memory passed the plugin's soft limit
+    /// ([`crate::Limits::memory_soft_bytes`]): the owner replaces the instance between
+    /// streams, since linear memory never shrinks.
+    pub fn over_soft_limit(&self) -> bool {
+        self.store
+            .data()
+            .plugin
+            .limits
+            .memory_soft_bytes
+            .is_some_and(|soft| self.memory_size() > soft)
+    }
+
     /// Bytes of linear memory the instance has.
     pub fn memory_size(&self) -> usize {
         self.store
             .data()
             .memory
             .map_or(0, |m| m.data_size(&self.store))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::plugin_config::Limits;
+
+    /// A module whose request headers callback counts down from its header count (the test
+    /// passes any number) and whose response headers callback never ends.
+    const WORK: &str = r#"(module
+      (memory (export "memory") 1)
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (local $n i32)
+        (local.set $n (local.get 1))
+        (loop $l
+          (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+          (br_if $l (i32.gt_s (local.get $n) (i32.const 0))))
+        (i32.const 0))
+      (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+        (loop $l (br $l))
+        (i32.const 0))
+      (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+        (drop (memory.grow (local.get 1)))
+        (i32.const 0)))"#;
+
+    fn vm(engine: &Engine, budget: Duration) -> Vm {
+        vm_with(
+            engine,
+            Limits {
+                callback_deadline: budget,
+                ..Limits::default()
+            },
+        )
+    }
+
+    fn vm_with(engine: &Engine, limits: Limits) -> Vm {
+        let wasm = wat::parse_str(WORK).expect("WAT");
+        let module = PluginModule::new(engine, &wasm).expect("module");
+        let config = PluginConfig::new("budget", "").limits(limits);
+        Vm::start(
+            &module,
+            Arc::new(config),
+            HostEnv::shared(),
+            Arc::new(LogSink::new("budget")),
+            Mailbox::new(),
+        )
+        .expect("starts")
+    }
+
+    fn engine() -> Engine {
+        Engine::new(EngineConfig {
+            pooling: false,
+            ..EngineConfig::default()
+        })
+        .expect("engine")
+    }
+
+    /// A loop is stopped once it has used its budget of the worker thread's CPU: it holds the
+    /// worker (every other stream on it) for about the budget and no longer. The bound is
+    /// the budget plus the tick the check waits for and some slack, not a speed claim.
+    #[test]
+    fn a_loop_is_stopped_after_its_budget_of_cpu() {
+        let engine = engine();
+        let budget = Duration::from_millis(20);
+        let mut vm = vm(&engine, budget);
+        let ctx = vm.new_stream().expect("stream");
+        let cpu = thread_cpu_time();
+        let failure = vm.on_response_headers(ctx, 0, false).expect_err("stopped");
+        let used = thread_cpu_time() - cpu;
+        assert_eq!(failure.kind, FailureKind::Deadline, "{failure}");
+        assert!(
+            used >= budget - engine.epoch_tick(),
+            "stopped early, after {used:?}"
+        );
+        assert!(
+            used < budget + Duration::from_millis(15),
+            "held the worker for {used:?} of CPU"
+        );
+    }
+
+    /// Pins the calling thread to one CPU.
+    fn pin(cpu: usize) {
+        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity only
+        // read and write the set given, which lives here.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0
+            );
+        }
+    }
+
+    /// Under contention a callback takes longer than its budget in wall-clock time, and is
+    /// not stopped for it: only its own CPU counts. Here three threads spin on the test
+    /// thread's CPU, so a callback needing a third of its budget of CPU takes more than the
+    /// whole budget of wall-clock time (a wall-clock deadline stopped it).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_callback_under_contention_is_charged_only_its_own_cpu() {
+        let engine = engine();
+        let budget = Duration::from_millis(30);
+        let mut vm = vm(&engine, budget);
+        let ctx = vm.new_stream().expect("stream");
+        // How many iterations make a third of the budget, measured alone.
+        let probe = 2_000_000;
+        let cpu = thread_cpu_time();
+        vm.on_request_headers(ctx, probe, false).expect("probe");
+        let per_probe = (thread_cpu_time() - cpu).max(Duration::from_micros(1));
+        let work = (probe as f64 * (budget.as_secs_f64() / 3.0) / per_probe.as_secs_f64())
+            .min(i32::MAX as f64) as usize;
+        pin(0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let spinners: Vec<_> = (0..3)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    pin(0);
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        // Let the spinners take their share before the callback starts.
+        std::thread::sleep(Duration::from_millis(20));
+        let started = Instant::now();
+        let result = vm.on_request_headers(ctx, work, false);
+        let wall = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for spinner in spinners {
+            let _ = spinner.join();
+        }
+        assert_eq!(
+            result,
+            Ok(0),
+            "a callback within its CPU budget was stopped"
+        );
+        assert!(
+            wall > budget,
+            "no contention to show: the callback took {wall:?} of wall-clock time"
+        );
+    }
+
+    /// Past the soft limit, and only past it, the instance says it wants replacing; without
+    /// one it never does.
+    #[test]
+    fn an_instance_past_its_soft_limit_says_so() {
+        let engine = engine();
+        let page = 64 << 10;
+        let mut vm = vm_with(
+            &engine,
+            Limits {
+                memory_soft_bytes: Some(4 * page),
+                ..Limits::default()
+            },
+        );
+        let ctx = vm.new_stream().expect("stream");
+        // One page to start with, three more: at the soft limit, not past it.
+        vm.on_request_body(ctx, 3, false).expect("grows");
+        assert_eq!(vm.memory_size(), 4 * page);
+        assert!(!vm.over_soft_limit());
+        vm.on_request_body(ctx, 1, false).expect("grows");
+        assert!(vm.over_soft_limit());
+        let mut unlimited = vm_with(&engine, Limits::default());
+        let ctx = unlimited.new_stream().expect("stream");
+        unlimited.on_request_body(ctx, 100, false).expect("grows");
+        assert!(!unlimited.over_soft_limit());
+        assert_eq!(Limits::default().memory_soft_bytes, None);
     }
 }

@@ -303,7 +303,7 @@ fn unknown_imports_trap_only_when_called() {
 }
 
 /// The README's default budgets, each reached with nothing overridden: 128 MiB of memory
-/// (2,048 pages run, 2,049 fail), 100 ms of CPU per callback, 2 s to start.
+/// (2,048 pages run, 2,049 fail), 10 ms of CPU per callback, 2 s to start.
 #[test]
 fn the_default_budgets_are_the_documented_ones_and_hold() {
     let defaults = |wasm: &[u8]| {
@@ -336,7 +336,7 @@ fn the_default_budgets_are_the_documented_ones_and_hold() {
     assert!(matches!(loaded, Err(Error::Start { .. })));
     assert_eq!(
         Limits::default().callback_deadline,
-        Duration::from_millis(100)
+        Duration::from_millis(10)
     );
     assert_eq!(Limits::default().startup_deadline, Duration::from_secs(2));
 }
