@@ -40,6 +40,12 @@ impl Default for EngineConfig {
     }
 }
 
+/// Tables an instance may have: the store's limit too ([`crate::state::HostState`]).
+pub const MAX_TABLES: u32 = 4;
+/// Elements a table may have in a pooled instance (8 bytes each): a million, fifty times
+/// wasmtime's default, past the function tables of large Go and .NET modules.
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
 fn effective_tick(config: &EngineConfig) -> Duration {
     config.epoch_tick.max(Duration::from_millis(1))
 }
@@ -77,14 +83,32 @@ impl Engine {
         wc.consume_fuel(config.fuel);
         wc.cranelift_opt_level(wasmtime::OptLevel::Speed);
         if config.pooling {
+            // wasmtime's defaults (one table of at most 20,000 elements) refuse modules that
+            // Envoy loads: some toolchains (Go, .NET, AssemblyScript) make larger tables, and
+            // some several. A slot's table space is only reserved address space until used.
             let mut pool = wasmtime::PoolingAllocationConfig::default();
             pool.total_core_instances(config.max_instances)
                 .total_memories(config.max_instances)
-                .total_tables(config.max_instances)
+                .total_tables(config.max_instances.saturating_mul(MAX_TABLES))
+                .max_tables_per_module(MAX_TABLES)
+                .table_elements(MAX_TABLE_ELEMENTS)
                 .max_memory_size(config.max_memory_bytes);
             wc.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
-        let engine = wasmtime::Engine::new(&wc).map_err(|e| Error::Engine(describe(&e)))?;
+        let engine = match wasmtime::Engine::new(&wc) {
+            Ok(engine) => engine,
+            // The pool reserves its address space up front, which a tight address-space limit
+            // (ulimit -v) refuses: instances are then allocated on demand, as the gateway's.
+            Err(e) if config.pooling => {
+                log::warn!(
+                    "wasm engine: no instance pool ({}); allocating on demand",
+                    describe(&e)
+                );
+                wc.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
+                wasmtime::Engine::new(&wc).map_err(|e| Error::Engine(describe(&e)))?
+            }
+            Err(e) => return Err(Error::Engine(describe(&e))),
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = engine.clone();
         let tick = effective_tick(&config);
@@ -191,6 +215,25 @@ fn monotonic() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pool too large to reserve (here, ten million instances of up to 512 MiB of memory
+    /// each: more address space than the machine has) leaves an engine that allocates on
+    /// demand, not none.
+    #[test]
+    fn a_pool_that_cannot_be_reserved_falls_back_to_allocating_on_demand() {
+        let engine = Engine::new(EngineConfig {
+            max_instances: 10_000_000,
+            ..EngineConfig::default()
+        })
+        .expect("an engine");
+        let wasm = wasmtime::Module::new(
+            engine.wasmtime(),
+            wat::parse_str("(module (memory 1))").expect("WAT"),
+        )
+        .expect("module");
+        let mut store = wasmtime::Store::new(engine.wasmtime(), ());
+        wasmtime::Instance::new(&mut store, &wasm, &[]).expect("an instance");
+    }
 
     /// Sleeping costs no CPU; spinning does.
     #[test]
