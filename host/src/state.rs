@@ -61,6 +61,9 @@ pub struct HostState {
     /// Resumes or closes for streams not currently loaded (context id, what).
     pub stream_ops: Vec<(u32, StreamOp)>,
     pub done: bool,
+    /// Contexts whose `proxy_on_done` returned false, each with whether `proxy_done` has
+    /// released it since: their `on_log` and `on_delete` wait for it ([`crate::vm::Vm`]).
+    pub pending_done: HashMap<u32, bool>,
     /// Partial WASI stdout/stderr lines.
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
@@ -107,6 +110,7 @@ impl HostState {
             status: (0, String::new()),
             stream_ops: Vec::new(),
             done: false,
+            pending_done: HashMap::new(),
             stdout: Vec::new(),
             stderr: Vec::new(),
             call_data: None,

@@ -9,6 +9,7 @@
 //! (wasmtime's async support) would need every host call and the filter chain to be async,
 //! for what a small budget gives already: a bound on how long one callback stalls a worker.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::engine::thread_cpu_time;
 use crate::env::HostEnv;
 use crate::error::{describe, Error};
 use crate::filter_chain::StreamData;
-use crate::logs::LogSink;
+use crate::logs::{LogLevel, LogSink};
 use crate::module::PluginModule;
 use crate::plugin_config::PluginConfig;
 use crate::queues::Mailbox;
@@ -166,6 +167,9 @@ impl Budget {
     }
 }
 
+/// How many streams may wait for `proxy_done` at once ([`Vm::finish_stream`]).
+pub const MAX_PENDING_DONE: usize = 128;
+
 /// A running instance.
 pub struct Vm {
     store: Store<HostState>,
@@ -175,6 +179,11 @@ pub struct Vm {
     fuel: Option<u64>,
     next_context: u32,
     failed: bool,
+    /// Past its start: teardown runs the root context's `on_done` ([`Drop`]).
+    started: bool,
+    /// Streams whose `proxy_on_done` returned false, oldest first, with their data for the
+    /// `on_log` that waits for `proxy_done`.
+    pending: VecDeque<(u32, StreamData)>,
 }
 
 /// What a headers/body/trailers callback answered: 0 Continue, anything else stops.
@@ -278,6 +287,8 @@ impl Vm {
             fuel: plugin.limits.fuel,
             next_context: 2,
             failed: false,
+            started: false,
+            pending: VecDeque::new(),
         };
         let failed = |f: Failure| start_err(f.to_string());
         if let Some(init) = init {
@@ -324,6 +335,7 @@ impl Vm {
                 return Err(refused("proxy_on_configure"));
             }
         }
+        vm.started = true;
         Ok(vm)
     }
 
@@ -356,7 +368,10 @@ impl Vm {
         }
         self.store.data_mut().effective_context = context;
         match f(&mut self.store) {
-            Ok(v) => Ok(v),
+            Ok(v) => {
+                self.release_done()?;
+                Ok(v)
+            }
             Err(e) => {
                 self.failed = true;
                 Err(classify(callback, e))
@@ -453,22 +468,80 @@ impl Vm {
         }
     }
 
-    /// on_done, on_log, on_delete for a stream context.
+    /// on_done, on_log, on_delete for a stream context. When `on_done` returns false (the
+    /// spec: the module has work left, such as a flush), `on_log` and `on_delete` wait until
+    /// the module calls `proxy_done` with that context effective, from any later callback;
+    /// the stream's data is kept for its `on_log` meanwhile. At most [`MAX_PENDING_DONE`]
+    /// streams wait: past that the oldest is finished without its `proxy_done`, so a module
+    /// that never calls it does not hold every stream's data for good.
     pub fn finish_stream(&mut self, ctx: u32) -> Result<(), Failure> {
         let result = (|| {
             if let Some(f) = self.ex.on_done.clone() {
-                self.guard("proxy_on_done", ctx, |s| f.call(s, ctx))?;
+                if self.guard("proxy_on_done", ctx, |s| f.call(s, ctx))? == 0 {
+                    let data = match &self.store.data().stream {
+                        Some((id, data)) if *id == ctx => data.clone(),
+                        _ => StreamData::default(),
+                    };
+                    self.pending.push_back((ctx, data));
+                    self.store.data_mut().pending_done.insert(ctx, false);
+                    if self.pending.len() > MAX_PENDING_DONE {
+                        if let Some((oldest, data)) = self.pending.pop_front() {
+                            self.store.data_mut().pending_done.remove(&oldest);
+                            self.finish_deferred(oldest, data)?;
+                        }
+                    }
+                    return Ok(false);
+                }
             }
-            if let Some(f) = self.ex.on_log.clone() {
-                self.guard("proxy_on_log", ctx, |s| f.call(s, ctx))?;
-            }
-            if let Some(f) = self.ex.on_delete.clone() {
-                self.guard("proxy_on_delete", ctx, |s| f.call(s, ctx))?;
-            }
-            Ok(())
+            self.log_and_delete(ctx)?;
+            Ok(true)
         })();
-        self.store.data_mut().streams.remove(&ctx);
+        if !matches!(result, Ok(false)) {
+            self.store.data_mut().streams.remove(&ctx);
+        }
+        result.map(drop)
+    }
+
+    fn log_and_delete(&mut self, ctx: u32) -> Result<(), Failure> {
+        if let Some(f) = self.ex.on_log.clone() {
+            self.guard("proxy_on_log", ctx, |s| f.call(s, ctx))?;
+        }
+        if let Some(f) = self.ex.on_delete.clone() {
+            self.guard("proxy_on_delete", ctx, |s| f.call(s, ctx))?;
+        }
+        Ok(())
+    }
+
+    /// `on_log` and `on_delete` of a stream that waited, with its kept data in for them and
+    /// the data of the stream whose callback may be under way put back after.
+    fn finish_deferred(&mut self, ctx: u32, data: StreamData) -> Result<(), Failure> {
+        let current = self.store.data_mut().stream.replace((ctx, data));
+        let result = self.log_and_delete(ctx);
+        let state = self.store.data_mut();
+        state.stream = current;
+        state.streams.remove(&ctx);
         result
+    }
+
+    /// Finishes the streams `proxy_done` released during the callback that just returned.
+    fn release_done(&mut self) -> Result<(), Failure> {
+        loop {
+            let released = self
+                .store
+                .data()
+                .pending_done
+                .iter()
+                .find_map(|(ctx, released)| released.then_some(*ctx));
+            let Some(ctx) = released else {
+                return Ok(());
+            };
+            self.store.data_mut().pending_done.remove(&ctx);
+            if let Some(i) = self.pending.iter().position(|(c, _)| *c == ctx) {
+                if let Some((_, data)) = self.pending.remove(i) {
+                    self.finish_deferred(ctx, data)?;
+                }
+            }
+        }
     }
 
     /// The context that made call `token` (it gets the answer).
@@ -611,6 +684,42 @@ impl Vm {
             .data()
             .memory
             .map_or(0, |m| m.data_size(&self.store))
+    }
+}
+
+/// Teardown (a replacement other than after a failure, a reload, a shutdown that drops its
+/// instances): the streams still waiting for `proxy_done` are finished, then the root context
+/// gets `on_done` and, when that returns true, `on_delete`, as cpp-host does when it shuts a
+/// VM down, so a module can flush what it buffers. A root that returns false is not waited
+/// for: nothing keeps the instance alive to deliver what it waits for. A failed instance
+/// runs nothing more.
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if !self.started || self.failed || std::thread::panicking() {
+            return;
+        }
+        let result = (|| -> Result<(), Failure> {
+            while let Some((ctx, data)) = self.pending.pop_front() {
+                self.store.data_mut().pending_done.remove(&ctx);
+                self.finish_deferred(ctx, data)?;
+            }
+            let root = self.root_context();
+            if let Some(f) = self.ex.on_done.clone() {
+                if self.guard("proxy_on_done", root, |s| f.call(s, root))? == 0 {
+                    return Ok(());
+                }
+            }
+            if let Some(f) = self.ex.on_delete.clone() {
+                self.guard("proxy_on_delete", root, |s| f.call(s, root))?;
+            }
+            Ok(())
+        })();
+        if let Err(failure) = result {
+            self.store
+                .data()
+                .logs
+                .log(LogLevel::Error, &format!("at teardown: {failure}"));
+        }
     }
 }
 
@@ -838,5 +947,139 @@ mod tests {
                 "pooling {pooling}"
             );
         }
+    }
+
+    /// A module that logs its lifecycle: `on_done` returns false for streams (true for the
+    /// root), and `on_tick` releases stream 2 with `proxy_done` and logs the status (a digit).
+    const LIFECYCLE: &str = r#"(module
+      (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+      (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
+      (import "env" "proxy_done" (func $done (result i32)))
+      (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (global $heap (mut i32) (i32.const 4096))
+      (data (i32.const 100) "done")
+      (data (i32.const 110) "log")
+      (data (i32.const 120) "delete")
+      (data (i32.const 130) "root done")
+      (data (i32.const 140) "root delete")
+      (data (i32.const 160) "headers")
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+        (local $p i32)
+        (local.set $p (global.get $heap))
+        (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+        (local.get $p))
+      (func $say (param $at i32) (param $len i32)
+        (drop (call $log (i32.const 2) (local.get $at) (local.get $len))))
+      (func (export "proxy_on_done") (param $ctx i32) (result i32)
+        (if (i32.eq (local.get $ctx) (i32.const 1))
+          (then (call $say (i32.const 130) (i32.const 9)) (return (i32.const 1))))
+        (call $say (i32.const 100) (i32.const 4))
+        (i32.const 0))
+      (func (export "proxy_on_log") (param $ctx i32)
+        (call $say (i32.const 110) (i32.const 3))
+        ;; The kept request headers are there for on_log: their serialised size is logged
+        ;; as "headers" when there are any.
+        (if (i32.eqz (call $pairs (i32.const 0) (i32.const 200) (i32.const 204)))
+          (then (if (i32.gt_u (i32.load (i32.const 204)) (i32.const 4))
+            (then (call $say (i32.const 160) (i32.const 7)))))))
+      (func (export "proxy_on_delete") (param $ctx i32)
+        (if (i32.eq (local.get $ctx) (i32.const 1))
+          (then (call $say (i32.const 140) (i32.const 11)))
+          (else (call $say (i32.const 120) (i32.const 6)))))
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable)
+      (func (export "proxy_on_tick") (param $root i32)
+        (drop (call $effective (i32.const 2)))
+        (i32.store8 (i32.const 300) (i32.add (i32.const 48) (call $done)))
+        (call $say (i32.const 300) (i32.const 1))))"#;
+
+    fn lifecycle(engine: &Engine, logs: &Arc<LogSink>) -> Vm {
+        let wasm = wat::parse_str(LIFECYCLE).expect("WAT");
+        let module = PluginModule::new(engine, &wasm).expect("module");
+        Vm::start(
+            &module,
+            Arc::new(PluginConfig::new("lifecycle", "")),
+            HostEnv::shared(),
+            Arc::clone(logs),
+            Mailbox::new(),
+        )
+        .expect("starts")
+    }
+
+    fn said(logs: &LogSink) -> Vec<String> {
+        let said = logs.records().into_iter().map(|r| r.message).collect();
+        logs.clear();
+        said
+    }
+
+    /// The spec's `proxy_on_done`: false defers `on_log` and `on_delete` until the module
+    /// calls `proxy_done` for that context (OK), which is NOT_FOUND when nothing waits.
+    #[test]
+    fn on_done_false_defers_on_log_and_on_delete_until_proxy_done() {
+        let engine = engine();
+        let logs = Arc::new(LogSink::new("lifecycle"));
+        let mut vm = lifecycle(&engine, &logs);
+        let ctx = vm.new_stream().expect("stream");
+        assert_eq!(ctx, 2);
+        let data = StreamData {
+            request_headers: Some(crate::headers::Headers(vec![(
+                "x-kept".to_owned(),
+                b"yes".to_vec(),
+            )])),
+            ..StreamData::default()
+        };
+        vm.enter(ctx, data);
+        vm.finish_stream(ctx).expect("finishes");
+        let back = vm.leave();
+        assert!(
+            back.request_headers.is_some(),
+            "the stream keeps its own data"
+        );
+        assert_eq!(said(&logs), ["done"]);
+        // Released from the root's tick: OK (0), then the stream's on_log, with its headers,
+        // and on_delete.
+        vm.on_tick().expect("tick");
+        assert_eq!(said(&logs), ["0", "log", "headers", "delete"]);
+        // Nothing waits any more: NOT_FOUND (1), and nothing else runs.
+        vm.on_tick().expect("tick");
+        assert_eq!(said(&logs), ["1"]);
+    }
+
+    /// A module that never calls `proxy_done` does not keep every stream: past
+    /// MAX_PENDING_DONE the oldest is logged and deleted without it.
+    #[test]
+    fn streams_waiting_for_proxy_done_are_bounded() {
+        let engine = engine();
+        let logs = Arc::new(LogSink::new("lifecycle"));
+        let mut vm = lifecycle(&engine, &logs);
+        for _ in 0..MAX_PENDING_DONE {
+            let ctx = vm.new_stream().expect("stream");
+            vm.finish_stream(ctx).expect("finishes");
+        }
+        assert!(said(&logs).iter().all(|m| m == "done"));
+        let ctx = vm.new_stream().expect("stream");
+        vm.finish_stream(ctx).expect("finishes");
+        assert_eq!(said(&logs), ["done", "log", "delete"]);
+    }
+
+    /// Teardown of a healthy instance: the waiting streams are finished, then the root gets
+    /// on_done and on_delete (cpp-host at VM shutdown). A failed instance runs nothing more.
+    #[test]
+    fn a_torn_down_instance_finishes_its_streams_then_its_root() {
+        let engine = engine();
+        let logs = Arc::new(LogSink::new("lifecycle"));
+        let mut vm = lifecycle(&engine, &logs);
+        let ctx = vm.new_stream().expect("stream");
+        vm.finish_stream(ctx).expect("finishes");
+        assert_eq!(said(&logs), ["done"]);
+        drop(vm);
+        assert_eq!(said(&logs), ["log", "delete", "root done", "root delete"]);
+        let mut vm = lifecycle(&engine, &logs);
+        let ctx = vm.new_stream().expect("stream");
+        vm.on_request_headers(ctx, 0, false).expect_err("traps");
+        said(&logs);
+        drop(vm);
+        assert_eq!(said(&logs), Vec::<String>::new());
     }
 }

@@ -746,9 +746,20 @@ fn proxy_set_effective_context(mut c: C<'_>, id: u32) -> R {
     Ok(OK)
 }
 
+/// Releases the effective context, whose `proxy_on_done` returned false: the VM runs its
+/// `on_log` and `on_delete` once the current callback returns. NOT_FOUND when that context
+/// waits for nothing (cpp-host's `WasmBase::done`).
 fn proxy_done(mut c: C<'_>) -> R {
-    c.data_mut().done = true;
-    Ok(OK)
+    let state = c.data_mut();
+    state.done = true;
+    let effective = state.effective_context;
+    match state.pending_done.get_mut(&effective) {
+        Some(released) => {
+            *released = true;
+            Ok(OK)
+        }
+        None => Ok(NOT_FOUND),
+    }
 }
 
 fn proxy_call_foreign_function(
