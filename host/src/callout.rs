@@ -17,7 +17,8 @@ pub struct HttpCallout {
     pub headers: Headers,
     pub body: Vec<u8>,
     pub trailers: Headers,
-    pub timeout: Duration,
+    /// `None`: the module passed 0, which Envoy takes as no timeout at all.
+    pub timeout: Option<Duration>,
 }
 
 /// What answered an HTTP call.

@@ -2,7 +2,7 @@
 //! and foreign functions. The gateway makes one; each test harness makes its own.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::Metrics;
@@ -12,12 +12,19 @@ use crate::shared_data::SharedData;
 /// A host function a module can call with `proxy_call_foreign_function`.
 pub type ForeignFunction = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, u32> + Send + Sync>;
 
+/// Whether an upstream (cluster) name exists now.
+pub type UpstreamCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 pub struct HostEnv {
     pub shared_data: SharedData,
     pub queues: SharedQueues,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
     pub foreign: HashMap<String, ForeignFunction>,
+    /// Set by whoever performs calls: `proxy_http_call` to a name it says does not exist is
+    /// BAD_ARGUMENT at once, as Envoy answers for an unknown cluster. Unset, every non-empty
+    /// name is accepted and an unknown one fails later, as a failed call.
+    upstreams: RwLock<Option<UpstreamCheck>>,
 }
 
 impl HostEnv {
@@ -28,7 +35,24 @@ impl HostEnv {
             metrics: Metrics::default(),
             clock,
             foreign: HashMap::new(),
+            upstreams: RwLock::new(None),
         }
+    }
+
+    /// Installs (or replaces) the check of upstream names; a data plane whose upstreams
+    /// change with its configuration reads its current one in `check`.
+    pub fn set_upstream_check(&self, check: UpstreamCheck) {
+        *self.upstreams.write().unwrap_or_else(|e| e.into_inner()) = Some(check);
+    }
+
+    /// Whether `name` may be called: unknown only when a check is installed and says so.
+    pub fn upstream_known(&self, name: &str) -> bool {
+        let check = self
+            .upstreams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        check.is_none_or(|known| known(name))
     }
 
     /// With the real clock.

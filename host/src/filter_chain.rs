@@ -1345,7 +1345,7 @@ mod tests {
             headers: h(&[(":path", "/check")]),
             body: Vec::new(),
             trailers: Headers::new(),
-            timeout: Duration::from_millis(500),
+            timeout: Some(Duration::from_millis(500)),
         };
         let made = call.clone();
         let b = fake("b", &log, move |ev, s, _| match ev {

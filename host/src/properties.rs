@@ -1,12 +1,68 @@
 //! Properties (`proxy_get_property`) with Envoy's names and encodings: strings and bytes as
 //! they are, integers as 8 little-endian bytes, booleans as one byte, timestamps and
-//! durations as nanoseconds. A path is its segments joined with `\0`. A header's several
-//! values are joined with `,` (`request.headers.<name>`).
+//! durations as nanoseconds, maps in the header-pairs encoding. A path is its segments joined
+//! with `\0`. A header's several values are joined with `,` (`request.headers.<name>`).
+//!
+//! What filters store with `set_property` never shadows a built-in property: as in Envoy,
+//! whose `findValue` answers its well-known top-level names (`request`, `source`, …) and only
+//! then looks in the filter state (where `setProperty` stores under `wasm.<path>`), a path
+//! that starts with a built-in name is answered by the host alone. Module values are kept
+//! under [`module_key`], apart from the data plane's own facts (a route's `uri_captures`),
+//! which a module cannot overwrite either.
 
+use std::collections::BTreeMap;
+
+use crate::abi::pairs;
 use crate::clock::unix_nanos;
 use crate::filter_chain::StreamData;
 use crate::headers::Headers;
 use crate::plugin_config::PluginConfig;
+
+/// Envoy's top-level property names (`PropertyToken`, plus the CEL `xds` attributes).
+const BUILT_IN: &[&str] = &[
+    "metadata",
+    "request",
+    "response",
+    "connection",
+    "upstream",
+    "node",
+    "source",
+    "destination",
+    "listener_direction",
+    "listener_metadata",
+    "cluster_name",
+    "cluster_metadata",
+    "route_name",
+    "route_metadata",
+    "plugin_name",
+    "upstream_host_metadata",
+    "plugin_root_id",
+    "plugin_vm_id",
+    "connection_id",
+    "filter_state",
+    "xds",
+];
+
+/// Values one context may keep with `set_property`: entries, and bytes of paths and values.
+pub const MAX_SET_ENTRIES: usize = 1024;
+pub const MAX_SET_BYTES: usize = 1 << 20;
+
+/// Where a module's `set_property(path)` value is kept in a stream's properties (Envoy's
+/// filter-state key for it).
+pub fn module_key(path: &str) -> String {
+    format!("wasm.{path}")
+}
+
+/// Whether `map` may take `key = value` within [`MAX_SET_ENTRIES`] and [`MAX_SET_BYTES`]
+/// (replacing a key frees its old value).
+pub fn fits(map: &BTreeMap<String, Vec<u8>>, key: &str, value_len: usize) -> bool {
+    let old = map.get(key).map(|v| key.len() + v.len());
+    let entries = map.len() + usize::from(old.is_none());
+    let bytes: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() - old.unwrap_or(0)
+        + key.len()
+        + value_len;
+    entries <= MAX_SET_ENTRIES && bytes <= MAX_SET_BYTES
+}
 
 fn int(v: u64) -> Vec<u8> {
     v.to_le_bytes().to_vec()
@@ -22,22 +78,50 @@ fn all(headers: &Headers, name: &str) -> Option<Vec<u8>> {
     (!values.is_empty()).then(|| values.join(&b","[..]))
 }
 
-/// Looks a property up. `stream` is the effective stream, when there is one; values set with
-/// `set_property` come first.
+/// A header map as Envoy serialises a CEL map: each name once, with all its values joined
+/// by `,`, in the header-pairs encoding. Envoy's order is its hash set's; here it is the
+/// order of first appearance.
+fn map(headers: &Headers) -> Vec<u8> {
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _) in headers.iter() {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let joined = Headers(
+        names
+            .into_iter()
+            .filter_map(|n| Some((n.to_owned(), all(headers, n)?)))
+            .collect(),
+    );
+    pairs::encode(&joined)
+}
+
+/// Looks a property up. `stream` is the effective stream, when there is one.
 pub fn get(
     path: &[&str],
     plugin: &PluginConfig,
     stream: Option<&StreamData>,
-    root_properties: &std::collections::BTreeMap<String, Vec<u8>>,
+    root_properties: &BTreeMap<String, Vec<u8>>,
     now_ns: u64,
 ) -> Option<Vec<u8>> {
+    if path.first().is_some_and(|first| BUILT_IN.contains(first)) {
+        return built_in(path, plugin, stream, now_ns);
+    }
     let joined = path.join("\0");
-    if let Some(v) = stream.and_then(|s| s.properties.get(&joined)) {
-        return Some(v.clone());
-    }
-    if let Some(v) = root_properties.get(&joined) {
-        return Some(v.clone());
-    }
+    let properties = stream.map(|s| &s.properties);
+    properties
+        .and_then(|p| p.get(&joined).or_else(|| p.get(&module_key(&joined))))
+        .or_else(|| root_properties.get(&joined))
+        .cloned()
+}
+
+fn built_in(
+    path: &[&str],
+    plugin: &PluginConfig,
+    stream: Option<&StreamData>,
+    now_ns: u64,
+) -> Option<Vec<u8>> {
     match path {
         ["plugin_name"] => return Some(text(&plugin.name)),
         ["plugin_root_id"] => return Some(text(&plugin.root_id)),
@@ -81,7 +165,8 @@ pub fn get(
             + s.request_headers
                 .as_ref()
                 .map_or(0, |h| h.byte_size() as u64))),
-        ["request", "headers"] | ["response", "headers"] => None,
+        ["request", "headers"] => s.request_headers.as_ref().map(map),
+        ["response", "headers"] => s.response_headers.as_ref().map(map),
         ["request", "headers", name] => s.request_headers.as_ref().and_then(|h| all(h, name)),
         ["response", "headers", name] => s.response_headers.as_ref().and_then(|h| all(h, name)),
         ["response", "code"] => s
@@ -95,7 +180,7 @@ pub fn get(
         ["source", "port"] => Some(int(u64::from(info.source.port()))),
         ["destination", "address"] => Some(text(&info.destination.to_string())),
         ["destination", "port"] => Some(int(u64::from(info.destination.port()))),
-        ["connection", "id"] => Some(int(info.connection_id)),
+        ["connection", "id"] | ["connection_id"] => Some(int(info.connection_id)),
         ["connection", "mtls"] => Some(vec![0]),
         ["connection", "requested_server_name"] => Some(Vec::new()),
         ["route_name"] | ["xds", "route_name"] => Some(text(&info.route_name)),
@@ -274,8 +359,6 @@ mod tests {
             .unwrap()
             .add("x-raw", [0xe9, b'!']);
         assert_eq!(get_in(&s, "request.headers.x-raw"), Some(vec![0xe9, b'!']));
-        // The whole map is not served.
-        assert_eq!(get_in(&s, "request.headers"), None);
 
         assert_eq!(
             get_in(&s, "response.headers.server"),
@@ -290,7 +373,6 @@ mod tests {
         assert_eq!(get_in(&s, "response.headers.set-cookie"), text("a=1,b=2"));
         assert_eq!(get_in(&s, "response.headers.:status"), text("201"));
         assert_eq!(get_in(&s, "response.headers.absent"), None);
-        assert_eq!(get_in(&s, "response.headers"), None);
     }
 
     #[test]
@@ -333,6 +415,7 @@ mod tests {
         assert_eq!(get_in(&s, "response.code"), None);
 
         assert_eq!(get_in(&s, "connection.id"), int(42));
+        assert_eq!(get_in(&s, "connection_id"), int(42));
     }
 
     #[test]
@@ -383,25 +466,101 @@ mod tests {
     }
 
     #[test]
-    fn values_set_by_filters_come_first_the_streams_before_the_roots() {
+    fn set_values_never_shadow_built_in_properties() {
         let mut root = BTreeMap::new();
         root.insert("plugin_name".to_owned(), b"root-value".to_vec());
         root.insert("my\0key".to_owned(), b"root-only".to_vec());
         root.insert("request\0path".to_owned(), b"/from-root".to_vec());
         let mut s = stream();
+        for key in [
+            "request\0path",
+            "source\0address",
+            "plugin_name",
+            "xds\0route_name",
+        ] {
+            s.properties.insert(module_key(key), b"spoofed".to_vec());
+        }
         s.properties
-            .insert("request\0path".to_owned(), b"/from-stream".to_vec());
+            .insert(module_key("my\0key"), b"stream-value".to_vec());
         let get = |path: &[&str], stream: Option<&StreamData>| {
             get(path, &plugin(), stream, &root, START_NS)
         };
-        assert_eq!(get(&["request", "path"], Some(&s)), text("/from-stream"));
-        assert_eq!(get(&["plugin_name"], Some(&s)), text("root-value"));
-        assert_eq!(get(&["plugin_name"], None), text("root-value"));
-        assert_eq!(get(&["my", "key"], Some(&s)), text("root-only"));
+        assert_eq!(
+            get(&["request", "path"], Some(&s)),
+            text("/orders/7?expand=items&x=%20")
+        );
+        assert_eq!(
+            get(&["source", "address"], Some(&s)),
+            text("192.0.2.7:51234")
+        );
+        assert_eq!(get(&["xds", "route_name"], Some(&s)), text("orders-route"));
+        assert_eq!(get(&["plugin_name"], Some(&s)), text("rate-limiting"));
+        assert_eq!(get(&["plugin_name"], None), text("rate-limiting"));
+        // Without a stream a stream property is absent, whatever was set.
+        assert_eq!(get(&["request", "path"], None), None);
+        // Other names: the stream's value, then the root's.
+        assert_eq!(get(&["my", "key"], Some(&s)), text("stream-value"));
         assert_eq!(get(&["my", "key"], None), text("root-only"));
         // Segments are joined with NUL, not dots.
         assert_eq!(get(&["my.key"], None), None);
-        // The root's value stands in for a built-in one only through the joined path.
-        assert_eq!(get(&["request", "path"], None), text("/from-root"));
+    }
+
+    #[test]
+    fn the_data_planes_facts_come_before_what_modules_set() {
+        let mut s = stream();
+        s.properties
+            .insert("uri_captures".to_owned(), b"from-the-router".to_vec());
+        s.properties
+            .insert(module_key("uri_captures"), b"spoofed".to_vec());
+        assert_eq!(get_in(&s, "uri_captures"), text("from-the-router"));
+        s.properties.remove("uri_captures");
+        assert_eq!(get_in(&s, "uri_captures"), text("spoofed"));
+    }
+
+    #[test]
+    fn what_a_context_may_set_is_bounded() {
+        let mut map = BTreeMap::new();
+        assert!(fits(&map, "k", MAX_SET_BYTES - 1));
+        assert!(!fits(&map, "k", MAX_SET_BYTES));
+        map.insert("k".to_owned(), vec![0; MAX_SET_BYTES - 1]);
+        // Replacing frees the old value.
+        assert!(fits(&map, "k", MAX_SET_BYTES - 1));
+        assert!(!fits(&map, "j", 0));
+        map.clear();
+        for i in 0..MAX_SET_ENTRIES - 1 {
+            map.insert(i.to_string(), Vec::new());
+        }
+        assert!(fits(&map, "last", 0));
+        map.insert("last".to_owned(), Vec::new());
+        assert!(!fits(&map, "one-more", 0));
+        assert!(fits(&map, "last", 10));
+    }
+
+    #[test]
+    fn a_header_map_property_is_each_name_once_in_pairs() {
+        let s = stream();
+        let bytes = get_in(&s, "request.headers").expect("the map");
+        let decoded = pairs::decode(&bytes).expect("the header-pairs encoding");
+        assert_eq!(
+            decoded,
+            Headers::from_pairs([
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", "api.example"),
+                (":path", "/orders/7?expand=items&x=%20"),
+                ("referer", "https://shop.example/"),
+                ("user-agent", "curl/8.5"),
+                ("x-multi", "a,b, c"),
+            ])
+        );
+        let mut s = stream();
+        assert_eq!(get_in(&s, "response.headers"), None, "no response yet");
+        s.response_headers = Some(Headers::from_pairs([(":status", "200"), ("a", "")]));
+        assert_eq!(
+            pairs::decode(&get_in(&s, "response.headers").unwrap()),
+            Some(Headers::from_pairs([(":status", "200"), ("a", "")]))
+        );
+        s.request_headers = None;
+        assert_eq!(get_in(&s, "request.headers"), None);
     }
 }

@@ -1,7 +1,11 @@
 //! The WASI preview 1 subset proxy-wasm modules import, hand-written (no wasmtime-wasi):
 //! `fd_write` to the plugin log (stdout → info, stderr → error, line by line),
-//! `clock_time_get` / `clock_res_get` from the host clock, `random_get`, `environ_*` from the
-//! plugin's explicit allow-list, empty `args_*`, `sched_yield`, and `proc_exit` as a trap.
+//! `clock_time_get` / `clock_res_get` from the host clock (realtime and monotonic; the CPU-time
+//! clocks are ENOTSUP, as in cpp-host), `random_get` (at most 64 KiB a call, cpp-host's
+//! `PROXY_WASM_HOST_WASI_RANDOM_GET_MAX_SIZE_BYTES`), `environ_*` from the plugin's explicit
+//! allow-list, empty `args_*`, `sched_yield`, `poll_oneoff` answering no events and
+//! `fd_fdstat_get` for stdout/stderr (as cpp-host: Go's wasip1 runtime needs both to
+//! succeed), and `proc_exit` as a trap.
 //! Every other WASI function the module imports answers ENOSYS (see
 //! [`crate::module::ModuleImports`]). Registered under `wasi_snapshot_preview1` and, for
 //! AssemblyScript modules (ABI 0.2.0), `wasi_unstable`.
@@ -20,6 +24,21 @@ pub const EBADF: i32 = 8;
 pub const EFAULT: i32 = 21;
 pub const EINVAL: i32 = 28;
 pub const ENOSYS: i32 = 52;
+pub const ENOTSUP: i32 = 58;
+
+/// Largest `random_get` (cpp-host's limit, also the Web Crypto `getRandomValues` one).
+pub const RANDOM_GET_MAX: u32 = 64 * 1024;
+
+/// What a clock id is: the two clocks the host has, the two CPU-time clocks it does not
+/// measure (ENOTSUP, as cpp-host), or no clock at all (EINVAL).
+fn clock(id: u32) -> Result<bool, i32> {
+    match id {
+        0 => Ok(true),
+        1 => Ok(false),
+        2 | 3 => Err(ENOTSUP),
+        _ => Err(EINVAL),
+    }
+}
 
 type C<'a> = Caller<'a, HostState>;
 
@@ -35,10 +54,8 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         linker.func_wrap(m, "fd_write", fd_write)?;
         linker.func_wrap(m, "clock_time_get", clock_time_get)?;
         linker.func_wrap(m, "clock_res_get", |mut c: C<'_>, id: u32, ptr: u32| {
-            // The clocks clock_time_get knows (realtime, monotonic, process and thread CPU
-            // time); any other id is EINVAL there and here.
-            if id > 3 {
-                return EINVAL;
+            if let Err(errno) = clock(id) {
+                return errno;
             }
             errno(write_u64(&mut c, ptr, 1_000))
         })?;
@@ -51,6 +68,8 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         linker.func_wrap(m, "args_get", |_: C<'_>, _argv: u32, _buf: u32| ESUCCESS)?;
         linker.func_wrap(m, "sched_yield", |_: C<'_>| ESUCCESS)?;
         linker.func_wrap(m, "fd_prestat_get", |_: C<'_>, _fd: u32, _ptr: u32| EBADF)?;
+        linker.func_wrap(m, "fd_fdstat_get", fd_fdstat_get)?;
+        linker.func_wrap(m, "poll_oneoff", poll_oneoff)?;
         linker.func_wrap(m, "proc_exit", proc_exit)?;
     }
     Ok(())
@@ -111,17 +130,39 @@ fn fd_write(mut c: C<'_>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) -> i
 }
 
 fn clock_time_get(mut c: C<'_>, id: u32, _precision: u64, ptr: u32) -> i32 {
+    let realtime = match clock(id) {
+        Ok(realtime) => realtime,
+        Err(errno) => return errno,
+    };
     let clock = &c.data().env.clock;
-    let t = match id {
-        0 => unix_nanos(clock.now()),
-        1..=3 => clock.monotonic().as_nanos() as u64,
-        _ => return EINVAL,
+    let t = if realtime {
+        unix_nanos(clock.now())
+    } else {
+        clock.monotonic().as_nanos() as u64
     };
     errno(write_u64(&mut c, ptr, t))
 }
 
+/// stdout and stderr are write-only character streams; there is no other descriptor. The
+/// 24-byte `fdstat`: filetype, flags, then the base rights (only `fd_write`, bit 6) and the
+/// inheriting rights (none), as cpp-host writes it.
+fn fd_fdstat_get(mut c: C<'_>, fd: u32, ptr: u32) -> i32 {
+    if fd != 1 && fd != 2 {
+        return EBADF;
+    }
+    let mut stat = [0u8; 24];
+    stat[8..16].copy_from_slice(&64u64.to_le_bytes());
+    errno(write(&mut c, ptr, &stat))
+}
+
+/// Nothing to wait for: no event, at once. Go's wasip1 runtime calls it to sleep and aborts
+/// on an error (proxy-wasm-cpp-host#497).
+fn poll_oneoff(mut c: C<'_>, _in: u32, _out: u32, _subscriptions: u32, nevents: u32) -> i32 {
+    errno(write_u32(&mut c, nevents, 0))
+}
+
 fn random_get(mut c: C<'_>, ptr: u32, len: u32) -> i32 {
-    if len as usize > crate::abi::memory::MAX_READ {
+    if len > RANDOM_GET_MAX {
         return EINVAL;
     }
     let mut bytes = vec![0u8; len as usize];

@@ -15,12 +15,16 @@ use crate::callout::{GrpcCallout, GrpcOutbound, HttpCallout};
 use crate::clock::unix_nanos;
 use crate::filter_chain::LocalResponse;
 use crate::headers::Headers;
-use crate::logs::LogLevel;
+use crate::logs::{effective_level, LogLevel};
 use crate::metrics::{MetricError, MetricKind};
 use crate::properties;
 use crate::queues::QueueError;
 use crate::shared_data::SetError;
 use crate::state::{HostState, StreamOp};
+
+/// Calls (HTTP and gRPC) one callback may make: each is held by the host until the callback
+/// returns and the data plane takes it.
+pub const MAX_CALLOUTS_PER_CALLBACK: usize = 128;
 
 type C<'a> = Caller<'a, HostState>;
 type R = wasmtime::Result<u32>;
@@ -123,15 +127,34 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 }
 
 fn proxy_log(c: C<'_>, level: u32, ptr: u32, len: u32) -> R {
+    let Some(level) = LogLevel::from_abi(level) else {
+        return Ok(BAD_ARGUMENT);
+    };
     let message = tryst!(read_string(&c, ptr, len));
-    c.data().logs.log(LogLevel::from_abi(level), &message);
+    // Below the reported level nothing would show it: not even the ring keeps it.
+    if (level as u32) >= effective_level(c.data().plugin.log_level) {
+        c.data().logs.log(level, &message);
+    }
     Ok(OK)
 }
 
 fn proxy_get_log_level(mut c: C<'_>, ptr: u32) -> R {
-    let level = c.data().plugin.log_level;
+    let level = effective_level(c.data().plugin.log_level);
     tryst!(write_u32(&mut c, ptr, level));
     Ok(OK)
+}
+
+/// What the host holds on a module's behalf (a body it grows, the calls of one callback) is
+/// bounded by what the module may hold itself: its linear-memory cap.
+fn module_budget(state: &HostState) -> usize {
+    state.plugin.limits.memory_bytes
+}
+
+/// Logs why the host refused a module's request, so that a refusal the SDK turns into a
+/// panic has its reason next to it.
+fn refuse(state: &HostState, status: u32, why: &str) -> u32 {
+    state.logs.log(LogLevel::Warn, why);
+    status
 }
 
 fn proxy_get_current_time(mut c: C<'_>, ptr: u32) -> R {
@@ -166,7 +189,7 @@ fn proxy_get_buffer_bytes(mut c: C<'_>, kind: u32, start: u32, max: u32, pp: u32
     };
     let start = (start as usize).min(buf.len());
     let end = start.saturating_add(max as usize).min(buf.len());
-    return_bytes(&mut c, &buf[start..end], pp, sp, false)
+    return_bytes(&mut c, &buf[start..end], pp, sp)
 }
 
 fn proxy_get_buffer_status(mut c: C<'_>, kind: u32, len_ptr: u32, flags_ptr: u32) -> R {
@@ -180,7 +203,7 @@ fn proxy_get_buffer_status(mut c: C<'_>, kind: u32, len_ptr: u32, flags_ptr: u32
 
 fn proxy_get_configuration(mut c: C<'_>, pp: u32, sp: u32) -> R {
     let config = c.data().plugin.configuration.clone();
-    return_bytes(&mut c, &config, pp, sp, false)
+    return_bytes(&mut c, &config, pp, sp)
 }
 
 /// Envoy's `Buffer::copyFrom`: start 0 drains `size` bytes then prepends (so `0, len`
@@ -202,10 +225,18 @@ fn splice(buf: &mut Vec<u8>, start: usize, size: usize, data: &[u8]) -> u32 {
 fn proxy_set_buffer_bytes(mut c: C<'_>, kind: u32, start: u32, size: u32, ptr: u32, len: u32) -> R {
     let data = tryst!(read(&c, ptr, len));
     let state = c.data_mut();
+    let budget = module_budget(state);
     let target = match kind {
         buffer::HTTP_REQUEST_BODY => state.stream_data().map(|s| &mut s.request_body),
         buffer::HTTP_RESPONSE_BODY => state.stream_data().map(|s| &mut s.response_body),
-        buffer::HTTP_CALL_RESPONSE_BODY => state.http_response.as_mut().map(|r| &mut r.body),
+        // Envoy hands the module a call's response body as a constant buffer.
+        buffer::HTTP_CALL_RESPONSE_BODY => {
+            return Ok(if state.http_response.is_some() {
+                BAD_ARGUMENT
+            } else {
+                NOT_FOUND
+            });
+        }
         buffer::GRPC_RECEIVE_BUFFER => state.grpc.message.as_mut(),
         buffer::DOWNSTREAM_DATA
         | buffer::UPSTREAM_DATA
@@ -217,7 +248,26 @@ fn proxy_set_buffer_bytes(mut c: C<'_>, kind: u32, start: u32, size: u32, ptr: u
     let Some(buf) = target else {
         return Ok(NOT_FOUND);
     };
+    let old = buf.len();
+    let new = spliced_len(old, start as usize, size as usize, data.len());
+    // A body the data plane already holds past the budget may pass or shrink; a module may
+    // not grow one past it.
+    if new > budget && new > old {
+        let why = format!(
+            "proxy_set_buffer_bytes: a body of {new} bytes is past the {budget}-byte limit"
+        );
+        return Ok(refuse(c.data(), BAD_ARGUMENT, &why));
+    }
     Ok(splice(buf, start as usize, size as usize, &data))
+}
+
+/// The length [`splice`] leaves.
+fn spliced_len(len: usize, start: usize, size: usize, data: usize) -> usize {
+    if start == 0 {
+        len - size.min(len) + data
+    } else {
+        len + data
+    }
 }
 
 fn map_ref(state: &mut HostState, kind: u32) -> Result<Option<&mut Headers>, u32> {
@@ -264,16 +314,34 @@ fn proxy_get_header_map_pairs(mut c: C<'_>, kind: u32, pp: u32, sp: u32) -> R {
         // An absent or empty map is returned as size 0.
         _ => Vec::new(),
     };
-    return_bytes(&mut c, &encoded, pp, sp, false)
+    return_bytes(&mut c, &encoded, pp, sp)
 }
 
 fn proxy_set_header_map_pairs(mut c: C<'_>, kind: u32, ptr: u32, len: u32) -> R {
     let bytes = tryst!(read(&c, ptr, len));
+    // decode refuses what is past the pairs limits.
     let Some(new) = pairs::decode(&bytes) else {
         return Ok(BAD_ARGUMENT);
     };
     *tryst!(map_mut(c.data_mut(), kind)) = new;
     Ok(OK)
+}
+
+/// Whether a map may take `name: value` besides what it has, within the limits of a map a
+/// module hands over whole (cpp-host's pairs limits): a module cannot grow one past them a
+/// value at a time. `replacing` frees the values a replace removes.
+fn map_fits(h: &Headers, name: &str, value: usize, replacing: bool) -> bool {
+    let freed: usize = if replacing {
+        h.iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(k, v)| 10 + k.len() + v.len())
+            .sum()
+    } else {
+        0
+    };
+    let entries = h.len() + 1;
+    let bytes = pairs::encoded_size(h) - freed + 10 + name.len() + value;
+    (replacing || entries <= pairs::MAX_PAIRS) && bytes <= pairs::MAX_PAIRS_BYTES
 }
 
 fn proxy_get_header_map_value(mut c: C<'_>, kind: u32, kp: u32, kl: u32, pp: u32, sp: u32) -> R {
@@ -283,7 +351,9 @@ fn proxy_get_header_map_value(mut c: C<'_>, kind: u32, kp: u32, kl: u32, pp: u32
         None => None,
     };
     match value {
-        Some(v) => return_bytes(&mut c, &v, pp, sp, true),
+        // An empty value is a null pointer and size 0, as cpp-host's `copyToPointerSize`
+        // returns it (the Rust SDK reads both as an empty value).
+        Some(v) => return_bytes(&mut c, &v, pp, sp),
         None => Ok(NOT_FOUND),
     }
 }
@@ -298,14 +368,30 @@ fn proxy_replace_header_map_value(
 ) -> R {
     let key = tryst!(read_string(&c, kp, kl));
     let value = tryst!(read(&c, vp, vl));
-    tryst!(map_mut(c.data_mut(), kind)).replace(&key, &value);
+    let map = tryst!(map_mut(c.data_mut(), kind));
+    if !map_fits(map, &key, value.len(), true) {
+        return Ok(refuse(
+            c.data(),
+            BAD_ARGUMENT,
+            "proxy_replace_header_map_value: the map would be past 1 MiB",
+        ));
+    }
+    map.replace(&key, &value);
     Ok(OK)
 }
 
 fn proxy_add_header_map_value(mut c: C<'_>, kind: u32, kp: u32, kl: u32, vp: u32, vl: u32) -> R {
     let key = tryst!(read_string(&c, kp, kl));
     let value = tryst!(read(&c, vp, vl));
-    tryst!(map_mut(c.data_mut(), kind)).add(&key, &value);
+    let map = tryst!(map_mut(c.data_mut(), kind));
+    if !map_fits(map, &key, value.len(), false) {
+        return Ok(refuse(
+            c.data(),
+            BAD_ARGUMENT,
+            "proxy_add_header_map_value: the map would be past 1024 entries or 1 MiB",
+        ));
+    }
+    map.add(&key, &value);
     Ok(OK)
 }
 
@@ -345,23 +431,29 @@ fn proxy_get_property(mut c: C<'_>, ptr: u32, len: u32, pp: u32, sp: u32) -> R {
         v
     };
     match value {
-        Some(v) => return_bytes(&mut c, &v, pp, sp, false),
+        Some(v) => return_bytes(&mut c, &v, pp, sp),
         None => Ok(NOT_FOUND),
     }
 }
 
+/// Stored apart from the built-in properties and the data plane's facts (see
+/// [`properties`]): a filter cannot change what a later one reads as `source.address`.
 fn proxy_set_property(mut c: C<'_>, ptr: u32, len: u32, vp: u32, vl: u32) -> R {
     let path = tryst!(read_string(&c, ptr, len));
     let value = tryst!(read(&c, vp, vl));
     let state = c.data_mut();
-    match state.stream_data() {
-        Some(s) => {
-            s.properties.insert(path, value);
-        }
-        None => {
-            state.root_properties.insert(path, value);
-        }
+    let (map, key) = match state.stream_data() {
+        Some(s) => (&mut s.properties, properties::module_key(&path)),
+        None => (&mut state.root_properties, path),
+    };
+    if !properties::fits(map, &key, value.len()) {
+        return Ok(refuse(
+            c.data(),
+            BAD_ARGUMENT,
+            "proxy_set_property: past 1024 values or 1 MiB in this context",
+        ));
     }
+    map.insert(key, value);
     Ok(OK)
 }
 
@@ -383,10 +475,12 @@ fn proxy_send_local_response(
     let Some(headers) = pairs::decode(&header_bytes) else {
         return Ok(BAD_ARGUMENT);
     };
+    // Envoy 1.40 sends 200 to 999 as given; after a 1xx it sends no final response at all
+    // (the client waits), so a 1xx is refused here (tests/envoy/abi.rs).
     let Ok(status) = u16::try_from(code) else {
         return Ok(BAD_ARGUMENT);
     };
-    if !(100..=999).contains(&status) {
+    if !(200..=999).contains(&status) {
         return Ok(BAD_ARGUMENT);
     }
     let Some(stream) = c.data_mut().stream_data() else {
@@ -447,7 +541,7 @@ fn proxy_close_stream(mut c: C<'_>, stream_type: u32) -> R {
 fn proxy_get_status(mut c: C<'_>, code_ptr: u32, pp: u32, sp: u32) -> R {
     let (code, message) = c.data().status.clone();
     tryst!(write_u32(&mut c, code_ptr, code));
-    return_bytes(&mut c, message.as_bytes(), pp, sp, false)
+    return_bytes(&mut c, message.as_bytes(), pp, sp)
 }
 
 fn proxy_get_shared_data(mut c: C<'_>, kp: u32, kl: u32, pp: u32, sp: u32, cas_ptr: u32) -> R {
@@ -457,9 +551,10 @@ fn proxy_get_shared_data(mut c: C<'_>, kp: u32, kl: u32, pp: u32, sp: u32, cas_p
         return Ok(NOT_FOUND);
     };
     tryst!(write_u32(&mut c, cas_ptr, cas));
-    return_bytes(&mut c, &value, pp, sp, false)
+    return_bytes(&mut c, &value, pp, sp)
 }
 
+/// A full namespace is INTERNAL_FAILURE (see [`crate::shared_data`] for why).
 fn proxy_set_shared_data(c: C<'_>, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32) -> R {
     let key = tryst!(read_string(&c, kp, kl));
     let value = tryst!(read(&c, vp, vl));
@@ -478,14 +573,28 @@ fn proxy_set_shared_data(c: C<'_>, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32)
 }
 
 fn proxy_register_shared_queue(mut c: C<'_>, np: u32, nl: u32, id_ptr: u32) -> R {
+    if nl as usize > crate::queues::MAX_NAME {
+        return Ok(BAD_ARGUMENT);
+    }
     let name = tryst!(read_string(&c, np, nl));
     let state = c.data();
-    let id = state.env.queues.register(
+    let registered = state.env.queues.register(
         &state.plugin.vm_id,
         &name,
         &state.mailbox,
         state.root_context,
     );
+    let id = match registered {
+        Ok(id) => id,
+        Err(QueueError::BadName) => return Ok(BAD_ARGUMENT),
+        Err(_) => {
+            let why = format!(
+                "proxy_register_shared_queue: vm_id has {} queues already",
+                crate::queues::MAX_QUEUES_PER_VM
+            );
+            return Ok(refuse(state, INTERNAL_FAILURE, &why));
+        }
+    };
     tryst!(write_u32(&mut c, id_ptr, id));
     Ok(OK)
 }
@@ -505,20 +614,52 @@ fn proxy_resolve_shared_queue(mut c: C<'_>, vp: u32, vl: u32, np: u32, nl: u32, 
 
 fn proxy_dequeue_shared_queue(mut c: C<'_>, id: u32, pp: u32, sp: u32) -> R {
     match c.data().env.queues.dequeue(id) {
-        Ok(value) => return_bytes(&mut c, &value, pp, sp, false),
+        Ok(value) => return_bytes(&mut c, &value, pp, sp),
         Err(QueueError::Empty) => Ok(EMPTY),
-        Err(QueueError::NotFound) => Ok(NOT_FOUND),
-        Err(QueueError::Full) => Ok(INTERNAL_FAILURE),
+        Err(_) => Ok(NOT_FOUND),
     }
 }
 
+/// OK even when the queue was full: its oldest items make room (see [`crate::queues`]).
 fn proxy_enqueue_shared_queue(c: C<'_>, id: u32, vp: u32, vl: u32) -> R {
     let value = tryst!(read(&c, vp, vl));
-    Ok(match c.data().env.queues.enqueue(id, &value) {
-        Ok(()) => OK,
-        Err(QueueError::NotFound) => NOT_FOUND,
-        Err(_) => INTERNAL_FAILURE,
-    })
+    let state = c.data();
+    match state.env.queues.enqueue(id, &value) {
+        Ok(done) => {
+            if done.dropped_oldest > 0 || done.dropped_item {
+                let why = format!(
+                    "shared queue {id} full: dropped {} oldest item(s){}",
+                    done.dropped_oldest,
+                    if done.dropped_item {
+                        format!(" and the new {}-byte item", value.len())
+                    } else {
+                        String::new()
+                    }
+                );
+                refuse(state, OK, &why);
+            }
+            Ok(OK)
+        }
+        Err(_) => Ok(NOT_FOUND),
+    }
+}
+
+/// Whether one more call of `bytes` fits in what this callback may dispatch.
+fn callout_fits(state: &HostState, bytes: usize) -> bool {
+    let calls = &state.callouts;
+    let held: usize = calls
+        .http
+        .iter()
+        .map(|h| h.body.len() + h.headers.byte_size() + h.trailers.byte_size())
+        .chain(
+            calls
+                .grpc
+                .iter()
+                .map(|g| g.message.as_ref().map_or(0, Vec::len) + g.initial_metadata.byte_size()),
+        )
+        .sum();
+    calls.http.len() + calls.grpc.len() < MAX_CALLOUTS_PER_CALLBACK
+        && held + bytes <= module_budget(state)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -535,7 +676,7 @@ fn proxy_http_call(
     timeout_ms: u32,
     token_ptr: u32,
 ) -> R {
-    let upstream = tryst!(read_string(&c, up, ul));
+    let upstream = tryst!(read(&c, up, ul));
     let headers = tryst!(read(&c, hp, hl));
     let body = tryst!(read(&c, bp, bl));
     let trailers = tryst!(read(&c, tp, tl));
@@ -543,15 +684,28 @@ fn proxy_http_call(
     else {
         return Ok(BAD_ARGUMENT);
     };
+    // A cluster name is text; Envoy answers an unknown cluster BAD_ARGUMENT at once.
+    let Ok(upstream) = String::from_utf8(upstream) else {
+        return Ok(BAD_ARGUMENT);
+    };
     if upstream.is_empty()
         || headers.get(":method").is_none()
         || headers.get(":path").is_none()
         || headers.get(":authority").is_none()
+        || !c.data().env.upstream_known(&upstream)
     {
         return Ok(BAD_ARGUMENT);
     }
     if !super::memory::slots_ok(&c, token_ptr, token_ptr) {
         return Ok(INVALID_MEMORY_ACCESS);
+    }
+    let bytes = body.len() + headers.byte_size() + trailers.byte_size();
+    if !callout_fits(c.data(), bytes) {
+        let why = format!(
+            "proxy_http_call: past {MAX_CALLOUTS_PER_CALLBACK} calls or {} bytes in one callback",
+            module_budget(c.data())
+        );
+        return Ok(refuse(c.data(), INTERNAL_FAILURE, &why));
     }
     let state = c.data_mut();
     let token = state.new_token();
@@ -563,7 +717,7 @@ fn proxy_http_call(
         headers,
         body,
         trailers,
-        timeout: Duration::from_millis(u64::from(timeout_ms)),
+        timeout: (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms))),
     });
     tryst!(write_u32(&mut c, token_ptr, token));
     Ok(OK)
@@ -594,6 +748,14 @@ fn grpc_open(
     }
     if !super::memory::slots_ok(&c, token_ptr, token_ptr) {
         return Ok(INVALID_MEMORY_ACCESS);
+    }
+    let bytes = message.as_ref().map_or(0, Vec::len) + initial_metadata.byte_size();
+    if !callout_fits(c.data(), bytes) {
+        let why = format!(
+            "gRPC call: past {MAX_CALLOUTS_PER_CALLBACK} calls or {} bytes in one callback",
+            module_budget(c.data())
+        );
+        return Ok(refuse(c.data(), INTERNAL_FAILURE, &why));
     }
     let state = c.data_mut();
     let token = state.new_token();
@@ -695,18 +857,27 @@ fn grpc_end(mut c: C<'_>, token: u32, cancel: bool) -> R {
     Ok(OK)
 }
 
+/// Ids are the plugin's own (see [`crate::metrics`]).
 fn proxy_define_metric(mut c: C<'_>, kind: u32, np: u32, nl: u32, id_ptr: u32) -> R {
+    if nl as usize > crate::metrics::MAX_NAME {
+        return Ok(BAD_ARGUMENT);
+    }
     let name = tryst!(read_string(&c, np, nl));
     let Some(kind) = MetricKind::from_abi(kind) else {
         return Ok(BAD_ARGUMENT);
     };
-    if name.is_empty() {
-        return Ok(BAD_ARGUMENT);
-    }
     if !super::memory::slots_ok(&c, id_ptr, id_ptr) {
         return Ok(INVALID_MEMORY_ACCESS);
     }
-    let id = c.data().env.metrics.define(kind, &name);
+    let state = c.data();
+    let id = match state
+        .env
+        .metrics
+        .define_for(&state.plugin.name, kind, &name)
+    {
+        Ok(id) => id,
+        Err(e) => return Ok(metric_status(Err(e))),
+    };
     tryst!(write_u32(&mut c, id_ptr, id));
     Ok(OK)
 }
@@ -720,15 +891,26 @@ fn metric_status(r: Result<(), MetricError>) -> u32 {
 }
 
 fn proxy_increment_metric(c: C<'_>, id: u32, offset: i64) -> R {
-    Ok(metric_status(c.data().env.metrics.increment(id, offset)))
+    let state = c.data();
+    Ok(metric_status(state.env.metrics.increment_for(
+        &state.plugin.name,
+        id,
+        offset,
+    )))
 }
 
 fn proxy_record_metric(c: C<'_>, id: u32, value: u64) -> R {
-    Ok(metric_status(c.data().env.metrics.record(id, value)))
+    let state = c.data();
+    Ok(metric_status(state.env.metrics.record_for(
+        &state.plugin.name,
+        id,
+        value,
+    )))
 }
 
 fn proxy_get_metric(mut c: C<'_>, id: u32, ptr: u32) -> R {
-    match c.data().env.metrics.get(id) {
+    let state = c.data();
+    match state.env.metrics.get_for(&state.plugin.name, id) {
         Ok(v) => {
             tryst!(write_u64(&mut c, ptr, v));
             Ok(OK)
@@ -776,9 +958,34 @@ fn proxy_call_foreign_function(
     let Some(f) = c.data().env.foreign.get(&name).cloned() else {
         return Ok(NOT_FOUND);
     };
-    match f(&args) {
-        Ok(result) => return_bytes(&mut c, &result, pp, sp, false),
-        Err(status) => Ok(status),
+    let result = match f(&args) {
+        Ok(result) => result,
+        Err(status) => return Ok(status),
+    };
+    // As cpp-host: a null results pointer means the module does not want the result (nothing
+    // is allocated in it), a null size pointer that it does not want the size.
+    match (pp, sp) {
+        (0, 0) => Ok(OK),
+        (0, sp) => {
+            tryst!(write_u32(&mut c, sp, result.len() as u32));
+            Ok(OK)
+        }
+        (pp, 0) => {
+            if !super::memory::slots_ok(&c, pp, pp) {
+                return Ok(INVALID_MEMORY_ACCESS);
+            }
+            let addr = if result.is_empty() {
+                0
+            } else {
+                match super::memory::copy_in(&mut c, &result)? {
+                    Ok(addr) => addr,
+                    Err(status) => return Ok(status),
+                }
+            };
+            tryst!(write_u32(&mut c, pp, addr));
+            Ok(OK)
+        }
+        (pp, sp) => return_bytes(&mut c, &result, pp, sp),
     }
 }
 

@@ -79,41 +79,56 @@ pub fn slots_ok(caller: &Caller<'_, HostState>, ptr_ptr: u32, size_ptr: u32) -> 
     in_bounds(caller, ptr_ptr, 4) && in_bounds(caller, size_ptr, 4)
 }
 
+/// Allocates exactly `bytes.len()` (not zero) in the guest through its allocator and copies
+/// `bytes` there: `Ok(Ok(address))`, `Ok(Err(status))` for the module, `Err` only when the
+/// guest allocator trapped.
+pub fn copy_in(
+    caller: &mut Caller<'_, HostState>,
+    bytes: &[u8],
+) -> wasmtime::Result<Result<u32, u32>> {
+    let Ok(len) = u32::try_from(bytes.len()) else {
+        return Ok(Err(status::INTERNAL_FAILURE));
+    };
+    let Some(alloc) = caller.data().alloc.clone() else {
+        return Ok(Err(status::INTERNAL_FAILURE));
+    };
+    let addr = alloc.call(&mut *caller, len)?;
+    if addr == 0 && len > 0 {
+        return Ok(Err(status::INTERNAL_FAILURE));
+    }
+    if !bytes.is_empty() {
+        if let Err(status) = write(caller, addr, bytes) {
+            return Ok(Err(status));
+        }
+    }
+    Ok(Ok(addr))
+}
+
 /// Returns `bytes` to the module: allocates exactly `bytes.len()` in the guest, copies, and
-/// writes the pointer and size to the return slots. An empty buffer is returned as a null
-/// pointer and size 0, unless `allocate_empty` (a header value that exists but is empty).
+/// writes the pointer and size to the return slots. An empty buffer is a null pointer and size
+/// 0, as cpp-host's `copyToPointerSize` returns one (nothing is allocated).
 /// `Ok(status)` for the module; `Err` only when the guest allocator trapped.
 pub fn return_bytes(
     caller: &mut Caller<'_, HostState>,
     bytes: &[u8],
     ptr_ptr: u32,
     size_ptr: u32,
-    allocate_empty: bool,
 ) -> wasmtime::Result<u32> {
     if !slots_ok(caller, ptr_ptr, size_ptr) {
         return Ok(status::INVALID_MEMORY_ACCESS);
     }
-    if bytes.is_empty() && !allocate_empty {
+    if bytes.is_empty() {
         let _ = write_u32(caller, ptr_ptr, 0);
         let _ = write_u32(caller, size_ptr, 0);
         return Ok(status::OK);
     }
-    let Ok(len) = u32::try_from(bytes.len()) else {
-        return Ok(status::INTERNAL_FAILURE);
+    let addr = match copy_in(caller, bytes)? {
+        Ok(addr) => addr,
+        Err(status) => return Ok(status),
     };
-    let Some(alloc) = caller.data().alloc.clone() else {
-        return Ok(status::INTERNAL_FAILURE);
-    };
-    let addr = alloc.call(&mut *caller, len)?;
-    if addr == 0 && len > 0 {
-        return Ok(status::INTERNAL_FAILURE);
-    }
-    if !bytes.is_empty() {
-        if let Err(status) = write(caller, addr, bytes) {
-            return Ok(status);
-        }
-    }
-    if write_u32(caller, ptr_ptr, addr).is_err() || write_u32(caller, size_ptr, len).is_err() {
+    if write_u32(caller, ptr_ptr, addr).is_err()
+        || write_u32(caller, size_ptr, bytes.len() as u32).is_err()
+    {
         return Ok(status::INVALID_MEMORY_ACCESS);
     }
     Ok(status::OK)

@@ -229,7 +229,11 @@ async fn http_call(worker: &Rc<Worker>, call: &host::HttpCallout) -> HttpCallRes
             trailers: Headers::new(),
         })
     };
-    match tokio::time::timeout(call.timeout.max(Duration::from_millis(1)), exchange).await {
+    // No timeout (None): the module passed 0, which Envoy takes as no deadline.
+    let deadline = call
+        .timeout
+        .map_or(Duration::MAX, |t| t.max(Duration::from_millis(1)));
+    match tokio::time::timeout(deadline, exchange).await {
         Ok(Some(response)) => HttpCallResult::Response(response),
         _ => HttpCallResult::Failed,
     }
