@@ -96,10 +96,12 @@ struct FilterSlot {
 
 /// Envoy's `failure_policy` for the entity's. Closed is FAIL_RELOAD, not FAIL_CLOSED: both
 /// answer the failing stream 503, but FAIL_CLOSED then answers 503 on that worker for good,
-/// while FAIL_RELOAD starts a fresh VM, as the gateway does. FAIL_OPEN skips the filter, and
-/// Envoy keeps skipping it on that worker until the next configuration (it does not reload);
-/// the gateway skips it for the failing stream and starts a fresh instance. The budgets and
-/// memory limits of the block have no Envoy equivalent and are not translated.
+/// while FAIL_RELOAD starts a fresh VM, as the gateway does. Open is FAIL_OPEN, which in
+/// Envoy 1.40 still answers 503 to the stream whose callback failed, then skips the filter on
+/// that worker until the next configuration (no fresh VM); the gateway lets the failing
+/// stream go on without the filter and starts a fresh instance (tests/envoy/failure_policy.rs).
+/// The budgets and memory limits of the block have no Envoy equivalent and are not
+/// translated.
 fn envoy_failure_policy(policy: FailurePolicy) -> &'static str {
     match policy {
         FailurePolicy::FailClosed => "FAIL_RELOAD",
