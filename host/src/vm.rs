@@ -678,6 +678,16 @@ impl Vm {
             .is_some_and(|soft| self.memory_size() > soft)
     }
 
+    /// Stream contexts in the instance that have not finished (those waiting for
+    /// `proxy_done` have): replacing the instance now would fail that many streams.
+    pub fn active_streams(&self) -> usize {
+        self.store
+            .data()
+            .streams
+            .len()
+            .saturating_sub(self.pending.len())
+    }
+
     /// Bytes of linear memory the instance has.
     pub fn memory_size(&self) -> usize {
         self.store
@@ -1020,8 +1030,10 @@ mod tests {
         let engine = engine();
         let logs = Arc::new(LogSink::new("lifecycle"));
         let mut vm = lifecycle(&engine, &logs);
+        assert_eq!(vm.active_streams(), 0);
         let ctx = vm.new_stream().expect("stream");
         assert_eq!(ctx, 2);
+        assert_eq!(vm.active_streams(), 1);
         let data = StreamData {
             request_headers: Some(crate::headers::Headers(vec![(
                 "x-kept".to_owned(),
@@ -1037,6 +1049,11 @@ mod tests {
             "the stream keeps its own data"
         );
         assert_eq!(said(&logs), ["done"]);
+        assert_eq!(
+            vm.active_streams(),
+            0,
+            "a stream waiting for proxy_done is finished"
+        );
         // Released from the root's tick: OK (0), then the stream's on_log, with its headers,
         // and on_delete.
         vm.on_tick().expect("tick");
