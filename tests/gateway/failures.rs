@@ -1,6 +1,6 @@
 //! A plugin's `wasmgate` block on the gateway's request path: its failure policy (a trapping
 //! filter fails its request open or closed, as its block says) and its budgets (the callback
-//! budget and the memory cap are the block's, not the defaults).
+//! and start-up budgets and the memory cap are the block's, not the defaults).
 
 use wasmgate_tests::client::send;
 use wasmgate_tests::{EchoUpstream, Protocol, Request};
@@ -125,4 +125,53 @@ async fn the_budget_and_memory_cap_are_the_blocks() {
     assert_eq!(status(&gateway, "/spin-5000").await, 200);
     assert_eq!(status(&gateway, "/grow-1").await, 503);
     assert_eq!(status(&gateway, "/grow-3").await, 200);
+}
+
+/// The start-up budget is the block's too: a filter whose `on_configure` spins for 50 ms of
+/// the host's clock is refused, naming it, with 5 ms to start, and serves with 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_startup_budget_is_the_blocks() {
+    let filters = tempfile::tempdir().unwrap();
+    let wasm = wat::parse_str(
+        r#"(module
+          (import "env" "proxy_get_current_time_nanoseconds" (func $now (param i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+          (func (export "proxy_on_context_create") (param i32 i32))
+          (func (export "proxy_on_configure") (param i32 i32) (result i32)
+            (local $start i64)
+            (drop (call $now (i32.const 0)))
+            (local.set $start (i64.load (i32.const 0)))
+            (loop $l
+              (drop (call $now (i32.const 0)))
+              (br_if $l (i64.lt_u (i64.sub (i64.load (i32.const 0)) (local.get $start)) (i64.const 50000000))))
+            (i32.const 1)))"#,
+    )
+    .unwrap();
+    std::fs::write(filters.path().join("slow_start.wasm"), wasm).unwrap();
+    let echo = EchoUpstream::start().await.unwrap();
+    let text = |budget: u32| {
+        format!(
+            "_format_version: \"3.0\"\nservices: [{{name: e, url: \"http://{}\", routes: [{{name: r, paths: [/]}}]}}]\n\
+             filter_chains: [{{name: c, route: r, filters: [{{name: slow_start, wasmgate: {{startup_budget_ms: {budget}}}}}]}}]\n",
+            echo.addr()
+        )
+    };
+    let options = || {
+        let mut options = wasmgate_tests::gateway::options();
+        options.workers = 1;
+        options.runtime.filters_dir = Some(filters.path().to_owned());
+        options
+    };
+    let refused = match gateway::Gateway::start(options(), &text(5)) {
+        Ok(_) => panic!("a start over its budget was accepted"),
+        Err(e) => e,
+    };
+    assert!(
+        refused.contains("filter_chains.c.filters.slow_start") && refused.contains("Deadline"),
+        "{refused}"
+    );
+    let gateway = wasmgate_tests::gateway::start_with(options(), &text(5000));
+    assert_eq!(status(&gateway, "/").await, 200);
 }
