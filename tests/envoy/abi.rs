@@ -55,6 +55,24 @@ async fn envoy_answers_the_probes_as_the_host_does() {
     assert_eq!(report.u32(184), 2);
 }
 
+/// A call's response body is a constant buffer: proxy_set_buffer_bytes on it is BAD_ARGUMENT
+/// (the host answers the same: tests/host/abi.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_refuses_changes_to_a_calls_response_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let (envoy, _echo) = envoy(dir.path()).await;
+    let request = Request::get("/").header("x-probe", "Kall");
+    let r = wasmgate_tests::client::send(envoy.listener("probe"), Protocol::Http1, &request)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &[2u8, 1][..]),
+        "{}",
+        envoy.log()
+    );
+}
+
 /// Envoy 1.40 sends any status from 200 to 999 a module answers with; after a 1xx it sends
 /// no final response at all (the client waits), which the host refuses instead
 /// (tests/host/abi.rs `local_response_statuses`).

@@ -4,7 +4,7 @@
 //! wherever Envoy has the function.
 
 use host::testing::{Harness, TestRequest};
-use host::{HttpCallResult, PluginConfig, WorkerPlugin};
+use host::{HttpCallResponse, HttpCallResult, PluginConfig, WorkerPlugin};
 #[path = "abi_probe.rs"]
 mod abi_probe;
 
@@ -16,9 +16,11 @@ const BAD_ARGUMENT: u32 = 2;
 fn harness() -> (Harness, WorkerPlugin) {
     let mut h = Harness::new().unwrap();
     h.foreign_function("probe_fn", |args| Ok([args, b"!"].concat()));
-    // The data plane knows one upstream.
+    // The data plane knows two upstreams.
     h.env()
-        .set_upstream_check(std::sync::Arc::new(|name: &str| name == "known"));
+        .set_upstream_check(std::sync::Arc::new(|name: &str| {
+            name == "known" || name == "upstream"
+        }));
     let w = h
         .load_bytes(&abi_probe::wasm(), PluginConfig::new("abi-probe", ""))
         .unwrap();
@@ -126,6 +128,22 @@ fn an_unknown_upstream_is_refused_at_once_and_timeout_zero_is_no_timeout() {
     assert_eq!(out.http_calls.len(), 1);
     assert_eq!(out.http_calls[0].upstream, "known");
     assert_eq!(out.http_calls[0].timeout, None);
+}
+
+/// Envoy hands a call's response body to the module as a constant buffer
+/// (tests/envoy/abi.rs answers the same).
+#[test]
+fn a_calls_response_body_cannot_be_changed() {
+    let (mut h, _) = harness();
+    h.on_http_call(|_| HttpCallResult::Response(HttpCallResponse::new(200, &[], b"answer")));
+    let out = h.send(TestRequest::get("/").header("x-probe", "Kall"));
+    assert_eq!(out.http_calls.len(), 1, "{}", h.log_text());
+    assert_eq!(
+        out.response.body,
+        [BAD_ARGUMENT as u8, 1],
+        "{}",
+        h.log_text()
+    );
 }
 
 #[test]

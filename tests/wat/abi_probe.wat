@@ -8,7 +8,10 @@
 ;;   "code"  a local response with the status in `x-code` (three ASCII digits); when the
 ;;           host refuses it, a local response 200 with body "refused" and the status byte;
 ;;   "known" proxy_http_call to the upstream "known" with timeout 0, then a local response
-;;           200 with the status byte (in-process host only).
+;;           200 with the status byte (in-process host only);
+;;   "Kall"  proxy_http_call to "upstream" (Envoy's cluster of the test), and in its answer
+;;           proxy_set_buffer_bytes on the call's response body: a local response 200 with
+;;           that status byte and 1 when the body was not empty.
 (module
   (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_log_level" (func $get_log_level (param i32) (result i32)))
@@ -22,6 +25,7 @@
   (import "env" "proxy_set_buffer_bytes" (func $set_buffer (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_call_foreign_function" (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $set_effective (param i32) (result i32)))
   (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
   (import "wasi_snapshot_preview1" "clock_res_get" (func $clock_res_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
@@ -29,6 +33,8 @@
   (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
   (memory (export "memory") 4)
   (global $heap (mut i32) (i32.const 131072))
+  ;; The stream that made the "Kall" call.
+  (global $caller (mut i32) (i32.const 0))
 
   (data (i32.const 1024) "x-probe")           ;; 7
   (data (i32.const 1040) "x-empty")           ;; 7
@@ -49,7 +55,8 @@
   (data (i32.const 1280) "known")             ;; 5
   (data (i32.const 1296) "v1")                ;; 2
   (data (i32.const 1312) "level 6")           ;; 7
-  ;; Header pairs :method GET, :path /, :authority x (63 bytes).
+  (data (i32.const 1328) "upstream")          ;; 8
+  ;; Header pairs :method GET, :path /, :authority x (61 bytes).
   (data (i32.const 1344)
     "\03\00\00\00"
     "\07\00\00\00\03\00\00\00" "\05\00\00\00\01\00\00\00" "\0a\00\00\00\01\00\00\00"
@@ -64,7 +71,13 @@
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
   (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32))
+  (func (export "proxy_on_http_call_response") (param $ctx i32) (param $token i32) (param $headers i32) (param $body i32) (param $trailers i32)
+    (if (i32.eqz (global.get $caller)) (then (return)))
+    (drop (call $set_effective (global.get $caller)))
+    (i32.store8 (i32.const 920) (call $set_buffer (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 1296) (i32.const 2)))
+    (i32.store8 (i32.const 921) (i32.gt_u (local.get $body) (i32.const 0)))
+    (global.set $caller (i32.const 0))
+    (drop (call $answer (i32.const 200) (i32.const 920) (i32.const 2))))
   (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
   (func (export "proxy_on_log") (param i32))
   (func (export "proxy_on_delete") (param i32))
@@ -102,10 +115,23 @@
     (if (i32.eq (local.get $mode) (i32.const 107)) ;; 'k'
       (then
         (local.set $status
-          (call $http_call (i32.const 1280) (i32.const 5) (i32.const 1344) (i32.const 63)
+          (call $http_call (i32.const 1280) (i32.const 5) (i32.const 1344) (i32.const 61)
             (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 908)))
         (i32.store8 (i32.const 912) (local.get $status))
         (drop (call $answer (i32.const 200) (i32.const 912) (i32.const 1)))
+        (return (i32.const 1))))
+    (if (i32.eq (local.get $mode) (i32.const 75)) ;; 'K'
+      (then
+        (local.set $status
+          (call $http_call (i32.const 1328) (i32.const 8) (i32.const 1344) (i32.const 61)
+            (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 908)))
+        (if (i32.ne (local.get $status) (i32.const 0))
+          (then
+            (i32.store8 (i32.const 912) (i32.const 0xee))
+            (i32.store8 (i32.const 913) (local.get $status))
+            (drop (call $answer (i32.const 200) (i32.const 912) (i32.const 2)))
+            (return (i32.const 1))))
+        (global.set $caller (local.get $ctx))
         (return (i32.const 1))))
     (if (i32.ne (local.get $mode) (i32.const 97)) ;; 'a'
       (then (return (i32.const 0))))
@@ -170,9 +196,9 @@
     ;; The body of a call's response, outside any call.
     (i32.store (i32.const 8360) (call $set_buffer (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 1296) (i32.const 2)))
     ;; proxy_http_call: an empty upstream, then an unknown one (timeout 0 both).
-    (i32.store (i32.const 8364) (call $http_call (i32.const 1216) (i32.const 0) (i32.const 1344) (i32.const 63)
+    (i32.store (i32.const 8364) (call $http_call (i32.const 1216) (i32.const 0) (i32.const 1344) (i32.const 61)
       (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 880)))
-    (i32.store (i32.const 8368) (call $http_call (i32.const 1216) (i32.const 15) (i32.const 1344) (i32.const 63)
+    (i32.store (i32.const 8368) (call $http_call (i32.const 1216) (i32.const 15) (i32.const 1344) (i32.const 61)
       (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 880)))
     ;; proxy_get_log_level: status, level.
     (i32.store (i32.const 8372) (call $get_log_level (i32.const 8376)))

@@ -34,7 +34,7 @@
   (data (i32.const 1072) "x-big")  ;; 5
   (data (i32.const 1088) "up")     ;; 2
   (data (i32.const 1104) "q")      ;; 1
-  ;; Header pairs :method GET, :path /, :authority x (63 bytes).
+  ;; Header pairs :method GET, :path /, :authority x (61 bytes).
   (data (i32.const 1152)
     "\03\00\00\00"
     "\07\00\00\00\03\00\00\00" "\05\00\00\00\01\00\00\00" "\0a\00\00\00\01\00\00\00"
@@ -90,7 +90,7 @@
     (if (i32.or (i32.eq (global.get $op) (i32.const 99)) (i32.eq (global.get $op) (i32.const 67))) ;; 'c' 'C'
       (then
         (loop $l
-          (local.set $s (call $http_call (i32.const 1088) (i32.const 2) (i32.const 1152) (i32.const 63)
+          (local.set $s (call $http_call (i32.const 1088) (i32.const 2) (i32.const 1152) (i32.const 61)
             (i32.const 65536) (select (i32.const 65536) (i32.const 0) (i32.eq (global.get $op) (i32.const 67)))
             (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 908)))
           (if (i32.eqz (local.get $s)) (then (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l))))

@@ -35,7 +35,8 @@ pub fn encoded_size(headers: &Headers) -> usize {
         .sum::<usize>()
 }
 
-/// Decodes a map; `None` when malformed or over the limits. An empty input is an empty map.
+/// Decodes a map; `None` when malformed, longer than its pairs or over the limits. An empty
+/// input is an empty map.
 pub fn decode(bytes: &[u8]) -> Option<Headers> {
     if bytes.is_empty() {
         return Some(Headers::new());
@@ -75,7 +76,9 @@ pub fn decode(bytes: &[u8]) -> Option<Headers> {
             value.to_vec(),
         ));
     }
-    Some(headers)
+    // cpp-host's PairsUtil::toPairs refuses a buffer longer than its pairs (Envoy 1.40 then
+    // finds no headers in a proxy_http_call: BAD_ARGUMENT).
+    (at == bytes.len()).then_some(headers)
 }
 
 #[cfg(test)]
@@ -102,5 +105,16 @@ mod tests {
         assert_eq!(decode(&[1, 0, 0]), None);
         assert_eq!(decode(&[1, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 0]), None);
         assert_eq!(decode(&[0xff, 0xff, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn bytes_past_the_pairs_are_refused() {
+        let h = Headers::from_pairs([(":path", "/a")]);
+        let mut bytes = encode(&h);
+        assert_eq!(decode(&bytes), Some(h));
+        bytes.push(0);
+        assert_eq!(decode(&bytes), None);
+        assert_eq!(decode(&[0, 0, 0, 0]), Some(Headers::new()));
+        assert_eq!(decode(&[0, 0, 0, 0, 0]), None);
     }
 }
