@@ -64,8 +64,8 @@ filter_chains:
         ("gateway", gateway.addr(), [200, 200]),
         ("Envoy", envoy.listener("wasmgate"), [503, 200]),
     ] {
-        for attempt in 0..2 {
-            for (path, status) in [("/open", open[attempt]), ("/closed", 503)] {
+        for (attempt, open) in open.into_iter().enumerate() {
+            for (path, status) in [("/open", open), ("/closed", 503)] {
                 let r = send(addr, Protocol::Http1, &Request::get(path))
                     .await
                     .unwrap();
