@@ -40,10 +40,12 @@ impl Default for EngineConfig {
     }
 }
 
-/// Tables an instance may have: the store's limit too ([`crate::state::HostState`]).
+/// Tables an instance may have, pooled or not (the pool's and the store's limit,
+/// [`crate::state::HostState`]).
 pub const MAX_TABLES: u32 = 4;
-/// Elements a table may have in a pooled instance (8 bytes each): a million, fifty times
-/// wasmtime's default, past the function tables of large Go and .NET modules.
+/// Elements a table may have, pooled or not (8 bytes each): a million, fifty times
+/// wasmtime's pool default, past the function tables of large Go and .NET modules. On demand
+/// they are host memory outside an instance's linear memory cap, so they are capped too.
 pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 fn effective_tick(config: &EngineConfig) -> Duration {

@@ -82,7 +82,8 @@ impl HostState {
         let limits = wasmtime::StoreLimitsBuilder::new()
             .memory_size(plugin.limits.memory_bytes)
             .instances(1)
-            .tables(4)
+            .tables(crate::engine::MAX_TABLES as usize)
+            .table_elements(crate::engine::MAX_TABLE_ELEMENTS)
             .memories(1)
             .trap_on_grow_failure(true)
             .build();

@@ -1099,4 +1099,53 @@ mod tests {
         drop(vm);
         assert_eq!(said(&logs), Vec::<String>::new());
     }
+
+    /// The table limits hold the same way pooled and on demand: a fifth table, or a table of
+    /// one element past MAX_TABLE_ELEMENTS, fails the start (on demand, a table's elements are
+    /// host memory outside the linear memory cap: 2^32 of them would ask for 32 GiB).
+    #[test]
+    fn a_table_past_the_limits_fails_the_start_pooled_or_not() {
+        use crate::engine::{MAX_TABLES, MAX_TABLE_ELEMENTS};
+        let tables = |declared: &str| {
+            format!(
+                r#"(module
+                  (memory (export "memory") 1)
+                  {declared}
+                  (func (export "proxy_abi_version_0_2_1"))
+                  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024)))"#
+            )
+        };
+        let at_the_limits = tables(&format!(
+            "{} (table {MAX_TABLE_ELEMENTS} funcref)",
+            "(table 1 funcref) ".repeat(MAX_TABLES as usize - 1)
+        ));
+        let one_too_many = tables(&"(table 1 funcref) ".repeat(MAX_TABLES as usize + 1));
+        let one_too_large = tables(&format!("(table {} funcref)", MAX_TABLE_ELEMENTS + 1));
+        for pooling in [true, false] {
+            let engine = Engine::new(EngineConfig {
+                pooling,
+                max_instances: 4,
+                ..EngineConfig::default()
+            })
+            .expect("engine");
+            let start = |text: &str| {
+                let wasm = wat::parse_str(text).expect("WAT");
+                let module = PluginModule::new(&engine, &wasm)?;
+                Vm::start(
+                    &module,
+                    Arc::new(PluginConfig::new("tables", "")),
+                    HostEnv::shared(),
+                    Arc::new(LogSink::new("tables")),
+                    Mailbox::new(),
+                )
+                .map(drop)
+            };
+            start(&at_the_limits).unwrap_or_else(|e| panic!("pooling {pooling}: {e}"));
+            assert!(start(&one_too_many).is_err(), "pooling {pooling}: 5 tables");
+            assert!(
+                start(&one_too_large).is_err(),
+                "pooling {pooling}: 2^20 + 1 elements"
+            );
+        }
+    }
 }
