@@ -1,32 +1,30 @@
 //! The boundary between the network (the `gateway` binary, or a test) and the filters: a
-//! sans-IO HTTP filter chain with Envoy's iteration rules.
+//! sans-IO HTTP filter manager with Envoy's iteration rules.
 //!
 //! The driver feeds one [`HttpStream`] per request with what the client and the upstream sent
 //! (`request_headers`, `request_data`, …, `response_headers`, …), delivers the answers to the
 //! calls filters made ([`HttpStream::take_callouts`] → [`HttpStream::http_call_response`]),
 //! and forwards what [`HttpStream::take_outputs`] yields: request parts for the upstream,
-//! response parts for the client, or a reset.
+//! response parts for the client, or a reset. It stops reading a peer while
+//! [`HttpStream::read_disabled`] says so (a filter holds data past the watermark).
 //!
-//! Rules, as Envoy applies them to proxy-wasm filters:
+//! The rules are those of Envoy's `FilterManager` (`source/common/http/filter_manager.cc`),
+//! which proxy-wasm modules are written against:
 //! - Request phases run filters in order, response phases in reverse order.
-//! - [`FilterStatus::Stop`] from a headers callback holds the headers and buffers the body
-//!   (Envoy's `StopAllIterationAndWatermark`); when the filter resumes, the headers go on and
-//!   the buffered body is handed to that same filter first.
-//! - `Stop` from a body callback buffers: the filter is called again with the whole buffered
-//!   body (the running total) when more data arrives; `Continue` passes on the (possibly
-//!   rewritten) body. Buffering past the buffer limit (1 MiB, Envoy's default) answers 413
-//!   (request) or 500 (response), as Envoy does.
+//! - Every filter keeps its own iteration state per direction: headers stopped with
+//!   [`FilterStatus::StopIteration`] hold only the headers (later frames still reach that
+//!   filter); `StopAllIteration*` hold everything behind the filter; a body stop holds the
+//!   data at the filter until it continues. Several filters can hold at once, each at its
+//!   own place.
+//! - A direction has one buffer (Envoy's `buffered_request_data_`): what a stopped filter
+//!   holds. `…AndBuffer` past the buffer limit (1 MiB, Envoy's default) answers 413 (request)
+//!   or 500 (response); `…AndWatermark` instead pushes back on the peer until the buffer drains.
+//! - A filter that resumes after `StopAllIteration*` is handed what was held behind it first;
+//!   trailers follow the body as trailers.
 //! - A local response ends the request side and passes through the response phases of the
-//!   filters that saw the request, from the one that sent it back to the first. A non-empty
-//!   body gets `content-type: text/plain` unless the filter gave one.
-//!
-//! - With Envoy's `allow_on_headers_stop_iteration` ([`HttpFilter::body_while_headers_stopped`]),
-//!   a headers `Stop` still lets the body reach the filter that stopped; it may change the
-//!   headers there, and its body `Continue` resumes the headers, then the body.
-//!
-//! Limitation: one stop point per direction. While a later filter holds the headers, data
-//! still runs through the earlier filters as it arrives; a `Stop` from one of those is
-//! treated as `Continue`.
+//!   filters that saw the request; once the response has started through the filters it goes
+//!   straight to the client, and once its head went out the stream is reset. A non-empty body
+//!   gets `content-type: text/plain` unless the filter gave one.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -35,12 +33,29 @@ use std::time::SystemTime;
 use crate::callout::{Callouts, GrpcInbound, HttpCallResult};
 use crate::headers::Headers;
 
-/// What a filter callback decided.
+/// What a filter callback decided: Envoy's `FilterHeadersStatus`, `FilterDataStatus` and
+/// `FilterTrailersStatus` in one type. A headers callback answers `Continue`,
+/// `StopIteration` or `StopAllIteration*`; a body callback `Continue` or `StopIteration*`;
+/// a trailers callback `Continue` or `StopIteration`. Another answer counts as the nearest
+/// one of its callback's kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FilterStatus {
     Continue,
-    /// Headers: hold them and buffer the body until the filter resumes. Body: buffer.
-    Stop,
+    /// Headers: hold the headers; the body and the trailers still reach this filter.
+    /// Trailers: hold them.
+    StopIteration,
+    /// Headers: hold the headers and buffer everything behind them (413 or 500 past the
+    /// buffer limit) until this filter continues.
+    StopAllIterationAndBuffer,
+    /// Headers: as `StopAllIterationAndBuffer`, but past the limit the peer is pushed back on
+    /// instead of answered. What a proxy-wasm module's pause from headers means in Envoy.
+    StopAllIterationAndWatermark,
+    /// Body: keep the data here; the next callback sees everything kept so far.
+    StopIterationAndBuffer,
+    /// Body: keep the data here, pushing back on the peer past the limit.
+    StopIterationAndWatermark,
+    /// Body: stop without keeping the data (the filter took it).
+    StopIterationNoBuffer,
 }
 
 /// Facts about the stream that filters can read as properties.
@@ -121,14 +136,9 @@ pub trait HttpFilter {
     fn context_id(&self) -> Option<u32> {
         None
     }
-    /// Envoy's `allow_on_headers_stop_iteration`: after a headers `Stop`, the body still
-    /// reaches this filter (the running total, as for a body `Stop`), and a `Continue` from
-    /// its body callback sends the headers and the body on.
-    fn body_while_headers_stopped(&self) -> bool {
-        false
-    }
     fn request_headers(&mut self, stream: &mut StreamData, end_of_stream: bool) -> FilterStatus;
-    /// `stream.request_body` holds the chunk (or everything buffered at this filter).
+    /// `stream.request_body` holds the chunk, or, while this filter buffers
+    /// ([`FilterStatus::StopIterationAndBuffer`] last time), everything buffered so far.
     fn request_body(&mut self, _stream: &mut StreamData, _end_of_stream: bool) -> FilterStatus {
         FilterStatus::Continue
     }
@@ -202,22 +212,80 @@ enum Stage {
     Trailers,
 }
 
+/// Where a filter's iteration stands in one direction (Envoy's `IterationState`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Iteration {
+    #[default]
+    Continue,
+    /// Stopped by this filter's last callback; later frames still reach it.
+    StopSingle,
+    /// Stopped at the headers; everything behind them waits in the buffer.
+    StopAllBuffer,
+    StopAllWatermark,
+}
+
+/// One filter's state in one direction.
+#[derive(Clone, Copy, Debug, Default)]
+struct FilterState {
+    iteration: Iteration,
+    headers_continued: bool,
+    /// Request side: the filter had the request headers, so it has a context and takes part
+    /// in the response, local replies included (Envoy's Wasm filter passes a stream it has no
+    /// context for straight through).
+    processed_headers: bool,
+    /// This filter had the end of the direction: later data is not for it.
+    end_stream: bool,
+    /// Its last body callback kept the data: new data joins the buffer and it sees the whole
+    /// (Envoy's Wasm filter adds the chunk to the buffer before the callback).
+    buffering: bool,
+    /// Resuming after a stop-all: the resumed frames start at this filter itself.
+    iterate_from_current: bool,
+}
+
+impl FilterState {
+    fn stopped_all(&self) -> bool {
+        matches!(
+            self.iteration,
+            Iteration::StopAllBuffer | Iteration::StopAllWatermark
+        )
+    }
+}
+
 #[derive(Debug, Default)]
 struct Flow {
     /// Filter indices in iteration order.
     order: Vec<usize>,
-    /// Where iteration stopped: position in `order` and stage.
-    stopped: Option<(usize, Stage)>,
-    headers_eos: bool,
+    /// Per filter index.
+    states: Vec<FilterState>,
+    /// What stopped filters hold (Envoy's `buffered_request_data_`): `Some` once a filter
+    /// buffered, even when drained since.
+    buffered: Option<Vec<u8>>,
+    /// Buffering past the limit pushes back on the peer instead of failing.
+    streaming: bool,
+    above_watermark: bool,
+    /// The peer sent the whole direction.
+    complete: bool,
     headers_forwarded: bool,
-    buffer: Vec<u8>,
-    buffer_eos: bool,
-    /// Trailers waiting behind a stop.
-    trailers: Option<Headers>,
-    /// Where the waiting trailers go on from: the filters before it have had them.
-    trailers_from: usize,
-    /// No more output in this direction.
+    /// The end of the direction went out.
     ended: bool,
+}
+
+impl Flow {
+    fn new(order: Vec<usize>, filters: usize) -> Flow {
+        Flow {
+            order,
+            states: vec![FilterState::default(); filters],
+            ..Flow::default()
+        }
+    }
+
+    fn position(&self, idx: usize) -> Option<usize> {
+        self.order.iter().position(|&i| i == idx)
+    }
+
+    fn buffered_len(&self) -> usize {
+        self.buffered.as_ref().map_or(0, Vec::len)
+    }
 }
 
 /// A chain of filter instances for one stream.
@@ -230,9 +298,11 @@ pub struct HttpStream {
     callouts: Vec<(usize, Callouts)>,
     local_reply_sent: bool,
     in_local_reply: bool,
-    /// How many filters (a prefix of the request order) have had the request headers: they,
-    /// and only they, get the response phase of a local reply, as in Envoy.
-    request_headers_reached: usize,
+    /// The response (the upstream's or a local one) entered the filters whole: request data
+    /// is of no use any more (Envoy's `local_complete_`).
+    local_complete: bool,
+    /// Bumped by every local reply and reset: an iteration that sees it change stops.
+    epoch: u64,
     buffer_limit: usize,
     done: bool,
 }
@@ -249,19 +319,14 @@ impl HttpStream {
                 info,
                 ..StreamData::default()
             },
-            request: Flow {
-                order: (0..n).collect(),
-                ..Flow::default()
-            },
-            response: Flow {
-                order: (0..n).rev().collect(),
-                ..Flow::default()
-            },
+            request: Flow::new((0..n).collect(), n),
+            response: Flow::new((0..n).rev().collect(), n),
             outputs: Vec::new(),
             callouts: Vec::new(),
             local_reply_sent: false,
             in_local_reply: false,
-            request_headers_reached: 0,
+            local_complete: false,
+            epoch: 0,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
             done: false,
         }
@@ -293,7 +358,10 @@ impl HttpStream {
 
     /// Whether a filter holds either direction.
     pub fn is_paused(&self) -> bool {
-        self.request.stopped.is_some() || self.response.stopped.is_some()
+        !self.done
+            && [&self.request, &self.response]
+                .iter()
+                .any(|f| f.states.iter().any(|s| s.iteration != Iteration::Continue))
     }
 
     pub fn local_reply_sent(&self) -> bool {
@@ -312,6 +380,18 @@ impl HttpStream {
         self.response.ended || self.done
     }
 
+    /// Whether the driver should stop reading the client: a filter holds more of the request
+    /// than the buffer limit with a watermark stop (Envoy's `readDisable`), until it drains
+    /// to half the limit.
+    pub fn request_read_disabled(&self) -> bool {
+        self.request.above_watermark && !self.request_ended()
+    }
+
+    /// The same for the upstream's response.
+    pub fn response_read_disabled(&self) -> bool {
+        self.response.above_watermark && !self.is_complete()
+    }
+
     fn flow(&mut self, dir: Dir) -> &mut Flow {
         match dir {
             Dir::Request => &mut self.request,
@@ -319,10 +399,22 @@ impl HttpStream {
         }
     }
 
+    fn state(&mut self, dir: Dir, idx: usize) -> &mut FilterState {
+        let flow = self.flow(dir);
+        &mut flow.states[idx]
+    }
+
     fn body(&mut self, dir: Dir) -> &mut Vec<u8> {
         match dir {
             Dir::Request => &mut self.data.request_body,
             Dir::Response => &mut self.data.response_body,
+        }
+    }
+
+    fn has_trailers(&self, dir: Dir) -> bool {
+        match dir {
+            Dir::Request => self.data.request_trailers.is_some(),
+            Dir::Response => self.data.response_trailers.is_some(),
         }
     }
 
@@ -333,23 +425,29 @@ impl HttpStream {
             return;
         }
         self.data.request_headers = Some(headers);
-        self.request.headers_eos = end_of_stream;
-        self.run_headers(Dir::Request, 0);
+        self.request.complete = end_of_stream;
+        self.headers_from(Dir::Request, 0, end_of_stream);
+        self.update_watermarks();
     }
 
     pub fn request_data(&mut self, data: Vec<u8>, end_of_stream: bool) {
-        if self.done || self.local_reply_sent || self.request.ended {
+        if self.done || self.local_reply_sent || self.local_complete || self.request.complete {
             return;
         }
         self.data.request_bytes += data.len() as u64;
-        self.on_data(Dir::Request, data, end_of_stream);
+        self.request.complete = end_of_stream;
+        self.data_from(Dir::Request, 0, Some(data), end_of_stream);
+        self.update_watermarks();
     }
 
     pub fn request_trailers(&mut self, trailers: Headers) {
-        if self.done || self.local_reply_sent || self.request.ended {
+        if self.done || self.local_reply_sent || self.local_complete || self.request.complete {
             return;
         }
-        self.on_trailers(Dir::Request, trailers);
+        self.request.complete = true;
+        self.data.request_trailers = Some(trailers);
+        self.trailers_from(Dir::Request, 0);
+        self.update_watermarks();
     }
 
     pub fn response_headers(&mut self, headers: Headers, end_of_stream: bool) {
@@ -357,23 +455,32 @@ impl HttpStream {
             return;
         }
         self.data.response_headers = Some(headers);
-        self.response.headers_eos = end_of_stream;
-        self.run_headers(Dir::Response, 0);
+        self.response.complete = end_of_stream;
+        self.local_complete |= end_of_stream;
+        self.headers_from(Dir::Response, 0, end_of_stream);
+        self.update_watermarks();
     }
 
     pub fn response_data(&mut self, data: Vec<u8>, end_of_stream: bool) {
-        if self.done || self.local_reply_sent || self.response.ended {
+        if self.done || self.local_reply_sent || self.response.complete {
             return;
         }
         self.data.response_bytes += data.len() as u64;
-        self.on_data(Dir::Response, data, end_of_stream);
+        self.response.complete = end_of_stream;
+        self.local_complete |= end_of_stream;
+        self.data_from(Dir::Response, 0, Some(data), end_of_stream);
+        self.update_watermarks();
     }
 
     pub fn response_trailers(&mut self, trailers: Headers) {
-        if self.done || self.local_reply_sent || self.response.ended {
+        if self.done || self.local_reply_sent || self.response.complete {
             return;
         }
-        self.on_trailers(Dir::Response, trailers);
+        self.response.complete = true;
+        self.local_complete = true;
+        self.data.response_trailers = Some(trailers);
+        self.trailers_from(Dir::Response, 0);
+        self.update_watermarks();
     }
 
     /// Delivers the answer to an HTTP call filter `filter` made.
@@ -399,11 +506,26 @@ impl HttpStream {
         self.after_async(filter);
     }
 
-    /// A filter asked (from outside a stream callback, e.g. its root context) to resume.
+    /// A filter asked (from outside its stream callbacks, e.g. its root context) to resume
+    /// both directions.
     pub fn resume(&mut self, filter: usize) {
-        self.data.resume_request = true;
-        self.data.resume_response = true;
-        self.after_async(filter);
+        self.resume_request(filter);
+        self.resume_response(filter);
+    }
+
+    /// A filter asked to resume the request (proxy-wasm's `proxy_continue_stream(request)`).
+    pub fn resume_request(&mut self, filter: usize) {
+        if !self.done {
+            self.resume_dir(Dir::Request, filter);
+            self.update_watermarks();
+        }
+    }
+
+    pub fn resume_response(&mut self, filter: usize) {
+        if !self.done {
+            self.resume_dir(Dir::Response, filter);
+            self.update_watermarks();
+        }
     }
 
     /// Ends the stream: every filter gets `stream_done` once. Call it when the response is
@@ -418,17 +540,20 @@ impl HttpStream {
         }
     }
 
-    // ---- iteration ----
+    // ---- iteration (Envoy's FilterManager) ----
 
     fn call(&mut self, dir: Dir, stage: Stage, idx: usize, eos: bool) -> FilterStatus {
+        if dir == Dir::Response && !self.request.states[idx].processed_headers {
+            return FilterStatus::Continue;
+        }
+        if (dir, stage) == (Dir::Request, Stage::Headers) {
+            self.request.states[idx].processed_headers = true;
+        }
         self.data.resume_request = false;
         self.data.resume_response = false;
         let Some(filter) = self.filters.get_mut(idx) else {
             return FilterStatus::Continue;
         };
-        if (dir, stage) == (Dir::Request, Stage::Headers) {
-            self.request_headers_reached = self.request_headers_reached.max(idx + 1);
-        }
         let data = &mut self.data;
         let status = match (dir, stage) {
             (Dir::Request, Stage::Headers) => filter.request_headers(data, eos),
@@ -446,6 +571,7 @@ impl HttpStream {
             Dir::Request => self.data.resume_request,
             Dir::Response => self.data.resume_response,
         };
+        // A filter that resumes within the callback that stopped continues.
         if resumed {
             FilterStatus::Continue
         } else {
@@ -454,7 +580,7 @@ impl HttpStream {
     }
 
     /// After a callback: a reset or local response takes over. True when iteration must end.
-    fn intercepted(&mut self, dir: Dir, idx: usize) -> bool {
+    fn intercepted(&mut self) -> bool {
         if self.data.reset {
             self.data.reset = false;
             self.reset();
@@ -465,325 +591,308 @@ impl HttpStream {
                 // Envoy ignores a second local reply sent while the first one is encoded.
                 return false;
             }
-            self.local_reply(dir, idx, response);
+            self.local_reply(response);
             return true;
         }
         false
     }
 
     fn reset(&mut self) {
+        self.epoch += 1;
         self.outputs.push(Output::Reset);
         self.request.ended = true;
         self.response.ended = true;
-        self.request.stopped = None;
-        self.response.stopped = None;
         self.finish();
     }
 
-    fn run_headers(&mut self, dir: Dir, from: usize) {
+    fn end_direction(&mut self, dir: Dir) {
+        self.flow(dir).ended = true;
+        if dir == Dir::Response {
+            self.finish();
+        }
+    }
+
+    /// Envoy's `decodeHeaders`/`encodeHeaders` from position `start`.
+    fn headers_from(&mut self, dir: Dir, start: usize, end_stream: bool) {
         let n = self.flow(dir).order.len();
-        let eos = self.flow(dir).headers_eos;
-        for pos in from..n {
+        for pos in start..n {
             let idx = self.flow(dir).order[pos];
-            let status = self.call(dir, Stage::Headers, idx, eos);
-            if self.intercepted(dir, idx) {
+            self.state(dir, idx).end_stream = end_stream;
+            let status = self.call(dir, Stage::Headers, idx, end_stream);
+            // Only a body callback may hand the stream a body.
+            self.body(dir).clear();
+            if self.intercepted() {
                 return;
             }
-            if status == FilterStatus::Stop {
-                self.flow(dir).stopped = Some((pos, Stage::Headers));
-                return;
-            }
+            let state = self.state(dir, idx);
+            state.iteration = match status {
+                FilterStatus::StopIteration => Iteration::StopSingle,
+                FilterStatus::StopAllIterationAndBuffer => Iteration::StopAllBuffer,
+                FilterStatus::StopAllIterationAndWatermark => Iteration::StopAllWatermark,
+                _ => {
+                    state.headers_continued = true;
+                    continue;
+                }
+            };
+            return;
         }
         let headers = match dir {
             Dir::Request => self.data.request_headers.clone(),
             Dir::Response => self.data.response_headers.clone(),
         }
         .unwrap_or_default();
-        let flow = self.flow(dir);
-        flow.headers_forwarded = true;
-        let buffered = std::mem::take(&mut flow.buffer);
-        let buffered_eos = flow.buffer_eos;
-        let trailers_waiting = flow.trailers.is_some();
-        let end = eos;
-        if end {
-            flow.ended = true;
-        }
+        self.flow(dir).headers_forwarded = true;
         self.outputs.push(match dir {
             Dir::Request => Output::RequestHeaders {
                 headers,
-                end_of_stream: end,
+                end_of_stream: end_stream,
             },
             Dir::Response => Output::ResponseHeaders {
                 headers,
-                end_of_stream: end,
+                end_of_stream: end_stream,
             },
         });
-        if !end && (!buffered.is_empty() || buffered_eos) {
-            // Envoy hands the data buffered behind a headers stop to the filter that stopped.
-            self.flow(dir).buffer_eos = false;
-            self.run_body(dir, from.saturating_sub(1), buffered, buffered_eos);
-        } else if !end && trailers_waiting {
-            self.flush_trailers(dir);
-        }
-        if dir == Dir::Response && self.response.ended {
-            self.finish();
+        if end_stream {
+            self.end_direction(dir);
         }
     }
 
-    fn on_data(&mut self, dir: Dir, chunk: Vec<u8>, eos: bool) {
-        match self.flow(dir).stopped {
-            None => self.run_body(dir, 0, chunk, eos),
-            Some((stop, stage)) => {
-                // Earlier filters see the data as it arrives.
-                let mut chunk = chunk;
-                for pos in 0..stop {
-                    let idx = self.flow(dir).order[pos];
-                    *self.body(dir) = chunk;
-                    let _ = self.call(dir, Stage::Body, idx, eos);
-                    chunk = std::mem::take(self.body(dir));
-                    if self.intercepted(dir, idx) {
-                        return;
-                    }
+    /// Envoy's `decodeData`/`encodeData` from position `start`, with a chunk from the peer, or
+    /// (`None`) with what the buffer holds.
+    fn data_from(&mut self, dir: Dir, start: usize, chunk: Option<Vec<u8>>, end_stream: bool) {
+        if dir == Dir::Request && self.local_complete {
+            return;
+        }
+        let epoch = self.epoch;
+        let from_buffer = chunk.is_none();
+        let mut data = match chunk {
+            Some(chunk) => chunk,
+            // The buffer stays (drained) while its data iterates.
+            None => self
+                .flow(dir)
+                .buffered
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default(),
+        };
+        let had_trailers = self.has_trailers(dir);
+        let mut end_stream = end_stream;
+        let mut trailers_added_at = None;
+        let mut passed = true;
+        let n = self.flow(dir).order.len();
+        for pos in start..n {
+            let idx = self.flow(dir).order[pos];
+            let state = *self.state(dir, idx);
+            if state.stopped_all() {
+                self.flow(dir).streaming = state.iteration == Iteration::StopAllWatermark;
+                self.buffer_data(dir, data, from_buffer);
+                return;
+            }
+            if state.end_stream {
+                if from_buffer {
+                    self.flow(dir).buffered = Some(data);
                 }
-                let flow = self.flow(dir);
-                flow.buffer.extend_from_slice(&chunk);
-                flow.buffer_eos |= eos;
-                if self.over_limit(dir) {
+                return;
+            }
+            let eos = end_stream && !self.has_trailers(dir);
+            self.state(dir, idx).end_stream = eos;
+            let sees_buffer = state.buffering && !from_buffer;
+            if sees_buffer {
+                self.flow(dir).streaming = false;
+                self.buffer_data(dir, std::mem::take(&mut data), false);
+                if self.epoch != epoch {
                     return;
                 }
-                let idx = self.flow(dir).order[stop];
-                let body_allowed = self
-                    .filters
-                    .get(idx)
-                    .is_some_and(|f| f.body_while_headers_stopped());
-                if stage == Stage::Headers && body_allowed {
-                    self.body_behind_held_headers(dir, stop);
-                } else if stage == Stage::Body {
-                    let flow = self.flow(dir);
-                    flow.stopped = None;
-                    let buffered = std::mem::take(&mut flow.buffer);
-                    let buffered_eos = std::mem::take(&mut flow.buffer_eos);
-                    self.run_body(dir, stop, buffered, buffered_eos);
-                }
+                let whole = self
+                    .flow(dir)
+                    .buffered
+                    .as_mut()
+                    .map(std::mem::take)
+                    .unwrap_or_default();
+                *self.body(dir) = whole;
+            } else {
+                *self.body(dir) = std::mem::take(&mut data);
             }
-        }
-    }
-
-    /// The buffered body goes to the filter that holds the headers; when it continues, the
-    /// headers resume after it and the body follows them.
-    fn body_behind_held_headers(&mut self, dir: Dir, stop: usize) {
-        let idx = self.flow(dir).order[stop];
-        let flow = self.flow(dir);
-        let buffered = std::mem::take(&mut flow.buffer);
-        let eos = flow.buffer_eos;
-        *self.body(dir) = buffered;
-        let status = self.call(dir, Stage::Body, idx, eos);
-        let body = std::mem::take(self.body(dir));
-        if self.intercepted(dir, idx) {
-            return;
-        }
-        if status == FilterStatus::Stop {
-            self.flow(dir).buffer = body;
-            return;
-        }
-        let flow = self.flow(dir);
-        flow.stopped = None;
-        flow.buffer_eos = false;
-        // Trailers that arrived meanwhile go after the body, not right behind the headers.
-        let trailers = flow.trailers.take();
-        self.run_headers(dir, stop + 1);
-        let flow = self.flow(dir);
-        flow.trailers = trailers;
-        if flow.ended || !flow.headers_forwarded {
-            // A later filter holds the headers now: the body waits behind it.
-            flow.buffer.extend_from_slice(&body);
-            flow.buffer_eos |= eos;
-        } else {
-            self.run_body(dir, stop + 1, body, eos);
-        }
-    }
-
-    fn over_limit(&mut self, dir: Dir) -> bool {
-        if self.flow(dir).buffer.len() <= self.buffer_limit {
-            return false;
-        }
-        match dir {
-            Dir::Request => {
-                let idx = self
-                    .request
-                    .stopped
-                    .map_or(0, |(p, _)| self.request.order[p]);
-                self.local_reply(
-                    Dir::Request,
-                    idx,
-                    LocalResponse {
-                        status: 413,
-                        body: b"Payload Too Large".to_vec(),
-                        details: "request_payload_too_large".into(),
-                        ..LocalResponse::default()
-                    },
-                );
-            }
-            Dir::Response => {
-                self.local_reply(
-                    Dir::Response,
-                    0,
-                    LocalResponse {
-                        status: 500,
-                        body: b"Internal Server Error".to_vec(),
-                        details: "response_payload_too_large".into(),
-                        ..LocalResponse::default()
-                    },
-                );
-            }
-        }
-        true
-    }
-
-    fn run_body(&mut self, dir: Dir, from: usize, chunk: Vec<u8>, eos: bool) {
-        let n = self.flow(dir).order.len();
-        let mut body = chunk;
-        for pos in from..n {
-            let idx = self.flow(dir).order[pos];
-            *self.body(dir) = body;
             let status = self.call(dir, Stage::Body, idx, eos);
-            body = std::mem::take(self.body(dir));
-            if self.intercepted(dir, idx) {
+            let body = std::mem::take(self.body(dir));
+            if sees_buffer {
+                self.flow(dir).buffered = Some(body);
+            } else {
+                data = body;
+            }
+            if self.intercepted() {
                 return;
             }
-            if status == FilterStatus::Stop {
-                let flow = self.flow(dir);
-                flow.stopped = Some((pos, Stage::Body));
-                flow.buffer = body;
-                flow.buffer_eos = eos;
-                self.over_limit(dir);
+            // Trailers added at the end of the data (proxy-wasm lets the last body callback
+            // add them): the data no longer ends the direction, the trailers do.
+            if !had_trailers && self.has_trailers(dir) && trailers_added_at.is_none() {
+                end_stream = false;
+                trailers_added_at = Some(pos);
+            }
+            self.state(dir, idx).buffering = status == FilterStatus::StopIterationAndBuffer;
+            if !self.after_data(dir, pos, status, &mut data, from_buffer) {
+                passed = false;
+                break;
+            }
+            if self.epoch != epoch {
                 return;
             }
         }
-        let trailers_waiting = self.flow(dir).trailers.is_some();
-        if !body.is_empty() || eos {
-            self.outputs.push(match dir {
-                Dir::Request => Output::RequestData {
-                    data: body,
-                    end_of_stream: eos,
-                },
-                Dir::Response => Output::ResponseData {
-                    data: body,
-                    end_of_stream: eos,
-                },
-            });
+        if self.epoch != epoch {
+            return;
         }
-        if eos {
-            self.flow(dir).ended = true;
-            if dir == Dir::Response {
-                self.finish();
+        if passed {
+            if !data.is_empty() || end_stream {
+                self.outputs.push(match dir {
+                    Dir::Request => Output::RequestData {
+                        data,
+                        end_of_stream: end_stream,
+                    },
+                    Dir::Response => Output::ResponseData {
+                        data,
+                        end_of_stream: end_stream,
+                    },
+                });
             }
-        } else if trailers_waiting {
-            self.flush_trailers(dir);
+            if end_stream {
+                self.end_direction(dir);
+            }
+        }
+        if let Some(at) = trailers_added_at {
+            if passed || dir == Dir::Request {
+                self.trailers_from(dir, at + 1);
+            }
         }
     }
 
-    fn on_trailers(&mut self, dir: Dir, trailers: Headers) {
-        match dir {
-            Dir::Request => self.data.request_trailers = Some(trailers.clone()),
-            Dir::Response => self.data.response_trailers = Some(trailers.clone()),
-        }
-        self.flow(dir).trailers = Some(trailers);
-        let stopped = self.flow(dir).stopped;
-        match stopped {
-            None => self.flush_trailers(dir),
-            Some((stop, stage)) if self.buffers_body(dir, stop, stage) => {
-                self.trailers_to_buffering_filter(dir, stop, stage);
-            }
-            // Held with the headers (that filter has not seen the body yet either): the
-            // filters before it get the trailers now, as they got the body, and the rest when
-            // it resumes (Envoy's `decodeTrailers` runs up to the filter that stopped all).
-            Some((stop, _)) => {
-                for pos in 0..stop {
-                    let idx = self.flow(dir).order[pos];
-                    let _ = self.call(dir, Stage::Trailers, idx, true);
-                    if self.intercepted(dir, idx) {
-                        return;
-                    }
+    /// Envoy's `commonHandleAfterDataCallback`: whether iteration goes on to the next filter.
+    fn after_data(
+        &mut self,
+        dir: Dir,
+        pos: usize,
+        status: FilterStatus,
+        data: &mut Vec<u8>,
+        from_buffer: bool,
+    ) -> bool {
+        let idx = self.flow(dir).order[pos];
+        match status {
+            FilterStatus::Continue => {
+                if self.state(dir, idx).iteration == Iteration::StopSingle {
+                    self.buffer_data(dir, std::mem::take(data), from_buffer);
+                    self.common_continue(dir, pos);
+                    return false;
                 }
-                self.flow(dir).trailers_from = stop;
+                true
+            }
+            FilterStatus::StopIterationNoBuffer => {
+                self.state(dir, idx).iteration = Iteration::StopSingle;
+                let flow = self.flow(dir);
+                if from_buffer {
+                    // The data is the buffer: it stays where it was.
+                    flow.buffered = Some(std::mem::take(data));
+                } else if flow.complete && flow.buffered.is_none() {
+                    // So that the end of the stream goes on when the filter continues.
+                    flow.buffered = Some(Vec::new());
+                }
+                false
+            }
+            stop => {
+                self.state(dir, idx).iteration = Iteration::StopSingle;
+                self.flow(dir).streaming = stop == FilterStatus::StopIterationAndWatermark;
+                self.buffer_data(dir, std::mem::take(data), from_buffer);
+                false
             }
         }
     }
 
-    /// Whether the filter stopped at `stop` is buffering the body (a body `Stop`, or a
-    /// headers `Stop` of a filter that still gets the body).
-    fn buffers_body(&self, dir: Dir, stop: usize, stage: Stage) -> bool {
-        let flow = match dir {
-            Dir::Request => &self.request,
-            Dir::Response => &self.response,
-        };
-        let allowed = flow
-            .order
-            .get(stop)
-            .and_then(|&idx| self.filters.get(idx))
-            .is_some_and(|f| f.body_while_headers_stopped());
-        stage == Stage::Body || (stage == Stage::Headers && allowed)
-    }
-
-    /// Trailers end the stream: as Envoy does, they reach the filters up to the one buffering
-    /// the body, whose trailers callback sees the whole body (and may replace it). When it
-    /// continues, the body goes on, then the trailers through the rest of the chain.
-    fn trailers_to_buffering_filter(&mut self, dir: Dir, stop: usize, stage: Stage) {
-        for pos in 0..stop {
-            let idx = self.flow(dir).order[pos];
-            let _ = self.call(dir, Stage::Trailers, idx, true);
-            if self.intercepted(dir, idx) {
-                return;
-            }
-        }
-        let idx = self.flow(dir).order[stop];
-        let buffered = std::mem::take(&mut self.flow(dir).buffer);
-        *self.body(dir) = buffered;
-        let status = self.call(dir, Stage::Trailers, idx, true);
-        let body = std::mem::take(self.body(dir));
-        if self.intercepted(dir, idx) {
-            return;
-        }
+    /// Envoy's `commonHandleBufferData`, then the limit: data joins the direction's buffer.
+    fn buffer_data(&mut self, dir: Dir, data: Vec<u8>, from_buffer: bool) {
         let flow = self.flow(dir);
-        flow.trailers_from = stop + 1;
-        if status == FilterStatus::Stop {
-            flow.buffer = body;
+        match &mut flow.buffered {
+            Some(buffered) if !from_buffer => buffered.extend_from_slice(&data),
+            buffered => *buffered = Some(data),
+        }
+        let limit = self.buffer_limit;
+        let flow = self.flow(dir);
+        if flow.buffered_len() <= limit {
             return;
         }
-        flow.stopped = None;
-        flow.buffer_eos = false;
-        if stage == Stage::Headers {
-            let trailers = flow.trailers.take();
-            self.run_headers(dir, stop + 1);
-            let flow = self.flow(dir);
-            flow.trailers = trailers;
-            if flow.ended || !flow.headers_forwarded {
-                flow.buffer.extend_from_slice(&body);
-                return;
+        if flow.streaming {
+            flow.above_watermark = true;
+            return;
+        }
+        // Envoy's `requestDataTooLarge` / `responseDataTooLarge`.
+        let response = match dir {
+            Dir::Request => LocalResponse {
+                status: 413,
+                body: b"Payload Too Large".to_vec(),
+                details: "request_payload_too_large".into(),
+                ..LocalResponse::default()
+            },
+            Dir::Response => LocalResponse {
+                status: 500,
+                body: b"Internal Server Error".to_vec(),
+                details: "response_payload_too_large".into(),
+                ..LocalResponse::default()
+            },
+        };
+        self.local_reply(response);
+    }
+
+    /// The watermarks: a direction above the limit stops reading until it drains to half.
+    fn update_watermarks(&mut self) {
+        let limit = self.buffer_limit;
+        for flow in [&mut self.request, &mut self.response] {
+            let len = flow.buffered_len();
+            if flow.above_watermark && len <= limit / 2 {
+                flow.above_watermark = false;
+            } else if flow.streaming && len > limit {
+                flow.above_watermark = true;
             }
         }
-        self.run_body(dir, stop + 1, body, false);
     }
 
-    fn flush_trailers(&mut self, dir: Dir) {
-        if self.flow(dir).trailers.take().is_none() {
+    /// Envoy's `decodeTrailers`/`encodeTrailers` from position `start`.
+    fn trailers_from(&mut self, dir: Dir, start: usize) {
+        if dir == Dir::Request && self.local_complete {
             return;
         }
-        let from = self.flow(dir).trailers_from;
-        self.run_trailers(dir, from);
-    }
-
-    fn run_trailers(&mut self, dir: Dir, from: usize) {
         let n = self.flow(dir).order.len();
-        for pos in from..n {
+        for pos in start..n {
             let idx = self.flow(dir).order[pos];
-            let status = self.call(dir, Stage::Trailers, idx, true);
-            if self.intercepted(dir, idx) {
+            let state = *self.state(dir, idx);
+            if state.stopped_all() {
                 return;
             }
-            if status == FilterStatus::Stop {
-                self.flow(dir).stopped = Some((pos, Stage::Trailers));
+            // A filter that keeps the body sees it whole in its trailers callback.
+            if state.buffering {
+                let whole = self
+                    .flow(dir)
+                    .buffered
+                    .as_mut()
+                    .map(std::mem::take)
+                    .unwrap_or_default();
+                *self.body(dir) = whole;
+            }
+            let status = self.call(dir, Stage::Trailers, idx, true);
+            let body = std::mem::take(self.body(dir));
+            if state.buffering {
+                self.flow(dir).buffered = Some(body);
+            }
+            self.state(dir, idx).end_stream = true;
+            if self.intercepted() {
+                return;
+            }
+            let state = self.state(dir, idx);
+            if status == FilterStatus::Continue {
+                if state.iteration == Iteration::StopSingle {
+                    self.common_continue(dir, pos);
+                    return;
+                }
+            } else {
+                if state.iteration == Iteration::Continue {
+                    state.iteration = Iteration::StopSingle;
+                }
                 return;
             }
         }
@@ -792,13 +901,61 @@ impl HttpStream {
             Dir::Response => self.data.response_trailers.clone(),
         }
         .unwrap_or_default();
-        self.flow(dir).ended = true;
         self.outputs.push(match dir {
             Dir::Request => Output::RequestTrailers(trailers),
             Dir::Response => Output::ResponseTrailers(trailers),
         });
-        if dir == Dir::Response {
-            self.finish();
+        self.end_direction(dir);
+    }
+
+    /// Envoy's `commonContinue`: the filter at `pos` resumes; what it held goes on, headers
+    /// first, then the buffered body, then the trailers.
+    fn common_continue(&mut self, dir: Dir, pos: usize) {
+        let can_continue = match dir {
+            Dir::Request => !self.local_complete,
+            Dir::Response => !self.response.ended,
+        };
+        if !can_continue || self.done {
+            return;
+        }
+        let epoch = self.epoch;
+        let idx = self.flow(dir).order[pos];
+        let state = self.state(dir, idx);
+        if state.stopped_all() {
+            state.iterate_from_current = true;
+        }
+        state.iteration = Iteration::Continue;
+        // A filter that resumes holds nothing any more: the next data is its own chunk. (Envoy's
+        // Wasm filter would add it to the drained buffer and pass an empty chunk on, losing it.)
+        state.buffering = false;
+        if !state.headers_continued {
+            state.headers_continued = true;
+            let has_trailers = self.has_trailers(dir);
+            let flow = self.flow(dir);
+            let eos = flow.complete && flow.buffered.is_none() && !has_trailers;
+            self.headers_from(dir, pos + 1, eos);
+            if self.epoch != epoch {
+                return;
+            }
+        }
+        let from = if self.state(dir, idx).iterate_from_current {
+            pos
+        } else {
+            pos + 1
+        };
+        let had_trailers = self.has_trailers(dir);
+        if self.flow(dir).buffered.is_some() {
+            let eos = self.flow(dir).complete && !had_trailers;
+            self.data_from(dir, from, None, eos);
+            if self.epoch != epoch {
+                return;
+            }
+        }
+        if had_trailers {
+            self.trailers_from(dir, from);
+        }
+        if let Some(state) = self.flow(dir).states.get_mut(idx) {
+            state.iterate_from_current = false;
         }
     }
 
@@ -810,12 +967,8 @@ impl HttpStream {
         if !callouts.is_empty() {
             self.callouts.push((filter, callouts));
         }
-        let dir = if self.response.stopped.is_some() {
-            Dir::Response
-        } else {
-            Dir::Request
-        };
-        if self.intercepted(dir, filter) {
+        if self.intercepted() {
+            self.update_watermarks();
             return;
         }
         if resume_request {
@@ -824,46 +977,30 @@ impl HttpStream {
         if resume_response {
             self.resume_dir(Dir::Response, filter);
         }
+        self.update_watermarks();
     }
 
+    /// Only the filter that stopped can resume it (proxy-wasm's `proxy_continue_stream` acts
+    /// on the caller's own filter).
     fn resume_dir(&mut self, dir: Dir, filter: usize) {
-        let Some((pos, stage)) = self.flow(dir).stopped else {
+        let Some(state) = self.flow(dir).states.get(filter) else {
             return;
         };
-        if self.flow(dir).order.get(pos) != Some(&filter) {
+        if state.iteration == Iteration::Continue {
             return;
         }
-        self.flow(dir).stopped = None;
-        match stage {
-            Stage::Headers => {
-                // The buffered body goes to the filter that stopped first (iterate from
-                // current filter), so run_headers hands it over from `pos`.
-                self.run_headers_then_body_from(dir, pos);
-            }
-            Stage::Body => {
-                let flow = self.flow(dir);
-                let buffered = std::mem::take(&mut flow.buffer);
-                let eos = std::mem::take(&mut flow.buffer_eos);
-                self.run_body(dir, pos + 1, buffered, eos);
-            }
-            Stage::Trailers => self.run_trailers(dir, pos + 1),
+        if let Some(pos) = self.flow(dir).position(filter) {
+            self.common_continue(dir, pos);
         }
     }
 
-    fn run_headers_then_body_from(&mut self, dir: Dir, pos: usize) {
-        // run_headers(from) hands buffered data to position from - 1.
-        self.run_headers(dir, pos + 1);
-    }
-
-    fn local_reply(&mut self, dir: Dir, idx: usize, response: LocalResponse) {
-        if self.local_reply_sent || self.response.headers_forwarded {
+    fn local_reply(&mut self, response: LocalResponse) {
+        self.epoch += 1;
+        if self.response.headers_forwarded || self.local_reply_sent {
+            // The client has the head of a response already: all that is left is a reset.
             self.reset();
             return;
         }
-        self.local_reply_sent = true;
-        self.request.ended = true;
-        self.request.stopped = None;
-        self.request.buffer.clear();
         let mut headers = Headers::new();
         headers.add(":status", response.status.to_string());
         for (k, v) in response.headers.iter() {
@@ -874,27 +1011,29 @@ impl HttpStream {
         }
         headers.replace("content-length", response.body.len().to_string());
         let n = self.filters.len();
-        self.response = Flow {
-            order: match dir {
-                Dir::Request => (0..self.request_headers_reached.max(idx + 1).min(n))
-                    .rev()
-                    .collect(),
-                // A local reply from the response side goes straight to the client.
-                Dir::Response => Vec::new(),
-            },
-            ..Flow::default()
+        // Before the response started through the filters, the reply passes through them
+        // (those that saw the request); after, it goes straight to the client, as Envoy's
+        // `sendDirectLocalReply`.
+        let order = if self.data.response_headers.is_none() {
+            (0..n).rev().collect()
+        } else {
+            Vec::new()
         };
-        if n == 0 {
-            self.response.order.clear();
-        }
+        self.local_reply_sent = true;
+        self.local_complete = true;
+        self.request.ended = true;
+        self.response = Flow::new(order, n);
         self.data.response_headers = Some(headers);
         self.data.response_body.clear();
+        self.data.response_trailers = None;
         let eos = response.body.is_empty();
-        self.response.headers_eos = eos;
+        self.response.complete = eos;
         self.in_local_reply = true;
-        self.run_headers(Dir::Response, 0);
-        if !eos && !self.done {
-            self.on_data(Dir::Response, response.body, true);
+        let epoch = self.epoch;
+        self.headers_from(Dir::Response, 0, eos);
+        if !eos && !self.done && self.epoch == epoch {
+            self.response.complete = true;
+            self.data_from(Dir::Response, 0, Some(response.body), true);
         }
         self.in_local_reply = false;
     }
@@ -928,6 +1067,7 @@ impl FilterChain {
 }
 
 #[cfg(test)]
+#[allow(non_upper_case_globals)] // `Stop` reads as the status it stands for
 mod tests {
     //! The iteration rules with scripted filters: each records its callbacks (name, phase,
     //! the body it saw, end of stream) in one shared log and answers what its script says.
@@ -936,8 +1076,12 @@ mod tests {
     use std::rc::Rc;
     use std::time::Duration;
 
-    use super::FilterStatus::{Continue, Stop};
+    use super::FilterStatus::Continue;
     use super::*;
+
+    /// What a script answers to stop: as a proxy-wasm module's pause, translated by the filter
+    /// the way `WasmFilter` does (see [`Fake::on`]).
+    const Stop: FilterStatus = FilterStatus::StopIteration;
     use crate::callout::HttpCallout;
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -976,16 +1120,19 @@ mod tests {
                 line += " eos";
             }
             self.log.borrow_mut().push(line);
-            (self.act)(ev, s, eos)
+            match ((self.act)(ev, s, eos), ev) {
+                (Stop, Ev::ReqHeaders | Ev::RespHeaders) if !self.body_while_stopped => {
+                    FilterStatus::StopAllIterationAndWatermark
+                }
+                (Stop, Ev::ReqBody | Ev::RespBody) => FilterStatus::StopIterationAndBuffer,
+                (status, _) => status,
+            }
         }
     }
 
     impl HttpFilter for Fake {
         fn name(&self) -> &str {
             self.name
-        }
-        fn body_while_headers_stopped(&self) -> bool {
-            self.body_while_stopped
         }
         fn request_headers(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {
             self.on(Ev::ReqHeaders, s, eos)
@@ -1959,5 +2106,163 @@ mod tests {
                 Output::RequestTrailers(h(&[("x-t", "2")])),
             ]
         );
+    }
+
+    /// Review finding 17: an earlier filter that buffers the body keeps doing so while a later
+    /// one holds the headers; each holds at its own place (Envoy 1.40 gives the earlier one
+    /// the running total too: `envoy_traces`' earlier_buffers_later_holds).
+    #[test]
+    fn an_earlier_body_stop_holds_while_a_later_filter_holds_the_headers() {
+        let log = Log::default();
+        let a = fake("a", &log, |ev, _, eos| match ev {
+            Ev::ReqBody if !eos => Stop,
+            _ => Continue,
+        });
+        let b = stopping_at("b", &log, Ev::ReqHeaders);
+        let mut s = chain(vec![a, b, pass("c", &log)]);
+        s.request_headers(req(), false);
+        s.request_data(b"12".to_vec(), false);
+        s.request_data(b"34".to_vec(), false);
+        s.request_data(b"5".to_vec(), true);
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders",
+                "b ReqHeaders",
+                "a ReqBody [12]",
+                "a ReqBody [1234]",
+                "a ReqBody [12345] eos",
+            ]
+        );
+        assert_eq!(s.take_outputs(), []);
+        s.resume(1);
+        assert_eq!(
+            seen(&log),
+            [
+                "c ReqHeaders",
+                "b ReqBody [12345] eos",
+                "c ReqBody [12345] eos"
+            ]
+        );
+        assert_eq!(
+            s.take_outputs(),
+            [req_headers(req(), false), req_data("12345", true)]
+        );
+
+        // The other way round: the later filter buffers the body while the earlier one
+        // holds the headers; it gets the body once the earlier one lets go.
+        let log = Log::default();
+        let a = stopping_at("a", &log, Ev::ReqHeaders);
+        let b = fake("b", &log, |ev, _, eos| match ev {
+            Ev::ReqBody if !eos => Stop,
+            _ => Continue,
+        });
+        let mut s = chain(vec![a, b]);
+        s.request_headers(req(), false);
+        s.request_data(b"12".to_vec(), false);
+        s.resume(0);
+        s.request_data(b"34".to_vec(), true);
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders",
+                "b ReqHeaders",
+                "a ReqBody [12]",
+                "b ReqBody [12]",
+                "a ReqBody [34] eos",
+                "b ReqBody [1234] eos",
+            ]
+        );
+        assert_eq!(
+            s.take_outputs(),
+            [req_headers(req(), false), req_data("1234", true)]
+        );
+    }
+
+    /// Review finding 18: held headers (a module's pause: StopAllIterationAndWatermark) push
+    /// back on the client past the buffer limit instead of answering 413, until the buffer
+    /// drains to half the limit.
+    #[test]
+    fn held_headers_push_back_past_the_limit_instead_of_413() {
+        let (log, mut s) = b_stopping_at(Ev::ReqHeaders);
+        s.set_buffer_limit(4);
+        s.request_headers(req(), false);
+        s.request_data(b"1234".to_vec(), false);
+        assert!(!s.request_read_disabled(), "at the limit, reading goes on");
+        s.request_data(b"5".to_vec(), false);
+        assert!(s.request_read_disabled(), "one past, reading stops");
+        assert!(!s.local_reply_sent());
+        s.request_data(b"67".to_vec(), true);
+        assert!(!s.local_reply_sent(), "a watermark never answers");
+        seen(&log);
+        s.resume(1);
+        assert!(!s.request_read_disabled());
+        assert_eq!(
+            s.take_outputs(),
+            [req_headers(req(), false), req_data("1234567", true)]
+        );
+
+        // A body stop that buffers (…AndBuffer) still answers 413 one past the limit.
+        let (_, mut s) = b_stopping_at(Ev::ReqBody);
+        s.set_buffer_limit(4);
+        s.request_headers(req(), false);
+        s.request_data(b"12345".to_vec(), false);
+        assert!(s.local_reply_sent());
+        assert!(!s.request_read_disabled());
+    }
+
+    /// Review finding 26: trailers a filter adds in the last body callback go out as
+    /// trailers; the data before them no longer ends the stream.
+    #[test]
+    fn trailers_added_in_the_last_body_callback_go_out_after_the_body() {
+        let log = Log::default();
+        let a = fake("a", &log, |ev, s, eos| {
+            if ev == Ev::ReqBody && eos {
+                s.request_trailers = Some(h(&[("x-added", "1")]));
+            }
+            Continue
+        });
+        let mut s = chain(vec![a, pass("b", &log)]);
+        s.request_headers(req(), false);
+        s.request_data(b"12".to_vec(), true);
+        assert_eq!(
+            seen(&log),
+            [
+                "a ReqHeaders",
+                "b ReqHeaders",
+                "a ReqBody [12] eos",
+                "b ReqBody [12]",
+                "b ReqTrailers []",
+            ]
+        );
+        assert_eq!(
+            s.take_outputs(),
+            [
+                req_headers(req(), false),
+                req_data("12", false),
+                Output::RequestTrailers(h(&[("x-added", "1")])),
+            ]
+        );
+        assert!(s.request_ended());
+    }
+
+    /// A body `StopIterationNoBuffer` keeps nothing: the chunk is the filter's.
+    #[test]
+    fn a_body_stop_without_buffer_drops_the_chunk() {
+        let log = Log::default();
+        let mut dropped = false;
+        let b = fake("b", &log, move |ev, _, _| {
+            if ev == Ev::ReqBody && !dropped {
+                dropped = true;
+                return FilterStatus::StopIterationNoBuffer;
+            }
+            Continue
+        });
+        let mut s = between_a_and_c(b, &log);
+        s.request_headers(req(), false);
+        s.request_data(b"12".to_vec(), false);
+        s.take_outputs();
+        s.request_data(b"34".to_vec(), true);
+        assert_eq!(s.take_outputs(), [req_data("34", true)]);
     }
 }

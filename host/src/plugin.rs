@@ -323,16 +323,18 @@ impl WasmFilter {
                     details: "wasm_fail_stream".into(),
                     ..LocalResponse::default()
                 });
-                FilterStatus::Stop
+                FilterStatus::StopIteration
             }
         }
     }
 
-    /// Runs one callback of this stream's context with the stream's data moved in.
+    /// Runs one callback of this stream's context with the stream's data moved in; `status`
+    /// reads what the module returned.
     fn invoke(
         &mut self,
         stream: &mut StreamData,
         call: impl FnOnce(&mut Vm, u32) -> Result<u32, Failure>,
+        status: impl FnOnce(u32) -> FilterStatus,
     ) -> FilterStatus {
         if self.disabled {
             return FilterStatus::Continue;
@@ -372,8 +374,7 @@ impl WasmFilter {
         let ops = vm.take_stream_ops();
         w.stream_ops.extend(ops);
         match result {
-            Ok(0) => FilterStatus::Continue,
-            Ok(_) => FilterStatus::Stop,
+            Ok(code) => status(code),
             Err(f) => {
                 w.fail(&f);
                 drop(w);
@@ -392,54 +393,70 @@ impl HttpFilter for WasmFilter {
         self.context.map(|(_, c)| c)
     }
 
-    fn body_while_headers_stopped(&self) -> bool {
-        self.allow_on_headers_stop_iteration
-    }
-
     fn request_headers(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {
         let n = s.request_headers.as_ref().map_or(0, |h| h.len());
-        self.invoke(s, |vm, ctx| vm.on_request_headers(ctx, n, eos))
+        let allow = self.allow_on_headers_stop_iteration;
+        self.invoke(
+            s,
+            |vm, ctx| vm.on_request_headers(ctx, n, eos),
+            |code| headers_status(code, allow),
+        )
     }
 
     fn request_body(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {
         let n = s.request_body.len();
-        self.invoke(s, |vm, ctx| vm.on_request_body(ctx, n, eos))
+        self.invoke(s, |vm, ctx| vm.on_request_body(ctx, n, eos), data_status)
     }
 
     fn request_trailers(&mut self, s: &mut StreamData) -> FilterStatus {
         let n = s.request_trailers.as_ref().map_or(0, |h| h.len());
-        self.invoke(s, |vm, ctx| vm.on_request_trailers(ctx, n))
+        self.invoke(s, |vm, ctx| vm.on_request_trailers(ctx, n), trailers_status)
     }
 
     fn response_headers(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {
         let n = s.response_headers.as_ref().map_or(0, |h| h.len());
-        self.invoke(s, |vm, ctx| vm.on_response_headers(ctx, n, eos))
+        let allow = self.allow_on_headers_stop_iteration;
+        self.invoke(
+            s,
+            |vm, ctx| vm.on_response_headers(ctx, n, eos),
+            |code| headers_status(code, allow),
+        )
     }
 
     fn response_body(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {
         let n = s.response_body.len();
-        self.invoke(s, |vm, ctx| vm.on_response_body(ctx, n, eos))
+        self.invoke(s, |vm, ctx| vm.on_response_body(ctx, n, eos), data_status)
     }
 
     fn response_trailers(&mut self, s: &mut StreamData) -> FilterStatus {
         let n = s.response_trailers.as_ref().map_or(0, |h| h.len());
-        self.invoke(s, |vm, ctx| vm.on_response_trailers(ctx, n))
+        self.invoke(
+            s,
+            |vm, ctx| vm.on_response_trailers(ctx, n),
+            trailers_status,
+        )
     }
 
     fn http_call_response(&mut self, s: &mut StreamData, token: u32, result: HttpCallResult) {
         if self.context.is_none() {
             return;
         }
-        self.invoke(s, |vm, _| {
-            vm.on_http_call_response(token, result).map(|()| 0)
-        });
+        self.invoke(
+            s,
+            |vm, _| vm.on_http_call_response(token, result).map(|()| 0),
+            trailers_status,
+        );
     }
 
     fn grpc_event(&mut self, s: &mut StreamData, token: u32, event: GrpcInbound) {
         if self.context.is_none() {
             return;
         }
-        self.invoke(s, |vm, _| vm.on_grpc_event(token, event).map(|()| 0));
+        self.invoke(
+            s,
+            |vm, _| vm.on_grpc_event(token, event).map(|()| 0),
+            trailers_status,
+        );
     }
 
     fn stream_done(&mut self, s: &mut StreamData) {
@@ -459,5 +476,35 @@ impl HttpFilter for WasmFilter {
         if let Err(f) = result {
             w.fail(&f);
         }
+    }
+}
+
+/// A module's answer to a headers callback, as Envoy reads it (proxy-wasm-cpp-host's
+/// conversion): a pause holds everything (`StopAllIterationAndWatermark`) unless the plugin
+/// allows a headers-only stop; unknown values stop all.
+fn headers_status(code: u32, allow_on_headers_stop_iteration: bool) -> FilterStatus {
+    match code {
+        // 2 is ContinueAndEndStream, which Envoy's Wasm filter turns into Continue.
+        0 | 2 => FilterStatus::Continue,
+        1 if allow_on_headers_stop_iteration => FilterStatus::StopIteration,
+        3 => FilterStatus::StopAllIterationAndBuffer,
+        _ => FilterStatus::StopAllIterationAndWatermark,
+    }
+}
+
+/// A module's answer to a body callback: 1 (pause) keeps the data for the next callback.
+fn data_status(code: u32) -> FilterStatus {
+    match code {
+        0 => FilterStatus::Continue,
+        1 => FilterStatus::StopIterationAndBuffer,
+        2 => FilterStatus::StopIterationAndWatermark,
+        _ => FilterStatus::StopIterationNoBuffer,
+    }
+}
+
+fn trailers_status(code: u32) -> FilterStatus {
+    match code {
+        0 => FilterStatus::Continue,
+        _ => FilterStatus::StopIteration,
     }
 }
