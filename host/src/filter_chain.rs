@@ -356,6 +356,16 @@ impl HttpStream {
         std::mem::take(&mut self.callouts)
     }
 
+    /// The proxy-wasm context id filter `filter` has in its instance, once it has one: how a
+    /// driver finds the stream a module acts on from its root context or another stream.
+    pub fn context_id(&self, filter: usize) -> Option<u32> {
+        self.filters.get(filter).and_then(|f| f.context_id())
+    }
+
+    pub fn filter_count(&self) -> usize {
+        self.filters.len()
+    }
+
     /// Whether a filter holds either direction.
     pub fn is_paused(&self) -> bool {
         !self.done
@@ -525,6 +535,14 @@ impl HttpStream {
         if !self.done {
             self.resume_dir(Dir::Response, filter);
             self.update_watermarks();
+        }
+    }
+
+    /// A module closed the stream from outside its callbacks (`proxy_close_stream` for
+    /// another context): both directions are reset.
+    pub fn close(&mut self) {
+        if !self.done {
+            self.reset();
         }
     }
 

@@ -199,6 +199,11 @@ impl WorkerPlugin {
         Arc::clone(&self.inner.borrow().logs)
     }
 
+    /// Identifies this instance slot on its worker (the same across restarts of the VM).
+    pub fn id(&self) -> usize {
+        Rc::as_ptr(&self.inner) as usize
+    }
+
     /// A filter for a new stream.
     pub fn filter(&self) -> WasmFilter {
         WasmFilter {

@@ -835,3 +835,38 @@ filter_chains:
     );
     assert!(!ids.contains(&0), "{ids:?}");
 }
+
+/// Review finding 18: a filter holds the headers (a proxy-wasm pause from headers: Envoy's
+/// StopAllIterationAndWatermark) while a 4 MiB upload arrives. Past the 1 MiB buffer limit the
+/// gateway stops reading the client instead of answering 413; when the filter resumes (from
+/// its root context's `on_tick`, 300 ms later) the whole body goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_headers_push_back_on_a_big_upload_instead_of_413() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let text = format!(
+        "_format_version: \"3.0\"\n\
+         services: [{{name: e, url: \"http://{}\", routes: [{{name: r, paths: [/]}}]}}]\n\
+         filter_chains: [{{route: r, filters: [{{name: wasmgate_trace_filter, \
+         config: {{name: A, request_headers: pause, resume: tick, tick_ms: 300}}}}]}}]\n",
+        echo.addr()
+    );
+    let mut options = wasmgate_tests::gateway::options();
+    options.workers = 1;
+    options.runtime.filters_dir = Some(wasmgate_tests::paths::wasm_dir());
+    let gateway = wasmgate_tests::gateway::start_with(options, &text);
+    let len = 4 * MIB;
+    let upload = Request::post(
+        "/up",
+        RequestBody::Filler {
+            len,
+            with_length: true,
+        },
+    );
+    let response = send(gateway.addr(), Protocol::Http1, &upload)
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = response.echo_report();
+    assert_eq!(seen.body_len, len);
+    assert_eq!(seen.body_sha256, wasmgate_tests::echo::filler_sha256(len));
+}

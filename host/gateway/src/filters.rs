@@ -395,6 +395,16 @@ impl WorkerFilters {
         }
     }
 
+    /// The instances that run.
+    pub fn running(&self) -> impl Iterator<Item = &WorkerPlugin> {
+        self.instances
+            .values()
+            .filter_map(|instance| match instance {
+                Instance::Running(worker) => Some(worker),
+                _ => None,
+            })
+    }
+
     /// Runs what is due on every instance (queues, ticks).
     pub fn poll(&self) {
         for instance in self.instances.values() {

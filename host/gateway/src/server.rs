@@ -114,6 +114,8 @@ pub struct Worker {
     pub index: usize,
     /// This worker's plugin instances for the current snapshot.
     pub filters: std::cell::RefCell<WorkerFilters>,
+    /// Its filtered streams, for what modules ask from elsewhere.
+    pub live_streams: std::cell::RefCell<crate::proxy::filtered::LiveStreams>,
 }
 
 /// Runs hyper's connection tasks on the worker's own thread (they need not be `Send`).
@@ -385,6 +387,7 @@ async fn serve(
         upstreams: Upstreams::default(),
         index,
         filters: std::cell::RefCell::new(WorkerFilters::new(0)),
+        live_streams: std::cell::RefCell::default(),
     });
     // Module queues and timers (on_tick) run on the worker that owns the instance.
     let ticker = Rc::clone(&worker);
@@ -395,6 +398,8 @@ async fn serve(
             if let Ok(filters) = ticker.filters.try_borrow() {
                 filters.poll();
             }
+            // Calls and resumes the modules asked for from on_tick or on_queue_ready.
+            crate::proxy::filtered::module_work(&ticker);
         }
     });
     let graceful = GracefulShutdown::new();

@@ -9,7 +9,8 @@
 //! when the client has the whole response or goes away.
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -18,8 +19,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
+use host::state::StreamOp;
 use host::{Headers, HttpCallResult, HttpStream, Output, StreamInfo, WorkerPlugin};
 
 use super::body::ProxyBody;
@@ -35,6 +37,58 @@ const CHANNEL_FRAMES: usize = 16;
 
 type Head = (Headers, bool);
 type Chain = Rc<RefCell<HttpStream>>;
+
+/// One filtered request in flight: its chain, where the chain's outputs go, and how modules
+/// reach it from elsewhere.
+pub struct Stream {
+    chain: Chain,
+    taps: Rc<RefCell<Taps>>,
+    /// Wakes the body pumps when a filter let go of what it held (see `read_disabled`).
+    wake: Notify,
+    /// The instance of each filter ([`WorkerPlugin::id`]) and the context it has there once
+    /// registered in the worker's [`LiveStreams`].
+    contexts: RefCell<Vec<(usize, Option<u32>)>>,
+    worker: Weak<Worker>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.upgrade() {
+            let mut live = worker.live_streams.borrow_mut();
+            for (instance, context) in self.contexts.get_mut().iter() {
+                if let Some(context) = context {
+                    live.0.remove(&(*instance, *context));
+                }
+            }
+        }
+    }
+}
+
+/// A worker's filtered streams by (instance, context id): where a resume or close a module
+/// asks for from its root context (`on_tick`, `on_queue_ready`, a call's answer) or from
+/// another stream (`proxy_set_effective_context`) is carried out.
+#[derive(Default)]
+pub struct LiveStreams(HashMap<(usize, u32), (Weak<Stream>, usize)>);
+
+impl Stream {
+    /// Registers the contexts filters have got since the last look.
+    fn register(self: &Rc<Stream>, worker: &Worker) {
+        let chain = self.chain.borrow();
+        let mut contexts = self.contexts.borrow_mut();
+        for (filter, (instance, known)) in contexts.iter_mut().enumerate() {
+            if known.is_none() {
+                if let Some(context) = chain.context_id(filter) {
+                    *known = Some(context);
+                    worker
+                        .live_streams
+                        .borrow_mut()
+                        .0
+                        .insert((*instance, context), (Rc::downgrade(self), filter));
+                }
+            }
+        }
+    }
+}
 
 /// Where the chain's outputs go.
 struct Taps {
@@ -88,7 +142,9 @@ fn trailers_frame(headers: &Headers) -> Frame<Bytes> {
 }
 
 /// Routes what the chain produced, then performs the calls filters made.
-async fn deliver(worker: &Rc<Worker>, chain: &Chain, taps: &Rc<RefCell<Taps>>) {
+async fn deliver(worker: &Rc<Worker>, stream: &Rc<Stream>) {
+    let (chain, taps) = (&stream.chain, &stream.taps);
+    stream.register(worker);
     let outputs = chain.borrow_mut().take_outputs();
     for output in outputs {
         let (side, piece) = match output {
@@ -153,14 +209,14 @@ async fn deliver(worker: &Rc<Worker>, chain: &Chain, taps: &Rc<RefCell<Taps>>) {
     for (filter, callouts) in callouts {
         for call in callouts.http {
             let worker = Rc::clone(worker);
-            let chain = Rc::clone(chain);
-            let taps = Rc::clone(taps);
+            let stream = Rc::clone(stream);
             tokio::task::spawn_local(async move {
                 let result = http_call(&worker, &call).await;
-                chain
+                stream
+                    .chain
                     .borrow_mut()
                     .http_call_response(filter, call.token, result);
-                Box::pin(deliver(&worker, &chain, &taps)).await;
+                Box::pin(deliver(&worker, &stream)).await;
             });
         }
         for call in callouts.grpc {
@@ -168,6 +224,69 @@ async fn deliver(worker: &Rc<Worker>, chain: &Chain, taps: &Rc<RefCell<Taps>>) {
             // learns at once, as from an unreachable upstream.
             chain.borrow_mut().grpc_event(
                 filter,
+                call.token,
+                host::callout::GrpcInbound::Close {
+                    status: 14,
+                    message: "gRPC calls are not available in this gateway".into(),
+                },
+            );
+        }
+    }
+    stream.wake.notify_waiters();
+    module_work(worker);
+}
+
+/// Carries out what modules asked for outside their own stream's callbacks: calls made from
+/// root contexts, and resumes or closes of streams (from a root context or another stream).
+/// Runs after every stream event and every tick.
+pub fn module_work(worker: &Rc<Worker>) {
+    let work: Vec<_> = {
+        let Ok(filters) = worker.filters.try_borrow() else {
+            return;
+        };
+        filters
+            .running()
+            .filter_map(|plugin| {
+                let callouts = plugin.take_root_callouts();
+                let ops = plugin.take_stream_ops();
+                (!callouts.is_empty() || !ops.is_empty()).then(|| (plugin.clone(), callouts, ops))
+            })
+            .collect()
+    };
+    for (plugin, callouts, ops) in work {
+        for (context, op) in ops {
+            let target = worker
+                .live_streams
+                .borrow()
+                .0
+                .get(&(plugin.id(), context))
+                .and_then(|(stream, filter)| Some((stream.upgrade()?, *filter)));
+            let Some((stream, filter)) = target else {
+                // The stream is over: nothing is left to resume or close.
+                continue;
+            };
+            {
+                let mut chain = stream.chain.borrow_mut();
+                match op {
+                    StreamOp::ResumeRequest => chain.resume_request(filter),
+                    StreamOp::ResumeResponse => chain.resume_response(filter),
+                    StreamOp::Close => chain.close(),
+                }
+            }
+            let worker = Rc::clone(worker);
+            tokio::task::spawn_local(async move { deliver(&worker, &stream).await });
+        }
+        for call in callouts.http {
+            let worker = Rc::clone(worker);
+            let plugin = plugin.clone();
+            tokio::task::spawn_local(async move {
+                let result = http_call(&worker, &call).await;
+                plugin.root_http_call_response(call.token, result);
+                module_work(&worker);
+            });
+        }
+        for call in callouts.grpc {
+            plugin.root_grpc_event(
                 call.token,
                 host::callout::GrpcInbound::Close {
                     status: 14,
@@ -273,26 +392,42 @@ async fn linger(mut body: Incoming) {
 
 /// Feeds one side's body (and trailers) into the chain as it arrives. When a local reply
 /// ends the request first, the unread request body is handed back.
+///
+/// While a filter holds more than the buffer limit behind a watermark stop, the peer is not
+/// read (Envoy's `readDisable`): its window or socket buffer fills and it waits. On HTTP/2 the
+/// last DATA frame carries the end of the stream, as Envoy's codec hands it to filters.
 async fn pump(
     worker: Rc<Worker>,
-    chain: Chain,
-    taps: Rc<RefCell<Taps>>,
+    stream: Rc<Stream>,
     mut body: Incoming,
     side: Side,
+    http2: bool,
 ) -> Option<Incoming> {
+    let (chain, taps) = (&stream.chain, &stream.taps);
     loop {
         if matches!(side, Side::Request) && chain.borrow().request_ended() {
             return Some(body);
         }
+        loop {
+            let disabled = match side {
+                Side::Request => chain.borrow().request_read_disabled(),
+                Side::Response => chain.borrow().response_read_disabled(),
+            };
+            if !disabled {
+                break;
+            }
+            stream.wake.notified().await;
+        }
         let frame = body.frame().await;
+        let last = http2 && http_body::Body::is_end_stream(&body);
         let ended = frame.is_none();
         {
             let mut stream = chain.borrow_mut();
             match (frame, side) {
                 (Some(Ok(frame)), _) => match frame.into_data() {
                     Ok(data) => match side {
-                        Side::Request => stream.request_data(data.to_vec(), false),
-                        Side::Response => stream.response_data(data.to_vec(), false),
+                        Side::Request => stream.request_data(data.to_vec(), last),
+                        Side::Response => stream.response_data(data.to_vec(), last),
                     },
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
@@ -321,7 +456,7 @@ async fn pump(
                 (None, Side::Response) => stream.response_data(Vec::new(), true),
             }
         }
-        deliver(&worker, &chain, &taps).await;
+        deliver(&worker, &stream).await;
         if ended {
             return None;
         }
@@ -427,13 +562,22 @@ pub async fn forward(
         client: Some(client_tx),
         reset: Some(reset_tx),
     }));
+    let stream = Rc::new(Stream {
+        chain: Rc::clone(&chain),
+        taps: Rc::clone(&taps),
+        wake: Notify::new(),
+        contexts: RefCell::new(filters.iter().map(|f| (f.id(), None)).collect()),
+        worker: Rc::downgrade(worker),
+    });
     // The stream ends when the client's body is dropped (complete, or the client left).
     let (done_tx, done_rx) = oneshot::channel::<()>();
     {
-        let chain = Rc::clone(&chain);
+        let stream = Rc::clone(&stream);
         tokio::task::spawn_local(async move {
             let _ = done_rx.await;
-            chain.borrow_mut().finish();
+            stream.chain.borrow_mut().finish();
+            // A pump waiting for a filter to let go reads on (and ends) now.
+            stream.wake.notify_waiters();
         });
     }
     let client_body = client_body.on_drop(move || {
@@ -467,7 +611,7 @@ pub async fn forward(
     chain
         .borrow_mut()
         .request_headers(request_headers, end_of_stream);
-    deliver(worker, &chain, &taps).await;
+    deliver(worker, &stream).await;
     if !end_of_stream {
         // A client that waits for `100 Continue` sends nothing after a local reply: its
         // connection closes at once. Any other body is read and dropped for a while.
@@ -477,10 +621,10 @@ pub async fn forward(
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let request_pump = pump(
             Rc::clone(worker),
-            Rc::clone(&chain),
-            Rc::clone(&taps),
+            Rc::clone(&stream),
             body,
             Side::Request,
+            parts.version == http::Version::HTTP_2,
         );
         tokio::task::spawn_local(async move {
             if let Some(unread) = request_pump.await {
@@ -606,14 +750,14 @@ pub async fn forward(
     chain
         .borrow_mut()
         .response_headers(response_headers, end_of_stream);
-    deliver(worker, &chain, &taps).await;
+    deliver(worker, &stream).await;
     if !end_of_stream {
         let response_pump = pump(
             Rc::clone(worker),
-            Rc::clone(&chain),
-            Rc::clone(&taps),
+            Rc::clone(&stream),
             response_body,
             Side::Response,
+            response_parts.version == http::Version::HTTP_2,
         );
         tokio::task::spawn_local(async move {
             response_pump.await;
