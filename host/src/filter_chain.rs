@@ -538,6 +538,17 @@ impl HttpStream {
         }
     }
 
+    /// The data plane answers the stream itself (an upstream failure, a stream held too
+    /// long), as Envoy's `sendLocalReply`: through the response phases of the filters that saw
+    /// the request, straight to the client once the response started through them, or a reset
+    /// once its head went out.
+    pub fn send_local_reply(&mut self, response: LocalResponse) {
+        if !self.done {
+            self.local_reply(response);
+            self.update_watermarks();
+        }
+    }
+
     /// A module closed the stream from outside its callbacks (`proxy_close_stream` for
     /// another context): both directions are reset.
     pub fn close(&mut self) {
@@ -1019,15 +1030,26 @@ impl HttpStream {
             self.reset();
             return;
         }
-        let mut headers = Headers::new();
-        headers.add(":status", response.status.to_string());
-        for (k, v) in response.headers.iter() {
-            headers.add(k, v);
-        }
-        if !response.body.is_empty() && headers.get("content-type").is_none() {
-            headers.add("content-type", "text/plain");
-        }
-        headers.replace("content-length", response.body.len().to_string());
+        let grpc = self
+            .data
+            .request_headers
+            .as_ref()
+            .and_then(|h| h.get("content-type"))
+            .is_some_and(is_grpc_content_type);
+        let (headers, body) = if grpc {
+            grpc_local_reply(response)
+        } else {
+            let mut headers = Headers::new();
+            headers.add(":status", response.status.to_string());
+            for (k, v) in response.headers.iter() {
+                headers.add(k, v);
+            }
+            if !response.body.is_empty() && headers.get("content-type").is_none() {
+                headers.add("content-type", "text/plain");
+            }
+            headers.replace("content-length", response.body.len().to_string());
+            (headers, response.body)
+        };
         let n = self.filters.len();
         // Before the response started through the filters, the reply passes through them
         // (those that saw the request); after, it goes straight to the client, as Envoy's
@@ -1044,17 +1066,63 @@ impl HttpStream {
         self.data.response_headers = Some(headers);
         self.data.response_body.clear();
         self.data.response_trailers = None;
-        let eos = response.body.is_empty();
+        let eos = body.is_empty();
         self.response.complete = eos;
         self.in_local_reply = true;
         let epoch = self.epoch;
         self.headers_from(Dir::Response, 0, eos);
         if !eos && !self.done && self.epoch == epoch {
             self.response.complete = true;
-            self.data_from(Dir::Response, 0, Some(response.body), true);
+            self.data_from(Dir::Response, 0, Some(body), true);
         }
         self.in_local_reply = false;
     }
+}
+
+/// `application/grpc`, alone or with a `+subtype` or parameters: a gRPC request.
+fn is_grpc_content_type(value: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    value.len() >= GRPC.len()
+        && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(value.get(GRPC.len()), None | Some(b'+' | b';'))
+}
+
+/// A local reply to a gRPC request, as Envoy sends it: a trailers-only response (`:status`
+/// 200, `content-type: application/grpc`, `grpc-status` and, for a body, `grpc-message`) that
+/// gRPC clients read as a call status instead of "unexpected HTTP status". The status is the
+/// filter's gRPC status when it gave one (0-16), else Envoy's mapping of the HTTP status.
+fn grpc_local_reply(response: LocalResponse) -> (Headers, Vec<u8>) {
+    let status = response
+        .grpc_status
+        .filter(|s| (0..=16).contains(s))
+        .unwrap_or(match response.status {
+            400 => 13,                   // INTERNAL
+            401 => 16,                   // UNAUTHENTICATED
+            403 => 7,                    // PERMISSION_DENIED
+            404 => 12,                   // UNIMPLEMENTED
+            429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+            _ => 2,                      // UNKNOWN
+        });
+    let mut headers = Headers::new();
+    headers.add(":status", "200");
+    for (k, v) in response.headers.iter() {
+        headers.add(k, v);
+    }
+    headers.replace("content-type", "application/grpc");
+    headers.replace("grpc-status", status.to_string());
+    if !response.body.is_empty() {
+        // gRPC's percent-encoding: printable ASCII but `%` as is, every other byte as %XX.
+        let mut message = String::new();
+        for &b in &response.body {
+            if (0x20..=0x7e).contains(&b) && b != b'%' {
+                message.push(char::from(b));
+            } else {
+                message.push_str(&format!("%{b:02X}"));
+            }
+        }
+        headers.replace("grpc-message", message);
+    }
+    (headers, Vec::new())
 }
 
 /// Makes streams from an ordered list of filter factories.
@@ -2282,5 +2350,76 @@ mod tests {
         s.take_outputs();
         s.request_data(b"34".to_vec(), true);
         assert_eq!(s.take_outputs(), [req_data("34", true)]);
+    }
+
+    /// Review finding 24: a local reply to a gRPC request is a trailers-only gRPC response.
+    #[test]
+    fn a_local_reply_to_a_grpc_request_is_trailers_only() {
+        let log = Log::default();
+        let b = replying_at(
+            "b",
+            &log,
+            Ev::ReqHeaders,
+            LocalResponse {
+                status: 429,
+                body: b"too many: 100%".to_vec(),
+                ..LocalResponse::default()
+            },
+        );
+        let mut s = chain(vec![pass("a", &log), b]);
+        let mut grpc = req();
+        grpc.add("content-type", "application/grpc+proto");
+        s.request_headers(grpc, false);
+        assert_eq!(
+            s.take_outputs(),
+            [resp_headers(
+                h(&[
+                    (":status", "200"),
+                    ("content-type", "application/grpc"),
+                    ("grpc-status", "14"),
+                    ("grpc-message", "too many: 100%25"),
+                ]),
+                true
+            )]
+        );
+
+        // The filter's own gRPC status wins; other content types stay plain HTTP.
+        let mut s = chain(vec![replying_at(
+            "c",
+            &log,
+            Ev::ReqHeaders,
+            LocalResponse {
+                status: 403,
+                grpc_status: Some(16),
+                ..LocalResponse::default()
+            },
+        )]);
+        let mut grpc = req();
+        grpc.add("content-type", "application/grpc");
+        s.request_headers(grpc, true);
+        let out = s.take_outputs();
+        assert!(
+            matches!(&out[..], [Output::ResponseHeaders { headers, end_of_stream: true }]
+                if headers.get_str("grpc-status") == Some("16") && headers.get_str(":status") == Some("200")),
+            "{out:?}"
+        );
+        let mut s = chain(vec![replying_at(
+            "d",
+            &log,
+            Ev::ReqHeaders,
+            LocalResponse {
+                status: 403,
+                ..LocalResponse::default()
+            },
+        )]);
+        let mut other = req();
+        other.add("content-type", "application/grpc-web-text-ish");
+        s.request_headers(other, true);
+        let out = s.take_outputs();
+        assert!(
+            matches!(&out[..], [Output::ResponseHeaders { headers, .. }]
+                if headers.get_str(":status") == Some("403") && headers.get("grpc-status").is_none()),
+            "{out:?}"
+        );
     }
 }

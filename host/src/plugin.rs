@@ -465,14 +465,30 @@ impl HttpFilter for WasmFilter {
     }
 
     fn stream_done(&mut self, s: &mut StreamData) {
-        let Some((generation, ctx)) = self.context.take() else {
-            return;
-        };
-        let mut w = self.worker.borrow_mut();
-        if w.generation != generation {
+        if self.disabled {
             return;
         }
-        let Some(vm) = w.vm() else { return };
+        let mut w = self.worker.borrow_mut();
+        let generation = w.generation;
+        let (ctx, vm) = match self.context.take() {
+            Some((g, _)) if g != generation => return,
+            Some((_, ctx)) => match w.vm() {
+                Some(vm) => (ctx, vm),
+                None => return,
+            },
+            // A filter the stream never reached still logs it, as in Envoy (its Wasm filter
+            // creates the context for `on_log`).
+            None => {
+                let Some(vm) = w.vm() else { return };
+                match vm.new_stream() {
+                    Ok(ctx) => (ctx, vm),
+                    Err(f) => {
+                        w.fail(&f);
+                        return;
+                    }
+                }
+            }
+        };
         vm.enter(ctx, std::mem::take(s));
         let result = vm.finish_stream(ctx);
         *s = vm.leave();

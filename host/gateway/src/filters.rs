@@ -161,17 +161,17 @@ impl Runtime {
         module: &PathBuf,
         (name, root_id, vm_id): (&str, &str, &str),
         configuration: Vec<u8>,
-        wasmgate_plugin: bool,
+        allow_on_headers_stop_iteration: bool,
         settings: &ModuleSettings,
     ) -> Result<Plugin, String> {
         let module = self.module(module)?;
         let secrets = self.secrets(&configuration);
         // As the Envoy translation sets it: wasmgate's plugins may hold the headers and still
-        // see the body; third-party filters get Envoy's default.
+        // see the body; third-party filters get Envoy's default unless their entry says so.
         let mut config = PluginConfig::new(name, configuration)
             .root_id(root_id)
             .vm_id(vm_id)
-            .allow_on_headers_stop_iteration(wasmgate_plugin)
+            .allow_on_headers_stop_iteration(allow_on_headers_stop_iteration)
             .failure_policy(failure_policy(settings))
             .limits(limits(settings));
         for (k, v) in secrets {
@@ -255,7 +255,7 @@ impl Runtime {
                     &module,
                     (&filter.plugin_name, &filter.root_id, &vm_id),
                     filter.config.clone().unwrap_or_default().into_bytes(),
-                    false,
+                    filter.allow_on_headers_stop_iteration,
                     &filter.wasmgate,
                 ) {
                     Ok(p) => built.push(Some(p)),

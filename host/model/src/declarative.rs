@@ -571,11 +571,13 @@ fn read_chain(r: &mut Record<'_>, top_level: bool) -> RawChain {
         };
         let root_id = named("root_id");
         let plugin_name = named("plugin_name");
+        let allow_on_headers_stop_iteration = f.boolean("allow_on_headers_stop_iteration", false);
         let wasmgate = read_module_settings(f);
         FilterEntry {
             name,
             root_id,
             plugin_name,
+            allow_on_headers_stop_iteration,
             config,
             enabled,
             wasmgate,
@@ -895,6 +897,42 @@ plugins:
         ] {
             assert!(message.contains(expected), "missing {expected:?} in {message}");
         }
+    }
+
+    #[test]
+    fn a_chain_filter_may_allow_on_headers_stop_iteration() {
+        let config = parse_declarative(
+            r#"
+_format_version: "3.0"
+services: [{name: s, host: s.test}]
+filter_chains:
+  - service: s
+    filters:
+      - name: plain
+      - {name: holder, allow_on_headers_stop_iteration: true}
+"#,
+        )
+        .unwrap();
+        let allowed: Vec<bool> = config.filter_chains[0]
+            .filters
+            .iter()
+            .map(|f| f.allow_on_headers_stop_iteration)
+            .collect();
+        assert_eq!(allowed, [false, true]);
+        let message = errors(
+            r#"
+_format_version: "3.0"
+services: [{name: s, host: s.test}]
+filter_chains:
+  - name: c
+    service: s
+    filters: [{name: holder, allow_on_headers_stop_iteration: "yes"}]
+"#,
+        );
+        assert!(
+            message.contains("filter_chains.c.filters.holder.allow_on_headers_stop_iteration: expected a boolean"),
+            "{message}"
+        );
     }
 
     #[test]

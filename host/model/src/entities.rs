@@ -188,6 +188,10 @@ pub struct FilterEntry {
     /// The plugin's name (Envoy's PluginConfig `name`, the `plugin_name` property); the
     /// filter's name unless set.
     pub plugin_name: String,
+    /// Envoy's PluginConfig `allow_on_headers_stop_iteration`: a pause from the module's
+    /// headers callback holds only the headers, and its body callbacks still run. Off by
+    /// default, as in Envoy.
+    pub allow_on_headers_stop_iteration: bool,
     /// Passed to the module as-is (a string config) or as JSON text.
     pub config: Option<String>,
     pub enabled: bool,

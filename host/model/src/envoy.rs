@@ -177,7 +177,7 @@ fn filter_slots(
                 vm_id: format!("wasmgate.chain.{c}.{f}"),
                 module: filters_dir.join(format!("{}.wasm", filter.name)),
                 configuration: filter.config.clone().unwrap_or_default(),
-                allow_on_headers_stop_iteration: false,
+                allow_on_headers_stop_iteration: filter.allow_on_headers_stop_iteration,
                 upstream: false,
                 failure_policy: filter.wasmgate.failure_policy,
             });

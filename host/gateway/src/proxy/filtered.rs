@@ -358,6 +358,43 @@ async fn http_call(worker: &Rc<Worker>, call: &host::HttpCallout) -> HttpCallRes
     }
 }
 
+/// The gateway's own answer once the filters have the request (a filter held the stream too
+/// long, or the upstream failed), sent as Envoy sends its local replies: through the response
+/// phases of the filters that saw the request (or straight to the client once the response
+/// started through them), so modules see it and log it. When no head comes out of the filters
+/// within `hold`, the plain answer goes to the client without them.
+async fn own_answer(
+    worker: &Rc<Worker>,
+    stream: &Rc<Stream>,
+    error: ProxyError,
+    response_head: &mut oneshot::Receiver<Head>,
+    request: &HeaderMap,
+    hold: Duration,
+    log: &mut AccessLog,
+) -> Result<Head, ProxyError> {
+    let accept = request.get(http::header::ACCEPT).map(HeaderValue::as_bytes);
+    let request_id = request
+        .get("x-request-id")
+        .map_or(&b""[..], HeaderValue::as_bytes);
+    let kong = kit::kong_error(error.status().as_u16(), error.message(), accept, request_id);
+    stream
+        .chain
+        .borrow_mut()
+        .send_local_reply(host::LocalResponse {
+            status: kong.status,
+            headers: Headers::from_pairs(kong.headers),
+            body: kong.body,
+            details: error.to_string(),
+            grpc_status: None,
+        });
+    log.error = Some(error.to_string());
+    deliver(worker, stream).await;
+    match tokio::time::timeout(hold, response_head).await {
+        Ok(Ok(head)) => Ok(head),
+        _ => Err(error),
+    }
+}
+
 /// Which side of the stream a body comes from.
 #[derive(Clone, Copy)]
 enum Side {
@@ -650,7 +687,10 @@ pub async fn forward(
             return Ok(local(head, client_body));
         }
         _ = &mut reset_rx => return Err(ProxyError::BadGateway("the stream was reset".into())),
-        _ = tokio::time::sleep(hold_timeout) => return Err(ProxyError::Timeout("a filter held the request".into())),
+        _ = tokio::time::sleep(hold_timeout) => {
+            let error = ProxyError::Timeout("a filter held the request".into());
+            return own_answer(worker, &stream, error, &mut response_head_rx, &parts.headers, hold_timeout, log).await.map(|head| local(head, client_body));
+        }
     };
 
     // The upstream request, from what the filters made of the client's.
@@ -728,7 +768,12 @@ pub async fn forward(
 
     let started = std::time::Instant::now();
     let response = tokio::select! {
-        response = worker.upstreams.send(service, upstream_request) => response?,
+        response = worker.upstreams.send(service, upstream_request) => match response {
+            Ok(response) => response,
+            Err(error) => {
+                return own_answer(worker, &stream, error, &mut response_head_rx, &parts.headers, hold_timeout, log).await.map(|head| local(head, client_body));
+            }
+        },
         head = &mut response_head_rx => {
             // A filter answered while the body streamed (e.g. a size limit): the upstream
             // request is dropped, which aborts it.
@@ -764,9 +809,12 @@ pub async fn forward(
         });
     }
     let head = tokio::select! {
-        head = response_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the response".into()))?,
+        head = &mut response_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the response".into()))?,
         _ = reset_rx => return Err(ProxyError::BadGateway("the stream was reset".into())),
-        _ = tokio::time::sleep(hold_timeout) => return Err(ProxyError::Timeout("a filter held the response".into())),
+        _ = tokio::time::sleep(hold_timeout) => {
+            let error = ProxyError::Timeout("a filter held the response".into());
+            own_answer(worker, &stream, error, &mut response_head_rx, &parts.headers, hold_timeout, log).await?
+        }
     };
     let mut response = local(head, client_body);
     response.headers_mut().insert(
