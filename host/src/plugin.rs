@@ -88,6 +88,8 @@ impl Plugin {
                 last_tick: now,
                 restart_at: Duration::ZERO,
                 restart_backoff: Duration::ZERO,
+                recent_failures: 0,
+                last_failure: Duration::ZERO,
             })),
         })
     }
@@ -123,11 +125,22 @@ struct Worker {
     /// startup deadline of CPU); meanwhile its streams fail by the failure policy.
     restart_at: Duration,
     restart_backoff: Duration,
+    /// Failures of running instances in a row, each within [`FAILURE_WINDOW`] of the last:
+    /// the circuit breaker's count.
+    recent_failures: u32,
+    last_failure: Duration,
 }
 
 /// The wait after a first failed restart, doubled after each further one up to the most.
 const RESTART_BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The circuit breaker: a failed instance is replaced at once, but a second failure within
+/// this window of the last one waits [`BREAKER_FIRST`] (Envoy's FAIL_RELOAD waits 1 s), and
+/// each further one twice as long, up to [`RESTART_BACKOFF_MAX`]. Meanwhile the filter's
+/// streams fail by its policy without running the module, so a client that sends a poison
+/// request in a loop costs one rebuild per wait, not one per request.
+const FAILURE_WINDOW: Duration = Duration::from_secs(10);
+const BREAKER_FIRST: Duration = Duration::from_secs(1);
 
 impl Worker {
     /// The running instance, started again first if it was dropped and a restart is due.
@@ -166,9 +179,30 @@ impl Worker {
         let inner = &self.plugin.inner;
         inner.failures.fetch_add(1, Ordering::Relaxed);
         let _ = inner.env.metrics.increment(inner.failure_metric, 1);
+        let now = inner.env.clock.monotonic();
+        if self.recent_failures > 0 && now.saturating_sub(self.last_failure) > FAILURE_WINDOW {
+            self.recent_failures = 0;
+        }
+        self.recent_failures = self.recent_failures.saturating_add(1);
+        self.last_failure = now;
+        let wait = match self.recent_failures {
+            1 => Duration::ZERO,
+            n => BREAKER_FIRST
+                .saturating_mul(1 << (n - 2).min(5))
+                .min(RESTART_BACKOFF_MAX),
+        };
+        self.restart_at = self.restart_at.max(now + wait);
+        let next = if wait.is_zero() {
+            "the instance is replaced".to_owned()
+        } else {
+            format!(
+                "failure {} in a row: the next instance starts in {wait:?}",
+                self.recent_failures
+            )
+        };
         self.logs.log(
             LogLevel::Error,
-            &format!("{}: {failure}; the instance is replaced", inner.config.name),
+            &format!("{}: {failure}; {next}", inner.config.name),
         );
         self.vm = None;
         self.generation += 1;

@@ -390,3 +390,50 @@ fn a_failed_restart_is_tried_again_only_after_a_backoff() {
     assert_eq!(restarts(&h), 2, "{}", h.log_text());
     assert!(!w.is_running());
 }
+
+/// The circuit breaker: a module that traps on every request is replaced at once after its
+/// first failure, but its second failure in a row opens the breaker for 1 s (Envoy's
+/// FAIL_RELOAD wait), the third for 2 s, and so on; meanwhile requests fail by the policy
+/// without running (or restarting) the module. Ten quiet seconds close it again.
+#[test]
+fn repeated_traps_open_a_circuit_breaker_that_waits_before_each_restart() {
+    let wasm = module("unreachable", "");
+    let (mut h, w) = harness(&wasm, FailurePolicy::FailClosed);
+    let status = |h: &mut Harness| h.send(TestRequest::get("/")).response.status;
+    assert_eq!(status(&mut h), 503);
+    assert_eq!(w.plugin().failures(), 1);
+    // Replaced at once: the next request runs (and trips) a fresh instance.
+    assert_eq!(status(&mut h), 503);
+    assert_eq!(w.plugin().failures(), 2);
+    assert!(
+        h.log_text()
+            .contains("failure 2 in a row: the next instance starts in 1s"),
+        "{}",
+        h.log_text()
+    );
+    // Open: no module runs within the wait.
+    for _ in 0..5 {
+        assert_eq!(status(&mut h), 503);
+    }
+    assert_eq!(w.plugin().failures(), 2);
+    assert!(!w.is_running());
+    h.advance(Duration::from_millis(999));
+    assert_eq!(status(&mut h), 503);
+    assert_eq!(w.plugin().failures(), 2);
+    // Due: one try, which fails again and doubles the wait.
+    h.advance(Duration::from_millis(1));
+    assert_eq!(status(&mut h), 503);
+    assert_eq!(w.plugin().failures(), 3);
+    assert!(
+        h.log_text()
+            .contains("failure 3 in a row: the next instance starts in 2s"),
+        "{}",
+        h.log_text()
+    );
+    // After the wait and ten quiet seconds the count starts over: replaced at once again.
+    h.advance(Duration::from_secs(12));
+    assert_eq!(status(&mut h), 503);
+    assert_eq!(w.plugin().failures(), 4);
+    assert_eq!(status(&mut h), 503);
+    assert_eq!(w.plugin().failures(), 5);
+}
