@@ -179,6 +179,15 @@ fn scenarios() -> Vec<Scenario> {
             ],
             Send::Chunked(CHUNKS),
         ),
+        // A call to an upstream the configuration does not have is refused at once
+        // (BAD_ARGUMENT); nothing resumes the stream then.
+        scenario(
+            "http_call_unknown_upstream",
+            vec![a(
+                json!({"request_headers": "pause", "resume": "http_call", "callout": "service.nowhere"}),
+            )],
+            Send::Get,
+        ),
         scenario(
             "tick_resume",
             vec![
@@ -332,6 +341,24 @@ struct Difference {
 /// Every known difference. Envoy's trace is Envoy 1.40's behaviour; gateway's is what the
 /// filter manager does today.
 const DIFFERENCES: &[Difference] = &[
+    Difference {
+        scenario: "http_call_unknown_upstream",
+        finding: "Review 22: both refuse the call at once with BAD_ARGUMENT, nothing resumes, both answer 504 at the read_timeout through A's response callbacks. Only the 504's body differs, as in hold_until_body_default: Kong's JSON in gateway, 'stream timeout' in Envoy.",
+        envoy: &[
+            r#"A request_headers eos=true hdrs=x-t-id -> pause http_call BadArgument"#,
+            r#"A response_headers eos=false hdrs= status=504 -> continue"#,
+            r#"A response_body size=14 read=14 eos=true -> continue"#,
+            r#"A log"#,
+            r#"= status 504 hdrs=x-t-a"#,
+        ],
+        gateway: &[
+            r#"A request_headers eos=true hdrs=x-t-id -> pause http_call BadArgument"#,
+            r#"A response_headers eos=false hdrs= status=504 -> continue"#,
+            r#"A response_body size=106 read=106 eos=true -> continue"#,
+            r#"A log"#,
+            r#"= status 504 hdrs=x-t-a"#,
+        ],
+    },
     Difference {
         scenario: "continue_h2_trailers",
         finding: "Not the filter manager (README, Proxying): the filters see the same trailers, but gateway's HTTP/1.1 upstream request loses trailers that the HTTP/2 client did not announce in a `trailer` header (hyper sends only announced trailers); Envoy (with enable_trailers) forwards them.",

@@ -191,6 +191,18 @@ impl Gateway {
             runtime,
             cluster: std::sync::Mutex::new(None),
         });
+        // A module's call to an upstream the current configuration does not have fails at
+        // once (BAD_ARGUMENT), as in Envoy for an unknown cluster.
+        let weak = Arc::downgrade(&shared);
+        shared
+            .runtime
+            .env
+            .set_upstream_check(Arc::new(move |name: &str| {
+                weak.upgrade().is_none_or(|shared| {
+                    crate::proxy::filtered::callout_service(&shared.snapshot.load().config, name)
+                        .is_some()
+                })
+            }));
         let (shutdown, _) = watch::channel(false);
         let mut threads = Vec::new();
         for (index, (listener, tls_listener)) in

@@ -211,7 +211,19 @@ async fn deliver(worker: &Rc<Worker>, stream: &Rc<Stream>) {
             let worker = Rc::clone(worker);
             let stream = Rc::clone(stream);
             tokio::task::spawn_local(async move {
-                let result = http_call(&worker, &call).await;
+                let exchange = http_call(&worker, &call);
+                tokio::pin!(exchange);
+                // A stream that ends first drops its calls (Envoy's context cancels its
+                // requests when it goes away): no upstream work for an answer nobody takes.
+                let result = loop {
+                    if stream.chain.borrow().is_complete() {
+                        return;
+                    }
+                    tokio::select! {
+                        result = &mut exchange => break result,
+                        _ = stream.wake.notified() => {}
+                    }
+                };
                 stream
                     .chain
                     .borrow_mut()
@@ -297,15 +309,23 @@ pub fn module_work(worker: &Rc<Worker>) {
     }
 }
 
+/// The most of a call's response body a module is handed; a longer one fails the call.
+const CALL_RESPONSE_LIMIT: usize = 64 << 20;
+
+/// The service a module's call names, as an Envoy cluster (`service.<name>`) or by its name.
+pub fn callout_service<'a>(
+    config: &'a model::Config,
+    upstream: &str,
+) -> Option<&'a model::Service> {
+    let wanted = upstream.strip_prefix("service.").unwrap_or(upstream);
+    config.services.iter().find(|s| s.name == wanted)
+}
+
 /// Performs a module's `proxy_http_call` to a service named like an Envoy cluster
 /// (`service.<name>` or `<name>`).
 async fn http_call(worker: &Rc<Worker>, call: &host::HttpCallout) -> HttpCallResult {
     let snapshot = worker.shared.snapshot.load_full();
-    let wanted = call
-        .upstream
-        .strip_prefix("service.")
-        .unwrap_or(&call.upstream);
-    let Some(service) = snapshot.config.services.iter().find(|s| s.name == wanted) else {
+    let Some(service) = callout_service(&snapshot.config, &call.upstream) else {
         return HttpCallResult::Failed;
     };
     let path = call.headers.get_str(":path").unwrap_or("/");
@@ -335,7 +355,12 @@ async fn http_call(worker: &Rc<Worker>, call: &host::HttpCallout) -> HttpCallRes
     let exchange = async {
         let response = worker.upstreams.send(service, request).await.ok()?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.ok()?.to_bytes();
+        // Held whole for the module: bounded, so a call's target cannot fill the gateway.
+        let body = http_body_util::Limited::new(body, CALL_RESPONSE_LIMIT)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
         let mut headers = Headers::new();
         headers.add(":status", parts.status.as_str());
         for (name, value) in &parts.headers {
