@@ -327,6 +327,11 @@ impl WorkerPlugin {
         w.collect_root();
     }
 
+    /// Calls the current instance's stream contexts still wait for.
+    pub fn pending_calls(&self) -> usize {
+        self.inner.borrow().vm.as_ref().map_or(0, Vm::pending_calls)
+    }
+
     /// Bytes of linear memory the current instance has.
     pub fn memory_size(&self) -> usize {
         self.inner.borrow().vm.as_ref().map_or(0, Vm::memory_size)
@@ -530,6 +535,21 @@ impl HttpFilter for WasmFilter {
         w.root_callouts.append(c);
         if let Err(f) = result {
             w.fail(&f);
+        } else if w
+            .vm
+            .as_ref()
+            .is_some_and(|vm| vm.over_soft_limit() && vm.active_streams() == 0)
+        {
+            // Linear memory never shrinks: an instance that grew past its soft limit is
+            // replaced once idle (dropping it finishes its waiting streams and runs its
+            // root's on_done). Not a failure: no count, no backoff.
+            w.collect_root();
+            w.logs.log(
+                LogLevel::Info,
+                "linear memory past its soft limit; the instance is replaced",
+            );
+            w.vm = None;
+            w.generation += 1;
         }
     }
 }

@@ -497,9 +497,17 @@ impl Vm {
             Ok(true)
         })();
         if !matches!(result, Ok(false)) {
-            self.store.data_mut().streams.remove(&ctx);
+            self.forget_stream(ctx);
         }
         result.map(drop)
+    }
+
+    /// A stream context is gone: so are the calls it was waiting for (a data plane drops
+    /// them, as Envoy's context cancels its requests), or their owners would pile up.
+    fn forget_stream(&mut self, ctx: u32) {
+        let state = self.store.data_mut();
+        state.streams.remove(&ctx);
+        state.callout_owner.retain(|_, owner| *owner != ctx);
     }
 
     fn log_and_delete(&mut self, ctx: u32) -> Result<(), Failure> {
@@ -517,9 +525,8 @@ impl Vm {
     fn finish_deferred(&mut self, ctx: u32, data: StreamData) -> Result<(), Failure> {
         let current = self.store.data_mut().stream.replace((ctx, data));
         let result = self.log_and_delete(ctx);
-        let state = self.store.data_mut();
-        state.stream = current;
-        state.streams.remove(&ctx);
+        self.store.data_mut().stream = current;
+        self.forget_stream(ctx);
         result
     }
 
@@ -542,6 +549,11 @@ impl Vm {
                 }
             }
         }
+    }
+
+    /// Calls still waiting for an answer (their owners are alive).
+    pub fn pending_calls(&self) -> usize {
+        self.store.data().callout_owner.len()
     }
 
     /// The context that made call `token` (it gets the answer).

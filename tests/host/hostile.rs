@@ -437,3 +437,43 @@ fn repeated_traps_open_a_circuit_breaker_that_waits_before_each_restart() {
     assert_eq!(status(&mut h), 503);
     assert_eq!(w.plugin().failures(), 5);
 }
+
+/// Linear memory never shrinks: an instance whose memory passed its soft limit is replaced
+/// once its stream is over, without counting a failure; the next request gets a fresh one.
+#[test]
+fn an_instance_past_its_memory_soft_limit_is_replaced_between_streams() {
+    // Grows by four pages (256 KiB) on every request, from one.
+    let wasm = module("(drop (memory.grow (i32.const 4))) (i32.const 0)", "");
+    let mut h = Harness::new().expect("harness");
+    let config = PluginConfig::new("grower", "")
+        .limits(Limits {
+            memory_soft_bytes: Some(128 << 10),
+            ..limits()
+        })
+        .failure_policy(FailurePolicy::FailClosed);
+    let w = h.load_bytes(&wasm, config).expect("module loads");
+    assert_eq!(w.memory_size(), 64 << 10);
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 200);
+    // A fresh instance (the harness polls after each request, which starts it) is back to
+    // one page.
+    assert_eq!(w.memory_size(), 64 << 10, "{}", h.log_text());
+    assert_eq!(w.plugin().failures(), 0);
+    assert!(
+        h.log_text().contains("past its soft limit"),
+        "{}",
+        h.log_text()
+    );
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 200);
+    assert_eq!(w.plugin().failures(), 0);
+
+    // Under the limit nothing is replaced.
+    let mut h = Harness::new().expect("harness");
+    let config = PluginConfig::new("grower", "").limits(Limits {
+        memory_soft_bytes: Some(1 << 20),
+        ..limits()
+    });
+    let w = h.load_bytes(&wasm, config).expect("module loads");
+    assert_eq!(h.send(TestRequest::get("/")).response.status, 200);
+    assert!(w.is_running());
+    assert_eq!(w.memory_size(), 320 << 10);
+}
