@@ -8,7 +8,8 @@
 //! same results here and in Envoy: `:authority`/`:path`/`:method`/`:scheme` pseudo-headers,
 //! `x-forwarded-for` (the client IP), `x-forwarded-proto`, `x-request-id`, and
 //! `x-envoy-expected-rq-timeout-ms` towards the upstream; a paused stream nobody resumes gets
-//! Envoy's `504 stream timeout` once the stream timeout has (virtually) passed.
+//! Envoy's `504 stream timeout`, through the filters, once the stream timeout has
+//! (virtually) passed.
 //!
 //! ```no_run
 //! use host::testing::{Harness, TestRequest};
@@ -32,7 +33,9 @@ use crate::clock::{Clock, ManualClock};
 use crate::engine::{Engine, EngineConfig};
 use crate::env::{ForeignFunction, HostEnv};
 use crate::error::Error;
-use crate::filter_chain::{HttpFilter, HttpStream, Output, StreamInfo, DEFAULT_BUFFER_LIMIT};
+use crate::filter_chain::{
+    HttpFilter, HttpStream, LocalResponse, Output, StreamInfo, DEFAULT_BUFFER_LIMIT,
+};
 use crate::headers::Headers;
 use crate::logs::LogRecord;
 use crate::metrics::MetricValue;
@@ -482,21 +485,20 @@ impl Harness {
             }
         }
         if !run.client_done && !run.outcome.reset {
-            // Nothing more will come: a paused stream waits for the stream timeout.
+            // Nothing more will come: a paused stream waits for the stream timeout, then gets
+            // Envoy's 504 as a local reply through the filters (`gateway` answers the same
+            // way, in Kong's words).
             self.advance(self.stream_timeout);
             self.pump(&mut stream, &mut run);
             if !run.client_done && !run.outcome.reset {
                 run.outcome.timed_out = true;
-                run.outcome.response = TestResponse::new(
-                    504,
-                    &[
-                        ("content-type", "text/plain"),
-                        ("content-length", "14"),
-                        ("x-request-id", &request_id(self.requests)),
-                    ],
-                    b"stream timeout",
-                );
-                run.outcome.local = true;
+                stream.send_local_reply(LocalResponse {
+                    status: 504,
+                    body: b"stream timeout".to_vec(),
+                    details: "stream_idle_timeout".into(),
+                    ..LocalResponse::default()
+                });
+                self.pump(&mut stream, &mut run);
             }
         }
         stream.finish();
