@@ -71,6 +71,9 @@ pub struct StreamInfo {
     pub cluster_name: String,
     pub request_id: String,
     pub connection_id: u64,
+    /// The SNI the client asked for on a TLS connection (Envoy's
+    /// `connection.requested_server_name`); empty otherwise.
+    pub requested_server_name: String,
     pub start: SystemTime,
 }
 
@@ -84,6 +87,7 @@ impl Default for StreamInfo {
             cluster_name: String::new(),
             request_id: String::new(),
             connection_id: 0,
+            requested_server_name: String::new(),
             start: SystemTime::UNIX_EPOCH,
         }
     }

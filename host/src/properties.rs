@@ -182,7 +182,9 @@ fn built_in(
         ["destination", "port"] => Some(int(u64::from(info.destination.port()))),
         ["connection", "id"] | ["connection_id"] => Some(int(info.connection_id)),
         ["connection", "mtls"] => Some(vec![0]),
-        ["connection", "requested_server_name"] => Some(Vec::new()),
+        ["connection", "requested_server_name"] => {
+            Some(info.requested_server_name.as_bytes().to_vec())
+        }
         ["route_name"] | ["xds", "route_name"] => Some(text(&info.route_name)),
         ["cluster_name"] | ["xds", "cluster_name"] => Some(text(&info.cluster_name)),
         _ => None,

@@ -224,3 +224,58 @@ async fn grpc_services_are_reached_over_http2() {
         assert!(seen.header_values("te").is_empty(), "{path:?}");
     }
 }
+
+/// A module reads the SNI the client asked for as Envoy's `connection.requested_server_name`
+/// (here copied into a request header by a WAT filter); on a plaintext connection it is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_see_the_requested_server_name() {
+    let module = wat::parse_str(
+        r#"(module
+  (import "env" "proxy_get_property" (func $get_property (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 100) "connection\00requested_server_name")
+  (data (i32.const 200) "x-sni")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.eqz (call $get_property (i32.const 100) (i32.const 32) (i32.const 0) (i32.const 4)))
+      (then (drop (call $add (i32.const 0) (i32.const 200) (i32.const 5)
+        (i32.load (i32.const 0)) (i32.load (i32.const 4))))))
+    (i32.const 0)))"#,
+    )
+    .unwrap();
+    let filters = tempfile::tempdir().unwrap();
+    std::fs::write(filters.path().join("sni.wasm"), module).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = issue(dir.path(), "a.test");
+    let echo = EchoUpstream::start().await.unwrap();
+    let text = format!(
+        "{}filter_chains: [{{route: r, filters: [{{name: sni}}]}}]\n",
+        one_service(&format!("http://{}", echo.addr()))
+    );
+    let mut options = wasmgate_tests::gateway::options();
+    options.tls = Some((
+        "127.0.0.1:0".parse().unwrap(),
+        server_config(std::slice::from_ref(&a.files)).unwrap(),
+    ));
+    options.runtime.filters_dir = Some(filters.path().to_owned());
+    let gateway = wasmgate_tests::gateway::start_with(options, &text);
+    let (_, body) = get(gateway.tls_addr().unwrap(), "a.test", &a, "/x")
+        .await
+        .unwrap();
+    let seen: EchoReport = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen.header("x-sni"), Some("a.test"));
+    let plain = wasmgate_tests::client::send(gateway.addr(), Protocol::Http1, &Request::get("/x"))
+        .await
+        .unwrap();
+    assert_eq!(plain.echo_report().header("x-sni"), Some(""));
+}

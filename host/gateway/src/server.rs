@@ -323,6 +323,7 @@ fn serve_connection<I>(
     let worker = Rc::clone(worker);
     let service = service_fn(move |request| {
         let worker = Rc::clone(&worker);
+        let downstream = downstream.clone();
         async move { Ok::<_, Infallible>(proxy::handle(worker, downstream, request).await) }
     });
     let mut builder = auto::Builder::new(LocalExec);
@@ -452,12 +453,13 @@ async fn serve(
                 let Some(acceptor) = acceptor.clone() else { continue };
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(peer);
-                let downstream = Downstream::accepted(peer, local, true);
+                let mut downstream = Downstream::accepted(peer, local, true);
                 let worker = Rc::clone(&worker);
                 let watcher = graceful.watcher();
                 tokio::task::spawn_local(async move {
                     // A failed handshake only ends this connection.
                     if let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                        downstream.server_name = tls.get_ref().1.server_name().map(std::sync::Arc::from);
                         serve_connection(TokioIo::new(tls), downstream, &worker, watcher, slot);
                     }
                 });

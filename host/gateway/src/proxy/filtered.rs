@@ -599,6 +599,11 @@ pub async fn forward(
             .unwrap_or_default()
             .to_owned(),
         connection_id: downstream.id,
+        requested_server_name: downstream
+            .server_name
+            .as_deref()
+            .unwrap_or_default()
+            .to_owned(),
         start: SystemTime::now(),
     };
     for filter in &filters {

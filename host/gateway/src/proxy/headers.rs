@@ -382,6 +382,7 @@ mod tests {
             peer: "10.0.0.9:51000".parse::<SocketAddr>().unwrap(),
             local: "127.0.0.1:8000".parse::<SocketAddr>().unwrap(),
             tls: false,
+            server_name: None,
             id: 1,
         };
         let mut out = HeaderMap::new();
@@ -417,6 +418,7 @@ mod tests {
             peer: "[2001:db8::7]:40000".parse::<SocketAddr>().unwrap(),
             local: "[::1]:8443".parse::<SocketAddr>().unwrap(),
             tls: true,
+            server_name: None,
             id: 1,
         };
         forward_request_headers(&p, &mut out, &downstream, "[::1]:8443", "/", "u".into());

@@ -27,11 +27,13 @@ use body::ProxyBody;
 use errors::ProxyError;
 
 /// What the proxy knows about the downstream connection of a request.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Downstream {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// The SNI a TLS client sent.
+    pub server_name: Option<std::sync::Arc<str>>,
     /// Unique among this process's connections (Envoy's `connection.id` property).
     pub id: u64,
 }
@@ -44,6 +46,7 @@ impl Downstream {
             peer,
             local,
             tls,
+            server_name: None,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
