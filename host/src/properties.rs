@@ -219,6 +219,7 @@ mod tests {
                 cluster_name: "orders-service".into(),
                 request_id: "generated-id".into(),
                 connection_id: 42,
+                requested_server_name: "api.example".into(),
                 start: UNIX_EPOCH + Duration::from_nanos(START_NS),
             },
             request_headers: Some(Headers::from_pairs([
@@ -437,7 +438,10 @@ mod tests {
         let s = stream();
         // A bool is one byte; plain HTTP has neither mTLS nor SNI.
         assert_eq!(get_in(&s, "connection.mtls"), Some(vec![0]));
-        assert_eq!(get_in(&s, "connection.requested_server_name"), text(""));
+        assert_eq!(
+            get_in(&s, "connection.requested_server_name"),
+            text("api.example")
+        );
         assert_eq!(get_in(&s, "xds.route_name"), text("orders-route"));
         assert_eq!(get_in(&s, "route_name"), text("orders-route"));
         assert_eq!(get_in(&s, "xds.cluster_name"), text("orders-service"));
