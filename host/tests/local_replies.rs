@@ -38,7 +38,7 @@ impl HttpFilter for Recorder {
                 status: 429,
                 ..LocalResponse::default()
             });
-            return FilterStatus::Stop;
+            return FilterStatus::StopIteration;
         }
         FilterStatus::Continue
     }
@@ -49,7 +49,7 @@ impl HttpFilter for Recorder {
                 status: 413,
                 ..LocalResponse::default()
             });
-            return FilterStatus::Stop;
+            return FilterStatus::StopIterationAndBuffer;
         }
         FilterStatus::Continue
     }
