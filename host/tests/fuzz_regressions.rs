@@ -8,7 +8,7 @@ use std::rc::Rc;
 use host::{FilterStatus, Headers, HttpFilter, HttpStream, Output, StreamData, StreamInfo};
 
 /// Buffers the request body until the end of the stream, as a proxy-wasm filter that edits
-/// bodies does (a body `Stop` is Envoy's StopIterationAndBuffer); a request that ends with
+/// bodies does (StopIterationAndBuffer, a module's body pause); a request that ends with
 /// trailers ends in its trailers callback.
 struct Buffering {
     trailers: Rc<Cell<bool>>,
@@ -25,7 +25,7 @@ impl HttpFilter for Buffering {
         if end_of_stream {
             FilterStatus::Continue
         } else {
-            FilterStatus::Stop
+            FilterStatus::StopIterationAndBuffer
         }
     }
     fn request_trailers(&mut self, _: &mut StreamData) -> FilterStatus {
