@@ -6,7 +6,8 @@
 //! calls filters made ([`HttpStream::take_callouts`] → [`HttpStream::http_call_response`]),
 //! and forwards what [`HttpStream::take_outputs`] yields: request parts for the upstream,
 //! response parts for the client, or a reset. It stops reading a peer while
-//! [`HttpStream::read_disabled`] says so (a filter holds data past the watermark).
+//! [`HttpStream::request_read_disabled`] (or `response_read_disabled`) says so: a filter
+//! holds data past the watermark.
 //!
 //! The rules are those of Envoy's `FilterManager` (`source/common/http/filter_manager.cc`),
 //! which proxy-wasm modules are written against:
