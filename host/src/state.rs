@@ -9,18 +9,22 @@ use wasmtime::{Memory, StoreLimits, TypedFunc};
 use crate::abi::AbiVersion;
 use crate::callout::{Callouts, HttpCallResponse};
 use crate::env::HostEnv;
-use crate::filter_chain::StreamData;
+use crate::filter_chain::{LocalResponse, StreamData};
 use crate::headers::Headers;
 use crate::logs::LogSink;
 use crate::plugin_config::PluginConfig;
 use crate::queues::Mailbox;
 
-/// A direction of a stream a module asked to resume or close from outside its callback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a module asked for a stream from outside that stream's callbacks (its root context,
+/// or another stream through `proxy_set_effective_context`): the data plane carries it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamOp {
     ResumeRequest,
     ResumeResponse,
     Close,
+    /// `proxy_send_local_response`: the stream is answered (through its filters, as Envoy's
+    /// `sendLocalReply` from another context).
+    LocalReply(Box<LocalResponse>),
 }
 
 /// What a gRPC callback currently exposes.

@@ -528,6 +528,7 @@ impl Harness {
                     match op {
                         StreamOp::Close => run.outcome.reset = true,
                         StreamOp::ResumeRequest | StreamOp::ResumeResponse => stream.resume(i),
+                        StreamOp::LocalReply(response) => stream.send_local_reply(*response),
                     }
                 }
             }

@@ -179,6 +179,15 @@ fn scenarios() -> Vec<Scenario> {
             ],
             Send::Chunked(CHUNKS),
         ),
+        // A stream answered from the root context (review 20).
+        scenario(
+            "tick_reply",
+            vec![
+                a(json!({"request_headers": "pause", "resume": "tick_reply"})),
+                b(plain.clone()),
+            ],
+            Send::Get,
+        ),
         // A call to an upstream the configuration does not have is refused at once
         // (BAD_ARGUMENT); nothing resumes the stream then.
         scenario(

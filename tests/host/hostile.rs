@@ -477,3 +477,44 @@ fn an_instance_past_its_memory_soft_limit_is_replaced_between_streams() {
     assert!(w.is_running());
     assert_eq!(w.memory_size(), 320 << 10);
 }
+
+/// Review finding 20: a module answers a paused stream from its root context (`on_tick`,
+/// after `proxy_set_effective_context` to that stream): the stream gets that answer, through
+/// its filters, as in Envoy. Before, the call returned NOT_FOUND (which makes the Rust SDK
+/// panic) and the stream waited for the stream timeout.
+#[test]
+fn a_stream_is_answered_from_the_root_context() {
+    let wasm = wat::parse_str(
+        r#"(module
+  (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $respond (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $waiting (mut i32) (i32.const 0))
+  (data (i32.const 100) "decided on tick")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $tick (i32.const 100)))
+    (i32.const 1))
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param i32 i32) (result i32)
+    (global.set $waiting (local.get $ctx))
+    (i32.const 1))
+  (func (export "proxy_on_tick") (param i32)
+    (if (global.get $waiting)
+      (then
+        (drop (call $effective (global.get $waiting)))
+        (drop (call $respond (i32.const 403) (i32.const 0) (i32.const 0)
+          (i32.const 100) (i32.const 15) (i32.const 0) (i32.const 0) (i32.const -1)))
+        (global.set $waiting (i32.const 0))))))"#,
+    )
+    .expect("WAT");
+    let (mut h, _) = harness(&wasm, FailurePolicy::FailClosed);
+    let out = h.send(TestRequest::get("/"));
+    assert!(!out.timed_out, "{}", h.log_text());
+    assert_eq!(out.response.status, 403, "{}", h.log_text());
+    assert_eq!(out.response.text(), "decided on tick");
+    assert!(out.upstream.is_none());
+}

@@ -483,16 +483,25 @@ fn proxy_send_local_response(
     if !(200..=999).contains(&status) {
         return Ok(BAD_ARGUMENT);
     }
-    let Some(stream) = c.data_mut().stream_data() else {
-        return Ok(NOT_FOUND);
-    };
-    stream.local_response = Some(LocalResponse {
+    let response = LocalResponse {
         status,
         headers,
         body,
         details,
         grpc_status: (grpc_status >= 0).then_some(grpc_status),
-    });
+    };
+    let state = c.data_mut();
+    let effective = state.effective_context;
+    let known = state.streams.contains_key(&effective);
+    match state.stream_data() {
+        Some(stream) => stream.local_response = Some(response),
+        // Another stream of this instance (a decision made in the root context or another
+        // stream): the data plane answers it.
+        None if known => state
+            .stream_ops
+            .push((effective, StreamOp::LocalReply(Box::new(response)))),
+        None => return Ok(NOT_FOUND),
+    }
     Ok(OK)
 }
 

@@ -43,7 +43,7 @@ type Chain = Rc<RefCell<HttpStream>>;
 pub struct Stream {
     chain: Chain,
     taps: Rc<RefCell<Taps>>,
-    /// Wakes the body pumps when a filter let go of what it held (see `read_disabled`).
+    /// Wakes the body pumps when a filter let go of what it held (see `request_read_disabled`).
     wake: Notify,
     /// The instance of each filter ([`WorkerPlugin::id`]) and the context it has there once
     /// registered in the worker's [`LiveStreams`].
@@ -283,6 +283,7 @@ pub fn module_work(worker: &Rc<Worker>) {
                     StreamOp::ResumeRequest => chain.resume_request(filter),
                     StreamOp::ResumeResponse => chain.resume_response(filter),
                     StreamOp::Close => chain.close(),
+                    StreamOp::LocalReply(response) => chain.send_local_reply(*response),
                 }
             }
             let worker = Rc::clone(worker);

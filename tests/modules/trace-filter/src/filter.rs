@@ -46,7 +46,7 @@ impl RootContext for Root {
         };
         match Script::parse(&bytes) {
             Ok(script) => {
-                if script.resume == Resume::Tick {
+                if matches!(script.resume, Resume::Tick | Resume::TickReply) {
                     let status = abi::set_tick_period(script.tick_ms);
                     if status != abi::OK {
                         abi::log_warn(&format!("trace filter: tick period: status {status}"));
@@ -69,16 +69,23 @@ impl RootContext for Root {
         let waiting: Vec<Waiting> = self.waiting.borrow_mut().drain(..).collect();
         for w in waiting {
             let effective = abi::set_effective_context(w.context);
-            let resumed = if effective == abi::OK {
-                abi::status_text(abi::continue_stream(w.stream))
-            } else {
+            let did = if effective != abi::OK {
                 format!("set_effective_context {}", abi::status_text(effective))
+            } else if script.resume == Resume::TickReply {
+                let status = abi::send_local_response(
+                    script.reply_status,
+                    ("x-t-reply", &script.name),
+                    &format!("{} reply", script.name),
+                );
+                format!("reply {} {}", script.reply_status, abi::status_text(status))
+            } else {
+                format!(
+                    "{} {}",
+                    resume_word(w.stream),
+                    abi::status_text(abi::continue_stream(w.stream))
+                )
             };
-            trace(
-                &w.tag,
-                &script.name,
-                &format!("tick -> {} {resumed}", resume_word(w.stream)),
-            );
+            trace(&w.tag, &script.name, &format!("tick -> {did}"));
         }
     }
 
@@ -242,7 +249,7 @@ impl Stream {
                 self.holding = Some(side.stream);
                 match self.script.resume {
                     Resume::None | Resume::BodyEos => {}
-                    Resume::Tick => self.waiting.borrow_mut().push(Waiting {
+                    Resume::Tick | Resume::TickReply => self.waiting.borrow_mut().push(Waiting {
                         context: self.context,
                         tag: self.tag.clone(),
                         stream: side.stream,

@@ -19,6 +19,9 @@ pub enum Resume {
     None,
     HttpCall,
     Tick,
+    /// The root context's next `on_tick` answers the stream (`reply_status`) instead of
+    /// resuming it.
+    TickReply,
     BodyEos,
 }
 
