@@ -913,3 +913,49 @@ async fn a_call_is_cancelled_when_its_stream_ends_first() {
         "the call outlived its stream: open for {open_for:?}"
     );
 }
+
+/// Review finding 23: the gateway does not dial gRPC upstreams, so a module's gRPC call is
+/// closed at once (UNAVAILABLE); what the module does then — here it resumes the request from
+/// `proxy_on_grpc_close` — goes out at once, not when (or if) more input comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_module_does_when_its_grpc_call_closes_goes_out_at_once() {
+    let module = wat::parse_str(
+        r#"(module
+  (import "env" "proxy_grpc_call" (func $grpc (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "e")
+  (data (i32.const 110) "svc.Check")
+  (data (i32.const 120) "Check")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 4096))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $grpc (i32.const 100) (i32.const 1) (i32.const 110) (i32.const 9)
+      (i32.const 120) (i32.const 5) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+      (i32.const 1000) (i32.const 200)))
+    (i32.const 1))
+  (func (export "proxy_on_grpc_close") (param i32 i32 i32)
+    (drop (call $continue (i32.const 0)))))"#,
+    )
+    .unwrap();
+    let filters = tempfile::tempdir().unwrap();
+    std::fs::write(filters.path().join("grpc_closer.wasm"), module).unwrap();
+    let echo = EchoUpstream::start().await.unwrap();
+    let text = format!(
+        "_format_version: \"3.0\"\n\
+         services: [{{name: e, url: \"http://{}\", read_timeout: 2000, routes: [{{name: r, paths: [/]}}]}}]\n\
+         filter_chains: [{{route: r, filters: [{{name: grpc_closer}}]}}]\n",
+        echo.addr()
+    );
+    let mut options = wasmgate_tests::gateway::options();
+    options.workers = 1;
+    options.runtime.filters_dir = Some(filters.path().to_owned());
+    let gateway = wasmgate_tests::gateway::start_with(options, &text);
+    let response = send(gateway.addr(), Protocol::Http1, &Request::get("/"))
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+}

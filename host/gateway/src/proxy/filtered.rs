@@ -206,6 +206,7 @@ async fn deliver(worker: &Rc<Worker>, stream: &Rc<Stream>) {
         }
     }
     let callouts = chain.borrow_mut().take_callouts();
+    let mut answered = false;
     for (filter, callouts) in callouts {
         for call in callouts.http {
             let worker = Rc::clone(worker);
@@ -242,7 +243,14 @@ async fn deliver(worker: &Rc<Worker>, stream: &Rc<Stream>) {
                     message: "gRPC calls are not available in this gateway".into(),
                 },
             );
+            answered = true;
         }
+    }
+    if answered {
+        // What the module did on that answer (resumed, replied) goes out now: no more input
+        // may come to carry it.
+        Box::pin(deliver(worker, stream)).await;
+        return;
     }
     stream.wake.notify_waiters();
     module_work(worker);
