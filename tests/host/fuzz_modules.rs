@@ -332,6 +332,7 @@ fn send(h: &mut Harness, req: &Request) -> Outcome {
                     match op {
                         StreamOp::Close => out.reset = true,
                         StreamOp::ResumeRequest | StreamOp::ResumeResponse => stream.resume(i),
+                        StreamOp::LocalReply(response) => stream.send_local_reply(*response),
                     }
                 }
             }
