@@ -204,6 +204,34 @@ pub enum Output {
     Reset,
 }
 
+impl Output {
+    fn headers(dir: Dir, headers: Headers, end_of_stream: bool) -> Output {
+        match dir {
+            Dir::Request => Output::RequestHeaders {
+                headers,
+                end_of_stream,
+            },
+            Dir::Response => Output::ResponseHeaders {
+                headers,
+                end_of_stream,
+            },
+        }
+    }
+
+    fn data(dir: Dir, data: Vec<u8>, end_of_stream: bool) -> Output {
+        match dir {
+            Dir::Request => Output::RequestData {
+                data,
+                end_of_stream,
+            },
+            Dir::Response => Output::ResponseData {
+                data,
+                end_of_stream,
+            },
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dir {
     Request,
@@ -286,6 +314,15 @@ impl Flow {
 
     fn position(&self, idx: usize) -> Option<usize> {
         self.order.iter().position(|&i| i == idx)
+    }
+
+    /// What the buffer holds; the buffer itself stays (drained), as Envoy's does once a
+    /// filter has buffered.
+    fn take_buffered(&mut self) -> Vec<u8> {
+        self.buffered
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     fn buffered_len(&self) -> usize {
@@ -676,16 +713,7 @@ impl HttpStream {
         }
         .unwrap_or_default();
         self.flow(dir).headers_forwarded = true;
-        self.outputs.push(match dir {
-            Dir::Request => Output::RequestHeaders {
-                headers,
-                end_of_stream: end_stream,
-            },
-            Dir::Response => Output::ResponseHeaders {
-                headers,
-                end_of_stream: end_stream,
-            },
-        });
+        self.outputs.push(Output::headers(dir, headers, end_stream));
         if end_stream {
             self.end_direction(dir);
         }
@@ -702,12 +730,7 @@ impl HttpStream {
         let mut data = match chunk {
             Some(chunk) => chunk,
             // The buffer stays (drained) while its data iterates.
-            None => self
-                .flow(dir)
-                .buffered
-                .as_mut()
-                .map(std::mem::take)
-                .unwrap_or_default(),
+            None => self.flow(dir).take_buffered(),
         };
         let had_trailers = self.has_trailers(dir);
         let mut end_stream = end_stream;
@@ -737,12 +760,7 @@ impl HttpStream {
                 if self.epoch != epoch {
                     return;
                 }
-                let whole = self
-                    .flow(dir)
-                    .buffered
-                    .as_mut()
-                    .map(std::mem::take)
-                    .unwrap_or_default();
+                let whole = self.flow(dir).take_buffered();
                 *self.body(dir) = whole;
             } else {
                 *self.body(dir) = std::mem::take(&mut data);
@@ -777,16 +795,7 @@ impl HttpStream {
         }
         if passed {
             if !data.is_empty() || end_stream {
-                self.outputs.push(match dir {
-                    Dir::Request => Output::RequestData {
-                        data,
-                        end_of_stream: end_stream,
-                    },
-                    Dir::Response => Output::ResponseData {
-                        data,
-                        end_of_stream: end_stream,
-                    },
-                });
+                self.outputs.push(Output::data(dir, data, end_stream));
             }
             if end_stream {
                 self.end_direction(dir);
@@ -900,12 +909,7 @@ impl HttpStream {
             }
             // A filter that keeps the body sees it whole in its trailers callback.
             if state.buffering {
-                let whole = self
-                    .flow(dir)
-                    .buffered
-                    .as_mut()
-                    .map(std::mem::take)
-                    .unwrap_or_default();
+                let whole = self.flow(dir).take_buffered();
                 *self.body(dir) = whole;
             }
             let status = self.call(dir, Stage::Trailers, idx, true);
