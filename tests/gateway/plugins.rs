@@ -959,3 +959,64 @@ async fn what_a_module_does_when_its_grpc_call_closes_goes_out_at_once() {
         .unwrap();
     assert_eq!(response.status, 200, "{}", response.text());
 }
+
+/// Review finding 38: filters see a request without its connection-specific headers, as in
+/// Envoy (`transfer-encoding`, `connection` and the headers it names never reach a filter);
+/// a WAT filter reports what it saw of them in `x-saw`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_never_see_connection_specific_headers() {
+    let module = wat::parse_str(
+        r#"(module
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 100) "transfer-encoding")
+  (data (i32.const 120) "connection")
+  (data (i32.const 140) "x-named")
+  (data (i32.const 160) "x-saw")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func $report (param $name i32) (param $len i32)
+    (if (i32.eqz (call $get (i32.const 0) (local.get $name) (local.get $len) (i32.const 0) (i32.const 4)))
+      (then (drop (call $add (i32.const 0) (i32.const 160) (i32.const 5) (local.get $name) (local.get $len))))))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $report (i32.const 100) (i32.const 17))
+    (call $report (i32.const 120) (i32.const 10))
+    (call $report (i32.const 140) (i32.const 7))
+    (i32.const 0)))"#,
+    )
+    .unwrap();
+    let filters = tempfile::tempdir().unwrap();
+    std::fs::write(filters.path().join("saw.wasm"), module).unwrap();
+    let echo = EchoUpstream::start().await.unwrap();
+    let text = format!(
+        "_format_version: \"3.0\"\n\
+         services: [{{name: e, url: \"http://{}\", routes: [{{name: r, paths: [/]}}]}}]\n\
+         filter_chains: [{{route: r, filters: [{{name: saw}}]}}]\n",
+        echo.addr()
+    );
+    let mut options = wasmgate_tests::gateway::options();
+    options.runtime.filters_dir = Some(filters.path().to_owned());
+    let gateway = wasmgate_tests::gateway::start_with(options, &text);
+    let request = Request::post(
+        "/",
+        RequestBody::Chunks(vec![b"hello".to_vec(), b" world".to_vec()]),
+    )
+    .header("connection", "keep-alive, x-named")
+    .header("x-named", "1");
+    let response = send(gateway.addr(), Protocol::Http1, &request)
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = response.echo_report();
+    assert_eq!(seen.header_values("x-saw"), Vec::<&str>::new());
+    assert_eq!(seen.body_len, 11);
+}

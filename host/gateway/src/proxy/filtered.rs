@@ -669,7 +669,7 @@ pub async fn forward(
     let given_authority = super::host_header(&parts);
     let scheme = if downstream.tls { "https" } else { "http" };
     let mut request_headers = from_header_map(
-        &parts.headers,
+        &headers::for_filters(&parts.headers),
         Some(vec![
             (":authority", given_authority.clone()),
             (":path", path_and_query),

@@ -80,6 +80,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
+/// A request's headers as filters see them: without the connection-specific ones (Envoy
+/// removes them before its filters: a filter never sees `transfer-encoding`, `connection` or
+/// what it names), but with a `te: trailers` that goes on upstream.
+pub fn for_filters(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = headers.clone();
+    strip_hop_by_hop(&mut kept);
+    if te_is_trailers(headers) {
+        kept.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    kept
+}
+
 /// Whether the request's TE is exactly `trailers`: the one TE value a request keeps on its
 /// way upstream, since gRPC servers require it and HTTP/2 allows it (RFC 9113 §8.2.2).
 fn te_is_trailers(headers: &HeaderMap) -> bool {
