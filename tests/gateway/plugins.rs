@@ -1020,3 +1020,61 @@ async fn filters_never_see_connection_specific_headers() {
     assert_eq!(seen.header_values("x-saw"), Vec::<&str>::new());
     assert_eq!(seen.body_len, 11);
 }
+
+/// The bound on the rounds above: a module that answers each closed gRPC call with a new one
+/// does not hold its worker; its stream ends at the read_timeout (504) and the same worker
+/// serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_that_calls_grpc_on_every_close_does_not_hold_its_worker() {
+    let module = wat::parse_str(
+        r#"(module
+  (import "env" "proxy_grpc_call" (func $grpc (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "e")
+  (data (i32.const 110) "svc.Check")
+  (data (i32.const 120) "Check")
+  (func $call
+    (drop (call $grpc (i32.const 100) (i32.const 1) (i32.const 110) (i32.const 9)
+      (i32.const 120) (i32.const 5) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+      (i32.const 1000) (i32.const 200))))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 4096))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $call)
+    (i32.const 1))
+  (func (export "proxy_on_grpc_close") (param i32 i32 i32)
+    (call $call)))"#,
+    )
+    .unwrap();
+    let filters = tempfile::tempdir().unwrap();
+    std::fs::write(filters.path().join("grpc_looper.wasm"), module).unwrap();
+    let echo = EchoUpstream::start().await.unwrap();
+    let text = format!(
+        "_format_version: \"3.0\"\n\
+         services: [{{name: e, url: \"http://{}\", read_timeout: 500, routes: [{{name: r, paths: [/loop]}}, {{name: plain, paths: [/plain]}}]}}]\n\
+         filter_chains: [{{route: r, filters: [{{name: grpc_looper}}]}}]\n",
+        echo.addr()
+    );
+    let mut options = wasmgate_tests::gateway::options();
+    options.workers = 1;
+    options.runtime.filters_dir = Some(filters.path().to_owned());
+    let gateway = wasmgate_tests::gateway::start_with(options, &text);
+    let request = Request::get("/loop");
+    let looping = send(gateway.addr(), Protocol::Http1, &request);
+    let looping = tokio::time::timeout(std::time::Duration::from_secs(10), looping)
+        .await
+        .expect("the looping stream ends")
+        .unwrap();
+    assert_eq!(looping.status, 504, "{}", looping.text());
+    let plain = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        send(gateway.addr(), Protocol::Http1, &Request::get("/plain")),
+    )
+    .await
+    .expect("the worker serves the next request")
+    .unwrap();
+    assert_eq!(plain.status, 200);
+}

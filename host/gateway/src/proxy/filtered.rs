@@ -141,8 +141,24 @@ fn trailers_frame(headers: &Headers) -> Frame<Bytes> {
     Frame::trailers(to_header_map(headers))
 }
 
+/// Rounds of gRPC calls closed at once (see `deliver_once`) that one delivery carries out: a
+/// module that answers each close with a new call cannot hold the worker in that loop.
+const GRPC_ROUNDS: usize = 8;
+
 /// Routes what the chain produced, then performs the calls filters made.
 async fn deliver(worker: &Rc<Worker>, stream: &Rc<Stream>) {
+    for _ in 0..GRPC_ROUNDS {
+        if !deliver_once(worker, stream).await {
+            break;
+        }
+    }
+    stream.wake.notify_waiters();
+    module_work(worker);
+}
+
+/// One round of [`deliver`]: whether gRPC calls were answered (closed) in it, so that what
+/// the modules did on those answers needs another round to go out.
+async fn deliver_once(worker: &Rc<Worker>, stream: &Rc<Stream>) -> bool {
     let (chain, taps) = (&stream.chain, &stream.taps);
     stream.register(worker);
     let outputs = chain.borrow_mut().take_outputs();
@@ -246,14 +262,9 @@ async fn deliver(worker: &Rc<Worker>, stream: &Rc<Stream>) {
             answered = true;
         }
     }
-    if answered {
-        // What the module did on that answer (resumed, replied) goes out now: no more input
-        // may come to carry it.
-        Box::pin(deliver(worker, stream)).await;
-        return;
-    }
-    stream.wake.notify_waiters();
-    module_work(worker);
+    // What a module did on a close (resumed, replied) goes out in the next round: no more
+    // input may come to carry it.
+    answered
 }
 
 /// Carries out what modules asked for outside their own stream's callbacks: calls made from
