@@ -850,10 +850,8 @@ async fn held_headers_push_back_on_a_big_upload_instead_of_413() {
          config: {{name: A, request_headers: pause, resume: tick, tick_ms: 300}}}}]}}]\n",
         echo.addr()
     );
-    let mut options = wasmgate_tests::gateway::options();
-    options.workers = 1;
-    options.runtime.filters_dir = Some(wasmgate_tests::paths::wasm_dir());
-    let gateway = wasmgate_tests::gateway::start_with(options, &text);
+    let gateway =
+        wasmgate_tests::gateway::start_with_filters(&wasmgate_tests::paths::wasm_dir(), &text);
     let len = 4 * MIB;
     let upload = Request::post(
         "/up",
@@ -896,10 +894,8 @@ async fn a_call_is_cancelled_when_its_stream_ends_first() {
          config: {{name: A, request_headers: pause, resume: http_call, callout: service.silent}}}}]}}]\n",
         echo.addr()
     );
-    let mut options = wasmgate_tests::gateway::options();
-    options.workers = 1;
-    options.runtime.filters_dir = Some(wasmgate_tests::paths::wasm_dir());
-    let gateway = wasmgate_tests::gateway::start_with(options, &text);
+    let gateway =
+        wasmgate_tests::gateway::start_with_filters(&wasmgate_tests::paths::wasm_dir(), &text);
     let response = send(gateway.addr(), Protocol::Http1, &Request::get("/"))
         .await
         .unwrap();
@@ -950,10 +946,7 @@ async fn what_a_module_does_when_its_grpc_call_closes_goes_out_at_once() {
          filter_chains: [{{route: r, filters: [{{name: grpc_closer}}]}}]\n",
         echo.addr()
     );
-    let mut options = wasmgate_tests::gateway::options();
-    options.workers = 1;
-    options.runtime.filters_dir = Some(filters.path().to_owned());
-    let gateway = wasmgate_tests::gateway::start_with(options, &text);
+    let gateway = wasmgate_tests::gateway::start_with_filters(filters.path(), &text);
     let response = send(gateway.addr(), Protocol::Http1, &Request::get("/"))
         .await
         .unwrap();
@@ -1058,10 +1051,7 @@ async fn a_module_that_calls_grpc_on_every_close_does_not_hold_its_worker() {
          filter_chains: [{{route: r, filters: [{{name: grpc_looper}}]}}]\n",
         echo.addr()
     );
-    let mut options = wasmgate_tests::gateway::options();
-    options.workers = 1;
-    options.runtime.filters_dir = Some(filters.path().to_owned());
-    let gateway = wasmgate_tests::gateway::start_with(options, &text);
+    let gateway = wasmgate_tests::gateway::start_with_filters(filters.path(), &text);
     let request = Request::get("/loop");
     let looping = send(gateway.addr(), Protocol::Http1, &request);
     let looping = tokio::time::timeout(std::time::Duration::from_secs(10), looping)

@@ -35,6 +35,15 @@ pub fn start_with(options: GatewayOptions, declarative: &str) -> Gateway {
     Gateway::start(options, declarative).unwrap_or_else(|e| panic!("the gateway refused: {e}"))
 }
 
+/// A gateway with one worker (so a test's requests share one instance of each filter) and
+/// `filters_dir` for its `filter_chains`.
+pub fn start_with_filters(filters_dir: &std::path::Path, declarative: &str) -> Gateway {
+    let mut options = options();
+    options.workers = 1;
+    options.runtime.filters_dir = Some(filters_dir.to_owned());
+    start_with(options, declarative)
+}
+
 /// The header the filtered path's request-transformer adds, so a test can tell that the
 /// request went through the plugins.
 pub const PLUGIN_PATH_HEADER: &str = "x-wasmgate-path";
