@@ -48,6 +48,8 @@ pub struct Stream {
     /// The instance of each filter ([`WorkerPlugin::id`]) and the context it has there once
     /// registered in the worker's [`LiveStreams`].
     contexts: RefCell<Vec<(usize, Option<u32>)>>,
+    /// The filters' instances: after this stream's events only they can have work waiting.
+    plugins: Vec<WorkerPlugin>,
     worker: Weak<Worker>,
 }
 
@@ -153,7 +155,7 @@ async fn deliver(worker: &Rc<Worker>, stream: &Rc<Stream>) {
         }
     }
     stream.wake.notify_waiters();
-    module_work(worker);
+    carry_out(worker, &stream.plugins);
 }
 
 /// One round of [`deliver`]: whether gRPC calls were answered (closed) in it, so that what
@@ -269,21 +271,25 @@ async fn deliver_once(worker: &Rc<Worker>, stream: &Rc<Stream>) -> bool {
 
 /// Carries out what modules asked for outside their own stream's callbacks: calls made from
 /// root contexts, and resumes or closes of streams (from a root context or another stream).
-/// Runs after every stream event and every tick.
+/// Runs after every tick for every instance of the worker.
 pub fn module_work(worker: &Rc<Worker>) {
-    let work: Vec<_> = {
-        let Ok(filters) = worker.filters.try_borrow() else {
-            return;
-        };
-        filters
-            .running()
-            .filter_map(|plugin| {
-                let callouts = plugin.take_root_callouts();
-                let ops = plugin.take_stream_ops();
-                (!callouts.is_empty() || !ops.is_empty()).then(|| (plugin.clone(), callouts, ops))
-            })
-            .collect()
+    let running: Vec<WorkerPlugin> = match worker.filters.try_borrow() {
+        Ok(filters) => filters.running().cloned().collect(),
+        Err(_) => return,
     };
+    carry_out(worker, &running);
+}
+
+/// [`module_work`] for some instances: after a stream event, those of its filters.
+fn carry_out(worker: &Rc<Worker>, plugins: &[WorkerPlugin]) {
+    let work: Vec<_> = plugins
+        .iter()
+        .filter_map(|plugin| {
+            let callouts = plugin.take_root_callouts();
+            let ops = plugin.take_stream_ops();
+            (!callouts.is_empty() || !ops.is_empty()).then(|| (plugin.clone(), callouts, ops))
+        })
+        .collect();
     for (plugin, callouts, ops) in work {
         for (context, op) in ops {
             let target = worker
@@ -314,7 +320,7 @@ pub fn module_work(worker: &Rc<Worker>) {
             tokio::task::spawn_local(async move {
                 let result = http_call(&worker, &call).await;
                 plugin.root_http_call_response(call.token, result);
-                module_work(&worker);
+                carry_out(&worker, std::slice::from_ref(&plugin));
             });
         }
         for call in callouts.grpc {
@@ -654,6 +660,7 @@ pub async fn forward(
         taps: Rc::clone(&taps),
         wake: Notify::new(),
         contexts: RefCell::new(filters.iter().map(|f| (f.id(), None)).collect()),
+        plugins: filters.clone(),
         worker: Rc::downgrade(worker),
     });
     // The stream ends when the client's body is dropped (complete, or the client left).
