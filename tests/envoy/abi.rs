@@ -2,8 +2,7 @@
 //! is what the in-process host must answer (tests/host/abi.rs checks the host with the same
 //! `check_common`).
 
-#[path = "../host/abi_probe.rs"]
-mod abi_probe;
+use crate::abi_probe;
 
 use std::path::PathBuf;
 

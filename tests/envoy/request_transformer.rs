@@ -293,7 +293,7 @@ async fn the_seed_secret_injection_example_overrides_client_credentials() {
 /// Per-request cost in one Envoy: no filter, Envoy's native `header_mutation` doing the
 /// header part of the seed's job, and request-transformer with the seed's config, measured as
 /// Envoy CPU time per request (and client-side latency) over one kept HTTP/1.1 connection.
-/// `cargo xtask test -p wasmgate-tests --test envoy_request_transformer bench -- --ignored --nocapture`
+/// `cargo xtask test -p wasmgate-tests --test in_envoy request_transformer::bench -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run it on purpose"]
 async fn bench_per_request_cost_next_to_header_mutation() {

@@ -3,10 +3,9 @@
 //! same module runs in real Envoy 1.40 (tests/envoy/abi.rs), which gave the expected values
 //! wherever Envoy has the function.
 
+use crate::abi_probe;
 use host::testing::{Harness, TestRequest};
 use host::{HttpCallResponse, HttpCallResult, PluginConfig, WorkerPlugin};
-#[path = "abi_probe.rs"]
-mod abi_probe;
 
 use abi_probe::Report;
 

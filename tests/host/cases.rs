@@ -1,8 +1,7 @@
 //! Every shared case file, run in the in-process host (wasmtime) with the same expectations
 //! (`Expect::check`) as in Envoy: a data plane that answers differently fails here.
 
-#[path = "runner.rs"]
-mod runner;
+use crate::runner;
 
 use wasmgate_tests::cases::load_named;
 

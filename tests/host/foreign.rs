@@ -1,8 +1,7 @@
 //! A module of our own, hand-written in WAT (no SDK), run with the same cases in real Envoy
 //! (V8) and in the in-process host: both must agree.
 
-#[path = "runner.rs"]
-mod runner;
+use crate::runner;
 
 use wasmgate_tests::cases::{run_in_envoy, CaseFile};
 

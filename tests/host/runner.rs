@@ -1,5 +1,5 @@
 //! Runs a case file in the in-process host (wasmtime) with the same expectations
-//! (`Expect::check`) as in Envoy. Shared by the `host_*` test targets.
+//! (`Expect::check`) as in Envoy. Shared by the tests of `in_host`.
 //!
 //! Each case runs on a fresh harness per protocol (like a listener per case in Envoy), with
 //! the client at `127.0.0.1:<port>`, the route named after the listener and the cluster

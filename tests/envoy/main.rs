@@ -1,0 +1,17 @@
+//! Plugins and translations in a real Envoy 1.40, one test binary: every binary links
+//! wasmtime, hyper and tonic, so one per file would cost a CI disk gigabytes. The tests whose
+//! timing or load must not meet other tests' keep binaries of their own: rate-limiting's
+//! accuracy under load, request-size-limiting's gigabyte streams and the callback traces.
+
+mod abi;
+#[path = "../host/abi_probe.rs"]
+mod abi_probe;
+mod cases;
+mod declarative;
+mod differential;
+mod examples;
+mod failure_policy;
+mod hostile_headers;
+mod request_transformer;
+mod request_transformer_routes;
+mod upstream_tls;
