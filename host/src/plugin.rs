@@ -4,7 +4,7 @@
 //! [`HttpFilter`] for one stream.
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +54,18 @@ impl Plugin {
 
     pub fn config(&self) -> &PluginConfig {
         &self.inner.config
+    }
+
+    /// Whether this plugin is `module` with `config`: a reload that keeps a plugin as it was
+    /// keeps this one, and with it every worker's running instance (Envoy reuses a VM whose
+    /// code and configuration are unchanged).
+    pub fn is(&self, module: &Arc<PluginModule>, config: &PluginConfig) -> bool {
+        Arc::ptr_eq(&self.inner.module, module) && *self.inner.config == *config
+    }
+
+    /// The same plugin (not merely an equal one).
+    pub fn ptr_eq(&self, other: &Plugin) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     pub fn env(&self) -> &Arc<HostEnv> {
@@ -243,6 +255,7 @@ impl WorkerPlugin {
         WasmFilter {
             worker: Rc::clone(&self.inner),
             context: None,
+            shared: Weak::new(),
             disabled: false,
             name: self.inner.borrow().plugin.config().name.clone(),
             allow_on_headers_stop_iteration: self
@@ -259,8 +272,9 @@ impl WorkerPlugin {
         self.inner.borrow().vm.is_some()
     }
 
-    /// Runs what is due: `on_queue_ready` for queues that got data, `on_tick` when the tick
-    /// period passed (once per elapsed period, at most 1000 at a time).
+    /// Runs what is due: `on_queue_ready` for queues that got data, `on_tick` once when a tick
+    /// period passed since the last one. As Envoy re-arms its timer after each tick, a worker
+    /// that was busy for many periods fires one tick, not one per period missed.
     pub fn poll(&self) {
         let mut w = self.inner.borrow_mut();
         // A failed instance is replaced here, between requests, once its restart is due.
@@ -274,23 +288,26 @@ impl WorkerPlugin {
             w.collect_root();
         }
         let now = w.plugin.inner.env.clock.monotonic();
-        let mut fired = 0;
-        loop {
-            let Some(period) = w.vm().and_then(|vm| vm.tick_period()) else {
-                w.last_tick = now;
-                break;
-            };
-            if now.saturating_sub(w.last_tick) < period || fired >= 1000 {
-                break;
-            }
-            w.last_tick += period;
-            fired += 1;
-            let Some(vm) = w.vm() else { break };
-            if let Err(f) = vm.on_tick() {
-                w.fail(&f);
-            }
-            w.collect_root();
+        let Some(period) = w.vm().and_then(|vm| vm.tick_period()) else {
+            w.last_tick = now;
+            return;
+        };
+        if now.saturating_sub(w.last_tick) < period {
+            return;
         }
+        w.last_tick = now;
+        let Some(vm) = w.vm() else { return };
+        if let Err(f) = vm.on_tick() {
+            w.fail(&f);
+        }
+        w.collect_root();
+    }
+
+    /// When the next tick is due (monotonic clock), if the module asked for ticks.
+    pub fn next_tick(&self) -> Option<Duration> {
+        let w = self.inner.borrow();
+        let period = w.vm.as_ref()?.tick_period()?;
+        Some(w.last_tick + period)
     }
 
     /// Calls made from the root context (on_tick, on_configure, on_queue_ready).
@@ -349,6 +366,8 @@ pub struct WasmFilter {
     worker: Rc<RefCell<Worker>>,
     /// (VM generation, context id), once created.
     context: Option<(u64, u32)>,
+    /// The stream's data, for the module's other contexts to reach ([`HttpFilter::share`]).
+    shared: Weak<RefCell<StreamData>>,
     /// Fail-open after a failure: the filter is skipped for the rest of the stream.
     disabled: bool,
     name: String,
@@ -402,6 +421,7 @@ impl WasmFilter {
             None => match vm.new_stream() {
                 Ok(ctx) => {
                     self.context = Some((generation, ctx));
+                    vm.share_stream(ctx, self.shared.clone());
                     ctx
                 }
                 Err(f) => {
@@ -435,6 +455,10 @@ impl HttpFilter for WasmFilter {
 
     fn context_id(&self) -> Option<u32> {
         self.context.map(|(_, c)| c)
+    }
+
+    fn share(&mut self, stream: &Rc<RefCell<StreamData>>) {
+        self.shared = Rc::downgrade(stream);
     }
 
     fn request_headers(&mut self, s: &mut StreamData, eos: bool) -> FilterStatus {

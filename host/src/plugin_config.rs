@@ -14,7 +14,7 @@ pub enum FailurePolicy {
 }
 
 /// Per-instance limits.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// CPU time one callback may take: the worker thread's CPU time, checked at every epoch
     /// tick, so a callback is stopped within about a tick past it.
@@ -46,7 +46,7 @@ impl Default for Limits {
 }
 
 /// One plugin as configured (Envoy's `PluginConfig` + `VmConfig`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginConfig {
     /// `plugin_name`.
     pub name: String,

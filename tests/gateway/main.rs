@@ -4,6 +4,7 @@
 
 mod cases;
 mod failures;
+mod lifecycle;
 mod plugins;
 mod proxy;
 mod tls;

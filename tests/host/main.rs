@@ -11,6 +11,7 @@ mod hostile;
 mod limits;
 mod runner;
 mod store;
+mod timers;
 mod trapped_instance;
 mod wasi;
 mod windows;

@@ -8,6 +8,12 @@
 //! runs. The last applied version and its modules are cached on disk, so a gateway started
 //! while the control plane is unreachable serves what it served before; a lost connection is
 //! retried with a backoff capped at 2 s, and the running configuration keeps serving meanwhile.
+//!
+//! The cache holds each version whole, in a folder of its own (`versions/<name>/`: its
+//! `config.json` and every module it loads, in `modules/`), and `current` names the one that
+//! serves. A version is written beside the running one, loaded from there, and made current
+//! only once it is running: a refused version, or a crash at any point, leaves the cached
+//! configuration and its modules as they were, together.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -96,6 +102,19 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The cache's layout (see the module's comment).
+const VERSIONS: &str = "versions";
+const CURRENT: &str = "current";
+const CONFIG: &str = "config.json";
+const MODULES: &str = "modules";
+
+/// Makes a folder's new entries durable (their names, not only their bytes).
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
 /// Writes a file whole or not at all: a crash mid-write leaves the previous one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
@@ -114,7 +133,7 @@ fn hostname() -> String {
 impl Cluster {
     /// Reads the certificates and prepares the cache directory; every error names its file.
     pub fn new(options: ClusterOptions) -> Result<Cluster, String> {
-        std::fs::create_dir_all(options.cache_dir.join("modules"))
+        std::fs::create_dir_all(options.cache_dir.join(VERSIONS))
             .map_err(|e| format!("{}: {e}", options.cache_dir.display()))?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(&read(&options.ca)?) {
@@ -157,26 +176,45 @@ impl Cluster {
             Some(id) => id.clone(),
             None => stable_node_id(&options.cache_dir)?,
         };
-        Ok(Cluster {
+        let cluster = Cluster {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             server_name,
             node_id,
             options,
-        })
+        };
+        // What a crash left half-written.
+        cluster.forget_versions_but_current();
+        Ok(cluster)
     }
 
-    /// Where received modules are kept: the runtime loads plugin modules from here.
-    pub fn modules_dir(&self) -> PathBuf {
-        self.options.cache_dir.join("modules")
+    /// The folder of the version that serves, if one was applied.
+    fn current(&self) -> Option<PathBuf> {
+        let name = std::fs::read_to_string(self.options.cache_dir.join(CURRENT)).ok()?;
+        let dir = self.options.cache_dir.join(VERSIONS).join(name.trim());
+        dir.join(CONFIG).is_file().then_some(dir)
     }
 
-    fn config_path(&self) -> PathBuf {
-        self.options.cache_dir.join("config.json")
+    /// The modules of the version that serves: the runtime loads plugin modules from here.
+    pub fn modules_dir(&self) -> Option<PathBuf> {
+        self.current().map(|dir| dir.join(MODULES))
     }
 
     /// The last configuration applied from the control plane, if any.
     pub fn cached_config(&self) -> Option<String> {
-        std::fs::read_to_string(self.config_path()).ok()
+        std::fs::read_to_string(self.current()?.join(CONFIG)).ok()
+    }
+
+    /// Removes every version folder but the current one's (errors only leave disk used).
+    fn forget_versions_but_current(&self) {
+        let current = self.current();
+        let Ok(entries) = std::fs::read_dir(self.options.cache_dir.join(VERSIONS)) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if Some(entry.path()) != current {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     /// Follows the control plane on a thread of its own until the gateway is gone.
@@ -233,7 +271,7 @@ impl Cluster {
 
     fn basic_info(&self, shared: &Shared) -> Inbound {
         let mut modules = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(self.modules_dir()) {
+        if let Some(Ok(entries)) = self.modules_dir().map(std::fs::read_dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if !name.ends_with(".wasm") {
@@ -370,6 +408,7 @@ impl Cluster {
         if sha256_hex(config.as_bytes()) != hash {
             return Err("the configuration does not match its hash".into());
         }
+        let mut received = Vec::with_capacity(modules.len());
         for module in modules {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(module.data.as_bytes())
@@ -387,10 +426,55 @@ impl Cluster {
                     module.file
                 ));
             }
-            write_atomically(&self.modules_dir().join(&module.file), &bytes)?;
+            received.push((module.file, bytes));
         }
-        shared.apply(config).map_err(|e| e.to_string())?;
-        write_atomically(&self.config_path(), config.as_bytes())
+        let version = self.stage(hash, &received)?;
+        if let Err(e) = shared.apply_with_modules(config, Some(&version.join(MODULES))) {
+            let _ = std::fs::remove_dir_all(&version);
+            return Err(e.to_string());
+        }
+        // It runs: the cache follows, config and modules at once (a crash before the
+        // switch of `current` leaves the previous version cached, whole).
+        let name = version
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        write_atomically(&version.join(CONFIG), config.as_bytes())
+            .and_then(|()| sync_dir(&version))
+            .and_then(|()| {
+                write_atomically(
+                    &self.options.cache_dir.join(CURRENT),
+                    name.unwrap_or_default().as_bytes(),
+                )
+            })
+            .and_then(|()| sync_dir(&self.options.cache_dir))?;
+        self.forget_versions_but_current();
+        Ok(())
+    }
+
+    /// A new version's folder: the running version's modules, then the received ones (which
+    /// replace those of the same name).
+    fn stage(&self, hash: &str, received: &[(String, Vec<u8>)]) -> Result<PathBuf, String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // The hash is checked hex; the time keeps a version re-applied apart from itself.
+        let version = (self.options.cache_dir.join(VERSIONS)).join(format!("{hash}.{nanos}"));
+        let modules = version.join(MODULES);
+        std::fs::create_dir_all(&modules).map_err(|e| format!("{}: {e}", modules.display()))?;
+        if let Some(Ok(entries)) = self.modules_dir().map(std::fs::read_dir) {
+            for entry in entries.flatten() {
+                let to = modules.join(entry.file_name());
+                // A hard link costs nothing; a copy where links are not allowed.
+                std::fs::hard_link(entry.path(), &to)
+                    .or_else(|_| std::fs::copy(entry.path(), &to).map(drop))
+                    .map_err(|e| format!("{}: {e}", to.display()))?;
+            }
+        }
+        for (file, bytes) in received {
+            write_atomically(&modules.join(file), bytes)?;
+        }
+        sync_dir(&modules)?;
+        Ok(version)
     }
 }
 
@@ -472,15 +556,16 @@ vfA5NDr4Ux/0uBPWIqjGhhOkfJCJVpfz4TVLdmeK9kQ8wNlJxAqBWLYl
         }
     }
 
-    fn shared() -> Shared {
+    pub(crate) fn shared() -> Shared {
         let runtime = Runtime::new(RuntimeOptions::default()).unwrap();
-        let snapshot = Snapshot::build(EMPTY_CONFIG, &runtime).unwrap();
+        let snapshot = Snapshot::build(EMPTY_CONFIG, &runtime, Path::new("modules"), None).unwrap();
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics: Default::default(),
             options: GatewayOptions::default(),
             runtime,
             cluster: std::sync::Mutex::new(None),
+            applying: std::sync::Mutex::new(()),
         }
     }
 
@@ -596,8 +681,8 @@ vfA5NDr4Ux/0uBPWIqjGhhOkfJCJVpfz4TVLdmeK9kQ8wNlJxAqBWLYl
         let dir = tempfile::tempdir().unwrap();
         let cluster = Cluster::new(options(dir.path(), "cp.example:8005", None)).unwrap();
         let cache = dir.path().join("cache");
-        assert_eq!(cluster.modules_dir(), cache.join("modules"));
-        assert!(cache.join("modules").is_dir());
+        assert_eq!(cluster.modules_dir(), None);
+        assert!(cache.join("versions").is_dir());
         // Without --node-id: the id kept in the cache.
         assert_eq!(
             std::fs::read_to_string(cache.join("node-id")).unwrap(),
@@ -669,7 +754,11 @@ vfA5NDr4Ux/0uBPWIqjGhhOkfJCJVpfz4TVLdmeK9kQ8wNlJxAqBWLYl
         bad.data = "***".into();
         assert!(refused(vec![bad], &hash).starts_with("module a.wasm: "));
         // Nothing was written, and the running configuration is the same.
-        assert_eq!(files(&cluster.modules_dir()), Vec::<String>::new());
+        assert_eq!(cluster.modules_dir(), None);
+        assert_eq!(
+            files(&dir.path().join("cache/versions")),
+            Vec::<String>::new()
+        );
         assert_eq!(files(dir.path()), ["ca.pem", "cache", "dp.key", "dp.pem"]);
         assert_eq!(shared.snapshot.load().hash, running);
         assert_eq!(cluster.cached_config(), None);
@@ -701,7 +790,7 @@ vfA5NDr4Ux/0uBPWIqjGhhOkfJCJVpfz4TVLdmeK9kQ8wNlJxAqBWLYl
         assert_eq!(shared.snapshot.load().hash, hash);
         assert_eq!(cluster.cached_config().as_deref(), Some(config));
         assert_eq!(
-            std::fs::read(cluster.modules_dir().join("a.wasm")).unwrap(),
+            std::fs::read(cluster.modules_dir().unwrap().join("a.wasm")).unwrap(),
             wasm
         );
         match cluster.basic_info(&shared) {
@@ -723,6 +812,76 @@ vfA5NDr4Ux/0uBPWIqjGhhOkfJCJVpfz4TVLdmeK9kQ8wNlJxAqBWLYl
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A proxy-wasm module that answers `on_configure` with `accepts` (0: refused).
+    fn plugin_module(accepts: u32) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const {accepts})))"#
+        ))
+        .unwrap()
+    }
+
+    /// Review finding 33: a version the gateway refuses leaves the cache as it was, its
+    /// configuration and its modules together, and a restart loads that pair; a later version
+    /// that brings no modules runs on the running version's. (Before, the refused version's
+    /// module overwrote the running one's in the cache.)
+    #[test]
+    fn a_refused_version_leaves_the_cached_configuration_and_its_modules_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::new(options(dir.path(), "cp.example:8005", Some("n1"))).unwrap();
+        let shared = shared();
+        let file = "request_size_limiting.wasm";
+        let (accepts, refuses) = (plugin_module(1), plugin_module(0));
+        let version = |size: u32| {
+            let text = format!(
+                r#"{{"_format_version":"3.0","plugins":[{{"name":"request-size-limiting","config":{{"allowed_payload_size":{size}}}}}]}}"#
+            );
+            let hash = sha256_hex(text.as_bytes());
+            (text, hash)
+        };
+        let send = |size: u32, bytes: &[u8]| {
+            let (text, hash) = version(size);
+            let modules = match bytes {
+                [] => vec![],
+                bytes => vec![module(file, bytes, &sha256_hex(bytes))],
+            };
+            cluster.reconfigure(&shared, u64::from(size), hash, &text, modules)
+        };
+        let cached_module =
+            |cluster: &Cluster| std::fs::read(cluster.modules_dir().unwrap().join(file)).unwrap();
+
+        assert!(matches!(send(1, &accepts), Inbound::Applied { .. }));
+        let (first, first_hash) = version(1);
+        match send(2, &refuses) {
+            Inbound::Error { message, .. } => {
+                assert!(message.contains("proxy_on_configure"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(shared.snapshot.load().hash, first_hash);
+        assert_eq!(cluster.cached_config().as_deref(), Some(first.as_str()));
+        assert_eq!(cached_module(&cluster), accepts);
+        assert_eq!(files(&dir.path().join("cache/versions")).len(), 1);
+
+        // What a restart finds (a crash mid-apply left a folder of its own: it goes).
+        std::fs::create_dir_all(dir.path().join("cache/versions/half-written/modules")).unwrap();
+        let restarted = Cluster::new(options(dir.path(), "cp.example:8005", Some("n1"))).unwrap();
+        assert_eq!(restarted.cached_config().as_deref(), Some(first.as_str()));
+        assert_eq!(cached_module(&restarted), accepts);
+        assert_eq!(files(&dir.path().join("cache/versions")).len(), 1);
+
+        // No module sent: the running one goes on into the new version.
+        assert!(matches!(send(3, &[]), Inbound::Applied { .. }));
+        assert_eq!(cluster.cached_config(), Some(version(3).0));
+        assert_eq!(cached_module(&cluster), accepts);
+        assert_eq!(files(&dir.path().join("cache/versions")).len(), 1);
     }
 
     #[test]

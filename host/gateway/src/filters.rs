@@ -8,7 +8,7 @@
 //! of every plugin ([`WorkerFilters`]) and builds per-request filter chains from them.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use host::{
 use kit::schema::FieldError;
 pub use model::plugins::default_modules_dir;
 use model::{Config, ConfigError, ModuleSettings};
+use sha2::{Digest, Sha256};
 
 /// Where modules come from and what they may read.
 #[derive(Clone, Debug)]
@@ -75,10 +76,27 @@ impl ConfigFilters {
             FilterRef::Chain(c, f) => self.chains.get(c)?.get(f)?.as_ref(),
         }
     }
+
+    /// Every enabled plugin and chain filter, with where it is.
+    pub fn refs(&self) -> impl Iterator<Item = (FilterRef, &Plugin)> {
+        let plugins = (self.plugins.iter().enumerate())
+            .filter_map(|(i, p)| Some((FilterRef::Plugin(i), p.as_ref()?)));
+        let chains = self.chains.iter().enumerate().flat_map(|(c, chain)| {
+            (chain.iter().enumerate())
+                .filter_map(move |(f, p)| Some((FilterRef::Chain(c, f), p.as_ref()?)))
+        });
+        plugins.chain(chains)
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Plugin> {
+        self.refs().map(|(_, plugin)| plugin)
+    }
 }
 
-/// Compiled modules by file, with the modification time they were compiled at.
-type ModuleCache = HashMap<PathBuf, (Option<std::time::SystemTime>, Arc<PluginModule>)>;
+/// Compiled modules by the SHA-256 of their bytes: the same module in another folder (each
+/// version from a control plane has its own) is not compiled again, and is the same
+/// [`PluginModule`], so plugins that did not change keep their instances across reloads.
+type ModuleCache = HashMap<[u8; 32], Arc<PluginModule>>;
 
 pub struct Runtime {
     engine: Engine,
@@ -112,23 +130,27 @@ impl Runtime {
         })
     }
 
-    /// Compiles a module once per file (a file changed since is compiled again).
-    fn module(&self, path: &PathBuf) -> Result<Arc<PluginModule>, String> {
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        if let Ok(cache) = self.modules.lock() {
-            if let Some((at, module)) = cache.get(path) {
-                if *at == modified {
-                    return Ok(Arc::clone(module));
-                }
-            }
-        }
+    /// Compiles a module once per content (a file changed since is compiled again).
+    fn module(&self, path: &Path) -> Result<Arc<PluginModule>, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if let Some(module) = self
+            .modules
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&digest).cloned())
+        {
+            return Ok(module);
+        }
         let module = Arc::new(
             PluginModule::new(&self.engine, &bytes)
                 .map_err(|e| format!("{}: {e}", path.display()))?,
         );
         if let Ok(mut cache) = self.modules.lock() {
-            cache.insert(path.clone(), (modified, Arc::clone(&module)));
+            // Only what a plugin still holds stays: modules of configurations long gone would
+            // pile up over a control plane's versions.
+            cache.retain(|_, module| Arc::strong_count(module) > 1);
+            cache.insert(digest, Arc::clone(&module));
         }
         Ok(module)
     }
@@ -158,11 +180,11 @@ impl Runtime {
 
     fn plugin(
         &self,
-        module: &PathBuf,
+        module: &Path,
         (name, root_id, vm_id): (&str, &str, &str),
         configuration: Vec<u8>,
-        allow_on_headers_stop_iteration: bool,
-        settings: &ModuleSettings,
+        (allow_on_headers_stop_iteration, settings): (bool, &ModuleSettings),
+        previous: Option<&ConfigFilters>,
     ) -> Result<Plugin, String> {
         let module = self.module(module)?;
         let secrets = self.secrets(&configuration);
@@ -177,14 +199,24 @@ impl Runtime {
         for (k, v) in secrets {
             config = config.env(&k, &v);
         }
+        if let Some(same) = previous.and_then(|p| p.all().find(|p| p.is(&module, &config))) {
+            return Ok(same.clone());
+        }
         let plugin = Plugin::new(module, config, Arc::clone(&self.env));
         plugin.validate().map_err(|e| e.to_string())?;
         Ok(plugin)
     }
 
-    /// Compiles and validates every plugin and chain filter of `config`; errors name the
-    /// entity, as the declarative validation does.
-    pub fn build(&self, config: &Config) -> Result<ConfigFilters, ConfigError> {
+    /// Compiles and validates every plugin and chain filter of `config`, with wasmgate's
+    /// modules from `modules_dir`; errors name the entity, as the declarative validation
+    /// does. A plugin that is in `previous` as it was is taken from there, not validated
+    /// again.
+    pub fn build(
+        &self,
+        config: &Config,
+        modules_dir: &Path,
+        previous: Option<&ConfigFilters>,
+    ) -> Result<ConfigFilters, ConfigError> {
         let mut errors = Vec::new();
         let mut filters = ConfigFilters::default();
         for plugin in &config.plugins {
@@ -200,11 +232,11 @@ impl Runtime {
             let name = config.plugin_instance_name(plugin);
             let vm_id = model::envoy::plugin_vm_id(&plugin.name);
             match self.plugin(
-                &self.options.modules_dir.join(file),
+                &modules_dir.join(file),
                 (&name, &plugin.name, &vm_id),
                 model::plugins::configuration(config, plugin).into_bytes(),
-                true,
-                &plugin.wasmgate,
+                (true, &plugin.wasmgate),
+                previous,
             ) {
                 Ok(p) => filters.plugins.push(Some(p)),
                 Err(e) => {
@@ -255,8 +287,8 @@ impl Runtime {
                     &module,
                     (&filter.plugin_name, &filter.root_id, &vm_id),
                     filter.config.clone().unwrap_or_default().into_bytes(),
-                    filter.allow_on_headers_stop_iteration,
-                    &filter.wasmgate,
+                    (filter.allow_on_headers_stop_iteration, &filter.wasmgate),
+                    previous,
                 ) {
                     Ok(p) => built.push(Some(p)),
                     Err(e) => {
@@ -358,6 +390,37 @@ impl WorkerFilters {
         }
     }
 
+    /// Moves to another configuration's plugins. The running instances of plugins it kept as
+    /// they were go on (with their VM state and timers); the rest are dropped here and live
+    /// on only in the streams that still use them.
+    pub fn advance(&mut self, generation: u64, filters: &ConfigFilters) {
+        if self.generation == generation {
+            return;
+        }
+        let old = std::mem::take(&mut self.instances);
+        self.generation = generation;
+        for (filter, plugin) in filters.refs() {
+            let kept = old.values().find_map(|instance| match instance {
+                Instance::Running(worker) if worker.plugin().ptr_eq(plugin) => Some(worker),
+                _ => None,
+            });
+            if let Some(worker) = kept {
+                self.instances
+                    .insert(filter, Instance::Running(worker.clone()));
+            }
+        }
+    }
+
+    /// Starts every filter of the configuration that has no instance yet (or whose retry is
+    /// due), off the request path: as Envoy starts a worker's VMs with the configuration,
+    /// its first requests do not pay for the starts, and ticks run from the start.
+    pub fn warm(&mut self, filters: &ConfigFilters) {
+        let refs: Vec<FilterRef> = filters.refs().map(|(filter, _)| filter).collect();
+        for filter in refs {
+            let _ = self.instance(filters, filter);
+        }
+    }
+
     /// This worker's instance of a filter, started on first use. `None` when the instance
     /// cannot start (the request then fails closed); it is tried again after a backoff.
     pub fn instance(&mut self, filters: &ConfigFilters, filter: FilterRef) -> Option<WorkerPlugin> {
@@ -403,6 +466,11 @@ impl WorkerFilters {
                 Instance::Running(worker) => Some(worker),
                 _ => None,
             })
+    }
+
+    /// When the first of the instances' next ticks is due (monotonic clock).
+    pub fn next_tick(&self) -> Option<Duration> {
+        self.running().filter_map(WorkerPlugin::next_tick).min()
     }
 
     /// Runs what is due on every instance (queues, ticks).

@@ -281,8 +281,10 @@ fn main() -> ExitCode {
 
 fn validate(config: &PathBuf, modules: &Modules) -> Result<(), String> {
     let text = read(config)?;
-    let runtime = Runtime::new(modules.options())?;
-    let snapshot = Snapshot::build(&text, &runtime).map_err(|e| invalid(config, &e))?;
+    let options = modules.options();
+    let runtime = Runtime::new(options.clone())?;
+    let snapshot = Snapshot::build(&text, &runtime, &options.modules_dir, None)
+        .map_err(|e| invalid(config, &e))?;
     println!(
         "{}: valid (config hash {})",
         config.display(),
@@ -375,7 +377,9 @@ fn run(source: Source, mut options: GatewayOptions) -> Result<(), String> {
         Source::ControlPlane(cluster_options) => {
             let address = cluster_options.control_plane.clone();
             let cluster = Cluster::new(cluster_options)?;
-            options.runtime.modules_dir = cluster.modules_dir();
+            if let Some(dir) = cluster.modules_dir() {
+                options.runtime.modules_dir = dir;
+            }
             // The cached configuration when there is one that still loads; else none yet.
             let cached = cluster.cached_config();
             let gateway = match cached

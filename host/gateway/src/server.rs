@@ -85,6 +85,11 @@ pub struct Shared {
     pub runtime: Runtime,
     /// The control plane connection, when configured by one (shown by `/status`).
     pub cluster: std::sync::Mutex<Option<serde_json::Value>>,
+    /// Held from the build of a new snapshot to its swap: the admin API, SIGHUP, the file
+    /// watcher and the control plane apply one at a time, so the last to ask is the one that
+    /// serves (a slow build of an older text cannot land after a newer one), and each builds
+    /// on the snapshot it replaces.
+    pub applying: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -100,7 +105,23 @@ impl Shared {
     /// Validates new declarative text and, when it is valid as a whole, swaps it in; the old
     /// configuration keeps serving otherwise. Returns the new hash.
     pub fn apply(&self, text: &str) -> Result<String, ConfigError> {
-        let snapshot = Snapshot::build(text, &self.runtime)?;
+        self.apply_with_modules(text, None)
+    }
+
+    /// [`Shared::apply`] with wasmgate's modules from `modules_dir` (else from where the
+    /// running configuration's came from).
+    pub fn apply_with_modules(
+        &self,
+        text: &str,
+        modules_dir: Option<&std::path::Path>,
+    ) -> Result<String, ConfigError> {
+        let _applying = self
+            .applying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let previous = self.snapshot.load();
+        let modules_dir = modules_dir.unwrap_or(&previous.modules_dir);
+        let snapshot = Snapshot::build(text, &self.runtime, modules_dir, Some(&previous))?;
         let hash = snapshot.hash.clone();
         self.snapshot.store(Arc::new(snapshot));
         Ok(hash)
@@ -156,7 +177,7 @@ impl Gateway {
     /// then starts the workers and the admin listener.
     pub fn start(options: GatewayOptions, declarative: &str) -> Result<Gateway, String> {
         let runtime = Runtime::new(options.runtime.clone())?;
-        let snapshot = Snapshot::build(declarative, &runtime)
+        let snapshot = Snapshot::build(declarative, &runtime, &options.runtime.modules_dir, None)
             .map_err(|e| format!("invalid configuration: {e}"))?;
         Gateway::listen(options, runtime, snapshot).map_err(|e| format!("listening: {e}"))
     }
@@ -190,6 +211,7 @@ impl Gateway {
             options,
             runtime,
             cluster: std::sync::Mutex::new(None),
+            applying: std::sync::Mutex::new(()),
         });
         // A module's call to an upstream the current configuration does not have fails at
         // once (BAD_ARGUMENT), as in Envoy for an unknown cluster.
@@ -402,13 +424,22 @@ async fn serve(
         filters: std::cell::RefCell::new(WorkerFilters::new(0)),
         live_streams: std::cell::RefCell::default(),
     });
-    // Module queues and timers (on_tick) run on the worker that owns the instance.
+    // Module queues and timers (on_tick) run on the worker that owns the instance: queues
+    // are looked at every POLL, and a tick runs when it is due (to the millisecond, as
+    // Envoy's timers).
     let ticker = Rc::clone(&worker);
     tokio::task::spawn_local(async move {
-        let mut interval = tokio::time::interval(std::time::Duration::from_millis(50));
+        const POLL: Duration = Duration::from_millis(50);
         loop {
-            interval.tick().await;
-            if let Ok(filters) = ticker.filters.try_borrow() {
+            let now = ticker.shared.runtime.env.clock.monotonic();
+            let wait = (ticker.filters.try_borrow().ok())
+                .and_then(|filters| filters.next_tick())
+                .map_or(POLL, |due| due.saturating_sub(now).min(POLL));
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+            if let Ok(mut filters) = ticker.filters.try_borrow_mut() {
+                let snapshot = ticker.shared.snapshot.load();
+                filters.advance(snapshot.generation, &snapshot.filters);
+                filters.warm(&snapshot.filters);
                 filters.poll();
             }
             // Calls and resumes the modules asked for from on_tick or on_queue_ready.
@@ -472,5 +503,64 @@ async fn serve(
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(drain_timeout) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use crate::cluster::tests::shared;
+
+    /// A plugin module whose `on_configure` takes `ms` milliseconds of wall time.
+    fn slow_module(ms: u64) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(module
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (local $until i64)
+    (drop (call $clock (i32.const 1) (i64.const 0) (i32.const 0)))
+    (local.set $until (i64.add (i64.load (i32.const 0)) (i64.const {})))
+    (loop $wait
+      (drop (call $clock (i32.const 1) (i64.const 0) (i32.const 0)))
+      (br_if $wait (i64.lt_u (i64.load (i32.const 0)) (local.get $until))))
+    (i32.const 1)))"#,
+            ms * 1_000_000
+        ))
+        .unwrap()
+    }
+
+    /// Review finding 34: two applies at once land in the order they were asked for. The
+    /// first one's build takes 300 ms (its module's `on_configure`); the second, asked for
+    /// 50 ms later and quick to build, must be the one that serves. (Unserialised, the slow
+    /// build's swap came last and the older text served.)
+    #[test]
+    fn concurrent_applies_land_in_the_order_they_were_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("request_size_limiting.wasm"),
+            slow_module(300),
+        )
+        .unwrap();
+        let shared = std::sync::Arc::new(shared());
+        let older = r#"{"_format_version":"3.0","plugins":[{"name":"request-size-limiting"}]}"#;
+        let newer = r#"{"_format_version":"3.0","services":[]}"#;
+        let started = Instant::now();
+        let slow = {
+            let shared = std::sync::Arc::clone(&shared);
+            let modules = dir.path().to_owned();
+            std::thread::spawn(move || shared.apply_with_modules(older, Some(&modules)).unwrap())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let newer_hash = shared.apply(newer).unwrap();
+        let older_hash = slow.join().unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+        assert_ne!(older_hash, newer_hash);
+        assert_eq!(shared.snapshot.load().hash, newer_hash);
     }
 }

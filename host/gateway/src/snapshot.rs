@@ -2,6 +2,7 @@
 //! the router and the compiled, validated plugins. A reload builds a new snapshot off to the
 //! side and swaps it in whole: in-flight requests finish on the snapshot they started with.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use model::{Config, ConfigError, Router};
@@ -21,14 +22,22 @@ pub struct Snapshot {
     pub source: String,
     /// Unique per snapshot: workers start new plugin instances when it changes.
     pub generation: u64,
+    /// Where wasmgate's plugin modules were loaded from (a control plane's version has a
+    /// folder of its own).
+    pub modules_dir: PathBuf,
 }
 
 impl Snapshot {
     /// Parses and validates declarative text (YAML or JSON), then compiles and validates its
-    /// plugins in the runtime.
-    pub fn build(text: &str, runtime: &Runtime) -> Result<Snapshot, ConfigError> {
+    /// plugins in the runtime, taking those that did not change from the snapshot it replaces.
+    pub fn build(
+        text: &str,
+        runtime: &Runtime,
+        modules_dir: &Path,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigError> {
         let config = model::parse_declarative(text)?;
-        let filters = runtime.build(&config)?;
+        let filters = runtime.build(&config, modules_dir, previous.map(|s| &s.filters))?;
         let router = Router::new(&config);
         let hash = Sha256::digest(text.as_bytes())
             .iter()
@@ -41,6 +50,7 @@ impl Snapshot {
             hash,
             source: text.to_owned(),
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            modules_dir: modules_dir.to_owned(),
         })
     }
 }

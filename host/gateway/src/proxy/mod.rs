@@ -196,9 +196,7 @@ fn worker_instances(
     filters: &[crate::filters::FilterRef],
 ) -> Result<Vec<host::WorkerPlugin>, ProxyError> {
     let mut current = worker.filters.borrow_mut();
-    if current.generation != snapshot.generation {
-        *current = crate::filters::WorkerFilters::new(snapshot.generation);
-    }
+    current.advance(snapshot.generation, &snapshot.filters);
     filters
         .iter()
         .map(|filter| {
