@@ -78,6 +78,8 @@ enum Send {
         &'static [&'static str],
         Option<(&'static str, &'static str)>,
     ),
+    /// A unary gRPC call over HTTP/2 (`application/grpc`, `te: trailers`, one message).
+    Grpc,
 }
 
 /// Which upstream a scenario's route goes to.
@@ -326,6 +328,28 @@ fn scenarios() -> Vec<Scenario> {
         responder_plain(
             "add_response_trailer",
             vec![a(plain.clone()), b(json!({"add_response_trailer": true}))],
+        ),
+        // Local replies to a gRPC call (review 24): trailers-only, with the filter's gRPC
+        // status, or without one, the HTTP status mapped; from the stream's own callback and
+        // from the root context.
+        scenario(
+            "grpc_reply_mapped",
+            vec![a(json!({"request_headers": "reply", "reply_status": 429}))],
+            Send::Grpc,
+        ),
+        scenario(
+            "grpc_reply_given",
+            vec![a(
+                json!({"request_headers": "reply", "reply_status": 403, "reply_grpc_status": 16}),
+            )],
+            Send::Grpc,
+        ),
+        scenario(
+            "grpc_tick_reply",
+            vec![a(
+                json!({"request_headers": "pause", "resume": "tick_reply", "reply_status": 503}),
+            )],
+            Send::Grpc,
         ),
     ]
 }
@@ -809,6 +833,14 @@ async fn exchange_once(addr: SocketAddr, scenario: &Scenario) -> Result<Seen, St
                 .collect(),
             None,
         ),
+        Send::Grpc => {
+            request = request
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
+            // One uncompressed message of 5 bytes.
+            let message = Bytes::from_static(b"\0\0\0\0\x05hello");
+            ("POST", vec![Frame::data(message)], None)
+        }
         Send::H2(chunks, Some((name, value))) => {
             let mut frames: Vec<Frame<Bytes>> = chunks
                 .iter()
@@ -836,7 +868,7 @@ async fn exchange_once(addr: SocketAddr, scenario: &Scenario) -> Result<Seen, St
         .method(method)
         .body(body)
         .map_err(|e| format!("request: {e}"))?;
-    let response = if matches!(scenario.send, Send::H2(..)) {
+    let response = if matches!(scenario.send, Send::H2(..) | Send::Grpc) {
         let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(|e| format!("h2c handshake: {e}"))?;
@@ -851,11 +883,12 @@ async fn exchange_once(addr: SocketAddr, scenario: &Scenario) -> Result<Seen, St
     }
     .map_err(|e| format!("request: {e}"))?;
     let (parts, body) = response.into_parts();
-    let body = body
+    let collected = body
         .collect()
         .await
-        .map_err(|e| format!("response body: {e}"))?
-        .to_bytes();
+        .map_err(|e| format!("response body: {e}"))?;
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let body = collected.to_bytes();
     let mut names: Vec<&str> = parts
         .headers
         .keys()
@@ -896,6 +929,22 @@ async fn exchange_once(addr: SocketAddr, scenario: &Scenario) -> Result<Seen, St
         ));
     } else if parts.status.is_success() || parts.headers.contains_key("x-t-reply") {
         lines.push(format!("= body {:?}", String::from_utf8_lossy(&body)));
+    }
+    if matches!(scenario.send, Send::Grpc) {
+        // Where a gRPC client reads the call's status: the headers of a trailers-only
+        // response, or the trailers.
+        let grpc = |map: &http::HeaderMap| {
+            ["content-type", "grpc-status", "grpc-message"]
+                .iter()
+                .filter_map(|name| Some(format!("{name}:{}", map.get(*name)?.to_str().ok()?)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        lines.push(format!(
+            "= grpc hdrs={} trailers={}",
+            grpc(&parts.headers),
+            grpc(&trailers)
+        ));
     }
     Ok(Seen { lines, echo_len })
 }

@@ -179,8 +179,8 @@ pub fn set_tick_period(ms: u32) -> u32 {
     unsafe { proxy_set_tick_period_milliseconds(ms) }
 }
 
-/// A local reply with one header and a text body.
-pub fn send_local_response(status: u32, header: (&str, &str), body: &str) -> u32 {
+/// A local reply with one header, a text body and a gRPC status (-1: none).
+pub fn send_local_response(status: u32, header: (&str, &str), body: &str, grpc: i32) -> u32 {
     let (name, value) = header;
     let mut map = Vec::new();
     map.extend_from_slice(&1u32.to_le_bytes());
@@ -201,7 +201,7 @@ pub fn send_local_response(status: u32, header: (&str, &str), body: &str) -> u32
             body.len(),
             map.as_ptr(),
             map.len(),
-            -1,
+            grpc,
         )
     }
 }

@@ -76,6 +76,7 @@ impl RootContext for Root {
                     script.reply_status,
                     ("x-t-reply", &script.name),
                     &format!("{} reply", script.name),
+                    script.reply_grpc_status,
                 );
                 format!("reply {} {}", script.reply_status, abi::status_text(status))
             } else {
@@ -123,6 +124,7 @@ fn default_script() -> Script {
         tick_ms: 50,
         callout: String::new(),
         reply_status: 403,
+        reply_grpc_status: -1,
         set_request_body: None,
         set_response_body: None,
         add_request_trailer: false,
@@ -196,6 +198,7 @@ impl Stream {
             self.script.reply_status,
             ("x-t-reply", &self.script.name),
             &format!("{} reply", self.script.name),
+            self.script.reply_grpc_status,
         );
         format!(
             "reply {} {}",

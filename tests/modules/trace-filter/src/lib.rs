@@ -20,8 +20,8 @@
 //!     every call pauses, so the body is buffered and never released by this filter);
 //!   - `buffer`: on a body, Pause until `end_of_stream`, then Continue (the body is buffered
 //!     and each call sees the running total); elsewhere as `pause`;
-//!   - `reply`: `proxy_send_local_response(reply_status)` with body `<name> reply` and
-//!     header `x-t-reply: <name>`, then Pause.
+//!   - `reply`: `proxy_send_local_response(reply_status)` with body `<name> reply`, header
+//!     `x-t-reply: <name>` and `reply_grpc_status` (default -1, none), then Pause.
 //! - `resume`: what resumes a direction whose headers this filter paused: `none` (default;
 //!   nothing does), `http_call` (a `proxy_http_call` to `callout` — a cluster name, `service.<kong
 //!   service>` — made when pausing; its answer resumes), `tick` (the root context's next

@@ -49,6 +49,10 @@ pub struct Script {
     pub callout: String,
     #[serde(default = "default_reply_status")]
     pub reply_status: u32,
+    /// The gRPC status a reply gives (`proxy_send_local_response`'s `grpc_status`); -1, the
+    /// default, gives none.
+    #[serde(default = "default_reply_grpc_status")]
+    pub reply_grpc_status: i32,
     #[serde(default)]
     pub set_request_body: Option<String>,
     #[serde(default)]
@@ -71,6 +75,10 @@ fn default_reply_status() -> u32 {
     403
 }
 
+fn default_reply_grpc_status() -> i32 {
+    -1
+}
+
 impl Script {
     pub fn parse(bytes: &[u8]) -> Result<Script, String> {
         let script: Script = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
@@ -79,6 +87,9 @@ impl Script {
         }
         if !(200..600).contains(&script.reply_status) {
             return Err("reply_status: 200 to 599".to_owned());
+        }
+        if !(-1..=16).contains(&script.reply_grpc_status) {
+            return Err("reply_grpc_status: -1 to 16".to_owned());
         }
         Ok(script)
     }
@@ -109,5 +120,10 @@ mod tests {
         assert!(Script::parse(br#"{"name":"A","unknown":1}"#).is_err());
         assert!(Script::parse(br#"{"name":"a b"}"#).is_err());
         assert!(Script::parse(br#"{"name":"A","reply_status":99}"#).is_err());
+        assert_eq!(
+            Script::parse(br#"{"name":"A"}"#).unwrap().reply_grpc_status,
+            -1
+        );
+        assert!(Script::parse(br#"{"name":"A","reply_grpc_status":17}"#).is_err());
     }
 }
