@@ -26,31 +26,9 @@ const COUNTER: &str = r#"(module
     (drop (call $add (i32.const 0) (i32.const 100) (i32.const 7) (i32.const 200) (i32.const 1)))
     (i32.const 0)))"#;
 
-/// Asks for a tick every 20 ms when configured, and counts its ticks in the counter
-/// `ticks`.
-const TICKER: &str = r#"(module
-  (import "env" "proxy_set_tick_period_milliseconds" (func $period (param i32) (result i32)))
-  (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
-  (import "env" "proxy_increment_metric" (func $increment (param i32 i64) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 100) "ticks")
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 4096))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32)
-    (drop (call $define (i32.const 0) (i32.const 100) (i32.const 5) (i32.const 200)))
-    (drop (call $period (i32.const 20)))
-    (i32.const 1))
-  (func (export "proxy_on_tick") (param i32)
-    (drop (call $increment (i32.load (i32.const 200)) (i64.const 1)))))"#;
-
-fn filters_dir(modules: &[(&str, &str)]) -> tempfile::TempDir {
+fn filters_dir(name: &str, wasm: &[u8]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (name, text) in modules {
-        let wasm = wat::parse_str(text).unwrap();
-        std::fs::write(dir.path().join(format!("{name}.wasm")), wasm).unwrap();
-    }
+    std::fs::write(dir.path().join(format!("{name}.wasm")), wasm).unwrap();
     dir
 }
 
@@ -68,7 +46,7 @@ async fn count(gateway: &gateway::Gateway) -> String {
 /// over at each reload.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_the_instances_of_the_filters_it_did_not_change() {
-    let filters = filters_dir(&[("counter", COUNTER)]);
+    let filters = filters_dir("counter", &wat::parse_str(COUNTER).unwrap());
     let echo = EchoUpstream::start().await.unwrap();
     let config = |extra_route: &str, filter_config: &str| {
         format!(
@@ -99,7 +77,9 @@ async fn a_reload_keeps_the_instances_of_the_filters_it_did_not_change() {
 /// ran, until the worker's first request for that route).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticks_run_from_the_start_without_a_request() {
-    let filters = filters_dir(&[("ticker", TICKER)]);
+    // tests/wat/ticker.wat: a tick every 10 ms, counted in the counter `ticks`.
+    let ticker = wasmgate_tests::paths::workspace_root().join("tests/wat/ticker.wat");
+    let filters = filters_dir("ticker", &wat::parse_file(ticker).unwrap());
     let echo = EchoUpstream::start().await.unwrap();
     let text = format!(
         "_format_version: \"3.0\"\n\
