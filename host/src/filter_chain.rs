@@ -27,8 +27,10 @@
 //!   straight to the client, and once its head went out the stream is reset. A non-empty body
 //!   gets `content-type: text/plain` unless the filter gave one.
 
+use std::cell::{Ref, RefCell, RefMut};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::time::SystemTime;
 
 use crate::callout::{Callouts, GrpcInbound, HttpCallResult};
@@ -141,6 +143,10 @@ pub trait HttpFilter {
     fn context_id(&self) -> Option<u32> {
         None
     }
+    /// The stream's data, shared with the filter when its stream is made: a module may act on
+    /// its stream from outside the stream's callbacks (its root context's `on_tick`, another
+    /// stream's callback, after `proxy_set_effective_context`).
+    fn share(&mut self, _stream: &Rc<RefCell<StreamData>>) {}
     fn request_headers(&mut self, stream: &mut StreamData, end_of_stream: bool) -> FilterStatus;
     /// `stream.request_body` holds the chunk, or, while this filter buffers
     /// ([`FilterStatus::StopIterationAndBuffer`] last time), everything buffered so far.
@@ -333,7 +339,9 @@ impl Flow {
 /// A chain of filter instances for one stream.
 pub struct HttpStream {
     filters: Vec<Box<dyn HttpFilter>>,
-    data: StreamData,
+    /// Borrowed only for the length of one step here (a filter callback at most): between
+    /// steps a filter's module may reach it from another context ([`HttpFilter::share`]).
+    data: Rc<RefCell<StreamData>>,
     request: Flow,
     response: Flow,
     outputs: Vec<Output>,
@@ -353,14 +361,18 @@ pub struct HttpStream {
 pub const DEFAULT_BUFFER_LIMIT: usize = 1 << 20;
 
 impl HttpStream {
-    pub fn new(filters: Vec<Box<dyn HttpFilter>>, info: StreamInfo) -> HttpStream {
+    pub fn new(mut filters: Vec<Box<dyn HttpFilter>>, info: StreamInfo) -> HttpStream {
         let n = filters.len();
+        let data = Rc::new(RefCell::new(StreamData {
+            info,
+            ..StreamData::default()
+        }));
+        for f in filters.iter_mut() {
+            f.share(&data);
+        }
         HttpStream {
             filters,
-            data: StreamData {
-                info,
-                ..StreamData::default()
-            },
+            data,
             request: Flow::new((0..n).collect(), n),
             response: Flow::new((0..n).rev().collect(), n),
             outputs: Vec::new(),
@@ -378,14 +390,17 @@ impl HttpStream {
         self.buffer_limit = limit;
     }
 
-    pub fn data(&self) -> &StreamData {
-        &self.data
+    pub fn data(&self) -> Ref<'_, StreamData> {
+        self.data.borrow()
     }
 
     /// Sets a property filters read with `get_property` (the data plane's own facts, e.g. the
     /// route's regex captures), before the request starts. `path` joins segments with `\0`.
     pub fn set_property(&mut self, path: &str, value: Vec<u8>) {
-        self.data.properties.insert(path.to_owned(), value);
+        self.data
+            .borrow_mut()
+            .properties
+            .insert(path.to_owned(), value);
     }
 
     /// What to send on, in order.
@@ -456,17 +471,18 @@ impl HttpStream {
         &mut flow.states[idx]
     }
 
-    fn body(&mut self, dir: Dir) -> &mut Vec<u8> {
-        match dir {
-            Dir::Request => &mut self.data.request_body,
-            Dir::Response => &mut self.data.response_body,
-        }
+    fn body(&self, dir: Dir) -> RefMut<'_, Vec<u8>> {
+        RefMut::map(self.data.borrow_mut(), |d| match dir {
+            Dir::Request => &mut d.request_body,
+            Dir::Response => &mut d.response_body,
+        })
     }
 
     fn has_trailers(&self, dir: Dir) -> bool {
+        let d = self.data.borrow();
         match dir {
-            Dir::Request => self.data.request_trailers.is_some(),
-            Dir::Response => self.data.response_trailers.is_some(),
+            Dir::Request => d.request_trailers.is_some(),
+            Dir::Response => d.response_trailers.is_some(),
         }
     }
 
@@ -476,7 +492,7 @@ impl HttpStream {
         if self.done || self.local_reply_sent {
             return;
         }
-        self.data.request_headers = Some(headers);
+        self.data.borrow_mut().request_headers = Some(headers);
         self.request.complete = end_of_stream;
         self.headers_from(Dir::Request, 0, end_of_stream);
         self.update_watermarks();
@@ -486,7 +502,7 @@ impl HttpStream {
         if self.done || self.local_reply_sent || self.local_complete || self.request.complete {
             return;
         }
-        self.data.request_bytes += data.len() as u64;
+        self.data.borrow_mut().request_bytes += data.len() as u64;
         self.request.complete = end_of_stream;
         self.data_from(Dir::Request, 0, Some(data), end_of_stream);
         self.update_watermarks();
@@ -497,7 +513,7 @@ impl HttpStream {
             return;
         }
         self.request.complete = true;
-        self.data.request_trailers = Some(trailers);
+        self.data.borrow_mut().request_trailers = Some(trailers);
         self.trailers_from(Dir::Request, 0);
         self.update_watermarks();
     }
@@ -506,7 +522,7 @@ impl HttpStream {
         if self.done || self.local_reply_sent {
             return;
         }
-        self.data.response_headers = Some(headers);
+        self.data.borrow_mut().response_headers = Some(headers);
         self.response.complete = end_of_stream;
         self.local_complete |= end_of_stream;
         self.headers_from(Dir::Response, 0, end_of_stream);
@@ -517,7 +533,7 @@ impl HttpStream {
         if self.done || self.local_reply_sent || self.response.complete {
             return;
         }
-        self.data.response_bytes += data.len() as u64;
+        self.data.borrow_mut().response_bytes += data.len() as u64;
         self.response.complete = end_of_stream;
         self.local_complete |= end_of_stream;
         self.data_from(Dir::Response, 0, Some(data), end_of_stream);
@@ -530,7 +546,7 @@ impl HttpStream {
         }
         self.response.complete = true;
         self.local_complete = true;
-        self.data.response_trailers = Some(trailers);
+        self.data.borrow_mut().response_trailers = Some(trailers);
         self.trailers_from(Dir::Response, 0);
         self.update_watermarks();
     }
@@ -543,7 +559,7 @@ impl HttpStream {
         let Some(f) = self.filters.get_mut(filter) else {
             return;
         };
-        f.http_call_response(&mut self.data, token, result);
+        f.http_call_response(&mut self.data.borrow_mut(), token, result);
         self.after_async(filter);
     }
 
@@ -554,7 +570,7 @@ impl HttpStream {
         let Some(f) = self.filters.get_mut(filter) else {
             return;
         };
-        f.grpc_event(&mut self.data, token, event);
+        f.grpc_event(&mut self.data.borrow_mut(), token, event);
         self.after_async(filter);
     }
 
@@ -607,7 +623,7 @@ impl HttpStream {
         }
         self.done = true;
         for f in self.filters.iter_mut() {
-            f.stream_done(&mut self.data);
+            f.stream_done(&mut self.data.borrow_mut());
         }
     }
 
@@ -620,12 +636,13 @@ impl HttpStream {
         if (dir, stage) == (Dir::Request, Stage::Headers) {
             self.request.states[idx].processed_headers = true;
         }
-        self.data.resume_request = false;
-        self.data.resume_response = false;
+        let mut data = self.data.borrow_mut();
+        data.resume_request = false;
+        data.resume_response = false;
         let Some(filter) = self.filters.get_mut(idx) else {
             return FilterStatus::Continue;
         };
-        let data = &mut self.data;
+        let data = &mut *data;
         let status = match (dir, stage) {
             (Dir::Request, Stage::Headers) => filter.request_headers(data, eos),
             (Dir::Request, Stage::Body) => filter.request_body(data, eos),
@@ -634,14 +651,14 @@ impl HttpStream {
             (Dir::Response, Stage::Body) => filter.response_body(data, eos),
             (Dir::Response, Stage::Trailers) => filter.response_trailers(data),
         };
-        let callouts = std::mem::take(&mut self.data.callouts);
+        let callouts = std::mem::take(&mut data.callouts);
+        let resumed = match dir {
+            Dir::Request => data.resume_request,
+            Dir::Response => data.resume_response,
+        };
         if !callouts.is_empty() {
             self.callouts.push((idx, callouts));
         }
-        let resumed = match dir {
-            Dir::Request => self.data.resume_request,
-            Dir::Response => self.data.resume_response,
-        };
         // A filter that resumes within the callback that stopped continues.
         if resumed {
             FilterStatus::Continue
@@ -652,12 +669,16 @@ impl HttpStream {
 
     /// After a callback: a reset or local response takes over. True when iteration must end.
     fn intercepted(&mut self) -> bool {
-        if self.data.reset {
-            self.data.reset = false;
+        let (reset, response) = {
+            let mut data = self.data.borrow_mut();
+            let reset = std::mem::take(&mut data.reset);
+            (reset, data.local_response.take())
+        };
+        if reset {
             self.reset();
             return true;
         }
-        if let Some(response) = self.data.local_response.take() {
+        if let Some(response) = response {
             if self.in_local_reply {
                 // Envoy ignores a second local reply sent while the first one is encoded.
                 return false;
@@ -707,9 +728,12 @@ impl HttpStream {
             };
             return;
         }
-        let headers = match dir {
-            Dir::Request => self.data.request_headers.clone(),
-            Dir::Response => self.data.response_headers.clone(),
+        let headers = {
+            let d = self.data.borrow();
+            match dir {
+                Dir::Request => d.request_headers.clone(),
+                Dir::Response => d.response_headers.clone(),
+            }
         }
         .unwrap_or_default();
         self.flow(dir).headers_forwarded = true;
@@ -766,7 +790,7 @@ impl HttpStream {
                 *self.body(dir) = std::mem::take(&mut data);
             }
             let status = self.call(dir, Stage::Body, idx, eos);
-            let body = std::mem::take(self.body(dir));
+            let body = std::mem::take(&mut *self.body(dir));
             if sees_buffer {
                 self.flow(dir).buffered = Some(body);
             } else {
@@ -913,7 +937,7 @@ impl HttpStream {
                 *self.body(dir) = whole;
             }
             let status = self.call(dir, Stage::Trailers, idx, true);
-            let body = std::mem::take(self.body(dir));
+            let body = std::mem::take(&mut *self.body(dir));
             if state.buffering {
                 self.flow(dir).buffered = Some(body);
             }
@@ -934,9 +958,12 @@ impl HttpStream {
                 return;
             }
         }
-        let trailers = match dir {
-            Dir::Request => self.data.request_trailers.clone(),
-            Dir::Response => self.data.response_trailers.clone(),
+        let trailers = {
+            let d = self.data.borrow();
+            match dir {
+                Dir::Request => d.request_trailers.clone(),
+                Dir::Response => d.response_trailers.clone(),
+            }
         }
         .unwrap_or_default();
         self.outputs.push(match dir {
@@ -999,9 +1026,14 @@ impl HttpStream {
 
     /// A filter asked to resume after an async event (or from its root context).
     fn after_async(&mut self, filter: usize) {
-        let resume_request = std::mem::take(&mut self.data.resume_request);
-        let resume_response = std::mem::take(&mut self.data.resume_response);
-        let callouts = std::mem::take(&mut self.data.callouts);
+        let (resume_request, resume_response, callouts) = {
+            let mut data = self.data.borrow_mut();
+            (
+                std::mem::take(&mut data.resume_request),
+                std::mem::take(&mut data.resume_response),
+                std::mem::take(&mut data.callouts),
+            )
+        };
         if !callouts.is_empty() {
             self.callouts.push((filter, callouts));
         }
@@ -1041,6 +1073,7 @@ impl HttpStream {
         }
         let grpc = self
             .data
+            .borrow()
             .request_headers
             .as_ref()
             .and_then(|h| h.get("content-type"))
@@ -1063,7 +1096,7 @@ impl HttpStream {
         // Before the response started through the filters, the reply passes through them
         // (those that saw the request); after, it goes straight to the client, as Envoy's
         // `sendDirectLocalReply`.
-        let order = if self.data.response_headers.is_none() {
+        let order = if self.data.borrow().response_headers.is_none() {
             (0..n).rev().collect()
         } else {
             Vec::new()
@@ -1072,9 +1105,12 @@ impl HttpStream {
         self.local_complete = true;
         self.request.ended = true;
         self.response = Flow::new(order, n);
-        self.data.response_headers = Some(headers);
-        self.data.response_body.clear();
-        self.data.response_trailers = None;
+        {
+            let mut data = self.data.borrow_mut();
+            data.response_headers = Some(headers);
+            data.response_body.clear();
+            data.response_trailers = None;
+        }
         let eos = body.is_empty();
         self.response.complete = eos;
         self.in_local_reply = true;

@@ -1,12 +1,14 @@
 //! The state a VM's store carries: what host functions read and change during a callback.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::{Memory, StoreLimits, TypedFunc};
 
-use crate::abi::AbiVersion;
+use crate::abi::{map, AbiVersion};
 use crate::callout::{Callouts, HttpCallResponse};
 use crate::env::HostEnv;
 use crate::filter_chain::{LocalResponse, StreamData};
@@ -25,6 +27,27 @@ pub enum StreamOp {
     /// `proxy_send_local_response`: the stream is answered (through its filters, as Envoy's
     /// `sendLocalReply` from another context).
     LocalReply(Box<LocalResponse>),
+}
+
+/// A stream context of the VM.
+#[derive(Debug, Default)]
+pub struct StreamContext {
+    /// Its stream's data as the data plane shares it ([`crate::HttpFilter::share`]); nothing
+    /// for a filter driven without a stream.
+    pub shared: Weak<RefCell<StreamData>>,
+    /// The header and trailer maps the context holds stopped, one bit per map type (0-3).
+    /// Envoy's Wasm filter keeps a map for its module from the callback that stopped on it
+    /// until the module continues that direction: meanwhile any context may use it.
+    held: u8,
+}
+
+/// A stream other than the one whose callback runs, moved out of its shared cell while it is
+/// the effective context.
+#[derive(Debug)]
+struct Borrowed {
+    context: u32,
+    cell: Rc<RefCell<StreamData>>,
+    data: StreamData,
 }
 
 /// What a gRPC callback currently exposes.
@@ -47,10 +70,11 @@ pub struct HostState {
     pub alloc: Option<TypedFunc<u32, u32>>,
     pub root_context: u32,
     /// Stream contexts alive in this VM.
-    pub streams: HashMap<u32, ()>,
+    pub streams: HashMap<u32, StreamContext>,
     pub effective_context: u32,
     /// The stream whose callback runs, with its data moved in for the call.
     pub stream: Option<(u32, StreamData)>,
+    borrowed: Option<Borrowed>,
     pub root_properties: BTreeMap<String, Vec<u8>>,
     pub tick_period: Option<Duration>,
     pub callouts: Callouts,
@@ -104,6 +128,7 @@ impl HostState {
             streams: HashMap::new(),
             effective_context: 1,
             stream: None,
+            borrowed: None,
             root_properties: BTreeMap::new(),
             tick_period: None,
             callouts: Callouts::default(),
@@ -122,12 +147,96 @@ impl HostState {
         }
     }
 
-    /// The stream data of the effective context, when it is the loaded stream.
-    pub fn stream_data(&mut self) -> Option<&mut StreamData> {
+    fn effective_is_current(&self) -> bool {
+        matches!(&self.stream, Some((id, _)) if *id == self.effective_context)
+    }
+
+    /// The stream whose callback runs, when it is the effective context: what only that
+    /// callback hands over (its body chunk, the flags the filter chain reads after it).
+    pub fn current_stream(&mut self) -> Option<&mut StreamData> {
         let effective = self.effective_context;
         match &mut self.stream {
             Some((id, data)) if *id == effective => Some(data),
             _ => None,
+        }
+    }
+
+    /// The effective context's stream data: the stream whose callback runs, or another stream
+    /// of this VM whose data plane shares its data (moved out of its cell until the effective
+    /// context changes or the callback returns, [`HostState::give_back`]). `None` when that
+    /// stream is gone, or in the middle of a step of its own filter chain (the same stream
+    /// through another filter of this VM).
+    pub fn stream_data(&mut self) -> Option<&mut StreamData> {
+        if self.effective_is_current() {
+            return self.current_stream();
+        }
+        let effective = self.effective_context;
+        if !matches!(&self.borrowed, Some(b) if b.context == effective) {
+            self.give_back();
+            let cell = self.streams.get(&effective)?.shared.upgrade()?;
+            let data = std::mem::take(&mut *cell.try_borrow_mut().ok()?);
+            self.borrowed = Some(Borrowed {
+                context: effective,
+                cell,
+                data,
+            });
+        }
+        self.borrowed.as_mut().map(|b| &mut b.data)
+    }
+
+    /// Puts the data [`HostState::stream_data`] borrowed back into its stream's cell.
+    pub fn give_back(&mut self) {
+        if let Some(b) = self.borrowed.take() {
+            if let Ok(mut cell) = b.cell.try_borrow_mut() {
+                *cell = b.data;
+            }
+        }
+    }
+
+    /// Header or trailer map `kind` (0-3) of the effective context's stream, where the
+    /// context may use it: always in its stream's own callbacks (as before), from elsewhere
+    /// only while the context holds the stream stopped on that map, as in Envoy.
+    pub fn stream_map(&mut self, kind: u32) -> Option<&mut Option<Headers>> {
+        if kind > map::HTTP_RESPONSE_TRAILERS {
+            return None;
+        }
+        if !self.effective_is_current() {
+            let context = self.streams.get(&self.effective_context)?;
+            if context.held & (1 << kind) == 0 {
+                return None;
+            }
+        }
+        let s = self.stream_data()?;
+        Some(match kind {
+            map::HTTP_REQUEST_HEADERS => &mut s.request_headers,
+            map::HTTP_REQUEST_TRAILERS => &mut s.request_trailers,
+            map::HTTP_RESPONSE_HEADERS => &mut s.response_headers,
+            _ => &mut s.response_trailers,
+        })
+    }
+
+    /// After a callback of `context` on map `kind`: whether it left its stream stopped there.
+    pub fn set_held(&mut self, context: u32, kind: u32, stopped: bool) {
+        if let Some(c) = self.streams.get_mut(&context) {
+            let bit = 1u8 << kind.min(7);
+            if stopped {
+                c.held |= bit;
+            } else {
+                c.held &= !bit;
+            }
+        }
+    }
+
+    /// `proxy_continue_stream`: the context lets go of the maps of that direction (0 the
+    /// request, 1 the response), as Envoy's `continueStream` drops its pointers to them.
+    pub fn release(&mut self, context: u32, direction: u32) {
+        if let Some(c) = self.streams.get_mut(&context) {
+            let (headers, trailers) = if direction == 0 {
+                (map::HTTP_REQUEST_HEADERS, map::HTTP_REQUEST_TRAILERS)
+            } else {
+                (map::HTTP_RESPONSE_HEADERS, map::HTTP_RESPONSE_TRAILERS)
+            };
+            c.held &= !((1 << headers) | (1 << trailers));
         }
     }
 

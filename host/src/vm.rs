@@ -9,13 +9,16 @@
 //! (wasmtime's async support) would need every host call and the filter chain to be async,
 //! for what a small budget gives already: a bound on how long one callback stalls a worker.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::{Instance, Store, TypedFunc, UpdateDeadline, WasmParams, WasmResults};
 
+use crate::abi::map;
 use crate::callout::{Callouts, GrpcInbound, HttpCallResult};
 use crate::engine::thread_cpu_time;
 use crate::env::HostEnv;
@@ -25,7 +28,7 @@ use crate::logs::{LogLevel, LogSink};
 use crate::module::PluginModule;
 use crate::plugin_config::PluginConfig;
 use crate::queues::Mailbox;
-use crate::state::{HostState, StreamOp};
+use crate::state::{HostState, StreamContext, StreamOp};
 
 /// Why a callback failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,7 +370,9 @@ impl Vm {
             let _ = self.store.set_fuel(fuel);
         }
         self.store.data_mut().effective_context = context;
-        match f(&mut self.store) {
+        let result = f(&mut self.store);
+        self.store.data_mut().give_back();
+        match result {
             Ok(v) => {
                 self.release_done()?;
                 Ok(v)
@@ -384,11 +389,22 @@ impl Vm {
         let id = self.next_context;
         self.next_context = self.next_context.wrapping_add(1).max(2);
         let root = self.root_context();
-        self.store.data_mut().streams.insert(id, ());
+        self.store
+            .data_mut()
+            .streams
+            .insert(id, StreamContext::default());
         if let Some(f) = self.ex.on_context_create.clone() {
             self.guard("proxy_on_context_create", id, |s| f.call(s, (id, root)))?;
         }
         Ok(id)
+    }
+
+    /// Makes stream context `context` reach its stream's data from the module's other
+    /// contexts ([`crate::HttpFilter::share`]).
+    pub fn share_stream(&mut self, context: u32, data: Weak<RefCell<StreamData>>) {
+        if let Some(c) = self.store.data_mut().streams.get_mut(&context) {
+            c.shared = data;
+        }
     }
 
     /// Moves a stream's data in for its callbacks.
@@ -422,7 +438,35 @@ impl Vm {
 
     pub fn on_request_headers(&mut self, ctx: u32, n: usize, eos: bool) -> Result<Action, Failure> {
         let f = self.ex.on_request_headers.clone();
-        self.headers_cb("proxy_on_request_headers", f, ctx, n as u32, eos)
+        let result = self.headers_cb("proxy_on_request_headers", f, ctx, n as u32, eos);
+        self.hold(ctx, map::HTTP_REQUEST_HEADERS, &result);
+        result
+    }
+
+    /// After a headers or trailers callback: whether the context holds that map of its
+    /// stream, for its other contexts to use ([`HostState::stream_map`]). A headers answer
+    /// of 2 (ContinueAndEndStream) continues, as Envoy reads it; so does a stop the callback
+    /// took back with `proxy_continue_stream`.
+    fn hold(&mut self, ctx: u32, kind: u32, result: &Result<Action, Failure>) {
+        let state = self.store.data_mut();
+        let resumed = match &state.stream {
+            Some((id, data)) if *id == ctx => {
+                if kind <= map::HTTP_REQUEST_TRAILERS {
+                    data.resume_request
+                } else {
+                    data.resume_response
+                }
+            }
+            _ => false,
+        };
+        let is_headers = kind == map::HTTP_REQUEST_HEADERS || kind == map::HTTP_RESPONSE_HEADERS;
+        let stopped = match result {
+            Ok(0) => false,
+            Ok(2) if is_headers => false,
+            Ok(_) => !resumed,
+            Err(_) => false,
+        };
+        state.set_held(ctx, kind, stopped);
     }
 
     pub fn on_request_body(&mut self, ctx: u32, size: usize, eos: bool) -> Result<Action, Failure> {
@@ -437,7 +481,9 @@ impl Vm {
         eos: bool,
     ) -> Result<Action, Failure> {
         let f = self.ex.on_response_headers.clone();
-        self.headers_cb("proxy_on_response_headers", f, ctx, n as u32, eos)
+        let result = self.headers_cb("proxy_on_response_headers", f, ctx, n as u32, eos);
+        self.hold(ctx, map::HTTP_RESPONSE_HEADERS, &result);
+        result
     }
 
     pub fn on_response_body(
@@ -451,21 +497,25 @@ impl Vm {
     }
 
     pub fn on_request_trailers(&mut self, ctx: u32, n: usize) -> Result<Action, Failure> {
-        match self.ex.on_request_trailers.clone() {
+        let result = match self.ex.on_request_trailers.clone() {
             Some(f) => self.guard("proxy_on_request_trailers", ctx, |s| {
                 f.call(s, (ctx, n as u32))
             }),
             None => Ok(0),
-        }
+        };
+        self.hold(ctx, map::HTTP_REQUEST_TRAILERS, &result);
+        result
     }
 
     pub fn on_response_trailers(&mut self, ctx: u32, n: usize) -> Result<Action, Failure> {
-        match self.ex.on_response_trailers.clone() {
+        let result = match self.ex.on_response_trailers.clone() {
             Some(f) => self.guard("proxy_on_response_trailers", ctx, |s| {
                 f.call(s, (ctx, n as u32))
             }),
             None => Ok(0),
-        }
+        };
+        self.hold(ctx, map::HTTP_RESPONSE_TRAILERS, &result);
+        result
     }
 
     /// on_done, on_log, on_delete for a stream context. When `on_done` returns false (the
@@ -496,8 +546,15 @@ impl Vm {
             self.log_and_delete(ctx)?;
             Ok(true)
         })();
-        if !matches!(result, Ok(false)) {
-            self.forget_stream(ctx);
+        match result {
+            Ok(false) => {
+                // Its `on_log` waits with the data kept above: the data plane's stream, and
+                // the maps held on it, are over.
+                if let Some(c) = self.store.data_mut().streams.get_mut(&ctx) {
+                    *c = StreamContext::default();
+                }
+            }
+            _ => self.forget_stream(ctx),
         }
         result.map(drop)
     }

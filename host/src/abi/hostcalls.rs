@@ -171,8 +171,9 @@ fn proxy_set_tick_period(mut c: C<'_>, ms: u32) -> R {
 /// A copy of a readable buffer, `None` when that buffer does not exist here.
 fn buffer_of(state: &mut HostState, kind: u32) -> Result<Option<Vec<u8>>, u32> {
     Ok(match kind {
-        buffer::HTTP_REQUEST_BODY => state.stream_data().map(|s| s.request_body.clone()),
-        buffer::HTTP_RESPONSE_BODY => state.stream_data().map(|s| s.response_body.clone()),
+        // Between its callbacks a stream's body is in its filter chain's buffer, not here.
+        buffer::HTTP_REQUEST_BODY => state.current_stream().map(|s| s.request_body.clone()),
+        buffer::HTTP_RESPONSE_BODY => state.current_stream().map(|s| s.response_body.clone()),
         buffer::DOWNSTREAM_DATA | buffer::UPSTREAM_DATA => None,
         buffer::HTTP_CALL_RESPONSE_BODY => state.http_response.as_ref().map(|r| r.body.clone()),
         buffer::GRPC_RECEIVE_BUFFER => state.grpc.message.clone(),
@@ -227,8 +228,8 @@ fn proxy_set_buffer_bytes(mut c: C<'_>, kind: u32, start: u32, size: u32, ptr: u
     let state = c.data_mut();
     let budget = module_budget(state);
     let target = match kind {
-        buffer::HTTP_REQUEST_BODY => state.stream_data().map(|s| &mut s.request_body),
-        buffer::HTTP_RESPONSE_BODY => state.stream_data().map(|s| &mut s.response_body),
+        buffer::HTTP_REQUEST_BODY => state.current_stream().map(|s| &mut s.request_body),
+        buffer::HTTP_RESPONSE_BODY => state.current_stream().map(|s| &mut s.response_body),
         // Envoy hands the module a call's response body as a constant buffer.
         buffer::HTTP_CALL_RESPONSE_BODY => {
             return Ok(if state.http_response.is_some() {
@@ -272,16 +273,10 @@ fn spliced_len(len: usize, start: usize, size: usize, data: usize) -> usize {
 
 fn map_ref(state: &mut HostState, kind: u32) -> Result<Option<&mut Headers>, u32> {
     Ok(match kind {
-        map::HTTP_REQUEST_HEADERS => state.stream_data().and_then(|s| s.request_headers.as_mut()),
-        map::HTTP_REQUEST_TRAILERS => state
-            .stream_data()
-            .and_then(|s| s.request_trailers.as_mut()),
-        map::HTTP_RESPONSE_HEADERS => state
-            .stream_data()
-            .and_then(|s| s.response_headers.as_mut()),
-        map::HTTP_RESPONSE_TRAILERS => state
-            .stream_data()
-            .and_then(|s| s.response_trailers.as_mut()),
+        map::HTTP_REQUEST_HEADERS
+        | map::HTTP_REQUEST_TRAILERS
+        | map::HTTP_RESPONSE_HEADERS
+        | map::HTTP_RESPONSE_TRAILERS => state.stream_map(kind).and_then(|m| m.as_mut()),
         map::GRPC_RECEIVE_INITIAL_METADATA => state.grpc.initial_metadata.as_mut(),
         map::GRPC_RECEIVE_TRAILING_METADATA => state.grpc.trailing_metadata.as_mut(),
         map::HTTP_CALL_RESPONSE_HEADERS => state.http_response.as_mut().map(|r| &mut r.headers),
@@ -292,18 +287,11 @@ fn map_ref(state: &mut HostState, kind: u32) -> Result<Option<&mut Headers>, u32
 
 /// A mutable map; trailers are created on demand (a filter may add trailers).
 fn map_mut(state: &mut HostState, kind: u32) -> Result<&mut Headers, u32> {
-    if (kind == map::HTTP_REQUEST_TRAILERS || kind == map::HTTP_RESPONSE_TRAILERS)
-        && state.stream_data().is_some()
-    {
-        let Some(s) = state.stream_data() else {
-            return Err(BAD_ARGUMENT);
-        };
-        let slot = if kind == map::HTTP_REQUEST_TRAILERS {
-            &mut s.request_trailers
-        } else {
-            &mut s.response_trailers
-        };
-        return Ok(slot.get_or_insert_with(Headers::new));
+    if kind == map::HTTP_REQUEST_TRAILERS || kind == map::HTTP_RESPONSE_TRAILERS {
+        return state
+            .stream_map(kind)
+            .map(|slot| slot.get_or_insert_with(Headers::new))
+            .ok_or(BAD_ARGUMENT);
     }
     map_ref(state, kind)?.ok_or(BAD_ARGUMENT)
 }
@@ -493,7 +481,7 @@ fn proxy_send_local_response(
     let state = c.data_mut();
     let effective = state.effective_context;
     let known = state.streams.contains_key(&effective);
-    match state.stream_data() {
+    match state.current_stream() {
         Some(stream) => stream.local_response = Some(response),
         // Another stream of this instance (a decision made in the root context or another
         // stream): the data plane answers it.
@@ -509,7 +497,10 @@ fn continue_dir(mut c: C<'_>, dir: u32) -> R {
     let state = c.data_mut();
     let effective = state.effective_context;
     let known = state.streams.contains_key(&effective);
-    match state.stream_data() {
+    if dir <= 1 {
+        state.release(effective, dir);
+    }
+    match state.current_stream() {
         Some(s) => match dir {
             0 => s.resume_request = true,
             1 => s.resume_response = true,
@@ -539,7 +530,7 @@ fn proxy_close_stream(mut c: C<'_>, stream_type: u32) -> R {
     let state = c.data_mut();
     let effective = state.effective_context;
     let known = state.streams.contains_key(&effective);
-    match state.stream_data() {
+    match state.current_stream() {
         Some(s) => s.reset = true,
         None if known => state.stream_ops.push((effective, StreamOp::Close)),
         None => return Ok(NOT_FOUND),
