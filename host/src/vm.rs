@@ -559,12 +559,18 @@ impl Vm {
         result.map(drop)
     }
 
-    /// A stream context is gone: so are the calls it was waiting for (a data plane drops
-    /// them, as Envoy's context cancels its requests), or their owners would pile up.
+    /// A stream context is gone. The calls it was waiting for are the root context's now:
+    /// cpp-host makes every call on the root context, so a call outlives its stream and its
+    /// answer comes to the root (the module's SDK forgets the call then).
     fn forget_stream(&mut self, ctx: u32) {
         let state = self.store.data_mut();
         state.streams.remove(&ctx);
-        state.callout_owner.retain(|_, owner| *owner != ctx);
+        let root = state.root_context;
+        for owner in state.callout_owner.values_mut() {
+            if *owner == ctx {
+                *owner = root;
+            }
+        }
     }
 
     fn log_and_delete(&mut self, ctx: u32) -> Result<(), Failure> {

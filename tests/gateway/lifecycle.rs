@@ -1,7 +1,8 @@
-//! Filter instances across reloads and their timers, on the gateway's own workers (review
-//! findings 31 and 32): a reload keeps the instance of a filter it did not change, as Envoy
-//! keeps a VM whose code and configuration are the same; a worker starts the instances of a
-//! new configuration without waiting for a request, so their ticks run from the start.
+//! Filter instances across reloads, their timers and their calls, on the gateway's own
+//! workers (review findings 21, 31 and 32): a reload keeps the instance of a filter it did not
+//! change, as Envoy keeps a VM whose code and configuration are the same; a worker starts the
+//! instances of a new configuration without waiting for a request, so their ticks run from
+//! the start; a call outlives the stream that made it, as in Envoy.
 
 use std::time::{Duration, Instant};
 
@@ -104,4 +105,96 @@ async fn ticks_run_from_the_start_without_a_request() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// On each request: `proxy_http_call` to the service `slow` (5 s timeout), then Pause. Its
+/// `proxy_on_http_call_response` counts answers in `answers` and records the context it was
+/// given in the gauge `answered_context`; the root context's id is in the gauge `root_context`.
+const CALLER: &str = r#"(module
+  (import "env" "proxy_http_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $increment (param i32 i64) (result i32)))
+  (import "env" "proxy_record_metric" (func $record (param i32 i64) (result i32)))
+  (memory (export "memory") 1)
+  (global $root (mut i32) (i32.const 0))
+  (data (i32.const 100) "service.slow")
+  (data (i32.const 120) "answers")
+  (data (i32.const 140) "answered_context")
+  (data (i32.const 160) "root_context")
+  ;; The call's headers: :method GET, :path /, :authority slow (64 bytes).
+  (data (i32.const 300) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\01\00\00\00\0a\00\00\00\04\00\00\00:method\00GET\00:path\00/\00:authority\00slow\00")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 4096))
+  (func (export "proxy_on_context_create") (param $ctx i32) (param $parent i32)
+    (if (i32.eqz (local.get $parent)) (then (global.set $root (local.get $ctx)))))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $define (i32.const 0) (i32.const 120) (i32.const 7) (i32.const 200)))
+    (drop (call $define (i32.const 1) (i32.const 140) (i32.const 16) (i32.const 204)))
+    (drop (call $define (i32.const 1) (i32.const 160) (i32.const 12) (i32.const 208)))
+    (drop (call $record (i32.load (i32.const 208)) (i64.extend_i32_u (global.get $root))))
+    (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $call (i32.const 100) (i32.const 12) (i32.const 300) (i32.const 64)
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 5000) (i32.const 220)))
+    (i32.const 1))
+  (func (export "proxy_on_http_call_response") (param $ctx i32) (param i32 i32 i32 i32)
+    (drop (call $increment (i32.load (i32.const 200)) (i64.const 1)))
+    (drop (call $record (i32.load (i32.const 204)) (i64.extend_i32_u (local.get $ctx))))))"#;
+
+/// Review finding 21: a stream that ends before its filter's call is answered (here at its
+/// 300 ms read_timeout, while the call's upstream answers after 800 ms) leaves the call
+/// running, and the answer goes to the root context, as in Envoy, where cpp-host makes every
+/// call on the root context: the module's SDK keeps each call's token until its answer
+/// comes. (Before, the gateway dropped the call with its stream: no answer ever came, and an
+/// SDK module kept one token per such call for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_outlives_its_stream_and_its_answer_goes_to_the_root_context() {
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = slow.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let filters = filters_dir("caller", &wat::parse_str(CALLER).unwrap());
+    let echo = EchoUpstream::start().await.unwrap();
+    let text = format!(
+        "_format_version: \"3.0\"\n\
+         services:\n\
+         - {{name: e, url: \"http://{}\", read_timeout: 300, routes: [{{name: r, paths: [/]}}]}}\n\
+         - {{name: slow, url: \"http://{slow_addr}\"}}\n\
+         filter_chains: [{{route: r, filters: [{{name: caller}}]}}]\n",
+        echo.addr()
+    );
+    let gateway = wasmgate_tests::gateway::start_with_filters(filters.path(), &text);
+    let response = send(gateway.addr(), Protocol::Http1, &Request::get("/"))
+        .await
+        .unwrap();
+    assert_eq!(response.status, 504, "{}", response.text());
+    let metric = |name: &str| {
+        (gateway.shared().runtime.env.metrics.snapshot())
+            .into_iter()
+            .find(|m| m.name == name)
+            .map_or(0, |m| m.value)
+    };
+    let started = Instant::now();
+    while metric("answers") < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no answer reached the module"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric("answers"), 1);
+    assert_ne!(metric("root_context"), 0);
+    assert_eq!(metric("answered_context"), metric("root_context"));
 }

@@ -232,10 +232,19 @@ async fn deliver_once(worker: &Rc<Worker>, stream: &Rc<Stream>) -> bool {
             tokio::task::spawn_local(async move {
                 let exchange = http_call(&worker, &call);
                 tokio::pin!(exchange);
-                // A stream that ends first drops its calls (Envoy's context cancels its
-                // requests when it goes away): no upstream work for an answer nobody takes.
                 let result = loop {
                     if stream.chain.borrow().is_complete() {
+                        // cpp-host makes every call on the root context: a call outlives the
+                        // stream that made it, and its answer goes to the root context, where
+                        // the module's SDK forgets the call (it keeps every token until its
+                        // answer comes).
+                        let plugin = stream.plugins.get(filter).cloned();
+                        drop(stream);
+                        let result = exchange.await;
+                        if let Some(plugin) = plugin {
+                            plugin.root_http_call_response(call.token, result);
+                            carry_out(&worker, std::slice::from_ref(&plugin));
+                        }
                         return;
                     }
                     tokio::select! {
