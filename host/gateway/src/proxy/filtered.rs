@@ -384,28 +384,56 @@ async fn http_call(worker: &Rc<Worker>, call: &host::HttpCallout) -> HttpCallRes
             headers.insert(http::header::HOST, authority);
         }
     }
-    let Ok(request) = request.body(ProxyBody::full(call.body.clone())) else {
+    let body = if call.trailers.is_empty() {
+        ProxyBody::full(call.body.clone())
+    } else {
+        // Announced, and chunked even for a GET (hyper sends no body for a GET otherwise), or
+        // an HTTP/1.1 upstream would not get them.
+        if let Some(headers) = request.headers_mut() {
+            headers.remove(http::header::CONTENT_LENGTH);
+            headers.insert(
+                http::header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+            for name in call.trailers.iter().map(|(name, _)| name) {
+                if let Ok(name) = HeaderValue::try_from(name) {
+                    headers.append(http::header::TRAILER, name);
+                }
+            }
+        }
+        let frames = [
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(call.body.clone()))),
+            Ok(trailers_frame(&call.trailers)),
+        ];
+        ProxyBody::streaming(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    };
+    let Ok(request) = request.body(body) else {
         return HttpCallResult::Failed;
     };
     let exchange = async {
         let response = worker.upstreams.send(service, request).await.ok()?;
         let (parts, body) = response.into_parts();
         // Held whole for the module: bounded, so a call's target cannot fill the gateway.
-        let body = http_body_util::Limited::new(body, CALL_RESPONSE_LIMIT)
+        let collected = http_body_util::Limited::new(body, CALL_RESPONSE_LIMIT)
             .collect()
             .await
-            .ok()?
-            .to_bytes();
+            .ok()?;
+        // The values' bytes as the peer sent them: obs-text stays obs-text.
         let mut headers = Headers::new();
         headers.add(":status", parts.status.as_str());
         for (name, value) in &parts.headers {
-            // The value's bytes as the peer sent them: obs-text stays obs-text.
             headers.add(name.as_str(), value.as_bytes());
+        }
+        let mut trailers = Headers::new();
+        for (name, value) in collected.trailers().into_iter().flatten() {
+            trailers.add(name.as_str(), value.as_bytes());
         }
         Some(host::HttpCallResponse {
             headers,
-            body: body.to_vec(),
-            trailers: Headers::new(),
+            body: collected.to_bytes().to_vec(),
+            trailers,
         })
     };
     // No timeout (None): the module passed 0, which Envoy takes as no deadline.
