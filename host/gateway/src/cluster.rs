@@ -566,6 +566,7 @@ vfA5NDr4Ux/0uBPWIqjGhhOkfJCJVpfz4TVLdmeK9kQ8wNlJxAqBWLYl
             runtime,
             cluster: std::sync::Mutex::new(None),
             applying: std::sync::Mutex::new(()),
+            warming: Default::default(),
         }
     }
 

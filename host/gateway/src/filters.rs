@@ -380,6 +380,8 @@ pub struct WorkerFilters {
     /// Which configuration these instances belong to.
     pub generation: u64,
     instances: HashMap<FilterRef, Instance>,
+    /// The instances of a configuration about to serve, started before it does.
+    next: Option<Box<WorkerFilters>>,
 }
 
 impl WorkerFilters {
@@ -387,7 +389,42 @@ impl WorkerFilters {
         WorkerFilters {
             generation,
             instances: HashMap::new(),
+            next: None,
         }
+    }
+
+    /// Starts the instances of a configuration about to serve, beside the running ones, and
+    /// with those of its plugins that are the running ones' (see [`WorkerFilters::advance`]);
+    /// false when they were started already.
+    pub fn prepare(&mut self, generation: u64, filters: &ConfigFilters) -> bool {
+        if self.generation == generation
+            || self
+                .next
+                .as_ref()
+                .is_some_and(|n| n.generation == generation)
+        {
+            return false;
+        }
+        let mut next = WorkerFilters::new(generation);
+        next.instances = self.kept(filters);
+        next.warm(filters);
+        self.next = Some(Box::new(next));
+        true
+    }
+
+    /// The running instances of the plugins `filters` keeps as they were, where they are now.
+    fn kept(&self, filters: &ConfigFilters) -> HashMap<FilterRef, Instance> {
+        let mut kept = HashMap::new();
+        for (filter, plugin) in filters.refs() {
+            let running = self.instances.values().find_map(|instance| match instance {
+                Instance::Running(worker) if worker.plugin().ptr_eq(plugin) => Some(worker),
+                _ => None,
+            });
+            if let Some(worker) = running {
+                kept.insert(filter, Instance::Running(worker.clone()));
+            }
+        }
+        kept
     }
 
     /// Moves to another configuration's plugins. The running instances of plugins it kept as
@@ -397,16 +434,11 @@ impl WorkerFilters {
         if self.generation == generation {
             return;
         }
-        let old = std::mem::take(&mut self.instances);
-        self.generation = generation;
-        for (filter, plugin) in filters.refs() {
-            let kept = old.values().find_map(|instance| match instance {
-                Instance::Running(worker) if worker.plugin().ptr_eq(plugin) => Some(worker),
-                _ => None,
-            });
-            if let Some(worker) = kept {
-                self.instances
-                    .insert(filter, Instance::Running(worker.clone()));
+        match self.next.take() {
+            Some(next) if next.generation == generation => *self = *next,
+            _ => {
+                self.instances = self.kept(filters);
+                self.generation = generation;
             }
         }
     }

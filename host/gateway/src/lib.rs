@@ -17,6 +17,7 @@ pub mod reload;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod warming;
 
 pub use server::{Gateway, GatewayOptions};
 pub use snapshot::Snapshot;

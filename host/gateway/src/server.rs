@@ -90,6 +90,8 @@ pub struct Shared {
     /// serves (a slow build of an older text cannot land after a newer one), and each builds
     /// on the snapshot it replaces.
     pub applying: std::sync::Mutex<()>,
+    /// Where a new snapshot waits for the workers to start its instances.
+    pub warming: crate::warming::Warming,
 }
 
 impl Shared {
@@ -121,9 +123,15 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let previous = self.snapshot.load();
         let modules_dir = modules_dir.unwrap_or(&previous.modules_dir);
-        let snapshot = Snapshot::build(text, &self.runtime, modules_dir, Some(&previous))?;
+        let snapshot = Arc::new(Snapshot::build(
+            text,
+            &self.runtime,
+            modules_dir,
+            Some(&previous),
+        )?);
         let hash = snapshot.hash.clone();
-        self.snapshot.store(Arc::new(snapshot));
+        self.warming.warm(&snapshot);
+        self.snapshot.store(snapshot);
         Ok(hash)
     }
 }
@@ -212,6 +220,7 @@ impl Gateway {
             runtime,
             cluster: std::sync::Mutex::new(None),
             applying: std::sync::Mutex::new(()),
+            warming: Default::default(),
         });
         // A module's call to an upstream the current configuration does not have fails at
         // once (BAD_ARGUMENT), as in Envoy for an unknown cluster.
@@ -428,6 +437,7 @@ async fn serve(
     // are looked at every POLL, and a tick runs when it is due (to the millisecond, as
     // Envoy's timers).
     let ticker = Rc::clone(&worker);
+    worker.shared.warming.worker_started();
     tokio::task::spawn_local(async move {
         const POLL: Duration = Duration::from_millis(50);
         loop {
@@ -435,8 +445,17 @@ async fn serve(
             let wait = (ticker.filters.try_borrow().ok())
                 .and_then(|filters| filters.next_tick())
                 .map_or(POLL, |due| due.saturating_sub(now).min(POLL));
-            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
+                () = ticker.shared.warming.wake.notified() => {}
+            }
             if let Ok(mut filters) = ticker.filters.try_borrow_mut() {
+                // A configuration about to serve: its instances start here, before it does.
+                if let Some(next) = ticker.shared.warming.pending() {
+                    if filters.prepare(next.generation, &next.filters) {
+                        ticker.shared.warming.ready(next.generation);
+                    }
+                }
                 let snapshot = ticker.shared.snapshot.load();
                 filters.advance(snapshot.generation, &snapshot.filters);
                 filters.warm(&snapshot.filters);
@@ -500,6 +519,7 @@ async fn serve(
     }
     drop(listener);
     drop(tls_listener);
+    worker.shared.warming.worker_stopped();
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(drain_timeout) => {}
