@@ -132,6 +132,12 @@ pub struct StreamData {
     /// Request body bytes received so far.
     pub request_bytes: u64,
     pub response_bytes: u64,
+    /// What stopped filters hold of the request (Envoy's `buffered_request_data_`): `Some`
+    /// once a filter buffered, even when drained since. It lives with the stream's data, not
+    /// in the chain, so that a module holding the body buffered reaches it from its other
+    /// contexts between the stream's steps, as Envoy's `modifyDecodingBuffer`.
+    pub(crate) request_buffered: Option<Vec<u8>>,
+    pub(crate) response_buffered: Option<Vec<u8>>,
 }
 
 /// One filter's view of one stream. Every callback may set `local_response`, `reset`, the
@@ -296,9 +302,6 @@ struct Flow {
     order: Vec<usize>,
     /// Per filter index.
     states: Vec<FilterState>,
-    /// What stopped filters hold (Envoy's `buffered_request_data_`): `Some` once a filter
-    /// buffered, even when drained since.
-    buffered: Option<Vec<u8>>,
     /// Buffering past the limit pushes back on the peer instead of failing.
     streaming: bool,
     above_watermark: bool,
@@ -320,19 +323,6 @@ impl Flow {
 
     fn position(&self, idx: usize) -> Option<usize> {
         self.order.iter().position(|&i| i == idx)
-    }
-
-    /// What the buffer holds; the buffer itself stays (drained), as Envoy's does once a
-    /// filter has buffered.
-    fn take_buffered(&mut self) -> Vec<u8> {
-        self.buffered
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
-    }
-
-    fn buffered_len(&self) -> usize {
-        self.buffered.as_ref().map_or(0, Vec::len)
     }
 }
 
@@ -476,6 +466,27 @@ impl HttpStream {
             Dir::Request => &mut d.request_body,
             Dir::Response => &mut d.response_body,
         })
+    }
+
+    /// The direction's buffer ([`StreamData::request_buffered`]).
+    fn buffered(&self, dir: Dir) -> RefMut<'_, Option<Vec<u8>>> {
+        RefMut::map(self.data.borrow_mut(), |d| match dir {
+            Dir::Request => &mut d.request_buffered,
+            Dir::Response => &mut d.response_buffered,
+        })
+    }
+
+    /// What the buffer holds; the buffer itself stays (drained), as Envoy's does once a
+    /// filter has buffered.
+    fn take_buffered(&self, dir: Dir) -> Vec<u8> {
+        self.buffered(dir)
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn buffered_len(&self, dir: Dir) -> usize {
+        self.buffered(dir).as_ref().map_or(0, Vec::len)
     }
 
     fn has_trailers(&self, dir: Dir) -> bool {
@@ -754,7 +765,7 @@ impl HttpStream {
         let mut data = match chunk {
             Some(chunk) => chunk,
             // The buffer stays (drained) while its data iterates.
-            None => self.flow(dir).take_buffered(),
+            None => self.take_buffered(dir),
         };
         let had_trailers = self.has_trailers(dir);
         let mut end_stream = end_stream;
@@ -771,7 +782,7 @@ impl HttpStream {
             }
             if state.end_stream {
                 if from_buffer {
-                    self.flow(dir).buffered = Some(data);
+                    *self.buffered(dir) = Some(data);
                 }
                 return;
             }
@@ -784,7 +795,7 @@ impl HttpStream {
                 if self.epoch != epoch {
                     return;
                 }
-                let whole = self.flow(dir).take_buffered();
+                let whole = self.take_buffered(dir);
                 *self.body(dir) = whole;
             } else {
                 *self.body(dir) = std::mem::take(&mut data);
@@ -792,7 +803,7 @@ impl HttpStream {
             let status = self.call(dir, Stage::Body, idx, eos);
             let body = std::mem::take(&mut *self.body(dir));
             if sees_buffer {
-                self.flow(dir).buffered = Some(body);
+                *self.buffered(dir) = Some(body);
             } else {
                 data = body;
             }
@@ -853,13 +864,14 @@ impl HttpStream {
             }
             FilterStatus::StopIterationNoBuffer => {
                 self.state(dir, idx).iteration = Iteration::StopSingle;
-                let flow = self.flow(dir);
+                let complete = self.flow(dir).complete;
+                let mut buffered = self.buffered(dir);
                 if from_buffer {
                     // The data is the buffer: it stays where it was.
-                    flow.buffered = Some(std::mem::take(data));
-                } else if flow.complete && flow.buffered.is_none() {
+                    *buffered = Some(std::mem::take(data));
+                } else if complete && buffered.is_none() {
                     // So that the end of the stream goes on when the filter continues.
-                    flow.buffered = Some(Vec::new());
+                    *buffered = Some(Vec::new());
                 }
                 false
             }
@@ -874,16 +886,15 @@ impl HttpStream {
 
     /// Envoy's `commonHandleBufferData`, then the limit: data joins the direction's buffer.
     fn buffer_data(&mut self, dir: Dir, data: Vec<u8>, from_buffer: bool) {
-        let flow = self.flow(dir);
-        match &mut flow.buffered {
+        match &mut *self.buffered(dir) {
             Some(buffered) if !from_buffer => buffered.extend_from_slice(&data),
             buffered => *buffered = Some(data),
         }
         let limit = self.buffer_limit;
-        let flow = self.flow(dir);
-        if flow.buffered_len() <= limit {
+        if self.buffered_len(dir) <= limit {
             return;
         }
+        let flow = self.flow(dir);
         if flow.streaming {
             flow.above_watermark = true;
             return;
@@ -909,8 +920,9 @@ impl HttpStream {
     /// The watermarks: a direction above the limit stops reading until it drains to half.
     fn update_watermarks(&mut self) {
         let limit = self.buffer_limit;
-        for flow in [&mut self.request, &mut self.response] {
-            let len = flow.buffered_len();
+        for dir in [Dir::Request, Dir::Response] {
+            let len = self.buffered_len(dir);
+            let flow = self.flow(dir);
             if flow.above_watermark && len <= limit / 2 {
                 flow.above_watermark = false;
             } else if flow.streaming && len > limit {
@@ -933,13 +945,13 @@ impl HttpStream {
             }
             // A filter that keeps the body sees it whole in its trailers callback.
             if state.buffering {
-                let whole = self.flow(dir).take_buffered();
+                let whole = self.take_buffered(dir);
                 *self.body(dir) = whole;
             }
             let status = self.call(dir, Stage::Trailers, idx, true);
             let body = std::mem::take(&mut *self.body(dir));
             if state.buffering {
-                self.flow(dir).buffered = Some(body);
+                *self.buffered(dir) = Some(body);
             }
             self.state(dir, idx).end_stream = true;
             if self.intercepted() {
@@ -996,8 +1008,7 @@ impl HttpStream {
         if !state.headers_continued {
             state.headers_continued = true;
             let has_trailers = self.has_trailers(dir);
-            let flow = self.flow(dir);
-            let eos = flow.complete && flow.buffered.is_none() && !has_trailers;
+            let eos = self.flow(dir).complete && self.buffered(dir).is_none() && !has_trailers;
             self.headers_from(dir, pos + 1, eos);
             if self.epoch != epoch {
                 return;
@@ -1009,7 +1020,7 @@ impl HttpStream {
             pos + 1
         };
         let had_trailers = self.has_trailers(dir);
-        if self.flow(dir).buffered.is_some() {
+        if self.buffered(dir).is_some() {
             let eos = self.flow(dir).complete && !had_trailers;
             self.data_from(dir, from, None, eos);
             if self.epoch != epoch {
@@ -1109,6 +1120,7 @@ impl HttpStream {
             let mut data = self.data.borrow_mut();
             data.response_headers = Some(headers);
             data.response_body.clear();
+            data.response_buffered = None;
             data.response_trailers = None;
         }
         let eos = body.is_empty();

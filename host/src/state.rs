@@ -39,6 +39,11 @@ pub struct StreamContext {
     /// Envoy's Wasm filter keeps a map for its module from the callback that stopped on it
     /// until the module continues that direction: meanwhile any context may use it.
     held: u8,
+    /// The bodies the context holds buffered, one bit per buffer type (0 the request, 1 the
+    /// response): Envoy's `buffering_request_body_` / `buffering_response_body_`, set when a
+    /// body callback stopped with StopIterationAndBuffer. Meanwhile any context of the module
+    /// reaches the stream's buffer (Envoy's `modifyDecodingBuffer`).
+    buffering: u8,
 }
 
 /// A stream other than the one whose callback runs, moved out of its shared cell while it is
@@ -75,6 +80,10 @@ pub struct HostState {
     /// The stream whose callback runs, with its data moved in for the call.
     pub stream: Option<(u32, StreamData)>,
     borrowed: Option<Borrowed>,
+    /// `proxy_continue_stream` calls of this callback, (context, direction): the body stays
+    /// the context's until the callback returns ([`HostState::settle`]), as Envoy resumes
+    /// after the VM call.
+    continued: Vec<(u32, u32)>,
     pub root_properties: BTreeMap<String, Vec<u8>>,
     pub tick_period: Option<Duration>,
     pub callouts: Callouts,
@@ -129,6 +138,7 @@ impl HostState {
             effective_context: 1,
             stream: None,
             borrowed: None,
+            continued: Vec::new(),
             root_properties: BTreeMap::new(),
             tick_period: None,
             callouts: Callouts::default(),
@@ -228,7 +238,8 @@ impl HostState {
     }
 
     /// `proxy_continue_stream`: the context lets go of the maps of that direction (0 the
-    /// request, 1 the response), as Envoy's `continueStream` drops its pointers to them.
+    /// request, 1 the response), as Envoy's `continueStream` drops its pointers to them. Its
+    /// buffered body of that direction goes on once the callback returns.
     pub fn release(&mut self, context: u32, direction: u32) {
         if let Some(c) = self.streams.get_mut(&context) {
             let (headers, trailers) = if direction == 0 {
@@ -237,6 +248,53 @@ impl HostState {
                 (map::HTTP_RESPONSE_HEADERS, map::HTTP_RESPONSE_TRAILERS)
             };
             c.held &= !((1 << headers) | (1 << trailers));
+            self.continued.push((context, direction));
+        }
+    }
+
+    /// After a body callback of `context` (or a trailers callback that continued): whether
+    /// it keeps body `buffer` (0 the request, 1 the response) buffered.
+    pub fn set_buffering(&mut self, context: u32, buffer: u32, buffering: bool) {
+        if let Some(c) = self.streams.get_mut(&context) {
+            let bit = 1u8 << buffer.min(7);
+            if buffering {
+                c.buffering |= bit;
+            } else {
+                c.buffering &= !bit;
+            }
+        }
+    }
+
+    /// After a callback: the bodies continued in it went on with their streams.
+    pub fn settle(&mut self) {
+        for (context, direction) in std::mem::take(&mut self.continued) {
+            self.set_buffering(context, direction, false);
+        }
+    }
+
+    /// Body `buffer` (0 the request, 1 the response) of the effective context's stream:
+    /// in its stream's own callbacks the body the callback has (as before); from elsewhere
+    /// the stream's buffer while the context holds that body buffered, as Envoy's `getBuffer`
+    /// hands out the filter manager's buffered body. `None` when there is no such body, which
+    /// Envoy answers as an empty buffer that takes no bytes.
+    pub fn stream_body(&mut self, buffer: u32) -> Option<&mut Vec<u8>> {
+        if self.effective_is_current() {
+            let s = self.current_stream()?;
+            return Some(if buffer == 0 {
+                &mut s.request_body
+            } else {
+                &mut s.response_body
+            });
+        }
+        let context = self.streams.get(&self.effective_context)?;
+        if buffer > 1 || context.buffering & (1 << buffer) == 0 {
+            return None;
+        }
+        let s = self.stream_data()?;
+        if buffer == 0 {
+            s.request_buffered.as_mut()
+        } else {
+            s.response_buffered.as_mut()
         }
     }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use wasmtime::{Instance, Store, TypedFunc, UpdateDeadline, WasmParams, WasmResults};
 
-use crate::abi::map;
+use crate::abi::{buffer, map};
 use crate::callout::{Callouts, GrpcInbound, HttpCallResult};
 use crate::engine::thread_cpu_time;
 use crate::env::HostEnv;
@@ -372,6 +372,7 @@ impl Vm {
         self.store.data_mut().effective_context = context;
         let result = f(&mut self.store);
         self.store.data_mut().give_back();
+        self.store.data_mut().settle();
         match result {
             Ok(v) => {
                 self.release_done()?;
@@ -446,19 +447,10 @@ impl Vm {
     /// After a headers or trailers callback: whether the context holds that map of its
     /// stream, for its other contexts to use ([`HostState::stream_map`]). A headers answer
     /// of 2 (ContinueAndEndStream) continues, as Envoy reads it; so does a stop the callback
-    /// took back with `proxy_continue_stream`.
-    fn hold(&mut self, ctx: u32, kind: u32, result: &Result<Action, Failure>) {
-        let state = self.store.data_mut();
-        let resumed = match &state.stream {
-            Some((id, data)) if *id == ctx => {
-                if kind <= map::HTTP_REQUEST_TRAILERS {
-                    data.resume_request
-                } else {
-                    data.resume_response
-                }
-            }
-            _ => false,
-        };
+    /// took back with `proxy_continue_stream`. Returns whether it stopped.
+    fn hold(&mut self, ctx: u32, kind: u32, result: &Result<Action, Failure>) -> bool {
+        let direction = u32::from(kind > map::HTTP_REQUEST_TRAILERS);
+        let resumed = self.resumed_in_callback(ctx, direction);
         let is_headers = kind == map::HTTP_REQUEST_HEADERS || kind == map::HTTP_RESPONSE_HEADERS;
         let stopped = match result {
             Ok(0) => false,
@@ -466,12 +458,46 @@ impl Vm {
             Ok(_) => !resumed,
             Err(_) => false,
         };
-        state.set_held(ctx, kind, stopped);
+        self.store.data_mut().set_held(ctx, kind, stopped);
+        stopped
+    }
+
+    /// Whether the callback of stream context `ctx` that just returned resumed `direction`
+    /// itself (`proxy_continue_stream`).
+    fn resumed_in_callback(&self, ctx: u32, direction: u32) -> bool {
+        match &self.store.data().stream {
+            Some((id, data)) if *id == ctx => {
+                if direction == 0 {
+                    data.resume_request
+                } else {
+                    data.resume_response
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// After a body callback: whether the context keeps that body buffered, for its other
+    /// contexts to reach ([`HostState::stream_body`]): its answer was 1 (Envoy's
+    /// StopIterationAndBuffer) and the callback did not take it back.
+    fn note_buffering(&mut self, ctx: u32, body: u32, result: &Result<Action, Failure>) {
+        let buffering = matches!(result, Ok(1)) && !self.resumed_in_callback(ctx, body);
+        self.store.data_mut().set_buffering(ctx, body, buffering);
+    }
+
+    /// After a trailers callback: one that did not stop lets the body it buffered go on.
+    fn trailers_done(&mut self, ctx: u32, kind: u32, result: &Result<Action, Failure>) {
+        if !self.hold(ctx, kind, result) {
+            let body = u32::from(kind == map::HTTP_RESPONSE_TRAILERS);
+            self.store.data_mut().set_buffering(ctx, body, false);
+        }
     }
 
     pub fn on_request_body(&mut self, ctx: u32, size: usize, eos: bool) -> Result<Action, Failure> {
         let f = self.ex.on_request_body.clone();
-        self.headers_cb("proxy_on_request_body", f, ctx, size as u32, eos)
+        let result = self.headers_cb("proxy_on_request_body", f, ctx, size as u32, eos);
+        self.note_buffering(ctx, buffer::HTTP_REQUEST_BODY, &result);
+        result
     }
 
     pub fn on_response_headers(
@@ -493,7 +519,9 @@ impl Vm {
         eos: bool,
     ) -> Result<Action, Failure> {
         let f = self.ex.on_response_body.clone();
-        self.headers_cb("proxy_on_response_body", f, ctx, size as u32, eos)
+        let result = self.headers_cb("proxy_on_response_body", f, ctx, size as u32, eos);
+        self.note_buffering(ctx, buffer::HTTP_RESPONSE_BODY, &result);
+        result
     }
 
     pub fn on_request_trailers(&mut self, ctx: u32, n: usize) -> Result<Action, Failure> {
@@ -503,7 +531,7 @@ impl Vm {
             }),
             None => Ok(0),
         };
-        self.hold(ctx, map::HTTP_REQUEST_TRAILERS, &result);
+        self.trailers_done(ctx, map::HTTP_REQUEST_TRAILERS, &result);
         result
     }
 
@@ -514,7 +542,7 @@ impl Vm {
             }),
             None => Ok(0),
         };
-        self.hold(ctx, map::HTTP_RESPONSE_TRAILERS, &result);
+        self.trailers_done(ctx, map::HTTP_RESPONSE_TRAILERS, &result);
         result
     }
 

@@ -1107,3 +1107,111 @@ async fn a_paused_streams_headers_are_edited_from_the_root_context() {
     assert_eq!(response.header("x-read-back"), Some("added"));
     assert_eq!(response.header("x-late"), None);
 }
+
+/// Review finding 20 (#13), bodies, in the gateway: a module that buffers a body (its body
+/// callback pauses until the end of it, Envoy's StopIterationAndBuffer) reads it whole from
+/// `on_tick` after `proxy_set_effective_context`, replaces it with `replaced from tick: ` and
+/// what it read, and resumes the stream; what goes on is the replaced body, framed by the
+/// gateway (the module removed `content-length`, as a module that resizes a body must).
+/// Before, the read was NOT_FOUND and the set too: the original body went on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_body_is_replaced_from_the_root_context() {
+    let filters = tempfile::tempdir().unwrap();
+    for (file, headers, body, map, buffer) in [
+        (
+            "body_request",
+            "proxy_on_request_headers",
+            "proxy_on_request_body",
+            0,
+            0,
+        ),
+        (
+            "body_response",
+            "proxy_on_response_headers",
+            "proxy_on_response_body",
+            2,
+            1,
+        ),
+    ] {
+        let module = wat::parse_str(format!(
+            r#"(module
+  (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
+  (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_status" (func $status (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $waiting (mut i32) (i32.const 0))
+  (global $heap (mut i32) (i32.const 65536))
+  (data (i32.const 100) "content-length")
+  (data (i32.const 1000) "replaced from tick: ")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $tick (i32.const 50)))
+    (i32.const 1))
+  (func (export "{headers}") (param i32 i32 i32) (result i32)
+    (drop (call $remove (i32.const {map}) (i32.const 100) (i32.const 14)))
+    (i32.const 0))
+  (func (export "{body}") (param $ctx i32) (param i32) (param $eos i32) (result i32)
+    (if (local.get $eos) (then (global.set $waiting (local.get $ctx))))
+    (i32.const 1))
+  (func (export "proxy_on_tick") (param i32)
+    (local $len i32)
+    (if (global.get $waiting)
+      (then
+        (drop (call $effective (global.get $waiting)))
+        (i32.store (i32.const 200) (i32.const 0))
+        (i32.store (i32.const 208) (i32.const 0))
+        (drop (call $status (i32.const {buffer}) (i32.const 200) (i32.const 204)))
+        (local.set $len (i32.load (i32.const 200)))
+        (drop (call $get (i32.const {buffer}) (i32.const 0) (local.get $len) (i32.const 208) (i32.const 212)))
+        (memory.copy (i32.const 1020) (i32.load (i32.const 208)) (i32.load (i32.const 212)))
+        (drop (call $set (i32.const {buffer}) (i32.const 0) (local.get $len)
+          (i32.const 1000) (i32.add (i32.const 20) (i32.load (i32.const 212)))))
+        (drop (call $continue (i32.const {buffer})))
+        (global.set $waiting (i32.const 0))))))"#
+        ))
+        .unwrap();
+        std::fs::write(filters.path().join(format!("{file}.wasm")), module).unwrap();
+    }
+    let echo = EchoUpstream::start().await.unwrap();
+    let text = format!(
+        "_format_version: \"3.0\"\n\
+         services: [{{name: e, url: \"http://{}\", read_timeout: 5000, routes: [{{name: request, paths: [/request]}}, {{name: response, paths: [/response]}}]}}]\n\
+         filter_chains: [{{route: request, filters: [{{name: body_request}}]}}, {{route: response, filters: [{{name: body_response}}]}}]\n",
+        echo.addr()
+    );
+    let gateway = wasmgate_tests::gateway::start_with_filters(filters.path(), &text);
+    for protocol in Protocol::ALL {
+        let request = Request::post("/request", RequestBody::Bytes(b"hello world".to_vec()));
+        let response = send(gateway.addr(), protocol, &request).await.unwrap();
+        assert_eq!(response.status, 200, "{protocol:?}: {}", response.text());
+        let seen = response.echo_report();
+        assert_eq!(
+            seen.body.as_deref(),
+            Some("replaced from tick: hello world"),
+            "{protocol:?}"
+        );
+        assert_eq!(seen.header("content-length"), None, "{protocol:?}");
+        let response = send(gateway.addr(), protocol, &Request::get("/response"))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{protocol:?}: {}", response.text());
+        let text = response.text();
+        let report = text
+            .strip_prefix("replaced from tick: ")
+            .unwrap_or_else(|| panic!("{protocol:?}: {text}"));
+        let seen: wasmgate_tests::EchoReport = serde_json::from_str(report).unwrap();
+        assert_eq!(seen.method, "GET", "{protocol:?}");
+        assert_eq!(response.header("content-length"), None, "{protocol:?}");
+    }
+}

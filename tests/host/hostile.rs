@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use host::testing::{Harness, TestBody, TestRequest};
+use host::testing::{Harness, TestBody, TestRequest, TestResponse};
 use host::{Error, FailurePolicy, Limits, PluginConfig};
 
 /// A module with a bump allocator and the given callbacks' bodies. `{headers}` etc. are the
@@ -603,5 +603,130 @@ fn a_paused_streams_response_headers_are_edited_from_the_root_context() {
     assert_eq!(out.response.header("x-read-back"), Some("added"));
     assert_eq!(out.response.header("x-late"), None);
     assert!(h.log_text().contains("late: 2"), "{}", h.log_text());
+    assert_eq!(w.plugin().failures(), 0);
+}
+
+/// A module that removes `content-length` in `{headers}` (map `{map}`), pauses in `{body}`
+/// until the end of that body (each pause: StopIterationAndBuffer), and from `on_tick` with
+/// `proxy_set_effective_context` to that stream reads the whole buffered body (buffer
+/// `{buffer}`), replaces it with `replaced from tick` and resumes direction `{stream}`. It
+/// logs what the root context itself got for that buffer first (`root: status get set
+/// length`), `read: <body>`, and `set: N after: S L`: the set's status, then the status of a
+/// read after its `proxy_continue_stream` and whether that read still saw the 18 bytes.
+fn body_edits_from_tick(headers: &str, body: &str, map: u32, buffer: u32, stream: u32) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
+  (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_status" (func $status (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $waiting (mut i32) (i32.const 0))
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 100) "content-length")
+  (data (i32.const 120) "replaced from tick")
+  (data (i32.const 160) "root: _ _ _ _")
+  (data (i32.const 180) "set: _ after: _ _")
+  (data (i32.const 500) "read: ")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $tick (i32.const 100)))
+    (i32.const 1))
+  (func (export "{headers}") (param i32 i32 i32) (result i32)
+    (drop (call $remove (i32.const {map}) (i32.const 100) (i32.const 14)))
+    (i32.const 0))
+  (func (export "{body}") (param $ctx i32) (param i32) (param $eos i32) (result i32)
+    (if (local.get $eos) (then (global.set $waiting (local.get $ctx))))
+    (i32.const 1))
+  (func $digit (param $at i32) (param $v i32)
+    (i32.store8 (local.get $at) (i32.add (i32.const 48) (local.get $v))))
+  (func (export "proxy_on_tick") (param i32)
+    (if (global.get $waiting)
+      (then
+        (i32.store (i32.const 300) (i32.const 7))
+        (call $digit (i32.const 166) (call $status (i32.const {buffer}) (i32.const 300) (i32.const 304)))
+        (call $digit (i32.const 168) (call $get (i32.const {buffer}) (i32.const 0) (i32.const 100) (i32.const 308) (i32.const 312)))
+        (call $digit (i32.const 170) (call $set (i32.const {buffer}) (i32.const 0) (i32.const 0) (i32.const 120) (i32.const 18)))
+        (call $digit (i32.const 172) (i32.load (i32.const 300)))
+        (drop (call $log (i32.const 2) (i32.const 160) (i32.const 13)))
+        (drop (call $effective (global.get $waiting)))
+        (i32.store (i32.const 300) (i32.const 0))
+        (i32.store (i32.const 308) (i32.const 0))
+        (i32.store (i32.const 312) (i32.const 0))
+        (drop (call $status (i32.const {buffer}) (i32.const 300) (i32.const 304)))
+        (drop (call $get (i32.const {buffer}) (i32.const 0) (i32.load (i32.const 300)) (i32.const 308) (i32.const 312)))
+        (memory.copy (i32.const 506) (i32.load (i32.const 308)) (i32.load (i32.const 312)))
+        (drop (call $log (i32.const 2) (i32.const 500) (i32.add (i32.const 6) (i32.load (i32.const 312)))))
+        (call $digit (i32.const 185) (call $set (i32.const {buffer}) (i32.const 0) (i32.load (i32.const 300)) (i32.const 120) (i32.const 18)))
+        (drop (call $continue (i32.const {stream})))
+        (call $digit (i32.const 194) (call $status (i32.const {buffer}) (i32.const 300) (i32.const 304)))
+        (call $digit (i32.const 196) (i32.eq (i32.load (i32.const 300)) (i32.const 18)))
+        (drop (call $log (i32.const 2) (i32.const 180) (i32.const 17)))
+        (global.set $waiting (i32.const 0))))))"#
+    ))
+    .expect("WAT")
+}
+
+/// Review finding 20 (#13), bodies: a module that buffers a request body (its body callback
+/// pauses, Envoy's StopIterationAndBuffer) reads and replaces it from `on_tick` after
+/// `proxy_set_effective_context`, as Envoy's `getBuffer` hands another context the
+/// decoder's buffered body; the upstream gets the replaced body (unframed: the module
+/// removed `content-length`). The root context itself has no body: Envoy answers an empty
+/// one (status and get OK, length 0) and refuses a set (BAD_ARGUMENT). Envoy resumes once
+/// the callback returns, so a read right after `proxy_continue_stream` still sees the body.
+/// Before, every one of these calls answered NOT_FOUND and the upstream got `hello world`.
+#[test]
+fn a_buffered_request_body_is_replaced_from_the_root_context() {
+    let wasm = body_edits_from_tick("proxy_on_request_headers", "proxy_on_request_body", 0, 0, 0);
+    let (mut h, w) = harness(&wasm, FailurePolicy::FailClosed);
+    let request = TestRequest::post("/", Vec::new()).body(TestBody::Pieces(vec![
+        b"hello ".to_vec(),
+        b"world".to_vec(),
+    ]));
+    let out = h.send(request);
+    assert!(!out.timed_out, "{}", h.log_text());
+    assert_eq!(out.response.status, 200, "{}", h.log_text());
+    let log = h.log_text();
+    assert!(log.contains("root: 0 0 2 0"), "{log}");
+    assert!(log.contains("read: hello world"), "{log}");
+    assert!(log.contains("set: 0 after: 0 1"), "{log}");
+    let upstream = out.upstream.expect("the request went on");
+    assert_eq!(upstream.body, b"replaced from tick");
+    assert_eq!(upstream.headers.get("content-length"), None);
+    assert_eq!(w.plugin().failures(), 0);
+}
+
+/// The same for a buffered response body: the client gets the body replaced from `on_tick`.
+#[test]
+fn a_buffered_response_body_is_replaced_from_the_root_context() {
+    let wasm = body_edits_from_tick(
+        "proxy_on_response_headers",
+        "proxy_on_response_body",
+        2,
+        1,
+        1,
+    );
+    let (mut h, w) = harness(&wasm, FailurePolicy::FailClosed);
+    h.set_upstream(|_| TestResponse::new(200, &[], b"hello world"));
+    let out = h.send(TestRequest::get("/"));
+    assert!(!out.timed_out, "{}", h.log_text());
+    assert_eq!(out.response.status, 200, "{}", h.log_text());
+    let log = h.log_text();
+    assert!(log.contains("root: 0 0 2 0"), "{log}");
+    assert!(log.contains("read: hello world"), "{log}");
+    assert!(log.contains("set: 0 after: 0 1"), "{log}");
+    assert_eq!(out.response.text(), "replaced from tick");
+    assert_eq!(out.response.header("content-length"), None);
     assert_eq!(w.plugin().failures(), 0);
 }

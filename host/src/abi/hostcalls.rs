@@ -171,9 +171,10 @@ fn proxy_set_tick_period(mut c: C<'_>, ms: u32) -> R {
 /// A copy of a readable buffer, `None` when that buffer does not exist here.
 fn buffer_of(state: &mut HostState, kind: u32) -> Result<Option<Vec<u8>>, u32> {
     Ok(match kind {
-        // Between its callbacks a stream's body is in its filter chain's buffer, not here.
-        buffer::HTTP_REQUEST_BODY => state.current_stream().map(|s| s.request_body.clone()),
-        buffer::HTTP_RESPONSE_BODY => state.current_stream().map(|s| s.response_body.clone()),
+        // Envoy hands any context a stream body, empty where it has none.
+        buffer::HTTP_REQUEST_BODY | buffer::HTTP_RESPONSE_BODY => {
+            Some(state.stream_body(kind).cloned().unwrap_or_default())
+        }
         buffer::DOWNSTREAM_DATA | buffer::UPSTREAM_DATA => None,
         buffer::HTTP_CALL_RESPONSE_BODY => state.http_response.as_ref().map(|r| r.body.clone()),
         buffer::GRPC_RECEIVE_BUFFER => state.grpc.message.clone(),
@@ -228,8 +229,15 @@ fn proxy_set_buffer_bytes(mut c: C<'_>, kind: u32, start: u32, size: u32, ptr: u
     let state = c.data_mut();
     let budget = module_budget(state);
     let target = match kind {
-        buffer::HTTP_REQUEST_BODY => state.current_stream().map(|s| &mut s.request_body),
-        buffer::HTTP_RESPONSE_BODY => state.current_stream().map(|s| &mut s.response_body),
+        // Envoy's empty stand-in for a body the context has not got takes no bytes.
+        buffer::HTTP_REQUEST_BODY | buffer::HTTP_RESPONSE_BODY => match state.stream_body(kind) {
+            Some(body) => Some(body),
+            None => {
+                let why =
+                    "proxy_set_buffer_bytes: the context has no body of that stream to change";
+                return Ok(refuse(state, BAD_ARGUMENT, why));
+            }
+        },
         // Envoy hands the module a call's response body as a constant buffer.
         buffer::HTTP_CALL_RESPONSE_BODY => {
             return Ok(if state.http_response.is_some() {
