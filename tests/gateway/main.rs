@@ -4,6 +4,7 @@
 
 mod cases;
 mod failures;
+mod grpc_calls;
 mod lifecycle;
 mod plugins;
 mod proxy;

@@ -19,14 +19,16 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
+use host::callout::{GrpcCallout, GrpcInbound, GrpcOutbound};
 use host::state::StreamOp;
 use host::{Headers, HttpCallResult, HttpStream, Output, StreamInfo, WorkerPlugin};
 
 use super::body::ProxyBody;
 use super::channel::{channel, FrameSender};
 use super::errors::ProxyError;
+use super::grpc_call;
 use super::{headers, Downstream};
 use crate::access_log::AccessLog;
 use crate::server::Worker;
@@ -126,7 +128,7 @@ enum Piece {
     Trailers(Headers),
 }
 
-fn to_header_map(headers: &Headers) -> HeaderMap {
+pub(super) fn to_header_map(headers: &Headers) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in headers.iter() {
         if name.starts_with(':') {
@@ -143,24 +145,14 @@ fn trailers_frame(headers: &Headers) -> Frame<Bytes> {
     Frame::trailers(to_header_map(headers))
 }
 
-/// Rounds of gRPC calls closed at once (see `deliver_once`) that one delivery carries out: a
-/// module that answers each close with a new call cannot hold the worker in that loop.
-const GRPC_ROUNDS: usize = 8;
-
 /// Routes what the chain produced, then performs the calls filters made.
 async fn deliver(worker: &Rc<Worker>, stream: &Rc<Stream>) {
-    for _ in 0..GRPC_ROUNDS {
-        if !deliver_once(worker, stream).await {
-            break;
-        }
-    }
+    deliver_outputs(worker, stream).await;
     stream.wake.notify_waiters();
     carry_out(worker, &stream.plugins);
 }
 
-/// One round of [`deliver`]: whether gRPC calls were answered (closed) in it, so that what
-/// the modules did on those answers needs another round to go out.
-async fn deliver_once(worker: &Rc<Worker>, stream: &Rc<Stream>) -> bool {
+async fn deliver_outputs(worker: &Rc<Worker>, stream: &Rc<Stream>) {
     let (chain, taps) = (&stream.chain, &stream.taps);
     stream.register(worker);
     let outputs = chain.borrow_mut().take_outputs();
@@ -224,7 +216,6 @@ async fn deliver_once(worker: &Rc<Worker>, stream: &Rc<Stream>) -> bool {
         }
     }
     let callouts = chain.borrow_mut().take_callouts();
-    let mut answered = false;
     for (filter, callouts) in callouts {
         for call in callouts.http {
             let worker = Rc::clone(worker);
@@ -259,23 +250,79 @@ async fn deliver_once(worker: &Rc<Worker>, stream: &Rc<Stream>) -> bool {
                 Box::pin(deliver(&worker, &stream)).await;
             });
         }
+        let Some(plugin) = stream.plugins.get(filter) else {
+            continue;
+        };
         for call in callouts.grpc {
-            // The host frames gRPC but the gateway does not dial gRPC upstreams yet: the module
-            // learns at once, as from an unreachable upstream.
-            chain.borrow_mut().grpc_event(
-                filter,
-                call.token,
-                host::callout::GrpcInbound::Close {
-                    status: 14,
-                    message: "gRPC calls are not available in this gateway".into(),
-                },
-            );
-            answered = true;
+            start_grpc_call(worker, plugin, call, Some((Rc::clone(stream), filter)));
+        }
+        to_grpc_streams(worker, plugin, callouts.grpc_outbound);
+    }
+}
+
+/// What modules did on their open gRPC streams, by (instance, token), to the calls' tasks.
+#[derive(Default)]
+pub struct GrpcStreams(HashMap<(usize, u32), mpsc::UnboundedSender<GrpcOutbound>>);
+
+fn to_grpc_streams(worker: &Worker, plugin: &WorkerPlugin, events: Vec<GrpcOutbound>) {
+    let streams = worker.grpc_streams.borrow();
+    for event in events {
+        let token = match &event {
+            GrpcOutbound::Send { token, .. }
+            | GrpcOutbound::Close { token }
+            | GrpcOutbound::Cancel { token } => *token,
+        };
+        if let Some(tx) = streams.0.get(&(plugin.id(), token)) {
+            let _ = tx.send(event);
         }
     }
-    // What a module did on a close (resumed, replied) goes out in the next round: no more
-    // input may come to carry it.
-    answered
+}
+
+/// Makes a module's gRPC call, and hands what happens on it to the stream whose filter made
+/// it or, once that stream is over (or for a root context's call), to the root context: as
+/// with HTTP calls, cpp-host makes every call on the root context.
+fn start_grpc_call(
+    worker: &Rc<Worker>,
+    plugin: &WorkerPlugin,
+    call: GrpcCallout,
+    stream: Option<(Rc<Stream>, usize)>,
+) {
+    let key = (plugin.id(), call.token);
+    let outbound = call.streaming.then(|| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        worker.grpc_streams.borrow_mut().0.insert(key, tx);
+        rx
+    });
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    tokio::task::spawn_local(grpc_call::exchange(
+        Rc::clone(worker),
+        call,
+        outbound,
+        events_tx,
+    ));
+    let worker = Rc::clone(worker);
+    let plugin = plugin.clone();
+    tokio::task::spawn_local(async move {
+        let mut stream = stream;
+        while let Some(event) = events.recv().await {
+            if matches!(event, GrpcInbound::Close { .. }) {
+                worker.grpc_streams.borrow_mut().0.remove(&key);
+            }
+            stream = stream.filter(|(s, _)| !s.chain.borrow().is_complete());
+            match &stream {
+                Some((s, filter)) => {
+                    s.chain.borrow_mut().grpc_event(*filter, key.1, event);
+                    Box::pin(deliver(&worker, s)).await;
+                }
+                None => {
+                    plugin.root_grpc_event(key.1, event);
+                    carry_out(&worker, std::slice::from_ref(&plugin));
+                }
+            }
+        }
+        // Cancelled: the task ended without a close.
+        worker.grpc_streams.borrow_mut().0.remove(&key);
+    });
 }
 
 /// Carries out what modules asked for outside their own stream's callbacks: calls made from
@@ -333,14 +380,9 @@ fn carry_out(worker: &Rc<Worker>, plugins: &[WorkerPlugin]) {
             });
         }
         for call in callouts.grpc {
-            plugin.root_grpc_event(
-                call.token,
-                host::callout::GrpcInbound::Close {
-                    status: 14,
-                    message: "gRPC calls are not available in this gateway".into(),
-                },
-            );
+            start_grpc_call(worker, &plugin, call, None);
         }
+        to_grpc_streams(worker, &plugin, callouts.grpc_outbound);
     }
 }
 

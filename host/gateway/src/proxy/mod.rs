@@ -9,6 +9,7 @@ pub mod body;
 pub mod channel;
 pub mod errors;
 pub mod filtered;
+pub mod grpc_call;
 pub mod headers;
 pub mod path;
 pub mod upstream;

@@ -1,0 +1,229 @@
+//! A module's gRPC calls made by `gateway` itself (issue #13 item 2): over HTTP/2 to a real
+//! gRPC server on loopback (hyper's, speaking gRPC's framing), unary and streaming, with the
+//! call's status from the server's trailers or its trailers-only answer. Before, the gateway
+//! closed every call at once with UNAVAILABLE (14) without dialling anything.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use wasmgate_tests::client::send;
+use wasmgate_tests::{EchoUpstream, Protocol, Request};
+
+fn framed(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+fn messages(mut body: Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        body.advance(5);
+        out.push(body.split_to(len.min(body.len())));
+    }
+    out
+}
+
+/// `/svc.Echo/Say` answers each request message with `re:<message>` and status 0;
+/// `/svc.Echo/Deny` answers trailers-only with status 7 (PERMISSION_DENIED).
+async fn handle(
+    request: hyper::Request<Incoming>,
+) -> Result<hyper::Response<BoxBody<Bytes, Infallible>>, Infallible> {
+    let path = request.uri().path().to_owned();
+    let grpc = request
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/grpc")
+        && request.headers().get("te").is_some_and(|v| v == "trailers");
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let response = hyper::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc");
+    if path == "/svc.Echo/Say" && grpc {
+        let mut out = BytesMut::new();
+        for message in messages(body) {
+            out.extend_from_slice(&framed(&[b"re:".as_slice(), &message].concat()));
+        }
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let body = Full::new(out.freeze())
+            .with_trailers(async { Some(Ok(trailers)) })
+            .boxed();
+        return Ok(response.body(body).unwrap());
+    }
+    Ok(response
+        .header("grpc-status", "7")
+        .header("grpc-message", "no%20way")
+        .body(Full::new(Bytes::new()).boxed())
+        .unwrap())
+}
+
+async fn grpc_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(socket), hyper::service::service_fn(handle)),
+            );
+        }
+    });
+    addr
+}
+
+/// A filter named `name` that, on the request headers, calls `svc.Echo/<method>` on the
+/// service `g` (unary with the message `hi`, or a stream sending `a` then `b` and its end),
+/// pauses, and resumes the request when the call closes. It records in gauges
+/// `<name>_messages` (messages received), `<name>_size` (the last one's size) and
+/// `<name>_status` (the status it closed with).
+fn caller(name: &str, method: &str, streaming: bool) -> Vec<u8> {
+    let start = if streaming {
+        format!(
+            "(drop (call $stream (i32.const 100) (i32.const 9) (i32.const 120) (i32.const 8)
+               (i32.const 140) (i32.const {len}) (i32.const 240) (i32.const 4) (i32.const 220)))
+             (drop (call $send (i32.load (i32.const 220)) (i32.const 170) (i32.const 1) (i32.const 0)))
+             (drop (call $send (i32.load (i32.const 220)) (i32.const 180) (i32.const 1) (i32.const 1)))",
+            len = method.len()
+        )
+    } else {
+        format!(
+            "(drop (call $call (i32.const 100) (i32.const 9) (i32.const 120) (i32.const 8)
+               (i32.const 140) (i32.const {len}) (i32.const 240) (i32.const 4)
+               (i32.const 160) (i32.const 2) (i32.const 5000) (i32.const 220)))",
+            len = method.len()
+        )
+    };
+    let metric = |suffix: &str| format!("{name}_{suffix}");
+    let (messages, size, status) = (metric("messages"), metric("size"), metric("status"));
+    wat::parse_str(format!(
+        r#"(module
+  (import "env" "proxy_grpc_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_grpc_stream" (func $stream (param i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_grpc_send" (func $send (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_record_metric" (func $record (param i32 i64) (result i32)))
+  (memory (export "memory") 1)
+  (global $messages (mut i32) (i32.const 0))
+  (data (i32.const 100) "service.g")
+  (data (i32.const 120) "svc.Echo")
+  (data (i32.const 140) "{method}")
+  (data (i32.const 160) "hi")
+  (data (i32.const 170) "a")
+  (data (i32.const 180) "b")
+  (data (i32.const 240) "\00\00\00\00")
+  (data (i32.const 1000) "{messages}")
+  (data (i32.const 1100) "{size}")
+  (data (i32.const 1200) "{status}")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 4096))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $define (i32.const 1) (i32.const 1000) (i32.const {ml}) (i32.const 300)))
+    (drop (call $define (i32.const 1) (i32.const 1100) (i32.const {sl}) (i32.const 304)))
+    (drop (call $define (i32.const 1) (i32.const 1200) (i32.const {tl}) (i32.const 308)))
+    (drop (call $record (i32.load (i32.const 308)) (i64.const 999)))
+    (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    {start}
+    (i32.const 1))
+  (func (export "proxy_on_grpc_receive") (param i32 i32) (param $size i32)
+    (global.set $messages (i32.add (global.get $messages) (i32.const 1)))
+    (drop (call $record (i32.load (i32.const 300)) (i64.extend_i32_u (global.get $messages))))
+    (drop (call $record (i32.load (i32.const 304)) (i64.extend_i32_u (local.get $size)))))
+  (func (export "proxy_on_grpc_close") (param i32 i32) (param $status i32)
+    (drop (call $record (i32.load (i32.const 308)) (i64.extend_i32_u (local.get $status))))
+    (drop (call $continue (i32.const 0)))))"#,
+        ml = messages.len(),
+        sl = size.len(),
+        tl = status.len(),
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_and_streaming_calls_reach_a_grpc_server_and_close_with_its_status() {
+    let grpc = grpc_server().await;
+    let echo = EchoUpstream::start().await.unwrap();
+    let filters = tempfile::tempdir().unwrap();
+    for (name, method, streaming) in [
+        ("say", "Say", false),
+        ("deny", "Deny", false),
+        ("chat", "Say", true),
+    ] {
+        std::fs::write(
+            filters.path().join(format!("{name}.wasm")),
+            caller(name, method, streaming),
+        )
+        .unwrap();
+    }
+    let text = format!(
+        "_format_version: \"3.0\"\n\
+         services:\n\
+         - {{name: e, url: \"http://{}\", routes: [{{name: say, paths: [/say]}}, {{name: deny, paths: [/deny]}}, {{name: chat, paths: [/chat]}}]}}\n\
+         - {{name: g, url: \"grpc://{grpc}\"}}\n\
+         filter_chains:\n\
+         - {{route: say, filters: [{{name: say}}]}}\n\
+         - {{route: deny, filters: [{{name: deny}}]}}\n\
+         - {{route: chat, filters: [{{name: chat}}]}}\n",
+        echo.addr()
+    );
+    let gateway = wasmgate_tests::gateway::start_with_filters(filters.path(), &text);
+    let gauge = |name: &str| {
+        (gateway.shared().runtime.env.metrics.snapshot())
+            .into_iter()
+            .find(|m| m.name == name)
+            .map_or(-1, |m| m.value)
+    };
+    for path in ["/say", "/deny", "/chat"] {
+        let request = Request::get(path);
+        let exchange = send(gateway.addr(), Protocol::Http1, &request);
+        let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .expect("the call closes and the request goes on")
+            .unwrap();
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+    }
+    let started = Instant::now();
+    while ["say_status", "deny_status", "chat_status"]
+        .iter()
+        .any(|g| gauge(g) == 999)
+    {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Unary: one message, `re:hi`, then OK.
+    assert_eq!(
+        (
+            gauge("say_messages"),
+            gauge("say_size"),
+            gauge("say_status")
+        ),
+        (1, 5, 0)
+    );
+    // Trailers-only: no message, the server's PERMISSION_DENIED.
+    assert_eq!((gauge("deny_messages"), gauge("deny_status")), (0, 7));
+    // A stream: both messages sent and answered, then OK.
+    assert_eq!(
+        (
+            gauge("chat_messages"),
+            gauge("chat_size"),
+            gauge("chat_status")
+        ),
+        (2, 4, 0)
+    );
+}
