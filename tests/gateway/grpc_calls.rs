@@ -12,6 +12,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use wasmgate_tests::client::send;
+use wasmgate_tests::gateway::module_metric;
 use wasmgate_tests::{EchoUpstream, Protocol, Request};
 
 fn framed(message: &[u8]) -> Vec<u8> {
@@ -183,12 +184,7 @@ async fn unary_and_streaming_calls_reach_a_grpc_server_and_close_with_its_status
         echo.addr()
     );
     let gateway = wasmgate_tests::gateway::start_with_filters(filters.path(), &text);
-    let gauge = |name: &str| {
-        (gateway.shared().runtime.env.metrics.snapshot())
-            .into_iter()
-            .find(|m| m.name == name)
-            .map_or(-1, |m| m.value)
-    };
+    let gauge = |name: &str| module_metric(&gateway, name).unwrap_or(-1);
     for path in ["/say", "/deny", "/chat"] {
         let request = Request::get(path);
         let exchange = send(gateway.addr(), Protocol::Http1, &request);

@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use wasmgate_tests::client::send;
+use wasmgate_tests::gateway::module_metric;
 use wasmgate_tests::{EchoUpstream, Protocol, Request};
 
 /// Counts the requests its instance saw in its own memory and adds the count (one digit,
@@ -90,12 +91,7 @@ async fn ticks_run_from_the_start_without_a_request() {
         echo.addr()
     );
     let gateway = wasmgate_tests::gateway::start_with_filters(filters.path(), &text);
-    let ticks = || {
-        (gateway.shared().runtime.env.metrics.snapshot())
-            .into_iter()
-            .find(|m| m.name == "ticks")
-            .map_or(0, |m| m.value)
-    };
+    let ticks = || module_metric(&gateway, "ticks").unwrap_or(0);
     let started = Instant::now();
     while ticks() < 10 {
         assert!(
@@ -181,12 +177,7 @@ async fn a_call_outlives_its_stream_and_its_answer_goes_to_the_root_context() {
         .await
         .unwrap();
     assert_eq!(response.status, 504, "{}", response.text());
-    let metric = |name: &str| {
-        (gateway.shared().runtime.env.metrics.snapshot())
-            .into_iter()
-            .find(|m| m.name == name)
-            .map_or(0, |m| m.value)
-    };
+    let metric = |name: &str| module_metric(&gateway, name).unwrap_or(0);
     let started = Instant::now();
     while metric("answers") < 1 {
         assert!(
@@ -341,12 +332,7 @@ async fn calls_from_the_root_context_carry_trailers_and_a_bounded_answer() {
          filter_chains: [{{route: r, filters: [{{name: root_caller}}]}}]\n"
     );
     let gateway = wasmgate_tests::gateway::start_with_filters(filters.path(), &text);
-    let gauge = |name: &str| {
-        (gateway.shared().runtime.env.metrics.snapshot())
-            .into_iter()
-            .find(|m| m.name == name)
-            .map_or(-1, |m| m.value)
-    };
+    let gauge = |name: &str| module_metric(&gateway, name).unwrap_or(-1);
     let started = Instant::now();
     while gauge("small_body") == 999 || gauge("big_body") == 999 || gauge("small_body") < 0 {
         assert!(
@@ -411,12 +397,7 @@ async fn a_reload_serves_once_every_worker_started_its_instances() {
     options.workers = 2;
     options.runtime.filters_dir = Some(filters.path().to_owned());
     let gateway = wasmgate_tests::gateway::start_with(options, &config(""));
-    let configured = || {
-        (gateway.shared().runtime.env.metrics.snapshot())
-            .into_iter()
-            .find(|m| m.name == "configured")
-            .map_or(0, |m| m.value)
-    };
+    let configured = || module_metric(&gateway, "configured").unwrap_or(0);
     let shared = std::sync::Arc::clone(gateway.shared());
     let chain = "filter_chains: [{route: r, filters: [{name: slow_start}]}]\n".to_owned();
     let text = config(&chain);

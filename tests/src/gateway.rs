@@ -44,6 +44,14 @@ pub fn start_with_filters(filters_dir: &std::path::Path, declarative: &str) -> G
     start_with(options, declarative)
 }
 
+/// A module metric's value (by its proxy-wasm name) in `gateway`, once a module defined it.
+pub fn module_metric(gateway: &Gateway, name: &str) -> Option<i64> {
+    (gateway.shared().runtime.env.metrics.snapshot())
+        .into_iter()
+        .find(|m| m.name == name)
+        .map(|m| m.value)
+}
+
 /// The header the filtered path's request-transformer adds, so a test can tell that the
 /// request went through the plugins.
 pub const PLUGIN_PATH_HEADER: &str = "x-wasmgate-path";
