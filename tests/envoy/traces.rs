@@ -190,6 +190,18 @@ fn scenarios() -> Vec<Scenario> {
             ],
             Send::Get,
         ),
+        // A unary gRPC call to a gRPC server (item 2: gateway makes it itself) resumes the
+        // request on its close.
+        scenario(
+            "grpc_call_resume",
+            vec![
+                a(
+                    json!({"request_headers": "pause", "resume": "grpc_call", "callout": "service.grpcup"}),
+                ),
+                b(plain.clone()),
+            ],
+            Send::Get,
+        ),
         // A call to an upstream the configuration does not have is refused at once
         // (BAD_ARGUMENT); nothing resumes the stream then.
         scenario(
@@ -507,7 +519,10 @@ const DIFFERENCES: &[Difference] = &[
 ];
 
 /// The Kong declarative file: one route per scenario, with its chain.
-fn declarative(echo: SocketAddr, responder: SocketAddr, scenarios: &[Scenario]) -> Value {
+fn declarative(
+    (echo, responder, grpc): (SocketAddr, SocketAddr, SocketAddr),
+    scenarios: &[Scenario],
+) -> Value {
     let service = |name: &str, addr: SocketAddr, routes: Vec<Value>| {
         json!({
             "name": name,
@@ -547,6 +562,7 @@ fn declarative(echo: SocketAddr, responder: SocketAddr, scenarios: &[Scenario]) 
             }),
             service("callee", echo, vec![]),
             service("slow", responder, vec![]),
+            json!({"name": "grpcup", "url": format!("grpc://{grpc}"), "read_timeout": READ_TIMEOUT_MS}),
         ],
         "filter_chains": chains,
     })
@@ -1012,7 +1028,8 @@ async fn envoy_and_gateway_trace_the_same_callbacks() {
     let echo = EchoUpstream::start().await.expect("echo upstream");
     let (responder_addr, responder_task) = start_responder().await;
     let scenarios = scenarios();
-    let text = declarative(echo.addr(), responder_addr, &scenarios).to_string();
+    let grpc = wasmgate_tests::grpc::start_echo().await;
+    let text = declarative((echo.addr(), responder_addr, grpc), &scenarios).to_string();
     let config = model::parse_declarative(&text)
         .unwrap_or_else(|e| panic!("the scenarios' declarative file: {e:?}"));
     let envoy = Envoy::start_bootstrap(&envoy_bootstrap(&config, &filters_dir), 1)

@@ -12,6 +12,7 @@ pub mod echo;
 pub mod envoy;
 pub mod gateway;
 pub mod gateway_cases;
+pub mod grpc;
 pub mod paths;
 pub mod process;
 pub mod seed;

@@ -9,6 +9,7 @@ pub const OK: u32 = 0;
 pub const REQUEST_BODY: u32 = 0;
 pub const RESPONSE_BODY: u32 = 1;
 pub const PLUGIN_CONFIGURATION: u32 = 7;
+pub const GRPC_RECEIVE_BUFFER: u32 = 5;
 
 pub const REQUEST_HEADERS: u32 = 0;
 pub const REQUEST_TRAILERS: u32 = 1;

@@ -275,6 +275,20 @@ impl Stream {
                             Err(status) => format!("http_call {status:?}"),
                         });
                     }
+                    Resume::GrpcCall => {
+                        let called = self.dispatch_grpc_call(
+                            &self.script.callout,
+                            "svc.Echo",
+                            "Say",
+                            vec![("x-t-id", self.tag.as_bytes())],
+                            Some(b"hi"),
+                            Duration::from_secs(5),
+                        );
+                        did.push(match called {
+                            Ok(_) => "grpc_call ok".to_owned(),
+                            Err(status) => format!("grpc_call {status:?}"),
+                        });
+                    }
                 }
                 Action::Pause
             }
@@ -388,6 +402,24 @@ impl Stream {
 }
 
 impl Context for Stream {
+    fn on_grpc_call_response(&mut self, _token: u32, status: u32, size: usize) {
+        let message = match abi::get_buffer(abi::GRPC_RECEIVE_BUFFER, 0, size) {
+            Ok(bytes) => format!("{:?}", String::from_utf8_lossy(&bytes)),
+            Err(status) => format!("status{status}"),
+        };
+        let did = match self.holding.take() {
+            Some(stream) => format!(
+                "{} {}",
+                resume_word(stream),
+                abi::status_text(abi::continue_stream(stream))
+            ),
+            None => "nothing held".to_owned(),
+        };
+        self.trace(&format!(
+            "grpc_call_response status={status} size={size} message={message} -> {did}"
+        ));
+    }
+
     fn on_http_call_response(
         &mut self,
         _token: u32,

@@ -27,6 +27,8 @@
 //!   service>` — made when pausing; its answer resumes), `tick` (the root context's next
 //!   `on_tick`, every `tick_ms`, default 50, resumes it through `proxy_set_effective_context`),
 //!   `tick_reply` (as `tick`, but the tick answers the stream with `reply_status` instead),
+//!   `grpc_call` (a unary `proxy_grpc_call` of `svc.Echo/Say` with the message `hi` to
+//!   `callout`, made when pausing; its close resumes),
 //!   `body_eos` (this filter's own body callback with `end_of_stream` resumes it, as
 //!   request-transformer's `hold_headers` does; it needs Envoy's
 //!   `allow_on_headers_stop_iteration`).

@@ -23,6 +23,9 @@ pub enum Resume {
     /// resuming it.
     TickReply,
     BodyEos,
+    /// A unary gRPC call (`svc.Echo/Say` with the message `hi`) to `callout`, made when
+    /// pausing; its close resumes.
+    GrpcCall,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
