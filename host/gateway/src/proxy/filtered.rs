@@ -260,7 +260,8 @@ async fn deliver_outputs(worker: &Rc<Worker>, stream: &Rc<Stream>) {
     }
 }
 
-/// What modules did on their open gRPC streams, by (instance, token), to the calls' tasks.
+/// What modules did on their open gRPC calls and streams, by (instance, token), to the calls'
+/// tasks.
 #[derive(Default)]
 pub struct GrpcStreams(HashMap<(usize, u32), mpsc::UnboundedSender<GrpcOutbound>>);
 
@@ -288,11 +289,8 @@ fn start_grpc_call(
     stream: Option<(Rc<Stream>, usize)>,
 ) {
     let key = (plugin.id(), call.token);
-    let outbound = call.streaming.then(|| {
-        let (tx, rx) = mpsc::unbounded_channel();
-        worker.grpc_streams.borrow_mut().0.insert(key, tx);
-        rx
-    });
+    let (outbound_tx, outbound) = mpsc::unbounded_channel();
+    worker.grpc_streams.borrow_mut().0.insert(key, outbound_tx);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     tokio::task::spawn_local(grpc_call::exchange(
         Rc::clone(worker),

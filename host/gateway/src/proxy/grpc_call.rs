@@ -31,11 +31,13 @@ const UNAVAILABLE: u32 = 14;
 
 /// Makes the call and reports what happens on `events` until it is closed, or until the
 /// module cancels it (then nothing more is reported, as in Envoy). `outbound` carries what the
-/// module does on an open stream (none for a unary call).
+/// module does on the call: on a stream it sends, closes its side or cancels; a unary call it
+/// can only end, and `proxy_grpc_close` cancels it as `proxy_grpc_cancel` does (Envoy's
+/// `grpcClose` cancels a call's request).
 pub async fn exchange(
     worker: Rc<Worker>,
     call: GrpcCallout,
-    outbound: Option<mpsc::UnboundedReceiver<GrpcOutbound>>,
+    outbound: mpsc::UnboundedReceiver<GrpcOutbound>,
     events: mpsc::UnboundedSender<GrpcInbound>,
 ) {
     // A deadline only for unary calls (0: none), as the ABI gives streams none.
@@ -59,7 +61,7 @@ pub async fn exchange(
 async fn run(
     worker: &Rc<Worker>,
     call: &GrpcCallout,
-    outbound: Option<mpsc::UnboundedReceiver<GrpcOutbound>>,
+    mut outbound: mpsc::UnboundedReceiver<GrpcOutbound>,
     events: &mpsc::UnboundedSender<GrpcInbound>,
 ) -> Option<(u32, String)> {
     let snapshot = worker.shared.snapshot.load_full();
@@ -92,15 +94,17 @@ async fn run(
         Err(e) => return Some((INTERNAL, e.to_string())),
     };
     // The request's messages: the one of a unary call, or what the module sends on its
-    // stream until it closes its side (or cancels: the whole call ends, unreported).
+    // stream until it closes its side. A cancel (or any end of a unary call) ends the whole
+    // call, unreported.
     let (cancel_tx, mut cancelled) = tokio::sync::oneshot::channel::<()>();
     let unary = call.message.clone();
     tokio::task::spawn_local(async move {
+        let mut body_tx = Some(body_tx);
         if let Some(message) = unary {
-            let _ = body_tx.send(Ok(Frame::data(framed(&message)))).await;
-            return;
+            if let Some(tx) = body_tx.take() {
+                let _ = tx.send(Ok(Frame::data(framed(&message)))).await;
+            }
         }
-        let Some(mut outbound) = outbound else { return };
         while let Some(event) = outbound.recv().await {
             match event {
                 GrpcOutbound::Send {
@@ -108,17 +112,13 @@ async fn run(
                     end_stream,
                     ..
                 } => {
-                    if body_tx
-                        .send(Ok(Frame::data(framed(&message))))
-                        .await
-                        .is_err()
-                        || end_stream
-                    {
-                        return;
+                    let Some(tx) = &body_tx else { continue };
+                    if tx.send(Ok(Frame::data(framed(&message)))).await.is_err() || end_stream {
+                        body_tx = None;
                     }
                 }
-                GrpcOutbound::Close { .. } => return,
-                GrpcOutbound::Cancel { .. } => {
+                GrpcOutbound::Close { .. } if body_tx.is_some() => body_tx = None,
+                GrpcOutbound::Close { .. } | GrpcOutbound::Cancel { .. } => {
                     let _ = cancel_tx.send(());
                     return;
                 }
