@@ -145,8 +145,8 @@ pub struct Worker {
     pub filters: std::cell::RefCell<WorkerFilters>,
     /// Its filtered streams, for what modules ask from elsewhere.
     pub live_streams: std::cell::RefCell<crate::proxy::filtered::LiveStreams>,
-    /// Its modules' open gRPC streams.
-    pub grpc_streams: std::cell::RefCell<crate::proxy::filtered::GrpcStreams>,
+    /// Its modules' gRPC calls under way.
+    pub grpc_calls: std::cell::RefCell<crate::proxy::filtered::GrpcCalls>,
 }
 
 /// Runs hyper's connection tasks on the worker's own thread (they need not be `Send`).
@@ -434,7 +434,7 @@ async fn serve(
         index,
         filters: std::cell::RefCell::new(WorkerFilters::new(0)),
         live_streams: std::cell::RefCell::default(),
-        grpc_streams: std::cell::RefCell::default(),
+        grpc_calls: std::cell::RefCell::default(),
     });
     // Module queues and timers (on_tick) run on the worker that owns the instance: queues
     // are looked at every POLL, and a tick runs when it is due (to the millisecond, as

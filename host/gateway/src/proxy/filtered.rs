@@ -256,24 +256,24 @@ async fn deliver_outputs(worker: &Rc<Worker>, stream: &Rc<Stream>) {
         for call in callouts.grpc {
             start_grpc_call(worker, plugin, call, Some((Rc::clone(stream), filter)));
         }
-        to_grpc_streams(worker, plugin, callouts.grpc_outbound);
+        to_grpc_calls(worker, plugin, callouts.grpc_outbound);
     }
 }
 
 /// What modules did on their open gRPC calls and streams, by (instance, token), to the calls'
 /// tasks.
 #[derive(Default)]
-pub struct GrpcStreams(HashMap<(usize, u32), mpsc::UnboundedSender<GrpcOutbound>>);
+pub struct GrpcCalls(HashMap<(usize, u32), mpsc::UnboundedSender<GrpcOutbound>>);
 
-fn to_grpc_streams(worker: &Worker, plugin: &WorkerPlugin, events: Vec<GrpcOutbound>) {
-    let streams = worker.grpc_streams.borrow();
+fn to_grpc_calls(worker: &Worker, plugin: &WorkerPlugin, events: Vec<GrpcOutbound>) {
+    let calls = worker.grpc_calls.borrow();
     for event in events {
         let token = match &event {
             GrpcOutbound::Send { token, .. }
             | GrpcOutbound::Close { token }
             | GrpcOutbound::Cancel { token } => *token,
         };
-        if let Some(tx) = streams.0.get(&(plugin.id(), token)) {
+        if let Some(tx) = calls.0.get(&(plugin.id(), token)) {
             let _ = tx.send(event);
         }
     }
@@ -290,7 +290,7 @@ fn start_grpc_call(
 ) {
     let key = (plugin.id(), call.token);
     let (outbound_tx, outbound) = mpsc::unbounded_channel();
-    worker.grpc_streams.borrow_mut().0.insert(key, outbound_tx);
+    worker.grpc_calls.borrow_mut().0.insert(key, outbound_tx);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     tokio::task::spawn_local(grpc_call::exchange(
         Rc::clone(worker),
@@ -304,7 +304,7 @@ fn start_grpc_call(
         let mut stream = stream;
         while let Some(event) = events.recv().await {
             if matches!(event, GrpcInbound::Close { .. }) {
-                worker.grpc_streams.borrow_mut().0.remove(&key);
+                worker.grpc_calls.borrow_mut().0.remove(&key);
             }
             stream = stream.filter(|(s, _)| !s.chain.borrow().is_complete());
             match &stream {
@@ -319,7 +319,7 @@ fn start_grpc_call(
             }
         }
         // Cancelled: the task ended without a close.
-        worker.grpc_streams.borrow_mut().0.remove(&key);
+        worker.grpc_calls.borrow_mut().0.remove(&key);
     });
 }
 
@@ -380,7 +380,7 @@ fn carry_out(worker: &Rc<Worker>, plugins: &[WorkerPlugin]) {
         for call in callouts.grpc {
             start_grpc_call(worker, &plugin, call, None);
         }
-        to_grpc_streams(worker, &plugin, callouts.grpc_outbound);
+        to_grpc_calls(worker, &plugin, callouts.grpc_outbound);
     }
 }
 
