@@ -84,6 +84,11 @@ pub struct HostState {
     /// the context's until the callback returns ([`HostState::settle`]), as Envoy resumes
     /// after the VM call.
     continued: Vec<(u32, u32)>,
+    /// The body (0 the request, 1 the response) the running callback of the stream whose
+    /// data is moved in carries in that data: its body and trailers callbacks. Its other
+    /// callbacks have no body of their own: they reach the one it holds buffered, as Envoy's
+    /// `getBuffer` looks at `buffering_request_body_` before the callback's own chunk.
+    carried: Option<u32>,
     pub root_properties: BTreeMap<String, Vec<u8>>,
     pub tick_period: Option<Duration>,
     pub callouts: Callouts,
@@ -139,6 +144,7 @@ impl HostState {
             stream: None,
             borrowed: None,
             continued: Vec::new(),
+            carried: None,
             root_properties: BTreeMap::new(),
             tick_period: None,
             callouts: Callouts::default(),
@@ -272,13 +278,23 @@ impl HostState {
         }
     }
 
-    /// Body `buffer` (0 the request, 1 the response) of the effective context's stream:
-    /// in its stream's own callbacks the body the callback has (as before); from elsewhere
-    /// the stream's buffer while the context holds that body buffered, as Envoy's `getBuffer`
+    /// Which body the callback about to run carries ([`HostState::stream_body`]); returns
+    /// the one before, to put back.
+    pub fn carry(&mut self, body: Option<u32>) -> Option<u32> {
+        std::mem::replace(&mut self.carried, body)
+    }
+
+    /// Body `buffer` (0 the request, 1 the response) of the effective context's stream: in
+    /// its stream's callback that carries it, the body that callback has (the chunk, or the
+    /// running total while buffering); otherwise, from any callback of any context, the
+    /// stream's buffer while the context holds that body buffered, as Envoy's `getBuffer`
     /// hands out the filter manager's buffered body. `None` when there is no such body, which
     /// Envoy answers as an empty buffer that takes no bytes.
     pub fn stream_body(&mut self, buffer: u32) -> Option<&mut Vec<u8>> {
-        if self.effective_is_current() {
+        if buffer > 1 {
+            return None;
+        }
+        if self.carried == Some(buffer) && self.effective_is_current() {
             let s = self.current_stream()?;
             return Some(if buffer == 0 {
                 &mut s.request_body
@@ -287,7 +303,7 @@ impl HostState {
             });
         }
         let context = self.streams.get(&self.effective_context)?;
-        if buffer > 1 || context.buffering & (1 << buffer) == 0 {
+        if context.buffering & (1 << buffer) == 0 {
             return None;
         }
         let s = self.stream_data()?;

@@ -493,9 +493,19 @@ impl Vm {
         }
     }
 
+    /// Runs `f` (a body or trailers callback) carrying `body` ([`HostState::carry`]).
+    fn carrying<T>(&mut self, body: u32, f: impl FnOnce(&mut Self) -> T) -> T {
+        let before = self.store.data_mut().carry(Some(body));
+        let result = f(self);
+        self.store.data_mut().carry(before);
+        result
+    }
+
     pub fn on_request_body(&mut self, ctx: u32, size: usize, eos: bool) -> Result<Action, Failure> {
         let f = self.ex.on_request_body.clone();
-        let result = self.headers_cb("proxy_on_request_body", f, ctx, size as u32, eos);
+        let result = self.carrying(buffer::HTTP_REQUEST_BODY, |vm| {
+            vm.headers_cb("proxy_on_request_body", f, ctx, size as u32, eos)
+        });
         self.note_buffering(ctx, buffer::HTTP_REQUEST_BODY, &result);
         result
     }
@@ -519,15 +529,19 @@ impl Vm {
         eos: bool,
     ) -> Result<Action, Failure> {
         let f = self.ex.on_response_body.clone();
-        let result = self.headers_cb("proxy_on_response_body", f, ctx, size as u32, eos);
+        let result = self.carrying(buffer::HTTP_RESPONSE_BODY, |vm| {
+            vm.headers_cb("proxy_on_response_body", f, ctx, size as u32, eos)
+        });
         self.note_buffering(ctx, buffer::HTTP_RESPONSE_BODY, &result);
         result
     }
 
     pub fn on_request_trailers(&mut self, ctx: u32, n: usize) -> Result<Action, Failure> {
         let result = match self.ex.on_request_trailers.clone() {
-            Some(f) => self.guard("proxy_on_request_trailers", ctx, |s| {
-                f.call(s, (ctx, n as u32))
+            Some(f) => self.carrying(buffer::HTTP_REQUEST_BODY, |vm| {
+                vm.guard("proxy_on_request_trailers", ctx, |s| {
+                    f.call(s, (ctx, n as u32))
+                })
             }),
             None => Ok(0),
         };
@@ -537,8 +551,10 @@ impl Vm {
 
     pub fn on_response_trailers(&mut self, ctx: u32, n: usize) -> Result<Action, Failure> {
         let result = match self.ex.on_response_trailers.clone() {
-            Some(f) => self.guard("proxy_on_response_trailers", ctx, |s| {
-                f.call(s, (ctx, n as u32))
+            Some(f) => self.carrying(buffer::HTTP_RESPONSE_BODY, |vm| {
+                vm.guard("proxy_on_response_trailers", ctx, |s| {
+                    f.call(s, (ctx, n as u32))
+                })
             }),
             None => Ok(0),
         };
@@ -615,7 +631,9 @@ impl Vm {
     /// the data of the stream whose callback may be under way put back after.
     fn finish_deferred(&mut self, ctx: u32, data: StreamData) -> Result<(), Failure> {
         let current = self.store.data_mut().stream.replace((ctx, data));
+        let carried = self.store.data_mut().carry(None);
         let result = self.log_and_delete(ctx);
+        self.store.data_mut().carry(carried);
         self.store.data_mut().stream = current;
         self.forget_stream(ctx);
         result

@@ -1215,3 +1215,88 @@ async fn a_buffered_body_is_replaced_from_the_root_context() {
         assert_eq!(response.header("content-length"), None, "{protocol:?}");
     }
 }
+
+/// Review finding 20 (#13), the stream's own callbacks, in the gateway: a module that
+/// buffers the request body until its end (its body callback pauses, Envoy's
+/// StopIterationAndBuffer), calls the echo service there (an auth check) and stays paused,
+/// reads that body in its `on_http_call_response` (with its stream's context effective, as
+/// the SDKs make it), replaces it with `read: ` and what it read, and resumes: the upstream
+/// gets the replaced body, framed by the gateway (the module removed `content-length`).
+/// Before, the read there was empty and the set went nowhere: the upstream got `hello world`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_body_is_edited_in_the_call_response() {
+    let module = wat::parse_str(
+        r#"(module
+  (import "env" "proxy_http_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
+  (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_status" (func $status (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $stream (mut i32) (i32.const 0))
+  (global $heap (mut i32) (i32.const 65536))
+  (data (i32.const 100) "content-length")
+  (data (i32.const 140) "service.e")
+  ;; The call's headers: :method GET, :path /auth, :authority auth (68 bytes).
+  (data (i32.const 300) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\05\00\00\00\0a\00\00\00\04\00\00\00:method\00GET\00:path\00/auth\00:authority\00auth\00")
+  (data (i32.const 1000) "read: ")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $remove (i32.const 0) (i32.const 100) (i32.const 14)))
+    (i32.const 0))
+  (func (export "proxy_on_request_body") (param $ctx i32) (param i32) (param $eos i32) (result i32)
+    (if (local.get $eos)
+      (then
+        (global.set $stream (local.get $ctx))
+        (drop (call $call (i32.const 140) (i32.const 9) (i32.const 300) (i32.const 68)
+          (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 5000) (i32.const 216)))))
+    (i32.const 1))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (local $len i32)
+    (drop (call $effective (global.get $stream)))
+    (i32.store (i32.const 200) (i32.const 0))
+    (i32.store (i32.const 208) (i32.const 0))
+    (i32.store (i32.const 212) (i32.const 0))
+    (drop (call $status (i32.const 0) (i32.const 200) (i32.const 204)))
+    (local.set $len (i32.load (i32.const 200)))
+    (drop (call $get (i32.const 0) (i32.const 0) (local.get $len) (i32.const 208) (i32.const 212)))
+    (memory.copy (i32.const 1006) (i32.load (i32.const 208)) (i32.load (i32.const 212)))
+    (drop (call $set (i32.const 0) (i32.const 0) (local.get $len)
+      (i32.const 1000) (i32.add (i32.const 6) (i32.load (i32.const 212)))))
+    (drop (call $continue (i32.const 0)))))"#,
+    )
+    .unwrap();
+    let filters = tempfile::tempdir().unwrap();
+    std::fs::write(filters.path().join("auth_body.wasm"), module).unwrap();
+    let echo = EchoUpstream::start().await.unwrap();
+    let text = format!(
+        "_format_version: \"3.0\"\n\
+         services: [{{name: e, url: \"http://{}\", read_timeout: 5000, routes: [{{name: r, paths: [/]}}]}}]\n\
+         filter_chains: [{{route: r, filters: [{{name: auth_body}}]}}]\n",
+        echo.addr()
+    );
+    let gateway = wasmgate_tests::gateway::start_with_filters(filters.path(), &text);
+    for protocol in Protocol::ALL {
+        let request = Request::post("/upload", RequestBody::Bytes(b"hello world".to_vec()));
+        let response = send(gateway.addr(), protocol, &request).await.unwrap();
+        assert_eq!(response.status, 200, "{protocol:?}: {}", response.text());
+        let seen = response.echo_report();
+        assert_eq!(seen.path, "/upload", "{protocol:?}");
+        assert_eq!(
+            seen.body.as_deref(),
+            Some("read: hello world"),
+            "{protocol:?}"
+        );
+        assert_eq!(seen.header("content-length"), None, "{protocol:?}");
+    }
+}

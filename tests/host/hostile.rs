@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use host::testing::{Harness, TestBody, TestRequest, TestResponse};
-use host::{Error, FailurePolicy, Limits, PluginConfig};
+use host::{Error, FailurePolicy, HttpCallResponse, HttpCallResult, Limits, PluginConfig};
 
 /// A module with a bump allocator and the given callbacks' bodies. `{headers}` etc. are the
 /// bodies of the callbacks (each must leave an i32 where a result is expected).
@@ -727,6 +727,191 @@ fn a_buffered_response_body_is_replaced_from_the_root_context() {
     assert!(log.contains("read: hello world"), "{log}");
     assert!(log.contains("set: 0 after: 0 1"), "{log}");
     assert_eq!(out.response.text(), "replaced from tick");
+    assert_eq!(out.response.header("content-length"), None);
+    assert_eq!(w.plugin().failures(), 0);
+}
+
+/// A module that removes `content-length` in `{headers}` (map `{map}`), pauses in `{body}`
+/// until the end of that body (each pause: StopIterationAndBuffer), logs `body: NN` (the
+/// size its last body callback got), calls `{upstream}` there and stays paused; in its
+/// `on_http_call_response`, with its stream's context effective (as the SDKs make it: Envoy
+/// hands the answer to the root context), it reads that buffered body (buffer `{buffer}`),
+/// prepends `auth ok: ` to it and resumes direction `{buffer}`. It logs `own: S NN`
+/// (status, length), `read: <body>`, `other: S NN G T` and `net: S NN G T S NN G T`
+/// (status, length, get and set of the other body and of DownstreamData / UpstreamData; 77
+/// is a length never written), and `set: S after: S NN` (the prepend, then a read after its
+/// continue).
+fn body_edits_from_call_response(
+    headers: &str,
+    body: &str,
+    map: u32,
+    buffer: u32,
+    upstream: &str,
+) -> Vec<u8> {
+    let other = 1 - buffer;
+    let upstream_len = upstream.len();
+    wat::parse_str(format!(
+        r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
+  (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_status" (func $status (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $stream (mut i32) (i32.const 0))
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 100) "content-length")
+  (data (i32.const 120) "auth ok: ")
+  (data (i32.const 140) "{upstream}")
+  ;; The call's headers: :method GET, :path /auth, :authority auth (68 bytes).
+  (data (i32.const 300) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\05\00\00\00\0a\00\00\00\04\00\00\00:method\00GET\00:path\00/auth\00:authority\00auth\00")
+  (data (i32.const 400) "own: _ __")
+  (data (i32.const 420) "other: _ __ _ _")
+  (data (i32.const 440) "net: _ __ _ _ _ __ _ _")
+  (data (i32.const 470) "set: _ after: _ __")
+  (data (i32.const 500) "read: ")
+  (data (i32.const 600) "body: __")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "{headers}") (param i32 i32 i32) (result i32)
+    (drop (call $remove (i32.const {map}) (i32.const 100) (i32.const 14)))
+    (i32.const 0))
+  (func (export "{body}") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (if (local.get $eos)
+      (then
+        (global.set $stream (local.get $ctx))
+        (call $two (i32.const 606) (local.get $size))
+        (drop (call $log (i32.const 2) (i32.const 600) (i32.const 8)))
+        (drop (call $call (i32.const 140) (i32.const {upstream_len}) (i32.const 300) (i32.const 68)
+          (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 216)))))
+    (i32.const 1))
+  (func $digit (param $at i32) (param $v i32)
+    (i32.store8 (local.get $at) (i32.add (i32.const 48) (local.get $v))))
+  (func $two (param $at i32) (param $v i32)
+    (call $digit (local.get $at) (i32.div_u (local.get $v) (i32.const 10)))
+    (call $digit (i32.add (local.get $at) (i32.const 1)) (i32.rem_u (local.get $v) (i32.const 10))))
+  ;; Status, length, get and set of buffer $b, written at $at as "S NN G T".
+  (func $probe (param $b i32) (param $at i32)
+    (i32.store (i32.const 200) (i32.const 77))
+    (call $digit (local.get $at) (call $status (local.get $b) (i32.const 200) (i32.const 204)))
+    (call $two (i32.add (local.get $at) (i32.const 2)) (i32.load (i32.const 200)))
+    (call $digit (i32.add (local.get $at) (i32.const 5))
+      (call $get (local.get $b) (i32.const 0) (i32.const 100) (i32.const 208) (i32.const 212)))
+    (call $digit (i32.add (local.get $at) (i32.const 7))
+      (call $set (local.get $b) (i32.const 0) (i32.const 0) (i32.const 120) (i32.const 9))))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (local $len i32)
+    (drop (call $effective (global.get $stream)))
+    (i32.store (i32.const 200) (i32.const 77))
+    (call $digit (i32.const 405) (call $status (i32.const {buffer}) (i32.const 200) (i32.const 204)))
+    (local.set $len (i32.load (i32.const 200)))
+    (call $two (i32.const 407) (local.get $len))
+    (drop (call $log (i32.const 2) (i32.const 400) (i32.const 9)))
+    (i32.store (i32.const 208) (i32.const 0))
+    (i32.store (i32.const 212) (i32.const 0))
+    (drop (call $get (i32.const {buffer}) (i32.const 0) (local.get $len) (i32.const 208) (i32.const 212)))
+    (memory.copy (i32.const 506) (i32.load (i32.const 208)) (i32.load (i32.const 212)))
+    (drop (call $log (i32.const 2) (i32.const 500) (i32.add (i32.const 6) (i32.load (i32.const 212)))))
+    (call $probe (i32.const {other}) (i32.const 427))
+    (drop (call $log (i32.const 2) (i32.const 420) (i32.const 15)))
+    (call $probe (i32.const 2) (i32.const 445))
+    (call $probe (i32.const 3) (i32.const 454))
+    (drop (call $log (i32.const 2) (i32.const 440) (i32.const 22)))
+    (call $digit (i32.const 475) (call $set (i32.const {buffer}) (i32.const 0) (i32.const 0) (i32.const 120) (i32.const 9)))
+    (drop (call $continue (i32.const {buffer})))
+    (i32.store (i32.const 200) (i32.const 77))
+    (call $digit (i32.const 484) (call $status (i32.const {buffer}) (i32.const 200) (i32.const 204)))
+    (call $two (i32.const 486) (i32.load (i32.const 200)))
+    (drop (call $log (i32.const 2) (i32.const 470) (i32.const 18)))))"#
+    ))
+    .expect("WAT")
+}
+
+/// What [`body_edits_from_call_response`] logs in Envoy 1.40 (its `getBuffer` hands the
+/// context that buffers a body the filter manager's buffered body in every callback, and any
+/// other body, DownstreamData and UpstreamData as an empty buffer that takes no bytes):
+/// the body callback got the running total (11), the call's answer reads `hello world`,
+/// the other buffers are empty (status and get OK, set BAD_ARGUMENT), the prepend is OK,
+/// and a read right after `proxy_continue_stream` still sees the 20 bytes.
+fn assert_call_response_edits(log: &str) {
+    for line in [
+        "body: 11",
+        "own: 0 11",
+        "read: hello world",
+        "other: 0 00 0 2",
+        "net: 0 00 0 2 0 00 0 2",
+        "set: 0 after: 0 20",
+    ] {
+        assert!(log.contains(line), "{line}: {log}");
+    }
+}
+
+/// Review finding 20 (#13), the stream's own callbacks: a module that buffers the request
+/// body until its end, calls out (an auth check) and stays paused reads that body in its
+/// `on_http_call_response`, prepends to it and resumes: the upstream gets the edited body,
+/// as in Envoy, whose `getBuffer` hands a context with `buffering_request_body_` the
+/// decoder's buffered body whatever the callback. Before, that callback saw an empty body
+/// (own: 0 00), the other body took the prepend (OK), its own prepend went nowhere and the
+/// upstream got `hello world`; buffer types 2 and 3 were NOT_FOUND (Envoy: empty). The same
+/// module in Envoy 1.40 logs the same lines and forwards the same body.
+#[test]
+fn a_buffered_request_body_is_edited_in_the_call_response() {
+    let wasm = body_edits_from_call_response(
+        "proxy_on_request_headers",
+        "proxy_on_request_body",
+        0,
+        0,
+        "auth",
+    );
+    let (mut h, w) = harness(&wasm, FailurePolicy::FailClosed);
+    h.on_http_call(|call| {
+        assert_eq!(call.upstream, "auth");
+        HttpCallResult::Response(HttpCallResponse::new(200, &[], b"ok"))
+    });
+    let request = TestRequest::post("/", Vec::new()).body(TestBody::Pieces(vec![
+        b"hello ".to_vec(),
+        b"world".to_vec(),
+    ]));
+    let out = h.send(request);
+    assert!(!out.timed_out, "{}", h.log_text());
+    assert_eq!(out.response.status, 200, "{}", h.log_text());
+    assert_eq!(out.http_calls.len(), 1);
+    assert_call_response_edits(&h.log_text());
+    let upstream = out.upstream.expect("the request went on");
+    assert_eq!(upstream.body, b"auth ok: hello world");
+    assert_eq!(upstream.headers.get("content-length"), None);
+    assert_eq!(w.plugin().failures(), 0);
+}
+
+/// The same for a buffered response body: the client gets the body edited in the call's
+/// answer.
+#[test]
+fn a_buffered_response_body_is_edited_in_the_call_response() {
+    let wasm = body_edits_from_call_response(
+        "proxy_on_response_headers",
+        "proxy_on_response_body",
+        2,
+        1,
+        "auth",
+    );
+    let (mut h, w) = harness(&wasm, FailurePolicy::FailClosed);
+    h.on_http_call(|_| HttpCallResult::Response(HttpCallResponse::new(200, &[], b"ok")));
+    h.set_upstream(|_| TestResponse::new(200, &[], b"hello world"));
+    let out = h.send(TestRequest::get("/"));
+    assert!(!out.timed_out, "{}", h.log_text());
+    assert_eq!(out.response.status, 200, "{}", h.log_text());
+    assert_call_response_edits(&h.log_text());
+    assert_eq!(out.response.text(), "auth ok: hello world");
     assert_eq!(out.response.header("content-length"), None);
     assert_eq!(w.plugin().failures(), 0);
 }

@@ -175,7 +175,8 @@ fn buffer_of(state: &mut HostState, kind: u32) -> Result<Option<Vec<u8>>, u32> {
         buffer::HTTP_REQUEST_BODY | buffer::HTTP_RESPONSE_BODY => {
             Some(state.stream_body(kind).cloned().unwrap_or_default())
         }
-        buffer::DOWNSTREAM_DATA | buffer::UPSTREAM_DATA => None,
+        // Envoy's HTTP filter has no network data: an empty buffer, as for a missing body.
+        buffer::DOWNSTREAM_DATA | buffer::UPSTREAM_DATA => Some(Vec::new()),
         buffer::HTTP_CALL_RESPONSE_BODY => state.http_response.as_ref().map(|r| r.body.clone()),
         buffer::GRPC_RECEIVE_BUFFER => state.grpc.message.clone(),
         buffer::VM_CONFIGURATION => Some(state.plugin.vm_configuration.clone()),
@@ -247,11 +248,11 @@ fn proxy_set_buffer_bytes(mut c: C<'_>, kind: u32, start: u32, size: u32, ptr: u
             });
         }
         buffer::GRPC_RECEIVE_BUFFER => state.grpc.message.as_mut(),
-        buffer::DOWNSTREAM_DATA
-        | buffer::UPSTREAM_DATA
-        | buffer::VM_CONFIGURATION
-        | buffer::PLUGIN_CONFIGURATION
-        | buffer::CALL_DATA => None,
+        buffer::DOWNSTREAM_DATA | buffer::UPSTREAM_DATA => {
+            let why = "proxy_set_buffer_bytes: an HTTP filter has no network data to change";
+            return Ok(refuse(state, BAD_ARGUMENT, why));
+        }
+        buffer::VM_CONFIGURATION | buffer::PLUGIN_CONFIGURATION | buffer::CALL_DATA => None,
         _ => return Ok(BAD_ARGUMENT),
     };
     let Some(buf) = target else {
