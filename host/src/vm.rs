@@ -675,9 +675,13 @@ impl Vm {
         token: u32,
         result: HttpCallResult,
     ) -> Result<(), Failure> {
-        let Some(ctx) = self.store.data_mut().callout_owner.remove(&token) else {
+        if self.store.data_mut().callout_owner.remove(&token).is_none() {
             return Ok(());
-        };
+        }
+        // cpp-host makes every call on the root context: the answer comes to the root
+        // context, whatever context made the call, and a module (its SDK) makes the caller's
+        // context effective itself. The caller's stream stays reachable through it.
+        let ctx = self.store.data().root_context;
         let response = match result {
             HttpCallResult::Response(r) => Some(r),
             HttpCallResult::Failed => None,
@@ -701,9 +705,11 @@ impl Vm {
     }
 
     pub fn on_grpc_event(&mut self, token: u32, event: GrpcInbound) -> Result<(), Failure> {
-        let Some(ctx) = self.call_owner(token) else {
+        if self.call_owner(token).is_none() {
             return Ok(());
-        };
+        }
+        // To the root context, as an HTTP call's answer (see `on_http_call_response`).
+        let ctx = self.store.data().root_context;
         let state = self.store.data_mut();
         state.grpc = Default::default();
         let (name, f, arg) = match event {

@@ -11,9 +11,12 @@ use wasmgate_tests::{EchoUpstream, Protocol, Request};
 
 /// A filter named `name` that, on the request headers, calls `svc.Echo/<method>` on the
 /// service `g` (unary with the message `hi`, or a stream sending `a` then `b` and its end),
-/// pauses, and resumes the request when the call closes. It records in gauges
+/// pauses, and resumes the request when the call closes (the call's events come to the root
+/// context, as in Envoy: the module makes the stream's context effective to resume it, as the
+/// SDKs do). It records in gauges
 /// `<name>_messages` (messages received), `<name>_size` (the last one's size) and
-/// `<name>_status` (the status it closed with).
+/// `<name>_status` (the status it closed with), `<name>_context` (the context the close came
+/// to) and `<name>_root` (its root context).
 fn caller(name: &str, method: &str, streaming: bool) -> Vec<u8> {
     let start = if streaming {
         format!(
@@ -33,6 +36,7 @@ fn caller(name: &str, method: &str, streaming: bool) -> Vec<u8> {
     };
     let metric = |suffix: &str| format!("{name}_{suffix}");
     let (messages, size, status) = (metric("messages"), metric("size"), metric("status"));
+    let (context, root) = (metric("context"), metric("root"));
     wat::parse_str(format!(
         r#"(module
   (import "env" "proxy_grpc_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
@@ -41,8 +45,10 @@ fn caller(name: &str, method: &str, streaming: bool) -> Vec<u8> {
   (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
   (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_record_metric" (func $record (param i32 i64) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
   (memory (export "memory") 1)
   (global $messages (mut i32) (i32.const 0))
+  (global $caller (mut i32) (i32.const 0))
   (data (i32.const 100) "service.g")
   (data (i32.const 120) "svc.Echo")
   (data (i32.const 140) "{method}")
@@ -53,29 +59,41 @@ fn caller(name: &str, method: &str, streaming: bool) -> Vec<u8> {
   (data (i32.const 1000) "{messages}")
   (data (i32.const 1100) "{size}")
   (data (i32.const 1200) "{status}")
+  (data (i32.const 1300) "{context}")
+  (data (i32.const 1400) "{root}")
+  (global $root (mut i32) (i32.const 0))
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 4096))
-  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_context_create") (param $ctx i32) (param $parent i32)
+    (if (i32.eqz (local.get $parent)) (then (global.set $root (local.get $ctx)))))
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
   (func (export "proxy_on_configure") (param i32 i32) (result i32)
     (drop (call $define (i32.const 1) (i32.const 1000) (i32.const {ml}) (i32.const 300)))
     (drop (call $define (i32.const 1) (i32.const 1100) (i32.const {sl}) (i32.const 304)))
     (drop (call $define (i32.const 1) (i32.const 1200) (i32.const {tl}) (i32.const 308)))
+    (drop (call $define (i32.const 1) (i32.const 1300) (i32.const {cl}) (i32.const 312)))
+    (drop (call $define (i32.const 1) (i32.const 1400) (i32.const {rl}) (i32.const 316)))
+    (drop (call $record (i32.load (i32.const 316)) (i64.extend_i32_u (global.get $root))))
     (drop (call $record (i32.load (i32.const 308)) (i64.const 999)))
     (i32.const 1))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param i32 i32) (result i32)
+    (global.set $caller (local.get $ctx))
     {start}
     (i32.const 1))
   (func (export "proxy_on_grpc_receive") (param i32 i32) (param $size i32)
     (global.set $messages (i32.add (global.get $messages) (i32.const 1)))
     (drop (call $record (i32.load (i32.const 300)) (i64.extend_i32_u (global.get $messages))))
     (drop (call $record (i32.load (i32.const 304)) (i64.extend_i32_u (local.get $size)))))
-  (func (export "proxy_on_grpc_close") (param i32 i32) (param $status i32)
+  (func (export "proxy_on_grpc_close") (param $ctx i32) (param i32) (param $status i32)
+    (drop (call $record (i32.load (i32.const 312)) (i64.extend_i32_u (local.get $ctx))))
     (drop (call $record (i32.load (i32.const 308)) (i64.extend_i32_u (local.get $status))))
+    (drop (call $effective (global.get $caller)))
     (drop (call $continue (i32.const 0)))))"#,
         ml = messages.len(),
         sl = size.len(),
         tl = status.len(),
+        cl = context.len(),
+        rl = root.len(),
     ))
     .unwrap()
 }
@@ -125,6 +143,12 @@ async fn unary_and_streaming_calls_reach_a_grpc_server_and_close_with_its_status
     {
         assert!(started.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The events come to the root context, as in Envoy (cpp-host makes every call there).
+    for name in ["say", "deny", "chat"] {
+        let root = gauge(&format!("{name}_root"));
+        assert!(root > 0, "{name}");
+        assert_eq!(gauge(&format!("{name}_context")), root, "{name}");
     }
     // Unary: one message, `re:hi`, then OK.
     assert_eq!(

@@ -869,16 +869,20 @@ async fn held_headers_push_back_on_a_big_upload_instead_of_413() {
     assert_eq!(seen.body_sha256, wasmgate_tests::echo::filler_sha256(len));
 }
 
-/// Review finding 23: the gateway does not dial gRPC upstreams, so a module's gRPC call is
-/// closed at once (UNAVAILABLE); what the module does then — here it resumes the request from
-/// `proxy_on_grpc_close` — goes out at once, not when (or if) more input comes.
+/// Review finding 23: what a module does when its gRPC call closes — here it resumes the
+/// request from `proxy_on_grpc_close`, with the stream's context made effective as the SDKs
+/// do (the call's events come to the root context, as in Envoy) — goes out at once, not when
+/// (or if) more input comes. The call goes to the echo service, no gRPC server: it closes
+/// with an error as soon as the answer is read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_module_does_when_its_grpc_call_closes_goes_out_at_once() {
     let module = wat::parse_str(
         r#"(module
   (import "env" "proxy_grpc_call" (func $grpc (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
   (memory (export "memory") 1)
+  (global $caller (mut i32) (i32.const 0))
   (data (i32.const 100) "e")
   (data (i32.const 110) "svc.Check")
   (data (i32.const 120) "Check")
@@ -887,12 +891,14 @@ async fn what_a_module_does_when_its_grpc_call_closes_goes_out_at_once() {
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
   (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param i32 i32) (result i32)
+    (global.set $caller (local.get $ctx))
     (drop (call $grpc (i32.const 100) (i32.const 1) (i32.const 110) (i32.const 9)
       (i32.const 120) (i32.const 5) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
       (i32.const 1000) (i32.const 200)))
     (i32.const 1))
   (func (export "proxy_on_grpc_close") (param i32 i32 i32)
+    (drop (call $effective (global.get $caller)))
     (drop (call $continue (i32.const 0)))))"#,
     )
     .unwrap();
@@ -973,9 +979,9 @@ async fn filters_never_see_connection_specific_headers() {
     assert_eq!(seen.body_len, 11);
 }
 
-/// The bound on the rounds above: a module that answers each closed gRPC call with a new one
-/// does not hold its worker; its stream ends at the read_timeout (504) and the same worker
-/// serves the next request.
+/// A module that answers each closed gRPC call with a new one does not hold its worker (each
+/// call is a task of its own, answered when its service answers); its stream ends at the
+/// read_timeout (504) and the same worker serves the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_that_calls_grpc_on_every_close_does_not_hold_its_worker() {
     let module = wat::parse_str(

@@ -83,7 +83,9 @@ async fn foreign_module_in_envoy() {
 }
 
 /// An AssemblyScript-style module: ABI 0.2.0, `malloc`, `wasi_unstable`, and
-/// `proxy_continue_request` to resume after an HTTP call answered by the test.
+/// `proxy_continue_request` to resume after an HTTP call answered by the test. The answer
+/// comes to the root context (as in Envoy, where every call is the root context's), and the
+/// module makes the calling stream's context effective first, as that SDK does.
 #[test]
 fn abi_0_2_0_module_with_an_http_call() {
     use host::testing::{Harness, TestRequest};
@@ -95,8 +97,10 @@ fn abi_0_2_0_module_with_an_http_call() {
   (import "env" "proxy_continue_request" (func $continue (result i32)))
   (import "env" "proxy_get_header_map_value" (func $get_header (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_add_header_map_value" (func $add_header (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 32768))
+  (global $caller (mut i32) (i32.const 0))
   ;; iovec at 0: text at 1024, 6 bytes
   (data (i32.const 0) "\00\04\00\00\06\00\00\00")
   (data (i32.const 1024) "hello\0a")
@@ -111,12 +115,14 @@ fn abi_0_2_0_module_with_an_http_call() {
     (local.set $p (global.get $heap))
     (global.set $heap (i32.add (global.get $heap) (local.get $n)))
     (local.get $p))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param i32 i32) (result i32)
+    (global.set $caller (local.get $ctx))
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))
     (drop (call $http_call (i32.const 1040) (i32.const 5) (i32.const 1100) (i32.const 70)
       (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 20)))
     (i32.const 1))
   (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (drop (call $effective (global.get $caller)))
     (if (i32.eqz (call $get_header (i32.const 6) (i32.const 1200) (i32.const 7) (i32.const 24) (i32.const 28)))
       (then (global.set $heap (global.get $heap))))
     (drop (call $add_header (i32.const 0) (i32.const 1216) (i32.const 14) (i32.load (i32.const 24)) (i32.load (i32.const 28))))
