@@ -9,30 +9,43 @@ use wasmgate_tests::client::send;
 use wasmgate_tests::gateway::module_metric;
 use wasmgate_tests::{EchoUpstream, Protocol, Request};
 
+/// How a test module calls.
+#[derive(Clone, Copy)]
+enum Call {
+    /// Unary, with the message `hi`.
+    Unary,
+    /// A stream: `a`, then `b` with its end.
+    Stream,
+    /// A stream: `a`, then `proxy_grpc_close`, which ends the module's side only.
+    ClosedSide,
+}
+
 /// A filter named `name` that, on the request headers, calls `svc.Echo/<method>` on the
-/// service `g` (unary with the message `hi`, or a stream sending `a` then `b` and its end),
+/// service `g` as `call` says,
 /// pauses, and resumes the request when the call closes (the call's events come to the root
 /// context, as in Envoy: the module makes the stream's context effective to resume it, as the
 /// SDKs do). It records in gauges
 /// `<name>_messages` (messages received), `<name>_size` (the last one's size) and
 /// `<name>_status` (the status it closed with), `<name>_context` (the context the close came
 /// to) and `<name>_root` (its root context).
-fn caller(name: &str, method: &str, streaming: bool) -> Vec<u8> {
-    let start = if streaming {
-        format!(
-            "(drop (call $stream (i32.const 100) (i32.const 9) (i32.const 120) (i32.const 8)
-               (i32.const 140) (i32.const {len}) (i32.const 240) (i32.const 4) (i32.const 220)))
-             (drop (call $send (i32.load (i32.const 220)) (i32.const 170) (i32.const 1) (i32.const 0)))
-             (drop (call $send (i32.load (i32.const 220)) (i32.const 180) (i32.const 1) (i32.const 1)))",
-            len = method.len()
-        )
-    } else {
-        format!(
+fn caller(name: &str, method: &str, call: Call) -> Vec<u8> {
+    let open = format!(
+        "(drop (call $stream (i32.const 100) (i32.const 9) (i32.const 120) (i32.const 8)
+           (i32.const 140) (i32.const {len}) (i32.const 240) (i32.const 4) (i32.const 220)))
+         (drop (call $send (i32.load (i32.const 220)) (i32.const 170) (i32.const 1) (i32.const 0)))",
+        len = method.len()
+    );
+    let start = match call {
+        Call::Unary => format!(
             "(drop (call $call (i32.const 100) (i32.const 9) (i32.const 120) (i32.const 8)
                (i32.const 140) (i32.const {len}) (i32.const 240) (i32.const 4)
                (i32.const 160) (i32.const 2) (i32.const 5000) (i32.const 220)))",
             len = method.len()
-        )
+        ),
+        Call::Stream => format!(
+            "{open} (drop (call $send (i32.load (i32.const 220)) (i32.const 180) (i32.const 1) (i32.const 1)))"
+        ),
+        Call::ClosedSide => format!("{open} (drop (call $close (i32.load (i32.const 220))))"),
     };
     let metric = |suffix: &str| format!("{name}_{suffix}");
     let (messages, size, status) = (metric("messages"), metric("size"), metric("status"));
@@ -42,6 +55,7 @@ fn caller(name: &str, method: &str, streaming: bool) -> Vec<u8> {
   (import "env" "proxy_grpc_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_grpc_stream" (func $stream (param i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_grpc_send" (func $send (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_grpc_close" (func $close (param i32) (result i32)))
   (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
   (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_record_metric" (func $record (param i32 i64) (result i32)))
@@ -103,31 +117,33 @@ async fn unary_and_streaming_calls_reach_a_grpc_server_and_close_with_its_status
     let grpc = wasmgate_tests::grpc::start_echo().await;
     let echo = EchoUpstream::start().await.unwrap();
     let filters = tempfile::tempdir().unwrap();
-    for (name, method, streaming) in [
-        ("say", "Say", false),
-        ("deny", "Deny", false),
-        ("chat", "Say", true),
+    for (name, method, call) in [
+        ("say", "Say", Call::Unary),
+        ("deny", "Deny", Call::Unary),
+        ("chat", "Say", Call::Stream),
+        ("half", "Say", Call::ClosedSide),
     ] {
         std::fs::write(
             filters.path().join(format!("{name}.wasm")),
-            caller(name, method, streaming),
+            caller(name, method, call),
         )
         .unwrap();
     }
     let text = format!(
         "_format_version: \"3.0\"\n\
          services:\n\
-         - {{name: e, url: \"http://{}\", routes: [{{name: say, paths: [/say]}}, {{name: deny, paths: [/deny]}}, {{name: chat, paths: [/chat]}}]}}\n\
+         - {{name: e, url: \"http://{}\", routes: [{{name: say, paths: [/say]}}, {{name: deny, paths: [/deny]}}, {{name: chat, paths: [/chat]}}, {{name: half, paths: [/half]}}]}}\n\
          - {{name: g, url: \"grpc://{grpc}\"}}\n\
          filter_chains:\n\
          - {{route: say, filters: [{{name: say}}]}}\n\
          - {{route: deny, filters: [{{name: deny}}]}}\n\
-         - {{route: chat, filters: [{{name: chat}}]}}\n",
+         - {{route: chat, filters: [{{name: chat}}]}}\n\
+         - {{route: half, filters: [{{name: half}}]}}\n",
         echo.addr()
     );
     let gateway = wasmgate_tests::gateway::start_with_filters(filters.path(), &text);
     let gauge = |name: &str| module_metric(&gateway, name).unwrap_or(-1);
-    for path in ["/say", "/deny", "/chat"] {
+    for path in ["/say", "/deny", "/chat", "/half"] {
         let request = Request::get(path);
         let exchange = send(gateway.addr(), Protocol::Http1, &request);
         let response = tokio::time::timeout(Duration::from_secs(10), exchange)
@@ -137,7 +153,7 @@ async fn unary_and_streaming_calls_reach_a_grpc_server_and_close_with_its_status
         assert_eq!(response.status, 200, "{path}: {}", response.text());
     }
     let started = Instant::now();
-    while ["say_status", "deny_status", "chat_status"]
+    while ["say_status", "deny_status", "chat_status", "half_status"]
         .iter()
         .any(|g| gauge(g) == 999)
     {
@@ -145,7 +161,7 @@ async fn unary_and_streaming_calls_reach_a_grpc_server_and_close_with_its_status
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The events come to the root context, as in Envoy (cpp-host makes every call there).
-    for name in ["say", "deny", "chat"] {
+    for name in ["say", "deny", "chat", "half"] {
         let root = gauge(&format!("{name}_root"));
         assert!(root > 0, "{name}");
         assert_eq!(gauge(&format!("{name}_context")), root, "{name}");
@@ -169,5 +185,15 @@ async fn unary_and_streaming_calls_reach_a_grpc_server_and_close_with_its_status
             gauge("chat_status")
         ),
         (2, 4, 0)
+    );
+    // The module closed its side after `a`: the answer still comes, as in Envoy (the close
+    // only half-closes a stream).
+    assert_eq!(
+        (
+            gauge("half_messages"),
+            gauge("half_size"),
+            gauge("half_status")
+        ),
+        (1, 4, 0)
     );
 }

@@ -856,8 +856,12 @@ fn grpc_end(mut c: C<'_>, token: u32, cancel: bool) -> R {
     if !state.callout_owner.contains_key(&token) {
         return Ok(NOT_FOUND);
     }
-    state.open_grpc_streams.remove(&token);
-    state.callout_owner.remove(&token);
+    let stream = state.open_grpc_streams.remove(&token).is_some();
+    // A stream whose side the module closed still receives until the remote side closes
+    // (Envoy's `local_closed_`); a cancel, or the close of a unary call, ends it at once.
+    if cancel || !stream {
+        state.callout_owner.remove(&token);
+    }
     state.callouts.grpc_outbound.push(if cancel {
         GrpcOutbound::Cancel { token }
     } else {
