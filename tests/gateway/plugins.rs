@@ -1034,9 +1034,10 @@ async fn a_module_that_calls_grpc_on_every_close_does_not_hold_its_worker() {
     assert_eq!(plain.status, 200);
 }
 
-/// Review finding 20 (#13), in the gateway: a module that paused a stream in `{callback}`
-/// edits that stream's headers (map `{map}`) from `on_tick` after
-/// `proxy_set_effective_context`, reads them back, and resumes it; what it wrote goes out.
+/// Review finding 20 (#13), in the gateway: a module (`wasmgate_tests::modules::
+/// edits_from_tick`, the in-process host's test module) that paused a stream edits that
+/// stream's headers from `on_tick` after `proxy_set_effective_context`, reads them back, and
+/// resumes it; what it wrote goes out.
 /// After its `proxy_continue_stream` the map is no longer its to change (`x-late` is
 /// refused, without a trap). Before, the add was refused and the read NOT_FOUND.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1046,47 +1047,7 @@ async fn a_paused_streams_headers_are_edited_from_the_root_context() {
         ("edit_request", "proxy_on_request_headers", 0, 0),
         ("edit_response", "proxy_on_response_headers", 2, 1),
     ] {
-        let module = wat::parse_str(format!(
-            r#"(module
-  (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
-  (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
-  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
-  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
-  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
-  (memory (export "memory") 1)
-  (global $waiting (mut i32) (i32.const 0))
-  (global $heap (mut i32) (i32.const 4096))
-  (data (i32.const 100) "x-from-tick")
-  (data (i32.const 120) "added")
-  (data (i32.const 140) "x-read-back")
-  (data (i32.const 160) "x-late")
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
-    (local.get $p))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32)
-    (drop (call $tick (i32.const 50)))
-    (i32.const 1))
-  (func (export "{callback}") (param $ctx i32) (param i32 i32) (result i32)
-    (global.set $waiting (local.get $ctx))
-    (i32.const 1))
-  (func (export "proxy_on_tick") (param i32)
-    (if (global.get $waiting)
-      (then
-        (drop (call $effective (global.get $waiting)))
-        (drop (call $add (i32.const {map}) (i32.const 100) (i32.const 11) (i32.const 120) (i32.const 5)))
-        (if (i32.eqz (call $get (i32.const {map}) (i32.const 100) (i32.const 11) (i32.const 300) (i32.const 304)))
-          (then (drop (call $add (i32.const {map}) (i32.const 140) (i32.const 11)
-            (i32.load (i32.const 300)) (i32.load (i32.const 304))))))
-        (drop (call $continue (i32.const {direction})))
-        (drop (call $add (i32.const {map}) (i32.const 160) (i32.const 6) (i32.const 120) (i32.const 5)))
-        (global.set $waiting (i32.const 0))))))"#
-        ))
-        .unwrap();
+        let module = wasmgate_tests::modules::edits_from_tick(callback, map, direction);
         std::fs::write(filters.path().join(format!("{file}.wasm")), module).unwrap();
     }
     let echo = EchoUpstream::start().await.unwrap();

@@ -13,6 +13,7 @@ pub mod envoy;
 pub mod gateway;
 pub mod gateway_cases;
 pub mod grpc;
+pub mod modules;
 pub mod paths;
 pub mod process;
 pub mod seed;
