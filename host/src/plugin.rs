@@ -344,11 +344,6 @@ impl WorkerPlugin {
         w.collect_root();
     }
 
-    /// Calls the current instance's stream contexts still wait for.
-    pub fn pending_calls(&self) -> usize {
-        self.inner.borrow().vm.as_ref().map_or(0, Vm::pending_calls)
-    }
-
     /// Bytes of linear memory the current instance has.
     pub fn memory_size(&self) -> usize {
         self.inner.borrow().vm.as_ref().map_or(0, Vm::memory_size)

@@ -660,11 +660,6 @@ impl Vm {
         }
     }
 
-    /// Calls still waiting for an answer (their owners are alive).
-    pub fn pending_calls(&self) -> usize {
-        self.store.data().callout_owner.len()
-    }
-
     /// The context that made call `token` (it gets the answer).
     pub fn call_owner(&self, token: u32) -> Option<u32> {
         self.store.data().callout_owner.get(&token).copied()
