@@ -1,6 +1,6 @@
 //! Figures for docs/BENCHMARKS.md (host section):
-//! `CARGO_TARGET_DIR=… cargo xtask build && cargo bench -p host --profile native`
-//! (the plugins' modules come from `WASMGATE_WASM_DIR`, else `target/wasm32-wasip1/release`).
+//! `CARGO_TARGET_DIR=… cargo xtask build && cargo bench -p host --release`
+//! (the plugins' modules come from `WASMGATE_WASM_DIR`, else `target/wasm32-wasip1/wasm`).
 //!
 //! - instantiation: a fresh instance of a plugin (InstancePre → `_initialize` →
 //!   `on_vm_start` → `on_configure`), as a worker does at start-up or after a failure;
@@ -18,7 +18,7 @@ fn wasm_dir() -> PathBuf {
     std::env::var_os("WASMGATE_WASM_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/wasm")
         })
 }
 

@@ -1,4 +1,4 @@
-//! The seed's gateway (`host/gateway/seed.kong.yaml`, what `cargo xtask run` starts) does what
+//! The seed's gateway (`gateway/seed.kong.yaml`, what `cargo xtask run` starts) does what
 //! the seed promises: 10 MB request size limit, 100 requests per second for the gateway, and a
 //! backend secret no client can replace.
 
@@ -13,7 +13,7 @@ use wasmgate_tests::{paths, EchoUpstream, Protocol, Request, RequestBody};
 const TOKEN: &str = "seed-test-token";
 
 fn start(echo: &EchoUpstream) -> Gateway {
-    let text = std::fs::read_to_string(paths::workspace_root().join("host/gateway/seed.kong.yaml"))
+    let text = std::fs::read_to_string(paths::workspace_root().join("gateway/seed.kong.yaml"))
         .unwrap()
         .replace("http://127.0.0.1:8080", &format!("http://{}", echo.addr()));
     let mut options = wasmgate_tests::gateway::options();

@@ -10,11 +10,11 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The folder with the plugins' release `.wasm` modules: `WASMGATE_WASM_DIR`, else
-/// `target/wasm32-wasip1/release`.
+/// `target/wasm32-wasip1/wasm`.
 pub fn wasm_dir() -> PathBuf {
     std::env::var_os("WASMGATE_WASM_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/wasm32-wasip1/release"))
+        .unwrap_or_else(|| workspace_root().join("target/wasm32-wasip1/wasm"))
 }
 
 /// The module of a plugin by its Kong name (`request-size-limiting` →

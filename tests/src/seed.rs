@@ -1,4 +1,4 @@
-//! What the seed (`host/gateway/seed.kong.yaml`, what `cargo xtask run` serves) promises a
+//! What the seed (`gateway/seed.kong.yaml`, what `cargo xtask run` serves) promises a
 //! client, checked the same way on every data plane that serves it.
 
 use std::net::SocketAddr;

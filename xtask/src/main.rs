@@ -1,6 +1,6 @@
 //! `cargo xtask <command>`: the one entry point for building, running and testing wasmgate.
 //!
-//! - `build`: the plugins for wasm32-wasip1 in release (installs the target when missing).
+//! - `build`: the plugins for wasm32-wasip1 in the size-tuned `wasm` profile (installs the target when missing).
 //! - `test [ARGS]`: build, make sure Envoy 1.40 is available, then every test in the workspace
 //!   (without ARGS, first a few seconds of every fuzz target).
 //! - `run [--port N] [--envoy]`: build, then wasmgate's gateway (or a real Envoy) on localhost
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  build            build every plugin for wasm32-wasip1 (release)
+  build            build every plugin for wasm32-wasip1 (the size-tuned `wasm` profile)
   test [ARGS]      build, install Envoy 1.40 if needed, run every test (ARGS go to cargo test;
                    without ARGS, a few seconds of every fuzz target first)
   run [--port N] [--envoy]
@@ -69,14 +69,13 @@ fn test(args: &[String]) -> Result<(), String> {
     wasm::status(&mut cargo)
 }
 
-/// Builds the native binaries (`native` profile) and runs the benchmark driver.
+/// Builds the native binaries (release) and runs the benchmark driver.
 fn bench(args: &[String]) -> Result<(), String> {
     let modules = wasm::build()?;
     let envoy = envoy::ensure()?;
     wasm::status(wasm::cargo().args([
         "build",
-        "--profile",
-        "native",
+        "--release",
         "-p",
         "gateway",
         "-p",
@@ -86,7 +85,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         "--bin",
         "bench",
     ]))?;
-    let bin = wasm::target_dir().join("native");
+    let bin = wasm::target_dir().join("release");
     let mut driver = std::process::Command::new(bin.join("bench"));
     driver
         .args(args)

@@ -1,6 +1,6 @@
 //! `cargo xtask run`: the seed's gateway on localhost.
 //!
-//! Starts a local echo backend and wasmgate's `gateway` with `host/gateway/seed.kong.yaml`
+//! Starts a local echo backend and wasmgate's `gateway` with `gateway/seed.kong.yaml`
 //! (10 MB size limit, 100 requests per second, backend secret injection) pointed at it; with
 //! `--envoy`, a real Envoy with the same plugins instead. Ctrl-C stops everything it started.
 
@@ -38,7 +38,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
 
 /// The seed configuration with its backend pointed at `backend`.
 fn seed_config(backend: SocketAddr) -> Result<String, String> {
-    let path = crate::wasm::workspace_root().join("host/gateway/seed.kong.yaml");
+    let path = crate::wasm::workspace_root().join("gateway/seed.kong.yaml");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(text.replace("http://127.0.0.1:8080", &format!("http://{backend}")))
 }

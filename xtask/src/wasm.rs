@@ -80,13 +80,21 @@ pub fn build() -> Result<PathBuf, String> {
         .map(String::as_str)
         .chain(TEST_MODULES.iter().copied())
         .collect();
-    // One cargo invocation per module, exactly as `cargo build --release --target wasm32-wasip1
-    // -p <name>`: building them together would unify dependency features across modules and
+    // One cargo invocation per module, exactly as `cargo build --profile wasm --target
+    // wasm32-wasip1 -p <name>`: building them together would unify dependency features across modules and
     // grow every module by what only one of them needs.
     for module in &modules {
-        status(cargo().args(["build", "--release", "--target", TARGET, "-p", module]))?;
+        status(cargo().args([
+            "build",
+            "--profile",
+            "wasm",
+            "--target",
+            TARGET,
+            "-p",
+            module,
+        ]))?;
     }
-    let dir = target_dir().join(TARGET).join("release");
+    let dir = target_dir().join(TARGET).join("wasm");
     for name in &modules {
         let module = dir.join(format!("{}.wasm", name.replace('-', "_")));
         let size = std::fs::metadata(&module)

@@ -111,7 +111,7 @@ fn setting(report: &Report<'_>) -> String {
          | date | {} |\n\
          | machine | {cores} cores, {} |\n\
          | load average (1/5/15 min) | {} at start, {} at end |\n\
-         | versions | Envoy {envoy}; wasmgate {} (gateway and bench built with `--profile native`, {rustc}); wasmtime {wasmtime} |\n\
+         | versions | Envoy {envoy}; wasmgate {} (gateway and bench built with `--release`, {rustc}); wasmtime {wasmtime} |\n\
          | run | {:.0} s{}: {} s per closed-loop point, {} s per open-loop point, {} s per plugin-count point, {:.1} s per rate-limit run, {} head-to-head rounds of {:.1} s |\n",
         date(),
         cpu_model(),

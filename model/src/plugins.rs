@@ -212,7 +212,7 @@ pub fn default_modules_dir() -> PathBuf {
         .and_then(|exe| exe.parent().map(|d| d.join("wasm")));
     match beside {
         Some(dir) if dir.is_dir() => dir,
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm32-wasip1/release"),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/wasm"),
     }
 }
 
@@ -329,7 +329,7 @@ plugins:
                 PathBuf::from(std::env::var_os("WASMGATE_WASM_DIR").unwrap())
             );
         } else {
-            assert!(default_modules_dir().ends_with("target/wasm32-wasip1/release"));
+            assert!(default_modules_dir().ends_with("target/wasm32-wasip1/wasm"));
         }
     }
 }
