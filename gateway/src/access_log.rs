@@ -28,7 +28,7 @@ pub struct AccessLog {
 impl AccessLog {
     pub fn new<B>(downstream: &Downstream, request: &Request<B>) -> AccessLog {
         AccessLog {
-            client: downstream.peer.ip().to_string(),
+            client: downstream.client.ip().to_string(),
             method: request.method().as_str().to_owned(),
             path: request.uri().path().to_owned(),
             protocol: format!("{:?}", request.version()),

@@ -127,6 +127,18 @@ enum Command {
         /// Connections each worker serves at once (nginx's `worker_connections`).
         #[arg(long, default_value_t = WORKER_CONNECTIONS)]
         worker_connections: usize,
+        /// Proxies (addresses or CIDR blocks, comma-separated or repeated) whose
+        /// --real-ip-header names the client and whose X-Forwarded-* headers go on (Kong's
+        /// `trusted_ips`; none by default, `0.0.0.0/0,::/0` for all).
+        #[arg(long, value_delimiter = ',')]
+        trusted_ips: Vec<gateway::proxy::real_ip::Cidr>,
+        /// The header a trusted proxy names the client in (Kong's `real_ip_header`).
+        #[arg(long, default_value = "X-Real-IP")]
+        real_ip_header: String,
+        /// Skip trusted proxies in --real-ip-header from the right, up to the first address
+        /// that is none (Kong's `real_ip_recursive`).
+        #[arg(long)]
+        real_ip_recursive: bool,
         /// Bytes (keys and values) each module's vm_id may keep in shared data; a write past
         /// it fails (rate-limiting then follows `fault_tolerant`).
         #[arg(long, default_value_t = DEFAULT_MAX_BYTES_PER_VM)]
@@ -240,12 +252,17 @@ fn main() -> ExitCode {
             no_access_log,
             client_header_timeout,
             worker_connections,
+            trusted_ips,
+            real_ip_header,
+            real_ip_recursive,
             shared_data_max_bytes,
             tls_listen,
             tls_certs,
             tls_keys,
             modules,
         } => tls_settings(tls_listen, tls_certs, tls_keys).and_then(|tls| {
+            let header = http::HeaderName::from_bytes(real_ip_header.as_bytes())
+                .map_err(|e| format!("--real-ip-header {real_ip_header:?}: {e}"))?;
             let mut options = GatewayOptions {
                 listen,
                 admin_listen: Some(admin_listen),
@@ -258,6 +275,11 @@ fn main() -> ExitCode {
                 },
                 client_header_timeout: Duration::from_secs(client_header_timeout),
                 worker_connections,
+                real_ip: gateway::proxy::real_ip::RealIp {
+                    trusted_ips,
+                    header,
+                    recursive: real_ip_recursive,
+                },
                 ..GatewayOptions::default()
             };
             if let Some(n) = workers {

@@ -48,6 +48,9 @@ pub struct GatewayOptions {
     /// Connections one worker serves at once (nginx's `worker_connections`); past it, the
     /// worker accepts no more until one closes, and new clients wait in the listen backlog.
     pub worker_connections: usize,
+    /// Kong's `trusted_ips`, `real_ip_header` and `real_ip_recursive`: which peers may name
+    /// the client and forward their `X-Forwarded-*` headers.
+    pub real_ip: crate::proxy::real_ip::RealIp,
 }
 
 /// The default of [`GatewayOptions::worker_connections`] (Kong's, with its usual file limit).
@@ -73,6 +76,7 @@ impl Default for GatewayOptions {
             runtime: RuntimeOptions::default(),
             client_header_timeout: CLIENT_HEADER_TIMEOUT,
             worker_connections: WORKER_CONNECTIONS,
+            real_ip: crate::proxy::real_ip::RealIp::default(),
         }
     }
 }

@@ -689,7 +689,7 @@ pub async fn forward(
         _ => "HTTP/1.1",
     };
     let info = StreamInfo {
-        source: downstream.peer,
+        source: downstream.client,
         destination: downstream.local,
         protocol: protocol.into(),
         route_name: snapshot.config.route_name(matched.route),

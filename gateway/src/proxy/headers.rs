@@ -148,32 +148,48 @@ pub fn forward_request_headers(
     if te_is_trailers(&parts.headers) {
         out.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let client_ip = downstream.peer.ip().to_string();
-    // nginx's $proxy_add_x_forwarded_for: every X-Forwarded-For line the client sent, in
-    // order and joined with ", ", then the client's address.
-    let mut forwarded_for: Vec<&str> = parts
+    // Kong's X-Forwarded-For: every line the client sent, in order and joined with ", ",
+    // then the peer (nginx's $realip_remote_addr); without any, the client.
+    let peer_ip = downstream.peer.ip().to_string();
+    let client_ip = downstream.client.ip().to_string();
+    let mut forwarded_for: Vec<&[u8]> = parts
         .headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
+        .map(|v| v.as_bytes().trim_ascii())
         .filter(|v| !v.is_empty())
         .collect();
-    forwarded_for.push(&client_ip);
-    let forwarded_for = forwarded_for.join(", ");
+    if forwarded_for.is_empty() {
+        forwarded_for.push(client_ip.as_bytes());
+    } else {
+        forwarded_for.push(peer_ip.as_bytes());
+    }
+    let forwarded_for = forwarded_for.join(&b", "[..]);
     let scheme = if downstream.tls { "https" } else { "http" };
-    let mut set = |name: &'static str, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
+    let port = downstream.local.port().to_string();
+    // What a trusted proxy says of the scheme, host, port and path goes on; anyone else's is
+    // replaced by the gateway's own view.
+    let mut set = |name: &'static str, own: &[u8]| {
+        let theirs = downstream
+            .trusted_peer
+            .then(|| parts.headers.get(name).cloned())
+            .flatten();
+        if let Some(value) = theirs.or_else(|| HeaderValue::from_bytes(own).ok()) {
             out.insert(name, value);
         }
     };
-    set("x-real-ip", &client_ip);
+    set("x-forwarded-proto", scheme.as_bytes());
+    set("x-forwarded-host", model::router::host_without_port(host).as_bytes());
+    set("x-forwarded-port", port.as_bytes());
+    set("x-forwarded-path", path.as_bytes());
+    let mut set = |name: &'static str, value: &[u8]| {
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            out.insert(name, value);
+        }
+    };
+    set("x-real-ip", client_ip.as_bytes());
     set("x-forwarded-for", &forwarded_for);
-    set("x-forwarded-proto", scheme);
-    set("x-forwarded-host", model::router::host_without_port(host));
-    set("x-forwarded-port", &downstream.local.port().to_string());
-    set("x-forwarded-path", path);
-    set("host", &upstream_host);
+    set("host", upstream_host.as_bytes());
 }
 
 #[cfg(test)]
@@ -392,6 +408,8 @@ mod tests {
         );
         let downstream = Downstream {
             peer: "10.0.0.9:51000".parse::<SocketAddr>().unwrap(),
+            client: "10.0.0.9:51000".parse::<SocketAddr>().unwrap(),
+            trusted_peer: false,
             local: "127.0.0.1:8000".parse::<SocketAddr>().unwrap(),
             tls: false,
             server_name: None,
@@ -428,6 +446,8 @@ mod tests {
         let p = parts("/", &[("te", b"gzip")]);
         let downstream = Downstream {
             peer: "[2001:db8::7]:40000".parse::<SocketAddr>().unwrap(),
+            client: "[2001:db8::7]:40000".parse::<SocketAddr>().unwrap(),
+            trusted_peer: false,
             local: "[::1]:8443".parse::<SocketAddr>().unwrap(),
             tls: true,
             server_name: None,
@@ -440,5 +460,57 @@ mod tests {
         assert_eq!(values(&out, "x-forwarded-proto"), [b"https"]);
         assert_eq!(values(&out, "x-forwarded-host"), [b"[::1]"]);
         assert_eq!(values(&out, "x-forwarded-port"), [b"8443"]);
+    }
+
+    #[test]
+    fn a_trusted_peers_forwarding_headers_go_on_and_name_the_client() {
+        let p = parts(
+            "/api/x",
+            &[
+                ("x-forwarded-for", b"203.0.113.9"),
+                ("x-real-ip", b"203.0.113.9"),
+                ("x-forwarded-proto", b"https"),
+                ("x-forwarded-host", b"public.example"),
+                ("x-forwarded-port", b"443"),
+                ("x-forwarded-path", b"/outer/api/x"),
+            ],
+        );
+        let trusted = Downstream {
+            peer: "10.0.0.2:51000".parse::<SocketAddr>().unwrap(),
+            client: "203.0.113.9:0".parse::<SocketAddr>().unwrap(),
+            trusted_peer: true,
+            local: "127.0.0.1:8000".parse::<SocketAddr>().unwrap(),
+            tls: false,
+            server_name: None,
+            id: 1,
+        };
+        let mut out = HeaderMap::new();
+        forward_request_headers(&p, &mut out, &trusted, "gw:8000", "/api/x", "u".into());
+        assert_eq!(values(&out, "x-real-ip"), [b"203.0.113.9"]);
+        assert_eq!(values(&out, "x-forwarded-for"), [b"203.0.113.9, 10.0.0.2"]);
+        assert_eq!(values(&out, "x-forwarded-proto"), [b"https"]);
+        assert_eq!(values(&out, "x-forwarded-host"), [b"public.example"]);
+        assert_eq!(values(&out, "x-forwarded-port"), [b"443"]);
+        assert_eq!(values(&out, "x-forwarded-path"), [b"/outer/api/x"]);
+
+        // The same headers from a peer nobody trusts are replaced.
+        let untrusted = Downstream {
+            client: "10.0.0.2:51000".parse::<SocketAddr>().unwrap(),
+            trusted_peer: false,
+            ..trusted.clone()
+        };
+        forward_request_headers(&p, &mut out, &untrusted, "gw:8000", "/api/x", "u".into());
+        assert_eq!(values(&out, "x-real-ip"), [b"10.0.0.2"]);
+        assert_eq!(values(&out, "x-forwarded-for"), [b"203.0.113.9, 10.0.0.2"]);
+        assert_eq!(values(&out, "x-forwarded-proto"), [b"http"]);
+        assert_eq!(values(&out, "x-forwarded-host"), [b"gw"]);
+        assert_eq!(values(&out, "x-forwarded-port"), [b"8000"]);
+        assert_eq!(values(&out, "x-forwarded-path"), [b"/api/x"]);
+
+        // A trusted proxy that names the client in X-Real-IP alone: X-Forwarded-For is the
+        // client (nginx's $remote_addr), as Kong sends it.
+        let p = parts("/", &[("x-real-ip", b"203.0.113.9")]);
+        forward_request_headers(&p, &mut out, &trusted, "gw:8000", "/", "u".into());
+        assert_eq!(values(&out, "x-forwarded-for"), [b"203.0.113.9"]);
     }
 }

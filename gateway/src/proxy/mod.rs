@@ -12,6 +12,7 @@ pub mod filtered;
 pub mod grpc_call;
 pub mod headers;
 pub mod path;
+pub mod real_ip;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -31,6 +32,11 @@ use errors::ProxyError;
 #[derive(Clone, Debug)]
 pub struct Downstream {
     pub peer: SocketAddr,
+    /// The client: the peer, or the address a trusted proxy names ([`real_ip`]). Filters see
+    /// it as `source.address`, the upstream as `X-Real-IP`.
+    pub client: SocketAddr,
+    /// Whether the peer is a trusted proxy, whose `X-Forwarded-*` headers go on.
+    pub trusted_peer: bool,
     pub local: SocketAddr,
     pub tls: bool,
     /// The SNI a TLS client sent.
@@ -45,6 +51,8 @@ impl Downstream {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Downstream {
             peer,
+            client: peer,
+            trusted_peer: false,
             local,
             tls,
             server_name: None,
@@ -56,10 +64,13 @@ impl Downstream {
 /// Handles one request from start to response head.
 pub async fn handle(
     worker: Rc<Worker>,
-    downstream: Downstream,
+    mut downstream: Downstream,
     mut request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    let real_ip = &worker.shared.options.real_ip;
+    downstream.client = real_ip.client(downstream.peer, request.headers());
+    downstream.trusted_peer = real_ip.trusts(downstream.peer.ip());
     let snapshot = worker.shared.snapshot.load_full();
     let accept = request
         .headers()
