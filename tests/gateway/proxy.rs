@@ -965,3 +965,177 @@ services:
         }
     }
 }
+
+/// How a test upstream breaks off its response after the head and `hello`.
+#[derive(Clone, Copy, Debug)]
+enum Breaking {
+    /// HTTP/1.1, chunked: the connection is reset (RST) with no last chunk.
+    Chunked,
+    /// HTTP/1.1 with a Content-Length it does not reach before the reset.
+    Length,
+    /// HTTP/2 (a `grpc://` service): the stream is reset after the DATA frame.
+    Http2,
+}
+
+/// An upstream that answers every request with a 200 whose body breaks off after `hello`.
+async fn breaking_upstream(how: Breaking) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Breaking::Http2 = how {
+                    let service = hyper::service::service_fn(|_request| async {
+                        let frames = futures_util::stream::unfold(0, |step| async move {
+                            match step {
+                                0 => Some((
+                                    Ok(http_body::Frame::data(bytes::Bytes::from_static(b"hello"))),
+                                    1,
+                                )),
+                                1 => {
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                    Some((Err(std::io::Error::other("broken off")), 2))
+                                }
+                                _ => None,
+                            }
+                        });
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::StreamBody::new(frames),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                    return;
+                }
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer: &[u8] = match how {
+                    Breaking::Chunked => {
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                    }
+                    _ => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello",
+                };
+                let _ = stream.write_all(answer).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // A zero linger makes the close a reset.
+                let _ = stream.set_zero_linger();
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that breaks off its response mid-body (chunked, short of its Content-Length,
+/// or an HTTP/2 stream reset) is never delivered to the client as a complete body: an
+/// HTTP/1.1 client sees its connection closed without the last chunk, an HTTP/2 client a
+/// reset stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_breaks_off_mid_body_never_reaches_the_client_complete() {
+    for path in ProxyPath::ALL {
+        for how in [Breaking::Chunked, Breaking::Length, Breaking::Http2] {
+            let upstream = breaking_upstream(how).await;
+            let scheme = match how {
+                Breaking::Http2 => "grpc",
+                _ => "http",
+            };
+            let gateway = start(&path.config(&format!(
+                "_format_version: \"3.0\"\nservices: [{{name: s, url: \"{scheme}://{upstream}\", \
+                 routes: [{{name: r, paths: [/]}}]}}]\n"
+            )));
+            let text = wasmgate_tests::client::raw_exchange(
+                gateway.addr(),
+                b"GET /x HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            assert!(text.starts_with("HTTP/1.1 200"), "{path:?} {how:?}: {text}");
+            assert!(text.contains("hello"), "{path:?} {how:?}: {text}");
+            assert!(
+                !text.ends_with("0\r\n\r\n"),
+                "{path:?} {how:?}: a complete chunked body: {text:?}"
+            );
+            let h2 = send(gateway.addr(), Protocol::Http2, &Request::get("/x")).await;
+            assert!(
+                h2.is_err(),
+                "{path:?} {how:?}: a complete HTTP/2 body: {:?}",
+                h2.map(|r| r.text())
+            );
+        }
+    }
+}
+
+/// An upload the client breaks off is never delivered to the upstream as a complete body,
+/// whatever its framing: HTTP/1.1 with a Content-Length it does not reach, HTTP/2 reset with
+/// or without a Content-Length (chunked upstream then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_client_breaks_off_never_arrives_complete() {
+    for path in ProxyPath::ALL {
+        for (http2, length) in [(false, true), (true, true), (true, false)] {
+            let echo = EchoUpstream::start().await.unwrap();
+            let gateway = start(&path.config(&echo_config(echo.addr())));
+            let what = format!("{path:?}, HTTP/2 {http2}, Content-Length {length}");
+            let client = tokio::net::TcpStream::connect(gateway.addr())
+                .await
+                .unwrap();
+            // The body: `hello`, then an error when `broken` fires (the client's reset).
+            let (broken_tx, broken) = tokio::sync::oneshot::channel::<()>();
+            let frames = futures_util::stream::unfold(Some(broken), |broken| async move {
+                let broken = broken?;
+                Some(match broken.await {
+                    Ok(()) => (Err(std::io::Error::other("the client gave up")), None),
+                    Err(_) => return None,
+                })
+            });
+            let first = futures_util::stream::iter([Ok::<_, std::io::Error>(
+                http_body::Frame::data(bytes::Bytes::from_static(b"hello")),
+            )]);
+            let body = http_body_util::StreamBody::new(Box::pin(futures_util::StreamExt::chain(
+                first, frames,
+            )));
+            let mut request =
+                hyper::Request::post("http://gw.test/api/up").header("host", "gw.test");
+            if length {
+                request = request.header("content-length", "100000");
+            }
+            let request = request.body(body).unwrap();
+            let io = hyper_util::rt::TokioIo::new(client);
+            let exchange = if http2 {
+                let (mut send, conn) =
+                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                tokio::spawn(async move { send.send_request(request).await.map(|_| ()) })
+            } else {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(conn);
+                tokio::spawn(async move { send.send_request(request).await.map(|_| ()) })
+            };
+            wasmgate_tests::until(
+                &format!("{what}: the upstream getting the head"),
+                Duration::from_secs(30),
+                async || {
+                    (echo.record().heads == 1)
+                        .then_some(())
+                        .ok_or("no head yet".to_owned())
+                },
+            )
+            .await;
+            broken_tx.send(()).unwrap();
+            let _ = tokio::time::timeout(Duration::from_secs(30), exchange).await;
+            // Long enough for a truncated body to have been completed upstream.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let arrivals = echo.arrivals();
+            assert_eq!(arrivals.len(), 1, "{what}");
+            assert!(!arrivals[0].complete, "{what}: {:?}", arrivals[0]);
+        }
+    }
+}

@@ -1,7 +1,15 @@
 //! A body fed through a bounded channel: what the filter chain lets through, sent on as it
 //! comes, with backpressure. Dropping it (the peer finished or went away) runs `on_drop`.
+//!
+//! The sender ends the body in one of two ways. Dropped, the body ends whole; aborted
+//! ([`FrameSender::abort`]), the body fails once what was sent before is read, so hyper
+//! breaks the message off (HTTP/1.1: the connection closes without the last chunk; HTTP/2:
+//! RST_STREAM) instead of ending it cleanly: a peer that went away mid-body is never passed on
+//! as a complete, truncated body.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -10,17 +18,47 @@ use tokio::sync::mpsc;
 
 use super::body::BoxError;
 
-pub type FrameSender = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+type Item = Result<Frame<Bytes>, BoxError>;
+
+#[derive(Clone)]
+pub struct FrameSender {
+    tx: mpsc::Sender<Item>,
+    aborted: Arc<AtomicBool>,
+}
+
+impl FrameSender {
+    /// Waits for room and sends; fails when the body was dropped.
+    pub async fn send(&self, item: Item) -> Result<(), mpsc::error::SendError<Item>> {
+        self.tx.send(item).await
+    }
+
+    /// Breaks the body off: its reader gets an error after the frames already sent.
+    pub fn abort(self) {
+        self.aborted.store(true, Ordering::Release);
+    }
+}
 
 pub struct ChannelBody {
-    rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+    rx: mpsc::Receiver<Item>,
+    aborted: Arc<AtomicBool>,
     on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 /// A body and the sender that feeds it.
 pub fn channel(capacity: usize) -> (FrameSender, ChannelBody) {
     let (tx, rx) = mpsc::channel(capacity);
-    (tx, ChannelBody { rx, on_drop: None })
+    let aborted = Arc::new(AtomicBool::new(false));
+    (
+        FrameSender {
+            tx,
+            aborted: Arc::clone(&aborted),
+        },
+        ChannelBody {
+            rx,
+            aborted,
+            on_drop: None,
+        },
+    )
 }
 
 impl ChannelBody {
@@ -34,11 +72,14 @@ impl Body for ChannelBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx.poll_recv(cx)
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        match self.rx.poll_recv(cx) {
+            // Every sender is gone: the flag is final.
+            Poll::Ready(None) if self.aborted.load(Ordering::Acquire) => {
+                Poll::Ready(Some(Err("the body was broken off".into())))
+            }
+            other => other,
+        }
     }
 }
 
@@ -47,5 +88,34 @@ impl Drop for ChannelBody {
         if let Some(f) = self.on_drop.take() {
             f();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dropped_sender_ends_the_body_whole_and_an_aborted_one_breaks_it_off() {
+        let (tx, body) = channel(4);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"hello"))))
+            .await
+            .unwrap();
+        drop(tx);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+
+        let (tx, mut body) = channel(4);
+        let kept = tx.clone();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"hello"))))
+            .await
+            .unwrap();
+        tx.abort();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "hello");
+        // The error comes once every clone (a send under way) is gone.
+        drop(kept);
+        assert!(body.frame().await.unwrap().is_err());
     }
 }

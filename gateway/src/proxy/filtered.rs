@@ -119,6 +119,13 @@ impl Taps {
             Side::Response => &mut self.client,
         }
     }
+
+    /// Breaks one side's body off: its peer sees it fail, never end whole.
+    fn abort(&mut self, side: Side) {
+        if let Some(tx) = self.body(side).take() {
+            tx.abort();
+        }
+    }
 }
 
 /// One piece of what the chain lets through, on either side.
@@ -178,8 +185,8 @@ async fn deliver_outputs(worker: &Rc<Worker>, stream: &Rc<Stream>) {
             Output::ResponseTrailers(trailers) => (Side::Response, Piece::Trailers(trailers)),
             Output::Reset => {
                 let mut taps = taps.borrow_mut();
-                taps.upstream = None;
-                taps.client = None;
+                taps.abort(Side::Request);
+                taps.abort(Side::Response);
                 if let Some(tx) = taps.reset.take() {
                     let _ = tx.send(());
                 }
@@ -607,14 +614,14 @@ async fn pump(
                 (Some(Err(_)), Side::Request) => {
                     // The client went away mid-body: nothing more will come.
                     let mut taps = taps.borrow_mut();
-                    taps.upstream = None;
+                    taps.abort(Side::Request);
                     if let Some(tx) = taps.reset.take() {
                         let _ = tx.send(());
                     }
                     return None;
                 }
                 (Some(Err(_)), Side::Response) => {
-                    taps.borrow_mut().client = None;
+                    taps.borrow_mut().abort(Side::Response);
                     return None;
                 }
                 (None, Side::Request) => stream.request_data(Vec::new(), true),
