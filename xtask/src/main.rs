@@ -12,6 +12,7 @@
 mod control_plane;
 mod envoy;
 mod fuzz;
+mod pins;
 mod run;
 mod wasm;
 
@@ -53,6 +54,7 @@ commands:
   bench [--quick]  measure every data plane; writes docs/BENCHMARKS.md and its plots";
 
 fn test(args: &[String]) -> Result<(), String> {
+    pins::check()?;
     let modules = wasm::build()?;
     let envoy = envoy::ensure()?;
     // The whole suite (no cargo test arguments) includes a few seconds of every fuzz target,

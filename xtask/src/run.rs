@@ -69,9 +69,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         DataPlane::Gateway(match std::env::var_os("WASMGATE_GATEWAY") {
             Some(binary) => PathBuf::from(binary),
             None => {
-                crate::wasm::status(
-                    crate::wasm::cargo().args(["build", "--quiet", "-p", "gateway"]),
-                )?;
+                eprintln!("xtask: building gateway (debug)");
+                crate::wasm::status(crate::wasm::cargo().args(["build", "-p", "gateway"]))?;
                 crate::wasm::target_dir().join("debug/gateway")
             }
         })
@@ -152,8 +151,8 @@ async fn serve(port: u16, data_plane: DataPlane, token: &str) -> Result<(), Stri
          try:\n  \
          curl -s http://{listen}/hello                                   # the backend sees Authorization: Bearer <token>\n  \
          curl -s -H 'Authorization: Bearer mine' http://{listen}/hello  # ...and never the client's\n  \
-         head -c 11000000 /dev/zero | curl -s -X POST --data-binary @- http://{listen}/upload   # 413\n  \
-         for i in $(seq 150); do curl -s -o /dev/null -w '%{{http_code}}\\n' http://{listen}/; done | sort | uniq -c   # 429s past 100/s\n\n\
+         head -c 11000000 /dev/zero | curl -s -o /dev/null -w '%{{http_code}}\\n' --data-binary @- http://{listen}/upload   # 413\n  \
+         curl -s --parallel --parallel-max 50 -o /dev/null -w '%{{http_code}}\\n' 'http://{listen}/?[1-1000]' | sort | uniq -c   # 429s past 100/s\n\n\
          Ctrl-C stops everything.",
         echo.addr(),
         config_path.display()

@@ -81,9 +81,14 @@ pub fn build() -> Result<PathBuf, String> {
         .chain(TEST_MODULES.iter().copied())
         .collect();
     // One cargo invocation per module, exactly as `cargo build --profile wasm --target
-    // wasm32-wasip1 -p <name>`: building them together would unify dependency features across modules and
-    // grow every module by what only one of them needs.
-    for module in &modules {
+    // wasm32-wasip1 -p <name>`: building them together would unify dependency features across
+    // modules and grow every module by what only one of them needs.
+    for (done, module) in modules.iter().enumerate() {
+        eprintln!(
+            "xtask: building module {} of {}: {module} ({TARGET})",
+            done + 1,
+            modules.len()
+        );
         status(cargo().args([
             "build",
             "--profile",

@@ -145,7 +145,52 @@ async fn run_serves_the_seed_on_the_port_it_is_given_and_stops_on_sigterm() {
     .await
     .unwrap();
     assert_eq!(status.status, 200, "{}", status.text());
+    the_examples_show_what_they_claim(&banner);
     stop(child, listen);
+}
+
+/// The banner's `try:` lines, each as a command and what its comment claims it shows.
+fn examples(banner: &str) -> Vec<(String, String)> {
+    banner
+        .lines()
+        .skip_while(|line| line.trim() != "try:")
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .map(|line| {
+            let (command, claim) = line.split_once(" # ").unwrap_or((line, ""));
+            (command.trim().to_owned(), claim.trim().to_owned())
+        })
+        .collect()
+}
+
+/// Runs each example as a user pastes it (`sh -c`, the system's curl) and checks what it
+/// prints against its comment.
+fn the_examples_show_what_they_claim(banner: &str) {
+    let examples = examples(banner);
+    assert_eq!(examples.len(), 4, "{banner}");
+    for (command, claim) in examples {
+        let out = Command::new("sh").args(["-c", &command]).output().unwrap();
+        assert!(out.status.success(), "{command}: {out:?}");
+        let printed = String::from_utf8_lossy(&out.stdout);
+        let shown = match claim.as_str() {
+            "the backend sees Authorization: Bearer <token>" => {
+                printed.contains(&format!("Bearer {TOKEN}"))
+            }
+            "...and never the client's" => {
+                printed.contains(&format!("Bearer {TOKEN}")) && !printed.contains("Bearer mine")
+            }
+            "413" => printed.trim() == "413",
+            // `uniq -c` lines: a count, then the status.
+            "429s past 100/s" => printed
+                .lines()
+                .any(|line| line.split_whitespace().nth(1) == Some("429")),
+            other => panic!("an example this test does not know: {other:?} ({command})"),
+        };
+        assert!(
+            shown,
+            "`{command}` printed {printed:?}, not what it claims: {claim}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

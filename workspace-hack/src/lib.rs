@@ -1,0 +1,1 @@
+//! Only a dependency list: see Cargo.toml.
