@@ -84,6 +84,9 @@ struct Ring {
     records: VecDeque<LogRecord>,
     /// The bytes of every kept message.
     bytes: usize,
+    /// Records ever logged, kept or since dropped: a mark that still means something once
+    /// the ring is full.
+    logged: u64,
 }
 
 /// Longest message kept (longer ones are cut).
@@ -121,6 +124,7 @@ impl LogSink {
             }
         }
         ring.bytes += message.len();
+        ring.logged += 1;
         ring.records.push_back(LogRecord { level, message });
     }
 
@@ -130,6 +134,25 @@ impl LogSink {
 
     pub fn records(&self) -> Vec<LogRecord> {
         self.lock().records.iter().cloned().collect()
+    }
+
+    /// A mark for [`LogSink::records_since`]: how many records were ever logged.
+    pub fn mark(&self) -> u64 {
+        self.lock().logged
+    }
+
+    /// The kept records logged after `mark` (those the ring has dropped since are gone).
+    pub fn records_since(&self, mark: u64) -> Vec<LogRecord> {
+        let ring = self.lock();
+        let new = ring.logged.saturating_sub(mark);
+        let new = usize::try_from(new)
+            .unwrap_or(usize::MAX)
+            .min(ring.records.len());
+        ring.records
+            .iter()
+            .skip(ring.records.len() - new)
+            .cloned()
+            .collect()
     }
 
     /// How many records the ring holds.

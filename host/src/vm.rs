@@ -299,17 +299,16 @@ impl Vm {
                 .map_err(|e| failed(classify("_initialize", e)))?;
         }
         let root = vm.store.data().root_context;
-        let logged_from = logs.len();
+        let logged_from = logs.mark();
         if let Some(f) = vm.ex.on_context_create.clone() {
             f.call(&mut vm.store, (root, 0))
                 .map_err(|e| failed(classify("proxy_on_context_create", e)))?;
         }
         let refused = |what: &str| {
-            let records = logs.records();
-            let reason: Vec<String> = records
-                .iter()
-                .skip(logged_from.min(records.len()))
-                .map(|r| r.message.clone())
+            let reason: Vec<String> = logs
+                .records_since(logged_from)
+                .into_iter()
+                .map(|r| r.message)
                 .collect();
             Error::ConfigRefused {
                 plugin: plugin.name.clone(),
@@ -1143,6 +1142,48 @@ mod tests {
         let said = logs.records().into_iter().map(|r| r.message).collect();
         logs.clear();
         said
+    }
+
+    /// A module that logs why and refuses its configuration.
+    const REFUSES: &str = r#"(module
+      (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 100) "config.second: expected a number")
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+      (func (export "proxy_on_context_create") (param i32 i32))
+      (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32)
+        (drop (call $log (i32.const 4) (i32.const 100) (i32.const 32)))
+        (i32.const 0)))"#;
+
+    /// The reason of a refused configuration is what the module logged while refusing, also
+    /// when the plugin's log ring is already full (after a long life of an earlier instance):
+    /// the ring then drops a record for each it keeps, and its length says nothing of what is
+    /// new.
+    #[test]
+    fn a_refusal_gives_what_the_module_logged_even_with_a_full_ring() {
+        let engine = engine();
+        let logs = Arc::new(LogSink::new("refuses"));
+        for i in 0..crate::logs::MAX_RECORDS {
+            logs.log(LogLevel::Info, &format!("earlier {i}"));
+        }
+        let wasm = wat::parse_str(REFUSES).expect("WAT");
+        let module = PluginModule::new(&engine, &wasm).expect("module");
+        let refused = Vm::start(
+            &module,
+            Arc::new(PluginConfig::new("refuses", "")),
+            HostEnv::shared(),
+            Arc::clone(&logs),
+            Mailbox::new(),
+        );
+        match refused {
+            Err(Error::ConfigRefused { reason, .. }) => {
+                assert_eq!(reason, "config.second: expected a number")
+            }
+            Err(other) => panic!("another error: {other}"),
+            Ok(_) => panic!("the module's refusal was not seen"),
+        }
     }
 
     /// The spec's `proxy_on_done`: false defers `on_log` and `on_delete` until the module
