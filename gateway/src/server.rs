@@ -354,7 +354,7 @@ fn serve_connection<I>(
     watcher: Watcher,
     slot: OwnedSemaphorePermit,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let client_header_timeout = worker.shared.options.client_header_timeout;
     let worker = Rc::clone(worker);
@@ -372,7 +372,11 @@ fn serve_connection<I>(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(client_header_timeout);
     builder.http2().max_header_list_size(64 * 1024);
-    let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
+    let connection = watcher.watch(
+        builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned(),
+    );
     tokio::task::spawn_local(async move {
         // Client resets and protocol errors end only their own connection.
         let _ = connection.await;

@@ -109,13 +109,21 @@ async fn rate_limiting_by_ip_counts_the_client_a_trusted_proxy_names() {
         from(TRUSTED, addr, &named("198.51.100.2")).await.status,
         from(TRUSTED, addr, &named("198.51.100.1")).await.status,
     ];
-    assert_eq!(statuses, [200, 200, 429], "two clients behind the trusted proxy");
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "two clients behind the trusted proxy"
+    );
 
     let statuses = [
         from(UNTRUSTED, addr, &named("198.51.100.3")).await.status,
         from(UNTRUSTED, addr, &named("198.51.100.4")).await.status,
     ];
-    assert_eq!(statuses, [200, 429], "an untrusted peer is one client, whatever it says");
+    assert_eq!(
+        statuses,
+        [200, 429],
+        "an untrusted peer is one client, whatever it says"
+    );
 }
 
 /// The upstream's view: a trusted proxy's client and X-Forwarded-* go on (X-Forwarded-For

@@ -8,7 +8,9 @@
 mod failures;
 mod forwarding;
 mod grpc_calls;
+mod grpc_proxy;
 mod lifecycle;
 mod plugins;
 mod proxy;
 mod tls;
+mod websocket;

@@ -23,6 +23,8 @@ pub enum ProxyError {
     HeadersTooLarge(usize),
     /// A Transfer-Encoding the gateway does not implement (the header's value).
     NotImplemented(String),
+    /// CONNECT, or an upgrade to a protocol other than WebSocket (which one).
+    UpgradeRefused(String),
 }
 
 impl ProxyError {
@@ -37,6 +39,7 @@ impl ProxyError {
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::UpgradeRefused(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -54,6 +57,7 @@ impl ProxyError {
             ProxyError::FilterUnavailable(_) => "A plugin is unavailable",
             ProxyError::HeadersTooLarge(_) => "Request header fields too large",
             ProxyError::NotImplemented(_) => "Not implemented",
+            ProxyError::UpgradeRefused(_) => "Forbidden",
         }
     }
 
@@ -69,7 +73,8 @@ impl fmt::Display for ProxyError {
             | ProxyError::BadGateway(d)
             | ProxyError::Unavailable(d)
             | ProxyError::Timeout(d)
-            | ProxyError::NotImplemented(d) => {
+            | ProxyError::NotImplemented(d)
+            | ProxyError::UpgradeRefused(d) => {
                 write!(f, "{}: {d}", self.message())
             }
             ProxyError::HeadersTooLarge(size) => write!(f, "{}: {size} bytes", self.message()),

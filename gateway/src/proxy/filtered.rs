@@ -927,6 +927,11 @@ pub async fn forward(
     log.upstream_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
 
     let (mut response_parts, response_body) = response.into_parts();
+    // A WebSocket upstream's side of the switch, for `upgrade::switch` once the 101 went
+    // through the filters.
+    let upstream_upgrade = response_parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>();
     headers::strip_hop_by_hop(&mut response_parts.headers);
     let response_headers = from_header_map(
         &response_parts.headers,
@@ -958,6 +963,9 @@ pub async fn forward(
         }
     };
     let mut response = local(head, client_body);
+    if let Some(upgrade) = upstream_upgrade {
+        response.extensions_mut().insert(upgrade);
+    }
     response.headers_mut().insert(
         "via",
         HeaderValue::from_static(concat!("1.1 wasmgate/", env!("CARGO_PKG_VERSION"))),

@@ -89,6 +89,10 @@ pub fn for_filters(headers: &HeaderMap) -> HeaderMap {
     if te_is_trailers(headers) {
         kept.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    // Envoy keeps an upgrade's Connection and Upgrade for its filters, and sends them on.
+    if super::upgrade::is_websocket(headers) {
+        super::upgrade::set_websocket_headers(&mut kept);
+    }
     kept
 }
 
@@ -148,6 +152,9 @@ pub fn forward_request_headers(
     if te_is_trailers(&parts.headers) {
         out.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    if super::upgrade::is_websocket(&parts.headers) {
+        super::upgrade::set_websocket_headers(out);
+    }
     // Kong's X-Forwarded-For: every line the client sent, in order and joined with ", ",
     // then the peer (nginx's $realip_remote_addr); without any, the client.
     let peer_ip = downstream.peer.ip().to_string();
@@ -179,7 +186,10 @@ pub fn forward_request_headers(
         }
     };
     set("x-forwarded-proto", scheme.as_bytes());
-    set("x-forwarded-host", model::router::host_without_port(host).as_bytes());
+    set(
+        "x-forwarded-host",
+        model::router::host_without_port(host).as_bytes(),
+    );
     set("x-forwarded-port", port.as_bytes());
     set("x-forwarded-path", path.as_bytes());
     let mut set = |name: &'static str, value: &[u8]| {

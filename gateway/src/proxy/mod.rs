@@ -12,7 +12,9 @@ pub mod filtered;
 pub mod grpc_call;
 pub mod headers;
 pub mod path;
+mod protocols;
 pub mod real_ip;
+pub mod upgrade;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -82,12 +84,31 @@ pub async fn handle(
     let request_id = request_id();
     request.headers_mut().insert(REQUEST_ID, request_id.clone());
     let mut log = AccessLog::new(&downstream, &request);
+    let client_upgrade = upgrade::is_websocket(request.headers())
+        .then(|| {
+            request
+                .extensions_mut()
+                .remove::<hyper::upgrade::OnUpgrade>()
+        })
+        .flatten();
 
     let mut response = match forward(&worker, &snapshot, downstream, request, &mut log).await {
-        Ok(response) => response,
+        Ok(mut response) => {
+            upgrade::switch(&mut response, client_upgrade);
+            response
+        }
         Err(error) => {
             log.error = Some(error.to_string());
-            error.into_response(accept.as_deref(), request_id.as_bytes())
+            // As Envoy after a refused upgrade: whatever the client sends next on this
+            // connection could be the refused protocol's bytes, never read as a request.
+            let close = matches!(error, ProxyError::UpgradeRefused(_));
+            let mut response = error.into_response(accept.as_deref(), request_id.as_bytes());
+            if close {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     };
     response.headers_mut().insert(REQUEST_ID, request_id);
@@ -117,6 +138,9 @@ async fn forward(
     let (parts, body) = request.into_parts();
     headers::check_request_head_size(&parts.headers)?;
     headers::check_transfer_encoding(&parts.headers)?;
+    // Before routing: no route can take CONNECT or another protocol, and the connection is
+    // closed after the refusal whether a route matched or not.
+    upgrade::check(&parts.method, &parts.headers)?;
     let host = headers::request_host(&parts);
     let path = path::normalize(parts.uri.path());
     let route_match = snapshot
@@ -132,6 +156,9 @@ async fn forward(
         .ok_or(ProxyError::NoRoute)?;
     let route = &snapshot.config.routes[route_match.route];
     log.route = Some(route.name.clone());
+    if let Some(refusal) = protocols::refusal(route, &downstream, &parts, &host) {
+        return Ok(refusal);
+    }
     let service_index = route.service.ok_or(ProxyError::NoService)?;
     let service = &snapshot.config.services[service_index];
     log.service = Some(service.name.clone());

@@ -171,24 +171,38 @@ mod tests {
                 HeaderValue::from_bytes(value).unwrap(),
             );
         }
-        real_ip
-            .client(peer.parse().unwrap(), &headers)
-            .to_string()
+        real_ip.client(peer.parse().unwrap(), &headers).to_string()
     }
 
     #[test]
     fn cidrs_parse_and_match_like_kongs_trusted_ips() {
         let cidr = |t: &str| t.parse::<Cidr>();
-        assert!(cidr("10.0.0.0/8").unwrap().contains("10.9.8.7".parse().unwrap()));
-        assert!(!cidr("10.0.0.0/8").unwrap().contains("11.0.0.1".parse().unwrap()));
-        assert!(cidr("0.0.0.0/0").unwrap().contains("203.0.113.1".parse().unwrap()));
+        assert!(cidr("10.0.0.0/8")
+            .unwrap()
+            .contains("10.9.8.7".parse().unwrap()));
+        assert!(!cidr("10.0.0.0/8")
+            .unwrap()
+            .contains("11.0.0.1".parse().unwrap()));
+        assert!(cidr("0.0.0.0/0")
+            .unwrap()
+            .contains("203.0.113.1".parse().unwrap()));
         assert!(!cidr("0.0.0.0/0").unwrap().contains("::1".parse().unwrap()));
-        assert!(cidr("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
-        assert!(cidr("2001:db8::/32").unwrap().contains("2001:db8:1::1".parse().unwrap()));
-        assert!(cidr("127.0.0.2").unwrap().contains("127.0.0.2".parse().unwrap()));
-        assert!(!cidr("127.0.0.2").unwrap().contains("127.0.0.3".parse().unwrap()));
+        assert!(cidr("::/0")
+            .unwrap()
+            .contains("2001:db8::1".parse().unwrap()));
+        assert!(cidr("2001:db8::/32")
+            .unwrap()
+            .contains("2001:db8:1::1".parse().unwrap()));
+        assert!(cidr("127.0.0.2")
+            .unwrap()
+            .contains("127.0.0.2".parse().unwrap()));
+        assert!(!cidr("127.0.0.2")
+            .unwrap()
+            .contains("127.0.0.3".parse().unwrap()));
         // An IPv4 peer seen through a dual-stack socket.
-        assert!(cidr("127.0.0.2").unwrap().contains("::ffff:127.0.0.2".parse().unwrap()));
+        assert!(cidr("127.0.0.2")
+            .unwrap()
+            .contains("::ffff:127.0.0.2".parse().unwrap()));
         assert!(cidr("10.0.0.0/33").is_err());
         assert!(cidr("::/129").is_err());
         assert!(cidr("example.com").is_err());
@@ -228,7 +242,11 @@ mod tests {
             "1.1.1.1:8080"
         );
         assert_eq!(
-            client(&trusted, "10.0.0.1:5000", &[("x-real-ip", b"[2001:db8::1]")]),
+            client(
+                &trusted,
+                "10.0.0.1:5000",
+                &[("x-real-ip", b"[2001:db8::1]")]
+            ),
             "[2001:db8::1]:0"
         );
         assert_eq!(

@@ -1,0 +1,221 @@
+//! WebSocket through `gateway`: a real client and server (tokio-tungstenite) on loopback. The
+//! handshake is routed and runs the route's plugins like any request; once the upstream
+//! switches protocols, frames go both ways. Other protocol switches are refused as Envoy
+//! refuses them.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{Request as Handshake, Response};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use wasmgate_tests::client::raw_exchange;
+use wasmgate_tests::gateway::{start, ProxyPath, PLUGIN_PATH_HEADER};
+
+/// The handshakes the server accepted: each one's path and headers (values as text).
+type Seen = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+
+/// A WebSocket server answering each text message `m` with `echo:m` and each binary message
+/// with its bytes reversed.
+async fn websocket_server() -> (SocketAddr, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let callback = |request: &Handshake, response: Response| {
+                    let headers = request
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| {
+                            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                            (k.as_str().to_owned(), value)
+                        })
+                        .collect();
+                    let path = request.uri().path().to_owned();
+                    record.lock().unwrap().push((path, headers));
+                    Ok(response)
+                };
+                let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, callback).await
+                else {
+                    return;
+                };
+                while let Some(Ok(message)) = socket.next().await {
+                    let answer = match message {
+                        Message::Text(text) => Message::text(format!("echo:{}", text.as_str())),
+                        Message::Binary(bytes) => {
+                            Message::binary(bytes.iter().rev().copied().collect::<Vec<u8>>())
+                        }
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    if socket.send(answer).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn config(upstream: SocketAddr) -> String {
+    format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: chat
+    url: http://{upstream}/base
+    routes:
+      - name: ws
+        paths: [/ws]
+      - name: limited
+        paths: [/limited]
+        plugins:
+          - name: rate-limiting
+            config: {{minute: 1, policy: local}}
+"#
+    )
+}
+
+async fn connect(
+    gateway: SocketAddr,
+    path: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
+    let stream = TcpStream::connect(gateway).await.unwrap();
+    let url = format!("ws://{gateway}{path}");
+    tokio_tungstenite::client_async(url, stream)
+        .await
+        .map(|(socket, _)| socket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frames_go_both_ways_after_the_routes_plugins() {
+    for proxy_path in ProxyPath::ALL {
+        let (upstream, seen) = websocket_server().await;
+        let gateway = start(&proxy_path.config(&config(upstream)));
+        let mut socket = connect(gateway.addr(), "/ws/chat")
+            .await
+            .unwrap_or_else(|e| panic!("{proxy_path:?}: the handshake failed: {e}"));
+        socket.send(Message::text("hello")).await.unwrap();
+        socket.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+        socket.send(Message::text("again")).await.unwrap();
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("{proxy_path:?}: no answer within 10 s"));
+            answers.push(next.unwrap().unwrap());
+        }
+        assert_eq!(
+            answers,
+            [
+                Message::text("echo:hello"),
+                Message::binary(vec![3u8, 2, 1]),
+                Message::text("echo:again")
+            ],
+            "{proxy_path:?}"
+        );
+        socket.close(None).await.unwrap();
+
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{proxy_path:?}");
+        let (path, headers) = &seen[0];
+        assert_eq!(path, "/base/chat", "{proxy_path:?}: Kong's upstream path");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(header("x-forwarded-for"), ["127.0.0.1"], "{proxy_path:?}");
+        let marker = match proxy_path {
+            ProxyPath::Plain => Vec::new(),
+            ProxyPath::Plugins => vec!["plugins"],
+        };
+        assert_eq!(header(PLUGIN_PATH_HEADER), marker, "{proxy_path:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_refuses_the_handshake_refuses_the_upgrade() {
+    let (upstream, seen) = websocket_server().await;
+    let gateway = start(&config(upstream));
+    let mut first = connect(gateway.addr(), "/limited").await.unwrap();
+    first.send(Message::text("one")).await.unwrap();
+    assert_eq!(
+        first.next().await.unwrap().unwrap(),
+        Message::text("echo:one")
+    );
+    match connect(gateway.addr(), "/limited").await {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        Err(other) => panic!("not an HTTP refusal: {other}"),
+        Ok(_) => panic!("the second upgrade went through the rate limit"),
+    }
+    // The open tunnel is not affected by the refusal.
+    first.send(Message::text("two")).await.unwrap();
+    assert_eq!(
+        first.next().await.unwrap().unwrap(),
+        Message::text("echo:two")
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+/// CONNECT and upgrades to anything but WebSocket get Envoy's 403 and the connection closes;
+/// nothing reaches the upstream. h2c is ignored (served as HTTP/1.1), as by Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_protocol_switches_are_refused() {
+    for proxy_path in ProxyPath::ALL {
+        let echo = wasmgate_tests::EchoUpstream::start().await.unwrap();
+        let gateway = start(&proxy_path.config(&config(echo.addr())));
+        // No `connection: close`: the gateway closes by itself.
+        let answer = raw_exchange(
+            gateway.addr(),
+            "GET /ws HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: foo/2\r\n\r\n",
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 403"),
+            "{proxy_path:?}: {answer}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        let answer = raw_exchange(
+            gateway.addr(),
+            "CONNECT gw:443 HTTP/1.1\r\nhost: gw:443\r\n\r\n",
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 403"),
+            "{proxy_path:?}: {answer}"
+        );
+        assert_eq!(
+            echo.accepted(),
+            0,
+            "{proxy_path:?}: something went upstream"
+        );
+
+        let answer = raw_exchange(
+            gateway.addr(),
+            "GET /ws HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade, HTTP2-Settings, close\r\n\
+             upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{proxy_path:?}: {answer}"
+        );
+        let report = answer.split_once("\r\n\r\n").unwrap().1;
+        assert!(!report.contains("h2c"), "{proxy_path:?}: {report}");
+    }
+}
