@@ -1,11 +1,12 @@
 //! The `gateway` command line.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use gateway::admin::{AdminListen, AdminOptions, AdminToken, TOKEN_ENV};
 use gateway::cluster::{Cluster, ClusterOptions};
 use gateway::filters::{default_modules_dir, Runtime, RuntimeOptions};
 use gateway::server::{CLIENT_HEADER_TIMEOUT, WORKER_CONNECTIONS};
@@ -111,9 +112,18 @@ enum Command {
         /// Where clients connect.
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: SocketAddr,
-        /// The admin API (status, metrics, POST /config).
+        /// The admin API (/status, /metrics, GET and POST /config): HOST:PORT, unix:PATH (a
+        /// socket only this user may open, mode 0600) or off. Without a token it must be on
+        /// loopback or unix:, and over TCP answers only requests for localhost or a loopback
+        /// address. Requests from browsers (with Origin or Sec-Fetch-Site) are always
+        /// refused; with --control-plane, POST /config is.
         #[arg(long, default_value = "127.0.0.1:8001")]
-        admin_listen: SocketAddr,
+        admin_listen: AdminListen,
+        /// A file holding the admin API's token (or set WASMGATE_ADMIN_TOKEN, not both):
+        /// every admin request must then present it, as `Authorization: Bearer TOKEN` or
+        /// `Kong-Admin-Token: TOKEN`, or gets 401.
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
         /// Worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
@@ -248,6 +258,7 @@ fn main() -> ExitCode {
             cluster,
             listen,
             admin_listen,
+            admin_token_file,
             workers,
             no_access_log,
             client_header_timeout,
@@ -265,7 +276,11 @@ fn main() -> ExitCode {
                 .map_err(|e| format!("--real-ip-header {real_ip_header:?}: {e}"))?;
             let mut options = GatewayOptions {
                 listen,
-                admin_listen: Some(admin_listen),
+                admin_listen: match admin_listen {
+                    AdminListen::Tcp(addr) => Some(addr),
+                    AdminListen::Unix(_) | AdminListen::Off => None,
+                },
+                admin: admin_options(&admin_listen, admin_token_file.as_deref())?,
                 access_log: !no_access_log,
                 config_path: config.clone(),
                 tls,
@@ -299,6 +314,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The admin API's settings from `--admin-listen`, `--admin-token-file` and
+/// [`TOKEN_ENV`]; `read_only` is for [`run`] to set, which knows where configuration comes
+/// from.
+fn admin_options(listen: &AdminListen, token_file: Option<&Path>) -> Result<AdminOptions, String> {
+    Ok(AdminOptions {
+        unix_socket: match listen {
+            AdminListen::Unix(path) => Some(path.clone()),
+            AdminListen::Tcp(_) | AdminListen::Off => None,
+        },
+        token: AdminToken::configured(token_file, std::env::var_os(TOKEN_ENV))?,
+        read_only: false,
+    })
 }
 
 fn validate(config: &PathBuf, modules: &Modules) -> Result<(), String> {
@@ -397,6 +426,8 @@ fn run(source: Source, mut options: GatewayOptions) -> Result<(), String> {
             (gateway, Some(config), origin)
         }
         Source::ControlPlane(cluster_options) => {
+            // Kong hybrid mode: a data plane takes its configuration from the control plane only.
+            options.admin.read_only = true;
             let address = cluster_options.control_plane.clone();
             let cluster = Cluster::new(cluster_options)?;
             if let Some(dir) = cluster.modules_dir() {
@@ -431,12 +462,16 @@ fn run(source: Source, mut options: GatewayOptions) -> Result<(), String> {
     };
     let shared = gateway.shared();
     eprintln!(
-        "wasmgate: gateway on http://{}{} (admin http://{}), {} workers, config {} ({})",
+        "wasmgate: gateway on http://{}{} (admin {}), {} workers, config {} ({})",
         gateway.addr(),
         gateway
             .tls_addr()
             .map_or(String::new(), |a| format!(" and https://{a}")),
-        gateway.admin_addr().map_or("off".into(), |a| a.to_string()),
+        match (gateway.admin_addr(), &shared.options.admin.unix_socket) {
+            (Some(addr), _) => format!("http://{addr}"),
+            (None, Some(path)) => format!("unix:{}", path.display()),
+            (None, None) => "off".into(),
+        },
         shared.options.workers,
         origin,
         shared.snapshot.load().hash
@@ -487,7 +522,9 @@ mod tests {
             panic!("not a run");
         };
         assert!(listen.ip().is_loopback(), "{listen}");
-        assert!(admin_listen.ip().is_loopback(), "{admin_listen}");
-        assert_eq!(admin_listen.port(), 8001);
+        assert_eq!(
+            admin_listen,
+            AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8001)))
+        );
     }
 }

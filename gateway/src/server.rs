@@ -48,6 +48,8 @@ pub struct GatewayOptions {
     /// Connections one worker serves at once (nginx's `worker_connections`); past it, the
     /// worker accepts no more until one closes, and new clients wait in the listen backlog.
     pub worker_connections: usize,
+    /// The admin API's UNIX socket, token and mode (`crate::admin`).
+    pub admin: crate::admin::AdminOptions,
     /// Kong's `trusted_ips`, `real_ip_header` and `real_ip_recursive`: which peers may name
     /// the client and forward their `X-Forwarded-*` headers.
     pub real_ip: crate::proxy::real_ip::RealIp,
@@ -76,6 +78,7 @@ impl Default for GatewayOptions {
             runtime: RuntimeOptions::default(),
             client_header_timeout: CLIENT_HEADER_TIMEOUT,
             worker_connections: WORKER_CONNECTIONS,
+            admin: crate::admin::AdminOptions::default(),
             real_ip: crate::proxy::real_ip::RealIp::default(),
         }
     }
@@ -210,15 +213,11 @@ impl Gateway {
             }
             None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
         };
-        let admin = match options.admin_listen {
-            Some(admin) => {
-                let listener = std::net::TcpListener::bind(admin)?;
-                listener.set_nonblocking(true)?;
-                Some(listener)
-            }
+        let admin = crate::admin::bind(options.admin_listen, &options.admin)?;
+        let admin_addr = match &admin {
+            Some(listener) => listener.tcp_addr()?,
             None => None,
         };
-        let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics: Metrics::default(),

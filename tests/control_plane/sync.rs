@@ -94,7 +94,8 @@ impl GatewayProcess {
     }
 
     async fn status(&self) -> Option<Value> {
-        let response = client::send(self.admin, Protocol::Http1, &Request::get("/status"))
+        let request = Request::get("/status").header("host", &self.admin.to_string());
+        let response = client::send(self.admin, Protocol::Http1, &request)
             .await
             .ok()?;
         response.json()

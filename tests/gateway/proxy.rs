@@ -332,7 +332,12 @@ async fn admin_post_config_reloads_and_refuses_bad_configs_on(path: ProxyPath) {
     let echo = EchoUpstream::start().await.unwrap();
     let gateway = start(&path.config(&echo_config(echo.addr())));
     let admin = gateway.admin_addr().unwrap();
-    let post = |text: String| Request::post("/config", RequestBody::Bytes(text.into_bytes()));
+    // As curl sends it: the admin API's address as Host, and the body's type.
+    let post = |text: String| {
+        Request::post("/config", RequestBody::Bytes(text.into_bytes()))
+            .header("host", &admin.to_string())
+            .header("content-type", "application/yaml")
+    };
 
     let bad = post("_format_version: \"3.0\"\nservices: [{name: x, host: x, port: 99999}]".into());
     let response = send(admin, Protocol::Http1, &bad).await.unwrap();
@@ -371,13 +376,14 @@ async fn admin_post_config_reloads_and_refuses_bad_configs_on(path: ProxyPath) {
         .unwrap();
     assert_eq!(response.status, 200, "{path:?}: {}", response.text());
     path.assert_taken(&response.echo_report());
-    let status = send(admin, Protocol::Http1, &Request::get("/status"))
+    let get = |path: &str| Request::get(path).header("host", &admin.to_string());
+    let status = send(admin, Protocol::Http1, &get("/status"))
         .await
         .unwrap()
         .json()
         .unwrap();
     assert_eq!(status["config_hash"], hash);
-    let metrics = send(admin, Protocol::Http1, &Request::get("/metrics"))
+    let metrics = send(admin, Protocol::Http1, &get("/metrics"))
         .await
         .unwrap()
         .text();

@@ -30,10 +30,8 @@ async fn the_seed_gateway_injects_the_secret_and_limits_size() {
     }
     // The admin API exports the gateway's metrics and the modules' own.
     let admin = gateway.admin_addr().unwrap();
-    let metrics = send(admin, Protocol::Http1, &Request::get("/metrics"))
-        .await
-        .unwrap()
-        .text();
+    let request = Request::get("/metrics").header("host", &admin.to_string());
+    let metrics = send(admin, Protocol::Http1, &request).await.unwrap().text();
     for line in [
         "wasmgate_requests_total{route=\"backend\",service=\"backend\",status=\"200\"} 2",
         "wasmgate_filter_outcomes_total{filter=\"rate-limiting\",outcome=\"ran\"} 2",

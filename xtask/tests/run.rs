@@ -137,10 +137,11 @@ async fn run_serves_the_seed_on_the_port_it_is_given_and_stops_on_sigterm() {
     );
     the_seed_holds(listen).await;
     // The admin API is on the next port.
+    let admin: SocketAddr = ([127, 0, 0, 1], port + 1).into();
     let status = send(
-        ([127, 0, 0, 1], port + 1).into(),
+        admin,
         Protocol::Http1,
-        &Request::get("/status"),
+        &Request::get("/status").header("host", &admin.to_string()),
     )
     .await
     .unwrap();
