@@ -40,6 +40,11 @@ pub struct Case {
     /// Protocols to run the case over; both by default.
     #[serde(default)]
     pub protocols: Option<Vec<Protocol>>,
+    /// Kong `paths` of the plugin's route: every other path takes a route without the
+    /// plugin. Only the data planes that route (gateway and the translation's Envoy) run such
+    /// a case; the others put the plugin on every path.
+    #[serde(default)]
+    pub paths: Option<Vec<String>>,
     #[serde(default)]
     pub request: Option<CaseRequest>,
     #[serde(default)]
@@ -735,6 +740,9 @@ pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
             let name = format!("refused-{i}");
             let bad = EnvoyConfig::new(echo.addr()).listener(&name, vec![filter(case, &name)]);
             refusals.push((case, expected.to_owned(), bad));
+            continue;
+        }
+        if case.paths.is_some() {
             continue;
         }
         for protocol in case.protocols() {

@@ -44,17 +44,28 @@ fn declarative(
         .iter()
         .map(|(i, case, protocol)| {
             let name = route_name(*i, *protocol);
-            json!({
+            let plugin_route = json!({
                 "name": name,
-                "url": format!("http://{upstream}"),
-                "routes": [{
-                    "name": name,
+                "paths": case.paths.clone().unwrap_or_else(|| vec!["/".into()]),
+                "headers": {CASE_HEADER: [name]},
+                "strip_path": false,
+                "preserve_host": true,
+                "plugins": [{"name": file.plugin, "config": case.config}],
+            });
+            let mut routes = vec![plugin_route];
+            if case.paths.is_some() {
+                routes.push(json!({
+                    "name": format!("{name}-open"),
                     "paths": ["/"],
                     "headers": {CASE_HEADER: [name]},
                     "strip_path": false,
                     "preserve_host": true,
-                    "plugins": [{"name": file.plugin, "config": case.config}],
-                }],
+                }));
+            }
+            json!({
+                "name": name,
+                "url": format!("http://{upstream}"),
+                "routes": routes,
             })
         })
         .collect();
