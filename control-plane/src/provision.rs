@@ -3,6 +3,12 @@
 //! process connected back to it (its own client certificate, pinned for that control plane),
 //! restarts it if it dies, and stops it when the configuration is removed or the control
 //! plane stops. Ports are chosen once and stored, so a proxy URL survives restarts.
+//!
+//! A tenant's service can point at any port on loopback and be reached through the tenant's
+//! own proxy, so a provisioned gateway has no admin port there: its admin API is a UNIX
+//! socket in its private folder, for the operator, and read-only, as the gateway follows its
+//! control plane. The control plane reads nothing from it: health comes from the process
+//! and from the gateway's pings.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -192,6 +198,21 @@ async fn supervise(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut pause = Duration::from_millis(200);
+    // Folders made before they were private (the credentials are written into them).
+    if let Err(e) = make_private(&spec.dir) {
+        log::warn!("data plane {}: {e}", spec.group_id);
+    }
+    let admin = admin_socket(&spec.dir).map_or_else(
+        || {
+            log::warn!(
+                "data plane {}: {} is too long for a UNIX socket's path; its admin API is off",
+                spec.group_id,
+                spec.dir.join(ADMIN_SOCKET).display()
+            );
+            "off".to_owned()
+        },
+        |socket| format!("unix:{}", socket.display()),
+    );
     loop {
         let mut command = tokio::process::Command::new(&gateway);
         command
@@ -199,7 +220,7 @@ async fn supervise(
             .arg("--listen")
             .arg(spec.proxy.to_string())
             .arg("--admin-listen")
-            .arg("127.0.0.1:0")
+            .arg(&admin)
             .arg("--no-access-log")
             .arg("--control-plane")
             .arg(cluster.to_string())
@@ -284,6 +305,27 @@ pub fn free_port() -> std::io::Result<SocketAddr> {
     listener.local_addr()
 }
 
+/// The admin API's socket in a data plane's folder.
+const ADMIN_SOCKET: &str = "admin.sock";
+
+/// The longest path a UNIX socket address holds on Linux (`sun_path`, less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The admin socket of the data plane in `dir`; none when its path is too long to bind (the
+/// gateway would fail to start, again and again).
+fn admin_socket(dir: &Path) -> Option<PathBuf> {
+    let socket = dir.join(ADMIN_SOCKET);
+    (socket.as_os_str().len() <= MAX_SOCKET_PATH).then_some(socket)
+}
+
+/// Only the control plane's user may enter a data plane's folder: it holds the gateway's
+/// private key and admin socket.
+fn make_private(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("making {} private: {e}", dir.display()))
+}
+
 /// Writes a data plane's certificate, key and the control plane's CA into its folder.
 pub fn write_credentials(
     dir: &Path,
@@ -292,6 +334,7 @@ pub fn write_credentials(
     ca_pem: &str,
 ) -> Result<(), String> {
     std::fs::create_dir_all(dir.join("cache")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    make_private(dir)?;
     for (file, contents) in [
         ("cluster.crt", cert_pem),
         ("cluster.key", key_pem),
@@ -319,5 +362,21 @@ pub async fn restore(state: Arc<State>) {
         }
         Ok(Err(e)) => log::error!("restoring cloud gateways: {e}"),
         Err(e) => log::error!("restoring cloud gateways: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_socket_is_in_the_data_planes_folder_if_its_path_fits() {
+        assert_eq!(
+            admin_socket(Path::new("/var/lib/cp/cloud-gateways/g1")),
+            Some(PathBuf::from("/var/lib/cp/cloud-gateways/g1/admin.sock"))
+        );
+        let longest = format!("/{}", "d".repeat(MAX_SOCKET_PATH - "/admin.sock".len() - 1));
+        assert!(admin_socket(Path::new(&longest)).is_some());
+        assert_eq!(admin_socket(Path::new(&format!("{longest}d"))), None);
     }
 }

@@ -1,6 +1,7 @@
 //! A real control plane (SQLite on disk, HTTP, sync and xDS on loopback) with real `gateway`
 //! and Envoy data planes, one test binary (see tests/envoy/main.rs for why).
 
+mod admin;
 mod api;
 mod seed;
 mod sync;
