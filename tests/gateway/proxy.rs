@@ -1145,3 +1145,191 @@ async fn an_upload_the_client_breaks_off_never_arrives_complete() {
         }
     }
 }
+
+/// A service at `upstream` with Kong's timeouts (milliseconds), routed from `/`.
+fn timed_config(upstream: SocketAddr, write_timeout: u64, read_timeout: u64) -> String {
+    format!(
+        "_format_version: \"3.0\"\nservices: [{{name: s, url: \"http://{upstream}\", \
+         write_timeout: {write_timeout}, read_timeout: {read_timeout}, \
+         routes: [{{name: r, paths: [/]}}]}}]\n"
+    )
+}
+
+/// Kong's `read_timeout` is between two successive reads, not a deadline for the exchange: an
+/// upload that takes four times the read timeout is answered, not 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_slower_than_the_read_timeout_is_answered() {
+    for path in ProxyPath::ALL {
+        let echo = EchoUpstream::start().await.unwrap();
+        let gateway = start(&path.config(&timed_config(echo.addr(), 60_000, 500)));
+        for protocol in Protocol::ALL {
+            let upload = Request::post(
+                "/up",
+                RequestBody::Paced {
+                    chunks: vec![b"slow-".to_vec(); 9],
+                    pause: Duration::from_millis(250),
+                },
+            );
+            let response = send(gateway.addr(), protocol, &upload).await.unwrap();
+            assert_eq!(
+                response.status,
+                200,
+                "{path:?} {protocol:?}: {}",
+                response.text()
+            );
+            let seen = response.echo_report();
+            path.assert_taken(&seen);
+            assert_eq!(seen.body_len, 45, "{path:?} {protocol:?}");
+        }
+    }
+}
+
+/// An upstream answering `/steady` with a chunk every 300 ms, and `/stall` with one chunk and
+/// then nothing while it keeps the connection open.
+async fn slow_body_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let steady = String::from_utf8_lossy(&head).contains(" /steady ");
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    )
+                    .await;
+                if !steady {
+                    tokio::time::sleep(Duration::from_secs(120)).await;
+                    return;
+                }
+                for _ in 0..4 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = stream.write_all(b"5\r\nhello\r\n").await;
+                }
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    addr
+}
+
+/// After the response head, `read_timeout` still bounds the wait for each piece of the body:
+/// an upstream that stalls mid-body has the client's response broken off (never completed),
+/// not held open for good; one that sends a piece every 300 ms with a 500 ms read timeout is
+/// relayed whole though it takes 1.2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stalls_mid_body_is_broken_off_at_the_read_timeout() {
+    for path in ProxyPath::ALL {
+        let upstream = slow_body_upstream().await;
+        let gateway = start(&path.config(&timed_config(upstream, 60_000, 500)));
+        let steady = send(gateway.addr(), Protocol::Http1, &Request::get("/steady"))
+            .await
+            .unwrap();
+        assert_eq!(steady.text(), "hello".repeat(5), "{path:?}");
+        let started = std::time::Instant::now();
+        let text = wasmgate_tests::client::raw_exchange(
+            gateway.addr(),
+            b"GET /stall HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "{path:?}: broken off before the read timeout"
+        );
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.contains("hello"),
+            "{path:?}: {text}"
+        );
+        assert!(
+            !text.ends_with("0\r\n\r\n"),
+            "{path:?}: completed: {text:?}"
+        );
+        let h2 = send(gateway.addr(), Protocol::Http2, &Request::get("/stall")).await;
+        assert!(h2.is_err(), "{path:?}: {:?}", h2.map(|r| r.text()));
+    }
+}
+
+/// Kong's `write_timeout` is between two successive writes to the upstream: an upstream that
+/// reads the request head and then takes none of its body gets the request abandoned and the
+/// client a 504 once it has taken nothing for the write timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_takes_none_of_the_body_times_out_at_the_write_timeout() {
+    for path in ProxyPath::ALL {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                // Read no further: the body fills the socket buffers and stays there.
+                held.push(stream);
+            }
+        });
+        let gateway = start(&path.config(&timed_config(upstream, 500, 60_000)));
+        let upload = Request::post(
+            "/up",
+            RequestBody::Filler {
+                len: 256 << 20,
+                with_length: true,
+            },
+        );
+        let response = send(gateway.addr(), Protocol::Http1, &upload).await;
+        let response = response.unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        assert_eq!(response.status, 504, "{path:?}: {}", response.text());
+    }
+}
+
+/// A client that leaves in the middle of a download ends the upstream's response too: the
+/// gateway does not read on to the end of it (an endless body here) for nobody, as Envoy
+/// resets the upstream stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_download_ends_the_upstream_response() {
+    for path in ProxyPath::ALL {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let closed_tx = closed_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                        .await;
+                    let chunk = [b"10000\r\n".as_slice(), &[b'x'; 0x10000], b"\r\n"].concat();
+                    while stream.write_all(&chunk).await.is_ok() {}
+                    let _ = closed_tx.send(());
+                });
+            }
+        });
+        let gateway = start(&path.config(&timed_config(upstream, 60_000, 60_000)));
+        let mut client = tokio::net::TcpStream::connect(gateway.addr())
+            .await
+            .unwrap();
+        client
+            .write_all(b"GET /download HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut read = 0;
+        while read < 1 << 20 {
+            read += client.read(&mut buf).await.unwrap();
+        }
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(30), closed_rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{path:?}: the upstream still sends 30 s after the client left")
+            });
+    }
+}

@@ -568,17 +568,24 @@ async fn linger(mut body: Incoming) {
 /// While a filter holds more than the buffer limit behind a watermark stop, the peer is not
 /// read (Envoy's `readDisable`): its window or socket buffer fills and it waits. On HTTP/2 the
 /// last DATA frame carries the end of the stream, as Envoy's codec hands it to filters.
-async fn pump(
+async fn pump<B>(
     worker: Rc<Worker>,
     stream: Rc<Stream>,
-    mut body: Incoming,
+    mut body: B,
     side: Side,
     http2: bool,
-) -> Option<Incoming> {
+) -> Option<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     let (chain, taps) = (&stream.chain, &stream.taps);
     loop {
-        if matches!(side, Side::Request) && chain.borrow().request_ended() {
-            return Some(body);
+        match side {
+            Side::Request if chain.borrow().request_ended() => return Some(body),
+            // The client has gone: what is left of the upstream's answer is not read (dropping
+            // it ends the upstream request), as Envoy resets the upstream stream.
+            Side::Response if chain.borrow().is_complete() => return None,
+            _ => {}
         }
         loop {
             let disabled = match side {

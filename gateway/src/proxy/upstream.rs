@@ -1,15 +1,23 @@
 //! Upstream connections: per worker, a pooled client per kind of upstream (HTTP/1.1 or
-//! HTTP/2, certificate checked or not, connect timeout), and Kong's timeouts.
+//! HTTP/2, certificate checked or not, connect timeout), and Kong's timeouts with nginx's
+//! meaning: `write_timeout` between two successive writes of the request (the upstream not
+//! taking what it is sent), `read_timeout` from the end of the request to the response head
+//! and then between two successive reads of the response body. A slow upload is no timeout;
+//! an upstream that stalls mid-body breaks the client's response off.
 //!
 //! `https`/`grpcs` services use rustls. Like Kong, the upstream certificate is only verified
 //! when the service says `tls_verify: true` (against the Web PKI roots).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -19,11 +27,11 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
-use super::body::ProxyBody;
+use super::body::{BoxError, ProxyBody};
 use super::errors::ProxyError;
 use model::Service;
 
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, Sending>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
@@ -156,21 +164,214 @@ impl Upstreams {
         Ok(client)
     }
 
-    /// Sends the request; waits at most the service's read timeout for the response head.
+    /// Sends the request with the service's write timeout, waits at most its read timeout
+    /// from the end of the request for the response head, and hands back a body that fails
+    /// when the upstream is silent for the read timeout.
     pub async fn send(
         &self,
         service: &Service,
         request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let client = self.client(service)?;
         let read_timeout = Duration::from_millis(service.read_timeout_ms);
-        match tokio::time::timeout(read_timeout, client.request(request)).await {
-            Err(_) => Err(ProxyError::Timeout(format!(
-                "no response within {read_timeout:?}"
-            ))),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(classify(&error)),
+        let write_timeout = Duration::from_millis(service.write_timeout_ms);
+        let progress = Arc::new(Progress::default());
+        let request = request.map(|body| Sending::new(body, Arc::clone(&progress)));
+        let exchange = client.request(request);
+        tokio::pin!(exchange);
+        let answered = tokio::select! {
+            answered = &mut exchange => Some(answered),
+            timed_out = progress.sent(write_timeout) => match timed_out {
+                Err(()) => return Err(ProxyError::Timeout(format!(
+                    "the upstream took nothing of the request for {write_timeout:?}"
+                ))),
+                Ok(()) => None,
+            },
+        };
+        let answered = match answered {
+            Some(answered) => answered,
+            None => match tokio::time::timeout(read_timeout, exchange).await {
+                Err(_) => {
+                    return Err(ProxyError::Timeout(format!(
+                        "no response within {read_timeout:?}"
+                    )))
+                }
+                Ok(answered) => answered,
+            },
+        };
+        match answered {
+            Ok(response) => Ok(response.map(|body| UpstreamBody::new(body, read_timeout))),
+            Err(error) => Err(classify(&error)),
         }
+    }
+}
+
+/// How far hyper has got with a request body, for the write timeout.
+#[derive(Default)]
+struct Progress {
+    state: Mutex<Stage>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Clone, Copy, Default)]
+enum Stage {
+    /// hyper asked for the next piece; the client has yet to send it.
+    #[default]
+    Asked,
+    /// hyper took a piece at this instant and has not asked for the next: the upstream
+    /// connection has not taken it yet.
+    Taken(tokio::time::Instant),
+    /// The whole body went to hyper (or hyper dropped it).
+    Sent,
+}
+
+impl Progress {
+    fn set(&self, stage: Stage) {
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = stage;
+        self.changed.notify_one();
+    }
+
+    fn stage(&self) -> Stage {
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Ends once the whole request went to hyper; fails when hyper held a piece for
+    /// `write_timeout` without asking for the next (nginx's `proxy_send_timeout`, between two
+    /// successive writes). Time spent waiting for the client's next piece does not count.
+    async fn sent(&self, write_timeout: Duration) -> Result<(), ()> {
+        loop {
+            match self.stage() {
+                Stage::Sent => return Ok(()),
+                Stage::Asked => self.changed.notified().await,
+                Stage::Taken(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at + write_timeout) => {
+                            if let Stage::Taken(still) = self.stage() {
+                                if still == at {
+                                    return Err(());
+                                }
+                            }
+                        }
+                        () = self.changed.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The request body on its way upstream, reporting its [`Progress`].
+pub struct Sending {
+    body: ProxyBody,
+    progress: Arc<Progress>,
+}
+
+impl Sending {
+    fn new(body: ProxyBody, progress: Arc<Progress>) -> Sending {
+        if body.is_end_stream() {
+            progress.set(Stage::Sent);
+        }
+        Sending { body, progress }
+    }
+}
+
+impl Body for Sending {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let stage = match &polled {
+            Poll::Ready(Some(Ok(_))) if !self.body.is_end_stream() => {
+                Stage::Taken(tokio::time::Instant::now())
+            }
+            Poll::Ready(_) => Stage::Sent,
+            Poll::Pending => Stage::Asked,
+        };
+        self.progress.set(stage);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.progress.set(Stage::Sent);
+    }
+}
+
+/// An upstream's response body, broken off (an error, so the client's response is too) when
+/// the upstream sends nothing for the read timeout while the proxy waits for it: Kong's
+/// `read_timeout` between two successive reads. A client that reads slowly stops the proxy
+/// from asking, and that time does not count.
+pub struct UpstreamBody {
+    body: Incoming,
+    read_timeout: Duration,
+    silence: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl UpstreamBody {
+    fn new(body: Incoming, read_timeout: Duration) -> UpstreamBody {
+        UpstreamBody {
+            body,
+            read_timeout,
+            silence: None,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.silence = None;
+                Poll::Ready(frame.map(|frame| frame.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                let read_timeout = this.read_timeout;
+                let silence = this
+                    .silence
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(read_timeout)));
+                match std::future::Future::poll(silence.as_mut(), cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                        "the upstream sent nothing of its response body for {read_timeout:?}"
+                    )
+                    .into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
