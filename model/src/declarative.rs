@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::entities::{
     Config, FailurePolicy, FilterChain, FilterEntry, ModuleSettings, Plugin, Protocol, Route,
-    RoutePath, Scope, Service, DEFAULT_MEMORY_LIMIT_MB,
+    RoutePath, Scope, Service, DEFAULT_MEMORY_LIMIT_MB, HTTPS_REDIRECT_STATUS_CODES,
 };
 use crate::plugins;
 
@@ -332,6 +332,11 @@ fn read_route(r: &mut Record<'_>, top_level: bool) -> RawRoute {
             );
         }
     }
+    // Kong's default is both; an empty set is no protocol at all (Kong: `len_min = 1`).
+    if r.value("protocols").is_some() && protocols.is_empty() {
+        r.error("protocols", "length must be at least 1");
+    }
+    let https_only = protocols.contains(&"https") && !protocols.contains(&"http");
     let mut paths = Vec::new();
     for (i, p) in r.string_array("paths").into_iter().enumerate() {
         let at = format!("{}.{}", r.path_of("paths"), i + 1);
@@ -368,8 +373,30 @@ fn read_route(r: &mut Record<'_>, top_level: bool) -> RawRoute {
     let strip_path = r.boolean("strip_path", true);
     let preserve_host = r.boolean("preserve_host", false);
     let regex_priority = r.integer("regex_priority").unwrap_or(0);
+    // Kong 3's routers (`traditional_compatible`, its default, and `expressions`) join every
+    // route's upstream path the v0 way, whatever `path_handling` says (v1 is deprecated):
+    // accepted, and joined as v0 here too.
     r.one_of("path_handling", &[("v0", ()), ("v1", ())], ());
-    r.integer("https_redirect_status_code");
+    let https_redirect_status_code = match r.integer("https_redirect_status_code") {
+        None => HTTPS_REDIRECT_STATUS_CODES[0],
+        Some(code) => match HTTPS_REDIRECT_STATUS_CODES
+            .into_iter()
+            .find(|known| i64::from(*known) == code)
+        {
+            Some(known) => known,
+            None => {
+                let known: Vec<String> = HTTPS_REDIRECT_STATUS_CODES
+                    .iter()
+                    .map(u16::to_string)
+                    .collect();
+                r.error(
+                    "https_redirect_status_code",
+                    format!("expected one of: {}", known.join(", ")),
+                );
+                HTTPS_REDIRECT_STATUS_CODES[0]
+            }
+        },
+    };
     r.boolean("request_buffering", true);
     r.boolean("response_buffering", true);
     if paths.is_empty()
@@ -393,6 +420,8 @@ fn read_route(r: &mut Record<'_>, top_level: bool) -> RawRoute {
         strip_path,
         preserve_host,
         regex_priority,
+        https_only,
+        https_redirect_status_code,
         tags,
     };
     RawRoute {
@@ -863,6 +892,22 @@ plugins:
         parse_declarative(text).unwrap_err().to_string()
     }
 
+    /// Kong refuses cleartext requests on a route whose protocols leave out http: with 426
+    /// unless the route names a redirect.
+    #[test]
+    fn a_route_without_http_is_https_only_with_its_redirect_code() {
+        let config = parse_declarative(
+            "_format_version: \"3.0\"\nservices:\n  - name: s\n    host: h\n    routes:\n      - {name: both, paths: [/a]}\n      - {name: tls, paths: [/b], protocols: [https]}\n      - {name: moved, paths: [/c], protocols: [https], https_redirect_status_code: 308}\n      - {name: plain, paths: [/d], protocols: [http, https], https_redirect_status_code: 301}\n",
+        )
+        .unwrap();
+        let routes: Vec<(bool, u16)> = config
+            .routes
+            .iter()
+            .map(|r| (r.https_only, r.https_redirect_status_code))
+            .collect();
+        assert_eq!(routes, [(false, 426), (true, 426), (true, 308), (false, 301)]);
+    }
+
     #[test]
     fn errors_name_the_entity_and_field() {
         let text = r#"
@@ -1189,6 +1234,14 @@ plugins:
             (
                 "_format_version: \"3.0\"\nservices:\n  - {name: s, host: h, routes: [{name: r, paths: [/], protocols: [http, tcp]}]}\n".to_owned(),
                 "services.s.routes.r.protocols.2: expected one of: http, https",
+            ),
+            (
+                "_format_version: \"3.0\"\nservices:\n  - {name: s, host: h, routes: [{name: r, paths: [/], protocols: []}]}\n".to_owned(),
+                "services.s.routes.r.protocols: length must be at least 1",
+            ),
+            (
+                "_format_version: \"3.0\"\nservices:\n  - {name: s, host: h, routes: [{name: r, paths: [/], https_redirect_status_code: 303}]}\n".to_owned(),
+                "services.s.routes.r.https_redirect_status_code: expected one of: 426, 301, 302, 307, 308",
             ),
             (
                 "_format_version: \"3.0\"\nservices:\n  - {name: s, host: h, routes: [{name: r, paths: [/]}]}\nfilter_chains:\n  - {route: r, filters: []}\n".to_owned(),

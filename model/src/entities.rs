@@ -95,8 +95,17 @@ pub struct Route {
     pub strip_path: bool,
     pub preserve_host: bool,
     pub regex_priority: i64,
+    /// The route's `protocols` leave out `http`: Kong refuses it cleartext requests, with
+    /// [`Route::https_redirect_status_code`].
+    pub https_only: bool,
+    /// Kong's answer to a cleartext request on an `https_only` route: 426 with
+    /// `Upgrade: TLS/1.2, HTTP/1.1`, or a redirect (301, 302, 307, 308) to the https URL.
+    pub https_redirect_status_code: u16,
     pub tags: Vec<String>,
 }
+
+/// Kong's `https_redirect_status_code` values; the first is its default.
+pub const HTTPS_REDIRECT_STATUS_CODES: [u16; 5] = [426, 301, 302, 307, 308];
 
 /// Where a plugin or filter chain applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -482,15 +482,42 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
         let hands_over_host = slots.iter().zip(&enabled).any(|(slot, on)| {
             *on && slot.upstream && slot.root_id == request_transformer::PLUGIN_NAME
         });
+        // An https-only route takes only what came over TLS: on this cleartext listener, what
+        // a trusted proxy says it ended TLS for (Envoy sets `x-forwarded-proto` to the
+        // connection's scheme for everyone else, before routing).
+        let matcher = |path: Value| {
+            let mut matcher = with_header_matchers(path, candidate);
+            if route.https_only {
+                let headers = matcher
+                    .as_object_mut()
+                    .map(|m| m.entry("headers").or_insert_with(|| json!([])));
+                if let Some(Value::Array(headers)) = headers {
+                    headers.push(json!({
+                        "name": "x-forwarded-proto",
+                        "string_match": {"exact": "https"},
+                    }));
+                }
+            }
+            matcher
+        };
+        let refusal = route.https_only.then(|| {
+            https_refusal(
+                &route_name,
+                with_header_matchers(path_match(candidate), candidate),
+                route.https_redirect_status_code,
+                disabled_filters(&slots, &vec![false; slots.len()]),
+            )
+        });
         let Some(service_index) = route.service else {
             // Kong answers a route without a service with 503, once the route has matched:
             // on its hosts, methods and headers too.
             routes.push(json!({
                 "name": route_name,
-                "match": with_header_matchers(path_match(candidate), candidate),
+                "match": matcher(path_match(candidate)),
                 "direct_response": {"status": 503, "body": {"inline_string": r#"{"message":"no Service found with those values"}"#}},
                 "typed_per_filter_config": per_filter,
             }));
+            routes.extend(refusal);
             continue;
         };
         let service = &config.services[service_index];
@@ -550,10 +577,10 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
                 variants.push((path_match(candidate), action));
             }
         }
-        for (matcher, action) in variants {
+        for (path, action) in variants {
             let mut entry = json!({
                 "name": route_name,
-                "match": with_header_matchers(matcher, candidate),
+                "match": matcher(path),
                 "route": action,
                 "typed_per_filter_config": per_filter,
             });
@@ -568,6 +595,7 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
             }
             routes.push(entry);
         }
+        routes.extend(refusal);
     }
     routes.push(json!({
         "name": "no-route",
@@ -587,6 +615,48 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
         "name": name,
         "virtual_hosts": [{"name": "wasmgate", "domains": ["*"], "routes": routes}],
     })
+}
+
+/// Kong's answer to a cleartext request on an https-only route, before any plugin: 426 with
+/// an `Upgrade` to TLS, or a redirect to the same URL over https.
+fn https_refusal(
+    route_name: &str,
+    matcher: Value,
+    status: u16,
+    no_filters: Map<String, Value>,
+) -> Value {
+    let mut entry = json!({
+        "name": route_name,
+        "match": matcher,
+        "typed_per_filter_config": no_filters,
+    });
+    let redirect = match status {
+        301 => Some("MOVED_PERMANENTLY"),
+        302 => Some("FOUND"),
+        307 => Some("TEMPORARY_REDIRECT"),
+        308 => Some("PERMANENT_REDIRECT"),
+        _ => None,
+    };
+    match redirect {
+        Some(code) => {
+            // Kong's Location has no port (nginx's `$host`); Envoy's keeps the request's unless
+            // told one, and writes the one it is told: https's own is the same URL.
+            entry["redirect"] =
+                json!({"https_redirect": true, "port_redirect": 443, "response_code": code});
+        }
+        None => {
+            entry["direct_response"] = json!({
+                "status": 426,
+                "body": {"inline_string": r#"{"message":"Please use HTTPS protocol"}"#},
+            });
+            // Kong's `Upgrade: TLS/1.2, HTTP/1.1` cannot go along: Envoy's codecs drop
+            // `upgrade` and `connection` from any response but a 101.
+            entry["response_headers_to_add"] = json!([
+                {"header": {"key": "content-type", "value": "application/json; charset=utf-8"}},
+            ]);
+        }
+    }
+    entry
 }
 
 fn disabled_filters(slots: &[FilterSlot], enabled: &[bool]) -> Map<String, Value> {

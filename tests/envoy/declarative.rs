@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use model::envoy::{bootstrap, EnvoyOptions};
-use wasmgate_tests::client::send;
+use wasmgate_tests::client::{raw_exchange, send};
 use wasmgate_tests::{paths, EchoUpstream, Envoy, Protocol, Request, RequestBody};
 
 fn declarative(a: SocketAddr, b: SocketAddr) -> String {
@@ -233,4 +233,70 @@ filter_chains:
             );
         }
     }
+}
+
+/// Kong's route `protocols` in Envoy from the translation, as in `gateway` (in_gateway
+/// `tls::https_only_routes_refuse_cleartext_with_426_or_their_redirect`): the translation's
+/// listener is cleartext, so an https-only route answers 426 before its plugins, or its
+/// redirect; a client's own `X-Forwarded-Proto: https` does not count. Before, Envoy served
+/// every https-only route in cleartext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_only_routes_refuse_cleartext_as_in_kong() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let text = format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: echo
+    url: http://{}
+    routes:
+      - name: tls
+        paths: [/tls]
+        protocols: [https]
+        plugins:
+          - name: rate-limiting
+            config: {{minute: 1, policy: local}}
+      - name: moved
+        paths: [/moved]
+        protocols: [https]
+        https_redirect_status_code: 308
+      - name: both
+        paths: [/both]
+"#,
+        echo.addr()
+    );
+    let config = model::parse_declarative(&text).unwrap();
+    let options = wasmgate_tests::envoy::translation_options();
+    let envoy = Envoy::start_bootstrap(&bootstrap(&config, &options), 1)
+        .await
+        .unwrap();
+    let listener = envoy.listener("wasmgate");
+    let cleartext = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nhost: GW.test:8000\r\n{extra}connection: close\r\n\r\n")
+    };
+    for extra in ["", "x-forwarded-proto: https\r\n"] {
+        let answer = raw_exchange(listener, cleartext("/tls/x", extra)).await;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 426"), "{extra:?}: {answer}");
+        // The one difference from Kong and `gateway`: Envoy's codec drops `Upgrade` from
+        // any response but a 101.
+        assert!(!head.contains("\r\nupgrade:"), "{answer}");
+        assert!(head.contains("\r\ncontent-type: application/json"), "{answer}");
+        assert!(!head.contains("ratelimit"), "{answer}");
+        assert!(body.ends_with(r#"{"message":"Please use HTTPS protocol"}"#), "{answer}");
+    }
+    for _ in 0..2 {
+        let answer = raw_exchange(listener, cleartext("/moved/a%20b?q=1", "")).await;
+        assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+        // The same URL as Kong's and `gateway`'s `https://gw.test/moved/a%20b?q=1`, written
+        // with https's port and the host as the client sent it.
+        assert!(
+            answer.contains("location: https://GW.test:443/moved/a%20b?q=1\r\n"),
+            "{answer}"
+        );
+    }
+    let answer = raw_exchange(listener, cleartext("/both", "")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(echo.arrivals().len(), 1, "only /both reached the upstream");
 }
