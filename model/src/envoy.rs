@@ -338,14 +338,18 @@ pub fn clusters(config: &Config, options: &EnvoyOptions) -> Vec<Value> {
                     }}}}]}],
                 },
             });
-            if service.protocol.is_http2() {
-                cluster["typed_extension_protocol_options"] = json!({
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}},
-                    },
-                });
-            }
+            // HTTP/1.1 upstreams get trailers as in `gateway` (see `connection_manager`).
+            let http_config = if service.protocol.is_http2() {
+                json!({"http2_protocol_options": {}})
+            } else {
+                json!({"http_protocol_options": {"enable_trailers": true}})
+            };
+            cluster["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": http_config,
+                },
+            });
             if service.protocol.is_tls() {
                 cluster["transport_socket"] = json!({
                     "name": "envoy.transport_sockets.tls",
@@ -701,6 +705,18 @@ fn connection_manager(routes: (&str, Value), http_filters: Vec<Value>) -> Value 
         // segments resolved, unreserved escapes decoded, slashes merged.
         "normalize_path": true,
         "merge_slashes": true,
+        // An escaped slash (%2F) is no separator for routing and goes upstream as sent: in
+        // `gateway` only unreserved escapes are decoded (proxy/path.rs), as in Kong.
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+        // `gateway --client-header-timeout`'s default (nginx's and Kong's
+        // `client_header_timeout`).
+        "request_headers_timeout": "60s",
+        // HTTP/1.1 trailers reach the upstream and come back, as in `gateway` (Envoy's
+        // HTTP/1.1 codec drops them unless told otherwise; HTTP/2 always carries them).
+        "http_protocol_options": {"enable_trailers": true},
+        // `gateway` proxies WebSocket handshakes and refuses other upgrades with 403, as
+        // Envoy does for upgrade types it has no config for.
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
         // The request id of Kong's error bodies (`request.id`), on every response too, as
         // `gateway` does: a client can quote it.
         "always_set_request_id_in_response": true,

@@ -12,6 +12,7 @@ mod differential;
 mod examples;
 mod failure_policy;
 mod hostile_headers;
+mod protocol;
 mod request_transformer;
 mod request_transformer_routes;
 mod upstream_tls;

@@ -13,10 +13,12 @@ pub mod envoy;
 pub mod gateway;
 pub mod gateway_cases;
 pub mod grpc;
+pub mod grpc_tonic;
 pub mod modules;
 pub mod paths;
 pub mod process;
 pub mod seed;
+pub mod websocket;
 pub mod windows;
 
 pub use client::{Protocol, Request, RequestBody, Response};

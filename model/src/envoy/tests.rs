@@ -288,6 +288,10 @@ fn the_bootstrap_is_the_admin_one_listener_and_the_clusters() {
                         "proxy_100_continue": true,
                         "normalize_path": true,
                         "merge_slashes": true,
+                        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+                        "request_headers_timeout": "60s",
+                        "http_protocol_options": {"enable_trailers": true},
+                        "upgrade_configs": [{"upgrade_type": "websocket"}],
                         "always_set_request_id_in_response": true,
                         "http_filters": [
                             rate_limiting,
@@ -315,6 +319,12 @@ fn the_bootstrap_is_the_admin_one_listener_and_the_clusters() {
                         "address": "127.0.0.1",
                         "port_value": 8080
                     }}}}]}]
+                },
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http_protocol_options": {"enable_trailers": true}}
+                    }
                 }
             }]
         }
@@ -510,9 +520,13 @@ fn over_xds_routes_come_by_rds_and_filters_by_ecds() {
                                         }
                                     }
                                 ],
+                                "http_protocol_options": {"enable_trailers": true},
                                 "merge_slashes": true,
                                 "normalize_path": true,
+                                "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
                                 "proxy_100_continue": true,
+                                "request_headers_timeout": "60s",
+                                "upgrade_configs": [{"upgrade_type": "websocket"}],
                                 "rds": {
                                     "config_source": {"ads": {}, "resource_api_version": "V3"},
                                     "route_config_name": "wasmgate"
@@ -618,7 +632,13 @@ fn clusters_follow_each_services_protocol_address_and_timeouts() {
                     ]
                 },
                 "name": "service.ip",
-                "type": "STATIC"
+                "type": "STATIC",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http_protocol_options": {"enable_trailers": true}}
+                    }
+                }
             },
             {
                 "connect_timeout": "60s",
@@ -649,7 +669,13 @@ fn clusters_follow_each_services_protocol_address_and_timeouts() {
                         "sni": "secure.test"
                     }
                 },
-                "type": "STRICT_DNS"
+                "type": "STRICT_DNS",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http_protocol_options": {"enable_trailers": true}}
+                    }
+                }
             },
             {
                 "connect_timeout": "0.001s",
@@ -740,7 +766,13 @@ fn clusters_follow_each_services_protocol_address_and_timeouts() {
                     ]
                 },
                 "name": "service.v6",
-                "type": "STATIC"
+                "type": "STATIC",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http_protocol_options": {"enable_trailers": true}}
+                    }
+                }
             }
         ]),
     );
