@@ -20,10 +20,9 @@
 //! - Request bodies are sent in chunks 250 ms apart (HTTP/1.1 chunked or HTTP/2 DATA), and
 //!   the response upstream writes its chunks 250 ms apart: each chunk is its own read, its
 //!   own body callback, on both planes.
-//! - Envoy's HTTP/1.1 codecs drop trailers unless `enable_trailers` is set, and the
-//!   translation does not set it (gateway forwards HTTP/1.1 trailers: README, Proxying); the
-//!   test turns it on in the bootstrap, downstream and for every cluster, so that trailer
-//!   callbacks can be compared at all. Request trailers are sent over HTTP/2.
+//! - Envoy's HTTP/1.1 codecs drop trailers unless `enable_trailers` is set; the translation
+//!   sets it downstream and for every HTTP/1.1 cluster, as gateway forwards HTTP/1.1 trailers
+//!   (README, Proxying). Request trailers are sent over HTTP/2.
 //! - Filter-chain filters get Envoy's default `allow_on_headers_stop_iteration: false` on both
 //!   planes; the scenario `hold_until_body_allowed` sets it to true on its first filter's
 //!   `filter_chains` entry, which both planes read.
@@ -568,47 +567,13 @@ fn declarative(
     })
 }
 
-/// Envoy's bootstrap from the translation, with HTTP/1.1 trailers on (see the module docs).
+/// Envoy's bootstrap from the translation.
 fn envoy_bootstrap(config: &model::Config, filters_dir: &Path) -> Value {
     let options = EnvoyOptions {
         filters_dir: Some(filters_dir.to_owned()),
         ..wasmgate_tests::envoy::translation_options()
     };
-    let mut bootstrap = bootstrap(config, &options);
-    enable_trailers(&mut bootstrap);
-    if let Some(clusters) = bootstrap["static_resources"]["clusters"].as_array_mut() {
-        for cluster in clusters {
-            if cluster.get("typed_extension_protocol_options").is_none() {
-                cluster["typed_extension_protocol_options"] = json!({
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http_protocol_options": {"enable_trailers": true}},
-                    },
-                });
-            }
-        }
-    }
-    bootstrap
-}
-
-fn enable_trailers(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            let is_hcm = map
-                .get("@type")
-                .and_then(Value::as_str)
-                .is_some_and(|t| t.ends_with("HttpConnectionManager"));
-            if is_hcm {
-                map.insert(
-                    "http_protocol_options".into(),
-                    json!({"enable_trailers": true}),
-                );
-            }
-            map.values_mut().for_each(enable_trailers);
-        }
-        Value::Array(items) => items.iter_mut().for_each(enable_trailers),
-        _ => {}
-    }
+    bootstrap(config, &options)
 }
 
 /// A `gateway` process (the binary `cargo build -p gateway` makes), its stderr in a file.
