@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use wasmgate_tests::client::raw_exchange;
 use wasmgate_tests::gateway::ProxyPath;
+use wasmgate_tests::https_only::{self, cleartext};
 use wasmgate_tests::{EchoReport, EchoUpstream, Protocol, Request};
 
 struct Issued {
@@ -281,36 +282,6 @@ async fn modules_see_the_requested_server_name() {
     assert_eq!(plain.echo_report().header("x-sni"), Some(""));
 }
 
-/// The config of [`https_only_routes_refuse_cleartext_with_426_or_their_redirect`]: an https-only
-/// route with a plugin (one request a minute), one that redirects, and one for both protocols.
-fn https_only_config(echo: std::net::SocketAddr) -> String {
-    format!(
-        r#"
-_format_version: "3.0"
-services:
-  - name: echo
-    url: http://{echo}
-    routes:
-      - name: tls
-        paths: [/tls]
-        protocols: [https]
-        plugins:
-          - name: rate-limiting
-            config: {{minute: 1, policy: local}}
-      - name: moved
-        paths: [/moved]
-        protocols: [https]
-        https_redirect_status_code: 308
-      - name: both
-        paths: [/both]
-"#
-    )
-}
-
-fn cleartext(path: &str, extra: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nhost: GW.test:8000\r\n{extra}connection: close\r\n\r\n")
-}
-
 /// Kong's route `protocols`: an https-only route answers a cleartext request 426 (`Upgrade:
 /// TLS/1.2, HTTP/1.1`) or redirects it to https (the host without its port, the target as
 /// sent), before its plugins run; over TLS, or from a trusted proxy that ended TLS
@@ -322,20 +293,11 @@ async fn https_only_routes_refuse_cleartext_with_426_or_their_redirect() {
     let issued = issue(dir.path(), "gw.test");
     let echo = EchoUpstream::start().await.unwrap();
     let tls = server_config(std::slice::from_ref(&issued.files)).unwrap();
-    let gateway = start(&https_only_config(echo.addr()), Some(tls));
+    let gateway = start(&https_only::config(echo.addr()), Some(tls));
 
     for extra in ["", "x-forwarded-proto: https\r\n"] {
         let answer = raw_exchange(gateway.addr(), cleartext("/tls/x", extra)).await;
-        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-        let head = head.to_ascii_lowercase();
-        assert!(head.starts_with("http/1.1 426"), "{extra:?}: {answer}");
-        assert!(head.contains("\r\nupgrade: tls/1.2, http/1.1"), "{answer}");
-        assert!(head.contains("\r\nconnection: upgrade"), "{answer}");
-        assert!(head.contains("\r\ncontent-type: application/json"), "{answer}");
-        // The plugins did not run: no rate-limit headers, and the minute's one request is
-        // still there for the TLS request below.
-        assert!(!head.contains("ratelimit"), "{answer}");
-        assert!(body.ends_with(r#"{"message":"Please use HTTPS protocol"}"#), "{answer}");
+        https_only::assert_https_required(&answer, true);
     }
     let answer = raw_exchange(gateway.addr(), cleartext("/moved/a%20b?q=1", "")).await;
     let head = answer.to_ascii_lowercase();
@@ -357,7 +319,7 @@ async fn https_only_routes_refuse_cleartext_with_426_or_their_redirect() {
     // Behind a trusted proxy that ended TLS: its X-Forwarded-Proto and -Host count.
     let mut options = wasmgate_tests::gateway::options();
     options.real_ip.trusted_ips = vec!["127.0.0.1".parse().unwrap()];
-    let behind = wasmgate_tests::gateway::start_with(options, &https_only_config(echo.addr()));
+    let behind = wasmgate_tests::gateway::start_with(options, &https_only::config(echo.addr()));
     let answer = raw_exchange(
         behind.addr(),
         cleartext("/tls/y", "x-forwarded-proto: https\r\n"),

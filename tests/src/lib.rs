@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod gateway_cases;
 pub mod grpc;
 pub mod grpc_tonic;
+pub mod https_only;
 pub mod modules;
 pub mod paths;
 pub mod process;
