@@ -4,8 +4,10 @@
 //!
 //! Who is answered: with a token (`--admin-token-file`, `WASMGATE_ADMIN_TOKEN`), a request
 //! that presents it, as `Authorization: Bearer` or Kong Enterprise's `Kong-Admin-Token`.
-//! Without one, the listener must be loopback or a UNIX socket, and a TCP request must name a
-//! loopback host (after DNS rebinding, a web page's requests name the page's). Never a
+//! Without one, the listener must be loopback or a UNIX socket, a request must come from the
+//! client itself, not through a proxy (a route to the admin port would open it to the proxy's
+//! clients), and a TCP request must name a loopback host (after DNS rebinding, a web page's
+//! requests name the page's). Never a
 //! browser: a page's request carries `Origin` or `Sec-Fetch-Site`, and `POST /config` needs a
 //! JSON or YAML type, which a CORS "simple request" (no preflight) cannot send. A gateway
 //! that follows a control plane takes no configuration here, as a Kong hybrid-mode data plane.
@@ -427,8 +429,8 @@ fn is_loopback_name(host: &str) -> bool {
 }
 
 /// The answer to a request the admin API does not serve, if this is one: from a browser
-/// (403), without the token (401), or, with no token, over TCP for a host that is not
-/// loopback (403).
+/// (403), without the token (401), or, with no token, relayed by a proxy or, over TCP, for a
+/// host that is not loopback (403).
 fn refusal(
     options: &AdminOptions,
     transport: Transport,
@@ -459,20 +461,43 @@ fn refusal(
             );
             Some(response)
         }
-        None if transport == Transport::Tcp => match requested_host(uri, headers) {
-            Some(Ok(host)) if is_loopback_name(&host) => None,
-            None => None,
-            Some(Ok(host) | Err(host)) => Some(message(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "the admin API has no token, so it answers only requests for localhost or \
-                     a loopback address, not {host:?} (give it a token with \
-                     --admin-token-file or {TOKEN_ENV} to use other names)"
-                ),
-            )),
-        },
-        None => None,
+        None => {
+            if let Some(relayed) = relayed_by(headers) {
+                return Some(message(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "the admin API has no token, so it answers only direct clients, and a \
+                         proxy relayed this request (it carries {relayed}); give it a token \
+                         with --admin-token-file or {TOKEN_ENV} to reach it through a proxy"
+                    ),
+                ));
+            }
+            if transport == Transport::Unix {
+                return None;
+            }
+            match requested_host(uri, headers) {
+                Some(Ok(host)) if is_loopback_name(&host) => None,
+                None => None,
+                Some(Ok(host) | Err(host)) => Some(message(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "the admin API has no token, so it answers only requests for localhost \
+                         or a loopback address, not {host:?} (give it a token with \
+                         --admin-token-file or {TOKEN_ENV} to use other names)"
+                    ),
+                )),
+            }
+        }
     }
+}
+
+/// The header by which a proxy says it relayed this request, if there is one. The gateway
+/// sets `X-Forwarded-For` and `X-Real-IP` on every request it proxies, whatever its plugins
+/// did to the request: a route to the admin port shows.
+fn relayed_by(headers: &HeaderMap) -> Option<&'static str> {
+    ["X-Forwarded-For", "X-Real-IP", "Forwarded", "Via"]
+        .into_iter()
+        .find(|name| headers.contains_key(*name))
 }
 
 async fn handle(
@@ -763,6 +788,18 @@ mod tests {
         for not_a_page in [headers(&[("sec-fetch-site", "none")]), headers(&[])] {
             assert_eq!(from_a_browser(&not_a_page), None);
         }
+    }
+
+    #[test]
+    fn relayed_requests_are_recognised() {
+        for relayed in ["x-forwarded-for", "x-real-ip", "forwarded", "via"] {
+            let given = HeaderMap::from_iter([(
+                http::HeaderName::from_static(relayed),
+                HeaderValue::from_static("1.1 proxy"),
+            )]);
+            assert!(relayed_by(&given).is_some(), "{relayed}");
+        }
+        assert_eq!(relayed_by(&headers(&[("host", "localhost")])), None);
     }
 
     #[test]

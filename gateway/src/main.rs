@@ -114,7 +114,8 @@ enum Command {
         listen: SocketAddr,
         /// The admin API (/status, /metrics, GET and POST /config): HOST:PORT, unix:PATH (a
         /// socket only this user may open, mode 0600) or off. Without a token it must be on
-        /// loopback or unix:, and over TCP answers only requests for localhost or a loopback
+        /// loopback or unix:, refuses requests a proxy relayed (X-Forwarded-For, X-Real-IP,
+        /// Forwarded, Via) and over TCP answers only requests for localhost or a loopback
         /// address. Requests from browsers (with Origin or Sec-Fetch-Site) are always
         /// refused; with --control-plane, POST /config is.
         #[arg(long, default_value = "127.0.0.1:8001")]

@@ -114,6 +114,46 @@ async fn without_a_token_only_loopback_host_names_are_answered() {
     }
 }
 
+/// Review A.3 (c) on one gateway: a route whose service is the admin port (by mistake, or a
+/// configuration author's SSRF) would open the admin API to every client of the proxy, with
+/// a loopback `Host` the proxy writes itself. Without a token, a request a proxy relayed (it
+/// carries `X-Forwarded-For`, which the gateway always sets upstream) is refused. (Before,
+/// a client of the proxy read the configuration and replaced it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_requests_relayed_by_a_proxy_are_refused() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = wasmgate_tests::gateway::start(&config(echo.addr(), "/api"));
+    let admin = gateway.admin_addr().unwrap();
+    let through_the_proxy = format!(
+        "_format_version: \"3.0\"\nservices:\n  \
+         - {{name: admin, url: \"http://{admin}\", routes: [{{name: a, paths: [/admin]}}]}}\n"
+    );
+    let hash = gateway.shared().apply(&through_the_proxy).unwrap();
+    let read = send(
+        gateway.addr(),
+        Protocol::Http1,
+        &Request::get("/admin/config"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.status, 403, "{}", read.text());
+    assert!(read.text().contains("relayed"), "{}", read.text());
+    let replace = post_config(&config(echo.addr(), "/moved"), Some("application/yaml"));
+    let replace = Request {
+        path: "/admin/config".into(),
+        ..replace
+    };
+    let replaced = send(gateway.addr(), Protocol::Http1, &replace)
+        .await
+        .unwrap();
+    assert_eq!(replaced.status, 403, "{}", replaced.text());
+    assert_eq!(gateway.shared().snapshot.load().hash, hash);
+    for relayed in ["x-forwarded-for", "x-real-ip", "forwarded", "via"] {
+        let request = to(admin, Request::get("/status")).header(relayed, "203.0.113.9");
+        assert_eq!(status_of(admin, request).await.status, 403, "{relayed}");
+    }
+}
+
 /// Review A.3: `POST /config` takes only a body that says it is JSON or YAML, which no HTML
 /// form and no CORS "simple request" can send. (Before, any type replaced the configuration.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
