@@ -61,10 +61,11 @@ impl Decoder for Raw {
 /// The credential request-transformer injects; the server refuses calls without it.
 pub const TOKEN: &str = "backend-secret";
 
-fn authorised<T>(request: &Request<T>) -> Result<(), Status> {
+/// The server's refusal of a call without [`TOKEN`].
+fn unauthorised<T>(request: &Request<T>) -> Option<Status> {
     match request.metadata().get("x-backend-token") {
-        Some(token) if token == TOKEN => Ok(()),
-        _ => Err(Status::unauthenticated("no backend token")),
+        Some(token) if token == TOKEN => None,
+        _ => Some(Status::unauthenticated("no backend token")),
     }
 }
 
@@ -84,7 +85,9 @@ impl tower_service::Service<Request<Vec<u8>>> for Say {
 
     fn call(&mut self, request: Request<Vec<u8>>) -> Self::Future {
         Box::pin(async move {
-            authorised(&request)?;
+            if let Some(refusal) = unauthorised(&request) {
+                return Err(refusal);
+            }
             let message = request.into_inner();
             if message == b"fail" {
                 return Err(Status::not_found("no such greeting: fail"));
@@ -109,13 +112,16 @@ impl tower_service::Service<Request<Vec<u8>>> for Count {
 
     fn call(&mut self, request: Request<Vec<u8>>) -> Self::Future {
         Box::pin(async move {
-            authorised(&request)?;
+            if let Some(refusal) = unauthorised(&request) {
+                return Err(refusal);
+            }
             let n: usize = String::from_utf8_lossy(request.get_ref())
                 .parse()
                 .map_err(|_| Status::invalid_argument("not a number"))?;
-            let mut items: Vec<Result<Vec<u8>, Status>> = (1..=n.min(3))
-                .map(|i| Ok(i.to_string().into_bytes()))
-                .collect();
+            let mut items: Vec<Result<Vec<u8>, Status>> = Vec::new();
+            for i in 1..=n.min(3) {
+                items.push(Ok(i.to_string().into_bytes()));
+            }
             if n > 3 {
                 items.push(Err(Status::resource_exhausted("three is the most")));
             }
@@ -187,7 +193,11 @@ pub async fn say(channel: &mut Channel, message: &[u8], token: bool) -> Result<V
 }
 
 /// Every message of a Count call, and how the stream ended.
-pub async fn count(channel: &mut Channel, n: usize, token: bool) -> (Vec<String>, Result<(), Status>) {
+pub async fn count(
+    channel: &mut Channel,
+    n: usize,
+    token: bool,
+) -> (Vec<String>, Result<(), Status>) {
     if let Err(e) = channel.ready().await {
         return (Vec::new(), Err(Status::unknown(e.to_string())));
     }
@@ -234,4 +244,3 @@ pub async fn calls(addr: SocketAddr, token: bool) {
         "{status:?}"
     );
 }
-

@@ -23,6 +23,8 @@ pub async fn websocket_server() -> (SocketAddr, Seen) {
         while let Ok((stream, _)) = listener.accept().await {
             let record = Arc::clone(&record);
             tokio::spawn(async move {
+                // The Result is tungstenite's callback type, large error and all.
+                #[allow(clippy::result_large_err)]
                 let callback = |request: &Handshake, response: Response| {
                     let headers = request
                         .headers()
@@ -70,4 +72,3 @@ pub async fn connect(
         .await
         .map(|(socket, _)| socket)
 }
-
