@@ -20,8 +20,7 @@ struct Planes {
 async fn planes(declarative: &str) -> Planes {
     let gateway = wasmgate_tests::gateway::start(declarative);
     let config = model::parse_declarative(declarative).unwrap_or_else(|e| panic!("{e}"));
-    let bootstrap =
-        model::envoy::bootstrap(&config, &wasmgate_tests::envoy::translation_options());
+    let bootstrap = model::envoy::bootstrap(&config, &wasmgate_tests::envoy::translation_options());
     let envoy = Envoy::start_bootstrap(&bootstrap, 2)
         .await
         .unwrap_or_else(|e| panic!("Envoy refused the translation: {e}"));
@@ -124,9 +123,60 @@ async fn trailers_te_grpc_and_websocket_cross_both_data_planes() {
         let answer = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
             .await
             .unwrap_or_else(|_| panic!("{plane}: no WebSocket answer within 10 s"));
-        assert_eq!(answer.unwrap().unwrap(), Message::text("echo:hello"), "{plane}");
+        assert_eq!(
+            answer.unwrap().unwrap(),
+            Message::text("echo:hello"),
+            "{plane}"
+        );
         socket.close(None).await.unwrap();
     }
-    let paths: Vec<String> = seen.lock().unwrap().iter().map(|(p, _)| p.clone()).collect();
+    let paths: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect();
     assert_eq!(paths, ["/chat", "/chat"]);
+}
+
+/// A WebSocket tunnel nothing crosses for the service's `read_timeout` is closed by both
+/// planes (Envoy: the route's idle timeout, which the translation sets from it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_websocket_is_closed_by_both_data_planes() {
+    let (ws, _) = websocket::websocket_server().await;
+    let planes = planes(&format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: ws
+    url: http://{ws}
+    read_timeout: 500
+    routes:
+      - name: ws
+        paths: [/ws]
+"#
+    ))
+    .await;
+    for (plane, addr) in planes.addrs.iter().copied() {
+        let mut socket = websocket::connect(addr, "/ws")
+            .await
+            .unwrap_or_else(|e| panic!("{plane}: the handshake failed: {e}"));
+        socket.send(Message::text("hi")).await.unwrap();
+        assert_eq!(
+            socket.next().await.unwrap().unwrap(),
+            Message::text("echo:hi"),
+            "{plane}"
+        );
+        let started = std::time::Instant::now();
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), socket.next()).await;
+        assert!(
+            matches!(end, Ok(None | Some(Err(_)))),
+            "{plane}: the idle tunnel is still open after 5 s: {end:?}"
+        );
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= std::time::Duration::from_millis(400),
+            "{plane}: closed after {elapsed:?}"
+        );
+    }
 }

@@ -156,3 +156,49 @@ async fn other_protocol_switches_are_refused() {
         assert!(!report.contains("h2c"), "{proxy_path:?}: {report}");
     }
 }
+
+/// A tunnel nothing crosses for the service's `read_timeout` is closed, as Kong (nginx's
+/// `proxy_read_timeout`) and Envoy (the route's idle timeout, set from the same field) close
+/// it; one with traffic stays open past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_after_the_read_timeout() {
+    for proxy_path in ProxyPath::ALL {
+        let (upstream, _) = websocket_server().await;
+        let declarative = format!(
+            r#"
+_format_version: "3.0"
+services:
+  - name: chat
+    url: http://{upstream}
+    read_timeout: 400
+    routes:
+      - name: ws
+        paths: [/ws]
+"#
+        );
+        let gateway = start(&proxy_path.config(&declarative));
+        let mut busy = connect(gateway.addr(), "/ws").await.unwrap();
+        for n in 0..8 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            busy.send(Message::text(format!("{n}"))).await.unwrap();
+            let answer = busy.next().await;
+            assert!(
+                matches!(&answer, Some(Ok(Message::Text(t))) if t.as_str() == format!("echo:{n}")),
+                "{proxy_path:?}: a busy tunnel broke after {n} messages: {answer:?}"
+            );
+        }
+
+        let mut idle = connect(gateway.addr(), "/ws").await.unwrap();
+        let started = std::time::Instant::now();
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), idle.next()).await;
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(end, Ok(None | Some(Err(_)))),
+            "{proxy_path:?}: the idle tunnel is still open after 5 s: {end:?}"
+        );
+        assert!(
+            elapsed >= std::time::Duration::from_millis(350),
+            "{elapsed:?}"
+        );
+    }
+}

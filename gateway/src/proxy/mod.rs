@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod channel;
+pub mod egress;
 pub mod errors;
 pub mod filtered;
 pub mod grpc_call;
@@ -161,6 +162,8 @@ async fn forward(
     }
     let service_index = route.service.ok_or(ProxyError::NoService)?;
     let service = &snapshot.config.services[service_index];
+    let tunnel_idle =
+        upgrade::TunnelIdle(std::time::Duration::from_millis(service.read_timeout_ms));
     log.service = Some(service.name.clone());
 
     let filters = &snapshot.filters.routes[route_match.route];
@@ -174,7 +177,10 @@ async fn forward(
             host: &host,
             path: &path,
         };
-        return filtered::forward(worker, matched, downstream, parts, body, instances, log).await;
+        let mut response =
+            filtered::forward(worker, matched, downstream, parts, body, instances, log).await?;
+        response.extensions_mut().insert(tunnel_idle);
+        return Ok(response);
     }
 
     let upstream_path = model::router::upstream_path(
@@ -214,6 +220,7 @@ async fn forward(
         "via",
         HeaderValue::from_static(concat!("1.1 wasmgate/", env!("CARGO_PKG_VERSION"))),
     );
+    parts.extensions.insert(tunnel_idle);
     Ok(Response::from_parts(parts, ProxyBody::streaming(body)))
 }
 

@@ -5,12 +5,21 @@
 //! route's request filters (a plugin's 401 or 429 refuses the upgrade), and goes upstream
 //! with `Connection: upgrade` and `Upgrade: websocket` (hop-by-hop, so re-added for this one
 //! case). When the upstream switches protocols (101), both connections are handed over by
-//! hyper and their bytes are copied both ways until either side closes.
+//! hyper and their bytes are copied both ways until either side closes or the tunnel idles
+//! past the service's `read_timeout`.
+
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 use super::errors::ProxyError;
 
@@ -61,32 +70,104 @@ pub fn set_websocket_headers(headers: &mut HeaderMap) {
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
+/// How long a tunnel may carry nothing either way before it is closed: the service's
+/// `read_timeout`, as Kong (nginx's `proxy_read_timeout`) and Envoy (the route's idle timeout,
+/// which the translation sets from it) close an idle WebSocket.
+#[derive(Clone, Copy, Debug)]
+pub struct TunnelIdle(pub Duration);
+
 /// Completes a WebSocket handshake the upstream accepted: the client gets the 101 with its
 /// upgrade headers, and once hyper has handed over both connections their bytes are copied
 /// both ways. Any other answer goes to the client as it is.
 pub fn switch(response: &mut Response<super::body::ProxyBody>, client: Option<OnUpgrade>) {
     let upstream = response.extensions_mut().remove::<OnUpgrade>();
-    let (Some(client), Some(upstream)) = (client, upstream) else {
+    let idle = response.extensions_mut().remove::<TunnelIdle>();
+    let (Some(client), Some(upstream), Some(TunnelIdle(idle))) = (client, upstream, idle) else {
         return;
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
     set_websocket_headers(response.headers_mut());
-    tokio::task::spawn_local(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(both) => both,
-            Err(error) => {
-                log::debug!("websocket: the upgrade did not complete: {error}");
+    tokio::task::spawn_local(tunnel(client, upstream, idle));
+}
+
+/// Copies bytes both ways until either side closes or nothing crosses for `idle`; dropping
+/// both connections then closes them.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(error) => {
+            log::debug!("websocket: the upgrade did not complete: {error}");
+            return;
+        }
+    };
+    let last = Rc::new(Cell::new(Instant::now()));
+    let mut client = Watched {
+        io: TokioIo::new(client),
+        last: Rc::clone(&last),
+    };
+    let mut upstream = Watched {
+        io: TokioIo::new(upstream),
+        last: Rc::clone(&last),
+    };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    loop {
+        tokio::select! {
+            ended = &mut copy => {
+                if let Err(error) = ended {
+                    log::debug!("websocket: the tunnel ended: {error}");
+                }
                 return;
             }
-        };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            log::debug!("websocket: the tunnel ended: {error}");
+            () = tokio::time::sleep_until(last.get() + idle) => {
+                if last.get() + idle <= Instant::now() {
+                    log::debug!("websocket: nothing crossed the tunnel for {idle:?}: closed");
+                    return;
+                }
+            }
         }
-    });
+    }
+}
+
+/// One side of a tunnel, noting when bytes last came from it.
+struct Watched<T> {
+    io: T,
+    last: Rc<Cell<Instant>>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.set(Instant::now());
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
