@@ -46,9 +46,9 @@ pub fn is_websocket(headers: &HeaderMap) -> bool {
 /// 403 for CONNECT and for an upgrade to anything but WebSocket, as Envoy answers an upgrade
 /// its route has no `upgrade_configs` for (`upgrade_failed`, conn_manager_impl.cc; CONNECT
 /// counts as an upgrade there), and then closes the connection. Envoy routes first (no route:
-/// 404); no route here takes another protocol, so the refusal comes first. `h2c` is not refused: Envoy's HTTP/1 codec drops an h2c
-/// upgrade's headers and serves the request as HTTP/1.1 (envoy#7161), and so does the
-/// gateway, by dropping them as hop-by-hop.
+/// 404); no route here takes another protocol, so the refusal comes first. `h2c` is not
+/// refused: Envoy's HTTP/1 codec drops an h2c upgrade's headers and serves the request as
+/// HTTP/1.1 (envoy#7161), and so does the gateway, by dropping them as hop-by-hop.
 pub fn check(method: &Method, headers: &HeaderMap) -> Result<(), ProxyError> {
     if method == Method::CONNECT {
         return Err(ProxyError::UpgradeRefused("CONNECT".into()));
