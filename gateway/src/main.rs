@@ -138,6 +138,16 @@ enum Command {
         /// Connections each worker serves at once (nginx's `worker_connections`).
         #[arg(long, default_value_t = WORKER_CONNECTIONS)]
         worker_connections: usize,
+        /// Seconds a connection with no request in flight stays open after its last response
+        /// (nginx's and Kong's `keepalive_timeout`; HTTP/2 too).
+        #[arg(long, default_value_t = gateway::server::KEEPALIVE_TIMEOUT.as_secs())]
+        keepalive_timeout: u64,
+        /// Seconds between pings on an HTTP/2 connection (Envoy's `connection_keepalive`).
+        #[arg(long, default_value_t = gateway::server::HTTP2_KEEPALIVE_INTERVAL.as_secs())]
+        http2_keepalive_interval: u64,
+        /// Seconds a ping may go unanswered before the HTTP/2 connection is closed.
+        #[arg(long, default_value_t = gateway::server::HTTP2_KEEPALIVE_TIMEOUT.as_secs())]
+        http2_keepalive_timeout: u64,
         /// Proxies (addresses or CIDR blocks, comma-separated or repeated) whose
         /// --real-ip-header names the client and whose X-Forwarded-* headers go on (Kong's
         /// `trusted_ips`; none by default, `0.0.0.0/0,::/0` for all).
@@ -264,6 +274,9 @@ fn main() -> ExitCode {
             no_access_log,
             client_header_timeout,
             worker_connections,
+            keepalive_timeout,
+            http2_keepalive_interval,
+            http2_keepalive_timeout,
             trusted_ips,
             real_ip_header,
             real_ip_recursive,
@@ -291,6 +304,9 @@ fn main() -> ExitCode {
                 },
                 client_header_timeout: Duration::from_secs(client_header_timeout),
                 worker_connections,
+                keepalive_timeout: Duration::from_secs(keepalive_timeout),
+                http2_keepalive_interval: Duration::from_secs(http2_keepalive_interval),
+                http2_keepalive_timeout: Duration::from_secs(http2_keepalive_timeout),
                 real_ip: gateway::proxy::real_ip::RealIp {
                     trusted_ips,
                     header,

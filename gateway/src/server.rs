@@ -3,6 +3,7 @@
 //! connections), its own upstream pools and, later, its own module instances. The
 //! configuration snapshot is shared and swapped atomically.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,7 +17,6 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Socket, Type};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
@@ -48,6 +48,13 @@ pub struct GatewayOptions {
     /// Connections one worker serves at once (nginx's `worker_connections`); past it, the
     /// worker accepts no more until one closes, and new clients wait in the listen backlog.
     pub worker_connections: usize,
+    /// How long a connection with no request in flight stays open after its last response
+    /// (nginx's and Kong's `keepalive_timeout`; HTTP/2 included, closed with GOAWAY).
+    pub keepalive_timeout: Duration,
+    /// How often HTTP/2 connections are pinged (Envoy's `connection_keepalive.interval`), and
+    /// how long an answer may take before the connection is closed.
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
     /// The admin API's UNIX socket, token and mode (`crate::admin`).
     pub admin: crate::admin::AdminOptions,
     /// Kong's `trusted_ips`, `real_ip_header` and `real_ip_recursive`: which peers may name
@@ -65,6 +72,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 /// The default of [`GatewayOptions::client_header_timeout`], nginx's and Kong's.
 pub const CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The default of [`GatewayOptions::keepalive_timeout`], nginx's and Kong's.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The defaults of [`GatewayOptions::http2_keepalive_interval`] and its timeout (hyper's 20 s).
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 impl Default for GatewayOptions {
     fn default() -> Self {
         GatewayOptions {
@@ -78,6 +92,9 @@ impl Default for GatewayOptions {
             runtime: RuntimeOptions::default(),
             client_header_timeout: CLIENT_HEADER_TIMEOUT,
             worker_connections: WORKER_CONNECTIONS,
+            keepalive_timeout: KEEPALIVE_TIMEOUT,
+            http2_keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
+            http2_keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
             admin: crate::admin::AdminOptions::default(),
             real_ip: crate::proxy::real_ip::RealIp::default(),
         }
@@ -343,24 +360,106 @@ fn run_worker(
     local.block_on(&runtime, serve(index, listener, tls_listener, shared, stop));
 }
 
-/// Serves one accepted connection (plain or TLS) until it ends or the drain ends it; the
-/// connection holds its `slot` of the worker's [`GatewayOptions::worker_connections`] until
-/// then.
+/// What a connection is doing, for its idle timeout: requests in flight (a response's body
+/// counts until it is sent or dropped), and since when there has been none.
+struct Activity {
+    in_flight: Cell<usize>,
+    idle_since: Cell<tokio::time::Instant>,
+    served: Cell<bool>,
+    /// Wakes the connection's task to work its deadline out again.
+    changed: tokio::sync::Notify,
+}
+
+impl Activity {
+    /// When the connection is idle for good if nothing starts: `first` after the accept (the
+    /// first request's head has that long, as nginx's `client_header_timeout`, including a
+    /// client that sends nothing at all), `keepalive` after the last response; never with a
+    /// request in flight.
+    fn deadline(&self, first: Duration, keepalive: Duration) -> Option<tokio::time::Instant> {
+        if self.in_flight.get() > 0 {
+            None
+        } else if self.served.get() {
+            Some(self.idle_since.get() + keepalive)
+        } else {
+            Some(self.idle_since.get() + first)
+        }
+    }
+}
+
+/// Holds its connection's [`Activity`] busy while it lives.
+struct InFlight(Rc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Rc<Activity>) -> InFlight {
+        activity.in_flight.set(activity.in_flight.get() + 1);
+        activity.served.set(true);
+        activity.changed.notify_one();
+        InFlight(Rc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let left = self.0.in_flight.get().saturating_sub(1);
+        self.0.in_flight.set(left);
+        if left == 0 {
+            self.0.idle_since.set(tokio::time::Instant::now());
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// A response body, with its request's [`InFlight`] until it is sent or dropped.
+struct Served {
+    body: proxy::body::ProxyBody,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Served {
+    type Data = bytes::Bytes;
+    type Error = proxy::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Serves one accepted connection (plain or TLS) until it ends, it idles out, or the drain
+/// ends it; the connection holds its `slot` of the worker's
+/// [`GatewayOptions::worker_connections`] until then.
+///
+/// Idle is no request in flight: past [`GatewayOptions::keepalive_timeout`] after the last
+/// response (or [`GatewayOptions::client_header_timeout`] after the accept, before the first
+/// request), the connection is shut down gracefully (HTTP/2: GOAWAY), as nginx's
+/// `keepalive_timeout` and Envoy's `idle_timeout` do. On HTTP/1.1 hyper's header timer also
+/// runs from the end of a response, so a kept-alive connection waits the shorter of the two.
 fn serve_connection<I>(
     io: I,
     downstream: Downstream,
     worker: &Rc<Worker>,
-    watcher: Watcher,
+    mut stop: watch::Receiver<bool>,
     slot: OwnedSemaphorePermit,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let client_header_timeout = worker.shared.options.client_header_timeout;
-    let worker = Rc::clone(worker);
-    let service = service_fn(move |request| {
-        let worker = Rc::clone(&worker);
-        let downstream = downstream.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(worker, downstream, request).await) }
+    let options = &worker.shared.options;
+    let (first, keepalive) = (options.client_header_timeout, options.keepalive_timeout);
+    let activity = Rc::new(Activity {
+        in_flight: Cell::new(0),
+        idle_since: Cell::new(tokio::time::Instant::now()),
+        served: Cell::new(false),
+        changed: tokio::sync::Notify::new(),
     });
     let mut builder = auto::Builder::new(LocalExec);
     // The read buffer holds a request head while it is parsed: room for the largest one
@@ -369,18 +468,67 @@ fn serve_connection<I>(
         .http1()
         .max_buf_size(64 * 1024)
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(client_header_timeout);
-    builder.http2().max_header_list_size(64 * 1024);
-    let connection = watcher.watch(
-        builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned(),
-    );
+        .header_read_timeout(first);
+    // Pings find a peer that went away under open streams (no FIN, no RST): unanswered
+    // within the timeout, the connection closes and its streams with it.
+    builder
+        .http2()
+        .max_header_list_size(64 * 1024)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(options.http2_keepalive_interval)
+        .keep_alive_timeout(options.http2_keepalive_timeout);
+    let service = {
+        let worker = Rc::clone(worker);
+        let activity = Rc::clone(&activity);
+        service_fn(move |request| {
+            let in_flight = InFlight::start(&activity);
+            let worker = Rc::clone(&worker);
+            let downstream = downstream.clone();
+            async move {
+                let response = proxy::handle(worker, downstream, request).await;
+                Ok::<_, Infallible>(response.map(|body| Served {
+                    body,
+                    _in_flight: in_flight,
+                }))
+            }
+        })
+    };
+    let connection = builder
+        .serve_connection_with_upgrades(io, service)
+        .into_owned();
     tokio::task::spawn_local(async move {
-        // Client resets and protocol errors end only their own connection.
-        let _ = connection.await;
+        tokio::pin!(connection);
+        // A TLS handshake can end after the drain began.
+        let mut closing = *stop.borrow_and_update();
+        if closing {
+            connection.as_mut().graceful_shutdown();
+        }
+        loop {
+            let idle = activity.deadline(first, keepalive);
+            tokio::select! {
+                // Client resets and protocol errors end only their own connection.
+                _ = connection.as_mut() => break,
+                () = activity.changed.notified() => {}
+                () = sleep_until(idle), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = stop.changed(), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
         drop(slot);
     });
+}
+
+/// Sleeps until `deadline`, or for good without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Whether a failed accept means the system is out of a resource, rather than one client's
@@ -475,10 +623,8 @@ async fn serve(
             crate::proxy::filtered::module_work(&ticker);
         }
     });
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(
-        worker.shared.options.worker_connections.max(1),
-    ));
+    let capacity = worker.shared.options.worker_connections.max(1);
+    let slots = Arc::new(Semaphore::new(capacity));
     loop {
         // A free connection slot first: at the limit, nothing is accepted.
         let slot = tokio::select! {
@@ -500,7 +646,7 @@ async fn serve(
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(peer);
                 let downstream = Downstream::accepted(peer, local, false);
-                serve_connection(TokioIo::new(stream), downstream, &worker, graceful.watcher(), slot);
+                serve_connection(TokioIo::new(stream), downstream, &worker, stop.clone(), slot);
             }
             accepted = accept_on(&tls_listener) => {
                 let (stream, peer) = match accepted {
@@ -515,12 +661,12 @@ async fn serve(
                 let local = stream.local_addr().unwrap_or(peer);
                 let mut downstream = Downstream::accepted(peer, local, true);
                 let worker = Rc::clone(&worker);
-                let watcher = graceful.watcher();
+                let stop = stop.clone();
                 tokio::task::spawn_local(async move {
                     // A failed handshake only ends this connection.
                     if let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
                         downstream.server_name = tls.get_ref().1.server_name().map(std::sync::Arc::from);
-                        serve_connection(TokioIo::new(tls), downstream, &worker, watcher, slot);
+                        serve_connection(TokioIo::new(tls), downstream, &worker, stop, slot);
                     }
                 });
             }
@@ -530,10 +676,9 @@ async fn serve(
     drop(listener);
     drop(tls_listener);
     worker.shared.warming.worker_stopped();
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(drain_timeout) => {}
-    }
+    // Every connection holds a slot until it ends: all of them back means all drained.
+    let drained = u32::try_from(capacity).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(drain_timeout, slots.acquire_many(drained)).await;
 }
 
 #[cfg(test)]

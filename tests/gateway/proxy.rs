@@ -1333,3 +1333,231 @@ async fn a_client_that_leaves_mid_download_ends_the_upstream_response() {
             });
     }
 }
+
+/// The README's `head -c 11000000 /dev/zero | curl --data-binary @- .../upload` against the
+/// seed's 10 MB limit, as curl does it: `Expect: 100-continue` first, which the plugin answers
+/// 417 as Kong's does; then the request again without Expect. On the connection of the 417
+/// the retry is never read as the first request's body (earlier versions lingered on it and
+/// answered 400): that connection closes, and a fresh one gets Kong's 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expect_continue_refused_with_417_is_retried_and_gets_413() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let gateway = start(&format!(
+        "{}plugins:\n  - {{name: request-size-limiting, config: {{allowed_payload_size: 10, \
+         size_unit: megabytes}}}}\n",
+        echo_config(echo.addr()).replace("paths: [/api]", "paths: [/]")
+    ));
+    let head = |expect: bool| {
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 11000000\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n{}\r\n",
+            if expect {
+                "Expect: 100-continue\r\n"
+            } else {
+                ""
+            }
+        )
+    };
+    let mut client = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    client.write_all(head(true).as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(30), client.read(&mut buf))
+            .await
+            .expect("no answer to the Expect request")
+            .unwrap();
+        assert_ne!(n, 0, "closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 417"), "{text}");
+    // The connection then closes, whatever comes on it.
+    let _ = client.write_all(head(false).as_bytes()).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut rest))
+        .await
+        .expect("the connection stays open after the 417");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("HTTP/1.1 400"), "{rest}");
+    // curl's retry, on a fresh connection.
+    let mut retry = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    retry.write_all(head(false).as_bytes()).await.unwrap();
+    let _ = retry.write_all(&vec![0u8; 1 << 20]).await;
+    let mut answer = [0u8; 64];
+    let n = retry.read(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert_eq!(echo.record().heads, 0);
+}
+
+/// Waits until the server closes `stream` (EOF or reset), at most 30 s; returns how long it
+/// took from `since`.
+async fn closed_after(mut stream: tokio::net::TcpStream, since: std::time::Instant) -> Duration {
+    let mut buf = [0u8; 4096];
+    let closing = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), closing)
+        .await
+        .expect("the connection is still open after 30 s");
+    since.elapsed()
+}
+
+/// A client that connects and sends nothing, not even the first byte that tells HTTP/1.1 from
+/// HTTP/2, is closed at `client_header_timeout`, as nginx closes it (before, it held its
+/// connection and its slot for good: the idle-connection exhaustion of #14).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_nothing_is_closed_at_the_client_header_timeout() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let mut options = wasmgate_tests::gateway::options();
+    options.client_header_timeout = Duration::from_millis(500);
+    let gateway = wasmgate_tests::gateway::start_with(options, &echo_config(echo.addr()));
+    let started = std::time::Instant::now();
+    let silent = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    let took = closed_after(silent, started).await;
+    assert!(took >= Duration::from_millis(500), "closed after {took:?}");
+}
+
+/// A connection with no request in flight is closed `keepalive_timeout` after its last
+/// response (nginx's and Kong's; Envoy's `idle_timeout`): HTTP/2 with a GOAWAY, HTTP/1.1 when
+/// it is shorter than the header timeout. Not while a response is still being sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_at_the_keepalive_timeout() {
+    for path in ProxyPath::ALL {
+        let upstream = slow_body_upstream().await;
+        let mut options = wasmgate_tests::gateway::options();
+        options.keepalive_timeout = Duration::from_millis(500);
+        let gateway = wasmgate_tests::gateway::start_with(
+            options,
+            &path.config(&timed_config(upstream, 60_000, 60_000)),
+        );
+        for protocol in Protocol::ALL {
+            let stream = tokio::net::TcpStream::connect(gateway.addr())
+                .await
+                .unwrap();
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let request = || {
+                hyper::Request::get("http://gw.test/steady")
+                    .header("host", "gw.test")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap()
+            };
+            // A response that takes 1.2 s, longer than the idle timeout, then idle. The
+            // sender stays: dropped, it would end the connection from the client's side.
+            let (body, connection, _sender) = if protocol == Protocol::Http2 {
+                let (mut send, connection) =
+                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                        .await
+                        .unwrap();
+                let connection = tokio::spawn(connection);
+                let response = send.send_request(request()).await.unwrap();
+                (
+                    response.into_body(),
+                    connection,
+                    Box::new(send) as Box<dyn std::any::Any>,
+                )
+            } else {
+                let (mut send, connection) =
+                    hyper::client::conn::http1::handshake(io).await.unwrap();
+                let connection = tokio::spawn(connection);
+                let response = send.send_request(request()).await.unwrap();
+                (
+                    response.into_body(),
+                    connection,
+                    Box::new(send) as Box<dyn std::any::Any>,
+                )
+            };
+            let body = http_body_util::BodyExt::collect(body).await;
+            let body = body.unwrap_or_else(|e| panic!("{path:?} {protocol:?}: {e}"));
+            assert_eq!(body.to_bytes(), "hello".repeat(5), "{path:?} {protocol:?}");
+            let idle = std::time::Instant::now();
+            tokio::time::timeout(Duration::from_secs(30), connection)
+                .await
+                .unwrap_or_else(|_| panic!("{path:?} {protocol:?}: still open after 30 s"))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{path:?} {protocol:?}: {e}"));
+            assert!(
+                idle.elapsed() >= Duration::from_millis(400),
+                "{path:?} {protocol:?}: closed {:?} after the response",
+                idle.elapsed()
+            );
+        }
+    }
+}
+
+/// HTTP/2 connections are pinged while streams are open; a peer that stops answering (gone
+/// without a FIN) has its connection closed once a ping goes unanswered for the keep-alive
+/// timeout. A raw HTTP/2 client here answers SETTINGS but never PING, with a request open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_peer_that_does_not_answer_pings_is_disconnected() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    // An upstream that never answers: the stream stays open.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let mut options = wasmgate_tests::gateway::options();
+    options.http2_keepalive_interval = Duration::from_millis(300);
+    options.http2_keepalive_timeout = Duration::from_millis(300);
+    let gateway =
+        wasmgate_tests::gateway::start_with(options, &timed_config(upstream, 60_000, 60_000));
+    let mut client = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // The preface, empty SETTINGS, and HEADERS (stream 1, END_STREAM | END_HEADERS):
+    // GET http://gw.test/ in HPACK (indexed :method GET, :scheme http, :path /; :authority
+    // literal with indexed name 1).
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let block = [&[0x82, 0x86, 0x84, 0x41, 7][..], b"gw.test"].concat();
+    hello.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x05, 0, 0, 0, 1]);
+    hello.extend_from_slice(&block);
+    client.write_all(&hello).await.unwrap();
+    let mut pinged = false;
+    let reading = async {
+        loop {
+            let mut header = [0u8; 9];
+            if client.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if client.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            match (header[3], header[4]) {
+                // The server's SETTINGS: acknowledged.
+                (4, 0) => {
+                    let _ = client.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+                }
+                (6, 0) => pinged = true,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), reading)
+        .await
+        .expect("the connection is still open after 30 s");
+    assert!(pinged, "closed without a ping");
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
