@@ -3,12 +3,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use gateway::admin::{AdminListen, AdminOptions, AdminToken, TOKEN_ENV};
 use gateway::cluster::{Cluster, ClusterOptions};
 use gateway::filters::{default_modules_dir, Runtime, RuntimeOptions};
+use gateway::proxy::egress::EgressPolicy;
+use gateway::proxy::upstream::UpstreamOptions;
 use gateway::server::{CLIENT_HEADER_TIMEOUT, WORKER_CONNECTIONS};
 use gateway::{Gateway, GatewayOptions, Snapshot};
 use host::shared_data::DEFAULT_MAX_BYTES_PER_VM;
@@ -160,6 +163,15 @@ enum Command {
         /// that is none (Kong's `real_ip_recursive`).
         #[arg(long)]
         real_ip_recursive: bool,
+        /// Networks no upstream connection may reach (addresses or CIDR blocks,
+        /// comma-separated or repeated; `private` for this host, private networks and
+        /// link-local): what a platform hosting other tenants' services denies.
+        #[arg(long, value_delimiter = ',')]
+        upstream_deny: Vec<String>,
+        /// CA certificates (PEM) that `tls_verify` services may be signed by, besides the Web
+        /// PKI roots (Kong's `lua_ssl_trusted_certificate`).
+        #[arg(long)]
+        upstream_ca_file: Option<PathBuf>,
         /// Bytes (keys and values) each module's vm_id may keep in shared data; a write past
         /// it fails (rate-limiting then follows `fault_tolerant`).
         #[arg(long, default_value_t = DEFAULT_MAX_BYTES_PER_VM)]
@@ -280,6 +292,8 @@ fn main() -> ExitCode {
             trusted_ips,
             real_ip_header,
             real_ip_recursive,
+            upstream_deny,
+            upstream_ca_file,
             shared_data_max_bytes,
             tls_listen,
             tls_certs,
@@ -311,6 +325,17 @@ fn main() -> ExitCode {
                     trusted_ips,
                     header,
                     recursive: real_ip_recursive,
+                },
+                upstream: UpstreamOptions {
+                    egress: Arc::new(
+                        EgressPolicy::parse(&upstream_deny)
+                            .map_err(|e| format!("--upstream-deny: {e}"))?,
+                    ),
+                    trusted_cas: match &upstream_ca_file {
+                        Some(path) => UpstreamOptions::read_cas(path)
+                            .map_err(|e| format!("--upstream-ca-file: {e}"))?,
+                        None => Vec::new(),
+                    },
                 },
                 ..GatewayOptions::default()
             };

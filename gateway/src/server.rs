@@ -48,6 +48,8 @@ pub struct GatewayOptions {
     /// Connections one worker serves at once (nginx's `worker_connections`); past it, the
     /// worker accepts no more until one closes, and new clients wait in the listen backlog.
     pub worker_connections: usize,
+    /// Where upstream connections may go, and which CAs they trust.
+    pub upstream: crate::proxy::upstream::UpstreamOptions,
     /// How long a connection with no request in flight stays open after its last response
     /// (nginx's and Kong's `keepalive_timeout`; HTTP/2 included, closed with GOAWAY).
     pub keepalive_timeout: Duration,
@@ -92,6 +94,7 @@ impl Default for GatewayOptions {
             runtime: RuntimeOptions::default(),
             client_header_timeout: CLIENT_HEADER_TIMEOUT,
             worker_connections: WORKER_CONNECTIONS,
+            upstream: Default::default(),
             keepalive_timeout: KEEPALIVE_TIMEOUT,
             http2_keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
             http2_keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
@@ -446,6 +449,7 @@ impl hyper::body::Body for Served {
 /// runs from the end of a response, so a kept-alive connection waits the shorter of the two.
 fn serve_connection<I>(
     io: I,
+    socket: Socket,
     downstream: Downstream,
     worker: &Rc<Worker>,
     mut stop: watch::Receiver<bool>,
@@ -519,8 +523,120 @@ fn serve_connection<I>(
                 }
             }
         }
+        if !closing {
+            socket.linger().await;
+        }
         drop(slot);
     });
+}
+
+/// A connection's socket, shared by hyper (through TLS or not) and the connection's task, which
+/// lingers on it once hyper is done with it.
+#[derive(Clone)]
+struct Socket(Arc<tokio::net::TcpStream>);
+
+/// nginx's lingering close: after the last response of a connection the gateway ends (an
+/// answer before the request body was read, a refused `Expect: 100-continue`), what the
+/// client still sends is read and dropped (`lingering_timeout` 5 s without data,
+/// `lingering_time` 30 s in all), so the client reads the answer and a clean end instead of a
+/// reset, and a client that reuses the connection meanwhile (curl retrying after a 417) sees
+/// it end without an answer and retries on a fresh one.
+const LINGER_IDLE: Duration = Duration::from_secs(5);
+const LINGER_TOTAL: Duration = Duration::from_secs(30);
+/// The most dropped that way: at loopback speed 30 s is the whole of any upload.
+const LINGER_BYTES: usize = 64 << 20;
+
+impl Socket {
+    async fn linger(&self) {
+        let deadline = tokio::time::Instant::now() + LINGER_TOTAL;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            let idle = (tokio::time::Instant::now() + LINGER_IDLE).min(deadline);
+            match tokio::time::timeout_at(idle, self.0.readable()).await {
+                Ok(Ok(())) => match self.0.try_read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => dropped += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                },
+                _ => return,
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Socket {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Socket {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                written => return std::task::Poll::Ready(written),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                written => return std::task::Poll::Ready(written),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    /// The write side only (FIN): the read side stays open for [`Socket::linger`].
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let shut = socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write);
+        std::task::Poll::Ready(match shut {
+            Err(e) if e.kind() == std::io::ErrorKind::NotConnected => Ok(()),
+            other => other,
+        })
+    }
 }
 
 /// Sleeps until `deadline`, or for good without one.
@@ -583,9 +699,10 @@ async fn serve(
         .as_ref()
         .map(|(_, config)| tokio_rustls::TlsAcceptor::from(Arc::clone(config)));
     let drain_timeout = shared.options.drain_timeout;
+    let upstream = shared.options.upstream.clone();
     let worker = Rc::new(Worker {
         shared,
-        upstreams: Upstreams::default(),
+        upstreams: Upstreams::new(upstream),
         index,
         filters: std::cell::RefCell::new(WorkerFilters::new(0)),
         live_streams: std::cell::RefCell::default(),
@@ -646,7 +763,8 @@ async fn serve(
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(peer);
                 let downstream = Downstream::accepted(peer, local, false);
-                serve_connection(TokioIo::new(stream), downstream, &worker, stop.clone(), slot);
+                let socket = Socket(Arc::new(stream));
+                serve_connection(TokioIo::new(socket.clone()), socket, downstream, &worker, stop.clone(), slot);
             }
             accepted = accept_on(&tls_listener) => {
                 let (stream, peer) = match accepted {
@@ -664,9 +782,10 @@ async fn serve(
                 let stop = stop.clone();
                 tokio::task::spawn_local(async move {
                     // A failed handshake only ends this connection.
-                    if let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                    let socket = Socket(Arc::new(stream));
+                    if let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(socket.clone())).await {
                         downstream.server_name = tls.get_ref().1.server_name().map(std::sync::Arc::from);
-                        serve_connection(TokioIo::new(tls), downstream, &worker, stop, slot);
+                        serve_connection(TokioIo::new(tls), socket, downstream, &worker, stop, slot);
                     }
                 });
             }

@@ -905,7 +905,10 @@ plugins:
             .iter()
             .map(|r| (r.https_only, r.https_redirect_status_code))
             .collect();
-        assert_eq!(routes, [(false, 426), (true, 426), (true, 308), (false, 301)]);
+        assert_eq!(
+            routes,
+            [(false, 426), (true, 426), (true, 308), (false, 301)]
+        );
     }
 
     #[test]

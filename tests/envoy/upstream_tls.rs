@@ -1,8 +1,9 @@
 //! `tls_verify` against a real TLS upstream on loopback, on both data planes. The translated
 //! Envoy checks an `https` service's certificate exactly when the service says
 //! `tls_verify: true`: it must chain to the CA file the translation is given and name the
-//! service's host (an IP SAN for an address, a DNS SAN for a name). `gateway` trusts only the
-//! Web PKI roots, so it refuses this test CA wherever it verifies. Both send SNI only for a DNS
+//! service's host (an IP SAN for an address, a DNS SAN for a name). `gateway` trusts the Web
+//! PKI roots and the CAs of its `--upstream-ca-file`: without this test CA there it refuses
+//! wherever it verifies, with it it answers as Envoy does. Both send SNI only for a DNS
 //! name (RFC 6066 forbids IP literals there); the upstream reads it from the raw ClientHello,
 //! since rustls would hide an IP literal.
 
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use gateway::proxy::upstream::UpstreamOptions;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -364,7 +366,7 @@ async fn tls_verify_checks_the_upstream_certificate_and_sni_is_sent_only_for_nam
     let envoy = Envoy::start_bootstrap(&bootstrap(&config, &options), 1)
         .await
         .unwrap();
-    let cases = [
+    let with_the_ca = [
         ("verified-ip", Through(None)),
         ("verified-v6", Through(None)),
         ("verified-dns", Through(Some("localhost"))),
@@ -377,7 +379,7 @@ async fn tls_verify_checks_the_upstream_certificate_and_sni_is_sent_only_for_nam
             "Envoy with the upstream's CA",
             envoy.listener("wasmgate"),
             &arrivals,
-            &cases,
+            &with_the_ca,
             envoy_refusal,
         )
         .await,
@@ -445,6 +447,23 @@ async fn tls_verify_checks_the_upstream_certificate_and_sni_is_sent_only_for_nam
             gateway.addr(),
             &arrivals,
             &cases,
+            gateway_refusal,
+        )
+        .await,
+    );
+    drop(gateway);
+
+    // The gateway trusting the test CA too (`--upstream-ca-file`, Kong's
+    // `lua_ssl_trusted_certificate`): the same as Envoy with it.
+    let mut options = wasmgate_tests::gateway::options();
+    options.upstream.trusted_cas = UpstreamOptions::read_cas(&trusted.pem).unwrap();
+    let gateway = wasmgate_tests::gateway::start_with(options, &text);
+    failures.extend(
+        check(
+            "gateway with the upstream's CA",
+            gateway.addr(),
+            &arrivals,
+            &with_the_ca,
             gateway_refusal,
         )
         .await,

@@ -6,6 +6,7 @@
 //! the next step under another test's CPU load.
 
 mod admin;
+mod egress;
 mod failures;
 mod forwarding;
 mod grpc_calls;

@@ -22,7 +22,7 @@ impl FromStr for Cidr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Cidr, String> {
-        let invalid = |why: &str| format!("trusted_ips: {text:?} {why}");
+        let invalid = |why: &str| format!("{text:?} {why}");
         let (address, prefix) = match text.split_once('/') {
             Some((address, prefix)) => (address, Some(prefix)),
             None => (text, None),
@@ -44,7 +44,7 @@ impl FromStr for Cidr {
 }
 
 impl Cidr {
-    fn contains(&self, ip: IpAddr) -> bool {
+    pub fn contains(&self, ip: IpAddr) -> bool {
         // Written in either family, an IPv4 client on a dual-stack socket is the same client.
         match (self.network, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {

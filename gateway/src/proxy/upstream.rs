@@ -6,7 +6,9 @@
 //! an upstream that stalls mid-body breaks the client's response off.
 //!
 //! `https`/`grpcs` services use rustls. Like Kong, the upstream certificate is only verified
-//! when the service says `tls_verify: true` (against the Web PKI roots).
+//! when the service says `tls_verify: true`: against the Web PKI roots and the operator's own
+//! CAs (`--upstream-ca-file`, Kong's `lua_ssl_trusted_certificate`). Every connection passes
+//! the egress policy ([`super::egress`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -28,10 +30,35 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use super::body::{BoxError, ProxyBody};
+use super::egress::{EgressPolicy, Guarded};
 use super::errors::ProxyError;
 use model::Service;
 
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, Sending>;
+type UpstreamClient = Client<HttpsConnector<Guarded<HttpConnector>>, Sending>;
+
+/// What every worker's upstream connections obey.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamOptions {
+    /// Networks no upstream connection may reach.
+    pub egress: Arc<EgressPolicy>,
+    /// CA certificates trusted for `tls_verify` services besides the Web PKI roots.
+    pub trusted_cas: Vec<CertificateDer<'static>>,
+}
+
+impl UpstreamOptions {
+    /// The certificates of a PEM file, for [`UpstreamOptions::trusted_cas`].
+    pub fn read_cas(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+        use rustls::pki_types::pem::PemObject;
+        let certificates = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certificates.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", path.display()));
+        }
+        Ok(certificates)
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
@@ -43,6 +70,7 @@ struct PoolKey {
 /// This worker's connection pools.
 #[derive(Default)]
 pub struct Upstreams {
+    options: UpstreamOptions,
     clients: RefCell<HashMap<PoolKey, UpstreamClient>>,
 }
 
@@ -117,13 +145,19 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-fn tls_config(verify: bool) -> Result<ClientConfig, rustls::Error> {
+fn tls_config(
+    verify: bool,
+    trusted_cas: &[CertificateDer<'static>],
+) -> Result<ClientConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?;
     Ok(if verify {
-        let roots =
+        let mut roots =
             rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for ca in trusted_cas {
+            roots.add(ca.clone())?;
+        }
         builder.with_root_certificates(roots).with_no_client_auth()
     } else {
         builder
@@ -134,6 +168,13 @@ fn tls_config(verify: bool) -> Result<ClientConfig, rustls::Error> {
 }
 
 impl Upstreams {
+    pub fn new(options: UpstreamOptions) -> Upstreams {
+        Upstreams {
+            options,
+            clients: RefCell::default(),
+        }
+    }
+
     fn client(&self, service: &Service) -> Result<UpstreamClient, ProxyError> {
         let key = PoolKey {
             connect_timeout_ms: service.connect_timeout_ms,
@@ -143,7 +184,7 @@ impl Upstreams {
         if let Some(client) = self.clients.borrow().get(&key) {
             return Ok(client.clone());
         }
-        let tls = tls_config(key.tls_verify)
+        let tls = tls_config(key.tls_verify, &self.options.trusted_cas)
             .map_err(|e| ProxyError::BadGateway(format!("TLS client: {e}")))?;
         let client = {
             let mut http = HttpConnector::new();
@@ -154,7 +195,7 @@ impl Upstreams {
                 .with_tls_config(tls)
                 .https_or_http()
                 .enable_all_versions()
-                .wrap_connector(http);
+                .wrap_connector(Guarded::new(http, Arc::clone(&self.options.egress)));
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
                 .http2_only(key.http2)
