@@ -175,15 +175,16 @@ pub fn forward_request_headers(
     let scheme = if downstream.tls { "https" } else { "http" };
     let port = downstream.local.port().to_string();
     // What a trusted proxy says of the scheme, host, port and path goes on; anyone else's is
-    // replaced by the gateway's own view.
+    // replaced by the gateway's own view (never left in place, should that not be a value).
     let mut set = |name: &'static str, own: &[u8]| {
         let theirs = downstream
             .trusted_peer
             .then(|| parts.headers.get(name).cloned())
             .flatten();
-        if let Some(value) = theirs.or_else(|| HeaderValue::from_bytes(own).ok()) {
-            out.insert(name, value);
-        }
+        match theirs.or_else(|| HeaderValue::from_bytes(own).ok()) {
+            Some(value) => out.insert(name, value),
+            None => out.remove(name),
+        };
     };
     set("x-forwarded-proto", scheme.as_bytes());
     set(
@@ -193,9 +194,10 @@ pub fn forward_request_headers(
     set("x-forwarded-port", port.as_bytes());
     set("x-forwarded-path", path.as_bytes());
     let mut set = |name: &'static str, value: &[u8]| {
-        if let Ok(value) = HeaderValue::from_bytes(value) {
-            out.insert(name, value);
-        }
+        match HeaderValue::from_bytes(value) {
+            Ok(value) => out.insert(name, value),
+            Err(_) => out.remove(name),
+        };
     };
     set("x-real-ip", client_ip.as_bytes());
     set("x-forwarded-for", &forwarded_for);
