@@ -449,7 +449,7 @@ impl hyper::body::Body for Served {
 /// runs from the end of a response, so a kept-alive connection waits the shorter of the two.
 fn serve_connection<I>(
     io: I,
-    socket: Socket,
+    socket: Connected,
     downstream: Downstream,
     worker: &Rc<Worker>,
     mut stop: watch::Receiver<bool>,
@@ -533,7 +533,7 @@ fn serve_connection<I>(
 /// A connection's socket, shared by hyper (through TLS or not) and the connection's task, which
 /// lingers on it once hyper is done with it.
 #[derive(Clone)]
-struct Socket(Arc<tokio::net::TcpStream>);
+struct Connected(Arc<tokio::net::TcpStream>);
 
 /// nginx's lingering close: after the last response of a connection the gateway ends (an
 /// answer before the request body was read, a refused `Expect: 100-continue`), what the
@@ -546,7 +546,7 @@ const LINGER_TOTAL: Duration = Duration::from_secs(30);
 /// The most dropped that way: at loopback speed 30 s is the whole of any upload.
 const LINGER_BYTES: usize = 64 << 20;
 
-impl Socket {
+impl Connected {
     async fn linger(&self) {
         let deadline = tokio::time::Instant::now() + LINGER_TOTAL;
         let mut buf = vec![0u8; 16 * 1024];
@@ -566,7 +566,7 @@ impl Socket {
     }
 }
 
-impl tokio::io::AsyncRead for Socket {
+impl tokio::io::AsyncRead for Connected {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -586,7 +586,7 @@ impl tokio::io::AsyncRead for Socket {
     }
 }
 
-impl tokio::io::AsyncWrite for Socket {
+impl tokio::io::AsyncWrite for Connected {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -763,7 +763,7 @@ async fn serve(
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(peer);
                 let downstream = Downstream::accepted(peer, local, false);
-                let socket = Socket(Arc::new(stream));
+                let socket = Connected(Arc::new(stream));
                 serve_connection(TokioIo::new(socket.clone()), socket, downstream, &worker, stop.clone(), slot);
             }
             accepted = accept_on(&tls_listener) => {
@@ -782,7 +782,7 @@ async fn serve(
                 let stop = stop.clone();
                 tokio::task::spawn_local(async move {
                     // A failed handshake only ends this connection.
-                    let socket = Socket(Arc::new(stream));
+                    let socket = Connected(Arc::new(stream));
                     if let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(socket.clone())).await {
                         downstream.server_name = tls.get_ref().1.server_name().map(std::sync::Arc::from);
                         serve_connection(TokioIo::new(tls), socket, downstream, &worker, stop, slot);

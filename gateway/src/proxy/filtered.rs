@@ -804,20 +804,27 @@ pub async fn forward(
             .headers
             .get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        let request_pump = pump(
-            Rc::clone(worker),
-            Rc::clone(&stream),
-            body,
-            Side::Request,
-            parts.version == http::Version::HTTP_2,
-        );
-        tokio::task::spawn_local(async move {
-            if let Some(unread) = request_pump.await {
-                if !expects_continue {
-                    linger(unread).await;
+        if chain.borrow().request_ended() && expects_continue {
+            // Answered at the headers (request-size-limiting's 417): the body is never asked
+            // for, so hyper sends no `100 Continue`, and the connection ends with the answer
+            // (then lingers, `server::Connected::linger`).
+            drop(body);
+        } else {
+            let request_pump = pump(
+                Rc::clone(worker),
+                Rc::clone(&stream),
+                body,
+                Side::Request,
+                parts.version == http::Version::HTTP_2,
+            );
+            tokio::task::spawn_local(async move {
+                if let Some(unread) = request_pump.await {
+                    if !expects_continue {
+                        linger(unread).await;
+                    }
                 }
-            }
-        });
+            });
+        }
     }
 
     let local = |head: Head, body| {
