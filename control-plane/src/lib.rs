@@ -53,6 +53,11 @@ pub struct Options {
     /// How often data planes are expected to ping; a node silent for 1.5× this is
     /// disconnected (Kong: 30 s and 45 s).
     pub ping_interval: Duration,
+    /// Let provisioned data planes reach services on this host and on private and link-local
+    /// networks. Off by default: a tenant's service `http://127.0.0.1:<port>` would reach the
+    /// platform's own services and the other tenants' through the tenant's proxy. For a
+    /// platform whose tenants' backends are local (development, tests).
+    pub allow_private_upstreams: bool,
 }
 
 impl Default for Options {
@@ -66,6 +71,7 @@ impl Default for Options {
             modules_dir: model::plugins::default_modules_dir(),
             gateway_bin: None,
             ping_interval: Duration::from_secs(30),
+            allow_private_upstreams: false,
         }
     }
 }

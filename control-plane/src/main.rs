@@ -48,6 +48,11 @@ enum Command {
         /// Seconds between data plane pings.
         #[arg(long, default_value_t = 30)]
         ping_interval: u64,
+        /// Let provisioned data planes reach services on this host and on private and
+        /// link-local networks (denied by default: tenants would reach the platform's own
+        /// services). For local development.
+        #[arg(long)]
+        allow_private_upstreams: bool,
     },
     /// Print the bootstrap of an Envoy data plane (JSON): ADS over mTLS to the control plane;
     /// the certificate must be pinned for the control plane.
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
         modules_dir,
         gateway_bin,
         ping_interval,
+        allow_private_upstreams,
     } = command
     else {
         return ExitCode::FAILURE;
@@ -159,6 +165,7 @@ fn main() -> ExitCode {
         modules_dir: modules_dir.unwrap_or_else(model::plugins::default_modules_dir),
         gateway_bin,
         ping_interval: Duration::from_secs(ping_interval.max(1)),
+        allow_private_upstreams,
     };
     let control_plane = match ControlPlane::start(options) {
         Ok(cp) => cp,

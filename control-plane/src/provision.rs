@@ -51,6 +51,8 @@ struct Supervised {
 
 pub struct Provisioner {
     gateway_bin: PathBuf,
+    /// The gateway's `--upstream-deny`: `private` unless the platform allows it.
+    upstream_deny: Option<&'static str>,
     running: Mutex<HashMap<String, Vec<Supervised>>>,
 }
 
@@ -74,6 +76,7 @@ impl Provisioner {
     pub fn new(options: &Options) -> Provisioner {
         Provisioner {
             gateway_bin: find_gateway(options),
+            upstream_deny: (!options.allow_private_upstreams).then_some("private"),
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -149,6 +152,7 @@ impl Provisioner {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(supervise(
             self.gateway_bin.clone(),
+            self.upstream_deny,
             state.endpoints.cluster,
             spec.clone(),
             Arc::clone(&health),
@@ -192,6 +196,7 @@ async fn stop(planes: Vec<Supervised>) {
 /// 5 s) when it exits on its own.
 async fn supervise(
     gateway: PathBuf,
+    upstream_deny: Option<&'static str>,
     cluster: SocketAddr,
     spec: DataPlaneSpec,
     health: Arc<Mutex<Health>>,
@@ -221,6 +226,7 @@ async fn supervise(
             .arg(spec.proxy.to_string())
             .arg("--admin-listen")
             .arg(&admin)
+            .args(upstream_deny.map(|deny| format!("--upstream-deny={deny}")))
             .arg("--no-access-log")
             .arg("--control-plane")
             .arg(cluster.to_string())

@@ -3,6 +3,7 @@
 
 mod admin;
 mod api;
+mod egress;
 mod seed;
 mod sync;
 mod xds;

@@ -28,6 +28,8 @@ fn options(data_dir: &Path, endpoints: Option<Endpoints>) -> Options {
         // Generous: a data plane compiling modules in a debug build can be busy for seconds.
         ping_interval: std::time::Duration::from_secs(10),
         modules_dir: crate::paths::wasm_dir(),
+        // The tests' backends are echo upstreams on loopback.
+        allow_private_upstreams: true,
         ..Options::default()
     }
 }
@@ -35,12 +37,26 @@ fn options(data_dir: &Path, endpoints: Option<Endpoints>) -> Options {
 impl TestControlPlane {
     /// Starts on free ports with `data_dir` (created if missing).
     pub fn start(data_dir: &Path) -> TestControlPlane {
-        let control_plane = ControlPlane::start(options(data_dir, None))
+        TestControlPlane::start_with(options(data_dir, None))
+    }
+
+    /// Starts as a platform does by default: provisioned data planes may not reach loopback,
+    /// private or link-local upstreams.
+    pub fn start_denying_private_upstreams(data_dir: &Path) -> TestControlPlane {
+        TestControlPlane::start_with(Options {
+            allow_private_upstreams: false,
+            ..options(data_dir, None)
+        })
+    }
+
+    fn start_with(options: Options) -> TestControlPlane {
+        let data_dir = options.data_dir.clone();
+        let control_plane = ControlPlane::start(options)
             .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
         TestControlPlane {
             endpoints: control_plane.endpoints(),
             control_plane: Some(control_plane),
-            data_dir: data_dir.to_path_buf(),
+            data_dir,
         }
     }
 

@@ -63,6 +63,9 @@ async fn serve(
         .arg(modules)
         .arg("--gateway-bin")
         .arg(target.join("debug/gateway"))
+        // The flow's backend is the echo on this machine, which provisioned data planes may
+        // not reach by default.
+        .arg("--allow-private-upstreams")
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("control-plane: {e}"))?;
