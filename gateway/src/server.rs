@@ -481,10 +481,13 @@ fn serve_connection<I>(
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(options.http2_keepalive_interval)
         .keep_alive_timeout(options.http2_keepalive_timeout);
+    let lingered = Lingered::default();
     let service = {
         let worker = Rc::clone(worker);
         let activity = Rc::clone(&activity);
-        service_fn(move |request| {
+        let lingered = lingered.clone();
+        service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(lingered.clone());
             let in_flight = InFlight::start(&activity);
             let worker = Rc::clone(&worker);
             let downstream = downstream.clone();
@@ -524,7 +527,7 @@ fn serve_connection<I>(
             }
         }
         if !closing {
-            socket.linger().await;
+            socket.linger(&lingered).await;
         }
         drop(slot);
     });
@@ -541,22 +544,40 @@ struct Connected(Arc<tokio::net::TcpStream>);
 /// `lingering_time` 30 s in all), so the client reads the answer and a clean end instead of a
 /// reset, and a client that reuses the connection meanwhile (curl retrying after a 417) sees
 /// it end without an answer and retries on a fresh one.
-const LINGER_IDLE: Duration = Duration::from_secs(5);
-const LINGER_TOTAL: Duration = Duration::from_secs(30);
-/// The most dropped that way: at loopback speed 30 s is the whole of any upload.
+pub(crate) const LINGER_IDLE: Duration = Duration::from_secs(5);
+pub(crate) const LINGER_TOTAL: Duration = Duration::from_secs(30);
+/// nginx lingers by time alone; at loopback speed 30 s is the whole of any upload. This bound,
+/// per connection, keeps a refused client from making the gateway read gigabytes it drops.
 const LINGER_BYTES: usize = 64 << 20;
 
+/// What a connection has read and dropped while lingering: by the request body's linger after
+/// a local reply (`proxy::filtered`, through hyper, so the connection can go on) and then by
+/// the socket's, once hyper is done. [`LINGER_BYTES`] bounds both together.
+#[derive(Clone, Default)]
+pub struct Lingered(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Lingered {
+    /// Counts `bytes` more dropped; false once the bound is reached.
+    pub fn dropped(&self, bytes: usize) -> bool {
+        let before = self
+            .0
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        before.saturating_add(bytes) < LINGER_BYTES
+    }
+}
+
 impl Connected {
-    async fn linger(&self) {
+    async fn linger(&self, lingered: &Lingered) {
         let deadline = tokio::time::Instant::now() + LINGER_TOTAL;
         let mut buf = vec![0u8; 16 * 1024];
-        let mut dropped = 0;
-        while dropped < LINGER_BYTES {
+        while lingered.dropped(0) {
             let idle = (tokio::time::Instant::now() + LINGER_IDLE).min(deadline);
             match tokio::time::timeout_at(idle, self.0.readable()).await {
                 Ok(Ok(())) => match self.0.try_read(&mut buf) {
                     Ok(0) => return,
-                    Ok(n) => dropped += n,
+                    Ok(n) => {
+                        lingered.dropped(n);
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => return,
                 },

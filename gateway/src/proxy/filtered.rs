@@ -31,7 +31,7 @@ use super::errors::ProxyError;
 use super::grpc_call;
 use super::{headers, Downstream};
 use crate::access_log::AccessLog;
-use crate::server::Worker;
+use crate::server::{Lingered, Worker};
 use crate::Snapshot;
 
 /// Frames in flight per direction before the sender waits.
@@ -539,23 +539,19 @@ enum Side {
     Response,
 }
 
-/// After a local reply, how long the rest of a request body is read and dropped: nginx's
-/// lingering close (`lingering_timeout` 5 s without data, `lingering_time` 30 s in all), so a
-/// client still writing its body reads the answer instead of a reset.
-const LINGER_IDLE: Duration = Duration::from_secs(5);
-const LINGER_TOTAL: Duration = Duration::from_secs(30);
-/// nginx lingers by time alone; at loopback speed 30 s is the whole of any upload. This bound
-/// keeps a refused client from making the gateway read gigabytes it will throw away.
-const LINGER_BYTES: u64 = 64 << 20;
-
-async fn linger(mut body: Incoming) {
-    let deadline = tokio::time::Instant::now() + LINGER_TOTAL;
-    let mut dropped = 0u64;
-    while dropped < LINGER_BYTES {
-        let idle = (tokio::time::Instant::now() + LINGER_IDLE).min(deadline);
+/// After a local reply the rest of a request body is read and dropped like nginx's lingering
+/// close (`server::LINGER_IDLE`, `server::LINGER_TOTAL`), so a client still writing its body
+/// reads the answer instead of a reset; what is dropped counts in the connection's
+/// [`Lingered`] bound, which the socket's own linger shares.
+async fn linger(mut body: Incoming, lingered: Lingered) {
+    let deadline = tokio::time::Instant::now() + crate::server::LINGER_TOTAL;
+    loop {
+        let idle = (tokio::time::Instant::now() + crate::server::LINGER_IDLE).min(deadline);
         match tokio::time::timeout_at(idle, body.frame()).await {
             Ok(Some(Ok(frame))) => {
-                dropped += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if !lingered.dropped(frame.data_ref().map_or(0, bytes::Buf::remaining)) {
+                    return;
+                }
             }
             _ => return,
         }
@@ -817,10 +813,15 @@ pub async fn forward(
                 Side::Request,
                 parts.version == http::Version::HTTP_2,
             );
+            let lingered = parts
+                .extensions
+                .get::<Lingered>()
+                .cloned()
+                .unwrap_or_default();
             tokio::task::spawn_local(async move {
                 if let Some(unread) = request_pump.await {
                     if !expects_continue {
-                        linger(unread).await;
+                        linger(unread, lingered).await;
                     }
                 }
             });
