@@ -482,17 +482,26 @@ fn serve_connection<I>(
         .keep_alive_interval(options.http2_keepalive_interval)
         .keep_alive_timeout(options.http2_keepalive_timeout);
     let lingered = Lingered::default();
+    // Set once a response switched protocols: hyper then hands the socket to the WebSocket
+    // tunnel (`proxy::upgrade`), and a linger on it would read the tunnel's bytes and keep the
+    // socket open after the tunnel closed it.
+    let upgraded = Rc::new(Cell::new(false));
     let service = {
         let worker = Rc::clone(worker);
         let activity = Rc::clone(&activity);
         let lingered = lingered.clone();
+        let upgraded = Rc::clone(&upgraded);
         service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(lingered.clone());
             let in_flight = InFlight::start(&activity);
             let worker = Rc::clone(&worker);
             let downstream = downstream.clone();
+            let upgraded = Rc::clone(&upgraded);
             async move {
                 let response = proxy::handle(worker, downstream, request).await;
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    upgraded.set(true);
+                }
                 Ok::<_, Infallible>(response.map(|body| Served {
                     body,
                     _in_flight: in_flight,
@@ -526,7 +535,7 @@ fn serve_connection<I>(
                 }
             }
         }
-        if !closing {
+        if !closing && !upgraded.get() {
             socket.linger(&lingered).await;
         }
         drop(slot);
