@@ -151,6 +151,18 @@ enum Command {
         /// Seconds a ping may go unanswered before the HTTP/2 connection is closed.
         #[arg(long, default_value_t = gateway::server::HTTP2_KEEPALIVE_TIMEOUT.as_secs())]
         http2_keepalive_timeout: u64,
+        /// Requests in flight to one service, for the whole gateway (Envoy's circuit
+        /// breaker `max_requests`; on HTTP/1.1, the connections in use).
+        #[arg(long, default_value_t = gateway::proxy::upstream::MAX_REQUESTS)]
+        upstream_max_requests: usize,
+        /// Requests waiting for one of those to end (Envoy's `max_pending_requests`); past
+        /// both, 503.
+        #[arg(long, default_value_t = gateway::proxy::upstream::MAX_PENDING)]
+        upstream_max_pending: usize,
+        /// Idle upstream connections each worker keeps per host (Kong's
+        /// `upstream_keepalive_pool_size`).
+        #[arg(long, default_value_t = gateway::proxy::upstream::KEEPALIVE_POOL_SIZE)]
+        upstream_keepalive_pool_size: usize,
         /// Proxies (addresses or CIDR blocks, comma-separated or repeated) whose
         /// --real-ip-header names the client and whose X-Forwarded-* headers go on (Kong's
         /// `trusted_ips`; none by default, `0.0.0.0/0,::/0` for all).
@@ -289,6 +301,9 @@ fn main() -> ExitCode {
             keepalive_timeout,
             http2_keepalive_interval,
             http2_keepalive_timeout,
+            upstream_max_requests,
+            upstream_max_pending,
+            upstream_keepalive_pool_size,
             trusted_ips,
             real_ip_header,
             real_ip_recursive,
@@ -336,6 +351,10 @@ fn main() -> ExitCode {
                             .map_err(|e| format!("--upstream-ca-file: {e}"))?,
                         None => Vec::new(),
                     },
+                    max_requests: upstream_max_requests,
+                    max_pending: upstream_max_pending,
+                    keepalive_pool_size: upstream_keepalive_pool_size,
+                    ..UpstreamOptions::default()
                 },
                 ..GatewayOptions::default()
             };

@@ -1602,3 +1602,96 @@ async fn an_http2_peer_that_does_not_answer_pings_is_disconnected() {
         started.elapsed()
     );
 }
+
+/// Envoy's circuit breakers per service: past `max_requests` in flight a request waits, among
+/// at most `max_pending`, for one to end; past both it gets 503 at once, and the upstream
+/// never has more than `max_requests` of them (on HTTP/1.1, connections) at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_upstream_limits_a_request_waits_then_gets_503() {
+    for path in ProxyPath::ALL {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::clone(&heads);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut released = released.clone();
+                let seen = std::sync::Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = released.wait_for(|open| *open).await;
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
+                        .await;
+                });
+            }
+        });
+        let mut options = wasmgate_tests::gateway::options();
+        options.upstream.max_requests = 2;
+        options.upstream.max_pending = 1;
+        let gateway = wasmgate_tests::gateway::start_with(
+            options,
+            &path.config(&timed_config(upstream, 60_000, 60_000)),
+        );
+        let addr = gateway.addr();
+        let requests: Vec<_> = (0..4)
+            .map(|_| {
+                tokio::spawn(async move { send(addr, Protocol::Http1, &Request::get("/x")).await })
+            })
+            .collect();
+        // Two reach the upstream; of the other two, one waits and one is refused.
+        wasmgate_tests::until(
+            &format!("{path:?}: two requests at the upstream"),
+            Duration::from_secs(30),
+            async || {
+                let n = heads.load(std::sync::atomic::Ordering::SeqCst);
+                (n >= 2).then_some(()).ok_or(format!("{n}"))
+            },
+        )
+        .await;
+        let mut refused = None;
+        let mut pending = Vec::new();
+        for request in requests {
+            if request.is_finished() && refused.is_none() {
+                refused = Some(request.await.unwrap().unwrap());
+            } else {
+                pending.push(request);
+            }
+        }
+        if refused.is_none() {
+            // The refusal may still be on its way.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let at = pending.iter().position(|r| r.is_finished());
+            let at = at.unwrap_or_else(|| panic!("{path:?}: no request refused"));
+            refused = Some(pending.remove(at).await.unwrap().unwrap());
+        }
+        let refused = refused.unwrap();
+        assert_eq!(refused.status, 503, "{path:?}: {}", refused.text());
+        assert_eq!(
+            heads.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "{path:?}"
+        );
+        release.send(true).unwrap();
+        for request in pending {
+            let response = request.await.unwrap().unwrap();
+            assert_eq!(response.status, 200, "{path:?}: {}", response.text());
+        }
+        assert_eq!(
+            heads.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "{path:?}"
+        );
+    }
+}

@@ -17,6 +17,8 @@ pub enum ProxyError {
     Unavailable(String),
     /// Connecting or waiting for the response took longer than the service allows.
     Timeout(String),
+    /// The service has as many requests in flight and waiting as its circuit allows.
+    Overloaded(String),
     /// A plugin's instance could not start on this worker: the request fails closed.
     FilterUnavailable(String),
     /// The request head's names and values, in bytes, past the bound.
@@ -33,7 +35,8 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoService
             | ProxyError::Unavailable(_)
-            | ProxyError::FilterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::FilterUnavailable(_)
+            | ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -54,6 +57,7 @@ impl ProxyError {
             }
             ProxyError::Unavailable(_) => "name resolution failed",
             ProxyError::Timeout(_) => "The upstream server is timing out",
+            ProxyError::Overloaded(_) => "The upstream server is currently unavailable",
             ProxyError::FilterUnavailable(_) => "A plugin is unavailable",
             ProxyError::HeadersTooLarge(_) => "Request header fields too large",
             ProxyError::NotImplemented(_) => "Not implemented",
@@ -73,6 +77,7 @@ impl fmt::Display for ProxyError {
             | ProxyError::BadGateway(d)
             | ProxyError::Unavailable(d)
             | ProxyError::Timeout(d)
+            | ProxyError::Overloaded(d)
             | ProxyError::NotImplemented(d)
             | ProxyError::UpgradeRefused(d) => {
                 write!(f, "{}: {d}", self.message())

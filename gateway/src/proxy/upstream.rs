@@ -37,12 +37,95 @@ use model::Service;
 type UpstreamClient = Client<HttpsConnector<Guarded<HttpConnector>>, Sending>;
 
 /// What every worker's upstream connections obey.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct UpstreamOptions {
     /// Networks no upstream connection may reach.
     pub egress: Arc<EgressPolicy>,
     /// CA certificates trusted for `tls_verify` services besides the Web PKI roots.
     pub trusted_cas: Vec<CertificateDer<'static>>,
+    /// Envoy's circuit breakers, per service for the whole process: requests in flight
+    /// (`max_requests`; on HTTP/1.1 each holds a connection, so this bounds the connections in
+    /// use) and requests waiting for one to end (`max_pending_requests`). Past both, 503.
+    pub max_requests: usize,
+    pub max_pending: usize,
+    /// Idle connections kept per upstream host by each worker (Kong's
+    /// `upstream_keepalive_pool_size`); more are closed once their request ends.
+    pub keepalive_pool_size: usize,
+    /// Every service's circuit, shared by the workers.
+    pub circuits: Arc<Circuits>,
+}
+
+/// The defaults of [`UpstreamOptions::max_requests`] and `max_pending` (Envoy's) and of
+/// [`UpstreamOptions::keepalive_pool_size`] (Kong's).
+pub const MAX_REQUESTS: usize = 1024;
+pub const MAX_PENDING: usize = 1024;
+pub const KEEPALIVE_POOL_SIZE: usize = 512;
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        UpstreamOptions {
+            egress: Arc::default(),
+            trusted_cas: Vec::new(),
+            max_requests: MAX_REQUESTS,
+            max_pending: MAX_PENDING,
+            keepalive_pool_size: KEEPALIVE_POOL_SIZE,
+            circuits: Arc::default(),
+        }
+    }
+}
+
+/// Each service's requests in flight and waiting, by service name.
+#[derive(Debug, Default)]
+pub struct Circuits(Mutex<HashMap<String, Arc<Circuit>>>);
+
+#[derive(Debug)]
+struct Circuit {
+    in_flight: Arc<tokio::sync::Semaphore>,
+    pending: std::sync::atomic::AtomicUsize,
+}
+
+/// A request's place in its service's circuit, held until its response body is done.
+pub struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Circuits {
+    /// A place for one more request to `service`: at once while fewer than `max_requests` are
+    /// in flight, else after waiting among at most `max_pending`; past that, 503 at once.
+    async fn admit(
+        &self,
+        service: &str,
+        max_requests: usize,
+        max_pending: usize,
+    ) -> Result<Admitted, ProxyError> {
+        let circuit = {
+            let mut circuits = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(circuits.entry(service.to_owned()).or_insert_with(|| {
+                Arc::new(Circuit {
+                    in_flight: Arc::new(tokio::sync::Semaphore::new(max_requests.max(1))),
+                    pending: std::sync::atomic::AtomicUsize::new(0),
+                })
+            }))
+        };
+        if let Ok(permit) = Arc::clone(&circuit.in_flight).try_acquire_owned() {
+            return Ok(Admitted { _permit: permit });
+        }
+        use std::sync::atomic::Ordering;
+        if circuit.pending.fetch_add(1, Ordering::AcqRel) >= max_pending {
+            circuit.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(ProxyError::Overloaded(format!(
+                "{service}: {max_requests} requests in flight and {max_pending} waiting"
+            )));
+        }
+        let permit = Arc::clone(&circuit.in_flight).acquire_owned().await;
+        circuit.pending.fetch_sub(1, Ordering::AcqRel);
+        permit
+            .map(|permit| Admitted { _permit: permit })
+            .map_err(|e| ProxyError::Overloaded(format!("{service}: {e}")))
+    }
 }
 
 impl UpstreamOptions {
@@ -198,6 +281,7 @@ impl Upstreams {
                 .wrap_connector(Guarded::new(http, Arc::clone(&self.options.egress)));
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(self.options.keepalive_pool_size)
                 .http2_only(key.http2)
                 .build(connector)
         };
@@ -216,6 +300,21 @@ impl Upstreams {
         let client = self.client(service)?;
         let read_timeout = Duration::from_millis(service.read_timeout_ms);
         let write_timeout = Duration::from_millis(service.write_timeout_ms);
+        // Waiting for a place is waiting to connect: bounded by the connect timeout.
+        let connect_timeout = Duration::from_millis(service.connect_timeout_ms);
+        let admit = self.options.circuits.admit(
+            &service.name,
+            self.options.max_requests,
+            self.options.max_pending,
+        );
+        let admitted = tokio::time::timeout(connect_timeout, admit)
+            .await
+            .map_err(|_| {
+                ProxyError::Timeout(format!(
+                    "no place among the requests in flight to {} within {connect_timeout:?}",
+                    service.name
+                ))
+            })??;
         let progress = Arc::new(Progress::default());
         let request = request.map(|body| Sending::new(body, Arc::clone(&progress)));
         let exchange = client.request(request);
@@ -241,7 +340,9 @@ impl Upstreams {
             },
         };
         match answered {
-            Ok(response) => Ok(response.map(|body| UpstreamBody::new(body, read_timeout))),
+            Ok(response) => {
+                Ok(response.map(|body| UpstreamBody::new(body, read_timeout, admitted)))
+            }
             Err(error) => Err(classify(&error)),
         }
     }
@@ -365,14 +466,17 @@ pub struct UpstreamBody {
     body: Incoming,
     read_timeout: Duration,
     silence: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The request's place in its service's circuit, until the body is done.
+    _admitted: Admitted,
 }
 
 impl UpstreamBody {
-    fn new(body: Incoming, read_timeout: Duration) -> UpstreamBody {
+    fn new(body: Incoming, read_timeout: Duration, admitted: Admitted) -> UpstreamBody {
         UpstreamBody {
             body,
             read_timeout,
             silence: None,
+            _admitted: admitted,
         }
     }
 }
