@@ -178,3 +178,35 @@ async fn forwarding_headers_follow_kongs_trusted_ips() {
         assert_eq!(seen.header("x-forwarded-path"), Some("/api/x"));
     }
 }
+
+/// The command line refuses a `--trusted-ips` entry that is neither an address nor a CIDR,
+/// and a `--real-ip-header` that is no header name, naming the flag.
+#[test]
+fn the_command_line_refuses_what_is_no_trusted_proxy() {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("gateway")))
+        .filter(|binary| binary.is_file())
+        .expect("the gateway binary: build it (`cargo build -p gateway --bin gateway`)");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kong.yaml");
+    std::fs::write(&config, "_format_version: \"3.0\"\n").unwrap();
+    let refusal = |flags: &[&str]| {
+        let output = std::process::Command::new(&binary)
+            .args(["run", "--listen", "127.0.0.1:0", "--admin-listen", "off", "--config"])
+            .arg(&config)
+            .args(flags)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{flags:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let said = refusal(&["--trusted-ips", "10.0.0.0/8,10.0.0.0/33"]);
+    assert!(said.contains("--trusted-ips"), "{said}");
+    assert!(said.contains("prefix length outside 0-32"), "{said}");
+    let said = refusal(&["--trusted-ips", "balancer.internal"]);
+    assert!(said.contains("is not an IP address or CIDR"), "{said}");
+    let said = refusal(&["--real-ip-header", "x real ip"]);
+    assert!(said.contains("--real-ip-header"), "{said}");
+}
