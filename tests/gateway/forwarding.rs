@@ -193,7 +193,14 @@ fn the_command_line_refuses_what_is_no_trusted_proxy() {
     std::fs::write(&config, "_format_version: \"3.0\"\n").unwrap();
     let refusal = |flags: &[&str]| {
         let output = std::process::Command::new(&binary)
-            .args(["run", "--listen", "127.0.0.1:0", "--admin-listen", "off", "--config"])
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "off",
+                "--config",
+            ])
             .arg(&config)
             .args(flags)
             .stdin(std::process::Stdio::null())
