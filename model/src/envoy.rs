@@ -711,9 +711,16 @@ fn connection_manager(routes: (&str, Value), http_filters: Vec<Value>) -> Value 
         // `gateway --client-header-timeout`'s default (nginx's and Kong's
         // `client_header_timeout`).
         "request_headers_timeout": "60s",
+        // `gateway --keepalive-timeout`'s default (nginx's and Kong's `keepalive_timeout`;
+        // Envoy's own is an hour), and the 100 headers `gateway` takes (Envoy's default,
+        // stated).
+        "common_http_protocol_options": {"idle_timeout": "60s", "max_headers_count": 100},
         // HTTP/1.1 trailers reach the upstream and come back, as in `gateway` (Envoy's
         // HTTP/1.1 codec drops them unless told otherwise; HTTP/2 always carries them).
         "http_protocol_options": {"enable_trailers": true},
+        // `gateway --http2-keepalive-interval/-timeout`'s defaults: a client gone without a
+        // FIN is found by an unanswered PING.
+        "http2_protocol_options": {"connection_keepalive": {"interval": "60s", "timeout": "20s"}},
         // `gateway` proxies WebSocket handshakes and refuses other upgrades with 403, as
         // Envoy does for upgrade types it has no config for.
         "upgrade_configs": [{"upgrade_type": "websocket"}],

@@ -290,7 +290,9 @@ fn the_bootstrap_is_the_admin_one_listener_and_the_clusters() {
                         "merge_slashes": true,
                         "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
                         "request_headers_timeout": "60s",
+                        "common_http_protocol_options": {"idle_timeout": "60s", "max_headers_count": 100},
                         "http_protocol_options": {"enable_trailers": true},
+                        "http2_protocol_options": {"connection_keepalive": {"interval": "60s", "timeout": "20s"}},
                         "upgrade_configs": [{"upgrade_type": "websocket"}],
                         "always_set_request_id_in_response": true,
                         "http_filters": [
@@ -520,7 +522,9 @@ fn over_xds_routes_come_by_rds_and_filters_by_ecds() {
                                         }
                                     }
                                 ],
+                                "common_http_protocol_options": {"idle_timeout": "60s", "max_headers_count": 100},
                                 "http_protocol_options": {"enable_trailers": true},
+                                "http2_protocol_options": {"connection_keepalive": {"interval": "60s", "timeout": "20s"}},
                                 "merge_slashes": true,
                                 "normalize_path": true,
                                 "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
