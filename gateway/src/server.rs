@@ -457,6 +457,8 @@ fn serve_connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    // Shared with the connection's requests: a WebSocket tunnel keeps it (`proxy::upgrade`).
+    let slot = proxy::upgrade::ConnectionSlot(Arc::new(slot));
     let options = &worker.shared.options;
     let (first, keepalive) = (options.client_header_timeout, options.keepalive_timeout);
     let activity = Rc::new(Activity {
@@ -491,8 +493,10 @@ fn serve_connection<I>(
         let activity = Rc::clone(&activity);
         let lingered = lingered.clone();
         let upgraded = Rc::clone(&upgraded);
+        let slot = slot.clone();
         service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(lingered.clone());
+            request.extensions_mut().insert(slot.clone());
             let in_flight = InFlight::start(&activity);
             let worker = Rc::clone(&worker);
             let downstream = downstream.clone();

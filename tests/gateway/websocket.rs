@@ -202,3 +202,49 @@ services:
         );
     }
 }
+
+/// An open tunnel holds its connection's slot of `worker_connections`, as the connection did:
+/// past the limit a new client waits until a tunnel closes, so tunnels cannot pile up past
+/// the bound nginx and Kong keep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_holds_its_connection_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (upstream, _) = websocket_server().await;
+    let mut options = wasmgate_tests::gateway::options();
+    options.workers = 1;
+    options.worker_connections = 1;
+    let gateway = wasmgate_tests::gateway::start_with(options, &config(upstream));
+    let mut tunnel = connect(gateway.addr(), "/ws").await.unwrap();
+    tunnel.send(Message::text("hi")).await.unwrap();
+    assert_eq!(
+        tunnel.next().await.unwrap().unwrap(),
+        Message::text("echo:hi")
+    );
+
+    let mut next = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    next.write_all(b"GET /ws HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 1];
+    let early =
+        tokio::time::timeout(std::time::Duration::from_secs(1), next.read(&mut first)).await;
+    assert!(
+        early.is_err(),
+        "served while the tunnel holds the only slot: {early:?}"
+    );
+
+    tunnel.close(None).await.unwrap();
+    drop(tunnel);
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        next.read_to_end(&mut answer),
+    )
+    .await
+    .expect("not served once the tunnel closed")
+    .unwrap();
+    assert!(!answer.is_empty(), "closed without an answer");
+}

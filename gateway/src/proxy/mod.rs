@@ -85,17 +85,26 @@ pub async fn handle(
     let request_id = request_id();
     request.headers_mut().insert(REQUEST_ID, request_id.clone());
     let mut log = AccessLog::new(&downstream, &request);
-    let client_upgrade = upgrade::is_websocket(request.headers())
+    let websocket = upgrade::is_websocket(request.headers());
+    let client_upgrade = websocket
         .then(|| {
             request
                 .extensions_mut()
                 .remove::<hyper::upgrade::OnUpgrade>()
         })
         .flatten();
+    let slot = websocket
+        .then(|| {
+            request
+                .extensions()
+                .get::<upgrade::ConnectionSlot>()
+                .cloned()
+        })
+        .flatten();
 
     let mut response = match forward(&worker, &snapshot, downstream, request, &mut log).await {
         Ok(mut response) => {
-            upgrade::switch(&mut response, client_upgrade);
+            upgrade::switch(&mut response, client_upgrade, slot);
             response
         }
         Err(error) => {

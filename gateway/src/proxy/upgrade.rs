@@ -11,6 +11,7 @@
 use std::cell::Cell;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use http::{Method, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::errors::ProxyError;
@@ -70,6 +72,11 @@ pub fn set_websocket_headers(headers: &mut HeaderMap) {
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
+/// The connection's slot of `worker_connections`, shared by its requests: a tunnel keeps it
+/// until it closes, as the connection would have, so tunnels count against the bound.
+#[derive(Clone, Debug)]
+pub struct ConnectionSlot(pub Arc<OwnedSemaphorePermit>);
+
 /// How long a tunnel may carry nothing either way before it is closed: the service's
 /// `read_timeout`, as Kong (nginx's `proxy_read_timeout`) and Envoy (the route's idle timeout,
 /// which the translation sets from it) close an idle WebSocket.
@@ -79,7 +86,11 @@ pub struct TunnelIdle(pub Duration);
 /// Completes a WebSocket handshake the upstream accepted: the client gets the 101 with its
 /// upgrade headers, and once hyper has handed over both connections their bytes are copied
 /// both ways. Any other answer goes to the client as it is.
-pub fn switch(response: &mut Response<super::body::ProxyBody>, client: Option<OnUpgrade>) {
+pub fn switch(
+    response: &mut Response<super::body::ProxyBody>,
+    client: Option<OnUpgrade>,
+    slot: Option<ConnectionSlot>,
+) {
     let upstream = response.extensions_mut().remove::<OnUpgrade>();
     let idle = response.extensions_mut().remove::<TunnelIdle>();
     let (Some(client), Some(upstream), Some(TunnelIdle(idle))) = (client, upstream, idle) else {
@@ -89,12 +100,17 @@ pub fn switch(response: &mut Response<super::body::ProxyBody>, client: Option<On
         return;
     }
     set_websocket_headers(response.headers_mut());
-    tokio::task::spawn_local(tunnel(client, upstream, idle));
+    tokio::task::spawn_local(tunnel(client, upstream, idle, slot));
 }
 
 /// Copies bytes both ways until either side closes or nothing crosses for `idle`; dropping
-/// both connections then closes them.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
+/// both connections then closes them, and the connection's slot is free again.
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    _slot: Option<ConnectionSlot>,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(error) => {
