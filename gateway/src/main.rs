@@ -55,6 +55,40 @@ impl Modules {
     }
 }
 
+/// Client and upstream connections: timeouts and limits (nginx's, Kong's and Envoy's names).
+#[derive(Args, Clone)]
+struct ConnectionArgs {
+    /// Seconds a client may take to send a request's headers (nginx's and Kong's
+    /// `client_header_timeout`).
+    #[arg(long, default_value_t = CLIENT_HEADER_TIMEOUT.as_secs())]
+    client_header_timeout: u64,
+    /// Connections each worker serves at once (nginx's `worker_connections`).
+    #[arg(long, default_value_t = WORKER_CONNECTIONS)]
+    worker_connections: usize,
+    /// Seconds a connection with no request in flight stays open after its last response
+    /// (nginx's and Kong's `keepalive_timeout`; HTTP/2 too).
+    #[arg(long, default_value_t = gateway::server::KEEPALIVE_TIMEOUT.as_secs())]
+    keepalive_timeout: u64,
+    /// Seconds between pings on an HTTP/2 connection (Envoy's `connection_keepalive`).
+    #[arg(long, default_value_t = gateway::server::HTTP2_KEEPALIVE_INTERVAL.as_secs())]
+    http2_keepalive_interval: u64,
+    /// Seconds a ping may go unanswered before the HTTP/2 connection is closed.
+    #[arg(long, default_value_t = gateway::server::HTTP2_KEEPALIVE_TIMEOUT.as_secs())]
+    http2_keepalive_timeout: u64,
+    /// Requests in flight to one service, for the whole gateway (Envoy's circuit
+    /// breaker `max_requests`; on HTTP/1.1, the connections in use).
+    #[arg(long, default_value_t = gateway::proxy::upstream::MAX_REQUESTS)]
+    upstream_max_requests: usize,
+    /// Requests waiting for one of those to end (Envoy's `max_pending_requests`); past
+    /// both, 503.
+    #[arg(long, default_value_t = gateway::proxy::upstream::MAX_PENDING)]
+    upstream_max_pending: usize,
+    /// Idle upstream connections each worker keeps per host (Kong's
+    /// `upstream_keepalive_pool_size`).
+    #[arg(long, default_value_t = gateway::proxy::upstream::KEEPALIVE_POOL_SIZE)]
+    upstream_keepalive_pool_size: usize,
+}
+
 /// Configuration from a control plane instead of a file (Kong's hybrid-mode names).
 #[derive(Args, Clone)]
 struct ClusterArgs {
@@ -134,35 +168,8 @@ enum Command {
         /// Do not print an access log line per request.
         #[arg(long)]
         no_access_log: bool,
-        /// Seconds a client may take to send a request's headers (nginx's and Kong's
-        /// `client_header_timeout`).
-        #[arg(long, default_value_t = CLIENT_HEADER_TIMEOUT.as_secs())]
-        client_header_timeout: u64,
-        /// Connections each worker serves at once (nginx's `worker_connections`).
-        #[arg(long, default_value_t = WORKER_CONNECTIONS)]
-        worker_connections: usize,
-        /// Seconds a connection with no request in flight stays open after its last response
-        /// (nginx's and Kong's `keepalive_timeout`; HTTP/2 too).
-        #[arg(long, default_value_t = gateway::server::KEEPALIVE_TIMEOUT.as_secs())]
-        keepalive_timeout: u64,
-        /// Seconds between pings on an HTTP/2 connection (Envoy's `connection_keepalive`).
-        #[arg(long, default_value_t = gateway::server::HTTP2_KEEPALIVE_INTERVAL.as_secs())]
-        http2_keepalive_interval: u64,
-        /// Seconds a ping may go unanswered before the HTTP/2 connection is closed.
-        #[arg(long, default_value_t = gateway::server::HTTP2_KEEPALIVE_TIMEOUT.as_secs())]
-        http2_keepalive_timeout: u64,
-        /// Requests in flight to one service, for the whole gateway (Envoy's circuit
-        /// breaker `max_requests`; on HTTP/1.1, the connections in use).
-        #[arg(long, default_value_t = gateway::proxy::upstream::MAX_REQUESTS)]
-        upstream_max_requests: usize,
-        /// Requests waiting for one of those to end (Envoy's `max_pending_requests`); past
-        /// both, 503.
-        #[arg(long, default_value_t = gateway::proxy::upstream::MAX_PENDING)]
-        upstream_max_pending: usize,
-        /// Idle upstream connections each worker keeps per host (Kong's
-        /// `upstream_keepalive_pool_size`).
-        #[arg(long, default_value_t = gateway::proxy::upstream::KEEPALIVE_POOL_SIZE)]
-        upstream_keepalive_pool_size: usize,
+        #[command(flatten)]
+        connections: Box<ConnectionArgs>,
         /// Proxies (addresses or CIDR blocks, comma-separated or repeated) whose
         /// --real-ip-header names the client and whose X-Forwarded-* headers go on (Kong's
         /// `trusted_ips`; none by default, `0.0.0.0/0,::/0` for all).
@@ -296,14 +303,7 @@ fn main() -> ExitCode {
             admin_token_file,
             workers,
             no_access_log,
-            client_header_timeout,
-            worker_connections,
-            keepalive_timeout,
-            http2_keepalive_interval,
-            http2_keepalive_timeout,
-            upstream_max_requests,
-            upstream_max_pending,
-            upstream_keepalive_pool_size,
+            connections,
             trusted_ips,
             real_ip_header,
             real_ip_recursive,
@@ -331,11 +331,11 @@ fn main() -> ExitCode {
                     shared_data_max_bytes,
                     ..modules.options()
                 },
-                client_header_timeout: Duration::from_secs(client_header_timeout),
-                worker_connections,
-                keepalive_timeout: Duration::from_secs(keepalive_timeout),
-                http2_keepalive_interval: Duration::from_secs(http2_keepalive_interval),
-                http2_keepalive_timeout: Duration::from_secs(http2_keepalive_timeout),
+                client_header_timeout: Duration::from_secs(connections.client_header_timeout),
+                worker_connections: connections.worker_connections,
+                keepalive_timeout: Duration::from_secs(connections.keepalive_timeout),
+                http2_keepalive_interval: Duration::from_secs(connections.http2_keepalive_interval),
+                http2_keepalive_timeout: Duration::from_secs(connections.http2_keepalive_timeout),
                 real_ip: gateway::proxy::real_ip::RealIp {
                     trusted_ips,
                     header,
@@ -351,9 +351,9 @@ fn main() -> ExitCode {
                             .map_err(|e| format!("--upstream-ca-file: {e}"))?,
                         None => Vec::new(),
                     },
-                    max_requests: upstream_max_requests,
-                    max_pending: upstream_max_pending,
-                    keepalive_pool_size: upstream_keepalive_pool_size,
+                    max_requests: connections.upstream_max_requests,
+                    max_pending: connections.upstream_max_pending,
+                    keepalive_pool_size: connections.upstream_keepalive_pool_size,
                     ..UpstreamOptions::default()
                 },
                 ..GatewayOptions::default()
