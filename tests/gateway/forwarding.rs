@@ -217,3 +217,45 @@ fn the_command_line_refuses_what_is_no_trusted_proxy() {
     let said = refusal(&["--real-ip-header", "x real ip"]);
     assert!(said.contains("--real-ip-header"), "{said}");
 }
+
+/// Kong's X-Forwarded-Prefix: the prefix strip_path took off (none for `/` or without
+/// strip_path); a trusted proxy's own goes on, anyone else's is never forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_prefix_is_the_stripped_prefix_or_a_trusted_proxys() {
+    for path in ProxyPath::ALL {
+        let echo = EchoUpstream::start().await.unwrap();
+        let mut options = options();
+        options.real_ip.trusted_ips = vec!["127.0.0.2".parse().unwrap()];
+        let declarative = format!(
+            r#"
+_format_version: "3.0"
+services:
+  - name: echo
+    url: http://{}
+    routes:
+      - {{name: stripped, paths: [/api]}}
+      - {{name: kept, paths: [/keep], strip_path: false}}
+"#,
+            echo.addr()
+        );
+        let gateway = start_with(options, &path.config(&declarative));
+        let prefix = |peer: [u8; 4], target: &'static str| {
+            let request = Request::get(target).header("x-forwarded-prefix", "/evil");
+            let addr = gateway.addr();
+            async move {
+                let response = from(peer, addr, &request).await;
+                assert_eq!(response.status, 200, "{}", response.text());
+                let seen = response.echo_report();
+                path.assert_taken(&seen);
+                seen.header_values("x-forwarded-prefix")
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(prefix(UNTRUSTED, "/api/x").await, ["/api"], "{path:?}");
+        assert!(prefix(UNTRUSTED, "/keep/x").await.is_empty(), "{path:?}");
+        assert_eq!(prefix(TRUSTED, "/api/x").await, ["/evil"], "{path:?}");
+        assert_eq!(prefix(TRUSTED, "/keep/x").await, ["/evil"], "{path:?}");
+    }
+}

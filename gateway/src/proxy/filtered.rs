@@ -909,6 +909,7 @@ pub async fn forward(
         &downstream,
         matched.host,
         matched.path,
+        route.strip_path.then_some(matched.matched),
         upstream_host,
     );
     if !head_eos

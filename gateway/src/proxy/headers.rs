@@ -138,13 +138,15 @@ pub fn request_host(parts: &Parts) -> String {
 }
 
 /// The upstream request's headers: the client's minus hop-by-hop ones, then Kong's
-/// forwarding headers and the Host the route asks for.
+/// forwarding headers and the Host the route asks for. `prefix` is what strip_path took off
+/// the path (Kong's `X-Forwarded-Prefix`).
 pub fn forward_request_headers(
     parts: &Parts,
     out: &mut HeaderMap,
     downstream: &Downstream,
     host: &str,
     path: &str,
+    prefix: Option<&str>,
     upstream_host: String,
 ) {
     *out = parts.headers.clone();
@@ -193,6 +195,19 @@ pub fn forward_request_headers(
     );
     set("x-forwarded-port", port.as_bytes());
     set("x-forwarded-path", path.as_bytes());
+    // Kong sets it only for a stripped prefix other than `/`; there is no own view otherwise,
+    // and an untrusted client's is dropped.
+    let theirs = downstream
+        .trusted_peer
+        .then(|| parts.headers.get("x-forwarded-prefix").cloned())
+        .flatten();
+    let own = prefix
+        .filter(|p| *p != "/")
+        .and_then(|p| HeaderValue::from_str(p).ok());
+    match theirs.or(own) {
+        Some(value) => out.insert("x-forwarded-prefix", value),
+        None => out.remove("x-forwarded-prefix"),
+    };
     let mut set = |name: &'static str, value: &[u8]| {
         match HeaderValue::from_bytes(value) {
             Ok(value) => out.insert(name, value),
@@ -435,6 +450,7 @@ mod tests {
             &downstream,
             "gw.example:8000",
             "/api/x",
+            None,
             "backend.internal:9000".into(),
         );
         assert!(values(&out, "x-stale").is_empty(), "the map is replaced");
@@ -465,7 +481,15 @@ mod tests {
             server_name: None,
             id: 1,
         };
-        forward_request_headers(&p, &mut out, &downstream, "[::1]:8443", "/", "u".into());
+        forward_request_headers(
+            &p,
+            &mut out,
+            &downstream,
+            "[::1]:8443",
+            "/",
+            None,
+            "u".into(),
+        );
         assert!(values(&out, "te").is_empty());
         assert_eq!(values(&out, "x-forwarded-for"), [b"2001:db8::7"]);
         assert_eq!(values(&out, "x-real-ip"), [b"2001:db8::7"]);
@@ -485,6 +509,7 @@ mod tests {
                 ("x-forwarded-host", b"public.example"),
                 ("x-forwarded-port", b"443"),
                 ("x-forwarded-path", b"/outer/api/x"),
+                ("x-forwarded-prefix", b"/outer"),
             ],
         );
         let trusted = Downstream {
@@ -497,13 +522,22 @@ mod tests {
             id: 1,
         };
         let mut out = HeaderMap::new();
-        forward_request_headers(&p, &mut out, &trusted, "gw:8000", "/api/x", "u".into());
+        forward_request_headers(
+            &p,
+            &mut out,
+            &trusted,
+            "gw:8000",
+            "/api/x",
+            Some("/api"),
+            "u".into(),
+        );
         assert_eq!(values(&out, "x-real-ip"), [b"203.0.113.9"]);
         assert_eq!(values(&out, "x-forwarded-for"), [b"203.0.113.9, 10.0.0.2"]);
         assert_eq!(values(&out, "x-forwarded-proto"), [b"https"]);
         assert_eq!(values(&out, "x-forwarded-host"), [b"public.example"]);
         assert_eq!(values(&out, "x-forwarded-port"), [b"443"]);
         assert_eq!(values(&out, "x-forwarded-path"), [b"/outer/api/x"]);
+        assert_eq!(values(&out, "x-forwarded-prefix"), [b"/outer"]);
 
         // The same headers from a peer nobody trusts are replaced.
         let untrusted = Downstream {
@@ -511,18 +545,27 @@ mod tests {
             trusted_peer: false,
             ..trusted.clone()
         };
-        forward_request_headers(&p, &mut out, &untrusted, "gw:8000", "/api/x", "u".into());
+        forward_request_headers(
+            &p,
+            &mut out,
+            &untrusted,
+            "gw:8000",
+            "/api/x",
+            Some("/api"),
+            "u".into(),
+        );
         assert_eq!(values(&out, "x-real-ip"), [b"10.0.0.2"]);
         assert_eq!(values(&out, "x-forwarded-for"), [b"203.0.113.9, 10.0.0.2"]);
         assert_eq!(values(&out, "x-forwarded-proto"), [b"http"]);
         assert_eq!(values(&out, "x-forwarded-host"), [b"gw"]);
         assert_eq!(values(&out, "x-forwarded-port"), [b"8000"]);
         assert_eq!(values(&out, "x-forwarded-path"), [b"/api/x"]);
+        assert_eq!(values(&out, "x-forwarded-prefix"), [b"/api"]);
 
         // A trusted proxy that names the client in X-Real-IP alone: X-Forwarded-For is the
         // client (nginx's $remote_addr), as Kong sends it.
         let p = parts("/", &[("x-real-ip", b"203.0.113.9")]);
-        forward_request_headers(&p, &mut out, &trusted, "gw:8000", "/", "u".into());
+        forward_request_headers(&p, &mut out, &trusted, "gw:8000", "/", None, "u".into());
         assert_eq!(values(&out, "x-forwarded-for"), [b"203.0.113.9"]);
     }
 }

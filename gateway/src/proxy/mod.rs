@@ -212,6 +212,7 @@ async fn forward(
         &downstream,
         &host,
         &path,
+        route.strip_path.then_some(route_match.matched.as_str()),
         if route.preserve_host {
             host_header(&parts)
         } else {
