@@ -5,9 +5,9 @@
 
 use std::net::SocketAddr;
 
+use tonic::Code;
 use wasmgate_tests::gateway::start;
 use wasmgate_tests::grpc_tonic::{calls, grpc_client, grpc_server, say};
-use tonic::Code;
 
 fn config(server: SocketAddr, plugins: &str) -> String {
     format!(
