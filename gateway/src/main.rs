@@ -62,6 +62,10 @@ struct ConnectionArgs {
     /// `client_header_timeout`).
     #[arg(long, default_value_t = CLIENT_HEADER_TIMEOUT.as_secs())]
     client_header_timeout: u64,
+    /// Seconds a client may send nothing of a request body the gateway is reading before the
+    /// request fails with 408 (nginx's and Kong's `client_body_timeout`).
+    #[arg(long, default_value_t = gateway::server::CLIENT_BODY_TIMEOUT.as_secs())]
+    client_body_timeout: u64,
     /// Connections each worker serves at once (nginx's `worker_connections`).
     #[arg(long, default_value_t = WORKER_CONNECTIONS)]
     worker_connections: usize,
@@ -332,6 +336,7 @@ fn main() -> ExitCode {
                     ..modules.options()
                 },
                 client_header_timeout: Duration::from_secs(connections.client_header_timeout),
+                client_body_timeout: Duration::from_secs(connections.client_body_timeout),
                 worker_connections: connections.worker_connections,
                 keepalive_timeout: Duration::from_secs(connections.keepalive_timeout),
                 http2_keepalive_interval: Duration::from_secs(connections.http2_keepalive_interval),

@@ -45,6 +45,9 @@ pub struct GatewayOptions {
     /// a kept-alive connection, from the end of the previous response) before the connection
     /// is closed: nginx's and Kong's `client_header_timeout`.
     pub client_header_timeout: Duration,
+    /// How long a client may send nothing of its request body while the gateway reads it
+    /// before the request fails with 408: nginx's and Kong's `client_body_timeout`.
+    pub client_body_timeout: Duration,
     /// Connections one worker serves at once (nginx's `worker_connections`); past it, the
     /// worker accepts no more until one closes, and new clients wait in the listen backlog.
     pub worker_connections: usize,
@@ -71,6 +74,9 @@ pub const WORKER_CONNECTIONS: usize = 16384;
 /// descriptors or memory), as nginx does, instead of retrying in a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 
+/// The default of [`GatewayOptions::client_body_timeout`], nginx's and Kong's.
+pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The default of [`GatewayOptions::client_header_timeout`], nginx's and Kong's.
 pub const CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -93,6 +99,7 @@ impl Default for GatewayOptions {
             tls: None,
             runtime: RuntimeOptions::default(),
             client_header_timeout: CLIENT_HEADER_TIMEOUT,
+            client_body_timeout: CLIENT_BODY_TIMEOUT,
             worker_connections: WORKER_CONNECTIONS,
             upstream: Default::default(),
             keepalive_timeout: KEEPALIVE_TIMEOUT,

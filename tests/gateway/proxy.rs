@@ -1695,3 +1695,56 @@ async fn past_the_upstream_limits_a_request_waits_then_gets_503() {
         );
     }
 }
+
+/// nginx's and Kong's `client_body_timeout`: a client that stops sending a request body the
+/// gateway is reading gets 408 after that long of silence, not before, and the upstream never
+/// gets the request whole. Before, the request hung for as long as the client kept its
+/// connection open, holding an upstream request with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stops_coming_gets_408_at_the_client_body_timeout() {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    for path in ProxyPath::ALL {
+        let echo = EchoUpstream::start().await.unwrap();
+        let mut options = wasmgate_tests::gateway::options();
+        options.client_body_timeout = TIMEOUT;
+        let gateway = wasmgate_tests::gateway::start_with(
+            options,
+            &path.config(&format!(
+                "_format_version: \"3.0\"\nservices: [{{name: e, url: \"http://{}\", routes: [{{name: r, paths: [/]}}]}}]\n",
+                echo.addr()
+            )),
+        );
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr())
+            .await
+            .unwrap();
+        stream
+            .write_all(b"POST /up HTTP/1.1\r\nhost: gw.test\r\ncontent-length: 10\r\n\r\nabc")
+            .await
+            .unwrap();
+        let sent = tokio::time::Instant::now();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 4096];
+            while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let waited = sent.elapsed();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok(), "{path:?}: no answer within 10 s");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path:?}: {answer}");
+        assert!(
+            waited >= TIMEOUT - Duration::from_millis(50),
+            "{path:?}: answered after {waited:?}, before the timeout"
+        );
+        assert_eq!(
+            echo.record().whole,
+            0,
+            "{path:?}: the upstream got the request whole"
+        );
+    }
+}

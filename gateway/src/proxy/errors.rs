@@ -27,6 +27,8 @@ pub enum ProxyError {
     NotImplemented(String),
     /// CONNECT, or an upgrade to a protocol other than WebSocket (which one).
     UpgradeRefused(String),
+    /// The client sent nothing of its request body for the client body timeout.
+    ClientTimeout(String),
 }
 
 impl ProxyError {
@@ -43,6 +45,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::UpgradeRefused(_) => StatusCode::FORBIDDEN,
+            ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -62,6 +65,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge(_) => "Request header fields too large",
             ProxyError::NotImplemented(_) => "Not implemented",
             ProxyError::UpgradeRefused(_) => "Forbidden",
+            ProxyError::ClientTimeout(_) => "Request timeout",
         }
     }
 
@@ -79,7 +83,8 @@ impl fmt::Display for ProxyError {
             | ProxyError::Timeout(d)
             | ProxyError::Overloaded(d)
             | ProxyError::NotImplemented(d)
-            | ProxyError::UpgradeRefused(d) => {
+            | ProxyError::UpgradeRefused(d)
+            | ProxyError::ClientTimeout(d) => {
                 write!(f, "{}: {d}", self.message())
             }
             ProxyError::HeadersTooLarge(size) => write!(f, "{}: {size} bytes", self.message()),

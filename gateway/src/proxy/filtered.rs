@@ -18,14 +18,13 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use host::callout::{GrpcCallout, GrpcInbound, GrpcOutbound};
 use host::state::StreamOp;
 use host::{Headers, HttpCallResult, HttpStream, Output, StreamInfo, WorkerPlugin};
 
-use super::body::ProxyBody;
+use super::body::{BodyTimeout, BoxError, ClientBody, ProxyBody};
 use super::channel::{channel, FrameSender};
 use super::errors::ProxyError;
 use super::grpc_call;
@@ -100,7 +99,9 @@ struct Taps {
     upstream: Option<FrameSender>,
     response_head: Option<oneshot::Sender<Head>>,
     client: Option<FrameSender>,
-    reset: Option<oneshot::Sender<()>>,
+    /// Why the stream ended before its answer: a filter reset it, or the client's body broke
+    /// off.
+    reset: Option<oneshot::Sender<ProxyError>>,
 }
 
 impl Taps {
@@ -188,7 +189,7 @@ async fn deliver_outputs(worker: &Rc<Worker>, stream: &Rc<Stream>) {
                 taps.abort(Side::Request);
                 taps.abort(Side::Response);
                 if let Some(tx) = taps.reset.take() {
-                    let _ = tx.send(());
+                    let _ = tx.send(stream_reset());
                 }
                 continue;
             }
@@ -543,7 +544,7 @@ enum Side {
 /// close (`server::LINGER_IDLE`, `server::LINGER_TOTAL`), so a client still writing its body
 /// reads the answer instead of a reset; what is dropped counts in the connection's
 /// [`Lingered`] bound, which the socket's own linger shares.
-async fn linger(mut body: Incoming, lingered: Lingered) {
+async fn linger(mut body: ClientBody, lingered: Lingered) {
     let deadline = tokio::time::Instant::now() + crate::server::LINGER_TOTAL;
     loop {
         let idle = (tokio::time::Instant::now() + crate::server::LINGER_IDLE).min(deadline);
@@ -572,7 +573,7 @@ async fn pump<B>(
     http2: bool,
 ) -> Option<B>
 where
-    B: http_body::Body<Data = Bytes> + Unpin,
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
 {
     let (chain, taps) = (&stream.chain, &stream.taps);
     loop {
@@ -614,12 +615,16 @@ where
                         }
                     }
                 },
-                (Some(Err(_)), Side::Request) => {
-                    // The client went away mid-body: nothing more will come.
+                (Some(Err(error)), Side::Request) => {
+                    // The client went away mid-body, or stopped sending it for the client body
+                    // timeout: nothing more will come.
                     let mut taps = taps.borrow_mut();
                     taps.abort(Side::Request);
                     if let Some(tx) = taps.reset.take() {
-                        let _ = tx.send(());
+                        let _ = tx.send(match error.downcast_ref::<BodyTimeout>() {
+                            Some(timeout) => ProxyError::ClientTimeout(timeout.to_string()),
+                            None => stream_reset(),
+                        });
                     }
                     return None;
                 }
@@ -636,6 +641,11 @@ where
             return None;
         }
     }
+}
+
+/// A filter reset the stream (or it ended) before its answer.
+fn stream_reset() -> ProxyError {
+    ProxyError::BadGateway("the stream was reset".into())
 }
 
 fn from_header_map(map: &HeaderMap, pseudo: Option<Vec<(&str, String)>>) -> Headers {
@@ -682,7 +692,7 @@ pub async fn forward(
     matched: Matched<'_>,
     downstream: Downstream,
     parts: http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
     filters: Vec<WorkerPlugin>,
     log: &mut AccessLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -734,7 +744,7 @@ pub async fn forward(
     let (client_tx, client_body) = channel(CHANNEL_FRAMES);
     let (request_head_tx, request_head_rx) = oneshot::channel::<Head>();
     let (response_head_tx, mut response_head_rx) = oneshot::channel::<Head>();
-    let (reset_tx, mut reset_rx) = oneshot::channel::<()>();
+    let (reset_tx, mut reset_rx) = oneshot::channel::<ProxyError>();
     let taps = Rc::new(RefCell::new(Taps {
         request_head: Some(request_head_tx),
         upstream: Some(upstream_tx),
@@ -842,7 +852,7 @@ pub async fn forward(
             log.filters.push(("local response".into(), head.0.get_str(":status").unwrap_or("").to_owned()));
             return Ok(local(head, client_body));
         }
-        _ = &mut reset_rx => return Err(ProxyError::BadGateway("the stream was reset".into())),
+        reset = &mut reset_rx => return Err(reset.unwrap_or_else(|_| stream_reset())),
         _ = tokio::time::sleep(hold_timeout) => {
             let error = ProxyError::Timeout("a filter held the request".into());
             return own_answer(worker, &stream, error, &mut response_head_rx, &parts.headers, hold_timeout, log).await.map(|head| local(head, client_body));
@@ -938,7 +948,7 @@ pub async fn forward(
             log.filters.push(("local response".into(), head.0.get_str(":status").unwrap_or("").to_owned()));
             return Ok(local(head, client_body));
         }
-        _ = &mut reset_rx => return Err(ProxyError::BadGateway("the stream was reset".into())),
+        reset = &mut reset_rx => return Err(reset.unwrap_or_else(|_| stream_reset())),
     };
     log.upstream_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
 
@@ -972,7 +982,7 @@ pub async fn forward(
     }
     let head = tokio::select! {
         head = &mut response_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the response".into()))?,
-        _ = reset_rx => return Err(ProxyError::BadGateway("the stream was reset".into())),
+        reset = reset_rx => return Err(reset.unwrap_or_else(|_| stream_reset())),
         _ = tokio::time::sleep(hold_timeout) => {
             let error = ProxyError::Timeout("a filter held the response".into());
             own_answer(worker, &stream, error, &mut response_head_rx, &parts.headers, hold_timeout, log).await?

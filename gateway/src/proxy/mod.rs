@@ -146,6 +146,11 @@ async fn forward(
     log: &mut AccessLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = request.into_parts();
+    let body = body::IdleTimeout::new(
+        body,
+        "the client's request",
+        worker.shared.options.client_body_timeout,
+    );
     headers::check_request_head_size(&parts.headers)?;
     headers::check_transfer_encoding(&parts.headers)?;
     // Before routing: no route can take CONNECT or another protocol, and the connection is

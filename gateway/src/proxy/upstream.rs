@@ -29,7 +29,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
-use super::body::{BoxError, ProxyBody};
+use super::body::{BodyTimeout, BoxError, IdleTimeout, ProxyBody};
 use super::egress::{EgressPolicy, Guarded};
 use super::errors::ProxyError;
 use model::Service;
@@ -463,9 +463,7 @@ impl Drop for Sending {
 /// `read_timeout` between two successive reads. A client that reads slowly stops the proxy
 /// from asking, and that time does not count.
 pub struct UpstreamBody {
-    body: Incoming,
-    read_timeout: Duration,
-    silence: Option<Pin<Box<tokio::time::Sleep>>>,
+    body: IdleTimeout<Incoming>,
     /// The request's place in its service's circuit, until the body is done.
     _admitted: Admitted,
 }
@@ -473,9 +471,7 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     fn new(body: Incoming, read_timeout: Duration, admitted: Admitted) -> UpstreamBody {
         UpstreamBody {
-            body,
-            read_timeout,
-            silence: None,
+            body: IdleTimeout::new(body, "the upstream's response", read_timeout),
             _admitted: admitted,
         }
     }
@@ -489,26 +485,7 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.silence = None;
-                Poll::Ready(frame.map(|frame| frame.map_err(BoxError::from)))
-            }
-            Poll::Pending => {
-                let read_timeout = this.read_timeout;
-                let silence = this
-                    .silence
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(read_timeout)));
-                match std::future::Future::poll(silence.as_mut(), cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(format!(
-                        "the upstream sent nothing of its response body for {read_timeout:?}"
-                    )
-                    .into()))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
+        Pin::new(&mut self.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -544,6 +521,11 @@ fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
         timed_out |= cause
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+        // The request failed because the client's body stopped coming (nginx's
+        // `client_body_timeout`): the client's fault, nginx's 408.
+        if cause.downcast_ref::<BodyTimeout>().is_some() {
+            return ProxyError::ClientTimeout(text);
+        }
         source = cause.source();
     }
     if error.is_connect() {
