@@ -36,7 +36,19 @@ impl Snapshot {
         modules_dir: &Path,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigError> {
-        let config = model::parse_declarative(text)?;
+        let config = match model::parse_declarative(text) {
+            Ok(config) => config,
+            // The plugins' own errors belong with the rest: the file is read again, each
+            // plugin's config checked by its module.
+            Err(e) => {
+                let check = |name: &str, config: &serde_json::Value| {
+                    runtime.check_plugin(modules_dir, name, config)
+                };
+                return Err(model::parse_declarative_checked(text, &check)
+                    .err()
+                    .unwrap_or(e));
+            }
+        };
         let filters = runtime.build(&config, modules_dir, previous.map(|s| &s.filters))?;
         let router = Router::new(&config);
         let hash = Sha256::digest(text.as_bytes())

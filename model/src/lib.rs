@@ -16,7 +16,7 @@ pub mod plugins;
 pub mod router;
 pub mod sync;
 
-pub use declarative::{parse_declarative, DeclarativeError};
+pub use declarative::{parse_declarative, parse_declarative_checked, DeclarativeError};
 pub use entities::{
     Config, FailurePolicy, FilterChain, FilterEntry, ModuleSettings, Plugin, Protocol, Route,
     Scope, Service,
