@@ -585,3 +585,77 @@ impl WorkerFilters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(reason: &str) -> host::Error {
+        host::Error::ConfigRefused {
+            plugin: "wasmgate.plugin.rate-limiting@global".into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn field(path: &str, message: &str) -> FieldError {
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A module's refusal lines become Kong's field errors under the plugin's path; anything
+    /// else stays whole at the plugin.
+    #[test]
+    fn a_modules_refusal_names_each_field_at_its_kong_path() {
+        let error = refused(
+            "rate-limiting: invalid configuration: config.second: value must be greater than 0\n\
+             rate-limiting: invalid configuration: @entity: at least one of these fields must be non-empty: 'config.second'",
+        );
+        assert_eq!(
+            refused_fields("plugins.rate-limiting", &error),
+            [
+                field(
+                    "plugins.rate-limiting.config.second",
+                    "value must be greater than 0"
+                ),
+                field(
+                    "plugins.rate-limiting.@entity",
+                    "at least one of these fields must be non-empty: 'config.second'"
+                ),
+            ]
+        );
+        // As a PluginCheck reports it: relative to the plugin.
+        assert_eq!(
+            refused_fields("", &error)[0],
+            field("config.second", "value must be greater than 0")
+        );
+        // Other lines the module logged are kept, at the plugin.
+        let error = refused(
+            "rate-limiting: starting\nrate-limiting: invalid configuration: config.second: expected a number",
+        );
+        assert_eq!(
+            refused_fields("plugins.rate-limiting", &error),
+            [
+                field("plugins.rate-limiting.config.second", "expected a number"),
+                field(
+                    "plugins.rate-limiting",
+                    "wasmgate.plugin.rate-limiting@global: configuration refused: rate-limiting: starting"
+                ),
+            ]
+        );
+        let error = refused("proxy_on_configure returned false");
+        assert_eq!(
+            refused_fields("plugins.rate-limiting", &error),
+            [field("plugins.rate-limiting", &error.to_string())]
+        );
+        let error = host::Error::Io("/nowhere/rate_limiting.wasm: No such file".into());
+        assert_eq!(
+            refused_fields("plugins.rate-limiting", &error),
+            [field(
+                "plugins.rate-limiting",
+                "/nowhere/rate_limiting.wasm: No such file"
+            )]
+        );
+    }
+}
