@@ -391,7 +391,7 @@ pub fn validate_entity(kind: EntityKind, doc: &mut Value) -> Result<(), ConfigEr
     alone.remove("id");
     let key = alone.get("name").cloned();
     let document = json!({ "_format_version": "3.0", kind.as_str(): [Value::Object(alone)] });
-    let config = match model::declarative::from_value(&document) {
+    let config = match model::declarative::from_value_checked(&document, &schemas::check) {
         Ok(config) => config,
         Err(e) => return Err(relative(kind, key.as_ref().and_then(Value::as_str), e)),
     };

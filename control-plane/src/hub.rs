@@ -33,7 +33,7 @@ impl ConfigVersion {
     ) -> Result<ConfigVersion, model::ConfigError> {
         let document: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| model::ConfigError::single("declarative", e.to_string()))?;
-        let config = model::declarative::from_value(&document)?;
+        let config = model::declarative::from_value_checked(&document, &schemas::check)?;
         Ok(ConfigVersion {
             control_plane_id: control_plane_id.to_owned(),
             version,

@@ -185,8 +185,9 @@ impl Runtime {
         configuration: Vec<u8>,
         (allow_on_headers_stop_iteration, settings): (bool, &ModuleSettings),
         previous: Option<&ConfigFilters>,
-    ) -> Result<Plugin, String> {
-        let module = self.module(module)?;
+    ) -> Result<Plugin, host::Error> {
+        // A module that cannot be read or compiled: its message as it is.
+        let module = self.module(module).map_err(host::Error::Io)?;
         let secrets = self.secrets(&configuration);
         // As the Envoy translation sets it: wasmgate's plugins may hold the headers and still
         // see the body; third-party filters get Envoy's default unless their entry says so.
@@ -203,8 +204,37 @@ impl Runtime {
             return Ok(same.clone());
         }
         let plugin = Plugin::new(module, config, Arc::clone(&self.env));
-        plugin.validate().map_err(|e| e.to_string())?;
+        plugin.validate()?;
         Ok(plugin)
+    }
+
+    /// A [`model::plugins::PluginCheck`] by the modules themselves, from `modules_dir`: the
+    /// plugin's module must accept `config` (as the data planes hand it over, without routes),
+    /// and each field it refuses is reported at its path (`config.second`). The gateway never
+    /// links the plugins' cores; this is how `gateway validate` reports a plugin's errors with
+    /// every other error of a file.
+    pub fn check_plugin(
+        &self,
+        modules_dir: &Path,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<(), ConfigError> {
+        let Some(known) = model::plugins::find(name) else {
+            return Ok(());
+        };
+        let configuration =
+            model::plugins::module_configuration(name, config, serde_json::Map::new());
+        self.plugin(
+            &modules_dir.join(known.module_file()),
+            (name, name, &model::envoy::plugin_vm_id(name)),
+            configuration.into_bytes(),
+            (true, &ModuleSettings::default()),
+            None,
+        )
+        .map(drop)
+        .map_err(|e| ConfigError {
+            fields: refused_fields("", &e),
+        })
     }
 
     /// Compiles and validates every plugin and chain filter of `config`, with wasmgate's
@@ -240,10 +270,7 @@ impl Runtime {
             ) {
                 Ok(p) => filters.plugins.push(Some(p)),
                 Err(e) => {
-                    errors.push(FieldError {
-                        path: format!("plugins.{}", plugin.name),
-                        message: e,
-                    });
+                    errors.extend(refused_fields(&format!("plugins.{}", plugin.name), &e));
                     filters.plugins.push(None);
                 }
             }
@@ -292,7 +319,10 @@ impl Runtime {
                 ) {
                     Ok(p) => built.push(Some(p)),
                     Err(e) => {
-                        errors.push(FieldError { path, message: e });
+                        errors.push(FieldError {
+                            path,
+                            message: e.to_string(),
+                        });
                         built.push(None);
                     }
                 }
@@ -329,6 +359,47 @@ impl Runtime {
             Err(ConfigError { fields: errors })
         }
     }
+}
+
+/// The errors of a wasmgate plugin that did not start, under `path` (the plugin's, e.g.
+/// `plugins.rate-limiting`): each field its module named in a refusal line
+/// ([`kit::schema::refusal_lines`]) at its own path, Kong's
+/// (`plugins.rate-limiting.config.second: expected a number`); whatever else it logged, or any
+/// other failure, at `path` itself, as the host reports it.
+fn refused_fields(path: &str, error: &host::Error) -> Vec<FieldError> {
+    let at = |field: &str| match (path, field) {
+        ("", field) => field.to_owned(),
+        (path, "") => path.to_owned(),
+        (path, field) => format!("{path}.{field}"),
+    };
+    let whole = || FieldError {
+        path: path.to_owned(),
+        message: error.to_string(),
+    };
+    let host::Error::ConfigRefused { plugin, reason } = error else {
+        return vec![whole()];
+    };
+    let mut fields = Vec::new();
+    let mut other = Vec::new();
+    for line in reason.lines() {
+        match kit::schema::refused_field(line) {
+            Some((_, field)) => fields.push(FieldError {
+                path: at(&field.path),
+                message: field.message,
+            }),
+            None => other.push(line),
+        }
+    }
+    if fields.is_empty() {
+        return vec![whole()];
+    }
+    if !other.is_empty() {
+        fields.push(FieldError {
+            path: path.to_owned(),
+            message: format!("{plugin}: configuration refused: {}", other.join("\n")),
+        });
+    }
+    fields
 }
 
 fn failure_policy(settings: &ModuleSettings) -> FailurePolicy {
@@ -512,5 +583,79 @@ impl WorkerFilters {
                 worker.poll();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(reason: &str) -> host::Error {
+        host::Error::ConfigRefused {
+            plugin: "wasmgate.plugin.rate-limiting@global".into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn field(path: &str, message: &str) -> FieldError {
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A module's refusal lines become Kong's field errors under the plugin's path; anything
+    /// else stays whole at the plugin.
+    #[test]
+    fn a_modules_refusal_names_each_field_at_its_kong_path() {
+        let error = refused(
+            "rate-limiting: invalid configuration: config.second: value must be greater than 0\n\
+             rate-limiting: invalid configuration: @entity: at least one of these fields must be non-empty: 'config.second'",
+        );
+        assert_eq!(
+            refused_fields("plugins.rate-limiting", &error),
+            [
+                field(
+                    "plugins.rate-limiting.config.second",
+                    "value must be greater than 0"
+                ),
+                field(
+                    "plugins.rate-limiting.@entity",
+                    "at least one of these fields must be non-empty: 'config.second'"
+                ),
+            ]
+        );
+        // As a PluginCheck reports it: relative to the plugin.
+        assert_eq!(
+            refused_fields("", &error)[0],
+            field("config.second", "value must be greater than 0")
+        );
+        // Other lines the module logged are kept, at the plugin.
+        let error = refused(
+            "rate-limiting: starting\nrate-limiting: invalid configuration: config.second: expected a number",
+        );
+        assert_eq!(
+            refused_fields("plugins.rate-limiting", &error),
+            [
+                field("plugins.rate-limiting.config.second", "expected a number"),
+                field(
+                    "plugins.rate-limiting",
+                    "wasmgate.plugin.rate-limiting@global: configuration refused: rate-limiting: starting"
+                ),
+            ]
+        );
+        let error = refused("proxy_on_configure returned false");
+        assert_eq!(
+            refused_fields("plugins.rate-limiting", &error),
+            [field("plugins.rate-limiting", &error.to_string())]
+        );
+        let error = host::Error::Io("/nowhere/rate_limiting.wasm: No such file".into());
+        assert_eq!(
+            refused_fields("plugins.rate-limiting", &error),
+            [field(
+                "plugins.rate-limiting",
+                "/nowhere/rate_limiting.wasm: No such file"
+            )]
+        );
     }
 }

@@ -419,6 +419,9 @@ fn envoy_bootstrap(
     modules: &Modules,
 ) -> Result<(), String> {
     let text = read(config)?;
+    // The plugins' configs are judged by the modules Envoy loads (from a folder that may be
+    // Envoy's own, with secrets from Envoy's environment): Envoy refuses a config they refuse,
+    // logging each field. `gateway validate` checks them with the modules here.
     let parsed = model::parse_declarative(&text).map_err(|e| invalid(config, &e))?;
     let runtime = modules.options();
     let options = model::envoy::EnvoyOptions {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use kit::schema::FieldError;
 use model::{Config, ConfigError, Router};
 use sha2::{Digest, Sha256};
 
@@ -36,8 +37,33 @@ impl Snapshot {
         modules_dir: &Path,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigError> {
-        let config = model::parse_declarative(text)?;
-        let filters = runtime.build(&config, modules_dir, previous.map(|s| &s.filters))?;
+        // On any error, the file is read again with each plugin's config checked by its
+        // module: its errors are then reported with the rest, each where the file has the
+        // plugin (`services.echo.plugins.rate-limiting.config.second`).
+        let check = |name: &str, config: &serde_json::Value| {
+            runtime.check_plugin(modules_dir, name, config)
+        };
+        let checked = || model::parse_declarative_checked(text, &check).err();
+        let config = match model::parse_declarative(text) {
+            Ok(config) => config,
+            Err(e) => return Err(checked().unwrap_or(e)),
+        };
+        let filters = match runtime.build(&config, modules_dir, previous.map(|s| &s.filters)) {
+            Ok(filters) => filters,
+            Err(built) => {
+                let mut fields = checked().map(|e| e.fields).unwrap_or_default();
+                // What only the whole configuration shows (a filter chain's module, a config
+                // with its routes) is added.
+                let said = |f: &FieldError| {
+                    fields
+                        .iter()
+                        .any(|c| c.message == f.message && c.path.ends_with(&f.path))
+                };
+                let more: Vec<FieldError> = built.fields.into_iter().filter(|f| !said(f)).collect();
+                fields.extend(more);
+                return Err(ConfigError { fields });
+            }
+        };
         let router = Router::new(&config);
         let hash = Sha256::digest(text.as_bytes())
             .iter()

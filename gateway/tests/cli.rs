@@ -51,6 +51,28 @@ fn validate_reports_every_error_with_entity_and_field() {
         stderr.contains("plugins.request-size-limiting.config.size_unit: expected one of: megabytes, kilobytes, bytes"),
         "{stderr}"
     );
+
+    // Only plugins' errors, which the modules themselves find: each field where the file has
+    // the plugin.
+    let plugins_only = write(
+        &dir,
+        "plugins.yaml",
+        "_format_version: \"3.0\"\nservices: [{name: a, url: \"http://127.0.0.1:1\", routes: [{name: r, paths: [/]}], plugins: [{name: rate-limiting, config: {second: 0, minute: x}}]}]\nplugins: [{name: request-size-limiting, config: {size_unit: tons}}]\n",
+    );
+    let out = Command::new(GATEWAY)
+        .args(["validate", "--config"])
+        .arg(&plugins_only)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "services.a.plugins.rate-limiting.config.second: value must be greater than 0\n",
+        "services.a.plugins.rate-limiting.config.minute: expected a number\n",
+        "  plugins.request-size-limiting.config.size_unit: expected one of: megabytes, kilobytes, bytes\n",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
+    }
 }
 
 #[test]

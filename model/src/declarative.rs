@@ -12,7 +12,7 @@ use crate::entities::{
     Config, FailurePolicy, FilterChain, FilterEntry, ModuleSettings, Plugin, Protocol, Route,
     RoutePath, Scope, Service, DEFAULT_MEMORY_LIMIT_MB, HTTPS_REDIRECT_STATUS_CODES,
 };
-use crate::plugins;
+use crate::plugins::{self, PluginCheck};
 
 /// Every problem of a declarative file.
 pub type DeclarativeError = ConfigError;
@@ -35,16 +35,44 @@ const UNSUPPORTED: [&str; 11] = [
 ];
 const DEFAULT_TIMEOUT_MS: i64 = 60_000;
 
-/// Parses and validates a declarative file (YAML or JSON).
+/// Parses and validates a declarative file (YAML or JSON): its structure, references and
+/// Kong's rules, every plugin known with a `config` record; not the plugins' own schemas
+/// ([`parse_declarative_checked`]).
 pub fn parse_declarative(text: &str) -> Result<Config, DeclarativeError> {
-    let document: Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| ConfigError::single("declarative", format!("invalid YAML or JSON: {e}")))?;
-    from_value(&document)
+    parse(text, None)
 }
 
-/// Validates a declarative document already parsed into JSON.
+/// [`parse_declarative`], also checking every plugin's `config` with `check`; its errors are
+/// reported in place, under the plugin's path (`plugins.rate-limiting.config.second: ...`).
+pub fn parse_declarative_checked(
+    text: &str,
+    check: PluginCheck<'_>,
+) -> Result<Config, DeclarativeError> {
+    parse(text, Some(check))
+}
+
+fn parse(text: &str, check: Option<PluginCheck<'_>>) -> Result<Config, DeclarativeError> {
+    let document: Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| ConfigError::single("declarative", format!("invalid YAML or JSON: {e}")))?;
+    read(&document, check)
+}
+
+/// Validates a declarative document already parsed into JSON, as [`parse_declarative`].
 pub fn from_value(document: &Value) -> Result<Config, DeclarativeError> {
-    let raw = schema::read_record("", document, read_document)?;
+    read(document, None)
+}
+
+/// Validates a declarative document already parsed into JSON, as
+/// [`parse_declarative_checked`].
+pub fn from_value_checked(
+    document: &Value,
+    check: PluginCheck<'_>,
+) -> Result<Config, DeclarativeError> {
+    read(document, Some(check))
+}
+
+fn read(document: &Value, check: Option<PluginCheck<'_>>) -> Result<Config, DeclarativeError> {
+    let raw = schema::read_record("", document, |r| read_document(r, check))?;
     raw.resolve()
 }
 
@@ -85,7 +113,7 @@ struct RawDocument {
     filter_chains: Vec<RawChain>,
 }
 
-fn read_document(r: &mut Record<'_>) -> RawDocument {
+fn read_document(r: &mut Record<'_>, check: Option<PluginCheck<'_>>) -> RawDocument {
     match r.string("_format_version") {
         None if !r.has_errors() => r.error("_format_version", "required field missing"),
         Some(v) if !FORMAT_VERSIONS.contains(&v) => r.error(
@@ -105,9 +133,9 @@ fn read_document(r: &mut Record<'_>) -> RawDocument {
         }
     }
     RawDocument {
-        services: r.records("services", read_service),
-        routes: r.records("routes", |r| read_route(r, true)),
-        plugins: r.records("plugins", |r| read_plugin(r, true)),
+        services: r.records("services", |r| read_service(r, check)),
+        routes: r.records("routes", |r| read_route(r, true, check)),
+        plugins: r.records("plugins", |r| read_plugin(r, true, check)),
         filter_chains: r.records("filter_chains", |r| read_chain(r, true)),
     }
 }
@@ -200,7 +228,7 @@ fn valid_host(host: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'))
 }
 
-fn read_service(r: &mut Record<'_>) -> RawService {
+fn read_service(r: &mut Record<'_>, check: Option<PluginCheck<'_>>) -> RawService {
     let (name, tags) = read_common(r);
     let mut protocol = r.one_of(
         "protocol",
@@ -277,8 +305,8 @@ fn read_service(r: &mut Record<'_>) -> RawService {
     RawService {
         path: r.path().to_owned(),
         service,
-        routes: r.records("routes", |r| read_route(r, false)),
-        plugins: r.records("plugins", |r| read_plugin(r, false)),
+        routes: r.records("routes", |r| read_route(r, false, check)),
+        plugins: r.records("plugins", |r| read_plugin(r, false, check)),
         filter_chains: r.records("filter_chains", |r| read_chain(r, false)),
     }
 }
@@ -316,7 +344,7 @@ fn validate_wildcard(host: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn read_route(r: &mut Record<'_>, top_level: bool) -> RawRoute {
+fn read_route(r: &mut Record<'_>, top_level: bool, check: Option<PluginCheck<'_>>) -> RawRoute {
     let (name, tags) = read_common(r);
     let service_ref = if top_level {
         read_ref(r, "service")
@@ -428,7 +456,7 @@ fn read_route(r: &mut Record<'_>, top_level: bool) -> RawRoute {
         path: r.path().to_owned(),
         route,
         service_ref,
-        plugins: r.records("plugins", |r| read_plugin(r, false)),
+        plugins: r.records("plugins", |r| read_plugin(r, false, check)),
         filter_chains: r.records("filter_chains", |r| read_chain(r, false)),
     }
 }
@@ -451,7 +479,7 @@ fn read_route_headers<'a>(r: &mut Record<'a>) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-fn read_plugin(r: &mut Record<'_>, top_level: bool) -> RawPlugin {
+fn read_plugin(r: &mut Record<'_>, top_level: bool, check: Option<PluginCheck<'_>>) -> RawPlugin {
     let (_, tags) = read_common_without_name(r);
     let name = match r.string("name") {
         Some(name) => name.to_owned(),
@@ -486,10 +514,16 @@ fn read_plugin(r: &mut Record<'_>, top_level: bool) -> RawPlugin {
                     "plugin '{name}' not enabled; add it to the 'plugins' configuration property"
                 ),
             ),
-            Some(known) => {
-                if let Err(e) = known.validate(&config) {
+            Some(_) if !config.is_object() => r.error("config", "expected a record"),
+            Some(_) => {
+                if let Some(Err(e)) = check.map(|check| check(&name, &config)) {
                     for field in e.fields {
-                        r.error_at(format!("{path}.{}", field.path), field.message);
+                        let at = if field.path.is_empty() {
+                            path.clone()
+                        } else {
+                            format!("{path}.{}", field.path)
+                        };
+                        r.error_at(at, field.message);
                     }
                 }
             }
@@ -888,8 +922,28 @@ plugins:
         );
     }
 
+    /// Every error of `text`, the plugins' configs checked by their cores.
     fn errors(text: &str) -> String {
-        parse_declarative(text).unwrap_err().to_string()
+        crate::parse_declarative_checked(text, &schemas::check)
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// Without a check, a plugin's config is only required to be a record of a known plugin;
+    /// its fields are the plugin's own schema's to judge.
+    #[test]
+    fn without_a_check_plugin_configs_are_checked_for_structure_only() {
+        let text =
+            "_format_version: \"3.0\"\nplugins:\n  - {name: rate-limiting, config: {second: x}}\n";
+        parse_declarative(text).unwrap();
+        assert_eq!(
+            errors(text),
+            "plugins.rate-limiting.config.second: expected a number"
+        );
+        let text = "_format_version: \"3.0\"\nplugins:\n  - {name: rate-limiting, config: [1]}\n  - {name: key-auth}\n";
+        let expected = "plugins.rate-limiting.config: expected a record; plugins.key-auth.name: plugin 'key-auth' not enabled; add it to the 'plugins' configuration property";
+        assert_eq!(parse_declarative(text).unwrap_err().to_string(), expected);
+        assert_eq!(errors(text), expected);
     }
 
     /// Kong refuses cleartext requests on a route whose protocols leave out http: with 426

@@ -43,7 +43,7 @@ pub const UPSTREAM_CODEC: &str =
     "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec";
 /// The gateway listener's name, also the name of its route configuration.
 pub const LISTENER: &str = "wasmgate";
-pub use request_transformer::CLIENT_HOST_HEADER;
+pub use crate::plugins::CLIENT_HOST_HEADER;
 
 /// The CA bundle Envoy checks the certificates of `tls_verify` services against when the
 /// options name none ([`EnvoyOptions::upstream_ca_file`]): the system's, where Debian and
@@ -117,7 +117,7 @@ fn envoy_failure_policy(policy: FailurePolicy) -> &'static str {
 /// locally; the other plugins decide without rewriting the request and stay downstream, before
 /// the router (Kong runs them before the transformer too).
 pub fn runs_upstream(plugin: &str) -> bool {
-    plugin == request_transformer::PLUGIN_NAME
+    plugin == plugins::REQUEST_TRANSFORMER.name
 }
 
 /// The VM of a wasmgate plugin: one per module, so all instances of a plugin share its
@@ -484,7 +484,7 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
         // The transformer runs after the router's Host rewrite: the client's Host reaches it
         // in a header the router sets before rewriting (a client's own copy is overwritten).
         let hands_over_host = slots.iter().zip(&enabled).any(|(slot, on)| {
-            *on && slot.upstream && slot.root_id == request_transformer::PLUGIN_NAME
+            *on && slot.upstream && slot.root_id == plugins::REQUEST_TRANSFORMER.name
         });
         // An https-only route takes only what came over TLS: on this cleartext listener, what
         // a trusted proxy says it ended TLS for (Envoy sets `x-forwarded-proto` to the
@@ -591,7 +591,7 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
             if hands_over_host {
                 entry["request_headers_to_add"] = json!([{
                     "header": {
-                        "key": request_transformer::CLIENT_HOST_HEADER,
+                        "key": CLIENT_HOST_HEADER,
                         "value": "%REQ(:AUTHORITY)%",
                     },
                     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",

@@ -3,9 +3,11 @@
 //!
 //! [`declarative`] reads Kong's declarative format (`_format_version: "3.0"`) and validates it
 //! as a whole, naming the entity and field of every error; plugin configs are validated by
-//! the plugins' own cores ([`plugins`]), the very code that runs in the modules. [`router`]
-//! matches requests with Kong's precedence, and [`envoy`] translates the same model into an
-//! Envoy bootstrap whose routes follow that same order. The gateway, the Envoy translation and
+//! a [`plugins::PluginCheck`] the caller supplies ([`parse_declarative_checked`]): the
+//! plugins' cores compiled natively (`wasmgate-plugin-schemas`), or the modules themselves
+//! (the gateway). The model never links a plugin crate; [`plugins`] holds their table as data.
+//! [`router`] matches requests with Kong's precedence, and [`envoy`] translates the same model
+//! into an Envoy bootstrap whose routes follow that same order. The gateway, the Envoy translation and
 //! the control plane all use this crate; [`sync`] holds the frames of wasmgate's own
 //! control plane ↔ gateway protocol.
 
@@ -16,7 +18,7 @@ pub mod plugins;
 pub mod router;
 pub mod sync;
 
-pub use declarative::{parse_declarative, DeclarativeError};
+pub use declarative::{parse_declarative, parse_declarative_checked, DeclarativeError};
 pub use entities::{
     Config, FailurePolicy, FilterChain, FilterEntry, ModuleSettings, Plugin, Protocol, Route,
     Scope, Service,

@@ -1,5 +1,8 @@
-//! wasmgate's Kong plugins: name, priority, module, and config validation by the plugin's own
-//! core (the same code the module runs, compiled natively).
+//! wasmgate's Kong plugins as data: name, priority and module file. The model never links the
+//! plugin crates (the gateway runs them as modules); each crate's tests check that its own
+//! name and priority are the ones here. A plugin's config is checked against its schema by a
+//! [`PluginCheck`] the caller supplies: the plugins' cores compiled natively
+//! (`wasmgate-plugin-schemas`), or the modules themselves (the gateway).
 
 use std::path::PathBuf;
 
@@ -7,12 +10,13 @@ use kit::ConfigError;
 
 use crate::entities::{Config, Plugin, RoutePath};
 
+pub use kit::secrets::{secret_references, secret_variables, SecretReference};
+
 pub struct KnownPlugin {
     /// Kong's plugin name, also the module's root id.
     pub name: &'static str,
     /// Kong's priority: higher runs first in the request phase.
     pub priority: u32,
-    validate: fn(&[u8]) -> Result<(), ConfigError>,
 }
 
 impl KnownPlugin {
@@ -20,49 +24,41 @@ impl KnownPlugin {
     pub fn module_file(&self) -> String {
         format!("{}.wasm", self.name.replace('-', "_"))
     }
-
-    pub fn validate(&self, config: &serde_json::Value) -> Result<(), ConfigError> {
-        (self.validate)(config.to_string().as_bytes())
-    }
 }
 
-/// A secret a configuration references with Kong's env vault: `{vault://env/NAME}` or
-/// `{vault://env/NAME/key}` (a string in a JSON object).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecretReference {
-    /// The environment variable: Kong's env vault upper-cases the name and reads `-` as `_`.
-    pub variable: String,
-    pub key: Option<String>,
+pub const REQUEST_SIZE_LIMITING: KnownPlugin = KnownPlugin {
+    name: "request-size-limiting",
+    priority: 951,
+};
+pub const RATE_LIMITING: KnownPlugin = KnownPlugin {
+    name: "rate-limiting",
+    priority: 910,
+};
+pub const REQUEST_TRANSFORMER: KnownPlugin = KnownPlugin {
+    name: "request-transformer",
+    priority: 801,
+};
+
+/// The client's Host, as the data plane hands it to the request-transformer when `:authority`
+/// already holds the route's rewritten Host (Envoy runs the plugin after the router's
+/// `host_rewrite`; the translation sets this header on the plugin's routes, overwriting any
+/// client's copy). The plugin reads `$(headers.host)` from it and never forwards it.
+pub const CLIENT_HOST_HEADER: &str = "x-wasmgate-client-host";
+
+pub const PLUGINS: &[KnownPlugin] = &[REQUEST_SIZE_LIMITING, RATE_LIMITING, REQUEST_TRANSFORMER];
+
+/// Checks a known plugin's `config` (a JSON object) against the plugin's own schema: `Err`
+/// holds every invalid field, with paths from `config` (`config.second`) or `@entity`, as the
+/// plugin's core reports them (an empty path: the plugin as a whole). Called only for plugins
+/// of [`PLUGINS`], with a `config` that is a JSON object.
+pub type PluginCheck<'a> = &'a dyn Fn(&str, &serde_json::Value) -> Result<(), ConfigError>;
+
+pub fn find(name: &str) -> Option<&'static KnownPlugin> {
+    PLUGINS.iter().find(|p| p.name == name)
 }
 
-/// Every env-vault reference in a configuration's text. A module is given exactly the
-/// variables its own configuration references, nothing else of the data plane's secrets.
-pub fn secret_references(config_text: &str) -> Vec<SecretReference> {
-    let mut references = Vec::new();
-    for reference in config_text.split("vault://env/").skip(1) {
-        let reference = reference.split(['}', '?', '"']).next().unwrap_or_default();
-        let (name, key) = match reference.split_once('/') {
-            Some((name, key)) => (name, Some(key.to_owned())),
-            None => (reference, None),
-        };
-        let variable = name.to_ascii_uppercase().replace('-', "_");
-        let found = SecretReference { variable, key };
-        if !references.contains(&found) {
-            references.push(found);
-        }
-    }
-    references
-}
-
-/// The variables of [`secret_references`], each once.
-pub fn secret_variables(config_text: &str) -> Vec<String> {
-    let mut variables: Vec<String> = Vec::new();
-    for reference in secret_references(config_text) {
-        if !variables.contains(&reference.variable) {
-            variables.push(reference.variable);
-        }
-    }
-    variables
+pub fn priority(name: &str) -> u32 {
+    find(name).map_or(0, |p| p.priority)
 }
 
 /// A plugin instance's configuration as every data plane hands it to the module: the user's
@@ -71,7 +67,7 @@ pub fn secret_variables(config_text: &str) -> Vec<String> {
 /// paths), from which it computes Kong's `uri_captures` itself, the same way on every data
 /// plane, and the [`data_plane_defaults`].
 pub fn configuration(config: &Config, plugin: &Plugin) -> String {
-    if plugin.name != request_transformer::PLUGIN_NAME {
+    if plugin.name != REQUEST_TRANSFORMER.name {
         return plugin.config.to_string();
     }
     let mut route_paths = serde_json::Map::new();
@@ -93,8 +89,21 @@ pub fn configuration(config: &Config, plugin: &Plugin) -> String {
             .collect();
         route_paths.insert(config.route_name(index), serde_json::Value::Array(regexes));
     }
-    let mut value = plugin.config.clone();
-    data_plane_defaults(&plugin.name, &mut value);
+    module_configuration(&plugin.name, &plugin.config, route_paths)
+}
+
+/// A plugin's configuration as the data planes hand it to its module ([`configuration`]),
+/// given the request-transformer's `route_paths` (none when a config is checked on its own).
+pub fn module_configuration(
+    name: &str,
+    config: &serde_json::Value,
+    route_paths: serde_json::Map<String, serde_json::Value>,
+) -> String {
+    if name != REQUEST_TRANSFORMER.name {
+        return config.to_string();
+    }
+    let mut value = config.clone();
+    data_plane_defaults(name, &mut value);
     if let Some(wasmgate) = value
         .get_mut("wasmgate")
         .and_then(serde_json::Value::as_object_mut)
@@ -112,7 +121,7 @@ pub fn configuration(config: &Config, plugin: &Plugin) -> String {
 /// when the upstream connection becomes ready, and sends on what a filter holds if the
 /// headers had gone on (envoyproxy/envoy#37087).
 pub fn data_plane_defaults(plugin: &str, config: &mut serde_json::Value) {
-    if plugin != request_transformer::PLUGIN_NAME {
+    if plugin != REQUEST_TRANSFORMER.name {
         return;
     }
     if let Some(object) = config.as_object_mut() {
@@ -125,80 +134,6 @@ pub fn data_plane_defaults(plugin: &str, config: &mut serde_json::Value) {
                 .or_insert(serde_json::Value::Bool(true));
         }
     }
-}
-
-/// Validates a request-transformer config without the data plane's secrets: they are resolved
-/// there, from its own environment, so here every `{vault://env/NAME[/key]}` reference gets a
-/// stand-in value of the right shape (a JSON object when a key is asked for).
-///
-/// The data planes add the routes' regex paths ([`configuration`]); a config is checked as
-/// they will send it, with that map present.
-fn validate_transformer(bytes: &[u8]) -> Result<(), ConfigError> {
-    let mut value: serde_json::Value =
-        serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null);
-    if let Some(object) = value.as_object_mut() {
-        let wasmgate = object
-            .entry("wasmgate")
-            .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
-        if let Some(wasmgate) = wasmgate.as_object_mut() {
-            wasmgate
-                .entry("route_paths")
-                .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
-        }
-    }
-    let with_routes = if value.is_object() {
-        value.to_string().into_bytes()
-    } else {
-        bytes.to_vec()
-    };
-    let bytes = with_routes.as_slice();
-    let text = String::from_utf8_lossy(bytes);
-    let mut stand_ins: std::collections::HashMap<
-        String,
-        serde_json::Map<String, serde_json::Value>,
-    > = std::collections::HashMap::new();
-    for reference in secret_references(&text) {
-        let keys = stand_ins.entry(reference.variable).or_default();
-        if let Some(key) = reference.key {
-            keys.insert(key, serde_json::Value::String("secret".into()));
-        }
-    }
-    let lookup = |variable: &str| {
-        stand_ins.get(variable).map(|keys| {
-            if keys.is_empty() {
-                "secret".to_owned()
-            } else {
-                serde_json::Value::Object(keys.clone()).to_string()
-            }
-        })
-    };
-    request_transformer::Config::parse(bytes, &lookup).map(drop)
-}
-
-pub const PLUGINS: &[KnownPlugin] = &[
-    KnownPlugin {
-        name: request_size_limiting::PLUGIN_NAME,
-        priority: request_size_limiting::PRIORITY,
-        validate: |bytes| request_size_limiting::Config::parse(bytes).map(drop),
-    },
-    KnownPlugin {
-        name: rate_limiting::PLUGIN_NAME,
-        priority: rate_limiting::PRIORITY,
-        validate: |bytes| rate_limiting::Config::parse(bytes).map(drop),
-    },
-    KnownPlugin {
-        name: request_transformer::PLUGIN_NAME,
-        priority: request_transformer::PRIORITY,
-        validate: validate_transformer,
-    },
-];
-
-pub fn find(name: &str) -> Option<&'static KnownPlugin> {
-    PLUGINS.iter().find(|p| p.name == name)
-}
-
-pub fn priority(name: &str) -> u32 {
-    find(name).map_or(0, |p| p.priority)
 }
 
 /// Where wasmgate's plugin modules are: `WASMGATE_WASM_DIR`, else `wasm/` beside the running
@@ -219,21 +154,6 @@ pub fn default_modules_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secret_references_follow_kongs_env_vault_names() {
-        let text = r#"{"add":{"headers":["a:{vault://env/backend-token}","b:{vault://env/DB/user}",
-            "c:{vault://env/BACKEND_TOKEN}","d:{vault://hcv/x}"]}}"#;
-        assert_eq!(secret_variables(text), vec!["BACKEND_TOKEN", "DB"]);
-        assert_eq!(
-            secret_references(text)[1],
-            SecretReference {
-                variable: "DB".into(),
-                key: Some("user".into())
-            }
-        );
-        assert!(secret_variables(r#"{"second":5}"#).is_empty());
-    }
 
     #[test]
     fn the_data_planes_hand_the_transformer_its_routes_and_held_headers() {
@@ -295,28 +215,6 @@ plugins:
             ]
         );
         assert_eq!(priority("key-auth"), 0);
-    }
-
-    /// The transformer's config is checked by its own parser, with stand-ins for secrets.
-    #[test]
-    fn the_transformer_is_validated_by_its_core_with_secrets_stood_in() {
-        let validate =
-            |config: serde_json::Value| find("request-transformer").unwrap().validate(&config);
-        validate(
-            serde_json::json!({"add": {"headers": ["authorization:Bearer {vault://env/TOKEN}"]}}),
-        )
-        .unwrap();
-        validate(serde_json::json!({"add": {"headers": ["x:{vault://env/DB/user}"]}})).unwrap();
-        let refused = validate(serde_json::json!({"add": {"headers": ["no-colon"]}})).unwrap_err();
-        assert!(
-            refused.to_string().contains("config.add.headers"),
-            "{refused}"
-        );
-        let refused = validate(serde_json::json!({"http_method": "get me"})).unwrap_err();
-        assert!(
-            refused.to_string().contains("config.http_method"),
-            "{refused}"
-        );
     }
 
     /// `WASMGATE_WASM_DIR` wins; without it, `wasm/` beside the binary when there is one

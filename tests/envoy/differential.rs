@@ -1550,7 +1550,7 @@ struct Planes {
 }
 
 async fn start_planes(text: &str) -> Planes {
-    let config = model::parse_declarative(text)
+    let config = model::parse_declarative_checked(text, &schemas::check)
         .unwrap_or_else(|e| panic!("the generated config does not validate: {e}\n{text}"));
     let options = wasmgate_tests::envoy::translation_options();
     let owned = text.to_owned();

@@ -199,7 +199,8 @@ async fn start_envoy(
     declarative: &str,
     env: &BTreeMap<String, String>,
 ) -> Result<crate::Envoy, String> {
-    let config = model::parse_declarative(declarative).map_err(|e| e.to_string())?;
+    let config = model::parse_declarative_checked(declarative, &schemas::check)
+        .map_err(|e| e.to_string())?;
     let options = model::envoy::EnvoyOptions {
         env_values: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         ..crate::envoy::translation_options()

@@ -123,7 +123,8 @@ async fn serve(port: u16, data_plane: DataPlane, token: &str) -> Result<(), Stri
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     } else {
-        let parsed = model::parse_declarative(&config).map_err(|e| e.to_string())?;
+        let parsed = model::parse_declarative_checked(&config, &schemas::check)
+            .map_err(|e| e.to_string())?;
         let options = model::envoy::EnvoyOptions {
             listen,
             admin,

@@ -31,7 +31,8 @@ pub fn status(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-/// The plugin crates: every folder under `plugins/` but the shared kit.
+/// The plugin crates: every folder under `plugins/` but the shared kit and the plugins' native
+/// schema check (`schemas`), which are libraries, not modules.
 pub fn plugins() -> Result<Vec<String>, String> {
     let dir = workspace_root().join("plugins");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -39,7 +40,7 @@ pub fn plugins() -> Result<Vec<String>, String> {
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join("Cargo.toml").is_file())
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| name != "kit")
+        .filter(|name| name != "kit" && name != "schemas")
         .collect();
     names.sort();
     Ok(names)

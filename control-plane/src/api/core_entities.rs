@@ -398,7 +398,8 @@ pub async fn import(
             format!("invalid YAML or JSON: {e}"),
         ))
     })?;
-    model::declarative::from_value(&document).map_err(|e| errors::invalid_declarative(&e))?;
+    model::declarative::from_value_checked(&document, &schemas::check)
+        .map_err(|e| errors::invalid_declarative(&e))?;
     if document.get("filter_chains").is_some_and(|f| !f.is_null()) {
         return Err(errors::invalid_declarative(&model::ConfigError::single(
             "filter_chains",

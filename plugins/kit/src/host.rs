@@ -353,19 +353,24 @@ pub fn random(buf: &mut [u8]) -> Result<(), i32> {
 }
 
 /// Reads and parses the plugin configuration in `on_configure`. On failure the error is logged
-/// with the plugin's name (and every invalid field), and `None` tells the adapter to return
+/// with the plugin's name, one line per invalid field ([`crate::schema::refusal_lines`]: a
+/// data plane reads the fields back from them), and `None` tells the adapter to return
 /// `false`, so the host refuses the configuration (Envoy fails start-up or NACKs).
 pub fn configure<T>(
     plugin: &str,
     parse: impl FnOnce(&[u8]) -> Result<T, ConfigError>,
 ) -> Option<T> {
-    let problem = match buffer(Buffer::PluginConfiguration, 0, usize::MAX) {
+    let lines = match buffer(Buffer::PluginConfiguration, 0, usize::MAX) {
         Ok(bytes) => match parse(&bytes.unwrap_or_default()) {
             Ok(config) => return Some(config),
-            Err(err) => format!("invalid configuration: {err}"),
+            Err(err) => crate::schema::refusal_lines(plugin, &err),
         },
-        Err(code) => format!("reading the configuration: host status {code}"),
+        Err(code) => vec![format!(
+            "{plugin}: reading the configuration: host status {code}"
+        )],
     };
-    log(Level::Error, &format!("{plugin}: {problem}"));
+    for line in lines {
+        log(Level::Error, &line);
+    }
     None
 }

@@ -10,6 +10,7 @@ pub mod abi;
 pub mod path;
 pub mod response;
 pub mod schema;
+pub mod secrets;
 
 #[cfg(target_arch = "wasm32")]
 pub mod host;

@@ -75,6 +75,41 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// What separates the plugin's name from an invalid field in a refusal line.
+const INVALID_CONFIGURATION: &str = ": invalid configuration: ";
+
+/// How a module reports a refused configuration in its log: one line per invalid field,
+/// `<plugin>: invalid configuration: <path>: <message>`, readable in Envoy's log and
+/// unambiguous to read back ([`refused_field`]) whatever a message holds.
+pub fn refusal_lines(plugin: &str, error: &ConfigError) -> Vec<String> {
+    error
+        .fields
+        .iter()
+        .map(|field| {
+            format!(
+                "{plugin}{INVALID_CONFIGURATION}{}: {}",
+                field.path, field.message
+            )
+        })
+        .collect()
+}
+
+/// The plugin name and field of one of [`refusal_lines`]; `None` for any other line.
+pub fn refused_field(line: &str) -> Option<(&str, FieldError)> {
+    let (plugin, rest) = line.split_once(INVALID_CONFIGURATION)?;
+    let (path, message) = rest.split_once(": ")?;
+    if plugin.is_empty() || path.is_empty() || path.contains(char::is_whitespace) {
+        return None;
+    }
+    Some((
+        plugin,
+        FieldError {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        },
+    ))
+}
+
 /// Parses a plugin configuration document. Empty input means `{}` (every default), as for a
 /// Kong plugin created without `config`.
 pub fn parse_document(bytes: &[u8]) -> Result<Value, ConfigError> {
@@ -472,5 +507,42 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    /// A refusal is logged one field per line, and each line reads back as that field, even
+    /// when a message holds `: ` or `; `.
+    #[test]
+    fn refusal_lines_read_back_as_their_fields() {
+        let error = ConfigError {
+            fields: vec![
+                FieldError {
+                    path: "config.add.headers.1".into(),
+                    message:
+                        "secret reference {vault://env/X}: environment variable X is not set; sorry"
+                            .into(),
+                },
+                FieldError {
+                    path: "@entity".into(),
+                    message: "at least one of these fields must be non-empty: 'config.second'"
+                        .into(),
+                },
+            ],
+        };
+        let lines = refusal_lines("rate-limiting", &error);
+        assert_eq!(
+            lines[1],
+            "rate-limiting: invalid configuration: @entity: at least one of these fields must be non-empty: 'config.second'"
+        );
+        let read: Vec<_> = lines.iter().map(|l| refused_field(l).unwrap()).collect();
+        assert_eq!(read[0], ("rate-limiting", error.fields[0].clone()));
+        assert_eq!(read[1], ("rate-limiting", error.fields[1].clone()));
+        assert_eq!(
+            refused_field("rate-limiting: reading the configuration: host status 2"),
+            None
+        );
+        assert_eq!(
+            refused_field("x: invalid configuration: not a path: y"),
+            None
+        );
     }
 }

@@ -33,3 +33,20 @@ pub const EVICTIONS_METRIC: &str = "wasmgate_rate_limiting_evictions_total";
 /// Counter metric: requests that passed without being counted because every write of their
 /// bucket lost its race against other workers.
 pub const UNCOUNTED_METRIC: &str = "wasmgate_rate_limiting_uncounted_total";
+
+#[cfg(test)]
+mod tests {
+    /// The model (which never links this crate) has this plugin's name and priority.
+    #[test]
+    fn the_models_plugin_table_says_what_this_crate_says() {
+        let known = model::plugins::RATE_LIMITING;
+        assert_eq!(
+            (known.name, known.priority),
+            (super::PLUGIN_NAME, super::PRIORITY)
+        );
+        assert_eq!(
+            model::plugins::find(super::PLUGIN_NAME).map(|p| p.priority),
+            Some(super::PRIORITY)
+        );
+    }
+}

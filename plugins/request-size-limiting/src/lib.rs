@@ -15,3 +15,20 @@ pub use limiter::{BodyCounter, RequestHead, Verdict};
 pub const PLUGIN_NAME: &str = "request-size-limiting";
 /// Kong's plugin priority: higher runs first.
 pub const PRIORITY: u32 = 951;
+
+#[cfg(test)]
+mod tests {
+    /// The model (which never links this crate) has this plugin's name and priority.
+    #[test]
+    fn the_models_plugin_table_says_what_this_crate_says() {
+        let known = model::plugins::REQUEST_SIZE_LIMITING;
+        assert_eq!(
+            (known.name, known.priority),
+            (super::PLUGIN_NAME, super::PRIORITY)
+        );
+        assert_eq!(
+            model::plugins::find(super::PLUGIN_NAME).map(|p| p.priority),
+            Some(super::PRIORITY)
+        );
+    }
+}

@@ -40,3 +40,26 @@ pub const PLUGIN_NAME: &str = "request-transformer";
 pub const CLIENT_HOST_HEADER: &str = "x-wasmgate-client-host";
 /// Kong's plugin priority: higher runs first.
 pub const PRIORITY: u32 = 801;
+
+#[cfg(test)]
+mod tests {
+    /// The model (which never links this crate) has this plugin's name, priority and the
+    /// header the data planes hand it the client's Host in.
+    #[test]
+    fn the_models_plugin_table_says_what_this_crate_says() {
+        let known = model::plugins::REQUEST_TRANSFORMER;
+        assert_eq!(
+            (known.name, known.priority),
+            (super::PLUGIN_NAME, super::PRIORITY)
+        );
+        assert_eq!(
+            model::plugins::find(super::PLUGIN_NAME).map(|p| p.priority),
+            Some(super::PRIORITY)
+        );
+        assert_eq!(
+            model::plugins::CLIENT_HOST_HEADER,
+            super::CLIENT_HOST_HEADER
+        );
+        assert_eq!(model::envoy::CLIENT_HOST_HEADER, super::CLIENT_HOST_HEADER);
+    }
+}
