@@ -7,9 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wasmgate_tests::control_plane::TestControlPlane;
+use wasmgate_tests::control_plane::{Provisioned, TestControlPlane};
 use wasmgate_tests::process::listening_tcp_ports;
 
 /// The process whose command line has `--node-id <node_id>`.
@@ -60,37 +59,11 @@ async fn unix_request(socket: &Path, method: &str, path: &str, body: &str) -> (u
 async fn provisioned_gateways_have_no_admin_port_but_a_private_read_only_socket() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cp = TestControlPlane::start(dir.path());
-    let created = cp
-        .expect(
-            201,
-            "POST",
-            "/v2/control-planes",
-            Some(&json!({ "name": "tenant", "cluster_type": "CLUSTER_TYPE_SERVERLESS" })),
-        )
-        .await;
-    let id = created["id"].as_str().expect("id");
-    let configuration = cp
-        .expect(
-            201,
-            "PUT",
-            "/v3/cloud-gateways/configurations",
-            Some(&json!({
-                "control_plane_id": id,
-                "dataplane_groups": [{ "region": "us", "provider": "aws" }],
-                "kind": "serverless.v0",
-            })),
-        )
-        .await;
-    let group = configuration["dataplane_groups"][0]["id"]
-        .as_str()
-        .expect("group id")
-        .to_owned();
-    let proxy: std::net::SocketAddr = configuration["dataplane_groups"][0]["proxy_url"]
-        .as_str()
-        .expect("proxy_url")
-        .trim_start_matches("http://")
-        .parse()
-        .expect("proxy address");
+    let Provisioned {
+        group_id: group,
+        proxy,
+        ..
+    } = cp.provision_serverless("tenant").await;
     let folder = dir.path().join("cloud-gateways").join(&group);
     let socket = folder.join("admin.sock");
     let status = wasmgate_tests::until(

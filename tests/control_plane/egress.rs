@@ -6,9 +6,8 @@
 
 use std::time::Duration;
 
-use serde_json::json;
 use wasmgate_tests::client::{self, Protocol, Request};
-use wasmgate_tests::control_plane::TestControlPlane;
+use wasmgate_tests::control_plane::{Provisioned, TestControlPlane};
 use wasmgate_tests::EchoUpstream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,33 +15,11 @@ async fn provisioned_gateways_do_not_reach_loopback_services_by_default() {
     let echo = EchoUpstream::start().await.expect("echo");
     let dir = tempfile::tempdir().expect("temp dir");
     let cp = TestControlPlane::start_denying_private_upstreams(dir.path());
-    let created = cp
-        .expect(
-            201,
-            "POST",
-            "/v2/control-planes",
-            Some(&json!({ "name": "tenant", "cluster_type": "CLUSTER_TYPE_SERVERLESS" })),
-        )
-        .await;
-    let id = created["id"].as_str().expect("id").to_owned();
-    let configuration = cp
-        .expect(
-            201,
-            "PUT",
-            "/v3/cloud-gateways/configurations",
-            Some(&json!({
-                "control_plane_id": id,
-                "dataplane_groups": [{ "region": "us", "provider": "aws" }],
-                "kind": "serverless.v0",
-            })),
-        )
-        .await;
-    let proxy: std::net::SocketAddr = configuration["dataplane_groups"][0]["proxy_url"]
-        .as_str()
-        .expect("proxy_url")
-        .trim_start_matches("http://")
-        .parse()
-        .expect("proxy address");
+    let Provisioned {
+        control_plane_id: id,
+        proxy,
+        ..
+    } = cp.provision_serverless("tenant").await;
     cp.route_all_paths_to(&id, "backend", "backend", echo.addr())
         .await;
     // Once the gateway runs the route (Kong's 404 until then), the loopback service is

@@ -34,6 +34,13 @@ fn options(data_dir: &Path, endpoints: Option<Endpoints>) -> Options {
     }
 }
 
+/// What [`TestControlPlane::provision_serverless`] made.
+pub struct Provisioned {
+    pub control_plane_id: String,
+    pub group_id: String,
+    pub proxy: SocketAddr,
+}
+
 impl TestControlPlane {
     /// Starts on free ports with `data_dir` (created if missing).
     pub fn start(data_dir: &Path) -> TestControlPlane {
@@ -113,6 +120,44 @@ impl TestControlPlane {
     }
 
     /// Calls the API and insists on `status`; returns the JSON body.
+    /// A serverless control plane named `name` with one provisioned data plane (a `gateway`
+    /// process this control plane supervises): its id, the data plane group's id and the
+    /// group's proxy address.
+    pub async fn provision_serverless(&self, name: &str) -> Provisioned {
+        let created = self
+            .expect(
+                201,
+                "POST",
+                "/v2/control-planes",
+                Some(&json!({ "name": name, "cluster_type": "CLUSTER_TYPE_SERVERLESS" })),
+            )
+            .await;
+        let control_plane_id = created["id"].as_str().expect("id").to_owned();
+        let configuration = self
+            .expect(
+                201,
+                "PUT",
+                "/v3/cloud-gateways/configurations",
+                Some(&json!({
+                    "control_plane_id": control_plane_id,
+                    "dataplane_groups": [{ "region": "us", "provider": "aws" }],
+                    "kind": "serverless.v0",
+                })),
+            )
+            .await;
+        let group = &configuration["dataplane_groups"][0];
+        Provisioned {
+            control_plane_id,
+            group_id: group["id"].as_str().expect("group id").to_owned(),
+            proxy: group["proxy_url"]
+                .as_str()
+                .expect("proxy_url")
+                .trim_start_matches("http://")
+                .parse()
+                .expect("proxy address"),
+        }
+    }
+
     pub async fn expect(
         &self,
         status: u16,
