@@ -12,6 +12,7 @@
 mod control_plane;
 mod envoy;
 mod fuzz;
+mod links;
 mod pins;
 mod run;
 mod wasm;
@@ -55,6 +56,7 @@ commands:
 
 fn test(args: &[String]) -> Result<(), String> {
     pins::check()?;
+    links::check()?;
     let modules = wasm::build()?;
     let envoy = envoy::ensure()?;
     // The whole suite (no cargo test arguments) includes a few seconds of every fuzz target,

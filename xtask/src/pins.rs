@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use crate::wasm::cargo;
 
 /// Every `name version [features]` of `cargo tree` for `selection` and `edges`.
-fn resolved(selection: &[&str], edges: &str) -> Result<BTreeSet<String>, String> {
+pub(crate) fn resolved(selection: &[&str], edges: &str) -> Result<BTreeSet<String>, String> {
     let out = cargo()
         .arg("tree")
         .args(selection)
