@@ -1329,3 +1329,32 @@ async fn cloud_gateway_kinds_match_their_control_plane_type() {
     )
     .await;
 }
+
+/// Konnect takes a path with a trailing slash as the path without it; the seed's own call is
+/// `POST /v2/control-planes/` (before: 404 "no API route").
+#[tokio::test]
+async fn paths_with_a_trailing_slash_are_konnects_paths() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let created = cp
+        .expect(
+            201,
+            "POST",
+            "/v2/control-planes/",
+            Some(&json!({ "name": "seed", "cluster_type": "CLUSTER_TYPE_SERVERLESS" })),
+        )
+        .await;
+    let id = created["id"].as_str().expect("id");
+    let listed = cp.expect(200, "GET", "/v2/control-planes/", None).await;
+    assert!(
+        listed["data"]
+            .as_array()
+            .is_some_and(|planes| planes.iter().any(|p| p["id"] == id)),
+        "{listed}"
+    );
+    cp.expect(200, "GET", &format!("/v2/control-planes/{id}/"), None)
+        .await;
+    // Only a trailing slash: other paths stay unknown.
+    cp.expect(404, "GET", "/v2/control-planes//nothing", None)
+        .await;
+}

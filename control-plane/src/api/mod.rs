@@ -134,8 +134,9 @@ pub async fn serve(
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let app = router(state);
-    let result = axum::serve(listener, app)
+    // Before routing, as a layer on the router would run after it.
+    let app = tower::ServiceExt::<Request>::map_request(router(state), trim_trailing_slash);
+    let result = axum::serve(listener, axum::ServiceExt::into_make_service(app))
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
@@ -143,6 +144,30 @@ pub async fn serve(
     if let Err(e) = result {
         log::error!("API listener: {e}");
     }
+}
+
+/// Konnect takes a path with a trailing slash as the path without it (the seed's own call is
+/// `POST /v2/control-planes/`).
+fn trim_trailing_slash(mut request: Request) -> Request {
+    let uri = request.uri();
+    let path = uri.path();
+    if path.len() < 2 || !path.ends_with('/') {
+        return request;
+    }
+    let trimmed = match path.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    };
+    let target = match uri.query() {
+        Some(query) => format!("{trimmed}?{query}"),
+        None => trimmed.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = target.parse().ok();
+    if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+    request
 }
 
 /// Unix seconds now.
