@@ -15,15 +15,20 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf 
     path
 }
 
+/// `gateway validate --config <config>`.
+fn validate(config: &std::path::Path) -> std::process::Output {
+    Command::new(GATEWAY)
+        .args(["validate", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn validate_reports_every_error_with_entity_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let good = write(&dir, "good.yaml", "_format_version: \"3.0\"\nservices: [{name: a, url: \"http://127.0.0.1:1\", routes: [{name: r, paths: [/]}]}]\n");
-    let out = Command::new(GATEWAY)
-        .args(["validate", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = validate(&good);
     assert!(
         out.status.success(),
         "{}",
@@ -36,11 +41,7 @@ fn validate_reports_every_error_with_entity_and_field() {
         "bad.yaml",
         "_format_version: \"3.0\"\nservices: [{name: a, host: a, port: -1}]\nplugins: [{name: request-size-limiting, config: {size_unit: tons}}]\n",
     );
-    let out = Command::new(GATEWAY)
-        .args(["validate", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = validate(&bad);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -59,11 +60,7 @@ fn validate_reports_every_error_with_entity_and_field() {
         "plugins.yaml",
         "_format_version: \"3.0\"\nservices: [{name: a, url: \"http://127.0.0.1:1\", routes: [{name: r, paths: [/]}], plugins: [{name: rate-limiting, config: {second: 0, minute: x}}]}]\nplugins: [{name: request-size-limiting, config: {size_unit: tons}}]\n",
     );
-    let out = Command::new(GATEWAY)
-        .args(["validate", "--config"])
-        .arg(&plugins_only)
-        .output()
-        .unwrap();
+    let out = validate(&plugins_only);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     for expected in [

@@ -78,7 +78,11 @@ pub struct IdleTimeout<B> {
     body: B,
     whose: &'static str,
     timeout: std::time::Duration,
+    /// The timer of the current silence; kept between silences and reset, so a body read in
+    /// many chunks does not allocate and register a timer for each.
     silence: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `silence` runs for the current wait (else it is left over from the last one).
+    waiting: bool,
 }
 
 impl<B> IdleTimeout<B> {
@@ -88,6 +92,7 @@ impl<B> IdleTimeout<B> {
             whose,
             timeout,
             silence: None,
+            waiting: false,
         }
     }
 }
@@ -108,7 +113,7 @@ where
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.silence = None;
+                this.waiting = false;
                 Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -116,6 +121,12 @@ where
                 let silence = this
                     .silence
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if !this.waiting {
+                    silence
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + timeout);
+                    this.waiting = true;
+                }
                 match std::future::Future::poll(silence.as_mut(), cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout {
                         whose: this.whose,
