@@ -782,7 +782,7 @@ pub async fn forward(
     // Filters see the Host as the client sent it (Envoy's `:authority`): `$(headers.host)`
     // and `preserve_host` keep its spelling; only routing uses the lower-cased host.
     let given_authority = super::host_header(&parts);
-    let scheme = if downstream.tls { "https" } else { "http" };
+    let scheme = downstream.scheme();
     let mut request_headers = from_header_map(
         &headers::for_filters(&parts.headers),
         Some(vec![

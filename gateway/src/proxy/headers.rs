@@ -174,21 +174,16 @@ pub fn forward_request_headers(
         forwarded_for.push(peer_ip.as_bytes());
     }
     let forwarded_for = forwarded_for.join(&b", "[..]);
-    let scheme = if downstream.tls { "https" } else { "http" };
     let port = downstream.local.port().to_string();
     // What a trusted proxy says of the scheme, host, port and path goes on; anyone else's is
     // replaced by the gateway's own view (never left in place, should that not be a value).
     let mut set = |name: &'static str, own: &[u8]| {
-        let theirs = downstream
-            .trusted_peer
-            .then(|| parts.headers.get(name).cloned())
-            .flatten();
-        match theirs.or_else(|| HeaderValue::from_bytes(own).ok()) {
-            Some(value) => out.insert(name, value),
-            None => out.remove(name),
+        match HeaderValue::from_bytes(downstream.forwarded(&parts.headers, name, own)) {
+            Ok(value) => out.insert(name, value),
+            Err(_) => out.remove(name),
         };
     };
-    set("x-forwarded-proto", scheme.as_bytes());
+    set("x-forwarded-proto", downstream.scheme().as_bytes());
     set(
         "x-forwarded-host",
         model::router::host_without_port(host).as_bytes(),

@@ -62,6 +62,29 @@ impl Downstream {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
+
+    /// The scheme the client spoke to the gateway.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// What a trusted proxy says in its `X-Forwarded-*` header `name` (its first line), else
+    /// `own`, the gateway's own view: an untrusted client's is never taken.
+    pub fn forwarded<'a>(
+        &self,
+        headers: &'a http::HeaderMap,
+        name: &str,
+        own: &'a [u8],
+    ) -> &'a [u8] {
+        if !self.trusted_peer {
+            return own;
+        }
+        headers.get(name).map_or(own, |value| value.as_bytes())
+    }
 }
 
 /// Handles one request from start to response head.

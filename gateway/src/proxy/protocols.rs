@@ -22,7 +22,11 @@ pub fn refusal(
     host: &str,
 ) -> Option<Response<ProxyBody>> {
     if !route.https_only
-        || forwarded(downstream, parts, X_FORWARDED_PROTO, scheme(downstream)) == b"https"
+        || downstream.forwarded(
+            &parts.headers,
+            X_FORWARDED_PROTO,
+            downstream.scheme().as_bytes(),
+        ) == b"https"
     {
         return None;
     }
@@ -47,7 +51,7 @@ pub fn refusal(
     // target as the client sent it (`$request_uri`, before normalisation).
     let host = model::router::host_without_port(host).as_bytes();
     let mut location = b"https://".to_vec();
-    location.extend_from_slice(forwarded(downstream, parts, X_FORWARDED_HOST, host));
+    location.extend_from_slice(downstream.forwarded(&parts.headers, X_FORWARDED_HOST, host));
     location.extend_from_slice(
         parts
             .uri
@@ -64,23 +68,4 @@ pub fn refusal(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Some(response)
-}
-
-fn scheme(downstream: &Downstream) -> &'static [u8] {
-    if downstream.tls {
-        b"https"
-    } else {
-        b"http"
-    }
-}
-
-/// A trusted proxy's `X-Forwarded-*` value (its first), else what this connection says.
-fn forwarded<'a>(downstream: &Downstream, parts: &'a Parts, name: &str, own: &'a [u8]) -> &'a [u8] {
-    if !downstream.trusted_peer {
-        return own;
-    }
-    parts
-        .headers
-        .get(name)
-        .map_or(own, |value| value.as_bytes())
 }
