@@ -335,11 +335,32 @@ impl Drop for Gateway {
     }
 }
 
+/// Fails when anything already listens on `addr`, another gateway included. The workers'
+/// sockets share their port with `SO_REUSEPORT`, which would as readily share it with another
+/// process of the same user: two gateways would then split the connections between their
+/// configurations, silently. A socket bound without it is refused by any listener there.
+fn ensure_port_free(addr: SocketAddr) -> std::io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Connections of an earlier process left in TIME_WAIT are no listener.
+    socket.set_reuse_address(true)?;
+    match socket.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            e.kind(),
+            format!("{addr}: another process already listens there"),
+        )),
+        Err(e) => Err(std::io::Error::new(e.kind(), format!("{addr}: {e}"))),
+        Ok(()) => Ok(()),
+    }
+}
+
 /// One listening socket per worker on the same address; port 0 is resolved by the first.
 fn bind_all(
     listen: SocketAddr,
     workers: usize,
 ) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    if listen.port() != 0 {
+        ensure_port_free(listen)?;
+    }
     let first = reuseport_listener(listen)?;
     let addr = first.local_addr()?;
     let mut listeners = vec![first];

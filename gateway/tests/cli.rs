@@ -594,3 +594,70 @@ fn out_of_file_descriptors_the_gateway_backs_off_instead_of_spinning() {
         .unwrap();
     assert!(exits_within_10_s(&mut child).success());
 }
+
+/// Review findings D4/D14: a second gateway told to listen where one already does refuses to
+/// start and names the address. (Before, both bound with `SO_REUSEPORT` and the kernel split
+/// the connections between them: the second ran, serving its own configuration on the first
+/// one's port.)
+#[test]
+fn run_refuses_a_port_another_process_listens_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_upstream = upstream("first");
+    let file = write(&dir, "first.yaml", &config("/", first_upstream));
+    let mut first = Command::new(GATEWAY)
+        .args(["run", "--workers", "2", "--no-access-log", "--config"])
+        .arg(&file)
+        .args(["--listen", ANY_PORT, "--admin-listen", "off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first_stderr = Lines::collect(first.stderr.take().unwrap());
+    let listen = listen_address(&first_stderr);
+    wait_for("the first gateway to listen", || {
+        get(listen, "/").is_some_and(|(s, _)| s == 200)
+    });
+
+    let file = write(&dir, "second.yaml", &config("/", upstream("second")));
+    let mut second = Command::new(GATEWAY)
+        .args([
+            "run",
+            "--no-access-log",
+            "--admin-listen",
+            "off",
+            "--config",
+        ])
+        .arg(&file)
+        .args(["--listen", &listen.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let second_stderr = Lines::collect(second.stderr.take().unwrap());
+    let status = exits_within_10_s_or_kill(&mut second);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the second gateway ran on {listen}: {:?}",
+        second_stderr.all()
+    );
+    wait_for("the refusal", || {
+        second_stderr.contain(&format!("{listen}: another process already listens there"))
+    });
+}
+
+/// Like [`exits_within_10_s`], but a process still running at the deadline is killed (and
+/// `None` returned) rather than left behind by a failed assertion.
+fn exits_within_10_s_or_kill(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
