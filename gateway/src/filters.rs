@@ -6,6 +6,11 @@
 //! every plugin instance — the module's own `on_configure` must accept its config, so a
 //! reload a module would refuse is refused whole. Each worker then starts its own instance
 //! of every plugin ([`WorkerFilters`]) and builds per-request filter chains from them.
+//!
+//! The operator's platform plugins (`--platform-plugins`) are compiled and validated once,
+//! when the runtime starts, and head every route's chain in every configuration: the same
+//! plugins (and, on each worker, the same instances) whatever the configurations that come
+//! and go, and apart from their plugins.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +42,22 @@ pub struct RuntimeOptions {
     pub env_values: Vec<(String, String)>,
     /// The bytes (keys and values) each vm_id may keep in shared data; Envoy has no such cap.
     pub shared_data_max_bytes: usize,
+    /// The operator's platform plugins, run on every proxied request before the matched
+    /// route's own chain.
+    pub platform: Option<Platform>,
+}
+
+/// The plugins a platform runs on every proxied request of this data plane, whatever its
+/// configuration says (`gateway run --platform-plugins FILE`).
+#[derive(Clone, Debug)]
+pub struct Platform {
+    /// Where they were read from, for messages.
+    pub file: PathBuf,
+    /// As [`model::parse_platform_plugins`] read them.
+    pub plugins: Vec<model::Plugin>,
+    /// Their modules: the operator's folder, not a control plane version's (which holds the
+    /// modules that version's configuration needs).
+    pub modules_dir: PathBuf,
 }
 
 impl Default for RuntimeOptions {
@@ -47,13 +68,16 @@ impl Default for RuntimeOptions {
             env_allow: Vec::new(),
             env_values: Vec::new(),
             shared_data_max_bytes: DEFAULT_MAX_BYTES_PER_VM,
+            platform: None,
         }
     }
 }
 
-/// One filter of a route's chain: a plugin instance or a filter_chains filter.
+/// One filter of a route's chain: a platform plugin, a plugin instance of the configuration
+/// or a filter_chains filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FilterRef {
+    Platform(usize),
     Plugin(usize),
     Chain(usize, usize),
 }
@@ -61,31 +85,36 @@ pub enum FilterRef {
 /// The compiled, validated plugins of one configuration.
 #[derive(Default)]
 pub struct ConfigFilters {
+    /// The runtime's platform plugins (the same ones in every configuration).
+    pub platform: Vec<Plugin>,
     /// Aligned with `Config::plugins` (None: disabled).
     pub plugins: Vec<Option<Plugin>>,
     /// Aligned with `Config::filter_chains` and their filters.
     pub chains: Vec<Vec<Option<Plugin>>>,
-    /// Per route: the filters to run, in order (plugins by priority, then chains).
+    /// Per route: the filters to run, in order (the platform's, then plugins by priority,
+    /// then chains).
     pub routes: Vec<Vec<FilterRef>>,
 }
 
 impl ConfigFilters {
     pub fn plugin(&self, filter: FilterRef) -> Option<&Plugin> {
         match filter {
+            FilterRef::Platform(i) => self.platform.get(i),
             FilterRef::Plugin(i) => self.plugins.get(i)?.as_ref(),
             FilterRef::Chain(c, f) => self.chains.get(c)?.get(f)?.as_ref(),
         }
     }
 
-    /// Every enabled plugin and chain filter, with where it is.
+    /// Every platform plugin and every enabled plugin and chain filter, with where it is.
     pub fn refs(&self) -> impl Iterator<Item = (FilterRef, &Plugin)> {
+        let platform = (self.platform.iter().enumerate()).map(|(i, p)| (FilterRef::Platform(i), p));
         let plugins = (self.plugins.iter().enumerate())
             .filter_map(|(i, p)| Some((FilterRef::Plugin(i), p.as_ref()?)));
         let chains = self.chains.iter().enumerate().flat_map(|(c, chain)| {
             (chain.iter().enumerate())
                 .filter_map(move |(f, p)| Some((FilterRef::Chain(c, f), p.as_ref()?)))
         });
-        plugins.chain(chains)
+        platform.chain(plugins).chain(chains)
     }
 
     fn all(&self) -> impl Iterator<Item = &Plugin> {
@@ -103,6 +132,8 @@ pub struct Runtime {
     pub env: Arc<HostEnv>,
     options: RuntimeOptions,
     modules: Mutex<ModuleCache>,
+    /// The platform's plugins, started and checked once.
+    platform: Vec<Plugin>,
 }
 
 impl Runtime {
@@ -119,7 +150,7 @@ impl Runtime {
             ..EngineConfig::default()
         })
         .map_err(|e| format!("wasm engine: {e}"))?;
-        Ok(Runtime {
+        let mut runtime = Runtime {
             engine,
             env: Arc::new(
                 HostEnv::new(SystemClock::shared())
@@ -127,7 +158,52 @@ impl Runtime {
             ),
             options,
             modules: Mutex::new(HashMap::new()),
-        })
+            platform: Vec::new(),
+        };
+        if let Some(platform) = runtime.options.platform.clone() {
+            runtime.platform = runtime
+                .platform(&platform)
+                .map_err(|e| format!("{} is invalid: {e}", platform.file.display()))?;
+        }
+        Ok(runtime)
+    }
+
+    /// Starts each enabled platform plugin once, as any plugin (its module must accept its
+    /// config), named apart from the configurations' plugins and seeing the platform's own
+    /// stream identity ([`model::PLATFORM_STREAM`]) on every stream: a platform
+    /// `rate-limiting` by `service` counts every request of the data plane under one key.
+    fn platform(&self, platform: &Platform) -> Result<Vec<Plugin>, ConfigError> {
+        let mut errors = Vec::new();
+        let mut built = Vec::new();
+        for plugin in platform.plugins.iter().filter(|p| p.enabled) {
+            let file = model::plugins::find(&plugin.name)
+                .map_or_else(|| format!("{}.wasm", plugin.name), |p| p.module_file());
+            let configuration = model::plugins::module_configuration(
+                &plugin.name,
+                &plugin.config,
+                serde_json::Map::new(),
+            );
+            match self.plugin(
+                &platform.modules_dir.join(file),
+                (
+                    &model::platform_instance_name(plugin),
+                    &plugin.name,
+                    &model::envoy::plugin_vm_id(&plugin.name),
+                ),
+                configuration.into_bytes(),
+                (true, &plugin.wasmgate),
+                Some(model::PLATFORM_STREAM),
+                None,
+            ) {
+                Ok(p) => built.push(p),
+                Err(e) => errors.extend(refused_fields(&format!("plugins.{}", plugin.name), &e)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(built)
+        } else {
+            Err(ConfigError { fields: errors })
+        }
     }
 
     /// Compiles a module once per content (a file changed since is compiled again).
@@ -184,6 +260,7 @@ impl Runtime {
         (name, root_id, vm_id): (&str, &str, &str),
         configuration: Vec<u8>,
         (allow_on_headers_stop_iteration, settings): (bool, &ModuleSettings),
+        stream_identity: Option<&str>,
         previous: Option<&ConfigFilters>,
     ) -> Result<Plugin, host::Error> {
         // A module that cannot be read or compiled: its message as it is.
@@ -199,6 +276,9 @@ impl Runtime {
             .limits(limits(settings));
         for (k, v) in secrets {
             config = config.env(&k, &v);
+        }
+        if let Some(identity) = stream_identity {
+            config = config.stream_identity(identity);
         }
         if let Some(same) = previous.and_then(|p| p.all().find(|p| p.is(&module, &config))) {
             return Ok(same.clone());
@@ -230,6 +310,7 @@ impl Runtime {
             configuration.into_bytes(),
             (true, &ModuleSettings::default()),
             None,
+            None,
         )
         .map(drop)
         .map_err(|e| ConfigError {
@@ -248,7 +329,10 @@ impl Runtime {
         previous: Option<&ConfigFilters>,
     ) -> Result<ConfigFilters, ConfigError> {
         let mut errors = Vec::new();
-        let mut filters = ConfigFilters::default();
+        let mut filters = ConfigFilters {
+            platform: self.platform.clone(),
+            ..ConfigFilters::default()
+        };
         for plugin in &config.plugins {
             if !plugin.enabled {
                 filters.plugins.push(None);
@@ -266,6 +350,7 @@ impl Runtime {
                 (&name, &plugin.name, &vm_id),
                 model::plugins::configuration(config, plugin).into_bytes(),
                 (true, &plugin.wasmgate),
+                None,
                 previous,
             ) {
                 Ok(p) => filters.plugins.push(Some(p)),
@@ -315,6 +400,7 @@ impl Runtime {
                     (&filter.plugin_name, &filter.root_id, &vm_id),
                     filter.config.clone().unwrap_or_default().into_bytes(),
                     (filter.allow_on_headers_stop_iteration, &filter.wasmgate),
+                    None,
                     previous,
                 ) {
                     Ok(p) => built.push(Some(p)),
@@ -330,12 +416,18 @@ impl Runtime {
             filters.chains.push(built);
         }
         for route in 0..config.routes.len() {
-            let mut refs: Vec<FilterRef> = config
-                .plugins_for(Some(route))
-                .into_iter()
-                .filter_map(|p| config.plugins.iter().position(|q| std::ptr::eq(p, q)))
-                .map(FilterRef::Plugin)
+            // The platform's first, whatever the route: no precedence joins them to the
+            // configuration's, which follow by Kong's.
+            let mut refs: Vec<FilterRef> = (0..filters.platform.len())
+                .map(FilterRef::Platform)
                 .collect();
+            refs.extend(
+                config
+                    .plugins_for(Some(route))
+                    .into_iter()
+                    .filter_map(|p| config.plugins.iter().position(|q| std::ptr::eq(p, q)))
+                    .map(FilterRef::Plugin),
+            );
             let service = config.routes[route].service;
             let mut chains: Vec<usize> = (0..config.filter_chains.len())
                 .filter(|&c| {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use gateway::admin::{AdminListen, AdminOptions, AdminToken, TOKEN_ENV};
 use gateway::cluster::{Cluster, ClusterOptions};
-use gateway::filters::{default_modules_dir, Runtime, RuntimeOptions};
+use gateway::filters::{default_modules_dir, Platform, Runtime, RuntimeOptions};
 use gateway::proxy::egress::EgressPolicy;
 use gateway::proxy::upstream::UpstreamOptions;
 use gateway::server::{CLIENT_HEADER_TIMEOUT, WORKER_CONNECTIONS};
@@ -51,6 +51,7 @@ impl Modules {
             env_allow: self.env_allow.clone(),
             env_values: Vec::new(),
             shared_data_max_bytes: DEFAULT_MAX_BYTES_PER_VM,
+            platform: None,
         }
     }
 }
@@ -199,6 +200,12 @@ enum Command {
         /// it fails (rate-limiting then follows `fault_tolerant`).
         #[arg(long, default_value_t = DEFAULT_MAX_BYTES_PER_VM)]
         shared_data_max_bytes: usize,
+        /// The platform's plugins (YAML or JSON, `plugins:` a list of Kong plugin entities
+        /// without a scope, with the modules of --modules-dir): they run on every proxied
+        /// request before the route's own plugins, apart from them, whatever the
+        /// configuration (or the control plane) says; read once, at start.
+        #[arg(long)]
+        platform_plugins: Option<PathBuf>,
         /// Where TLS clients connect (needs --tls-cert and --tls-key).
         #[arg(long)]
         tls_listen: Option<SocketAddr>,
@@ -314,6 +321,7 @@ fn main() -> ExitCode {
             upstream_deny,
             upstream_ca_file,
             shared_data_max_bytes,
+            platform_plugins,
             tls_listen,
             tls_certs,
             tls_keys,
@@ -333,6 +341,9 @@ fn main() -> ExitCode {
                 tls,
                 runtime: RuntimeOptions {
                     shared_data_max_bytes,
+                    platform: platform_plugins
+                        .map(|file| platform(file, &modules))
+                        .transpose()?,
                     ..modules.options()
                 },
                 client_header_timeout: Duration::from_secs(connections.client_header_timeout),
@@ -393,6 +404,18 @@ fn admin_options(listen: &AdminListen, token_file: Option<&Path>) -> Result<Admi
         },
         token: AdminToken::configured(token_file, std::env::var_os(TOKEN_ENV))?,
         read_only: false,
+    })
+}
+
+/// The platform's plugins from `file`, read and checked by the model; their modules check
+/// their configs when the runtime starts them.
+fn platform(file: PathBuf, modules: &Modules) -> Result<Platform, String> {
+    let plugins =
+        model::parse_platform_plugins(&read(&file)?, None).map_err(|e| invalid(&file, &e))?;
+    Ok(Platform {
+        file,
+        plugins,
+        modules_dir: modules.options().modules_dir,
     })
 }
 

@@ -69,6 +69,12 @@ pub struct PluginConfig {
     /// response headers callback still gets the body callbacks (and may change the headers
     /// there) instead of having everything held until it resumes.
     pub allow_on_headers_stop_iteration: bool,
+    /// The route and cluster name its filters read (`xds.route_name`, `xds.cluster_name` and
+    /// their short forms) instead of their stream's, when set. A data plane's own layer of
+    /// filters, which runs on every route and service alike, is one route and one cluster of
+    /// its own to them: what they key by route or service (a rate limit by `service`) is
+    /// then one key for the whole data plane.
+    pub stream_identity: Option<String>,
 }
 
 impl PluginConfig {
@@ -85,6 +91,7 @@ impl PluginConfig {
             limits: Limits::default(),
             log_level: 1,
             allow_on_headers_stop_iteration: false,
+            stream_identity: None,
         }
     }
 
@@ -115,6 +122,11 @@ impl PluginConfig {
 
     pub fn limits(mut self, limits: Limits) -> PluginConfig {
         self.limits = limits;
+        self
+    }
+
+    pub fn stream_identity(mut self, name: &str) -> PluginConfig {
+        self.stream_identity = Some(name.to_owned());
         self
     }
 }

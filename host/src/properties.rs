@@ -185,8 +185,15 @@ fn built_in(
         ["connection", "requested_server_name"] => {
             Some(info.requested_server_name.as_bytes().to_vec())
         }
-        ["route_name"] | ["xds", "route_name"] => Some(text(&info.route_name)),
-        ["cluster_name"] | ["xds", "cluster_name"] => Some(text(&info.cluster_name)),
+        ["route_name"] | ["xds", "route_name"] => Some(text(
+            plugin.stream_identity.as_deref().unwrap_or(&info.route_name),
+        )),
+        ["cluster_name"] | ["xds", "cluster_name"] => Some(text(
+            plugin
+                .stream_identity
+                .as_deref()
+                .unwrap_or(&info.cluster_name),
+        )),
         _ => None,
     }
 }
@@ -446,6 +453,27 @@ mod tests {
         assert_eq!(get_in(&s, "route_name"), text("orders-route"));
         assert_eq!(get_in(&s, "xds.cluster_name"), text("orders-service"));
         assert_eq!(get_in(&s, "cluster_name"), text("orders-service"));
+    }
+
+    /// A plugin with a stream identity of its own (a data plane's platform layer) reads it
+    /// as its route and cluster on every stream; the stream's other facts stay the stream's.
+    #[test]
+    fn a_plugins_own_stream_identity_names_its_route_and_cluster() {
+        let s = stream();
+        let platform = plugin().stream_identity("wasmgate.platform");
+        let read = |path: &str| {
+            let segments: Vec<&str> = path.split('.').collect();
+            get(&segments, &platform, Some(&s), &BTreeMap::new(), START_NS)
+        };
+        for path in [
+            "xds.route_name",
+            "route_name",
+            "xds.cluster_name",
+            "cluster_name",
+        ] {
+            assert_eq!(read(path), text("wasmgate.platform"), "{path}");
+        }
+        assert_eq!(read("source.address"), text("192.0.2.7:51234"));
     }
 
     #[test]

@@ -57,6 +57,57 @@ fn parse(text: &str, check: Option<PluginCheck<'_>>) -> Result<Config, Declarati
     read(&document, check)
 }
 
+/// An operator's platform plugins (`gateway run --platform-plugins FILE`), YAML or JSON: one
+/// key, `plugins`, a list of Kong plugin entities (`name`, `config`, and optionally
+/// `instance_name`, `enabled`, `tags`, `wasmgate`) without a scope. Each one runs on every
+/// proxied request, ahead of and apart from the configuration's own plugins: no precedence
+/// joins the two, so nothing in a configuration replaces or lifts a platform plugin. Each
+/// needs a name of its own ([`crate::entities::platform_instance_name`]): two instances of a
+/// plugin need `instance_name`s. With `check`, every `config` is checked by it too.
+pub fn parse_platform_plugins(
+    text: &str,
+    check: Option<PluginCheck<'_>>,
+) -> Result<Vec<Plugin>, DeclarativeError> {
+    let document: Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| ConfigError::single("platform", format!("invalid YAML or JSON: {e}")))?;
+    let raw = schema::read_record("", &document, |r| {
+        if r.value("plugins").is_none() {
+            r.error("plugins", "required field missing");
+        }
+        r.records("plugins", |r| {
+            for scope in ["service", "route"] {
+                if r.value(scope).is_some() {
+                    r.error(
+                        scope,
+                        "a platform plugin applies to every route and service; it has no scope",
+                    );
+                }
+            }
+            read_plugin(r, false, check)
+        })
+    })?;
+    let mut errors = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for plugin in &raw {
+        let name = crate::entities::platform_instance_name(&plugin.plugin);
+        if names.contains(&name) {
+            errors.push(FieldError {
+                path: plugin.path.clone(),
+                message: format!(
+                    "UNIQUE violation detected on '{{name=\"{name}\"}}': give each instance \
+                     of a plugin its own instance_name"
+                ),
+            });
+        }
+        names.push(name);
+    }
+    if errors.is_empty() {
+        Ok(raw.into_iter().map(|raw| raw.plugin).collect())
+    } else {
+        Err(ConfigError { fields: errors })
+    }
+}
+
 /// Validates a declarative document already parsed into JSON, as [`parse_declarative`].
 pub fn from_value(document: &Value) -> Result<Config, DeclarativeError> {
     read(document, None)
@@ -927,6 +978,71 @@ plugins:
         crate::parse_declarative_checked(text, &schemas::check)
             .unwrap_err()
             .to_string()
+    }
+
+    /// The platform file: Kong plugin entities without a scope, each with a name of its own
+    /// apart from the configuration's; its errors name the field, the plugins' own included.
+    #[test]
+    fn platform_plugins_are_unscoped_named_apart_and_checked() {
+        let plugins = parse_platform_plugins(
+            r#"
+plugins:
+  - name: request-size-limiting
+    config: {allowed_payload_size: 10, size_unit: megabytes}
+  - name: rate-limiting
+    config: {second: 100, limit_by: service}
+    wasmgate: {failure_policy: fail_closed}
+  - name: rate-limiting
+    instance_name: per-ip
+    enabled: false
+    config: {minute: 6000}
+"#,
+            Some(&schemas::check),
+        )
+        .unwrap();
+        let named: Vec<(String, bool)> = plugins
+            .iter()
+            .map(|p| (crate::platform_instance_name(p), p.enabled))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("wasmgate.platform.request-size-limiting".into(), true),
+                ("wasmgate.platform.rate-limiting".into(), true),
+                ("wasmgate.platform.per-ip".into(), false),
+            ]
+        );
+        assert!(plugins.iter().all(|p| p.scope == Scope::Global));
+        assert_eq!(plugins[1].config["second"], 100);
+
+        let refused = |text: &str| {
+            parse_platform_plugins(text, Some(&schemas::check))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            refused(
+                "plugins:\n  - {name: rate-limiting, route: r, config: {second: x}}\n  \
+                 - {name: key-auth}\n"
+            ),
+            "plugins.rate-limiting.route: a platform plugin applies to every route and \
+             service; it has no scope; plugins.rate-limiting.config.second: expected a number; \
+             plugins.key-auth.name: plugin 'key-auth' not enabled; add it to the 'plugins' \
+             configuration property"
+        );
+        assert_eq!(
+            refused(
+                "plugins:\n  - {name: rate-limiting, config: {second: 1}}\n  \
+                 - {name: rate-limiting, config: {minute: 1}}\n"
+            ),
+            "plugins.rate-limiting: UNIQUE violation detected on \
+             '{name=\"wasmgate.platform.rate-limiting\"}': give each instance of a plugin its \
+             own instance_name"
+        );
+        assert_eq!(
+            refused("services: []\n"),
+            "plugins: required field missing; services: unknown field"
+        );
     }
 
     /// Without a check, a plugin's config is only required to be a record of a known plugin;

@@ -216,6 +216,23 @@ pub struct FilterChain {
     pub tags: Vec<String>,
 }
 
+/// The route and cluster name a data plane's platform plugins see on every stream (the
+/// host's stream identity): the platform layer applies to every route and service alike, so
+/// what its plugins key by route or service (rate-limiting's `limit_by: service`) is one key
+/// for the whole data plane.
+pub const PLATFORM_STREAM: &str = "wasmgate.platform";
+
+/// A platform plugin instance's name on the data plane (its `plugin_name`):
+/// `wasmgate.platform.<instance_name>`, else `wasmgate.platform.<name>`. It is never a name
+/// the configuration's own plugins get (`wasmgate.plugin.…`), so what a platform instance
+/// keeps (rate-limit counters) is its own, and it is the same on every run and reload.
+pub fn platform_instance_name(plugin: &Plugin) -> String {
+    format!(
+        "wasmgate.platform.{}",
+        plugin.instance_name.as_deref().unwrap_or(&plugin.name)
+    )
+}
+
 /// A whole, valid gateway configuration.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Config {

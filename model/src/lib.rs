@@ -18,10 +18,12 @@ pub mod plugins;
 pub mod router;
 pub mod sync;
 
-pub use declarative::{parse_declarative, parse_declarative_checked, DeclarativeError};
+pub use declarative::{
+    parse_declarative, parse_declarative_checked, parse_platform_plugins, DeclarativeError,
+};
 pub use entities::{
-    Config, FailurePolicy, FilterChain, FilterEntry, ModuleSettings, Plugin, Protocol, Route,
-    Scope, Service,
+    platform_instance_name, Config, FailurePolicy, FilterChain, FilterEntry, ModuleSettings,
+    Plugin, Protocol, Route, Scope, Service, PLATFORM_STREAM,
 };
 pub use kit::ConfigError;
 pub use router::{Captures, RouteMatch, Router};

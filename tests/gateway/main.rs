@@ -12,6 +12,7 @@ mod forwarding;
 mod grpc_calls;
 mod grpc_proxy;
 mod lifecycle;
+mod platform;
 mod plugins;
 mod proxy;
 mod tls;
