@@ -4,12 +4,16 @@
 //!
 //! Routes are emitted in [`Router`]'s order inside one catch-all virtual host, with hosts,
 //! methods and headers as header matchers, so Envoy picks the same route the gateway does.
-//! Every wasm filter is in a chain and disabled per route (`typed_per_filter_config`) wherever
-//! Kong's precedence does not pick that plugin instance, so a plugin on one service never
-//! touches another. (Envoy can only enable a filter per route with a per-route config of its
-//! own type, which the Wasm filter does not have; it can always disable one; `disabled` is
-//! keyed by filter name, so it works the same for filters whose config comes by ECDS, and for
-//! upstream filters.)
+//! Every wasm filter is in a chain, disabled there (`disabled: true`), and enabled per route
+//! (`typed_per_filter_config`: a `FilterConfig` with an empty `config`, Envoy's explicit
+//! enable) where Kong's precedence picks that plugin instance. A route runs only the filters
+//! it names, so a plugin on one service never touches another, also where a listener and the
+//! routes come from different versions: connections still on a draining listener's filters
+//! take the new routes (one route configuration by RDS), and a filter those routes do not name
+//! stays off. Filters are named by plugin instance ([`Config::plugin_instance_name`]), never
+//! by position, so a name means the same plugin in every version. Per-route enabling is keyed
+//! by filter name, so it works the same for filters whose config comes by ECDS, and for
+//! upstream filters (tests/envoy checks both on Envoy 1.40).
 //!
 //! Two chains: the listener's (downstream, before routing) and the router's
 //! `upstream_http_filters` (after routing, once per upstream attempt). The request-transformer
@@ -241,12 +245,18 @@ fn router_filter(upstream: Vec<Value>) -> Value {
     json!({"name": "envoy.filters.http.router", "typed_config": router})
 }
 
-/// The listener's chain: the downstream filters, then the router with the upstream ones.
+/// The listener's chain: the downstream filters, then the router with the upstream ones;
+/// every wasm filter off unless a route enables it ([`enabled_filters`]).
 fn chain(slots: &[FilterSlot], filter: impl Fn(&FilterSlot) -> Value) -> Vec<Value> {
+    let off = |slot: &FilterSlot| {
+        let mut filter = filter(slot);
+        filter["disabled"] = json!(true);
+        filter
+    };
     let (upstream, downstream): (Vec<&FilterSlot>, Vec<&FilterSlot>) =
         slots.iter().partition(|slot| slot.upstream);
-    let mut filters: Vec<Value> = downstream.into_iter().map(&filter).collect();
-    filters.push(router_filter(upstream.into_iter().map(&filter).collect()));
+    let mut filters: Vec<Value> = downstream.into_iter().map(off).collect();
+    filters.push(router_filter(upstream.into_iter().map(off).collect()));
     filters
 }
 
@@ -465,7 +475,7 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
         let route = &config.routes[candidate.route];
         let route_name = config.route_name(candidate.route);
         // Which filters run here: the plugin instances Kong would pick, then the chains; every
-        // other filter is disabled on this route.
+        // other filter stays off on this route.
         let mut enabled = vec![false; slots.len()];
         for plugin in config.plugins_for(Some(candidate.route)) {
             let index = config.plugins.iter().position(|p| std::ptr::eq(p, plugin));
@@ -480,7 +490,7 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
                 }
             }
         }
-        let per_filter = disabled_filters(&slots, &enabled);
+        let per_filter = enabled_filters(&slots, &enabled);
         // The transformer runs after the router's Host rewrite: the client's Host reaches it
         // in a header the router sets before rewriting (a client's own copy is overwritten).
         let hands_over_host = slots.iter().zip(&enabled).any(|(slot, on)| {
@@ -509,7 +519,6 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
                 &route_name,
                 with_header_matchers(path_match(candidate), candidate),
                 route.https_redirect_status_code,
-                disabled_filters(&slots, &vec![false; slots.len()]),
             )
         });
         let Some(service_index) = route.service else {
@@ -604,7 +613,7 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
     routes.push(json!({
         "name": "no-route",
         "match": {"prefix": "/"},
-        "typed_per_filter_config": disabled_filters(&slots, &vec![false; slots.len()]),
+        "typed_per_filter_config": {},
         "direct_response": {"status": 404, "body": {"inline_string": NO_ROUTE_BODY}},
         "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json; charset=utf-8"}}],
     }));
@@ -623,16 +632,11 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
 
 /// Kong's answer to a cleartext request on an https-only route, before any plugin: 426 with
 /// an `Upgrade` to TLS, or a redirect to the same URL over https.
-fn https_refusal(
-    route_name: &str,
-    matcher: Value,
-    status: u16,
-    no_filters: Map<String, Value>,
-) -> Value {
+fn https_refusal(route_name: &str, matcher: Value, status: u16) -> Value {
     let mut entry = json!({
         "name": route_name,
         "match": matcher,
-        "typed_per_filter_config": no_filters,
+        "typed_per_filter_config": {},
     });
     let redirect = match status {
         301 => Some("MOVED_PERMANENTLY"),
@@ -663,15 +667,19 @@ fn https_refusal(
     entry
 }
 
-fn disabled_filters(slots: &[FilterSlot], enabled: &[bool]) -> Map<String, Value> {
+/// A route's `typed_per_filter_config`: the filters it runs, each enabled by a `FilterConfig`
+/// whose `config` is present and empty (Envoy's explicit enable; a `FilterConfig` without
+/// `config` is refused, and one with a typed config needs per-route support the Wasm filter
+/// does not have).
+fn enabled_filters(slots: &[FilterSlot], enabled: &[bool]) -> Map<String, Value> {
     slots
         .iter()
         .zip(enabled)
-        .filter(|(_, on)| !**on)
+        .filter(|(_, on)| **on)
         .map(|(slot, _)| {
             (
                 slot.name.clone(),
-                json!({"@type": FILTER_CONFIG, "disabled": true}),
+                json!({"@type": FILTER_CONFIG, "config": {}}),
             )
         })
         .collect()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use control_plane::xds::{bootstrap, BootstrapOptions};
 use serde_json::{json, Value};
-use wasmgate_tests::client::send;
+use wasmgate_tests::client::{send, Connection};
 use wasmgate_tests::control_plane::TestControlPlane;
 use wasmgate_tests::{EchoReport, EchoUpstream, Envoy, Protocol, Request, RequestBody};
 
@@ -390,4 +390,107 @@ async fn an_unpinned_certificate_gets_nothing() {
         .await
         .is_err());
     assert!(node(&cp, &id, "stranger").await.is_none());
+}
+
+/// Creates a control plane named `name` for Envoy; returns its id.
+async fn create_control_plane(cp: &TestControlPlane, name: &str) -> String {
+    let created = cp
+        .expect(
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({"name": name, "cluster_type": "CLUSTER_TYPE_CONTROL_PLANE"})),
+        )
+        .await;
+    created["id"].as_str().unwrap().to_owned()
+}
+
+/// A request-transformer on route `a` only must never reach route `b`'s upstream, also on a
+/// keep-alive connection opened before a change of the listener's filters: that connection
+/// stays on the old (draining) filter chain, while the routes (RDS) are the new ones. Each
+/// change here renames or removes `a`'s filter, so the new routes no longer name the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_scoped_plugin_never_reaches_another_route_across_listener_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = TestControlPlane::start(dir.path());
+    let echo_a = EchoUpstream::start().await.unwrap();
+    let echo_b = EchoUpstream::start().await.unwrap();
+    let id = create_control_plane(&cp, "scoped").await;
+    let base = format!("/v2/control-planes/{id}/core-entities");
+    for (name, echo) in [("a", &echo_a), ("b", &echo_b)] {
+        cp.add_service(
+            &id,
+            &json!({"name": name, "url": format!("http://{}", echo.addr())}),
+        )
+        .await;
+        cp.expect(
+            201,
+            "POST",
+            &format!("{base}/services/{name}/routes"),
+            Some(&json!({"name": name, "paths": [format!("/{name}")]})),
+        )
+        .await;
+    }
+    let secret = "x-secret:for-a-only";
+    let transformer = cp
+        .expect(
+            201,
+            "POST",
+            &format!("{base}/routes/a/plugins"),
+            Some(&json!({"name": "request-transformer", "config": {"add": {"headers": [secret]}}})),
+        )
+        .await;
+    let transformer = transformer["id"].as_str().unwrap().to_owned();
+    let cert = pin(&cp, &id, "envoy-scoped").await;
+    let listen = wasmgate_tests::free_port();
+    let _envoy =
+        Envoy::start_bootstrap(&envoy_bootstrap(&cp, &id, "envoy-scoped", cert, listen), 1)
+            .await
+            .unwrap();
+    in_sync(&cp, &id, "envoy-scoped").await;
+    wasmgate_tests::until("route a's secret", DEADLINE, async || {
+        match get(listen, "/a").await {
+            Ok(report) if report.header("x-secret") == Some("for-a-only") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    let mut held = Connection::open(listen, Protocol::Http1).await.unwrap();
+    let mut on_held = async |path: &str| -> EchoReport {
+        let response = held.send(&Request::get(path)).await.unwrap();
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+        response.echo_report()
+    };
+    assert_eq!(on_held("/a").await.header("x-secret"), Some("for-a-only"));
+    assert_eq!(on_held("/b").await.header("x-secret"), None);
+
+    // Renaming the route renames its filter; then the filter goes.
+    let changes = [
+        (
+            "PATCH",
+            format!("{base}/routes/a"),
+            Some(json!({"name": "a-renamed"})),
+            200,
+        ),
+        ("DELETE", format!("{base}/plugins/{transformer}"), None, 204),
+    ];
+    for (method, path, body, status) in changes {
+        cp.expect(status, method, &path, body.as_ref()).await;
+        in_sync(&cp, &id, "envoy-scoped").await;
+        let report = on_held("/b").await;
+        assert_eq!(
+            report.header("x-secret"),
+            None,
+            "after {method} {path}, route b's upstream got route a's header on a connection \
+             opened before: {report:?}"
+        );
+        assert_eq!(get(listen, "/b").await.unwrap().header("x-secret"), None);
+    }
+    let leaked: Vec<_> = echo_b
+        .arrivals()
+        .into_iter()
+        .filter(|a| a.headers.iter().any(|(k, _)| k == "x-secret"))
+        .collect();
+    assert!(leaked.is_empty(), "route b's upstream saw: {leaked:?}");
 }

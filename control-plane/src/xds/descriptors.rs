@@ -8,11 +8,12 @@
 //! writing without adding it here fails the translation with a message naming it, never
 //! silently.
 
+use prost::Message;
 use prost_reflect::DescriptorPool;
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{
     DescriptorProto, EnumDescriptorProto, EnumValueDescriptorProto, FieldDescriptorProto,
-    FileDescriptorProto, MessageOptions,
+    FileDescriptorProto, FileDescriptorSet, MessageOptions,
 };
 
 fn field(name: &str, number: i32, ty: Type, type_name: Option<&str>) -> FieldDescriptorProto {
@@ -264,9 +265,53 @@ fn upstream_tls_context() -> FileDescriptorProto {
     )
 }
 
+const ANY_SHAPE_FILE: &str = "wasmgate/xds/any_shape.proto";
+
+/// `google.protobuf.Any`'s fields without its JSON rules.
+fn any_shape() -> FileDescriptorProto {
+    file(
+        ANY_SHAPE_FILE,
+        "wasmgate.xds",
+        &[],
+        vec![message(
+            "AnyShape",
+            vec![
+                field("type_url", 1, Type::String, None),
+                field("value", 2, Type::Bytes, None),
+            ],
+        )],
+    )
+}
+
+/// Gives `envoy.config.route.v3.FilterConfig.config` [`any_shape`]'s type. The model enables
+/// a filter on a route with `{"@type": ".../FilterConfig", "config": {}}`: an `Any` without a
+/// type URL, which proto3 JSON allows and Envoy takes as "enabled, no per-route config", but
+/// which prost-reflect refuses (its `Any` needs `@type`). Same field number and wire shape, so
+/// the bytes are Envoy's; the model writes no other `config` there.
+fn any_shaped_filter_config(set: &mut FileDescriptorSet) -> Result<(), String> {
+    let route_components = set
+        .file
+        .iter_mut()
+        .find(|f| f.name() == "envoy/config/route/v3/route_components.proto")
+        .ok_or("xds-api has no envoy/config/route/v3/route_components.proto")?;
+    let config = route_components
+        .message_type
+        .iter_mut()
+        .find(|m| m.name() == "FilterConfig")
+        .and_then(|m| m.field.iter_mut().find(|f| f.name() == "config"))
+        .ok_or("xds-api's envoy.config.route.v3.FilterConfig has no field config")?;
+    config.type_name = Some(".wasmgate.xds.AnyShape".to_owned());
+    route_components.dependency.push(ANY_SHAPE_FILE.to_owned());
+    set.file.insert(0, any_shape());
+    Ok(())
+}
+
 /// Envoy's API as far as the model uses it.
 pub fn pool() -> Result<DescriptorPool, String> {
-    let mut pool = DescriptorPool::decode(xds_api::FILE_DESCRIPTOR_SET)
+    let mut set = FileDescriptorSet::decode(xds_api::FILE_DESCRIPTOR_SET)
+        .map_err(|e| format!("xds-api descriptors: {e}"))?;
+    any_shaped_filter_config(&mut set)?;
+    let mut pool = DescriptorPool::from_file_descriptor_set(set)
         .map_err(|e| format!("xds-api descriptors: {e}"))?;
     pool.add_file_descriptor_protos([
         wasm(),

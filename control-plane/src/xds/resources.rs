@@ -145,6 +145,36 @@ impl Translator {
 mod tests {
     use super::*;
 
+    /// A route enables a filter with a `FilterConfig` whose `config` is present and empty:
+    /// the bytes Envoy reads as "enabled" (no `config` at all is refused by Envoy).
+    #[test]
+    fn a_route_enables_a_filter_with_an_empty_config() {
+        use xds_api::pb::envoy::config::route::v3::{FilterConfig, RouteConfiguration};
+        let translator = Translator::new().unwrap();
+        let route_configuration = json!({
+            "name": "wasmgate",
+            "virtual_hosts": [{"name": "wasmgate", "domains": ["*"], "routes": [{
+                "match": {"prefix": "/"},
+                "direct_response": {"status": 200},
+                "typed_per_filter_config": {"wasmgate.plugin.p@global": {
+                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                    "config": {},
+                }},
+            }]}],
+        });
+        let resource = translator.encode(ROUTE, route_configuration).unwrap();
+        let decoded = RouteConfiguration::decode(resource.any.value.as_slice()).unwrap();
+        let per_filter = &decoded.virtual_hosts[0].routes[0].typed_per_filter_config;
+        let any = &per_filter["wasmgate.plugin.p@global"];
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+        );
+        let config = FilterConfig::decode(any.value.as_slice()).unwrap();
+        assert_eq!(config.config, Some(Any::default()));
+        assert!(!config.disabled);
+    }
+
     /// The upstream TLS of the clusters goes over xDS whole: a `tls_verify` service's
     /// validation context (trusted CA, DNS or IP SAN) has a descriptor for every field, and
     /// decodes back to the JSON the translation wrote.

@@ -207,6 +207,7 @@ fn the_bootstrap_is_the_admin_one_listener_and_the_clusters() {
     let config = config(ONE_ROUTE);
     let rate_limiting = json!({
         "name": "wasmgate.plugin.rate-limiting@global",
+        "disabled": true,
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
@@ -238,7 +239,12 @@ fn the_bootstrap_is_the_admin_one_listener_and_the_clusters() {
                 "regex_rewrite": {"pattern": {"regex": "^.*$"}, "substitution": "/"},
                 "timeout": "0s"
             },
-            "typed_per_filter_config": {}
+            "typed_per_filter_config": {
+                "wasmgate.plugin.rate-limiting@global": {
+                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                    "config": {}
+                }
+            }
         },
         {
             "match": {"prefix": "/r"},
@@ -250,7 +256,12 @@ fn the_bootstrap_is_the_admin_one_listener_and_the_clusters() {
                 "regex_rewrite": {"pattern": {"regex": "^/r/?"}, "substitution": "/"},
                 "timeout": "0s"
             },
-            "typed_per_filter_config": {}
+            "typed_per_filter_config": {
+                "wasmgate.plugin.rate-limiting@global": {
+                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                    "config": {}
+                }
+            }
         },
         {
             "direct_response": {
@@ -264,12 +275,7 @@ fn the_bootstrap_is_the_admin_one_listener_and_the_clusters() {
             "response_headers_to_add": [
                 {"header": {"key": "content-type", "value": "application/json; charset=utf-8"}}
             ],
-            "typed_per_filter_config": {
-                "wasmgate.plugin.rate-limiting@global": {
-                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-                    "disabled": true
-                }
-            }
+            "typed_per_filter_config": {}
         }
     ]);
     let expected = json!({
@@ -361,6 +367,7 @@ fn plugins_run_in_kong_priority_order_and_the_transformer_after_routing() {
         &json!([
             {
                 "name": "wasmgate.plugin.request-size-limiting@global",
+                "disabled": true,
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                     "config": {
@@ -383,6 +390,7 @@ fn plugins_run_in_kong_priority_order_and_the_transformer_after_routing() {
             },
             {
                 "name": "wasmgate.plugin.rate-limiting@global",
+                "disabled": true,
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                     "config": {
@@ -410,6 +418,7 @@ fn plugins_run_in_kong_priority_order_and_the_transformer_after_routing() {
                     "upstream_http_filters": [
                         {
                             "name": "wasmgate.plugin.request-transformer@global",
+                            "disabled": true,
                             "typed_config": {
                                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                                 "config": {
@@ -481,7 +490,8 @@ fn over_xds_routes_come_by_rds_and_filters_by_ecds() {
                                                 "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
                                             ]
                                         },
-                                        "name": "wasmgate.plugin.request-size-limiting@global"
+                                        "name": "wasmgate.plugin.request-size-limiting@global",
+                                        "disabled": true
                                     },
                                     {
                                         "config_discovery": {
@@ -493,7 +503,8 @@ fn over_xds_routes_come_by_rds_and_filters_by_ecds() {
                                                 "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
                                             ]
                                         },
-                                        "name": "wasmgate.plugin.rate-limiting@global"
+                                        "name": "wasmgate.plugin.rate-limiting@global",
+                                        "disabled": true
                                     },
                                     {
                                         "name": "envoy.filters.http.router",
@@ -510,7 +521,8 @@ fn over_xds_routes_come_by_rds_and_filters_by_ecds() {
                                                             "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
                                                         ]
                                                     },
-                                                    "name": "wasmgate.plugin.request-transformer@global"
+                                                    "name": "wasmgate.plugin.request-transformer@global",
+                                                    "disabled": true
                                                 },
                                                 {
                                                     "name": "envoy.filters.http.upstream_codec",
@@ -588,6 +600,11 @@ fn over_xds_routes_come_by_rds_and_filters_by_ecds() {
         let name = filter["name"].clone();
         filter["typed_config"]["config"]["vm_config"]["code"] =
             json!({"local": {"inline_bytes": name}});
+        // Off in the chain is the listener's business; the config itself has no such field.
+        assert_eq!(
+            filter.as_object_mut().unwrap().remove("disabled"),
+            Some(json!(true))
+        );
     }
     assert_eq!(expected.len(), 3);
     assert_json(&json!(resources), &json!(expected));
@@ -1274,17 +1291,17 @@ fn a_route_without_a_service_answers_503_where_it_matches() {
     );
 }
 
-/// Each route disables every filter Kong would not run there: other scopes' plugin
-/// instances, instances a more specific disabled one overrides, other routes' and services'
+/// Each route enables only the filters Kong runs there: not other scopes' plugin instances,
+/// nor instances a more specific disabled one overrides, nor other routes' and services'
 /// chains, disabled chains and filters; Kong's 404 runs none. The routes the transformer
 /// runs on hand it the client's Host in a header of their own (a third-party filter with the
 /// transformer's root id does not count).
 #[test]
-fn each_route_disables_the_filters_kong_would_not_run_there() {
+fn each_route_enables_only_the_filters_kong_runs_there() {
     let config = config(SCOPES);
     let route_configuration = route_configuration(&config, &options(), "scopes");
     let routes = routes(&route_configuration);
-    let disabled: Vec<Value> = routes
+    let enabled: Vec<Value> = routes
         .iter()
         .map(|route| {
             let per_filter = route["typed_per_filter_config"].as_object().unwrap();
@@ -1293,7 +1310,7 @@ fn each_route_disables_the_filters_kong_would_not_run_there() {
                     config,
                     &json!({
                         "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-                        "disabled": true
+                        "config": {}
                     }),
                 );
             }
@@ -1301,65 +1318,43 @@ fn each_route_disables_the_filters_kong_would_not_run_there() {
         })
         .collect();
     assert_json(
-        &json!(disabled),
+        &json!(enabled),
         &json!([
             [
                 "a1",
                 [
-                    "wasmgate.chain.1.0.disabled-chain",
-                    "wasmgate.chain.2.1.off",
-                    "wasmgate.chain.3.0.sdk"
+                    "wasmgate.chain.0.0.route-filter",
+                    "wasmgate.chain.2.0.service-filter",
+                    "wasmgate.plugin.rate-limiting@service:a",
+                    "wasmgate.plugin.request-size-limiting@global",
+                    "wasmgate.plugin.request-transformer@route:a1"
                 ]
             ],
             [
                 "a2",
                 [
-                    "wasmgate.chain.0.0.route-filter",
-                    "wasmgate.chain.1.0.disabled-chain",
-                    "wasmgate.chain.2.1.off",
-                    "wasmgate.chain.3.0.sdk",
-                    "wasmgate.plugin.rate-limiting@service:a",
-                    "wasmgate.plugin.request-transformer@route:a1"
+                    "wasmgate.chain.2.0.service-filter",
+                    "wasmgate.plugin.request-size-limiting@global"
                 ]
             ],
             [
                 "b1",
                 [
-                    "wasmgate.chain.0.0.route-filter",
-                    "wasmgate.chain.1.0.disabled-chain",
-                    "wasmgate.chain.2.0.service-filter",
-                    "wasmgate.chain.2.1.off",
-                    "wasmgate.plugin.rate-limiting@service:a",
-                    "wasmgate.plugin.request-transformer@route:a1"
+                    "wasmgate.chain.3.0.sdk",
+                    "wasmgate.plugin.request-size-limiting@global"
                 ]
             ],
-            [
-                "orphan",
-                [
-                    "wasmgate.chain.0.0.route-filter",
-                    "wasmgate.chain.1.0.disabled-chain",
-                    "wasmgate.chain.2.0.service-filter",
-                    "wasmgate.chain.2.1.off",
-                    "wasmgate.chain.3.0.sdk",
-                    "wasmgate.plugin.rate-limiting@service:a",
-                    "wasmgate.plugin.request-transformer@route:a1"
-                ]
-            ],
-            [
-                "no-route",
-                [
-                    "wasmgate.chain.0.0.route-filter",
-                    "wasmgate.chain.1.0.disabled-chain",
-                    "wasmgate.chain.2.0.service-filter",
-                    "wasmgate.chain.2.1.off",
-                    "wasmgate.chain.3.0.sdk",
-                    "wasmgate.plugin.rate-limiting@service:a",
-                    "wasmgate.plugin.request-size-limiting@global",
-                    "wasmgate.plugin.request-transformer@route:a1"
-                ]
-            ]
+            ["orphan", ["wasmgate.plugin.request-size-limiting@global"]],
+            ["no-route", []]
         ]),
     );
+    // Every filter in the chain is off until a route enables it.
+    for filter in http_filters(&config, &options()) {
+        let name = filter["name"].as_str().unwrap();
+        if name.starts_with("wasmgate.") {
+            assert_eq!(filter["disabled"], true, "{name}");
+        }
+    }
     let handing_over: Vec<&Value> = routes
         .iter()
         .filter(|route| route.get("request_headers_to_add").is_some())
@@ -1385,17 +1380,25 @@ fn each_route_disables_the_filters_kong_would_not_run_there() {
                 "timeout": "0s"
             },
             "typed_per_filter_config": {
-                "wasmgate.chain.1.0.disabled-chain": {
+                "wasmgate.chain.0.0.route-filter": {
                     "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-                    "disabled": true
+                    "config": {}
                 },
-                "wasmgate.chain.2.1.off": {
+                "wasmgate.chain.2.0.service-filter": {
                     "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-                    "disabled": true
+                    "config": {}
                 },
-                "wasmgate.chain.3.0.sdk": {
+                "wasmgate.plugin.rate-limiting@service:a": {
                     "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-                    "disabled": true
+                    "config": {}
+                },
+                "wasmgate.plugin.request-size-limiting@global": {
+                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                    "config": {}
+                },
+                "wasmgate.plugin.request-transformer@route:a1": {
+                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                    "config": {}
                 }
             }
         }),
@@ -1436,7 +1439,7 @@ fn every_route_runs_its_filters_in_the_gateways_order() {
         let enabled: Vec<String> = filters
             .iter()
             .map(|filter| filter["name"].as_str().unwrap())
-            .filter(|name| name.starts_with("wasmgate.") && per_filter.get(*name).is_none())
+            .filter(|name| name.starts_with("wasmgate.") && per_filter.get(*name).is_some())
             .map(|name| name.rsplit('.').next().unwrap().to_owned())
             .collect();
         let mut gateway: Vec<String> = config
@@ -1464,6 +1467,7 @@ fn every_route_runs_its_filters_in_the_gateways_order() {
         chain_filter("wasmgate.chain.2.0.service-filter"),
         &json!({
             "name": "wasmgate.chain.2.0.service-filter",
+            "disabled": true,
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                 "config": {
@@ -1492,6 +1496,7 @@ fn every_route_runs_its_filters_in_the_gateways_order() {
         chain_filter("wasmgate.chain.3.0.sdk"),
         &json!({
             "name": "wasmgate.chain.3.0.sdk",
+            "disabled": true,
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                 "config": {
