@@ -494,3 +494,84 @@ async fn a_route_scoped_plugin_never_reaches_another_route_across_listener_chang
         .collect();
     assert!(leaked.is_empty(), "route b's upstream saw: {leaked:?}");
 }
+
+/// A refusal belongs to the Envoy process that refused: a new process with the same node id
+/// (a restart) gets the content its predecessor refused. Here the refusal is transient: the
+/// first Envoy cannot bind its listener's port (another socket holds it), so it refuses the
+/// listener; once the port is free, a new Envoy with the same node id must get and serve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_envoy_process_gets_what_its_predecessor_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = TestControlPlane::start(dir.path());
+    let echo = EchoUpstream::start().await.unwrap();
+    let (id, _) = configure(&cp, echo.addr()).await;
+    let cert = pin(&cp, &id, "envoy-restarted").await;
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = blocker.local_addr().unwrap();
+    let mut bootstrap = envoy_bootstrap(&cp, &id, "envoy-restarted", cert, listen);
+    for source in ["lds_config", "cds_config"] {
+        bootstrap["dynamic_resources"][source]["initial_fetch_timeout"] = json!("1s");
+    }
+    let mut first = Envoy::start_bootstrap(&bootstrap, 1).await.unwrap();
+    let failed = wait_for_node(&cp, &id, "envoy-restarted", "failed", |n| {
+        n["sync_status"] == "failed"
+    })
+    .await;
+    let message = failed["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("127.0.0.1"), "Envoy's reason: {failed}");
+    first.stop();
+    drop(blocker);
+
+    let _second = Envoy::start_bootstrap(&bootstrap, 1).await.unwrap();
+    let within = Duration::from_secs(10);
+    wait_for_header(listen, "0", within).await;
+    in_sync(&cp, &id, "envoy-restarted").await;
+}
+
+/// Two Envoys with one node id, as during a hot restart: the old one leaving does not make
+/// the node `disconnected` while the new one streams; the last one leaving does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stays_connected_while_any_of_its_streams_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = TestControlPlane::start(dir.path());
+    let echo = EchoUpstream::start().await.unwrap();
+    let (id, transformer) = configure(&cp, echo.addr()).await;
+    let cert = pin(&cp, &id, "envoy-twice").await;
+    let (old_listen, new_listen) = (wasmgate_tests::free_port(), wasmgate_tests::free_port());
+    let mut old = Envoy::start_bootstrap(
+        &envoy_bootstrap(&cp, &id, "envoy-twice", cert.clone(), old_listen),
+        1,
+    )
+    .await
+    .unwrap();
+    in_sync(&cp, &id, "envoy-twice").await;
+    let mut new = Envoy::start_bootstrap(
+        &envoy_bootstrap(&cp, &id, "envoy-twice", cert, new_listen),
+        1,
+    )
+    .await
+    .unwrap();
+    wait_for_header(new_listen, "0", DEADLINE).await;
+    in_sync(&cp, &id, "envoy-twice").await;
+
+    // The old process goes; its stream ends within moments (its sockets close with it).
+    old.stop();
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        let node = node(&cp, &id, "envoy-twice").await.unwrap();
+        assert_eq!(
+            node["connected"], true,
+            "the new Envoy still streams: {node}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    patch_header(&cp, &id, &transformer, "1").await;
+    wait_for_header(new_listen, "1", DEADLINE).await;
+    in_sync(&cp, &id, "envoy-twice").await;
+
+    new.stop();
+    wait_for_node(&cp, &id, "envoy-twice", "disconnected", |n| {
+        n["connected"] == false && n["sync_status"] == "disconnected"
+    })
+    .await;
+}

@@ -32,13 +32,13 @@ pub use bootstrap::{bootstrap, BootstrapOptions};
 
 use crate::State;
 use resources::Translator;
-use stream::{AdsStream, NodeIdentity, Refusals};
+use stream::{AdsStream, Envoys, NodeIdentity};
 use tls::Peer;
 
 struct Ads {
     state: Arc<State>,
     translator: Arc<Translator>,
-    refusals: Arc<Refusals>,
+    envoys: Arc<Envoys>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -73,7 +73,7 @@ impl AggregatedDiscoveryService for Ads {
         let stream = AdsStream::new(
             Arc::clone(&self.state),
             Arc::clone(&self.translator),
-            Arc::clone(&self.refusals),
+            Arc::clone(&self.envoys),
             identity,
             responses,
         );
@@ -128,7 +128,7 @@ async fn run(
     let ads = Ads {
         state,
         translator,
-        refusals: Arc::default(),
+        envoys: Arc::default(),
         shutdown: shutdown.clone(),
     };
     tonic::transport::Server::builder()

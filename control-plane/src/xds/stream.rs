@@ -4,10 +4,9 @@
 //! Per type URL the stream remembers the last response (version, nonce, digest of its
 //! content). A request carrying that nonce acknowledges it (ACK) or, with `error_detail`,
 //! refuses it (NACK); a request with an older nonce is stale and ignored, as the xDS protocol
-//! says. Refused content is never sent to that node again: Envoy remembers the hash of a
-//! config it refused and would ACK the same one without applying it (the loop of
-//! go-control-plane #962), so the node stays on the version it refused, reported `failed`,
-//! until a new version changes what it would receive.
+//! says. Refused content is never sent to that Envoy process again ([`Envoys`]), so the node
+//! stays on the version it refused, reported `failed`, until a new version changes what it
+//! would receive or a new process takes the node id.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -117,11 +116,18 @@ impl NodeIdentity {
     }
 }
 
-/// Content each node refused and Envoy's reason, by (control plane, node): kept across its
-/// reconnections, as Envoy keeps it across them.
+/// What the control plane keeps of each node's Envoy processes, by (control plane, node id):
+/// how many of its streams are open (it is `connected` while any is: a hot restart or a quick
+/// reconnection overlaps two), and what the process behind them refused.
 #[derive(Default)]
-pub struct Refusals {
-    by_node: Mutex<HashMap<NodeKey, BTreeMap<ContentKey, String>>>,
+pub struct Envoys {
+    by_node: Mutex<HashMap<NodeKey, NodeStreams>>,
+}
+
+struct NodeStreams {
+    open: usize,
+    /// What the Envoy process that opened the latest fresh stream refused.
+    refusals: Arc<Refusals>,
 }
 
 /// (control plane, node id).
@@ -129,26 +135,83 @@ type NodeKey = (String, String);
 /// (type URL, content digest).
 type ContentKey = (String, String);
 
+/// Content one Envoy process refused, and its reason. That process remembers the hash of a
+/// config it refused and would ACK the same one without applying it (the loop of
+/// go-control-plane #962), so it never gets it again, across its reconnections too; a new
+/// process (a restart, or the new one of a hot restart) has no such memory and gets all of
+/// it, as the refusal may have been passing (a port still taken, memory short).
+#[derive(Default)]
+struct Refusals {
+    by_content: Mutex<BTreeMap<ContentKey, String>>,
+}
+
 impl Refusals {
-    fn key(node: &NodeIdentity) -> NodeKey {
-        (node.control_plane_id.clone(), node.id.clone())
+    fn add(&self, type_url: &str, digest: &str, message: &str) {
+        let mut by_content = self.by_content.lock().unwrap_or_else(|e| e.into_inner());
+        by_content.insert((type_url.to_owned(), digest.to_owned()), message.to_owned());
     }
 
-    fn add(&self, node: &NodeIdentity, type_url: &str, digest: &str, message: &str) {
-        let mut by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
-        by_node
-            .entry(Self::key(node))
-            .or_default()
-            .insert((type_url.to_owned(), digest.to_owned()), message.to_owned());
-    }
-
-    /// Why the node refused this content, if it did.
-    fn reason(&self, node: &NodeIdentity, type_url: &str, digest: &str) -> Option<String> {
-        let by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
-        by_node
-            .get(&Self::key(node))?
+    /// Why the process refused this content, if it did.
+    fn reason(&self, type_url: &str, digest: &str) -> Option<String> {
+        let by_content = self.by_content.lock().unwrap_or_else(|e| e.into_inner());
+        by_content
             .get(&(type_url.to_owned(), digest.to_owned()))
             .cloned()
+    }
+}
+
+impl Envoys {
+    /// A stream of `node` opens. `fresh`: its first request has no version, as a new Envoy
+    /// process asks (a reconnecting one says which version it has), so what the node refused
+    /// before is not this process's refusal. Forgets what it kept of nodes without an open
+    /// stream that the registry no longer has (deleted nodes, deleted control planes).
+    fn open(self: &Arc<Self>, state: &Arc<State>, node: &NodeIdentity, fresh: bool) -> OpenStream {
+        let key = (node.control_plane_id.clone(), node.id.clone());
+        let mut by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
+        by_node.retain(|(cp, id), streams| streams.open > 0 || state.nodes.get(cp, id).is_some());
+        let streams = by_node.entry(key.clone()).or_insert_with(|| NodeStreams {
+            open: 0,
+            refusals: Arc::default(),
+        });
+        if fresh {
+            streams.refusals = Arc::default();
+        }
+        streams.open += 1;
+        OpenStream {
+            envoys: Arc::clone(self),
+            state: Arc::clone(state),
+            refusals: Arc::clone(&streams.refusals),
+            key,
+        }
+    }
+}
+
+/// One open stream's hold on its node, released however the stream ends (Envoy left, the
+/// control plane stopped or cut it): the node is disconnected when its last stream ends, not
+/// when an older one of an Envoy that came back ends after the new one began.
+struct OpenStream {
+    envoys: Arc<Envoys>,
+    state: Arc<State>,
+    key: NodeKey,
+    refusals: Arc<Refusals>,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut by_node = self
+            .envoys
+            .by_node
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(streams) = by_node.get_mut(&self.key) else {
+            return;
+        };
+        streams.open = streams.open.saturating_sub(1);
+        if streams.open == 0 {
+            // Under the lock: a stream of the node opening now is counted before it says
+            // hello, so its `connected` lands after this.
+            self.state.nodes.disconnected(&self.key.0, &self.key.1);
+        }
     }
 }
 
@@ -170,8 +233,11 @@ struct TypeState {
 pub struct AdsStream {
     state: Arc<State>,
     translator: Arc<Translator>,
-    refusals: Arc<Refusals>,
+    envoys: Arc<Envoys>,
+    /// Set when the stream starts.
+    open: Option<OpenStream>,
     node: NodeIdentity,
+    hello: Hello,
     types: BTreeMap<String, TypeState>,
     snapshot: Option<Snapshot>,
     applied: Option<u64>,
@@ -183,15 +249,24 @@ impl AdsStream {
     pub fn new(
         state: Arc<State>,
         translator: Arc<Translator>,
-        refusals: Arc<Refusals>,
+        envoys: Arc<Envoys>,
         node: NodeIdentity,
         responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> AdsStream {
+        let hello = Hello {
+            id: node.id.clone(),
+            kind: NodeKind::Envoy,
+            hostname: node.id.clone(),
+            version: node.version.clone(),
+            ip: None,
+        };
         AdsStream {
             state,
             translator,
-            refusals,
+            envoys,
+            open: None,
             node,
+            hello,
             types: BTreeMap::new(),
             snapshot: None,
             applied: None,
@@ -210,16 +285,12 @@ impl AdsStream {
     ) {
         let cp = self.node.control_plane_id.clone();
         let id = self.node.id.clone();
-        self.state.nodes.connected(
-            &cp,
-            Hello {
-                id: id.clone(),
-                kind: NodeKind::Envoy,
-                hostname: id.clone(),
-                version: self.node.version.clone(),
-                ip,
-            },
+        self.hello.ip = ip;
+        self.open = Some(
+            self.envoys
+                .open(&self.state, &self.node, first.version_info.is_empty()),
         );
+        self.state.nodes.connected(&cp, self.hello.clone());
         let mut versions = self.state.hub.subscribe(&cp);
         let current = versions.borrow_and_update().clone();
         let ended = async {
@@ -255,7 +326,6 @@ impl AdsStream {
         if let Err(status) = ended {
             let _ = self.responses.send(Err(status)).await;
         }
-        self.state.nodes.disconnected(&cp, &id);
     }
 
     async fn request(&mut self, request: DiscoveryRequest) -> Result<(), Status> {
@@ -265,6 +335,10 @@ impl AdsStream {
             return Ok(());
         }
         let (cp, id) = (&self.node.control_plane_id, &self.node.id);
+        if self.state.nodes.get(cp, id).is_some_and(|n| !n.connected) {
+            // It streams, whatever the end of another session of its id said.
+            self.state.nodes.connected(cp, self.hello.clone());
+        }
         self.state.nodes.pinged(cp, id, None);
         let entry = self.types.entry(type_url.clone()).or_default();
         if let Some(sent) = &entry.sent {
@@ -274,8 +348,9 @@ impl AdsStream {
             }
             match &request.error_detail {
                 Some(error) => {
-                    self.refusals
-                        .add(&self.node, &type_url, &sent.digest, &error.message);
+                    if let Some(open) = &self.open {
+                        open.refusals.add(&type_url, &sent.digest, &error.message);
+                    }
                     log::warn!(
                         "xDS node {id} of {cp} refused version {} ({type_url}): {}",
                         sent.version.version,
@@ -344,10 +419,11 @@ impl AdsStream {
             return Ok(());
         };
         let selection = snapshot.select(type_url, &entry.subscription);
-        if let Some(reason) = self
-            .refusals
-            .reason(&self.node, type_url, &selection.digest)
-        {
+        let refused = self
+            .open
+            .as_ref()
+            .and_then(|open| open.refusals.reason(type_url, &selection.digest));
+        if let Some(reason) = refused {
             // This version still holds what Envoy refused: it fails for the same reason.
             log::warn!(
                 "xDS node {}: version {} holds {type_url} content it refused; not sent",
