@@ -98,8 +98,8 @@ pub struct State {
     pub provisioner: provision::Provisioner,
 }
 
-/// A running control plane; dropping it stops everything it started, provisioned data
-/// planes included.
+/// A running control plane; dropping it stops everything it started but the provisioned
+/// data planes, which keep serving (the next start adopts them).
 pub struct ControlPlane {
     state: Arc<State>,
     /// The token made on first start, to print once; `None` when one was given or stored.
@@ -134,8 +134,22 @@ impl ControlPlane {
     /// Opens the data directory, restores every control plane's latest version, binds the
     /// three listeners and starts serving (on a runtime of its own).
     pub fn start(options: Options) -> Result<ControlPlane, String> {
-        std::fs::create_dir_all(&options.data_dir)
-            .map_err(|e| format!("data directory {}: {e}", options.data_dir.display()))?;
+        // Its user's alone: the database holds every plugin's configuration (secrets
+        // included), the folders below the data planes' keys.
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&options.data_dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &options.data_dir,
+                        std::fs::Permissions::from_mode(0o700),
+                    )
+                })
+                .map_err(|e| format!("data directory {}: {e}", options.data_dir.display()))?;
+        }
         let store = Arc::new(Store::open(&options.data_dir)?);
         let identity = ServerIdentity::load_or_create(&options.data_dir)?;
         let modules = Modules::load(&options.modules_dir)?;
@@ -226,7 +240,8 @@ impl ControlPlane {
         self.generated_token.as_deref()
     }
 
-    /// Stops serving and every provisioned data plane.
+    /// Stops serving; provisioned data planes keep serving their configuration and
+    /// reconnect to the next control plane on this data directory, which adopts them.
     pub fn shutdown(mut self) {
         self.stop();
     }
@@ -238,7 +253,7 @@ impl ControlPlane {
             // neither blocked on nor dropped.
             let state = Arc::clone(&self.state);
             let stopping = std::thread::spawn(move || {
-                runtime.block_on(state.provisioner.stop_all());
+                runtime.block_on(state.provisioner.detach_all());
                 runtime.shutdown_timeout(Duration::from_secs(2));
             });
             let _ = stopping.join();

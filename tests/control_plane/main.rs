@@ -4,6 +4,7 @@
 mod admin;
 mod api;
 mod egress;
+mod lifecycle;
 mod seed;
 mod sync;
 mod xds;

@@ -1,8 +1,12 @@
 //! A real control plane for tests: in-process, on loopback ports, with its data directory
-//! in a temporary folder, and a client for its API.
+//! in a temporary folder, and a client for its API. [`TestControlPlane::spawn`] runs the
+//! `control-plane` binary instead, for a test that kills it with SIGKILL.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use control_plane::{ControlPlane, Endpoints, Options};
 use serde_json::{json, Value};
@@ -13,8 +17,115 @@ pub const TOKEN: &str = "kpat_test-token";
 
 pub struct TestControlPlane {
     control_plane: Option<ControlPlane>,
+    /// The `control-plane serve` process, when it runs as one ([`TestControlPlane::spawn`]).
+    process: Option<Child>,
+    /// Restarts make a process again rather than an in-process control plane.
+    separate: bool,
     data_dir: PathBuf,
     endpoints: Endpoints,
+}
+
+/// The `control-plane` binary beside the test binary's folder (`target/debug/deps/..`).
+fn control_plane_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("control-plane"))
+        .unwrap_or_default();
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p control-plane --bins`",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `control-plane serve` on `data_dir` with the in-process control plane's options, on
+/// `endpoints` or on ports the kernel picks (read back from its start-up line).
+fn spawn_process(data_dir: &Path, endpoints: Option<Endpoints>) -> (Child, Endpoints) {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut child = Command::new(control_plane_binary())
+        .arg("serve")
+        .args(["--listen", &endpoints.map_or(any, |e| e.api).to_string()])
+        .args([
+            "--cluster-listen",
+            &endpoints.map_or(any, |e| e.cluster).to_string(),
+        ])
+        .args([
+            "--xds-listen",
+            &endpoints.map_or(any, |e| e.xds).to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--token", TOKEN, "--ping-interval", "10"])
+        .arg("--modules-dir")
+        .arg(crate::paths::wasm_dir())
+        .arg("--allow-private-upstreams")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines, started) = std::sync::mpsc::channel();
+    // Reads on to the end: a full pipe would block the control plane.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = started.recv_timeout(left) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the control plane process printed no start-up line within 60 s");
+        };
+        // "control plane: API http://A · gateway data planes B · Envoy xDS C"
+        if !line.starts_with("control plane: API ") {
+            continue;
+        }
+        let addrs: Vec<SocketAddr> = line
+            .split(" · ")
+            .filter_map(|part| {
+                let addr = part.rsplit(' ').next()?;
+                addr.trim_start_matches("http://").parse().ok()
+            })
+            .collect();
+        let [api, cluster, xds] = addrs[..] else {
+            panic!("unexpected start-up line: {line}");
+        };
+        return (child, Endpoints { api, cluster, xds });
+    }
+}
+
+/// Every process whose command line mentions `dir`: the gateways provisioned in it.
+pub fn processes_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg.windows(needle.len()).any(|w| w == needle))
+                .then_some(pid)
+        })
+        .filter(|pid| *pid != std::process::id())
+        .collect()
+}
+
+/// Sends `signal` (`-TERM`, `-KILL`) to `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn options(data_dir: &Path, endpoints: Option<Endpoints>) -> Options {
@@ -63,8 +174,43 @@ impl TestControlPlane {
         TestControlPlane {
             endpoints: control_plane.endpoints(),
             control_plane: Some(control_plane),
+            process: None,
+            separate: false,
             data_dir,
         }
+    }
+
+    /// Starts the `control-plane` binary as a process of its own (built by `cargo build -p
+    /// control-plane --bins`), with the options of [`start`](Self::start), so that a test
+    /// can kill it as a crash would ([`kill`](Self::kill)).
+    pub fn spawn(data_dir: &Path) -> TestControlPlane {
+        let (process, endpoints) = spawn_process(data_dir, None);
+        TestControlPlane {
+            control_plane: None,
+            process: Some(process),
+            separate: true,
+            data_dir: data_dir.to_path_buf(),
+            endpoints,
+        }
+    }
+
+    /// SIGKILLs the control plane process, as a crash, an OOM kill or `kill -9` would.
+    pub fn kill(&mut self) {
+        let mut process = self
+            .process
+            .take()
+            .unwrap_or_else(|| panic!("no control plane process to kill"));
+        let _ = process.kill();
+        let _ = process.wait();
+    }
+
+    /// The control plane process's pid, when it runs as one.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     pub fn endpoints(&self) -> Endpoints {
@@ -77,16 +223,31 @@ impl TestControlPlane {
             .unwrap_or_else(|| panic!("the control plane is stopped"))
     }
 
-    /// Stops it (data planes see it go away).
+    /// Stops it (data planes see it go away); a process gets SIGTERM, as from an init
+    /// system, and is killed if it has not exited within 30 s.
     pub fn stop(&mut self) {
         if let Some(cp) = self.control_plane.take() {
             cp.shutdown();
+        }
+        if let Some(mut process) = self.process.take() {
+            signal(process.id(), "-TERM");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(process.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = process.kill();
+            let _ = process.wait();
         }
     }
 
     /// Starts it again on the same data directory and ports.
     pub fn start_again(&mut self) {
         self.stop();
+        if self.separate {
+            let (process, _) = spawn_process(&self.data_dir, Some(self.endpoints));
+            self.process = Some(process);
+            return;
+        }
         let control_plane = ControlPlane::start(options(&self.data_dir, Some(self.endpoints)))
             .unwrap_or_else(|e| panic!("restarting the control plane: {e}"));
         self.control_plane = Some(control_plane);
@@ -105,16 +266,7 @@ impl TestControlPlane {
         body: Option<String>,
         token: Option<&str>,
     ) -> Response {
-        let mut request = Request {
-            method: method.to_owned(),
-            path: path.to_owned(),
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: body.map_or(RequestBody::Empty, |b| RequestBody::Bytes(b.into_bytes())),
-        };
-        if let Some(token) = token {
-            request = request.header("authorization", &format!("Bearer {token}"));
-        }
-        client::send(self.endpoints.api, Protocol::Http1, &request)
+        request(self.endpoints.api, method, path, body, token)
             .await
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
@@ -220,8 +372,43 @@ impl TestControlPlane {
     }
 }
 
+/// Calls the API at `api` with the test token; an error rather than a panic when the
+/// control plane does not answer (a test that kills it keeps calling).
+pub async fn call_api(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Response, String> {
+    request(api, method, path, body.map(Value::to_string), Some(TOKEN)).await
+}
+
+async fn request(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    token: Option<&str>,
+) -> Result<Response, String> {
+    let mut request = Request {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.map_or(RequestBody::Empty, |b| RequestBody::Bytes(b.into_bytes())),
+    };
+    if let Some(token) = token {
+        request = request.header("authorization", &format!("Bearer {token}"));
+    }
+    client::send(api, Protocol::Http1, &request).await
+}
+
 impl Drop for TestControlPlane {
+    /// Stops the control plane and, as its data planes outlive it, the gateways it
+    /// provisioned in its data directory (a test's temporary folder, about to go).
     fn drop(&mut self) {
         self.stop();
+        for pid in processes_under(&self.data_dir) {
+            signal(pid, "-KILL");
+        }
     }
 }

@@ -63,14 +63,22 @@ fn specs_of(data_dir: &std::path::Path, doc: &Value) -> Vec<DataPlaneSpec> {
         .unwrap_or_default()
 }
 
-/// Every stored configuration's data planes, to start again after a restart.
-pub fn cloud_gateway_specs(store: &Store) -> Result<Vec<(String, Vec<DataPlaneSpec>)>, String> {
+/// The data planes of every stored configuration, or of one control plane's, as committed.
+pub fn cloud_gateway_specs(
+    store: &Store,
+    control_plane_id: Option<&str>,
+) -> Result<Vec<(String, Vec<DataPlaneSpec>)>, String> {
     let data_dir = store.data_dir().to_path_buf();
     store
         .transaction(|tx| -> Result<_, StoreError> {
-            let mut statement = tx.prepare("SELECT control_plane_id, doc FROM cloud_gateways")?;
+            let mut statement = tx.prepare(
+                "SELECT control_plane_id, doc FROM cloud_gateways
+                 WHERE ?1 IS NULL OR control_plane_id = ?1",
+            )?;
             let rows = statement
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .query_map([control_plane_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows
                 .into_iter()
@@ -81,6 +89,101 @@ pub fn cloud_gateway_specs(store: &Store) -> Result<Vec<(String, Vec<DataPlaneSp
                 .collect())
         })
         .map_err(|e| e.to_string())
+}
+
+/// Issues the data plane group of `spec` a new client certificate, pins it in place of its
+/// old one and writes it to the group's folder (before the commit): for a group whose key a
+/// crash lost.
+pub fn reissue_credentials(
+    store: &Store,
+    ca_pem: &str,
+    spec: &DataPlaneSpec,
+) -> Result<(), String> {
+    store
+        .transaction(|tx| -> Result<(), StoreError> {
+            let cp = &spec.control_plane_id;
+            let Some(mut doc) = stored(tx, "control_plane_id", cp)? else {
+                return Ok(());
+            };
+            let Some(group) = doc["dataplane_groups"].as_array_mut().and_then(|groups| {
+                groups
+                    .iter_mut()
+                    .find(|g| g["id"] == spec.group_id.as_str())
+            }) else {
+                return Ok(());
+            };
+            tx.execute(
+                "DELETE FROM dp_client_certificates WHERE id = ?1",
+                [group["certificate_id"].as_str().unwrap_or_default()],
+            )
+            .map_err(StoreError::from)?;
+            let certificate_id = issue(tx, cp, &spec.group_id, &spec.dir, ca_pem, now())?;
+            group["certificate_id"] = json!(certificate_id);
+            tx.execute(
+                "UPDATE cloud_gateways SET doc = ?1 WHERE control_plane_id = ?2",
+                params![doc.to_string(), cp],
+            )
+            .map_err(StoreError::from)?;
+            Ok(())
+        })
+        .map_err(|e| format!("reissuing the credentials of group {}: {e}", spec.group_id))
+}
+
+/// Makes a client certificate for group `group_id`, pins it for control plane `cp` and
+/// writes it with its key and the CA into `dir`, durably, inside the caller's transaction;
+/// returns the pin's id.
+fn issue(
+    tx: &Transaction<'_>,
+    cp: &str,
+    group_id: &str,
+    dir: &std::path::Path,
+    ca_pem: &str,
+    now: i64,
+) -> Result<String, StoreError> {
+    let (cert, key) =
+        pki::client_certificate(&format!("dp-{group_id}")).map_err(StoreError::Database)?;
+    let der = pki::parse_certificate(&cert).map_err(StoreError::Database)?;
+    let certificate_id = uuid::Uuid::new_v4().to_string();
+    crate::store::pin_certificate(tx, &certificate_id, cp, &cert, &pki::fingerprint(&der), now)?;
+    provision::write_credentials(dir, &cert, &key, ca_pem).map_err(StoreError::Database)?;
+    Ok(certificate_id)
+}
+
+/// A loopback port for a new group that no stored group has: a port stored for a gateway
+/// that is down at this moment (restarting, or its control plane's host rebooting) is free
+/// to bind, and would otherwise be handed out twice.
+fn allocate_port(tx: &Transaction<'_>, also_taken: &[u16]) -> Result<u16, ApiError> {
+    let mut statement = tx
+        .prepare("SELECT doc FROM cloud_gateways")
+        .map_err(StoreError::from)?;
+    let docs = statement
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(StoreError::from)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from)?;
+    let mut taken: std::collections::HashSet<u16> = also_taken.iter().copied().collect();
+    for doc in docs
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+    {
+        for group in doc["dataplane_groups"].as_array().into_iter().flatten() {
+            if let Some(port) = group["proxy_port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+            {
+                taken.insert(port);
+            }
+        }
+    }
+    for _ in 0..32 {
+        let port = provision::free_port().map_err(errors::internal)?.port();
+        if !taken.contains(&port) {
+            return Ok(port);
+        }
+    }
+    Err(errors::internal(
+        "no free loopback port that no data plane group has",
+    ))
 }
 
 /// Konnect's view of a configuration, with each group's live state and proxy URL.
@@ -225,13 +328,10 @@ pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>)
                     }
                     None => {
                         let id = uuid::Uuid::new_v4().to_string();
-                        let port = provision::free_port().map_err(errors::internal)?.port();
-                        let (cert, key) = pki::client_certificate(&format!("dp-{id}")).map_err(errors::internal)?;
-                        let der = pki::parse_certificate(&cert).map_err(errors::internal)?;
-                        let certificate_id = uuid::Uuid::new_v4().to_string();
-                        crate::store::pin_certificate(tx, &certificate_id, &cp, &cert, &pki::fingerprint(&der), now)?;
-                        provision::write_credentials(&data_dir.join("cloud-gateways").join(&id), &cert, &key, &ca_pem)
-                            .map_err(errors::internal)?;
+                        let ports: Vec<u16> = new_groups.iter().filter_map(|g: &Value| g["proxy_port"].as_u64()).filter_map(|p| u16::try_from(p).ok()).collect();
+                        let port = allocate_port(tx, &ports)?;
+                        let dir = data_dir.join("cloud-gateways").join(&id);
+                        let certificate_id = issue(tx, &cp, &id, &dir, &ca_pem, now)?;
                         group["id"] = json!(id);
                         group["proxy_port"] = json!(port);
                         group["certificate_id"] = json!(certificate_id);
@@ -272,11 +372,7 @@ pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>)
         })
     })
     .await?;
-    let specs = specs_of(&state.options.data_dir, &doc);
-    state
-        .provisioner
-        .apply(&state, &control_plane_id, specs)
-        .await;
+    provision_committed(&state, control_plane_id).await;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -339,11 +435,20 @@ pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<StatusCode,
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    state
-        .provisioner
-        .remove_control_plane(&control_plane_id)
-        .await;
+    provision_committed(&state, control_plane_id).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Brings the control plane's data planes to what was just committed (its gateways
+/// started, or drained and removed), on a task of its own: a client that hangs up does not
+/// cut it short. The answer waits for it.
+pub async fn provision_committed(state: &Arc<State>, control_plane_id: String) {
+    let state = Arc::clone(state);
+    let provisioning =
+        tokio::spawn(async move { provision::reconcile(&state, &control_plane_id).await });
+    if let Err(e) = provisioning.await {
+        log::error!("provisioning: {e}");
+    }
 }
 
 #[cfg(test)]

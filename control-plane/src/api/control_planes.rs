@@ -382,7 +382,8 @@ pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<StatusCode,
         })
     })
     .await?;
-    state.provisioner.remove_control_plane(&id).await;
+    // Its cloud gateway configuration went with it (ON DELETE CASCADE): drain its gateways.
+    super::cloud_gateways::provision_committed(&state, id.clone()).await;
     state.hub.remove(&id);
     state.nodes.remove_control_plane(&id);
     Ok(StatusCode::NO_CONTENT)

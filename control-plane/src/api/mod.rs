@@ -23,7 +23,7 @@ use axum::Router;
 use serde_json::Value;
 use tokio::sync::watch;
 
-pub use cloud_gateways::cloud_gateway_specs;
+pub use cloud_gateways::{cloud_gateway_specs, reissue_credentials};
 pub use errors::ApiError;
 
 use crate::config::{self, Rejection};

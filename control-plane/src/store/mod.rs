@@ -65,6 +65,28 @@ impl std::fmt::Display for StoreError {
     }
 }
 
+/// The database file, created 0600 before SQLite opens it (SQLite gives its WAL and shared
+/// memory files the database's mode), or made 0600 if an earlier version made it readable.
+fn make_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    for file in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{file}", path.display()));
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("making {} private: {e}", file.display()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub struct Store {
     connection: Mutex<Connection>,
     data_dir: std::path::PathBuf,
@@ -80,6 +102,7 @@ impl Store {
     /// Opens (or creates) `control-plane.db` in `data_dir` and migrates it.
     pub fn open(data_dir: &Path) -> Result<Store, String> {
         let path = data_dir.join("control-plane.db");
+        make_private(&path)?;
         let connection =
             Connection::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
         connection
