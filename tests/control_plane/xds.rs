@@ -575,3 +575,105 @@ async fn a_node_stays_connected_while_any_of_its_streams_is_open() {
     })
     .await;
 }
+
+/// Renaming a service renames its cluster. Under steady traffic, Envoy must never route to a
+/// cluster it does not have: the new cluster arrives before the routes that name it, and the
+/// old one leaves only once the new routes are acknowledged (make-before-break).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_service_under_traffic_drops_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = TestControlPlane::start(dir.path());
+    let echo = EchoUpstream::start().await.unwrap();
+    let id = create_control_plane(&cp, "renamed").await;
+    // Many routes: Envoy takes a while to build each new route table, the time a removed
+    // cluster would still be named by the routes in force.
+    let url = format!("http://{}", echo.addr());
+    let mut services = vec![json!({
+        "name": "before",
+        "url": url,
+        "routes": [{"name": "all", "paths": ["/"]}],
+    })];
+    services.extend((0..300).map(|i| {
+        json!({
+            "name": format!("other-{i}"),
+            "url": url,
+            "routes": [{
+                "name": format!("other-{i}"),
+                "paths": [format!("~/other/{i}/(?<rest>[a-z]+)$")],
+                "hosts": [format!("other-{i}.test")],
+            }],
+        })
+    }));
+    cp.expect(
+        201,
+        "POST",
+        &format!("/v2/control-planes/{id}/declarative-config"),
+        Some(&json!({"_format_version": "3.0", "services": services})),
+    )
+    .await;
+    let cert = pin(&cp, &id, "envoy-renamed").await;
+    let listen = wasmgate_tests::free_port();
+    let envoy =
+        Envoy::start_bootstrap(&envoy_bootstrap(&cp, &id, "envoy-renamed", cert, listen), 2)
+            .await
+            .unwrap();
+    in_sync(&cp, &id, "envoy-renamed").await;
+    get(listen, "/").await.unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                let mut connection = Connection::open(listen, Protocol::Http1).await.unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match connection.send(&Request::get("/")).await {
+                        Ok(response) => statuses.push(response.status),
+                        Err(_) => {
+                            // A connection Envoy closed (drain): a new one, not a failure.
+                            connection = Connection::open(listen, Protocol::Http1).await.unwrap();
+                        }
+                    }
+                }
+                statuses
+            })
+        })
+        .collect();
+    let services = format!("/v2/control-planes/{id}/core-entities/services");
+    for (from, to) in [("before", "after"), ("after", "again"), ("again", "before")] {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cp.expect(
+            200,
+            "PATCH",
+            &format!("{services}/{from}"),
+            Some(&json!({"name": to})),
+        )
+        .await;
+        in_sync(&cp, &id, "envoy-renamed").await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    for client in clients {
+        statuses.extend(client.await.unwrap());
+    }
+    let failed: Vec<u16> = statuses.iter().copied().filter(|s| *s != 200).collect();
+    println!("{} requests across three renames", statuses.len());
+    assert!(
+        statuses.len() > 100,
+        "too little traffic: {}",
+        statuses.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        statuses.len(),
+        &failed[..failed.len().min(20)]
+    );
+    assert_eq!(
+        envoy.stat("cluster_manager.active_clusters").await,
+        Some(302)
+    );
+}

@@ -21,8 +21,9 @@ pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listene
 pub const EXTENSION_CONFIG: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
-/// Every type served, in the order a new version is pushed: clusters before the routes that
-/// name them, the listener before the filter configs and routes it subscribes to.
+/// Every type served, in the order a new version is pushed: clusters first (the others wait
+/// until the node has acknowledged them, so they are warm before anything names them), then
+/// the listener before the filter configs and routes it subscribes to.
 pub const TYPES: [&str; 4] = [CLUSTER, LISTENER, EXTENSION_CONFIG, ROUTE];
 
 /// Types Envoy subscribes to as a whole (an empty or `*` name list means every resource).
@@ -41,6 +42,7 @@ pub struct NodeParams {
 
 /// One resource: its protobuf form and the JSON it came from (whose text, with sorted keys,
 /// identifies its content: protobuf encodings of maps are not stable).
+#[derive(Clone)]
 pub struct Resource {
     pub any: Any,
     pub json: String,

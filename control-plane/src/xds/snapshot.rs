@@ -1,12 +1,12 @@
 //! A node's view of one config version: its resources, and what each subscription of its
 //! stream gets from them, with a digest that says whether Envoy already has exactly that.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use xds_api::pb::google::protobuf::Any;
 
-use super::resources::{is_wildcard_type, Resources};
+use super::resources::{is_wildcard_type, Resource, Resources, CLUSTER};
 use crate::hub::{sha256_hex, ConfigVersion};
 
 /// The resource names one type is subscribed to.
@@ -41,18 +41,60 @@ pub struct Selection {
 pub struct Snapshot {
     pub version: Arc<ConfigVersion>,
     resources: Resources,
+    /// Clusters of earlier versions that the node's routes may still name: its clusters keep
+    /// them until it has acknowledged this version's listener, filters and routes, so no
+    /// request is routed to a cluster it no longer has (make-before-break, the xDS protocol's
+    /// "eventual consistency considerations").
+    lingering: BTreeMap<String, Resource>,
 }
 
 impl Snapshot {
-    pub fn new(version: Arc<ConfigVersion>, resources: Resources) -> Snapshot {
-        Snapshot { version, resources }
+    /// `version`'s resources, after `previous` (what the node was sent before): the clusters
+    /// of `previous`, and those it kept lingering, that `version` has no more linger.
+    pub fn new(
+        version: Arc<ConfigVersion>,
+        resources: Resources,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
+        let mut lingering = BTreeMap::new();
+        if let Some(previous) = previous {
+            let current = resources.get(CLUSTER);
+            let earlier = previous
+                .resources
+                .get(CLUSTER)
+                .into_iter()
+                .flatten()
+                .chain(&previous.lingering);
+            for (name, cluster) in earlier {
+                if !current.is_some_and(|c| c.contains_key(name)) {
+                    lingering.insert(name.clone(), cluster.clone());
+                }
+            }
+        }
+        Snapshot {
+            version,
+            resources,
+            lingering,
+        }
+    }
+
+    /// Lets the lingering clusters go; whether there were any.
+    pub fn drop_lingering(&mut self) -> bool {
+        let had = !self.lingering.is_empty();
+        self.lingering.clear();
+        had
     }
 
     pub fn select(&self, type_url: &str, subscription: &Subscription) -> Selection {
         let mut text = String::new();
         let mut resources = Vec::new();
         let mut complete = true;
-        for (name, resource) in self.resources.get(type_url).into_iter().flatten() {
+        let mut of_type: BTreeMap<&String, &Resource> =
+            self.resources.get(type_url).into_iter().flatten().collect();
+        if type_url == CLUSTER {
+            of_type.extend(&self.lingering);
+        }
+        for (name, resource) in of_type {
             if subscription.wildcard || subscription.names.contains(name) {
                 text.push_str(name);
                 text.push('\n');

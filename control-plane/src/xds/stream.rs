@@ -4,9 +4,11 @@
 //! Per type URL the stream remembers the last response (version, nonce, digest of its
 //! content). A request carrying that nonce acknowledges it (ACK) or, with `error_detail`,
 //! refuses it (NACK); a request with an older nonce is stale and ignored, as the xDS protocol
-//! says. Refused content is never sent to that Envoy process again ([`Envoys`]), so the node
-//! stays on the version it refused, reported `failed`, until a new version changes what it
-//! would receive or a new process takes the node id.
+//! says. A new version's clusters go first, with those of earlier versions it may still route
+//! to; the listener, filters and routes follow once the clusters are acknowledged, and the
+//! earlier clusters go once those are. Refused content is never sent to that Envoy process
+//! again ([`Envoys`]), so the node stays on the version it refused, reported `failed`, until a
+//! new version changes what it would receive or a new process takes the node id.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -18,7 +20,7 @@ use xds_api::pb::envoy::config::core::v3::{node::UserAgentVersionType, Node};
 use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use xds_api::pb::google::protobuf::{value::Kind, Struct};
 
-use super::resources::{NodeParams, Translator, TYPES};
+use super::resources::{NodeParams, Translator, CLUSTER, TYPES};
 use super::snapshot::{Snapshot, Subscription};
 use crate::hub::ConfigVersion;
 use crate::nodes::{check_reported, Hello, NodeKind, MAX_NODE_ID, MAX_VERSION};
@@ -369,8 +371,69 @@ impl AdsStream {
         }
         entry.subscription = Subscription::new(&type_url, &request.resource_names);
         self.push(&type_url).await?;
+        if type_url == CLUSTER {
+            // The clusters may be warm now: what waited for them goes.
+            self.push_all().await?;
+        }
+        self.settle().await?;
         self.check_applied();
         Ok(())
+    }
+
+    /// Pushes every subscribed type, in [`TYPES`]' order.
+    async fn push_all(&mut self) -> Result<(), Status> {
+        for type_url in TYPES {
+            if self.types.contains_key(type_url) {
+                self.push(type_url).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the node has every type but the clusters of the current version, as a whole,
+    /// acknowledged: nothing it runs names an earlier version's cluster any more.
+    fn routing_acked(&self) -> bool {
+        let Some(snapshot) = &self.snapshot else {
+            return false;
+        };
+        TYPES
+            .iter()
+            .filter(|type_url| **type_url != CLUSTER)
+            .all(|type_url| self.acked(snapshot, type_url))
+    }
+
+    /// Whether the node has acknowledged exactly the current content of a type, all of it (or
+    /// neither subscribes to nor needs any).
+    fn acked(&self, snapshot: &Snapshot, type_url: &str) -> bool {
+        match self.types.get(type_url) {
+            None => !snapshot.has(type_url),
+            Some(entry) => {
+                let selection = snapshot.select(type_url, &entry.subscription);
+                selection.complete && entry.acked.as_deref() == Some(selection.digest.as_str())
+            }
+        }
+    }
+
+    /// Once the current routing is acknowledged, the clusters of earlier versions go.
+    async fn settle(&mut self) -> Result<(), Status> {
+        if !self.routing_acked() {
+            return Ok(());
+        }
+        if self.snapshot.as_mut().is_some_and(Snapshot::drop_lingering) {
+            self.push(CLUSTER).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the clusters last sent are not acknowledged (yet, or refused): until they are,
+    /// nothing that could name them is sent.
+    fn awaiting_clusters(&self) -> bool {
+        self.types.get(CLUSTER).is_some_and(|entry| {
+            entry
+                .sent
+                .as_ref()
+                .is_some_and(|sent| entry.acked.as_deref() != Some(sent.digest.as_str()))
+        })
     }
 
     async fn new_version(&mut self, version: Arc<ConfigVersion>) -> Result<(), Status> {
@@ -388,7 +451,16 @@ impl AdsStream {
             &self.state.options.modules_dir,
         );
         match translated {
-            Ok(resources) => self.snapshot = Some(Snapshot::new(version, resources)),
+            Ok(resources) => {
+                let snapshot = Snapshot::new(version, resources, self.snapshot.as_ref());
+                self.snapshot = Some(snapshot);
+                if self.routing_acked() {
+                    // Nothing the node routes by changes: no cluster needs to linger.
+                    if let Some(snapshot) = self.snapshot.as_mut() {
+                        snapshot.drop_lingering();
+                    }
+                }
+            }
             Err(e) => {
                 // Nothing of this version can reach the node; it keeps what it runs.
                 let message =
@@ -404,17 +476,17 @@ impl AdsStream {
                 return Ok(());
             }
         }
-        for type_url in TYPES {
-            if self.types.contains_key(type_url) {
-                self.push(type_url).await?;
-            }
-        }
+        self.push_all().await?;
         self.check_applied();
         Ok(())
     }
 
-    /// Sends a type's resources unless the node already has (or refused) exactly them.
+    /// Sends a type's resources unless the node already has (or refused) exactly them, or,
+    /// for any type but the clusters, while the node has not acknowledged its clusters.
     async fn push(&mut self, type_url: &str) -> Result<(), Status> {
+        if type_url != CLUSTER && self.awaiting_clusters() {
+            return Ok(());
+        }
         let (Some(snapshot), Some(entry)) = (&self.snapshot, self.types.get_mut(type_url)) else {
             return Ok(());
         };
@@ -475,16 +547,7 @@ impl AdsStream {
         if self.applied == Some(snapshot.version.version) {
             return;
         }
-        let all_acked = TYPES
-            .iter()
-            .all(|type_url| match self.types.get(*type_url) {
-                None => !snapshot.has(type_url),
-                Some(entry) => {
-                    let selection = snapshot.select(type_url, &entry.subscription);
-                    selection.complete && entry.acked.as_deref() == Some(selection.digest.as_str())
-                }
-            });
-        if all_acked {
+        if TYPES.iter().all(|type_url| self.acked(snapshot, type_url)) {
             self.applied = Some(snapshot.version.version);
             self.state.nodes.applied(
                 &self.node.control_plane_id,
