@@ -18,6 +18,7 @@ pub mod pki;
 pub mod provision;
 pub mod store;
 pub mod sync;
+pub mod trust;
 pub mod xds;
 
 use std::net::SocketAddr;

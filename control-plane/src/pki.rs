@@ -170,16 +170,17 @@ impl ClientCertVerifier for PinnedClients {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self
+        // In memory: this runs inside every handshake, on the async workers.
+        if self
             .store
             .pinned_control_planes(&fingerprint(end_entity.as_ref()))
+            .is_empty()
         {
-            Ok(planes) if !planes.is_empty() => Ok(ClientCertVerified::assertion()),
-            Ok(_) => Err(rustls::Error::InvalidCertificate(
+            return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
-            )),
-            Err(e) => Err(rustls::Error::General(e)),
+            ));
         }
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -205,16 +206,23 @@ impl ClientCertVerifier for PinnedClients {
     }
 }
 
-/// The control planes a connected data plane may serve, from its (already pinned)
-/// certificate.
-pub fn peer_control_planes(
-    store: &Store,
-    peer: Option<&[CertificateDer<'static>]>,
-) -> Result<Vec<String>, String> {
-    let leaf = peer
+/// A connected data plane's certificate: its fingerprint, and the control planes it may
+/// serve.
+pub struct Peer {
+    pub fingerprint: String,
+    pub control_planes: Vec<String>,
+}
+
+/// Who a connected data plane is, from its (already pinned) certificate.
+pub fn peer(store: &Store, chain: Option<&[CertificateDer<'static>]>) -> Result<Peer, String> {
+    let leaf = chain
         .and_then(|chain| chain.first())
         .ok_or("no client certificate")?;
-    store.pinned_control_planes(&fingerprint(leaf.as_ref()))
+    let fingerprint = fingerprint(leaf.as_ref());
+    Ok(Peer {
+        control_planes: store.pinned_control_planes(&fingerprint),
+        fingerprint,
+    })
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! finish on the old snapshot) and reports `applied` or its `error`, and pings with the hash it
 //! runs. The last applied version and its modules are cached on disk, so a gateway started
 //! while the control plane is unreachable serves what it served before; a lost connection is
-//! retried with a backoff capped at 2 s, and the running configuration keeps serving meanwhile.
+//! retried with a jittered backoff capped at 2 s, and the running configuration keeps serving
+//! meanwhile. A control plane that stops answering pings for 1.5 intervals counts as lost.
 //!
 //! The cache holds each version whole, in a folder of its own (`versions/<name>/`: its
 //! `config.json` and every module it loads, in `modules/`), and `current` names the one that
@@ -28,6 +29,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::server::Shared;
@@ -60,8 +62,10 @@ pub struct Cluster {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// The waits between attempts to reach the control plane: 100 ms after a session, twice the
-/// previous one after each failed attempt, never more than [`MAX_BACKOFF`].
+/// The waits between attempts to reach the control plane: about 100 ms after a session the
+/// control plane accepted, twice the previous one after each failed attempt, never more than
+/// [`MAX_BACKOFF`]. Each wait is drawn from its upper half, so the gateways a control plane
+/// restart disconnected together do not come back together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Backoff {
     next: Duration,
@@ -74,17 +78,45 @@ impl Backoff {
         Backoff { next: Self::FIRST }
     }
 
-    /// The wait before the next attempt; the one after it is twice as long, up to the cap.
+    /// The wait before the next attempt, in `[ceiling / 2, ceiling]`; the ceiling doubles
+    /// after it, up to the cap.
     fn next(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (wait * 2).min(MAX_BACKOFF);
-        wait
+        let ceiling = self.next;
+        self.next = (ceiling * 2).min(MAX_BACKOFF);
+        ceiling / 2 + jitter(ceiling / 2)
     }
 
-    /// A session was established: the next wait is the first one again.
+    /// The control plane accepted the session (its first frame arrived): the next wait is
+    /// the first one again. A control plane that refuses the node after its `basic_info` is
+    /// not retried every 100 ms.
     fn reset(&mut self) {
         self.next = Self::FIRST;
     }
+
+    /// The control plane refused this data plane (its certificate, or the control plane it
+    /// named): a retry succeeds only after an operator acts, so it waits the longest.
+    fn refused(&mut self) {
+        self.next = MAX_BACKOFF;
+    }
+}
+
+/// A uniform wait in `[0, max]`: std's per-process random hash keys, over a counter.
+fn jitter(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write_u64(DRAWS.fetch_add(1, Ordering::Relaxed));
+    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(hasher.finish() % nanos.saturating_add(1))
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    /// Closed, lost or unreadable: retried after the usual backoff.
+    Lost(String),
+    /// The control plane refused this data plane.
+    Refused(String),
 }
 
 /// The configuration a gateway runs before it has one: no routes (Kong's 404 `no Route
@@ -255,8 +287,11 @@ impl Cluster {
         // The gateway holds the other reference while it runs.
         while Arc::strong_count(&shared) > 1 {
             let error = match self.session(&shared, &mut backoff).await {
-                Ok(()) => "the control plane closed the connection".to_owned(),
-                Err(e) => e,
+                SessionEnd::Lost(error) => error,
+                SessionEnd::Refused(error) => {
+                    backoff.refused();
+                    error
+                }
             };
             let wait = backoff.next();
             log::warn!(
@@ -303,66 +338,117 @@ impl Cluster {
     }
 
     /// One connection, until it fails.
-    async fn session(&self, shared: &Shared, backoff: &mut Backoff) -> Result<(), String> {
+    async fn session(&self, shared: &Shared, backoff: &mut Backoff) -> SessionEnd {
+        match self.connect_and_follow(shared, backoff).await {
+            Ok(()) => SessionEnd::Lost("the control plane closed the connection".to_owned()),
+            Err(end) => end,
+        }
+    }
+
+    async fn connect_and_follow(
+        &self,
+        shared: &Shared,
+        backoff: &mut Backoff,
+    ) -> Result<(), SessionEnd> {
+        let lost = SessionEnd::Lost;
         let addr = &self.options.control_plane;
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|_| lost("connect timed out".to_owned()))?
+            .map_err(|e| lost(format!("connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let tls = tokio::time::timeout(
             CONNECT_TIMEOUT,
             self.tls.connect(self.server_name.clone(), tcp),
         )
         .await
-        .map_err(|_| "TLS handshake timed out".to_owned())?
-        .map_err(|e| format!("TLS handshake: {e}"))?;
+        .map_err(|_| lost("TLS handshake timed out".to_owned()))?
+        .map_err(|e| lost(format!("TLS handshake: {e}")))?;
         let url = format!("wss://{addr}{PATH}");
         let (mut socket, _) = tokio::time::timeout(
             CONNECT_TIMEOUT,
             tokio_tungstenite::client_async(url.as_str(), tls),
         )
         .await
-        .map_err(|_| "WebSocket upgrade timed out".to_owned())?
+        .map_err(|_| lost("WebSocket upgrade timed out".to_owned()))?
         .map_err(|e| {
             // With TLS 1.3 the server checks the client certificate after the client's side
             // of the handshake is done: a refusal arrives as an alert on the first read.
             if e.to_string().contains("AccessDenied")
                 || e.to_string().contains("CertificateUnknown")
             {
-                format!("the control plane refused this certificate (not pinned?): {e}")
+                SessionEnd::Refused(format!(
+                    "the control plane refused this certificate (not pinned?): {e}"
+                ))
             } else {
-                format!("WebSocket upgrade: {e}")
+                lost(format!("WebSocket upgrade: {e}"))
             }
         })?;
-        send(&mut socket, &self.basic_info(shared)).await?;
-        backoff.reset();
+        send(&mut socket, &self.basic_info(shared))
+            .await
+            .map_err(lost)?;
         self.status(shared, true, None);
         log::info!("connected to control plane {addr} as node {}", self.node_id);
         let mut ping = tokio::time::interval(self.options.ping_interval);
         ping.tick().await;
+        // The control plane answers every ping: silence for 1.5 intervals is a control plane
+        // gone without a word (its host lost, a partition), which TCP alone notices only
+        // after minutes of retransmissions.
+        let silence = self.options.ping_interval.mul_f64(1.5);
+        let deadline = tokio::time::sleep(silence);
+        tokio::pin!(deadline);
+        let mut accepted = false;
         loop {
             tokio::select! {
-                frame = socket.next() => match frame {
-                    None | Some(Ok(Message::Close(_))) => return Ok(()),
-                    Some(Ok(Message::Text(text))) => {
-                        let reply = match serde_json::from_str::<Outbound>(&text) {
-                            Ok(Outbound::Reconfigure { config_version, config_hash, config, modules }) => {
-                                Some(self.reconfigure(shared, config_version, config_hash, &config, modules))
-                            }
-                            Ok(Outbound::Pong) => None,
-                            Err(e) => return Err(format!("unreadable frame from the control plane: {e}")),
-                        };
-                        if let Some(reply) = reply {
-                            send(&mut socket, &reply).await?;
+                frame = socket.next() => {
+                    deadline.as_mut().reset(tokio::time::Instant::now() + silence);
+                    match frame {
+                        None => return Ok(()),
+                        Some(Ok(Message::Close(close))) => {
+                            return match close {
+                                Some(frame) if frame.code == CloseCode::Policy => {
+                                    Err(SessionEnd::Refused(format!(
+                                        "the control plane refused this data plane: {}",
+                                        frame.reason
+                                    )))
+                                }
+                                _ => Ok(()),
+                            };
                         }
+                        Some(Ok(Message::Text(text))) => {
+                            if !accepted {
+                                accepted = true;
+                                backoff.reset();
+                            }
+                            let reply = match serde_json::from_str::<Outbound>(&text) {
+                                Ok(Outbound::Reconfigure { config_version, config_hash, config, modules }) => {
+                                    Some(self.reconfigure(shared, config_version, config_hash, &config, modules))
+                                }
+                                Ok(Outbound::Pong) => None,
+                                Err(e) => return Err(lost(format!("unreadable frame from the control plane: {e}"))),
+                            };
+                            if let Some(reply) = reply {
+                                send(&mut socket, &reply).await.map_err(lost)?;
+                                // Applying may have taken a while (modules compile): the
+                                // control plane's pong may be waiting behind it.
+                                deadline.as_mut().reset(tokio::time::Instant::now() + silence);
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(lost(format!("reading: {e}"))),
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(format!("reading: {e}")),
                 },
                 _ = ping.tick() => {
                     let hash = shared.snapshot.load().hash.clone();
-                    send(&mut socket, &Inbound::Ping { config_hash: Some(hash) }).await?;
+                    send(&mut socket, &Inbound::Ping { config_hash: Some(hash) })
+                        .await
+                        .map_err(lost)?;
+                }
+                () = &mut deadline => {
+                    return Err(lost(format!(
+                        "nothing from the control plane for {} ms, not even a pong",
+                        silence.as_millis()
+                    )));
                 }
             }
         }
@@ -482,9 +568,10 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream
 
 async fn send(socket: &mut Socket, frame: &Inbound) -> Result<(), String> {
     let text = serde_json::to_string(frame).map_err(|e| e.to_string())?;
-    socket
-        .send(Message::text(text))
+    // A control plane that stopped reading would hold the session here for ever.
+    tokio::time::timeout(CONNECT_TIMEOUT, socket.send(Message::text(text)))
         .await
+        .map_err(|_| "sending: timed out".to_owned())?
         .map_err(|e| format!("sending: {e}"))
 }
 
@@ -885,16 +972,51 @@ vfA5NDr4Ux/0uBPWIqjGhhOkfJCJVpfz4TVLdmeK9kQ8wNlJxAqBWLYl
         assert_eq!(files(&dir.path().join("cache/versions")).len(), 1);
     }
 
+    /// The ceilings the waits of `backoff` were drawn under, checking each wait is in the
+    /// upper half of its ceiling.
+    fn ceilings(backoff: &mut Backoff, n: usize) -> Vec<u128> {
+        (0..n)
+            .map(|_| {
+                let ceiling = backoff.next;
+                let wait = backoff.next();
+                assert!(
+                    wait >= ceiling / 2 && wait <= ceiling,
+                    "{wait:?} outside [{:?}, {ceiling:?}]",
+                    ceiling / 2
+                );
+                ceiling.as_millis()
+            })
+            .collect()
+    }
+
     #[test]
     fn the_backoff_doubles_from_100_ms_to_its_2_s_cap() {
         assert_eq!(MAX_BACKOFF, Duration::from_secs(2), "the README's cap");
         let mut backoff = Backoff::new();
-        let waits: Vec<u128> = (0..9).map(|_| backoff.next().as_millis()).collect();
-        assert_eq!(waits, [100, 200, 400, 800, 1600, 2000, 2000, 2000, 2000]);
+        assert_eq!(
+            ceilings(&mut backoff, 9),
+            [100, 200, 400, 800, 1600, 2000, 2000, 2000, 2000]
+        );
     }
 
     #[test]
-    fn the_backoff_starts_over_after_a_session() {
+    fn the_waits_are_spread_so_disconnected_gateways_do_not_return_together() {
+        let waits: Vec<Duration> = (0..200)
+            .map(|_| {
+                let mut backoff = Backoff::new();
+                backoff.refused();
+                backoff.next()
+            })
+            .collect();
+        let (min, max) = (waits.iter().min(), waits.iter().max());
+        assert!(
+            min < Some(&Duration::from_millis(1200)) && max > Some(&Duration::from_millis(1800)),
+            "200 waits between {min:?} and {max:?}"
+        );
+    }
+
+    #[test]
+    fn the_backoff_starts_over_after_an_accepted_session_and_waits_longest_after_a_refusal() {
         let mut backoff = Backoff::new();
         backoff.reset();
         assert_eq!(
@@ -902,18 +1024,15 @@ vfA5NDr4Ux/0uBPWIqjGhhOkfJCJVpfz4TVLdmeK9kQ8wNlJxAqBWLYl
             Backoff::new(),
             "a reset before any wait changes nothing"
         );
-        for _ in 0..3 {
-            backoff.next();
-        }
+        ceilings(&mut backoff, 3);
         backoff.reset();
-        assert_eq!(backoff.next(), Duration::from_millis(100));
-        assert_eq!(backoff.next(), Duration::from_millis(200));
+        assert_eq!(ceilings(&mut backoff, 2), [100, 200]);
         // Also once capped.
-        for _ in 0..10 {
-            backoff.next();
-        }
-        assert_eq!(backoff.next(), MAX_BACKOFF);
+        ceilings(&mut backoff, 10);
+        assert_eq!(ceilings(&mut backoff, 1), [2000]);
         backoff.reset();
-        assert_eq!(backoff.next(), Duration::from_millis(100));
+        assert_eq!(ceilings(&mut backoff, 1), [100]);
+        backoff.refused();
+        assert_eq!(ceilings(&mut backoff, 2), [2000, 2000]);
     }
 }

@@ -468,3 +468,180 @@ async fn nodes_show_what_a_gateway_reports_and_every_sync_status() {
     assert_eq!(gone["connected"], false, "{gone}");
     assert_eq!(gone["hostname"], hostname.trim(), "{gone}");
 }
+
+/// Konnect: "removing a pinned dataplane certificate would invalidate any dataplanes currently
+/// connected to this control plane using this certificate". The session ends at the unpin, so
+/// a change made after it never reaches that gateway, which keeps serving what it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpinning_a_certificate_cuts_a_connected_gateway_at_once() {
+    let echo = EchoUpstream::start().await.expect("echo");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cp = TestControlPlane::start(&dir.path().join("cp"));
+    let (id, credentials, cert) = control_plane_with_credentials(&cp, &dir.path().join("dp")).await;
+    let pins = format!("/v2/control-planes/{id}/dp-client-certificates");
+    let pinned = cp
+        .expect(201, "POST", &pins, Some(&json!({ "cert": cert })))
+        .await;
+    let pin_id = pinned["item"]["id"].as_str().expect("id").to_owned();
+    cp.route_all_paths_to(&id, "echo", "all", echo.addr()).await;
+    let base = format!("/v2/control-planes/{id}/core-entities");
+    let plugin = cp
+        .expect(201, "POST", &format!("{base}/services/echo/plugins"), Some(&json!({ "name": "request-transformer", "config": { "add": { "headers": ["x-from-cp:1"] } } })))
+        .await;
+    let plugin_path = format!("{base}/plugins/{}", plugin["id"].as_str().expect("id"));
+    let proxy = wasmgate_tests::free_port();
+    let gateway = GatewayProcess::start(cp.endpoints().cluster, &credentials, proxy);
+    until(
+        "the first configuration",
+        Duration::from_secs(60),
+        async || seen(proxy).await.as_deref() == Some("1"),
+    )
+    .await;
+    until("connected", Duration::from_secs(10), async || {
+        node(&cp, &id).await["connected"] == true
+    })
+    .await;
+
+    cp.expect_response(204, "DELETE", &format!("{pins}/{pin_id}"), None)
+        .await;
+    cp.expect(
+        200,
+        "PATCH",
+        &plugin_path,
+        Some(&json!({ "config": { "add": { "headers": ["x-from-cp:after-unpin"] } } })),
+    )
+    .await;
+    until("the session cut", Duration::from_secs(10), async || {
+        node(&cp, &id).await["connected"] == false
+    })
+    .await;
+    until(
+        "the gateway told why",
+        Duration::from_secs(10),
+        async || {
+            gateway
+                .status()
+                .await
+                .is_some_and(|s| s["control_plane"]["connected"] == false)
+        },
+    )
+    .await;
+    // A change reaches a connected gateway in milliseconds (the test above).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        seen(proxy).await.as_deref(),
+        Some("1"),
+        "a change made after the unpin reached the unpinned gateway"
+    );
+}
+
+/// A loopback TCP relay to `target` that can go silent in both directions without closing
+/// anything: a network partition, or a control plane host lost, as the gateway sees it.
+struct Partition {
+    addr: SocketAddr,
+    silent: Arc<AtomicBool>,
+}
+
+impl Partition {
+    async fn start(target: SocketAddr) -> Partition {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let silent = Arc::new(AtomicBool::new(false));
+        let relay_silent = Arc::clone(&silent);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(Self::pump(
+                    client_read,
+                    server_write,
+                    Arc::clone(&relay_silent),
+                ));
+                tokio::spawn(Self::pump(
+                    server_read,
+                    client_write,
+                    Arc::clone(&relay_silent),
+                ));
+            }
+        });
+        Partition { addr, silent }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        silent: Arc<AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0; 16 << 10];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // Held, never delivered: the connection stays open and says nothing.
+            while silent.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A control plane that goes silent without closing the connection is noticed within 1.5
+/// ping intervals (1 s here), not after TCP's minutes of retransmissions, and the gateway
+/// keeps serving meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_notices_a_silent_control_plane_within_one_and_a_half_pings() {
+    let echo = EchoUpstream::start().await.expect("echo");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cp = TestControlPlane::start(&dir.path().join("cp"));
+    let (id, credentials, cert) = control_plane_with_credentials(&cp, &dir.path().join("dp")).await;
+    cp.pin_certificate(&id, &cert).await;
+    cp.route_all_paths_to(&id, "echo", "all", echo.addr()).await;
+    let partition = Partition::start(cp.endpoints().cluster).await;
+    let proxy = wasmgate_tests::free_port();
+    let gateway = GatewayProcess::start(partition.addr, &credentials, proxy);
+    until("connected", Duration::from_secs(60), async || {
+        gateway
+            .status()
+            .await
+            .is_some_and(|s| s["control_plane"]["connected"] == true)
+    })
+    .await;
+    // A few pongs through the relay: an answering control plane keeps the session.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = gateway.status().await.expect("status");
+    assert_eq!(status["control_plane"]["connected"], true, "{status}");
+
+    partition.silent.store(true, Ordering::Relaxed);
+    let mut noticed = Value::Null;
+    let took = until(
+        "the silence noticed",
+        Duration::from_secs(20),
+        async || match gateway.status().await {
+            Some(status) if status["control_plane"]["connected"] == false => {
+                noticed = status;
+                true
+            }
+            _ => false,
+        },
+    )
+    .await;
+    eprintln!("silence noticed after {took:?}");
+    let error = noticed["control_plane"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("not even a pong"), "{noticed}");
+    let response = client::send(proxy, Protocol::Http1, &Request::get("/"))
+        .await
+        .expect("get");
+    assert_eq!(response.status, 200, "still serving: {}", response.text());
+}

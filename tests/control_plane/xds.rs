@@ -392,6 +392,43 @@ async fn an_unpinned_certificate_gets_nothing() {
     assert!(node(&cp, &id, "stranger").await.is_none());
 }
 
+/// Konnect: "removing a pinned dataplane certificate would invalidate any dataplanes currently
+/// connected to this control plane using this certificate". The stream ends at the unpin, so
+/// a change made after it never reaches that Envoy, which keeps serving what it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpinning_a_certificate_cuts_a_connected_envoy_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = TestControlPlane::start(dir.path());
+    let echo = EchoUpstream::start().await.unwrap();
+    let (id, transformer) = configure(&cp, echo.addr()).await;
+    let cert = pin(&cp, &id, "envoy-r").await;
+    let listen = wasmgate_tests::free_port();
+    let _envoy = Envoy::start_bootstrap(&envoy_bootstrap(&cp, &id, "envoy-r", cert, listen), 1)
+        .await
+        .unwrap();
+    wait_for_header(listen, "0", DEADLINE).await;
+    in_sync(&cp, &id, "envoy-r").await;
+
+    let pins = format!("/v2/control-planes/{id}/dp-client-certificates");
+    let listed = cp.expect(200, "GET", &pins, None).await;
+    let pin_id = listed["items"][0]["id"].as_str().unwrap().to_owned();
+    cp.expect_response(204, "DELETE", &format!("{pins}/{pin_id}"), None)
+        .await;
+    patch_header(&cp, &id, &transformer, "after-unpin").await;
+    wait_for_node(&cp, &id, "envoy-r", "disconnected", |n| {
+        n["connected"] == false
+    })
+    .await;
+    // A change reaches a connected Envoy in milliseconds (envoy_follows_the_control_plane_over_ads).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = get(listen, "/api").await.unwrap();
+    assert_eq!(
+        report.header("x-xds"),
+        Some("0"),
+        "a change made after the unpin reached the unpinned Envoy"
+    );
+}
+
 /// Creates a control plane named `name` for Envoy; returns its id.
 async fn create_control_plane(cp: &TestControlPlane, name: &str) -> String {
     let created = cp

@@ -228,9 +228,9 @@ pub async fn create(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Valu
         .unwrap_or_default();
     let id = uuid::Uuid::new_v4().to_string();
     let now = now();
-    let store = Arc::clone(&state.store);
-    let (row, version) = blocking(move || {
-        store.transaction(|tx| {
+    let shared = Arc::clone(&state);
+    let row = blocking(move || {
+        let (row, version) = shared.store.transaction(|tx| {
             let taken: bool = tx
                 .query_row(
                     "SELECT EXISTS (SELECT 1 FROM control_planes WHERE name = ?1)",
@@ -249,11 +249,13 @@ pub async fn create(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Valu
             .map_err(StoreError::from)?;
             let row = load(tx, &id)?.ok_or_else(|| errors::internal("control plane vanished"))?;
             let version = config::next_version(tx, &id, now, row.platform_limits())?;
-            Ok((row, version))
-        })
+            Ok::<_, ApiError>((row, version))
+        })?;
+        // In the blocking task: a client that leaves does not leave it unpublished.
+        shared.hub.publish(version);
+        Ok(row)
     })
     .await?;
-    super::publish(&state, version);
     Ok((StatusCode::CREATED, Json(row.to_json(&state))))
 }
 
@@ -294,7 +296,7 @@ pub async fn list(
     })))
 }
 
-fn page_param(
+pub(super) fn page_param(
     query: &HashMap<String, String>,
     key: &'static str,
     default: usize,

@@ -27,7 +27,6 @@ pub use cloud_gateways::{cloud_gateway_specs, reissue_credentials};
 pub use errors::ApiError;
 
 use crate::config::{self, Rejection};
-use crate::hub::ConfigVersion;
 use crate::State;
 
 type Shared = Extract<Arc<State>>;
@@ -222,7 +221,9 @@ pub async fn blocking<T: Send + 'static>(
 
 /// Applies a change to a control plane's entities and, in the same transaction, makes and
 /// stores the config version it produces; publishes that version once committed. Nothing
-/// is committed (or pushed) if the change or the resulting configuration is invalid.
+/// is committed (or pushed) if the change or the resulting configuration is invalid. The
+/// publishing is part of the blocking task, which runs to its end even when the client
+/// leaves and the request's future is dropped: a committed version is always pushed.
 pub async fn change<T: Send + 'static>(
     state: &Arc<State>,
     control_plane_id: &str,
@@ -230,10 +231,11 @@ pub async fn change<T: Send + 'static>(
         + Send
         + 'static,
 ) -> Result<T, ApiError> {
-    let store = Arc::clone(&state.store);
+    let state = Arc::clone(state);
     let id = control_plane_id.to_owned();
-    let (value, version) = blocking(move || {
-        store
+    blocking(move || {
+        let (value, version) = state
+            .store
             .transaction(|tx| {
                 let row = control_planes::load(tx, &id)?
                     .ok_or(Rejection::Store(crate::store::StoreError::NotFound))?;
@@ -241,21 +243,47 @@ pub async fn change<T: Send + 'static>(
                 let version = config::next_version(tx, &id, now(), row.platform_limits())?;
                 Ok::<_, Rejection>((value, version))
             })
-            .map_err(ApiError::from)
+            .map_err(ApiError::from)?;
+        state.hub.publish(version);
+        Ok(value)
     })
-    .await?;
-    publish(state, version);
-    Ok(value)
-}
-
-pub fn publish(state: &State, version: Arc<ConfigVersion>) {
-    state.hub.publish(version);
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_committed_change_is_published_even_when_its_client_leaves() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = crate::sync::tests::state(&dir, false, std::time::Duration::from_secs(30));
+        assert!(state.hub.current("cp").is_none());
+        let committed = Arc::new(std::sync::Barrier::new(2));
+        let in_transaction = Arc::clone(&committed);
+        let request = change(&state, "cp", move |_, _| {
+            // The client is gone before the commit.
+            in_transaction.wait();
+            Ok(())
+        });
+        // Polled once (the blocking task starts), then dropped as axum drops the handler of a
+        // client that disconnected.
+        let left = tokio::time::timeout(std::time::Duration::from_millis(1), request).await;
+        assert!(left.is_err(), "still running: {left:?}");
+        committed.wait();
+        let published = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while state.hub.current("cp").is_none() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            published.is_ok(),
+            "the committed version was never published"
+        );
+        assert_eq!(state.hub.current("cp").map(|v| v.version), Some(1));
+    }
 
     #[test]
     fn rfc3339_is_utc_to_the_second() {

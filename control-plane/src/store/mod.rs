@@ -8,13 +8,17 @@ pub mod entities;
 mod migrations;
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use entities::{EntityKind, StoredEntity};
 
 use crate::nodes::Node;
+use crate::trust::{Pins, Trust};
+
+const PINS_TABLE: &str = "dp_client_certificates";
 
 /// Pins a data plane certificate (PEM, with its fingerprint) for a control plane, under `id`.
 pub fn pin_certificate(
@@ -65,6 +69,17 @@ impl std::fmt::Display for StoreError {
     }
 }
 
+fn read_pins(connection: &Connection) -> rusqlite::Result<Pins> {
+    let mut statement =
+        connection.prepare_cached("SELECT fingerprint, control_plane_id FROM dp_client_certificates")?;
+    let mut pins = Pins::new();
+    for row in statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
+        let (fingerprint, control_plane_id) = row?;
+        pins.entry(fingerprint).or_default().insert(control_plane_id);
+    }
+    Ok(pins)
+}
+
 /// The database file, created 0600 before SQLite opens it (SQLite gives its WAL and shared
 /// memory files the database's mode), or made 0600 if an earlier version made it readable.
 fn make_private(path: &Path) -> Result<(), String> {
@@ -90,6 +105,10 @@ fn make_private(path: &Path) -> Result<(), String> {
 pub struct Store {
     connection: Mutex<Connection>,
     data_dir: std::path::PathBuf,
+    trust: Arc<Trust>,
+    /// Set by SQLite when a statement of the open transaction writes a pin (cascades
+    /// included), so the snapshot is replaced after that commit and only then.
+    pins_written: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -116,10 +135,30 @@ impl Store {
         let mut connection = connection;
         migrations::migrate(&mut connection)
             .map_err(|e| format!("migrating {}: {e}", path.display()))?;
+        let pins_written = Arc::new(AtomicBool::new(false));
+        let written = Arc::clone(&pins_written);
+        connection.update_hook(Some(
+            move |_: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
+                if table == PINS_TABLE {
+                    written.store(true, Ordering::Relaxed);
+                }
+            },
+        ));
+        let trust = Arc::new(Trust::default());
+        trust.replace(
+            read_pins(&connection).map_err(|e| format!("reading {}: {e}", path.display()))?,
+        );
         Ok(Store {
             connection: Mutex::new(connection),
             data_dir: data_dir.to_path_buf(),
+            trust,
+            pins_written,
         })
+    }
+
+    /// The pinned certificates, in memory, and the sessions relying on them.
+    pub fn trust(&self) -> &Arc<Trust> {
+        &self.trust
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -132,11 +171,21 @@ impl Store {
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        self.pins_written.store(false, Ordering::Relaxed);
         let tx = connection
             .transaction()
             .map_err(|e| E::from(StoreError::from(e)))?;
         let value = f(&tx)?;
         tx.commit().map_err(|e| E::from(StoreError::from(e)))?;
+        if self.pins_written.swap(false, Ordering::Relaxed) {
+            // Still under the connection's lock: snapshots are replaced in commit order.
+            match read_pins(&connection) {
+                Ok(pins) => self.trust.replace(pins),
+                // The commit stands; the old snapshot errs on the side of the pins it had,
+                // and the next pin change retries.
+                Err(e) => log::error!("reloading pinned certificates after a commit: {e}"),
+            }
+        }
         Ok(value)
     }
 
@@ -164,16 +213,8 @@ impl Store {
     }
 
     /// The control planes a client certificate (by fingerprint) is pinned for.
-    pub fn pinned_control_planes(&self, fingerprint: &str) -> Result<Vec<String>, String> {
-        self.transaction(|tx| -> Result<_, StoreError> {
-            let mut statement = tx.prepare_cached(
-                "SELECT DISTINCT control_plane_id FROM dp_client_certificates
-                 WHERE fingerprint = ?1 ORDER BY control_plane_id",
-            )?;
-            let rows = statement.query_map([fingerprint], |r| r.get(0))?;
-            Ok(rows.collect::<Result<Vec<String>, _>>()?)
-        })
-        .map_err(|e| e.to_string())
+    pub fn pinned_control_planes(&self, fingerprint: &str) -> Vec<String> {
+        self.trust.control_planes(fingerprint)
     }
 
     /// Every stored config version's latest per control plane: (id, version, text, created_at).
@@ -210,27 +251,31 @@ impl Store {
         .map_err(|e| e.to_string())
     }
 
-    pub fn save_node(&self, control_plane_id: &str, node: &Node) -> Result<(), String> {
-        let doc = serde_json::to_string(node).map_err(|e| e.to_string())?;
+    /// Saves data plane states in one transaction: `Some` upserts the node, `None` deletes it.
+    pub fn save_nodes(&self, batch: &[(String, String, Option<Node>)]) -> Result<(), String> {
         self.transaction(|tx| -> Result<_, StoreError> {
-            // The control plane may have been deleted meanwhile: nothing to remember then.
-            tx.execute(
-                "INSERT INTO nodes (control_plane_id, id, doc)
-                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM control_planes WHERE id = ?1)
-                 ON CONFLICT (control_plane_id, id) DO UPDATE SET doc = excluded.doc",
-                params![control_plane_id, node.id, doc],
-            )?;
-            Ok(())
-        })
-        .map_err(|e| e.to_string())
-    }
-
-    pub fn delete_node(&self, control_plane_id: &str, id: &str) -> Result<(), String> {
-        self.transaction(|tx| -> Result<_, StoreError> {
-            tx.execute(
-                "DELETE FROM nodes WHERE control_plane_id = ?1 AND id = ?2",
-                [control_plane_id, id],
-            )?;
+            for (control_plane_id, id, node) in batch {
+                match node {
+                    // The control plane may have been deleted meanwhile: nothing to remember
+                    // then.
+                    Some(node) => {
+                        let doc = serde_json::to_string(node)
+                            .map_err(|e| StoreError::Database(e.to_string()))?;
+                        tx.prepare_cached(
+                            "INSERT INTO nodes (control_plane_id, id, doc)
+                             SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM control_planes WHERE id = ?1)
+                             ON CONFLICT (control_plane_id, id) DO UPDATE SET doc = excluded.doc",
+                        )?
+                        .execute(params![control_plane_id, id, doc])?;
+                    }
+                    None => {
+                        tx.prepare_cached(
+                            "DELETE FROM nodes WHERE control_plane_id = ?1 AND id = ?2",
+                        )?
+                        .execute([control_plane_id, id])?;
+                    }
+                }
+            }
             Ok(())
         })
         .map_err(|e| e.to_string())
@@ -256,6 +301,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn save(store: &Store, control_plane_id: &str, node: Node) -> Result<(), String> {
+        store.save_nodes(&[(control_plane_id.to_owned(), node.id.clone(), Some(node))])
+    }
+
+    fn delete(store: &Store, control_plane_id: &str, id: &str) -> Result<(), String> {
+        store.save_nodes(&[(control_plane_id.to_owned(), id.to_owned(), None)])
+    }
     use crate::nodes::NodeKind;
     use serde_json::json;
 
@@ -336,7 +389,7 @@ mod tests {
             .expect("service");
         version(&store, "cp", 1, "{}");
         store.set_setting("token", "t").expect("setting");
-        store.save_node("cp", &node("n1")).expect("node");
+        save(&store, "cp", node("n1")).expect("node");
         // Not dropped: the first connection is still open, as in a crash.
         let again = Store::open(dir.path()).expect("reopen, migrations not run twice");
         assert_eq!(pragma(&again, "synchronous"), "2", "every connection");
@@ -414,9 +467,9 @@ mod tests {
                 pin_certificate(tx, "4", "c", "PEM", "f2", 0)
             })
             .expect("pins");
-        assert_eq!(store.pinned_control_planes("f1").expect("f1"), ["a", "b"]);
-        assert_eq!(store.pinned_control_planes("f2").expect("f2"), ["c"]);
-        assert!(store.pinned_control_planes("f3").expect("f3").is_empty());
+        assert_eq!(store.pinned_control_planes("f1"), ["a", "b"]);
+        assert_eq!(store.pinned_control_planes("f2"), ["c"]);
+        assert!(store.pinned_control_planes("f3").is_empty());
         let unknown = store.transaction(|tx| pin_certificate(tx, "5", "nope", "PEM", "f1", 0));
         assert!(
             matches!(unknown, Err(StoreError::Database(ref m)) if m.contains("FOREIGN KEY")),
@@ -451,12 +504,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path()).expect("open");
         store.insert_test_control_plane("cp");
-        store.save_node("cp", &node("n1")).expect("save");
+        save(&store, "cp", node("n1")).expect("save");
         let mut renamed = node("n1");
         renamed.hostname = "renamed".into();
-        store.save_node("cp", &renamed).expect("update");
-        store
-            .save_node("gone", &node("n2"))
+        save(&store, "cp", renamed).expect("update");
+        save(&store, "gone", node("n2"))
             .expect("a deleted control plane is not an error");
         let nodes = store.load_nodes().expect("load");
         assert_eq!(nodes.len(), 1);
@@ -472,8 +524,8 @@ mod tests {
             })
             .expect("raw");
         assert_eq!(store.load_nodes().expect("load").len(), 1);
-        store.delete_node("cp", "n1").expect("delete");
-        store.delete_node("cp", "n1").expect("delete again");
+        delete(&store, "cp", "n1").expect("delete");
+        delete(&store, "cp", "n1").expect("delete again");
         assert!(store
             .load_nodes()
             .expect("load")
@@ -500,8 +552,9 @@ mod tests {
                 })
                 .expect("entities");
             version(&store, cp, 1, "{}");
-            store.save_node(cp, &node("n1")).expect("node");
+            save(&store, cp, node("n1")).expect("node");
         }
+        assert_eq!(store.pinned_control_planes("cp"), ["cp"]);
         store
             .transaction(|tx| -> Result<(), StoreError> {
                 tx.execute(
@@ -537,7 +590,11 @@ mod tests {
             );
         }
         assert_eq!(count(&store, "SELECT COUNT(*) FROM cloud_gateways"), 0);
-        assert!(store.pinned_control_planes("cp").expect("pins").is_empty());
+        assert!(
+            store.pinned_control_planes("cp").is_empty(),
+            "the cascade reaches the verifier's snapshot"
+        );
+        assert_eq!(store.pinned_control_planes("kept"), ["kept"]);
     }
 
     #[test]

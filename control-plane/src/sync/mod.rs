@@ -28,6 +28,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::hub::ConfigVersion;
 use crate::nodes::{check_reported, Hello, NodeKind, MAX_HOSTNAME, MAX_NODE_ID, MAX_VERSION};
+use crate::trust::Hold;
 use crate::{pki, State};
 
 /// TLS handshake, WebSocket upgrade and `basic_info`, each.
@@ -159,8 +160,8 @@ async fn connection(
             return;
         }
     };
-    let planes = match pki::peer_control_planes(&state.store, tls.get_ref().1.peer_certificates()) {
-        Ok(planes) => planes,
+    let peer_certificate = match pki::peer(&state.store, tls.get_ref().1.peer_certificates()) {
+        Ok(peer_certificate) => peer_certificate,
         Err(e) => {
             log::warn!("data plane {peer}: {e}");
             return;
@@ -179,7 +180,7 @@ async fn connection(
             return;
         }
     };
-    let session = match introduce(&mut socket, peer, &planes).await {
+    let session = match introduce(&mut socket, peer, &peer_certificate.control_planes).await {
         Ok(session) => session,
         Err(e) => {
             log::warn!("data plane {peer}: {e}");
@@ -187,6 +188,24 @@ async fn connection(
             return;
         }
     };
+    let Some(pin) = state
+        .store
+        .trust()
+        .hold(&session.control_plane_id, &peer_certificate.fingerprint)
+    else {
+        let why = "this certificate was unpinned";
+        log::warn!("data plane {peer}: {why}");
+        close(&mut socket, CloseCode::Policy, why).await;
+        return;
+    };
+    if let Err(e) = state
+        .nodes
+        .admit(&session.control_plane_id, &session.node_id)
+    {
+        log::warn!("data plane {peer}: {e}");
+        close(&mut socket, CloseCode::Again, &e).await;
+        return;
+    }
     let key = (session.control_plane_id.clone(), session.node_id.clone());
     let serial = outlet.serial.fetch_add(1, Ordering::Relaxed);
     outlet
@@ -199,10 +218,18 @@ async fn connection(
         session.node_id,
         session.control_plane_id
     );
-    let (reason, code) = session
-        .run(&mut socket, &state, &outlet, shutdown)
+    let (reason, code) = match session
+        .run(&mut socket, &state, &outlet, &pin, shutdown)
         .await
-        .map_or_else(|e| (e, CloseCode::Error), |why| (why, CloseCode::Away));
+    {
+        Ok(Ended::Normally(why)) => (why, CloseCode::Away),
+        Ok(Ended::Revoked) => (
+            "this certificate was unpinned".to_owned(),
+            CloseCode::Policy,
+        ),
+        Err(e) => (e, CloseCode::Error),
+    };
+    drop(pin);
     log::info!("data plane {} ({peer}): {reason}", key.1);
     close(&mut socket, code, &reason).await;
     let newest = {
@@ -271,6 +298,22 @@ struct Session {
     modules: HashMap<String, String>,
     /// Modules sent with the last reconfigure: forgotten again if it is refused.
     last_sent_modules: Vec<String>,
+    /// The data plane said it applied `sent`.
+    confirmed: bool,
+}
+
+/// Sends one frame, within a ping interval: a data plane that stopped reading (its window
+/// closed) must not hold its session, and the frame, for ever.
+async fn send(
+    socket: &mut Socket<impl Transport>,
+    message: Message,
+    state: &State,
+) -> Result<(), String> {
+    let limit = state.options.ping_interval;
+    tokio::time::timeout(limit, socket.send(message))
+        .await
+        .map_err(|_| format!("not read within {} ms", limit.as_millis()))?
+        .map_err(|e| e.to_string())
 }
 
 /// Reads `basic_info`, picks the control plane and registers the node.
@@ -331,18 +374,28 @@ async fn introduce(
         sent: None,
         modules: modules.into_iter().map(|m| (m.file, m.sha256)).collect(),
         last_sent_modules: Vec::new(),
+        confirmed: false,
     })
 }
 
+/// Why a session ended without an error.
+enum Ended {
+    Normally(String),
+    /// Its certificate was unpinned for its control plane: the session is cut at once, not
+    /// at its next handshake.
+    Revoked,
+}
+
 impl Session {
-    /// Serves the connection until it ends; `Ok` says why it ended normally.
+    /// Serves the connection until it ends.
     async fn run(
         mut self,
         socket: &mut Socket<impl Transport>,
         state: &State,
         outlet: &Outlet,
+        pin: &Hold,
         mut shutdown: watch::Receiver<bool>,
-    ) -> Result<String, String> {
+    ) -> Result<Ended, String> {
         let cp = self.control_plane_id.clone();
         state.nodes.connected(&cp, self.hello.clone());
         if let Some(hash) = &self.running {
@@ -358,21 +411,25 @@ impl Session {
         tokio::pin!(deadline);
         loop {
             tokio::select! {
+                // Before a new version: a version published after an unpin never reaches the
+                // unpinned data plane.
+                biased;
+                () = pin.revoked() => return Ok(Ended::Revoked),
                 changed = versions.changed() => {
                     if changed.is_err() {
-                        return Ok("control plane deleted".into());
+                        return Ok(Ended::Normally("control plane deleted".into()));
                     }
                     let current = versions.borrow_and_update().clone();
                     match current {
                         Some(version) => self.push(socket, outlet, state, &version).await?,
-                        None => return Ok("control plane deleted".into()),
+                        None => return Ok(Ended::Normally("control plane deleted".into())),
                     }
                 }
                 frame = socket.next() => {
                     deadline.as_mut().reset(Instant::now() + silence);
                     match frame {
-                        None | Some(Ok(Message::Close(_))) => return Ok("disconnected".into()),
-                        Some(Ok(Message::Text(text))) => self.receive(socket, state, &text).await?,
+                        None | Some(Ok(Message::Close(_))) => return Ok(Ended::Normally("disconnected".into())),
+                        Some(Ok(Message::Text(text))) => self.receive(socket, outlet, state, &text).await?,
                         Some(Ok(Message::Binary(_))) => {
                             return Err("binary frames are not part of the protocol".into())
                         }
@@ -381,9 +438,12 @@ impl Session {
                     }
                 }
                 () = &mut deadline => {
-                    return Ok(format!("silent for {} ms, disconnected", silence.as_millis()));
+                    return Ok(Ended::Normally(format!(
+                        "silent for {} ms, disconnected",
+                        silence.as_millis()
+                    )));
                 }
-                () = stopping(&mut shutdown) => return Ok("control plane stopping".into()),
+                () = stopping(&mut shutdown) => return Ok(Ended::Normally("control plane stopping".into())),
             }
         }
     }
@@ -436,17 +496,18 @@ impl Session {
         } else {
             reconfigure(version, modules)?.into()
         };
-        socket
-            .send(Message::Text(frame))
+        send(socket, Message::Text(frame), state)
             .await
             .map_err(|e| format!("sending version {}: {e}", version.version))?;
         self.sent = Some(version.hash.clone());
+        self.confirmed = false;
         Ok(())
     }
 
     async fn receive(
         &mut self,
         socket: &mut Socket<impl Transport>,
+        outlet: &Outlet,
         state: &State,
         text: &str,
     ) -> Result<(), String> {
@@ -458,6 +519,7 @@ impl Session {
                 config_hash,
             }) => {
                 state.nodes.applied(cp, id, config_version, &config_hash);
+                self.confirmed = self.sent.as_ref() == Some(&config_hash);
                 self.running = Some(config_hash);
             }
             Ok(Inbound::Error {
@@ -465,7 +527,6 @@ impl Session {
                 config_hash,
                 message,
             }) => {
-                log::warn!("data plane {id} refused version {config_version}: {message}");
                 state
                     .nodes
                     .rejected(cp, id, config_version, &config_hash, &message);
@@ -475,14 +536,26 @@ impl Session {
             }
             Ok(Inbound::Ping { config_hash }) => {
                 state.nodes.pinged(cp, id, config_hash.as_deref());
+                // It applied what it was sent and now runs something else (a local reload,
+                // a restore from a backup): what the control plane sends is what runs.
+                let drifted = self.confirmed
+                    && config_hash.is_some()
+                    && config_hash.as_deref() != self.sent.as_deref();
                 if config_hash.is_some() {
                     self.running = config_hash;
                 }
                 let pong = serde_json::to_string(&Outbound::Pong).map_err(|e| e.to_string())?;
-                socket
-                    .send(Message::text(pong))
+                send(socket, Message::text(pong), state)
                     .await
                     .map_err(|e| format!("sending pong: {e}"))?;
+                if drifted {
+                    log::warn!("data plane {id} runs another configuration than it applied; sending it again");
+                    self.sent = None;
+                    self.confirmed = false;
+                    if let Some(version) = state.hub.current(cp) {
+                        self.push(socket, outlet, state, &version).await?;
+                    }
+                }
             }
             Ok(Inbound::BasicInfo { .. }) => return Err("basic_info sent twice".into()),
             Err(e) => return Err(format!("unreadable frame: {e}")),
@@ -492,7 +565,7 @@ impl Session {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::hub::Hub;
     use crate::modules::Modules;
@@ -506,6 +579,9 @@ mod tests {
 
     type Pipe = WebSocketStream<DuplexStream>;
 
+    /// The data planes' certificate, pinned for `cp`.
+    const FINGERPRINT: &str = "fp";
+
     const PEER: SocketAddr = SocketAddr::new(
         std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)),
         4000,
@@ -513,9 +589,16 @@ mod tests {
 
     /// A control plane `cp` with its store in `dir`, and modules with made-up bytes when
     /// `modules` is set.
-    fn state(dir: &tempfile::TempDir, modules: bool, ping_interval: Duration) -> Arc<State> {
+    pub(crate) fn state(
+        dir: &tempfile::TempDir,
+        modules: bool,
+        ping_interval: Duration,
+    ) -> Arc<State> {
         let store = Arc::new(Store::open(dir.path()).expect("store"));
         store.insert_test_control_plane("cp");
+        store
+            .transaction(|tx| crate::store::pin_certificate(tx, "pin", "cp", "PEM", FINGERPRINT, 0))
+            .expect("pin");
         let modules = if modules {
             let modules_dir = dir.path().join("modules");
             std::fs::create_dir_all(&modules_dir).expect("modules dir");
@@ -633,7 +716,18 @@ mod tests {
         let outlet = Arc::clone(outlet);
         let session = tokio::spawn(async move {
             let session = introduce(&mut server, PEER, &["cp".to_owned()]).await?;
-            session.run(&mut server, &state, &outlet, shutdown).await
+            let pin = state
+                .store
+                .trust()
+                .hold(&session.control_plane_id, FINGERPRINT)
+                .ok_or("unpinned before the session")?;
+            match session
+                .run(&mut server, &state, &outlet, &pin, shutdown)
+                .await?
+            {
+                Ended::Normally(why) => Ok(why),
+                Ended::Revoked => Ok("revoked".to_owned()),
+            }
         });
         Connected {
             client,
@@ -1175,6 +1269,94 @@ mod tests {
             ended(dp.session).await,
             Ok("control plane deleted".to_owned())
         );
+    }
+
+    #[tokio::test]
+    async fn unpinning_its_certificate_cuts_a_session_before_the_next_version() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = state(&dir, false, Duration::from_secs(30));
+        let outlet = Arc::new(Outlet::default());
+        let mut dp = connect(&state, &outlet, basic_info("n1", None, json!([]))).await;
+        state.hub.publish(version(1, 0, &[]));
+        assert!(matches!(
+            receive(&mut dp.client).await,
+            Outbound::Reconfigure {
+                config_version: 1,
+                ..
+            }
+        ));
+        state
+            .store
+            .transaction(|tx| -> Result<usize, crate::store::StoreError> {
+                Ok(tx.execute("DELETE FROM dp_client_certificates WHERE id = 'pin'", [])?)
+            })
+            .expect("unpin");
+        // Published right after the unpin committed, as a PATCH after a DELETE would be.
+        state.hub.publish(version(2, 0, &[]));
+        assert_eq!(ended(dp.session).await, Ok("revoked".to_owned()));
+        let after = tokio::time::timeout(Duration::from_secs(5), dp.client.next()).await;
+        assert!(
+            !matches!(after, Ok(Some(Ok(Message::Text(_))))),
+            "version 2 never reaches it: {after:?}"
+        );
+        assert_eq!(state.store.trust().sessions(), 0, "its claim is gone");
+    }
+
+    #[tokio::test]
+    async fn a_data_plane_that_drifts_from_what_it_applied_gets_it_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = state(&dir, false, Duration::from_secs(30));
+        let outlet = Arc::new(Outlet::default());
+        let mut dp = connect(&state, &outlet, basic_info("n1", None, json!([]))).await;
+        let v1 = version(1, 0, &[]);
+        state.hub.publish(Arc::clone(&v1));
+        assert!(matches!(
+            receive(&mut dp.client).await,
+            Outbound::Reconfigure {
+                config_version: 1,
+                ..
+            }
+        ));
+        // Before it says it applied v1, a ping with what it ran before is no drift.
+        nothing_pending(&mut dp.client, Some("before")).await;
+        send(
+            &mut dp.client,
+            json!({ "type": "applied", "config_version": 1, "config_hash": v1.hash }),
+        )
+        .await;
+        nothing_pending(&mut dp.client, Some(&v1.hash)).await;
+
+        send(
+            &mut dp.client,
+            json!({ "type": "ping", "config_hash": "local" }),
+        )
+        .await;
+        assert_eq!(receive(&mut dp.client).await, Outbound::Pong);
+        assert!(
+            matches!(
+                receive(&mut dp.client).await,
+                Outbound::Reconfigure { config_version: 1, ref config_hash, .. } if *config_hash == v1.hash
+            ),
+            "v1 again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_data_plane_that_stops_reading_loses_its_session_within_a_ping_interval() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = state(&dir, false, Duration::from_millis(300));
+        let outlet = Arc::new(Outlet::default());
+        let dp = connect(&state, &outlet, basic_info("stalled", None, json!([]))).await;
+        // Bigger than the pipe's buffer, and the data plane never reads.
+        state.hub.publish(version(1, 1 << 20, &[]));
+        let ended = ended(dp.session).await;
+        assert!(
+            ended
+                .as_ref()
+                .is_err_and(|e| e.contains("not read within 300 ms")),
+            "{ended:?}"
+        );
+        drop(dp.client);
     }
 
     #[test]

@@ -35,6 +35,8 @@ use resources::Translator;
 use stream::{AdsStream, Envoys, NodeIdentity};
 use tls::Peer;
 
+const UNPINNED: &str = "this certificate was unpinned";
+
 struct Ads {
     state: Arc<State>,
     translator: Arc<Translator>,
@@ -52,7 +54,7 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let peer = request.extensions().get::<Peer>().cloned();
-        let pinned_for = crate::pki::peer_control_planes(
+        let certificate = crate::pki::peer(
             &self.state.store,
             peer.as_ref()
                 .and_then(|p| p.certificates.as_deref())
@@ -68,8 +70,20 @@ impl AggregatedDiscoveryService for Ads {
             .node
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("the first request names no node"))?;
-        let identity = NodeIdentity::new(node, &pinned_for)?;
+        let identity = NodeIdentity::new(node, &certificate.control_planes)?;
+        let pin = self
+            .state
+            .store
+            .trust()
+            .hold(&identity.control_plane_id, &certificate.fingerprint)
+            .ok_or_else(|| Status::permission_denied(UNPINNED))?;
+        let (cp, id) = (identity.control_plane_id.clone(), identity.id.clone());
+        self.state
+            .nodes
+            .admit(&cp, &id)
+            .map_err(Status::resource_exhausted)?;
         let (responses, receiver) = mpsc::channel(16);
+        let revoked = responses.clone();
         let stream = AdsStream::new(
             Arc::clone(&self.state),
             Arc::clone(&self.translator),
@@ -78,7 +92,19 @@ impl AggregatedDiscoveryService for Ads {
             responses,
         );
         let ip = peer.and_then(|p| p.addr).map(|a| a.ip().to_string());
-        tokio::spawn(stream.run(first, requests, ip, self.shutdown.clone()));
+        let run = stream.run(first, requests, ip, self.shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                // Before the stream's next push: nothing published after the unpin reaches it.
+                biased;
+                () = pin.revoked() => {
+                    log::warn!("xDS node {id} of {cp}: {UNPINNED}, stream closed");
+                    // Dropping the stream's future releases its node like any ending.
+                    let _ = revoked.send(Err(Status::permission_denied(UNPINNED))).await;
+                }
+                () = run => {}
+            }
+        });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
