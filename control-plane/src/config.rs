@@ -3,6 +3,7 @@
 //! (done by the model, the same code the gateway runs), and declarative import.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::Transaction;
@@ -82,8 +83,6 @@ pub enum Rejection {
         id: String,
         kind: &'static str,
     },
-    /// A change this control plane does not take, with the reason.
-    Refused(String),
     Store(StoreError),
 }
 
@@ -128,9 +127,10 @@ impl Entities {
     }
 
     /// The Kong declarative document (`_format_version: "3.0"`): routes nested in their
-    /// service, plugins nested in their route or service, entities named by name or id.
-    /// A serverless control plane's documents also carry its platform limits.
-    pub fn declarative(&self, serverless: bool) -> Value {
+    /// service, plugins nested in their route or service, entities named by name or id. It
+    /// holds the user's entities only: a serverless control plane's limits are its
+    /// provisioned data planes' platform plugins ([`platform_plugins`]), not part of it.
+    pub fn declarative(&self) -> Value {
         let id = |doc: &Value| doc.get("id").and_then(Value::as_str).map(str::to_owned);
         let plugin = |doc: &Value| {
             let mut p = pick(doc, PLUGIN_FIELDS);
@@ -192,9 +192,6 @@ impl Entities {
                 .unwrap_or_else(|| Value::String(wanted.to_owned()))
         };
         let mut plugins = plugins_of(None, None);
-        if serverless {
-            plugins.extend(serverless_plugins());
-        }
         for p in &self.plugins {
             let scope: (Option<String>, Option<String>) =
                 (reference(p, "service"), reference(p, "route"));
@@ -231,9 +228,8 @@ pub fn next_version(
     tx: &Transaction<'_>,
     control_plane_id: &str,
     now: i64,
-    serverless: bool,
 ) -> Result<Arc<ConfigVersion>, Rejection> {
-    let document = Entities::load(tx, control_plane_id)?.declarative(serverless);
+    let document = Entities::load(tx, control_plane_id)?.declarative();
     let text = document.to_string();
     let version: i64 = tx
         .query_row(
@@ -258,27 +254,57 @@ pub fn next_version(
     Ok(Arc::new(config))
 }
 
-/// The plugins a serverless control plane's data planes always run: the seed's Serverless
-/// Gateway limits (10 MB per request, 100 requests per second). Users cannot add their own
-/// instances of these two plugins there: Kong runs one instance per plugin name per request,
-/// so a more specific one would lift the platform limit.
-pub const SERVERLESS_PLUGINS: [&str; 2] = ["request-size-limiting", "rate-limiting"];
+/// The seed's Serverless Gateway limits, 10 MB per request and 100 requests per second per
+/// gateway, as the platform plugins (`gateway run --platform-plugins`) of every data plane
+/// the control plane provisions: they run before the user's plugins and apart from them, so
+/// nothing a user configures (an instance of the same plugin on any scope, by any API)
+/// replaces or lifts them, while a stricter plugin of the user's own applies too. The rate
+/// limit counts by `service`, which a platform plugin sees as the platform's own stream
+/// identity: one count for the whole gateway, whatever its services. It hides its headers,
+/// so that a user's own rate-limiting answers with its own; its 429 is Kong's
+/// rate-limiting answer for that config.
+pub fn platform_plugins() -> Value {
+    json!({
+        "plugins": [
+            {
+                "name": "request-size-limiting",
+                "config": { "allowed_payload_size": 10, "size_unit": "megabytes" },
+            },
+            {
+                "name": "rate-limiting",
+                "config": {
+                    "second": 100,
+                    "limit_by": "service",
+                    "policy": "local",
+                    "hide_client_headers": true,
+                },
+            },
+        ],
+    })
+}
 
-pub fn serverless_plugins() -> Vec<Value> {
-    vec![
-        json!({
-            "name": "request-size-limiting",
-            "instance_name": "serverless-request-size-limit",
-            "config": { "allowed_payload_size": 10, "size_unit": "megabytes" },
-            "tags": ["serverless-platform"],
-        }),
-        json!({
-            "name": "rate-limiting",
-            "instance_name": "serverless-rate-limit",
-            "config": { "second": 100, "limit_by": "service", "policy": "local" },
-            "tags": ["serverless-platform"],
-        }),
-    ]
+/// The platform plugins' file in a provisioned data plane's folder.
+pub const PLATFORM_PLUGINS_FILE: &str = "platform-plugins.json";
+
+/// Writes [`platform_plugins`] to `path` (mode 0600, replaced whole): the platform's own
+/// file, written before every start of the data plane, so that it is always this control
+/// plane's.
+pub fn write_platform_plugins(path: &Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let partial = path.with_extension("json.partial");
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .and_then(|mut file| {
+            file.write_all(platform_plugins().to_string().as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&partial, path));
+    written.map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
 /// Kong's defaults for a new entity; what the client sent goes over them.
@@ -631,30 +657,37 @@ mod tests {
         assert_eq!(kept, json!({ "a": 1 }));
     }
 
+    /// The README's limits, in a file the gateway reads as its platform plugins (the
+    /// model's reading of it; the modules check the configs when the gateway starts).
     #[test]
     fn the_platform_limits_are_the_readmes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(PLATFORM_PLUGINS_FILE);
+        write_platform_plugins(&path).expect("written");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let plugins = model::parse_platform_plugins(&text, Some(&schemas::check))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let limits: Vec<(String, Value)> = plugins
+            .into_iter()
+            .map(|p| (model::platform_instance_name(&p), p.config))
+            .collect();
         assert_eq!(
-            serverless_plugins(),
-            vec![
-                json!({
-                    "name": "request-size-limiting",
-                    "instance_name": "serverless-request-size-limit",
-                    "config": { "allowed_payload_size": 10, "size_unit": "megabytes" },
-                    "tags": ["serverless-platform"],
-                }),
-                json!({
-                    "name": "rate-limiting",
-                    "instance_name": "serverless-rate-limit",
-                    "config": { "second": 100, "limit_by": "service", "policy": "local" },
-                    "tags": ["serverless-platform"],
-                }),
+            limits,
+            [
+                (
+                    "wasmgate.platform.request-size-limiting".to_owned(),
+                    json!({ "allowed_payload_size": 10, "size_unit": "megabytes" })
+                ),
+                (
+                    "wasmgate.platform.rate-limiting".to_owned(),
+                    json!({ "second": 100, "limit_by": "service", "policy": "local",
+                            "hide_client_headers": true })
+                ),
             ]
         );
-        let names: Vec<Value> = serverless_plugins()
-            .iter()
-            .map(|p| p["name"].clone())
-            .collect();
-        assert_eq!(names, SERVERLESS_PLUGINS.map(Value::from).to_vec());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

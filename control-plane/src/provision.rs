@@ -499,6 +499,10 @@ impl Launch {
             },
             |socket| format!("unix:{}", socket.display()),
         );
+        // The serverless limits, the platform's layer of plugins: this control plane's, never
+        // the tenant's configuration's; a data plane never starts without them.
+        let platform = spec.dir.join(crate::config::PLATFORM_PLUGINS_FILE);
+        crate::config::write_platform_plugins(&platform)?;
         let log = open_log(&spec.dir)?;
         let mut command = tokio::process::Command::new(&self.gateway);
         command
@@ -512,6 +516,8 @@ impl Launch {
                     .map(|deny| format!("--upstream-deny={deny}")),
             )
             .arg("--no-access-log")
+            .arg("--platform-plugins")
+            .arg(&platform)
             .arg("--control-plane")
             .arg(self.cluster.to_string())
             .arg("--control-plane-id")

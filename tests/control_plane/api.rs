@@ -2,8 +2,13 @@
 //! loopback): Konnect's shapes, Kong's entity behaviour and errors, versions produced only by
 //! accepted changes, durability across a restart, and the OpenAPI document kept true.
 
+use std::time::SystemTime;
+
 use serde_json::{json, Value};
-use wasmgate_tests::control_plane::{TestControlPlane, TOKEN};
+use wasmgate_tests::client::{self, Connection, Protocol, Request, RequestBody};
+use wasmgate_tests::control_plane::{Provisioned, TestControlPlane, TOKEN};
+use wasmgate_tests::windows::{check_fixed_window, epoch_seconds, Decision};
+use wasmgate_tests::EchoUpstream;
 
 fn dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
@@ -452,86 +457,301 @@ async fn entities_behave_like_kong_and_only_accepted_changes_make_versions() {
     assert_eq!(neither["data"].as_array().map(Vec::len), Some(0));
 }
 
-#[tokio::test]
-async fn serverless_control_planes_carry_the_platform_limits() {
+/// Requests spread over `paths` through `proxy` from 6 connections for 3.5 s, each decision
+/// with the bounds the client saw it in (`windows`), all under one key: the gateway's.
+async fn burst(proxy: std::net::SocketAddr, paths: &[&'static str]) -> Vec<Decision> {
+    let mut clients = Vec::new();
+    for client in 0..6 {
+        let paths = paths.to_vec();
+        clients.push(tokio::spawn(async move {
+            let mut connection = Connection::open(proxy, Protocol::Http1)
+                .await
+                .expect("connect");
+            let mut decisions = Vec::new();
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(3500);
+            let mut next = client;
+            while std::time::Instant::now() < until {
+                let path = paths[next % paths.len()];
+                next += 1;
+                let sent = epoch_seconds(SystemTime::now());
+                let response = connection.send(&Request::get(path)).await.expect(path);
+                let answered = epoch_seconds(SystemTime::now());
+                assert!(
+                    response.status == 200 || response.status == 429,
+                    "{path}: {} {}",
+                    response.status,
+                    response.text()
+                );
+                decisions.push(Decision {
+                    key: "gateway".into(),
+                    sent,
+                    answered,
+                    admitted: response.status == 200,
+                });
+            }
+            decisions
+        }));
+    }
+    let mut decisions = Vec::new();
+    for client in clients {
+        decisions.extend(client.await.expect("client"));
+    }
+    decisions
+}
+
+/// The serverless limits, 100 requests a second, as the provisioned gateway enforces them:
+/// one budget for the whole gateway (not per service, review D20), never more in a second,
+/// exactly 100 in a second that refused one.
+async fn assert_100_a_second_for_the_gateway(proxy: std::net::SocketAddr, paths: &[&'static str]) {
+    let decisions = burst(proxy, paths).await;
+    let check = check_fixed_window(&decisions, 100);
+    assert!(check.failures.is_empty(), "{:?}", check.failures);
+    assert!(
+        check.exact_seconds >= 1,
+        "no second spent the gateway's budget: {:?}",
+        check.admitted
+    );
+}
+
+/// 10 MB and 10 MB + 1 byte through `proxy` on `path`: 200, then the platform's 413 (Kong's
+/// request-size-limiting answer).
+async fn assert_10_mb_for(proxy: std::net::SocketAddr, path: &str) {
+    let body = |len: u64| RequestBody::Filler {
+        len,
+        with_length: true,
+    };
+    let at_limit = client::send(proxy, Protocol::Http1, &Request::post(path, body(10 << 20)))
+        .await
+        .expect("10 MB");
+    assert_eq!(at_limit.status, 200, "{path}: {}", at_limit.text());
+    let over = Request::post(path, body((10 << 20) + 1));
+    let refused = client::send(proxy, Protocol::Http1, &over)
+        .await
+        .expect("10 MB + 1");
+    assert_eq!(refused.status, 413, "{path}: {}", refused.text());
+    assert_eq!(
+        refused.json(),
+        Some(refused.kong_error_json("Request size limit exceeded")),
+        "{path}"
+    );
+}
+
+/// Issue #15 item 1 and review D1, D20 through a provisioned gateway: a serverless control
+/// plane's limits (10 MB per request, 100 requests a second per gateway) are the platform's,
+/// apart from the user's plugins. Users may add their own `request-size-limiting` and
+/// `rate-limiting` on any scope, by import, POST, PATCH or PUT; what is stricter applies,
+/// and nothing lifts the platform's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serverless_limits_hold_whatever_the_user_configures() {
+    let echo = EchoUpstream::start().await.expect("echo");
     let dir = dir();
     let cp = TestControlPlane::start(dir.path());
-    let id = control_plane(&cp, "serverless", "CLUSTER_TYPE_SERVERLESS_V1").await;
-    let export = cp
+    let Provisioned {
+        control_plane_id: id,
+        proxy,
+        ..
+    } = cp.provision_serverless("tenant").await;
+    let base = format!("/v2/control-planes/{id}/core-entities");
+
+    // An import whose route lifts the size limit to 1000 MB and whose service and global
+    // rate limits allow 100000 a second, over three services.
+    let imported = json!({
+        "_format_version": "3.0",
+        "services": [
+            { "name": "a", "url": format!("http://{}", echo.addr()),
+              "routes": [{ "name": "a", "paths": ["/a"], "plugins": [
+                  { "name": "request-size-limiting",
+                    "config": { "allowed_payload_size": 1000, "size_unit": "megabytes" } }] }] },
+            { "name": "b", "url": format!("http://{}", echo.addr()),
+              "routes": [{ "name": "b", "paths": ["/b"] }],
+              "plugins": [{ "name": "rate-limiting",
+                            "config": { "second": 100000, "limit_by": "service" } }] },
+            { "name": "c", "url": format!("http://{}", echo.addr()),
+              "routes": [{ "name": "c", "paths": ["/c"] }] },
+        ],
+        "plugins": [{ "name": "rate-limiting", "config": { "second": 100000 } }],
+    });
+    cp.expect(
+        201,
+        "POST",
+        &format!("/v2/control-planes/{id}/declarative-config"),
+        Some(&imported),
+    )
+    .await;
+    wasmgate_tests::until(
+        "the provisioned gateway serving the import",
+        std::time::Duration::from_secs(90),
+        async || {
+            let response = client::send(proxy, Protocol::Http1, &Request::get("/c"))
+                .await
+                .map_err(|e| e.to_string())?;
+            match response.header("x-ratelimit-limit-second") {
+                Some("100000") => Ok(()),
+                _ => Err(format!("{} {:?}", response.status, response.headers)),
+            }
+        },
+    )
+    .await;
+    assert_100_a_second_for_the_gateway(proxy, &["/a", "/b", "/c"]).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_10_mb_for(proxy, "/a").await;
+
+    // The entities API: a stricter limit of the user's own (5 a minute on one route), a
+    // global one raised by PATCH, a service's size limit lifted by PUT.
+    let strict = cp
         .expect(
-            200,
-            "GET",
-            &format!("/v2/control-planes/{id}/declarative-config"),
-            None,
+            201,
+            "POST",
+            &format!("{base}/routes/c/plugins"),
+            Some(&json!({ "name": "rate-limiting", "config": { "minute": 5 } })),
         )
         .await;
-    let plugins = export["plugins"].as_array().expect("platform plugins");
-    let size = plugins
-        .iter()
-        .find(|p| p["name"] == "request-size-limiting")
-        .expect("size limit");
+    assert!(strict["route"]["id"].is_string(), "{strict}");
+    let plugins = cp
+        .expect(200, "GET", &format!("{base}/plugins"), None)
+        .await;
+    let global = plugins["data"]
+        .as_array()
+        .and_then(|all| {
+            all.iter().find(|p| {
+                p["name"] == "rate-limiting" && p["service"].is_null() && p["route"].is_null()
+            })
+        })
+        .and_then(|p| p["id"].as_str())
+        .expect("the imported global rate-limiting")
+        .to_owned();
+    cp.expect(
+        200,
+        "PATCH",
+        &format!("{base}/plugins/{global}"),
+        Some(&json!({ "config": { "second": 1000000 } })),
+    )
+    .await;
+    cp.expect(
+        200,
+        "PUT",
+        &format!("{base}/plugins/lift"),
+        Some(&json!({
+            "name": "request-size-limiting",
+            "service": { "name": "b" },
+            "config": { "allowed_payload_size": 1000, "size_unit": "megabytes" },
+        })),
+    )
+    .await;
+    // The route's own limit answers with its own 429 and headers after 5 in a minute
+    // (a minute that turns meanwhile starts the count again).
+    let mut remaining = Vec::new();
+    let refused = wasmgate_tests::until(
+        "the route's own 5 a minute",
+        std::time::Duration::from_secs(150),
+        async || {
+            let response = client::send(proxy, Protocol::Http1, &Request::get("/c"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let left = response
+                .header("x-ratelimit-remaining-minute")
+                .map(str::to_owned);
+            match (response.status, left) {
+                (200, Some(left)) => {
+                    if remaining.last().is_some_and(|last: &String| *last < left) {
+                        remaining.clear();
+                    }
+                    remaining.push(left);
+                    Err(format!("{remaining:?}"))
+                }
+                (429, _) if !remaining.is_empty() => Ok(response),
+                (status, _) => Err(format!("{status} {:?}", response.headers)),
+            }
+        },
+    )
+    .await;
     assert_eq!(
-        size["config"],
-        json!({ "allowed_payload_size": 10, "size_unit": "megabytes" })
+        remaining.last().map(String::as_str),
+        Some("0"),
+        "{remaining:?}"
     );
-    let rate = plugins
-        .iter()
-        .find(|p| p["name"] == "rate-limiting")
-        .expect("rate limit");
-    assert_eq!(rate["config"]["second"], 100);
-    assert_eq!(rate["config"]["limit_by"], "service");
-    // Kong runs one instance per plugin name per request, the most specific: an instance of
-    // the user's own, global or scoped to a service or route, would lift the limit.
-    let service = cp
-        .expect(
-            201,
-            "POST",
-            &format!("/v2/control-planes/{id}/core-entities/services"),
-            Some(&json!({ "name": "mine", "url": "http://127.0.0.1:9/" })),
-        )
-        .await;
-    let route = cp
-        .expect(
-            201,
-            "POST",
-            &format!("/v2/control-planes/{id}/core-entities/routes"),
-            Some(&json!({ "name": "r", "paths": ["/"], "service": { "id": service["id"] } })),
-        )
-        .await;
-    for (plugin, config, scope) in [
-        ("rate-limiting", json!({ "second": 1000 }), json!({})),
-        (
-            "rate-limiting",
-            json!({ "second": 1000 }),
-            json!({ "service": { "id": service["id"] } }),
-        ),
-        (
-            "request-size-limiting",
-            json!({ "allowed_payload_size": 100 }),
-            json!({ "route": { "id": route["id"] } }),
-        ),
+    assert_eq!(
+        refused.json(),
+        Some(refused.kong_error_json("API rate limit exceeded"))
+    );
+    assert_eq!(refused.header("x-ratelimit-limit-minute"), Some("5"));
+    assert_eq!(refused.header("x-ratelimit-remaining-minute"), Some("0"));
+    // Neither the PATCH nor the PUT lifted anything.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_10_mb_for(proxy, "/b").await;
+    assert_100_a_second_for_the_gateway(proxy, &["/a", "/b"]).await;
+}
+
+/// Review D21, Konnect's rule: "Control planes that use Serverless Gateways can't mix types
+/// of data planes." A serverless control plane takes no certificate a user pins and makes no
+/// Envoy bootstrap (Konnect's 400 problem), while its provisioned gateway, pinned by the
+/// control plane itself, connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serverless_control_planes_take_no_self_managed_data_planes() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let Provisioned {
+        control_plane_id: id,
+        group_id,
+        ..
+    } = cp.provision_serverless("tenant").await;
+    let (pem, _) = control_plane::pki::client_certificate("dp").expect("cert");
+    for (path, body) in [
+        ("dp-client-certificates", json!({ "cert": pem })),
+        ("envoy-bootstrap", json!({ "listen": "127.0.0.1:10000" })),
     ] {
-        let mut body = json!({ "name": plugin, "config": config });
-        if let (Some(body), Some(scope)) = (body.as_object_mut(), scope.as_object()) {
-            body.extend(scope.clone());
-        }
         let refused = cp
-            .expect(
+            .expect_response(
                 400,
                 "POST",
-                &format!("/v2/control-planes/{id}/core-entities/plugins"),
+                &format!("/v2/control-planes/{id}/{path}"),
                 Some(&body),
             )
             .await;
         assert_eq!(
-            refused["message"],
-            format!(
-                "a serverless control plane enforces its own '{plugin}' on every data plane \
-                 (10 MB per request, 100 requests per second); it cannot be configured"
-            ),
-            "{body}"
+            refused.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert_eq!(
+            refused.json(),
+            Some(json!({
+                "status": 400,
+                "title": "Bad Request",
+                "detail": "Control planes that use Serverless Gateways can't mix types of data \
+                           planes: this serverless control plane's data planes are its cloud \
+                           gateways (/v3/cloud-gateways/configurations), not self-managed \
+                           gateways or Envoys",
+            })),
+            "{path}"
         );
     }
+    let pinned = cp
+        .expect(
+            200,
+            "GET",
+            &format!("/v2/control-planes/{id}/dp-client-certificates"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        pinned["page"]["total"], 1,
+        "the provisioner's only: {pinned}"
+    );
+    let nodes = format!("/v2/control-planes/{id}/nodes");
+    wasmgate_tests::until(
+        "the provisioned gateway's node",
+        std::time::Duration::from_secs(90),
+        async || {
+            let list = cp.expect(200, "GET", &nodes, None).await;
+            match list["items"][0]["id"].as_str() {
+                Some(node) if node == group_id && list["items"][0]["config_hash"].is_string() => {
+                    Ok(())
+                }
+                _ => Err(list.to_string()),
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1185,7 +1405,7 @@ async fn every_operation_answers_what_the_openapi_document_says() {
 }
 
 /// README "Cloud gateways": `kind` `serverless.v0` provisions a real gateway for a
-/// `CLUSTER_TYPE_SERVERLESS` control plane (which carries the platform limits), as
+/// `CLUSTER_TYPE_SERVERLESS` control plane (with the platform's limits), as
 /// `serverless.v1` does for `_SERVERLESS_V1`; each kind is refused for any other cluster type,
 /// other kinds are refused, and a refusal provisions nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1282,26 +1502,33 @@ async fn cloud_gateway_kinds_match_their_control_plane_type() {
         .trim_start_matches("http://")
         .parse()
         .expect("address");
-    // The provisioned gateway proxies with the platform's rate limit (the gateway may still be
-    // starting up and compiling its modules).
+    // The provisioned gateway proxies (it may still be starting up and compiling its
+    // modules), with the platform's limits though the control plane has no plugin.
     wasmgate_tests::until(
         "the serverless.v0 gateway proxying",
         std::time::Duration::from_secs(90),
         async || {
-            let response = wasmgate_tests::client::send(
-                proxy,
-                wasmgate_tests::Protocol::Http1,
-                &wasmgate_tests::Request::get("/"),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            match (response.status, response.header("x-ratelimit-limit-second")) {
-                (200, Some("100")) => Ok(()),
-                (status, limit) => Err(format!("{status}, limit {limit:?}")),
+            let response = client::send(proxy, Protocol::Http1, &Request::get("/"))
+                .await
+                .map_err(|e| e.to_string())?;
+            match response.status {
+                200 => Ok(()),
+                status => Err(format!("{status}")),
             }
         },
     )
     .await;
+    let over = Request::post(
+        "/",
+        RequestBody::Filler {
+            len: (10 << 20) + 1,
+            with_length: true,
+        },
+    );
+    let refused = client::send(proxy, Protocol::Http1, &over)
+        .await
+        .expect("10 MB + 1");
+    assert_eq!(refused.status, 413, "{}", refused.text());
     let id = configuration["id"].as_str().expect("id");
     wasmgate_tests::until(
         "the group ready",

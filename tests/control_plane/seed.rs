@@ -1,9 +1,10 @@
 //! The seed's flow end to end, on localhost, through the API only: create a serverless
 //! control plane, provision a data plane (`PUT /v3/cloud-gateways/configurations` → a real
-//! `gateway` process the control plane supervises), connect a real Envoy to the same control
-//! plane, attach a request-transformer to a service, and proxy through both. Then the
-//! platform limits, a live change, a crashed data plane, a control plane restart and outage,
-//! and the removal of the configuration.
+//! `gateway` process the control plane supervises), attach a request-transformer to a
+//! service, and proxy through it and a real Envoy, a self-managed data plane that follows a
+//! control plane of its own kept in step by declarative export (a serverless control plane
+//! does not mix data plane types). Then the platform limits, a live change, a crashed data
+//! plane, a control plane restart and outage, and the removal of the configuration.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -87,13 +88,32 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
         .expect("group id")
         .to_owned();
 
+    // Konnect: "Control planes that use Serverless Gateways can't mix types of data planes"
+    // (review D21). The Envoy follows a control plane of its own.
     let envoy_listen = wasmgate_tests::free_port();
+    let envoy_node = json!({ "node_id": "envoy-1", "listen": envoy_listen.to_string() });
+    cp.expect(
+        400,
+        "POST",
+        &format!("/v2/control-planes/{id}/envoy-bootstrap"),
+        Some(&envoy_node),
+    )
+    .await;
+    let self_managed = cp
+        .expect(
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({ "name": "self-managed", "cluster_type": "CLUSTER_TYPE_CONTROL_PLANE" })),
+        )
+        .await;
+    let self_managed = self_managed["id"].as_str().expect("id").to_owned();
     let bootstrap = cp
         .expect(
             201,
             "POST",
-            &format!("/v2/control-planes/{id}/envoy-bootstrap"),
-            Some(&json!({ "node_id": "envoy-1", "listen": envoy_listen.to_string() })),
+            &format!("/v2/control-planes/{self_managed}/envoy-bootstrap"),
+            Some(&envoy_node),
         )
         .await;
     let envoy = Envoy::start_bootstrap(&bootstrap, 1).await.expect("Envoy");
@@ -110,6 +130,7 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
         )
         .await;
     let plugin_id = plugin["id"].as_str().expect("id").to_owned();
+    mirror(&cp, &id, &self_managed).await;
 
     // Both data planes proxy with the secret (the gateway may still be starting up).
     until_seen(gateway, "Bearer s3cr3t", Duration::from_secs(90)).await;
@@ -135,37 +156,33 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let nodes = cp
-        .expect(200, "GET", &format!("/v2/control-planes/{id}/nodes"), None)
-        .await;
-    let nodes = nodes["items"].as_array().expect("items");
-    assert_eq!(nodes.len(), 2, "{nodes:?}");
-    for node in nodes {
-        assert_eq!(node["sync_status"], "in_sync", "{node}");
+    for control_plane in [&id, &self_managed] {
+        let nodes = cp
+            .expect(
+                200,
+                "GET",
+                &format!("/v2/control-planes/{control_plane}/nodes"),
+                None,
+            )
+            .await;
+        let nodes = nodes["items"].as_array().expect("items");
+        assert_eq!(nodes.len(), 1, "{nodes:?}");
+        assert_eq!(nodes[0]["sync_status"], "in_sync", "{}", nodes[0]);
     }
 
-    // The serverless platform limits are enforced by both.
-    for proxy in [gateway, envoy_listen] {
-        let big = Request::post(
-            "/upload",
-            RequestBody::Filler {
-                len: 11 << 20,
-                with_length: true,
-            },
-        );
-        let response = client::send(proxy, Protocol::Http1, &big)
-            .await
-            .expect("upload");
-        assert_eq!(response.status, 413, "{proxy}: {}", response.text());
-        let response = client::send(proxy, Protocol::Http1, &Request::get("/"))
-            .await
-            .expect("get");
-        assert_eq!(
-            response.header("x-ratelimit-limit-second"),
-            Some("100"),
-            "{proxy}"
-        );
-    }
+    // The serverless platform limits are the provisioned gateway's platform plugins (the
+    // self-managed control plane's Envoy has none: they are no entities to export).
+    let big = Request::post(
+        "/upload",
+        RequestBody::Filler {
+            len: 11 << 20,
+            with_length: true,
+        },
+    );
+    let response = client::send(gateway, Protocol::Http1, &big)
+        .await
+        .expect("upload");
+    assert_eq!(response.status, 413, "{}", response.text());
 
     // A change reaches both and is enforced within a second.
     cp.expect(
@@ -175,6 +192,7 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
         Some(&json!({ "config": { "add": { "headers": ["Authorization:Bearer rotated"] } } })),
     )
     .await;
+    mirror(&cp, &id, &self_managed).await;
     // Bounds against hanging, not latency targets (those are in docs/BENCHMARKS.md).
     let gateway_took = until_seen(gateway, "Bearer rotated", Duration::from_secs(30)).await;
     let envoy_took = until_seen(envoy_listen, "Bearer rotated", Duration::from_secs(30)).await;
@@ -231,6 +249,7 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
         ),
     )
     .await;
+    mirror(&cp, &id, &self_managed).await;
     until_seen(gateway, "Bearer after-restart", Duration::from_secs(30)).await;
     until_seen(
         envoy_listen,
@@ -249,6 +268,26 @@ async fn the_seeds_flow_on_a_provisioned_gateway_and_envoy() {
     .await;
     until_closed(gateway, "its configuration was removed").await;
     drop(envoy);
+}
+
+/// Copies control plane `from`'s configuration to `to` (its declarative export, imported), as
+/// a user keeps a self-managed control plane in step with a serverless one.
+async fn mirror(cp: &TestControlPlane, from: &str, to: &str) {
+    let export = cp
+        .expect(
+            200,
+            "GET",
+            &format!("/v2/control-planes/{from}/declarative-config"),
+            None,
+        )
+        .await;
+    cp.expect(
+        201,
+        "POST",
+        &format!("/v2/control-planes/{to}/declarative-config"),
+        Some(&export),
+    )
+    .await;
 }
 
 /// Waits until nothing listens on `addr` any more: the provisioned gateway has stopped.

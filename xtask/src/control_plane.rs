@@ -93,10 +93,17 @@ async fn serve(
          curl -s -X POST $CP/v2/control-planes/$CONTROL_PLANE_ID/core-entities/services/backend/plugins {auth} \\\n  \
            -d '{{\"name\":\"request-transformer\",\"config\":{{\"add\":{{\"headers\":[\"Authorization:Bearer s3cr3t\"]}}}}}}'\n\
          curl -s $PROXY/hello          # the backend (echo) shows Authorization: Bearer s3cr3t\n\
-         curl -s -X POST $CP/v2/control-planes/$CONTROL_PLANE_ID/envoy-bootstrap {auth} -d '{{\"listen\":\"127.0.0.1:10000\"}}' > envoy.json\n\
-         {envoy} -c envoy.json &   # the same configuration in a stock Envoy, over xDS\n\
-         curl -s http://127.0.0.1:10000/hello\n\
          curl -s $CP/v2/control-planes/$CONTROL_PLANE_ID/nodes {auth}\n\n\
+         # a stock Envoy is a self-managed data plane: a serverless control plane takes none, so\n\
+         # it follows a control plane of its own, here with the same entities\n\
+         export HYBRID_ID=$(curl -s -X POST $CP/v2/control-planes {auth} \\\n  \
+           -d '{{\"name\":\"self-managed\",\"cluster_type\":\"CLUSTER_TYPE_CONTROL_PLANE\"}}' \\\n  \
+           | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])')\n\
+         curl -s $CP/v2/control-planes/$CONTROL_PLANE_ID/declarative-config {auth} \\\n  \
+           | curl -s -X POST $CP/v2/control-planes/$HYBRID_ID/declarative-config {auth} -d @-\n\
+         curl -s -X POST $CP/v2/control-planes/$HYBRID_ID/envoy-bootstrap {auth} -d '{{\"listen\":\"127.0.0.1:10000\"}}' > envoy.json\n\
+         {envoy} -c envoy.json &   # the same configuration in a stock Envoy, over xDS\n\
+         curl -s http://127.0.0.1:10000/hello\n\n\
          Ctrl-C stops the control plane and the data planes it started.",
         data = data_dir.display(),
         backend = echo.addr(),

@@ -248,7 +248,7 @@ pub async fn create(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Valu
             )
             .map_err(StoreError::from)?;
             let row = load(tx, &id)?.ok_or_else(|| errors::internal("control plane vanished"))?;
-            let version = config::next_version(tx, &id, now, row.platform_limits())?;
+            let version = config::next_version(tx, &id, now)?;
             Ok::<_, ApiError>((row, version))
         })?;
         // In the blocking task: a client that leaves does not leave it unpublished.

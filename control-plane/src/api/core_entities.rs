@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::control_planes::{self, ControlPlaneRow};
 use super::errors::{self, ApiError};
 use super::{blocking, change, json_object, now, Shared};
-use crate::config::{self, Entities, Rejection, SERVERLESS_PLUGINS};
+use crate::config::{self, Entities, Rejection};
 use crate::store::entities::{self, EntityKind, ListFilter};
 use crate::store::StoreError;
 
@@ -45,7 +45,9 @@ fn schema(path: &str, message: impl Into<String>) -> Rejection {
 }
 
 /// Resolves `service`/`route` references (`{"id"}` or `{"name"}`) to ids, refuses what this
-/// control plane does not take, and validates the entity with the model.
+/// control plane does not take, and validates the entity with the model. Any plugin is the
+/// user's to configure on a serverless control plane too: its limits are the provisioned
+/// data planes' platform plugins, which no entity replaces (`config::platform_plugins`).
 fn prepare(
     tx: &Transaction<'_>,
     row: &ControlPlaneRow,
@@ -90,13 +92,6 @@ fn prepare(
                 "consumer",
                 "consumers are not supported by wasmgate",
             ));
-        }
-        let name = doc.get("name").and_then(Value::as_str).unwrap_or_default();
-        if row.platform_limits() && SERVERLESS_PLUGINS.contains(&name) {
-            return Err(Rejection::Refused(format!(
-                "a serverless control plane enforces its own '{name}' on every data plane \
-                 (10 MB per request, 100 requests per second); it cannot be configured"
-            )));
         }
     }
     config::validate_entity(kind, doc).map_err(Rejection::Schema)
@@ -372,7 +367,7 @@ pub async fn export(
     let document = blocking(move || {
         store.transaction(|tx| {
             let row = control_planes::load(tx, &control_plane_id)?.ok_or_else(errors::not_found)?;
-            Ok::<_, ApiError>(Entities::load(tx, &row.id)?.declarative(row.platform_limits()))
+            Ok::<_, ApiError>(Entities::load(tx, &row.id)?.declarative())
         })
     })
     .await?;
@@ -407,13 +402,7 @@ pub async fn import(
         )));
     }
     change(&state, &control_plane_id, move |tx, row| {
-        if row.platform_limits() {
-            let mut entities_doc = document.clone();
-            strip_platform_plugins(&mut entities_doc);
-            config::import(tx, &row.id, &entities_doc, now())
-        } else {
-            config::import(tx, &row.id, &document, now())
-        }
+        config::import(tx, &row.id, &document, now())
     })
     .await?;
     let current = state
@@ -427,16 +416,4 @@ pub async fn import(
             "config_version": current.version,
         })),
     ))
-}
-
-/// An exported serverless configuration carries the platform limits; importing it back must
-/// not turn them into user plugins.
-fn strip_platform_plugins(document: &mut Value) {
-    if let Some(Value::Array(plugins)) = document.get_mut("plugins") {
-        plugins.retain(|p| {
-            !p.get("tags")
-                .and_then(Value::as_array)
-                .is_some_and(|t| t.iter().any(|t| t == "serverless-platform"))
-        });
-    }
 }

@@ -12,7 +12,7 @@ use rusqlite::{OptionalExtension, Transaction};
 use serde_json::{json, Value};
 
 use super::control_planes;
-use super::errors::{invalid_parameters, problem_not_found, ApiError};
+use super::errors::{invalid_parameters, problem, problem_not_found, ApiError};
 use super::{blocking, json_object, now, Shared};
 use crate::pki;
 use crate::store::StoreError;
@@ -26,6 +26,27 @@ fn item(row: (String, String, i64, i64)) -> Value {
         "created_at": created_at,
         "updated_at": updated_at,
     })
+}
+
+/// Konnect's rule: "Control planes that use Serverless Gateways can't mix types of data
+/// planes." A serverless control plane's data planes are its cloud gateways, whose
+/// certificates the provisioner pins itself; a certificate a user pins, or an Envoy, would be
+/// a self-managed data plane beside them, without the platform's limits.
+pub(super) fn no_self_managed_data_planes(
+    tx: &Transaction<'_>,
+    control_plane_id: &str,
+) -> Result<(), ApiError> {
+    let row = control_planes::load(tx, control_plane_id)?
+        .ok_or_else(|| problem_not_found("control plane"))?;
+    if row.platform_limits() {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "Control planes that use Serverless Gateways can't mix types of data planes: this \
+             serverless control plane's data planes are its cloud gateways \
+             (/v3/cloud-gateways/configurations), not self-managed gateways or Envoys",
+        ));
+    }
+    Ok(())
 }
 
 fn require_control_plane(tx: &Transaction<'_>, id: &str) -> Result<(), ApiError> {
@@ -65,7 +86,7 @@ pub async fn create(
     let store = Arc::clone(&state.store);
     let row = blocking(move || {
         store.transaction(|tx| {
-            require_control_plane(tx, &control_plane_id)?;
+            no_self_managed_data_planes(tx, &control_plane_id)?;
             crate::store::pin_certificate(tx, &id, &control_plane_id, &cert, &fingerprint, now)?;
             Ok((id, cert, now, now))
         })

@@ -1,7 +1,8 @@
 //! `POST /v2/control-planes/{id}/envoy-bootstrap`: everything a stock Envoy needs to become a
 //! data plane of this control plane, in one call: a fresh client certificate, pinned for the
 //! control plane, and a bootstrap that carries it (inline) with the ADS endpoint, the CA and
-//! the node's identity. `envoy -c bootstrap.json` is then the whole setup.
+//! the node's identity. `envoy -c bootstrap.json` is then the whole setup. Not for a
+//! serverless control plane, whose data planes are its cloud gateways only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,8 +13,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::Value;
 
-use super::control_planes;
-use super::errors::{invalid_parameters, problem_not_found, ApiError};
+use super::dp_certificates::no_self_managed_data_planes;
+use super::errors::{invalid_parameters, ApiError};
 use super::{blocking, json_object, now, Shared};
 use crate::pki;
 use crate::xds::{bootstrap, BootstrapOptions};
@@ -82,7 +83,7 @@ pub async fn create(
     let (cp, cert) = (control_plane_id.clone(), cert_pem.clone());
     blocking(move || {
         store.transaction(|tx| {
-            control_planes::load(tx, &cp)?.ok_or_else(|| problem_not_found("control plane"))?;
+            no_self_managed_data_planes(tx, &cp)?;
             let now = now();
             let id = uuid::Uuid::new_v4().to_string();
             crate::store::pin_certificate(tx, &id, &cp, &cert, &pki::fingerprint(&der), now)?;

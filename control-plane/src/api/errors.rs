@@ -159,15 +159,6 @@ impl From<Rejection> for ApiError {
             Rejection::Declarative(e) => invalid_declarative(&e),
             Rejection::ForeignKey { field, id, kind } => foreign_key(field, &id, kind),
             Rejection::Store(e) => e.into(),
-            Rejection::Refused(message) => kong(
-                StatusCode::BAD_REQUEST,
-                json!({
-                    "code": 2,
-                    "name": "schema violation",
-                    "message": message,
-                    "fields": {},
-                }),
-            ),
         }
     }
 }

@@ -240,7 +240,7 @@ pub async fn change<T: Send + 'static>(
                 let row = control_planes::load(tx, &id)?
                     .ok_or(Rejection::Store(crate::store::StoreError::NotFound))?;
                 let value = f(tx, &row)?;
-                let version = config::next_version(tx, &id, now(), row.platform_limits())?;
+                let version = config::next_version(tx, &id, now())?;
                 Ok::<_, Rejection>((value, version))
             })
             .map_err(ApiError::from)?;
