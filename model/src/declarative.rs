@@ -804,11 +804,27 @@ impl RawDocument {
                 &raw.route_ref,
                 &mut errors,
             );
-            let duplicate = config.plugins.iter().any(|p| {
-                p.name == raw.plugin.name
-                    && p.scope == raw.plugin.scope
-                    && p.instance_name == raw.plugin.instance_name
-            });
+            // Kong's two unique keys of a plugin: its name in its scope (whatever its
+            // instance_name: Kong runs one instance per name, so a second one would silently
+            // take or lose the first's place), and its instance_name.
+            let duplicate = config
+                .plugins
+                .iter()
+                .any(|p| p.name == raw.plugin.name && p.scope == raw.plugin.scope);
+            if let Some(instance_name) = &raw.plugin.instance_name {
+                if config
+                    .plugins
+                    .iter()
+                    .any(|p| p.instance_name.as_ref() == Some(instance_name))
+                {
+                    errors.push(FieldError {
+                        path: raw.path.clone(),
+                        message: format!(
+                            "UNIQUE violation detected on '{{instance_name=\"{instance_name}\"}}'"
+                        ),
+                    });
+                }
+            }
             if duplicate {
                 errors.push(FieldError {
                     path: raw.path.clone(),
@@ -1322,6 +1338,9 @@ plugins:
   - {name: request-size-limiting, route: missing}
   - {name: request-size-limiting, service: a}
   - {name: request-size-limiting, service: a}
+  - {name: rate-limiting, instance_name: first, config: {second: 1}}
+  - {name: rate-limiting, instance_name: second, config: {second: 1000}}
+  - {name: request-transformer, instance_name: first}
 "#,
         );
         for expected in [
@@ -1329,6 +1348,10 @@ plugins:
             "routes.r.service: no service named 'nope'",
             "plugins.request-size-limiting.route: no route named 'missing'",
             "UNIQUE violation detected on '{name=\"request-size-limiting\", route=null, service=\"a\"}'",
+            // Another instance_name makes no second instance of a plugin in one scope (review
+            // D1: the first global one would have taken the other's place).
+            "plugins.rate-limiting: UNIQUE violation detected on '{name=\"rate-limiting\", route=null, service=null}'",
+            "plugins.request-transformer: UNIQUE violation detected on '{instance_name=\"first\"}'",
         ] {
             assert!(message.contains(expected), "missing {expected:?} in {message}");
         }
