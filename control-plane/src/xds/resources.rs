@@ -3,8 +3,9 @@
 //! descriptors. The same translation as a static bootstrap, so what a node runs over xDS is
 //! what `model::envoy::bootstrap` would have started it with.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use prost::Message;
@@ -12,7 +13,9 @@ use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage};
 use serde_json::{json, Value};
 use xds_api::pb::google::protobuf::Any;
 
-use crate::hub::ConfigVersion;
+use tokio::sync::OnceCell;
+
+use crate::hub::{sha256_hex, ConfigVersion};
 use crate::modules::Modules;
 
 const PREFIX: &str = "type.googleapis.com/";
@@ -32,7 +35,7 @@ pub fn is_wildcard_type(type_url: &str) -> bool {
 }
 
 /// What a node tells about itself in its bootstrap's `node.metadata`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NodeParams {
     /// Where its gateway listener listens.
     pub listen: SocketAddr,
@@ -40,26 +43,73 @@ pub struct NodeParams {
     pub env_allow: Vec<String>,
 }
 
-/// One resource: its protobuf form and the JSON it came from (whose text, with sorted keys,
-/// identifies its content: protobuf encodings of maps are not stable).
-#[derive(Clone)]
+/// One resource: its protobuf form, and the SHA-256 of the JSON it came from (whose text, with
+/// sorted keys, identifies its content: protobuf encodings of maps are not stable).
 pub struct Resource {
     pub any: Any,
-    pub json: String,
+    pub digest: String,
 }
 
 /// Resources by type URL, then by name.
-pub type Resources = BTreeMap<&'static str, BTreeMap<String, Resource>>;
+pub type Resources = BTreeMap<&'static str, BTreeMap<String, Arc<Resource>>>;
+
+/// (control plane, config version, node parameters): what a translation depends on.
+type TranslationKey = (String, u64, NodeParams);
+
+/// One translation, done once for every stream that needs it.
+type Translation = Arc<OnceCell<Result<Arc<Resources>, String>>>;
 
 pub struct Translator {
     pool: DescriptorPool,
+    /// Translations by what they depend on: streams of nodes with the same parameters share
+    /// one (the inline modules make each several hundred kilobytes).
+    translations: Mutex<HashMap<TranslationKey, Translation>>,
 }
 
 impl Translator {
     pub fn new() -> Result<Translator, String> {
         Ok(Translator {
             pool: super::descriptors::pool()?,
+            translations: Mutex::default(),
         })
+    }
+
+    /// `version`'s resources for nodes with `params`: translated by `translate` on a blocking
+    /// thread (the async workers never encode modules), once however many streams ask at
+    /// once, and shared while any stream holds them.
+    pub async fn shared(
+        &self,
+        version: &ConfigVersion,
+        params: &NodeParams,
+        translate: impl FnOnce() -> Result<Resources, String> + Send + 'static,
+    ) -> Result<Arc<Resources>, String> {
+        let key = (
+            version.control_plane_id.clone(),
+            version.version,
+            params.clone(),
+        );
+        let translation = {
+            let mut translations = self.translations.lock().unwrap_or_else(|e| e.into_inner());
+            // What no stream holds any more goes (a failure too: a later stream tries again).
+            translations.retain(|k, t| {
+                *k == key
+                    || match t.get() {
+                        Some(Ok(resources)) => Arc::strong_count(resources) > 1,
+                        Some(Err(_)) => false,
+                        None => true,
+                    }
+            });
+            Arc::clone(translations.entry(key).or_default())
+        };
+        translation
+            .get_or_init(async || {
+                tokio::task::spawn_blocking(translate)
+                    .await
+                    .map_err(|e| format!("the translation stopped: {e}"))
+                    .and_then(|translated| translated.map(Arc::new))
+            })
+            .await
+            .clone()
     }
 
     fn encode(&self, type_url: &str, json: Value) -> Result<Resource, String> {
@@ -68,7 +118,7 @@ impl Translator {
             .pool
             .get_message_by_name(message_name)
             .ok_or_else(|| format!("no descriptor for {message_name}"))?;
-        let text = json.to_string();
+        let digest = sha256_hex(json.to_string().as_bytes());
         let message =
             DynamicMessage::deserialize_with_options(descriptor, json, &DeserializeOptions::new())
                 .map_err(|e| format!("{message_name}: {e}"))?;
@@ -77,7 +127,7 @@ impl Translator {
                 type_url: type_url.to_owned(),
                 value: message.encode_to_vec(),
             },
-            json: text,
+            digest,
         })
     }
 
@@ -136,7 +186,7 @@ impl Translator {
             let of_type = resources.entry(type_url).or_default();
             for value in values {
                 let name = value["name"].as_str().unwrap_or_default().to_owned();
-                of_type.insert(name, self.encode(type_url, value)?);
+                of_type.insert(name, Arc::new(self.encode(type_url, value)?));
             }
         }
         Ok(resources)
@@ -146,6 +196,83 @@ impl Translator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn version(number: u64) -> ConfigVersion {
+        ConfigVersion {
+            control_plane_id: "cp".into(),
+            version: number,
+            hash: format!("h{number}"),
+            text: String::new(),
+            config: model::Config::default(),
+            created_at: 0,
+        }
+    }
+
+    fn params(port: u16) -> NodeParams {
+        NodeParams {
+            listen: ([127, 0, 0, 1], port).into(),
+            env_allow: Vec::new(),
+        }
+    }
+
+    /// Streams of nodes with the same parameters share one translation of a version, done
+    /// once however many ask at the same time; another node's parameters get their own; what
+    /// no stream holds any more is let go.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_translation_per_version_and_node_parameters() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let translator = Translator::new().unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        let translate = |done: &Arc<AtomicUsize>| {
+            let done = Arc::clone(done);
+            move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                done.fetch_add(1, Ordering::SeqCst);
+                Ok(Resources::new())
+            }
+        };
+        let (v1, v2, port1) = (version(1), version(2), params(1));
+        let (first, second) = tokio::join!(
+            translator.shared(&v1, &port1, translate(&done)),
+            translator.shared(&v1, &port1, translate(&done)),
+        );
+        let (first, second) = (first.unwrap(), second.unwrap());
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+        let other = translator
+            .shared(&v1, &params(2), translate(&done))
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(done.load(Ordering::SeqCst), 2);
+
+        drop((first, second));
+        let next = translator
+            .shared(&v2, &params(1), translate(&done))
+            .await
+            .unwrap();
+        assert_eq!(done.load(Ordering::SeqCst), 3);
+        let kept: Vec<(u64, u16)> = {
+            let translations = translator.translations.lock().unwrap();
+            let mut kept: Vec<_> = translations
+                .keys()
+                .map(|(_, number, params)| (*number, params.listen.port()))
+                .collect();
+            kept.sort();
+            kept
+        };
+        assert_eq!(
+            kept,
+            [(1, 2), (2, 1)],
+            "version 1 for port 1 is held by no one"
+        );
+        drop((other, next));
+
+        let failed = translator
+            .shared(&v2, &params(3), || Err("no module".to_owned()))
+            .await;
+        assert_eq!(failed.err().as_deref(), Some("no module"));
+    }
 
     /// A route enables a filter with a `FilterConfig` whose `config` is present and empty:
     /// the bytes Envoy reads as "enabled" (no `config` at all is refused by Envoy).

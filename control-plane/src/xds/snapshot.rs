@@ -40,12 +40,12 @@ pub struct Selection {
 
 pub struct Snapshot {
     pub version: Arc<ConfigVersion>,
-    resources: Resources,
+    resources: Arc<Resources>,
     /// Clusters of earlier versions that the node's routes may still name: its clusters keep
     /// them until it has acknowledged this version's listener, filters and routes, so no
     /// request is routed to a cluster it no longer has (make-before-break, the xDS protocol's
     /// "eventual consistency considerations").
-    lingering: BTreeMap<String, Resource>,
+    lingering: BTreeMap<String, Arc<Resource>>,
 }
 
 impl Snapshot {
@@ -53,7 +53,7 @@ impl Snapshot {
     /// of `previous`, and those it kept lingering, that `version` has no more linger.
     pub fn new(
         version: Arc<ConfigVersion>,
-        resources: Resources,
+        resources: Arc<Resources>,
         previous: Option<&Snapshot>,
     ) -> Snapshot {
         let mut lingering = BTreeMap::new();
@@ -67,7 +67,7 @@ impl Snapshot {
                 .chain(&previous.lingering);
             for (name, cluster) in earlier {
                 if !current.is_some_and(|c| c.contains_key(name)) {
-                    lingering.insert(name.clone(), cluster.clone());
+                    lingering.insert(name.clone(), Arc::clone(cluster));
                 }
             }
         }
@@ -89,7 +89,7 @@ impl Snapshot {
         let mut text = String::new();
         let mut resources = Vec::new();
         let mut complete = true;
-        let mut of_type: BTreeMap<&String, &Resource> =
+        let mut of_type: BTreeMap<&String, &Arc<Resource>> =
             self.resources.get(type_url).into_iter().flatten().collect();
         if type_url == CLUSTER {
             of_type.extend(&self.lingering);
@@ -98,7 +98,7 @@ impl Snapshot {
             if subscription.wildcard || subscription.names.contains(name) {
                 text.push_str(name);
                 text.push('\n');
-                text.push_str(&resource.json);
+                text.push_str(&resource.digest);
                 text.push('\n');
                 resources.push(resource.any.clone());
             } else {

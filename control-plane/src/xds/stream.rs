@@ -444,12 +444,22 @@ impl AdsStream {
         {
             return Ok(());
         }
-        let translated = self.translator.translate(
-            &version,
-            &self.node.params,
-            &self.state.modules,
-            &self.state.options.modules_dir,
-        );
+        let translate = {
+            let (translator, state) = (Arc::clone(&self.translator), Arc::clone(&self.state));
+            let (version, params) = (Arc::clone(&version), self.node.params.clone());
+            move || {
+                translator.translate(
+                    &version,
+                    &params,
+                    &state.modules,
+                    &state.options.modules_dir,
+                )
+            }
+        };
+        let translated = self
+            .translator
+            .shared(&version, &self.node.params, translate)
+            .await;
         match translated {
             Ok(resources) => {
                 let snapshot = Snapshot::new(version, resources, self.snapshot.as_ref());
