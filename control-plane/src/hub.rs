@@ -89,8 +89,11 @@ impl Hub {
         self.channel(control_plane_id, |channel| channel.subscribe())
     }
 
+    /// The current version; asking about an unknown id leaves nothing behind.
     pub fn current(&self, control_plane_id: &str) -> Option<Arc<ConfigVersion>> {
-        self.channel(control_plane_id, |channel| channel.borrow().clone())
+        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let current = channels.get(control_plane_id)?.borrow().clone();
+        current
     }
 
     /// A deleted control plane: its subscribers see `None` and drop their data planes.
@@ -216,6 +219,12 @@ mod tests {
         assert!(hub.current("cp").is_none());
         assert_eq!(hub.current("other").map(|v| v.version), Some(1));
         hub.remove("never-there");
+        assert!(hub.current("never-there").is_none());
+        assert_eq!(
+            hub.channels.lock().expect("channels").len(),
+            1,
+            "asking about ids leaves no channel behind"
+        );
 
         // The same id again (a restored backup): its versions start over at 1.
         let after = hub.subscribe("cp");

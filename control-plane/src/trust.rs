@@ -15,6 +15,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
 
+/// Connections of one data plane listener still in their TLS handshake, at most: each may
+/// take 10 s before anything is known of its peer, and a flood of them must not take every
+/// file descriptor from the data planes that are trusted. A connection beyond it is closed at
+/// once.
+pub const MAX_HANDSHAKES: usize = 1024;
+
 /// Certificate fingerprint (SHA-256, hex) → the control planes it is pinned for.
 pub type Pins = HashMap<String, BTreeSet<String>>;
 

@@ -118,14 +118,36 @@ async fn authenticate(state: Shared, request: Request, next: Next) -> Response {
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match token {
-        Some(token) if crate::hub::sha256_hex(token.as_bytes()) == state.token_sha256 => {
+        Some(token)
+            if same_digest(
+                &crate::hub::sha256_hex(token.as_bytes()),
+                &state.token_sha256,
+            ) =>
+        {
             next.run(request).await
         }
         _ => errors::unauthorized().into_response(),
     }
+}
+
+/// The credentials of an `Authorization: Bearer ...` header; the scheme is case-insensitive
+/// (RFC 9110, 11.1).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Compares two digests in a time that depends on their length only, so a client timing
+/// refusals learns nothing of the stored digest.
+fn same_digest(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |differ, (x, y)| differ | (x ^ y))
+            == 0
 }
 
 pub async fn serve(
@@ -283,6 +305,20 @@ mod tests {
             "the committed version was never published"
         );
         assert_eq!(state.hub.current("cp").map(|v| v.version), Some(1));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_digests_compare_whole() {
+        for header in ["Bearer t0k", "bearer t0k", "BEARER  t0k ", " Bearer t0k"] {
+            assert_eq!(bearer_token(header), Some("t0k"), "{header:?}");
+        }
+        for header in ["Basic t0k", "Bearer", "Bearer ", "Bearert0k", "t0k"] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
+        assert!(same_digest("abc", "abc"));
+        assert!(!same_digest("abc", "abd"));
+        assert!(!same_digest("abc", "ab"));
+        assert!(!same_digest("", "a"));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::hub::ConfigVersion;
 use crate::nodes::{check_reported, Hello, NodeKind, MAX_HOSTNAME, MAX_NODE_ID, MAX_VERSION};
-use crate::trust::Hold;
+use crate::trust::{Hold, MAX_HANDSHAKES};
 use crate::{pki, State};
 
 /// TLS handshake, WebSocket upgrade and `basic_info`, each.
@@ -97,8 +97,18 @@ fn reconfigure(version: &ConfigVersion, modules: Vec<ModuleData>) -> Result<Stri
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<State>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    serve_with(listener, state, shutdown, MAX_HANDSHAKES).await;
+}
+
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+    max_handshakes: usize,
+) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
     let config = match state
         .identity
         .server_config(Arc::clone(&state.store), &[b"http/1.1"])
@@ -115,10 +125,15 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
+                        log::warn!("data plane {peer}: {max_handshakes} handshakes in progress, closed");
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     tokio::spawn(connection(
                         stream,
                         peer,
+                        handshake,
                         acceptor.clone(),
                         Arc::clone(&state),
                         Arc::clone(&outlet),
@@ -143,6 +158,7 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
+    handshake: tokio::sync::OwnedSemaphorePermit,
     acceptor: tokio_rustls::TlsAcceptor,
     state: Arc<State>,
     outlet: Arc<Outlet>,
@@ -160,6 +176,7 @@ async fn connection(
             return;
         }
     };
+    drop(handshake);
     let peer_certificate = match pki::peer(&state.store, tls.get_ref().1.peer_certificates()) {
         Ok(peer_certificate) => peer_certificate,
         Err(e) => {
@@ -631,11 +648,7 @@ pub(crate) mod tests {
             store,
             hub: Hub::default(),
             modules,
-            identity: ServerIdentity {
-                ca_pem: String::new(),
-                cert_pem: String::new(),
-                key_pem: String::new(),
-            },
+            identity: ServerIdentity::load_or_create(dir.path()).expect("identity"),
             token_sha256: String::new(),
         })
     }
@@ -1300,6 +1313,43 @@ pub(crate) mod tests {
             "version 2 never reaches it: {after:?}"
         );
         assert_eq!(state.store.trust().sessions(), 0, "its claim is gone");
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_handshake_limit_are_closed_at_once() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let state = state(&dir, false, Duration::from_secs(30));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(serve_with(listener, state, shutdown, 2));
+        // Two peers that never say a word hold both handshakes.
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            silent.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "the third is closed at once: {closed:?}"
+        );
+        for peer in &mut silent {
+            let waiting =
+                tokio::time::timeout(Duration::from_millis(300), peer.read(&mut byte)).await;
+            assert!(waiting.is_err(), "still in its handshake: {waiting:?}");
+        }
+        // A handshake that ends frees its place.
+        drop(silent.pop());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut fourth = TcpStream::connect(addr).await.expect("connect");
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(300), fourth.read(&mut byte)).await;
+        assert!(waiting.is_err(), "admitted: {waiting:?}");
     }
 
     #[tokio::test]

@@ -16,6 +16,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 
+use crate::trust::MAX_HANDSHAKES;
+
 /// A client has this long to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -86,8 +88,19 @@ pub async fn accept(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     incoming: mpsc::Sender<Result<PeerStream, std::io::Error>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    accept_with(listener, acceptor, incoming, shutdown, MAX_HANDSHAKES).await;
+}
+
+async fn accept_with(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    incoming: mpsc::Sender<Result<PeerStream, std::io::Error>>,
+    mut shutdown: watch::Receiver<bool>,
+    max_handshakes: usize,
+) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
     loop {
         let (tcp, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -100,10 +113,16 @@ pub async fn accept(
             },
             () = super::stopping(&mut shutdown) => return,
         };
+        let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
+            log::warn!("xDS: {max_handshakes} handshakes in progress, {addr} closed");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let incoming = incoming.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let handshaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(handshake);
+            match handshaken {
                 Ok(Ok(tls)) => {
                     let _ = incoming.send(Ok(PeerStream(tls))).await;
                 }
@@ -111,5 +130,40 @@ pub async fn accept(
                 Err(_) => log::info!("xDS handshake with {addr} timed out"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn connections_beyond_the_handshake_limit_are_closed_at_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Arc::new(crate::store::Store::open(dir.path()).expect("store"));
+        let identity = crate::pki::ServerIdentity::load_or_create(dir.path()).expect("identity");
+        let acceptor = TlsAcceptor::from(identity.server_config(store, &[b"h2"]).expect("tls"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (incoming, _streams) = mpsc::channel(1);
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(accept_with(listener, acceptor, incoming, shutdown, 2));
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            silent.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut byte = [0u8; 1];
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "the third is closed at once: {closed:?}"
+        );
+        for peer in &mut silent {
+            let waiting =
+                tokio::time::timeout(Duration::from_millis(300), peer.read(&mut byte)).await;
+            assert!(waiting.is_err(), "still in its handshake: {waiting:?}");
+        }
     }
 }
