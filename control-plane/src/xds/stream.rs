@@ -5,8 +5,8 @@
 //! content). A request carrying that nonce acknowledges it (ACK) or, with `error_detail`,
 //! refuses it (NACK); a request with an older nonce is stale and ignored, as the xDS protocol
 //! says. A new version's clusters go first, with those of earlier versions it may still route
-//! to; the listener, filters and routes follow once the clusters are acknowledged, and the
-//! earlier clusters go once those are. Refused content is never sent to that Envoy process
+//! to; the listener and filters follow once the clusters are acknowledged, the routes once
+//! the listener is too, and the earlier clusters go once all of those are. Refused content is never sent to that Envoy process
 //! again ([`Envoys`]), so the node stays on the version it refused, reported `failed`, until a
 //! new version changes what it would receive or a new process takes the node id.
 
@@ -20,7 +20,7 @@ use xds_api::pb::envoy::config::core::v3::{node::UserAgentVersionType, Node};
 use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use xds_api::pb::google::protobuf::{value::Kind, Struct};
 
-use super::resources::{NodeParams, Translator, CLUSTER, TYPES};
+use super::resources::{NodeParams, Translator, CLUSTER, LISTENER, ROUTE, TYPES};
 use super::snapshot::{Snapshot, Subscription};
 use crate::hub::ConfigVersion;
 use crate::nodes::{check_reported, Hello, NodeKind, MAX_NODE_ID, MAX_VERSION};
@@ -371,8 +371,8 @@ impl AdsStream {
         }
         entry.subscription = Subscription::new(&type_url, &request.resource_names);
         self.push(&type_url).await?;
-        if type_url == CLUSTER {
-            // The clusters may be warm now: what waited for them goes.
+        if type_url == CLUSTER || type_url == LISTENER {
+            // What waited for these may go now.
             self.push_all().await?;
         }
         self.settle().await?;
@@ -425,14 +425,23 @@ impl AdsStream {
         Ok(())
     }
 
-    /// Whether the clusters last sent are not acknowledged (yet, or refused): until they are,
-    /// nothing that could name them is sent.
-    fn awaiting_clusters(&self) -> bool {
-        self.types.get(CLUSTER).is_some_and(|entry| {
-            entry
-                .sent
-                .as_ref()
-                .is_some_and(|sent| entry.acked.as_deref() != Some(sent.digest.as_str()))
+    /// Whether what `type_url` depends on was sent and is not acknowledged (yet, or refused):
+    /// until it is, nothing of `type_url` is sent. Everything names clusters, so they are warm
+    /// first; the routes enable the listener's filters by name, so a listener the node refused
+    /// keeps the routes that go with it.
+    fn awaiting(&self, type_url: &str) -> bool {
+        let prerequisites: &[&str] = match type_url {
+            CLUSTER => &[],
+            ROUTE => &[CLUSTER, LISTENER],
+            _ => &[CLUSTER],
+        };
+        prerequisites.iter().any(|prerequisite| {
+            self.types.get(*prerequisite).is_some_and(|entry| {
+                entry
+                    .sent
+                    .as_ref()
+                    .is_some_and(|sent| entry.acked.as_deref() != Some(sent.digest.as_str()))
+            })
         })
     }
 
@@ -491,10 +500,10 @@ impl AdsStream {
         Ok(())
     }
 
-    /// Sends a type's resources unless the node already has (or refused) exactly them, or,
-    /// for any type but the clusters, while the node has not acknowledged its clusters.
+    /// Sends a type's resources unless the node already has (or refused) exactly them, or
+    /// while what they depend on is not acknowledged ([`Self::awaiting`]).
     async fn push(&mut self, type_url: &str) -> Result<(), Status> {
-        if type_url != CLUSTER && self.awaiting_clusters() {
+        if self.awaiting(type_url) {
             return Ok(());
         }
         let (Some(snapshot), Some(entry)) = (&self.snapshot, self.types.get_mut(type_url)) else {
