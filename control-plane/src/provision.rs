@@ -261,7 +261,8 @@ async fn remove(planes: Vec<Supervised>) {
 
 /// Makes what runs for `control_plane_id` what its committed cloud gateway configuration
 /// says: starts or adopts the groups it has, drains and removes the ones it no longer has
-/// (all of them when it, or its control plane, is gone).
+/// (all of them when it, or its control plane, is gone), and the folders of groups a later
+/// commit replaced before they ever ran.
 pub async fn reconcile(state: &Arc<State>, control_plane_id: &str) {
     let turn = state.provisioner.reconciling.lock().await;
     let specs = match stored_specs(state, Some(control_plane_id.to_owned())).await {
@@ -278,12 +279,35 @@ pub async fn reconcile(state: &Arc<State>, control_plane_id: &str) {
         .await;
     drop(turn);
     remove(stale).await;
+    sweep(state).await;
 }
 
 /// At start: adopts or starts the data planes of every stored configuration, and drains and
 /// removes what a crash left of removed ones.
 pub async fn restore(state: Arc<State>) {
     let turn = state.provisioner.reconciling.lock().await;
+    let all = match stored_specs(&state, None).await {
+        Ok(all) => all,
+        Err(e) => {
+            log::error!("restoring cloud gateways: {e}");
+            return;
+        }
+    };
+    for (control_plane_id, specs) in all {
+        let stale = state
+            .provisioner
+            .apply(&state, &control_plane_id, specs)
+            .await;
+        remove(stale).await;
+    }
+    drop(turn);
+    sweep(&state).await;
+}
+
+/// Drains and removes every group folder no stored configuration has: left by a crash, by a
+/// transaction that failed after writing it, or by a group a later commit replaced before it
+/// ran.
+async fn sweep(state: &Arc<State>) {
     let root = state.options.data_dir.join("cloud-gateways");
     // Listed before the configurations are read: a folder a PUT writes before its commit is
     // in the store by the time the store answers (the PUT holds it meanwhile), or is
@@ -297,25 +321,19 @@ pub async fn restore(state: Arc<State>) {
                 .collect()
         })
         .unwrap_or_default();
-    let all = match stored_specs(&state, None).await {
-        Ok(all) => all,
+    if on_disk.is_empty() {
+        return;
+    }
+    let wanted: HashSet<PathBuf> = match stored_specs(state, None).await {
+        Ok(all) => all
+            .iter()
+            .flat_map(|(_, specs)| specs.iter().map(|s| s.dir.clone()))
+            .collect(),
         Err(e) => {
-            log::error!("restoring cloud gateways: {e}");
+            log::error!("cloud gateways: {e}");
             return;
         }
     };
-    let wanted: HashSet<PathBuf> = all
-        .iter()
-        .flat_map(|(_, specs)| specs.iter().map(|s| s.dir.clone()))
-        .collect();
-    for (control_plane_id, specs) in all {
-        let stale = state
-            .provisioner
-            .apply(&state, &control_plane_id, specs)
-            .await;
-        remove(stale).await;
-    }
-    drop(turn);
     let leftovers = on_disk.into_iter().filter(|dir| !wanted.contains(dir));
     let removals: Vec<_> = leftovers
         .map(|dir| tokio::spawn(remove_leftover(dir)))

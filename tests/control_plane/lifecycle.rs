@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmgate_tests::client::{self, Protocol, Request};
-use wasmgate_tests::control_plane::{call_api, processes_under, Provisioned, TestControlPlane};
+use wasmgate_tests::control_plane::{
+    call_api, processes_under, signal, Provisioned, TestControlPlane,
+};
 use wasmgate_tests::{until, EchoUpstream};
 
 /// The folder of a provisioned data plane group.
@@ -404,4 +406,200 @@ async fn deleting_the_configuration_drains_its_gateway_and_removes_its_folder() 
         "{proxy} still accepts connections"
     );
     assert!(!group.exists(), "{} is left behind", group.display());
+}
+
+/// Waits until no process runs for the group in `dir`.
+async fn until_gone(dir: &Path) {
+    until(
+        "the gateway to exit",
+        Duration::from_secs(10),
+        async || match processes_under(dir)[..] {
+            [] => Ok(()),
+            ref running => Err(format!("still running: {running:?}")),
+        },
+    )
+    .await;
+}
+
+/// Review finding D16: a group whose key a crash lost (the store has the group and its pin,
+/// the folder not the key) gets a new certificate, pinned in place of the old one, when the
+/// control plane starts, and its gateway serves and follows again. (Before, the gateway
+/// failed to start for want of its key, again and again, until the configuration was
+/// deleted and made again with a new id and port.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_key_was_lost_gets_a_new_certificate_at_start() {
+    let echo = EchoUpstream::start().await.expect("echo");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut cp, provisioned) = serving(dir.path(), echo.addr()).await;
+    let group = group_dir(&cp, &provisioned);
+    let pins = format!(
+        "/v2/control-planes/{}/dp-client-certificates",
+        provisioned.control_plane_id
+    );
+    let before = cp.expect(200, "GET", &pins, None).await;
+    cp.kill();
+    signal(the_gateway(&group), "-KILL");
+    until_gone(&group).await;
+    std::fs::remove_file(group.join("cluster.key")).expect("removing the key");
+
+    cp.start_again();
+    let proxy = provisioned.proxy;
+    until(
+        "the gateway to proxy again",
+        Duration::from_secs(60),
+        async || match status(proxy, "/").await {
+            Ok(200) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    converged(&cp, &provisioned).await;
+    let after = cp.expect(200, "GET", &pins, None).await;
+    assert_eq!(after["items"].as_array().map(Vec::len), Some(1), "{after}");
+    assert_ne!(after["items"][0]["id"], before["items"][0]["id"]);
+    assert_eq!(mode(&group.join("cluster.key")), 0o600);
+}
+
+/// Review finding D14: two groups the store gives the same port (as a port handed out twice
+/// would) do not share it. The second gateway refuses to start, its group shows `failed`
+/// with the reason (the address taken), and every request to the port still reaches the
+/// first group's configuration. (Before, both bound it with `SO_REUSEPORT` and the kernel
+/// split the requests between the two tenants' configurations.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_two_groups_were_given_is_refused_loudly_not_shared() {
+    let echo = EchoUpstream::start().await.expect("echo");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut cp, first) = serving(dir.path(), echo.addr()).await;
+    let second = cp.provision_serverless("second").await;
+    let first_group = group_dir(&cp, &first);
+    let first_gateway = the_gateway(&first_group);
+    cp.stop();
+    let second_group = group_dir(&cp, &second);
+    signal(the_gateway(&second_group), "-KILL");
+    until_gone(&second_group).await;
+    {
+        let db = rusqlite::Connection::open(cp.data_dir().join("control-plane.db"))
+            .expect("the database");
+        let doc: String = db
+            .query_row(
+                "SELECT doc FROM cloud_gateways WHERE control_plane_id = ?1",
+                [&second.control_plane_id],
+                |r| r.get(0),
+            )
+            .expect("the second configuration");
+        let mut doc: serde_json::Value = serde_json::from_str(&doc).expect("JSON");
+        doc["dataplane_groups"][0]["proxy_port"] = json!(first.proxy.port());
+        db.execute(
+            "UPDATE cloud_gateways SET doc = ?1 WHERE control_plane_id = ?2",
+            [doc.to_string(), second.control_plane_id.clone()],
+        )
+        .expect("giving the second group the first one's port");
+    }
+
+    cp.start_again();
+    let taken = format!("{}: another process already listens there", first.proxy);
+    let api = cp.endpoints().api;
+    until(
+        "the second group to fail",
+        Duration::from_secs(60),
+        async || {
+            let list = call_api(api, "GET", "/v3/cloud-gateways/configurations", None)
+                .await?
+                .json()
+                .ok_or("not JSON")?;
+            let configuration = list["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["control_plane_id"] == second.control_plane_id.as_str())
+                .ok_or("no second configuration")?;
+            let group = &configuration["dataplane_groups"][0];
+            let last_exit = group["last_exit"].as_str().unwrap_or_default();
+            if group["state"] == "failed" && last_exit.contains(&taken) {
+                Ok(())
+            } else {
+                Err(group.to_string())
+            }
+        },
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(status(first.proxy, "/").await, Ok(200), "{}", first.proxy);
+    }
+    assert_eq!(the_gateway(&first_group), first_gateway);
+}
+
+/// Review finding D24: concurrent `PUT`s of one configuration end with what the last commit
+/// says, whatever order their requests finish in: one gateway per stored group, no other
+/// gateway and no other group folder. (Before, each request applied its own document after
+/// its commit, so two could apply in the reverse order of their commits, and replaced
+/// groups' folders were never removed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_end_as_the_last_commit_says() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cp = TestControlPlane::start(&dir.path().join("cp"));
+    let created = cp
+        .expect(
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({ "name": "concurrent", "cluster_type": "CLUSTER_TYPE_SERVERLESS" })),
+        )
+        .await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let api = cp.endpoints().api;
+    let regions = [
+        &["us"][..],
+        &["eu"],
+        &["us", "eu"],
+        &["ap"],
+        &["eu", "ap"],
+        &["us"],
+    ];
+    let puts: Vec<_> = regions
+        .iter()
+        .map(|regions| {
+            let groups: Vec<_> = regions.iter().map(|r| json!({ "region": r })).collect();
+            let body = json!({
+                "control_plane_id": id,
+                "dataplane_groups": groups,
+                "kind": "serverless.v0",
+            });
+            tokio::spawn(async move {
+                call_api(api, "PUT", "/v3/cloud-gateways/configurations", Some(&body)).await
+            })
+        })
+        .collect();
+    for put in puts {
+        let answer = put.await.expect("task").expect("PUT");
+        assert!(matches!(answer.status, 200 | 201), "{}", answer.text());
+    }
+    let list = cp
+        .expect(200, "GET", "/v3/cloud-gateways/configurations", None)
+        .await;
+    let root = cp.data_dir().join("cloud-gateways");
+    let mut stored: Vec<PathBuf> = list["data"][0]["dataplane_groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| root.join(g["id"].as_str().expect("group id")))
+        .collect();
+    stored.sort();
+    until("the stored groups alone to run", Duration::from_secs(60), async || {
+        let mut folders: Vec<PathBuf> = std::fs::read_dir(&root)
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| Some(e.ok()?.path()))
+            .collect();
+        folders.sort();
+        let running: Vec<usize> = stored.iter().map(|g| processes_under(g).len()).collect();
+        let all = processes_under(&root).len();
+        if folders == stored && running.iter().all(|n| *n == 1) && all == stored.len() {
+            Ok(())
+        } else {
+            Err(format!(
+                "stored {stored:?}, folders {folders:?}, gateways per group {running:?}, in all {all}"
+            ))
+        }
+    })
+    .await;
 }
