@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::Transaction;
+use rusqlite::{OptionalExtension, Transaction};
 use serde_json::{json, Map, Value};
 
 use crate::hub::ConfigVersion;
@@ -252,6 +252,35 @@ pub fn next_version(
     )
     .map_err(StoreError::from)?;
     Ok(Arc::new(config))
+}
+
+/// At start: the control plane's configuration assembled again from its entities, stored
+/// as a new version when its text differs from the latest stored one (an upgrade changed the
+/// model or the assembly, so the stored text is no longer what these entities make, or no
+/// longer valid). `None` when the stored version is still what the entities make.
+pub fn reassemble(
+    store: &crate::store::Store,
+    control_plane_id: &str,
+    now: i64,
+) -> Result<Option<Arc<ConfigVersion>>, Rejection> {
+    store.transaction(|tx| {
+        let text = Entities::load(tx, control_plane_id)?
+            .declarative()
+            .to_string();
+        let latest: Option<String> = tx
+            .query_row(
+                "SELECT document FROM config_versions WHERE control_plane_id = ?1
+                 ORDER BY version DESC LIMIT 1",
+                [control_plane_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(StoreError::from)?;
+        if latest.as_deref() == Some(text.as_str()) {
+            return Ok(None);
+        }
+        next_version(tx, control_plane_id, now).map(Some)
+    })
 }
 
 /// The seed's Serverless Gateway limits, 10 MB per request and 100 requests per second per

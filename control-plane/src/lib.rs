@@ -157,8 +157,31 @@ impl ControlPlane {
         let nodes = Nodes::load(Arc::clone(&store))?;
         let hub = Hub::default();
         for (id, version, text, created_at) in store.latest_versions()? {
-            match ConfigVersion::new(&id, version, text, created_at) {
-                Ok(v) => hub.publish(Arc::new(v)),
+            // After an upgrade the stored text may no longer be what the entities make, or
+            // no longer valid: the entities are the source, so their assembly wins.
+            let current = match config::reassemble(&store, &id, nodes::now()) {
+                Ok(Some(assembled)) => {
+                    log::warn!(
+                        "control plane {id}: version {} assembled again from its entities \
+                         (the stored version {version} is not what they make any more)",
+                        assembled.version
+                    );
+                    Ok(assembled)
+                }
+                Ok(None) => ConfigVersion::new(&id, version, text, created_at)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string()),
+                Err(e) => {
+                    log::error!(
+                        "control plane {id}: its entities make no valid configuration: {e:?}"
+                    );
+                    ConfigVersion::new(&id, version, text, created_at)
+                        .map(Arc::new)
+                        .map_err(|e| e.to_string())
+                }
+            };
+            match current {
+                Ok(v) => hub.publish(v),
                 Err(e) => {
                     log::error!("control plane {id}: stored version {version} is invalid: {e}")
                 }

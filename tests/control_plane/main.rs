@@ -7,4 +7,5 @@ mod egress;
 mod lifecycle;
 mod seed;
 mod sync;
+mod upgrade;
 mod xds;
