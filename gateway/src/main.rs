@@ -94,6 +94,22 @@ struct ConnectionArgs {
     upstream_keepalive_pool_size: usize,
 }
 
+/// The layer of a platform that runs other people's configurations.
+#[derive(Args, Clone)]
+struct PlatformArgs {
+    /// Networks no upstream connection may reach (addresses or CIDR blocks,
+    /// comma-separated or repeated; `private` for this host, private networks and
+    /// link-local): what a platform hosting other tenants' services denies.
+    #[arg(long, value_delimiter = ',')]
+    upstream_deny: Vec<String>,
+    /// The platform's plugins (YAML or JSON, `plugins:` a list of Kong plugin entities
+    /// without a scope, with the modules of --modules-dir): they run on every proxied
+    /// request before the route's own plugins, apart from them, whatever the configuration
+    /// (or the control plane) says; read once, at start.
+    #[arg(long)]
+    platform_plugins: Option<PathBuf>,
+}
+
 /// Configuration from a control plane instead of a file (Kong's hybrid-mode names).
 #[derive(Args, Clone)]
 struct ClusterArgs {
@@ -187,11 +203,6 @@ enum Command {
         /// that is none (Kong's `real_ip_recursive`).
         #[arg(long)]
         real_ip_recursive: bool,
-        /// Networks no upstream connection may reach (addresses or CIDR blocks,
-        /// comma-separated or repeated; `private` for this host, private networks and
-        /// link-local): what a platform hosting other tenants' services denies.
-        #[arg(long, value_delimiter = ',')]
-        upstream_deny: Vec<String>,
         /// CA certificates (PEM) that `tls_verify` services may be signed by, besides the Web
         /// PKI roots (Kong's `lua_ssl_trusted_certificate`).
         #[arg(long)]
@@ -200,12 +211,8 @@ enum Command {
         /// it fails (rate-limiting then follows `fault_tolerant`).
         #[arg(long, default_value_t = DEFAULT_MAX_BYTES_PER_VM)]
         shared_data_max_bytes: usize,
-        /// The platform's plugins (YAML or JSON, `plugins:` a list of Kong plugin entities
-        /// without a scope, with the modules of --modules-dir): they run on every proxied
-        /// request before the route's own plugins, apart from them, whatever the
-        /// configuration (or the control plane) says; read once, at start.
-        #[arg(long)]
-        platform_plugins: Option<PathBuf>,
+        #[command(flatten)]
+        platform: Box<PlatformArgs>,
         /// Where TLS clients connect (needs --tls-cert and --tls-key).
         #[arg(long)]
         tls_listen: Option<SocketAddr>,
@@ -318,10 +325,9 @@ fn main() -> ExitCode {
             trusted_ips,
             real_ip_header,
             real_ip_recursive,
-            upstream_deny,
             upstream_ca_file,
             shared_data_max_bytes,
-            platform_plugins,
+            platform,
             tls_listen,
             tls_certs,
             tls_keys,
@@ -341,8 +347,8 @@ fn main() -> ExitCode {
                 tls,
                 runtime: RuntimeOptions {
                     shared_data_max_bytes,
-                    platform: platform_plugins
-                        .map(|file| platform(file, &modules))
+                    platform: (platform.platform_plugins)
+                        .map(|file| platform_plugins(file, &modules))
                         .transpose()?,
                     ..modules.options()
                 },
@@ -359,7 +365,7 @@ fn main() -> ExitCode {
                 },
                 upstream: UpstreamOptions {
                     egress: Arc::new(
-                        EgressPolicy::parse(&upstream_deny)
+                        EgressPolicy::parse(&platform.upstream_deny)
                             .map_err(|e| format!("--upstream-deny: {e}"))?,
                     ),
                     trusted_cas: match &upstream_ca_file {
@@ -409,7 +415,7 @@ fn admin_options(listen: &AdminListen, token_file: Option<&Path>) -> Result<Admi
 
 /// The platform's plugins from `file`, read and checked by the model; their modules check
 /// their configs when the runtime starts them.
-fn platform(file: PathBuf, modules: &Modules) -> Result<Platform, String> {
+fn platform_plugins(file: PathBuf, modules: &Modules) -> Result<Platform, String> {
     let plugins =
         model::parse_platform_plugins(&read(&file)?, None).map_err(|e| invalid(&file, &e))?;
     Ok(Platform {

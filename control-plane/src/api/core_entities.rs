@@ -86,13 +86,11 @@ fn prepare(
             }
         }
     }
-    if kind == EntityKind::Plugins {
-        if doc.get("consumer").is_some_and(|c| !c.is_null()) {
-            return Err(schema(
-                "consumer",
-                "consumers are not supported by wasmgate",
-            ));
-        }
+    if kind == EntityKind::Plugins && doc.get("consumer").is_some_and(|c| !c.is_null()) {
+        return Err(schema(
+            "consumer",
+            "consumers are not supported by wasmgate",
+        ));
     }
     config::validate_entity(kind, doc).map_err(Rejection::Schema)
 }
