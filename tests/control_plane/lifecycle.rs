@@ -226,8 +226,9 @@ async fn kill_9_in_a_loop_during_writes_loses_no_acknowledged_write() {
     for round in 0..5 {
         let api = cp.endpoints().api;
         let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicU64::new(0));
         let writer = tokio::spawn({
-            let (stop, services) = (stop.clone(), services.clone());
+            let (stop, acks, services) = (stop.clone(), acks.clone(), services.clone());
             let url = format!("http://{}", echo.addr());
             async move {
                 let mut created = Vec::new();
@@ -238,7 +239,10 @@ async fn kill_9_in_a_loop_during_writes_loses_no_acknowledged_write() {
                     let name = format!("s-{round}-{i}");
                     let body = json!({ "name": name, "url": url });
                     match call_api(api, "POST", &services, Some(&body)).await {
-                        Ok(r) if r.status == 201 => created.push(name),
+                        Ok(r) if r.status == 201 => {
+                            created.push(name);
+                            acks.fetch_add(1, Ordering::Relaxed);
+                        }
                         // The control plane is gone (or going): no acknowledgement.
                         _ => tokio::time::sleep(Duration::from_millis(10)).await,
                     }
@@ -246,8 +250,18 @@ async fn kill_9_in_a_loop_during_writes_loses_no_acknowledged_write() {
                 created
             }
         });
-        // Different moments of the write cycle at each round.
+        // Different moments of the write cycle at each round, and at least one write
+        // acknowledged first, however slow the machine.
         tokio::time::sleep(Duration::from_millis(400 + 170 * round)).await;
+        until(
+            "a write acknowledged",
+            Duration::from_secs(30),
+            async || match acks.load(Ordering::Relaxed) {
+                0 => Err("none yet".to_owned()),
+                _ => Ok(()),
+            },
+        )
+        .await;
         cp.kill();
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop.store(true, Ordering::Relaxed);
