@@ -123,7 +123,16 @@ impl NodeIdentity {
 /// reconnection overlaps two), and what the process behind them refused.
 #[derive(Default)]
 pub struct Envoys {
-    by_node: Mutex<HashMap<NodeKey, NodeStreams>>,
+    by_node: Mutex<ByNode>,
+}
+
+#[derive(Default)]
+struct ByNode {
+    nodes: HashMap<NodeKey, NodeStreams>,
+    /// How many nodes there may be before those gone from the registry are looked for (twice
+    /// what was left the last time: each stream start costs O(1) on average, also when every
+    /// node reconnects at once).
+    prune_at: usize,
 }
 
 struct NodeStreams {
@@ -165,16 +174,25 @@ impl Refusals {
 impl Envoys {
     /// A stream of `node` opens. `fresh`: its first request has no version, as a new Envoy
     /// process asks (a reconnecting one says which version it has), so what the node refused
-    /// before is not this process's refusal. Forgets what it kept of nodes without an open
-    /// stream that the registry no longer has (deleted nodes, deleted control planes).
+    /// before is not this process's refusal. Now and then forgets what it kept of nodes
+    /// without an open stream that the registry no longer has (deleted nodes and control
+    /// planes).
     fn open(self: &Arc<Self>, state: &Arc<State>, node: &NodeIdentity, fresh: bool) -> OpenStream {
         let key = (node.control_plane_id.clone(), node.id.clone());
         let mut by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
-        by_node.retain(|(cp, id), streams| streams.open > 0 || state.nodes.get(cp, id).is_some());
-        let streams = by_node.entry(key.clone()).or_insert_with(|| NodeStreams {
-            open: 0,
-            refusals: Arc::default(),
-        });
+        if by_node.nodes.len() >= by_node.prune_at {
+            by_node
+                .nodes
+                .retain(|(cp, id), streams| streams.open > 0 || state.nodes.get(cp, id).is_some());
+            by_node.prune_at = (2 * by_node.nodes.len()).max(64);
+        }
+        let streams = by_node
+            .nodes
+            .entry(key.clone())
+            .or_insert_with(|| NodeStreams {
+                open: 0,
+                refusals: Arc::default(),
+            });
         if fresh {
             streams.refusals = Arc::default();
         }
@@ -205,7 +223,7 @@ impl Drop for OpenStream {
             .by_node
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let Some(streams) = by_node.get_mut(&self.key) else {
+        let Some(streams) = by_node.nodes.get_mut(&self.key) else {
             return;
         };
         streams.open = streams.open.saturating_sub(1);
@@ -353,11 +371,7 @@ impl AdsStream {
                     if let Some(open) = &self.open {
                         open.refusals.add(&type_url, &sent.digest, &error.message);
                     }
-                    log::warn!(
-                        "xDS node {id} of {cp} refused version {} ({type_url}): {}",
-                        sent.version.version,
-                        error.message
-                    );
+                    // Logged by the registry, escaped and once per repeat.
                     self.state.nodes.rejected(
                         cp,
                         id,
