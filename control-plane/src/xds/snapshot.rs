@@ -4,8 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use xds_api::pb::google::protobuf::Any;
-
 use super::resources::{is_wildcard_type, Resource, Resources, CLUSTER};
 use crate::hub::{sha256_hex, ConfigVersion};
 
@@ -31,7 +29,8 @@ impl Subscription {
 
 /// What one subscription gets.
 pub struct Selection {
-    pub resources: Vec<Any>,
+    /// Shared with the snapshot: a selection made only for its digest copies no module.
+    pub resources: Vec<Arc<Resource>>,
     /// Identifies the content (names and resources), stable across translations.
     pub digest: String,
     /// Whether every resource of the type is in it (the node has all it needs).
@@ -100,7 +99,7 @@ impl Snapshot {
                 text.push('\n');
                 text.push_str(&resource.digest);
                 text.push('\n');
-                resources.push(resource.any.clone());
+                resources.push(Arc::clone(resource));
             } else {
                 complete = false;
             }

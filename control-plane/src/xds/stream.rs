@@ -555,7 +555,7 @@ impl AdsStream {
         let nonce = self.nonces.to_string();
         let response = DiscoveryResponse {
             version_info: snapshot.version.version.to_string(),
-            resources: selection.resources,
+            resources: selection.resources.iter().map(|r| r.any.clone()).collect(),
             type_url: type_url.to_owned(),
             nonce: nonce.clone(),
             ..DiscoveryResponse::default()
