@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the API and the data plane endpoints until interrupted.
+    /// Serve the API and the data plane endpoints until interrupted. Provisioned data planes
+    /// keep serving when it stops, and are adopted when it starts again.
     Serve {
         /// The REST API.
         #[arg(long, default_value = "127.0.0.1:8100")]
@@ -57,6 +58,12 @@ enum Command {
     /// Print the bootstrap of an Envoy data plane (JSON): ADS over mTLS to the control plane;
     /// the certificate must be pinned for the control plane.
     EnvoyBootstrap(EnvoyBootstrap),
+    /// Drain and stop every provisioned data plane of a data directory (they outlive `serve`;
+    /// the next `serve` starts them again). Stop `serve` first: it would restart them.
+    StopDataPlanes {
+        #[arg(long, default_value = "control-plane-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -118,6 +125,23 @@ fn envoy_bootstrap(args: &EnvoyBootstrap) -> ExitCode {
     }
 }
 
+fn stop_data_planes(data_dir: &std::path::Path) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => {
+            let stopped = runtime.block_on(control_plane::provision::stop_data_planes(data_dir));
+            println!("{}: data planes stopped: {stopped}", data_dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("control-plane stop-data-planes: runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 struct StderrLog;
 
 impl log::Log for StderrLog {
@@ -141,6 +165,9 @@ fn main() -> ExitCode {
     let command = Cli::parse().command;
     if let Command::EnvoyBootstrap(args) = &command {
         return envoy_bootstrap(args);
+    }
+    if let Command::StopDataPlanes { data_dir } = &command {
+        return stop_data_planes(data_dir);
     }
     let Command::Serve {
         listen,

@@ -78,8 +78,6 @@ struct Launch {
     /// The gateway's `--upstream-deny`: `private` unless the platform allows it.
     upstream_deny: Option<&'static str>,
     cluster: SocketAddr,
-    /// The modules this control plane hands out: the platform plugins' too.
-    modules_dir: PathBuf,
 }
 
 pub struct Provisioner {
@@ -202,7 +200,6 @@ impl Provisioner {
             gateway: self.gateway_bin.clone(),
             upstream_deny: self.upstream_deny,
             cluster: state.endpoints.cluster,
-            modules_dir: state.options.modules_dir.clone(),
         };
         for spec in new {
             let prepared = {
@@ -311,19 +308,10 @@ pub async fn restore(state: Arc<State>) {
 /// transaction that failed after writing it, or by a group a later commit replaced before it
 /// ran.
 async fn sweep(state: &Arc<State>) {
-    let root = state.options.data_dir.join("cloud-gateways");
     // Listed before the configurations are read: a folder a PUT writes before its commit is
     // in the store by the time the store answers (the PUT holds it meanwhile), or is
     // abandoned; one written after this listing is not in it.
-    let on_disk: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default();
+    let on_disk = group_folders(&state.options.data_dir);
     if on_disk.is_empty() {
         return;
     }
@@ -344,6 +332,36 @@ async fn sweep(state: &Arc<State>) {
     for removal in removals {
         let _ = removal.await;
     }
+}
+
+/// The data plane groups' folders in a data directory.
+fn group_folders(data_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data_dir.join("cloud-gateways"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Drains every data plane provisioned in `data_dir`, as `control-plane stop-data-planes`
+/// (a host taken out of service, or the end of a local session), and returns how many ran.
+/// Their folders and configurations stay: the next control plane on `data_dir` starts them
+/// again. A control plane running on `data_dir` would start them again at once.
+pub async fn stop_data_planes(data_dir: &Path) -> usize {
+    let drains: Vec<_> = group_folders(data_dir)
+        .iter()
+        .filter_map(|dir| Gateway::adopt(dir))
+        .map(|gateway| tokio::spawn(gateway.drain()))
+        .collect();
+    let stopped = drains.len();
+    for drain in drains {
+        let _ = drain.await;
+    }
+    stopped
 }
 
 async fn stored_specs(
@@ -539,8 +557,6 @@ impl Launch {
             .arg("--no-access-log")
             .arg("--platform-plugins")
             .arg(&platform)
-            .arg("--modules-dir")
-            .arg(&self.modules_dir)
             .arg("--control-plane")
             .arg(self.cluster.to_string())
             .arg("--control-plane-id")

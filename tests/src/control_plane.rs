@@ -213,6 +213,22 @@ impl TestControlPlane {
         &self.data_dir
     }
 
+    /// Runs `control-plane stop-data-planes` on its data directory; what it prints.
+    pub fn stop_data_planes(&self) -> String {
+        let out = Command::new(control_plane_binary())
+            .arg("stop-data-planes")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .unwrap_or_else(|e| panic!("control-plane stop-data-planes: {e}"));
+        assert!(
+            out.status.success(),
+            "control-plane stop-data-planes: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn endpoints(&self) -> Endpoints {
         self.endpoints
     }
@@ -292,6 +308,7 @@ impl TestControlPlane {
                 "/v3/cloud-gateways/configurations",
                 Some(&json!({
                     "control_plane_id": control_plane_id,
+                    "control_plane_geo": "us",
                     "dataplane_groups": [{ "region": "us", "provider": "aws" }],
                     "kind": "serverless.v0",
                 })),

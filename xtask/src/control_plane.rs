@@ -121,6 +121,12 @@ async fn serve(
         .arg(child.id().to_string())
         .status();
     let _ = child.wait();
+    // Data planes outlive the control plane; the end of a local session stops them too.
+    let _ = Command::new(target.join("debug/control-plane"))
+        .arg("stop-data-planes")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .status();
     drop(echo);
     Ok(())
 }
