@@ -78,6 +78,8 @@ struct Launch {
     /// The gateway's `--upstream-deny`: `private` unless the platform allows it.
     upstream_deny: Option<&'static str>,
     cluster: SocketAddr,
+    /// The modules this control plane hands out: the platform plugins' too.
+    modules_dir: PathBuf,
 }
 
 pub struct Provisioner {
@@ -200,6 +202,7 @@ impl Provisioner {
             gateway: self.gateway_bin.clone(),
             upstream_deny: self.upstream_deny,
             cluster: state.endpoints.cluster,
+            modules_dir: state.options.modules_dir.clone(),
         };
         for spec in new {
             let prepared = {
@@ -557,6 +560,8 @@ impl Launch {
             .arg("--no-access-log")
             .arg("--platform-plugins")
             .arg(&platform)
+            .arg("--modules-dir")
+            .arg(&self.modules_dir)
             .arg("--control-plane")
             .arg(self.cluster.to_string())
             .arg("--control-plane-id")
