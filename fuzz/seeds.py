@@ -252,8 +252,30 @@ def body_counter():
         write("body_counter", data)
 
 
+def sync_frames():
+    h = "0" * 64
+    for name, frame in [
+        ("basic_info", {"type": "basic_info", "node_id": "dp-1", "hostname": "host",
+                        "version": "0.1.0", "plugins": [{"name": "rate-limiting", "version": "1"}],
+                        "modules": [{"file": "rate_limiting.wasm", "sha256": h}],
+                        "config_hash": h}),
+        ("basic_info_named", {"type": "basic_info", "node_id": "n", "hostname": "h", "version": "1",
+                              "control_plane_id": "7f0e", "config_hash": None}),
+        ("applied", {"type": "applied", "config_version": 3, "config_hash": h}),
+        ("error", {"type": "error", "config_version": 4, "config_hash": h,
+                   "message": "services.s.plugins.rate-limiting.config.second: 0 < 1"}),
+        ("ping", {"type": "ping", "config_hash": h}),
+        ("ping_null", {"type": "ping", "config_hash": None}),
+        ("reconfigure", {"type": "reconfigure", "config_version": 1, "config_hash": h,
+                         "config": "{}", "modules": []}),
+        ("pong", {"type": "pong"}),
+    ]:
+        write("sync_frame", json.dumps(frame).encode(), name)
+
+
 def main():
     configs()
+    sync_frames()
     kong_error()
     paths()
     json_object()

@@ -73,30 +73,7 @@ pub fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The longest node id a data plane may give itself.
-pub const MAX_NODE_ID: usize = 128;
-/// The longest hostname: a DNS name's longest text form.
-pub const MAX_HOSTNAME: usize = 253;
-/// The longest version text.
-pub const MAX_VERSION: usize = 64;
-
-/// Checks what a data plane says of itself before it is stored and listed by `/nodes`: at
-/// most `max` bytes of printable ASCII, so that no data plane can grow the store or the
-/// listing at will, or put control bytes in front of an operator. The error names `field`.
-pub fn check_reported(field: &str, value: &str, max: usize) -> Result<(), String> {
-    if value.len() > max {
-        return Err(format!(
-            "{field} is {} bytes long; at most {max} are accepted",
-            value.len()
-        ));
-    }
-    match value.bytes().find(|b| !(0x20..=0x7e).contains(b)) {
-        Some(b) => Err(format!(
-            "{field} has the byte 0x{b:02x}; only printable ASCII is accepted"
-        )),
-        None => Ok(()),
-    }
-}
+pub use model::sync::{check_reported, MAX_ERROR_MESSAGE, MAX_HOSTNAME, MAX_NODE_ID, MAX_VERSION};
 
 /// What a data plane says about itself when it connects.
 #[derive(Clone, Debug)]
@@ -115,9 +92,6 @@ pub const MAX_NODES: usize = 1024;
 /// Kong's `cluster_data_plane_purge_delay` default: a data plane disconnected this long (in
 /// seconds) is forgotten.
 pub const PURGE_DELAY: i64 = 14 * 24 * 3600;
-
-/// The longest error message of a data plane that is kept (and shown by `/nodes`).
-pub const MAX_ERROR_MESSAGE: usize = 2048;
 
 /// How often the writer saves what changed: node states are soft state, and a data plane
 /// that repeats a report (a NACK loop, a reconnect loop) costs one write per interval.
@@ -710,28 +684,5 @@ mod tests {
             .message;
         assert_eq!(kept.len(), MAX_ERROR_MESSAGE - 1);
         assert!(long.starts_with(&kept));
-    }
-
-    #[test]
-    fn what_a_data_plane_reports_is_bounded_printable_ascii() {
-        let at_most = "a".repeat(MAX_HOSTNAME);
-        assert_eq!(check_reported("hostname", &at_most, MAX_HOSTNAME), Ok(()));
-        assert_eq!(check_reported("v", " ~", MAX_VERSION), Ok(()));
-        assert_eq!(
-            check_reported("hostname", &format!("{at_most}a"), MAX_HOSTNAME),
-            Err("hostname is 254 bytes long; at most 253 are accepted".into())
-        );
-        for (value, byte) in [
-            ("a\u{1b}[2J", "0x1b"),
-            ("tab\t", "0x09"),
-            ("é", "0xc3"),
-            ("\u{7f}", "0x7f"),
-        ] {
-            let refused = check_reported("node_id", value, MAX_NODE_ID).unwrap_err();
-            assert_eq!(
-                refused,
-                format!("node_id has the byte {byte}; only printable ASCII is accepted")
-            );
-        }
     }
 }

@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::hub::ConfigVersion;
-use crate::nodes::{check_reported, Hello, NodeKind, MAX_HOSTNAME, MAX_NODE_ID, MAX_VERSION};
+use crate::nodes::{Hello, NodeKind};
 use crate::trust::{Hold, MAX_HANDSHAKES};
 use crate::{pki, State};
 
@@ -345,7 +345,10 @@ async fn introduce(
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err("no basic_info within 10 s".into()),
     };
-    let Ok(Inbound::BasicInfo {
+    let Ok(hello @ Inbound::BasicInfo { .. }) = serde_json::from_str::<Inbound>(&first) else {
+        return Err("the first frame must be basic_info".into());
+    };
+    let Inbound::BasicInfo {
         node_id,
         hostname,
         version,
@@ -353,16 +356,10 @@ async fn introduce(
         modules,
         config_hash,
         plugins: _,
-    }) = serde_json::from_str::<Inbound>(&first)
+    } = hello.checked()?
     else {
         return Err("the first frame must be basic_info".into());
     };
-    if node_id.is_empty() {
-        return Err("basic_info without a node_id".into());
-    }
-    check_reported("basic_info.node_id", &node_id, MAX_NODE_ID)?;
-    check_reported("basic_info.hostname", &hostname, MAX_HOSTNAME)?;
-    check_reported("basic_info.version", &version, MAX_VERSION)?;
     let control_plane_id = match (control_plane_id, planes) {
         (Some(id), _) if planes.contains(&id) => id,
         (Some(id), _) => {
@@ -530,7 +527,7 @@ impl Session {
     ) -> Result<(), String> {
         let cp = &self.control_plane_id;
         let id = &self.node_id;
-        match serde_json::from_str::<Inbound>(text) {
+        match Inbound::from_frame(text) {
             Ok(Inbound::Applied {
                 config_version,
                 config_hash,
@@ -575,7 +572,7 @@ impl Session {
                 }
             }
             Ok(Inbound::BasicInfo { .. }) => return Err("basic_info sent twice".into()),
-            Err(e) => return Err(format!("unreadable frame: {e}")),
+            Err(e) => return Err(e),
         }
         Ok(())
     }
@@ -590,6 +587,7 @@ pub(crate) mod tests {
     use crate::pki::ServerIdentity;
     use crate::store::Store;
     use crate::{Endpoints, Options};
+    use model::sync::{MAX_HOSTNAME, MAX_NODE_ID, MAX_VERSION};
     use serde_json::{json, Value};
     use tokio::io::DuplexStream;
     use tokio_tungstenite::tungstenite::protocol::Role;
@@ -1238,6 +1236,15 @@ pub(crate) mod tests {
             (
                 text(json!({ "type": "ping", "config_hash": 5 })),
                 "unreadable frame: ",
+            ),
+            // Within the frame limit, beyond what a data plane may report.
+            (
+                text(json!({ "type": "ping", "config_hash": "f".repeat(4096) })),
+                "ping.config_hash is 4096 bytes long",
+            ),
+            (
+                text(json!({ "type": "applied", "config_version": 1, "config_hash": "\u{1b}[2J" })),
+                "applied.config_hash has the byte 0x1b",
             ),
         ];
         for (frame, reason) in cases {
