@@ -613,18 +613,12 @@ async fn a_node_stays_connected_while_any_of_its_streams_is_open() {
     .await;
 }
 
-/// Renaming a service renames its cluster. Under steady traffic, Envoy must never route to a
-/// cluster it does not have: the new cluster arrives before the routes that name it, and the
-/// old one leaves only once the new routes are acknowledged (make-before-break).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renaming_a_service_under_traffic_drops_no_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = TestControlPlane::start(dir.path());
-    let echo = EchoUpstream::start().await.unwrap();
-    let id = create_control_plane(&cp, "renamed").await;
-    // Many routes: Envoy takes a while to build each new route table, the time a removed
-    // cluster would still be named by the routes in force.
-    let url = format!("http://{}", echo.addr());
+/// A control plane whose service `before` routes every path to `echo`, beside 300 other
+/// services and routes: Envoy takes a while to build each new route table, the time a removed
+/// cluster would still be named by the routes in force.
+async fn many_routes(cp: &TestControlPlane, name: &str, echo: SocketAddr) -> String {
+    let id = create_control_plane(cp, name).await;
+    let url = format!("http://{echo}");
     let mut services = vec![json!({
         "name": "before",
         "url": url,
@@ -648,6 +642,74 @@ async fn renaming_a_service_under_traffic_drops_no_request() {
         Some(&json!({"_format_version": "3.0", "services": services})),
     )
     .await;
+    id
+}
+
+/// Four clients sending `GET /` on keep-alive connections until stopped.
+struct Traffic {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<Vec<u16>>>,
+}
+
+impl Traffic {
+    fn start(listen: SocketAddr) -> Traffic {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..4)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                tokio::spawn(async move {
+                    let mut statuses = Vec::new();
+                    let mut connection = Connection::open(listen, Protocol::Http1).await.unwrap();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match connection.send(&Request::get("/")).await {
+                            Ok(response) => statuses.push(response.status),
+                            Err(_) => {
+                                // A connection Envoy closed (drain): a new one, not a failure.
+                                connection =
+                                    Connection::open(listen, Protocol::Http1).await.unwrap();
+                            }
+                        }
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        Traffic { stop, clients }
+    }
+
+    /// Stops the clients; insists that every answer was a 200. Returns how many there were.
+    async fn stop_all_answered(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut statuses = Vec::new();
+        for client in self.clients {
+            statuses.extend(client.await.unwrap());
+        }
+        let failed: Vec<u16> = statuses.iter().copied().filter(|s| *s != 200).collect();
+        assert!(
+            statuses.len() > 100,
+            "too little traffic: {}",
+            statuses.len()
+        );
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed: {:?}",
+            failed.len(),
+            statuses.len(),
+            &failed[..failed.len().min(20)]
+        );
+        statuses.len()
+    }
+}
+
+/// Renaming a service renames its cluster. Under steady traffic, Envoy must never route to a
+/// cluster it does not have: the new cluster arrives before the routes that name it, and the
+/// old one leaves only once the new routes are acknowledged (make-before-break).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_service_under_traffic_drops_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = TestControlPlane::start(dir.path());
+    let echo = EchoUpstream::start().await.unwrap();
+    let id = many_routes(&cp, "renamed", echo.addr()).await;
     let cert = pin(&cp, &id, "envoy-renamed").await;
     let listen = wasmgate_tests::free_port();
     let envoy =
@@ -657,26 +719,7 @@ async fn renaming_a_service_under_traffic_drops_no_request() {
     in_sync(&cp, &id, "envoy-renamed").await;
     get(listen, "/").await.unwrap();
 
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            tokio::spawn(async move {
-                let mut statuses = Vec::new();
-                let mut connection = Connection::open(listen, Protocol::Http1).await.unwrap();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    match connection.send(&Request::get("/")).await {
-                        Ok(response) => statuses.push(response.status),
-                        Err(_) => {
-                            // A connection Envoy closed (drain): a new one, not a failure.
-                            connection = Connection::open(listen, Protocol::Http1).await.unwrap();
-                        }
-                    }
-                }
-                statuses
-            })
-        })
-        .collect();
+    let traffic = Traffic::start(listen);
     let services = format!("/v2/control-planes/{id}/core-entities/services");
     for (from, to) in [("before", "after"), ("after", "again"), ("again", "before")] {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -690,25 +733,52 @@ async fn renaming_a_service_under_traffic_drops_no_request() {
         in_sync(&cp, &id, "envoy-renamed").await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut statuses = Vec::new();
-    for client in clients {
-        statuses.extend(client.await.unwrap());
-    }
-    let failed: Vec<u16> = statuses.iter().copied().filter(|s| *s != 200).collect();
-    println!("{} requests across three renames", statuses.len());
-    assert!(
-        statuses.len() > 100,
-        "too little traffic: {}",
-        statuses.len()
+    let answered = traffic.stop_all_answered().await;
+    println!("{answered} requests across three renames");
+    assert_eq!(
+        envoy.stat("cluster_manager.active_clusters").await,
+        Some(302)
     );
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        statuses.len(),
-        &failed[..failed.len().min(20)]
-    );
+}
+
+/// The same while the Envoy is away: its stream is cut (its certificate unpinned), the service
+/// renamed, the certificate pinned again. The Envoy process comes back with the old clusters
+/// and routes, and keeps the old cluster until it has the new routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_renamed_while_envoy_was_away_drops_no_request_when_it_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = TestControlPlane::start(dir.path());
+    let echo = EchoUpstream::start().await.unwrap();
+    let id = many_routes(&cp, "away", echo.addr()).await;
+    let (cert, key) = pin(&cp, &id, "envoy-away").await;
+    let listen = wasmgate_tests::free_port();
+    let bootstrap = envoy_bootstrap(&cp, &id, "envoy-away", (cert.clone(), key), listen);
+    let envoy = Envoy::start_bootstrap(&bootstrap, 2).await.unwrap();
+    in_sync(&cp, &id, "envoy-away").await;
+    get(listen, "/").await.unwrap();
+
+    let traffic = Traffic::start(listen);
+    let pins = format!("/v2/control-planes/{id}/dp-client-certificates");
+    let listed = cp.expect(200, "GET", &pins, None).await;
+    let pin_id = listed["items"][0]["id"].as_str().unwrap().to_owned();
+    cp.expect_response(204, "DELETE", &format!("{pins}/{pin_id}"), None)
+        .await;
+    wait_for_node(&cp, &id, "envoy-away", "disconnected", |n| {
+        n["connected"] == false
+    })
+    .await;
+    cp.expect(
+        200,
+        "PATCH",
+        &format!("/v2/control-planes/{id}/core-entities/services/before"),
+        Some(&json!({"name": "after"})),
+    )
+    .await;
+    cp.pin_certificate(&id, &cert).await;
+    in_sync(&cp, &id, "envoy-away").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answered = traffic.stop_all_answered().await;
+    println!("{answered} requests across the reconnection");
     assert_eq!(
         envoy.stat("cluster_manager.active_clusters").await,
         Some(302)

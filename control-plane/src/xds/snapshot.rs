@@ -37,6 +37,9 @@ pub struct Selection {
     pub complete: bool,
 }
 
+/// Clusters by name.
+pub type Clusters = BTreeMap<String, Arc<Resource>>;
+
 pub struct Snapshot {
     pub version: Arc<ConfigVersion>,
     resources: Arc<Resources>,
@@ -44,37 +47,36 @@ pub struct Snapshot {
     /// them until it has acknowledged this version's listener, filters and routes, so no
     /// request is routed to a cluster it no longer has (make-before-break, the xDS protocol's
     /// "eventual consistency considerations").
-    lingering: BTreeMap<String, Arc<Resource>>,
+    lingering: Clusters,
 }
 
 impl Snapshot {
-    /// `version`'s resources, after `previous` (what the node was sent before): the clusters
-    /// of `previous`, and those it kept lingering, that `version` has no more linger.
+    /// `version`'s resources, for a node that may still route to `earlier` clusters (what it
+    /// was sent before): those `version` has no more linger.
     pub fn new(
         version: Arc<ConfigVersion>,
         resources: Arc<Resources>,
-        previous: Option<&Snapshot>,
+        earlier: Clusters,
     ) -> Snapshot {
-        let mut lingering = BTreeMap::new();
-        if let Some(previous) = previous {
-            let current = resources.get(CLUSTER);
-            let earlier = previous
-                .resources
-                .get(CLUSTER)
-                .into_iter()
-                .flatten()
-                .chain(&previous.lingering);
-            for (name, cluster) in earlier {
-                if !current.is_some_and(|c| c.contains_key(name)) {
-                    lingering.insert(name.clone(), Arc::clone(cluster));
-                }
-            }
-        }
+        let current = resources.get(CLUSTER);
+        let lingering = earlier
+            .into_iter()
+            .filter(|(name, _)| !current.is_some_and(|c| c.contains_key(name)))
+            .collect();
         Snapshot {
             version,
             resources,
             lingering,
         }
+    }
+
+    /// Every cluster the node gets from this snapshot, lingering ones included.
+    pub fn clusters(&self) -> Clusters {
+        let mut clusters = self.lingering.clone();
+        for (name, cluster) in self.resources.get(CLUSTER).into_iter().flatten() {
+            clusters.insert(name.clone(), Arc::clone(cluster));
+        }
+        clusters
     }
 
     /// Lets the lingering clusters go; whether there were any.

@@ -21,7 +21,7 @@ use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResp
 use xds_api::pb::google::protobuf::{value::Kind, Struct};
 
 use super::resources::{NodeParams, Translator, CLUSTER, LISTENER, ROUTE, TYPES};
-use super::snapshot::{Snapshot, Subscription};
+use super::snapshot::{Clusters, Snapshot, Subscription};
 use crate::hub::ConfigVersion;
 use crate::nodes::{check_reported, Hello, NodeKind, MAX_NODE_ID, MAX_VERSION};
 use crate::State;
@@ -139,6 +139,9 @@ struct NodeStreams {
     open: usize,
     /// What the Envoy process that opened the latest fresh stream refused.
     refusals: Arc<Refusals>,
+    /// The clusters that process was sent by the stream that ended last: after a
+    /// reconnection it still routes to them until it has the new routes.
+    clusters: Clusters,
 }
 
 /// (control plane, node id).
@@ -192,15 +195,18 @@ impl Envoys {
             .or_insert_with(|| NodeStreams {
                 open: 0,
                 refusals: Arc::default(),
+                clusters: Clusters::new(),
             });
         if fresh {
             streams.refusals = Arc::default();
+            streams.clusters.clear();
         }
         streams.open += 1;
         OpenStream {
             envoys: Arc::clone(self),
             state: Arc::clone(state),
             refusals: Arc::clone(&streams.refusals),
+            earlier_clusters: streams.clusters.clone(),
             key,
         }
     }
@@ -214,6 +220,22 @@ struct OpenStream {
     state: Arc<State>,
     key: NodeKey,
     refusals: Arc<Refusals>,
+    /// What the process was sent before this stream, if it is not a new one.
+    earlier_clusters: Clusters,
+}
+
+impl OpenStream {
+    /// The clusters this stream leaves the process with.
+    fn leaves(&self, clusters: Clusters) {
+        let mut by_node = self
+            .envoys
+            .by_node
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(streams) = by_node.nodes.get_mut(&self.key) {
+            streams.clusters = clusters;
+        }
+    }
 }
 
 impl Drop for OpenStream {
@@ -263,6 +285,15 @@ pub struct AdsStream {
     applied: Option<u64>,
     nonces: u64,
     responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+}
+
+impl Drop for AdsStream {
+    fn drop(&mut self) {
+        // However the stream ends: a stream of the same process after it knows what it had.
+        if let (Some(open), Some(snapshot)) = (&self.open, &self.snapshot) {
+            open.leaves(snapshot.clusters());
+        }
+    }
 }
 
 impl AdsStream {
@@ -485,7 +516,13 @@ impl AdsStream {
             .await;
         match translated {
             Ok(resources) => {
-                let snapshot = Snapshot::new(version, resources, self.snapshot.as_ref());
+                let earlier = match (&self.snapshot, &self.open) {
+                    (Some(previous), _) => previous.clusters(),
+                    // The Envoy process may be back with clusters an earlier stream sent it.
+                    (None, Some(open)) => open.earlier_clusters.clone(),
+                    (None, None) => Clusters::new(),
+                };
+                let snapshot = Snapshot::new(version, resources, earlier);
                 self.snapshot = Some(snapshot);
                 if self.routing_acked() {
                     // Nothing the node routes by changes: no cluster needs to linger.
