@@ -197,6 +197,224 @@ async fn control_planes_have_konnect_shapes_and_errors() {
         .expect(404, "GET", &format!("/v2/control-planes/{id}"), None)
         .await;
     assert_eq!(gone["status"], 404);
+    // Konnect's BaseError requires `instance` (a trace id) and names the `type`.
+    assert_eq!(gone["type"], "https://httpstatuses.com/404");
+    assert!(
+        gone["instance"]
+            .as_str()
+            .and_then(|i| i.strip_prefix("kong:trace:"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        "{gone}"
+    );
+    assert_eq!(missing["type"], "https://httpstatuses.com/400");
+    assert!(missing["instance"].is_string(), "{missing}");
+}
+
+/// Review D19, control planes as Konnect's spec has them: `description` is required and not
+/// nullable (empty when none was given, null refused), unknown properties are refused naming
+/// the field, an update cannot change `cloud_gateway` or the type, label keys and values
+/// follow Konnect's rules, and the `proxy_urls` a user gives are checked and returned.
+/// Before: description null, `body` named as the unknown field, cloud_gateway patched,
+/// `kong-x` labels kept, proxy_urls stored unchecked and never returned.
+#[tokio::test]
+async fn control_planes_follow_konnects_spec() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let refused = async |method: &str, path: &str, body: Value| -> Vec<(String, String)> {
+        let problem = cp.expect(400, method, path, Some(&body)).await;
+        problem["invalid_parameters"]
+            .as_array()
+            .expect("invalid_parameters")
+            .iter()
+            .map(|p| {
+                (
+                    p["field"].as_str().unwrap_or_default().to_owned(),
+                    p["rule"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pair = |f: &str, r: &str| (f.to_owned(), r.to_owned());
+    let planes = "/v2/control-planes";
+    assert_eq!(
+        refused("POST", planes, json!({ "name": "a", "description": null })).await,
+        [pair("description", "type")]
+    );
+    assert_eq!(
+        refused("POST", planes, json!({ "name": "a", "colour": "red" })).await,
+        [pair("colour", "unknown_property")]
+    );
+    assert_eq!(
+        refused(
+            "POST",
+            planes,
+            json!({ "name": "a", "labels": { "kong-x": "1" } })
+        )
+        .await,
+        [pair("labels.kong-x", "is_label")]
+    );
+    assert_eq!(
+        refused(
+            "POST",
+            planes,
+            json!({ "name": "a", "proxy_urls": [{ "host": "h", "port": "443" }] })
+        )
+        .await,
+        [
+            pair("proxy_urls[0].port", "is_integer"),
+            pair("proxy_urls[0].protocol", "required"),
+        ]
+    );
+    let urls = json!([{ "host": "api.example.com", "port": 443, "protocol": "https" }]);
+    let created = cp
+        .expect(
+            201,
+            "POST",
+            planes,
+            Some(&json!({ "name": "a", "proxy_urls": urls, "cloud_gateway": false })),
+        )
+        .await;
+    assert_eq!(created["description"], "");
+    assert_eq!(created["config"]["proxy_urls"], urls);
+    let id = created["id"].as_str().expect("id");
+    let plane = format!("{planes}/{id}");
+    for (field, value) in [
+        ("cloud_gateway", json!(true)),
+        ("cluster_type", json!("CLUSTER_TYPE_SERVERLESS")),
+    ] {
+        assert_eq!(
+            refused("PATCH", &plane, json!({ field: value })).await,
+            [pair(field, "unknown_property")]
+        );
+    }
+    assert_eq!(
+        refused("PATCH", &plane, json!({ "description": null })).await,
+        [pair("description", "type")]
+    );
+    let read = cp.expect(200, "GET", &plane, None).await;
+    assert_eq!(read["config"]["cloud_gateway"], false);
+    assert_eq!(read["config"]["proxy_urls"], urls);
+    let patched = cp
+        .expect(
+            200,
+            "PATCH",
+            &plane,
+            Some(&json!({ "description": "d", "proxy_urls": [] })),
+        )
+        .await;
+    assert_eq!(patched["description"], "d");
+    assert_eq!(patched["config"]["proxy_urls"], json!([]));
+}
+
+/// Review D19, cloud gateway configurations as Konnect's CreateConfigurationRequest has
+/// them: `control_plane_geo` required, `provider` one of aws|azure|gcp, unknown properties
+/// refused at both levels, `environment` (which wasmgate's gateways cannot honour) refused;
+/// a refusal provisions nothing. The seed's serverless.v0 call, verbatim, answers Konnect's
+/// shape: `dataplane_group_config` as asked (no provider made up), each group with its own
+/// timestamps and a state in Konnect's enum. Before: geo `us` and provider `aws` made up,
+/// unknown properties and environment accepted and ignored, no dataplane_group_config nor
+/// group timestamps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_gateway_configurations_follow_konnects_spec() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let id = control_plane(&cp, "v0", "CLUSTER_TYPE_SERVERLESS").await;
+    let configurations = "/v3/cloud-gateways/configurations";
+    let seed = json!({
+        "control_plane_id": id,
+        "control_plane_geo": "us",
+        "dataplane_groups": [{ "region": "na" }],
+        "kind": "serverless.v0",
+    });
+    let refused = async |change: &dyn Fn(&mut Value)| -> Vec<Value> {
+        let mut body = seed.clone();
+        change(&mut body);
+        let problem = cp.expect(400, "PUT", configurations, Some(&body)).await;
+        problem["invalid_parameters"]
+            .as_array()
+            .expect("invalid_parameters")
+            .clone()
+    };
+    let missing_geo = refused(&|b| {
+        b.as_object_mut().map(|o| o.remove("control_plane_geo"));
+    })
+    .await;
+    assert_eq!(
+        missing_geo,
+        [
+            json!({ "field": "control_plane_geo", "rule": "required", "reason": "is a required field" })
+        ]
+    );
+    let provider = refused(&|b| b["dataplane_groups"][0]["provider"] = json!("ibm")).await;
+    assert_eq!(
+        provider,
+        [
+            json!({ "field": "dataplane_groups[0].provider", "rule": "enum",
+                 "reason": "must be one of: aws, azure, gcp", "choices": ["aws", "azure", "gcp"] })
+        ]
+    );
+    let unknown = refused(&|b| {
+        b["colour"] = json!("red");
+        b["dataplane_groups"][0]["size"] = json!(2);
+    })
+    .await;
+    assert_eq!(
+        unknown
+            .iter()
+            .map(|p| (p["field"].clone(), p["rule"].clone()))
+            .collect::<Vec<_>>(),
+        [
+            (json!("colour"), json!("unknown_property")),
+            (json!("dataplane_groups[0].size"), json!("unknown_property")),
+        ]
+    );
+    let environment = refused(&|b| {
+        b["dataplane_groups"][0]["environment"] =
+            json!([{ "name": "KONG_LOG_LEVEL", "value": "debug" }]);
+    })
+    .await;
+    assert_eq!(
+        environment[0]["field"],
+        "dataplane_groups[0].environment[0].name"
+    );
+    assert!(
+        environment[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("take no Kong environment variables")),
+        "{environment:?}"
+    );
+    let none = cp.expect(200, "GET", configurations, None).await;
+    assert_eq!(none["data"], json!([]), "a refusal provisions nothing");
+
+    let configuration = cp.expect(201, "PUT", configurations, Some(&seed)).await;
+    assert_eq!(
+        configuration["dataplane_group_config"],
+        json!([{ "region": "na" }])
+    );
+    let group = &configuration["dataplane_groups"][0];
+    assert_eq!(group["region"], "na");
+    assert_eq!(group.get("provider"), None, "{group}");
+    assert_eq!(group.get("proxy_port"), None, "{group}");
+    for field in ["created_at", "updated_at"] {
+        assert!(
+            group[field]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z') && t.len() == 20),
+            "{field}: {group}"
+        );
+    }
+    assert!(
+        ["created", "initializing", "ready"].contains(&group["state"].as_str().unwrap_or("")),
+        "{group}"
+    );
+    assert_eq!(configuration.get("version"), None);
+    // The same PUT again keeps the group, its gateway and its timestamps.
+    let again = cp.expect(200, "PUT", configurations, Some(&seed)).await;
+    let kept = &again["dataplane_groups"][0];
+    assert_eq!(
+        (&kept["id"], &kept["created_at"], &kept["proxy_url"]),
+        (&group["id"], &group["created_at"], &group["proxy_url"])
+    );
 }
 
 #[tokio::test]
@@ -708,22 +926,33 @@ async fn serverless_control_planes_take_no_self_managed_data_planes() {
                 Some(&body),
             )
             .await;
+        let detail = "Control planes that use Serverless Gateways can't mix types of data \
+                      planes: this serverless control plane's data planes are its cloud \
+                      gateways (/v3/cloud-gateways/configurations), not self-managed gateways \
+                      or Envoys";
+        if path == "dp-client-certificates" {
+            // Konnect's DP certificate endpoints answer their legacy shape.
+            assert_eq!(
+                refused.header("content-type"),
+                Some("application/json; charset=utf-8")
+            );
+            assert_eq!(
+                refused.json().unwrap_or_default(),
+                json!({ "message": detail })
+            );
+            continue;
+        }
         assert_eq!(
             refused.header("content-type"),
             Some("application/problem+json")
         );
+        let problem = refused.json().unwrap_or_default();
         assert_eq!(
-            refused.json(),
-            Some(json!({
-                "status": 400,
-                "title": "Bad Request",
-                "detail": "Control planes that use Serverless Gateways can't mix types of data \
-                           planes: this serverless control plane's data planes are its cloud \
-                           gateways (/v3/cloud-gateways/configurations), not self-managed \
-                           gateways or Envoys",
-            })),
-            "{path}"
+            (&problem["status"], &problem["title"]),
+            (&json!(400), &json!("Bad Request")),
+            "{path}: {problem}"
         );
+        assert_eq!(problem["detail"], detail, "{path}");
     }
     let pinned = cp
         .expect(
@@ -864,31 +1093,71 @@ async fn certificates_are_pinned_per_control_plane() {
     let cp = TestControlPlane::start(dir.path());
     let id = control_plane(&cp, "cp", "CLUSTER_TYPE_CONTROL_PLANE").await;
     let path = format!("/v2/control-planes/{id}/dp-client-certificates");
+    // Konnect's DP certificate errors are its legacy {"message"}, as application/json.
     let bad = cp
-        .expect(
+        .expect_response(
             400,
             "POST",
             &path,
             Some(&json!({ "cert": "not a certificate" })),
         )
         .await;
-    assert_eq!(bad["invalid_parameters"][0]["field"], "cert");
+    assert_eq!(
+        bad.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    let bad = bad.json().expect("json");
+    assert!(
+        bad["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("cert: ")),
+        "{bad}"
+    );
+    assert_eq!(bad.as_object().map(|o| o.len()), Some(1), "{bad}");
     let (pem, _) = control_plane::pki::client_certificate("dp-1").expect("cert");
     let created = cp
-        .expect(201, "POST", &path, Some(&json!({ "cert": pem })))
+        .expect(
+            201,
+            "POST",
+            &path,
+            Some(&json!({ "cert": pem, "title": "edge" })),
+        )
         .await;
+    assert_eq!(created["item"]["title"], "edge");
     let cert_id = created["item"]["id"].as_str().expect("id");
+    // The same certificate again: refused, naming the pin it has.
+    let twice = cp
+        .expect(400, "POST", &path, Some(&json!({ "cert": pem })))
+        .await;
+    assert_eq!(
+        twice,
+        json!({ "message": format!(
+            "this certificate is already pinned for this control plane (id {cert_id})"
+        ) })
+    );
     let der = control_plane::pki::parse_certificate(&pem).expect("der");
     let store = &cp.control_plane().state().store;
     let fingerprint = control_plane::pki::fingerprint(&der);
     assert_eq!(store.pinned_control_planes(&fingerprint), vec![id.clone()]);
     let list = cp.expect(200, "GET", &path, None).await;
     assert_eq!(list["page"]["total"], 1);
+    assert_eq!(list["items"][0]["title"], "edge");
     cp.expect(204, "DELETE", &format!("{path}/{cert_id}"), None)
         .await;
     assert!(store.pinned_control_planes(&fingerprint).is_empty());
-    cp.expect(404, "DELETE", &format!("{path}/{cert_id}"), None)
+    let gone = cp
+        .expect(404, "DELETE", &format!("{path}/{cert_id}"), None)
         .await;
+    assert_eq!(gone, json!({ "message": "certificate not found" }));
+    let no_plane = cp
+        .expect(
+            404,
+            "GET",
+            "/v2/control-planes/0b9b6b53-0000-4000-8000-000000000000/dp-client-certificates",
+            None,
+        )
+        .await;
+    assert_eq!(no_plane, json!({ "message": "control plane not found" }));
 }
 
 #[tokio::test]
@@ -1202,7 +1471,7 @@ async fn every_operation_answers_what_the_openapi_document_says() {
     contract
         .update(
             &control_plane,
-            json!({ "description": null, "labels": { "env": "dev" } }),
+            json!({ "description": "", "labels": { "env": "dev" } }),
         )
         .await;
 
@@ -1419,6 +1688,7 @@ async fn cloud_gateway_kinds_match_their_control_plane_type() {
     let put = |id: &str, kind: &str| {
         json!({
             "control_plane_id": id,
+            "control_plane_geo": "us",
             "dataplane_groups": [{ "region": "us", "provider": "aws" }],
             "kind": kind,
         })

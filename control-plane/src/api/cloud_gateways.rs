@@ -186,126 +186,484 @@ fn allocate_port(tx: &Transaction<'_>, also_taken: &[u16]) -> Result<u16, ApiErr
     ))
 }
 
-/// Konnect's view of a configuration, with each group's live state and proxy URL.
+/// A group's state in Konnect's enum (`created`, `initializing`, `ready`, `terminating`,
+/// `terminated`), and `state_metadata` when it is in trouble: its gateway exited and is
+/// waiting to be started again (`reported_status` `ERROR`, `reason` how it ended).
+fn group_state(
+    health: Option<(bool, u32, Option<String>)>,
+    in_sync: bool,
+) -> (&'static str, Option<Value>) {
+    match health {
+        // Stored, but not (yet) supervised: nothing runs for it.
+        None => ("created", None),
+        Some((true, _, _)) if in_sync => ("ready", None),
+        Some((true, _, _)) | Some((false, 0, _)) => ("initializing", None),
+        Some((false, restarts, last_exit)) => (
+            "initializing",
+            Some(json!({
+                "reported_status": "ERROR",
+                "reason": match last_exit {
+                    Some(exit) => format!(
+                        "the gateway ended ({exit}); starting it again (restart {restarts})"
+                    ),
+                    None => format!("the gateway ended; starting it again (restart {restarts})"),
+                },
+            })),
+        ),
+    }
+}
+
+/// What was asked for each group, as Konnect's `dataplane_group_config`; a configuration
+/// stored before it was kept has it made from its groups.
+fn group_config(doc: &Value) -> Value {
+    if let Some(config) = doc.get("dataplane_group_config").filter(|c| c.is_array()) {
+        return config.clone();
+    }
+    let groups = doc["dataplane_groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Value::Array(
+        groups
+            .iter()
+            .map(|g| {
+                let mut item = json!({ "region": g["region"] });
+                if g["provider"].is_string() {
+                    item["provider"] = g["provider"].clone();
+                }
+                item
+            })
+            .collect(),
+    )
+}
+
+/// Konnect's view of a configuration (its `ConfigurationManifest`), with each group's live
+/// state. Beside Konnect's fields a group has wasmgate's own, which the schema allows and a
+/// user needs: `proxy_url` (where the local gateway listens), `restarts` and `last_exit`.
 fn to_json(state: &State, doc: &Value) -> Value {
-    let mut out = doc.clone();
     let control_plane_id = doc["control_plane_id"].as_str().unwrap_or_default();
     let expected = state.hub.current(control_plane_id);
-    if let Some(groups) = out["dataplane_groups"].as_array_mut() {
-        for group in groups {
-            let id = group["id"].as_str().unwrap_or_default().to_owned();
-            let port = group["proxy_port"].as_u64().unwrap_or_default();
-            let node = state.nodes.get(control_plane_id, &id);
+    let created_at = doc["created_at"].as_i64().unwrap_or_default();
+    let groups: Vec<Value> = doc["dataplane_groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|stored| {
+            let id = stored["id"].as_str().unwrap_or_default();
+            let port = stored["proxy_port"].as_u64().unwrap_or_default();
+            let node = state.nodes.get(control_plane_id, id);
             let in_sync = node.as_ref().is_some_and(|n| {
                 n.sync_status(expected.as_ref().map(|v| v.hash.as_str())) == "in_sync"
             });
-            let (running, restarts, last_exit) = state
-                .provisioner
-                .health(control_plane_id, &id)
-                .unwrap_or((false, 0, None));
-            let status = match (running, in_sync) {
-                (true, true) => "ready",
-                (true, false) => "initializing",
-                (false, _) if restarts > 0 => "failed",
-                (false, _) => "initializing",
-            };
-            group["state"] = json!(status);
+            let health = state.provisioner.health(control_plane_id, id);
+            let (restarts, last_exit) = health
+                .as_ref()
+                .map(|(_, restarts, last_exit)| (*restarts, last_exit.clone()))
+                .unwrap_or((0, None));
+            let (group_state, metadata) = group_state(health, in_sync);
+            let mut group = json!({ "id": id });
+            if stored["provider"].is_string() {
+                group["provider"] = stored["provider"].clone();
+            }
+            group["region"] = stored["region"].clone();
+            group["state"] = json!(group_state);
+            if let Some(metadata) = metadata {
+                group["state_metadata"] = metadata;
+            }
+            group["egress_ip_addresses"] = json!(["127.0.0.1"]);
+            group["private_ip_addresses"] = json!(["127.0.0.1"]);
+            for field in ["created_at", "updated_at"] {
+                group[field] = json!(rfc3339(stored[field].as_i64().unwrap_or(created_at)));
+            }
             group["proxy_url"] = json!(format!("http://127.0.0.1:{port}"));
             group["restarts"] = json!(restarts);
             group["last_exit"] = json!(last_exit);
-            group["egress_ip_addresses"] = json!(["127.0.0.1"]);
-            group["private_ip_addresses"] = json!(["127.0.0.1"]);
-            if let Some(map) = group.as_object_mut() {
-                map.remove("certificate_id");
-            }
-        }
-    }
-    for field in ["created_at", "updated_at"] {
-        out[field] = json!(rfc3339(doc[field].as_i64().unwrap_or_default()));
+            group
+        })
+        .collect();
+    let mut out = json!({
+        "id": doc["id"],
+        "control_plane_id": doc["control_plane_id"],
+        "control_plane_geo": doc["control_plane_geo"],
+        "kind": doc["kind"],
+        "api_access": "public",
+        "dataplane_group_config": group_config(doc),
+        "dataplane_groups": groups,
+        "entity_version": doc["entity_version"],
+        "created_at": rfc3339(created_at),
+        "updated_at": rfc3339(doc["updated_at"].as_i64().unwrap_or_default()),
+    });
+    if doc["version"].is_string() {
+        out["version"] = doc["version"].clone();
     }
     out
 }
 
-fn read_groups(body: &Value) -> Result<Vec<Value>, ApiError> {
-    let Some(groups) = body.get("dataplane_groups").and_then(Value::as_array) else {
-        return Err(invalid_parameters(&[(
+const GEOS: [&str; 6] = ["us", "eu", "au", "me", "in", "sg"];
+const PROVIDERS: [&str; 3] = ["aws", "azure", "gcp"];
+const REQUEST_FIELDS: [&str; 6] = [
+    "control_plane_id",
+    "control_plane_geo",
+    "version",
+    "dataplane_groups",
+    "kind",
+    "api_access",
+];
+const GROUP_FIELDS: [&str; 5] = [
+    "provider",
+    "region",
+    "cloud_gateway_network_id",
+    "autoscale",
+    "environment",
+];
+
+/// A `PUT /v3/cloud-gateways/configurations` body, checked as Konnect's
+/// `CreateConfigurationRequest` (`additionalProperties: false` at both levels).
+#[derive(Debug, PartialEq)]
+struct Request {
+    control_plane_id: String,
+    geo: String,
+    kind: String,
+    version: Option<String>,
+    /// Each group as asked (`dataplane_group_config`): provider (when given), region, and
+    /// autoscale (when given; a serverless group runs one gateway whatever it says, as
+    /// Konnect ignores it for serverless kinds).
+    groups: Vec<Value>,
+}
+
+fn is_uuid(value: &Value) -> bool {
+    value
+        .as_str()
+        .is_some_and(|v| uuid::Uuid::parse_str(v).is_ok())
+}
+
+fn check_autoscale(field: &str, autoscale: &Value, invalid: &mut Vec<Value>) {
+    let count = |key: &str| {
+        autoscale
+            .get(key)
+            .is_some_and(|v| v.as_u64().is_some_and(|n| n >= 1))
+    };
+    let unknown = |allowed: &[&str]| -> Vec<String> {
+        autoscale
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !allowed.contains(&k.as_str()))
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    let sizes = ["small", "medium", "large"];
+    let extra = match autoscale.get("kind").and_then(Value::as_str) {
+        Some("static") => {
+            if !autoscale
+                .get("instance_type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| sizes.contains(&t))
+            {
+                invalid.push(errors::invalid_choice(
+                    format!("{field}.instance_type"),
+                    &sizes,
+                ));
+            }
+            if !count("requested_instances") {
+                invalid.push(errors::invalid(
+                    format!("{field}.requested_instances"),
+                    "is_integer",
+                    "is a required integer of at least 1",
+                ));
+            }
+            unknown(&["kind", "instance_type", "requested_instances"])
+        }
+        Some("autopilot") => {
+            if !count("base_rps") {
+                invalid.push(errors::invalid(
+                    format!("{field}.base_rps"),
+                    "is_integer",
+                    "is a required integer of at least 1",
+                ));
+            }
+            if autoscale.get("max_rps").is_some() && !count("max_rps") {
+                invalid.push(errors::invalid(
+                    format!("{field}.max_rps"),
+                    "is_integer",
+                    "must be an integer of at least 1",
+                ));
+            }
+            unknown(&["kind", "base_rps", "max_rps"])
+        }
+        _ => {
+            invalid.push(errors::invalid_choice(
+                format!("{field}.kind"),
+                &["static", "autopilot"],
+            ));
+            Vec::new()
+        }
+    };
+    for key in extra {
+        invalid.push(errors::invalid(
+            format!("{field}.{key}"),
+            "unknown_property",
+            format!("'{key}' is not a property of this autoscale kind"),
+        ));
+    }
+}
+
+/// Konnect's environment fields (`KONG_` names, values of 1 to 120 characters) are checked as
+/// Konnect checks them; a valid one is still refused, as wasmgate's gateways are not Kong and
+/// cannot honour it (before, it was accepted and silently ignored).
+fn check_environment(field: &str, environment: &Value, invalid: &mut Vec<Value>) {
+    let Some(list) = environment.as_array() else {
+        invalid.push(errors::invalid(
+            field,
+            "is_array",
+            "must be an array of {name, value}",
+        ));
+        return;
+    };
+    for (j, item) in list.iter().enumerate() {
+        let name = item.get("name").and_then(Value::as_str).unwrap_or_default();
+        let value = item
+            .get("value")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let kong_name = name.len() <= 120
+            && name.strip_prefix("KONG_").is_some_and(|rest| {
+                rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+        if !kong_name {
+            invalid.push(errors::invalid(
+                format!("{field}[{j}].name"),
+                "matches_regex",
+                "must match ^KONG_[a-zA-Z_]+[a-zA-Z0-9_]*$ (at most 120 characters)",
+            ));
+        } else if value.is_empty() || value.chars().count() > 120 {
+            invalid.push(errors::invalid(
+                format!("{field}[{j}].value"),
+                "is_string",
+                "must be a string of 1 to 120 characters",
+            ));
+        } else {
+            invalid.push(errors::invalid(
+                format!("{field}[{j}].name"),
+                "invalid",
+                format!(
+                    "{name}: wasmgate's gateways are not Kong and take no Kong environment \
+                     variables; configure them through the control plane's entities"
+                ),
+            ));
+        }
+    }
+}
+
+fn read_group(i: usize, group: &Value, kind: &str, invalid: &mut Vec<Value>) -> Value {
+    let field = |name: &str| format!("dataplane_groups[{i}].{name}");
+    let Some(map) = group.as_object() else {
+        invalid.push(errors::invalid(
+            format!("dataplane_groups[{i}]"),
+            "is_object",
+            "must be an object",
+        ));
+        return Value::Null;
+    };
+    for key in map.keys() {
+        if !GROUP_FIELDS.contains(&key.as_str()) {
+            invalid.push(errors::invalid(
+                field(key),
+                "unknown_property",
+                format!("'{key}' is not a property of a data plane group"),
+            ));
+        }
+    }
+    let mut item = json!({});
+    match map.get("provider") {
+        Some(Value::String(p)) if PROVIDERS.contains(&p.as_str()) => {
+            item["provider"] = json!(p);
+        }
+        // Konnect's own serverless.v0 call names none (the seed's: `[{region: na}]`).
+        None if kind == "serverless.v0" => {}
+        None => invalid.push(errors::invalid(
+            field("provider"),
+            "required",
+            "is a required field",
+        )),
+        Some(_) => invalid.push(errors::invalid_choice(field("provider"), &PROVIDERS)),
+    }
+    match map.get("region") {
+        Some(Value::String(r)) if !r.is_empty() => item["region"] = json!(r),
+        None => invalid.push(errors::invalid(
+            field("region"),
+            "required",
+            "is a required field",
+        )),
+        Some(_) => invalid.push(errors::invalid(
+            field("region"),
+            "is_string",
+            "must be a non-empty string",
+        )),
+    }
+    // Konnect ignores a network for serverless kinds; a malformed one is still refused.
+    if map
+        .get("cloud_gateway_network_id")
+        .is_some_and(|n| !is_uuid(n))
+    {
+        invalid.push(errors::invalid(
+            field("cloud_gateway_network_id"),
+            "is_uuid",
+            "must be a network id (a UUID)",
+        ));
+    }
+    if let Some(autoscale) = map.get("autoscale") {
+        check_autoscale(&field("autoscale"), autoscale, invalid);
+        item["autoscale"] = autoscale.clone();
+    }
+    if let Some(environment) = map.get("environment") {
+        check_environment(&field("environment"), environment, invalid);
+    }
+    item
+}
+
+fn read_request(body: &Value) -> Result<Request, ApiError> {
+    let mut invalid: Vec<Value> = Vec::new();
+    for key in body.as_object().into_iter().flatten().map(|(k, _)| k) {
+        if !REQUEST_FIELDS.contains(&key.as_str()) {
+            invalid.push(errors::invalid(
+                key.as_str(),
+                "unknown_property",
+                format!("'{key}' is not a property of a cloud gateway configuration"),
+            ));
+        }
+    }
+    let control_plane_id = match body.get("control_plane_id") {
+        Some(id) if is_uuid(id) => id.as_str().unwrap_or_default().to_owned(),
+        None => {
+            invalid.push(errors::invalid(
+                "control_plane_id",
+                "required",
+                "is a required field",
+            ));
+            String::new()
+        }
+        Some(_) => {
+            invalid.push(errors::invalid(
+                "control_plane_id",
+                "is_uuid",
+                "must be a control plane id (a UUID)",
+            ));
+            String::new()
+        }
+    };
+    let geo = match body.get("control_plane_geo") {
+        Some(Value::String(geo)) if GEOS.contains(&geo.as_str()) => geo.clone(),
+        None => {
+            invalid.push(errors::invalid(
+                "control_plane_geo",
+                "required",
+                "is a required field",
+            ));
+            String::new()
+        }
+        Some(_) => {
+            invalid.push(errors::invalid_choice("control_plane_geo", &GEOS));
+            String::new()
+        }
+    };
+    let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if !KINDS.iter().any(|(k, _)| *k == kind) {
+        let mut choice = errors::invalid_choice("kind", &["serverless.v0", "serverless.v1"]);
+        choice["reason"] = json!(
+            "must be one of: serverless.v0, serverless.v1 (dedicated cloud gateways are not \
+             provisioned by wasmgate)"
+        );
+        invalid.push(choice);
+    }
+    let version = match body.get("version") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(v)) => Some(v.clone()),
+        Some(_) => {
+            invalid.push(errors::invalid("version", "is_string", "must be a string"));
+            None
+        }
+    };
+    match body.get("api_access").map(Value::as_str) {
+        None | Some(Some("public")) => {}
+        Some(Some("private" | "private+public")) => invalid.push(errors::invalid(
+            "api_access",
+            "invalid",
+            "serverless gateways have public networking only: api_access must be public",
+        )),
+        Some(_) => invalid.push(errors::invalid_choice(
+            "api_access",
+            &["private", "public", "private+public"],
+        )),
+    }
+    let mut groups = Vec::new();
+    match body.get("dataplane_groups").and_then(Value::as_array) {
+        None => invalid.push(errors::invalid(
             "dataplane_groups",
             "required",
-            "is a required array of data plane groups".into(),
-        )]));
-    };
-    if groups.is_empty() || groups.len() > MAX_GROUPS {
-        return Err(invalid_parameters(&[(
+            "is a required array of data plane groups",
+        )),
+        Some(list) if list.is_empty() || list.len() > MAX_GROUPS => invalid.push(errors::invalid(
             "dataplane_groups",
             "range",
             format!("must have between 1 and {MAX_GROUPS} groups"),
-        )]));
+        )),
+        Some(list) => {
+            for (i, group) in list.iter().enumerate() {
+                groups.push(read_group(i, group, kind, &mut invalid));
+            }
+        }
     }
-    let mut out = Vec::new();
-    for (i, group) in groups.iter().enumerate() {
-        let region = group.get("region").and_then(Value::as_str);
-        let Some(region) = region else {
-            return Err(invalid_parameters(&[(
-                "dataplane_groups.region",
-                "required",
-                format!("group {} needs a region", i + 1),
-            )]));
-        };
-        out.push(json!({
-            "provider": group.get("provider").and_then(Value::as_str).unwrap_or("aws"),
-            "region": region,
-            "autoscale": group.get("autoscale").cloned().unwrap_or(json!({"kind": "static", "requested_instances": 1})),
-            "environment": group.get("environment").cloned().unwrap_or(json!([])),
-        }));
+    if !invalid.is_empty() {
+        return Err(errors::invalid_list(invalid));
     }
-    Ok(out)
+    Ok(Request {
+        control_plane_id,
+        geo,
+        kind: kind.to_owned(),
+        version,
+        groups,
+    })
+}
+
+/// Whether a stored group is where a requested one asks to be (same region and provider),
+/// so that it keeps its gateway. A group stored before providers were optional says `aws`
+/// where the request names none.
+fn same_place(old: &Value, asked: &Value) -> bool {
+    let provider = |g: &Value| g["provider"].as_str().map(str::to_owned);
+    old["region"] == asked["region"]
+        && (provider(old) == provider(asked)
+            || (provider(asked).is_none() && provider(old).as_deref() == Some("aws")))
 }
 
 pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = json_object(&body)?;
-    let control_plane_id = match body.get("control_plane_id").and_then(Value::as_str) {
-        Some(id) => id.to_owned(),
-        None => {
-            return Err(invalid_parameters(&[(
-                "control_plane_id",
-                "required",
-                "is a required field".into(),
-            )]))
-        }
-    };
-    let kind = body
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let Some((_, cluster_type)) = KINDS.iter().find(|(k, _)| *k == kind) else {
-        return Err(invalid_parameters(&[(
-            "kind",
-            "enum",
-            "must be one of: serverless.v0, serverless.v1 (dedicated cloud gateways are not provisioned by wasmgate)".into(),
-        )]));
-    };
-    let groups = read_groups(&body)?;
-    let geo = body
-        .get("control_plane_geo")
-        .and_then(Value::as_str)
-        .unwrap_or("us")
-        .to_owned();
-    let version = body.get("version").cloned().unwrap_or(Value::Null);
+    let Request {
+        control_plane_id,
+        geo,
+        kind,
+        version,
+        groups,
+    } = read_request(&body)?;
+    let cluster_type = KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, t)| (*t).to_owned())
+        .unwrap_or_default();
     let store = Arc::clone(&state.store);
     let ca_pem = state.identity.ca_pem.clone();
     let data_dir = state.options.data_dir.clone();
-    let cluster_type = (*cluster_type).to_owned();
     let cp = control_plane_id.clone();
     let (doc, created) = blocking(move || {
         store.transaction(|tx| {
             let row = control_planes::load(tx, &cp)?.ok_or_else(|| {
-                invalid_parameters(&[("control_plane_id", "exists", format!("no control plane with id {cp}"))])
+                invalid_parameters(&[("control_plane_id", "missing_reference", format!("no control plane with id {cp}"))])
             })?;
             if row.cluster_type() != cluster_type {
                 return Err(invalid_parameters(&[(
                     "kind",
-                    "match",
+                    "invalid",
                     format!("{kind} needs a control plane of cluster_type {cluster_type}; this one is {}", row.cluster_type()),
                 )]));
             }
@@ -315,15 +673,21 @@ pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>)
                 .as_ref()
                 .and_then(|p| p["dataplane_groups"].as_array().cloned())
                 .unwrap_or_default();
+            let old_created = previous.as_ref().and_then(|p| p["created_at"].as_i64()).unwrap_or(now);
             let mut new_groups = Vec::new();
-            for (i, mut group) in groups.into_iter().enumerate() {
-                let reuse = old_groups.get(i).filter(|old| {
-                    old["region"] == group["region"] && old["provider"] == group["provider"]
-                });
-                match reuse {
+            for (i, asked) in groups.iter().enumerate() {
+                let mut group = json!({});
+                if asked["provider"].is_string() {
+                    group["provider"] = asked["provider"].clone();
+                }
+                group["region"] = asked["region"].clone();
+                match old_groups.get(i).filter(|old| same_place(old, asked)) {
                     Some(old) => {
                         for field in ["id", "proxy_port", "certificate_id"] {
                             group[field] = old[field].clone();
+                        }
+                        for field in ["created_at", "updated_at"] {
+                            group[field] = json!(old[field].as_i64().unwrap_or(old_created));
                         }
                     }
                     None => {
@@ -335,6 +699,8 @@ pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>)
                         group["id"] = json!(id);
                         group["proxy_port"] = json!(port);
                         group["certificate_id"] = json!(certificate_id);
+                        group["created_at"] = json!(now);
+                        group["updated_at"] = json!(now);
                     }
                 }
                 new_groups.push(group);
@@ -356,6 +722,7 @@ pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>)
                 "kind": kind,
                 "version": version,
                 "api_access": "public",
+                "dataplane_group_config": groups,
                 "dataplane_groups": new_groups,
                 "entity_version": previous.as_ref().and_then(|p| p["entity_version"].as_u64()).unwrap_or(0) + 1,
                 "created_at": previous.as_ref().and_then(|p| p["created_at"].as_i64()).unwrap_or(now),
@@ -455,69 +822,208 @@ pub async fn provision_committed(state: &Arc<State>, control_plane_id: String) {
 mod tests {
     use super::*;
 
-    fn refusal(body: Value) -> Value {
-        let error = read_groups(&body).expect_err("refused");
+    const CP: &str = "0b9b6b53-0000-4000-8000-000000000000";
+
+    fn body(groups: Value) -> Value {
+        json!({ "control_plane_id": CP, "control_plane_geo": "us", "kind": "serverless.v1",
+                "dataplane_groups": groups })
+    }
+
+    /// Every invalid parameter, as (field, rule).
+    fn refusals(body: Value) -> Vec<(String, String)> {
+        let error = read_request(&body).expect_err("refused");
         let (status, body) = error.parts();
         assert_eq!(status, 400);
-        body["invalid_parameters"][0].clone()
+        body["invalid_parameters"]
+            .as_array()
+            .expect("invalid_parameters")
+            .iter()
+            .map(|p| {
+                (
+                    p["field"].as_str().unwrap_or_default().to_owned(),
+                    p["rule"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn pair(f: &str, r: &str) -> (String, String) {
+        (f.to_owned(), r.to_owned())
     }
 
     #[test]
-    fn data_plane_groups_get_konnects_defaults() {
-        let groups = read_groups(&json!({ "dataplane_groups": [
-            { "region": "us" },
-            { "region": "eu", "provider": "azure", "autoscale": { "kind": "autopilot" },
-              "environment": [{ "name": "A", "value": "1" }], "ignored": true },
-        ] }))
-        .expect("groups");
+    fn the_seeds_configurations_are_read_as_asked() {
+        // The seed's serverless.v1 call, verbatim.
+        let v1 = read_request(&body(json!([{ "region": "us", "provider": "aws" }]))).expect("v1");
         assert_eq!(
-            groups,
-            vec![
-                json!({ "provider": "aws", "region": "us",
-                        "autoscale": { "kind": "static", "requested_instances": 1 },
-                        "environment": [] }),
-                json!({ "provider": "azure", "region": "eu",
-                        "autoscale": { "kind": "autopilot" },
-                        "environment": [{ "name": "A", "value": "1" }] }),
-            ]
+            v1,
+            Request {
+                control_plane_id: CP.into(),
+                geo: "us".into(),
+                kind: "serverless.v1".into(),
+                version: None,
+                groups: vec![json!({ "provider": "aws", "region": "us" })],
+            }
         );
-        let five = vec![json!({ "region": "us" }); MAX_GROUPS];
+        // And its serverless.v0 call, which names no provider: none is made up.
+        let v0 = read_request(&json!({ "control_plane_id": CP, "control_plane_geo": "us",
+            "dataplane_groups": [{ "region": "na" }], "kind": "serverless.v0" }))
+        .expect("v0");
+        assert_eq!(v0.groups, vec![json!({ "region": "na" })]);
+        let full = read_request(&body(json!([{ "region": "eu", "provider": "gcp",
+            "autoscale": { "kind": "autopilot", "base_rps": 1 },
+            "cloud_gateway_network_id": CP }])))
+        .expect("full");
         assert_eq!(
-            read_groups(&json!({ "dataplane_groups": five }))
-                .expect("five")
-                .len(),
+            full.groups,
+            vec![json!({ "provider": "gcp", "region": "eu",
+                         "autoscale": { "kind": "autopilot", "base_rps": 1 } })]
+        );
+        let five = vec![json!({ "region": "us", "provider": "aws" }); MAX_GROUPS];
+        assert_eq!(
+            read_request(&body(json!(five))).expect("five").groups.len(),
             5
         );
     }
 
+    /// Review D19: Konnect's CreateConfigurationRequest refuses what wasmgate accepted (an
+    /// unknown property, a provider outside aws|azure|gcp, a missing control_plane_geo) or
+    /// silently ignored (environment); each is named. Before: all accepted, provider `aws`,
+    /// geo `us`.
     #[test]
-    fn data_plane_groups_are_refused_by_name() {
+    fn configurations_are_refused_by_name() {
         assert_eq!(
-            refusal(json!({})),
-            json!({ "field": "dataplane_groups", "rule": "required",
-                    "reason": "is a required array of data plane groups" })
+            refusals(json!({})),
+            [
+                pair("control_plane_id", "required"),
+                pair("control_plane_geo", "required"),
+                pair("kind", "enum"),
+                pair("dataplane_groups", "required"),
+            ]
+        );
+        let mut unknown = body(json!([{ "region": "us", "provider": "aws", "size": 2 }]));
+        unknown["colour"] = json!("red");
+        assert_eq!(
+            refusals(unknown),
+            [
+                pair("colour", "unknown_property"),
+                pair("dataplane_groups[0].size", "unknown_property"),
+            ]
+        );
+        let mut geo = body(json!([{ "region": "us", "provider": "aws" }]));
+        geo["control_plane_geo"] = json!("mars");
+        assert_eq!(refusals(geo), [pair("control_plane_geo", "enum")]);
+        assert_eq!(
+            refusals(body(
+                json!([{ "region": "us", "provider": "ibm" }, { "region": "us" }])
+            )),
+            [
+                pair("dataplane_groups[0].provider", "enum"),
+                pair("dataplane_groups[1].provider", "required"),
+            ]
         );
         assert_eq!(
-            refusal(json!({ "dataplane_groups": { "region": "us" } }))["rule"],
-            "required"
+            refusals(body(
+                json!([{ "provider": "aws" }, { "region": 1, "provider": "aws" }])
+            )),
+            [
+                pair("dataplane_groups[0].region", "required"),
+                pair("dataplane_groups[1].region", "is_string"),
+            ]
+        );
+        assert_eq!(
+            refusals(body(
+                json!([{ "region": "us", "provider": "aws", "environment": [
+                { "name": "LOG_LEVEL", "value": "debug" },
+                { "name": "KONG_LOG_LEVEL", "value": "" },
+                { "name": "KONG_LOG_LEVEL", "value": "debug" },
+            ] }])
+            )),
+            [
+                pair("dataplane_groups[0].environment[0].name", "matches_regex"),
+                pair("dataplane_groups[0].environment[1].value", "is_string"),
+                pair("dataplane_groups[0].environment[2].name", "invalid"),
+            ]
+        );
+        assert_eq!(
+            refusals(body(
+                json!([{ "region": "us", "provider": "aws", "autoscale":
+                { "kind": "static", "requested_instances": 0, "extra": 1 } }])
+            )),
+            [
+                pair("dataplane_groups[0].autoscale.instance_type", "enum"),
+                pair(
+                    "dataplane_groups[0].autoscale.requested_instances",
+                    "is_integer"
+                ),
+                pair("dataplane_groups[0].autoscale.extra", "unknown_property"),
+            ]
         );
         for count in [0, MAX_GROUPS + 1] {
             assert_eq!(
-                refusal(json!({ "dataplane_groups": vec![json!({ "region": "us" }); count] })),
-                json!({ "field": "dataplane_groups", "rule": "range",
-                        "reason": "must have between 1 and 5 groups" }),
+                refusals(body(json!(vec![
+                    json!({ "region": "us", "provider": "aws" });
+                    count
+                ]))),
+                [pair("dataplane_groups", "range")],
                 "{count} groups"
             );
         }
+        let mut private = body(json!([{ "region": "us", "provider": "aws" }]));
+        private["api_access"] = json!("private");
+        assert_eq!(refusals(private), [pair("api_access", "invalid")]);
+        let mut not_uuid = body(json!([{ "region": "us", "provider": "aws" }]));
+        not_uuid["control_plane_id"] = json!("cp");
+        assert_eq!(refusals(not_uuid), [pair("control_plane_id", "is_uuid")]);
+    }
+
+    /// Review D19: a group's state is one of Konnect's (created, initializing, ready,
+    /// terminating, terminated); a gateway that ended and waits to be started again is
+    /// `initializing` with the reason in `state_metadata`. Before: `failed`.
+    #[test]
+    fn group_states_are_konnects() {
+        assert_eq!(group_state(None, false), ("created", None));
+        assert_eq!(group_state(Some((true, 0, None)), true), ("ready", None));
         assert_eq!(
-            refusal(json!({ "dataplane_groups": [{ "region": "us" }, { "provider": "aws" }] })),
-            json!({ "field": "dataplane_groups.region", "rule": "required",
-                    "reason": "group 2 needs a region" })
+            group_state(Some((true, 3, None)), false),
+            ("initializing", None)
         );
         assert_eq!(
-            refusal(json!({ "dataplane_groups": [{ "region": 1 }] }))["reason"],
-            "group 1 needs a region"
+            group_state(Some((false, 0, None)), false),
+            ("initializing", None)
         );
+        let (state, metadata) = group_state(Some((false, 2, Some("exit status: 1".into()))), false);
+        assert_eq!(state, "initializing");
+        assert_eq!(
+            metadata,
+            Some(json!({ "reported_status": "ERROR",
+                "reason": "the gateway ended (exit status: 1); starting it again (restart 2)" }))
+        );
+    }
+
+    #[test]
+    fn a_group_stays_where_it_is_asked_to_be() {
+        let old = json!({ "region": "us", "provider": "aws" });
+        assert!(same_place(
+            &old,
+            &json!({ "region": "us", "provider": "aws" })
+        ));
+        assert!(
+            same_place(&old, &json!({ "region": "us" })),
+            "stored before: aws"
+        );
+        assert!(!same_place(
+            &old,
+            &json!({ "region": "us", "provider": "gcp" })
+        ));
+        assert!(!same_place(
+            &old,
+            &json!({ "region": "eu", "provider": "aws" })
+        ));
+        assert!(same_place(
+            &json!({ "region": "na" }),
+            &json!({ "region": "na" })
+        ));
     }
 
     #[test]

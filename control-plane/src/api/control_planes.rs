@@ -47,23 +47,37 @@ impl ControlPlaneRow {
         self.cluster_type().starts_with("CLUSTER_TYPE_SERVERLESS")
     }
 
-    /// Konnect's representation, with where data planes connect.
+    /// Konnect's representation, with where data planes connect. `config` adds two fields
+    /// Konnect's does not have, which a data plane of this control plane needs and can find
+    /// nowhere else: `xds_endpoint` (where Envoy connects) and `cluster_ca_cert` (the CA the
+    /// data planes trust, as this control plane is its own). `proxy_urls` are the user's,
+    /// then those of the cloud gateways provisioned for it.
     pub fn to_json(&self, state: &State) -> Value {
-        let field = |k: &str| self.doc.get(k).cloned().unwrap_or(Value::Null);
-        let proxy_urls = state.provisioner.proxy_urls(&self.id);
+        let mut proxy_urls: Vec<Value> = self
+            .doc
+            .get("proxy_urls")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for url in state.provisioner.proxy_urls(&self.id) {
+            if !proxy_urls.contains(&url) {
+                proxy_urls.push(url);
+            }
+        }
         json!({
             "id": self.id,
             "name": self.name,
-            "description": field("description"),
-            "labels": self.doc.get("labels").cloned().unwrap_or_else(|| json!({})),
+            // Required and not nullable in Konnect's ControlPlane: empty when none was given.
+            "description": self.doc.get("description").and_then(Value::as_str).unwrap_or_default(),
+            "labels": self.doc.get("labels").filter(|l| l.is_object()).cloned().unwrap_or_else(|| json!({})),
             "config": {
                 "control_plane_endpoint": format!("wss://{}/v1/outlet", state.endpoints.cluster),
                 "telemetry_endpoint": format!("wss://{}", state.endpoints.cluster),
                 "xds_endpoint": state.endpoints.xds.to_string(),
                 "cluster_ca_cert": state.identity.ca_pem,
                 "cluster_type": self.cluster_type(),
-                "auth_type": field("auth_type"),
-                "cloud_gateway": field("cloud_gateway"),
+                "auth_type": self.doc.get("auth_type").and_then(Value::as_str).unwrap_or("pinned_client_certs"),
+                "cloud_gateway": self.doc.get("cloud_gateway").and_then(Value::as_bool).unwrap_or(false),
                 "proxy_urls": proxy_urls,
             },
             "created_at": rfc3339(self.created_at),
@@ -109,24 +123,162 @@ fn all(tx: &Transaction<'_>) -> Result<Vec<ControlPlaneRow>, StoreError> {
     Ok(rows)
 }
 
-/// Reads and checks the writable fields; `partial` for PATCH (nothing required).
+/// The properties of Konnect's `CreateControlPlaneRequest` and `UpdateControlPlaneRequest`
+/// (both `additionalProperties: false`): the type and `cloud_gateway` are set at creation.
+const CREATE_FIELDS: [&str; 7] = [
+    "name",
+    "description",
+    "cluster_type",
+    "auth_type",
+    "cloud_gateway",
+    "proxy_urls",
+    "labels",
+];
+const UPDATE_FIELDS: [&str; 5] = ["name", "description", "auth_type", "proxy_urls", "labels"];
+
+/// Konnect's label rules: at most 50; keys of 1 to 63 characters not starting with `kong`,
+/// `konnect`, `mesh`, `kic` or `_`; values of 1 to 63 letters, digits, `-`, `.` and `_`,
+/// starting and ending with a letter or digit.
+fn check_labels(labels: &Map<String, Value>, invalid: &mut Vec<Value>) {
+    if labels.len() > 50 {
+        invalid.push(errors::invalid(
+            "labels",
+            "max_items",
+            "must have at most 50 labels",
+        ));
+    }
+    for (key, value) in labels {
+        let field = format!("labels.{key}");
+        let lower = key.to_ascii_lowercase();
+        if key.is_empty() || key.chars().count() > 63 {
+            invalid.push(errors::invalid(
+                field.clone(),
+                "is_label",
+                "a label key must have 1 to 63 characters",
+            ));
+        } else if let Some(prefix) = ["kong", "konnect", "mesh", "kic", "_"]
+            .iter()
+            .find(|p| lower.starts_with(*p))
+        {
+            invalid.push(errors::invalid(
+                field.clone(),
+                "is_label",
+                format!("a label key cannot start with '{prefix}'"),
+            ));
+        }
+        let valid_value = value.as_str().is_some_and(|v| {
+            let bytes = v.as_bytes();
+            !bytes.is_empty()
+                && bytes.len() <= 63
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(b))
+                && bytes[0].is_ascii_alphanumeric()
+                && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        });
+        if !valid_value {
+            invalid.push(errors::invalid(
+                field,
+                "is_label",
+                "a label value must be a string of 1 to 63 letters, digits, '-', '.' or '_', \
+                 starting and ending with a letter or digit",
+            ));
+        }
+    }
+}
+
+/// Konnect's `ProxyURLs`: `{host, port, protocol}` objects and nothing else.
+fn check_proxy_urls(urls: &Value, invalid: &mut Vec<Value>) {
+    let Some(list) = urls.as_array() else {
+        invalid.push(errors::invalid(
+            "proxy_urls",
+            "is_array",
+            "must be an array of {host, port, protocol}",
+        ));
+        return;
+    };
+    for (i, url) in list.iter().enumerate() {
+        let field = |name: &str| format!("proxy_urls[{i}].{name}");
+        let Some(map) = url.as_object() else {
+            invalid.push(errors::invalid(
+                format!("proxy_urls[{i}]"),
+                "is_object",
+                "must be an object {host, port, protocol}",
+            ));
+            continue;
+        };
+        for key in map.keys() {
+            if !["host", "port", "protocol"].contains(&key.as_str()) {
+                invalid.push(errors::invalid(
+                    field(key),
+                    "unknown_property",
+                    "is not a property of a proxy URL (host, port, protocol)",
+                ));
+            }
+        }
+        match map.get("host") {
+            Some(Value::String(h)) if !h.is_empty() => {}
+            None => invalid.push(errors::invalid(
+                field("host"),
+                "required",
+                "is a required field",
+            )),
+            Some(_) => invalid.push(errors::invalid(
+                field("host"),
+                "is_string",
+                "must be a non-empty string",
+            )),
+        }
+        match map.get("port") {
+            Some(p) if p.as_u64().is_some_and(|p| (1..=65535).contains(&p)) => {}
+            None => invalid.push(errors::invalid(
+                field("port"),
+                "required",
+                "is a required field",
+            )),
+            Some(_) => invalid.push(errors::invalid(
+                field("port"),
+                "is_integer",
+                "must be an integer between 1 and 65535",
+            )),
+        }
+        match map.get("protocol") {
+            Some(Value::String(p)) if !p.is_empty() => {}
+            None => invalid.push(errors::invalid(
+                field("protocol"),
+                "required",
+                "is a required field",
+            )),
+            Some(_) => invalid.push(errors::invalid(
+                field("protocol"),
+                "is_string",
+                "must be a non-empty string",
+            )),
+        }
+    }
+}
+
+/// Reads and checks the writable fields; `partial` for PATCH (nothing required, and only the
+/// fields Konnect lets an update change).
 fn read_fields(body: &Value, partial: bool) -> Result<Map<String, Value>, ApiError> {
     let mut out = Map::new();
-    let mut invalid: Vec<(&str, &str, String)> = Vec::new();
-    let known = [
-        "name",
-        "description",
-        "cluster_type",
-        "auth_type",
-        "cloud_gateway",
-        "proxy_urls",
-        "labels",
-    ];
+    let mut invalid: Vec<Value> = Vec::new();
+    let known: &[&str] = if partial {
+        &UPDATE_FIELDS
+    } else {
+        &CREATE_FIELDS
+    };
     if let Some(map) = body.as_object() {
         for key in map.keys() {
-            if !known.contains(&key.as_str()) {
-                invalid.push(("body", "unknown", format!("unknown property '{key}'")));
+            if known.contains(&key.as_str()) {
+                continue;
             }
+            let reason = if partial && CREATE_FIELDS.contains(&key.as_str()) {
+                format!("'{key}' is set when the control plane is created and cannot be changed")
+            } else {
+                format!("'{key}' is not a property of a control plane")
+            };
+            invalid.push(errors::invalid(key.as_str(), "unknown_property", reason));
         }
     }
     match body.get("name") {
@@ -134,32 +286,34 @@ fn read_fields(body: &Value, partial: bool) -> Result<Map<String, Value>, ApiErr
             out.insert("name".into(), json!(s));
         }
         None if partial => {}
-        None => invalid.push(("name", "required", "is a required field".into())),
-        Some(_) => invalid.push(("name", "type", "must be a non-empty string".into())),
+        None => invalid.push(errors::invalid("name", "required", "is a required field")),
+        Some(_) => invalid.push(errors::invalid(
+            "name",
+            "type",
+            "must be a non-empty string",
+        )),
     }
     match body.get("description") {
         None => {}
-        Some(v @ (Value::String(_) | Value::Null)) => {
+        Some(v @ Value::String(_)) => {
             out.insert("description".into(), v.clone());
         }
-        Some(_) => invalid.push(("description", "type", "must be a string".into())),
+        // Konnect's description is `nullable: false`.
+        Some(_) => invalid.push(errors::invalid(
+            "description",
+            "type",
+            "must be a string (not null)",
+        )),
     }
     match body.get("cluster_type") {
-        None if partial => {}
+        _ if partial => {}
         None => {
             out.insert("cluster_type".into(), json!(CLUSTER_TYPES[0]));
         }
         Some(Value::String(s)) if CLUSTER_TYPES.contains(&s.as_str()) => {
-            if partial {
-                invalid.push(("cluster_type", "immutable", "cannot be changed".into()));
-            }
             out.insert("cluster_type".into(), json!(s));
         }
-        Some(_) => invalid.push((
-            "cluster_type",
-            "enum",
-            format!("must be one of: {}", CLUSTER_TYPES.join(", ")),
-        )),
+        Some(_) => invalid.push(errors::invalid_choice("cluster_type", &CLUSTER_TYPES)),
     }
     match body.get("auth_type") {
         None if partial => {}
@@ -169,46 +323,56 @@ fn read_fields(body: &Value, partial: bool) -> Result<Map<String, Value>, ApiErr
         Some(Value::String(s)) if s == "pinned_client_certs" => {
             out.insert("auth_type".into(), json!(s));
         }
-        Some(Value::String(s)) if s == "pki_client_certs" => invalid.push((
+        Some(Value::String(s)) if s == "pki_client_certs" => {
+            let mut pki = errors::invalid_choice("auth_type", &["pinned_client_certs"]);
+            pki["reason"] = json!(
+                "pki_client_certs is not supported yet: pin each data plane certificate \
+                 (pinned_client_certs)"
+            );
+            invalid.push(pki);
+        }
+        Some(_) => invalid.push(errors::invalid_choice(
             "auth_type",
-            "enum",
-            "pki_client_certs is not supported yet: pin each data plane certificate \
-             (pinned_client_certs)"
-                .into(),
-        )),
-        Some(_) => invalid.push((
-            "auth_type",
-            "enum",
-            "must be one of: pinned_client_certs, pki_client_certs".into(),
+            &["pinned_client_certs", "pki_client_certs"],
         )),
     }
     match body.get("cloud_gateway") {
-        None if partial => {}
+        _ if partial => {}
         None => {
             out.insert("cloud_gateway".into(), json!(false));
         }
         Some(Value::Bool(b)) => {
             out.insert("cloud_gateway".into(), json!(b));
         }
-        Some(_) => invalid.push(("cloud_gateway", "type", "must be a boolean".into())),
+        Some(_) => invalid.push(errors::invalid(
+            "cloud_gateway",
+            "is_boolean",
+            "must be a boolean",
+        )),
     }
     match body.get("labels") {
         None => {}
-        Some(Value::Object(map)) if map.values().all(Value::is_string) => {
+        Some(Value::Object(map)) => {
+            check_labels(map, &mut invalid);
             out.insert("labels".into(), Value::Object(map.clone()));
         }
         Some(Value::Null) => {
             out.insert("labels".into(), json!({}));
         }
-        Some(_) => invalid.push(("labels", "type", "must be an object of strings".into())),
+        Some(_) => invalid.push(errors::invalid(
+            "labels",
+            "is_object",
+            "must be an object of strings",
+        )),
     }
     if let Some(urls) = body.get("proxy_urls") {
+        check_proxy_urls(urls, &mut invalid);
         out.insert("proxy_urls".into(), urls.clone());
     }
     if invalid.is_empty() {
         Ok(out)
     } else {
-        Err(invalid_parameters(&invalid))
+        Err(errors::invalid_list(invalid))
     }
 }
 
@@ -417,71 +581,145 @@ mod tests {
                 "cloud_gateway": false,
             })
         );
-        let patch = read_fields(&json!({ "description": null }), true).expect("patch");
-        assert_eq!(Value::Object(patch), json!({ "description": null }));
+        let patch = read_fields(&json!({ "description": "" }), true).expect("patch");
+        assert_eq!(Value::Object(patch), json!({ "description": "" }));
+        let labels = json!({ "env": "dev", "team-1": "a.b_c-d", "x": "9" });
+        let fields = read_fields(&json!({ "labels": labels }), true).expect("labels");
+        assert_eq!(fields["labels"], labels);
+        let urls = json!([{ "host": "example.com", "port": 443, "protocol": "https" }]);
+        let fields = read_fields(&json!({ "proxy_urls": urls }), true).expect("proxy_urls");
+        assert_eq!(fields["proxy_urls"], urls);
+    }
+
+    fn rules(list: &[Value]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|p| {
+                (
+                    p["field"].as_str().unwrap_or_default().to_owned(),
+                    p["rule"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn pair(f: &str, r: &str) -> (String, String) {
+        (f.to_owned(), r.to_owned())
     }
 
     #[test]
     fn control_plane_fields_are_refused_by_name() {
-        let field = |list: &[Value]| -> Vec<(String, String)> {
-            list.iter()
-                .map(|p| {
-                    (
-                        p["field"].as_str().unwrap_or_default().to_owned(),
-                        p["rule"].as_str().unwrap_or_default().to_owned(),
-                    )
-                })
-                .collect()
-        };
-        let pair = |f: &str, r: &str| (f.to_owned(), r.to_owned());
         assert_eq!(
-            field(&refused(json!({}), false)),
+            rules(&refused(json!({}), false)),
             [pair("name", "required")]
         );
         assert_eq!(
-            field(&refused(json!({ "name": " " }), false)),
+            rules(&refused(json!({ "name": " " }), false)),
             [pair("name", "type")]
         );
+        let unknown = refused(json!({ "name": "cp", "colour": "red" }), false);
+        assert_eq!(rules(&unknown), [pair("colour", "unknown_property")]);
         assert_eq!(
-            field(&refused(json!({ "name": "cp", "colour": "red" }), false)),
-            [pair("body", "unknown")]
+            unknown[0]["reason"],
+            "'colour' is not a property of a control plane"
         );
-        assert_eq!(
-            field(&refused(
-                json!({ "name": "cp", "cluster_type": "K8S" }),
-                false
-            )),
-            [pair("cluster_type", "enum")]
-        );
-        assert_eq!(
-            field(&refused(
-                json!({ "cluster_type": "CLUSTER_TYPE_SERVERLESS" }),
-                true
-            )),
-            [pair("cluster_type", "immutable")],
-            "a PATCH cannot change the type"
-        );
+        let bad_type = refused(json!({ "name": "cp", "cluster_type": "K8S" }), false);
+        assert_eq!(rules(&bad_type), [pair("cluster_type", "enum")]);
+        assert_eq!(bad_type[0]["choices"], json!(CLUSTER_TYPES));
         let pki = refused(
             json!({ "name": "cp", "auth_type": "pki_client_certs" }),
             false,
         );
-        assert_eq!(field(&pki), [pair("auth_type", "enum")]);
+        assert_eq!(rules(&pki), [pair("auth_type", "enum")]);
         assert_eq!(
             pki[0]["reason"],
             "pki_client_certs is not supported yet: pin each data plane certificate \
              (pinned_client_certs)"
         );
         assert_eq!(
-            field(&refused(
+            rules(&refused(
                 json!({ "name": 1, "cloud_gateway": "yes", "description": 2 }),
                 false
             )),
             [
                 pair("name", "type"),
                 pair("description", "type"),
-                pair("cloud_gateway", "type"),
+                pair("cloud_gateway", "is_boolean"),
             ],
             "every invalid field is named at once"
+        );
+    }
+
+    /// Review D19: Konnect's description is `nullable: false`; an update cannot change the
+    /// type or `cloud_gateway` (UpdateControlPlaneRequest has neither, additionalProperties:
+    /// false); label keys and values follow Konnect's rules; proxy URLs are `{host, port,
+    /// protocol}`. Before: each was accepted.
+    #[test]
+    fn control_plane_fields_follow_konnects_rules() {
+        for partial in [false, true] {
+            let null = refused(json!({ "name": "cp", "description": null }), partial);
+            assert_eq!(rules(&null), [pair("description", "type")], "{partial}");
+        }
+        for field in ["cloud_gateway", "cluster_type"] {
+            let value = if field == "cloud_gateway" {
+                json!(true)
+            } else {
+                json!("CLUSTER_TYPE_SERVERLESS")
+            };
+            let patch = refused(json!({ field: value }), true);
+            assert_eq!(rules(&patch), [pair(field, "unknown_property")]);
+            assert_eq!(
+                patch[0]["reason"],
+                format!("'{field}' is set when the control plane is created and cannot be changed")
+            );
+        }
+        let long = "k".repeat(64);
+        let labels = refused(
+            json!({ "name": "cp", "labels": {
+                "kong-thing": "a", "Konnect": "a", "mesh": "a", "kic.x": "a", "_x": "a",
+                long.clone(): "a", "ok": "-bad", "ok2": "", "ok3": "has space", "ok4": 1,
+            } }),
+            false,
+        );
+        let mut got = rules(&labels);
+        got.sort();
+        let mut want: Vec<_> = [
+            "kong-thing",
+            "Konnect",
+            "mesh",
+            "kic.x",
+            "_x",
+            long.as_str(),
+            "ok",
+            "ok2",
+            "ok3",
+            "ok4",
+        ]
+        .iter()
+        .map(|k| pair(&format!("labels.{k}"), "is_label"))
+        .collect();
+        want.sort();
+        assert_eq!(got, want);
+        let many: Map<String, Value> = (0..51).map(|i| (format!("l{i}"), json!("v"))).collect();
+        assert_eq!(
+            rules(&refused(json!({ "labels": many }), true)),
+            [pair("labels", "max_items")]
+        );
+        let urls = refused(
+            json!({ "proxy_urls": [
+                { "host": "h", "port": 0, "protocol": "https" },
+                { "host": "h", "protocol": "https", "path": "/" },
+                "h:443",
+            ] }),
+            true,
+        );
+        assert_eq!(
+            rules(&urls),
+            [
+                pair("proxy_urls[0].port", "is_integer"),
+                pair("proxy_urls[1].path", "unknown_property"),
+                pair("proxy_urls[1].port", "required"),
+                pair("proxy_urls[2]", "is_object"),
+            ]
         );
     }
 }

@@ -1,7 +1,8 @@
 //! The API's error bodies. Core entities answer like Kong's Admin API (`code`, `name`,
-//! `message`, `fields`); the platform endpoints (control planes, certificates, nodes, cloud
-//! gateways) answer like Konnect's, in RFC 7807 problem form (`status`, `title`, `detail`,
-//! `invalid_parameters`).
+//! `message`, `fields`); the platform endpoints (control planes, nodes, cloud gateways)
+//! answer like Konnect's, in RFC 7807 problem form (`status`, `title`, `type`, `instance`,
+//! `detail`, `invalid_parameters`); the DP certificate endpoints with Konnect's legacy
+//! `{"message"}`.
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -163,35 +164,101 @@ impl From<Rejection> for ApiError {
     }
 }
 
-/// Konnect's problem body.
+/// Konnect's problem body (its `BaseError`): `status`, `title`, `type` (the status's page, as
+/// Konnect's examples name it), `instance` (a trace id in Konnect's `kong:trace:<id>` form,
+/// also logged, so a user's report can be found) and `detail`.
 pub fn problem(status: StatusCode, detail: impl Into<String>) -> ApiError {
+    problem_body(
+        status,
+        status.canonical_reason().unwrap_or("Error"),
+        detail.into(),
+        None,
+    )
+}
+
+fn problem_body(
+    status: StatusCode,
+    title: &str,
+    detail: String,
+    invalid: Option<Vec<Value>>,
+) -> ApiError {
+    let instance = format!("kong:trace:{}", uuid::Uuid::new_v4().as_u64_pair().0);
+    log::debug!("API {} {instance}: {detail}", status.as_u16());
+    let mut body = json!({
+        "status": status.as_u16(),
+        "title": title,
+        "type": format!("https://httpstatuses.com/{}", status.as_u16()),
+        "instance": instance,
+        "detail": detail,
+    });
+    if let Some(list) = invalid {
+        body["invalid_parameters"] = Value::Array(list);
+    }
     ApiError {
         status,
-        body: json!({
-            "status": status.as_u16(),
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "detail": detail.into(),
-        }),
+        body,
         problem: true,
     }
 }
 
+/// One of Konnect's `invalid_parameters`: the field, the rule it breaks, why.
+pub fn invalid(field: impl Into<String>, rule: &str, reason: impl Into<String>) -> Value {
+    json!({ "field": field.into(), "rule": rule, "reason": reason.into() })
+}
+
+/// Konnect's `enum` item, which lists the `choices`.
+pub fn invalid_choice(field: impl Into<String>, choices: &[&str]) -> Value {
+    json!({
+        "field": field.into(),
+        "rule": "enum",
+        "reason": format!("must be one of: {}", choices.join(", ")),
+        "choices": choices,
+    })
+}
+
+/// Konnect's 400 naming every invalid parameter.
+pub fn invalid_list(list: Vec<Value>) -> ApiError {
+    problem_body(
+        StatusCode::BAD_REQUEST,
+        "Invalid Request",
+        "Invalid Parameters".into(),
+        Some(list),
+    )
+}
+
 /// Konnect's 400 with the invalid parameters named.
 pub fn invalid_parameters(params: &[(&str, &str, String)]) -> ApiError {
-    let list: Vec<Value> = params
-        .iter()
-        .map(|(field, rule, reason)| json!({ "field": field, "rule": rule, "reason": reason }))
-        .collect();
-    ApiError {
-        status: StatusCode::BAD_REQUEST,
-        body: json!({
-            "status": 400,
-            "title": "Invalid Request",
-            "detail": "Invalid Parameters",
-            "invalid_parameters": list,
-        }),
-        problem: true,
+    invalid_list(
+        params
+            .iter()
+            .map(|(field, rule, reason)| invalid(*field, rule, reason.clone()))
+            .collect(),
+    )
+}
+
+/// The legacy shape of Konnect's older endpoints (DP certificates): `{"message": ...}` as
+/// `application/json`, whatever the error; a problem's detail (and its invalid parameters,
+/// `field: reason`) becomes the message.
+pub fn legacy(error: ApiError) -> ApiError {
+    if !error.problem {
+        return error;
     }
+    let detail = error.body["detail"].as_str().unwrap_or_default();
+    let message = match error.body["invalid_parameters"].as_array() {
+        Some(list) => list
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}: {}",
+                    p["field"].as_str().unwrap_or_default(),
+                    p["reason"].as_str().unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        None => detail.to_owned(),
+    };
+    kong(error.status, json!({ "message": message }))
 }
 
 pub fn unauthorized() -> ApiError {

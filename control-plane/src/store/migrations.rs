@@ -67,6 +67,9 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );",
+    // 2: a pinned certificate's title (Konnect's DataPlaneClientCertificate has one); the
+    // rows pinned before have none.
+    "ALTER TABLE dp_client_certificates ADD COLUMN title TEXT;",
 ];
 
 pub fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
@@ -78,4 +81,50 @@ pub fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database of schema 1 with a pinned certificate migrates: the pin stays, without a
+    /// title, and a new one can have one.
+    #[test]
+    fn a_pin_made_before_titles_migrates_without_one() {
+        let mut connection = Connection::open_in_memory().expect("db");
+        let tx = connection.transaction().expect("tx");
+        tx.execute_batch(MIGRATIONS[0]).expect("schema 1");
+        tx.pragma_update(None, "user_version", 1).expect("version");
+        tx.execute_batch(
+            "INSERT INTO control_planes VALUES ('cp', 'cp', '{}', 0, 0);
+             INSERT INTO dp_client_certificates VALUES ('old', 'cp', 'PEM', 'f1', 1, 1);",
+        )
+        .expect("a pin");
+        tx.commit().expect("commit");
+        migrate(&mut connection).expect("migrate");
+        let version: usize = connection
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, MIGRATIONS.len());
+        connection
+            .execute(
+                "INSERT INTO dp_client_certificates VALUES ('new', 'cp', 'PEM2', 'f2', 2, 2, 't')",
+                [],
+            )
+            .expect("a pin with a title");
+        let rows: Vec<(String, Option<String>)> = connection
+            .prepare("SELECT id, title FROM dp_client_certificates ORDER BY id")
+            .expect("select")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            [
+                ("new".to_owned(), Some("t".to_owned())),
+                ("old".to_owned(), None)
+            ]
+        );
+    }
 }
