@@ -444,6 +444,18 @@ async fn supervise(
     let mut pause = FIRST_PAUSE;
     loop {
         let gateway = match Gateway::adopt(&spec.dir) {
+            // Its group's port is not the one it was started on (a store restored from a
+            // backup, say): its proxy URL would not reach it.
+            Some(gateway) if !runs_with(gateway.pid, spec.proxy.to_string()) => {
+                log::warn!(
+                    "data plane {}: its running gateway (pid {}) does not listen on {}; draining it",
+                    spec.group_id,
+                    gateway.pid,
+                    spec.proxy
+                );
+                gateway.drain().await;
+                launch.spawn(&spec)
+            }
             Some(gateway) => {
                 log::info!(
                     "data plane {} of control plane {}: adopted its running gateway (pid {}) on http://{}",
@@ -706,12 +718,12 @@ fn start_time(pid: u32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
-/// Whether process `pid` was started with `arg` (a group's own cache folder).
-fn runs_with(pid: u32, arg: &Path) -> bool {
+/// Whether process `pid` was started with `arg` (a group's own cache folder, its address).
+fn runs_with(pid: u32, arg: impl AsRef<std::ffi::OsStr>) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    let arg = arg.as_os_str().as_encoded_bytes();
+    let arg = arg.as_ref().as_encoded_bytes();
     cmdline.split(|b| *b == 0).any(|a| a == arg)
 }
 
