@@ -662,3 +662,31 @@ async fn stop_data_planes_drains_them_and_the_next_start_starts_them_again() {
     .await;
     converged(&cp, &provisioned).await;
 }
+
+/// Issue #15 item 2: a gateway the control plane adopted (not its child: it started before
+/// a crash of the control plane) is watched through `/proc` and started again when it dies,
+/// as a child is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_gateway_that_dies_is_started_again() {
+    let echo = EchoUpstream::start().await.expect("echo");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut cp, provisioned) = serving(dir.path(), echo.addr()).await;
+    let group = group_dir(&cp, &provisioned);
+    let adopted = the_gateway(&group);
+    cp.kill();
+    cp.start_again();
+    converged(&cp, &provisioned).await;
+    assert_eq!(the_gateway(&group), adopted);
+
+    signal(adopted, "-KILL");
+    let proxy = provisioned.proxy;
+    until("another gateway", Duration::from_secs(60), async || {
+        let pids = processes_under(&group);
+        match (&pids[..], status(proxy, "/").await) {
+            ([pid], Ok(200)) if *pid != adopted => Ok(()),
+            (_, answer) => Err(format!("gateways {pids:?}, {answer:?}")),
+        }
+    })
+    .await;
+    assert_eq!(pidfile_pid(&group), Some(the_gateway(&group)));
+}
