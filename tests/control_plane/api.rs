@@ -1854,3 +1854,192 @@ async fn paths_with_a_trailing_slash_are_konnects_paths() {
     cp.expect(404, "GET", "/v2/control-planes//nothing", None)
         .await;
 }
+
+/// A request with its own Content-Type (and the token).
+async fn send_as(
+    cp: &TestControlPlane,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> wasmgate_tests::Response {
+    let request = Request {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        headers: vec![
+            ("content-type".into(), content_type.into()),
+            ("authorization".into(), format!("Bearer {TOKEN}")),
+        ],
+        body: RequestBody::Bytes(body.as_bytes().to_vec()),
+    };
+    client::send(cp.endpoints().api, Protocol::Http1, &request)
+        .await
+        .expect("request")
+}
+
+/// Review D23, core entities as Kong's Admin API answers: a 409 lists the colliding fields
+/// (was `{}`), a refused delete names the referenced entity ("this 'services' entity"; was
+/// "this entity"), `next` keeps `size` and `tags` (was dropped: the next page had 100
+/// entities and no filter), an import refuses ids that are not UUIDs as POST does (was
+/// accepted), form-encoded bodies are read as Kong reads them (was 400 "Cannot parse JSON
+/// body") and another media type is 415 (was parsed as JSON).
+#[tokio::test]
+async fn core_entities_answer_like_kongs_admin_api() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let id = control_plane(&cp, "kong", "CLUSTER_TYPE_CONTROL_PLANE").await;
+    let base = format!("/v2/control-planes/{id}/core-entities");
+    let services = format!("{base}/services");
+    cp.add_service(
+        &id,
+        &json!({ "name": "echo", "host": "echo.internal", "tags": ["t"] }),
+    )
+    .await;
+    let taken = cp
+        .expect(
+            409,
+            "POST",
+            &services,
+            Some(&json!({ "name": "echo", "host": "h" })),
+        )
+        .await;
+    assert_eq!(
+        taken,
+        json!({
+            "code": 5,
+            "name": "unique constraint violation",
+            "message": "UNIQUE violation detected on '{name=\"echo\"}'",
+            "fields": { "name": "echo" },
+        })
+    );
+    cp.expect(
+        201,
+        "POST",
+        &format!("{services}/echo/routes"),
+        Some(&json!({ "name": "r", "paths": ["/r"] })),
+    )
+    .await;
+    let referenced = cp
+        .expect(400, "DELETE", &format!("{services}/echo"), None)
+        .await;
+    assert_eq!(
+        referenced["message"],
+        "an existing 'routes' entity references this 'services' entity"
+    );
+    assert_eq!(referenced["fields"], json!({ "@referenced_by": "routes" }));
+
+    // Pages: `next` keeps the filter and the size.
+    for name in ["t2", "t3"] {
+        cp.add_service(&id, &json!({ "name": name, "host": "h", "tags": ["t"] }))
+            .await;
+    }
+    cp.add_service(&id, &json!({ "name": "untagged", "host": "h" }))
+        .await;
+    let first = cp
+        .expect(200, "GET", &format!("{services}?size=1&tags=t"), None)
+        .await;
+    let next = first["next"].as_str().expect("next").to_owned();
+    assert!(next.ends_with("&tags=t&size=1"), "{next}");
+    let mut seen = vec![first["data"][0]["name"].clone()];
+    let mut next = Some(next);
+    while let Some(link) = next {
+        let page = cp.expect(200, "GET", &link, None).await;
+        assert_eq!(page["data"].as_array().map(Vec::len), Some(1), "{page}");
+        seen.push(page["data"][0]["name"].clone());
+        next = page["next"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen, [json!("echo"), json!("t2"), json!("t3")]);
+
+    // An import's ids are UUIDs, as POST's.
+    let before = cp.expect(200, "GET", &services, None).await;
+    let import = cp
+        .expect(
+            400,
+            "POST",
+            &format!("/v2/control-planes/{id}/declarative-config"),
+            Some(&json!({ "_format_version": "3.0",
+                "services": [{ "name": "x", "id": "not-a-uuid", "host": "h" }] })),
+        )
+        .await;
+    assert_eq!(import["code"], 14, "{import}");
+    assert!(
+        import["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expected a valid UUID")),
+        "{import}"
+    );
+    assert_eq!(cp.expect(200, "GET", &services, None).await, before);
+
+    // Form bodies, as Kong's Admin API takes them (curl -d's default).
+    let form = "application/x-www-form-urlencoded";
+    let service = send_as(
+        &cp,
+        "POST",
+        &services,
+        form,
+        "name=form&host=form.internal&port=8080&tags[]=a&tags[]=b",
+    )
+    .await;
+    assert_eq!(service.status, 201, "{}", service.text());
+    let service = service.json().expect("json");
+    assert_eq!(
+        (&service["port"], &service["tags"]),
+        (&json!(8080), &json!(["a", "b"]))
+    );
+    let route = send_as(
+        &cp,
+        "POST",
+        &format!("{base}/routes"),
+        form,
+        "name=form&paths=/form&service.name=form&strip_path=false",
+    )
+    .await;
+    assert_eq!(route.status, 201, "{}", route.text());
+    let route = route.json().expect("json");
+    assert_eq!(
+        (
+            &route["paths"],
+            &route["strip_path"],
+            &route["service"]["id"]
+        ),
+        (&json!(["/form"]), &json!(false), &service["id"])
+    );
+    let plugin = send_as(
+        &cp,
+        "POST",
+        &format!("{services}/form/plugins"),
+        form,
+        "name=rate-limiting&config.second=5",
+    )
+    .await;
+    assert_eq!(plugin.status, 201, "{}", plugin.text());
+    let plugin = plugin.json().expect("json");
+    assert_eq!(plugin["config"]["second"], 5);
+    let plugin_id = plugin["id"].as_str().expect("id");
+    let patched = send_as(
+        &cp,
+        "PATCH",
+        &format!("{base}/plugins/{plugin_id}"),
+        form,
+        "config.minute=60",
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    let patched = patched.json().expect("json");
+    assert_eq!(
+        (&patched["config"]["second"], &patched["config"]["minute"]),
+        (&json!(5), &json!(60))
+    );
+    let bad = send_as(&cp, "POST", &services, form, "name=bad&host=h&port=eighty").await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(
+        bad.json().expect("json")["fields"],
+        json!({ "port": "expected an integer" })
+    );
+    let text = send_as(&cp, "POST", &services, "text/plain", "name=x").await;
+    assert_eq!(text.status, 415, "{}", text.text());
+    assert_eq!(
+        text.json().expect("json"),
+        json!({ "message": "Unsupported Content-Type 'text/plain': send application/json or application/x-www-form-urlencoded" })
+    );
+}

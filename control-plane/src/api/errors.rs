@@ -99,6 +99,17 @@ pub fn bad_body(message: impl Into<String>) -> ApiError {
     )
 }
 
+/// A body of a media type the Admin API does not read: 415, Kong's `{"message"}`.
+pub fn unsupported_media_type(media: &str) -> ApiError {
+    kong(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        json!({ "message": format!(
+            "Unsupported Content-Type '{media}': send application/json or \
+             application/x-www-form-urlencoded"
+        ) }),
+    )
+}
+
 pub fn not_found() -> ApiError {
     kong(StatusCode::NOT_FOUND, json!({ "message": "Not found" }))
 }
@@ -126,27 +137,86 @@ pub fn internal(message: impl std::fmt::Display) -> ApiError {
     )
 }
 
+/// The fields of Kong's unique key text (`{name="echo"}`, `{consumer=null, name="x",
+/// route={id="..."}, service=null}`), Penlight's pretty-printed Lua table, as JSON: Kong's
+/// 409 lists them in `fields`.
+fn lua_table(text: &str) -> Option<Value> {
+    fn value(s: &str) -> Option<(Value, &str)> {
+        let s = s.trim_start();
+        if let Some(rest) = s.strip_prefix('"') {
+            let end = rest.find('"')?;
+            return Some((json!(&rest[..end]), &rest[end + 1..]));
+        }
+        if let Some(rest) = s.strip_prefix("null") {
+            return Some((Value::Null, rest));
+        }
+        if s.starts_with('{') {
+            return table(s);
+        }
+        let end = s.find([',', '}']).unwrap_or(s.len());
+        let number: serde_json::Number = s[..end].trim().parse().ok()?;
+        Some((Value::Number(number), &s[end..]))
+    }
+    fn table(s: &str) -> Option<(Value, &str)> {
+        let mut rest = s.trim_start().strip_prefix('{')?;
+        let mut map = serde_json::Map::new();
+        loop {
+            rest = rest.trim_start();
+            if let Some(after) = rest.strip_prefix('}') {
+                return Some((Value::Object(map), after));
+            }
+            let (key, after) = rest.split_once('=')?;
+            let (item, after) = value(after)?;
+            map.insert(key.trim().to_owned(), item);
+            rest = after.trim_start();
+            rest = rest.strip_prefix(',').unwrap_or(rest);
+        }
+    }
+    match table(text)? {
+        (value, rest) if rest.trim().is_empty() => Some(value),
+        _ => None,
+    }
+}
+
+/// Kong's 409 (code 5): the message names the unique key and `fields` holds it.
+pub fn unique_violation(what: &str) -> ApiError {
+    kong(
+        StatusCode::CONFLICT,
+        json!({
+            "code": 5,
+            "name": "unique constraint violation",
+            "message": format!("UNIQUE violation detected on '{what}'"),
+            "fields": lua_table(what).unwrap_or_else(|| json!({})),
+        }),
+    )
+}
+
+/// Kong's refusal to delete an entity others reference (code 4): "an existing 'routes'
+/// entity references this 'services' entity".
+pub fn referenced(by: &str, kind: &str) -> ApiError {
+    kong(
+        StatusCode::BAD_REQUEST,
+        json!({
+            "code": 4,
+            "name": "foreign key violation",
+            "message": format!("an existing '{by}' entity references this '{kind}' entity"),
+            "fields": { "@referenced_by": by },
+        }),
+    )
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => not_found(),
-            StoreError::Unique(what) => kong(
-                StatusCode::CONFLICT,
-                json!({
-                    "code": 5,
-                    "name": "unique constraint violation",
-                    "message": format!("UNIQUE violation detected on '{what}'"),
-                    "fields": {},
-                }),
-            ),
-            StoreError::Referenced(by) => kong(
-                StatusCode::BAD_REQUEST,
-                json!({
-                    "code": 4,
-                    "name": "foreign key violation",
-                    "message": format!("an existing '{by}' entity references this entity"),
-                    "fields": { "@referenced_by": by },
-                }),
+            StoreError::Unique(what) => unique_violation(&what),
+            // Of the entities here, only a route restricts a deletion (its service's).
+            StoreError::Referenced(by) => referenced(
+                by,
+                match by {
+                    "routes" => "services",
+                    _ => "referenced",
+                },
             ),
             StoreError::Database(e) => internal(e),
         }
@@ -267,4 +337,55 @@ pub fn unauthorized() -> ApiError {
 
 pub fn problem_not_found(what: &str) -> ApiError {
     problem(StatusCode::NOT_FOUND, format!("{what} not found"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review D23: Kong's 409 lists the colliding fields (was `{}`).
+    #[test]
+    fn a_unique_violation_lists_its_fields() {
+        let error = unique_violation(r#"{name="echo"}"#);
+        assert_eq!(
+            error.parts(),
+            (
+                409,
+                &json!({
+                    "code": 5,
+                    "name": "unique constraint violation",
+                    "message": r#"UNIQUE violation detected on '{name="echo"}'"#,
+                    "fields": { "name": "echo" },
+                })
+            )
+        );
+        let plugin = r#"{consumer=null, name="rate-limiting", route={id="r1"}, service=null}"#;
+        assert_eq!(
+            unique_violation(plugin).parts().1["fields"],
+            json!({ "consumer": null, "name": "rate-limiting", "route": { "id": "r1" },
+                    "service": null })
+        );
+        assert_eq!(lua_table("{n=5, m={}}"), Some(json!({ "n": 5, "m": {} })));
+        assert_eq!(lua_table("not a table"), None);
+        assert_eq!(lua_table(r#"{name="a"} trailing"#), None);
+    }
+
+    /// Review D23: Kong names the referenced entity: "this 'services' entity" (was "this
+    /// entity").
+    #[test]
+    fn a_referenced_entity_is_named() {
+        let error: ApiError = StoreError::Referenced("routes").into();
+        assert_eq!(
+            error.parts(),
+            (
+                400,
+                &json!({
+                    "code": 4,
+                    "name": "foreign key violation",
+                    "message": "an existing 'routes' entity references this 'services' entity",
+                    "fields": { "@referenced_by": "routes" },
+                })
+            )
+        );
+    }
 }
