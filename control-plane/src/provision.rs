@@ -456,6 +456,23 @@ async fn supervise(
                 gateway.drain().await;
                 launch.spawn(&spec)
             }
+            // Started without the platform's plugins (by a control plane from before them):
+            // it would serve the tenant's configuration without the serverless limits.
+            Some(gateway)
+                if !runs_with(
+                    gateway.pid,
+                    spec.dir.join(crate::config::PLATFORM_PLUGINS_FILE),
+                ) =>
+            {
+                log::warn!(
+                    "data plane {}: its running gateway (pid {}) runs without the platform \
+                     plugins; draining it",
+                    spec.group_id,
+                    gateway.pid
+                );
+                gateway.drain().await;
+                launch.spawn(&spec)
+            }
             Some(gateway) => {
                 log::info!(
                     "data plane {} of control plane {}: adopted its running gateway (pid {}) on http://{}",

@@ -988,6 +988,116 @@ async fn serverless_control_planes_take_no_self_managed_data_planes() {
     .await;
 }
 
+/// The command line of the provisioned gateway of group `node_id`, with its pid.
+fn provisioned_gateway(node_id: &str) -> Option<(u32, Vec<String>)> {
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let entry = entry.ok()?;
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        args.windows(2)
+            .any(|pair| pair[0] == "--node-id" && pair[1] == node_id)
+            .then_some((pid, args))
+    })
+}
+
+/// A gateway that a control plane from before the platform layer started (no
+/// `--platform-plugins`) and that outlived it is not adopted as it is by this one: it would
+/// serve the user's configuration without the serverless limits (10 MB + 1 byte answered
+/// 200). It is drained and started again with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_running_without_the_platform_layer_is_started_again_with_it() {
+    let echo = EchoUpstream::start().await.expect("echo");
+    let dir = dir();
+    let mut cp = TestControlPlane::start(dir.path());
+    let Provisioned {
+        control_plane_id: id,
+        group_id,
+        proxy,
+    } = cp.provision_serverless("tenant").await;
+    cp.route_all_paths_to(&id, "echo", "all", echo.addr()).await;
+    let over = Request::post(
+        "/",
+        RequestBody::Filler {
+            len: (10 << 20) + 1,
+            with_length: true,
+        },
+    );
+    let status_of_over = async || {
+        client::send(proxy, Protocol::Http1, &over)
+            .await
+            .map(|r| r.status)
+            .map_err(|e| e.to_string())
+    };
+    wasmgate_tests::until(
+        "the limit",
+        std::time::Duration::from_secs(90),
+        async || match status_of_over().await? {
+            413 => Ok(()),
+            status => Err(status.to_string()),
+        },
+    )
+    .await;
+
+    // As an older control plane left it: the same gateway without the platform's flag,
+    // running on when the control plane stops.
+    cp.stop();
+    let (pid, args) = provisioned_gateway(&group_id).expect("the provisioned gateway");
+    let at = args
+        .iter()
+        .position(|a| a == "--platform-plugins")
+        .expect("started with its platform plugins");
+    let older: Vec<String> = args[1..at].iter().chain(&args[at + 2..]).cloned().collect();
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+    wasmgate_tests::until(
+        "the gateway gone",
+        std::time::Duration::from_secs(40),
+        async || match provisioned_gateway(&group_id) {
+            None => Ok(()),
+            Some((pid, _)) => Err(format!("pid {pid}")),
+        },
+    )
+    .await;
+    let mut old = std::process::Command::new(&args[0])
+        .args(&older)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the older gateway");
+    wasmgate_tests::until(
+        "the older gateway proxying without the limit",
+        std::time::Duration::from_secs(90),
+        async || match status_of_over().await? {
+            200 => Ok(()),
+            status => Err(status.to_string()),
+        },
+    )
+    .await;
+
+    cp.start_again();
+    let limited = wasmgate_tests::until(
+        "the gateway started again with the limit",
+        std::time::Duration::from_secs(90),
+        async || match status_of_over().await {
+            Ok(413) => Ok(provisioned_gateway(&group_id)),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let (_, args) = limited.expect("a provisioned gateway");
+    assert!(args.iter().any(|a| a == "--platform-plugins"), "{args:?}");
+    // The older one was drained (SIGTERM): reaped here; killed if it was not.
+    let _ = old.kill();
+    let _ = old.wait();
+}
+
 #[tokio::test]
 async fn declarative_import_and_export_round_trip() {
     let dir = dir();
