@@ -1725,6 +1725,10 @@ async fn every_operation_answers_what_the_openapi_document_says() {
     contract.get(&certificates).await;
     let certificate = format!("{certificates}/{certificate_id}");
     contract.get(&certificate).await;
+    let (rotated, _) = control_plane::pki::client_certificate("dp").expect("cert");
+    contract
+        .call(200, "PUT", &certificate, Some(&json!({ "cert": rotated })))
+        .await;
     contract
         .create(
             &format!("{control_plane}/envoy-bootstrap"),
@@ -2152,4 +2156,49 @@ async fn core_entities_answer_like_kongs_admin_api() {
         text.json().expect("json"),
         json!({ "message": "Unsupported Content-Type 'text/plain': send application/json or application/x-www-form-urlencoded" })
     );
+}
+
+#[tokio::test]
+async fn a_method_a_route_does_not_take_gets_kongs_405_and_a_pin_can_be_replaced() {
+    let dir = dir();
+    let cp = TestControlPlane::start(dir.path());
+    let refused = cp
+        .call("PATCH", "/v2/control-planes", Some(&json!({})))
+        .await;
+    assert_eq!(refused.status, 405, "{}", refused.text());
+    assert_eq!(
+        refused.json(),
+        Some(json!({ "message": "Method not allowed" }))
+    );
+
+    let created = cp
+        .expect(
+            201,
+            "POST",
+            "/v2/control-planes",
+            Some(&json!({ "name": "pins" })),
+        )
+        .await;
+    let pins = format!(
+        "/v2/control-planes/{}/dp-client-certificates",
+        created["id"].as_str().expect("id")
+    );
+    let (first, _) = control_plane::pki::client_certificate("dp-1").expect("cert");
+    let (second, _) = control_plane::pki::client_certificate("dp-2").expect("cert");
+    let pinned = cp
+        .expect(201, "POST", &pins, Some(&json!({ "cert": first })))
+        .await;
+    let pin = format!("{pins}/{}", pinned["item"]["id"].as_str().expect("id"));
+    let replaced = cp
+        .expect(
+            200,
+            "PUT",
+            &pin,
+            Some(&json!({ "cert": second, "title": "rotated" })),
+        )
+        .await;
+    assert_eq!(replaced["item"]["cert"], json!(second));
+    assert_eq!(replaced["item"]["title"], "rotated");
+    let read = cp.expect(200, "GET", &pin, None).await;
+    assert_eq!(read["item"]["cert"], json!(second));
 }

@@ -186,9 +186,6 @@ pub async fn create(
 
 /// Konnect's `update-dataplane-certificate`: replaces the pin's certificate and title. The
 /// old certificate is no longer pinned, so the sessions that used it are cut.
-// Not routed yet: `api/mod.rs` (not this module's) needs `.put(dp_certificates::update)` on
-// `dp-client-certificates/:certificate_id`; the unit test below calls it meanwhile.
-#[cfg_attr(not(test), allow(dead_code))]
 pub async fn update(
     state: Shared,
     Path((control_plane_id, certificate_id)): Path<(String, String)>,

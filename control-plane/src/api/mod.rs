@@ -69,7 +69,9 @@ pub fn router(state: Arc<State>) -> Router {
         )
         .route(
             &format!("{cp}/dp-client-certificates/:certificate_id"),
-            get(dp_certificates::get).delete(dp_certificates::delete),
+            get(dp_certificates::get)
+                .put(dp_certificates::update)
+                .delete(dp_certificates::delete),
         )
         .route(
             &format!("{cp}/envoy-bootstrap"),
@@ -97,6 +99,7 @@ pub fn router(state: Arc<State>) -> Router {
             get(cloud_gateways::get).delete(cloud_gateways::delete),
         )
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authenticate,
@@ -110,6 +113,14 @@ async fn fallback(method: axum::http::Method, uri: axum::http::Uri) -> ApiError 
     errors::problem(
         axum::http::StatusCode::NOT_FOUND,
         format!("no API route for {method} {}", uri.path()),
+    )
+}
+
+/// A route that exists, with a method it does not take: Kong's Admin API answer.
+async fn method_not_allowed() -> (axum::http::StatusCode, axum::Json<Value>) {
+    (
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(serde_json::json!({ "message": "Method not allowed" })),
     )
 }
 
