@@ -70,12 +70,14 @@ impl std::fmt::Display for StoreError {
 }
 
 fn read_pins(connection: &Connection) -> rusqlite::Result<Pins> {
-    let mut statement =
-        connection.prepare_cached("SELECT fingerprint, control_plane_id FROM dp_client_certificates")?;
+    let mut statement = connection
+        .prepare_cached("SELECT fingerprint, control_plane_id FROM dp_client_certificates")?;
     let mut pins = Pins::new();
     for row in statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
         let (fingerprint, control_plane_id) = row?;
-        pins.entry(fingerprint).or_default().insert(control_plane_id);
+        pins.entry(fingerprint)
+            .or_default()
+            .insert(control_plane_id);
     }
     Ok(pins)
 }
@@ -508,8 +510,7 @@ mod tests {
         let mut renamed = node("n1");
         renamed.hostname = "renamed".into();
         save(&store, "cp", renamed).expect("update");
-        save(&store, "gone", node("n2"))
-            .expect("a deleted control plane is not an error");
+        save(&store, "gone", node("n2")).expect("a deleted control plane is not an error");
         let nodes = store.load_nodes().expect("load");
         assert_eq!(nodes.len(), 1);
         assert_eq!(nodes[0].1.hostname, "renamed");
