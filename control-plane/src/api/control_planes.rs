@@ -534,10 +534,10 @@ pub async fn update(
 }
 
 pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let store = Arc::clone(&state.store);
+    let shared = Arc::clone(&state);
     let cp = id.clone();
     blocking(move || {
-        store.transaction(|tx| {
+        shared.store.transaction(|tx| {
             let deleted = tx
                 .execute("DELETE FROM control_planes WHERE id = ?1", [&cp])
                 .map_err(StoreError::from)?;
@@ -545,19 +545,57 @@ pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<StatusCode,
                 return Err(problem_not_found("control plane"));
             }
             Ok(())
-        })
+        })?;
+        // In the blocking task, which ends even if the client leaves: once the deletion is
+        // committed, its data planes' sessions end and its nodes are forgotten.
+        shared.hub.remove(&cp);
+        shared.nodes.remove_control_plane(&cp);
+        Ok(())
     })
     .await?;
-    // Its cloud gateway configuration went with it (ON DELETE CASCADE): drain its gateways.
+    // Its cloud gateway configuration went with it (ON DELETE CASCADE): drain its gateways,
+    // on a task of its own (a client that leaves does not cut it short).
     super::cloud_gateways::provision_committed(&state, id.clone()).await;
-    state.hub.remove(&id);
-    state.nodes.remove_control_plane(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_deleted_control_plane_is_forgotten_even_when_its_client_leaves() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = crate::sync::tests::state(&dir, false, std::time::Duration::from_secs(30));
+        state.hub.publish(Arc::new(
+            crate::hub::ConfigVersion::new("cp", 1, r#"{"_format_version":"3.0"}"#.into(), 0)
+                .expect("version"),
+        ));
+        state.nodes.connected(
+            "cp",
+            crate::nodes::Hello {
+                id: "n1".into(),
+                kind: crate::nodes::NodeKind::Gateway,
+                hostname: "h".into(),
+                version: "1".into(),
+                ip: None,
+            },
+        );
+        let request = delete(axum::extract::State(Arc::clone(&state)), Path("cp".into()));
+        // Polled once, then dropped as axum drops the handler of a client that disconnected.
+        let left = tokio::time::timeout(std::time::Duration::from_millis(1), request).await;
+        assert!(left.is_err(), "still running: {left:?}");
+        let forgotten = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while state.hub.current("cp").is_some() || state.nodes.get("cp", "n1").is_some() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            forgotten.is_ok(),
+            "the deleted control plane's version and nodes outlived it"
+        );
+    }
 
     fn refused(body: Value, partial: bool) -> Vec<Value> {
         let error = read_fields(&body, partial).expect_err("refused");
