@@ -186,7 +186,10 @@ fn built_in(
             Some(info.requested_server_name.as_bytes().to_vec())
         }
         ["route_name"] | ["xds", "route_name"] => Some(text(
-            plugin.stream_identity.as_deref().unwrap_or(&info.route_name),
+            plugin
+                .stream_identity
+                .as_deref()
+                .unwrap_or(&info.route_name),
         )),
         ["cluster_name"] | ["xds", "cluster_name"] => Some(text(
             plugin

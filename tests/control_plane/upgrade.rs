@@ -68,7 +68,10 @@ async fn stored_versions_an_upgrade_no_longer_makes_are_assembled_again_from_the
             "{why}: the entities' configuration again"
         );
         let now = after["config_version"].as_u64().expect("version");
-        assert!(now > version, "{why}: a new version ({now} after {version})");
+        assert!(
+            now > version,
+            "{why}: a new version ({now} after {version})"
+        );
     }
     // Nothing changed since: a restart makes no version.
     let (_, settled) = expected(&cp, &id).await;
