@@ -531,7 +531,7 @@ fn read_route_headers<'a>(r: &mut Record<'a>) -> BTreeMap<String, Vec<String>> {
 }
 
 fn read_plugin(r: &mut Record<'_>, top_level: bool, check: Option<PluginCheck<'_>>) -> RawPlugin {
-    let (_, tags) = read_common_without_name(r);
+    let (id, tags) = read_common_without_name(r);
     let name = match r.string("name") {
         Some(name) => name.to_owned(),
         None => {
@@ -583,6 +583,7 @@ fn read_plugin(r: &mut Record<'_>, top_level: bool, check: Option<PluginCheck<'_
     RawPlugin {
         path,
         plugin: Plugin {
+            id,
             name,
             instance_name,
             config,
@@ -640,12 +641,12 @@ fn read_module_settings(r: &mut Record<'_>) -> ModuleSettings {
     })
 }
 
-fn read_common_without_name(r: &mut Record<'_>) -> ((), Vec<String>) {
-    r.string("id");
+fn read_common_without_name(r: &mut Record<'_>) -> (Option<String>, Vec<String>) {
+    let id = r.string("id").map(str::to_owned);
     r.integer("created_at");
     r.integer("updated_at");
     (
-        (),
+        id,
         r.string_array("tags")
             .into_iter()
             .map(str::to_owned)
@@ -811,6 +812,18 @@ impl RawDocument {
                 .plugins
                 .iter()
                 .any(|p| p.name == raw.plugin.name && p.scope == raw.plugin.scope);
+            if let Some(id) = &raw.plugin.id {
+                // The id names the instance on the data planes: two with one id would be one.
+                if config.plugins.iter().any(|p| p.id.as_ref() == Some(id)) {
+                    errors.push(FieldError {
+                        path: raw.path.clone(),
+                        message: format!(
+                            "uniqueness violation: 'plugins' entity with primary key set to \
+                             '{id}' already declared"
+                        ),
+                    });
+                }
+            }
             if let Some(instance_name) = &raw.plugin.instance_name {
                 if config
                     .plugins
@@ -1341,9 +1354,12 @@ plugins:
   - {name: rate-limiting, instance_name: first, config: {second: 1}}
   - {name: rate-limiting, instance_name: second, config: {second: 1000}}
   - {name: request-transformer, instance_name: first}
+  - {name: request-size-limiting, id: 6f2c1b3a-0d4e-4f5a-8b6c-7d8e9f0a1b2c}
+  - {name: request-transformer, service: a, id: 6f2c1b3a-0d4e-4f5a-8b6c-7d8e9f0a1b2c}
 "#,
         );
         for expected in [
+            "plugins.request-transformer: uniqueness violation: 'plugins' entity with primary key set to '6f2c1b3a-0d4e-4f5a-8b6c-7d8e9f0a1b2c' already declared",
             "services.a: UNIQUE violation detected on '{name=\"a\"}'",
             "routes.r.service: no service named 'nope'",
             "plugins.request-size-limiting.route: no route named 'missing'",

@@ -176,6 +176,8 @@ pub struct ModuleSettings {
 /// An instance of one of wasmgate's Kong plugins.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plugin {
+    /// Kong's `id`, when the document gives one (a control plane's always does).
+    pub id: Option<String>,
     pub name: String,
     pub instance_name: Option<String>,
     /// The validated config, as the user wrote it (the module applies defaults itself).
@@ -277,15 +279,19 @@ impl Config {
         }
     }
 
-    /// The plugin instance's name on every data plane (Envoy's `plugin_name`): its Kong
-    /// `instance_name`, else its plugin name and scope. Kong allows one instance of a plugin
-    /// per scope, so the name is unique, and it survives edits of the instance's config and
-    /// of other entities: what a plugin keeps per instance (rate-limit counters) survives
-    /// them too, as Kong's counters keyed by route and service do.
+    /// The plugin instance's name on every data plane (Envoy's filter name and
+    /// `plugin_name`): its Kong `id` when the document has one, else its `instance_name`,
+    /// else its plugin name and scope. Each is unique in a configuration, and it survives
+    /// edits of the instance's config and of other entities: what a plugin keeps per instance
+    /// (rate-limit counters) survives them too, as Kong's counters keyed by route and service
+    /// do. The id also survives renaming the plugin's route or service, so Envoy's routes,
+    /// which enable filters by name, still enable it on connections a draining listener
+    /// serves.
     pub fn plugin_instance_name(&self, plugin: &Plugin) -> String {
-        match &plugin.instance_name {
-            Some(name) => format!("wasmgate.plugin.{name}"),
-            None => format!(
+        match (&plugin.id, &plugin.instance_name) {
+            (Some(id), _) => format!("wasmgate.plugin.{id}"),
+            (None, Some(name)) => format!("wasmgate.plugin.{name}"),
+            (None, None) => format!(
                 "wasmgate.plugin.{}@{}",
                 plugin.name,
                 self.scope_label(plugin.scope)
@@ -399,6 +405,7 @@ services:
             "route:named-route+service:service.1"
         );
         let plugin = |instance_name: Option<&str>, scope| Plugin {
+            id: None,
             name: "rate-limiting".into(),
             instance_name: instance_name.map(str::to_owned),
             scope,
@@ -414,6 +421,15 @@ services:
         assert_eq!(
             config.plugin_instance_name(&plugin(None, Scope::Service(0))),
             "wasmgate.plugin.rate-limiting@service:named-service"
+        );
+        let identified = Plugin {
+            id: Some("4e5b2a0c-8f3b-4a3e-9a7e-1c2d3e4f5a6b".into()),
+            ..plugin(Some("gold"), Scope::Service(0))
+        };
+        assert_eq!(
+            config.plugin_instance_name(&identified),
+            "wasmgate.plugin.4e5b2a0c-8f3b-4a3e-9a7e-1c2d3e4f5a6b",
+            "the id, which renaming the service does not change"
         );
     }
 
