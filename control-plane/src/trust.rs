@@ -132,6 +132,36 @@ impl Drop for Hold {
     }
 }
 
+/// What a listener with a handshake limit of `limit` must do: with `limit` silent peers
+/// holding every place, the next connection is closed at once while they keep waiting.
+#[cfg(test)]
+pub(crate) async fn assert_the_handshake_limit_holds(addr: std::net::SocketAddr, limit: usize) {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+    let mut silent = Vec::new();
+    for _ in 0..limit {
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let mut byte = [0u8; 1];
+    let mut beyond = TcpStream::connect(addr).await.expect("connect");
+    let closed = tokio::time::timeout(Duration::from_secs(5), beyond.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the one beyond the limit is closed at once: {closed:?}"
+    );
+    for peer in &mut silent {
+        let waiting = tokio::time::timeout(Duration::from_millis(300), peer.read(&mut byte)).await;
+        assert!(waiting.is_err(), "still in its handshake: {waiting:?}");
+    }
+    // A handshake that ends frees its place.
+    drop(silent.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut next = TcpStream::connect(addr).await.expect("connect");
+    let waiting = tokio::time::timeout(Duration::from_millis(300), next.read(&mut byte)).await;
+    assert!(waiting.is_err(), "admitted: {waiting:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

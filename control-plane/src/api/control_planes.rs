@@ -581,10 +581,26 @@ mod tests {
                 ip: None,
             },
         );
+        // The store is busy (another write holds it) until the client has left.
+        let (holding, held) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let state = Arc::clone(&state);
+            std::thread::spawn(move || {
+                state.store.transaction(|_| {
+                    let _ = holding.send(());
+                    let _ = released.recv();
+                    Ok::<_, crate::store::StoreError>(())
+                })
+            })
+        };
+        held.recv().expect("the store is held");
         let request = delete(axum::extract::State(Arc::clone(&state)), Path("cp".into()));
         // Polled once, then dropped as axum drops the handler of a client that disconnected.
-        let left = tokio::time::timeout(std::time::Duration::from_millis(1), request).await;
+        let left = tokio::time::timeout(std::time::Duration::from_millis(50), request).await;
         assert!(left.is_err(), "still running: {left:?}");
+        release.send(()).expect("release");
+        busy.join().expect("no panic").expect("the other write");
         let forgotten = tokio::time::timeout(std::time::Duration::from_secs(10), async {
             while state.hub.current("cp").is_some() || state.nodes.get("cp", "n1").is_some() {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;

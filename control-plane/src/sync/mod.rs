@@ -1324,7 +1324,6 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn connections_beyond_the_handshake_limit_are_closed_at_once() {
-        use tokio::io::AsyncReadExt;
         let dir = tempfile::tempdir().expect("dir");
         let state = state(&dir, false, Duration::from_secs(30));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1333,30 +1332,7 @@ pub(crate) mod tests {
         let addr = listener.local_addr().expect("addr");
         let (_stop, shutdown) = watch::channel(false);
         tokio::spawn(serve_with(listener, state, shutdown, 2));
-        // Two peers that never say a word hold both handshakes.
-        let mut silent = Vec::new();
-        for _ in 0..2 {
-            silent.push(TcpStream::connect(addr).await.expect("connect"));
-        }
-        let mut third = TcpStream::connect(addr).await.expect("connect");
-        let mut byte = [0u8; 1];
-        let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte)).await;
-        assert!(
-            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
-            "the third is closed at once: {closed:?}"
-        );
-        for peer in &mut silent {
-            let waiting =
-                tokio::time::timeout(Duration::from_millis(300), peer.read(&mut byte)).await;
-            assert!(waiting.is_err(), "still in its handshake: {waiting:?}");
-        }
-        // A handshake that ends frees its place.
-        drop(silent.pop());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut fourth = TcpStream::connect(addr).await.expect("connect");
-        let waiting =
-            tokio::time::timeout(Duration::from_millis(300), fourth.read(&mut byte)).await;
-        assert!(waiting.is_err(), "admitted: {waiting:?}");
+        crate::trust::assert_the_handshake_limit_holds(addr, 2).await;
     }
 
     #[tokio::test]

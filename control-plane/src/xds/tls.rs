@@ -136,7 +136,6 @@ async fn accept_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn connections_beyond_the_handshake_limit_are_closed_at_once() {
@@ -149,21 +148,6 @@ mod tests {
         let (incoming, _streams) = mpsc::channel(1);
         let (_stop, shutdown) = watch::channel(false);
         tokio::spawn(accept_with(listener, acceptor, incoming, shutdown, 2));
-        let mut silent = Vec::new();
-        for _ in 0..2 {
-            silent.push(TcpStream::connect(addr).await.expect("connect"));
-        }
-        let mut byte = [0u8; 1];
-        let mut third = TcpStream::connect(addr).await.expect("connect");
-        let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte)).await;
-        assert!(
-            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
-            "the third is closed at once: {closed:?}"
-        );
-        for peer in &mut silent {
-            let waiting =
-                tokio::time::timeout(Duration::from_millis(300), peer.read(&mut byte)).await;
-            assert!(waiting.is_err(), "still in its handshake: {waiting:?}");
-        }
+        crate::trust::assert_the_handshake_limit_holds(addr, 2).await;
     }
 }
