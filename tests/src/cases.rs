@@ -549,8 +549,9 @@ impl Expect {
 }
 
 impl UpstreamExpect {
-    fn check(&self, request: &CaseRequest, exchange: &Exchange, failures: &mut Vec<String>) {
-        let forwarded = exchange.forwarded;
+    /// What may reach the upstream, by count: nothing, a head without its whole body, or
+    /// exactly one whole request.
+    fn check_counts(&self, forwarded: UpstreamRecord, failures: &mut Vec<String>) {
         if !self.reached || !self.whole {
             if !self.reached && forwarded.heads != 0 {
                 failures.push(format!(
@@ -563,6 +564,16 @@ impl UpstreamExpect {
                     "upstream: must not receive the whole request, but received {forwarded:?}"
                 ));
             }
+        } else if forwarded != (UpstreamRecord { heads: 1, whole: 1 }) {
+            failures.push(format!(
+                "upstream: exactly one whole request must reach it, got {forwarded:?}"
+            ));
+        }
+    }
+
+    fn check(&self, request: &CaseRequest, exchange: &Exchange, failures: &mut Vec<String>) {
+        self.check_counts(exchange.forwarded, failures);
+        if !self.reached || !self.whole {
             if let Some(report) = &exchange.upstream {
                 failures.push(format!(
                     "upstream: must not answer, but it answered {} {}",
@@ -570,11 +581,6 @@ impl UpstreamExpect {
                 ));
             }
             return;
-        }
-        if forwarded != (UpstreamRecord { heads: 1, whole: 1 }) {
-            failures.push(format!(
-                "upstream: exactly one whole request must reach it, got {forwarded:?}"
-            ));
         }
         let Some(report) = &exchange.upstream else {
             failures.push("upstream: its answer did not reach the client".into());
@@ -667,21 +673,38 @@ pub async fn clear_of_a_window_boundary(file: &CaseFile) {
     }
 }
 
+/// The header every step's request carries with a tag of its own: the upstream's arrivals
+/// are counted by it. A data plane may forward a request's head before it answers locally (a
+/// size limit decided while the body streams), and that head may reach the upstream after the
+/// client has the answer: counted by time, it fell into the next step's count.
+const STEP_HEADER: &str = "x-wasmgate-case-step";
+
+/// Every step run so far against one upstream, by tag: counted again once all have run.
+#[derive(Default)]
+pub struct Accounting {
+    steps: Vec<(String, String, Option<UpstreamExpect>)>,
+}
+
 /// Sends a step's request to `addr` over real sockets and checks the answer against the
-/// step, with what the upstream recorded meanwhile (added to `counted`). Returns the status
-/// when there was an answer, and every problem.
+/// step, with what reached the upstream with the step's tag. `label` names the step in the
+/// failures found once every step has run. Returns the status when there was an answer, and
+/// every problem.
 pub(crate) async fn run_step(
     echo: &crate::EchoUpstream,
     step: &Step,
     request: &Request,
     addr: std::net::SocketAddr,
     protocol: Protocol,
-    counted: &mut UpstreamRecord,
+    accounting: &mut Accounting,
+    label: String,
 ) -> (Option<u16>, Vec<String>) {
-    let before = echo.record();
-    let sent = crate::client::send_from(step.request.source, addr, protocol, request).await;
-    let forwarded = echo.record() - before;
-    *counted += forwarded;
+    let tag = accounting.steps.len().to_string();
+    let request = request.clone().header(STEP_HEADER, &tag);
+    let sent = crate::client::send_from(step.request.source, addr, protocol, &request).await;
+    let forwarded = echo.record_tagged(STEP_HEADER, &tag);
+    accounting
+        .steps
+        .push((tag, label, step.expect.upstream.clone()));
     match sent {
         Ok(response) => {
             let status = response.status;
@@ -692,19 +715,36 @@ pub(crate) async fn run_step(
     }
 }
 
-/// Every request head the upstream received must belong to some step's exchange: one that
-/// arrives after its step was answered (forwarded late, behind a local reply) fails here.
+/// Once every step has run: every request head the upstream received came from a step, and
+/// what reached it for each step, counted again now (a head forwarded before a local answer
+/// may arrive after it), is still what the step allows. A head forwarded after its step was
+/// answered locally, where none may reach the upstream, fails here.
 pub(crate) fn check_unaccounted(
     echo: &crate::EchoUpstream,
-    counted: UpstreamRecord,
+    accounting: &Accounting,
     failures: &mut Vec<String>,
 ) {
-    let record = echo.record();
-    if record.heads != counted.heads {
+    let untagged = echo
+        .arrivals()
+        .iter()
+        .filter(|a| !a.headers.iter().any(|(name, _)| name == STEP_HEADER))
+        .count();
+    if untagged != 0 {
         failures.push(format!(
-            "the upstream received {} request head(s), the steps account for {}",
-            record.heads, counted.heads
+            "the upstream received {untagged} request head(s) no step sent"
         ));
+    }
+    for (tag, label, expect) in &accounting.steps {
+        let Some(expect) = expect else {
+            continue;
+        };
+        let mut problems = Vec::new();
+        expect.check_counts(echo.record_tagged(STEP_HEADER, tag), &mut problems);
+        for problem in problems {
+            failures.push(format!(
+                "{label}, counted once every step had run: {problem}"
+            ));
+        }
     }
 }
 
@@ -719,7 +759,7 @@ pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
         Ok(echo) => echo,
         Err(e) => return vec![format!("echo upstream: {e}")],
     };
-    let mut counted = UpstreamRecord::default();
+    let mut accounting = Accounting::default();
     let filter = |case: &Case, listener: &str| {
         // As the data planes hand it to the module.
         let mut config = case.config.clone();
@@ -761,18 +801,23 @@ pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
                     let addr = envoy.listener(listener);
                     for (n, step) in case.steps().iter().enumerate() {
                         let request = step.request.to_request();
-                        let (_, problems) =
-                            run_step(&echo, step, &request, addr, *protocol, &mut counted).await;
+                        let label = format!("{:?} [{protocol:?}] step {}", case.name, n + 1);
+                        let (_, problems) = run_step(
+                            &echo,
+                            step,
+                            &request,
+                            addr,
+                            *protocol,
+                            &mut accounting,
+                            label.clone(),
+                        )
+                        .await;
                         for problem in problems {
-                            failures.push(format!(
-                                "{:?} [{protocol:?}] step {}: {problem}",
-                                case.name,
-                                n + 1
-                            ));
+                            failures.push(format!("{label}: {problem}"));
                         }
                     }
                 }
-                check_unaccounted(&echo, counted, &mut failures);
+                check_unaccounted(&echo, &accounting, &mut failures);
                 if !failures.is_empty() {
                     failures.push(format!("Envoy log:\n{}", envoy.log()));
                 }

@@ -128,13 +128,6 @@ impl std::ops::Sub for UpstreamRecord {
     }
 }
 
-impl std::ops::AddAssign for UpstreamRecord {
-    fn add_assign(&mut self, more: UpstreamRecord) {
-        self.heads += more.heads;
-        self.whole += more.whole;
-    }
-}
-
 /// A running echo upstream on loopback; stops when dropped.
 pub struct EchoUpstream {
     addr: SocketAddr,
@@ -184,6 +177,24 @@ impl EchoUpstream {
     /// Every request head received so far, complete or not, in arrival order.
     pub fn arrivals(&self) -> Vec<Arrival> {
         self.arrivals.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// How many requests whose header `name` is `value` have arrived so far: heads, and
+    /// bodies that arrived whole.
+    pub fn record_tagged(&self, name: &str, value: &str) -> UpstreamRecord {
+        self.arrivals
+            .lock()
+            .map(|arrivals| {
+                let tagged: Vec<&Arrival> = arrivals
+                    .iter()
+                    .filter(|a| a.headers.iter().any(|(n, v)| n == name && v == value))
+                    .collect();
+                UpstreamRecord {
+                    heads: tagged.len(),
+                    whole: tagged.iter().filter(|a| a.complete).count(),
+                }
+            })
+            .unwrap_or_default()
     }
 
     /// How many requests have arrived so far: heads, and bodies that arrived whole.

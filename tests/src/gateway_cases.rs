@@ -82,7 +82,7 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
         Ok(echo) => echo,
         Err(e) => return vec![format!("echo upstream: {e}")],
     };
-    let mut counted = crate::echo::UpstreamRecord::default();
+    let mut accounting = crate::cases::Accounting::default();
     // Refused configs: the whole declarative file is refused, naming the plugin's field, by
     // the gateway and by the Envoy translated from it alike.
     // Cases by the environment (secrets) they need: one gateway and one Envoy per group.
@@ -163,15 +163,21 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
                     request.headers.push((CASE_HEADER.into(), name.clone()));
                     let mut statuses = Vec::new();
                     for (plane, addr) in targets {
-                        let (status, problems) =
-                            run_step(&echo, step, &request, addr, protocol, &mut counted).await;
+                        let label =
+                            format!("{plane}: {:?} [{protocol:?}] step {}", case.name, n + 1);
+                        let (status, problems) = run_step(
+                            &echo,
+                            step,
+                            &request,
+                            addr,
+                            protocol,
+                            &mut accounting,
+                            label.clone(),
+                        )
+                        .await;
                         statuses.extend(status);
                         for problem in problems {
-                            failures.push(format!(
-                                "{plane}: {:?} [{protocol:?}] step {}: {problem}",
-                                case.name,
-                                n + 1
-                            ));
+                            failures.push(format!("{label}: {problem}"));
                         }
                     }
                     if statuses.len() == 2 && statuses[0] != statuses[1] {
@@ -186,7 +192,7 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
                 }
             }
         }
-        crate::cases::check_unaccounted(&echo, counted, &mut failures);
+        crate::cases::check_unaccounted(&echo, &accounting, &mut failures);
         if !failures.is_empty() {
             failures.push(format!("Envoy log:\n{}", envoy.log()));
         }
