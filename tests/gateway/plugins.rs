@@ -321,7 +321,7 @@ services:
 
 /// A 10 MB limit on a gigabyte upload: the gateway answers 413 after about 10 MB, then lingers
 /// (reads and drops) at most 64 MiB more and closes. Judged in bytes: what the client had
-/// sent at the answer, and what it managed to write in all.
+/// sent when it saw the answer, and what it managed to write in all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gigabyte_over_the_limit_is_cut_off_not_drained() {
     let echo = EchoUpstream::start().await.unwrap();
@@ -348,8 +348,11 @@ async fn a_gigabyte_over_the_limit_is_cut_off_not_drained() {
             response.json().unwrap(),
             response.kong_error_json("Request size limit exceeded")
         );
+        // The answer leaves at the limit, but the client may read it only after the gateway's
+        // linger has taken its 64 MiB (a loaded machine schedules the client's reader late):
+        // the limit, the linger and the socket buffers, far from the gigabyte a drain takes.
         assert!(
-            response.body_sent < 64 * MIB,
+            response.body_sent < 10 * MIB + 64 * MIB + 16 * MIB,
             "{protocol:?}: {} MiB sent before the answer",
             response.body_sent / MIB
         );
