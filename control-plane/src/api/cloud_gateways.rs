@@ -821,6 +821,7 @@ pub async fn provision_committed(state: &Arc<State>, control_plane_id: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::errors::pair;
 
     const CP: &str = "0b9b6b53-0000-4000-8000-000000000000";
 
@@ -834,21 +835,11 @@ mod tests {
         let error = read_request(&body).expect_err("refused");
         let (status, body) = error.parts();
         assert_eq!(status, 400);
-        body["invalid_parameters"]
-            .as_array()
-            .expect("invalid_parameters")
-            .iter()
-            .map(|p| {
-                (
-                    p["field"].as_str().unwrap_or_default().to_owned(),
-                    p["rule"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
-    }
-
-    fn pair(f: &str, r: &str) -> (String, String) {
-        (f.to_owned(), r.to_owned())
+        crate::api::errors::field_rules(
+            body["invalid_parameters"]
+                .as_array()
+                .expect("invalid_parameters"),
+        )
     }
 
     #[test]

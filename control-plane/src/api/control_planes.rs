@@ -562,6 +562,7 @@ pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<StatusCode,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::errors::{field_rules as rules, pair};
 
     #[tokio::test]
     async fn a_deleted_control_plane_is_forgotten_even_when_its_client_leaves() {
@@ -643,21 +644,6 @@ mod tests {
         let urls = json!([{ "host": "example.com", "port": 443, "protocol": "https" }]);
         let fields = read_fields(&json!({ "proxy_urls": urls }), true).expect("proxy_urls");
         assert_eq!(fields["proxy_urls"], urls);
-    }
-
-    fn rules(list: &[Value]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|p| {
-                (
-                    p["field"].as_str().unwrap_or_default().to_owned(),
-                    p["rule"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
-    }
-
-    fn pair(f: &str, r: &str) -> (String, String) {
-        (f.to_owned(), r.to_owned())
     }
 
     #[test]

@@ -339,6 +339,26 @@ pub fn problem_not_found(what: &str) -> ApiError {
     problem(StatusCode::NOT_FOUND, format!("{what} not found"))
 }
 
+/// The invalid parameters of a refusal as (field, rule) pairs: what the API's unit tests
+/// compare.
+#[cfg(test)]
+pub(crate) fn field_rules(list: &[Value]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|p| {
+            (
+                p["field"].as_str().unwrap_or_default().to_owned(),
+                p["rule"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A (field, rule) pair, as [`field_rules`] gives them.
+#[cfg(test)]
+pub(crate) fn pair(field: &str, rule: &str) -> (String, String) {
+    (field.to_owned(), rule.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
