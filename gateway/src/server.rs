@@ -129,15 +129,6 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// One JSON line on stdout. A stdout that is gone (`gateway run | head`, a reader that
-    /// quit) loses the line: `println!` would panic and take the worker down with it.
-    pub fn access_log(&self, log: &crate::access_log::AccessLog) {
-        if self.options.access_log {
-            use std::io::Write;
-            let _ = writeln!(std::io::stdout().lock(), "{}", log.to_json());
-        }
-    }
-
     /// Validates new declarative text and, when it is valid as a whole, swaps it in; the old
     /// configuration keeps serving otherwise. Returns the new hash.
     pub fn apply(&self, text: &str) -> Result<String, ConfigError> {
@@ -181,6 +172,20 @@ pub struct Worker {
     pub live_streams: std::cell::RefCell<crate::proxy::filtered::LiveStreams>,
     /// Its modules' gRPC calls under way.
     pub grpc_calls: std::cell::RefCell<crate::proxy::filtered::GrpcCalls>,
+    /// Its own counters ([`crate::metrics`]).
+    pub metrics: crate::metrics::WorkerMetrics,
+    /// Its end of the access log's queue, when there is an access log.
+    pub access_log: Option<crate::access_log::LineSender>,
+}
+
+impl Worker {
+    /// Counts an answered request and queues its access log line.
+    pub fn log(&self, log: &crate::access_log::AccessLog) {
+        self.metrics.observe(log);
+        if let Some(access_log) = &self.access_log {
+            access_log.send(log.line());
+        }
+    }
 }
 
 /// Runs hyper's connection tasks on the worker's own thread (they need not be `Send`).
@@ -204,6 +209,8 @@ pub struct Gateway {
     admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    /// Written to the end once the workers are gone.
+    access_log: Option<crate::access_log::Writer>,
 }
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -267,16 +274,30 @@ impl Gateway {
                 })
             }));
         let (shutdown, _) = watch::channel(false);
+        let (access_log, line_sender) = if shared.options.access_log {
+            let (writer, sender) = crate::access_log::Writer::start(
+                Box::new(std::io::stdout()),
+                crate::access_log::QUEUE_LINES,
+                crate::access_log::QUEUE_BYTES,
+                shared.metrics.access_log_dropped(),
+            )?;
+            (Some(writer), Some(sender))
+        } else {
+            (None, None)
+        };
         let mut threads = Vec::new();
         for (index, (listener, tls_listener)) in
             listeners.into_iter().zip(tls_listeners).enumerate()
         {
             let shared = Arc::clone(&shared);
             let stop = shutdown.subscribe();
+            let access_log = line_sender.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("wasmgate-worker-{index}"))
-                    .spawn(move || run_worker(index, listener, tls_listener, shared, stop))?,
+                    .spawn(move || {
+                        run_worker(index, listener, tls_listener, shared, access_log, stop)
+                    })?,
             );
         }
         if let Some(listener) = admin {
@@ -295,6 +316,7 @@ impl Gateway {
             admin_addr,
             shutdown,
             threads,
+            access_log,
         })
     }
 
@@ -325,6 +347,9 @@ impl Gateway {
         let _ = self.shutdown.send(true);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
+        }
+        if let Some(access_log) = self.access_log.take() {
+            access_log.finish();
         }
     }
 }
@@ -375,6 +400,7 @@ fn run_worker(
     listener: std::net::TcpListener,
     tls_listener: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
+    access_log: Option<crate::access_log::LineSender>,
     stop: watch::Receiver<bool>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -388,7 +414,10 @@ fn run_worker(
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(index, listener, tls_listener, shared, stop));
+    local.block_on(
+        &runtime,
+        serve(index, listener, tls_listener, shared, access_log, stop),
+    );
 }
 
 /// What a connection is doing, for its idle timeout: requests in flight (a response's body
@@ -740,6 +769,7 @@ async fn serve(
     listener: std::net::TcpListener,
     tls_listener: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
+    access_log: Option<crate::access_log::LineSender>,
     mut stop: watch::Receiver<bool>,
 ) {
     let listeners = tokio::net::TcpListener::from_std(listener).and_then(|plain| {
@@ -763,12 +793,14 @@ async fn serve(
     let drain_timeout = shared.options.drain_timeout;
     let upstream = shared.options.upstream.clone();
     let worker = Rc::new(Worker {
+        metrics: shared.metrics.worker(),
         shared,
         upstreams: Upstreams::new(upstream),
         index,
         filters: std::cell::RefCell::new(WorkerFilters::new(0)),
         live_streams: std::cell::RefCell::default(),
         grpc_calls: std::cell::RefCell::default(),
+        access_log,
     });
     // Module queues and timers (on_tick) run on the worker that owns the instance: queues
     // are looked at every POLL, and a tick runs when it is due (to the millisecond, as

@@ -147,8 +147,7 @@ pub async fn handle(
     response.headers_mut().insert(REQUEST_ID, request_id);
     log.status = response.status().as_u16();
     log.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    worker.shared.metrics.observe(&log);
-    worker.shared.access_log(&log);
+    worker.log(&log);
     response
 }
 

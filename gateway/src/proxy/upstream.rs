@@ -74,7 +74,8 @@ impl Default for UpstreamOptions {
     }
 }
 
-/// Each service's requests in flight and waiting, by service name.
+/// Each service's requests in flight and waiting, by service name. A worker looks a service
+/// up here once and then in its own [`Upstreams`]: the lock is not taken per request.
 #[derive(Debug, Default)]
 pub struct Circuits(Mutex<HashMap<String, Arc<Circuit>>>);
 
@@ -90,38 +91,49 @@ pub struct Admitted {
 }
 
 impl Circuits {
-    /// A place for one more request to `service`: at once while fewer than `max_requests` are
-    /// in flight, else after waiting among at most `max_pending`; past that, 503 at once.
-    async fn admit(
+    /// The service's circuit, made on first use.
+    fn get(&self, service: &str, max_requests: usize) -> Arc<Circuit> {
+        let mut circuits = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(circuit) = circuits.get(service) {
+            return Arc::clone(circuit);
+        }
+        let circuit = Arc::new(Circuit {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(max_requests.max(1))),
+            pending: std::sync::atomic::AtomicUsize::new(0),
+        });
+        circuits.insert(service.to_owned(), Arc::clone(&circuit));
+        circuit
+    }
+}
+
+impl Circuit {
+    /// A place at once, while fewer than `max_requests` are in flight.
+    fn try_admit(&self) -> Option<Admitted> {
+        Arc::clone(&self.in_flight)
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| Admitted { _permit: permit })
+    }
+
+    /// A place after waiting among at most `max_pending`; past that, 503 at once.
+    async fn wait(
         &self,
         service: &str,
         max_requests: usize,
         max_pending: usize,
     ) -> Result<Admitted, ProxyError> {
-        let circuit = {
-            let mut circuits = self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(circuits.entry(service.to_owned()).or_insert_with(|| {
-                Arc::new(Circuit {
-                    in_flight: Arc::new(tokio::sync::Semaphore::new(max_requests.max(1))),
-                    pending: std::sync::atomic::AtomicUsize::new(0),
-                })
-            }))
-        };
-        if let Ok(permit) = Arc::clone(&circuit.in_flight).try_acquire_owned() {
-            return Ok(Admitted { _permit: permit });
-        }
         use std::sync::atomic::Ordering;
-        if circuit.pending.fetch_add(1, Ordering::AcqRel) >= max_pending {
-            circuit.pending.fetch_sub(1, Ordering::AcqRel);
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= max_pending {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(ProxyError::Overloaded(format!(
                 "{service}: {max_requests} requests in flight and {max_pending} waiting"
             )));
         }
-        let permit = Arc::clone(&circuit.in_flight).acquire_owned().await;
-        circuit.pending.fetch_sub(1, Ordering::AcqRel);
+        let permit = Arc::clone(&self.in_flight).acquire_owned().await;
+        self.pending.fetch_sub(1, Ordering::AcqRel);
         permit
             .map(|permit| Admitted { _permit: permit })
             .map_err(|e| ProxyError::Overloaded(format!("{service}: {e}")))
@@ -155,6 +167,8 @@ struct PoolKey {
 pub struct Upstreams {
     options: UpstreamOptions,
     clients: RefCell<HashMap<PoolKey, UpstreamClient>>,
+    /// The circuits of the services this worker has sent to, from [`UpstreamOptions::circuits`].
+    circuits: RefCell<HashMap<String, Arc<Circuit>>>,
 }
 
 /// The upstream URI: the service's scheme and authority with the computed path and the
@@ -255,6 +269,7 @@ impl Upstreams {
         Upstreams {
             options,
             clients: RefCell::default(),
+            circuits: RefCell::default(),
         }
     }
 
@@ -289,6 +304,36 @@ impl Upstreams {
         Ok(client)
     }
 
+    /// A place for one more request to `service`: at once while fewer than `max_requests` are
+    /// in flight in the whole process, else after waiting among at most `max_pending`; past
+    /// that, 503 at once.
+    async fn admit(&self, service: &str) -> Result<Admitted, ProxyError> {
+        let waiting = {
+            let mut circuits = self.circuits.borrow_mut();
+            let known = circuits
+                .get(service)
+                .map(|circuit| circuit.try_admit().ok_or_else(|| Arc::clone(circuit)));
+            match known {
+                Some(Ok(admitted)) => return Ok(admitted),
+                Some(Err(circuit)) => circuit,
+                None => {
+                    let circuit = self
+                        .options
+                        .circuits
+                        .get(service, self.options.max_requests);
+                    circuits.insert(service.to_owned(), Arc::clone(&circuit));
+                    if let Some(admitted) = circuit.try_admit() {
+                        return Ok(admitted);
+                    }
+                    circuit
+                }
+            }
+        };
+        waiting
+            .wait(service, self.options.max_requests, self.options.max_pending)
+            .await
+    }
+
     /// Sends the request with the service's write timeout, waits at most its read timeout
     /// from the end of the request for the response head, and hands back a body that fails
     /// when the upstream is silent for the read timeout.
@@ -302,11 +347,7 @@ impl Upstreams {
         let write_timeout = Duration::from_millis(service.write_timeout_ms);
         // Waiting for a place is waiting to connect: bounded by the connect timeout.
         let connect_timeout = Duration::from_millis(service.connect_timeout_ms);
-        let admit = self.options.circuits.admit(
-            &service.name,
-            self.options.max_requests,
-            self.options.max_pending,
-        );
+        let admit = self.admit(&service.name);
         let admitted = tokio::time::timeout(connect_timeout, admit)
             .await
             .map_err(|_| {
@@ -553,6 +594,41 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    /// Two workers share a service's circuit (Envoy's limits are the process's); once a
+    /// worker has sent to the service it admits without the process-wide map's lock.
+    #[tokio::test]
+    async fn workers_share_a_circuit_and_admit_without_the_process_lock() {
+        let options = UpstreamOptions {
+            max_requests: 1,
+            max_pending: 0,
+            ..UpstreamOptions::default()
+        };
+        let (a, b) = (
+            Upstreams::new(options.clone()),
+            Upstreams::new(options.clone()),
+        );
+        let held = a.admit("s").await.unwrap();
+        assert!(matches!(b.admit("s").await, Err(ProxyError::Overloaded(_))));
+        drop(held);
+        drop(b.admit("s").await.unwrap());
+
+        let locked = options.circuits.0.lock().unwrap();
+        let (done, admitted) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let _ = done.send(runtime.block_on(a.admit("s")).is_ok());
+        });
+        // Only a worker blocked on the lock would not answer: no timing is judged here.
+        assert_eq!(
+            admitted.recv_timeout(Duration::from_secs(30)),
+            Ok(true),
+            "the worker waited for the process-wide lock"
+        );
+        drop(locked);
+    }
 
     fn service(protocol: Protocol, host: &str, port: u16) -> Service {
         Service {
