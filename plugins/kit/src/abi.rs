@@ -55,11 +55,6 @@ pub fn encode_map(map: &[(&[u8], &[u8])]) -> Vec<u8> {
     out
 }
 
-/// A property path: its segments joined by NUL.
-pub fn property_path(path: &[&str]) -> Vec<u8> {
-    path.join("\0").into_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,7 +77,6 @@ mod tests {
         assert_eq!(decode_map(b""), Some(vec![]));
         assert_eq!(decode_map(b"\x01\x00\x00\x00"), None);
         assert_eq!(decode_map(b"\xff\xff\xff\xff"), None);
-        assert_eq!(property_path(&["xds", "route_name"]), b"xds\0route_name");
     }
 
     /// An empty map as a host writes it: a zero count and nothing else.

@@ -11,7 +11,7 @@
 
 use std::ptr::{null, null_mut};
 
-use crate::abi::{decode_map, encode_map, property_path, Pairs};
+use crate::abi::{decode_map, encode_map, Pairs};
 use crate::schema::ConfigError;
 use crate::LocalResponse;
 
@@ -254,10 +254,10 @@ pub fn set_buffer(buffer: Buffer, start: usize, size: usize, bytes: &[u8]) -> Re
     })
 }
 
-/// A property of the stream or the plugin (`["source", "address"]`) as the host's bytes;
-/// `None` when the host does not know it or refuses.
-pub fn property(path: &[&str]) -> Option<Vec<u8>> {
-    let path = property_path(path);
+/// A property of the stream or the plugin as the host's bytes, at its path's segments joined
+/// by NUL (`b"source\0address"`: a constant, nothing to join on a request's path); `None` when
+/// the host does not know it or refuses.
+pub fn property(path: &[u8]) -> Option<Vec<u8>> {
     returned(|data, size| {
         // SAFETY: the pointers are valid for the call.
         unsafe { sys::proxy_get_property(path.as_ptr(), path.len(), data, size) }

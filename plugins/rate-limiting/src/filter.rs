@@ -176,7 +176,7 @@ impl RootContext for RateLimitRoot {
                 // The counters belong to the plugin instance, which the host names stably
                 // (Envoy's `name` of the Wasm plugin; our translation derives it from the Kong
                 // plugin's id or name). Instances sharing a vm_id and a name share counters.
-                let name = host::property(&["plugin_name"]).unwrap_or_default();
+                let name = host::property(b"plugin_name").unwrap_or_default();
                 self.limiter = Some(Rc::new(Limiter::new(config, &name)));
                 self.metrics = Metrics::define();
                 true
@@ -214,7 +214,7 @@ impl HttpContext for RateLimitFilter {
         let Some(limiter) = self.limiter.clone() else {
             return Action::Continue;
         };
-        let source = host::property(&["source", "address"]);
+        let source = host::property(b"source\0address");
         let (mut cluster, mut header_value, mut path) = (None, None, None);
         match limiter.needs() {
             Need::Nothing => {}
@@ -222,8 +222,8 @@ impl HttpContext for RateLimitFilter {
             // `xds.cluster_name` at the request headers (the wasm `cluster_name` is not set
             // yet there).
             Need::Cluster => {
-                cluster = host::property(&["xds", "cluster_name"])
-                    .or_else(|| host::property(&["cluster_name"]))
+                cluster =
+                    host::property(b"xds\0cluster_name").or_else(|| host::property(b"cluster_name"))
             }
             Need::Header => {
                 if let Some(name) = limiter.config.header_name.as_deref() {
@@ -233,7 +233,7 @@ impl HttpContext for RateLimitFilter {
             Need::Path => path = request_header(":path"),
         }
         let accept = request_header("accept");
-        let request_id = host::property(&["request", "id"]).unwrap_or_default();
+        let request_id = host::property(b"request\0id").unwrap_or_default();
         let request = RequestInfo {
             source_address: source.as_deref(),
             cluster: cluster.as_deref(),

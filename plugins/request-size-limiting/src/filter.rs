@@ -10,7 +10,7 @@ use kit::host::{self, Map};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-use crate::{BodyCounter, Config, RequestHead, Verdict, PLUGIN_NAME};
+use crate::{passes_without_body, BodyCounter, Config, RequestHead, Verdict, PLUGIN_NAME};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -80,10 +80,15 @@ impl Context for SizeLimitFilter {}
 impl HttpContext for SizeLimitFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let content_length = request_header(b"content-length");
+        // No body follows: when the length alone lets the request pass, the rest of the head
+        // could only have shaped a refusal or the counting of a body, so it is not read.
+        if end_of_stream && passes_without_body(&self.config, content_length.as_deref()) {
+            return Action::Continue;
+        }
         let expect = request_header(b"expect");
         let accept = request_header(b"accept");
-        let protocol = host::property(&["request", "protocol"]);
-        let request_id = host::property(&["request", "id"]).unwrap_or_default();
+        let protocol = host::property(b"request\0protocol");
+        let request_id = host::property(b"request\0id").unwrap_or_default();
         let head = RequestHead {
             content_length: content_length.as_deref(),
             expect: expect.as_deref(),

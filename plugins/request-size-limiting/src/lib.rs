@@ -9,7 +9,7 @@ pub mod limiter;
 mod filter;
 
 pub use config::{Config, SizeUnit};
-pub use limiter::{BodyCounter, RequestHead, Verdict};
+pub use limiter::{passes_without_body, BodyCounter, RequestHead, Verdict};
 
 /// Kong's plugin name, also the proxy-wasm root id.
 pub const PLUGIN_NAME: &str = "request-size-limiting";

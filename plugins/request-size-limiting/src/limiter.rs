@@ -65,6 +65,20 @@ impl RequestHead<'_> {
         self.http11 && !self.end_of_stream
     }
 
+    /// What the headers decide, from Content-Length and whether a body streams; the other
+    /// headers only shape a refusal.
+    fn outcome(&self, config: &Config) -> Outcome {
+        match self.content_length() {
+            Some(length) if length > config.limit() => Outcome::TooLarge,
+            Some(_) => Outcome::Continue,
+            // A data plane strips Transfer-Encoding before the filter sees it: an HTTP/1.1
+            // request whose headers do not end the stream and carry no Content-Length is
+            // chunked. Without require_content_length any body is counted as it streams.
+            None if config.require_content_length && !self.chunked() => Outcome::LengthRequired,
+            None => Outcome::Continue,
+        }
+    }
+
     fn reject_size(&self) -> Verdict {
         let status = if self.expects_continue() { 417 } else { 413 };
         Verdict::Reject(kong_error(
@@ -74,6 +88,27 @@ impl RequestHead<'_> {
             self.request_id,
         ))
     }
+}
+
+/// What the request headers decide, before the refusal is shaped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Continue,
+    TooLarge,
+    LengthRequired,
+}
+
+/// Whether a request whose headers end the stream (no body will follow) passes on its
+/// Content-Length alone. Then nothing else of the head matters: Expect, Accept, the protocol
+/// and the request id only shape a refusal or the counting of a body, so the adapter reads
+/// them only when this is false.
+pub fn passes_without_body(config: &Config, content_length: Option<&[u8]>) -> bool {
+    let head = RequestHead {
+        content_length,
+        end_of_stream: true,
+        ..RequestHead::default()
+    };
+    head.outcome(config) == Outcome::Continue
 }
 
 /// Per-request state: how many body bytes have streamed past.
@@ -92,16 +127,15 @@ impl BodyCounter {
         self.expect_continue = head.expects_continue();
         self.accept = head.accept.map(<[u8]>::to_vec);
         self.request_id = head.request_id.to_vec();
-        match head.content_length() {
-            Some(length) if length > config.limit() => head.reject_size(),
-            Some(_) => Verdict::Continue,
-            // A data plane strips Transfer-Encoding before the filter sees it: an HTTP/1.1
-            // request whose headers do not end the stream and carry no Content-Length is
-            // chunked. Without require_content_length any body is counted as it streams.
-            None if config.require_content_length && !head.chunked() => Verdict::Reject(
-                kong_error(411, LENGTH_REQUIRED, head.accept, head.request_id),
-            ),
-            None => Verdict::Continue,
+        match head.outcome(config) {
+            Outcome::Continue => Verdict::Continue,
+            Outcome::TooLarge => head.reject_size(),
+            Outcome::LengthRequired => Verdict::Reject(kong_error(
+                411,
+                LENGTH_REQUIRED,
+                head.accept,
+                head.request_id,
+            )),
         }
     }
 
@@ -140,6 +174,45 @@ mod tests {
 
     fn kb(n: u64) -> Config {
         Config::new(n, SizeUnit::Kilobytes, false)
+    }
+
+    /// The adapter reads only Content-Length for a request without a body when this says it
+    /// passes: that must be `on_headers`'s answer whatever the rest of the head holds.
+    #[test]
+    fn a_bodiless_request_is_decided_by_its_content_length_alone() {
+        let lengths: [Option<&[u8]>; 7] = [
+            None,
+            Some(b"0"),
+            Some(b" 1024 "),
+            Some(b"1025"),
+            Some(b""),
+            Some(b"12x"),
+            Some(b"99999999999999999999999"),
+        ];
+        for require in [false, true] {
+            let config = Config::new(1, SizeUnit::Kilobytes, require);
+            for content_length in lengths {
+                let alone = passes_without_body(&config, content_length);
+                for http11 in [false, true] {
+                    for expect in [None, Some(b"100-continue".as_slice())] {
+                        let head = RequestHead {
+                            content_length,
+                            expect,
+                            accept: Some(b"text/html"),
+                            request_id: b"id",
+                            end_of_stream: true,
+                            http11,
+                        };
+                        let verdict = BodyCounter::default().on_headers(&config, &head);
+                        assert_eq!(
+                            alone,
+                            verdict == Verdict::Continue,
+                            "{require} {content_length:?} {http11} {expect:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

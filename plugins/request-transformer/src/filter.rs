@@ -57,11 +57,11 @@ impl Host for ProxyWasm {
     }
 
     fn route_name(&mut self) -> Option<Vec<u8>> {
-        host::property(&["xds", "route_name"])
+        host::property(b"xds\0route_name")
     }
 
     fn request_id(&mut self) -> Vec<u8> {
-        host::property(&["request", "id"]).unwrap_or_default()
+        host::property(b"request\0id").unwrap_or_default()
     }
 
     fn send(&mut self, response: &LocalResponse) {
