@@ -71,6 +71,9 @@ struct Supervised {
     task: JoinHandle<()>,
 }
 
+/// The folder of the data dir where provisioned gateways keep compiled modules.
+const MODULE_CACHE: &str = "gateway-module-cache";
+
 /// How a gateway is started.
 #[derive(Clone, Debug)]
 struct Launch {
@@ -80,6 +83,9 @@ struct Launch {
     cluster: SocketAddr,
     /// The modules this control plane hands out: the platform plugins' too.
     modules_dir: PathBuf,
+    /// Their compiled form, shared by every gateway of this data dir, so that a gateway
+    /// (re)started compiles none that another compiled before.
+    module_cache_dir: PathBuf,
 }
 
 pub struct Provisioner {
@@ -203,6 +209,7 @@ impl Provisioner {
             upstream_deny: self.upstream_deny,
             cluster: state.endpoints.cluster,
             modules_dir: state.options.modules_dir.clone(),
+            module_cache_dir: state.options.data_dir.join(MODULE_CACHE),
         };
         for spec in new {
             let prepared = {
@@ -591,6 +598,8 @@ impl Launch {
             .arg(&platform)
             .arg("--modules-dir")
             .arg(&self.modules_dir)
+            .arg("--module-cache-dir")
+            .arg(&self.module_cache_dir)
             .arg("--control-plane")
             .arg(self.cluster.to_string())
             .arg("--control-plane-id")

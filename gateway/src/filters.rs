@@ -45,6 +45,9 @@ pub struct RuntimeOptions {
     /// The operator's platform plugins, run on every proxied request before the matched
     /// route's own chain.
     pub platform: Option<Platform>,
+    /// Where compiled modules are kept between runs ([`host::module_cache`]); none: every
+    /// module is compiled at start.
+    pub module_cache_dir: Option<PathBuf>,
 }
 
 /// The plugins a platform runs on every proxied request of this data plane, whatever its
@@ -69,6 +72,7 @@ impl Default for RuntimeOptions {
             env_values: Vec::new(),
             shared_data_max_bytes: DEFAULT_MAX_BYTES_PER_VM,
             platform: None,
+            module_cache_dir: None,
         }
     }
 }
@@ -147,6 +151,7 @@ impl Runtime {
     pub fn new(options: RuntimeOptions) -> Result<Runtime, String> {
         let engine = Engine::new(EngineConfig {
             pooling: false,
+            cache_dir: options.module_cache_dir.clone(),
             ..EngineConfig::default()
         })
         .map_err(|e| format!("wasm engine: {e}"))?;

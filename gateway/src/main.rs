@@ -52,7 +52,27 @@ impl Modules {
             env_values: Vec::new(),
             shared_data_max_bytes: DEFAULT_MAX_BYTES_PER_VM,
             platform: None,
+            module_cache_dir: None,
         }
+    }
+}
+
+/// Compiled modules kept between runs.
+#[derive(Args, Clone)]
+struct ModuleCacheArgs {
+    /// Where compiled modules are kept, so that a start loads them instead of compiling them
+    /// again (created mode 0700; a folder another user may write to is not used). Gateways
+    /// of one user may share it.
+    #[arg(long, default_value = "gateway-module-cache")]
+    module_cache_dir: PathBuf,
+    /// Compile every module at start and keep nothing.
+    #[arg(long, conflicts_with = "module_cache_dir")]
+    no_module_cache: bool,
+}
+
+impl ModuleCacheArgs {
+    fn dir(&self) -> Option<PathBuf> {
+        (!self.no_module_cache).then(|| self.module_cache_dir.clone())
     }
 }
 
@@ -224,6 +244,8 @@ enum Command {
         tls_keys: Vec<PathBuf>,
         #[command(flatten)]
         modules: Modules,
+        #[command(flatten)]
+        module_cache: Box<ModuleCacheArgs>,
     },
     /// Check a declarative file, plugins included, and exit: 0 when valid, else every error.
     Validate {
@@ -231,6 +253,8 @@ enum Command {
         config: PathBuf,
         #[command(flatten)]
         modules: Modules,
+        #[command(flatten)]
+        module_cache: ModuleCacheArgs,
     },
     /// Write an Envoy bootstrap for the same services, routes and plugins.
     EnvoyBootstrap {
@@ -297,7 +321,11 @@ fn main() -> ExitCode {
     let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Info));
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Validate { config, modules } => validate(&config, &modules),
+        Command::Validate {
+            config,
+            modules,
+            module_cache,
+        } => validate(&config, &modules, &module_cache),
         Command::EnvoyBootstrap {
             config,
             out,
@@ -332,6 +360,7 @@ fn main() -> ExitCode {
             tls_certs,
             tls_keys,
             modules,
+            module_cache,
         } => tls_settings(tls_listen, tls_certs, tls_keys).and_then(|tls| {
             let header = http::HeaderName::from_bytes(real_ip_header.as_bytes())
                 .map_err(|e| format!("--real-ip-header {real_ip_header:?}: {e}"))?;
@@ -350,6 +379,7 @@ fn main() -> ExitCode {
                     platform: (platform.platform_plugins)
                         .map(|file| platform_plugins(file, &modules))
                         .transpose()?,
+                    module_cache_dir: module_cache.dir(),
                     ..modules.options()
                 },
                 client_header_timeout: Duration::from_secs(connections.client_header_timeout),
@@ -425,9 +455,16 @@ fn platform_plugins(file: PathBuf, modules: &Modules) -> Result<Platform, String
     })
 }
 
-fn validate(config: &PathBuf, modules: &Modules) -> Result<(), String> {
+fn validate(
+    config: &PathBuf,
+    modules: &Modules,
+    module_cache: &ModuleCacheArgs,
+) -> Result<(), String> {
     let text = read(config)?;
-    let options = modules.options();
+    let options = RuntimeOptions {
+        module_cache_dir: module_cache.dir(),
+        ..modules.options()
+    };
     let runtime = Runtime::new(options.clone())?;
     let snapshot = Snapshot::build(&text, &runtime, &options.modules_dir, None)
         .map_err(|e| invalid(config, &e))?;
@@ -623,6 +660,35 @@ mod tests {
         assert_eq!(
             admin_listen,
             AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8001)))
+        );
+    }
+
+    /// The module cache is on unless --no-module-cache says otherwise, in
+    /// `gateway-module-cache` beside `gateway-cluster-cache` unless a folder is given; both
+    /// flags at once are refused.
+    #[test]
+    fn the_module_cache_is_on_by_default_and_can_be_turned_off() {
+        let cache = |args: &[&str]| {
+            let cli = Cli::try_parse_from(
+                ["gateway", "validate", "--config", "k.yaml"]
+                    .iter()
+                    .chain(args),
+            )
+            .map_err(|e| e.kind())?;
+            let Command::Validate { module_cache, .. } = cli.command else {
+                panic!("not a validate");
+            };
+            Ok::<_, clap::error::ErrorKind>(module_cache.dir())
+        };
+        assert_eq!(cache(&[]), Ok(Some(PathBuf::from("gateway-module-cache"))));
+        assert_eq!(
+            cache(&["--module-cache-dir", "/c"]),
+            Ok(Some(PathBuf::from("/c")))
+        );
+        assert_eq!(cache(&["--no-module-cache"]), Ok(None));
+        assert_eq!(
+            cache(&["--no-module-cache", "--module-cache-dir", "/c"]),
+            Err(clap::error::ErrorKind::ArgumentConflict)
         );
     }
 }

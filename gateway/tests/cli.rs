@@ -661,3 +661,118 @@ fn exits_within_10_s_or_kill(child: &mut std::process::Child) -> Option<std::pro
     let _ = child.wait();
     None
 }
+
+/// The compiled modules (`*.cwasm`) in a module cache folder.
+fn cache_entries(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map(|listing| listing.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    found.retain(|p| p.extension().is_some_and(|e| e == "cwasm"));
+    found
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// `gateway run` on `file` with `cache` as its module cache, until its first proxied 200;
+/// then SIGTERM. Returns what it wrote to stderr.
+fn serve_once(file: &std::path::Path, cache: &std::path::Path) -> Vec<String> {
+    let mut child = Command::new(GATEWAY)
+        .args(["run", "--workers", "1", "--no-access-log", "--config"])
+        .arg(file)
+        .args(["--listen", ANY_PORT, "--admin-listen", ANY_PORT])
+        .arg("--module-cache-dir")
+        .arg(cache)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Lines::collect(child.stderr.take().unwrap());
+    let listen = listen_address(&stderr);
+    wait_for("a proxied answer", || {
+        get(listen, "/").is_some_and(|(s, body)| s == 200 && body == "hello")
+    });
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(exits_within_10_s(&mut child).success());
+    stderr.all()
+}
+
+/// Compiled modules are kept in --module-cache-dir: `gateway validate` writes the entry
+/// (0600, in a folder of mode 0700), a `gateway run` after it loads it (the file is not
+/// written again), and an entry planted under its name that fails its checks is not loaded:
+/// the module is compiled again, the entry rewritten, and the gateway serves. Without the
+/// flag the cache is `gateway-module-cache` in the working directory; --no-module-cache
+/// keeps nothing.
+#[test]
+fn compiled_modules_are_kept_checked_and_loaded_by_the_next_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream("hello");
+    let file = write(
+        &dir,
+        "kong.yaml",
+        &format!(
+            "{}plugins: [{{name: request-size-limiting, config: {{allowed_payload_size: 10}}}}]\n",
+            config("/", up)
+        ),
+    );
+    let cache = dir.path().join("modules");
+    let out = Command::new(GATEWAY)
+        .args(["validate", "--config"])
+        .arg(&file)
+        .arg("--module-cache-dir")
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let [entry] = &cache_entries(&cache)[..] else {
+        panic!("{:?}", cache_entries(&cache));
+    };
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode();
+    assert_eq!(mode(&cache) & 0o777, 0o700);
+    assert_eq!(mode(entry) & 0o777, 0o600);
+    let written = std::fs::read(entry).unwrap();
+    let compiled = inode(entry);
+
+    serve_once(&file, &cache);
+    assert_eq!(inode(entry), compiled, "the entry was written again");
+
+    // The entry with one byte of its compiled code changed, mode and owner kept.
+    let mut altered = written.clone();
+    altered[written.len() / 2] ^= 0x01;
+    std::fs::write(entry, &altered).unwrap();
+    let stderr = serve_once(&file, &cache);
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("module cache: ") && l.contains("compiling the module again")),
+        "{stderr:?}"
+    );
+    assert!(std::fs::read(entry).unwrap() == written, "not rewritten");
+
+    // The default folder, and none.
+    for (flags, kept) in [(&[][..], 1), (&["--no-module-cache"][..], 0)] {
+        let cwd = tempfile::tempdir().unwrap();
+        let out = Command::new(GATEWAY)
+            .current_dir(cwd.path())
+            .args(["validate", "--config"])
+            .arg(&file)
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{flags:?}");
+        let default = cwd.path().join("gateway-module-cache");
+        assert_eq!(cache_entries(&default).len(), kept, "{flags:?}");
+        assert_eq!(default.exists(), kept > 0, "{flags:?}");
+    }
+}

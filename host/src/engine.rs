@@ -1,14 +1,16 @@
 //! The wasmtime engine every plugin of a process shares: Cranelift, epoch interruption driven
 //! by a ticker thread (when a running callback's CPU budget is checked), optionally fuel, and
 //! the pooling allocator with copy-on-write memory images for fast instantiation. Modules are
-//! compiled once per engine and, with a cache directory, once per machine.
+//! compiled once per engine and, with a cache directory ([`crate::module_cache`]), once per
+//! machine and user.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{describe, Error};
+use crate::module_cache::{self, Key, ModuleCache, Unusable};
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -23,8 +25,10 @@ pub struct EngineConfig {
     pub max_memory_bytes: usize,
     /// Count fuel (a per-callback instruction budget) in addition to the deadline.
     pub fuel: bool,
-    /// Where compiled modules are kept between runs.
+    /// Where compiled modules are kept between runs (see [`crate::module_cache`]).
     pub cache_dir: Option<PathBuf>,
+    /// How much that folder may hold.
+    pub cache_limits: module_cache::Limits,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +40,7 @@ impl Default for EngineConfig {
             max_memory_bytes: 512 << 20,
             fuel: false,
             cache_dir: None,
+            cache_limits: module_cache::Limits::default(),
         }
     }
 }
@@ -55,6 +60,7 @@ fn effective_tick(config: &EngineConfig) -> Duration {
 struct Inner {
     engine: wasmtime::Engine,
     config: EngineConfig,
+    cache: Option<ModuleCache>,
     stop: Arc<AtomicBool>,
 }
 
@@ -124,10 +130,13 @@ impl Engine {
                 }
             })
             .map_err(|e| Error::Engine(format!("starting the epoch ticker: {e}")))?;
+        let cache =
+            (config.cache_dir.clone()).map(|dir| ModuleCache::new(dir, config.cache_limits));
         Ok(Engine {
             inner: Arc::new(Inner {
                 engine,
                 config,
+                cache,
                 stop,
             }),
         })
@@ -146,43 +155,50 @@ impl Engine {
         effective_tick(&self.inner.config)
     }
 
-    /// Compiles a module (or loads it from the cache directory).
+    /// Compiles a module, or loads it from the cache folder when an entry there passes every
+    /// check. A cache that cannot be used (a folder another user may write to, an entry that
+    /// fails a check, a full disk) costs a warning and a compile, never the module.
     pub fn compile(&self, bytes: &[u8]) -> Result<wasmtime::Module, Error> {
-        let Some(dir) = &self.inner.config.cache_dir else {
-            return wasmtime::Module::new(&self.inner.engine, bytes)
-                .map_err(|e| Error::Module(describe(&e)));
+        let compile = || {
+            wasmtime::Module::new(&self.inner.engine, bytes)
+                .map_err(|e| Error::Module(describe(&e)))
         };
-        let path = self.cache_path(dir, bytes);
-        if path.is_file() {
-            // SAFETY: the file was written by `Module::serialize` of this engine
-            // configuration (the name includes the engine's compatibility hash), in a
-            // directory the operator gave us for this purpose.
-            if let Ok(module) =
-                unsafe { wasmtime::Module::deserialize_file(&self.inner.engine, &path) }
-            {
+        let Some(cache) = &self.inner.cache else {
+            return compile();
+        };
+        let key = Key::new(&self.inner.engine, &self.code_settings(), bytes);
+        match cache.load(&self.inner.engine, &key) {
+            Ok(Some(module)) => {
+                log::debug!("module cache: loaded {}", cache.path(&key).display());
                 return Ok(module);
             }
-        }
-        let module = wasmtime::Module::new(&self.inner.engine, bytes)
-            .map_err(|e| Error::Module(describe(&e)))?;
-        if let Ok(serialized) = module.serialize() {
-            let tmp = path.with_extension("tmp");
-            if std::fs::create_dir_all(dir).is_ok() && std::fs::write(&tmp, serialized).is_ok() {
-                let _ = std::fs::rename(&tmp, &path);
+            Ok(None) => {}
+            Err(Unusable::Folder(why)) => {
+                log::warn!("module cache: {why}; compiling without it");
+                return compile();
             }
+            Err(Unusable::Entry(why)) => {
+                log::warn!("module cache: {why}; compiling the module again");
+            }
+        }
+        let module = compile()?;
+        let stored = match module.serialize() {
+            Ok(artifact) => cache.store(&key, &artifact),
+            Err(e) => Err(Unusable::Entry(describe(&e))),
+        };
+        if let Err(why) = stored {
+            log::warn!("module cache: not kept: {why}");
         }
         Ok(module)
     }
 
-    fn cache_path(&self, dir: &Path, bytes: &[u8]) -> PathBuf {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut h);
-        self.inner
-            .engine
-            .precompile_compatibility_hash()
-            .hash(&mut h);
-        dir.join(format!("{:016x}-{}.cwasm", h.finish(), bytes.len()))
+    /// The [`EngineConfig`] knobs that change the code a module compiles to: fuel, the only
+    /// one (epoch interruption and Cranelift's level are fixed in [`Engine::new`]). wasmtime's
+    /// compatibility hash covers it too; the key takes it from here as well. The ticker's
+    /// period and the pool are not part of it: they decide when the epoch moves and where
+    /// instances live, not the code, and a pool's limits are checked when an instance is made.
+    fn code_settings(&self) -> impl std::hash::Hash {
+        ("fuel", self.inner.config.fuel)
     }
 }
 
@@ -235,6 +251,145 @@ mod tests {
         .expect("module");
         let mut store = wasmtime::Store::new(engine.wasmtime(), ());
         wasmtime::Instance::new(&mut store, &wasm, &[]).expect("an instance");
+    }
+
+    /// A module of many functions, so that most of its compiled artifact is code.
+    fn large_wasm() -> Vec<u8> {
+        let mut wat = String::from("(module");
+        for i in 0..200 {
+            wat.push_str(&format!(
+                "(func (export \"f{i}\") (param i32) (result i32) local.get 0 i32.const {i} \
+                 i32.mul i32.const 7 i32.add local.get 0 i32.xor i32.const 3 i32.rotl)"
+            ));
+        }
+        wat.push(')');
+        wat::parse_str(&wat).expect("WAT")
+    }
+
+    fn cached(dir: &std::path::Path, fuel: bool) -> Engine {
+        Engine::new(EngineConfig {
+            cache_dir: Some(dir.to_owned()),
+            fuel,
+            ..EngineConfig::default()
+        })
+        .expect("an engine")
+    }
+
+    /// The cache's entries (compiled modules) in `dir`.
+    fn entries(dir: &std::path::Path) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|listing| listing.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        found.retain(|p| p.extension().is_some_and(|e| e == "cwasm"));
+        found.sort();
+        found
+    }
+
+    fn inode(path: &std::path::Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).expect("metadata").ino()
+    }
+
+    fn f7(engine: &Engine, module: &wasmtime::Module) -> i32 {
+        let mut store = wasmtime::Store::new(engine.wasmtime(), ());
+        store.set_epoch_deadline(1_000_000);
+        let instance = wasmtime::Instance::new(&mut store, module, &[]).expect("an instance");
+        let f = (instance.get_typed_func::<i32, i32>(&mut store, "f7")).expect("f7");
+        f.call(&mut store, 5).expect("runs")
+    }
+
+    /// A second engine of the same settings loads what the first compiled (the entry is not
+    /// written again); an engine with fuel compiles its own.
+    #[test]
+    fn the_next_engine_loads_the_entry_and_other_settings_have_their_own() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let wasm = large_wasm();
+        let first = cached(dir.path(), false);
+        let expected = f7(&first, &first.compile(&wasm).expect("compiles"));
+        let [entry] = &entries(dir.path())[..] else {
+            panic!("{:?}", entries(dir.path()));
+        };
+        let written = inode(entry);
+        let second = cached(dir.path(), false);
+        assert_eq!(
+            f7(&second, &second.compile(&wasm).expect("loads")),
+            expected
+        );
+        assert_eq!(
+            inode(entry),
+            written,
+            "the entry was written again: not a hit"
+        );
+        let fuel = cached(dir.path(), true);
+        fuel.compile(&wasm).expect("compiles");
+        assert_eq!(entries(dir.path()).len(), 2);
+    }
+
+    /// An entry altered on disk (one byte of code, or cut short) is not run: the module is
+    /// compiled again and the entry written again as it was.
+    #[test]
+    fn an_altered_entry_is_compiled_again_and_rewritten_not_run() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let wasm = large_wasm();
+        let first = cached(dir.path(), false);
+        let expected = f7(&first, &first.compile(&wasm).expect("compiles"));
+        let [entry] = &entries(dir.path())[..] else {
+            panic!("{:?}", entries(dir.path()));
+        };
+        let good = std::fs::read(entry).expect("the entry");
+        let mut flipped = good.clone();
+        flipped[good.len() / 2] ^= 0x01;
+        for (what, altered) in [
+            ("flipped", &flipped[..]),
+            ("truncated", &good[..good.len() / 2]),
+        ] {
+            std::fs::write(entry, altered).expect("altered");
+            let engine = cached(dir.path(), false);
+            let module = engine.compile(&wasm).expect("compiles");
+            assert!(
+                std::fs::read(entry).expect("the entry") == good,
+                "{what}: not rewritten"
+            );
+            assert_eq!(f7(&engine, &module), expected, "{what}");
+        }
+    }
+
+    /// An entry others could read or write is compiled again and written again, 0600.
+    #[test]
+    fn an_entry_others_could_change_is_replaced_by_one_of_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let wasm = large_wasm();
+        cached(dir.path(), false).compile(&wasm).expect("compiles");
+        let [entry] = &entries(dir.path())[..] else {
+            panic!("{:?}", entries(dir.path()));
+        };
+        let mode = |path: &std::path::Path| {
+            std::fs::metadata(path)
+                .expect("metadata")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode(entry), 0o600);
+        std::fs::set_permissions(entry, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let planted = inode(entry);
+        cached(dir.path(), false).compile(&wasm).expect("compiles");
+        assert_ne!(inode(entry), planted, "the entry of mode 0666 was loaded");
+        assert_eq!(mode(entry), 0o600);
+    }
+
+    /// A folder others can write to is not used: nothing is written to it.
+    #[test]
+    fn a_folder_others_can_write_to_is_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o770))
+            .expect("chmod");
+        let engine = cached(dir.path(), false);
+        let module = engine.compile(&large_wasm()).expect("compiles");
+        assert_eq!(f7(&engine, &module), ((7 * 5 + 7) ^ 5i32).rotate_left(3));
+        assert_eq!(entries(dir.path()), Vec::<PathBuf>::new());
     }
 
     /// Sleeping costs no CPU; spinning does.

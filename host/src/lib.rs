@@ -2,7 +2,8 @@
 //! a CPU deadline and a memory cap per callback, Envoy's lifecycle and semantics, and a
 //! filter-chain API ([`filter_chain`]) that the gateway drives from the network.
 //!
-//! - [`engine`]: the shared wasmtime engine (epoch ticker, pooling allocator, module cache).
+//! - [`engine`]: the shared wasmtime engine (epoch ticker, pooling allocator).
+//! - [`module_cache`]: compiled modules kept on disk between runs, checked before use.
 //! - [`module`]: a module compiled and linked once ([`module::PluginModule`]).
 //! - [`plugin`]: a configured plugin, its per-worker instance and its per-stream filter.
 //! - [`vm`]: one instance and its proxy-wasm context lifecycle.
@@ -22,6 +23,7 @@ pub mod headers;
 pub mod logs;
 pub mod metrics;
 pub mod module;
+pub mod module_cache;
 pub mod plugin;
 pub mod plugin_config;
 pub mod properties;
