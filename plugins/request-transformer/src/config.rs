@@ -10,6 +10,7 @@ use kit::schema::{self, ConfigError, Record};
 use serde_json::Value;
 
 use crate::captures::RoutePaths;
+use crate::plan::HeaderPlan;
 use crate::template::{Source, Template};
 
 /// The five operations on one target (headers, query string or body), in Kong's order.
@@ -90,11 +91,14 @@ pub struct Config {
     /// wasmgate: each route's Kong regex paths, set by the data plane's translation; required
     /// when a template reads `uri_captures`.
     pub route_paths: Option<RoutePaths>,
+    /// The header-only request path, derived from the fields above when the configuration
+    /// is made ([`Config::parse`], [`Config::default`]).
+    pub header_plan: Option<HeaderPlan>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
+        let mut config = Config {
             http_method: None,
             headers: Ops::default(),
             querystring: Ops::default(),
@@ -104,7 +108,10 @@ impl Default for Config {
             hold_headers: false,
             unparsable_body: UnparsableBody::Refuse,
             route_paths: None,
-        }
+            header_plan: None,
+        };
+        config.header_plan = HeaderPlan::of(&config);
+        config
     }
 }
 
@@ -467,6 +474,7 @@ impl Config {
                     );
                 }
             });
+            config.header_plan = HeaderPlan::of(&config);
             config
         })
     }

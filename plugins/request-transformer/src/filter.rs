@@ -36,6 +36,10 @@ impl Host for ProxyWasm {
         host::header_pairs(Map::RequestHeaders)
     }
 
+    fn request_header(&mut self, name: &str) -> Result<Option<Vec<u8>>, Status> {
+        host::header(Map::RequestHeaders, name.as_bytes())
+    }
+
     fn remove_request_header(&mut self, name: &str) -> Result<(), Status> {
         host::remove_header(Map::RequestHeaders, name.as_bytes())
     }

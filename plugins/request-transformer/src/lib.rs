@@ -19,6 +19,7 @@ pub mod captures;
 pub mod config;
 pub mod json;
 pub mod multipart;
+pub mod plan;
 mod steps;
 pub mod stream;
 pub mod template;

@@ -39,6 +39,14 @@ pub enum Level {
 pub trait Host {
     /// The request headers, names and values as bytes.
     fn request_headers(&mut self) -> Result<Headers, Status>;
+    /// The first value of a request header (`name` lower-case); `None` when absent.
+    fn request_header(&mut self, name: &str) -> Result<Option<Vec<u8>>, Status> {
+        Ok(self
+            .request_headers()?
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v))
+    }
     fn remove_request_header(&mut self, name: &str) -> Result<(), Status>;
     fn add_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), Status>;
     fn replace_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), Status>;
@@ -140,21 +148,47 @@ impl Stream {
     /// send it on half-edited (a removed credential without its replacement, say).
     fn apply(&mut self, host: &mut dyn Host, changes: &[HeaderChange]) -> Result<(), Refusal> {
         for write in header_writes(changes) {
-            let result = match write {
-                HeaderWrite::Remove(name) => host.remove_request_header(name),
-                HeaderWrite::Add(name, value) => host.add_request_header(name, value),
-                HeaderWrite::Replace(name, value) => host.replace_request_header(name, value),
-            };
-            if let Err(status) = result {
-                return Err(self.unexpected(format!(
-                    "the host refused a request header change ({write:?}): status {status}"
-                )));
-            }
+            self.write(host, write)?;
         }
         Ok(())
     }
 
+    fn write(&self, host: &mut dyn Host, write: HeaderWrite<'_>) -> Result<(), Refusal> {
+        let result = match write {
+            HeaderWrite::Remove(name) => host.remove_request_header(name),
+            HeaderWrite::Add(name, value) => host.add_request_header(name, value),
+            HeaderWrite::Replace(name, value) => host.replace_request_header(name, value),
+        };
+        result.map_err(|status| {
+            self.unexpected(format!(
+                "the host refused a request header change ({write:?}): status {status}"
+            ))
+        })
+    }
+
+    /// A configuration's header plan ([`crate::plan`]), when it has one and this request is
+    /// not the case it leaves to the full path: the writes, each header looked up alone.
+    /// `None`: the full path decides.
+    fn planned(&mut self, host: &mut dyn Host) -> Option<Action> {
+        let config = Rc::clone(&self.config);
+        let plan = config.header_plan.as_ref()?;
+        let (writes, count) = plan.writes(&mut |name| host.request_header(name))?;
+        for write in writes.iter().take(count).flatten() {
+            if let Err(refusal) = self.write(host, *write) {
+                // Read only now: a refusal is the one use of Accept and the request id.
+                self.accept = host.request_header("accept").ok().flatten();
+                self.request_id = host.request_id();
+                let refusal = self.unexpected(refusal.log);
+                return Some(self.refuse(host, &refusal));
+            }
+        }
+        Some(Action::Continue)
+    }
+
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
+        if let Some(action) = self.planned(host) {
+            return action;
+        }
         let headers = match host.request_headers() {
             Ok(headers) => headers,
             Err(status) => {
@@ -333,6 +367,7 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::CLIENT_HOST_HEADER;
 
     /// A host whose header map and body behave like Envoy's: names lower-case, duplicates
     /// kept in order. `replace_first_only` is Envoy before 1.16 (`setCopy` set only the first
@@ -348,6 +383,8 @@ mod tests {
         sent: Vec<LocalResponse>,
         logs: Vec<(Level, String)>,
         calls: Vec<String>,
+        /// Reads of the whole header map.
+        map_reads: usize,
     }
 
     const BAD_ARGUMENT: Status = 2;
@@ -390,7 +427,11 @@ mod tests {
 
     impl Host for Envoy {
         fn request_headers(&mut self) -> Result<Headers, Status> {
+            self.map_reads += 1;
             Ok(self.headers.clone())
+        }
+        fn request_header(&mut self, name: &str) -> Result<Option<Vec<u8>>, Status> {
+            Ok(self.values(name).first().map(|v| v.to_vec()))
         }
         fn remove_request_header(&mut self, name: &str) -> Result<(), Status> {
             self.write(format!("remove {name}"))?;
@@ -508,6 +549,58 @@ mod tests {
         assert!(host.values("x-old").is_empty());
         assert_eq!(host.values("x-list"), [&b"a"[..], b"b", b"v"]);
         assert!(host.sent.is_empty());
+    }
+
+    /// The seed's configuration looks up the headers it names, one by one; only a client
+    /// that sent the value the header ends with has the whole map read (a second copy must
+    /// go, and a lookup sees the first one only).
+    #[test]
+    fn a_header_plan_reads_only_the_headers_it_names() {
+        let seed = r#"{"replace":{"headers":["authorization:Bearer {vault://env/KEY}"]},
+                      "add":{"headers":["authorization:Bearer {vault://env/KEY}"]}}"#;
+        // The client's headers, then the whole-map reads and the writes they get.
+        type Case<'a> = (&'a [(&'a str, &'a [u8])], usize, Vec<&'a str>);
+        let cases: [Case<'_>; 5] = [
+            (&[], 0, vec!["add authorization"]),
+            (
+                &[("authorization", b"Bearer guess")],
+                0,
+                vec!["remove authorization", "add authorization"],
+            ),
+            (
+                &[(CLIENT_HOST_HEADER, b"client.test")],
+                0,
+                vec!["remove x-wasmgate-client-host", "add authorization"],
+            ),
+            (&[("authorization", b"Bearer s3cret")], 1, vec![]),
+            (
+                &[
+                    ("authorization", b"Bearer s3cret"),
+                    ("authorization", b"Bearer guess"),
+                ],
+                1,
+                vec!["remove authorization", "add authorization"],
+            ),
+        ];
+        for (headers, map_reads, calls) in cases {
+            let mut host = Envoy::request("/", headers);
+            let action = stream(seed).on_request_headers(&mut host, true);
+            assert_eq!(action, Action::Continue);
+            assert_eq!(
+                (
+                    host.map_reads,
+                    &host.calls.iter().map(String::as_str).collect()
+                ),
+                (map_reads, &calls),
+                "{headers:?}"
+            );
+            assert_eq!(
+                host.values("authorization"),
+                [b"Bearer s3cret"],
+                "{headers:?}"
+            );
+            assert!(host.values(CLIENT_HOST_HEADER).is_empty());
+        }
     }
 
     #[test]
