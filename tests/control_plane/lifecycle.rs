@@ -350,6 +350,8 @@ async fn what_the_control_plane_keeps_on_disk_is_private() {
         cp.data_dir().join("cloud-gateways"),
         group.clone(),
         group.join("cache"),
+        // The provisioned gateways' shared compiled-module cache: code they load and run.
+        cp.data_dir().join("gateway-module-cache"),
     ] {
         assert_eq!(mode(&private), 0o700, "{}", private.display());
     }
