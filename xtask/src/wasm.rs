@@ -68,40 +68,54 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Modules only the tests load (`tests/modules/<folder>`), by package name: built beside the
-/// plugins, into the same folder, but never listed as plugins.
-pub const TEST_MODULES: &[&str] = &["wasmgate-trace-filter"];
+/// Modules only the tests and the bench load (`tests/modules/<folder>`), by package name: built
+/// beside the plugins, into the same folder, but never listed as plugins.
+pub const TEST_MODULES: &[&str] = &["wasmgate-trace-filter", "wasmgate-empty-filter"];
 
 /// Builds every plugin and test module; returns the folder with the `.wasm` files.
 pub fn build() -> Result<PathBuf, String> {
-    ensure_target()?;
     let plugins = plugins()?;
     let modules: Vec<&str> = plugins
         .iter()
         .map(String::as_str)
         .chain(TEST_MODULES.iter().copied())
         .collect();
+    build_profile("wasm", &modules)
+}
+
+/// Builds the plugins (no test module) in the `wasm-speed` profile, the `wasm` profile at
+/// opt-level 3, for the bench's comparison with the size-tuned modules; returns their folder
+/// (`target/wasm32-wasip1/wasm-speed`, apart from the shipped modules).
+pub fn build_speed() -> Result<PathBuf, String> {
+    let plugins = plugins()?;
+    let modules: Vec<&str> = plugins.iter().map(String::as_str).collect();
+    build_profile("wasm-speed", &modules)
+}
+
+/// Builds `modules` in `profile`; returns the folder with their `.wasm` files.
+fn build_profile(profile: &str, modules: &[&str]) -> Result<PathBuf, String> {
+    ensure_target()?;
     // One cargo invocation per module, exactly as `cargo build --profile wasm --target
     // wasm32-wasip1 -p <name>`: building them together would unify dependency features across
     // modules and grow every module by what only one of them needs.
     for (done, module) in modules.iter().enumerate() {
         eprintln!(
-            "xtask: building module {} of {}: {module} ({TARGET})",
+            "xtask: building module {} of {}: {module} ({TARGET}, profile {profile})",
             done + 1,
             modules.len()
         );
         status(cargo().args([
             "build",
             "--profile",
-            "wasm",
+            profile,
             "--target",
             TARGET,
             "-p",
             module,
         ]))?;
     }
-    let dir = target_dir().join(TARGET).join("wasm");
-    for name in &modules {
+    let dir = target_dir().join(TARGET).join(profile);
+    for name in modules {
         let module = dir.join(format!("{}.wasm", name.replace('-', "_")));
         let size = std::fs::metadata(&module)
             .map_err(|e| format!("{}: {e}", module.display()))?

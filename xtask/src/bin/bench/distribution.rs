@@ -237,7 +237,7 @@ fn gateway_propagation(
     }
     let binary = std::env::var_os("WASMGATE_GATEWAY").ok_or("WASMGATE_GATEWAY is not set")?;
     let proxy = free_port();
-    let child = Command::new(binary)
+    let child = crate::proxies::gateway_command(std::path::Path::new(&binary))?
         .args([
             "run",
             "--no-access-log",

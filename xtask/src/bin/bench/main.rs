@@ -3,8 +3,8 @@
 //!
 //! Cores: the proxy under test is pinned to core 0 with one worker (`--concurrency 1`,
 //! `--workers 1`); the load generator and the upstream share core 1 (the rate-limit runs,
-//! with 2 and 4 workers, leave the proxy unpinned). Every process started is stopped by PID
-//! when its run ends. Traffic stays on loopback.
+//! with 2 and 4 workers, and the two-worker legs leave the proxy on every core). Every process
+//! started is stopped by PID when its run ends. Traffic stays on loopback.
 
 mod distribution;
 mod load;
@@ -15,6 +15,7 @@ mod proxies;
 mod ratelimit;
 mod report;
 mod upstream;
+mod workers;
 
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ pub struct Timing {
     /// The head-to-head runs: rounds, and each data plane's turn in a round.
     pub rounds: usize,
     pub round: Duration,
+    /// Rounds of the one-to-two-workers runs (each of their rounds is four data planes at two
+    /// concurrencies, `round` each).
+    pub worker_rounds: usize,
 }
 
 /// One data plane's figures.
@@ -137,34 +141,43 @@ fn measure(
     figures
 }
 
+/// Names the next part of the run on stderr, with the time spent so far (the budget is 10
+/// minutes).
+fn phase(started: std::time::Instant, what: &str) {
+    eprintln!("bench: [{:.0} s] {what}", started.elapsed().as_secs_f64());
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     // Only the control plane's figures, printed (BENCHMARKS.md is left alone).
     if std::env::args().any(|a| a == "--control-plane-only") {
         print!("{}", distribution::section(&distribution::measure(quick)));
+        let _ = std::fs::remove_dir_all(proxies::scratch_dir());
         return;
     }
     let timing = if quick {
         Timing {
-            closed: Duration::from_secs(1),
-            open: Duration::from_secs(1),
+            closed: Duration::from_millis(500),
+            open: Duration::from_millis(500),
             warmup: Duration::from_millis(300),
-            chain: Duration::from_secs(1),
+            chain: Duration::from_millis(500),
             rate_limit: Duration::from_millis(3_500),
             rate_limit_workers: &[2],
             rounds: 3,
             round: Duration::from_millis(500),
+            worker_rounds: 1,
         }
     } else {
         Timing {
             closed: Duration::from_secs(5),
-            open: Duration::from_secs(5),
+            open: Duration::from_secs(3),
             warmup: Duration::from_secs(1),
-            chain: Duration::from_secs(5),
+            chain: Duration::from_secs(4),
             rate_limit: Duration::from_millis(5_500),
             rate_limit_workers: &[2, 4],
             rounds: 5,
             round: Duration::from_secs(2),
+            worker_rounds: 3,
         }
     };
     let started = std::time::Instant::now();
@@ -210,29 +223,34 @@ fn main() {
             }
         }
     }
-    eprintln!("bench: overhead in Envoy, interleaved");
+    phase(started, "overhead of the plugins, interleaved");
     let overhead = paired::overhead(&runtime, upstream, PROXY_CORE, timing);
-    eprintln!("bench: gateway vs Envoy with the plugins, interleaved");
+    phase(started, "gateway vs Envoy with the plugins, interleaved");
     let head_to_head = paired::head_to_head(&runtime, upstream, PROXY_CORE, timing);
-    eprintln!("bench: request body sizes");
+    phase(started, "request body sizes");
     let body_sizes = proxies::body_size_runs(&runtime, upstream, PROXY_CORE, timing);
-    eprintln!("bench: number of plugins");
+    phase(started, "number of plugins");
     let chain = proxies::plugin_count_runs(&runtime, upstream, PROXY_CORE, timing);
-    eprintln!("bench: rate-limit accuracy");
+    phase(started, "one worker and two, interleaved");
+    let workers = workers::runs(&runtime, upstream, PROXY_CORE, timing);
+    phase(started, "rate-limit accuracy");
     let accuracy = ratelimit::runs(&runtime, timing);
-    eprintln!("bench: modules in our host");
+    phase(started, "modules in our host");
     let modules = modules::measure();
-    let cold_start = proxies::gateway_cold_start(PROXY_CORE);
-    eprintln!("bench: control plane distribution");
+    phase(started, "gateway cold start");
+    let cold_start = modules::cold_start(PROXY_CORE);
+    phase(started, "control plane distribution");
     let distribution = distribution::section(&distribution::measure(quick));
     let plugins = proxies::plugin_configs();
     let validated = proxies::validate_gateway(&proxies::gateway_declarative(upstream, &plugins));
+    let _ = std::fs::remove_dir_all(proxies::scratch_dir());
     let path = report::write(&report::Report {
         results: &results,
         overhead,
         head_to_head,
         body_sizes: &body_sizes,
         chain: &chain,
+        workers,
         accuracy: &accuracy,
         modules: &modules,
         cold_start,

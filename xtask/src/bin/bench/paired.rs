@@ -20,36 +20,81 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// CPU per request of each data plane with and without our plugins: one Envoy
-/// (`--concurrency 1`) with a listener each for no filter, Envoy's native filters and our wasm
-/// plugins, and one gateway (`--workers 1`) with a route without plugins and one with them;
-/// all five loaded in turn.
-#[derive(Debug)]
-pub struct Overhead {
-    /// Median CPU µs per request of each leg, in [`LEGS`] order.
-    pub cpu_us: [f64; 5],
-    /// Medians of the per-round differences to the same data plane's leg without filters
-    /// (zero for those legs).
-    pub over_us: [f64; 5],
+/// One leg of the overhead runs: a listener of the one Envoy or a route of a gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leg {
+    EnvoyNone,
+    EnvoyNative,
+    EnvoyOurs,
+    EnvoyEmpty,
+    GatewayPlain,
+    GatewayOurs,
+    /// The same gateway build with our plugins compiled at opt-level 3 (`wasm-speed`).
+    GatewaySpeed,
 }
 
-pub const LEGS: [&str; 5] = [
-    "Envoy, no filter",
-    "Envoy, native `buffer` + `local_ratelimit` + `header_mutation`",
-    "Envoy, our 3 wasm plugins (V8)",
-    "gateway, route without plugins",
-    "gateway, route with our 3 plugins",
-];
-/// The leg each one is compared with.
-pub const BASE: [usize; 5] = [0, 0, 0, 3, 3];
+impl Leg {
+    pub const ALL: [Leg; 7] = [
+        Leg::EnvoyNone,
+        Leg::EnvoyNative,
+        Leg::EnvoyOurs,
+        Leg::EnvoyEmpty,
+        Leg::GatewayPlain,
+        Leg::GatewayOurs,
+        Leg::GatewaySpeed,
+    ];
 
-impl Overhead {
-    pub fn envoy_native_over(&self) -> f64 {
-        self.over_us[1]
+    pub fn name(self) -> &'static str {
+        match self {
+            Leg::EnvoyNone => "Envoy, no filter",
+            Leg::EnvoyNative => "Envoy, native `buffer` + `local_ratelimit` + `header_mutation`",
+            Leg::EnvoyOurs => "Envoy, our 3 wasm plugins (V8)",
+            Leg::EnvoyEmpty => "Envoy, 3 empty proxy-wasm filters (V8)",
+            Leg::GatewayPlain => "gateway, route without plugins",
+            Leg::GatewayOurs => "gateway, route with our 3 plugins",
+            Leg::GatewaySpeed => {
+                "gateway, route with our 3 plugins built at opt-level 3 (a second gateway)"
+            }
+        }
     }
 
-    pub fn envoy_wasm_over(&self) -> f64 {
-        self.over_us[2]
+    /// The leg without filters this one's overhead is counted from.
+    pub fn base(self) -> Leg {
+        match self {
+            Leg::EnvoyNone | Leg::EnvoyNative | Leg::EnvoyOurs | Leg::EnvoyEmpty => Leg::EnvoyNone,
+            Leg::GatewayPlain | Leg::GatewayOurs | Leg::GatewaySpeed => Leg::GatewayPlain,
+        }
+    }
+}
+
+/// CPU per request of each data plane with and without filters: one Envoy
+/// (`--concurrency 1`) with a listener each for no filter, Envoy's native filters, our wasm
+/// plugins and three empty wasm filters; one gateway (`--workers 1`) with a route without
+/// plugins and one with them; and a second gateway whose plugins are the opt-level 3 build.
+/// All loaded in turn.
+#[derive(Debug)]
+pub struct Overhead {
+    /// (leg, median CPU µs per request, median of the per-round differences to its base leg:
+    /// zero for the bases), in [`Leg::ALL`] order.
+    pub legs: Vec<(Leg, f64, f64)>,
+    /// Legs that could not run, and why.
+    pub missing: Vec<(Leg, String)>,
+}
+
+impl Overhead {
+    pub fn cpu(&self, leg: Leg) -> Option<f64> {
+        self.legs.iter().find(|l| l.0 == leg).map(|l| l.1)
+    }
+
+    pub fn over(&self, leg: Leg) -> Option<f64> {
+        self.legs.iter().find(|l| l.0 == leg).map(|l| l.2)
+    }
+
+    pub fn missing(&self, leg: Leg) -> Option<&str> {
+        self.missing
+            .iter()
+            .find(|l| l.0 == leg)
+            .map(|l| l.1.as_str())
     }
 }
 
@@ -78,31 +123,63 @@ pub fn overhead(
     if let Some(missing) = missing {
         return Err(missing);
     }
+    let mut not_run = Vec::new();
     let mut config = EnvoyConfig::new(upstream)
         .concurrency(1)
         .listener("none", vec![])
         .listener("native", vec![])
         .listener("wasm", proxies::wasm_filters(&plugins));
     config.listeners[1].native_filters = proxies::native_filters();
+    match proxies::empty_filters() {
+        Ok(filters) => config = config.listener("empty", filters),
+        Err(e) => not_run.push((Leg::EnvoyEmpty, e)),
+    }
     let envoy = runtime.block_on(Envoy::start(&config))?;
-    proxies::pin_process(envoy.pid(), core);
-    let (gateway, _) = proxies::start_gateway(&two_routes(upstream, &plugins), Some(core), 1)?;
-    // (pid, address, workload) of each leg, in LEGS order.
-    let legs = [
-        (envoy.pid(), envoy.listener("none"), "/bench"),
-        (envoy.pid(), envoy.listener("native"), "/bench"),
-        (envoy.pid(), envoy.listener("wasm"), "/bench"),
-        (gateway.pid, gateway.addr, "/plain"),
-        (gateway.pid, gateway.addr, "/plugins"),
-    ]
-    .map(|(pid, addr, path)| (pid, addr, Workload::get(path)));
-    for (_, addr, workload) in &legs {
+    proxies::pin_process(envoy.pid(), Some(core));
+    let declarative = two_routes(upstream, &plugins);
+    let (gateway, _) = proxies::start_gateway(&declarative, Some(core), 1)?;
+    let speed = proxies::speed_dir().and_then(|dir| {
+        let args = [std::ffi::OsStr::new("--modules-dir"), dir.as_os_str()];
+        proxies::start_gateway_with(&declarative, Some(core), 1, &args)
+    });
+    let speed = match speed {
+        Ok((running, _)) => Some(running),
+        Err(e) => {
+            not_run.push((Leg::GatewaySpeed, e));
+            None
+        }
+    };
+    // (leg, pid, address, workload) of each leg that runs, in Leg::ALL order.
+    let legs: Vec<(Leg, u32, SocketAddr, Workload)> = Leg::ALL
+        .iter()
+        .filter_map(|&leg| {
+            let (pid, addr, path) = match leg {
+                Leg::EnvoyNone => (envoy.pid(), envoy.listener("none"), "/bench"),
+                Leg::EnvoyNative => (envoy.pid(), envoy.listener("native"), "/bench"),
+                Leg::EnvoyOurs => (envoy.pid(), envoy.listener("wasm"), "/bench"),
+                Leg::EnvoyEmpty => {
+                    if not_run.iter().any(|(l, _)| *l == leg) {
+                        return None;
+                    }
+                    (envoy.pid(), envoy.listener("empty"), "/bench")
+                }
+                Leg::GatewayPlain => (gateway.pid, gateway.addr, "/plain"),
+                Leg::GatewayOurs => (gateway.pid, gateway.addr, "/plugins"),
+                Leg::GatewaySpeed => {
+                    let speed = speed.as_ref()?;
+                    (speed.pid, speed.addr, "/plugins")
+                }
+            };
+            Some((leg, pid, addr, Workload::get(path)))
+        })
+        .collect();
+    for (_, _, addr, workload) in &legs {
         load::closed_loop(*addr, workload, CONNECTIONS, timing.warmup, client_core());
     }
-    let mut per_round: Vec<[f64; 5]> = Vec::new();
+    let mut per_round: Vec<Vec<f64>> = Vec::new();
     for _ in 0..timing.rounds {
-        let mut round = [0.0; 5];
-        for (slot, (pid, addr, workload)) in round.iter_mut().zip(&legs) {
+        let mut round = Vec::new();
+        for (_, pid, addr, workload) in &legs {
             let before = cpu_ns(*pid);
             let outcome =
                 load::closed_loop(*addr, workload, CONNECTIONS, timing.round, client_core());
@@ -113,15 +190,29 @@ pub fn overhead(
                     workload.path
                 ));
             }
-            *slot = cpu_us_per_request(before, cpu_ns(*pid), outcome.ok).ok_or("no CPU reading")?;
+            round.push(
+                cpu_us_per_request(before, cpu_ns(*pid), outcome.ok).ok_or("no CPU reading")?,
+            );
         }
         eprintln!("  round (CPU µs/req): {round:.1?}");
         per_round.push(round);
     }
-    let cpu_us = std::array::from_fn(|i| median(per_round.iter().map(|r| r[i]).collect()));
-    let over_us =
-        std::array::from_fn(|i| median(per_round.iter().map(|r| r[i] - r[BASE[i]]).collect()));
-    Ok(Overhead { cpu_us, over_us })
+    let column = |leg: Leg| legs.iter().position(|l| l.0 == leg);
+    let legs = legs
+        .iter()
+        .enumerate()
+        .map(|(i, (leg, ..))| {
+            let cpu = median(per_round.iter().map(|r| r[i]).collect());
+            let over = column(leg.base()).map_or(0.0, |base| {
+                median(per_round.iter().map(|r| r[i] - r[base]).collect())
+            });
+            (*leg, cpu, over)
+        })
+        .collect();
+    Ok(Overhead {
+        legs,
+        missing: not_run,
+    })
 }
 
 /// gateway with our three plugins against Envoy with the same three as wasm, both running

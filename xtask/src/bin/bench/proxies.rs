@@ -22,6 +22,8 @@ pub enum Kind {
     Gateway {
         plugins: Vec<(&'static str, Value)>,
     },
+    /// Cannot run here: why.
+    Missing(String),
 }
 
 pub struct Scenario {
@@ -49,6 +51,54 @@ impl Drop for Running {
 
 pub fn module(plugin: &str) -> PathBuf {
     paths::wasm_dir().join(format!("{}.wasm", plugin.replace('-', "_")))
+}
+
+/// The folder of our plugins built at opt-level 3 (`cargo xtask bench` builds them there with
+/// the `wasm-speed` profile), when it holds all three.
+pub fn speed_dir() -> Result<PathBuf, String> {
+    let dir = std::env::var_os("WASMGATE_WASM_SPEED_DIR")
+        .map(PathBuf::from)
+        .ok_or("WASMGATE_WASM_SPEED_DIR is not set (`cargo xtask bench` sets it)")?;
+    match plugin_configs()
+        .iter()
+        .map(|(plugin, _)| speed_module(&dir, plugin))
+        .find(|module| !module.is_file())
+    {
+        Some(missing) => Err(format!("{} is missing", missing.display())),
+        None => Ok(dir),
+    }
+}
+
+pub fn speed_module(dir: &std::path::Path, plugin: &str) -> PathBuf {
+    dir.join(format!("{}.wasm", plugin.replace('-', "_")))
+}
+
+/// The empty proxy-wasm filter (`tests/modules/empty-filter`): every callback continues.
+pub fn empty_module() -> PathBuf {
+    paths::wasm_dir().join("wasmgate_empty_filter.wasm")
+}
+
+/// Three instances of the empty filter, each with a root_id and vm_id of its own as our three
+/// plugins have, so V8 runs three VMs per worker for them as it does for ours.
+pub fn empty_filters() -> Result<Vec<WasmFilter>, String> {
+    let module = empty_module();
+    if !module.is_file() {
+        return Err(format!(
+            "{} is missing (`cargo xtask build` builds it)",
+            module.display()
+        ));
+    }
+    Ok((1..=3)
+        .map(|n| WasmFilter {
+            plugin: format!("empty-{n}"),
+            module: module.clone(),
+            config: json!({}),
+            vm_id: format!("empty-{n}"),
+            env: Vec::new(),
+            // As our plugins' filters are configured, so the two differ only in the module.
+            allow_on_headers_stop_iteration: true,
+        })
+        .collect())
 }
 
 /// Our three plugins in chain order with the settings every run uses: a size limit (10 MB)
@@ -158,6 +208,21 @@ pub fn scenarios() -> Vec<Scenario> {
             },
             note: missing.clone(),
         },
+        match empty_filters() {
+            Ok(wasm) => Scenario {
+                name: "Envoy, 3 empty proxy-wasm filters (V8)".into(),
+                kind: Kind::Envoy {
+                    native: vec![],
+                    wasm,
+                },
+                note: None,
+            },
+            Err(e) => Scenario {
+                name: "Envoy, 3 empty proxy-wasm filters (V8)".into(),
+                kind: Kind::Missing(e),
+                note: None,
+            },
+        },
         Scenario {
             name: "gateway, no plugins".into(),
             kind: Kind::Gateway { plugins: vec![] },
@@ -185,21 +250,59 @@ fn free_port() -> Result<SocketAddr, String> {
         .map_err(|e| format!("free port: {e}"))
 }
 
-pub fn pin_process(pid: u32, core: usize) {
+/// `taskset`'s CPU list for a process on `core`, or on every core when `None`. Never left to
+/// inheritance: a process inherits the affinity of the thread that starts it, and the load
+/// generator pins the bench's main thread to the client core.
+fn cpu_list(core: Option<usize>) -> String {
+    match core {
+        Some(core) => core.to_string(),
+        None => format!("0-{}", crate::cores() - 1),
+    }
+}
+
+/// Moves every thread of `pid` to `core` (every core when `None`).
+pub fn pin_process(pid: u32, core: Option<usize>) {
     let _ = Command::new("taskset")
-        .args(["-a", "-p", "-c", &core.to_string(), &pid.to_string()])
+        .args(["-a", "-p", "-c", &cpu_list(core), &pid.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
 }
 
+/// This bench process's scratch folder (declarative files, module caches); removed at its end.
+pub fn scratch_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("wasmgate-bench-{}", std::process::id()))
+}
+
 /// Writes a declarative file for the gateway (one per bench process, rewritten per run).
 fn declarative_file(declarative: &str) -> Result<PathBuf, String> {
-    let dir = std::env::temp_dir().join(format!("wasmgate-bench-{}", std::process::id()));
+    let dir = scratch_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let file = dir.join("kong.yaml");
     std::fs::write(&file, declarative).map_err(|e| format!("{}: {e}", file.display()))?;
     Ok(file)
+}
+
+/// `gateway run`'s flag for its compiled-module cache folder.
+pub const MODULE_CACHE_FLAG: &str = "--module-cache-dir";
+
+/// Whether `gateway run --help` lists [`MODULE_CACHE_FLAG`] (a flag another change may not
+/// have brought yet).
+pub fn gateway_has_module_cache() -> bool {
+    gateway_binary()
+        .ok()
+        .and_then(|binary| Command::new(binary).args(["run", "--help"]).output().ok())
+        .is_some_and(|output| String::from_utf8_lossy(&output.stdout).contains(MODULE_CACHE_FLAG))
+}
+
+/// `gateway` started in the bench's scratch folder: what it keeps relative to its working
+/// directory by default (its module cache) stays out of the caller's.
+pub fn gateway_command(binary: &std::path::Path) -> Result<Command, String> {
+    let dir = scratch_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut command = Command::new(binary);
+    command.current_dir(dir);
+    Ok(command)
 }
 
 /// `gateway validate` on a declarative file: the model's checks and every plugin's own
@@ -207,7 +310,7 @@ fn declarative_file(declarative: &str) -> Result<PathBuf, String> {
 pub fn validate_gateway(declarative: &str) -> Result<String, String> {
     let binary = gateway_binary()?;
     let file = declarative_file(declarative)?;
-    let output = Command::new(&binary)
+    let output = gateway_command(&binary)?
         .args(["validate", "--config"])
         .arg(&file)
         .output()
@@ -220,28 +323,34 @@ pub fn validate_gateway(declarative: &str) -> Result<String, String> {
     }
 }
 
-/// Starts `gateway run` on a free port with `workers` workers, pinned to `core` if given;
-/// returns when it answers, with the time that took.
+/// Starts `gateway run` on a free port with `workers` workers, pinned to `core` (every core
+/// when `None`); returns when it answers, with the time that took.
 pub fn start_gateway(
     declarative: &str,
     core: Option<usize>,
     workers: usize,
+) -> Result<(Running, Duration), String> {
+    start_gateway_with(declarative, core, workers, &[])
+}
+
+/// [`start_gateway`] with more arguments to `gateway run`.
+pub fn start_gateway_with(
+    declarative: &str,
+    core: Option<usize>,
+    workers: usize,
+    extra: &[&std::ffi::OsStr],
 ) -> Result<(Running, Duration), String> {
     let binary = gateway_binary()?;
     let file = declarative_file(declarative)?;
     let (listen, admin) = (free_port()?, free_port()?);
     let started = Instant::now();
     // taskset execs the gateway, so the PID it gets is the gateway's own.
-    let mut command = match core {
-        Some(core) => {
-            let mut taskset = Command::new("taskset");
-            taskset.args(["-c", &core.to_string()]).arg(&binary);
-            taskset
-        }
-        None => Command::new(&binary),
-    };
-    let child = command
+    let child = Command::new("taskset")
+        .current_dir(scratch_dir())
+        .args(["-c", &cpu_list(core)])
+        .arg(&binary)
         .args(["run", "--workers", &workers.to_string(), "--no-access-log"])
+        .args(extra)
         .arg("--config")
         .arg(&file)
         .args([
@@ -274,7 +383,7 @@ pub fn start_gateway(
 }
 
 /// Starts Envoy with `concurrency` workers and one listener (`native` filters, then `wasm`
-/// ones), pinned to `core` if given.
+/// ones), pinned to `core` (every core when `None`).
 pub async fn start_envoy(
     upstream: SocketAddr,
     concurrency: u32,
@@ -287,9 +396,7 @@ pub async fn start_envoy(
         .listener("bench", wasm);
     config.listeners[0].native_filters = native;
     let envoy = Envoy::start(&config).await?;
-    if let Some(core) = core {
-        pin_process(envoy.pid(), core);
-    }
+    pin_process(envoy.pid(), core);
     Ok(Running {
         addr: envoy.listener("bench"),
         pid: envoy.pid(),
@@ -325,6 +432,7 @@ impl Scenario {
                 start_gateway(&gateway_declarative(upstream, plugins), Some(core), 1)
                     .map(|(running, _)| running)
             }
+            Kind::Missing(why) => Err(why.clone()),
         }
     }
 }
@@ -488,19 +596,4 @@ pub fn plugin_count_runs(
         }
     }
     points
-}
-
-/// The gateway's cold start to its first response with the three plugins (median of 3).
-pub fn gateway_cold_start(core: usize) -> Option<Duration> {
-    let upstream = crate::upstream::start(None);
-    let (plugins, _) = available_plugins(3);
-    let mut starts: Vec<Duration> = (0..3)
-        .filter_map(|_| {
-            start_gateway(&gateway_declarative(upstream, &plugins), Some(core), 1)
-                .ok()
-                .map(|(_running, took)| took)
-        })
-        .collect();
-    starts.sort();
-    starts.get(starts.len() / 2).copied()
 }
