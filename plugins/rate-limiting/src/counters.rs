@@ -157,11 +157,70 @@ pub fn evaluate(config: &Config, stored: &Counters, now_ms: i64) -> Evaluation {
     Evaluation { usages, stop, next }
 }
 
+/// A response header's value before it is printed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum HeaderValue {
+    /// Printed as Lua's `tostring` prints a number.
+    Number(f64),
+    Integer(i64),
+}
+
+impl HeaderValue {
+    pub fn text(self) -> String {
+        match self {
+            HeaderValue::Number(n) => lua_tostring(n),
+            HeaderValue::Integer(n) => n.to_string(),
+        }
+    }
+
+    /// The text into `buf` when it fits there without allocating (an integer, which every
+    /// header of an integer limit is); `None` otherwise.
+    pub fn write(self, buf: &mut [u8; 24]) -> Option<&[u8]> {
+        let n = match self {
+            // `lua_tostring` prints -0 with its sign.
+            HeaderValue::Number(n) if n == 0.0 && n.is_sign_negative() => return None,
+            // It prints these as the integer.
+            HeaderValue::Number(n) if n.fract() == 0.0 && n.abs() < 1e14 => n as i64,
+            HeaderValue::Number(_) => return None,
+            HeaderValue::Integer(n) => n,
+        };
+        let mut at = buf.len();
+        let mut rest = n.unsigned_abs();
+        loop {
+            at -= 1;
+            *buf.get_mut(at)? = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        if n < 0 {
+            at -= 1;
+            *buf.get_mut(at)? = b'-';
+        }
+        buf.get(at..)
+    }
+}
+
 /// Kong's rate-limiting response headers for an evaluation, and the `RateLimit-Reset` value
 /// (also `Retry-After` on a rejection).
 pub fn headers(config: &Config, eval: &Evaluation, now_ms: i64) -> (Vec<(String, String)>, i64) {
-    let now = now_ms.div_euclid(1000);
     let mut out = Vec::with_capacity(2 * eval.usages.len() + 4);
+    let reset = each_header(config, eval, now_ms, &mut |name, value| {
+        out.push((name.to_owned(), value.text()))
+    });
+    (out, reset)
+}
+
+/// [`headers`], one call of `emit` per header, in order: the request path prints them
+/// without allocating. Returns the `RateLimit-Reset` value.
+pub fn each_header(
+    config: &Config,
+    eval: &Evaluation,
+    now_ms: i64,
+    emit: &mut dyn FnMut(&'static str, HeaderValue),
+) -> i64 {
+    let now = now_ms.div_euclid(1000);
     // (remaining, window length, limit, reset) of the window with the lowest remaining; ties go
     // to the longer window.
     let mut chosen: Option<(f64, i64, f64, i64)> = None;
@@ -187,16 +246,16 @@ pub fn headers(config: &Config, eval: &Evaluation, now_ms: i64) -> (Vec<(String,
             chosen = Some((remaining, window, u.limit, reset));
         }
         let (limit_name, remaining_name) = u.period.header_names();
-        out.push((limit_name.into(), lua_tostring(u.limit)));
-        out.push((remaining_name.into(), lua_tostring(remaining)));
+        emit(limit_name, HeaderValue::Number(u.limit));
+        emit(remaining_name, HeaderValue::Number(remaining));
     }
     let Some((remaining, _, limit, reset)) = chosen else {
-        return (out, 1);
+        return 1;
     };
-    out.push(("RateLimit-Limit".into(), lua_tostring(limit)));
-    out.push(("RateLimit-Remaining".into(), lua_tostring(remaining)));
-    out.push(("RateLimit-Reset".into(), reset.to_string()));
-    (out, reset)
+    emit("RateLimit-Limit", HeaderValue::Number(limit));
+    emit("RateLimit-Remaining", HeaderValue::Number(remaining));
+    emit("RateLimit-Reset", HeaderValue::Integer(reset));
+    reset
 }
 
 #[cfg(test)]
@@ -208,6 +267,46 @@ mod tests {
 
     fn ms(secs: i64, millis: i64) -> i64 {
         secs * 1000 + millis
+    }
+
+    /// The request path prints a header value into a stack buffer: the same text as
+    /// `lua_tostring`, or nothing (then it allocates the text as before).
+    #[test]
+    fn header_values_print_on_the_stack_as_lua_prints_them() {
+        let numbers = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            9.0,
+            10.0,
+            999_999_999.0,
+            1e13,
+            99_999_999_999_999.0,
+            1e14,
+            -5e13,
+            0.5,
+            2.25,
+            1e300,
+            f64::INFINITY,
+            f64::NAN,
+            f64::MIN_POSITIVE,
+        ];
+        let mut stacked = 0;
+        for n in numbers {
+            let value = HeaderValue::Number(n);
+            let mut buf = [0; 24];
+            if let Some(bytes) = value.write(&mut buf) {
+                assert_eq!(bytes, value.text().as_bytes(), "{n}");
+                stacked += 1;
+            }
+        }
+        assert_eq!(stacked, 9);
+        for n in [0, 1, -1, 59, 31_536_000, i64::MAX, i64::MIN] {
+            let value = HeaderValue::Integer(n);
+            let mut buf = [0; 24];
+            assert_eq!(value.write(&mut buf), Some(value.text().as_bytes()), "{n}");
+        }
     }
 
     fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {

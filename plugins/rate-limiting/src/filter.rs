@@ -13,11 +13,13 @@ use kit::host::{self, Level, Map};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
+use crate::counters::HeaderValue;
 use crate::limiter::{Decision, Need, RequestInfo};
 use crate::siphash::SipKey;
 use crate::store::{hash_key, MAX_ATTEMPTS};
 use crate::{
-    Config, Limiter, SetError, Store, Verdict, EVICTIONS_METRIC, PLUGIN_NAME, UNCOUNTED_METRIC,
+    Config, Limiter, Period, SetError, Store, Verdict, EVICTIONS_METRIC, PLUGIN_NAME,
+    UNCOUNTED_METRIC,
 };
 
 proxy_wasm::main! {{
@@ -53,6 +55,83 @@ fn request_header(name: &str) -> Option<Vec<u8>> {
     host::header(Map::RequestHeaders, name.as_bytes())
         .ok()
         .flatten()
+}
+
+/// What Kong's error body needs from the request: read only when it is refused.
+fn reply_to() -> (Option<Vec<u8>>, Vec<u8>) {
+    (
+        request_header("accept"),
+        host::property(b"request\0id").unwrap_or_default(),
+    )
+}
+
+/// The most headers an allowed request's response gets: two per period, whose limits are
+/// distinct, and the three `RateLimit-*`.
+const MAX_HEADERS: usize = 2 * Period::ALL.len() + 3;
+
+/// A header value as printed at the request headers.
+enum Printed {
+    /// An integer, in the buffer's last `len` bytes.
+    Inline { buf: [u8; 24], len: u8 },
+    /// Anything else, as `lua_tostring` prints it.
+    Text(String),
+}
+
+impl Printed {
+    fn new(value: HeaderValue) -> Printed {
+        let mut buf = [0; 24];
+        match value.write(&mut buf).map(<[u8]>::len) {
+            Some(len) => Printed::Inline {
+                buf,
+                len: len as u8,
+            },
+            None => Printed::Text(value.text()),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Printed::Inline { buf, len } => {
+                buf.get(buf.len() - usize::from(*len)..).unwrap_or_default()
+            }
+            Printed::Text(text) => text.as_bytes(),
+        }
+    }
+}
+
+/// The headers for the upstream's response, printed at the request headers without
+/// allocating, in order.
+struct ResponseHeaders {
+    slots: [Option<(&'static str, Printed)>; MAX_HEADERS],
+    len: usize,
+}
+
+impl ResponseHeaders {
+    fn new() -> ResponseHeaders {
+        ResponseHeaders {
+            slots: [const { None }; MAX_HEADERS],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, name: &'static str, value: HeaderValue) {
+        if let Some(slot) = self.slots.get_mut(self.len) {
+            *slot = Some((name, Printed::new(value)));
+            self.len += 1;
+        }
+    }
+}
+
+/// `request` with what Kong's error body needs.
+fn with_reply<'a>(
+    request: &RequestInfo<'a>,
+    (accept, request_id): &'a (Option<Vec<u8>>, Vec<u8>),
+) -> RequestInfo<'a> {
+    RequestInfo {
+        accept: accept.as_deref(),
+        request_id,
+        ..*request
+    }
 }
 
 /// 128 bits from WASI's `random_get`.
@@ -189,7 +268,7 @@ impl RootContext for RateLimitRoot {
         Some(Box::new(RateLimitFilter {
             limiter: self.limiter.clone(),
             metrics: self.metrics,
-            headers: Vec::new(),
+            headers: ResponseHeaders::new(),
             rejected: false,
         }))
     }
@@ -203,7 +282,7 @@ struct RateLimitFilter {
     limiter: Option<Rc<Limiter>>,
     metrics: Metrics,
     /// Added to the upstream's response.
-    headers: Vec<(String, String)>,
+    headers: ResponseHeaders,
     rejected: bool,
 }
 
@@ -214,7 +293,6 @@ impl HttpContext for RateLimitFilter {
         let Some(limiter) = self.limiter.clone() else {
             return Action::Continue;
         };
-        let source = host::property(b"source\0address");
         let (mut cluster, mut header_value, mut path) = (None, None, None);
         match limiter.needs() {
             Need::Nothing => {}
@@ -232,37 +310,44 @@ impl HttpContext for RateLimitFilter {
             }
             Need::Path => path = request_header(":path"),
         }
-        let accept = request_header("accept");
-        let request_id = host::property(b"request\0id").unwrap_or_default();
-        let request = RequestInfo {
-            source_address: source.as_deref(),
+        let mut request = RequestInfo {
             cluster: cluster.as_deref(),
             header: header_value.as_deref(),
             path: path.as_deref(),
-            accept: accept.as_deref(),
-            request_id: &request_id,
+            ..RequestInfo::default()
         };
+        let source = if limiter.needs_address(&request) {
+            host::property(b"source\0address")
+        } else {
+            None
+        };
+        request.source_address = source.as_deref();
         let decision = match (now_ms(), process_hash_key()) {
             (Err(status), _) => limiter.store_failed(
                 &format!("reading the clock: host status {status}"),
-                &request,
+                &with_reply(&request, &reply_to()),
             ),
-            (_, Err(problem)) => limiter.store_failed(&problem, &request),
+            (_, Err(problem)) => limiter.store_failed(&problem, &with_reply(&request, &reply_to())),
             (Ok(first), Ok(key)) => {
                 let mut last = first;
                 let mut clock = || {
                     last = now_ms().unwrap_or(last);
                     last
                 };
-                limiter.decide(&HostStore, &key, &request, &mut clock)
+                let headers = &mut self.headers;
+                limiter.decide_with(
+                    &HostStore,
+                    &key,
+                    &request,
+                    &mut clock,
+                    &mut reply_to,
+                    &mut |name, value| headers.push(name, value),
+                )
             }
         };
         report(&decision, &limiter, self.metrics);
         match decision.verdict {
-            Verdict::Allow { headers } => {
-                self.headers = headers;
-                Action::Continue
-            }
+            Verdict::Allow { .. } => Action::Continue,
             Verdict::Reject { response } => {
                 self.rejected = true;
                 host::send(&response);
@@ -274,9 +359,10 @@ impl HttpContext for RateLimitFilter {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // The rejection (our own local reply passes through here too) already carries them.
         if !self.rejected {
-            for (name, value) in std::mem::take(&mut self.headers) {
+            let headers = std::mem::replace(&mut self.headers, ResponseHeaders::new());
+            for (name, value) in headers.slots.iter().flatten() {
                 if let Err(status) =
-                    host::replace_header(Map::ResponseHeaders, name.as_bytes(), value.as_bytes())
+                    host::replace_header(Map::ResponseHeaders, name.as_bytes(), value.bytes())
                 {
                     host::log(
                         Level::Warn,

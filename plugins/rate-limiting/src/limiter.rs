@@ -7,7 +7,7 @@
 use kit::{kong_error, LocalResponse};
 
 use crate::config::{Config, LimitBy};
-use crate::counters::{headers, Evaluation};
+use crate::counters::{each_header, headers, Evaluation, HeaderValue};
 use crate::siphash::{siphash128, SipKey};
 use crate::store::{check_and_count, Counted, Store};
 
@@ -133,7 +133,19 @@ impl Limiter {
     /// `path` is Kong's normalised path (`kong.request.get_path()`) compared with
     /// `config.path` as configured.
     pub fn identifier<'a>(&'a self, request: &RequestInfo<'a>) -> (Source, &'a [u8]) {
-        let chosen = match self.config.limit_by {
+        self.entity(request)
+            .unwrap_or_else(|| (Source::Ip, client_ip(request.source_address.unwrap_or(b""))))
+    }
+
+    /// Whether the identifier of `request` (read as [`Limiter::needs`] says) is the client
+    /// IP: only then does the adapter read the peer address.
+    pub fn needs_address(&self, request: &RequestInfo<'_>) -> bool {
+        self.entity(request).is_none()
+    }
+
+    /// The configured entity's identifier, when the request has one.
+    fn entity<'a>(&'a self, request: &RequestInfo<'a>) -> Option<(Source, &'a [u8])> {
+        match self.config.limit_by {
             LimitBy::Service => request.cluster.map(|c| (Source::Service, c)),
             LimitBy::Header => request.header.map(|h| (Source::Header, h)),
             LimitBy::Path => request
@@ -144,8 +156,7 @@ impl Limiter {
                 })
                 .map(|(_, configured)| (Source::Path, configured.as_bytes())),
             LimitBy::Consumer | LimitBy::Credential | LimitBy::Ip => None,
-        };
-        chosen.unwrap_or_else(|| (Source::Ip, client_ip(request.source_address.unwrap_or(b""))))
+        }
     }
 
     /// Decides one request at the time `now_ms()` gives (Unix milliseconds). `hash_key` is the
@@ -157,6 +168,39 @@ impl Limiter {
         request: &RequestInfo<'_>,
         now_ms: &mut dyn FnMut() -> i64,
     ) -> Decision {
+        let mut headers = Vec::new();
+        let mut decision = self.decide_with(
+            store,
+            hash_key,
+            request,
+            now_ms,
+            &mut || {
+                (
+                    request.accept.map(<[u8]>::to_vec),
+                    request.request_id.to_vec(),
+                )
+            },
+            &mut |name, value| headers.push((name.to_owned(), value.text())),
+        );
+        if let Verdict::Allow { headers: allowed } = &mut decision.verdict {
+            *allowed = headers;
+        }
+        decision
+    }
+
+    /// [`Limiter::decide`] for the request path: an allowed request's headers go to
+    /// `allowed` one by one, unprinted (its verdict holds none), and `reply` gives the
+    /// client's Accept and the request id, which Kong's error body needs, only when the
+    /// request is refused (`request.accept` and `request.request_id` are not read).
+    pub fn decide_with(
+        &self,
+        store: &dyn Store,
+        hash_key: &SipKey,
+        request: &RequestInfo<'_>,
+        now_ms: &mut dyn FnMut() -> i64,
+        reply: &mut dyn FnMut() -> (Option<Vec<u8>>, Vec<u8>),
+        allowed: &mut dyn FnMut(&'static str, HeaderValue),
+    ) -> Decision {
         let (source, identifier) = self.identifier(request);
         let owner = siphash128(hash_key, &[&[source.code()], identifier]);
         let mut at = 0;
@@ -167,26 +211,40 @@ impl Limiter {
         match check_and_count(store, &self.config, &self.scope, owner, &mut clock) {
             Counted::Decided { eval, evicted } => Decision {
                 evicted,
-                ..self.respond(&eval, at, request)
+                ..self.respond(&eval, at, reply, allowed)
             },
             Counted::Uncounted(eval) => Decision {
                 uncounted: true,
-                ..self.respond(&eval, at, request)
+                ..self.respond(&eval, at, reply, allowed)
             },
-            Counted::Failed(problem) => self.store_failed(&problem, request),
+            Counted::Failed(problem) => self.failed(&problem, reply),
         }
     }
 
     /// Kong's answer when the counters cannot be had: the request passes when
     /// `fault_tolerant` (without headers), else 500. Logged either way.
     pub fn store_failed(&self, problem: &str, request: &RequestInfo<'_>) -> Decision {
+        self.failed(problem, &mut || {
+            (
+                request.accept.map(<[u8]>::to_vec),
+                request.request_id.to_vec(),
+            )
+        })
+    }
+
+    fn failed(
+        &self,
+        problem: &str,
+        reply: &mut dyn FnMut() -> (Option<Vec<u8>>, Vec<u8>),
+    ) -> Decision {
         let verdict = if self.config.fault_tolerant {
             Verdict::Allow {
                 headers: Vec::new(),
             }
         } else {
+            let (accept, request_id) = reply();
             Verdict::Reject {
-                response: kong_error(500, UNEXPECTED_ERROR, request.accept, request.request_id),
+                response: kong_error(500, UNEXPECTED_ERROR, accept.as_deref(), &request_id),
             }
         };
         Decision {
@@ -195,33 +253,41 @@ impl Limiter {
         }
     }
 
-    fn respond(&self, eval: &Evaluation, now_ms: i64, request: &RequestInfo<'_>) -> Decision {
+    fn respond(
+        &self,
+        eval: &Evaluation,
+        now_ms: i64,
+        reply: &mut dyn FnMut() -> (Option<Vec<u8>>, Vec<u8>),
+        allowed: &mut dyn FnMut(&'static str, HeaderValue),
+    ) -> Decision {
         let config = &self.config;
+        if eval.stop.is_none() {
+            if !config.hide_client_headers {
+                each_header(config, eval, now_ms, allowed);
+            }
+            return Decision::of(Verdict::Allow {
+                headers: Vec::new(),
+            });
+        }
         let (mut headers, reset) = if config.hide_client_headers {
             (Vec::new(), 0)
         } else {
             headers(config, eval, now_ms)
         };
-        if eval.stop.is_none() {
-            return Decision::of(Verdict::Allow { headers });
-        }
         if !config.hide_client_headers {
             headers.push(("Retry-After".into(), reset.to_string()));
         }
+        let (accept, request_id) = reply();
+        let accept = accept.as_deref();
         // Kong sets the headers before `kong.response.error`, which refuses a status outside
         // 400-599; its runloop then answers 500 and the headers stay.
         let (mut response, error) = match config.rejection_status() {
             Some(status) => (
-                kong_error(
-                    status,
-                    &config.error_message,
-                    request.accept,
-                    request.request_id,
-                ),
+                kong_error(status, &config.error_message, accept, &request_id),
                 None,
             ),
             None => (
-                kong_error(500, UNEXPECTED_ERROR, request.accept, request.request_id),
+                kong_error(500, UNEXPECTED_ERROR, accept, &request_id),
                 Some("code must be a number between 400 and 599".to_owned()),
             ),
         };
@@ -353,6 +419,101 @@ mod tests {
         let l = limiter(r#"{"second":1,"limit_by":"header","header_name":"x-team"}"#);
         assert_eq!(l.identifier(&bare), (Source::Ip, &b"10.0.0.9"[..]));
         assert_eq!(l.needs(), Need::Header);
+    }
+
+    /// The adapter reads the peer address only when `needs_address` says so: otherwise the
+    /// identifier is the same without it.
+    #[test]
+    fn the_address_is_read_only_when_the_identifier_falls_back_to_it() {
+        let configs = [
+            r#"{"second":1}"#,
+            r#"{"second":1,"limit_by":"service"}"#,
+            r#"{"second":1,"limit_by":"header","header_name":"x-team"}"#,
+            r#"{"second":1,"limit_by":"path","path":"/v1/items"}"#,
+        ];
+        let mut skipped = 0;
+        for json in configs {
+            let l = limiter(json);
+            for cluster in [None, Some(b"backend".as_slice())] {
+                for header in [None, Some(b"team-a".as_slice())] {
+                    for path in [
+                        None,
+                        Some(b"/v1/items?a".as_slice()),
+                        Some(b"/v2".as_slice()),
+                    ] {
+                        let without = RequestInfo {
+                            cluster,
+                            header,
+                            path,
+                            ..RequestInfo::default()
+                        };
+                        let with = RequestInfo {
+                            source_address: Some(b"10.0.0.9:4000"),
+                            ..without
+                        };
+                        if l.needs_address(&without) {
+                            assert_eq!(l.identifier(&with).0, Source::Ip, "{json}");
+                        } else {
+                            assert_eq!(l.identifier(&with), l.identifier(&without), "{json}");
+                            skipped += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(skipped, 6 + 6 + 4);
+    }
+
+    /// The request path's `decide_with` answers as `decide`: the same headers, emitted
+    /// instead of held, and Accept and the request id asked for only by a refusal.
+    #[test]
+    fn deciding_with_emitted_headers_and_a_late_reply_answers_as_decide() {
+        for json in [
+            r#"{"second":2,"minute":3,"limit_by":"service"}"#,
+            r#"{"second":2.5,"window_type":"sliding"}"#,
+            r#"{"second":2,"hide_client_headers":true}"#,
+            r#"{"second":1,"error_code":200}"#,
+        ] {
+            let l = limiter(json);
+            let (held, emitting) = (MemoryStore::default(), MemoryStore::default());
+            let request = RequestInfo {
+                cluster: Some(b"backend"),
+                accept: Some(b"text/plain"),
+                ..peer(b"10.0.0.9:1")
+            };
+            let mut replies = 0;
+            for n in 0..5 {
+                let now = T0_MS + n * 300;
+                let expected = decide(&l, &held, &request, now);
+                let mut emitted = Vec::new();
+                let got = l.decide_with(
+                    &emitting,
+                    &KEY,
+                    &RequestInfo {
+                        accept: None,
+                        request_id: b"",
+                        ..request
+                    },
+                    &mut || now,
+                    &mut || {
+                        replies += 1;
+                        (Some(b"text/plain".to_vec()), b"rl-1".to_vec())
+                    },
+                    &mut |name, value| emitted.push((name.to_owned(), value.text())),
+                );
+                match (&expected.verdict, &got.verdict) {
+                    (Verdict::Allow { headers }, Verdict::Allow { headers: none }) => {
+                        assert!(none.is_empty());
+                        assert_eq!(&emitted, headers, "{json} {n}");
+                    }
+                    _ => {
+                        assert!(emitted.is_empty());
+                        assert_eq!(got, expected, "{json} {n}");
+                    }
+                }
+            }
+            assert!(replies > 0 && replies < 5, "{json}: {replies}");
+        }
     }
 
     /// Review #1: every identifier source and Accept are bytes; nothing a client sends can

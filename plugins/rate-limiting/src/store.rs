@@ -265,10 +265,21 @@ impl Table {
     /// whole hash tells identifiers apart within it).
     pub fn key(&self, scope: &[u8], owner: u128) -> Vec<u8> {
         let index = ((owner >> 64) as u64) % self.buckets;
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut rest = index;
+        while let Some(slot) = at.checked_sub(1).and_then(|i| digits.get_mut(i)) {
+            *slot = b'0' + (rest % 10) as u8;
+            at -= 1;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
         let mut key = Vec::with_capacity(scope.len() + 21);
         key.extend_from_slice(scope);
         key.push(b'|');
-        key.extend_from_slice(index.to_string().as_bytes());
+        key.extend_from_slice(digits.get(at..).unwrap_or_default());
         key
     }
 }
