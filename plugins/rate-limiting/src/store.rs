@@ -264,10 +264,35 @@ impl Table {
     /// The bucket key of an identifier's owner hash (its high half picks the bucket; the
     /// whole hash tells identifiers apart within it).
     pub fn key(&self, scope: &[u8], owner: u128) -> Vec<u8> {
-        let index = ((owner >> 64) as u64) % self.buckets;
+        let (digits, at) = self.index(owner);
+        let digits = digits.get(at..).unwrap_or_default();
+        let mut key = Vec::with_capacity(scope.len() + 1 + digits.len());
+        key.extend_from_slice(scope);
+        key.push(b'|');
+        key.extend_from_slice(digits);
+        key
+    }
+
+    /// [`Table::key`] written into `buf`, when it fits there: the request path builds it
+    /// on the stack.
+    pub fn key_in<'b>(&self, scope: &[u8], owner: u128, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        let (digits, at) = self.index(owner);
+        let digits = digits.get(at..)?;
+        let len = scope.len() + 1 + digits.len();
+        let out = buf.get_mut(..len)?;
+        let (head, tail) = out.split_at_mut(scope.len());
+        head.copy_from_slice(scope);
+        let (bar, rest) = tail.split_first_mut()?;
+        *bar = b'|';
+        rest.copy_from_slice(digits);
+        Some(out)
+    }
+
+    /// The bucket's index in decimal: the digits from `.1` on.
+    fn index(&self, owner: u128) -> ([u8; 20], usize) {
+        let mut rest = ((owner >> 64) as u64) % self.buckets;
         let mut digits = [0u8; 20];
         let mut at = digits.len();
-        let mut rest = index;
         while let Some(slot) = at.checked_sub(1).and_then(|i| digits.get_mut(i)) {
             *slot = b'0' + (rest % 10) as u8;
             at -= 1;
@@ -276,13 +301,13 @@ impl Table {
                 break;
             }
         }
-        let mut key = Vec::with_capacity(scope.len() + 21);
-        key.extend_from_slice(scope);
-        key.push(b'|');
-        key.extend_from_slice(digits.get(at..).unwrap_or_default());
-        key
+        (digits, at)
     }
 }
+
+/// Bucket keys up to this long are built on the stack (a plugin instance named by a Kong id
+/// has a 50-byte scope).
+const STACK_KEY: usize = 128;
 
 /// The outcome of counting one request.
 #[derive(Clone, Debug, PartialEq)]
@@ -311,12 +336,20 @@ pub fn check_and_count(
     now_ms: &mut dyn FnMut() -> i64,
 ) -> Counted {
     let table = Table::new(config.max_identifiers);
-    let key = table.key(scope, owner);
+    let mut stack = [0u8; STACK_KEY];
+    let heap;
+    let key = match table.key_in(scope, owner, &mut stack) {
+        Some(key) => key,
+        None => {
+            heap = table.key(scope, owner);
+            heap.as_slice()
+        }
+    };
     // Creation was refused while the key stayed missing: the host checks the CAS of new keys.
     let mut create_refused = false;
     let mut last = None;
     for _ in 0..MAX_ATTEMPTS {
-        let (mut bucket, cas, creating) = match store.get(&key) {
+        let (mut bucket, cas, creating) = match store.get(key) {
             Ok(Some((bytes, cas))) => (Bucket::decode(&bytes), cas, false),
             Ok(None) => {
                 let cas = if create_refused { 0 } else { CREATE_CAS };
@@ -325,7 +358,7 @@ pub fn check_and_count(
             Err(status) => {
                 return Counted::Failed(format!(
                     "reading \"{}\": host status {status}",
-                    describe(&key)
+                    describe(key)
                 ));
             }
         };
@@ -341,7 +374,7 @@ pub fn check_and_count(
             return Counted::Decided { eval, evicted: 0 };
         }
         let evicted = bucket.count(config, table.capacity, owner, eval.next.clone(), now);
-        match store.set(&key, &bucket.encode(), cas) {
+        match store.set(key, &bucket.encode(), cas) {
             Ok(()) => return Counted::Decided { eval, evicted },
             Err(SetError::CasMismatch) => {
                 create_refused |= creating;
@@ -350,14 +383,14 @@ pub fn check_and_count(
             Err(SetError::Failed(status)) => {
                 return Counted::Failed(format!(
                     "writing \"{}\": host status {status}",
-                    describe(&key)
+                    describe(key)
                 ));
             }
         }
     }
     match last {
         Some(eval) => Counted::Uncounted(eval),
-        None => Counted::Failed(format!("\"{}\": no attempt made", describe(&key))),
+        None => Counted::Failed(format!("\"{}\": no attempt made", describe(key))),
     }
 }
 
@@ -1052,6 +1085,26 @@ mod tests {
             Table::new(10_000).key(b"rate-limiting|\xff", 1_251u128 << 64),
             b"rate-limiting|\xff|1"
         );
+    }
+
+    /// The request path's key on the stack is `Table::key`'s, or none when it does not fit.
+    #[test]
+    fn keys_built_on_the_stack_are_the_same_keys() {
+        let long = [b'x'; STACK_KEY];
+        for (max, owner) in [
+            (8, 5u128 << 64),
+            (10_000, u128::MAX),
+            (1_000_000, 123_456u128 << 64),
+        ] {
+            let table = Table::new(max);
+            for scope in [&b"rate-limiting|rl"[..], b"", &long[..STACK_KEY - 8]] {
+                let mut buf = [0; STACK_KEY];
+                let key = table.key(scope, owner);
+                assert_eq!(table.key_in(scope, owner, &mut buf), Some(key.as_slice()));
+            }
+            let mut buf = [0; STACK_KEY];
+            assert_eq!(table.key_in(&long, owner, &mut buf), None);
+        }
     }
 
     /// The first worker VM draws the key and publishes it; every other one reads it.
