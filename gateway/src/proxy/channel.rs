@@ -32,6 +32,11 @@ impl FrameSender {
         self.tx.send(item).await
     }
 
+    /// Whether a send would wait: every slot holds a frame the reader has not taken.
+    pub fn is_full(&self) -> bool {
+        self.tx.capacity() == 0
+    }
+
     /// Breaks the body off: its reader gets an error after the frames already sent.
     pub fn abort(self) {
         self.aborted.store(true, Ordering::Release);

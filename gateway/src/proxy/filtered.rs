@@ -36,6 +36,10 @@ use crate::Snapshot;
 /// Frames in flight per direction before the sender waits.
 const CHANNEL_FRAMES: usize = 16;
 
+/// The longest answer of known length that is read through the filters before its head
+/// leaves (see `forward`).
+const SHORT_RESPONSE_BYTES: u64 = 64 << 10;
+
 type Head = (Headers, bool);
 type Chain = Rc<RefCell<HttpStream>>;
 
@@ -643,6 +647,11 @@ where
     }
 }
 
+/// Whether the client's body channel has no room left.
+fn client_full(taps: &RefCell<Taps>) -> bool {
+    taps.borrow().client.as_ref().is_some_and(FrameSender::is_full)
+}
+
 /// A filter reset the stream (or it ended) before its answer.
 fn stream_reset() -> ProxyError {
     ProxyError::BadGateway("the stream was reset".into())
@@ -964,21 +973,38 @@ pub async fn forward(
         Some(vec![(":status", response_parts.status.as_str().to_owned())]),
     );
     let end_of_stream = http_body::Body::is_end_stream(&response_body);
+    let short = http_body::Body::size_hint(&response_body)
+        .exact()
+        .is_some_and(|length| length <= SHORT_RESPONSE_BYTES);
     chain
         .borrow_mut()
         .response_headers(response_headers, end_of_stream);
     deliver(worker, &stream).await;
     if !end_of_stream {
-        let response_pump = pump(
+        let mut response_pump = Box::pin(pump(
             Rc::clone(worker),
             Rc::clone(&stream),
             response_body,
             Side::Response,
             response_parts.version == http::Version::HTTP_2,
-        );
-        tokio::task::spawn_local(async move {
-            response_pump.await;
-        });
+        ));
+        // A short answer of known length is read through the filters before its head goes
+        // to the client, so head and body leave in one write (hyper flushes the head alone
+        // when the body has nothing yet; Envoy's codec coalesces them within an event loop
+        // iteration). It stops waiting once the client's channel is full: only the client
+        // empties it.
+        let whole = short
+            && std::future::poll_fn(|cx| match std::future::Future::poll(response_pump.as_mut(), cx) {
+                std::task::Poll::Ready(_) => std::task::Poll::Ready(true),
+                std::task::Poll::Pending if client_full(&taps) => std::task::Poll::Ready(false),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            })
+            .await;
+        if !whole {
+            tokio::task::spawn_local(async move {
+                response_pump.await;
+            });
+        }
     }
     let head = tokio::select! {
         head = &mut response_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the response".into()))?,
