@@ -72,7 +72,7 @@ pub struct HostState {
     pub abi: AbiVersion,
     pub memory: Option<Memory>,
     /// `proxy_on_memory_allocate` or `malloc`.
-    pub alloc: Option<TypedFunc<u32, u32>>,
+    pub alloc: Option<std::sync::Arc<TypedFunc<u32, u32>>>,
     pub root_context: u32,
     /// Stream contexts alive in this VM.
     pub streams: HashMap<u32, StreamContext>,

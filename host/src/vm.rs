@@ -74,13 +74,15 @@ fn classify(callback: &'static str, e: wasmtime::Error) -> Failure {
     }
 }
 
-type F1 = TypedFunc<u32, ()>;
-type F2 = TypedFunc<(u32, u32), ()>;
-type F3 = TypedFunc<(u32, u32, u32), ()>;
-type B1 = TypedFunc<u32, u32>;
-type B2 = TypedFunc<(u32, u32), u32>;
-type B3 = TypedFunc<(u32, u32, u32), u32>;
-type F5 = TypedFunc<(u32, u32, u32, u32, u32), ()>;
+// Shared, not cloned, per call: cloning a `TypedFunc` clones its registered type, which
+// costs reference counts in the engine's type registry (taken and dropped twice per call).
+type F1 = Arc<TypedFunc<u32, ()>>;
+type F2 = Arc<TypedFunc<(u32, u32), ()>>;
+type F3 = Arc<TypedFunc<(u32, u32, u32), ()>>;
+type B1 = Arc<TypedFunc<u32, u32>>;
+type B2 = Arc<TypedFunc<(u32, u32), u32>>;
+type B3 = Arc<TypedFunc<(u32, u32, u32), u32>>;
+type F5 = Arc<TypedFunc<(u32, u32, u32, u32, u32), ()>>;
 
 struct Exports {
     on_context_create: Option<F2>,
@@ -249,10 +251,12 @@ impl Vm {
             None => export::<u32, u32>(&instance, &mut store, "malloc").map_err(&start_err)?,
         };
         store.data_mut().memory = memory;
-        store.data_mut().alloc = alloc;
+        store.data_mut().alloc = alloc.map(Arc::new);
         macro_rules! ex {
             ($name:literal) => {
-                export(&instance, &mut store, $name).map_err(&start_err)?
+                export(&instance, &mut store, $name)
+                    .map_err(&start_err)?
+                    .map(Arc::new)
             };
         }
         let ex = Exports {
