@@ -1748,3 +1748,45 @@ async fn a_request_body_that_stops_coming_gets_408_at_the_client_body_timeout() 
         );
     }
 }
+
+/// A short answer of known length is read through the filters before its head leaves (one
+/// write for both); one that arrives a byte at a time becomes more frames than the client's
+/// channel holds, and must still reach the client whole rather than wait for a reader that
+/// only starts once the head is out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_answer_trickled_byte_by_byte_reaches_the_client_whole() {
+    for path in ProxyPath::ALL {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_addr = upstream.local_addr().unwrap();
+        let body: Vec<u8> = (0..64u8).map(|i| b'a' + i % 26).collect();
+        let sent = body.clone();
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = upstream.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", sent.len());
+            let _ = s.write_all(head.as_bytes()).await;
+            for byte in sent {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if s.write_all(&[byte]).await.is_err() {
+                    return;
+                }
+            }
+            let _ = s.read(&mut buf).await;
+        });
+        let gateway = start(&path.config(&format!(
+            "_format_version: \"3.0\"\nservices: [{{name: s, url: \"http://{upstream_addr}\", routes: [{{name: r, paths: [/]}}]}}]\n"
+        )));
+        let response = tokio::time::timeout(
+            Duration::from_secs(20),
+            send(gateway.addr(), Protocol::Http1, &Request::get("/")),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path:?}: no answer in 20 s"))
+        .unwrap();
+        assert_eq!(response.status, 200, "{path:?}");
+        assert_eq!(response.body, body, "{path:?}");
+    }
+}

@@ -46,6 +46,7 @@ impl FrameSender {
 pub struct ChannelBody {
     rx: mpsc::Receiver<Item>,
     aborted: Arc<AtomicBool>,
+    flushed_before_break: bool,
     on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
@@ -61,6 +62,7 @@ pub fn channel(capacity: usize) -> (FrameSender, ChannelBody) {
         ChannelBody {
             rx,
             aborted,
+            flushed_before_break: false,
             on_drop: None,
         },
     )
@@ -79,9 +81,18 @@ impl Body for ChannelBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         match self.rx.poll_recv(cx) {
-            // Every sender is gone: the flag is final.
+            // Every sender is gone: the flag is final. The reader is told "not yet" once
+            // first, which makes hyper flush what it holds: the head and the frames sent
+            // before the break reach the peer even when all of them were written at once
+            // (hyper drops unflushed bytes when a body fails).
             Poll::Ready(None) if self.aborted.load(Ordering::Acquire) => {
-                Poll::Ready(Some(Err("the body was broken off".into())))
+                if self.flushed_before_break {
+                    Poll::Ready(Some(Err("the body was broken off".into())))
+                } else {
+                    self.flushed_before_break = true;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
             }
             other => other,
         }
