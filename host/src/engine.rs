@@ -90,6 +90,11 @@ impl Engine {
         wc.epoch_interruption(true);
         wc.consume_fuel(config.fuel);
         wc.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // `perf` names the guest's functions (from the module's name section) in its reports
+        // through /tmp/perf-<pid>.map (docs/BENCHMARKS.md, "Where the time goes").
+        if std::env::var_os("WASMGATE_PERFMAP").is_some() {
+            wc.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if config.pooling {
             // wasmtime's defaults (one table of at most 20,000 elements) refuse modules that
             // Envoy loads: some toolchains (Go, .NET, AssemblyScript) make larger tables, and
