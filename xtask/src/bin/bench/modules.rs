@@ -117,15 +117,6 @@ pub fn cold_start(core: usize) -> ColdStart {
     let start = |extra: &[&std::ffi::OsStr]| {
         proxies::start_gateway_with(&declarative, Some(core), 1, extra)
     };
-    if !proxies::gateway_has_module_cache() {
-        // Without a cache every start compiles: the cold figure is all there is.
-        return ColdStart {
-            cold: start(&[]).map(|(_running, took)| took),
-            warm: Err(format!(
-                "not measured (flag missing: `gateway run {MODULE_CACHE_FLAG}`)"
-            )),
-        };
-    }
     // Not there yet: the gateway creates it as it wants it (private to its user).
     let cache = proxies::scratch_dir().join("cold-start-cache");
     let _ = std::fs::remove_dir_all(&cache);

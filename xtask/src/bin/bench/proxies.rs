@@ -286,15 +286,6 @@ fn declarative_file(declarative: &str) -> Result<PathBuf, String> {
 /// `gateway run`'s flag for its compiled-module cache folder.
 pub const MODULE_CACHE_FLAG: &str = "--module-cache-dir";
 
-/// Whether `gateway run --help` lists [`MODULE_CACHE_FLAG`] (a flag another change may not
-/// have brought yet).
-pub fn gateway_has_module_cache() -> bool {
-    gateway_binary()
-        .ok()
-        .and_then(|binary| Command::new(binary).args(["run", "--help"]).output().ok())
-        .is_some_and(|output| String::from_utf8_lossy(&output.stdout).contains(MODULE_CACHE_FLAG))
-}
-
 /// `gateway` started in the bench's scratch folder: what it keeps relative to its working
 /// directory by default (its module cache) stays out of the caller's.
 pub fn gateway_command(binary: &std::path::Path) -> Result<Command, String> {
