@@ -73,11 +73,11 @@ fn test(args: &[String]) -> Result<(), String> {
     wasm::status(&mut cargo)
 }
 
-/// Builds the modules (also at opt-level 3, which the bench compares with the shipped ones) and
+/// Builds the modules (also at opt-level "z", which the bench compares with the shipped ones) and
 /// the native binaries (release), and runs the benchmark driver.
 fn bench(args: &[String]) -> Result<(), String> {
     let modules = wasm::build()?;
-    let speed_modules = wasm::build_speed()?;
+    let small_modules = wasm::build_small()?;
     let envoy = envoy::ensure()?;
     wasm::status(wasm::cargo().args([
         "build",
@@ -96,7 +96,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     driver
         .args(args)
         .env("WASMGATE_WASM_DIR", &modules)
-        .env("WASMGATE_WASM_SPEED_DIR", &speed_modules)
+        .env("WASMGATE_WASM_SMALL_DIR", &small_modules)
         .env("WASMGATE_ENVOY", &envoy)
         .env("WASMGATE_GATEWAY", bin.join("gateway"));
     wasm::status(&mut driver)

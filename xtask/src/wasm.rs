@@ -83,13 +83,13 @@ pub fn build() -> Result<PathBuf, String> {
     build_profile("wasm", &modules)
 }
 
-/// Builds the plugins (no test module) in the `wasm-speed` profile, the `wasm` profile at
-/// opt-level 3, for the bench's comparison with the size-tuned modules; returns their folder
-/// (`target/wasm32-wasip1/wasm-speed`, apart from the shipped modules).
-pub fn build_speed() -> Result<PathBuf, String> {
+/// Builds the plugins (no test module) in the `wasm-small` profile, the `wasm` profile at
+/// opt-level "z", for the bench's comparison with the shipped (opt-level 3) modules; returns
+/// their folder (`target/wasm32-wasip1/wasm-small`, apart from the shipped modules).
+pub fn build_small() -> Result<PathBuf, String> {
     let plugins = plugins()?;
     let modules: Vec<&str> = plugins.iter().map(String::as_str).collect();
-    build_profile("wasm-speed", &modules)
+    build_profile("wasm-small", &modules)
 }
 
 /// Builds `modules` in `profile`; returns the folder with their `.wasm` files.

@@ -16,8 +16,8 @@ use crate::proxies::{self, module, plugin_configs, MODULE_CACHE_FLAG};
 pub struct ModuleFigures {
     pub plugin: &'static str,
     pub size_bytes: u64,
-    /// The same plugin built at opt-level 3 (`wasm-speed`), when built.
-    pub speed_size_bytes: Option<u64>,
+    /// The same plugin built at opt-level "z" (`wasm-small`), when built.
+    pub small_size_bytes: Option<u64>,
     /// Median compile time.
     pub compile: Duration,
     /// Median time to a ready instance.
@@ -36,7 +36,7 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 /// Measures every built plugin; a plugin whose module fails to load is named in `Err`.
 pub fn measure() -> Vec<Result<ModuleFigures, String>> {
-    let speed_dir = proxies::speed_dir().ok();
+    let small_dir = proxies::small_dir().ok();
     // The gateway's engine configuration: pooling allocator, epoch interruption, no cache.
     let engine = match Engine::new(EngineConfig::default()) {
         Ok(engine) => engine,
@@ -88,9 +88,9 @@ pub fn measure() -> Vec<Result<ModuleFigures, String>> {
             Ok(ModuleFigures {
                 plugin,
                 size_bytes: bytes.len() as u64,
-                speed_size_bytes: speed_dir
+                small_size_bytes: small_dir
                     .as_deref()
-                    .and_then(|dir| std::fs::metadata(proxies::speed_module(dir, plugin)).ok())
+                    .and_then(|dir| std::fs::metadata(proxies::small_module(dir, plugin)).ok())
                     .map(|m| m.len()),
                 compile: median(compiles),
                 instantiate: median(instances),

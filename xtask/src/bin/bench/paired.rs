@@ -29,8 +29,8 @@ pub enum Leg {
     EnvoyEmpty,
     GatewayPlain,
     GatewayOurs,
-    /// The same gateway build with our plugins compiled at opt-level 3 (`wasm-speed`).
-    GatewaySpeed,
+    /// The same gateway build with our plugins compiled at opt-level "z" (`wasm-small`).
+    GatewaySmall,
 }
 
 impl Leg {
@@ -41,7 +41,7 @@ impl Leg {
         Leg::EnvoyEmpty,
         Leg::GatewayPlain,
         Leg::GatewayOurs,
-        Leg::GatewaySpeed,
+        Leg::GatewaySmall,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,8 +52,8 @@ impl Leg {
             Leg::EnvoyEmpty => "Envoy, 3 empty proxy-wasm filters (V8)",
             Leg::GatewayPlain => "gateway, route without plugins",
             Leg::GatewayOurs => "gateway, route with our 3 plugins",
-            Leg::GatewaySpeed => {
-                "gateway, route with our 3 plugins built at opt-level 3 (a second gateway)"
+            Leg::GatewaySmall => {
+                "gateway, route with our 3 plugins built at opt-level \"z\" (a second gateway)"
             }
         }
     }
@@ -62,7 +62,7 @@ impl Leg {
     pub fn base(self) -> Leg {
         match self {
             Leg::EnvoyNone | Leg::EnvoyNative | Leg::EnvoyOurs | Leg::EnvoyEmpty => Leg::EnvoyNone,
-            Leg::GatewayPlain | Leg::GatewayOurs | Leg::GatewaySpeed => Leg::GatewayPlain,
+            Leg::GatewayPlain | Leg::GatewayOurs | Leg::GatewaySmall => Leg::GatewayPlain,
         }
     }
 }
@@ -70,7 +70,7 @@ impl Leg {
 /// CPU per request of each data plane with and without filters: one Envoy
 /// (`--concurrency 1`) with a listener each for no filter, Envoy's native filters, our wasm
 /// plugins and three empty wasm filters; one gateway (`--workers 1`) with a route without
-/// plugins and one with them; and a second gateway whose plugins are the opt-level 3 build.
+/// plugins and one with them; and a second gateway whose plugins are the opt-level "z" build.
 /// All loaded in turn.
 #[derive(Debug)]
 pub struct Overhead {
@@ -138,14 +138,14 @@ pub fn overhead(
     proxies::pin_process(envoy.pid(), Some(core));
     let declarative = two_routes(upstream, &plugins);
     let (gateway, _) = proxies::start_gateway(&declarative, Some(core), 1)?;
-    let speed = proxies::speed_dir().and_then(|dir| {
+    let small = proxies::small_dir().and_then(|dir| {
         let args = [std::ffi::OsStr::new("--modules-dir"), dir.as_os_str()];
         proxies::start_gateway_with(&declarative, Some(core), 1, &args)
     });
-    let speed = match speed {
+    let small = match small {
         Ok((running, _)) => Some(running),
         Err(e) => {
-            not_run.push((Leg::GatewaySpeed, e));
+            not_run.push((Leg::GatewaySmall, e));
             None
         }
     };
@@ -165,9 +165,9 @@ pub fn overhead(
                 }
                 Leg::GatewayPlain => (gateway.pid, gateway.addr, "/plain"),
                 Leg::GatewayOurs => (gateway.pid, gateway.addr, "/plugins"),
-                Leg::GatewaySpeed => {
-                    let speed = speed.as_ref()?;
-                    (speed.pid, speed.addr, "/plugins")
+                Leg::GatewaySmall => {
+                    let small = small.as_ref()?;
+                    (small.pid, small.addr, "/plugins")
                 }
             };
             Some((leg, pid, addr, Workload::get(path)))

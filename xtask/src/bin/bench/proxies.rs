@@ -53,15 +53,15 @@ pub fn module(plugin: &str) -> PathBuf {
     paths::wasm_dir().join(format!("{}.wasm", plugin.replace('-', "_")))
 }
 
-/// The folder of our plugins built at opt-level 3 (`cargo xtask bench` builds them there with
-/// the `wasm-speed` profile), when it holds all three.
-pub fn speed_dir() -> Result<PathBuf, String> {
-    let dir = std::env::var_os("WASMGATE_WASM_SPEED_DIR")
+/// The folder of our plugins built at opt-level "z" (`cargo xtask bench` builds them there with
+/// the `wasm-small` profile), when it holds all three.
+pub fn small_dir() -> Result<PathBuf, String> {
+    let dir = std::env::var_os("WASMGATE_WASM_SMALL_DIR")
         .map(PathBuf::from)
-        .ok_or("WASMGATE_WASM_SPEED_DIR is not set (`cargo xtask bench` sets it)")?;
+        .ok_or("WASMGATE_WASM_SMALL_DIR is not set (`cargo xtask bench` sets it)")?;
     match plugin_configs()
         .iter()
-        .map(|(plugin, _)| speed_module(&dir, plugin))
+        .map(|(plugin, _)| small_module(&dir, plugin))
         .find(|module| !module.is_file())
     {
         Some(missing) => Err(format!("{} is missing", missing.display())),
@@ -69,7 +69,7 @@ pub fn speed_dir() -> Result<PathBuf, String> {
     }
 }
 
-pub fn speed_module(dir: &std::path::Path, plugin: &str) -> PathBuf {
+pub fn small_module(dir: &std::path::Path, plugin: &str) -> PathBuf {
     dir.join(format!("{}.wasm", plugin.replace('-', "_")))
 }
 

@@ -393,7 +393,7 @@ fn head_to_head(out: &mut String, report: &Report<'_>) {
                  continue, each with its own root_id and vm_id as ours have: what three filters cost \
                  in V8 before they do anything), one gateway (`--workers 1`) with a route without \
                  plugins and a route with our three, and a second gateway like it whose plugins are \
-                 built at opt-level 3 (its overhead is counted from the first gateway's route \
+                 built at opt-level \"z\" (its overhead is counted from the first gateway's route \
                  without plugins: the same binary); closed loop at 16 connections on each in turn; \
                  CPU per request from the sum of the process's threads' schedstat.\n\n\
                  | leg | CPU µs/req | over the same data plane without filters |\n| --- | ---: | ---: |\n",
@@ -543,49 +543,49 @@ fn workers(out: &mut String, report: &Report<'_>) {
     out.push('\n');
 }
 
-/// Our plugins at opt-level "z" (shipped) and 3: sizes, and the gateway's CPU per request with
+/// Our plugins at opt-level 3 (shipped) and "z": sizes, and the gateway's CPU per request with
 /// each from the overhead runs.
 fn opt_levels(out: &mut String, report: &Report<'_>) {
-    out.push_str("### Guest code: opt-level \"z\" (shipped) vs 3\n\n");
+    out.push_str("### Guest code: opt-level 3 (shipped) vs \"z\"\n\n");
     out.push_str(
-        "Our three plugins built with the `wasm` profile (opt-level \"z\", what `cargo xtask build` \
-         ships) and with `wasm-speed` (the same profile at opt-level 3, built by the bench into \
-         `target/wasm32-wasip1/wasm-speed`). CPU per request: the two gateways of the overhead \
-         runs above, side by side in the same rounds.\n\n\
-         | | opt-level \"z\" | opt-level 3 | 3 / z |\n| --- | ---: | ---: | ---: |\n",
+        "Our three plugins built with the `wasm` profile (opt-level 3, what `cargo xtask build` \
+         ships) and with `wasm-small` (the same profile at opt-level \"z\", built by the bench \
+         into `target/wasm32-wasip1/wasm-small`). CPU per request: the two gateways of the \
+         overhead runs above, side by side in the same rounds.\n\n\
+         | | opt-level 3 | opt-level \"z\" | z / 3 |\n| --- | ---: | ---: | ---: |\n",
     );
     for m in report.modules.iter().flatten() {
-        let speed = m.speed_size_bytes;
+        let small = m.small_size_bytes;
         let _ = writeln!(
             out,
             "| {} size | {:.1} KiB | {} | {} |",
             m.plugin,
             m.size_bytes as f64 / 1024.0,
-            speed.map_or("not built".into(), |b| format!(
+            small.map_or("not built".into(), |b| format!(
                 "{:.1} KiB",
                 b as f64 / 1024.0
             )),
-            speed.map_or("–".into(), |b| ratio(b as f64, m.size_bytes as f64))
+            small.map_or("–".into(), |b| ratio(b as f64, m.size_bytes as f64))
         );
     }
     match &report.overhead {
         Ok(o) => {
             let pair = |leg| o.cpu(leg).zip(o.over(leg));
-            match (pair(Leg::GatewayOurs), pair(Leg::GatewaySpeed)) {
-                (Some((z_cpu, z_over)), Some((speed_cpu, speed_over))) => {
+            match (pair(Leg::GatewayOurs), pair(Leg::GatewaySmall)) {
+                (Some((cpu, over)), Some((small_cpu, small_over))) => {
                     let _ = writeln!(
                         out,
-                        "| gateway CPU µs/req, route with the 3 plugins | {z_cpu:.1} | {speed_cpu:.1} | {} |\n\
-                         | … of which over the route without plugins | {z_over:+.1} | {speed_over:+.1} | {} |",
-                        ratio(speed_cpu, z_cpu),
-                        ratio(speed_over, z_over)
+                        "| gateway CPU µs/req, route with the 3 plugins | {cpu:.1} | {small_cpu:.1} | {} |\n\
+                         | … of which over the route without plugins | {over:+.1} | {small_over:+.1} | {} |",
+                        ratio(small_cpu, cpu),
+                        ratio(small_over, over)
                     );
                 }
                 _ => {
                     let _ = writeln!(
                         out,
                         "| gateway CPU µs/req | not measured: {} | | |",
-                        o.missing(Leg::GatewaySpeed).unwrap_or("a leg did not run")
+                        o.missing(Leg::GatewaySmall).unwrap_or("a leg did not run")
                     );
                 }
             }
