@@ -505,7 +505,9 @@ fn secrets_come_only_from_env_allow_and_each_request_is_logged() {
     let (status, head) = get(listen, "/logged?x=1").unwrap();
     // The access log is written by its own thread, within milliseconds, not before the
     // answer: its line is awaited (not raced by the kill), as a reader tailing it would.
-    wait_for("the access log line for /logged", || stdout.contain("\"/logged"));
+    wait_for("the access log line for /logged", || {
+        stdout.contain("\"/logged")
+    });
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(status, 200);

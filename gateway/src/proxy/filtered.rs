@@ -649,7 +649,10 @@ where
 
 /// Whether the client's body channel has no room left.
 fn client_full(taps: &RefCell<Taps>) -> bool {
-    taps.borrow().client.as_ref().is_some_and(FrameSender::is_full)
+    taps.borrow()
+        .client
+        .as_ref()
+        .is_some_and(FrameSender::is_full)
 }
 
 /// A filter reset the stream (or it ended) before its answer.
@@ -994,10 +997,12 @@ pub async fn forward(
         // iteration). It stops waiting once the client's channel is full: only the client
         // empties it.
         let whole = short
-            && std::future::poll_fn(|cx| match std::future::Future::poll(response_pump.as_mut(), cx) {
-                std::task::Poll::Ready(_) => std::task::Poll::Ready(true),
-                std::task::Poll::Pending if client_full(&taps) => std::task::Poll::Ready(false),
-                std::task::Poll::Pending => std::task::Poll::Pending,
+            && std::future::poll_fn(|cx| {
+                match std::future::Future::poll(response_pump.as_mut(), cx) {
+                    std::task::Poll::Ready(_) => std::task::Poll::Ready(true),
+                    std::task::Poll::Pending if client_full(&taps) => std::task::Poll::Ready(false),
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                }
             })
             .await;
         if !whole {
