@@ -302,6 +302,35 @@ fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// `gateway run` with one worker and no access log on `file` (and `extra` flags), on ports
+/// the kernel picks: the child, its stderr lines and the address it listens on.
+fn run_one_worker(
+    file: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+) -> (std::process::Child, Lines, SocketAddr) {
+    let mut child = Command::new(GATEWAY)
+        .args(["run", "--workers", "1", "--no-access-log", "--config"])
+        .arg(file)
+        .args(["--listen", ANY_PORT, "--admin-listen", ANY_PORT])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Lines::collect(child.stderr.take().unwrap());
+    let listen = listen_address(&stderr);
+    (child, stderr, listen)
+}
+
+/// Asks the gateway to stop gracefully.
+fn sigterm(child: &std::process::Child) {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+}
+
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !check() {
@@ -391,11 +420,7 @@ fn run_reloads_on_sighup_and_file_change_and_exits_on_sigterm() {
         get(listen, "/three").is_some_and(|(s, _)| s == 200)
     });
 
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    sigterm(&child);
     assert!(exits_within_10_s(&mut child).success());
     assert!(
         stdout.all().is_empty(),
@@ -420,16 +445,7 @@ fn sigterm_finishes_the_request_in_flight_before_exiting() {
     let dir = tempfile::tempdir().unwrap();
     let (up, heads, release) = head_echo();
     let file = write(&dir, "kong.yaml", &config("/", up));
-    let mut child = Command::new(GATEWAY)
-        .args(["run", "--workers", "1", "--no-access-log", "--config"])
-        .arg(&file)
-        .args(["--listen", ANY_PORT, "--admin-listen", ANY_PORT])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = Lines::collect(child.stderr.take().unwrap());
-    let listen = listen_address(&stderr);
+    let (mut child, stderr, listen) = run_one_worker(&file, &[]);
     wait_for("the gateway to listen", || {
         get(listen, "/ready").is_some_and(|(s, _)| s == 200)
     });
@@ -437,11 +453,7 @@ fn sigterm_finishes_the_request_in_flight_before_exiting() {
     let in_flight = std::thread::spawn(move || get(listen, "/hold"));
     // The request is in flight once the upstream has its head.
     assert!(heads.recv().unwrap().starts_with("GET /hold "));
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    sigterm(&child);
     wait_for("the drain to start", || {
         stderr.contain("draining in-flight requests")
     });
@@ -592,11 +604,7 @@ fn out_of_file_descriptors_the_gateway_backs_off_instead_of_spinning() {
     wait_for("the gateway to serve again", || {
         get(listen, "/").is_some_and(|(s, _)| s == 200)
     });
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    sigterm(&child);
     assert!(exits_within_10_s(&mut child).success());
 }
 
@@ -684,26 +692,12 @@ fn inode(path: &std::path::Path) -> u64 {
 /// `gateway run` on `file` with `cache` as its module cache, until its first proxied 200;
 /// then SIGTERM. Returns what it wrote to stderr.
 fn serve_once(file: &std::path::Path, cache: &std::path::Path) -> Vec<String> {
-    let mut child = Command::new(GATEWAY)
-        .args(["run", "--workers", "1", "--no-access-log", "--config"])
-        .arg(file)
-        .args(["--listen", ANY_PORT, "--admin-listen", ANY_PORT])
-        .arg("--module-cache-dir")
-        .arg(cache)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = Lines::collect(child.stderr.take().unwrap());
-    let listen = listen_address(&stderr);
+    let (mut child, stderr, listen) =
+        run_one_worker(file, &["--module-cache-dir".as_ref(), cache.as_os_str()]);
     wait_for("a proxied answer", || {
         get(listen, "/").is_some_and(|(s, body)| s == 200 && body == "hello")
     });
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    sigterm(&child);
     assert!(exits_within_10_s(&mut child).success());
     stderr.all()
 }

@@ -290,6 +290,17 @@ mod tests {
         found
     }
 
+    /// Compiles `wasm` with a fresh engine caching in `dir`: what its `f7` answers, and the one
+    /// entry that left in `dir`.
+    fn compiled_once(dir: &std::path::Path, wasm: &[u8]) -> (i32, PathBuf) {
+        let engine = cached(dir, false);
+        let answer = f7(&engine, &engine.compile(wasm).expect("compiles"));
+        let [entry] = &entries(dir)[..] else {
+            panic!("{:?}", entries(dir));
+        };
+        (answer, entry.clone())
+    }
+
     fn inode(path: &std::path::Path) -> u64 {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(path).expect("metadata").ino()
@@ -309,11 +320,7 @@ mod tests {
     fn the_next_engine_loads_the_entry_and_other_settings_have_their_own() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let wasm = large_wasm();
-        let first = cached(dir.path(), false);
-        let expected = f7(&first, &first.compile(&wasm).expect("compiles"));
-        let [entry] = &entries(dir.path())[..] else {
-            panic!("{:?}", entries(dir.path()));
-        };
+        let (expected, ref entry) = compiled_once(dir.path(), &wasm);
         let written = inode(entry);
         let second = cached(dir.path(), false);
         assert_eq!(
@@ -336,11 +343,7 @@ mod tests {
     fn an_altered_entry_is_compiled_again_and_rewritten_not_run() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let wasm = large_wasm();
-        let first = cached(dir.path(), false);
-        let expected = f7(&first, &first.compile(&wasm).expect("compiles"));
-        let [entry] = &entries(dir.path())[..] else {
-            panic!("{:?}", entries(dir.path()));
-        };
+        let (expected, ref entry) = compiled_once(dir.path(), &wasm);
         let good = std::fs::read(entry).expect("the entry");
         let mut flipped = good.clone();
         flipped[good.len() / 2] ^= 0x01;
@@ -365,10 +368,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("a temp dir");
         let wasm = large_wasm();
-        cached(dir.path(), false).compile(&wasm).expect("compiles");
-        let [entry] = &entries(dir.path())[..] else {
-            panic!("{:?}", entries(dir.path()));
-        };
+        let (_, ref entry) = compiled_once(dir.path(), &wasm);
         let mode = |path: &std::path::Path| {
             std::fs::metadata(path)
                 .expect("metadata")
