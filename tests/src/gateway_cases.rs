@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cases::{run_step, Case, CaseFile};
+use crate::cases::{run_step, Case, CaseFile, ModuleSpec};
 use crate::client::Protocol;
 
 /// The header that selects a case's route.
@@ -36,7 +36,7 @@ fn route_name(i: usize, protocol: Protocol) -> String {
 /// The declarative configuration of a group of cases: a service and route per case and
 /// protocol, the plugin attached to that route.
 fn declarative(
-    file: &CaseFile,
+    module: &ModuleSpec,
     routes: &[(usize, &Case, Protocol)],
     upstream: std::net::SocketAddr,
 ) -> String {
@@ -50,7 +50,8 @@ fn declarative(
                 "headers": {CASE_HEADER: [name]},
                 "strip_path": false,
                 "preserve_host": true,
-                "plugins": [{"name": file.plugin, "config": case.config}],
+                // Kong's config as the user writes it: the gateway adds the data planes' defaults.
+                "plugins": [{"name": module.plugin_name, "config": case.config.clone().unwrap_or_else(|| json!({}))}],
             });
             let mut routes = vec![plugin_route];
             if case.paths.is_some() {
@@ -77,6 +78,10 @@ type CaseGroup<'a> = Vec<(usize, &'a Case)>;
 
 /// Runs every case of `file` in gateway and in Envoy, side by side; returns every failure.
 pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
+    let module = match crate::cases::module_of(file) {
+        Ok(module) => module,
+        Err(e) => return vec![e],
+    };
     let mut failures = Vec::new();
     let echo = match crate::EchoUpstream::start().await {
         Ok(echo) => echo,
@@ -90,7 +95,7 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
     for (i, case) in file.cases.iter().enumerate() {
         if let Some(expected) = case.config_error() {
             // One route, so the error lists each of the case's fields once.
-            let text = declarative(file, &[(i, case, Protocol::Http1)], echo.addr());
+            let text = declarative(&module, &[(i, case, Protocol::Http1)], echo.addr());
             let refusals = [
                 (
                     "gateway",
@@ -129,7 +134,7 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
             .iter()
             .flat_map(|(i, case)| case.protocols().into_iter().map(move |p| (*i, *case, p)))
             .collect();
-        let text = declarative(file, &routes, echo.addr());
+        let text = declarative(&module, &routes, echo.addr());
         let gateway = match gateway::Gateway::start(options(&env), &text) {
             Ok(gateway) => gateway,
             Err(e) => {
@@ -157,7 +162,7 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
         for (i, case) in &cases {
             for protocol in case.protocols() {
                 let name = route_name(*i, protocol);
-                crate::cases::clear_of_a_window_boundary(file).await;
+                crate::cases::clear_of_a_window_boundary(&module).await;
                 for (n, step) in case.steps().iter().enumerate() {
                     let mut request = step.request.to_request();
                     request.headers.push((CASE_HEADER.into(), name.clone()));

@@ -6,9 +6,7 @@
 //! against a real Envoy; the in-process host runs the very same files.
 
 pub mod cases;
-pub mod client;
 pub mod control_plane;
-pub mod echo;
 pub mod envoy;
 pub mod gateway;
 pub mod gateway_cases;
@@ -21,6 +19,8 @@ pub mod process;
 pub mod seed;
 pub mod websocket;
 pub mod windows;
+
+pub use modtest::{client, echo};
 
 pub use client::{Protocol, Request, RequestBody, Response};
 pub use echo::{EchoReport, EchoUpstream};

@@ -104,7 +104,7 @@ pub struct Response {
 impl Response {
     /// The echo upstream's report of what reached it; panics, with the response, when the
     /// answer is not one (a local reply, another upstream).
-    pub fn echo_report(&self) -> crate::EchoReport {
+    pub fn echo_report(&self) -> crate::echo::EchoReport {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "not an echo report ({e}): {} {}",
