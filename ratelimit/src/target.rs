@@ -1,0 +1,262 @@
+//! Which Redis a `rate-limiting` plugin with `policy: redis` counts in, read from its Kong
+//! `config`, and the name of the gRPC cluster its module calls for it.
+//!
+//! The module derives the same cluster name from the same fields (the plugin crate's
+//! `config::RedisConfig::cluster_name`; a test here checks they agree), so a data plane only
+//! has to serve each distinct Redis under its name: `gateway` in-process, Envoy through a
+//! cluster `gateway envoy-bootstrap` adds.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Kong's defaults (`kong/tools/redis/schema.lua`).
+pub const DEFAULT_PORT: u16 = 6379;
+pub const DEFAULT_TIMEOUT_MS: u32 = 2_000;
+
+/// Every cluster name starts so (a name the data plane serves itself, never a Kong service).
+pub const CLUSTER_PREFIX: &str = "wasmgate_ratelimit_";
+
+/// One Redis, as a plugin's `config.redis` (or the legacy `config.redis_*`) names it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    pub host: String,
+    pub port: u16,
+    pub database: i64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ssl: bool,
+    pub ssl_verify: bool,
+    pub server_name: Option<String>,
+    /// Kong's `timeout`: connecting, sending and reading, in milliseconds.
+    pub timeout_ms: u32,
+}
+
+// The password never reaches a log line.
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("ssl", &self.ssl)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+impl RedisTarget {
+    /// A Redis on `host:port`, database 0, without credentials.
+    pub fn new(host: &str, port: u16) -> RedisTarget {
+        RedisTarget {
+            host: host.to_owned(),
+            port,
+            database: 0,
+            username: None,
+            password: None,
+            ssl: false,
+            ssl_verify: false,
+            server_name: None,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.timeout_ms.max(1)))
+    }
+
+    /// The Redis of a rate-limiting `config` whose policy is `redis`; `None` for any other
+    /// policy or without a host. The config is one the module accepted (the data plane checks
+    /// every config with the module first): fields of the wrong type read as absent. A legacy
+    /// `redis_<field>` that is set wins over `redis.<field>`, as Kong's shorthand fields do.
+    pub fn from_kong_config(config: &Value) -> Option<RedisTarget> {
+        if config.get("policy").and_then(Value::as_str) != Some("redis") {
+            return None;
+        }
+        let field = |name: &str| -> Option<&Value> {
+            config
+                .get(format!("redis_{name}"))
+                .filter(|v| !v.is_null())
+                .or_else(|| config.get("redis").and_then(|r| r.get(name)))
+                .filter(|v| !v.is_null())
+        };
+        let string = |name: &str| field(name).and_then(Value::as_str).map(str::to_owned);
+        let boolean = |name: &str| field(name).and_then(Value::as_bool).unwrap_or(false);
+        Some(RedisTarget {
+            host: string("host")?,
+            port: field("port")
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(DEFAULT_PORT),
+            database: field("database").and_then(Value::as_i64).unwrap_or(0),
+            username: string("username"),
+            password: string("password"),
+            ssl: boolean("ssl"),
+            ssl_verify: boolean("ssl_verify"),
+            server_name: string("server_name"),
+            timeout_ms: field("timeout")
+                .and_then(Value::as_u64)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(DEFAULT_TIMEOUT_MS),
+        })
+    }
+
+    /// The gRPC cluster the module calls for this Redis: [`CLUSTER_PREFIX`] and 16 hex digits
+    /// of FNV-1a over what identifies the connection. The password and the timeout are not
+    /// part of it (a name is visible in Envoy's stats): two plugins on one Redis share one
+    /// service, which `gateway` refuses to start when their passwords differ.
+    pub fn cluster_name(&self) -> String {
+        cluster_name(
+            &self.host,
+            self.port,
+            self.database,
+            self.username.as_deref(),
+            self.ssl,
+            self.ssl_verify,
+            self.server_name.as_deref(),
+        )
+    }
+
+    /// Whether two targets are served by one service: the same cluster and password.
+    pub fn same_service(&self, other: &RedisTarget) -> bool {
+        self.cluster_name() == other.cluster_name() && self.password == other.password
+    }
+}
+
+/// See [`RedisTarget::cluster_name`]; the module computes it from its own parsed config.
+pub fn cluster_name(
+    host: &str,
+    port: u16,
+    database: i64,
+    username: Option<&str>,
+    ssl: bool,
+    ssl_verify: bool,
+    server_name: Option<&str>,
+) -> String {
+    let port = port.to_string();
+    let database = database.to_string();
+    let parts: [&[u8]; 7] = [
+        host.as_bytes(),
+        port.as_bytes(),
+        database.as_bytes(),
+        username.unwrap_or("").as_bytes(),
+        if ssl { b"1" } else { b"0" },
+        if ssl_verify { b"1" } else { b"0" },
+        server_name.unwrap_or("").as_bytes(),
+    ];
+    // The parts joined by NUL bytes (no field holds one: Kong refuses them in hosts and names).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |b: u8| {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    };
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            feed(0);
+        }
+        part.iter().for_each(|&b| feed(b));
+    }
+    format!("{CLUSTER_PREFIX}{hash:016x}")
+}
+
+/// Every distinct Redis the rate-limiting plugins of a Kong configuration name, from their
+/// `config`s; an error names the first two plugins that name one Redis with different
+/// passwords.
+pub fn targets<'a>(
+    configs: impl IntoIterator<Item = &'a Value>,
+) -> Result<Vec<RedisTarget>, String> {
+    let mut out: Vec<RedisTarget> = Vec::new();
+    for config in configs {
+        let Some(target) = RedisTarget::from_kong_config(config) else {
+            continue;
+        };
+        match out
+            .iter()
+            .find(|t| t.cluster_name() == target.cluster_name())
+        {
+            Some(known) if known.password != target.password => {
+                return Err(format!(
+                    "config.redis.password: two rate-limiting plugins use redis {}:{} (database \
+                     {}) with different passwords; one Redis is one rate-limit service",
+                    target.host, target.port, target.database
+                ));
+            }
+            Some(_) => {}
+            None => out.push(target),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kong_fields_and_legacy_fields_name_the_redis() {
+        let t = RedisTarget::from_kong_config(&json!({
+            "policy": "redis", "second": 5,
+            "redis": {"host": "cache", "port": 6380, "database": 2, "password": "p",
+                      "username": null, "timeout": 150, "ssl": false}
+        }))
+        .unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.database, t.timeout_ms),
+            ("cache", 6380, 2, 150)
+        );
+        assert_eq!(t.password.as_deref(), Some("p"));
+        assert_eq!(t.username, None);
+        // Kong's export: every legacy field with its default, the record's host null.
+        let legacy = RedisTarget::from_kong_config(&json!({
+            "policy": "redis", "redis_host": "old", "redis_port": 6379,
+            "redis": {"host": null, "port": 6379, "timeout": 2000}
+        }))
+        .unwrap();
+        assert_eq!((legacy.host.as_str(), legacy.port), ("old", 6379));
+        assert_eq!(
+            RedisTarget::from_kong_config(&json!({"policy": "local", "redis": {"host": "x"}})),
+            None
+        );
+        assert_eq!(
+            RedisTarget::from_kong_config(&json!({"policy": "redis"})),
+            None
+        );
+        assert!(!format!("{t:?}").contains("\"p\""));
+    }
+
+    #[test]
+    fn cluster_names_depend_on_the_connection_but_not_the_password() {
+        let a = RedisTarget::new("cache", 6379);
+        let mut b = a.clone();
+        b.password = Some("secret".into());
+        b.timeout_ms = 10;
+        assert_eq!(a.cluster_name(), b.cluster_name());
+        assert!(!a.same_service(&b));
+        for change in [
+            |t: &mut RedisTarget| t.port = 6380,
+            |t: &mut RedisTarget| t.database = 1,
+            |t: &mut RedisTarget| t.host = "cache2".into(),
+            |t: &mut RedisTarget| t.username = Some("u".into()),
+        ] {
+            let mut c = a.clone();
+            change(&mut c);
+            assert_ne!(a.cluster_name(), c.cluster_name());
+        }
+        assert!(a.cluster_name().starts_with(CLUSTER_PREFIX));
+        assert_eq!(a.cluster_name().len(), CLUSTER_PREFIX.len() + 16);
+    }
+
+    #[test]
+    fn one_redis_with_two_passwords_is_refused() {
+        let one = json!({"policy": "redis", "redis": {"host": "c", "password": "a"}});
+        let two = json!({"policy": "redis", "redis": {"host": "c", "password": "b"}});
+        let other = json!({"policy": "redis", "redis": {"host": "d"}});
+        assert_eq!(targets([&one, &one, &other]).unwrap().len(), 2);
+        let error = targets([&one, &two]).unwrap_err();
+        assert!(error.starts_with("config.redis.password: "), "{error}");
+    }
+}
