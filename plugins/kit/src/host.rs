@@ -38,6 +38,8 @@ pub enum Map {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Buffer {
     RequestBody = 0,
+    /// A gRPC call's answer, in its response callback.
+    GrpcReceive = 5,
     PluginConfiguration = 7,
 }
 
@@ -130,6 +132,7 @@ mod sys {
             return_id: *mut u32,
         ) -> u32;
         pub fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+        pub fn proxy_continue_stream(stream_type: u32) -> u32;
     }
 
     #[link(wasm_import_module = "wasi_snapshot_preview1")]
@@ -236,6 +239,13 @@ pub fn replace_header(map: Map, name: &[u8], value: &[u8]) -> Result<(), u32> {
 pub fn remove_header(map: Map, name: &[u8]) -> Result<(), u32> {
     // SAFETY: the pointers are valid for the call.
     status(unsafe { sys::proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
+}
+
+/// Resumes the request a filter paused (`proxy_continue_stream`); the host refuses, for one,
+/// a stream that has already ended.
+pub fn continue_request() -> Result<(), u32> {
+    // SAFETY: no pointers; 0 is the request stream.
+    status(unsafe { sys::proxy_continue_stream(0) })
 }
 
 /// Up to `max_size` bytes of the buffer from `start`; `None` when there is no such buffer.

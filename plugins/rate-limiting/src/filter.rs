@@ -8,13 +8,15 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Duration;
 
-use kit::host::{self, Level, Map};
+use kit::host::{self, Buffer, Level, Map};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::counters::HeaderValue;
 use crate::limiter::{Decision, Need, RequestInfo};
+use crate::remote;
 use crate::siphash::SipKey;
 use crate::store::{hash_key, MAX_ATTEMPTS};
 use crate::{
@@ -25,7 +27,7 @@ use crate::{
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(RateLimitRoot { limiter: None, metrics: Metrics::default() })
+        Box::new(RateLimitRoot { limiter: None, service: None, metrics: Metrics::default() })
     });
 }}
 
@@ -243,6 +245,8 @@ fn report(decision: &Decision, limiter: &Limiter, metrics: Metrics) {
 
 struct RateLimitRoot {
     limiter: Option<Rc<Limiter>>,
+    /// `policy: redis`: the rate-limit service's cluster and the deadline of a call.
+    service: Option<(Rc<str>, Duration)>,
     metrics: Metrics,
 }
 
@@ -256,6 +260,12 @@ impl RootContext for RateLimitRoot {
                 // (Envoy's `name` of the Wasm plugin; our translation derives it from the Kong
                 // plugin's id or name). Instances sharing a vm_id and a name share counters.
                 let name = host::property(b"plugin_name").unwrap_or_default();
+                self.service = config.redis.as_ref().map(|redis| {
+                    (
+                        Rc::from(redis.cluster_name()),
+                        Duration::from_millis(u64::from(redis.timeout_ms.max(1))),
+                    )
+                });
                 self.limiter = Some(Rc::new(Limiter::new(config, &name)));
                 self.metrics = Metrics::define();
                 true
@@ -267,6 +277,8 @@ impl RootContext for RateLimitRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(RateLimitFilter {
             limiter: self.limiter.clone(),
+            service: self.service.clone(),
+            pending: None,
             metrics: self.metrics,
             headers: ResponseHeaders::new(),
             rejected: false,
@@ -280,13 +292,102 @@ impl RootContext for RateLimitRoot {
 
 struct RateLimitFilter {
     limiter: Option<Rc<Limiter>>,
+    service: Option<(Rc<str>, Duration)>,
+    /// The token of the call to the rate-limit service the request waits for.
+    pending: Option<u32>,
     metrics: Metrics,
     /// Added to the upstream's response.
     headers: ResponseHeaders,
     rejected: bool,
 }
 
-impl Context for RateLimitFilter {}
+impl RateLimitFilter {
+    /// Reports a decision and applies it: `Continue`, or `Pause` after answering the request.
+    fn conclude(&mut self, decision: Decision, limiter: &Limiter) -> Action {
+        report(&decision, limiter, self.metrics);
+        match decision.verdict {
+            Verdict::Allow { .. } => Action::Continue,
+            Verdict::Reject { response } => {
+                self.rejected = true;
+                host::send(&response);
+                Action::Pause
+            }
+        }
+    }
+
+    /// `policy: redis`: asks the rate-limit service and holds the request until it answers.
+    fn ask_service(
+        &mut self,
+        limiter: &Limiter,
+        (cluster, timeout): (Rc<str>, Duration),
+        request: &RequestInfo<'_>,
+    ) -> Action {
+        let message = limiter.remote_request(request);
+        match self.dispatch_grpc_call(
+            &cluster,
+            remote::SERVICE,
+            remote::METHOD,
+            Vec::new(),
+            Some(&message),
+            timeout,
+        ) {
+            Ok(token) => {
+                self.pending = Some(token);
+                Action::Pause
+            }
+            Err(status) => {
+                let decision = limiter.store_failed(
+                    &format!("calling the rate-limit service (cluster {cluster}): {status:?}"),
+                    &with_reply(request, &reply_to()),
+                );
+                self.conclude(decision, limiter)
+            }
+        }
+    }
+}
+
+impl Context for RateLimitFilter {
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        if self.pending != Some(token) {
+            return;
+        }
+        self.pending = None;
+        let Some(limiter) = self.limiter.clone() else {
+            return;
+        };
+        let failed = |problem: String| {
+            limiter.store_failed(&problem, &with_reply(&RequestInfo::default(), &reply_to()))
+        };
+        let decision = match (status, now_ms()) {
+            (0, Ok(now)) => match host::buffer(Buffer::GrpcReceive, 0, size) {
+                Ok(answer) => {
+                    let headers = &mut self.headers;
+                    limiter.decide_remote(
+                        &answer.unwrap_or_default(),
+                        now,
+                        &mut reply_to,
+                        &mut |name, value| headers.push(name, value),
+                    )
+                }
+                Err(status) => failed(format!(
+                    "reading the rate-limit service's answer: host status {status}"
+                )),
+            },
+            (0, Err(status)) => failed(format!("reading the clock: host status {status}")),
+            (status, _) => failed(format!(
+                "the rate-limit service failed: gRPC status {status}"
+            )),
+        };
+        if self.conclude(decision, &limiter) == Action::Continue {
+            if let Err(status) = host::continue_request() {
+                host::log(
+                    Level::Warn,
+                    &format!("resuming the request: host status {status}"),
+                );
+            }
+        }
+    }
+}
 
 impl HttpContext for RateLimitFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -322,6 +423,9 @@ impl HttpContext for RateLimitFilter {
             None
         };
         request.source_address = source.as_deref();
+        if let Some(service) = self.service.clone() {
+            return self.ask_service(&limiter, service, &request);
+        }
         let decision = match (now_ms(), process_hash_key()) {
             (Err(status), _) => limiter.store_failed(
                 &format!("reading the clock: host status {status}"),
@@ -345,15 +449,7 @@ impl HttpContext for RateLimitFilter {
                 )
             }
         };
-        report(&decision, &limiter, self.metrics);
-        match decision.verdict {
-            Verdict::Allow { .. } => Action::Continue,
-            Verdict::Reject { response } => {
-                self.rejected = true;
-                host::send(&response);
-                Action::Pause
-            }
-        }
+        self.conclude(decision, &limiter)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -1,6 +1,8 @@
-//! Kong's `rate-limiting` plugin (policy `local`): fixed calendar windows (or sliding ones, as
-//! Kong's rate-limiting-advanced), counted in proxy-wasm shared data so that the limit holds
-//! across every worker thread of one proxy.
+//! Kong's `rate-limiting` plugin: fixed calendar windows (or sliding ones, as Kong's
+//! rate-limiting-advanced). `policy: local` counts in proxy-wasm shared data, so that the limit
+//! holds across every worker thread of one proxy; `policy: redis` asks wasmgate's rate-limit
+//! service ([`remote`]; the `wasmgate-ratelimit` crate) over gRPC, which counts in Redis, so
+//! that the limit holds across every proxy sharing that Redis.
 //!
 //! [`config`], [`window`], [`counters`], [`store`] (with its keyed hash, [`siphash`]) and
 //! [`limiter`] are the pure core, tested natively, including multi-threaded runs against a
@@ -11,6 +13,7 @@ pub mod config;
 pub mod counters;
 pub mod limiter;
 mod number;
+pub mod remote;
 pub mod siphash;
 pub mod store;
 pub mod window;
@@ -18,7 +21,7 @@ pub mod window;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 
-pub use config::{Config, LimitBy, WindowType};
+pub use config::{Config, LimitBy, RedisConfig, WindowType};
 pub use limiter::{Limiter, RequestInfo, Verdict};
 pub use store::{SetError, Store};
 pub use window::Period;

@@ -6,8 +6,9 @@
 
 use kit::{kong_error, LocalResponse};
 
-use crate::config::{Config, LimitBy};
-use crate::counters::{each_header, headers, Evaluation, HeaderValue};
+use crate::config::{Config, LimitBy, WindowType};
+use crate::counters::{each_header, headers, Counters, Evaluation, HeaderValue, Usage};
+use crate::remote;
 use crate::siphash::{siphash128, SipKey};
 use crate::store::{check_and_count, Counted, Store};
 
@@ -219,6 +220,101 @@ impl Limiter {
             },
             Counted::Failed(problem) => self.failed(&problem, reply),
         }
+    }
+
+    /// `policy: redis`: the encoded `ShouldRateLimit` request for `request` (see [`remote`]).
+    pub fn remote_request(&self, request: &RequestInfo<'_>) -> Vec<u8> {
+        remote::encode_request(
+            &self.scope,
+            &self.config.limits,
+            self.config.window_type,
+            self.identifier(request),
+        )
+    }
+
+    /// `policy: redis`: the decision the rate-limit service's encoded answer gives, with the
+    /// same headers and rejection as `local` would give for the same counts. An answer that
+    /// cannot be read, or that does not match the configured periods, fails as a store does
+    /// (`fault_tolerant`).
+    pub fn decide_remote(
+        &self,
+        answer: &[u8],
+        now_ms: i64,
+        reply: &mut dyn FnMut() -> (Option<Vec<u8>>, Vec<u8>),
+        allowed: &mut dyn FnMut(&'static str, HeaderValue),
+    ) -> Decision {
+        let answer = match remote::decode_answer(answer) {
+            Ok(answer) => answer,
+            Err(why) => {
+                return self.failed(&format!("rate-limit service answer: {why}"), reply);
+            }
+        };
+        let config = &self.config;
+        if answer.statuses.len() != config.limits.len() {
+            return self.failed(
+                &format!(
+                    "rate-limit service answered {} statuses for {} periods",
+                    answer.statuses.len(),
+                    config.limits.len()
+                ),
+                reply,
+            );
+        }
+        let stop = match answer.overall_code {
+            remote::CODE_OK => None,
+            remote::CODE_OVER_LIMIT => {
+                let over = config
+                    .limits
+                    .iter()
+                    .zip(&answer.statuses)
+                    .find(|(_, s)| s.code == remote::CODE_OVER_LIMIT);
+                match over {
+                    Some(((period, _), _)) => Some(*period),
+                    None => {
+                        return self.failed(
+                            "rate-limit service refused without a period over its limit",
+                            reply,
+                        )
+                    }
+                }
+            }
+            code => return self.failed(&format!("rate-limit service answered code {code}"), reply),
+        };
+        let now = now_ms.div_euclid(1000);
+        let usages = config
+            .limits
+            .iter()
+            .zip(&answer.statuses)
+            .map(|(&(period, limit), status)| {
+                let left = status.limit_remaining as f64;
+                // What Kong's header shows (see `ratelimit::service`): a fixed window's
+                // remaining is counted against the limit's ceiling.
+                let shown = if config.window_type == WindowType::Sliding || left == 0.0 {
+                    left
+                } else {
+                    (limit - limit.ceil() + left).max(0.0)
+                };
+                // The header subtracts the request itself from the period that stops it, or
+                // from every period of an allowed request.
+                let counted = if stop.is_none() || stop == Some(period) {
+                    1.0
+                } else {
+                    0.0
+                };
+                Usage {
+                    period,
+                    limit,
+                    usage: limit - shown - counted,
+                    start: period.start(now),
+                }
+            })
+            .collect();
+        let eval = Evaluation {
+            usages,
+            stop,
+            next: Counters::default(),
+        };
+        self.respond(&eval, now_ms, reply, allowed)
     }
 
     /// Kong's answer when the counters cannot be had: the request passes when
