@@ -42,6 +42,12 @@ pub struct CaseFile {
     /// expect one budget. Default: on for `rate-limiting`.
     #[serde(default)]
     pub avoid_minute_boundary: Option<bool>,
+    /// Response headers the differential mode does not compare, beyond each step's own
+    /// `present_headers` and `header_ranges`: values that follow the clock differ between
+    /// two data planes run seconds apart. Default: `ratelimit-reset` and `retry-after` for
+    /// `rate-limiting`, none otherwise.
+    #[serde(default)]
+    pub diff_ignore_headers: Option<Vec<String>>,
     pub cases: Vec<Case>,
     /// Where the file was read from (for messages).
     #[serde(skip)]
@@ -234,6 +240,8 @@ pub struct ModuleSpec {
     pub wasmgate_plugin: bool,
     pub allow_on_headers_stop_iteration: bool,
     pub avoid_minute_boundary: bool,
+    /// Response headers the differential mode leaves out.
+    pub diff_ignore_headers: Vec<String>,
     /// The configuration of cases that set none.
     pub default_config: Option<String>,
 }
@@ -358,6 +366,13 @@ impl CaseFile {
             avoid_minute_boundary: self
                 .avoid_minute_boundary
                 .unwrap_or(plugin_name == "rate-limiting"),
+            diff_ignore_headers: self.diff_ignore_headers.clone().unwrap_or_else(|| {
+                if plugin_name == "rate-limiting" {
+                    vec!["ratelimit-reset".into(), "retry-after".into()]
+                } else {
+                    Vec::new()
+                }
+            }),
             default_config: overrides.config.clone(),
             wasmgate_plugin,
             plugin_name,
@@ -862,13 +877,15 @@ const STEP_HEADER: &str = "x-wasmgate-case-step";
 /// Every step run so far against one upstream, by tag: counted again once all have run.
 #[derive(Default)]
 pub struct Accounting {
-    steps: Vec<(String, String, Option<UpstreamExpect>)>,
+    /// Tag, case index, label, what the step allows.
+    steps: Vec<(String, usize, String, Option<UpstreamExpect>)>,
 }
 
 /// Sends a step's request to `addr` over real sockets and checks the answer against the
-/// step, with what reached the upstream with the step's tag. `label` names the step in the
-/// failures found once every step has run. Returns the status when there was an answer, and
-/// every problem.
+/// step, with what reached the upstream with the step's tag. `case` (its index in the file)
+/// and `label` name the step in the problems found once every step has run. Returns the
+/// exchange when there was an answer (the error otherwise), and every problem.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_step(
     echo: &crate::echo::EchoUpstream,
     step: &Step,
@@ -876,61 +893,74 @@ pub async fn run_step(
     addr: std::net::SocketAddr,
     protocol: Protocol,
     accounting: &mut Accounting,
+    case: usize,
     label: String,
-) -> (Option<u16>, Vec<String>) {
+) -> (Result<Exchange, String>, Vec<String>) {
     let tag = accounting.steps.len().to_string();
     let request = request.clone().header(STEP_HEADER, &tag);
     let sent = crate::client::send_from(step.request.source, addr, protocol, &request).await;
     let forwarded = echo.record_tagged(STEP_HEADER, &tag);
     accounting
         .steps
-        .push((tag, label, step.expect.upstream.clone()));
+        .push((tag, case, label, step.expect.upstream.clone()));
     match sent {
         Ok(response) => {
-            let status = response.status;
             let exchange = Exchange::new(response, forwarded);
-            (Some(status), step.expect.check(&step.request, &exchange))
+            let problems = step.expect.check(&step.request, &exchange);
+            (Ok(exchange), problems)
         }
-        Err(e) => (None, vec![e]),
+        Err(e) => (Err(e.clone()), vec![e]),
     }
 }
 
 /// Once every step has run: every request head the upstream received came from a step, and
 /// what reached it for each step, counted again now (a head forwarded before a local answer
 /// may arrive after it), is still what the step allows. A head forwarded after its step was
-/// answered locally, where none may reach the upstream, fails here.
-pub fn check_unaccounted(
+/// answered locally, where none may reach the upstream, fails here. Returns the problems of
+/// no step, and those of each step by its case's index.
+pub fn unaccounted(
     echo: &crate::echo::EchoUpstream,
     accounting: &Accounting,
-    failures: &mut Vec<String>,
-) {
+) -> (Vec<String>, Vec<(usize, String)>) {
+    let mut general = Vec::new();
     let untagged = echo
         .arrivals()
         .iter()
         .filter(|a| !a.headers.iter().any(|(name, _)| name == STEP_HEADER))
         .count();
     if untagged != 0 {
-        failures.push(format!(
+        general.push(format!(
             "the upstream received {untagged} request head(s) no step sent"
         ));
     }
-    for (tag, label, expect) in &accounting.steps {
+    let mut by_case = Vec::new();
+    for (tag, case, label, expect) in &accounting.steps {
         let Some(expect) = expect else {
             continue;
         };
         let mut problems = Vec::new();
         expect.check_counts(echo.record_tagged(STEP_HEADER, tag), &mut problems);
         for problem in problems {
-            failures.push(format!(
-                "{label}, counted once every step had run: {problem}"
+            by_case.push((
+                *case,
+                format!("{label}, counted once every step had run: {problem}"),
             ));
         }
     }
+    (general, by_case)
 }
 
-/// Runs a case file in one real Envoy: a listener (and VM) per case and protocol, every step
-/// over a fresh connection; refused-config cases each start an Envoy that must fail. Returns
-/// every failure, each naming its case, protocol and step.
+/// [`unaccounted`], every problem in `failures`.
+pub fn check_unaccounted(
+    echo: &crate::echo::EchoUpstream,
+    accounting: &Accounting,
+    failures: &mut Vec<String>,
+) {
+    let (general, by_case) = unaccounted(echo, accounting);
+    failures.extend(general);
+    failures.extend(by_case.into_iter().map(|(_, problem)| problem));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use tokio::net::{TcpSocket, TcpStream};
 /// How long one exchange may take before the test fails instead of hanging.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Http1,

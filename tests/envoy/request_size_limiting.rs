@@ -29,7 +29,7 @@ async fn a_gigabyte_under_the_limit_streams_through_with_flat_memory() {
     )
     .await
     .unwrap();
-    let baseline = envoy.peak_rss().expect("Envoy RSS");
+    let baseline = wasmgate_tests::process::peak_rss(envoy.pid()).expect("Envoy RSS");
 
     let upload = Request::post(
         "/upload",
@@ -44,7 +44,9 @@ async fn a_gigabyte_under_the_limit_streams_through_with_flat_memory() {
     assert_eq!(report.body_len, GIB);
     assert_eq!(report.body_sha256, wasmgate_tests::echo::filler_sha256(GIB));
 
-    let grown = envoy.peak_rss().unwrap().saturating_sub(baseline);
+    let grown = wasmgate_tests::process::peak_rss(envoy.pid())
+        .unwrap()
+        .saturating_sub(baseline);
     assert!(
         grown < 64 * MIB,
         "Envoy's peak RSS grew by {} MiB for a 1 GiB stream",

@@ -3,8 +3,7 @@
 
 use std::path::Path;
 
-use modtest::report::Verdict;
-use wasmgate_tests::cases::{module_of, CaseFile};
+use wasmgate_tests::cases::{failures, module_of, CaseFile};
 
 /// Runs a case file; returns every failure, naming case, protocol and step, with the
 /// module's log. `module`: the `.wasm` to load instead of the plugin's built module.
@@ -16,16 +15,5 @@ pub fn run_file(file: &CaseFile, module: Option<&Path>) -> Vec<String> {
     if let Some(path) = module {
         spec.path = path.to_owned();
     }
-    modtest::in_host::run_file(file, &spec, |_| {})
-        .into_iter()
-        .filter_map(|result| match result.verdict {
-            Verdict::Failed(problems) => Some(format!(
-                "{:?}: {}\n{}",
-                result.case,
-                problems.join("\n"),
-                result.log
-            )),
-            _ => None,
-        })
-        .collect()
+    failures(modtest::in_host::run_file(file, &spec, |_| {}))
 }

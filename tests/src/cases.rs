@@ -76,98 +76,31 @@ pub fn cases_dir() -> PathBuf {
     crate::paths::workspace_root().join("tests/cases")
 }
 
-/// Runs a case file in one real Envoy: a listener (and VM) per case and protocol, every step
-/// over a fresh connection; refused-config cases each start an Envoy that must fail. Returns
-/// every failure, each naming its case, protocol and step.
+/// Runs a case file in one real Envoy through `modtest::in_envoy`, the `modtest` command's
+/// own Envoy target: a listener (and VM) per case and protocol, every step over a fresh
+/// connection; refused-config cases each start an Envoy that must fail. Returns every
+/// failure, each naming its case, protocol and step, with Envoy's log.
 pub async fn run_in_envoy(file: &CaseFile) -> Vec<String> {
-    use crate::envoy::{Envoy, EnvoyConfig, WasmFilter};
-
     let module = match module_of(file) {
         Ok(module) => module,
         Err(e) => return vec![e],
     };
-    let mut failures = Vec::new();
-    let echo = match crate::EchoUpstream::start().await {
-        Ok(echo) => echo,
-        Err(e) => return vec![format!("echo upstream: {e}")],
-    };
-    let mut accounting = Accounting::default();
-    let filter = |case: &Case, listener: &str| {
-        // As the data planes hand it to the module.
-        let config = module.config_json(case, None);
-        let mut filter = WasmFilter::plugin(&module.plugin_name, config)
-            .vm_id(format!("{}-{listener}", module.plugin_name));
-        for (k, v) in &case.env {
-            filter = filter.env(k, v);
-        }
-        filter
-    };
+    let run = modtest::in_envoy::run_file(file, &module, &Default::default(), |_| {}).await;
+    failures(run.results)
+}
 
-    let mut config = EnvoyConfig::new(echo.addr());
-    let mut runs = Vec::new();
-    let mut refusals = Vec::new();
-    for (i, case) in file.cases.iter().enumerate() {
-        if let Some(expected) = case.config_error() {
-            let name = format!("refused-{i}");
-            let bad = EnvoyConfig::new(echo.addr()).listener(&name, vec![filter(case, &name)]);
-            refusals.push((case, expected.to_owned(), bad));
-            continue;
-        }
-        if case.paths.is_some() {
-            continue;
-        }
-        for protocol in case.protocols() {
-            let name = format!("case-{i}-{protocol:?}").to_lowercase();
-            config = config.listener(&name, vec![filter(case, &name)]);
-            runs.push((case, protocol, name));
-        }
-    }
-
-    if !runs.is_empty() {
-        match Envoy::start(&config).await {
-            Err(e) => failures.push(format!("{}: Envoy did not start: {e}", file.path.display())),
-            Ok(envoy) => {
-                for (case, protocol, listener) in &runs {
-                    clear_of_a_window_boundary(&module).await;
-                    let addr = envoy.listener(listener);
-                    for (n, step) in case.steps().iter().enumerate() {
-                        let request = step.request.to_request();
-                        let label = format!("{:?} [{protocol:?}] step {}", case.name, n + 1);
-                        let (_, problems) = run_step(
-                            &echo,
-                            step,
-                            &request,
-                            addr,
-                            *protocol,
-                            &mut accounting,
-                            label.clone(),
-                        )
-                        .await;
-                        for problem in problems {
-                            failures.push(format!("{label}: {problem}"));
-                        }
-                    }
-                }
-                check_unaccounted(&echo, &accounting, &mut failures);
-                if !failures.is_empty() {
-                    failures.push(format!("Envoy log:\n{}", envoy.log()));
-                }
-            }
-        }
-    }
-
-    for (case, expected, bad) in refusals {
-        match Envoy::start(&bad).await {
-            Ok(_) => failures.push(format!(
-                "{:?}: Envoy accepted a config it must refuse",
-                case.name
+/// The failures among `results`, one text each with the case's name and the data plane's log.
+pub fn failures(results: Vec<modtest::report::CaseResult>) -> Vec<String> {
+    results
+        .into_iter()
+        .filter_map(|result| match result.verdict {
+            modtest::report::Verdict::Failed(problems) => Some(format!(
+                "{:?}: {}\n{}",
+                result.case,
+                problems.join("\n"),
+                result.log
             )),
-            Err(log) if refusal_says(&expected, &log) => {}
-            Err(log) => failures.push(format!(
-                "{:?}: Envoy refused the config, but its log lacks {expected:?}:\n{log}",
-                case.name
-            )),
-        }
-    }
-    failures
+            _ => None,
+        })
+        .collect()
 }

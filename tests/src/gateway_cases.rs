@@ -170,17 +170,18 @@ pub async fn run_in_gateway(file: &CaseFile) -> Vec<String> {
                     for (plane, addr) in targets {
                         let label =
                             format!("{plane}: {:?} [{protocol:?}] step {}", case.name, n + 1);
-                        let (status, problems) = run_step(
+                        let (exchange, problems) = run_step(
                             &echo,
                             step,
                             &request,
                             addr,
                             protocol,
                             &mut accounting,
+                            *i,
                             label.clone(),
                         )
                         .await;
-                        statuses.extend(status);
+                        statuses.extend(exchange.map(|e| e.response.status));
                         for problem in problems {
                             failures.push(format!("{label}: {problem}"));
                         }

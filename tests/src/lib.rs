@@ -7,20 +7,18 @@
 
 pub mod cases;
 pub mod control_plane;
-pub mod envoy;
 pub mod gateway;
 pub mod gateway_cases;
 pub mod grpc;
 pub mod grpc_tonic;
 pub mod https_only;
 pub mod modules;
-pub mod paths;
 pub mod process;
 pub mod seed;
 pub mod websocket;
 pub mod windows;
 
-pub use modtest::{client, echo};
+pub use modtest::{client, echo, envoy, paths};
 
 pub use client::{Protocol, Request, RequestBody, Response};
 pub use echo::{EchoReport, EchoUpstream};

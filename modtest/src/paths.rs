@@ -1,5 +1,6 @@
-//! Where the built modules and the Envoy binary are. `cargo xtask test` sets both variables;
-//! the defaults match what `cargo xtask build` produces.
+//! Where this workspace's built modules and Envoy are, for its tests and for `modtest` run
+//! from a checkout. `cargo xtask test` sets both variables; the defaults match what `cargo
+//! xtask build` produces.
 
 use std::path::PathBuf;
 

