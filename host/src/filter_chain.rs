@@ -27,6 +27,7 @@
 //!   straight to the client, and once its head went out the stream is reset. A non-empty body
 //!   gets `content-type: text/plain` unless the filter gave one.
 
+use std::borrow::Cow;
 use std::cell::{Ref, RefCell, RefMut};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -68,8 +69,9 @@ pub struct StreamInfo {
     pub source: SocketAddr,
     /// The listener address that accepted the connection.
     pub destination: SocketAddr,
-    /// `HTTP/1.1` or `HTTP/2`.
-    pub protocol: String,
+    /// `HTTP/1.1` or `HTTP/2`. Borrowed, so that an empty `StreamData` (what a callback's
+    /// data is swapped with) costs no allocation.
+    pub protocol: Cow<'static, str>,
     pub route_name: String,
     pub cluster_name: String,
     pub request_id: String,
@@ -85,7 +87,7 @@ impl Default for StreamInfo {
         StreamInfo {
             source: SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)),
             destination: SocketAddr::from((Ipv4Addr::LOCALHOST, 8000)),
-            protocol: "HTTP/1.1".into(),
+            protocol: Cow::Borrowed("HTTP/1.1"),
             route_name: String::new(),
             cluster_name: String::new(),
             request_id: String::new(),

@@ -425,7 +425,7 @@ impl Harness {
             .map(|w| Box::new(w.filter()) as Box<dyn HttpFilter>)
             .collect();
         let mut info = self.info.clone();
-        info.protocol = req.protocol.clone();
+        info.protocol = req.protocol.clone().into();
         info.start = self.clock.now();
         info.request_id = request_id(self.requests + 1);
         info.connection_id = self.requests + 1;

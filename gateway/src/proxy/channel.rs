@@ -7,6 +7,7 @@
 //! RST_STREAM) instead of ending it cleanly: a peer that went away mid-body is never passed on
 //! as a complete, truncated body.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub struct ChannelBody {
     rx: mpsc::Receiver<Item>,
     aborted: Arc<AtomicBool>,
     flushed_before_break: bool,
+    /// Frames [`ChannelBody::take_whole`] took out and had to give back: read first.
+    replay: VecDeque<Item>,
     on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
@@ -63,6 +66,7 @@ pub fn channel(capacity: usize) -> (FrameSender, ChannelBody) {
             rx,
             aborted,
             flushed_before_break: false,
+            replay: VecDeque::new(),
             on_drop: None,
         },
     )
@@ -73,6 +77,42 @@ impl ChannelBody {
         self.on_drop = Some(Box::new(f));
         self
     }
+
+    /// The whole body, when the sender has already sent it and ended it whole with data
+    /// frames only: it can then leave as one piece of known length, which hyper writes without
+    /// polling a channel. `None` otherwise (more may come, trailers, broken off), and the body
+    /// reads on as before.
+    pub fn take_whole(&mut self) -> Option<Bytes> {
+        if !self.replay.is_empty() || !self.rx.is_closed() || self.aborted.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut taken: Vec<Item> = Vec::new();
+        while let Ok(item) = self.rx.try_recv() {
+            taken.push(item);
+        }
+        if !taken
+            .iter()
+            .all(|item| item.as_ref().is_ok_and(Frame::is_data))
+        {
+            self.replay.extend(taken);
+            return None;
+        }
+        let mut data = taken
+            .into_iter()
+            .filter_map(|item| item.ok()?.into_data().ok());
+        let first = data.next().unwrap_or_default();
+        let rest: Vec<Bytes> = data.collect();
+        if rest.is_empty() {
+            return Some(first);
+        }
+        let mut whole =
+            Vec::with_capacity(first.len() + rest.iter().map(Bytes::len).sum::<usize>());
+        whole.extend_from_slice(&first);
+        for piece in rest {
+            whole.extend_from_slice(&piece);
+        }
+        Some(whole.into())
+    }
 }
 
 impl Body for ChannelBody {
@@ -80,6 +120,9 @@ impl Body for ChannelBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        if let Some(item) = self.replay.pop_front() {
+            return Poll::Ready(Some(item));
+        }
         match self.rx.poll_recv(cx) {
             // Every sender is gone: the flag is final. The reader is told "not yet" once
             // first, which makes hyper flush what it holds: the head and the frames sent
@@ -132,6 +175,42 @@ mod tests {
         assert_eq!(frame.into_data().unwrap(), "hello");
         // The error comes once every clone (a send under way) is gone.
         drop(kept);
+        assert!(body.frame().await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_body_sent_and_ended_whole_is_taken_as_one_piece_and_any_other_reads_on() {
+        let data = |s: &'static str| Ok(Frame::data(Bytes::from_static(s.as_bytes())));
+
+        let (tx, mut body) = channel(4);
+        tx.send(data("hel")).await.unwrap();
+        tx.send(data("lo")).await.unwrap();
+        // The sender may still send more: nothing is taken.
+        assert_eq!(body.take_whole(), None);
+        drop(tx);
+        assert_eq!(body.take_whole().as_deref(), Some(&b"hello"[..]));
+
+        // Trailers cannot ride in one piece of data: every frame is read as sent.
+        let (tx, mut body) = channel(4);
+        tx.send(data("hello")).await.unwrap();
+        tx.send(Ok(Frame::trailers(http::HeaderMap::new())))
+            .await
+            .unwrap();
+        drop(tx);
+        assert_eq!(body.take_whole(), None);
+        let collected = body.collect().await.unwrap();
+        assert!(collected.trailers().is_some());
+        assert_eq!(collected.to_bytes(), "hello");
+
+        // Broken off: it must fail as before, never pass for a whole body.
+        let (tx, mut body) = channel(4);
+        tx.send(data("hel")).await.unwrap();
+        tx.abort();
+        assert_eq!(body.take_whole(), None);
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "hel"
+        );
         assert!(body.frame().await.unwrap().is_err());
     }
 }

@@ -8,6 +8,7 @@
 //! response from any phase answers the client instead. The stream ends (`on_done`, `on_log`)
 //! when the client has the whole response or goes away.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
@@ -25,7 +26,7 @@ use host::state::StreamOp;
 use host::{Headers, HttpCallResult, HttpStream, Output, StreamInfo, WorkerPlugin};
 
 use super::body::{BodyTimeout, BoxError, ClientBody, ProxyBody};
-use super::channel::{channel, FrameSender};
+use super::channel::{channel, ChannelBody, FrameSender};
 use super::errors::ProxyError;
 use super::grpc_call;
 use super::{headers, Downstream};
@@ -535,6 +536,54 @@ async fn own_answer(
     }
 }
 
+/// Ends a filtered stream (`on_done`, `on_log` for every filter) once nothing of it is left
+/// to send: when `forward` lets go of it, or, when the client's body still streams, when that
+/// body is dropped (sent whole, or the client left).
+struct Finish(Option<Rc<Stream>>);
+
+impl Finish {
+    /// The client's body of a response whose head ended the stream or not. A body the filters
+    /// already let through whole leaves as one piece of known length; one still streaming
+    /// takes over ending the stream.
+    fn body(&mut self, end_of_stream: bool, mut body: ChannelBody) -> ProxyBody {
+        if end_of_stream {
+            return ProxyBody::empty();
+        }
+        if let Some(whole) = body.take_whole() {
+            return ProxyBody::full(whole);
+        }
+        let Some(stream) = self.0.take() else {
+            return ProxyBody::streaming(body);
+        };
+        // The body's drop hook runs wherever hyper drops it: the stream is ended by a task.
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        tokio::task::spawn_local(async move {
+            let _ = done_rx.await;
+            end_stream(&stream);
+        });
+        ProxyBody::streaming(body.on_drop(move || {
+            let _ = done_tx.send(());
+        }))
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if let Some(stream) = self.0.take() {
+            end_stream(&stream);
+        }
+    }
+}
+
+fn end_stream(stream: &Stream) {
+    // Borrowed only while a step of the chain runs, never across an await.
+    if let Ok(mut chain) = stream.chain.try_borrow_mut() {
+        chain.finish();
+    }
+    // A pump waiting for a filter to let go reads on (and ends) now.
+    stream.wake.notify_waiters();
+}
+
 /// Which side of the stream a body comes from.
 #[derive(Clone, Copy)]
 enum Side {
@@ -723,7 +772,7 @@ pub async fn forward(
     let info = StreamInfo {
         source: downstream.client,
         destination: downstream.local,
-        protocol: protocol.into(),
+        protocol: Cow::Borrowed(protocol),
         route_name: snapshot.config.route_name(matched.route),
         cluster_name: model::envoy::cluster_name(&snapshot.config, matched.service),
         // Set by `proxy::handle` for every request; filters also read it as a header.
@@ -752,14 +801,22 @@ pub async fn forward(
             .collect(),
         info,
     )));
-    let (upstream_tx, upstream_body) = channel(CHANNEL_FRAMES);
+    // A request without a body (most of them) needs no channel for one.
+    let end_of_stream = http_body::Body::is_end_stream(&body);
+    let (upstream_tx, upstream_body) = match end_of_stream {
+        true => (None, None),
+        false => {
+            let (tx, body) = channel(CHANNEL_FRAMES);
+            (Some(tx), Some(body))
+        }
+    };
     let (client_tx, client_body) = channel(CHANNEL_FRAMES);
-    let (request_head_tx, request_head_rx) = oneshot::channel::<Head>();
+    let (request_head_tx, mut request_head_rx) = oneshot::channel::<Head>();
     let (response_head_tx, mut response_head_rx) = oneshot::channel::<Head>();
     let (reset_tx, mut reset_rx) = oneshot::channel::<ProxyError>();
     let taps = Rc::new(RefCell::new(Taps {
         request_head: Some(request_head_tx),
-        upstream: Some(upstream_tx),
+        upstream: upstream_tx,
         response_head: Some(response_head_tx),
         client: Some(client_tx),
         reset: Some(reset_tx),
@@ -772,20 +829,9 @@ pub async fn forward(
         plugins: filters.clone(),
         worker: Rc::downgrade(worker),
     });
-    // The stream ends when the client's body is dropped (complete, or the client left).
-    let (done_tx, done_rx) = oneshot::channel::<()>();
-    {
-        let stream = Rc::clone(&stream);
-        tokio::task::spawn_local(async move {
-            let _ = done_rx.await;
-            stream.chain.borrow_mut().finish();
-            // A pump waiting for a filter to let go reads on (and ends) now.
-            stream.wake.notify_waiters();
-        });
-    }
-    let client_body = client_body.on_drop(move || {
-        let _ = done_tx.send(());
-    });
+    // The stream ends when `forward` is done with it (or dropped: the client left), unless
+    // the response body still streams; then when the client's body is dropped.
+    let mut finish = Finish(Some(Rc::clone(&stream)));
 
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{}?{q}", matched.path),
@@ -810,7 +856,6 @@ pub async fn forward(
     // The same for the Host the translation hands the transformer in Envoy: here `:authority`
     // is the client's, and a client's copy of the header may not stand in for it.
     request_headers.remove(model::envoy::CLIENT_HOST_HEADER);
-    let end_of_stream = http_body::Body::is_end_stream(&body);
     chain
         .borrow_mut()
         .request_headers(request_headers, end_of_stream);
@@ -850,15 +895,13 @@ pub async fn forward(
         }
     }
 
-    let local = |head: Head, body| {
-        let mut response = response_from(&head.0, ProxyBody::streaming(body));
-        if head.1 {
-            *response.body_mut() = ProxyBody::empty();
-        }
-        response
-    };
-    let request_head = tokio::select! {
-        head = request_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the request".into()))?,
+    let mut local =
+        |head: Head, body: ChannelBody| response_from(&head.0, finish.body(head.1, body));
+    // Most often the filters let the head through at once: no timer to arm and disarm then.
+    let request_head = match request_head_rx.try_recv() {
+        Ok(head) => head,
+        Err(_) => tokio::select! {
+        head = &mut request_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the request".into()))?,
         head = &mut response_head_rx => {
             let head = head.map_err(|_| ProxyError::BadGateway("the filter chain ended the request".into()))?;
             log.filters.push(("local response".into(), head.0.get_str(":status").unwrap_or("").to_owned()));
@@ -869,6 +912,7 @@ pub async fn forward(
             let error = ProxyError::Timeout("a filter held the request".into());
             return own_answer(worker, &stream, error, &mut response_head_rx, &parts.headers, hold_timeout, log).await.map(|head| local(head, client_body));
         }
+        },
     };
 
     // The upstream request, from what the filters made of the client's.
@@ -915,10 +959,9 @@ pub async fn forward(
     } else {
         service.authority()
     };
-    let upstream_body = if head_eos {
-        ProxyBody::empty()
-    } else {
-        ProxyBody::streaming(upstream_body)
+    let upstream_body = match upstream_body {
+        Some(body) if !head_eos => ProxyBody::streaming(body),
+        _ => ProxyBody::empty(),
     };
     let mut upstream_request = Request::builder()
         .method(filtered_parts.method.clone())
@@ -1011,13 +1054,16 @@ pub async fn forward(
             });
         }
     }
-    let head = tokio::select! {
-        head = &mut response_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the response".into()))?,
-        reset = reset_rx => return Err(reset.unwrap_or_else(|_| stream_reset())),
-        _ = tokio::time::sleep(hold_timeout) => {
-            let error = ProxyError::Timeout("a filter held the response".into());
-            own_answer(worker, &stream, error, &mut response_head_rx, &parts.headers, hold_timeout, log).await?
-        }
+    let head = match response_head_rx.try_recv() {
+        Ok(head) => head,
+        Err(_) => tokio::select! {
+            head = &mut response_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the response".into()))?,
+            reset = reset_rx => return Err(reset.unwrap_or_else(|_| stream_reset())),
+            _ = tokio::time::sleep(hold_timeout) => {
+                let error = ProxyError::Timeout("a filter held the response".into());
+                own_answer(worker, &stream, error, &mut response_head_rx, &parts.headers, hold_timeout, log).await?
+            }
+        },
     };
     let mut response = local(head, client_body);
     if let Some(upgrade) = upstream_upgrade {
