@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod filters;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod server;
 pub mod snapshot;

@@ -278,6 +278,10 @@ enum Command {
         /// `tls_verify` services (default: the system bundle, /etc/ssl/certs/ca-certificates.crt).
         #[arg(long)]
         upstream_ca_file: Option<PathBuf>,
+        /// Where `wasmgate-ratelimit` serves the Redis of the rate-limiting plugins with
+        /// `policy: redis` (required when there are some): Envoy gets a cluster for it.
+        #[arg(long)]
+        ratelimit_address: Option<SocketAddr>,
         #[command(flatten)]
         modules: Modules,
     },
@@ -337,13 +341,14 @@ fn main() -> ExitCode {
             listen,
             admin_listen,
             upstream_ca_file,
+            ratelimit_address,
             modules,
         } => envoy_bootstrap(
             &config,
             out,
-            listen,
-            admin_listen,
+            (listen, admin_listen),
             upstream_ca_file,
+            ratelimit_address,
             &modules,
         ),
         Command::Run {
@@ -484,9 +489,9 @@ fn validate(
 fn envoy_bootstrap(
     config: &PathBuf,
     out: Option<PathBuf>,
-    listen: SocketAddr,
-    admin: SocketAddr,
+    (listen, admin): (SocketAddr, SocketAddr),
     upstream_ca_file: Option<PathBuf>,
+    ratelimit_address: Option<SocketAddr>,
     modules: &Modules,
 ) -> Result<(), String> {
     let text = read(config)?;
@@ -505,7 +510,9 @@ fn envoy_bootstrap(
         env_values: Vec::new(),
         upstream_ca_file,
     };
-    let bootstrap = model::envoy::bootstrap(&parsed, &options);
+    let mut bootstrap = model::envoy::bootstrap(&parsed, &options);
+    gateway::ratelimit::add_envoy_clusters(&mut bootstrap, &parsed, ratelimit_address)
+        .map_err(|e| format!("{}: {e}", config.display()))?;
     let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| e.to_string())?;
     match out {
         Some(path) => std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display())),

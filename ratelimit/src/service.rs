@@ -37,6 +37,7 @@ pub const WINDOW_ENTRY: &str = "wasmgate.window";
 
 /// gRPC status codes.
 pub const INVALID_ARGUMENT: u32 = 3;
+pub const UNIMPLEMENTED: u32 = 12;
 pub const UNAVAILABLE: u32 = 14;
 
 /// The service over one Redis.

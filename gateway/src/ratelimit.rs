@@ -1,0 +1,121 @@
+//! The rate-limit service for `policy: redis`, in-process: a module's gRPC call to a cluster
+//! named `wasmgate_ratelimit_<hash>` (`ratelimit::RedisTarget::cluster_name`) is answered by
+//! the service for that Redis, without a network hop, so `gateway` needs nothing but a
+//! reachable Redis. One service per distinct Redis of the running configuration, on a thread
+//! of its own (`ratelimit::Services`), started by the first call.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use host::callout::GrpcCallout;
+use ratelimit::{Failure, RedisTarget, Services};
+
+use crate::snapshot::Snapshot;
+
+static SERVICES: OnceLock<Result<Services, String>> = OnceLock::new();
+
+/// Whether a module's call goes to the in-process service.
+pub fn is_service(upstream: &str) -> bool {
+    upstream.starts_with(ratelimit::target::CLUSTER_PREFIX)
+}
+
+/// The Redis targets of a configuration's enabled rate-limiting plugins with `policy: redis`.
+fn config_targets(config: &model::Config) -> Result<Vec<RedisTarget>, String> {
+    let configs = config
+        .plugins
+        .iter()
+        .filter(|p| p.enabled && p.name == "rate-limiting")
+        .map(|p| &p.config);
+    ratelimit::target::targets(configs)
+}
+
+fn targets(snapshot: &Snapshot) -> Vec<RedisTarget> {
+    config_targets(&snapshot.config).unwrap_or_else(|e| {
+        log::error!("rate-limiting: {e}");
+        Vec::new()
+    })
+}
+
+/// `gateway envoy-bootstrap`: one cluster per Redis of the configuration, named as its
+/// module calls it, to the `wasmgate-ratelimit` at `address` (gRPC over h2c). That binary
+/// serves one Redis: a configuration naming several is refused.
+pub fn add_envoy_clusters(
+    bootstrap: &mut serde_json::Value,
+    config: &model::Config,
+    address: Option<SocketAddr>,
+) -> Result<(), String> {
+    let targets = config_targets(config)?;
+    let Some(first) = targets.first() else {
+        return Ok(());
+    };
+    let Some(address) = address else {
+        return Err(format!(
+            "rate-limiting with policy redis (redis {}:{}) needs the rate-limit service: run \
+             wasmgate-ratelimit for that Redis and give its address with --ratelimit-address",
+            first.host, first.port
+        ));
+    };
+    if targets.len() > 1 {
+        return Err(format!(
+            "rate-limiting plugins use {} different Redis servers; wasmgate-ratelimit serves one \
+             and --ratelimit-address names one",
+            targets.len()
+        ));
+    }
+    let name = first.cluster_name();
+    let cluster = serde_json::json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": format!("{}s", f64::from(first.timeout_ms.max(1)) / 1000.0),
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": address.ip().to_string(),
+                "port_value": address.port(),
+            }}}}]}],
+        },
+    });
+    match bootstrap
+        .pointer_mut("/static_resources/clusters")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        Some(clusters) => {
+            clusters.push(cluster);
+            Ok(())
+        }
+        None => Err("the bootstrap has no static clusters".to_owned()),
+    }
+}
+
+/// Answers a module's unary call to the service: the encoded response, or a gRPC status.
+pub async fn answer(snapshot: &Snapshot, call: &GrpcCallout) -> Result<Vec<u8>, Failure> {
+    let unavailable = |message: String| Failure {
+        code: ratelimit::service::UNAVAILABLE,
+        message,
+    };
+    let services = SERVICES
+        .get_or_init(|| Services::start().map_err(|e| format!("starting its thread: {e}")))
+        .as_ref()
+        .map_err(|e| unavailable(format!("the rate-limit service: {e}")))?;
+    let Some(message) = call.message.clone() else {
+        return Err(Failure {
+            code: ratelimit::service::UNIMPLEMENTED,
+            message: "the rate-limit service takes unary calls".to_owned(),
+        });
+    };
+    let service = services
+        .find(snapshot.generation, &call.upstream, || targets(snapshot))
+        .ok_or_else(|| {
+            unavailable(format!(
+                "no rate-limiting plugin of this configuration uses the Redis of {}",
+                call.upstream
+            ))
+        })?;
+    services.call(service, message).await
+}
