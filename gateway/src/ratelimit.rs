@@ -29,8 +29,25 @@ fn config_targets(config: &model::Config) -> Result<Vec<RedisTarget>, String> {
     ratelimit::target::targets(configs)
 }
 
+/// The Redis targets a snapshot's modules call: its configuration's and the operator's
+/// platform plugins' (`--platform-plugins`, read here from the configuration their module got).
 fn targets(snapshot: &Snapshot) -> Vec<RedisTarget> {
-    config_targets(&snapshot.config).unwrap_or_else(|e| {
+    let platform: Vec<serde_json::Value> = snapshot
+        .filters
+        .platform
+        .iter()
+        .map(host::Plugin::config)
+        .filter(|c| c.root_id == "rate-limiting")
+        .filter_map(|c| serde_json::from_slice(&c.configuration).ok())
+        .collect();
+    let configs = snapshot
+        .config
+        .plugins
+        .iter()
+        .filter(|p| p.enabled && p.name == "rate-limiting")
+        .map(|p| &p.config)
+        .chain(&platform);
+    ratelimit::target::targets(configs).unwrap_or_else(|e| {
         log::error!("rate-limiting: {e}");
         Vec::new()
     })

@@ -254,6 +254,10 @@ plugins:
 }
 
 fn start_gateway(dir: &Path, config: &Path, name: &str) -> (Process, u16) {
+    start_gateway_with(dir, config, name, &[])
+}
+
+fn start_gateway_with(dir: &Path, config: &Path, name: &str, extra: &[&str]) -> (Process, u16) {
     let port = free_port();
     let mut gateway = Process::spawn(
         name,
@@ -270,7 +274,8 @@ fn start_gateway(dir: &Path, config: &Path, name: &str) -> (Process, u16) {
                 "--no-module-cache",
             ])
             .arg("--modules-dir")
-            .arg(wasm_dir()),
+            .arg(wasm_dir())
+            .args(extra),
         dir,
     );
     gateway.wait_http(port);
@@ -399,6 +404,41 @@ fn a_gateway_follows_fault_tolerant_while_redis_is_away_and_recovers() {
     let (statuses, refused) = until_refused(&mut client, 10);
     assert_eq!(statuses, [200, 200, 200, 429], "{refused:?}");
     assert_eq!(strict_client.get("/x").unwrap().status, 200);
+}
+
+/// The operator's platform plugins (`--platform-plugins`) count in Redis too: the gateway
+/// serves the Redis their module calls as well as the configuration's.
+#[test]
+fn a_platform_plugin_counts_in_redis() {
+    let dir = temp_dir("platform");
+    let redis = RedisServer::start().unwrap();
+    let upstream = upstream();
+    let config = dir.join("kong.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "_format_version: \"3.0\"\nservices:\n  - name: backend\n    url: \
+             http://127.0.0.1:{upstream}\n    routes:\n      - name: api\n        paths: [\"/\"]\n"
+        ),
+    )
+    .unwrap();
+    let platform = dir.join("platform.yaml");
+    std::fs::write(
+        &platform,
+        format!(
+            "plugins:\n  - name: rate-limiting\n    config: {{hour: 3, policy: redis, redis: \
+             {{host: 127.0.0.1, port: {}}}}}\n",
+            redis.port
+        ),
+    )
+    .unwrap();
+    let platform = platform.to_string_lossy().into_owned();
+    let (_g, port) =
+        start_gateway_with(&dir, &config, "gateway", &["--platform-plugins", &platform]);
+    // The readiness request was the first of 3.
+    let (statuses, refused) = until_refused(&mut Client::new(port), 10);
+    assert_eq!(statuses, [200, 200, 429], "{refused:?}");
+    assert_eq!(refused.header("x-ratelimit-limit-hour"), Some("3"));
 }
 
 /// Wall-clock seconds since the epoch, as f64.
