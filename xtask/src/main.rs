@@ -16,6 +16,7 @@ mod links;
 mod pins;
 mod run;
 mod wasm;
+mod wasm32_tests;
 
 use std::process::ExitCode;
 
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("build") => wasm::build().map(|_| ()),
         Some("test") => test(&args[1..]),
+        Some("test-wasm32") => wasm32_tests::run(),
         Some("run") => run::run(&args[1..]),
         Some("control-plane") => control_plane::run(&args[1..]),
         Some("bench") => bench(&args[1..]),
@@ -47,7 +49,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   build            build every plugin for wasm32-wasip1 (the size-tuned `wasm` profile)
   test [ARGS]      build, install Envoy 1.40 if needed, run every test (ARGS go to cargo test;
-                   without ARGS, a few seconds of every fuzz target first)
+                   without ARGS, a few seconds of every fuzz target and the plugins' unit
+                   tests on wasm32-wasip1 first)
+  test-wasm32      only the plugins' unit tests on wasm32-wasip1 (a WASI runner on wasmtime-py)
   run [--port N] [--envoy]
                    the seed's gateway on 127.0.0.1:N (default 8000; admin N+1), or Envoy
   control-plane [--port N]
@@ -63,6 +67,8 @@ fn test(args: &[String]) -> Result<(), String> {
     // before the tests so that their summary stays the run's last word.
     if args.is_empty() {
         fuzz::smoke()?;
+        // The plugins' cores on the 32-bit target they ship on, not only natively.
+        wasm32_tests::run()?;
     }
     let mut cargo = wasm::cargo();
     cargo
