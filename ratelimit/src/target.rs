@@ -107,7 +107,7 @@ impl RedisTarget {
     /// The gRPC cluster the module calls for this Redis: [`CLUSTER_PREFIX`] and 16 hex digits
     /// of FNV-1a over what identifies the connection. The password and the timeout are not
     /// part of it (a name is visible in Envoy's stats): two plugins on one Redis share one
-    /// service, which `gateway` refuses to start when their passwords differ.
+    /// service, so their passwords must agree ([`targets`] refuses them otherwise).
     pub fn cluster_name(&self) -> String {
         cluster_name(
             &self.host,

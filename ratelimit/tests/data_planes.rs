@@ -632,4 +632,24 @@ fn two_gateways_and_an_envoy_share_fifty_per_second_under_overload() {
         admitted.len()
     );
     eprintln!("admitted per second (sure, maybe): {seconds:?}; refused {refused}");
+
+    // Envoy through a stopped Redis: the service answers UNAVAILABLE after its timeout and
+    // the module passes the request (fault_tolerant) without headers; resumed, it counts.
+    redis.pause();
+    let asked = Instant::now();
+    let passed = Client::new(envoy_port).get("/x").unwrap();
+    eprintln!("through Envoy with Redis stopped: {:?}", asked.elapsed());
+    redis.resume();
+    assert_eq!(passed.status, 200, "{passed:?}");
+    assert_eq!(
+        passed.header("x-ratelimit-limit-second"),
+        None,
+        "{passed:?}"
+    );
+    let counted = Client::new(envoy_port).get("/x").unwrap();
+    assert_eq!(
+        counted.header("x-ratelimit-limit-second"),
+        Some("50"),
+        "{counted:?}"
+    );
 }
