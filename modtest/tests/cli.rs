@@ -211,3 +211,28 @@ fn the_schema_is_printed_for_editors() {
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(schema["title"], "modtest case file");
 }
+
+/// A minute window's budget comes back after `advance: 60` in the host at once (its manual
+/// clock); the real-clock gateway skips a case that would wait that long, saying why.
+#[test]
+fn advance_moves_the_hosts_clock_and_a_long_wait_is_skipped_on_real_clocks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = "plugin: rate-limiting\ncases:\n  - name: a minute later\n    config: {minute: 2}\n    steps:\n      - expect: {status: 200}\n      - expect: {status: 200}\n      - expect: {status: 429}\n      - advance: 60\n        expect: {status: 200}\n";
+    std::fs::write(dir.path().join("minute.yaml"), file).expect("write");
+    let out = modtest(
+        &["run", "--target", "host,gateway", "minute.yaml"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("PASS host     minute.yaml:3"), "{stdout}");
+    assert!(
+        stdout.contains("SKIP gateway  minute.yaml:3: \"a minute later\": its steps advance the clock 60 s, more than --max-wait (5 s)"),
+        "{stdout}"
+    );
+    // Without the advance the budget stays spent: the step fails.
+    let spent = file.replace("      - advance: 60\n        expect", "      - expect");
+    std::fs::write(dir.path().join("spent.yaml"), spent).expect("write");
+    let out = modtest(&["run", "spent.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}

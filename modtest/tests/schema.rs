@@ -69,3 +69,40 @@ fn the_schema_refuses_what_the_model_refuses() {
     assert!(CaseFile::parse(fine, "x.yaml".as_ref()).is_ok());
     assert!(validator.is_valid(&as_json(fine)));
 }
+
+/// The case files docs/TESTING.md shows are what the model and the schema take.
+#[test]
+fn the_documented_examples_are_valid_case_files() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let docs = std::fs::read_to_string(root.join("docs/TESTING.md")).expect("docs/TESTING.md");
+    let validator = validator();
+    let mut checked = 0;
+    for block in docs.split("```yaml\n").skip(1) {
+        let Some((yaml, _)) = block.split_once("```") else {
+            continue;
+        };
+        // Indented inside a list item: as written in the Markdown.
+        let indent = yaml.len() - yaml.trim_start_matches(' ').len();
+        let yaml: String = yaml
+            .lines()
+            .map(|l| {
+                l.get(indent.min(l.len() - l.trim_start().len())..)
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("{e}:\n{yaml}"));
+        if value.get("cases").is_none() {
+            continue;
+        }
+        CaseFile::parse(&yaml, "docs/TESTING.md".as_ref()).unwrap_or_else(|e| panic!("{e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(&as_json(&yaml))
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}\n{yaml}");
+        checked += 1;
+    }
+    assert!(checked >= 2, "only {checked} examples");
+}
