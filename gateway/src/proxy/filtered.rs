@@ -968,8 +968,11 @@ pub async fn forward(
         .uri(uri)
         .body(upstream_body)
         .map_err(|e| ProxyError::BadRequest(format!("building the upstream request: {e}")))?;
+    let filtered_length = filtered_parts
+        .headers
+        .contains_key(http::header::CONTENT_LENGTH);
     headers::forward_request_headers(
-        &filtered_parts,
+        filtered_parts.headers,
         upstream_request.headers_mut(),
         &downstream,
         matched.host,
@@ -977,11 +980,7 @@ pub async fn forward(
         route.strip_path.then_some(matched.matched),
         upstream_host,
     );
-    if !head_eos
-        && !filtered_parts
-            .headers
-            .contains_key(http::header::CONTENT_LENGTH)
-    {
+    if !head_eos && !filtered_length {
         upstream_request
             .headers_mut()
             .remove(http::header::CONTENT_LENGTH);

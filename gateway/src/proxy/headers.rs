@@ -1,5 +1,7 @@
 //! Header rules of a reverse proxy, as Kong applies them.
 
+use std::borrow::Cow;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 
@@ -51,18 +53,24 @@ pub fn check_request_head_size(headers: &HeaderMap) -> Result<(), ProxyError> {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded. `Trailer` is not one: it
 /// announces end-to-end trailers, and hyper sends HTTP/1.1 trailers only when it is there.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "upgrade",
+/// With `Transfer-Encoding`, which hyper sets itself for what it sends.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::UPGRADE,
+    header::TRANSFER_ENCODING,
 ];
 
 /// Removes hop-by-hop headers, including any the Connection header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names instead of a lookup for each.
+    if !has_hop_by_hop(headers) {
+        return;
+    }
     // Byte-wise: one value with an obs-text byte elsewhere still names its other headers.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -73,17 +81,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in HOP_BY_HOP.iter() {
         headers.remove(name);
     }
-    // hyper sets the framing of what it sends itself.
-    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// Whether a message has any hop-by-hop header (a header its Connection names comes with a
+/// Connection).
+fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| HOP_BY_HOP.contains(name))
 }
 
 /// A request's headers as filters see them: without the connection-specific ones (Envoy
 /// removes them before its filters: a filter never sees `transfer-encoding`, `connection` or
 /// what it names), but with a `te: trailers` that goes on upstream.
-pub fn for_filters(headers: &HeaderMap) -> HeaderMap {
+pub fn for_filters(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
+    // TE, an upgrade's Connection and Upgrade are hop-by-hop headers too.
+    if !has_hop_by_hop(headers) {
+        return Cow::Borrowed(headers);
+    }
     let mut kept = headers.clone();
     strip_hop_by_hop(&mut kept);
     if te_is_trailers(headers) {
@@ -93,7 +109,7 @@ pub fn for_filters(headers: &HeaderMap) -> HeaderMap {
     if super::upgrade::is_websocket(headers) {
         super::upgrade::set_websocket_headers(&mut kept);
     }
-    kept
+    Cow::Owned(kept)
 }
 
 /// Whether the request's TE is exactly `trailers`: the one TE value a request keeps on its
@@ -137,11 +153,11 @@ pub fn request_host(parts: &Parts) -> String {
     raw.to_ascii_lowercase()
 }
 
-/// The upstream request's headers: the client's minus hop-by-hop ones, then Kong's
-/// forwarding headers and the Host the route asks for. `prefix` is what strip_path took off
-/// the path (Kong's `X-Forwarded-Prefix`).
+/// The upstream request's headers: the client's (`received`, taken over) minus hop-by-hop
+/// ones, then Kong's forwarding headers and the Host the route asks for. `prefix` is what
+/// strip_path took off the path (Kong's `X-Forwarded-Prefix`).
 pub fn forward_request_headers(
-    parts: &Parts,
+    received: HeaderMap,
     out: &mut HeaderMap,
     downstream: &Downstream,
     host: &str,
@@ -149,20 +165,14 @@ pub fn forward_request_headers(
     prefix: Option<&str>,
     upstream_host: String,
 ) {
-    *out = parts.headers.clone();
-    strip_hop_by_hop(out);
-    if te_is_trailers(&parts.headers) {
-        out.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if super::upgrade::is_websocket(&parts.headers) {
-        super::upgrade::set_websocket_headers(out);
-    }
+    // Everything read from what the client sent is read before the map is taken over.
+    let te_trailers = te_is_trailers(&received);
+    let websocket = super::upgrade::is_websocket(&received);
     // Kong's X-Forwarded-For: every line the client sent, in order and joined with ", ",
     // then the peer (nginx's $realip_remote_addr); without any, the client.
     let peer_ip = downstream.peer.ip().to_string();
     let client_ip = downstream.client.ip().to_string();
-    let mut forwarded_for: Vec<&[u8]> = parts
-        .headers
+    let mut forwarded_for: Vec<&[u8]> = received
         .get_all("x-forwarded-for")
         .iter()
         .map(|v| v.as_bytes().trim_ascii())
@@ -173,45 +183,62 @@ pub fn forward_request_headers(
     } else {
         forwarded_for.push(peer_ip.as_bytes());
     }
-    let forwarded_for = forwarded_for.join(&b", "[..]);
+    let forwarded_for = HeaderValue::from_bytes(&forwarded_for.join(&b", "[..])).ok();
     let port = downstream.local.port().to_string();
     // What a trusted proxy says of the scheme, host, port and path goes on; anyone else's is
     // replaced by the gateway's own view (never left in place, should that not be a value).
-    let mut set = |name: &'static str, own: &[u8]| {
-        match HeaderValue::from_bytes(downstream.forwarded(&parts.headers, name, own)) {
-            Ok(value) => out.insert(name, value),
-            Err(_) => out.remove(name),
-        };
+    let view = |name: &'static str, own: &[u8]| {
+        (
+            name,
+            HeaderValue::from_bytes(downstream.forwarded(&received, name, own)).ok(),
+        )
     };
-    set("x-forwarded-proto", downstream.scheme().as_bytes());
-    set(
-        "x-forwarded-host",
-        model::router::host_without_port(host).as_bytes(),
-    );
-    set("x-forwarded-port", port.as_bytes());
-    set("x-forwarded-path", path.as_bytes());
+    let views = [
+        view("x-forwarded-proto", downstream.scheme().as_bytes()),
+        view(
+            "x-forwarded-host",
+            model::router::host_without_port(host).as_bytes(),
+        ),
+        view("x-forwarded-port", port.as_bytes()),
+        view("x-forwarded-path", path.as_bytes()),
+    ];
     // Kong sets it only for a stripped prefix other than `/`; there is no own view otherwise,
     // and an untrusted client's is dropped.
     let theirs = downstream
         .trusted_peer
-        .then(|| parts.headers.get("x-forwarded-prefix").cloned())
+        .then(|| received.get("x-forwarded-prefix").cloned())
         .flatten();
     let own = prefix
         .filter(|p| *p != "/")
         .and_then(|p| HeaderValue::from_str(p).ok());
-    match theirs.or(own) {
-        Some(value) => out.insert("x-forwarded-prefix", value),
-        None => out.remove("x-forwarded-prefix"),
-    };
-    let mut set = |name: &'static str, value: &[u8]| {
-        match HeaderValue::from_bytes(value) {
-            Ok(value) => out.insert(name, value),
-            Err(_) => out.remove(name),
+
+    *out = received;
+    strip_hop_by_hop(out);
+    if te_trailers {
+        out.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if websocket {
+        super::upgrade::set_websocket_headers(out);
+    }
+    let mut set = |name: &'static str, value: Option<HeaderValue>| {
+        match value {
+            Some(value) => out.insert(name, value),
+            None => out.remove(name),
         };
     };
-    set("x-real-ip", client_ip.as_bytes());
-    set("x-forwarded-for", &forwarded_for);
-    set("host", upstream_host.as_bytes());
+    for (name, value) in views {
+        set(name, value);
+    }
+    set("x-forwarded-prefix", theirs.or(own));
+    set(
+        "x-real-ip",
+        HeaderValue::from_bytes(client_ip.as_bytes()).ok(),
+    );
+    set("x-forwarded-for", forwarded_for);
+    set(
+        "host",
+        HeaderValue::from_bytes(upstream_host.as_bytes()).ok(),
+    );
 }
 
 #[cfg(test)]
@@ -440,7 +467,7 @@ mod tests {
         let mut out = HeaderMap::new();
         out.insert("x-stale", HeaderValue::from_static("1"));
         forward_request_headers(
-            &p,
+            p.headers.clone(),
             &mut out,
             &downstream,
             "gw.example:8000",
@@ -477,7 +504,7 @@ mod tests {
             id: 1,
         };
         forward_request_headers(
-            &p,
+            p.headers.clone(),
             &mut out,
             &downstream,
             "[::1]:8443",
@@ -518,7 +545,7 @@ mod tests {
         };
         let mut out = HeaderMap::new();
         forward_request_headers(
-            &p,
+            p.headers.clone(),
             &mut out,
             &trusted,
             "gw:8000",
@@ -541,7 +568,7 @@ mod tests {
             ..trusted.clone()
         };
         forward_request_headers(
-            &p,
+            p.headers.clone(),
             &mut out,
             &untrusted,
             "gw:8000",
@@ -560,7 +587,15 @@ mod tests {
         // A trusted proxy that names the client in X-Real-IP alone: X-Forwarded-For is the
         // client (nginx's $remote_addr), as Kong sends it.
         let p = parts("/", &[("x-real-ip", b"203.0.113.9")]);
-        forward_request_headers(&p, &mut out, &trusted, "gw:8000", "/", None, "u".into());
+        forward_request_headers(
+            p.headers.clone(),
+            &mut out,
+            &trusted,
+            "gw:8000",
+            "/",
+            None,
+            "u".into(),
+        );
         assert_eq!(values(&out, "x-forwarded-for"), [b"203.0.113.9"]);
     }
 }

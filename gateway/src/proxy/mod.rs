@@ -233,18 +233,19 @@ async fn forward(
         .uri(upstream_uri)
         .body(ProxyBody::streaming(body))
         .map_err(|e| ProxyError::BadRequest(format!("building the upstream request: {e}")))?;
+    let upstream_host = if route.preserve_host {
+        host_header(&parts)
+    } else {
+        service.authority()
+    };
     headers::forward_request_headers(
-        &parts,
+        parts.headers,
         upstream_request.headers_mut(),
         &downstream,
         &host,
         &path,
         route.strip_path.then_some(route_match.matched.as_str()),
-        if route.preserve_host {
-            host_header(&parts)
-        } else {
-            service.authority()
-        },
+        upstream_host,
     );
     headers::frame_body_of_unknown_length(upstream_request.headers_mut(), body_follows);
 
