@@ -1120,6 +1120,67 @@ mod tests {
     }
 
     #[test]
+    fn the_command_line_comes_before_the_file_and_defaults_follow_the_plugin() {
+        let parse = |yaml: &str| {
+            CaseFile::parse(yaml, "dir/cases.yaml".as_ref()).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let any = parse("module: build/f.wasm\nroot_id: r\ncases: [{name: a, expect: {}}]");
+        let spec = any
+            .module_spec(&Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spec.path, PathBuf::from("dir/build/f.wasm"));
+        assert_eq!(spec.plugin_name, "f");
+        assert_eq!(spec.root_id, "r");
+        assert!(!spec.wasmgate_plugin && !spec.allow_on_headers_stop_iteration);
+        let overrides = Overrides {
+            module: Some("/m/g.wasm".into()),
+            plugin_name: Some("n".into()),
+            root_id: Some("q".into()),
+            config: Some("raw text".into()),
+            ..Overrides::default()
+        };
+        let spec = any
+            .module_spec(&overrides)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (
+                spec.path.to_str(),
+                spec.plugin_name.as_str(),
+                spec.root_id.as_str()
+            ),
+            (Some("/m/g.wasm"), "n", "q")
+        );
+        // The command's configuration is for cases without one of their own.
+        let cases = parse(
+            "module: f.wasm\ncases: [{name: a, expect: {}}, {name: b, config: {x: 1}, expect: {}}, {name: c, config_text: t, expect: {}}]",
+        );
+        let spec = cases
+            .module_spec(&overrides)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let configs: Vec<String> = cases.cases.iter().map(|c| spec.configuration(c)).collect();
+        assert_eq!(configs, ["raw text", r#"{"x":1}"#, "t"]);
+        let spec = cases
+            .module_spec(&Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spec.configuration(&cases.cases[0]), "{}");
+
+        // One of wasmgate's plugins: its module by name, the data planes' settings.
+        let kong = parse("plugin: rate-limiting\ncases: [{name: a, expect: {}}]");
+        assert!(kong.module_spec(&Overrides::default()).is_err());
+        let spec = kong
+            .module_spec(&Overrides {
+                modules_dir: Some("/w".into()),
+                ..Overrides::default()
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spec.path, PathBuf::from("/w/rate_limiting.wasm"));
+        assert_eq!(spec.root_id, "rate-limiting");
+        assert!(spec.wasmgate_plugin && spec.allow_on_headers_stop_iteration);
+        assert!(spec.avoid_minute_boundary);
+        assert_eq!(spec.diff_ignore_headers, ["ratelimit-reset", "retry-after"]);
+    }
+
+    #[test]
     fn chunk_size_paces_a_chunked_text_body_and_nothing_else() {
         let request = |yaml: &str| -> CaseRequest {
             serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))

@@ -7,18 +7,16 @@
 //!
 //! Cases that share an environment (secrets) share one gateway and one Envoy; every case and
 //! protocol gets its own route (selected by an `x-wasmgate-case` header) and its own plugin
-//! instance.
+//! instance, in the declarative file `modtest`'s gateway target writes
+//! (`modtest::in_gateway::declarative`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::json;
+use modtest::in_gateway::{declarative, route_name, CASE_HEADER};
 
-use crate::cases::{run_step, Case, CaseFile, ModuleSpec};
+use crate::cases::{run_step, Case, CaseFile};
 use crate::client::Protocol;
-
-/// The header that selects a case's route.
-pub const CASE_HEADER: &str = "x-wasmgate-case";
 
 fn options(env: &BTreeMap<String, String>) -> gateway::GatewayOptions {
     let mut options = crate::gateway::options();
@@ -26,51 +24,6 @@ fn options(env: &BTreeMap<String, String>) -> gateway::GatewayOptions {
     options.drain_timeout = Duration::from_secs(2);
     options.runtime.env_values = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     options
-}
-
-/// The name of a case's service and route for one protocol.
-fn route_name(i: usize, protocol: Protocol) -> String {
-    format!("case-{i}-{protocol:?}").to_lowercase()
-}
-
-/// The declarative configuration of a group of cases: a service and route per case and
-/// protocol, the plugin attached to that route.
-fn declarative(
-    module: &ModuleSpec,
-    routes: &[(usize, &Case, Protocol)],
-    upstream: std::net::SocketAddr,
-) -> String {
-    let services: Vec<_> = routes
-        .iter()
-        .map(|(i, case, protocol)| {
-            let name = route_name(*i, *protocol);
-            let plugin_route = json!({
-                "name": name,
-                "paths": case.paths.clone().unwrap_or_else(|| vec!["/".into()]),
-                "headers": {CASE_HEADER: [name]},
-                "strip_path": false,
-                "preserve_host": true,
-                // Kong's config as the user writes it: the gateway adds the data planes' defaults.
-                "plugins": [{"name": module.plugin_name, "config": case.config.clone().unwrap_or_else(|| json!({}))}],
-            });
-            let mut routes = vec![plugin_route];
-            if case.paths.is_some() {
-                routes.push(json!({
-                    "name": format!("{name}-open"),
-                    "paths": ["/"],
-                    "headers": {CASE_HEADER: [name]},
-                    "strip_path": false,
-                    "preserve_host": true,
-                }));
-            }
-            json!({
-                "name": name,
-                "url": format!("http://{upstream}"),
-                "routes": routes,
-            })
-        })
-        .collect();
-    json!({"_format_version": "3.0", "services": services}).to_string()
 }
 
 /// Cases (with their index in the file) that run on one gateway.
