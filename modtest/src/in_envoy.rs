@@ -109,7 +109,6 @@ pub async fn run_file(
                         let addr = envoy.listener(&listener_name(i, protocol));
                         problems.extend(
                             planes::run_case_steps(
-                                "",
                                 module,
                                 &echo,
                                 &mut accounting,

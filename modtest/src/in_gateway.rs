@@ -185,7 +185,6 @@ pub async fn run_file(
                 let name = route_name(i, protocol);
                 problems.extend(
                     planes::run_case_steps(
-                        "",
                         module,
                         &echo,
                         &mut accounting,

@@ -64,7 +64,10 @@ fn echo(req: &UpstreamRequest) -> TestResponse {
         &req.method,
         &req.path,
         "HTTP/1.1",
-        req.headers.0.clone(),
+        req.headers
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_vec()))
+            .collect(),
         &req.body,
     );
     let body = serde_json::to_vec(&report).unwrap_or_default();

@@ -56,10 +56,9 @@ pub fn skip_reason(case: &Case, settings: &Settings, routes: bool) -> Option<Str
 }
 
 /// Sends every step of `case` over `protocol` to `addr`, waiting out each step's
-/// `advance`; returns the problems, each naming protocol and step (prefixed with `plane`).
+/// `advance`; returns the problems, each naming protocol and step.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_case_steps(
-    plane: &str,
     module: &ModuleSpec,
     echo: &EchoUpstream,
     accounting: &mut Accounting,
@@ -79,7 +78,7 @@ pub async fn run_case_steps(
         if let Some((name, value)) = extra_header {
             request.headers.push((name.into(), value.into()));
         }
-        let label = format!("{plane}[{protocol:?}] step {}", n + 1);
+        let label = format!("[{protocol:?}] step {}", n + 1);
         let (exchange, found) = run_step(
             echo,
             step,
