@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use host::callout::GrpcCallout;
 use ratelimit::{Failure, RedisTarget, Services};
+use rustls_pki_types::CertificateDer;
 
 use crate::snapshot::Snapshot;
 
@@ -29,9 +30,27 @@ fn config_targets(config: &model::Config) -> Result<Vec<RedisTarget>, String> {
     ratelimit::target::targets(configs)
 }
 
+/// PEM of DER certificates.
+fn pem(certificates: &[CertificateDer<'static>]) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for der in certificates {
+        let text = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in text.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out.into_bytes()
+}
+
 /// The Redis targets a snapshot's modules call: its configuration's and the operator's
 /// platform plugins' (`--platform-plugins`, read here from the configuration their module got).
-fn targets(snapshot: &Snapshot) -> Vec<RedisTarget> {
+/// With `ssl_verify`, Redis's certificate is checked against `--upstream-ca-file`'s CAs when
+/// given (Kong's `lua_ssl_trusted_certificate`), else the Web PKI roots.
+fn targets(snapshot: &Snapshot, trusted_cas: &[CertificateDer<'static>]) -> Vec<RedisTarget> {
     let platform: Vec<serde_json::Value> = snapshot
         .filters
         .platform
@@ -47,10 +66,16 @@ fn targets(snapshot: &Snapshot) -> Vec<RedisTarget> {
         .filter(|p| p.enabled && p.name == "rate-limiting")
         .map(|p| &p.config)
         .chain(&platform);
-    ratelimit::target::targets(configs).unwrap_or_else(|e| {
+    let mut targets = ratelimit::target::targets(configs).unwrap_or_else(|e| {
         log::error!("rate-limiting: {e}");
         Vec::new()
-    })
+    });
+    if !trusted_cas.is_empty() {
+        for target in targets.iter_mut().filter(|t| t.ssl && t.ssl_verify) {
+            target.ca_pem = Some(pem(trusted_cas));
+        }
+    }
+    targets
 }
 
 /// `gateway envoy-bootstrap`: one cluster per Redis of the configuration, named as its
@@ -111,7 +136,11 @@ pub fn add_envoy_clusters(
 }
 
 /// Answers a module's unary call to the service: the encoded response, or a gRPC status.
-pub async fn answer(snapshot: &Snapshot, call: &GrpcCallout) -> Result<Vec<u8>, Failure> {
+pub async fn answer(
+    snapshot: &Snapshot,
+    trusted_cas: &[CertificateDer<'static>],
+    call: &GrpcCallout,
+) -> Result<Vec<u8>, Failure> {
     let unavailable = |message: String| Failure {
         code: ratelimit::service::UNAVAILABLE,
         message,
@@ -127,7 +156,9 @@ pub async fn answer(snapshot: &Snapshot, call: &GrpcCallout) -> Result<Vec<u8>, 
         });
     };
     let service = services
-        .find(snapshot.generation, &call.upstream, || targets(snapshot))
+        .find(snapshot.generation, &call.upstream, || {
+            targets(snapshot, trusted_cas)
+        })
         .ok_or_else(|| {
             unavailable(format!(
                 "no rate-limiting plugin of this configuration uses the Redis of {}",

@@ -4,7 +4,12 @@
 //! ```text
 //! wasmgate-ratelimit --listen 127.0.0.1:8081 --redis-host 127.0.0.1 [--redis-port 6379]
 //!     [--redis-database 0] [--redis-username U] [--redis-password-env VAR] [--redis-timeout 2000]
+//!     [--redis-ssl [--redis-ssl-verify [--redis-ca-file CA.pem]] [--redis-server-name NAME]]
 //! ```
+//!
+//! The flags are the plugin's `redis` fields: the cluster name the module calls depends on
+//! them (the binary prints it), so give the same host, port, database, username and TLS
+//! settings as the plugin's config.
 
 use std::net::SocketAddr;
 
@@ -13,7 +18,8 @@ use xds_api::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateL
 
 const USAGE: &str =
     "usage: wasmgate-ratelimit --listen ADDR --redis-host HOST [--redis-port 6379] \
-[--redis-database 0] [--redis-username USER] [--redis-password-env VAR] [--redis-timeout MS]";
+[--redis-database 0] [--redis-username USER] [--redis-password-env VAR] [--redis-timeout MS] \
+[--redis-ssl [--redis-ssl-verify [--redis-ca-file CA.pem]] [--redis-server-name NAME]]";
 
 fn parse(args: &[String]) -> Result<(SocketAddr, RedisTarget), String> {
     let mut listen = None;
@@ -54,6 +60,14 @@ fn parse(args: &[String]) -> Result<(SocketAddr, RedisTarget), String> {
             "--redis-timeout" => {
                 target.timeout_ms = u32::try_from(number(flag, value()?)?)
                     .map_err(|_| "--redis-timeout: too large".to_owned())?
+            }
+            "--redis-ssl" => target.ssl = true,
+            "--redis-ssl-verify" => target.ssl_verify = true,
+            "--redis-server-name" => target.server_name = Some(value()?),
+            "--redis-ca-file" => {
+                let path = value()?;
+                target.ca_pem =
+                    Some(std::fs::read(&path).map_err(|e| format!("--redis-ca-file {path}: {e}"))?);
             }
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
+    TlsCertificates,
+};
 use tokio::sync::Mutex;
 
 use crate::calendar::Unit;
@@ -149,8 +152,10 @@ pub fn counter_key(scope: &[u8], unit: Unit, window_start: i64) -> Vec<u8> {
 }
 
 impl RedisStore {
-    /// A store for `target`; nothing connects before the first request. TLS to Redis is not
-    /// supported: the module refuses `ssl: true` before a store is made for it.
+    /// A store for `target`; nothing connects before the first request. With `ssl`, TLS
+    /// (rustls): the certificate is checked only with `ssl_verify`, against `ca_pem` or else
+    /// the Web PKI roots, for the host name (a `server_name` other than the host is refused:
+    /// the module refuses it first).
     pub fn new(target: RedisTarget) -> Result<Arc<RedisStore>, StoreError> {
         let mut redis = redis::RedisConnectionInfo::default().set_db(target.database);
         if let Some(user) = &target.username {
@@ -159,11 +164,45 @@ impl RedisStore {
         if let Some(password) = &target.password {
             redis = redis.set_password(password);
         }
-        let info: ConnectionInfo = ConnectionAddr::Tcp(target.host.clone(), target.port)
+        if target
+            .server_name
+            .as_ref()
+            .is_some_and(|name| *name != target.host)
+        {
+            return Err(StoreError::Malformed(
+                "a TLS server_name other than the host is not supported".to_owned(),
+            ));
+        }
+        let addr = if target.ssl {
+            ConnectionAddr::TcpTls {
+                host: target.host.clone(),
+                port: target.port,
+                insecure: !target.ssl_verify,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(target.host.clone(), target.port)
+        };
+        let info: ConnectionInfo = addr
             .into_connection_info()
             .map_err(StoreError::Redis)?
             .set_redis_settings(redis);
-        let client = Client::open(info).map_err(StoreError::Redis)?;
+        if target.ssl {
+            // redis's rustls asks the process for a crypto provider; an earlier one (the
+            // gateway's own, also ring) stays.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = match (&target.ca_pem, target.ssl && target.ssl_verify) {
+            (Some(ca), true) => Client::build_with_tls(
+                info,
+                TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            _ => Client::open(info),
+        }
+        .map_err(StoreError::Redis)?;
         Ok(Arc::new(RedisStore {
             target,
             client,

@@ -31,6 +31,10 @@ pub struct RedisTarget {
     pub server_name: Option<String>,
     /// Kong's `timeout`: connecting, sending and reading, in milliseconds.
     pub timeout_ms: u32,
+    /// With `ssl_verify`: the CAs (PEM) that sign Redis's certificate, instead of the Web PKI
+    /// roots: the data plane's (`gateway --upstream-ca-file`, as Kong's
+    /// `lua_ssl_trusted_certificate`), not the plugin's.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 // The password never reaches a log line.
@@ -43,6 +47,8 @@ impl fmt::Debug for RedisTarget {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("ssl", &self.ssl)
+            .field("ssl_verify", &self.ssl_verify)
+            .field("server_name", &self.server_name)
             .field("timeout_ms", &self.timeout_ms)
             .finish()
     }
@@ -61,6 +67,7 @@ impl RedisTarget {
             ssl_verify: false,
             server_name: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,
+            ca_pem: None,
         }
     }
 
@@ -101,6 +108,7 @@ impl RedisTarget {
                 .and_then(Value::as_u64)
                 .and_then(|t| u32::try_from(t).ok())
                 .unwrap_or(DEFAULT_TIMEOUT_MS),
+            ca_pem: None,
         })
     }
 

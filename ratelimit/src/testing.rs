@@ -1,5 +1,6 @@
 //! For tests: a real Redis (Debian's `redis-server`) on 127.0.0.1, on a free port, in a
-//! temporary folder of its own, without persistence; stopped when dropped.
+//! temporary folder of its own, without persistence, in cleartext or TLS only; stopped when
+//! dropped.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,6 +12,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// TLS only, with the certificate and key in `dir`.
+    tls: bool,
 }
 
 /// A port free at the time of asking.
@@ -30,7 +33,20 @@ impl RedisServer {
             port,
             dir,
             child: None,
+            tls: false,
         };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// [`RedisServer::start`] with TLS only (no cleartext port), presenting `cert_pem` (with
+    /// `key_pem`); clients need no certificate.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<RedisServer, String> {
+        let mut server = RedisServer::start()?;
+        server.kill();
+        std::fs::write(server.dir.join("redis.crt"), cert_pem).map_err(|e| e.to_string())?;
+        std::fs::write(server.dir.join("redis.key"), key_pem).map_err(|e| e.to_string())?;
+        server.tls = true;
         server.restart()?;
         Ok(server)
     }
@@ -39,8 +55,27 @@ impl RedisServer {
     pub fn restart(&mut self) -> Result<(), String> {
         let program =
             std::env::var("WASMGATE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
-        let child = Command::new(&program)
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let port = self.port.to_string();
+        let mut command = Command::new(&program);
+        command.args(["--bind", "127.0.0.1"]);
+        if self.tls {
+            command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("redis.crt"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("redis.key"));
+        } else {
+            command.args(["--port", &port]);
+        }
+        let child = command
             .args([
                 "--save",
                 "",
@@ -58,7 +93,13 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.command(&["PING"]).is_ok_and(|r| r == "+PONG") {
+            // A TLS port is ready when it accepts connections (this client speaks no TLS).
+            let ready = if self.tls {
+                TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            } else {
+                self.command(&["PING"]).is_ok_and(|r| r == "+PONG")
+            };
+            if ready {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -66,7 +107,7 @@ impl RedisServer {
         Err(format!("redis-server on port {} did not answer", self.port))
     }
 
-    /// One command in RESP, its first reply line.
+    /// One command in RESP, its first reply line (cleartext servers only).
     pub fn command(&self, args: &[&str]) -> std::io::Result<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;

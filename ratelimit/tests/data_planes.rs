@@ -441,6 +441,38 @@ fn a_platform_plugin_counts_in_redis() {
     assert_eq!(refused.header("x-ratelimit-limit-hour"), Some("3"));
 }
 
+/// Kong's `ssl` and `ssl_verify`: a gateway counts in a TLS-only Redis whose certificate its
+/// `--upstream-ca-file` trusts; one without that CA cannot verify it and passes requests
+/// (fault_tolerant) without headers.
+#[test]
+fn a_gateway_counts_in_a_tls_redis_it_verifies() {
+    let dir = temp_dir("tls");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = certified.cert.pem();
+    let redis = RedisServer::start_tls(&cert, &certified.signing_key.serialize_pem()).unwrap();
+    let ca = dir.join("redis-ca.pem");
+    std::fs::write(&ca, &cert).unwrap();
+    let ca = ca.to_string_lossy().into_owned();
+    let upstream = upstream();
+    let config = kong_file(
+        &dir,
+        upstream,
+        5,
+        &format!(
+            r#"{{hour: 3, policy: redis, redis: {{host: localhost, port: {}, ssl: true, ssl_verify: true, server_name: localhost}}}}"#,
+            redis.port
+        ),
+    );
+    let (_g, port) = start_gateway_with(&dir, &config, "gateway", &["--upstream-ca-file", &ca]);
+    let (statuses, refused) = until_refused(&mut Client::new(port), 10);
+    // The readiness request was the first of 3.
+    assert_eq!(statuses, [200, 200, 429], "{refused:?}");
+    let (_u, unverified) = start_gateway(&dir, &config, "gateway-without-ca");
+    let passed = Client::new(unverified).get("/x").unwrap();
+    assert_eq!(passed.status, 200, "{passed:?}");
+    assert_eq!(passed.header("x-ratelimit-limit-hour"), None, "{passed:?}");
+}
+
 /// Wall-clock seconds since the epoch, as f64.
 fn now_secs() -> f64 {
     SystemTime::now()

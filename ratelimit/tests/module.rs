@@ -141,7 +141,8 @@ fn the_module_calls_the_cluster_the_service_is_served_under() {
     for json in [
         r#"{"second": 1, "policy": "redis", "redis": {"host": "cache"}}"#,
         r#"{"second": 1, "policy": "redis", "redis": {"host": "cache", "port": 6380, "database": 4, "username": "u", "password": "p"}}"#,
-        r#"{"second": 1, "policy": "redis", "redis_host": "old", "redis": {"host": "new", "server_name": "sni"}}"#,
+        r#"{"second": 1, "policy": "redis", "redis_host": "old", "redis": {"host": "new", "ssl": true}}"#,
+        r#"{"second": 1, "policy": "redis", "redis": {"host": "h", "ssl": true, "ssl_verify": true, "server_name": "h"}}"#,
     ] {
         let value: serde_json::Value = serde_json::from_str(json).unwrap();
         let module = Config::parse(json.as_bytes()).unwrap().redis.unwrap();

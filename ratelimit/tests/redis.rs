@@ -250,3 +250,58 @@ async fn descriptors_without_a_limit_count_nothing_and_bad_ones_are_refused() {
         .await
         .is_err());
 }
+
+/// Kong's `ssl`: TLS to Redis; the certificate is checked with `ssl_verify` only, against the
+/// data plane's CAs (`ca_pem`) or the Web PKI roots, which do not know a private CA.
+#[tokio::test]
+async fn a_tls_redis_is_used_with_ssl_and_its_certificate_checked_with_ssl_verify() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
+    let redis = RedisServer::start_tls(&cert, &key).unwrap();
+    let req = request("tls", vec![descriptor("k", Unit::Minute, 10, &[])]);
+    let service = |ssl: bool, ssl_verify: bool, ca: Option<&str>| {
+        let mut target = RedisTarget::new("localhost", redis.port);
+        target.ssl = ssl;
+        target.ssl_verify = ssl_verify;
+        target.ca_pem = ca.map(|c| c.as_bytes().to_vec());
+        target.timeout_ms = 2000;
+        Service::new(RedisStore::new(target).unwrap())
+    };
+    // Unverified, then verified against its CA: both count in the same Redis.
+    let r = service(true, false, None)
+        .decide(&req, T0_MS)
+        .await
+        .unwrap();
+    assert_eq!(remaining(&r), [(OK, 9)]);
+    let r = service(true, true, Some(&cert))
+        .decide(&req, T0_MS)
+        .await
+        .unwrap();
+    assert_eq!(remaining(&r), [(OK, 8)]);
+    // Verified against the Web PKI: refused; and cleartext to a TLS port gets no answer.
+    let failure = service(true, true, None)
+        .decide(&req, T0_MS)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        failure.code,
+        ratelimit::service::UNAVAILABLE,
+        "{}",
+        failure.message
+    );
+    let failure = service(false, false, None)
+        .decide(&req, T0_MS)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        failure.code,
+        ratelimit::service::UNAVAILABLE,
+        "{}",
+        failure.message
+    );
+    // A server name other than the host is refused.
+    let mut named = RedisTarget::new("localhost", redis.port);
+    named.ssl = true;
+    named.server_name = Some("redis.internal".to_owned());
+    assert!(RedisStore::new(named).is_err());
+}

@@ -66,13 +66,16 @@ async fn run(
 ) -> Option<(u32, String)> {
     let snapshot = worker.shared.snapshot.load_full();
     if crate::ratelimit::is_service(&call.upstream) {
-        return Some(match crate::ratelimit::answer(&snapshot, call).await {
-            Ok(message) => {
-                let _ = events.send(GrpcInbound::Message(message));
-                (0, String::new())
-            }
-            Err(failure) => (failure.code, failure.message),
-        });
+        let trusted_cas = &worker.shared.options.upstream.trusted_cas;
+        return Some(
+            match crate::ratelimit::answer(&snapshot, trusted_cas, call).await {
+                Ok(message) => {
+                    let _ = events.send(GrpcInbound::Message(message));
+                    (0, String::new())
+                }
+                Err(failure) => (failure.code, failure.message),
+            },
+        );
     }
     let Some(service) = super::filtered::callout_service(&snapshot.config, &call.upstream) else {
         return Some((UNAVAILABLE, format!("no upstream {}", call.upstream)));

@@ -395,7 +395,8 @@ impl RedisFields {
     }
 
     /// The configuration of `policy: redis`, with Kong's entity check (`config.redis.host`
-    /// is required) and what wasmgate does not do yet (TLS to Redis).
+    /// is required) and what wasmgate does not do yet (a TLS server name other than the
+    /// host).
     fn config(self, r: &mut Record<'_>) -> Option<RedisConfig> {
         let redis = r.path_of("redis");
         let Some(host) = self.host else {
@@ -406,14 +407,13 @@ impl RedisFields {
             return None;
         };
         let ssl = self.ssl.unwrap_or(false);
-        if ssl {
+        if self.server_name.as_ref().is_some_and(|name| *name != host) {
             r.error_at(
-                format!("{redis}.ssl"),
-                "TLS to Redis is not supported by wasmgate yet",
+                format!("{redis}.server_name"),
+                "a server name other than redis.host is not supported by wasmgate yet",
             );
         }
         Some(RedisConfig {
-            host,
             port: self.port.unwrap_or(6379),
             database: self.database.unwrap_or(0),
             username: self.username,
@@ -422,6 +422,7 @@ impl RedisFields {
             ssl_verify: self.ssl_verify.unwrap_or(false),
             server_name: self.server_name,
             timeout_ms: self.timeout.unwrap_or(2_000),
+            host,
         })
     }
 }
@@ -809,6 +810,17 @@ mod tests {
             (defaults.port, defaults.timeout_ms, defaults.database),
             (6379, 2000, 0)
         );
+        let tls = Config::parse(
+            br#"{"second": 5, "policy": "redis",
+                 "redis": {"host": "h", "ssl": true, "ssl_verify": true, "server_name": "h"}}"#,
+        )
+        .unwrap()
+        .redis
+        .unwrap();
+        assert_eq!(
+            (tls.ssl, tls.ssl_verify, tls.server_name.as_deref()),
+            (true, true, Some("h"))
+        );
         assert!(Config::parse(br#"{"second": 5, "redis": {"host": "h"}}"#)
             .unwrap()
             .redis
@@ -847,8 +859,8 @@ mod tests {
                 "config.redis.ssl: expected a boolean",
             ),
             (
-                r#"{"second": 1, "policy": "redis", "redis": {"host": "h", "ssl": true}}"#,
-                "config.redis.ssl: TLS to Redis is not supported by wasmgate yet",
+                r#"{"second": 1, "policy": "redis", "redis": {"host": "h", "ssl": true, "server_name": "s"}}"#,
+                "config.redis.server_name: a server name other than redis.host is not supported by wasmgate yet",
             ),
             (
                 r#"{"second": 1, "policy": "redis", "redis": {"host": "h", "hots": "x"}}"#,
