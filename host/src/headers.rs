@@ -6,42 +6,59 @@
 //! it, and a filter must see and forward exactly what was sent, never a lossy UTF-8 copy.
 //! Names are tokens (ASCII) by the time a codec has accepted them.
 
+use std::sync::Arc;
+
 /// An ordered header map.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Headers(pub Vec<(String, Vec<u8>)>);
+///
+/// Shared until written: the filter chain hands the headers it lets through to the data plane
+/// and keeps them for later callbacks, and a copy costs a reference count until one side
+/// changes its copy. An empty map holds no allocation.
+#[derive(Clone, Default)]
+pub struct Headers(Option<Arc<Vec<Pair>>>);
+
+/// A header's lower-case name and its value's bytes.
+type Pair = (String, Vec<u8>);
 
 impl Headers {
     pub fn new() -> Headers {
-        Headers(Vec::new())
+        Headers(None)
     }
 
     pub fn from_pairs<K: Into<String>, V: Into<Vec<u8>>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Headers {
-        Headers(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (k.into().to_ascii_lowercase(), v.into()))
-                .collect(),
-        )
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.into().to_ascii_lowercase(), v.into()))
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    fn pairs(&self) -> &[Pair] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// The pairs to change: this map's own copy from here on.
+    fn pairs_mut(&mut self) -> &mut Vec<Pair> {
+        Arc::make_mut(self.0.get_or_insert_with(Default::default))
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.pairs().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.pairs().is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+        self.pairs().iter().map(|(k, v)| (k.as_str(), v.as_slice()))
     }
 
     /// The first value of `name` (case-insensitive), as Envoy answers
     /// `proxy_get_header_map_value`.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.0
+        self.pairs()
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_slice())
@@ -53,7 +70,7 @@ impl Headers {
     }
 
     pub fn get_all(&self, name: &str) -> Vec<&[u8]> {
-        self.0
+        self.pairs()
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_slice())
@@ -61,41 +78,72 @@ impl Headers {
     }
 
     pub fn add(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        self.0
+        self.pairs_mut()
             .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+    }
+
+    /// Adds a pair at the front (e.g. the Host an HTTP/1.1 request starts with).
+    pub fn add_first(&mut self, name: &str, value: impl AsRef<[u8]>) {
+        self.pairs_mut()
+            .insert(0, (name.to_ascii_lowercase(), value.as_ref().to_vec()));
     }
 
     /// Replaces every value of `name` with one (adds it when absent).
     pub fn replace(&mut self, name: &str, value: impl AsRef<[u8]>) {
         let value = value.as_ref();
-        match self
-            .0
+        let Some(first) = self
+            .pairs()
             .iter()
             .position(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
-            Some(first) => {
-                self.0[first].1 = value.to_vec();
-                let mut i = first + 1;
-                while i < self.0.len() {
-                    if self.0[i].0.eq_ignore_ascii_case(name) {
-                        self.0.remove(i);
-                    } else {
-                        i += 1;
-                    }
-                }
+        else {
+            return self.add(name, value);
+        };
+        let pairs = self.pairs_mut();
+        pairs[first].1 = value.to_vec();
+        let mut i = first + 1;
+        while i < pairs.len() {
+            if pairs[i].0.eq_ignore_ascii_case(name) {
+                pairs.remove(i);
+            } else {
+                i += 1;
             }
-            None => self.add(name, value),
         }
     }
 
-    /// Removes every value of `name` (absent: nothing happens).
+    /// Removes every value of `name` (absent: nothing happens, and nothing is copied).
     pub fn remove(&mut self, name: &str) {
-        self.0.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        if self.get(name).is_some() {
+            self.pairs_mut()
+                .retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        }
     }
 
     /// The total size in bytes of names and values.
     pub fn byte_size(&self) -> usize {
-        self.0.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.pairs().iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
+/// Pairs taken as they are (names already lower-case).
+impl From<Vec<Pair>> for Headers {
+    fn from(pairs: Vec<Pair>) -> Headers {
+        Headers((!pairs.is_empty()).then(|| Arc::new(pairs)))
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Headers) -> bool {
+        self.pairs() == other.pairs()
+    }
+}
+
+impl Eq for Headers {}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(k, v)| (k, String::from_utf8_lossy(v))))
+            .finish()
     }
 }
 

@@ -88,11 +88,11 @@ fn map(headers: &Headers) -> Vec<u8> {
             names.push(name);
         }
     }
-    let joined = Headers(
+    let joined = Headers::from(
         names
             .into_iter()
             .filter_map(|n| Some((n.to_owned(), all(headers, n)?)))
-            .collect(),
+            .collect::<Vec<_>>(),
     );
     pairs::encode(&joined)
 }

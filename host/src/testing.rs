@@ -588,10 +588,7 @@ impl Harness {
                     }
                 }
                 // The upstream speaks HTTP/1.1 (as in our Envoy bootstraps): `host`.
-                rest.0.insert(
-                    0,
-                    ("host".into(), run.upstream.authority.clone().into_bytes()),
-                );
+                rest.add_first("host", run.upstream.authority.as_bytes());
                 run.upstream.headers = rest;
                 run.upstream_done = end_of_stream;
                 run.outcome.forwarded = true;

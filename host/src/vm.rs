@@ -1213,10 +1213,7 @@ mod tests {
         assert_eq!(ctx, 2);
         assert_eq!(vm.active_streams(), 1);
         let data = StreamData {
-            request_headers: Some(crate::headers::Headers(vec![(
-                "x-kept".to_owned(),
-                b"yes".to_vec(),
-            )])),
+            request_headers: Some(crate::headers::Headers::from_pairs([("x-kept", "yes")])),
             ..StreamData::default()
         };
         vm.enter(ctx, data);

@@ -57,7 +57,7 @@ pub fn decode(bytes: &[u8]) -> Option<Headers> {
         sizes.push((word(4 + i * 8)?, word(8 + i * 8)?));
     }
     let mut at = 4 + count * 8;
-    let mut headers = Headers::new();
+    let mut headers = Vec::with_capacity(sizes.len());
     for (klen, vlen) in sizes {
         let key = bytes.get(at..at.checked_add(klen)?)?;
         at += klen;
@@ -71,14 +71,14 @@ pub fn decode(bytes: &[u8]) -> Option<Headers> {
             return None;
         }
         at += 1;
-        headers.0.push((
+        headers.push((
             String::from_utf8_lossy(key).to_ascii_lowercase(),
             value.to_vec(),
         ));
     }
     // cpp-host's PairsUtil::toPairs refuses a buffer longer than its pairs (Envoy 1.40 then
     // finds no headers in a proxy_http_call: BAD_ARGUMENT).
-    (at == bytes.len()).then_some(headers)
+    (at == bytes.len()).then(|| Headers::from(headers))
 }
 
 #[cfg(test)]
