@@ -9,7 +9,8 @@
 //!   counter, decides by Kong's rule (`limit - usage <= 0` stops), and only then increments
 //!   them all. No read-then-write across clients, so N gateways and M Envoys sharing a Redis
 //!   never admit more than the limit in a window.
-//! - **Windows**: Kong's calendar-aligned windows ([`calendar`]) on the service's clock, one
+//! - **Windows**: Kong's calendar-aligned windows ([`calendar`]) on Redis's clock (each
+//!   store moves its host's clock by Redis's `TIME`, read every [`store::RESYNC`]), one
 //!   Redis key per identifier, period and window start (as Kong's keys), expiring after the
 //!   window (after the next one for a sliding window, whose usage weighs the previous
 //!   window's count).

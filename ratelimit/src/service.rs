@@ -220,14 +220,26 @@ impl Service {
         Ok(response(request, &checks, &outcome, hits))
     }
 
-    /// [`Service::decide`] on an encoded request, answering an encoded response: what a data
-    /// plane running the service in-process does with a module's `grpc_call`.
+    /// Decides one request now, on Redis's clock ([`RedisStore::now_ms`]).
+    pub async fn decide_now(
+        &self,
+        request: &RateLimitRequest,
+    ) -> Result<RateLimitResponse, Failure> {
+        let now = self.store.now_ms().await.map_err(|e| Failure {
+            code: UNAVAILABLE,
+            message: e.to_string(),
+        })?;
+        self.decide(request, now).await
+    }
+
+    /// [`Service::decide_now`] on an encoded request, answering an encoded response: what a
+    /// data plane running the service in-process does with a module's `grpc_call`.
     pub async fn call(&self, message: &[u8]) -> Result<Vec<u8>, Failure> {
         let request = RateLimitRequest::decode(message).map_err(|e| Failure {
             code: INVALID_ARGUMENT,
             message: format!("RateLimitRequest: {e}"),
         })?;
-        let response = self.decide(&request, now_ms()).await?;
+        let response = self.decide_now(&request).await?;
         Ok(response.encode_to_vec())
     }
 }
@@ -238,7 +250,7 @@ impl RateLimitService for Service {
         &self,
         request: tonic::Request<RateLimitRequest>,
     ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
-        match self.decide(request.get_ref(), now_ms()).await {
+        match self.decide_now(request.get_ref()).await {
             Ok(response) => Ok(tonic::Response::new(response)),
             Err(Failure { code, message }) => Err(tonic::Status::new(
                 tonic::Code::from_i32(code as i32),

@@ -7,9 +7,14 @@
 //! window (and, for a sliding window, the window after it, which weighs it) is over, so a
 //! window that rolls over starts from a fresh key and a Redis restart loses at most the
 //! current windows.
+//!
+//! Windows are on Redis's clock: each store reads Redis's `TIME` when it connects and every
+//! [`RESYNC`] after, and counts on its own clock moved by the difference (to within half a
+//! round trip), so every data plane sharing a Redis puts a request in the same window
+//! whatever its host's clock says.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{
@@ -59,6 +64,12 @@ else
 end
 return out
 "#;
+
+/// How long a reading of Redis's clock is used before it is read again.
+pub const RESYNC: Duration = Duration::from_secs(30);
+
+/// A wall clock in Unix milliseconds.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// One period of one request.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,6 +137,10 @@ pub struct RedisStore {
     script: redis::Script,
     /// The connection, `None` until the first request and after a failure.
     connection: Mutex<Option<MultiplexedConnection>>,
+    /// This host's clock.
+    clock: Clock,
+    /// Redis's clock less this host's, in milliseconds, and when it was read.
+    offset: Mutex<Option<(i64, Instant)>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -157,6 +172,11 @@ impl RedisStore {
     /// the Web PKI roots, for the host name (a `server_name` other than the host is refused:
     /// the module refuses it first).
     pub fn new(target: RedisTarget) -> Result<Arc<RedisStore>, StoreError> {
+        RedisStore::with_clock(target, Arc::new(crate::service::now_ms))
+    }
+
+    /// [`RedisStore::new`] on another clock than the system's (tests: a skewed host).
+    pub fn with_clock(target: RedisTarget, clock: Clock) -> Result<Arc<RedisStore>, StoreError> {
         let mut redis = redis::RedisConnectionInfo::default().set_db(target.database);
         if let Some(user) = &target.username {
             redis = redis.set_username(user);
@@ -208,7 +228,48 @@ impl RedisStore {
             client,
             script: redis::Script::new(SCRIPT),
             connection: Mutex::new(None),
+            clock,
+            offset: Mutex::new(None),
         }))
+    }
+
+    /// Now on Redis's clock, in Unix milliseconds: this host's clock moved by the last
+    /// reading of Redis's `TIME`, read again (within the timeout) when older than [`RESYNC`].
+    pub async fn now_ms(&self) -> Result<i64, StoreError> {
+        let held = *self.offset.lock().await;
+        let offset = match held {
+            Some((offset, at)) if at.elapsed() < RESYNC => offset,
+            _ => {
+                let timeout = self.target.timeout();
+                match tokio::time::timeout(timeout, self.read_offset()).await {
+                    Ok(Ok(offset)) => offset,
+                    Ok(Err(e)) => {
+                        self.forget_connection().await;
+                        return Err(e);
+                    }
+                    Err(_) => {
+                        self.forget_connection().await;
+                        return Err(StoreError::Timeout(timeout));
+                    }
+                }
+            }
+        };
+        Ok((self.clock)() + offset)
+    }
+
+    /// Reads Redis's `TIME`: Redis's clock less this host's, taken at the middle of the
+    /// round trip.
+    async fn read_offset(&self) -> Result<i64, StoreError> {
+        let mut connection = self.connection().await?;
+        let before = (self.clock)();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut connection)
+            .await
+            .map_err(StoreError::Redis)?;
+        let after = (self.clock)();
+        let offset = secs * 1000 + micros / 1000 - (before + (after - before) / 2);
+        *self.offset.lock().await = Some((offset, Instant::now()));
+        Ok(offset)
     }
 
     pub fn target(&self) -> &RedisTarget {

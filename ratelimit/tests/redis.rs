@@ -305,3 +305,44 @@ async fn a_tls_redis_is_used_with_ssl_and_its_certificate_checked_with_ssl_verif
     named.server_name = Some("redis.internal".to_owned());
     assert!(RedisStore::new(named).is_err());
 }
+
+/// Hosts whose clocks disagree by a minute still count in one window: each service counts on
+/// Redis's clock (its own moved by Redis's `TIME`), so a minute's limit holds across them.
+#[tokio::test]
+async fn services_on_skewed_hosts_count_in_the_same_window_on_redis_clock() {
+    let redis = RedisServer::start().unwrap();
+    // Away from a minute's end, on Redis's clock, so that the requests below share a minute.
+    let redis_secs = |r: &RedisServer| {
+        let mut reply = String::new();
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+        s.write_all(b"TIME\r\n").unwrap();
+        let mut reader = BufReader::new(s);
+        for _ in 0..3 {
+            reply.clear();
+            reader.read_line(&mut reply).unwrap();
+        }
+        reply.trim().parse::<i64>().unwrap()
+    };
+    let into_minute = redis_secs(&redis) % 60;
+    if into_minute >= 57 {
+        tokio::time::sleep(std::time::Duration::from_secs((61 - into_minute) as u64)).await;
+    }
+    let skewed = |skew_ms: i64| {
+        let clock: ratelimit::store::Clock =
+            Arc::new(move || ratelimit::service::now_ms() + skew_ms);
+        Service::new(
+            RedisStore::with_clock(RedisTarget::new("127.0.0.1", redis.port), clock).unwrap(),
+        )
+    };
+    let (ahead, behind) = (skewed(40_000), skewed(-20_000));
+    let req = request("skew", vec![descriptor("k", Unit::Minute, 5, &[])]);
+    let mut admitted = 0;
+    for i in 0..10 {
+        let service = if i % 2 == 0 { &ahead } else { &behind };
+        if service.decide_now(&req).await.unwrap().overall_code == OK {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5);
+}
