@@ -147,7 +147,15 @@ pub async fn run_file(
         verdicts[i] = (Some(verdict), started.elapsed());
     }
 
-    let results = planes::results(file, TARGET, verdicts, &echo, &accounting, &log);
+    let mut results = planes::results(file, TARGET, verdicts, &echo, &accounting);
+    // Envoy names each filter instance `<plugin>@<listener>` in the lines its modules log.
+    for (i, result) in results.iter_mut().enumerate() {
+        let mark = format!("@case-{i}-http");
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&mark)).collect();
+        if result.failed() && !lines.is_empty() {
+            result.log = format!("Envoy's lines of this case:\n{}", lines.join("\n"));
+        }
+    }
     results.iter().for_each(&mut done);
     FileRun { results, observed }
 }

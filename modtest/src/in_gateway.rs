@@ -128,6 +128,7 @@ pub async fn run_file(
     let mut observed = Observations::new();
     let mut verdicts: Vec<(Option<Verdict>, Duration)> =
         file.cases.iter().map(|_| (None, Duration::ZERO)).collect();
+    let mut logs: Vec<String> = vec![String::new(); file.cases.len()];
     // Cases by the environment (secrets) they need: one gateway per group.
     let mut groups: BTreeMap<Vec<(String, String)>, Vec<usize>> = BTreeMap::new();
     for (i, case) in file.cases.iter().enumerate() {
@@ -180,6 +181,7 @@ pub async fn run_file(
         for &i in &cases {
             let case = &file.cases[i];
             let started = Instant::now();
+            let mark = crate::capture::mark();
             let mut problems = Vec::new();
             for protocol in case.protocols() {
                 let name = route_name(i, protocol);
@@ -198,9 +200,16 @@ pub async fn run_file(
                 );
             }
             verdicts[i] = (Some(planes::verdict(problems)), started.elapsed());
+            logs[i] = crate::capture::since(mark);
         }
     }
-    let results = planes::results(file, TARGET, verdicts, &echo, &accounting, "");
+    let mut results = planes::results(file, TARGET, verdicts, &echo, &accounting);
+    // What the modules logged while each case ran (cases run one after the other).
+    for (result, log) in results.iter_mut().zip(logs) {
+        if result.failed() && !log.is_empty() {
+            result.log = format!("module log:\n{log}");
+        }
+    }
     results.iter().for_each(&mut done);
     FileRun { results, observed }
 }

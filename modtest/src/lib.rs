@@ -10,6 +10,7 @@
 //! missing); [`diff`] compares what gateway and Envoy answered, step by step. [`client`]
 //! and [`echo`] are the real HTTP client and upstream the targets with sockets use.
 
+pub mod capture;
 pub mod cases;
 pub mod client;
 pub mod diff;

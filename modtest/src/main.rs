@@ -112,14 +112,17 @@ fn main() -> ExitCode {
             print!("{}", modtest::cases::SCHEMA);
             ExitCode::SUCCESS
         }
-        Command::Run(args) => match run(args) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::from(1),
-            Err(e) => {
-                eprintln!("modtest: {e}");
-                ExitCode::from(2)
+        Command::Run(args) => {
+            modtest::capture::install();
+            match run(args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("modtest: {e}");
+                    ExitCode::from(2)
+                }
             }
-        },
+        }
     }
 }
 

@@ -97,15 +97,13 @@ pub async fn run_case_steps(
 }
 
 /// The case results of a file once every case ran: `verdicts` by case index (a case without
-/// one failed to run at all), the upstream's late counts added, the data plane's log kept
-/// with each failure.
+/// one failed to run at all), the upstream's late counts added.
 pub fn results(
     file: &CaseFile,
     target: &str,
     mut verdicts: Vec<(Option<Verdict>, Duration)>,
     echo: &EchoUpstream,
     accounting: &Accounting,
-    log: &str,
 ) -> Vec<CaseResult> {
     let (general, by_case) = unaccounted(echo, accounting);
     for (case, problem) in by_case {
@@ -128,10 +126,7 @@ pub fn results(
                 line: file.line_of(i),
                 case: case.name.clone(),
                 target: target.into(),
-                log: match verdict {
-                    Verdict::Failed(_) => tail(log, 60),
-                    _ => String::new(),
-                },
+                log: String::new(),
                 verdict,
                 time,
             }

@@ -37,7 +37,7 @@ impl CaseResult {
     }
 
     /// `PASS host rate-limiting.yaml: "a case"`, and for a failure an indented line per
-    /// difference.
+    /// difference, then the log kept with it (`| `).
     pub fn line(&self) -> String {
         let name = format!(
             "{:<8} {}:{}: {:?}",
@@ -56,6 +56,9 @@ impl CaseResult {
                         let indent = if i == 0 { "    - " } else { "      " };
                         let _ = write!(text, "\n{indent}{line}");
                     }
+                }
+                for line in self.log.lines() {
+                    let _ = write!(text, "\n    | {line}");
                 }
                 text
             }
@@ -237,7 +240,7 @@ mod tests {
         );
         assert_eq!(
             failed.line(),
-            "FAIL host     cases/a,b.yaml:7: \"x: y\"\n    - status: expected 200, got 413\n    - a\n      b"
+            "FAIL host     cases/a,b.yaml:7: \"x: y\"\n    - status: expected 200, got 413\n    - a\n      b\n    | [Info] a \u{1} log <line>"
         );
         assert_eq!(
             failed.github_annotation().as_deref(),

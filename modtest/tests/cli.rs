@@ -236,3 +236,33 @@ fn advance_moves_the_hosts_clock_and_a_long_wait_is_skipped_on_real_clocks() {
     let out = modtest(&["run", "spent.yaml"], dir.path());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
+
+/// A failed case comes with what the module logged while it ran: the host's record, and in
+/// `gateway` the lines the module logged during that case.
+#[test]
+fn a_failed_case_shows_what_the_module_logged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("inject.yaml"),
+        "plugin: request-transformer\ncases:\n  - name: wrong status\n    protocols: [http1]\n    config: {add: {headers: [\"x-q:$(query_params.q)\"]}}\n    request: {path: \"/?q=a%0D%0AInjected:%201\"}\n    expect: {status: 200}\n",
+    )
+    .expect("write");
+    let out = modtest(
+        &["run", "--target", "host,gateway", "inject.yaml"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let logged =
+        "request-transformer: headers: the value rendered for header x-q holds control characters";
+    assert!(
+        stdout.contains(&format!("    | [Error] {logged}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "    | [ERROR] wasmgate.plugin.request-transformer@route:case-0-http1: {logged}"
+        )),
+        "{stdout}"
+    );
+}
