@@ -15,6 +15,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ratelimit::testing::RedisServer;
 
+/// One test at a time: each starts several processes, and the accuracy test needs the
+/// machine's CPU to offer its load (its assertions are about counts, not speed, but a starved
+/// load generator offers less than the limit).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -298,6 +307,7 @@ fn until_refused(client: &mut Client, most: usize) -> (Vec<u16>, Response) {
 /// counted, and both refuse once it is used up, with Kong's headers.
 #[test]
 fn two_gateways_share_one_limit_through_redis() {
+    let _serial = serial();
     let dir = temp_dir("share");
     let redis = RedisServer::start().unwrap();
     let upstream = upstream();
@@ -352,6 +362,7 @@ fn two_gateways_share_one_limit_through_redis() {
 /// without restarting the gateway; without it they get Kong's 500.
 #[test]
 fn a_gateway_follows_fault_tolerant_while_redis_is_away_and_recovers() {
+    let _serial = serial();
     let dir = temp_dir("faults");
     let mut redis = RedisServer::start().unwrap();
     let upstream = upstream();
@@ -410,6 +421,7 @@ fn a_gateway_follows_fault_tolerant_while_redis_is_away_and_recovers() {
 /// serves the Redis their module calls as well as the configuration's.
 #[test]
 fn a_platform_plugin_counts_in_redis() {
+    let _serial = serial();
     let dir = temp_dir("platform");
     let redis = RedisServer::start().unwrap();
     let upstream = upstream();
@@ -446,6 +458,7 @@ fn a_platform_plugin_counts_in_redis() {
 /// (fault_tolerant) without headers.
 #[test]
 fn a_gateway_counts_in_a_tls_redis_it_verifies() {
+    let _serial = serial();
     let dir = temp_dir("tls");
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert = certified.cert.pem();
@@ -561,6 +574,7 @@ fn per_second(admitted: &[Admitted], from: f64, to: f64) -> Vec<(i64, usize, usi
 /// calendar second admits at most 50 and at least 47.
 #[test]
 fn two_gateways_and_an_envoy_share_fifty_per_second_under_overload() {
+    let _serial = serial();
     let dir = temp_dir("accuracy");
     let redis = RedisServer::start().unwrap();
     let upstream = upstream();
@@ -624,7 +638,7 @@ fn two_gateways_and_an_envoy_share_fifty_per_second_under_overload() {
         Command::new(envoy_binary)
             .arg("-c")
             .arg(&bootstrap)
-            .args(["--concurrency", "1", "--base-id", &free_port().to_string()])
+            .args(["--concurrency", "2", "--base-id", &free_port().to_string()])
             .args(["--log-level", "warn"])
             .stdin(Stdio::null()),
         &dir,
