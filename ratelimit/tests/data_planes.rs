@@ -494,8 +494,9 @@ fn now_secs() -> f64 {
         .as_secs_f64()
 }
 
-/// One admitted request: the client's clock when it was sent and when its answer came.
-type Admitted = (f64, f64);
+/// One admitted request: the client's clock when it was sent and when its answer came, and
+/// its `X-RateLimit-Remaining-Second` (`None`: passed without being counted).
+type Admitted = (f64, f64, Option<u32>);
 
 /// Loads `ports` from `threads_per_port` threads each for `seconds`, pacing each thread to
 /// `per_thread` requests per second; returns the admitted requests and the count of refused.
@@ -525,9 +526,12 @@ fn overload(
                 while !stop.load(Ordering::Relaxed) {
                     let sent = now_secs();
                     match client.get("/x") {
-                        Ok(r) if r.status == 200 => {
-                            admitted.lock().unwrap().push((sent, now_secs()))
-                        }
+                        Ok(r) if r.status == 200 => admitted.lock().unwrap().push((
+                            sent,
+                            now_secs(),
+                            r.header("x-ratelimit-remaining-second")
+                                .and_then(|v| v.parse().ok()),
+                        )),
                         Ok(r) if r.status == 429 => *refused.lock().unwrap() += 1,
                         _ => *errors.lock().unwrap() += 1,
                     }
@@ -559,11 +563,11 @@ fn per_second(admitted: &[Admitted], from: f64, to: f64) -> Vec<(i64, usize, usi
         .map(|s| {
             let sure = admitted
                 .iter()
-                .filter(|(a, b)| a.floor() as i64 == s && b.floor() as i64 == s)
+                .filter(|(a, b, _)| a.floor() as i64 == s && b.floor() as i64 == s)
                 .count();
             let maybe = admitted
                 .iter()
-                .filter(|(a, b)| (a.floor() as i64) <= s && (b.floor() as i64) >= s)
+                .filter(|(a, b, _)| (a.floor() as i64) <= s && (b.floor() as i64) >= s)
                 .count();
             (s, sure, maybe)
         })
@@ -653,6 +657,26 @@ fn two_gateways_and_an_envoy_share_fifty_per_second_under_overload() {
     let to = now_secs();
     let seconds = per_second(&admitted, from, to);
     assert!(seconds.len() >= 4, "{seconds:?}");
+    // Every admitted request was counted (none passed on a failed call), and within a window
+    // each has its own place in the count (50 - remaining): one counter per window, shared by
+    // all three proxies.
+    let uncounted = admitted.iter().filter(|(_, _, r)| r.is_none()).count();
+    assert_eq!(uncounted, 0, "{uncounted} admitted without headers");
+    for &(s, _, _) in &seconds {
+        let mut places: Vec<u32> = admitted
+            .iter()
+            .filter(|(a, b, _)| a.floor() as i64 == s && b.floor() as i64 == s)
+            .filter_map(|(_, _, r)| *r)
+            .collect();
+        let all = places.len();
+        places.sort_unstable();
+        places.dedup();
+        assert_eq!(
+            places.len(),
+            all,
+            "second {s}: two requests with one place in the count"
+        );
+    }
     for &(s, sure, maybe) in &seconds {
         assert!(
             sure <= 50,
