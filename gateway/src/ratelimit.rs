@@ -4,6 +4,7 @@
 //! reachable Redis. One service per distinct Redis of the running configuration, on a thread
 //! of its own (`ratelimit::Services`), started by the first call.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
@@ -18,6 +19,52 @@ static SERVICES: OnceLock<Result<Services, String>> = OnceLock::new();
 /// Whether a module's call goes to the in-process service.
 pub fn is_service(upstream: &str) -> bool {
     upstream.starts_with(ratelimit::target::CLUSTER_PREFIX)
+}
+
+/// Refuses a configuration two of whose rate-limiting plugins name one Redis with different
+/// passwords (one Redis is one service, under one cluster name): the error names the second
+/// plugin's `config.redis.password` where the file has it, with the modules' own errors.
+pub fn check_config(
+    text: &str,
+    config: &model::Config,
+    check: &dyn Fn(&str, &serde_json::Value) -> Result<(), model::ConfigError>,
+) -> Result<(), model::ConfigError> {
+    if config_targets(config).is_ok() {
+        return Ok(());
+    }
+    let seen: RefCell<Vec<RedisTarget>> = RefCell::new(Vec::new());
+    let shared = |name: &str, plugin: &serde_json::Value| {
+        check(name, plugin)?;
+        let Some(target) =
+            RedisTarget::from_kong_config(plugin).filter(|_| name == "rate-limiting")
+        else {
+            return Ok(());
+        };
+        let mut seen = seen.borrow_mut();
+        match seen
+            .iter()
+            .find(|t| t.cluster_name() == target.cluster_name())
+        {
+            Some(known) if known.password != target.password => Err(model::ConfigError::single(
+                "config.redis.password",
+                format!(
+                    "another rate-limiting plugin uses redis {}:{} (database {}) with another \
+                     password; one Redis is one rate-limit service",
+                    target.host, target.port, target.database
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                seen.push(target);
+                Ok(())
+            }
+        }
+    };
+    match model::parse_declarative_checked(text, &shared) {
+        Err(e) => Err(e),
+        // Only disabled plugins disagree: the running configuration never calls them.
+        Ok(_) => Ok(()),
+    }
 }
 
 /// The Redis targets of a configuration's enabled rate-limiting plugins with `policy: redis`.

@@ -486,6 +486,48 @@ fn a_gateway_counts_in_a_tls_redis_it_verifies() {
     assert_eq!(passed.header("x-ratelimit-limit-hour"), None, "{passed:?}");
 }
 
+/// Two plugins naming one Redis with different passwords cannot share its service: `gateway
+/// validate` refuses the file naming the second one's `config.redis.password`.
+#[test]
+fn one_redis_with_two_passwords_is_refused_naming_the_field() {
+    let _serial = serial();
+    let dir = temp_dir("passwords");
+    let config = dir.join("kong.yaml");
+    std::fs::write(
+        &config,
+        r#"_format_version: "3.0"
+services:
+  - name: backend
+    url: http://127.0.0.1:9
+    routes:
+      - name: api
+        paths: ["/"]
+    plugins:
+      - name: rate-limiting
+        config: {hour: 5, policy: redis, redis: {host: 127.0.0.1, password: two}}
+plugins:
+  - name: rate-limiting
+    config: {hour: 5, policy: redis, redis: {host: 127.0.0.1, password: one}}
+"#,
+    )
+    .unwrap();
+    let out = Command::new(gateway_binary())
+        .arg("validate")
+        .arg("--config")
+        .arg(&config)
+        .arg("--no-module-cache")
+        .arg("--modules-dir")
+        .arg(wasm_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rate-limiting.config.redis.password: another rate-limiting plugin uses redis 127.0.0.1:6379"),
+        "{stderr}"
+    );
+}
+
 /// Wall-clock seconds since the epoch, as f64.
 fn now_secs() -> f64 {
     SystemTime::now()
