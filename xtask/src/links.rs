@@ -4,21 +4,24 @@
 
 use std::collections::BTreeSet;
 
-/// Fails, naming them, when `gateway` links a plugin crate or the native schema checks.
+/// Fails, naming them, when `gateway` or `modtest` (which tests any module as the data
+/// planes run it) links a plugin crate or the native schema checks.
 pub fn check() -> Result<(), String> {
     let mut forbidden = crate::wasm::plugins()?;
     forbidden.push("wasmgate-plugin-schemas".into());
-    let linked: BTreeSet<String> = crate::pins::resolved(&["-p", "gateway"], "normal,build")?
-        .iter()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| forbidden.iter().any(|f| f == name))
-        .map(str::to_owned)
-        .collect();
-    if linked.is_empty() {
-        return Ok(());
+    for binary in ["gateway", "modtest"] {
+        let linked: BTreeSet<String> = crate::pins::resolved(&["-p", binary], "normal,build")?
+            .iter()
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|name| forbidden.iter().any(|f| f == name))
+            .map(str::to_owned)
+            .collect();
+        if !linked.is_empty() {
+            return Err(format!(
+                "{binary} links {linked:?}: it runs plugins as modules and must not link \
+                 their crates (see `cargo tree -p {binary} -i <crate>`)"
+            ));
+        }
     }
-    Err(format!(
-        "gateway links {linked:?}: the data plane runs plugins as modules and must not link \
-         their crates (see `cargo tree -p gateway -i <crate>`)"
-    ))
+    Ok(())
 }
