@@ -48,9 +48,7 @@ impl Snapshot {
             Ok(config) => config,
             Err(e) => return Err(checked().unwrap_or(e)),
         };
-        if let Err(e) = crate::ratelimit::check_config(text, &config, &check) {
-            return Err(e);
-        }
+        crate::ratelimit::check_config(text, &config, &check)?;
         let filters = match runtime.build(&config, modules_dir, previous.map(|s| &s.filters)) {
             Ok(filters) => filters,
             Err(built) => {
