@@ -108,6 +108,10 @@ impl Callouts {
     }
 
     pub fn append(&mut self, other: Callouts) {
+        // The usual case, on every callback.
+        if other.is_empty() {
+            return;
+        }
         self.http.extend(other.http);
         self.grpc.extend(other.grpc);
         self.grpc_outbound.extend(other.grpc_outbound);

@@ -1,7 +1,9 @@
 //! The state a VM's store carries: what host functions read and change during a callback.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,8 +76,9 @@ pub struct HostState {
     /// `proxy_on_memory_allocate` or `malloc`.
     pub alloc: Option<std::sync::Arc<TypedFunc<u32, u32>>>,
     pub root_context: u32,
-    /// Stream contexts alive in this VM.
-    pub streams: HashMap<u32, StreamContext>,
+    /// Stream contexts alive in this VM. Context ids and tokens are the host's own counters,
+    /// never chosen by a client: these maps need no DoS-resistant hash.
+    pub streams: FxHashMap<u32, StreamContext>,
     pub effective_context: u32,
     /// The stream whose callback runs, with its data moved in for the call.
     pub stream: Option<(u32, StreamData)>,
@@ -93,8 +96,8 @@ pub struct HostState {
     pub tick_period: Option<Duration>,
     pub callouts: Callouts,
     /// Which context made each call (token → context id).
-    pub callout_owner: HashMap<u32, u32>,
-    pub open_grpc_streams: HashMap<u32, ()>,
+    pub callout_owner: FxHashMap<u32, u32>,
+    pub open_grpc_streams: FxHashMap<u32, ()>,
     pub next_token: u32,
     pub http_response: Option<HttpCallResponse>,
     pub grpc: GrpcView,
@@ -105,7 +108,7 @@ pub struct HostState {
     pub done: bool,
     /// Contexts whose `proxy_on_done` returned false, each with whether `proxy_done` has
     /// released it since: their `on_log` and `on_delete` wait for it ([`crate::vm::Vm`]).
-    pub pending_done: HashMap<u32, bool>,
+    pub pending_done: FxHashMap<u32, bool>,
     /// Partial WASI stdout/stderr lines.
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
@@ -139,7 +142,7 @@ impl HostState {
             memory: None,
             alloc: None,
             root_context: 1,
-            streams: HashMap::new(),
+            streams: FxHashMap::default(),
             effective_context: 1,
             stream: None,
             borrowed: None,
@@ -148,15 +151,15 @@ impl HostState {
             root_properties: BTreeMap::new(),
             tick_period: None,
             callouts: Callouts::default(),
-            callout_owner: HashMap::new(),
-            open_grpc_streams: HashMap::new(),
+            callout_owner: FxHashMap::default(),
+            open_grpc_streams: FxHashMap::default(),
             next_token: 0,
             http_response: None,
             grpc: GrpcView::default(),
             status: (0, String::new()),
             stream_ops: Vec::new(),
             done: false,
-            pending_done: HashMap::new(),
+            pending_done: FxHashMap::default(),
             stdout: Vec::new(),
             stderr: Vec::new(),
             call_data: None,

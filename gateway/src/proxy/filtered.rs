@@ -10,7 +10,6 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,6 +18,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use host::callout::{GrpcCallout, GrpcInbound, GrpcOutbound};
@@ -76,7 +76,7 @@ impl Drop for Stream {
 /// asks for from its root context (`on_tick`, `on_queue_ready`, a call's answer) or from
 /// another stream (`proxy_set_effective_context`) is carried out.
 #[derive(Default)]
-pub struct LiveStreams(HashMap<(usize, u32), (Weak<Stream>, usize)>);
+pub struct LiveStreams(FxHashMap<(usize, u32), (Weak<Stream>, usize)>);
 
 impl Stream {
     /// Registers the contexts filters have got since the last look.
@@ -276,7 +276,7 @@ async fn deliver_outputs(worker: &Rc<Worker>, stream: &Rc<Stream>) {
 /// What modules did on their open gRPC calls and streams, by (instance, token), to the calls'
 /// tasks.
 #[derive(Default)]
-pub struct GrpcCalls(HashMap<(usize, u32), mpsc::UnboundedSender<GrpcOutbound>>);
+pub struct GrpcCalls(FxHashMap<(usize, u32), mpsc::UnboundedSender<GrpcOutbound>>);
 
 fn to_grpc_calls(worker: &Worker, plugin: &WorkerPlugin, events: Vec<GrpcOutbound>) {
     let calls = worker.grpc_calls.borrow();
