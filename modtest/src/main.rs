@@ -104,6 +104,9 @@ struct RunArgs {
     /// Prints only failures and the summary.
     #[arg(long, short)]
     quiet: bool,
+    /// Seconds between progress lines on stderr.
+    #[arg(long, default_value_t = 10.0)]
+    progress_every: f64,
 }
 
 fn main() -> ExitCode {
@@ -223,7 +226,14 @@ fn run(args: RunArgs) -> Result<bool, String> {
 
     let started = Instant::now();
     let progress = Arc::new(Mutex::new(Progress::default()));
-    let ticker = progress_line(Arc::clone(&progress), total, started);
+    if !(args.progress_every.is_finite() && args.progress_every > 0.0) {
+        return Err(format!(
+            "--progress-every {}: expected seconds > 0",
+            args.progress_every
+        ));
+    }
+    let every = Duration::from_secs_f64(args.progress_every);
+    let ticker = progress_line(Arc::clone(&progress), total, started, every);
     let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
     let quiet = args.quiet;
     let mut results: Vec<CaseResult> = Vec::new();
@@ -321,14 +331,17 @@ fn write_file(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Prints a progress line to stderr every 10 s while the run lasts (a run that takes longer,
+/// Prints a progress line to stderr every `every` while the run lasts (a run that takes longer,
 /// with Envoy starting per file, would otherwise look stuck in a CI log); stops when dropped.
-fn progress_line(progress: Arc<Mutex<Progress>>, total: usize, started: Instant) -> Ticker {
+fn progress_line(
+    progress: Arc<Mutex<Progress>>,
+    total: usize,
+    started: Instant,
+    every: Duration,
+) -> Ticker {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {
-        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            stopped.recv_timeout(Duration::from_secs(10))
-        {
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
             if let Ok(p) = progress.lock() {
                 eprintln!(
                     "modtest: {}/{total} cases, {} failed, {:.0} s; running {}",

@@ -266,3 +266,35 @@ fn a_failed_case_shows_what_the_module_logged() {
         "{stdout}"
     );
 }
+
+/// A run that lasts says how far it is on stderr (every 10 s by default).
+#[test]
+fn a_long_run_prints_progress_lines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = workspace().join("tests/cases/request-size-limiting.yaml");
+    let cases = modtest::cases::CaseFile::load(&file)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .cases
+        .len();
+    let out = modtest(
+        &[
+            "run",
+            "-q",
+            "--progress-every",
+            "0.05",
+            "--target",
+            "host,gateway",
+            file.to_str().expect("utf-8 path"),
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("modtest: ") && l.contains(" cases, 0 failed, "))
+        .unwrap_or_else(|| panic!("no progress line: {stderr}"));
+    // Both targets' cases.
+    assert!(line.contains(&format!("/{} cases", 2 * cases)), "{line}");
+    assert!(line.contains("; running "), "{line}");
+}
