@@ -258,6 +258,22 @@ impl ModuleSpec {
         }
     }
 
+    /// The config a case gives one of wasmgate's plugins, as a user writes it in a Kong
+    /// declarative file (`gateway` adds the data planes' defaults itself): `config`, else the
+    /// text configuration read as JSON (a string when it is not JSON, which the plugin
+    /// refuses, as it refuses it on the other data planes), else `{}`.
+    pub fn kong_config(&self, case: &Case) -> Value {
+        if let Some(config) = &case.config {
+            return config.clone();
+        }
+        match case.config_text.as_ref().or(self.default_config.as_ref()) {
+            Some(text) => {
+                serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
+            }
+            None => Value::Object(serde_json::Map::new()),
+        }
+    }
+
     /// The case's JSON config (`{}` when it gives none) with the data planes' defaults.
     pub fn config_json(&self, case: &Case, config: Option<Value>) -> Value {
         let mut config = config
@@ -1159,10 +1175,21 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let configs: Vec<String> = cases.cases.iter().map(|c| spec.configuration(c)).collect();
         assert_eq!(configs, ["raw text", r#"{"x":1}"#, "t"]);
+        // As gateway's declarative file takes one of wasmgate's plugins' config.
+        let kong: Vec<Value> = cases.cases.iter().map(|c| spec.kong_config(c)).collect();
+        assert_eq!(
+            kong,
+            [
+                Value::String("raw text".into()),
+                serde_json::json!({"x": 1}),
+                Value::String("t".into())
+            ]
+        );
         let spec = cases
             .module_spec(&Overrides::default())
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(spec.configuration(&cases.cases[0]), "{}");
+        assert_eq!(spec.kong_config(&cases.cases[0]), serde_json::json!({}));
 
         // One of wasmgate's plugins: its module by name, the data planes' settings.
         let kong = parse("plugin: rate-limiting\ncases: [{name: a, expect: {}}]");

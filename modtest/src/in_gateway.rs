@@ -70,8 +70,7 @@ pub fn declarative(
             "preserve_host": true,
         });
         if module.wasmgate_plugin {
-            // Kong's config as a user writes it: the gateway adds the data planes' defaults.
-            let config = case.config.clone().unwrap_or_else(|| json!({}));
+            let config = module.kong_config(case);
             route["plugins"] = json!([{"name": module.plugin_name, "config": config}]);
         } else {
             let stem = module
