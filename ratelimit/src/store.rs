@@ -184,10 +184,11 @@ impl RedisStore {
         if let Some(password) = &target.password {
             redis = redis.set_password(password);
         }
-        if target
-            .server_name
-            .as_ref()
-            .is_some_and(|name| *name != target.host)
+        if target.ssl
+            && target
+                .server_name
+                .as_ref()
+                .is_some_and(|name| *name != target.host)
         {
             return Err(StoreError::Malformed(
                 "a TLS server_name other than the host is not supported".to_owned(),

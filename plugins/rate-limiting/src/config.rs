@@ -407,7 +407,8 @@ impl RedisFields {
             return None;
         };
         let ssl = self.ssl.unwrap_or(false);
-        if self.server_name.as_ref().is_some_and(|name| *name != host) {
+        // Without TLS the server name is never sent: Kong accepts it, and so does wasmgate.
+        if ssl && self.server_name.as_ref().is_some_and(|name| *name != host) {
             r.error_at(
                 format!("{redis}.server_name"),
                 "a server name other than redis.host is not supported by wasmgate yet",
@@ -821,6 +822,9 @@ mod tests {
             (tls.ssl, tls.ssl_verify, tls.server_name.as_deref()),
             (true, true, Some("h"))
         );
+        let cleartext =
+            br#"{"second": 5, "policy": "redis", "redis": {"host": "h", "server_name": "s"}}"#;
+        assert!(Config::parse(cleartext).unwrap().redis.is_some());
         assert!(Config::parse(br#"{"second": 5, "redis": {"host": "h"}}"#)
             .unwrap()
             .redis
