@@ -92,6 +92,9 @@ struct EnvoyBootstrap {
     /// An environment variable plugins may read (`{vault://env/NAME}`); repeatable.
     #[arg(long = "env-allow")]
     env_allow: Vec<String>,
+    /// Where `wasmgate-ratelimit` serves this Envoy, for rate-limiting's `policy: redis`.
+    #[arg(long)]
+    ratelimit_address: Option<SocketAddr>,
 }
 
 fn envoy_bootstrap(args: &EnvoyBootstrap) -> ExitCode {
@@ -116,6 +119,7 @@ fn envoy_bootstrap(args: &EnvoyBootstrap) -> ExitCode {
         listen: args.listen,
         admin: args.admin,
         env_allow: args.env_allow.clone(),
+        ratelimit: args.ratelimit_address,
     });
     // Not println!: a closed pipe (`| head`) is an exit status, not a panic.
     use std::io::Write;

@@ -122,57 +122,29 @@ fn targets(snapshot: &Snapshot, trusted_cas: &[CertificateDer<'static>]) -> Vec<
     targets
 }
 
-/// `gateway envoy-bootstrap`: one cluster per Redis of the configuration, named as its
-/// module calls it, to the `wasmgate-ratelimit` at `address` (gRPC over h2c). That binary
-/// serves one Redis: a configuration naming several is refused.
+/// `gateway envoy-bootstrap`: the clusters the configuration's `policy: redis` plugins call
+/// (`ratelimit::target::envoy_clusters`), to the `wasmgate-ratelimit` at `address`.
 pub fn add_envoy_clusters(
     bootstrap: &mut serde_json::Value,
     config: &model::Config,
     address: Option<SocketAddr>,
 ) -> Result<(), String> {
-    let targets = config_targets(config)?;
-    let Some(first) = targets.first() else {
+    let configs = config
+        .plugins
+        .iter()
+        .filter(|p| p.enabled && p.name == "rate-limiting")
+        .map(|p| &p.config);
+    let clusters = ratelimit::target::envoy_clusters(configs, address)
+        .map_err(|e| format!("{e} (--ratelimit-address)"))?;
+    if clusters.is_empty() {
         return Ok(());
-    };
-    let Some(address) = address else {
-        return Err(format!(
-            "rate-limiting with policy redis (redis {}:{}) needs the rate-limit service: run \
-             wasmgate-ratelimit for that Redis and give its address with --ratelimit-address",
-            first.host, first.port
-        ));
-    };
-    if targets.len() > 1 {
-        return Err(format!(
-            "rate-limiting plugins use {} different Redis servers; wasmgate-ratelimit serves one \
-             and --ratelimit-address names one",
-            targets.len()
-        ));
     }
-    let name = first.cluster_name();
-    let cluster = serde_json::json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": format!("{}s", f64::from(first.timeout_ms.max(1)) / 1000.0),
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            },
-        },
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": address.ip().to_string(),
-                "port_value": address.port(),
-            }}}}]}],
-        },
-    });
     match bootstrap
         .pointer_mut("/static_resources/clusters")
         .and_then(serde_json::Value::as_array_mut)
     {
-        Some(clusters) => {
-            clusters.push(cluster);
+        Some(all) => {
+            all.extend(clusters);
             Ok(())
         }
         None => Err("the bootstrap has no static clusters".to_owned()),

@@ -7,9 +7,10 @@
 //! cluster `gateway envoy-bootstrap` adds.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Kong's defaults (`kong/tools/redis/schema.lua`).
 pub const DEFAULT_PORT: u16 = 6379;
@@ -199,6 +200,52 @@ pub fn targets<'a>(
     Ok(out)
 }
 
+/// The Envoy clusters the rate-limiting plugins of `configs` need: one per Redis, named as
+/// their module calls it, STATIC, HTTP/2 (gRPC over h2c) to the `wasmgate-ratelimit` at
+/// `address`. That binary serves one Redis, so plugins naming two are refused, as is a
+/// configuration with `policy: redis` and no address.
+pub fn envoy_clusters<'a>(
+    configs: impl IntoIterator<Item = &'a Value>,
+    address: Option<SocketAddr>,
+) -> Result<Vec<Value>, String> {
+    let targets = targets(configs)?;
+    let Some(first) = targets.first() else {
+        return Ok(Vec::new());
+    };
+    let Some(address) = address else {
+        return Err(format!(
+            "rate-limiting with policy redis (redis {}:{}) needs the rate-limit service: run \
+             wasmgate-ratelimit for that Redis and give its address",
+            first.host, first.port
+        ));
+    };
+    if targets.len() > 1 {
+        return Err(format!(
+            "rate-limiting plugins use {} different Redis servers; wasmgate-ratelimit serves one",
+            targets.len()
+        ));
+    }
+    let name = first.cluster_name();
+    Ok(vec![json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": format!("{}s", f64::from(first.timeout_ms.max(1)) / 1000.0),
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": address.ip().to_string(),
+                "port_value": address.port(),
+            }}}}]}],
+        },
+    })])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +303,33 @@ mod tests {
         }
         assert!(a.cluster_name().starts_with(CLUSTER_PREFIX));
         assert_eq!(a.cluster_name().len(), CLUSTER_PREFIX.len() + 16);
+    }
+
+    #[test]
+    fn envoy_gets_one_cluster_per_redis_at_the_services_address() {
+        let redis = json!({"policy": "redis", "redis": {"host": "c", "timeout": 250}});
+        let local = json!({"second": 5});
+        let address: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        assert_eq!(envoy_clusters([&local], None).unwrap().len(), 0);
+        let clusters = envoy_clusters([&redis, &local, &redis], Some(address)).unwrap();
+        assert_eq!(clusters.len(), 1);
+        let name = RedisTarget::from_kong_config(&redis)
+            .unwrap()
+            .cluster_name();
+        assert_eq!(clusters[0]["name"], name.as_str());
+        assert_eq!(clusters[0]["connect_timeout"], "0.25s");
+        let endpoint = &clusters[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0];
+        assert_eq!(
+            endpoint["endpoint"]["address"]["socket_address"]["port_value"],
+            8081
+        );
+        let missing = envoy_clusters([&redis], None).unwrap_err();
+        assert!(
+            missing.contains("needs the rate-limit service"),
+            "{missing}"
+        );
+        let other = json!({"policy": "redis", "redis": {"host": "d"}});
+        assert!(envoy_clusters([&redis, &other], Some(address)).is_err());
     }
 
     #[test]

@@ -85,6 +85,7 @@ fn envoy_bootstrap(
         listen,
         admin: "127.0.0.1:0".parse().unwrap(),
         env_allow: Vec::new(),
+        ratelimit: None,
     })
 }
 

@@ -77,6 +77,10 @@ pub async fn create(
             )]))
         }
     };
+    let ratelimit = match body.get("ratelimit") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(address(&body, "ratelimit", None)?),
+    };
     let (cert_pem, key_pem) = pki::client_certificate(&node_id).map_err(super::errors::internal)?;
     let der = pki::parse_certificate(&cert_pem).map_err(super::errors::internal)?;
     let store = Arc::clone(&state.store);
@@ -101,6 +105,7 @@ pub async fn create(
         listen,
         admin,
         env_allow,
+        ratelimit,
     });
     Ok((StatusCode::CREATED, Json(document)))
 }

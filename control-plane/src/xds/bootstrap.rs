@@ -24,18 +24,25 @@ pub struct BootstrapOptions {
     pub admin: SocketAddr,
     /// Envoy environment variables plugins may read (`{vault://env/NAME}`).
     pub env_allow: Vec<String>,
+    /// Where `wasmgate-ratelimit` serves this Envoy, for rate-limiting's `policy: redis`
+    /// (`node.metadata.ratelimit`).
+    pub ratelimit: Option<SocketAddr>,
 }
 
 pub fn bootstrap(options: &BootstrapOptions) -> Value {
     let ads = json!({"ads": {}, "resource_api_version": "V3"});
+    let mut metadata = json!({
+        "listen": options.listen.to_string(),
+        "env_allow": options.env_allow,
+    });
+    if let Some(ratelimit) = options.ratelimit {
+        metadata["ratelimit"] = json!(ratelimit.to_string());
+    }
     json!({
         "node": {
             "id": options.node_id,
             "cluster": options.control_plane_id,
-            "metadata": {
-                "listen": options.listen.to_string(),
-                "env_allow": options.env_allow,
-            },
+            "metadata": metadata,
         },
         "admin": {"address": model::envoy::socket_address(options.admin)},
         "dynamic_resources": {

@@ -41,6 +41,24 @@ pub struct NodeParams {
     pub listen: SocketAddr,
     /// Envoy environment variables its plugins may read (`{vault://env/NAME}`).
     pub env_allow: Vec<String>,
+    /// Where the `wasmgate-ratelimit` of rate-limiting's `policy: redis` serves this node
+    /// (`node.metadata.ratelimit`).
+    pub ratelimit: Option<SocketAddr>,
+}
+
+/// The clusters the rate-limiting plugins of `config` with `policy: redis` call, to the
+/// node's rate-limit service; an error when they need one and the node names none.
+pub fn ratelimit_clusters(
+    config: &model::Config,
+    node: &NodeParams,
+) -> Result<Vec<serde_json::Value>, String> {
+    let configs = config
+        .plugins
+        .iter()
+        .filter(|p| p.enabled && p.name == "rate-limiting")
+        .map(|p| &p.config);
+    ratelimit::target::envoy_clusters(configs, node.ratelimit)
+        .map_err(|e| format!("{e} (node.metadata.ratelimit)"))
 }
 
 /// One resource: its protobuf form, and the SHA-256 of the JSON it came from (whose text, with
@@ -175,8 +193,10 @@ impl Translator {
         })?;
         let listener = model::envoy::discovered_listener(config, &options);
         let routes = model::envoy::route_configuration(config, &options, model::envoy::LISTENER);
+        let mut clusters = model::envoy::clusters(config, &options);
+        clusters.extend(ratelimit_clusters(config, node)?);
         let by_type = [
-            (CLUSTER, model::envoy::clusters(config, &options)),
+            (CLUSTER, clusters),
             (LISTENER, vec![listener]),
             (EXTENSION_CONFIG, extension_configs),
             (ROUTE, vec![routes]),
@@ -212,7 +232,40 @@ mod tests {
         NodeParams {
             listen: ([127, 0, 0, 1], port).into(),
             env_allow: Vec::new(),
+            ratelimit: None,
         }
+    }
+
+    /// A node gets a cluster for each Redis its configuration's `policy: redis` plugins count
+    /// in, to the rate-limit service it names, named as the module calls it, and valid as
+    /// Envoy's Cluster; without a service it gets none and the version is refused for it.
+    #[test]
+    fn policy_redis_gets_its_cluster_to_the_nodes_rate_limit_service() {
+        let text = r#"
+_format_version: "3.0"
+services: [{name: s, url: "http://127.0.0.1:9", routes: [{name: r, paths: [/]}]}]
+plugins:
+  - name: rate-limiting
+    config: {second: 5, policy: redis, redis: {host: 10.0.0.5}}
+"#;
+        let config = model::parse_declarative(text).unwrap();
+        let mut node = params(1);
+        let refused = ratelimit_clusters(&config, &node).unwrap_err();
+        assert!(refused.contains("node.metadata.ratelimit"), "{refused}");
+        node.ratelimit = Some(([127, 0, 0, 1], 8081).into());
+        let clusters = ratelimit_clusters(&config, &node).unwrap();
+        assert_eq!(clusters.len(), 1);
+        let target = ratelimit::RedisTarget::from_kong_config(&config.plugins[0].config).unwrap();
+        assert_eq!(clusters[0]["name"], target.cluster_name().as_str());
+        let translator = Translator::new().unwrap();
+        let encoded = translator.encode(CLUSTER, clusters[0].clone()).unwrap();
+        let cluster =
+            xds_api::pb::envoy::config::cluster::v3::Cluster::decode(encoded.any.value.as_slice())
+                .unwrap();
+        assert_eq!(cluster.name, target.cluster_name());
+        assert!(ratelimit_clusters(&model::Config::default(), &params(1))
+            .unwrap()
+            .is_empty());
     }
 
     /// Streams of nodes with the same parameters share one translation of a version, done

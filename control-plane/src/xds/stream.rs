@@ -77,6 +77,12 @@ impl NodeIdentity {
         let listen: SocketAddr = listen.parse().map_err(|e| {
             Status::invalid_argument(format!("node.metadata.listen {listen:?}: {e}"))
         })?;
+        let ratelimit = match metadata_string(metadata, "ratelimit") {
+            None => None,
+            Some(address) => Some(address.parse::<SocketAddr>().map_err(|e| {
+                Status::invalid_argument(format!("node.metadata.ratelimit {address:?}: {e}"))
+            })?),
+        };
         let env_allow = match metadata
             .and_then(|m| m.fields.get("env_allow"))
             .and_then(|v| v.kind.as_ref())
@@ -113,7 +119,11 @@ impl NodeIdentity {
             control_plane_id,
             id: node.id.clone(),
             version,
-            params: NodeParams { listen, env_allow },
+            params: NodeParams {
+                listen,
+                env_allow,
+                ratelimit,
+            },
         })
     }
 }
