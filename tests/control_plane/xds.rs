@@ -794,3 +794,91 @@ async fn a_service_renamed_while_envoy_was_away_drops_no_request_when_it_comes_b
         Some(302)
     );
 }
+
+/// The `wasmgate-ratelimit` binary beside this test's folder (`target/debug/deps/..`).
+fn ratelimit_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary");
+    let binary = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target folder")
+        .join("wasmgate-ratelimit");
+    assert!(
+        binary.is_file(),
+        "{} is missing: cargo build -p wasmgate-ratelimit (or cargo xtask test)",
+        binary.display()
+    );
+    binary
+}
+
+/// rate-limiting's `policy: redis` over ADS: the node's bootstrap names its rate-limit service
+/// (`node.metadata.ratelimit`), CDS gives it the cluster the module calls, and the plugin
+/// counts in Redis: each answer says one request fewer remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_redis_plugin_counts_in_redis_through_the_nodes_rate_limit_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = ratelimit::testing::RedisServer::start().unwrap();
+    let service_addr = wasmgate_tests::free_port();
+    let mut service = std::process::Command::new(ratelimit_binary())
+        .args(["--listen", &service_addr.to_string()])
+        .args([
+            "--redis-host",
+            "127.0.0.1",
+            "--redis-port",
+            &redis.port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cp = TestControlPlane::start(dir.path());
+    let echo = EchoUpstream::start().await.unwrap();
+    let (id, _) = configure(&cp, echo.addr()).await;
+    cp.expect(
+        201,
+        "POST",
+        &format!("/v2/control-planes/{id}/core-entities/routes/open/plugins"),
+        Some(
+            &json!({"name": "rate-limiting", "config": {"hour": 1000, "policy": "redis",
+            "redis": {"host": "127.0.0.1", "port": redis.port}}}),
+        ),
+    )
+    .await;
+    let (cert_pem, key_pem) = pin(&cp, &id, "envoy-rl").await;
+    let listen = wasmgate_tests::free_port();
+    let bootstrap = bootstrap(&BootstrapOptions {
+        node_id: "envoy-rl".to_owned(),
+        control_plane_id: id.clone(),
+        xds: cp.endpoints().xds,
+        cert_pem,
+        key_pem,
+        ca_pem: cp.control_plane().state().identity.ca_pem.clone(),
+        listen,
+        admin: "127.0.0.1:0".parse().unwrap(),
+        env_allow: Vec::new(),
+        ratelimit: Some(service_addr),
+    });
+    let envoy = Envoy::start_bootstrap(&bootstrap, 1).await.unwrap();
+    let remaining = |response: &wasmgate_tests::client::Response| {
+        response
+            .header("x-ratelimit-remaining-hour")
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    let first = wasmgate_tests::until("a counted answer on /open", DEADLINE, async || {
+        let response = send(listen, Protocol::Http1, &Request::get("/open")).await?;
+        match remaining(&response) {
+            Some(left) if response.status == 200 => Ok(left),
+            _ => Err(format!("{} {:?}", response.status, response.headers)),
+        }
+    })
+    .await;
+    let next = send(listen, Protocol::Http1, &Request::get("/open"))
+        .await
+        .unwrap();
+    assert_eq!(remaining(&next), Some(first - 1), "{:?}", next.headers);
+    assert_eq!(next.header("x-ratelimit-limit-hour"), Some("1000"));
+    let keys = redis.command(&["DBSIZE"]).unwrap();
+    assert!(keys.starts_with(':') && keys != ":0", "{keys}");
+    drop(envoy);
+    let _ = service.kill();
+    let _ = service.wait();
+}
