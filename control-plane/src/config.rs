@@ -283,6 +283,43 @@ pub fn reassemble(
     })
 }
 
+/// A Redis the control plane's serverless groups of 2 or more replicas count their
+/// requests in (`control-plane serve --redis HOST:PORT`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redis {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for Redis {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Redis, String> {
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{text}: expected HOST:PORT"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{text}: expected HOST:PORT"));
+        }
+        let port = port
+            .parse()
+            .map_err(|_| format!("{text}: the port must be a number from 0 to 65535"))?;
+        Ok(Redis {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// One data plane group's budget, shared by its replicas: the Redis it is counted in, and
+/// the group it belongs to (each group has a budget of its own in that Redis).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedBudget {
+    pub redis: Redis,
+    pub group_id: String,
+}
+
 /// The seed's Serverless Gateway limits, 10 MB per request and 100 requests per second per
 /// gateway, as the platform plugins (`gateway run --platform-plugins`) of every data plane
 /// the control plane provisions: they run before the user's plugins and apart from them, so
@@ -292,22 +329,34 @@ pub fn reassemble(
 /// identity: one count for the whole gateway, whatever its services. It hides its headers,
 /// so that a user's own rate-limiting answers with its own; its 429 is Kong's
 /// rate-limiting answer for that config.
-pub fn platform_plugins() -> Value {
+///
+/// A group of several replicas is one gateway to its users, so its replicas count in one
+/// Redis (`shared`): `policy: redis`, under an instance name of the group's own, as Redis
+/// keys belong to the plugin instance's name and every group of every control plane would
+/// otherwise share one budget there.
+pub fn platform_plugins(shared: Option<&SharedBudget>) -> Value {
+    let mut rate_limiting = json!({
+        "name": "rate-limiting",
+        "config": {
+            "second": 100,
+            "limit_by": "service",
+            "policy": "local",
+            "hide_client_headers": true,
+        },
+    });
+    if let Some(shared) = shared {
+        rate_limiting["instance_name"] = json!(format!("rate-limiting-{}", shared.group_id));
+        rate_limiting["config"]["policy"] = json!("redis");
+        rate_limiting["config"]["redis"] =
+            json!({ "host": shared.redis.host, "port": shared.redis.port });
+    }
     json!({
         "plugins": [
             {
                 "name": "request-size-limiting",
                 "config": { "allowed_payload_size": 10, "size_unit": "megabytes" },
             },
-            {
-                "name": "rate-limiting",
-                "config": {
-                    "second": 100,
-                    "limit_by": "service",
-                    "policy": "local",
-                    "hide_client_headers": true,
-                },
-            },
+            rate_limiting,
         ],
     })
 }
@@ -318,7 +367,7 @@ pub const PLATFORM_PLUGINS_FILE: &str = "platform-plugins.json";
 /// Writes [`platform_plugins`] to `path` (mode 0600, replaced whole): the platform's own
 /// file, written before every start of the data plane, so that it is always this control
 /// plane's.
-pub fn write_platform_plugins(path: &Path) -> Result<(), String> {
+pub fn write_platform_plugins(path: &Path, shared: Option<&SharedBudget>) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let partial = path.with_extension("json.partial");
@@ -329,7 +378,7 @@ pub fn write_platform_plugins(path: &Path) -> Result<(), String> {
         .mode(0o600)
         .open(&partial)
         .and_then(|mut file| {
-            file.write_all(platform_plugins().to_string().as_bytes())?;
+            file.write_all(platform_plugins(shared).to_string().as_bytes())?;
             file.sync_all()
         })
         .and_then(|()| std::fs::rename(&partial, path));
@@ -692,7 +741,7 @@ mod tests {
     fn the_platform_limits_are_the_readmes() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join(PLATFORM_PLUGINS_FILE);
-        write_platform_plugins(&path).expect("written");
+        write_platform_plugins(&path, None).expect("written");
         let text = std::fs::read_to_string(&path).expect("read");
         let plugins = model::parse_platform_plugins(&text, Some(&schemas::check))
             .unwrap_or_else(|e| panic!("{e}"));
@@ -717,6 +766,41 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+
+        // A group of replicas: one budget in Redis, the group's own (its instance name).
+        let shared = SharedBudget {
+            redis: "redis.internal:6380".parse().expect("address"),
+            group_id: "g1".into(),
+        };
+        write_platform_plugins(&path, Some(&shared)).expect("written");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let plugins = model::parse_platform_plugins(&text, Some(&schemas::check))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rate_limiting = plugins
+            .into_iter()
+            .map(|p| (model::platform_instance_name(&p), p.config))
+            .nth(1)
+            .expect("rate-limiting");
+        assert_eq!(
+            rate_limiting,
+            (
+                "wasmgate.platform.rate-limiting-g1".to_owned(),
+                json!({ "second": 100, "limit_by": "service", "policy": "redis",
+                        "redis": { "host": "redis.internal", "port": 6380 },
+                        "hide_client_headers": true })
+            )
+        );
+    }
+
+    #[test]
+    fn a_redis_address_is_host_and_port() {
+        let redis: Redis = "127.0.0.1:6379".parse().expect("address");
+        assert_eq!((redis.host.as_str(), redis.port), ("127.0.0.1", 6379));
+        let redis: Redis = "[::1]:7000".parse().expect("address");
+        assert_eq!((redis.host.as_str(), redis.port), ("::1", 7000));
+        for bad in ["redis", ":6379", "redis:port", "redis:70000"] {
+            assert!(bad.parse::<Redis>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct Options {
     /// platform's own services and the other tenants' through the tenant's proxy. For a
     /// platform whose tenants' backends are local (development, tests).
     pub allow_private_upstreams: bool,
+    /// The Redis through which a serverless data plane group of 2 or more replicas shares
+    /// its 100 requests per second (`policy: redis`). Without one, such a group is refused:
+    /// each replica counting alone would admit 100 a second each.
+    pub redis: Option<config::Redis>,
 }
 
 impl Default for Options {
@@ -73,6 +77,7 @@ impl Default for Options {
             gateway_bin: None,
             ping_interval: Duration::from_secs(30),
             allow_private_upstreams: false,
+            redis: None,
         }
     }
 }

@@ -54,6 +54,11 @@ enum Command {
         /// services). For local development.
         #[arg(long)]
         allow_private_upstreams: bool,
+        /// The Redis (HOST:PORT) through which the replicas of a serverless data plane group
+        /// (`autoscale: {kind: static, requested_instances: 2 or more}`) share its limit of
+        /// 100 requests per second. Without it, such groups are refused.
+        #[arg(long, value_name = "HOST:PORT")]
+        redis: Option<control_plane::config::Redis>,
     },
     /// Print the bootstrap of an Envoy data plane (JSON): ADS over mTLS to the control plane;
     /// the certificate must be pinned for the control plane.
@@ -183,6 +188,7 @@ fn main() -> ExitCode {
         gateway_bin,
         ping_interval,
         allow_private_upstreams,
+        redis,
     } = command
     else {
         return ExitCode::FAILURE;
@@ -197,6 +203,7 @@ fn main() -> ExitCode {
         gateway_bin,
         ping_interval: Duration::from_secs(ping_interval.max(1)),
         allow_private_upstreams,
+        redis,
     };
     let control_plane = match ControlPlane::start(options) {
         Ok(cp) => cp,

@@ -36,14 +36,27 @@ use tokio::task::JoinHandle;
 use crate::{Options, State};
 
 /// One data plane process to keep running.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataPlaneSpec {
     pub control_plane_id: String,
-    /// The data plane group's id, also the gateway's node id.
+    /// The data plane group's id (a replica's own id), also the gateway's node id.
     pub group_id: String,
     pub proxy: SocketAddr,
-    /// Certificate, key, CA, config cache, pidfile and log live here.
+    /// Config cache, pidfile, log and platform plugins live here.
     pub dir: PathBuf,
+    /// The group's folder, where its certificate, key and the CA are: `dir` for a group's
+    /// first gateway; its other replicas present the same pinned certificate.
+    pub credentials: PathBuf,
+    /// The Redis the group's replicas share their rate limit in; `None` for a group of one
+    /// gateway, which counts locally.
+    pub shared: Option<crate::config::SharedBudget>,
+}
+
+impl DataPlaneSpec {
+    /// A group's second or later gateway, whose credentials are its group's.
+    fn is_replica(&self) -> bool {
+        self.credentials != self.dir
+    }
 }
 
 /// What the supervisor knows about a running data plane.
@@ -188,12 +201,19 @@ impl Provisioner {
         control_plane_id: &str,
         specs: Vec<DataPlaneSpec>,
     ) -> Vec<Supervised> {
-        let (stale, new) = {
+        let (stale, changed, new) = {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             let planes = running.entry(control_plane_id.to_owned()).or_default();
             let (keep, stale): (Vec<_>, Vec<_>) = planes
                 .drain(..)
                 .partition(|p| specs.iter().any(|s| s.group_id == p.spec.group_id));
+            // A group whose budget changed (its replicas went from one to several, or back,
+            // or the Redis moved) keeps its folder and credentials; its gateway is started
+            // again with the new platform plugins by the next supervisor, which finds them
+            // stale.
+            let (keep, changed): (Vec<_>, Vec<_>) = keep
+                .into_iter()
+                .partition(|p| specs.contains(&p.spec));
             *planes = keep;
             let new: Vec<DataPlaneSpec> = specs
                 .into_iter()
@@ -202,8 +222,14 @@ impl Provisioner {
             if planes.is_empty() && new.is_empty() {
                 running.remove(control_plane_id);
             }
-            (stale, new)
+            (stale, changed, new)
         };
+        for plane in &changed {
+            let _ = plane.order.send(Order::Detach);
+        }
+        for plane in changed {
+            let _ = plane.task.await;
+        }
         let launch = Launch {
             gateway: self.gateway_bin.clone(),
             upstream_deny: self.upstream_deny,
@@ -379,8 +405,9 @@ async fn stored_specs(
     control_plane_id: Option<String>,
 ) -> Result<Vec<(String, Vec<DataPlaneSpec>)>, String> {
     let store = Arc::clone(&state.store);
+    let redis = state.options.redis.clone();
     tokio::task::spawn_blocking(move || {
-        crate::api::cloud_gateway_specs(&store, control_plane_id.as_deref())
+        crate::api::cloud_gateway_specs(&store, control_plane_id.as_deref(), redis.as_ref())
     })
     .await
     .map_err(|e| e.to_string())?
@@ -413,6 +440,10 @@ fn remove_folder(dir: &Path) {
 /// issued again, and the new certificate pinned in place of the old.
 fn prepare(state: &State, spec: &DataPlaneSpec) -> Result<(), String> {
     make_folders(&spec.dir)?;
+    if spec.is_replica() {
+        // Its credentials are its group's, kept by the group's first gateway.
+        return Ok(());
+    }
     let present = |file: &str| {
         std::fs::metadata(spec.dir.join(file)).is_ok_and(|m| m.is_file() && m.len() > 0)
     };
@@ -480,6 +511,23 @@ async fn supervise(
                 gateway.drain().await;
                 launch.spawn(&spec)
             }
+            // Started with other platform plugins: a group whose replicas went from one to
+            // several (or back) counts in Redis (or locally) from now on.
+            Some(gateway) if !platform_plugins_are(&spec) => {
+                log::info!(
+                    "data plane {}: its running gateway (pid {}) runs other platform plugins \
+                     (its group's rate limit is {} now); starting it again",
+                    spec.group_id,
+                    gateway.pid,
+                    if spec.shared.is_some() {
+                        "shared in Redis"
+                    } else {
+                        "local"
+                    }
+                );
+                gateway.drain().await;
+                launch.spawn(&spec)
+            }
             Some(gateway) => {
                 log::info!(
                     "data plane {} of control plane {}: adopted its running gateway (pid {}) on http://{}",
@@ -522,6 +570,15 @@ async fn supervise(
         finish(order, None, &spec).await;
         return;
     }
+}
+
+/// Whether the platform plugins file in the data plane's folder, the one its gateway read at
+/// its start, is what the spec asks for.
+fn platform_plugins_are(spec: &DataPlaneSpec) -> bool {
+    std::fs::read_to_string(spec.dir.join(crate::config::PLATFORM_PLUGINS_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .is_some_and(|file| file == crate::config::platform_plugins(spec.shared.as_ref()))
 }
 
 /// The pause before starting a gateway that ran for `ran` again: `pause` (the one after the
@@ -580,7 +637,7 @@ impl Launch {
         // The serverless limits, the platform's layer of plugins: this control plane's, never
         // the tenant's configuration's; a data plane never starts without them.
         let platform = spec.dir.join(crate::config::PLATFORM_PLUGINS_FILE);
-        crate::config::write_platform_plugins(&platform)?;
+        crate::config::write_platform_plugins(&platform, spec.shared.as_ref())?;
         let log = open_log(&spec.dir)?;
         let mut command = tokio::process::Command::new(&self.gateway);
         command
@@ -607,11 +664,11 @@ impl Launch {
             .arg("--node-id")
             .arg(&spec.group_id)
             .arg("--cluster-cert")
-            .arg(spec.dir.join("cluster.crt"))
+            .arg(spec.credentials.join("cluster.crt"))
             .arg("--cluster-cert-key")
-            .arg(spec.dir.join("cluster.key"))
+            .arg(spec.credentials.join("cluster.key"))
             .arg("--cluster-ca-cert")
-            .arg(spec.dir.join("cluster-ca.crt"))
+            .arg(spec.credentials.join("cluster-ca.crt"))
             .arg("--cluster-cache-dir")
             .arg(spec.dir.join("cache"))
             .stdin(Stdio::null())

@@ -5,6 +5,7 @@ mod admin;
 mod api;
 mod egress;
 mod lifecycle;
+mod replicas;
 mod seed;
 mod sync;
 mod upgrade;

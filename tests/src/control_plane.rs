@@ -158,6 +158,18 @@ impl TestControlPlane {
         TestControlPlane::start_with(options(data_dir, None))
     }
 
+    /// Starts with `--redis`: serverless groups may run several replicas, which share their
+    /// rate limit in `redis`.
+    pub fn start_with_redis(
+        data_dir: &Path,
+        redis: control_plane::config::Redis,
+    ) -> TestControlPlane {
+        TestControlPlane::start_with(Options {
+            redis: Some(redis),
+            ..options(data_dir, None)
+        })
+    }
+
     /// Starts as a platform does by default: provisioned data planes may not reach loopback,
     /// private or link-local upstreams.
     pub fn start_denying_private_upstreams(data_dir: &Path) -> TestControlPlane {

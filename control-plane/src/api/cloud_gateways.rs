@@ -38,35 +38,96 @@ fn stored(tx: &Transaction<'_>, sql_where: &str, key: &str) -> Result<Option<Val
     Ok(doc.and_then(|d| serde_json::from_str(&d).ok()))
 }
 
-fn specs_of(data_dir: &std::path::Path, doc: &Value) -> Vec<DataPlaneSpec> {
+/// The most gateways a group may ask for (`autoscale.requested_instances`).
+const MAX_REPLICAS: u64 = 10;
+
+/// How many gateways a group runs: `requested_instances` of a `static` autoscale, else one
+/// (an `autopilot` group scales by traffic in Konnect; here it runs one gateway).
+fn replicas_asked(asked: &Value) -> u64 {
+    match asked["autoscale"]["kind"].as_str() {
+        Some("static") => asked["autoscale"]["requested_instances"]
+            .as_u64()
+            .unwrap_or(1)
+            .max(1),
+        _ => 1,
+    }
+}
+
+/// A stored group's gateways: its own (`id`, `proxy_port`), then each of its `replicas`.
+fn gateways_of(group: &Value) -> Vec<(String, u16)> {
+    let one = |g: &Value| {
+        Some((
+            g["id"].as_str()?.to_owned(),
+            u16::try_from(g["proxy_port"].as_u64()?).ok()?,
+        ))
+    };
+    one(group)
+        .into_iter()
+        .chain(
+            group["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(one),
+        )
+        .collect()
+}
+
+fn specs_of(
+    data_dir: &std::path::Path,
+    doc: &Value,
+    redis: Option<&crate::config::Redis>,
+) -> Vec<DataPlaneSpec> {
     let control_plane_id = doc["control_plane_id"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    doc["dataplane_groups"]
-        .as_array()
-        .map(|groups| {
-            groups
-                .iter()
-                .filter_map(|g| {
-                    let group_id = g["id"].as_str()?.to_owned();
-                    let port = u16::try_from(g["proxy_port"].as_u64()?).ok()?;
-                    Some(DataPlaneSpec {
-                        control_plane_id: control_plane_id.clone(),
-                        dir: data_dir.join("cloud-gateways").join(&group_id),
-                        group_id,
-                        proxy: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    let folder = |id: &str| data_dir.join("cloud-gateways").join(id);
+    let mut specs = Vec::new();
+    for group in doc["dataplane_groups"].as_array().into_iter().flatten() {
+        let mut gateways = gateways_of(group);
+        let Some((group_id, _)) = gateways.first().cloned() else {
+            continue;
+        };
+        let shared = match redis {
+            Some(redis) if gateways.len() > 1 => Some(crate::config::SharedBudget {
+                redis: redis.clone(),
+                group_id: group_id.clone(),
+            }),
+            Some(_) => None,
+            None => {
+                if gateways.len() > 1 {
+                    // Stored while the control plane had a Redis: its replicas counting
+                    // alone would each admit the group's whole limit.
+                    log::error!(
+                        "data plane group {group_id}: {} replicas asked, but this control \
+                         plane runs without --redis; running one gateway",
+                        gateways.len()
+                    );
+                    gateways.truncate(1);
+                }
+                None
+            }
+        };
+        for (id, port) in gateways {
+            specs.push(DataPlaneSpec {
+                control_plane_id: control_plane_id.clone(),
+                dir: folder(&id),
+                credentials: folder(&group_id),
+                group_id: id,
+                proxy: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                shared: shared.clone(),
+            });
+        }
+    }
+    specs
 }
 
 /// The data planes of every stored configuration, or of one control plane's, as committed.
 pub fn cloud_gateway_specs(
     store: &Store,
     control_plane_id: Option<&str>,
+    redis: Option<&crate::config::Redis>,
 ) -> Result<Vec<(String, Vec<DataPlaneSpec>)>, String> {
     let data_dir = store.data_dir().to_path_buf();
     store
@@ -84,7 +145,7 @@ pub fn cloud_gateway_specs(
                 .into_iter()
                 .filter_map(|(cp, doc)| {
                     let doc: Value = serde_json::from_str(&doc).ok()?;
-                    Some((cp, specs_of(&data_dir, &doc)))
+                    Some((cp, specs_of(&data_dir, &doc, redis)))
                 })
                 .collect())
         })
@@ -167,12 +228,7 @@ fn allocate_port(tx: &Transaction<'_>, also_taken: &[u16]) -> Result<u16, ApiErr
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
     {
         for group in doc["dataplane_groups"].as_array().into_iter().flatten() {
-            if let Some(port) = group["proxy_port"]
-                .as_u64()
-                .and_then(|p| u16::try_from(p).ok())
-            {
-                taken.insert(port);
-            }
+            taken.extend(gateways_of(group).into_iter().map(|(_, port)| port));
         }
     }
     for _ in 0..32 {
@@ -276,6 +332,11 @@ fn to_json(state: &State, doc: &Value) -> Value {
                 group[field] = json!(rfc3339(stored[field].as_i64().unwrap_or(created_at)));
             }
             group["proxy_url"] = json!(format!("http://127.0.0.1:{port}"));
+            // wasmgate's: every gateway of the group (no load balancer fronts them here).
+            group["proxy_urls"] = json!(gateways_of(stored)
+                .iter()
+                .map(|(_, port)| format!("http://127.0.0.1:{port}"))
+                .collect::<Vec<_>>());
             group["restarts"] = json!(restarts);
             group["last_exit"] = json!(last_exit);
             group
@@ -326,8 +387,9 @@ struct Request {
     kind: String,
     version: Option<String>,
     /// Each group as asked (`dataplane_group_config`): provider (when given), region, and
-    /// autoscale (when given; a serverless group runs one gateway whatever it says, as
-    /// Konnect ignores it for serverless kinds).
+    /// autoscale (when given): a `static` one's `requested_instances` is how many gateways
+    /// the group runs, sharing its rate limit through the control plane's Redis; any other
+    /// runs one.
     groups: Vec<Value>,
 }
 
@@ -365,11 +427,13 @@ fn check_autoscale(field: &str, autoscale: &Value, invalid: &mut Vec<Value>) {
                     &sizes,
                 ));
             }
-            if !count("requested_instances") {
+            if !count("requested_instances")
+                || autoscale["requested_instances"].as_u64() > Some(MAX_REPLICAS)
+            {
                 invalid.push(errors::invalid(
                     format!("{field}.requested_instances"),
                     "is_integer",
-                    "is a required integer of at least 1",
+                    format!("is a required integer from 1 to {MAX_REPLICAS}"),
                 ));
             }
             unknown(&["kind", "instance_type", "requested_instances"])
@@ -651,6 +715,28 @@ pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>)
         .find(|(k, _)| *k == kind)
         .map(|(_, t)| (*t).to_owned())
         .unwrap_or_default();
+    if state.options.redis.is_none() {
+        let shared: Vec<Value> = groups
+            .iter()
+            .enumerate()
+            .filter(|(_, asked)| replicas_asked(asked) > 1)
+            .map(|(i, asked)| {
+                errors::invalid(
+                    format!("dataplane_groups[{i}].autoscale.requested_instances"),
+                    "invalid",
+                    format!(
+                        "{} gateways would each admit the group's 100 requests per second: \
+                         replicas share it through Redis, and this control plane runs without \
+                         one (control-plane serve --redis HOST:PORT); ask for 1",
+                        replicas_asked(asked)
+                    ),
+                )
+            })
+            .collect();
+        if !shared.is_empty() {
+            return Err(errors::invalid_list(shared));
+        }
+    }
     let store = Arc::clone(&state.store);
     let ca_pem = state.identity.ca_pem.clone();
     let data_dir = state.options.data_dir.clone();
@@ -683,8 +769,10 @@ pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>)
                 group["region"] = asked["region"].clone();
                 match old_groups.get(i).filter(|old| same_place(old, asked)) {
                     Some(old) => {
-                        for field in ["id", "proxy_port", "certificate_id"] {
-                            group[field] = old[field].clone();
+                        for field in ["id", "proxy_port", "certificate_id", "replicas"] {
+                            if !old[field].is_null() {
+                                group[field] = old[field].clone();
+                            }
                         }
                         for field in ["created_at", "updated_at"] {
                             group[field] = json!(old[field].as_i64().unwrap_or(old_created));
@@ -692,7 +780,7 @@ pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>)
                     }
                     None => {
                         let id = uuid::Uuid::new_v4().to_string();
-                        let ports: Vec<u16> = new_groups.iter().filter_map(|g: &Value| g["proxy_port"].as_u64()).filter_map(|p| u16::try_from(p).ok()).collect();
+                        let ports: Vec<u16> = new_groups.iter().flat_map(gateways_of).map(|(_, port)| port).collect();
                         let port = allocate_port(tx, &ports)?;
                         let dir = data_dir.join("cloud-gateways").join(&id);
                         let certificate_id = issue(tx, &cp, &id, &dir, &ca_pem, now)?;
@@ -702,6 +790,29 @@ pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>)
                         group["created_at"] = json!(now);
                         group["updated_at"] = json!(now);
                     }
+                }
+                // Replicas beyond the first share the group's certificate; those it keeps
+                // keep their ids and ports.
+                let wanted = usize::try_from(replicas_asked(asked) - 1).unwrap_or_default();
+                let mut replicas = group["replicas"].as_array().cloned().unwrap_or_default();
+                replicas.truncate(wanted);
+                while replicas.len() < wanted {
+                    let mut ports: Vec<u16> = new_groups
+                        .iter()
+                        .chain(std::iter::once(&group))
+                        .flat_map(gateways_of)
+                        .map(|(_, port)| port)
+                        .collect();
+                    ports.extend(replicas.iter().filter_map(|r| r["proxy_port"].as_u64()).filter_map(|p| u16::try_from(p).ok()));
+                    let port = allocate_port(tx, &ports)?;
+                    replicas.push(json!({ "id": uuid::Uuid::new_v4().to_string(), "proxy_port": port }));
+                }
+                if replicas.is_empty() {
+                    if let Some(group) = group.as_object_mut() {
+                        group.remove("replicas");
+                    }
+                } else {
+                    group["replicas"] = json!(replicas);
                 }
                 new_groups.push(group);
             }
