@@ -16,26 +16,63 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use http::Request;
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr};
+
+use http::{Method, Request, Uri, Version};
 
 use crate::proxy::Downstream;
 
-#[derive(Clone, Debug, Default)]
+/// What a request's line says. Kept in the forms the request path already has (an address,
+/// a method, a URI): they become text only when a line is written, and with the access log
+/// off they never do.
+#[derive(Clone, Debug)]
 pub struct AccessLog {
-    pub client: String,
-    pub method: String,
+    pub client: IpAddr,
+    pub method: Method,
     pub path: String,
-    pub protocol: String,
+    pub protocol: &'static str,
     pub status: u16,
     pub route: Option<String>,
     pub service: Option<String>,
-    pub upstream: Option<String>,
+    pub upstream: Option<Uri>,
     /// From the request's arrival to the response head.
     pub latency_ms: f64,
     pub upstream_latency_ms: Option<f64>,
     /// What each filter did (`plugin: outcome`), in order.
-    pub filters: Vec<(String, String)>,
+    pub filters: Vec<(String, Cow<'static, str>)>,
     pub error: Option<String>,
+}
+
+impl Default for AccessLog {
+    fn default() -> AccessLog {
+        AccessLog {
+            client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            method: Method::GET,
+            path: String::new(),
+            protocol: "",
+            status: 0,
+            route: None,
+            service: None,
+            upstream: None,
+            latency_ms: 0.0,
+            upstream_latency_ms: None,
+            filters: Vec::new(),
+            error: None,
+        }
+    }
+}
+
+/// `HTTP/1.1` and the like, as `http::Version`'s Debug spells them.
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
 }
 
 /// A JSON value of the line, in serde_json's own escaping and number forms. Writing to a
@@ -49,10 +86,10 @@ macro_rules! json {
 impl AccessLog {
     pub fn new<B>(downstream: &Downstream, request: &Request<B>) -> AccessLog {
         AccessLog {
-            client: downstream.client.ip().to_string(),
-            method: request.method().as_str().to_owned(),
+            client: downstream.client.ip(),
+            method: request.method().clone(),
             path: request.uri().path().to_owned(),
-            protocol: format!("{:?}", request.version()),
+            protocol: protocol(request.version()),
             ..AccessLog::default()
         }
     }
@@ -85,13 +122,13 @@ impl AccessLog {
         let filters: BTreeMap<&str, &str> = self
             .filters
             .iter()
-            .map(|(filter, outcome)| (filter.as_str(), outcome.as_str()))
+            .map(|(filter, outcome)| (filter.as_str(), outcome.as_ref()))
             .collect();
         json!(&mut out, &filters);
         field(&mut out, false, "latency_ms");
         json!(&mut out, &self.latency_ms);
         field(&mut out, false, "method");
-        json!(&mut out, &self.method);
+        json!(&mut out, self.method.as_str());
         field(&mut out, false, "path");
         json!(&mut out, &self.path);
         field(&mut out, false, "protocol");
@@ -105,7 +142,7 @@ impl AccessLog {
         field(&mut out, false, "time");
         json!(&mut out, &time);
         field(&mut out, false, "upstream");
-        json!(&mut out, &self.upstream);
+        json!(&mut out, &self.upstream.as_ref().map(Uri::to_string));
         field(&mut out, false, "upstream_latency_ms");
         json!(&mut out, &self.upstream_latency_ms);
         out.extend_from_slice(b"}\n");
@@ -264,14 +301,14 @@ mod tests {
 
     fn tricky() -> AccessLog {
         AccessLog {
-            client: "::1".into(),
-            method: "GET".into(),
+            client: "::1".parse().unwrap(),
+            method: Method::GET,
             path: "/a\"b\\c\n\u{1}é😀\u{7f}".into(),
-            protocol: "HTTP/1.1".into(),
+            protocol: "HTTP/1.1",
             status: 429,
             route: Some("r\"".into()),
             service: None,
-            upstream: Some("http://127.0.0.1:1/x".into()),
+            upstream: Some(Uri::from_static("http://127.0.0.1:1/x")),
             latency_ms: 1.25,
             upstream_latency_ms: None,
             filters: vec![
@@ -291,18 +328,18 @@ mod tests {
             let filters: serde_json::Map<String, serde_json::Value> = log
                 .filters
                 .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.to_string())))
                 .collect();
             let tree = serde_json::json!({
                 "time": 1733300000.123456,
                 "client": log.client,
-                "method": log.method,
+                "method": log.method.as_str(),
                 "path": log.path,
                 "protocol": log.protocol,
                 "status": log.status,
                 "route": log.route,
                 "service": log.service,
-                "upstream": log.upstream,
+                "upstream": log.upstream.as_ref().map(Uri::to_string),
                 "latency_ms": log.latency_ms,
                 "upstream_latency_ms": log.upstream_latency_ms,
                 "filters": filters,

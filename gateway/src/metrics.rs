@@ -239,7 +239,7 @@ impl WorkerMetrics {
                     let count = Arc::<Counter>::default();
                     self.registry.publish(Series::FilterOutcome {
                         filter: filter.clone(),
-                        outcome: outcome.clone(),
+                        outcome: outcome.to_string(),
                         count: Arc::clone(&count),
                     });
                     count

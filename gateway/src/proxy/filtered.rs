@@ -904,7 +904,7 @@ pub async fn forward(
         head = &mut request_head_rx => head.map_err(|_| ProxyError::BadGateway("the filter chain ended the request".into()))?,
         head = &mut response_head_rx => {
             let head = head.map_err(|_| ProxyError::BadGateway("the filter chain ended the request".into()))?;
-            log.filters.push(("local response".into(), head.0.get_str(":status").unwrap_or("").to_owned()));
+            log.filters.push(("local response".into(), head.0.get_str(":status").unwrap_or("").to_owned().into()));
             return Ok(local(head, client_body));
         }
         reset = &mut reset_rx => return Err(reset.unwrap_or_else(|_| stream_reset())),
@@ -939,7 +939,7 @@ pub async fn forward(
         path.to_owned()
     };
     let uri = super::upstream::uri(service, &upstream_path, query)?;
-    log.upstream = Some(uri.to_string());
+    log.upstream = Some(uri.clone());
     let method = head.get_str(":method").unwrap_or(parts.method.as_str());
     let mut filtered = Request::builder().method(method).uri(uri.clone());
     if let Some(headers) = filtered.headers_mut() {
@@ -999,7 +999,7 @@ pub async fn forward(
             // A filter answered while the body streamed (e.g. a size limit): the upstream
             // request is dropped, which aborts it.
             let head = head.map_err(|_| ProxyError::BadGateway("the filter chain ended the request".into()))?;
-            log.filters.push(("local response".into(), head.0.get_str(":status").unwrap_or("").to_owned()));
+            log.filters.push(("local response".into(), head.0.get_str(":status").unwrap_or("").to_owned().into()));
             return Ok(local(head, client_body));
         }
         reset = &mut reset_rx => return Err(reset.unwrap_or_else(|_| stream_reset())),

@@ -226,7 +226,7 @@ async fn forward(
         &path,
     );
     let upstream_uri = upstream::uri(service, &upstream_path, parts.uri.query())?;
-    log.upstream = Some(upstream_uri.to_string());
+    log.upstream = Some(upstream_uri.clone());
     let body_follows = !http_body::Body::is_end_stream(&body);
     let mut upstream_request = Request::builder()
         .method(parts.method.clone())
