@@ -437,7 +437,7 @@ pub fn hash_key(
 }
 
 /// Shared data with Envoy's semantics, in memory: for native tests and in-process hosts.
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(test, not(target_arch = "wasm32")))]
 pub mod memory {
     use std::collections::HashMap;
     use std::sync::Mutex;
