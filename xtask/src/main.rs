@@ -92,10 +92,15 @@ fn bench(args: &[String]) -> Result<(), String> {
         "gateway",
         "-p",
         "xtask",
+        "-p",
+        "wasmgate-ratelimit",
         "--bin",
         "gateway",
         "--bin",
         "bench",
+        // policy: redis in Envoy (the bench finds it beside the gateway).
+        "--bin",
+        "wasmgate-ratelimit",
     ]))?;
     let bin = wasm::target_dir().join("release");
     let mut driver = std::process::Command::new(bin.join("bench"));

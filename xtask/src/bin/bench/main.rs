@@ -13,6 +13,7 @@ mod paired;
 mod plots;
 mod proxies;
 mod ratelimit;
+mod redis;
 mod report;
 mod upstream;
 mod workers;
@@ -181,6 +182,22 @@ fn main() {
         }
     };
     let started = std::time::Instant::now();
+    // Only the `policy: redis` legs, printed (BENCHMARKS.md is left alone).
+    if std::env::args().any(|a| a == "--redis-only") {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let upstream = upstream::start(client_core());
+        let figures = redis::measure(&runtime, upstream, PROXY_CORE, timing);
+        let mut out = String::new();
+        report::redis_policy(&mut out, &figures);
+        print!("{out}");
+        println!("{:?}", figures.accuracy);
+        let _ = std::fs::remove_dir_all(proxies::scratch_dir());
+        return;
+    }
     // Other work on the machine moves every figure; the report shows how busy it was.
     let load_at_start = report::load_average();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -234,7 +251,10 @@ fn main() {
     phase(started, "one worker and two, interleaved");
     let workers = workers::runs(&runtime, upstream, PROXY_CORE, timing);
     phase(started, "rate-limit accuracy");
-    let accuracy = ratelimit::runs(&runtime, timing);
+    let mut accuracy = ratelimit::runs(&runtime, timing);
+    phase(started, "rate-limiting policy: redis against local");
+    let mut redis = redis::measure(&runtime, upstream, PROXY_CORE, timing);
+    accuracy.extend(redis.accuracy.take());
     phase(started, "modules in our host");
     let modules = modules::measure();
     phase(started, "gateway cold start");
@@ -252,6 +272,7 @@ fn main() {
         chain: &chain,
         workers,
         accuracy: &accuracy,
+        redis: &redis,
         modules: &modules,
         cold_start,
         validated,

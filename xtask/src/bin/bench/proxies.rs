@@ -40,6 +40,18 @@ pub struct Running {
     child: Option<Child>,
 }
 
+impl Running {
+    /// An Envoy started elsewhere, listening on `addr`.
+    pub fn envoy(addr: SocketAddr, envoy: Envoy) -> Running {
+        Running {
+            addr,
+            pid: envoy.pid(),
+            _envoy: Some(envoy),
+            child: None,
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
@@ -237,7 +249,7 @@ pub fn scenarios() -> Vec<Scenario> {
 }
 
 /// The gateway binary `cargo xtask bench` built.
-fn gateway_binary() -> Result<PathBuf, String> {
+pub fn gateway_binary() -> Result<PathBuf, String> {
     std::env::var_os("WASMGATE_GATEWAY")
         .map(PathBuf::from)
         .filter(|p| p.is_file())
@@ -253,7 +265,7 @@ fn free_port() -> Result<SocketAddr, String> {
 /// `taskset`'s CPU list for a process on `core`, or on every core when `None`. Never left to
 /// inheritance: a process inherits the affinity of the thread that starts it, and the load
 /// generator pins the bench's main thread to the client core.
-fn cpu_list(core: Option<usize>) -> String {
+pub fn cpu_list(core: Option<usize>) -> String {
     match core {
         Some(core) => core.to_string(),
         None => format!("0-{}", crate::cores() - 1),

@@ -112,14 +112,14 @@ impl AccuracyRun {
     }
 }
 
-fn now_secs() -> f64 {
+pub fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Sleeps until 0.2 s into the next second, so each run starts at the same place in a window.
-fn align_to_second() {
+pub fn align_to_second() {
     let now = now_secs();
     std::thread::sleep(Duration::from_secs_f64(now.floor() + 1.2 - now));
 }

@@ -29,6 +29,8 @@ pub struct Report<'a> {
     pub chain: &'a [ChainPoint],
     pub workers: Result<Vec<WorkersRow>, String>,
     pub accuracy: &'a [AccuracyRun],
+    /// `policy: redis` against `local`; its shared-limit run is in `accuracy`.
+    pub redis: &'a crate::redis::Figures,
     pub modules: &'a [Result<ModuleFigures, String>],
     pub cold_start: ColdStart,
     /// `gateway validate` on the three plugins' declarative file.
@@ -843,8 +845,87 @@ fn accuracy(out: &mut String, report: &Report<'_>, docs: &std::path::Path) {
         "\nOur plugin counts in a fixed window per aligned second (Kong's `second`), shared by all \
          workers through proxy-wasm shared data with compare-and-swap. Envoy's native filter is a \
          token bucket, not a calendar window: an aligned second can see the full bucket plus a \
-         refill.\n\n![admitted per second](bench-rate-limit.svg)\n\n",
+         refill.",
     );
+    if report
+        .accuracy
+        .iter()
+        .any(|r| r.plane.starts_with("policy: redis"))
+    {
+        let _ = write!(
+            out,
+            " The `policy: redis` row is three data planes sharing one limit: 2 `gateway`s (1 \
+             worker each, the rate-limit service in-process) and 1 Envoy (2 workers, \
+             `wasmgate-ratelimit` beside it), one plugin id (one budget) counted in one \
+             `redis-server`, `second: {LIMIT}, policy: redis`; the {:.0} req/s are offered in \
+             equal parts to the three (6 connections each), nothing pinned; its `workers` are \
+             the three's together.",
+            LIMIT as f64 * OVERLOAD
+        );
+    }
+    out.push_str("\n\n![admitted per second](bench-rate-limit.svg)\n\n");
+}
+
+/// `policy: redis` against `policy: local`: latency and CPU per request.
+pub fn redis_policy(out: &mut String, figures: &crate::redis::Figures) {
+    out.push_str("### rate-limiting: `policy: redis` against `policy: local`\n\n");
+    let _ = writeln!(
+        out,
+        "What counting in Redis adds to a request. Each data plane runs rate-limiting with \
+         `second: 1000000000, limit_by: service` (never refused: every request is counted), \
+         once with `policy: local` and once with `policy: redis` (a `redis-server` on \
+         loopback, on the client core): `gateway` with its in-process rate-limit service, \
+         Envoy with `wasmgate-ratelimit` beside it (its bootstrap from `gateway \
+         envoy-bootstrap --ratelimit-address`). Each proxy and service on the proxy core, one \
+         worker. The four take turns, {} rounds; in each turn, {:.1} s of one keep-alive \
+         connection sending in series (the latency a request pays, merged over the rounds), \
+         then {:.1} s of {} connections (req/s, and CPU per request: the proxy's, the \
+         gateway's including its service; the service's for Envoy; Redis's).\n",
+        figures.rounds,
+        figures.round.as_secs_f64(),
+        figures.round.as_secs_f64() / 2.0,
+        crate::redis::CPU_CONNECTIONS
+    );
+    let rows = match &figures.latency {
+        Ok(rows) => rows,
+        Err(e) => {
+            let _ = writeln!(out, "{e}\n");
+            return;
+        }
+    };
+    out.push_str(
+        "| data plane | policy | requests in series | p50 ms | p99 ms | added p50 / p99 ms | req/s busy | proxy CPU µs/req | service CPU µs/req | Redis CPU µs/req | not 200 |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let cell = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1}"));
+    for row in rows {
+        let local = rows
+            .iter()
+            .find(|r| r.plane == row.plane && r.policy == "local");
+        let added = match local {
+            Some(local) if row.policy == "redis" => format!(
+                "{:+.3} / {:+.3}",
+                row.p50_ms - local.p50_ms,
+                row.p99_ms - local.p99_ms
+            ),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.3} | {:.3} | {added} | {:.0} | {} | {} | {} | {} |",
+            row.plane,
+            row.policy,
+            row.requests,
+            row.p50_ms,
+            row.p99_ms,
+            row.busy_rps,
+            cell(row.proxy_cpu_us),
+            cell(row.service_cpu_us),
+            cell(row.redis_cpu_us),
+            row.not_ok
+        );
+    }
+    out.push('\n');
 }
 
 /// The data planes of the body-size runs, in order, and for each size their req/s.
@@ -991,6 +1072,7 @@ pub fn write(report: &Report<'_>) -> PathBuf {
     workers(&mut out, report);
     plugin_count(&mut out, report, &docs);
     accuracy(&mut out, report, &docs);
+    redis_policy(&mut out, report.redis);
     body_sizes(&mut out, report.body_sizes);
     wasm_specifics(&mut out, report);
     out.push_str(report.distribution);
