@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use wasmtime::{Caller, Linker};
 
-use super::memory::{read, read_string, return_bytes, write_u32, write_u64};
+use super::memory::{read, read_string, return_bytes, view, write_u32, write_u64};
 use super::status::*;
 use super::{buffer, map, pairs};
 use crate::callout::{GrpcCallout, GrpcOutbound, HttpCallout};
@@ -342,10 +342,12 @@ fn map_fits(h: &Headers, name: &str, value: usize, replacing: bool) -> bool {
 }
 
 fn proxy_get_header_map_value(mut c: C<'_>, kind: u32, kp: u32, kl: u32, pp: u32, sp: u32) -> R {
-    let key = tryst!(read_string(&c, kp, kl));
-    let value = match tryst!(map_ref(c.data_mut(), kind)) {
-        Some(h) => h.get(&key).map(<[u8]>::to_vec),
-        None => None,
+    let value = {
+        let (key, state) = tryst!(view(&mut c, kp, kl));
+        match tryst!(map_ref(state, kind)) {
+            Some(h) => h.get(&key).map(<[u8]>::to_vec),
+            None => None,
+        }
     };
     match value {
         // An empty value is a null pointer and size 0, as cpp-host's `copyToPointerSize`
@@ -393,8 +395,8 @@ fn proxy_add_header_map_value(mut c: C<'_>, kind: u32, kp: u32, kl: u32, vp: u32
 }
 
 fn proxy_remove_header_map_value(mut c: C<'_>, kind: u32, kp: u32, kl: u32) -> R {
-    let key = tryst!(read_string(&c, kp, kl));
-    if let Some(h) = tryst!(map_ref(c.data_mut(), kind)) {
+    let (key, state) = tryst!(view(&mut c, kp, kl));
+    if let Some(h) = tryst!(map_ref(state, kind)) {
         h.remove(&key);
     }
     Ok(OK)
@@ -554,9 +556,11 @@ fn proxy_get_status(mut c: C<'_>, code_ptr: u32, pp: u32, sp: u32) -> R {
 }
 
 fn proxy_get_shared_data(mut c: C<'_>, kp: u32, kl: u32, pp: u32, sp: u32, cas_ptr: u32) -> R {
-    let key = tryst!(read_string(&c, kp, kl));
-    let vm_id = c.data().plugin.vm_id.clone();
-    let Some((value, cas)) = c.data().env.shared_data.get(&vm_id, &key) else {
+    let found = {
+        let (key, state) = tryst!(view(&mut c, kp, kl));
+        state.env.shared_data.get(&state.plugin.vm_id, &key)
+    };
+    let Some((value, cas)) = found else {
         return Ok(NOT_FOUND);
     };
     tryst!(write_u32(&mut c, cas_ptr, cas));

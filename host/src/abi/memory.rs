@@ -3,6 +3,8 @@
 //! host returns are allocated in the guest through its allocator export, exactly as large as
 //! the data.
 
+use std::borrow::Cow;
+
 use wasmtime::Caller;
 
 use super::status;
@@ -47,7 +49,35 @@ pub fn read(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Result<Vec<u8
 }
 
 pub fn read_string(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Result<String, u32> {
-    read(caller, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned())
+    read(caller, ptr, len).map(|b| {
+        String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    })
+}
+
+/// The module's `len` bytes at `ptr` as text, and the host's state, borrowed together: what a
+/// host call only looks up (a header name, a shared-data key, a property path) is not copied.
+pub fn view<'a>(
+    caller: &'a mut Caller<'_, HostState>,
+    ptr: u32,
+    len: u32,
+) -> Result<(Cow<'a, str>, &'a mut HostState), u32> {
+    // As `read`: nothing to read is never out of bounds.
+    if len == 0 {
+        return Ok((Cow::Borrowed(""), caller.data_mut()));
+    }
+    let Some(memory) = caller.data().memory else {
+        return Err(status::INVALID_MEMORY_ACCESS);
+    };
+    let (data, state) = memory.data_and_store_mut(caller);
+    let start = ptr as usize;
+    let bytes = start
+        .checked_add(len as usize)
+        .and_then(|end| data.get(start..end))
+        .ok_or(status::INVALID_MEMORY_ACCESS)?;
+    if bytes.len() > MAX_READ {
+        return Err(status::BAD_ARGUMENT);
+    }
+    Ok((String::from_utf8_lossy(bytes), state))
 }
 
 /// Writes `bytes` at `ptr`.
