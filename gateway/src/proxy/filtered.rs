@@ -142,7 +142,7 @@ enum Piece {
 }
 
 pub(super) fn to_header_map(headers: &Headers) -> HeaderMap {
-    let mut map = HeaderMap::new();
+    let mut map = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers.iter() {
         if name.starts_with(':') {
             continue;
@@ -660,7 +660,7 @@ where
                     },
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
-                            let trailers = from_header_map(&trailers, None);
+                            let trailers = from_header_map(&trailers, &[]);
                             match side {
                                 Side::Request => stream.request_trailers(trailers),
                                 Side::Response => stream.response_trailers(trailers),
@@ -709,19 +709,20 @@ fn stream_reset() -> ProxyError {
     ProxyError::BadGateway("the stream was reset".into())
 }
 
-fn from_header_map(map: &HeaderMap, pseudo: Option<Vec<(&str, String)>>) -> Headers {
-    let mut headers = Headers::new();
-    for (name, value) in pseudo.into_iter().flatten() {
-        headers.add(name, &value);
+/// The pairs filters see: `pseudo` (lower-case names) first, then the map's (lower-case, as
+/// http's names are), each value's bytes as the peer sent them (obs-text stays obs-text).
+fn from_header_map(map: &HeaderMap, pseudo: &[(&str, &[u8])]) -> Headers {
+    let mut pairs = Vec::with_capacity(pseudo.len() + map.len());
+    for (name, value) in pseudo {
+        pairs.push(((*name).to_owned(), value.to_vec()));
     }
     for (name, value) in map {
         if name == http::header::HOST {
             continue;
         }
-        // The value's bytes as the peer sent them: obs-text stays obs-text.
-        headers.add(name.as_str(), value.as_bytes());
+        pairs.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
     }
-    headers
+    Headers::from(pairs)
 }
 
 fn response_from(head: &Headers, body: ProxyBody) -> Response<ProxyBody> {
@@ -843,12 +844,12 @@ pub async fn forward(
     let scheme = downstream.scheme();
     let mut request_headers = from_header_map(
         &headers::for_filters(&parts.headers),
-        Some(vec![
-            (":authority", given_authority.clone()),
-            (":path", path_and_query),
-            (":method", parts.method.as_str().to_owned()),
-            (":scheme", scheme.to_owned()),
-        ]),
+        &[
+            (":authority", given_authority.as_bytes()),
+            (":path", path_and_query.as_bytes()),
+            (":method", parts.method.as_str().as_bytes()),
+            (":scheme", scheme.as_bytes()),
+        ],
     );
     // Filters trust it as the data plane's record of the client's path (Envoy sets it when a
     // route rewrites the path and drops a client's own): a client may not choose it.
@@ -1015,7 +1016,7 @@ pub async fn forward(
     headers::strip_hop_by_hop(&mut response_parts.headers);
     let response_headers = from_header_map(
         &response_parts.headers,
-        Some(vec![(":status", response_parts.status.as_str().to_owned())]),
+        &[(":status", response_parts.status.as_str().as_bytes())],
     );
     let end_of_stream = http_body::Body::is_end_stream(&response_body);
     let short = http_body::Body::size_hint(&response_body)

@@ -213,6 +213,8 @@ pub fn forward_request_headers(
         .and_then(|p| HeaderValue::from_str(p).ok());
 
     *out = received;
+    // Room for the headers set below, grown once.
+    out.reserve(8);
     strip_hop_by_hop(out);
     if te_trailers {
         out.insert(header::TE, HeaderValue::from_static("trailers"));
