@@ -23,7 +23,7 @@ use redis::{
 };
 use tokio::sync::Mutex;
 
-use crate::calendar::Unit;
+use crate::calendar::Period;
 use crate::target::RedisTarget;
 
 /// For each check: the current window's counter (KEYS[2i-1]) and the previous window's
@@ -77,7 +77,7 @@ pub struct Check {
     /// What the counter belongs to (the domain and the descriptor's entries); the key adds the
     /// period and the window.
     pub scope: Vec<u8>,
-    pub unit: Unit,
+    pub unit: Period,
     /// Kong's limit, a number (a fractional one counts as its ceiling for a fixed window).
     pub limit: f64,
     /// Kong rate-limiting-advanced's sliding window: the previous window's count, weighted by
@@ -88,7 +88,7 @@ pub struct Check {
 /// What the counters say about one period of a request.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PeriodOutcome {
-    pub unit: Unit,
+    pub unit: Period,
     /// Its limit is reached: this period refuses the request.
     pub over: bool,
     /// The request's own window's count before this request.
@@ -137,6 +137,8 @@ pub struct RedisStore {
     script: redis::Script,
     /// The connection, `None` until the first request and after a failure.
     connection: Mutex<Option<MultiplexedConnection>>,
+    /// Where to connect when TLS names the server otherwise than the host.
+    connect_to: Option<ConnectTo>,
     /// This host's clock.
     clock: Clock,
     /// Redis's clock less this host's, in milliseconds, and when it was read.
@@ -153,7 +155,7 @@ impl std::fmt::Debug for RedisStore {
 
 /// The Redis key of a counter: the scope (length-prefixed, so no scope is a prefix of
 /// another's key), the period and the window start.
-pub fn counter_key(scope: &[u8], unit: Unit, window_start: i64) -> Vec<u8> {
+pub fn counter_key(scope: &[u8], unit: Period, window_start: i64) -> Vec<u8> {
     let mut key = Vec::with_capacity(scope.len() + 40);
     key.extend_from_slice(b"wasmgate:rl:");
     key.extend_from_slice(scope.len().to_string().as_bytes());
@@ -166,11 +168,33 @@ pub fn counter_key(scope: &[u8], unit: Unit, window_start: i64) -> Vec<u8> {
     key
 }
 
+/// Resolves the name TLS uses (`server_name`) to the host's addresses: redis connects to the
+/// name it verifies, and Kong's `server_name` is only what TLS says to the host.
+#[derive(Clone)]
+struct ConnectTo {
+    host: String,
+}
+
+impl redis::io::AsyncDNSResolver for ConnectTo {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        _tls_name: &'b str,
+        port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = std::net::SocketAddr> + Send + 'a>> {
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((self.host.as_str(), port))
+                    .await?
+                    .collect();
+            Ok(Box::new(addrs.into_iter()) as Box<dyn Iterator<Item = _> + Send>)
+        })
+    }
+}
+
 impl RedisStore {
     /// A store for `target`; nothing connects before the first request. With `ssl`, TLS
     /// (rustls): the certificate is checked only with `ssl_verify`, against `ca_pem` or else
-    /// the Web PKI roots, for the host name (a `server_name` other than the host is refused:
-    /// the module refuses it first).
+    /// the Web PKI roots, for `server_name` when there is one (Kong's SNI), else the host.
     pub fn new(target: RedisTarget) -> Result<Arc<RedisStore>, StoreError> {
         RedisStore::with_clock(target, Arc::new(crate::service::now_ms))
     }
@@ -184,19 +208,15 @@ impl RedisStore {
         if let Some(password) = &target.password {
             redis = redis.set_password(password);
         }
-        if target.ssl
-            && target
-                .server_name
-                .as_ref()
-                .is_some_and(|name| *name != target.host)
-        {
-            return Err(StoreError::Malformed(
-                "a TLS server_name other than the host is not supported".to_owned(),
-            ));
-        }
+        // TLS names the server by `server_name`; the connection still goes to the host
+        // ([`ConnectTo`]), as Kong's SNI does.
+        let tls_name = target
+            .server_name
+            .clone()
+            .filter(|name| target.ssl && *name != target.host);
         let addr = if target.ssl {
             ConnectionAddr::TcpTls {
-                host: target.host.clone(),
+                host: tls_name.clone().unwrap_or_else(|| target.host.clone()),
                 port: target.port,
                 insecure: !target.ssl_verify,
                 tls_params: None,
@@ -225,6 +245,9 @@ impl RedisStore {
         }
         .map_err(StoreError::Redis)?;
         Ok(Arc::new(RedisStore {
+            connect_to: tls_name.map(|_| ConnectTo {
+                host: target.host.clone(),
+            }),
             target,
             client,
             script: redis::Script::new(SCRIPT),
@@ -314,9 +337,12 @@ impl RedisStore {
             return Ok(connection.clone());
         }
         let timeout = Some(self.target.timeout());
-        let config = AsyncConnectionConfig::new()
+        let mut config = AsyncConnectionConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout);
+        if let Some(connect_to) = &self.connect_to {
+            config = config.set_dns_resolver(connect_to.clone());
+        }
         let connection = self
             .client
             .get_multiplexed_async_connection_with_config(&config)
@@ -398,12 +424,12 @@ mod tests {
     #[test]
     fn keys_are_unambiguous() {
         assert_eq!(
-            counter_key(b"d|ip=1", Unit::Second, 17),
+            counter_key(b"d|ip=1", Period::Second, 17),
             b"wasmgate:rl:6:d|ip=1:second:17".to_vec()
         );
         assert_ne!(
-            counter_key(b"a:1", Unit::Minute, 0),
-            counter_key(b"a", Unit::Minute, 0)
+            counter_key(b"a:1", Period::Minute, 0),
+            counter_key(b"a", Period::Minute, 0)
         );
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ratelimit::calendar::Unit;
+use ratelimit::calendar::{self, Period};
 use ratelimit::testing::RedisServer;
 use ratelimit::{RedisStore, RedisTarget, Service};
 use xds_api::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
@@ -23,7 +23,7 @@ fn service(redis: &RedisServer, timeout_ms: u32) -> Service {
 
 fn descriptor(
     identifier: &str,
-    unit: Unit,
+    unit: Period,
     limit: u32,
     extra: &[(&str, &str)],
 ) -> RateLimitDescriptor {
@@ -39,7 +39,7 @@ fn descriptor(
         entries,
         limit: Some(RateLimitOverride {
             requests_per_unit: limit,
-            unit: unit.to_proto(),
+            unit: calendar::to_proto(unit),
         }),
     }
 }
@@ -70,8 +70,8 @@ async fn a_fixed_window_admits_its_limit_and_says_what_remains() {
     let req = request(
         "fixed",
         vec![
-            descriptor("ip=10.0.0.1", Unit::Second, 3, &[]),
-            descriptor("ip=10.0.0.1", Unit::Minute, 5, &[]),
+            descriptor("ip=10.0.0.1", Period::Second, 3, &[]),
+            descriptor("ip=10.0.0.1", Period::Minute, 5, &[]),
         ],
     );
     let mut seen = Vec::new();
@@ -100,7 +100,7 @@ async fn a_fixed_window_admits_its_limit_and_says_what_remains() {
     // Another identifier, another domain: counters of their own.
     let other = request(
         "fixed",
-        vec![descriptor("ip=10.0.0.2", Unit::Minute, 5, &[])],
+        vec![descriptor("ip=10.0.0.2", Period::Minute, 5, &[])],
     );
     assert_eq!(
         remaining(&service.decide(&other, T0_MS).await.unwrap()),
@@ -108,7 +108,7 @@ async fn a_fixed_window_admits_its_limit_and_says_what_remains() {
     );
     let other = request(
         "other",
-        vec![descriptor("ip=10.0.0.1", Unit::Minute, 5, &[])],
+        vec![descriptor("ip=10.0.0.1", Period::Minute, 5, &[])],
     );
     assert_eq!(
         remaining(&service.decide(&other, T0_MS).await.unwrap()),
@@ -120,7 +120,7 @@ async fn a_fixed_window_admits_its_limit_and_says_what_remains() {
         "fixed",
         vec![descriptor(
             "ip=10.0.0.1",
-            Unit::Minute,
+            Period::Minute,
             3,
             &[("wasmgate.limit", "2.5")],
         )],
@@ -134,7 +134,7 @@ async fn a_sliding_window_weighs_the_previous_one() {
     let redis = RedisServer::start().unwrap();
     let service = service(&redis, 2000);
     let sliding = [("wasmgate.window", "sliding")];
-    let req = request("s", vec![descriptor("k", Unit::Minute, 10, &sliding)]);
+    let req = request("s", vec![descriptor("k", Period::Minute, 10, &sliding)]);
     let minute_start = T0_MS - 15_250;
     for i in 0..8 {
         let r = service
@@ -149,7 +149,7 @@ async fn a_sliding_window_weighs_the_previous_one() {
     // Half-way, 8 * 0.5 = 4: after 1 counted, 10 - 4 - 2 = 4; then 4 more are admitted.
     let half = minute_start + 90_000;
     let mut admitted = 0;
-    let fresh = request("s2", vec![descriptor("k", Unit::Minute, 10, &sliding)]);
+    let fresh = request("s2", vec![descriptor("k", Period::Minute, 10, &sliding)]);
     for i in 0..8 {
         service
             .decide(&fresh, minute_start + 1_000 + i)
@@ -172,7 +172,7 @@ async fn concurrent_clients_on_separate_connections_never_over_admit() {
     let services: Vec<Service> = (0..4).map(|_| service(&redis, 5000)).collect();
     let req = Arc::new(request(
         "c",
-        vec![descriptor("shared", Unit::Minute, 50, &[])],
+        vec![descriptor("shared", Period::Minute, 50, &[])],
     ));
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -193,7 +193,7 @@ async fn concurrent_clients_on_separate_connections_never_over_admit() {
 async fn a_redis_down_slow_or_restarted_fails_the_call_and_is_used_again_after() {
     let mut redis = RedisServer::start().unwrap();
     let service = service(&redis, 300);
-    let req = request("f", vec![descriptor("k", Unit::Minute, 100, &[])]);
+    let req = request("f", vec![descriptor("k", Period::Minute, 100, &[])]);
     assert_eq!(service.decide(&req, T0_MS).await.unwrap().overall_code, OK);
 
     // Slow: the process stops answering, its connection stays open.
@@ -229,7 +229,7 @@ async fn a_redis_down_slow_or_restarted_fails_the_call_and_is_used_again_after()
 async fn descriptors_without_a_limit_count_nothing_and_bad_ones_are_refused() {
     let redis = RedisServer::start().unwrap();
     let service = service(&redis, 2000);
-    let mut unlimited = descriptor("k", Unit::Second, 1, &[]);
+    let mut unlimited = descriptor("k", Period::Second, 1, &[]);
     unlimited.limit = None;
     let r = service
         .decide(&request("d", vec![unlimited]), T0_MS)
@@ -237,14 +237,14 @@ async fn descriptors_without_a_limit_count_nothing_and_bad_ones_are_refused() {
         .unwrap();
     assert_eq!((r.overall_code, remaining(&r)), (OK, vec![(OK, 0)]));
     assert!(r.statuses[0].current_limit.is_none());
-    let mut unknown = descriptor("k", Unit::Second, 1, &[]);
+    let mut unknown = descriptor("k", Period::Second, 1, &[]);
     unknown.limit.as_mut().unwrap().unit = 0;
     let failure = service
         .decide(&request("d", vec![unknown]), T0_MS)
         .await
         .unwrap_err();
     assert_eq!(failure.code, ratelimit::service::INVALID_ARGUMENT);
-    let bad = descriptor("k", Unit::Second, 1, &[("wasmgate.limit", "-1")]);
+    let bad = descriptor("k", Period::Second, 1, &[("wasmgate.limit", "-1")]);
     assert!(service
         .decide(&request("d", vec![bad]), T0_MS)
         .await
@@ -258,7 +258,7 @@ async fn a_tls_redis_is_used_with_ssl_and_its_certificate_checked_with_ssl_verif
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
     let redis = RedisServer::start_tls(&cert, &key).unwrap();
-    let req = request("tls", vec![descriptor("k", Unit::Minute, 10, &[])]);
+    let req = request("tls", vec![descriptor("k", Period::Minute, 10, &[])]);
     let service = |ssl: bool, ssl_verify: bool, ca: Option<&str>| {
         let mut target = RedisTarget::new("localhost", redis.port);
         target.ssl = ssl;
@@ -299,11 +299,38 @@ async fn a_tls_redis_is_used_with_ssl_and_its_certificate_checked_with_ssl_verif
         "{}",
         failure.message
     );
-    // A server name other than the host is refused.
-    let mut named = RedisTarget::new("localhost", redis.port);
-    named.ssl = true;
-    named.server_name = Some("redis.internal".to_owned());
-    assert!(RedisStore::new(named).is_err());
+}
+
+/// Kong's `server_name`: the connection goes to the host (here an address), and TLS names the
+/// server and checks its certificate for that name; without it the same certificate does not
+/// match the host.
+#[tokio::test]
+async fn a_tls_server_name_other_than_the_host_is_what_the_certificate_is_checked_for() {
+    let certified = rcgen::generate_simple_self_signed(vec!["redis.internal".to_owned()]).unwrap();
+    let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
+    let redis = RedisServer::start_tls(&cert, &key).unwrap();
+    let req = request("sni", vec![descriptor("k", Period::Minute, 10, &[])]);
+    let service = |server_name: Option<&str>| {
+        let mut target = RedisTarget::new("127.0.0.1", redis.port);
+        target.ssl = true;
+        target.ssl_verify = true;
+        target.server_name = server_name.map(str::to_owned);
+        target.ca_pem = Some(cert.as_bytes().to_vec());
+        target.timeout_ms = 2000;
+        Service::new(RedisStore::new(target).unwrap())
+    };
+    let r = service(Some("redis.internal"))
+        .decide(&req, T0_MS)
+        .await
+        .unwrap();
+    assert_eq!(remaining(&r), [(OK, 9)]);
+    let failure = service(None).decide(&req, T0_MS).await.unwrap_err();
+    assert_eq!(
+        failure.code,
+        ratelimit::service::UNAVAILABLE,
+        "{}",
+        failure.message
+    );
 }
 
 /// Hosts whose clocks disagree by a minute still count in one window: each service counts on
@@ -336,7 +363,7 @@ async fn services_on_skewed_hosts_count_in_the_same_window_on_redis_clock() {
         )
     };
     let (ahead, behind) = (skewed(40_000), skewed(-20_000));
-    let req = request("skew", vec![descriptor("k", Unit::Minute, 5, &[])]);
+    let req = request("skew", vec![descriptor("k", Period::Minute, 5, &[])]);
     let mut admitted = 0;
     for i in 0..10 {
         let service = if i % 2 == 0 { &ahead } else { &behind };

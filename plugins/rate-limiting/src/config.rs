@@ -395,8 +395,7 @@ impl RedisFields {
     }
 
     /// The configuration of `policy: redis`, with Kong's entity check (`config.redis.host`
-    /// is required) and what wasmgate does not do yet (a TLS server name other than the
-    /// host).
+    /// is required).
     fn config(self, r: &mut Record<'_>) -> Option<RedisConfig> {
         let redis = r.path_of("redis");
         let Some(host) = self.host else {
@@ -407,13 +406,6 @@ impl RedisFields {
             return None;
         };
         let ssl = self.ssl.unwrap_or(false);
-        // Without TLS the server name is never sent: Kong accepts it, and so does wasmgate.
-        if ssl && self.server_name.as_ref().is_some_and(|name| *name != host) {
-            r.error_at(
-                format!("{redis}.server_name"),
-                "a server name other than redis.host is not supported by wasmgate yet",
-            );
-        }
         Some(RedisConfig {
             port: self.port.unwrap_or(6379),
             database: self.database.unwrap_or(0),
@@ -822,6 +814,19 @@ mod tests {
             (tls.ssl, tls.ssl_verify, tls.server_name.as_deref()),
             (true, true, Some("h"))
         );
+        // Kong's SNI for a Redis reached by another name (an address): the connection goes
+        // to the host, TLS names the server.
+        let named = br#"{"second": 5, "policy": "redis",
+                         "redis": {"host": "10.0.0.7", "ssl": true, "server_name": "redis.internal"}}"#;
+        assert_eq!(
+            Config::parse(named)
+                .unwrap()
+                .redis
+                .unwrap()
+                .server_name
+                .as_deref(),
+            Some("redis.internal")
+        );
         let cleartext =
             br#"{"second": 5, "policy": "redis", "redis": {"host": "h", "server_name": "s"}}"#;
         assert!(Config::parse(cleartext).unwrap().redis.is_some());
@@ -861,10 +866,6 @@ mod tests {
             (
                 r#"{"second": 1, "policy": "redis", "redis": {"host": "h", "ssl": "yes"}}"#,
                 "config.redis.ssl: expected a boolean",
-            ),
-            (
-                r#"{"second": 1, "policy": "redis", "redis": {"host": "h", "ssl": true, "server_name": "s"}}"#,
-                "config.redis.server_name: a server name other than redis.host is not supported by wasmgate yet",
             ),
             (
                 r#"{"second": 1, "policy": "redis", "redis": {"host": "h", "hots": "x"}}"#,
