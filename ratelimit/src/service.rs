@@ -27,7 +27,7 @@ use xds_api::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateL
 use xds_api::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use xds_api::pb::google::protobuf::Duration as PbDuration;
 
-use crate::calendar::Unit;
+use crate::calendar;
 use crate::store::{Check, Outcome, RedisStore};
 
 /// The entry carrying the exact limit.
@@ -89,7 +89,7 @@ fn check_of(domain: &str, descriptor: &RateLimitDescriptor) -> Result<Option<Che
         code: INVALID_ARGUMENT,
         message,
     };
-    let unit = Unit::from_proto(limit.unit)
+    let unit = calendar::from_proto(limit.unit)
         .ok_or_else(|| invalid(format!("limit.unit {} is not a period", limit.unit)))?;
     let mut exact = f64::from(limit.requests_per_unit);
     let mut sliding = false;

@@ -11,6 +11,7 @@ pub mod path;
 pub mod response;
 pub mod schema;
 pub mod secrets;
+pub mod window;
 
 #[cfg(target_arch = "wasm32")]
 pub mod host;
