@@ -37,7 +37,10 @@ for target in $targets; do
     echo "== $target ($label) $(date -u +%FT%TZ)"
     log="$work/$target.log"
     start=$(date +%s)
-    if ! cargo fuzz run --sanitizer none "$target" "$work/$target" "corpus/$target" -- \
+    # The committed seeds, when the target has any.
+    seeds=()
+    [ -d "corpus/$target" ] && seeds=("corpus/$target")
+    if ! cargo fuzz run --sanitizer none "$target" "$work/$target" "${seeds[@]}" -- \
         "${bound[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$log" 2>&1; then
         failed+=("$target")
