@@ -211,9 +211,8 @@ impl Provisioner {
             // or the Redis moved) keeps its folder and credentials; its gateway is started
             // again with the new platform plugins by the next supervisor, which finds them
             // stale.
-            let (keep, changed): (Vec<_>, Vec<_>) = keep
-                .into_iter()
-                .partition(|p| specs.contains(&p.spec));
+            let (keep, changed): (Vec<_>, Vec<_>) =
+                keep.into_iter().partition(|p| specs.contains(&p.spec));
             *planes = keep;
             let new: Vec<DataPlaneSpec> = specs
                 .into_iter()
