@@ -251,21 +251,39 @@ async fn descriptors_without_a_limit_count_nothing_and_bad_ones_are_refused() {
         .is_err());
 }
 
+/// A TLS-only Redis whose self-signed certificate names `name` only, and that certificate.
+fn tls_redis(name: &str) -> (RedisServer, String) {
+    let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
+    (RedisServer::start_tls(&cert, &key).unwrap(), cert)
+}
+
+/// A service counting in the Redis at `host:port`, with Kong's `(ssl, ssl_verify)`, the CAs
+/// it trusts and `server_name`.
+fn tls_service(
+    host: &str,
+    port: u16,
+    (ssl, ssl_verify): (bool, bool),
+    ca: Option<&str>,
+    server_name: Option<&str>,
+) -> Service {
+    let mut target = RedisTarget::new(host, port);
+    target.ssl = ssl;
+    target.ssl_verify = ssl_verify;
+    target.ca_pem = ca.map(|c| c.as_bytes().to_vec());
+    target.server_name = server_name.map(str::to_owned);
+    target.timeout_ms = 2000;
+    Service::new(RedisStore::new(target).unwrap())
+}
+
 /// Kong's `ssl`: TLS to Redis; the certificate is checked with `ssl_verify` only, against the
 /// data plane's CAs (`ca_pem`) or the Web PKI roots, which do not know a private CA.
 #[tokio::test]
 async fn a_tls_redis_is_used_with_ssl_and_its_certificate_checked_with_ssl_verify() {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
-    let redis = RedisServer::start_tls(&cert, &key).unwrap();
+    let (redis, cert) = tls_redis("localhost");
     let req = request("tls", vec![descriptor("k", Period::Minute, 10, &[])]);
     let service = |ssl: bool, ssl_verify: bool, ca: Option<&str>| {
-        let mut target = RedisTarget::new("localhost", redis.port);
-        target.ssl = ssl;
-        target.ssl_verify = ssl_verify;
-        target.ca_pem = ca.map(|c| c.as_bytes().to_vec());
-        target.timeout_ms = 2000;
-        Service::new(RedisStore::new(target).unwrap())
+        tls_service("localhost", redis.port, (ssl, ssl_verify), ca, None)
     };
     // Unverified, then verified against its CA: both count in the same Redis.
     let r = service(true, false, None)
@@ -306,18 +324,16 @@ async fn a_tls_redis_is_used_with_ssl_and_its_certificate_checked_with_ssl_verif
 /// match the host.
 #[tokio::test]
 async fn a_tls_server_name_other_than_the_host_is_what_the_certificate_is_checked_for() {
-    let certified = rcgen::generate_simple_self_signed(vec!["redis.internal".to_owned()]).unwrap();
-    let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
-    let redis = RedisServer::start_tls(&cert, &key).unwrap();
+    let (redis, cert) = tls_redis("redis.internal");
     let req = request("sni", vec![descriptor("k", Period::Minute, 10, &[])]);
     let service = |server_name: Option<&str>| {
-        let mut target = RedisTarget::new("127.0.0.1", redis.port);
-        target.ssl = true;
-        target.ssl_verify = true;
-        target.server_name = server_name.map(str::to_owned);
-        target.ca_pem = Some(cert.as_bytes().to_vec());
-        target.timeout_ms = 2000;
-        Service::new(RedisStore::new(target).unwrap())
+        tls_service(
+            "127.0.0.1",
+            redis.port,
+            (true, true),
+            Some(&cert),
+            server_name,
+        )
     };
     let r = service(Some("redis.internal"))
         .decide(&req, T0_MS)
