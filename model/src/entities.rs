@@ -218,6 +218,36 @@ pub struct FilterChain {
     pub tags: Vec<String>,
 }
 
+/// Kong's `certificates` entity with its `snis`: a PEM chain and key that the data plane's
+/// TLS listener presents to clients asking for one of `snis` (Envoy: a filter chain matched
+/// on those server names, its secret by SDS).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Certificate {
+    /// Kong's id; also the certificate's secret name on Envoy, `wasmgate.certificate.<id>`.
+    pub id: String,
+    /// PEM: the leaf first, then its intermediates.
+    pub cert: String,
+    /// PEM: the leaf's private key.
+    pub key: String,
+    /// Lowercase host names, or `*.`-prefixed wildcards; each belongs to one certificate.
+    pub snis: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+/// An ACME HTTP-01 challenge the data plane answers (RFC 8555, section 8.3): a `GET` of
+/// `/.well-known/acme-challenge/<token>` gets `key_authorization` as `text/plain`, before
+/// routing and plugins. Pushed by the control plane while it validates a custom domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeChallenge {
+    /// base64url characters only, so it is a single path segment.
+    pub token: String,
+    /// `<token>.<base64url account key thumbprint>`.
+    pub key_authorization: String,
+}
+
+/// The path prefix of RFC 8555's HTTP-01 challenges.
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
 /// The route and cluster name a data plane's platform plugins see on every stream (the
 /// host's stream identity): the platform layer applies to every route and service alike, so
 /// what its plugins key by route or service (rate-limiting's `limit_by: service`) is one key
@@ -242,6 +272,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub plugins: Vec<Plugin>,
     pub filter_chains: Vec<FilterChain>,
+    pub certificates: Vec<Certificate>,
+    pub acme_challenges: Vec<AcmeChallenge>,
 }
 
 impl Config {

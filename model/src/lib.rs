@@ -22,8 +22,9 @@ pub use declarative::{
     parse_declarative, parse_declarative_checked, parse_platform_plugins, DeclarativeError,
 };
 pub use entities::{
-    platform_instance_name, Config, FailurePolicy, FilterChain, FilterEntry, ModuleSettings,
-    Plugin, Protocol, Route, Scope, Service, PLATFORM_STREAM,
+    platform_instance_name, AcmeChallenge, Certificate, Config, FailurePolicy, FilterChain,
+    FilterEntry, ModuleSettings, Plugin, Protocol, Route, Scope, Service, ACME_CHALLENGE_PREFIX,
+    PLATFORM_STREAM,
 };
 pub use kit::ConfigError;
 pub use router::{Captures, RouteMatch, Router};
