@@ -286,11 +286,16 @@ pub fn scratch_dir() -> PathBuf {
     std::env::temp_dir().join(format!("wasmgate-bench-{}", std::process::id()))
 }
 
-/// Writes a declarative file for the gateway (one per bench process, rewritten per run).
+/// Writes a declarative file for one gateway. Each gateway gets a file of its own: a gateway
+/// reloads when its file changes, so with one shared file every gateway still running took
+/// the configuration of the last one started (both legs of the `policy: redis` latency table
+/// ran `redis`, and showed no added latency).
 fn declarative_file(declarative: &str) -> Result<PathBuf, String> {
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = scratch_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let file = dir.join("kong.yaml");
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = dir.join(format!("kong-{n}.yaml"));
     std::fs::write(&file, declarative).map_err(|e| format!("{}: {e}", file.display()))?;
     Ok(file)
 }
@@ -599,4 +604,17 @@ pub fn plugin_count_runs(
         }
     }
     points
+}
+
+#[cfg(test)]
+mod tests {
+    /// Two gateways alive at once keep their own configurations.
+    #[test]
+    fn every_gateway_gets_a_declarative_file_of_its_own() {
+        let first = super::declarative_file("first").unwrap();
+        let second = super::declarative_file("second").unwrap();
+        assert_ne!(first, second);
+        assert_eq!(std::fs::read_to_string(&first).unwrap(), "first");
+        let _ = std::fs::remove_dir_all(super::scratch_dir());
+    }
 }
