@@ -9,6 +9,7 @@
 //! [`provision`] runs and supervises local `gateway` processes for Konnect's cloud gateway
 //! API.
 
+pub mod acme;
 pub mod api;
 pub mod config;
 pub mod hub;
