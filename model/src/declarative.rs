@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 
 use kit::schema::{self, FieldError, Record};
 use kit::ConfigError;
+use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 
 use crate::entities::{
-    Config, FailurePolicy, FilterChain, FilterEntry, ModuleSettings, Plugin, Protocol, Route,
-    RoutePath, Scope, Service, DEFAULT_MEMORY_LIMIT_MB, HTTPS_REDIRECT_STATUS_CODES,
+    AcmeChallenge, Certificate, Config, FailurePolicy, FilterChain, FilterEntry, ModuleSettings,
+    Plugin, Protocol, Route, RoutePath, Scope, Service, DEFAULT_MEMORY_LIMIT_MB,
+    HTTPS_REDIRECT_STATUS_CODES,
 };
 use crate::plugins::{self, PluginCheck};
 
@@ -20,14 +22,12 @@ pub type DeclarativeError = ConfigError;
 const FORMAT_VERSIONS: [&str; 3] = ["3.0", "2.1", "1.1"];
 /// Kong entities this data plane does not run; named so the error says so instead of
 /// "unknown field".
-const UNSUPPORTED: [&str; 11] = [
+const UNSUPPORTED: [&str; 9] = [
     "consumers",
     "consumer_groups",
     "upstreams",
     "targets",
-    "certificates",
     "ca_certificates",
-    "snis",
     "vaults",
     "keys",
     "key_sets",
@@ -157,11 +157,35 @@ struct RawChain {
     route_ref: Option<String>,
 }
 
+struct RawCertificate {
+    path: String,
+    /// `None` when the document gives none: one is made from the PEM ([`generated_id`]).
+    id: Option<String>,
+    certificate: Certificate,
+    /// Each of `certificate.snis` with the path it was given at.
+    sni_paths: Vec<String>,
+}
+
+/// A top-level `snis` entity: a name for the certificate it refers to.
+struct RawSni {
+    path: String,
+    name: String,
+    certificate_ref: Option<String>,
+}
+
+struct RawChallenge {
+    path: String,
+    challenge: AcmeChallenge,
+}
+
 struct RawDocument {
     services: Vec<RawService>,
     routes: Vec<RawRoute>,
     plugins: Vec<RawPlugin>,
     filter_chains: Vec<RawChain>,
+    certificates: Vec<RawCertificate>,
+    snis: Vec<RawSni>,
+    acme_challenges: Vec<RawChallenge>,
 }
 
 fn read_document(r: &mut Record<'_>, check: Option<PluginCheck<'_>>) -> RawDocument {
@@ -188,7 +212,310 @@ fn read_document(r: &mut Record<'_>, check: Option<PluginCheck<'_>>) -> RawDocum
         routes: r.records("routes", |r| read_route(r, true, check)),
         plugins: r.records("plugins", |r| read_plugin(r, true, check)),
         filter_chains: r.records("filter_chains", |r| read_chain(r, true)),
+        certificates: bounded_records(r, "certificates", MAX_CERTIFICATES, read_certificate),
+        snis: r.records("snis", read_sni),
+        acme_challenges: bounded_records(r, "acme_challenges", MAX_ACME_CHALLENGES, read_challenge),
     }
+}
+
+/// The most certificates a configuration holds: every one is loaded by every data plane
+/// (and on Envoy is a listener filter chain of its own).
+pub const MAX_CERTIFICATES: usize = 1000;
+/// The most HTTP-01 challenges a configuration holds at once.
+pub const MAX_ACME_CHALLENGES: usize = 1000;
+/// The most bytes of a certificate chain's or a key's PEM.
+pub const MAX_PEM_BYTES: usize = 64 * 1024;
+/// RFC 1035's limit on a host name's length.
+const MAX_SNI_BYTES: usize = 253;
+const MAX_TOKEN_BYTES: usize = 128;
+const MAX_KEY_AUTHORIZATION_BYTES: usize = 256;
+
+/// [`Record::records`] with a bound on how many: past it, the list is refused as a whole
+/// (Kong's `len_max`) and none of it read.
+fn bounded_records<'a, T>(
+    r: &mut Record<'a>,
+    key: &'a str,
+    max: usize,
+    read: impl FnMut(&mut Record<'a>) -> T,
+) -> Vec<T> {
+    if r.value(key)
+        .and_then(Value::as_array)
+        .is_some_and(|items| items.len() > max)
+    {
+        r.error(key, format!("length must be at most {max}"));
+        return Vec::new();
+    }
+    r.records(key, read)
+}
+
+/// A required PEM text of at most [`MAX_PEM_BYTES`].
+fn pem_field<'a>(r: &mut Record<'a>, key: &'a str) -> Option<&'a str> {
+    match r.string(key) {
+        None if r.value(key).is_none() => {
+            r.error(key, "required field missing");
+            None
+        }
+        None => None,
+        Some(pem) if pem.len() > MAX_PEM_BYTES => {
+            r.error(key, format!("length must be at most {MAX_PEM_BYTES}"));
+            None
+        }
+        Some(pem) => Some(pem),
+    }
+}
+
+/// Kong's `certificates` entity: `cert` (the chain, leaf first) and `key` in PEM, with the
+/// names (`snis`) it serves, given as strings or `{name: ...}` records.
+fn read_certificate(r: &mut Record<'_>) -> RawCertificate {
+    let (id, tags) = read_common_without_name(r);
+    if let Some(id) = &id {
+        if !valid_name(id) || id.len() > 128 {
+            r.error(
+                "id",
+                "invalid value: at most 128 of the ascii alphanumerics and ., -, _, ~",
+            );
+        }
+    }
+    for unsupported in ["cert_alt", "key_alt"] {
+        if r.value(unsupported).is_some() {
+            r.error(unsupported, "not supported by wasmgate");
+        }
+    }
+    let cert = pem_field(r, "cert").unwrap_or_default().to_owned();
+    if !cert.is_empty() {
+        match rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(chain) if chain.is_empty() => r.error(
+                "cert",
+                "invalid certificate: no PEM CERTIFICATE block in it",
+            ),
+            Ok(_) => {}
+            Err(e) => r.error("cert", format!("invalid certificate: {e}")),
+        }
+    }
+    let key = pem_field(r, "key").unwrap_or_default().to_owned();
+    if !key.is_empty() {
+        if let Err(e) = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()) {
+            // PKCS#8, PKCS#1 (RSA) or SEC1 (EC); the message never quotes the key.
+            r.error("key", format!("invalid key: {e}"));
+        }
+    }
+    let mut snis = Vec::new();
+    let mut sni_paths = Vec::new();
+    match r.value("snis") {
+        None => {}
+        Some(Value::Array(items)) => {
+            let base = r.path_of("snis");
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("{base}.{}", i + 1);
+                let name = match item {
+                    Value::String(name) => Some(name.as_str()),
+                    Value::Object(map) => sni_record_name(r, &path, map),
+                    _ => {
+                        r.error_at(path.clone(), "expected a string or a record with a name");
+                        None
+                    }
+                };
+                if let Some(name) = name {
+                    match normalize_sni(name) {
+                        Ok(name) => {
+                            snis.push(name);
+                            sni_paths.push(path);
+                        }
+                        Err(e) => r.error_at(path, e),
+                    }
+                }
+            }
+        }
+        Some(_) => r.error("snis", "expected an array"),
+    }
+    RawCertificate {
+        path: r.path().to_owned(),
+        certificate: Certificate {
+            id: id.clone().unwrap_or_default(),
+            cert,
+            key,
+            snis,
+            tags,
+        },
+        id,
+        sni_paths,
+    }
+}
+
+/// The name of a nested `{name: ...}` SNI record; its other fields are Kong's bookkeeping.
+fn sni_record_name<'a>(
+    r: &Record<'_>,
+    path: &str,
+    map: &'a serde_json::Map<String, Value>,
+) -> Option<&'a str> {
+    for key in map.keys() {
+        if !matches!(
+            key.as_str(),
+            "name" | "id" | "tags" | "created_at" | "updated_at"
+        ) {
+            r.error_at(format!("{path}.{key}"), "unknown field");
+        }
+    }
+    match map.get("name") {
+        Some(Value::String(name)) => Some(name),
+        None | Some(Value::Null) => {
+            r.error_at(format!("{path}.name"), "required field missing");
+            None
+        }
+        Some(_) => {
+            r.error_at(format!("{path}.name"), "expected a string");
+            None
+        }
+    }
+}
+
+/// An SNI as the data planes match it: lowercase, a host name (no port, no address), with at
+/// most a leading `*.` label as a wildcard.
+fn normalize_sni(name: &str) -> Result<String, String> {
+    if name.len() > MAX_SNI_BYTES {
+        return Err(format!("length must be at most {MAX_SNI_BYTES}"));
+    }
+    let name = name.to_ascii_lowercase();
+    let bare = name.strip_prefix("*.").unwrap_or(&name);
+    if bare.contains('*') {
+        return Err("invalid wildcard: must be placed at leftmost label".into());
+    }
+    if bare.parse::<std::net::IpAddr>().is_ok() || bare.starts_with('[') {
+        return Err(format!("invalid value '{name}': must not be an IP address"));
+    }
+    if bare.contains(':') {
+        return Err(format!("invalid value '{name}': must not have a port"));
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if !bare.split('.').all(label_ok) {
+        return Err(format!("invalid hostname: {name}"));
+    }
+    Ok(name)
+}
+
+/// Kong's top-level `snis` entity: `name` and `certificate`, by id (`{id: ...}` or a string).
+fn read_sni(r: &mut Record<'_>) -> RawSni {
+    let (_, _) = read_common_without_name(r);
+    let name = match r.string("name") {
+        Some(name) => match normalize_sni(name) {
+            Ok(name) => name,
+            Err(e) => {
+                r.error("name", e);
+                String::new()
+            }
+        },
+        None => {
+            if r.value("name").is_none() {
+                r.error("name", "required field missing");
+            }
+            String::new()
+        }
+    };
+    let certificate_ref = read_ref(r, "certificate");
+    if certificate_ref.is_none() && r.value("certificate").is_none() {
+        r.error("certificate", "required field missing");
+    }
+    RawSni {
+        path: r.path().to_owned(),
+        name,
+        certificate_ref,
+    }
+}
+
+/// base64url's alphabet (RFC 4648 section 5), without padding: what ACME tokens and
+/// thumbprints are made of.
+fn base64url(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// wasmgate's `acme_challenges`: an HTTP-01 token and the key authorization its
+/// `/.well-known/acme-challenge/<token>` answers.
+fn read_challenge(r: &mut Record<'_>) -> RawChallenge {
+    let token = match r.string("token") {
+        None => {
+            if r.value("token").is_none() {
+                r.error("token", "required field missing");
+            }
+            String::new()
+        }
+        Some(token) if token.len() > MAX_TOKEN_BYTES => {
+            r.error("token", format!("length must be at most {MAX_TOKEN_BYTES}"));
+            String::new()
+        }
+        Some(token) if !base64url(token) => {
+            r.error(
+                "token",
+                "invalid value: base64url characters only (A-Z, a-z, 0-9, - and _)",
+            );
+            String::new()
+        }
+        Some(token) => token.to_owned(),
+    };
+    let key_authorization = match r.string("key_authorization") {
+        None => {
+            if r.value("key_authorization").is_none() {
+                r.error("key_authorization", "required field missing");
+            }
+            String::new()
+        }
+        Some(text) if text.len() > MAX_KEY_AUTHORIZATION_BYTES => {
+            r.error(
+                "key_authorization",
+                format!("length must be at most {MAX_KEY_AUTHORIZATION_BYTES}"),
+            );
+            String::new()
+        }
+        Some(text) => {
+            let thumbprint = text.split_once('.').filter(|(of, _)| *of == token);
+            if !token.is_empty() && !thumbprint.is_some_and(|(_, t)| base64url(t)) {
+                r.error(
+                    "key_authorization",
+                    "invalid value: must be the token, '.', and the account key's base64url \
+                     thumbprint",
+                );
+            }
+            text.to_owned()
+        }
+    };
+    RawChallenge {
+        path: r.path().to_owned(),
+        challenge: AcmeChallenge {
+            token,
+            key_authorization,
+        },
+    }
+}
+
+/// A certificate's id when the document gives none: the digest of its PEM, shaped as a UUID,
+/// so the same certificate keeps its id (and its secret on Envoy) across pushes.
+fn generated_id(cert: &str) -> String {
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(cert.as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 fn read_common(r: &mut Record<'_>) -> (Option<String>, Vec<String>) {
@@ -867,11 +1194,100 @@ impl RawDocument {
             }
             config.filter_chains.push(raw.chain);
         }
+        resolve_certificates(
+            &mut config,
+            self.certificates,
+            self.snis,
+            self.acme_challenges,
+            &mut errors,
+        );
         if errors.is_empty() {
             Ok(config)
         } else {
             Err(ConfigError { fields: errors })
         }
+    }
+}
+
+/// Gives every certificate its id, joins the top-level `snis` to theirs, and checks that ids,
+/// names and challenge tokens are each unique.
+fn resolve_certificates(
+    config: &mut Config,
+    certificates: Vec<RawCertificate>,
+    snis: Vec<RawSni>,
+    challenges: Vec<RawChallenge>,
+    errors: &mut Vec<FieldError>,
+) {
+    let mut error = |path: &str, message: String| {
+        errors.push(FieldError {
+            path: path.to_owned(),
+            message,
+        })
+    };
+    // Each name with the id of the certificate it was first given to.
+    let mut names: Vec<(String, String)> = Vec::new();
+    let mut claim = |name: &str, id: &str, path: &str, error: &mut dyn FnMut(&str, String)| {
+        if let Some((_, owner)) = names.iter().find(|(taken, _)| taken == name) {
+            error(
+                path,
+                format!("{name} already associated with existing certificate '{owner}'"),
+            );
+            false
+        } else {
+            names.push((name.to_owned(), id.to_owned()));
+            true
+        }
+    };
+    for raw in certificates {
+        let mut certificate = raw.certificate;
+        certificate.id = raw.id.unwrap_or_else(|| generated_id(&certificate.cert));
+        if config.certificates.iter().any(|c| c.id == certificate.id) {
+            error(
+                &raw.path,
+                format!(
+                    "uniqueness violation: 'certificates' entity with primary key set to \
+                     '{}' already declared",
+                    certificate.id
+                ),
+            );
+        }
+        let mut kept = Vec::with_capacity(certificate.snis.len());
+        for (name, path) in certificate.snis.into_iter().zip(&raw.sni_paths) {
+            if claim(&name, &certificate.id, path, &mut error) {
+                kept.push(name);
+            }
+        }
+        certificate.snis = kept;
+        config.certificates.push(certificate);
+    }
+    for raw in snis {
+        let Some(reference) = raw.certificate_ref else {
+            continue;
+        };
+        let Some(index) = config.certificates.iter().position(|c| c.id == reference) else {
+            error(
+                &format!("{}.certificate", raw.path),
+                format!("no certificate with id '{reference}'"),
+            );
+            continue;
+        };
+        if raw.name.is_empty() {
+            continue;
+        }
+        let id = config.certificates[index].id.clone();
+        if claim(&raw.name, &id, &raw.path, &mut error) {
+            config.certificates[index].snis.push(raw.name);
+        }
+    }
+    for raw in challenges {
+        let token = &raw.challenge.token;
+        if !token.is_empty() && config.acme_challenges.iter().any(|c| &c.token == token) {
+            error(
+                &raw.path,
+                format!("UNIQUE violation detected on '{{token=\"{token}\"}}'"),
+            );
+        }
+        config.acme_challenges.push(raw.challenge);
     }
 }
 
@@ -1504,6 +1920,246 @@ plugins:
         assert_eq!(
             (bare.services[0].host.as_str(), bare.services[0].port),
             ("[::1]", 80)
+        );
+    }
+}
+
+#[cfg(test)]
+mod certificate_tests {
+    use super::*;
+
+    /// PEM the model takes: it checks the PEM framing and base64, not the DER inside (the
+    /// data planes load that, and refuse what their TLS library cannot).
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIBAA==\n-----END PRIVATE KEY-----\n";
+
+    fn certificate(extra: &str) -> String {
+        format!(
+            "_format_version: \"3.0\"\ncertificates:\n  - {{id: c1, cert: {CERT:?}, key: {KEY:?}{extra}}}\n"
+        )
+    }
+
+    fn errors(text: &str) -> String {
+        parse_declarative(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn certificates_take_snis_nested_as_strings_or_records_and_at_the_top_level() {
+        let config = parse_declarative(&format!(
+            "{}  - {{cert: {CERT:?}, key: {KEY:?}, snis: [Other.Example.Test]}}\nsnis:\n  - {{name: top.example.test, certificate: {{id: c1}}}}\n  - {{name: \"*.wild.example.test\", certificate: c1}}\n",
+            certificate(", snis: [api.example.test, {name: \"*.Example.Test\"}], tags: [custom-domain]")
+        ))
+        .unwrap();
+        let c = &config.certificates;
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (c[0].id.as_str(), c[0].cert.as_str(), c[0].key.as_str()),
+            ("c1", CERT, KEY)
+        );
+        assert_eq!(
+            c[0].snis,
+            [
+                "api.example.test",
+                "*.example.test",
+                "top.example.test",
+                "*.wild.example.test"
+            ]
+        );
+        assert_eq!(c[0].tags, ["custom-domain"]);
+        assert_eq!(c[1].snis, ["other.example.test"]);
+        // No id given: one from the PEM's digest, the same on every read.
+        assert_eq!(c[1].id, generated_id(CERT));
+        assert_eq!(c[1].id.len(), 36);
+        let again = parse_declarative(&format!(
+            "_format_version: \"3.0\"\ncertificates: [{{cert: {CERT:?}, key: {KEY:?}}}]\n"
+        ))
+        .unwrap();
+        assert_eq!(again.certificates[0].id, c[1].id);
+        // Kong's other PEM key forms load too.
+        for (begin, end) in [
+            ("RSA PRIVATE KEY", "RSA PRIVATE KEY"),
+            ("EC PRIVATE KEY", "EC PRIVATE KEY"),
+        ] {
+            let key = format!("-----BEGIN {begin}-----\nMIIBAA==\n-----END {end}-----\n");
+            parse_declarative(&format!(
+                "_format_version: \"3.0\"\ncertificates: [{{cert: {CERT:?}, key: {key:?}}}]\n"
+            ))
+            .unwrap_or_else(|e| panic!("{begin}: {e}"));
+        }
+    }
+
+    #[test]
+    fn acme_challenges_are_read() {
+        let config = parse_declarative(
+            "_format_version: \"3.0\"\nacme_challenges:\n  - {token: LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0, key_authorization: LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.acme_challenges,
+            [AcmeChallenge {
+                token: "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0".into(),
+                key_authorization: "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI".into(),
+            }]
+        );
+    }
+
+    /// One document per rule, each wrong in one way, and the line that names the field.
+    #[test]
+    fn each_certificate_rule_refuses_with_its_own_line() {
+        let long_pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            "A".repeat(MAX_PEM_BYTES)
+        );
+        let challenge = |token: &str, authorization: &str| {
+            format!(
+                "_format_version: \"3.0\"\nacme_challenges:\n  - {{token: {token:?}, key_authorization: {authorization:?}}}\n"
+            )
+        };
+        let label_63 = "a".repeat(63);
+        let sni_254 = format!("{label_63}.{label_63}.{label_63}.{}", "b".repeat(62));
+        for (text, expected) in [
+            (
+                "_format_version: \"3.0\"\ncertificates: [{id: c1}]\n".to_owned(),
+                "certificates.1.cert: required field missing; certificates.1.key: required field missing",
+            ),
+            (
+                certificate(", cert_alt: x, key_alt: y"),
+                "certificates.1.cert_alt: not supported by wasmgate; certificates.1.key_alt: not supported by wasmgate",
+            ),
+            (
+                format!("_format_version: \"3.0\"\ncertificates: [{{cert: \"not pem\", key: {KEY:?}}}]\n"),
+                "certificates.1.cert: invalid certificate: no PEM CERTIFICATE block in it",
+            ),
+            (
+                format!("_format_version: \"3.0\"\ncertificates: [{{cert: {KEY:?}, key: {KEY:?}}}]\n"),
+                "certificates.1.cert: invalid certificate: no PEM CERTIFICATE block in it",
+            ),
+            (
+                format!("_format_version: \"3.0\"\ncertificates: [{{cert: \"-----BEGIN CERTIFICATE-----\\n!!\\n-----END CERTIFICATE-----\\n\", key: {KEY:?}}}]\n"),
+                "certificates.1.cert: invalid certificate: ",
+            ),
+            (
+                format!("_format_version: \"3.0\"\ncertificates: [{{cert: {CERT:?}, key: {CERT:?}}}]\n"),
+                "certificates.1.key: invalid key: ",
+            ),
+            (
+                format!("_format_version: \"3.0\"\ncertificates: [{{cert: {long_pem:?}, key: {KEY:?}}}]\n"),
+                "certificates.1.cert: length must be at most 65536",
+            ),
+            (certificate(", id: \"a b\""), "certificates.1.id: invalid value"),
+            (certificate(", snis: [\"api.test:443\"]"), "certificates.1.snis.1: invalid value 'api.test:443': must not have a port"),
+            (certificate(", snis: [ok.test, \"a.*.test\"]"), "certificates.1.snis.2: invalid wildcard: must be placed at leftmost label"),
+            (certificate(", snis: [\"api.*\"]"), "certificates.1.snis.1: invalid wildcard: must be placed at leftmost label"),
+            (certificate(", snis: [\"127.0.0.1\"]"), "certificates.1.snis.1: invalid value '127.0.0.1': must not be an IP address"),
+            (certificate(", snis: [\"a..test\"]"), "certificates.1.snis.1: invalid hostname: a..test"),
+            (certificate(", snis: [\"-a.test\"]"), "certificates.1.snis.1: invalid hostname: -a.test"),
+            (certificate(&format!(", snis: [\"{sni_254}\"]")), "certificates.1.snis.1: length must be at most 253"),
+            (certificate(", snis: [{nom: x}]"), "certificates.1.snis.1.nom: unknown field; certificates.1.snis.1.name: required field missing"),
+            (certificate(", snis: [7]"), "certificates.1.snis.1: expected a string or a record with a name"),
+            (certificate(", snis: a.test"), "certificates.1.snis: expected an array"),
+            (
+                format!("{}  - {{id: c2, cert: {CERT:?}, key: {KEY:?}, snis: [b.test, A.test]}}\n", certificate(", snis: [a.test]")),
+                "certificates.2.snis.2: a.test already associated with existing certificate 'c1'",
+            ),
+            (
+                format!("{}snis: [{{name: a.test, certificate: {{id: c1}}}}]\n", certificate(", snis: [a.test]")),
+                "snis.a.test: a.test already associated with existing certificate 'c1'",
+            ),
+            (
+                format!("{}snis: [{{name: b.test, certificate: {{id: c9}}}}]\n", certificate("")),
+                "snis.b.test.certificate: no certificate with id 'c9'",
+            ),
+            (
+                format!("{}snis: [{{name: c.test}}]\n", certificate("")),
+                "snis.c.test.certificate: required field missing",
+            ),
+            (
+                format!("{}snis: [{{name: \"b.test:8443\", certificate: c1}}]\n", certificate("")),
+                "snis.b.test:8443.name: invalid value 'b.test:8443': must not have a port",
+            ),
+            (
+                format!("{}  - {{id: c1, cert: {CERT:?}, key: {KEY:?}}}\n", certificate("")),
+                "certificates.2: uniqueness violation: 'certificates' entity with primary key set to 'c1' already declared",
+            ),
+            (challenge("", "x"), "acme_challenges.1.token: invalid value: base64url characters only"),
+            (challenge("a+b", "a+b.x"), "acme_challenges.1.token: invalid value: base64url characters only"),
+            (challenge(&"t".repeat(129), "x"), "acme_challenges.1.token: length must be at most 128"),
+            (challenge("tok", "other.thumb"), "acme_challenges.1.key_authorization: invalid value: must be the token, '.', and the account key's base64url thumbprint"),
+            (challenge("tok", "tok."), "acme_challenges.1.key_authorization: invalid value"),
+            (challenge("tok", "tok.a=b"), "acme_challenges.1.key_authorization: invalid value"),
+            (challenge("tok", &format!("tok.{}", "x".repeat(253))), "acme_challenges.1.key_authorization: length must be at most 256"),
+            (
+                "_format_version: \"3.0\"\nacme_challenges: [{token: t, key_authorization: t.x}, {token: t, key_authorization: t.y}]\n".to_owned(),
+                "acme_challenges.2: UNIQUE violation detected on '{token=\"t\"}'",
+            ),
+            (
+                "_format_version: \"3.0\"\nacme_challenges: [{key_authorization: t.z, extra: 1}]\n".to_owned(),
+                "acme_challenges.1.token: required field missing; acme_challenges.1.extra: unknown field",
+            ),
+        ] {
+            let message = errors(&text);
+            assert!(message.contains(expected), "{text}: missing {expected:?} in {message}");
+        }
+    }
+
+    /// The bounds themselves are taken; one past each is refused.
+    #[test]
+    fn the_bounds_are_reached_and_not_passed() {
+        let label_63 = "a".repeat(63);
+        let sni_253 = format!("*.{label_63}.{label_63}.{label_63}.{}", "b".repeat(59));
+        assert_eq!(sni_253.len(), 253);
+        let pem_max = {
+            let head = "-----BEGIN CERTIFICATE-----\n";
+            let tail = "\n-----END CERTIFICATE-----\n";
+            let body = MAX_PEM_BYTES - head.len() - tail.len();
+            format!("{head}{}{tail}", "A".repeat(body / 4 * 4))
+        };
+        assert!(pem_max.len() <= MAX_PEM_BYTES && pem_max.len() > MAX_PEM_BYTES - 4);
+        let token = "t".repeat(128);
+        let authorization = format!("{token}.{}", "k".repeat(127));
+        assert_eq!(authorization.len(), 256);
+        let config = parse_declarative(&format!(
+            "_format_version: \"3.0\"\ncertificates: [{{cert: {pem_max:?}, key: {KEY:?}, snis: [\"{sni_253}\"]}}]\nacme_challenges: [{{token: {token}, key_authorization: {authorization}}}]\n"
+        ))
+        .unwrap();
+        assert_eq!(config.certificates[0].snis, [sni_253]);
+        assert_eq!(config.acme_challenges[0].key_authorization, authorization);
+
+        let many = |key: &str, n: usize, item: &dyn Fn(usize) -> String| {
+            let items: Vec<String> = (0..n).map(item).collect();
+            format!(
+                "{{\"_format_version\": \"3.0\", \"{key}\": [{}]}}",
+                items.join(",")
+            )
+        };
+        let cert = |i: usize| format!("{{\"id\": \"c{i}\", \"cert\": {CERT:?}, \"key\": {KEY:?}}}");
+        let challenge =
+            |i: usize| format!("{{\"token\": \"t{i}\", \"key_authorization\": \"t{i}.k\"}}");
+        let at_bound = parse_declarative(&many("certificates", MAX_CERTIFICATES, &cert)).unwrap();
+        assert_eq!(at_bound.certificates.len(), MAX_CERTIFICATES);
+        let at_bound =
+            parse_declarative(&many("acme_challenges", MAX_ACME_CHALLENGES, &challenge)).unwrap();
+        assert_eq!(at_bound.acme_challenges.len(), MAX_ACME_CHALLENGES);
+        assert_eq!(
+            errors(&many("certificates", MAX_CERTIFICATES + 1, &cert)),
+            "certificates: length must be at most 1000"
+        );
+        assert_eq!(
+            errors(&many(
+                "acme_challenges",
+                MAX_ACME_CHALLENGES + 1,
+                &challenge
+            )),
+            "acme_challenges: length must be at most 1000"
+        );
+    }
+
+    /// Kong's certificates and snis were refused as unsupported; ca_certificates still are.
+    #[test]
+    fn ca_certificates_stay_unsupported() {
+        assert!(
+            errors("_format_version: \"3.0\"\nca_certificates: [{cert: x}]\n")
+                .contains("ca_certificates: not supported by wasmgate")
         );
     }
 }
