@@ -5,6 +5,7 @@
 //! that describe config → request → expected response and upstream view. [`envoy`] runs those
 //! against a real Envoy; the in-process host runs the very same files.
 
+pub mod acme;
 pub mod cases;
 pub mod control_plane;
 pub mod gateway;
