@@ -340,7 +340,7 @@ fn read(path: &Path) -> Result<String, String> {
 
 /// Writes `path` (0600) whole or not at all: a temporary file beside it, synced, renamed over
 /// it. The caller syncs the folder once its files are written.
-fn write_private(path: &Path, contents: &str) -> Result<(), String> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), String> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
@@ -361,7 +361,7 @@ fn write_private(path: &Path, contents: &str) -> Result<(), String> {
 }
 
 /// Makes the renames in `dir` durable.
-fn sync_folder(dir: &Path) -> Result<(), String> {
+pub(crate) fn sync_folder(dir: &Path) -> Result<(), String> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(|e| format!("syncing {}: {e}", dir.display()))
@@ -511,6 +511,124 @@ pub fn peer(store: &Store, chain: Option<&[CertificateDer<'static>]>) -> Result<
         control_planes: store.pinned_control_planes(&fingerprint),
         fingerprint,
     })
+}
+
+/// The CA of custom domains' certificates when no ACME server is configured: its own, not
+/// the cluster CA. Clients of a tenant's domain are told to trust it, and trusting the cluster
+/// CA would also vouch for the control plane's data plane endpoints; and the cluster CA's key
+/// stays read at start only, while this one signs whenever a domain is added or renewed.
+const DOMAINS_CA_CERT: &str = "custom-domains-ca.crt";
+const DOMAINS_CA_KEY: &str = "custom-domains-ca.key";
+
+/// The custom-domains CA: `custom-domains-ca.crt` and its key in the data directory, made on
+/// first use (ten years).
+pub struct DomainCa {
+    /// The CA certificate (PEM): what a custom domain's clients trust.
+    pub ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+    not_after: OffsetDateTime,
+}
+
+/// A leaf certificate and its key.
+pub struct Leaf {
+    /// The leaf alone (PEM): clients hold the CA.
+    pub cert_pem: String,
+    /// PKCS#8 PEM.
+    pub key_pem: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl DomainCa {
+    /// Reads the CA back, or makes it when `custom-domains-ca.crt` is not there (a key left
+    /// without it is from a first start that crashed: nobody was given that CA).
+    pub fn load_or_create(data_dir: &Path) -> Result<DomainCa, String> {
+        let cert_path = data_dir.join(DOMAINS_CA_CERT);
+        let key_path = data_dir.join(DOMAINS_CA_KEY);
+        if !cert_path.exists() {
+            return DomainCa::create(data_dir, OffsetDateTime::now_utc());
+        }
+        let ca_pem = read(&cert_path)?;
+        let ca = Parsed::from_pem(&ca_pem).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+        let key = KeyPair::from_pem(&read(&key_path)?)
+            .map_err(|e| format!("{}: {e}", key_path.display()))?;
+        if key.der_bytes() != ca.public_key.as_slice() {
+            return Err(format!(
+                "{} is not the key of {}",
+                key_path.display(),
+                cert_path.display()
+            ));
+        }
+        let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(ca.der.as_slice()), key)
+            .map_err(|e| format!("{}: {e}", cert_path.display()))?;
+        Ok(DomainCa {
+            ca_pem,
+            issuer,
+            not_after: ca.not_after,
+        })
+    }
+
+    fn create(data_dir: &Path, now: OffsetDateTime) -> Result<DomainCa, String> {
+        let made = (|| -> Result<_, rcgen::Error> {
+            let mut params = CertificateParams::new(Vec::<String>::new())?;
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "wasmgate custom domains CA");
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            params.not_before = now - SKEW;
+            params.not_after = now + CA_LIFETIME;
+            let key = KeyPair::generate()?;
+            let ca = params.self_signed(&key)?;
+            let key_pem = key.serialize_pem();
+            let not_after = params.not_after;
+            Ok((ca.pem(), key_pem, Issuer::new(params, key), not_after))
+        })();
+        let (ca_pem, key_pem, issuer, not_after) =
+            made.map_err(|e| format!("making the custom domains CA: {e}"))?;
+        // The certificate last: a data directory with it has its key.
+        write_private(&data_dir.join(DOMAINS_CA_KEY), &key_pem)?;
+        write_private(&data_dir.join(DOMAINS_CA_CERT), &ca_pem)?;
+        sync_folder(data_dir)?;
+        log::info!(
+            "made the custom domains CA in {} (valid until {})",
+            data_dir.join(DOMAINS_CA_CERT).display(),
+            utc(not_after)
+        );
+        Ok(DomainCa {
+            ca_pem,
+            issuer,
+            not_after,
+        })
+    }
+
+    /// A server certificate for `domain` and its new key, valid for `validity` from now (from
+    /// an hour ago, for clocks behind ours), never beyond the CA's own end.
+    pub fn issue(&self, domain: &str, validity: std::time::Duration) -> Result<Leaf, String> {
+        let validity = Duration::try_from(validity)
+            .map_err(|e| format!("validity {} s: {e}", validity.as_secs()))?;
+        // Whole seconds: what the certificate holds, so the caller's dates are the leaf's.
+        let now = OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .map_err(|e| e.to_string())?;
+        let mut params = CertificateParams::new(vec![domain.to_owned()])
+            .map_err(|e| format!("certificate for {domain}: {e}"))?;
+        params.distinguished_name.push(DnType::CommonName, domain);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = now - SKEW;
+        params.not_after = (now + validity).min(self.not_after);
+        let key = KeyPair::generate().map_err(|e| format!("key for {domain}: {e}"))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| format!("certificate for {domain}: {e}"))?;
+        Ok(Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            not_before: params.not_before,
+            not_after: params.not_after,
+        })
+    }
 }
 
 #[cfg(test)]
