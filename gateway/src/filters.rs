@@ -26,6 +26,7 @@ use host::{
 use kit::schema::FieldError;
 pub use model::plugins::default_modules_dir;
 use model::{Config, ConfigError, ModuleSettings};
+use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 
 /// Where modules come from and what they may read.
@@ -547,7 +548,7 @@ enum Instance {
 pub struct WorkerFilters {
     /// Which configuration these instances belong to.
     pub generation: u64,
-    instances: HashMap<FilterRef, Instance>,
+    instances: FxHashMap<FilterRef, Instance>,
     /// The instances of a configuration about to serve, started before it does.
     next: Option<Box<WorkerFilters>>,
 }
@@ -556,7 +557,7 @@ impl WorkerFilters {
     pub fn new(generation: u64) -> WorkerFilters {
         WorkerFilters {
             generation,
-            instances: HashMap::new(),
+            instances: FxHashMap::default(),
             next: None,
         }
     }
@@ -581,8 +582,8 @@ impl WorkerFilters {
     }
 
     /// The running instances of the plugins `filters` keeps as they were, where they are now.
-    fn kept(&self, filters: &ConfigFilters) -> HashMap<FilterRef, Instance> {
-        let mut kept = HashMap::new();
+    fn kept(&self, filters: &ConfigFilters) -> FxHashMap<FilterRef, Instance> {
+        let mut kept = FxHashMap::default();
         for (filter, plugin) in filters.refs() {
             let running = self.instances.values().find_map(|instance| match instance {
                 Instance::Running(worker) if worker.plugin().ptr_eq(plugin) => Some(worker),

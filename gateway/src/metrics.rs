@@ -7,10 +7,12 @@
 //! worker's series and adds them up; a worker takes its registry's lock only to publish a
 //! series it sees for the first time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use rustc_hash::FxHashMap;
 
 use crate::access_log::AccessLog;
 
@@ -156,11 +158,11 @@ pub struct WorkerMetrics {
 
 #[derive(Default)]
 struct Local {
-    labels: HashMap<String, Label>,
-    requests: HashMap<(Label, Label, u16), Arc<Counter>>,
-    latency: HashMap<Label, Arc<HistogramCells>>,
-    upstream_latency: HashMap<Label, Arc<HistogramCells>>,
-    filter_outcomes: HashMap<(Label, Label), Arc<Counter>>,
+    labels: FxHashMap<String, Label>,
+    requests: FxHashMap<(Label, Label, u16), Arc<Counter>>,
+    latency: FxHashMap<Label, Arc<HistogramCells>>,
+    upstream_latency: FxHashMap<Label, Arc<HistogramCells>>,
+    filter_outcomes: FxHashMap<(Label, Label), Arc<Counter>>,
 }
 
 impl Local {

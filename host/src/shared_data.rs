@@ -21,11 +21,15 @@
 //! are counted across its shards with atomics that are only raised after a check against the
 //! cap (see [`Usage`]), so they hold exactly whatever the number of writers.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+// Keys come from modules, and a module may key by what a client sends (rate-limiting's
+// `limit_by: header`): hashing stays seeded per process, with foldhash rather than SipHash,
+// which took three hashes of ~600 instructions on every get and set.
+use foldhash::fast::RandomState;
 
 /// Why a `set` failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,10 +60,10 @@ fn reserve(counter: &AtomicUsize, n: usize, cap: usize) -> bool {
 #[derive(Debug)]
 struct Namespace {
     usage: Arc<Usage>,
-    entries: HashMap<String, (Vec<u8>, u32)>,
+    entries: HashMap<String, (Vec<u8>, u32), RandomState>,
 }
 
-type Shard = HashMap<String, Namespace>;
+type Shard = HashMap<String, Namespace, RandomState>;
 
 /// Shards of the store: enough that two workers' keys rarely share one, few enough that a
 /// snapshot (tests, debugging) stays cheap.
@@ -97,7 +101,7 @@ impl SharedData {
         SharedData {
             shards: std::array::from_fn(|_| RwLock::default()),
             usage: Mutex::default(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             next_cas: AtomicU32::new(1),
             max_bytes_per_vm,
             max_entries_per_vm: MAX_ENTRIES_PER_VM,
@@ -144,7 +148,7 @@ impl SharedData {
         );
         f(shard.entry(vm_id.to_owned()).or_insert(Namespace {
             usage,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
         }))
     }
 

@@ -3,7 +3,6 @@
 
 mod admin;
 mod api;
-mod custom_domains_api;
 mod egress;
 mod lifecycle;
 mod replicas;

@@ -166,7 +166,7 @@ struct PoolKey {
 #[derive(Default)]
 pub struct Upstreams {
     options: UpstreamOptions,
-    clients: RefCell<HashMap<PoolKey, UpstreamClient>>,
+    clients: RefCell<rustc_hash::FxHashMap<PoolKey, UpstreamClient>>,
     /// The circuits of the services this worker has sent to, from [`UpstreamOptions::circuits`].
     circuits: RefCell<HashMap<String, Arc<Circuit>>>,
 }
