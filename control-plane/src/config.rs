@@ -222,6 +222,31 @@ impl Entities {
     }
 }
 
+/// The document a control plane's data planes get: its entities' declarative document
+/// ([`Entities::declarative`], which the API shows and exports) and, for the data planes
+/// only, its custom domains' certificates with their private keys (Kong's `certificates`,
+/// the domain as SNI) and the ACME HTTP-01 challenges being validated (`acme_challenges`).
+/// No API view is made from it: it holds keys.
+pub fn data_plane_document(
+    tx: &Transaction<'_>,
+    control_plane_id: &str,
+) -> Result<Value, StoreError> {
+    let mut document = Entities::load(tx, control_plane_id)?.declarative();
+    let (certificates, challenges) =
+        crate::store::custom_domains::tls_entities(tx, control_plane_id)?;
+    if let Value::Object(map) = &mut document {
+        for (key, list) in [
+            ("certificates", certificates),
+            ("acme_challenges", challenges),
+        ] {
+            if !list.is_empty() {
+                map.insert(key.into(), Value::Array(list));
+            }
+        }
+    }
+    Ok(document)
+}
+
 /// Turns the control plane's entities into its next config version, validated as a whole by
 /// the model and stored in the same transaction. The caller publishes it after the commit.
 pub fn next_version(
@@ -229,8 +254,7 @@ pub fn next_version(
     control_plane_id: &str,
     now: i64,
 ) -> Result<Arc<ConfigVersion>, Rejection> {
-    let document = Entities::load(tx, control_plane_id)?.declarative();
-    let text = document.to_string();
+    let text = data_plane_document(tx, control_plane_id)?.to_string();
     let version: i64 = tx
         .query_row(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM config_versions WHERE control_plane_id = ?1",
@@ -263,24 +287,31 @@ pub fn reassemble(
     control_plane_id: &str,
     now: i64,
 ) -> Result<Option<Arc<ConfigVersion>>, Rejection> {
-    store.transaction(|tx| {
-        let text = Entities::load(tx, control_plane_id)?
-            .declarative()
-            .to_string();
-        let latest: Option<String> = tx
-            .query_row(
-                "SELECT document FROM config_versions WHERE control_plane_id = ?1
-                 ORDER BY version DESC LIMIT 1",
-                [control_plane_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(StoreError::from)?;
-        if latest.as_deref() == Some(text.as_str()) {
-            return Ok(None);
-        }
-        next_version(tx, control_plane_id, now).map(Some)
-    })
+    store.transaction(|tx| next_version_if_changed(tx, control_plane_id, now))
+}
+
+/// [`next_version`] when the data planes' document is not the latest version's text (a
+/// custom domain's state changed without changing what the data planes run, say); `None`
+/// when it is.
+pub fn next_version_if_changed(
+    tx: &Transaction<'_>,
+    control_plane_id: &str,
+    now: i64,
+) -> Result<Option<Arc<ConfigVersion>>, Rejection> {
+    let text = data_plane_document(tx, control_plane_id)?.to_string();
+    let latest: Option<String> = tx
+        .query_row(
+            "SELECT document FROM config_versions WHERE control_plane_id = ?1
+             ORDER BY version DESC LIMIT 1",
+            [control_plane_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(StoreError::from)?;
+    if latest.as_deref() == Some(text.as_str()) {
+        return Ok(None);
+    }
+    next_version(tx, control_plane_id, now).map(Some)
 }
 
 /// A Redis the control plane's serverless groups of 2 or more replicas count their

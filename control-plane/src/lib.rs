@@ -7,11 +7,13 @@
 //! over ADS with the plugins in ECDS ([`xds`]). Both data plane endpoints require a pinned
 //! client certificate ([`pki`]); what each data plane runs, or why not, is in [`nodes`].
 //! [`provision`] runs and supervises local `gateway` processes for Konnect's cloud gateway
-//! API.
+//! API; [`custom_domains`] issues (through [`acme`]), pushes and renews the certificates of
+//! their custom domains.
 
 pub mod acme;
 pub mod api;
 pub mod config;
+pub mod custom_domains;
 pub mod hub;
 pub mod modules;
 pub mod nodes;
@@ -64,6 +66,9 @@ pub struct Options {
     /// its 100 requests per second (`policy: redis`). Without one, such a group is refused:
     /// each replica counting alone would admit 100 a second each.
     pub redis: Option<config::Redis>,
+    /// Where custom domains' certificates come from: an ACME server, else the control
+    /// plane's own CA.
+    pub certificates: acme::Settings,
 }
 
 impl Default for Options {
@@ -79,6 +84,7 @@ impl Default for Options {
             ping_interval: Duration::from_secs(30),
             allow_private_upstreams: false,
             redis: None,
+            certificates: acme::Settings::default(),
         }
     }
 }
@@ -103,6 +109,7 @@ pub struct State {
     /// SHA-256 (hex) of the API token.
     pub token_sha256: String,
     pub provisioner: provision::Provisioner,
+    pub domains: custom_domains::Domains,
 }
 
 /// A running control plane; dropping it stops everything it started but the provisioned
@@ -162,6 +169,13 @@ impl ControlPlane {
         let modules = Modules::load(&options.modules_dir)?;
         let nodes = Nodes::load(Arc::clone(&store))?;
         let hub = Hub::default();
+        // Challenges a stopped control plane was validating: the validations died with it
+        // (the domains still `initializing` start over below), so the data planes stop
+        // answering them, as of the versions assembled next.
+        store
+            .transaction(store::custom_domains::clear_challenges)
+            .map_err(|e| format!("clearing ACME challenges: {e}"))?;
+        let issuer = acme::Issuer::new(&options.certificates, &options.data_dir)?;
         for (id, version, text, created_at) in store.latest_versions()? {
             // After an upgrade the stored text may no longer be what the entities make, or
             // no longer valid: the entities are the source, so their assembly wins.
@@ -234,6 +248,7 @@ impl ControlPlane {
             identity,
             token_sha256,
             provisioner,
+            domains: custom_domains::Domains::new(issuer),
         });
         let (shutdown, _) = watch::channel(false);
         {
@@ -248,6 +263,7 @@ impl ControlPlane {
             ));
             runtime.spawn(xds::serve(xds, Arc::clone(&state), shutdown.subscribe()));
             runtime.spawn(provision::restore(Arc::clone(&state)));
+            runtime.spawn(custom_domains::resume(Arc::clone(&state)));
         }
         Ok(ControlPlane {
             state,

@@ -59,6 +59,22 @@ enum Command {
         /// 100 requests per second. Without it, such groups are refused.
         #[arg(long, value_name = "HOST:PORT")]
         redis: Option<control_plane::config::Redis>,
+        /// The ACME server (its directory URL) that issues custom domains' certificates,
+        /// validating them over HTTP-01 through the data planes. Without it, the control
+        /// plane's own CA issues them (not publicly trusted).
+        #[arg(long, value_name = "URL")]
+        acme_directory: Option<String>,
+        /// CA certificates (PEM) trusted for the ACME server's HTTPS, besides the public
+        /// roots (a test ACME server's own CA).
+        #[arg(long, value_name = "PEM", requires = "acme_directory")]
+        acme_ca_file: Option<PathBuf>,
+        /// The ACME account's contact (`mailto:ops@example.com`); repeatable.
+        #[arg(long, value_name = "URL", requires = "acme_directory")]
+        acme_contact: Vec<String>,
+        /// Days a certificate from the control plane's own CA is valid (when no ACME
+        /// directory is set); renewed two thirds into it.
+        #[arg(long, value_name = "DAYS", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=3650))]
+        ca_validity_days: u64,
     },
     /// Print the bootstrap of an Envoy data plane (JSON): ADS over mTLS to the control plane;
     /// the certificate must be pinned for the control plane.
@@ -189,6 +205,10 @@ fn main() -> ExitCode {
         ping_interval,
         allow_private_upstreams,
         redis,
+        acme_directory,
+        acme_ca_file,
+        acme_contact,
+        ca_validity_days,
     } = command
     else {
         return ExitCode::FAILURE;
@@ -204,6 +224,14 @@ fn main() -> ExitCode {
         ping_interval: Duration::from_secs(ping_interval.max(1)),
         allow_private_upstreams,
         redis,
+        certificates: control_plane::acme::Settings {
+            acme: acme_directory.map(|directory| control_plane::acme::AcmeSettings {
+                directory,
+                ca_file: acme_ca_file,
+                contact: acme_contact,
+            }),
+            ca_validity: Duration::from_secs(ca_validity_days * 24 * 3600),
+        },
     };
     let control_plane = match ControlPlane::start(options) {
         Ok(cp) => cp,

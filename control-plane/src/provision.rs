@@ -42,6 +42,10 @@ pub struct DataPlaneSpec {
     /// The data plane group's id (a replica's own id), also the gateway's node id.
     pub group_id: String,
     pub proxy: SocketAddr,
+    /// The TLS listener (`gateway run --tls-listen`), serving the control plane's custom
+    /// domains' certificates by SNI; `None` for a group stored before it had a TLS port
+    /// (its next `PUT` gives it one).
+    pub tls: Option<SocketAddr>,
     /// Config cache, pidfile, log and platform plugins live here.
     pub dir: PathBuf,
     /// The group's folder, where its certificate, key and the CA are: `dir` for a group's
@@ -153,7 +157,8 @@ impl Provisioner {
         }
     }
 
-    /// The proxy URLs of a control plane's provisioned data planes.
+    /// The proxy URLs of a control plane's provisioned data planes: each one's plain
+    /// listener, then its TLS one.
     pub fn proxy_urls(&self, control_plane_id: &str) -> Vec<Value> {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         running
@@ -161,15 +166,28 @@ impl Provisioner {
             .map(|planes| {
                 planes
                     .iter()
-                    .map(|p| {
-                        json!({
-                            "host": p.spec.proxy.ip().to_string(),
-                            "port": p.spec.proxy.port(),
-                            "protocol": "http",
-                        })
+                    .flat_map(|p| {
+                        let url = |addr: SocketAddr, protocol: &str| {
+                            json!({
+                                "host": addr.ip().to_string(),
+                                "port": addr.port(),
+                                "protocol": protocol,
+                            })
+                        };
+                        std::iter::once(url(p.spec.proxy, "http"))
+                            .chain(p.spec.tls.map(|tls| url(tls, "https")))
                     })
                     .collect()
             })
+            .unwrap_or_default()
+    }
+
+    /// The plain proxy addresses of a control plane's provisioned data planes.
+    pub fn proxies(&self, control_plane_id: &str) -> Vec<SocketAddr> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running
+            .get(control_plane_id)
+            .map(|planes| planes.iter().map(|p| p.spec.proxy).collect())
             .unwrap_or_default()
     }
 
@@ -493,6 +511,23 @@ async fn supervise(
                 gateway.drain().await;
                 launch.spawn(&spec)
             }
+            // Started before its group had a TLS listener (or on another port): the custom
+            // domains' certificates would have nowhere to be served.
+            Some(gateway)
+                if spec
+                    .tls
+                    .is_some_and(|tls| !runs_with(gateway.pid, tls.to_string())) =>
+            {
+                log::info!(
+                    "data plane {}: its running gateway (pid {}) has no TLS listener on {}; \
+                     starting it again",
+                    spec.group_id,
+                    gateway.pid,
+                    spec.tls.map(|tls| tls.to_string()).unwrap_or_default()
+                );
+                gateway.drain().await;
+                launch.spawn(&spec)
+            }
             // Started without the platform's plugins (by a control plane from before them):
             // it would serve the tenant's configuration without the serverless limits.
             Some(gateway)
@@ -645,6 +680,11 @@ impl Launch {
             .arg(spec.proxy.to_string())
             .arg("--admin-listen")
             .arg(&admin)
+            .args(
+                spec.tls
+                    .iter()
+                    .flat_map(|tls| ["--tls-listen".to_owned(), tls.to_string()]),
+            )
             .args(
                 self.upstream_deny
                     .map(|deny| format!("--upstream-deny={deny}")),

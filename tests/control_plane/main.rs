@@ -3,6 +3,7 @@
 
 mod admin;
 mod api;
+mod custom_domains_api;
 mod egress;
 mod lifecycle;
 mod replicas;

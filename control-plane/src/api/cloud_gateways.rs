@@ -53,12 +53,14 @@ fn replicas_asked(asked: &Value) -> u64 {
     }
 }
 
-/// A stored group's gateways: its own (`id`, `proxy_port`), then each of its `replicas`.
-fn gateways_of(group: &Value) -> Vec<(String, u16)> {
+/// A stored group's gateways: its own (`id`, `proxy_port`, `tls_port`), then each of its
+/// `replicas`. A gateway stored before gateways had a TLS listener has no `tls_port`.
+fn gateways_of(group: &Value) -> Vec<(String, u16, Option<u16>)> {
     let one = |g: &Value| {
         Some((
             g["id"].as_str()?.to_owned(),
             u16::try_from(g["proxy_port"].as_u64()?).ok()?,
+            g["tls_port"].as_u64().and_then(|p| u16::try_from(p).ok()),
         ))
     };
     one(group)
@@ -86,7 +88,7 @@ fn specs_of(
     let mut specs = Vec::new();
     for group in doc["dataplane_groups"].as_array().into_iter().flatten() {
         let mut gateways = gateways_of(group);
-        let Some((group_id, _)) = gateways.first().cloned() else {
+        let Some((group_id, _, _)) = gateways.first().cloned() else {
             continue;
         };
         let shared = match redis {
@@ -109,13 +111,14 @@ fn specs_of(
                 None
             }
         };
-        for (id, port) in gateways {
+        for (id, port, tls) in gateways {
             specs.push(DataPlaneSpec {
                 control_plane_id: control_plane_id.clone(),
                 dir: folder(&id),
                 credentials: folder(&group_id),
                 group_id: id,
                 proxy: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                tls: tls.map(|tls| std::net::SocketAddr::from(([127, 0, 0, 1], tls))),
                 shared: shared.clone(),
             });
         }
@@ -228,7 +231,7 @@ fn allocate_port(tx: &Transaction<'_>, also_taken: &[u16]) -> Result<u16, ApiErr
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
     {
         for group in doc["dataplane_groups"].as_array().into_iter().flatten() {
-            taken.extend(gateways_of(group).into_iter().map(|(_, port)| port));
+            taken.extend(ports_of(group));
         }
     }
     for _ in 0..32 {
@@ -240,6 +243,14 @@ fn allocate_port(tx: &Transaction<'_>, also_taken: &[u16]) -> Result<u16, ApiErr
     Err(errors::internal(
         "no free loopback port that no data plane group has",
     ))
+}
+
+/// Every port a stored group's gateways listen on (plain and TLS).
+fn ports_of(group: &Value) -> Vec<u16> {
+    gateways_of(group)
+        .into_iter()
+        .flat_map(|(_, port, tls)| std::iter::once(port).chain(tls))
+        .collect()
 }
 
 /// A group's state in Konnect's enum (`created`, `initializing`, `ready`, `terminating`,
@@ -335,7 +346,16 @@ fn to_json(state: &State, doc: &Value) -> Value {
             // wasmgate's: every gateway of the group (no load balancer fronts them here).
             group["proxy_urls"] = json!(gateways_of(stored)
                 .iter()
-                .map(|(_, port)| format!("http://127.0.0.1:{port}"))
+                .map(|(_, port, _)| format!("http://127.0.0.1:{port}"))
+                .collect::<Vec<_>>());
+            // wasmgate's: the TLS listeners, where the control plane's custom domains are
+            // served by SNI.
+            if let Some(tls) = stored["tls_port"].as_u64() {
+                group["https_proxy_url"] = json!(format!("https://127.0.0.1:{tls}"));
+            }
+            group["https_proxy_urls"] = json!(gateways_of(stored)
+                .iter()
+                .filter_map(|(_, _, tls)| tls.map(|tls| format!("https://127.0.0.1:{tls}")))
                 .collect::<Vec<_>>());
             group["restarts"] = json!(restarts);
             group["last_exit"] = json!(last_exit);
@@ -769,7 +789,7 @@ pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>)
                 group["region"] = asked["region"].clone();
                 match old_groups.get(i).filter(|old| same_place(old, asked)) {
                     Some(old) => {
-                        for field in ["id", "proxy_port", "certificate_id", "replicas"] {
+                        for field in ["id", "proxy_port", "tls_port", "certificate_id", "replicas"] {
                             if !old[field].is_null() {
                                 group[field] = old[field].clone();
                             }
@@ -780,12 +800,15 @@ pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>)
                     }
                     None => {
                         let id = uuid::Uuid::new_v4().to_string();
-                        let ports: Vec<u16> = new_groups.iter().flat_map(gateways_of).map(|(_, port)| port).collect();
+                        let mut ports: Vec<u16> = new_groups.iter().flat_map(ports_of).collect();
                         let port = allocate_port(tx, &ports)?;
+                        ports.push(port);
+                        let tls_port = allocate_port(tx, &ports)?;
                         let dir = data_dir.join("cloud-gateways").join(&id);
                         let certificate_id = issue(tx, &cp, &id, &dir, &ca_pem, now)?;
                         group["id"] = json!(id);
                         group["proxy_port"] = json!(port);
+                        group["tls_port"] = json!(tls_port);
                         group["certificate_id"] = json!(certificate_id);
                         group["created_at"] = json!(now);
                         group["updated_at"] = json!(now);
@@ -796,16 +819,36 @@ pub async fn put(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Value>)
                 let wanted = usize::try_from(replicas_asked(asked) - 1).unwrap_or_default();
                 let mut replicas = group["replicas"].as_array().cloned().unwrap_or_default();
                 replicas.truncate(wanted);
-                while replicas.len() < wanted {
+                let taken = |group: &Value, replicas: &[Value]| -> Vec<u16> {
                     let mut ports: Vec<u16> = new_groups
                         .iter()
-                        .chain(std::iter::once(&group))
-                        .flat_map(gateways_of)
-                        .map(|(_, port)| port)
+                        .chain(std::iter::once(group))
+                        .flat_map(ports_of)
                         .collect();
-                    ports.extend(replicas.iter().filter_map(|r| r["proxy_port"].as_u64()).filter_map(|p| u16::try_from(p).ok()));
+                    for replica in replicas {
+                        for key in ["proxy_port", "tls_port"] {
+                            ports.extend(replica[key].as_u64().and_then(|p| u16::try_from(p).ok()));
+                        }
+                    }
+                    ports
+                };
+                while replicas.len() < wanted {
+                    let mut ports = taken(&group, &replicas);
                     let port = allocate_port(tx, &ports)?;
-                    replicas.push(json!({ "id": uuid::Uuid::new_v4().to_string(), "proxy_port": port }));
+                    ports.push(port);
+                    let tls_port = allocate_port(tx, &ports)?;
+                    replicas.push(json!({ "id": uuid::Uuid::new_v4().to_string(), "proxy_port": port, "tls_port": tls_port }));
+                }
+                // Gateways stored before they had a TLS listener get one now.
+                if group["tls_port"].is_null() {
+                    let ports = taken(&group, &replicas);
+                    group["tls_port"] = json!(allocate_port(tx, &ports)?);
+                }
+                for i in 0..replicas.len() {
+                    if replicas[i]["tls_port"].is_null() {
+                        let ports = taken(&group, &replicas);
+                        replicas[i]["tls_port"] = json!(allocate_port(tx, &ports)?);
+                    }
                 }
                 if replicas.is_empty() {
                     if let Some(group) = group.as_object_mut() {

@@ -1,11 +1,13 @@
 //! The REST API, on the paths a Konnect user already scripts against: control planes, their
 //! core entities (services, routes, plugins), pinned data plane certificates, nodes, the
-//! expected config hash, declarative import/export, and cloud gateway provisioning. Every
-//! request needs `Authorization: Bearer <token>`; `GET /v2/openapi.json` describes it all.
+//! expected config hash, declarative import/export, cloud gateway provisioning and their
+//! custom domains. Every request needs `Authorization: Bearer <token>`;
+//! `GET /v2/openapi.json` describes it all.
 
 mod cloud_gateways;
 mod control_planes;
 mod core_entities;
+mod custom_domains;
 mod dp_certificates;
 mod envoy_bootstrap;
 mod errors;
@@ -97,6 +99,18 @@ pub fn router(state: Arc<State>) -> Router {
         .route(
             "/v3/cloud-gateways/configurations/:configuration_id",
             get(cloud_gateways::get).delete(cloud_gateways::delete),
+        )
+        .route(
+            "/v2/cloud-gateways/custom-domains",
+            get(custom_domains::list).post(custom_domains::create),
+        )
+        .route(
+            "/v2/cloud-gateways/custom-domains/:custom_domain_id",
+            get(custom_domains::get).delete(custom_domains::delete),
+        )
+        .route(
+            "/v2/cloud-gateways/custom-domains/:custom_domain_id/online-status",
+            get(custom_domains::online_status),
         )
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
@@ -200,6 +214,14 @@ fn trim_trailing_slash(mut request: Request) -> Request {
         *request.uri_mut() = uri;
     }
     request
+}
+
+/// Whether control plane `id` exists.
+pub fn control_plane_exists(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+) -> Result<bool, crate::store::StoreError> {
+    Ok(control_planes::load(tx, id)?.is_some())
 }
 
 /// Unix seconds now.

@@ -70,6 +70,39 @@ const MIGRATIONS: &[&str] = &[
     // 2: a pinned certificate's title (Konnect's DataPlaneClientCertificate has one); the
     // rows pinned before have none.
     "ALTER TABLE dp_client_certificates ADD COLUMN title TEXT;",
+    // 3: custom domains (Konnect's /v2/cloud-gateways/custom-domains) with their certificate
+    // and key once issued, and the HTTP-01 challenges being answered for them. A domain is
+    // one control plane's (unique across all); its challenges go with it.
+    "CREATE TABLE custom_domains (
+        id TEXT PRIMARY KEY,
+        control_plane_id TEXT NOT NULL REFERENCES control_planes (id) ON DELETE CASCADE,
+        control_plane_geo TEXT NOT NULL,
+        domain TEXT NOT NULL UNIQUE,
+        certificate_id TEXT NOT NULL,
+        sni_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reported_status TEXT,
+        reason TEXT,
+        cert TEXT,
+        key TEXT,
+        not_after INTEGER,
+        renew_at INTEGER,
+        renew_failures INTEGER NOT NULL DEFAULT 0,
+        authority TEXT,
+        acme_directory TEXT,
+        entity_version INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX custom_domains_control_plane ON custom_domains (control_plane_id);
+    CREATE TABLE acme_challenges (
+        token TEXT PRIMARY KEY,
+        custom_domain_id TEXT NOT NULL REFERENCES custom_domains (id) ON DELETE CASCADE,
+        control_plane_id TEXT NOT NULL,
+        key_authorization TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX acme_challenges_control_plane ON acme_challenges (control_plane_id);",
 ];
 
 pub fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {

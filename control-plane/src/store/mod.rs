@@ -4,6 +4,7 @@
 //! Entities are stored as their JSON documents with the columns the API filters, joins and
 //! keeps unique on (names, references, the plugin's scope).
 
+pub mod custom_domains;
 pub mod entities;
 mod migrations;
 
@@ -376,7 +377,7 @@ mod tests {
         assert_eq!(pragma(&store, "journal_mode"), "wal");
         assert_eq!(pragma(&store, "synchronous"), "2");
         assert_eq!(pragma(&store, "foreign_keys"), "1");
-        assert_eq!(pragma(&store, "user_version"), "2");
+        assert_eq!(pragma(&store, "user_version"), "3");
 
         store.insert_test_control_plane("cp");
         store
@@ -395,7 +396,7 @@ mod tests {
         // Not dropped: the first connection is still open, as in a crash.
         let again = Store::open(dir.path()).expect("reopen, migrations not run twice");
         assert_eq!(pragma(&again, "synchronous"), "2", "every connection");
-        assert_eq!(pragma(&again, "user_version"), "2");
+        assert_eq!(pragma(&again, "user_version"), "3");
         let service = again
             .transaction(|tx| entities::get(tx, "cp", EntityKind::Services, "echo"))
             .expect("get")

@@ -636,6 +636,9 @@ pub(crate) mod tests {
         let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         Arc::new(State {
             provisioner: crate::provision::Provisioner::new(&options),
+            domains: crate::custom_domains::Domains::new(
+                crate::acme::Issuer::new(&options.certificates, dir.path()).expect("issuer"),
+            ),
             options,
             endpoints: Endpoints {
                 api: unbound,
