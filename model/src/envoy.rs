@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use crate::entities::{Config, FailurePolicy};
+use crate::entities::{Certificate, Config, FailurePolicy, ACME_CHALLENGE_PREFIX};
 use crate::plugins;
 use crate::router::{Candidate, Router};
 
@@ -47,6 +47,14 @@ pub const UPSTREAM_CODEC: &str =
     "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec";
 /// The gateway listener's name, also the name of its route configuration.
 pub const LISTENER: &str = "wasmgate";
+/// The TLS listener's name (custom domains: Kong's `certificates` and their `snis`).
+pub const TLS_LISTENER: &str = "wasmgate.tls";
+const TLS_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const DOWNSTREAM_TLS_CONTEXT: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+/// What the TLS listener offers in ALPN, as `gateway`'s: HTTP/2 first.
+const ALPN: [&str; 2] = ["h2", "http/1.1"];
 pub use crate::plugins::CLIENT_HOST_HEADER;
 
 /// The CA bundle Envoy checks the certificates of `tls_verify` services against when the
@@ -466,11 +474,12 @@ fn header_matchers(candidate: &Candidate) -> Vec<Value> {
     matchers
 }
 
-/// The route configuration: one virtual host, routes in Kong's order, then Kong's 404.
+/// The route configuration: one virtual host, the ACME challenges' answers
+/// ([`acme_challenge_routes`]), routes in Kong's order, then Kong's 404.
 pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) -> Value {
     let (slots, plugin_slot, chain_slots) = filter_slots(config, options);
     let router = Router::new(config);
-    let mut routes = Vec::new();
+    let mut routes = acme_challenge_routes(config);
     for candidate in router.candidates() {
         let route = &config.routes[candidate.route];
         let route_name = config.route_name(candidate.route);
@@ -630,6 +639,41 @@ pub fn route_configuration(config: &Config, options: &EnvoyOptions, name: &str) 
     })
 }
 
+/// RFC 8555's HTTP-01 answers, ahead of every route: a `GET` or `HEAD` of exactly
+/// `/.well-known/acme-challenge/<token>` gets the key authorization, whatever the Host, on
+/// the plain and the TLS listener (one route configuration). A `path` match is the path
+/// without its query string, as the ACME server's request may carry none but a client's may.
+/// No filter is enabled on these routes, so no plugin (a rate limit) stands between the ACME
+/// server and the answer; an unknown token or another method falls through to the routes.
+fn acme_challenge_routes(config: &Config) -> Vec<Value> {
+    config
+        .acme_challenges
+        .iter()
+        .map(|challenge| {
+            json!({
+                "name": "acme-challenge",
+                "match": {
+                    "path": format!("{ACME_CHALLENGE_PREFIX}{}", challenge.token),
+                    "headers": [{
+                        "name": ":method",
+                        "string_match": {"safe_regex": {"regex": "GET|HEAD"}},
+                    }],
+                },
+                "direct_response": {
+                    "status": 200,
+                    "body": {"inline_string": challenge.key_authorization},
+                },
+                // Overwritten, not added: Envoy's local replies carry their own content type.
+                "response_headers_to_add": [{
+                    "header": {"key": "content-type", "value": "text/plain"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }],
+                "typed_per_filter_config": {},
+            })
+        })
+        .collect()
+}
+
 /// Kong's answer to a cleartext request on an https-only route, before any plugin: 426 with
 /// an `Upgrade` to TLS, or a redirect to the same URL over https.
 fn https_refusal(route_name: &str, matcher: Value, status: u16) -> Value {
@@ -776,16 +820,146 @@ pub fn discovered_listener(config: &Config, options: &EnvoyOptions) -> Value {
     )
 }
 
+/// The secret of a certificate: its name in a filter chain's SDS config and as an SDS
+/// resource, the same across renewals (a new chain and key under the same id), so that a
+/// renewal changes the secret and never the listener.
+pub fn secret_name(certificate: &Certificate) -> String {
+    format!("wasmgate.certificate.{}", certificate.id)
+}
+
+/// A certificate as Envoy's `TlsCertificate`, inline.
+fn tls_certificate(certificate: &Certificate) -> Value {
+    json!({
+        "certificate_chain": {"inline_string": certificate.cert},
+        "private_key": {"inline_string": certificate.key},
+    })
+}
+
+/// The certificates a TLS listener presents: those with at least one SNI (a filter chain
+/// without `server_names` would take every connection, and `gateway` reaches a certificate
+/// only by its snis too).
+fn served_certificates(config: &Config) -> impl Iterator<Item = &Certificate> {
+    config.certificates.iter().filter(|c| !c.snis.is_empty())
+}
+
+/// The TLS listener on `address`: the `tls_inspector` reads the ClientHello's SNI, and one
+/// filter chain per certificate matches its `snis` (Envoy takes an exact name before a
+/// `*.` wildcard, as `gateway` does) and ends TLS with it, then runs `manager`, the plain
+/// listener's HTTP connection manager (the same routes and filters). A connection whose SNI
+/// no chain names, or that has none, matches no chain and Envoy closes it: the handshake
+/// fails. `tls` gives a chain's `common_tls_context` its certificate.
+///
+/// No certificate, no listener: Envoy refuses a listener without filter chains, and a
+/// placeholder chain would need a certificate of its own to refuse a handshake with. The
+/// port is bound from the first certificate on.
+fn tls_listener(
+    config: &Config,
+    address: SocketAddr,
+    manager: &Value,
+    tls: impl Fn(&Certificate) -> (&'static str, Value),
+) -> Option<Value> {
+    let chains: Vec<Value> = served_certificates(config)
+        .map(|certificate| {
+            let mut common = json!({"alpn_protocols": ALPN});
+            let (field, value) = tls(certificate);
+            common[field] = value;
+            json!({
+                "name": secret_name(certificate),
+                "filter_chain_match": {"server_names": certificate.snis},
+                "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": manager,
+                }],
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": DOWNSTREAM_TLS_CONTEXT,
+                        "common_tls_context": common,
+                    },
+                },
+            })
+        })
+        .collect();
+    if chains.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "name": TLS_LISTENER,
+        "address": socket_address(address),
+        "listener_filters": [{
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": TLS_INSPECTOR},
+        }],
+        "filter_chains": chains,
+    }))
+}
+
+/// The TLS listener for xDS ([`tls_listener`]): its routes by RDS and filters by ECDS as the
+/// plain listener's, each chain's certificate by SDS over ADS, named [`secret_name`] (the
+/// resources are [`secrets`]). A renewal changes the secret only: the listener stays as it
+/// is and Envoy drains none of its connections.
+pub fn discovered_tls_listener(
+    config: &Config,
+    options: &EnvoyOptions,
+    address: SocketAddr,
+) -> Option<Value> {
+    let rds = json!({
+        "config_source": {"ads": {}, "resource_api_version": "V3"},
+        "route_config_name": LISTENER,
+    });
+    let manager = connection_manager(("rds", rds), discovered_http_filters(config, options));
+    tls_listener(config, address, &manager, |certificate| {
+        (
+            "tls_certificate_sds_secret_configs",
+            json!([{
+                "name": secret_name(certificate),
+                "sds_config": {"ads": {}, "resource_api_version": "V3"},
+            }]),
+        )
+    })
+}
+
+/// The SDS resources (`envoy.extensions.transport_sockets.tls.v3.Secret`) the chains of
+/// [`discovered_tls_listener`] name.
+pub fn secrets(config: &Config) -> Vec<Value> {
+    served_certificates(config)
+        .map(|certificate| {
+            json!({
+                "name": secret_name(certificate),
+                "tls_certificate": tls_certificate(certificate),
+            })
+        })
+        .collect()
+}
+
 pub fn socket_address(address: SocketAddr) -> Value {
     json!({"socket_address": {"address": address.ip().to_string(), "port_value": address.port()}})
 }
 
-/// A complete static bootstrap.
+/// A complete static bootstrap, with no TLS listener.
 pub fn bootstrap(config: &Config, options: &EnvoyOptions) -> Value {
+    bootstrap_with_tls(config, options, None)
+}
+
+/// A complete static bootstrap; with `tls_listen`, the TLS listener there too
+/// ([`tls_listener`]), its certificates inline (once there is one).
+pub fn bootstrap_with_tls(
+    config: &Config,
+    options: &EnvoyOptions,
+    tls_listen: Option<SocketAddr>,
+) -> Value {
+    let manager = http_connection_manager(config, options);
+    let tls = tls_listen.and_then(|address| {
+        tls_listener(config, address, &manager, |certificate| {
+            ("tls_certificates", json!([tls_certificate(certificate)]))
+        })
+    });
+    let mut listeners = vec![listener(options, manager)];
+    listeners.extend(tls);
     json!({
         "admin": {"address": socket_address(options.admin)},
         "static_resources": {
-            "listeners": [listener(options, http_connection_manager(config, options))],
+            "listeners": listeners,
             "clusters": clusters(config, options),
         },
     })

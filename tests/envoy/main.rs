@@ -9,6 +9,7 @@ mod abi;
 mod abi_probe;
 mod declarative;
 mod differential;
+mod downstream_tls;
 mod examples;
 mod failure_policy;
 mod hostile_headers;

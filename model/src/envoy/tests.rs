@@ -1572,3 +1572,182 @@ filter_chains:
         &json!(http_filters(&config(&text("")), &options())),
     );
 }
+
+fn certificate(id: &str, snis: &[&str]) -> Certificate {
+    Certificate {
+        id: id.into(),
+        cert: format!("-----BEGIN CERTIFICATE-----\n{id}\n-----END CERTIFICATE-----\n"),
+        key: format!("-----BEGIN PRIVATE KEY-----\n{id}\n-----END PRIVATE KEY-----\n"),
+        snis: snis.iter().map(|s| (*s).to_owned()).collect(),
+        tags: Vec::new(),
+    }
+}
+
+/// ONE_ROUTE with two ACME challenges.
+fn with_challenges() -> Config {
+    let mut config = config(ONE_ROUTE);
+    config.acme_challenges = ["t0k-en_1", "t2"]
+        .into_iter()
+        .map(|token| crate::AcmeChallenge {
+            token: token.into(),
+            key_authorization: format!("{token}.thumbprint"),
+        })
+        .collect();
+    config
+}
+
+/// Each HTTP-01 challenge is a route ahead of every other: exactly its path (Envoy's `path`
+/// leaves the query out), GET or HEAD, answered 200 in text/plain with the key authorization,
+/// with no filter enabled (the rate limit of every other route stays off); the routes follow
+/// as before.
+#[test]
+fn acme_challenges_are_answered_first_with_no_filter() {
+    let without = route_configuration(&config(ONE_ROUTE), &options(), LISTENER);
+    let config = with_challenges();
+    let options = options();
+    let translated = route_configuration(&config, &options, LISTENER);
+    let routes = routes(&translated);
+    let answer = |token: &str| {
+        json!({
+            "name": "acme-challenge",
+            "match": {
+                "path": format!("/.well-known/acme-challenge/{token}"),
+                "headers": [{"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}],
+            },
+            "direct_response": {"status": 200, "body": {"inline_string": format!("{token}.thumbprint")}},
+            "response_headers_to_add": [{
+                "header": {"key": "content-type", "value": "text/plain"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }],
+            "typed_per_filter_config": {},
+        })
+    };
+    assert_json(&routes[0], &answer("t0k-en_1"));
+    assert_json(&routes[1], &answer("t2"));
+    assert_json(&json!(routes[2..]), &without["virtual_hosts"][0]["routes"]);
+    // The static bootstrap carries the same route configuration.
+    let bootstrap = bootstrap(&config, &options);
+    let manager = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"];
+    assert_json(&manager["route_config"], &translated);
+}
+
+/// The TLS listener: the TLS inspector, then one filter chain per certificate with snis,
+/// matched on them, ending TLS (ALPN h2 then http/1.1) and running the plain listener's
+/// connection manager. A static bootstrap has the certificates inline; over xDS each chain
+/// names its certificate's secret, which comes by SDS over ADS. A certificate without snis
+/// gets no chain; without any chain there is no TLS listener at all (Envoy refuses a
+/// listener without filter chains).
+#[test]
+fn the_tls_listener_has_a_filter_chain_per_certificate_matched_on_its_snis() {
+    let mut config = with_challenges();
+    config.certificates = vec![
+        certificate("a", &["api.example.test", "*.example.test"]),
+        certificate("unnamed", &[]),
+        certificate("b", &["shop.test"]),
+    ];
+    let options = options();
+    let tls_listen: SocketAddr = ([127, 0, 0, 1], 8443).into();
+    let chain = |id: &str, snis: &[&str], manager: &Value, certificate: (&str, Value)| {
+        let mut common = json!({"alpn_protocols": ["h2", "http/1.1"]});
+        common[certificate.0] = certificate.1;
+        json!({
+            "name": format!("wasmgate.certificate.{id}"),
+            "filter_chain_match": {"server_names": snis},
+            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}],
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "common_tls_context": common,
+                },
+            },
+        })
+    };
+    let listener = |chains: Vec<Value>| {
+        json!({
+            "name": "wasmgate.tls",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8443}},
+            "listener_filters": [{
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"},
+            }],
+            "filter_chains": chains,
+        })
+    };
+    let inline = |id: &str| {
+        json!([{
+            "certificate_chain": {"inline_string": format!("-----BEGIN CERTIFICATE-----\n{id}\n-----END CERTIFICATE-----\n")},
+            "private_key": {"inline_string": format!("-----BEGIN PRIVATE KEY-----\n{id}\n-----END PRIVATE KEY-----\n")},
+        }])
+    };
+
+    // The static bootstrap: the plain listener as without TLS, then the TLS one.
+    let with_tls = bootstrap_with_tls(&config, &options, Some(tls_listen));
+    let without = bootstrap(&config, &options);
+    let listeners = with_tls["static_resources"]["listeners"]
+        .as_array()
+        .unwrap();
+    assert_eq!(listeners.len(), 2);
+    assert_json(&listeners[0], &without["static_resources"]["listeners"][0]);
+    assert_json(
+        &with_tls["static_resources"]["clusters"],
+        &without["static_resources"]["clusters"],
+    );
+    let manager = &listeners[0]["filter_chains"][0]["filters"][0]["typed_config"];
+    assert_json(
+        &listeners[1],
+        &listener(vec![
+            chain(
+                "a",
+                &["api.example.test", "*.example.test"],
+                manager,
+                ("tls_certificates", inline("a")),
+            ),
+            chain(
+                "b",
+                &["shop.test"],
+                manager,
+                ("tls_certificates", inline("b")),
+            ),
+        ]),
+    );
+
+    // Over xDS: the plain listener's connection manager (RDS, ECDS), the certificates by SDS.
+    let manager =
+        &discovered_listener(&config, &options)["filter_chains"][0]["filters"][0]["typed_config"];
+    let sds = |id: &str| {
+        json!([{
+            "name": format!("wasmgate.certificate.{id}"),
+            "sds_config": {"ads": {}, "resource_api_version": "V3"},
+        }])
+    };
+    assert_json(
+        &discovered_tls_listener(&config, &options, tls_listen).unwrap(),
+        &listener(vec![
+            chain(
+                "a",
+                &["api.example.test", "*.example.test"],
+                manager,
+                ("tls_certificate_sds_secret_configs", sds("a")),
+            ),
+            chain(
+                "b",
+                &["shop.test"],
+                manager,
+                ("tls_certificate_sds_secret_configs", sds("b")),
+            ),
+        ]),
+    );
+    let secret = |id: &str| json!({"name": format!("wasmgate.certificate.{id}"), "tls_certificate": inline(id)[0]});
+    assert_json(&json!(secrets(&config)), &json!([secret("a"), secret("b")]));
+
+    // No certificate with an SNI: no TLS listener, no secret.
+    config.certificates.retain(|c| c.snis.is_empty());
+    assert!(discovered_tls_listener(&config, &options, tls_listen).is_none());
+    assert!(secrets(&config).is_empty());
+    assert_json(
+        &bootstrap_with_tls(&config, &options, Some(tls_listen)),
+        &bootstrap(&config, &options),
+    );
+}
