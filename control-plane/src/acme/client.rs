@@ -27,12 +27,13 @@ use crate::pki;
 /// How long one issuance may take in all, the challenge's validation included: beyond it
 /// the caller tries again later (the order expires on the server by itself).
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(180);
-/// Polling the order while the server validates, then while it signs: 250 ms doubling up to
-/// the overall timeout (instant-acme's backoff; a `Retry-After` from the server wins).
+/// One round of polling the order while the server validates, then while it signs: 250 ms
+/// doubling to 4 s, then the next round starts again at 250 ms, until the overall timeout (so
+/// no wait grows past 4 s). A `Retry-After` from the server wins, however long.
 const POLL: RetryPolicy = RetryPolicy::new()
     .initial_delay(Duration::from_millis(250))
     .backoff(2.0)
-    .timeout(ISSUE_TIMEOUT);
+    .timeout(Duration::from_secs(8));
 
 /// RFC 8555 problem types (section 6.7) after which asking again gets the same answer.
 const REFUSALS: &[&str] = &[
@@ -170,7 +171,13 @@ impl AcmeIssuer {
             }
         }
 
-        match order.poll_ready(&POLL).await {
+        let ready = loop {
+            match order.poll_ready(&POLL).await {
+                Err(instant_acme::Error::Timeout(next)) => until(next).await,
+                other => break other,
+            }
+        };
+        match ready {
             Ok(OrderStatus::Ready) => {}
             Ok(status) => {
                 // Invalid: the reason is in the failed challenge.
@@ -206,10 +213,12 @@ impl AcmeIssuer {
             .finalize_csr(csr.der())
             .await
             .map_err(|e| failure("finalize", e))?;
-        let cert_pem = order
-            .poll_certificate(&POLL)
-            .await
-            .map_err(|e| failure("certificate", e))?;
+        let cert_pem = loop {
+            match order.poll_certificate(&POLL).await {
+                Err(instant_acme::Error::Timeout(next)) => until(next).await,
+                other => break other.map_err(|e| failure("certificate", e))?,
+            }
+        };
         let (not_before, not_after) = validity(&cert_pem).map_err(|e| IssueError {
             reason: format!("the ACME server's certificate: {e}"),
             refused: false,
@@ -284,6 +293,14 @@ impl AcmeIssuer {
             self.account_file.display()
         );
         Ok(account)
+    }
+}
+
+/// Waits for the time a server's `Retry-After` asked for, if any, before the next round of
+/// polling (the overall timeout bounds it).
+async fn until(next: Option<std::time::Instant>) {
+    if let Some(next) = next {
+        tokio::time::sleep_until(next.into()).await;
     }
 }
 
