@@ -1,10 +1,9 @@
 //! Which Redis a `rate-limiting` plugin with `policy: redis` counts in, read from its Kong
 //! `config`, and the name of the gRPC cluster its module calls for it.
 //!
-//! The module derives the same cluster name from the same fields (the plugin crate's
-//! `config::RedisConfig::cluster_name`; a test here checks they agree), so a data plane only
-//! has to serve each distinct Redis under its name: `gateway` in-process, Envoy through a
-//! cluster `gateway envoy-bootstrap` adds.
+//! The module reads the same fields with the same reader and derives the same cluster name
+//! (`kit::redis`), so a data plane only has to serve each distinct Redis under its name:
+//! `gateway` in-process, Envoy through a cluster `gateway envoy-bootstrap` adds.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -12,12 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-/// Kong's defaults (`kong/tools/redis/schema.lua`).
-pub const DEFAULT_PORT: u16 = 6379;
-pub const DEFAULT_TIMEOUT_MS: u32 = 2_000;
-
-/// Every cluster name starts so (a name the data plane serves itself, never a Kong service).
-pub const CLUSTER_PREFIX: &str = "wasmgate_ratelimit_";
+pub use kit::redis::{CLUSTER_PREFIX, DEFAULT_PORT, DEFAULT_TIMEOUT_MS};
 
 /// One Redis, as a plugin's `config.redis` (or the legacy `config.redis_*`) names it.
 #[derive(Clone, PartialEq, Eq)]
@@ -76,49 +70,29 @@ impl RedisTarget {
         Duration::from_millis(u64::from(self.timeout_ms.max(1)))
     }
 
-    /// The Redis of a rate-limiting `config` whose policy is `redis`; `None` for any other
-    /// policy or without a host. The config is one the module accepted (the data plane checks
-    /// every config with the module first): fields of the wrong type read as absent. A legacy
-    /// `redis_<field>` that is set wins over `redis.<field>`, as Kong's shorthand fields do.
+    /// The Redis of a rate-limiting `config` whose policy is `redis` (Kong's `config.redis`,
+    /// or its legacy `redis_*` fields, which win where set); `None` for any other policy or a
+    /// config the module refuses.
     pub fn from_kong_config(config: &Value) -> Option<RedisTarget> {
-        if config.get("policy").and_then(Value::as_str) != Some("redis") {
-            return None;
-        }
-        let field = |name: &str| -> Option<&Value> {
-            config
-                .get(format!("redis_{name}"))
-                .filter(|v| !v.is_null())
-                .or_else(|| config.get("redis").and_then(|r| r.get(name)))
-                .filter(|v| !v.is_null())
-        };
-        let string = |name: &str| field(name).and_then(Value::as_str).map(str::to_owned);
-        let boolean = |name: &str| field(name).and_then(Value::as_bool).unwrap_or(false);
-        Some(RedisTarget {
-            host: string("host")?,
-            port: field("port")
-                .and_then(Value::as_u64)
-                .and_then(|p| u16::try_from(p).ok())
-                .unwrap_or(DEFAULT_PORT),
-            database: field("database").and_then(Value::as_i64).unwrap_or(0),
-            username: string("username"),
-            password: string("password"),
-            ssl: boolean("ssl"),
-            ssl_verify: boolean("ssl_verify"),
-            server_name: string("server_name"),
-            timeout_ms: field("timeout")
-                .and_then(Value::as_u64)
-                .and_then(|t| u32::try_from(t).ok())
-                .unwrap_or(DEFAULT_TIMEOUT_MS),
+        kit::redis::RedisConfig::from_plugin_config(config).map(|redis| RedisTarget {
+            host: redis.host,
+            port: redis.port,
+            database: redis.database,
+            username: redis.username,
+            password: redis.password,
+            ssl: redis.ssl,
+            ssl_verify: redis.ssl_verify,
+            server_name: redis.server_name,
+            timeout_ms: redis.timeout_ms,
             ca_pem: None,
         })
     }
 
-    /// The gRPC cluster the module calls for this Redis: [`CLUSTER_PREFIX`] and 16 hex digits
-    /// of FNV-1a over what identifies the connection. The password and the timeout are not
-    /// part of it (a name is visible in Envoy's stats): two plugins on one Redis share one
-    /// service, so their passwords must agree ([`targets`] refuses them otherwise).
+    /// The gRPC cluster the module calls for this Redis (`kit::redis::cluster_name`). Two
+    /// plugins on one Redis share one service, so their passwords must agree ([`targets`]
+    /// refuses them otherwise).
     pub fn cluster_name(&self) -> String {
-        cluster_name(
+        kit::redis::cluster_name(
             &self.host,
             self.port,
             self.database,
@@ -133,42 +107,6 @@ impl RedisTarget {
     pub fn same_service(&self, other: &RedisTarget) -> bool {
         self.cluster_name() == other.cluster_name() && self.password == other.password
     }
-}
-
-/// See [`RedisTarget::cluster_name`]; the module computes it from its own parsed config.
-pub fn cluster_name(
-    host: &str,
-    port: u16,
-    database: i64,
-    username: Option<&str>,
-    ssl: bool,
-    ssl_verify: bool,
-    server_name: Option<&str>,
-) -> String {
-    let port = port.to_string();
-    let database = database.to_string();
-    let parts: [&[u8]; 7] = [
-        host.as_bytes(),
-        port.as_bytes(),
-        database.as_bytes(),
-        username.unwrap_or("").as_bytes(),
-        if ssl { b"1" } else { b"0" },
-        if ssl_verify { b"1" } else { b"0" },
-        server_name.unwrap_or("").as_bytes(),
-    ];
-    // The parts joined by NUL bytes (no field holds one: Kong refuses them in hosts and names).
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |b: u8| {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    };
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            feed(0);
-        }
-        part.iter().for_each(|&b| feed(b));
-    }
-    format!("{CLUSTER_PREFIX}{hash:016x}")
 }
 
 /// Every distinct Redis the rate-limiting plugins of a Kong configuration name, from their

@@ -8,6 +8,7 @@
 
 pub mod abi;
 pub mod path;
+pub mod redis;
 pub mod response;
 pub mod schema;
 pub mod secrets;

@@ -2,6 +2,7 @@
 //! `window_type` (from Kong's rate-limiting-advanced) and `max_identifiers` (wasmgate's memory
 //! bound).
 
+use kit::redis::{RedisConfig, RedisFields};
 use kit::schema::{self, ConfigError, Record};
 
 use crate::number::one_decimal;
@@ -72,71 +73,6 @@ pub struct Config {
     /// `policy: redis`: the Redis the rate-limit service counts in. `None`: `policy: local`.
     pub redis: Option<RedisConfig>,
 }
-
-/// Kong's `config.redis` (with the legacy `config.redis_*` fields applied): where the
-/// counters live with `policy: redis`.
-#[derive(Clone, PartialEq)]
-pub struct RedisConfig {
-    pub host: String,
-    pub port: u16,
-    pub database: i64,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub ssl: bool,
-    pub ssl_verify: bool,
-    pub server_name: Option<String>,
-    /// Milliseconds: the module's deadline for the rate-limit service's answer, and the
-    /// service's for Redis's.
-    pub timeout_ms: u32,
-}
-
-// The password never reaches a log line.
-impl std::fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("database", &self.database)
-            .field("timeout_ms", &self.timeout_ms)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisConfig {
-    /// The gRPC cluster of the rate-limit service for this Redis: `wasmgate_ratelimit_` and
-    /// 16 hex digits of FNV-1a over host, port, database, username, ssl, ssl_verify and
-    /// server_name joined by NUL bytes (the service crate derives the same name; a test there
-    /// checks it). It starts with `w`, which no serialized `GrpcService` does, so Envoy takes
-    /// it as a cluster name.
-    pub fn cluster_name(&self) -> String {
-        let port = self.port.to_string();
-        let database = self.database.to_string();
-        let parts: [&[u8]; 7] = [
-            self.host.as_bytes(),
-            port.as_bytes(),
-            database.as_bytes(),
-            self.username.as_deref().unwrap_or("").as_bytes(),
-            if self.ssl { b"1" } else { b"0" },
-            if self.ssl_verify { b"1" } else { b"0" },
-            self.server_name.as_deref().unwrap_or("").as_bytes(),
-        ];
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut feed = |b: u8| {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        };
-        for (i, part) in parts.iter().enumerate() {
-            if i > 0 {
-                feed(0);
-            }
-            part.iter().for_each(|&b| feed(b));
-        }
-        format!("wasmgate_ratelimit_{hash:016x}")
-    }
-}
-
-/// Kong's `typedefs.timeout`.
-const MAX_TIMEOUT_MS: i64 = 2_147_483_646;
 
 impl Config {
     /// A config with these limits and every other field at its default.
@@ -217,8 +153,7 @@ fn read(r: &mut Record<'_>) -> Config {
     let sync_rate = r.number("sync_rate").unwrap_or(-1.0);
     // Kong exports every field with its default, the Redis settings included: they are checked
     // whatever the policy, and only used by the redis policy.
-    let mut redis = r.record("redis", |r| RedisFields::read(r, ""));
-    redis.apply(RedisFields::read(r, "redis_"));
+    let redis = RedisFields::read(r);
     let window_type = r.one_of(
         "window_type",
         &[
@@ -249,7 +184,7 @@ fn read(r: &mut Record<'_>) -> Config {
             );
             None
         }
-        Policy::Redis => redis.config(r),
+        Policy::Redis => redis.into_config(r),
     };
     // Kong's entity checks and custom validator, in Kong's order.
     if limits.is_empty() && !r.has_errors() {
@@ -288,135 +223,6 @@ fn read(r: &mut Record<'_>) -> Config {
         window_type,
         max_identifiers,
         redis,
-    }
-}
-
-/// The Redis fields of `config.redis` or the legacy `config.redis_*`, as given.
-#[derive(Default)]
-struct RedisFields {
-    host: Option<String>,
-    port: Option<u16>,
-    timeout: Option<u32>,
-    username: Option<String>,
-    password: Option<String>,
-    database: Option<i64>,
-    ssl: Option<bool>,
-    ssl_verify: Option<bool>,
-    server_name: Option<String>,
-}
-
-impl RedisFields {
-    /// Reads the fields named `<prefix><field>` of `r`, with Kong's checks.
-    fn read<'a>(r: &mut Record<'a>, prefix: &str) -> RedisFields {
-        // Field names are 'static: the prefix is one of two.
-        let name = |field: &'static str| -> &'static str {
-            if prefix.is_empty() {
-                field
-            } else {
-                match field {
-                    "host" => "redis_host",
-                    "port" => "redis_port",
-                    "timeout" => "redis_timeout",
-                    "username" => "redis_username",
-                    "password" => "redis_password",
-                    "database" => "redis_database",
-                    "ssl" => "redis_ssl",
-                    "ssl_verify" => "redis_ssl_verify",
-                    _ => "redis_server_name",
-                }
-            }
-        };
-        let string = |r: &mut Record<'a>, field: &'static str| {
-            let key = name(field);
-            let value = r.string(key)?;
-            if value.is_empty() {
-                r.error(key, "length must be at least 1");
-            }
-            Some(value.to_owned())
-        };
-        let host = string(r, "host");
-        let username = string(r, "username");
-        let password = string(r, "password");
-        let server_name = string(r, "server_name");
-        let port = r.integer(name("port")).and_then(|p| {
-            let port = u16::try_from(p).ok();
-            if port.is_none() {
-                r.error(name("port"), "value should be between 0 and 65535");
-            }
-            port
-        });
-        let timeout = r.integer(name("timeout")).and_then(|t| {
-            if (0..=MAX_TIMEOUT_MS).contains(&t) {
-                u32::try_from(t).ok()
-            } else {
-                r.error(
-                    name("timeout"),
-                    format!("value should be between 0 and {MAX_TIMEOUT_MS}"),
-                );
-                None
-            }
-        });
-        let database = r.integer(name("database"));
-        let boolean = |r: &mut Record<'a>, field: &'static str| {
-            r.value(name(field))?;
-            Some(r.boolean(name(field), false))
-        };
-        let ssl = boolean(r, "ssl");
-        let ssl_verify = boolean(r, "ssl_verify");
-        RedisFields {
-            host,
-            port,
-            timeout,
-            username,
-            password,
-            database,
-            ssl,
-            ssl_verify,
-            server_name,
-        }
-    }
-
-    /// Kong's shorthand fields: a legacy field that is set replaces the record's.
-    fn apply(&mut self, legacy: RedisFields) {
-        fn over<T>(field: &mut Option<T>, legacy: Option<T>) {
-            if legacy.is_some() {
-                *field = legacy;
-            }
-        }
-        over(&mut self.host, legacy.host);
-        over(&mut self.port, legacy.port);
-        over(&mut self.timeout, legacy.timeout);
-        over(&mut self.username, legacy.username);
-        over(&mut self.password, legacy.password);
-        over(&mut self.database, legacy.database);
-        over(&mut self.ssl, legacy.ssl);
-        over(&mut self.ssl_verify, legacy.ssl_verify);
-        over(&mut self.server_name, legacy.server_name);
-    }
-
-    /// The configuration of `policy: redis`, with Kong's entity check (`config.redis.host`
-    /// is required).
-    fn config(self, r: &mut Record<'_>) -> Option<RedisConfig> {
-        let redis = r.path_of("redis");
-        let Some(host) = self.host else {
-            // Kong's entity checks run only on fields that passed their own.
-            if !r.has_errors() {
-                r.error_at(format!("{redis}.host"), "required field missing");
-            }
-            return None;
-        };
-        let ssl = self.ssl.unwrap_or(false);
-        Some(RedisConfig {
-            port: self.port.unwrap_or(6379),
-            database: self.database.unwrap_or(0),
-            username: self.username,
-            password: self.password,
-            ssl,
-            ssl_verify: self.ssl_verify.unwrap_or(false),
-            server_name: self.server_name,
-            timeout_ms: self.timeout.unwrap_or(2_000),
-            host,
-        })
     }
 }
 

@@ -21,7 +21,8 @@ pub mod window;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 
-pub use config::{Config, LimitBy, RedisConfig, WindowType};
+pub use config::{Config, LimitBy, WindowType};
+pub use kit::redis::RedisConfig;
 pub use limiter::{Limiter, RequestInfo, Verdict};
 pub use store::{SetError, Store};
 pub use window::Period;
