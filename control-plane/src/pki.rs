@@ -602,8 +602,11 @@ impl DomainCa {
         })
     }
 
-    /// A server certificate for `domain` and its new key, valid for `validity` from now (from
-    /// an hour ago, for clocks behind ours), never beyond the CA's own end.
+    /// A server certificate for `domain` and its new key, valid for `validity` from now (and
+    /// from up to an hour before, for clients whose clocks are behind ours), never beyond the
+    /// CA's own end. The hour shrinks to a third of a short validity (tests shorten it to
+    /// seconds): renewal comes two thirds into the whole lifetime, which must stay ahead of
+    /// the end.
     pub fn issue(&self, domain: &str, validity: std::time::Duration) -> Result<Leaf, String> {
         let validity = Duration::try_from(validity)
             .map_err(|e| format!("validity {} s: {e}", validity.as_secs()))?;
@@ -616,7 +619,7 @@ impl DomainCa {
         params.distinguished_name.push(DnType::CommonName, domain);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = now - SKEW;
+        params.not_before = now - SKEW.min(validity / 3);
         params.not_after = (now + validity).min(self.not_after);
         let key = KeyPair::generate().map_err(|e| format!("key for {domain}: {e}"))?;
         let cert = params

@@ -332,6 +332,27 @@ mod tests {
             second.key_pem, issued.key_pem,
             "a fresh key per certificate"
         );
+        // A lifetime shortened to seconds is renewed before its end, not after the hour of
+        // skew allowance.
+        let short = Issuer::new(
+            &Settings {
+                acme: None,
+                ca_validity: Duration::from_secs(30),
+            },
+            dir.path(),
+        )
+        .expect("issuer");
+        let short = short
+            .issue("shop.example.test", &NoChallenges)
+            .await
+            .expect("issued");
+        let renewal = renew_at(short.not_before, short.not_after);
+        assert!(
+            now < renewal && renewal + Duration::from_secs(5) < short.not_after,
+            "renewal at {renewal:?} for {:?}..{:?}",
+            short.not_before,
+            short.not_after
+        );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("custom-domains-ca.key"))
             .expect("CA key")
@@ -377,12 +398,21 @@ mod tests {
         let settings = Settings {
             acme: Some(AcmeSettings {
                 directory: "https://127.0.0.1:14000/dir".to_owned(),
-                ca_file: Some(file),
+                ca_file: Some(file.clone()),
                 contact: Vec::new(),
             }),
             ..Settings::default()
         };
         let error = Issuer::new(&settings, dir.path()).err().expect("refused");
         assert!(error.contains("no PEM certificate"), "{error}");
+
+        // A good one is taken, outside any runtime (the control plane makes its issuer
+        // before starting its own).
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .and_then(|params| params.self_signed(&rcgen::KeyPair::generate()?))
+            .expect("CA");
+        std::fs::write(&file, ca.pem()).expect("write");
+        let issuer = Issuer::new(&settings, dir.path()).expect("issuer");
+        assert_eq!(issuer.authority(), "acme");
     }
 }
