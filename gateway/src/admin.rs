@@ -544,10 +544,12 @@ async fn handle(
             response
         }
         (&Method::GET, "/config") => {
-            // The text as it was given: a secret is there by its vault reference, resolved
-            // only inside the modules that use it.
+            // The text as it was given: a plugin's secret is there by its vault reference,
+            // resolved only inside the modules that use it. Certificates' private keys are
+            // there in full, and are never shown (the document is then JSON, which is YAML).
             let snapshot = shared.snapshot.load();
-            let mut response = Response::new(Full::new(Bytes::from(snapshot.source.clone())));
+            let shown = model::declarative::redact_private_keys(&snapshot.source).into_owned();
+            let mut response = Response::new(Full::new(Bytes::from(shown)));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/yaml"),

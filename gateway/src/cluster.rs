@@ -149,8 +149,15 @@ fn sync_dir(dir: &Path) -> Result<(), String> {
 
 /// Writes a file whole or not at all: a crash mid-write leaves the previous one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::File::create(&tmp)
+    // This user's only: a configuration holds its certificates' private keys.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| format!("writing {}: {e}", path.display()))
@@ -694,6 +701,10 @@ vfA5NDr4Ux/0uBPWIqjGhhOkfJCJVpfz4TVLdmeK9kQ8wNlJxAqBWLYl
         write_atomically(&path, b"first").unwrap();
         write_atomically(&path, b"2nd").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"2nd");
+        // What is cached holds private keys: no one else may read it.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
         assert_eq!(files(dir.path()), ["config.json"], "no temporary file left");
         let missing = dir.path().join("no/such/dir/config.json");
         let err = write_atomically(&missing, b"x").unwrap_err();
@@ -856,6 +867,25 @@ vfA5NDr4Ux/0uBPWIqjGhhOkfJCJVpfz4TVLdmeK9kQ8wNlJxAqBWLYl
         let invalid_hash = sha256_hex(invalid.as_bytes());
         match cluster.reconfigure(&shared, 4, invalid_hash, invalid, vec![]) {
             Inbound::Error { message, .. } => assert!(!message.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        // A certificate whose key is another's: the Error frame names it.
+        let one = rcgen::generate_simple_self_signed(vec!["one.test".to_owned()]).unwrap();
+        let two = rcgen::generate_simple_self_signed(vec!["two.test".to_owned()]).unwrap();
+        let mismatched = serde_json::json!({
+            "_format_version": "3.0",
+            "certificates": [{
+                "cert": one.cert.pem(),
+                "key": two.signing_key.serialize_pem(),
+                "snis": ["one.test"],
+            }],
+        })
+        .to_string();
+        let mismatched_hash = sha256_hex(mismatched.as_bytes());
+        match cluster.reconfigure(&shared, 4, mismatched_hash, &mismatched, vec![]) {
+            Inbound::Error { message, .. } => {
+                assert_eq!(message, "certificates.1: certificate does not match key")
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(shared.snapshot.load().hash, running);

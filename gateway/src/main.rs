@@ -238,10 +238,12 @@ enum Command {
         shared_data_max_bytes: usize,
         #[command(flatten)]
         platform: Box<PlatformArgs>,
-        /// Where TLS clients connect (needs --tls-cert and --tls-key).
+        /// Where TLS clients connect. Certificates come from the configuration's
+        /// `certificates` (chosen by their `snis`) and from --tls-cert, if any.
         #[arg(long)]
         tls_listen: Option<SocketAddr>,
-        /// A PEM certificate chain; repeat for several (chosen by SNI, the first is the default).
+        /// A PEM certificate chain; repeat for several. Chosen by the names it covers when no
+        /// configuration certificate has the client's SNI; the first is the default.
         #[arg(long = "tls-cert")]
         tls_certs: Vec<PathBuf>,
         /// The PEM private key of the --tls-cert at the same position.
@@ -523,7 +525,7 @@ fn envoy_bootstrap(
     }
 }
 
-type TlsSettings = Option<(SocketAddr, std::sync::Arc<rustls::ServerConfig>)>;
+type TlsSettings = Option<(SocketAddr, gateway::tls::TlsListener)>;
 
 fn tls_settings(
     listen: Option<SocketAddr>,
@@ -540,14 +542,13 @@ fn tls_settings(
     match listen {
         None if certs.is_empty() => Ok(None),
         None => Err("--tls-cert needs --tls-listen".into()),
-        Some(_) if certs.is_empty() => Err("--tls-listen needs --tls-cert and --tls-key".into()),
         Some(listen) => {
             let files: Vec<gateway::tls::CertificateFiles> = certs
                 .into_iter()
                 .zip(keys)
                 .map(|(cert, key)| gateway::tls::CertificateFiles { cert, key })
                 .collect();
-            Ok(Some((listen, gateway::tls::server_config(&files)?)))
+            Ok(Some((listen, gateway::tls::TlsListener::new(&files)?)))
         }
     }
 }
@@ -672,6 +673,20 @@ mod tests {
         assert_eq!(
             admin_listen,
             AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8001)))
+        );
+    }
+
+    /// `--tls-listen` alone is a TLS listener: its certificates are the configuration's.
+    #[test]
+    fn tls_listen_needs_no_certificate_file() {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let settings = tls_settings(Some(listen), Vec::new(), Vec::new());
+        assert!(matches!(settings, Ok(Some((at, _))) if at == listen));
+        assert!(matches!(tls_settings(None, Vec::new(), Vec::new()), Ok(None)));
+        let files = || vec![PathBuf::from("c.pem")];
+        assert_eq!(
+            tls_settings(None, files(), files()).err().as_deref(),
+            Some("--tls-cert needs --tls-listen")
         );
     }
 

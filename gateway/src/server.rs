@@ -37,8 +37,9 @@ pub struct GatewayOptions {
     pub access_log: bool,
     /// The declarative file, for reloads (SIGHUP, the file watcher).
     pub config_path: Option<PathBuf>,
-    /// Where TLS clients connect, with the server configuration to use.
-    pub tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+    /// Where TLS clients connect, with the listener's certificates (the operator's files;
+    /// each configuration's own are handed to it as it applies).
+    pub tls: Option<(SocketAddr, crate::tls::TlsListener)>,
     /// Where plugin modules come from and which secrets they may read.
     pub runtime: RuntimeOptions,
     /// How long a client may take to send a request's headers, from the first byte (or, on
@@ -156,6 +157,9 @@ impl Shared {
         )?);
         let hash = snapshot.hash.clone();
         self.warming.warm(&snapshot);
+        if let Some((_, tls)) = &self.options.tls {
+            tls.serve(Arc::clone(&snapshot.certificates));
+        }
         self.snapshot.store(snapshot);
         Ok(hash)
     }
@@ -247,6 +251,9 @@ impl Gateway {
             }
             None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
         };
+        if let Some((_, tls)) = &options.tls {
+            tls.serve(Arc::clone(&snapshot.certificates));
+        }
         let admin = crate::admin::bind(options.admin_listen, &options.admin)?;
         let admin_addr = match &admin {
             Some(listener) => listener.tcp_addr()?,
@@ -788,7 +795,7 @@ async fn serve(
         .options
         .tls
         .as_ref()
-        .map(|(_, config)| tokio_rustls::TlsAcceptor::from(Arc::clone(config)));
+        .map(|(_, tls)| tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config)));
     let drain_timeout = shared.options.drain_timeout;
     let upstream = shared.options.upstream.clone();
     let worker = Rc::new(Worker {

@@ -4,12 +4,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use kit::schema::FieldError;
 use model::{Config, ConfigError, Router};
 use sha2::{Digest, Sha256};
 
 use crate::filters::{ConfigFilters, Runtime};
+use crate::tls::ConfigCertificates;
 
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
@@ -17,6 +19,8 @@ pub struct Snapshot {
     pub config: Config,
     pub router: Router,
     pub filters: ConfigFilters,
+    /// The configuration's `certificates`, loaded for the TLS listener.
+    pub certificates: Arc<ConfigCertificates>,
     /// SHA-256 of the declarative text, hex (what data planes report to a control plane).
     pub hash: String,
     /// The declarative text it was built from.
@@ -49,6 +53,12 @@ impl Snapshot {
             Err(e) => return Err(checked().unwrap_or(e)),
         };
         crate::ratelimit::check_config(text, &config, &check)?;
+        // Loaded whether or not this gateway listens for TLS: a configuration is valid or not
+        // the same on every data plane (and for `gateway validate`).
+        let certificates = Arc::new(ConfigCertificates::load(
+            &config.certificates,
+            previous.map(|p| (p.config.certificates.as_slice(), &*p.certificates)),
+        )?);
         let filters = match runtime.build(&config, modules_dir, previous.map(|s| &s.filters)) {
             Ok(filters) => filters,
             Err(built) => {
@@ -74,6 +84,7 @@ impl Snapshot {
             config,
             router,
             filters,
+            certificates,
             hash,
             source: text.to_owned(),
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),

@@ -222,8 +222,10 @@ impl Worker {
 
     fn collect_root(&mut self) {
         if let Some(vm) = self.vm.as_mut() {
-            vm.move_callouts(&mut self.root_callouts);
-            vm.move_stream_ops(&mut self.stream_ops);
+            let c = vm.take_callouts();
+            self.root_callouts.append(c);
+            let ops = vm.take_stream_ops();
+            self.stream_ops.extend(ops);
         }
     }
 }
@@ -427,9 +429,9 @@ impl WasmFilter {
         vm.enter(ctx, std::mem::take(stream));
         let result = call(vm, ctx);
         *stream = vm.leave();
-        vm.move_callouts(&mut stream.callouts);
-        // What is left is the root context's: the stream ops.
-        w.collect_root();
+        stream.callouts.append(vm.take_callouts());
+        let ops = vm.take_stream_ops();
+        w.stream_ops.extend(ops);
         match result {
             Ok(code) => status(code),
             Err(f) => {
@@ -548,7 +550,8 @@ impl HttpFilter for WasmFilter {
         vm.enter(ctx, std::mem::take(s));
         let result = vm.finish_stream(ctx);
         *s = vm.leave();
-        w.collect_root();
+        let c = vm.take_callouts();
+        w.root_callouts.append(c);
         if let Err(f) = result {
             w.fail(&f);
         } else if w

@@ -108,6 +108,39 @@ pub fn parse_platform_plugins(
     }
 }
 
+/// What replaces a certificate's private key when a configuration is shown.
+pub const REDACTED: &str = "<redacted>";
+
+/// A declarative document as it may be shown (the gateway's admin `GET /config`): with any
+/// certificate's `key`, the whole document as JSON with each key replaced by [`REDACTED`];
+/// else the text as given, comments and all. Text that does not parse is not shown at all.
+pub fn redact_private_keys(text: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    // Only the top level holds certificates: a document without the word has no key.
+    if !text.contains("certificates") {
+        return Cow::Borrowed(text);
+    }
+    let Ok(mut document) = serde_yaml_ng::from_str::<Value>(text) else {
+        return Cow::Borrowed("");
+    };
+    let mut redacted = false;
+    if let Some(certificates) = document
+        .get_mut("certificates")
+        .and_then(Value::as_array_mut)
+    {
+        for certificate in certificates {
+            if let Some(key) = certificate.get_mut("key") {
+                *key = Value::String(REDACTED.into());
+                redacted = true;
+            }
+        }
+    }
+    if !redacted {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(serde_json::to_string_pretty(&document).unwrap_or_default())
+}
+
 /// Validates a declarative document already parsed into JSON, as [`parse_declarative`].
 pub fn from_value(document: &Value) -> Result<Config, DeclarativeError> {
     read(document, None)
@@ -2152,6 +2185,26 @@ mod certificate_tests {
             )),
             "acme_challenges: length must be at most 1000"
         );
+    }
+
+    /// Shown, a document keeps everything but its private keys; without one it is the text.
+    #[test]
+    fn private_keys_are_redacted_for_showing() {
+        let text = format!(
+            "# comment\n{}acme_challenges: [{{token: t, key_authorization: t.k}}]\n",
+            certificate(", snis: [a.test]")
+        );
+        let shown = redact_private_keys(&text);
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        let shown: Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(shown["certificates"][0]["key"], REDACTED);
+        assert_eq!(shown["certificates"][0]["cert"], CERT);
+        assert_eq!(shown["certificates"][0]["snis"][0], "a.test");
+        assert_eq!(shown["acme_challenges"][0]["token"], "t");
+        let plain = "# comment\n_format_version: \"3.0\"\nservices: []\n";
+        assert_eq!(redact_private_keys(plain), plain);
+        let no_key = "_format_version: \"3.0\"\ncertificates: []\n";
+        assert_eq!(redact_private_keys(no_key), no_key);
     }
 
     /// Kong's certificates and snis were refused as unsupported; ca_certificates still are.

@@ -5,6 +5,7 @@
 //! upstream receives, and a head still in flight when a step is answered must not land in
 //! the next step under another test's CPU load.
 
+mod acme_challenge;
 mod admin;
 mod egress;
 mod failures;

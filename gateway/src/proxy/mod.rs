@@ -5,6 +5,7 @@
 //! timeouts; relay the response; log. Errors become Kong's JSON answers (404 no route, 502,
 //! 503, 504).
 
+pub mod acme;
 pub mod body;
 pub mod channel;
 pub mod egress;
@@ -178,6 +179,9 @@ async fn forward(
     // Before routing: no route can take CONNECT or another protocol, and the connection is
     // closed after the refusal whether a route matched or not.
     upgrade::check(&parts.method, &parts.headers)?;
+    if let Some(answer) = acme::answer(&snapshot.config, &parts.method, parts.uri.path()) {
+        return Ok(answer);
+    }
     let host = headers::request_host(&parts);
     let path = path::normalize(parts.uri.path());
     let route_match = snapshot
