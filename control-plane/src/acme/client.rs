@@ -420,3 +420,75 @@ impl HttpClient for AcmeHttp {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(problem: serde_json::Value) -> instant_acme::Error {
+        instant_acme::Error::Api(serde_json::from_value(problem).expect("a problem document"))
+    }
+
+    #[test]
+    fn the_servers_final_answers_are_refusals_and_the_rest_retryable() {
+        let refused = failure(
+            "new order",
+            api(serde_json::json!({
+                "type": "urn:ietf:params:acme:error:rejectedIdentifier",
+                "detail": "Order included an identifier for which issuance is forbidden by policy: \"shop.blocked.test\"",
+                "status": 400,
+            })),
+        );
+        assert_eq!(
+            refused,
+            IssueError {
+                reason: "urn:ietf:params:acme:error:rejectedIdentifier: Order included an \
+                         identifier for which issuance is forbidden by policy: \
+                         \"shop.blocked.test\""
+                    .to_owned(),
+                refused: true,
+            }
+        );
+
+        // A compound problem refuses when one of its subproblems does, and says which.
+        let compound = failure(
+            "new order",
+            api(serde_json::json!({
+                "type": "urn:ietf:params:acme:error:compound",
+                "detail": "Errors in the order",
+                "subproblems": [{
+                    "type": "urn:ietf:params:acme:error:caa",
+                    "detail": "CAA record forbids issuance",
+                    "identifier": { "type": "dns", "value": "shop.example.test" },
+                }],
+            })),
+        );
+        assert!(compound.refused, "{compound:?}");
+        assert!(
+            compound
+                .reason
+                .ends_with("; urn:ietf:params:acme:error:caa: CAA record forbids issuance"),
+            "{compound:?}"
+        );
+
+        for kind in [
+            "rateLimited",
+            "serverInternal",
+            "badNonce",
+            "accountDoesNotExist",
+        ] {
+            let error = failure(
+                "finalize",
+                api(serde_json::json!({ "type": format!("{ACME_ERROR}{kind}"), "status": 503 })),
+            );
+            assert!(!error.refused, "{error:?}");
+            assert_eq!(error.reason, format!("{ACME_ERROR}{kind}"));
+        }
+        let timeout = failure("validation", instant_acme::Error::Timeout(None));
+        assert!(!timeout.refused, "{timeout:?}");
+        assert!(
+            timeout.reason.starts_with("ACME validation: "),
+            "{timeout:?}"
+        );
+    }
+}
