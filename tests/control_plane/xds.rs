@@ -882,3 +882,191 @@ async fn a_policy_redis_plugin_counts_in_redis_through_the_nodes_rate_limit_serv
     let _ = service.kill();
     let _ = service.wait();
 }
+
+#[path = "../envoy/tls_client.rs"]
+mod tls_client;
+
+/// Publishes the control plane's current configuration with `certificates` as its next
+/// version, as a change through the API would. (The custom-domains API puts certificates
+/// there from ACME: tests/control_plane/custom_domains.rs; this is the xDS side alone.)
+/// Returns the version's number.
+fn publish_certificates(
+    cp: &TestControlPlane,
+    id: &str,
+    certificates: Vec<model::Certificate>,
+) -> u64 {
+    let hub = &cp.control_plane().state().hub;
+    let current = hub.current(id).expect("the control plane has a version");
+    let mut config = current.config.clone();
+    config.certificates = certificates;
+    let version = current.version + 1;
+    hub.publish(Arc::new(control_plane::hub::ConfigVersion {
+        control_plane_id: id.to_owned(),
+        version,
+        hash: control_plane::hub::sha256_hex(format!("{}/{version}", current.hash).as_bytes()),
+        text: current.text.clone(),
+        config,
+        created_at: current.created_at,
+    }));
+    version
+}
+
+fn certificate(id: &str, issued: &tls_client::Issued, sni: &str) -> model::Certificate {
+    model::Certificate {
+        id: id.to_owned(),
+        cert: issued.cert.clone(),
+        key: issued.key.clone(),
+        snis: vec![sni.to_owned()],
+        tags: Vec::new(),
+    }
+}
+
+/// Polls until a handshake for `sni` presents `expected`.
+async fn wait_for_certificate(tls: SocketAddr, sni: &str, ca: &str, expected: &[u8], what: &str) {
+    wasmgate_tests::until(what, DEADLINE, async || {
+        match tls_client::handshake(tls, sni, ca, &[b"http/1.1"]).await {
+            Ok(handshake) if handshake.leaf == expected => Ok(()),
+            Ok(_) => Err("another certificate".to_owned()),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+}
+
+/// Custom domains over xDS: a node whose bootstrap names a TLS address gets the TLS listener
+/// by LDS and each certificate by SDS. A renewal (same id, new certificate and key) reaches
+/// new handshakes while a connection opened before keeps working, and Envoy neither modifies
+/// nor drains its listener: only the secret changed. Deleting a certificate removes its filter
+/// chain; the other certificate's name keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_come_by_sds_and_a_renewal_changes_only_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = TestControlPlane::start(dir.path());
+    let echo = EchoUpstream::start().await.unwrap();
+    let (id, _) = configure(&cp, echo.addr()).await;
+    let (listen, tls) = (wasmgate_tests::free_port(), wasmgate_tests::free_port());
+    let api = format!("/v2/control-planes/{id}/envoy-bootstrap");
+    let node = json!({"node_id": "envoy-tls", "listen": listen.to_string()});
+    let mut with_tls = node.clone();
+    with_tls["tls_listen"] = json!("nowhere");
+    cp.expect(400, "POST", &api, Some(&with_tls)).await;
+    with_tls["tls_listen"] = json!(tls.to_string());
+    let bootstrap = cp.expect(201, "POST", &api, Some(&with_tls)).await;
+    assert_eq!(bootstrap["node"]["metadata"]["tls_listen"], tls.to_string());
+    let plain = cp.expect(201, "POST", &api, Some(&node)).await;
+    assert_eq!(plain["node"]["metadata"].get("tls_listen"), None);
+    let envoy = Envoy::start_bootstrap(&bootstrap, 1).await.unwrap();
+    in_sync(&cp, &id, "envoy-tls").await;
+
+    let ca = tls_client::TestCa::new("wasmgate-test-ca");
+    let (api, shop) = (
+        ca.issue(&["api.example.test"]),
+        ca.issue(&["shop.example.test"]),
+    );
+    let version = publish_certificates(
+        &cp,
+        &id,
+        vec![
+            certificate("api", &api, "api.example.test"),
+            certificate("shop", &shop, "shop.example.test"),
+        ],
+    );
+    wait_for_certificate(
+        tls,
+        "api.example.test",
+        &ca.pem,
+        &api.der(),
+        "api's certificate by SDS",
+    )
+    .await;
+    // The node reports the version applied once it has acknowledged the secrets too.
+    wait_for_node(&cp, &id, "envoy-tls", "the certificates' version", |n| {
+        n["config_version"] == version
+    })
+    .await;
+    wait_for_certificate(
+        tls,
+        "shop.example.test",
+        &ca.pem,
+        &shop.der(),
+        "shop's certificate",
+    )
+    .await;
+    let held = tls_client::handshake(tls, "api.example.test", &ca.pem, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let mut held = tls_client::Client::over(held).await.unwrap();
+    let response = held.send("GET", "api.example.test", "/open").await.unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let stats = [
+        "listener_manager.listener_modified",
+        "listener_manager.listener_in_place_updated",
+    ];
+    let mut before = Vec::new();
+    for stat in stats {
+        let count = envoy.stat(stat).await;
+        assert!(count.is_some(), "Envoy has no {stat}");
+        before.push(count);
+    }
+
+    // The renewal: new handshakes get the new certificate.
+    let renewed = ca.issue(&["api.example.test"]);
+    publish_certificates(
+        &cp,
+        &id,
+        vec![
+            certificate("api", &renewed, "api.example.test"),
+            certificate("shop", &shop, "shop.example.test"),
+        ],
+    );
+    wait_for_certificate(
+        tls,
+        "api.example.test",
+        &ca.pem,
+        &renewed.der(),
+        "the renewed certificate",
+    )
+    .await;
+    let response = held.send("GET", "api.example.test", "/open").await.unwrap();
+    assert_eq!(
+        response.status,
+        200,
+        "the connection opened before the renewal: {}",
+        response.text()
+    );
+    for (stat, before) in stats.iter().zip(before) {
+        assert_eq!(
+            envoy.stat(stat).await,
+            before,
+            "{stat}: the renewal changed the listener"
+        );
+    }
+    assert_eq!(
+        envoy
+            .stat("listener_manager.total_filter_chains_draining")
+            .await,
+        Some(0)
+    );
+
+    // Deleting a certificate: its name gets no handshake, the other's does.
+    publish_certificates(
+        &cp,
+        &id,
+        vec![certificate("shop", &shop, "shop.example.test")],
+    );
+    wasmgate_tests::until(
+        "api's filter chain gone",
+        DEADLINE,
+        async || match tls_client::handshake(tls, "api.example.test", &ca.pem, &[b"http/1.1"]).await
+        {
+            Ok(_) => Err("a handshake for api.example.test".to_owned()),
+            Err(_) => Ok(()),
+        },
+    )
+    .await;
+    let (leaf, response) = tls_client::request(tls, "shop.example.test", &ca.pem, "GET", "/open")
+        .await
+        .unwrap();
+    assert!(leaf == shop.der(), "shop's certificate");
+    assert_eq!(response.status, 200, "{}", response.text());
+}

@@ -1,7 +1,8 @@
 //! `POST /v2/control-planes/{id}/envoy-bootstrap`: everything a stock Envoy needs to become a
 //! data plane of this control plane, in one call: a fresh client certificate, pinned for the
 //! control plane, and a bootstrap that carries it (inline) with the ADS endpoint, the CA and
-//! the node's identity. `envoy -c bootstrap.json` is then the whole setup. Not for a
+//! the node's identity (with `tls_listen`, the address of its TLS listener for custom
+//! domains). `envoy -c bootstrap.json` is then the whole setup. Not for a
 //! serverless control plane, whose data planes are its cloud gateways only.
 
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use super::dp_certificates::no_self_managed_data_planes;
 use super::errors::{invalid_parameters, ApiError};
 use super::{blocking, json_object, now, Shared};
 use crate::pki;
-use crate::xds::{bootstrap, BootstrapOptions};
+use crate::xds::{bootstrap_with_tls, BootstrapOptions};
 
 fn address(
     body: &Value,
@@ -77,10 +78,13 @@ pub async fn create(
             )]))
         }
     };
-    let ratelimit = match body.get("ratelimit") {
-        None | Some(Value::Null) => None,
-        Some(_) => Some(address(&body, "ratelimit", None)?),
+    let optional_address = |field: &'static str| match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => address(&body, field, None).map(Some),
     };
+    let ratelimit = optional_address("ratelimit")?;
+    // Custom domains: the TLS listener's address; none, no TLS listener.
+    let tls_listen = optional_address("tls_listen")?;
     let (cert_pem, key_pem) = pki::client_certificate(&node_id).map_err(super::errors::internal)?;
     let der = pki::parse_certificate(&cert_pem).map_err(super::errors::internal)?;
     let store = Arc::clone(&state.store);
@@ -95,7 +99,7 @@ pub async fn create(
         })
     })
     .await?;
-    let document = bootstrap(&BootstrapOptions {
+    let options = BootstrapOptions {
         node_id,
         control_plane_id,
         xds: state.endpoints.xds,
@@ -106,6 +110,7 @@ pub async fn create(
         admin,
         env_allow,
         ratelimit,
-    });
+    };
+    let document = bootstrap_with_tls(&options, tls_listen);
     Ok((StatusCode::CREATED, Json(document)))
 }

@@ -29,7 +29,15 @@ pub struct BootstrapOptions {
     pub ratelimit: Option<SocketAddr>,
 }
 
+/// The bootstrap of a node with no TLS listener.
 pub fn bootstrap(options: &BootstrapOptions) -> Value {
+    bootstrap_with_tls(options, None)
+}
+
+/// The bootstrap of a node whose TLS listener, for custom domains, listens on `tls_listen`
+/// (`node.metadata.tls_listen`): the listener comes by LDS once the control plane has a
+/// certificate, each certificate by SDS.
+pub fn bootstrap_with_tls(options: &BootstrapOptions, tls_listen: Option<SocketAddr>) -> Value {
     let ads = json!({"ads": {}, "resource_api_version": "V3"});
     let mut metadata = json!({
         "listen": options.listen.to_string(),
@@ -37,6 +45,9 @@ pub fn bootstrap(options: &BootstrapOptions) -> Value {
     });
     if let Some(ratelimit) = options.ratelimit {
         metadata["ratelimit"] = json!(ratelimit.to_string());
+    }
+    if let Some(tls_listen) = tls_listen {
+        metadata["tls_listen"] = json!(tls_listen.to_string());
     }
     json!({
         "node": {

@@ -2,11 +2,11 @@
 //!
 //! `xds-api` ships the descriptors of Envoy's core API but not of every extension the model
 //! uses: the Wasm filter, the upstream codec filter (last of the router's upstream filters),
-//! `upstreams.http.v3.HttpProtocolOptions`, `UpstreamTlsContext` and its `CommonTlsContext`
-//! are missing. They are declared here with Envoy's own names and field numbers (from
-//! Envoy's API protos), restricted to the fields the model writes: a field the model starts
-//! writing without adding it here fails the translation with a message naming it, never
-//! silently.
+//! `upstreams.http.v3.HttpProtocolOptions`, the TLS inspector, `UpstreamTlsContext`,
+//! `DownstreamTlsContext` and their `CommonTlsContext` are missing. They are declared here
+//! with Envoy's own names and field numbers (from Envoy's API protos), restricted to the
+//! fields the model writes: a field the model starts writing without adding it here fails
+//! the translation with a message naming it, never silently.
 
 use prost::Message;
 use prost_reflect::DescriptorPool;
@@ -230,38 +230,69 @@ fn upstream_http_protocol_options() -> FileDescriptorProto {
     )
 }
 
-/// The upstream TLS of `https`/`grpcs` clusters: SNI, and for `tls_verify` services a
-/// validation context. `CertificateValidationContext` (trusted CA, SAN matchers) is in
-/// `xds-api`, from Envoy's `common.proto`; the contexts of `tls.proto` are not.
-fn upstream_tls_context() -> FileDescriptorProto {
+/// The TLS contexts of `tls.proto`, which `xds-api` lacks: the upstream one of `https`/`grpcs`
+/// clusters (SNI, and for `tls_verify` services a validation context) and the downstream one
+/// of the TLS listener's filter chains (ALPN, the certificate inline or by SDS). The messages
+/// they name (`CertificateValidationContext`, `TlsCertificate`, `SdsSecretConfig`) are in
+/// `xds-api`, from Envoy's `common.proto` and `secret.proto`.
+fn tls_contexts() -> FileDescriptorProto {
     let message_type =
         |name: &str| Some(format!(".envoy.extensions.transport_sockets.tls.v3.{name}"));
     let common = message(
         "CommonTlsContext",
-        vec![field(
-            "validation_context",
-            3,
-            Type::Message,
-            message_type("CertificateValidationContext").as_deref(),
-        )],
-    );
-    let upstream = message(
-        "UpstreamTlsContext",
         vec![
-            field(
-                "common_tls_context",
-                1,
+            repeated(field(
+                "tls_certificates",
+                2,
                 Type::Message,
-                message_type("CommonTlsContext").as_deref(),
+                message_type("TlsCertificate").as_deref(),
+            )),
+            field(
+                "validation_context",
+                3,
+                Type::Message,
+                message_type("CertificateValidationContext").as_deref(),
             ),
-            field("sni", 2, Type::String, None),
+            repeated(field("alpn_protocols", 4, Type::String, None)),
+            repeated(field(
+                "tls_certificate_sds_secret_configs",
+                6,
+                Type::Message,
+                message_type("SdsSecretConfig").as_deref(),
+            )),
         ],
     );
+    let common_field = || {
+        field(
+            "common_tls_context",
+            1,
+            Type::Message,
+            message_type("CommonTlsContext").as_deref(),
+        )
+    };
+    let upstream = message(
+        "UpstreamTlsContext",
+        vec![common_field(), field("sni", 2, Type::String, None)],
+    );
+    let downstream = message("DownstreamTlsContext", vec![common_field()]);
     file(
         "envoy/extensions/transport_sockets/tls/v3/tls.proto",
         "envoy.extensions.transport_sockets.tls.v3",
-        &["envoy/extensions/transport_sockets/tls/v3/common.proto"],
-        vec![upstream, common],
+        &[
+            "envoy/extensions/transport_sockets/tls/v3/common.proto",
+            "envoy/extensions/transport_sockets/tls/v3/secret.proto",
+        ],
+        vec![upstream, downstream, common],
+    )
+}
+
+/// The listener filter that reads a ClientHello's SNI for the filter chain match (no fields).
+fn tls_inspector() -> FileDescriptorProto {
+    file(
+        "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
+        "envoy.extensions.filters.listener.tls_inspector.v3",
+        &[],
+        vec![message("TlsInspector", Vec::new())],
     )
 }
 
@@ -318,7 +349,8 @@ pub fn pool() -> Result<DescriptorPool, String> {
         wasm_filter(),
         upstream_codec(),
         upstream_http_protocol_options(),
-        upstream_tls_context(),
+        tls_contexts(),
+        tls_inspector(),
     ])
     .map_err(|e| format!("Envoy extension descriptors: {e}"))?;
     Ok(pool)

@@ -1,13 +1,14 @@
-//! Envoy's configuration over ADS (gRPC, state of the world): listeners, routes, clusters and
-//! the plugin filters by ECDS, built by the model's Envoy translation from the same config
-//! versions the gateways get.
+//! Envoy's configuration over ADS (gRPC, state of the world): listeners, routes, clusters,
+//! the plugin filters by ECDS and the TLS listener's certificates by SDS, built by the
+//! model's Envoy translation from the same config versions the gateways get.
 //!
 //! Each Envoy connects with a client certificate pinned for its control plane ([`tls`]) and
 //! names itself in its bootstrap ([`bootstrap`]): `node.id`, the control plane in
-//! `node.cluster`, its listener address and the environment variables its plugins may read
-//! in `node.metadata`. Each stream ([`stream`]) follows its control plane's versions in the
-//! hub, translates each one for its node ([`resources`], [`snapshot`]) and records in
-//! [`crate::nodes`] what the node applied or refused.
+//! `node.cluster`, its listeners' addresses (plain, and TLS if it has one) and the
+//! environment variables its plugins may read in `node.metadata`. Each stream ([`stream`])
+//! follows its control plane's versions in the hub, translates each one for its node
+//! ([`resources`], [`snapshot`]) and records in [`crate::nodes`] what the node applied or
+//! refused.
 
 mod bootstrap;
 mod descriptors;
@@ -28,7 +29,7 @@ use xds_api::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 
-pub use bootstrap::{bootstrap, BootstrapOptions};
+pub use bootstrap::{bootstrap, bootstrap_with_tls, BootstrapOptions};
 
 use crate::State;
 use resources::Translator;

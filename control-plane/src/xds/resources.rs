@@ -23,11 +23,12 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const EXTENSION_CONFIG: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// Every type served, in the order a new version is pushed: clusters first (the others wait
 /// until the node has acknowledged them, so they are warm before anything names them), then
-/// the listener before the filter configs and routes it subscribes to.
-pub const TYPES: [&str; 4] = [CLUSTER, LISTENER, EXTENSION_CONFIG, ROUTE];
+/// the listeners before the certificates, filter configs and routes they subscribe to.
+pub const TYPES: [&str; 5] = [CLUSTER, LISTENER, SECRET, EXTENSION_CONFIG, ROUTE];
 
 /// Types Envoy subscribes to as a whole (an empty or `*` name list means every resource).
 pub fn is_wildcard_type(type_url: &str) -> bool {
@@ -39,6 +40,9 @@ pub fn is_wildcard_type(type_url: &str) -> bool {
 pub struct NodeParams {
     /// Where its gateway listener listens.
     pub listen: SocketAddr,
+    /// Where its TLS listener listens, if it has one (`node.metadata.tls_listen`): custom
+    /// domains' certificates, chosen by SNI, each by SDS.
+    pub tls_listen: Option<SocketAddr>,
     /// Envoy environment variables its plugins may read (`{vault://env/NAME}`).
     pub env_allow: Vec<String>,
     /// Where the `wasmgate-ratelimit` of rate-limiting's `policy: redis` serves this node
@@ -191,13 +195,26 @@ impl Translator {
             let inline = base64::engine::general_purpose::STANDARD.encode(bytes.as_slice());
             Ok::<_, String>(json!({"local": {"inline_bytes": inline}}))
         })?;
-        let listener = model::envoy::discovered_listener(config, &options);
+        let mut listeners = vec![model::envoy::discovered_listener(config, &options)];
+        // A node without a TLS listener never asks for the certificates: none are sent to it
+        // (its version would never be complete), and no key leaves the control plane for it.
+        let tls = node
+            .tls_listen
+            .and_then(|address| model::envoy::discovered_tls_listener(config, &options, address));
+        let secrets = match tls {
+            Some(tls) => {
+                listeners.push(tls);
+                model::envoy::secrets(config)
+            }
+            None => Vec::new(),
+        };
         let routes = model::envoy::route_configuration(config, &options, model::envoy::LISTENER);
         let mut clusters = model::envoy::clusters(config, &options);
         clusters.extend(ratelimit_clusters(config, node)?);
         let by_type = [
             (CLUSTER, clusters),
-            (LISTENER, vec![listener]),
+            (LISTENER, listeners),
+            (SECRET, secrets),
             (EXTENSION_CONFIG, extension_configs),
             (ROUTE, vec![routes]),
         ];
@@ -231,6 +248,7 @@ mod tests {
     fn params(port: u16) -> NodeParams {
         NodeParams {
             listen: ([127, 0, 0, 1], port).into(),
+            tls_listen: None,
             env_allow: Vec::new(),
             ratelimit: None,
         }
@@ -399,5 +417,124 @@ plugins:
                 .unwrap();
             assert_eq!(back["transport_socket"], written);
         }
+    }
+
+    fn certificate(id: &str, cert: &str) -> model::Certificate {
+        model::Certificate {
+            id: id.into(),
+            cert: cert.into(),
+            key: format!("key of {cert}"),
+            snis: vec![format!("{id}.example.test")],
+            tags: Vec::new(),
+        }
+    }
+
+    /// A node with a TLS listener gets it, with a chain per certificate that names its secret,
+    /// and the secrets (`Secret` with the PEM inline), each with a descriptor for every field
+    /// the translation writes; a renewal (same id, new PEM) changes that secret only, never
+    /// the listener (Envoy would drain its connections). A node without a TLS listener gets
+    /// neither.
+    #[test]
+    fn a_tls_node_gets_its_certificates_as_secrets_and_a_renewal_changes_only_them() {
+        use xds_api::pb::envoy::config::listener::v3::Listener;
+        use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+        let translator = Translator::new().unwrap();
+        let mut config = model::Config {
+            certificates: vec![certificate("a", "A1"), certificate("b", "B1")],
+            ..model::Config::default()
+        };
+        let mut node = params(1);
+        node.tls_listen = Some(([127, 0, 0, 1], 8443).into());
+        let translate = |config: &model::Config, node: &NodeParams| {
+            let mut version = version(1);
+            version.config = config.clone();
+            translator
+                .translate(
+                    &version,
+                    node,
+                    &Modules::default(),
+                    std::path::Path::new("/wasm"),
+                )
+                .unwrap()
+        };
+        let before = translate(&config, &node);
+        let listeners = &before[LISTENER];
+        assert_eq!(
+            listeners.keys().collect::<Vec<_>>(),
+            ["wasmgate", "wasmgate.tls"]
+        );
+        let tls = Listener::decode(listeners["wasmgate.tls"].any.value.as_slice()).unwrap();
+        assert_eq!(tls.filter_chains.len(), 2);
+        assert_eq!(tls.listener_filters.len(), 1);
+        let pool = &translator.pool;
+        let downstream = pool
+            .get_message_by_name("envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext")
+            .unwrap();
+        let socket = tls.filter_chains[0].transport_socket.as_ref().unwrap();
+        let Some(xds_api::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+            any,
+        )) = &socket.config_type
+        else {
+            panic!("no typed config: {socket:?}");
+        };
+        let context = DynamicMessage::decode(downstream, any.value.as_slice()).unwrap();
+        let options = prost_reflect::SerializeOptions::new().use_proto_field_name(true);
+        let context = context
+            .serialize_with_options(serde_json::value::Serializer, &options)
+            .unwrap();
+        assert_eq!(
+            context,
+            json!({"common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificate_sds_secret_configs": [{
+                    "name": "wasmgate.certificate.a",
+                    "sds_config": {"ads": {}, "resource_api_version": "V3"},
+                }],
+            }})
+        );
+        let secrets = &before[SECRET];
+        assert_eq!(
+            secrets.keys().collect::<Vec<_>>(),
+            ["wasmgate.certificate.a", "wasmgate.certificate.b"]
+        );
+        let secret =
+            Secret::decode(secrets["wasmgate.certificate.a"].any.value.as_slice()).unwrap();
+        let Some(secret::Type::TlsCertificate(tls_certificate)) = secret.r#type else {
+            panic!("not a TLS certificate: {secret:?}");
+        };
+        let inline = |source: Option<xds_api::pb::envoy::config::core::v3::DataSource>| match source
+            .and_then(|s| s.specifier)
+        {
+            Some(xds_api::pb::envoy::config::core::v3::data_source::Specifier::InlineString(
+                text,
+            )) => text,
+            other => panic!("not inline: {other:?}"),
+        };
+        assert_eq!(inline(tls_certificate.certificate_chain), "A1");
+        assert_eq!(inline(tls_certificate.private_key), "key of A1");
+
+        config.certificates[0] = certificate("a", "A2");
+        let after = translate(&config, &node);
+        for type_url in TYPES {
+            let digests = |resources: &Resources| {
+                resources
+                    .get(type_url)
+                    .into_iter()
+                    .flatten()
+                    .map(|(name, r)| (name.clone(), r.digest.clone()))
+                    .collect::<Vec<_>>()
+            };
+            let (old, new) = (digests(&before), digests(&after));
+            if type_url == SECRET {
+                assert_ne!(old[0], new[0], "the renewed secret");
+                assert_eq!(old[1], new[1], "the other secret");
+            } else {
+                assert_eq!(old, new, "{type_url} changed with a renewal");
+            }
+        }
+
+        let plain = translate(&config, &params(1));
+        assert_eq!(plain[LISTENER].keys().collect::<Vec<_>>(), ["wasmgate"]);
+        assert!(plain.get(SECRET).is_none_or(BTreeMap::is_empty));
     }
 }

@@ -77,12 +77,14 @@ impl NodeIdentity {
         let listen: SocketAddr = listen.parse().map_err(|e| {
             Status::invalid_argument(format!("node.metadata.listen {listen:?}: {e}"))
         })?;
-        let ratelimit = match metadata_string(metadata, "ratelimit") {
-            None => None,
-            Some(address) => Some(address.parse::<SocketAddr>().map_err(|e| {
-                Status::invalid_argument(format!("node.metadata.ratelimit {address:?}: {e}"))
-            })?),
+        let optional_address = |key: &str| match metadata_string(metadata, key) {
+            None => Ok(None),
+            Some(address) => address.parse::<SocketAddr>().map(Some).map_err(|e| {
+                Status::invalid_argument(format!("node.metadata.{key} {address:?}: {e}"))
+            }),
         };
+        let ratelimit = optional_address("ratelimit")?;
+        let tls_listen = optional_address("tls_listen")?;
         let env_allow = match metadata
             .and_then(|m| m.fields.get("env_allow"))
             .and_then(|v| v.kind.as_ref())
@@ -121,6 +123,7 @@ impl NodeIdentity {
             version,
             params: NodeParams {
                 listen,
+                tls_listen,
                 env_allow,
                 ratelimit,
             },
