@@ -284,6 +284,10 @@ enum Command {
         /// `policy: redis` (required when there are some): Envoy gets a cluster for it.
         #[arg(long)]
         ratelimit_address: Option<SocketAddr>,
+        /// Envoy's TLS listener: the configuration's `certificates`, chosen by their `snis`
+        /// (none: no TLS listener).
+        #[arg(long)]
+        tls_listen: Option<SocketAddr>,
         #[command(flatten)]
         modules: Modules,
     },
@@ -344,11 +348,12 @@ fn main() -> ExitCode {
             admin_listen,
             upstream_ca_file,
             ratelimit_address,
+            tls_listen,
             modules,
         } => envoy_bootstrap(
             &config,
             out,
-            (listen, admin_listen),
+            (listen, admin_listen, tls_listen),
             upstream_ca_file,
             ratelimit_address,
             &modules,
@@ -491,7 +496,7 @@ fn validate(
 fn envoy_bootstrap(
     config: &PathBuf,
     out: Option<PathBuf>,
-    (listen, admin): (SocketAddr, SocketAddr),
+    (listen, admin, tls_listen): (SocketAddr, SocketAddr, Option<SocketAddr>),
     upstream_ca_file: Option<PathBuf>,
     ratelimit_address: Option<SocketAddr>,
     modules: &Modules,
@@ -512,7 +517,7 @@ fn envoy_bootstrap(
         env_values: Vec::new(),
         upstream_ca_file,
     };
-    let mut bootstrap = model::envoy::bootstrap(&parsed, &options);
+    let mut bootstrap = model::envoy::bootstrap_with_tls(&parsed, &options, tls_listen);
     gateway::ratelimit::add_envoy_clusters(&mut bootstrap, &parsed, ratelimit_address)
         .map_err(|e| format!("{}: {e}", config.display()))?;
     let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| e.to_string())?;

@@ -250,3 +250,72 @@ async fn no_certificate_no_tls_listener() {
         .unwrap_or_default();
     assert!(refused.contains("no filter chains specified"), "{refused}");
 }
+
+/// The gateway's binary beside this test's folder (`target/debug/deps/..`).
+fn gateway_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary");
+    let binary = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target folder")
+        .join("gateway");
+    assert!(
+        binary.is_file(),
+        "{} is missing: cargo build -p gateway --bin gateway (or cargo xtask test)",
+        binary.display()
+    );
+    binary
+}
+
+/// `gateway envoy-bootstrap --tls-listen` on a declarative file with Kong's `certificates`
+/// and wasmgate's `acme_challenges`: the Envoy it starts serves the certificate for its SNI
+/// and the challenge on the TLS listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_envoy_bootstrap_writes_the_tls_listener_of_a_declarative_file() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let ca = TestCa::new("wasmgate-test-ca");
+    let issued = ca.issue(&["api.example.test"]);
+    let document = serde_json::json!({
+        "_format_version": "3.0",
+        "services": [{
+            "name": "echo",
+            "url": format!("http://{}", echo.addr()),
+            "routes": [{"name": "open", "paths": ["/open"], "strip_path": false}],
+        }],
+        "certificates": [{
+            "id": "6f0c5b4e-0000-4000-8000-000000000001",
+            "cert": issued.cert,
+            "key": issued.key,
+            "snis": ["api.example.test"],
+        }],
+        "acme_challenges": [{"token": TOKEN, "key_authorization": KEY_AUTHORIZATION}],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kong.json");
+    std::fs::write(&file, document.to_string()).unwrap();
+    let output = std::process::Command::new(gateway_binary())
+        .args(["envoy-bootstrap", "--config"])
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--tls-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bootstrap: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let envoy = Envoy::start_bootstrap(&bootstrap, 1).await.unwrap();
+    let tls = envoy.listener(TLS_LISTENER);
+    let (leaf, response) = request(tls, "api.example.test", &ca.pem, "GET", "/open")
+        .await
+        .unwrap();
+    assert!(leaf == issued.der(), "another certificate was presented");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let challenge = format!("{}{TOKEN}", model::ACME_CHALLENGE_PREFIX);
+    let (_, response) = request(tls, "api.example.test", &ca.pem, "GET", &challenge)
+        .await
+        .unwrap();
+    assert_challenge_answer("GET on the TLS listener", &response, false);
+}
