@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
-use wasmgate_tests::control_plane::TestControlPlane;
+use wasmgate_tests::control_plane::{call_api, processes_under, signal, TestControlPlane, TOKEN};
 use wasmgate_tests::{EchoReport, EchoUpstream};
 
 const DOMAINS: &str = "/v2/cloud-gateways/custom-domains";
@@ -32,47 +32,86 @@ fn address(url: &Value) -> SocketAddr {
         .unwrap_or_else(|e| panic!("{url}: {e}"))
 }
 
-async fn control_plane(cp: &TestControlPlane, name: &str, cluster_type: &str) -> String {
-    let created = cp
-        .expect(
-            201,
-            "POST",
-            "/v2/control-planes",
-            Some(&json!({ "name": name, "cluster_type": cluster_type })),
-        )
-        .await;
+/// Calls the API at `api`, insisting on `status`; the JSON body.
+async fn expect(
+    api: SocketAddr,
+    status: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Value {
+    let response = call_api(api, method, path, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    assert_eq!(
+        response.status,
+        status,
+        "{method} {path}: {}",
+        response.text()
+    );
+    response.json().unwrap_or(Value::Null)
+}
+
+async fn control_plane(api: SocketAddr, name: &str, cluster_type: &str) -> String {
+    let created = expect(
+        api,
+        201,
+        "POST",
+        "/v2/control-planes",
+        Some(&json!({ "name": name, "cluster_type": cluster_type })),
+    )
+    .await;
     created["id"].as_str().expect("id").to_owned()
 }
 
 /// A serverless control plane proxying every path to `echo` through a request-transformer
 /// that adds `x-through: plugins`, and its cloud gateway: the control plane's id and the
 /// gateway's TLS address.
-async fn provision(cp: &TestControlPlane, echo: SocketAddr) -> (String, SocketAddr) {
-    let id = control_plane(cp, "shop", "CLUSTER_TYPE_SERVERLESS_V1").await;
-    cp.route_all_paths_to(&id, "shop", "all", echo).await;
-    cp.expect(
+async fn provision(api: SocketAddr, echo: SocketAddr) -> (String, SocketAddr) {
+    let id = control_plane(api, "shop", "CLUSTER_TYPE_SERVERLESS_V1").await;
+    let service = format!("/v2/control-planes/{id}/core-entities/services");
+    let url = format!("http://{echo}");
+    expect(
+        api,
         201,
         "POST",
-        &format!("/v2/control-planes/{id}/core-entities/services/shop/plugins"),
+        &service,
+        Some(&json!({ "name": "shop", "url": url })),
+    )
+    .await;
+    let route = json!({ "name": "all", "paths": ["/"] });
+    expect(
+        api,
+        201,
+        "POST",
+        &format!("{service}/shop/routes"),
+        Some(&route),
+    )
+    .await;
+    expect(
+        api,
+        201,
+        "POST",
+        &format!("{service}/shop/plugins"),
         Some(&json!({
             "name": "request-transformer",
             "config": { "add": { "headers": ["x-through:plugins"] } },
         })),
     )
     .await;
-    let configuration = cp
-        .expect(
-            201,
-            "PUT",
-            "/v3/cloud-gateways/configurations",
-            Some(&json!({
-                "control_plane_id": id,
-                "control_plane_geo": "us",
-                "dataplane_groups": [{ "region": "us", "provider": "aws" }],
-                "kind": "serverless.v1",
-            })),
-        )
-        .await;
+    let configuration = expect(
+        api,
+        201,
+        "PUT",
+        "/v3/cloud-gateways/configurations",
+        Some(&json!({
+            "control_plane_id": id,
+            "control_plane_geo": "us",
+            "dataplane_groups": [{ "region": "us", "provider": "aws" }],
+            "kind": "serverless.v1",
+        })),
+    )
+    .await;
     let group = &configuration["dataplane_groups"][0];
     let tls = address(&group["https_proxy_url"]);
     assert_eq!(
@@ -83,8 +122,9 @@ async fn provision(cp: &TestControlPlane, echo: SocketAddr) -> (String, SocketAd
     (id, tls)
 }
 
-async fn post_domain(cp: &TestControlPlane, control_plane_id: &str, domain: &str) -> Value {
-    cp.expect(
+async fn post_domain(api: SocketAddr, control_plane_id: &str, domain: &str) -> Value {
+    expect(
+        api,
         201,
         "POST",
         DOMAINS,
@@ -98,10 +138,10 @@ async fn post_domain(cp: &TestControlPlane, control_plane_id: &str, domain: &str
 }
 
 /// Polls the domain until it is `ready`; fails on `error`.
-async fn ready(cp: &TestControlPlane, id: &str) -> Value {
+async fn ready(api: SocketAddr, id: &str) -> Value {
     let path = format!("{DOMAINS}/{id}");
     wasmgate_tests::until(&format!("{path} ready"), DEADLINE, async || {
-        let domain = cp.expect(200, "GET", &path, None).await;
+        let domain = expect(api, 200, "GET", &path, None).await;
         match domain["state"].as_str() {
             Some("ready") => Ok(domain),
             Some("error") => panic!("{path} failed: {domain}"),
@@ -191,9 +231,10 @@ async fn a_domain_from_the_control_planes_ca_is_served_by_sni_resumed_and_remove
     let echo = EchoUpstream::start().await.expect("echo");
     let dir = dir();
     let mut cp = TestControlPlane::start(dir.path());
-    let (id, tls) = provision(&cp, echo.addr()).await;
+    let api = cp.endpoints().api;
+    let (id, tls) = provision(api, echo.addr()).await;
 
-    let created = post_domain(&cp, &id, "Shop.Example.TEST").await;
+    let created = post_domain(api, &id, "Shop.Example.TEST").await;
     assert_eq!(created["domain"], "shop.example.test");
     assert_eq!(created["state"], "initializing", "{created}");
     assert_eq!(created["state_metadata"], json!({}));
@@ -204,7 +245,7 @@ async fn a_domain_from_the_control_planes_ca_is_served_by_sni_resumed_and_remove
     );
     let domain_id = created["id"].as_str().expect("id").to_owned();
 
-    let domain = ready(&cp, &domain_id).await;
+    let domain = ready(api, &domain_id).await;
     assert_eq!(domain["certificate_id"], created["certificate_id"]);
     assert!(domain["entity_version"].as_i64() > created["entity_version"].as_i64());
     assert!(domain["not_after"].is_string() && domain["renew_at"].is_string());
@@ -264,7 +305,7 @@ async fn a_domain_from_the_control_planes_ca_is_served_by_sni_resumed_and_remove
         .expect("a domain left initializing");
     }
     cp.start_again();
-    let resumed = ready(&cp, "0d1c7a52-0000-4000-8000-000000000001").await;
+    let resumed = ready(api, "0d1c7a52-0000-4000-8000-000000000001").await;
     assert_eq!(resumed["certificate_authority"]["kind"], "control-plane-ca");
     served(&client, tls, "www.example.test").await;
     let kept = cp
@@ -303,8 +344,9 @@ async fn a_domain_from_the_control_planes_ca_is_served_by_sni_resumed_and_remove
 async fn custom_domains_are_refused_by_name() {
     let dir = dir();
     let cp = TestControlPlane::start(dir.path());
-    let first = control_plane(&cp, "first", "CLUSTER_TYPE_SERVERLESS").await;
-    let second = control_plane(&cp, "second", "CLUSTER_TYPE_CONTROL_PLANE").await;
+    let api = cp.endpoints().api;
+    let first = control_plane(api, "first", "CLUSTER_TYPE_SERVERLESS").await;
+    let second = control_plane(api, "second", "CLUSTER_TYPE_CONTROL_PLANE").await;
     let body = |cp: &str, domain: &str| json!({ "control_plane_id": cp, "control_plane_geo": "us", "domain": domain });
     let long = format!("{}.example.test", vec!["a".repeat(60); 4].join("."));
     for bad in [
@@ -343,7 +385,7 @@ async fn custom_domains_are_refused_by_name() {
         unknown["invalid_parameters"][0]["field"], "control_plane_id",
         "{unknown}"
     );
-    let created = post_domain(&cp, &first, "API.example.test").await;
+    let created = post_domain(api, &first, "API.example.test").await;
     assert_eq!(created["domain"], "api.example.test");
     for (owner, whose) in [
         (&second, "another control plane"),
@@ -360,7 +402,7 @@ async fn custom_domains_are_refused_by_name() {
         );
     }
     // A self-managed control plane takes custom domains too (its Envoys get them over SDS).
-    post_domain(&cp, &second, "other.example.test").await;
+    post_domain(api, &second, "other.example.test").await;
     let all = cp.expect(200, "GET", DOMAINS, None).await;
     assert_eq!(all["meta"]["page"]["total"], 2, "{all}");
     let page = cp
@@ -385,4 +427,60 @@ async fn custom_domains_are_refused_by_name() {
         .await;
     let left = cp.expect(200, "GET", DOMAINS, None).await;
     assert_eq!(left["meta"]["page"]["total"], 1, "{left}");
+}
+
+/// A certificate renewed two thirds into its life (the control plane's CA issuing for 12 s,
+/// valid from 4 s before): the same certificate id, a later `not_after`, still `ready`, and
+/// the domain served by new handshakes throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_is_renewed_in_place_two_thirds_into_its_life() {
+    let echo = EchoUpstream::start().await.expect("echo");
+    let dir = dir();
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let running = control_plane::ControlPlane::start(control_plane::Options {
+        listen: any,
+        cluster_listen: any,
+        xds_listen: any,
+        data_dir: dir.path().to_path_buf(),
+        token: Some(TOKEN.to_owned()),
+        ping_interval: Duration::from_secs(10),
+        modules_dir: wasmgate_tests::paths::wasm_dir(),
+        allow_private_upstreams: true,
+        certificates: control_plane::acme::Settings {
+            acme: None,
+            ca_validity: Duration::from_secs(12),
+        },
+        ..control_plane::Options::default()
+    })
+    .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
+    let api = running.endpoints().api;
+    let (id, tls) = provision(api, echo.addr()).await;
+    let domain = post_domain(api, &id, "renew.example.test").await;
+    let path = format!("{DOMAINS}/{}", domain["id"].as_str().expect("id"));
+    let first = ready(api, domain["id"].as_str().expect("id")).await;
+    let client = client_trusting(
+        first["certificate_authority"]["ca_cert"]
+            .as_str()
+            .expect("ca_cert"),
+    );
+    served(&client, tls, "renew.example.test").await;
+    let renewed = wasmgate_tests::until("a renewal", DEADLINE, async || {
+        let domain = expect(api, 200, "GET", &path, None).await;
+        if domain["not_after"] != first["not_after"] {
+            Ok(domain)
+        } else {
+            Err(domain.to_string())
+        }
+    })
+    .await;
+    assert_eq!(renewed["state"], "ready", "{renewed}");
+    assert_eq!(renewed["state_metadata"], json!({}), "{renewed}");
+    assert_eq!(renewed["certificate_id"], first["certificate_id"]);
+    assert!(renewed["not_after"].as_str() > first["not_after"].as_str());
+    assert!(renewed["entity_version"].as_i64() > first["entity_version"].as_i64());
+    served(&client, tls, "renew.example.test").await;
+    running.shutdown();
+    for pid in processes_under(dir.path()) {
+        signal(pid, "-KILL");
+    }
 }
