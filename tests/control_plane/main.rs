@@ -4,6 +4,7 @@
 mod acme_issuer;
 mod admin;
 mod api;
+mod custom_domains;
 mod custom_domains_api;
 mod egress;
 mod lifecycle;

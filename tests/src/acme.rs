@@ -205,11 +205,15 @@ impl Pebble {
         &self.root_pem
     }
 
-    /// A TLS client that trusts Pebble's root and nothing else, offering h2 and http/1.1.
+    /// A TLS client that trusts Pebble's root and nothing else, offering h2 and http/1.1. It
+    /// never resumes a session: a resumed handshake verifies nothing and reports the
+    /// certificate of the session's first handshake, so a test would not see a renewal.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, String> {
         let root = CertificateDer::from_pem_slice(self.root_pem.as_bytes())
             .map_err(|e| format!("pebble's root: {e}"))?;
-        client_config(root, &[b"h2", b"http/1.1"])
+        let mut config = client_config(root, &[b"h2", b"http/1.1"])?;
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(config)
     }
 
     /// What `pebble-challtestsrv` answers to an `A` query for `name`: the addresses Pebble
