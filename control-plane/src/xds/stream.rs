@@ -693,4 +693,36 @@ mod tests {
             assert_eq!(refused.message(), message);
         }
     }
+
+    /// `node.metadata.tls_listen` names the node's TLS listener; anything but an address is
+    /// refused with the field's name, and without it the node has none.
+    #[test]
+    fn a_nodes_tls_listener_is_its_metadatas_tls_listen() {
+        let pinned = ["cp".to_owned()];
+        let with = |value: &str| {
+            let mut node = node("e".into(), "1.40.0".into());
+            let fields = &mut node.metadata.as_mut().unwrap().fields;
+            let value = Value {
+                kind: Some(Kind::StringValue(value.into())),
+            };
+            fields.insert("tls_listen".into(), value);
+            NodeIdentity::new(&node, &pinned)
+        };
+        let identity = with("127.0.0.1:8443").unwrap();
+        assert_eq!(
+            identity.params.tls_listen,
+            Some(([127, 0, 0, 1], 8443).into())
+        );
+        let refused = with("nowhere").expect_err("not an address");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused
+                .message()
+                .starts_with("node.metadata.tls_listen \"nowhere\""),
+            "{}",
+            refused.message()
+        );
+        let plain = NodeIdentity::new(&node("e".into(), "1.40.0".into()), &pinned).unwrap();
+        assert_eq!(plain.params.tls_listen, None);
+    }
 }
