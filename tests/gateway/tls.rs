@@ -519,6 +519,8 @@ impl TlsConnection {
         &mut self,
         request: http::Request<ClientBody>,
     ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
+        // The previous exchange may still be winding down in the connection's task.
+        self.send.ready().await.map_err(|e| e.to_string())?;
         let response = self
             .send
             .send_request(request)
@@ -686,6 +688,7 @@ async fn a_renewed_certificate_serves_new_handshakes_and_open_connections_go_on(
         .header("host", "api.example.test")
         .body(body.boxed_unsync())
         .unwrap();
+    before.send.ready().await.unwrap();
     let in_flight = before.send.send_request(upload);
     let in_flight = tokio::spawn(in_flight);
     chunks
