@@ -813,3 +813,117 @@ async fn the_admin_api_shows_the_configuration_without_private_keys() {
     assert_eq!(document["certificates"][0]["key"], "<redacted>");
     assert_eq!(document["certificates"][0]["cert"], one.cert);
 }
+
+/// `gateway run --tls-listen` with no `--tls-cert`: the declarative file's certificates are
+/// the listener's, and a renewal written to the file (same id, new PEM) is served after the
+/// reload (SIGHUP here; the file watcher does the same) while a connection opened before goes
+/// on. (Before, `--tls-listen` needed `--tls-cert` and the file could hold no certificate.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_run_with_tls_listen_alone_serves_and_renews_the_files_certificates() {
+    let ca = TestCa::new();
+    let first = ca.issue(&["api.example.test"]);
+    let renewed = ca.issue(&["api.example.test"]);
+    let echo = EchoUpstream::start().await.unwrap();
+    let document = |pem: &Pem| {
+        with_certificates(
+            echo.addr(),
+            serde_json::json!([certificate(
+                "c1",
+                pem,
+                serde_json::json!(["api.example.test"])
+            )]),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kong.json");
+    std::fs::write(&file, document(&first)).unwrap();
+    let binary = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .join("gateway");
+    assert!(
+        binary.is_file(),
+        "build it: cargo build -p gateway --bin gateway"
+    );
+    let mut child = std::process::Command::new(&binary)
+        .args([
+            "run",
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--admin-listen",
+            "off",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"])
+        .arg("--modules-dir")
+        .arg(wasmgate_tests::paths::wasm_dir())
+        .arg("--config")
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = child.stderr.take().unwrap();
+    let pid = child.id().to_string();
+    let _child = Kill(child);
+    // The startup line: `wasmgate: gateway on http://ADDR and https://ADDR (admin off), ...`.
+    let (lines, mut startup) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let tls: std::net::SocketAddr = loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), startup.recv())
+            .await
+            .expect("no startup line within 60 s")
+            .expect("the gateway exited before its startup line");
+        if let Some((_, rest)) = line.split_once(" and https://") {
+            break rest.split(' ').next().unwrap().parse().unwrap();
+        }
+    };
+
+    let mut before = connect(tls, Some("api.example.test"), Trust::Ca(&ca))
+        .await
+        .unwrap();
+    assert!(before.leaf == first.der());
+    assert_eq!(before.get("/before").await.unwrap().0, 200);
+
+    std::fs::write(&file, document(&renewed)).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    // The reload is done when a new handshake gets the renewed certificate.
+    let mut served = Vec::new();
+    for _ in 0..200 {
+        served = connect(tls, Some("api.example.test"), Trust::Ca(&ca))
+            .await
+            .unwrap()
+            .leaf;
+        if served == renewed.der() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        served == renewed.der(),
+        "the renewed certificate is not served"
+    );
+    assert_eq!(before.get("/after").await.unwrap().0, 200);
+}
