@@ -521,13 +521,39 @@ fn envoy_bootstrap(
     gateway::ratelimit::add_envoy_clusters(&mut bootstrap, &parsed, ratelimit_address)
         .map_err(|e| format!("{}: {e}", config.display()))?;
     let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| e.to_string())?;
+    let holds_keys = bootstrap["static_resources"]["listeners"]
+        .as_array()
+        .is_some_and(|listeners| {
+            listeners
+                .iter()
+                .any(|l| l["name"] == model::envoy::TLS_LISTENER)
+        });
     match out {
-        Some(path) => std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display())),
+        Some(path) => write_bootstrap(&path, &text, holds_keys),
         None => {
             println!("{text}");
             Ok(())
         }
     }
+}
+
+/// Writes a bootstrap; one holding private keys (the TLS listener's certificates, inline) is
+/// for its owner only, also when the file was there before.
+fn write_bootstrap(path: &Path, text: &str, holds_keys: bool) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let context = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if holds_keys {
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(context)?;
+    if holds_keys {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(context)?;
+    }
+    file.write_all(text.as_bytes()).map_err(context)
 }
 
 type TlsSettings = Option<(SocketAddr, gateway::tls::TlsListener)>;

@@ -268,8 +268,9 @@ fn gateway_binary() -> std::path::PathBuf {
 }
 
 /// `gateway envoy-bootstrap --tls-listen` on a declarative file with Kong's `certificates`
-/// and wasmgate's `acme_challenges`: the Envoy it starts serves the certificate for its SNI
-/// and the challenge on the TLS listener.
+/// and wasmgate's `acme_challenges`: the bootstrap file is readable by its owner only, and
+/// the Envoy it starts serves the certificate for its SNI and the challenge on the TLS
+/// listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_envoy_bootstrap_writes_the_tls_listener_of_a_declarative_file() {
     let echo = EchoUpstream::start().await.unwrap();
@@ -293,9 +294,14 @@ async fn gateway_envoy_bootstrap_writes_the_tls_listener_of_a_declarative_file()
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("kong.json");
     std::fs::write(&file, document.to_string()).unwrap();
+    // The bootstrap holds the key: its file is its owner's only, also one that was there.
+    let out = dir.path().join("envoy.json");
+    std::fs::write(&out, "").unwrap();
     let output = std::process::Command::new(gateway_binary())
         .args(["envoy-bootstrap", "--config"])
         .arg(&file)
+        .arg("--out")
+        .arg(&out)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(["--tls-listen", "127.0.0.1:0"])
         .output()
@@ -305,7 +311,11 @@ async fn gateway_envoy_bootstrap_writes_the_tls_listener_of_a_declarative_file()
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let bootstrap: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+    assert_eq!(format!("{:o}", mode & 0o777), "600");
+    let bootstrap: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let envoy = Envoy::start_bootstrap(&bootstrap, 1).await.unwrap();
     let tls = envoy.listener(TLS_LISTENER);
     let (leaf, response) = request(tls, "api.example.test", &ca.pem, "GET", "/open")
