@@ -18,9 +18,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmgate_tests::acme::{Pebble, PebbleOptions, PebbleSite};
+use wasmgate_tests::client::send;
 use wasmgate_tests::client::Response;
 use wasmgate_tests::control_plane::{call_api, processes_under, signal, TOKEN};
-use wasmgate_tests::{EchoReport, EchoUpstream};
+use wasmgate_tests::{EchoReport, EchoUpstream, Envoy, Protocol, Request};
 
 const DOMAIN: &str = "api.shop.example.test";
 const BLOCKED: &str = "blocked.example.test";
@@ -297,16 +298,16 @@ fn address(url: &Value) -> SocketAddr {
         .unwrap_or_else(|e| panic!("{url}: {e}"))
 }
 
-/// A serverless control plane whose one service (the echo) has a request-transformer adding
-/// `x-custom-domain: through-the-plugins` and a rate limit of 50 a second (the platform's own
-/// limit hides its headers), and its cloud gateway.
-async fn provision(site: &Site, echo: SocketAddr) -> Gateway {
+/// A control plane of `cluster_type` whose one service (the echo) has a request-transformer
+/// adding `x-custom-domain: through-the-plugins` and a rate limit of 50 a second (a serverless
+/// gateway's own limit hides its headers); its id.
+async fn configure(site: &Site, echo: SocketAddr, cluster_type: &str) -> String {
     let created = site
         .expect(
             201,
             "POST",
             "/v2/control-planes",
-            Some(&json!({ "name": "shop", "cluster_type": "CLUSTER_TYPE_SERVERLESS_V1" })),
+            Some(&json!({ "name": "shop", "cluster_type": cluster_type })),
         )
         .await;
     let id = created["id"].as_str().unwrap().to_owned();
@@ -342,6 +343,12 @@ async fn provision(site: &Site, echo: SocketAddr) -> Gateway {
         Some(&json!({ "name": "rate-limiting", "config": { "second": 50, "policy": "local" } })),
     )
     .await;
+    id
+}
+
+/// A serverless control plane ([`configure`]d) and its cloud gateway.
+async fn provision(site: &Site, echo: SocketAddr) -> Gateway {
+    let id = configure(site, echo, "CLUSTER_TYPE_SERVERLESS_V1").await;
     let configuration = site
         .expect(
             201,
@@ -363,15 +370,15 @@ async fn provision(site: &Site, echo: SocketAddr) -> Gateway {
     }
 }
 
-/// Posts `domain` for the gateway's control plane; returns the custom domain's id.
-async fn post_domain(site: &Site, gateway: &Gateway, domain: &str) -> String {
+/// Posts `domain` for control plane `control_plane_id`; returns the custom domain's id.
+async fn post_domain(site: &Site, control_plane_id: &str, domain: &str) -> String {
     let created = site
         .expect(
             201,
             "POST",
             "/v2/cloud-gateways/custom-domains",
             Some(&json!({
-                "control_plane_id": gateway.control_plane_id,
+                "control_plane_id": control_plane_id,
                 "control_plane_geo": "us",
                 "domain": domain,
             })),
@@ -396,6 +403,14 @@ async fn settled(site: &Site, pebble: &Pebble, id: &str) -> Value {
         },
     )
     .await
+}
+
+/// A TLS client trusting Pebble's root only, offering HTTP/1.1 alone in ALPN (the client
+/// speaks HTTP/1.1; Envoy holds a client that negotiated h2 to it).
+fn http1_client(pebble: &Pebble) -> Arc<rustls::ClientConfig> {
+    let mut config = pebble.client_config().unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 /// One HTTP/1.1 connection over TLS to `addr`, naming `sni`, trusting what `config` trusts.
@@ -576,40 +591,34 @@ fn assert_refused(handshake: Result<TlsConnection, String>) {
     }
 }
 
-/// The certificate lifetime Pebble gives in the done-when test: short enough to see a
+/// The certificate lifetime Pebble gives in the done-when tests: short enough to see a
 /// renewal (two thirds into it) within the test.
 const VALIDITY_SECONDS: u64 = 30;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_custom_domain_is_issued_by_acme_served_by_sni_renewed_and_removed() {
-    let echo = EchoUpstream::start().await.unwrap();
-    let acme = PebbleSite::new().unwrap();
-    let site = Site::start(&acme);
-    let gateway = provision(&site, echo.addr()).await;
-    // Pebble validates HTTP-01 at the gateway's cleartext port, known only now.
-    let pebble = acme
-        .start(PebbleOptions {
-            http_port: gateway.proxy.port(),
-            validity_seconds: Some(VALIDITY_SECONDS),
-            blocklist: vec![BLOCKED.to_owned()],
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-    let client = Arc::new(pebble.client_config().unwrap());
-
-    let id = post_domain(&site, &gateway, DOMAIN).await;
+/// Custom domain `id` (for [`DOMAIN`]) reaching `ready`, served on the data plane's TLS
+/// listener `tls` through the plugins, then renewed while requests run throughout, none
+/// failing. Returns the API's path of the domain.
+async fn ready_served_and_renewed(
+    site: &Site,
+    pebble: &Pebble,
+    client: &Arc<rustls::ClientConfig>,
+    id: &str,
+    tls: SocketAddr,
+) -> String {
     let path = format!("/v2/cloud-gateways/custom-domains/{id}");
-    let domain = settled(&site, &pebble, &id).await;
+    let domain = settled(site, pebble, id).await;
     assert_eq!(
         domain["state"],
         "ready",
         "{domain}\n--- pebble:\n{}",
         pebble.log()
     );
+    assert_eq!(domain["certificate_authority"]["kind"], "acme", "{domain}");
 
     // Over TLS for the domain, verified against Pebble's root, through the plugins. `ready`
     // comes once the certificate is pushed, not once it is applied: a moment to apply it.
     let mut first = wasmgate_tests::until("the certificate served", DEADLINE, async || {
-        connect(&client, gateway.tls, DOMAIN).await
+        connect(client, tls, DOMAIN).await
     })
     .await;
     assert_through_the_plugins(&first.get(DOMAIN, "/").await.unwrap());
@@ -619,7 +628,7 @@ async fn a_custom_domain_is_issued_by_acme_served_by_sni_renewed_and_removed() {
     // Renewal: requests throughout, until a fresh handshake gets another certificate. Every
     // fresh handshake verifies the certificate's dates (no session is resumed), so a renewal
     // that came after the first certificate's end would show as failed requests.
-    let traffic = Traffic::start(&client, gateway.tls).await;
+    let traffic = Traffic::start(client, tls).await;
     let renewal = Duration::from_secs(VALIDITY_SECONDS) + DEADLINE;
     let watching = SystemTime::now();
     wasmgate_tests::until("the certificate renewed", renewal, async || {
@@ -655,9 +664,30 @@ async fn a_custom_domain_is_issued_by_acme_served_by_sni_renewed_and_removed() {
         renewed["certificate_id"], domain["certificate_id"],
         "{renewed}"
     );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_domain_is_issued_by_acme_served_by_sni_renewed_and_removed() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let acme = PebbleSite::new().unwrap();
+    let site = Site::start(&acme);
+    let gateway = provision(&site, echo.addr()).await;
+    // Pebble validates HTTP-01 at the gateway's cleartext port, known only now.
+    let pebble = acme
+        .start(PebbleOptions {
+            http_port: gateway.proxy.port(),
+            validity_seconds: Some(VALIDITY_SECONDS),
+            blocklist: vec![BLOCKED.to_owned()],
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = http1_client(&pebble);
+
+    let id = post_domain(&site, &gateway.control_plane_id, DOMAIN).await;
+    let path = ready_served_and_renewed(&site, &pebble, &client, &id, gateway.tls).await;
 
     // Refused by the ACME server: error with Pebble's reason, and no certificate served.
-    let blocked = post_domain(&site, &gateway, BLOCKED).await;
+    let blocked = post_domain(&site, &gateway.control_plane_id, BLOCKED).await;
     let refused = settled(&site, &pebble, &blocked).await;
     assert_eq!(refused["state"], "error", "{refused}");
     let reason = refused["state_metadata"]["reason"]
@@ -670,4 +700,55 @@ async fn a_custom_domain_is_issued_by_acme_served_by_sni_renewed_and_removed() {
     site.expect(204, "DELETE", &path, None).await;
     site.expect(404, "GET", &path, None).await;
     assert_refused(connect(&client, gateway.tls, DOMAIN).await);
+}
+
+/// The same domain on a stock Envoy 1.40 following a control plane over ADS (a self-managed
+/// one: a serverless control plane's data planes are its cloud gateways only). Envoy's plain
+/// listener answers HTTP-01, its TLS listener gets the certificate by SDS, and the renewal
+/// reaches new handshakes without a failed request; once the domain is deleted, the
+/// handshake is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_serves_a_custom_domain_by_sds_and_its_renewal() {
+    let echo = EchoUpstream::start().await.unwrap();
+    let acme = PebbleSite::new().unwrap();
+    let site = Site::start(&acme);
+    let id = configure(&site, echo.addr(), "CLUSTER_TYPE_CONTROL_PLANE").await;
+    let (listen, tls) = (wasmgate_tests::free_port(), wasmgate_tests::free_port());
+    let bootstrap = site
+        .expect(
+            201,
+            "POST",
+            &format!("/v2/control-planes/{id}/envoy-bootstrap"),
+            Some(&json!({
+                "node_id": "envoy-shop",
+                "listen": listen.to_string(),
+                "tls_listen": tls.to_string(),
+            })),
+        )
+        .await;
+    let _envoy = Envoy::start_bootstrap(&bootstrap, 1).await.unwrap();
+    wasmgate_tests::until("Envoy serving the service", DEADLINE, async || {
+        let response = send(listen, Protocol::Http1, &Request::get("/"))
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.status {
+            200 => Ok(()),
+            status => Err(format!("{status}: {}", response.text())),
+        }
+    })
+    .await;
+    let pebble = acme
+        .start(PebbleOptions {
+            http_port: listen.port(),
+            validity_seconds: Some(VALIDITY_SECONDS),
+            blocklist: Vec::new(),
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = http1_client(&pebble);
+
+    let domain = post_domain(&site, &id, DOMAIN).await;
+    let path = ready_served_and_renewed(&site, &pebble, &client, &domain, tls).await;
+
+    site.expect(204, "DELETE", &path, None).await;
+    assert_refused(connect(&client, tls, DOMAIN).await);
 }
