@@ -30,6 +30,9 @@ const DROP_WITHIN: Duration = Duration::from_secs(10);
 /// [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(30);
 const MAX_RETRY: Duration = Duration::from_secs(3600);
+/// Attempts at a first issuance that fails without the ACME server refusing it (30 s, 1, 2
+/// and 4 minutes apart) before the domain is in `error`.
+const ISSUE_ATTEMPTS: i64 = 5;
 /// The renewal loop looks again at least this often (a clock that jumped, a missed wake-up).
 const RENEWAL_LOOK: Duration = Duration::from_secs(300);
 
@@ -225,20 +228,53 @@ async fn store_certificate(
     Ok(stored)
 }
 
+/// The first issuance: `ready`, or `error` when the ACME server refused (asking again gets
+/// the same answer), when [`ISSUE_ATTEMPTS`] attempts failed (a server or a data plane
+/// down: retried meanwhile, the domain still `initializing` with the last reason), or when
+/// the certificate could not be stored.
 async fn issue(state: &Arc<State>, row: DomainRow) {
-    let outcome = match obtain(state, &row).await {
-        Ok(issued) => match store_certificate(state, &row, issued).await {
-            Ok(true) => {
-                log::info!("custom domain {}: certificate issued", row.domain);
-                return;
+    let mut attempt = 0;
+    let (status, reason) = loop {
+        attempt += 1;
+        match obtain(state, &row).await {
+            Ok(issued) => match store_certificate(state, &row, issued).await {
+                Ok(true) => {
+                    log::info!("custom domain {}: certificate issued", row.domain);
+                    return;
+                }
+                // Deleted meanwhile: nothing to do.
+                Ok(false) => return,
+                Err(reason) => break ("ERROR", reason),
+            },
+            Err(e) if e.refused => break ("INVALID", e.reason),
+            Err(e) if attempt >= ISSUE_ATTEMPTS => {
+                break (
+                    "ERROR",
+                    format!("{} (attempt {attempt} of {ISSUE_ATTEMPTS})", e.reason),
+                )
             }
-            // Deleted meanwhile: nothing to do.
-            Ok(false) => return,
-            Err(reason) => ("ERROR", reason),
-        },
-        Err(e) => (if e.refused { "INVALID" } else { "ERROR" }, e.reason),
+            Err(e) => {
+                let pause = retry_pause(attempt);
+                let reason = format!(
+                    "attempt {attempt} of {ISSUE_ATTEMPTS} failed, the next one in {} s: {}",
+                    pause.as_secs(),
+                    e.reason
+                );
+                log::warn!("custom domain {}: {reason}", row.domain);
+                let id = row.id.clone();
+                let recorded = commit(state, &row.control_plane_id, move |tx| {
+                    rows::set_retrying(tx, &id, &reason, crate::nodes::now())
+                })
+                .await;
+                match recorded {
+                    Ok((true, _)) => tokio::time::sleep(pause).await,
+                    // Deleted meanwhile.
+                    Ok((false, _)) => return,
+                    Err(e) => log::error!("custom domain {}: {e}", row.domain),
+                }
+            }
+        }
     };
-    let (status, reason) = outcome;
     log::warn!("custom domain {}: {reason}", row.domain);
     let id = row.id.clone();
     let result = commit(state, &row.control_plane_id, move |tx| {

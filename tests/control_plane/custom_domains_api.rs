@@ -429,6 +429,78 @@ async fn custom_domains_are_refused_by_name() {
     assert_eq!(left["meta"]["page"]["total"], 1, "{left}");
 }
 
+/// A control plane on `data_dir` (in this process) whose certificates come from `certificates`.
+fn start_with(
+    data_dir: &std::path::Path,
+    certificates: control_plane::acme::Settings,
+) -> control_plane::ControlPlane {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    control_plane::ControlPlane::start(control_plane::Options {
+        listen: any,
+        cluster_listen: any,
+        xds_listen: any,
+        data_dir: data_dir.to_path_buf(),
+        token: Some(TOKEN.to_owned()),
+        ping_interval: Duration::from_secs(10),
+        modules_dir: wasmgate_tests::paths::wasm_dir(),
+        allow_private_upstreams: true,
+        certificates,
+        ..control_plane::Options::default()
+    })
+    .unwrap_or_else(|e| panic!("starting the control plane: {e}"))
+}
+
+/// An ACME server that does not answer is not a refusal: the domain stays `initializing`
+/// with the attempt's reason and is tried again later, and nothing reaches the data planes'
+/// configuration meanwhile (no certificate, no challenge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_acme_server_is_retried_while_initializing() {
+    let dir = dir();
+    let closed = wasmgate_tests::free_port();
+    let directory = format!("https://{closed}/dir");
+    let running = start_with(
+        dir.path(),
+        control_plane::acme::Settings {
+            acme: Some(control_plane::acme::AcmeSettings {
+                directory: directory.clone(),
+                ca_file: None,
+                contact: Vec::new(),
+            }),
+            ..control_plane::acme::Settings::default()
+        },
+    );
+    let api = running.endpoints().api;
+    let id = control_plane(api, "self-managed", "CLUSTER_TYPE_CONTROL_PLANE").await;
+    let created = post_domain(api, &id, "retry.example.test").await;
+    assert_eq!(
+        created["certificate_authority"],
+        json!({ "kind": "acme", "acme_directory": directory })
+    );
+    let path = format!("{DOMAINS}/{}", created["id"].as_str().expect("id"));
+    let retrying = wasmgate_tests::until("a failed attempt", DEADLINE, async || {
+        let domain = expect(api, 200, "GET", &path, None).await;
+        match domain["state_metadata"]["reason"].as_str() {
+            Some(reason) if reason.starts_with("attempt 1 of 5 failed") => Ok(domain),
+            _ => Err(domain.to_string()),
+        }
+    })
+    .await;
+    assert_eq!(retrying["state"], "initializing", "{retrying}");
+    assert_eq!(retrying["state_metadata"]["reported_status"], "ERROR");
+    assert_eq!(retrying["not_after"], Value::Null);
+    let pushed = running
+        .state()
+        .hub
+        .current(&id)
+        .expect("the control plane's version");
+    assert!(
+        !pushed.text.contains("certificates") && !pushed.text.contains("acme_challenges"),
+        "{}",
+        pushed.text
+    );
+    running.shutdown();
+}
+
 /// A certificate renewed two thirds into its life (the control plane's CA issuing for 12 s,
 /// valid from 4 s before): the same certificate id, a later `not_after`, still `ready`, and
 /// the domain served by new handshakes throughout.
@@ -436,23 +508,13 @@ async fn custom_domains_are_refused_by_name() {
 async fn a_certificate_is_renewed_in_place_two_thirds_into_its_life() {
     let echo = EchoUpstream::start().await.expect("echo");
     let dir = dir();
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let running = control_plane::ControlPlane::start(control_plane::Options {
-        listen: any,
-        cluster_listen: any,
-        xds_listen: any,
-        data_dir: dir.path().to_path_buf(),
-        token: Some(TOKEN.to_owned()),
-        ping_interval: Duration::from_secs(10),
-        modules_dir: wasmgate_tests::paths::wasm_dir(),
-        allow_private_upstreams: true,
-        certificates: control_plane::acme::Settings {
+    let running = start_with(
+        dir.path(),
+        control_plane::acme::Settings {
             acme: None,
             ca_validity: Duration::from_secs(12),
         },
-        ..control_plane::Options::default()
-    })
-    .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
+    );
     let api = running.endpoints().api;
     let (id, tls) = provision(api, echo.addr()).await;
     let domain = post_domain(api, &id, "renew.example.test").await;

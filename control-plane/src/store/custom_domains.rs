@@ -221,6 +221,21 @@ pub fn set_failed(
     )? > 0)
 }
 
+/// A first issuance failed and is tried again: still `initializing`, with why.
+pub fn set_retrying(
+    tx: &Transaction<'_>,
+    id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    Ok(tx.execute(
+        "UPDATE custom_domains SET reported_status = 'ERROR', reason = ?2,
+             entity_version = entity_version + 1, updated_at = ?3
+         WHERE id = ?1 AND state = 'initializing'",
+        params![id, reason, now],
+    )? > 0)
+}
+
 /// A renewal failed: the certificate stays, the next attempt is at `retry_at`; `state` is
 /// `ready` while the certificate is valid, `error` once it expired.
 pub fn set_renewal_failed(
