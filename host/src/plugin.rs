@@ -222,10 +222,8 @@ impl Worker {
 
     fn collect_root(&mut self) {
         if let Some(vm) = self.vm.as_mut() {
-            let c = vm.take_callouts();
-            self.root_callouts.append(c);
-            let ops = vm.take_stream_ops();
-            self.stream_ops.extend(ops);
+            vm.move_callouts(&mut self.root_callouts);
+            vm.move_stream_ops(&mut self.stream_ops);
         }
     }
 }
@@ -429,9 +427,9 @@ impl WasmFilter {
         vm.enter(ctx, std::mem::take(stream));
         let result = call(vm, ctx);
         *stream = vm.leave();
-        stream.callouts.append(vm.take_callouts());
-        let ops = vm.take_stream_ops();
-        w.stream_ops.extend(ops);
+        vm.move_callouts(&mut stream.callouts);
+        // What is left is the root context's: the stream ops.
+        w.collect_root();
         match result {
             Ok(code) => status(code),
             Err(f) => {
@@ -550,8 +548,7 @@ impl HttpFilter for WasmFilter {
         vm.enter(ctx, std::mem::take(s));
         let result = vm.finish_stream(ctx);
         *s = vm.leave();
-        let c = vm.take_callouts();
-        w.root_callouts.append(c);
+        w.collect_root();
         if let Err(f) = result {
             w.fail(&f);
         } else if w

@@ -783,12 +783,14 @@ impl Vm {
         self.store.data().tick_period
     }
 
-    pub fn take_callouts(&mut self) -> Callouts {
-        std::mem::take(&mut self.store.data_mut().callouts)
+    /// Moves the calls the module made since the last time into `into`.
+    pub fn move_callouts(&mut self, into: &mut Callouts) {
+        into.append(&mut self.store.data_mut().callouts);
     }
 
-    pub fn take_stream_ops(&mut self) -> Vec<(u32, StreamOp)> {
-        std::mem::take(&mut self.store.data_mut().stream_ops)
+    /// Moves the resumes and closes the module asked for since the last time into `into`.
+    pub fn move_stream_ops(&mut self, into: &mut Vec<(u32, StreamOp)>) {
+        into.append(&mut self.store.data_mut().stream_ops);
     }
 
     /// Whether the linear memory passed the plugin's soft limit
