@@ -1,7 +1,9 @@
 //! Custom domains end to end (issue #18's "done when"), with real processes only: a real ACME
 //! server (Debian's `pebble`, its DNS answering 127.0.0.1 for the test's domains), a
 //! serverless control plane issuing through it, the `gateway` it provisions answering HTTP-01
-//! and serving the certificate by SNI, and a client that trusts Pebble's root and nothing else.
+//! and serving the certificate by SNI, and a client that trusts Pebble's root and nothing else;
+//! then the same with a stock Envoy following a control plane over ADS (the certificate by
+//! SDS).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -18,8 +20,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmgate_tests::acme::{Pebble, PebbleOptions, PebbleSite};
-use wasmgate_tests::client::send;
-use wasmgate_tests::client::Response;
+use wasmgate_tests::client::{send, Response};
 use wasmgate_tests::control_plane::{call_api, processes_under, signal, TOKEN};
 use wasmgate_tests::{EchoReport, EchoUpstream, Envoy, Protocol, Request};
 
@@ -214,7 +215,8 @@ async fn pebble_validates_http_01_at_loopback_for_a_test_domain() {
 // Pebble refuses, and gone once deleted.
 // ---------------------------------------------------------------------------------------
 
-/// A control plane in this process issuing through `acme`, and its API.
+/// A control plane in this process issuing through `acme`, and its API. (TestControlPlane
+/// takes no options of the caller's.)
 struct Site {
     control_plane: Option<ControlPlane>,
     data_dir: tempfile::TempDir,
@@ -616,7 +618,8 @@ async fn ready_served_and_renewed(
     assert_eq!(domain["certificate_authority"]["kind"], "acme", "{domain}");
 
     // Over TLS for the domain, verified against Pebble's root, through the plugins. `ready`
-    // comes once the certificate is pushed, not once it is applied: a moment to apply it.
+    // comes once the certificate is pushed, not once the data planes applied it: an Envoy
+    // asked at once still refused the connection (its TLS listener comes by LDS after).
     let mut first = wasmgate_tests::until("the certificate served", DEADLINE, async || {
         connect(client, tls, DOMAIN).await
     })
