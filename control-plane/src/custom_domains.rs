@@ -176,11 +176,7 @@ async fn obtain(state: &Arc<State>, row: &DomainRow) -> Result<Issued, acme::Iss
     // plane's configuration.
     let domain_id = row.id.clone();
     if let Err(e) = commit(state, &row.control_plane_id, move |tx| {
-        let removed = tx.execute(
-            "DELETE FROM acme_challenges WHERE custom_domain_id = ?1",
-            [&domain_id],
-        )?;
-        Ok(removed)
+        rows::remove_challenges_of(tx, &domain_id)
     })
     .await
     {

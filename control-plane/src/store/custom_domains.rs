@@ -285,6 +285,17 @@ pub fn remove_challenge(tx: &Transaction<'_>, token: &str) -> Result<bool, Store
     Ok(tx.execute("DELETE FROM acme_challenges WHERE token = ?1", [token])? > 0)
 }
 
+/// Removes every challenge of a domain; how many there were.
+pub fn remove_challenges_of(
+    tx: &Transaction<'_>,
+    custom_domain_id: &str,
+) -> Result<usize, StoreError> {
+    Ok(tx.execute(
+        "DELETE FROM acme_challenges WHERE custom_domain_id = ?1",
+        [custom_domain_id],
+    )?)
+}
+
 /// Removes every challenge (left by a control plane that stopped mid-validation; the
 /// validation itself died with it); returns the control planes that had some.
 pub fn clear_challenges(tx: &Transaction<'_>) -> Result<Vec<String>, StoreError> {
@@ -413,6 +424,14 @@ mod tests {
             .transaction(|tx| tls_entities(tx, "cp"))
             .expect("entities");
         assert!(challenges.is_empty(), "{challenges:?}");
+        let removed = store
+            .transaction(|tx| {
+                add_challenge(tx, "d1", "cp", "t1", "t1.k", 4)?;
+                add_challenge(tx, "d1", "cp", "t2", "t2.k", 4)?;
+                remove_challenges_of(tx, "d1")
+            })
+            .expect("challenges");
+        assert_eq!(removed, 2);
         let (certificates, _) = store
             .transaction(|tx| tls_entities(tx, "other"))
             .expect("entities");
