@@ -17,7 +17,8 @@ const TOKEN: &str = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
 const KEY_AUTHORIZATION: &str =
     "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI";
 
-/// Route `/` (everything) with a rate limit of one request a minute, `/open` without it.
+/// Route `/` (everything) with a rate limit of one request a minute, `/open` without it. The
+/// same one request a day keeps the refusal when the test spans the end of a minute.
 fn config(echo: std::net::SocketAddr) -> Config {
     model::parse_declarative(&format!(
         r#"
@@ -31,7 +32,7 @@ services:
         strip_path: false
         plugins:
           - name: rate-limiting
-            config: {{minute: 1, policy: local}}
+            config: {{minute: 1, day: 1, policy: local}}
       - name: open
         paths: [/open]
         strip_path: false
