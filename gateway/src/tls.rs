@@ -31,7 +31,8 @@ pub struct CertificateFiles {
 /// The configuration's certificates, loaded, and the names each one serves.
 #[derive(Debug, Default)]
 pub struct ConfigCertificates {
-    /// In the configuration's order (a later snapshot reuses those whose PEM is unchanged).
+    /// In the configuration's order (a later snapshot reuses those whose id and PEM are
+    /// unchanged).
     loaded: Vec<Arc<CertifiedKey>>,
     /// An SNI to its certificate's index in `loaded`.
     exact: HashMap<String, usize>,
@@ -40,21 +41,23 @@ pub struct ConfigCertificates {
 }
 
 impl ConfigCertificates {
-    /// Loads `certificates` as rustls will serve them, taking those whose PEM is unchanged from
-    /// `previous` (the configuration it replaces, with its loaded certificates). A certificate
-    /// rustls cannot load, or whose key is not its leaf's, refuses the whole configuration,
-    /// naming it as the declarative file does (`certificates.<n>`, from 1).
+    /// Loads `certificates` as rustls will serve them, taking those whose id and PEM are
+    /// unchanged from `previous` (the configuration it replaces, with its loaded
+    /// certificates). A certificate rustls cannot load, or whose key is not its leaf's, refuses
+    /// the whole configuration, naming it as the declarative file does (`certificates.<n>`,
+    /// from 1).
     pub fn load(
         certificates: &[model::Certificate],
         previous: Option<(&[model::Certificate], &ConfigCertificates)>,
     ) -> Result<ConfigCertificates, ConfigError> {
         let provider = rustls::crypto::ring::default_provider();
-        let reusable: HashMap<(&str, &str), &Arc<CertifiedKey>> = previous
+        // By id, then compared whole: PEM is up to 64 KiB a field, not worth hashing.
+        let reusable: HashMap<&str, (&model::Certificate, &Arc<CertifiedKey>)> = previous
             .map(|(config, loaded)| {
                 config
                     .iter()
                     .zip(&loaded.loaded)
-                    .map(|(c, key)| ((c.cert.as_str(), c.key.as_str()), key))
+                    .map(|(c, key)| (c.id.as_str(), (c, key)))
                     .collect()
             })
             .unwrap_or_default();
@@ -62,9 +65,11 @@ impl ConfigCertificates {
         let mut fields = Vec::new();
         for (index, certificate) in certificates.iter().enumerate() {
             let path = format!("certificates.{}", index + 1);
-            let reused = reusable.get(&(certificate.cert.as_str(), certificate.key.as_str()));
+            let reused = reusable
+                .get(certificate.id.as_str())
+                .filter(|(was, _)| was.cert == certificate.cert && was.key == certificate.key);
             let key = match reused {
-                Some(key) => Arc::clone(key),
+                Some((_, key)) => Arc::clone(key),
                 None => match load_pem(&certificate.cert, &certificate.key, &provider) {
                     Ok(key) => key,
                     Err(LoadError { field, message }) => {
