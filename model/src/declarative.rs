@@ -315,7 +315,14 @@ fn read_certificate(r: &mut Record<'_>) -> RawCertificate {
         }
     }
     let cert = pem_field(r, "cert").unwrap_or_default().to_owned();
-    if !cert.is_empty() {
+    // A key pasted in with its chain would be shown and sent wherever certificates go (the
+    // admin API, Envoy's listener): refused, whatever its kind.
+    if cert.contains("PRIVATE KEY-----") {
+        r.error(
+            "cert",
+            "invalid certificate: it holds a private key, which belongs in key",
+        );
+    } else if !cert.is_empty() {
         match rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
             .collect::<Result<Vec<_>, _>>()
         {
@@ -2065,7 +2072,7 @@ mod certificate_tests {
             ),
             (
                 format!("_format_version: \"3.0\"\ncertificates: [{{cert: {KEY:?}, key: {KEY:?}}}]\n"),
-                "certificates.1.cert: invalid certificate: no PEM CERTIFICATE block in it",
+                "certificates.1.cert: invalid certificate: it holds a private key, which belongs in key",
             ),
             (
                 format!("_format_version: \"3.0\"\ncertificates: [{{cert: \"-----BEGIN CERTIFICATE-----\\n!!\\n-----END CERTIFICATE-----\\n\", key: {KEY:?}}}]\n"),
@@ -2074,6 +2081,14 @@ mod certificate_tests {
             (
                 format!("_format_version: \"3.0\"\ncertificates: [{{cert: {CERT:?}, key: {CERT:?}}}]\n"),
                 "certificates.1.key: invalid key: ",
+            ),
+            (
+                format!("_format_version: \"3.0\"\ncertificates: [{{cert: {:?}, key: {KEY:?}}}]\n", format!("{CERT}{KEY}")),
+                "certificates.1.cert: invalid certificate: it holds a private key, which belongs in key",
+            ),
+            (
+                format!("_format_version: \"3.0\"\ncertificates: [{{cert: {:?}, key: {KEY:?}}}]\n", format!("{CERT}-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBAA==\n-----END ENCRYPTED PRIVATE KEY-----\n")),
+                "certificates.1.cert: invalid certificate: it holds a private key, which belongs in key",
             ),
             (
                 format!("_format_version: \"3.0\"\ncertificates: [{{cert: {long_pem:?}, key: {KEY:?}}}]\n"),
