@@ -176,6 +176,10 @@ impl ControlPlane {
             .transaction(store::custom_domains::clear_challenges)
             .map_err(|e| format!("clearing ACME challenges: {e}"))?;
         let issuer = acme::Issuer::new(&options.certificates, &options.data_dir)?;
+        let assigned = api::assign_tls_ports(&store)?;
+        if assigned > 0 {
+            log::info!("{assigned} provisioned gateways stored without a TLS port got one");
+        }
         for (id, version, text, created_at) in store.latest_versions()? {
             // After an upgrade the stored text may no longer be what the entities make, or
             // no longer valid: the entities are the source, so their assembly wins.

@@ -43,8 +43,8 @@ pub struct DataPlaneSpec {
     pub group_id: String,
     pub proxy: SocketAddr,
     /// The TLS listener (`gateway run --tls-listen`), serving the control plane's custom
-    /// domains' certificates by SNI; `None` for a group stored before it had a TLS port
-    /// (its next `PUT` gives it one).
+    /// domains' certificates by SNI; `None` only for a gateway stored before gateways had
+    /// one, until the control plane's start gives it one (`api::assign_tls_ports`).
     pub tls: Option<SocketAddr>,
     /// Config cache, pidfile, log and platform plugins live here.
     pub dir: PathBuf,

@@ -337,6 +337,41 @@ async fn a_domain_from_the_control_planes_ca_is_served_by_sni_resumed_and_remove
     served(&client, tls, "www.example.test").await;
 }
 
+/// A configuration stored before gateways had a TLS listener (no `tls_port`) gets one when
+/// the control plane starts, its running gateway is started again with it, and a custom
+/// domain is served there without a new `PUT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stored_without_a_tls_port_gets_one_at_start() {
+    let echo = EchoUpstream::start().await.expect("echo");
+    let dir = dir();
+    let mut cp = TestControlPlane::start(dir.path());
+    let api = cp.endpoints().api;
+    let (id, _) = provision(api, echo.addr()).await;
+    cp.stop();
+    {
+        let db = rusqlite::Connection::open(dir.path().join("control-plane.db")).expect("db");
+        let changed = db
+            .execute(
+                "UPDATE cloud_gateways
+                 SET doc = json_remove(doc, '$.dataplane_groups[0].tls_port')",
+                [],
+            )
+            .expect("a configuration from before TLS ports");
+        assert_eq!(changed, 1);
+    }
+    cp.start_again();
+    let configurations = expect(api, 200, "GET", "/v3/cloud-gateways/configurations", None).await;
+    let tls = address(&configurations["data"][0]["dataplane_groups"][0]["https_proxy_url"]);
+    let created = post_domain(api, &id, "upgraded.example.test").await;
+    let domain = ready(api, created["id"].as_str().expect("id")).await;
+    let client = client_trusting(
+        domain["certificate_authority"]["ca_cert"]
+            .as_str()
+            .expect("ca_cert"),
+    );
+    served(&client, tls, "upgraded.example.test").await;
+}
+
 /// Each refusal names its field, Konnect's way: an invalid domain name (an IP address, a
 /// wildcard, a trailing dot, too long, not a DNS name), an unknown control plane, a domain
 /// another control plane (or this one) already has (409); unknown ids are 404s.

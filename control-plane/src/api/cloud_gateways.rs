@@ -193,6 +193,62 @@ pub fn reissue_credentials(
         .map_err(|e| format!("reissuing the credentials of group {}: {e}", spec.group_id))
 }
 
+/// Gives each stored gateway without a TLS port one (configurations stored before gateways
+/// had a TLS listener), so that its control plane's custom domains are served after an
+/// upgrade without a new `PUT`; its running gateway is then started again with it. Returns
+/// how many ports were given.
+pub fn assign_tls_ports(store: &Store) -> Result<usize, String> {
+    store
+        .transaction(|tx| -> Result<usize, ApiError> {
+            let mut statement = tx
+                .prepare("SELECT control_plane_id, doc FROM cloud_gateways")
+                .map_err(StoreError::from)?;
+            let rows = statement
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(StoreError::from)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::from)?;
+            let mut assigned = 0;
+            for (cp, doc) in rows {
+                let Ok(mut doc) = serde_json::from_str::<Value>(&doc) else {
+                    continue;
+                };
+                let groups = doc["dataplane_groups"].as_array().map_or(0, Vec::len);
+                for g in 0..groups {
+                    let replicas = doc["dataplane_groups"][g]["replicas"]
+                        .as_array()
+                        .map_or(0, Vec::len);
+                    // The group's own gateway, then each replica; each port is stored before
+                    // the next is chosen, so that allocate_port sees it taken.
+                    for r in std::iter::once(None).chain((0..replicas).map(Some)) {
+                        let gateway = match r {
+                            None => &doc["dataplane_groups"][g],
+                            Some(r) => &doc["dataplane_groups"][g]["replicas"][r],
+                        };
+                        if !gateway["tls_port"].is_null() {
+                            continue;
+                        }
+                        let port = allocate_port(tx, &[])?;
+                        match r {
+                            None => doc["dataplane_groups"][g]["tls_port"] = json!(port),
+                            Some(r) => {
+                                doc["dataplane_groups"][g]["replicas"][r]["tls_port"] = json!(port)
+                            }
+                        }
+                        tx.execute(
+                            "UPDATE cloud_gateways SET doc = ?1 WHERE control_plane_id = ?2",
+                            params![doc.to_string(), cp],
+                        )
+                        .map_err(StoreError::from)?;
+                        assigned += 1;
+                    }
+                }
+            }
+            Ok(assigned)
+        })
+        .map_err(|e| format!("giving stored gateways a TLS port: {e:?}"))
+}
+
 /// Makes a client certificate for group `group_id`, pins it for control plane `cp` and
 /// writes it with its key and the CA into `dir`, durably, inside the caller's transaction;
 /// returns the pin's id.

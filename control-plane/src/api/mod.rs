@@ -25,7 +25,7 @@ use axum::Router;
 use serde_json::Value;
 use tokio::sync::watch;
 
-pub use cloud_gateways::{cloud_gateway_specs, reissue_credentials};
+pub use cloud_gateways::{assign_tls_ports, cloud_gateway_specs, reissue_credentials};
 pub use errors::ApiError;
 
 use crate::config::{self, Rejection};
