@@ -221,7 +221,7 @@ pub struct FilterChain {
 /// Kong's `certificates` entity with its `snis`: a PEM chain and key that the data plane's
 /// TLS listener presents to clients asking for one of `snis` (Envoy: a filter chain matched
 /// on those server names, its secret by SDS).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Certificate {
     /// Kong's id; also the certificate's secret name on Envoy, `wasmgate.certificate.<id>`.
     pub id: String,
@@ -232,6 +232,17 @@ pub struct Certificate {
     /// Lowercase host names, or `*.`-prefixed wildcards; each belongs to one certificate.
     pub snis: Vec<String>,
     pub tags: Vec<String>,
+}
+
+// The private key never reaches a log line or an error message.
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("id", &self.id)
+            .field("snis", &self.snis)
+            .field("tags", &self.tags)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An ACME HTTP-01 challenge the data plane answers (RFC 8555, section 8.3): a `GET` of
@@ -380,6 +391,23 @@ impl Config {
 mod tests {
     use super::*;
     use crate::parse_declarative;
+
+    #[test]
+    fn a_certificate_never_shows_its_key() {
+        let certificate = Certificate {
+            id: "c1".into(),
+            cert: "-----BEGIN CERTIFICATE-----".into(),
+            key: "-----BEGIN PRIVATE KEY-----\nsecret".into(),
+            snis: vec!["api.example.test".into()],
+            tags: vec![],
+        };
+        let shown = format!("{certificate:?}");
+        assert!(shown.contains("api.example.test"), "{shown}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("PRIVATE"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn protocols_name_their_port_tls_and_http_version() {
