@@ -50,7 +50,7 @@ async fn unix_request(socket: &Path, method: &str, path: &str, body: &str) -> (u
     (status, body.to_owned())
 }
 
-/// A provisioned gateway listens on its proxy port only; its admin API is
+/// A provisioned gateway listens on its proxy ports only (plain and TLS); its admin API is
 /// `<data dir>/cloud-gateways/<group>/admin.sock` (mode 0600, in a folder only the control
 /// plane's user may enter, beside the gateway's private key), answers `/status`, and refuses
 /// `POST /config`. (Before, each one had an admin API on a loopback port, writable, which a
@@ -62,6 +62,7 @@ async fn provisioned_gateways_have_no_admin_port_but_a_private_read_only_socket(
     let Provisioned {
         group_id: group,
         proxy,
+        tls,
         ..
     } = cp.provision_serverless("tenant").await;
     let folder = dir.path().join("cloud-gateways").join(&group);
@@ -88,11 +89,15 @@ async fn provisioned_gateways_have_no_admin_port_but_a_private_read_only_socket(
     );
     let pid = gateway_pid(&group).expect("the provisioned gateway's process");
     wasmgate_tests::until(
-        "the gateway listening on its proxy port only",
+        "the gateway listening on its proxy ports only (plain and TLS)",
         Duration::from_secs(30),
-        async || match listening_tcp_ports(pid) {
-            ports if ports == [proxy.port()] => Ok(()),
-            ports => Err(format!("listening on {ports:?}, proxy {proxy}")),
+        async || {
+            let mut expected = [proxy.port(), tls.port()];
+            expected.sort_unstable();
+            match listening_tcp_ports(pid) {
+                ports if ports == expected => Ok(()),
+                ports => Err(format!("listening on {ports:?}, proxy {proxy}, TLS {tls}")),
+            }
         },
     )
     .await;

@@ -1018,6 +1018,7 @@ async fn a_gateway_running_without_the_platform_layer_is_started_again_with_it()
         control_plane_id: id,
         group_id,
         proxy,
+        ..
     } = cp.provision_serverless("tenant").await;
     cp.route_all_paths_to(&id, "echo", "all", echo.addr()).await;
     let over = Request::post(
@@ -1773,7 +1774,24 @@ async fn every_operation_answers_what_the_openapi_document_says() {
     let node = format!("{nodes}/{node_id}");
     contract.get(&node).await;
 
+    // Custom domains (the control plane's own CA issues at once).
+    let domains = "/v2/cloud-gateways/custom-domains";
+    let domain = contract
+        .create(
+            domains,
+            json!({ "control_plane_id": serverless_id, "control_plane_geo": "us",
+                    "domain": "api.example.test" }),
+        )
+        .await;
+    let domain = format!("{domains}/{}", domain["id"].as_str().expect("id"));
+    contract
+        .get(&format!("{domains}?filter[state]=initializing"))
+        .await;
+    contract.get(&domain).await;
+    contract.get(&format!("{domain}/online-status")).await;
+
     // Deletions, last.
+    contract.delete(&domain).await;
     contract.delete(&provisioned).await;
     contract.delete(&node).await;
     contract.delete(&certificate).await;

@@ -150,6 +150,8 @@ pub struct Provisioned {
     pub control_plane_id: String,
     pub group_id: String,
     pub proxy: SocketAddr,
+    /// Its TLS listener (custom domains' certificates, by SNI).
+    pub tls: SocketAddr,
 }
 
 impl TestControlPlane {
@@ -327,15 +329,19 @@ impl TestControlPlane {
             )
             .await;
         let group = &configuration["dataplane_groups"][0];
+        let address = |field: &str, scheme: &str| -> SocketAddr {
+            group[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field} in {group}"))
+                .trim_start_matches(scheme)
+                .parse()
+                .unwrap_or_else(|e| panic!("{field}: {e}"))
+        };
         Provisioned {
             control_plane_id,
             group_id: group["id"].as_str().expect("group id").to_owned(),
-            proxy: group["proxy_url"]
-                .as_str()
-                .expect("proxy_url")
-                .trim_start_matches("http://")
-                .parse()
-                .expect("proxy address"),
+            proxy: address("proxy_url", "http://"),
+            tls: address("https_proxy_url", "https://"),
         }
     }
 
