@@ -116,6 +116,10 @@ struct EnvoyBootstrap {
     /// Where `wasmgate-ratelimit` serves this Envoy, for rate-limiting's `policy: redis`.
     #[arg(long)]
     ratelimit_address: Option<SocketAddr>,
+    /// Envoy's TLS listener, for custom domains: their certificates come by SDS, chosen by
+    /// SNI.
+    #[arg(long)]
+    tls_listen: Option<SocketAddr>,
 }
 
 fn envoy_bootstrap(args: &EnvoyBootstrap) -> ExitCode {
@@ -141,6 +145,7 @@ fn envoy_bootstrap(args: &EnvoyBootstrap) -> ExitCode {
         admin: args.admin,
         env_allow: args.env_allow.clone(),
         ratelimit: args.ratelimit_address,
+        tls_listen: args.tls_listen,
     });
     // Not println!: a closed pipe (`| head`) is an exit status, not a panic.
     use std::io::Write;

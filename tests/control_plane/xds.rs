@@ -86,6 +86,7 @@ fn envoy_bootstrap(
         admin: "127.0.0.1:0".parse().unwrap(),
         env_allow: Vec::new(),
         ratelimit: None,
+        tls_listen: None,
     })
 }
 
@@ -856,6 +857,7 @@ async fn a_policy_redis_plugin_counts_in_redis_through_the_nodes_rate_limit_serv
         admin: "127.0.0.1:0".parse().unwrap(),
         env_allow: Vec::new(),
         ratelimit: Some(service_addr),
+        tls_listen: None,
     });
     let envoy = Envoy::start_bootstrap(&bootstrap, 1).await.unwrap();
     let remaining = |response: &wasmgate_tests::client::Response| {
@@ -931,6 +933,45 @@ async fn wait_for_certificate(tls: SocketAddr, sni: &str, ca: &str, expected: &[
         }
     })
     .await
+}
+
+/// `control-plane envoy-bootstrap --tls-listen` names the node's TLS listener as the API's
+/// `tls_listen` does; without it the node has none.
+#[test]
+fn the_cli_bootstrap_names_the_tls_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("pem");
+    std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let bootstrap = |extra: &[&str]| -> Value {
+        let out = std::process::Command::new(wasmgate_tests::control_plane::control_plane_binary())
+            .args([
+                "envoy-bootstrap",
+                "--control-plane-id",
+                "cp",
+                "--node-id",
+                "n",
+            ])
+            .args(
+                ["--cert", "--key", "--ca"]
+                    .iter()
+                    .flat_map(|flag| [std::ffi::OsStr::new(flag), pem.as_os_str()]),
+            )
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let with_tls = bootstrap(&["--tls-listen", "127.0.0.1:10443"]);
+    assert_eq!(
+        with_tls["node"]["metadata"]["tls_listen"],
+        "127.0.0.1:10443"
+    );
+    assert_eq!(bootstrap(&[])["node"]["metadata"].get("tls_listen"), None);
 }
 
 /// Custom domains over xDS: a node whose bootstrap names a TLS address gets the TLS listener

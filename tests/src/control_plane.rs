@@ -26,7 +26,7 @@ pub struct TestControlPlane {
 }
 
 /// The `control-plane` binary beside the test binary's folder (`target/debug/deps/..`).
-fn control_plane_binary() -> PathBuf {
+pub fn control_plane_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let bin = exe
         .parent()

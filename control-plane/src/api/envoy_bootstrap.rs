@@ -18,7 +18,7 @@ use super::dp_certificates::no_self_managed_data_planes;
 use super::errors::{invalid_parameters, ApiError};
 use super::{blocking, json_object, now, Shared};
 use crate::pki;
-use crate::xds::{bootstrap_with_tls, BootstrapOptions};
+use crate::xds::{bootstrap, BootstrapOptions};
 
 fn address(
     body: &Value,
@@ -110,7 +110,8 @@ pub async fn create(
         admin,
         env_allow,
         ratelimit,
+        tls_listen,
     };
-    let document = bootstrap_with_tls(&options, tls_listen);
+    let document = bootstrap(&options);
     Ok((StatusCode::CREATED, Json(document)))
 }

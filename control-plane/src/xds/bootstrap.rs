@@ -27,17 +27,13 @@ pub struct BootstrapOptions {
     /// Where `wasmgate-ratelimit` serves this Envoy, for rate-limiting's `policy: redis`
     /// (`node.metadata.ratelimit`).
     pub ratelimit: Option<SocketAddr>,
+    /// The TLS listener's address, for custom domains (`node.metadata.tls_listen`): the
+    /// listener comes by LDS once the control plane has a certificate, each certificate by
+    /// SDS. `None`: no TLS listener.
+    pub tls_listen: Option<SocketAddr>,
 }
 
-/// The bootstrap of a node with no TLS listener.
 pub fn bootstrap(options: &BootstrapOptions) -> Value {
-    bootstrap_with_tls(options, None)
-}
-
-/// The bootstrap of a node whose TLS listener, for custom domains, listens on `tls_listen`
-/// (`node.metadata.tls_listen`): the listener comes by LDS once the control plane has a
-/// certificate, each certificate by SDS.
-pub fn bootstrap_with_tls(options: &BootstrapOptions, tls_listen: Option<SocketAddr>) -> Value {
     let ads = json!({"ads": {}, "resource_api_version": "V3"});
     let mut metadata = json!({
         "listen": options.listen.to_string(),
@@ -46,7 +42,7 @@ pub fn bootstrap_with_tls(options: &BootstrapOptions, tls_listen: Option<SocketA
     if let Some(ratelimit) = options.ratelimit {
         metadata["ratelimit"] = json!(ratelimit.to_string());
     }
-    if let Some(tls_listen) = tls_listen {
+    if let Some(tls_listen) = options.tls_listen {
         metadata["tls_listen"] = json!(tls_listen.to_string());
     }
     json!({

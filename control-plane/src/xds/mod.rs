@@ -29,7 +29,7 @@ use xds_api::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 
-pub use bootstrap::{bootstrap, bootstrap_with_tls, BootstrapOptions};
+pub use bootstrap::{bootstrap, BootstrapOptions};
 
 use crate::State;
 use resources::Translator;
