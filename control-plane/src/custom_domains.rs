@@ -200,14 +200,14 @@ async fn store_certificate(
     state: &Arc<State>,
     row: &DomainRow,
     issued: Issued,
-) -> Result<bool, String> {
+) -> Result<(bool, Option<Arc<ConfigVersion>>), String> {
     let id = row.id.clone();
     let directory = (issued.authority == acme::AcmeIssuer::AUTHORITY)
         .then(|| acme_directory(state))
         .flatten();
     let renew_at = unix(acme::renew_at(issued.not_before, issued.not_after));
     let not_after = unix(issued.not_after);
-    let (stored, _) = commit(state, &row.control_plane_id, move |tx| {
+    commit(state, &row.control_plane_id, move |tx| {
         rows::set_certificate(
             tx,
             &id,
@@ -220,8 +220,34 @@ async fn store_certificate(
             crate::nodes::now(),
         )
     })
-    .await?;
-    Ok(stored)
+    .await
+}
+
+/// A first certificate is stored and in the data planes' document: the domain is `ready`
+/// once every connected data plane runs that document, so a client that connects when it
+/// reads `ready` gets the certificate (`version` is `None` after a restart: data planes get
+/// the whole document as they connect again). After
+/// [`SERVE_WITHIN`] it is `ready` anyway, with the reason saying which data planes lag.
+async fn deployed(state: &Arc<State>, row: &DomainRow, version: Option<Arc<ConfigVersion>>) {
+    let lag = match &version {
+        Some(version) => applied(state, &row.control_plane_id, version, SERVE_WITHIN)
+            .await
+            .err(),
+        None => None,
+    };
+    if let Some(lag) = &lag {
+        log::warn!("custom domain {}: {lag}", row.domain);
+    }
+    let id = row.id.clone();
+    let result = commit(state, &row.control_plane_id, move |tx| {
+        rows::set_ready(tx, &id, lag.as_deref(), crate::nodes::now())
+    })
+    .await;
+    match result {
+        Ok((true, _)) => log::info!("custom domain {}: ready", row.domain),
+        Ok((false, _)) => {}
+        Err(e) => log::error!("custom domain {}: {e}", row.domain),
+    }
 }
 
 /// The first issuance: `ready`, or `error` when the ACME server refused (asking again gets
@@ -229,17 +255,23 @@ async fn store_certificate(
 /// down: retried meanwhile, the domain still `initializing` with the last reason), or when
 /// the certificate could not be stored.
 async fn issue(state: &Arc<State>, row: DomainRow) {
+    // Issued before a restart, not yet confirmed by the data planes.
+    if row.cert.is_some() {
+        deployed(state, &row, None).await;
+        return;
+    }
     let mut attempt = 0;
     let (status, reason) = loop {
         attempt += 1;
         match obtain(state, &row).await {
             Ok(issued) => match store_certificate(state, &row, issued).await {
-                Ok(true) => {
+                Ok((true, version)) => {
                     log::info!("custom domain {}: certificate issued", row.domain);
+                    deployed(state, &row, version).await;
                     return;
                 }
                 // Deleted meanwhile: nothing to do.
-                Ok(false) => return,
+                Ok((false, _)) => return,
                 Err(reason) => break ("ERROR", reason),
             },
             Err(e) if e.refused => break ("INVALID", e.reason),

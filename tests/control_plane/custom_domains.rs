@@ -617,13 +617,12 @@ async fn ready_served_and_renewed(
     );
     assert_eq!(domain["certificate_authority"]["kind"], "acme", "{domain}");
 
-    // Over TLS for the domain, verified against Pebble's root, through the plugins. `ready`
-    // comes once the certificate is pushed, not once the data planes applied it: an Envoy
-    // asked at once still refused the connection (its TLS listener comes by LDS after).
-    let mut first = wasmgate_tests::until("the certificate served", DEADLINE, async || {
-        connect(client, tls, DOMAIN).await
-    })
-    .await;
+    // Over TLS for the domain, verified against Pebble's root, through the plugins, at once:
+    // `ready` comes once the data planes run the certificate (an Envoy's TLS listener comes
+    // by LDS, after the push).
+    let mut first = connect(client, tls, DOMAIN)
+        .await
+        .unwrap_or_else(|e| panic!("{DOMAIN} is ready, so served: {e}"));
     assert_through_the_plugins(&first.get(DOMAIN, "/").await.unwrap());
     let issued = first.leaf.clone();
     drop(first);

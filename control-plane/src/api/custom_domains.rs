@@ -332,12 +332,15 @@ pub async fn get(state: Shared, Path(id): Path<String>) -> Result<Json<Value>, A
     Ok(Json(to_json(&state, &row)))
 }
 
-/// Konnect's online status: `ssl` is verified while the domain's certificate is on its data
-/// planes and valid; `cname` (where the domain's DNS points) is verified once the ACME server
-/// reached the data planes through it, which the control plane's own CA never checks.
+/// Konnect's online status: `ssl` is verified while the domain is `ready` (its certificate run
+/// by its data planes) and the certificate valid; `cname` (where the domain's DNS points) is
+/// verified once the ACME server reached the data planes through it, which the control
+/// plane's own CA never checks.
 pub async fn online_status(state: Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let row = load(&state, id).await?;
-    let valid = row.cert.is_some() && row.not_after.is_some_and(|at| at > now());
+    let valid = row.state == rows::READY
+        && row.cert.is_some()
+        && row.not_after.is_some_and(|at| at > now());
     let verified = |yes: bool| if yes { "verified" } else { "unverified" };
     let validated = valid && row.authority.as_deref() == Some(crate::acme::AcmeIssuer::AUTHORITY);
     Ok(Json(json!({

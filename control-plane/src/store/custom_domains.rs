@@ -185,8 +185,14 @@ pub fn set_certificate(
     acme_directory: Option<&str>,
     now: i64,
 ) -> Result<bool, StoreError> {
+    // A first certificate leaves its domain `initializing` until the data planes run it
+    // ([`set_ready`]); a renewed one leaves it (or puts it back) `ready`.
     Ok(tx.execute(
-        "UPDATE custom_domains SET state = 'ready', reported_status = NULL, reason = NULL,
+        "UPDATE custom_domains SET
+             state = CASE state WHEN 'initializing' THEN 'initializing' ELSE 'ready' END,
+             reported_status = NULL,
+             reason = CASE state WHEN 'initializing'
+                 THEN 'certificate issued; waiting for the data planes to serve it' END,
              cert = ?2, key = ?3, not_after = ?4, renew_at = ?5, renew_failures = 0,
              authority = ?6, acme_directory = ?7, entity_version = entity_version + 1,
              updated_at = ?8
@@ -201,6 +207,22 @@ pub fn set_certificate(
             acme_directory,
             now
         ],
+    )? > 0)
+}
+
+/// A first certificate is on the data planes: `ready`. `reason` says when some did not
+/// confirm it in time (it is in their configuration all the same).
+pub fn set_ready(
+    tx: &Transaction<'_>,
+    id: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    Ok(tx.execute(
+        "UPDATE custom_domains SET state = 'ready', reported_status = NULL, reason = ?2,
+             entity_version = entity_version + 1, updated_at = ?3
+         WHERE id = ?1 AND state = 'initializing' AND cert IS NOT NULL",
+        params![id, reason, now],
     )? > 0)
 }
 
@@ -408,14 +430,24 @@ mod tests {
             challenges,
             [json!({ "token": "tok", "key_authorization": "tok.thumb" })]
         );
-        let ready = store
-            .transaction(|tx| get(tx, "d1"))
-            .expect("get")
-            .expect("d1");
-        assert_eq!(
-            (ready.state.as_str(), ready.entity_version, ready.renew_at),
-            (READY, 2, Some(60))
-        );
+        let state = |id: &str| {
+            let row = store.transaction(|tx| get(tx, id)).expect("get").expect(id);
+            (row.state, row.entity_version, row.renew_at)
+        };
+        // Issued, on its way to the data planes: ready once they confirm it.
+        assert_eq!(state("d1"), (INITIALIZING.to_owned(), 2, Some(60)));
+        assert!(!store
+            .transaction(|tx| set_ready(tx, "d2", None, 4))
+            .expect("set_ready"));
+        assert!(store
+            .transaction(|tx| set_ready(tx, "d1", None, 4))
+            .expect("set_ready"));
+        assert_eq!(state("d1"), (READY.to_owned(), 3, Some(60)));
+        // A renewal keeps it ready.
+        assert!(store
+            .transaction(|tx| set_certificate(tx, "d1", "CERT2", "KEY2", 90, 60, "acme", None, 5))
+            .expect("renewal"));
+        assert_eq!(state("d1"), (READY.to_owned(), 4, Some(60)));
         assert_eq!(store.transaction(|tx| due(tx, 59)).expect("due").len(), 0);
         assert_eq!(store.transaction(|tx| due(tx, 60)).expect("due").len(), 1);
         assert_eq!(store.transaction(next_renewal).expect("next"), Some(60));
