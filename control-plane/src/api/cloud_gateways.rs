@@ -436,7 +436,7 @@ fn to_json(state: &State, doc: &Value) -> Value {
     out
 }
 
-const GEOS: [&str; 6] = ["us", "eu", "au", "me", "in", "sg"];
+pub(super) const GEOS: [&str; 6] = ["us", "eu", "au", "me", "in", "sg"];
 const PROVIDERS: [&str; 3] = ["aws", "azure", "gcp"];
 const REQUEST_FIELDS: [&str; 6] = [
     "control_plane_id",
@@ -663,17 +663,9 @@ fn read_group(i: usize, group: &Value, kind: &str, invalid: &mut Vec<Value>) -> 
     item
 }
 
-fn read_request(body: &Value) -> Result<Request, ApiError> {
-    let mut invalid: Vec<Value> = Vec::new();
-    for key in body.as_object().into_iter().flatten().map(|(k, _)| k) {
-        if !REQUEST_FIELDS.contains(&key.as_str()) {
-            invalid.push(errors::invalid(
-                key.as_str(),
-                "unknown_property",
-                format!("'{key}' is not a property of a cloud gateway configuration"),
-            ));
-        }
-    }
+/// The control plane a cloud-gateways body names: `control_plane_id` (a UUID) and
+/// `control_plane_geo` (one of [`GEOS`]), both required; what is wrong goes to `invalid`.
+pub(super) fn control_plane_of(body: &Value, invalid: &mut Vec<Value>) -> (String, String) {
     let control_plane_id = match body.get("control_plane_id") {
         Some(id) if is_uuid(id) => id.as_str().unwrap_or_default().to_owned(),
         None => {
@@ -708,6 +700,21 @@ fn read_request(body: &Value) -> Result<Request, ApiError> {
             String::new()
         }
     };
+    (control_plane_id, geo)
+}
+
+fn read_request(body: &Value) -> Result<Request, ApiError> {
+    let mut invalid: Vec<Value> = Vec::new();
+    for key in body.as_object().into_iter().flatten().map(|(k, _)| k) {
+        if !REQUEST_FIELDS.contains(&key.as_str()) {
+            invalid.push(errors::invalid(
+                key.as_str(),
+                "unknown_property",
+                format!("'{key}' is not a property of a cloud gateway configuration"),
+            ));
+        }
+    }
+    let (control_plane_id, geo) = control_plane_of(body, &mut invalid);
     let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
     if !KINDS.iter().any(|(k, _)| *k == kind) {
         let mut choice = errors::invalid_choice("kind", &["serverless.v0", "serverless.v1"]);

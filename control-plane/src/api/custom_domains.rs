@@ -20,7 +20,6 @@ use crate::store::custom_domains::{self as rows, DomainRow};
 use crate::store::StoreError;
 use crate::State;
 
-const GEOS: [&str; 6] = ["us", "eu", "au", "me", "in", "sg"];
 const REQUEST_FIELDS: [&str; 3] = ["control_plane_id", "control_plane_geo", "domain"];
 /// The longest DNS name (RFC 1035, in its text form without the root's dot).
 const MAX_DOMAIN: usize = 253;
@@ -92,40 +91,7 @@ fn read_request(body: &Value) -> Result<(String, String, String), ApiError> {
             ));
         }
     }
-    let control_plane_id = match body.get("control_plane_id") {
-        Some(Value::String(id)) if uuid::Uuid::parse_str(id).is_ok() => id.clone(),
-        None => {
-            invalid.push(errors::invalid(
-                "control_plane_id",
-                "required",
-                "is a required field",
-            ));
-            String::new()
-        }
-        Some(_) => {
-            invalid.push(errors::invalid(
-                "control_plane_id",
-                "is_uuid",
-                "must be a control plane id (a UUID)",
-            ));
-            String::new()
-        }
-    };
-    let geo = match body.get("control_plane_geo") {
-        Some(Value::String(geo)) if GEOS.contains(&geo.as_str()) => geo.clone(),
-        None => {
-            invalid.push(errors::invalid(
-                "control_plane_geo",
-                "required",
-                "is a required field",
-            ));
-            String::new()
-        }
-        Some(_) => {
-            invalid.push(errors::invalid_choice("control_plane_geo", &GEOS));
-            String::new()
-        }
-    };
+    let (control_plane_id, geo) = super::cloud_gateways::control_plane_of(body, &mut invalid);
     let domain = match body.get("domain") {
         Some(Value::String(domain)) => match domain_name(domain) {
             Ok(domain) => domain,
