@@ -384,7 +384,7 @@ impl WasmFilter {
         }
     }
 
-    /// Runs one callback of this stream's context with the stream's data moved in; `status`
+    /// Runs one callback of this stream's context with the stream's data swapped in; `status`
     /// reads what the module returned.
     fn invoke(
         &mut self,
@@ -424,9 +424,7 @@ impl WasmFilter {
                 }
             },
         };
-        vm.enter(ctx, std::mem::take(stream));
-        let result = call(vm, ctx);
-        *stream = vm.leave();
+        let result = vm.with_stream(ctx, stream, |vm| call(vm, ctx));
         vm.move_callouts(&mut stream.callouts);
         // What is left is the root context's: the stream ops.
         w.collect_root();
@@ -545,9 +543,7 @@ impl HttpFilter for WasmFilter {
                 }
             }
         };
-        vm.enter(ctx, std::mem::take(s));
-        let result = vm.finish_stream(ctx);
-        *s = vm.leave();
+        let result = vm.with_stream(ctx, s, |vm| vm.finish_stream(ctx));
         w.collect_root();
         if let Err(f) = result {
             w.fail(&f);

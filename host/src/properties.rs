@@ -220,31 +220,29 @@ mod tests {
     }
 
     fn stream() -> StreamData {
-        StreamData {
-            info: StreamInfo {
-                source: "192.0.2.7:51234".parse().unwrap(),
-                destination: "10.0.0.1:8000".parse().unwrap(),
-                protocol: "HTTP/2".into(),
-                route_name: "orders-route".into(),
-                cluster_name: "orders-service".into(),
-                request_id: "generated-id".into(),
-                connection_id: 42,
-                requested_server_name: "api.example".into(),
-                start: UNIX_EPOCH + Duration::from_nanos(START_NS),
-            },
-            request_headers: Some(Headers::from_pairs([
-                (":method", "POST"),
-                (":scheme", "https"),
-                (":authority", "api.example"),
-                (":path", "/orders/7?expand=items&x=%20"),
-                ("referer", "https://shop.example/"),
-                ("user-agent", "curl/8.5"),
-                ("x-multi", "a"),
-                ("X-Multi", "b, c"),
-            ])),
-            request_bytes: 11,
-            ..StreamData::default()
-        }
+        let mut stream = StreamData::new(StreamInfo {
+            source: "192.0.2.7:51234".parse().unwrap(),
+            destination: "10.0.0.1:8000".parse().unwrap(),
+            protocol: "HTTP/2".into(),
+            route_name: "orders-route".into(),
+            cluster_name: "orders-service".into(),
+            request_id: "generated-id".into(),
+            connection_id: 42,
+            requested_server_name: "api.example".into(),
+            start: UNIX_EPOCH + Duration::from_nanos(START_NS),
+        });
+        stream.request_headers = Some(Headers::from_pairs([
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":authority", "api.example"),
+            (":path", "/orders/7?expand=items&x=%20"),
+            ("referer", "https://shop.example/"),
+            ("user-agent", "curl/8.5"),
+            ("x-multi", "a"),
+            ("X-Multi", "b, c"),
+        ]));
+        stream.request_bytes = 11;
+        stream
     }
 
     fn get_with(

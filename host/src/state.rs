@@ -80,8 +80,11 @@ pub struct HostState {
     /// never chosen by a client: these maps need no DoS-resistant hash.
     pub streams: FxHashMap<u32, StreamContext>,
     pub effective_context: u32,
-    /// The stream whose callback runs, with its data moved in for the call.
-    pub stream: Option<(u32, StreamData)>,
+    /// The context of the stream whose callback runs, if one does: its data is in `stream`.
+    pub stream_context: Option<u32>,
+    /// That stream's data, swapped in for the call ([`crate::vm::Vm::with_stream`]); a spare
+    /// between calls, to be swapped out for the next stream's.
+    pub stream: StreamData,
     borrowed: Option<Borrowed>,
     /// `proxy_continue_stream` calls of this callback, (context, direction): the body stays
     /// the context's until the callback returns ([`HostState::settle`]), as Envoy resumes
@@ -144,7 +147,8 @@ impl HostState {
             root_context: 1,
             streams: FxHashMap::default(),
             effective_context: 1,
-            stream: None,
+            stream_context: None,
+            stream: StreamData::default(),
             borrowed: None,
             continued: Vec::new(),
             carried: None,
@@ -167,16 +171,16 @@ impl HostState {
     }
 
     fn effective_is_current(&self) -> bool {
-        matches!(&self.stream, Some((id, _)) if *id == self.effective_context)
+        self.stream_context == Some(self.effective_context)
     }
 
     /// The stream whose callback runs, when it is the effective context: what only that
     /// callback hands over (its body chunk, the flags the filter chain reads after it).
     pub fn current_stream(&mut self) -> Option<&mut StreamData> {
-        let effective = self.effective_context;
-        match &mut self.stream {
-            Some((id, data)) if *id == effective => Some(data),
-            _ => None,
+        if self.effective_is_current() {
+            Some(&mut self.stream)
+        } else {
+            None
         }
     }
 

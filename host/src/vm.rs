@@ -411,19 +411,23 @@ impl Vm {
         }
     }
 
-    /// Moves a stream's data in for its callbacks.
-    pub fn enter(&mut self, context: u32, data: StreamData) {
-        self.store.data_mut().stream = Some((context, data));
-    }
-
-    /// Takes the stream's data back out.
-    pub fn leave(&mut self) -> StreamData {
-        self.store
-            .data_mut()
-            .stream
-            .take()
-            .map(|(_, d)| d)
-            .unwrap_or_default()
+    /// Runs `f` (callbacks of stream context `context`) with that stream's data swapped in,
+    /// for their host calls to reach in place; `data` holds the instance's spare meanwhile.
+    /// The stream whose data was in before (a callback under way) is back in after.
+    pub fn with_stream<T>(
+        &mut self,
+        context: u32,
+        data: &mut StreamData,
+        f: impl FnOnce(&mut Vm) -> T,
+    ) -> T {
+        let state = self.store.data_mut();
+        std::mem::swap(&mut state.stream, data);
+        let outer = state.stream_context.replace(context);
+        let result = f(self);
+        let state = self.store.data_mut();
+        std::mem::swap(&mut state.stream, data);
+        state.stream_context = outer;
+        result
     }
 
     fn headers_cb(
@@ -468,15 +472,14 @@ impl Vm {
     /// Whether the callback of stream context `ctx` that just returned resumed `direction`
     /// itself (`proxy_continue_stream`).
     fn resumed_in_callback(&self, ctx: u32, direction: u32) -> bool {
-        match &self.store.data().stream {
-            Some((id, data)) if *id == ctx => {
-                if direction == 0 {
-                    data.resume_request
-                } else {
-                    data.resume_response
-                }
-            }
-            _ => false,
+        let state = self.store.data();
+        if state.stream_context != Some(ctx) {
+            return false;
+        }
+        if direction == 0 {
+            state.stream.resume_request
+        } else {
+            state.stream.resume_response
         }
     }
 
@@ -575,9 +578,11 @@ impl Vm {
         let result = (|| {
             if let Some(f) = self.ex.on_done.clone() {
                 if self.guard("proxy_on_done", ctx, |s| f.call(s, ctx))? == 0 {
-                    let data = match &self.store.data().stream {
-                        Some((id, data)) if *id == ctx => data.clone(),
-                        _ => StreamData::default(),
+                    let state = self.store.data();
+                    let data = if state.stream_context == Some(ctx) {
+                        state.stream.clone()
+                    } else {
+                        StreamData::default()
                     };
                     self.pending.push_back((ctx, data));
                     self.store.data_mut().pending_done.insert(ctx, false);
@@ -632,12 +637,10 @@ impl Vm {
 
     /// `on_log` and `on_delete` of a stream that waited, with its kept data in for them and
     /// the data of the stream whose callback may be under way put back after.
-    fn finish_deferred(&mut self, ctx: u32, data: StreamData) -> Result<(), Failure> {
-        let current = self.store.data_mut().stream.replace((ctx, data));
+    fn finish_deferred(&mut self, ctx: u32, mut data: StreamData) -> Result<(), Failure> {
         let carried = self.store.data_mut().carry(None);
-        let result = self.log_and_delete(ctx);
+        let result = self.with_stream(ctx, &mut data, |vm| vm.log_and_delete(ctx));
         self.store.data_mut().carry(carried);
-        self.store.data_mut().stream = current;
         self.forget_stream(ctx);
         result
     }
@@ -1214,15 +1217,12 @@ mod tests {
         let ctx = vm.new_stream().expect("stream");
         assert_eq!(ctx, 2);
         assert_eq!(vm.active_streams(), 1);
-        let data = StreamData {
-            request_headers: Some(crate::headers::Headers::from_pairs([("x-kept", "yes")])),
-            ..StreamData::default()
-        };
-        vm.enter(ctx, data);
-        vm.finish_stream(ctx).expect("finishes");
-        let back = vm.leave();
+        let mut data = StreamData::default();
+        data.request_headers = Some(crate::headers::Headers::from_pairs([("x-kept", "yes")]));
+        vm.with_stream(ctx, &mut data, |vm| vm.finish_stream(ctx))
+            .expect("finishes");
         assert!(
-            back.request_headers.is_some(),
+            data.request_headers.is_some(),
             "the stream keeps its own data"
         );
         assert_eq!(said(&logs), ["done"]);
@@ -1255,6 +1255,37 @@ mod tests {
         let ctx = vm.new_stream().expect("stream");
         vm.finish_stream(ctx).expect("finishes");
         assert_eq!(said(&logs), ["done", "log", "delete"]);
+    }
+
+    /// The finish that pushes the oldest waiting stream out runs that stream's `on_log` with
+    /// that stream's data swapped in, inside its own stream's turn, and gets its own data back
+    /// after.
+    #[test]
+    fn an_evicted_stream_logs_with_its_own_data_inside_another_streams_finish() {
+        let engine = engine();
+        let logs = Arc::new(LogSink::new("lifecycle"));
+        let mut vm = lifecycle(&engine, &logs);
+        for i in 0..MAX_PENDING_DONE {
+            let ctx = vm.new_stream().expect("stream");
+            let mut data = StreamData::default();
+            if i == 0 {
+                data.request_headers = Some(crate::headers::Headers::from_pairs([("x-old", "1")]));
+            }
+            vm.with_stream(ctx, &mut data, |vm| vm.finish_stream(ctx))
+                .expect("finishes");
+        }
+        said(&logs);
+        let ctx = vm.new_stream().expect("stream");
+        let mut data = StreamData::default();
+        data.request_body = b"its own".to_vec();
+        vm.with_stream(ctx, &mut data, |vm| vm.finish_stream(ctx))
+            .expect("finishes");
+        assert_eq!(said(&logs), ["done", "log", "headers", "delete"]);
+        assert_eq!(data.request_body, b"its own");
+        assert!(data.request_headers.is_none());
+        let state = vm.store.data();
+        assert_eq!(state.stream_context, None);
+        assert!(state.stream.request_body.is_empty() && state.stream.request_headers.is_none());
     }
 
     /// Teardown of a healthy instance: the waiting streams are finished, then the root gets
