@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use control_plane::acme::{AcmeSettings, BoxFuture, ChallengeSink, Issuer, Settings};
-use control_plane::{ControlPlane, Options};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::ServerCertVerifier;
@@ -20,8 +19,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmgate_tests::acme::{Pebble, PebbleOptions, PebbleSite};
-use wasmgate_tests::client::{send, Response};
-use wasmgate_tests::control_plane::{call_api, processes_under, signal, TOKEN};
+use wasmgate_tests::client::send;
+use wasmgate_tests::control_plane::TestControlPlane;
 use wasmgate_tests::{EchoReport, EchoUpstream, Envoy, Protocol, Request};
 
 const DOMAIN: &str = "api.shop.example.test";
@@ -215,28 +214,18 @@ async fn pebble_validates_http_01_at_loopback_for_a_test_domain() {
 // Pebble refuses, and gone once deleted.
 // ---------------------------------------------------------------------------------------
 
-/// A control plane in this process issuing through `acme`, and its API. (TestControlPlane
-/// takes no options of the caller's.)
+/// The control plane (its ACME server Pebble) and its data directory, which outlives it.
 struct Site {
-    control_plane: Option<ControlPlane>,
-    data_dir: tempfile::TempDir,
-    api: SocketAddr,
+    control_plane: TestControlPlane,
+    _data_dir: tempfile::TempDir,
 }
 
 impl Site {
     fn start(acme: &PebbleSite) -> Site {
         let data_dir = tempfile::tempdir().unwrap();
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let control_plane = ControlPlane::start(Options {
-            listen: any,
-            cluster_listen: any,
-            xds_listen: any,
-            data_dir: data_dir.path().to_path_buf(),
-            token: Some(TOKEN.to_owned()),
-            ping_interval: Duration::from_secs(10),
-            modules_dir: wasmgate_tests::paths::wasm_dir(),
-            allow_private_upstreams: true,
-            certificates: Settings {
+        let control_plane = TestControlPlane::start_with_certificates(
+            data_dir.path(),
+            Settings {
                 acme: Some(AcmeSettings {
                     directory: acme.directory_url(),
                     ca_file: Some(acme.ca_file()),
@@ -244,43 +233,15 @@ impl Site {
                 }),
                 ..Settings::default()
             },
-            ..Options::default()
-        })
-        .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
+        );
         Site {
-            api: control_plane.endpoints().api,
-            control_plane: Some(control_plane),
-            data_dir,
+            control_plane,
+            _data_dir: data_dir,
         }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
-        call_api(self.api, method, path, body)
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     async fn expect(&self, status: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
-        let response = self.call(method, path, body).await;
-        assert_eq!(
-            response.status,
-            status,
-            "{method} {path}: {}",
-            response.text()
-        );
-        response.json().unwrap_or(Value::Null)
-    }
-}
-
-impl Drop for Site {
-    /// Stops the control plane and the gateways it provisioned, which outlive it.
-    fn drop(&mut self) {
-        if let Some(cp) = self.control_plane.take() {
-            cp.shutdown();
-        }
-        for pid in processes_under(self.data_dir.path()) {
-            signal(pid, "-KILL");
-        }
+        self.control_plane.expect(status, method, path, body).await
     }
 }
 

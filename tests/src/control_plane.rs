@@ -160,6 +160,17 @@ impl TestControlPlane {
         TestControlPlane::start_with(options(data_dir, None))
     }
 
+    /// Starts with these certificate settings for custom domains (`--acme-directory`...).
+    pub fn start_with_certificates(
+        data_dir: &Path,
+        certificates: control_plane::acme::Settings,
+    ) -> TestControlPlane {
+        TestControlPlane::start_with(Options {
+            certificates,
+            ..options(data_dir, None)
+        })
+    }
+
     /// Starts with `--redis`: serverless groups may run several replicas, which share their
     /// rate limit in `redis`.
     pub fn start_with_redis(
