@@ -111,6 +111,9 @@ impl Callouts {
     /// list allocates nothing on the next callback). Most callbacks make no call: that costs
     /// three length checks.
     pub fn append(&mut self, other: &mut Callouts) {
+        if other.is_empty() {
+            return;
+        }
         self.http.append(&mut other.http);
         self.grpc.append(&mut other.grpc);
         self.grpc_outbound.append(&mut other.grpc_outbound);

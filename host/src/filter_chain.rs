@@ -691,14 +691,14 @@ impl HttpStream {
             (Dir::Response, Stage::Body) => filter.response_body(data, eos),
             (Dir::Response, Stage::Trailers) => filter.response_trailers(data),
         };
-        let callouts = std::mem::take(&mut data.callouts);
+        if !data.callouts.is_empty() {
+            self.callouts
+                .push((idx, std::mem::take(&mut data.callouts)));
+        }
         let resumed = match dir {
             Dir::Request => data.resume_request,
             Dir::Response => data.resume_response,
         };
-        if !callouts.is_empty() {
-            self.callouts.push((idx, callouts));
-        }
         // A filter that resumes within the callback that stopped continues.
         if resumed {
             FilterStatus::Continue

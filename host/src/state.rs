@@ -280,6 +280,9 @@ impl HostState {
 
     /// After a callback: the bodies continued in it went on with their streams.
     pub fn settle(&mut self) {
+        if self.continued.is_empty() {
+            return;
+        }
         for (context, direction) in std::mem::take(&mut self.continued) {
             self.set_buffering(context, direction, false);
         }

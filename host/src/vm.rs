@@ -647,6 +647,9 @@ impl Vm {
 
     /// Finishes the streams `proxy_done` released during the callback that just returned.
     fn release_done(&mut self) -> Result<(), Failure> {
+        if self.store.data().pending_done.is_empty() {
+            return Ok(());
+        }
         loop {
             let released = self
                 .store
@@ -793,7 +796,11 @@ impl Vm {
 
     /// Moves the resumes and closes the module asked for since the last time into `into`.
     pub fn move_stream_ops(&mut self, into: &mut Vec<(u32, StreamOp)>) {
-        into.append(&mut self.store.data_mut().stream_ops);
+        let ops = &mut self.store.data_mut().stream_ops;
+        // Nearly always none: skip `append`'s reserve and copy.
+        if !ops.is_empty() {
+            into.append(ops);
+        }
     }
 
     /// Whether the linear memory passed the plugin's soft limit

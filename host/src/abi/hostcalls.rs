@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use wasmtime::{Caller, Linker};
 
-use super::memory::{read, read_string, return_bytes, view, write_u32, write_u64};
+use super::memory::{read, read_string, return_bytes, view, view_pair, write_u32, write_u64};
 use super::status::*;
 use super::{buffer, map, pairs};
 use crate::callout::{GrpcCallout, GrpcOutbound, HttpCallout};
@@ -365,32 +365,30 @@ fn proxy_replace_header_map_value(
     vp: u32,
     vl: u32,
 ) -> R {
-    let key = tryst!(read_string(&c, kp, kl));
-    let value = tryst!(read(&c, vp, vl));
-    let map = tryst!(map_mut(c.data_mut(), kind));
+    let (key, value, state) = tryst!(view_pair(&mut c, (kp, kl), (vp, vl)));
+    let map = tryst!(map_mut(state, kind));
     if !map_fits(map, &key, value.len(), true) {
         return Ok(refuse(
-            c.data(),
+            state,
             BAD_ARGUMENT,
             "proxy_replace_header_map_value: the map would be past 1 MiB",
         ));
     }
-    map.replace(&key, &value);
+    map.replace(&key, value);
     Ok(OK)
 }
 
 fn proxy_add_header_map_value(mut c: C<'_>, kind: u32, kp: u32, kl: u32, vp: u32, vl: u32) -> R {
-    let key = tryst!(read_string(&c, kp, kl));
-    let value = tryst!(read(&c, vp, vl));
-    let map = tryst!(map_mut(c.data_mut(), kind));
+    let (key, value, state) = tryst!(view_pair(&mut c, (kp, kl), (vp, vl)));
+    let map = tryst!(map_mut(state, kind));
     if !map_fits(map, &key, value.len(), false) {
         return Ok(refuse(
-            c.data(),
+            state,
             BAD_ARGUMENT,
             "proxy_add_header_map_value: the map would be past 1024 entries or 1 MiB",
         ));
     }
-    map.add(&key, &value);
+    map.add(&key, value);
     Ok(OK)
 }
 
@@ -568,15 +566,13 @@ fn proxy_get_shared_data(mut c: C<'_>, kp: u32, kl: u32, pp: u32, sp: u32, cas_p
 }
 
 /// A full namespace is INTERNAL_FAILURE (see [`crate::shared_data`] for why).
-fn proxy_set_shared_data(c: C<'_>, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32) -> R {
-    let key = tryst!(read_string(&c, kp, kl));
-    let value = tryst!(read(&c, vp, vl));
-    let state = c.data();
+fn proxy_set_shared_data(mut c: C<'_>, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32) -> R {
+    let (key, value, state) = tryst!(view_pair(&mut c, (kp, kl), (vp, vl)));
     Ok(
         match state
             .env
             .shared_data
-            .set(&state.plugin.vm_id, &key, &value, cas)
+            .set(&state.plugin.vm_id, &key, value, cas)
         {
             Ok(()) => OK,
             Err(SetError::CasMismatch) => CAS_MISMATCH,

@@ -77,7 +77,50 @@ pub fn view<'a>(
     if bytes.len() > MAX_READ {
         return Err(status::BAD_ARGUMENT);
     }
-    Ok((String::from_utf8_lossy(bytes), state))
+    Ok((text(bytes), state))
+}
+
+/// `bytes` as text, invalid UTF-8 replaced. Valid text (nearly always) is checked by
+/// `str::from_utf8`, which costs less than half of `from_utf8_lossy`'s chunked scan.
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// `len` bytes at `ptr` of a module's memory `data`, checked as [`read`] checks them.
+fn slice(data: &[u8], ptr: u32, len: u32) -> Result<&[u8], u32> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    let start = ptr as usize;
+    let bytes = start
+        .checked_add(len as usize)
+        .and_then(|end| data.get(start..end))
+        .ok_or(status::INVALID_MEMORY_ACCESS)?;
+    if bytes.len() > MAX_READ {
+        return Err(status::BAD_ARGUMENT);
+    }
+    Ok(bytes)
+}
+
+/// The module's text at `(kp, kl)` and bytes at `(vp, vl)`, and the host's state, borrowed
+/// together: a host call that stores a name and a value (a header, a shared-data entry)
+/// copies them once, where it keeps them. Checked as [`read_string`] then [`read`].
+pub fn view_pair<'a>(
+    caller: &'a mut Caller<'_, HostState>,
+    (kp, kl): (u32, u32),
+    (vp, vl): (u32, u32),
+) -> Result<(Cow<'a, str>, &'a [u8], &'a mut HostState), u32> {
+    let (data, state) = match caller.data().memory {
+        Some(memory) => memory.data_and_store_mut(caller),
+        None => (&mut [][..], caller.data_mut()),
+    };
+    let data = &*data;
+    let key = slice(data, kp, kl)?;
+    let value = slice(data, vp, vl)?;
+    Ok((text(key), value, state))
 }
 
 /// Writes `bytes` at `ptr`.
