@@ -110,10 +110,14 @@ impl Callouts {
     /// Moves every call of `other` here, leaving it empty (with its buffers, so the VM's
     /// list allocates nothing on the next callback). Most callbacks make no call: that costs
     /// three length checks.
+    #[inline]
     pub fn append(&mut self, other: &mut Callouts) {
-        if other.is_empty() {
-            return;
+        if !other.is_empty() {
+            self.move_from(other);
         }
+    }
+
+    fn move_from(&mut self, other: &mut Callouts) {
         self.http.append(&mut other.http);
         self.grpc.append(&mut other.grpc);
         self.grpc_outbound.append(&mut other.grpc_outbound);

@@ -91,6 +91,7 @@ impl Plugin {
         Ok(WorkerPlugin {
             inner: Rc::new(RefCell::new(Worker {
                 plugin: self.clone(),
+                name: Rc::from(self.inner.config.name.as_str()),
                 vm: Some(vm),
                 generation: 0,
                 logs,
@@ -124,6 +125,8 @@ impl Plugin {
 
 struct Worker {
     plugin: Plugin,
+    /// The plugin's name, shared with each stream's filter.
+    name: Rc<str>,
     vm: Option<Vm>,
     /// Bumped when the VM is replaced: contexts of older generations are gone.
     generation: u64,
@@ -250,18 +253,14 @@ impl WorkerPlugin {
 
     /// A filter for a new stream.
     pub fn filter(&self) -> WasmFilter {
+        let w = self.inner.borrow();
         WasmFilter {
             worker: Rc::clone(&self.inner),
             context: None,
             shared: Weak::new(),
             disabled: false,
-            name: self.inner.borrow().plugin.config().name.clone(),
-            allow_on_headers_stop_iteration: self
-                .inner
-                .borrow()
-                .plugin
-                .config()
-                .allow_on_headers_stop_iteration,
+            name: Rc::clone(&w.name),
+            allow_on_headers_stop_iteration: w.plugin.config().allow_on_headers_stop_iteration,
         }
     }
 
@@ -363,7 +362,7 @@ pub struct WasmFilter {
     shared: Weak<RefCell<StreamData>>,
     /// Fail-open after a failure: the filter is skipped for the rest of the stream.
     disabled: bool,
-    name: String,
+    name: Rc<str>,
     allow_on_headers_stop_iteration: bool,
 }
 

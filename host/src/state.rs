@@ -279,10 +279,14 @@ impl HostState {
     }
 
     /// After a callback: the bodies continued in it went on with their streams.
+    #[inline]
     pub fn settle(&mut self) {
-        if self.continued.is_empty() {
-            return;
+        if !self.continued.is_empty() {
+            self.settle_continued();
         }
+    }
+
+    fn settle_continued(&mut self) {
         for (context, direction) in std::mem::take(&mut self.continued) {
             self.set_buffering(context, direction, false);
         }

@@ -646,10 +646,16 @@ impl Vm {
     }
 
     /// Finishes the streams `proxy_done` released during the callback that just returned.
+    #[inline]
     fn release_done(&mut self) -> Result<(), Failure> {
-        if self.store.data().pending_done.is_empty() {
+        // Only a waiting stream can be released: most callbacks end here.
+        if self.pending.is_empty() {
             return Ok(());
         }
+        self.release_pending()
+    }
+
+    fn release_pending(&mut self) -> Result<(), Failure> {
         loop {
             let released = self
                 .store

@@ -410,11 +410,10 @@ fn proxy_get_header_map_size(mut c: C<'_>, kind: u32, sp: u32) -> R {
 }
 
 fn proxy_get_property(mut c: C<'_>, ptr: u32, len: u32, pp: u32, sp: u32) -> R {
-    let path = tryst!(read_string(&c, ptr, len));
-    let segments: Vec<&str> = path.split('\0').collect();
-    let now = unix_nanos(c.data().env.clock.now());
     let value = {
-        let state = c.data_mut();
+        let (path, state) = tryst!(view(&mut c, ptr, len));
+        let segments: Vec<&str> = path.split('\0').collect();
+        let now = unix_nanos(state.env.clock.now());
         let plugin = state.plugin.clone();
         let root = std::mem::take(&mut state.root_properties);
         let v = properties::get(
