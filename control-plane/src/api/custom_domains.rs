@@ -205,28 +205,14 @@ pub async fn create(state: Shared, body: Bytes) -> Result<(StatusCode, Json<Valu
                     format!("custom domain {domain} already exists: {whose}"),
                 ));
             }
-            let now = now();
-            let row = DomainRow {
-                id: uuid::Uuid::new_v4().to_string(),
-                control_plane_id: control_plane_id.clone(),
-                control_plane_geo: geo.clone(),
-                domain: domain.clone(),
-                certificate_id: uuid::Uuid::new_v4().to_string(),
-                sni_id: uuid::Uuid::new_v4().to_string(),
-                state: rows::INITIALIZING.into(),
-                reported_status: None,
-                reason: None,
-                cert: None,
-                key: None,
-                not_after: None,
-                renew_at: None,
-                renew_failures: 0,
-                authority: None,
-                acme_directory: None,
-                entity_version: 1,
-                created_at: now,
-                updated_at: now,
-            };
+            let new_id = || uuid::Uuid::new_v4().to_string();
+            let row = DomainRow::initializing(
+                (new_id(), new_id(), new_id()),
+                &control_plane_id,
+                &geo,
+                &domain,
+                now(),
+            );
             rows::insert(tx, &row).map_err(|e| match e {
                 StoreError::Unique(_) => problem(
                     StatusCode::CONFLICT,

@@ -44,6 +44,40 @@ pub struct DomainRow {
     pub updated_at: i64,
 }
 
+impl DomainRow {
+    /// A domain just posted: `initializing`, no certificate yet. `ids` are the domain's, its
+    /// certificate's and its SNI's.
+    pub fn initializing(
+        (id, certificate_id, sni_id): (String, String, String),
+        control_plane_id: &str,
+        control_plane_geo: &str,
+        domain: &str,
+        now: i64,
+    ) -> DomainRow {
+        DomainRow {
+            id,
+            control_plane_id: control_plane_id.to_owned(),
+            control_plane_geo: control_plane_geo.to_owned(),
+            domain: domain.to_owned(),
+            certificate_id,
+            sni_id,
+            state: INITIALIZING.into(),
+            reported_status: None,
+            reason: None,
+            cert: None,
+            key: None,
+            not_after: None,
+            renew_at: None,
+            renew_failures: 0,
+            authority: None,
+            acme_directory: None,
+            entity_version: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 const COLUMNS: &str = "id, control_plane_id, control_plane_geo, domain, certificate_id, sni_id,
     state, reported_status, reason, cert, key, not_after, renew_at, renew_failures, authority,
     acme_directory, entity_version, created_at, updated_at";
@@ -372,27 +406,8 @@ mod tests {
     use crate::store::Store;
 
     fn row(id: &str, control_plane_id: &str, domain: &str) -> DomainRow {
-        DomainRow {
-            id: id.into(),
-            control_plane_id: control_plane_id.into(),
-            control_plane_geo: "us".into(),
-            domain: domain.into(),
-            certificate_id: format!("cert-{id}"),
-            sni_id: format!("sni-{id}"),
-            state: INITIALIZING.into(),
-            reported_status: None,
-            reason: None,
-            cert: None,
-            key: None,
-            not_after: None,
-            renew_at: None,
-            renew_failures: 0,
-            authority: None,
-            acme_directory: None,
-            entity_version: 1,
-            created_at: 1,
-            updated_at: 1,
-        }
+        let ids = (id.to_owned(), format!("cert-{id}"), format!("sni-{id}"));
+        DomainRow::initializing(ids, control_plane_id, "us", domain, 1)
     }
 
     /// A domain is one control plane's; only an issued one's certificate (and key) reaches
