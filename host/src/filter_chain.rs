@@ -711,6 +711,10 @@ impl HttpStream {
     fn intercepted(&mut self) -> bool {
         let (reset, response) = {
             let mut data = self.data.borrow_mut();
+            // Nearly every callback: nothing to take (a local response is a large move).
+            if !data.reset && data.local_response.is_none() {
+                return false;
+            }
             let reset = std::mem::take(&mut data.reset);
             (reset, data.local_response.take())
         };

@@ -208,7 +208,14 @@ impl HostState {
     }
 
     /// Puts the data [`HostState::stream_data`] borrowed back into its stream's cell.
+    #[inline]
     pub fn give_back(&mut self) {
+        if self.borrowed.is_some() {
+            self.put_back();
+        }
+    }
+
+    fn put_back(&mut self) {
         if let Some(b) = self.borrowed.take() {
             if let Ok(mut cell) = b.cell.try_borrow_mut() {
                 *cell = b.data;

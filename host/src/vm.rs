@@ -646,7 +646,7 @@ impl Vm {
     }
 
     /// Finishes the streams `proxy_done` released during the callback that just returned.
-    #[inline]
+    #[inline(always)]
     fn release_done(&mut self) -> Result<(), Failure> {
         // Only a waiting stream can be released: most callbacks end here.
         if self.pending.is_empty() {
