@@ -713,7 +713,10 @@ mod tests {
         let listen = SocketAddr::from(([127, 0, 0, 1], 0));
         let settings = tls_settings(Some(listen), Vec::new(), Vec::new());
         assert!(matches!(settings, Ok(Some((at, _))) if at == listen));
-        assert!(matches!(tls_settings(None, Vec::new(), Vec::new()), Ok(None)));
+        assert!(matches!(
+            tls_settings(None, Vec::new(), Vec::new()),
+            Ok(None)
+        ));
         let files = || vec![PathBuf::from("c.pem")];
         assert_eq!(
             tls_settings(None, files(), files()).err().as_deref(),
