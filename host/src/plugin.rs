@@ -322,6 +322,20 @@ impl WorkerPlugin {
         std::mem::take(&mut w.stream_ops)
     }
 
+    /// Both of the above at once, `None` when there is neither (after nearly every stream
+    /// event): what a data plane asks after each event, for each plugin of the stream.
+    pub fn take_root_work(&self) -> Option<(Callouts, Vec<(u32, StreamOp)>)> {
+        let mut w = self.inner.borrow_mut();
+        w.collect_root();
+        if w.root_callouts.is_empty() && w.stream_ops.is_empty() {
+            return None;
+        }
+        Some((
+            std::mem::take(&mut w.root_callouts),
+            std::mem::take(&mut w.stream_ops),
+        ))
+    }
+
     /// Delivers the answer to a call made from the root context.
     pub fn root_http_call_response(&self, token: u32, result: HttpCallResult) {
         let mut w = self.inner.borrow_mut();

@@ -352,9 +352,8 @@ fn carry_out(worker: &Rc<Worker>, plugins: &[WorkerPlugin]) {
     let work: Vec<_> = plugins
         .iter()
         .filter_map(|plugin| {
-            let callouts = plugin.take_root_callouts();
-            let ops = plugin.take_stream_ops();
-            (!callouts.is_empty() || !ops.is_empty()).then(|| (plugin.clone(), callouts, ops))
+            let (callouts, ops) = plugin.take_root_work()?;
+            Some((plugin.clone(), callouts, ops))
         })
         .collect();
     for (plugin, callouts, ops) in work {
