@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use wasmgate_tests::WasmFilter;
 
-use crate::load::{self, Workload};
+use crate::load::{self, Outcome, Workload};
 use crate::proxies::{self, Running};
 use crate::upstream::{self, PerSecond};
 use crate::{client_core, Timing};
@@ -95,6 +95,38 @@ pub struct AccuracyRun {
 }
 
 impl AccuracyRun {
+    /// Takes in what the clients saw (`outcomes`, over `duration`) and what reached the
+    /// upstream in each second from `started` to `ended` (`counts`); an error when the two
+    /// disagree on how many got through.
+    pub fn record(
+        &mut self,
+        outcomes: &[Outcome],
+        duration: Duration,
+        counts: &PerSecond,
+        (started, ended): (f64, f64),
+    ) {
+        for outcome in outcomes {
+            let ok = outcome.statuses.get(&200).copied().unwrap_or(0);
+            let limited = outcome.statuses.get(&429).copied().unwrap_or(0);
+            self.ok += ok;
+            self.limited += limited;
+            self.other += outcome.ok + outcome.errors - ok - limited;
+            self.offered_rps += (outcome.ok + outcome.errors) as f64 / duration.as_secs_f64();
+        }
+        if let Ok(counts) = counts.lock() {
+            self.seconds = (started as u64..=ended as u64)
+                .map(|second| counts.get(&second).copied().unwrap_or(0))
+                .collect();
+        }
+        let reached: u64 = self.seconds.iter().sum();
+        if reached != self.ok {
+            self.error = Some(format!(
+                "{reached} requests reached the upstream, {} answered 200",
+                self.ok
+            ));
+        }
+    }
+
     /// The seconds lying wholly inside the run.
     pub fn full_seconds(&self) -> &[u64] {
         match self.seconds.len() {
@@ -166,22 +198,7 @@ fn run_one(
     );
     let ended = now_secs();
     drop(running);
-    run.ok = outcome.statuses.get(&200).copied().unwrap_or(0);
-    run.limited = outcome.statuses.get(&429).copied().unwrap_or(0);
-    run.other = outcome.ok + outcome.errors - run.ok - run.limited;
-    run.offered_rps = (outcome.ok + outcome.errors) as f64 / duration.as_secs_f64();
-    if let Ok(counts) = counts.lock() {
-        run.seconds = (started as u64..=ended as u64)
-            .map(|second| counts.get(&second).copied().unwrap_or(0))
-            .collect();
-    }
-    let reached: u64 = run.seconds.iter().sum();
-    if reached != run.ok {
-        run.error = Some(format!(
-            "{reached} requests reached the upstream, {} answered 200",
-            run.ok
-        ));
-    }
+    run.record(&[outcome], duration, counts, (started, ended));
     eprintln!(
         "  {}, {workers} workers: {:?} per second, {} × 429, {} other",
         run.plane, run.seconds, run.limited, run.other

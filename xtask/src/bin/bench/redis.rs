@@ -412,26 +412,7 @@ fn accuracy(
     });
     let ended = ratelimit::now_secs();
     drop(proxies);
-    for outcome in &outcomes {
-        let ok = outcome.statuses.get(&200).copied().unwrap_or(0);
-        let limited = outcome.statuses.get(&429).copied().unwrap_or(0);
-        run.ok += ok;
-        run.limited += limited;
-        run.other += outcome.ok + outcome.errors - ok - limited;
-        run.offered_rps += (outcome.ok + outcome.errors) as f64 / duration.as_secs_f64();
-    }
-    if let Ok(counts) = counts.lock() {
-        run.seconds = (started as u64..=ended as u64)
-            .map(|second| counts.get(&second).copied().unwrap_or(0))
-            .collect();
-    }
-    let reached: u64 = run.seconds.iter().sum();
-    if reached != run.ok {
-        run.error = Some(format!(
-            "{reached} requests reached the upstream, {} answered 200",
-            run.ok
-        ));
-    }
+    run.record(&outcomes, duration, &counts, (started, ended));
     eprintln!(
         "  {}: {:?} per second, {} × 429, {} other",
         run.plane, run.seconds, run.limited, run.other
