@@ -78,7 +78,7 @@ impl Downstream {
     pub fn forwarded<'a>(
         &self,
         headers: &'a http::HeaderMap,
-        name: &str,
+        name: impl http::header::AsHeaderName,
         own: &'a [u8],
     ) -> &'a [u8] {
         if !self.trusted_peer {
