@@ -11,6 +11,7 @@ use model::{Config, ConfigError, Router};
 use sha2::{Digest, Sha256};
 
 use crate::filters::{ConfigFilters, Runtime};
+use crate::proxy::upstream::Target;
 use crate::tls::ConfigCertificates;
 
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
@@ -18,6 +19,8 @@ static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 pub struct Snapshot {
     pub config: Config,
     pub router: Router,
+    /// Each service's upstream, by the service's index in `config`.
+    pub targets: Vec<Target>,
     pub filters: ConfigFilters,
     /// The configuration's `certificates`, loaded for the TLS listener.
     pub certificates: Arc<ConfigCertificates>,
@@ -76,6 +79,9 @@ impl Snapshot {
             }
         };
         let router = Router::new(&config);
+        let targets = (0..config.services.len())
+            .map(|index| Target::new(&config, index))
+            .collect();
         let hash = Sha256::digest(text.as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -83,6 +89,7 @@ impl Snapshot {
         Ok(Snapshot {
             config,
             router,
+            targets,
             filters,
             certificates,
             hash,

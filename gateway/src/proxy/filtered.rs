@@ -142,7 +142,12 @@ enum Piece {
 }
 
 pub(super) fn to_header_map(headers: &Headers) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(headers.len());
+    to_header_map_with_room(headers, 0)
+}
+
+/// [`to_header_map`] with room for `spare` more headers, so that adding them does not grow it.
+fn to_header_map_with_room(headers: &Headers, spare: usize) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(headers.len() + spare);
     for (name, value) in headers.iter() {
         if name.starts_with(':') {
             continue;
@@ -399,28 +404,27 @@ fn carry_out(worker: &Rc<Worker>, plugins: &[WorkerPlugin]) {
 /// The most of a call's response body a module is handed; a longer one fails the call.
 const CALL_RESPONSE_LIMIT: usize = 64 << 20;
 
-/// The service a module's call names, as an Envoy cluster (`service.<name>`) or by its name.
-pub fn callout_service<'a>(
-    config: &'a model::Config,
-    upstream: &str,
-) -> Option<&'a model::Service> {
+/// The index of the service a module's call names, as an Envoy cluster (`service.<name>`)
+/// or by its name.
+pub fn callout_service(config: &model::Config, upstream: &str) -> Option<usize> {
     let wanted = upstream.strip_prefix("service.").unwrap_or(upstream);
-    config.services.iter().find(|s| s.name == wanted)
+    config.services.iter().position(|s| s.name == wanted)
 }
 
 /// Performs a module's `proxy_http_call` to a service named like an Envoy cluster
 /// (`service.<name>` or `<name>`).
 async fn http_call(worker: &Rc<Worker>, call: &host::HttpCallout) -> HttpCallResult {
     let snapshot = worker.shared.snapshot.load_full();
-    let Some(service) = callout_service(&snapshot.config, &call.upstream) else {
+    let Some(index) = callout_service(&snapshot.config, &call.upstream) else {
         return HttpCallResult::Failed;
     };
+    let service = &snapshot.config.services[index];
     let path = call.headers.get_str(":path").unwrap_or("/");
     let (path, query) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path, None),
     };
-    let Ok(uri) = super::upstream::uri(service, path, query) else {
+    let Ok(uri) = super::upstream::uri(&snapshot.targets[index], path, query) else {
         return HttpCallResult::Failed;
     };
     let mut request = Request::builder()
@@ -774,7 +778,7 @@ pub async fn forward(
         destination: downstream.local,
         protocol: Cow::Borrowed(protocol),
         route_name: snapshot.config.route_name(matched.route),
-        cluster_name: model::envoy::cluster_name(&snapshot.config, matched.service),
+        cluster_name: snapshot.targets[matched.service].cluster_name.clone(),
         // Set by `proxy::handle` for every request; filters also read it as a header.
         request_id: parts
             .headers
@@ -938,41 +942,35 @@ pub async fn forward(
     } else {
         path.to_owned()
     };
-    let uri = super::upstream::uri(service, &upstream_path, query)?;
+    let target = &snapshot.targets[matched.service];
+    let uri = super::upstream::uri(target, &upstream_path, query)?;
     log.upstream = Some(uri.clone());
-    let method = head.get_str(":method").unwrap_or(parts.method.as_str());
-    let mut filtered = Request::builder().method(method).uri(uri.clone());
-    if let Some(headers) = filtered.headers_mut() {
-        *headers = to_header_map(&head);
-    }
-    let filtered = filtered
-        .body(())
-        .map_err(|e| ProxyError::BadRequest(format!("the filtered request: {e}")))?;
-    let (filtered_parts, ()) = filtered.into_parts();
-    let authority = head
-        .get_str(":authority")
-        .unwrap_or(&given_authority)
-        .to_owned();
+    let method = match head.get_str(":method") {
+        Some(method) => http::Method::from_bytes(method.as_bytes())
+            .map_err(|e| ProxyError::BadRequest(format!("the filtered request: {e}")))?,
+        None => parts.method.clone(),
+    };
+    // The forwarding headers and the Host are added to it.
+    let filtered_headers = to_header_map_with_room(&head, headers::FORWARDING_HEADERS);
+    let authority = head.get_str(":authority").unwrap_or(&given_authority);
     // A filter that set the Host set Kong's `upstream_host`, which wins over preserve_host.
     let upstream_host = if authority != given_authority || route.preserve_host {
-        authority.clone()
+        authority.to_owned()
     } else {
-        service.authority()
+        target.host.clone()
     };
     let upstream_body = match upstream_body {
         Some(body) if !head_eos => ProxyBody::streaming(body),
         _ => ProxyBody::empty(),
     };
     let mut upstream_request = Request::builder()
-        .method(filtered_parts.method.clone())
+        .method(method)
         .uri(uri)
         .body(upstream_body)
         .map_err(|e| ProxyError::BadRequest(format!("building the upstream request: {e}")))?;
-    let filtered_length = filtered_parts
-        .headers
-        .contains_key(http::header::CONTENT_LENGTH);
+    let filtered_length = filtered_headers.contains_key(http::header::CONTENT_LENGTH);
     headers::forward_request_headers(
-        filtered_parts.headers,
+        filtered_headers,
         upstream_request.headers_mut(),
         &downstream,
         matched.host,

@@ -77,11 +77,12 @@ async fn run(
             },
         );
     }
-    let Some(service) = super::filtered::callout_service(&snapshot.config, &call.upstream) else {
+    let Some(index) = super::filtered::callout_service(&snapshot.config, &call.upstream) else {
         return Some((UNAVAILABLE, format!("no upstream {}", call.upstream)));
     };
+    let service = &snapshot.config.services[index];
     let path = format!("/{}/{}", call.service, call.method);
-    let uri = match super::upstream::uri(service, &path, None) {
+    let uri = match super::upstream::uri(&snapshot.targets[index], &path, None) {
         Ok(uri) => uri,
         Err(e) => return Some((INTERNAL, e.to_string())),
     };

@@ -215,7 +215,7 @@ pub fn forward_request_headers(
 
     *out = received;
     // Room for the headers set below, grown once.
-    out.reserve(8);
+    out.reserve(FORWARDING_HEADERS);
     strip_hop_by_hop(out);
     if te_trailers {
         out.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -244,6 +244,9 @@ pub fn forward_request_headers(
         HeaderValue::from_bytes(upstream_host.as_bytes()).ok(),
     );
 }
+
+/// How many headers [`forward_request_headers`] adds at most.
+pub const FORWARDING_HEADERS: usize = 8;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -229,7 +229,8 @@ async fn forward(
         route.strip_path,
         &path,
     );
-    let upstream_uri = upstream::uri(service, &upstream_path, parts.uri.query())?;
+    let target = &snapshot.targets[service_index];
+    let upstream_uri = upstream::uri(target, &upstream_path, parts.uri.query())?;
     log.upstream = Some(upstream_uri.clone());
     let body_follows = !http_body::Body::is_end_stream(&body);
     let mut upstream_request = Request::builder()
@@ -240,7 +241,7 @@ async fn forward(
     let upstream_host = if route.preserve_host {
         host_header(&parts)
     } else {
-        service.authority()
+        target.host.clone()
     };
     headers::forward_request_headers(
         parts.headers,

@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -168,28 +169,64 @@ pub struct Upstreams {
     options: UpstreamOptions,
     clients: RefCell<rustc_hash::FxHashMap<PoolKey, UpstreamClient>>,
     /// The circuits of the services this worker has sent to, from [`UpstreamOptions::circuits`].
-    circuits: RefCell<HashMap<String, Arc<Circuit>>>,
+    circuits: RefCell<rustc_hash::FxHashMap<String, Arc<Circuit>>>,
+}
+
+/// What every request to one service shares, made once per configuration
+/// ([`crate::Snapshot::targets`]) instead of formatted and parsed on every request.
+pub struct Target {
+    /// The upstream URI's scheme and authority, or why the service's host and port make none.
+    base: Result<(Scheme, Authority), String>,
+    /// The Host Kong sends the service without `preserve_host` ([`Service::authority`]).
+    pub host: String,
+    /// The service as Envoy's cluster, as filters read `cluster_name`.
+    pub cluster_name: String,
+}
+
+impl Target {
+    pub fn new(config: &model::Config, index: usize) -> Target {
+        let service = &config.services[index];
+        let host = if service.host.contains(':') && !service.host.starts_with('[') {
+            format!("[{}]", service.host)
+        } else {
+            service.host.clone()
+        };
+        let authority = format!("{host}:{}", service.port);
+        let scheme = if service.protocol.is_tls() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        Target {
+            base: Authority::try_from(authority.as_str())
+                .map(|parsed| (scheme, parsed))
+                .map_err(|e| format!("upstream authority {authority}: {e}")),
+            host: service.authority(),
+            cluster_name: model::envoy::cluster_name(config, index),
+        }
+    }
 }
 
 /// The upstream URI: the service's scheme and authority with the computed path and the
 /// client's query.
-pub fn uri(service: &Service, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
-    let host = if service.host.contains(':') && !service.host.starts_with('[') {
-        format!("[{}]", service.host)
-    } else {
-        service.host.clone()
-    };
-    let scheme = if service.protocol.is_tls() {
-        "https"
-    } else {
-        "http"
-    };
+pub fn uri(target: &Target, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let (scheme, authority) = target
+        .base
+        .as_ref()
+        .map_err(|e| ProxyError::BadRequest(e.clone()))?;
+    // As a URI's text would be read: an empty path is `/`.
+    let path = if path.is_empty() { "/" } else { path };
     let text = match query {
-        Some(q) => format!("{scheme}://{host}:{}{path}?{q}", service.port),
-        None => format!("{scheme}://{host}:{}{path}", service.port),
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
     };
-    text.parse()
-        .map_err(|e| ProxyError::BadRequest(format!("upstream URI {text}: {e}")))
+    let path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(text))
+        .map_err(|e| ProxyError::BadRequest(format!("upstream path {path}: {e}")))?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme.clone());
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(format!("upstream URI: {e}")))
 }
 
 /// Accepts any upstream certificate (Kong's default, `tls_verify: false`); signatures are
@@ -647,10 +684,64 @@ mod tests {
         }
     }
 
+    fn target(service: &Service) -> Target {
+        let config = model::Config {
+            services: vec![service.clone()],
+            ..model::Config::default()
+        };
+        Target::new(&config, 0)
+    }
+
+    #[test]
+    fn the_upstream_uri_joins_the_services_scheme_and_authority_with_the_path() {
+        let cases = [
+            (
+                service(Protocol::Http, "echo.test", 80),
+                "/a b",
+                None,
+                "http://echo.test:80/a%20b",
+            ),
+            (
+                service(Protocol::Https, "echo.test", 8443),
+                "/x",
+                Some("q=1&r"),
+                "https://echo.test:8443/x?q=1&r",
+            ),
+            (
+                service(Protocol::Http, "::1", 8080),
+                "",
+                None,
+                "http://[::1]:8080/",
+            ),
+            (
+                service(Protocol::Grpcs, "[::1]", 443),
+                "/pkg.S/M",
+                None,
+                "https://[::1]:443/pkg.S/M",
+            ),
+        ];
+        for (service, path, query, expected) in cases {
+            let path = path.replace(' ', "%20");
+            let made = uri(&target(&service), &path, query).unwrap();
+            assert_eq!(made.to_string(), expected);
+            assert_eq!(made, expected.parse::<Uri>().unwrap());
+        }
+        let bad = target(&service(Protocol::Http, "a b", 80));
+        assert!(uri(&bad, "/", None).is_err());
+        assert_eq!(
+            target(&service(Protocol::Https, "echo.test", 443)).host,
+            "echo.test"
+        );
+        assert_eq!(
+            target(&service(Protocol::Http, "echo.test", 8080)).cluster_name,
+            "service.upstream"
+        );
+    }
+
     /// What the gateway makes of one request to `service`.
     async fn failure(service: &Service) -> ProxyError {
         let request = Request::builder()
-            .uri(uri(service, "/", None).unwrap())
+            .uri(uri(&target(service), "/", None).unwrap())
             .body(ProxyBody::empty())
             .unwrap();
         match Upstreams::default().send(service, request).await {
@@ -829,7 +920,7 @@ mod tests {
         // Over plain HTTP the same name reaches the listener.
         let plain = service(Protocol::Http, "2130706433", port);
         let request = Request::builder()
-            .uri(uri(&plain, "/", None).unwrap())
+            .uri(uri(&target(&plain), "/", None).unwrap())
             .body(ProxyBody::empty())
             .unwrap();
         let response = Upstreams::default().send(&plain, request).await.unwrap();
