@@ -71,7 +71,7 @@ fn reply_to() -> (Option<Vec<u8>>, Vec<u8>) {
 /// distinct, and the three `RateLimit-*`.
 const MAX_HEADERS: usize = 2 * Period::ALL.len() + 3;
 
-/// A header value as printed at the request headers.
+/// A header value as printed for the response.
 enum Printed {
     /// An integer, in the buffer's last `len` bytes.
     Inline { buf: [u8; 24], len: u8 },
@@ -101,26 +101,33 @@ impl Printed {
     }
 }
 
-/// The headers for the upstream's response, printed at the request headers without
-/// allocating, in order.
+/// The headers for the upstream's response as the decision made them, in order: plain
+/// values, so that a stream's context stays small and has nothing to drop (it is made and
+/// freed on every request); printed when they are added.
 struct ResponseHeaders {
-    slots: [Option<(&'static str, Printed)>; MAX_HEADERS],
+    slots: [(&'static str, HeaderValue); MAX_HEADERS],
     len: usize,
 }
 
 impl ResponseHeaders {
     fn new() -> ResponseHeaders {
         ResponseHeaders {
-            slots: [const { None }; MAX_HEADERS],
+            slots: [("", HeaderValue::Integer(0)); MAX_HEADERS],
             len: 0,
         }
     }
 
     fn push(&mut self, name: &'static str, value: HeaderValue) {
         if let Some(slot) = self.slots.get_mut(self.len) {
-            *slot = Some((name, Printed::new(value)));
+            *slot = (name, value);
             self.len += 1;
         }
+    }
+
+    /// The headers, once: a later call has none.
+    fn take(&mut self) -> &[(&'static str, HeaderValue)] {
+        let len = std::mem::take(&mut self.len);
+        self.slots.get(..len).unwrap_or_default()
     }
 }
 
@@ -455,10 +462,10 @@ impl HttpContext for RateLimitFilter {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // The rejection (our own local reply passes through here too) already carries them.
         if !self.rejected {
-            let headers = std::mem::replace(&mut self.headers, ResponseHeaders::new());
-            for (name, value) in headers.slots.iter().flatten() {
+            for &(name, value) in self.headers.take() {
+                let printed = Printed::new(value);
                 if let Err(status) =
-                    host::replace_header(Map::ResponseHeaders, name.as_bytes(), value.bytes())
+                    host::replace_header(Map::ResponseHeaders, name.as_bytes(), printed.bytes())
                 {
                     host::log(
                         Level::Warn,
