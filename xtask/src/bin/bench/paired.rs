@@ -27,20 +27,26 @@ pub enum Leg {
     EnvoyNative,
     EnvoyOurs,
     EnvoyEmpty,
+    /// Our plugins with rate-limiting's response headers hidden (`hide_client_headers`): what
+    /// its five header writes cost is the difference to [`Leg::EnvoyOurs`].
+    EnvoyOursHidden,
     GatewayPlain,
     GatewayOurs,
+    GatewayOursHidden,
     /// The same gateway build with our plugins compiled at opt-level "z" (`wasm-small`).
     GatewaySmall,
 }
 
 impl Leg {
-    pub const ALL: [Leg; 7] = [
+    pub const ALL: [Leg; 9] = [
         Leg::EnvoyNone,
         Leg::EnvoyNative,
         Leg::EnvoyOurs,
         Leg::EnvoyEmpty,
+        Leg::EnvoyOursHidden,
         Leg::GatewayPlain,
         Leg::GatewayOurs,
+        Leg::GatewayOursHidden,
         Leg::GatewaySmall,
     ];
 
@@ -50,8 +56,14 @@ impl Leg {
             Leg::EnvoyNative => "Envoy, native `buffer` + `local_ratelimit` + `header_mutation`",
             Leg::EnvoyOurs => "Envoy, our 3 wasm plugins (V8)",
             Leg::EnvoyEmpty => "Envoy, 3 empty proxy-wasm filters (V8)",
+            Leg::EnvoyOursHidden => {
+                "Envoy, our 3 wasm plugins, rate-limiting's headers hidden (`hide_client_headers`)"
+            }
             Leg::GatewayPlain => "gateway, route without plugins",
             Leg::GatewayOurs => "gateway, route with our 3 plugins",
+            Leg::GatewayOursHidden => {
+                "gateway, route with our 3 plugins, rate-limiting's headers hidden"
+            }
             Leg::GatewaySmall => {
                 "gateway, route with our 3 plugins built at opt-level \"z\" (a second gateway)"
             }
@@ -61,8 +73,14 @@ impl Leg {
     /// The leg without filters this one's overhead is counted from.
     pub fn base(self) -> Leg {
         match self {
-            Leg::EnvoyNone | Leg::EnvoyNative | Leg::EnvoyOurs | Leg::EnvoyEmpty => Leg::EnvoyNone,
-            Leg::GatewayPlain | Leg::GatewayOurs | Leg::GatewaySmall => Leg::GatewayPlain,
+            Leg::EnvoyNone
+            | Leg::EnvoyNative
+            | Leg::EnvoyOurs
+            | Leg::EnvoyEmpty
+            | Leg::EnvoyOursHidden => Leg::EnvoyNone,
+            Leg::GatewayPlain | Leg::GatewayOurs | Leg::GatewayOursHidden | Leg::GatewaySmall => {
+                Leg::GatewayPlain
+            }
         }
     }
 }
@@ -100,15 +118,25 @@ impl Overhead {
 
 /// The gateway's declarative file for the overhead runs: `/plain` without plugins, `/plugins`
 /// with them (route-scoped), on one service.
-fn two_routes(upstream: SocketAddr, plugins: &[(&str, Value)]) -> String {
+/// The gateway's routes for the overhead runs: `/plain` without plugins, `/plugins` with ours,
+/// `/hidden` with ours and rate-limiting's headers hidden.
+fn overhead_routes(upstream: SocketAddr, plugins: &[(&'static str, Value)]) -> String {
     let mut text = format!(
-        "_format_version: \"3.0\"\nservices:\n  - name: bench\n    url: http://{upstream}\n    routes:\n      - {{name: plain, paths: [/plain]}}\n      - name: plugins\n        paths: [/plugins]\n        plugins:\n"
+        "_format_version: \"3.0\"\nservices:\n  - name: bench\n    url: http://{upstream}\n    routes:\n      - {{name: plain, paths: [/plain]}}\n"
     );
-    for (plugin, config) in plugins {
+    for (route, plugins) in [
+        ("plugins", plugins.to_vec()),
+        ("hidden", proxies::headers_hidden(plugins)),
+    ] {
         text.push_str(&format!(
-            "          - {}\n",
-            json!({"name": plugin, "config": config})
+            "      - name: {route}\n        paths: [/{route}]\n        plugins:\n"
         ));
+        for (plugin, config) in plugins {
+            text.push_str(&format!(
+                "          - {}\n",
+                json!({"name": plugin, "config": config})
+            ));
+        }
     }
     text
 }
@@ -128,7 +156,11 @@ pub fn overhead(
         .concurrency(1)
         .listener("none", vec![])
         .listener("native", vec![])
-        .listener("wasm", proxies::wasm_filters(&plugins));
+        .listener("wasm", proxies::wasm_filters(&plugins))
+        .listener(
+            "wasm-hidden",
+            proxies::wasm_filters(&proxies::headers_hidden(&plugins)),
+        );
     config.listeners[1].native_filters = proxies::native_filters();
     match proxies::empty_filters() {
         Ok(filters) => config = config.listener("empty", filters),
@@ -136,7 +168,7 @@ pub fn overhead(
     }
     let envoy = runtime.block_on(Envoy::start(&config))?;
     proxies::pin_process(envoy.pid(), Some(core));
-    let declarative = two_routes(upstream, &plugins);
+    let declarative = overhead_routes(upstream, &plugins);
     let (gateway, _) = proxies::start_gateway(&declarative, Some(core), 1)?;
     let small = proxies::small_dir().and_then(|dir| {
         let args = [std::ffi::OsStr::new("--modules-dir"), dir.as_os_str()];
@@ -163,8 +195,10 @@ pub fn overhead(
                     }
                     (envoy.pid(), envoy.listener("empty"), "/bench")
                 }
+                Leg::EnvoyOursHidden => (envoy.pid(), envoy.listener("wasm-hidden"), "/bench"),
                 Leg::GatewayPlain => (gateway.pid, gateway.addr, "/plain"),
                 Leg::GatewayOurs => (gateway.pid, gateway.addr, "/plugins"),
+                Leg::GatewayOursHidden => (gateway.pid, gateway.addr, "/hidden"),
                 Leg::GatewaySmall => {
                     let small = small.as_ref()?;
                     (small.pid, small.addr, "/plugins")

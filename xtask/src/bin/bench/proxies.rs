@@ -142,6 +142,21 @@ pub fn available_plugins(n: usize) -> (Vec<(&'static str, Value)>, Option<String
     (built, note)
 }
 
+/// The same plugins with rate-limiting's `X-RateLimit-*` and `RateLimit-*` response headers
+/// hidden (Kong's `hide_client_headers`): it counts the same, and writes no header.
+pub fn headers_hidden(plugins: &[(&'static str, Value)]) -> Vec<(&'static str, Value)> {
+    plugins
+        .iter()
+        .map(|(plugin, config)| {
+            let mut config = config.clone();
+            if *plugin == "rate-limiting" {
+                config["hide_client_headers"] = json!(true);
+            }
+            (*plugin, config)
+        })
+        .collect()
+}
+
 pub fn wasm_filters(plugins: &[(&'static str, Value)]) -> Vec<WasmFilter> {
     plugins
         .iter()
