@@ -159,6 +159,36 @@ fn to_header_map_with_room(headers: &Headers, spare: usize) -> HeaderMap {
     map
 }
 
+/// [`to_header_map_with_room`] for a head made from `original` ([`from_header_map`]): when the
+/// filters left the original's pairs as they were and in front, the original map is taken
+/// over and only the pairs they added are converted (most heads pass with a few headers
+/// added); otherwise the whole head is. `skipped` is a name `from_header_map` left out of the
+/// pairs that stays in the map (the request's Host, which the upstream request sets anyway).
+fn to_header_map_from(
+    head: &Headers,
+    mut original: HeaderMap,
+    skipped: Option<&HeaderName>,
+    spare: usize,
+) -> HeaderMap {
+    let mut fields = head.iter().filter(|(name, _)| !name.starts_with(':'));
+    for (name, value) in original.iter() {
+        if Some(name) == skipped {
+            continue;
+        }
+        match fields.next() {
+            Some((n, v)) if n == name.as_str() && v == value.as_bytes() => {}
+            _ => return to_header_map_with_room(head, spare),
+        }
+    }
+    original.reserve(spare);
+    for (name, value) in fields {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            original.append(name, value);
+        }
+    }
+    original
+}
+
 fn trailers_frame(headers: &Headers) -> Frame<Bytes> {
     Frame::trailers(to_header_map(headers))
 }
@@ -502,6 +532,27 @@ async fn http_call(worker: &Rc<Worker>, call: &host::HttpCallout) -> HttpCallRes
     }
 }
 
+/// What the gateway's own answer needs of the client's request (Kong's error body), taken
+/// before its headers go upstream.
+struct ReplyTo {
+    accept: Option<HeaderValue>,
+    /// Set by `proxy::handle` for every request.
+    request_id: String,
+}
+
+impl ReplyTo {
+    fn of(request: &HeaderMap) -> ReplyTo {
+        ReplyTo {
+            accept: request.get(http::header::ACCEPT).cloned(),
+            request_id: request
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+}
+
 /// The gateway's own answer once the filters have the request (a filter held the stream too
 /// long, or the upstream failed), sent as Envoy sends its local replies: through the response
 /// phases of the filters that saw the request (or straight to the client once the response
@@ -512,15 +563,17 @@ async fn own_answer(
     stream: &Rc<Stream>,
     error: ProxyError,
     response_head: &mut oneshot::Receiver<Head>,
-    request: &HeaderMap,
+    reply_to: &ReplyTo,
     hold: Duration,
     log: &mut AccessLog,
 ) -> Result<Head, ProxyError> {
-    let accept = request.get(http::header::ACCEPT).map(HeaderValue::as_bytes);
-    let request_id = request
-        .get("x-request-id")
-        .map_or(&b""[..], HeaderValue::as_bytes);
-    let kong = kit::kong_error(error.status().as_u16(), error.message(), accept, request_id);
+    let accept = reply_to.accept.as_ref().map(HeaderValue::as_bytes);
+    let kong = kit::kong_error(
+        error.status().as_u16(),
+        error.message(),
+        accept,
+        reply_to.request_id.as_bytes(),
+    );
     stream
         .chain
         .borrow_mut()
@@ -729,13 +782,18 @@ fn from_header_map(map: &HeaderMap, pseudo: &[(&str, &[u8])]) -> Headers {
 }
 
 fn response_from(head: &Headers, body: ProxyBody) -> Response<ProxyBody> {
+    response_with(head, to_header_map(head), body)
+}
+
+/// The client's response: `head`'s status, and `headers` made of it.
+fn response_with(head: &Headers, headers: HeaderMap, body: ProxyBody) -> Response<ProxyBody> {
     let mut response = Response::new(body);
     *response.status_mut() = head
         .get_str(":status")
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::BAD_GATEWAY);
-    *response.headers_mut() = to_header_map(head);
+    *response.headers_mut() = headers;
     headers::strip_hop_by_hop(response.headers_mut());
     response
 }
@@ -756,7 +814,7 @@ pub async fn forward(
     worker: &Rc<Worker>,
     matched: Matched<'_>,
     downstream: Downstream,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: ClientBody,
     filters: Vec<WorkerPlugin>,
     log: &mut AccessLog,
@@ -773,19 +831,15 @@ pub async fn forward(
         http::Version::HTTP_10 => "HTTP/1.0",
         _ => "HTTP/1.1",
     };
+    let reply_to = ReplyTo::of(&parts.headers);
     let info = StreamInfo {
         source: downstream.client,
         destination: downstream.local,
         protocol: Cow::Borrowed(protocol),
         route_name: snapshot.config.route_name(matched.route),
         cluster_name: snapshot.targets[matched.service].cluster_name.clone(),
-        // Set by `proxy::handle` for every request; filters also read it as a header.
-        request_id: parts
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
+        // Filters also read it as a header.
+        request_id: reply_to.request_id.clone(),
         connection_id: downstream.id,
         requested_server_name: downstream
             .server_name
@@ -845,8 +899,12 @@ pub async fn forward(
     // and `preserve_host` keep its spelling; only routing uses the lower-cased host.
     let given_authority = super::host_header(&parts);
     let scheme = downstream.scheme();
+    let view = headers::for_filters(&parts.headers);
+    // The filters see the client's headers as they came: what they let through can take the
+    // client's map over ([`to_header_map_from`]).
+    let as_they_came = matches!(view, Cow::Borrowed(_));
     let mut request_headers = from_header_map(
-        &headers::for_filters(&parts.headers),
+        &view,
         &[
             (":authority", given_authority.as_bytes()),
             (":path", path_and_query.as_bytes()),
@@ -854,6 +912,7 @@ pub async fn forward(
             (":scheme", scheme.as_bytes()),
         ],
     );
+    drop(view);
     // Filters trust it as the data plane's record of the client's path (Envoy sets it when a
     // route rewrites the path and drops a client's own): a client may not choose it.
     request_headers.remove("x-envoy-original-path");
@@ -914,7 +973,7 @@ pub async fn forward(
         reset = &mut reset_rx => return Err(reset.unwrap_or_else(|_| stream_reset())),
         _ = tokio::time::sleep(hold_timeout) => {
             let error = ProxyError::Timeout("a filter held the request".into());
-            return own_answer(worker, &stream, error, &mut response_head_rx, &parts.headers, hold_timeout, log).await.map(|head| local(head, client_body));
+            return own_answer(worker, &stream, error, &mut response_head_rx, &reply_to, hold_timeout, log).await.map(|head| local(head, client_body));
         }
         },
     };
@@ -951,7 +1010,17 @@ pub async fn forward(
         None => parts.method.clone(),
     };
     // The forwarding headers and the Host are added to it.
-    let filtered_headers = to_header_map_with_room(&head, headers::FORWARDING_HEADERS);
+    let filtered_headers = if as_they_came {
+        let client = std::mem::take(&mut parts.headers);
+        to_header_map_from(
+            &head,
+            client,
+            Some(&http::header::HOST),
+            headers::FORWARDING_HEADERS,
+        )
+    } else {
+        to_header_map_with_room(&head, headers::FORWARDING_HEADERS)
+    };
     let authority = head.get_str(":authority").unwrap_or(&given_authority);
     // A filter that set the Host set Kong's `upstream_host`, which wins over preserve_host.
     let upstream_host = if authority != given_authority || route.preserve_host {
@@ -990,7 +1059,7 @@ pub async fn forward(
         response = worker.upstreams.send(service, upstream_request) => match response {
             Ok(response) => response,
             Err(error) => {
-                return own_answer(worker, &stream, error, &mut response_head_rx, &parts.headers, hold_timeout, log).await.map(|head| local(head, client_body));
+                return own_answer(worker, &stream, error, &mut response_head_rx, &reply_to, hold_timeout, log).await.map(|head| local(head, client_body));
             }
         },
         head = &mut response_head_rx => {
@@ -1015,6 +1084,7 @@ pub async fn forward(
         &response_parts.headers,
         &[(":status", response_parts.status.as_str().as_bytes())],
     );
+    let upstream_headers = std::mem::take(&mut response_parts.headers);
     let end_of_stream = http_body::Body::is_end_stream(&response_body);
     let short = http_body::Body::size_hint(&response_body)
         .exact()
@@ -1058,11 +1128,12 @@ pub async fn forward(
             reset = reset_rx => return Err(reset.unwrap_or_else(|_| stream_reset())),
             _ = tokio::time::sleep(hold_timeout) => {
                 let error = ProxyError::Timeout("a filter held the response".into());
-                own_answer(worker, &stream, error, &mut response_head_rx, &parts.headers, hold_timeout, log).await?
+                own_answer(worker, &stream, error, &mut response_head_rx, &reply_to, hold_timeout, log).await?
             }
         },
     };
-    let mut response = local(head, client_body);
+    let headers = to_header_map_from(&head.0, upstream_headers, None, 0);
+    let mut response = response_with(&head.0, headers, finish.body(head.1, client_body));
     if let Some(upgrade) = upstream_upgrade {
         response.extensions_mut().insert(upgrade);
     }
@@ -1071,4 +1142,77 @@ pub async fn forward(
         HeaderValue::from_static(concat!("1.1 wasmgate/", env!("CARGO_PKG_VERSION"))),
     );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn listed(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        map.iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// Whatever the filters did to a head, the map made of it holds what a fresh conversion
+    /// holds (the original's skipped Host aside), in the same order.
+    #[test]
+    fn a_head_taken_over_from_its_map_is_what_a_fresh_conversion_makes() {
+        let original = map(&[
+            ("host", b"bench.example"),
+            ("user-agent", b"curl"),
+            ("x-tag", b"a"),
+            ("x-tag", b"b\xff"),
+            ("accept", b"*/*"),
+        ]);
+        type Edit = fn(&mut Headers);
+        let edits: [(&str, Edit, bool); 7] = [
+            ("nothing", |_| {}, true),
+            (
+                "appended",
+                |h| h.add("authorization", "Bearer s3cr3t"),
+                true,
+            ),
+            ("appended to a name it has", |h| h.add("x-tag", "c"), true),
+            ("replaced", |h| h.replace("user-agent", "other"), false),
+            ("removed the last", |h| h.remove("accept"), false),
+            ("removed one of a name", |h| h.replace("x-tag", "a"), false),
+            (
+                "changed a pseudo-header",
+                |h| h.replace(":path", "/other"),
+                true,
+            ),
+        ];
+        for (what, edit, taken_over) in edits {
+            let mut head = from_header_map(&original, &[(":path", b"/"), (":method", b"GET")]);
+            edit(&mut head);
+            let made = to_header_map_from(&head, original.clone(), Some(&http::header::HOST), 2);
+            let mut fresh = to_header_map(&head);
+            if taken_over {
+                // The original's Host stays (the upstream request sets it), where it was.
+                let mut expected = map(&[("host", b"bench.example")]);
+                for (name, value) in fresh.iter() {
+                    expected.append(name.clone(), value.clone());
+                }
+                fresh = expected;
+            }
+            assert_eq!(listed(&made), listed(&fresh), "{what}");
+        }
+        // Without a skipped name, a Host the pairs do not have is not taken over.
+        let head = from_header_map(&original, &[(":status", b"200")]);
+        let made = to_header_map_from(&head, original.clone(), None, 0);
+        assert!(!made.contains_key(http::header::HOST));
+        assert_eq!(listed(&made), listed(&to_header_map(&head)));
+    }
 }
