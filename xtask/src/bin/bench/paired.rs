@@ -33,12 +33,15 @@ pub enum Leg {
     GatewayPlain,
     GatewayOurs,
     GatewayOursHidden,
+    /// Three empty proxy-wasm filters on a route of the same gateway: the floor of three
+    /// filters in our host, as [`Leg::EnvoyEmpty`] is in V8.
+    GatewayEmpty,
     /// The same gateway build with our plugins compiled at opt-level "z" (`wasm-small`).
     GatewaySmall,
 }
 
 impl Leg {
-    pub const ALL: [Leg; 9] = [
+    pub const ALL: [Leg; 10] = [
         Leg::EnvoyNone,
         Leg::EnvoyNative,
         Leg::EnvoyOurs,
@@ -47,6 +50,7 @@ impl Leg {
         Leg::GatewayPlain,
         Leg::GatewayOurs,
         Leg::GatewayOursHidden,
+        Leg::GatewayEmpty,
         Leg::GatewaySmall,
     ];
 
@@ -64,6 +68,7 @@ impl Leg {
             Leg::GatewayOursHidden => {
                 "gateway, route with our 3 plugins, rate-limiting's headers hidden"
             }
+            Leg::GatewayEmpty => "gateway, route with 3 empty proxy-wasm filters",
             Leg::GatewaySmall => {
                 "gateway, route with our 3 plugins built at opt-level \"z\" (a second gateway)"
             }
@@ -78,9 +83,11 @@ impl Leg {
             | Leg::EnvoyOurs
             | Leg::EnvoyEmpty
             | Leg::EnvoyOursHidden => Leg::EnvoyNone,
-            Leg::GatewayPlain | Leg::GatewayOurs | Leg::GatewayOursHidden | Leg::GatewaySmall => {
-                Leg::GatewayPlain
-            }
+            Leg::GatewayPlain
+            | Leg::GatewayOurs
+            | Leg::GatewayOursHidden
+            | Leg::GatewayEmpty
+            | Leg::GatewaySmall => Leg::GatewayPlain,
         }
     }
 }
@@ -119,8 +126,9 @@ impl Overhead {
 /// The gateway's declarative file for the overhead runs: `/plain` without plugins, `/plugins`
 /// with them (route-scoped), on one service.
 /// The gateway's routes for the overhead runs: `/plain` without plugins, `/plugins` with ours,
-/// `/hidden` with ours and rate-limiting's headers hidden.
-fn overhead_routes(upstream: SocketAddr, plugins: &[(&'static str, Value)]) -> String {
+/// `/hidden` with ours and rate-limiting's headers hidden, and (`empty`) `/empty` with three
+/// empty filters.
+fn overhead_routes(upstream: SocketAddr, plugins: &[(&'static str, Value)], empty: bool) -> String {
     let mut text = format!(
         "_format_version: \"3.0\"\nservices:\n  - name: bench\n    url: http://{upstream}\n    routes:\n      - {{name: plain, paths: [/plain]}}\n"
     );
@@ -137,6 +145,16 @@ fn overhead_routes(upstream: SocketAddr, plugins: &[(&'static str, Value)]) -> S
                 json!({"name": plugin, "config": config})
             ));
         }
+    }
+    if empty {
+        let module = proxies::empty_module();
+        let name = module
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "      - name: empty\n        paths: [/empty]\n        filter_chains:\n          - filters: [{{name: {name}}}, {{name: {name}}}, {{name: {name}}}]\n"
+        ));
     }
     text
 }
@@ -168,10 +186,33 @@ pub fn overhead(
     }
     let envoy = runtime.block_on(Envoy::start(&config))?;
     proxies::pin_process(envoy.pid(), Some(core));
-    let declarative = overhead_routes(upstream, &plugins);
-    let (gateway, _) = proxies::start_gateway(&declarative, Some(core), 1)?;
+    let empty = proxies::empty_module();
+    let declarative = overhead_routes(upstream, &plugins, empty.is_file());
+    if !empty.is_file() {
+        not_run.push((
+            Leg::GatewayEmpty,
+            format!(
+                "{} is missing (`cargo xtask build` builds it)",
+                empty.display()
+            ),
+        ));
+    }
+    // Third-party modules (the empty filter) come from the folder the build writes them to.
+    let filters_dir = empty.parent().map(|dir| dir.as_os_str().to_owned());
+    let filters_dir = filters_dir.unwrap_or_default();
+    let (gateway, _) = proxies::start_gateway_with(
+        &declarative,
+        Some(core),
+        1,
+        &[std::ffi::OsStr::new("--filters-dir"), &filters_dir],
+    )?;
     let small = proxies::small_dir().and_then(|dir| {
-        let args = [std::ffi::OsStr::new("--modules-dir"), dir.as_os_str()];
+        let args = [
+            std::ffi::OsStr::new("--modules-dir"),
+            dir.as_os_str(),
+            std::ffi::OsStr::new("--filters-dir"),
+            &filters_dir,
+        ];
         proxies::start_gateway_with(&declarative, Some(core), 1, &args)
     });
     let small = match small {
@@ -199,6 +240,12 @@ pub fn overhead(
                 Leg::GatewayPlain => (gateway.pid, gateway.addr, "/plain"),
                 Leg::GatewayOurs => (gateway.pid, gateway.addr, "/plugins"),
                 Leg::GatewayOursHidden => (gateway.pid, gateway.addr, "/hidden"),
+                Leg::GatewayEmpty => {
+                    if not_run.iter().any(|(l, _)| *l == leg) {
+                        return None;
+                    }
+                    (gateway.pid, gateway.addr, "/empty")
+                }
                 Leg::GatewaySmall => {
                     let small = small.as_ref()?;
                     (small.pid, small.addr, "/plugins")

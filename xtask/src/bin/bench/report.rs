@@ -223,8 +223,11 @@ fn targets(out: &mut String, report: &Report<'_>) {
             (Some(plain), Some(ours), Some(over)) => {
                 let _ = writeln!(
                     out,
-                    "| {target} | {over:+.1} µs per request over the same gateway's route without plugins ({plain:.1} → {ours:.1} µs; {} the budget){} | {} |",
+                    "| {target} | {over:+.1} µs per request over the same gateway's route without plugins ({plain:.1} → {ours:.1} µs; {} the budget){}{} | {} |",
                     ratio(over, GATEWAY_OVERHEAD_BUDGET_US),
+                    o.over(Leg::GatewayEmpty).map_or(String::new(), |empty| format!(
+                        "; three empty proxy-wasm filters on a route alone: {empty:+.1} µs"
+                    )),
                     header_writes(o, Leg::GatewayOurs, Leg::GatewayOursHidden),
                     verdict(Some(over <= GATEWAY_OVERHEAD_BUDGET_US))
                 );
@@ -417,8 +420,9 @@ fn head_to_head(out: &mut String, report: &Report<'_>) {
                  continue, each with its own root_id and vm_id as ours have: what three filters cost \
                  in V8 before they do anything; our three with rate-limiting's response headers \
                  hidden, `hide_client_headers`, which counts the same and writes no header), one \
-                 gateway (`--workers 1`) with a route without plugins, a route with our three and a \
-                 route with the three and the headers hidden, and a second gateway whose plugins are \
+                 gateway (`--workers 1`) with a route without plugins, a route with our three, a \
+                 route with the three and the headers hidden and a route with three empty filters \
+                 (the same module, as a `filter_chains` entry), and a second gateway whose plugins are \
                  built at opt-level \"z\" (its overhead is counted from the first gateway's route \
                  without plugins: the same binary); closed loop at 16 connections on each in turn; \
                  CPU per request from the sum of the process's threads' schedstat.\n\n\
