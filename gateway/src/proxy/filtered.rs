@@ -1146,18 +1146,8 @@ pub async fn forward(
 
 #[cfg(test)]
 mod tests {
+    use super::super::headers::tests::map;
     use super::*;
-
-    fn map(pairs: &[(&str, &[u8])]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_bytes(value).unwrap(),
-            );
-        }
-        map
-    }
 
     fn listed(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         map.iter()

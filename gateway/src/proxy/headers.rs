@@ -301,7 +301,7 @@ impl IpText {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::SocketAddr;
 
     use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -331,7 +331,8 @@ mod tests {
         }
     }
 
-    fn map(pairs: &[(&str, &[u8])]) -> HeaderMap {
+    /// A map of `pairs`, in order.
+    pub(in crate::proxy) fn map(pairs: &[(&str, &[u8])]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (name, value) in pairs {
             m.append(
