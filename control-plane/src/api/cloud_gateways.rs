@@ -704,16 +704,8 @@ pub(super) fn control_plane_of(body: &Value, invalid: &mut Vec<Value>) -> (Strin
 }
 
 fn read_request(body: &Value) -> Result<Request, ApiError> {
-    let mut invalid: Vec<Value> = Vec::new();
-    for key in body.as_object().into_iter().flatten().map(|(k, _)| k) {
-        if !REQUEST_FIELDS.contains(&key.as_str()) {
-            invalid.push(errors::invalid(
-                key.as_str(),
-                "unknown_property",
-                format!("'{key}' is not a property of a cloud gateway configuration"),
-            ));
-        }
-    }
+    let mut invalid =
+        errors::unknown_properties(body, &REQUEST_FIELDS, "a cloud gateway configuration");
     let (control_plane_id, geo) = control_plane_of(body, &mut invalid);
     let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
     if !KINDS.iter().any(|(k, _)| *k == kind) {

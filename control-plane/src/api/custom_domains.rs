@@ -81,16 +81,7 @@ pub fn domain_name(given: &str) -> Result<String, String> {
 
 /// A `POST` body (Konnect's CreateCustomDomainRequest, `additionalProperties: false`).
 fn read_request(body: &Value) -> Result<(String, String, String), ApiError> {
-    let mut invalid: Vec<Value> = Vec::new();
-    for key in body.as_object().into_iter().flatten().map(|(k, _)| k) {
-        if !REQUEST_FIELDS.contains(&key.as_str()) {
-            invalid.push(errors::invalid(
-                key.as_str(),
-                "unknown_property",
-                format!("'{key}' is not a property of a custom domain"),
-            ));
-        }
-    }
+    let mut invalid = errors::unknown_properties(body, &REQUEST_FIELDS, "a custom domain");
     let (control_plane_id, geo) = super::cloud_gateways::control_plane_of(body, &mut invalid);
     let domain = match body.get("domain") {
         Some(Value::String(domain)) => match domain_name(domain) {

@@ -276,6 +276,24 @@ pub fn invalid(field: impl Into<String>, rule: &str, reason: impl Into<String>) 
     json!({ "field": field.into(), "rule": rule, "reason": reason.into() })
 }
 
+/// An `unknown_property` item for each key of `body` that is not among `allowed`
+/// (`additionalProperties: false`); `what` names the object (`a custom domain`).
+pub fn unknown_properties(body: &Value, allowed: &[&str], what: &str) -> Vec<Value> {
+    body.as_object()
+        .into_iter()
+        .flatten()
+        .map(|(key, _)| key)
+        .filter(|key| !allowed.contains(&key.as_str()))
+        .map(|key| {
+            invalid(
+                key.as_str(),
+                "unknown_property",
+                format!("'{key}' is not a property of {what}"),
+            )
+        })
+        .collect()
+}
+
 /// Konnect's `enum` item, which lists the `choices`.
 pub fn invalid_choice(field: impl Into<String>, choices: &[&str]) -> Value {
     json!({

@@ -69,15 +69,7 @@ pub fn view<'a>(
         return Err(status::INVALID_MEMORY_ACCESS);
     };
     let (data, state) = memory.data_and_store_mut(caller);
-    let start = ptr as usize;
-    let bytes = start
-        .checked_add(len as usize)
-        .and_then(|end| data.get(start..end))
-        .ok_or(status::INVALID_MEMORY_ACCESS)?;
-    if bytes.len() > MAX_READ {
-        return Err(status::BAD_ARGUMENT);
-    }
-    Ok((text(bytes), state))
+    Ok((text(slice(data, ptr, len)?), state))
 }
 
 /// `bytes` as text, invalid UTF-8 replaced. Valid text (nearly always) is checked by
